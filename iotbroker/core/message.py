@@ -1,0 +1,59 @@
+"""The application message and one client's copy of it.
+
+An application message (MQTT 5.0 §1.2 "Application Message") is built once when a
+PUBLISH is accepted and shared by reference by every recipient, every queue and the
+retained store. What differs per recipient (granted QoS, retain flag as delivered,
+subscription identifiers) is a :class:`Delivery`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iotbroker.codec.packets import Properties
+
+#: Session Expiry Interval meaning "never expires" (MQTT 5.0 §3.1.2.11.2).
+NEVER_EXPIRES = 0xFFFFFFFF
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    """An accepted application message.
+
+    ``properties`` holds what is forwarded unchanged (MQTT 5.0 §3.3.2.3): payload
+    format, content type, response topic, correlation data, user properties. The
+    Message Expiry Interval is kept as an absolute wall-clock deadline ``expires_at``
+    so that time spent in the broker (and while it was down) counts [MQTT-3.3.2-6];
+    topic aliases and subscription identifiers are never part of it.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties
+    created_at: float
+    expires_at: float | None = None
+    origin: str = ""
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def remaining_expiry(self, now: float) -> int | None:
+        """Seconds left of the Message Expiry Interval, rounded up, or ``None``."""
+        if self.expires_at is None:
+            return None
+        left = self.expires_at - now
+        return max(0, int(left) + (1 if left > int(left) else 0))
+
+
+@dataclass(slots=True, frozen=True)
+class Delivery:
+    """One client's copy: the message with the QoS granted to it, the retain flag it
+    sees and the subscription identifiers of its matching subscriptions
+    [MQTT-3.3.4-3]."""
+
+    message: Message
+    qos: int
+    retain: bool = False
+    subscription_identifiers: tuple[int, ...] = ()
