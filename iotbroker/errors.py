@@ -57,3 +57,26 @@ class ConfigError(Exception):
 
 class StorageError(Exception):
     """The persistent store cannot be opened or written; the message says what to do."""
+
+
+class UnsupportedProtocolVersion(MalformedPacket):
+    """CONNECT asks for a protocol level this broker does not speak [MQTT-3.1.2-2].
+
+    Raised by the codec for "MQIsdp" (MQTT 3.1) and for any level other than 4 or 5.
+    The broker answers CONNACK 0x01 (MQTT 3.1.1 format) or 0x84 (MQTT 5.0 format)
+    and closes. ``protocol_level`` and ``protocol_name`` say what the client asked for.
+    """
+
+    default_reason_code = 0x84
+
+    def __init__(
+        self,
+        message: str,
+        protocol_level: int,
+        protocol_name: str,
+        reason_code: int | None = None,
+        spec_ref: str = "MQTT-3.1.2-2",
+    ) -> None:
+        self.protocol_level = protocol_level
+        self.protocol_name = protocol_name
+        super().__init__(message, reason_code, spec_ref)

@@ -1,0 +1,209 @@
+"""Command line: ``iotbroker [run] ...``, ``iotbroker check-config FILE``, ``iotbroker passwd``.
+
+Exit codes: 0 success; 1 an operation failed (passwords differ, unknown user, I/O
+error); 2 bad usage or a configuration error (printed as ``iotbroker: config error:
+MESSAGE``, without a traceback). ``run`` returns what the broker returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from iotbroker import __version__
+from iotbroker.config import BrokerConfig, load_config
+from iotbroker.errors import ConfigError
+
+__all__ = ["main"]
+
+PROG = "iotbroker"
+COMMANDS = ("run", "check-config", "passwd")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="An MQTT 3.1.1 and 5.0 broker. Without a command, runs the broker.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the broker (the default command)")
+    run.add_argument("--config", "-c", metavar="FILE",
+                     help="YAML configuration file (default: built-in defaults)")
+    run.add_argument("--listen", "-l", metavar="HOST:PORT", action="append",
+                     help="listen for plain MQTT on HOST:PORT ([::1]:1883 for IPv6); "
+                          "repeatable; replaces the configured listeners")
+    run.add_argument("--data-dir", metavar="DIR", help="storage directory (storage.path)")
+    run.add_argument("--log-level", metavar="LEVEL",
+                     help="DEBUG, INFO, WARNING, ERROR or CRITICAL (logging.level)")
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--no-files", action="store_true",
+                       help="do not open the password, ACL and TLS files it names")
+
+    passwd = sub.add_parser("passwd", help="add, change or delete a user in a password file")
+    passwd.add_argument("file", metavar="FILE", help="password file (created if missing)")
+    passwd.add_argument("user", metavar="USER")
+    mode = passwd.add_mutually_exclusive_group()
+    mode.add_argument("-b", dest="password", metavar="PASSWORD",
+                      help="the password (visible to other local users via ps; "
+                           "without -b it is asked twice)")
+    mode.add_argument("--delete", "-D", action="store_true", help="delete USER")
+    passwd.add_argument("--iterations", type=int, default=None,
+                        help="PBKDF2 iterations (default 210000)")
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _config_error(exc: ConfigError) -> int:
+    _error(f"config error: {exc}")
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``iotbroker`` command; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0] not in COMMANDS
+                         and args_list[0] not in ("-h", "--help", "--version")):
+        args_list.insert(0, "run")
+    try:
+        args = _parser().parse_args(args_list)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if args.command == "check-config":
+            return _check_config(args.file, check_files=not args.no_files)
+        if args.command == "passwd":
+            return _passwd(args)
+        return _run(args)
+    except ConfigError as exc:
+        return _config_error(exc)
+
+
+# run ----------------------------------------------------------------------------------
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` or ``PORT`` (host 0.0.0.0)."""
+    host, port_text = "0.0.0.0", value
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or not value[end + 1:].startswith(":"):
+            raise ConfigError("--listen", value, "is not [IPV6]:PORT")
+        host, port_text = value[1:end], value[end + 2:]
+    elif ":" in value:
+        host, _, port_text = value.rpartition(":")
+        if ":" in host:
+            raise ConfigError("--listen", value, "is not HOST:PORT (write IPv6 as [::1]:1883)")
+        host = host or "0.0.0.0"
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError("--listen", value, "is not HOST:PORT with a port in 1–65535")
+    return host, int(port_text)
+
+
+def build_config(args: argparse.Namespace) -> BrokerConfig:
+    """The configuration file (or defaults) with the command-line overrides applied."""
+    overrides: dict[str, Any] = {}
+    if args.listen:
+        overrides["listeners"] = [
+            {"type": "tcp", "host": host, "port": port}
+            for host, port in (parse_listen(v) for v in args.listen)
+        ]
+    if args.data_dir is not None:
+        overrides["storage"] = {"path": args.data_dir}
+    if args.log_level is not None:
+        overrides["logging"] = {"level": args.log_level}
+    return load_config(args.config, overrides or None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    from iotbroker.server.broker import run_broker  # noqa: PLC0415 (only `run` needs the server)
+
+    try:
+        return run_broker(config)
+    except KeyboardInterrupt:
+        return 130
+
+
+# check-config -------------------------------------------------------------------------
+
+
+def _check_config(path: str, *, check_files: bool) -> int:
+    config = load_config(path)
+    if check_files:
+        _check_files(config)
+    print(f"OK: {path}")
+    return EXIT_OK
+
+
+def _check_files(config: BrokerConfig) -> None:
+    from iotbroker.auth.loader import load_auth  # noqa: PLC0415
+
+    load_auth(config.auth)
+    for i, listener in enumerate(config.listeners):
+        if listener.tls is None:
+            continue
+        for name in ("certfile", "keyfile", "cafile"):
+            file = getattr(listener.tls, name)
+            if file is not None and not os.access(file, os.R_OK):
+                reason = "does not exist" if not os.path.exists(file) else "is not readable"
+                raise ConfigError(f"listeners[{i}].tls.{name}", file,
+                                  f"cannot be used: the file {reason}")
+
+
+# passwd -------------------------------------------------------------------------------
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    from iotbroker.auth import passwords  # noqa: PLC0415
+
+    if args.delete:
+        try:
+            passwords.delete_user(args.file, args.user)
+        except KeyError:
+            _error(f"no user {args.user!r} in {args.file}")
+            return EXIT_FAILED
+        except OSError as exc:
+            _error(f"cannot write {args.file}: {exc.strerror or exc}")
+            return EXIT_FAILED
+        print(f"deleted user {args.user!r} from {args.file}")
+        return EXIT_OK
+
+    password: str | None = args.password
+    if password is None:
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Reenter password: ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            _error("no password given")
+            return EXIT_FAILED
+        if password != again:
+            _error("passwords do not match")
+            return EXIT_FAILED
+    if not password:
+        _error("the password must not be empty")
+        return EXIT_FAILED
+    iterations = passwords.DEFAULT_ITERATIONS if args.iterations is None else args.iterations
+    try:
+        added = passwords.set_password(args.file, args.user, password, iterations)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(f"cannot write {args.file}: {exc.strerror or exc}")
+        return EXIT_FAILED
+    verb = "added user" if added else "changed the password of"
+    print(f"{verb} {args.user!r} in {args.file}")
+    return EXIT_OK

@@ -1,0 +1,104 @@
+"""Cut a byte stream into MQTT control packets (MQTT 3.1.1 §2.2, MQTT 5.0 §2.1).
+
+Rules of this room:
+
+* A frame is the first fixed-header byte and the body (the Remaining Length bytes).
+  The framer does not look inside: flags, packet types and bodies are ``decode``'s job.
+* The Remaining Length is a Variable Byte Integer of at most 4 bytes; a fifth
+  continuation byte, or an over-long encoding [MQTT-1.5.5-1], is :class:`MalformedPacket`
+  (0x81). It is decoded incrementally, so input may be split at any byte boundary.
+* Limits before allocation: the whole packet size (fixed header + body) is compared with
+  ``max_packet_size`` as soon as the fixed header is complete, before any body byte is
+  buffered -> :class:`PacketTooLarge` (0x95, MQTT 5.0 §3.1.2.11.4 / §4.13). In MQTT 3.1.1
+  the broker simply closes the connection.
+* After an error the framer's state is undefined: the connection must be closed.
+"""
+
+from __future__ import annotations
+
+from iotbroker.errors import MalformedPacket, PacketTooLarge
+
+#: The largest packet the protocol can express: 1 + 4 + 268,435,455 bytes.
+PROTOCOL_MAX_PACKET_SIZE = 268_435_460
+
+
+class Framer:
+    """Incremental splitter of one connection's inbound bytes.
+
+    ``max_packet_size`` (whole packet, bytes) may be changed at any time, e.g. once the
+    CONNECT has been read. ``bytes_received`` counts every byte fed.
+    """
+
+    __slots__ = ("_buf", "_need", "bytes_received", "max_packet_size")
+
+    def __init__(self, max_packet_size: int = PROTOCOL_MAX_PACKET_SIZE) -> None:
+        self.max_packet_size = max_packet_size
+        self.bytes_received = 0
+        self._buf = bytearray()
+        # Bytes _buf must hold before the next frame can complete (0: header incomplete).
+        self._need = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a packet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Add ``data``; return the packets it completes as ``(first_byte, body)``."""
+        self.bytes_received += len(data)
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []  # still inside a known-length body: no re-parse, no copy
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
+        self._need = 0
+        frames: list[tuple[int, bytes]] = []
+        n = len(data)
+        pos = 0
+        max_size = self.max_packet_size
+        while n - pos >= 2:
+            byte = data[pos + 1]
+            if byte < 0x80:  # common case: Remaining Length < 128, one byte
+                length = byte
+                header = 2
+            else:
+                length = byte & 0x7F
+                header = 0
+                for i in range(2, 5):
+                    if pos + i >= n:
+                        break  # header incomplete
+                    byte = data[pos + i]
+                    length |= (byte & 0x7F) << (7 * (i - 1))
+                    if byte < 0x80:
+                        if byte == 0:
+                            raise MalformedPacket(
+                                "Remaining Length is not in its shortest form",
+                                spec_ref="MQTT-1.5.5-1",
+                            )
+                        header = i + 1
+                        break
+                else:
+                    raise MalformedPacket(
+                        "Remaining Length is longer than 4 bytes", spec_ref="MQTT-1.5.5-1"
+                    )
+                if header == 0:
+                    break  # wait for the rest of the fixed header
+            total = header + length
+            if total > max_size:
+                raise PacketTooLarge(
+                    f"packet of {total} bytes exceeds the maximum packet size {max_size}",
+                    spec_ref="MQTT 5.0 §3.1.2.11.4",
+                )
+            end = pos + total
+            if end > n:
+                self._need = total
+                break
+            frames.append((data[pos], data[pos + header : end]))
+            pos = end
+        if pos < n:
+            buf += memoryview(data)[pos:]
+        return frames

@@ -1,0 +1,264 @@
+"""Routing: accepted PUBLISH → retained store and matching sessions; SUBSCRIBE and
+UNSUBSCRIBE on behalf of a session.
+
+Rules implemented here (MQTT 3.1.1 §3.3, §3.8, §3.10, §4.7; MQTT 5.0 §3.3, §3.8,
+§3.10, §4.8):
+
+* a retained PUBLISH replaces the stored message for its topic [MQTT-3.3.1-5]; an
+  empty retained payload deletes it [MQTT-3.3.1-10], [MQTT-3.3.1-11];
+* live deliveries to existing subscriptions carry RETAIN=0 [MQTT-3.3.1-9], unless
+  the subscription asked for Retain As Published (MQTT 5.0) [MQTT-3.3.1-13];
+* granted QoS is ``min(publish QoS, subscription QoS)`` [MQTT-3.8.4-6];
+* overlapping subscriptions of one client yield one message at the highest QoS
+  carrying every matching Subscription Identifier [MQTT-3.3.4-2], [MQTT-3.3.4-3];
+* No Local subscriptions do not receive their own client's messages [MQTT-3.8.3-3];
+* a shared subscription group receives each message once, by one member
+  (MQTT 5.0 §4.8.2); retained messages are not sent to shared subscriptions
+  [MQTT-3.8.4-? §4.8.2];
+* a new subscription receives the matching retained messages (retain handling 0, or
+  1 when the subscription is new) [MQTT-3.3.1-6], [MQTT-3.3.1-10];
+* a subscription that replaces one on the same filter keeps the flow of messages
+  [MQTT-3.8.4-3].
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from iotbroker.codec.packets import Subscription
+from iotbroker.core.message import Delivery, Message
+from iotbroker.core.retained import RetainedStore
+from iotbroker.core.session import Session
+from iotbroker.core.sessions import SessionRegistry
+from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
+from iotbroker.core.topics import parse_shared, validate_topic_filter
+from iotbroker.errors import ProtocolViolation
+from iotbroker.metrics import Metrics
+from iotbroker.storage.base import ChangeBatch
+
+#: A hook asking whether a session may receive a message on a topic (ACL "read").
+ReceiveCheck = Callable[[Session, str], bool]
+
+SHARED_STRATEGIES = ("round-robin", "random", "sticky", "least-inflight")
+
+
+class Router:
+    """Publishes messages to sessions and manages their subscriptions."""
+
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        trie: SubscriptionTrie,
+        retained: RetainedStore,
+        batch: ChangeBatch,
+        metrics: Metrics,
+        *,
+        shared_strategy: str = "round-robin",
+        may_receive: ReceiveCheck | None = None,
+    ) -> None:
+        self.registry = registry
+        self.trie = trie
+        self.retained = retained
+        self.batch = batch
+        self.metrics = metrics
+        self.shared_strategy = shared_strategy
+        self.may_receive = may_receive
+        self._group_cursor: dict[tuple[str, str], int] = {}
+        self._group_sticky: dict[tuple[str, str], str] = {}
+
+    # ---------------------------------------------------------------- publish
+    def publish(self, message: Message, now: float) -> int:
+        """Route one accepted message; returns how many sessions it was given to
+        (MQTT 5.0 uses 0 for the PUBACK reason 0x10 No Matching Subscribers)."""
+        if message.retain:
+            self._store_retained(message)
+        if message.expired(now):
+            self.metrics.messages_expired += 1
+            return 0
+        matches = self.trie.match(message.topic)
+        sessions = self.registry.sessions
+        may_receive = self.may_receive
+        origin = message.origin
+        delivered = 0
+        for client_id, entries in matches.direct.items():
+            session = sessions.get(client_id)
+            if session is None:
+                continue
+            if len(entries) == 1:
+                entry = entries[0]
+                if entry.no_local and client_id == origin:
+                    continue
+                qos = entry.qos if entry.qos < message.qos else message.qos
+                retain = message.retain and entry.retain_as_published
+                sub_id = entry.subscription_identifier
+                sub_ids: tuple[int, ...] = () if sub_id is None else (sub_id,)
+            else:
+                qos = -1
+                retain = False
+                ids: list[int] = []
+                for entry in entries:
+                    if entry.no_local and client_id == origin:
+                        continue
+                    qos = max(qos, entry.qos)
+                    retain = retain or entry.retain_as_published
+                    if entry.subscription_identifier is not None:
+                        ids.append(entry.subscription_identifier)
+                if qos < 0:
+                    continue
+                qos = min(qos, message.qos)
+                retain = retain and message.retain
+                sub_ids = tuple(ids)
+            if may_receive is not None and not may_receive(session, message.topic):
+                self.metrics.acl_denials += 1
+                continue
+            session.deliver(Delivery(message, qos, retain, sub_ids), now)
+            delivered += 1
+        for group, topic_filter, members in matches.shared:
+            if self._deliver_shared(group, topic_filter, members, message, now):
+                delivered += 1
+        return delivered
+
+    def _store_retained(self, message: Message) -> None:
+        if message.payload:
+            self.retained.set(message)
+            self.batch.put_retained(message)
+        elif self.retained.delete(message.topic):
+            self.batch.delete_retained(message.topic)
+
+    def _deliver_shared(
+        self,
+        group: str,
+        topic_filter: str,
+        members: list[SubscriptionEntry],
+        message: Message,
+        now: float,
+    ) -> bool:
+        """Give the message to one member of a shared subscription group (§4.8.2)."""
+        sessions = self.registry.sessions
+        candidates: list[tuple[Session, SubscriptionEntry]] = []
+        for entry in members:
+            session = sessions.get(entry.client_id)
+            if session is None:
+                continue
+            if entry.no_local and entry.client_id == message.origin:
+                continue
+            if self.may_receive is not None and not self.may_receive(session, message.topic):
+                continue
+            candidates.append((session, entry))
+        if not candidates:
+            return False
+        online = [c for c in candidates if c[0].outlet is not None] or candidates
+        key = (group, topic_filter)
+        strategy = self.shared_strategy
+        if strategy == "random":
+            session, entry = random.choice(online)
+        elif strategy == "least-inflight":
+            session, entry = min(online, key=lambda c: len(c[0].inflight) + len(c[0].queue))
+        elif strategy == "sticky":
+            sticky = self._group_sticky.get(key)
+            chosen = next((c for c in online if c[0].client_id == sticky), None)
+            if chosen is None:
+                chosen = online[0]
+                self._group_sticky[key] = chosen[0].client_id
+            session, entry = chosen
+        else:
+            cursor = self._group_cursor.get(key, 0)
+            session, entry = online[cursor % len(online)]
+            self._group_cursor[key] = cursor + 1
+        qos = min(entry.qos, message.qos)
+        sub_id = entry.subscription_identifier
+        session.deliver(
+            Delivery(message, qos, False, () if sub_id is None else (sub_id,)), now
+        )
+        return True
+
+    def redistribute(self, session: Session, now: float) -> int:
+        """Hand a departing shared-subscription member's unacknowledged messages to
+        other members of its groups (MQTT 5.0 §4.8.2). Returns how many moved."""
+        shared = [e for e in session.subscriptions.values() if e.share_group is not None]
+        if not shared:
+            return 0
+        moved = 0
+        pending = [entry.delivery for entry in session.inflight.values()]
+        pending.extend(d for _, d in session.queue)
+        for delivery in pending:
+            topic = delivery.message.topic
+            for entry in shared:
+                _, plain = parse_shared(entry.topic_filter)
+                group = entry.share_group
+                assert group is not None
+                members = [
+                    m
+                    for m in self._members(group, plain)
+                    if m.client_id != session.client_id
+                    and (s := self.registry.sessions.get(m.client_id)) is not None
+                    and s.outlet is not None
+                ]
+                if members and self.trie.topic_matches(plain, topic):
+                    self._deliver_shared(group, plain, members, delivery.message, now)
+                    moved += 1
+                    break
+        return moved
+
+    def _members(self, group: str, topic_filter: str) -> list[SubscriptionEntry]:
+        return self.trie.shared_members(group, topic_filter)
+
+    # -------------------------------------------------------------- subscribe
+    def subscribe(
+        self,
+        session: Session,
+        subscriptions: list[Subscription],
+        subscription_identifier: int | None,
+        granted_qos_limit: int,
+        check: Callable[[Subscription], int | None] | None = None,
+    ) -> tuple[list[int], list[Delivery]]:
+        """Add or replace subscriptions; returns the SUBACK codes in order
+        [MQTT-3.8.4-7] and the retained messages to send after the SUBACK.
+
+        ``check`` may refuse a filter by returning a failure code (0x80 / v5 code).
+        """
+        codes: list[int] = []
+        retained: list[Delivery] = []
+        for sub in subscriptions:
+            try:
+                group, plain = parse_shared(sub.topic_filter)
+                validate_topic_filter(plain)
+            except ProtocolViolation as exc:
+                codes.append(exc.reason_code if session.protocol_version == 5 else 0x80)
+                continue
+            if check is not None:
+                refused = check(sub)
+                if refused is not None:
+                    codes.append(refused)
+                    continue
+            qos = min(sub.qos, granted_qos_limit)
+            entry = SubscriptionEntry(
+                client_id=session.client_id,
+                topic_filter=sub.topic_filter,
+                qos=qos,
+                no_local=sub.no_local,
+                retain_as_published=sub.retain_as_published,
+                retain_handling=sub.retain_handling,
+                subscription_identifier=subscription_identifier,
+                share_group=group,
+            )
+            is_new = self.trie.add(entry)
+            session.remember_subscription(entry)
+            codes.append(qos)
+            if group is not None:
+                continue  # no retained messages for shared subscriptions
+            if sub.retain_handling == 0 or (sub.retain_handling == 1 and is_new):
+                ids = () if subscription_identifier is None else (subscription_identifier,)
+                for msg in self.retained.match(plain):
+                    retained.append(Delivery(msg, min(qos, msg.qos), True, ids))
+        return codes, retained
+
+    def unsubscribe(self, session: Session, topic_filters: list[str]) -> list[int]:
+        """Remove subscriptions; MQTT 5.0 codes 0x00 or 0x11 No Subscription Existed."""
+        codes: list[int] = []
+        for topic_filter in topic_filters:
+            removed = self.trie.remove(session.client_id, topic_filter)
+            session.forget_subscription(topic_filter)
+            codes.append(0x00 if removed else 0x11)
+        return codes

@@ -1,0 +1,364 @@
+"""One client's session state: the spec's list, held as data.
+
+MQTT 3.1.1 §3.1.2.4 and MQTT 5.0 §4.1 list what a server keeps for a session:
+the subscriptions, QoS 1 and QoS 2 messages sent to the client and not yet completely
+acknowledged (the in-flight window), QoS 1 and 2 messages waiting to be sent (the
+queue), the packet identifiers of QoS 2 messages received and not yet released, the
+Will Message and the Session Expiry Interval. :class:`Session` holds exactly that,
+and every change to it that must outlive a crash goes into the shared
+:class:`~iotbroker.storage.base.ChangeBatch` when the session is persistent.
+
+Delivery rules implemented here:
+
+* outbound packet identifiers are never reused while in flight [MQTT-2.3.1-2];
+* the in-flight window is the client's Receive Maximum [MQTT-3.3.4-7], [MQTT-3.3.4-9];
+* messages leave in the order they were accepted [MQTT-4.6.0-5]: a message waits in
+  the queue while older ones wait;
+* on resume, unacknowledged PUBLISH packets are re-sent with DUP=1 and PUBRELs
+  re-sent, in their original order [MQTT-4.4.0-1], [MQTT-4.4.0-2];
+* a PUBREC with a failure reason code (MQTT 5.0) ends that delivery [MQTT-4.3.3].
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from iotbroker.codec.packets import Packet, PubRel, Will
+from iotbroker.core.message import Delivery
+from iotbroker.core.subscriptions import SubscriptionEntry
+from iotbroker.metrics import Metrics
+from iotbroker.storage.base import (
+    ChangeBatch,
+    OutboundRecord,
+    OutboundState,
+    QueuedRecord,
+    SubscriptionRecord,
+)
+
+
+class Outlet(Protocol):
+    """What a session needs of the connection it is attached to (protocol/ implements it)."""
+
+    @property
+    def writable(self) -> bool:
+        """False while the transport's write buffer is above its high-water mark."""
+        ...
+
+    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool, now: float) -> bool:
+        """Send one PUBLISH; False when it exceeds the client's Maximum Packet Size."""
+        ...
+
+    def send_packet(self, packet: Packet) -> None: ...
+
+
+@dataclass(slots=True)
+class SessionLimits:
+    """Bounds on one session's queue (from configuration)."""
+
+    max_queued_messages: int = 10_000
+    max_queued_bytes: int = 0  # 0 = no byte limit
+    drop_oldest: bool = True
+    queue_qos0_offline: bool = False
+
+
+@dataclass(slots=True)
+class InflightEntry:
+    """One outbound QoS 1/2 message between PUBLISH and its final ack."""
+
+    delivery: Delivery
+    state: OutboundState
+    seq: int
+
+
+class Session:
+    """State of one client id, connected or not."""
+
+    __slots__ = (
+        "_batch",
+        "_next_packet_id",
+        "_next_seq",
+        "_queued_bytes",
+        "client_id",
+        "disconnected_at",
+        "expiry_interval",
+        "inbound_qos2",
+        "inflight",
+        "limits",
+        "metrics",
+        "outlet",
+        "protocol_version",
+        "queue",
+        "receive_maximum",
+        "subscriptions",
+        "username",
+        "will",
+        "will_delay",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        protocol_version: int,
+        expiry_interval: int,
+        batch: ChangeBatch,
+        limits: SessionLimits,
+        metrics: Metrics,
+    ) -> None:
+        self.client_id = client_id
+        self.protocol_version = protocol_version
+        self.expiry_interval = expiry_interval
+        self.username: str | None = None
+        self.subscriptions: dict[str, SubscriptionEntry] = {}
+        self.inflight: dict[int, InflightEntry] = {}
+        self.queue: deque[tuple[int, Delivery]] = deque()
+        self.inbound_qos2: set[int] = set()
+        self.will: Will | None = None
+        self.will_delay = 0
+        self.outlet: Outlet | None = None
+        self.receive_maximum = 65535
+        self.disconnected_at: float | None = None
+        self.limits = limits
+        self.metrics = metrics
+        self._batch = batch
+        self._next_packet_id = 1
+        self._next_seq = 1
+        self._queued_bytes = 0
+
+    # ------------------------------------------------------------------ state
+    @property
+    def persistent(self) -> bool:
+        """True when the session outlives its network connection (expiry > 0)."""
+        return self.expiry_interval > 0
+
+    @property
+    def next_packet_id(self) -> int:
+        return self._next_packet_id
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def restore_counters(self, next_packet_id: int, next_seq: int) -> None:
+        """Set the packet-id and sequence counters from a stored session."""
+        self._next_packet_id = next_packet_id if 0 < next_packet_id <= 0xFFFF else 1
+        self._next_seq = max(1, next_seq)
+
+    def restore_inflight(self, packet_id: int, entry: InflightEntry) -> None:
+        self.inflight[packet_id] = entry
+        self._next_seq = max(self._next_seq, entry.seq + 1)
+
+    def restore_queued(self, seq: int, delivery: Delivery) -> None:
+        self.queue.append((seq, delivery))
+        self._queued_bytes += len(delivery.message.payload)
+        self._next_seq = max(self._next_seq, seq + 1)
+
+    # ---------------------------------------------------------- subscriptions
+    def remember_subscription(self, entry: SubscriptionEntry) -> None:
+        self.subscriptions[entry.topic_filter] = entry
+        if self.persistent:
+            self._batch.put_subscription(
+                SubscriptionRecord(
+                    client_id=self.client_id,
+                    topic_filter=entry.topic_filter,
+                    qos=entry.qos,
+                    no_local=entry.no_local,
+                    retain_as_published=entry.retain_as_published,
+                    retain_handling=entry.retain_handling,
+                    subscription_identifier=entry.subscription_identifier,
+                )
+            )
+
+    def forget_subscription(self, topic_filter: str) -> bool:
+        if self.subscriptions.pop(topic_filter, None) is None:
+            return False
+        if self.persistent:
+            self._batch.delete_subscription(self.client_id, topic_filter)
+        return True
+
+    # --------------------------------------------------------------- delivery
+    def deliver(self, delivery: Delivery, now: float) -> None:
+        """Send ``delivery`` now if the window allows, else queue it (bounded)."""
+        outlet = self.outlet
+        if delivery.qos == 0:
+            if outlet is not None:
+                if outlet.writable:
+                    outlet.send_publish(delivery, None, False, now)
+                else:
+                    self.metrics.messages_dropped_slow_consumer += 1
+            elif self.limits.queue_qos0_offline and self.persistent:
+                self._enqueue(delivery)
+            else:
+                self.metrics.messages_dropped_qos0_offline += 1
+            return
+        if (
+            outlet is not None
+            and not self.queue
+            and len(self.inflight) < self.receive_maximum
+            and outlet.writable
+        ):
+            self._send_new(outlet, delivery, now)
+        else:
+            self._enqueue(delivery)
+
+    def _allocate_packet_id(self) -> int:
+        """Next free packet identifier, never one still in flight [MQTT-2.3.1-2]."""
+        pid = self._next_packet_id
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid + 1 if pid < 0xFFFF else 1
+        self._next_packet_id = pid + 1 if pid < 0xFFFF else 1
+        return pid
+
+    def _send_new(self, outlet: Outlet, delivery: Delivery, now: float) -> None:
+        pid = self._allocate_packet_id()
+        if not outlet.send_publish(delivery, pid, False, now):
+            # Too large for the client: discarded as if completed [MQTT-3.1.2-25].
+            self.metrics.messages_dropped_too_large += 1
+            return
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
+        if self.persistent:
+            self._batch.put_outbound(
+                OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
+            )
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        limits = self.limits
+        size = len(delivery.message.payload)
+        while len(self.queue) >= limits.max_queued_messages or (
+            limits.max_queued_bytes and self._queued_bytes + size > limits.max_queued_bytes
+        ):
+            if not limits.drop_oldest or not self.queue:
+                self.metrics.messages_dropped_queue_full += 1
+                return
+            old_seq, old = self.queue.popleft()
+            self._queued_bytes -= len(old.message.payload)
+            self.metrics.messages_dropped_queue_full += 1
+            if self.persistent:
+                self._batch.delete_queued(self.client_id, old_seq)
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self.queue.append((seq, delivery))
+        self._queued_bytes += size
+        if self.persistent:
+            self._batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
+
+    def pump(self, now: float) -> None:
+        """Move queued messages into the in-flight window while it has room."""
+        outlet = self.outlet
+        if outlet is None:
+            return
+        queue = self.queue
+        while queue and outlet.writable:
+            seq, delivery = queue[0]
+            if delivery.qos > 0 and len(self.inflight) >= self.receive_maximum:
+                return
+            queue.popleft()
+            self._queued_bytes -= len(delivery.message.payload)
+            if self.persistent:
+                self._batch.delete_queued(self.client_id, seq)
+            if delivery.message.expired(now):
+                self.metrics.messages_expired += 1
+                continue
+            if delivery.qos == 0:
+                outlet.send_publish(delivery, None, False, now)
+            else:
+                self._send_new(outlet, delivery, now)
+
+    # ------------------------------------------------------------ acks in
+    def on_puback(self, packet_id: int, now: float) -> bool:
+        """PUBACK completes a QoS 1 delivery; False for an unknown packet id."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.delivery.qos != 1:
+            return False
+        del self.inflight[packet_id]
+        if self.persistent:
+            self._batch.delete_outbound(self.client_id, packet_id)
+        self.pump(now)
+        return True
+
+    def on_pubrec(self, packet_id: int, reason_code: int, now: float) -> bool:
+        """PUBREC: answer PUBREL and wait for PUBCOMP [MQTT-4.3.3-3]; a failure
+        reason code (MQTT 5.0) ends the delivery instead."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.delivery.qos != 2:
+            return False
+        if reason_code >= 0x80:
+            del self.inflight[packet_id]
+            if self.persistent:
+                self._batch.delete_outbound(self.client_id, packet_id)
+            self.pump(now)
+            return True
+        if entry.state is not OutboundState.PUBREL_SENT:
+            entry.state = OutboundState.PUBREL_SENT
+            if self.persistent:
+                self._batch.put_outbound(
+                    OutboundRecord(
+                        self.client_id, packet_id, OutboundState.PUBREL_SENT, entry.delivery,
+                        entry.seq,
+                    )
+                )
+        if self.outlet is not None:
+            self.outlet.send_packet(PubRel(packet_id))
+        return True
+
+    def on_pubcomp(self, packet_id: int, now: float) -> bool:
+        """PUBCOMP completes a QoS 2 delivery; False for an unknown packet id."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.state is not OutboundState.PUBREL_SENT:
+            return False
+        del self.inflight[packet_id]
+        if self.persistent:
+            self._batch.delete_outbound(self.client_id, packet_id)
+        self.pump(now)
+        return True
+
+    # ------------------------------------------------------------ QoS 2 in
+    def hold_inbound_qos2(self, packet_id: int) -> bool:
+        """Store a received QoS 2 packet id; False if it was already held (a duplicate
+        that must not be delivered again) [MQTT-4.3.3-2] (method B of §4.3.3)."""
+        if packet_id in self.inbound_qos2:
+            return False
+        self.inbound_qos2.add(packet_id)
+        if self.persistent:
+            self._batch.put_inbound_qos2(self.client_id, packet_id)
+        return True
+
+    def release_inbound_qos2(self, packet_id: int) -> bool:
+        """PUBREL received: forget the id; False if it was not held."""
+        if packet_id not in self.inbound_qos2:
+            return False
+        self.inbound_qos2.discard(packet_id)
+        if self.persistent:
+            self._batch.delete_inbound_qos2(self.client_id, packet_id)
+        return True
+
+    # ----------------------------------------------------- connect/disconnect
+    def attach(self, outlet: Outlet, receive_maximum: int, now: float) -> None:
+        """Connect the session to a network connection and resend what is in flight,
+        in order, PUBLISH with DUP=1 and PUBREL as they were [MQTT-4.4.0-1]."""
+        self.outlet = outlet
+        self.receive_maximum = receive_maximum
+        self.disconnected_at = None
+        for pid, entry in sorted(self.inflight.items(), key=lambda item: item[1].seq):
+            if entry.state is OutboundState.PUBREL_SENT:
+                outlet.send_packet(PubRel(pid))
+            else:
+                outlet.send_publish(entry.delivery, pid, True, now)
+        self.pump(now)
+
+    def detach(self, now: float) -> None:
+        self.outlet = None
+        self.disconnected_at = now
+
+    def clear_state(self) -> None:
+        """Forget everything (Clean Start / Clean Session)."""
+        self.subscriptions.clear()
+        self.inflight.clear()
+        self.queue.clear()
+        self.inbound_qos2.clear()
+        self._queued_bytes = 0
+        self._next_packet_id = 1

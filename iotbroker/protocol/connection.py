@@ -1,0 +1,324 @@
+"""One network connection's MQTT state machine, without I/O.
+
+Bytes go in with :meth:`Connection.receive_data`; validated packets come out. Packets
+to send go in with :meth:`send_packet` / :meth:`send_publish`; bytes come out with
+:meth:`data_to_send`. Time is an argument. The server owns the socket and the timer.
+
+Rules of this room:
+
+* the first packet must be CONNECT [MQTT-3.1.0-1]; a second CONNECT is a protocol
+  violation [MQTT-3.1.0-2]; nothing but AUTH is read after a refused CONNECT
+  [MQTT-3.1.4-5] (the server closes the connection);
+* packets only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP) are protocol
+  errors from a client; AUTH does not exist in MQTT 3.1.1 (§2.2.1);
+* a PUBLISH topic has no wildcards [MQTT-3.3.2-2] and is not empty unless a topic
+  alias stands in (MQTT 5.0) [MQTT-4.7.3-1]; aliases are resolved here;
+* our Receive Maximum bounds the client's unacknowledged QoS 1/2 PUBLISHes; one more
+  is 0x93 Receive Maximum exceeded [MQTT-3.3.4-9] (MQTT 5.0 §3.3.4);
+* a client must not send a Subscription Identifier in PUBLISH [MQTT-3.3.4-6];
+* keepalive: silence for 1.5 × Keep Alive closes the connection [MQTT-3.1.2-24]
+  (v5 [MQTT-3.1.2-22]);
+* we never send a packet larger than the client's Maximum Packet Size
+  [MQTT-3.1.2-24] (v5): a too-large PUBLISH is dropped [MQTT-3.1.2-25].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+from iotbroker.codec.decode import decode_packet
+from iotbroker.codec.encode import encode_packet, encode_publish
+from iotbroker.codec.enums import PacketType
+from iotbroker.codec.framer import Framer
+from iotbroker.codec.packets import (
+    Auth,
+    Connect,
+    Disconnect,
+    Packet,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+)
+from iotbroker.codec.properties import encode_properties
+from iotbroker.core.message import Delivery
+from iotbroker.errors import MalformedPacket, ProtocolViolation
+from iotbroker.protocol.topic_alias import InboundAliases, OutboundAliases
+
+_WILDCARDS = frozenset("+#")
+_SERVER_ONLY = frozenset(
+    {PacketType.CONNACK, PacketType.SUBACK, PacketType.UNSUBACK, PacketType.PINGRESP}
+)
+_PUBLISH_KIND = int(PacketType.PUBLISH)
+_NO_PROPS = b"\x00"
+
+
+class ConnectionState(Enum):
+    """Where a connection is in its life (MQTT 3.1.1 §3.1.4, MQTT 5.0 §3.1.4, §4.12)."""
+
+    AWAIT_CONNECT = 1  # socket open, no CONNECT yet
+    AUTHENTICATING = 2  # MQTT 5.0 enhanced authentication in progress
+    CONNECTED = 3  # CONNACK 0 sent
+    CLOSING = 4  # we decided to close; input is ignored
+
+
+class Connection:
+    """The protocol state of one client connection."""
+
+    __slots__ = (
+        "_framer",
+        "_inbound_aliases",
+        "_inbound_unacked",
+        "_out",
+        "_outbound_aliases",
+        "client_max_packet_size",
+        "client_receive_maximum",
+        "keepalive",
+        "last_received",
+        "on_output",
+        "protocol_version",
+        "receive_maximum",
+        "request_problem_information",
+        "state",
+        "writable",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_packet_size: int,
+        receive_maximum: int,
+        topic_alias_maximum: int,
+        now: float,
+    ) -> None:
+        self._framer = Framer(max_packet_size)
+        self._inbound_aliases = InboundAliases(topic_alias_maximum)
+        self._outbound_aliases = OutboundAliases(0)
+        self._inbound_unacked: set[int] = set()
+        self._out: list[bytes] = []
+        self.state = ConnectionState.AWAIT_CONNECT
+        self.protocol_version = 4
+        self.keepalive = 0
+        self.last_received = now
+        self.receive_maximum = receive_maximum
+        self.client_receive_maximum = 65535
+        self.client_max_packet_size = 0  # 0 = no limit (beyond the protocol's)
+        self.request_problem_information = True
+        self.writable = True
+        #: Called (no arguments) when output becomes pending; the server sets it.
+        self.on_output: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ input
+    def receive_data(self, data: bytes, now: float) -> list[Packet]:
+        """Frame, decode and check ``data``; return the complete packets in order.
+
+        Raises :class:`~iotbroker.errors.MqttError` for a peer's violation; the caller
+        closes the connection with its reason code.
+        """
+        self.last_received = now
+        if self.state is ConnectionState.CLOSING:
+            return []
+        frames = self._framer.feed(data)
+        packets: list[Packet] = []
+        version = self.protocol_version
+        for first_byte, body in frames:
+            packet = decode_packet(first_byte, body, version)
+            self._check(packet)
+            packets.append(packet)
+            if isinstance(packet, Connect):
+                version = self.protocol_version = packet.protocol_version
+        return packets
+
+    def _check(self, packet: Packet) -> None:
+        ptype = packet.TYPE
+        state = self.state
+        if state is ConnectionState.AWAIT_CONNECT:
+            if ptype is not PacketType.CONNECT:
+                raise ProtocolViolation(
+                    f"first packet must be CONNECT, got {ptype.name}", spec_ref="MQTT-3.1.0-1"
+                )
+            # CONNECT is accepted once; anything after it waits for the CONNACK decision.
+            self.state = ConnectionState.AUTHENTICATING
+            return
+        if ptype is PacketType.PUBLISH:
+            assert isinstance(packet, Publish)
+            self._check_publish(packet)
+        elif ptype is PacketType.CONNECT:
+            raise ProtocolViolation("second CONNECT on one connection", spec_ref="MQTT-3.1.0-2")
+        elif ptype in _SERVER_ONLY:
+            raise ProtocolViolation(f"a client must not send {ptype.name}")
+        elif ptype is PacketType.AUTH and self.protocol_version != 5:
+            raise MalformedPacket("AUTH does not exist in MQTT 3.1.1", spec_ref="MQTT-2.2.2-2")
+
+    def _check_publish(self, packet: Publish) -> None:
+        props = packet.properties
+        if self.protocol_version == 5:
+            if props.topic_alias is not None:
+                packet.topic = self._inbound_aliases.resolve(packet.topic, props.topic_alias)
+                props.topic_alias = None
+            if props.subscription_identifiers:
+                raise ProtocolViolation(
+                    "a client must not send a Subscription Identifier in PUBLISH",
+                    spec_ref="MQTT-3.3.4-6",
+                )
+        topic = packet.topic
+        if not topic:
+            raise ProtocolViolation(
+                "PUBLISH topic name is empty", reason_code=0x82, spec_ref="MQTT-4.7.3-1"
+            )
+        if "+" in topic or "#" in topic:
+            raise ProtocolViolation(
+                f"PUBLISH topic name {topic!r} contains a wildcard",
+                reason_code=0x90,
+                spec_ref="MQTT-3.3.2-2",
+            )
+        if packet.qos and packet.packet_id is not None:
+            unacked = self._inbound_unacked
+            if packet.packet_id not in unacked:
+                if len(unacked) >= self.receive_maximum:
+                    raise ProtocolViolation(
+                        f"more than Receive Maximum ({self.receive_maximum}) unacknowledged "
+                        "QoS 1/2 PUBLISH packets",
+                        reason_code=0x93,
+                        spec_ref="MQTT-3.3.4-9",
+                    )
+                unacked.add(packet.packet_id)
+
+    # ------------------------------------------------------------- life cycle
+    def accept(
+        self,
+        keepalive: int,
+        client_receive_maximum: int | None,
+        client_max_packet_size: int | None,
+        client_topic_alias_maximum: int | None,
+        outbound_aliases: bool,
+        request_problem_information: bool,
+    ) -> None:
+        """The CONNECT was accepted: record what the client told us about itself."""
+        self.state = ConnectionState.CONNECTED
+        self.keepalive = keepalive
+        self.client_receive_maximum = client_receive_maximum or 65535
+        self.client_max_packet_size = client_max_packet_size or 0
+        if outbound_aliases and client_topic_alias_maximum:
+            self._outbound_aliases = OutboundAliases(client_topic_alias_maximum)
+        self.request_problem_information = request_problem_information
+
+    def close(self) -> None:
+        """Stop reading: everything received from now on is ignored [MQTT-3.1.4-5]."""
+        self.state = ConnectionState.CLOSING
+
+    @property
+    def connected(self) -> bool:
+        return self.state is ConnectionState.CONNECTED
+
+    def keepalive_deadline(self) -> float | None:
+        """When the client will have been silent for 1.5 × Keep Alive [MQTT-3.1.2-24]."""
+        if self.keepalive <= 0:
+            return None
+        return self.last_received + self.keepalive * 1.5
+
+    # ----------------------------------------------------------------- output
+    def send_packet(self, packet: Packet) -> None:
+        """Encode and queue one packet; releases inbound quota on final acks."""
+        if self._inbound_unacked and isinstance(packet, (PubAck, PubComp, PubRec)):
+            if not isinstance(packet, PubRec) or packet.reason_code >= 0x80:
+                self._inbound_unacked.discard(packet.packet_id)
+        if not self.request_problem_information and self.protocol_version == 5:
+            packet = _strip_problem_information(packet)
+        data = encode_packet(packet, self.protocol_version)
+        limit = self.client_max_packet_size
+        if limit and len(data) > limit:
+            # Drop the optional text first [MQTT-3.2.2-19], [MQTT-3.1.2-25].
+            packet = _strip_problem_information(packet, force=True)
+            data = encode_packet(packet, self.protocol_version)
+            if len(data) > limit:
+                return
+        self._queue(data)
+
+    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool, now: float) -> bool:
+        """Encode one PUBLISH for this client; False if it is larger than the client's
+        Maximum Packet Size and was therefore not sent [MQTT-3.1.2-25]."""
+        message = delivery.message
+        topic = message.topic
+        if self.protocol_version == 5:
+            alias, with_topic = self._outbound_aliases.choose(topic)
+            props = _publish_properties(delivery, now, alias)
+            props_bytes = (
+                _NO_PROPS if props is None else encode_properties(props, _PUBLISH_KIND)
+            )
+            data = encode_publish(
+                topic if with_topic else "", message.payload, delivery.qos, delivery.retain, dup,
+                packet_id, props_bytes,
+            )
+        else:
+            data = encode_publish(
+                topic, message.payload, delivery.qos, delivery.retain, dup, packet_id, None
+            )
+        limit = self.client_max_packet_size
+        if limit and len(data) > limit:
+            return False
+        self._queue(data)
+        return True
+
+    def _queue(self, data: bytes) -> None:
+        out = self._out
+        out.append(data)
+        if len(out) == 1 and self.on_output is not None:
+            self.on_output()
+
+    def data_to_send(self) -> bytes:
+        """All bytes queued since the last call, as one buffer (one write per turn)."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+
+def _publish_properties(delivery: Delivery, now: float, alias: int) -> Properties | None:
+    """Properties of an outgoing PUBLISH: the message's forwarded ones [MQTT-3.3.2-4],
+    [MQTT-3.3.2-15..20], the remaining expiry [MQTT-3.3.2-6], the subscription
+    identifiers [MQTT-3.3.4-3] and the topic alias."""
+    message = delivery.message
+    base = message.properties
+    expiry = message.remaining_expiry(now)
+    if expiry is None and not delivery.subscription_identifiers and not alias:
+        return None if base == _EMPTY else base
+    return Properties(
+        payload_format_indicator=base.payload_format_indicator,
+        message_expiry_interval=expiry,
+        content_type=base.content_type,
+        response_topic=base.response_topic,
+        correlation_data=base.correlation_data,
+        subscription_identifiers=delivery.subscription_identifiers,
+        user_properties=base.user_properties,
+        topic_alias=alias or None,
+    )
+
+
+_EMPTY = Properties()
+
+
+def _strip_problem_information(packet: Packet, force: bool = False) -> Packet:
+    """Remove Reason String and User Properties where the client asked us not to send
+    them [MQTT-3.1.2-29] (or where they would make the packet too large)."""
+    if isinstance(packet, Publish):
+        return packet
+    if not force and isinstance(packet, (Disconnect,)):
+        return packet  # allowed on DISCONNECT regardless [MQTT-3.1.2-29]
+    props = getattr(packet, "properties", None)
+    if props is None or (props.reason_string is None and not props.user_properties):
+        return packet
+    if isinstance(packet, Auth) and not force:
+        return packet
+    from dataclasses import replace
+
+    new_props = replace(props, reason_string=None, user_properties=())
+    return replace(packet, properties=new_props)  # type: ignore[type-var]

@@ -1,0 +1,73 @@
+"""The broker's view of authentication and authorisation.
+
+Wraps :mod:`iotbroker.auth` (password file, ACL) into the questions the broker asks,
+with per-session caching of ACL decisions (a session's username and client id do not
+change while it is connected). ``None`` from :meth:`authenticate` means accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from iotbroker.auth.base import AllowAll
+from iotbroker.auth.loader import AuthSetup, load_auth
+from iotbroker.config import AuthConfig
+from iotbroker.core.session import Session
+
+_CACHE_LIMIT = 1024
+
+
+class AuthService:
+    """Authentication at CONNECT and ACL checks on publish, subscribe and delivery."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self.config = config
+        self.setup: AuthSetup = load_auth(config)
+        self._open = isinstance(self.setup.authorizer, AllowAll)
+        self._cache: dict[tuple[str, str | None, str, str], bool] = {}
+
+    def reload(self) -> None:
+        """Re-read the password and ACL files (SIGHUP)."""
+        self.setup = load_auth(self.config)
+        self._open = isinstance(self.setup.authorizer, AllowAll)
+        self._cache.clear()
+
+    def authenticate(self, client_id: str, username: str | None,
+                     password: bytes | None) -> int | None:
+        """None when accepted, else the MQTT 5.0 reason code to refuse with."""
+        if self.setup.authenticator.authenticate(client_id, username, password):
+            return None
+        if username is None and password is None:
+            return 0x87  # not authorized: anonymous access is off
+        return 0x86  # bad user name or password
+
+    def _decide(self, kind: str, session: Session, target: str) -> bool:
+        if self._open:
+            return True
+        key = (session.client_id, session.username, kind, target)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        authorizer = self.setup.authorizer
+        if kind == "w":
+            allowed = authorizer.can_publish(session.client_id, session.username, target)
+        elif kind == "s":
+            allowed = authorizer.can_subscribe(session.client_id, session.username, target)
+        else:
+            allowed = authorizer.can_receive(session.client_id, session.username, target)
+        if len(self._cache) >= _CACHE_LIMIT * 64:
+            self._cache.clear()
+        self._cache[key] = allowed
+        return allowed
+
+    def may_publish(self, session: Session, topic: str) -> bool:
+        return self._decide("w", session, topic)
+
+    def may_subscribe(self, session: Session, topic_filter: str) -> bool:
+        return self._decide("s", session, topic_filter)
+
+    def receive_check(self) -> Callable[[Session, str], bool] | None:
+        """The router's delivery hook, or None when there is no ACL (fast path)."""
+        if self._open:
+            return None
+        return lambda session, topic: self._decide("r", session, topic)

@@ -1,0 +1,716 @@
+"""The composition root: the only module that knows every package.
+
+It owns the event loop side of the broker: listeners, the per-turn flush (storage
+batch committed, then one write per connection), timers, and the handling of each
+validated packet, which it hands to ``core`` (routing, sessions) after asking
+``auth``. MQTT 3.1.1 §3 / MQTT 5.0 §3 (per-packet behaviour), §4 (operational
+behaviour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from dataclasses import replace
+
+from iotbroker import __version__
+from iotbroker.codec.enums import PacketType
+from iotbroker.codec.packets import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+from iotbroker.config import BrokerConfig
+from iotbroker.core.message import NEVER_EXPIRES, Message
+from iotbroker.core.retained import RetainedStore
+from iotbroker.core.router import Router
+from iotbroker.core.session import Session, SessionLimits
+from iotbroker.core.sessions import SessionRegistry
+from iotbroker.core.subscriptions import SubscriptionTrie
+from iotbroker.core.topics import parse_shared
+from iotbroker.errors import MqttError, ProtocolViolation, StorageError
+from iotbroker.metrics import Metrics
+from iotbroker.server.auth_service import AuthService
+from iotbroker.server.logsetup import setup_logging
+from iotbroker.server.transport import ClientProtocol
+from iotbroker.storage.base import ChangeBatch, Store
+
+log = logging.getLogger("iotbroker.broker")
+
+# MQTT 3.1.1 CONNACK return codes (§3.2.2.3) for the v5 reason codes we refuse with.
+_V3_CONNACK = {
+    0x84: 0x01,  # unsupported protocol version
+    0x85: 0x02,  # client identifier not valid
+    0x86: 0x04,  # bad user name or password
+    0x87: 0x05,  # not authorized
+    0x88: 0x03,  # server unavailable
+    0x89: 0x03,  # server busy
+    0x8C: 0x04,  # bad authentication method
+}
+
+
+class Broker:
+    """One broker process: sessions, routing, storage and the connections."""
+
+    def __init__(self, config: BrokerConfig, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.store = store
+        self.metrics = Metrics()
+        self.batch = ChangeBatch()
+        self.trie = SubscriptionTrie()
+        self.retained = RetainedStore()
+        mqtt = config.mqtt
+        limits = SessionLimits(
+            max_queued_messages=mqtt.max_queued_messages,
+            max_queued_bytes=mqtt.max_queued_bytes,
+            drop_oldest=mqtt.queue_overflow == "drop-oldest",
+        )
+        self.registry = SessionRegistry(self.trie, self.batch, limits, self.metrics)
+        self.auth = AuthService(config.auth)
+        self.router = Router(
+            self.registry,
+            self.trie,
+            self.retained,
+            self.batch,
+            self.metrics,
+            shared_strategy=mqtt.shared_subscription_strategy,
+            may_receive=self.auth.receive_check(),
+        )
+        self.clients: dict[str, ClientProtocol] = {}
+        self.connections: set[ClientProtocol] = set()
+        self._dirty: list[ClientProtocol] = []
+        self._flush_scheduled = False
+        self._servers: list[asyncio.AbstractServer] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.started_at = time.time()
+        self.bound: list[tuple[str, int]] = []
+
+    # ------------------------------------------------------------------ time
+    @staticmethod
+    def now() -> float:
+        """Wall-clock time used for expiry (it must mean the same after a restart)."""
+        return time.time()
+
+    # ------------------------------------------------------------- lifecycle
+    def restore(self) -> None:
+        started = time.perf_counter()
+        snapshot = self.store.load()
+        now = self.now()
+        for message in snapshot.retained:
+            if message.expired(now):
+                self.batch.delete_retained(message.topic)
+            else:
+                self.retained.set(message)
+        self.registry.restore(snapshot, now)
+        self._run_core_timers()
+        self.flush()
+        log.info(
+            "restored %d sessions, %d subscriptions, %d queued/in-flight messages, "
+            "%d retained messages in %.3fs",
+            len(self.registry), len(self.trie), self.registry.deliveries_pending(),
+            len(self.retained), time.perf_counter() - started,
+        )
+
+    async def start(self) -> None:
+        self.restore()
+        for listener in self.config.listeners:
+            if listener.type != "tcp":
+                raise StorageError(f"listener {listener.name!r}: type {listener.type} is not "
+                                   "supported yet")
+            server = await self.loop.create_server(
+                lambda name=listener.name: ClientProtocol(self, name),
+                host=listener.host,
+                port=listener.port,
+                reuse_address=True,
+                backlog=4096,
+            )
+            self._servers.append(server)
+            for sock in server.sockets:
+                addr = sock.getsockname()
+                self.bound.append((addr[0], addr[1]))
+                log.info("listening on %s:%s (%s, listener %r)", addr[0], addr[1],
+                         listener.type, listener.name)
+        self._reschedule_core_timer()
+
+    async def stop(self) -> None:
+        """Shut down: stop listening, tell v5 clients 0x8B, flush storage."""
+        for server in self._servers:
+            server.close()
+        for proto in list(self.connections):
+            if proto.conn.connected and proto.conn.protocol_version == 5:
+                proto.conn.send_packet(Disconnect(reason_code=0x8B))
+            proto.clean_disconnect = True  # a shutdown is not the client's fault: no will
+            proto.close()
+        self.flush()
+        for server in self._servers:
+            await server.wait_closed()
+        await asyncio.sleep(0)
+        for proto in list(self.connections):
+            proto.abort()
+        self.flush()
+        self.store.close()
+        log.info("stopped")
+
+    # ------------------------------------------------------------ the flush
+    def output_pending(self, proto: ClientProtocol) -> None:
+        self._dirty.append(proto)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Commit the turn's storage changes, then write each connection's output once.
+
+        No acknowledgement leaves before the changes it acknowledges are in the store
+        (design.md, "A QoS 1 PUBLISH").
+        """
+        self._flush_scheduled = False
+        batch = self.batch
+        dirty = self._dirty
+        self._dirty = []
+        if batch:
+            try:
+                self.store.apply(batch)
+                self.metrics.storage_batches += 1
+                self.metrics.storage_changes += len(batch)
+            except StorageError as exc:
+                log.error("storage write failed, closing %d connections without acks: %s",
+                          len(dirty), exc)
+                batch.clear()
+                for proto in dirty:
+                    proto.conn.data_to_send()
+                    proto.abort()
+                return
+            batch.clear()
+        for proto in dirty:
+            proto.write_pending()
+            if proto.close_after_flush and proto.transport is not None:
+                proto.transport.close()
+
+    # ---------------------------------------------------------- connections
+    def connection_made(self, proto: ClientProtocol) -> None:
+        self.connections.add(proto)
+        self.metrics.connections_accepted += 1
+
+    def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
+        self.connections.discard(proto)
+        session = proto.session
+        if session is None:
+            return
+        proto.session = None
+        self.metrics.clients_connected -= 1
+        now = self.now()
+        will = None if proto.clean_disconnect else session.will
+        if proto.taken_over:
+            log.info("client %r (%s) closed after takeover", proto.client_id, proto.peer)
+            if will is not None:
+                self._publish_will(will, session.client_id, now)
+            return
+        if self.clients.get(proto.client_id) is proto:
+            del self.clients[proto.client_id]
+        if not proto.clean_disconnect:
+            log.info("client %r (%s) connection lost%s", proto.client_id, proto.peer,
+                     f": {exc}" if exc else "")
+        self.router.redistribute(session, now) if not session.persistent else None
+        due = self.registry.close(session, now, will)
+        if due is not None:
+            self._publish_will(due, session.client_id, now)
+        self._reschedule_core_timer()
+        self.flush()
+
+    def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None:
+        """A client broke a rule: one log line, the right reason code, close."""
+        from iotbroker.errors import MalformedPacket
+
+        if isinstance(exc, MalformedPacket):
+            self.metrics.malformed_packets += 1
+        else:
+            self.metrics.protocol_errors += 1
+        log.warning("closing %s (%r): %s", proto.peer, proto.client_id or "-", exc)
+        conn = proto.conn
+        if conn.connected:
+            if conn.protocol_version == 5:
+                conn.send_packet(Disconnect(exc.reason_code, Properties(reason_string=exc.message[:200])))
+        elif conn.state.name == "AUTHENTICATING" or isinstance(exc, MalformedPacket):
+            requested = getattr(exc, "protocol_version", None)
+            if exc.reason_code == 0x84:
+                # [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1) / 0x84 (5.0), then close.
+                version = 5 if requested == 5 else 4
+                conn.protocol_version = version
+                code = 0x84 if version == 5 else 0x01
+                conn.send_packet(ConnAck(False, code))
+            elif conn.protocol_version == 5 and proto.session is None:
+                conn.send_packet(ConnAck(False, exc.reason_code))
+        proto.close()
+
+    def keepalive_expired(self, proto: ClientProtocol) -> None:
+        """No packet for 1.5 × Keep Alive [MQTT-3.1.2-24]: close; the will goes out."""
+        self.metrics.keepalive_timeouts += 1
+        log.info("client %r (%s) keepalive timeout (%ss)", proto.client_id, proto.peer,
+                 proto.conn.keepalive)
+        if proto.conn.protocol_version == 5:
+            proto.conn.send_packet(Disconnect(0x8D))
+        proto.close()
+
+    # ------------------------------------------------------------- packets
+    def handle_packet(self, proto: ClientProtocol, packet: Packet) -> None:
+        ptype = packet.TYPE
+        if ptype is PacketType.PUBLISH:
+            assert isinstance(packet, Publish)
+            self.on_publish(proto, packet)
+        elif ptype is PacketType.PUBACK:
+            assert isinstance(packet, PubAck)
+            self._session(proto).on_puback(packet.packet_id, self.now())
+        elif ptype is PacketType.PUBREC:
+            assert isinstance(packet, PubRec)
+            if not self._session(proto).on_pubrec(packet.packet_id, packet.reason_code, self.now()):
+                # Unknown id: v5 0x92 Packet Identifier not found; 3.1.1 PUBREL anyway.
+                code = 0x92 if proto.conn.protocol_version == 5 else 0
+                if packet.reason_code < 0x80:
+                    proto.conn.send_packet(PubRel(packet.packet_id, code))
+        elif ptype is PacketType.PUBREL:
+            assert isinstance(packet, PubRel)
+            held = self._session(proto).release_inbound_qos2(packet.packet_id)
+            # PUBCOMP even for an unknown id [MQTT-4.3.3-11 area]; v5 says 0x92.
+            code = 0x92 if not held and proto.conn.protocol_version == 5 else 0
+            proto.conn.send_packet(PubComp(packet.packet_id, code))
+        elif ptype is PacketType.PUBCOMP:
+            assert isinstance(packet, PubComp)
+            self._session(proto).on_pubcomp(packet.packet_id, self.now())
+        elif ptype is PacketType.SUBSCRIBE:
+            assert isinstance(packet, Subscribe)
+            self.on_subscribe(proto, packet)
+        elif ptype is PacketType.UNSUBSCRIBE:
+            assert isinstance(packet, Unsubscribe)
+            self.on_unsubscribe(proto, packet)
+        elif ptype is PacketType.PINGREQ:
+            assert isinstance(packet, PingReq)
+            proto.conn.send_packet(PingResp())  # [MQTT-3.12.4-1]
+        elif ptype is PacketType.DISCONNECT:
+            assert isinstance(packet, Disconnect)
+            self.on_disconnect(proto, packet)
+        elif ptype is PacketType.CONNECT:
+            assert isinstance(packet, Connect)
+            self.on_connect(proto, packet)
+        elif ptype is PacketType.AUTH:
+            assert isinstance(packet, Auth)
+            raise ProtocolViolation("AUTH without an authentication method in CONNECT",
+                                    spec_ref="MQTT-4.12.0-1")
+
+    def _session(self, proto: ClientProtocol) -> Session:
+        session = proto.session
+        if session is None:
+            raise ProtocolViolation("packet before CONNACK", spec_ref="MQTT-3.1.0-1")
+        return session
+
+    # --------------------------------------------------------------- CONNECT
+    def _refuse(self, proto: ClientProtocol, packet: Connect, reason: int, why: str) -> None:
+        """Refuse a CONNECT with a CONNACK code, then close [MQTT-3.2.2-5] (v5 -7)."""
+        self.metrics.connections_rejected += 1
+        log.info("refused CONNECT from %s (client id %r): %s", proto.peer, packet.client_id, why)
+        conn = proto.conn
+        code = reason if packet.protocol_version == 5 else _V3_CONNACK.get(reason, 0x03)
+        conn.send_packet(ConnAck(False, code))
+        proto.close()
+
+    def on_connect(self, proto: ClientProtocol, packet: Connect) -> None:
+        cfg = self.config.mqtt
+        conn = proto.conn
+        v5 = packet.protocol_version == 5
+        props = packet.properties
+        client_id = packet.client_id
+        assigned: str | None = None
+        if not client_id:
+            if not cfg.allow_zero_length_client_id or (not v5 and not packet.clean_start):
+                # [MQTT-3.1.3-8] (3.1.1): zero-length id needs Clean Session = 1.
+                self._refuse(proto, packet, 0x85, "zero-length client id not allowed")
+                return
+            client_id = assigned = f"auto-{uuid.uuid4().hex}"  # [MQTT-3.1.3-6]
+        elif len(client_id) > cfg.max_client_id_length:
+            self._refuse(proto, packet, 0x85, "client id too long")
+            return
+        if v5 and props.authentication_method is not None:
+            self._refuse(proto, packet, 0x8C,
+                         f"authentication method {props.authentication_method!r} not supported")
+            return
+        decision = self.auth.authenticate(client_id, packet.username, packet.password)
+        if decision is not None:
+            self.metrics.auth_failures += 1
+            self._refuse(proto, packet, decision, "authentication failed")
+            return
+        will = packet.will
+        if will is not None:
+            if will.qos > cfg.maximum_qos:
+                self._refuse(proto, packet, 0x9B, "will QoS not supported")  # [MQTT-3.2.2-12]
+                return
+            if will.retain and not cfg.retain_available:
+                self._refuse(proto, packet, 0x9A, "retained will not supported")
+                return
+            try:
+                from iotbroker.core.topics import validate_topic_name
+
+                validate_topic_name(will.topic, packet.protocol_version)
+            except ProtocolViolation as exc:
+                self._refuse(proto, packet, exc.reason_code, f"will topic: {exc}")
+                return
+        now = self.now()
+        # Session takeover [MQTT-3.1.4-2] (v5 [MQTT-3.1.4-3]: DISCONNECT 0x8E).
+        old = self.clients.pop(client_id, None)
+        if old is not None and old is not proto:
+            self.metrics.session_takeovers += 1
+            log.info("client %r taken over: new connection from %s closes %s",
+                     client_id, proto.peer, old.peer)
+            old.taken_over = True
+            old_session = old.session
+            if old_session is not None and old_session.outlet is old.conn:
+                old_session.detach(now)
+            if old.conn.protocol_version == 5 and old.conn.connected:
+                old.conn.send_packet(Disconnect(0x8E))
+            old.close()
+        # Session expiry: v5 from the property; 3.1.1 from Clean Session.
+        if v5:
+            expiry = props.session_expiry_interval or 0
+        elif packet.clean_start:
+            expiry = 0
+        else:
+            v3 = cfg.persistent_session_expiry_v311
+            expiry = NEVER_EXPIRES if v3 is None else v3
+        granted_expiry = min(expiry, cfg.max_session_expiry)
+        session, present = self.registry.open(
+            client_id, packet.clean_start, granted_expiry, packet.protocol_version, now
+        )
+        session.username = packet.username
+        # Keep alive: the server may impose a lower one (v5 Server Keep Alive).
+        keepalive = packet.keepalive
+        server_keepalive: int | None = None
+        if v5 and (keepalive == 0 or keepalive > cfg.max_keepalive) and cfg.max_keepalive < 65535:
+            keepalive = server_keepalive = cfg.max_keepalive
+        elif keepalive > cfg.max_keepalive:
+            keepalive = cfg.max_keepalive
+        conn.accept(
+            keepalive=keepalive,
+            client_receive_maximum=props.receive_maximum if v5 else None,
+            client_max_packet_size=props.maximum_packet_size if v5 else None,
+            client_topic_alias_maximum=props.topic_alias_maximum if v5 else None,
+            outbound_aliases=cfg.outbound_topic_aliases,
+            request_problem_information=props.request_problem_information != 0,
+        )
+        connack_props = Properties()
+        if v5:
+            connack_props = self._connack_properties(packet, assigned, granted_expiry, expiry,
+                                                     server_keepalive)
+        conn.send_packet(ConnAck(present, 0, connack_props))
+        proto.session = session
+        proto.client_id = client_id
+        self.clients[client_id] = proto
+        self.metrics.clients_connected += 1
+        self.metrics.clients_maximum = max(self.metrics.clients_maximum,
+                                           self.metrics.clients_connected)
+        session.will = will
+        session.will_delay = will.properties.will_delay_interval or 0 if will and v5 else 0
+        window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
+        session.attach(conn, window, now)
+        proto.start_keepalive()
+        log.info(
+            "client %r connected from %s (MQTT %s, clean_start=%s, keepalive=%s, "
+            "session_present=%s, expiry=%s, listener %r)",
+            client_id, proto.peer, "5.0" if v5 else "3.1.1", packet.clean_start, keepalive,
+            present, granted_expiry, proto.listener,
+        )
+
+    def _connack_properties(
+        self,
+        packet: Connect,
+        assigned: str | None,
+        granted_expiry: int,
+        requested_expiry: int,
+        server_keepalive: int | None,
+    ) -> Properties:
+        """CONNACK properties tell the truth about this server (MQTT 5.0 §3.2.2.3)."""
+        cfg = self.config.mqtt
+        props = Properties(
+            receive_maximum=cfg.receive_maximum if cfg.receive_maximum < 65535 else None,
+            maximum_qos=cfg.maximum_qos if cfg.maximum_qos < 2 else None,
+            retain_available=None if cfg.retain_available else 0,
+            maximum_packet_size=cfg.max_packet_size,
+            topic_alias_maximum=cfg.topic_alias_maximum or None,
+            wildcard_subscription_available=None if cfg.wildcard_subscriptions else 0,
+            subscription_identifier_available=None if cfg.subscription_identifiers else 0,
+            shared_subscription_available=None if cfg.shared_subscriptions else 0,
+            server_keep_alive=server_keepalive,
+            assigned_client_identifier=assigned,
+            session_expiry_interval=granted_expiry if granted_expiry != requested_expiry else None,
+        )
+        if packet.properties.request_response_information and cfg.response_information_prefix:
+            client = assigned or packet.client_id
+            props.response_information = f"{cfg.response_information_prefix}{client}"
+        return props
+
+    # --------------------------------------------------------------- PUBLISH
+    def on_publish(self, proto: ClientProtocol, packet: Publish) -> None:
+        session = self._session(proto)
+        cfg = self.config.mqtt
+        conn = proto.conn
+        v5 = conn.protocol_version == 5
+        qos = packet.qos
+        metrics = self.metrics
+        metrics.publish_received += 1
+        metrics.publish_received_qos[qos] += 1  # type: ignore[index]
+        if qos > cfg.maximum_qos:
+            raise ProtocolViolation(f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",
+                                    reason_code=0x9B, spec_ref="MQTT-3.2.2-11")
+        if packet.retain and not cfg.retain_available:
+            raise ProtocolViolation("RETAIN not supported", reason_code=0x9A,
+                                    spec_ref="MQTT-3.2.2-14")
+        topic = packet.topic
+        if topic.count("/") >= cfg.max_topic_levels or len(topic) > cfg.max_topic_length:
+            self._ack(proto, packet, 0x90)
+            return
+        if not self.auth.may_publish(session, topic):
+            metrics.acl_denials += 1
+            log.info("client %r not authorised to publish to %r", session.client_id, topic)
+            self._ack(proto, packet, 0x87)
+            return
+        if qos == 2 and not session.hold_inbound_qos2(packet.packet_id or 0):
+            # Duplicate of a held QoS 2 message: acknowledge, do not route again
+            # [MQTT-4.3.3-2] (method B of MQTT 3.1.1 §4.3.3, MQTT 5.0 §4.3.3).
+            conn.send_packet(PubRec(packet.packet_id or 0))
+            return
+        now = self.now()
+        props = packet.properties
+        expiry = props.message_expiry_interval
+        message = Message(
+            topic=topic,
+            payload=packet.payload,
+            qos=qos,
+            retain=packet.retain,
+            properties=props if v5 else _NO_PROPS,
+            created_at=now,
+            expires_at=None if expiry is None else now + expiry,
+            origin=session.client_id,
+        )
+        matched = self.router.publish(message, now)
+        if qos:
+            self._ack(proto, packet, 0x10 if v5 and not matched else 0)
+
+    def _ack(self, proto: ClientProtocol, packet: Publish, code: int) -> None:
+        """PUBACK / PUBREC with a reason code (v5); 3.1.1 acks carry none."""
+        if packet.qos == 0 or packet.packet_id is None:
+            return
+        if proto.conn.protocol_version != 5:
+            code = 0
+        if packet.qos == 1:
+            proto.conn.send_packet(PubAck(packet.packet_id, code))
+        else:
+            proto.conn.send_packet(PubRec(packet.packet_id, code))
+
+    def _publish_will(self, will: Will, client_id: str, now: float) -> None:
+        """Publish a Will Message (MQTT 3.1.1 §3.1.2.5, MQTT 5.0 §3.1.3.2)."""
+        self.metrics.wills_published += 1
+        props = will.properties
+        expiry = props.message_expiry_interval
+        message = Message(
+            topic=will.topic,
+            payload=will.payload,
+            qos=will.qos,
+            retain=will.retain,
+            properties=replace(props, will_delay_interval=None),
+            created_at=now,
+            expires_at=None if expiry is None else now + expiry,
+            origin=client_id,
+        )
+        log.info("publishing will of %r to %r", client_id, will.topic)
+        self.router.publish(message, now)
+
+    # ------------------------------------------------------ SUBSCRIBE / UNSUB
+    def on_subscribe(self, proto: ClientProtocol, packet: Subscribe) -> None:
+        session = self._session(proto)
+        cfg = self.config.mqtt
+        v5 = proto.conn.protocol_version == 5
+        sub_ids = packet.properties.subscription_identifiers
+        sub_id = sub_ids[0] if sub_ids else None
+        if sub_id is not None and not cfg.subscription_identifiers:
+            raise ProtocolViolation("subscription identifiers are not supported",
+                                    reason_code=0xA1)
+        limit = cfg.max_subscriptions_per_client
+
+        def check(sub: Subscription) -> int | None:
+            group, plain = parse_shared(sub.topic_filter)
+            if group is not None:
+                if sub.no_local:
+                    raise ProtocolViolation("No Local on a shared subscription",
+                                            spec_ref="MQTT-3.8.3-4")
+                if not cfg.shared_subscriptions:
+                    return 0x9E if v5 else 0x80
+            if not cfg.wildcard_subscriptions and ("+" in plain or "#" in plain):
+                return 0xA2 if v5 else 0x80
+            if plain.count("/") >= cfg.max_topic_levels or len(plain) > cfg.max_topic_length:
+                return 0x8F if v5 else 0x80
+            if limit and sub.topic_filter not in session.subscriptions and \
+                    len(session.subscriptions) >= limit:
+                return 0x97 if v5 else 0x80
+            if not self.auth.may_subscribe(session, sub.topic_filter):
+                self.metrics.acl_denials += 1
+                log.info("client %r not authorised to subscribe to %r", session.client_id,
+                         sub.topic_filter)
+                return 0x87 if v5 else 0x80
+            return None
+
+        codes, retained = self.router.subscribe(
+            session, packet.subscriptions, sub_id, cfg.maximum_qos, check
+        )
+        proto.conn.send_packet(SubAck(packet.packet_id, codes))
+        now = self.now()
+        for delivery in retained:
+            session.deliver(delivery, now)
+
+    def on_unsubscribe(self, proto: ClientProtocol, packet: Unsubscribe) -> None:
+        session = self._session(proto)
+        codes = self.router.unsubscribe(session, packet.topic_filters)
+        v5 = proto.conn.protocol_version == 5
+        proto.conn.send_packet(UnsubAck(packet.packet_id, codes if v5 else []))
+
+    # ------------------------------------------------------------ DISCONNECT
+    def on_disconnect(self, proto: ClientProtocol, packet: Disconnect) -> None:
+        session = self._session(proto)
+        expiry = packet.properties.session_expiry_interval
+        if expiry is not None:
+            if session.expiry_interval == 0 and expiry != 0:
+                # [MQTT-3.14.2-2]: 0 at CONNECT cannot become non-zero at DISCONNECT.
+                raise ProtocolViolation(
+                    "Session Expiry Interval changed from 0 at DISCONNECT",
+                    spec_ref="MQTT-3.14.2-2",
+                )
+            was_persistent = session.persistent
+            session.expiry_interval = min(expiry, self.config.mqtt.max_session_expiry)
+            if was_persistent and not session.persistent:
+                self.batch.delete_session(session.client_id)
+        # Normal disconnection discards the will [MQTT-3.14.4-3]; 0x04 keeps it.
+        proto.clean_disconnect = packet.reason_code != 0x04
+        log.info("client %r disconnected (reason 0x%02x)", proto.client_id, packet.reason_code)
+        proto.close()
+
+    # ---------------------------------------------------------------- timers
+    def _run_core_timers(self) -> None:
+        now = self.now()
+        for will in self.registry.run_timers(now):
+            self._publish_will(will, "", now)
+        for topic in self.retained.drop_expired(now):
+            self.batch.delete_retained(topic)
+
+    def _reschedule_core_timer(self) -> None:
+        deadline = self.registry.next_deadline()
+        retained_deadline = self.retained.next_expiry()
+        if retained_deadline is not None and (deadline is None or retained_deadline < deadline):
+            deadline = retained_deadline
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, deadline - self.now())
+        self._timer_at = deadline
+        self._timer = self.loop.call_later(delay, self._on_core_timer)
+
+    def _on_core_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._run_core_timers()
+        self._reschedule_core_timer()
+        if self.batch and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+
+_NO_PROPS = Properties()
+
+
+# ---------------------------------------------------------------------------
+def open_store(config: BrokerConfig) -> Store:
+    """The configured store: RocksDB under ``storage.path`` or in memory."""
+    storage = config.storage
+    if storage.backend == "memory":
+        from iotbroker.storage.memory import MemoryStore
+
+        return MemoryStore()
+    from iotbroker.storage.rocksdb import RocksDBStore
+
+    return RocksDBStore(storage.path, durability=storage.durability,
+                        on_corruption=storage.on_corruption)
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+    return asyncio.new_event_loop()
+
+
+def run_broker(config: BrokerConfig) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit code."""
+    setup_logging(config.logging)
+    try:
+        store = open_store(config)
+    except StorageError as exc:
+        log.error("%s", exc)
+        return 1
+    loop = _new_loop(config.loop)
+    asyncio.set_event_loop(loop)
+    broker = Broker(config, store, loop)
+    stop_event = asyncio.Event()
+
+    def request_stop(signame: str) -> None:
+        log.info("received %s, shutting down", signame)
+        stop_event.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop, sig.name)
+
+    async def main() -> int:
+        try:
+            await broker.start()
+        except OSError as exc:
+            log.error("cannot listen: %s", exc)
+            store.close()
+            return 1
+        except StorageError as exc:
+            log.error("%s", exc)
+            store.close()
+            return 1
+        log.info("iotbroker %s running (storage: %s)", __version__, config.storage.backend)
+        await stop_event.wait()
+        await broker.stop()
+        return 0
+
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()

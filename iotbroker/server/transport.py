@@ -1,0 +1,159 @@
+"""The asyncio side of one client connection: an :class:`asyncio.Protocol`.
+
+Inbound packets of one connection are handled in order, synchronously, in
+``data_received`` (no task per packet). Output is buffered in the sans-I/O
+:class:`~iotbroker.protocol.connection.Connection` and written once per loop turn by
+the broker's flush, after the storage batch of that turn is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from iotbroker.errors import MqttError
+from iotbroker.protocol.connection import Connection
+
+if TYPE_CHECKING:
+    from iotbroker.core.session import Session
+    from iotbroker.server.broker import Broker
+
+log = logging.getLogger("iotbroker.connection")
+
+
+class ClientProtocol(asyncio.Protocol):
+    """One TCP (or TLS / WebSocket-adapted) client."""
+
+    __slots__ = (
+        "broker",
+        "clean_disconnect",
+        "client_id",
+        "close_after_flush",
+        "conn",
+        "listener",
+        "loop",
+        "peer",
+        "session",
+        "taken_over",
+        "timer",
+        "transport",
+    )
+
+    def __init__(self, broker: Broker, listener: str) -> None:
+        self.broker = broker
+        self.listener = listener
+        self.loop = broker.loop
+        self.transport: asyncio.BaseTransport | None = None
+        self.session: Session | None = None
+        self.client_id = ""
+        self.peer = "?"
+        self.clean_disconnect = False
+        self.taken_over = False
+        self.close_after_flush = False
+        self.timer: asyncio.TimerHandle | None = None
+        cfg = broker.config.mqtt
+        self.conn = Connection(
+            max_packet_size=cfg.max_packet_size,
+            receive_maximum=cfg.receive_maximum,
+            topic_alias_maximum=cfg.topic_alias_maximum,
+            now=self.loop.time(),
+        )
+        self.conn.on_output = self._output_pending
+
+    # ----------------------------------------------------------- asyncio API
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.broker.connection_made(self)
+        # Sockets that never send CONNECT are closed after connect_timeout.
+        self.timer = self.loop.call_at(
+            self.loop.time() + self.broker.config.mqtt.connect_timeout, self._on_timer
+        )
+
+    def data_received(self, data: bytes) -> None:
+        broker = self.broker
+        broker.metrics.bytes_received += len(data)
+        try:
+            packets = self.conn.receive_data(data, self.loop.time())
+        except MqttError as exc:
+            broker.peer_error(self, exc)
+            return
+        for packet in packets:
+            try:
+                broker.handle_packet(self, packet)
+            except MqttError as exc:
+                broker.peer_error(self, exc)
+                return
+            if self.close_after_flush:
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.broker.connection_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.conn.writable = False
+
+    def resume_writing(self) -> None:
+        self.conn.writable = True
+        if self.session is not None and self.session.outlet is self.conn:
+            self.session.pump(self.broker.now())
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    # -------------------------------------------------------------- helpers
+    def _output_pending(self) -> None:
+        self.broker.output_pending(self)
+
+    def write_pending(self) -> None:
+        """Write what the connection has queued (called by the broker's flush)."""
+        transport = self.transport
+        data = self.conn.data_to_send()
+        if transport is None or not data or transport.is_closing():
+            return
+        self.broker.metrics.bytes_sent += len(data)
+        transport.write(data)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Close after the pending output of this turn has been written."""
+        self.conn.close()
+        if not self.close_after_flush:
+            self.close_after_flush = True
+            self.broker.output_pending(self)
+
+    def abort(self) -> None:
+        self.conn.close()
+        if self.transport is not None:
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        conn = self.conn
+        if not conn.connected:
+            if not self.close_after_flush:
+                log.info("closing %s: no CONNECT within %ss", self.peer,
+                         self.broker.config.mqtt.connect_timeout)
+                self.abort()
+            return
+        deadline = conn.keepalive_deadline()
+        if deadline is None:
+            return
+        if now >= deadline:
+            self.broker.keepalive_expired(self)
+            return
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def start_keepalive(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        deadline = self.conn.keepalive_deadline()
+        if deadline is not None:
+            self.timer = self.loop.call_at(deadline, self._on_timer)

@@ -1,0 +1,358 @@
+"""The storage contract: record types, a batch of named changes, the Store protocol.
+
+Rules of this room:
+
+* Storage is synchronous and knows nothing of sockets or the event loop. The core
+  collects one loop turn's changes in a :class:`ChangeBatch`; the server applies it
+  with :meth:`Store.apply` before any acknowledgement from that turn reaches a socket.
+* What is persisted is exactly the spec's *session state* (MQTT 3.1.1 §3.1.2.4,
+  MQTT 5.0 §4.1) plus retained messages (MQTT 5.0 §3.3.1.3):
+
+  ==================  ========================================  ========================
+  record              key                                       one per
+  ==================  ========================================  ========================
+  SessionRecord       client_id                                 session
+  SubscriptionRecord  (client_id, topic_filter)                 subscription
+  OutboundRecord      (client_id, packet_id)                    in-flight QoS 1/2 PUBLISH
+  QueuedRecord        (client_id, seq)                          queued (not yet sent) msg
+  inbound QoS 2 id    (client_id, packet_id)                    PUBLISH received, no PUBREL
+  retained Message    topic                                     retained message
+  ==================  ========================================  ========================
+
+* ``seq`` is a per-session counter (:attr:`SessionRecord.next_seq`) that the core hands
+  out when it accepts a delivery for a session, whether the delivery goes in flight at
+  once or waits in the queue. A queued delivery keeps its ``seq`` when it is promoted
+  to in flight, so :meth:`Store.load` returns in-flight messages in their original send
+  order even after packet identifiers wrapped around (MQTT 5.0 §4.6: resend in order).
+* A put replaces any record with the same key. Deleting a missing record is not an
+  error. ``delete_session`` removes the session and *every* record keyed by its
+  client id (subscriptions, outbound, queued, inbound QoS 2 ids), and nothing of any
+  other client id, even one that has it as a prefix ("a" vs "ab").
+* Changes of one batch take effect in order (put then delete of one key leaves
+  nothing; ``delete_session`` then ``put_session`` leaves a fresh session) and
+  atomically: all of them or none. A change that cannot be stored (a client id
+  containing NUL, a packet id outside 1..65535) is our own bug: ``apply`` raises
+  :class:`ValueError` and stores nothing of that batch.
+* The store does not interpret: expired messages and records without a session come
+  back from :meth:`Store.load` as they were written; the core decides what they mean.
+* Failures of the medium (database in use, corrupt, newer format, disk full) raise
+  :class:`iotbroker.errors.StorageError` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol
+
+from iotbroker.codec.packets import Properties
+from iotbroker.core.message import Delivery, Message
+
+__all__ = [
+    "MAX_SEQ",
+    "Change",
+    "ChangeBatch",
+    "Op",
+    "OutboundRecord",
+    "OutboundState",
+    "QueuedRecord",
+    "SessionRecord",
+    "Store",
+    "StoreSnapshot",
+    "SubscriptionRecord",
+    "WillRecord",
+    "check_client_id",
+    "check_outbound",
+    "check_packet_id",
+    "check_seq",
+]
+
+#: Largest per-session sequence number (stored as an unsigned 64-bit integer).
+MAX_SEQ = 0xFFFF_FFFF_FFFF_FFFF
+
+
+class OutboundState(IntEnum):
+    """Where an in-flight outbound QoS 1/2 PUBLISH stands (MQTT 5.0 §4.3.2, §4.3.3)."""
+
+    #: PUBLISH sent; awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
+    PUBLISH_SENT = 1
+    #: PUBREC received and PUBREL sent; awaiting PUBCOMP (QoS 2).
+    PUBREL_SENT = 2
+
+
+@dataclass(slots=True, frozen=True)
+class WillRecord:
+    """A Will Message still pending for a disconnected session (MQTT 5.0 §3.1.3.2).
+
+    Only persisted while a Will Delay Interval runs: ``delay_interval`` is in seconds,
+    counted from :attr:`SessionRecord.disconnected_at`. ``properties`` are the Will
+    Properties (payload format, message expiry, content type, response topic,
+    correlation data, user properties).
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties
+    delay_interval: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class SessionRecord:
+    """One session (MQTT 5.0 §4.1), keyed by ``client_id``.
+
+    ``expiry_interval`` is the Session Expiry Interval in seconds (``0xFFFFFFFF``: never
+    expires). ``disconnected_at`` is the wall-clock time of the disconnect, ``None``
+    while a client is connected. ``next_packet_id`` and ``next_seq`` are the counters
+    the core continues from after a restart.
+    """
+
+    client_id: str
+    protocol_version: int
+    expiry_interval: int
+    disconnected_at: float | None = None
+    will: WillRecord | None = None
+    next_packet_id: int = 1
+    next_seq: int = 0
+    username: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class SubscriptionRecord:
+    """One subscription, keyed by ``(client_id, topic_filter)``.
+
+    ``topic_filter`` is as subscribed, including a ``$share/<group>/`` prefix
+    (MQTT 5.0 §4.8.2). The options are those of MQTT 5.0 §3.8.3.1.
+    """
+
+    client_id: str
+    topic_filter: str
+    qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = 0
+    subscription_identifier: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class OutboundRecord:
+    """An in-flight outbound QoS 1/2 PUBLISH, keyed by ``(client_id, packet_id)``.
+
+    ``seq`` is the delivery's per-session sequence number (see the module docstring);
+    :meth:`Store.load` returns a session's outbound records sorted by it. ``delivery``
+    may be ``None`` in state :attr:`OutboundState.PUBREL_SENT`: after PUBREC the
+    message itself need not be kept (MQTT 5.0 §4.3.3), only the packet id.
+    """
+
+    client_id: str
+    packet_id: int
+    state: OutboundState
+    delivery: Delivery | None
+    seq: int
+
+
+@dataclass(slots=True, frozen=True)
+class QueuedRecord:
+    """A delivery waiting for the in-flight window, keyed by ``(client_id, seq)``."""
+
+    client_id: str
+    seq: int
+    delivery: Delivery
+
+
+@dataclass(slots=True)
+class StoreSnapshot:
+    """Everything :meth:`Store.load` found.
+
+    * ``sessions``: by client id, in client id order.
+    * ``subscriptions``: per client id, in topic filter order.
+    * ``outbound``: per client id, in send order (``seq``).
+    * ``queued``: per client id, in ``seq`` order.
+    * ``inbound_qos2``: per client id, the packet ids of QoS 2 PUBLISHes received and
+      not yet released by PUBREL.
+    * ``retained``: in topic order.
+    """
+
+    sessions: dict[str, SessionRecord] = field(default_factory=dict)
+    subscriptions: dict[str, list[SubscriptionRecord]] = field(default_factory=dict)
+    outbound: dict[str, list[OutboundRecord]] = field(default_factory=dict)
+    queued: dict[str, list[QueuedRecord]] = field(default_factory=dict)
+    inbound_qos2: dict[str, set[int]] = field(default_factory=dict)
+    retained: list[Message] = field(default_factory=list)
+
+
+class Op(IntEnum):
+    """The code of one named change in a :class:`ChangeBatch`."""
+
+    PUT_SESSION = 1
+    DELETE_SESSION = 2
+    PUT_SUBSCRIPTION = 3
+    DELETE_SUBSCRIPTION = 4
+    PUT_OUTBOUND = 5
+    DELETE_OUTBOUND = 6
+    PUT_QUEUED = 7
+    DELETE_QUEUED = 8
+    PUT_INBOUND_QOS2 = 9
+    DELETE_INBOUND_QOS2 = 10
+    PUT_RETAINED = 11
+    DELETE_RETAINED = 12
+
+
+#: One change: ``(op, a, b)``. Puts carry the record (or retained Message) in ``a``
+#: and ``None`` in ``b``; deletes carry the key: ``(client_id, None)`` for
+#: DELETE_SESSION, ``(topic, None)`` for DELETE_RETAINED, ``(client_id, topic_filter |
+#: packet_id | seq)`` otherwise; PUT_INBOUND_QOS2 is ``(client_id, packet_id)``.
+Change = tuple[Op, Any, Any]
+
+# Module-level aliases: a global lookup is cheaper than an enum attribute lookup.
+_PUT_SESSION = Op.PUT_SESSION
+_DELETE_SESSION = Op.DELETE_SESSION
+_PUT_SUBSCRIPTION = Op.PUT_SUBSCRIPTION
+_DELETE_SUBSCRIPTION = Op.DELETE_SUBSCRIPTION
+_PUT_OUTBOUND = Op.PUT_OUTBOUND
+_DELETE_OUTBOUND = Op.DELETE_OUTBOUND
+_PUT_QUEUED = Op.PUT_QUEUED
+_DELETE_QUEUED = Op.DELETE_QUEUED
+_PUT_INBOUND_QOS2 = Op.PUT_INBOUND_QOS2
+_DELETE_INBOUND_QOS2 = Op.DELETE_INBOUND_QOS2
+_PUT_RETAINED = Op.PUT_RETAINED
+_DELETE_RETAINED = Op.DELETE_RETAINED
+
+
+class ChangeBatch:
+    """An append-only list of named changes, applied in order and atomically.
+
+    Appending is one tuple and one ``list.append``: the core calls these on the hot
+    path. ``changes`` is public for the stores; treat it as read-only elsewhere.
+    """
+
+    __slots__ = ("changes",)
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def put_session(self, rec: SessionRecord) -> None:
+        self.changes.append((_PUT_SESSION, rec, None))
+
+    def delete_session(self, client_id: str) -> None:
+        """Remove the session and all its subscriptions, outbound, queued and inbound ids."""
+        self.changes.append((_DELETE_SESSION, client_id, None))
+
+    def put_subscription(self, rec: SubscriptionRecord) -> None:
+        self.changes.append((_PUT_SUBSCRIPTION, rec, None))
+
+    def delete_subscription(self, client_id: str, topic_filter: str) -> None:
+        self.changes.append((_DELETE_SUBSCRIPTION, client_id, topic_filter))
+
+    def put_outbound(self, rec: OutboundRecord) -> None:
+        self.changes.append((_PUT_OUTBOUND, rec, None))
+
+    def delete_outbound(self, client_id: str, packet_id: int) -> None:
+        self.changes.append((_DELETE_OUTBOUND, client_id, packet_id))
+
+    def put_queued(self, rec: QueuedRecord) -> None:
+        self.changes.append((_PUT_QUEUED, rec, None))
+
+    def delete_queued(self, client_id: str, seq: int) -> None:
+        self.changes.append((_DELETE_QUEUED, client_id, seq))
+
+    def put_inbound_qos2(self, client_id: str, packet_id: int) -> None:
+        self.changes.append((_PUT_INBOUND_QOS2, client_id, packet_id))
+
+    def delete_inbound_qos2(self, client_id: str, packet_id: int) -> None:
+        self.changes.append((_DELETE_INBOUND_QOS2, client_id, packet_id))
+
+    def put_retained(self, message: Message) -> None:
+        self.changes.append((_PUT_RETAINED, message, None))
+
+    def delete_retained(self, topic: str) -> None:
+        self.changes.append((_DELETE_RETAINED, topic, None))
+
+    def extend(self, other: ChangeBatch) -> None:
+        """Append all changes of ``other`` (after this batch's own)."""
+        self.changes.extend(other.changes)
+
+    def clear(self) -> None:
+        self.changes.clear()
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def __repr__(self) -> str:
+        names = ", ".join(Op(op).name for op, _, _ in self.changes[:8])
+        more = f", ... ({len(self.changes)} changes)" if len(self.changes) > 8 else ""
+        return f"ChangeBatch([{names}{more}])"
+
+
+def check_client_id(client_id: str) -> None:
+    """A client id is a key prefix ended by NUL: it must be a str without NUL.
+
+    MQTT strings cannot contain U+0000 [MQTT-1.5.4-2], so a validated client id
+    always passes.
+    """
+    if not isinstance(client_id, str) or "\0" in client_id:
+        raise ValueError(f"client id {client_id!r} cannot be stored: a str without NUL expected")
+
+
+def check_packet_id(packet_id: int) -> None:
+    """Packet identifiers are 1..65535 (MQTT 5.0 §2.2.1)."""
+    if not isinstance(packet_id, int) or not 0 < packet_id <= 0xFFFF:
+        raise ValueError(f"packet id {packet_id!r} cannot be stored: 1..65535 expected")
+
+
+def check_seq(seq: int) -> None:
+    """Sequence numbers are unsigned 64-bit integers."""
+    if not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        raise ValueError(f"sequence number {seq!r} cannot be stored: 0..2**64-1 expected")
+
+
+def check_outbound(rec: OutboundRecord) -> None:
+    """Client id, packet id and seq in range; no delivery only in state PUBREL_SENT."""
+    check_client_id(rec.client_id)
+    check_packet_id(rec.packet_id)
+    check_seq(rec.seq)
+    if rec.delivery is None and rec.state != OutboundState.PUBREL_SENT:
+        raise ValueError(
+            f"outbound record {rec.client_id!r}/{rec.packet_id} has no delivery: "
+            "only allowed in state PUBREL_SENT"
+        )
+
+
+class Store(Protocol):
+    """A persistent (or in-memory) home for session state and retained messages."""
+
+    @property
+    def sync(self) -> bool:
+        """True when :meth:`apply` returns only after the batch reached the disk (fsync);
+        False when it survives a crash of the process but not of the machine."""
+        ...
+
+    def apply(self, batch: ChangeBatch) -> None:
+        """Apply all changes of ``batch`` in order, atomically (all or nothing).
+
+        Raises :class:`ValueError` for a change that cannot be stored (our bug) and
+        :class:`iotbroker.errors.StorageError` when the medium fails (disk full).
+        The batch is left as it was; the caller clears it.
+        """
+        ...
+
+    def load(self) -> StoreSnapshot:
+        """Read everything back, for restore at start-up."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters for monitoring: ``disk_bytes`` (approximate size on disk) and
+        ``keys_<kind>`` per record kind (approximate for on-disk stores)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store (and its lock); idempotent. Later calls raise StorageError."""
+        ...
