@@ -100,7 +100,7 @@ def _opt(
     return result
 
 
-_PORT = "is not a port (1–65535)"
+_PORT = "is not a port (0–65535; 0 picks a free port)"
 
 
 # --------------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class ListenerConfig:
     name: str = _opt("default", nonempty=True)
     type: ListenerType = "tcp"
     host: str = "0.0.0.0"
-    port: int = _opt(1883, lo=1, hi=65535, what=_PORT)
+    port: int = _opt(1883, lo=0, hi=65535, what=_PORT)
     path: str = "/mqtt"
     tls: TlsConfig | None = None
     max_connections: int = _opt(0, lo=0)
@@ -568,11 +568,13 @@ class _Builder:
         return cls(**kwargs)
 
     def convert(self, tp: Any, raw: object, key: str, line: int | None,
-                meta: Mapping[str, Any]) -> Any:
-        coerce = False
-        if isinstance(raw, str) and "$" in raw:
-            coerce = "${" in raw
-            raw = self.interpolate(raw, key, line)
+                meta: Mapping[str, Any], coerce: bool | None = None) -> Any:
+        """``coerce`` is None until the value has been interpolated (exactly once)."""
+        if coerce is None:
+            coerce = False
+            if isinstance(raw, str) and "$" in raw:
+                coerce = "${" in raw
+                raw = self.interpolate(raw, key, line)
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
 
@@ -581,7 +583,7 @@ class _Builder:
             if raw is None or (coerce and raw in ("", "null", "~")):
                 return None
             assert len(inner) == 1
-            return self.convert(inner[0], raw, key, line, meta)
+            return self.convert(inner[0], raw, key, line, meta, coerce)
 
         if dataclasses.is_dataclass(tp):
             return self.build(tp, raw, key, line)  # type: ignore[arg-type]

@@ -187,6 +187,7 @@ class SubscriptionTrie:
             if node.subs is _EMPTY:
                 node.subs = {}
             node.subs[entry.client_id] = entry
+            node.dview = None
         else:
             if node.shared is _EMPTY:
                 node.shared = {}
@@ -194,6 +195,7 @@ class SubscriptionTrie:
             if members is None:
                 members = node.shared[group] = {}
             members[entry.client_id] = entry
+            node.sview = None
         if is_new:
             self._count += 1
         self._invalidate(match_filter)
@@ -243,12 +245,14 @@ class SubscriptionTrie:
             node = nxt
         if entry.share_group is None:
             node.subs.pop(entry.client_id, None)
+            node.dview = None
             if not node.subs:
                 node.subs = _EMPTY  # type: ignore[assignment]
         else:
             members = node.shared.get(entry.share_group)
             if members is not None:
                 members.pop(entry.client_id, None)
+                node.sview = None
                 if not members:
                     del node.shared[entry.share_group]
                     if not node.shared:
@@ -365,26 +369,21 @@ class SubscriptionTrie:
                 break
             node, i = stack.pop()
 
-        # Each node keeps its part of a result ready (``dview``/``sview``, rebuilt
-        # after a change); a topic matched by one node reuses it without copying.
-        # Parts are never mutated once built, so merging always makes new lists.
+        # A node keeps its part of a result ready (``dview``/``sview``, dropped on
+        # change and never mutated): a topic whose direct subscribers all sit on one
+        # node reuses it without copying. Several nodes are merged into new lists.
         direct: dict[str, list[SubscriptionEntry]] | None = None
         shared: list[SharedMatch] | None = None
-        merged = False
+        first: _Node | None = None
         for node in hits:
             if node.subs:
-                dv = node.dview
-                if dv is None:
-                    dv = node.dview = {cid: [entry] for cid, entry in node.subs.items()}
-                if direct is None:
-                    direct = dv
+                if first is None:
+                    first = node
+                elif direct is None:
+                    direct = {cid: [entry] for cid, entry in first.subs.items()}
+                    self._merge(direct, node)
                 else:
-                    if not merged:
-                        direct = dict(direct)
-                        merged = True
-                    for cid, lst in dv.items():
-                        prev = direct.get(cid)
-                        direct[cid] = lst if prev is None else prev + lst
+                    self._merge(direct, node)
             if node.shared:
                 sv = node.sview
                 if sv is None:
@@ -393,8 +392,21 @@ class SubscriptionTrie:
                         for group, members in node.shared.items()
                     ]
                 shared = sv if shared is None else shared + sv
+        if direct is None and first is not None:
+            direct = first.dview
+            if direct is None:
+                direct = first.dview = {cid: [entry] for cid, entry in first.subs.items()}
         if direct is None:
             if shared is None:
                 return EMPTY_MATCHES
             return Matches(_NO_DIRECT, shared)
         return Matches(direct, _NO_SHARED if shared is None else shared)
+
+    @staticmethod
+    def _merge(direct: dict[str, list[SubscriptionEntry]], node: _Node) -> None:
+        for cid, entry in node.subs.items():
+            lst = direct.get(cid)
+            if lst is None:
+                direct[cid] = [entry]
+            else:
+                lst.append(entry)

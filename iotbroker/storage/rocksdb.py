@@ -562,8 +562,8 @@ class RocksDBStore:
                 raise _CorruptError(str(exc)) from None
             raise self._error(_classify(exc), exc, "read") from None
         if raw is None:
-            for name in FAMILIES:
-                it = self._families[name].iter()
+            for fam in (self._require(), *self._families.values()):
+                it = fam.iter()
                 it.seek_to_first()
                 if it.valid():
                     raise StorageError(

@@ -298,7 +298,7 @@ ERRORS = [
         "MQTT 3.1.1 §2.2.3"),
     bad("connect_v4_username_missing", f"10 0d {MQTT} 04 82 {_MIN_CONNECT_TAIL}", 4, M, 0x81,
         ""),
-    bad("mqtt_3_1_2_11_2_connect_v5_receive_maximum_0",
+    bad("connect_v5_receive_maximum_0",
         f"10 11 {MQTT} 05 02 00 3c 03 21 00 00 00 01 63", 5, P, 0x82, "MQTT 5.0 §3.1.2.11.3"),
     bad("connect_v5_maximum_packet_size_0",
         f"10 13 {MQTT} 05 02 00 3c 05 27 00 00 00 00 00 01 63", 5, P, 0x82,
@@ -306,7 +306,7 @@ ERRORS = [
     bad("connect_v5_request_problem_information_2",
         f"10 10 {MQTT} 05 02 00 3c 02 17 02 00 01 63", 5, P, 0x82, "MQTT 5.0 §3.1.2.11.7"),
     bad("connect_v5_session_expiry_in_will_properties",
-        f"10 1b {MQTT} 05 06 00 3c 00 00 01 63 05 11 00 00 00 01 00 01 77 00 00", 5, M, 0x81,
+        f"10 19 {MQTT} 05 06 00 3c 00 00 01 63 05 11 00 00 00 01 00 01 77 00 00", 5, M, 0x81,
         "MQTT 5.0 §2.2.2.2"),
     # CONNACK
     bad("mqtt_3_2_2_1_connack_v5_reserved_flags", "20 03 02 00 00", 5, M, 0x81,
@@ -323,7 +323,7 @@ ERRORS = [
     bad("puback_v5_property_length_past_end", "40 05 00 01 00 05 1f", 5, M, 0x81,
         "MQTT 5.0 §2.2.2.1"),
     bad("puback_v5_duplicate_reason_string",
-        "40 0d 00 01 80 09 1f 00 01 61 1f 00 01 62 00", 5, M, 0x81, "MQTT 5.0 §2.1.4"),
+        "40 0c 00 01 80 08 1f 00 01 61 1f 00 01 62", 5, P, 0x82, "MQTT 5.0 §3.2.2.3.9"),
     # properties (PUBLISH)
     bad("publish_v5_duplicate_message_expiry",
         "30 0e 00 01 74 0a 02 00 00 00 01 02 00 00 00 02", 5, P, 0x82, "MQTT 5.0 §3.3.2.3.3"),

@@ -367,12 +367,14 @@ def test_trie_matches_brute_force_reference(
         assert trie.add(e) == ((cid, f) not in model)
         model[(cid, f)] = e
         trie.match(topics[0])  # interleave cached lookups with changes
+        trie.match_uncached(topics[-1])  # and per-node result parts
     keys = list(model)
     for r in removals:
         if r < len(keys) and keys[r] in model:
             cid, f = keys[r]
             assert trie.remove(cid, f)
             del model[(cid, f)]
+            trie.match_uncached(topics[-1])
     assert len(trie) == len(model)
     for topic in topics:
         expected_direct: set[tuple[str, str]] = set()
