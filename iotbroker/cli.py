@@ -106,8 +106,9 @@ def parse_listen(value: str) -> tuple[str, int]:
         if ":" in host:
             raise ConfigError("--listen", value, "is not HOST:PORT (write IPv6 as [::1]:1883)")
         host = host or "0.0.0.0"
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ConfigError("--listen", value, "is not HOST:PORT with a port in 1–65535")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError("--listen", value,
+                          "is not HOST:PORT with a port in 0–65535 (0 picks a free port)")
     return host, int(port_text)
 
 

@@ -199,7 +199,7 @@ class MetricsConfig:
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = _opt(9883, lo=1, hi=65535, what=_PORT)
+    port: int = _opt(9883, lo=0, hi=65535, what=_PORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,7 +568,7 @@ class _Builder:
         return cls(**kwargs)
 
     def convert(self, tp: Any, raw: object, key: str, line: int | None,
-                meta: Mapping[str, Any], coerce: bool | None = None) -> Any:
+                meta: Mapping[str, Any], *, coerce: bool | None = None) -> Any:
         """``coerce`` is None until the value has been interpolated (exactly once)."""
         if coerce is None:
             coerce = False
@@ -583,7 +583,7 @@ class _Builder:
             if raw is None or (coerce and raw in ("", "null", "~")):
                 return None
             assert len(inner) == 1
-            return self.convert(inner[0], raw, key, line, meta, coerce)
+            return self.convert(inner[0], raw, key, line, meta, coerce=coerce)
 
         if dataclasses.is_dataclass(tp):
             return self.build(tp, raw, key, line)  # type: ignore[arg-type]
@@ -729,6 +729,10 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], b: _Builder) -> 
         raise b.error("listeners", [], "is empty: at least one listener is needed",
                       _line_of(root, "listeners"))
     names: dict[str, int] = {}
+    raw_listeners = root.get("listeners", [])
+    if not isinstance(raw_listeners, list):
+        raw_listeners = []
+    listeners = list(config.listeners)
     for i, lst in enumerate(config.listeners):
         key = f"listeners[{i}]"
         def where(*path: object, i: int = i) -> int | None:
@@ -762,17 +766,24 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], b: _Builder) -> 
             raise b.error(f"{key}.host", lst.host, "must not be empty", where("host"))
         for j in range(i):
             other = config.listeners[j]
-            if other.port == lst.port and _hosts_overlap(other.host, lst.host):
+            if lst.port and other.port == lst.port and _hosts_overlap(other.host, lst.host):
                 raise b.error(f"{key}.port", lst.port,
                               f"is already used by listeners[{j}] ({other.name!r} on "
                               f"{other.host}:{other.port})", where("port"))
-        if lst.name in names:
-            raise b.error(f"{key}.name", lst.name,
-                          f"is already the name of listeners[{names[lst.name]}]", where("name"))
-        names[lst.name] = i
+        raw = raw_listeners[i] if i < len(raw_listeners) else {}
+        name = lst.name
+        if name in names and isinstance(raw, Mapping) and "name" not in raw:
+            # A generated name (two port-0 listeners on one host): number it.
+            name = f"{name}#{i}"
+            listeners[i] = dataclasses.replace(lst, name=name)
+        if name in names:
+            raise b.error(f"{key}.name", name,
+                          f"is already the name of listeners[{names[name]}]", where("name"))
+        names[name] = i
+    config = dataclasses.replace(config, listeners=tuple(listeners))
     if config.metrics.enabled:
         for j, other in enumerate(config.listeners):
-            if other.port == config.metrics.port and _hosts_overlap(other.host,
+            if other.port and other.port == config.metrics.port and _hosts_overlap(other.host,
                                                                     config.metrics.host):
                 raise b.error("metrics.port", config.metrics.port,
                               f"is already used by listeners[{j}] ({other.name!r})",

@@ -27,7 +27,9 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     """Factory for a broker of the test's own, with the given config (killed at the end)."""
     started: list[BrokerProcess] = []
 
-    def factory(config_text: str | None = None, name: str = "broker", **kwargs: str) -> BrokerProcess:
+    def factory(
+        config_text: str | None = None, name: str = "broker", **kwargs: str
+    ) -> BrokerProcess:
         text = config_text if config_text is not None else broker_config(**kwargs)
         proc = BrokerProcess(tmp_path, text, name=name).start()
         started.append(proc)

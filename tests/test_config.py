@@ -103,6 +103,16 @@ def test_listener_defaults_by_type() -> None:
         ("tcp://0.0.0.0:1883", 1883), ("ws://[::1]:8080", 8080), ("tls://0.0.0.0:8883", 8883)]
 
 
+def test_port_zero_picks_a_free_port_and_never_conflicts() -> None:
+    config = parse_config({
+        "listeners": [{"host": "127.0.0.1", "port": 0}, {"host": "127.0.0.1", "port": 0},
+                      {"name": "ws", "type": "ws", "host": "127.0.0.1", "port": 0}],
+        "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
+    })
+    assert [lst.name for lst in config.listeners] == [
+        "tcp://127.0.0.1:0", "tcp://127.0.0.1:0#1", "ws"]
+
+
 def test_units_and_interpolation() -> None:
     config = parse_config(
         {
@@ -163,8 +173,8 @@ BAD: list[tuple[str, object, str, str]] = [
     ("unknown tls key", {"listeners": [{"type": "tls", "tls": {**TLS_OK, "ca": "x"}}]},
      "listeners[0].tls.ca", "not a known key"),
     ("port too big", {"listeners": [{}, {"port": 70000}]}, "listeners[1].port",
-     "70000 is not a port (1–65535)"),
-    ("port zero", {"listeners": [{"port": 0}]}, "listeners[0].port", "is not a port"),
+     "70000 is not a port (0–65535; 0 picks a free port)"),
+    ("port negative", {"listeners": [{"port": -1}]}, "listeners[0].port", "is not a port"),
     ("port is a string", {"listeners": [{"port": "1883"}]}, "listeners[0].port",
      "is not a port"),
     ("port is a bool", {"listeners": [{"port": True}]}, "listeners[0].port", "is not a port"),
@@ -266,7 +276,7 @@ BAD_FILES: list[tuple[str, str, str, str]] = [
     ("duplicate key line", "mqtt:\n  max_inflight: 1\n  max_inflight: 2\n",
      "mqtt.max_inflight", "bad.yaml:3)"),
     ("value error has the line", "listeners:\n  - port: 1883\n  - port: 70000\n",
-     "listeners[1].port: 70000 is not a port (1–65535)", "bad.yaml:3"),
+     "listeners[1].port: 70000 is not a port (0–65535", "bad.yaml:3"),
     ("non-mapping root", "- 1\n- 2\n", "<root>", "is not a mapping"),
 ]
 

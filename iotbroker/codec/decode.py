@@ -129,8 +129,9 @@ def _publish(flags: int, body: bytes, v5: bool) -> Publish:
     try:
         topic = body[2:pos].decode("utf-8")
     except UnicodeDecodeError:
-        raise _malformed("PUBLISH topic is not well-formed UTF-8",
-                         "MQTT-1.5.4-1" if v5 else "MQTT-1.5.3-1") from None
+        raise _malformed(
+            "PUBLISH topic is not well-formed UTF-8", "MQTT-1.5.4-1" if v5 else "MQTT-1.5.3-1"
+        ) from None
     if "\x00" in topic:
         raise _malformed("PUBLISH topic contains U+0000", "MQTT-1.5.4-2" if v5 else "MQTT-1.5.3-2")
     packet_id: int | None = None
@@ -139,8 +140,9 @@ def _publish(flags: int, body: bytes, v5: bool) -> Publish:
             raise _malformed("PUBLISH Packet Identifier runs past the end of the packet")
         packet_id = (body[pos] << 8) | body[pos + 1]
         if packet_id == 0:
-            raise ProtocolViolation("PUBLISH QoS > 0 with Packet Identifier 0",
-                                    spec_ref=_PID_REF[v5])
+            raise ProtocolViolation(
+                "PUBLISH QoS > 0 with Packet Identifier 0", spec_ref=_PID_REF[v5]
+            )
         pos += 2
     props = NO_PROPERTIES
     if v5:
@@ -164,12 +166,14 @@ def _connect(body: bytes, _v5: bool) -> Connect:
     if name == "MQTT":
         if level not in (4, 5):
             raise UnsupportedProtocolVersion(
-                f"protocol level {level} is not supported", protocol_level=level,
-                protocol_name=name)
+                f"protocol level {level} is not supported", protocol_level=level, protocol_name=name
+            )
     elif name == "MQIsdp":
         raise UnsupportedProtocolVersion(
-            f"MQTT 3.1 (MQIsdp, level {level}) is not supported", protocol_level=level,
-            protocol_name=name)
+            f"MQTT 3.1 (MQIsdp, level {level}) is not supported",
+            protocol_level=level,
+            protocol_name=name,
+        )
     else:
         raise _malformed(f"protocol name {name!r} is not 'MQTT'", "MQTT-3.1.2-1")
     v5 = level == 5
@@ -186,11 +190,13 @@ def _connect(body: bytes, _v5: bool) -> Connect:
     username_flag = cflags & 0x80
     if not will_flag:
         if will_qos:
-            raise _malformed("Will QoS is not 0 while Will Flag is 0",
-                             _REFS["will_qos_no_will"][v5])
+            raise _malformed(
+                "Will QoS is not 0 while Will Flag is 0", _REFS["will_qos_no_will"][v5]
+            )
         if will_retain:
-            raise _malformed("Will Retain is set while Will Flag is 0",
-                             _REFS["will_retain_no_will"][v5])
+            raise _malformed(
+                "Will Retain is set while Will Flag is 0", _REFS["will_retain_no_will"][v5]
+            )
     elif will_qos == 3:
         raise _malformed("Will QoS 3", _REFS["will_qos_3"][v5])
     if password_flag and not username_flag and not v5:
@@ -216,8 +222,9 @@ def _connect(body: bytes, _v5: bool) -> Connect:
         password, pos = read_binary(body, pos)
     if pos != len(body):
         raise _trailing("CONNECT", v5)
-    return Connect(client_id, level, name, cflags & 0x02 != 0, keepalive, will, username,
-                   password, props)
+    return Connect(
+        client_id, level, name, cflags & 0x02 != 0, keepalive, will, username, password, props
+    )
 
 
 def _connack(body: bytes, v5: bool) -> ConnAck:
@@ -225,8 +232,10 @@ def _connack(body: bytes, v5: bool) -> ConnAck:
     if len(body) < 2:
         raise _malformed("CONNACK is shorter than 2 bytes")
     if body[0] & 0xFE:
-        raise _malformed("CONNACK acknowledge flags bits 7-1 are not 0",
-                         "MQTT-3.2.2-1" if v5 else "MQTT 3.1.1 §3.2.2.1")
+        raise _malformed(
+            "CONNACK acknowledge flags bits 7-1 are not 0",
+            "MQTT-3.2.2-1" if v5 else "MQTT 3.1.1 §3.2.2.1",
+        )
     pos = 2
     props = NO_PROPERTIES
     if v5:
@@ -239,9 +248,9 @@ def _connack(body: bytes, v5: bool) -> ConnAck:
 # ----------------------------------------------------------------------------- acks
 
 
-def _ack(cls: type[PubAck | PubRec | PubRel | PubComp], kind: int) -> Callable[
-    [bytes, bool], Packet
-]:
+def _ack(
+    cls: type[PubAck | PubRec | PubRel | PubComp], kind: int
+) -> Callable[[bytes, bool], Packet]:
     name = _NAMES[kind]
 
     def decode(body: bytes, v5: bool) -> Packet:
@@ -290,17 +299,16 @@ def _subscribe(body: bytes, v5: bool) -> Subscribe:
                 raise ProtocolViolation("SUBSCRIBE Maximum QoS 3", spec_ref="MQTT 5.0 §3.8.3.1")
             rh = (opts >> 4) & 3
             if rh == 3:
-                raise ProtocolViolation("SUBSCRIBE Retain Handling 3",
-                                        spec_ref="MQTT 5.0 §3.8.3.1")
+                raise ProtocolViolation("SUBSCRIBE Retain Handling 3", spec_ref="MQTT 5.0 §3.8.3.1")
             subs.append(Subscription(topic_filter, qos, opts & 4 != 0, opts & 8 != 0, rh))
         else:
             if opts & 0xFC or qos == 3:
-                raise _malformed("SUBSCRIBE reserved bits are not 0 or QoS is 3",
-                                 "MQTT-3.8.3-4")
+                raise _malformed("SUBSCRIBE reserved bits are not 0 or QoS is 3", "MQTT-3.8.3-4")
             subs.append(Subscription(topic_filter, qos))
     if not subs:
-        raise ProtocolViolation("SUBSCRIBE without a Topic Filter",
-                                spec_ref=_REFS["no_filters"][v5])
+        raise ProtocolViolation(
+            "SUBSCRIBE without a Topic Filter", spec_ref=_REFS["no_filters"][v5]
+        )
     return Subscribe(pid, subs, props)
 
 
@@ -394,8 +402,7 @@ def _auth(body: bytes, v5: bool) -> Auth:
 
 
 def _reserved(body: bytes, v5: bool) -> Packet:
-    raise _malformed("packet type 0 is reserved",
-                     "MQTT 5.0 §2.1.2" if v5 else "MQTT 3.1.1 §2.2.1")
+    raise _malformed("packet type 0 is reserved", "MQTT 5.0 §2.1.2" if v5 else "MQTT 3.1.1 §2.2.1")
 
 
 _DECODERS: tuple[Callable[[bytes, bool], Packet], ...] = (

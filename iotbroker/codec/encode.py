@@ -133,8 +133,11 @@ def _connect(p: Connect, _v5: bool) -> bytes:
         flags |= 0x40
     if p.username is not None:
         flags |= 0x80
-    parts = [encode_utf8(p.protocol_name), bytes((p.protocol_version, flags)),
-             _pack_u16(p.keepalive)]
+    parts = [
+        encode_utf8(p.protocol_name),
+        bytes((p.protocol_version, flags)),
+        _pack_u16(p.keepalive),
+    ]
     if v5:
         parts.append(encode_properties(p.properties, 1))
     parts.append(encode_utf8(p.client_id))
@@ -172,8 +175,10 @@ def _ack(first: int, kind: int) -> Callable[[Any, bool], bytes]:
             if p.reason_code == 0:
                 return _pack_fh_pid(first, 2, p.packet_id)
             return _pack_fh_pid(first, 3, p.packet_id) + bytes((p.reason_code,))
-        return _frame(first, _pack_u16(p.packet_id) + bytes((p.reason_code,))
-                      + encode_varint(len(body)) + body)
+        return _frame(
+            first,
+            _pack_u16(p.packet_id) + bytes((p.reason_code,)) + encode_varint(len(body)) + body,
+        )
 
     return encode
 
@@ -215,8 +220,9 @@ def _unsuback(p: UnsubAck, v5: bool) -> bytes:
     """UNSUBACK (§3.11); MQTT 3.1.1 carries the Packet Identifier only."""
     if not v5:
         return _pack_fh_pid(0xB0, 2, p.packet_id)
-    return _frame(0xB0, _pack_u16(p.packet_id) + encode_properties(p.properties, 11)
-                  + bytes(p.reason_codes))
+    return _frame(
+        0xB0, _pack_u16(p.packet_id) + encode_properties(p.properties, 11) + bytes(p.reason_codes)
+    )
 
 
 # ----------------------------------------------------------------------------- the rest
@@ -230,8 +236,9 @@ def _pingresp(_p: PingResp, _v5: bool) -> bytes:
     return b"\xd0\x00"
 
 
-def _reason_props(first: int, kind: int, reason: int, props: Properties,
-                  short_reason: bool) -> bytes:
+def _reason_props(
+    first: int, kind: int, reason: int, props: Properties, short_reason: bool
+) -> bytes:
     body = b"" if props is NO_PROPERTIES else encode_properties_body(props, kind)
     if not body:
         if reason == 0:

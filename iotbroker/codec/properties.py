@@ -26,6 +26,7 @@ Will Properties (§3.1.3.2) are a pseudo packet kind of their own, :data:`WILL`.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import NamedTuple
 
 from iotbroker.codec.enums import PacketType, PropertyId
@@ -60,8 +61,11 @@ UTF8_STRING_PAIR = 7
 
 _P = PacketType
 _CONNECT, _CONNACK, _PUBLISH = int(_P.CONNECT), int(_P.CONNACK), int(_P.PUBLISH)
-_PUBACK, _PUBREC, _PUBREL, _PUBCOMP = int(_P.PUBACK), int(_P.PUBREC), int(_P.PUBREL), int(
-    _P.PUBCOMP
+_PUBACK, _PUBREC, _PUBREL, _PUBCOMP = (
+    int(_P.PUBACK),
+    int(_P.PUBREC),
+    int(_P.PUBREL),
+    int(_P.PUBCOMP),
 )
 _SUBSCRIBE, _SUBACK = int(_P.SUBSCRIBE), int(_P.SUBACK)
 _UNSUBSCRIBE, _UNSUBACK = int(_P.UNSUBSCRIBE), int(_P.UNSUBACK)
@@ -152,6 +156,9 @@ PROPERTY_TABLE: dict[int, PropertySpec] = {
 # Dense lookup by identifier for the decoder (ids are all below 0x2B).
 _BY_ID: list[PropertySpec | None] = [PROPERTY_TABLE.get(i) for i in range(0x80)]
 _ORDERED: tuple[PropertySpec, ...] = tuple(PROPERTY_TABLE[i] for i in sorted(PROPERTY_TABLE))
+# All fields in table order in one C call, and their "absent" values, for a fast empty test.
+_get_all = attrgetter(*(spec.name for spec in _ORDERED))
+_ABSENT = _get_all(NO_PROPERTIES)
 _SUB_ID = int(_I.SUBSCRIPTION_IDENTIFIER)
 _USER = int(_I.USER_PROPERTY)
 _TOPIC_ALIAS = int(_I.TOPIC_ALIAS)
@@ -170,8 +177,9 @@ def decode_properties(buf: bytes, pos: int, kind: int) -> tuple[Properties, int]
         return NO_PROPERTIES, pos
     end = pos + length
     if end > len(buf):
-        raise MalformedPacket("property length runs past the end of the packet",
-                              spec_ref="MQTT 5.0 §2.2.2.1")
+        raise MalformedPacket(
+            "property length runs past the end of the packet", spec_ref="MQTT 5.0 §2.2.2.1"
+        )
     props = Properties()
     seen = 0
     user: list[tuple[str, str]] | None = None
@@ -180,8 +188,9 @@ def decode_properties(buf: bytes, pos: int, kind: int) -> tuple[Properties, int]
         pid, pos = read_varint(buf, pos)
         spec = _BY_ID[pid] if pid < 0x80 else None
         if spec is None:
-            raise MalformedPacket(f"unknown property identifier 0x{pid:02X}",
-                                  spec_ref="MQTT 5.0 §2.2.2.2")
+            raise MalformedPacket(
+                f"unknown property identifier 0x{pid:02X}", spec_ref="MQTT 5.0 §2.2.2.2"
+            )
         if kind not in spec.kinds:
             raise MalformedPacket(
                 f"property {spec.name} (0x{pid:02X}) is not valid in {_KIND_NAMES.get(kind)}",
@@ -197,8 +206,9 @@ def decode_properties(buf: bytes, pos: int, kind: int) -> tuple[Properties, int]
             continue
         if wire == BYTE:
             if pos >= end:
-                raise MalformedPacket("property value runs past the property length",
-                                      spec_ref="MQTT 5.0 §2.2.2.1")
+                raise MalformedPacket(
+                    "property value runs past the property length", spec_ref="MQTT 5.0 §2.2.2.1"
+                )
             ival = buf[pos]
             pos += 1
             value = ival
@@ -218,13 +228,16 @@ def decode_properties(buf: bytes, pos: int, kind: int) -> tuple[Properties, int]
             value, pos = read_binary(buf, pos)
             ival = -1
         if spec.boolean and ival > 1:
-            raise ProtocolViolation(f"property {spec.name} must be 0 or 1, got {ival}",
-                                    spec_ref=f"MQTT 5.0 §{spec.section}")
+            raise ProtocolViolation(
+                f"property {spec.name} must be 0 or 1, got {ival}",
+                spec_ref=f"MQTT 5.0 §{spec.section}",
+            )
         if spec.nonzero and ival == 0:
             if pid == _TOPIC_ALIAS:
                 raise ProtocolViolation("Topic Alias 0 is not permitted", 0x94, "MQTT-3.3.2-8")
-            raise ProtocolViolation(f"property {spec.name} must not be 0",
-                                    spec_ref=f"MQTT 5.0 §{spec.section}")
+            raise ProtocolViolation(
+                f"property {spec.name} must not be 0", spec_ref=f"MQTT 5.0 §{spec.section}"
+            )
         if pid == _SUB_ID:
             if sub_ids is None:
                 sub_ids = [ival]
@@ -232,17 +245,21 @@ def decode_properties(buf: bytes, pos: int, kind: int) -> tuple[Properties, int]
             if kind == _PUBLISH:  # several in PUBLISH (§3.3.2.3.8)
                 sub_ids.append(ival)
                 continue
-            raise ProtocolViolation("Subscription Identifier included more than once",
-                                    spec_ref="MQTT 5.0 §3.8.2.1.2")
+            raise ProtocolViolation(
+                "Subscription Identifier included more than once", spec_ref="MQTT 5.0 §3.8.2.1.2"
+            )
         bit = 1 << pid
         if seen & bit:
-            raise ProtocolViolation(f"property {spec.name} included more than once",
-                                    spec_ref=f"MQTT 5.0 §{spec.section}")
+            raise ProtocolViolation(
+                f"property {spec.name} included more than once",
+                spec_ref=f"MQTT 5.0 §{spec.section}",
+            )
         seen |= bit
         setattr(props, spec.name, value)
     if pos != end:
-        raise MalformedPacket("property value runs past the property length",
-                              spec_ref="MQTT 5.0 §2.2.2.1")
+        raise MalformedPacket(
+            "property value runs past the property length", spec_ref="MQTT 5.0 §2.2.2.1"
+        )
     if user is not None:
         props.user_properties = tuple(user)
     if sub_ids is not None:
@@ -279,15 +296,15 @@ def encode_properties_body(props: Properties, kind: int) -> bytes:
     """
     if props is NO_PROPERTIES:
         return b""
+    values = _get_all(props)
+    if values == _ABSENT:
+        return b""
     parts: list[bytes] = []
-    for spec in _ORDERED:
-        value = getattr(props, spec.name)
+    for spec, value in zip(_ORDERED, values, strict=True):
         if value is None or value == ():
             continue
         if kind not in spec.kinds:
-            raise ValueError(
-                f"property {spec.name} is not valid in {_KIND_NAMES.get(kind, kind)}"
-            )
+            raise ValueError(f"property {spec.name} is not valid in {_KIND_NAMES.get(kind, kind)}")
         if spec.id == _SUB_ID:
             assert isinstance(value, tuple)
             if kind != _PUBLISH and len(value) > 1:

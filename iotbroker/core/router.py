@@ -175,34 +175,32 @@ class Router:
 
     def redistribute(self, session: Session, now: float) -> int:
         """Hand a departing shared-subscription member's unacknowledged messages to
-        other members of its groups (MQTT 5.0 §4.8.2). Returns how many moved."""
-        shared = [e for e in session.subscriptions.values() if e.share_group is not None]
-        if not shared:
+        the other online members of the same group (MQTT 5.0 §4.8.2): the messages
+        are taken out of ``session`` so they are not delivered twice. Returns how
+        many moved."""
+        groups = {e.share_group for e in session.subscriptions.values() if e.share_group}
+        if not groups:
             return 0
-        moved = 0
-        pending = [entry.delivery for entry in session.inflight.values()]
-        pending.extend(d for _, d in session.queue)
-        for delivery in pending:
-            topic = delivery.message.topic
-            for entry in shared:
-                _, plain = parse_shared(entry.topic_filter)
-                group = entry.share_group
-                assert group is not None
-                members = [
-                    m
-                    for m in self._members(group, plain)
-                    if m.client_id != session.client_id
-                    and (s := self.registry.sessions.get(m.client_id)) is not None
-                    and s.outlet is not None
-                ]
-                if members and self.trie.topic_matches(plain, topic):
-                    self._deliver_shared(group, plain, members, delivery.message, now)
-                    moved += 1
-                    break
-        return moved
+        sessions = self.registry.sessions
+        client_id = session.client_id
 
-    def _members(self, group: str, topic_filter: str) -> list[SubscriptionEntry]:
-        return self.trie.shared_members(group, topic_filter)
+        def new_home(delivery: Delivery) -> bool:
+            for group, topic_filter, members in self.trie.match(delivery.message.topic).shared:
+                if group not in groups or all(m.client_id != client_id for m in members):
+                    continue
+                others = [
+                    m for m in members
+                    if m.client_id != client_id
+                    and (other := sessions.get(m.client_id)) is not None
+                    and other.outlet is not None
+                ]
+                if others and self._deliver_shared(
+                    group, topic_filter, others, delivery.message, now
+                ):
+                    return True
+            return False
+
+        return session.hand_over(new_home)
 
     # -------------------------------------------------------------- subscribe
     def subscribe(

@@ -22,6 +22,7 @@ Delivery rules implemented here:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,7 +47,9 @@ class Outlet(Protocol):
         """False while the transport's write buffer is above its high-water mark."""
         ...
 
-    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool, now: float) -> bool:
+    def send_publish(
+        self, delivery: Delivery, packet_id: int | None, dup: bool, now: float
+    ) -> bool:
         """Send one PUBLISH; False when it exceeds the client's Maximum Packet Size."""
         ...
 
@@ -335,6 +338,33 @@ class Session:
         if self.persistent:
             self._batch.delete_inbound_qos2(self.client_id, packet_id)
         return True
+
+    def hand_over(self, new_home: Callable[[Delivery], bool]) -> int:
+        """Give unacknowledged QoS 1 PUBLISHes and queued messages to ``new_home``;
+        those it takes leave this session. Returns how many were taken. Messages
+        whose PUBREC already arrived (PUBREL sent) stay: they were received."""
+        moved = 0
+        for pid, entry in list(self.inflight.items()):
+            if (
+                entry.state is OutboundState.PUBLISH_SENT
+                and entry.delivery.qos == 1
+                and new_home(entry.delivery)
+            ):
+                del self.inflight[pid]
+                if self.persistent:
+                    self._batch.delete_outbound(self.client_id, pid)
+                moved += 1
+        kept: deque[tuple[int, Delivery]] = deque()
+        for seq, delivery in self.queue:
+            if new_home(delivery):
+                self._queued_bytes -= len(delivery.message.payload)
+                if self.persistent:
+                    self._batch.delete_queued(self.client_id, seq)
+                moved += 1
+            else:
+                kept.append((seq, delivery))
+        self.queue = kept
+        return moved
 
     # ----------------------------------------------------- connect/disconnect
     def attach(self, outlet: Outlet, receive_maximum: int, now: float) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import heapq
 import logging
 
-from iotbroker.codec.packets import Will
-from iotbroker.core.message import NEVER_EXPIRES, Delivery
+from iotbroker.codec.packets import NO_PROPERTIES, Will
+from iotbroker.core.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.core.session import InflightEntry, Session, SessionLimits
 from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
 from iotbroker.core.topics import parse_shared
@@ -23,6 +23,9 @@ from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch, SessionRecord, StoreSnapshot, WillRecord
 
 log = logging.getLogger("iotbroker.sessions")
+
+#: Stand-in for a QoS 2 message whose PUBREC arrived and whose body was not kept.
+_RELEASED = Delivery(Message("", b"", 2, False, NO_PROPERTIES, 0.0), 2)
 
 
 class SessionRegistry:
@@ -199,7 +202,11 @@ class SessionRegistry:
                 session.subscriptions[sub.topic_filter] = entry
                 self.trie.add(entry)
             for out in snapshot.outbound.get(client_id, ()):
-                session.restore_inflight(out.packet_id, InflightEntry(out.delivery, out.state, out.seq))
+                # After PUBREC only the packet id matters (PUBREL is re-sent).
+                delivery = out.delivery if out.delivery is not None else _RELEASED
+                session.restore_inflight(
+                    out.packet_id, InflightEntry(delivery, out.state, out.seq)
+                )
             for q in snapshot.queued.get(client_id, ()):
                 session.restore_queued(q.seq, q.delivery)
             session.inbound_qos2.update(snapshot.inbound_qos2.get(client_id, ()))

@@ -25,6 +25,7 @@ Rules of this room:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from enum import Enum
 
 from iotbroker.codec.decode import decode_packet
@@ -32,7 +33,7 @@ from iotbroker.codec.encode import encode_packet, encode_publish
 from iotbroker.codec.enums import PacketType
 from iotbroker.codec.framer import Framer
 from iotbroker.codec.packets import (
-    Auth,
+    ConnAck,
     Connect,
     Disconnect,
     Packet,
@@ -174,7 +175,7 @@ class Connection:
                 reason_code=0x90,
                 spec_ref="MQTT-3.3.2-2",
             )
-        if packet.qos and packet.packet_id is not None:
+        if packet.qos and packet.packet_id is not None and self.protocol_version == 5:
             unacked = self._inbound_unacked
             if packet.packet_id not in unacked:
                 if len(unacked) >= self.receive_maximum:
@@ -222,9 +223,12 @@ class Connection:
     # ----------------------------------------------------------------- output
     def send_packet(self, packet: Packet) -> None:
         """Encode and queue one packet; releases inbound quota on final acks."""
-        if self._inbound_unacked and isinstance(packet, (PubAck, PubComp, PubRec)):
-            if not isinstance(packet, PubRec) or packet.reason_code >= 0x80:
-                self._inbound_unacked.discard(packet.packet_id)
+        if (
+            self._inbound_unacked
+            and isinstance(packet, (PubAck, PubComp, PubRec))
+            and (not isinstance(packet, PubRec) or packet.reason_code >= 0x80)
+        ):
+            self._inbound_unacked.discard(packet.packet_id)
         if not self.request_problem_information and self.protocol_version == 5:
             packet = _strip_problem_information(packet)
         data = encode_packet(packet, self.protocol_version)
@@ -237,7 +241,9 @@ class Connection:
                 return
         self._queue(data)
 
-    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool, now: float) -> bool:
+    def send_publish(
+        self, delivery: Delivery, packet_id: int | None, dup: bool, now: float
+    ) -> bool:
         """Encode one PUBLISH for this client; False if it is larger than the client's
         Maximum Packet Size and was therefore not sent [MQTT-3.1.2-25]."""
         message = delivery.message
@@ -308,17 +314,15 @@ _EMPTY = Properties()
 
 def _strip_problem_information(packet: Packet, force: bool = False) -> Packet:
     """Remove Reason String and User Properties where the client asked us not to send
-    them [MQTT-3.1.2-29] (or where they would make the packet too large)."""
+    them: only PUBLISH, CONNACK and DISCONNECT may carry them then [MQTT-3.1.2-29].
+    With ``force`` (the packet would exceed the client's Maximum Packet Size) they go
+    from every packet but PUBLISH [MQTT-3.2.2-19], [MQTT-3.2.2-20]."""
     if isinstance(packet, Publish):
         return packet
-    if not force and isinstance(packet, (Disconnect,)):
-        return packet  # allowed on DISCONNECT regardless [MQTT-3.1.2-29]
+    if not force and isinstance(packet, (ConnAck, Disconnect)):
+        return packet
     props = getattr(packet, "properties", None)
     if props is None or (props.reason_string is None and not props.user_properties):
         return packet
-    if isinstance(packet, Auth) and not force:
-        return packet
-    from dataclasses import replace
-
     new_props = replace(props, reason_string=None, user_properties=())
-    return replace(packet, properties=new_props)  # type: ignore[type-var]
+    return replace(packet, properties=new_props)

@@ -10,6 +10,7 @@ behaviour).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -46,8 +47,8 @@ from iotbroker.core.router import Router
 from iotbroker.core.session import Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
-from iotbroker.core.topics import parse_shared
-from iotbroker.errors import MqttError, ProtocolViolation, StorageError
+from iotbroker.core.topics import parse_shared, validate_topic_name
+from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.logsetup import setup_logging
@@ -139,7 +140,7 @@ class Broker:
                 raise StorageError(f"listener {listener.name!r}: type {listener.type} is not "
                                    "supported yet")
             server = await self.loop.create_server(
-                lambda name=listener.name: ClientProtocol(self, name),
+                functools.partial(ClientProtocol, self, listener.name),
                 host=listener.host,
                 port=listener.port,
                 reuse_address=True,
@@ -232,7 +233,7 @@ class Broker:
         if not proto.clean_disconnect:
             log.info("client %r (%s) connection lost%s", proto.client_id, proto.peer,
                      f": {exc}" if exc else "")
-        self.router.redistribute(session, now) if not session.persistent else None
+        self.router.redistribute(session, now)
         due = self.registry.close(session, now, will)
         if due is not None:
             self._publish_will(due, session.client_id, now)
@@ -241,8 +242,6 @@ class Broker:
 
     def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None:
         """A client broke a rule: one log line, the right reason code, close."""
-        from iotbroker.errors import MalformedPacket
-
         if isinstance(exc, MalformedPacket):
             self.metrics.malformed_packets += 1
         else:
@@ -251,7 +250,8 @@ class Broker:
         conn = proto.conn
         if conn.connected:
             if conn.protocol_version == 5:
-                conn.send_packet(Disconnect(exc.reason_code, Properties(reason_string=exc.message[:200])))
+                reason = Properties(reason_string=exc.message[:200])
+                conn.send_packet(Disconnect(exc.reason_code, reason))
         elif conn.state.name == "AUTHENTICATING" or isinstance(exc, MalformedPacket):
             requested = getattr(exc, "protocol_version", None)
             if exc.reason_code == 0x84:
@@ -368,8 +368,6 @@ class Broker:
                 self._refuse(proto, packet, 0x9A, "retained will not supported")
                 return
             try:
-                from iotbroker.core.topics import validate_topic_name
-
                 validate_topic_name(will.topic, packet.protocol_version)
             except ProtocolViolation as exc:
                 self._refuse(proto, packet, exc.reason_code, f"will topic: {exc}")
@@ -652,10 +650,10 @@ def open_store(config: BrokerConfig) -> Store:
     """The configured store: RocksDB under ``storage.path`` or in memory."""
     storage = config.storage
     if storage.backend == "memory":
-        from iotbroker.storage.memory import MemoryStore
+        from iotbroker.storage.memory import MemoryStore  # noqa: PLC0415
 
         return MemoryStore()
-    from iotbroker.storage.rocksdb import RocksDBStore
+    from iotbroker.storage.rocksdb import RocksDBStore  # noqa: PLC0415 (imports rocksdict)
 
     return RocksDBStore(storage.path, durability=storage.durability,
                         on_corruption=storage.on_corruption)
@@ -664,7 +662,7 @@ def open_store(config: BrokerConfig) -> Store:
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     if kind in ("auto", "uvloop"):
         try:
-            import uvloop
+            import uvloop  # noqa: PLC0415 (optional)
 
             loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
             return loop

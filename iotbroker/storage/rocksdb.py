@@ -67,6 +67,7 @@ import logging
 import os
 import struct
 import time
+import traceback
 from typing import Any, Literal
 
 from rocksdict import (
@@ -443,6 +444,22 @@ def _split(key: bytes, suffix: int) -> tuple[str, bytes]:
 # --------------------------------------------------------------------------- the store
 
 
+def _release(exc: BaseException) -> None:
+    """Clear the locals of the frames that ``exc`` (and its context chain) hold.
+
+    A rocksdict column family, handle or iterator keeps the database, and its LOCK,
+    open until the last reference is gone, even after ``close()``. A traceback kept by
+    a caller (or a handled exception during move-aside) would otherwise keep the
+    database locked for this process.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        e = e.__context__
+
+
 def _classify(exc: BaseException) -> str:
     """Which expected failure a rocksdict exception (plain ``Exception``) reports."""
     text = str(exc)
@@ -508,14 +525,24 @@ class RocksDBStore:
     def _open(self) -> None:
         try:
             self._open_once()
+            return
         except _CorruptError as exc:
-            if self.on_corruption != "move-aside":
-                raise self._corrupt_error(str(exc)) from None
-            self._move_aside(str(exc))
-            try:
-                self._open_once()
-            except _CorruptError as again:
-                raise self._corrupt_error(str(again)) from None
+            _release(exc)
+            reason = str(exc)
+        except BaseException as exc:
+            _release(exc)
+            raise
+        if self.on_corruption != "move-aside":
+            raise self._corrupt_error(reason)
+        self._move_aside(reason)
+        try:
+            self._open_once()
+        except _CorruptError as exc:
+            _release(exc)
+            raise self._corrupt_error(str(exc)) from None
+        except BaseException as exc:
+            _release(exc)
+            raise
 
     def _open_once(self) -> None:
         path = self.path
@@ -676,6 +703,13 @@ class RocksDBStore:
     # ----------------------------------------------------------------- apply
 
     def apply(self, batch: ChangeBatch) -> None:
+        try:
+            self._apply(batch)
+        except BaseException as exc:
+            _release(exc)
+            raise
+
+    def _apply(self, batch: ChangeBatch) -> None:
         self._require()
         changes = batch.changes
         if not changes:
@@ -740,11 +774,16 @@ class RocksDBStore:
         try:
             return self._load()
         except _CorruptError as exc:
-            if self.on_corruption != "move-aside":
-                raise self._corrupt_error(str(exc)) from None
-            self._move_aside(str(exc))
-            self._open()
-            return StoreSnapshot()
+            _release(exc)
+            reason = str(exc)
+        except BaseException as exc:
+            _release(exc)
+            raise
+        if self.on_corruption != "move-aside":
+            raise self._corrupt_error(reason)
+        self._move_aside(reason)
+        self._open()
+        return StoreSnapshot()
 
     def _scan(self, family: str) -> list[tuple[bytes, bytes]]:
         opts = ReadOptions()

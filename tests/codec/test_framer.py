@@ -6,6 +6,8 @@ MQTT 5.0 §3.1.2.11.4 (Maximum Packet Size).
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -66,7 +68,7 @@ def test_tail_of_a_packet_with_first_byte_of_the_next() -> None:
 @given(st.lists(st.integers(0, len(STREAM)), max_size=12))
 def test_random_splits(cuts: list[int]) -> None:
     points = [0, *sorted(cuts), len(STREAM)]
-    chunks = [STREAM[a:b] for a, b in zip(points, points[1:], strict=False)]
+    chunks = [STREAM[a:b] for a, b in itertools.pairwise(points)]
     assert _frames_of(chunks) == _frames_of([STREAM])
 
 

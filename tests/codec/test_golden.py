@@ -10,6 +10,7 @@ import pytest
 
 from iotbroker.codec import Framer, decode_packet, encode_packet
 from iotbroker.codec.packets import Packet
+from iotbroker.errors import UnsupportedProtocolVersion
 from tests.codec import golden
 from tests.codec.golden import Golden
 
@@ -24,8 +25,7 @@ def test_golden_decodes_to_expected_packet(case: Golden) -> None:
     assert _decode_stream(case.raw, case.version) == [case.packet]
 
 
-@pytest.mark.parametrize("case", [c for c in golden.VALID if c.canonical],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in golden.VALID if c.canonical], ids=lambda c: c.name)
 def test_golden_encodes_to_raw_bytes(case: Golden) -> None:
     assert case.packet is not None
     assert encode_packet(case.packet, case.version) == case.raw
@@ -43,9 +43,22 @@ def test_golden_error_is_raised_with_reason_and_spec_ref(case: Golden) -> None:
 
 def test_golden_catalogue_covers_every_packet_type_in_both_versions() -> None:
     seen = {(type(c.packet).__name__, c.version) for c in golden.VALID}
-    names = {"Connect", "ConnAck", "Publish", "PubAck", "PubRec", "PubRel", "PubComp",
-             "Subscribe", "SubAck", "Unsubscribe", "UnsubAck", "PingReq", "PingResp",
-             "Disconnect"}
+    names = {
+        "Connect",
+        "ConnAck",
+        "Publish",
+        "PubAck",
+        "PubRec",
+        "PubRel",
+        "PubComp",
+        "Subscribe",
+        "SubAck",
+        "Unsubscribe",
+        "UnsubAck",
+        "PingReq",
+        "PingResp",
+        "Disconnect",
+    }
     expected = {(n, v) for n in names for v in (4, 5)} | {("Auth", 5)}
     assert expected <= seen
 
@@ -57,8 +70,6 @@ def test_golden_names_are_unique() -> None:
 
 def test_mqtt_3_1_2_2_unsupported_version_carries_the_requested_level() -> None:
     """[MQTT-3.1.2-2]: the broker needs the level to pick CONNACK 0x01 or 0x84."""
-    from iotbroker.errors import UnsupportedProtocolVersion
-
     case = next(c for c in golden.ERRORS if c.name == "mqtt_3_1_2_2_connect_mqisdp_level_3")
     with pytest.raises(UnsupportedProtocolVersion) as info:
         _decode_stream(case.raw, case.version)

@@ -51,7 +51,7 @@ class BrokerProcess:
             if found:
                 time.sleep(0.05)
                 found = _LISTENING.findall(self.log_text())
-                for host, port, _kind, name in found:
+                for _host, port, _kind, name in found:
                     self.ports[name] = int(port)
                 self.host, self.port = found[0][0], int(found[0][1])
                 return self

@@ -7,6 +7,7 @@ returned to the test, so the test can check exactly what is on the wire.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from typing import TypeVar
@@ -34,7 +35,7 @@ from iotbroker.codec.packets import (
 P = TypeVar("P")
 
 
-class Closed(Exception):
+class Closed(Exception):  # noqa: N818 (reads better in tests)
     """The broker closed the connection."""
 
 
@@ -134,7 +135,11 @@ class RawClient:
         return self.expect(ConnAck)
 
     def subscribe(
-        self, topic_filter: str, qos: int = 0, properties: Properties | None = None, **options: object
+        self,
+        topic_filter: str,
+        qos: int = 0,
+        properties: Properties | None = None,
+        **options: object,
     ) -> SubAck:
         pid = self.packet_id()
         sub = Subscription(topic_filter, qos, **options)  # type: ignore[arg-type]
@@ -195,10 +200,8 @@ class RawClient:
             self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def __enter__(self) -> RawClient:
         return self

@@ -433,7 +433,9 @@ def _to_batch(changes: list[tuple[Any, ...]]) -> ChangeBatch:
     return b
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(batches=st.lists(st.lists(_changes, max_size=12), max_size=6))
 def test_rocksdb_matches_memory(tmp_path_factory: pytest.TempPathFactory, batches: Any) -> None:
     mem = MemoryStore()

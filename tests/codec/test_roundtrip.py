@@ -1,0 +1,235 @@
+"""Property-based tests: encode -> frame -> decode is the identity, for every packet type
+in both protocol levels; arbitrary or corrupted bytes give a packet or an MqttError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iotbroker.codec import Framer, decode_packet, encode_packet
+from iotbroker.codec.packets import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+from iotbroker.codec.properties import (
+    BINARY_DATA,
+    BYTE,
+    FOUR_BYTE_INT,
+    PROPERTY_TABLE,
+    TWO_BYTE_INT,
+    UTF8_STRING,
+    UTF8_STRING_PAIR,
+    VARIABLE_BYTE_INT,
+    WILL,
+)
+from iotbroker.errors import MqttError
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# MQTT strings: no surrogates [MQTT-1.5.4-1], no U+0000 [MQTT-1.5.4-2].
+text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+)
+blob = st.binary(max_size=40)
+packet_id = st.integers(1, 0xFFFF)
+qos = st.integers(0, 2)
+versions = st.sampled_from([4, 5])
+
+
+def _value(wire: int, boolean: bool, nonzero: bool) -> st.SearchStrategy[Any]:
+    low = 1 if nonzero else 0
+    if wire == BYTE:
+        return st.integers(0, 1) if boolean else st.integers(low, 0xFF)
+    if wire == TWO_BYTE_INT:
+        return st.integers(low, 0xFFFF)
+    if wire == FOUR_BYTE_INT:
+        return st.integers(low, 0xFFFF_FFFF)
+    if wire == VARIABLE_BYTE_INT:
+        return st.integers(1, 268_435_455)
+    if wire == UTF8_STRING:
+        return text
+    if wire == BINARY_DATA:
+        return blob
+    assert wire == UTF8_STRING_PAIR
+    return st.tuples(text, text)
+
+
+@st.composite
+def properties(draw: st.DrawFn, kind: int) -> Properties:
+    """Any valid property set for packet ``kind`` (MQTT 5.0 §2.2.2.2)."""
+    props = Properties()
+    for spec in PROPERTY_TABLE.values():
+        if kind not in spec.kinds or not draw(st.booleans()):
+            continue
+        value = _value(spec.wire, spec.boolean, spec.nonzero)
+        if spec.wire == UTF8_STRING_PAIR:
+            setattr(props, spec.name, tuple(draw(st.lists(value, min_size=1, max_size=3))))
+        elif spec.wire == VARIABLE_BYTE_INT:
+            most = 3 if kind == 3 else 1
+            setattr(props, spec.name, tuple(draw(st.lists(value, min_size=1, max_size=most))))
+        else:
+            setattr(props, spec.name, draw(value))
+    return props
+
+
+def _props(draw: st.DrawFn, v: int, kind: int) -> Properties:
+    return draw(properties(kind)) if v == 5 else Properties()
+
+
+@st.composite
+def packets(draw: st.DrawFn, v: int) -> Packet:
+    """Any syntactically valid packet of any type for protocol level ``v``."""
+    kind = draw(st.integers(1, 15 if v == 5 else 14))
+    reason = draw(st.integers(0, 255)) if v == 5 else 0
+    if kind == 1:
+        will = None
+        if draw(st.booleans()):
+            will = Will(
+                draw(text), draw(blob), draw(qos), draw(st.booleans()), _props(draw, v, WILL)
+            )
+        username = draw(st.none() | text)
+        password = draw(st.none() | blob)
+        if v == 4 and username is None:
+            password = None  # [MQTT-3.1.2-22]
+        return Connect(
+            draw(text),
+            v,
+            "MQTT",
+            draw(st.booleans()),
+            draw(st.integers(0, 0xFFFF)),
+            will,
+            username,
+            password,
+            _props(draw, v, 1),
+        )
+    if kind == 2:
+        return ConnAck(draw(st.booleans()), draw(st.integers(0, 255)), _props(draw, v, 2))
+    if kind == 3:
+        q = draw(qos)
+        return Publish(
+            draw(text),
+            draw(blob),
+            q,
+            draw(st.booleans()),
+            draw(st.booleans()) if q else False,
+            draw(packet_id) if q else None,
+            _props(draw, v, 3),
+        )
+    if kind in (4, 5, 6, 7):
+        cls = (PubAck, PubRec, PubRel, PubComp)[kind - 4]
+        return cls(draw(packet_id), reason, _props(draw, v, kind))
+    if kind == 8:
+        subs = draw(
+            st.lists(
+                st.builds(Subscription, text, qos, st.booleans(), st.booleans(), st.integers(0, 2))
+                if v == 5
+                else st.builds(Subscription, text, qos),
+                min_size=1,
+                max_size=4,
+            )
+        )
+        return Subscribe(draw(packet_id), subs, _props(draw, v, 8))
+    if kind == 9:
+        codes = st.integers(0, 255) if v == 5 else st.sampled_from([0, 1, 2, 0x80])
+        return SubAck(draw(packet_id), draw(st.lists(codes, max_size=4)), _props(draw, v, 9))
+    if kind == 10:
+        return Unsubscribe(
+            draw(packet_id), draw(st.lists(text, min_size=1, max_size=4)), _props(draw, v, 10)
+        )
+    if kind == 11:
+        codes_v5 = draw(st.lists(st.integers(0, 255), max_size=4)) if v == 5 else []
+        return UnsubAck(draw(packet_id), codes_v5, _props(draw, v, 11))
+    if kind == 12:
+        return PingReq()
+    if kind == 13:
+        return PingResp()
+    if kind == 14:
+        return Disconnect(reason, _props(draw, v, 14))
+    return Auth(reason, _props(draw, v, 15))
+
+
+@st.composite
+def versioned_packets(draw: st.DrawFn) -> tuple[int, Packet]:
+    v = draw(versions)
+    return v, draw(packets(v))
+
+
+def _decode_all(data: bytes, version: int) -> list[Packet]:
+    framer = Framer()
+    return [decode_packet(first, body, version) for first, body in framer.feed(data)]
+
+
+@SETTINGS
+@given(versioned_packets())
+def test_encode_frame_decode_round_trip(vp: tuple[int, Packet]) -> None:
+    version, packet = vp
+    assert _decode_all(encode_packet(packet, version), version) == [packet]
+
+
+@SETTINGS
+@given(versions.flatmap(lambda v: st.tuples(st.just(v), st.lists(packets(v), max_size=5))))
+def test_a_stream_of_packets_round_trips(vp: tuple[int, list[Packet]]) -> None:
+    version, pkts = vp
+    data = b"".join(encode_packet(p, version) for p in pkts)
+    assert _decode_all(data, version) == pkts
+
+
+def _packet_or_mqtt_error(data: bytes, version: int) -> None:
+    framer = Framer(4096)
+    try:
+        for first, body in framer.feed(data):
+            decode_packet(first, body, version)
+    except MqttError:
+        pass
+
+
+@SETTINGS
+@given(st.binary(max_size=64), versions)
+def test_arbitrary_bytes_give_a_packet_or_an_mqtt_error(data: bytes, version: int) -> None:
+    _packet_or_mqtt_error(data, version)
+
+
+@SETTINGS
+@given(st.integers(0, 255), st.binary(max_size=64), versions)
+def test_arbitrary_bodies_of_every_type_give_a_packet_or_an_mqtt_error(
+    first: int, body: bytes, version: int
+) -> None:
+    with contextlib.suppress(MqttError):
+        decode_packet(first, body, version)
+
+
+@SETTINGS
+@given(versioned_packets(), st.data())
+def test_corrupted_packets_give_a_packet_or_an_mqtt_error(
+    vp: tuple[int, Packet], data: st.DataObject
+) -> None:
+    version, packet = vp
+    raw = bytearray(encode_packet(packet, version))
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    _packet_or_mqtt_error(bytes(raw), version)
+    # The body alone, whatever the (possibly corrupted) Remaining Length says.
+    if len(raw) >= 2:
+        with contextlib.suppress(MqttError):
+            decode_packet(raw[0], bytes(raw[2:]), version)

@@ -1,0 +1,149 @@
+"""The command line, run as `python -m iotbroker` in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iotbroker.auth.passwords import PasswordFile
+from iotbroker.cli import parse_listen
+from iotbroker.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def iotbroker(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iotbroker", *args],
+        cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_check_config_good(tmp_path: Path) -> None:
+    path = ROOT / "configs" / "default.yaml"
+    result = iotbroker("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"OK: {path}"
+    assert result.stderr == ""
+
+
+def test_check_config_bad(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("listeners:\n  - port: 1883\n  - port: 70000\n")
+    result = iotbroker("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        "iotbroker: config error: listeners[1].port: 70000 is not a port (0–65535")
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("mqtt:\n  max_inflight: [1\n")
+    result = iotbroker("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{path}:3" in result.stderr or f"{path}:2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_opens_the_files_it_names(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"auth:\n  acl_file: {tmp_path / 'missing.acl'}\n")
+    result = iotbroker("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "auth.acl_file" in result.stderr
+    assert iotbroker("check-config", "--no-files", str(path), cwd=tmp_path).returncode == 0
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    result = iotbroker("check-config", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "iotbroker: config error: nope.yaml" in result.stderr
+
+
+def test_run_with_bad_config_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("loop: trio\n")
+    result = iotbroker("--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("iotbroker: config error: loop: 'trio'")
+    result = iotbroker("run", "--listen", "127.0.0.1:99999", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--listen" in result.stderr
+
+
+def test_passwd_add_change_delete(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "passwd"
+    path.parent.mkdir()
+    args = ("--iterations", "1000")
+    result = iotbroker("passwd", str(path), "alice", "-b", "one", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert PasswordFile.load(str(path)).check("alice", b"one")
+
+    result = iotbroker("passwd", str(path), "bob", "-b", "two", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = iotbroker("passwd", str(path), "alice", "-b", "three", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pw = PasswordFile.load(str(path))
+    assert pw.usernames() == ["alice", "bob"]
+    assert pw.check("alice", b"three") and not pw.check("alice", b"one")
+
+    result = iotbroker("passwd", str(path), "alice", "--delete", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert PasswordFile.load(str(path)).usernames() == ["bob"]
+
+    result = iotbroker("passwd", str(path), "alice", "--delete", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no user 'alice'" in result.stderr
+
+
+def test_passwd_prompts_twice(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    # Without a terminal getpass reads the lines from stdin.
+    result = iotbroker("passwd", str(path), "carol", "--iterations", "1000",
+                       cwd=tmp_path, stdin="pw\npw\n")
+    assert result.returncode == 0, result.stderr
+    assert PasswordFile.load(str(path)).check("carol", b"pw")
+    result = iotbroker("passwd", str(path), "carol", cwd=tmp_path, stdin="pw\nother\n")
+    assert result.returncode == 1
+    assert "do not match" in result.stderr
+
+
+def test_passwd_usage_errors(tmp_path: Path) -> None:
+    path = str(tmp_path / "passwd")
+    assert iotbroker("passwd", path, "a", "-b", "x", "--delete", cwd=tmp_path).returncode == 2
+    assert iotbroker("passwd", path, "a:b", "-b", "x", cwd=tmp_path).returncode == 2
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:1883", ("127.0.0.1", 1883)),
+    ("[::1]:1884", ("::1", 1884)),
+    (":1885", ("0.0.0.0", 1885)),
+    ("1886", ("0.0.0.0", 1886)),
+    ("localhost:1887", ("localhost", 1887)),
+    ("127.0.0.1:0", ("127.0.0.1", 0)),
+])
+def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["host:", "host:x", "::1:1883", "[::1]1883", "h:-1", "h:65536"])
+def test_parse_listen_bad(text: str) -> None:
+    with pytest.raises(ConfigError, match="--listen"):
+        parse_listen(text)
+
+
+def test_run_overrides(tmp_path: Path) -> None:
+    from iotbroker.cli import _parser, build_config
+
+    args = _parser().parse_args(["run", "--listen", "127.0.0.1:2883", "--listen", "[::1]:2884",
+                                 "--data-dir", str(tmp_path), "--log-level", "debug"])
+    config = build_config(args)
+    assert [(lst.type, lst.host, lst.port) for lst in config.listeners] == [
+        ("tcp", "127.0.0.1", 2883), ("tcp", "::1", 2884)]
+    assert config.storage.path == str(tmp_path)
+    assert config.logging.level == "DEBUG"
