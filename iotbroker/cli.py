@@ -25,7 +25,7 @@ COMMANDS = ("run", "check-config", "passwd")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="An MQTT 3.1.1 and 5.0 broker. Without a command, runs the broker.",
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "run")
     try:
-        args = _parser().parse_args(args_list)
+        args = build_parser().parse_args(args_list)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from iotbroker.auth.passwords import PasswordFile
-from iotbroker.cli import parse_listen
+from iotbroker.cli import build_config, build_parser, parse_listen
 from iotbroker.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,9 +138,7 @@ def test_parse_listen_bad(text: str) -> None:
 
 
 def test_run_overrides(tmp_path: Path) -> None:
-    from iotbroker.cli import _parser, build_config
-
-    args = _parser().parse_args(["run", "--listen", "127.0.0.1:2883", "--listen", "[::1]:2884",
+    args = build_parser().parse_args(["run", "--listen", "127.0.0.1:2883", "--listen", "[::1]:2884",
                                  "--data-dir", str(tmp_path), "--log-level", "debug"])
     config = build_config(args)
     assert [(lst.type, lst.host, lst.port) for lst in config.listeners] == [

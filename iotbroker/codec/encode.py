@@ -68,7 +68,7 @@ def _frame(first: int, body: bytes) -> bytes:
 # ----------------------------------------------------------------------------- PUBLISH
 
 
-def encode_publish(  # noqa: PLR0917 -- positional for the hot path, signature agreed
+def encode_publish(
     topic: str,
     payload: bytes,
     qos: int,

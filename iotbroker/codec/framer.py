@@ -9,8 +9,8 @@ Rules of this room:
   (0x81). It is decoded incrementally, so input may be split at any byte boundary.
 * Limits before allocation: the whole packet size (fixed header + body) is compared with
   ``max_packet_size`` as soon as the fixed header is complete, before any body byte is
-  buffered -> :class:`PacketTooLarge` (0x95, MQTT 5.0 §3.1.2.11.4 / §4.13). In MQTT 3.1.1
-  the broker simply closes the connection.
+  buffered -> :class:`PacketTooLarge` (0x95; the Server's limit MQTT 5.0 §3.2.2.3.6, the
+  Client's §3.1.2.11.4). In MQTT 3.1.1 the broker simply closes the connection.
 * After an error the framer's state is undefined: the connection must be closed.
 """
 
@@ -43,8 +43,12 @@ class Framer:
         """Bytes held back waiting for the rest of a packet."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Add ``data``; return the packets it completes as ``(first_byte, body)``."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
+        """Add ``data``; return the packets it completes as ``(first_byte, body)``.
+
+        Bodies are always ``bytes``. Raises :class:`MalformedPacket` for a bad Remaining
+        Length and :class:`PacketTooLarge` for a packet over ``max_packet_size``.
+        """
         self.bytes_received += len(data)
         buf = self._buf
         if buf:
@@ -91,7 +95,7 @@ class Framer:
             if total > max_size:
                 raise PacketTooLarge(
                     f"packet of {total} bytes exceeds the maximum packet size {max_size}",
-                    spec_ref="MQTT 5.0 §3.1.2.11.4",
+                    spec_ref="MQTT 5.0 §3.2.2.3.6",
                 )
             end = pos + total
             if end > n:

@@ -63,7 +63,9 @@ SharedMatch = tuple[str, str, list[SubscriptionEntry]]
 
 
 class Matches:
-    """Subscriptions matching one topic. Shared by the cache: never mutate it.
+    """Subscriptions matching one topic. Never mutate it, nor its dicts and lists:
+    the cache hands the same object to every caller, and the lists may be shared
+    with other topics' results.
 
     ``direct`` maps each client id to its matching non-shared subscriptions (one
     client may have several overlapping ones; the router merges them
@@ -162,8 +164,13 @@ class SubscriptionTrie:
         mine = self._by_client.get(entry.client_id)
         if mine is None:
             mine = self._by_client[entry.client_id] = {}
-        is_new = entry.topic_filter not in mine
+        old = mine.get(entry.topic_filter)
         mine[entry.topic_filter] = entry
+        if old is not None and old.share_group != group:
+            # Same string, other reading ("$share/g/x" plain vs shared): a
+            # different trie node, so take the old one out first.
+            self._unlink(old)
+            self._invalidate(old.match_filter)
 
         match_filter = entry.match_filter
         node = self._root
@@ -196,10 +203,10 @@ class SubscriptionTrie:
                 members = node.shared[group] = {}
             members[entry.client_id] = entry
             node.sview = None
-        if is_new:
+        if old is None:
             self._count += 1
         self._invalidate(match_filter)
-        return is_new
+        return old is None
 
     def remove(self, client_id: str, topic_filter: str) -> bool:
         """Remove one subscription (``topic_filter`` as subscribed, with any

@@ -36,7 +36,8 @@ Value encodings (``str`` = u32 length + UTF-8 bytes, ``bin`` = u32 length + byte
                   | [str username]                     if flags & 0x04
                   | [WILL]                             if flags & 0x02
                   flags: 0x01 disconnected_at is set (else the f64 is 0 and means None)
-    WILL          u8 qos | u8 retain | u32 delay_interval | str topic | PROPS | bin payload
+    WILL          u8 qos | u8 retain | u32 delay_interval | str topic | bin PROPS
+                  | bin payload
     SUBSCRIPTION  u8 1 | u8 qos | u8 flags | u8 retain_handling | u32 subscription_identifier
                   flags: 0x01 no_local, 0x02 retain_as_published,
                          0x04 subscription_identifier is set (else the u32 is 0)
@@ -54,11 +55,24 @@ Value encodings (``str`` = u32 length + UTF-8 bytes, ``bin`` = u32 length + byte
                   str for strings, bin for binary data; 0x0B (subscription identifier)
                   repeats per value; 0x26 (user property) repeats per pair and its
                   value is str name | str value. Zero length: no properties.
+                  This is deliberately not the MQTT wire encoding of properties
+                  (codec/properties.py): the disk format must not move with the codec.
+
+Outbound records come back sorted by ``seq`` (send order; key order, i.e. packet id,
+breaks ties). Deliveries of one message are stored once per recipient; ``load``
+decodes identical MESSAGE bytes once, so recipients share one :class:`Message` again.
 
 Durability: each :meth:`RocksDBStore.apply` is one ``WriteBatch`` (atomic). With
 ``durability="os"`` it is written to the WAL without fsync (it survives a crash of the
 process, not of the machine); with ``"fsync"`` the write is synced before ``apply``
 returns, one sync per batch (the caller batches one loop turn: group commit).
+
+Failures (all :class:`~iotbroker.errors.StorageError`, message names the path and the
+remedy): another process holds the database's LOCK; the schema version is newer than
+``SCHEMA_VERSION``; the database is corrupt or a value cannot be decoded (with
+``on_corruption="move-aside"`` the directory is renamed to
+``<path>.corrupt-<YYYYmmdd-HHMMSS>``, a warning is logged on ``iotbroker.storage`` and
+the store starts empty); the disk is full on write.
 """
 
 from __future__ import annotations
@@ -68,6 +82,7 @@ import os
 import struct
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from rocksdict import (
@@ -785,16 +800,17 @@ class RocksDBStore:
         self._open()
         return StoreSnapshot()
 
-    def _scan(self, family: str) -> list[tuple[bytes, bytes]]:
+    def _scan(self, family: str) -> Iterator[tuple[bytes, bytes]]:
+        """All (key, value) pairs of one family in key order; a read error, including
+        one found only at the end (``status()``), raises."""
         opts = ReadOptions()
         opts.set_verify_checksums(True)
         opts.set_readahead_size(2 << 20)
         try:
             it = self._families[family].iter(opts)
             it.seek_to_first()
-            out = []
             while it.valid():
-                out.append((it.key(), it.value()))
+                yield it.key(), it.value()
                 it.next()
             it.status()
         except Exception as exc:
@@ -802,7 +818,6 @@ class RocksDBStore:
             if kind == "corrupt":
                 raise _CorruptError(f"{family}: {exc}") from None
             raise self._error(kind, exc, "read") from None
-        return out
 
     def _load(self) -> StoreSnapshot:
         snap = StoreSnapshot()

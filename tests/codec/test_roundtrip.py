@@ -7,10 +7,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotbroker.codec import Framer, decode_packet, encode_packet
+from iotbroker.codec import Framer, decode_packet, encode_packet, encode_publish
 from iotbroker.codec.packets import (
     Auth,
     ConnAck,
@@ -32,6 +33,15 @@ from iotbroker.codec.packets import (
     Unsubscribe,
     Will,
 )
+from iotbroker.codec.primitives import (
+    encode_binary,
+    encode_utf8,
+    encode_varint,
+    read_binary,
+    read_utf8,
+    read_varint,
+    validate_utf8,
+)
 from iotbroker.codec.properties import (
     BINARY_DATA,
     BYTE,
@@ -42,8 +52,10 @@ from iotbroker.codec.properties import (
     UTF8_STRING_PAIR,
     VARIABLE_BYTE_INT,
     WILL,
+    decode_properties,
+    encode_properties,
 )
-from iotbroker.errors import MqttError
+from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -233,3 +245,167 @@ def test_corrupted_packets_give_a_packet_or_an_mqtt_error(
     if len(raw) >= 2:
         with contextlib.suppress(MqttError):
             decode_packet(raw[0], bytes(raw[2:]), version)
+
+
+# ----------------------------------------------------------------------------- primitives
+
+
+@SETTINGS
+@given(st.integers(0, 268_435_455))
+def test_mqtt_1_5_5_1_varint_round_trip_in_shortest_form(value: int) -> None:
+    raw = encode_varint(value)
+    assert read_varint(raw, 0) == (value, len(raw))
+    assert len(raw) == 1 + (value > 127) + (value > 16_383) + (value > 2_097_151)
+
+
+def test_varint_boundaries_and_limits() -> None:
+    """MQTT 5.0 §1.5.5 table: 1 to 4 bytes; larger values cannot be written."""
+    for value, raw in [
+        (0, "00"),
+        (127, "7f"),
+        (128, "80 01"),
+        (16_383, "ff 7f"),
+        (16_384, "80 80 01"),
+        (2_097_151, "ff ff 7f"),
+        (2_097_152, "80 80 80 01"),
+        (268_435_455, "ff ff ff 7f"),
+    ]:
+        assert encode_varint(value) == bytes.fromhex(raw)
+        assert read_varint(bytes.fromhex(raw), 0) == (value, len(bytes.fromhex(raw)))
+    with pytest.raises(ValueError):
+        encode_varint(268_435_456)
+    with pytest.raises(MalformedPacket):
+        read_varint(b"\xff\xff\xff\xff\x01", 0)
+    with pytest.raises(MalformedPacket):
+        read_varint(b"\x80", 0)  # truncated
+
+
+def test_mqtt_1_5_3_3_and_1_5_4_3_bom_is_kept() -> None:
+    assert validate_utf8(b"\xef\xbb\xbfabc") == "\ufeffabc"
+    assert validate_utf8(b"\xef\xbb\xbfabc", v5=True) == "\ufeffabc"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xc0\xaf", b"\xff", b"a\xc3", b"\xf4\x90\x80\x80"]
+)
+def test_mqtt_1_5_3_1_and_1_5_4_1_ill_formed_utf8_is_malformed(raw: bytes) -> None:
+    """Surrogates, over-long forms, invalid bytes, truncated sequences, > U+10FFFF."""
+    with pytest.raises(MalformedPacket) as info:
+        validate_utf8(raw)
+    assert info.value.spec_ref == "MQTT-1.5.3-1"
+    with pytest.raises(MalformedPacket) as info:
+        validate_utf8(raw, v5=True)
+    assert info.value.spec_ref == "MQTT-1.5.4-1"
+
+
+def test_mqtt_1_5_3_2_and_1_5_4_2_nul_is_malformed() -> None:
+    with pytest.raises(MalformedPacket) as info:
+        read_utf8(b"\x00\x02a\x00", 0)
+    assert info.value.spec_ref == "MQTT-1.5.3-2"
+    with pytest.raises(MalformedPacket) as info:
+        read_utf8(b"\x00\x02a\x00", 0, v5=True)
+    assert info.value.spec_ref == "MQTT-1.5.4-2"
+
+
+def test_strings_running_past_the_buffer_are_malformed() -> None:
+    for reader in (read_utf8, read_binary):
+        with pytest.raises(MalformedPacket):
+            reader(b"\x00\x05abc", 0)
+        with pytest.raises(MalformedPacket):
+            reader(b"\x00", 0)
+
+
+def test_encoders_refuse_what_cannot_be_written() -> None:
+    with pytest.raises(ValueError):
+        encode_utf8("x" * 65_536)
+    with pytest.raises(ValueError):
+        encode_binary(b"x" * 65_536)
+    with pytest.raises(ValueError):
+        encode_utf8("\ud800")  # lone surrogate
+
+
+# ----------------------------------------------------------------------------- properties
+
+KINDS = sorted({k for spec in PROPERTY_TABLE.values() for k in spec.kinds})
+
+
+@SETTINGS
+@given(st.sampled_from(KINDS).flatmap(lambda k: st.tuples(st.just(k), properties(k))))
+def test_properties_round_trip_for_every_kind(kp: tuple[int, Properties]) -> None:
+    """MQTT 5.0 §2.2.2: length prefix + properties; every valid set comes back equal."""
+    kind, props = kp
+    raw = encode_properties(props, kind)
+    assert decode_properties(raw, 0, kind) == (props, len(raw))
+
+
+def test_mqtt_2_2_2_1_no_properties_is_a_zero_length() -> None:
+    """[MQTT-2.2.2-1] (5.0): a packet without properties still carries Property Length 0."""
+    assert encode_properties(Properties(), 3) == b"\x00"
+    assert encode_packet(Publish("t", b""), 5) == bytes.fromhex("30 04 00 01 74 00")
+
+
+def test_every_property_not_allowed_in_a_kind_is_malformed_there() -> None:
+    """MQTT 5.0 §2.2.2.2: an identifier not valid for the packet type is malformed."""
+    sample = {
+        BYTE: b"\x00",
+        TWO_BYTE_INT: b"\x00\x01",
+        FOUR_BYTE_INT: b"\x00\x00\x00\x01",
+        VARIABLE_BYTE_INT: b"\x01",
+        UTF8_STRING: b"\x00\x00",
+        BINARY_DATA: b"\x00\x00",
+        UTF8_STRING_PAIR: b"\x00\x00\x00\x00",
+    }
+    for spec in PROPERTY_TABLE.values():
+        block = bytes((spec.id,)) + sample[spec.wire]
+        raw = encode_varint(len(block)) + block
+        for kind in KINDS:
+            if kind in spec.kinds:
+                props, end = decode_properties(raw, 0, kind)
+                assert end == len(raw)
+                assert props != Properties()
+            else:
+                with pytest.raises(MalformedPacket):
+                    decode_properties(raw, 0, kind)
+
+
+def test_every_single_valued_property_twice_is_a_protocol_error() -> None:
+    """Each property section of MQTT 5.0 §3: "a Protocol Error to include ... more than once"."""
+    sample = {
+        BYTE: b"\x00",
+        TWO_BYTE_INT: b"\x00\x01",
+        FOUR_BYTE_INT: b"\x00\x00\x00\x01",
+        VARIABLE_BYTE_INT: b"\x01",
+        UTF8_STRING: b"\x00\x00",
+        BINARY_DATA: b"\x00\x00",
+    }
+    for spec in PROPERTY_TABLE.values():
+        if spec.wire == UTF8_STRING_PAIR:
+            continue
+        block = (bytes((spec.id,)) + sample[spec.wire]) * 2
+        raw = encode_varint(len(block)) + block
+        for kind in spec.kinds:
+            if kind == 3 and spec.wire == VARIABLE_BYTE_INT:
+                assert decode_properties(raw, 0, kind)[0].subscription_identifiers == (1, 1)
+                continue
+            with pytest.raises(ProtocolViolation):
+                decode_properties(raw, 0, kind)
+
+
+def test_encoding_a_property_on_the_wrong_packet_is_our_bug() -> None:
+    with pytest.raises(ValueError):
+        encode_properties(Properties(topic_alias=1), 4)
+    with pytest.raises(ValueError):
+        encode_properties(Properties(subscription_identifiers=(1, 2)), 8)
+
+
+@SETTINGS
+@given(versions.flatmap(lambda v: st.tuples(st.just(v), packets(v))))
+def test_encode_publish_fast_path_matches_encode_packet(vp: tuple[int, Packet]) -> None:
+    version, packet = vp
+    if not isinstance(packet, Publish):
+        return
+    props = encode_properties(packet.properties, 3) if version == 5 else None
+    fast = encode_publish(
+        packet.topic, packet.payload, packet.qos, packet.retain, packet.dup, packet.packet_id, props
+    )
+    assert fast == encode_packet(packet, version)

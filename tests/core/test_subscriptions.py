@@ -217,6 +217,35 @@ def test_mqtt_3_8_4_3_identical_shared_filter_replaces_subscription() -> None:
     assert [e.qos for e in members] == [1]
 
 
+def test_replacing_plain_with_shared_reading_of_same_filter() -> None:
+    trie = SubscriptionTrie()
+    trie.add(SubscriptionEntry("c", "$share/g/a", 0))
+    assert not trie.add(SubscriptionEntry("c", "$share/g/a", 1, share_group="g"))
+    assert len(trie) == 1
+    assert not trie.match("$share/g/a")
+    assert trie.match("a").shared
+    assert trie.remove("c", "$share/g/a")
+    assert trie._root.is_empty()
+
+
+def test_results_share_per_node_parts_but_stay_correct() -> None:
+    trie = SubscriptionTrie()
+    trie.add(sub("c", "a/+"))
+    m1 = trie.match_uncached("a/b")
+    m2 = trie.match_uncached("a/c")
+    assert m1.direct is m2.direct  # one node: its ready-made part is reused
+    trie.add(sub("d", "a/b"))
+    m3 = trie.match_uncached("a/b")
+    assert set(m3.direct) == {"c", "d"}
+    assert set(m1.direct) == {"c"}  # never mutated by a merge
+    trie.add(sub("c", "a/b"))
+    assert len(trie.match_uncached("a/b").direct["c"]) == 2
+    assert len(m1.direct["c"]) == 1
+    trie.add(sub("e", "a/+"))
+    assert set(trie.match_uncached("a/c").direct) == {"c", "e"}
+    assert set(m2.direct) == {"c"}
+
+
 def test_remove() -> None:
     trie = trie_with("a/b", "a/+")
     assert trie.remove("c0", "a/b") is True

@@ -19,7 +19,11 @@ from iotbroker.codec.packets import (
     PingReq,
     PingResp,
     Properties,
+    PubAck,
+    PubComp,
     Publish,
+    PubRec,
+    PubRel,
     Will,
 )
 from iotbroker.codec.primitives import encode_varint
@@ -147,6 +151,32 @@ def raw_reply(sock: socket.socket, timeout: float = 3.0) -> bytes:
     raise AssertionError(f"connection still open after {timeout}s; got {data!r}")
 
 
+def collect_publishes(
+    client: RawClient, n: int, timeout: float = 3.0, awaiting_pubrel: set[int] | None = None
+) -> list[Publish]:
+    """Receive ``n`` PUBLISHes, acknowledging each (QoS 1 and 2) as packets interleave;
+    returns once every QoS 2 exchange (including ids in ``awaiting_pubrel``) is complete."""
+    got: list[Publish] = []
+    open_qos2: set[int] = set(awaiting_pubrel or ())
+    deadline = time.monotonic() + timeout
+    while len(got) < n or open_qos2:
+        packet = client.recv(max(0.01, deadline - time.monotonic()))
+        if isinstance(packet, Publish):
+            got.append(packet)
+            if packet.qos == 1:
+                client.send(PubAck(packet.packet_id or 0))
+            elif packet.qos == 2:
+                open_qos2.add(packet.packet_id or 0)
+                client.send(PubRec(packet.packet_id or 0))
+        elif isinstance(packet, PubRel):
+            assert packet.packet_id in open_qos2, f"PUBREL for unknown id {packet!r}"
+            open_qos2.discard(packet.packet_id)
+            client.send(PubComp(packet.packet_id))
+        else:
+            raise AssertionError(f"unexpected {packet!r}")
+    return got
+
+
 def no_publish(client: RawClient, wait: float = 0.3) -> None:
     """Nothing (in particular no PUBLISH) arrives within ``wait``."""
     client.nothing(wait)
@@ -172,6 +202,7 @@ __all__ = [
     "Will",
     "assert_broker_healthy",
     "closed_with",
+    "collect_publishes",
     "connect_bytes",
     "connect_flags_offset",
     "connected",

@@ -340,7 +340,7 @@ WRITER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("durability", "batches"), [("os", 300), ("fsync", 30)])
+@pytest.mark.parametrize(("durability", "batches"), [("os", 3000), ("fsync", 30)])
 def test_kill_9_keeps_every_applied_batch(tmp_path: Path, durability: str, batches: int) -> None:
     path = tmp_path / "db"
     proc = subprocess.Popen(

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it: lint (ruff), types (mypy --strict), tests (pytest).
+#
+#   bash scripts/test.sh [PYTEST ARGS...]      e.g. bash scripts/test.sh -k config -x
+#
+# Idempotent and safe on a fresh Debian machine with Python >= 3.11:
+#   * installs the Debian packages mosquitto and mosquitto-clients (interop tests) when
+#     missing, and python3-venv when venv cannot bootstrap pip; only as root or with
+#     password-less sudo, otherwise it says what is missing and carries on;
+#   * creates .venv when missing and installs the project with its test extras;
+#   * runs every step, prints a summary, and exits non-zero if any step failed
+#     (pytest collecting no tests counts as a failure).
+# Environment: PYTHON (default python3) picks the interpreter used to create .venv.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+log() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        return 127
+    fi
+}
+
+have_mosquitto() {
+    command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]
+}
+
+# --- system packages ---------------------------------------------------------------------
+debs=()
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! have_mosquitto; then
+    debs+=(mosquitto mosquitto-clients)
+fi
+if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
+    debs+=(python3-venv)
+fi
+if [ "${#debs[@]}" -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1 && as_root true; then
+        log "installing Debian packages: ${debs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        as_root apt-get update -q || exit 1
+        as_root apt-get install -y -q --no-install-recommends "${debs[@]}" || exit 1
+        # The Debian package starts a system mosquitto on port 1883; we only want the
+        # binaries (the tests start their own brokers on free ports).
+        if [[ " ${debs[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1 \
+            && systemctl is-active --quiet mosquitto 2>/dev/null; then
+            as_root systemctl stop mosquitto || true
+        fi
+    else
+        echo "warning: missing Debian packages (${debs[*]}) and no root/sudo to install them;" \
+             "tests that need them will be skipped or fail" >&2
+    fi
+fi
+
+# --- virtual environment -------------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV with $PYTHON"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+        echo "error: $PYTHON is $("$PYTHON" -V 2>&1); iotbroker needs Python >= 3.11" >&2
+        exit 1
+    }
+    "$PYTHON" -m venv "$VENV" || exit 1
+fi
+log "installing iotbroker with test extras"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
+
+# --- checks --------------------------------------------------------------------------------
+failed=()
+
+log "ruff check iotbroker tests"
+"$VENV/bin/ruff" check iotbroker tests || failed+=(ruff)
+
+log "mypy (strict, files from pyproject.toml)"
+"$VENV/bin/mypy" || failed+=(mypy)
+
+log "pytest -q $*"
+"$VENV/bin/pytest" -q "$@"
+status=$?
+if [ "$status" -eq 5 ]; then
+    echo "error: pytest collected no tests" >&2
+fi
+[ "$status" -eq 0 ] || failed+=("pytest (exit $status)")
+
+echo
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "OK: ruff, mypy and pytest passed"
