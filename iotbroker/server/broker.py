@@ -100,6 +100,11 @@ class Broker:
         self.clients: dict[str, ClientProtocol] = {}
         self.connections: set[ClientProtocol] = set()
         self._dirty: list[ClientProtocol] = []
+        #: Connections that delivered input since the last flush (backpressure).
+        self.active_readers: list[ClientProtocol] = []
+        #: Slow consumer -> the publishers paused because of it.
+        self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
+        self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
         self._flush_scheduled = False
         self._servers: list[asyncio.AbstractServer] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -190,6 +195,9 @@ class Broker:
         batch = self.batch
         dirty = self._dirty
         self._dirty = []
+        readers = self.active_readers
+        if readers:
+            self.active_readers = []
         if batch:
             try:
                 self.store.apply(batch)
@@ -208,6 +216,45 @@ class Broker:
             proto.write_pending()
             if proto.close_after_flush and proto.transport is not None:
                 proto.transport.close()
+        if self._throttled and readers:
+            # A consumer is congested: slow down whoever published this turn.
+            for reader in readers:
+                if reader in self._throttled or reader.close_after_flush:
+                    continue
+                for waiting in self._throttled.values():
+                    waiting.add(reader)
+                reader.pause_reading()
+
+    # ---------------------------------------------------------- backpressure
+    def writer_paused(self, proto: ClientProtocol) -> None:
+        """``proto`` stopped draining; a drain timeout bounds how long it may stall."""
+        if proto in self._throttled:
+            return
+        self._throttled[proto] = set()
+        timeout = self.config.limits.drain_timeout
+        if timeout > 0:
+            self._drain_timers[proto] = self.loop.call_later(timeout, self._drain_expired, proto)
+
+    def writer_resumed(self, proto: ClientProtocol) -> None:
+        waiting = self._throttled.pop(proto, None)
+        timer = self._drain_timers.pop(proto, None)
+        if timer is not None:
+            timer.cancel()
+        if not waiting:
+            return
+        still = set().union(*self._throttled.values()) if self._throttled else set()
+        for reader in waiting:
+            if reader not in still:
+                reader.resume_reading()
+
+    def _drain_expired(self, proto: ClientProtocol) -> None:
+        self._drain_timers.pop(proto, None)
+        if proto not in self._throttled:
+            return
+        self.metrics.slow_consumers_disconnected += 1
+        log.warning("client %r (%s) did not read for %ss: disconnecting a stuck consumer",
+                    proto.client_id, proto.peer, self.config.limits.drain_timeout)
+        proto.abort()
 
     # ---------------------------------------------------------- connections
     def connection_made(self, proto: ClientProtocol) -> None:
@@ -216,6 +263,10 @@ class Broker:
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
         self.connections.discard(proto)
+        if proto in self._throttled:
+            self.writer_resumed(proto)
+        for waiting in self._throttled.values():
+            waiting.discard(proto)
         session = proto.session
         if session is None:
             return

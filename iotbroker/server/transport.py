@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotbroker.connection")
 
+#: Transport write buffer high-water mark: past it the client is a slow consumer
+#: (QoS 0 dropped and counted, QoS 1/2 wait in the session, publishers paused).
+WRITE_BUFFER_HIGH = 1 << 20
+
 
 class ClientProtocol(asyncio.Protocol):
     """One TCP (or TLS / WebSocket-adapted) client."""
@@ -34,6 +38,7 @@ class ClientProtocol(asyncio.Protocol):
         "listener",
         "loop",
         "peer",
+        "reading_paused",
         "session",
         "taken_over",
         "timer",
@@ -51,6 +56,7 @@ class ClientProtocol(asyncio.Protocol):
         self.clean_disconnect = False
         self.taken_over = False
         self.close_after_flush = False
+        self.reading_paused = False
         self.timer: asyncio.TimerHandle | None = None
         cfg = broker.config.mqtt
         self.conn = Connection(
@@ -64,6 +70,7 @@ class ClientProtocol(asyncio.Protocol):
     # ----------------------------------------------------------- asyncio API
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -75,6 +82,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         broker = self.broker
+        broker.active_readers.append(self)
         broker.metrics.bytes_received += len(data)
         try:
             packets = self.conn.receive_data(data, self.loop.time())
@@ -97,12 +105,27 @@ class ClientProtocol(asyncio.Protocol):
         self.broker.connection_lost(self, exc)
 
     def pause_writing(self) -> None:
+        """The transport buffer passed its high-water mark: a slow consumer."""
         self.conn.writable = False
+        self.broker.writer_paused(self)
 
     def resume_writing(self) -> None:
         self.conn.writable = True
+        self.broker.writer_resumed(self)
         if self.session is not None and self.session.outlet is self.conn:
             self.session.pump(self.broker.now())
+
+    def pause_reading(self) -> None:
+        """Backpressure: stop reading this client until the congestion it feeds clears."""
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()  # type: ignore[attr-defined]
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
