@@ -8,6 +8,7 @@
 #     missing, and python3-venv when venv cannot bootstrap pip; only as root or with
 #     password-less sudo, otherwise it says what is missing and carries on;
 #   * creates .venv when missing and installs the project with its test extras;
+#   * creates .venv-amqtt (amqtt's client, for the interop tests) when missing;
 #   * runs every step, prints a summary, and exits non-zero if any step failed
 #     (pytest collecting no tests counts as a failure).
 # Environment: PYTHON (default python3) picks the interpreter used to create .venv.
@@ -70,6 +71,21 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 log "installing iotbroker with test extras"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
+
+# --- amqtt's client, for tests/interop/test_amqtt_client.py --------------------------------
+# amqtt pins dependency versions of its own, so it gets a venv of its own (never .venv).
+# Created only when missing or broken; if it cannot be installed, those tests fail and say so.
+AMQTT_VENV=.venv-amqtt
+AMQTT_VERSION=0.12.1
+if ! "$AMQTT_VENV/bin/python" -c 'import amqtt.client' >/dev/null 2>&1; then
+    log "creating $AMQTT_VENV with amqtt==$AMQTT_VERSION"
+    rm -rf "$AMQTT_VENV"
+    { "$VENV/bin/python" -m venv "$AMQTT_VENV" \
+        && "$AMQTT_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            "amqtt==$AMQTT_VERSION"; } \
+        || echo "warning: could not install amqtt into $AMQTT_VENV;" \
+                "tests/interop/test_amqtt_client.py will fail" >&2
+fi
 
 # --- checks --------------------------------------------------------------------------------
 failed=()

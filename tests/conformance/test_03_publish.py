@@ -12,7 +12,7 @@ from iotbroker.codec.packets import (
     PubRec,
     PubRel,
 )
-from tests.helpers.conformance import collect_publishes, disconnect_reason
+from tests.helpers.conformance import collect_publishes, disconnect_reason, ping
 from tests.helpers.rawclient import RawClient
 
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
@@ -364,3 +364,84 @@ def test_mqtt_3_3_2_17_v5_properties_forwarded_unchanged(raw, uniq: str) -> None
     assert got.response_topic == f"{uniq}/reply"
     assert got.correlation_data == b"\x00\x01corr"
     assert got.user_properties == (("z", "1"), ("a", "2"), ("z", "3"))
+
+
+# ----------------------------------------------------------------- v5 client limits
+
+
+def test_mqtt_3_3_4_9_v5_client_receive_maximum_respected(raw, uniq: str) -> None:
+    """[MQTT-3.3.4-9] [MQTT-4.9.0-2] (5.0): the server keeps at most the client's Receive
+    Maximum (2) unacknowledged QoS 1/2 PUBLISHes in flight; [MQTT-3.3.4-10] [MQTT-4.9.0-3]:
+    other packets (PINGRESP, SUBACK) are not held back meanwhile."""
+    sub: RawClient = raw(5)
+    sub.connect(f"{uniq}-sub", properties=Properties(receive_maximum=2))
+    sub.subscribe(f"{uniq}/t", 1)
+    pub: RawClient = raw(5)
+    pub.connect(f"{uniq}-pub")
+    for i in range(5):
+        pub.publish(f"{uniq}/t", b"%d" % i, 1)
+    first = [sub.expect(Publish) for _ in range(2)]
+    sub.nothing(0.3)
+    ping(sub)
+    assert sub.subscribe(f"{uniq}/other", 0).reason_codes == [0]
+    sub.send(PubAck(first[0].packet_id or 0))
+    third = sub.expect(Publish)
+    sub.nothing(0.2)
+    rest = [first[1], third]
+    for p in rest:
+        sub.send(PubAck(p.packet_id or 0))
+    rest += [sub.receive_publish() for _ in range(2)]
+    assert [p.payload for p in first[:1] + rest] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_mqtt_3_1_2_25_v5_too_large_for_client_dropped(raw, uniq: str) -> None:
+    """[MQTT-3.1.2-24] (5.0): the server never sends a packet larger than the client's
+    Maximum Packet Size; [MQTT-3.1.2-25]: it drops such a message and carries on as if it
+    had been delivered (later messages still flow, QoS 1 ones included)."""
+    sub: RawClient = raw(5)
+    sub.connect(f"{uniq}-sub", properties=Properties(maximum_packet_size=128))
+    sub.subscribe(f"{uniq}/t", 1)
+    pub: RawClient = raw(5)
+    pub.connect(f"{uniq}-pub")
+    pub.publish(f"{uniq}/t", b"L" * 300, 1)
+    pub.publish(f"{uniq}/t", b"small", 1)
+    got = sub.receive_publish()
+    assert got.payload == b"small"
+    sub.nothing(0.3)
+
+
+def test_mqtt_3_1_2_27_v5_no_topic_alias_without_client_maximum(raw, uniq: str) -> None:
+    """[MQTT-3.1.2-27] (5.0): a client that sent no Topic Alias Maximum gets no Topic
+    Aliases: every PUBLISH carries the full topic."""
+    sub, pub = _pair(raw, uniq, 5, f"{uniq}/t", 0)
+    for _ in range(3):
+        pub.publish(f"{uniq}/t", b"x", 0)
+    for _ in range(3):
+        got = sub.receive_publish()
+        assert (got.topic, got.properties.topic_alias) == (f"{uniq}/t", None)
+
+
+def test_mqtt_3_1_2_26_v5_topic_alias_within_client_maximum(raw, uniq: str) -> None:
+    """[MQTT-3.1.2-26] [MQTT-3.3.2-8] (5.0): Topic Aliases the server sends are between 1
+    and the client's Topic Alias Maximum; an alias-only PUBLISH refers to an alias the
+    server set earlier on this connection."""
+    sub: RawClient = raw(5)
+    sub.connect(f"{uniq}-sub", properties=Properties(topic_alias_maximum=2))
+    sub.subscribe(f"{uniq}/#", 0)
+    pub: RawClient = raw(5)
+    pub.connect(f"{uniq}-pub")
+    topics = [f"{uniq}/{c}" for c in "abcab"] * 2
+    for t in topics:
+        pub.publish(t, t.encode(), 0)
+    aliases: dict[int, str] = {}
+    for t in topics:
+        got = sub.receive_publish()
+        alias = got.properties.topic_alias
+        if alias is not None:
+            assert 1 <= alias <= 2
+            if got.topic:
+                aliases[alias] = got.topic
+            else:
+                assert alias in aliases
+                got.topic = aliases[alias]
+        assert got.topic == t and got.payload == t.encode()

@@ -5,8 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-from iotbroker.codec.packets import Publish, SubAck, Subscribe, Subscription, Unsubscribe, UnsubAck
-from tests.helpers.conformance import drain
+from iotbroker.codec.packets import (
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+from tests.helpers.conformance import collect_publishes, disconnect_reason, drain
 from tests.helpers.rawclient import RawClient
 
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
@@ -37,8 +49,8 @@ def test_mqtt_3_9_3_1_suback_codes_in_order(raw, uniq: str, version: int) -> Non
     pub = _client(raw, version, f"{uniq}-pub")
     for t in "abc":
         pub.publish(f"{uniq}/{t}", t.encode(), 2)
-    got = [sub.receive_publish() for _ in range(3)]
-    assert [(p.payload, p.qos) for p in got] == [(b"a", 2), (b"b", 0), (b"c", 1)]
+    got = collect_publishes(sub, 3)
+    assert sorted((p.payload, p.qos) for p in got) == [(b"a", 2), (b"b", 0), (b"c", 1)]
 
 
 @VERSIONS
@@ -154,11 +166,10 @@ def test_mqtt_4_7_1_wildcard_matching(raw, uniq: str, version: int) -> None:
         sub = _client(raw, version, f"{prefix}-sub")
         assert sub.subscribe(f"{prefix}/{filt}", 0).reason_codes == [0]
         pub.publish(f"{prefix}/{topic}", b"m", 0)
-        pub.publish(f"{prefix}/end", b"end", 0)  # nothing matches this; bounds the wait
         if matches:
             got = sub.receive_publish(timeout=2.0)
             assert got.topic == f"{prefix}/{topic}", (filt, topic)
-        sub.nothing(0.05 if matches else 0.15)
+        sub.nothing(0.05 if matches else 0.2)
         sub.close()
 
 
@@ -215,3 +226,39 @@ def test_mqtt_3_8_3_2_wildcards_refused_when_unsupported(make_broker, uniq: str,
         got = _subscribe_many(client, 5, [("a/+", 0), ("a/#", 1), ("a/b", 2)])
         fail = 0xA2 if version == 5 else 0x80
         assert got.reason_codes == [fail, fail, 1]
+
+
+@VERSIONS
+def test_mqtt_3_10_4_3_unsubscribe_completes_inflight(raw, uniq: str, version: int) -> None:
+    """[MQTT-3.10.4-3] (both): deliveries already started when the subscription is
+    deleted are completed: a QoS 2 PUBLISH received before UNSUBSCRIBE still gets its
+    PUBREL after PUBREC, a QoS 1 PUBACK is accepted; [MQTT-3.10.4-2]: nothing new flows."""
+    sub = _client(raw, version, f"{uniq}-sub")
+    sub.subscribe(f"{uniq}/t", 2)
+    pub = _client(raw, version, f"{uniq}-pub")
+    pub.publish(f"{uniq}/t", b"two", 2)
+    pub.publish(f"{uniq}/t", b"one", 1)
+    two = sub.expect(Publish)
+    one = sub.expect(Publish)
+    sub.unsubscribe(f"{uniq}/t")
+    sub.send(PubRec(two.packet_id or 0))
+    assert sub.expect(PubRel).packet_id == two.packet_id
+    sub.send(PubComp(two.packet_id or 0))
+    sub.send(PubAck(one.packet_id or 0))
+    pub.publish(f"{uniq}/t", b"after", 1)
+    sub.nothing(0.3)
+
+
+def test_mqtt_3_2_2_11_v5_publish_above_maximum_qos(make_broker, uniq: str) -> None:
+    """MQTT 5.0 §3.2.2.3.4: a PUBLISH above the advertised Maximum QoS ([MQTT-3.2.2-11]
+    binds the client) is answered with DISCONNECT 0x9B QoS not supported; and a Will QoS
+    above it refuses the CONNECT with 0x9B [MQTT-3.2.2-12]."""
+    b = make_broker(extra="mqtt:\n  maximum_qos: 1\n")
+    with RawClient(b.host, b.port, 5, timeout=3.0) as client:
+        client.connect(uniq)
+        client.send(Publish(f"{uniq}/t", b"x", 2, packet_id=1))
+        assert disconnect_reason(client.expect_closed(3.0)) == 0x9B
+    with RawClient(b.host, b.port, 5, timeout=3.0) as client:
+        ack = client.connect(uniq, will=Will(f"{uniq}/w", b"w", 2))
+        assert (ack.reason_code, ack.session_present) == (0x9B, False)
+        client.expect_closed(3.0)

@@ -269,3 +269,23 @@ def test_mqtt_3_3_2_5_v5_expired_message_not_delivered_from_queue(raw, uniq: str
     again.nothing(0.3)
     again.disconnect()
     _connect(raw, 5, uniq, clean=True, expiry=None)
+
+
+def test_mqtt_4_4_0_2_v5_failed_ack_not_retransmitted(raw, uniq: str) -> None:
+    """[MQTT-4.4.0-2] (5.0): a PUBLISH answered by PUBACK or PUBREC with a reason code
+    >= 0x80 is finished: no PUBREL follows, and it is not re-sent on reconnect."""
+    sub, _ = _connect(raw, 5, uniq, clean=False)
+    sub.subscribe(f"{uniq}/t", 2)
+    pub = _publisher(raw, 5, uniq)
+    pub.publish(f"{uniq}/t", b"q1", 1)
+    pub.publish(f"{uniq}/t", b"q2", 2)
+    got = {p.payload: p for p in (sub.expect(Publish), sub.expect(Publish))}
+    sub.send(PubAck(got[b"q1"].packet_id or 0, 0x80))
+    sub.send(PubRec(got[b"q2"].packet_id or 0, 0x80))
+    sub.nothing(0.3)
+    _gone(sub)
+    again, ack = _connect(raw, 5, uniq, clean=False)
+    assert ack.session_present is True
+    again.nothing(0.4)
+    again.disconnect()
+    _connect(raw, 5, uniq, clean=True, expiry=None)

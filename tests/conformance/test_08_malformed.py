@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from iotbroker.codec.packets import Will
+from iotbroker.codec.packets import Publish, PubRec, Will
 from tests.helpers.conformance import (
     assert_broker_healthy,
     connect_bytes,
@@ -241,3 +241,59 @@ def test_split_packet_across_segments_is_fine(raw, uniq: str, version: int) -> N
         time.sleep(0.002)
     assert sub.receive_publish().payload == b"split" * 40
     ping(pub)
+
+
+# ----------------------------------------------------------------- v5 inbound limits
+
+
+def _v5_publish(topic: bytes, props: bytes, qos: int = 0, packet_id: int = 1) -> bytes:
+    body = utf8_raw(topic) + (packet_id.to_bytes(2, "big") if qos else b"")
+    return frame(0x30 | qos << 1, body + bytes((len(props),)) + props + b"x")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reasons"),
+    [
+        # Topic Alias 0 [MQTT-3.3.2-8] -> 0x94 Topic Alias invalid.
+        ("alias-0", lambda u: _v5_publish(f"{u}/t".encode(), b"\x23\x00\x00"), {0x94}),
+        # Topic Alias above our Topic Alias Maximum (100) [MQTT-3.2.2-17] -> 0x94.
+        ("alias-above-maximum", lambda u: _v5_publish(f"{u}/t".encode(), b"\x23\x03\xe8"),
+         {0x94}),
+        # Empty topic with an alias never set on this connection [MQTT-3.3.2-7] -> 0x82.
+        ("alias-unknown", lambda u: _v5_publish(b"", b"\x23\x00\x05"), {0x82, 0x94}),
+        # Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6] -> 0x82.
+        ("publish-subscription-id", lambda u: _v5_publish(f"{u}/t".encode(), b"\x0b\x05"),
+         {0x82}),
+        # A property not allowed in PUBLISH (Session Expiry Interval) -> malformed 0x81.
+        ("publish-wrong-property", lambda u: _v5_publish(f"{u}/t".encode(),
+                                                         b"\x11\x00\x00\x00\x05"), {0x81}),
+        # User Property with invalid UTF-8 [MQTT-1.5.7-1] -> 0x81.
+        ("user-property-bad-utf8", lambda u: _v5_publish(
+            f"{u}/t".encode(), b"\x26" + utf8_raw(b"k") + utf8_raw(b"\xff")), {0x81}),
+    ],
+)
+def test_v5_publish_property_errors_close_with_reason(broker, uniq: str, name: str, data,  # noqa: ANN001
+                                                      reasons: set[int]) -> None:
+    """[MQTT-4.13.1-1] (5.0): PUBLISH property errors close the connection with the
+    DISCONNECT reason code of §3.3.2.3 (Topic Alias 0x94, Protocol Error 0x82, Malformed
+    0x81); the broker keeps serving."""
+    with RawClient(broker.host, broker.port, 5, timeout=3.0) as bad:
+        bad.connect(f"{uniq}-bad")
+        bad.send_raw(data(uniq))
+        got = bad.expect_closed(3.0)
+    assert disconnect_reason(got) in reasons, got
+    assert_broker_healthy(broker, 5)
+
+
+def test_v5_receive_maximum_exceeded_0x93(make_broker, uniq: str) -> None:
+    """MQTT 5.0 §3.3.4 ([MQTT-3.3.4-7] binds the client): more unacknowledged QoS 2
+    PUBLISHes than our Receive Maximum (2) -> DISCONNECT 0x93 Receive Maximum exceeded."""
+    b = make_broker(extra="mqtt:\n  receive_maximum: 2\n")
+    with RawClient(b.host, b.port, 5, timeout=3.0) as client:
+        ack = client.connect(uniq)
+        assert ack.properties.receive_maximum == 2
+        for pid in (1, 2):
+            client.send(Publish(f"{uniq}/t", b"x", 2, packet_id=pid))
+            client.expect(PubRec)
+        client.send(Publish(f"{uniq}/t", b"x", 2, packet_id=3))
+        assert disconnect_reason(client.expect_closed(3.0)) == 0x93

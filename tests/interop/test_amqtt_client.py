@@ -38,11 +38,13 @@ def run_scenario(python: Path, broker, scenario: str, prefix: str) -> dict[str, 
     result = subprocess.run(
         [str(python), str(SCRIPT), scenario, broker.host, str(broker.port), prefix],
         capture_output=True,
+        check=False,
         timeout=30,
         stdin=subprocess.DEVNULL,
     )
     out = result.stdout.decode()
-    assert result.returncode == 0, f"amqtt scenario {scenario} failed:\n{out}\n{result.stderr.decode()}"
+    err = result.stderr.decode()
+    assert result.returncode == 0, f"amqtt scenario {scenario} failed:\n{out}\n{err}"
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -110,7 +112,8 @@ def test_amqtt_publisher_to_paho_subscriber(amqtt_python: Path, broker, uniq: st
 
 def test_paho_publisher_to_amqtt_subscriber(amqtt_python: Path, broker, uniq: str) -> None:
     proc = subprocess.Popen(
-        [str(amqtt_python), str(SCRIPT), "receive_from_others", broker.host, str(broker.port), uniq],
+        [str(amqtt_python), str(SCRIPT), "receive_from_others", broker.host, str(broker.port),
+         uniq],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,

@@ -56,7 +56,9 @@ class Paho:
         self.unsubacks: queue.Queue[tuple[int, list[Any], Any]] = queue.Queue()
         self.pubacks: queue.Queue[tuple[int, Any]] = queue.Queue()
         self.disconnects: queue.Queue[Any] = queue.Queue()
-        self.client.on_connect = lambda c, u, flags, rc, props: self.connacks.put((flags, rc, props))
+        self.client.on_connect = lambda c, u, flags, rc, props: self.connacks.put(
+            (flags, rc, props)
+        )
         self.client.on_message = lambda c, u, msg: self.messages.put(msg)
         self.client.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put((mid, rcs, props))
         self.client.on_unsubscribe = lambda c, u, mid, rcs, props: self.unsubacks.put(
@@ -375,7 +377,12 @@ def test_will_published_on_abrupt_close(paho, uniq: str, protocol: int, will_qos
     dying.drop()
 
     msg = watcher.receive()
-    assert (msg.topic, msg.payload, msg.qos, msg.retain) == (f"{uniq}/will", b"gone", will_qos, False)
+    assert (msg.topic, msg.payload, msg.qos, msg.retain) == (
+        f"{uniq}/will",
+        b"gone",
+        will_qos,
+        False,
+    )
 
 
 def test_will_retained_on_abrupt_close(paho, uniq: str, protocol: int) -> None:
@@ -737,3 +744,38 @@ def test_v5_message_expiry_while_queued(paho, uniq: str) -> None:
 def _rc_value(rc: Any) -> int:
     """paho returns ReasonCode objects (v5, and v3.1.1 in paho 2.x) or ints."""
     return int(rc.value) if hasattr(rc, "value") else int(rc)
+
+
+def test_persistent_session_survives_broker_restart(make_broker, uniq: str, protocol: int) -> None:
+    """With RocksDB storage, the session, its subscription, the QoS 1 messages queued for
+    it and retained messages come back after a clean broker restart (design.md,
+    Persistence)."""
+    b = make_broker(storage="rocksdb")
+    expiry = 300 if protocol == mqtt.MQTTv5 else None
+
+    sub = Paho(b.host, b.port, f"{uniq}-sub", protocol, clean=False, session_expiry=expiry)
+    sub.connect()
+    sub.subscribe(f"{uniq}/q", 1)
+    sub.disconnect()
+    pub = Paho(b.host, b.port, f"{uniq}-pub", protocol)
+    pub.connect()
+    for i in range(3):
+        pub.publish(f"{uniq}/q", f"m{i}".encode(), 1)
+    pub.publish(f"{uniq}/r", b"retained", 1, retain=True)
+    pub.disconnect()
+
+    b.restart()
+
+    back = Paho(b.host, b.port, f"{uniq}-sub", protocol, clean=False, session_expiry=expiry)
+    flags, _rc, _props = back.connect()
+    try:
+        assert flags.session_present is True
+        got = [back.receive() for _ in range(3)]
+        assert [(m.topic, m.payload, m.qos) for m in got] == [
+            (f"{uniq}/q", f"m{i}".encode(), 1) for i in range(3)
+        ]
+        back.subscribe(f"{uniq}/r", 1)
+        msg = back.receive()
+        assert (msg.payload, msg.retain) == (b"retained", True)
+    finally:
+        back.disconnect()
