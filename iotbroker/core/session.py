@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from iotbroker.codec.packets import Packet, PubRel, Will
+from iotbroker.codec.packets import Packet, PubRel
 from iotbroker.core.message import Delivery
 from iotbroker.core.subscriptions import SubscriptionEntry
 from iotbroker.metrics import Metrics
@@ -96,7 +96,6 @@ class Session:
         "receive_maximum",
         "subscriptions",
         "username",
-        "will",
         "will_delay",
     )
 
@@ -117,7 +116,6 @@ class Session:
         self.inflight: dict[int, InflightEntry] = {}
         self.queue: deque[tuple[int, Delivery]] = deque()
         self.inbound_qos2: set[int] = set()
-        self.will: Will | None = None
         self.will_delay = 0
         self.outlet: Outlet | None = None
         self.receive_maximum = 65535

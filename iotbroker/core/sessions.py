@@ -120,6 +120,7 @@ class SessionRegistry:
         end, whichever is first (MQTT 5.0 §3.1.3.2.2).
         """
         session.detach(now)
+        session.will_delay = (will.properties.will_delay_interval or 0) if will else 0
         if not session.persistent:
             self.destroy(session)
             return will

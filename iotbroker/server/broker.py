@@ -10,7 +10,6 @@ behaviour).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 import time
@@ -51,7 +50,10 @@ from iotbroker.core.topics import parse_shared, validate_topic_name
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService
+from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import setup_logging
+from iotbroker.server.metrics_http import MetricsServer
+from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import ChangeBatch, Store
 
@@ -106,7 +108,9 @@ class Broker:
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
         self._flush_scheduled = False
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[Listener] = []
+        self.sys_topics: SysTopics | None = None
+        self.metrics_server: MetricsServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.started_at = time.time()
@@ -141,26 +145,23 @@ class Broker:
     async def start(self) -> None:
         self.restore()
         for listener in self.config.listeners:
-            if listener.type != "tcp":
-                raise StorageError(f"listener {listener.name!r}: type {listener.type} is not "
-                                   "supported yet")
-            server = await self.loop.create_server(
-                functools.partial(ClientProtocol, self, listener.name),
-                host=listener.host,
-                port=listener.port,
-                reuse_address=True,
-                backlog=4096,
-            )
+            server = await start_listener(self, listener)  # logs "listening on ..."
             self._servers.append(server)
-            for sock in server.sockets:
-                addr = sock.getsockname()
-                self.bound.append((addr[0], addr[1]))
-                log.info("listening on %s:%s (%s, listener %r)", addr[0], addr[1],
-                         listener.type, listener.name)
+            self.bound.extend(server.addresses)
+        if self.config.metrics.enabled:
+            self.metrics_server = MetricsServer(self)
+            await self.metrics_server.start()
+        if self.config.sys_topics.enabled:
+            self.sys_topics = SysTopics(self)
+            self.sys_topics.start()
         self._reschedule_core_timer()
 
     async def stop(self) -> None:
         """Shut down: stop listening, tell v5 clients 0x8B, flush storage."""
+        if self.sys_topics is not None:
+            self.sys_topics.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         for server in self._servers:
             server.close()
         for proto in list(self.connections):
@@ -171,6 +172,8 @@ class Broker:
         self.flush()
         for server in self._servers:
             await server.wait_closed()
+        if self.metrics_server is not None:
+            await self.metrics_server.wait_closed()
         await asyncio.sleep(0)
         for proto in list(self.connections):
             proto.abort()
@@ -273,10 +276,12 @@ class Broker:
         proto.session = None
         self.metrics.clients_connected -= 1
         now = self.now()
-        will = None if proto.clean_disconnect else session.will
+        will = None if proto.clean_disconnect else proto.will
         if proto.taken_over:
+            # The session lives on in the new connection; this connection's will goes
+            # out now unless it has a Will Delay (then resuming cancels it [MQTT-3.1.3-9]).
             log.info("client %r (%s) closed after takeover", proto.client_id, proto.peer)
-            if will is not None:
+            if will is not None and not will.properties.will_delay_interval:
                 self._publish_will(will, session.client_id, now)
             return
         if self.clients.get(proto.client_id) is proto:
@@ -405,7 +410,8 @@ class Broker:
             self._refuse(proto, packet, 0x8C,
                          f"authentication method {props.authentication_method!r} not supported")
             return
-        decision = self.auth.authenticate(client_id, packet.username, packet.password)
+        decision = None if proto.cert_username is not None else \
+            self.auth.authenticate(client_id, packet.username, packet.password)
         if decision is not None:
             self.metrics.auth_failures += 1
             self._refuse(proto, packet, decision, "authentication failed")
@@ -449,7 +455,7 @@ class Broker:
         session, present = self.registry.open(
             client_id, packet.clean_start, granted_expiry, packet.protocol_version, now
         )
-        session.username = packet.username
+        session.username = packet.username if proto.cert_username is None else proto.cert_username
         # Keep alive: the server may impose a lower one (v5 Server Keep Alive).
         keepalive = packet.keepalive
         server_keepalive: int | None = None
@@ -476,8 +482,7 @@ class Broker:
         self.metrics.clients_connected += 1
         self.metrics.clients_maximum = max(self.metrics.clients_maximum,
                                            self.metrics.clients_connected)
-        session.will = will
-        session.will_delay = will.properties.will_delay_interval or 0 if will and v5 else 0
+        proto.will = will
         window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
         session.attach(conn, window, now)
         proto.start_keepalive()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from iotbroker.codec.packets import Will
 from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection
 
@@ -31,6 +32,7 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = (
         "broker",
+        "cert_username",
         "clean_disconnect",
         "client_id",
         "close_after_flush",
@@ -43,6 +45,7 @@ class ClientProtocol(asyncio.Protocol):
         "taken_over",
         "timer",
         "transport",
+        "will",
     )
 
     def __init__(self, broker: Broker, listener: str) -> None:
@@ -57,7 +60,11 @@ class ClientProtocol(asyncio.Protocol):
         self.taken_over = False
         self.close_after_flush = False
         self.reading_paused = False
+        #: The Will Message of this connection's CONNECT (MQTT 3.1.1 §3.1.2.5).
+        self.will: Will | None = None
         self.timer: asyncio.TimerHandle | None = None
+        #: TLS ``use_identity_as_username``: the client certificate's subject CN.
+        self.cert_username: str | None = None
         cfg = broker.config.mqtt
         self.conn = Connection(
             max_packet_size=cfg.max_packet_size,
@@ -89,6 +96,7 @@ class ClientProtocol(asyncio.Protocol):
         except MqttError as exc:
             broker.peer_error(self, exc)
             return
+        broker.metrics.messages_received += len(packets)
         for packet in packets:
             try:
                 broker.handle_packet(self, packet)

@@ -222,3 +222,26 @@ def test_mqtt_3_1_2_8_takeover_does_not_publish_new_connections_will(raw, uniq: 
     new.disconnect()
     w.nothing(0.3)  # normal DISCONNECT: the new will is discarded too
     raw(version).connect(f"{uniq}-dies", clean_start=True)
+
+
+@pytest.mark.parametrize("session_expiry", [0, 1])
+def test_mqtt_3_1_2_8_v5_will_published_when_session_ends_before_delay(
+        raw, uniq: str, session_expiry: int) -> None:
+    """[MQTT-3.1.2-8] (5.0): the Will goes out when the Will Delay Interval has passed *or*
+    the session ends, whichever is first: Will Delay 30 s with Session Expiry 0 -> at the
+    close; with Session Expiry 1 s -> after about 1 s."""
+    w = _watcher(raw, 5, uniq)
+    c: RawClient = raw(5)
+    props = Properties(session_expiry_interval=session_expiry or None)
+    c.connect(f"{uniq}-dies", clean_start=False, properties=props,
+              will=Will(f"{uniq}/will", b"session over", 0, False,
+                        Properties(will_delay_interval=30)))
+    c.close()
+    started = time.monotonic()
+    got = w.receive_publish(timeout=3.0)
+    assert got.payload == b"session over"
+    elapsed = time.monotonic() - started
+    if session_expiry:
+        assert 0.7 <= elapsed <= 2.5, elapsed
+    else:
+        assert elapsed <= 1.0, elapsed

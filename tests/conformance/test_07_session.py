@@ -289,3 +289,83 @@ def test_mqtt_4_4_0_2_v5_failed_ack_not_retransmitted(raw, uniq: str) -> None:
     again.nothing(0.4)
     again.disconnect()
     _connect(raw, 5, uniq, clean=True, expiry=None)
+
+
+@VERSIONS
+def test_mqtt_4_3_3_2_inbound_qos2_id_kept_across_reconnect(raw, uniq: str,
+                                                            version: int) -> None:
+    """[MQTT-4.3.3-2] (3.1.1) / [MQTT-4.3.3-10] (5.0) with [MQTT-4.4.0-1]: a QoS 2 PUBLISH
+    whose PUBREL never came is part of the session; when the client reconnects and
+    re-sends it (DUP=1, same id) it is not delivered a second time; the PUBREL gets its
+    PUBCOMP."""
+    watcher: RawClient = raw(version)
+    watcher.connect(f"{uniq}-w")
+    watcher.subscribe(f"{uniq}/t", 2)
+    pub, _ = _connect(raw, version, f"{uniq}-pub", clean=False)
+    pub.send(Publish(f"{uniq}/t", b"exactly once", 2, packet_id=17))
+    assert pub.expect(PubRec).packet_id == 17
+    _gone(pub)
+    again, ack = _connect(raw, version, f"{uniq}-pub", clean=False)
+    assert ack.session_present is True
+    again.send(Publish(f"{uniq}/t", b"exactly once", 2, dup=True, packet_id=17))
+    assert again.expect(PubRec).packet_id == 17
+    again.send(PubRel(17))
+    assert again.expect(PubComp).packet_id == 17
+    assert watcher.receive_publish().payload == b"exactly once"
+    watcher.nothing(0.3)
+    again.disconnect()
+    _connect(raw, version, f"{uniq}-pub", clean=True, expiry=None)
+
+
+@VERSIONS
+def test_mqtt_4_6_0_6_offline_queue_longer_than_inflight_window_in_order(
+        raw, uniq: str, version: int) -> None:
+    """[MQTT-4.6.0-6] (3.1.1) / [MQTT-4.6.0-5] (5.0): 40 QoS 1 messages queued while
+    offline (more than the in-flight window) arrive in publication order; each packet id
+    is unused when sent [MQTT-2.3.1-4] / [MQTT-2.2.1-4]."""
+    sub, _ = _connect(raw, version, uniq, clean=False)
+    sub.subscribe(f"{uniq}/t", 1)
+    sub.disconnect()
+    pub = _publisher(raw, version, uniq)
+    n = 40
+    for i in range(n):
+        pub.send(Publish(f"{uniq}/t", b"%d" % i, 1, packet_id=i + 1))
+    for _ in range(n):
+        pub.expect(PubAck)
+    again, _ = _connect(raw, version, uniq, clean=False)
+    got = collect_publishes(again, n)
+    assert [p.payload for p in got] == [b"%d" % i for i in range(n)]
+    again.disconnect()
+    _connect(raw, version, uniq, clean=True, expiry=None)
+
+
+def test_mqtt_3_3_1_9_queued_message_has_retain_0_v311(raw, uniq: str) -> None:
+    """[MQTT-3.3.1-9] (3.1.1): a retained PUBLISH matched by an existing subscription of an
+    offline session is forwarded with RETAIN=0 when the client comes back."""
+    sub, _ = _connect(raw, 4, uniq, clean=False)
+    sub.subscribe(f"{uniq}/t", 1)
+    sub.disconnect()
+    pub = _publisher(raw, 4, uniq)
+    pub.publish(f"{uniq}/t", b"r", 1, retain=True)
+    again, _ = _connect(raw, 4, uniq, clean=False)
+    got = again.receive_publish()
+    assert (got.payload, got.retain) == (b"r", False)
+    again.disconnect()
+    _connect(raw, 4, uniq, clean=True)
+    pub.publish(f"{uniq}/t", b"", 0, retain=True)
+
+
+@VERSIONS
+def test_unknown_acks_are_harmless(raw, uniq: str, version: int) -> None:
+    """[MQTT-4.3.2-3] / [MQTT-4.3.3-3] (5.0) side note: PUBACK or PUBCOMP for an id that is
+    not in flight change nothing and do not break the connection; a PUBREC for an unknown id
+    is answered with PUBREL (5.0: 0x92 Packet Identifier not found)."""
+    client: RawClient = raw(version)
+    client.connect(uniq)
+    client.send(PubAck(999))
+    client.send(PubComp(998))
+    client.send(PubRec(997))
+    rel = client.expect(PubRel)
+    assert rel.packet_id == 997
+    assert rel.reason_code in ((0, 0x92) if version == 5 else (0,))
+    client.publish(f"{uniq}/alive", b"", 1)

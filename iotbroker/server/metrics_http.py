@@ -1,0 +1,274 @@
+"""Prometheus exposition over a tiny asyncio HTTP/1.1 server (no thread).
+
+``GET /metrics`` answers ``prometheus_client.generate_latest`` of a registry holding
+one custom collector, :class:`BrokerCollector`, which reads the broker's
+:class:`~iotbroker.metrics.Metrics` and registries *at scrape time*: nothing is added
+to the per-message path. ``GET /health`` answers ``200 ok``. Every request gets one
+response and the connection is closed; a request must arrive within a few seconds and
+fit in a few KiB.
+
+The event-loop lag is measured by :class:`LoopLagProbe`, a ``loop.call_later`` chain
+that notes how late each call runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.process_collector import ProcessCollector
+
+from iotbroker import __version__
+
+if TYPE_CHECKING:
+    from iotbroker.server.broker import Broker
+
+__all__ = ["BrokerCollector", "LoopLagProbe", "MetricsServer"]
+
+log = logging.getLogger("iotbroker.metrics")
+
+#: Seconds between two event-loop lag probes.
+LAG_PROBE_INTERVAL = 0.25
+#: The "max" lag gauge covers the last one to two of these windows (seconds).
+LAG_WINDOW = 60.0
+#: A request (line and headers) must arrive within this many seconds...
+REQUEST_TIMEOUT = 5.0
+#: ...and be at most this long.
+MAX_REQUEST = 8192
+
+_PREFIX = "iotbroker_"
+
+#: Metrics fields exported as counters: field -> help text.
+_COUNTERS = {
+    "connections_accepted": "Network connections accepted.",
+    "connections_rejected": "CONNECTs refused with a CONNACK error.",
+    "messages_received": "MQTT packets received (any type).",
+    "messages_sent": "MQTT packets sent (any type).",
+    "bytes_received": "Bytes received from clients (MQTT layer).",
+    "bytes_sent": "Bytes sent to clients (MQTT layer).",
+    "messages_expired": "Messages discarded because their Message Expiry Interval passed.",
+    "slow_consumers_disconnected": "Clients disconnected for not reading within drain_timeout.",
+    "malformed_packets": "Connections closed for a malformed packet.",
+    "protocol_errors": "Connections closed for a protocol violation.",
+    "keepalive_timeouts": "Connections closed because the keep alive expired.",
+    "session_takeovers": "Connections closed because the same client id connected again.",
+    "sessions_expired": "Sessions removed after their expiry interval.",
+    "wills_published": "Will messages published.",
+    "auth_failures": "CONNECTs refused for bad credentials.",
+    "acl_denials": "Publishes, subscriptions and deliveries denied by the ACL.",
+    "storage_batches": "Storage batches committed.",
+    "storage_changes": "Storage changes committed.",
+}
+#: Metrics fields exported as gauges.
+_GAUGES = {
+    "clients_connected": "Clients connected now (CONNACK sent).",
+    "clients_maximum": "Most clients connected at once since the start.",
+}
+#: Drop counters, exported as one counter labelled by reason.
+_DROPS = {
+    "messages_dropped_queue_full": "queue_full",
+    "messages_dropped_qos0_offline": "qos0_offline",
+    "messages_dropped_slow_consumer": "slow_consumer",
+    "messages_dropped_too_large": "too_large",
+}
+#: Per-QoS lists, exported as one counter labelled by qos.
+_BY_QOS = {
+    "publish_received_qos": ("publish_received", "PUBLISH packets received, by QoS."),
+    "publish_sent_qos": ("publish_sent", "PUBLISH packets sent, by QoS."),
+}
+_HANDLED = {*_COUNTERS, *_GAUGES, *_DROPS, *_BY_QOS, "publish_received", "publish_sent"}
+
+
+class LoopLagProbe:
+    """How late the event loop runs a timer: the last lag and the worst recent one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 interval: float = LAG_PROBE_INTERVAL) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.last = 0.0
+        self._max_current = 0.0
+        self._max_previous = 0.0
+        self._window_end = 0.0
+        self._expected = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        now = self.loop.time()
+        self._window_end = now + LAG_WINDOW
+        self._schedule(now)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    @property
+    def max(self) -> float:
+        return max(self._max_current, self._max_previous)
+
+    def _schedule(self, now: float) -> None:
+        self._expected = now + self.interval
+        self._handle = self.loop.call_at(self._expected, self._fire)
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        lag = max(0.0, now - self._expected)
+        self.last = lag
+        if now >= self._window_end:
+            self._max_previous = self._max_current
+            self._max_current = 0.0
+            self._window_end = now + LAG_WINDOW
+        self._max_current = max(self._max_current, lag)
+        self._schedule(now)
+
+
+class BrokerCollector:
+    """A ``prometheus_client`` collector reading the broker at scrape time."""
+
+    def __init__(self, broker: Broker, lag: LoopLagProbe) -> None:
+        self.broker = broker
+        self.lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        broker = self.broker
+        values = broker.metrics.as_dict()
+        m = broker.metrics
+        yield InfoMetricFamily(_PREFIX + "build", "Broker version.",
+                               value={"version": __version__})
+        yield GaugeMetricFamily(_PREFIX + "uptime_seconds", "Seconds since the broker started.",
+                                value=time.time() - broker.started_at)
+        for name, doc in _COUNTERS.items():
+            yield CounterMetricFamily(_PREFIX + name, doc, value=values[name])
+        for name, doc in _GAUGES.items():
+            yield GaugeMetricFamily(_PREFIX + name, doc, value=values[name])
+        for attr, (name, doc) in _BY_QOS.items():
+            per_qos = getattr(m, attr) or [0, 0, 0]
+            family = CounterMetricFamily(_PREFIX + name, doc, labels=["qos"])
+            for qos, count in enumerate(per_qos):
+                family.add_metric([str(qos)], count)
+            yield family
+        drops = CounterMetricFamily(_PREFIX + "messages_dropped",
+                                    "Messages dropped, by reason.", labels=["reason"])
+        for name, reason in _DROPS.items():
+            drops.add_metric([reason], values[name])
+        yield drops
+        # Counters added to Metrics later show up without a change here.
+        for name, value in values.items():
+            base = name.rstrip("0123456789") if name[-1:].isdigit() else name
+            if name not in _HANDLED and base not in _HANDLED:
+                yield UnknownMetricFamily(_PREFIX + name, name.replace("_", " ") + ".",
+                                          value=value)
+
+        sessions = broker.registry.sessions.values()
+        queued = inflight = 0
+        for session in sessions:
+            queued += len(session.queue)
+            inflight += len(session.inflight)
+        yield GaugeMetricFamily(_PREFIX + "sessions",
+                                "Sessions (connected and persistent disconnected).",
+                                value=len(broker.registry))
+        yield GaugeMetricFamily(_PREFIX + "connections_open", "Network connections open now.",
+                                value=len(broker.connections))
+        yield GaugeMetricFamily(_PREFIX + "queued_messages",
+                                "Messages waiting in session queues.", value=queued)
+        yield GaugeMetricFamily(_PREFIX + "inflight_messages",
+                                "QoS 1/2 messages sent and not yet acknowledged.",
+                                value=inflight)
+        yield GaugeMetricFamily(_PREFIX + "retained_messages", "Retained messages stored.",
+                                value=len(broker.retained))
+        yield GaugeMetricFamily(_PREFIX + "subscriptions", "Subscriptions of all sessions.",
+                                value=len(broker.trie))
+        yield GaugeMetricFamily(_PREFIX + "event_loop_lag_seconds",
+                                "How late the last event-loop probe timer ran.",
+                                value=self.lag.last)
+        yield GaugeMetricFamily(_PREFIX + "event_loop_lag_max_seconds",
+                                f"Worst event-loop probe lag of the last {LAG_WINDOW:.0f}–"
+                                f"{2 * LAG_WINDOW:.0f} s.", value=self.lag.max)
+
+
+class MetricsServer:
+    """``GET /metrics`` and ``GET /health`` on ``metrics.host:metrics.port``."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.lag = LoopLagProbe(broker.loop)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(BrokerCollector(broker, self.lag))
+        ProcessCollector(registry=self.registry)
+        self._server: asyncio.AbstractServer | None = None
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        cfg = self.broker.config.metrics
+        self._server = await asyncio.start_server(
+            self._handle, cfg.host, cfg.port, reuse_address=True, limit=MAX_REQUEST,
+        )
+        for sock in self._server.sockets:
+            addr = sock.getsockname()
+            self.addresses.append((addr[0], addr[1]))
+            log.info("metrics listening on %s:%s", addr[0], addr[1])
+        self.lag.start()
+
+    def close(self) -> None:
+        self.lag.stop()
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                request_line = await reader.readuntil(b"\n")
+                for _ in range(100):  # headers: read and ignore
+                    if (await reader.readuntil(b"\n")).strip() == b"":
+                        break
+                else:
+                    raise ValueError("too many header lines")
+            status, ctype, body, head = self._respond(request_line)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
+                + (b"" if head else body)
+            )
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError):
+            pass
+        except Exception:
+            log.exception("metrics request failed")
+        finally:
+            writer.close()
+
+    def _respond(self, request_line: bytes) -> tuple[str, str, bytes, bool]:
+        parts = request_line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return "400 Bad Request", "text/plain", b"bad request\n", False
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        head = method == "HEAD"
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"method not allowed\n", False
+        if target == "/metrics":
+            return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, self.render(), head
+        if target == "/health":
+            return "200 OK", "text/plain", b"ok\n", head
+        return "404 Not Found", "text/plain", b"not found: try /metrics or /health\n", head

@@ -1,0 +1,166 @@
+"""``$SYS/broker/...`` statistics topics, mosquitto-compatible names and formats.
+
+Every ``sys_topics.interval`` seconds the values are read from the broker's
+:class:`~iotbroker.metrics.Metrics` and registries, and each topic whose value changed
+since it was last published is published as a retained QoS 0 message through the
+router (so ACLs, retained handling and the rule that wildcards at the first level never
+match ``$`` topics [MQTT-4.7.2-1] apply as to any message). One ``loop.call_later``
+timer, no task.
+
+The ``load/.../1min|5min|15min`` topics are exponential moving averages of the rate
+per minute, computed as mosquitto does: ``load = rate + exp(-dt/window) * (load - rate)``
+with ``rate = delta * 60 / dt`` over the last interval ``dt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from iotbroker import __version__
+from iotbroker.codec.packets import Properties
+from iotbroker.core.message import Message
+
+if TYPE_CHECKING:
+    from iotbroker.server.broker import Broker
+
+__all__ = ["SYS_PREFIX", "SysTopics"]
+
+log = logging.getLogger("iotbroker.sys")
+
+SYS_PREFIX = "$SYS/broker/"
+
+#: load/<name>/... topic part -> the Metrics counter it is the rate of.
+_LOADS = (
+    ("messages/received", "messages_received"),
+    ("messages/sent", "messages_sent"),
+    ("publish/received", "publish_received"),
+    ("publish/sent", "publish_sent"),
+    ("publish/dropped", "_dropped"),
+    ("bytes/received", "bytes_received"),
+    ("bytes/sent", "bytes_sent"),
+    ("connections", "connections_accepted"),
+)
+_WINDOWS = (("1min", 60.0), ("5min", 300.0), ("15min", 900.0))
+_NO_PROPS = Properties()
+
+
+class SysTopics:
+    """Publishes the ``$SYS`` tree of one broker; :meth:`start` / :meth:`stop`."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.interval = broker.config.sys_topics.interval
+        self._timer: asyncio.TimerHandle | None = None
+        self._last: dict[str, str] = {}
+        self._loads: dict[str, float] = {}
+        self._prev_counts: dict[str, int] = {}
+        self._prev_time: float | None = None
+
+    def start(self) -> None:
+        self._tick()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ---------------------------------------------------------------- values
+    def _dropped(self) -> int:
+        m = self.broker.metrics
+        return (m.messages_dropped_queue_full + m.messages_dropped_qos0_offline
+                + m.messages_dropped_slow_consumer + m.messages_dropped_too_large)
+
+    def values(self, now: float) -> dict[str, str]:
+        """Topic (without the ``$SYS/broker/`` prefix) -> payload text."""
+        broker = self.broker
+        m = broker.metrics
+        sessions = len(broker.registry)
+        pending = broker.registry.deliveries_pending()
+        retained = len(broker.retained)
+        dropped = self._dropped()
+        out = {
+            "version": f"iotbroker version {__version__}",
+            "uptime": f"{int(now - broker.started_at)} seconds",
+            "clients/connected": str(m.clients_connected),
+            "clients/active": str(m.clients_connected),  # deprecated mosquitto alias
+            "clients/disconnected": str(max(0, sessions - m.clients_connected)),
+            "clients/inactive": str(max(0, sessions - m.clients_connected)),  # alias
+            "clients/maximum": str(m.clients_maximum),
+            "clients/total": str(sessions),
+            "clients/expired": str(m.sessions_expired),
+            "messages/received": str(m.messages_received),
+            "messages/sent": str(m.messages_sent),
+            "messages/stored": str(retained + pending),  # deprecated mosquitto alias
+            "store/messages/count": str(retained + pending),
+            "publish/messages/received": str(m.publish_received),
+            "publish/messages/sent": str(m.publish_sent),
+            "publish/messages/dropped": str(dropped),
+            "bytes/received": str(m.bytes_received),
+            "bytes/sent": str(m.bytes_sent),
+            "retained messages/count": str(retained),
+            "subscriptions/count": str(len(broker.trie)),
+        }
+        out.update(self._load_values())
+        return out
+
+    def _load_values(self) -> dict[str, str]:
+        m = self.broker.metrics
+        now = self.broker.loop.time()
+        counts = {
+            name: self._dropped() if attr == "_dropped" else int(getattr(m, attr))
+            for name, attr in _LOADS
+        }
+        prev_time = self._prev_time
+        self._prev_time = now
+        out: dict[str, str] = {}
+        for name, count in counts.items():
+            prev = self._prev_counts.get(name)
+            self._prev_counts[name] = count
+            for window_name, window in _WINDOWS:
+                key = f"load/{name}/{window_name}"
+                load = self._loads.get(key, 0.0)
+                if prev is not None and prev_time is not None and now > prev_time:
+                    dt = now - prev_time
+                    rate = (count - prev) * 60.0 / dt
+                    load = rate + math.exp(-dt / window) * (load - rate)
+                self._loads[key] = load
+                out[key] = f"{load:.2f}"
+        return out
+
+    # ---------------------------------------------------------------- publish
+    def _tick(self) -> None:
+        self._timer = None
+        broker = self.broker
+        try:
+            self.publish_changed(broker.now())
+        except Exception:  # never let statistics take the broker down
+            log.exception("publishing $SYS topics failed")
+        self._timer = broker.loop.call_later(self.interval, self._tick)
+
+    def publish_changed(self, now: float) -> int:
+        """Publish every topic whose value changed; returns how many were published."""
+        broker = self.broker
+        last = self._last
+        published = 0
+        for name, value in self.values(now).items():
+            if last.get(name) == value:
+                continue
+            last[name] = value
+            broker.router.publish(
+                Message(
+                    topic=SYS_PREFIX + name,
+                    payload=value.encode(),
+                    qos=0,
+                    retain=True,
+                    properties=_NO_PROPS,
+                    created_at=now,
+                ),
+                now,
+            )
+            published += 1
+        if published:
+            broker.flush()  # storage batch, then one write per connection
+        return published
