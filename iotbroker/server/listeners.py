@@ -54,6 +54,8 @@ ws_log = logging.getLogger("iotbroker.websocket")
 WS_SUBPROTOCOLS = (Subprotocol("mqtt"), Subprotocol("mqttv3.1"))
 #: Seconds a WebSocket closing handshake may take before the TCP connection is dropped.
 WS_CLOSE_TIMEOUT = 3.0
+#: Seconds a close() may take to flush and close before the connection is aborted.
+WS_CLOSE_GRACE = 10.0
 #: Default high-water mark of a WebSocket transport's send queue (ClientProtocol sets
 #: its own with ``set_write_buffer_limits``).
 WS_WRITE_HIGH = 1 << 16
@@ -203,6 +205,7 @@ class WebSocketTransport(asyncio.Transport):
         self._can_read = asyncio.Event()
         self._can_read.set()
         self._sender: asyncio.Task[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
 
     # -------------------------------------------------------- transport API
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -234,6 +237,8 @@ class WebSocketTransport(asyncio.Transport):
         self._close_requested = True
         self._can_read.set()  # take the peer's remaining frames, up to its close frame
         self._wakeup.set()
+        # A peer that reads nothing must not keep a closed connection alive.
+        self._close_timer = asyncio.get_running_loop().call_later(WS_CLOSE_GRACE, self.abort)
 
     def abort(self) -> None:
         self._closing = True
@@ -293,6 +298,8 @@ class WebSocketTransport(asyncio.Transport):
             exc = None if self._closing else closed  # we closed it: no error
         finally:
             self._closing = True
+            if self._close_timer is not None:
+                self._close_timer.cancel()
             sender = self._sender
             if sender is not None and not sender.done():
                 sender.cancel()
@@ -306,6 +313,8 @@ class WebSocketTransport(asyncio.Transport):
             if not can_read.is_set():
                 await can_read.wait()
             message = await ws.recv()
+            if not can_read.is_set():  # paused while this message was on its way
+                await can_read.wait()
             if isinstance(message, str):
                 # [MQTT-6.0.0-1]: MQTT travels in binary frames; anything else closes.
                 self._closing = True
@@ -349,7 +358,14 @@ def _select_subprotocol(ws: ServerConnection,
             return proto
     if not offered:
         return None
+    log.info("refusing WebSocket handshake from %s: subprotocols %s, not mqtt",
+             _peer(ws), ", ".join(offered))
     raise NegotiationError(f"unsupported subprotocol {', '.join(offered)}; expected mqtt")
+
+
+def _peer(ws: ServerConnection) -> str:
+    peer = ws.remote_address
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
 
 # ------------------------------------------------------------------------------ start
@@ -393,12 +409,19 @@ async def _start_websocket(
 
     def process_request(ws: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != path:
+            log.info("refusing WebSocket handshake from %s: path %r is not %r", _peer(ws),
+                     request.path, path)
             return ws.respond(HTTPStatus.NOT_FOUND, f"MQTT is served at {path}\n")
         return None
 
     async def handler(ws: ServerConnection) -> None:
         await WebSocketTransport(ws, factory()).run()
 
+    if ws_log.level == logging.NOTSET:
+        # websockets logs every frame at DEBUG and every connection at INFO; the broker
+        # logs connections itself. ``logging.levels: {iotbroker.websocket: DEBUG}``
+        # brings them back.
+        ws_log.setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {}
     if ctx is not None:
         kwargs = {"ssl": ctx, "ssl_handshake_timeout": handshake_timeout}

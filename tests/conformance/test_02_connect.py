@@ -7,13 +7,16 @@ import time
 
 import pytest
 
+from iotbroker.codec import encode_packet
 from iotbroker.codec.packets import (
     ConnAck,
     Connect,
     Disconnect,
     PingReq,
+    PingResp,
     Properties,
     Publish,
+    SubAck,
     Subscribe,
     Subscription,
     Will,
@@ -33,13 +36,13 @@ from tests.helpers.rawclient import RawClient
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
 
 
-def _open(broker) -> socket.socket:  # noqa: ANN001
+def _open(broker) -> socket.socket:
     sock = socket.create_connection((broker.host, broker.port), timeout=3.0)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
-def _no_success_connack(packets: list, version: int) -> None:  # noqa: ANN001
+def _no_success_connack(packets: list, version: int) -> None:
     """Nothing, or only a failing CONNACK (v5 may explain a refusal), before the close."""
     for packet in packets:
         assert isinstance(packet, ConnAck), f"unexpected {packet!r} before close"
@@ -60,14 +63,19 @@ def test_mqtt_3_1_2_1_wrong_protocol_name_closes(raw, uniq: str, version: int) -
 
 
 @pytest.mark.parametrize(("name", "level"), [("MQTT", 3), ("MQIsdp", 3)])
-def test_mqtt_3_1_2_2_unsupported_level_connack_0x01(broker, uniq: str, name: str,
-                                                      level: int) -> None:
+def test_mqtt_3_1_2_2_unsupported_level_connack_0x01(
+    broker, uniq: str, name: str, level: int
+) -> None:
     """[MQTT-3.1.2-2] (3.1.1): an unsupported protocol level gets CONNACK return code 0x01
     (3.1.1 format) and the connection is closed."""
     sock = _open(broker)
     try:
-        sock.sendall(frame(0x10, utf8_raw(name.encode()) + bytes((level, 0x02, 0, 60))
-                           + utf8_raw(uniq.encode())))
+        sock.sendall(
+            frame(
+                0x10,
+                utf8_raw(name.encode()) + bytes((level, 0x02, 0, 60)) + utf8_raw(uniq.encode()),
+            )
+        )
         assert raw_reply(sock) == b"\x20\x02\x00\x01"
     finally:
         sock.close()
@@ -78,8 +86,9 @@ def test_mqtt_3_1_2_2_v5_unknown_level_refused_then_closed(broker, uniq: str) ->
     CONNACK 0x84 (or the 3.1.1 form, 0x01), then the server MUST close."""
     sock = _open(broker)
     try:
-        sock.sendall(frame(0x10, utf8_raw(b"MQTT") + bytes((6, 0x02, 0, 60))
-                           + utf8_raw(uniq.encode())))
+        sock.sendall(
+            frame(0x10, utf8_raw(b"MQTT") + bytes((6, 0x02, 0, 60)) + utf8_raw(uniq.encode()))
+        )
         reply = raw_reply(sock)
         assert reply in (b"", b"\x20\x02\x00\x01", b"\x20\x03\x00\x84\x00"), reply
     finally:
@@ -103,8 +112,9 @@ def test_mqtt_3_1_2_3_reserved_connect_flag_closes(broker, uniq: str, version: i
 
 @VERSIONS
 @pytest.mark.parametrize("first", ["pingreq", "subscribe", "publish"])
-def test_mqtt_3_1_0_1_first_packet_must_be_connect(raw, uniq: str, version: int,
-                                                    first: str) -> None:
+def test_mqtt_3_1_0_1_first_packet_must_be_connect(
+    raw, uniq: str, version: int, first: str
+) -> None:
     """[MQTT-3.1.0-1] (client rule) / [MQTT-4.8.0-1] (3.1.1) / [MQTT-4.13.1-1] (5.0): a
     packet other than CONNECT first is a protocol violation: the server closes the
     connection without answering it, and a PUBLISH sent that way is not routed."""
@@ -244,8 +254,7 @@ def test_mqtt_3_2_2_1_connack_reserved_bits_zero(broker, uniq: str, version: int
 
 
 @VERSIONS
-def test_mqtt_3_2_2_1_clean_session_gives_session_present_0(raw, uniq: str,
-                                                            version: int) -> None:
+def test_mqtt_3_2_2_1_clean_session_gives_session_present_0(raw, uniq: str, version: int) -> None:
     """[MQTT-3.2.2-1] (3.1.1) / [MQTT-3.2.2-2] (5.0): Clean Session / Clean Start 1 gets
     Session Present 0 even if a stored session existed."""
     props = Properties(session_expiry_interval=300) if version == 5 else None
@@ -299,8 +308,9 @@ def test_mqtt_3_1_4_2_takeover_closes_old_connection(raw, uniq: str, version: in
 # ----------------------------------------------------------------- malformed CONNECT
 
 
-def _connect_with_flags(version: int, client_id: str, flags_or: int,
-                        flags_and: int = 0xFF) -> bytes:
+def _connect_with_flags(
+    version: int, client_id: str, flags_or: int, flags_and: int = 0xFF
+) -> bytes:
     data = bytearray(connect_bytes(version, client_id))
     off = connect_flags_offset(version, client_id)
     data[off] = (data[off] | flags_or) & flags_and
@@ -312,11 +322,13 @@ def _malformed_connects(version: int, cid: str) -> dict[str, bytes]:
     head = utf8_raw(b"MQTT") + bytes((version,))
     return {
         "client-id-runs-past-end": frame(0x10, head + b"\x02\x00\x3c" + props + b"\x00\x20ab"),
-        "client-id-invalid-utf8": frame(0x10, head + b"\x02\x00\x3c" + props
-                                        + utf8_raw(b"ab\xff\xfe")),
+        "client-id-invalid-utf8": frame(
+            0x10, head + b"\x02\x00\x3c" + props + utf8_raw(b"ab\xff\xfe")
+        ),
         "client-id-u0000": frame(0x10, head + b"\x02\x00\x3c" + props + utf8_raw(b"a\x00b")),
         "trailing-bytes": connect_bytes(version, cid)[:1]
-        + bytes((connect_bytes(version, cid)[1] + 2,)) + connect_bytes(version, cid)[2:]
+        + bytes((connect_bytes(version, cid)[1] + 2,))
+        + connect_bytes(version, cid)[2:]
         + b"\x00\x00",
         # Will QoS 1 with Will Flag 0 ([MQTT-3.1.2-13] 3.1.1 / [MQTT-3.1.2-11] 5.0).
         "will-qos-without-will": _connect_with_flags(version, cid, 0x08),
@@ -332,12 +344,20 @@ def _malformed_connects(version: int, cid: str) -> dict[str, bytes]:
 @VERSIONS
 @pytest.mark.parametrize(
     "case",
-    ["client-id-runs-past-end", "client-id-invalid-utf8", "client-id-u0000", "trailing-bytes",
-     "will-qos-without-will", "will-retain-without-will", "username-flag-without-username",
-     "password-flag-without-password"],
+    [
+        "client-id-runs-past-end",
+        "client-id-invalid-utf8",
+        "client-id-u0000",
+        "trailing-bytes",
+        "will-qos-without-will",
+        "will-retain-without-will",
+        "username-flag-without-username",
+        "password-flag-without-password",
+    ],
 )
-def test_mqtt_3_1_4_1_malformed_connect_closes_without_connack(broker, uniq: str, version: int,
-                                                               case: str) -> None:
+def test_mqtt_3_1_4_1_malformed_connect_closes_without_connack(
+    broker, uniq: str, version: int, case: str
+) -> None:
     """[MQTT-3.1.4-1]: a CONNECT that does not match the format closes the connection
     without a (successful) CONNACK (3.1.1: no CONNACK at all; 5.0 may send one >= 0x80).
     Client-side rules checked by the server this way: [MQTT-3.1.2-13] [MQTT-3.1.2-15]
@@ -387,8 +407,7 @@ def test_v5_password_without_username_is_allowed(raw, uniq: str) -> None:
 
 
 @VERSIONS
-def test_username_and_password_accepted_with_anonymous_auth(raw, uniq: str,
-                                                            version: int) -> None:
+def test_username_and_password_accepted_with_anonymous_auth(raw, uniq: str, version: int) -> None:
     """[MQTT-3.1.2-19]/[MQTT-3.1.2-21] (3.1.1) / [MQTT-3.1.2-17]/[MQTT-3.1.2-19] (5.0):
     User Name and Password present with their flags are read, and the client accepted."""
     client: RawClient = raw(version)
@@ -401,8 +420,9 @@ def test_username_and_password_accepted_with_anonymous_auth(raw, uniq: str,
 
 
 @pytest.mark.parametrize("partial", [b"", b"\x10\x20\x00\x04MQ"])
-def test_socket_without_connect_is_closed_after_connect_timeout(make_broker,
-                                                                partial: bytes) -> None:
+def test_socket_without_connect_is_closed_after_connect_timeout(
+    make_broker, partial: bytes
+) -> None:
     """MQTT 3.1.1 §3.1 / MQTT 5.0 §3.1 (non-normative, "reasonable amount of time"): a
     socket that never completes a CONNECT is closed after ``mqtt.connect_timeout``."""
     b = make_broker(extra="mqtt:\n  connect_timeout: 0.5\n")
@@ -416,3 +436,36 @@ def test_socket_without_connect_is_closed_after_connect_timeout(make_broker,
     finally:
         sock.close()
     assert_broker_healthy(b)
+
+
+@VERSIONS
+def test_mqtt_3_2_0_1_pipelined_packets_after_connect(raw, uniq: str, version: int) -> None:
+    """[MQTT-3.2.0-1] (both): packets sent right behind CONNECT (same segment, before the
+    CONNACK arrived, as clients may do) are processed after it: CONNACK first, then the
+    SUBACK and PINGRESP, in order."""
+    client: RawClient = raw(version)
+    client.send_raw(
+        connect_bytes(version, uniq)
+        + encode_packet(Subscribe(5, [Subscription(f"{uniq}/t", 1)]), version)
+        + encode_packet(PingReq(), version)
+    )
+    assert client.expect(ConnAck).reason_code == 0
+    assert client.expect(SubAck).reason_codes == [1]
+    client.expect(PingResp)
+
+
+@VERSIONS
+@pytest.mark.parametrize("topic", ["w/+", "w/#", ""])
+def test_will_topic_must_be_a_valid_topic_name(raw, uniq: str, version: int, topic: str) -> None:
+    """[MQTT-3.3.2-2] / [MQTT-4.7.3-1] applied to the Will Topic (MQTT 3.1.1 §3.1.3.2,
+    5.0 §3.1.3.3): a will topic with wildcards, or empty, cannot be accepted; the server
+    closes (3.1.1: without CONNACK or with a refusal code; 5.0: CONNACK >= 0x80)."""
+    client: RawClient = raw(version)
+    client.send(
+        Connect(
+            client_id=uniq,
+            protocol_version=version,
+            will=Will(f"{uniq}/{topic}" if topic else "", b"w"),
+        )
+    )
+    _no_success_connack(client.expect_closed(3.0), version)

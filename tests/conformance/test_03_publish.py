@@ -18,7 +18,7 @@ from tests.helpers.rawclient import RawClient
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
 
 
-def _pair(raw, uniq: str, version: int, filt: str, qos: int) -> tuple[RawClient, RawClient]:  # noqa: ANN001
+def _pair(raw, uniq: str, version: int, filt: str, qos: int) -> tuple[RawClient, RawClient]:
     sub: RawClient = raw(version)
     sub.connect(f"{uniq}-sub")
     assert sub.subscribe(filt, qos).reason_codes == [qos]
@@ -38,7 +38,12 @@ def test_mqtt_4_3_1_1_qos0_delivery(raw, uniq: str, version: int) -> None:
     pub.publish(f"{uniq}/t", b"q0", 0)
     got = sub.receive_publish()
     assert (got.topic, got.payload, got.qos, got.dup, got.packet_id) == (
-        f"{uniq}/t", b"q0", 0, False, None)
+        f"{uniq}/t",
+        b"q0",
+        0,
+        False,
+        None,
+    )
     pub.nothing(0.2)
 
 
@@ -65,8 +70,9 @@ def test_mqtt_4_3_2_1_qos1_both_directions(raw, uniq: str, version: int) -> None
 
 
 @VERSIONS
-def test_mqtt_4_3_2_2_qos1_same_id_after_puback_is_new_message(raw, uniq: str,
-                                                               version: int) -> None:
+def test_mqtt_4_3_2_2_qos1_same_id_after_puback_is_new_message(
+    raw, uniq: str, version: int
+) -> None:
     """[MQTT-4.3.2-2] (3.1.1) / [MQTT-4.3.2-5] (5.0): after PUBACK, a PUBLISH with the same
     Packet Identifier is a new publication (whatever its DUP flag)."""
     sub, pub = _pair(raw, uniq, version, f"{uniq}/t", 1)
@@ -78,8 +84,7 @@ def test_mqtt_4_3_2_2_qos1_same_id_after_puback_is_new_message(raw, uniq: str,
 
 
 @VERSIONS
-def test_mqtt_3_3_1_3_outgoing_dup_not_copied_from_incoming(raw, uniq: str,
-                                                            version: int) -> None:
+def test_mqtt_3_3_1_3_outgoing_dup_not_copied_from_incoming(raw, uniq: str, version: int) -> None:
     """[MQTT-3.3.1-3]: the DUP flag of an incoming PUBLISH is not propagated; the
     outgoing DUP says only whether *that* PUBLISH is a retransmission."""
     sub, pub = _pair(raw, uniq, version, f"{uniq}/t", 1)
@@ -137,8 +142,9 @@ def test_mqtt_4_3_3_1_qos2_outbound_handshake(raw, uniq: str, version: int) -> N
 
 
 @VERSIONS
-def test_mqtt_4_3_3_2_qos2_duplicate_publish_not_delivered_twice(raw, uniq: str,
-                                                                 version: int) -> None:
+def test_mqtt_4_3_3_2_qos2_duplicate_publish_not_delivered_twice(
+    raw, uniq: str, version: int
+) -> None:
     """[MQTT-4.3.3-2] (3.1.1) / [MQTT-4.3.3-10] (5.0): until PUBREL, a PUBLISH with the
     same id (DUP=1) is answered with PUBREC but not delivered onward again; after PUBCOMP
     the id starts a new message [MQTT-4.3.3-12] (5.0)."""
@@ -178,8 +184,9 @@ def test_mqtt_4_3_3_11_pubrel_unknown_id_gets_pubcomp(raw, uniq: str, version: i
 
 @VERSIONS
 @pytest.mark.parametrize(("pub_qos", "sub_qos"), [(2, 0), (2, 1), (1, 0), (0, 2), (1, 2)])
-def test_mqtt_3_8_4_6_delivered_qos_is_minimum(raw, uniq: str, version: int, pub_qos: int,
-                                               sub_qos: int) -> None:
+def test_mqtt_3_8_4_6_delivered_qos_is_minimum(
+    raw, uniq: str, version: int, pub_qos: int, sub_qos: int
+) -> None:
     """[MQTT-3.8.4-6] (3.1.1) / [MQTT-3.8.4-8] (5.0): delivered QoS is the minimum of the
     published QoS and the granted QoS."""
     sub, pub = _pair(raw, uniq, version, f"{uniq}/t", sub_qos)
@@ -194,8 +201,9 @@ def test_mqtt_3_8_4_6_delivered_qos_is_minimum(raw, uniq: str, version: int, pub
 
 @VERSIONS
 @pytest.mark.parametrize("topic", ["a/+/b", "a/#", "+", "#", "a+b", "x/y#"])
-def test_mqtt_3_3_2_2_wildcard_in_topic_name_closes(raw, uniq: str, version: int,
-                                                    topic: str) -> None:
+def test_mqtt_3_3_2_2_wildcard_in_topic_name_closes(
+    raw, uniq: str, version: int, topic: str
+) -> None:
     """[MQTT-3.3.2-2] / [MQTT-4.7.1-1] (3.1.1) / [MQTT-4.7.0-1] (5.0): a Topic Name with a
     wildcard is a protocol violation: the connection is closed (5.0: DISCONNECT with a
     reason code >= 0x80, e.g. 0x90 Topic Name invalid), nothing is delivered."""
@@ -282,8 +290,9 @@ def test_mqtt_4_6_0_6_ordered_topic(raw, uniq: str, version: int, qos: int) -> N
 
 
 @VERSIONS
-def test_mqtt_3_3_5_1_overlapping_subscriptions_once_at_highest_qos(raw, uniq: str,
-                                                                    version: int) -> None:
+def test_mqtt_3_3_5_1_overlapping_subscriptions_once_at_highest_qos(
+    raw, uniq: str, version: int
+) -> None:
     """[MQTT-3.3.5-1] (3.1.1) / [MQTT-3.3.4-2] (5.0): a client with several matching
     subscriptions gets the message respecting the highest granted QoS (this broker:
     exactly one copy)."""

@@ -24,7 +24,7 @@ from tests.helpers.rawclient import RawClient
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
 
 
-def _client(raw, version: int, client_id: str) -> RawClient:  # noqa: ANN001
+def _client(raw, version: int, client_id: str) -> RawClient:
     client: RawClient = raw(version)
     assert client.connect(client_id).reason_code == 0
     return client
@@ -69,8 +69,7 @@ def test_mqtt_3_8_4_5_invalid_filter_fails_alone(raw, uniq: str, version: int, b
 
 
 @VERSIONS
-def test_mqtt_3_8_4_3_identical_filter_replaces_subscription(raw, uniq: str,
-                                                             version: int) -> None:
+def test_mqtt_3_8_4_3_identical_filter_replaces_subscription(raw, uniq: str, version: int) -> None:
     """[MQTT-3.8.4-3] (3.1.1) / [MQTT-3.8.4-3] [MQTT-3.8.4-4] (5.0): subscribing again to
     an identical filter replaces the subscription (new QoS, one copy per message) and
     re-sends the retained message."""
@@ -174,8 +173,9 @@ def test_mqtt_4_7_1_wildcard_matching(raw, uniq: str, version: int) -> None:
 
 
 @VERSIONS
-def test_mqtt_4_7_2_1_dollar_topics_not_matched_by_leading_wildcard(raw, uniq: str,
-                                                                    version: int) -> None:
+def test_mqtt_4_7_2_1_dollar_topics_not_matched_by_leading_wildcard(
+    raw, uniq: str, version: int
+) -> None:
     """[MQTT-4.7.2-1]: filters starting with ``#`` or ``+`` do not match topics starting
     with ``$``; a filter naming the ``$`` level does."""
     topic = f"$x{uniq}/status"
@@ -192,8 +192,9 @@ def test_mqtt_4_7_2_1_dollar_topics_not_matched_by_leading_wildcard(raw, uniq: s
     pub.publish(topic, b"$", 1)
     assert dollar_sub.receive_publish().topic == topic
     for client in (hash_sub, plus_sub):
-        assert all(not (isinstance(p, Publish) and p.topic.startswith("$"))
-                   for p in drain(client, 0.3))
+        assert all(
+            not (isinstance(p, Publish) and p.topic.startswith("$")) for p in drain(client, 0.3)
+        )
 
 
 def test_v5_no_local(raw, uniq: str) -> None:
@@ -211,8 +212,9 @@ def test_v5_no_local(raw, uniq: str) -> None:
 
 
 @VERSIONS
-def test_mqtt_3_8_3_2_wildcards_refused_when_unsupported(make_broker, uniq: str,
-                                                         version: int) -> None:
+def test_mqtt_3_8_3_2_wildcards_refused_when_unsupported(
+    make_broker, uniq: str, version: int
+) -> None:
     """[MQTT-3.8.3-2] (3.1.1): a server without wildcard support rejects wildcard filters
     (0x80; 5.0: 0xA2 Wildcard Subscriptions not supported) and still serves the others;
     [MQTT-3.2.2-10] (5.0): a server with Maximum QoS 1 still accepts SUBSCRIBE asking

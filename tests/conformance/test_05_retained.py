@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from iotbroker.codec.packets import Publish
+from iotbroker.codec.packets import Properties, Publish
 from tests.helpers.conformance import drain
 from tests.helpers.rawclient import RawClient
 
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
 
 
-def _client(raw, version: int, client_id: str) -> RawClient:  # noqa: ANN001
+def _client(raw, version: int, client_id: str) -> RawClient:
     client: RawClient = raw(version)
     assert client.connect(client_id).reason_code == 0
     return client
@@ -32,8 +34,9 @@ def test_mqtt_3_3_1_6_retained_delivered_on_subscribe(raw, uniq: str, version: i
     pub.publish(f"{uniq}/b", b"B", 1, retain=True)
     sub = _client(raw, version, f"{uniq}-sub")
     sub.subscribe(f"{uniq}/+", 1)
-    got = sorted((p.topic, p.payload, p.retain) for p in
-                 (sub.receive_publish(), sub.receive_publish()))
+    got = sorted(
+        (p.topic, p.payload, p.retain) for p in (sub.receive_publish(), sub.receive_publish())
+    )
     assert got == [(f"{uniq}/a", b"A", True), (f"{uniq}/b", b"B", True)]
     sub.nothing(0.2)
     _clear(pub, f"{uniq}/a", f"{uniq}/b")
@@ -73,8 +76,7 @@ def test_mqtt_3_3_1_10_zero_length_retained_deletes(raw, uniq: str, version: int
 
 
 @VERSIONS
-def test_mqtt_3_3_1_12_non_retained_publish_leaves_retained(raw, uniq: str,
-                                                            version: int) -> None:
+def test_mqtt_3_3_1_12_non_retained_publish_leaves_retained(raw, uniq: str, version: int) -> None:
     """[MQTT-3.3.1-12] (3.1.1) / [MQTT-3.3.1-8] (5.0): a RETAIN=0 PUBLISH is not stored and
     does not replace or remove the retained message."""
     pub = _client(raw, version, f"{uniq}-pub")
@@ -91,8 +93,9 @@ def test_mqtt_3_3_1_12_non_retained_publish_leaves_retained(raw, uniq: str,
 
 @VERSIONS
 @pytest.mark.parametrize(("stored_qos", "sub_qos"), [(2, 1), (2, 0), (1, 2), (0, 2)])
-def test_mqtt_3_8_4_6_retained_delivered_at_minimum_qos(raw, uniq: str, version: int,
-                                                        stored_qos: int, sub_qos: int) -> None:
+def test_mqtt_3_8_4_6_retained_delivered_at_minimum_qos(
+    raw, uniq: str, version: int, stored_qos: int, sub_qos: int
+) -> None:
     """[MQTT-3.3.1-5] stores the QoS; [MQTT-3.8.4-6] (3.1.1) / [MQTT-3.8.4-8] (5.0): the
     retained message goes out at min(its QoS, granted QoS)."""
     pub = _client(raw, version, f"{uniq}-pub")
@@ -120,7 +123,8 @@ def test_mqtt_3_1_2_7_retained_survives_session_end(raw, uniq: str, version: int
 
 @VERSIONS
 def test_mqtt_4_7_2_1_retained_dollar_topics_not_sent_to_leading_wildcards(
-        raw, uniq: str, version: int) -> None:
+    raw, uniq: str, version: int
+) -> None:
     """[MQTT-4.7.2-1]: retained messages on ``$...`` topics (``$SYS/...`` included) are not
     sent for ``#`` or ``+/...`` subscriptions, but are for a filter naming the ``$`` level."""
     pub = _client(raw, version, f"{uniq}-pub")
@@ -159,3 +163,37 @@ def test_mqtt_3_3_1_9_v5_retain_handling(raw, uniq: str) -> None:
             sub.nothing(0.2)
         sub.close()
     _clear(pub, f"{uniq}/t")
+
+
+def test_mqtt_3_3_4_3_v5_retained_carries_subscription_identifier(raw, uniq: str) -> None:
+    """[MQTT-3.3.4-3] (5.0): a retained message sent because of a subscription carries that
+    subscription's Subscription Identifier."""
+    pub = _client(raw, 5, f"{uniq}-pub")
+    pub.publish(f"{uniq}/t", b"r", 1, retain=True)
+    sub = _client(raw, 5, f"{uniq}-sub")
+    sub.subscribe(f"{uniq}/#", 1, properties=Properties(subscription_identifiers=(42,)))
+    got = sub.receive_publish()
+    assert (got.payload, got.properties.subscription_identifiers) == (b"r", (42,))
+    _clear(pub, f"{uniq}/t")
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_mqtt_4_7_2_1_broker_sys_topics_not_sent_for_hash(
+    make_broker, uniq: str, version: int
+) -> None:
+    """[MQTT-4.7.2-1] with the broker's own ``$SYS/broker/...`` retained statistics: a
+    ``#`` subscription gets none of them (neither retained nor live), ``$SYS/#`` does."""
+    b = make_broker(extra="sys_topics:\n  enabled: true\n  interval: 0.2\n")
+    with (
+        RawClient(b.host, b.port, version, timeout=3.0) as hash_sub,
+        RawClient(b.host, b.port, version, timeout=3.0) as sys_sub,
+    ):
+        hash_sub.connect(f"{uniq}-hash")
+        sys_sub.connect(f"{uniq}-sys")
+        time.sleep(0.5)  # let a first round of $SYS retained messages exist
+        hash_sub.subscribe("#", 0)
+        sys_sub.subscribe("$SYS/#", 0)
+        seen = [p.topic for p in drain(hash_sub, 0.6) if isinstance(p, Publish)]
+        assert not [t for t in seen if t.startswith("$")], seen
+        sys_seen = [p.topic for p in drain(sys_sub, 0.3) if isinstance(p, Publish)]
+        assert sys_seen and all(t.startswith("$SYS/") for t in sys_seen)

@@ -13,18 +13,28 @@ from tests.helpers.rawclient import RawClient
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
 
 
-def _watcher(raw, version: int, uniq: str, qos: int = 2) -> RawClient:  # noqa: ANN001
+def _watcher(raw, version: int, uniq: str, qos: int = 2) -> RawClient:
     w: RawClient = raw(version)
     w.connect(f"{uniq}-watch")
     assert w.subscribe(f"{uniq}/will", qos).reason_codes == [qos]
     return w
 
 
-def _with_will(raw, version: int, uniq: str, qos: int = 0, retain: bool = False,  # noqa: ANN001
-               keepalive: int = 60, props: Properties | None = None) -> RawClient:
+def _with_will(
+    raw,
+    version: int,
+    uniq: str,
+    qos: int = 0,
+    retain: bool = False,
+    keepalive: int = 60,
+    props: Properties | None = None,
+) -> RawClient:
     c: RawClient = raw(version)
-    ack = c.connect(f"{uniq}-dies", keepalive=keepalive,
-                    will=Will(f"{uniq}/will", b"last words", qos, retain, props or Properties()))
+    ack = c.connect(
+        f"{uniq}-dies",
+        keepalive=keepalive,
+        will=Will(f"{uniq}/will", b"last words", qos, retain, props or Properties()),
+    )
     assert ack.reason_code == 0
     return c
 
@@ -144,14 +154,21 @@ def test_mqtt_3_1_3_10_v5_will_properties_forwarded(raw, uniq: str) -> None:
     """[MQTT-3.1.3-10] (5.0): the Will's User Properties keep their order; other will
     properties (Content Type, Response Topic, Correlation Data) are sent on."""
     w = _watcher(raw, 5, uniq)
-    props = Properties(content_type="text/plain", response_topic=f"{uniq}/r",
-                       correlation_data=b"cd", user_properties=(("b", "1"), ("a", "2")))
+    props = Properties(
+        content_type="text/plain",
+        response_topic=f"{uniq}/r",
+        correlation_data=b"cd",
+        user_properties=(("b", "1"), ("a", "2")),
+    )
     c = _with_will(raw, 5, uniq, props=props)
     c.close()
     got = w.receive_publish(timeout=3.0).properties
     assert got.user_properties == (("b", "1"), ("a", "2"))
     assert (got.content_type, got.response_topic, got.correlation_data) == (
-        "text/plain", f"{uniq}/r", b"cd")
+        "text/plain",
+        f"{uniq}/r",
+        b"cd",
+    )
 
 
 def test_mqtt_3_1_3_9_v5_will_delay_suppressed_by_reconnect(raw, uniq: str) -> None:
@@ -182,8 +199,9 @@ def test_mqtt_3_1_4_3_v5_takeover_publishes_old_will(raw, uniq: str) -> None:
     w = _watcher(raw, 5, uniq)
     expiry = Properties(session_expiry_interval=60)
     old: RawClient = raw(5)
-    old.connect(f"{uniq}-dies", clean_start=False, properties=expiry,
-                will=Will(f"{uniq}/will", b"old will"))
+    old.connect(
+        f"{uniq}-dies", clean_start=False, properties=expiry, will=Will(f"{uniq}/will", b"old will")
+    )
     new: RawClient = raw(5)
     assert new.connect(f"{uniq}-dies", clean_start=False, properties=expiry).reason_code == 0
     old.expect_closed(3.0)
@@ -195,19 +213,22 @@ def test_mqtt_3_1_4_3_v5_takeover_publishes_old_will(raw, uniq: str) -> None:
 
 
 @VERSIONS
-def test_mqtt_3_1_2_8_takeover_does_not_publish_new_connections_will(raw, uniq: str,
-                                                                     version: int) -> None:
+def test_mqtt_3_1_2_8_takeover_does_not_publish_new_connections_will(
+    raw, uniq: str, version: int
+) -> None:
     """[MQTT-3.1.2-8] (both): a Will Message is published only after *its* network
     connection closes. After a takeover (Clean Session / Clean Start 0) the new, still open
     connection's will must not go out; (5.0: the old connection's will does)."""
     w = _watcher(raw, version, uniq)
     expiry = Properties(session_expiry_interval=60) if version == 5 else None
     old: RawClient = raw(version)
-    old.connect(f"{uniq}-dies", clean_start=False, properties=expiry,
-                will=Will(f"{uniq}/will", b"old will"))
+    old.connect(
+        f"{uniq}-dies", clean_start=False, properties=expiry, will=Will(f"{uniq}/will", b"old will")
+    )
     new: RawClient = raw(version)
-    ack = new.connect(f"{uniq}-dies", clean_start=False, properties=expiry,
-                      will=Will(f"{uniq}/will", b"new will"))
+    ack = new.connect(
+        f"{uniq}-dies", clean_start=False, properties=expiry, will=Will(f"{uniq}/will", b"new will")
+    )
     assert ack.reason_code == 0
     old.expect_closed(3.0)
     payloads = []
@@ -226,16 +247,20 @@ def test_mqtt_3_1_2_8_takeover_does_not_publish_new_connections_will(raw, uniq: 
 
 @pytest.mark.parametrize("session_expiry", [0, 1])
 def test_mqtt_3_1_2_8_v5_will_published_when_session_ends_before_delay(
-        raw, uniq: str, session_expiry: int) -> None:
+    raw, uniq: str, session_expiry: int
+) -> None:
     """[MQTT-3.1.2-8] (5.0): the Will goes out when the Will Delay Interval has passed *or*
     the session ends, whichever is first: Will Delay 30 s with Session Expiry 0 -> at the
     close; with Session Expiry 1 s -> after about 1 s."""
     w = _watcher(raw, 5, uniq)
     c: RawClient = raw(5)
     props = Properties(session_expiry_interval=session_expiry or None)
-    c.connect(f"{uniq}-dies", clean_start=False, properties=props,
-              will=Will(f"{uniq}/will", b"session over", 0, False,
-                        Properties(will_delay_interval=30)))
+    c.connect(
+        f"{uniq}-dies",
+        clean_start=False,
+        properties=props,
+        will=Will(f"{uniq}/will", b"session over", 0, False, Properties(will_delay_interval=30)),
+    )
     c.close()
     started = time.monotonic()
     got = w.receive_publish(timeout=3.0)

@@ -27,7 +27,7 @@ def _persistent(version: int, expiry: int = 300) -> Properties | None:
     return Properties(session_expiry_interval=expiry) if version == 5 else None
 
 
-def _connect(raw, version: int, client_id: str, clean: bool, expiry: int | None = 300):  # noqa: ANN001, ANN202
+def _connect(raw, version: int, client_id: str, clean: bool, expiry: int | None = 300):
     client: RawClient = raw(version)
     props = Properties(session_expiry_interval=expiry) if version == 5 and expiry else None
     ack = client.connect(client_id, clean_start=clean, properties=props)
@@ -35,7 +35,7 @@ def _connect(raw, version: int, client_id: str, clean: bool, expiry: int | None 
     return client, ack
 
 
-def _publisher(raw, version: int, uniq: str) -> RawClient:  # noqa: ANN001
+def _publisher(raw, version: int, uniq: str) -> RawClient:
     pub: RawClient = raw(version)
     pub.connect(f"{uniq}-pub")
     return pub
@@ -65,8 +65,7 @@ def test_mqtt_3_1_2_4_subscriptions_survive_reconnect(raw, uniq: str, version: i
 
 
 @VERSIONS
-def test_mqtt_3_1_2_5_offline_messages_queued_and_delivered(raw, uniq: str,
-                                                            version: int) -> None:
+def test_mqtt_3_1_2_5_offline_messages_queued_and_delivered(raw, uniq: str, version: int) -> None:
     """[MQTT-3.1.2-5] (3.1.1) / [MQTT-3.1.2-23] [MQTT-4.5.0-1] (5.0): QoS 1 and 2 messages
     matching a disconnected persistent session are stored and delivered, in order
     [MQTT-4.6.0-6] (3.1.1) / [MQTT-4.6.0-5] (5.0), on reconnect, after the CONNACK
@@ -81,7 +80,11 @@ def test_mqtt_3_1_2_5_offline_messages_queued_and_delivered(raw, uniq: str,
     assert ack.session_present is True
     got = collect_publishes(again, 4)
     assert [(p.payload, p.qos) for p in got] == [
-        (b"offline-0", 1), (b"offline-1", 2), (b"offline-2", 1), (b"offline-3", 2)]
+        (b"offline-0", 1),
+        (b"offline-1", 2),
+        (b"offline-2", 1),
+        (b"offline-3", 2),
+    ]
     again.nothing(0.3)
     again.disconnect()
     _connect(raw, version, uniq, clean=True, expiry=None)
@@ -106,7 +109,8 @@ def test_mqtt_4_4_0_1_unacked_publish_resent_with_dup(raw, uniq: str, version: i
     assert ack.session_present is True
     resent = [again.expect(Publish) for _ in range(3)]
     assert [(p.payload, p.packet_id, p.qos, p.dup) for p in resent] == [
-        (p.payload, p.packet_id, p.qos, True) for p in first]
+        (p.payload, p.packet_id, p.qos, True) for p in first
+    ]
     qos2 = set()
     for p in resent:
         if p.qos == 1:
@@ -143,8 +147,9 @@ def test_mqtt_4_4_0_1_unacked_pubrel_resent(raw, uniq: str, version: int) -> Non
 
 
 @VERSIONS
-def test_mqtt_4_4_0_1_takeover_resumes_session_on_new_connection(raw, uniq: str,
-                                                                 version: int) -> None:
+def test_mqtt_4_4_0_1_takeover_resumes_session_on_new_connection(
+    raw, uniq: str, version: int
+) -> None:
     """[MQTT-3.1.4-2] (3.1.1) / [MQTT-3.1.4-3] (5.0) with [MQTT-4.4.0-1]: a takeover with
     Clean Session 0 keeps the session: unacknowledged messages go to the new connection."""
     sub, _ = _connect(raw, version, uniq, clean=False)
@@ -232,7 +237,7 @@ def test_v5_disconnect_sets_session_expiry_to_zero(raw, uniq: str) -> None:
     sub.subscribe(f"{uniq}/t", 1)
     sub.disconnect(properties=Properties(session_expiry_interval=0))
     time.sleep(0.1)
-    again, ack = _connect(raw, 5, uniq, clean=False, expiry=None)
+    _again, ack = _connect(raw, 5, uniq, clean=False, expiry=None)
     assert ack.session_present is False
 
 
@@ -246,7 +251,7 @@ def test_v5_disconnect_nonzero_expiry_after_zero_is_protocol_error(raw, uniq: st
     got = client.expect_closed(3.0)
     code = disconnect_reason(got)
     assert code in (None, 0x82), got
-    again, ack = _connect(raw, 5, uniq, clean=False, expiry=None)
+    _again, ack = _connect(raw, 5, uniq, clean=False, expiry=None)
     assert ack.session_present is False
 
 
@@ -292,8 +297,7 @@ def test_mqtt_4_4_0_2_v5_failed_ack_not_retransmitted(raw, uniq: str) -> None:
 
 
 @VERSIONS
-def test_mqtt_4_3_3_2_inbound_qos2_id_kept_across_reconnect(raw, uniq: str,
-                                                            version: int) -> None:
+def test_mqtt_4_3_3_2_inbound_qos2_id_kept_across_reconnect(raw, uniq: str, version: int) -> None:
     """[MQTT-4.3.3-2] (3.1.1) / [MQTT-4.3.3-10] (5.0) with [MQTT-4.4.0-1]: a QoS 2 PUBLISH
     whose PUBREL never came is part of the session; when the client reconnects and
     re-sends it (DUP=1, same id) it is not delivered a second time; the PUBREL gets its
@@ -319,7 +323,8 @@ def test_mqtt_4_3_3_2_inbound_qos2_id_kept_across_reconnect(raw, uniq: str,
 
 @VERSIONS
 def test_mqtt_4_6_0_6_offline_queue_longer_than_inflight_window_in_order(
-        raw, uniq: str, version: int) -> None:
+    raw, uniq: str, version: int
+) -> None:
     """[MQTT-4.6.0-6] (3.1.1) / [MQTT-4.6.0-5] (5.0): 40 QoS 1 messages queued while
     offline (more than the in-flight window) arrive in publication order; each packet id
     is unused when sent [MQTT-2.3.1-4] / [MQTT-2.2.1-4]."""

@@ -53,62 +53,101 @@ def _subscribe(version: int, filt: bytes, opts: int = 0, first: int = 0x82) -> b
 
 CASES: dict[str, Case] = {
     # Remaining Length with a fifth continuation byte (MQTT 3.1.1 §2.2.3, 5.0 §1.5.5).
-    "remaining-length-5-bytes": Case(lambda v, u: b"\x30\xff\xff\xff\xff\x7f",
-                                     refs="MQTT-1.5.5-1"),
+    "remaining-length-5-bytes": Case(lambda v, u: b"\x30\xff\xff\xff\xff\x7f", refs="MQTT-1.5.5-1"),
     # Non-minimal Variable Byte Integer: 0 encoded in two bytes [MQTT-1.5.5-1] (5.0).
-    "remaining-length-not-minimal": Case(lambda v, u: b"\xc0\x80\x00", versions=(5,),
-                                         refs="MQTT-1.5.5-1"),
-    "publish-qos-3": Case(lambda v, u: publish_bytes(f"{u}/t".encode(), flags=0x06,
-                                                     packet_id=1, qos=3, version=v),
-                          refs="MQTT-3.3.1-4"),
-    "topic-invalid-utf8": Case(lambda v, u: publish_bytes(b"bad/\xc3\x28", version=v),
-                               refs="MQTT-1.5.3-1 / MQTT-1.5.4-1"),
-    "topic-utf16-surrogate": Case(lambda v, u: publish_bytes(b"bad/\xed\xa0\x80", version=v),
-                                  refs="MQTT-1.5.3-1 / MQTT-1.5.4-1"),
-    "topic-u0000": Case(lambda v, u: publish_bytes(b"bad/a\x00b", version=v),
-                        refs="MQTT-1.5.3-2 / MQTT-1.5.4-2, MQTT-4.7.3-2"),
-    "topic-wildcard": Case(lambda v, u: publish_bytes(f"{u}/+/x".encode(), version=v),
-                           reasons=frozenset({0x82, 0x90}), refs="MQTT-3.3.2-2"),
-    "topic-empty": Case(lambda v, u: publish_bytes(b"", version=v),
-                        reasons=frozenset({0x82, 0x90}), refs="MQTT-4.7.3-1"),
-    "publish-dup-with-qos0": Case(lambda v, u: publish_bytes(f"{u}/t".encode(), flags=0x08,
-                                                             version=v),
-                                  reasons=EITHER, refs="MQTT-3.3.1-2"),
-    "publish-packet-id-0": Case(lambda v, u: frame(0x32, utf8_raw(f"{u}/t".encode())
-                                                   + b"\x00\x00" + _props(v) + b"x"),
-                                reasons=EITHER, refs="MQTT-2.3.1-1 / MQTT-2.2.1-3"),
-    "subscribe-flags-0": Case(lambda v, u: _subscribe(v, f"{u}/t".encode(), first=0x80),
-                              refs="MQTT-3.8.1-1, MQTT-2.2.2-2 / MQTT-2.1.3-1"),
-    "unsubscribe-flags-0": Case(lambda v, u: frame(0xA0, b"\x00\x01" + _props(v)
-                                                   + utf8_raw(f"{u}/t".encode())),
-                                refs="MQTT-3.10.1-1"),
+    "remaining-length-not-minimal": Case(
+        lambda v, u: b"\xc0\x80\x00", versions=(5,), refs="MQTT-1.5.5-1"
+    ),
+    "publish-qos-3": Case(
+        lambda v, u: publish_bytes(f"{u}/t".encode(), flags=0x06, packet_id=1, qos=3, version=v),
+        refs="MQTT-3.3.1-4",
+    ),
+    "topic-invalid-utf8": Case(
+        lambda v, u: publish_bytes(b"bad/\xc3\x28", version=v), refs="MQTT-1.5.3-1 / MQTT-1.5.4-1"
+    ),
+    "topic-utf16-surrogate": Case(
+        lambda v, u: publish_bytes(b"bad/\xed\xa0\x80", version=v),
+        refs="MQTT-1.5.3-1 / MQTT-1.5.4-1",
+    ),
+    "topic-u0000": Case(
+        lambda v, u: publish_bytes(b"bad/a\x00b", version=v),
+        refs="MQTT-1.5.3-2 / MQTT-1.5.4-2, MQTT-4.7.3-2",
+    ),
+    "topic-wildcard": Case(
+        lambda v, u: publish_bytes(f"{u}/+/x".encode(), version=v),
+        reasons=frozenset({0x82, 0x90}),
+        refs="MQTT-3.3.2-2",
+    ),
+    "topic-empty": Case(
+        lambda v, u: publish_bytes(b"", version=v),
+        reasons=frozenset({0x82, 0x90}),
+        refs="MQTT-4.7.3-1",
+    ),
+    "publish-dup-with-qos0": Case(
+        lambda v, u: publish_bytes(f"{u}/t".encode(), flags=0x08, version=v),
+        reasons=EITHER,
+        refs="MQTT-3.3.1-2",
+    ),
+    "publish-packet-id-0": Case(
+        lambda v, u: frame(0x32, utf8_raw(f"{u}/t".encode()) + b"\x00\x00" + _props(v) + b"x"),
+        reasons=EITHER,
+        refs="MQTT-2.3.1-1 / MQTT-2.2.1-3",
+    ),
+    "subscribe-flags-0": Case(
+        lambda v, u: _subscribe(v, f"{u}/t".encode(), first=0x80),
+        refs="MQTT-3.8.1-1, MQTT-2.2.2-2 / MQTT-2.1.3-1",
+    ),
+    "unsubscribe-flags-0": Case(
+        lambda v, u: frame(0xA0, b"\x00\x01" + _props(v) + utf8_raw(f"{u}/t".encode())),
+        refs="MQTT-3.10.1-1",
+    ),
     "pubrel-flags-0": Case(lambda v, u: b"\x60\x02\x00\x01", refs="MQTT-3.6.1-1"),
     "pingreq-flags-1": Case(lambda v, u: b"\xc1\x00", refs="MQTT-2.2.2-2 / MQTT-2.1.3-1"),
     "disconnect-flags-1": Case(lambda v, u: b"\xe1\x00", refs="MQTT-3.14.1-1"),
     "packet-type-0": Case(lambda v, u: b"\x00\x00", refs="MQTT-2.2.2-2 / MQTT-2.1.3-1"),
     "auth-in-3.1.1": Case(lambda v, u: b"\xf0\x00", versions=(4,), refs="MQTT 3.1.1 §2.2.1"),
-    "server-only-connack": Case(lambda v, u: b"\x20\x02\x00\x00" if v == 4
-                                else b"\x20\x03\x00\x00\x00",
-                                reasons=EITHER, refs="MQTT-4.8.0-1 / MQTT-4.13.1-1"),
-    "server-only-suback": Case(lambda v, u: b"\x90\x03\x00\x01\x00" if v == 4
-                               else b"\x90\x04\x00\x01\x00\x00",
-                               reasons=EITHER, refs="MQTT-4.8.0-1 / MQTT-4.13.1-1"),
-    "subscribe-no-filter": Case(lambda v, u: frame(0x82, b"\x00\x01" + _props(v)),
-                                reasons=EITHER, refs="MQTT-3.8.3-3 / MQTT-3.8.3-2"),
-    "subscribe-reserved-option-bits": Case(lambda v, u: _subscribe(v, f"{u}/t".encode(), 0xC0),
-                                           refs="MQTT-3.8.3-4 / MQTT-3.8.3-5"),
-    "subscribe-qos-3": Case(lambda v, u: _subscribe(v, f"{u}/t".encode(), 0x03),
-                            reasons=EITHER, refs="MQTT-3.8.3-4 / MQTT 5.0 §3.8.3.1"),
-    "subscribe-filter-invalid-utf8": Case(lambda v, u: _subscribe(v, b"a/\xff"),
-                                          refs="MQTT-1.5.3-1 / MQTT-1.5.4-1"),
-    "puback-too-long-3.1.1": Case(lambda v, u: b"\x40\x03\x00\x01\x00", versions=(4,),
-                                  refs="MQTT 3.1.1 §3.4.1 (Remaining Length 2)"),
-    "second-connect": Case(lambda v, u: connect_bytes(v, f"{u}-bad"), reasons=PROTOCOL,
-                           refs="MQTT-3.1.0-2"),
-    "publish-before-connect": Case(lambda v, u: publish_bytes(f"{u}/t".encode(), version=v),
-                                   connect_first=False, refs="MQTT-3.1.0-1, MQTT-4.8.0-1"),
-    "subscribe-before-connect": Case(lambda v, u: _subscribe(v, f"{u}/t".encode()),
-                                     connect_first=False, refs="MQTT-3.1.0-1"),
+    "server-only-connack": Case(
+        lambda v, u: b"\x20\x02\x00\x00" if v == 4 else b"\x20\x03\x00\x00\x00",
+        reasons=EITHER,
+        refs="MQTT-4.8.0-1 / MQTT-4.13.1-1",
+    ),
+    "server-only-suback": Case(
+        lambda v, u: b"\x90\x03\x00\x01\x00" if v == 4 else b"\x90\x04\x00\x01\x00\x00",
+        reasons=EITHER,
+        refs="MQTT-4.8.0-1 / MQTT-4.13.1-1",
+    ),
+    "subscribe-no-filter": Case(
+        lambda v, u: frame(0x82, b"\x00\x01" + _props(v)),
+        reasons=EITHER,
+        refs="MQTT-3.8.3-3 / MQTT-3.8.3-2",
+    ),
+    "subscribe-reserved-option-bits": Case(
+        lambda v, u: _subscribe(v, f"{u}/t".encode(), 0xC0), refs="MQTT-3.8.3-4 / MQTT-3.8.3-5"
+    ),
+    "subscribe-qos-3": Case(
+        lambda v, u: _subscribe(v, f"{u}/t".encode(), 0x03),
+        reasons=EITHER,
+        refs="MQTT-3.8.3-4 / MQTT 5.0 §3.8.3.1",
+    ),
+    "subscribe-filter-invalid-utf8": Case(
+        lambda v, u: _subscribe(v, b"a/\xff"), refs="MQTT-1.5.3-1 / MQTT-1.5.4-1"
+    ),
+    "puback-too-long-3.1.1": Case(
+        lambda v, u: b"\x40\x03\x00\x01\x00",
+        versions=(4,),
+        refs="MQTT 3.1.1 §3.4.1 (Remaining Length 2)",
+    ),
+    "second-connect": Case(
+        lambda v, u: connect_bytes(v, f"{u}-bad"), reasons=PROTOCOL, refs="MQTT-3.1.0-2"
+    ),
+    "publish-before-connect": Case(
+        lambda v, u: publish_bytes(f"{u}/t".encode(), version=v),
+        connect_first=False,
+        refs="MQTT-3.1.0-1, MQTT-4.8.0-1",
+    ),
+    "subscribe-before-connect": Case(
+        lambda v, u: _subscribe(v, f"{u}/t".encode()), connect_first=False, refs="MQTT-3.1.0-1"
+    ),
 }
 
 PARAMS = [
@@ -119,9 +158,9 @@ PARAMS = [
 
 
 @pytest.mark.parametrize(("version", "name"), PARAMS)
-def test_mqtt_4_8_0_1_malformed_input_closes_only_that_connection(broker, uniq: str,
-                                                                  version: int,
-                                                                  name: str) -> None:
+def test_mqtt_4_8_0_1_malformed_input_closes_only_that_connection(
+    broker, uniq: str, version: int, name: str
+) -> None:
     """[MQTT-4.8.0-1] (3.1.1) / [MQTT-4.13.1-1] (5.0): a malformed packet or protocol
     error closes the connection it arrived on; a 5.0 client that got a CONNACK first is
     sent a DISCONNECT with the reason code (0x81 malformed, 0x82 protocol error, ...);
@@ -153,8 +192,7 @@ def test_mqtt_4_8_0_1_malformed_input_closes_only_that_connection(broker, uniq: 
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_packet_too_large_rejected_from_fixed_header(make_broker, uniq: str,
-                                                     version: int) -> None:
+def test_packet_too_large_rejected_from_fixed_header(make_broker, uniq: str, version: int) -> None:
     """MQTT 5.0 §3.1.2.11.4 / §4.13 (Maximum Packet Size; [MQTT-3.2.2-15] binds the client,
     the server closes with DISCONNECT 0x95 Packet too large): a PUBLISH announcing more
     than ``mqtt.max_packet_size`` is refused from its fixed header alone, before any body
@@ -185,8 +223,10 @@ def test_packet_at_max_size_accepted(make_broker, uniq: str, version: int) -> No
     """The limit is inclusive: a PUBLISH of exactly ``max_packet_size`` bytes is accepted
     (MQTT 5.0 §3.2.2.3.6, the size is the whole packet)."""
     b = make_broker(extra="mqtt:\n  max_packet_size: 1024\n")
-    with RawClient(b.host, b.port, version, timeout=3.0) as sub, \
-            RawClient(b.host, b.port, version, timeout=3.0) as pub:
+    with (
+        RawClient(b.host, b.port, version, timeout=3.0) as sub,
+        RawClient(b.host, b.port, version, timeout=3.0) as pub,
+    ):
         sub.connect(f"{uniq}-sub")
         sub.subscribe(f"{uniq}/t", 0)
         pub.connect(f"{uniq}-pub")
@@ -237,7 +277,7 @@ def test_split_packet_across_segments_is_fine(raw, uniq: str, version: int) -> N
     pub.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     data = publish_bytes(f"{uniq}/t".encode(), b"split" * 40, version=version)
     for i in range(0, len(data), 7):
-        pub.send_raw(data[i:i + 7])
+        pub.send_raw(data[i : i + 7])
         time.sleep(0.002)
     assert sub.receive_publish().payload == b"split" * 40
     ping(pub)
@@ -257,23 +297,28 @@ def _v5_publish(topic: bytes, props: bytes, qos: int = 0, packet_id: int = 1) ->
         # Topic Alias 0 [MQTT-3.3.2-8] -> 0x94 Topic Alias invalid.
         ("alias-0", lambda u: _v5_publish(f"{u}/t".encode(), b"\x23\x00\x00"), {0x94}),
         # Topic Alias above our Topic Alias Maximum (100) [MQTT-3.2.2-17] -> 0x94.
-        ("alias-above-maximum", lambda u: _v5_publish(f"{u}/t".encode(), b"\x23\x03\xe8"),
-         {0x94}),
+        ("alias-above-maximum", lambda u: _v5_publish(f"{u}/t".encode(), b"\x23\x03\xe8"), {0x94}),
         # Empty topic with an alias never set on this connection [MQTT-3.3.2-7] -> 0x82.
         ("alias-unknown", lambda u: _v5_publish(b"", b"\x23\x00\x05"), {0x82, 0x94}),
         # Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6] -> 0x82.
-        ("publish-subscription-id", lambda u: _v5_publish(f"{u}/t".encode(), b"\x0b\x05"),
-         {0x82}),
+        ("publish-subscription-id", lambda u: _v5_publish(f"{u}/t".encode(), b"\x0b\x05"), {0x82}),
         # A property not allowed in PUBLISH (Session Expiry Interval) -> malformed 0x81.
-        ("publish-wrong-property", lambda u: _v5_publish(f"{u}/t".encode(),
-                                                         b"\x11\x00\x00\x00\x05"), {0x81}),
+        (
+            "publish-wrong-property",
+            lambda u: _v5_publish(f"{u}/t".encode(), b"\x11\x00\x00\x00\x05"),
+            {0x81},
+        ),
         # User Property with invalid UTF-8 [MQTT-1.5.7-1] -> 0x81.
-        ("user-property-bad-utf8", lambda u: _v5_publish(
-            f"{u}/t".encode(), b"\x26" + utf8_raw(b"k") + utf8_raw(b"\xff")), {0x81}),
+        (
+            "user-property-bad-utf8",
+            lambda u: _v5_publish(f"{u}/t".encode(), b"\x26" + utf8_raw(b"k") + utf8_raw(b"\xff")),
+            {0x81},
+        ),
     ],
 )
-def test_v5_publish_property_errors_close_with_reason(broker, uniq: str, name: str, data,  # noqa: ANN001
-                                                      reasons: set[int]) -> None:
+def test_v5_publish_property_errors_close_with_reason(
+    broker, uniq: str, name: str, data, reasons: set[int]
+) -> None:
     """[MQTT-4.13.1-1] (5.0): PUBLISH property errors close the connection with the
     DISCONNECT reason code of §3.3.2.3 (Topic Alias 0x94, Protocol Error 0x82, Malformed
     0x81); the broker keeps serving."""

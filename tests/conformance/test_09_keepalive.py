@@ -91,8 +91,11 @@ def test_mqtt_3_2_2_22_v5_server_keep_alive_enforced(make_broker, uniq: str) -> 
             assert 1.4 <= time.monotonic() - started <= 3.0
             assert disconnect_reason(got) == 0x8D
             # [MQTT-3.14.2-2] (5.0): no Session Expiry Interval on the server's DISCONNECT.
-            assert all(p.properties.session_expiry_interval is None for p in got
-                       if hasattr(p, "properties"))
+            assert all(
+                p.properties.session_expiry_interval is None
+                for p in got
+                if hasattr(p, "properties")
+            )
     finally:
         for client in clients:
             client.close()

@@ -1,0 +1,224 @@
+"""kill -9 the broker (RocksDB storage) and check that nothing acknowledged is lost.
+
+Persistent QoS 1 and QoS 2 subscribers connect, subscribe and leave. A publisher
+sends numbered messages and records each one whose PUBACK (QoS 1) or PUBCOMP (QoS 2)
+it received. The broker is SIGKILLed at a random moment while the publisher is
+sending, restarted on the same data directory, and the subscribers come back:
+
+* every acknowledged QoS 1 message arrives at least once, and QoS 2 exactly once;
+* per publisher, first arrivals are in publish order [MQTT-4.6.0-2], [MQTT-4.6.0-3];
+* subscriptions and retained messages are there after the restart;
+* a message that was in flight to a subscriber when the broker died is re-sent with
+  DUP=1 [MQTT-4.4.0-1].
+
+Runs with both durability settings (``os``: WAL written, ``fsync``: WAL synced).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from iotbroker.codec.packets import Properties, PubAck, PubComp, Publish, PubRec, PubRel
+from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.rawclient import Closed, RawClient
+
+DURABILITY = pytest.mark.parametrize("durability", ["os", "fsync"])
+V5_EXPIRY = Properties(session_expiry_interval=3600)
+
+
+def _rocks(make_broker: Callable[..., BrokerProcess], durability: str) -> BrokerProcess:
+    return make_broker(broker_config(storage="rocksdb", durability=durability))
+
+
+def _connect_subscribers(broker: BrokerProcess) -> tuple[RawClient, RawClient]:
+    q1 = RawClient(broker.host, broker.port, version=4)
+    assert q1.connect("crash-sub-q1", clean_start=False).reason_code == 0
+    q2 = RawClient(broker.host, broker.port, version=5)
+    assert q2.connect("crash-sub-q2", clean_start=False, properties=V5_EXPIRY).reason_code == 0
+    return q1, q2
+
+
+def _publish_until_killed(
+    broker: BrokerProcess, count: int, kill_after: float
+) -> tuple[list[int], list[int]]:
+    """Publish ``count`` QoS 1 and QoS 2 messages alternately; SIGKILL the broker after
+    ``kill_after`` seconds. Returns the sequence numbers acknowledged per QoS."""
+    acked1: list[int] = []
+    acked2: list[int] = []
+    pub = RawClient(broker.host, broker.port, version=4, timeout=5.0)
+    pub.connect("crash-pub", clean_start=True)
+    killer = threading.Timer(kill_after, broker.kill)
+    killer.start()
+    try:
+        for seq in range(count):
+            payload = f"{seq:06d}".encode()
+            pid = seq % 60000 + 1
+            try:
+                pub.send(Publish("crash/q1", payload, 1, False, False, pid))
+                ack = pub.expect(PubAck)
+                assert ack.packet_id == pid
+                acked1.append(seq)
+                pub.send(Publish("crash/q2", payload, 2, False, False, pid))
+                rec = pub.expect(PubRec)
+                assert rec.packet_id == pid
+                pub.send(PubRel(pid))
+                comp = pub.expect(PubComp)
+                assert comp.packet_id == pid
+                acked2.append(seq)
+            except (Closed, OSError, TimeoutError):
+                break
+    finally:
+        killer.join()
+        pub.close()
+    return acked1, acked2
+
+
+def _drain(client: RawClient, quiet: float = 1.0) -> list[Publish]:
+    """Receive (and acknowledge) everything until the broker is quiet."""
+    got: list[Publish] = []
+    while True:
+        try:
+            packet = client.recv(timeout=quiet)
+        except TimeoutError:
+            return got
+        if isinstance(packet, Publish):
+            got.append(packet)
+            if packet.qos == 1:
+                client.send(PubAck(packet.packet_id or 0))
+            elif packet.qos == 2:
+                client.send(PubRec(packet.packet_id or 0))
+        elif isinstance(packet, PubRel):
+            client.send(PubComp(packet.packet_id))
+
+
+def _first_arrivals_in_order(seqs: list[int]) -> bool:
+    seen: set[int] = set()
+    firsts: list[int] = []
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            firsts.append(s)
+    return firsts == sorted(firsts)
+
+
+@DURABILITY
+@pytest.mark.parametrize("round_", range(3))
+def test_acknowledged_messages_survive_kill_9(
+    make_broker: Callable[..., BrokerProcess], durability: str, round_: int
+) -> None:
+    broker = _rocks(make_broker, durability)
+    q1, q2 = _connect_subscribers(broker)
+    assert q1.subscribe("crash/q1", 1).reason_codes == [1]
+    assert q2.subscribe("crash/q2", 2).reason_codes == [2]
+    q1.close()
+    q2.close()
+    # A retained message and a subscription made before the crash must come back too.
+    setup = RawClient(broker.host, broker.port)
+    setup.connect("crash-setup")
+    setup.publish("crash/retained", b"kept", 1, retain=True)
+    setup.disconnect()
+
+    rng = random.Random(1000 + round_)
+    acked1, acked2 = _publish_until_killed(broker, 5000, kill_after=rng.uniform(0.2, 1.2))
+    assert not broker.alive
+    assert acked1, "the broker died before anything was acknowledged; nothing was tested"
+    assert len(acked2) < 5000, "the publisher finished before the kill; not mid-stream"
+
+    broker.start()
+    q1, q2 = _connect_subscribers(broker)
+    got1 = [int(p.payload) for p in _drain(q1)]
+    got2 = [int(p.payload) for p in _drain(q2)]
+    missing1 = sorted(set(acked1) - set(got1))
+    missing2 = sorted(set(acked2) - set(got2))
+    assert not missing1, f"QoS 1 acknowledged but lost: {missing1[:20]} (of {len(acked1)})"
+    assert not missing2, f"QoS 2 acknowledged but lost: {missing2[:20]} (of {len(acked2)})"
+    assert len(got2) == len(set(got2)), "QoS 2 delivered more than once"
+    assert _first_arrivals_in_order(got1)
+    assert _first_arrivals_in_order(got2)
+
+    # Subscriptions survived: a new message still reaches both subscribers.
+    pub = RawClient(broker.host, broker.port)
+    pub.connect("crash-pub-after")
+    pub.publish("crash/q1", b"999999", 1)
+    pub.publish("crash/q2", b"999999", 2)
+    assert q1.receive_publish().payload == b"999999"
+    assert q2.receive_publish().payload == b"999999"
+    # The retained message survived.
+    check = RawClient(broker.host, broker.port)
+    check.connect("crash-check")
+    check.subscribe("crash/retained", 1)
+    retained = check.receive_publish()
+    assert (retained.payload, retained.retain) == (b"kept", True)
+    for c in (q1, q2, pub, check):
+        c.close()
+
+
+@DURABILITY
+def test_mqtt_4_4_0_1_in_flight_messages_resent_with_dup_after_kill_9(
+    make_broker: Callable[..., BrokerProcess], durability: str
+) -> None:
+    """[MQTT-4.4.0-1]: unacknowledged PUBLISH packets are re-sent with DUP=1 when the
+    session resumes -- also when the broker was killed in between."""
+    broker = _rocks(make_broker, durability)
+    sub = RawClient(broker.host, broker.port, version=5)
+    sub.connect("inflight-sub", clean_start=False, properties=V5_EXPIRY)
+    sub.subscribe("inflight/#", 2)
+    pub = RawClient(broker.host, broker.port)
+    pub.connect("inflight-pub")
+    for i in range(5):
+        pub.publish(f"inflight/{i % 2}", f"m{i}".encode(), 1 + i % 2)
+    first = [sub.expect(Publish) for _ in range(5)]  # received, never acknowledged
+    assert [p.dup for p in first] == [False] * 5
+    time.sleep(0.3)  # let the broker commit the in-flight state (it acked the publisher)
+    broker.kill()
+    sub.close()
+    pub.close()
+
+    broker.start()
+    sub = RawClient(broker.host, broker.port, version=5)
+    ack = sub.connect("inflight-sub", clean_start=False, properties=V5_EXPIRY)
+    assert ack.session_present is True
+    again = [sub.expect(Publish) for _ in range(5)]
+    assert [p.payload for p in again] == [p.payload for p in first]
+    assert [p.packet_id for p in again] == [p.packet_id for p in first]
+    assert all(p.dup for p in again)
+    sub.nothing(0.5)
+    sub.close()
+
+
+@DURABILITY
+def test_inbound_qos2_id_survives_kill_9(
+    make_broker: Callable[..., BrokerProcess], durability: str
+) -> None:
+    """[MQTT-4.3.3-2] across a crash: a QoS 2 PUBLISH whose PUBREC was sent is not
+    routed again when the publisher re-sends it (DUP=1) to the restarted broker."""
+    broker = _rocks(make_broker, durability)
+    sub = RawClient(broker.host, broker.port)
+    sub.connect("q2in-sub", clean_start=False)
+    sub.subscribe("q2in/t", 2)
+    sub.close()
+    pub = RawClient(broker.host, broker.port)
+    pub.connect("q2in-pub", clean_start=False)
+    pub.send(Publish("q2in/t", b"once", 2, False, False, 7))
+    assert pub.expect(PubRec).packet_id == 7
+    broker.kill()
+    pub.close()
+
+    broker.start()
+    pub = RawClient(broker.host, broker.port)
+    assert pub.connect("q2in-pub", clean_start=False).session_present is True
+    pub.send(Publish("q2in/t", b"once", 2, False, True, 7))
+    assert pub.expect(PubRec).packet_id == 7
+    pub.send(PubRel(7))
+    assert pub.expect(PubComp).packet_id == 7
+    sub = RawClient(broker.host, broker.port)
+    sub.connect("q2in-sub", clean_start=False)
+    got = _drain(sub, quiet=0.7)
+    assert [p.payload for p in got] == [b"once"]
+    sub.close()
+    pub.close()
