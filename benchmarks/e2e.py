@@ -1,0 +1,293 @@
+"""End-to-end benchmark: iotbroker against mosquitto, same load generator, same run.
+
+For each repetition both brokers are started fresh (each on its own free port on
+127.0.0.1), every scenario of ``benchmarks/loadgen.py`` is run against both
+(interleaved: the broker that goes first alternates per repetition), then both are
+stopped by PID. Prints a table of medians with the iotbroker/mosquitto ratio and each
+broker's CPU% (from /proc/PID/stat over the measurement window) and RSS.
+
+    .venv/bin/python benchmarks/e2e.py                              # all, 3 reps, 5 s
+    .venv/bin/python benchmarks/e2e.py --scenarios qos0,qos1 --reps 5 --duration 3
+    .venv/bin/python benchmarks/e2e.py --persistence os --json /tmp/e2e.json
+    .venv/bin/python benchmarks/e2e.py --mqtt5
+
+Broker settings (stated so the two are comparable):
+
+* iotbroker: ``storage: memory`` (or rocksdb with ``--persistence os|fsync`` in a temp
+  dir), ``sys_topics`` off, ``logging: WARNING``, ``mqtt.max_inflight`` 20,
+  ``mqtt.max_queued_messages`` 10000.
+* mosquitto: ``persistence false``, ``log_type none``, ``max_inflight_messages`` 20,
+  ``max_queued_messages`` 10000, ``allow_anonymous true``.
+
+Both are started with RLIMIT_NOFILE raised to the hard limit (10,000 idle clients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LOADGEN = os.path.join(HERE, "loadgen.py")
+ALL = ("connect", "qos0", "qos1", "fanout", "fanin", "latency")
+INFLIGHT = 20
+QUEUED = 10000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _raise_nofile() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"broker did not listen on {port} within {timeout}s")
+
+
+class Broker:
+    def __init__(self, name: str, argv: list[str], port: int, workdir: str) -> None:
+        self.name, self.argv, self.port, self.workdir = name, argv, port, workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = os.path.join(workdir, f"{name}.log")
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=_raise_nofile, cwd=self.workdir)
+        wait_port(self.port, self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def make_iotbroker(workdir: str, persistence: str | None) -> Broker:
+    port = free_port()
+    if persistence:
+        storage = (f"storage: {{backend: rocksdb, path: {workdir}/ibdata, "
+                   f"durability: {persistence}}}")
+    else:
+        storage = "storage: {backend: memory}"
+    cfg = os.path.join(workdir, "iotbroker.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""listeners:
+  - name: bench
+    type: tcp
+    host: 127.0.0.1
+    port: {port}
+{storage}
+sys_topics: {{enabled: false}}
+logging: {{level: WARNING}}
+mqtt: {{max_inflight: {INFLIGHT}, max_queued_messages: {QUEUED}}}
+""")
+    py = os.path.join(ROOT, ".venv", "bin", "python")
+    if not os.path.exists(py):
+        py = sys.executable
+    return Broker("iotbroker", [py, "-m", "iotbroker", "run", "--config", cfg], port, workdir)
+
+
+def make_mosquitto(workdir: str, binary: str) -> Broker:
+    port = free_port()
+    cfg = os.path.join(workdir, "mosquitto.conf")
+    with open(cfg, "w") as f:
+        f.write(f"""listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages {INFLIGHT}
+max_queued_messages {QUEUED}
+log_type none
+""")
+    return Broker("mosquitto", [binary, "-c", cfg], port, workdir)
+
+
+def run_loadgen(broker: Broker, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
+    argv = [sys.executable, LOADGEN, "run", "--port", str(broker.port), "--scenario", scenario,
+            "--warmup", str(args.warmup), "--duration", str(args.duration),
+            "--broker-pid", str(broker.pid), "--procs", str(args.procs)]
+    if scenario == "connect":
+        argv += ["--clients", str(args.clients)]
+    if args.mqtt5:
+        argv.append("--mqtt5")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen {scenario} vs {broker.name} failed:\n{out.stderr[-2000:]}")
+    res = json.loads(out.stdout)
+    res.pop("latency_ms", None) if scenario != "latency" and not args.keep_latency else None
+    return res
+
+
+# Rows of the table: (label, scenario, key in the result, higher is better)
+ROWS = [
+    ("1->1 QoS 0 (msg/s)", "qos0", "rate", True),
+    ("1->1 QoS 1 (msg/s)", "qos1", "rate", True),
+    ("1->100 fan-out QoS 0 (deliveries/s)", "fanout", "rate", True),
+    ("100->1 fan-in QoS 1 (msg/s)", "fanin", "rate", True),
+    ("latency p99 @1000 msg/s QoS 1 (ms)", "latency", "rate", False),
+    ("connect 10k idle clients (conn/s)", "connect", "rate", True),
+    ("memory per idle connection (KiB)", "connect", "kib_per_conn", False),
+]
+
+
+def med(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}" if digits else (f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}")
+
+
+def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str, list[dict]]:
+    lines = []
+    rows = []
+    hdr = (f"| {'scenario':38} | {'iotbroker':>10} | {'mosquitto':>10} | {'ratio':>6} "
+           f"| {'ratio/core':>10} | {'ib CPU%':>7} | {'mq CPU%':>7} | {'ib RSS MiB':>10} "
+           f"| {'mq RSS MiB':>10} | {'loss ib/mq':>10} | {'gen CPU% ib/mq':>14} |")
+    lines.append(hdr)
+    lines.append("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    for label, sc, key, higher in ROWS:
+        if sc not in results:
+            continue
+        ib, mq = results[sc].get("iotbroker", []), results[sc].get("mosquitto", [])
+        v_ib, v_mq = med([r.get(key) for r in ib]), med([r.get(key) for r in mq])
+        c_ib, c_mq = med([r.get("broker_cpu_pct") for r in ib]), med([r.get("broker_cpu_pct") for r in mq])
+        ratio = v_ib / v_mq if v_ib is not None and v_mq else None
+        # Per core: throughput per broker CPU-second (only for rates).
+        per_core = None
+        if higher and key == "rate" and ratio is not None and c_ib and c_mq:
+            pc_ib = statistics.median([r["rate"] / (r["broker_cpu_pct"] / 100) for r in ib
+                                       if r.get("broker_cpu_pct")])
+            pc_mq = statistics.median([r["rate"] / (r["broker_cpu_pct"] / 100) for r in mq
+                                       if r.get("broker_cpu_pct")])
+            per_core = pc_ib / pc_mq
+        rss_key = "broker_rss_after_kib" if sc == "connect" else "broker_rss_kib"
+        rss_ib = med([r.get(rss_key) for r in ib])
+        rss_mq = med([r.get(rss_key) for r in mq])
+        loss = "-"
+        if sc != "connect":
+            loss = f"{sum(r.get('loss', 0) for r in ib)}/{sum(r.get('loss', 0) for r in mq)}"
+        else:
+            loss = f"{sum(r.get('errors', 0) for r in ib)}/{sum(r.get('errors', 0) for r in mq)}"
+        g_ib, g_mq = med([r.get("gen_cpu_pct") for r in ib]), med([r.get("gen_cpu_pct") for r in mq])
+        lines.append(
+            f"| {label:38} | {fmt(v_ib):>10} | {fmt(v_mq):>10} | {fmt(ratio, 2):>6} "
+            f"| {fmt(per_core, 2):>10} | {fmt(c_ib, 0):>7} | {fmt(c_mq, 0):>7} "
+            f"| {fmt(rss_ib / 1024 if rss_ib else None, 1):>10} "
+            f"| {fmt(rss_mq / 1024 if rss_mq else None, 1):>10} | {loss:>10} "
+            f"| {fmt(g_ib, 0) + '/' + fmt(g_mq, 0):>14} |")
+        rows.append({"label": label, "scenario": sc, "key": key, "higher_is_better": higher,
+                     "iotbroker": v_ib, "mosquitto": v_mq, "ratio": ratio,
+                     "ratio_per_core": per_core, "iotbroker_cpu_pct": c_ib,
+                     "mosquitto_cpu_pct": c_mq, "n": (len(ib), len(mq))})
+    return "\n".join(lines), rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="iotbroker vs mosquitto, end to end")
+    ap.add_argument("--scenarios", default=",".join(ALL),
+                    help=f"comma-separated subset of {','.join(ALL)}")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds")
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--procs", type=int, default=1, help="load generator processes")
+    ap.add_argument("--clients", type=int, default=10000, help="connect scenario")
+    ap.add_argument("--persistence", choices=("os", "fsync"), default=None,
+                    help="iotbroker on rocksdb with this durability (default: memory)")
+    ap.add_argument("--mqtt5", action="store_true", help="clients speak MQTT 5.0")
+    ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    ap.add_argument("--json", dest="json_out", default=None, help="write raw results here")
+    ap.add_argument("--keep-latency", action="store_true",
+                    help="keep throughput scenarios' latency percentiles in the JSON")
+    args = ap.parse_args()
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for s in scenarios:
+        if s not in ALL:
+            ap.error(f"unknown scenario {s!r}")
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in scenarios}
+    workdir = tempfile.mkdtemp(prefix="iotbroker-e2e-")
+    brokers: list[Broker] = []
+    t_start = time.time()
+    try:
+        for rep in range(args.reps):
+            ib = make_iotbroker(workdir, args.persistence)
+            mq = make_mosquitto(workdir, args.mosquitto)
+            brokers = [ib, mq]
+            for b in brokers:
+                b.start()
+            time.sleep(0.5)
+            order = brokers if rep % 2 == 0 else brokers[::-1]
+            for sc in scenarios:
+                for b in order:
+                    res = run_loadgen(b, sc, args)
+                    results[sc].setdefault(b.name, []).append(res)
+                    extra = ""
+                    if sc == "connect":
+                        extra = f" {res['kib_per_conn']:.2f} KiB/conn"
+                    print(f"rep {rep + 1}/{args.reps} {sc:8} {b.name:9} {res['rate']:>12,.2f} "
+                          f"{res['unit']:12}{extra} broker CPU {res['broker_cpu_pct']:.0f}% "
+                          f"gen CPU {res['gen_cpu_pct']:.0f}% loss {res.get('loss', 0)}",
+                          file=sys.stderr, flush=True)
+            for b in brokers:
+                b.stop()
+            if args.persistence:
+                shutil.rmtree(os.path.join(workdir, "ibdata"), ignore_errors=True)
+    finally:
+        for b in brokers:
+            with contextlib.suppress(Exception):
+                b.stop()
+    table, rows = summarize(results)
+    mode = f"storage={'rocksdb/' + args.persistence if args.persistence else 'memory'}, " \
+           f"MQTT {'5.0' if args.mqtt5 else '3.1.1'}"
+    print(f"\nmedians of {args.reps} reps, {args.duration:g} s after {args.warmup:g} s warm-up, "
+          f"{mode}, {args.procs} generator process(es), {time.time() - t_start:.0f} s total")
+    print(table)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"args": vars(args), "rows": rows, "raw": results}, f, indent=1)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
