@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--delete", "-D", action="store_true", help="delete USER")
     passwd.add_argument("--iterations", type=int, default=None,
                         help="PBKDF2 iterations (default 210000)")
+    passwd.add_argument("--scram-iterations", type=int, default=None, metavar="N",
+                        help="SCRAM-SHA-256 iterations (default 4096, the RFC 7677 minimum)")
+    passwd.add_argument("--no-scram", action="store_true",
+                        help="store no SCRAM-SHA-256 keys (the user cannot use MQTT 5.0 "
+                             "enhanced authentication)")
     return parser
 
 
@@ -167,7 +172,7 @@ def _check_files(config: BrokerConfig) -> None:
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    from iotbroker.auth import passwords  # noqa: PLC0415
+    from iotbroker.auth import passwords, scram  # noqa: PLC0415
 
     if args.delete:
         try:
@@ -197,8 +202,14 @@ def _passwd(args: argparse.Namespace) -> int:
         _error("the password must not be empty")
         return EXIT_FAILED
     iterations = passwords.DEFAULT_ITERATIONS if args.iterations is None else args.iterations
+    scram_iterations: int | None = (
+        None if args.no_scram
+        else scram.DEFAULT_ITERATIONS if args.scram_iterations is None
+        else args.scram_iterations
+    )
     try:
-        added = passwords.set_password(args.file, args.user, password, iterations)
+        added = passwords.set_password(args.file, args.user, password, iterations,
+                                       scram_iterations)
     except ValueError as exc:
         _error(str(exc))
         return EXIT_USAGE

@@ -3,6 +3,7 @@
 Format (one user per line; blank lines and lines starting with ``#`` are ignored)::
 
     USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH
+    USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH:$scram-sha-256$ITERATIONS$SALT$STOREDKEY$SERVERKEY
 
 * ``USERNAME`` is any non-empty UTF-8 text without ``:``, NUL or line breaks.
 * ``ITERATIONS`` is the PBKDF2 iteration count (decimal, 1000–10,000,000; new
@@ -10,10 +11,16 @@ Format (one user per line; blank lines and lines starting with ``#`` are ignored
   PBKDF2-HMAC-SHA512).
 * ``SALT`` is the salt (16 random bytes for new passwords), standard base64 with padding.
 * ``HASH`` is PBKDF2-HMAC-SHA512(password, salt, iterations), 64 bytes, standard base64.
+* The optional second field holds the user's SCRAM-SHA-256 keys (RFC 5802 §3, for
+  MQTT 5.0 enhanced authentication, :mod:`iotbroker.auth.scram`): its own iteration
+  count (4096–10,000,000; new entries get 4096, RFC 7677's minimum), its own salt,
+  StoredKey and ServerKey (32 bytes each), all base64. A line without it is valid
+  (the file format of earlier versions): that user can connect with a password but
+  not with SCRAM. Base64 has no ``:``, so the fields split unambiguously.
 
 The file is written with ``iotbroker passwd FILE USER`` (see :func:`set_password`,
-:func:`delete_user`); rewrites are atomic (temporary file + rename) and new files are
-created mode 0600.
+:func:`delete_user`), which writes both fields; rewrites are atomic (temporary file +
+rename) and new files are created mode 0600.
 
 Checking a password costs one PBKDF2 run (about 0.1–0.2 s at 210,000 iterations), also
 for an unknown user, so that response time does not tell whether a username exists.
@@ -21,6 +28,7 @@ for an unknown user, so that response time does not tell whether a username exis
 in a thread pool rather than on the event loop. Successful checks are remembered (keyed
 by an HMAC under a per-process random key, never the password itself) so a device that
 reconnects with the same password pays the PBKDF2 cost only once per loaded file.
+SCRAM needs no PBKDF2 on the server (the client computes it).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from iotbroker.auth import scram
+from iotbroker.auth.scram import ScramCredentials
 from iotbroker.errors import ConfigError
 
 __all__ = [
@@ -44,10 +54,12 @@ __all__ = [
     "PasswordFileAuthenticator",
     "delete_user",
     "hash_password",
+    "scram_field",
     "set_password",
 ]
 
 SCHEME = "pbkdf2-sha512"
+SCRAM_SCHEME = "scram-sha-256"
 DEFAULT_ITERATIONS = 210_000
 MIN_ITERATIONS = 1_000
 MAX_ITERATIONS = 10_000_000
@@ -57,14 +69,19 @@ HASH_BYTES = 64
 CACHE_SIZE = 100_000
 
 
-class _Entry:
-    __slots__ = ("digest", "iterations", "line", "salt")
+_FORMAT = "is not USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH[:$scram-sha-256$...]"
 
-    def __init__(self, iterations: int, salt: bytes, digest: bytes, line: str) -> None:
+
+class _Entry:
+    __slots__ = ("digest", "iterations", "line", "salt", "scram")
+
+    def __init__(self, iterations: int, salt: bytes, digest: bytes, line: str,
+                 scram_keys: ScramCredentials | None = None) -> None:
         self.iterations = iterations
         self.salt = salt
         self.digest = digest
         self.line = line
+        self.scram = scram_keys
 
 
 def hash_password(password: bytes, iterations: int = DEFAULT_ITERATIONS,
@@ -78,6 +95,13 @@ def hash_password(password: bytes, iterations: int = DEFAULT_ITERATIONS,
             f"${base64.b64encode(digest).decode()}")
 
 
+def scram_field(credentials: ScramCredentials) -> str:
+    """The ``$scram-sha-256$ITERATIONS$SALT$STOREDKEY$SERVERKEY`` text of a line."""
+    b64 = base64.b64encode
+    return (f"${SCRAM_SCHEME}${credentials.iterations}${b64(credentials.salt).decode()}"
+            f"${b64(credentials.stored_key).decode()}${b64(credentials.server_key).decode()}")
+
+
 def _check_username(username: str) -> None:
     if not username or any(c in username for c in ":\0\r\n"):
         raise ValueError(f"bad username {username!r}: must be non-empty, without ':', NUL "
@@ -87,11 +111,13 @@ def _check_username(username: str) -> None:
 def _parse_line(text: str, where: str) -> tuple[str, _Entry]:
     username, sep, encoded = text.partition(":")
     if not sep or not username:
-        raise ConfigError(where, text, "is not USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH")
-    parts = encoded.split("$")
+        raise ConfigError(where, text, _FORMAT)
+    fields = encoded.split(":")
+    if len(fields) > 2:
+        raise ConfigError(where, text, _FORMAT)
+    parts = fields[0].split("$")
     if len(parts) != 5 or parts[0] != "":
-        raise ConfigError(where, text,
-                          "is not USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH")
+        raise ConfigError(where, text, _FORMAT)
     _, scheme, iterations_text, salt_text, digest_text = parts
     if scheme != SCHEME:
         raise ConfigError(where, scheme, f"is not a supported hash scheme (only {SCHEME})")
@@ -110,7 +136,30 @@ def _parse_line(text: str, where: str) -> tuple[str, _Entry]:
     if len(digest) != HASH_BYTES:
         raise ConfigError(where, digest_text,
                           f"is not a {HASH_BYTES}-byte PBKDF2-SHA512 hash")
-    return username, _Entry(int(iterations_text), salt, digest, text)
+    scram_keys = _parse_scram(fields[1], where) if len(fields) == 2 else None
+    return username, _Entry(int(iterations_text), salt, digest, text, scram_keys)
+
+
+def _parse_scram(field: str, where: str) -> ScramCredentials:
+    parts = field.split("$")
+    if len(parts) != 6 or parts[0] != "" or parts[1] != SCRAM_SCHEME:
+        raise ConfigError(where, field,
+                          "is not $scram-sha-256$ITERATIONS$SALT$STOREDKEY$SERVERKEY")
+    _, _, iterations_text, *encoded = parts
+    if not iterations_text.isdigit() or not (
+        scram.MIN_ITERATIONS <= int(iterations_text) <= scram.MAX_ITERATIONS
+    ):
+        raise ConfigError(where, iterations_text, "is not a SCRAM iteration count in "
+                          f"{scram.MIN_ITERATIONS}–{scram.MAX_ITERATIONS}")
+    try:
+        salt, stored_key, server_key = (base64.b64decode(v, validate=True) for v in encoded)
+    except (binascii.Error, ValueError):
+        raise ConfigError(where, field, "has a SCRAM salt or key that is not base64") from None
+    if not salt:
+        raise ConfigError(where, encoded[0], "is an empty SCRAM salt")
+    if len(stored_key) != scram.KEY_BYTES or len(server_key) != scram.KEY_BYTES:
+        raise ConfigError(where, field, f"has SCRAM keys that are not {scram.KEY_BYTES} bytes")
+    return ScramCredentials(salt, int(iterations_text), stored_key, server_key)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -139,6 +188,12 @@ class PasswordFile:
         # An unknown user is checked against this, so it costs the same PBKDF2 time.
         self._dummy = _Entry(DEFAULT_ITERATIONS, secrets.token_bytes(SALT_BYTES),
                              secrets.token_bytes(HASH_BYTES), "")
+        # Keys the fake SCRAM salts of unknown users: stable while the file's entries
+        # are, unguessable without reading the file (it hashes every salt and key).
+        digest = hashlib.sha256(b"iotbroker scram mock salts\0")
+        for entry in entries.values():
+            digest.update(entry.line.encode() + b"\n")
+        self.scram_mock_secret = digest.digest()
 
     @classmethod
     def load(cls, path: str) -> PasswordFile:
@@ -172,6 +227,11 @@ class PasswordFile:
 
     def usernames(self) -> list[str]:
         return list(self._entries)
+
+    def scram_credentials(self, username: str) -> ScramCredentials | None:
+        """The user's SCRAM-SHA-256 keys; None for an unknown user or a line without them."""
+        entry = self._entries.get(username)
+        return entry.scram if entry is not None else None
 
     def check(self, username: str, password: bytes) -> bool:
         """True if ``password`` is ``username``'s password. Timing-safe; see module notes."""
@@ -248,9 +308,13 @@ def _existing_lines(path: str) -> list[str]:
 
 
 def set_password(path: str, username: str, password: bytes | str,
-                 iterations: int = DEFAULT_ITERATIONS) -> bool:
+                 iterations: int = DEFAULT_ITERATIONS,
+                 scram_iterations: int | None = scram.DEFAULT_ITERATIONS) -> bool:
     """Add ``username`` or change its password; creates the file (mode 0600) if missing.
 
+    The line gets the PBKDF2 hash and, unless ``scram_iterations`` is None, the
+    SCRAM-SHA-256 keys (raises :class:`ValueError` for a password SCRAM cannot use:
+    not UTF-8, or refused by SASLprep, such as one with control characters).
     Returns True if the user was added, False if an existing password was changed.
     Comments and the order of other users are kept.
     """
@@ -258,6 +322,13 @@ def set_password(path: str, username: str, password: bytes | str,
     if isinstance(password, str):
         password = password.encode("utf-8")
     new_line = f"{username}:{hash_password(password, iterations)}"
+    if scram_iterations is not None:
+        try:
+            keys = scram.scram_credentials(password, iterations=scram_iterations)
+        except ValueError as exc:
+            raise ValueError(f"cannot make SCRAM-SHA-256 keys: {exc} "
+                             "(iotbroker passwd --no-scram stores the password without them)") from None
+        new_line += f":{scram_field(keys)}"
     lines = _existing_lines(path)
     added = True
     for i, line in enumerate(lines):

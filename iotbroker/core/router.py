@@ -209,6 +209,7 @@ class Router:
         subscriptions: list[Subscription],
         subscription_identifier: int | None,
         granted_qos_limit: int,
+        now: float,
         check: Callable[[Subscription], int | None] | None = None,
     ) -> tuple[list[int], list[Delivery]]:
         """Add or replace subscriptions; returns the SUBACK codes in order
@@ -248,7 +249,7 @@ class Router:
                 continue  # no retained messages for shared subscriptions
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and is_new):
                 ids = () if subscription_identifier is None else (subscription_identifier,)
-                for msg in self.retained.match(plain):
+                for msg in self.retained.match(plain, now):
                     retained.append(Delivery(msg, min(qos, msg.qos), True, ids))
         return codes, retained
 

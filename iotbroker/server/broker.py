@@ -631,11 +631,11 @@ class Broker:
                 return 0x87 if v5 else 0x80
             return None
 
+        now = self.now()
         codes, retained = self.router.subscribe(
-            session, packet.subscriptions, sub_id, cfg.maximum_qos, check
+            session, packet.subscriptions, sub_id, cfg.maximum_qos, now, check
         )
         proto.conn.send_packet(SubAck(packet.packet_id, codes))
-        now = self.now()
         for delivery in retained:
             session.deliver(delivery, now)
 

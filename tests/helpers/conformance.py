@@ -182,12 +182,16 @@ def no_publish(client: RawClient, wait: float = 0.3) -> None:
     client.nothing(wait)
 
 
-def drain(client: RawClient, wait: float = 0.4) -> list[Packet]:
-    """Everything that arrives until ``wait`` seconds of silence."""
+def drain(client: RawClient, wait: float = 0.4, limit: float = 2.0) -> list[Packet]:
+    """Everything that arrives until ``wait`` seconds of silence (at most ``limit`` s)."""
     got: list[Packet] = []
+    deadline = time.monotonic() + limit
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return got
         try:
-            got.append(client.recv(wait))
+            got.append(client.recv(min(wait, left)))
         except TimeoutError:
             return got
         except Closed:

@@ -1,0 +1,5 @@
+"""``python -m iotsim``: the same as the ``iotsim`` command."""
+
+from iotsim.cli import main
+
+raise SystemExit(main())
