@@ -309,7 +309,7 @@ class Broker:
                 reason = Properties(reason_string=exc.message[:200])
                 conn.send_packet(Disconnect(exc.reason_code, reason))
         elif conn.state.name == "AUTHENTICATING" or isinstance(exc, MalformedPacket):
-            requested = getattr(exc, "protocol_version", None)
+            requested = getattr(exc, "protocol_level", None)
             if exc.reason_code == 0x84:
                 # [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1) / 0x84 (5.0), then close.
                 version = 5 if requested == 5 else 4
@@ -386,8 +386,11 @@ class Broker:
         self.metrics.connections_rejected += 1
         log.info("refused CONNECT from %s (client id %r): %s", proto.peer, packet.client_id, why)
         conn = proto.conn
-        code = reason if packet.protocol_version == 5 else _V3_CONNACK.get(reason, 0x03)
-        conn.send_packet(ConnAck(False, code))
+        if packet.protocol_version == 5:
+            conn.send_packet(ConnAck(False, reason))
+        elif reason in _V3_CONNACK:
+            conn.send_packet(ConnAck(False, _V3_CONNACK[reason]))
+        # else: no 3.1.1 return code fits: close without CONNACK [MQTT-3.2.2-6].
         proto.close()
 
     def on_connect(self, proto: ClientProtocol, packet: Connect) -> None:
@@ -651,10 +654,10 @@ class Broker:
         expiry = packet.properties.session_expiry_interval
         if expiry is not None:
             if session.expiry_interval == 0 and expiry != 0:
-                # [MQTT-3.14.2-2]: 0 at CONNECT cannot become non-zero at DISCONNECT.
+                # 0 at CONNECT cannot become non-zero at DISCONNECT (§3.14.2.2.2).
                 raise ProtocolViolation(
-                    "Session Expiry Interval changed from 0 at DISCONNECT",
-                    spec_ref="MQTT-3.14.2-2",
+                    "Session Expiry Interval changed from 0 at DISCONNECT "
+                    "(MQTT 5.0 §3.14.2.2.2)"
                 )
             was_persistent = session.persistent
             session.expiry_interval = min(expiry, self.config.mqtt.max_session_expiry)
