@@ -326,8 +326,10 @@ def set_password(path: str, username: str, password: bytes | str,
         try:
             keys = scram.scram_credentials(password, iterations=scram_iterations)
         except ValueError as exc:
-            raise ValueError(f"cannot make SCRAM-SHA-256 keys: {exc} "
-                             "(iotbroker passwd --no-scram stores the password without them)") from None
+            raise ValueError(
+                f"cannot make SCRAM-SHA-256 keys: {exc} "
+                "(iotbroker passwd --no-scram stores the password without them)"
+            ) from None
         new_line += f":{scram_field(keys)}"
     lines = _existing_lines(path)
     added = True

@@ -50,8 +50,10 @@ from iotbroker.core.topics import parse_shared, validate_topic_name
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService
+from iotbroker.server.enhanced_auth import EnhancedAuth
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import setup_logging
+from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
@@ -90,6 +92,7 @@ class Broker:
         )
         self.registry = SessionRegistry(self.trie, self.batch, limits, self.metrics)
         self.auth = AuthService(config.auth)
+        self.enhanced_auth = EnhancedAuth(self.auth, self.metrics)
         self.router = Router(
             self.registry,
             self.trie,
@@ -111,6 +114,10 @@ class Broker:
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
         self.metrics_server: MetricsServer | None = None
+        self._listener_configs = {lc.name: lc for lc in config.listeners}
+        self._per_listener: dict[str, int] = {}
+        rate = config.limits.connect_rate
+        self._connect_bucket = TokenBucket(rate, loop.time()) if rate else None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.started_at = time.time()
@@ -260,16 +267,42 @@ class Broker:
         proto.abort()
 
     # ---------------------------------------------------------- connections
-    def connection_made(self, proto: ClientProtocol) -> None:
+    def connection_made(self, proto: ClientProtocol) -> bool:
+        """Admit a new socket, or close it at once when a connection limit is hit."""
+        limits = self.config.limits
+        why = None
+        if limits.max_connections and len(self.connections) >= limits.max_connections:
+            why = f"limits.max_connections ({limits.max_connections}) reached"
+        else:
+            listener = self._listener_configs.get(proto.listener)
+            count = self._per_listener.get(proto.listener, 0)
+            if listener is not None and listener.max_connections and \
+                    count >= listener.max_connections:
+                why = f"listener {proto.listener!r} max_connections reached"
+            elif self._connect_bucket is not None and \
+                    not self._connect_bucket.try_take(self.loop.time()):
+                why = f"limits.connect_rate ({limits.connect_rate}/s) exceeded"
+        if why is not None:
+            self.metrics.connections_rejected += 1
+            self.metrics.limit_hits += 1
+            log.warning("refusing connection from %s: %s", proto.peer, why)
+            return False
         self.connections.add(proto)
+        self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
         self.metrics.connections_accepted += 1
+        if limits.publish_rate_per_client:
+            proto.publish_bucket = TokenBucket(limits.publish_rate_per_client, self.loop.time())
+        return True
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
-        self.connections.discard(proto)
+        if proto in self.connections:
+            self.connections.discard(proto)
+            self._per_listener[proto.listener] -= 1
         if proto in self._throttled:
             self.writer_resumed(proto)
         for waiting in self._throttled.values():
             waiting.discard(proto)
+        self.enhanced_auth.forget(proto)
         session = proto.session
         if session is None:
             return
@@ -332,6 +365,10 @@ class Broker:
     # ------------------------------------------------------------- packets
     def handle_packet(self, proto: ClientProtocol, packet: Packet) -> None:
         ptype = packet.TYPE
+        if proto.session is None and ptype is not PacketType.CONNECT \
+                and ptype is not PacketType.AUTH:
+            self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
+            return
         if ptype is PacketType.PUBLISH:
             assert isinstance(packet, Publish)
             self.on_publish(proto, packet)
@@ -371,8 +408,9 @@ class Broker:
             self.on_connect(proto, packet)
         elif ptype is PacketType.AUTH:
             assert isinstance(packet, Auth)
-            raise ProtocolViolation("AUTH without an authentication method in CONNECT",
-                                    spec_ref="MQTT-4.12.0-1")
+            pending = self.enhanced_auth.on_auth(proto, packet)
+            if pending is not None:  # the exchange ended: accept or refuse the CONNECT
+                self.on_connect(proto, pending)
 
     def _session(self, proto: ClientProtocol) -> Session:
         session = proto.session
@@ -409,11 +447,28 @@ class Broker:
         elif len(client_id) > cfg.max_client_id_length:
             self._refuse(proto, packet, 0x85, "client id too long")
             return
-        if v5 and props.authentication_method is not None:
-            self._refuse(proto, packet, 0x8C,
-                         f"authentication method {props.authentication_method!r} not supported")
+        enhanced = None
+        if cfg.server_reference:
+            # This server has moved: MQTT 5.0 CONNACK 0x9D with Server Reference (§4.11).
+            self.metrics.connections_rejected += 1
+            log.info("redirecting %s (client id %r) to %s", proto.peer, packet.client_id,
+                     cfg.server_reference)
+            if v5:
+                conn.send_packet(
+                    ConnAck(False, 0x9D, Properties(server_reference=cfg.server_reference))
+                )
+            else:
+                conn.send_packet(ConnAck(False, 0x03))
+            proto.close()
             return
-        decision = None if proto.cert_username is not None else \
+        if v5 and props.authentication_method is not None:  # §4.12
+            enhanced = self.enhanced_auth.on_connect(proto, packet, client_id)
+            if enhanced is None:
+                return  # AUTH 0x18 sent; the AUTH branch of handle_packet resumes
+            if enhanced.reason_code:
+                self._refuse(proto, packet, enhanced.reason_code, enhanced.reason)
+                return
+        decision = None if proto.cert_username is not None or enhanced is not None else \
             self.auth.authenticate(client_id, packet.username, packet.password)
         if decision is not None:
             self.metrics.auth_failures += 1
@@ -458,7 +513,8 @@ class Broker:
         session, present = self.registry.open(
             client_id, packet.clean_start, granted_expiry, packet.protocol_version, now
         )
-        session.username = packet.username if proto.cert_username is None else proto.cert_username
+        session.username = enhanced.username if enhanced is not None else \
+            packet.username if proto.cert_username is None else proto.cert_username
         # Keep alive: the server may impose a lower one (v5 Server Keep Alive).
         keepalive = packet.keepalive
         server_keepalive: int | None = None
@@ -478,6 +534,9 @@ class Broker:
         if v5:
             connack_props = self._connack_properties(packet, assigned, granted_expiry, expiry,
                                                      server_keepalive)
+            if enhanced is not None:  # [MQTT-4.12.0-5]
+                connack_props.authentication_method = props.authentication_method
+                connack_props.authentication_data = enhanced.data
         conn.send_packet(ConnAck(present, 0, connack_props))
         proto.session = session
         proto.client_id = client_id
@@ -570,6 +629,14 @@ class Broker:
         matched = self.router.publish(message, now)
         if qos:
             self._ack(proto, packet, 0x10 if v5 and not matched else 0)
+        bucket = proto.publish_bucket
+        if bucket is not None:
+            wait = bucket.take(self.loop.time())
+            if wait > 0:
+                # Over limits.publish_rate_per_client: stop reading, no loss.
+                self.metrics.limit_hits += 1
+                proto.pause_reading()
+                self.loop.call_later(wait, proto.resume_reading)
 
     def _ack(self, proto: ClientProtocol, packet: Publish, code: int) -> None:
         """PUBACK / PUBREC with a reason code (v5); 3.1.1 acks carry none."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from iotbroker.codec.packets import Will
 from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection
+from iotbroker.server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from iotbroker.core.session import Session
@@ -40,6 +41,7 @@ class ClientProtocol(asyncio.Protocol):
         "listener",
         "loop",
         "peer",
+        "publish_bucket",
         "reading_paused",
         "session",
         "taken_over",
@@ -60,6 +62,7 @@ class ClientProtocol(asyncio.Protocol):
         self.taken_over = False
         self.close_after_flush = False
         self.reading_paused = False
+        self.publish_bucket: TokenBucket | None = None
         #: The Will Message of this connection's CONNECT (MQTT 3.1.1 §3.1.2.5).
         self.will: Will | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -81,7 +84,10 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
-        self.broker.connection_made(self)
+        if not self.broker.connection_made(self):
+            self.conn.close()
+            transport.abort()  # type: ignore[attr-defined]
+            return
         # Sockets that never send CONNECT are closed after connect_timeout.
         self.timer = self.loop.call_at(
             self.loop.time() + self.broker.config.mqtt.connect_timeout, self._on_timer
