@@ -53,8 +53,8 @@ from iotbroker.server.auth_service import AuthService
 from iotbroker.server.enhanced_auth import EnhancedAuth
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import setup_logging
-from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.metrics_http import MetricsServer
+from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import ChangeBatch, Store
