@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     from iotbroker.server.broker import run_broker  # noqa: PLC0415 (only `run` needs the server)
 
     try:
-        return run_broker(config)
+        return run_broker(config, reload=lambda: build_config(args))
     except KeyboardInterrupt:
         return 130
 

@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 
 from iotbroker import __version__
@@ -187,6 +188,28 @@ class Broker:
         self.flush()
         self.store.close()
         log.info("stopped")
+
+    def reload(self, read_config: Callable[[], BrokerConfig]) -> None:
+        """SIGHUP: re-read the configuration; apply what can change live (password file,
+        ACL, log levels), log the rest as needing a restart. Connected clients stay."""
+        try:
+            new = read_config()
+            self.auth.config = new.auth
+            self.auth.reload()
+        except Exception as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        setup_logging(new.logging)
+        applied = ["auth (password file, ACL)", "logging"]
+        pending = [
+            name for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits",
+                              "loop")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        self.config = replace(self.config, auth=new.auth, logging=new.logging)
+        log.info("configuration reloaded from %s: applied %s", new.source, ", ".join(applied))
+        if pending:
+            log.warning("changed settings that need a restart: %s", ", ".join(pending))
 
     # ------------------------------------------------------------ the flush
     def output_pending(self, proto: ClientProtocol) -> None:
@@ -798,8 +821,9 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run_broker(config: BrokerConfig) -> int:
-    """Run until SIGINT/SIGTERM; returns the process exit code."""
+def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None = None) -> int:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads (``reload`` re-reads the configuration).
+    Returns the process exit code."""
     setup_logging(config.logging)
     try:
         store = open_store(config)
@@ -817,6 +841,8 @@ def run_broker(config: BrokerConfig) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop, sig.name)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, broker.reload, reload)
 
     async def main() -> int:
         try:
