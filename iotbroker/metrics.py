@@ -6,7 +6,7 @@ attribute store. ``$SYS`` topics and the Prometheus endpoint read them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(slots=True)
@@ -23,8 +23,8 @@ class Metrics:
     messages_sent: int = 0
     publish_received: int = 0
     publish_sent: int = 0
-    publish_received_qos: list[int] | None = None
-    publish_sent_qos: list[int] | None = None
+    publish_received_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
+    publish_sent_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
     messages_dropped_queue_full: int = 0
     messages_dropped_qos0_offline: int = 0
     messages_dropped_slow_consumer: int = 0
@@ -42,12 +42,6 @@ class Metrics:
     acl_denials: int = 0
     storage_batches: int = 0
     storage_changes: int = 0
-
-    def __post_init__(self) -> None:
-        if self.publish_received_qos is None:
-            self.publish_received_qos = [0, 0, 0]
-        if self.publish_sent_qos is None:
-            self.publish_sent_qos = [0, 0, 0]
 
     def as_dict(self) -> dict[str, int]:
         """Scalar counters by name (the per-QoS lists are flattened as ``name_qosN``)."""

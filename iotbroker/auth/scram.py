@@ -77,7 +77,7 @@ KEY_BYTES = 32  # SHA-256 output
 _PROCESS_SECRET = secrets.token_bytes(32)
 
 
-class AuthFailed(Exception):  # noqa: N818 (the name the callers read best)
+class AuthFailed(Exception):
     """The exchange failed. ``reason`` is an RFC 5802 ``server-error-value``.
 
     ``invalid-proof`` covers both a wrong password and an unknown user (the caller
@@ -255,9 +255,9 @@ class ScramServer:
 
     def start(self, client_first: bytes) -> bytes:
         """Read client-first-message, return server-first-message (RFC 5802 §5.1)."""
-        if self._state != 0:
+        state, self._state = self._state, 2  # any failure ends the exchange
+        if state != 0:
             raise AuthFailed("other-error", "client-first-message received twice")
-        self._state = 2  # until this method succeeds
         text = _text(client_first)
         # gs2-header = gs2-cbind-flag "," [ authzid ] ","
         flag, sep, rest = text.partition(",")

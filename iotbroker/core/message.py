@@ -4,6 +4,10 @@ An application message (MQTT 5.0 §1.2 "Application Message") is built once when
 PUBLISH is accepted and shared by reference by every recipient, every queue and the
 retained store. What differs per recipient (granted QoS, retain flag as delivered,
 subscription identifiers) is a :class:`Delivery`.
+
+Both are slotted but not frozen: a frozen dataclass costs about four times as much to
+build (``object.__setattr__`` per field), and one of each is built per message and per
+recipient. Treat them as immutable once built.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from iotbroker.codec.packets import Properties
 NEVER_EXPIRES = 0xFFFFFFFF
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Message:
     """An accepted application message.
 
@@ -47,7 +51,7 @@ class Message:
         return max(0, int(left) + (1 if left > int(left) else 0))
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Delivery:
     """One client's copy: the message with the QoS granted to it, the retain flag it
     sees and the subscription identifiers of its matching subscriptions

@@ -185,7 +185,9 @@ class Session:
         if delivery.qos == 0:
             if outlet is not None:
                 if outlet.writable:
-                    outlet.send_publish(delivery, None, False, now)
+                    if outlet.send_publish(delivery, None, False, now):
+                        self.metrics.publish_sent += 1
+                        self.metrics.publish_sent_qos[0] += 1
                 else:
                     self.metrics.messages_dropped_slow_consumer += 1
             elif self.limits.queue_qos0_offline and self.persistent:
@@ -218,6 +220,8 @@ class Session:
             # Too large for the client: discarded as if completed [MQTT-3.1.2-25].
             self.metrics.messages_dropped_too_large += 1
             return
+        self.metrics.publish_sent += 1
+        self.metrics.publish_sent_qos[delivery.qos] += 1
         seq = self._next_seq
         self._next_seq = seq + 1
         self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
@@ -265,7 +269,9 @@ class Session:
                 self.metrics.messages_expired += 1
                 continue
             if delivery.qos == 0:
-                outlet.send_publish(delivery, None, False, now)
+                if outlet.send_publish(delivery, None, False, now):
+                    self.metrics.publish_sent += 1
+                    self.metrics.publish_sent_qos[0] += 1
             else:
                 self._send_new(outlet, delivery, now)
 

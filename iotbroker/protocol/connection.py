@@ -79,6 +79,7 @@ class Connection:
         "keepalive",
         "last_received",
         "on_output",
+        "packets_queued",
         "protocol_version",
         "receive_maximum",
         "request_problem_information",
@@ -99,6 +100,8 @@ class Connection:
         self._outbound_aliases = OutboundAliases(0)
         self._inbound_unacked: set[int] = set()
         self._out: list[bytes] = []
+        #: Packets queued for sending since the connection opened (for metrics).
+        self.packets_queued = 0
         self.state = ConnectionState.AWAIT_CONNECT
         self.protocol_version = 4
         self.keepalive = 0
@@ -269,6 +272,7 @@ class Connection:
         return True
 
     def _queue(self, data: bytes) -> None:
+        self.packets_queued += 1
         out = self._out
         out.append(data)
         if len(out) == 1 and self.on_output is not None:

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from iotbroker import __version__
 from iotbroker.codec.enums import PacketType
@@ -73,6 +74,9 @@ _V3_CONNACK = {
     0x8C: 0x04,  # bad authentication method
 }
 
+#: What a connection may send before its CONNACK (AUTH only with enhanced auth).
+_BEFORE_CONNACK = frozenset({PacketType.CONNECT, PacketType.AUTH})
+
 
 class Broker:
     """One broker process: sessions, routing, storage and the connections."""
@@ -103,6 +107,7 @@ class Broker:
             shared_strategy=mqtt.shared_subscription_strategy,
             may_receive=self.auth.receive_check(),
         )
+        self._handlers = self._build_handlers()
         self.clients: dict[str, ClientProtocol] = {}
         self.connections: set[ClientProtocol] = set()
         self._dirty: list[ClientProtocol] = []
@@ -387,53 +392,53 @@ class Broker:
 
     # ------------------------------------------------------------- packets
     def handle_packet(self, proto: ClientProtocol, packet: Packet) -> None:
-        ptype = packet.TYPE
-        if proto.session is None and ptype is not PacketType.CONNECT \
-                and ptype is not PacketType.AUTH:
+        """Dispatch one validated packet to its handler (a table, not an if-chain)."""
+        if proto.session is None and packet.TYPE not in _BEFORE_CONNACK:
             self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
             return
-        if ptype is PacketType.PUBLISH:
-            assert isinstance(packet, Publish)
-            self.on_publish(proto, packet)
-        elif ptype is PacketType.PUBACK:
-            assert isinstance(packet, PubAck)
-            self._session(proto).on_puback(packet.packet_id, self.now())
-        elif ptype is PacketType.PUBREC:
-            assert isinstance(packet, PubRec)
-            if not self._session(proto).on_pubrec(packet.packet_id, packet.reason_code, self.now()):
-                # Unknown id: v5 0x92 Packet Identifier not found; 3.1.1 PUBREL anyway.
-                code = 0x92 if proto.conn.protocol_version == 5 else 0
-                if packet.reason_code < 0x80:
-                    proto.conn.send_packet(PubRel(packet.packet_id, code))
-        elif ptype is PacketType.PUBREL:
-            assert isinstance(packet, PubRel)
-            held = self._session(proto).release_inbound_qos2(packet.packet_id)
-            # PUBCOMP even for an unknown id [MQTT-4.3.3-11 area]; v5 says 0x92.
-            code = 0x92 if not held and proto.conn.protocol_version == 5 else 0
-            proto.conn.send_packet(PubComp(packet.packet_id, code))
-        elif ptype is PacketType.PUBCOMP:
-            assert isinstance(packet, PubComp)
-            self._session(proto).on_pubcomp(packet.packet_id, self.now())
-        elif ptype is PacketType.SUBSCRIBE:
-            assert isinstance(packet, Subscribe)
-            self.on_subscribe(proto, packet)
-        elif ptype is PacketType.UNSUBSCRIBE:
-            assert isinstance(packet, Unsubscribe)
-            self.on_unsubscribe(proto, packet)
-        elif ptype is PacketType.PINGREQ:
-            assert isinstance(packet, PingReq)
-            proto.conn.send_packet(PingResp())  # [MQTT-3.12.4-1]
-        elif ptype is PacketType.DISCONNECT:
-            assert isinstance(packet, Disconnect)
-            self.on_disconnect(proto, packet)
-        elif ptype is PacketType.CONNECT:
-            assert isinstance(packet, Connect)
-            self.on_connect(proto, packet)
-        elif ptype is PacketType.AUTH:
-            assert isinstance(packet, Auth)
-            pending = self.enhanced_auth.on_auth(proto, packet)
-            if pending is not None:  # the exchange ended: accept or refuse the CONNECT
-                self.on_connect(proto, pending)
+        self._handlers[packet.TYPE](proto, packet)
+
+    def _build_handlers(self) -> dict[PacketType, Callable[[ClientProtocol, Any], None]]:
+        return {
+            PacketType.PUBLISH: self.on_publish,
+            PacketType.PUBACK: self.on_puback,
+            PacketType.PUBREC: self.on_pubrec,
+            PacketType.PUBREL: self.on_pubrel,
+            PacketType.PUBCOMP: self.on_pubcomp,
+            PacketType.SUBSCRIBE: self.on_subscribe,
+            PacketType.UNSUBSCRIBE: self.on_unsubscribe,
+            PacketType.PINGREQ: self.on_pingreq,
+            PacketType.DISCONNECT: self.on_disconnect,
+            PacketType.CONNECT: self.on_connect,
+            PacketType.AUTH: self.on_auth,
+        }
+
+    def on_puback(self, proto: ClientProtocol, packet: PubAck) -> None:
+        self._session(proto).on_puback(packet.packet_id, self.now())
+
+    def on_pubrec(self, proto: ClientProtocol, packet: PubRec) -> None:
+        if not self._session(proto).on_pubrec(packet.packet_id, packet.reason_code, self.now()):
+            # Unknown id: v5 0x92 Packet Identifier not found; 3.1.1 PUBREL anyway.
+            code = 0x92 if proto.conn.protocol_version == 5 else 0
+            if packet.reason_code < 0x80:
+                proto.conn.send_packet(PubRel(packet.packet_id, code))
+
+    def on_pubrel(self, proto: ClientProtocol, packet: PubRel) -> None:
+        held = self._session(proto).release_inbound_qos2(packet.packet_id)
+        # PUBCOMP even for an unknown id (MQTT 3.1.1 §4.3.3); v5 says 0x92.
+        code = 0x92 if not held and proto.conn.protocol_version == 5 else 0
+        proto.conn.send_packet(PubComp(packet.packet_id, code))
+
+    def on_pubcomp(self, proto: ClientProtocol, packet: PubComp) -> None:
+        self._session(proto).on_pubcomp(packet.packet_id, self.now())
+
+    def on_pingreq(self, proto: ClientProtocol, packet: PingReq) -> None:
+        proto.conn.send_packet(PingResp())  # [MQTT-3.12.4-1]
+
+    def on_auth(self, proto: ClientProtocol, packet: Auth) -> None:
+        pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
+        if pending is not None:  # the exchange ended: accept or refuse the CONNECT
+            self.on_connect(proto, pending)
 
     def _session(self, proto: ClientProtocol) -> Session:
         session = proto.session
@@ -615,7 +620,7 @@ class Broker:
         qos = packet.qos
         metrics = self.metrics
         metrics.publish_received += 1
-        metrics.publish_received_qos[qos] += 1  # type: ignore[index]
+        metrics.publish_received_qos[qos] += 1
         if qos > cfg.maximum_qos:
             raise ProtocolViolation(f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",
                                     reason_code=0x9B, spec_ref="MQTT-3.2.2-11")

@@ -41,6 +41,7 @@ class ClientProtocol(asyncio.Protocol):
         "listener",
         "loop",
         "peer",
+        "packets_counted",
         "publish_bucket",
         "reading_paused",
         "session",
@@ -63,6 +64,7 @@ class ClientProtocol(asyncio.Protocol):
         self.close_after_flush = False
         self.reading_paused = False
         self.publish_bucket: TokenBucket | None = None
+        self.packets_counted = 0
         #: The Will Message of this connection's CONNECT (MQTT 3.1.1 §3.1.2.5).
         self.will: Will | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -151,10 +153,14 @@ class ClientProtocol(asyncio.Protocol):
     def write_pending(self) -> None:
         """Write what the connection has queued (called by the broker's flush)."""
         transport = self.transport
-        data = self.conn.data_to_send()
+        conn = self.conn
+        data = conn.data_to_send()
         if transport is None or not data or transport.is_closing():
             return
-        self.broker.metrics.bytes_sent += len(data)
+        metrics = self.broker.metrics
+        metrics.bytes_sent += len(data)
+        metrics.messages_sent += conn.packets_queued - self.packets_counted
+        self.packets_counted = conn.packets_queued
         transport.write(data)  # type: ignore[attr-defined]
 
     def close(self) -> None:
