@@ -1,0 +1,83 @@
+"""The import boundaries of design.md, checked over the AST of every module.
+
+Rooms by lifetime and by I/O: ``codec`` imports nothing of ours but ``errors``;
+``protocol`` builds on ``codec`` (and the data-only ``core.message``); ``core`` on
+``codec``, ``storage.base``, ``auth.base``, ``config``, ``metrics``; only
+``storage/rocksdb.py`` imports rocksdict; only ``server/`` imports asyncio.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "iotbroker"
+
+#: room -> the iotbroker modules (prefixes) it may import
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "codec": ("iotbroker.errors", "iotbroker.codec"),
+    "protocol": ("iotbroker.errors", "iotbroker.codec", "iotbroker.protocol",
+                 "iotbroker.core.message"),
+    "core": ("iotbroker.errors", "iotbroker.codec", "iotbroker.core", "iotbroker.storage.base",
+             "iotbroker.auth.base", "iotbroker.config", "iotbroker.metrics"),
+    "storage": ("iotbroker.errors", "iotbroker.storage", "iotbroker.core.message",
+                "iotbroker.codec.packets", "iotbroker.codec.enums"),
+    "auth": ("iotbroker.errors", "iotbroker.auth", "iotbroker.config"),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("room", sorted(ALLOWED))
+def test_room_imports_only_what_design_allows(room: str) -> None:
+    allowed = ALLOWED[room]
+    bad: list[str] = []
+    for path in sorted((PACKAGE / room).rglob("*.py")):
+        for name in _imports(path):
+            if name.startswith("iotbroker") and not name.startswith(allowed):
+                bad.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_only_server_imports_asyncio() -> None:
+    bad = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in _modules()
+        if "asyncio" in _imports(path) and path.parent.name != "server"
+    ]
+    assert not bad, f"asyncio imported outside server/: {bad}"
+
+
+def test_only_rocksdb_store_imports_rocksdict() -> None:
+    bad = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in _modules()
+        if any(n.split(".")[0] == "rocksdict" for n in _imports(path))
+        and path != PACKAGE / "storage" / "rocksdb.py"
+    ]
+    assert not bad, f"rocksdict imported outside storage/rocksdb.py: {bad}"
+
+
+def test_only_config_reads_yaml() -> None:
+    bad = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in _modules()
+        if any(n.split(".")[0] == "yaml" for n in _imports(path))
+        and path != PACKAGE / "config.py"
+    ]
+    assert not bad, f"yaml imported outside config.py: {bad}"
