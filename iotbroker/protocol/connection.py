@@ -44,7 +44,7 @@ from iotbroker.codec.packets import (
     PubRec,
 )
 from iotbroker.codec.properties import encode_properties
-from iotbroker.core.message import Delivery
+from iotbroker.core.message import Delivery, Message
 from iotbroker.errors import MalformedPacket, ProtocolViolation
 from iotbroker.protocol.topic_alias import InboundAliases, OutboundAliases
 
@@ -251,16 +251,22 @@ class Connection:
         Maximum Packet Size and was therefore not sent [MQTT-3.1.2-25]."""
         message = delivery.message
         topic = message.topic
-        if self.protocol_version == 5:
+        version = self.protocol_version
+        if version == 5:
             alias, with_topic = self._outbound_aliases.choose(topic)
             props = _publish_properties(delivery, now, alias)
-            props_bytes = (
-                _NO_PROPS if props is None else encode_properties(props, _PUBLISH_KIND)
-            )
-            data = encode_publish(
-                topic if with_topic else "", message.payload, delivery.qos, delivery.retain, dup,
-                packet_id, props_bytes,
-            )
+            if props is None and delivery.qos == 0:
+                data = _shared_qos0_bytes(message, delivery.retain, 5)
+            else:
+                props_bytes = (
+                    _NO_PROPS if props is None else encode_properties(props, _PUBLISH_KIND)
+                )
+                data = encode_publish(
+                    topic if with_topic else "", message.payload, delivery.qos,
+                    delivery.retain, dup, packet_id, props_bytes,
+                )
+        elif delivery.qos == 0:
+            data = _shared_qos0_bytes(message, delivery.retain, 4)
         else:
             data = encode_publish(
                 topic, message.payload, delivery.qos, delivery.retain, dup, packet_id, None
@@ -290,6 +296,27 @@ class Connection:
     @property
     def has_output(self) -> bool:
         return bool(self._out)
+
+
+# The QoS 0 PUBLISH last encoded: a fan-out loop gives one message to every subscriber
+# in turn, and for QoS 0 without per-recipient properties the bytes are identical, so
+# they are encoded once per (message, retain, version) and reused (issue 8).
+_shared_message: Message | None = None
+_shared_key = -1
+_shared_bytes = b""
+
+
+def _shared_qos0_bytes(message: Message, retain: bool, version: int) -> bytes:
+    global _shared_message, _shared_key, _shared_bytes
+    key = version * 2 + retain
+    if message is _shared_message and key == _shared_key:
+        return _shared_bytes
+    data = encode_publish(
+        message.topic, message.payload, 0, retain, False, None,
+        _NO_PROPS if version == 5 else None,
+    )
+    _shared_message, _shared_key, _shared_bytes = message, key, data
+    return data
 
 
 def _publish_properties(delivery: Delivery, now: float, alias: int) -> Properties | None:
