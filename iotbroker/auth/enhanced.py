@@ -45,7 +45,11 @@ class StepKind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class AuthStep:
-    """What the authenticator says after reading the client's data."""
+    """What the authenticator says after reading the client's data.
+
+    ``reason_code`` is 0x18 for CONTINUE, 0 for SUCCESS and the refusal's code (>= 0x80)
+    for FAILURE, so a non-zero code on a final step means "refuse".
+    """
 
     kind: StepKind
     data: bytes | None = None

@@ -83,6 +83,7 @@ class Session:
         "_next_packet_id",
         "_next_seq",
         "_queued_bytes",
+        "_resend",
         "client_id",
         "disconnected_at",
         "expiry_interval",
@@ -126,6 +127,8 @@ class Session:
         self._next_packet_id = 1
         self._next_seq = 1
         self._queued_bytes = 0
+        #: In-flight packet ids of a resumed session still to be re-sent, in order.
+        self._resend: deque[int] = deque()
 
     # ------------------------------------------------------------------ state
     @property
@@ -198,6 +201,7 @@ class Session:
         if (
             outlet is not None
             and not self.queue
+            and not self._resend
             and len(self.inflight) < self.receive_maximum
             and outlet.writable
         ):
@@ -255,6 +259,8 @@ class Session:
         """Move queued messages into the in-flight window while it has room."""
         outlet = self.outlet
         if outlet is None:
+            return
+        if self._resend and not self._resend_waiting(outlet, now):
             return
         queue = self.queue
         while queue and outlet.writable:
@@ -373,19 +379,38 @@ class Session:
     # ----------------------------------------------------- connect/disconnect
     def attach(self, outlet: Outlet, receive_maximum: int, now: float) -> None:
         """Connect the session to a network connection and resend what is in flight,
-        in order, PUBLISH with DUP=1 and PUBREL as they were [MQTT-4.4.0-1]."""
+        in order, PUBLISH with DUP=1 and PUBREL as they were [MQTT-4.4.0-1]. At most
+        Receive Maximum of them are outstanding at once [MQTT-3.3.4-9]: the rest wait
+        for acknowledgements, ahead of anything queued."""
         self.outlet = outlet
         self.receive_maximum = receive_maximum
         self.disconnected_at = None
-        for pid, entry in sorted(self.inflight.items(), key=lambda item: item[1].seq):
+        self._resend = deque(
+            pid for pid, _ in sorted(self.inflight.items(), key=lambda item: item[1].seq)
+        )
+        self.pump(now)
+
+    def _resend_waiting(self, outlet: Outlet, now: float) -> bool:
+        """Re-send in-flight messages of a resumed session while the window allows;
+        True when all of them have been re-sent."""
+        resend = self._resend
+        inflight = self.inflight
+        while resend:
+            if len(inflight) - len(resend) >= self.receive_maximum or not outlet.writable:
+                return False
+            pid = resend.popleft()
+            entry = inflight.get(pid)
+            if entry is None:
+                continue  # acknowledged or handed over meanwhile
             if entry.state is OutboundState.PUBREL_SENT:
                 outlet.send_packet(PubRel(pid))
             else:
                 outlet.send_publish(entry.delivery, pid, True, now)
-        self.pump(now)
+        return True
 
     def detach(self, now: float) -> None:
         self.outlet = None
+        self._resend.clear()
         self.disconnected_at = now
 
     def clear_state(self) -> None:

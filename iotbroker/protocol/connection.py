@@ -167,6 +167,12 @@ class Connection:
                     "a client must not send a Subscription Identifier in PUBLISH",
                     spec_ref="MQTT-3.3.4-6",
                 )
+            response_topic = props.response_topic
+            if response_topic is not None and ("+" in response_topic or "#" in response_topic):
+                raise ProtocolViolation(
+                    f"Response Topic {response_topic!r} contains a wildcard",
+                    spec_ref="MQTT-3.3.2-14",
+                )
         topic = packet.topic
         if not topic:
             raise ProtocolViolation(
@@ -252,6 +258,7 @@ class Connection:
         message = delivery.message
         topic = message.topic
         version = self.protocol_version
+        alias, with_topic = 0, True
         if version == 5:
             alias, with_topic = self._outbound_aliases.choose(topic)
             props = _publish_properties(delivery, now, alias)
@@ -274,6 +281,8 @@ class Connection:
         limit = self.client_max_packet_size
         if limit and len(data) > limit:
             return False
+        if version == 5 and alias and with_topic:
+            self._outbound_aliases.commit(topic, alias)
         self._queue(data)
         return True
 

@@ -60,9 +60,10 @@ class OutboundAliases:
         self._by_topic: OrderedDict[str, int] = OrderedDict()
 
     def choose(self, topic: str) -> tuple[int, bool]:
-        """Alias for ``topic`` and whether the topic must be sent with it (new mapping).
-
-        Returns ``(0, True)`` when aliases are off for this client.
+        """Alias for ``topic`` and whether the topic must be sent with it (a new
+        mapping, recorded only by :meth:`commit` once the packet is really sent: a
+        PUBLISH dropped for its size must not leave the client an unknown alias
+        [MQTT-3.1.2-25]). Returns ``(0, True)`` when aliases are off for this client.
         """
         if self.maximum <= 0:
             return 0, True
@@ -72,8 +73,13 @@ class OutboundAliases:
             by_topic.move_to_end(topic)
             return alias, False
         if len(by_topic) < self.maximum:
-            alias = len(by_topic) + 1
-        else:
-            _, alias = by_topic.popitem(last=False)
+            return len(by_topic) + 1, True
+        return next(iter(by_topic.values())), True
+
+    def commit(self, topic: str, alias: int) -> None:
+        """Record a new mapping chosen by :meth:`choose`, evicting the least recently
+        used topic when all aliases are taken."""
+        by_topic = self._by_topic
+        if len(by_topic) >= self.maximum:
+            by_topic.popitem(last=False)
         by_topic[topic] = alias
-        return alias, True

@@ -339,10 +339,13 @@ class Broker:
         now = self.now()
         will = None if proto.clean_disconnect else proto.will
         if proto.taken_over:
-            # The session lives on in the new connection; this connection's will goes
-            # out now unless it has a Will Delay (then resuming cancels it [MQTT-3.1.3-9]).
+            # This connection's will goes out now unless it has a Will Delay and the new
+            # connection resumed the session (that cancels it [MQTT-3.1.3-9]); a Clean
+            # Start ended the session, which sends a delayed will at once (§3.1.3.2.2).
             log.info("client %r (%s) closed after takeover", proto.client_id, proto.peer)
-            if will is not None and not will.properties.will_delay_interval:
+            if will is not None and (
+                not will.properties.will_delay_interval or proto.session_ended_by_takeover
+            ):
                 self._publish_will(will, session.client_id, now)
             return
         if self.clients.get(proto.client_id) is proto:
@@ -492,7 +495,7 @@ class Broker:
         if v5 and props.authentication_method is not None:  # §4.12
             enhanced = self.enhanced_auth.on_connect(proto, packet, client_id)
             if enhanced is None:
-                return  # AUTH 0x18 sent; the AUTH branch of handle_packet resumes
+                return  # AUTH 0x18 sent; on_auth resumes this CONNECT when it ends
             if enhanced.reason_code:
                 self._refuse(proto, packet, enhanced.reason_code, enhanced.reason)
                 return
@@ -512,6 +515,13 @@ class Broker:
                 return
             try:
                 validate_topic_name(will.topic, packet.protocol_version)
+                response_topic = will.properties.response_topic
+                if response_topic is not None and (
+                    "+" in response_topic or "#" in response_topic
+                ):
+                    raise ProtocolViolation(
+                        "will Response Topic contains a wildcard", spec_ref="MQTT-3.3.2-14"
+                    )
             except ProtocolViolation as exc:
                 self._refuse(proto, packet, exc.reason_code, f"will topic: {exc}")
                 return
@@ -523,6 +533,7 @@ class Broker:
             log.info("client %r taken over: new connection from %s closes %s",
                      client_id, proto.peer, old.peer)
             old.taken_over = True
+            old.session_ended_by_takeover = packet.clean_start
             old_session = old.session
             if old_session is not None and old_session.outlet is old.conn:
                 old_session.detach(now)

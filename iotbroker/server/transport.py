@@ -40,11 +40,12 @@ class ClientProtocol(asyncio.Protocol):
         "conn",
         "listener",
         "loop",
-        "peer",
         "packets_counted",
+        "peer",
         "publish_bucket",
         "reading_paused",
         "session",
+        "session_ended_by_takeover",
         "taken_over",
         "timer",
         "transport",
@@ -61,6 +62,7 @@ class ClientProtocol(asyncio.Protocol):
         self.peer = "?"
         self.clean_disconnect = False
         self.taken_over = False
+        self.session_ended_by_takeover = False
         self.close_after_flush = False
         self.reading_paused = False
         self.publish_bucket: TokenBucket | None = None
