@@ -17,7 +17,9 @@ Broker settings (stated so the two are comparable):
   dir), ``sys_topics`` off, ``logging: WARNING``, ``mqtt.max_inflight`` 20,
   ``mqtt.max_queued_messages`` 10000.
 * mosquitto: ``persistence false``, ``log_type none``, ``max_inflight_messages`` 20,
-  ``max_queued_messages`` 10000, ``allow_anonymous true``.
+  ``max_queued_messages`` 10000, ``allow_anonymous true``, ``set_tcp_nodelay true``
+  (uvloop, like asyncio, sets TCP_NODELAY on every TCP socket; ``--mosquitto-nagle``
+  keeps mosquitto's default, Nagle on, which coalesces its one-write-per-packet output).
 
 Both are started with RLIMIT_NOFILE raised to the hard limit (10,000 idle clients).
 """
@@ -79,7 +81,8 @@ class Broker:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         preexec_fn=_raise_nofile, cwd=self.workdir)
+                                         preexec_fn=_raise_nofile,  # noqa: PLW1509 (no threads)
+                                         cwd=self.workdir)
         wait_port(self.port, self.proc)
 
     @property
@@ -124,7 +127,7 @@ mqtt: {{max_inflight: {INFLIGHT}, max_queued_messages: {QUEUED}}}
     return Broker("iotbroker", [py, "-m", "iotbroker", "run", "--config", cfg], port, workdir)
 
 
-def make_mosquitto(workdir: str, binary: str) -> Broker:
+def make_mosquitto(workdir: str, binary: str, nodelay: bool = True) -> Broker:
     port = free_port()
     cfg = os.path.join(workdir, "mosquitto.conf")
     with open(cfg, "w") as f:
@@ -134,6 +137,7 @@ persistence false
 max_inflight_messages {INFLIGHT}
 max_queued_messages {QUEUED}
 log_type none
+set_tcp_nodelay {"true" if nodelay else "false"}
 """)
     return Broker("mosquitto", [binary, "-c", cfg], port, workdir)
 
@@ -192,7 +196,8 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str,
             continue
         ib, mq = results[sc].get("iotbroker", []), results[sc].get("mosquitto", [])
         v_ib, v_mq = med([r.get(key) for r in ib]), med([r.get(key) for r in mq])
-        c_ib, c_mq = med([r.get("broker_cpu_pct") for r in ib]), med([r.get("broker_cpu_pct") for r in mq])
+        c_ib = med([r.get("broker_cpu_pct") for r in ib])
+        c_mq = med([r.get("broker_cpu_pct") for r in mq])
         ratio = v_ib / v_mq if v_ib is not None and v_mq else None
         # Per core: throughput per broker CPU-second (only for rates).
         per_core = None
@@ -210,7 +215,8 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str,
             loss = f"{sum(r.get('loss', 0) for r in ib)}/{sum(r.get('loss', 0) for r in mq)}"
         else:
             loss = f"{sum(r.get('errors', 0) for r in ib)}/{sum(r.get('errors', 0) for r in mq)}"
-        g_ib, g_mq = med([r.get("gen_cpu_pct") for r in ib]), med([r.get("gen_cpu_pct") for r in mq])
+        g_ib = med([r.get("gen_cpu_pct") for r in ib])
+        g_mq = med([r.get("gen_cpu_pct") for r in mq])
         lines.append(
             f"| {label:38} | {fmt(v_ib):>10} | {fmt(v_mq):>10} | {fmt(ratio, 2):>6} "
             f"| {fmt(per_core, 2):>10} | {fmt(c_ib, 0):>7} | {fmt(c_mq, 0):>7} "
@@ -237,6 +243,8 @@ def main() -> None:
                     help="iotbroker on rocksdb with this durability (default: memory)")
     ap.add_argument("--mqtt5", action="store_true", help="clients speak MQTT 5.0")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    ap.add_argument("--mosquitto-nagle", action="store_true",
+                    help="leave mosquitto's set_tcp_nodelay at its default (false)")
     ap.add_argument("--json", dest="json_out", default=None, help="write raw results here")
     ap.add_argument("--keep-latency", action="store_true",
                     help="keep throughput scenarios' latency percentiles in the JSON")
@@ -252,7 +260,7 @@ def main() -> None:
     try:
         for rep in range(args.reps):
             ib = make_iotbroker(workdir, args.persistence)
-            mq = make_mosquitto(workdir, args.mosquitto)
+            mq = make_mosquitto(workdir, args.mosquitto, not args.mosquitto_nagle)
             brokers = [ib, mq]
             for b in brokers:
                 b.start()
@@ -281,7 +289,8 @@ def main() -> None:
     mode = f"storage={'rocksdb/' + args.persistence if args.persistence else 'memory'}, " \
            f"MQTT {'5.0' if args.mqtt5 else '3.1.1'}"
     print(f"\nmedians of {args.reps} reps, {args.duration:g} s after {args.warmup:g} s warm-up, "
-          f"{mode}, {args.procs} generator process(es), {time.time() - t_start:.0f} s total")
+          f"{mode}, mosquitto {'Nagle' if args.mosquitto_nagle else 'TCP_NODELAY'}, "
+          f"{args.procs} generator process(es), {time.time() - t_start:.0f} s total")
     print(table)
     if args.json_out:
         with open(args.json_out, "w") as f:

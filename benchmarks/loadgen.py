@@ -71,11 +71,10 @@ from typing import Any
 # Import the codec without importing benchmarks from a different checkout by accident.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from iotbroker.codec import decode_packet, encode_packet  # noqa: E402
-from iotbroker.codec.packets import (  # noqa: E402
+from iotbroker.codec import decode_packet, encode_packet
+from iotbroker.codec.packets import (
     Connect,
     Disconnect,
-    Properties,
     Subscribe,
     Subscription,
 )
@@ -349,7 +348,6 @@ class Subscriber(Client):
         pos = 0
         pids = []
         count = 0
-        v5 = self.v5
         last = -1
         samples = self.samples
         parse_all = self.parse_all
@@ -651,7 +649,7 @@ def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], i
     errors = 0
     nxt = 0
     addr = (spec["host"], spec["port"])
-    EPOLLIN, EPOLLOUT, EPOLLERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR
+    epollin, epollout, epollerr = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR
 
     def fail(fd: int) -> None:
         nonlocal errors
@@ -672,16 +670,16 @@ def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], i
                 errors += 1
             else:
                 pending[sock.fileno()] = (sock, nxt, False)
-                ep.register(sock.fileno(), EPOLLOUT)
+                ep.register(sock.fileno(), epollout)
             nxt += 1
         for fd, ev in ep.poll(1.0):
             sock, i, sent = pending[fd]
-            if ev & EPOLLERR:
+            if ev & epollerr:
                 fail(fd)
             elif not sent:
                 sock.send(pre + b"%06d" % i + post)
                 pending[fd] = (sock, i, True)
-                ep.modify(fd, EPOLLIN)
+                ep.modify(fd, epollin)
             else:
                 data = sock.recv(64)
                 if data[:1] == b"\x20" and len(data) >= 4 and data[3] == 0:
@@ -741,26 +739,26 @@ def proc_stat(pid: int) -> tuple[float, int]:
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Split the scenario's clients over ``args.procs`` worker processes."""
     sc = args.scenario
-    P = max(1, args.procs)
+    nprocs = max(1, args.procs)
     base = {
         "scenario": sc, "host": args.host, "port": args.port, "v5": args.mqtt5,
         "warmup": args.warmup, "duration": args.duration, "window": args.window,
-        "flow": args.flow or DEFAULT_FLOW.get(sc, 1000), "nprocs": P, "rate": 0.0, "fanout": 1,
+        "flow": args.flow or DEFAULT_FLOW.get(sc, 1000), "nprocs": nprocs, "rate": 0.0, "fanout": 1,
     }
-    specs = [dict(base, index=i, pubs=[], subs=[]) for i in range(P)]
+    specs = [dict(base, index=i, pubs=[], subs=[]) for i in range(nprocs)]
     if sc == "connect":
         n = args.clients
         for i, s in enumerate(specs):
-            s["idle"] = n // P + (1 if i < n % P else 0)
+            s["idle"] = n // nprocs + (1 if i < n % nprocs else 0)
             s["src_addrs"] = [f"127.0.0.{2 + k}" for k in range(args.src_addrs)]
-            s["concurrency"] = max(1, args.concurrency // P)
+            s["concurrency"] = max(1, args.concurrency // nprocs)
             s["keepalive"] = args.keepalive
         return specs
     if sc in ("qos0", "qos1", "latency"):
         qos = 0 if sc == "qos0" else 1
         topic = "bench/one/to/one"
         specs[0]["subs"] = [(topic, qos)]
-        specs[min(1, P - 1)]["pubs"] = [topic]
+        specs[min(1, nprocs - 1)]["pubs"] = [topic]
         for s in specs:
             s.update(pub_qos=qos, sub_qos=qos, topic_example=topic)
             if sc == "latency":
@@ -769,13 +767,13 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         topic = "bench/fan/out"
         specs[0]["pubs"] = [topic]
         for i in range(args.fanout):
-            specs[i % P]["subs"].append((topic, 0))
+            specs[i % nprocs]["subs"].append((topic, 0))
         for s in specs:
             s.update(pub_qos=0, sub_qos=0, topic_example=topic, fanout=args.fanout)
     elif sc == "fanin":
         specs[0]["subs"] = [("#", 1)]
         for i in range(args.fanin):
-            specs[i % P]["pubs"].append(f"bench/in/{i:05d}")
+            specs[i % nprocs]["pubs"].append(f"bench/in/{i:05d}")
         for s in specs:
             s.update(pub_qos=1, sub_qos=1, topic_example="bench/in/00000")
     return specs
@@ -784,7 +782,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 def pct(sorted_vals: list[int], q: float) -> float:
     if not sorted_vals:
         return float("nan")
-    i = min(len(sorted_vals) - 1, max(0, int(round(q * (len(sorted_vals) - 1)))))
+    i = min(len(sorted_vals) - 1, max(0, round(q * (len(sorted_vals) - 1))))
     return sorted_vals[i] / 1e6  # ms
 
 

@@ -41,6 +41,7 @@ import hmac
 import os
 import secrets
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -185,6 +186,8 @@ class PasswordFile:
         self.source = source
         self._cache_key = secrets.token_bytes(32)
         self._verified: OrderedDict[str, bytes] = OrderedDict()
+        # check() may run in worker threads (the broker keeps PBKDF2 off its event loop).
+        self._lock = threading.Lock()
         # An unknown user is checked against this, so it costs the same PBKDF2 time.
         self._dummy = _Entry(DEFAULT_ITERATIONS, secrets.token_bytes(SALT_BYTES),
                              secrets.token_bytes(HASH_BYTES), "")
@@ -240,18 +243,20 @@ class PasswordFile:
         memo.update(b"\0" + (entry.line if entry else "").encode())
         memo_digest = memo.digest()
         if entry is not None:
-            cached = self._verified.get(username)
-            if cached is not None and hmac.compare_digest(cached, memo_digest):
-                self._verified.move_to_end(username)
-                return True
+            with self._lock:
+                cached = self._verified.get(username)
+                if cached is not None and hmac.compare_digest(cached, memo_digest):
+                    self._verified.move_to_end(username)
+                    return True
         target = entry if entry is not None else self._dummy
         computed = hashlib.pbkdf2_hmac("sha512", password, target.salt, target.iterations)
         ok = hmac.compare_digest(computed, target.digest) and entry is not None
         if ok:
-            self._verified[username] = memo_digest
-            self._verified.move_to_end(username)
-            while len(self._verified) > CACHE_SIZE:
-                self._verified.popitem(last=False)
+            with self._lock:
+                self._verified[username] = memo_digest
+                self._verified.move_to_end(username)
+                while len(self._verified) > CACHE_SIZE:
+                    self._verified.popitem(last=False)
         return ok
 
 

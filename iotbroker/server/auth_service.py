@@ -8,6 +8,7 @@ change while it is connected). ``None`` from :meth:`authenticate` means accepted
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from iotbroker.auth.base import AllowAll
 from iotbroker.auth.loader import AuthSetup, load_auth
@@ -25,6 +26,7 @@ class AuthService:
         self.setup: AuthSetup = load_auth(config)
         self._open = isinstance(self.setup.authorizer, AllowAll)
         self._cache: dict[tuple[str, str | None, str, str], bool] = {}
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auth")
 
     def reload(self) -> None:
         """Re-read the password and ACL files (SIGHUP)."""
@@ -40,6 +42,19 @@ class AuthService:
         if username is None and password is None:
             return 0x87  # not authorized: anonymous access is off
         return 0x86  # bad user name or password
+
+    def is_slow(self, username: str | None) -> bool:
+        """True when checking this login costs a password hash (run it off the loop)."""
+        return username is not None and self.setup.passwords is not None
+
+    def authenticate_in_thread(
+        self, client_id: str, username: str | None, password: bytes | None
+    ) -> Future[int | None]:
+        """:meth:`authenticate` in a worker thread (PBKDF2 releases the GIL)."""
+        return self._executor.submit(self.authenticate, client_id, username, password)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _decide(self, kind: str, session: Session, target: str) -> bool:
         if self._open:

@@ -10,6 +10,7 @@ behaviour).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -191,6 +192,7 @@ class Broker:
         for proto in list(self.connections):
             proto.abort()
         self.flush()
+        self.auth.close()
         self.store.close()
         log.info("stopped")
 
@@ -499,8 +501,16 @@ class Broker:
             if enhanced.reason_code:
                 self._refuse(proto, packet, enhanced.reason_code, enhanced.reason)
                 return
-        decision = None if proto.cert_username is not None or enhanced is not None else \
-            self.auth.authenticate(client_id, packet.username, packet.password)
+        if proto.cert_username is not None or enhanced is not None:
+            decision = None
+        elif proto.password_checked:
+            decision = proto.password_decision
+            proto.password_checked = False
+        elif self.auth.is_slow(packet.username):
+            self._check_password_off_loop(proto, packet, client_id)
+            return
+        else:
+            decision = self.auth.authenticate(client_id, packet.username, packet.password)
         if decision is not None:
             self.metrics.auth_failures += 1
             self._refuse(proto, packet, decision, "authentication failed")
@@ -593,6 +603,38 @@ class Broker:
             client_id, proto.peer, "5.0" if v5 else "3.1.1", packet.clean_start, keepalive,
             present, granted_expiry, proto.listener,
         )
+
+    def _check_password_off_loop(
+        self, proto: ClientProtocol, packet: Connect, client_id: str
+    ) -> None:
+        """Hash the password in a worker thread (PBKDF2 takes ~0.1 s; the loop must
+        not stall); the CONNECT and what follows it wait, then resume."""
+        proto.deferred = True
+        future = self.auth.authenticate_in_thread(client_id, packet.username, packet.password)
+
+        def decided(_: object) -> None:
+            if proto not in self.connections or proto.close_after_flush:
+                return
+            try:
+                decision = future.result()
+            except Exception:
+                log.exception("password check failed for %s", proto.peer)
+                decision = 0x80
+            proto.password_checked = True
+            proto.password_decision = decision
+            proto.deferred = False
+            try:
+                self.on_connect(proto, packet)
+            except MqttError as exc:
+                self.peer_error(proto, exc)
+                return
+            proto.resume_deferred()
+
+        def hand_back(f: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                self.loop.call_soon_threadsafe(decided, f)
+
+        future.add_done_callback(hand_back)
 
     def _connack_properties(
         self,

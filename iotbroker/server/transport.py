@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from iotbroker.codec.packets import Will
+from iotbroker.codec.packets import Packet, Will
 from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection
 from iotbroker.server.ratelimit import TokenBucket
@@ -32,15 +32,19 @@ class ClientProtocol(asyncio.Protocol):
     """One TCP (or TLS / WebSocket-adapted) client."""
 
     __slots__ = (
+        "backlog",
         "broker",
         "cert_username",
         "clean_disconnect",
         "client_id",
         "close_after_flush",
         "conn",
+        "deferred",
         "listener",
         "loop",
         "packets_counted",
+        "password_checked",
+        "password_decision",
         "peer",
         "publish_bucket",
         "reading_paused",
@@ -67,6 +71,12 @@ class ClientProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.publish_bucket: TokenBucket | None = None
         self.packets_counted = 0
+        #: True while a packet's handling waits for something off the loop.
+        self.deferred = False
+        self.backlog: list[Packet] = []
+        #: The password check's answer for the pending CONNECT (None = accepted).
+        self.password_checked = False
+        self.password_decision: int | None = None
         #: The Will Message of this connection's CONNECT (MQTT 3.1.1 §3.1.2.5).
         self.will: Will | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -107,7 +117,16 @@ class ClientProtocol(asyncio.Protocol):
             broker.peer_error(self, exc)
             return
         broker.metrics.messages_received += len(packets)
-        for packet in packets:
+        if self.deferred:
+            self.backlog.extend(packets)
+            return
+        self.handle_packets(packets)
+
+    def handle_packets(self, packets: list[Packet]) -> None:
+        """Handle packets in order; if one defers (a CONNECT waiting for a password
+        check in a thread), the rest wait in ``backlog`` until it is decided."""
+        broker = self.broker
+        for index, packet in enumerate(packets):
             try:
                 broker.handle_packet(self, packet)
             except MqttError as exc:
@@ -115,6 +134,20 @@ class ClientProtocol(asyncio.Protocol):
                 return
             if self.close_after_flush:
                 return
+            if self.deferred:
+                self.backlog.extend(packets[index + 1 :])
+                self.pause_reading()
+                return
+
+    def resume_deferred(self) -> None:
+        """The deferred packet was decided: handle what arrived meanwhile, read on."""
+        self.deferred = False
+        backlog, self.backlog = self.backlog, []
+        if self.close_after_flush:
+            return
+        self.handle_packets(backlog)
+        if not self.deferred:
+            self.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
