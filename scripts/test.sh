@@ -90,8 +90,8 @@ fi
 # --- checks --------------------------------------------------------------------------------
 failed=()
 
-log "ruff check iotbroker tests"
-"$VENV/bin/ruff" check iotbroker tests || failed+=(ruff)
+log "ruff check iotbroker tests devices-sim benchmarks"
+"$VENV/bin/ruff" check iotbroker tests devices-sim benchmarks || failed+=(ruff)
 
 log "mypy (strict, files from pyproject.toml)"
 "$VENV/bin/mypy" || failed+=(mypy)

@@ -9,7 +9,7 @@ every key is read here, unknown keys are errors, and every error names the key p
 Values with units:
 
 * durations: ``30s``, ``250ms``, ``2m``, ``1h`` or a number of seconds;
-* rates: ``100/s``, ``30/m``, ``2/h`` or a number per second.
+* rates: ``100/s``, ``30/m``, ``1/5s`` (one every 5 s) or a number per second.
 """
 
 from __future__ import annotations
@@ -223,7 +223,9 @@ class Scenario:
 # ----------------------------------------------------------------------------- value parsers
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(ms|s|sec|m|min|h)\s*$")
+_RATE = re.compile(
+    r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*(ms|s|sec|m|min|h)\s*$"
+)
 _UNIT = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
@@ -243,14 +245,15 @@ def parse_duration(value: object, key: str = "duration") -> float:
 
 
 def parse_rate(value: object, key: str = "rate") -> float:
-    """``'100/s'``, ``'30/m'`` or a number (per second) -> events per second (> 0)."""
+    """``'100/s'``, ``'30/m'``, ``'1/5s'`` or a number (per second) -> events per second."""
     rate: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         rate = float(value)
     elif isinstance(value, str):
         m = _RATE.match(value)
         if m:
-            rate = float(m.group(1)) / _UNIT[m.group(2)]
+            per = float(m.group(2)) if m.group(2) else 1.0
+            rate = float(m.group(1)) / (per * _UNIT[m.group(3)]) if per > 0 else None
         else:
             try:
                 rate = float(value)
@@ -440,7 +443,7 @@ def _payload(value: object, key: str) -> PayloadSpec:
     size = s.get("size", _int(HEADER_SIZE, 256 * 1024 * 1024), 64)
     fields: list[FieldSpec] = []
     if kind == "json":
-        raw = s.need("fields", lambda v, k: _Section(v, k))
+        raw = s.need("fields", _Section)
         for name in raw.data:
             fields.append(_field(str(name), raw.raw(str(name)), raw.key(str(name))))
         raw.done()
@@ -578,8 +581,6 @@ def _group(value: object, key: str, defaults: Mapping[str, Any]) -> GroupSpec:
                                               "version must be 5")
     if g.requests is not None and (g.behaviour != "dashboard" or g.version != 5):
         raise ScenarioError(s.key("requests"), "only MQTT 5 dashboards send requests")
-    if g.behaviour in ("telemetry", "gateway") and g.payload.kind == "json":
-        pass
     if not g.clean_start and g.version == 5 and g.session_expiry == 0:
         raise ScenarioError(s.key("session_expiry"),
                             "a persistent MQTT 5 session (clean_start: false) needs "

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from iotbroker.codec.packets import Packet, PubRel
 from iotbroker.core.message import Delivery
@@ -37,6 +37,24 @@ from iotbroker.storage.base import (
     QueuedRecord,
     SubscriptionRecord,
 )
+
+
+class _Unused(deque[Any]):
+    """A shared empty placeholder; adding to it is a bug (replace it first)."""
+
+    def append(self, item: Any) -> None:
+        raise AssertionError("shared empty placeholder: create a real container first")
+
+    appendleft = extend = extendleft = append
+
+
+class _NoIds(frozenset[int]):
+    """A shared empty set placeholder (frozen: adding to it fails loudly)."""
+
+
+_NO_QUEUE: deque[Any] = _Unused()
+_NO_RESEND: deque[Any] = _Unused()
+_NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
 
 
 class Outlet(Protocol):
@@ -115,8 +133,10 @@ class Session:
         self.username: str | None = None
         self.subscriptions: dict[str, SubscriptionEntry] = {}
         self.inflight: dict[int, InflightEntry] = {}
-        self.queue: deque[tuple[int, Delivery]] = deque()
-        self.inbound_qos2: set[int] = set()
+        # Created on first use: an idle connection's session must stay small (issue 8:
+        # an empty deque is 760 bytes, an empty set 216).
+        self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
+        self.inbound_qos2: set[int] = _NO_IDS
         self.will_delay = 0
         self.outlet: Outlet | None = None
         self.receive_maximum = 65535
@@ -128,7 +148,7 @@ class Session:
         self._next_seq = 1
         self._queued_bytes = 0
         #: In-flight packet ids of a resumed session still to be re-sent, in order.
-        self._resend: deque[int] = deque()
+        self._resend: deque[int] = _NO_RESEND
 
     # ------------------------------------------------------------------ state
     @property
@@ -154,6 +174,8 @@ class Session:
         self._next_seq = max(self._next_seq, entry.seq + 1)
 
     def restore_queued(self, seq: int, delivery: Delivery) -> None:
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
         self.queue.append((seq, delivery))
         self._queued_bytes += len(delivery.message.payload)
         self._next_seq = max(self._next_seq, seq + 1)
@@ -250,6 +272,8 @@ class Session:
                 self._batch.delete_queued(self.client_id, old_seq)
         seq = self._next_seq
         self._next_seq = seq + 1
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
         self.queue.append((seq, delivery))
         self._queued_bytes += size
         if self.persistent:
@@ -335,6 +359,8 @@ class Session:
         that must not be delivered again) [MQTT-4.3.3-2] (method B of §4.3.3)."""
         if packet_id in self.inbound_qos2:
             return False
+        if self.inbound_qos2 is _NO_IDS:
+            self.inbound_qos2 = set()
         self.inbound_qos2.add(packet_id)
         if self.persistent:
             self._batch.put_inbound_qos2(self.client_id, packet_id)
@@ -385,9 +411,10 @@ class Session:
         self.outlet = outlet
         self.receive_maximum = receive_maximum
         self.disconnected_at = None
-        self._resend = deque(
-            pid for pid, _ in sorted(self.inflight.items(), key=lambda item: item[1].seq)
-        )
+        if self.inflight:
+            self._resend = deque(
+                pid for pid, _ in sorted(self.inflight.items(), key=lambda item: item[1].seq)
+            )
         self.pump(now)
 
     def _resend_waiting(self, outlet: Outlet, now: float) -> bool:
@@ -410,14 +437,14 @@ class Session:
 
     def detach(self, now: float) -> None:
         self.outlet = None
-        self._resend.clear()
+        self._resend = _NO_RESEND
         self.disconnected_at = now
 
     def clear_state(self) -> None:
         """Forget everything (Clean Start / Clean Session)."""
         self.subscriptions.clear()
         self.inflight.clear()
-        self.queue.clear()
-        self.inbound_qos2.clear()
+        self.queue = _NO_QUEUE
+        self.inbound_qos2 = _NO_IDS
         self._queued_bytes = 0
         self._next_packet_id = 1

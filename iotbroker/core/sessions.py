@@ -210,7 +210,9 @@ class SessionRegistry:
                 )
             for q in snapshot.queued.get(client_id, ()):
                 session.restore_queued(q.seq, q.delivery)
-            session.inbound_qos2.update(snapshot.inbound_qos2.get(client_id, ()))
+            held = snapshot.inbound_qos2.get(client_id)
+            if held:
+                session.inbound_qos2 = set(held)
             if rec.will is not None:
                 w = rec.will
                 will = Will(w.topic, w.payload, w.qos, w.retain, w.properties)

@@ -54,6 +54,8 @@ _SERVER_ONLY = frozenset(
 )
 _PUBLISH_KIND = int(PacketType.PUBLISH)
 _NO_PROPS = b"\x00"
+_NO_ALIASES = OutboundAliases(0)  # shared: aliases off (it is never written to)
+_NO_IDS: frozenset[int] = frozenset()
 
 
 class ConnectionState(Enum):
@@ -74,6 +76,7 @@ class Connection:
         "_inbound_unacked",
         "_out",
         "_outbound_aliases",
+        "_topic_alias_maximum",
         "client_max_packet_size",
         "client_receive_maximum",
         "keepalive",
@@ -96,9 +99,10 @@ class Connection:
         now: float,
     ) -> None:
         self._framer = Framer(max_packet_size)
-        self._inbound_aliases = InboundAliases(topic_alias_maximum)
-        self._outbound_aliases = OutboundAliases(0)
-        self._inbound_unacked: set[int] = set()
+        self._inbound_aliases: InboundAliases | None = None
+        self._topic_alias_maximum = topic_alias_maximum
+        self._outbound_aliases = _NO_ALIASES
+        self._inbound_unacked: set[int] | frozenset[int] = _NO_IDS
         self._out: list[bytes] = []
         #: Packets queued for sending since the connection opened (for metrics).
         self.packets_queued = 0
@@ -160,7 +164,10 @@ class Connection:
         props = packet.properties
         if self.protocol_version == 5:
             if props.topic_alias is not None:
-                packet.topic = self._inbound_aliases.resolve(packet.topic, props.topic_alias)
+                aliases = self._inbound_aliases
+                if aliases is None:
+                    aliases = self._inbound_aliases = InboundAliases(self._topic_alias_maximum)
+                packet.topic = aliases.resolve(packet.topic, props.topic_alias)
                 props.topic_alias = None
             if props.subscription_identifiers:
                 raise ProtocolViolation(
@@ -194,6 +201,8 @@ class Connection:
                         reason_code=0x93,
                         spec_ref="MQTT-3.3.4-9",
                     )
+                if isinstance(unacked, frozenset):
+                    unacked = self._inbound_unacked = set()
                 unacked.add(packet.packet_id)
 
     # ------------------------------------------------------------- life cycle
@@ -232,12 +241,14 @@ class Connection:
     # ----------------------------------------------------------------- output
     def send_packet(self, packet: Packet) -> None:
         """Encode and queue one packet; releases inbound quota on final acks."""
+        unacked = self._inbound_unacked
         if (
-            self._inbound_unacked
+            unacked
+            and isinstance(unacked, set)
             and isinstance(packet, (PubAck, PubComp, PubRec))
             and (not isinstance(packet, PubRec) or packet.reason_code >= 0x80)
         ):
-            self._inbound_unacked.discard(packet.packet_id)
+            unacked.discard(packet.packet_id)
         if not self.request_problem_information and self.protocol_version == 5:
             packet = _strip_problem_information(packet)
         data = encode_packet(packet, self.protocol_version)

@@ -257,13 +257,20 @@ class Broker:
             if proto.close_after_flush and proto.transport is not None:
                 proto.transport.close()
         if self._throttled and readers:
-            # A consumer is congested: slow down whoever published this turn.
+            # A consumer is congested: slow down the clients that published this turn
+            # (not bystanders that only pinged, acknowledged or connected).
             for reader in readers:
+                if not reader.published_this_turn:
+                    continue
+                reader.published_this_turn = False
                 if reader in self._throttled or reader.close_after_flush:
                     continue
                 for waiting in self._throttled.values():
                     waiting.add(reader)
                 reader.pause_reading()
+        else:
+            for reader in readers:
+                reader.published_this_turn = False
 
     # ---------------------------------------------------------- backpressure
     def writer_paused(self, proto: ClientProtocol) -> None:
@@ -567,10 +574,12 @@ class Broker:
         # Keep alive: the server may impose a lower one (v5 Server Keep Alive).
         keepalive = packet.keepalive
         server_keepalive: int | None = None
-        if v5 and (keepalive == 0 or keepalive > cfg.max_keepalive) and cfg.max_keepalive < 65535:
-            keepalive = server_keepalive = cfg.max_keepalive
-        elif keepalive > cfg.max_keepalive:
+        if (keepalive == 0 or keepalive > cfg.max_keepalive) and cfg.max_keepalive < 65535:
+            # Lowered to max_keepalive; MQTT 5.0 clients are told (Server Keep Alive),
+            # MQTT 3.1.1 has no way to say it.
             keepalive = cfg.max_keepalive
+            if v5:
+                server_keepalive = keepalive
         conn.accept(
             keepalive=keepalive,
             client_receive_maximum=props.receive_maximum if v5 else None,
@@ -681,7 +690,9 @@ class Broker:
             raise ProtocolViolation("RETAIN not supported", reason_code=0x9A,
                                     spec_ref="MQTT-3.2.2-14")
         topic = packet.topic
-        if topic.count("/") >= cfg.max_topic_levels or len(topic) > cfg.max_topic_length:
+        if topic.count("/") >= cfg.max_topic_levels or (
+            cfg.max_topic_length < 65535 and len(topic.encode()) > cfg.max_topic_length
+        ):
             self._ack(proto, packet, 0x90)
             return
         if not self.auth.may_publish(session, topic):
@@ -707,6 +718,7 @@ class Broker:
             expires_at=None if expiry is None else now + expiry,
             origin=session.client_id,
         )
+        proto.published_this_turn = True
         matched = self.router.publish(message, now)
         if qos:
             self._ack(proto, packet, 0x10 if v5 and not matched else 0)
@@ -714,10 +726,10 @@ class Broker:
         if bucket is not None:
             wait = bucket.take(self.loop.time())
             if wait > 0:
-                # Over limits.publish_rate_per_client: stop reading, no loss.
+                # Over limits.publish_rate_per_client: what follows waits (unread), no loss.
                 self.metrics.limit_hits += 1
-                proto.pause_reading()
-                self.loop.call_later(wait, proto.resume_reading)
+                proto.deferred = True
+                self.loop.call_later(wait, proto.resume_deferred)
 
     def _ack(self, proto: ClientProtocol, packet: Publish, code: int) -> None:
         """PUBACK / PUBREC with a reason code (v5); 3.1.1 acks carry none."""
@@ -770,7 +782,8 @@ class Broker:
                     return 0x9E if v5 else 0x80
             if not cfg.wildcard_subscriptions and ("+" in plain or "#" in plain):
                 return 0xA2 if v5 else 0x80
-            if plain.count("/") >= cfg.max_topic_levels or len(plain) > cfg.max_topic_length:
+            if plain.count("/") >= cfg.max_topic_levels or len(plain.encode()) > \
+                    cfg.max_topic_length:
                 return 0x8F if v5 else 0x80
             if limit and sub.topic_filter not in session.subscriptions and \
                     len(session.subscriptions) >= limit:

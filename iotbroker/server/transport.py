@@ -47,6 +47,7 @@ class ClientProtocol(asyncio.Protocol):
         "password_decision",
         "peer",
         "publish_bucket",
+        "published_this_turn",
         "reading_paused",
         "session",
         "session_ended_by_takeover",
@@ -71,6 +72,7 @@ class ClientProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.publish_bucket: TokenBucket | None = None
         self.packets_counted = 0
+        self.published_this_turn = False
         #: True while a packet's handling waits for something off the loop.
         self.deferred = False
         self.backlog: list[Packet] = []
@@ -224,6 +226,12 @@ class ClientProtocol(asyncio.Protocol):
         if deadline is None:
             return
         if now >= deadline:
+            if self.reading_paused or self.deferred:
+                # We stopped reading this client (backpressure, rate limit): its
+                # silence is ours, not its own. Count it as alive.
+                conn.last_received = now
+                self.timer = self.loop.call_at(now + conn.keepalive * 1.5, self._on_timer)
+                return
             self.broker.keepalive_expired(self)
             return
         self.timer = self.loop.call_at(deadline, self._on_timer)

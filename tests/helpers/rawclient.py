@@ -35,7 +35,7 @@ from iotbroker.codec.packets import (
 P = TypeVar("P")
 
 
-class Closed(Exception):  # noqa: N818 (reads better in tests)
+class Closed(Exception):
     """The broker closed the connection."""
 
 

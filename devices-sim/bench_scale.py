@@ -1,0 +1,198 @@
+"""Scale benchmark: N simulated devices publishing together against mosquitto and iotbroker.
+
+Not a test: run it by hand (it takes about a minute per broker)::
+
+    .venv/bin/python devices-sim/bench_scale.py --devices 10000 --interval 5s \\
+        --duration 40s --brokers mosquitto,iotbroker --out docs/simulator-bench
+
+Each broker is started here on a free loopback port with its open-files soft limit raised
+(``ulimit -n``, at most the hard limit of 20,000), then ``iotsim sensors`` runs against it
+in its own process (``--workers`` splits the fleet) with several source addresses. The
+broker's CPU and RSS come from ``/proc``; the simulator's from its report. Prints one
+table and writes ``OUT/<broker>/report.{json,html}`` and ``OUT/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_cpu_rss(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and RSS bytes of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _TICK
+    rss = int(fields[21]) * _PAGE
+    return cpu, rss
+
+
+def start_mosquitto(workdir: Path, nofile: int) -> tuple[subprocess.Popen[bytes], int]:
+    """mosquitto with ``ulimit -n`` raised in the command that starts it."""
+    port = _free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    "max_queued_messages 100000\nmax_connections -1\n")
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen(["bash", "-c", f"ulimit -n {nofile} && exec {exe} -c {conf}"],
+                            stdout=open(workdir / "mosquitto.log", "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def start_iotbroker(workdir: Path, nofile: int) -> tuple[subprocess.Popen[bytes], int]:
+    """``python -m iotbroker run`` (memory storage, INFO logs) with ``ulimit -n`` raised."""
+    conf = workdir / "iotbroker.yaml"
+    conf.write_text("listeners:\n  - name: default\n    type: tcp\n    host: 127.0.0.1\n"
+                    "    port: 0\nstorage:\n  backend: memory\nlogging:\n  level: INFO\n"
+                    "sys_topics:\n  enabled: false\nmqtt:\n  max_queued_messages: 100000\n")
+    log = workdir / "iotbroker.log"
+    cmd = f"ulimit -n {nofile} && exec {sys.executable} -m iotbroker run --config {conf}"
+    proc = subprocess.Popen(["bash", "-c", cmd], stdout=open(log, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT, cwd=workdir)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        m = re.search(r"listening on \S+:(\d+)", log.read_text(errors="replace"))
+        if m:
+            return proc, int(m.group(1))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"iotbroker did not start:\n{log.read_text(errors='replace')}")
+
+
+def bench_one(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Start one broker, run the fleet against it, stop it; the summary row."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"iotsim-bench-{name}-"))
+    starter = start_mosquitto if name == "mosquitto" else start_iotbroker
+    proc, port = starter(workdir, args.broker_nofile)
+    report_dir = out / name
+    try:
+        time.sleep(0.5)
+        cpu0, rss0 = _proc_cpu_rss(proc.pid)
+        t0 = time.monotonic()
+        cmd = [sys.executable, "-m", "iotsim", "sensors", "--devices", str(args.devices),
+               "--rate", f"1/{args.interval}", "--qos", str(args.qos), "--mqtt", args.mqtt,
+               "--host", "127.0.0.1", "--port", str(port), "--duration", args.duration,
+               "--connect-rate", args.connect_rate, "--workers", str(args.workers),
+               "--source-addresses", str(args.source_addresses), "--keepalive", "120",
+               "--report", str(report_dir), "--quiet"]
+        peak_rss = rss0
+        sim = subprocess.Popen(cmd, cwd=ROOT)
+        while sim.poll() is None:
+            time.sleep(1.0)
+            if proc.poll() is None:
+                peak_rss = max(peak_rss, _proc_cpu_rss(proc.pid)[1])
+        wall = time.monotonic() - t0
+        alive = proc.poll() is None
+        cpu1 = _proc_cpu_rss(proc.pid)[0] if alive else cpu0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    report = json.loads((report_dir / "report.json").read_text())
+    _export_charts(report, out / name)
+    d, m, lat = report["devices"], report["messages"], report["latency_ms"]
+    return {
+        "broker": name, "devices": args.devices, "connected": d["connected"],
+        "failed": d["failed"], "peak_connected": d["peak_connected"],
+        "published": m["published"], "delivered": m["delivered"], "lost": m["lost"],
+        "duplicated": m["duplicated"], "published_per_s": m["published_per_s"],
+        "p50_ms": lat["p50"], "p99_ms": lat["p99"], "max_ms": lat["max"],
+        "connect_p99_ms": report["connect_latency_ms"]["p99"],
+        "ok": report["ok"], "errors": report["errors"],
+        "sim_cpu_percent": report["cpu_percent"], "sim_rss_mb": report["rss_mb"],
+        "sim_kb_per_device": report["per_device"]["rss_kb"],
+        "sim_cpu_percent_per_1k": report["per_device"]["cpu_percent_per_1k_devices"],
+        "broker_alive_at_end": alive,
+        "broker_cpu_percent": round((cpu1 - cpu0) / wall * 100, 1),
+        "broker_peak_rss_mb": round(peak_rss / 2**20, 1),
+        "broker_log": str(workdir / ("mosquitto.log" if name == "mosquitto"
+                                     else "iotbroker.log")),
+    }
+
+
+def _export_charts(report: dict[str, Any], prefix: Path) -> None:
+    """``PREFIX-throughput.svg`` and ``PREFIX-latency.svg`` for the docs."""
+    from iotsim.html import line_chart  # noqa: PLC0415
+
+    rows = report["timeseries"]
+    ts = [float(r["t"]) for r in rows]
+    throughput = line_chart(
+        f"{prefix.name}: messages per second", ts,
+        [("published", [float(r["published"]) for r in rows]),
+         ("delivered", [float(r["delivered"]) for r in rows]),
+         ("connected/10", [r["connected"] / 10 for r in rows])], "seconds", "msg/s")
+    latency = line_chart(
+        f"{prefix.name}: end-to-end latency per second", ts,
+        [("p50", [r["p50_ms"] for r in rows]), ("p99", [r["p99_ms"] for r in rows]),
+         ("max", [r["max_ms"] for r in rows])], "seconds", "ms")
+    Path(f"{prefix}-throughput.svg").write_text(throughput + "\n")
+    Path(f"{prefix}-latency.svg").write_text(latency + "\n")
+
+
+def main() -> int:
+    """Command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--devices", type=int, default=10_000)
+    p.add_argument("--interval", default="5s", help="publish interval per device")
+    p.add_argument("--qos", type=int, default=1)
+    p.add_argument("--mqtt", default="3.1.1", choices=("3.1.1", "5"))
+    p.add_argument("--duration", default="40s")
+    p.add_argument("--connect-rate", default="1000/s")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--source-addresses", type=int, default=4)
+    p.add_argument("--broker-nofile", type=int, default=20_000)
+    p.add_argument("--brokers", default="mosquitto,iotbroker")
+    p.add_argument("--out", default=str(ROOT / "docs" / "simulator-bench"))
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [bench_one(name, args, out) for name in args.brokers.split(",")]
+    (out / "summary.json").write_text(json.dumps({"args": vars(args), "results": rows},
+                                                 indent=2) + "\n")
+    cols = ["broker", "connected", "failed", "published", "delivered", "lost", "duplicated",
+            "published_per_s", "p50_ms", "p99_ms", "max_ms", "sim_cpu_percent", "sim_rss_mb",
+            "sim_kb_per_device", "broker_cpu_percent", "broker_peak_rss_mb", "ok"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(str(r[c]) for c in cols))
+        if r["errors"]:
+            print(f"  errors: {r['errors']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

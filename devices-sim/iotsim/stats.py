@@ -1,0 +1,291 @@
+"""What one simulator process measures; merged across worker processes.
+
+Publisher side: one :class:`StreamRec` per (source, QoS) stream: its topic, the last
+sequence number sent and the sequence numbers the broker has not acknowledged (yet).
+Subscriber side: one :class:`SubscriberRec` per accounting subscriber (monitors and
+dashboards): how many times each sequence number of each stream arrived. The final
+cross-check (:mod:`iotsim.accounting`) needs both, so both travel from the workers to
+the parent with :meth:`Stats.export` / :meth:`Stats.merge_export`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from iotsim.histogram import Histogram
+from iotsim.payloads import MAGIC_TELEMETRY, MAGIC_WILL, stream_key
+
+
+@dataclass(slots=True)
+class StreamRec:
+    """One (source, QoS) stream of accounted messages, publisher side."""
+
+    topic: str
+    qos: int
+    sent: int = 0
+    unconfirmed: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Second:
+    """Counters of one second of the run (for the time series and the live view)."""
+
+    published: int = 0
+    delivered: int = 0
+    acked: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    errors: int = 0
+    connected: int = 0
+    latency: Histogram = field(default_factory=Histogram)
+
+    def merge(self, other: Second) -> None:
+        """Add another worker's second (``connected`` is a gauge: summed over workers)."""
+        self.published += other.published
+        self.delivered += other.delivered
+        self.acked += other.acked
+        self.connects += other.connects
+        self.connect_failures += other.connect_failures
+        self.disconnects += other.disconnects
+        self.errors += other.errors
+        self.connected += other.connected
+        self.latency.merge(other.latency)
+
+
+class SubscriberRec:
+    """One accounting subscriber: which (stream, seq) arrived how often, wills, latency."""
+
+    __slots__ = ("faulted", "filters", "foreign", "last", "name", "ooo", "qos", "received",
+                 "run", "seen", "wills")
+
+    def __init__(self, name: str, filters: tuple[str, ...], qos: int, run: int) -> None:
+        self.name = name
+        self.filters = filters
+        self.qos = qos
+        self.run = run
+        self.faulted = False
+        self.seen: dict[int, bytearray] = {}
+        self.last: dict[int, int] = {}
+        self.ooo: Counter[int] = Counter()
+        self.wills: Counter[int] = Counter()
+        self.foreign = 0
+        self.received = 0
+
+    def account(self, payload: bytes, header: tuple[bytes, int, int, int, int, int] | None,
+                now_ns: int) -> int:
+        """Count one delivered payload; its latency in µs for telemetry of this run, else -1."""
+        self.received += 1
+        if header is None or header[1] != self.run:
+            self.foreign += 1
+            return -1
+        magic, _run, source, qos, seq, ts = header
+        if magic == MAGIC_WILL:
+            self.wills[source] += 1
+            return -1
+        if magic != MAGIC_TELEMETRY:
+            self.foreign += 1
+            return -1
+        key = stream_key(source, qos)
+        arr = self.seen.get(key)
+        if arr is None:
+            arr = self.seen[key] = bytearray(max(64, seq + 1))
+        elif seq >= len(arr):
+            arr.extend(bytes(max(seq + 1, 2 * len(arr)) - len(arr)))
+        count = arr[seq]
+        if count == 0:
+            last = self.last.get(key, 0)
+            if seq < last:
+                self.ooo[key] += 1
+            else:
+                self.last[key] = seq
+        if count < 255:
+            arr[seq] = count + 1
+        return max(0, (now_ns - ts) // 1000)
+
+    def export(self) -> dict[str, Any]:
+        """A picklable form."""
+        return {"name": self.name, "filters": list(self.filters), "qos": self.qos,
+                "faulted": self.faulted, "seen": {k: bytes(v) for k, v in self.seen.items()},
+                "ooo": dict(self.ooo), "wills": dict(self.wills), "foreign": self.foreign,
+                "received": self.received}
+
+    @classmethod
+    def from_export(cls, data: dict[str, Any], run: int) -> SubscriberRec:
+        """The inverse of :meth:`export`."""
+        rec = cls(data["name"], tuple(data["filters"]), data["qos"], run)
+        rec.faulted = data["faulted"]
+        rec.seen = {int(k): bytearray(v) for k, v in data["seen"].items()}
+        rec.ooo = Counter({int(k): v for k, v in data["ooo"].items()})
+        rec.wills = Counter({int(k): v for k, v in data["wills"].items()})
+        rec.foreign = data["foreign"]
+        rec.received = data["received"]
+        return rec
+
+
+_COUNTER_SECOND = {"connect_ok": "connects", "connect_failed": "connect_failures",
+                   "disconnects": "disconnects"}
+
+
+class Stats:
+    """Everything one process measures during a run."""
+
+    def __init__(self, run: int, t0: float) -> None:
+        self.run = run
+        self.t0 = t0  # time.monotonic() of the run's start (shared by all workers)
+        self.counters: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.connect_latency = Histogram()
+        self.ack_latency = Histogram()
+        self.latency = Histogram()
+        self.rr_latency = Histogram()
+        self.series: dict[int, Second] = {}
+        self.streams: dict[int, StreamRec] = {}
+        self.subscribers: list[SubscriberRec] = []
+        self.will_topics: dict[int, str] = {}
+        self.wills_expected: Counter[int] = Counter()
+        self.devices_target = 0
+        self.devices_connected_ever = 0
+        self.connected = 0
+        self.peak_connected = 0
+        self.stage = ""
+        self.published = 0
+        self.delivered = 0
+        self.cpu_seconds = 0.0
+        self.wall_seconds = 0.0
+        self.rss_bytes = 0
+        self.rss_baseline = 0
+        self.processes = 1
+
+    # -------------------------------------------------------------- hot path
+
+    def second(self) -> Second:
+        """The bucket of the current second."""
+        idx = int(time.monotonic() - self.t0)
+        sec = self.series.get(idx)
+        if sec is None:
+            sec = self.series[idx] = Second()
+        return sec
+
+    def on_published(self, key: int, topic: str, qos: int, seq: int) -> None:
+        """An accounted PUBLISH left for the broker."""
+        rec = self.streams.get(key)
+        if rec is None:
+            rec = self.streams[key] = StreamRec(topic, qos)
+        rec.sent = max(rec.sent, seq)
+        if qos:
+            rec.unconfirmed.add(seq)
+        self.published += 1
+        self.second().published += 1
+
+    def on_confirmed(self, key: int, seq: int, latency_us: int) -> None:
+        """The broker took ownership (PUBACK, or PUBREC for QoS 2)."""
+        rec = self.streams.get(key)
+        if rec is not None:
+            rec.unconfirmed.discard(seq)
+        self.ack_latency.record(latency_us)
+        self.second().acked += 1
+
+    def on_delivered(self, latency_us: int) -> None:
+        """A subscriber received an accounted message that took ``latency_us``."""
+        self.delivered += 1
+        sec = self.second()
+        sec.delivered += 1
+        self.latency.record(latency_us)
+        sec.latency.record(latency_us)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """A plain event counter."""
+        self.counters[name] += n
+        attr = _COUNTER_SECOND.get(name)
+        if attr is not None:
+            sec = self.second()
+            setattr(sec, attr, getattr(sec, attr) + n)
+
+    def error(self, name: str, n: int = 1) -> None:
+        """An error counter (shown live and in the report)."""
+        self.errors[name] += n
+        self.second().errors += n
+
+    def set_connected(self, delta: int) -> None:
+        """A connection came up (+1) or went down (-1)."""
+        self.connected += delta
+        self.peak_connected = max(self.peak_connected, self.connected)
+
+    def sample(self) -> None:
+        """Record the connected gauge into the current second (called every second)."""
+        self.second().connected = self.connected
+
+    # -------------------------------------------------------------- live snapshot
+
+    def snapshot(self) -> dict[str, Any]:
+        """A small summary for the live view (sent by workers every second)."""
+        idx = int(time.monotonic() - self.t0) - 1
+        last = self.series.get(idx, Second())
+        return {"connected": self.connected, "target": self.devices_target,
+                "ever": self.devices_connected_ever,
+                "failed": self.counters["connect_failed"], "published": self.published,
+                "delivered": self.delivered, "errors": sum(self.errors.values()),
+                "stage": self.stage, "last": {"published": last.published,
+                                              "delivered": last.delivered,
+                                              "latency": last.latency.to_dict()}}
+
+    # -------------------------------------------------------------- workers
+
+    def export(self) -> dict[str, Any]:
+        """Everything, in a picklable form."""
+        return {
+            "counters": dict(self.counters), "errors": dict(self.errors),
+            "connect_latency": self.connect_latency.to_dict(),
+            "ack_latency": self.ack_latency.to_dict(), "latency": self.latency.to_dict(),
+            "rr_latency": self.rr_latency.to_dict(),
+            "series": {i: {"published": s.published, "delivered": s.delivered,
+                           "acked": s.acked, "connects": s.connects,
+                           "connect_failures": s.connect_failures,
+                           "disconnects": s.disconnects, "errors": s.errors,
+                           "connected": s.connected, "latency": s.latency.to_dict()}
+                       for i, s in self.series.items()},
+            "streams": {k: (s.topic, s.qos, s.sent, sorted(s.unconfirmed))
+                        for k, s in self.streams.items()},
+            "subscribers": [s.export() for s in self.subscribers],
+            "will_topics": dict(self.will_topics), "wills_expected": dict(self.wills_expected),
+            "devices_target": self.devices_target,
+            "devices_connected_ever": self.devices_connected_ever,
+            "peak_connected": self.peak_connected, "published": self.published,
+            "delivered": self.delivered, "cpu_seconds": self.cpu_seconds,
+            "wall_seconds": self.wall_seconds, "rss_bytes": self.rss_bytes,
+            "rss_baseline": self.rss_baseline,
+        }
+
+    def merge_export(self, data: dict[str, Any]) -> None:
+        """Add a worker's :meth:`export` into this (parent) object."""
+        self.counters.update(data["counters"])
+        self.errors.update(data["errors"])
+        self.connect_latency.merge(Histogram.from_dict(data["connect_latency"]))
+        self.ack_latency.merge(Histogram.from_dict(data["ack_latency"]))
+        self.latency.merge(Histogram.from_dict(data["latency"]))
+        self.rr_latency.merge(Histogram.from_dict(data["rr_latency"]))
+        for i, s in data["series"].items():
+            sec = Second(s["published"], s["delivered"], s["acked"], s["connects"],
+                         s["connect_failures"], s["disconnects"], s["errors"], s["connected"],
+                         Histogram.from_dict(s["latency"]))
+            mine = self.series.setdefault(int(i), Second())
+            mine.merge(sec)
+        for k, (topic, qos, sent, unconfirmed) in data["streams"].items():
+            self.streams[int(k)] = StreamRec(topic, qos, sent, set(unconfirmed))
+        self.subscribers.extend(SubscriberRec.from_export(s, self.run)
+                                for s in data["subscribers"])
+        self.will_topics.update({int(k): v for k, v in data["will_topics"].items()})
+        self.wills_expected.update({int(k): v for k, v in data["wills_expected"].items()})
+        self.devices_target += data["devices_target"]
+        self.devices_connected_ever += data["devices_connected_ever"]
+        self.peak_connected += data["peak_connected"]
+        self.published += data["published"]
+        self.delivered += data["delivered"]
+        self.cpu_seconds += data["cpu_seconds"]
+        self.wall_seconds = max(self.wall_seconds, data["wall_seconds"])
+        self.rss_bytes += data["rss_bytes"]
+        self.rss_baseline += data["rss_baseline"]
