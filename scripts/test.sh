@@ -96,6 +96,9 @@ log "ruff check iotbroker tests devices-sim benchmarks"
 log "mypy (strict, files from pyproject.toml)"
 "$VENV/bin/mypy" || failed+=(mypy)
 
+log "performance guard (codec and routing ratios against a reference loop)"
+"$VENV/bin/python" benchmarks/guard.py || failed+=("perf guard")
+
 log "pytest -q $*"
 "$VENV/bin/pytest" -q "$@"
 status=$?
