@@ -67,6 +67,11 @@ class ConnectionState(Enum):
     CLOSING = 4  # we decided to close; input is ignored
 
 
+_AWAIT_CONNECT = ConnectionState.AWAIT_CONNECT
+_CONNECTED = ConnectionState.CONNECTED
+_PUBLISH = PacketType.PUBLISH
+
+
 class Connection:
     """The protocol state of one client connection."""
 
@@ -141,8 +146,12 @@ class Connection:
 
     def _check(self, packet: Packet) -> None:
         ptype = packet.TYPE
+        if ptype is _PUBLISH and self.state is _CONNECTED:
+            assert isinstance(packet, Publish)
+            self._check_publish(packet)
+            return
         state = self.state
-        if state is ConnectionState.AWAIT_CONNECT:
+        if state is _AWAIT_CONNECT:
             if ptype is not PacketType.CONNECT:
                 raise ProtocolViolation(
                     f"first packet must be CONNECT, got {ptype.name}", spec_ref="MQTT-3.1.0-1"

@@ -32,6 +32,7 @@ class ClientProtocol(asyncio.Protocol):
     """One TCP (or TLS / WebSocket-adapted) client."""
 
     __slots__ = (
+        "_peer",
         "backlog",
         "broker",
         "cert_username",
@@ -45,7 +46,6 @@ class ClientProtocol(asyncio.Protocol):
         "packets_counted",
         "password_checked",
         "password_decision",
-        "peer",
         "publish_bucket",
         "published_this_turn",
         "reading_paused",
@@ -64,7 +64,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.BaseTransport | None = None
         self.session: Session | None = None
         self.client_id = ""
-        self.peer = "?"
+        self._peer: str | None = None
         self.clean_disconnect = False
         self.taken_over = False
         self.session_ended_by_takeover = False
@@ -93,13 +93,21 @@ class ClientProtocol(asyncio.Protocol):
         )
         self.conn.on_output = self._output_pending
 
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the client (formatted on first use: logging only)."""
+        if self._peer is None:
+            info = self.transport.get_extra_info("peername") if self.transport else None
+            if isinstance(info, tuple) and len(info) >= 2:
+                self._peer = f"{info[0]}:{info[1]}"
+            else:
+                self._peer = str(info) if info else "?"
+        return self._peer
+
     # ----------------------------------------------------------- asyncio API
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"{peer[0]}:{peer[1]}"
         if not self.broker.connection_made(self):
             self.conn.close()
             transport.abort()  # type: ignore[attr-defined]
@@ -237,9 +245,15 @@ class ClientProtocol(asyncio.Protocol):
         self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def start_keepalive(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """Arm the keepalive timer. The CONNECT-timeout timer, if it is still armed and
+        fires first, is reused: on firing it finds the connection accepted and moves
+        on to the keepalive deadline (one timer per connection, not two)."""
         deadline = self.conn.keepalive_deadline()
+        timer = self.timer
+        if timer is not None:
+            if deadline is not None and timer.when() <= deadline:
+                return
+            timer.cancel()
+            self.timer = None
         if deadline is not None:
             self.timer = self.loop.call_at(deadline, self._on_timer)
