@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -63,6 +64,9 @@ from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import ChangeBatch, Store
 
 log = logging.getLogger("iotbroker.broker")
+
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_GEN0_THRESHOLD = 20_000
 
 # MQTT 3.1.1 CONNACK return codes (§3.2.2.3) for the v5 reason codes we refuse with.
 _V3_CONNACK = {
@@ -926,6 +930,13 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
             log.error("%s", exc)
             store.close()
             return 1
+        # The restored state (sessions, tries, retained messages) lives as long as the
+        # process: keep it out of the cyclic GC's scans, and collect the young
+        # generation less often (message objects are not cyclic). Fewer, shorter
+        # pauses on the delivery path.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         log.info("iotbroker %s running (storage: %s)", __version__, config.storage.backend)
         await stop_event.wait()
         await broker.stop()
