@@ -161,6 +161,7 @@ class MqttConfig:
     max_topic_length: int = _opt(65535, lo=1, hi=65535)
     max_client_id_length: int = _opt(65535, lo=23, hi=65535)
     max_subscriptions_per_client: int = _opt(0, lo=0)
+    max_retained_messages: int = _opt(0, lo=0)
     allow_zero_length_client_id: bool = True
     response_information_prefix: str | None = None
     server_reference: str | None = None
@@ -274,6 +275,7 @@ mqtt:
   max_topic_length: 65535
   max_client_id_length: 65535
   max_subscriptions_per_client: 0  # 0 = unlimited
+  max_retained_messages: 0         # 0 = unlimited
   allow_zero_length_client_id: true
   response_information_prefix: null
   server_reference: null

@@ -31,6 +31,7 @@ class Metrics:
     messages_dropped_too_large: int = 0
     slow_consumers_disconnected: int = 0
     limit_hits: int = 0
+    retained_dropped: int = 0
     messages_expired: int = 0
     malformed_packets: int = 0
     protocol_errors: int = 0

@@ -56,6 +56,7 @@ class Router:
         *,
         shared_strategy: str = "round-robin",
         may_receive: ReceiveCheck | None = None,
+        max_retained: int = 0,
     ) -> None:
         self.registry = registry
         self.trie = trie
@@ -64,6 +65,10 @@ class Router:
         self.metrics = metrics
         self.shared_strategy = shared_strategy
         self.may_receive = may_receive
+        #: Retained messages kept at most (0 = no limit).
+        self.max_retained = max_retained
+        #: Set when the last publish() could not retain its message (limit reached).
+        self.retained_refused = False
         self._group_cursor: dict[tuple[str, str], int] = {}
         self._group_sticky: dict[tuple[str, str], str] = {}
 
@@ -71,6 +76,7 @@ class Router:
     def publish(self, message: Message, now: float) -> int:
         """Route one accepted message; returns how many sessions it was given to
         (MQTT 5.0 uses 0 for the PUBACK reason 0x10 No Matching Subscribers)."""
+        self.retained_refused = False
         if message.retain:
             self._store_retained(message)
         if message.expired(now):
@@ -121,6 +127,11 @@ class Router:
 
     def _store_retained(self, message: Message) -> None:
         if message.payload:
+            limit = self.max_retained
+            if limit and len(self.retained) >= limit and message.topic not in self.retained:
+                self.metrics.retained_dropped += 1
+                self.retained_refused = True
+                return
             self.retained.set(message)
             self.batch.put_retained(message)
         elif self.retained.delete(message.topic):

@@ -111,6 +111,7 @@ class Broker:
             self.metrics,
             shared_strategy=mqtt.shared_subscription_strategy,
             may_receive=self.auth.receive_check(),
+            max_retained=mqtt.max_retained_messages,
         )
         self._handlers = self._build_handlers()
         self.clients: dict[str, ClientProtocol] = {}
@@ -725,7 +726,11 @@ class Broker:
         proto.published_this_turn = True
         matched = self.router.publish(message, now)
         if qos:
-            self._ack(proto, packet, 0x10 if v5 and not matched else 0)
+            if self.router.retained_refused:
+                code = 0x97  # quota exceeded: mqtt.max_retained_messages
+            else:
+                code = 0x10 if v5 and not matched else 0
+            self._ack(proto, packet, code)
         bucket = proto.publish_bucket
         if bucket is not None:
             wait = bucket.take(self.loop.time())

@@ -98,3 +98,30 @@ def test_server_reference_redirects(make_broker: Callable[..., BrokerProcess]) -
     v5.expect_closed()
     v3 = RawClient(broker.host, broker.port, version=4)
     assert v3.connect("moved-v3").reason_code == 0x03
+
+
+def test_max_retained_messages_caps_distinct_topics(
+    make_broker: Callable[..., BrokerProcess],
+) -> None:
+    """mqtt.max_retained_messages: at the limit a new retained topic is delivered live
+    but not retained (v5 PUBACK 0x97); replacing an existing one still works."""
+    broker = make_broker(broker_config(extra="mqtt:\n  max_retained_messages: 3\n"))
+    live = RawClient(broker.host, broker.port, version=5)
+    live.connect("retained-live")
+    live.subscribe("cap/#", 1)
+    pub = RawClient(broker.host, broker.port, version=5)
+    pub.connect("retained-pub")
+    codes = [pub.publish(f"cap/{i}", f"v{i}".encode(), 1, retain=True).reason_code  # type: ignore[union-attr]
+             for i in range(4)]
+    assert codes == [0, 0, 0, 0x97]
+    assert sorted(live.receive_publish().payload for _ in range(4)) == [b"v0", b"v1", b"v2", b"v3"]
+    assert pub.publish("cap/0", b"replaced", 1, retain=True).reason_code == 0  # type: ignore[union-attr]
+    live.receive_publish()
+    late = RawClient(broker.host, broker.port, version=5)
+    late.connect("retained-late")
+    late.subscribe("cap/#", 1)
+    got = sorted(late.receive_publish().payload for _ in range(3))
+    assert got == [b"replaced", b"v1", b"v2"]
+    late.nothing(0.3)
+    for c in (live, pub, late):
+        c.close()
