@@ -54,6 +54,8 @@ class _NoIds(frozenset[int]):
 
 _NO_QUEUE: deque[Any] = _Unused()
 _NO_RESEND: deque[Any] = _Unused()
+_NO_OFFLOADED: deque[Any] = _Unused()
+_SIZE_MASK = 0xFFFFFFFF
 _NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
 
 
@@ -72,6 +74,13 @@ class Outlet(Protocol):
         ...
 
     def send_packet(self, packet: Packet) -> None: ...
+
+
+class Pager(Protocol):
+    """Reads a session's queued messages back from the store (storage/ implements it
+    through the server, which commits pending changes first)."""
+
+    def load_queued(self, client_id: str) -> list[QueuedRecord]: ...
 
 
 @dataclass(slots=True)
@@ -100,6 +109,7 @@ class Session:
         "_batch",
         "_next_packet_id",
         "_next_seq",
+        "_offloaded",
         "_queued_bytes",
         "_resend",
         "client_id",
@@ -110,6 +120,7 @@ class Session:
         "limits",
         "metrics",
         "outlet",
+        "pager",
         "protocol_version",
         "queue",
         "receive_maximum",
@@ -149,6 +160,11 @@ class Session:
         self._queued_bytes = 0
         #: In-flight packet ids of a resumed session still to be re-sent, in order.
         self._resend: deque[int] = _NO_RESEND
+        #: Queued messages that live only in the store while the session is offline:
+        #: ``seq << 32 | size`` each, oldest first (issue 7: an index, not the bodies).
+        self._offloaded: deque[int] = _NO_OFFLOADED
+        #: Where offloaded messages are read back from; None keeps them in memory.
+        self.pager: Pager | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -256,22 +272,40 @@ class Session:
                 OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
             )
 
+    @property
+    def queued_count(self) -> int:
+        """Messages waiting (in memory or offloaded to the store)."""
+        return len(self.queue) + len(self._offloaded)
+
     def _enqueue(self, delivery: Delivery) -> None:
         limits = self.limits
         size = len(delivery.message.payload)
-        while len(self.queue) >= limits.max_queued_messages or (
+        offload = self.outlet is None and self.pager is not None and self.persistent
+        while self.queued_count >= limits.max_queued_messages or (
             limits.max_queued_bytes and self._queued_bytes + size > limits.max_queued_bytes
         ):
-            if not limits.drop_oldest or not self.queue:
+            if not limits.drop_oldest or not self.queued_count:
                 self.metrics.messages_dropped_queue_full += 1
                 return
-            old_seq, old = self.queue.popleft()
-            self._queued_bytes -= len(old.message.payload)
+            if self._offloaded:
+                packed = self._offloaded.popleft()
+                old_seq = packed >> 32
+                self._queued_bytes -= packed & _SIZE_MASK
+            else:
+                old_seq, old = self.queue.popleft()
+                self._queued_bytes -= len(old.message.payload)
             self.metrics.messages_dropped_queue_full += 1
             if self.persistent:
                 self._batch.delete_queued(self.client_id, old_seq)
         seq = self._next_seq
         self._next_seq = seq + 1
+        if offload:
+            if self._offloaded is _NO_OFFLOADED:
+                self._offloaded = deque()
+            self._offloaded.append(seq << 32 | min(size, _SIZE_MASK))
+            self._queued_bytes += size
+            self._batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
+            return
         if self.queue is _NO_QUEUE:
             self.queue = deque()
         self.queue.append((seq, delivery))
@@ -402,6 +436,45 @@ class Session:
         self.queue = kept
         return moved
 
+    # ---------------------------------------------------------------- paging
+    def offload(self) -> None:
+        """Drop the bodies of queued messages from memory (they are in the store),
+        keeping ``seq`` and size: an offline session costs an index, not its queue."""
+        if self.pager is None or not self.persistent or not self.queue:
+            return
+        if self._offloaded is _NO_OFFLOADED:
+            self._offloaded = deque()
+        for seq, delivery in self.queue:
+            self._offloaded.append(seq << 32 | min(len(delivery.message.payload), _SIZE_MASK))
+        self.queue = _NO_QUEUE
+
+    def restore_offloaded(self, index: list[tuple[int, int]]) -> None:
+        """Queued messages known by ``(seq, size)`` only (restore at start-up)."""
+        if not index:
+            return
+        if self._offloaded is _NO_OFFLOADED:
+            self._offloaded = deque()
+        for seq, size in index:
+            self._offloaded.append(seq << 32 | min(size, _SIZE_MASK))
+            self._queued_bytes += size
+            self._next_seq = max(self._next_seq, seq + 1)
+
+    def _page_in(self) -> None:
+        """Read offloaded messages back (the session is coming online)."""
+        offloaded = self._offloaded
+        if not offloaded or self.pager is None:
+            return
+        wanted = {packed >> 32 for packed in offloaded}
+        records = self.pager.load_queued(self.client_id)
+        queue: deque[tuple[int, Delivery]] = deque()
+        for rec in records:
+            if rec.seq in wanted:
+                queue.append((rec.seq, rec.delivery))
+        queue.extend(self.queue)  # none expected: a session offline has no in-memory queue
+        self.queue = queue
+        self._offloaded = _NO_OFFLOADED
+        self._queued_bytes = sum(len(d.message.payload) for _, d in queue)
+
     # ----------------------------------------------------- connect/disconnect
     def attach(self, outlet: Outlet, receive_maximum: int, now: float) -> None:
         """Connect the session to a network connection and resend what is in flight,
@@ -411,6 +484,7 @@ class Session:
         self.outlet = outlet
         self.receive_maximum = receive_maximum
         self.disconnected_at = None
+        self._page_in()
         if self.inflight:
             self._resend = deque(
                 pid for pid, _ in sorted(self.inflight.items(), key=lambda item: item[1].seq)
@@ -438,6 +512,7 @@ class Session:
     def detach(self, now: float) -> None:
         self.outlet = None
         self._resend = _NO_RESEND
+        self.offload()
         self.disconnected_at = now
 
     def clear_state(self) -> None:
@@ -445,6 +520,7 @@ class Session:
         self.subscriptions.clear()
         self.inflight.clear()
         self.queue = _NO_QUEUE
+        self._offloaded = _NO_OFFLOADED
         self.inbound_qos2 = _NO_IDS
         self._queued_bytes = 0
         self._next_packet_id = 1

@@ -16,7 +16,7 @@ import logging
 
 from iotbroker.codec.packets import NO_PROPERTIES, Will
 from iotbroker.core.message import NEVER_EXPIRES, Delivery, Message
-from iotbroker.core.session import InflightEntry, Session, SessionLimits
+from iotbroker.core.session import InflightEntry, Pager, Session, SessionLimits
 from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
 from iotbroker.core.topics import parse_shared
 from iotbroker.metrics import Metrics
@@ -47,6 +47,8 @@ class SessionRegistry:
         # for pending delayed wills; stale entries are skipped when popped.
         self._timers: list[tuple[float, str]] = []
         self.pending_wills: dict[str, tuple[float, Will]] = {}
+        #: Given to every session: reads offloaded queued messages back.
+        self.pager: Pager | None = None
 
     def get(self, client_id: str) -> Session | None:
         return self.sessions.get(client_id)
@@ -86,6 +88,7 @@ class SessionRegistry:
         session = Session(
             client_id, protocol_version, expiry_interval, self.batch, self.limits, self.metrics
         )
+        session.pager = self.pager
         self.sessions[client_id] = session
         if session.persistent:
             self.batch.put_session(self.record(session))
@@ -184,6 +187,7 @@ class SessionRegistry:
                 self.metrics,
             )
             session.username = rec.username
+            session.pager = self.pager
             # A session that was connected when the broker stopped was disconnected then.
             session.disconnected_at = rec.disconnected_at if rec.disconnected_at else now
             session.restore_counters(rec.next_packet_id, rec.next_seq)
@@ -210,6 +214,7 @@ class SessionRegistry:
                 )
             for q in snapshot.queued.get(client_id, ()):
                 session.restore_queued(q.seq, q.delivery)
+            session.restore_offloaded(snapshot.queued_index.get(client_id, []))
             held = snapshot.inbound_qos2.get(client_id)
             if held:
                 session.inbound_qos2 = set(held)
@@ -226,7 +231,7 @@ class SessionRegistry:
                 )
 
     def deliveries_pending(self) -> int:
-        return sum(len(s.queue) + len(s.inflight) for s in self.sessions.values())
+        return sum(s.queued_count + len(s.inflight) for s in self.sessions.values())
 
 
 __all__ = ["Delivery", "SessionRegistry"]

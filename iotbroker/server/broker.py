@@ -61,7 +61,7 @@ from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
-from iotbroker.storage.base import ChangeBatch, Store
+from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -101,6 +101,7 @@ class Broker:
             drop_oldest=mqtt.queue_overflow == "drop-oldest",
         )
         self.registry = SessionRegistry(self.trie, self.batch, limits, self.metrics)
+        self.registry.pager = self
         self.auth = AuthService(config.auth)
         self.enhanced_auth = EnhancedAuth(self.auth, self.metrics)
         self.router = Router(
@@ -144,7 +145,9 @@ class Broker:
     # ------------------------------------------------------------- lifecycle
     def restore(self) -> None:
         started = time.perf_counter()
-        snapshot = self.store.load()
+        # Queued messages stay on disk (an index in memory) until their session
+        # comes back: offline sessions cost bounded memory (issue 7).
+        snapshot = self.store.load(queued_bodies=False)
         now = self.now()
         for message in snapshot.retained:
             if message.expired(now):
@@ -222,6 +225,16 @@ class Broker:
         log.info("configuration reloaded from %s: applied %s", new.source, ", ".join(applied))
         if pending:
             log.warning("changed settings that need a restart: %s", ", ".join(pending))
+
+    def load_queued(self, client_id: str) -> list[QueuedRecord]:
+        """The :class:`~iotbroker.core.session.Pager` of every session: commit what
+        this turn changed, then read the session's queued messages from the store."""
+        if self.batch:
+            self.store.apply(self.batch)
+            self.metrics.storage_batches += 1
+            self.metrics.storage_changes += len(self.batch)
+            self.batch.clear()
+        return self.store.load_queued(client_id)
 
     # ------------------------------------------------------------ the flush
     def output_pending(self, proto: ClientProtocol) -> None:

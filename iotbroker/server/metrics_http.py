@@ -175,7 +175,7 @@ class BrokerCollector:
         sessions = broker.registry.sessions.values()
         queued = inflight = 0
         for session in sessions:
-            queued += len(session.queue)
+            queued += session.queued_count
             inflight += len(session.inflight)
         yield GaugeMetricFamily(_PREFIX + "sessions",
                                 "Sessions (connected and persistent disconnected).",

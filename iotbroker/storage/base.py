@@ -173,6 +173,10 @@ class StoreSnapshot:
     * ``inbound_qos2``: per client id, the packet ids of QoS 2 PUBLISHes received and
       not yet released by PUBREL.
     * ``retained``: in topic order.
+    * ``queued_index``: filled instead of ``queued`` by ``load(queued_bodies=False)``:
+      per client id, ``(seq, stored size in bytes)`` in ``seq`` order, so that offline
+      sessions keep only an index in memory; :meth:`Store.load_queued` reads one
+      session's messages when it comes back.
     """
 
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
@@ -181,6 +185,7 @@ class StoreSnapshot:
     queued: dict[str, list[QueuedRecord]] = field(default_factory=dict)
     inbound_qos2: dict[str, set[int]] = field(default_factory=dict)
     retained: list[Message] = field(default_factory=list)
+    queued_index: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 class Op(IntEnum):
@@ -344,8 +349,13 @@ class Store(Protocol):
         """
         ...
 
-    def load(self) -> StoreSnapshot:
-        """Read everything back, for restore at start-up."""
+    def load(self, queued_bodies: bool = True) -> StoreSnapshot:
+        """Read everything back, for restore at start-up. With ``queued_bodies=False``
+        queued messages are not decoded: ``queued_index`` lists them instead."""
+        ...
+
+    def load_queued(self, client_id: str) -> list[QueuedRecord]:
+        """One session's queued messages, in ``seq`` order."""
         ...
 
     def stats(self) -> dict[str, int]:

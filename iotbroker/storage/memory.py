@@ -89,8 +89,21 @@ class MemoryStore:
             elif op == Op.DELETE_RETAINED:
                 self._retained.pop(a, None)
 
-    def load(self) -> StoreSnapshot:
+    def load_queued(self, client_id: str) -> list[QueuedRecord]:
         self._check_open()
+        recs = self._queued.get(client_id, {})
+        return [recs[s] for s in sorted(recs)]
+
+    def load(self, queued_bodies: bool = True) -> StoreSnapshot:
+        self._check_open()
+        if not queued_bodies:
+            snap = self.load()
+            snap.queued_index = {
+                cid: [(r.seq, len(r.delivery.message.payload)) for r in recs]
+                for cid, recs in snap.queued.items()
+            }
+            snap.queued = {}
+            return snap
         return StoreSnapshot(
             sessions={k: self._sessions[k] for k in sorted(self._sessions)},
             subscriptions={

@@ -784,10 +784,40 @@ class RocksDBStore:
 
     # ----------------------------------------------------------------- load
 
-    def load(self) -> StoreSnapshot:
+    def load_queued(self, client_id: str) -> list[QueuedRecord]:
+        """One session's queued messages (a prefix scan), in ``seq`` order."""
+        self._require()
+        prefix = _prefix(client_id)
+        dec = _Decoder()
+        out: list[QueuedRecord] = []
+        opts = ReadOptions()
+        opts.set_verify_checksums(True)
+        try:
+            it = self._families["queued"].iter(opts)
+            it.seek(prefix)
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                value = it.value()
+                _version(value)
+                out.append(QueuedRecord(client_id, _U64.unpack(key[len(prefix):])[0],
+                                        dec.delivery(value, 1)))
+                it.next()
+            it.status()
+        except _CorruptError as exc:
+            raise self._corrupt_error(f"queued records of {client_id!r}: {exc}") from None
+        except (struct.error, UnicodeError, ValueError, IndexError, TypeError) as exc:
+            raise self._corrupt_error(f"queued records of {client_id!r}: {exc}") from None
+        except Exception as exc:
+            _release(exc)
+            raise self._error(_classify(exc), exc, "read") from None
+        return out
+
+    def load(self, queued_bodies: bool = True) -> StoreSnapshot:
         self._require()
         try:
-            return self._load()
+            return self._load(queued_bodies)
         except _CorruptError as exc:
             _release(exc)
             reason = str(exc)
@@ -819,7 +849,7 @@ class RocksDBStore:
                 raise _CorruptError(f"{family}: {exc}") from None
             raise self._error(kind, exc, "read") from None
 
-    def _load(self) -> StoreSnapshot:
+    def _load(self, queued_bodies: bool = True) -> StoreSnapshot:
         snap = StoreSnapshot()
         dec = _Decoder()
         family = ""
@@ -864,7 +894,13 @@ class RocksDBStore:
 
             family = "queued"
             queued = snap.queued
-            for key, value in self._scan(family):
+            if not queued_bodies:
+                index = snap.queued_index
+                for key, value in self._scan(family):
+                    cid, rest = _split(key, 8)
+                    _version(value)
+                    index.setdefault(cid, []).append((_U64.unpack(rest)[0], len(value)))
+            for key, value in self._scan(family) if queued_bodies else ():
                 cid, rest = _split(key, 8)
                 _version(value)
                 q = QueuedRecord(cid, _U64.unpack(rest)[0], dec.delivery(value, 1))

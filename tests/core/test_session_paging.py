@@ -1,0 +1,94 @@
+"""Offline persistent sessions keep an index of their queue, not the messages
+(issue 7: bounded memory); the messages come back from the store on reconnect."""
+
+from __future__ import annotations
+
+from iotbroker.codec.packets import Packet, Properties
+from iotbroker.core.message import Delivery, Message
+from iotbroker.core.session import Session, SessionLimits
+from iotbroker.metrics import Metrics
+from iotbroker.storage.base import ChangeBatch
+from iotbroker.storage.memory import MemoryStore
+
+
+class Pager:
+    """Commits the batch, then reads from the store (what the server does)."""
+
+    def __init__(self, store: MemoryStore, batch: ChangeBatch) -> None:
+        self.store, self.batch, self.reads = store, batch, 0
+
+    def load_queued(self, client_id: str):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        self.store.apply(self.batch)
+        self.batch.clear()
+        return self.store.load_queued(client_id)
+
+
+class Outlet:
+    writable = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, int | None, bool]] = []
+
+    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool,
+                     now: float) -> bool:
+        self.sent.append((delivery.message.payload, packet_id, dup))
+        return True
+
+    def send_packet(self, packet: Packet) -> None:
+        pass
+
+
+def _message(i: int) -> Message:
+    return Message(f"t/{i}", f"m{i}".encode(), 1, False, Properties(), 0.0)
+
+
+def _session(limits: SessionLimits | None = None) -> tuple[Session, Pager]:
+    store, batch = MemoryStore(), ChangeBatch()
+    session = Session("dev-1", 4, 3600, batch, limits or SessionLimits(), Metrics())
+    pager = Pager(store, batch)
+    session.pager = pager
+    return session, pager
+
+
+def test_offline_queue_holds_no_messages_in_memory_and_pages_back_in_order() -> None:
+    session, pager = _session()
+    session.detach(0.0)
+    for i in range(50):
+        session.deliver(Delivery(_message(i), 1), 0.0)
+    assert len(session.queue) == 0
+    assert session.queued_count == 50
+    outlet = Outlet()
+    session.attach(outlet, receive_maximum=100, now=0.0)
+    assert pager.reads == 1
+    assert [p for p, _, _ in outlet.sent] == [f"m{i}".encode() for i in range(50)]
+    assert session.queued_count == 0
+
+
+def test_messages_queued_while_online_are_offloaded_at_disconnect() -> None:
+    session, _ = _session()
+    outlet = Outlet()
+    session.attach(outlet, receive_maximum=2, now=0.0)
+    for i in range(10):
+        session.deliver(Delivery(_message(i), 1), 0.0)
+    assert len(session.inflight) == 2 and len(session.queue) == 8
+    session.detach(0.0)
+    assert len(session.queue) == 0 and session.queued_count == 8
+    again = Outlet()
+    session.attach(again, receive_maximum=100, now=0.0)
+    # the two in flight are re-sent first (DUP), then the eight queued, in order
+    assert [(p, d) for p, _, d in again.sent] == (
+        [(b"m0", True), (b"m1", True)] + [(f"m{i}".encode(), False) for i in range(2, 10)]
+    )
+
+
+def test_offloaded_queue_limit_drops_oldest_from_the_store() -> None:
+    session, _ = _session(SessionLimits(max_queued_messages=5, drop_oldest=True))
+    session.detach(0.0)
+    for i in range(8):
+        session.deliver(Delivery(_message(i), 1), 0.0)
+    assert session.queued_count == 5
+    assert session.metrics.messages_dropped_queue_full == 3
+    outlet = Outlet()
+    session.attach(outlet, receive_maximum=100, now=0.0)
+    assert [p for p, _, _ in outlet.sent] == [f"m{i}".encode() for i in range(3, 8)]
