@@ -160,8 +160,11 @@ class Broker:
         log.info(
             "restored %d sessions, %d subscriptions, %d queued/in-flight messages, "
             "%d retained messages in %.3fs",
-            len(self.registry), len(self.trie), self.registry.deliveries_pending(),
-            len(self.retained), time.perf_counter() - started,
+            len(self.registry),
+            len(self.trie),
+            self.registry.deliveries_pending(),
+            len(self.retained),
+            time.perf_counter() - started,
         )
 
     async def start(self) -> None:
@@ -217,8 +220,8 @@ class Broker:
         setup_logging(new.logging)
         applied = ["auth (password file, ACL)", "logging"]
         pending = [
-            name for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits",
-                              "loop")
+            name
+            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits", "loop")
             if getattr(new, name) != getattr(self.config, name)
         ]
         self.config = replace(self.config, auth=new.auth, logging=new.logging)
@@ -262,8 +265,9 @@ class Broker:
                 self.metrics.storage_batches += 1
                 self.metrics.storage_changes += len(batch)
             except StorageError as exc:
-                log.error("storage write failed, closing %d connections without acks: %s",
-                          len(dirty), exc)
+                log.error(
+                    "storage write failed, closing %d connections without acks: %s", len(dirty), exc
+                )
                 batch.clear()
                 for proto in dirty:
                     proto.conn.data_to_send()
@@ -317,8 +321,13 @@ class Broker:
         if proto not in self._throttled:
             return
         self.metrics.slow_consumers_disconnected += 1
-        log.warning("client %r (%s) did not read for %ss: disconnecting a stuck consumer",
-                    proto.client_id, proto.peer, self.config.limits.drain_timeout)
+        log.warning(
+            "client %r (%s) did not read for %ss: disconnecting a stuck consumer",
+            proto.client_id,
+            proto.peer,
+            self.config.limits.drain_timeout,
+            extra=proto.log_extra(),
+        )
         proto.abort()
 
     # ---------------------------------------------------------- connections
@@ -331,16 +340,20 @@ class Broker:
         else:
             listener = self._listener_configs.get(proto.listener)
             count = self._per_listener.get(proto.listener, 0)
-            if listener is not None and listener.max_connections and \
-                    count >= listener.max_connections:
+            if (
+                listener is not None
+                and listener.max_connections
+                and count >= listener.max_connections
+            ):
                 why = f"listener {proto.listener!r} max_connections reached"
-            elif self._connect_bucket is not None and \
-                    not self._connect_bucket.try_take(self.loop.time()):
+            elif self._connect_bucket is not None and not self._connect_bucket.try_take(
+                self.loop.time()
+            ):
                 why = f"limits.connect_rate ({limits.connect_rate}/s) exceeded"
         if why is not None:
             self.metrics.connections_rejected += 1
             self.metrics.limit_hits += 1
-            log.warning("refusing connection from %s: %s", proto.peer, why)
+            log.warning("refusing connection from %s: %s", proto.peer, why, extra=proto.log_extra())
             return False
         self.connections.add(proto)
         self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
@@ -369,7 +382,12 @@ class Broker:
             # This connection's will goes out now unless it has a Will Delay and the new
             # connection resumed the session (that cancels it [MQTT-3.1.3-9]); a Clean
             # Start ended the session, which sends a delayed will at once (§3.1.3.2.2).
-            log.info("client %r (%s) closed after takeover", proto.client_id, proto.peer)
+            log.info(
+                "client %r (%s) closed after takeover",
+                proto.client_id,
+                proto.peer,
+                extra=proto.log_extra(),
+            )
             if will is not None and (
                 not will.properties.will_delay_interval or proto.session_ended_by_takeover
             ):
@@ -378,8 +396,13 @@ class Broker:
         if self.clients.get(proto.client_id) is proto:
             del self.clients[proto.client_id]
         if not proto.clean_disconnect:
-            log.info("client %r (%s) connection lost%s", proto.client_id, proto.peer,
-                     f": {exc}" if exc else "")
+            log.info(
+                "client %r (%s) connection lost%s",
+                proto.client_id,
+                proto.peer,
+                f": {exc}" if exc else "",
+                extra=proto.log_extra(),
+            )
         self.router.redistribute(session, now)
         due = self.registry.close(session, now, will)
         if due is not None:
@@ -393,7 +416,9 @@ class Broker:
             self.metrics.malformed_packets += 1
         else:
             self.metrics.protocol_errors += 1
-        log.warning("closing %s (%r): %s", proto.peer, proto.client_id or "-", exc)
+        log.warning(
+            "closing %s (%r): %s", proto.peer, proto.client_id or "-", exc, extra=proto.log_extra()
+        )
         conn = proto.conn
         if conn.connected:
             if conn.protocol_version == 5:
@@ -414,8 +439,13 @@ class Broker:
     def keepalive_expired(self, proto: ClientProtocol) -> None:
         """No packet for 1.5 × Keep Alive [MQTT-3.1.2-24]: close; the will goes out."""
         self.metrics.keepalive_timeouts += 1
-        log.info("client %r (%s) keepalive timeout (%ss)", proto.client_id, proto.peer,
-                 proto.conn.keepalive)
+        log.info(
+            "client %r (%s) keepalive timeout (%ss)",
+            proto.client_id,
+            proto.peer,
+            proto.conn.keepalive,
+            extra=proto.log_extra(),
+        )
         if proto.conn.protocol_version == 5:
             proto.conn.send_packet(Disconnect(0x8D))
         proto.close()
@@ -480,7 +510,13 @@ class Broker:
     def _refuse(self, proto: ClientProtocol, packet: Connect, reason: int, why: str) -> None:
         """Refuse a CONNECT with a CONNACK code, then close [MQTT-3.2.2-5] (v5 -7)."""
         self.metrics.connections_rejected += 1
-        log.info("refused CONNECT from %s (client id %r): %s", proto.peer, packet.client_id, why)
+        log.info(
+            "refused CONNECT from %s (client id %r): %s",
+            proto.peer,
+            packet.client_id,
+            why,
+            extra=proto.log_extra(),
+        )
         conn = proto.conn
         if packet.protocol_version == 5:
             conn.send_packet(ConnAck(False, reason))
@@ -509,8 +545,13 @@ class Broker:
         if cfg.server_reference:
             # This server has moved: MQTT 5.0 CONNACK 0x9D with Server Reference (§4.11).
             self.metrics.connections_rejected += 1
-            log.info("redirecting %s (client id %r) to %s", proto.peer, packet.client_id,
-                     cfg.server_reference)
+            log.info(
+                "redirecting %s (client id %r) to %s",
+                proto.peer,
+                packet.client_id,
+                cfg.server_reference,
+                extra=proto.log_extra(),
+            )
             if v5:
                 conn.send_packet(
                     ConnAck(False, 0x9D, Properties(server_reference=cfg.server_reference))
@@ -551,9 +592,7 @@ class Broker:
             try:
                 validate_topic_name(will.topic, packet.protocol_version)
                 response_topic = will.properties.response_topic
-                if response_topic is not None and (
-                    "+" in response_topic or "#" in response_topic
-                ):
+                if response_topic is not None and ("+" in response_topic or "#" in response_topic):
                     raise ProtocolViolation(
                         "will Response Topic contains a wildcard", spec_ref="MQTT-3.3.2-14"
                     )
@@ -565,8 +604,13 @@ class Broker:
         old = self.clients.pop(client_id, None)
         if old is not None and old is not proto:
             self.metrics.session_takeovers += 1
-            log.info("client %r taken over: new connection from %s closes %s",
-                     client_id, proto.peer, old.peer)
+            log.info(
+                "client %r taken over: new connection from %s closes %s",
+                client_id,
+                proto.peer,
+                old.peer,
+                extra=old.log_extra(),
+            )
             old.taken_over = True
             old.session_ended_by_takeover = packet.clean_start
             old_session = old.session
@@ -587,8 +631,13 @@ class Broker:
         session, present = self.registry.open(
             client_id, packet.clean_start, granted_expiry, packet.protocol_version, now
         )
-        session.username = enhanced.username if enhanced is not None else \
-            packet.username if proto.cert_username is None else proto.cert_username
+        session.username = (
+            enhanced.username
+            if enhanced is not None
+            else packet.username
+            if proto.cert_username is None
+            else proto.cert_username
+        )
         # Keep alive: the server may impose a lower one (v5 Server Keep Alive).
         keepalive = packet.keepalive
         server_keepalive: int | None = None
@@ -608,8 +657,9 @@ class Broker:
         )
         connack_props = Properties()
         if v5:
-            connack_props = self._connack_properties(packet, assigned, granted_expiry, expiry,
-                                                     server_keepalive)
+            connack_props = self._connack_properties(
+                packet, assigned, granted_expiry, expiry, server_keepalive
+            )
             if enhanced is not None:  # [MQTT-4.12.0-5]
                 connack_props.authentication_method = props.authentication_method
                 connack_props.authentication_data = enhanced.data
@@ -618,8 +668,9 @@ class Broker:
         proto.client_id = client_id
         self.clients[client_id] = proto
         self.metrics.clients_connected += 1
-        self.metrics.clients_maximum = max(self.metrics.clients_maximum,
-                                           self.metrics.clients_connected)
+        self.metrics.clients_maximum = max(
+            self.metrics.clients_maximum, self.metrics.clients_connected
+        )
         proto.will = will
         window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
         session.attach(conn, window, now)
@@ -627,8 +678,15 @@ class Broker:
         log.info(
             "client %r connected from %s (MQTT %s, clean_start=%s, keepalive=%s, "
             "session_present=%s, expiry=%s, listener %r)",
-            client_id, proto.peer, "5.0" if v5 else "3.1.1", packet.clean_start, keepalive,
-            present, granted_expiry, proto.listener,
+            client_id,
+            proto.peer,
+            "5.0" if v5 else "3.1.1",
+            packet.clean_start,
+            keepalive,
+            present,
+            granted_expiry,
+            proto.listener,
+            extra=proto.log_extra(),
         )
 
     def _check_password_off_loop(
@@ -702,11 +760,15 @@ class Broker:
         metrics.publish_received += 1
         metrics.publish_received_qos[qos] += 1
         if qos > cfg.maximum_qos:
-            raise ProtocolViolation(f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",
-                                    reason_code=0x9B, spec_ref="MQTT-3.2.2-11")
+            raise ProtocolViolation(
+                f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",
+                reason_code=0x9B,
+                spec_ref="MQTT-3.2.2-11",
+            )
         if packet.retain and not cfg.retain_available:
-            raise ProtocolViolation("RETAIN not supported", reason_code=0x9A,
-                                    spec_ref="MQTT-3.2.2-14")
+            raise ProtocolViolation(
+                "RETAIN not supported", reason_code=0x9A, spec_ref="MQTT-3.2.2-14"
+            )
         topic = packet.topic
         if topic.count("/") >= cfg.max_topic_levels or (
             cfg.max_topic_length < 65535 and len(topic.encode()) > cfg.max_topic_length
@@ -790,30 +852,38 @@ class Broker:
         sub_ids = packet.properties.subscription_identifiers
         sub_id = sub_ids[0] if sub_ids else None
         if sub_id is not None and not cfg.subscription_identifiers:
-            raise ProtocolViolation("subscription identifiers are not supported",
-                                    reason_code=0xA1)
+            raise ProtocolViolation("subscription identifiers are not supported", reason_code=0xA1)
         limit = cfg.max_subscriptions_per_client
 
         def check(sub: Subscription) -> int | None:
             group, plain = parse_shared(sub.topic_filter)
             if group is not None:
                 if sub.no_local:
-                    raise ProtocolViolation("No Local on a shared subscription",
-                                            spec_ref="MQTT-3.8.3-4")
+                    raise ProtocolViolation(
+                        "No Local on a shared subscription", spec_ref="MQTT-3.8.3-4"
+                    )
                 if not cfg.shared_subscriptions:
                     return 0x9E if v5 else 0x80
             if not cfg.wildcard_subscriptions and ("+" in plain or "#" in plain):
                 return 0xA2 if v5 else 0x80
-            if plain.count("/") >= cfg.max_topic_levels or len(plain.encode()) > \
-                    cfg.max_topic_length:
+            if (
+                plain.count("/") >= cfg.max_topic_levels
+                or len(plain.encode()) > cfg.max_topic_length
+            ):
                 return 0x8F if v5 else 0x80
-            if limit and sub.topic_filter not in session.subscriptions and \
-                    len(session.subscriptions) >= limit:
+            if (
+                limit
+                and sub.topic_filter not in session.subscriptions
+                and len(session.subscriptions) >= limit
+            ):
                 return 0x97 if v5 else 0x80
             if not self.auth.may_subscribe(session, sub.topic_filter):
                 self.metrics.acl_denials += 1
-                log.info("client %r not authorised to subscribe to %r", session.client_id,
-                         sub.topic_filter)
+                log.info(
+                    "client %r not authorised to subscribe to %r",
+                    session.client_id,
+                    sub.topic_filter,
+                )
                 return 0x87 if v5 else 0x80
             return None
 
@@ -839,8 +909,7 @@ class Broker:
             if session.expiry_interval == 0 and expiry != 0:
                 # 0 at CONNECT cannot become non-zero at DISCONNECT (§3.14.2.2.2).
                 raise ProtocolViolation(
-                    "Session Expiry Interval changed from 0 at DISCONNECT "
-                    "(MQTT 5.0 §3.14.2.2.2)"
+                    "Session Expiry Interval changed from 0 at DISCONNECT (MQTT 5.0 §3.14.2.2.2)"
                 )
             was_persistent = session.persistent
             session.expiry_interval = min(expiry, self.config.mqtt.max_session_expiry)
@@ -848,7 +917,12 @@ class Broker:
                 self.batch.delete_session(session.client_id)
         # Normal disconnection discards the will [MQTT-3.14.4-3]; 0x04 keeps it.
         proto.clean_disconnect = packet.reason_code != 0x04
-        log.info("client %r disconnected (reason 0x%02x)", proto.client_id, packet.reason_code)
+        log.info(
+            "client %r disconnected (reason 0x%02x)",
+            proto.client_id,
+            packet.reason_code,
+            extra=proto.log_extra(),
+        )
         proto.close()
 
     # ---------------------------------------------------------------- timers
@@ -897,8 +971,9 @@ def open_store(config: BrokerConfig) -> Store:
         return MemoryStore()
     from iotbroker.storage.rocksdb import RocksDBStore  # noqa: PLC0415 (imports rocksdict)
 
-    return RocksDBStore(storage.path, durability=storage.durability,
-                        on_corruption=storage.on_corruption)
+    return RocksDBStore(
+        storage.path, durability=storage.durability, on_corruption=storage.on_corruption
+    )
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:

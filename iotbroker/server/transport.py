@@ -9,6 +9,7 @@ the broker's flush, after the storage batch of that turn is committed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from iotbroker.server.broker import Broker
 
 log = logging.getLogger("iotbroker.connection")
+
+#: Connection ids for logs: unique within one broker process.
+_CONNECTION_IDS = itertools.count(1)
 
 #: Transport write buffer high-water mark: past it the client is a slow consumer
 #: (QoS 0 dropped and counted, QoS 1/2 wait in the session, publishers paused).
@@ -40,6 +44,7 @@ class ClientProtocol(asyncio.Protocol):
         "client_id",
         "close_after_flush",
         "conn",
+        "conn_id",
         "deferred",
         "listener",
         "loop",
@@ -65,6 +70,7 @@ class ClientProtocol(asyncio.Protocol):
         self.session: Session | None = None
         self.client_id = ""
         self._peer: str | None = None
+        self.conn_id = next(_CONNECTION_IDS)
         self.clean_disconnect = False
         self.taken_over = False
         self.session_ended_by_takeover = False
@@ -92,6 +98,11 @@ class ClientProtocol(asyncio.Protocol):
             now=self.loop.time(),
         )
         self.conn.on_output = self._output_pending
+
+    def log_extra(self) -> dict[str, object]:
+        """Structured fields for log records about this connection (JSON logs)."""
+        return {"conn_id": self.conn_id, "client_id": self.client_id or None,
+                "peer": self.peer}
 
     @property
     def peer(self) -> str:
