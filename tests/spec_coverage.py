@@ -2,8 +2,9 @@
 
 A test cites a statement by its name (``test_mqtt_3_1_2_24_...``) or by the id in
 its text (``[MQTT-3.1.2-24]``); the golden packet catalogue (``tests/codec/golden.py``)
-counts too, since every error case in it is asserted by ``test_golden.py``. Statements come from ``shared/spec/
-mqtt-normative-statements.csv`` beside the checkout (or ``--csv``). Only statements
+counts too, since every error case in it is asserted by ``test_golden.py``. Statements
+come from ``shared/spec/mqtt-normative-statements.csv`` beside the checkout (or
+``--csv``). Only statements
 that bind the Server (``Server`` or ``both``) are counted as ours to test.
 
 An id that exists in both versions counts for a version when a test cites it; where
@@ -30,7 +31,7 @@ _ID_NAME = re.compile(r"test_mqtt_(\d+)_(\d+)_(\d+)_(\d+)")
 def cited_ids(tests_dir: Path) -> dict[str, set[str]]:
     """Statement id -> test files citing it."""
     found: dict[str, set[str]] = {}
-    paths = sorted(tests_dir.rglob("test_*.py")) + [tests_dir / "codec" / "golden.py"]
+    paths = [*sorted(tests_dir.rglob("test_*.py")), tests_dir / "codec" / "golden.py"]
     for path in paths:
         text = path.read_text(encoding="utf-8", errors="replace")
         rel = str(path.relative_to(tests_dir.parent))

@@ -22,6 +22,7 @@ from iotbroker.codec.packets import (
     Subscription,
     UnsubAck,
     Unsubscribe,
+    Will,
 )
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
@@ -167,8 +168,6 @@ def test_mqtt_3_2_2_8_connack_codes_are_defined_connect_reason_codes(
 ) -> None:
     """[MQTT-3.2.2-8]: every CONNACK uses a defined Connect Reason Code: accepted,
     unsupported authentication method, bad will topic."""
-    from iotbroker.codec.packets import Will
-
     cases = [
         {"client_id": f"{uniq}-ok"},
         {"client_id": f"{uniq}-am", "properties": Properties(authentication_method="NOPE")},
