@@ -133,8 +133,9 @@ class Router:
                 self.retained_refused = True
                 return
             self.retained.set(message)
-            self.batch.put_retained(message)
-        elif self.retained.delete(message.topic):
+            if not message.topic.startswith("$SYS/"):  # broker state: never restored
+                self.batch.put_retained(message)
+        elif self.retained.delete(message.topic) and not message.topic.startswith("$SYS/"):
             self.batch.delete_retained(message.topic)
 
     def _deliver_shared(
