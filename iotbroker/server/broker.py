@@ -118,6 +118,10 @@ class Broker:
         self.clients: dict[str, ClientProtocol] = {}
         self.connections: set[ClientProtocol] = set()
         self._dirty: list[ClientProtocol] = []
+        #: Storage commit timing, for metrics.
+        self.storage_write_seconds = 0.0
+        self._storage_write_max = 0.0
+        self._storage_batch_max = 0
         #: Connections that delivered input since the last flush (backpressure).
         self.active_readers: list[ClientProtocol] = []
         #: Slow consumer -> the publishers paused because of it.
@@ -229,6 +233,15 @@ class Broker:
         if pending:
             log.warning("changed settings that need a restart: %s", ", ".join(pending))
 
+    def take_storage_write_max(self) -> float:
+        """Slowest commit since the last call (for the metrics endpoint)."""
+        value, self._storage_write_max = self._storage_write_max, 0.0
+        return value
+
+    def take_storage_batch_max(self) -> int:
+        value, self._storage_batch_max = self._storage_batch_max, 0
+        return value
+
     def load_queued(self, client_id: str) -> list[QueuedRecord]:
         """The :class:`~iotbroker.core.session.Pager` of every session: commit what
         this turn changed, then read the session's queued messages from the store."""
@@ -260,10 +273,15 @@ class Broker:
         if readers:
             self.active_readers = []
         if batch:
+            started = time.perf_counter()
             try:
                 self.store.apply(batch)
                 self.metrics.storage_batches += 1
                 self.metrics.storage_changes += len(batch)
+                took = time.perf_counter() - started
+                self.storage_write_seconds += took
+                self._storage_write_max = max(self._storage_write_max, took)
+                self._storage_batch_max = max(self._storage_batch_max, len(batch))
             except StorageError as exc:
                 log.error(
                     "storage write failed, closing %d connections without acks: %s", len(dirty), exc

@@ -25,6 +25,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
+    SummaryMetricFamily,
     UnknownMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -191,6 +192,32 @@ class BrokerCollector:
                                 value=len(broker.retained))
         yield GaugeMetricFamily(_PREFIX + "subscriptions", "Subscriptions of all sessions.",
                                 value=len(broker.trie))
+        # Storage: size on disk and keys per record kind (the store's own figures),
+        # write time and batch sizes (measured around each commit in Broker.flush).
+        try:
+            stats = broker.store.stats()
+        except Exception:  # a closed store during shutdown
+            stats = {}
+        yield GaugeMetricFamily(_PREFIX + "storage_disk_bytes",
+                                "Size of the store on disk (0 for the memory store).",
+                                value=stats.get("disk_bytes", 0))
+        keys = GaugeMetricFamily(_PREFIX + "storage_keys",
+                                 "Records in the store, by kind (approximate for RocksDB).",
+                                 labels=["kind"])
+        for name, value in stats.items():
+            if name.startswith("keys_"):
+                keys.add_metric([name[5:]], value)
+        yield keys
+        yield SummaryMetricFamily(_PREFIX + "storage_write_seconds",
+                                  "Time spent committing storage batches.",
+                                  count_value=m.storage_batches,
+                                  sum_value=broker.storage_write_seconds)
+        yield GaugeMetricFamily(_PREFIX + "storage_write_max_seconds",
+                                "Slowest storage commit since the last scrape.",
+                                value=broker.take_storage_write_max())
+        yield GaugeMetricFamily(_PREFIX + "storage_batch_max_changes",
+                                "Largest storage batch since the last scrape.",
+                                value=broker.take_storage_batch_max())
         yield GaugeMetricFamily(_PREFIX + "event_loop_lag_seconds",
                                 "How late the last event-loop probe timer ran.",
                                 value=self.lag.last)

@@ -8,12 +8,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from iotbroker.codec.packets import PingReq, PingResp, Properties
 from tests.helpers.broker_process import BrokerProcess
+from tests.helpers.rawclient import RawClient
 from tests.server.clients import WAIT, config, listener, metrics_address
 from tests.server.test_sys_topics import CountingClient
 
@@ -148,3 +150,32 @@ def _version() -> str:
     from iotbroker import __version__  # noqa: PLC0415
 
     return __version__
+
+
+def test_storage_size_and_write_timing_on_rocksdb(tmp_path: Path) -> None:
+    """Issue 3: the store's size and its commit timing are exposed in metrics."""
+    extra = EXTRA.replace("  max_queued_messages: 1\n", "  max_queued_messages: 100\n")
+    text = config(listener("tcp", "tcp"), extra).replace(
+        "storage:\n  backend: memory\n", f"storage:\n  backend: rocksdb\n  path: {tmp_path}/db\n")
+    proc = BrokerProcess(tmp_path, text).start()
+    try:
+        sub = RawClient(proc.host, proc.port)
+        sub.connect("store-sub", clean_start=False)
+        sub.subscribe("store/#", 1)
+        sub.close()
+        pub = RawClient(proc.host, proc.port)
+        pub.connect("store-pub")
+        for i in range(5):
+            pub.publish("store/t", f"m{i}".encode(), 1)
+        pub.close()
+        samples = scrape(proc)
+        assert value(samples, "iotbroker_storage_disk_bytes") > 0
+        assert value(samples, "iotbroker_storage_keys", kind="sessions") >= 1
+        batches = value(samples, "iotbroker_storage_batches_total")
+        assert batches >= 1
+        assert value(samples, "iotbroker_storage_write_seconds_count") == batches
+        assert value(samples, "iotbroker_storage_write_seconds_sum") > 0
+        assert value(samples, "iotbroker_storage_write_max_seconds") > 0
+        assert value(samples, "iotbroker_storage_batch_max_changes") >= 1
+    finally:
+        proc.stop()
