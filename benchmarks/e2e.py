@@ -10,6 +10,16 @@ broker's CPU% (from /proc/PID/stat over the measurement window) and RSS.
     .venv/bin/python benchmarks/e2e.py --scenarios qos0,qos1 --reps 5 --duration 3
     .venv/bin/python benchmarks/e2e.py --persistence os --json /tmp/e2e.json
     .venv/bin/python benchmarks/e2e.py --mqtt5
+    .venv/bin/python benchmarks/e2e.py --scenarios qos1,fanin --persistent-subscribers \
+        --persistence fsync                                  # RocksDB really written
+    .venv/bin/python benchmarks/e2e.py --scenarios latency --pin 0:1  # taskset
+
+``--persistent-subscribers``: the subscribers connect with Clean Session 0 (MQTT 5:
+Clean Start 0 + Session Expiry 3600 s), so their in-flight and queued QoS 1 messages
+are session state that iotbroker writes to RocksDB (with clean sessions nothing is
+persisted and ``--persistence`` measures nothing but an idle store). Publishers stay
+clean: a QoS 1 publisher has no persistent state. The sessions are discarded after
+each scenario.
 
 Broker settings (stated so the two are comparable):
 
@@ -70,6 +80,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -
                 return
         time.sleep(0.05)
     raise RuntimeError(f"broker did not listen on {port} within {timeout}s")
+
+
+def taskset(cpus: str | None) -> list[str]:
+    """argv prefix pinning a process to ``cpus`` (``--pin``), or nothing."""
+    return ["taskset", "-c", cpus] if cpus else []
 
 
 class Broker:
@@ -143,13 +158,18 @@ set_tcp_nodelay {"true" if nodelay else "false"}
 
 
 def run_loadgen(broker: Broker, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, LOADGEN, "run", "--port", str(broker.port), "--scenario", scenario,
+    argv = [*taskset(args.gen_cpus), sys.executable, LOADGEN, "run",
+            "--port", str(broker.port), "--scenario", scenario,
             "--warmup", str(args.warmup), "--duration", str(args.duration),
             "--broker-pid", str(broker.pid), "--procs", str(args.procs)]
     if scenario == "connect":
         argv += ["--clients", str(args.clients)]
     if args.mqtt5:
         argv.append("--mqtt5")
+    if args.persistent_subscribers:
+        argv.append("--persistent")
+    if args.window:
+        argv += ["--window", str(args.window)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"loadgen {scenario} vs {broker.name} failed:\n{out.stderr[-2000:]}")
@@ -226,7 +246,9 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str,
         rows.append({"label": label, "scenario": sc, "key": key, "higher_is_better": higher,
                      "iotbroker": v_ib, "mosquitto": v_mq, "ratio": ratio,
                      "ratio_per_core": per_core, "iotbroker_cpu_pct": c_ib,
-                     "mosquitto_cpu_pct": c_mq, "n": (len(ib), len(mq))})
+                     "mosquitto_cpu_pct": c_mq, "n": (len(ib), len(mq)),
+                     "iotbroker_write_mib_s": med([r.get("broker_write_mib_s") for r in ib]),
+                     "gen_cpu_pct": (g_ib, g_mq)})
     return "\n".join(lines), rows
 
 
@@ -242,6 +264,15 @@ def main() -> None:
     ap.add_argument("--persistence", choices=("os", "fsync"), default=None,
                     help="iotbroker on rocksdb with this durability (default: memory)")
     ap.add_argument("--mqtt5", action="store_true", help="clients speak MQTT 5.0")
+    ap.add_argument("--window", type=int, default=0,
+                    help="unacknowledged QoS 1 PUBLISHes per publisher (loadgen default 100; "
+                         "under MQTT 5 further capped by each broker's Receive Maximum: "
+                         "mosquitto sends max_inflight_messages = 20, iotbroker 1024)")
+    ap.add_argument("--persistent-subscribers", action="store_true",
+                    help="subscribers keep their session (Clean Session 0 / v5 expiry 3600 s)")
+    ap.add_argument("--pin", default=None, metavar="BROKER_CPUS:GEN_CPUS",
+                    help="taskset both brokers to BROKER_CPUS and the load generator to "
+                         "GEN_CPUS, e.g. 0:1")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     ap.add_argument("--mosquitto-nagle", action="store_true",
                     help="leave mosquitto's set_tcp_nodelay at its default (false)")
@@ -249,6 +280,7 @@ def main() -> None:
     ap.add_argument("--keep-latency", action="store_true",
                     help="keep throughput scenarios' latency percentiles in the JSON")
     args = ap.parse_args()
+    args.broker_cpus, args.gen_cpus = (args.pin.split(":") if args.pin else (None, None))
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for s in scenarios:
         if s not in ALL:
@@ -261,6 +293,8 @@ def main() -> None:
         for rep in range(args.reps):
             ib = make_iotbroker(workdir, args.persistence)
             mq = make_mosquitto(workdir, args.mosquitto, not args.mosquitto_nagle)
+            for b in (ib, mq):
+                b.argv = [*taskset(args.broker_cpus), *b.argv]
             brokers = [ib, mq]
             for b in brokers:
                 b.start()
@@ -287,11 +321,17 @@ def main() -> None:
                 b.stop()
     table, rows = summarize(results)
     mode = f"storage={'rocksdb/' + args.persistence if args.persistence else 'memory'}, " \
-           f"MQTT {'5.0' if args.mqtt5 else '3.1.1'}"
+           f"MQTT {'5.0' if args.mqtt5 else '3.1.1'}, subscribers " \
+           f"{'persistent' if args.persistent_subscribers else 'clean'}" \
+           + (f", pinned broker:{args.broker_cpus} gen:{args.gen_cpus}" if args.pin else "")
     print(f"\nmedians of {args.reps} reps, {args.duration:g} s after {args.warmup:g} s warm-up, "
           f"{mode}, mosquitto {'Nagle' if args.mosquitto_nagle else 'TCP_NODELAY'}, "
           f"{args.procs} generator process(es), {time.time() - t_start:.0f} s total")
     print(table)
+    for r in rows:
+        if r.get("iotbroker_write_mib_s"):
+            print(f"iotbroker storage writes during {r['scenario']}: "
+                  f"{r['iotbroker_write_mib_s']:.1f} MiB/s (median, /proc/PID/io write_bytes)")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"args": vars(args), "rows": rows, "raw": results}, f, indent=1)

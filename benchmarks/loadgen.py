@@ -39,6 +39,11 @@ How it stays cheap (and lossless):
   messages are written off, counted as ``stalls`` and the run goes on.
 * Loss = sent x fanout - received, after the publishers stop and the subscribers
   have drained (no data for 0.5 s, at most 5 s).
+* ``--persistent``: subscribers connect with Clean Session 0 (MQTT 5: Clean Start 0 and
+  Session Expiry 3600 s), so a broker with persistence really stores their in-flight
+  and queued messages; after the run each such session is discarded (reconnect with a
+  clean session). ``broker_write_mib_s`` in the JSON is the broker's storage writes
+  over the window (``write_bytes`` of /proc/PID/io).
 
 Usage::
 
@@ -75,11 +80,15 @@ from iotbroker.codec import decode_packet, encode_packet
 from iotbroker.codec.packets import (
     Connect,
     Disconnect,
+    Properties,
     Subscribe,
     Subscription,
 )
 
 PAYLOAD_SIZE = 64
+#: ``--persistent``: subscribers' MQTT 5 Session Expiry Interval (s); v3.1.1 uses
+#: Clean Session 0, whose session never expires.
+SESSION_EXPIRY = 3600
 PAD = b"\xa5" * (PAYLOAD_SIZE - 8)
 _ts = struct.Struct(">Q")
 PID_BYTES = [i.to_bytes(2, "big") for i in range(65536)]
@@ -222,10 +231,12 @@ class Flow:
 class Client(asyncio.Protocol):
     """Connection setup shared by all roles: CONNECT/CONNACK, SUBSCRIBE/SUBACK."""
 
-    def __init__(self, client_id: str, v5: bool, keepalive: int = 0) -> None:
+    def __init__(self, client_id: str, v5: bool, keepalive: int = 0,
+                 persistent: bool = False) -> None:
         self.client_id = client_id
         self.v5 = v5
         self.keepalive = keepalive
+        self.persistent = persistent  # clean session 0 (v5: Clean Start 0 + expiry)
         self.transport: Any = None
         self.buf = b""
         self.ready: asyncio.Future[Any] | None = None
@@ -245,7 +256,9 @@ class Client(asyncio.Protocol):
         self.transport.write(
             encode_packet(
                 Connect(client_id=self.client_id, protocol_version=5 if self.v5 else 4,
-                        keepalive=self.keepalive),
+                        keepalive=self.keepalive, clean_start=not self.persistent,
+                        properties=Properties(session_expiry_interval=SESSION_EXPIRY)
+                        if self.persistent and self.v5 else Properties()),
                 5 if self.v5 else 4,
             )
         )
@@ -312,8 +325,8 @@ class Subscriber(Client):
     """Counts received PUBLISHes; acks QoS 1; samples latency once per chunk."""
 
     def __init__(self, client_id: str, v5: bool, flow: Flow, pkt_size: int,
-                 parse_all: bool = False) -> None:
-        super().__init__(client_id, v5)
+                 parse_all: bool = False, persistent: bool = False) -> None:
+        super().__init__(client_id, v5, persistent=persistent)
         self.flow = flow
         self.pkt_size = pkt_size
         self.running = False
@@ -569,8 +582,11 @@ async def worker(spec: dict[str, Any]) -> None:
     pkt_size = publish_head(spec["topic_example"], spec["sub_qos"], v5)[1]
     subs: list[Subscriber] = []
     for i, (flt, qos) in enumerate(spec["subs"]):
-        s = Subscriber(f"{tag}-s{i}", v5, flow, pkt_size, parse_all=spec["rate"] > 0)
+        s = Subscriber(f"{tag}-s{i}", v5, flow, pkt_size, parse_all=spec["rate"] > 0,
+                       persistent=spec.get("persistent", False))
         await open_client(s, host, port)
+        if s.persistent and s.ready is not None and s.ready.result().session_present:
+            raise RuntimeError(f"{s.client_id}: a session of this id already exists")
         await asyncio.wait_for(s.send_subscribe(flt, qos), 30)
         s.qos0_fast = qos == 0 and not s.parse_all
         subs.append(s)
@@ -627,6 +643,16 @@ async def worker(spec: dict[str, Any]) -> None:
     for c in (*pubs, *subs):
         c.disconnect()
     await asyncio.sleep(0.05)
+    if spec.get("persistent"):
+        # Persistent subscribers leave a session (and its subscription) behind: discard
+        # it (reconnect with a clean session, then DISCONNECT) so that a later scenario
+        # against the same broker does not queue messages for it.
+        for s in subs:
+            c = Client(s.client_id, v5)
+            with contextlib.suppress(Exception):
+                await open_client(c, host, port)
+                c.disconnect()
+        await asyncio.sleep(0.05)
     emit(result)
 
 
@@ -736,6 +762,18 @@ def proc_stat(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def proc_write_bytes(pid: int) -> int:
+    """Bytes ``pid`` caused to be written to storage (``write_bytes`` of /proc/PID/io)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Split the scenario's clients over ``args.procs`` worker processes."""
     sc = args.scenario
@@ -744,6 +782,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         "scenario": sc, "host": args.host, "port": args.port, "v5": args.mqtt5,
         "warmup": args.warmup, "duration": args.duration, "window": args.window,
         "flow": args.flow or DEFAULT_FLOW.get(sc, 1000), "nprocs": nprocs, "rate": 0.0, "fanout": 1,
+        "persistent": args.persistent,
     }
     specs = [dict(base, index=i, pubs=[], subs=[]) for i in range(nprocs)]
     if sc == "connect":
@@ -815,9 +854,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p.stdin.flush()  # type: ignore[union-attr]
         t0 = t_go + args.warmup
         time.sleep(max(0.0, t0 - time.monotonic()))
-        b0, m0 = time.monotonic(), stat()
+        b0, m0, w0 = time.monotonic(), stat(), proc_write_bytes(pid) if pid else 0
         time.sleep(max(0.0, t0 + args.duration - time.monotonic()))
-        b1, m1 = time.monotonic(), stat()
+        b1, m1, w1 = time.monotonic(), stat(), proc_write_bytes(pid) if pid else 0
         results = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
     finally:
         for p in procs:
@@ -856,6 +895,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gen_procs": len(specs),
         "broker_cpu_pct": broker_cpu,
         "broker_rss_kib": m1[1] // 1024 if args.broker_pid else None,
+        # storage writes (RocksDB WAL + flushes) over the window, MiB/s
+        "broker_write_mib_s": (w1 - w0) / (b1 - b0) / 2**20 if args.broker_pid else None,
+        "persistent_subscribers": args.persistent,
     }
     if args.scenario == "latency":
         out["rate"] = out["latency_ms"]["p99"]
@@ -931,6 +973,9 @@ def main() -> None:
     r.add_argument("--keepalive", type=int, default=60, help="idle clients' keepalive")
     r.add_argument("--settle", type=float, default=1.0, help="s before the RSS sample")
     r.add_argument("--broker-pid", type=int, default=0, help="sample its CPU and RSS")
+    r.add_argument("--persistent", action="store_true",
+                   help="subscribers keep a session: Clean Session 0 (v3.1.1) or Clean Start 0 "
+                        f"+ Session Expiry {SESSION_EXPIRY} s (v5), discarded after the run")
     args = ap.parse_args()
     print(json.dumps(run(args), indent=2))
 

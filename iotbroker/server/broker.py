@@ -23,6 +23,7 @@ from typing import Any
 from iotbroker import __version__
 from iotbroker.codec.enums import PacketType
 from iotbroker.codec.packets import (
+    NO_PROPERTIES,
     Auth,
     ConnAck,
     Connect,
@@ -976,7 +977,7 @@ class Broker:
             self.loop.call_soon(self.flush)
 
 
-_NO_PROPS = Properties()
+_NO_PROPS = NO_PROPERTIES  # the shared empty value: storage and codec fast paths test identity
 
 
 # ---------------------------------------------------------------------------
