@@ -270,6 +270,22 @@ class Connection:
                 return
         self._queue(data)
 
+    def send_publish_ack(self, qos: int, packet_id: int, reason_code: int) -> None:
+        """PUBACK (QoS 1) or PUBREC (QoS 2) for a received PUBLISH. The common case
+        (reason 0, no properties: 4 bytes in both versions, MQTT 5.0 §3.4.2.1) is
+        built directly; anything else goes through :meth:`send_packet`."""
+        if reason_code:
+            self.send_packet(PubAck(packet_id, reason_code) if qos == 1
+                             else PubRec(packet_id, reason_code))
+            return
+        if qos == 1:
+            unacked = self._inbound_unacked
+            if unacked and isinstance(unacked, set):
+                unacked.discard(packet_id)
+            self._queue(bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF)))
+        else:
+            self._queue(bytes((0x50, 2, packet_id >> 8, packet_id & 0xFF)))
+
     def send_publish(
         self, delivery: Delivery, packet_id: int | None, dup: bool, now: float
     ) -> bool:

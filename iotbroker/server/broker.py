@@ -840,10 +840,7 @@ class Broker:
             return
         if proto.conn.protocol_version != 5:
             code = 0
-        if packet.qos == 1:
-            proto.conn.send_packet(PubAck(packet.packet_id, code))
-        else:
-            proto.conn.send_packet(PubRec(packet.packet_id, code))
+        proto.conn.send_publish_ack(packet.qos, packet.packet_id, code)
 
     def _publish_will(self, will: Will, client_id: str, now: float) -> None:
         """Publish a Will Message (MQTT 3.1.1 §3.1.2.5, MQTT 5.0 §3.1.3.2)."""
