@@ -493,9 +493,11 @@ def _options() -> Options:
     opts.create_missing_column_families(True)
     opts.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
     # Memtables of all families together; with many families a small one would
-    # otherwise pin old WAL files, hence also a cap on the WAL.
-    opts.set_db_write_buffer_size(128 << 20)
-    opts.set_max_total_wal_size(64 << 20)
+    # otherwise pin old WAL files, hence also a cap on the WAL. These bound the
+    # store's share of the broker's memory: RSS rises by about the WAL cap between
+    # flushes (docs/reliability.md), so they are kept modest for small devices.
+    opts.set_db_write_buffer_size(32 << 20)
+    opts.set_max_total_wal_size(16 << 20)
     opts.set_keep_log_file_num(3)
     return opts
 
