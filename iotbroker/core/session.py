@@ -459,7 +459,7 @@ class Session:
             self._queued_bytes += size
             self._next_seq = max(self._next_seq, seq + 1)
 
-    def _page_in(self) -> None:
+    def page_in(self) -> None:
         """Read offloaded messages back (the session is coming online)."""
         offloaded = self._offloaded
         if not offloaded or self.pager is None:
@@ -484,7 +484,7 @@ class Session:
         self.outlet = outlet
         self.receive_maximum = receive_maximum
         self.disconnected_at = None
-        self._page_in()
+        self.page_in()
         if self.inflight:
             self._resend = deque(
                 pid for pid, _ in sorted(self.inflight.items(), key=lambda item: item[1].seq)

@@ -77,6 +77,9 @@ class SessionRegistry:
             self.destroy(old)
             old = None
         if old is not None:
+            # Read offloaded messages back while the store still has them (a resume
+            # with expiry 0 deletes the stored session below).
+            old.page_in()
             was_persistent = old.persistent
             old.protocol_version = protocol_version
             old.expiry_interval = expiry_interval

@@ -6,6 +6,8 @@ from __future__ import annotations
 from iotbroker.codec.packets import Packet, Properties
 from iotbroker.core.message import Delivery, Message
 from iotbroker.core.session import Session, SessionLimits
+from iotbroker.core.sessions import SessionRegistry
+from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch
 from iotbroker.storage.memory import MemoryStore
@@ -92,3 +94,22 @@ def test_offloaded_queue_limit_drops_oldest_from_the_store() -> None:
     outlet = Outlet()
     session.attach(outlet, receive_maximum=100, now=0.0)
     assert [p for p, _, _ in outlet.sent] == [f"m{i}".encode() for i in range(3, 8)]
+
+
+def test_resume_with_expiry_0_pages_in_before_the_stored_session_is_deleted() -> None:
+    """Resuming an offloaded session with Session Expiry 0 (it will end with this
+    connection) must still deliver what it queued: read back before the store drops it."""
+    store, batch = MemoryStore(), ChangeBatch()
+    registry = SessionRegistry(SubscriptionTrie(), batch, SessionLimits(), Metrics())
+    registry.pager = Pager(store, batch)
+    session, present = registry.open("dev-9", False, 3600, 5, 0.0)
+    assert not present
+    registry.close(session, 0.0)
+    for i in range(3):
+        session.deliver(Delivery(_message(i), 1), 0.0)
+    assert session.queued_count == 3 and len(session.queue) == 0
+    resumed, present = registry.open("dev-9", False, 0, 5, 1.0)
+    assert present and resumed is session
+    outlet = Outlet()
+    resumed.attach(outlet, receive_maximum=10, now=1.0)
+    assert [p for p, _, _ in outlet.sent] == [b"m0", b"m1", b"m2"]
