@@ -14,6 +14,7 @@ A healthy client is served during and after; the broker's fds come back.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -187,3 +188,24 @@ def test_keepalive_0_is_lowered_to_max_keepalive_for_both_versions(make_broker: 
         v4.close()
         v5.close()
     healthy(broker)
+
+
+def test_keepalive_0_connections_get_tcp_keepalive(make_broker: Factory) -> None:
+    """A Keep Alive 0 client that vanishes without a FIN is never noticed by MQTT; the
+    broker turns on TCP keepalive for such connections (visible in ``ss -o`` as a
+    keepalive timer on the broker's side of the socket), and not for the others."""
+    broker = make_broker(config_text=config())
+    zero = connected(broker.host, broker.port, 4, "ka-zero", keepalive=0)
+    sixty = connected(broker.host, broker.port, 4, "ka-sixty", keepalive=60)
+    zero_port = zero.sock.getsockname()[1]
+    sixty_port = sixty.sock.getsockname()[1]
+    out = subprocess.run(
+        ["ss", "-tno", "state", "established", f"( sport = :{broker.port} )"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout
+    lines = {port: next((line for line in out.splitlines() if f":{port} " in line), "")
+             for port in (zero_port, sixty_port)}
+    assert "keepalive" in lines[zero_port], out
+    assert "keepalive" not in lines[sixty_port], out
+    zero.close()
+    sixty.close()
