@@ -1,0 +1,185 @@
+"""The sans-I/O connection state machine, fed bytes with a fake clock (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotbroker.codec import Framer, decode_packet, encode_packet
+from iotbroker.codec.packets import (
+    Connect,
+    Packet,
+    PingReq,
+    Properties,
+    PubAck,
+    Publish,
+    PubRec,
+    SubAck,
+)
+from iotbroker.core.message import Delivery, Message
+from iotbroker.errors import MalformedPacket, ProtocolViolation
+from iotbroker.protocol.connection import Connection, ConnectionState
+
+
+def _conn(receive_maximum: int = 3, topic_alias_maximum: int = 2) -> Connection:
+    return Connection(max_packet_size=1024, receive_maximum=receive_maximum,
+                      topic_alias_maximum=topic_alias_maximum, now=0.0)
+
+
+def _connected(version: int = 5, **accept: object) -> Connection:
+    conn = _conn()
+    [packet] = conn.receive_data(encode_packet(Connect("c", protocol_version=version), 5), 0.0)
+    assert isinstance(packet, Connect)
+    options = {"keepalive": 10, "client_receive_maximum": None, "client_max_packet_size": None,
+               "client_topic_alias_maximum": None, "outbound_aliases": True,
+               "request_problem_information": True}
+    options.update(accept)
+    conn.accept(**options)  # type: ignore[arg-type]
+    return conn
+
+
+def _sent(conn: Connection) -> list[Packet]:
+    framer = Framer(1 << 20)
+    return [decode_packet(f, b, conn.protocol_version) for f, b in framer.feed(conn.data_to_send())]
+
+
+def _message(topic: str = "a/b", payload: bytes = b"x") -> Message:
+    return Message(topic, payload, 1, False, Properties(), 0.0)
+
+
+def test_mqtt_3_1_0_1_first_packet_must_be_connect() -> None:
+    """[MQTT-3.1.0-1]: anything before CONNECT is a protocol violation."""
+    conn = _conn()
+    with pytest.raises(ProtocolViolation) as info:
+        conn.receive_data(encode_packet(PingReq(), 4), 0.0)
+    assert info.value.spec_ref == "MQTT-3.1.0-1"
+
+
+def test_mqtt_3_1_0_2_second_connect_is_a_violation() -> None:
+    conn = _connected(4)
+    with pytest.raises(ProtocolViolation) as info:
+        conn.receive_data(encode_packet(Connect("c"), 4), 1.0)
+    assert info.value.spec_ref == "MQTT-3.1.0-2"
+
+
+def test_connect_split_at_every_byte_is_one_packet() -> None:
+    data = encode_packet(Connect("split", protocol_version=5, keepalive=30), 5)
+    conn = _conn()
+    got: list[Packet] = []
+    for i in range(len(data)):
+        got += conn.receive_data(data[i : i + 1], float(i))
+    assert len(got) == 1 and isinstance(got[0], Connect) and got[0].client_id == "split"
+    assert conn.protocol_version == 5
+    assert conn.state is ConnectionState.AUTHENTICATING  # until the broker accepts it
+
+
+def test_mqtt_3_1_2_24_keepalive_deadline_is_1_5x_after_last_packet() -> None:
+    """[MQTT-3.1.2-24] (v5 [MQTT-3.1.2-22]): 1.5 x Keep Alive after the last packet."""
+    conn = _connected(keepalive=10)
+    conn.last_received = 100.0
+    assert conn.keepalive_deadline() == 115.0
+    conn.receive_data(encode_packet(PingReq(), 5), 112.0)
+    assert conn.keepalive_deadline() == 127.0
+    assert _connected(keepalive=0).keepalive_deadline() is None
+
+
+def test_mqtt_3_3_4_9_inbound_receive_maximum_overrun_is_0x93() -> None:
+    """Our Receive Maximum (3) bounds unacknowledged inbound QoS 1/2 PUBLISHes; the
+    PUBACK we send releases one."""
+    conn = _connected()
+    for pid in (1, 2, 3):
+        conn.receive_data(encode_packet(Publish("t", b"", 1, packet_id=pid), 5), 1.0)
+    with pytest.raises(ProtocolViolation) as info:
+        conn.receive_data(encode_packet(Publish("t", b"", 1, packet_id=4), 5), 1.0)
+    assert info.value.reason_code == 0x93
+    conn2 = _connected()
+    for pid in (1, 2, 3):
+        conn2.receive_data(encode_packet(Publish("t", b"", 1, packet_id=pid), 5), 1.0)
+    conn2.send_publish_ack(1, 2, 0)  # PUBACK releases packet id 2
+    [packet] = conn2.receive_data(encode_packet(Publish("t", b"", 1, packet_id=4), 5), 1.0)
+    assert isinstance(packet, Publish)
+    assert [type(p) for p in _sent(conn2)] == [PubAck]
+
+
+def test_duplicate_qos2_publish_with_held_id_does_not_count_twice() -> None:
+    conn = _connected()
+    for _ in range(5):  # the same id re-sent (DUP): still one slot of the quota
+        conn.receive_data(encode_packet(Publish("t", b"", 2, dup=True, packet_id=9), 5), 1.0)
+    conn.send_publish_ack(2, 9, 0)
+    assert [type(p) for p in _sent(conn)] == [PubRec]
+
+
+def test_mqtt_3_3_2_9_inbound_topic_alias_beyond_maximum_is_0x94() -> None:
+    conn = _connected()
+    props = Properties(topic_alias=3)  # our maximum is 2
+    with pytest.raises(ProtocolViolation) as info:
+        conn.receive_data(encode_packet(Publish("t", b"", 0, properties=props), 5), 1.0)
+    assert info.value.reason_code == 0x94
+
+
+def test_inbound_topic_alias_maps_then_stands_in_for_the_topic() -> None:
+    """MQTT 5.0 §3.3.2.3.4: topic + alias sets the mapping; alias alone uses it."""
+    conn = _connected()
+    [first] = conn.receive_data(
+        encode_packet(Publish("room/1", b"a", 0, properties=Properties(topic_alias=1)), 5), 1.0)
+    [second] = conn.receive_data(
+        encode_packet(Publish("", b"b", 0, properties=Properties(topic_alias=1)), 5), 1.0)
+    assert isinstance(first, Publish) and isinstance(second, Publish)
+    assert (first.topic, second.topic) == ("room/1", "room/1")
+    assert second.properties.topic_alias is None  # resolved, not forwarded
+
+
+def test_mqtt_3_3_2_2_wildcard_in_topic_name_is_0x90() -> None:
+    conn = _connected(4)
+    with pytest.raises(ProtocolViolation) as info:
+        conn.receive_data(encode_packet(Publish("a/+", b"", 0), 4), 1.0)
+    assert info.value.reason_code == 0x90
+
+
+def test_server_only_packet_from_client_is_a_violation() -> None:
+    conn = _connected(4)
+    with pytest.raises(ProtocolViolation):
+        conn.receive_data(encode_packet(SubAck(1, [0]), 4), 1.0)
+
+
+def test_input_after_close_is_ignored() -> None:
+    """[MQTT-3.1.4-5]: after the server decided to close, further input is ignored."""
+    conn = _connected(4)
+    conn.close()
+    assert conn.receive_data(b"\xff\xff\xff\xff\xff", 1.0) == []
+
+
+def test_packet_over_our_maximum_is_refused_from_the_header() -> None:
+    conn = _conn()
+    with pytest.raises(MalformedPacket) as info:
+        conn.receive_data(b"\x10\xff\xff\x7f", 0.0)  # declares ~2 MB, limit 1024
+    assert info.value.reason_code == 0x95
+
+
+def test_mqtt_3_3_2_11_outbound_aliases_never_exceed_the_clients_maximum() -> None:
+    """[MQTT-3.3.2-11]: at most the client's Topic Alias Maximum (2) aliases; a known
+    topic goes out as its alias alone; the least recently used alias is reused."""
+    conn = _connected(client_topic_alias_maximum=2)
+    for topic in ("t/1", "t/2", "t/1", "t/3"):
+        assert conn.send_publish(Delivery(_message(topic), 0), None, False, 0.0)
+    sent = [p for p in _sent(conn) if isinstance(p, Publish)]
+    assert [(p.topic, p.properties.topic_alias) for p in sent] == [
+        ("t/1", 1), ("t/2", 2), ("", 1), ("t/3", 2)]
+
+
+def test_mqtt_3_1_2_25_too_large_publish_is_not_sent() -> None:
+    """[MQTT-3.1.2-25]: a PUBLISH over the client's Maximum Packet Size is dropped."""
+    conn = _connected(client_max_packet_size=32)
+    assert not conn.send_publish(Delivery(_message(payload=b"x" * 64), 1), 1, False, 0.0)
+    assert conn.send_publish(Delivery(_message(payload=b"x"), 1), 2, False, 0.0)
+    [packet] = _sent(conn)
+    assert isinstance(packet, Publish) and packet.packet_id == 2
+
+
+def test_mqtt_3_3_2_6_forwarded_expiry_is_reduced_by_time_in_the_broker() -> None:
+    """[MQTT-3.3.2-6]: the Message Expiry Interval sent is what is left of it."""
+    conn = _connected()
+    message = Message("t", b"x", 1, False, Properties(), 100.0, expires_at=160.0)
+    conn.send_publish(Delivery(message, 1), 1, False, 130.5)
+    [packet] = _sent(conn)
+    assert isinstance(packet, Publish)
+    assert packet.properties.message_expiry_interval == 30
