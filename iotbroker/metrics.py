@@ -32,6 +32,9 @@ class Metrics:
     slow_consumers_disconnected: int = 0
     limit_hits: int = 0
     retained_dropped: int = 0
+    connect_timeouts: int = 0
+    topic_limit_refusals: int = 0
+    subscription_limit_refusals: int = 0
     messages_expired: int = 0
     malformed_packets: int = 0
     protocol_errors: int = 0

@@ -792,6 +792,7 @@ class Broker:
         if topic.count("/") >= cfg.max_topic_levels or (
             cfg.max_topic_length < 65535 and len(topic.encode()) > cfg.max_topic_length
         ):
+            self.metrics.topic_limit_refusals += 1
             self._ack(proto, packet, 0x90)
             return
         if not self.auth.may_publish(session, topic):
@@ -886,12 +887,14 @@ class Broker:
                 plain.count("/") >= cfg.max_topic_levels
                 or len(plain.encode()) > cfg.max_topic_length
             ):
+                self.metrics.topic_limit_refusals += 1
                 return 0x8F if v5 else 0x80
             if (
                 limit
                 and sub.topic_filter not in session.subscriptions
                 and len(session.subscriptions) >= limit
             ):
+                self.metrics.subscription_limit_refusals += 1
                 return 0x97 if v5 else 0x80
             if not self.auth.may_subscribe(session, sub.topic_filter):
                 self.metrics.acl_denials += 1

@@ -54,7 +54,8 @@ _PREFIX = "iotbroker_"
 #: Metrics fields exported as counters: field -> help text.
 _COUNTERS = {
     "connections_accepted": "Network connections accepted.",
-    "connections_rejected": "CONNECTs refused with a CONNACK error.",
+    "connections_rejected": "Connections refused: at accept (connection limits, connect "
+                            "rate) or with a CONNACK error.",
     "messages_received": "MQTT packets received (any type).",
     "messages_sent": "MQTT packets sent (any type).",
     "bytes_received": "Bytes received from clients (MQTT layer).",
@@ -71,6 +72,11 @@ _COUNTERS = {
     "acl_denials": "Publishes, subscriptions and deliveries denied by the ACL.",
     "storage_batches": "Storage batches committed.",
     "storage_changes": "Storage changes committed.",
+    "limit_hits": "Times any configured limit was hit (connections, rates, retained).",
+    "retained_dropped": "Retained PUBLISHes not retained: mqtt.max_retained_messages reached.",
+    "connect_timeouts": "Sockets closed for not sending CONNECT within connect_timeout.",
+    "topic_limit_refusals": "PUBLISH/SUBSCRIBE refused for max_topic_levels/_length.",
+    "subscription_limit_refusals": "Subscriptions refused: max_subscriptions_per_client.",
 }
 #: Metrics fields exported as gauges.
 _GAUGES = {

@@ -243,8 +243,9 @@ class ClientProtocol(asyncio.Protocol):
         conn = self.conn
         if not conn.connected:
             if not self.close_after_flush:
+                self.broker.metrics.connect_timeouts += 1
                 log.info("closing %s: no CONNECT within %ss", self.peer,
-                         self.broker.config.mqtt.connect_timeout)
+                         self.broker.config.mqtt.connect_timeout, extra=self.log_extra())
                 self.abort()
             return
         deadline = conn.keepalive_deadline()
