@@ -417,7 +417,7 @@ def test_limits_max_connections(make_broker: Factory) -> None:
         assert ok == 20, ok
         assert probe(broker) == float("inf")  # full: a 31st client is refused too
         assert metric(broker, "iotbroker_connections_rejected_total") >= 11
-        assert metric(broker, "iotbroker_limit_hits") >= 11
+        assert metric(broker, "iotbroker_limit_hits_total") >= 11
     finally:
         for s in held:
             s.close()
@@ -486,7 +486,7 @@ def test_limits_publish_rate_per_client(make_broker: Factory) -> None:
             f"{first} PUBLISHes routed in the first 0.5 s with publish_rate_per_client 200: "
             "a burst that arrives in one read is not limited"
         )
-        assert metric(broker, "iotbroker_limit_hits") >= 1
+        assert metric(broker, "iotbroker_limit_hits_total") >= 1
     finally:
         reader.stop()
         sub.close()
