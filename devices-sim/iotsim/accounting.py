@@ -2,22 +2,34 @@
 have received it.
 
 For each accounting subscriber (monitor or dashboard) and each (source, QoS) stream
-whose topic its filters match, every sequence number ``1..sent`` is expected once. The
-effective QoS of a delivery is ``min(published QoS, granted QoS)`` (MQTT 5.0 §3.8.4).
+whose topic its filters match, the sequence numbers sent at or after the subscriber's
+first SUBACK arrived are expected once each (earlier ones are ``before_subscribe``: a
+subscription does not reach back in time). The effective QoS of a delivery is
+``min(published QoS, granted QoS)`` (MQTT 5.0 §3.8.4).
 
 What each QoS allows, and so what counts as a *violation*:
 
-* a missing message is allowed when the delivery QoS is 0, when the publisher never got
-  its PUBACK/PUBREC (``unconfirmed``: the broker may not have it), or when the
-  subscriber itself was hit by a fault (``excused``); otherwise it is ``lost_confirmed``,
-  a violation (MQTT 5.0 §4.3.2, §4.3.3);
+* a missing message is allowed when the delivery QoS is 0 (at most once, §4.3.1:
+  ``lost_allowed_qos0``), when the publisher never got its PUBACK/PUBREC
+  (``lost_unconfirmed``: the broker may not have it), or when the subscriber could not
+  have received it (``lost_excused``, below); otherwise it is ``lost_confirmed``, a
+  violation (MQTT 5.0 §4.3.2, §4.3.3);
+* excused, at delivery QoS 1/2, is only what a subscriber without a session missed: for
+  each time a subscriber lost its connection and its session went with it (a clean
+  session, or a persistent one the broker no longer had when it came back), the messages
+  of each stream from just after the last one it had received in order on that stream
+  (the rest were in flight and died with the connection) until its next SUBACK arrived
+  (or the end, if it never subscribed again). A persistent session that was present
+  again is owed everything published while it was away (§4.1, §4.4): those messages
+  are ``backlog``, expected and never excused;
 * a duplicate is allowed when the message was published at QoS 1 (the publisher may
   re-send it with DUP and the broker treats it as new) or delivered at QoS 1; any other
   duplicate is a violation (QoS 0 is at most once, QoS 2 exactly once, §4.3.3);
 * out-of-order arrivals (a sequence number lower than one already seen, same stream)
   are reported, not judged: MQTT orders per topic and QoS only without faults (§4.6);
 * wills: every connection of a will-bearing device that ended without DISCONNECT is
-  one expected will per matching subscriber; missing or unexpected wills are violations.
+  one expected will per matching subscriber; missing or unexpected wills are violations
+  (a subscriber that was itself disconnected or faulted is not judged on missing wills).
 """
 
 from __future__ import annotations
@@ -25,12 +37,113 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from iotsim.stats import Stats
+from iotsim.stats import Stats, StreamRec, SubscriberRec
 from iotsim.topics import matches_any
 
 _QOS_KEYS = ("expected", "delivered", "lost", "lost_allowed_qos0", "lost_unconfirmed",
              "lost_excused", "lost_confirmed", "duplicated", "duplicated_violation",
-             "out_of_order")
+             "out_of_order", "before_subscribe", "backlog")
+
+#: A gap in a subscriber's presence: (last in-order seq per stream when it went, when
+#: it subscribed again or ``None``, when it went, whether its session was kept).
+_Gap = tuple[dict[int, int], int | None, int, bool]
+
+
+def _timeline(sub: SubscriberRec) -> tuple[int | None, list[_Gap]]:
+    """The first SUBACK's time and the gaps after it, from the subscriber's events."""
+    events = sorted([(t, 1, i) for i, (t, _r) in enumerate(sub.ups)]
+                    + [(t, 0, i) for i, (t, _l) in enumerate(sub.downs)])
+    first: int | None = None
+    gaps: list[_Gap] = []
+    down: tuple[int, dict[int, int]] | None = None
+    for t, kind, i in events:
+        if kind == 1:
+            if first is None:
+                first = t
+            elif down is not None:
+                gaps.append((down[1], t, down[0], sub.ups[i][1]))
+            down = None
+        elif first is not None and down is None:  # the first down of a gap counts
+            down = sub.downs[i]
+    if down is not None:
+        gaps.append((down[1], None, down[0], False))
+    return first, gaps
+
+
+def _missing(arr: bytearray | None, lo: int, hi: int) -> int:
+    """How many of the sequence numbers ``lo..hi`` never arrived."""
+    if hi < lo:
+        return 0
+    if arr is None:
+        return hi - lo + 1
+    n = len(arr)
+    inside = arr[lo : min(hi, n - 1) + 1].count(0) if lo < n else 0
+    return inside + max(0, hi - max(lo, n) + 1)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(r for r in ranges if r[0] <= r[1]):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _judge(sub: SubscriberRec, first: int | None, gaps: list[_Gap], key: int,
+           stream: StreamRec, b: Counter[str]) -> int:
+    """Add one (subscriber, stream) pair to its QoS bucket; unknown sequence numbers."""
+    dq = min(stream.qos, sub.qos)
+    n = stream.sent
+    start = stream.first_sent_at_or_after(first) if first is not None else n + 1
+    start = min(start, n + 1)
+    arr = sub.seen.get(key)
+    unknown = 0
+    if arr is not None and len(arr) > n + 1:
+        tail = arr[n + 1 :]
+        unknown = len(tail) - tail.count(0)
+    b["before_subscribe"] += start - 1
+    expected = n - start + 1
+    if expected <= 0:
+        return unknown
+    zeros = _missing(arr, start, n)
+    got = expected - zeros
+    b["expected"] += expected
+    b["delivered"] += got
+    b["lost"] += zeros
+    excused: list[tuple[int, int]] = []
+    for last, back, went, kept in gaps:
+        back_seq = stream.first_sent_at_or_after(back) if back is not None else n + 1
+        if kept:  # a persistent session came back: all of it is owed
+            b["backlog"] += max(0, min(n, back_seq - 1)
+                                - max(start, stream.first_sent_at_or_after(went)) + 1)
+        else:
+            excused.append((max(start, last.get(key, 0) + 1), min(n, back_seq - 1)))
+    if zeros:
+        if dq == 0:
+            b["lost_allowed_qos0"] += zeros
+        else:
+            windows = _merge(excused)
+            in_windows = sum(_missing(arr, lo, hi) for lo, hi in windows)
+            unconfirmed = 0
+            unconfirmed_in_windows = 0
+            for s in stream.unconfirmed:
+                if start <= s <= n and (arr is None or s >= len(arr) or arr[s] == 0):
+                    unconfirmed += 1
+                    if any(lo <= s <= hi for lo, hi in windows):
+                        unconfirmed_in_windows += 1
+            b["lost_unconfirmed"] += unconfirmed
+            b["lost_excused"] += in_windows - unconfirmed_in_windows
+            b["lost_confirmed"] += zeros - unconfirmed - (in_windows - unconfirmed_in_windows)
+    if arr is not None:
+        dups = sum(arr[start : n + 1]) - got
+        if dups:
+            b["duplicated"] += dups
+            if stream.qos != 1 and dq != 1:
+                b["duplicated_violation"] += dups
+    b["out_of_order"] += sub.ooo.get(key, 0)
+    return unknown
 
 
 def analyse(stats: Stats) -> dict[str, Any]:
@@ -42,40 +155,11 @@ def analyse(stats: Stats) -> dict[str, Any]:
     for sub in stats.subscribers:
         foreign += sub.foreign
         filters = sub.filters
+        first, gaps = _timeline(sub)
         for key, stream in streams.items():
-            if not matches_any(filters, stream.topic):
-                continue
-            dq = min(stream.qos, sub.qos)
-            b = by_qos[dq]
-            n = stream.sent
-            arr = sub.seen.get(key)
-            if arr is None:
-                zeros, arrivals = n, 0
-            else:
-                view = arr[1 : n + 1]
-                zeros = view.count(0) + (n - len(view))
-                arrivals = sum(view)
-                if any(arr[n + 1 :]):
-                    unknown += len(arr[n + 1 :]) - arr[n + 1 :].count(0)
-            got = n - zeros
-            b["expected"] += n
-            b["delivered"] += got
-            b["lost"] += zeros
-            if zeros:
-                if dq == 0:
-                    b["lost_allowed_qos0"] += zeros
-                else:
-                    unconfirmed = sum(1 for s in stream.unconfirmed
-                                      if arr is None or s >= len(arr) or arr[s] == 0)
-                    b["lost_unconfirmed"] += unconfirmed
-                    rest = zeros - unconfirmed
-                    b["lost_excused" if sub.faulted else "lost_confirmed"] += rest
-            dups = arrivals - got
-            if dups:
-                b["duplicated"] += dups
-                if stream.qos != 1 and dq != 1:
-                    b["duplicated_violation"] += dups
-            b["out_of_order"] += sub.ooo.get(key, 0)
+            if matches_any(filters, stream.topic):
+                unknown += _judge(sub, first, gaps, key, stream,
+                                  by_qos[min(stream.qos, sub.qos)])
         unknown += sum(1 for key in sub.seen if key not in streams)
 
     wills = Counter({"expected": 0, "received": 0, "missing": 0, "unexpected": 0})
@@ -115,9 +199,12 @@ def analyse(stats: Stats) -> dict[str, Any]:
         "lost": total["lost"],
         "duplicated": total["duplicated"],
         "out_of_order": total["out_of_order"],
+        "before_subscribe": total["before_subscribe"],
+        "backlog": total["backlog"],
         "foreign": foreign,
         "subscribers": len(stats.subscribers),
         "faulted_subscribers": sum(1 for s in stats.subscribers if s.faulted),
+        "unsubscribed_subscribers": sum(1 for s in stats.subscribers if not s.ups),
         "by_qos": {str(q): dict(by_qos[q]) for q in range(3)},
     }
     return {"messages": messages, "wills": dict(wills), "violations": violations,

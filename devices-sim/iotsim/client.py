@@ -160,6 +160,7 @@ class Client:
         self.inbound_qos2: set[int] = set()
         self._pending: dict[int, asyncio.Future[SubAck | UnsubAck]] = {}
         self._next_pid = 0
+        self.suback_ns = 0  # time.monotonic_ns() when the last SUBACK was read
 
     # -------------------------------------------------------------- connect / close
 
@@ -519,6 +520,10 @@ class Client:
             if self._connack is not None and not self._connack.done():
                 self._connack.set_result(packet)
         elif isinstance(packet, SubAck | UnsubAck):
+            if isinstance(packet, SubAck):
+                # read after the broker sent it: whatever is published from now on is
+                # routed to the new subscription (the accounting relies on this order)
+                self.suback_ns = time.monotonic_ns()
             fut = self._pending.pop(packet.packet_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(packet)

@@ -236,10 +236,11 @@ class Telemetry(Device):
             return
         seq = src.seq[qos] + 1
         src.seq[qos] = seq
+        sent_ns = time.monotonic_ns()  # before the write: see Subscriber.on_connected
         payload = self._builder.build(ctx.run_id, src.id, qos, seq)
         key = src.keys[qos]
         self.client.send_publish(src.topic, payload, qos, self.group.retain, key, seq)
-        ctx.stats.on_published(key, src.topic, qos, seq)
+        ctx.stats.on_published(key, src.topic, qos, seq, sent_ns)
 
 
 class Actuator(Device):
@@ -282,26 +283,42 @@ class Subscriber(Device):
         super().__init__(ctx, group, index, source_base, source_address)
         self.filters = filters
         self.sub_qos = qos
-        self.record = SubscriberRec(name, filters, qos, ctx.run_id)
+        self.record = SubscriberRec(name, filters, qos, ctx.run_id, self.client.persistent)
         ctx.stats.subscribers.append(self.record)
         self.client.on_message = self._on_message
         self.response_topic = b""
         self.ready = False
+        self._session_kept = True  # the session was present on every connection since
+        #                            the last SUBACK
 
     async def on_connected(self) -> None:
-        codes = await self.client.subscribe([(f, self.sub_qos) for f in self.filters])
+        """Subscribe; the SUBACK's arrival starts (or restarts) what it is expected to get.
+
+        Messages sent after the SUBACK was read reach the broker after it subscribed us,
+        so they must arrive (per QoS); earlier ones may or may not (accounting module).
+        """
+        client = self.client
+        if not (client.persistent and client.session_present):
+            self._session_kept = False
+        codes = await client.subscribe([(f, self.sub_qos) for f in self.filters])
         granted = [c for c in codes if c < 0x80]
         if len(granted) != len(codes):
+            # not (fully) subscribed: no new expectation; a clean session's stays excused
             self.ctx.stats.error("subscribe_refused")
             self.record.faulted = True
-        elif granted:
-            self.record.qos = min(self.record.qos, max(granted))
+        else:
+            if granted:
+                self.record.qos = min(self.record.qos, max(granted))
+            self.record.on_subscribed(client.suback_ns,
+                                      bool(self.record.ups) and self._session_kept)
+            self._session_kept = True
         self.ready = True
 
     def on_disconnected(self) -> None:
         super().on_disconnected()
         if not self.ctx.stopping:
-            self.record.faulted = True  # not there the whole run: its losses are excused
+            self.record.faulted = True
+            self.record.on_disconnected(time.monotonic_ns())
 
     def _on_message(self, topic: bytes, payload: bytes, qos: int,
                     props: Properties | None) -> None:

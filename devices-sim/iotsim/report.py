@@ -8,7 +8,9 @@
   ``connect_failures``, ``disconnects``;
 * ``messages``: ``published``, ``confirmed``, ``unconfirmed``, ``expected``,
   ``delivered`` (unique), ``received`` (with duplicates and foreign), ``lost``,
-  ``duplicated``, ``out_of_order``, ``by_qos`` (per delivery QoS) ...;
+  ``duplicated``, ``out_of_order``, ``before_subscribe`` (not expected: sent before a
+  subscriber's first SUBACK), ``backlog`` (expected: sent while a persistent-session
+  subscriber was away), ``by_qos`` (per delivery QoS) ...;
 * ``latency_ms`` (end to end), ``publish_ack_latency_ms``, ``connect_latency_ms``,
   ``request_response.latency_ms``: ``count``, ``min``, ``mean``, ``p50``, ``p90``,
   ``p99``, ``p999``, ``max``;
@@ -161,7 +163,9 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     table.add_row("published", f"{m['published']:,} ({m['published_per_s']:,}/s), "
                                f"confirmed {m['confirmed']:,}, unconfirmed {m['unconfirmed']:,}")
     table.add_row("delivered", f"{m['delivered']:,} of {m['expected']:,} expected "
-                               f"({m['delivered_per_s']:,}/s) to {m['subscribers']} subscribers")
+                               f"({m['delivered_per_s']:,}/s) to {m['subscribers']} subscribers"
+                               + (f" ({m['before_subscribe']:,} sent before a SUBACK: not "
+                                  "expected)" if m["before_subscribe"] else ""))
     table.add_row("lost / dup / ooo", f"{m['lost']:,} / {m['duplicated']:,} / "
                                       f"{m['out_of_order']:,}")
     for q, b in m["by_qos"].items():
@@ -170,7 +174,9 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                                         f"{b['delivered']:,}, lost {b['lost']:,} (unconfirmed "
                                         f"{b['lost_unconfirmed']:,}, excused "
                                         f"{b['lost_excused']:,}, confirmed "
-                                        f"{b['lost_confirmed']:,}), dup {b['duplicated']:,}")
+                                        f"{b['lost_confirmed']:,}), dup {b['duplicated']:,}"
+                                        + (f", backlog {b['backlog']:,}" if b["backlog"]
+                                           else ""))
     table.add_row("e2e latency", _lat(report["latency_ms"]))
     table.add_row("publish->ack", _lat(report["publish_ack_latency_ms"]))
     rr = report["request_response"]

@@ -1,16 +1,21 @@
 """What one simulator process measures; merged across worker processes.
 
 Publisher side: one :class:`StreamRec` per (source, QoS) stream: its topic, the last
-sequence number sent and the sequence numbers the broker has not acknowledged (yet).
-Subscriber side: one :class:`SubscriberRec` per accounting subscriber (monitors and
-dashboards): how many times each sequence number of each stream arrived. The final
-cross-check (:mod:`iotsim.accounting`) needs both, so both travel from the workers to
-the parent with :meth:`Stats.export` / :meth:`Stats.merge_export`.
+sequence number sent, the sequence numbers the broker has not acknowledged (yet) and
+when each sequence number was sent (4 bytes a message). Subscriber side: one
+:class:`SubscriberRec` per accounting subscriber (monitors and dashboards): how many
+times each sequence number of each stream arrived, and when it was subscribed (SUBACK)
+and disconnected. The final cross-check (:mod:`iotsim.accounting`) needs both, so both
+travel from the workers to the parent with :meth:`Stats.export` /
+:meth:`Stats.merge_export`. Times are ``time.monotonic_ns()``, one clock for every
+process of the machine.
 """
 
 from __future__ import annotations
 
 import time
+from array import array
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,15 +23,55 @@ from typing import Any
 from iotsim.histogram import Histogram
 from iotsim.payloads import MAGIC_TELEMETRY, MAGIC_WILL, stream_key
 
+#: Resolution of the recorded send times (100 µs; 4 bytes cover 4.9 days per stream).
+TIME_QUANTUM_NS = 100_000
+_TIME_MAX = 0xFFFFFFFF
+
+
+def _times() -> array[int]:
+    return array("I")
+
 
 @dataclass(slots=True)
 class StreamRec:
-    """One (source, QoS) stream of accounted messages, publisher side."""
+    """One (source, QoS) stream of accounted messages, publisher side.
+
+    ``times[seq - 1]`` is when ``seq`` was sent, in :data:`TIME_QUANTUM_NS` units after
+    ``base_ns`` (the first message's send time), rounded down.
+    """
 
     topic: str
     qos: int
     sent: int = 0
     unconfirmed: set[int] = field(default_factory=set)
+    base_ns: int = 0
+    times: array[int] = field(default_factory=_times)
+
+    def record_time(self, seq: int, ts_ns: int) -> None:
+        """Note that ``seq`` was sent at ``ts_ns`` (sequence numbers come in order)."""
+        times = self.times
+        if not times:
+            self.base_ns = ts_ns
+        q = min(_TIME_MAX, max(0, ts_ns - self.base_ns) // TIME_QUANTUM_NS)
+        if times and q < times[-1]:
+            q = times[-1]  # keep the array sorted whatever the clock did
+        while len(times) < seq - 1:  # a gap (not produced by the simulator): same time
+            times.append(q)
+        if len(times) == seq - 1:
+            times.append(q)
+
+    def first_sent_at_or_after(self, t_ns: int) -> int:
+        """The first sequence number surely sent at or after ``t_ns`` (``sent + 1``: none).
+
+        Conservative: a message sent less than :data:`TIME_QUANTUM_NS` after ``t_ns``
+        may count as sent before it. Sequence numbers without a recorded time count as
+        sent after any ``t_ns``.
+        """
+        times = self.times
+        if not times or t_ns <= self.base_ns:
+            return 1
+        q = -(-(t_ns - self.base_ns) // TIME_QUANTUM_NS)  # ceil
+        return bisect_left(times, q) + 1
 
 
 @dataclass(slots=True)
@@ -59,21 +104,36 @@ class Second:
 class SubscriberRec:
     """One accounting subscriber: which (stream, seq) arrived how often, wills, latency."""
 
-    __slots__ = ("faulted", "filters", "foreign", "last", "name", "ooo", "qos", "received",
-                 "run", "seen", "wills")
+    __slots__ = ("downs", "faulted", "filters", "foreign", "last", "name", "ooo", "persistent",
+                 "qos", "received", "run", "seen", "ups", "wills")
 
-    def __init__(self, name: str, filters: tuple[str, ...], qos: int, run: int) -> None:
+    def __init__(self, name: str, filters: tuple[str, ...], qos: int, run: int,
+                 persistent: bool = False) -> None:
         self.name = name
         self.filters = filters
         self.qos = qos
         self.run = run
-        self.faulted = False
+        self.persistent = persistent  # Clean Session 0 / Session Expiry > 0
+        self.faulted = False  # hit by a fault or disconnected during the run (informative)
+        #: (SUBACK arrival, the session and its subscriptions were kept since the last one)
+        self.ups: list[tuple[int, bool]] = []
+        #: (connection lost, highest in-order sequence number seen per stream by then)
+        self.downs: list[tuple[int, dict[int, int]]] = []
         self.seen: dict[int, bytearray] = {}
         self.last: dict[int, int] = {}
         self.ooo: Counter[int] = Counter()
         self.wills: Counter[int] = Counter()
         self.foreign = 0
         self.received = 0
+
+    def on_subscribed(self, suback_ns: int, resumed: bool) -> None:
+        """Its SUBACK arrived at ``suback_ns``; ``resumed``: a persistent session, present
+        on every connection since the previous SUBACK, kept its subscriptions meanwhile."""
+        self.ups.append((suback_ns, resumed))
+
+    def on_disconnected(self, now_ns: int) -> None:
+        """Its connection ended during the run (not the final disconnect)."""
+        self.downs.append((now_ns, dict(self.last)))
 
     def account(self, payload: bytes, header: tuple[bytes, int, int, int, int, int] | None,
                 now_ns: int) -> int:
@@ -109,15 +169,21 @@ class SubscriberRec:
     def export(self) -> dict[str, Any]:
         """A picklable form."""
         return {"name": self.name, "filters": list(self.filters), "qos": self.qos,
-                "faulted": self.faulted, "seen": {k: bytes(v) for k, v in self.seen.items()},
+                "faulted": self.faulted, "persistent": self.persistent,
+                "ups": list(self.ups), "downs": list(self.downs),
+                "seen": {k: bytes(v) for k, v in self.seen.items()},
                 "ooo": dict(self.ooo), "wills": dict(self.wills), "foreign": self.foreign,
                 "received": self.received}
 
     @classmethod
     def from_export(cls, data: dict[str, Any], run: int) -> SubscriberRec:
         """The inverse of :meth:`export`."""
-        rec = cls(data["name"], tuple(data["filters"]), data["qos"], run)
+        rec = cls(data["name"], tuple(data["filters"]), data["qos"], run,
+                  data.get("persistent", False))
         rec.faulted = data["faulted"]
+        rec.ups = [(int(t), bool(r)) for t, r in data.get("ups", ())]
+        rec.downs = [(int(t), {int(k): v for k, v in last.items()})
+                     for t, last in data.get("downs", ())]
         rec.seen = {int(k): bytearray(v) for k, v in data["seen"].items()}
         rec.ooo = Counter({int(k): v for k, v in data["ooo"].items()})
         rec.wills = Counter({int(k): v for k, v in data["wills"].items()})
@@ -170,11 +236,12 @@ class Stats:
             sec = self.series[idx] = Second()
         return sec
 
-    def on_published(self, key: int, topic: str, qos: int, seq: int) -> None:
-        """An accounted PUBLISH left for the broker."""
+    def on_published(self, key: int, topic: str, qos: int, seq: int, ts_ns: int = -1) -> None:
+        """An accounted PUBLISH left for the broker; ``ts_ns`` taken before it was written."""
         rec = self.streams.get(key)
         if rec is None:
             rec = self.streams[key] = StreamRec(topic, qos)
+        rec.record_time(seq, ts_ns if ts_ns >= 0 else time.monotonic_ns())
         rec.sent = max(rec.sent, seq)
         if qos:
             rec.unconfirmed.add(seq)
@@ -248,7 +315,8 @@ class Stats:
                            "disconnects": s.disconnects, "errors": s.errors,
                            "connected": s.connected, "latency": s.latency.to_dict()}
                        for i, s in self.series.items()},
-            "streams": {k: (s.topic, s.qos, s.sent, sorted(s.unconfirmed))
+            "streams": {k: (s.topic, s.qos, s.sent, sorted(s.unconfirmed), s.base_ns,
+                            s.times.tobytes())
                         for k, s in self.streams.items()},
             "subscribers": [s.export() for s in self.subscribers],
             "will_topics": dict(self.will_topics), "wills_expected": dict(self.wills_expected),
@@ -274,8 +342,10 @@ class Stats:
                          Histogram.from_dict(s["latency"]))
             mine = self.series.setdefault(int(i), Second())
             mine.merge(sec)
-        for k, (topic, qos, sent, unconfirmed) in data["streams"].items():
-            self.streams[int(k)] = StreamRec(topic, qos, sent, set(unconfirmed))
+        for k, (topic, qos, sent, unconfirmed, base_ns, raw) in data["streams"].items():
+            times = _times()
+            times.frombytes(raw)
+            self.streams[int(k)] = StreamRec(topic, qos, sent, set(unconfirmed), base_ns, times)
         self.subscribers.extend(SubscriberRec.from_export(s, self.run)
                                 for s in data["subscribers"])
         self.will_topics.update({int(k): v for k, v in data["will_topics"].items()})

@@ -196,14 +196,21 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- accounting
 
 
+_MS = 1_000_000  # ns
+
+
 def _stats_with(seen: dict[int, list[int]], sent: int, qos: int, sub_qos: int,
-                unconfirmed: set[int], faulted: bool = False) -> Stats:
+                unconfirmed: set[int], persistent: bool = False) -> Stats:
+    """One stream ``t/3`` whose message ``seq`` was sent at ``seq`` ms, one subscriber
+    subscribed at 0 ms (before it all)."""
     stats = Stats(1, 0.0)
     key = stream_key(3, qos)
-    stats.streams[key] = StreamRec("t/3", qos, sent, unconfirmed)
+    stream = stats.streams[key] = StreamRec("t/3", qos, sent, unconfirmed)
+    for seq in range(1, sent + 1):
+        stream.record_time(seq, seq * _MS)
     stats.published = sent
-    sub = SubscriberRec("m", ("t/+",), sub_qos, 1)
-    sub.faulted = faulted
+    sub = SubscriberRec("m", ("t/+",), sub_qos, 1, persistent)
+    sub.on_subscribed(0, False)
     for k, seqs in seen.items():
         arr = bytearray(sent + 2)
         for s in seqs:
@@ -224,9 +231,90 @@ def test_accounting_counts_loss_duplicates_and_judges_by_qos() -> None:
     assert acc["violations"]["lost_confirmed"] == 1 and acc["violations"][
         "duplicated_violation"] == 0
     assert not acc["ok"]
-    # the same subscriber interrupted by a fault: excused
-    acc = analyse(_stats_with({key1: [1, 2, 3, 5, 6, 7, 8, 10]}, 10, 1, 2, {9}, faulted=True))
+    # the same (clean session) subscriber, away from 3.5 ms to 4.5 ms: 4 is excused
+    stats = _stats_with({key1: [1, 2, 3, 5, 6, 7, 8, 10]}, 10, 1, 2, {9})
+    sub = stats.subscribers[0]
+    sub.downs.append((3 * _MS + _MS // 2, {key1: 3}))
+    sub.ups.append((4 * _MS + _MS // 2, False))
+    acc = analyse(stats)
     assert acc["messages"]["by_qos"]["1"]["lost_excused"] == 1 and acc["ok"]
+
+
+def _away(seen: list[int], persistent: bool, resumed: bool, went_ms: float,
+          last: int, back_ms: float | None) -> dict[str, int]:
+    """QoS 1 stream of 10 (seq sent at seq ms), QoS 1 subscriber away from ``went_ms``
+    (having seen ``last`` in order) until ``back_ms`` (``None``: never back)."""
+    key = stream_key(3, 1)
+    stats = _stats_with({key: seen}, 10, 1, 1, set(), persistent)
+    sub = stats.subscribers[0]
+    sub.downs.append((int(went_ms * _MS), {key: last}))
+    if back_ms is not None:
+        sub.on_subscribed(int(back_ms * _MS), resumed)
+    q1: dict[str, int] = analyse(stats)["messages"]["by_qos"]["1"]
+    return q1
+
+
+def test_clean_session_subscriber_is_excused_its_absence_only() -> None:
+    # away 4.5..7.5 ms: 4 was in flight (last seen 3), 5-7 published while away
+    q1 = _away([1, 2, 3, 8], False, False, 4.5, 3, 7.5)
+    assert (q1["lost"], q1["lost_excused"], q1["lost_confirmed"]) == (6, 4, 2)  # 9, 10
+    assert q1["backlog"] == 0
+    # never back: everything from the first message it had not seen is excused
+    q1 = _away([1, 2, 3], False, False, 4.5, 3, None)
+    assert (q1["lost"], q1["lost_excused"], q1["lost_confirmed"]) == (7, 7, 0)
+
+
+def test_persistent_subscriber_is_owed_its_backlog() -> None:
+    # the session came back: 4-7 (in flight or published while away) must still arrive
+    q1 = _away([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], True, True, 4.5, 3, 7.5)
+    assert (q1["lost"], q1["lost_excused"], q1["backlog"]) == (0, 0, 3)  # 5, 6, 7
+    q1 = _away([1, 2, 3, 8, 9, 10], True, True, 4.5, 3, 7.5)
+    assert (q1["lost"], q1["lost_excused"], q1["lost_confirmed"]) == (4, 0, 4)
+    # the broker had lost the session: like a clean one
+    q1 = _away([1, 2, 3, 8, 9, 10], True, False, 4.5, 3, 7.5)
+    assert (q1["lost"], q1["lost_excused"], q1["lost_confirmed"]) == (4, 4, 0)
+    # not back by the end: it could not get them
+    q1 = _away([1, 2, 3], True, False, 4.5, 3, None)
+    assert (q1["lost"], q1["lost_excused"], q1["lost_confirmed"]) == (7, 7, 0)
+
+
+def test_late_subscriber_expects_only_what_follows_its_suback() -> None:
+    key = stream_key(3, 1)
+    stats = _stats_with({key: [6, 7, 9, 10]}, 10, 1, 1, set())
+    sub = stats.subscribers[0]
+    sub.ups[0] = (5 * _MS + 1, False)  # 1-5 were sent before the SUBACK arrived
+    q1 = analyse(stats)["messages"]["by_qos"]["1"]
+    assert (q1["before_subscribe"], q1["expected"], q1["delivered"]) == (5, 5, 4)
+    assert (q1["lost"], q1["lost_confirmed"]) == (1, 1)  # 8
+    # never subscribed: nothing expected
+    sub.ups.clear()
+    acc = analyse(stats)
+    assert acc["messages"]["expected"] == 0 and acc["messages"]["before_subscribe"] == 10
+    assert acc["messages"]["unsubscribed_subscribers"] == 1
+
+
+def test_send_times_are_conservative_and_survive_the_worker_merge() -> None:
+    rec = StreamRec("t", 1)
+    for seq, t in enumerate([1000, 1000 + 150_000, 1000 + 150_001, 1000 + 500_000], 1):
+        rec.record_time(seq, t)
+        rec.sent = seq
+    assert rec.first_sent_at_or_after(0) == 1
+    assert rec.first_sent_at_or_after(1000) == 1
+    assert rec.first_sent_at_or_after(1001) == 2  # rounded: may count as sent before
+    assert rec.first_sent_at_or_after(1000 + 150_000) == 4  # seq 2/3 only maybe after
+    assert rec.first_sent_at_or_after(10**12) == 5  # none
+    stats = Stats(7, 0.0)
+    stats.streams[4] = rec
+    sub = SubscriberRec("d", ("t",), 1, 7, persistent=True)
+    sub.on_subscribed(5, False)
+    sub.on_disconnected(9)
+    stats.subscribers.append(sub)
+    parent = Stats(7, 0.0)
+    parent.merge_export(stats.export())
+    back = parent.streams[4]
+    assert (back.base_ns, list(back.times), back.sent) == (rec.base_ns, list(rec.times), 4)
+    again = parent.subscribers[0]
+    assert again.persistent and again.ups == [(5, False)] and again.downs == [(9, {})]
 
 
 def test_accounting_qos2_duplicate_is_a_violation_and_qos0_loss_is_not() -> None:
