@@ -67,6 +67,10 @@ class ConnectionState(Enum):
     CLOSING = 4  # we decided to close; input is ignored
 
 
+#: Largest packet read before a CONNECT is accepted (a CONNECT with its will): an
+#: unauthenticated socket cannot make the broker buffer the full Maximum Packet Size.
+PRE_CONNECT_MAX_PACKET = 256 * 1024
+
 _AWAIT_CONNECT = ConnectionState.AWAIT_CONNECT
 _CONNECTED = ConnectionState.CONNECTED
 _PUBLISH = PacketType.PUBLISH
@@ -79,6 +83,7 @@ class Connection:
         "_framer",
         "_inbound_aliases",
         "_inbound_unacked",
+        "_max_packet_size",
         "_out",
         "_outbound_aliases",
         "_topic_alias_maximum",
@@ -103,7 +108,10 @@ class Connection:
         topic_alias_maximum: int,
         now: float,
     ) -> None:
-        self._framer = Framer(max_packet_size)
+        # Until CONNECT is accepted the peer is unauthenticated: it may make us buffer
+        # at most PRE_CONNECT_MAX_PACKET bytes, not the full Maximum Packet Size.
+        self._framer = Framer(min(max_packet_size, PRE_CONNECT_MAX_PACKET))
+        self._max_packet_size = max_packet_size
         self._inbound_aliases: InboundAliases | None = None
         self._topic_alias_maximum = topic_alias_maximum
         self._outbound_aliases = _NO_ALIASES
@@ -226,6 +234,7 @@ class Connection:
     ) -> None:
         """The CONNECT was accepted: record what the client told us about itself."""
         self.state = ConnectionState.CONNECTED
+        self._framer.max_packet_size = self._max_packet_size
         self.keepalive = keepalive
         self.client_receive_maximum = client_receive_maximum or 65535
         self.client_max_packet_size = client_max_packet_size or 0

@@ -183,3 +183,22 @@ def test_mqtt_3_3_2_6_forwarded_expiry_is_reduced_by_time_in_the_broker() -> Non
     [packet] = _sent(conn)
     assert isinstance(packet, Publish)
     assert packet.properties.message_expiry_interval == 30
+
+
+def test_unauthenticated_socket_cannot_claim_the_full_packet_size() -> None:
+    """Before CONNECT is accepted a packet may be at most 256 KiB (a CONNECT with its
+    will); the configured Maximum Packet Size applies once the client is accepted."""
+    conn = Connection(max_packet_size=16 << 20, receive_maximum=10, topic_alias_maximum=0,
+                      now=0.0)
+    with pytest.raises(MalformedPacket) as info:
+        conn.receive_data(b"\x10\x80\x80\x20", 0.0)  # declares 512 KiB before CONNECT
+    assert info.value.reason_code == 0x95
+    accepted = Connection(max_packet_size=16 << 20, receive_maximum=10,
+                          topic_alias_maximum=0, now=0.0)
+    accepted.receive_data(encode_packet(Connect("big"), 4), 0.0)
+    accepted.accept(keepalive=0, client_receive_maximum=None, client_max_packet_size=None,
+                    client_topic_alias_maximum=None, outbound_aliases=False,
+                    request_problem_information=True)
+    big = encode_packet(Publish("t", b"x" * (300 * 1024), 0), 4)
+    [packet] = accepted.receive_data(big, 1.0)
+    assert isinstance(packet, Publish) and len(packet.payload) == 300 * 1024
