@@ -40,8 +40,6 @@ from iotbroker.storage.base import ChangeBatch
 #: A hook asking whether a session may receive a message on a topic (ACL "read").
 ReceiveCheck = Callable[[Session, str], bool]
 
-SHARED_STRATEGIES = ("round-robin", "random", "sticky", "least-inflight")
-
 
 class Router:
     """Publishes messages to sessions and manages their subscriptions."""

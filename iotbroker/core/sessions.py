@@ -80,13 +80,10 @@ class SessionRegistry:
             # Read offloaded messages back while the store still has them (a resume
             # with expiry 0 deletes the stored session below).
             old.page_in()
-            was_persistent = old.persistent
             old.protocol_version = protocol_version
-            old.expiry_interval = expiry_interval
-            if was_persistent and not old.persistent:
-                self.batch.delete_session(client_id)
-            elif old.persistent:
-                self._persist_all(old)
+            self.change_expiry(old, expiry_interval)
+            if old.persistent:
+                self.batch.put_session(self.record(old))
             return old, True
         session = Session(
             client_id, protocol_version, expiry_interval, self.batch, self.limits, self.metrics
@@ -97,8 +94,13 @@ class SessionRegistry:
             self.batch.put_session(self.record(session))
         return session, False
 
-    def _persist_all(self, session: Session) -> None:
-        self.batch.put_session(self.record(session))
+    def change_expiry(self, session: Session, expiry_interval: int) -> None:
+        """Set the Session Expiry Interval (at CONNECT or DISCONNECT); a session that
+        stops being persistent is removed from the store."""
+        was_persistent = session.persistent
+        session.expiry_interval = expiry_interval
+        if was_persistent and not session.persistent:
+            self.batch.delete_session(session.client_id)
 
     def record(self, session: Session) -> SessionRecord:
         will = None

@@ -347,9 +347,6 @@ class Connection:
         out.clear()
         return data
 
-    @property
-    def has_output(self) -> bool:
-        return bool(self._out)
 
 
 # The QoS 0 PUBLISH last encoded: a fan-out loop gives one message to every subscriber

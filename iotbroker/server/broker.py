@@ -51,9 +51,10 @@ from iotbroker.core.router import Router
 from iotbroker.core.session import Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
-from iotbroker.core.topics import parse_shared, validate_topic_name
+from iotbroker.core.topics import has_wildcard, parse_shared, validate_topic_name
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation, StorageError
 from iotbroker.metrics import Metrics
+from iotbroker.protocol.connection import ConnectionState
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.enhanced_auth import EnhancedAuth
 from iotbroker.server.listeners import Listener, start_listener
@@ -78,6 +79,8 @@ _V3_CONNACK = {
     0x88: 0x03,  # server unavailable
     0x89: 0x03,  # server busy
     0x8C: 0x04,  # bad authentication method
+    0x9C: 0x03,  # use another server
+    0x9D: 0x03,  # server moved
 }
 
 #: What a connection may send before its CONNACK (AUTH only with enhanced auth).
@@ -247,11 +250,22 @@ class Broker:
         """The :class:`~iotbroker.core.session.Pager` of every session: commit what
         this turn changed, then read the session's queued messages from the store."""
         if self.batch:
-            self.store.apply(self.batch)
-            self.metrics.storage_batches += 1
-            self.metrics.storage_changes += len(self.batch)
-            self.batch.clear()
+            self._commit()
         return self.store.load_queued(client_id)
+
+    def _commit(self) -> None:
+        """Apply the turn's storage batch (one WriteBatch) and clear it; timed for
+        metrics. Raises StorageError, leaving the batch as it was."""
+        batch = self.batch
+        started = time.perf_counter()
+        self.store.apply(batch)
+        took = time.perf_counter() - started
+        self.metrics.storage_batches += 1
+        self.metrics.storage_changes += len(batch)
+        self.storage_write_seconds += took
+        self._storage_write_max = max(self._storage_write_max, took)
+        self._storage_batch_max = max(self._storage_batch_max, len(batch))
+        batch.clear()
 
     # ------------------------------------------------------------ the flush
     def output_pending(self, proto: ClientProtocol) -> None:
@@ -274,15 +288,8 @@ class Broker:
         if readers:
             self.active_readers = []
         if batch:
-            started = time.perf_counter()
             try:
-                self.store.apply(batch)
-                self.metrics.storage_batches += 1
-                self.metrics.storage_changes += len(batch)
-                took = time.perf_counter() - started
-                self.storage_write_seconds += took
-                self._storage_write_max = max(self._storage_write_max, took)
-                self._storage_batch_max = max(self._storage_batch_max, len(batch))
+                self._commit()
             except StorageError as exc:
                 log.error(
                     "storage write failed, closing %d connections without acks: %s", len(dirty), exc
@@ -292,7 +299,6 @@ class Broker:
                     proto.conn.data_to_send()
                     proto.abort()
                 return
-            batch.clear()
         for proto in dirty:
             proto.write_pending()
             if proto.close_after_flush and proto.transport is not None:
@@ -443,7 +449,7 @@ class Broker:
             if conn.protocol_version == 5:
                 reason = Properties(reason_string=exc.message[:200])
                 conn.send_packet(Disconnect(exc.reason_code, reason))
-        elif conn.state.name == "AUTHENTICATING" or isinstance(exc, MalformedPacket):
+        elif conn.state is ConnectionState.AUTHENTICATING or isinstance(exc, MalformedPacket):
             requested = getattr(exc, "protocol_level", None)
             if exc.reason_code == 0x84:
                 # [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1) / 0x84 (5.0), then close.
@@ -526,7 +532,14 @@ class Broker:
         return session
 
     # --------------------------------------------------------------- CONNECT
-    def _refuse(self, proto: ClientProtocol, packet: Connect, reason: int, why: str) -> None:
+    def _refuse(
+        self,
+        proto: ClientProtocol,
+        packet: Connect,
+        reason: int,
+        why: str,
+        properties: Properties = NO_PROPERTIES,
+    ) -> None:
         """Refuse a CONNECT with a CONNACK code, then close [MQTT-3.2.2-5] (v5 -7)."""
         self.metrics.connections_rejected += 1
         log.info(
@@ -538,7 +551,7 @@ class Broker:
         )
         conn = proto.conn
         if packet.protocol_version == 5:
-            conn.send_packet(ConnAck(False, reason))
+            conn.send_packet(ConnAck(False, reason, properties))
         elif reason in _V3_CONNACK:
             conn.send_packet(ConnAck(False, _V3_CONNACK[reason]))
         # else: no 3.1.1 return code fits: close without CONNACK [MQTT-3.2.2-6].
@@ -563,21 +576,13 @@ class Broker:
         enhanced = None
         if cfg.server_reference:
             # This server has moved: MQTT 5.0 CONNACK 0x9D with Server Reference (§4.11).
-            self.metrics.connections_rejected += 1
-            log.info(
-                "redirecting %s (client id %r) to %s",
-                proto.peer,
-                packet.client_id,
-                cfg.server_reference,
-                extra=proto.log_extra(),
+            self._refuse(
+                proto,
+                packet,
+                0x9D,
+                f"redirected to {cfg.server_reference}",
+                Properties(server_reference=cfg.server_reference),
             )
-            if v5:
-                conn.send_packet(
-                    ConnAck(False, 0x9D, Properties(server_reference=cfg.server_reference))
-                )
-            else:
-                conn.send_packet(ConnAck(False, 0x03))
-            proto.close()
             return
         if v5 and props.authentication_method is not None:  # §4.12
             enhanced = self.enhanced_auth.on_connect(proto, packet, client_id)
@@ -611,7 +616,7 @@ class Broker:
             try:
                 validate_topic_name(will.topic, packet.protocol_version)
                 response_topic = will.properties.response_topic
-                if response_topic is not None and ("+" in response_topic or "#" in response_topic):
+                if response_topic is not None and has_wildcard(response_topic):
                     raise ProtocolViolation(
                         "will Response Topic contains a wildcard", spec_ref="MQTT-3.3.2-14"
                     )
@@ -930,10 +935,7 @@ class Broker:
                 raise ProtocolViolation(
                     "Session Expiry Interval changed from 0 at DISCONNECT (MQTT 5.0 §3.14.2.2.2)"
                 )
-            was_persistent = session.persistent
-            session.expiry_interval = min(expiry, self.config.mqtt.max_session_expiry)
-            if was_persistent and not session.persistent:
-                self.batch.delete_session(session.client_id)
+            self.registry.change_expiry(session, min(expiry, self.config.mqtt.max_session_expiry))
         # Normal disconnection discards the will [MQTT-3.14.4-3]; 0x04 keeps it.
         proto.clean_disconnect = packet.reason_code != 0x04
         log.info(
