@@ -19,9 +19,11 @@ Scenarios (64-byte payloads, MQTT 3.1.1 unless ``--mqtt5``):
 
 How it stays cheap (and lossless):
 
-* asyncio.Protocol on uvloop, no streams, no packet objects on the hot path. PUBLISH
-  packets are pre-encoded: a QoS 0 burst is ``packet * k`` with one timestamp per
-  burst; a QoS 1 PUBLISH is ``head + packet_id + payload`` (three ready ``bytes``).
+* asyncio.Protocol on uvloop (the fixed-rate ``latency`` worker on the stdlib loop,
+  whose timers sleep instead of spinning; see ``main``), no streams, no packet objects
+  on the hot path. PUBLISH packets are pre-encoded: a QoS 0 burst is ``packet * k``
+  with one timestamp per burst; a QoS 1 PUBLISH is ``head + packet_id + payload``
+  (three ready ``bytes``).
 * QoS 0 subscribers count bytes (every PUBLISH of a run has the same size) and read
   one latency sample per ``data_received`` from the last whole packet in the chunk.
   QoS 1 subscribers walk the frames, pick packet ids and answer with one joined
@@ -943,11 +945,20 @@ def run_connect(args: argparse.Namespace, procs: list[subprocess.Popen[str]], t_
 
 def main() -> None:
     if len(sys.argv) >= 3 and sys.argv[1] == "worker":
+        spec = json.loads(sys.argv[2])
+        if spec["rate"] > 0:
+            # Fixed-rate (latency) workers run on the stdlib loop: uvloop rounds
+            # call_later delays to whole milliseconds and runs a delay under 0.5 ms as
+            # call_soon (uvloop/loop.pyx, call_later), so the 1 ms sender spun for the
+            # last half millisecond before every send and took a vCPU from the broker
+            # (mosquitto's p99 read ~0.5 ms instead of ~0.15 ms; see docs/performance.md).
+            asyncio.run(worker(spec))
+            return
         try:
             import uvloop  # noqa: PLC0415
-            uvloop.run(worker(json.loads(sys.argv[2])))
+            uvloop.run(worker(spec))
         except ImportError:
-            asyncio.run(worker(json.loads(sys.argv[2])))
+            asyncio.run(worker(spec))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
