@@ -420,7 +420,7 @@ class Broker:
             return
         if self.clients.get(proto.client_id) is proto:
             del self.clients[proto.client_id]
-        if not proto.clean_disconnect:
+        if not proto.clean_disconnect and log.isEnabledFor(logging.INFO):
             log.info(
                 "client %r (%s) connection lost%s",
                 proto.client_id,
@@ -679,7 +679,7 @@ class Broker:
             outbound_aliases=cfg.outbound_topic_aliases,
             request_problem_information=props.request_problem_information != 0,
         )
-        connack_props = Properties()
+        connack_props = NO_PROPERTIES  # MQTT 3.1.1 CONNACK has none
         if v5:
             connack_props = self._connack_properties(
                 packet, assigned, granted_expiry, expiry, server_keepalive
@@ -699,6 +699,8 @@ class Broker:
         window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
         session.attach(conn, window, now)
         proto.start_keepalive()
+        if not log.isEnabledFor(logging.INFO):
+            return  # the arguments below cost a peer-name lookup and a dict per connect
         log.info(
             "client %r connected from %s (MQTT %s, clean_start=%s, keepalive=%s, "
             "session_present=%s, expiry=%s, listener %r)",
@@ -938,12 +940,13 @@ class Broker:
             self.registry.change_expiry(session, min(expiry, self.config.mqtt.max_session_expiry))
         # Normal disconnection discards the will [MQTT-3.14.4-3]; 0x04 keeps it.
         proto.clean_disconnect = packet.reason_code != 0x04
-        log.info(
-            "client %r disconnected (reason 0x%02x)",
-            proto.client_id,
-            packet.reason_code,
-            extra=proto.log_extra(),
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "client %r disconnected (reason 0x%02x)",
+                proto.client_id,
+                packet.reason_code,
+                extra=proto.log_extra(),
+            )
         proto.close()
 
     # ---------------------------------------------------------------- timers
