@@ -1,0 +1,114 @@
+"""How much of the connect rate is the event loop and the kernel, not the broker?
+
+Runs loadgen's ``connect`` scenario (10,000 idle clients) against three servers, fresh
+for every repetition, in turn:
+
+* ``floor``: a bare uvloop server (``--floor-server``, this file) that answers every
+  CONNECT with a fixed CONNACK and does nothing else: the cost of accepting a socket,
+  one read and one write on this machine's loop and kernel;
+* ``iotbroker`` and ``mosquitto``, configured as in ``e2e.py``.
+
+It prints conn/s, the server's CPU% over the connect phase and the CPU microseconds
+per connection (CPU-seconds / connections): iotbroker's figure minus the floor's is
+what the broker itself spends per connection.
+
+    .venv/bin/python benchmarks/connect_floor.py [--reps 3] [--clients 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from typing import Any, cast
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import e2e  # noqa: E402  (benchmarks/ is not a package)
+
+
+class _ConnAckOnly(asyncio.Protocol):
+    """Answers CONNECT with CONNACK (session present 0, accepted); closes on
+    DISCONNECT. Assumes one packet per read, true for loadgen's idle clients."""
+
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport is not an asyncio.Transport subclass; it has write().
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if data[0] == 0x10:
+            self.transport.write(b"\x20\x02\x00\x00")
+        elif data[0] == 0xE0:
+            self.transport.close()
+
+
+async def _serve_floor(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_ConnAckOnly, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+def make_floor(workdir: str) -> e2e.Broker:
+    port = e2e.free_port()
+    argv = [sys.executable, os.path.abspath(__file__), "--floor-server", str(port)]
+    return e2e.Broker("floor", argv, port, workdir)
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--floor-server":
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(_serve_floor(int(sys.argv[2])))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=10000)
+    ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    args = ap.parse_args()
+    # What e2e.run_loadgen reads from its own arguments.
+    gen = argparse.Namespace(gen_cpus=None, warmup=1.0, duration=5.0, procs=1,
+                             clients=args.clients, mqtt5=False, persistent_subscribers=False,
+                             window=0, keep_latency=False)
+    results: dict[str, list[dict[str, Any]]] = {"floor": [], "iotbroker": [], "mosquitto": []}
+    with tempfile.TemporaryDirectory(prefix="connect-floor-") as workdir:
+        for rep in range(args.reps):
+            for name, runs in results.items():
+                if name == "floor":
+                    server = make_floor(workdir)
+                elif name == "iotbroker":
+                    server = e2e.make_iotbroker(workdir, None)
+                else:
+                    server = e2e.make_mosquitto(workdir, args.mosquitto)
+                server.start()
+                try:
+                    res = e2e.run_loadgen(server, "connect", gen)
+                finally:
+                    server.stop()
+                cpu = res["broker_cpu_pct"] or 0.0
+                res["us_per_conn"] = cpu / 100 * 1e6 / res["rate"] if res["rate"] else 0.0
+                runs.append(res)
+                print(f"rep {rep + 1}/{args.reps} {name:9s} {res['rate']:9,.0f} conn/s  "
+                      f"CPU {cpu:3.0f}%  {res['us_per_conn']:5.1f} µs CPU/conn  "
+                      f"generator {res['gen_cpu_pct']:3.0f}%", flush=True)
+    print(f"\nmedians of {args.reps} reps, {args.clients} clients:")
+    med = {name: {key: statistics.median(r[key] for r in rs)
+                  for key in ("rate", "broker_cpu_pct", "us_per_conn")}
+           for name, rs in results.items()}
+    for name, m in med.items():
+        print(f"  {name:9s} {m['rate']:9,.0f} conn/s  CPU {m['broker_cpu_pct']:3.0f}%  "
+              f"{m['us_per_conn']:5.1f} µs CPU/conn")
+    floor = med["floor"]["us_per_conn"]
+    print(f"  above the floor: iotbroker {med['iotbroker']['us_per_conn'] - floor:.1f} µs/conn, "
+          f"mosquitto {med['mosquitto']['us_per_conn'] - floor:.1f} µs/conn")
+
+
+if __name__ == "__main__":
+    main()
