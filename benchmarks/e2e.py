@@ -136,10 +136,14 @@ sys_topics: {{enabled: false}}
 logging: {{level: WARNING}}
 mqtt: {{max_inflight: {INFLIGHT}, max_queued_messages: {QUEUED}}}
 """)
+    return Broker("iotbroker", [iotbroker_python(), "-m", "iotbroker", "run", "--config", cfg],
+                  port, workdir)
+
+
+def iotbroker_python() -> str:
+    """The interpreter that runs iotbroker: the project's .venv, else this one."""
     py = os.path.join(ROOT, ".venv", "bin", "python")
-    if not os.path.exists(py):
-        py = sys.executable
-    return Broker("iotbroker", [py, "-m", "iotbroker", "run", "--config", cfg], port, workdir)
+    return py if os.path.exists(py) else sys.executable
 
 
 def make_mosquitto(workdir: str, binary: str, nodelay: bool = True) -> Broker:
@@ -320,7 +324,9 @@ def main() -> None:
             with contextlib.suppress(Exception):
                 b.stop()
     table, rows = summarize(results)
-    mode = f"storage={'rocksdb/' + args.persistence if args.persistence else 'memory'}, " \
+    build = subprocess.run([iotbroker_python(), "-m", "iotbroker", "--version"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    mode = f"{build}, storage={'rocksdb/' + args.persistence if args.persistence else 'memory'}, " \
            f"MQTT {'5.0' if args.mqtt5 else '3.1.1'}, subscribers " \
            f"{'persistent' if args.persistent_subscribers else 'clean'}" \
            + (f", pinned broker:{args.broker_cpus} gen:{args.gen_cpus}" if args.pin else "")
@@ -334,7 +340,8 @@ def main() -> None:
                   f"{r['iotbroker_write_mib_s']:.1f} MiB/s (median, /proc/PID/io write_bytes)")
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"args": vars(args), "rows": rows, "raw": results}, f, indent=1)
+            json.dump({"args": vars(args), "build": build, "rows": rows, "raw": results}, f,
+                      indent=1)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -25,12 +25,27 @@ COMMANDS = ("run", "check-config", "passwd")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version and the build (mypyc-compiled or pure Python)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **_: object) -> None:
+        super().__init__(option_strings, dest, nargs=0,
+                         help="show the version and the build (compiled or pure Python)")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from iotbroker.build import describe  # noqa: PLC0415 (imports the hot modules)
+
+        print(f"{PROG} {__version__} ({describe()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="An MQTT 3.1.1 and 5.0 broker. Without a command, runs the broker.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the broker (the default command)")

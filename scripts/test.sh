@@ -7,7 +7,9 @@
 #   * installs the Debian packages mosquitto and mosquitto-clients (interop tests) when
 #     missing, and python3-venv when venv cannot bootstrap pip; only as root or with
 #     password-less sudo, otherwise it says what is missing and carries on;
-#   * creates .venv when missing and installs the project with its test extras;
+#   * creates .venv when missing and installs the project with its test extras, first as
+#     pure Python (IOTBROKER_PURE=1) for the protocol-level tests, then with the hot
+#     modules compiled by mypyc (setup.py; pure Python where no C compiler) for all tests;
 #   * creates .venv-amqtt (amqtt's client, for the interop tests) when missing;
 #   * runs every step, prints a summary, and exits non-zero if any step failed
 #     (pytest collecting no tests counts as a failure).
@@ -69,8 +71,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     }
     "$PYTHON" -m venv "$VENV" || exit 1
 fi
-log "installing iotbroker with test extras"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
+# Two builds of the same source (setup.py): pure Python, and the hot modules compiled by
+# mypyc (what `pip install` gives where a C compiler is present). The pure build is
+# installed first and runs the protocol-level tests; the compiled build then runs all.
+install() {  # install [ENV=VALUE ...]
+    env "$@" "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+}
+log "installing iotbroker (pure Python build) with test extras"
+install IOTBROKER_PURE=1 || exit 1
 
 # --- amqtt's client, for tests/interop/test_amqtt_client.py --------------------------------
 # amqtt pins dependency versions of its own, so it gets a venv of its own (never .venv).
@@ -99,13 +107,37 @@ log "mypy (strict, files from pyproject.toml)"
 log "performance guard (codec and routing ratios against a reference loop)"
 "$VENV/bin/python" benchmarks/guard.py || failed+=("perf guard")
 
-log "pytest -q $*"
-"$VENV/bin/pytest" -q "$@"
-status=$?
-if [ "$status" -eq 5 ]; then
-    echo "error: pytest collected no tests" >&2
+run_pytest() {  # run_pytest LABEL [PYTEST ARGS...]
+    local label=$1
+    shift
+    log "pytest -q $* ($label, $("$VENV/bin/iotbroker" --version))"
+    "$VENV/bin/pytest" -q "$@"
+    local status=$?
+    if [ "$status" -eq 5 ]; then
+        echo "error: pytest collected no tests" >&2
+    fi
+    [ "$status" -eq 0 ] || failed+=("pytest $label (exit $status)")
+}
+
+# Pure Python: the tests of the modules mypyc compiles (codec, protocol, core) and the
+# wire-level conformance suite. Skipped when pytest arguments were given.
+if [ "$#" -eq 0 ]; then
+    run_pytest "pure Python" tests/codec tests/protocol tests/core tests/fuzz tests/conformance
 fi
-[ "$status" -eq 0 ] || failed+=("pytest (exit $status)")
+
+log "installing iotbroker (mypyc build)"
+if install; then
+    all_compiled='from iotbroker import build
+raise SystemExit(len(build.compiled_modules()) != len(build.COMPILED_MODULES))'
+    if command -v cc >/dev/null 2>&1 && ! "$VENV/bin/python" -c "$all_compiled"; then
+        echo "error: a C compiler is present but the compiled build did not load:" \
+             "$("$VENV/bin/iotbroker" --version)" >&2
+        failed+=("mypyc build")
+    fi
+else
+    failed+=("install (mypyc build)")
+fi
+run_pytest "default build" "$@"
 
 echo
 if [ "${#failed[@]}" -gt 0 ]; then

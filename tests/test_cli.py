@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from iotbroker import __version__
+from iotbroker import build as iotbroker_build
 from iotbroker.auth.passwords import PasswordFile
 from iotbroker.cli import build_config, build_parser, parse_listen
 from iotbroker.errors import ConfigError
@@ -145,3 +147,20 @@ def test_run_overrides(tmp_path: Path) -> None:
         ("tcp", "127.0.0.1", 2883), ("tcp", "::1", 2884)]
     assert config.storage.path == str(tmp_path)
     assert config.logging.level == "DEBUG"
+
+
+def test_version_names_the_build_that_is_loaded(tmp_path: Path) -> None:
+    """`--version` says whether the mypyc-compiled hot modules or their pure-Python
+    source are loaded, as the interpreter itself sees it (scripts/test.sh runs this
+    under both builds)."""
+    result = iotbroker("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    compiled = iotbroker_build.compiled_modules()
+    total = len(iotbroker_build.COMPILED_MODULES)
+    expected = ("pure Python" if not compiled else
+                f"mypyc-compiled ({len(compiled)}/{total} hot modules)")
+    assert result.stdout == f"iotbroker {__version__} ({expected})\n"
+    # Every compiled module must come from an extension, every other from source.
+    for name in iotbroker_build.COMPILED_MODULES:
+        module = __import__(name, fromlist=["_"])
+        assert str(module.__file__).endswith(".py") == (name not in compiled)

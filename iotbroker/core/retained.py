@@ -29,6 +29,13 @@ from iotbroker.core.message import Message
 __all__ = ["RetainedStore"]
 
 
+def _is_empty(node: _Node) -> bool:
+    """Neither a message nor children: prunable. (A function, not an inline test, so
+    that no type narrowing of ``node.message`` outlives ``node`` being reassigned: the
+    mypyc build checks narrowed types at run time.)"""
+    return node.message is None and not node.children
+
+
 class _Node:
     __slots__ = ("children", "message")
 
@@ -115,7 +122,7 @@ class RetainedStore:
             assert node.children is not None
             node = node.children[level]
         node.message = None
-        while path and node.message is None and not node.children:
+        while path and _is_empty(node):
             parent, level = path.pop()
             assert parent.children is not None
             del parent.children[level]

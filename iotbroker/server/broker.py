@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from iotbroker import __version__
+from iotbroker import __version__, build
 from iotbroker.codec.enums import PacketType
 from iotbroker.codec.packets import (
     NO_PROPERTIES,
@@ -1054,7 +1054,12 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-        log.info("iotbroker %s running (storage: %s)", __version__, config.storage.backend)
+        log.info("iotbroker %s running (storage: %s, %s)", __version__,
+                 config.storage.backend, build.describe())
+        stale = build.stale_modules()
+        if stale:
+            log.warning("compiled modules older than their source (re-run `pip install -e .` "
+                        "or install with IOTBROKER_PURE=1): %s", ", ".join(stale))
         await stop_event.wait()
         await broker.stop()
         return 0
