@@ -946,7 +946,7 @@ def run_connect(args: argparse.Namespace, procs: list[subprocess.Popen[str]], t_
 def main() -> None:
     if len(sys.argv) >= 3 and sys.argv[1] == "worker":
         spec = json.loads(sys.argv[2])
-        if spec["rate"] > 0:
+        if spec.get("rate", 0) > 0:
             # Fixed-rate (latency) workers run on the stdlib loop: uvloop rounds
             # call_later delays to whole milliseconds and runs a delay under 0.5 ms as
             # call_soon (uvloop/loop.pyx, call_later), so the 1 ms sender spun for the
