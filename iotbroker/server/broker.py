@@ -58,7 +58,7 @@ from iotbroker.protocol.connection import ConnectionState
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.enhanced_auth import EnhancedAuth
 from iotbroker.server.listeners import Listener, start_listener
-from iotbroker.server.logsetup import setup_logging
+from iotbroker.server.logsetup import log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
@@ -407,12 +407,8 @@ class Broker:
             # This connection's will goes out now unless it has a Will Delay and the new
             # connection resumed the session (that cancels it [MQTT-3.1.3-9]); a Clean
             # Start ended the session, which sends a delayed will at once (§3.1.3.2.2).
-            log.info(
-                "client %r (%s) closed after takeover",
-                proto.client_id,
-                proto.peer,
-                extra=proto.log_extra(),
-            )
+            log_connection(log, logging.INFO, proto, "client %r (%s) closed after takeover",
+                           proto.client_id, proto.peer)
             if will is not None and (
                 not will.properties.will_delay_interval or proto.session_ended_by_takeover
             ):
@@ -421,13 +417,8 @@ class Broker:
         if self.clients.get(proto.client_id) is proto:
             del self.clients[proto.client_id]
         if not proto.clean_disconnect and log.isEnabledFor(logging.INFO):
-            log.info(
-                "client %r (%s) connection lost%s",
-                proto.client_id,
-                proto.peer,
-                f": {exc}" if exc else "",
-                extra=proto.log_extra(),
-            )
+            log_connection(log, logging.INFO, proto, "client %r (%s) connection lost%s",
+                           proto.client_id, proto.peer, f": {exc}" if exc else "")
         self.router.redistribute(session, now)
         due = self.registry.close(session, now, will)
         if due is not None:
@@ -700,8 +691,11 @@ class Broker:
         session.attach(conn, window, now)
         proto.start_keepalive()
         if not log.isEnabledFor(logging.INFO):
-            return  # the arguments below cost a peer-name lookup and a dict per connect
-        log.info(
+            return  # the arguments below cost a peer-name lookup per connect
+        log_connection(
+            log,
+            logging.INFO,
+            proto,
             "client %r connected from %s (MQTT %s, clean_start=%s, keepalive=%s, "
             "session_present=%s, expiry=%s, listener %r)",
             client_id,
@@ -712,7 +706,6 @@ class Broker:
             present,
             granted_expiry,
             proto.listener,
-            extra=proto.log_extra(),
         )
 
     def _check_password_off_loop(
@@ -940,13 +933,8 @@ class Broker:
             self.registry.change_expiry(session, min(expiry, self.config.mqtt.max_session_expiry))
         # Normal disconnection discards the will [MQTT-3.14.4-3]; 0x04 keeps it.
         proto.clean_disconnect = packet.reason_code != 0x04
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "client %r disconnected (reason 0x%02x)",
-                proto.client_id,
-                packet.reason_code,
-                extra=proto.log_extra(),
-            )
+        log_connection(log, logging.INFO, proto, "client %r disconnected (reason 0x%02x)",
+                       proto.client_id, packet.reason_code)
         proto.close()
 
     # ---------------------------------------------------------------- timers

@@ -3,10 +3,15 @@ connection id, client id and remote address as fields."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
 import time
 from collections.abc import Callable
 
+from iotbroker.config import LoggingConfig
+from iotbroker.server.logsetup import log_connection, setup_logging
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 
@@ -52,3 +57,70 @@ def test_json_log_lines_carry_connection_fields(
     assert len({r["conn_id"] for r in mine}) == 1
     assert any("connected from" in r["message"] for r in mine)
     assert any("connection lost" in r["message"] for r in mine)
+
+
+
+class _Conn:
+    """The fields log_connection reads (ClientProtocol has them)."""
+
+    conn_id = 7
+    client_id = "fast-client"
+    peer = "127.0.0.1:4242"
+
+
+def _one_line_each_way(json_format: bool) -> tuple[str, str]:
+    """The same connection line through the fast path and through a LogRecord (a
+    filter on the handler forces the record path), as the broker's handler writes
+    them; time stamps are replaced by ``<length>``."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    stream = io.StringIO()
+    make_record = logging.getLogRecordFactory()
+    records: list[logging.LogRecord] = []
+
+    def counting_factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        records.append(record)
+        return record
+
+    logging.setLogRecordFactory(counting_factory)
+    try:
+        setup_logging(LoggingConfig(level="INFO", format="json" if json_format else "text"))
+        handler = root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+        logger = logging.getLogger("iotbroker.broker")
+        log_connection(logger, logging.INFO, _Conn(), "client %r connected from %s",
+                       "fast-client", "127.0.0.1:4242")
+        assert records == [], "the fast path made a LogRecord"
+        handler.addFilter(lambda record: True)
+        log_connection(logger, logging.INFO, _Conn(), "client %r connected from %s",
+                       "fast-client", "127.0.0.1:4242")
+        assert len(records) == 1, "a handler filter must get a real record"
+    finally:
+        logging.setLogRecordFactory(make_record)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    fast, stdlib = stream.getvalue().splitlines()
+    stamp = re.compile(r'"time": "[^"]*"' if json_format else r"^\S+ \S+")
+    return (stamp.sub(lambda m: f"<{len(m.group())}>", fast),
+            stamp.sub(lambda m: f"<{len(m.group())}>", stdlib))
+
+
+def test_connection_lines_fast_path_writes_what_a_record_would_text() -> None:
+    """Connect/disconnect lines skip LogRecord when only the broker's handler sees
+    them; the text line must be the formatter's, byte for byte (time aside)."""
+    fast, stdlib = _one_line_each_way(json_format=False)
+    assert fast == stdlib
+    assert fast == ("<23> INFO    iotbroker.broker: client 'fast-client' connected from "
+                    "127.0.0.1:4242 [conn 7]")
+
+
+def test_connection_lines_fast_path_writes_what_a_record_would_json() -> None:
+    """The same for JSON lines: same keys in the same order, same values."""
+    fast, stdlib = _one_line_each_way(json_format=True)
+    assert fast == stdlib
+    assert json.loads(fast.replace("<29>", '"time": "t"')) == {
+        "time": "t", "level": "INFO", "logger": "iotbroker.broker",
+        "message": "client 'fast-client' connected from 127.0.0.1:4242",
+        "conn_id": 7, "client_id": "fast-client", "peer": "127.0.0.1:4242"}
