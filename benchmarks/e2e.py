@@ -140,6 +140,22 @@ mqtt: {{max_inflight: {INFLIGHT}, max_queued_messages: {QUEUED}}}
                   port, workdir)
 
 
+def make_shipped(workdir: str, binary: str) -> tuple[Broker, Broker]:
+    """``--as-shipped``: each broker as a user first starts it. iotbroker on its embedded
+    defaults (RocksDB in a fresh data dir, INFO logs with a line per connect and
+    disconnect, $SYS topics, uvloop); mosquitto with a config holding only a listener
+    and ``allow_anonymous true`` (its default logging, which also logs every connect
+    and disconnect, to stderr; persistence off; Nagle on; max_queued_messages 1000)."""
+    ib_port, mq_port = free_port(), free_port()
+    ib = Broker("iotbroker", [iotbroker_python(), "-m", "iotbroker", "--listen",
+                              f"127.0.0.1:{ib_port}", "--data-dir",
+                              os.path.join(workdir, f"ibdata-{ib_port}")], ib_port, workdir)
+    cfg = os.path.join(workdir, f"mosquitto-{mq_port}.conf")
+    with open(cfg, "w") as f:
+        f.write(f"listener {mq_port} 127.0.0.1\nallow_anonymous true\n")
+    return ib, Broker("mosquitto", [binary, "-c", cfg], mq_port, workdir)
+
+
 def iotbroker_python() -> str:
     """The interpreter that runs iotbroker: the project's .venv, else this one."""
     py = os.path.join(ROOT, ".venv", "bin", "python")
@@ -280,6 +296,9 @@ def main() -> None:
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     ap.add_argument("--mosquitto-nagle", action="store_true",
                     help="leave mosquitto's set_tcp_nodelay at its default (false)")
+    ap.add_argument("--as-shipped", action="store_true",
+                    help="both brokers on their defaults, logging included (see make_shipped);"
+                         " --persistence and --mosquitto-nagle do not apply")
     ap.add_argument("--json", dest="json_out", default=None, help="write raw results here")
     ap.add_argument("--keep-latency", action="store_true",
                     help="keep throughput scenarios' latency percentiles in the JSON")
@@ -295,8 +314,11 @@ def main() -> None:
     t_start = time.time()
     try:
         for rep in range(args.reps):
-            ib = make_iotbroker(workdir, args.persistence)
-            mq = make_mosquitto(workdir, args.mosquitto, not args.mosquitto_nagle)
+            if args.as_shipped:
+                ib, mq = make_shipped(workdir, args.mosquitto)
+            else:
+                ib = make_iotbroker(workdir, args.persistence)
+                mq = make_mosquitto(workdir, args.mosquitto, not args.mosquitto_nagle)
             for b in (ib, mq):
                 b.argv = [*taskset(args.broker_cpus), *b.argv]
             brokers = [ib, mq]
@@ -326,12 +348,16 @@ def main() -> None:
     table, rows = summarize(results)
     build = subprocess.run([iotbroker_python(), "-m", "iotbroker", "--version"],
                            capture_output=True, text=True, check=False).stdout.strip()
-    mode = f"{build}, storage={'rocksdb/' + args.persistence if args.persistence else 'memory'}, " \
+    storage = "rocksdb/" + args.persistence if args.persistence else "memory"
+    if args.as_shipped:
+        storage = "defaults (iotbroker rocksdb), logging on"
+    mode = f"{build}, storage={storage}, " \
            f"MQTT {'5.0' if args.mqtt5 else '3.1.1'}, subscribers " \
            f"{'persistent' if args.persistent_subscribers else 'clean'}" \
            + (f", pinned broker:{args.broker_cpus} gen:{args.gen_cpus}" if args.pin else "")
     print(f"\nmedians of {args.reps} reps, {args.duration:g} s after {args.warmup:g} s warm-up, "
-          f"{mode}, mosquitto {'Nagle' if args.mosquitto_nagle else 'TCP_NODELAY'}, "
+          f"{mode}, mosquitto "
+          f"{'Nagle' if args.mosquitto_nagle or args.as_shipped else 'TCP_NODELAY'}, "
           f"{args.procs} generator process(es), {time.time() - t_start:.0f} s total")
     print(table)
     for r in rows:
