@@ -4,8 +4,8 @@ Builds a real :class:`~iotbroker.server.broker.Broker` (memory store, the config
 ``e2e.py``) on a uvloop loop and pushes N clients through its connect path in-process:
 ``ClientProtocol`` creation, ``connection_made`` on a stand-in transport that only
 counts writes, ``data_received`` with an MQTT 3.1.1 CONNECT (keepalive 60), and a loop turn every
-64 clients (the broker's flush; with ``--log-level INFO`` the log's write of the
-"connected" lines). The GC is set up as
+64 clients (the broker's flush; with ``--log-level INFO`` the "connected" lines are
+written as in the broker, in batches). The GC is set up as
 ``run_broker`` does. Prints µs per connection, median of ``--reps``; it is the part of
 ``connect_floor.py``'s "above the floor" figure that is the broker's Python code
 (what is left there is kernel, uvloop and cache effects of a live process).
@@ -30,7 +30,7 @@ from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import Connect
 from iotbroker.config import parse_config
 from iotbroker.server.broker import GC_GEN0_THRESHOLD, Broker
-from iotbroker.server.logsetup import setup_logging
+from iotbroker.server.logsetup import bind_loop, setup_logging
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.memory import MemoryStore
 
@@ -74,6 +74,7 @@ async def one_run(clients: int, log_level: str) -> float:
     loop = asyncio.get_running_loop()
     config = parse_config({**CONFIG, "logging": {"level": log_level}}, "connect_path.py")
     setup_logging(config.logging)
+    bind_loop(loop)
     broker = Broker(config, MemoryStore(), loop)
     connects = [encode_packet(Connect(client_id=f"path-{i:06d}", keepalive=60), 4)
                 for i in range(clients)]

@@ -58,7 +58,7 @@ from iotbroker.protocol.connection import ConnectionState
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.enhanced_auth import EnhancedAuth
 from iotbroker.server.listeners import Listener, start_listener
-from iotbroker.server.logsetup import log_connection, setup_logging
+from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
@@ -1012,6 +1012,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
         return 1
     loop = _new_loop(config.loop)
     asyncio.set_event_loop(loop)
+    bind_loop(loop)
     broker = Broker(config, store, loop)
     stop_event = asyncio.Event()
 

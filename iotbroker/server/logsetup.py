@@ -4,9 +4,9 @@ Lines about single connections (connected, disconnected, lost) come at the rate
 clients connect, so they have a fast path, :func:`log_connection`: when the broker's
 own handler is the only one in play it formats the line itself (the same text or JSON
 as the formatters below) without a ``LogRecord`` (a stdlib record costs ~10-16 µs here)
-and writes the lines of one event-loop turn with one write at its end (ordinary records
-and exit flush what is pending first; a ``kill -9`` can lose the lines of the turn it
-interrupts). Anything else (other handlers, filters, pytest's log capture) gets an
+and writes them in batches, at most 0.1 s late (ordinary records, so every warning and
+error, and exit write what is pending first; a ``kill -9`` can lose the last 0.1 s of
+connection lines). Anything else (other handlers, filters, pytest's log capture) gets an
 ordinary record.
 """
 
@@ -22,6 +22,11 @@ from typing import Protocol
 from iotbroker.config import LoggingConfig
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+#: Connection lines wait at most this long (seconds) or for this many more before they
+#: are written; any ordinary record (all warnings and errors) and exit write them first.
+FAST_LINES_DELAY = 0.1
+FAST_LINES_MAX = 256
 
 #: Fields the broker attaches to records about one connection (``extra=``).
 _CONNECTION_FIELDS = ("conn_id", "client_id", "peer")
@@ -64,9 +69,11 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.setFormatter(JsonFormatter() if json_lines else TextFormatter(TEXT_FORMAT))
         self._second = -1
         self._stamp = ""
-        #: Fast-path lines of this event-loop turn, written together at its end (one
-        #: write for a burst of connects instead of one per line).
+        #: Fast-path lines not written yet: they go out together at most
+        #: FAST_LINES_DELAY later (one write for a burst of connects, not one per line).
         self._pending: list[str] = []
+        #: The broker's event loop (:func:`bind_loop`); without one, lines are written at once.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         """An ordinary record: pending fast-path lines first, so the order holds."""
@@ -117,10 +124,12 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pending = self._pending
         pending.append(line + self.terminator)
         if len(pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self._write_pending)
-            except RuntimeError:  # no loop running (start-up, tests): write now
+            if self.loop is None:
                 self._write_pending()
+            else:
+                self.loop.call_later(FAST_LINES_DELAY, self._write_pending)
+        elif len(pending) >= FAST_LINES_MAX:
+            self._write_pending()
 
 
 class ConnectionFields(Protocol):
@@ -148,6 +157,13 @@ def log_connection(logger: logging.Logger, level: int, conn: ConnectionFields, m
         return
     handler.write_connection_line(level, logger.name, message % args if args else message,
                                   conn.conn_id, conn.client_id, conn.peer)
+
+
+def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Let the broker's handler delay connection lines on ``loop`` (call from its thread)."""
+    for handler in logging.root.handlers:
+        if isinstance(handler, BrokerHandler):
+            handler.loop = loop
 
 
 def _propagates_to_root(logger: logging.Logger) -> bool:
