@@ -32,8 +32,49 @@ FAST_LINES_MAX = 256
 _CONNECTION_FIELDS = ("conn_id", "client_id", "peer")
 
 
+class _Clock:
+    """Log time text, the date part formatted once per second (``time.strftime`` and
+    ``localtime`` are a good part of a record's cost)."""
+
+    __slots__ = ("_pattern", "_second", "_text")
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+        self._second = -1
+        self._text = ""
+
+    def text(self, second: int) -> str:
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime(self._pattern, time.localtime(second))
+        return self._text
+
+
+_TEXT_CLOCK = _Clock("%Y-%m-%d %H:%M:%S")  # + ",mmm": logging.Formatter's default
+_JSON_CLOCK = _Clock("%Y-%m-%dT%H:%M:%S")
+
+
+def _json_line(stamp: str, level: str, logger: str, message: str,
+               fields: dict[str, object], exception: str | None = None) -> str:
+    """One JSON log line; connection fields that are None are left out."""
+    entry: dict[str, object] = {"time": stamp, "level": level, "logger": logger,
+                                "message": message}
+    for key in _CONNECTION_FIELDS:
+        value = fields.get(key)
+        if value is not None:
+            entry[key] = value
+    if exception:
+        entry["exception"] = exception
+    return json.dumps(entry, ensure_ascii=False)
+
+
 class TextFormatter(logging.Formatter):
     """``time level logger: message`` plus ``[conn N]`` for connection records."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        return f"{_TEXT_CLOCK.text(int(record.created))},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -45,19 +86,10 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message (and exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key in _CONNECTION_FIELDS:
-            value = getattr(record, key, None)
-            if value is not None:
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return _json_line(
+            _JSON_CLOCK.text(int(record.created)), record.levelname, record.name,
+            record.getMessage(), record.__dict__,
+            self.formatException(record.exc_info) if record.exc_info else None)
 
 
 class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -67,8 +99,6 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(sys.stderr)
         self.json_lines = json_lines
         self.setFormatter(JsonFormatter() if json_lines else TextFormatter(TEXT_FORMAT))
-        self._second = -1
-        self._stamp = ""
         #: Fast-path lines not written yet: they go out together at most
         #: FAST_LINES_DELAY later (one write for a burst of connects, not one per line).
         self._pending: list[str] = []
@@ -94,33 +124,18 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.write("".join(pending))
                 super().flush()
 
-    def _timestamp(self, now: float) -> str:
-        """``logging.Formatter``'s default time text (JSON: ISO without milliseconds),
-        the date part formatted once per second."""
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            pattern = "%Y-%m-%dT%H:%M:%S" if self.json_lines else "%Y-%m-%d %H:%M:%S"
-            self._stamp = time.strftime(pattern, time.localtime(second))
+    def write_connection_line(self, level: int, logger: str, message: str,
+                              fields: dict[str, object]) -> None:
+        """Write what ``emit`` would for a record with these connection fields."""
+        now = time.time_ns()
+        second = now // 1_000_000_000
         if self.json_lines:
-            return self._stamp
-        return f"{self._stamp},{int((now - second) * 1000):03d}"
-
-    def write_connection_line(self, level: int, logger: str, message: str, conn_id: int,
-                              client_id: str | None, peer: str) -> None:
-        """Write what ``emit`` would for a record with these fields."""
-        stamp = self._timestamp(time.time())
-        if self.json_lines:
-            entry: dict[str, object] = {"time": stamp, "level": logging.getLevelName(level),
-                                        "logger": logger, "message": message,
-                                        "conn_id": conn_id}
-            if client_id:
-                entry["client_id"] = client_id
-            entry["peer"] = peer
-            line = json.dumps(entry, ensure_ascii=False)
+            line = _json_line(_JSON_CLOCK.text(second), logging.getLevelName(level), logger,
+                              message, fields)
         else:
-            line = (f"{stamp} {logging.getLevelName(level):<7} {logger}: {message}"
-                    f" [conn {conn_id}]")
+            line = (f"{_TEXT_CLOCK.text(second)},{now % 1_000_000_000 // 1_000_000:03d} "
+                    f"{logging.getLevelName(level):<7} {logger}: {message}"
+                    f" [conn {fields['conn_id']}]")
         pending = self._pending
         pending.append(line + self.terminator)
         if len(pending) == 1:
@@ -130,6 +145,11 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.loop.call_later(FAST_LINES_DELAY, self._write_pending)
         elif len(pending) >= FAST_LINES_MAX:
             self._write_pending()
+
+
+def connection_fields(conn: ConnectionFields) -> dict[str, object]:
+    """The ``extra=`` fields of a log record about ``conn``."""
+    return {"conn_id": conn.conn_id, "client_id": conn.client_id or None, "peer": conn.peer}
 
 
 class ConnectionFields(Protocol):
@@ -150,13 +170,13 @@ def log_connection(logger: logging.Logger, level: int, conn: ConnectionFields, m
         return
     handlers = logging.root.handlers
     handler = handlers[0] if len(handlers) == 1 else None
-    if (not isinstance(handler, BrokerHandler) or logger.handlers or logger.filters
-            or handler.filters or level < handler.level or not _propagates_to_root(logger)):
-        logger.log(level, message, *args, extra={
-            "conn_id": conn.conn_id, "client_id": conn.client_id or None, "peer": conn.peer})
+    fields = connection_fields(conn)
+    if (not isinstance(handler, BrokerHandler) or logger.filters or handler.filters
+            or level < handler.level or not _propagates_to_root(logger)):
+        logger.log(level, message, *args, extra=fields)
         return
     handler.write_connection_line(level, logger.name, message % args if args else message,
-                                  conn.conn_id, conn.client_id, conn.peer)
+                                  fields)
 
 
 def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -167,11 +187,11 @@ def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _propagates_to_root(logger: logging.Logger) -> bool:
-    """No handler or filter between ``logger`` and the root (they would miss the line)."""
+    """The line reaches the root's handler and no other (``logger`` and its ancestors
+    below the root have no handlers and all propagate)."""
     current: logging.Logger | None = logger
     while current is not None and current is not logging.root:
-        if not current.propagate or (current is not logger and (current.handlers
-                                                                or current.filters)):
+        if current.handlers or not current.propagate:
             return False
         current = current.parent
     return True

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from iotbroker.codec.packets import Packet, Will
 from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection
+from iotbroker.server.logsetup import connection_fields
 from iotbroker.server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -107,8 +108,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def log_extra(self) -> dict[str, object]:
         """Structured fields for log records about this connection (JSON logs)."""
-        return {"conn_id": self.conn_id, "client_id": self.client_id or None,
-                "peer": self.peer}
+        return connection_fields(self)
 
     @property
     def peer(self) -> str:
