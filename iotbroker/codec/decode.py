@@ -274,15 +274,22 @@ def _ack(
     return decode
 
 
+def _packet_id_and_properties(body: bytes, v5: bool, kind: int) -> tuple[int, Properties, int]:
+    """Packet Identifier, then (MQTT 5.0) the properties of packet type ``kind``: the
+    head of SUBSCRIBE, SUBACK and UNSUBSCRIBE. Returns (id, properties, next offset)."""
+    pid, pos = _packet_id(body, 0, v5)
+    if not v5:
+        return pid, NO_PROPERTIES, pos
+    props, pos = decode_properties(body, pos, kind)
+    return pid, props, pos
+
+
 # ----------------------------------------------------------------------------- SUBSCRIBE
 
 
 def _subscribe(body: bytes, v5: bool) -> Subscribe:
     """SUBSCRIBE (MQTT 3.1.1 §3.8, MQTT 5.0 §3.8)."""
-    pid, pos = _packet_id(body, 0, v5)
-    props = NO_PROPERTIES
-    if v5:
-        props, pos = decode_properties(body, pos, 8)
+    pid, props, pos = _packet_id_and_properties(body, v5, 8)
     subs: list[Subscription] = []
     n = len(body)
     while pos < n:
@@ -314,10 +321,7 @@ def _subscribe(body: bytes, v5: bool) -> Subscribe:
 
 def _suback(body: bytes, v5: bool) -> SubAck:
     """SUBACK (MQTT 3.1.1 §3.9, MQTT 5.0 §3.9)."""
-    pid, pos = _packet_id(body, 0, v5)
-    props = NO_PROPERTIES
-    if v5:
-        props, pos = decode_properties(body, pos, 9)
+    pid, props, pos = _packet_id_and_properties(body, v5, 9)
     codes = list(body[pos:])
     if not v5:
         for code in codes:
@@ -328,10 +332,7 @@ def _suback(body: bytes, v5: bool) -> SubAck:
 
 def _unsubscribe(body: bytes, v5: bool) -> Unsubscribe:
     """UNSUBSCRIBE (MQTT 3.1.1 §3.10, MQTT 5.0 §3.10)."""
-    pid, pos = _packet_id(body, 0, v5)
-    props = NO_PROPERTIES
-    if v5:
-        props, pos = decode_properties(body, pos, 10)
+    pid, props, pos = _packet_id_and_properties(body, v5, 10)
     filters: list[str] = []
     n = len(body)
     while pos < n:
