@@ -42,6 +42,8 @@ class Metrics:
     session_takeovers: int = 0
     sessions_expired: int = 0
     wills_published: int = 0
+    wills_denied: int = 0
+    sys_publish_refused: int = 0
     auth_failures: int = 0
     acl_denials: int = 0
     storage_batches: int = 0

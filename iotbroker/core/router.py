@@ -19,6 +19,11 @@ Rules implemented here (MQTT 3.1.1 §3.3, §3.8, §3.10, §4.7; MQTT 5.0 §3.3, 
   1 when the subscription is new) [MQTT-3.3.1-6], [MQTT-3.3.1-10];
 * a subscription that replaces one on the same filter keeps the flow of messages
   [MQTT-3.8.4-3].
+
+Authorisation is not decided here: every delivery goes through
+:meth:`Session.deliver <iotbroker.core.session.Session.deliver>`, which asks the ACL's
+read decision (issue 12); only the choice of a shared-group member asks it first, so
+that the message goes to a member that may read it.
 """
 
 from __future__ import annotations
@@ -37,9 +42,6 @@ from iotbroker.errors import ProtocolViolation
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch
 
-#: A hook asking whether a session may receive a message on a topic (ACL "read").
-ReceiveCheck = Callable[[Session, str], bool]
-
 
 class Router:
     """Publishes messages to sessions and manages their subscriptions."""
@@ -53,7 +55,6 @@ class Router:
         metrics: Metrics,
         *,
         shared_strategy: str = "round-robin",
-        may_receive: ReceiveCheck | None = None,
         max_retained: int = 0,
     ) -> None:
         self.registry = registry
@@ -62,7 +63,6 @@ class Router:
         self.batch = batch
         self.metrics = metrics
         self.shared_strategy = shared_strategy
-        self.may_receive = may_receive
         #: Retained messages kept at most (0 = no limit).
         self.max_retained = max_retained
         #: Set when the last publish() could not retain its message (limit reached).
@@ -82,7 +82,6 @@ class Router:
             return 0
         matches = self.trie.match(message.topic)
         sessions = self.registry.sessions
-        may_receive = self.may_receive
         origin = message.origin
         delivered = 0
         for client_id, entries in matches.direct.items():
@@ -113,11 +112,8 @@ class Router:
                 qos = min(qos, message.qos)
                 retain = retain and message.retain
                 sub_ids = tuple(ids)
-            if may_receive is not None and not may_receive(session, message.topic):
-                self.metrics.acl_denials += 1
-                continue
-            session.deliver(Delivery(message, qos, retain, sub_ids), now)
-            delivered += 1
+            if session.deliver(Delivery(message, qos, retain, sub_ids), now):
+                delivered += 1
         for group, topic_filter, members in matches.shared:
             if self._deliver_shared(group, topic_filter, members, message, now):
                 delivered += 1
@@ -153,7 +149,7 @@ class Router:
                 continue
             if entry.no_local and entry.client_id == message.origin:
                 continue
-            if self.may_receive is not None and not self.may_receive(session, message.topic):
+            if not session.may_receive(message.topic):
                 continue
             candidates.append((session, entry))
         if not candidates:
@@ -178,10 +174,9 @@ class Router:
             self._group_cursor[key] = cursor + 1
         qos = min(entry.qos, message.qos)
         sub_id = entry.subscription_identifier
-        session.deliver(
+        return session.deliver(
             Delivery(message, qos, False, () if sub_id is None else (sub_id,)), now
         )
-        return True
 
     def redistribute(self, session: Session, now: float) -> int:
         """Hand a departing shared-subscription member's unacknowledged messages to

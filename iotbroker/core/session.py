@@ -17,6 +17,14 @@ Delivery rules implemented here:
 * on resume, unacknowledged PUBLISH packets are re-sent with DUP=1 and PUBRELs
   re-sent, in their original order [MQTT-4.4.0-1], [MQTT-4.4.0-2];
 * a PUBREC with a failure reason code (MQTT 5.0) ends that delivery [MQTT-4.3.3].
+
+Authorisation (issue 12): every message reaches a session through :meth:`Session.deliver`
+(live, retained on subscribe, shared group, will, and later bridged or clustered
+messages), and leaves it for the network through :meth:`Session.pump` or a re-send on
+resume (queued while offline, restored from storage, queued behind a full window).
+Both ends ask the broker's one :class:`ReceiveGate`, so a message the ACL does not let
+this client read is never queued and never sent, also when the ACL changed (SIGHUP)
+while it waited.
 """
 
 from __future__ import annotations
@@ -57,6 +65,28 @@ _NO_RESEND: deque[Any] = _Unused()
 _NO_OFFLOADED: deque[Any] = _Unused()
 _SIZE_MASK = 0xFFFFFFFF
 _NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
+
+
+#: The ACL's read decision: may ``session`` receive a message published to ``topic``?
+ReceiveCheck = Callable[["Session", str], bool]
+
+
+class ReceiveGate:
+    """The one authorisation decision every delivery to a session passes.
+
+    One instance is shared by all sessions of a broker; the server sets :attr:`check`
+    from its ACL (``None`` when nothing is restricted: the fast path) and replaces it
+    when the ACL is reloaded. Core never imports auth: the decision is a plain callable.
+    """
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: ReceiveCheck | None = None) -> None:
+        self.check = check
+
+
+#: For sessions built without a broker (tests): never give it a check.
+OPEN_GATE = ReceiveGate()
 
 
 class Outlet(Protocol):
@@ -115,6 +145,7 @@ class Session:
         "client_id",
         "disconnected_at",
         "expiry_interval",
+        "gate",
         "inbound_qos2",
         "inflight",
         "limits",
@@ -137,6 +168,7 @@ class Session:
         batch: ChangeBatch,
         limits: SessionLimits,
         metrics: Metrics,
+        gate: ReceiveGate = OPEN_GATE,
     ) -> None:
         self.client_id = client_id
         self.protocol_version = protocol_version
@@ -154,6 +186,7 @@ class Session:
         self.disconnected_at: float | None = None
         self.limits = limits
         self.metrics = metrics
+        self.gate = gate
         self._batch = batch
         self._next_packet_id = 1
         self._next_seq = 1
@@ -220,8 +253,22 @@ class Session:
         return True
 
     # --------------------------------------------------------------- delivery
-    def deliver(self, delivery: Delivery, now: float) -> None:
-        """Send ``delivery`` now if the window allows, else queue it (bounded)."""
+    def may_receive(self, topic: str) -> bool:
+        """The ACL read decision for this client (counted when it refuses)."""
+        check = self.gate.check
+        if check is None or check(self, topic):
+            return True
+        self.metrics.acl_denials += 1
+        return False
+
+    def deliver(self, delivery: Delivery, now: float) -> bool:
+        """The one way into a session: send ``delivery`` now if the window allows,
+        else queue it (bounded). False when the ACL does not let this client read the
+        message's topic: then nothing is sent or queued."""
+        check = self.gate.check
+        if check is not None and not check(self, delivery.message.topic):
+            self.metrics.acl_denials += 1
+            return False
         outlet = self.outlet
         if delivery.qos == 0:
             if outlet is not None:
@@ -235,7 +282,7 @@ class Session:
                 self._enqueue(delivery)
             else:
                 self.metrics.messages_dropped_qos0_offline += 1
-            return
+            return True
         if (
             outlet is not None
             and not self.queue
@@ -246,6 +293,7 @@ class Session:
             self._send_new(outlet, delivery, now)
         else:
             self._enqueue(delivery)
+        return True
 
     def _allocate_packet_id(self) -> int:
         """Next free packet identifier, never one still in flight [MQTT-2.3.1-2]."""
@@ -332,6 +380,8 @@ class Session:
             if delivery.message.expired(now):
                 self.metrics.messages_expired += 1
                 continue
+            if not self.may_receive(delivery.message.topic):
+                continue  # the ACL changed while it waited (SIGHUP): dropped, counted
             if delivery.qos == 0:
                 if outlet.send_publish(delivery, None, False, now):
                     self.metrics.publish_sent += 1
@@ -505,8 +555,13 @@ class Session:
                 continue  # acknowledged or handed over meanwhile
             if entry.state is OutboundState.PUBREL_SENT:
                 outlet.send_packet(PubRel(pid))
-            else:
+            elif self.may_receive(entry.delivery.message.topic):
                 outlet.send_publish(entry.delivery, pid, True, now)
+            else:
+                # Not readable any more (ACL reloaded while it was in flight): ended.
+                del inflight[pid]
+                if self.persistent:
+                    self._batch.delete_outbound(self.client_id, pid)
         return True
 
     def detach(self, now: float) -> None:

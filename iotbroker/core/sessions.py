@@ -16,13 +16,17 @@ import logging
 
 from iotbroker.codec.packets import NO_PROPERTIES, Will
 from iotbroker.core.message import NEVER_EXPIRES, Delivery, Message
-from iotbroker.core.session import InflightEntry, Pager, Session, SessionLimits
+from iotbroker.core.session import InflightEntry, Pager, ReceiveGate, Session, SessionLimits
 from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
 from iotbroker.core.topics import parse_shared
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch, SessionRecord, StoreSnapshot, WillRecord
 
 log = logging.getLogger("iotbroker.sessions")
+
+#: A will that is due: (client id, username, will). The username is the owner's at the
+#: time it connected: the ACL decides on it when the will fires (issue 12).
+DueWill = tuple[str, str | None, Will]
 
 #: Stand-in for a QoS 2 message whose PUBREC arrived and whose body was not kept.
 _RELEASED = Delivery(Message("", b"", 2, False, NO_PROPERTIES, 0.0), 2)
@@ -42,11 +46,14 @@ class SessionRegistry:
         self.batch = batch
         self.limits = limits
         self.metrics = metrics
+        #: The ACL read decision every session asks before a delivery (see Session).
+        self.gate = ReceiveGate()
         self.sessions: dict[str, Session] = {}
         # (deadline, client_id) for disconnected sessions with a finite expiry and
         # for pending delayed wills; stale entries are skipped when popped.
         self._timers: list[tuple[float, str]] = []
-        self.pending_wills: dict[str, tuple[float, Will]] = {}
+        #: client id -> (due, will, owner's username)
+        self.pending_wills: dict[str, tuple[float, Will, str | None]] = {}
         #: Given to every session: reads offloaded queued messages back.
         self.pager: Pager | None = None
 
@@ -86,7 +93,8 @@ class SessionRegistry:
                 self.batch.put_session(self.record(old))
             return old, True
         session = Session(
-            client_id, protocol_version, expiry_interval, self.batch, self.limits, self.metrics
+            client_id, protocol_version, expiry_interval, self.batch, self.limits, self.metrics,
+            self.gate,
         )
         session.pager = self.pager
         self.sessions[client_id] = session
@@ -134,7 +142,7 @@ class SessionRegistry:
             return will
         if will is not None and session.will_delay > 0:
             due = now + min(session.will_delay, session.expiry_interval)
-            self.pending_wills[session.client_id] = (due, will)
+            self.pending_wills[session.client_id] = (due, will, session.username)
             heapq.heappush(self._timers, (due, session.client_id))
             will = None
         if session.expiry_interval != NEVER_EXPIRES:
@@ -164,16 +172,16 @@ class SessionRegistry:
     def next_deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
-    def run_timers(self, now: float) -> list[Will]:
+    def run_timers(self, now: float) -> list[DueWill]:
         """Expire sessions whose time has come and return the wills now due."""
-        due_wills: list[Will] = []
+        due_wills: list[DueWill] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, client_id = heapq.heappop(timers)
             pending = self.pending_wills.get(client_id)
             if pending is not None and pending[0] <= now:
                 del self.pending_wills[client_id]
-                due_wills.append(pending[1])
+                due_wills.append((client_id, pending[2], pending[1]))
             session = self.sessions.get(client_id)
             if session is not None and self._expired(session, now):
                 log.info("session %r expired", client_id)
@@ -189,7 +197,7 @@ class SessionRegistry:
         for client_id, rec in snapshot.sessions.items():
             session = Session(
                 client_id, rec.protocol_version, rec.expiry_interval, self.batch, self.limits,
-                self.metrics,
+                self.metrics, self.gate,
             )
             session.username = rec.username
             session.pager = self.pager
@@ -228,7 +236,7 @@ class SessionRegistry:
                 will = Will(w.topic, w.payload, w.qos, w.retain, w.properties)
                 session.will_delay = w.delay_interval
                 due = session.disconnected_at + min(w.delay_interval, rec.expiry_interval)
-                self.pending_wills[client_id] = (due, will)
+                self.pending_wills[client_id] = (due, will, rec.username)
                 heapq.heappush(self._timers, (due, client_id))
             if rec.expiry_interval != NEVER_EXPIRES:
                 heapq.heappush(

@@ -56,6 +56,13 @@ def _plus_ref(version: int) -> str:
     return "MQTT-4.7.1-3" if version < 5 else "MQTT-4.7.1-2"
 
 
+def is_broker_topic(topic: str) -> bool:
+    """True for ``$SYS`` and the topics below it: the broker's own, which clients may
+    read (as the ACL allows) but never publish to, nor set a will on (issue 12).
+    MQTT 3.1.1 §4.7.2 / MQTT 5.0 §4.7.2 reserve ``$`` topics for server use."""
+    return topic.startswith("$SYS") and (len(topic) == 4 or topic[4] == "/")
+
+
 def has_wildcard(topic: str) -> bool:
     """True if ``topic`` contains ``+`` or ``#`` anywhere."""
     return "+" in topic or "#" in topic

@@ -56,33 +56,37 @@ class AuthService:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _decide(self, kind: str, session: Session, target: str) -> bool:
+    def _decide(self, kind: str, client_id: str, username: str | None, target: str) -> bool:
         if self._open:
             return True
-        key = (session.client_id, session.username, kind, target)
+        key = (client_id, username, kind, target)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         authorizer = self.setup.authorizer
         if kind == "w":
-            allowed = authorizer.can_publish(session.client_id, session.username, target)
+            allowed = authorizer.can_publish(client_id, username, target)
         elif kind == "s":
-            allowed = authorizer.can_subscribe(session.client_id, session.username, target)
+            allowed = authorizer.can_subscribe(client_id, username, target)
         else:
-            allowed = authorizer.can_receive(session.client_id, session.username, target)
+            allowed = authorizer.can_receive(client_id, username, target)
         if len(self._cache) >= _CACHE_LIMIT * 64:
             self._cache.clear()
         self._cache[key] = allowed
         return allowed
 
-    def may_publish(self, session: Session, topic: str) -> bool:
-        return self._decide("w", session, topic)
+    def may_publish(self, client_id: str, username: str | None, topic: str) -> bool:
+        """PUBLISH, and a Will Message (at CONNECT and again when it fires)."""
+        return self._decide("w", client_id, username, topic)
 
     def may_subscribe(self, session: Session, topic_filter: str) -> bool:
-        return self._decide("s", session, topic_filter)
+        return self._decide("s", session.client_id, session.username, topic_filter)
 
     def receive_check(self) -> Callable[[Session, str], bool] | None:
-        """The router's delivery hook, or None when there is no ACL (fast path)."""
+        """The sessions' delivery gate (:class:`~iotbroker.core.session.ReceiveGate`),
+        or None when there is no ACL (fast path). Call again after :meth:`reload`."""
         if self._open:
             return None
-        return lambda session, topic: self._decide("r", session, topic)
+        return lambda session, topic: self._decide(
+            "r", session.client_id, session.username, topic
+        )

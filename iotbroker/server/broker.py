@@ -51,7 +51,12 @@ from iotbroker.core.router import Router
 from iotbroker.core.session import Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
-from iotbroker.core.topics import has_wildcard, parse_shared, validate_topic_name
+from iotbroker.core.topics import (
+    has_wildcard,
+    is_broker_topic,
+    parse_shared,
+    validate_topic_name,
+)
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
@@ -115,9 +120,10 @@ class Broker:
             self.batch,
             self.metrics,
             shared_strategy=mqtt.shared_subscription_strategy,
-            may_receive=self.auth.receive_check(),
             max_retained=mqtt.max_retained_messages,
         )
+        # Every delivery to a session asks this one decision (issue 12).
+        self.registry.gate.check = self.auth.receive_check()
         self._handlers = self._build_handlers()
         self.clients: dict[str, ClientProtocol] = {}
         self.connections: set[ClientProtocol] = set()
@@ -225,6 +231,8 @@ class Broker:
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
+        # Queued, in-flight and retained deliveries follow the new rules from now on.
+        self.registry.gate.check = self.auth.receive_check()
         setup_logging(new.logging)
         applied = ["auth (password file, ACL)", "logging"]
         pending = [
@@ -412,7 +420,7 @@ class Broker:
             if will is not None and (
                 not will.properties.will_delay_interval or proto.session_ended_by_takeover
             ):
-                self._publish_will(will, session.client_id, now)
+                self._publish_will(will, session.client_id, session.username, now)
             return
         if self.clients.get(proto.client_id) is proto:
             del self.clients[proto.client_id]
@@ -422,7 +430,7 @@ class Broker:
         self.router.redistribute(session, now)
         due = self.registry.close(session, now, will)
         if due is not None:
-            self._publish_will(due, session.client_id, now)
+            self._publish_will(due, session.client_id, session.username, now)
         self._reschedule_core_timer()
         self.flush()
 
@@ -596,6 +604,13 @@ class Broker:
             self.metrics.auth_failures += 1
             self._refuse(proto, packet, decision, "authentication failed")
             return
+        username = (
+            enhanced.username
+            if enhanced is not None
+            else packet.username
+            if proto.cert_username is None
+            else proto.cert_username
+        )
         will = packet.will
         if will is not None:
             if will.qos > cfg.maximum_qos:
@@ -614,6 +629,17 @@ class Broker:
             except ProtocolViolation as exc:
                 self._refuse(proto, packet, exc.reason_code, f"will topic: {exc}")
                 return
+            if not self._may_publish_will(will, client_id, username):
+                if v5:  # MQTT 5.0 can say why: CONNACK 0x87 Not authorized
+                    self._refuse(proto, packet, 0x87, f"will topic {will.topic!r} not authorised")
+                    return
+                # MQTT 3.1.1: accepted, without its will (docs/auth.md, "Wills").
+                log.warning(
+                    "client %r (user %r): will topic %r not authorised; connected without "
+                    "its will (MQTT 3.1.1 cannot be told)",
+                    client_id, username, will.topic, extra=proto.log_extra(),
+                )
+                will = None
         now = self.now()
         # Session takeover [MQTT-3.1.4-2] (v5 [MQTT-3.1.4-3]: DISCONNECT 0x8E).
         old = self.clients.pop(client_id, None)
@@ -646,13 +672,7 @@ class Broker:
         session, present = self.registry.open(
             client_id, packet.clean_start, granted_expiry, packet.protocol_version, now
         )
-        session.username = (
-            enhanced.username
-            if enhanced is not None
-            else packet.username
-            if proto.cert_username is None
-            else proto.cert_username
-        )
+        session.username = username
         # Keep alive: the server may impose a lower one (v5 Server Keep Alive).
         keepalive = packet.keepalive
         server_keepalive: int | None = None
@@ -795,9 +815,18 @@ class Broker:
             self.metrics.topic_limit_refusals += 1
             self._ack(proto, packet, 0x90)
             return
-        if not self.auth.may_publish(session, topic):
+        if is_broker_topic(topic):
+            # $SYS is the broker's own, whatever the ACL says: v5 0x87, 3.1.1 acked and
+            # dropped (it has no way to refuse a PUBLISH).
+            metrics.sys_publish_refused += 1
+            log.info("client %r (user %r) may not publish to the broker's topic %r",
+                     session.client_id, session.username, topic)
+            self._ack(proto, packet, 0x87)
+            return
+        if not self.auth.may_publish(session.client_id, session.username, topic):
             metrics.acl_denials += 1
-            log.info("client %r not authorised to publish to %r", session.client_id, topic)
+            log.info("client %r (user %r) not authorised to publish to %r",
+                     session.client_id, session.username, topic)
             self._ack(proto, packet, 0x87)
             return
         if qos == 2 and not session.hold_inbound_qos2(packet.packet_id or 0):
@@ -843,8 +872,24 @@ class Broker:
             code = 0
         proto.conn.send_publish_ack(packet.qos, packet.packet_id, code)
 
-    def _publish_will(self, will: Will, client_id: str, now: float) -> None:
-        """Publish a Will Message (MQTT 3.1.1 §3.1.2.5, MQTT 5.0 §3.1.3.2)."""
+    def _may_publish_will(self, will: Will, client_id: str, username: str | None) -> bool:
+        """A will is published as its owner: the ACL's write decision and the $SYS rule
+        apply as to a PUBLISH (issue 12). Counted when refused."""
+        if not is_broker_topic(will.topic) and self.auth.may_publish(
+            client_id, username, will.topic
+        ):
+            return True
+        self.metrics.wills_denied += 1
+        return False
+
+    def _publish_will(self, will: Will, client_id: str, username: str | None,
+                      now: float) -> None:
+        """Publish a Will Message (MQTT 3.1.1 §3.1.2.5, MQTT 5.0 §3.1.3.2), if its owner
+        may still publish to its topic: the ACL may have been reloaded since CONNECT."""
+        if not self._may_publish_will(will, client_id, username):
+            log.warning("will of %r (user %r) to %r not published: not authorised",
+                        client_id, username, will.topic)
+            return
         self.metrics.wills_published += 1
         props = will.properties
         expiry = props.message_expiry_interval
@@ -940,8 +985,8 @@ class Broker:
     # ---------------------------------------------------------------- timers
     def _run_core_timers(self) -> None:
         now = self.now()
-        for will in self.registry.run_timers(now):
-            self._publish_will(will, "", now)
+        for client_id, username, will in self.registry.run_timers(now):
+            self._publish_will(will, client_id, username, now)
         for topic in self.retained.drop_expired(now):
             self.batch.delete_retained(topic)
 

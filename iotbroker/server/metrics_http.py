@@ -68,6 +68,9 @@ _COUNTERS = {
     "session_takeovers": "Connections closed because the same client id connected again.",
     "sessions_expired": "Sessions removed after their expiry interval.",
     "wills_published": "Will messages published.",
+    "wills_denied": "Will messages not published: the ACL (or the $SYS rule) refused their "
+                    "topic at CONNECT (MQTT 3.1.1) or when they fired.",
+    "sys_publish_refused": "Client PUBLISHes to $SYS topics refused (the broker's own).",
     "auth_failures": "CONNECTs refused for bad credentials.",
     "acl_denials": "Publishes, subscriptions and deliveries denied by the ACL.",
     "storage_batches": "Storage batches committed.",
