@@ -250,10 +250,15 @@ DEFAULT_CONFIG = """\
 # iotbroker default configuration: every key with its default value.
 # Reference: docs/configuration.md. Loaded when no --config is given.
 
+# Without listeners (no file, or a file that names none) the broker listens on
+# 127.0.0.1:1883 only, as mosquitto 2.x does: only this machine can connect. To accept
+# devices on the network pass --listen 0.0.0.0:1883, or write listeners in a file (a
+# listener written without host binds 0.0.0.0) with auth.allow_anonymous: false and a
+# password file, or an ACL (see configs/production.yaml).
 listeners:
   - name: default
     type: tcp            # tcp | tls | ws | wss
-    host: 127.0.0.1      # loopback only; a listener written without host binds 0.0.0.0
+    host: 127.0.0.1      # loopback only
     port: 1883
     path: /mqtt          # WebSocket path (ws, wss only)
     tls: null            # required for tls and wss listeners
@@ -294,7 +299,7 @@ storage:
   on_corruption: fail              # fail | move-aside
 
 auth:
-  allow_anonymous: true
+  allow_anonymous: true            # warned about on a network listener without acl_file
   password_file: null
   acl_file: null
 
