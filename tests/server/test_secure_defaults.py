@@ -136,7 +136,10 @@ def test_listening_note() -> None:
     assert listening_note(ListenerConfig(host="0.0.0.0"), "0.0.0.0", 1883) == ""
 
 
-def _bound_as_configured(config: BrokerConfig) -> list[tuple[ListenerConfig, list[tuple[str, int]]]]:
+Bound = list[tuple[ListenerConfig, list[tuple[str, int]]]]
+
+
+def _bound_as_configured(config: BrokerConfig) -> Bound:
     return [(lst, [(lst.host, lst.port)]) for lst in config.listeners]
 
 
