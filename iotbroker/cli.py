@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from iotbroker import __version__
-from iotbroker.config import BrokerConfig, load_config
+from iotbroker.config import LOOPBACK_HOST, BrokerConfig, load_config
 from iotbroker.errors import ConfigError
 
 __all__ = ["main"]
@@ -50,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the broker (the default command)")
     run.add_argument("--config", "-c", metavar="FILE",
-                     help="YAML configuration file (default: built-in defaults)")
+                     help="YAML configuration file (default: built-in defaults, which "
+                          "listen on 127.0.0.1:1883 only)")
     run.add_argument("--listen", "-l", metavar="HOST:PORT", action="append",
-                     help="listen for plain MQTT on HOST:PORT ([::1]:1883 for IPv6); "
-                          "repeatable; replaces the configured listeners")
+                     help="listen for plain MQTT on HOST:PORT ([::1]:1883 for IPv6; "
+                          "PORT alone is 127.0.0.1:PORT; 0.0.0.0:1883 accepts devices on "
+                          "the network); repeatable; replaces the configured listeners")
     run.add_argument("--data-dir", metavar="DIR", help="storage directory (storage.path)")
     run.add_argument("--log-level", metavar="LEVEL",
                      help="DEBUG, INFO, WARNING, ERROR or CRITICAL (logging.level)")
@@ -114,8 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` or ``PORT`` (host 0.0.0.0)."""
-    host, port_text = "0.0.0.0", value
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` or ``PORT``.
+
+    Without a host the listener is on loopback only (127.0.0.1), as mosquitto 2.x's
+    ``mosquitto -p PORT``: opening the broker to the network is asked for by name
+    (``0.0.0.0:PORT``).
+    """
+    host, port_text = LOOPBACK_HOST, value
     if value.startswith("["):
         end = value.find("]")
         if end < 0 or not value[end + 1:].startswith(":"):
@@ -125,7 +132,7 @@ def parse_listen(value: str) -> tuple[str, int]:
         host, _, port_text = value.rpartition(":")
         if ":" in host:
             raise ConfigError("--listen", value, "is not HOST:PORT (write IPv6 as [::1]:1883)")
-        host = host or "0.0.0.0"
+        host = host or LOOPBACK_HOST
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError("--listen", value,
                           "is not HOST:PORT with a port in 0–65535 (0 picks a free port)")

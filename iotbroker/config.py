@@ -44,6 +44,7 @@ from iotbroker.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "LOOPBACK_HOST",
     "AuthConfig",
     "BrokerConfig",
     "ConfigError",
@@ -81,6 +82,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
     {"tcp": 1883, "tls": 8883, "ws": 8080, "wss": 8443}
 )
+#: Address of the built-in listener and of ``--listen PORT``: loopback only (secure by
+#: default; ``0.0.0.0`` must be asked for).
+LOOPBACK_HOST = "127.0.0.1"
 
 
 def _opt(
@@ -226,7 +230,10 @@ class LimitsConfig:
 class BrokerConfig:
     """The whole configuration. ``source`` says where it came from (not compared)."""
 
-    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    #: Without ``listeners`` (no configuration file, or one that names none) the broker
+    #: listens on loopback only, as mosquitto 2.x does; a listener written without
+    #: ``host`` binds every IPv4 address (mosquitto's ``listener 1883``).
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(host=LOOPBACK_HOST),)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -243,10 +250,15 @@ DEFAULT_CONFIG = """\
 # iotbroker default configuration: every key with its default value.
 # Reference: docs/configuration.md. Loaded when no --config is given.
 
+# Without listeners (no file, or a file that names none) the broker listens on
+# 127.0.0.1:1883 only, as mosquitto 2.x does: only this machine can connect. To accept
+# devices on the network pass --listen 0.0.0.0:1883, or write listeners in a file (a
+# listener written without host binds 0.0.0.0) with auth.allow_anonymous: false and a
+# password file, or an ACL (see configs/production.yaml).
 listeners:
   - name: default
     type: tcp            # tcp | tls | ws | wss
-    host: 0.0.0.0
+    host: 127.0.0.1      # loopback only
     port: 1883
     path: /mqtt          # WebSocket path (ws, wss only)
     tls: null            # required for tls and wss listeners
@@ -287,7 +299,7 @@ storage:
   on_corruption: fail              # fail | move-aside
 
 auth:
-  allow_anonymous: true
+  allow_anonymous: true            # warned about on a network listener without acl_file
   password_file: null
   acl_file: null
 

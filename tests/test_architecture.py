@@ -24,7 +24,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
              "iotbroker.auth.base", "iotbroker.config", "iotbroker.metrics"),
     "storage": ("iotbroker.errors", "iotbroker.storage", "iotbroker.core.message",
                 "iotbroker.codec.packets", "iotbroker.codec.enums"),
-    "auth": ("iotbroker.errors", "iotbroker.auth", "iotbroker.config"),
+    "auth": ("iotbroker.errors", "iotbroker.auth", "iotbroker.config",
+             "iotbroker.file_modes"),  # the shared check that a secret file is not exposed
 }
 
 

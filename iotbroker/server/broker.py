@@ -62,6 +62,7 @@ from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.enhanced_auth import EnhancedAuth
+from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
@@ -187,6 +188,7 @@ class Broker:
             server = await start_listener(self, listener)  # logs "listening on ..."
             self._servers.append(server)
             self.bound.extend(server.addresses)
+        warn_open_anonymous(self.config, [(s.config, s.addresses) for s in self._servers])
         if self.config.metrics.enabled:
             self.metrics_server = MetricsServer(self)
             await self.metrics_server.start()

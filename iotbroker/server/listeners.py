@@ -10,7 +10,9 @@
   span messages and a message may hold several packets [MQTT-6.0.0-2].
 
 Every listener logs ``listening on HOST:PORT (TYPE, listener 'NAME')`` once per bound
-socket (the test harness and operators parse that line).
+socket (the test harness and operators parse that line); a loopback address adds
+`` — loopback only`` after it (:func:`iotbroker.server.exposure.listening_note`). A TLS
+private key that group or others may read is warned about before it is loaded.
 
 Rules of this room: no task per packet. A WebSocket connection has exactly two tasks,
 the reader (the ``websockets`` handler task) and the sender; plain and TLS connections
@@ -33,6 +35,8 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from iotbroker.config import ListenerConfig, TlsConfig
+from iotbroker.file_modes import warn_if_exposed
+from iotbroker.server.exposure import listening_note
 from iotbroker.server.transport import ClientProtocol
 
 if TYPE_CHECKING:
@@ -374,6 +378,9 @@ async def start_listener(broker: Broker, listener: ListenerConfig) -> Listener:
     ctx: ssl.SSLContext | None = None
     if listener.type in ("tls", "wss"):
         assert listener.tls is not None  # checked by config
+        if listener.tls.keyfile is not None:
+            warn_if_exposed(listener.tls.keyfile,
+                            f"TLS private key of listener {listener.name!r}")
         try:
             ctx = make_ssl_context(listener.tls)
         except OSError as exc:
@@ -393,8 +400,8 @@ async def start_listener(broker: Broker, listener: ListenerConfig) -> Listener:
     else:
         result = await _start_websocket(broker, listener, factory, ctx, handshake_timeout)
     for host, port in result.addresses:
-        log.info("listening on %s:%s (%s, listener %r)", host, port, listener.type,
-                 listener.name)
+        log.info("listening on %s:%s (%s, listener %r)%s", host, port, listener.type,
+                 listener.name, listening_note(listener, host, port))
     return result
 
 

@@ -36,6 +36,7 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
+    path.chmod(0o600)  # as a private key should be (the broker warns otherwise)
     return path
 
 
