@@ -31,6 +31,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import Subscription
 from iotbroker.core.message import Delivery, Message
 from iotbroker.core.retained import RetainedStore
@@ -41,6 +42,10 @@ from iotbroker.core.topics import parse_shared, validate_topic_filter
 from iotbroker.errors import ProtocolViolation
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch
+
+_SUCCESS = int(ReasonCode.SUCCESS)
+_NO_MATCHING_SUBSCRIBERS = int(ReasonCode.NO_MATCHING_SUBSCRIBERS)
+_QUOTA_EXCEEDED = int(ReasonCode.QUOTA_EXCEEDED)
 
 
 class Router:
@@ -65,21 +70,21 @@ class Router:
         self.shared_strategy = shared_strategy
         #: Retained messages kept at most (0 = no limit).
         self.max_retained = max_retained
-        #: Set when the last publish() could not retain its message (limit reached).
-        self.retained_refused = False
         self._group_cursor: dict[tuple[str, str], int] = {}
         self._group_sticky: dict[tuple[str, str], str] = {}
 
     # ---------------------------------------------------------------- publish
     def publish(self, message: Message, now: float) -> int:
-        """Route one accepted message; returns how many sessions it was given to
-        (MQTT 5.0 uses 0 for the PUBACK reason 0x10 No Matching Subscribers)."""
-        self.retained_refused = False
-        if message.retain:
-            self._store_retained(message)
+        """Route one accepted message; returns the MQTT 5.0 reason code of its
+        acknowledgement (§3.4.2.1): 0x00, 0x10 No Matching Subscribers when no session
+        took it, 0x97 Quota Exceeded when it should have been retained and
+        ``mqtt.max_retained_messages`` is reached (it is still delivered)."""
+        code = _SUCCESS
+        if message.retain and not self._store_retained(message):
+            code = _QUOTA_EXCEEDED
         if message.expired(now):
             self.metrics.messages_expired += 1
-            return 0
+            return code or _NO_MATCHING_SUBSCRIBERS
         matches = self.trie.match(message.topic)
         sessions = self.registry.sessions
         origin = message.origin
@@ -117,20 +122,22 @@ class Router:
         for group, topic_filter, members in matches.shared:
             if self._deliver_shared(group, topic_filter, members, message, now):
                 delivered += 1
-        return delivered
+        return code or (_SUCCESS if delivered else _NO_MATCHING_SUBSCRIBERS)
 
-    def _store_retained(self, message: Message) -> None:
+    def _store_retained(self, message: Message) -> bool:
+        """Set or clear the retained message of its topic; False when the retained
+        store is full (``mqtt.max_retained_messages``, counted)."""
         if message.payload:
             limit = self.max_retained
             if limit and len(self.retained) >= limit and message.topic not in self.retained:
                 self.metrics.retained_dropped += 1
-                self.retained_refused = True
-                return
+                return False
             self.retained.set(message)
             if not message.topic.startswith("$SYS/"):  # broker state: never restored
                 self.batch.put_retained(message)
         elif self.retained.delete(message.topic) and not message.topic.startswith("$SYS/"):
             self.batch.delete_retained(message.topic)
+        return True
 
     def _deliver_shared(
         self,

@@ -850,12 +850,8 @@ class Broker:
             origin=session.client_id,
         )
         proto.published_this_turn = True
-        matched = self.router.publish(message, now)
+        code = self.router.publish(message, now)
         if qos:
-            if self.router.retained_refused:
-                code = 0x97  # quota exceeded: mqtt.max_retained_messages
-            else:
-                code = 0x10 if v5 and not matched else 0
             self._ack(proto, packet, code)
         bucket = proto.publish_bucket
         if bucket is not None:
