@@ -186,6 +186,23 @@ def validate_subscription_filter(topic_filter: str, version: int = 5) -> tuple[s
     return group, inner
 
 
+def topic_limit_problem(topic: str, max_levels: int | None, max_length: int | None) -> str | None:
+    """What breaks the broker-configured limits on levels and UTF-8 length, or None.
+
+    MQTT 5.0 §4.7.3 leaves room for a Server to restrict topics; these limits are
+    ours, not normative. ``None`` means no limit. ``max_length`` counts UTF-8 bytes
+    (the encoded length the spec measures).
+    """
+    if max_length is not None:
+        n = len(topic)
+        # Each character is 1..4 UTF-8 bytes: only encode when it can matter.
+        if n > max_length or (n * 4 > max_length and len(topic.encode()) > max_length):
+            return f"longer than the configured {max_length} bytes"
+    if max_levels is not None and topic.count("/") >= max_levels:
+        return f"has more than the configured {max_levels} levels"
+    return None
+
+
 def check_topic_limits(
     topic: str,
     max_levels: int | None = None,
@@ -193,25 +210,13 @@ def check_topic_limits(
     *,
     is_filter: bool = False,
 ) -> None:
-    """Enforce broker-configured limits on levels and UTF-8 length.
-
-    MQTT 5.0 §4.7.3 leaves room for a Server to restrict topics; these limits are
-    ours, not normative, so the error carries no spec id. Raises
-    ``ProtocolViolation`` with 0x8F (``is_filter``) or 0x90. ``None`` means no limit.
-    ``max_length`` counts UTF-8 bytes (the encoded length the spec measures).
-    """
-    reason = _FILTER_INVALID if is_filter else _NAME_INVALID
-    kind = "topic filter" if is_filter else "topic name"
-    if max_length is not None:
-        n = len(topic)
-        # Each character is 1..4 UTF-8 bytes: only encode when it can matter.
-        if n > max_length or (n * 4 > max_length and len(topic.encode()) > max_length):
-            raise ProtocolViolation(
-                f"{kind} longer than the configured {max_length} bytes", reason_code=reason
-            )
-    if max_levels is not None and topic.count("/") + 1 > max_levels:
+    """:func:`topic_limit_problem` as an exception: ``ProtocolViolation`` with 0x8F
+    (``is_filter``) or 0x90; the error carries no spec id (the limits are ours)."""
+    problem = topic_limit_problem(topic, max_levels, max_length)
+    if problem is not None:
+        kind = "topic filter" if is_filter else "topic name"
         raise ProtocolViolation(
-            f"{kind} has more than the configured {max_levels} levels", reason_code=reason
+            f"{kind} {problem}", reason_code=_FILTER_INVALID if is_filter else _NAME_INVALID
         )
 
 

@@ -1,0 +1,85 @@
+"""What the engine knows of one network connection: its MQTT state, as data.
+
+A :class:`Client` is the engine's handle on a connection. It holds the protocol state
+machine (:class:`~iotbroker.protocol.connection.Connection`, pull-based: bytes in,
+packets out, bytes to send pulled by the server) and what MQTT says about the
+connection beyond it: the session it is attached to, the identity it authenticated
+as, its Will Message and how it ended. The engine writes packets into ``conn`` and
+records what the server must do as data on the client (``close_requested``); it never
+calls the server.
+
+``server/transport.py``'s ``ClientProtocol`` is a ``Client`` (the asyncio side adds
+the socket, timers and backpressure), so a connection is one object, as before the
+engine existed (memory per idle connection is a tracked figure, issue 19). Tests and
+other rooms (a gateway, an admin action) can drive the engine with a plain ``Client``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from iotbroker.codec.packets import Will
+from iotbroker.protocol.connection import Connection
+
+if TYPE_CHECKING:
+    from iotbroker.core.session import Session
+
+
+class Client:
+    """One network connection as the engine sees it."""
+
+    __slots__ = (
+        "cert_subject",
+        "cert_username",
+        "clean_disconnect",
+        "client_id",
+        "close_requested",
+        "conn",
+        "conn_id",
+        "listener",
+        "published_this_turn",
+        "session",
+        "session_ended_by_takeover",
+        "taken_over",
+        "will",
+    )
+
+    def __init__(self, conn: Connection, listener: str = "") -> None:
+        self.conn = conn
+        #: Number of the connection in logs (the server numbers them).
+        self.conn_id = 0
+        #: Name of the listener it came in on (for limits and logs).
+        self.listener = listener
+        #: The session it is attached to, once the CONNECT is accepted.
+        self.session: Session | None = None
+        self.client_id = ""
+        #: TLS ``use_identity_as_username``: the client certificate's subject CN.
+        self.cert_username: str | None = None
+        #: The TLS client certificate's subject, for logs (None without one).
+        self.cert_subject: str | None = None
+        #: The Will Message of its accepted CONNECT (MQTT 3.1.1 §3.1.2.5).
+        self.will: Will | None = None
+        #: A DISCONNECT (or our own shutdown) ended it: no will [MQTT-3.14.4-3].
+        self.clean_disconnect = False
+        #: Another connection took its client id over [MQTT-3.1.4-2].
+        self.taken_over = False
+        #: ...with Clean Start, which ended the session (a delayed will goes at once).
+        self.session_ended_by_takeover = False
+        #: The engine decided to close it: the server closes after this turn's writes.
+        self.close_requested = False
+        #: It published this turn (the server throttles publishers of a slow consumer).
+        self.published_this_turn = False
+
+    @property
+    def peer(self) -> str:
+        """The remote address for logs (the server knows it; "?" without a socket)."""
+        return "?"
+
+    def log_extra(self) -> dict[str, object]:
+        """Structured fields for log records about this connection."""
+        return {}
+
+    def request_close(self) -> None:
+        """Stop reading it, and have the server close it after this turn's writes."""
+        self.conn.close()
+        self.close_requested = True

@@ -1,0 +1,529 @@
+"""The MQTT engine: what each event does to sessions, as synchronous code with no I/O.
+
+Events come in as calls (a validated packet from a connection, a connection that
+ended, a timer, a will that is due); what they cause comes out as data the server
+applies (design.md, "an engine that returns effects"):
+
+* packets to send are queued on the client's protocol
+  :class:`~iotbroker.protocol.connection.Connection`, whose bytes the server pulls;
+* connections to close are in :attr:`Engine.closing` (and ``client.close_requested``);
+* storage changes are in :attr:`Engine.batch`, committed by the server before it
+  writes any packet of the same turn (:meth:`Engine.commit`);
+* the next timer is :meth:`Engine.next_deadline`; the server calls
+  :meth:`Engine.run_timers` then.
+
+Acknowledgement codes are return values (``Router.publish``), a peer's violation is
+turned into its reason code here (:meth:`Engine.fail`), and nothing here awaits,
+reads a socket or knows the event loop: a test drives the whole broker with plain
+:class:`~iotbroker.engine.client.Client` objects and a fake clock.
+
+MQTT 3.1.1 §3 / MQTT 5.0 §3 (per-packet behaviour) and §4 (operational behaviour);
+CONNECT negotiation is :mod:`iotbroker.engine.connect`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from iotbroker.codec.enums import PacketType, ReasonCode
+from iotbroker.codec.packets import (
+    NO_PROPERTIES,
+    ConnAck,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+from iotbroker.config import BrokerConfig
+from iotbroker.core.message import Message
+from iotbroker.core.retained import RetainedStore
+from iotbroker.core.router import Router
+from iotbroker.core.session import ReceiveCheck, Session, SessionLimits
+from iotbroker.core.sessions import SessionRegistry
+from iotbroker.core.subscriptions import SubscriptionTrie
+from iotbroker.core.topics import is_broker_topic, parse_shared, topic_limit_problem
+from iotbroker.engine.client import Client
+from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
+from iotbroker.metrics import Metrics
+from iotbroker.protocol.connection import ConnectionState
+from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store
+
+log = logging.getLogger("iotbroker.broker")
+
+R = ReasonCode
+
+# MQTT 3.1.1 CONNACK return codes (§3.2.2.3) for the v5 reason codes we refuse with.
+V3_CONNACK: dict[int, int] = {
+    R.UNSUPPORTED_PROTOCOL_VERSION: 0x01,
+    R.CLIENT_IDENTIFIER_NOT_VALID: 0x02,
+    R.BAD_USER_NAME_OR_PASSWORD: 0x04,
+    R.NOT_AUTHORIZED: 0x05,
+    R.SERVER_UNAVAILABLE: 0x03,
+    R.SERVER_BUSY: 0x03,
+    R.BAD_AUTHENTICATION_METHOD: 0x04,
+    R.USE_ANOTHER_SERVER: 0x03,
+    R.SERVER_MOVED: 0x03,
+}
+
+
+class Authorization(Protocol):
+    """The questions the engine asks the auth room (``server/auth_service.py`` answers)."""
+
+    def may_publish(self, client_id: str, username: str | None, topic: str) -> bool: ...
+
+    def may_subscribe(self, session: Session, topic_filter: str) -> bool: ...
+
+    def receive_check(self) -> ReceiveCheck | None: ...
+
+
+#: How the engine writes a per-connection log line (connected, disconnected, lost,
+#: taken over): ``(logger, level, client, message, *args)``. The server passes its
+#: fast path (``server/logsetup.py``); the default is plain logging.
+ConnectionLog = Callable[..., None]
+
+
+def _plain_connection_log(logger: logging.Logger, level: int, client: Client, message: str,
+                          *args: object) -> None:
+    logger.log(level, message, *args, extra=client.log_extra())
+
+
+class Engine:
+    """Sessions, subscriptions, retained messages and the MQTT rules that change them."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        store: Store,
+        auth: Authorization,
+        metrics: Metrics,
+        *,
+        connection_log: ConnectionLog = _plain_connection_log,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.auth = auth
+        self.metrics = metrics
+        self.connection_log = connection_log
+        self.batch = ChangeBatch()
+        self.trie = SubscriptionTrie()
+        self.retained = RetainedStore()
+        mqtt = config.mqtt
+        limits = SessionLimits(
+            max_queued_messages=mqtt.max_queued_messages,
+            max_queued_bytes=mqtt.max_queued_bytes,
+            drop_oldest=mqtt.queue_overflow == "drop-oldest",
+        )
+        self.registry = SessionRegistry(self.trie, self.batch, limits, metrics)
+        self.registry.pager = self
+        self.router = Router(
+            self.registry,
+            self.trie,
+            self.retained,
+            self.batch,
+            metrics,
+            shared_strategy=mqtt.shared_subscription_strategy,
+            max_retained=mqtt.max_retained_messages,
+        )
+        # Every delivery to a session asks this one decision (issue 12).
+        self.registry.gate.check = auth.receive_check()
+        #: Connected clients by client id.
+        self.clients: dict[str, Client] = {}
+        #: Effect: connections the server closes after this turn's writes.
+        self.closing: list[Client] = []
+        #: Storage commit timing, for metrics.
+        self.storage_write_seconds = 0.0
+        self.storage_write_max = 0.0
+        self.storage_batch_max = 0
+        self._handlers: dict[PacketType, Callable[[Client, Any, float], None]] = {
+            PacketType.PUBLISH: self.on_publish,
+            PacketType.PUBACK: self.on_puback,
+            PacketType.PUBREC: self.on_pubrec,
+            PacketType.PUBREL: self.on_pubrel,
+            PacketType.PUBCOMP: self.on_pubcomp,
+            PacketType.SUBSCRIBE: self.on_subscribe,
+            PacketType.UNSUBSCRIBE: self.on_unsubscribe,
+            PacketType.PINGREQ: self.on_pingreq,
+            PacketType.DISCONNECT: self.on_disconnect,
+        }
+
+    # ---------------------------------------------------------------- storage
+    def restore(self, now: float) -> None:
+        """Rebuild retained messages and sessions from the store (at start-up)."""
+        # Queued messages stay on disk (an index in memory) until their session comes
+        # back: offline sessions cost bounded memory (issue 7).
+        snapshot = self.store.load(queued_bodies=False)
+        for message in snapshot.retained:
+            if message.expired(now):
+                self.batch.delete_retained(message.topic)
+            else:
+                self.retained.set(message)
+        self.registry.restore(snapshot, now)
+        self.run_timers(now)
+
+    def commit(self) -> None:
+        """Apply the turn's storage batch (one WriteBatch) and clear it; timed for
+        metrics. Raises StorageError, leaving the batch as it was."""
+        batch = self.batch
+        started = time.perf_counter()
+        self.store.apply(batch)
+        took = time.perf_counter() - started
+        self.metrics.storage_batches += 1
+        self.metrics.storage_changes += len(batch)
+        self.storage_write_seconds += took
+        self.storage_write_max = max(self.storage_write_max, took)
+        self.storage_batch_max = max(self.storage_batch_max, len(batch))
+        batch.clear()
+
+    def load_queued(self, client_id: str) -> list[QueuedRecord]:
+        """The :class:`~iotbroker.core.session.Pager` of every session: commit what
+        this turn changed, then read the session's queued messages from the store."""
+        if self.batch:
+            self.commit()
+        return self.store.load_queued(client_id)
+
+    def auth_changed(self) -> None:
+        """The ACL was reloaded: queued, in-flight and retained deliveries follow the
+        new rules from now on."""
+        self.registry.gate.check = self.auth.receive_check()
+
+    def take_closing(self) -> list[Client]:
+        """The connections to close (the server applies this effect once per event)."""
+        closing, self.closing = self.closing, []
+        return closing
+
+    def close(self, client: Client) -> None:
+        """Stop reading ``client`` and have the server close it after the writes."""
+        if not client.close_requested:
+            client.request_close()
+            self.closing.append(client)
+
+    # ----------------------------------------------------------------- events
+    def handle(self, client: Client, packet: Packet, now: float) -> None:
+        """One validated packet of a connected client (CONNECT and AUTH are the
+        server's connect path: authentication may wait off the loop). A peer's
+        violation becomes its reason code and a close (:meth:`fail`)."""
+        try:
+            self._handlers[packet.TYPE](client, packet, now)
+        except MqttError as exc:
+            self.fail(client, exc)
+
+    def fail(self, client: Client, exc: MqttError) -> None:
+        """A client broke a rule: one log line, the right reason code, close."""
+        if isinstance(exc, MalformedPacket):
+            self.metrics.malformed_packets += 1
+        else:
+            self.metrics.protocol_errors += 1
+        log.warning(
+            "closing %s (%r): %s", client.peer, client.client_id or "-", exc,
+            extra=client.log_extra(),
+        )
+        conn = client.conn
+        if conn.connected:
+            if conn.protocol_version == 5:
+                reason = Properties(reason_string=exc.message[:200])
+                conn.send_packet(Disconnect(exc.reason_code, reason))
+        elif conn.state is ConnectionState.AUTHENTICATING or isinstance(exc, MalformedPacket):
+            requested = getattr(exc, "protocol_level", None)
+            if exc.reason_code == R.UNSUPPORTED_PROTOCOL_VERSION:
+                # [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1) / 0x84 (5.0), then close.
+                version = 5 if requested == 5 else 4
+                conn.protocol_version = version
+                code = R.UNSUPPORTED_PROTOCOL_VERSION if version == 5 else 0x01
+                conn.send_packet(ConnAck(False, code))
+            elif conn.protocol_version == 5 and client.session is None:
+                conn.send_packet(ConnAck(False, exc.reason_code))
+        self.close(client)
+
+    def keepalive_expired(self, client: Client) -> None:
+        """No packet for 1.5 × Keep Alive [MQTT-3.1.2-24]: close; the will goes out."""
+        self.metrics.keepalive_timeouts += 1
+        log.info(
+            "client %r (%s) keepalive timeout (%ss)", client.client_id, client.peer,
+            client.conn.keepalive, extra=client.log_extra(),
+        )
+        if client.conn.protocol_version == 5:
+            client.conn.send_packet(Disconnect(R.KEEP_ALIVE_TIMEOUT))
+        self.close(client)
+
+    def shutting_down(self, clients: list[Client]) -> None:
+        """The broker stops: v5 clients are told 0x8B; no will goes out (a shutdown is
+        not the client's fault)."""
+        for client in clients:
+            if client.conn.connected and client.conn.protocol_version == 5:
+                client.conn.send_packet(Disconnect(R.SERVER_SHUTTING_DOWN))
+            client.clean_disconnect = True
+            self.close(client)
+
+    def connection_closed(self, client: Client, reason: str, now: float) -> None:
+        """The network connection of ``client`` is gone (any cause). Its will goes out
+        unless it ended cleanly; its session is kept or ended by its expiry."""
+        session = client.session
+        if session is None:
+            return
+        client.session = None
+        self.metrics.clients_connected -= 1
+        will = None if client.clean_disconnect else client.will
+        if client.taken_over:
+            # This connection's will goes out now unless it has a Will Delay and the new
+            # connection resumed the session (that cancels it [MQTT-3.1.3-9]); a Clean
+            # Start ended the session, which sends a delayed will at once (§3.1.3.2.2).
+            self.connection_log(log, logging.INFO, client,
+                                "client %r (%s) closed after takeover",
+                                client.client_id, client.peer)
+            if will is not None and (
+                not will.properties.will_delay_interval or client.session_ended_by_takeover
+            ):
+                self.publish_will(will, session.client_id, session.username, now)
+            return
+        if self.clients.get(client.client_id) is client:
+            del self.clients[client.client_id]
+        if not client.clean_disconnect and log.isEnabledFor(logging.INFO):
+            self.connection_log(log, logging.INFO, client, "client %r (%s) connection lost%s",
+                                client.client_id, client.peer, f": {reason}" if reason else "")
+        self.router.redistribute(session, now)
+        due = self.registry.close(session, now, will)
+        if due is not None:
+            self.publish_will(due, session.client_id, session.username, now)
+
+    # ---------------------------------------------------------------- timers
+    def run_timers(self, now: float) -> None:
+        """Session expiry, delayed wills and retained-message expiry due by ``now``."""
+        for client_id, username, will in self.registry.run_timers(now):
+            self.publish_will(will, client_id, username, now)
+        for topic in self.retained.drop_expired(now):
+            self.batch.delete_retained(topic)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`run_timers` has something to do next (None: nothing pending)."""
+        deadline = self.registry.next_deadline()
+        retained_deadline = self.retained.next_expiry()
+        if retained_deadline is not None and (deadline is None or retained_deadline < deadline):
+            deadline = retained_deadline
+        return deadline
+
+    # --------------------------------------------------------------- PUBLISH
+    def on_publish(self, client: Client, packet: Publish, now: float) -> None:
+        session = _session(client)
+        cfg = self.config.mqtt
+        conn = client.conn
+        v5 = conn.protocol_version == 5
+        qos = packet.qos
+        metrics = self.metrics
+        metrics.publish_received += 1
+        metrics.publish_received_qos[qos] += 1
+        if qos > cfg.maximum_qos:
+            raise ProtocolViolation(
+                f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",
+                reason_code=R.QOS_NOT_SUPPORTED,
+                spec_ref="MQTT-3.2.2-11",
+            )
+        if packet.retain and not cfg.retain_available:
+            raise ProtocolViolation(
+                "RETAIN not supported", reason_code=R.RETAIN_NOT_SUPPORTED,
+                spec_ref="MQTT-3.2.2-14",
+            )
+        topic = packet.topic
+        if topic_limit_problem(topic, cfg.max_topic_levels, cfg.max_topic_length) is not None:
+            metrics.topic_limit_refusals += 1
+            _ack(client, packet, R.TOPIC_NAME_INVALID)
+            return
+        if is_broker_topic(topic):
+            # $SYS is the broker's own, whatever the ACL says: v5 0x87, 3.1.1 acked and
+            # dropped (it has no way to refuse a PUBLISH) [MQTT-3.3.5-2].
+            metrics.sys_publish_refused += 1
+            log.info("client %r (user %r) may not publish to the broker's topic %r",
+                     session.client_id, session.username, topic, extra=client.log_extra())
+            _ack(client, packet, R.NOT_AUTHORIZED)
+            return
+        if not self.auth.may_publish(session.client_id, session.username, topic):
+            metrics.acl_denials += 1
+            log.info("client %r (user %r) not authorised to publish to %r",
+                     session.client_id, session.username, topic, extra=client.log_extra())
+            _ack(client, packet, R.NOT_AUTHORIZED)
+            return
+        if qos == 2 and not session.hold_inbound_qos2(packet.packet_id or 0):
+            # Duplicate of a held QoS 2 message: acknowledge, do not route again
+            # [MQTT-4.3.3-2] (method B of MQTT 3.1.1 §4.3.3, MQTT 5.0 §4.3.3).
+            conn.send_packet(PubRec(packet.packet_id or 0))
+            return
+        props = packet.properties
+        expiry = props.message_expiry_interval
+        message = Message(
+            topic=topic,
+            payload=packet.payload,
+            qos=qos,
+            retain=packet.retain,
+            properties=props if v5 else NO_PROPERTIES,
+            created_at=now,
+            expires_at=None if expiry is None else now + expiry,
+            origin=session.client_id,
+        )
+        client.published_this_turn = True
+        code = self.router.publish(message, now)
+        if qos:
+            _ack(client, packet, code)
+
+    def may_publish_will(self, will: Will, client_id: str, username: str | None) -> bool:
+        """A will is published as its owner: the ACL's write decision and the $SYS rule
+        apply as to a PUBLISH (issue 12). Counted when refused."""
+        if not is_broker_topic(will.topic) and self.auth.may_publish(
+            client_id, username, will.topic
+        ):
+            return True
+        self.metrics.wills_denied += 1
+        return False
+
+    def publish_will(self, will: Will, client_id: str, username: str | None,
+                     now: float) -> None:
+        """Publish a Will Message (MQTT 3.1.1 §3.1.2.5, MQTT 5.0 §3.1.3.2), if its owner
+        may still publish to its topic: the ACL may have been reloaded since CONNECT."""
+        if not self.may_publish_will(will, client_id, username):
+            log.warning("will of %r (user %r) to %r not published: not authorised",
+                        client_id, username, will.topic)
+            return
+        self.metrics.wills_published += 1
+        props = will.properties
+        expiry = props.message_expiry_interval
+        message = Message(
+            topic=will.topic,
+            payload=will.payload,
+            qos=will.qos,
+            retain=will.retain,
+            properties=replace(props, will_delay_interval=None),
+            created_at=now,
+            expires_at=None if expiry is None else now + expiry,
+            origin=client_id,
+        )
+        log.info("publishing will of %r to %r", client_id, will.topic)
+        self.router.publish(message, now)
+
+    # ------------------------------------------------------------------- acks
+    def on_puback(self, client: Client, packet: PubAck, now: float) -> None:
+        _session(client).on_puback(packet.packet_id, now)
+
+    def on_pubrec(self, client: Client, packet: PubRec, now: float) -> None:
+        if not _session(client).on_pubrec(packet.packet_id, packet.reason_code, now):
+            # Unknown id: v5 0x92 Packet Identifier not found; 3.1.1 PUBREL anyway.
+            v5 = client.conn.protocol_version == 5
+            code = R.PACKET_IDENTIFIER_NOT_FOUND if v5 else R.SUCCESS
+            if packet.reason_code < 0x80:
+                client.conn.send_packet(PubRel(packet.packet_id, code))
+
+    def on_pubrel(self, client: Client, packet: PubRel, now: float) -> None:
+        held = _session(client).release_inbound_qos2(packet.packet_id)
+        # PUBCOMP even for an unknown id (MQTT 3.1.1 §4.3.3); v5 says 0x92.
+        v5 = client.conn.protocol_version == 5
+        code = R.PACKET_IDENTIFIER_NOT_FOUND if not held and v5 else R.SUCCESS
+        client.conn.send_packet(PubComp(packet.packet_id, code))
+
+    def on_pubcomp(self, client: Client, packet: PubComp, now: float) -> None:
+        _session(client).on_pubcomp(packet.packet_id, now)
+
+    def on_pingreq(self, client: Client, packet: PingReq, now: float) -> None:
+        client.conn.send_packet(PingResp())  # [MQTT-3.12.4-1]
+
+    # ------------------------------------------------------ SUBSCRIBE / UNSUB
+    def on_subscribe(self, client: Client, packet: Subscribe, now: float) -> None:
+        session = _session(client)
+        cfg = self.config.mqtt
+        v5 = client.conn.protocol_version == 5
+        sub_ids = packet.properties.subscription_identifiers
+        sub_id = sub_ids[0] if sub_ids else None
+        if sub_id is not None and not cfg.subscription_identifiers:
+            raise ProtocolViolation("subscription identifiers are not supported",
+                                    reason_code=R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+        limit = cfg.max_subscriptions_per_client
+        failure = R.UNSPECIFIED_ERROR
+
+        def check(sub: Subscription) -> int | None:
+            group, plain = parse_shared(sub.topic_filter)
+            if group is not None:
+                if sub.no_local:
+                    raise ProtocolViolation(
+                        "No Local on a shared subscription", spec_ref="MQTT-3.8.3-4"
+                    )
+                if not cfg.shared_subscriptions:
+                    return R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure
+            if not cfg.wildcard_subscriptions and ("+" in plain or "#" in plain):
+                return R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure
+            if topic_limit_problem(plain, cfg.max_topic_levels, cfg.max_topic_length) is not None:
+                self.metrics.topic_limit_refusals += 1
+                return R.TOPIC_FILTER_INVALID if v5 else failure
+            if (
+                limit
+                and sub.topic_filter not in session.subscriptions
+                and len(session.subscriptions) >= limit
+            ):
+                self.metrics.subscription_limit_refusals += 1
+                return R.QUOTA_EXCEEDED if v5 else failure
+            if not self.auth.may_subscribe(session, sub.topic_filter):
+                self.metrics.acl_denials += 1
+                log.info(
+                    "client %r (user %r) not authorised to subscribe to %r",
+                    session.client_id, session.username, sub.topic_filter,
+                    extra=client.log_extra(),
+                )
+                return R.NOT_AUTHORIZED if v5 else failure
+            return None
+
+        codes, retained = self.router.subscribe(
+            session, packet.subscriptions, sub_id, cfg.maximum_qos, now, check
+        )
+        client.conn.send_packet(SubAck(packet.packet_id, codes))
+        for delivery in retained:  # through the one delivery path (read ACL applies)
+            session.deliver(delivery, now)
+
+    def on_unsubscribe(self, client: Client, packet: Unsubscribe, now: float) -> None:
+        session = _session(client)
+        codes = self.router.unsubscribe(session, packet.topic_filters)
+        v5 = client.conn.protocol_version == 5
+        client.conn.send_packet(UnsubAck(packet.packet_id, codes if v5 else []))
+
+    # ------------------------------------------------------------ DISCONNECT
+    def on_disconnect(self, client: Client, packet: Disconnect, now: float) -> None:
+        session = _session(client)
+        expiry = packet.properties.session_expiry_interval
+        if expiry is not None:
+            if session.expiry_interval == 0 and expiry != 0:
+                # 0 at CONNECT cannot become non-zero at DISCONNECT (§3.14.2.2.2).
+                raise ProtocolViolation(
+                    "Session Expiry Interval changed from 0 at DISCONNECT (MQTT 5.0 §3.14.2.2.2)"
+                )
+            self.registry.change_expiry(session, min(expiry, self.config.mqtt.max_session_expiry))
+        # Normal disconnection discards the will [MQTT-3.14.4-3]; 0x04 keeps it.
+        client.clean_disconnect = packet.reason_code != R.DISCONNECT_WITH_WILL_MESSAGE
+        self.connection_log(log, logging.INFO, client, "client %r disconnected (reason 0x%02x)",
+                            client.client_id, packet.reason_code)
+        self.close(client)
+
+
+def _session(client: Client) -> Session:
+    session = client.session
+    if session is None:
+        raise ProtocolViolation("packet before CONNACK", spec_ref="MQTT-3.1.0-1")
+    return session
+
+
+def _ack(client: Client, packet: Publish, code: int) -> None:
+    """PUBACK / PUBREC with a reason code (v5); 3.1.1 acks carry none."""
+    if packet.qos == 0 or packet.packet_id is None:
+        return
+    if client.conn.protocol_version != 5:
+        code = 0
+    client.conn.send_publish_ack(packet.qos, packet.packet_id, code)
