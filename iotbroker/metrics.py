@@ -53,8 +53,8 @@ class Metrics:
     session_takeovers: int = 0
     sessions_expired: int = 0
     wills_published: int = 0
-    #: All refused logins (the sum of ``auth_failures_reason``).
     auth_failures: int = 0
+    #: ``auth_failures`` (all refused logins) by reason; the values sum to it.
     auth_failures_reason: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(AUTH_FAILURE_REASONS, 0))
     #: Password checks decided on the event loop (generated secrets, remembered
