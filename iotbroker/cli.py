@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the password (visible to other local users via ps; "
                            "without -b it is asked twice)")
     mode.add_argument("--delete", "-D", action="store_true", help="delete USER")
+    mode.add_argument("--generate", "-g", action="store_true",
+                      help="generate a random device secret (32 bytes, URL-safe base64), "
+                           "print it once on stdout and store it with a cheap salted "
+                           "SHA-512 (for machines; people's passwords keep PBKDF2)")
     passwd.add_argument("--iterations", type=int, default=None,
                         help="PBKDF2 iterations (default 210000)")
     passwd.add_argument("--scram-iterations", type=int, default=None, metavar="N",
@@ -208,6 +212,8 @@ def _passwd(args: argparse.Namespace) -> int:
         print(f"deleted user {args.user!r} from {args.file}")
         return EXIT_OK
 
+    if args.generate:
+        return _passwd_generate(args)
     password: str | None = args.password
     if password is None:
         try:
@@ -240,4 +246,32 @@ def _passwd(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     verb = "added user" if added else "changed the password of"
     print(f"{verb} {args.user!r} in {args.file}")
+    return EXIT_OK
+
+
+def _passwd_generate(args: argparse.Namespace) -> int:
+    from iotbroker.auth import passwords, scram  # noqa: PLC0415
+
+    if args.iterations is not None:
+        _error("--iterations does not apply to --generate (a generated secret is stored "
+               "with one salted SHA-512; its 256 random bits protect it)")
+        return EXIT_USAGE
+    scram_iterations: int | None = (
+        None if args.no_scram
+        else scram.DEFAULT_ITERATIONS if args.scram_iterations is None
+        else args.scram_iterations
+    )
+    try:
+        added, secret = passwords.set_secret(args.file, args.user, scram_iterations)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(f"cannot write {args.file}: {exc.strerror or exc}")
+        return EXIT_FAILED
+    # Only the secret goes to stdout (SECRET=$(iotbroker passwd F U --generate)).
+    print(secret)
+    verb = "added user" if added else "set a new secret for"
+    print(f"{verb} {args.user!r} in {args.file} (generated secret, shown once)",
+          file=sys.stderr)
     return EXIT_OK

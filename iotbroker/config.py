@@ -188,6 +188,15 @@ class AuthConfig:
     allow_anonymous: bool = True
     password_file: str | None = _opt(None, nonempty=True)
     acl_file: str | None = _opt(None, nonempty=True)
+    #: Worker threads hashing PBKDF2 passwords; 0 = one per CPU core.
+    password_check_threads: int = _opt(0, lo=0, hi=256)
+    #: PBKDF2 checks queued or running at once; more CONNECTs get 0x89 (3.1.1: 0x03).
+    max_pending_password_checks: int = _opt(64, lo=1)
+    #: Failed logins per address / per username within failed_login_window before
+    #: further attempts are refused unhashed for failed_login_backoff; 0 = no limit.
+    failed_login_limit: int = _opt(10, lo=0)
+    failed_login_window: float = _opt(60.0, lo=0.001, duration=True)
+    failed_login_backoff: float = _opt(60.0, lo=0.001, duration=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +311,11 @@ auth:
   allow_anonymous: true            # warned about on a network listener without acl_file
   password_file: null
   acl_file: null
+  password_check_threads: 0        # 0 = one per CPU core
+  max_pending_password_checks: 64
+  failed_login_limit: 10           # 0 = off
+  failed_login_window: 60s
+  failed_login_backoff: 60s
 
 sys_topics:
   enabled: true

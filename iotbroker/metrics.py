@@ -8,6 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+#: Why a login was refused: the ``reason`` label of ``iotbroker_auth_failures_total``.
+AUTH_FAILURE_REASONS = (
+    "anonymous",       # no username and auth.allow_anonymous is false
+    "unknown_user",    # a username the password file does not have
+    "wrong_password",  # a known username, a wrong password
+    "certificate",     # a client certificate that does not give an identity
+    "enhanced_auth",   # an MQTT 5.0 enhanced authentication (SCRAM) exchange failed
+    "rate_limited",    # refused unhashed: too many failures from the address / for the user
+    "busy",            # refused: auth.max_pending_password_checks checks already pending
+)
+
 
 @dataclass(slots=True)
 class Metrics:
@@ -45,18 +56,34 @@ class Metrics:
     wills_denied: int = 0
     sys_publish_refused: int = 0
     auth_failures: int = 0
+    #: ``auth_failures`` (all refused logins) by reason; the values sum to it.
+    auth_failures_reason: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(AUTH_FAILURE_REASONS, 0))
+    #: Password checks decided on the event loop (generated secrets, remembered
+    #: passwords) and checks that ran PBKDF2 in a worker thread.
+    password_checks_inline: int = 0
+    password_checks_hashed: int = 0
     acl_denials: int = 0
     storage_batches: int = 0
     storage_changes: int = 0
 
+    def count_auth_failure(self, reason: str) -> None:
+        """One refused login, by reason (one of :data:`AUTH_FAILURE_REASONS`)."""
+        self.auth_failures += 1
+        self.auth_failures_reason[reason] = self.auth_failures_reason.get(reason, 0) + 1
+
     def as_dict(self) -> dict[str, int]:
-        """Scalar counters by name (the per-QoS lists are flattened as ``name_qosN``)."""
+        """Scalar counters by name (the per-QoS lists are flattened as ``name_qosN``,
+        the per-reason dicts as ``name_REASON``)."""
         out: dict[str, int] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, list):
                 for qos, count in enumerate(value):
                     out[f"{f.name}{qos}"] = count
+            elif isinstance(value, dict):
+                for key, count in value.items():
+                    out[f"{f.name}_{key}"] = count
             else:
                 out[f.name] = value
         return out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +116,51 @@ def test_passwd_prompts_twice(tmp_path: Path) -> None:
     result = iotbroker("passwd", str(path), "carol", cwd=tmp_path, stdin="pw\nother\n")
     assert result.returncode == 1
     assert "do not match" in result.stderr
+
+
+def test_passwd_generate_prints_a_secret_once_and_stores_a_cheap_hash(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    result = iotbroker("passwd", str(path), "dev-0001", "--generate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    secret = result.stdout.strip()
+    assert result.stdout == secret + "\n"  # the secret alone on stdout
+    assert len(secret) == 43 and len(base64.urlsafe_b64decode(secret + "=")) == 32
+    assert "dev-0001" in result.stderr and secret not in result.stderr
+    text = path.read_text()
+    assert secret not in text and text.startswith("dev-0001:$sha512$")
+    pw = PasswordFile.load(str(path))
+    assert pw.check("dev-0001", secret.encode()) and pw.is_cheap("dev-0001")
+    again = iotbroker("passwd", str(path), "dev-0001", "-g", "--no-scram", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.strip() != secret
+    assert not PasswordFile.load(str(path)).check("dev-0001", secret.encode())
+    bad = iotbroker("passwd", str(path), "dev-2", "-g", "--iterations", "5", cwd=tmp_path)
+    assert bad.returncode == 2 and "--iterations" in bad.stderr
+    assert iotbroker("passwd", str(path), "d", "-g", "-b", "x", cwd=tmp_path).returncode == 2
+
+
+def test_passwd_human_password_keeps_pbkdf2_210000(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    result = iotbroker("passwd", str(path), "alice", "-b", "correct horse", "--no-scram",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert path.read_text().startswith("alice:$pbkdf2-sha512$210000$")
+    pw = PasswordFile.load(str(path))
+    assert not pw.is_cheap("alice") and pw.needs_hashing("alice", b"correct horse")
+
+
+def test_passwd_files_are_created_0600_whatever_the_umask(tmp_path: Path) -> None:
+    for i, extra in enumerate((("-b", "pw", "--iterations", "1000"), ("--generate",))):
+        path = tmp_path / f"passwd{i}"
+        old = os.umask(0)  # the child inherits a umask that would allow 0666
+        try:
+            result = iotbroker("passwd", str(path), "u", *extra, cwd=tmp_path)
+        finally:
+            os.umask(old)
+        assert result.returncode == 0, result.stderr
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        # A rewrite (another user added) keeps it so.
+        iotbroker("passwd", str(path), "v", "--generate", cwd=tmp_path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_passwd_usage_errors(tmp_path: Path) -> None:

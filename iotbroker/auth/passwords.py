@@ -4,6 +4,14 @@ Format (one user per line; blank lines and lines starting with ``#`` are ignored
 
     USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH
     USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH:$scram-sha-256$ITERATIONS$SALT$STOREDKEY$SERVERKEY
+    USERNAME:$sha512$SALT$HASH[:$scram-sha-256$...]
+
+* ``$sha512$`` entries hold *generated device secrets* (``iotbroker passwd --generate``:
+  32 random bytes, URL-safe base64): ``HASH`` is SHA-512(SALT || secret), one hash
+  (about a microsecond). The secret's 256 bits of entropy, not an iteration count,
+  protect it against a stolen file; a person-chosen password must never be stored so
+  (:func:`set_password` always writes PBKDF2). These entries are checked on the
+  event loop; PBKDF2 entries in a thread pool.
 
 * ``USERNAME`` is any non-empty UTF-8 text without ``:``, NUL or line breaks.
 * ``ITERATIONS`` is the PBKDF2 iteration count (decimal, 1000–10,000,000; new
@@ -22,8 +30,11 @@ The file is written with ``iotbroker passwd FILE USER`` (see :func:`set_password
 :func:`delete_user`), which writes both fields; rewrites are atomic (temporary file +
 rename) and new files are created mode 0600.
 
-Checking a password costs one PBKDF2 run (about 0.1–0.2 s at 210,000 iterations), also
-for an unknown user, so that response time does not tell whether a username exists.
+Checking a PBKDF2 password costs one PBKDF2 run (about 0.1–0.2 s at 210,000 iterations),
+also for an unknown user (checked against a dummy entry with the iteration count most
+PBKDF2 entries of the file have), so that response time does not tell whether a
+person's username exists. A ``$sha512$`` entry answers in microseconds, so its
+username's existence can be told by timing; what guards it is the secret.
 ``hashlib.pbkdf2_hmac`` releases the GIL: the server should run :meth:`PasswordFile.check`
 in a thread pool rather than on the event loop. Successful checks are remembered (keyed
 by an HMAC under a per-process random key, never the password itself) so a device that
@@ -42,7 +53,7 @@ import os
 import secrets
 import tempfile
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 
 from iotbroker.auth import scram
@@ -51,15 +62,26 @@ from iotbroker.errors import ConfigError
 
 __all__ = [
     "DEFAULT_ITERATIONS",
+    "FAST_SCHEME",
+    "OK",
+    "UNKNOWN_USER",
+    "WRONG_PASSWORD",
     "PasswordFile",
     "PasswordFileAuthenticator",
     "delete_user",
+    "generate_secret",
     "hash_password",
+    "hash_secret",
     "scram_field",
     "set_password",
+    "set_secret",
 ]
 
 SCHEME = "pbkdf2-sha512"
+#: Generated device secrets: one salted SHA-512 (the secret's entropy protects it).
+FAST_SCHEME = "sha512"
+#: Random bytes in a generated secret (256 bits; 43 characters of URL-safe base64).
+SECRET_BYTES = 32
 SCRAM_SCHEME = "scram-sha-256"
 DEFAULT_ITERATIONS = 210_000
 MIN_ITERATIONS = 1_000
@@ -70,10 +92,18 @@ HASH_BYTES = 64
 CACHE_SIZE = 100_000
 
 
-_FORMAT = "is not USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH[:$scram-sha-256$...]"
+_FORMAT = ("is not USERNAME:$pbkdf2-sha512$ITERATIONS$SALT$HASH[:$scram-sha-256$...] "
+           "or USERNAME:$sha512$SALT$HASH[:$scram-sha-256$...]")
+
+#: What :meth:`PasswordFile.verify` answers.
+OK = "ok"
+UNKNOWN_USER = "unknown_user"
+WRONG_PASSWORD = "wrong_password"
 
 
 class _Entry:
+    """One user's hash; ``iterations == 0`` marks a ``$sha512$`` (generated secret) entry."""
+
     __slots__ = ("digest", "iterations", "line", "salt", "scram")
 
     def __init__(self, iterations: int, salt: bytes, digest: bytes, line: str,
@@ -83,6 +113,15 @@ class _Entry:
         self.digest = digest
         self.line = line
         self.scram = scram_keys
+
+    @property
+    def cheap(self) -> bool:
+        return self.iterations == 0
+
+    def compute(self, password: bytes) -> bytes:
+        if self.iterations == 0:
+            return hashlib.sha512(self.salt + password).digest()
+        return hashlib.pbkdf2_hmac("sha512", password, self.salt, self.iterations)
 
 
 def hash_password(password: bytes, iterations: int = DEFAULT_ITERATIONS,
@@ -94,6 +133,19 @@ def hash_password(password: bytes, iterations: int = DEFAULT_ITERATIONS,
     digest = hashlib.pbkdf2_hmac("sha512", password, salt, iterations)
     return (f"${SCHEME}${iterations}${base64.b64encode(salt).decode()}"
             f"${base64.b64encode(digest).decode()}")
+
+
+def hash_secret(secret: bytes, salt: bytes | None = None) -> str:
+    """The ``$sha512$SALT$HASH`` text for a *generated* secret (never a chosen password)."""
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    digest = hashlib.sha512(salt + secret).digest()
+    return (f"${FAST_SCHEME}${base64.b64encode(salt).decode()}"
+            f"${base64.b64encode(digest).decode()}")
+
+
+def generate_secret() -> str:
+    """A new device secret: :data:`SECRET_BYTES` random bytes, URL-safe base64, no padding."""
+    return secrets.token_urlsafe(SECRET_BYTES)
 
 
 def scram_field(credentials: ScramCredentials) -> str:
@@ -117,14 +169,19 @@ def _parse_line(text: str, where: str) -> tuple[str, _Entry]:
     if len(fields) > 2:
         raise ConfigError(where, text, _FORMAT)
     parts = fields[0].split("$")
+    if len(parts) >= 2 and parts[1] == FAST_SCHEME:
+        if len(parts) != 4 or parts[0] != "":
+            raise ConfigError(where, text, _FORMAT)
+        parts.insert(2, "0")  # iterations 0 marks the cheap scheme
     if len(parts) != 5 or parts[0] != "":
         raise ConfigError(where, text, _FORMAT)
     _, scheme, iterations_text, salt_text, digest_text = parts
-    if scheme != SCHEME:
-        raise ConfigError(where, scheme, f"is not a supported hash scheme (only {SCHEME})")
-    if not iterations_text.isdigit() or not (
+    if scheme not in (SCHEME, FAST_SCHEME):
+        raise ConfigError(where, scheme,
+                          f"is not a supported hash scheme ({SCHEME} or {FAST_SCHEME})")
+    if scheme == SCHEME and (not iterations_text.isdigit() or not (
         MIN_ITERATIONS <= int(iterations_text) <= MAX_ITERATIONS
-    ):
+    )):
         raise ConfigError(where, iterations_text,
                           f"is not an iteration count in {MIN_ITERATIONS}–{MAX_ITERATIONS}")
     try:
@@ -136,7 +193,7 @@ def _parse_line(text: str, where: str) -> tuple[str, _Entry]:
         raise ConfigError(where, salt_text, "is an empty salt")
     if len(digest) != HASH_BYTES:
         raise ConfigError(where, digest_text,
-                          f"is not a {HASH_BYTES}-byte PBKDF2-SHA512 hash")
+                          f"is not a {HASH_BYTES}-byte {scheme.upper()} hash")
     scram_keys = _parse_scram(fields[1], where) if len(fields) == 2 else None
     return username, _Entry(int(iterations_text), salt, digest, text, scram_keys)
 
@@ -188,8 +245,12 @@ class PasswordFile:
         self._verified: OrderedDict[str, bytes] = OrderedDict()
         # check() may run in worker threads (the broker keeps PBKDF2 off its event loop).
         self._lock = threading.Lock()
-        # An unknown user is checked against this, so it costs the same PBKDF2 time.
-        self._dummy = _Entry(DEFAULT_ITERATIONS, secrets.token_bytes(SALT_BYTES),
+        # An unknown user is checked against this, so it costs what a person's password
+        # costs: the iteration count most PBKDF2 entries have (ties: the larger). A file
+        # of generated secrets only has nothing to hide that way: a cheap dummy.
+        counts = Counter(e.iterations for e in entries.values() if not e.cheap)
+        dummy_iterations = max(counts, key=lambda n: (counts[n], n)) if counts else 0
+        self._dummy = _Entry(dummy_iterations, secrets.token_bytes(SALT_BYTES),
                              secrets.token_bytes(HASH_BYTES), "")
         # Keys the fake SCRAM salts of unknown users: stable while the file's entries
         # are, unguessable without reading the file (it hashes every salt and key).
@@ -236,28 +297,60 @@ class PasswordFile:
         entry = self._entries.get(username)
         return entry.scram if entry is not None else None
 
-    def check(self, username: str, password: bytes) -> bool:
-        """True if ``password`` is ``username``'s password. Timing-safe; see module notes."""
-        entry = self._entries.get(username)
+    def _memo(self, entry: _Entry | None, password: bytes) -> bytes:
         memo = hmac.new(self._cache_key, password, hashlib.sha256)
         memo.update(b"\0" + (entry.line if entry else "").encode())
-        memo_digest = memo.digest()
+        return memo.digest()
+
+    def needs_hashing(self, username: str, password: bytes) -> bool:
+        """True when :meth:`verify` would run PBKDF2 (a PBKDF2 entry, or an unknown user
+        when the file has PBKDF2 entries, not already verified): run it off the event
+        loop. False: :meth:`verify` answers in microseconds."""
+        entry = self._entries.get(username)
+        target = entry if entry is not None else self._dummy
+        if target.cheap:
+            return False
+        if entry is None:
+            return True
+        with self._lock:
+            cached = self._verified.get(username)
+        return cached is None or not hmac.compare_digest(cached, self._memo(entry, password))
+
+    def is_cheap(self, username: str) -> bool:
+        """True for a ``$sha512$`` (generated secret) entry."""
+        entry = self._entries.get(username)
+        return entry is not None and entry.cheap
+
+    def verify(self, username: str, password: bytes) -> str:
+        """:data:`OK`, :data:`UNKNOWN_USER` or :data:`WRONG_PASSWORD`. Timing-safe for
+        PBKDF2 entries (see module notes); may run in worker threads."""
+        entry = self._entries.get(username)
+        if entry is not None and entry.cheap:
+            ok = hmac.compare_digest(entry.compute(password), entry.digest)
+            return OK if ok else WRONG_PASSWORD
+        memo_digest = self._memo(entry, password)
         if entry is not None:
             with self._lock:
                 cached = self._verified.get(username)
                 if cached is not None and hmac.compare_digest(cached, memo_digest):
                     self._verified.move_to_end(username)
-                    return True
+                    return OK
         target = entry if entry is not None else self._dummy
-        computed = hashlib.pbkdf2_hmac("sha512", password, target.salt, target.iterations)
-        ok = hmac.compare_digest(computed, target.digest) and entry is not None
-        if ok:
-            with self._lock:
-                self._verified[username] = memo_digest
-                self._verified.move_to_end(username)
-                while len(self._verified) > CACHE_SIZE:
-                    self._verified.popitem(last=False)
-        return ok
+        ok = hmac.compare_digest(target.compute(password), target.digest)
+        if entry is None:
+            return UNKNOWN_USER
+        if not ok:
+            return WRONG_PASSWORD
+        with self._lock:
+            self._verified[username] = memo_digest
+            self._verified.move_to_end(username)
+            while len(self._verified) > CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return OK
+
+    def check(self, username: str, password: bytes) -> bool:
+        """True if ``password`` is ``username``'s password. Timing-safe; see module notes."""
+        return self.verify(username, password) == OK
 
 
 class PasswordFileAuthenticator:
@@ -336,17 +429,34 @@ def set_password(path: str, username: str, password: bytes | str,
                 "(iotbroker passwd --no-scram stores the password without them)"
             ) from None
         new_line += f":{scram_field(keys)}"
+    return _put_line(path, username, new_line)
+
+
+def _put_line(path: str, username: str, new_line: str) -> bool:
     lines = _existing_lines(path)
-    added = True
     for i, line in enumerate(lines):
         if not _is_blank_or_comment(line) and line.strip().partition(":")[0] == username:
             lines[i] = new_line
-            added = False
-            break
-    if added:
-        lines.append(new_line)
+            _rewrite(path, lines)
+            return False
+    lines.append(new_line)
     _rewrite(path, lines)
-    return added
+    return True
+
+
+def set_secret(path: str, username: str,
+               scram_iterations: int | None = scram.DEFAULT_ITERATIONS) -> tuple[bool, str]:
+    """Give ``username`` a new generated secret stored as ``$sha512$`` (one cheap salted
+    hash: :data:`SECRET_BYTES` random bytes need no key stretching). Creates the file
+    (mode 0600) if missing. Returns (added, secret); the secret is not stored anywhere.
+    """
+    _check_username(username)
+    secret = generate_secret()
+    new_line = f"{username}:{hash_secret(secret.encode())}"
+    if scram_iterations is not None:
+        keys = scram.scram_credentials(secret.encode(), iterations=scram_iterations)
+        new_line += f":{scram_field(keys)}"
+    return _put_line(path, username, new_line), secret
 
 
 def delete_user(path: str, username: str) -> None:

@@ -60,7 +60,7 @@ from iotbroker.core.topics import (
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
-from iotbroker.server.auth_service import AuthService
+from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.enhanced_auth import EnhancedAuth
 from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, start_listener
@@ -112,7 +112,7 @@ class Broker:
         )
         self.registry = SessionRegistry(self.trie, self.batch, limits, self.metrics)
         self.registry.pager = self
-        self.auth = AuthService(config.auth)
+        self.auth = AuthService(config.auth, self.metrics)
         self.enhanced_auth = EnhancedAuth(self.auth, self.metrics)
         self.router = Router(
             self.registry,
@@ -597,14 +597,18 @@ class Broker:
         elif proto.password_checked:
             decision = proto.password_decision
             proto.password_checked = False
-        elif self.auth.is_slow(packet.username):
-            self._check_password_off_loop(proto, packet, client_id)
-            return
         else:
-            decision = self.auth.authenticate(client_id, packet.username, packet.password)
-        if decision is not None:
-            self.metrics.auth_failures += 1
-            self._refuse(proto, packet, decision, "authentication failed")
+            # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
+            decision = self.auth.gate(packet.username, packet.password, proto.peer)
+            if decision is None:
+                if self.auth.is_slow(packet.username, packet.password):
+                    self._check_password_off_loop(proto, packet, client_id)
+                    return
+                decision = self.auth.authenticate(
+                    client_id, packet.username, packet.password, proto.peer
+                )
+        if decision is not None:  # counted by reason in self.auth
+            self._refuse(proto, packet, decision.code, f"{decision} (user {packet.username!r})")
             return
         username = (
             enhanced.username
@@ -739,13 +743,16 @@ class Broker:
         future = self.auth.authenticate_in_thread(client_id, packet.username, packet.password)
 
         def decided(_: object) -> None:
-            if proto not in self.connections or proto.close_after_flush:
-                return
-            try:
-                decision = future.result()
+            decision: Refusal | None
+            try:  # counted even when the client has gone meanwhile
+                decision = self.auth.conclude(
+                    future.result(), packet.username, packet.password, proto.peer, hashed=True
+                )
             except Exception:
                 log.exception("password check failed for %s", proto.peer)
-                decision = 0x80
+                decision = Refusal(0x80, "error", "password check failed")
+            if proto not in self.connections or proto.close_after_flush:
+                return
             proto.password_checked = True
             proto.password_decision = decision
             proto.deferred = False

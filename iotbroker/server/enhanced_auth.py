@@ -131,7 +131,7 @@ class EnhancedAuth:
             log.info("client %r (%s) authenticated as %r with %s", packet.client_id,
                      proto.peer, step.username, exchange.method)
         else:
-            self._metrics.auth_failures += 1
+            self._metrics.count_auth_failure("enhanced_auth")
             self._exchanges.pop(proto, None)
         return step
 
@@ -196,7 +196,7 @@ class EnhancedAuth:
             self._send_auth(proto, exchange, 0x00, step.data)
             return
         # [MQTT-4.12.1-2]: DISCONNECT (0x86 is not a DISCONNECT reason code) and close.
-        self._metrics.auth_failures += 1
+        self._metrics.count_auth_failure("enhanced_auth")
         log.info("client %r (%s) failed re-authentication: %s", proto.client_id, proto.peer,
                  step.reason)
         self._exchanges.pop(proto, None)

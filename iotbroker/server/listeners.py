@@ -164,8 +164,10 @@ class CertIdentityProtocol(ClientProtocol):
         self.cert_username = cert_common_name(transport.get_extra_info("peercert"))
         super().connection_made(transport)
         if self.cert_username is None:
-            log.warning("closing %s: its client certificate has no subject CN "
-                        "(listener %r uses the identity as username)", self.peer, self.listener)
+            self.broker.metrics.count_auth_failure("certificate")
+            log.warning("closing %s: authentication failed (certificate): its client "
+                        "certificate has no subject CN (listener %r uses the identity as "
+                        "username)", self.peer, self.listener)
             self.abort()
 
 

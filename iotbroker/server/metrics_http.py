@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.process_collector import ProcessCollector
 
 from iotbroker import __version__
+from iotbroker.metrics import AUTH_FAILURE_REASONS
 
 if TYPE_CHECKING:
     from iotbroker.server.broker import Broker
@@ -71,7 +72,9 @@ _COUNTERS = {
     "wills_denied": "Will messages not published: the ACL (or the $SYS rule) refused their "
                     "topic at CONNECT (MQTT 3.1.1) or when they fired.",
     "sys_publish_refused": "Client PUBLISHes to $SYS topics refused (the broker's own).",
-    "auth_failures": "CONNECTs refused for bad credentials.",
+    "password_checks_inline": "Password checks decided on the event loop (generated "
+                              "secrets, passwords verified before).",
+    "password_checks_hashed": "Password checks that ran PBKDF2 in a worker thread.",
     "acl_denials": "Publishes, subscriptions and deliveries denied by the ACL.",
     "storage_batches": "Storage batches committed.",
     "storage_changes": "Storage changes committed.",
@@ -98,7 +101,11 @@ _BY_QOS = {
     "publish_received_qos": ("publish_received", "PUBLISH packets received, by QoS."),
     "publish_sent_qos": ("publish_sent", "PUBLISH packets sent, by QoS."),
 }
-_HANDLED = {*_COUNTERS, *_GAUGES, *_DROPS, *_BY_QOS, "publish_received", "publish_sent"}
+#: Refused logins, exported as one counter labelled by reason (sums to ``auth_failures``).
+_AUTH_FAILURES_HELP = ("Logins refused, by reason: anonymous, unknown_user, wrong_password, "
+                       "certificate, enhanced_auth, rate_limited, busy.")
+_HANDLED = {*_COUNTERS, *_GAUGES, *_DROPS, *_BY_QOS, "publish_received", "publish_sent",
+            "auth_failures", *(f"auth_failures_reason_{r}" for r in AUTH_FAILURE_REASONS)}
 
 
 class LoopLagProbe:
@@ -175,6 +182,14 @@ class BrokerCollector:
         for name, reason in _DROPS.items():
             drops.add_metric([reason], values[name])
         yield drops
+        failures = CounterMetricFamily(_PREFIX + "auth_failures", _AUTH_FAILURES_HELP,
+                                       labels=["reason"])
+        for reason, count in m.auth_failures_reason.items():
+            failures.add_metric([reason], count)
+        yield failures
+        yield GaugeMetricFamily(_PREFIX + "password_checks_pending",
+                                "PBKDF2 password checks queued or running now.",
+                                value=broker.auth.pending)
         # Counters added to Metrics later show up without a change here.
         for name, value in values.items():
             base = name.rstrip("0123456789") if name[-1:].isdigit() else name

@@ -23,6 +23,7 @@ from iotbroker.server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from iotbroker.core.session import Session
+    from iotbroker.server.auth_service import Refusal
     from iotbroker.server.broker import Broker
 
 log = logging.getLogger("iotbroker.connection")
@@ -91,7 +92,7 @@ class ClientProtocol(asyncio.Protocol):
         self.backlog: list[Packet] = []
         #: The password check's answer for the pending CONNECT (None = accepted).
         self.password_checked = False
-        self.password_decision: int | None = None
+        self.password_decision: Refusal | None = None
         #: The Will Message of this connection's CONNECT (MQTT 3.1.1 §3.1.2.5).
         self.will: Will | None = None
         self.timer: asyncio.TimerHandle | None = None

@@ -86,8 +86,7 @@ def test_comments_and_blank_lines_are_kept(tmp_path: Path) -> None:
     assert PasswordFile.load(str(path)).check("bob", b"b")
 
 
-def test_unknown_user_still_pays_for_the_hash(monkeypatch: pytest.MonkeyPatch) -> None:
-    pw = PasswordFile.from_lines([f"alice:{hash_password(b'a', FAST)}"])
+def _count_pbkdf2(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = hashlib.pbkdf2_hmac
 
@@ -96,8 +95,77 @@ def test_unknown_user_still_pays_for_the_hash(monkeypatch: pytest.MonkeyPatch) -
         return real(name, password, salt, iterations)
 
     monkeypatch.setattr(hashlib, "pbkdf2_hmac", counting)
-    assert not pw.check("nobody", b"a")
-    assert calls == [passwords.DEFAULT_ITERATIONS]
+    return calls
+
+
+def test_unknown_user_still_pays_for_the_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    pw = PasswordFile.from_lines([f"alice:{hash_password(b'a', FAST)}",
+                                  f"bob:{hash_password(b'b', FAST)}",
+                                  f"carol:{hash_password(b'c', 2000)}",
+                                  f"dev1:{passwords.hash_secret(b'x')}"])
+    calls = _count_pbkdf2(monkeypatch)
+    assert pw.verify("nobody", b"a") == passwords.UNKNOWN_USER
+    assert pw.verify("alice", b"x") == passwords.WRONG_PASSWORD
+    # The count most PBKDF2 entries have: an unknown user costs what alice and bob cost.
+    assert calls == [FAST, FAST]
+    assert pw.needs_hashing("nobody", b"a")
+
+
+def test_generated_secret_is_one_salted_sha512(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = passwords.generate_secret()
+    assert len(secret) == 43 and len(base64.urlsafe_b64decode(secret + "=")) == 32
+    salt = bytes(range(16))
+    text = passwords.hash_secret(secret.encode(), salt)
+    _, scheme, salt_b64, hash_b64 = text.split("$")
+    assert scheme == "sha512"
+    assert base64.b64decode(salt_b64) == salt
+    assert base64.b64decode(hash_b64) == hashlib.sha512(salt + secret.encode()).digest()
+    pw = PasswordFile.from_lines([f"dev1:{text}", f"alice:{hash_password(b'a', FAST)}"])
+    calls = _count_pbkdf2(monkeypatch)
+    assert not pw.needs_hashing("dev1", b"anything")
+    assert pw.is_cheap("dev1") and not pw.is_cheap("alice") and not pw.is_cheap("nobody")
+    assert pw.verify("dev1", secret.encode()) == passwords.OK
+    assert pw.verify("dev1", b"wrong") == passwords.WRONG_PASSWORD
+    assert calls == []  # no key stretching for a generated secret
+    # PBKDF2 entries still need it, until the password was verified once.
+    assert pw.needs_hashing("alice", b"a")
+    assert pw.check("alice", b"a")
+    assert not pw.needs_hashing("alice", b"a")
+    assert pw.needs_hashing("alice", b"other")
+    assert calls == [FAST]
+
+
+def test_file_of_secrets_only_has_a_cheap_dummy() -> None:
+    pw = PasswordFile.from_lines([f"dev1:{passwords.hash_secret(b'x')}"])
+    assert not pw.needs_hashing("nobody", b"x")
+    assert pw.verify("nobody", b"x") == passwords.UNKNOWN_USER
+
+
+def test_set_secret(tmp_path: Path) -> None:
+    path = str(tmp_path / "passwd")
+    added, secret = passwords.set_secret(path, "dev1")
+    assert added
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    line = Path(path).read_text().strip()
+    assert line.startswith("dev1:$sha512$") and secret not in line
+    assert ":$scram-sha-256$" in line
+    pw = PasswordFile.load(path)
+    assert pw.check("dev1", secret.encode())
+    assert pw.scram_credentials("dev1") is not None
+    added, again = passwords.set_secret(path, "dev1", scram_iterations=None)
+    assert not added and again != secret
+    pw = PasswordFile.load(path)
+    assert pw.check("dev1", again.encode()) and not pw.check("dev1", secret.encode())
+    assert pw.scram_credentials("dev1") is None
+
+
+def test_rewrite_keeps_the_file_mode(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    set_password(str(path), "alice", "a", FAST)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    os.chmod(path, 0o640)
+    set_password(str(path), "bob", "b", FAST)  # a rewrite keeps the mode it found
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 
 def test_uses_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,6 +189,8 @@ MALFORMED = [
     ("too few fields", "alice:$pbkdf2-sha512$1000$AAAA"),
     ("iterations not a number", "alice:$pbkdf2-sha512$many$AAAA$AAAA"),
     ("too few iterations", "alice:$pbkdf2-sha512$10$AAAA$AAAA"),
+    ("sha512 with iterations", "alice:$sha512$1000$AAAA$AAAA"),
+    ("sha512 hash too short", "alice:$sha512$AAAA$AAAA"),
     ("salt not base64", "alice:$pbkdf2-sha512$1000$!!!!$AAAA"),
     ("hash too short", "alice:$pbkdf2-sha512$1000$AAAA$AAAA"),
     ("plain text password", "alice:secret"),

@@ -40,10 +40,12 @@ class Closed(Exception):
 
 
 class RawClient:
-    def __init__(self, host: str, port: int, version: int = 4, timeout: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, version: int = 4, timeout: float = 5.0,
+                 source: str | None = None) -> None:
         self.version = version
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.framer = Framer(1 << 28)
         self.pending: list[Packet] = []
