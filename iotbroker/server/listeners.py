@@ -42,6 +42,7 @@ __all__ = [
     "Listener",
     "WebSocketTransport",
     "cert_common_name",
+    "cert_subject",
     "make_ssl_context",
     "start_listener",
 ]
@@ -150,7 +151,53 @@ def cert_common_name(peercert: object) -> str | None:
     return None
 
 
-class CertIdentityProtocol(ClientProtocol):
+#: ``getpeercert()`` attribute names -> RFC 4514 short names (others are kept long).
+_RDN_SHORT = {
+    "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+    "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
+    "streetAddress": "STREET", "domainComponent": "DC", "userId": "UID",
+}
+_RDN_SPECIAL = frozenset(',+"\\<>;=')
+
+
+def _rdn_value(value: str) -> str:
+    """Escape an attribute value as RFC 4514 §2.4 says."""
+    out = "".join("\\" + ch if ch in _RDN_SPECIAL else ch for ch in value)
+    if out.startswith(("#", " ")):
+        out = "\\" + out
+    if out.endswith(" "):
+        out = out[:-1] + "\\ "
+    return out
+
+
+def cert_subject(peercert: object) -> str | None:
+    """A verified peer certificate's subject as an RFC 4514 string, most specific
+    first (``CN=dev-17,O=Fleet``, as ``openssl x509 -nameopt RFC2253`` prints it);
+    None without a certificate. For log lines (issue 12)."""
+    if not isinstance(peercert, dict):
+        return None
+    subject = peercert.get("subject")
+    if not subject:
+        return None
+    rdns = []
+    for rdn in reversed(subject):
+        rdns.append("+".join(f"{_RDN_SHORT.get(key, key)}={_rdn_value(str(value))}"
+                             for key, value in rdn))
+    return ",".join(rdns)
+
+
+class TlsClientProtocol(ClientProtocol):
+    """A client of a ``tls`` or ``wss`` listener: its certificate's subject, if it sent
+    one, goes on its log lines (:attr:`ClientProtocol.cert_subject`)."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.cert_subject = cert_subject(transport.get_extra_info("peercert"))
+        super().connection_made(transport)
+
+
+class CertIdentityProtocol(TlsClientProtocol):
     """A client of a ``use_identity_as_username`` listener: the certificate's subject CN
     is its username (read by ``Broker.on_connect``); no CN, no connection."""
 
@@ -167,8 +214,9 @@ class CertIdentityProtocol(ClientProtocol):
 
 def _protocol_factory(broker: Broker, listener: ListenerConfig) -> Callable[[], ClientProtocol]:
     tls = listener.tls
-    cls = CertIdentityProtocol if tls is not None and tls.use_identity_as_username \
-        else ClientProtocol
+    cls: type[ClientProtocol] = ClientProtocol
+    if tls is not None:
+        cls = CertIdentityProtocol if tls.use_identity_as_username else TlsClientProtocol
     name = listener.name
 
     def factory() -> ClientProtocol:

@@ -28,8 +28,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 FAST_LINES_DELAY = 0.1
 FAST_LINES_MAX = 256
 
-#: Fields the broker attaches to records about one connection (``extra=``).
-_CONNECTION_FIELDS = ("conn_id", "client_id", "peer")
+#: Fields the broker attaches to records about one connection (``extra=``): who the
+#: client is (issue 12: connect, disconnect, refusal and ACL-denial lines name the
+#: username and the TLS client certificate's subject).
+_CONNECTION_FIELDS = ("conn_id", "client_id", "peer", "username", "cert")
 
 
 class _Clock:
@@ -68,8 +70,24 @@ def _json_line(stamp: str, level: str, logger: str, message: str,
     return json.dumps(entry, ensure_ascii=False)
 
 
+def connection_tag(fields: dict[str, object]) -> str:
+    """`` [conn N]``, with ``username='alice'`` and ``cert='CN=dev-17,O=Fleet'`` when the
+    client has them (``repr``: a username cannot forge a line break or a field)."""
+    username = fields.get("username")
+    cert = fields.get("cert")
+    if username is None and cert is None:
+        return f" [conn {fields['conn_id']}]"
+    tag = f" [conn {fields['conn_id']}"
+    if username is not None:
+        tag += f" username={username!r}"
+    if cert is not None:
+        tag += f" cert={cert!r}"
+    return tag + "]"
+
+
 class TextFormatter(logging.Formatter):
-    """``time level logger: message`` plus ``[conn N]`` for connection records."""
+    """``time level logger: message`` plus ``[conn N username=... cert=...]`` for
+    connection records (:func:`connection_tag`)."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None:
@@ -78,8 +96,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        conn_id = getattr(record, "conn_id", None)
-        return text if conn_id is None else f"{text} [conn {conn_id}]"
+        if getattr(record, "conn_id", None) is None:
+            return text
+        return text + connection_tag(record.__dict__)
 
 
 class JsonFormatter(logging.Formatter):
@@ -135,7 +154,7 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
         else:
             line = (f"{_TEXT_CLOCK.text(second)},{now % 1_000_000_000 // 1_000_000:03d} "
                     f"{logging.getLevelName(level):<7} {logger}: {message}"
-                    f" [conn {fields['conn_id']}]")
+                    f"{connection_tag(fields)}")
         pending = self._pending
         pending.append(line + self.terminator)
         if len(pending) == 1:
@@ -148,8 +167,11 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def connection_fields(conn: ConnectionFields) -> dict[str, object]:
-    """The ``extra=`` fields of a log record about ``conn``."""
-    return {"conn_id": conn.conn_id, "client_id": conn.client_id or None, "peer": conn.peer}
+    """The ``extra=`` fields of a log record about ``conn``: ``conn_id``, ``client_id``,
+    ``peer``, ``username`` (None: anonymous or not known yet) and ``cert`` (the TLS
+    client certificate's subject, None without one)."""
+    return {"conn_id": conn.conn_id, "client_id": conn.client_id or None, "peer": conn.peer,
+            "username": conn.username, "cert": conn.cert_subject}
 
 
 class ConnectionFields(Protocol):
@@ -160,6 +182,12 @@ class ConnectionFields(Protocol):
 
     @property
     def peer(self) -> str: ...
+
+    @property
+    def username(self) -> str | None: ...
+
+    @property
+    def cert_subject(self) -> str | None: ...
 
 
 def log_connection(logger: logging.Logger, level: int, conn: ConnectionFields, message: str,

@@ -44,8 +44,10 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_peer",
+        "_username",
         "backlog",
         "broker",
+        "cert_subject",
         "cert_username",
         "clean_disconnect",
         "client_id",
@@ -97,6 +99,11 @@ class ClientProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         #: TLS ``use_identity_as_username``: the client certificate's subject CN.
         self.cert_username: str | None = None
+        #: The TLS client certificate's subject (``CN=dev-17,O=Fleet``), for log lines.
+        self.cert_subject: str | None = None
+        #: The username for log lines while there is no session (a refused CONNECT,
+        #: after the connection ended); see :attr:`username`.
+        self._username: str | None = None
         cfg = broker.config.mqtt
         self.conn = Connection(
             max_packet_size=cfg.max_packet_size,
@@ -109,6 +116,19 @@ class ClientProtocol(asyncio.Protocol):
     def log_extra(self) -> dict[str, object]:
         """Structured fields for log records about this connection (JSON logs)."""
         return connection_fields(self)
+
+    @property
+    def username(self) -> str | None:
+        """Who the client authenticated as, for log lines: the session's username
+        (password, certificate identity or enhanced auth, as ``on_connect`` decided);
+        before and after the session, what was recorded (``note_username``)."""
+        session = self.session
+        return self._username if session is None else session.username
+
+    def note_username(self, username: str | None) -> None:
+        """Record the username a log line should name when there is no session (the
+        refused CONNECT's, or the session's when the connection ends)."""
+        self._username = username
 
     @property
     def peer(self) -> str:
@@ -180,6 +200,9 @@ class ClientProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        session = self.session
+        if session is not None:  # the "connection lost" line comes after it is detached
+            self._username = session.username
         self.broker.connection_lost(self, exc)
 
     def pause_writing(self) -> None:
