@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.process_collector import ProcessCollector
 
 from iotbroker import __version__
+from iotbroker.server.tlsfailures import REASONS as TLS_REASONS
 
 if TYPE_CHECKING:
     from iotbroker.server.broker import Broker
@@ -95,7 +96,10 @@ _BY_QOS = {
     "publish_received_qos": ("publish_received", "PUBLISH packets received, by QoS."),
     "publish_sent_qos": ("publish_sent", "PUBLISH packets sent, by QoS."),
 }
-_HANDLED = {*_COUNTERS, *_GAUGES, *_DROPS, *_BY_QOS, "publish_received", "publish_sent"}
+#: Failed TLS handshakes, exported as one counter labelled by reason.
+_TLS_FAILURES = {f"tls_handshake_failures_{reason}": reason for reason in TLS_REASONS}
+_HANDLED = {*_COUNTERS, *_GAUGES, *_DROPS, *_BY_QOS, *_TLS_FAILURES, "publish_received",
+            "publish_sent"}
 
 
 class LoopLagProbe:
@@ -172,6 +176,11 @@ class BrokerCollector:
         for name, reason in _DROPS.items():
             drops.add_metric([reason], values[name])
         yield drops
+        tls = CounterMetricFamily(_PREFIX + "tls_handshake_failures",
+                                  "TLS handshakes that failed, by reason.", labels=["reason"])
+        for name, reason in _TLS_FAILURES.items():
+            tls.add_metric([reason], values[name])
+        yield tls
         # Counters added to Metrics later show up without a change here.
         for name, value in values.items():
             base = name.rstrip("0123456789") if name[-1:].isdigit() else name
