@@ -34,6 +34,20 @@ FAST_LINES_MAX = 256
 _CONNECTION_FIELDS = ("conn_id", "client_id", "peer", "username", "cert")
 
 
+class LogFlags:
+    """Switches the connection path reads once per read or write instead of asking
+    ``logging`` per packet; :func:`setup_logging` sets them (at start and on SIGHUP)."""
+
+    __slots__ = ("packets",)
+
+    def __init__(self) -> None:
+        #: ``iotbroker.packets`` is at DEBUG: log every packet (server/packetlog.py).
+        self.packets = False
+
+
+FLAGS = LogFlags()
+
+
 class _Clock:
     """Log time text, the date part formatted once per second (``time.strftime`` and
     ``localtime`` are a good part of a record's cost)."""
@@ -238,3 +252,4 @@ def setup_logging(config: LoggingConfig) -> None:
     root.setLevel(config.level.upper())
     for name, level in config.levels.items():
         logging.getLogger(name).setLevel(level.upper())
+    FLAGS.packets = logging.getLogger("iotbroker.packets").isEnabledFor(logging.DEBUG)

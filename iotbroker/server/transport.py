@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from iotbroker.codec.packets import Packet, Will
 from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection
-from iotbroker.server.logsetup import connection_fields
+from iotbroker.server import packetlog
+from iotbroker.server.logsetup import FLAGS, connection_fields
 from iotbroker.server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -164,6 +165,8 @@ class ClientProtocol(asyncio.Protocol):
             broker.peer_error(self, exc)
             return
         broker.metrics.messages_received += len(packets)
+        if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)
+            packetlog.log_inbound(self, packets)
         if self.deferred:
             self.backlog.extend(packets)
             return
@@ -242,6 +245,8 @@ class ClientProtocol(asyncio.Protocol):
         data = conn.data_to_send()
         if transport is None or not data or transport.is_closing():
             return
+        if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per write)
+            packetlog.log_outbound(self, data)
         metrics = self.broker.metrics
         metrics.bytes_sent += len(data)
         metrics.messages_sent += conn.packets_queued - self.packets_counted

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -31,7 +32,7 @@ from iotbroker.metrics import Metrics
 from iotbroker.server import tlsfailures
 from iotbroker.server.listeners import cert_subject
 from iotbroker.server.tlsfailures import HandshakeFailures, classify
-from tests.helpers.broker_process import BrokerProcess
+from tests.helpers.broker_process import QUIET_PACKETS, BrokerProcess
 from tests.helpers.rawclient import RawClient
 from tests.server.clients import (
     WAIT,
@@ -83,7 +84,8 @@ def _broker(pki: Pki, workdir: Path, loop: str = "auto", log_format: str = "text
     extra = (f"loop: {loop}\nauth:\n  allow_anonymous: true\n  password_file: passwd\n"
              f"{METRICS}")
     text = config(listeners, extra).replace(
-        "logging:\n  level: DEBUG\n", f"logging:\n  level: {level}\n  format: {log_format}\n")
+        "logging:\n  level: DEBUG\n" + QUIET_PACKETS,
+        f"logging:\n  level: {level}\n  format: {log_format}\n")
     return BrokerProcess(workdir, text).start()
 
 
@@ -276,3 +278,19 @@ def test_debug_logs_every_packet_with_its_direction(pki: Pki, tmp_path: Path) ->
 def test_info_logs_no_packet_lines(broker: BrokerProcess) -> None:
     _exchange(broker)
     assert "iotbroker.packets" not in broker.log_text()
+
+
+def test_sighup_turns_packet_lines_on(pki: Pki, tmp_path: Path) -> None:
+    proc = _broker(pki, tmp_path)
+    try:
+        _exchange(proc)
+        assert "iotbroker.packets" not in proc.log_text()
+        proc.config_path.write_text(proc.config_path.read_text().replace(
+            "level: INFO", "level: DEBUG"))
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        _wait_for(proc, "configuration reloaded")
+        _exchange(proc)
+        _wait_for(proc, r"iotbroker\.packets: > PUBACK client 'vis-debug'")
+    finally:
+        proc.stop()
