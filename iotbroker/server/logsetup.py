@@ -89,14 +89,15 @@ def connection_tag(fields: dict[str, object]) -> str:
     client has them (``repr``: a username cannot forge a line break or a field)."""
     username = fields.get("username")
     cert = fields.get("cert")
+    conn_id = fields.get("conn_id")
     if username is None and cert is None:
-        return f" [conn {fields['conn_id']}]"
-    tag = f" [conn {fields['conn_id']}"
+        return f" [conn {conn_id}]"
+    parts = [] if conn_id is None else [f"conn {conn_id}"]
     if username is not None:
-        tag += f" username={username!r}"
+        parts.append(f"username={username!r}")
     if cert is not None:
-        tag += f" cert={cert!r}"
-    return tag + "]"
+        parts.append(f"cert={cert!r}")
+    return f" [{' '.join(parts)}]"
 
 
 class TextFormatter(logging.Formatter):
@@ -110,9 +111,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        if getattr(record, "conn_id", None) is None:
+        fields = record.__dict__
+        if fields.get("conn_id") is None and fields.get("username") is None \
+                and fields.get("cert") is None:
             return text
-        return text + connection_tag(record.__dict__)
+        return text + connection_tag(fields)
 
 
 class JsonFormatter(logging.Formatter):
@@ -186,6 +189,16 @@ def connection_fields(conn: ConnectionFields) -> dict[str, object]:
     client certificate's subject, None without one)."""
     return {"conn_id": conn.conn_id, "client_id": conn.client_id or None, "peer": conn.peer,
             "username": conn.username, "cert": conn.cert_subject}
+
+
+def identity_fields(client_id: str | None, username: str | None,
+                    cert: str | None = None) -> dict[str, object]:
+    """``extra=`` for a line about a client whose connection is not at hand (a will
+    firing after the connection ended, a queued message delivered later): the same
+    ``username``/``cert`` text and JSON fields as :func:`connection_fields`, without a
+    ``conn_id``. With a connection, use ``proto.log_extra()`` or :func:`log_connection`."""
+    return {"conn_id": None, "client_id": client_id or None, "peer": None,
+            "username": username, "cert": cert}
 
 
 class ConnectionFields(Protocol):

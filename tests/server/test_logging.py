@@ -11,7 +11,14 @@ import time
 from collections.abc import Callable
 
 from iotbroker.config import LoggingConfig
-from iotbroker.server.logsetup import log_connection, setup_logging
+from iotbroker.server.logsetup import (
+    TEXT_FORMAT,
+    JsonFormatter,
+    TextFormatter,
+    identity_fields,
+    log_connection,
+    setup_logging,
+)
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 
@@ -158,3 +165,18 @@ def test_a_username_cannot_forge_a_log_line() -> None:
     fast, stdlib = _one_line_each_way(json_format=False, conn=Evil())
     assert fast == stdlib
     assert "\n" not in fast and "username=\"bob']\\nINFO forged\"" in fast
+
+
+def test_identity_fields_without_a_connection() -> None:
+    """A line about a client whose connection is gone (e.g. its will) still says who."""
+    formatter = TextFormatter(TEXT_FORMAT)
+    record = logging.LogRecord("iotbroker.broker", logging.INFO, "", 0, "will denied", (),
+                               None)
+    record.__dict__.update(identity_fields("dev-17", "alice", "CN=dev-17"))
+    assert formatter.format(record).endswith("will denied [username='alice' cert='CN=dev-17']")
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["client_id"], entry["username"], entry["cert"]) == ("dev-17", "alice",
+                                                                       "CN=dev-17")
+    assert "conn_id" not in entry
+    plain = logging.LogRecord("iotbroker.broker", logging.INFO, "", 0, "plain", (), None)
+    assert formatter.format(plain).endswith("plain")
