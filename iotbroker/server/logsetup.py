@@ -169,9 +169,11 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
             line = _json_line(_JSON_CLOCK.text(second), logging.getLevelName(level), logger,
                               message, fields)
         else:
+            tag = (f" [conn {fields['conn_id']}]"
+                   if fields["username"] is None and fields["cert"] is None
+                   else connection_tag(fields))
             line = (f"{_TEXT_CLOCK.text(second)},{now % 1_000_000_000 // 1_000_000:03d} "
-                    f"{logging.getLevelName(level):<7} {logger}: {message}"
-                    f"{connection_tag(fields)}")
+                    f"{logging.getLevelName(level):<7} {logger}: {message}{tag}")
         pending = self._pending
         pending.append(line + self.terminator)
         if len(pending) == 1:
