@@ -330,6 +330,27 @@ class _TlsListener(Listener):
             await asyncio.wait(tasks, timeout=WS_CLOSE_TIMEOUT)
 
 
+def watch_handshakes(ctx: ssl.SSLContext, failures: HandshakeFailures) -> None:
+    """``wss``: report handshakes that OpenSSL refuses, through the context's
+    ``sslobject_class`` (public since Python 3.7; uvloop and asyncio's loop both make
+    their TLS objects with ``wrap_bio``). The ``websockets`` server runs the handshake
+    inside asyncio, where the peer is out of reach: its lines say ``peer ?``, and
+    clients that close or time out during the handshake are not seen (``tls``
+    listeners see both, :class:`_TlsListener`)."""
+
+    class WatchedSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as exc:
+                failures.report("?", exc)
+                raise
+
+    ctx.sslobject_class = WatchedSSLObject
+
+
 #: Seconds a TLS listener waits after a failed accept (out of file descriptors...).
 ACCEPT_BACKOFF = 0.1
 
@@ -589,6 +610,7 @@ async def _start_websocket(
         ws_log.setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {}
     if ctx is not None:
+        watch_handshakes(ctx, HandshakeFailures(listener.name, broker.metrics, broker.loop))
         kwargs = {"ssl": ctx, "ssl_handshake_timeout": handshake_timeout}
     mqtt_cfg = broker.config.mqtt
     server = await serve(

@@ -80,6 +80,8 @@ def _broker(pki: Pki, workdir: Path, loop: str = "auto", log_format: str = "text
         listener("plain", "tcp")
         + listener("mutual", "tls", tls_block(pki, cafile=pki.ca, require_client_cert=True))
         + listener("tls13", "tls", tls_block(pki, min_version="TLSv1.3"))
+        + listener("wss", "wss", tls_block(pki, cafile=pki.ca, require_client_cert=True),
+                   path="/mqtt")
     )
     extra = (f"loop: {loop}\nauth:\n  allow_anonymous: true\n  password_file: passwd\n"
              f"{METRICS}")
@@ -213,6 +215,20 @@ def test_old_protocol_version(broker: BrokerProcess, pki: Pki) -> None:
                      client_context(pki, max_version=ssl.TLSVersion.TLSv1_2))
     _failure_line(broker, raw, "tls13", "protocol_version")
     assert _counter(broker, "protocol_version") == before + 1
+
+
+def test_wss_handshake_failures_are_counted(broker: BrokerProcess, pki: Pki) -> None:
+    """wss: the handshake runs inside the websockets server; refusals are logged and
+    counted, without the peer (documented)."""
+    before = _counter(broker, "no_client_cert"), _counter(broker, "not_tls")
+    _handshake(broker.ports["wss"], client_context(pki))
+    _wait_for(broker, r"TLS handshake from \? failed \(listener 'wss'\): no client cert")
+    sock = socket.create_connection(("127.0.0.1", broker.ports["wss"]), timeout=WAIT)
+    sock.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n")
+    _wait_for(broker, r"TLS handshake from \? failed \(listener 'wss'\): not TLS")
+    sock.close()
+    assert (_counter(broker, "no_client_cert"), _counter(broker, "not_tls")) == (
+        before[0] + 1, before[1] + 1)
 
 
 def test_a_good_client_still_connects(broker: BrokerProcess, pki: Pki) -> None:
