@@ -295,7 +295,12 @@ class _TlsListener(Listener):
             try:
                 conn, address = await loop.sock_accept(sock)
             except OSError as exc:  # EMFILE and the like: back off, as asyncio does
-                log.error("listener %r: accept failed: %s", self.name, exc)
+                log.error("listener %r: accept failed: %s (retrying in %ss)", self.name, exc,
+                          ACCEPT_BACKOFF)
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            except Exception:  # a bug must not stop the listener for good
+                log.exception("listener %r: accept failed", self.name)
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
             task = loop.create_task(self._handshake(conn, address))
@@ -351,8 +356,9 @@ def watch_handshakes(ctx: ssl.SSLContext, failures: HandshakeFailures) -> None:
     ctx.sslobject_class = WatchedSSLObject
 
 
-#: Seconds a TLS listener waits after a failed accept (out of file descriptors...).
-ACCEPT_BACKOFF = 0.1
+#: Seconds a TLS listener waits after a failed accept (out of file descriptors...),
+#: as asyncio's own accept loop does.
+ACCEPT_BACKOFF = 1.0
 
 
 def _peer_text(info: object) -> str:
