@@ -66,6 +66,16 @@ class Metrics:
     acl_denials: int = 0
     storage_batches: int = 0
     storage_changes: int = 0
+    # Failed TLS handshakes by reason (server/tlsfailures.py REASONS).
+    tls_handshake_failures_no_client_cert: int = 0
+    tls_handshake_failures_untrusted_cert: int = 0
+    tls_handshake_failures_not_tls: int = 0
+    tls_handshake_failures_protocol_version: int = 0
+    tls_handshake_failures_no_shared_cipher: int = 0
+    tls_handshake_failures_client_rejected_server_cert: int = 0
+    tls_handshake_failures_timeout: int = 0
+    tls_handshake_failures_closed: int = 0
+    tls_handshake_failures_other: int = 0
 
     def count_auth_failure(self, reason: str) -> None:
         """One refused login, by reason (one of :data:`AUTH_FAILURE_REASONS`)."""

@@ -543,6 +543,9 @@ class Broker:
     ) -> None:
         """Refuse a CONNECT with a CONNACK code, then close [MQTT-3.2.2-5] (v5 -7)."""
         self.metrics.connections_rejected += 1
+        # The line names who tried: the certificate identity or the CONNECT's username.
+        proto.note_username(packet.username if proto.cert_username is None
+                            else proto.cert_username)
         log.info(
             "refused CONNECT from %s (client id %r): %s",
             proto.peer,

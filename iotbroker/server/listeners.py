@@ -1,8 +1,11 @@
 """Listeners: the sockets clients connect to, one per ``listeners[]`` entry.
 
 * ``tcp``: ``loop.create_server`` with :class:`~iotbroker.server.transport.ClientProtocol`.
-* ``tls``: the same with an :class:`ssl.SSLContext` built from ``TlsConfig`` (TLS ≥ 1.2,
-  no compression; client certificates verified against ``cafile``).
+* ``tls``: an :class:`ssl.SSLContext` built from ``TlsConfig`` (TLS ≥ 1.2, no
+  compression; client certificates verified against ``cafile``); the listener accepts
+  sockets itself and runs each handshake with ``loop.connect_accepted_socket`` so that
+  a failed handshake is logged with its peer and reason and counted
+  (:class:`_TlsListener`, issue 12); then the same ``ClientProtocol``.
 * ``ws`` / ``wss``: the ``websockets`` server (MQTT 3.1.1 §6, MQTT 5.0 §6: binary frames,
   subprotocol ``mqtt``). :class:`WebSocketTransport` adapts one WebSocket connection to
   the asyncio transport methods ``ClientProtocol`` uses, so the MQTT side does not know
@@ -22,7 +25,9 @@ have none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -37,6 +42,7 @@ from websockets.typing import Subprotocol
 from iotbroker.config import ListenerConfig, TlsConfig
 from iotbroker.file_modes import warn_if_exposed
 from iotbroker.server.exposure import listening_note
+from iotbroker.server.tlsfailures import HandshakeFailures
 from iotbroker.server.transport import ClientProtocol
 
 if TYPE_CHECKING:
@@ -46,6 +52,7 @@ __all__ = [
     "Listener",
     "WebSocketTransport",
     "cert_common_name",
+    "cert_subject",
     "make_ssl_context",
     "start_listener",
 ]
@@ -83,7 +90,8 @@ class Listener:
 
 
 class _SocketListener(Listener):
-    """``tcp`` and ``tls``: an :class:`asyncio.Server` of ``ClientProtocol``."""
+    """``tcp``: an :class:`asyncio.Server` of ``ClientProtocol`` (``tls``: see
+    :class:`_TlsListener`)."""
 
     def __init__(self, config: ListenerConfig, server: asyncio.AbstractServer,
                  addresses: list[tuple[str, int]]) -> None:
@@ -154,7 +162,53 @@ def cert_common_name(peercert: object) -> str | None:
     return None
 
 
-class CertIdentityProtocol(ClientProtocol):
+#: ``getpeercert()`` attribute names -> RFC 4514 short names (others are kept long).
+_RDN_SHORT = {
+    "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+    "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
+    "streetAddress": "STREET", "domainComponent": "DC", "userId": "UID",
+}
+_RDN_SPECIAL = frozenset(',+"\\<>;=')
+
+
+def _rdn_value(value: str) -> str:
+    """Escape an attribute value as RFC 4514 §2.4 says."""
+    out = "".join("\\" + ch if ch in _RDN_SPECIAL else ch for ch in value)
+    if out.startswith(("#", " ")):
+        out = "\\" + out
+    if out.endswith(" "):
+        out = out[:-1] + "\\ "
+    return out
+
+
+def cert_subject(peercert: object) -> str | None:
+    """A verified peer certificate's subject as an RFC 4514 string, most specific
+    first (``CN=dev-17,O=Fleet``, as ``openssl x509 -nameopt RFC2253`` prints it);
+    None without a certificate. For log lines (issue 12)."""
+    if not isinstance(peercert, dict):
+        return None
+    subject = peercert.get("subject")
+    if not subject:
+        return None
+    rdns = []
+    for rdn in reversed(subject):
+        rdns.append("+".join(f"{_RDN_SHORT.get(key, key)}={_rdn_value(str(value))}"
+                             for key, value in rdn))
+    return ",".join(rdns)
+
+
+class TlsClientProtocol(ClientProtocol):
+    """A client of a ``tls`` or ``wss`` listener: its certificate's subject, if it sent
+    one, goes on its log lines (:attr:`ClientProtocol.cert_subject`)."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.cert_subject = cert_subject(transport.get_extra_info("peercert"))
+        super().connection_made(transport)
+
+
+class CertIdentityProtocol(TlsClientProtocol):
     """A client of a ``use_identity_as_username`` listener: the certificate's subject CN
     is its username (read by ``Broker.on_connect``); no CN, no connection."""
 
@@ -173,14 +227,150 @@ class CertIdentityProtocol(ClientProtocol):
 
 def _protocol_factory(broker: Broker, listener: ListenerConfig) -> Callable[[], ClientProtocol]:
     tls = listener.tls
-    cls = CertIdentityProtocol if tls is not None and tls.use_identity_as_username \
-        else ClientProtocol
+    cls: type[ClientProtocol] = ClientProtocol
+    if tls is not None:
+        cls = CertIdentityProtocol if tls.use_identity_as_username else TlsClientProtocol
     name = listener.name
 
     def factory() -> ClientProtocol:
         return cls(broker, name)
 
     return factory
+
+
+# ------------------------------------------------------------------ TLS listeners
+class _TlsListener(Listener):
+    """``tls``: accepts sockets itself and runs each handshake in a task, so that a
+    failed handshake is seen, with its peer (issue 12).
+
+    asyncio's ``create_server(ssl=...)`` swallows failed handshakes (uvloop's loop and
+    the standard one alike log them only in the loop's debug mode, without the peer),
+    and ``start_tls`` on an accepted transport races with the first bytes on uvloop
+    (it starts reading after ``connection_made``). So the listening sockets are ours
+    and each accepted socket goes through ``loop.connect_accepted_socket(ssl=...)``,
+    which raises when the handshake fails: the failure goes to
+    :class:`~iotbroker.server.tlsfailures.HandshakeFailures` (a reason, a counter, a
+    rate-limited line). One task per listening socket (the accept loop) and one per
+    connection while its handshake lasts (bounded by ``ssl_handshake_timeout``); none
+    afterwards: the MQTT side is the same ``ClientProtocol`` as on ``tcp``.
+    """
+
+    def __init__(self, config: ListenerConfig, broker: Broker, ctx: ssl.SSLContext,
+                 factory: Callable[[], ClientProtocol], timeout: float) -> None:
+        super().__init__(config, [])
+        self.loop = broker.loop
+        self.ctx = ctx
+        self.factory = factory
+        self.timeout = timeout
+        self.failures = HandshakeFailures(config.name, broker.metrics, broker.loop)
+        self.sockets: list[socket.socket] = []
+        self.accepting: list[asyncio.Task[None]] = []
+        self.handshakes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Bind every address of ``host`` (as ``create_server`` does) and accept."""
+        config = self.config
+        infos = await self.loop.getaddrinfo(config.host or None, config.port,
+                                            type=socket.SOCK_STREAM,
+                                            flags=socket.AI_PASSIVE)
+        seen: set[tuple[int, object]] = set()
+        try:
+            for family, kind, proto, _name, address in infos:
+                if (family, address) in seen:
+                    continue
+                seen.add((family, address))
+                sock = socket.socket(family, kind, proto)
+                self.sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(4096)
+                sock.setblocking(False)
+        except OSError:
+            for sock in self.sockets:
+                sock.close()
+            raise
+        self.addresses = _bound(self.sockets)
+        for sock in self.sockets:
+            self.accepting.append(self.loop.create_task(self._accept(sock)))
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = self.loop
+        while True:  # until close() cancels it
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE and the like: back off, as asyncio does
+                log.error("listener %r: accept failed: %s (retrying in %ss)", self.name, exc,
+                          ACCEPT_BACKOFF)
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            except Exception:  # a bug must not stop the listener for good
+                log.exception("listener %r: accept failed", self.name)
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            task = loop.create_task(self._handshake(conn, address))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, address: object) -> None:
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await self.loop.connect_accepted_socket(
+                self.factory, conn, ssl=self.ctx, ssl_handshake_timeout=self.timeout)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except Exception as exc:
+            conn.close()
+            self.failures.report(_peer_text(address), exc)
+
+    def close(self) -> None:
+        for task in self.accepting:
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+        for task in list(self.handshakes):
+            task.cancel()
+        self.failures.close()
+
+    async def wait_closed(self) -> None:
+        tasks = [*self.accepting, *self.handshakes]
+        if tasks:
+            await asyncio.wait(tasks, timeout=WS_CLOSE_TIMEOUT)
+
+
+def watch_handshakes(ctx: ssl.SSLContext, failures: HandshakeFailures) -> None:
+    """``wss``: report handshakes that OpenSSL refuses, through the context's
+    ``sslobject_class`` (public since Python 3.7; uvloop and asyncio's loop both make
+    their TLS objects with ``wrap_bio``). The ``websockets`` server runs the handshake
+    inside asyncio, where the peer is out of reach: its lines say ``peer ?``, and
+    clients that close or time out during the handshake are not seen (``tls``
+    listeners see both, :class:`_TlsListener`)."""
+
+    class WatchedSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as exc:
+                failures.report("?", exc)
+                raise
+
+    ctx.sslobject_class = WatchedSSLObject
+
+
+#: Seconds a TLS listener waits after a failed accept (out of file descriptors...),
+#: as asyncio's own accept loop does.
+ACCEPT_BACKOFF = 1.0
+
+
+def _peer_text(info: object) -> str:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return f"{info[0]}:{info[1]}"
+    return str(info) if info else "?"
 
 
 # -------------------------------------------------------------------------- WebSocket
@@ -390,13 +580,15 @@ async def start_listener(broker: Broker, listener: ListenerConfig) -> Listener:
     factory = _protocol_factory(broker, listener)
     handshake_timeout = max(1.0, broker.config.mqtt.connect_timeout)
     result: Listener
-    if listener.type in ("tcp", "tls"):
-        tls_args: dict[str, Any] = {}
-        if ctx is not None:
-            tls_args = {"ssl": ctx, "ssl_handshake_timeout": handshake_timeout}
+    if listener.type == "tls":
+        assert ctx is not None
+        tls_listener = _TlsListener(listener, broker, ctx, factory, handshake_timeout)
+        await tls_listener.start()
+        result = tls_listener
+    elif listener.type == "tcp":
         server = await broker.loop.create_server(
             factory, host=listener.host, port=listener.port, reuse_address=True,
-            backlog=4096, **tls_args,
+            backlog=4096,
         )
         result = _SocketListener(listener, server, _bound(server.sockets))
     else:
@@ -433,6 +625,7 @@ async def _start_websocket(
         ws_log.setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {}
     if ctx is not None:
+        watch_handshakes(ctx, HandshakeFailures(listener.name, broker.metrics, broker.loop))
         kwargs = {"ssl": ctx, "ssl_handshake_timeout": handshake_timeout}
     mqtt_cfg = broker.config.mqtt
     server = await serve(

@@ -28,8 +28,24 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 FAST_LINES_DELAY = 0.1
 FAST_LINES_MAX = 256
 
-#: Fields the broker attaches to records about one connection (``extra=``).
-_CONNECTION_FIELDS = ("conn_id", "client_id", "peer")
+#: Fields the broker attaches to records about one connection (``extra=``): who the
+#: client is (issue 12: connect, disconnect, refusal and ACL-denial lines name the
+#: username and the TLS client certificate's subject).
+_CONNECTION_FIELDS = ("conn_id", "client_id", "peer", "username", "cert")
+
+
+class LogFlags:
+    """Switches the connection path reads once per read or write instead of asking
+    ``logging`` per packet; :func:`setup_logging` sets them (at start and on SIGHUP)."""
+
+    __slots__ = ("packets",)
+
+    def __init__(self) -> None:
+        #: ``iotbroker.packets`` is at DEBUG: log every packet (server/packetlog.py).
+        self.packets = False
+
+
+FLAGS = LogFlags()
 
 
 class _Clock:
@@ -68,8 +84,25 @@ def _json_line(stamp: str, level: str, logger: str, message: str,
     return json.dumps(entry, ensure_ascii=False)
 
 
+def connection_tag(fields: dict[str, object]) -> str:
+    """`` [conn N]``, with ``username='alice'`` and ``cert='CN=dev-17,O=Fleet'`` when the
+    client has them (``repr``: a username cannot forge a line break or a field)."""
+    username = fields.get("username")
+    cert = fields.get("cert")
+    conn_id = fields.get("conn_id")
+    if username is None and cert is None:
+        return f" [conn {conn_id}]"
+    parts = [] if conn_id is None else [f"conn {conn_id}"]
+    if username is not None:
+        parts.append(f"username={username!r}")
+    if cert is not None:
+        parts.append(f"cert={cert!r}")
+    return f" [{' '.join(parts)}]"
+
+
 class TextFormatter(logging.Formatter):
-    """``time level logger: message`` plus ``[conn N]`` for connection records."""
+    """``time level logger: message`` plus ``[conn N username=... cert=...]`` for
+    connection records (:func:`connection_tag`)."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None:
@@ -78,8 +111,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        conn_id = getattr(record, "conn_id", None)
-        return text if conn_id is None else f"{text} [conn {conn_id}]"
+        fields = record.__dict__
+        if fields.get("conn_id") is None and fields.get("username") is None \
+                and fields.get("cert") is None:
+            return text
+        return text + connection_tag(fields)
 
 
 class JsonFormatter(logging.Formatter):
@@ -133,9 +169,11 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
             line = _json_line(_JSON_CLOCK.text(second), logging.getLevelName(level), logger,
                               message, fields)
         else:
+            tag = (f" [conn {fields['conn_id']}]"
+                   if fields["username"] is None and fields["cert"] is None
+                   else connection_tag(fields))
             line = (f"{_TEXT_CLOCK.text(second)},{now % 1_000_000_000 // 1_000_000:03d} "
-                    f"{logging.getLevelName(level):<7} {logger}: {message}"
-                    f" [conn {fields['conn_id']}]")
+                    f"{logging.getLevelName(level):<7} {logger}: {message}{tag}")
         pending = self._pending
         pending.append(line + self.terminator)
         if len(pending) == 1:
@@ -148,8 +186,21 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def connection_fields(conn: ConnectionFields) -> dict[str, object]:
-    """The ``extra=`` fields of a log record about ``conn``."""
-    return {"conn_id": conn.conn_id, "client_id": conn.client_id or None, "peer": conn.peer}
+    """The ``extra=`` fields of a log record about ``conn``: ``conn_id``, ``client_id``,
+    ``peer``, ``username`` (None: anonymous or not known yet) and ``cert`` (the TLS
+    client certificate's subject, None without one)."""
+    return {"conn_id": conn.conn_id, "client_id": conn.client_id or None, "peer": conn.peer,
+            "username": conn.username, "cert": conn.cert_subject}
+
+
+def identity_fields(client_id: str | None, username: str | None,
+                    cert: str | None = None) -> dict[str, object]:
+    """``extra=`` for a line about a client whose connection is not at hand (a will
+    firing after the connection ended, a queued message delivered later): the same
+    ``username``/``cert`` text and JSON fields as :func:`connection_fields`, without a
+    ``conn_id``. With a connection, use ``proto.log_extra()`` or :func:`log_connection`."""
+    return {"conn_id": None, "client_id": client_id or None, "peer": None,
+            "username": username, "cert": cert}
 
 
 class ConnectionFields(Protocol):
@@ -160,6 +211,12 @@ class ConnectionFields(Protocol):
 
     @property
     def peer(self) -> str: ...
+
+    @property
+    def username(self) -> str | None: ...
+
+    @property
+    def cert_subject(self) -> str | None: ...
 
 
 def log_connection(logger: logging.Logger, level: int, conn: ConnectionFields, message: str,
@@ -210,3 +267,4 @@ def setup_logging(config: LoggingConfig) -> None:
     root.setLevel(config.level.upper())
     for name, level in config.levels.items():
         logging.getLogger(name).setLevel(level.upper())
+    FLAGS.packets = logging.getLogger("iotbroker.packets").isEnabledFor(logging.DEBUG)

@@ -33,6 +33,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from iotbroker import __version__
 from iotbroker.metrics import AUTH_FAILURE_REASONS
+from iotbroker.server.tlsfailures import REASONS as TLS_REASONS
 
 if TYPE_CHECKING:
     from iotbroker.server.broker import Broker
@@ -104,8 +105,11 @@ _BY_QOS = {
 #: Refused logins, exported as one counter labelled by reason (sums to ``auth_failures``).
 _AUTH_FAILURES_HELP = ("Logins refused, by reason: anonymous, unknown_user, wrong_password, "
                        "certificate, enhanced_auth, rate_limited, busy.")
-_HANDLED = {*_COUNTERS, *_GAUGES, *_DROPS, *_BY_QOS, "publish_received", "publish_sent",
-            "auth_failures", *(f"auth_failures_reason_{r}" for r in AUTH_FAILURE_REASONS)}
+#: Failed TLS handshakes, exported as one counter labelled by reason.
+_TLS_FAILURES = {f"tls_handshake_failures_{reason}": reason for reason in TLS_REASONS}
+_HANDLED = {*_COUNTERS, *_GAUGES, *_DROPS, *_BY_QOS, *_TLS_FAILURES, "publish_received",
+            "publish_sent", "auth_failures",
+            *(f"auth_failures_reason_{r}" for r in AUTH_FAILURE_REASONS)}
 
 
 class LoopLagProbe:
@@ -190,6 +194,11 @@ class BrokerCollector:
         yield GaugeMetricFamily(_PREFIX + "password_checks_pending",
                                 "PBKDF2 password checks queued or running now.",
                                 value=broker.auth.pending)
+        tls = CounterMetricFamily(_PREFIX + "tls_handshake_failures",
+                                  "TLS handshakes that failed, by reason.", labels=["reason"])
+        for name, reason in _TLS_FAILURES.items():
+            tls.add_metric([reason], values[name])
+        yield tls
         # Counters added to Metrics later show up without a change here.
         for name, value in values.items():
             base = name.rstrip("0123456789") if name[-1:].isdigit() else name

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from iotbroker.codec.packets import Packet, Will
 from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection
-from iotbroker.server.logsetup import connection_fields
+from iotbroker.server import packetlog
+from iotbroker.server.logsetup import FLAGS, connection_fields
 from iotbroker.server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_peer",
+        "_username",
         "backlog",
         "broker",
+        "cert_subject",
         "cert_username",
         "clean_disconnect",
         "client_id",
@@ -98,6 +101,11 @@ class ClientProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         #: TLS ``use_identity_as_username``: the client certificate's subject CN.
         self.cert_username: str | None = None
+        #: The TLS client certificate's subject (``CN=dev-17,O=Fleet``), for log lines.
+        self.cert_subject: str | None = None
+        #: The username for log lines while there is no session (a refused CONNECT,
+        #: after the connection ended); see :attr:`username`.
+        self._username: str | None = None
         cfg = broker.config.mqtt
         self.conn = Connection(
             max_packet_size=cfg.max_packet_size,
@@ -110,6 +118,19 @@ class ClientProtocol(asyncio.Protocol):
     def log_extra(self) -> dict[str, object]:
         """Structured fields for log records about this connection (JSON logs)."""
         return connection_fields(self)
+
+    @property
+    def username(self) -> str | None:
+        """Who the client authenticated as, for log lines: the session's username
+        (password, certificate identity or enhanced auth, as ``on_connect`` decided);
+        before and after the session, what was recorded (``note_username``)."""
+        session = self.session
+        return self._username if session is None else session.username
+
+    def note_username(self, username: str | None) -> None:
+        """Record the username a log line should name when there is no session (the
+        refused CONNECT's, or the session's when the connection ends)."""
+        self._username = username
 
     @property
     def peer(self) -> str:
@@ -145,6 +166,8 @@ class ClientProtocol(asyncio.Protocol):
             broker.peer_error(self, exc)
             return
         broker.metrics.messages_received += len(packets)
+        if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)
+            packetlog.log_inbound(self, packets)
         if self.deferred:
             self.backlog.extend(packets)
             return
@@ -181,6 +204,9 @@ class ClientProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        session = self.session
+        if session is not None:  # the "connection lost" line comes after it is detached
+            self._username = session.username
         self.broker.connection_lost(self, exc)
 
     def pause_writing(self) -> None:
@@ -220,6 +246,8 @@ class ClientProtocol(asyncio.Protocol):
         data = conn.data_to_send()
         if transport is None or not data or transport.is_closing():
             return
+        if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per write)
+            packetlog.log_outbound(self, data)
         metrics = self.broker.metrics
         metrics.bytes_sent += len(data)
         metrics.messages_sent += conn.packets_queued - self.packets_counted

@@ -14,6 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+#: DEBUG logs a line per packet (iotbroker.packets); tests keep the rest of DEBUG and
+#: leave those out (load tests would write millions), unless they ask for them.
+QUIET_PACKETS = "  levels:\n    iotbroker.packets: INFO\n"
+
 _LISTENING = re.compile(r"listening on (\S+):(\d+) \((\w+), listener '([^']*)'\)")
 
 
@@ -115,7 +119,7 @@ def broker_config(
     return (
         f"{listen}"
         f"storage:\n  backend: {storage}\n  path: {data_dir}\n  durability: {durability}\n"
-        f"logging:\n  level: DEBUG\n"
+        f"logging:\n  level: DEBUG\n{QUIET_PACKETS}"
         f"{sys_topics}"
         f"{extra}"
     )

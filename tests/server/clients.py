@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.helpers.broker_process import BrokerProcess
+from tests.helpers.broker_process import QUIET_PACKETS, BrokerProcess
 from tests.helpers.rawclient import Closed, RawClient
 from tests.server.pki import Pki
 
@@ -30,7 +30,7 @@ def config(listeners: str, extra: str = "") -> str:
     """A broker config: the given listeners YAML, memory storage, no $SYS unless asked."""
     sys_topics = "" if "sys_topics:" in extra else "sys_topics:\n  enabled: false\n"
     return (f"listeners:\n{listeners}storage:\n  backend: memory\nlogging:\n  level: DEBUG\n"
-            f"{sys_topics}{extra}")
+            f"{QUIET_PACKETS}{sys_topics}{extra}")
 
 
 def listener(name: str, kind: str, tls: str = "", path: str = "") -> str:

@@ -11,7 +11,14 @@ import time
 from collections.abc import Callable
 
 from iotbroker.config import LoggingConfig
-from iotbroker.server.logsetup import log_connection, setup_logging
+from iotbroker.server.logsetup import (
+    TEXT_FORMAT,
+    JsonFormatter,
+    TextFormatter,
+    identity_fields,
+    log_connection,
+    setup_logging,
+)
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 
@@ -66,9 +73,18 @@ class _Conn:
     conn_id = 7
     client_id = "fast-client"
     peer = "127.0.0.1:4242"
+    username: str | None = None
+    cert_subject: str | None = None
 
 
-def _one_line_each_way(json_format: bool) -> tuple[str, str]:
+class _TlsConn(_Conn):
+    """A client with a username and a TLS client certificate (issue 12)."""
+
+    username = "alice"
+    cert_subject = "CN=dev-17,O=Fleet"
+
+
+def _one_line_each_way(json_format: bool, conn: _Conn | None = None) -> tuple[str, str]:
     """The same connection line through the fast path and through a LogRecord (a
     filter on the handler forces the record path), as the broker's handler writes
     them; time stamps are replaced by ``<length>``."""
@@ -84,17 +100,18 @@ def _one_line_each_way(json_format: bool) -> tuple[str, str]:
         return record
 
     logging.setLogRecordFactory(counting_factory)
+    conn = conn or _Conn()
     try:
         setup_logging(LoggingConfig(level="INFO", format="json" if json_format else "text"))
         handler = root.handlers[0]
         assert isinstance(handler, logging.StreamHandler)
         handler.setStream(stream)
         logger = logging.getLogger("iotbroker.broker")
-        log_connection(logger, logging.INFO, _Conn(), "client %r connected from %s",
+        log_connection(logger, logging.INFO, conn, "client %r connected from %s",
                        "fast-client", "127.0.0.1:4242")
         assert records == [], "the fast path made a LogRecord"
         handler.addFilter(lambda record: True)
-        log_connection(logger, logging.INFO, _Conn(), "client %r connected from %s",
+        log_connection(logger, logging.INFO, conn, "client %r connected from %s",
                        "fast-client", "127.0.0.1:4242")
         assert len(records) == 1, "a handler filter must get a real record"
     finally:
@@ -124,3 +141,42 @@ def test_connection_lines_fast_path_writes_what_a_record_would_json() -> None:
         "time": "t", "level": "INFO", "logger": "iotbroker.broker",
         "message": "client 'fast-client' connected from 127.0.0.1:4242",
         "conn_id": 7, "client_id": "fast-client", "peer": "127.0.0.1:4242"}
+
+
+def test_identity_fields_fast_path_and_record_agree_text() -> None:
+    """Issue 12: the username and certificate subject are on the line, quoted."""
+    fast, stdlib = _one_line_each_way(json_format=False, conn=_TlsConn())
+    assert fast == stdlib
+    assert fast.endswith("127.0.0.1:4242 [conn 7 username='alice' cert='CN=dev-17,O=Fleet']")
+
+
+def test_identity_fields_fast_path_and_record_agree_json() -> None:
+    fast, stdlib = _one_line_each_way(json_format=True, conn=_TlsConn())
+    assert fast == stdlib
+    entry = json.loads(fast.replace("<29>", '"time": "t"'))
+    assert entry["username"] == "alice"
+    assert entry["cert"] == "CN=dev-17,O=Fleet"
+
+
+def test_a_username_cannot_forge_a_log_line() -> None:
+    class Evil(_Conn):
+        username = "bob']\nINFO forged"
+
+    fast, stdlib = _one_line_each_way(json_format=False, conn=Evil())
+    assert fast == stdlib
+    assert "\n" not in fast and "username=\"bob']\\nINFO forged\"" in fast
+
+
+def test_identity_fields_without_a_connection() -> None:
+    """A line about a client whose connection is gone (e.g. its will) still says who."""
+    formatter = TextFormatter(TEXT_FORMAT)
+    record = logging.LogRecord("iotbroker.broker", logging.INFO, "", 0, "will denied", (),
+                               None)
+    record.__dict__.update(identity_fields("dev-17", "alice", "CN=dev-17"))
+    assert formatter.format(record).endswith("will denied [username='alice' cert='CN=dev-17']")
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["client_id"], entry["username"], entry["cert"]) == ("dev-17", "alice",
+                                                                       "CN=dev-17")
+    assert "conn_id" not in entry
+    plain = logging.LogRecord("iotbroker.broker", logging.INFO, "", 0, "plain", (), None)
+    assert formatter.format(plain).endswith("plain")
