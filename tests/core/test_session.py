@@ -17,7 +17,7 @@ from iotbroker.storage.base import (
     QueuedRecord,
     SubscriptionRecord,
 )
-from tests.core.fakes import FakeOutlet, changes, delivery, message, ops
+from tests.core.fakes import FakeOutlet, changes, delivery, ops
 
 
 def make(
@@ -532,4 +532,3 @@ def test_may_receive_counts_refusals_only() -> None:
     assert session.may_receive("public/a") is True
     assert session.may_receive("secret/a") is False
     assert metrics.acl_denials == 1
-    assert message("secret/a").topic == "secret/a"
