@@ -365,9 +365,9 @@ def test_queue_full_window_full_online_session_also_bounded() -> None:
     assert metrics.messages_dropped_queue_full == 1
 
 
-def test_mqtt_3_3_2_6_message_expiring_while_queued_is_not_sent() -> None:
+def test_message_expiring_while_queued_is_not_sent() -> None:
     """A message whose Message Expiry Interval passed while it waited is dropped at
-    send time and counted (§3.3.2.3.3; time in the server counts, [MQTT-3.3.2-6])."""
+    send time, counted and deleted from the store (MQTT 5.0 §3.3.2.3.3)."""
     session, batch, metrics = make(expiry=60)
     session.deliver(delivery(b"stale", expires_at=10.0), 0.0)
     session.deliver(delivery(b"fresh", expires_at=100.0), 0.0)
