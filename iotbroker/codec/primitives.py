@@ -40,13 +40,6 @@ def _truncated(what: str) -> MalformedPacket:
 # --------------------------------------------------------------------------- integers
 
 
-def read_u8(buf: bytes, pos: int) -> tuple[int, int]:
-    """One-byte integer."""
-    if pos >= len(buf):
-        raise _truncated("byte")
-    return buf[pos], pos + 1
-
-
 def read_u16(buf: bytes, pos: int) -> tuple[int, int]:
     """Two Byte Integer, big-endian (MQTT 3.1.1 §1.5.2, MQTT 5.0 §1.5.2)."""
     if pos + 2 > len(buf):
