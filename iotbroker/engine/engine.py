@@ -379,6 +379,11 @@ class Engine:
         if qos:
             _ack(client, packet, code)
 
+    def publish_own(self, message: Message, now: float) -> int:
+        """A message of the broker's own (``$SYS`` statistics): routed like any other,
+        through the one delivery path; returns the routing reason code."""
+        return self.router.publish(message, now)
+
     def may_publish_will(self, will: Will, client_id: str, username: str | None) -> bool:
         """A will is published as its owner: the ACL's write decision and the $SYS rule
         apply as to a PUBLISH (issue 12). Counted when refused."""

@@ -1,10 +1,12 @@
 """The composition root: the only module that knows every package.
 
-It owns the event loop side of the broker: listeners, the per-turn flush (storage
-batch committed, then one write per connection), timers, and the handling of each
-validated packet, which it hands to ``core`` (routing, sessions) after asking
-``auth``. MQTT 3.1.1 §3 / MQTT 5.0 §3 (per-packet behaviour), §4 (operational
-behaviour).
+It owns the event-loop side of the broker and no MQTT rule: listeners, the per-turn
+flush (the engine's storage batch committed, then one write per connection), the
+timers, backpressure and admission limits, the authentication steps that may wait
+(a password hash in a worker thread, an MQTT 5.0 enhanced-authentication exchange),
+and start-up. What each packet, connection loss or timer does to sessions is the
+engine's (:mod:`iotbroker.engine`): this module hands it events and applies the
+effects it returns (design.md, "an engine that returns effects").
 """
 
 from __future__ import annotations
@@ -15,51 +17,17 @@ import gc
 import logging
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from iotbroker import __version__, build
 from iotbroker.codec.enums import PacketType
-from iotbroker.codec.packets import (
-    NO_PROPERTIES,
-    Auth,
-    ConnAck,
-    Connect,
-    Disconnect,
-    Packet,
-    PingReq,
-    PingResp,
-    Properties,
-    PubAck,
-    PubComp,
-    Publish,
-    PubRec,
-    PubRel,
-    SubAck,
-    Subscribe,
-    Subscription,
-    UnsubAck,
-    Unsubscribe,
-    Will,
-)
+from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
-from iotbroker.core.message import NEVER_EXPIRES, Message
-from iotbroker.core.retained import RetainedStore
-from iotbroker.core.router import Router
-from iotbroker.core.session import Session, SessionLimits
-from iotbroker.core.sessions import SessionRegistry
-from iotbroker.core.subscriptions import SubscriptionTrie
-from iotbroker.core.topics import (
-    has_wildcard,
-    is_broker_topic,
-    parse_shared,
-    validate_topic_name,
-)
-from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation, StorageError
+from iotbroker.engine import connect as connect_rules
+from iotbroker.engine.engine import Engine
+from iotbroker.errors import MqttError, StorageError
 from iotbroker.metrics import Metrics
-from iotbroker.protocol.connection import ConnectionState
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.enhanced_auth import EnhancedAuth
 from iotbroker.server.exposure import warn_open_anonymous
@@ -69,70 +37,32 @@ from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
-from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store
+from iotbroker.storage.base import Store
 
 log = logging.getLogger("iotbroker.broker")
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 20_000
 
-# MQTT 3.1.1 CONNACK return codes (§3.2.2.3) for the v5 reason codes we refuse with.
-_V3_CONNACK = {
-    0x84: 0x01,  # unsupported protocol version
-    0x85: 0x02,  # client identifier not valid
-    0x86: 0x04,  # bad user name or password
-    0x87: 0x05,  # not authorized
-    0x88: 0x03,  # server unavailable
-    0x89: 0x03,  # server busy
-    0x8C: 0x04,  # bad authentication method
-    0x9C: 0x03,  # use another server
-    0x9D: 0x03,  # server moved
-}
-
-#: What a connection may send before its CONNACK (AUTH only with enhanced auth).
-_BEFORE_CONNACK = frozenset({PacketType.CONNECT, PacketType.AUTH})
+_PUBLISH = PacketType.PUBLISH
+_CONNECT = PacketType.CONNECT
+_AUTH = PacketType.AUTH
 
 
 class Broker:
-    """One broker process: sessions, routing, storage and the connections."""
+    """One broker process: the engine, its connections, storage and timers."""
 
     def __init__(self, config: BrokerConfig, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.loop = loop
         self.store = store
         self.metrics = Metrics()
-        self.batch = ChangeBatch()
-        self.trie = SubscriptionTrie()
-        self.retained = RetainedStore()
-        mqtt = config.mqtt
-        limits = SessionLimits(
-            max_queued_messages=mqtt.max_queued_messages,
-            max_queued_bytes=mqtt.max_queued_bytes,
-            drop_oldest=mqtt.queue_overflow == "drop-oldest",
-        )
-        self.registry = SessionRegistry(self.trie, self.batch, limits, self.metrics)
-        self.registry.pager = self
         self.auth = AuthService(config.auth, self.metrics)
+        self.engine = Engine(config, store, self.auth, self.metrics,
+                             connection_log=log_connection)
         self.enhanced_auth = EnhancedAuth(self.auth, self.metrics)
-        self.router = Router(
-            self.registry,
-            self.trie,
-            self.retained,
-            self.batch,
-            self.metrics,
-            shared_strategy=mqtt.shared_subscription_strategy,
-            max_retained=mqtt.max_retained_messages,
-        )
-        # Every delivery to a session asks this one decision (issue 12).
-        self.registry.gate.check = self.auth.receive_check()
-        self._handlers = self._build_handlers()
-        self.clients: dict[str, ClientProtocol] = {}
         self.connections: set[ClientProtocol] = set()
         self._dirty: list[ClientProtocol] = []
-        #: Storage commit timing, for metrics.
-        self.storage_write_seconds = 0.0
-        self._storage_write_max = 0.0
-        self._storage_batch_max = 0
         #: Connections that delivered input since the last flush (backpressure).
         self.active_readers: list[ClientProtocol] = []
         #: Slow consumer -> the publishers paused because of it.
@@ -160,25 +90,16 @@ class Broker:
     # ------------------------------------------------------------- lifecycle
     def restore(self) -> None:
         started = time.perf_counter()
-        # Queued messages stay on disk (an index in memory) until their session
-        # comes back: offline sessions cost bounded memory (issue 7).
-        snapshot = self.store.load(queued_bodies=False)
-        now = self.now()
-        for message in snapshot.retained:
-            if message.expired(now):
-                self.batch.delete_retained(message.topic)
-            else:
-                self.retained.set(message)
-        self.registry.restore(snapshot, now)
-        self._run_core_timers()
+        engine = self.engine
+        engine.restore(self.now())
         self.flush()
         log.info(
             "restored %d sessions, %d subscriptions, %d queued/in-flight messages, "
             "%d retained messages in %.3fs",
-            len(self.registry),
-            len(self.trie),
-            self.registry.deliveries_pending(),
-            len(self.retained),
+            len(engine.registry),
+            len(engine.trie),
+            engine.registry.deliveries_pending(),
+            len(engine.retained),
             time.perf_counter() - started,
         )
 
@@ -205,11 +126,8 @@ class Broker:
             self.metrics_server.close()
         for server in self._servers:
             server.close()
-        for proto in list(self.connections):
-            if proto.conn.connected and proto.conn.protocol_version == 5:
-                proto.conn.send_packet(Disconnect(reason_code=0x8B))
-            proto.clean_disconnect = True  # a shutdown is not the client's fault: no will
-            proto.close()
+        self.engine.shutting_down(list(self.connections))
+        self._apply_closes()
         self.flush()
         for server in self._servers:
             await server.wait_closed()
@@ -233,8 +151,7 @@ class Broker:
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
-        # Queued, in-flight and retained deliveries follow the new rules from now on.
-        self.registry.gate.check = self.auth.receive_check()
+        self.engine.auth_changed()  # queued, in-flight and retained follow the new rules
         setup_logging(new.logging)
         applied = ["auth (password file, ACL)", "logging"]
         pending = [
@@ -249,33 +166,14 @@ class Broker:
 
     def take_storage_write_max(self) -> float:
         """Slowest commit since the last call (for the metrics endpoint)."""
-        value, self._storage_write_max = self._storage_write_max, 0.0
+        engine = self.engine
+        value, engine.storage_write_max = engine.storage_write_max, 0.0
         return value
 
     def take_storage_batch_max(self) -> int:
-        value, self._storage_batch_max = self._storage_batch_max, 0
+        engine = self.engine
+        value, engine.storage_batch_max = engine.storage_batch_max, 0
         return value
-
-    def load_queued(self, client_id: str) -> list[QueuedRecord]:
-        """The :class:`~iotbroker.core.session.Pager` of every session: commit what
-        this turn changed, then read the session's queued messages from the store."""
-        if self.batch:
-            self._commit()
-        return self.store.load_queued(client_id)
-
-    def _commit(self) -> None:
-        """Apply the turn's storage batch (one WriteBatch) and clear it; timed for
-        metrics. Raises StorageError, leaving the batch as it was."""
-        batch = self.batch
-        started = time.perf_counter()
-        self.store.apply(batch)
-        took = time.perf_counter() - started
-        self.metrics.storage_batches += 1
-        self.metrics.storage_changes += len(batch)
-        self.storage_write_seconds += took
-        self._storage_write_max = max(self._storage_write_max, took)
-        self._storage_batch_max = max(self._storage_batch_max, len(batch))
-        batch.clear()
 
     # ------------------------------------------------------------ the flush
     def output_pending(self, proto: ClientProtocol) -> None:
@@ -291,7 +189,7 @@ class Broker:
         (design.md, "A QoS 1 PUBLISH").
         """
         self._flush_scheduled = False
-        batch = self.batch
+        batch = self.engine.batch
         dirty = self._dirty
         self._dirty = []
         readers = self.active_readers
@@ -299,7 +197,7 @@ class Broker:
             self.active_readers = []
         if batch:
             try:
-                self._commit()
+                self.engine.commit()
             except StorageError as exc:
                 log.error(
                     "storage write failed, closing %d connections without acks: %s", len(dirty), exc
@@ -406,194 +304,81 @@ class Broker:
         for waiting in self._throttled.values():
             waiting.discard(proto)
         self.enhanced_auth.forget(proto)
-        session = proto.session
-        if session is None:
+        if proto.session is None:
             return
-        proto.session = None
-        self.metrics.clients_connected -= 1
-        now = self.now()
-        will = None if proto.clean_disconnect else proto.will
-        if proto.taken_over:
-            # This connection's will goes out now unless it has a Will Delay and the new
-            # connection resumed the session (that cancels it [MQTT-3.1.3-9]); a Clean
-            # Start ended the session, which sends a delayed will at once (§3.1.3.2.2).
-            log_connection(log, logging.INFO, proto, "client %r (%s) closed after takeover",
-                           proto.client_id, proto.peer)
-            if will is not None and (
-                not will.properties.will_delay_interval or proto.session_ended_by_takeover
-            ):
-                self._publish_will(will, session.client_id, session.username, now)
-            return
-        if self.clients.get(proto.client_id) is proto:
-            del self.clients[proto.client_id]
-        if not proto.clean_disconnect and log.isEnabledFor(logging.INFO):
-            log_connection(log, logging.INFO, proto, "client %r (%s) connection lost%s",
-                           proto.client_id, proto.peer, f": {exc}" if exc else "")
-        self.router.redistribute(session, now)
-        due = self.registry.close(session, now, will)
-        if due is not None:
-            self._publish_will(due, session.client_id, session.username, now)
+        self.engine.connection_closed(proto, str(exc) if exc else "", self.now())
+        self._apply_closes()
         self._reschedule_core_timer()
         self.flush()
 
+    def _apply_closes(self) -> None:
+        """The engine's close effects: each closes after this turn's writes."""
+        for client in self.engine.take_closing():
+            assert isinstance(client, ClientProtocol)
+            client.close()
+
     def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None:
-        """A client broke a rule: one log line, the right reason code, close."""
-        if isinstance(exc, MalformedPacket):
-            self.metrics.malformed_packets += 1
-        else:
-            self.metrics.protocol_errors += 1
-        log.warning(
-            "closing %s (%r): %s", proto.peer, proto.client_id or "-", exc, extra=proto.log_extra()
-        )
-        conn = proto.conn
-        if conn.connected:
-            if conn.protocol_version == 5:
-                reason = Properties(reason_string=exc.message[:200])
-                conn.send_packet(Disconnect(exc.reason_code, reason))
-        elif conn.state is ConnectionState.AUTHENTICATING or isinstance(exc, MalformedPacket):
-            requested = getattr(exc, "protocol_level", None)
-            if exc.reason_code == 0x84:
-                # [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1) / 0x84 (5.0), then close.
-                version = 5 if requested == 5 else 4
-                conn.protocol_version = version
-                code = 0x84 if version == 5 else 0x01
-                conn.send_packet(ConnAck(False, code))
-            elif conn.protocol_version == 5 and proto.session is None:
-                conn.send_packet(ConnAck(False, exc.reason_code))
-        proto.close()
+        """A client broke a rule: the engine answers with its reason code and closes."""
+        self.engine.fail(proto, exc)
+        self._apply_closes()
 
     def keepalive_expired(self, proto: ClientProtocol) -> None:
         """No packet for 1.5 × Keep Alive [MQTT-3.1.2-24]: close; the will goes out."""
-        self.metrics.keepalive_timeouts += 1
-        log.info(
-            "client %r (%s) keepalive timeout (%ss)",
-            proto.client_id,
-            proto.peer,
-            proto.conn.keepalive,
-            extra=proto.log_extra(),
-        )
-        if proto.conn.protocol_version == 5:
-            proto.conn.send_packet(Disconnect(0x8D))
-        proto.close()
+        self.engine.keepalive_expired(proto)
+        self._apply_closes()
 
     # ------------------------------------------------------------- packets
     def handle_packet(self, proto: ClientProtocol, packet: Packet) -> None:
-        """Dispatch one validated packet to its handler (a table, not an if-chain)."""
-        if proto.session is None and packet.TYPE not in _BEFORE_CONNACK:
+        """One validated packet: the engine's, once the CONNECT is accepted; CONNECT
+        and AUTH go through the authentication steps here first."""
+        ptype = packet.TYPE
+        if proto.session is not None and ptype is not _AUTH:
+            self.engine.handle(proto, packet, self.now())
+            if ptype is _PUBLISH and proto.publish_bucket is not None:
+                self._limit_publish_rate(proto)
+        elif ptype is _CONNECT:
+            assert isinstance(packet, Connect)
+            self.on_connect(proto, packet)
+        elif ptype is _AUTH:
+            assert isinstance(packet, Auth)
+            pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
+            if pending is not None:  # the exchange ended: accept or refuse the CONNECT
+                self.on_connect(proto, pending)
+        else:
             self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
-            return
-        self._handlers[packet.TYPE](proto, packet)
+        if self.engine.closing:
+            self._apply_closes()
 
-    def _build_handlers(self) -> dict[PacketType, Callable[[ClientProtocol, Any], None]]:
-        return {
-            PacketType.PUBLISH: self.on_publish,
-            PacketType.PUBACK: self.on_puback,
-            PacketType.PUBREC: self.on_pubrec,
-            PacketType.PUBREL: self.on_pubrel,
-            PacketType.PUBCOMP: self.on_pubcomp,
-            PacketType.SUBSCRIBE: self.on_subscribe,
-            PacketType.UNSUBSCRIBE: self.on_unsubscribe,
-            PacketType.PINGREQ: self.on_pingreq,
-            PacketType.DISCONNECT: self.on_disconnect,
-            PacketType.CONNECT: self.on_connect,
-            PacketType.AUTH: self.on_auth,
-        }
-
-    def on_puback(self, proto: ClientProtocol, packet: PubAck) -> None:
-        self._session(proto).on_puback(packet.packet_id, self.now())
-
-    def on_pubrec(self, proto: ClientProtocol, packet: PubRec) -> None:
-        if not self._session(proto).on_pubrec(packet.packet_id, packet.reason_code, self.now()):
-            # Unknown id: v5 0x92 Packet Identifier not found; 3.1.1 PUBREL anyway.
-            code = 0x92 if proto.conn.protocol_version == 5 else 0
-            if packet.reason_code < 0x80:
-                proto.conn.send_packet(PubRel(packet.packet_id, code))
-
-    def on_pubrel(self, proto: ClientProtocol, packet: PubRel) -> None:
-        held = self._session(proto).release_inbound_qos2(packet.packet_id)
-        # PUBCOMP even for an unknown id (MQTT 3.1.1 §4.3.3); v5 says 0x92.
-        code = 0x92 if not held and proto.conn.protocol_version == 5 else 0
-        proto.conn.send_packet(PubComp(packet.packet_id, code))
-
-    def on_pubcomp(self, proto: ClientProtocol, packet: PubComp) -> None:
-        self._session(proto).on_pubcomp(packet.packet_id, self.now())
-
-    def on_pingreq(self, proto: ClientProtocol, packet: PingReq) -> None:
-        proto.conn.send_packet(PingResp())  # [MQTT-3.12.4-1]
-
-    def on_auth(self, proto: ClientProtocol, packet: Auth) -> None:
-        pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
-        if pending is not None:  # the exchange ended: accept or refuse the CONNECT
-            self.on_connect(proto, pending)
-
-    def _session(self, proto: ClientProtocol) -> Session:
-        session = proto.session
-        if session is None:
-            raise ProtocolViolation("packet before CONNACK", spec_ref="MQTT-3.1.0-1")
-        return session
+    def _limit_publish_rate(self, proto: ClientProtocol) -> None:
+        """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""
+        bucket = proto.publish_bucket
+        assert bucket is not None
+        wait = bucket.take(self.loop.time())
+        if wait > 0:
+            self.metrics.limit_hits += 1
+            proto.deferred = True
+            self.loop.call_later(wait, proto.resume_deferred)
 
     # --------------------------------------------------------------- CONNECT
-    def _refuse(
-        self,
-        proto: ClientProtocol,
-        packet: Connect,
-        reason: int,
-        why: str,
-        properties: Properties = NO_PROPERTIES,
-    ) -> None:
-        """Refuse a CONNECT with a CONNACK code, then close [MQTT-3.2.2-5] (v5 -7)."""
-        self.metrics.connections_rejected += 1
-        # The line names who tried: the certificate identity or the CONNECT's username.
+    def on_connect(self, proto: ClientProtocol, packet: Connect) -> None:
+        """Authenticate the CONNECT (enhanced authentication, certificate identity or
+        password, which may wait for a worker thread), between the engine's checks
+        before (:func:`~iotbroker.engine.connect.admit`) and its acceptance."""
+        engine = self.engine
+        # A refusal line names who tried: the certificate identity or the username.
         proto.note_username(packet.username if proto.cert_username is None
                             else proto.cert_username)
-        log.info(
-            "refused CONNECT from %s (client id %r): %s",
-            proto.peer,
-            packet.client_id,
-            why,
-            extra=proto.log_extra(),
-        )
-        conn = proto.conn
-        if packet.protocol_version == 5:
-            conn.send_packet(ConnAck(False, reason, properties))
-        elif reason in _V3_CONNACK:
-            conn.send_packet(ConnAck(False, _V3_CONNACK[reason]))
-        # else: no 3.1.1 return code fits: close without CONNACK [MQTT-3.2.2-6].
-        proto.close()
-
-    def on_connect(self, proto: ClientProtocol, packet: Connect) -> None:
-        cfg = self.config.mqtt
-        conn = proto.conn
-        v5 = packet.protocol_version == 5
-        props = packet.properties
-        client_id = packet.client_id
-        assigned: str | None = None
-        if not client_id:
-            if not cfg.allow_zero_length_client_id or (not v5 and not packet.clean_start):
-                # [MQTT-3.1.3-8] (3.1.1): zero-length id needs Clean Session = 1.
-                self._refuse(proto, packet, 0x85, "zero-length client id not allowed")
-                return
-            client_id = assigned = f"auto-{uuid.uuid4().hex}"  # [MQTT-3.1.3-6]
-        elif len(client_id) > cfg.max_client_id_length:
-            self._refuse(proto, packet, 0x85, "client id too long")
+        admitted = connect_rules.admit(engine, proto, packet)
+        if admitted is None:
             return
         enhanced = None
-        if cfg.server_reference:
-            # This server has moved: MQTT 5.0 CONNACK 0x9D with Server Reference (§4.11).
-            self._refuse(
-                proto,
-                packet,
-                0x9D,
-                f"redirected to {cfg.server_reference}",
-                Properties(server_reference=cfg.server_reference),
-            )
-            return
-        if v5 and props.authentication_method is not None:  # §4.12
-            enhanced = self.enhanced_auth.on_connect(proto, packet, client_id)
+        if packet.protocol_version == 5 and packet.properties.authentication_method is not None:
+            enhanced = self.enhanced_auth.on_connect(proto, packet, admitted.client_id)  # §4.12
             if enhanced is None:
                 return  # AUTH 0x18 sent; on_auth resumes this CONNECT when it ends
             if enhanced.reason_code:
-                self._refuse(proto, packet, enhanced.reason_code, enhanced.reason)
+                connect_rules.refuse(engine, proto, packet, enhanced.reason_code,
+                                     enhanced.reason)
                 return
         if proto.cert_username is not None or enhanced is not None:
             decision = None
@@ -605,119 +390,25 @@ class Broker:
             decision = self.auth.gate(packet.username, packet.password, proto.peer)
             if decision is None:
                 if self.auth.is_slow(packet.username, packet.password):
-                    self._check_password_off_loop(proto, packet, client_id)
+                    self._check_password_off_loop(proto, packet, admitted.client_id)
                     return
                 decision = self.auth.authenticate(
-                    client_id, packet.username, packet.password, proto.peer
+                    admitted.client_id, packet.username, packet.password, proto.peer
                 )
         if decision is not None:  # counted by reason in self.auth
-            self._refuse(proto, packet, decision.code, f"{decision} (user {packet.username!r})")
+            connect_rules.refuse(engine, proto, packet, decision.code,
+                                 f"{decision} (user {packet.username!r})")
             return
-        username = (
-            enhanced.username
-            if enhanced is not None
-            else packet.username
-            if proto.cert_username is None
-            else proto.cert_username
-        )
-        will = packet.will
-        if will is not None:
-            if will.qos > cfg.maximum_qos:
-                self._refuse(proto, packet, 0x9B, "will QoS not supported")  # [MQTT-3.2.2-12]
-                return
-            if will.retain and not cfg.retain_available:
-                self._refuse(proto, packet, 0x9A, "retained will not supported")
-                return
-            try:
-                validate_topic_name(will.topic, packet.protocol_version)
-                response_topic = will.properties.response_topic
-                if response_topic is not None and has_wildcard(response_topic):
-                    raise ProtocolViolation(
-                        "will Response Topic contains a wildcard", spec_ref="MQTT-3.3.2-14"
-                    )
-            except ProtocolViolation as exc:
-                self._refuse(proto, packet, exc.reason_code, f"will topic: {exc}")
-                return
-            if not self._may_publish_will(will, client_id, username):
-                if v5:  # MQTT 5.0 can say why: CONNACK 0x87 Not authorized
-                    self._refuse(proto, packet, 0x87, f"will topic {will.topic!r} not authorised")
-                    return
-                # MQTT 3.1.1: accepted, without its will (docs/auth.md, "Wills").
-                log.warning(
-                    "client %r (user %r): will topic %r not authorised; connected without "
-                    "its will (MQTT 3.1.1 cannot be told)",
-                    client_id, username, will.topic, extra=proto.log_extra(),
-                )
-                will = None
-        now = self.now()
-        # Session takeover [MQTT-3.1.4-2] (v5 [MQTT-3.1.4-3]: DISCONNECT 0x8E).
-        old = self.clients.pop(client_id, None)
-        if old is not None and old is not proto:
-            self.metrics.session_takeovers += 1
-            log.info(
-                "client %r taken over: new connection from %s closes %s",
-                client_id,
-                proto.peer,
-                old.peer,
-                extra=old.log_extra(),
-            )
-            old.taken_over = True
-            old.session_ended_by_takeover = packet.clean_start
-            old_session = old.session
-            if old_session is not None and old_session.outlet is old.conn:
-                old_session.detach(now)
-            if old.conn.protocol_version == 5 and old.conn.connected:
-                old.conn.send_packet(Disconnect(0x8E))
-            old.close()
-        # Session expiry: v5 from the property; 3.1.1 from Clean Session.
-        if v5:
-            expiry = props.session_expiry_interval or 0
-        elif packet.clean_start:
-            expiry = 0
+        if enhanced is not None:
+            username = enhanced.username
         else:
-            v3 = cfg.persistent_session_expiry_v311
-            expiry = NEVER_EXPIRES if v3 is None else v3
-        granted_expiry = min(expiry, cfg.max_session_expiry)
-        session, present = self.registry.open(
-            client_id, packet.clean_start, granted_expiry, packet.protocol_version, now
+            username = packet.username if proto.cert_username is None else proto.cert_username
+        accepted = connect_rules.accept(
+            engine, proto, packet, admitted, username, self.now(),
+            enhanced.data if enhanced is not None else None,
         )
-        session.username = username
-        # Keep alive: the server may impose a lower one (v5 Server Keep Alive).
-        keepalive = packet.keepalive
-        server_keepalive: int | None = None
-        if (keepalive == 0 or keepalive > cfg.max_keepalive) and cfg.max_keepalive < 65535:
-            # Lowered to max_keepalive; MQTT 5.0 clients are told (Server Keep Alive),
-            # MQTT 3.1.1 has no way to say it.
-            keepalive = cfg.max_keepalive
-            if v5:
-                server_keepalive = keepalive
-        conn.accept(
-            keepalive=keepalive,
-            client_receive_maximum=props.receive_maximum if v5 else None,
-            client_max_packet_size=props.maximum_packet_size if v5 else None,
-            client_topic_alias_maximum=props.topic_alias_maximum if v5 else None,
-            outbound_aliases=cfg.outbound_topic_aliases,
-            request_problem_information=props.request_problem_information != 0,
-        )
-        connack_props = NO_PROPERTIES  # MQTT 3.1.1 CONNACK has none
-        if v5:
-            connack_props = self._connack_properties(
-                packet, assigned, granted_expiry, expiry, server_keepalive
-            )
-            if enhanced is not None:  # [MQTT-4.12.0-5]
-                connack_props.authentication_method = props.authentication_method
-                connack_props.authentication_data = enhanced.data
-        conn.send_packet(ConnAck(present, 0, connack_props))
-        proto.session = session
-        proto.client_id = client_id
-        self.clients[client_id] = proto
-        self.metrics.clients_connected += 1
-        self.metrics.clients_maximum = max(
-            self.metrics.clients_maximum, self.metrics.clients_connected
-        )
-        proto.will = will
-        window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
-        session.attach(conn, window, now)
+        if accepted is None:
+            return
         proto.start_keepalive()
         if not log.isEnabledFor(logging.INFO):
             return  # the arguments below cost a peer-name lookup per connect
@@ -727,13 +418,13 @@ class Broker:
             proto,
             "client %r connected from %s (MQTT %s, clean_start=%s, keepalive=%s, "
             "session_present=%s, expiry=%s, listener %r)",
-            client_id,
+            proto.client_id,
             proto.peer,
-            "5.0" if v5 else "3.1.1",
+            "5.0" if packet.protocol_version == 5 else "3.1.1",
             packet.clean_start,
-            keepalive,
-            present,
-            granted_expiry,
+            accepted.keepalive,
+            accepted.session_present,
+            accepted.session_expiry,
             proto.listener,
         )
 
@@ -772,237 +463,9 @@ class Broker:
 
         future.add_done_callback(hand_back)
 
-    def _connack_properties(
-        self,
-        packet: Connect,
-        assigned: str | None,
-        granted_expiry: int,
-        requested_expiry: int,
-        server_keepalive: int | None,
-    ) -> Properties:
-        """CONNACK properties tell the truth about this server (MQTT 5.0 §3.2.2.3)."""
-        cfg = self.config.mqtt
-        props = Properties(
-            receive_maximum=cfg.receive_maximum if cfg.receive_maximum < 65535 else None,
-            maximum_qos=cfg.maximum_qos if cfg.maximum_qos < 2 else None,
-            retain_available=None if cfg.retain_available else 0,
-            maximum_packet_size=cfg.max_packet_size,
-            topic_alias_maximum=cfg.topic_alias_maximum or None,
-            wildcard_subscription_available=None if cfg.wildcard_subscriptions else 0,
-            subscription_identifier_available=None if cfg.subscription_identifiers else 0,
-            shared_subscription_available=None if cfg.shared_subscriptions else 0,
-            server_keep_alive=server_keepalive,
-            assigned_client_identifier=assigned,
-            session_expiry_interval=granted_expiry if granted_expiry != requested_expiry else None,
-        )
-        if packet.properties.request_response_information and cfg.response_information_prefix:
-            client = assigned or packet.client_id
-            props.response_information = f"{cfg.response_information_prefix}{client}"
-        return props
-
-    # --------------------------------------------------------------- PUBLISH
-    def on_publish(self, proto: ClientProtocol, packet: Publish) -> None:
-        session = self._session(proto)
-        cfg = self.config.mqtt
-        conn = proto.conn
-        v5 = conn.protocol_version == 5
-        qos = packet.qos
-        metrics = self.metrics
-        metrics.publish_received += 1
-        metrics.publish_received_qos[qos] += 1
-        if qos > cfg.maximum_qos:
-            raise ProtocolViolation(
-                f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",
-                reason_code=0x9B,
-                spec_ref="MQTT-3.2.2-11",
-            )
-        if packet.retain and not cfg.retain_available:
-            raise ProtocolViolation(
-                "RETAIN not supported", reason_code=0x9A, spec_ref="MQTT-3.2.2-14"
-            )
-        topic = packet.topic
-        if topic.count("/") >= cfg.max_topic_levels or (
-            cfg.max_topic_length < 65535 and len(topic.encode()) > cfg.max_topic_length
-        ):
-            self.metrics.topic_limit_refusals += 1
-            self._ack(proto, packet, 0x90)
-            return
-        if is_broker_topic(topic):
-            # $SYS is the broker's own, whatever the ACL says: v5 0x87, 3.1.1 acked and
-            # dropped (it has no way to refuse a PUBLISH).
-            metrics.sys_publish_refused += 1
-            log.info("client %r (user %r) may not publish to the broker's topic %r",
-                     session.client_id, session.username, topic)
-            self._ack(proto, packet, 0x87)
-            return
-        if not self.auth.may_publish(session.client_id, session.username, topic):
-            metrics.acl_denials += 1
-            log.info("client %r (user %r) not authorised to publish to %r",
-                     session.client_id, session.username, topic)
-            self._ack(proto, packet, 0x87)
-            return
-        if qos == 2 and not session.hold_inbound_qos2(packet.packet_id or 0):
-            # Duplicate of a held QoS 2 message: acknowledge, do not route again
-            # [MQTT-4.3.3-2] (method B of MQTT 3.1.1 §4.3.3, MQTT 5.0 §4.3.3).
-            conn.send_packet(PubRec(packet.packet_id or 0))
-            return
-        now = self.now()
-        props = packet.properties
-        expiry = props.message_expiry_interval
-        message = Message(
-            topic=topic,
-            payload=packet.payload,
-            qos=qos,
-            retain=packet.retain,
-            properties=props if v5 else _NO_PROPS,
-            created_at=now,
-            expires_at=None if expiry is None else now + expiry,
-            origin=session.client_id,
-        )
-        proto.published_this_turn = True
-        code = self.router.publish(message, now)
-        if qos:
-            self._ack(proto, packet, code)
-        bucket = proto.publish_bucket
-        if bucket is not None:
-            wait = bucket.take(self.loop.time())
-            if wait > 0:
-                # Over limits.publish_rate_per_client: what follows waits (unread), no loss.
-                self.metrics.limit_hits += 1
-                proto.deferred = True
-                self.loop.call_later(wait, proto.resume_deferred)
-
-    def _ack(self, proto: ClientProtocol, packet: Publish, code: int) -> None:
-        """PUBACK / PUBREC with a reason code (v5); 3.1.1 acks carry none."""
-        if packet.qos == 0 or packet.packet_id is None:
-            return
-        if proto.conn.protocol_version != 5:
-            code = 0
-        proto.conn.send_publish_ack(packet.qos, packet.packet_id, code)
-
-    def _may_publish_will(self, will: Will, client_id: str, username: str | None) -> bool:
-        """A will is published as its owner: the ACL's write decision and the $SYS rule
-        apply as to a PUBLISH (issue 12). Counted when refused."""
-        if not is_broker_topic(will.topic) and self.auth.may_publish(
-            client_id, username, will.topic
-        ):
-            return True
-        self.metrics.wills_denied += 1
-        return False
-
-    def _publish_will(self, will: Will, client_id: str, username: str | None,
-                      now: float) -> None:
-        """Publish a Will Message (MQTT 3.1.1 §3.1.2.5, MQTT 5.0 §3.1.3.2), if its owner
-        may still publish to its topic: the ACL may have been reloaded since CONNECT."""
-        if not self._may_publish_will(will, client_id, username):
-            log.warning("will of %r (user %r) to %r not published: not authorised",
-                        client_id, username, will.topic)
-            return
-        self.metrics.wills_published += 1
-        props = will.properties
-        expiry = props.message_expiry_interval
-        message = Message(
-            topic=will.topic,
-            payload=will.payload,
-            qos=will.qos,
-            retain=will.retain,
-            properties=replace(props, will_delay_interval=None),
-            created_at=now,
-            expires_at=None if expiry is None else now + expiry,
-            origin=client_id,
-        )
-        log.info("publishing will of %r to %r", client_id, will.topic)
-        self.router.publish(message, now)
-
-    # ------------------------------------------------------ SUBSCRIBE / UNSUB
-    def on_subscribe(self, proto: ClientProtocol, packet: Subscribe) -> None:
-        session = self._session(proto)
-        cfg = self.config.mqtt
-        v5 = proto.conn.protocol_version == 5
-        sub_ids = packet.properties.subscription_identifiers
-        sub_id = sub_ids[0] if sub_ids else None
-        if sub_id is not None and not cfg.subscription_identifiers:
-            raise ProtocolViolation("subscription identifiers are not supported", reason_code=0xA1)
-        limit = cfg.max_subscriptions_per_client
-
-        def check(sub: Subscription) -> int | None:
-            group, plain = parse_shared(sub.topic_filter)
-            if group is not None:
-                if sub.no_local:
-                    raise ProtocolViolation(
-                        "No Local on a shared subscription", spec_ref="MQTT-3.8.3-4"
-                    )
-                if not cfg.shared_subscriptions:
-                    return 0x9E if v5 else 0x80
-            if not cfg.wildcard_subscriptions and ("+" in plain or "#" in plain):
-                return 0xA2 if v5 else 0x80
-            if (
-                plain.count("/") >= cfg.max_topic_levels
-                or len(plain.encode()) > cfg.max_topic_length
-            ):
-                self.metrics.topic_limit_refusals += 1
-                return 0x8F if v5 else 0x80
-            if (
-                limit
-                and sub.topic_filter not in session.subscriptions
-                and len(session.subscriptions) >= limit
-            ):
-                self.metrics.subscription_limit_refusals += 1
-                return 0x97 if v5 else 0x80
-            if not self.auth.may_subscribe(session, sub.topic_filter):
-                self.metrics.acl_denials += 1
-                log.info(
-                    "client %r not authorised to subscribe to %r",
-                    session.client_id,
-                    sub.topic_filter,
-                )
-                return 0x87 if v5 else 0x80
-            return None
-
-        now = self.now()
-        codes, retained = self.router.subscribe(
-            session, packet.subscriptions, sub_id, cfg.maximum_qos, now, check
-        )
-        proto.conn.send_packet(SubAck(packet.packet_id, codes))
-        for delivery in retained:
-            session.deliver(delivery, now)
-
-    def on_unsubscribe(self, proto: ClientProtocol, packet: Unsubscribe) -> None:
-        session = self._session(proto)
-        codes = self.router.unsubscribe(session, packet.topic_filters)
-        v5 = proto.conn.protocol_version == 5
-        proto.conn.send_packet(UnsubAck(packet.packet_id, codes if v5 else []))
-
-    # ------------------------------------------------------------ DISCONNECT
-    def on_disconnect(self, proto: ClientProtocol, packet: Disconnect) -> None:
-        session = self._session(proto)
-        expiry = packet.properties.session_expiry_interval
-        if expiry is not None:
-            if session.expiry_interval == 0 and expiry != 0:
-                # 0 at CONNECT cannot become non-zero at DISCONNECT (§3.14.2.2.2).
-                raise ProtocolViolation(
-                    "Session Expiry Interval changed from 0 at DISCONNECT (MQTT 5.0 §3.14.2.2.2)"
-                )
-            self.registry.change_expiry(session, min(expiry, self.config.mqtt.max_session_expiry))
-        # Normal disconnection discards the will [MQTT-3.14.4-3]; 0x04 keeps it.
-        proto.clean_disconnect = packet.reason_code != 0x04
-        log_connection(log, logging.INFO, proto, "client %r disconnected (reason 0x%02x)",
-                       proto.client_id, packet.reason_code)
-        proto.close()
-
     # ---------------------------------------------------------------- timers
-    def _run_core_timers(self) -> None:
-        now = self.now()
-        for client_id, username, will in self.registry.run_timers(now):
-            self._publish_will(will, client_id, username, now)
-        for topic in self.retained.drop_expired(now):
-            self.batch.delete_retained(topic)
-
     def _reschedule_core_timer(self) -> None:
-        deadline = self.registry.next_deadline()
-        retained_deadline = self.retained.next_expiry()
-        if retained_deadline is not None and (deadline is None or retained_deadline < deadline):
-            deadline = retained_deadline
+        deadline = self.engine.next_deadline()
         if deadline is None:
             return
         if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
@@ -1016,14 +479,11 @@ class Broker:
     def _on_core_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._run_core_timers()
+        self.engine.run_timers(self.now())
         self._reschedule_core_timer()
-        if self.batch and not self._flush_scheduled:
+        if self.engine.batch and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
-
-
-_NO_PROPS = NO_PROPERTIES  # the shared empty value: storage and codec fast paths test identity
 
 
 # ---------------------------------------------------------------------------

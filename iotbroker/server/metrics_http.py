@@ -206,14 +206,14 @@ class BrokerCollector:
                 yield UnknownMetricFamily(_PREFIX + name, name.replace("_", " ") + ".",
                                           value=value)
 
-        sessions = broker.registry.sessions.values()
+        sessions = broker.engine.registry.sessions.values()
         queued = inflight = 0
         for session in sessions:
             queued += session.queued_count
             inflight += len(session.inflight)
         yield GaugeMetricFamily(_PREFIX + "sessions",
                                 "Sessions (connected and persistent disconnected).",
-                                value=len(broker.registry))
+                                value=len(broker.engine.registry))
         yield GaugeMetricFamily(_PREFIX + "connections_open", "Network connections open now.",
                                 value=len(broker.connections))
         yield GaugeMetricFamily(_PREFIX + "queued_messages",
@@ -222,9 +222,9 @@ class BrokerCollector:
                                 "QoS 1/2 messages sent and not yet acknowledged.",
                                 value=inflight)
         yield GaugeMetricFamily(_PREFIX + "retained_messages", "Retained messages stored.",
-                                value=len(broker.retained))
+                                value=len(broker.engine.retained))
         yield GaugeMetricFamily(_PREFIX + "subscriptions", "Subscriptions of all sessions.",
-                                value=len(broker.trie))
+                                value=len(broker.engine.trie))
         # Storage: size on disk and keys per record kind (the store's own figures),
         # write time and batch sizes (measured around each commit in Broker.flush).
         try:
@@ -244,7 +244,7 @@ class BrokerCollector:
         yield SummaryMetricFamily(_PREFIX + "storage_write_seconds",
                                   "Time spent committing storage batches.",
                                   count_value=m.storage_batches,
-                                  sum_value=broker.storage_write_seconds)
+                                  sum_value=broker.engine.storage_write_seconds)
         yield GaugeMetricFamily(_PREFIX + "storage_write_max_seconds",
                                 "Slowest storage commit since the last scrape.",
                                 value=broker.take_storage_write_max())

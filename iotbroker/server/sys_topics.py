@@ -77,9 +77,9 @@ class SysTopics:
         """Topic (without the ``$SYS/broker/`` prefix) -> payload text."""
         broker = self.broker
         m = broker.metrics
-        sessions = len(broker.registry)
-        pending = broker.registry.deliveries_pending()
-        retained = len(broker.retained)
+        sessions = len(broker.engine.registry)
+        pending = broker.engine.registry.deliveries_pending()
+        retained = len(broker.engine.retained)
         dropped = self._dropped()
         out = {
             "version": f"iotbroker version {__version__}",
@@ -101,7 +101,7 @@ class SysTopics:
             "bytes/received": str(m.bytes_received),
             "bytes/sent": str(m.bytes_sent),
             "retained messages/count": str(retained),
-            "subscriptions/count": str(len(broker.trie)),
+            "subscriptions/count": str(len(broker.engine.trie)),
         }
         out.update(self._load_values())
         return out
@@ -149,7 +149,7 @@ class SysTopics:
             if last.get(name) == value:
                 continue
             last[name] = value
-            broker.router.publish(
+            broker.engine.publish_own(
                 Message(
                     topic=SYS_PREFIX + name,
                     payload=value.encode(),

@@ -15,7 +15,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from iotbroker.codec.packets import Packet, Will
+from iotbroker.codec.packets import Packet
+from iotbroker.engine.client import Client
 from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection
 from iotbroker.server import packetlog
@@ -23,7 +24,6 @@ from iotbroker.server.logsetup import FLAGS, connection_fields
 from iotbroker.server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
-    from iotbroker.core.session import Session
     from iotbroker.server.auth_service import Refusal
     from iotbroker.server.broker import Broker
 
@@ -41,78 +41,59 @@ TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 60, 15, 4
 WRITE_BUFFER_HIGH = 1 << 20
 
 
-class ClientProtocol(asyncio.Protocol):
-    """One TCP (or TLS / WebSocket-adapted) client."""
+class ClientProtocol(Client, asyncio.Protocol):
+    """One TCP (or TLS / WebSocket-adapted) client: the engine's
+    :class:`~iotbroker.engine.client.Client` (its MQTT state) with the socket, timers
+    and backpressure state of the asyncio side."""
 
     __slots__ = (
         "_peer",
         "_username",
         "backlog",
         "broker",
-        "cert_subject",
-        "cert_username",
-        "clean_disconnect",
-        "client_id",
         "close_after_flush",
-        "conn",
-        "conn_id",
         "deferred",
-        "listener",
         "loop",
         "packets_counted",
         "password_checked",
         "password_decision",
         "publish_bucket",
-        "published_this_turn",
         "reading_paused",
-        "session",
-        "session_ended_by_takeover",
-        "taken_over",
         "timer",
         "transport",
-        "will",
     )
 
     def __init__(self, broker: Broker, listener: str) -> None:
         self.broker = broker
-        self.listener = listener
         self.loop = broker.loop
+        cfg = broker.config.mqtt
+        Client.__init__(
+            self,
+            Connection(
+                max_packet_size=cfg.max_packet_size,
+                receive_maximum=cfg.receive_maximum,
+                topic_alias_maximum=cfg.topic_alias_maximum,
+                now=self.loop.time(),
+            ),
+            listener,
+        )
         self.transport: asyncio.BaseTransport | None = None
-        self.session: Session | None = None
-        self.client_id = ""
         self._peer: str | None = None
         self.conn_id = next(_CONNECTION_IDS)
-        self.clean_disconnect = False
-        self.taken_over = False
-        self.session_ended_by_takeover = False
         self.close_after_flush = False
         self.reading_paused = False
         self.publish_bucket: TokenBucket | None = None
         self.packets_counted = 0
-        self.published_this_turn = False
         #: True while a packet's handling waits for something off the loop.
         self.deferred = False
         self.backlog: list[Packet] = []
         #: The password check's answer for the pending CONNECT (None = accepted).
         self.password_checked = False
         self.password_decision: Refusal | None = None
-        #: The Will Message of this connection's CONNECT (MQTT 3.1.1 §3.1.2.5).
-        self.will: Will | None = None
         self.timer: asyncio.TimerHandle | None = None
-        #: TLS ``use_identity_as_username``: the client certificate's subject CN.
-        self.cert_username: str | None = None
-        #: The TLS client certificate's subject (``CN=dev-17,O=Fleet``), for log lines.
-        self.cert_subject: str | None = None
         #: The username for log lines while there is no session (a refused CONNECT,
         #: after the connection ended); see :attr:`username`.
         self._username: str | None = None
-        cfg = broker.config.mqtt
-        self.conn = Connection(
-            max_packet_size=cfg.max_packet_size,
-            receive_maximum=cfg.receive_maximum,
-            topic_alias_maximum=cfg.topic_alias_maximum,
-            now=self.loop.time(),
-        )
         self.conn.on_output = self._output_pending
 
     def log_extra(self) -> dict[str, object]:
