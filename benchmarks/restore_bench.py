@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from iotbroker.codec.packets import Properties  # noqa: E402
-from iotbroker.core.message import Delivery, Message  # noqa: E402
+from iotbroker.message import Delivery, Message  # noqa: E402
 from iotbroker.storage.base import (  # noqa: E402
     ChangeBatch,
     QueuedRecord,

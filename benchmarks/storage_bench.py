@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
-from iotbroker.core.message import Delivery, Message
+from iotbroker.message import Delivery, Message
 from iotbroker.storage.base import (
     ChangeBatch,
     OutboundRecord,

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from iotbroker.codec.packets import Packet, PubRel
-from iotbroker.core.message import Delivery
 from iotbroker.core.subscriptions import SubscriptionEntry
+from iotbroker.message import Delivery
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import (
     ChangeBatch,

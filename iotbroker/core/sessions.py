@@ -15,10 +15,10 @@ import heapq
 import logging
 
 from iotbroker.codec.packets import NO_PROPERTIES, Will
-from iotbroker.core.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.core.session import InflightEntry, Pager, ReceiveGate, Session, SessionLimits
 from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
 from iotbroker.core.topics import parse_shared
+from iotbroker.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch, SessionRecord, StoreSnapshot, WillRecord
 

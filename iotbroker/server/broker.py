@@ -45,7 +45,6 @@ from iotbroker.codec.packets import (
     Will,
 )
 from iotbroker.config import BrokerConfig
-from iotbroker.core.message import NEVER_EXPIRES, Message
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.router import Router
 from iotbroker.core.session import Session, SessionLimits
@@ -58,6 +57,7 @@ from iotbroker.core.topics import (
     validate_topic_name,
 )
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation, StorageError
+from iotbroker.message import NEVER_EXPIRES, Message
 from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
 from iotbroker.server.auth_service import AuthService

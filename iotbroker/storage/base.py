@@ -47,7 +47,7 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 from iotbroker.codec.packets import Properties
-from iotbroker.core.message import Delivery, Message
+from iotbroker.message import Delivery, Message
 
 __all__ = [
     "MAX_SEQ",

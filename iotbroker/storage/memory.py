@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from iotbroker.core.message import Message
 from iotbroker.errors import StorageError
+from iotbroker.message import Message
 from iotbroker.storage.base import (
     ChangeBatch,
     Op,

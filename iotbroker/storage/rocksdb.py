@@ -96,8 +96,8 @@ from rocksdict import (
 )
 
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
-from iotbroker.core.message import Delivery, Message
 from iotbroker.errors import StorageError
+from iotbroker.message import Delivery, Message
 from iotbroker.storage.base import (
     ChangeBatch,
     Op,

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
-from iotbroker.core.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.errors import StorageError
+from iotbroker.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.storage.base import (
     ChangeBatch,
     Op,
