@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from iotbroker.codec.packets import Properties
 from iotbroker.message import Delivery, Message
@@ -53,6 +53,8 @@ __all__ = [
     "MAX_SEQ",
     "Change",
     "ChangeBatch",
+    "Durability",
+    "OnCorruption",
     "Op",
     "OutboundRecord",
     "OutboundState",
@@ -70,6 +72,14 @@ __all__ = [
 
 #: Largest per-session sequence number (stored as an unsigned 64-bit integer).
 MAX_SEQ = 0xFFFF_FFFF_FFFF_FFFF
+
+#: ``storage.durability``: ``"os"`` writes each batch to the log without fsync (it
+#: survives a crash of the process, not of the machine); ``"fsync"`` syncs every batch.
+#: The one definition: ``config.py`` imports it.
+Durability = Literal["os", "fsync"]
+#: ``storage.on_corruption``: ``"fail"`` refuses to start; ``"move-aside"`` renames the
+#: corrupt store and starts empty (``storage/recovery.py``).
+OnCorruption = Literal["fail", "move-aside"]
 
 
 class OutboundState(IntEnum):

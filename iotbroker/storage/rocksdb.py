@@ -83,7 +83,7 @@ import struct
 import time
 import traceback
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 from rocksdict import (
     AccessType,
@@ -100,6 +100,8 @@ from iotbroker.errors import StorageError
 from iotbroker.message import Delivery, Message
 from iotbroker.storage.base import (
     ChangeBatch,
+    Durability,
+    OnCorruption,
     Op,
     OutboundRecord,
     OutboundState,
@@ -122,9 +124,6 @@ log = logging.getLogger("iotbroker.storage")
 SCHEMA_VERSION = 1
 #: Version byte that starts every value written by this module.
 VALUE_VERSION = 1
-
-Durability = Literal["os", "fsync"]
-OnCorruption = Literal["fail", "move-aside"]
 
 FAMILIES = ("meta", "sessions", "subscriptions", "outbound", "queued", "inbound_qos2", "retained")
 
