@@ -4,13 +4,16 @@ Rooms by lifetime and by I/O: ``codec`` imports nothing of ours but ``errors``;
 ``message`` (the application message, below both core and storage) imports only
 ``codec``; ``protocol`` builds on ``codec`` and ``message``; ``core`` on ``codec``,
 ``message``, ``storage.base``, ``auth.base``, ``config``, ``metrics``; ``storage`` never
-imports ``core``; only ``storage/rocksdb.py`` imports rocksdict; only ``server/``
-imports asyncio.
+imports ``core``, and inside it the record codec (``storage/records.py``) is pure: it
+imports only ``codec``, ``errors``, ``message`` and the record types, and nothing
+outside the standard library; only ``storage/rocksdb.py`` imports rocksdict; only
+``server/`` imports asyncio.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,7 +39,17 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 ALLOWED_MODULES: dict[str, tuple[str, ...]] = {
     # Message/Delivery: below core and storage, so no import runs back up
     "message.py": ("iotbroker.errors", "iotbroker.codec"),
+    # the record types and the change batch: below the stores, above nothing but data
+    "storage/base.py": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message"),
+    # the on-disk format: pure functions over the record types
+    "storage/records.py": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
+                           "iotbroker.storage.base"),
+    # fail or move aside: no database, no records
+    "storage/recovery.py": ("iotbroker.errors", "iotbroker.storage.base"),
 }
+
+#: modules that may import nothing outside the standard library and iotbroker
+PURE_MODULES = ("message.py", "storage/base.py", "storage/records.py", "storage/recovery.py")
 
 
 def _imports(path: Path) -> set[str]:
@@ -72,6 +85,17 @@ def test_module_imports_only_what_design_allows(module: str) -> None:
         name
         for name in _imports(PACKAGE / module)
         if name.startswith("iotbroker") and not name.startswith(allowed)
+    )
+    assert not bad, f"iotbroker/{module} imports {bad}"
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_only_stdlib(module: str) -> None:
+    bad = sorted(
+        name
+        for name in _imports(PACKAGE / module)
+        if name.split(".")[0] not in sys.stdlib_module_names
+        and name.split(".")[0] not in ("__future__", "iotbroker")
     )
     assert not bad, f"iotbroker/{module} imports {bad}"
 
