@@ -25,6 +25,7 @@ COMPILED_MODULES = (
     "iotbroker.protocol.topic_alias",
     "iotbroker.protocol.connection",
     "iotbroker.message",
+    "iotbroker.subscription",
     "iotbroker.core.topics",
     "iotbroker.core.subscriptions",
     "iotbroker.core.retained",

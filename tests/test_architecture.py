@@ -1,13 +1,14 @@
 """The import boundaries of design.md, checked over the AST of every module.
 
 Rooms by lifetime and by I/O: ``codec`` imports nothing of ours but ``errors``;
-``message`` (the application message, below both core and storage) imports only
-``codec``; ``protocol`` builds on ``codec`` and ``message``; ``core`` on ``codec``,
-``message``, ``storage.base``, ``auth.base``, ``config``, ``metrics``; ``storage`` never
-imports ``core``, and inside it the record codec (``storage/records.py``) is pure: it
-imports only ``codec``, ``errors``, ``message`` and the record types, and nothing
-outside the standard library; only ``storage/rocksdb.py`` imports rocksdict; only
-``server/`` imports asyncio.
+``message`` (the application message) and ``subscription`` (a subscription as the trie
+holds it and the store keeps it) sit below both core and storage; ``protocol`` builds
+on ``codec`` and ``message``; ``core`` on ``codec``, ``message``, ``subscription``,
+``storage.base``, ``auth.base``, ``config``, ``metrics``; ``storage`` never imports
+``core``, and inside it the record codec (``storage/records.py``) is pure: it imports
+only ``codec``, ``errors``, ``message`` and the record types, and nothing outside the
+standard library; only ``storage/rocksdb.py`` imports rocksdict; only ``server/``
+imports asyncio.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "codec": ("iotbroker.errors", "iotbroker.codec"),
     "protocol": ("iotbroker.errors", "iotbroker.codec", "iotbroker.protocol",
                  "iotbroker.message"),
-    "core": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message", "iotbroker.core",
+    "core": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
+             "iotbroker.subscription", "iotbroker.core",
              "iotbroker.storage.base", "iotbroker.auth.base", "iotbroker.config",
              "iotbroker.metrics"),
     "storage": ("iotbroker.errors", "iotbroker.storage", "iotbroker.message",
-                "iotbroker.codec"),
+                "iotbroker.subscription", "iotbroker.codec"),
     "auth": ("iotbroker.errors", "iotbroker.auth", "iotbroker.config",
              "iotbroker.file_modes"),  # the shared check that a secret file is not exposed
 }
@@ -39,8 +41,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 ALLOWED_MODULES: dict[str, tuple[str, ...]] = {
     # Message/Delivery: below core and storage, so no import runs back up
     "message.py": ("iotbroker.errors", "iotbroker.codec"),
+    # SubscriptionEntry: the trie's entry and the stored record, one type
+    "subscription.py": (),
     # the record types and the change batch: below the stores, above nothing but data
-    "storage/base.py": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message"),
+    "storage/base.py": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
+                        "iotbroker.subscription"),
     # the on-disk format: pure functions over the record types
     "storage/records.py": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
                            "iotbroker.storage.base"),
@@ -49,7 +54,8 @@ ALLOWED_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 #: modules that may import nothing outside the standard library and iotbroker
-PURE_MODULES = ("message.py", "storage/base.py", "storage/records.py", "storage/recovery.py")
+PURE_MODULES = ("message.py", "subscription.py", "storage/base.py", "storage/records.py",
+                "storage/recovery.py")
 
 
 def _imports(path: Path) -> set[str]:

@@ -43,7 +43,6 @@ from iotbroker.storage.base import (
     OutboundRecord,
     OutboundState,
     QueuedRecord,
-    SubscriptionRecord,
 )
 
 
@@ -233,17 +232,7 @@ class Session:
     def remember_subscription(self, entry: SubscriptionEntry) -> None:
         self.subscriptions[entry.topic_filter] = entry
         if self.persistent:
-            self._batch.put_subscription(
-                SubscriptionRecord(
-                    client_id=self.client_id,
-                    topic_filter=entry.topic_filter,
-                    qos=entry.qos,
-                    no_local=entry.no_local,
-                    retain_as_published=entry.retain_as_published,
-                    retain_handling=entry.retain_handling,
-                    subscription_identifier=entry.subscription_identifier,
-                )
-            )
+            self._batch.put_subscription(entry)  # stored as it is (share_group is not)
 
     def forget_subscription(self, topic_filter: str) -> bool:
         if self.subscriptions.pop(topic_filter, None) is None:

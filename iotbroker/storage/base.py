@@ -12,7 +12,7 @@ Rules of this room:
   record              key                                       one per
   ==================  ========================================  ========================
   SessionRecord       client_id                                 session
-  SubscriptionRecord  (client_id, topic_filter)                 subscription
+  SubscriptionEntry   (client_id, topic_filter)                 subscription
   OutboundRecord      (client_id, packet_id)                    in-flight QoS 1/2 PUBLISH
   QueuedRecord        (client_id, seq)                          queued (not yet sent) msg
   inbound QoS 2 id    (client_id, packet_id)                    PUBLISH received, no PUBREL
@@ -35,6 +35,9 @@ Rules of this room:
   :class:`ValueError` and stores nothing of that batch.
 * The store does not interpret: expired messages and records without a session come
   back from :meth:`Store.load` as they were written; the core decides what they mean.
+  A subscription is the core's own :class:`~iotbroker.subscription.SubscriptionEntry`
+  (one type, no conversion); its ``share_group`` is the core's reading of the filter,
+  not stored: it comes back as ``None`` from every store.
 * Failures of the medium (database in use, corrupt, newer format, disk full) raise
   :class:`iotbroker.errors.StorageError` whose message says what to do.
 """
@@ -48,6 +51,7 @@ from typing import Any, Literal, Protocol
 
 from iotbroker.codec.packets import Properties
 from iotbroker.message import Delivery, Message
+from iotbroker.subscription import SubscriptionEntry
 
 __all__ = [
     "MAX_SEQ",
@@ -62,7 +66,7 @@ __all__ = [
     "SessionRecord",
     "Store",
     "StoreSnapshot",
-    "SubscriptionRecord",
+    "SubscriptionEntry",
     "WillRecord",
     "check_client_id",
     "check_outbound",
@@ -130,23 +134,6 @@ class SessionRecord:
 
 
 @dataclass(slots=True, frozen=True)
-class SubscriptionRecord:
-    """One subscription, keyed by ``(client_id, topic_filter)``.
-
-    ``topic_filter`` is as subscribed, including a ``$share/<group>/`` prefix
-    (MQTT 5.0 §4.8.2). The options are those of MQTT 5.0 §3.8.3.1.
-    """
-
-    client_id: str
-    topic_filter: str
-    qos: int
-    no_local: bool = False
-    retain_as_published: bool = False
-    retain_handling: int = 0
-    subscription_identifier: int | None = None
-
-
-@dataclass(slots=True, frozen=True)
 class OutboundRecord:
     """An in-flight outbound QoS 1/2 PUBLISH, keyed by ``(client_id, packet_id)``.
 
@@ -190,7 +177,7 @@ class StoreSnapshot:
     """
 
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
-    subscriptions: dict[str, list[SubscriptionRecord]] = field(default_factory=dict)
+    subscriptions: dict[str, list[SubscriptionEntry]] = field(default_factory=dict)
     outbound: dict[str, list[OutboundRecord]] = field(default_factory=dict)
     queued: dict[str, list[QueuedRecord]] = field(default_factory=dict)
     inbound_qos2: dict[str, set[int]] = field(default_factory=dict)
@@ -255,7 +242,7 @@ class ChangeBatch:
         """Remove the session and all its subscriptions, outbound, queued and inbound ids."""
         self.changes.append((_DELETE_SESSION, client_id, None))
 
-    def put_subscription(self, rec: SubscriptionRecord) -> None:
+    def put_subscription(self, rec: SubscriptionEntry) -> None:
         self.changes.append((_PUT_SUBSCRIPTION, rec, None))
 
     def delete_subscription(self, client_id: str, topic_filter: str) -> None:

@@ -95,7 +95,7 @@ from iotbroker.storage.base import (
     OutboundState,
     QueuedRecord,
     SessionRecord,
-    SubscriptionRecord,
+    SubscriptionEntry,
     WillRecord,
     check_client_id,
 )
@@ -435,7 +435,7 @@ def encode_session(rec: SessionRecord) -> bytes:
     return b"".join(parts)
 
 
-def encode_subscription(rec: SubscriptionRecord) -> bytes:
+def encode_subscription(rec: SubscriptionEntry) -> bytes:
     """SUBSCRIPTION (the key is :func:`subscription_key`)."""
     sid = rec.subscription_identifier
     flags = (
@@ -586,12 +586,12 @@ def _decode_session(key: bytes, value: bytes) -> SessionRecord:
     )
 
 
-def decode_subscription(key: bytes, value: bytes) -> SubscriptionRecord:
+def decode_subscription(key: bytes, value: bytes) -> SubscriptionEntry:
     try:
         cid, rest = _split(key, -1)
         _version(value)
         _, qos, flags, rh, sid = _SUBSCRIPTION.unpack(value)
-        return SubscriptionRecord(
+        return SubscriptionEntry(
             cid, rest.decode(), qos, bool(flags & 1), bool(flags & 2), rh,
             sid if flags & 4 else None,
         )  # fmt: skip

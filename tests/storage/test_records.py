@@ -19,7 +19,7 @@ from iotbroker.storage.base import (
     OutboundState,
     QueuedRecord,
     SessionRecord,
-    SubscriptionRecord,
+    SubscriptionEntry,
     WillRecord,
 )
 from iotbroker.storage.records import CorruptData
@@ -151,18 +151,18 @@ def test_session_golden(rec: SessionRecord, raw: str) -> None:
 # --------------------------------------------------------------------------- subscriptions
 
 SUBSCRIPTION_CASES = [
-    (SubscriptionRecord("c1", "a/+", 0), b"c1\x00a/+", "01 | 00 | 00 | 00 | 00000000"),
-    (SubscriptionRecord("c1", "$share/g/#", 2, True, True, 2, 268_435_455),
+    (SubscriptionEntry("c1", "a/+", 0), b"c1\x00a/+", "01 | 00 | 00 | 00 | 00000000"),
+    (SubscriptionEntry("c1", "$share/g/#", 2, True, True, 2, 268_435_455),
      b"c1\x00$share/g/#", "01 | 02 | 07 | 02 | 0FFFFFFF"),
-    (SubscriptionRecord("c1", "x", 1, retain_as_published=True), b"c1\x00x",
+    (SubscriptionEntry("c1", "x", 1, retain_as_published=True), b"c1\x00x",
      "01 | 01 | 02 | 00 | 00000000"),
-    (SubscriptionRecord("ü", "y", 1, subscription_identifier=1), b"\xc3\xbc\x00y",
+    (SubscriptionEntry("ü", "y", 1, subscription_identifier=1), b"\xc3\xbc\x00y",
      "01 | 01 | 04 | 00 | 00000001"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("rec", "key", "raw"), SUBSCRIPTION_CASES)
-def test_subscription_golden(rec: SubscriptionRecord, key: bytes, raw: str) -> None:
+def test_subscription_golden(rec: SubscriptionEntry, key: bytes, raw: str) -> None:
     assert records.subscription_key(rec.client_id, rec.topic_filter) == key
     assert records.encode_subscription(rec) == h(raw)
     assert records.decode_subscription(key, h(raw)) == rec

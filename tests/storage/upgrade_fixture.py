@@ -35,18 +35,20 @@ from iotbroker.storage.base import (
     QueuedRecord,
     SessionRecord,
     StoreSnapshot,
-    SubscriptionRecord,
     WillRecord,
 )
 
 try:  # since issue 13
     from iotbroker.message import NEVER_EXPIRES, Delivery, Message
+    from iotbroker.subscription import SubscriptionEntry as SubscriptionRecord
 except ImportError:  # iotbroker 0.1, which wrote the data directory
     from iotbroker.core.message import (  # type: ignore[no-redef]
         NEVER_EXPIRES,
         Delivery,
         Message,
     )
+
+    from iotbroker.storage.base import SubscriptionRecord  # type: ignore[no-redef]
 
 T0 = 1_760_000_000.25  # wall-clock time of the writes (a float with a fraction)
 
