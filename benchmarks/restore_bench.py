@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from iotbroker.codec.packets import Properties  # noqa: E402
-from iotbroker.core.message import Delivery, Message  # noqa: E402
+from iotbroker.message import Delivery, Message  # noqa: E402
 from iotbroker.storage.base import (  # noqa: E402
     ChangeBatch,
     QueuedRecord,
     SessionRecord,
-    SubscriptionRecord,
+    SubscriptionEntry,
 )
 from iotbroker.storage.rocksdb import RocksDBStore  # noqa: E402
 
@@ -55,7 +55,7 @@ def populate(path: str, sessions: int, queued: int, retained: int, payload: int)
     for s in range(sessions):
         cid = f"device-{s:06d}"
         batch.put_session(SessionRecord(cid, 4, 0xFFFFFFFF, now, None, 1, per_session + 1))
-        batch.put_subscription(SubscriptionRecord(cid, f"fleet/{s}/cmd/#", 1))
+        batch.put_subscription(SubscriptionEntry(cid, f"fleet/{s}/cmd/#", 1))
         for q in range(per_session):
             msg = Message(f"fleet/{s}/cmd/set", body, 1, False, props, now)
             batch.put_queued(QueuedRecord(cid, q + 1, Delivery(msg, 1)))

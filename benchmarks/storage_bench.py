@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
-from iotbroker.core.message import Delivery, Message
+from iotbroker.message import Delivery, Message
 from iotbroker.storage.base import (
     ChangeBatch,
     OutboundRecord,
@@ -36,7 +36,7 @@ from iotbroker.storage.base import (
     QueuedRecord,
     SessionRecord,
     Store,
-    SubscriptionRecord,
+    SubscriptionEntry,
 )
 from iotbroker.storage.memory import MemoryStore
 from iotbroker.storage.rocksdb import RocksDBStore
@@ -104,7 +104,7 @@ def fill(store: Store, sessions: int, queued: int, payload: int) -> float:
         batch.put_session(
             SessionRecord(cid, 5, 86400, disconnected_at=1_700_000_000.0, next_seq=per_session + 3)
         )
-        batch.put_subscription(SubscriptionRecord(cid, f"fleet/{cid}/cmd/#", 1))
+        batch.put_subscription(SubscriptionEntry(cid, f"fleet/{cid}/cmd/#", 1))
         for k in range(3):
             d = Delivery(msgs[(n + k) & 1023], 1)
             batch.put_outbound(OutboundRecord(cid, k + 1, OutboundState.PUBLISH_SENT, d, k))

@@ -41,6 +41,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from iotbroker.errors import ConfigError
+from iotbroker.storage.base import Durability, OnCorruption
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -72,8 +73,6 @@ TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
 QueueOverflow = Literal["drop-oldest", "drop-new"]
 SharedStrategy = Literal["round-robin", "random", "sticky", "least-inflight"]
 StorageBackend = Literal["rocksdb", "memory"]
-Durability = Literal["os", "fsync"]
-OnCorruption = Literal["fail", "move-aside"]
 LogFormat = Literal["text", "json"]
 LoopKind = Literal["auto", "uvloop", "asyncio"]
 QoSLevel = Literal[0, 1, 2]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-from iotbroker.core.message import Message
+from iotbroker.message import Message
 
 __all__ = ["RetainedStore"]
 
@@ -47,7 +47,7 @@ class _Node:
 class RetainedStore:
     """The broker's retained messages.
 
-    Holds :class:`~iotbroker.core.message.Message` objects by reference (they are
+    Holds :class:`~iotbroker.message.Message` objects by reference (they are
     immutable and shared with queues). ``total_bytes`` is the sum of payload sizes,
     for limits and ``$SYS`` reporting.
     """

@@ -33,13 +33,13 @@ from collections.abc import Callable
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import Subscription
-from iotbroker.core.message import Delivery, Message
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.session import Session
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
 from iotbroker.core.topics import parse_shared, validate_topic_filter
 from iotbroker.errors import ProtocolViolation
+from iotbroker.message import Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch
 

@@ -35,15 +35,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from iotbroker.codec.packets import Packet, PubRel
-from iotbroker.core.message import Delivery
 from iotbroker.core.subscriptions import SubscriptionEntry
+from iotbroker.message import Delivery
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import (
     ChangeBatch,
     OutboundRecord,
     OutboundState,
     QueuedRecord,
-    SubscriptionRecord,
 )
 
 
@@ -233,17 +232,7 @@ class Session:
     def remember_subscription(self, entry: SubscriptionEntry) -> None:
         self.subscriptions[entry.topic_filter] = entry
         if self.persistent:
-            self._batch.put_subscription(
-                SubscriptionRecord(
-                    client_id=self.client_id,
-                    topic_filter=entry.topic_filter,
-                    qos=entry.qos,
-                    no_local=entry.no_local,
-                    retain_as_published=entry.retain_as_published,
-                    retain_handling=entry.retain_handling,
-                    subscription_identifier=entry.subscription_identifier,
-                )
-            )
+            self._batch.put_subscription(entry)  # stored as it is (share_group is not)
 
     def forget_subscription(self, topic_filter: str) -> bool:
         if self.subscriptions.pop(topic_filter, None) is None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import heapq
 import logging
+from dataclasses import replace
 
 from iotbroker.codec.packets import NO_PROPERTIES, Will
-from iotbroker.core.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.core.session import InflightEntry, Pager, ReceiveGate, Session, SessionLimits
-from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
+from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.core.topics import parse_shared
+from iotbroker.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch, SessionRecord, StoreSnapshot, WillRecord
 
@@ -205,19 +206,11 @@ class SessionRegistry:
             session.disconnected_at = rec.disconnected_at if rec.disconnected_at else now
             session.restore_counters(rec.next_packet_id, rec.next_seq)
             self.sessions[client_id] = session
-            for sub in snapshot.subscriptions.get(client_id, ()):
-                group, _ = parse_shared(sub.topic_filter)
-                entry = SubscriptionEntry(
-                    client_id=client_id,
-                    topic_filter=sub.topic_filter,
-                    qos=sub.qos,
-                    no_local=sub.no_local,
-                    retain_as_published=sub.retain_as_published,
-                    retain_handling=sub.retain_handling,
-                    subscription_identifier=sub.subscription_identifier,
-                    share_group=group,
-                )
-                session.subscriptions[sub.topic_filter] = entry
+            for stored in snapshot.subscriptions.get(client_id, ()):
+                # The store keeps the filter as subscribed; read its share group again.
+                group, _ = parse_shared(stored.topic_filter)
+                entry = stored if group is None else replace(stored, share_group=group)
+                session.subscriptions[entry.topic_filter] = entry
                 self.trie.add(entry)
             for out in snapshot.outbound.get(client_id, ()):
                 # After PUBREC only the packet id matters (PUBREL is re-sent).

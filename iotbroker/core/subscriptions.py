@@ -26,36 +26,10 @@ entry; a wildcard filter clears the cache.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from iotbroker.core.topics import SHARE_PREFIX
+from iotbroker.subscription import SHARE_PREFIX, SubscriptionEntry
 
 __all__ = ["EMPTY_MATCHES", "Matches", "SharedMatch", "SubscriptionEntry", "SubscriptionTrie"]
-
-
-@dataclass(slots=True, frozen=True)
-class SubscriptionEntry:
-    """One client's subscription to one Topic Filter (MQTT 5.0 §3.8.3.1 options).
-
-    ``topic_filter`` is the filter as subscribed, including any ``$share/{group}/``
-    prefix; ``share_group`` is that group (``None`` for an ordinary subscription).
-    """
-
-    client_id: str
-    topic_filter: str
-    qos: int
-    no_local: bool = False
-    retain_as_published: bool = False
-    retain_handling: int = 0
-    subscription_identifier: int | None = None
-    share_group: str | None = None
-
-    @property
-    def match_filter(self) -> str:
-        """The filter the trie matches: ``topic_filter`` without the share prefix."""
-        if self.share_group is None:
-            return self.topic_filter
-        return self.topic_filter[len(SHARE_PREFIX) + len(self.share_group) + 1 :]
 
 
 #: ``(share_group, filter without the $share prefix, members)``

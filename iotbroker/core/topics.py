@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.errors import ProtocolViolation
+from iotbroker.subscription import SHARE_PREFIX
 
 __all__ = [
     "SHARE_PREFIX",
@@ -41,8 +42,6 @@ __all__ = [
     "validate_topic_name",
 ]
 
-#: Prefix of a shared subscription's Topic Filter (MQTT 5.0 §4.8.2).
-SHARE_PREFIX = "$share/"
 
 _NAME_INVALID = int(ReasonCode.TOPIC_NAME_INVALID)  # 0x90
 _FILTER_INVALID = int(ReasonCode.TOPIC_FILTER_INVALID)  # 0x8F

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, ConnAck, Connect, Disconnect, Properties
-from iotbroker.core.message import NEVER_EXPIRES
 from iotbroker.core.topics import has_wildcard, validate_topic_name
 from iotbroker.engine.client import Client
 from iotbroker.engine.engine import V3_CONNACK, Engine
 from iotbroker.errors import ProtocolViolation
+from iotbroker.message import NEVER_EXPIRES
 
 log = logging.getLogger("iotbroker.broker")
 

@@ -51,7 +51,6 @@ from iotbroker.codec.packets import (
     Will,
 )
 from iotbroker.config import BrokerConfig
-from iotbroker.core.message import Message
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.router import Router
 from iotbroker.core.session import ReceiveCheck, Session, SessionLimits
@@ -60,6 +59,7 @@ from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.core.topics import is_broker_topic, parse_shared, topic_limit_problem
 from iotbroker.engine.client import Client
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
+from iotbroker.message import Message
 from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
 from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store

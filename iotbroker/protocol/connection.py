@@ -44,8 +44,8 @@ from iotbroker.codec.packets import (
     PubRec,
 )
 from iotbroker.codec.properties import encode_properties
-from iotbroker.core.message import Delivery, Message
 from iotbroker.errors import MalformedPacket, ProtocolViolation
+from iotbroker.message import Delivery, Message
 from iotbroker.protocol.topic_alias import InboundAliases, OutboundAliases
 
 _WILDCARDS = frozenset("+#")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from iotbroker import __version__
 from iotbroker.codec.packets import Properties
-from iotbroker.core.message import Message
+from iotbroker.message import Message
 
 if TYPE_CHECKING:
     from iotbroker.server.broker import Broker

@@ -12,7 +12,7 @@ Rules of this room:
   record              key                                       one per
   ==================  ========================================  ========================
   SessionRecord       client_id                                 session
-  SubscriptionRecord  (client_id, topic_filter)                 subscription
+  SubscriptionEntry   (client_id, topic_filter)                 subscription
   OutboundRecord      (client_id, packet_id)                    in-flight QoS 1/2 PUBLISH
   QueuedRecord        (client_id, seq)                          queued (not yet sent) msg
   inbound QoS 2 id    (client_id, packet_id)                    PUBLISH received, no PUBREL
@@ -35,6 +35,9 @@ Rules of this room:
   :class:`ValueError` and stores nothing of that batch.
 * The store does not interpret: expired messages and records without a session come
   back from :meth:`Store.load` as they were written; the core decides what they mean.
+  A subscription is the core's own :class:`~iotbroker.subscription.SubscriptionEntry`
+  (one type, no conversion); its ``share_group`` is the core's reading of the filter,
+  not stored: it comes back as ``None`` from every store.
 * Failures of the medium (database in use, corrupt, newer format, disk full) raise
   :class:`iotbroker.errors.StorageError` whose message says what to do.
 """
@@ -44,15 +47,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from iotbroker.codec.packets import Properties
-from iotbroker.core.message import Delivery, Message
+from iotbroker.message import Delivery, Message
+from iotbroker.subscription import SubscriptionEntry
 
 __all__ = [
     "MAX_SEQ",
     "Change",
     "ChangeBatch",
+    "Durability",
+    "OnCorruption",
     "Op",
     "OutboundRecord",
     "OutboundState",
@@ -60,7 +66,7 @@ __all__ = [
     "SessionRecord",
     "Store",
     "StoreSnapshot",
-    "SubscriptionRecord",
+    "SubscriptionEntry",
     "WillRecord",
     "check_client_id",
     "check_outbound",
@@ -70,6 +76,14 @@ __all__ = [
 
 #: Largest per-session sequence number (stored as an unsigned 64-bit integer).
 MAX_SEQ = 0xFFFF_FFFF_FFFF_FFFF
+
+#: ``storage.durability``: ``"os"`` writes each batch to the log without fsync (it
+#: survives a crash of the process, not of the machine); ``"fsync"`` syncs every batch.
+#: The one definition: ``config.py`` imports it.
+Durability = Literal["os", "fsync"]
+#: ``storage.on_corruption``: ``"fail"`` refuses to start; ``"move-aside"`` renames the
+#: corrupt store and starts empty (``storage/recovery.py``).
+OnCorruption = Literal["fail", "move-aside"]
 
 
 class OutboundState(IntEnum):
@@ -120,23 +134,6 @@ class SessionRecord:
 
 
 @dataclass(slots=True, frozen=True)
-class SubscriptionRecord:
-    """One subscription, keyed by ``(client_id, topic_filter)``.
-
-    ``topic_filter`` is as subscribed, including a ``$share/<group>/`` prefix
-    (MQTT 5.0 §4.8.2). The options are those of MQTT 5.0 §3.8.3.1.
-    """
-
-    client_id: str
-    topic_filter: str
-    qos: int
-    no_local: bool = False
-    retain_as_published: bool = False
-    retain_handling: int = 0
-    subscription_identifier: int | None = None
-
-
-@dataclass(slots=True, frozen=True)
 class OutboundRecord:
     """An in-flight outbound QoS 1/2 PUBLISH, keyed by ``(client_id, packet_id)``.
 
@@ -180,7 +177,7 @@ class StoreSnapshot:
     """
 
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
-    subscriptions: dict[str, list[SubscriptionRecord]] = field(default_factory=dict)
+    subscriptions: dict[str, list[SubscriptionEntry]] = field(default_factory=dict)
     outbound: dict[str, list[OutboundRecord]] = field(default_factory=dict)
     queued: dict[str, list[QueuedRecord]] = field(default_factory=dict)
     inbound_qos2: dict[str, set[int]] = field(default_factory=dict)
@@ -245,7 +242,7 @@ class ChangeBatch:
         """Remove the session and all its subscriptions, outbound, queued and inbound ids."""
         self.changes.append((_DELETE_SESSION, client_id, None))
 
-    def put_subscription(self, rec: SubscriptionRecord) -> None:
+    def put_subscription(self, rec: SubscriptionEntry) -> None:
         self.changes.append((_PUT_SUBSCRIPTION, rec, None))
 
     def delete_subscription(self, client_id: str, topic_filter: str) -> None:

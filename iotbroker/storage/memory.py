@@ -8,10 +8,11 @@ order and atomically, ``delete_session`` removes everything of that client id on
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, TypeVar
 
-from iotbroker.core.message import Message
 from iotbroker.errors import StorageError
+from iotbroker.message import Message
 from iotbroker.storage.base import (
     ChangeBatch,
     Op,
@@ -19,7 +20,7 @@ from iotbroker.storage.base import (
     QueuedRecord,
     SessionRecord,
     StoreSnapshot,
-    SubscriptionRecord,
+    SubscriptionEntry,
     check_client_id,
     check_outbound,
     check_packet_id,
@@ -37,7 +38,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._sessions: dict[str, SessionRecord] = {}
-        self._subscriptions: dict[str, dict[str, SubscriptionRecord]] = {}
+        self._subscriptions: dict[str, dict[str, SubscriptionEntry]] = {}
         self._outbound: dict[str, dict[int, OutboundRecord]] = {}
         self._queued: dict[str, dict[int, QueuedRecord]] = {}
         self._inbound: dict[str, set[int]] = {}
@@ -81,7 +82,9 @@ class MemoryStore:
                 self._queued.pop(a, None)
                 self._inbound.pop(a, None)
             elif op == Op.PUT_SUBSCRIPTION:
-                self._subscriptions.setdefault(a.client_id, {})[a.topic_filter] = a
+                # share_group is the core's reading of the filter: not stored (base.py)
+                sub = a if a.share_group is None else replace(a, share_group=None)
+                self._subscriptions.setdefault(a.client_id, {})[a.topic_filter] = sub
             elif op == Op.DELETE_SUBSCRIPTION:
                 _discard(self._subscriptions, a, b)
             elif op == Op.PUT_RETAINED:

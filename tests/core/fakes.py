@@ -5,7 +5,7 @@ helpers to build messages and read a :class:`ChangeBatch`."""
 from __future__ import annotations
 
 from iotbroker.codec.packets import NO_PROPERTIES, Packet, Properties
-from iotbroker.core.message import Delivery, Message
+from iotbroker.message import Delivery, Message
 from iotbroker.storage.base import ChangeBatch, Op
 
 

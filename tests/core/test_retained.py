@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotbroker.codec.packets import NO_PROPERTIES
-from iotbroker.core.message import Message
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.topics import filter_matches
+from iotbroker.message import Message
 
 
 def msg(topic: str, payload: bytes = b"x", expires_at: float | None = None) -> Message:

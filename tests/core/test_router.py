@@ -8,12 +8,12 @@ from __future__ import annotations
 import random
 
 from iotbroker.codec.packets import Subscription
-from iotbroker.core.message import Delivery, Message
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.router import Router
 from iotbroker.core.session import Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
+from iotbroker.message import Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch, Op
 from tests.core.fakes import FakeOutlet, changes, message

@@ -5,9 +5,9 @@ ReceiveGate. Plain objects and a fake ``now``: no sockets, no sleeps."""
 from __future__ import annotations
 
 from iotbroker.codec.packets import PubRel
-from iotbroker.core.message import Delivery
 from iotbroker.core.session import ReceiveGate, Session, SessionLimits
 from iotbroker.core.subscriptions import SubscriptionEntry
+from iotbroker.message import Delivery
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import (
     ChangeBatch,
@@ -15,7 +15,6 @@ from iotbroker.storage.base import (
     OutboundRecord,
     OutboundState,
     QueuedRecord,
-    SubscriptionRecord,
 )
 from tests.core.fakes import FakeOutlet, changes, delivery, ops
 
@@ -401,7 +400,7 @@ def test_subscriptions_are_persisted_with_their_options() -> None:
     entry = SubscriptionEntry("c1", "a/+", 2, True, True, 1, 42)
     session.remember_subscription(entry)
     assert changes(batch, Op.PUT_SUBSCRIPTION) == [
-        (SubscriptionRecord("c1", "a/+", 2, True, True, 1, 42), None)
+        (SubscriptionEntry("c1", "a/+", 2, True, True, 1, 42), None)
     ]
     assert session.forget_subscription("a/+") is True
     assert session.forget_subscription("a/+") is False

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from iotbroker.codec.packets import Packet, Properties
-from iotbroker.core.message import Delivery, Message
 from iotbroker.core.session import Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
+from iotbroker.message import Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch
 from iotbroker.storage.memory import MemoryStore

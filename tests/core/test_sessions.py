@@ -5,10 +5,10 @@ Plain objects and a fake ``now``."""
 from __future__ import annotations
 
 from iotbroker.codec.packets import Properties, PubRel, Will
-from iotbroker.core.message import NEVER_EXPIRES
 from iotbroker.core.session import SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
+from iotbroker.message import NEVER_EXPIRES
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import (
     ChangeBatch,
@@ -18,7 +18,6 @@ from iotbroker.storage.base import (
     QueuedRecord,
     SessionRecord,
     StoreSnapshot,
-    SubscriptionRecord,
     WillRecord,
 )
 from tests.core.fakes import FakeOutlet, changes, delivery, ops
@@ -279,8 +278,8 @@ def _snapshot() -> StoreSnapshot:
         },
         subscriptions={
             "c1": [
-                SubscriptionRecord("c1", "a/#", 1, subscription_identifier=7),
-                SubscriptionRecord("c1", "$share/g/b/+", 2),
+                SubscriptionEntry("c1", "a/#", 1, subscription_identifier=7),
+                SubscriptionEntry("c1", "$share/g/b/+", 2),
             ],
         },
         outbound={

@@ -222,3 +222,37 @@ def test_inbound_qos2_id_survives_kill_9(
     assert [p.payload for p in got] == [b"once"]
     sub.close()
     pub.close()
+
+
+def test_shared_subscription_survives_kill_9(make_broker: Callable[..., BrokerProcess]) -> None:
+    """A persistent session's shared subscription comes back as a shared one (the store
+    keeps the filter; restore reads the ShareName again): one copy per message to the
+    group, and matched on the filter without the ``$share/{group}/`` prefix."""
+    broker = _rocks(make_broker, "os")
+    members = []
+    for n in (1, 2):
+        c = RawClient(broker.host, broker.port, version=5)
+        assert c.connect(f"crash-share-{n}", clean_start=False,
+                         properties=V5_EXPIRY).reason_code == 0
+        assert c.subscribe("$share/g/crash/shared", 1).reason_codes == [1]
+        members.append(c)
+    for c in members:
+        c.close()
+    broker.kill()
+    assert not broker.alive
+
+    broker.start()
+    members = []
+    for n in (1, 2):
+        c = RawClient(broker.host, broker.port, version=5)
+        ack = c.connect(f"crash-share-{n}", clean_start=False, properties=V5_EXPIRY)
+        assert ack.reason_code == 0 and ack.session_present
+        members.append(c)
+    pub = RawClient(broker.host, broker.port)
+    pub.connect("crash-share-pub")
+    for i in range(4):
+        pub.publish("crash/shared", f"{i}".encode(), 1)
+    got = sorted(int(p.payload) for c in members for p in _drain(c))
+    assert got == [0, 1, 2, 3]
+    for c in (*members, pub):
+        c.close()

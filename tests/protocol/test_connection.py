@@ -15,8 +15,8 @@ from iotbroker.codec.packets import (
     PubRec,
     SubAck,
 )
-from iotbroker.core.message import Delivery, Message
 from iotbroker.errors import MalformedPacket, ProtocolViolation
+from iotbroker.message import Delivery, Message
 from iotbroker.protocol.connection import Connection, ConnectionState
 
 

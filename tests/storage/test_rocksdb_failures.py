@@ -19,8 +19,8 @@ import pytest
 from rocksdict import Options, Rdict
 
 from iotbroker.codec.packets import NO_PROPERTIES
-from iotbroker.core.message import Delivery, Message
 from iotbroker.errors import StorageError
+from iotbroker.message import Delivery, Message
 from iotbroker.storage.base import ChangeBatch, QueuedRecord, SessionRecord
 from iotbroker.storage.rocksdb import FAMILIES, SCHEMA_VERSION, RocksDBStore
 
@@ -318,7 +318,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from iotbroker.codec.packets import NO_PROPERTIES
-    from iotbroker.core.message import Delivery, Message
+    from iotbroker.message import Delivery, Message
     from iotbroker.storage.base import ChangeBatch, OutboundRecord, OutboundState
     from iotbroker.storage.base import QueuedRecord, SessionRecord
     from iotbroker.storage.rocksdb import RocksDBStore

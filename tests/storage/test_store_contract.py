@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
-from iotbroker.core.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.errors import StorageError
+from iotbroker.message import NEVER_EXPIRES, Delivery, Message
 from iotbroker.storage.base import (
     ChangeBatch,
     Op,
@@ -28,7 +28,7 @@ from iotbroker.storage.base import (
     SessionRecord,
     Store,
     StoreSnapshot,
-    SubscriptionRecord,
+    SubscriptionEntry,
     WillRecord,
 )
 from iotbroker.storage.memory import MemoryStore
@@ -115,8 +115,8 @@ def session(cid: str, **kw: Any) -> SessionRecord:
     return SessionRecord(client_id=cid, **fields)
 
 
-def sub(cid: str, topic_filter: str, qos: int = 1, **kw: Any) -> SubscriptionRecord:
-    return SubscriptionRecord(cid, topic_filter, qos, **kw)
+def sub(cid: str, topic_filter: str, qos: int = 1, **kw: Any) -> SubscriptionEntry:
+    return SubscriptionEntry(cid, topic_filter, qos, **kw)
 
 
 def queued(cid: str, seq: int, m: Message | None = None) -> QueuedRecord:
@@ -172,6 +172,14 @@ def test_subscriptions_in_filter_order(h: Harness) -> None:
     h.apply(lambda x: x.put_subscription(s1b), lambda x: x.delete_subscription("c", "a"))
     h.apply(lambda x: x.delete_subscription("d", "#"), lambda x: x.delete_subscription("d", "no"))
     h.check(StoreSnapshot(subscriptions={"c": [s2, s3, s1b]}))
+
+
+def test_share_group_is_not_stored(h: Harness) -> None:
+    """The core puts its own SubscriptionEntry; its share_group (the core's reading of
+    the filter) comes back as None from every store, the rest as it was."""
+    shared = sub("c", "$share/grp/a/+", 1, share_group="grp", subscription_identifier=3)
+    h.apply(lambda x: x.put_subscription(shared))
+    h.check(StoreSnapshot(subscriptions={"c": [dataclasses.replace(shared, share_group=None)]}))
 
 
 def test_outbound_in_send_order_across_packet_id_wrap(h: Harness) -> None:

@@ -1,5 +1,9 @@
 """The application message and one client's copy of it.
 
+This module sits below both ``core/`` and ``storage/`` (it imports only ``codec``):
+the core builds and routes these objects, the stores persist them, and no import
+runs from storage back up into the core.
+
 An application message (MQTT 5.0 §1.2 "Application Message") is built once when a
 PUBLISH is accepted and shared by reference by every recipient, every queue and the
 retained store. What differs per recipient (granted QoS, retain flag as delivered,
