@@ -59,9 +59,13 @@ class Message:
 class Delivery:
     """One client's copy: the message with the QoS granted to it, the retain flag it
     sees and the subscription identifiers of its matching subscriptions
-    [MQTT-3.3.4-3]."""
+    [MQTT-3.3.4-3]. ``share_group`` names the shared subscription group it was given
+    to the client for (MQTT 5.0 §4.8.2), None for the client's own subscriptions: only
+    a group's copies may move to another member when the client leaves. It is not
+    stored (after a restart an unacknowledged group copy stays with its client)."""
 
     message: Message
     qos: int
     retain: bool = False
     subscription_identifiers: tuple[int, ...] = ()
+    share_group: str | None = None

@@ -182,7 +182,7 @@ class Router:
         qos = min(entry.qos, message.qos)
         sub_id = entry.subscription_identifier
         return session.deliver(
-            Delivery(message, qos, False, () if sub_id is None else (sub_id,)), now
+            Delivery(message, qos, False, () if sub_id is None else (sub_id,), group), now
         )
 
     def redistribute(self, session: Session, now: float) -> int:
@@ -197,8 +197,13 @@ class Router:
         client_id = session.client_id
 
         def new_home(delivery: Delivery) -> bool:
+            # Only a group's copy moves; one from the client's own subscription stays
+            # with its session (it is re-sent on resume [MQTT-4.4.0-1]).
+            own_group = delivery.share_group
+            if own_group is None or own_group not in groups:
+                return False
             for group, topic_filter, members in self.trie.match(delivery.message.topic).shared:
-                if group not in groups or all(m.client_id != client_id for m in members):
+                if group != own_group or all(m.client_id != client_id for m in members):
                     continue
                 others = [
                     m for m in members
