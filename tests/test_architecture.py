@@ -34,6 +34,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                 "iotbroker.subscription", "iotbroker.codec"),
     "auth": ("iotbroker.errors", "iotbroker.auth", "iotbroker.config",
              "iotbroker.file_modes"),  # the shared check that a secret file is not exposed
+    # the MQTT rules (issue 13): below server/, above protocol/ and core/; no I/O
+    "engine": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
+               "iotbroker.subscription", "iotbroker.protocol", "iotbroker.core",
+               "iotbroker.engine", "iotbroker.storage.base", "iotbroker.config",
+               "iotbroker.metrics"),
 }
 
 
@@ -133,3 +138,46 @@ def test_only_config_reads_yaml() -> None:
         and path != PACKAGE / "config.py"
     ]
     assert not bad, f"yaml imported outside config.py: {bad}"
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Module-level imports that run (``if TYPE_CHECKING:`` blocks left out)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            # ``from iotbroker.server import packetlog`` imports a module too
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_server_has_no_import_cycle() -> None:
+    """server/ imports flow one way from broker.py (the composition root) down; a
+    cycle would mean a module reaches back up into it (issue 13)."""
+    server = {p.stem: p for p in (PACKAGE / "server").glob("*.py") if p.stem != "__init__"}
+    edges = {
+        name: {n.rsplit(".", 1)[-1] for n in _runtime_imports(path)
+               if n.startswith("iotbroker.server.") and n.rsplit(".", 1)[-1] in server}
+        for name, path in server.items()
+    }
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, trail: list[str]) -> bool:
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycle.extend([*trail, node, nxt])
+                return True
+            if nxt not in state and visit(nxt, [*trail, node]):
+                return True
+        state[node] = 2
+        return False
+
+    for name in sorted(server):
+        if name not in state and visit(name, []):
+            break
+    assert not cycle, " -> ".join(cycle)
