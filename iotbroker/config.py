@@ -35,6 +35,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -43,7 +44,7 @@ import yaml
 from iotbroker.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_CONFIG",
+    "DEFAULT_CONFIG_RESOURCE",
     "LOOPBACK_HOST",
     "AuthConfig",
     "BrokerConfig",
@@ -56,6 +57,7 @@ __all__ = [
     "StorageConfig",
     "SysTopicsConfig",
     "TlsConfig",
+    "default_config_text",
     "load_config",
     "parse_config",
 ]
@@ -245,86 +247,14 @@ class BrokerConfig:
     source: str = field(default="<defaults>", compare=False)
 
 
-#: The defaults as YAML. ``configs/default.yaml`` is exactly this text.
-DEFAULT_CONFIG = """\
-# iotbroker default configuration: every key with its default value.
-# Reference: docs/configuration.md. Loaded when no --config is given.
+#: The package resource holding the defaults as YAML (``configs/default.yaml`` is a symlink
+#: to it, for people reading the repository).
+DEFAULT_CONFIG_RESOURCE = "default.yaml"
 
-# Without listeners (no file, or a file that names none) the broker listens on
-# 127.0.0.1:1883 only, as mosquitto 2.x does: only this machine can connect. To accept
-# devices on the network pass --listen 0.0.0.0:1883, or write listeners in a file (a
-# listener written without host binds 0.0.0.0) with auth.allow_anonymous: false and a
-# password file, or an ACL (see configs/production.yaml).
-listeners:
-  - name: default
-    type: tcp            # tcp | tls | ws | wss
-    host: 127.0.0.1      # loopback only
-    port: 1883
-    path: /mqtt          # WebSocket path (ws, wss only)
-    tls: null            # required for tls and wss listeners
-    max_connections: 0   # 0 = unlimited
 
-mqtt:
-  max_packet_size: 16MiB
-  max_keepalive: 65535
-  receive_maximum: 1024
-  max_inflight: 20
-  max_queued_messages: 10000
-  max_queued_bytes: 0              # 0 = unlimited
-  queue_overflow: drop-new         # drop-new | drop-oldest
-  topic_alias_maximum: 100
-  outbound_topic_aliases: true
-  maximum_qos: 2
-  retain_available: true
-  wildcard_subscriptions: true
-  subscription_identifiers: true
-  shared_subscriptions: true
-  shared_subscription_strategy: round-robin   # round-robin | random | sticky | least-inflight
-  max_session_expiry: 4294967295   # seconds; 4294967295 = as the client asks, even "never"
-  persistent_session_expiry_v311: null   # null = never expire
-  connect_timeout: 10s
-  max_topic_levels: 128
-  max_topic_length: 65535
-  max_client_id_length: 65535
-  max_subscriptions_per_client: 0  # 0 = unlimited
-  max_retained_messages: 0         # 0 = unlimited
-  allow_zero_length_client_id: true
-  response_information_prefix: null
-  server_reference: null
-
-storage:
-  backend: rocksdb                 # rocksdb | memory
-  path: ./data
-  durability: os                   # os | fsync
-  on_corruption: fail              # fail | move-aside
-
-auth:
-  allow_anonymous: true            # warned about on a network listener without acl_file
-  password_file: null
-  acl_file: null
-
-sys_topics:
-  enabled: true
-  interval: 10s
-
-metrics:
-  enabled: false
-  host: 127.0.0.1
-  port: 9883
-
-logging:
-  level: INFO                      # DEBUG | INFO | WARNING | ERROR | CRITICAL
-  format: text                     # text | json
-  levels: {}
-
-limits:
-  max_connections: 0               # 0 = unlimited
-  connect_rate: 0                  # new connections per second; 0 = unlimited
-  publish_rate_per_client: 0       # PUBLISH packets per second; 0 = unlimited
-  drain_timeout: 10s
-
-loop: auto                         # auto | uvloop | asyncio
-"""
+def default_config_text() -> str:
+    """The shipped defaults as YAML: every key with its default value and a comment."""
+    return (resources.files("iotbroker") / DEFAULT_CONFIG_RESOURCE).read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------
@@ -342,7 +272,7 @@ def load_config(
     validation: mappings are merged key by key, anything else (lists too) replaces.
     """
     if path is None:
-        text, source = DEFAULT_CONFIG, "<defaults>"
+        text, source = default_config_text(), "<defaults>"
     else:
         source = path
         try:

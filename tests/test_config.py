@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from iotbroker.config import (
-    DEFAULT_CONFIG,
     BrokerConfig,
     ListenerConfig,
     TlsConfig,
+    default_config_text,
     load_config,
     parse_config,
 )
@@ -40,8 +40,12 @@ def test_each_shipped_config_loads(path: Path) -> None:
     assert config.source == str(path)
 
 
-def test_default_yaml_is_exactly_the_embedded_defaults() -> None:
-    assert (ROOT / "configs" / "default.yaml").read_text(encoding="utf-8") == DEFAULT_CONFIG
+def test_configs_default_yaml_is_the_shipped_package_data() -> None:
+    # configs/default.yaml is a symlink to iotbroker/default.yaml (the package data that
+    # load_config(None) reads); a checkout without symlinks, or a copy that drifted, fails.
+    shipped = ROOT / "iotbroker" / "default.yaml"
+    assert (ROOT / "configs" / "default.yaml").read_bytes() == shipped.read_bytes()
+    assert default_config_text() == shipped.read_text(encoding="utf-8")
 
 
 def test_defaults_equal_default_yaml_and_dataclass_defaults() -> None:
@@ -81,7 +85,7 @@ def _yaml_keys(data: Any, prefix: str = "") -> set[str]:
 def test_default_yaml_lists_every_key() -> None:
     schema = _schema_keys(BrokerConfig)
     tls_keys = {k for k in schema if k.startswith("listeners.tls.")}
-    assert _yaml_keys(yaml.safe_load(DEFAULT_CONFIG)) == schema - tls_keys
+    assert _yaml_keys(yaml.safe_load(default_config_text())) == schema - tls_keys
 
 
 def test_docs_document_every_key() -> None:
