@@ -29,7 +29,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import yaml
 from pydantic import (
@@ -56,8 +56,6 @@ FIELD_KINDS = ("random", "choice", "const", "counter", "timestamp")
 PLACEHOLDERS = frozenset({"id", "site", "group", "run", "child"})
 #: Bytes of the measurement header every simulated payload starts with.
 HEADER_SIZE = 24
-
-T = TypeVar("T")
 
 
 class ScenarioError(ValueError):
@@ -732,6 +730,7 @@ def _check_across(sc: Scenario, raw: Mapping[str, Any], errors: _Errors) -> None
     for i, st in enumerate(sc.stages):
         key, at_stage = f"stages[{i}]", ("stages", i)
         given = raw["stages"][i] if isinstance(raw.get("stages"), list) else {}
+
         def has(name: str, given: Any = given) -> bool:
             return given.get(name) is not None
 
