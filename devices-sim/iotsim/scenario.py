@@ -433,6 +433,9 @@ class _Spec:
     def _from_data(cls, data: Any, info: ValidationInfo) -> Any:
         if not _reading(info) or not isinstance(data, Mapping):
             return data  # built by code: plain keyword arguments
+        for yaml_key, name in cls._YAML_KEYS.items():
+            if name in data:  # the field's Python name is not a YAML key
+                raise _fail(ScenarioError(f"{_SUB}.{name}", f"unknown key (write {yaml_key})"))
         out = {cls._YAML_KEYS.get(k, k) if isinstance(k, str) else k: v
                for k, v in data.items() if v is not None}
         return cls._fill_in(out, str(info.context[_CONTEXT]))  # type: ignore[index]

@@ -179,6 +179,9 @@ def test_units() -> None:
     ({"groups": [{"name": "g", "count": 1, "version": 5, "clean_start": False}]},
      "groups[0].session_expiry", "session_expiry > 0"),
     ({"groups": []}, "groups", "non-empty"),
+    ({"groups": [{"name": "g", "count": 1, "qos_mix": 1}]}, "groups[0].qos_mix", "write qos"),
+    ({"groups": [{"name": "g", "count": 1}], "stages": [{"kind": "steady"}]},
+     "stages[0].kind", "write stage"),
     ({"groups": [{"name": "g", "count": 1}], "duration": "-1s"}, "duration", "duration"),
 ])
 def test_bad_scenarios_name_the_key(doc: dict[str, object], key: str, words: str) -> None:
