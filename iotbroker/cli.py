@@ -92,7 +92,9 @@ def _error(message: str) -> None:
 
 
 def _config_error(exc: ConfigError) -> int:
-    _error(f"config error: {exc}")
+    # One line per error (ConfigErrors holds every error of a file, in file order).
+    for error in getattr(exc, "errors", (exc,)):
+        _error(f"config error: {error}")
     return EXIT_USAGE
 
 

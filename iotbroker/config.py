@@ -1,26 +1,32 @@
-"""Broker configuration: one YAML schema, loaded into frozen slotted dataclasses.
+"""Broker configuration: one YAML schema, validated by pydantic into frozen dataclasses.
 
 Rules of this room:
 
 * This is the only module that reads YAML. It is synchronous and imports nothing of
   ours but :mod:`iotbroker.errors`.
-* The schema *is* the dataclasses below: a field's annotation gives its type, its
-  default the default, its metadata the allowed range. :data:`DEFAULT_CONFIG` is the
-  same defaults written as YAML (``configs/default.yaml`` is a byte-for-byte copy) and
-  a test keeps the three equal.
-* Every value is checked before the broker starts. Unknown keys, wrong types and
-  out-of-range values raise :class:`~iotbroker.errors.ConfigError` naming the key path
-  (``listeners[1].port``), the value and what was expected; when the value came from a
-  YAML file the file and line are added.
+* The schema *is* the dataclasses below (pydantic dataclasses: real, frozen, slotted
+  :mod:`dataclasses`, so ``dataclasses.replace`` and ``==`` work as before). A field's
+  annotation gives its type and its checks, its default the default. Numbers are written
+  ``Annotated[int, Number(lo=..., hi=...)]`` (``unit="duration"`` or ``"size"`` for
+  values with units), booleans ``StrictBool`` (``yes`` is not a boolean); a test keeps
+  every key of the schema written that way. The defaults as YAML are the package data
+  ``iotbroker/default.yaml`` (``configs/default.yaml`` is a symlink to it) and tests keep
+  the file, the dataclass defaults and ``docs/configuration.md`` in agreement.
+* Every value is checked before the broker starts, and *every* error is reported, in file
+  order: unknown keys (with a did-you-mean), wrong types and out-of-range values raise
+  :class:`ConfigErrors` (a :class:`~iotbroker.errors.ConfigError`) naming each key path
+  (``listeners[1].port``), the value and what was expected, with the file and line when
+  the value came from a YAML file. Rules across keys (a TLS listener needs a certificate,
+  two listeners on one port) are checked once every single value is valid.
 * ``${VAR}`` and ``${VAR:-default}`` are replaced in string values from the environment
   (``$${`` writes a literal ``${``). A value that is exactly an interpolation may stand
-  for a number or a boolean: ``port: ${MQTT_PORT:-1883}``.
+  for a number, a boolean or null: ``port: ${MQTT_PORT:-1883}``.
 * Durations accept seconds (``10``, ``2.5``) or a number with a unit (``500ms``, ``30s``,
   ``5m``, ``12h``, ``7d``, ``2w``); sizes accept bytes or ``64KiB``, ``16MiB``, ``1GiB``
   (also ``kB``/``MB``/``GB``, powers of 1000).
 * Relative paths are relative to the broker's working directory (as in mosquitto).
 
-``docs/configuration.md`` documents every key.
+``docs/configuration.md`` documents every key and how to add one.
 """
 
 from __future__ import annotations
@@ -33,35 +39,53 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import field
+from functools import cache
+from importlib import resources
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError, core_schema
 
 from iotbroker.errors import ConfigError
 from iotbroker.storage.base import Durability, OnCorruption
 
+if TYPE_CHECKING:
+    from pydantic import GetCoreSchemaHandler
+    from pydantic_core import ErrorDetails
+
 __all__ = [
-    "DEFAULT_CONFIG",
+    "DEFAULT_CONFIG_RESOURCE",
     "LOOPBACK_HOST",
     "AuthConfig",
     "BrokerConfig",
     "ConfigError",
+    "ConfigErrors",
     "LimitsConfig",
     "ListenerConfig",
     "LoggingConfig",
     "MetricsConfig",
     "MqttConfig",
+    "Number",
     "StorageConfig",
     "SysTopicsConfig",
     "TlsConfig",
+    "default_config_text",
     "load_config",
     "parse_config",
 ]
-
-_T = TypeVar("_T")
 
 #: Largest packet MQTT can encode: 268,435,455 bytes of body + 5 bytes of fixed header.
 MQTT_MAX_PACKET_SIZE = 268_435_460
@@ -86,156 +110,295 @@ DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
 LOOPBACK_HOST = "127.0.0.1"
 
 
-def _opt(
-    default: _T,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    what: str | None = None,
-    duration: bool = False,
-    size: bool = False,
-    nonempty: bool = False,
-) -> _T:
-    """A dataclass field with its validation rules in the metadata."""
-    meta = {"lo": lo, "hi": hi, "what": what, "duration": duration, "size": size,
-            "nonempty": nonempty}
-    result: _T = field(default=default, metadata=meta)
-    return result
+class ConfigErrors(ConfigError):
+    """Every error found in one configuration, in file order (at least one).
+
+    ``key``, ``value`` and ``expected`` are those of the first, so code that handles one
+    :class:`ConfigError` keeps working; ``str()`` gives one line per error.
+    """
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.key, first.value, first.expected)
+        self.errors = tuple(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+# --------------------------------------------------------------------------------------
+# Value types: what a key may hold, and the text of the error when it does not
+
+
+def _fail(expected: str) -> PydanticCustomError:
+    return PydanticCustomError("iotbroker_config", "{expected}", {"expected": expected})
+
+
+class _Env(str):
+    """A string written with ``${...}``: it may stand for a number, a boolean or null."""
+
+    __slots__ = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """``Annotated[int, Number(lo=1, hi=65535)]``: a number in a range, maybe with a unit.
+
+    ``unit="duration"`` accepts ``10s``, ``500ms``, ``5m``..., ``unit="size"`` accepts
+    ``64KiB``, ``16MiB``...; ``what`` replaces the whole "is not ..." text of the error.
+    Booleans, NaN and infinities are refused; an ``int`` key refuses ``2.5``.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    unit: Literal["duration", "size"] | None = None
+    what: str | None = None
+
+    def expected(self, integer: bool) -> str:
+        if self.what is not None:
+            return self.what
+        kind = {"duration": "a duration in seconds", "size": "a size in bytes"}.get(
+            self.unit or "", "an integer" if integer else "a number")
+        example = {"duration": " (e.g. 10, 2.5, 30s, 5m, 12h, 7d)",
+                   "size": " (e.g. 65536, 64KiB, 16MiB)"}.get(self.unit or "", "")
+        return " ".join(p for p in (f"is not {kind}", _range_text(self.lo, self.hi)) if p) \
+            + example
+
+    def check(self, raw: object, integer: bool) -> float:
+        expected = self.expected(integer)
+        value: float
+        if isinstance(raw, bool):
+            raise _fail(expected)
+        if isinstance(raw, int | float):
+            value = raw
+        elif isinstance(raw, str) and (self.unit is not None or isinstance(raw, _Env)):
+            parsed = _parse_quantity(raw, self.unit)
+            if parsed is None:
+                raise _fail(expected)
+            value = parsed
+        else:
+            raise _fail(expected)
+        if not math.isfinite(value):
+            raise _fail(expected)
+        if integer:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise _fail(expected)
+                value = int(value)
+        else:
+            value = float(value)
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            raise _fail(expected)
+        return value
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        integer = source is int
+
+        def validate(raw: object) -> float:
+            return self.check(raw, integer)
+
+        return core_schema.no_info_plain_validator_function(validate)
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise _fail("must not be empty")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise _fail(f"is not one of: {', '.join(LOG_LEVELS)}")
+    return value.upper()
+
+
+def _read_only(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
 
 
 _PORT = "is not a port (0–65535; 0 picks a free port)"
+
+#: A string that must not be empty (or blank).
+NonEmptyStr = Annotated[str, AfterValidator(_nonempty)]
+#: A TCP port; 0 picks a free one.
+Port = Annotated[int, Number(lo=0, hi=65535, what=_PORT)]
+#: A count or limit where 0 means unlimited.
+Limit = Annotated[int, Number(lo=0)]
+#: A log level name, any case; stored in upper case.
+LogLevel = Annotated[str, AfterValidator(_log_level)]
 
 
 # --------------------------------------------------------------------------------------
 # The schema
 
+#: Unknown keys are errors (a did-you-mean is added when the error is reported).
+_SCHEMA = ConfigDict(extra="forbid")
+#: Validation context of :func:`parse_config`: values come from a file or a dict, not code.
+_FROM_DATA = "iotbroker.config"
 
-@dataclass(frozen=True, slots=True)
-class TlsConfig:
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class _Section:
+    """Base of every section: lets an interpolated ``${...}`` stand for a bool or null."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_data(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context != _FROM_DATA or not isinstance(data, Mapping):
+            return data  # built by code (dataclasses.replace, tests): plain keyword args
+        hints = _hints(cls)
+        out = {k: _coerce_env(hints[k], v) if isinstance(v, _Env) and k in hints else v
+               for k, v in data.items()}
+        return cls._fill_in(out)
+
+    @classmethod
+    def _fill_in(cls, data: dict[Any, Any]) -> dict[Any, Any]:
+        """Defaults that depend on other keys of the same section (read from data only)."""
+        return data
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class TlsConfig(_Section):
     """TLS settings of a ``tls`` or ``wss`` listener."""
 
     certfile: str | None = None
     keyfile: str | None = None
     keyfile_password: str | None = None
     cafile: str | None = None
-    require_client_cert: bool = False
-    use_identity_as_username: bool = False
+    require_client_cert: StrictBool = False
+    use_identity_as_username: StrictBool = False
     min_version: TlsVersion = "TLSv1.2"
     ciphers: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ListenerConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class ListenerConfig(_Section):
     """One socket the broker accepts MQTT connections on."""
 
-    name: str = _opt("default", nonempty=True)
+    name: NonEmptyStr = "default"
     type: ListenerType = "tcp"
     host: str = "0.0.0.0"
-    port: int = _opt(1883, lo=0, hi=65535, what=_PORT)
+    port: Port = 1883
     path: str = "/mqtt"
     tls: TlsConfig | None = None
-    max_connections: int = _opt(0, lo=0)
+    max_connections: Limit = 0
+
+    @classmethod
+    def _fill_in(cls, data: dict[Any, Any]) -> dict[Any, Any]:
+        # Written without a port: the usual port of its type. Without a name: its URL.
+        kind = data.get("type", "tcp")
+        if "port" not in data:
+            data["port"] = DEFAULT_PORTS.get(kind, 1883) if isinstance(kind, str) else 1883
+        if "name" not in data:
+            host = data.get("host", "0.0.0.0")
+            host = f"[{host}]" if ":" in str(host) else host
+            data["name"] = f"{kind}://{host}:{data['port']}"
+        return data
 
 
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class MqttConfig(_Section):
     """Protocol limits and features announced to clients (MQTT 5.0 CONNACK properties)."""
 
-    max_packet_size: int = _opt(16 * 1024 * 1024, lo=64, hi=MQTT_MAX_PACKET_SIZE, size=True)
-    max_keepalive: int = _opt(65535, lo=1, hi=65535, duration=True)
-    receive_maximum: int = _opt(1024, lo=1, hi=65535)
-    max_inflight: int = _opt(20, lo=1, hi=65535)
-    max_queued_messages: int = _opt(10000, lo=1)
-    max_queued_bytes: int = _opt(0, lo=0, size=True)
+    max_packet_size: Annotated[int, Number(lo=64, hi=MQTT_MAX_PACKET_SIZE, unit="size")] = (
+        16 * 1024 * 1024)
+    max_keepalive: Annotated[int, Number(lo=1, hi=65535, unit="duration")] = 65535
+    receive_maximum: Annotated[int, Number(lo=1, hi=65535)] = 1024
+    max_inflight: Annotated[int, Number(lo=1, hi=65535)] = 20
+    max_queued_messages: Annotated[int, Number(lo=1)] = 10000
+    max_queued_bytes: Annotated[int, Number(lo=0, unit="size")] = 0
     queue_overflow: QueueOverflow = "drop-new"
-    topic_alias_maximum: int = _opt(100, lo=0, hi=65535)
-    outbound_topic_aliases: bool = True
+    topic_alias_maximum: Annotated[int, Number(lo=0, hi=65535)] = 100
+    outbound_topic_aliases: StrictBool = True
     maximum_qos: QoSLevel = 2
-    retain_available: bool = True
-    wildcard_subscriptions: bool = True
-    subscription_identifiers: bool = True
-    shared_subscriptions: bool = True
+    retain_available: StrictBool = True
+    wildcard_subscriptions: StrictBool = True
+    subscription_identifiers: StrictBool = True
+    shared_subscriptions: StrictBool = True
     shared_subscription_strategy: SharedStrategy = "round-robin"
-    max_session_expiry: int = _opt(SESSION_EXPIRY_NEVER, lo=0, hi=SESSION_EXPIRY_NEVER,
-                                   duration=True)
-    persistent_session_expiry_v311: int | None = _opt(None, lo=0, duration=True)
-    connect_timeout: float = _opt(10.0, lo=0.001, duration=True)
-    max_topic_levels: int = _opt(128, lo=1, hi=32767)
-    max_topic_length: int = _opt(65535, lo=1, hi=65535)
-    max_client_id_length: int = _opt(65535, lo=23, hi=65535)
-    max_subscriptions_per_client: int = _opt(0, lo=0)
-    max_retained_messages: int = _opt(0, lo=0)
-    allow_zero_length_client_id: bool = True
+    max_session_expiry: Annotated[
+        int, Number(lo=0, hi=SESSION_EXPIRY_NEVER, unit="duration")] = SESSION_EXPIRY_NEVER
+    persistent_session_expiry_v311: Annotated[int, Number(lo=0, unit="duration")] | None = None
+    connect_timeout: Annotated[float, Number(lo=0.001, unit="duration")] = 10.0
+    max_topic_levels: Annotated[int, Number(lo=1, hi=32767)] = 128
+    max_topic_length: Annotated[int, Number(lo=1, hi=65535)] = 65535
+    max_client_id_length: Annotated[int, Number(lo=23, hi=65535)] = 65535
+    max_subscriptions_per_client: Limit = 0
+    max_retained_messages: Limit = 0
+    allow_zero_length_client_id: StrictBool = True
     response_information_prefix: str | None = None
     server_reference: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StorageConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class StorageConfig(_Section):
     """Where sessions, queued messages and retained messages are kept."""
 
     backend: StorageBackend = "rocksdb"
-    path: str = _opt("./data", nonempty=True)
+    path: NonEmptyStr = "./data"
     durability: Durability = "os"
     on_corruption: OnCorruption = "fail"
 
 
-@dataclass(frozen=True, slots=True)
-class AuthConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class AuthConfig(_Section):
     """Who may connect (password file) and what they may do (ACL file)."""
 
-    allow_anonymous: bool = True
-    password_file: str | None = _opt(None, nonempty=True)
-    acl_file: str | None = _opt(None, nonempty=True)
+    allow_anonymous: StrictBool = True
+    password_file: NonEmptyStr | None = None
+    acl_file: NonEmptyStr | None = None
     #: Worker threads hashing PBKDF2 passwords; 0 = one per CPU core.
-    password_check_threads: int = _opt(0, lo=0, hi=256)
+    password_check_threads: Annotated[int, Number(lo=0, hi=256)] = 0
     #: PBKDF2 checks queued or running at once; more CONNECTs get 0x89 (3.1.1: 0x03).
-    max_pending_password_checks: int = _opt(64, lo=1)
+    max_pending_password_checks: Annotated[int, Number(lo=1)] = 64
     #: Failed logins per address / per username within failed_login_window before
     #: further attempts are refused unhashed for failed_login_backoff; 0 = no limit.
-    failed_login_limit: int = _opt(10, lo=0)
-    failed_login_window: float = _opt(60.0, lo=0.001, duration=True)
-    failed_login_backoff: float = _opt(60.0, lo=0.001, duration=True)
+    failed_login_limit: Limit = 10
+    failed_login_window: Annotated[float, Number(lo=0.001, unit="duration")] = 60.0
+    failed_login_backoff: Annotated[float, Number(lo=0.001, unit="duration")] = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class SysTopicsConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class SysTopicsConfig(_Section):
     """``$SYS/broker/...`` statistics topics."""
 
-    enabled: bool = True
-    interval: float = _opt(10.0, lo=0.1, duration=True)
+    enabled: StrictBool = True
+    interval: Annotated[float, Number(lo=0.1, unit="duration")] = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class MetricsConfig(_Section):
     """Prometheus exposition endpoint (plain HTTP)."""
 
-    enabled: bool = False
+    enabled: StrictBool = False
     host: str = "127.0.0.1"
-    port: int = _opt(9883, lo=0, hi=65535, what=_PORT)
+    port: Port = 9883
 
 
-@dataclass(frozen=True, slots=True)
-class LoggingConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class LoggingConfig(_Section):
     """Log level and format; ``levels`` sets levels per logger (``iotbroker.storage``)."""
 
-    level: str = "INFO"
+    level: LogLevel = "INFO"
     format: LogFormat = "text"
-    levels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    levels: Annotated[Mapping[str, LogLevel], AfterValidator(_read_only)] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class LimitsConfig(_Section):
     """Broker-wide admission limits; 0 means unlimited."""
 
-    max_connections: int = _opt(0, lo=0)
-    connect_rate: float = _opt(0.0, lo=0)
-    publish_rate_per_client: float = _opt(0.0, lo=0)
-    drain_timeout: float = _opt(10.0, lo=0, duration=True)
+    max_connections: Limit = 0
+    connect_rate: Annotated[float, Number(lo=0)] = 0.0
+    publish_rate_per_client: Annotated[float, Number(lo=0)] = 0.0
+    drain_timeout: Annotated[float, Number(lo=0, unit="duration")] = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerConfig:
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BrokerConfig(_Section):
     """The whole configuration. ``source`` says where it came from (not compared)."""
 
     #: Without ``listeners`` (no configuration file, or one that names none) the broker
@@ -253,91 +416,18 @@ class BrokerConfig:
     source: str = field(default="<defaults>", compare=False)
 
 
-#: The defaults as YAML. ``configs/default.yaml`` is exactly this text.
-DEFAULT_CONFIG = """\
-# iotbroker default configuration: every key with its default value.
-# Reference: docs/configuration.md. Loaded when no --config is given.
+#: Keys of the schema that are not configuration keys (set by the loader).
+_NOT_KEYS = frozenset({"source"})
 
-# Without listeners (no file, or a file that names none) the broker listens on
-# 127.0.0.1:1883 only, as mosquitto 2.x does: only this machine can connect. To accept
-# devices on the network pass --listen 0.0.0.0:1883, or write listeners in a file (a
-# listener written without host binds 0.0.0.0) with auth.allow_anonymous: false and a
-# password file, or an ACL (see configs/production.yaml).
-listeners:
-  - name: default
-    type: tcp            # tcp | tls | ws | wss
-    host: 127.0.0.1      # loopback only
-    port: 1883
-    path: /mqtt          # WebSocket path (ws, wss only)
-    tls: null            # required for tls and wss listeners
-    max_connections: 0   # 0 = unlimited
 
-mqtt:
-  max_packet_size: 16MiB
-  max_keepalive: 65535
-  receive_maximum: 1024
-  max_inflight: 20
-  max_queued_messages: 10000
-  max_queued_bytes: 0              # 0 = unlimited
-  queue_overflow: drop-new         # drop-new | drop-oldest
-  topic_alias_maximum: 100
-  outbound_topic_aliases: true
-  maximum_qos: 2
-  retain_available: true
-  wildcard_subscriptions: true
-  subscription_identifiers: true
-  shared_subscriptions: true
-  shared_subscription_strategy: round-robin   # round-robin | random | sticky | least-inflight
-  max_session_expiry: 4294967295   # seconds; 4294967295 = as the client asks, even "never"
-  persistent_session_expiry_v311: null   # null = never expire
-  connect_timeout: 10s
-  max_topic_levels: 128
-  max_topic_length: 65535
-  max_client_id_length: 65535
-  max_subscriptions_per_client: 0  # 0 = unlimited
-  max_retained_messages: 0         # 0 = unlimited
-  allow_zero_length_client_id: true
-  response_information_prefix: null
-  server_reference: null
+#: The package resource holding the defaults as YAML (``configs/default.yaml`` is a symlink
+#: to it, for people reading the repository).
+DEFAULT_CONFIG_RESOURCE = "default.yaml"
 
-storage:
-  backend: rocksdb                 # rocksdb | memory
-  path: ./data
-  durability: os                   # os | fsync
-  on_corruption: fail              # fail | move-aside
 
-auth:
-  allow_anonymous: true            # warned about on a network listener without acl_file
-  password_file: null
-  acl_file: null
-  password_check_threads: 0        # 0 = one per CPU core
-  max_pending_password_checks: 64
-  failed_login_limit: 10           # 0 = off
-  failed_login_window: 60s
-  failed_login_backoff: 60s
-
-sys_topics:
-  enabled: true
-  interval: 10s
-
-metrics:
-  enabled: false
-  host: 127.0.0.1
-  port: 9883
-
-logging:
-  level: INFO                      # DEBUG | INFO | WARNING | ERROR | CRITICAL
-  format: text                     # text | json
-  levels: {}
-
-limits:
-  max_connections: 0               # 0 = unlimited
-  connect_rate: 0                  # new connections per second; 0 = unlimited
-  publish_rate_per_client: 0       # PUBLISH packets per second; 0 = unlimited
-  drain_timeout: 10s
-
-loop: auto                         # auto | uvloop | asyncio
-"""
+def default_config_text() -> str:
+    """The shipped defaults as YAML: every key with its default value and a comment."""
+    return (resources.files("iotbroker") / DEFAULT_CONFIG_RESOURCE).read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------
@@ -349,13 +439,14 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> BrokerConfig:
-    """Read and validate a YAML configuration file; ``None`` gives the embedded defaults.
+    """Read and validate a YAML configuration file; ``None`` gives the shipped defaults.
 
     ``overrides`` (for command-line flags) is merged into the file's data before
     validation: mappings are merged key by key, anything else (lists too) replaces.
+    Raises :class:`ConfigErrors` listing every error, in file order.
     """
     if path is None:
-        text, source = DEFAULT_CONFIG, "<defaults>"
+        text, source = default_config_text(), "<defaults>"
     else:
         source = path
         try:
@@ -381,10 +472,29 @@ def parse_config(
     ``env`` replaces :data:`os.environ` for ``${VAR}`` interpolation (tests).
     """
     root = _check_root(data, source)
-    builder = _Builder(source, os.environ if env is None else env)
-    config = builder.build(BrokerConfig, root, "", None)
+    errors = _Errors(source)
+    prepared = _prepare(root, "", None, os.environ if env is None else env, errors)
+    assert isinstance(prepared, Mapping)
+    for name in _NOT_KEYS & set(prepared):
+        errors.unknown_key((name,), prepared)
+        prepared = {k: v for k, v in prepared.items() if k != name}
+    try:
+        config = _adapter().validate_python(prepared, context=_FROM_DATA)
+    except ValidationError as exc:
+        for detail in exc.errors(include_url=False):
+            errors.from_pydantic(detail, prepared)
+        errors.raise_if_any()
+        raise AssertionError("unreachable") from None  # pragma: no cover
+    errors.raise_if_any()  # interpolation or duplicate keys: reported with the rest
     config = dataclasses.replace(config, source=source)
-    return _check_cross(config, root, builder)
+    config = _check_cross(config, prepared, errors)
+    errors.raise_if_any()
+    return config
+
+
+@cache
+def _adapter() -> TypeAdapter[BrokerConfig]:
+    return TypeAdapter(BrokerConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -472,269 +582,219 @@ def _check_root(data: object, source: str) -> Mapping[Any, Any]:
 
 
 def _merge(base: Mapping[Any, Any], overrides: Mapping[str, Any]) -> dict[Any, Any]:
-    merged: dict[Any, Any] = dict(base)
+    merged = _Map(base)
+    merged.lines = dict(getattr(base, "lines", {}))
+    merged.duplicates = list(getattr(base, "duplicates", []))
     for key, value in overrides.items():
         current = merged.get(key)
         if isinstance(current, Mapping) and isinstance(value, Mapping):
             merged[key] = _merge(current, value)
         else:
             merged[key] = value
+            merged.lines.pop(key, None)  # from the command line, not the file
     return merged
 
 
 # --------------------------------------------------------------------------------------
-# Values
+# Before validation: ${VAR} interpolation and duplicate keys, on a copy that keeps lines
 
 
-_INTERP = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*\Z")
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
-                   "w": 604800.0}
-_SIZE = re.compile(r"\s*(\d+)\s*([KMG]i?B|[kKMG]|B)?\s*\Z")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30,
-               "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
-               "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+def _prepare(node: object, key: str, line: int | None, env: Mapping[str, str],
+             errors: _Errors) -> object:
+    if isinstance(node, Mapping):
+        out = _Map()
+        out.lines = dict(getattr(node, "lines", {}))
+        out.duplicates = []
+        for dup, dup_line, first_line in getattr(node, "duplicates", ()):
+            errors.add(_join(key, str(dup)), dup,
+                       f"is a duplicate key (first at line {first_line})", dup_line)
+        for k, v in node.items():
+            out[k] = _prepare(v, _join(key, str(k)), out.lines.get(k, line), env, errors)
+        return out
+    if isinstance(node, list):
+        item_lines: list[int] = list(getattr(node, "lines", []))
+        seq = _Seq(
+            _prepare(item, f"{key}[{i}]", item_lines[i] if i < len(item_lines) else line,
+                     env, errors)
+            for i, item in enumerate(node))
+        seq.lines = item_lines
+        return seq
+    if isinstance(node, str) and "$" in node:
+        try:
+            text = _interpolate(node, env)
+        except _Fault as fault:
+            errors.add(key, node, fault.expected, line, skip_others=True)
+            return node
+        return _Env(text) if "${" in node else text
+    return node
 
 
-def _fmt_number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+class _Fault(Exception):
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
 
 
-def _range_text(lo: float | None, hi: float | None) -> str:
-    if lo is not None and hi is not None:
-        return f"in {_fmt_number(lo)}–{_fmt_number(hi)}"
-    if lo is not None:
-        return f"≥ {_fmt_number(lo)}"
-    if hi is not None:
-        return f"≤ {_fmt_number(hi)}"
-    return ""
-
-
-class _Builder:
-    """Walks raw data against the dataclass schema, building and checking as it goes."""
-
-    def __init__(self, source: str, env: Mapping[str, str]) -> None:
-        self.source = source
-        self.env = env
-        self._hints: dict[type, dict[str, Any]] = {}
-
-    # errors ---------------------------------------------------------------------------
-
-    def error(self, key: str, value: object, expected: str, line: int | None) -> ConfigError:
-        if line is not None:
-            expected = f"{expected} (at {self.source}:{line})"
-        return ConfigError(key, value, expected)
-
-    # interpolation ---------------------------------------------------------------------
-
-    def interpolate(self, text: str, key: str, line: int | None) -> str:
-        def replace(match: re.Match[str]) -> str:
-            token = match.group(0)
-            if token == "$${":
-                return "${"
-            inner = match.group(1)
-            if inner is None:
-                raise self.error(key, text, "has an unterminated ${ (write $${ for a literal)",
-                                 line)
-            name, sep, default = inner.partition(":-")
-            if not _ENV_NAME.match(name):
-                raise self.error(
-                    key, text, f"has a bad interpolation ${{{inner}}} "
-                    "(expected ${NAME} or ${NAME:-default})", line)
-            value = self.env.get(name)
-            if value is None or (sep and value == ""):
-                if sep:
-                    return default
-                raise self.error(
-                    key, text,
-                    f"uses ${{{name}}}, which is not set in the environment and has no "
-                    f"default (write ${{{name}:-default}})", line)
-            return value
-
-        return _INTERP.sub(replace, text)
-
-    # building -------------------------------------------------------------------------
-
-    def hints(self, cls: type) -> dict[str, Any]:
-        if cls not in self._hints:
-            self._hints[cls] = typing.get_type_hints(cls)
-        return self._hints[cls]
-
-    def build(self, cls: type[_T], raw: object, key: str, line: int | None) -> _T:
-        if not isinstance(raw, Mapping):
-            raise self.error(key or "<root>", raw, f"is not a mapping ({_describe(cls)})", line)
-        fields = {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-                  if f.name != "source"}
-        lines: Mapping[Any, int] = getattr(raw, "lines", {})
-        for dup, dup_line, first_line in getattr(raw, "duplicates", ()):
-            raise self.error(_join(key, str(dup)), dup,
-                             f"is a duplicate key (first at line {first_line})", dup_line)
-        for name in raw:
-            if name not in fields:
-                hint = difflib.get_close_matches(str(name), list(fields), n=1)
-                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-                raise self.error(
-                    _join(key, str(name)), name,
-                    f"is not a known key{suggestion} (known: {', '.join(fields)})",
-                    lines.get(name, line))
-        kwargs: dict[str, Any] = {}
-        hints = self.hints(cls)
-        for name, f in fields.items():
-            if name not in raw:
-                continue
-            kwargs[name] = self.convert(hints[name], raw[name], _join(key, name),
-                                        lines.get(name, line), f.metadata)
-        if cls is ListenerConfig:
-            if "port" not in raw:
-                kwargs["port"] = DEFAULT_PORTS[kwargs.get("type", "tcp")]
-            if "name" not in raw:
-                host = kwargs.get("host", "0.0.0.0")
-                host = f"[{host}]" if ":" in host else host
-                kwargs["name"] = f"{kwargs.get('type', 'tcp')}://{host}:{kwargs['port']}"
-        return cls(**kwargs)
-
-    def convert(self, tp: Any, raw: object, key: str, line: int | None,
-                meta: Mapping[str, Any], *, coerce: bool | None = None) -> Any:
-        """``coerce`` is None until the value has been interpolated (exactly once)."""
-        if coerce is None:
-            coerce = False
-            if isinstance(raw, str) and "$" in raw:
-                coerce = "${" in raw
-                raw = self.interpolate(raw, key, line)
-        origin = typing.get_origin(tp)
-        args = typing.get_args(tp)
-
-        if origin in (types.UnionType, typing.Union):
-            inner = [a for a in args if a is not type(None)]
-            if raw is None or (coerce and raw in ("", "null", "~")):
-                return None
-            assert len(inner) == 1
-            return self.convert(inner[0], raw, key, line, meta, coerce=coerce)
-
-        if dataclasses.is_dataclass(tp):
-            return self.build(tp, raw, key, line)  # type: ignore[arg-type]
-
-        if origin is tuple:
-            if not isinstance(raw, list):
-                raise self.error(key, raw, "is not a list", line)
-            item_lines: list[int] = getattr(raw, "lines", [])
-            return tuple(
-                self.convert(args[0], item, f"{key}[{i}]",
-                             item_lines[i] if i < len(item_lines) else line, meta)
-                for i, item in enumerate(raw)
-            )
-
-        if origin is Mapping or tp is Mapping:
-            if not isinstance(raw, Mapping):
-                raise self.error(key, raw, "is not a mapping", line)
-            sub_lines: Mapping[Any, int] = getattr(raw, "lines", {})
-            out: dict[str, str] = {}
-            for k, v in raw.items():
-                if not isinstance(k, str):
-                    raise self.error(f"{key}.{k}", k, "is not a string key", line)
-                out[k] = self.convert(args[1] if args else str, v, f"{key}.{k}",
-                                      sub_lines.get(k, line), {})
-            return MappingProxyType(out)
-
-        if origin is Literal:
-            if coerce and isinstance(raw, str) and all(isinstance(a, int) for a in args):
-                raw = _parse_int(raw)
-            if isinstance(raw, bool) or raw not in args:
-                choices = ", ".join(str(a) for a in args)
-                raise self.error(key, raw, f"is not one of: {choices}", line)
-            return raw
-
-        if tp is bool:
-            if coerce and isinstance(raw, str) and raw.lower() in ("true", "false"):
-                raw = raw.lower() == "true"
-            if not isinstance(raw, bool):
-                raise self.error(key, raw, "is not a boolean (true or false)", line)
-            return raw
-
-        if tp is str:
-            if not isinstance(raw, str):
-                raise self.error(key, raw, "is not a string", line)
-            if meta.get("nonempty") and not raw.strip():
-                raise self.error(key, raw, "must not be empty", line)
-            return raw
-
-        if tp is int or tp is float:
-            return self.number(tp, raw, key, line, meta, coerce=coerce)
-
-        raise TypeError(f"config schema: unsupported type {tp!r} for {key}")  # our bug
-
-    def number(self, tp: type, raw: object, key: str, line: int | None,
-               meta: Mapping[str, Any], *, coerce: bool) -> float:
-        lo, hi = meta.get("lo"), meta.get("hi")
-        duration, size = meta.get("duration", False), meta.get("size", False)
-        kind = "a duration in seconds" if duration else (
-            "a size in bytes" if size else ("an integer" if tp is int else "a number"))
-        example = " (e.g. 10, 2.5, 30s, 5m, 12h, 7d)" if duration else (
-            " (e.g. 65536, 64KiB, 16MiB)" if size else "")
-        expected = meta.get("what") or " ".join(
-            p for p in (f"is not {kind}", _range_text(lo, hi)) if p) + example
-        value: float
-        if isinstance(raw, bool):
-            raise self.error(key, raw, expected, line)
-        if isinstance(raw, int | float):
-            value = raw
-        elif isinstance(raw, str) and (duration or size or coerce):
-            parsed = _parse_quantity(raw, duration=duration, size=size)
-            if parsed is None:
-                raise self.error(key, raw, expected, line)
-            value = parsed
-        else:
-            raise self.error(key, raw, expected, line)
-        if not math.isfinite(value):  # NaN, infinity
-            raise self.error(key, raw, expected, line)
-        if tp is int:
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise self.error(key, raw, expected, line)
-                value = int(value)
-        else:
-            value = float(value)
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.error(key, raw, expected, line)
+def _interpolate(text: str, env: Mapping[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "$${":
+            return "${"
+        inner = match.group(1)
+        if inner is None:
+            raise _Fault("has an unterminated ${ (write $${ for a literal)")
+        name, sep, default = inner.partition(":-")
+        if not _ENV_NAME.match(name):
+            raise _Fault(f"has a bad interpolation ${{{inner}}} "
+                         "(expected ${NAME} or ${NAME:-default})")
+        value = env.get(name)
+        if value is None or (sep and value == ""):
+            if sep:
+                return default
+            raise _Fault(f"uses ${{{name}}}, which is not set in the environment and has no "
+                         f"default (write ${{{name}:-default}})")
         return value
 
-
-def _parse_int(text: str) -> object:
-    try:
-        return int(text.strip())
-    except ValueError:
-        return text
+    return _INTERP.sub(replace, text)
 
 
-def _parse_quantity(text: str, *, duration: bool, size: bool) -> float | None:
-    if duration:
-        m = _DURATION.match(text)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    elif size:
-        m = _SIZE.match(text)
-        if m and m.group(2) in _SIZE_UNITS:
-            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    else:
+def _coerce_env(hint: Any, value: _Env) -> object:
+    """``${...}`` written for a boolean, null or an integer choice (numbers: :class:`Number`)."""
+    tp, optional = _strip(hint)
+    text = value.strip()
+    if optional and text in ("", "null", "~"):
+        return None
+    if tp is bool and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if typing.get_origin(tp) is Literal and all(isinstance(a, int) for a in typing.get_args(tp)):
         try:
-            return float(text.strip()) if "." in text else int(text.strip())
+            return int(text)
         except ValueError:
+            return value
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# The schema as data: the type at a key path (for messages and did-you-mean)
+
+
+_HINTS: dict[type, Mapping[str, Any]] = {}
+
+
+def _hints(cls: type) -> Mapping[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = MappingProxyType(typing.get_type_hints(cls, include_extras=True))
+    return _HINTS[cls]
+
+
+def _strip(tp: Any) -> tuple[Any, bool]:
+    """The type under ``Annotated[...]`` and ``X | None``, and whether None is allowed."""
+    optional = False
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (types.UnionType, typing.Union):
+            inner = [a for a in typing.get_args(tp) if a is not type(None)]
+            optional = optional or len(inner) < len(typing.get_args(tp))
+            if len(inner) != 1:
+                return tp, optional
+            tp = inner[0]
+        else:
+            return tp, optional
+
+
+def _type_at(root: type, loc: Sequence[int | str]) -> Any:
+    tp: Any = root
+    for step in loc:
+        tp, _ = _strip(tp)
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp) and isinstance(step, str):
+            tp = _hints(tp).get(step)  # type: ignore[arg-type]
+        elif origin is tuple:
+            tp = typing.get_args(tp)[0]
+        elif origin in (Mapping, dict):
+            tp = typing.get_args(tp)[1]
+        else:
             return None
-    return None
+    return _strip(tp)[0]
+
+
+def _keys_of(tp: Any) -> list[str]:
+    if not dataclasses.is_dataclass(tp):
+        return []
+    return [f.name for f in dataclasses.fields(tp) if f.name not in _NOT_KEYS]
+
+
+# --------------------------------------------------------------------------------------
+# Errors: every one, in file order
+
+
+class _Errors:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.found: list[tuple[int | None, ConfigError]] = []
+        self.skip: set[str] = set()  # keys already reported (a bad ${...})
+
+    def add(self, key: str, value: object, expected: str, line: int | None, *,
+            skip_others: bool = False) -> None:
+        if key in self.skip:
+            return
+        if skip_others:
+            self.skip.add(key)
+        if line is not None:
+            expected = f"{expected} (at {self.source}:{line})"
+        self.found.append((line, ConfigError(key, value, expected)))
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            order = sorted(range(len(self.found)), key=lambda i: (
+                self.found[i][0] is None, self.found[i][0] or 0, i))
+            raise ConfigErrors([self.found[i][1] for i in order])
+
+    def unknown_key(self, loc: Sequence[int | str], root: Mapping[Any, Any]) -> None:
+        names = _keys_of(_type_at(BrokerConfig, loc[:-1]))
+        name = loc[-1]
+        hint = difflib.get_close_matches(str(name), names, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        self.add(_key(loc), name,
+                 f"is not a known key{suggestion} (known: {', '.join(names)})",
+                 _line_of(root, *loc))
+
+    def from_pydantic(self, detail: ErrorDetails, root: Mapping[Any, Any]) -> None:
+        loc, kind, value = detail["loc"], detail["type"], detail.get("input")
+        if kind in ("unexpected_keyword_argument", "extra_forbidden", "invalid_key"):
+            self.unknown_key(loc, root)
+            return
+        tp = _type_at(BrokerConfig, loc)
+        if kind == "iotbroker_config":
+            expected = str((detail.get("ctx") or {}).get("expected", detail["msg"]))
+        elif kind.startswith("dataclass"):
+            expected = f"is not a mapping (keys: {', '.join(_keys_of(tp))})"
+        elif kind in ("tuple_type", "list_type", "iterable_type"):
+            expected = "is not a list"
+        elif kind in ("dict_type", "mapping_type"):
+            expected = "is not a mapping"
+        elif kind in ("bool_type", "bool_parsing"):
+            expected = "is not a boolean (true or false)"
+        elif kind in ("string_type", "string_unicode"):
+            expected = "is not a string"
+        elif kind == "literal_error" and typing.get_origin(tp) is Literal:
+            expected = f"is not one of: {', '.join(str(a) for a in typing.get_args(tp))}"
+        else:  # a type of error this table does not know yet: pydantic's own words
+            expected = f"is not valid: {detail['msg']}"
+        self.add(_key(loc), value, expected, _line_of(root, *loc))
+
+
+def _key(loc: Sequence[int | str]) -> str:
+    key = ""
+    for step in loc:
+        key = f"{key}[{step}]" if isinstance(step, int) else _join(key, str(step))
+    return key or "<root>"
 
 
 def _join(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
-
-
-def _describe(cls: type) -> str:
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    return "keys: " + ", ".join(names)
-
-
-# --------------------------------------------------------------------------------------
-# Rules across keys
 
 
 def _line_of(raw: object, *path: object) -> int | None:
@@ -751,10 +811,62 @@ def _line_of(raw: object, *path: object) -> int | None:
     return line
 
 
-def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], b: _Builder) -> BrokerConfig:
+# --------------------------------------------------------------------------------------
+# Values with units
+
+
+_INTERP = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*\Z")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+                   "w": 604800.0}
+_SIZE = re.compile(r"\s*(\d+)\s*([KMG]i?B|[kKMG]|B)?\s*\Z")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30,
+               "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+               "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _parse_quantity(text: str, unit: str | None) -> float | None:
+    if unit == "duration":
+        m = _DURATION.match(text)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    elif unit == "size":
+        m = _SIZE.match(text)
+        if m and m.group(2) in _SIZE_UNITS:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        try:
+            return float(text.strip()) if "." in text else int(text.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _fmt_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _range_text(lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f"in {_fmt_number(lo)}–{_fmt_number(hi)}"
+    if lo is not None:
+        return f"≥ {_fmt_number(lo)}"
+    if hi is not None:
+        return f"≤ {_fmt_number(hi)}"
+    return ""
+
+
+# --------------------------------------------------------------------------------------
+# Rules across keys (run once every single value is valid; all errors are collected)
+
+
+def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors) -> BrokerConfig:
+    def err(key: str, value: object, expected: str, *path: object) -> None:
+        errors.add(key, value, expected, _line_of(root, *path))
+
     if not config.listeners:
-        raise b.error("listeners", [], "is empty: at least one listener is needed",
-                      _line_of(root, "listeners"))
+        err("listeners", [], "is empty: at least one listener is needed", "listeners")
     names: dict[str, int] = {}
     raw_listeners = root.get("listeners", [])
     if not isinstance(raw_listeners, list):
@@ -762,41 +874,35 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], b: _Builder) -> 
     listeners = list(config.listeners)
     for i, lst in enumerate(config.listeners):
         key = f"listeners[{i}]"
-        def where(*path: object, i: int = i) -> int | None:
-            return _line_of(root, "listeners", i, *path)
-
+        at: tuple[object, ...] = ("listeners", i)
         secure = lst.type in ("tls", "wss")
-        if secure:
-            if lst.tls is None:
-                raise b.error(f"{key}.tls", None,
-                              f"is missing: a {lst.type} listener needs tls.certfile and "
-                              "tls.keyfile", where())
+        if secure and lst.tls is None:
+            err(f"{key}.tls", None,
+                f"is missing: a {lst.type} listener needs tls.certfile and tls.keyfile", *at)
+        elif secure and lst.tls is not None:
             for req in ("certfile", "keyfile"):
                 if getattr(lst.tls, req) is None:
-                    raise b.error(f"{key}.tls.{req}", None,
-                                  f"is missing: a {lst.type} listener needs it", where("tls"))
+                    err(f"{key}.tls.{req}", None, f"is missing: a {lst.type} listener needs it",
+                        *at, "tls")
             if lst.tls.require_client_cert and lst.tls.cafile is None:
-                raise b.error(f"{key}.tls.cafile", None,
-                              "is missing: require_client_cert needs the CA that signs "
-                              "client certificates", where("tls"))
+                err(f"{key}.tls.cafile", None, "is missing: require_client_cert needs the CA "
+                    "that signs client certificates", *at, "tls")
             if lst.tls.use_identity_as_username and not lst.tls.require_client_cert:
-                raise b.error(f"{key}.tls.use_identity_as_username", True,
-                              "needs tls.require_client_cert: true",
-                              where("tls", "use_identity_as_username"))
+                err(f"{key}.tls.use_identity_as_username", True,
+                    "needs tls.require_client_cert: true", *at, "tls", "use_identity_as_username")
         elif lst.tls is not None:
-            raise b.error(f"{key}.tls", "...",
-                          f"only applies to tls and wss listeners, not {lst.type}", where("tls"))
+            err(f"{key}.tls", "...", f"only applies to tls and wss listeners, not {lst.type}",
+                *at, "tls")
         if lst.type in ("ws", "wss") and not lst.path.startswith("/"):
-            raise b.error(f"{key}.path", lst.path, "is not a URL path (must start with /)",
-                          where("path"))
+            err(f"{key}.path", lst.path, "is not a URL path (must start with /)", *at, "path")
         if not lst.host.strip():
-            raise b.error(f"{key}.host", lst.host, "must not be empty", where("host"))
+            err(f"{key}.host", lst.host, "must not be empty", *at, "host")
         for j in range(i):
             other = config.listeners[j]
             if lst.port and other.port == lst.port and _hosts_overlap(other.host, lst.host):
-                raise b.error(f"{key}.port", lst.port,
-                              f"is already used by listeners[{j}] ({other.name!r} on "
-                              f"{other.host}:{other.port})", where("port"))
+                err(f"{key}.port", lst.port, f"is already used by listeners[{j}] "
+                    f"({other.name!r} on {other.host}:{other.port})", *at, "port")
+                break
         raw = raw_listeners[i] if i < len(raw_listeners) else {}
         name = lst.name
         if name in names and isinstance(raw, Mapping) and "name" not in raw:
@@ -804,50 +910,32 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], b: _Builder) -> 
             name = f"{name}#{i}"
             listeners[i] = dataclasses.replace(lst, name=name)
         if name in names:
-            raise b.error(f"{key}.name", name,
-                          f"is already the name of listeners[{names[name]}]", where("name"))
-        names[name] = i
+            err(f"{key}.name", name, f"is already the name of listeners[{names[name]}]",
+                *at, "name")
+        names.setdefault(name, i)
     config = dataclasses.replace(config, listeners=tuple(listeners))
     if config.metrics.enabled:
         for j, other in enumerate(config.listeners):
-            if other.port and other.port == config.metrics.port and _hosts_overlap(other.host,
-                                                                    config.metrics.host):
-                raise b.error("metrics.port", config.metrics.port,
-                              f"is already used by listeners[{j}] ({other.name!r})",
-                              _line_of(root, "metrics", "port"))
-
-    level = config.logging.level
-    if level.upper() not in LOG_LEVELS:
-        raise b.error("logging.level", level, f"is not one of: {', '.join(LOG_LEVELS)}",
-                      _line_of(root, "logging", "level"))
-    for logger_name, lvl in config.logging.levels.items():
-        if lvl.upper() not in LOG_LEVELS:
-            raise b.error(f"logging.levels.{logger_name}", lvl,
-                          f"is not one of: {', '.join(LOG_LEVELS)}",
-                          _line_of(root, "logging", "levels", logger_name))
-    normalised = LoggingConfig(
-        level=level.upper(), format=config.logging.format,
-        levels=MappingProxyType({k: v.upper() for k, v in config.logging.levels.items()}))
-    config = dataclasses.replace(config, logging=normalised)
+            if other.port and other.port == config.metrics.port and _hosts_overlap(
+                    other.host, config.metrics.host):
+                err("metrics.port", config.metrics.port,
+                    f"is already used by listeners[{j}] ({other.name!r})", "metrics", "port")
+                break
 
     auth = config.auth
     if not auth.allow_anonymous and auth.password_file is None and not any(
         lst.tls is not None and lst.tls.use_identity_as_username for lst in config.listeners
     ):
-        raise b.error("auth.allow_anonymous", False,
-                      "leaves no way to connect: set auth.password_file or a listener's "
-                      "tls.use_identity_as_username", _line_of(root, "auth", "allow_anonymous"))
+        err("auth.allow_anonymous", False, "leaves no way to connect: set auth.password_file "
+            "or a listener's tls.use_identity_as_username", "auth", "allow_anonymous")
 
-    mqtt = config.mqtt
-    if mqtt.response_information_prefix is not None and not mqtt.response_information_prefix:
-        raise b.error("mqtt.response_information_prefix", "", "must not be empty (use null)",
-                      _line_of(root, "mqtt", "response_information_prefix"))
-    if mqtt.response_information_prefix is not None and any(
-        c in mqtt.response_information_prefix for c in "+#\0"
-    ):
-        raise b.error("mqtt.response_information_prefix", mqtt.response_information_prefix,
-                      "must not contain wildcards (+, #) or NUL",
-                      _line_of(root, "mqtt", "response_information_prefix"))
+    prefix = config.mqtt.response_information_prefix
+    if prefix is not None and not prefix:
+        err("mqtt.response_information_prefix", "", "must not be empty (use null)",
+            "mqtt", "response_information_prefix")
+    elif prefix is not None and any(c in prefix for c in "+#\0"):
+        err("mqtt.response_information_prefix", prefix,
+            "must not contain wildcards (+, #) or NUL", "mqtt", "response_information_prefix")
     return config
 
 

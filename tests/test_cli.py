@@ -213,3 +213,14 @@ def test_version_names_the_build_that_is_loaded(tmp_path: Path) -> None:
     for name in iotbroker_build.COMPILED_MODULES:
         module = __import__(name, fromlist=["_"])
         assert str(module.__file__).endswith(".py") == (name not in compiled)
+
+
+def test_check_config_reports_every_error_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("loop: trio\nmqtt:\n  max_inflite: 5\nlisteners:\n  - port: 70000\n")
+    result = iotbroker("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[2].strip() for line in lines] == [
+        "loop", "mqtt.max_inflite", "listeners[0].port"], result.stderr
+    assert all(line.startswith("iotbroker: config error: ") for line in lines)

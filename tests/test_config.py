@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
 
 from iotbroker.config import (
-    DEFAULT_CONFIG,
     BrokerConfig,
+    ConfigErrors,
     ListenerConfig,
+    Number,
     TlsConfig,
+    default_config_text,
     load_config,
     parse_config,
 )
@@ -40,8 +42,12 @@ def test_each_shipped_config_loads(path: Path) -> None:
     assert config.source == str(path)
 
 
-def test_default_yaml_is_exactly_the_embedded_defaults() -> None:
-    assert (ROOT / "configs" / "default.yaml").read_text(encoding="utf-8") == DEFAULT_CONFIG
+def test_configs_default_yaml_is_the_shipped_package_data() -> None:
+    # configs/default.yaml is a symlink to iotbroker/default.yaml (the package data that
+    # load_config(None) reads); a checkout without symlinks, or a copy that drifted, fails.
+    shipped = ROOT / "iotbroker" / "default.yaml"
+    assert (ROOT / "configs" / "default.yaml").read_bytes() == shipped.read_bytes()
+    assert default_config_text() == shipped.read_text(encoding="utf-8")
 
 
 def test_defaults_equal_default_yaml_and_dataclass_defaults() -> None:
@@ -81,7 +87,7 @@ def _yaml_keys(data: Any, prefix: str = "") -> set[str]:
 def test_default_yaml_lists_every_key() -> None:
     schema = _schema_keys(BrokerConfig)
     tls_keys = {k for k in schema if k.startswith("listeners.tls.")}
-    assert _yaml_keys(yaml.safe_load(DEFAULT_CONFIG)) == schema - tls_keys
+    assert _yaml_keys(yaml.safe_load(default_config_text())) == schema - tls_keys
 
 
 def test_docs_document_every_key() -> None:
@@ -305,3 +311,66 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     path = str(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match=re.escape(path) + ".*cannot be read"):
         load_config(path)
+
+
+def test_every_error_of_a_file_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "three.yaml"
+    path.write_text(
+        "listeners:\n"
+        "  - port: 70000\n"            # line 2: out of range
+        "mqtt:\n"
+        "  max_inflite: 5\n"           # line 4: unknown key
+        "  queue_overflow: drop-all\n"  # line 5: not a choice
+    )
+    with pytest.raises(ConfigErrors) as info:
+        load_config(str(path))
+    errors = info.value.errors
+    assert [e.key for e in errors] == [
+        "listeners[0].port", "mqtt.max_inflite", "mqtt.queue_overflow"]
+    assert all(f"three.yaml:{n})" in e.expected
+               for e, n in zip(errors, (2, 4, 5), strict=True)), errors
+    assert "did you mean 'max_inflight'" in str(errors[1])
+    assert str(info.value).splitlines() == [str(e) for e in errors]
+    # The first error is also the exception's own key, for code that reads one.
+    assert info.value.key == "listeners[0].port"
+
+
+def test_strict_values_are_not_coerced() -> None:
+    for data, key in [({"auth": {"allow_anonymous": "yes"}}, "auth.allow_anonymous"),
+                      ({"mqtt": {"retain_available": 1}}, "mqtt.retain_available"),
+                      ({"mqtt": {"max_inflight": "20"}}, "mqtt.max_inflight"),
+                      ({"mqtt": {"maximum_qos": "1"}}, "mqtt.maximum_qos"),
+                      ({"storage": {"path": 5}}, "storage.path")]:
+        with pytest.raises(ConfigError) as info:
+            parse_config(data)
+        assert info.value.key == key
+
+
+def _leaf_types(cls: type) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for name, hint in get_type_hints(cls, include_extras=True).items():
+        args = [a for a in (get_args(hint) if get_origin(hint) is not Annotated else (hint,))
+                if a is not type(None)] or [hint]
+        for tp in args:
+            inner = get_args(tp)[0] if get_origin(tp) is Annotated else tp
+            if get_origin(inner) is tuple:
+                inner = get_args(inner)[0]
+            if dataclasses.is_dataclass(inner):
+                out += [(f"{name}.{k}", t) for k, t in _leaf_types(inner)]  # type: ignore[arg-type]
+            elif get_origin(inner) is not Literal:
+                out.append((name, tp))
+    return out
+
+
+def test_every_scalar_key_is_strict() -> None:
+    """A key is written ``StrictBool`` or ``Annotated[int|float, Number(...)]``, never bare
+    ``bool``/``int``/``float`` (pydantic would accept ``"yes"`` or ``"20"`` for those)."""
+    loose = []
+    for name, tp in _leaf_types(BrokerConfig):
+        if get_origin(tp) is Annotated:
+            base, *meta = get_args(tp)
+            if base in (int, float) and not any(isinstance(m, Number) for m in meta):
+                loose.append(name)
+        elif tp in (bool, int, float):
+            loose.append(name)
+    assert not loose, f"write these keys StrictBool or Annotated[..., Number(...)]: {loose}"

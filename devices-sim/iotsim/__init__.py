@@ -7,7 +7,8 @@ every message (delivered, lost, duplicated, out of order, per QoS) and measure e
 latency.
 
 The only part of ``iotbroker`` this package uses is :mod:`iotbroker.codec` (bytes <->
-packets). Entry points: the ``iotsim`` command (:mod:`iotsim.cli`) and
+packets). Entry points: the ``iotsim`` command (:mod:`iotsim.cli`, started by
+:mod:`iotsim.launcher`; it needs the ``sim`` extra, ``rich``) and
 :func:`iotsim.runner.run` for tests and scripts.
 """
 

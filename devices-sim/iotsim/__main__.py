@@ -1,5 +1,5 @@
 """``python -m iotsim``: the same as the ``iotsim`` command."""
 
-from iotsim.cli import main
+from iotsim.launcher import main
 
 raise SystemExit(main())

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from iotsim.runner import run
 from iotsim.scenario import (
@@ -124,8 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 duration=args.duration or 30.0, connect_rate=args.connect_rate,
                 monitors=args.monitors, keepalive=args.keepalive)
         scenario = _apply_common(scenario, args)
-    except ScenarioError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    except ScenarioError as exc:  # ScenarioErrors: every error of the file, in file order
+        for error in getattr(exc, "errors", (exc,)):
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False,
+                      soft_wrap=True)
         return 2
     if args.workers < 1:
         err.print("[red]error:[/red] --workers must be >= 1")

@@ -93,3 +93,21 @@ def test_ctrl_c_prints_the_report_so_far(broker: BrokerProcess, tmp_path: Path) 
     assert report["run"]["interrupted"] is True
     assert report["run"]["wall_s"] < 20 and report["messages"]["published"] > 0
     assert report["ok"]
+
+
+def test_without_rich_the_command_names_the_sim_extra() -> None:
+    code = ("import sys; sys.modules['rich'] = None\n"  # as if rich were not installed
+            "from iotsim.launcher import main\n"
+            "raise SystemExit(main(['check', 'x.yaml']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert proc.returncode == 2
+    assert "pip install 'iotbroker[sim]'" in proc.stderr and "Traceback" not in proc.stderr
+    # The broker itself does not import rich.
+    code = ("import sys; sys.modules['rich'] = None\n"
+            "from iotbroker.cli import main\n"
+            "raise SystemExit(main(['check-config', '--no-files', sys.argv[1]]))\n")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code, str(root / "configs" / "default.yaml")],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr

@@ -3,7 +3,9 @@ validation, accounting arithmetic and the HTML charts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 import random
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from iotsim.scenario import (
     HEADER_SIZE,
     PayloadSpec,
     ScenarioError,
+    ScenarioErrors,
     load_scenario,
     parse_duration,
     parse_rate,
@@ -176,6 +179,9 @@ def test_units() -> None:
     ({"groups": [{"name": "g", "count": 1, "version": 5, "clean_start": False}]},
      "groups[0].session_expiry", "session_expiry > 0"),
     ({"groups": []}, "groups", "non-empty"),
+    ({"groups": [{"name": "g", "count": 1, "qos_mix": 1}]}, "groups[0].qos_mix", "write qos"),
+    ({"groups": [{"name": "g", "count": 1}], "stages": [{"kind": "steady"}]},
+     "stages[0].kind", "write stage"),
     ({"groups": [{"name": "g", "count": 1}], "duration": "-1s"}, "duration", "duration"),
 ])
 def test_bad_scenarios_name_the_key(doc: dict[str, object], key: str, words: str) -> None:
@@ -345,3 +351,48 @@ def test_report_and_html_from_empty_and_small_runs() -> None:
 
 def test_header_size_constant() -> None:
     assert HEADER_SIZE == 24
+
+
+def test_scenario_file_reports_every_error_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "groups:\n"
+        "  - name: g\n"
+        "    count: 1\n"
+        "    intervall: 1s\n"      # line 4: unknown key, did you mean
+        "    qos: 3\n"             # line 5: out of range (YAML key qos, field qos_mix)
+        "stages:\n"
+        "  - stage: warp\n"        # line 7: not a stage
+        "duration: soon\n"         # line 8: not a duration
+    )
+    with pytest.raises(ScenarioErrors) as info:
+        load_scenario(bad)
+    errors = info.value.errors
+    assert [e.key for e in errors] == [
+        "groups[0].intervall", "groups[0].qos", "stages[0].stage", "duration"]
+    assert "did you mean 'interval'" in errors[0].message
+    for e, line in zip(errors, (4, 5, 7, 8), strict=True):
+        assert e.message.endswith(f"(at {bad}:{line})"), e
+    assert str(info.value).splitlines() == [str(e) for e in errors]
+
+
+def test_scenario_rules_across_keys_are_all_reported() -> None:
+    doc = {"groups": [{"name": "g", "count": 1, "behaviour": "actuator"},
+                      {"name": "g", "count": 1, "behaviour": "dashboard"}]}
+    with pytest.raises(ScenarioErrors) as info:
+        parse_scenario(doc)
+    assert [e.key for e in info.value.errors] == [
+        "groups[0].version", "groups[1].name", "groups[1].subscribe"]
+
+
+def test_scenario_values_from_code_and_copies() -> None:
+    sc = parse_scenario({"name": "x", "defaults": {"keepalive": 30},
+                         "groups": [{"name": "g", "count": 2, "qos": {0: 1, 2: 1}}],
+                         "tls": True})
+    assert sc.groups[0].keepalive == 30 and sc.groups[0].qos_mix == (0.5, 0.0, 0.5)
+    assert sc.tls.enabled and sc.stages == ()
+    again = sc.with_overrides(duration=5.0)
+    assert again.duration == 5.0 and again.groups == sc.groups
+    assert pickle.loads(pickle.dumps(again)) == again  # worker processes get a pickled copy
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sc.duration = 1.0  # type: ignore[misc]
