@@ -161,7 +161,7 @@ class Router:
             candidates.append((session, entry))
         if not candidates:
             return False
-        online = [c for c in candidates if c[0].outlet is not None] or candidates
+        online = [c for c in candidates if c[0].attached_to is not None] or candidates
         key = (group, topic_filter)
         strategy = self.shared_strategy
         if strategy == "random":
@@ -209,7 +209,7 @@ class Router:
                     m for m in members
                     if m.client_id != client_id
                     and (other := sessions.get(m.client_id)) is not None
-                    and other.outlet is not None
+                    and other.attached_to is not None
                 ]
                 if others and self._deliver_shared(
                     group, topic_filter, others, delivery.message, now

@@ -25,6 +25,13 @@ resume (queued while offline, restored from storage, queued behind a full window
 Both ends ask the broker's one :class:`ReceiveGate`, so a message the ACL does not let
 this client read is never queued and never sent, also when the ACL changed (SIGHUP)
 while it waited.
+
+Sending is data, not a call (issue 13): what the session decides to send goes into its
+:attr:`Session.outbox` as ``(delivery, packet id, dup, now)`` entries (``delivery`` None
+is a PUBREL), and the session puts itself once on the broker's ``ready`` list. The
+engine moves each ready session's outbox into the protocol connection it is attached
+to, and tells the session about a PUBLISH too large for the client
+(:meth:`Session.refused`). Core never calls into protocol or server.
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from iotbroker.codec.packets import Packet, PubRel
 from iotbroker.core.subscriptions import SubscriptionEntry
 from iotbroker.message import Delivery
 from iotbroker.metrics import Metrics
@@ -88,21 +94,9 @@ class ReceiveGate:
 OPEN_GATE = ReceiveGate()
 
 
-class Outlet(Protocol):
-    """What a session needs of the connection it is attached to (protocol/ implements it)."""
-
-    @property
-    def writable(self) -> bool:
-        """False while the transport's write buffer is above its high-water mark."""
-        ...
-
-    def send_publish(
-        self, delivery: Delivery, packet_id: int | None, dup: bool, now: float
-    ) -> bool:
-        """Send one PUBLISH; False when it exceeds the client's Maximum Packet Size."""
-        ...
-
-    def send_packet(self, packet: Packet) -> None: ...
+#: One thing for the connection to send: ``(delivery, packet id, dup, now)``; packet id 0
+#: for QoS 0; ``delivery`` None for a PUBREL of that packet id.
+OutboxEntry = tuple[Delivery | None, int, bool, float]
 
 
 class Pager(Protocol):
@@ -140,7 +134,9 @@ class Session:
         "_next_seq",
         "_offloaded",
         "_queued_bytes",
+        "_ready",
         "_resend",
+        "attached_to",
         "client_id",
         "disconnected_at",
         "expiry_interval",
@@ -149,7 +145,7 @@ class Session:
         "inflight",
         "limits",
         "metrics",
-        "outlet",
+        "outbox",
         "pager",
         "protocol_version",
         "queue",
@@ -157,6 +153,7 @@ class Session:
         "subscriptions",
         "username",
         "will_delay",
+        "writable",
     )
 
     def __init__(
@@ -168,6 +165,7 @@ class Session:
         limits: SessionLimits,
         metrics: Metrics,
         gate: ReceiveGate = OPEN_GATE,
+        ready: list[Session] | None = None,
     ) -> None:
         self.client_id = client_id
         self.protocol_version = protocol_version
@@ -180,7 +178,14 @@ class Session:
         self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
         self.inbound_qos2: set[int] = _NO_IDS
         self.will_delay = 0
-        self.outlet: Outlet | None = None
+        #: The connection it is attached to (opaque to core: the engine's client).
+        self.attached_to: object | None = None
+        #: False while that connection's write buffer is above its high-water mark.
+        self.writable = True
+        #: What to send, in order, until the engine moves it to the connection.
+        self.outbox: list[OutboxEntry] | None = None
+        #: The broker's list of sessions with something in their outbox.
+        self._ready: list[Session] = [] if ready is None else ready
         self.receive_maximum = 65535
         self.disconnected_at: float | None = None
         self.limits = limits
@@ -258,13 +263,10 @@ class Session:
         if check is not None and not check(self, delivery.message.topic):
             self.metrics.acl_denials += 1
             return False
-        outlet = self.outlet
         if delivery.qos == 0:
-            if outlet is not None:
-                if outlet.writable:
-                    if outlet.send_publish(delivery, None, False, now):
-                        self.metrics.publish_sent += 1
-                        self.metrics.publish_sent_qos[0] += 1
+            if self.attached_to is not None:
+                if self.writable:
+                    self._emit(delivery, 0, False, now)
                 else:
                     self.metrics.messages_dropped_slow_consumer += 1
             elif self.limits.queue_qos0_offline and self.persistent:
@@ -273,13 +275,13 @@ class Session:
                 self.metrics.messages_dropped_qos0_offline += 1
             return True
         if (
-            outlet is not None
+            self.attached_to is not None
             and not self.queue
             and not self._resend
             and len(self.inflight) < self.receive_maximum
-            and outlet.writable
+            and self.writable
         ):
-            self._send_new(outlet, delivery, now)
+            self._send_new(delivery, now)
         else:
             self._enqueue(delivery)
         return True
@@ -293,14 +295,42 @@ class Session:
         self._next_packet_id = pid + 1 if pid < 0xFFFF else 1
         return pid
 
-    def _send_new(self, outlet: Outlet, delivery: Delivery, now: float) -> None:
+    def _emit(self, delivery: Delivery | None, packet_id: int, dup: bool, now: float) -> None:
+        """Put one PUBLISH (or, ``delivery`` None, a PUBREL) in the outbox; a new
+        PUBLISH counts as sent (:meth:`refused` takes it back)."""
+        out = self.outbox
+        if out is None:
+            out = self.outbox = []
+            self._ready.append(self)
+        out.append((delivery, packet_id, dup, now))
+        if delivery is not None and not dup:
+            metrics = self.metrics
+            metrics.publish_sent += 1
+            metrics.publish_sent_qos[delivery.qos] += 1
+
+    def take_outbox(self) -> list[OutboxEntry]:
+        """What to send now, in order (the engine hands it to the connection)."""
+        out = self.outbox
+        self.outbox = None
+        return out if out is not None else []
+
+    def refused(self, packet_id: int, qos: int, now: float) -> None:
+        """The connection did not send a new PUBLISH: larger than the client's Maximum
+        Packet Size. It is discarded as if completed [MQTT-3.1.2-25]; the window
+        moves on."""
+        metrics = self.metrics
+        metrics.publish_sent -= 1
+        metrics.publish_sent_qos[qos] -= 1
+        if not packet_id:
+            return  # QoS 0: nothing to complete
+        metrics.messages_dropped_too_large += 1
+        if self.inflight.pop(packet_id, None) is not None:
+            if self.persistent:
+                self._batch.delete_outbound(self.client_id, packet_id)
+            self.pump(now)
+
+    def _send_new(self, delivery: Delivery, now: float) -> None:
         pid = self._allocate_packet_id()
-        if not outlet.send_publish(delivery, pid, False, now):
-            # Too large for the client: discarded as if completed [MQTT-3.1.2-25].
-            self.metrics.messages_dropped_too_large += 1
-            return
-        self.metrics.publish_sent += 1
-        self.metrics.publish_sent_qos[delivery.qos] += 1
         seq = self._next_seq
         self._next_seq = seq + 1
         self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
@@ -308,6 +338,7 @@ class Session:
             self._batch.put_outbound(
                 OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
             )
+        self._emit(delivery, pid, False, now)
 
     @property
     def queued_count(self) -> int:
@@ -317,7 +348,7 @@ class Session:
     def _enqueue(self, delivery: Delivery) -> None:
         limits = self.limits
         size = len(delivery.message.payload)
-        offload = self.outlet is None and self.pager is not None and self.persistent
+        offload = self.attached_to is None and self.pager is not None and self.persistent
         while self.queued_count >= limits.max_queued_messages or (
             limits.max_queued_bytes and self._queued_bytes + size > limits.max_queued_bytes
         ):
@@ -352,13 +383,12 @@ class Session:
 
     def pump(self, now: float) -> None:
         """Move queued messages into the in-flight window while it has room."""
-        outlet = self.outlet
-        if outlet is None:
+        if self.attached_to is None:
             return
-        if self._resend and not self._resend_waiting(outlet, now):
+        if self._resend and not self._resend_waiting(now):
             return
         queue = self.queue
-        while queue and outlet.writable:
+        while queue and self.writable:
             seq, delivery = queue[0]
             if delivery.qos > 0 and len(self.inflight) >= self.receive_maximum:
                 return
@@ -372,11 +402,9 @@ class Session:
             if not self.may_receive(delivery.message.topic):
                 continue  # the ACL changed while it waited (SIGHUP): dropped, counted
             if delivery.qos == 0:
-                if outlet.send_publish(delivery, None, False, now):
-                    self.metrics.publish_sent += 1
-                    self.metrics.publish_sent_qos[0] += 1
+                self._emit(delivery, 0, False, now)
             else:
-                self._send_new(outlet, delivery, now)
+                self._send_new(delivery, now)
 
     # ------------------------------------------------------------ acks in
     def on_puback(self, packet_id: int, now: float) -> bool:
@@ -411,8 +439,8 @@ class Session:
                         entry.seq,
                     )
                 )
-        if self.outlet is not None:
-            self.outlet.send_packet(PubRel(packet_id))
+        if self.attached_to is not None:
+            self._emit(None, packet_id, False, now)
         return True
 
     def on_pubcomp(self, packet_id: int, now: float) -> bool:
@@ -515,12 +543,14 @@ class Session:
         self._queued_bytes = sum(len(d.message.payload) for _, d in queue)
 
     # ----------------------------------------------------- connect/disconnect
-    def attach(self, outlet: Outlet, receive_maximum: int, now: float) -> None:
+    def attach(self, connection: object, receive_maximum: int, now: float) -> None:
         """Connect the session to a network connection and resend what is in flight,
         in order, PUBLISH with DUP=1 and PUBREL as they were [MQTT-4.4.0-1]. At most
         Receive Maximum of them are outstanding at once [MQTT-3.3.4-9]: the rest wait
         for acknowledgements, ahead of anything queued."""
-        self.outlet = outlet
+        self.attached_to = connection
+        self.writable = True
+        self.outbox = None
         self.receive_maximum = receive_maximum
         self.disconnected_at = None
         self.page_in()
@@ -530,22 +560,22 @@ class Session:
             )
         self.pump(now)
 
-    def _resend_waiting(self, outlet: Outlet, now: float) -> bool:
+    def _resend_waiting(self, now: float) -> bool:
         """Re-send in-flight messages of a resumed session while the window allows;
         True when all of them have been re-sent."""
         resend = self._resend
         inflight = self.inflight
         while resend:
-            if len(inflight) - len(resend) >= self.receive_maximum or not outlet.writable:
+            if len(inflight) - len(resend) >= self.receive_maximum or not self.writable:
                 return False
             pid = resend.popleft()
             entry = inflight.get(pid)
             if entry is None:
                 continue  # acknowledged or handed over meanwhile
             if entry.state is OutboundState.PUBREL_SENT:
-                outlet.send_packet(PubRel(pid))
+                self._emit(None, pid, False, now)
             elif self.may_receive(entry.delivery.message.topic):
-                outlet.send_publish(entry.delivery, pid, True, now)
+                self._emit(entry.delivery, pid, True, now)
             else:
                 # Not readable any more (ACL reloaded while it was in flight): ended.
                 del inflight[pid]
@@ -554,7 +584,8 @@ class Session:
         return True
 
     def detach(self, now: float) -> None:
-        self.outlet = None
+        self.attached_to = None
+        self.outbox = None  # what was in flight is re-sent on resume [MQTT-4.4.0-1]
         self._resend = _NO_RESEND
         self.offload()
         self.disconnected_at = now

@@ -49,6 +49,8 @@ class SessionRegistry:
         self.metrics = metrics
         #: The ACL read decision every session asks before a delivery (see Session).
         self.gate = ReceiveGate()
+        #: Sessions with something in their outbox (the engine sends them on).
+        self.ready: list[Session] = []
         self.sessions: dict[str, Session] = {}
         # (deadline, client_id) for disconnected sessions with a finite expiry and
         # for pending delayed wills; stale entries are skipped when popped.
@@ -95,7 +97,7 @@ class SessionRegistry:
             return old, True
         session = Session(
             client_id, protocol_version, expiry_interval, self.batch, self.limits, self.metrics,
-            self.gate,
+            self.gate, self.ready,
         )
         session.pager = self.pager
         self.sessions[client_id] = session
@@ -163,7 +165,7 @@ class SessionRegistry:
 
     def _expired(self, session: Session, now: float) -> bool:
         return (
-            session.outlet is None
+            session.attached_to is None
             and session.disconnected_at is not None
             and session.expiry_interval != NEVER_EXPIRES
             and session.disconnected_at + session.expiry_interval <= now
@@ -198,7 +200,7 @@ class SessionRegistry:
         for client_id, rec in snapshot.sessions.items():
             session = Session(
                 client_id, rec.protocol_version, rec.expiry_interval, self.batch, self.limits,
-                self.metrics, self.gate,
+                self.metrics, self.gate, self.ready,
             )
             session.username = rec.username
             session.pager = self.pager

@@ -193,7 +193,7 @@ def accept(
     metrics.clients_connected += 1
     metrics.clients_maximum = max(metrics.clients_maximum, metrics.clients_connected)
     window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
-    session.attach(conn, window, now)
+    session.attach(client, window, now)
     return Accepted(present, keepalive, granted_expiry)
 
 
@@ -209,7 +209,7 @@ def _take_over(engine: Engine, client: Client, client_id: str, clean_start: bool
     old.taken_over = True
     old.session_ended_by_takeover = clean_start
     old_session = old.session
-    if old_session is not None and old_session.outlet is old.conn:
+    if old_session is not None and old_session.attached_to is old:
         old_session.detach(now)
     if old.conn.protocol_version == 5 and old.conn.connected:
         old.conn.send_packet(Disconnect(R.SESSION_TAKEN_OVER))

@@ -202,6 +202,32 @@ class Engine:
         new rules from now on."""
         self.registry.gate.check = self.auth.receive_check()
 
+    def send_ready(self) -> None:
+        """Move what sessions decided to send into their connections (the server calls
+        this before it commits and writes, once per loop turn). A session detached
+        meanwhile keeps its in-flight messages for the resend on resume."""
+        ready = self.registry.ready
+        while ready:
+            sessions = ready[:]
+            ready.clear()
+            for session in sessions:
+                entries = session.take_outbox()
+                client = session.attached_to
+                if not entries or not isinstance(client, Client):
+                    continue
+                refused = client.conn.send_outbox(entries)
+                for packet_id, qos in refused:
+                    session.refused(packet_id, qos, entries[0][3])
+
+    def set_writable(self, client: Client, writable: bool, now: float) -> None:
+        """The connection's write buffer crossed its high-water mark (False) or drained
+        (True): QoS 0 is dropped and QoS 1/2 wait while it is full (slow consumer)."""
+        session = client.session
+        if session is not None and session.attached_to is client:
+            session.writable = writable
+            if writable:
+                session.pump(now)
+
     def take_closing(self) -> list[Client]:
         """The connections to close (the server applies this effect once per event)."""
         closing, self.closing = self.closing, []

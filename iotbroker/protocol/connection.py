@@ -42,6 +42,7 @@ from iotbroker.codec.packets import (
     PubComp,
     Publish,
     PubRec,
+    PubRel,
 )
 from iotbroker.codec.properties import encode_properties
 from iotbroker.errors import MalformedPacket, ProtocolViolation
@@ -330,6 +331,21 @@ class Connection:
             self._outbound_aliases.commit(topic, alias)
         self._queue(data)
         return True
+
+    def send_outbox(
+        self, entries: list[tuple[Delivery | None, int, bool, float]]
+    ) -> list[tuple[int, int]]:
+        """Send a session's outbox in order: PUBLISH ``(delivery, packet id or 0, dup,
+        now)`` or PUBREL ``(None, packet id, ...)``. Returns ``(packet id, qos)`` of the
+        new PUBLISHes larger than the client's Maximum Packet Size, which were not sent
+        [MQTT-3.1.2-25] (the session discards them as if completed)."""
+        refused: list[tuple[int, int]] = []
+        for delivery, packet_id, dup, now in entries:
+            if delivery is None:
+                self.send_packet(PubRel(packet_id))
+            elif not self.send_publish(delivery, packet_id or None, dup, now) and not dup:
+                refused.append((packet_id, delivery.qos))
+        return refused
 
     def _queue(self, data: bytes) -> None:
         self.packets_queued += 1

@@ -182,12 +182,22 @@ class Broker:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
+    def _schedule_flush(self) -> None:
+        """Flush at the end of this loop turn if sessions have something to send."""
+        if not self._flush_scheduled and self.engine.registry.ready:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
         """Commit the turn's storage changes, then write each connection's output once.
 
         No acknowledgement leaves before the changes it acknowledges are in the store
         (design.md, "A QoS 1 PUBLISH").
         """
+        # Sessions' output into their connections first (they join _dirty; no second
+        # flush is scheduled while this one has not started writing).
+        self._flush_scheduled = True
+        self.engine.send_ready()
         self._flush_scheduled = False
         batch = self.engine.batch
         dirty = self._dirty
@@ -230,6 +240,7 @@ class Broker:
     # ---------------------------------------------------------- backpressure
     def writer_paused(self, proto: ClientProtocol) -> None:
         """``proto`` stopped draining; a drain timeout bounds how long it may stall."""
+        self.engine.set_writable(proto, False, self.now())
         if proto in self._throttled:
             return
         self._throttled[proto] = set()
@@ -238,6 +249,8 @@ class Broker:
             self._drain_timers[proto] = self.loop.call_later(timeout, self._drain_expired, proto)
 
     def writer_resumed(self, proto: ClientProtocol) -> None:
+        self.engine.set_writable(proto, True, self.now())
+        self._schedule_flush()
         waiting = self._throttled.pop(proto, None)
         timer = self._drain_timers.pop(proto, None)
         if timer is not None:
@@ -348,6 +361,8 @@ class Broker:
             self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
         if self.engine.closing:
             self._apply_closes()
+        if self.engine.registry.ready and not self._flush_scheduled:
+            self._schedule_flush()
 
     def _limit_publish_rate(self, proto: ClientProtocol) -> None:
         """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""
@@ -481,7 +496,7 @@ class Broker:
         self._timer_at = None
         self.engine.run_timers(self.now())
         self._reschedule_core_timer()
-        if self.engine.batch and not self._flush_scheduled:
+        if (self.engine.batch or self.engine.registry.ready) and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 

@@ -192,14 +192,10 @@ class ClientProtocol(Client, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The transport buffer passed its high-water mark: a slow consumer."""
-        self.conn.writable = False
         self.broker.writer_paused(self)
 
     def resume_writing(self) -> None:
-        self.conn.writable = True
         self.broker.writer_resumed(self)
-        if self.session is not None and self.session.outlet is self.conn:
-            self.session.pump(self.broker.now())
 
     def pause_reading(self) -> None:
         """Backpressure: stop reading this client until the congestion it feeds clears."""

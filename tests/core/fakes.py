@@ -4,40 +4,88 @@ helpers to build messages and read a :class:`ChangeBatch`."""
 
 from __future__ import annotations
 
-from iotbroker.codec.packets import NO_PROPERTIES, Packet, Properties
+from iotbroker.codec.packets import NO_PROPERTIES, Packet, Properties, PubRel
+from iotbroker.core.session import Session
 from iotbroker.message import Delivery, Message
 from iotbroker.storage.base import ChangeBatch, Op
 
 
 class FakeOutlet:
-    """Records what a session sends. ``writable`` can be flipped; PUBLISHes whose
-    payload is longer than ``max_payload`` are refused (too large for the client)."""
+    """The connection a session is attached to, as the engine drives it: what the
+    session put in its outbox is sent when the test looks (any of the recording
+    properties), PUBLISHes whose payload is longer than ``max_payload`` are refused
+    (too large for the client) and handed back to the session, as
+    ``Connection.send_outbox`` and ``Engine.send_ready`` do. ``writable`` is the
+    connection's write buffer state, passed to the session.
+
+    Attach with :func:`attach` (it tells the fake which session is attached)."""
 
     def __init__(self, writable: bool = True, max_payload: int | None = None) -> None:
-        self.writable = writable
+        self._writable = writable
         self.max_payload = max_payload
+        self.session: Session | None = None
         #: every send_publish call: (delivery, packet id, dup, now), also refused ones
-        self.calls: list[tuple[Delivery, int | None, bool, float]] = []
+        self._calls: list[tuple[Delivery, int | None, bool, float]] = []
         #: the PUBLISHes really sent
-        self.published: list[tuple[Delivery, int | None, bool, float]] = []
-        self.packets: list[Packet] = []
+        self._published: list[tuple[Delivery, int | None, bool, float]] = []
+        self._packets: list[Packet] = []
         #: both kinds in order: ("PUBLISH", payload, packet id, dup) or ("PUBREL", id)
-        self.log: list[tuple[object, ...]] = []
+        self._log: list[tuple[object, ...]] = []
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    @writable.setter
+    def writable(self, value: bool) -> None:
+        self._writable = value
+        if self.session is not None and self.session.attached_to is self:
+            self.session.writable = value
+
+    def drain(self) -> None:
+        """Send what the attached session has in its outbox."""
+        session = self.session
+        while session is not None and session.attached_to is self and session.outbox:
+            for delivery, packet_id, dup, now in session.take_outbox():
+                if delivery is None:
+                    self.send_packet(PubRel(packet_id))
+                elif not self.send_publish(delivery, packet_id or None, dup, now) and not dup:
+                    session.refused(packet_id, delivery.qos, now)
 
     def send_publish(
         self, delivery: Delivery, packet_id: int | None, dup: bool, now: float
     ) -> bool:
         call = (delivery, packet_id, dup, now)
-        self.calls.append(call)
+        self._calls.append(call)
         if self.max_payload is not None and len(delivery.message.payload) > self.max_payload:
             return False
-        self.published.append(call)
-        self.log.append(("PUBLISH", delivery.message.payload, packet_id, dup))
+        self._published.append(call)
+        self._log.append(("PUBLISH", delivery.message.payload, packet_id, dup))
         return True
 
     def send_packet(self, packet: Packet) -> None:
-        self.packets.append(packet)
-        self.log.append((type(packet).__name__.upper(), getattr(packet, "packet_id", None)))
+        self._packets.append(packet)
+        self._log.append((type(packet).__name__.upper(), getattr(packet, "packet_id", None)))
+
+    @property
+    def calls(self) -> list[tuple[Delivery, int | None, bool, float]]:
+        self.drain()
+        return self._calls
+
+    @property
+    def published(self) -> list[tuple[Delivery, int | None, bool, float]]:
+        self.drain()
+        return self._published
+
+    @property
+    def packets(self) -> list[Packet]:
+        self.drain()
+        return self._packets
+
+    @property
+    def log(self) -> list[tuple[object, ...]]:
+        self.drain()
+        return self._log
 
     @property
     def payloads(self) -> list[bytes]:
@@ -46,6 +94,13 @@ class FakeOutlet:
     @property
     def packet_ids(self) -> list[int | None]:
         return [pid for _, pid, _, _ in self.published]
+
+
+def attach(session: Session, outlet: FakeOutlet, receive_maximum: int, now: float) -> None:
+    """``session.attach`` to the fake connection, which then sends its outbox."""
+    outlet.session = session
+    session.attach(outlet, receive_maximum, now)
+    session.writable = outlet.writable
 
 
 def message(

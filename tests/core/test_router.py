@@ -16,7 +16,7 @@ from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.message import Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch, Op
-from tests.core.fakes import FakeOutlet, changes, message
+from tests.core.fakes import FakeOutlet, attach, changes, message
 
 
 class World:
@@ -40,7 +40,7 @@ class World:
     ) -> Session:
         session, _ = self.registry.open(client_id, True, expiry, version, 0.0)
         outlet = self.outlets[client_id] = FakeOutlet()
-        session.attach(outlet, receive_maximum, 0.0)
+        attach(session, outlet, receive_maximum, 0.0)
         return session
 
     def subscribe(

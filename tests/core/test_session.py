@@ -16,7 +16,8 @@ from iotbroker.storage.base import (
     OutboundState,
     QueuedRecord,
 )
-from tests.core.fakes import FakeOutlet, changes, delivery, ops
+from iotbroker.storage.memory import MemoryStore
+from tests.core.fakes import FakeOutlet, attach, changes, delivery, ops
 
 
 def make(
@@ -38,7 +39,7 @@ def online(
 ) -> tuple[Session, FakeOutlet, ChangeBatch, Metrics]:
     session, batch, metrics = make(expiry, **kw)  # type: ignore[arg-type]
     outlet = FakeOutlet()
-    session.attach(outlet, receive_maximum, 0.0)
+    attach(session, outlet, receive_maximum, 0.0)
     return session, outlet, batch, metrics
 
 
@@ -164,13 +165,21 @@ def test_mqtt_3_1_2_25_too_large_publish_is_dropped_as_if_delivered() -> None:
     counted, and does not take the window."""
     session, batch, metrics = make(expiry=60)
     outlet = FakeOutlet(max_payload=3)
-    session.attach(outlet, 1, 0.0)
+    attach(session, outlet, 1, 0.0)
     session.deliver(delivery(b"too large"), 0.0)
     session.deliver(delivery(b"ok"), 0.0)
     assert outlet.payloads == [b"ok"]
     assert metrics.messages_dropped_too_large == 1
     assert len(session.inflight) == 1
-    assert ops(batch) == [Op.PUT_OUTBOUND]
+    # What the turn leaves in the store: the in-flight "ok", nothing of "too large"
+    # (the connection refuses it after the session put it in flight, so the batch
+    # holds its put and its delete; they are committed together).
+    store = MemoryStore()
+    store.apply(batch)
+    snapshot = store.load()
+    outbound = snapshot.outbound.get("c1", [])
+    assert [rec.delivery.message.payload for rec in outbound if rec.delivery] == [b"ok"]
+    assert not snapshot.queued.get("c1")
 
 
 # ---------------------------------------------------------------- acks
@@ -229,7 +238,7 @@ def test_mqtt_4_4_0_2_pubrec_with_failure_code_ends_the_delivery() -> None:
     assert outlet.payloads == [b"refused", b"next"]
     session.detach(1.0)
     again = FakeOutlet()
-    session.attach(again, 10, 2.0)
+    attach(session, again, 10, 2.0)
     assert again.payloads == [b"next"]  # only the one still in flight
 
 
@@ -247,7 +256,7 @@ def test_mqtt_4_4_0_1_resume_resends_publish_with_dup_and_pubrel_in_order() -> N
     session.detach(5.0)
     assert session.disconnected_at == 5.0
     again = FakeOutlet()
-    session.attach(again, 65535, 10.0)
+    attach(session, again, 65535, 10.0)
     assert again.log == [
         ("PUBLISH", b"a", 1, True),
         ("PUBREL", 2),
@@ -265,7 +274,7 @@ def test_mqtt_3_3_4_9_resend_on_resume_respects_the_new_receive_maximum() -> Non
     session.detach(1.0)
     session.deliver(delivery(b"queued"), 1.0)
     again = FakeOutlet()
-    session.attach(again, 1, 2.0)
+    attach(session, again, 1, 2.0)
     assert again.log == [("PUBLISH", b"a", 1, True)]
     session.on_puback(1, 2.0)
     assert again.log[-1] == ("PUBLISH", b"b", 2, True)
@@ -283,7 +292,7 @@ def test_resend_keeps_the_original_order_after_packet_ids_wrapped() -> None:
     session.deliver(delivery(b"second"), 0.0)  # 1
     session.detach(0.0)
     again = FakeOutlet()
-    session.attach(again, 10, 0.0)
+    attach(session, again, 10, 0.0)
     assert [(p, i) for _, p, i, _ in again.log] == [(b"first", 0xFFFF), (b"second", 1)]
 
 
@@ -305,7 +314,7 @@ def test_qos0_offline_is_queued_for_persistent_sessions_when_configured() -> Non
     assert session.queued_count == 1 and metrics.messages_dropped_qos0_offline == 0
     assert ops(batch) == [Op.PUT_QUEUED]
     outlet = FakeOutlet()
-    session.attach(outlet, 10, 1.0)
+    attach(session, outlet, 10, 1.0)
     assert outlet.published[0][1:3] == (None, False)
     assert not session.inflight
 
@@ -320,7 +329,7 @@ def test_mqtt_3_1_2_5_offline_persistent_session_queues_qos1_and_qos2() -> None:
     assert all(isinstance(r, QueuedRecord) for r in recs)
     assert [r.seq for r in recs] == [1, 2]  # type: ignore[attr-defined]
     outlet = FakeOutlet()
-    session.attach(outlet, 10, 1.0)
+    attach(session, outlet, 10, 1.0)
     assert outlet.payloads == [b"one", b"two"]
     assert changes(batch, Op.DELETE_QUEUED) == [("c1", 1), ("c1", 2)]
 
@@ -372,7 +381,7 @@ def test_message_expiring_while_queued_is_not_sent() -> None:
     session.deliver(delivery(b"fresh", expires_at=100.0), 0.0)
     session.deliver(delivery(b"forever"), 0.0)
     outlet = FakeOutlet()
-    session.attach(outlet, 10, 20.0)
+    attach(session, outlet, 10, 20.0)
     assert outlet.payloads == [b"fresh", b"forever"]
     assert metrics.messages_expired == 1
     assert ("c1", 1) in changes(batch, Op.DELETE_QUEUED)  # removed from the store too
@@ -504,7 +513,7 @@ def test_queued_message_is_dropped_at_pump_if_the_gate_changed_meanwhile() -> No
     assert session.queued_count == 2
     gate.check = _refuse_secret  # the ACL was reloaded (SIGHUP)
     outlet = FakeOutlet()
-    session.attach(outlet, 10, 1.0)
+    attach(session, outlet, 10, 1.0)
     assert outlet.payloads == [b"public"]
     assert metrics.acl_denials == 1
     assert session.queued_count == 0
@@ -519,7 +528,7 @@ def test_in_flight_message_is_not_resent_if_the_gate_changed_meanwhile() -> None
     session.detach(1.0)
     gate.check = _refuse_secret
     again = FakeOutlet()
-    session.attach(again, 10, 2.0)
+    attach(session, again, 10, 2.0)
     assert again.log == [("PUBLISH", b"public", 2, True)]
     assert set(session.inflight) == {2}
     assert ("c1", 1) in changes(batch, Op.DELETE_OUTBOUND)

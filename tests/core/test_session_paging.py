@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from iotbroker.codec.packets import Packet, Properties
+from iotbroker.codec.packets import Properties
 from iotbroker.core.session import Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
@@ -11,6 +11,7 @@ from iotbroker.message import Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch
 from iotbroker.storage.memory import MemoryStore
+from tests.core.fakes import FakeOutlet, attach
 
 
 class Pager:
@@ -26,19 +27,10 @@ class Pager:
         return self.store.load_queued(client_id)
 
 
-class Outlet:
-    writable = True
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, int | None, bool]] = []
-
-    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool,
-                     now: float) -> bool:
-        self.sent.append((delivery.message.payload, packet_id, dup))
-        return True
-
-    def send_packet(self, packet: Packet) -> None:
-        pass
+class Outlet(FakeOutlet):
+    @property
+    def sent(self) -> list[tuple[bytes, int | None, bool]]:
+        return [(d.message.payload, pid, dup) for d, pid, dup, _ in self.published]
 
 
 def _message(i: int) -> Message:
@@ -61,7 +53,7 @@ def test_offline_queue_holds_no_messages_in_memory_and_pages_back_in_order() -> 
     assert len(session.queue) == 0
     assert session.queued_count == 50
     outlet = Outlet()
-    session.attach(outlet, receive_maximum=100, now=0.0)
+    attach(session, outlet, 100, 0.0)
     assert pager.reads == 1
     assert [p for p, _, _ in outlet.sent] == [f"m{i}".encode() for i in range(50)]
     assert session.queued_count == 0
@@ -70,14 +62,14 @@ def test_offline_queue_holds_no_messages_in_memory_and_pages_back_in_order() -> 
 def test_messages_queued_while_online_are_offloaded_at_disconnect() -> None:
     session, _ = _session()
     outlet = Outlet()
-    session.attach(outlet, receive_maximum=2, now=0.0)
+    attach(session, outlet, 2, 0.0)
     for i in range(10):
         session.deliver(Delivery(_message(i), 1), 0.0)
     assert len(session.inflight) == 2 and len(session.queue) == 8
     session.detach(0.0)
     assert len(session.queue) == 0 and session.queued_count == 8
     again = Outlet()
-    session.attach(again, receive_maximum=100, now=0.0)
+    attach(session, again, 100, 0.0)
     # the two in flight are re-sent first (DUP), then the eight queued, in order
     assert [(p, d) for p, _, d in again.sent] == (
         [(b"m0", True), (b"m1", True)] + [(f"m{i}".encode(), False) for i in range(2, 10)]
@@ -92,7 +84,7 @@ def test_offloaded_queue_limit_drops_oldest_from_the_store() -> None:
     assert session.queued_count == 5
     assert session.metrics.messages_dropped_queue_full == 3
     outlet = Outlet()
-    session.attach(outlet, receive_maximum=100, now=0.0)
+    attach(session, outlet, 100, 0.0)
     assert [p for p, _, _ in outlet.sent] == [f"m{i}".encode() for i in range(3, 8)]
 
 
@@ -111,5 +103,5 @@ def test_resume_with_expiry_0_pages_in_before_the_stored_session_is_deleted() ->
     resumed, present = registry.open("dev-9", False, 0, 5, 1.0)
     assert present and resumed is session
     outlet = Outlet()
-    resumed.attach(outlet, receive_maximum=10, now=1.0)
+    attach(resumed, outlet, 10, 1.0)
     assert [p for p, _, _ in outlet.sent] == [b"m0", b"m1", b"m2"]

@@ -20,7 +20,7 @@ from iotbroker.storage.base import (
     StoreSnapshot,
     WillRecord,
 )
-from tests.core.fakes import FakeOutlet, changes, delivery, ops
+from tests.core.fakes import FakeOutlet, attach, changes, delivery, ops
 
 
 def registry() -> SessionRegistry:
@@ -65,7 +65,7 @@ def test_mqtt_3_1_2_5_clean_start_0_resumes_the_existing_session() -> None:
     reg = registry()
     session, _ = reg.open("c1", False, 300, 4, 0.0)
     subscribe(reg, "c1", "a/#")
-    session.attach(FakeOutlet(), 10, 0.0)
+    attach(session, FakeOutlet(), 10, 0.0)
     reg.close(session, 10.0)
     session.deliver(delivery(b"while away"), 11.0)
     again, present = reg.open("c1", False, 300, 5, 20.0)
@@ -74,7 +74,7 @@ def test_mqtt_3_1_2_5_clean_start_0_resumes_the_existing_session() -> None:
     assert set(again.subscriptions) == {"a/#"}
     assert reg.trie.match("a/b").direct.keys() == {"c1"}
     outlet = FakeOutlet()
-    again.attach(outlet, 10, 20.0)
+    attach(again, outlet, 10, 20.0)
     assert outlet.payloads == [b"while away"]
 
 
@@ -84,7 +84,7 @@ def test_mqtt_3_1_2_4_clean_start_1_discards_the_existing_session() -> None:
     reg = registry()
     old, _ = reg.open("c1", False, 300, 5, 0.0)
     subscribe(reg, "c1", "a/#")
-    old.attach(FakeOutlet(), 10, 0.0)
+    attach(old, FakeOutlet(), 10, 0.0)
     reg.close(old, 1.0)
     old.deliver(delivery(b"queued"), 1.0)
     reg.batch.clear()
@@ -199,7 +199,7 @@ def test_mqtt_3_1_3_9_resume_within_the_will_delay_cancels_the_will() -> None:
     session, _ = reg.open("c1", False, 300, 5, 0.0)
     reg.close(session, 0.0, will(delay=10))
     again, present = reg.open("c1", False, 300, 5, 5.0)
-    again.attach(FakeOutlet(), 10, 5.0)
+    attach(again, FakeOutlet(), 10, 5.0)
     assert present is True
     assert reg.run_timers(10.0) == []
     assert reg.run_timers(400.0) == []  # connected: the expiry timer does not end it
@@ -242,7 +242,7 @@ def test_stale_timer_of_an_earlier_disconnect_does_not_end_a_later_one() -> None
     session, _ = reg.open("c1", False, 60, 5, 0.0)
     reg.close(session, 0.0)  # timer at 60
     again, _ = reg.open("c1", False, 60, 5, 30.0)
-    again.attach(FakeOutlet(), 10, 30.0)
+    attach(again, FakeOutlet(), 10, 30.0)
     reg.close(again, 50.0)  # timer at 110
     reg.run_timers(60.0)
     assert reg.get("c1") is again
@@ -319,7 +319,7 @@ def test_restore_then_resume_resends_in_flight_in_seq_order_then_queue() -> None
     session, present = reg.open("c1", False, 600, 5, 1020.0)
     assert present is True
     outlet = FakeOutlet()
-    session.attach(outlet, 10, 1020.0)
+    attach(session, outlet, 10, 1020.0)
     assert outlet.packets == [PubRel(8)]
     assert outlet.log == [
         ("PUBREL", 8),
