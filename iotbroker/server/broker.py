@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from iotbroker import __version__, build
-from iotbroker.codec.enums import PacketType
+from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
@@ -444,7 +444,7 @@ class Broker:
                 )
             except Exception:
                 log.exception("password check failed for %s", proto.peer)
-                decision = Refusal(0x80, "error", "password check failed")
+                decision = Refusal(ReasonCode.UNSPECIFIED_ERROR, "error", "password check failed")
             if proto not in self.connections or proto.close_after_flush:
                 return
             proto.password_checked = True
