@@ -17,7 +17,8 @@ class MqttError(Exception):
     example ``"MQTT-1.5.4-1"``.
     """
 
-    default_reason_code = 0x82
+    # Literals, not codec.enums.ReasonCode: the codec imports this module, not the reverse.
+    default_reason_code = 0x82  # Protocol Error
 
     def __init__(self, message: str, reason_code: int | None = None, spec_ref: str = "") -> None:
         self.reason_code = self.default_reason_code if reason_code is None else reason_code
@@ -30,19 +31,19 @@ class MqttError(Exception):
 class MalformedPacket(MqttError):
     """The bytes cannot be parsed as the packet they claim to be (MQTT 5.0 reason 0x81)."""
 
-    default_reason_code = 0x81
+    default_reason_code = 0x81  # Malformed Packet
 
 
 class ProtocolViolation(MqttError):
     """A well-formed packet that breaks a protocol rule (MQTT 5.0 reason 0x82 unless given)."""
 
-    default_reason_code = 0x82
+    default_reason_code = 0x82  # Protocol Error
 
 
 class PacketTooLarge(MalformedPacket):
     """A packet larger than the receiver's Maximum Packet Size (MQTT 5.0 reason 0x95)."""
 
-    default_reason_code = 0x95
+    default_reason_code = 0x95  # Packet too large
 
 
 class ConfigError(Exception):
@@ -67,7 +68,7 @@ class UnsupportedProtocolVersion(MalformedPacket):
     and closes. ``protocol_level`` and ``protocol_name`` say what the client asked for.
     """
 
-    default_reason_code = 0x84
+    default_reason_code = 0x84  # Unsupported Protocol Version
 
     def __init__(
         self,

@@ -33,7 +33,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "storage": ("iotbroker.errors", "iotbroker.storage", "iotbroker.message",
                 "iotbroker.subscription", "iotbroker.codec"),
     "auth": ("iotbroker.errors", "iotbroker.auth", "iotbroker.config",
-             "iotbroker.file_modes"),  # the shared check that a secret file is not exposed
+             "iotbroker.file_modes",  # the shared check that a secret file is not exposed
+             "iotbroker.codec.enums"),  # enhanced authentication answers with ReasonCode
     # the MQTT rules (issue 13): below server/, above protocol/ and core/; no I/O
     "engine": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
                "iotbroker.subscription", "iotbroker.protocol", "iotbroker.core",

@@ -94,12 +94,15 @@ def test_passwd_add_change_delete(tmp_path: Path) -> None:
     result = iotbroker("passwd", str(path), "alice", "-b", "three", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     pw = PasswordFile.load(str(path))
-    assert pw.usernames() == ["alice", "bob"]
+    assert len(pw) == 2 and "alice" in pw and "bob" in pw
+    assert [line.partition(":")[0] for line in path.read_text().splitlines()] == ["alice", "bob"]
     assert pw.check("alice", b"three") and not pw.check("alice", b"one")
 
     result = iotbroker("passwd", str(path), "alice", "--delete", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert PasswordFile.load(str(path)).usernames() == ["bob"]
+    pw = PasswordFile.load(str(path))
+    assert len(pw) == 1 and "bob" in pw
+    assert [line.partition(":")[0] for line in path.read_text().splitlines()] == ["bob"]
 
     result = iotbroker("passwd", str(path), "alice", "--delete", cwd=tmp_path)
     assert result.returncode == 1

@@ -157,6 +157,7 @@ class Acl:
 
     @classmethod
     def from_text(cls, text: str, source: str = "<memory>") -> Acl:
+        """Parse a whole ACL file's text held in memory (tests, embedding)."""
         return cls.from_lines(text.splitlines(), source)
 
     @classmethod

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from iotbroker.auth.passwords import PasswordFile
 from iotbroker.auth.scram import MECHANISM, AuthFailed, ScramServer
+from iotbroker.codec.enums import ReasonCode
 
 __all__ = [
     "AuthStep",
@@ -60,7 +61,7 @@ class AuthStep:
     @classmethod
     def proceed(cls, data: bytes) -> AuthStep:
         """Send ``data`` to the client in AUTH 0x18 and wait for its answer."""
-        return cls(StepKind.CONTINUE, data, reason_code=0x18)
+        return cls(StepKind.CONTINUE, data, reason_code=ReasonCode.CONTINUE_AUTHENTICATION)
 
     @classmethod
     def succeed(cls, data: bytes | None, username: str) -> AuthStep:
@@ -102,7 +103,7 @@ class ScramSha256Authenticator:
 
     def begin(self, client_id: str, auth_data: bytes | None) -> AuthStep:
         if self._stage != 0:
-            return self._failed(0x87, "SCRAM exchange begun twice")
+            return self._failed(ReasonCode.NOT_AUTHORIZED, "SCRAM exchange begun twice")
         if not auth_data:
             self._stage = 1
             return AuthStep.proceed(b"")
@@ -113,7 +114,8 @@ class ScramSha256Authenticator:
         if self._stage == 1:
             return self._first(data)
         if self._stage != 2:
-            return self._failed(0x87, "SCRAM message after the exchange ended")
+            return self._failed(ReasonCode.NOT_AUTHORIZED,
+                                "SCRAM message after the exchange ended")
         self._stage = 3
         try:
             final = self._server.finish(data)
@@ -137,7 +139,8 @@ class ScramSha256Authenticator:
 
     @staticmethod
     def _failure(exc: AuthFailed) -> AuthStep:
-        code = 0x86 if exc.reason == "invalid-proof" else 0x87
+        code = (ReasonCode.BAD_USER_NAME_OR_PASSWORD if exc.reason == "invalid-proof"
+                else ReasonCode.NOT_AUTHORIZED)
         return AuthStep.fail(code, str(exc))
 
 

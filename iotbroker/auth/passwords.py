@@ -289,9 +289,6 @@ class PasswordFile:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def usernames(self) -> list[str]:
-        return list(self._entries)
-
     def scram_credentials(self, username: str) -> ScramCredentials | None:
         """The user's SCRAM-SHA-256 keys; None for an unknown user or a line without them."""
         entry = self._entries.get(username)

@@ -228,7 +228,7 @@ class ScramServer:
     """
 
     __slots__ = ("_auth_first", "_creds", "_gs2_header", "_known", "_lookup", "_mock_secret",
-                 "_nonce", "_server_first", "_state", "authenticated", "username")
+                 "_nonce", "_server_first", "_state", "username")
 
     def __init__(self, lookup: Callable[[str], ScramCredentials | None], *,
                  nonce: Callable[[], str] | None = None,
@@ -244,8 +244,6 @@ class ScramServer:
         self._known = False
         #: The username of the client-first message (set by :meth:`start`).
         self.username: str | None = None
-        #: True once :meth:`finish` accepted the proof.
-        self.authenticated = False
 
     def _mock(self, username: str) -> ScramCredentials:
         """Stable fake credentials for an unknown user (nobody can prove them)."""
@@ -330,5 +328,4 @@ class ScramServer:
         if not (valid and self._known):
             raise AuthFailed("invalid-proof",
                              "wrong password" if self._known else "unknown user")
-        self.authenticated = True
         return f"v={_b64(_hmac(creds.server_key, auth_message))}".encode("ascii")

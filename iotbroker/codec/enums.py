@@ -1,7 +1,9 @@
-"""Numbers of the MQTT wire format: packet types, QoS, reason codes, property ids.
+"""Numbers of the MQTT wire format: packet types, protocol levels, reason codes, property ids.
 
 MQTT 3.1.1 §2.2.1 and MQTT 5.0 §2.1.2 (packet types), MQTT 5.0 §2.4 (reason codes),
 MQTT 5.0 §2.2.2.2 (property identifiers), MQTT 3.1.1 §3.2.2.3 (CONNACK return codes).
+A QoS is a plain int 0, 1 or 2 everywhere (compared and taken ``min`` of), so it has no
+enum.
 """
 
 from __future__ import annotations
@@ -35,12 +37,6 @@ class ProtocolVersion(IntEnum):
     MQTT_3_1 = 3
     MQTT_3_1_1 = 4
     MQTT_5 = 5
-
-
-class QoS(IntEnum):
-    AT_MOST_ONCE = 0
-    AT_LEAST_ONCE = 1
-    EXACTLY_ONCE = 2
 
 
 class ConnectReturnCode(IntEnum):

@@ -29,7 +29,7 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import NamedTuple
 
-from iotbroker.codec.enums import PacketType, PropertyId
+from iotbroker.codec.enums import PacketType, PropertyId, ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
 from iotbroker.codec.primitives import (
     encode_binary,
@@ -70,6 +70,7 @@ _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = (
 _SUBSCRIBE, _SUBACK = int(_P.SUBSCRIBE), int(_P.SUBACK)
 _UNSUBSCRIBE, _UNSUBACK = int(_P.UNSUBSCRIBE), int(_P.UNSUBACK)
 _DISCONNECT, _AUTH = int(_P.DISCONNECT), int(_P.AUTH)
+_TOPIC_ALIAS_INVALID = int(ReasonCode.TOPIC_ALIAS_INVALID)  # 0x94
 
 
 class PropertySpec(NamedTuple):
@@ -234,7 +235,8 @@ def decode_properties(buf: bytes, pos: int, kind: int) -> tuple[Properties, int]
             )
         if spec.nonzero and ival == 0:
             if pid == _TOPIC_ALIAS:
-                raise ProtocolViolation("Topic Alias 0 is not permitted", 0x94, "MQTT-3.3.2-8")
+                raise ProtocolViolation("Topic Alias 0 is not permitted", _TOPIC_ALIAS_INVALID,
+                                        "MQTT-3.3.2-8")
             raise ProtocolViolation(
                 f"property {spec.name} must not be 0", spec_ref=f"MQTT 5.0 §{spec.section}"
             )

@@ -48,18 +48,16 @@ class RetainedStore:
     """The broker's retained messages.
 
     Holds :class:`~iotbroker.message.Message` objects by reference (they are
-    immutable and shared with queues). ``total_bytes`` is the sum of payload sizes,
-    for limits and ``$SYS`` reporting.
+    immutable and shared with queues).
     """
 
-    __slots__ = ("_by_topic", "_expiry_heap", "_root", "total_bytes")
+    __slots__ = ("_by_topic", "_expiry_heap", "_root")
 
     def __init__(self) -> None:
         self._root = _Node()
         self._by_topic: dict[str, Message] = {}
         # (expires_at, topic); stale entries are skipped lazily.
         self._expiry_heap: list[tuple[float, str]] = []
-        self.total_bytes = 0
 
     def __len__(self) -> int:
         return len(self._by_topic)
@@ -85,9 +83,7 @@ class RetainedStore:
         if not message.payload:
             self.delete(topic)
             return
-        old = self._by_topic.get(topic)
-        if old is not None:
-            self.total_bytes -= len(old.payload)
+        if topic in self._by_topic:
             self._leaf(topic).message = message
         else:
             node = self._root
@@ -101,7 +97,6 @@ class RetainedStore:
                 node = nxt
             node.message = message
         self._by_topic[topic] = message
-        self.total_bytes += len(message.payload)
         if message.expires_at is not None:
             heapq.heappush(self._expiry_heap, (message.expires_at, topic))
             self._maybe_compact_heap()
@@ -111,10 +106,8 @@ class RetainedStore:
 
         Trie nodes left with neither a message nor children are pruned.
         """
-        old = self._by_topic.pop(topic, None)
-        if old is None:
+        if self._by_topic.pop(topic, None) is None:
             return False
-        self.total_bytes -= len(old.payload)
         path: list[tuple[_Node, str]] = []
         node = self._root
         for level in topic.split("/"):

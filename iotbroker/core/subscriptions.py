@@ -198,17 +198,6 @@ class SubscriptionTrie:
         self._invalidate(entry.match_filter)
         return True
 
-    def remove_client(self, client_id: str) -> int:
-        """Remove every subscription of a client; returns how many there were."""
-        mine = self._by_client.pop(client_id, None)
-        if not mine:
-            return 0
-        for entry in mine.values():
-            self._unlink(entry)
-            self._invalidate(entry.match_filter)
-        self._count -= len(mine)
-        return len(mine)
-
     def _unlink(self, entry: SubscriptionEntry) -> None:
         """Take ``entry`` out of its node and prune nodes left empty."""
         path: list[tuple[_Node, str]] = []
@@ -285,11 +274,6 @@ class SubscriptionTrie:
         mine = self._by_client.get(client_id)
         return None if mine is None else mine.get(topic_filter)
 
-    def filters_of(self, client_id: str) -> list[SubscriptionEntry]:
-        """All subscriptions of one client, in subscription order."""
-        mine = self._by_client.get(client_id)
-        return [] if mine is None else list(mine.values())
-
     def clients(self) -> Iterable[str]:
         """Client ids with at least one subscription."""
         return self._by_client.keys()
@@ -313,7 +297,8 @@ class SubscriptionTrie:
         return m
 
     def match_uncached(self, topic: str) -> Matches:
-        """Like :meth:`match` but always walks the trie (for tests and benchmarks)."""
+        """Like :meth:`match` but always walks the trie and caches nothing: the tests
+        compare it with cached results, ``benchmarks/routing_bench.py`` measures it."""
         return self._match(topic)
 
     def _match(self, topic: str) -> Matches:

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from iotbroker.codec.enums import ReasonCode
 from iotbroker.errors import ProtocolViolation
+
+_ALIAS_INVALID = int(ReasonCode.TOPIC_ALIAS_INVALID)  # 0x94
+_PROTOCOL_ERROR = int(ReasonCode.PROTOCOL_ERROR)  # 0x82
 
 
 class InboundAliases:
@@ -35,7 +39,7 @@ class InboundAliases:
         if alias == 0 or alias > self.maximum:
             raise ProtocolViolation(
                 f"topic alias {alias} outside 1..{self.maximum}",
-                reason_code=0x94,
+                reason_code=_ALIAS_INVALID,
                 spec_ref="MQTT-3.3.2-9" if alias else "MQTT-3.3.2-8",
             )
         if topic:
@@ -45,7 +49,7 @@ class InboundAliases:
         if known is None:
             raise ProtocolViolation(
                 f"topic alias {alias} used before it was set (MQTT 5.0 §3.3.2.3.4)",
-                reason_code=0x82,
+                reason_code=_PROTOCOL_ERROR,
             )
         return known
 

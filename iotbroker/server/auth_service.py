@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from iotbroker.auth.base import AllowAll
 from iotbroker.auth.loader import AuthSetup, load_auth
 from iotbroker.auth.passwords import OK, UNKNOWN_USER
+from iotbroker.codec.enums import ReasonCode
 from iotbroker.config import AuthConfig
 from iotbroker.core.session import Session
 from iotbroker.file_modes import warn_if_exposed
@@ -116,15 +117,15 @@ class AuthService:
             return None
         now = time.monotonic()
         if self._by_address.blocked(_host(peer), now):
-            return self._refused(Refusal(0x89, "rate_limited",
+            return self._refused(Refusal(ReasonCode.SERVER_BUSY, "rate_limited",
                                          f"too many failed logins from {_host(peer)}"))
         if self._by_user.blocked(username, now):
-            return self._refused(Refusal(0x89, "rate_limited",
+            return self._refused(Refusal(ReasonCode.SERVER_BUSY, "rate_limited",
                                          f"too many failed logins for {username!r}"))
         if self.pending >= self.config.max_pending_password_checks and \
                 passwords.needs_hashing(username, password if password is not None else b""):
             return self._refused(Refusal(
-                0x89, "busy", f"{self.pending} password checks pending "
+                ReasonCode.SERVER_BUSY, "busy", f"{self.pending} password checks pending "
                 "(auth.max_pending_password_checks)"))
         return None
 
@@ -175,7 +176,8 @@ class AuthService:
                 self._by_user.succeeded(username)
             return None
         if verdict == _ANONYMOUS:
-            code = 0x87 if password is None else 0x86
+            code = (ReasonCode.NOT_AUTHORIZED if password is None
+                    else ReasonCode.BAD_USER_NAME_OR_PASSWORD)
             return self._refused(Refusal(code, _ANONYMOUS, "no username and "
                                          "auth.allow_anonymous is false"))
         now = time.monotonic()
@@ -190,7 +192,7 @@ class AuthService:
                         self.config.failed_login_window, self.config.failed_login_backoff)
         detail = ("no such user in the password file" if verdict == UNKNOWN_USER
                   else "wrong password")
-        return self._refused(Refusal(0x86, verdict, detail))
+        return self._refused(Refusal(ReasonCode.BAD_USER_NAME_OR_PASSWORD, verdict, detail))
 
     def _refused(self, refusal: Refusal) -> Refusal:
         self.metrics.count_auth_failure(refusal.kind)

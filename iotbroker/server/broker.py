@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from iotbroker import __version__, build
-from iotbroker.codec.enums import PacketType
+from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
@@ -387,7 +387,8 @@ class Broker:
         if admitted is None:
             return
         enhanced = None
-        if packet.protocol_version == 5 and packet.properties.authentication_method is not None:
+        if (packet.protocol_version == ProtocolVersion.MQTT_5
+                and packet.properties.authentication_method is not None):
             enhanced = self.enhanced_auth.on_connect(proto, packet, admitted.client_id)  # §4.12
             if enhanced is None:
                 return  # AUTH 0x18 sent; on_auth resumes this CONNECT when it ends
@@ -435,7 +436,7 @@ class Broker:
             "session_present=%s, expiry=%s, listener %r)",
             proto.client_id,
             proto.peer,
-            "5.0" if packet.protocol_version == 5 else "3.1.1",
+            "5.0" if packet.protocol_version == ProtocolVersion.MQTT_5 else "3.1.1",
             packet.clean_start,
             accepted.keepalive,
             accepted.session_present,
@@ -459,7 +460,7 @@ class Broker:
                 )
             except Exception:
                 log.exception("password check failed for %s", proto.peer)
-                decision = Refusal(0x80, "error", "password check failed")
+                decision = Refusal(ReasonCode.UNSPECIFIED_ERROR, "error", "password check failed")
             if proto not in self.connections or proto.close_after_flush:
                 return
             proto.password_checked = True

@@ -42,7 +42,7 @@ from iotbroker.auth.enhanced import (
     build_registry,
 )
 from iotbroker.auth.passwords import PasswordFile
-from iotbroker.codec.enums import PacketType
+from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Disconnect, Packet, Properties
 from iotbroker.errors import ProtocolViolation
 from iotbroker.metrics import Metrics
@@ -52,9 +52,6 @@ if TYPE_CHECKING:
     from iotbroker.server.transport import ClientProtocol
 
 log = logging.getLogger("iotbroker.auth")
-
-_CONTINUE = 0x18
-_REAUTHENTICATE = 0x19
 
 
 @dataclass(slots=True)
@@ -107,12 +104,13 @@ class EnhancedAuth:
         authenticator = self.registry().create(method)
         if authenticator is None:
             # [MQTT-4.12.0-1]
-            return AuthStep.fail(0x8C, f"authentication method {method!r} not supported")
+            return AuthStep.fail(ReasonCode.BAD_AUTHENTICATION_METHOD,
+                                 f"authentication method {method!r} not supported")
         step = authenticator.begin(client_id, packet.properties.authentication_data)
         exchange = _Exchange(method, authenticator, packet)
         self._exchanges[proto] = exchange
         if step.kind is StepKind.CONTINUE:
-            self._send_auth(proto, exchange, _CONTINUE, step.data)
+            self._send_auth(proto, exchange, ReasonCode.CONTINUE_AUTHENTICATION, step.data)
             return None
         exchange.authenticator = exchange.connect = None
         return self._final(proto, packet, exchange, step)
@@ -121,11 +119,13 @@ class EnhancedAuth:
                step: AuthStep) -> AuthStep:
         if step.kind is StepKind.SUCCESS:
             if packet.username is not None and packet.username != step.username:
-                step = AuthStep.fail(0x86, f"CONNECT User Name {packet.username!r} is not "
-                                           f"the authenticated user {step.username!r}")
+                step = AuthStep.fail(ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+                                     f"CONNECT User Name {packet.username!r} is not "
+                                     f"the authenticated user {step.username!r}")
             elif proto.cert_username is not None and proto.cert_username != step.username:
-                step = AuthStep.fail(0x87, f"certificate identity {proto.cert_username!r} is "
-                                           f"not the authenticated user {step.username!r}")
+                step = AuthStep.fail(ReasonCode.NOT_AUTHORIZED,
+                                     f"certificate identity {proto.cert_username!r} is "
+                                     f"not the authenticated user {step.username!r}")
         if step.kind is StepKind.SUCCESS:
             exchange.username = step.username
             log.info("client %r (%s) authenticated as %r with %s", packet.client_id,
@@ -152,13 +152,13 @@ class EnhancedAuth:
             if method != exchange.method:
                 raise ProtocolViolation(
                     f"AUTH method {method!r} is not the CONNECT's {exchange.method!r}",
-                    reason_code=0x8C, spec_ref="MQTT-4.12.0-5")
-            if code != _CONTINUE or exchange.authenticator is None:
+                    reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD, spec_ref="MQTT-4.12.0-5")
+            if code != ReasonCode.CONTINUE_AUTHENTICATION or exchange.authenticator is None:
                 raise ProtocolViolation(f"AUTH reason 0x{code:02x} during authentication",
                                         spec_ref="MQTT-4.12.0-3")
             step = exchange.authenticator.step(data)
             if step.kind is StepKind.CONTINUE:
-                self._send_auth(proto, exchange, _CONTINUE, step.data)
+                self._send_auth(proto, exchange, ReasonCode.CONTINUE_AUTHENTICATION, step.data)
                 return None
             exchange.outcome, exchange.authenticator = step, None
             return exchange.connect
@@ -166,15 +166,16 @@ class EnhancedAuth:
         if method != exchange.method:
             raise ProtocolViolation(
                 f"re-authentication with {method!r}, not the original {exchange.method!r}",
-                reason_code=0x8C, spec_ref="MQTT-4.12.1-1")
-        if code == _REAUTHENTICATE and exchange.authenticator is None:
+                reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD, spec_ref="MQTT-4.12.1-1")
+        if code == ReasonCode.RE_AUTHENTICATE and exchange.authenticator is None:
             authenticator = self.registry().create(exchange.method)
             if authenticator is None:  # the method went away on reload
-                step = AuthStep.fail(0x87, f"{exchange.method} is no longer configured")
+                step = AuthStep.fail(ReasonCode.NOT_AUTHORIZED,
+                                     f"{exchange.method} is no longer configured")
             else:
                 exchange.authenticator = authenticator
                 step = authenticator.begin(proto.client_id, data)
-        elif code == _CONTINUE and exchange.authenticator is not None:
+        elif code == ReasonCode.CONTINUE_AUTHENTICATION and exchange.authenticator is not None:
             step = exchange.authenticator.step(data)
         else:
             raise ProtocolViolation(f"AUTH reason 0x{code:02x} out of order in "
@@ -184,23 +185,27 @@ class EnhancedAuth:
 
     def _reauth_step(self, proto: ClientProtocol, exchange: _Exchange, step: AuthStep) -> None:
         if step.kind is StepKind.CONTINUE:
-            self._send_auth(proto, exchange, _CONTINUE, step.data)
+            self._send_auth(proto, exchange, ReasonCode.CONTINUE_AUTHENTICATION, step.data)
             return
         exchange.authenticator = None
         if step.kind is StepKind.SUCCESS and step.username != exchange.username:
-            step = AuthStep.fail(0x87, f"re-authenticated as {step.username!r}, "
-                                       f"not {exchange.username!r}")
+            step = AuthStep.fail(ReasonCode.NOT_AUTHORIZED,
+                                 f"re-authenticated as {step.username!r}, "
+                                 f"not {exchange.username!r}")
         if step.kind is StepKind.SUCCESS:
             log.info("client %r (%s) re-authenticated as %r", proto.client_id, proto.peer,
                      step.username)
-            self._send_auth(proto, exchange, 0x00, step.data)
+            self._send_auth(proto, exchange, ReasonCode.SUCCESS, step.data)
             return
         # [MQTT-4.12.1-2]: DISCONNECT (0x86 is not a DISCONNECT reason code) and close.
         self._metrics.count_auth_failure("enhanced_auth")
         log.info("client %r (%s) failed re-authentication: %s", proto.client_id, proto.peer,
                  step.reason)
         self._exchanges.pop(proto, None)
-        proto.conn.send_packet(Disconnect(0x87 if step.reason_code == 0x86 else step.reason_code))
+        code = step.reason_code
+        if code == ReasonCode.BAD_USER_NAME_OR_PASSWORD:
+            code = ReasonCode.NOT_AUTHORIZED
+        proto.conn.send_packet(Disconnect(code))
         proto.close()
 
     def _send_auth(self, proto: ClientProtocol, exchange: _Exchange, code: int,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from iotbroker.codec.decode import decode_packet
 from iotbroker.codec.encode import encode_packet
+from iotbroker.codec.enums import ProtocolVersion
 from iotbroker.codec.framer import Framer
 from iotbroker.codec.packets import (
     ConnAck,
@@ -59,7 +60,8 @@ def describe(packet: Packet) -> str:
             parts.append("dup=1")
         parts += [f"topic={packet.topic!r}", f"payload={len(packet.payload)}"]
     elif isinstance(packet, Connect):
-        parts += [f"version={'5.0' if packet.protocol_version == 5 else '3.1.1'}",
+        v5 = packet.protocol_version == ProtocolVersion.MQTT_5
+        parts += [f"version={'5.0' if v5 else '3.1.1'}",
                   f"clean_start={int(packet.clean_start)}", f"keepalive={packet.keepalive}"]
         if packet.username is not None:
             parts.append(f"username={packet.username!r}")

@@ -20,7 +20,7 @@ import math
 from typing import TYPE_CHECKING
 
 from iotbroker import __version__
-from iotbroker.codec.packets import Properties
+from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.message import Message
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ _LOADS = (
     ("connections", "connections_accepted"),
 )
 _WINDOWS = (("1min", 60.0), ("5min", 300.0), ("15min", 900.0))
-_NO_PROPS = Properties()
 
 
 class SysTopics:
@@ -155,7 +154,7 @@ class SysTopics:
                     payload=value.encode(),
                     qos=0,
                     retain=True,
-                    properties=_NO_PROPS,
+                    properties=NO_PROPERTIES,  # shared: the codec and storage test identity
                     created_at=now,
                 ),
                 now,

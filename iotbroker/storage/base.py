@@ -331,12 +331,6 @@ def check_outbound(rec: OutboundRecord) -> None:
 class Store(Protocol):
     """A persistent (or in-memory) home for session state and retained messages."""
 
-    @property
-    def sync(self) -> bool:
-        """True when :meth:`apply` returns only after the batch reached the disk (fsync);
-        False when it survives a crash of the process but not of the machine."""
-        ...
-
     def apply(self, batch: ChangeBatch) -> None:
         """Apply all changes of ``batch`` in order, atomically (all or nothing).
 

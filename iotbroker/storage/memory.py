@@ -45,10 +45,6 @@ class MemoryStore:
         self._retained: dict[str, Message] = {}
         self._closed = False
 
-    @property
-    def sync(self) -> bool:
-        return False
-
     def apply(self, batch: ChangeBatch) -> None:
         self._check_open()
         changes = batch.changes

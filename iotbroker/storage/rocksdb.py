@@ -152,10 +152,6 @@ class RocksDBStore:
 
     # ----------------------------------------------------------------- open / close
 
-    @property
-    def sync(self) -> bool:
-        return self.durability == "fsync"
-
     def _open(self) -> None:
         try:
             self._open_once()

@@ -206,7 +206,7 @@ def test_mqtt_3_8_4_3_identical_filter_replaces_subscription() -> None:
     assert len(entries) == 1
     assert entries[0].qos == 2
     assert entries[0].no_local
-    assert trie.filters_of("c") == [sub("c", "a/+", 2, no_local=True)]
+    assert trie.get("c", "a/+") == sub("c", "a/+", 2, no_local=True)
 
 
 def test_mqtt_3_8_4_3_identical_shared_filter_replaces_subscription() -> None:
@@ -254,17 +254,20 @@ def test_remove() -> None:
     assert trie.remove("c1", "a/b") is False
     assert len(trie) == 1
     assert matching(trie, "a/b") == {"a/+"}
-    assert trie.filters_of("c0") == []
+    assert ("c0", "a/b") not in trie
 
 
-def test_remove_client() -> None:
+def test_remove_every_filter_of_a_client() -> None:
+    # What the session registry does when a session ends: remove() per filter.
     trie = SubscriptionTrie()
-    for f in ("a", "a/+", "#", "$share/g/a"):
+    filters_ = ("a", "a/+", "#", "$share/g/a")
+    for f in filters_:
         trie.add(sub("c", f))
     trie.add(sub("d", "a"))
     trie.match("a")  # warm the cache
-    assert trie.remove_client("c") == 4
-    assert trie.remove_client("c") == 0
+    assert [trie.remove("c", f) for f in filters_] == [True] * 4
+    assert [trie.remove("c", f) for f in filters_] == [False] * 4
+    assert "c" not in set(trie.clients())
     assert len(trie) == 1
     m = trie.match("a")
     assert set(m.direct) == {"d"}
@@ -297,16 +300,16 @@ def test_remove_keeps_siblings() -> None:
     assert not trie.match("a/b/c")
 
 
-def test_filters_of_and_get() -> None:
+def test_get_and_clients() -> None:
     trie = SubscriptionTrie()
     trie.add(sub("c", "a", 1))
     trie.add(sub("c", "$share/g/b", 2))
-    assert [e.topic_filter for e in trie.filters_of("c")] == ["a", "$share/g/b"]
     assert trie.get("c", "a") == sub("c", "a", 1)
+    assert trie.get("c", "$share/g/b") == sub("c", "$share/g/b", 2)
     assert trie.get("c", "b") is None
     assert trie.get("x", "a") is None
     assert set(trie.clients()) == {"c"}
-    assert trie.filters_of("nobody") == []
+    assert ("nobody", "a") not in trie
 
 
 # -- cache ------------------------------------------------------------------------------------
@@ -334,7 +337,7 @@ def test_cache_literal_filter_invalidates_only_its_topic() -> None:
     trie.remove("z", "a/b")
     assert trie.match("a/c") is m_ac
     assert set(trie.match("a/b").direct) == {"c0"}
-    trie.remove_client("c0")
+    trie.remove("c0", "a/+")
     assert not trie.match("a/c")
 
 
@@ -422,7 +425,13 @@ def test_trie_matches_brute_force_reference(
             assert got_shared == expected_shared
             assert len(m.shared) == len(expected_shared)
             assert bool(m) == bool(expected_direct or expected_shared)
-    for cid in {c for c, _ in model}:
-        assert sorted(e.topic_filter for e in trie.filters_of(cid)) == sorted(
-            f for c, f in model if c == cid
-        )
+    # The per-client index holds exactly the model: each subscription comes out once
+    # through remove(), and then nothing is left.
+    assert set(trie.clients()) == {c for c, _ in model}
+    for (cid, f), e in model.items():
+        assert trie.get(cid, f) == e
+        assert trie.remove(cid, f)
+        assert not trie.remove(cid, f)
+    assert len(trie) == 0
+    assert not set(trie.clients())
+    assert trie._root.is_empty()
