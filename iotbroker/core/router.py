@@ -46,6 +46,9 @@ from iotbroker.storage.base import ChangeBatch
 _SUCCESS = int(ReasonCode.SUCCESS)
 _NO_MATCHING_SUBSCRIBERS = int(ReasonCode.NO_MATCHING_SUBSCRIBERS)
 _QUOTA_EXCEEDED = int(ReasonCode.QUOTA_EXCEEDED)
+_NO_SUBSCRIPTION_EXISTED = int(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+#: MQTT 3.1.1 SUBACK return code for a refused filter (§3.9.3).
+_V3_SUBACK_FAILURE = 0x80
 
 
 class Router:
@@ -241,7 +244,8 @@ class Router:
                 group, plain = parse_shared(sub.topic_filter)
                 validate_topic_filter(plain)
             except ProtocolViolation as exc:
-                codes.append(exc.reason_code if session.protocol_version == 5 else 0x80)
+                v5 = session.protocol_version == 5
+                codes.append(exc.reason_code if v5 else _V3_SUBACK_FAILURE)
                 continue
             if check is not None:
                 refused = check(sub)
@@ -276,5 +280,5 @@ class Router:
         for topic_filter in topic_filters:
             removed = self.trie.remove(session.client_id, topic_filter)
             session.forget_subscription(topic_filter)
-            codes.append(0x00 if removed else 0x11)
+            codes.append(_SUCCESS if removed else _NO_SUBSCRIPTION_EXISTED)
         return codes

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from iotbroker.codec.enums import ReasonCode
 from iotbroker.core.subscriptions import SubscriptionEntry
 from iotbroker.message import Delivery
 from iotbroker.metrics import Metrics
@@ -69,6 +70,8 @@ _NO_QUEUE: deque[Any] = _Unused()
 _NO_RESEND: deque[Any] = _Unused()
 _NO_OFFLOADED: deque[Any] = _Unused()
 _SIZE_MASK = 0xFFFFFFFF
+#: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
+_FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
 
 
@@ -424,7 +427,7 @@ class Session:
         entry = self.inflight.get(packet_id)
         if entry is None or entry.delivery.qos != 2:
             return False
-        if reason_code >= 0x80:
+        if reason_code >= _FAILURE:
             del self.inflight[packet_id]
             if self.persistent:
                 self._batch.delete_outbound(self.client_id, packet_id)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from iotbroker.codec.enums import PacketType, ReasonCode
+from iotbroker.codec.enums import ConnectReturnCode, PacketType, ReasonCode
 from iotbroker.codec.packets import (
     NO_PROPERTIES,
     ConnAck,
@@ -69,17 +69,20 @@ log = logging.getLogger("iotbroker.broker")
 R = ReasonCode
 
 # MQTT 3.1.1 CONNACK return codes (§3.2.2.3) for the v5 reason codes we refuse with.
+V3 = ConnectReturnCode
 V3_CONNACK: dict[int, int] = {
-    R.UNSUPPORTED_PROTOCOL_VERSION: 0x01,
-    R.CLIENT_IDENTIFIER_NOT_VALID: 0x02,
-    R.BAD_USER_NAME_OR_PASSWORD: 0x04,
-    R.NOT_AUTHORIZED: 0x05,
-    R.SERVER_UNAVAILABLE: 0x03,
-    R.SERVER_BUSY: 0x03,
-    R.BAD_AUTHENTICATION_METHOD: 0x04,
-    R.USE_ANOTHER_SERVER: 0x03,
-    R.SERVER_MOVED: 0x03,
+    R.UNSUPPORTED_PROTOCOL_VERSION: V3.UNACCEPTABLE_PROTOCOL_VERSION,
+    R.CLIENT_IDENTIFIER_NOT_VALID: V3.IDENTIFIER_REJECTED,
+    R.BAD_USER_NAME_OR_PASSWORD: V3.BAD_USERNAME_OR_PASSWORD,
+    R.NOT_AUTHORIZED: V3.NOT_AUTHORIZED,
+    R.SERVER_UNAVAILABLE: V3.SERVER_UNAVAILABLE,
+    R.SERVER_BUSY: V3.SERVER_UNAVAILABLE,
+    R.BAD_AUTHENTICATION_METHOD: V3.BAD_USERNAME_OR_PASSWORD,
+    R.USE_ANOTHER_SERVER: V3.SERVER_UNAVAILABLE,
+    R.SERVER_MOVED: V3.SERVER_UNAVAILABLE,
 }
+#: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
+FAILURE = R.UNSPECIFIED_ERROR
 
 
 class Authorization(Protocol):
@@ -270,7 +273,8 @@ class Engine:
                 # [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1) / 0x84 (5.0), then close.
                 version = 5 if requested == 5 else 4
                 conn.protocol_version = version
-                code = R.UNSUPPORTED_PROTOCOL_VERSION if version == 5 else 0x01
+                code = (R.UNSUPPORTED_PROTOCOL_VERSION if version == 5
+                        else V3.UNACCEPTABLE_PROTOCOL_VERSION)
                 conn.send_packet(ConnAck(False, code))
             elif conn.protocol_version == 5 and client.session is None:
                 conn.send_packet(ConnAck(False, exc.reason_code))
@@ -453,7 +457,7 @@ class Engine:
             # Unknown id: v5 0x92 Packet Identifier not found; 3.1.1 PUBREL anyway.
             v5 = client.conn.protocol_version == 5
             code = R.PACKET_IDENTIFIER_NOT_FOUND if v5 else R.SUCCESS
-            if packet.reason_code < 0x80:
+            if packet.reason_code < FAILURE:
                 client.conn.send_packet(PubRel(packet.packet_id, code))
 
     def on_pubrel(self, client: Client, packet: PubRel, now: float) -> None:
