@@ -39,7 +39,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "engine": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
                "iotbroker.subscription", "iotbroker.protocol", "iotbroker.core",
                "iotbroker.engine", "iotbroker.storage.base", "iotbroker.config",
-               "iotbroker.metrics"),
+               "iotbroker.metrics",
+               "iotbroker.auth"),  # enhanced authentication's exchanges (SCRAM), sync
 }
 
 

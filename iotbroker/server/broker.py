@@ -26,10 +26,10 @@ from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
 from iotbroker.engine.engine import Engine
+from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import MqttError, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService, Refusal
-from iotbroker.server.enhanced_auth import EnhancedAuth
 from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
@@ -60,7 +60,8 @@ class Broker:
         self.auth = AuthService(config.auth, self.metrics)
         self.engine = Engine(config, store, self.auth, self.metrics,
                              connection_log=log_connection)
-        self.enhanced_auth = EnhancedAuth(self.auth, self.metrics)
+        self.enhanced_auth = EnhancedAuth(lambda: self.auth.setup.passwords, self.metrics,
+                                          self.engine.close)
         self.connections: set[ClientProtocol] = set()
         self._dirty: list[ClientProtocol] = []
         #: Connections that delivered input since the last flush (backpressure).

@@ -1,7 +1,7 @@
 """MQTT 5.0 enhanced authentication on the wire (§4.12, §4.12.1, §3.15).
 
 Holds each connection's exchange state and turns :class:`~iotbroker.auth.enhanced.AuthStep`
-answers into packets. The broker calls it from ``on_connect`` (CONNECT with an
+answers into packets. The server's connect path calls it from ``on_connect`` (CONNECT with an
 Authentication Method), from the AUTH branch of ``handle_packet``, for any other
 packet that arrives before CONNACK, and from ``connection_lost``.
 
@@ -31,8 +31,8 @@ returns it and the broker runs ``on_connect`` again, which then gets the outcome
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from iotbroker.auth.enhanced import (
     AuthStep,
@@ -44,12 +44,9 @@ from iotbroker.auth.enhanced import (
 from iotbroker.auth.passwords import PasswordFile
 from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Disconnect, Packet, Properties
+from iotbroker.engine.client import Client
 from iotbroker.errors import ProtocolViolation
 from iotbroker.metrics import Metrics
-from iotbroker.server.auth_service import AuthService
-
-if TYPE_CHECKING:
-    from iotbroker.server.transport import ClientProtocol
 
 log = logging.getLogger("iotbroker.auth")
 
@@ -72,23 +69,27 @@ class _Exchange:
 class EnhancedAuth:
     """Per-connection enhanced authentication exchanges."""
 
-    def __init__(self, auth: AuthService, metrics: Metrics) -> None:
-        self._auth = auth
+    def __init__(self, passwords: Callable[[], PasswordFile | None], metrics: Metrics,
+                 close: Callable[[Client], None]) -> None:
+        """``passwords`` gives the password file in force (it follows reloads);
+        ``close`` closes a connection (the engine's close effect)."""
+        self._passwords = passwords
+        self._close = close
         self._metrics = metrics
-        self._exchanges: dict[ClientProtocol, _Exchange] = {}
+        self._exchanges: dict[Client, _Exchange] = {}
         self._registry: EnhancedAuthRegistry | None = None
         self._registry_of: PasswordFile | None = None
 
     def registry(self) -> EnhancedAuthRegistry:
         """The methods of the current configuration (follows ``AuthService.reload``)."""
-        passwords = self._auth.setup.passwords
+        passwords = self._passwords()
         if self._registry is None or self._registry_of is not passwords:
             self._registry = build_registry(passwords)
             self._registry_of = passwords
         return self._registry
 
     # -------------------------------------------------------------- CONNECT
-    def on_connect(self, proto: ClientProtocol, packet: Connect, client_id: str) -> AuthStep | None:
+    def on_connect(self, proto: Client, packet: Connect, client_id: str) -> AuthStep | None:
         """A v5 CONNECT with an Authentication Method.
 
         Returns None while the exchange goes on (AUTH 0x18 queued), else its last step:
@@ -115,7 +116,7 @@ class EnhancedAuth:
         exchange.authenticator = exchange.connect = None
         return self._final(proto, packet, exchange, step)
 
-    def _final(self, proto: ClientProtocol, packet: Connect, exchange: _Exchange,
+    def _final(self, proto: Client, packet: Connect, exchange: _Exchange,
                step: AuthStep) -> AuthStep:
         if step.kind is StepKind.SUCCESS:
             if packet.username is not None and packet.username != step.username:
@@ -136,7 +137,7 @@ class EnhancedAuth:
         return step
 
     # ----------------------------------------------------------------- AUTH
-    def on_auth(self, proto: ClientProtocol, packet: Auth) -> Connect | None:
+    def on_auth(self, proto: Client, packet: Auth) -> Connect | None:
         """An AUTH from the client. Returns the pending CONNECT when its exchange ended.
 
         Raises :class:`ProtocolViolation` for an AUTH that breaks §4.12's rules.
@@ -183,7 +184,7 @@ class EnhancedAuth:
         self._reauth_step(proto, exchange, step)
         return None
 
-    def _reauth_step(self, proto: ClientProtocol, exchange: _Exchange, step: AuthStep) -> None:
+    def _reauth_step(self, proto: Client, exchange: _Exchange, step: AuthStep) -> None:
         if step.kind is StepKind.CONTINUE:
             self._send_auth(proto, exchange, ReasonCode.CONTINUE_AUTHENTICATION, step.data)
             return
@@ -206,32 +207,32 @@ class EnhancedAuth:
         if code == ReasonCode.BAD_USER_NAME_OR_PASSWORD:
             code = ReasonCode.NOT_AUTHORIZED
         proto.conn.send_packet(Disconnect(code))
-        proto.close()
+        self._close(proto)
 
-    def _send_auth(self, proto: ClientProtocol, exchange: _Exchange, code: int,
+    def _send_auth(self, proto: Client, exchange: _Exchange, code: int,
                    data: bytes | None) -> None:
         # [MQTT-4.12.0-2] 0x18 asks for more; [MQTT-4.12.0-5] the method is repeated.
         props = Properties(authentication_method=exchange.method, authentication_data=data)
         proto.conn.send_packet(Auth(code, props))
 
     # ------------------------------------------------------ other packets
-    def before_connack(self, proto: ClientProtocol, packet: Packet) -> None:
+    def before_connack(self, proto: Client, packet: Packet) -> None:
         """A packet other than CONNECT or AUTH before CONNACK [MQTT-3.1.2-30]."""
         if packet.TYPE is PacketType.DISCONNECT and proto in self._exchanges:
             log.info("%s (client id %r) disconnected during authentication", proto.peer,
                      self._pending_client_id(proto))
             self._exchanges.pop(proto, None)
-            proto.close()
+            self._close(proto)
             return
         raise ProtocolViolation(
             f"{packet.TYPE.name} before CONNACK: only AUTH or DISCONNECT may follow a "
             "CONNECT with an Authentication Method",
             spec_ref="MQTT-3.1.2-30" if proto in self._exchanges else "MQTT-3.1.0-1")
 
-    def _pending_client_id(self, proto: ClientProtocol) -> str:
+    def _pending_client_id(self, proto: Client) -> str:
         exchange = self._exchanges.get(proto)
         return exchange.connect.client_id if exchange and exchange.connect else ""
 
-    def forget(self, proto: ClientProtocol) -> None:
+    def forget(self, proto: Client) -> None:
         """The connection is gone."""
         self._exchanges.pop(proto, None)
