@@ -49,18 +49,33 @@ class Framer:
         Bodies are always ``bytes``. Raises :class:`MalformedPacket` for a bad Remaining
         Length and :class:`PacketTooLarge` for a packet over ``max_packet_size``.
         """
+        frames: list[tuple[int, bytes]] = []
+        error = self.feed_into(data, frames)
+        if error is not None:
+            raise error
+        return frames
+
+    def feed_into(
+        self, data: bytes | bytearray | memoryview, frames: list[tuple[int, bytes]]
+    ) -> MalformedPacket | None:
+        """Add ``data``; append the packets it completes to ``frames``, in order.
+
+        Failures come back as values: the :class:`MalformedPacket` (or
+        :class:`PacketTooLarge`) of the first bad fixed header, or None. The frames
+        completed before it are appended all the same, so a connection can handle them
+        before it closes; after an error the framer must not be fed again.
+        """
         self.bytes_received += len(data)
         buf = self._buf
         if buf:
             buf += data
             if len(buf) < self._need:
-                return []  # still inside a known-length body: no re-parse, no copy
+                return None  # still inside a known-length body: no re-parse, no copy
             data = bytes(buf)
             buf.clear()
         elif type(data) is not bytes:
             data = bytes(data)
         self._need = 0
-        frames: list[tuple[int, bytes]] = []
         n = len(data)
         pos = 0
         max_size = self.max_packet_size
@@ -79,21 +94,21 @@ class Framer:
                     length |= (byte & 0x7F) << (7 * (i - 1))
                     if byte < 0x80:
                         if byte == 0:
-                            raise MalformedPacket(
+                            return MalformedPacket(
                                 "Remaining Length is not in its shortest form",
                                 spec_ref="MQTT-1.5.5-1",
                             )
                         header = i + 1
                         break
                 else:
-                    raise MalformedPacket(
+                    return MalformedPacket(
                         "Remaining Length is longer than 4 bytes", spec_ref="MQTT-1.5.5-1"
                     )
                 if header == 0:
                     break  # wait for the rest of the fixed header
             total = header + length
             if total > max_size:
-                raise PacketTooLarge(
+                return PacketTooLarge(
                     f"packet of {total} bytes exceeds the maximum packet size {max_size}",
                     spec_ref="MQTT 5.0 §3.2.2.3.6",
                 )
@@ -105,4 +120,4 @@ class Framer:
             pos = end
         if pos < n:
             buf += memoryview(data)[pos:]
-        return frames
+        return None

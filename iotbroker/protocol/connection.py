@@ -6,6 +6,10 @@ to send go in with :meth:`send_packet` / :meth:`send_publish`; bytes come out wi
 
 Rules of this room:
 
+* a peer's violation is returned as a value, not raised: :meth:`receive_data` returns
+  the packets before it and records it in :attr:`Connection.failure`; nothing after it
+  is read, and the caller closes the connection with its reason code [MQTT-4.8.0-1]
+  (v5 [MQTT-4.13.1-1]);
 * the first packet must be CONNECT [MQTT-3.1.0-1]; a second CONNECT is a protocol
   violation [MQTT-3.1.0-2]; nothing but AUTH is read after a refused CONNECT
   [MQTT-3.1.4-5] (the server closes the connection);
@@ -45,7 +49,7 @@ from iotbroker.codec.packets import (
     PubRel,
 )
 from iotbroker.codec.properties import encode_properties
-from iotbroker.errors import MalformedPacket, ProtocolViolation
+from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
 from iotbroker.message import Delivery, Message
 from iotbroker.protocol.topic_alias import InboundAliases, OutboundAliases
 
@@ -90,6 +94,7 @@ class Connection:
         "_topic_alias_maximum",
         "client_max_packet_size",
         "client_receive_maximum",
+        "failure",
         "keepalive",
         "last_received",
         "on_output",
@@ -129,6 +134,9 @@ class Connection:
         self.client_max_packet_size = 0  # 0 = no limit (beyond the protocol's)
         self.request_problem_information = True
         self.writable = True
+        #: The peer's first violation, recorded by :meth:`receive_data` (never cleared):
+        #: the connection reads nothing after it and must be closed with its reason code.
+        self.failure: MqttError | None = None
         #: Called (no arguments) when output becomes pending; the server sets it.
         self.on_output: Callable[[], None] | None = None
 
@@ -136,21 +144,30 @@ class Connection:
     def receive_data(self, data: bytes, now: float) -> list[Packet]:
         """Frame, decode and check ``data``; return the complete packets in order.
 
-        Raises :class:`~iotbroker.errors.MqttError` for a peer's violation; the caller
-        closes the connection with its reason code.
+        A peer's violation is a value, not an exception: the packets decoded before the
+        bad one are returned, the :class:`~iotbroker.errors.MqttError` is recorded in
+        :attr:`failure` (once), and nothing more is read from this connection. The
+        caller handles the packets, then closes the connection with the failure's
+        reason code (the engine's ``fail``) [MQTT-4.8.0-1] (v5 [MQTT-4.13.1-1]).
         """
         self.last_received = now
-        if self.state is ConnectionState.CLOSING:
+        if self.state is ConnectionState.CLOSING or self.failure is not None:
             return []
-        frames = self._framer.feed(data)
+        frames: list[tuple[int, bytes]] = []
+        failure: MqttError | None = self._framer.feed_into(data, frames)
         packets: list[Packet] = []
         version = self.protocol_version
-        for first_byte, body in frames:
-            packet = decode_packet(first_byte, body, version)
-            self._check(packet)
-            packets.append(packet)
-            if isinstance(packet, Connect):
-                version = self.protocol_version = packet.protocol_version
+        try:
+            for first_byte, body in frames:
+                packet = decode_packet(first_byte, body, version)
+                self._check(packet)
+                packets.append(packet)
+                if isinstance(packet, Connect):
+                    version = self.protocol_version = packet.protocol_version
+        except MqttError as exc:
+            failure = exc  # comes before any framing error further on in ``data``
+        if failure is not None:
+            self.failure = failure
         return packets
 
     def _check(self, packet: Packet) -> None:

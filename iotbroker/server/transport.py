@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from iotbroker.codec.packets import Packet
 from iotbroker.engine.client import Client
 from iotbroker.errors import MqttError
-from iotbroker.protocol.connection import Connection
+from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
 from iotbroker.server.logsetup import FLAGS, connection_fields
 from iotbroker.server.ratelimit import TokenBucket
@@ -141,18 +141,27 @@ class ClientProtocol(Client, asyncio.Protocol):
         broker = self.broker
         broker.active_readers.append(self)
         broker.metrics.bytes_received += len(data)
-        try:
-            packets = self.conn.receive_data(data, self.loop.time())
-        except MqttError as exc:
-            broker.peer_error(self, exc)
-            return
-        broker.metrics.messages_received += len(packets)
-        if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)
-            packetlog.log_inbound(self, packets)
-        if self.deferred:
-            self.backlog.extend(packets)
-            return
-        self.handle_packets(packets)
+        packets = self.conn.receive_data(data, self.loop.time())
+        if packets:
+            broker.metrics.messages_received += len(packets)
+            if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)
+                packetlog.log_inbound(self, packets)
+            if self.deferred:
+                self.backlog.extend(packets)
+                return  # a failure waits for the backlog: resume_deferred applies it
+            self.handle_packets(packets)
+        if self.conn.failure is not None:
+            self.apply_failure()
+
+    def apply_failure(self) -> None:
+        """If the peer broke a rule (``conn.failure``, recorded by ``receive_data``),
+        close with its reason code, once: after the packets that came before it have
+        been handled, so never while some of them wait in ``backlog``."""
+        conn = self.conn
+        failure = conn.failure
+        if failure is None or self.deferred or conn.state is ConnectionState.CLOSING:
+            return  # no failure, packets still waiting, or closed already (or failed)
+        self.broker.peer_error(self, failure)
 
     def handle_packets(self, packets: list[Packet]) -> None:
         """Handle packets in order; if one defers (a CONNECT waiting for a password
@@ -179,6 +188,7 @@ class ClientProtocol(Client, asyncio.Protocol):
             return
         self.handle_packets(backlog)
         if not self.deferred:
+            self.apply_failure()
             self.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:

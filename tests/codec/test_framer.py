@@ -149,3 +149,15 @@ def test_largest_four_byte_remaining_length_is_accepted_in_the_header() -> None:
     framer = Framer()
     assert framer.feed(b"\x30\xff\xff\xff\x7f") == []
     assert framer.buffered == 5
+
+
+def test_framer_feed_into_keeps_the_frames_before_a_bad_header() -> None:
+    """``Framer.feed_into`` returns a bad header as a value; the frames before it are
+    kept. ``feed`` raises it, as before."""
+    data = b"\xc0\x00\xc0\x00\x30\xff\xff\xff\xff\x7f"
+    frames: list[tuple[int, bytes]] = []
+    error = Framer(1024).feed_into(data, frames)
+    assert frames == [(0xC0, b""), (0xC0, b"")]
+    assert isinstance(error, MalformedPacket) and error.spec_ref == "MQTT-1.5.5-1"
+    with pytest.raises(MalformedPacket):
+        Framer(1024).feed(data)

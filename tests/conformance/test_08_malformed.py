@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from iotbroker.codec.packets import Publish, PubRec, Will
+from iotbroker.auth.passwords import set_password
+from iotbroker.codec.packets import ConnAck, Disconnect, PubAck, Publish, PubRec, Will
 from tests.helpers.conformance import (
     assert_broker_healthy,
     connect_bytes,
@@ -342,3 +343,88 @@ def test_v5_receive_maximum_exceeded_0x93(make_broker, uniq: str) -> None:
             client.expect(PubRec)
         client.send(Publish(f"{uniq}/t", b"x", 2, packet_id=3))
         assert disconnect_reason(client.expect_closed(3.0)) == 0x93
+
+
+# ----------------------------------------------------------- packet by packet
+
+
+def _before_bad_after(uniq: str, version: int) -> bytes:
+    """One write: a valid QoS 1 PUBLISH, a malformed PUBLISH (QoS 3 [MQTT-3.3.1-4]), and
+    a valid PUBLISH that must never be read."""
+    return (
+        publish_bytes(f"{uniq}/t".encode(), b"before", qos=1, packet_id=5, version=version)
+        + publish_bytes(f"{uniq}/t".encode(), flags=0x06, packet_id=6, qos=3, version=version)
+        + publish_bytes(f"{uniq}/t".encode(), b"after", version=version)
+    )
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_mqtt_4_13_1_1_packets_before_a_malformed_one_in_the_same_segment_are_handled(
+    raw, uniq: str, version: int
+) -> None:
+    """[MQTT-4.13.1-1] (5.0) / [MQTT-4.8.0-1] (3.1.1): the connection is closed at the
+    malformed packet, with DISCONNECT 0x81 Malformed Packet for a 5.0 client. A stream is
+    read packet by packet (as mosquitto does): the valid PUBLISH before it in the same
+    TCP segment is routed and acknowledged; what follows it is not read; the will goes
+    out (the close is not a normal disconnect, [MQTT-3.1.2-8])."""
+    watcher: RawClient = raw(version)
+    watcher.connect(f"{uniq}-w")
+    watcher.subscribe(f"{uniq}/#", 0)
+    bad: RawClient = raw(version)
+    bad.connect(f"{uniq}-bad", will=Will(f"{uniq}/will", b"gone"))
+    bad.send_raw(_before_bad_after(uniq, version))
+    got = bad.expect_closed(3.0)
+    acks = [p for p in got if isinstance(p, PubAck)]
+    assert [a.packet_id for a in acks] == [5], got
+    if version == 5:
+        assert disconnect_reason(got) == 0x81, got
+        assert isinstance(got[-1], Disconnect)
+    else:
+        assert disconnect_reason(got) is None, got
+    first, second = watcher.receive_publish(), watcher.receive_publish()
+    assert [(first.topic, first.payload), (second.topic, second.payload)] == [
+        (f"{uniq}/t", b"before"), (f"{uniq}/will", b"gone")]
+    watcher.nothing(0.3)  # "after" was never read
+
+
+@pytest.mark.parametrize("version", [4, 5])
+@pytest.mark.parametrize("password", [b"right", b"wrong"])
+def test_failure_waits_for_a_connect_deferred_to_the_password_thread(
+    make_broker, tmp_path, uniq: str, version: int, password: bytes
+) -> None:
+    """CONNECT, a valid PUBLISH and a malformed packet in one segment, while the CONNECT
+    waits for its PBKDF2 check in a worker thread: the failure is applied after the
+    CONNECT is decided and the packets before it are handled, as if the check had been
+    instant. Accepted: CONNACK 0, the PUBLISH is routed, then the close at the malformed
+    packet (5.0: DISCONNECT 0x81, [MQTT-4.13.1-1]). Refused: only the CONNACK refusal
+    and the close ([MQTT-3.2.2-5] / 5.0 [MQTT-3.2.2-7]); nothing of what followed is read."""
+    pwfile = tmp_path / "passwd"
+    set_password(str(pwfile), "watcher", "w", 20_000)
+    set_password(str(pwfile), "dev", "right", 20_000)  # PBKDF2, never checked: a thread
+    b = make_broker(extra=f"auth:\n  allow_anonymous: false\n  password_file: {pwfile}\n")
+    watcher = connected(b.host, b.port, version, f"{uniq}-w", username="watcher",
+                        password=b"w")
+    try:
+        watcher.subscribe(f"{uniq}/#", 0)
+        with RawClient(b.host, b.port, version, timeout=3.0) as bad:
+            bad.send_raw(connect_bytes(version, f"{uniq}-bad", username="dev",
+                                       password=password) + _before_bad_after(uniq, version))
+            got = bad.expect_closed(5.0)
+        ack = got[0]
+        assert isinstance(ack, ConnAck), got
+        if password == b"wrong":
+            assert ack.reason_code == (0x86 if version == 5 else 0x04), got
+            assert got == [ack], got
+            watcher.nothing(0.3)
+            return
+        assert ack.reason_code == 0, got
+        assert [p.packet_id for p in got if isinstance(p, PubAck)] == [5], got
+        if version == 5:
+            assert disconnect_reason(got) == 0x81 and isinstance(got[-1], Disconnect), got
+        else:
+            assert disconnect_reason(got) is None, got
+        routed = watcher.receive_publish()
+        assert (routed.topic, routed.payload) == (f"{uniq}/t", b"before")
+        watcher.nothing(0.3)
+    finally:
+        watcher.close()

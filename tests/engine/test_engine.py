@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pytest
-
 from iotbroker.auth.acl import Acl
 from iotbroker.codec import Framer, decode_packet, encode_packet
 from iotbroker.codec.packets import (
@@ -102,6 +100,8 @@ class World:
         data = encode_packet(packet, client.conn.protocol_version)
         for decoded in client.conn.receive_data(data, self.now):
             self.engine.handle(client, decoded, self.now)
+        if client.conn.failure is not None:  # as the server does: after the packets
+            self.engine.fail(client, client.conn.failure)
 
     def received(self, client: Client) -> list[Packet]:
         self.engine.send_ready()  # as the server's flush does, before it writes
@@ -209,14 +209,16 @@ def test_queued_message_delivered_on_resume_and_stored_before_acked() -> None:
 
 def test_peer_violation_becomes_reason_code_and_close() -> None:
     """A client must not send a Subscription Identifier [MQTT-3.3.4-6]: the protocol
-    layer raises it, the engine turns it into DISCONNECT 0x82 and a close."""
+    layer records it as the connection's failure (a value, not an exception), the engine
+    turns it into DISCONNECT 0x82 and a close."""
     world = World.make()
     client, _ = world.connect("bad")
     data = encode_packet(Publish("t", b"", 0, False, False, None,
                                  Properties(subscription_identifiers=(3,))), 5)
-    with pytest.raises(MqttError) as violation:
-        client.conn.receive_data(data, world.now)
-    world.engine.fail(client, violation.value)
+    assert client.conn.receive_data(data, world.now) == []
+    violation = client.conn.failure
+    assert isinstance(violation, MqttError) and violation.spec_ref == "MQTT-3.3.4-6"
+    world.engine.fail(client, violation)
     (bye,) = world.received(client)
     assert isinstance(bye, Disconnect) and bye.reason_code == 0x82
     assert client.close_requested

@@ -15,7 +15,8 @@ Input layout (so that corpus seeds are readable packets):
 
 The stream goes to ``Framer`` + ``decode_packet`` (max packet size 1024) and to the
 connection. Allowed outcomes: packets, or an ``MqttError`` whose reason code is an error
-code of the MQTT 5.0 table; the framer never holds back more than its maximum packet
+code of the MQTT 5.0 table (raised by the codec; returned as ``conn.failure`` by the
+connection, which then reads nothing more); the framer never holds back more than its maximum packet
 size. Anything else raises, and atheris reports the input as a crash.
 
 :func:`TestOneInput` needs no atheris; ``tests/fuzz/test_atheris_smoke.py`` replays the
@@ -99,15 +100,17 @@ def _connection(pieces: list[bytes], version: int, accepted: bool) -> None:
             outbound_aliases=False,
             request_problem_information=True,
         )
-    try:
-        for piece in pieces:
-            got = conn.receive_data(piece, 1.0)
-            if not isinstance(got, list):
-                raise UnexpectedOutcome(f"receive_data returned {got!r}")
-            if conn._framer.buffered > MAX_PACKET_SIZE:
-                raise UnexpectedOutcome(f"connection framer holds {conn._framer.buffered}")
-    except MqttError as exc:
-        _check_error(exc)
+    for piece in pieces:  # receive_data never raises: a violation is conn.failure
+        failed_before = conn.failure
+        got = conn.receive_data(piece, 1.0)
+        if not isinstance(got, list):
+            raise UnexpectedOutcome(f"receive_data returned {got!r}")
+        if failed_before is not None and (got or conn.failure is not failed_before):
+            raise UnexpectedOutcome("the connection read on after its failure")
+        if conn._framer.buffered > MAX_PACKET_SIZE:
+            raise UnexpectedOutcome(f"connection framer holds {conn._framer.buffered}")
+    if conn.failure is not None:
+        _check_error(conn.failure)
 
 
 def TestOneInput(data: bytes) -> None:

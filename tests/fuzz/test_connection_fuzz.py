@@ -11,8 +11,10 @@ duplication and splicing, are fed
 
 cut at random boundaries. The only allowed outcomes are packets, or an
 :class:`~iotbroker.errors.MqttError` subclass whose reason code is an error code of the
-MQTT 5.0 table (§2.4, >= 0x80); never another exception. The bytes a framer holds back
-never exceed its maximum packet size ("limits before allocation", design.md).
+MQTT 5.0 table (§2.4, >= 0x80); never another exception. A Connection never raises:
+it returns the packets before a violation and records the error in ``conn.failure``.
+The bytes a framer holds back never exceed its maximum packet size ("limits before
+allocation", design.md).
 """
 
 from __future__ import annotations
@@ -278,20 +280,42 @@ def new_connection(version: int, max_size: int, accept: bool) -> Connection:
 
 
 def feed_connection(conn: Connection, pieces: list[bytes], max_size: int) -> list[Packet]:
+    """Feed ``pieces``: ``receive_data`` never raises; a violation is recorded once in
+    ``conn.failure`` (an MQTT error with a defined reason code), and after it the
+    connection reads nothing more."""
     out: list[Packet] = []
     now = 1.0
-    try:
-        for piece in pieces:
-            got = conn.receive_data(piece, now)
-            assert isinstance(got, list)
-            for packet in got:
-                assert hasattr(packet, "TYPE"), packet
-            out.extend(got)
-            assert conn._framer.buffered <= max_size
-            now += 0.01
-    except MqttError as exc:
-        _check_error(exc)
+    for piece in pieces:
+        failed_before = conn.failure
+        got = conn.receive_data(piece, now)
+        assert isinstance(got, list)
+        for packet in got:
+            assert hasattr(packet, "TYPE"), packet
+        if failed_before is not None:
+            assert got == [] and conn.failure is failed_before  # set once, reads nothing
+        out.extend(got)
+        assert conn._framer.buffered <= max_size
+        now += 0.01
+    if conn.failure is not None:
+        _check_error(conn.failure)
+        assert conn.receive_data(_connect_bytes(conn.protocol_version), now) == []
     return out
+
+
+def check_same_outcome_unsplit(
+    conn: Connection, got: list[Packet], data: bytes, version: int, max_size: int,
+    accept: bool,
+) -> None:
+    """Where the stream is cut changes nothing: fed in one piece, a fresh connection
+    returns the same packets (those before a violation included) and the same failure."""
+    whole = new_connection(version, max_size, accept=accept)
+    assert feed_connection(whole, [data], max_size) == got
+    if conn.failure is None:
+        assert whole.failure is None
+    else:
+        assert whole.failure is not None
+        assert (type(whole.failure), whole.failure.reason_code) == (
+            type(conn.failure), conn.failure.reason_code)
 
 
 @SETTINGS
@@ -305,7 +329,8 @@ def test_connection_after_connect_gives_packets_or_an_mqtt_error(
 ) -> None:
     version, data = vd
     conn = new_connection(version, max_size, accept=True)
-    feed_connection(conn, chunks(draw, data), max_size)
+    got = feed_connection(conn, chunks(draw, data), max_size)
+    check_same_outcome_unsplit(conn, got, data, version, max_size, accept=True)
 
 
 @SETTINGS
@@ -324,7 +349,8 @@ def test_connection_before_connect_gives_packets_or_an_mqtt_error(
     conn = new_connection(version, max_size, accept=False)
     if lead_with_connect:
         data = _connect_bytes(version) + data
-    feed_connection(conn, chunks(draw, data), max_size)
+    got = feed_connection(conn, chunks(draw, data), max_size)
+    check_same_outcome_unsplit(conn, got, data, version, max_size, accept=False)
 
 
 @SETTINGS

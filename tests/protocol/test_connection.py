@@ -15,7 +15,7 @@ from iotbroker.codec.packets import (
     PubRec,
     SubAck,
 )
-from iotbroker.errors import MalformedPacket, ProtocolViolation
+from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
 from iotbroker.message import Delivery, Message
 from iotbroker.protocol.connection import Connection, ConnectionState
 
@@ -42,6 +42,18 @@ def _sent(conn: Connection) -> list[Packet]:
     return [decode_packet(f, b, conn.protocol_version) for f, b in framer.feed(conn.data_to_send())]
 
 
+def _fails(conn: Connection, data: bytes, now: float, kind: type[MqttError]) -> MqttError:
+    """Feed ``data`` holding one bad packet: no packet comes out, nothing is raised, the
+    violation is recorded in ``conn.failure`` and the connection reads nothing more."""
+    assert conn.failure is None
+    assert conn.receive_data(data, now) == []
+    failure = conn.failure
+    assert isinstance(failure, kind), failure
+    assert conn.receive_data(encode_packet(PingReq(), conn.protocol_version), now) == []
+    assert conn.failure is failure  # set once
+    return failure
+
+
 def _message(topic: str = "a/b", payload: bytes = b"x") -> Message:
     return Message(topic, payload, 1, False, Properties(), 0.0)
 
@@ -49,16 +61,14 @@ def _message(topic: str = "a/b", payload: bytes = b"x") -> Message:
 def test_mqtt_3_1_0_1_first_packet_must_be_connect() -> None:
     """[MQTT-3.1.0-1]: anything before CONNECT is a protocol violation."""
     conn = _conn()
-    with pytest.raises(ProtocolViolation) as info:
-        conn.receive_data(encode_packet(PingReq(), 4), 0.0)
-    assert info.value.spec_ref == "MQTT-3.1.0-1"
+    failure = _fails(conn, encode_packet(PingReq(), 4), 0.0, ProtocolViolation)
+    assert failure.spec_ref == "MQTT-3.1.0-1"
 
 
 def test_mqtt_3_1_0_2_second_connect_is_a_violation() -> None:
     conn = _connected(4)
-    with pytest.raises(ProtocolViolation) as info:
-        conn.receive_data(encode_packet(Connect("c"), 4), 1.0)
-    assert info.value.spec_ref == "MQTT-3.1.0-2"
+    failure = _fails(conn, encode_packet(Connect("c"), 4), 1.0, ProtocolViolation)
+    assert failure.spec_ref == "MQTT-3.1.0-2"
 
 
 def test_connect_split_at_every_byte_is_one_packet() -> None:
@@ -88,9 +98,9 @@ def test_mqtt_3_3_4_9_inbound_receive_maximum_overrun_is_0x93() -> None:
     conn = _connected()
     for pid in (1, 2, 3):
         conn.receive_data(encode_packet(Publish("t", b"", 1, packet_id=pid), 5), 1.0)
-    with pytest.raises(ProtocolViolation) as info:
-        conn.receive_data(encode_packet(Publish("t", b"", 1, packet_id=4), 5), 1.0)
-    assert info.value.reason_code == 0x93
+    failure = _fails(conn, encode_packet(Publish("t", b"", 1, packet_id=4), 5), 1.0,
+                     ProtocolViolation)
+    assert failure.reason_code == 0x93
     conn2 = _connected()
     for pid in (1, 2, 3):
         conn2.receive_data(encode_packet(Publish("t", b"", 1, packet_id=pid), 5), 1.0)
@@ -111,9 +121,9 @@ def test_duplicate_qos2_publish_with_held_id_does_not_count_twice() -> None:
 def test_mqtt_3_3_2_9_inbound_topic_alias_beyond_maximum_is_0x94() -> None:
     conn = _connected()
     props = Properties(topic_alias=3)  # our maximum is 2
-    with pytest.raises(ProtocolViolation) as info:
-        conn.receive_data(encode_packet(Publish("t", b"", 0, properties=props), 5), 1.0)
-    assert info.value.reason_code == 0x94
+    failure = _fails(conn, encode_packet(Publish("t", b"", 0, properties=props), 5), 1.0,
+                     ProtocolViolation)
+    assert failure.reason_code == 0x94
 
 
 def test_inbound_topic_alias_maps_then_stands_in_for_the_topic() -> None:
@@ -130,15 +140,13 @@ def test_inbound_topic_alias_maps_then_stands_in_for_the_topic() -> None:
 
 def test_mqtt_3_3_2_2_wildcard_in_topic_name_is_0x90() -> None:
     conn = _connected(4)
-    with pytest.raises(ProtocolViolation) as info:
-        conn.receive_data(encode_packet(Publish("a/+", b"", 0), 4), 1.0)
-    assert info.value.reason_code == 0x90
+    failure = _fails(conn, encode_packet(Publish("a/+", b"", 0), 4), 1.0, ProtocolViolation)
+    assert failure.reason_code == 0x90
 
 
 def test_server_only_packet_from_client_is_a_violation() -> None:
     conn = _connected(4)
-    with pytest.raises(ProtocolViolation):
-        conn.receive_data(encode_packet(SubAck(1, [0]), 4), 1.0)
+    _fails(conn, encode_packet(SubAck(1, [0]), 4), 1.0, ProtocolViolation)
 
 
 def test_input_after_close_is_ignored() -> None:
@@ -150,9 +158,9 @@ def test_input_after_close_is_ignored() -> None:
 
 def test_packet_over_our_maximum_is_refused_from_the_header() -> None:
     conn = _conn()
-    with pytest.raises(MalformedPacket) as info:
-        conn.receive_data(b"\x10\xff\xff\x7f", 0.0)  # declares ~2 MB, limit 1024
-    assert info.value.reason_code == 0x95
+    # declares ~2 MB, limit 1024
+    failure = _fails(conn, b"\x10\xff\xff\x7f", 0.0, MalformedPacket)
+    assert failure.reason_code == 0x95
 
 
 def test_mqtt_3_3_2_11_outbound_aliases_never_exceed_the_clients_maximum() -> None:
@@ -190,9 +198,9 @@ def test_unauthenticated_socket_cannot_claim_the_full_packet_size() -> None:
     will); the configured Maximum Packet Size applies once the client is accepted."""
     conn = Connection(max_packet_size=16 << 20, receive_maximum=10, topic_alias_maximum=0,
                       now=0.0)
-    with pytest.raises(MalformedPacket) as info:
-        conn.receive_data(b"\x10\x80\x80\x20", 0.0)  # declares 512 KiB before CONNECT
-    assert info.value.reason_code == 0x95
+    # declares 512 KiB before CONNECT
+    failure = _fails(conn, b"\x10\x80\x80\x20", 0.0, MalformedPacket)
+    assert failure.reason_code == 0x95
     accepted = Connection(max_packet_size=16 << 20, receive_maximum=10,
                           topic_alias_maximum=0, now=0.0)
     accepted.receive_data(encode_packet(Connect("big"), 4), 0.0)
@@ -202,3 +210,32 @@ def test_unauthenticated_socket_cannot_claim_the_full_packet_size() -> None:
     big = encode_packet(Publish("t", b"x" * (300 * 1024), 0), 4)
     [packet] = accepted.receive_data(big, 1.0)
     assert isinstance(packet, Publish) and len(packet.payload) == 300 * 1024
+
+
+@pytest.mark.parametrize(
+    ("bad", "kind", "reason_code"),
+    [
+        (b"\x36\x03\x00\x01t", MalformedPacket, 0x81),  # PUBLISH QoS 3 [MQTT-3.3.1-4]
+        (encode_packet(SubAck(1, [0]), 5), ProtocolViolation, 0x82),  # server-only packet
+        (b"\x30\xff\xff\xff\xff\x7f", MalformedPacket, 0x81),  # 5-byte Remaining Length
+        (b"\x30\xff\xff\x7f", MalformedPacket, 0x95),  # over our maximum, from the header
+    ],
+    ids=["decode", "check", "framer", "too-large"],
+)
+def test_packets_before_a_violation_in_the_same_read_are_returned(
+    bad: bytes, kind: type[MqttError], reason_code: int
+) -> None:
+    """Packet by packet, as a stream is read: the PUBLISHes before the bad packet in the
+    same read come out, then the violation is recorded ([MQTT-4.13.1-1]: the caller
+    closes with its reason code) and what follows it is never read."""
+    conn = _connected()
+    good = [Publish("a/1", b"1", 0), Publish("a/2", b"2", 1, packet_id=7)]
+    data = b"".join(encode_packet(p, 5) for p in good) + bad + encode_packet(PingReq(), 5)
+    got = conn.receive_data(data, 1.0)
+    assert [(p.topic, p.payload) for p in got if isinstance(p, Publish)] == [
+        ("a/1", b"1"), ("a/2", b"2")]
+    assert len(got) == 2
+    assert isinstance(conn.failure, kind) and conn.failure.reason_code == reason_code
+    assert conn.state is ConnectionState.CONNECTED  # the engine's fail decides the close
+    assert conn.receive_data(encode_packet(PingReq(), 5), 2.0) == []
+
