@@ -34,7 +34,7 @@ from enum import Enum
 
 from iotbroker.codec.decode import decode_packet
 from iotbroker.codec.encode import encode_packet, encode_publish
-from iotbroker.codec.enums import PacketType
+from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.framer import Framer
 from iotbroker.codec.packets import (
     ConnAck,
@@ -58,7 +58,13 @@ _SERVER_ONLY = frozenset(
     {PacketType.CONNACK, PacketType.SUBACK, PacketType.UNSUBACK, PacketType.PINGRESP}
 )
 _PUBLISH_KIND = int(PacketType.PUBLISH)
-_NO_PROPS = b"\x00"
+#: An encoded Property Length of 0: a v5 packet with no properties.
+_EMPTY_PROPERTY_BLOCK = b"\x00"
+_PROTOCOL_ERROR = int(ReasonCode.PROTOCOL_ERROR)
+_TOPIC_NAME_INVALID = int(ReasonCode.TOPIC_NAME_INVALID)
+_RECEIVE_MAXIMUM_EXCEEDED = int(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+#: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
+_FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_ALIASES = OutboundAliases(0)  # shared: aliases off (it is never written to)
 _NO_IDS: frozenset[int] = frozenset()
 
@@ -159,8 +165,7 @@ class Connection:
         version = self.protocol_version
         try:
             for first_byte, body in frames:
-                packet = decode_packet(first_byte, body, version)
-                self._check(packet)
+                packet = self._check(decode_packet(first_byte, body, version))
                 packets.append(packet)
                 if isinstance(packet, Connect):
                     version = self.protocol_version = packet.protocol_version
@@ -170,12 +175,14 @@ class Connection:
             self.failure = failure
         return packets
 
-    def _check(self, packet: Packet) -> None:
+    def _check(self, packet: Packet) -> Packet:
+        """Check ``packet`` against the connection's state; returns it, or for a
+        PUBLISH with a topic alias a new PUBLISH with the topic it stands for (a
+        decoded packet is never changed)."""
         ptype = packet.TYPE
         if ptype is _PUBLISH and self.state is _CONNECTED:
             assert isinstance(packet, Publish)
-            self._check_publish(packet)
-            return
+            return self._check_publish(packet)
         state = self.state
         if state is _AWAIT_CONNECT:
             if ptype is not PacketType.CONNECT:
@@ -184,26 +191,29 @@ class Connection:
                 )
             # CONNECT is accepted once; anything after it waits for the CONNACK decision.
             self.state = ConnectionState.AUTHENTICATING
-            return
+            return packet
         if ptype is PacketType.PUBLISH:
             assert isinstance(packet, Publish)
-            self._check_publish(packet)
-        elif ptype is PacketType.CONNECT:
+            return self._check_publish(packet)
+        if ptype is PacketType.CONNECT:
             raise ProtocolViolation("second CONNECT on one connection", spec_ref="MQTT-3.1.0-2")
         elif ptype in _SERVER_ONLY:
             raise ProtocolViolation(f"a client must not send {ptype.name}")
         elif ptype is PacketType.AUTH and self.protocol_version != 5:
             raise MalformedPacket("AUTH does not exist in MQTT 3.1.1", spec_ref="MQTT-2.2.2-2")
+        return packet
 
-    def _check_publish(self, packet: Publish) -> None:
+    def _check_publish(self, packet: Publish) -> Publish:
         props = packet.properties
         if self.protocol_version == 5:
             if props.topic_alias is not None:
                 aliases = self._inbound_aliases
                 if aliases is None:
                     aliases = self._inbound_aliases = InboundAliases(self._topic_alias_maximum)
-                packet.topic = aliases.resolve(packet.topic, props.topic_alias)
-                props.topic_alias = None
+                topic = aliases.resolve(packet.topic, props.topic_alias)
+                # The alias is this connection's; the message carries the topic.
+                props = replace(props, topic_alias=None)
+                packet = replace(packet, topic=topic, properties=props)
             if props.subscription_identifiers:
                 raise ProtocolViolation(
                     "a client must not send a Subscription Identifier in PUBLISH",
@@ -218,12 +228,13 @@ class Connection:
         topic = packet.topic
         if not topic:
             raise ProtocolViolation(
-                "PUBLISH topic name is empty", reason_code=0x82, spec_ref="MQTT-4.7.3-1"
+                "PUBLISH topic name is empty", reason_code=_PROTOCOL_ERROR,
+                spec_ref="MQTT-4.7.3-1",
             )
         if "+" in topic or "#" in topic:
             raise ProtocolViolation(
                 f"PUBLISH topic name {topic!r} contains a wildcard",
-                reason_code=0x90,
+                reason_code=_TOPIC_NAME_INVALID,
                 spec_ref="MQTT-3.3.2-2",
             )
         if packet.qos and packet.packet_id is not None and self.protocol_version == 5:
@@ -233,12 +244,13 @@ class Connection:
                     raise ProtocolViolation(
                         f"more than Receive Maximum ({self.receive_maximum}) unacknowledged "
                         "QoS 1/2 PUBLISH packets",
-                        reason_code=0x93,
+                        reason_code=_RECEIVE_MAXIMUM_EXCEEDED,
                         spec_ref="MQTT-3.3.4-9",
                     )
                 if isinstance(unacked, frozenset):
                     unacked = self._inbound_unacked = set()
                 unacked.add(packet.packet_id)
+        return packet
 
     # ------------------------------------------------------------- life cycle
     def accept(
@@ -282,7 +294,7 @@ class Connection:
             unacked
             and isinstance(unacked, set)
             and isinstance(packet, (PubAck, PubComp, PubRec))
-            and (not isinstance(packet, PubRec) or packet.reason_code >= 0x80)
+            and (not isinstance(packet, PubRec) or packet.reason_code >= _FAILURE)
         ):
             unacked.discard(packet.packet_id)
         if not self.request_problem_information and self.protocol_version == 5:
@@ -328,9 +340,10 @@ class Connection:
             if props is None and delivery.qos == 0:
                 data = _shared_qos0_bytes(message, delivery.retain, 5)
             else:
-                props_bytes = (
-                    _NO_PROPS if props is None else encode_properties(props, _PUBLISH_KIND)
-                )
+                if props is None:
+                    props_bytes = _EMPTY_PROPERTY_BLOCK
+                else:
+                    props_bytes = encode_properties(props, _PUBLISH_KIND)
                 data = encode_publish(
                     topic if with_topic else "", message.payload, delivery.qos,
                     delivery.retain, dup, packet_id, props_bytes,
@@ -397,7 +410,7 @@ def _shared_qos0_bytes(message: Message, retain: bool, version: int) -> bytes:
         return _shared_bytes
     data = encode_publish(
         message.topic, message.payload, 0, retain, False, None,
-        _NO_PROPS if version == 5 else None,
+        _EMPTY_PROPERTY_BLOCK if version == 5 else None,
     )
     _shared_message, _shared_key, _shared_bytes = message, key, data
     return data
