@@ -28,9 +28,9 @@ Rules of this room:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from enum import Enum
+from typing import Any
 
 from iotbroker.codec.decode import decode_packet
 from iotbroker.codec.encode import encode_packet, encode_publish
@@ -103,13 +103,13 @@ class Connection:
         "failure",
         "keepalive",
         "last_received",
-        "on_output",
+        "owner",
         "packets_queued",
         "protocol_version",
+        "ready",
         "receive_maximum",
         "request_problem_information",
         "state",
-        "writable",
     )
 
     def __init__(
@@ -119,6 +119,8 @@ class Connection:
         receive_maximum: int,
         topic_alias_maximum: int,
         now: float,
+        ready: list[Any] | None = None,
+        owner: object = None,
     ) -> None:
         # Until CONNECT is accepted the peer is unauthenticated: it may make us buffer
         # at most PRE_CONNECT_MAX_PACKET bytes, not the full Maximum Packet Size.
@@ -139,12 +141,14 @@ class Connection:
         self.client_receive_maximum = 65535
         self.client_max_packet_size = 0  # 0 = no limit (beyond the protocol's)
         self.request_problem_information = True
-        self.writable = True
         #: The peer's first violation, recorded by :meth:`receive_data` (never cleared):
         #: the connection reads nothing after it and must be closed with its reason code.
         self.failure: MqttError | None = None
-        #: Called (no arguments) when output becomes pending; the server sets it.
-        self.on_output: Callable[[], None] | None = None
+        #: Where ``owner`` is put when this connection gets bytes to send (once until
+        #: :meth:`data_to_send` takes them): the server's list of connections to write.
+        #: Data, not a call: the protocol layer never calls up into the server.
+        self.ready = ready
+        self.owner = owner
 
     # ------------------------------------------------------------------ input
     def receive_data(self, data: bytes, now: float) -> list[Packet]:
@@ -381,8 +385,10 @@ class Connection:
         self.packets_queued += 1
         out = self._out
         out.append(data)
-        if len(out) == 1 and self.on_output is not None:
-            self.on_output()
+        if len(out) == 1:
+            ready = self.ready
+            if ready is not None:
+                ready.append(self.owner)
 
     def data_to_send(self) -> bytes:
         """All bytes queued since the last call, as one buffer (one write per turn)."""

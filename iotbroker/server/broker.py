@@ -63,7 +63,9 @@ class Broker:
         self.enhanced_auth = EnhancedAuth(lambda: self.auth.setup.passwords, self.metrics,
                                           self.engine.close)
         self.connections: set[ClientProtocol] = set()
-        self._dirty: list[ClientProtocol] = []
+        #: Connections with bytes to write this turn: each connection puts itself here
+        #: (data, not a callback) when it gets its first bytes, and close() too.
+        self.ready_to_write: list[ClientProtocol] = []
         #: Connections that delivered input since the last flush (backpressure).
         self.active_readers: list[ClientProtocol] = []
         #: Slow consumer -> the publishers paused because of it.
@@ -178,14 +180,16 @@ class Broker:
 
     # ------------------------------------------------------------ the flush
     def output_pending(self, proto: ClientProtocol) -> None:
-        self._dirty.append(proto)
+        """``proto`` must be written (or closed) at the end of this loop turn."""
+        self.ready_to_write.append(proto)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
     def _schedule_flush(self) -> None:
-        """Flush at the end of this loop turn if sessions have something to send."""
-        if not self._flush_scheduled and self.engine.registry.ready:
+        """Flush at the end of this loop turn if an event left something to send:
+        bytes queued on connections, or sessions' outboxes."""
+        if not self._flush_scheduled and (self.ready_to_write or self.engine.registry.ready):
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
@@ -195,14 +199,14 @@ class Broker:
         No acknowledgement leaves before the changes it acknowledges are in the store
         (design.md, "A QoS 1 PUBLISH").
         """
-        # Sessions' output into their connections first (they join _dirty; no second
-        # flush is scheduled while this one has not started writing).
+        # Sessions' output into their connections first (they join ready_to_write; no
+        # second flush is scheduled while this one has not started writing).
         self._flush_scheduled = True
         self.engine.send_ready()
         self._flush_scheduled = False
         batch = self.engine.batch
-        dirty = self._dirty
-        self._dirty = []
+        dirty = self.ready_to_write[:]  # the list itself is shared with the connections
+        self.ready_to_write.clear()
         readers = self.active_readers
         if readers:
             self.active_readers = []
@@ -362,8 +366,7 @@ class Broker:
             self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
         if self.engine.closing:
             self._apply_closes()
-        if self.engine.registry.ready and not self._flush_scheduled:
-            self._schedule_flush()
+        self._schedule_flush()
 
     def _limit_publish_rate(self, proto: ClientProtocol) -> None:
         """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""
@@ -472,6 +475,9 @@ class Broker:
             except MqttError as exc:
                 self.peer_error(proto, exc)
                 return
+            finally:
+                self._apply_closes()
+                self._schedule_flush()  # the CONNACK (or refusal) goes out this turn
             proto.resume_deferred()
 
         def hand_back(f: object) -> None:
@@ -498,9 +504,10 @@ class Broker:
         self._timer_at = None
         self.engine.run_timers(self.now())
         self._reschedule_core_timer()
-        if (self.engine.batch or self.engine.registry.ready) and not self._flush_scheduled:
+        if self.engine.batch and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
+        self._schedule_flush()
 
 
 # ---------------------------------------------------------------------------

@@ -74,6 +74,8 @@ class ClientProtocol(Client, asyncio.Protocol):
                 receive_maximum=cfg.receive_maximum,
                 topic_alias_maximum=cfg.topic_alias_maximum,
                 now=self.loop.time(),
+                ready=broker.ready_to_write,
+                owner=self,
             ),
             listener,
         )
@@ -94,7 +96,6 @@ class ClientProtocol(Client, asyncio.Protocol):
         #: The username for log lines while there is no session (a refused CONNECT,
         #: after the connection ended); see :attr:`username`.
         self._username: str | None = None
-        self.conn.on_output = self._output_pending
 
     def log_extra(self) -> dict[str, object]:
         """Structured fields for log records about this connection (JSON logs)."""
@@ -223,9 +224,6 @@ class ClientProtocol(Client, asyncio.Protocol):
         return None  # close the transport
 
     # -------------------------------------------------------------- helpers
-    def _output_pending(self) -> None:
-        self.broker.output_pending(self)
-
     def write_pending(self) -> None:
         """Write what the connection has queued (called by the broker's flush)."""
         transport = self.transport
