@@ -145,25 +145,34 @@ def test_keepalive_0_client_is_kept_by_mqtt_and_probed_by_tcp(make_broker: Facto
             port = client.sock.getsockname()[1]
             assert _has_tcp_keepalive(broker.proc.pid, port)
         port = with_keepalive.sock.getsockname()[1]
-        assert not _has_tcp_keepalive(broker.proc.pid, port)
+        assert not _has_tcp_keepalive(broker.proc.pid, port, wait=0.5)
     finally:
         for client in [*clients, with_keepalive]:
             client.close()
     healthy(broker)
 
 
-def _has_tcp_keepalive(pid: int, peer_port: int) -> bool:
+def _has_tcp_keepalive(pid: int, peer_port: int, wait: float = 2.0) -> bool:
     """Whether the broker's end of the connection to ``peer_port`` has SO_KEEPALIVE
-    (the timer column of /proc/net/tcp is 2 for a keepalive timer)."""
+    (the timer column of /proc/net/tcp is 2 for a keepalive timer). While data just
+    sent is unacknowledged the column shows the retransmit timer (1) instead, so it
+    is read again until it shows 2 or ``wait`` seconds pass; a socket without
+    SO_KEEPALIVE never shows 2."""
     from pathlib import Path  # noqa: PLC0415
 
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        cols = line.split()
-        remote_port = int(cols[2].split(":")[1], 16)
-        if remote_port == peer_port:
-            timer = int(cols[5].split(":")[0], 16)
-            return timer == 2
-    return False
+    deadline = time.monotonic() + wait
+    while True:
+        timer = None
+        for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+            cols = line.split()
+            if int(cols[2].split(":")[1], 16) == peer_port:
+                timer = int(cols[5].split(":")[0], 16)
+                break
+        if timer == 2:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def test_keepalive_0_is_lowered_to_max_keepalive_for_both_versions(make_broker: Factory) -> None:
