@@ -218,17 +218,29 @@ def test_old_protocol_version(broker: BrokerProcess, pki: Pki) -> None:
 
 
 def test_wss_handshake_failures_are_counted(broker: BrokerProcess, pki: Pki) -> None:
-    """wss: the handshake runs inside the websockets server; refusals are logged and
-    counted, without the peer (documented)."""
+    """wss: the TLS handshake runs in the listener's own accept loop, as on ``tls``:
+    refusals are logged with the peer address and the reason, and counted."""
     before = _counter(broker, "no_client_cert"), _counter(broker, "not_tls")
-    _handshake(broker.ports["wss"], client_context(pki))
-    _wait_for(broker, r"TLS handshake from \? failed \(listener 'wss'\): no client cert")
+    raw = _handshake(broker.ports["wss"], client_context(pki))
+    _failure_line(broker, raw, "wss", "no_client_cert")
     sock = socket.create_connection(("127.0.0.1", broker.ports["wss"]), timeout=WAIT)
     sock.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n")
-    _wait_for(broker, r"TLS handshake from \? failed \(listener 'wss'\): not TLS")
+    line = _failure_line(broker, sock.getsockname()[1], "wss", "not_tls")
+    assert "not TLS" in line
     sock.close()
     assert (_counter(broker, "no_client_cert"), _counter(broker, "not_tls")) == (
         before[0] + 1, before[1] + 1)
+
+
+def test_wss_client_that_leaves_mid_handshake_is_seen(broker: BrokerProcess) -> None:
+    """wss: a client that closes during the TLS handshake is logged with its peer
+    (``closed``), which the websockets server did not see."""
+    before = _counter(broker, "closed")
+    sock = socket.create_connection(("127.0.0.1", broker.ports["wss"]), timeout=WAIT)
+    port = sock.getsockname()[1]
+    sock.close()
+    _failure_line(broker, port, "wss", "closed")
+    assert _counter(broker, "closed") == before + 1
 
 
 def test_a_good_client_still_connects(broker: BrokerProcess, pki: Pki) -> None:

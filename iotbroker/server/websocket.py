@@ -1,0 +1,423 @@
+"""MQTT over WebSocket (MQTT 3.1.1 §6, MQTT 5.0 §6) without a WebSocket server: the
+sans-I/O :class:`websockets.server.ServerProtocol` driven by an ``asyncio.Protocol``.
+
+:class:`WebSocketConnection` sits between the socket and
+:class:`~iotbroker.server.transport.ClientProtocol`:
+
+* towards the socket it is the ``asyncio.Protocol`` of a plain (``ws``) or TLS
+  (``wss``) transport: bytes go into ``ServerProtocol.receive_data``, what
+  ``data_to_send`` returns goes straight to the transport (no queue of ours, no task);
+* towards ``ClientProtocol`` it is the asyncio transport it expects: ``write`` sends one
+  binary message; ``pause_reading``/``resume_reading`` and the write buffer limits are
+  the socket transport's own, so backpressure works exactly as on ``tcp``
+  (``pause_writing``/``resume_writing`` come from the socket transport through us);
+  ``get_extra_info`` answers from the socket transport (``peername``, ``peercert``,
+  ``socket``, ``sslcontext``...).
+
+Rules of this room:
+
+* The opening handshake: a ``GET`` to the listener's ``path`` (else HTTP 404),
+  subprotocol ``mqtt`` or ``mqttv3.1`` [MQTT-6.0.0-3], [MQTT-6.0.0-4]; a client that
+  offers none is accepted (as mosquitto does), one that offers only others gets HTTP
+  400. No extension is negotiated (no compression). The handshake must end within the
+  handshake timeout; ``ClientProtocol`` exists only once it has succeeded.
+* MQTT travels in binary messages [MQTT-6.0.0-1]: a text frame fails the connection
+  (close code 1003). A message is a chunk of the byte stream: a packet may span
+  messages and a message may hold several packets [MQTT-6.0.0-2]; so each binary or
+  continuation frame goes to ``data_received`` as it arrives. A message larger than the
+  maximum packet size fails the connection (1009).
+* Pings are answered by ``ServerProtocol``; we send no pings (MQTT keep alive detects
+  dead peers).
+* ``close()``: the close frame after what is queued, then the client's close frame is
+  awaited for at most :data:`WS_CLOSE_TIMEOUT` s; the TCP connection is aborted if it
+  is still open :data:`WS_CLOSE_GRACE` s after ``close()``.
+
+Per connection: this object (slotted), the ``ServerProtocol`` and one timer handle
+while the opening or closing handshake lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
+
+from websockets.exceptions import NegotiationError
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+if TYPE_CHECKING:
+    from iotbroker.server.transport import ClientProtocol
+
+__all__ = [
+    "WS_CLOSE_GRACE",
+    "WS_CLOSE_TIMEOUT",
+    "WS_SUBPROTOCOLS",
+    "WebSocketConnection",
+    "WebSocketEndpoint",
+    "select_subprotocol",
+]
+
+log = logging.getLogger("iotbroker.listeners")
+#: The logger ``ServerProtocol`` writes to (every frame at DEBUG, every connection at
+#: INFO); set to WARNING unless configured (``logging.levels``).
+ws_log = logging.getLogger("iotbroker.websocket")
+
+#: WebSocket subprotocols we accept, preferred first ("mqttv3.1" is what MQTT 3.1
+#: clients such as old paho versions send) [MQTT-6.0.0-3], [MQTT-6.0.0-4].
+WS_SUBPROTOCOLS = (Subprotocol("mqtt"), Subprotocol("mqttv3.1"))
+#: Seconds the client has to answer our close frame before we close the TCP connection.
+WS_CLOSE_TIMEOUT = 3.0
+#: Seconds a close() may take to flush and close before the connection is aborted.
+WS_CLOSE_GRACE = 10.0
+
+_OPEN = State.OPEN
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_TEXT = Opcode.TEXT
+
+
+def select_subprotocol(offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``mqtt`` if offered (``mqttv3.1`` for MQTT 3.1 clients); None when the client
+    offers no subprotocol (accepted, as mosquitto does); :class:`NegotiationError`
+    (HTTP 400) when it offers only others."""
+    for proto in WS_SUBPROTOCOLS:
+        if proto in offered:
+            return proto
+    if not offered:
+        return None
+    raise NegotiationError(f"unsupported subprotocol {', '.join(offered)}; expected mqtt")
+
+
+class _MqttServerProtocol(ServerProtocol):
+    """``ServerProtocol`` with our subprotocol choice (a method, not a bound callable
+    stored per connection)."""
+
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        return select_subprotocol(subprotocols)
+
+
+class WebSocketEndpoint:
+    """What the connections of one ``ws``/``wss`` listener share: the path, the limits,
+    the ``ClientProtocol`` factory, and the count of open connections (for
+    :meth:`wait_closed`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: str,
+                 factory: Callable[[], ClientProtocol], max_size: int,
+                 handshake_timeout: float) -> None:
+        self.loop = loop
+        self.path = path
+        self.factory = factory
+        self.max_size = max_size
+        self.handshake_timeout = handshake_timeout
+        self.open = 0
+        self._idle: asyncio.Future[None] | None = None
+        if ws_log.level == logging.NOTSET:
+            ws_log.setLevel(logging.WARNING)
+
+    def protocol(self) -> WebSocketConnection:
+        """The protocol factory for ``create_server`` / ``connect_accepted_socket``."""
+        return WebSocketConnection(self)
+
+    def _ended(self) -> None:
+        self.open -= 1
+        if self.open == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Wait until every connection has ended (closing handshakes included), at most
+        ``timeout`` seconds; False if some are still open."""
+        if self.open == 0:
+            return True
+        self._idle = self.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._idle = None
+        return True
+
+
+class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
+    """One WebSocket connection: the socket transport's protocol and ``ClientProtocol``'s
+    transport (see the module docstring)."""
+
+    __slots__ = ("_client", "_closing", "_endpoint", "_error", "_held", "_peer",
+                 "_timer", "_transport", "_we_closed", "_ws")
+
+    def __init__(self, endpoint: WebSocketEndpoint) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+        self._ws = _MqttServerProtocol(max_size=endpoint.max_size, logger=ws_log)
+        self._transport: asyncio.Transport | None = None
+        self._client: ClientProtocol | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        #: Frames that arrived after ``pause_reading``, delivered on resume.
+        self._held: list[bytes] | None = None
+        self._closing = False
+        self._we_closed = False
+        self._error: Exception | None = None
+        self._peer: str | None = None
+
+    # ------------------------------------------------ socket side (asyncio.Protocol)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        endpoint = self._endpoint
+        endpoint.open += 1
+        self._timer = endpoint.loop.call_later(endpoint.handshake_timeout,
+                                               self._handshake_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        try:
+            ws.receive_data(data)
+        except EOFError:  # after the end of the stream: nothing more to read
+            return
+        events = ws.events_received()
+        for index, event in enumerate(events):
+            if type(event) is Frame:
+                opcode = event.opcode
+                if opcode is _BINARY or opcode is _CONT:
+                    if self._closing:
+                        continue  # closed on our side: the rest is not read
+                    if self._held is not None:
+                        self._held.append(cast(bytes, event.data))
+                    else:
+                        self._deliver(cast(bytes, event.data))
+                        if self._held is not None:  # paused while delivering
+                            self._hold_rest(events, index + 1)
+                            break
+                elif opcode is _TEXT:
+                    # [MQTT-6.0.0-1]: MQTT travels in binary frames; anything else closes.
+                    self._error = ConnectionError(
+                        "text frame received (MQTT needs binary frames)")
+                    self._closing = True
+                    ws.fail(CloseCode.UNSUPPORTED_DATA, "MQTT needs binary frames")
+                    break
+                # PING: ServerProtocol queued the PONG; PONG, CLOSE: nothing to do here.
+            elif isinstance(event, Request):
+                self._open(event)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._flush()
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._endpoint._ended()
+        client, self._client = self._client, None
+        if client is None:
+            return  # the opening handshake never completed: no MQTT connection
+        ws = self._ws
+        error = self._error
+        if error is None and not self._we_closed and ws.close_rcvd is not None:
+            code = ws.close_rcvd.code
+            if code not in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
+                error = ConnectionError(f"closed by the client with WebSocket code {code}")
+        if error is None and ws.parser_exc is not None and not isinstance(
+                ws.parser_exc, EOFError):
+            error = ConnectionError(f"WebSocket protocol error: {ws.parser_exc}")
+        client.connection_lost(error if error is not None else exc)
+
+    def pause_writing(self) -> None:
+        if self._client is not None:
+            self._client.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._client is not None:
+            self._client.resume_writing()
+
+    # ---------------------------------------------------------- handshake, I/O
+    def _open(self, request: Request) -> None:
+        """The opening handshake: 404 for another path, 400 for another subprotocol,
+        else 101 and the MQTT side starts."""
+        ws = self._ws
+        endpoint = self._endpoint
+        path = endpoint.path
+        if request.path.split("?", 1)[0] != path:
+            log.info("refusing WebSocket handshake from %s: path %r is not %r",
+                     self.peer, request.path, path)
+            ws.send_response(ws.reject(HTTPStatus.NOT_FOUND, f"MQTT is served at {path}\n"))
+            return
+        response = ws.accept(request)
+        ws.send_response(response)
+        if response.status_code != 101:
+            log.info("refusing WebSocket handshake from %s: %s (HTTP %d)", self.peer,
+                     ws.handshake_exc, response.status_code)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._flush()  # the 101 before anything the MQTT side writes
+        client = endpoint.factory()
+        self._client = client
+        client.connection_made(self)
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        log.debug("closing WebSocket connection from %s: no handshake within %ss",
+                  self.peer, self._endpoint.handshake_timeout)
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _deliver(self, data: bytes) -> None:
+        client = self._client
+        if client is not None and data:
+            client.data_received(data)
+
+    def _hold_rest(self, events: Sequence[object], start: int) -> None:
+        held = self._held
+        assert held is not None
+        for event in events[start:]:
+            if type(event) is Frame and event.opcode in (_BINARY, _CONT):
+                held.append(cast(bytes, event.data))
+
+    def _release_held(self) -> None:
+        """After ``resume_reading``: what arrived while paused, in order."""
+        while self._held and self._transport is not None:
+            if not self._transport.is_reading() or self._closing:
+                return
+            data = self._held.pop(0)
+            if not self._held:
+                self._held = None
+            self._deliver(data)
+        if self._held is not None and not self._held:
+            self._held = None
+
+    def _flush(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for data in self._ws.data_to_send():
+            if data:
+                transport.write(data)
+            else:  # end of stream: a server closes the TCP connection (RFC 6455 §7.1.1)
+                self._closing = True
+                transport.close()
+
+    def _close_timed_out(self) -> None:
+        """The client did not answer our close frame: close the TCP connection (what is
+        buffered is still sent), and abort it if that does not finish either."""
+        transport = self._transport
+        if transport is None:
+            return
+        transport.close()
+        self._timer = self._endpoint.loop.call_later(WS_CLOSE_GRACE - WS_CLOSE_TIMEOUT,
+                                                     transport.abort)
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the client, for log lines."""
+        if self._peer is None:
+            info = self.get_extra_info("peername")
+            if isinstance(info, tuple) and len(info) >= 2:
+                self._peer = f"{info[0]}:{info[1]}"
+            else:
+                self._peer = str(info) if info else "?"
+        return self._peer
+
+    # ------------------------------------------- MQTT side (asyncio.Transport API)
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as one binary message."""
+        if self._closing or not data or self._ws.state is not _OPEN:
+            return
+        self._ws.send_binary(data)
+        self._flush()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("WebSocket transports cannot half-close")
+
+    def close(self) -> None:
+        """Send what is queued, then the WebSocket closing handshake."""
+        if self._closing:
+            return
+        self._closing = True
+        self._we_closed = True
+        self._held = None
+        ws = self._ws
+        transport = self._transport
+        if transport is None:
+            return
+        if ws.state is _OPEN:
+            ws.send_close(CloseCode.NORMAL_CLOSURE)
+            self._flush()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._endpoint.loop.call_later(WS_CLOSE_TIMEOUT,
+                                                         self._close_timed_out)
+        else:
+            transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._we_closed = True
+        self._held = None
+        if self._transport is not None:
+            self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport is None or self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "websocket":
+            return self._ws
+        if name == "subprotocol":
+            return self._ws.subprotocol
+        if self._transport is None:
+            return default
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        if self._held is None:
+            self._held = []
+        if self._transport is not None and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        if not transport.is_reading():
+            transport.resume_reading()
+        if self._held is not None:
+            if self._held:
+                self._endpoint.loop.call_soon(self._release_held)
+            else:
+                self._held = None
+
+    def is_reading(self) -> bool:
+        return self._held is None
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._transport is not None:
+            self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits() if self._transport else (0, 0)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        raise NotImplementedError("the MQTT protocol of a WebSocket connection is fixed")
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return cast(asyncio.BaseProtocol, self._client)
