@@ -148,7 +148,7 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
     """One WebSocket connection: the socket transport's protocol and ``ClientProtocol``'s
     transport (see the module docstring)."""
 
-    __slots__ = ("_client", "_closing", "_endpoint", "_error", "_held", "_peer",
+    __slots__ = ("_client", "_closing", "_endpoint", "_error", "_held", "_peer", "_tail",
                  "_timer", "_transport", "_we_closed", "_ws")
 
     def __init__(self, endpoint: WebSocketEndpoint) -> None:
@@ -164,6 +164,9 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         self._we_closed = False
         self._error: Exception | None = None
         self._peer: str | None = None
+        #: While the request head is read: its last 3 bytes (to find its end across
+        #: reads); None afterwards.
+        self._tail: bytes | None = b""
 
     # ------------------------------------------------ socket side (asyncio.Protocol)
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,6 +177,29 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
                                                self._handshake_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        if self._tail is not None:  # the opening handshake
+            end = self._end_of_head(data)
+            if end < 0 or end == len(data):
+                self._receive(data)
+                return
+            self._receive(data[:end])  # the request: 101 or refused
+            if self._client is None:
+                return  # refused: the rest is not read
+            data = data[end:]  # frames sent without waiting for the 101
+        self._receive(data)
+
+    def _end_of_head(self, data: bytes) -> int:
+        """Where the request head (up to its blank line) ends in ``data``; -1 if not
+        in it."""
+        tail = self._tail or b""
+        buf = tail + data
+        at = buf.find(b"\r\n\r\n")
+        if at < 0:
+            self._tail = buf[-3:]
+            return -1
+        return at + 4 - len(tail)
+
+    def _receive(self, data: bytes) -> None:
         ws = self._ws
         try:
             ws.receive_data(data)
@@ -260,6 +286,14 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._flush()  # the 101 before anything the MQTT side writes
+        # The handshake's ServerProtocol keeps the request (its headers, some KiB) in
+        # its parser for as long as it lives: the connection goes on with a fresh one
+        # in the OPEN state (issue 19), fed only the bytes after the request head.
+        self._tail = None
+        opened = _MqttServerProtocol(state=State.OPEN, max_size=endpoint.max_size,
+                                     logger=ws_log)
+        opened.subprotocol = ws.subprotocol
+        self._ws = opened
         client = endpoint.factory()
         self._client = client
         client.connection_made(self)
