@@ -76,6 +76,10 @@ WS_CLOSE_TIMEOUT = 3.0
 #: Seconds a close() may take to flush and close before the connection is aborted.
 WS_CLOSE_GRACE = 10.0
 
+#: ``extra`` of every WebSocketConnection (``get_extra_info`` is answered by the socket
+#: transport): shared, not a dict per connection.
+_NO_EXTRA: dict[str, Any] = {}
+
 _OPEN = State.OPEN
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
@@ -152,7 +156,7 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
                  "_timer", "_transport", "_we_closed", "_ws")
 
     def __init__(self, endpoint: WebSocketEndpoint) -> None:
-        super().__init__()
+        super().__init__(_NO_EXTRA)
         self._endpoint = endpoint
         self._ws = _MqttServerProtocol(max_size=endpoint.max_size, logger=ws_log)
         self._transport: asyncio.Transport | None = None
