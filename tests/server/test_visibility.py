@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import Connect, Properties, PubAck
@@ -125,6 +127,25 @@ def test_lines_name_the_certificate_subject(broker: BrokerProcess, pki: Pki) -> 
     assert c.connect("vis-cert", username="alice", password=b"alice-pw").reason_code == 0
     c.disconnect()
     line = _wait_for(broker, r".*client 'vis-cert' disconnected.*").group()
+    assert line.endswith("username='alice' cert='CN=dev-17,O=iotbroker tests']")
+
+
+def test_wss_lines_name_the_peer_and_certificate_subject(broker: BrokerProcess,
+                                                         pki: Pki) -> None:
+    """wss: the MQTT side sees the TLS transport under the WebSocket adapter: the
+    client's address and its certificate subject are on its lines, as on ``tls``."""
+    ctx = client_context(pki, pki.client_cert, pki.client_key)
+    url = f"wss://127.0.0.1:{broker.ports['wss']}/mqtt"
+    with ws_connect(url, subprotocols=[Subprotocol("mqtt")], ssl=ctx,
+                    open_timeout=WAIT) as ws:
+        local_port = ws.local_address[1]
+        ws.send(encode_packet(Connect(client_id="vis-wss", username="alice",
+                                      password=b"alice-pw"), 4))
+        assert ws.recv(timeout=WAIT) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+        ws.send(b"\xe0\x00")  # DISCONNECT
+    line = _wait_for(broker, r".*client 'vis-wss' connected from .*").group()
+    assert f"127.0.0.1:{local_port}" in line
+    line = _wait_for(broker, r".*client 'vis-wss' disconnected.*").group()
     assert line.endswith("username='alice' cert='CN=dev-17,O=iotbroker tests']")
 
 

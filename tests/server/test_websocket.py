@@ -234,3 +234,25 @@ def test_shutdown_sends_v5_disconnect_over_websocket(make_broker: Callable[..., 
         with pytest.raises(ConnectionClosed):
             client.recv()
     assert "Traceback" not in proc.log_text()
+
+
+def test_pings_are_answered_and_closing_is_clean(ws_broker: BrokerProcess) -> None:
+    """The client's WebSocket pings get pongs (RFC 6455 §5.5.2); a client close frame
+    ends the connection without an error (its session goes as after a lost socket)."""
+    with connect(_ws_url(ws_broker), subprotocols=MQTT, open_timeout=WAIT) as ws:
+        client = WsMqtt(ws)
+        client.send(Connect(client_id="ws-ping"))
+        assert isinstance(client.recv(), ConnAck)
+        for _ in range(3):
+            assert ws.ping(b"are you there").wait(WAIT)
+        client.send(PingReq())
+        assert isinstance(client.recv(), PingResp)
+    line = next((line for line in ws_broker.log_text().splitlines()
+                 if "'ws-ping'" in line and "connection lost" in line), "")
+    deadline = time.monotonic() + WAIT
+    while not line and time.monotonic() < deadline:
+        time.sleep(0.05)
+        line = next((line for line in ws_broker.log_text().splitlines()
+                     if "'ws-ping'" in line and "connection lost" in line), "")
+    assert line, ws_broker.log_text()[-2000:]
+    assert "WebSocket code" not in line and "protocol error" not in line
