@@ -28,12 +28,23 @@ Rules of this room:
   maximum packet size fails the connection (1009).
 * Pings are answered by ``ServerProtocol``; we send no pings (MQTT keep alive detects
   dead peers).
+* Between frames a connection holds no ``ServerProtocol`` (issue 19): after each read
+  that ended on a frame boundary, outside a fragmented message, in the OPEN state,
+  the connection's protocol is equivalent to a fresh ``ServerProtocol(state=OPEN)``
+  and goes back to its listener's few spares; the next read or write takes one. "Ended
+  on a frame boundary" is counted without looking inside the parser: bytes fed minus
+  the wire size of each frame returned (header, mask and payload: a client frame's
+  size follows from its payload length; a non-minimal length encoding is longer, which
+  only ever keeps a protocol with its connection, never gives one back early). So an
+  idle connection costs its socket transport, ``ClientProtocol`` and this adapter.
 * ``close()``: the close frame after what is queued, then the client's close frame is
   awaited for at most :data:`WS_CLOSE_TIMEOUT` s; the TCP connection is aborted if it
   is still open :data:`WS_CLOSE_GRACE` s after ``close()``.
 
-Per connection: this object (slotted), the ``ServerProtocol`` and one timer handle
-while the opening or closing handshake lasts.
+Per connection: this object (slotted); a ``ServerProtocol`` only during the opening
+handshake, a read or write, a frame split across reads, a fragmented message or the
+closing handshake; one timer handle while the opening or closing handshake lasts. No
+task, no queue.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.exceptions import NegotiationError
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -84,6 +95,16 @@ _OPEN = State.OPEN
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _TEXT = Opcode.TEXT
+#: Spare OPEN protocols a listener keeps (one is taken per read or write and given
+#: back at its end: a handful covers the loop's reentrancy).
+WS_SPARES = 8
+
+
+def _wire_size(frame: Frame) -> int:
+    """Bytes of a client (masked) frame on the wire, with the minimal length encoding
+    (RFC 6455 §5.2): header, masking key, payload."""
+    n = len(frame.data)
+    return 6 + n + (0 if n < 126 else 2 if n < 65536 else 8)
 
 
 def select_subprotocol(offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -121,12 +142,26 @@ class WebSocketEndpoint:
         self.handshake_timeout = handshake_timeout
         self.open = 0
         self._idle: asyncio.Future[None] | None = None
+        #: OPEN protocols between frames, for the next connection that reads or writes.
+        self._spares: list[_MqttServerProtocol] = []
         if ws_log.level == logging.NOTSET:
             ws_log.setLevel(logging.WARNING)
 
     def protocol(self) -> WebSocketConnection:
         """The protocol factory for ``create_server`` / ``connect_accepted_socket``."""
         return WebSocketConnection(self)
+
+    def take(self, subprotocol: Subprotocol | None) -> _MqttServerProtocol:
+        """An OPEN protocol holding nothing: a spare, else a new one."""
+        ws = self._spares.pop() if self._spares else _MqttServerProtocol(
+            state=State.OPEN, max_size=self.max_size, logger=ws_log)
+        ws.subprotocol = subprotocol
+        return ws
+
+    def give(self, ws: _MqttServerProtocol) -> None:
+        """Back to the spares (the caller checked it holds nothing)."""
+        if len(self._spares) < WS_SPARES:
+            self._spares.append(ws)
 
     def _ended(self) -> None:
         self.open -= 1
@@ -152,13 +187,23 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
     """One WebSocket connection: the socket transport's protocol and ``ClientProtocol``'s
     transport (see the module docstring)."""
 
-    __slots__ = ("_client", "_closing", "_endpoint", "_error", "_held", "_peer", "_tail",
-                 "_timer", "_transport", "_we_closed", "_ws")
+    __slots__ = ("_client", "_closing", "_endpoint", "_error", "_fragmented", "_held",
+                 "_peer", "_pending", "_subprotocol", "_tail", "_timer", "_transport",
+                 "_we_closed", "_ws")
 
     def __init__(self, endpoint: WebSocketEndpoint) -> None:
         super().__init__(_NO_EXTRA)
         self._endpoint = endpoint
-        self._ws = _MqttServerProtocol(max_size=endpoint.max_size, logger=ws_log)
+        #: The handshake's protocol, then one from the endpoint while needed (None
+        #: between frames).
+        self._ws: _MqttServerProtocol | None = _MqttServerProtocol(
+            max_size=endpoint.max_size, logger=ws_log)
+        self._subprotocol: Subprotocol | None = None
+        #: Bytes fed to ``_ws`` minus the wire size of the frames it returned, from the
+        #: end of the request head: 0 when it holds no partial frame.
+        self._pending = 0
+        #: Inside a fragmented message (a data frame without FIN, until the last one).
+        self._fragmented = False
         self._transport: asyncio.Transport | None = None
         self._client: ClientProtocol | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -204,12 +249,21 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         return at + 4 - len(tail)
 
     def _receive(self, data: bytes) -> None:
-        ws = self._ws
+        ws = self._protocol()
         try:
             ws.receive_data(data)
         except EOFError:  # after the end of the stream: nothing more to read
             return
         events = ws.events_received()
+        opened = self._tail is None  # frames, not the request head: count them
+        if opened:
+            pending = self._pending + len(data)
+            for event in events:
+                if type(event) is Frame:
+                    pending -= _wire_size(event)
+                    if event.opcode in DATA_OPCODES:
+                        self._fragmented = not event.fin
+            self._pending = pending
         for index, event in enumerate(events):
             if type(event) is Frame:
                 opcode = event.opcode
@@ -234,9 +288,11 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
             elif isinstance(event, Request):
                 self._open(event)
         self._flush()
+        if opened:
+            self._rest()
 
     def eof_received(self) -> bool | None:
-        self._ws.receive_eof()
+        self._protocol().receive_eof()
         self._flush()
         return None  # close the transport
 
@@ -249,15 +305,17 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         client, self._client = self._client, None
         if client is None:
             return  # the opening handshake never completed: no MQTT connection
-        ws = self._ws
+        ws, self._ws = self._ws, None  # never back to the spares: it saw the end
         error = self._error
-        if error is None and not self._we_closed and ws.close_rcvd is not None:
-            code = ws.close_rcvd.code
-            if code not in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
-                error = ConnectionError(f"closed by the client with WebSocket code {code}")
-        if error is None and ws.parser_exc is not None and not isinstance(
-                ws.parser_exc, EOFError):
-            error = ConnectionError(f"WebSocket protocol error: {ws.parser_exc}")
+        if ws is not None and error is None:
+            if not self._we_closed and ws.close_rcvd is not None:
+                code = ws.close_rcvd.code
+                if code not in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
+                    error = ConnectionError(
+                        f"closed by the client with WebSocket code {code}")
+            if error is None and ws.parser_exc is not None and not isinstance(
+                    ws.parser_exc, EOFError):
+                error = ConnectionError(f"WebSocket protocol error: {ws.parser_exc}")
         client.connection_lost(error if error is not None else exc)
 
     def pause_writing(self) -> None:
@@ -269,10 +327,27 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
             self._client.resume_writing()
 
     # ---------------------------------------------------------- handshake, I/O
+    def _protocol(self) -> _MqttServerProtocol:
+        """The connection's protocol; between frames, one taken from the endpoint."""
+        ws = self._ws
+        if ws is None:
+            ws = self._ws = self._endpoint.take(self._subprotocol)
+        return ws
+
+    def _rest(self) -> None:
+        """Give the protocol back if it holds nothing a fresh OPEN one would not: no
+        partial frame, no fragmented message, no closing handshake."""
+        ws = self._ws
+        if (ws is not None and self._pending == 0 and not self._fragmented
+                and ws.state is _OPEN and ws.close_sent is None and ws.close_rcvd is None
+                and not self._closing):
+            self._ws = None
+            self._endpoint.give(ws)
+
     def _open(self, request: Request) -> None:
         """The opening handshake: 404 for another path, 400 for another subprotocol,
         else 101 and the MQTT side starts."""
-        ws = self._ws
+        ws = self._protocol()
         endpoint = self._endpoint
         path = endpoint.path
         if request.path.split("?", 1)[0] != path:
@@ -291,13 +366,11 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
             self._timer = None
         self._flush()  # the 101 before anything the MQTT side writes
         # The handshake's ServerProtocol keeps the request (its headers, some KiB) in
-        # its parser for as long as it lives: the connection goes on with a fresh one
-        # in the OPEN state (issue 19), fed only the bytes after the request head.
+        # its parser for as long as it lives: it is dropped, and the frames go to an
+        # OPEN one from the endpoint (issue 19), fed only the bytes after the head.
         self._tail = None
-        opened = _MqttServerProtocol(state=State.OPEN, max_size=endpoint.max_size,
-                                     logger=ws_log)
-        opened.subprotocol = ws.subprotocol
-        self._ws = opened
+        self._subprotocol = ws.subprotocol
+        self._ws = None
         client = endpoint.factory()
         self._client = client
         client.connection_made(self)
@@ -338,7 +411,10 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        for data in self._ws.data_to_send():
+        ws = self._ws
+        if ws is None:
+            return
+        for data in ws.data_to_send():
             if data:
                 transport.write(data)
             else:  # end of stream: a server closes the TCP connection (RFC 6455 §7.1.1)
@@ -369,10 +445,16 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
     # ------------------------------------------- MQTT side (asyncio.Transport API)
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` as one binary message."""
-        if self._closing or not data or self._ws.state is not _OPEN:
+        if self._closing or not data:
             return
-        self._ws.send_binary(data)
+        borrowed = self._ws is None  # else held by a read in progress, or needed
+        ws = self._protocol()
+        if ws.state is not _OPEN:
+            return
+        ws.send_binary(data)
         self._flush()
+        if borrowed:
+            self._rest()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -390,10 +472,10 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         self._closing = True
         self._we_closed = True
         self._held = None
-        ws = self._ws
         transport = self._transport
         if transport is None:
             return
+        ws = self._protocol()
         if ws.state is _OPEN:
             ws.send_close(CloseCode.NORMAL_CLOSURE)
             self._flush()
@@ -415,10 +497,8 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         return self._closing or self._transport is None or self._transport.is_closing()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "websocket":
-            return self._ws
         if name == "subprotocol":
-            return self._ws.subprotocol
+            return self._subprotocol
         if self._transport is None:
             return default
         return self._transport.get_extra_info(name, default)

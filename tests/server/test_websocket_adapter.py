@@ -102,9 +102,15 @@ class Peer:
     """One adapter, its socket transport, its MQTT client, and a real ``websockets``
     client protocol to build requests and read what the adapter sends."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_size: int = 1 << 16) -> None:
-        self.clients: list[FakeClient] = []
-        self.endpoint = WebSocketEndpoint(loop, "/mqtt", self._factory, max_size, 10.0)
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_size: int = 1 << 16,
+                 listener: Peer | None = None) -> None:
+        """A connection to a new listener, or to the one of ``listener``."""
+        if listener is None:
+            self.clients: list[FakeClient] = []
+            self.endpoint = WebSocketEndpoint(loop, "/mqtt", self._factory, max_size, 10.0)
+        else:
+            self.clients = listener.clients
+            self.endpoint = listener.endpoint
         self.conn = self.endpoint.protocol()
         self.transport = FakeSocketTransport()
         self.conn.connection_made(self.transport)
@@ -118,8 +124,8 @@ class Peer:
 
     @property
     def client(self) -> FakeClient:
-        assert len(self.clients) == 1
-        return self.clients[0]
+        [client] = [c for c in self.clients if c.transport is self.conn]
+        return client
 
     def request(self, path: str = "/mqtt", protocols: str | None = "mqtt") -> bytes:
         key = base64.b64encode(os.urandom(16)).decode()
@@ -193,6 +199,7 @@ def test_handshake_101_then_the_mqtt_side_starts(loop: asyncio.AbstractEventLoop
     assert peer.conn.get_extra_info("subprotocol") == "mqtt"
     assert peer.conn.get_extra_info("peercert") == {"subject": ()}
     assert peer.endpoint.open == 1
+    assert peer.clients == [peer.client]
 
 
 @pytest.mark.parametrize(("path", "protocols", "status"),
@@ -203,7 +210,7 @@ def test_refused_handshakes(loop: asyncio.AbstractEventLoop, path: str, protocol
     with caplog.at_level("INFO", "iotbroker.listeners"):
         peer.conn.data_received(peer.request(path, protocols) + frame(Opcode.BINARY, b"x"))
     assert peer.response().startswith(b"HTTP/1.1 " + status)
-    assert peer.transport.closed and peer.clients == []
+    assert peer.transport.closed and not peer.clients
     assert "refusing WebSocket handshake from 127.0.0.1:40001" in caplog.text
 
 
@@ -391,10 +398,70 @@ def test_wait_closed_counts_open_connections(loop: asyncio.AbstractEventLoop) ->
     assert loop.run_until_complete(peer.endpoint.wait_closed(1.0))
 
 
-def test_the_opened_protocol_does_not_keep_the_request(loop: asyncio.AbstractEventLoop) -> None:
-    """After the 101, the connection's ServerProtocol is a fresh OPEN one (issue 19)."""
+def test_between_frames_a_connection_holds_no_protocol(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """Issue 19: after the 101 the handshake's protocol (which keeps the request) is
+    dropped; after each read that ends on a frame boundary the OPEN protocol goes back
+    to the endpoint's spares."""
     peer = Peer(loop)
     peer.open()
+    assert peer.conn._ws is None
+    peer.conn.data_received(frame(Opcode.BINARY, b"\x10\x00"))
+    assert peer.conn._ws is None and len(peer.endpoint._spares) == 1
+    spare = peer.endpoint._spares[0]
+    assert spare.state is State.OPEN and spare.subprotocol == "mqtt"
+    assert spare.events_received() == [] and spare.data_to_send() == []
+    peer.conn.write(b"\x20\x02\x00\x00")  # a write borrows one and gives it back
+    assert peer.conn._ws is None and peer.endpoint._spares == [spare]
+    assert [f.data for f in peer.frames()] == [b"\x20\x02\x00\x00"]
+
+
+def test_partial_frames_and_fragments_keep_their_protocol(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """Two connections of one listener, one with a frame split across reads and a
+    fragmented message, the other reading whole frames in between: no byte goes to the
+    wrong connection, and a protocol goes back only when it holds nothing."""
+    a = Peer(loop)
+    b = Peer(loop, listener=a)
+    a.open()
+    b.open(protocols=None)
+    data = frame(Opcode.BINARY, b"A" * 300)
+    a.conn.data_received(data[:7])
+    assert a.conn._ws is not None  # a partial frame: kept
+    b.conn.data_received(frame(Opcode.BINARY, b"B1") + frame(Opcode.BINARY, b"B2"))
+    a.conn.data_received(data[7:] + frame(Opcode.BINARY, b"A2", fin=False))
+    assert a.conn._ws is not None  # inside a fragmented message: kept
+    b3 = frame(Opcode.BINARY, b"B3")  # one random mask for both halves
+    b.conn.data_received(b3[:3])
+    b.conn.data_received(b3[3:])
+    a.conn.data_received(frame(Opcode.CONT, b"A3"))
+    assert a.conn._ws is None and b.conn._ws is None
+    assert a.client.received == [b"A" * 300, b"A2", b"A3"]
+    assert b.client.received == [b"B1", b"B2", b"B3"]
+    assert b.conn.get_extra_info("subprotocol") is None
+    assert a.conn.get_extra_info("subprotocol") == "mqtt"
+
+
+def test_non_minimal_length_keeps_the_protocol(loop: asyncio.AbstractEventLoop) -> None:
+    """A frame with a longer length encoding than needed is read correctly; the byte
+    count then never returns to 0, so the connection keeps its protocol (safe side)."""
+    peer = Peer(loop)
+    peer.open()
+    mask = b"\x01\x02\x03\x04"
+    payload = b"\x10\x00"
+    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    peer.conn.data_received(b"\x82" + bytes([0x80 | 126]) + b"\x00\x02" + mask + masked)
+    assert peer.client.received == [payload]
+    assert peer.conn._ws is not None
+    peer.conn.data_received(frame(Opcode.BINARY, b"next"))
+    assert peer.client.received == [payload, b"next"]
+
+
+def test_closing_keeps_its_protocol(loop: asyncio.AbstractEventLoop) -> None:
+    peer = Peer(loop)
+    peer.open()
+    peer.conn.close()
     ws = peer.conn._ws
-    assert ws.state is State.OPEN and ws.subprotocol == "mqtt"
-    assert ws.events_received() == [] and ws.data_to_send() == []
+    assert ws is not None and ws.state is State.CLOSING
+    peer.conn.data_received(frame(Opcode.BINARY, b"ignored"))
+    assert peer.conn._ws is ws and peer.endpoint._spares == []
