@@ -26,6 +26,9 @@ Rules of this room:
   messages and a message may hold several packets [MQTT-6.0.0-2]; so each binary or
   continuation frame goes to ``data_received`` as it arrives. A message larger than the
   maximum packet size fails the connection (1009).
+* What ``ClientProtocol`` writes at once (a loop turn's packets) is one binary
+  message, cut between packets into messages of at most :data:`WS_MESSAGE_MAX` bytes
+  when longer (a packet longer than that is a message of its own).
 * Pings are answered by ``ServerProtocol``; we send no pings (MQTT keep alive detects
   dead peers).
 * Between frames a connection holds no ``ServerProtocol`` (issue 19): after each read
@@ -95,6 +98,10 @@ _OPEN = State.OPEN
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _TEXT = Opcode.TEXT
+#: Largest WebSocket message we send unless one MQTT packet is larger: a loop turn's
+#: output for one client can be megabytes (a burst read in one turn), which clients
+#: with a message size limit (``websockets``: 1 MiB by default) would refuse.
+WS_MESSAGE_MAX = 1 << 16
 #: Spare OPEN protocols a listener keeps (one is taken per read or write and given
 #: back at its end: a handful covers the loop's reentrancy).
 WS_SPARES = 8
@@ -105,6 +112,44 @@ def _wire_size(frame: Frame) -> int:
     (RFC 6455 §5.2): header, masking key, payload."""
     n = len(frame.data)
     return 6 + n + (0 if n < 126 else 2 if n < 65536 else 8)
+
+
+def _after_packet(data: memoryview, at: int) -> int:
+    """Where the MQTT packet starting at ``at`` ends (its fixed header's Remaining
+    Length, MQTT 3.1.1 §2.2.3 / 5.0 §2.1.4); -1 if the header is cut or malformed."""
+    size = len(data)
+    length, shift, i = 0, 0, at + 1
+    for _ in range(4):
+        if i >= size:
+            return -1
+        byte = data[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return i + length
+        shift += 7
+    return -1
+
+
+def packet_aligned(data: bytes | bytearray | memoryview, limit: int) -> list[memoryview]:
+    """``data`` (whole MQTT packets) cut into messages of at most ``limit`` bytes at
+    packet boundaries; a packet larger than ``limit`` is a message of its own. Not
+    needed by the spec (a packet may span messages [MQTT-6.0.0-2]) but kinder to
+    clients that expect whole packets."""
+    view = memoryview(data).cast("B")
+    size = len(view)
+    parts: list[memoryview] = []
+    start = pos = 0
+    while pos < size:
+        end = _after_packet(view, pos)
+        if end < 0 or end > size:
+            end = size  # not whole packets (never for our own output): cut as it is
+        if end - start > limit and pos > start:
+            parts.append(view[start:pos])
+            start = pos
+        pos = end
+    parts.append(view[start:])
+    return parts
 
 
 def select_subprotocol(offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -444,14 +489,19 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
 
     # ------------------------------------------- MQTT side (asyncio.Transport API)
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data`` as one binary message."""
+        """Send ``data`` as one binary message (several of at most
+        :data:`WS_MESSAGE_MAX` bytes, cut between packets, if it is longer)."""
         if self._closing or not data:
             return
         borrowed = self._ws is None  # else held by a read in progress, or needed
         ws = self._protocol()
         if ws.state is not _OPEN:
             return
-        ws.send_binary(data)
+        if len(data) <= WS_MESSAGE_MAX:
+            ws.send_binary(data)
+        else:
+            for part in packet_aligned(data, WS_MESSAGE_MAX):
+                ws.send_binary(part)
         self._flush()
         if borrowed:
             self._rest()

@@ -1,7 +1,7 @@
 """``server/websocket.py`` in process: the sans-I/O WebSocket adapter between a fake
 socket transport and a fake MQTT protocol. Bytes in (client frames, masked, built with
-``websockets``' own ``Frame``), bytes out (parsed back with ``websockets``' client
-side); no socket, no sleep (timers are fired by hand)."""
+``websockets``' own ``Frame``), bytes out (server frames, parsed back here); no socket,
+no sleep (timers are fired by hand)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from websockets.client import ClientProtocol as WsClient
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import State
-from websockets.uri import parse_uri
 
+from iotbroker.codec import encode_packet
+from iotbroker.codec.packets import Publish
 from iotbroker.server import websocket as wsmod
 from iotbroker.server.websocket import (
+    WS_MESSAGE_MAX,
     WebSocketConnection,
     WebSocketEndpoint,
+    packet_aligned,
     select_subprotocol,
 )
 
@@ -99,8 +101,8 @@ class FakeClient:
 
 
 class Peer:
-    """One adapter, its socket transport, its MQTT client, and a real ``websockets``
-    client protocol to build requests and read what the adapter sends."""
+    """One adapter, its socket transport and its MQTT client; builds requests and reads
+    back what the adapter sends."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_size: int = 1 << 16,
                  listener: Peer | None = None) -> None:
@@ -114,7 +116,6 @@ class Peer:
         self.conn = self.endpoint.protocol()
         self.transport = FakeSocketTransport()
         self.conn.connection_made(self.transport)
-        self.ws = WsClient(parse_uri("ws://127.0.0.1/mqtt"), subprotocols=None)
         self.seen = 0
 
     def _factory(self) -> Any:
@@ -292,6 +293,45 @@ def test_write_is_one_binary_message(loop: asyncio.AbstractEventLoop) -> None:
     peer.conn.writelines([b"\xd0", b"\x00"])
     assert [(f.opcode, f.data, f.fin) for f in peer.frames()] == [
         (Opcode.BINARY, b"\x20\x02\x00\x00", True), (Opcode.BINARY, b"\xd0\x00", True)]
+
+
+def _publish(payload_size: int, index: int = 0) -> bytes:
+    return encode_packet(Publish(f"t/{index}", b"p" * payload_size, 0, False, False, None), 4)
+
+
+def test_a_long_write_is_cut_between_packets(loop: asyncio.AbstractEventLoop) -> None:
+    """A loop turn's output for one client can be megabytes: it goes out as messages
+    of at most WS_MESSAGE_MAX bytes, each holding whole packets; a larger packet is a
+    message of its own."""
+    peer = Peer(loop)
+    peer.open()
+    packets = [_publish(1000, i) for i in range(300)]
+    packets.insert(100, _publish(3 * WS_MESSAGE_MAX))  # 4-byte Remaining Length
+    data = b"".join(packets)
+    peer.conn.write(data)
+    messages = [bytes(f.data) for f in peer.frames()]
+    assert b"".join(messages) == data
+    assert len(messages) > 3
+    boundaries = set()
+    at = 0
+    for packet in packets:
+        at += len(packet)
+        boundaries.add(at)
+    at = 0
+    for message in messages:
+        at += len(message)
+        assert at in boundaries  # whole packets only
+        assert len(message) <= WS_MESSAGE_MAX or message == packets[100]
+
+
+def test_packet_aligned_edges() -> None:
+    assert [bytes(m) for m in packet_aligned(b"", 10)] == [b""]
+    two = _publish(5) + _publish(5)
+    assert [bytes(m) for m in packet_aligned(two, 100)] == [two]
+    assert [bytes(m) for m in packet_aligned(two, len(two) - 1)] == [two[:len(two) // 2],
+                                                                     two[len(two) // 2:]]
+    cut = two[:-3]  # not whole packets: the tail goes as it is
+    assert b"".join(packet_aligned(cut, 10)) == cut
 
 
 # -------------------------------------------------------------- backpressure
