@@ -53,6 +53,8 @@ def ws_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Br
         listener("tcp", "tcp")
         + listener("ws", "ws", path="/mqtt")
         + listener("wss", "wss", tls_block(pki), path="/secure")
+        + listener("wss-id", "wss", tls_block(pki, cafile=pki.ca, require_client_cert=True,
+                                              use_identity_as_username=True), path="/mqtt")
     )
     extra = "limits:\n  drain_timeout: 1s\n"
     proc = BrokerProcess(tmp_path_factory.mktemp("ws-broker"), config(listeners, extra)).start()
@@ -186,6 +188,31 @@ def test_wss_with_paho_and_raw_client(ws_broker: BrokerProcess, pki: Pki,
         assert isinstance(client.recv(), ConnAck)
     msg = sub.receive()
     assert (msg.topic, msg.payload) == ("wss/t", b"secure")
+
+
+def test_wss_certificate_identity_is_the_username(ws_broker: BrokerProcess, pki: Pki,
+                                                  paho: Callable[..., Paho]) -> None:
+    """``use_identity_as_username`` on ``wss``: the MQTT side sees the TLS transport
+    under the WebSocket adapter, so the certificate's CN is the username; a
+    certificate without a CN is refused."""
+    port = ws_broker.ports["wss-id"]
+    tls = {"ca_certs": str(pki.ca), "certfile": str(pki.client_cert),
+           "keyfile": str(pki.client_key)}
+    dev = paho("127.0.0.1", port, "wss-dev", protocol=mqtt.MQTTv5, transport="websockets",
+               path="/mqtt", tls=tls)
+    dev.connect(username="mallory", password="wrong")
+    deadline = time.monotonic() + WAIT
+    while "client 'wss-dev' connected from" not in ws_broker.log_text():
+        assert time.monotonic() < deadline, ws_broker.log_text()[-2000:]
+        time.sleep(0.05)
+    [line] = [line for line in ws_broker.log_text().splitlines()
+              if "client 'wss-dev' connected from 127.0.0.1:" in line]
+    assert "username='device-42'" in line and "cert='CN=device-42" in line
+    ctx = client_context(pki, pki.nocn_cert, pki.nocn_key)
+    with connect(_ws_url(ws_broker, "wss-id", "/mqtt", "wss"), subprotocols=MQTT, ssl=ctx,
+                 open_timeout=WAIT) as ws, pytest.raises(ConnectionClosed):
+        ws.recv(timeout=WAIT)
+    assert "has no subject CN" in ws_broker.log_text()
 
 
 def test_stuck_websocket_consumer_is_disconnected(ws_broker: BrokerProcess) -> None:
