@@ -7,13 +7,16 @@ script, ``worker``) opens ``--warmup`` connections (not counted: first-use
 allocations), waits until the broker's RSS settles, then opens ``--clients`` more
 idle connections and holds them: each one an HTTP upgrade with subprotocol ``mqtt``, a
 masked binary frame holding an MQTT 3.1.1 CONNECT (keepalive 600) and the CONNACK
-read back (``--transport tcp``: the same CONNECT over plain TCP, for comparison).
+read back (``--transport tcp``: the same CONNECT over plain TCP, for comparison;
+``wss`` and ``tls``: the same over TLS, with a throwaway CA and server certificate
+made by ``tests/server/pki.py``).
 Every loop is bounded; the worker exits when its stdin closes.
 
 Reported: RSS after the warm-up and after the clients, KiB per connection.
 
     .venv/bin/python benchmarks/ws_idle.py                      # 2,000 WebSocket clients
     .venv/bin/python benchmarks/ws_idle.py --clients 5000 --transport tcp
+    .venv/bin/python benchmarks/ws_idle.py --transport wss         # or tls
 
 Not a test: nothing is asserted.
 """
@@ -25,10 +28,12 @@ import base64
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -64,11 +69,14 @@ def _recv_until(sock: socket.socket, end: bytes, limit: int = 4096) -> bytes:
     return data
 
 
-def _open(port: int, transport: str, index: int, source: str) -> socket.socket:
+def _open(port: int, transport: str, index: int, source: str,
+          ctx: ssl.SSLContext | None) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10,
                                     source_address=(source, 0))
+    if ctx is not None:
+        sock = ctx.wrap_socket(sock, server_hostname="127.0.0.1")
     connect = encode_packet(Connect(client_id=f"idle-{os.getpid()}-{index}", keepalive=600), 4)
-    if transport == "ws":
+    if transport in ("ws", "wss"):
         key = base64.b64encode(os.urandom(16)).decode()
         sock.sendall((f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -100,10 +108,11 @@ def _open(port: int, transport: str, index: int, source: str) -> socket.socket:
 def worker(args: argparse.Namespace) -> None:
     raise_nofile()
     held: list[socket.socket] = []
+    ctx = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
     sources = [f"127.0.0.{2 + i % 8}" for i in range(8)]
     for batch in (args.warmup, args.clients):
         for i in range(batch):
-            held.append(_open(args.port, args.transport, len(held), sources[i % 8]))
+            held.append(_open(args.port, args.transport, len(held), sources[i % 8], ctx))
         print(f"opened {len(held)}", flush=True)
         sys.stdin.readline()  # the parent measured: go on (or, at EOF, close)
     for sock in held:
@@ -126,7 +135,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--transport", choices=("ws", "tcp"), default="ws")
+    ap.add_argument("--transport", choices=("ws", "tcp", "wss", "tls"), default="ws")
+    ap.add_argument("--cafile", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("mode", nargs="?", default="run", choices=("run", "worker"))
@@ -135,23 +145,35 @@ def main() -> None:
         worker(args)
         return
     workdir = tempfile.mkdtemp(prefix="ws-idle-")
-    tcp_port, ws_port = free_port(), free_port()
+    tcp_port, ws_port, tls_port = free_port(), free_port(), free_port()
+    ports = {"tcp": tcp_port, "ws": ws_port, "wss": tls_port, "tls": tls_port}
+    secure, cafile = "", None
+    if args.transport in ("wss", "tls"):
+        from tests.server.pki import make_pki  # noqa: PLC0415 (only for TLS runs)
+
+        pki = make_pki(Path(workdir) / "pki")
+        cafile = str(pki.ca)
+        path = ", path: /mqtt" if args.transport == "wss" else ""
+        secure = (f"  - {{name: secure, type: {args.transport}, host: 127.0.0.1, "
+                  f"port: {tls_port}{path}, tls: {{certfile: {pki.server_cert}, "
+                  f"keyfile: {pki.server_key}}}}}\n")
     cfg = os.path.join(workdir, "iotbroker.yaml")
     with open(cfg, "w") as f:
         f.write(f"""listeners:
   - {{name: tcp, type: tcp, host: 127.0.0.1, port: {tcp_port}}}
   - {{name: ws, type: ws, host: 127.0.0.1, port: {ws_port}, path: /mqtt}}
-storage: {{backend: memory}}
+{secure}storage: {{backend: memory}}
 sys_topics: {{enabled: false}}
 logging: {{level: WARNING}}
 """)
     broker = Broker("iotbroker", [iotbroker_python(), "-m", "iotbroker", "run", "--config", cfg],
                     tcp_port, workdir)
     broker.start()
-    port = ws_port if args.transport == "ws" else tcp_port
+    port = ports[args.transport]
     gen = subprocess.Popen(
         [sys.executable, __file__, "worker", "--port", str(port), "--transport",
-         args.transport, "--clients", str(args.clients), "--warmup", str(args.warmup)],
+         args.transport, "--clients", str(args.clients), "--warmup", str(args.warmup),
+         *(["--cafile", cafile] if cafile else [])],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert gen.stdin is not None and gen.stdout is not None
