@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import Connect, Properties, PubAck
@@ -128,6 +130,25 @@ def test_lines_name_the_certificate_subject(broker: BrokerProcess, pki: Pki) -> 
     assert line.endswith("username='alice' cert='CN=dev-17,O=iotbroker tests']")
 
 
+def test_wss_lines_name_the_peer_and_certificate_subject(broker: BrokerProcess,
+                                                         pki: Pki) -> None:
+    """wss: the MQTT side sees the TLS transport under the WebSocket adapter: the
+    client's address and its certificate subject are on its lines, as on ``tls``."""
+    ctx = client_context(pki, pki.client_cert, pki.client_key)
+    url = f"wss://127.0.0.1:{broker.ports['wss']}/mqtt"
+    with ws_connect(url, subprotocols=[Subprotocol("mqtt")], ssl=ctx,
+                    open_timeout=WAIT) as ws:
+        local_port = ws.local_address[1]
+        ws.send(encode_packet(Connect(client_id="vis-wss", username="alice",
+                                      password=b"alice-pw"), 4))
+        assert ws.recv(timeout=WAIT) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+        ws.send(b"\xe0\x00")  # DISCONNECT
+    line = _wait_for(broker, r".*client 'vis-wss' connected from .*").group()
+    assert f"127.0.0.1:{local_port}" in line
+    line = _wait_for(broker, r".*client 'vis-wss' disconnected.*").group()
+    assert line.endswith("username='alice' cert='CN=dev-17,O=iotbroker tests']")
+
+
 def test_json_lines_carry_username_and_cert(pki: Pki, tmp_path: Path) -> None:
     proc = _broker(pki, tmp_path, log_format="json")
     try:
@@ -218,17 +239,29 @@ def test_old_protocol_version(broker: BrokerProcess, pki: Pki) -> None:
 
 
 def test_wss_handshake_failures_are_counted(broker: BrokerProcess, pki: Pki) -> None:
-    """wss: the handshake runs inside the websockets server; refusals are logged and
-    counted, without the peer (documented)."""
+    """wss: the TLS handshake runs in the listener's own accept loop, as on ``tls``:
+    refusals are logged with the peer address and the reason, and counted."""
     before = _counter(broker, "no_client_cert"), _counter(broker, "not_tls")
-    _handshake(broker.ports["wss"], client_context(pki))
-    _wait_for(broker, r"TLS handshake from \? failed \(listener 'wss'\): no client cert")
+    raw = _handshake(broker.ports["wss"], client_context(pki))
+    _failure_line(broker, raw, "wss", "no_client_cert")
     sock = socket.create_connection(("127.0.0.1", broker.ports["wss"]), timeout=WAIT)
     sock.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n")
-    _wait_for(broker, r"TLS handshake from \? failed \(listener 'wss'\): not TLS")
+    line = _failure_line(broker, sock.getsockname()[1], "wss", "not_tls")
+    assert "not TLS" in line
     sock.close()
     assert (_counter(broker, "no_client_cert"), _counter(broker, "not_tls")) == (
         before[0] + 1, before[1] + 1)
+
+
+def test_wss_client_that_leaves_mid_handshake_is_seen(broker: BrokerProcess) -> None:
+    """wss: a client that closes during the TLS handshake is logged with its peer
+    (``closed``), which the websockets server did not see."""
+    before = _counter(broker, "closed")
+    sock = socket.create_connection(("127.0.0.1", broker.ports["wss"]), timeout=WAIT)
+    port = sock.getsockname()[1]
+    sock.close()
+    _failure_line(broker, port, "wss", "closed")
+    assert _counter(broker, "closed") == before + 1
 
 
 def test_a_good_client_still_connects(broker: BrokerProcess, pki: Pki) -> None:

@@ -53,6 +53,8 @@ def ws_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Br
         listener("tcp", "tcp")
         + listener("ws", "ws", path="/mqtt")
         + listener("wss", "wss", tls_block(pki), path="/secure")
+        + listener("wss-id", "wss", tls_block(pki, cafile=pki.ca, require_client_cert=True,
+                                              use_identity_as_username=True), path="/mqtt")
     )
     extra = "limits:\n  drain_timeout: 1s\n"
     proc = BrokerProcess(tmp_path_factory.mktemp("ws-broker"), config(listeners, extra)).start()
@@ -188,6 +190,31 @@ def test_wss_with_paho_and_raw_client(ws_broker: BrokerProcess, pki: Pki,
     assert (msg.topic, msg.payload) == ("wss/t", b"secure")
 
 
+def test_wss_certificate_identity_is_the_username(ws_broker: BrokerProcess, pki: Pki,
+                                                  paho: Callable[..., Paho]) -> None:
+    """``use_identity_as_username`` on ``wss``: the MQTT side sees the TLS transport
+    under the WebSocket adapter, so the certificate's CN is the username; a
+    certificate without a CN is refused."""
+    port = ws_broker.ports["wss-id"]
+    tls = {"ca_certs": str(pki.ca), "certfile": str(pki.client_cert),
+           "keyfile": str(pki.client_key)}
+    dev = paho("127.0.0.1", port, "wss-dev", protocol=mqtt.MQTTv5, transport="websockets",
+               path="/mqtt", tls=tls)
+    dev.connect(username="mallory", password="wrong")
+    deadline = time.monotonic() + WAIT
+    while "client 'wss-dev' connected from" not in ws_broker.log_text():
+        assert time.monotonic() < deadline, ws_broker.log_text()[-2000:]
+        time.sleep(0.05)
+    [line] = [line for line in ws_broker.log_text().splitlines()
+              if "client 'wss-dev' connected from 127.0.0.1:" in line]
+    assert "username='device-42'" in line and "cert='CN=device-42" in line
+    ctx = client_context(pki, pki.nocn_cert, pki.nocn_key)
+    with connect(_ws_url(ws_broker, "wss-id", "/mqtt", "wss"), subprotocols=MQTT, ssl=ctx,
+                 open_timeout=WAIT) as ws, pytest.raises(ConnectionClosed):
+        ws.recv(timeout=WAIT)
+    assert "has no subject CN" in ws_broker.log_text()
+
+
 def test_stuck_websocket_consumer_is_disconnected(ws_broker: BrokerProcess) -> None:
     """A WebSocket subscriber that stops reading is paused (pause_writing via the
     adapter's high-water mark) and dropped after limits.drain_timeout (1 s here)."""
@@ -234,3 +261,25 @@ def test_shutdown_sends_v5_disconnect_over_websocket(make_broker: Callable[..., 
         with pytest.raises(ConnectionClosed):
             client.recv()
     assert "Traceback" not in proc.log_text()
+
+
+def test_pings_are_answered_and_closing_is_clean(ws_broker: BrokerProcess) -> None:
+    """The client's WebSocket pings get pongs (RFC 6455 §5.5.2); a client close frame
+    ends the connection without an error (its session goes as after a lost socket)."""
+    with connect(_ws_url(ws_broker), subprotocols=MQTT, open_timeout=WAIT) as ws:
+        client = WsMqtt(ws)
+        client.send(Connect(client_id="ws-ping"))
+        assert isinstance(client.recv(), ConnAck)
+        for _ in range(3):
+            assert ws.ping(b"are you there").wait(WAIT)
+        client.send(PingReq())
+        assert isinstance(client.recv(), PingResp)
+    line = next((line for line in ws_broker.log_text().splitlines()
+                 if "'ws-ping'" in line and "connection lost" in line), "")
+    deadline = time.monotonic() + WAIT
+    while not line and time.monotonic() < deadline:
+        time.sleep(0.05)
+        line = next((line for line in ws_broker.log_text().splitlines()
+                     if "'ws-ping'" in line and "connection lost" in line), "")
+    assert line, ws_broker.log_text()[-2000:]
+    assert "WebSocket code" not in line and "protocol error" not in line
