@@ -97,9 +97,10 @@ class ReceiveGate:
 OPEN_GATE = ReceiveGate()
 
 
-#: One thing for the connection to send: ``(delivery, packet id, dup, now)``; packet id 0
-#: for QoS 0; ``delivery`` None for a PUBREL of that packet id.
-OutboxEntry = tuple[Delivery | None, int, bool, float]
+#: One thing for the connection to send: a QoS 0 PUBLISH as the bare delivery (the
+#: common case of a fan-out, without a tuple), else ``(delivery, packet id, dup, now)``
+#: with ``delivery`` None for a PUBREL of that packet id.
+OutboxEntry = Delivery | tuple[Delivery | None, int, bool, float]
 
 
 class Pager(Protocol):
@@ -269,7 +270,14 @@ class Session:
         if delivery.qos == 0:
             if self.attached_to is not None:
                 if self.writable:
-                    self._emit(delivery, 0, False, now)
+                    out = self.outbox
+                    if out is None:
+                        out = self.outbox = []
+                        self._ready.append(self)
+                    out.append(delivery)
+                    metrics = self.metrics
+                    metrics.publish_sent += 1
+                    metrics.publish_sent_qos[0] += 1
                 else:
                     self.metrics.messages_dropped_slow_consumer += 1
             elif self.limits.queue_qos0_offline and self.persistent:
@@ -341,7 +349,14 @@ class Session:
             self._batch.put_outbound(
                 OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
             )
-        self._emit(delivery, pid, False, now)
+        out = self.outbox
+        if out is None:
+            out = self.outbox = []
+            self._ready.append(self)
+        out.append((delivery, pid, False, now))
+        metrics = self.metrics
+        metrics.publish_sent += 1
+        metrics.publish_sent_qos[delivery.qos] += 1
 
     @property
     def queued_count(self) -> int:

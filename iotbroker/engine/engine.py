@@ -205,7 +205,7 @@ class Engine:
         new rules from now on."""
         self.registry.gate.check = self.auth.receive_check()
 
-    def send_ready(self) -> None:
+    def send_ready(self, now: float) -> None:
         """Move what sessions decided to send into their connections (the server calls
         this before it commits and writes, once per loop turn). A session detached
         meanwhile keeps its in-flight messages for the resend on resume."""
@@ -218,9 +218,8 @@ class Engine:
                 client = session.attached_to
                 if not entries or not isinstance(client, Client):
                     continue
-                refused = client.conn.send_outbox(entries)
-                for packet_id, qos in refused:
-                    session.refused(packet_id, qos, entries[0][3])
+                for packet_id, qos in client.conn.send_outbox(entries, now):
+                    session.refused(packet_id, qos, now)
 
     def set_writable(self, client: Client, writable: bool, now: float) -> None:
         """The connection's write buffer crossed its high-water mark (False) or drained

@@ -367,17 +367,23 @@ class Connection:
         return True
 
     def send_outbox(
-        self, entries: list[tuple[Delivery | None, int, bool, float]]
+        self, entries: list[Delivery | tuple[Delivery | None, int, bool, float]], now: float
     ) -> list[tuple[int, int]]:
-        """Send a session's outbox in order: PUBLISH ``(delivery, packet id or 0, dup,
-        now)`` or PUBREL ``(None, packet id, ...)``. Returns ``(packet id, qos)`` of the
-        new PUBLISHes larger than the client's Maximum Packet Size, which were not sent
+        """Send a session's outbox in order: a QoS 0 PUBLISH as a bare delivery (sent
+        at ``now``), a PUBLISH ``(delivery, packet id, dup, when)`` or a PUBREL
+        ``(None, packet id, ...)``. Returns ``(packet id, qos)`` of the new PUBLISHes
+        larger than the client's Maximum Packet Size, which were not sent
         [MQTT-3.1.2-25] (the session discards them as if completed)."""
         refused: list[tuple[int, int]] = []
-        for delivery, packet_id, dup, now in entries:
+        for entry in entries:
+            if isinstance(entry, Delivery):
+                if not self.send_publish(entry, None, False, now):
+                    refused.append((0, 0))
+                continue
+            delivery, packet_id, dup, when = entry
             if delivery is None:
                 self.send_packet(PubRel(packet_id))
-            elif not self.send_publish(delivery, packet_id or None, dup, now) and not dup:
+            elif not self.send_publish(delivery, packet_id or None, dup, when) and not dup:
                 refused.append((packet_id, delivery.qos))
         return refused
 

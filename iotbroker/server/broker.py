@@ -202,7 +202,7 @@ class Broker:
         # Sessions' output into their connections first (they join ready_to_write; no
         # second flush is scheduled while this one has not started writing).
         self._flush_scheduled = True
-        self.engine.send_ready()
+        self.engine.send_ready(self.now())
         self._flush_scheduled = False
         batch = self.engine.batch
         dirty = self.ready_to_write[:]  # the list itself is shared with the connections
@@ -350,8 +350,9 @@ class Broker:
         """One validated packet: the engine's, once the CONNECT is accepted; CONNECT
         and AUTH go through the authentication steps here first."""
         ptype = packet.TYPE
+        engine = self.engine
         if proto.session is not None and ptype is not _AUTH:
-            self.engine.handle(proto, packet, self.now())
+            engine.handle(proto, packet, time.time())  # Broker.now(), inlined: hot path
             if ptype is _PUBLISH and proto.publish_bucket is not None:
                 self._limit_publish_rate(proto)
         elif ptype is _CONNECT:
@@ -364,9 +365,10 @@ class Broker:
                 self.on_connect(proto, pending)
         else:
             self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
-        if self.engine.closing:
+        if engine.closing:
             self._apply_closes()
-        self._schedule_flush()
+        if not self._flush_scheduled:
+            self._schedule_flush()
 
     def _limit_publish_rate(self, proto: ClientProtocol) -> None:
         """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""

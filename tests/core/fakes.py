@@ -23,6 +23,8 @@ class FakeOutlet:
     def __init__(self, writable: bool = True, max_payload: int | None = None) -> None:
         self._writable = writable
         self.max_payload = max_payload
+        #: the engine's clock when it sends (QoS 0 entries carry no time of their own)
+        self.now = 0.0
         self.session: Session | None = None
         #: every send_publish call: (delivery, packet id, dup, now), also refused ones
         self._calls: list[tuple[Delivery, int | None, bool, float]] = []
@@ -46,7 +48,12 @@ class FakeOutlet:
         """Send what the attached session has in its outbox."""
         session = self.session
         while session is not None and session.attached_to is self and session.outbox:
-            for delivery, packet_id, dup, now in session.take_outbox():
+            for entry in session.take_outbox():
+                if isinstance(entry, Delivery):  # QoS 0: sent when the engine sends
+                    if not self.send_publish(entry, None, False, self.now):
+                        session.refused(0, 0, self.now)
+                    continue
+                delivery, packet_id, dup, now = entry
                 if delivery is None:
                     self.send_packet(PubRel(packet_id))
                 elif not self.send_publish(delivery, packet_id or None, dup, now) and not dup:

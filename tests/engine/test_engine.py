@@ -104,7 +104,7 @@ class World:
             self.engine.fail(client, client.conn.failure)
 
     def received(self, client: Client) -> list[Packet]:
-        self.engine.send_ready()  # as the server's flush does, before it writes
+        self.engine.send_ready(self.now)  # as the server's flush does, before it writes
         framer = self.framers.setdefault(id(client), Framer(1 << 24))
         data = client.conn.data_to_send()
         unread = self.unread.pop(id(client), [])
