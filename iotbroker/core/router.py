@@ -92,6 +92,10 @@ class Router:
         sessions = self.registry.sessions
         origin = message.origin
         delivered = 0
+        # Recipients whose copy is the same (QoS, RETAIN, no subscription identifier)
+        # share one Delivery: it is immutable, and a fan-out then builds one, not one
+        # per subscriber (index qos * 2 + retain).
+        plain: list[Delivery | None] = [None, None, None, None, None, None]
         for client_id, entries in matches.direct.items():
             session = sessions.get(client_id)
             if session is None:
@@ -120,7 +124,15 @@ class Router:
                 qos = min(qos, message.qos)
                 retain = retain and message.retain
                 sub_ids = tuple(ids)
-            if session.deliver(Delivery(message, qos, retain, sub_ids), now):
+            if sub_ids:
+                delivery = Delivery(message, qos, retain, sub_ids)
+            else:
+                index = qos * 2 + 1 if retain else qos * 2
+                shared = plain[index]
+                if shared is None:
+                    shared = plain[index] = Delivery(message, qos, retain)
+                delivery = shared
+            if session.deliver(delivery, now):
                 delivered += 1
         for group, topic_filter, members in matches.shared:
             if self._deliver_shared(group, topic_filter, members, message, now):
