@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from iotbroker.codec.packets import Packet
 from iotbroker.engine.client import Client
-from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
 from iotbroker.server.logsetup import FLAGS, connection_fields
@@ -167,19 +166,10 @@ class ClientProtocol(Client, asyncio.Protocol):
     def handle_packets(self, packets: list[Packet]) -> None:
         """Handle packets in order; if one defers (a CONNECT waiting for a password
         check in a thread), the rest wait in ``backlog`` until it is decided."""
-        broker = self.broker
-        for index, packet in enumerate(packets):
-            try:
-                broker.handle_packet(self, packet)
-            except MqttError as exc:
-                broker.peer_error(self, exc)
-                return
-            if self.close_after_flush:
-                return
-            if self.deferred:
-                self.backlog.extend(packets[index + 1 :])
-                self.pause_reading()
-                return
+        handled = self.broker.handle_packets(self, packets)
+        if self.deferred and not self.close_after_flush:
+            self.backlog.extend(packets[handled:])
+            self.pause_reading()
 
     def resume_deferred(self) -> None:
         """The deferred packet was decided: handle what arrived meanwhile, read on."""
