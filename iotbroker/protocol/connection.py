@@ -87,6 +87,10 @@ _CONNECTED = ConnectionState.CONNECTED
 _PUBLISH = PacketType.PUBLISH
 
 
+#: The output of a connection with nothing queued (never appended to: see ``_queue``).
+_NO_OUT: list[bytes] = []
+
+
 class Connection:
     """The protocol state of one client connection."""
 
@@ -130,7 +134,9 @@ class Connection:
         self._topic_alias_maximum = topic_alias_maximum
         self._outbound_aliases = _NO_ALIASES
         self._inbound_unacked: set[int] | frozenset[int] = _NO_IDS
-        self._out: list[bytes] = []
+        #: Bytes queued this turn; the shared empty list while there are none (an
+        #: idle connection holds no list of its own, issue 19).
+        self._out: list[bytes] = _NO_OUT
         #: Packets queued for sending since the connection opened (for metrics).
         self.packets_queued = 0
         self.state = ConnectionState.AWAIT_CONNECT
@@ -399,11 +405,13 @@ class Connection:
     def _queue(self, data: bytes) -> None:
         self.packets_queued += 1
         out = self._out
-        out.append(data)
-        if len(out) == 1:
+        if out is _NO_OUT:
+            self._out = [data]
             ready = self.ready
             if ready is not None:
                 ready.append(self.owner)
+        else:
+            out.append(data)
 
     def data_to_send(self) -> bytes:
         """All bytes queued since the last call, as one buffer (one write per turn)."""
@@ -411,7 +419,7 @@ class Connection:
         if not out:
             return b""
         data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        self._out = _NO_OUT
         return data
 
 

@@ -36,6 +36,7 @@ from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
+from iotbroker.server.timerwheel import TimerWheel
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
@@ -71,6 +72,8 @@ class Broker:
         #: Slow consumer -> the publishers paused because of it.
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
+        #: Every connection's CONNECT-timeout / keep-alive deadline, on one loop timer.
+        self.timers = TimerWheel(self.loop)
         self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
@@ -140,6 +143,7 @@ class Broker:
         for proto in list(self.connections):
             proto.abort()
         self.flush()
+        self.timers.close()
         self.auth.close()
         self.store.close()
         log.info("stopped")

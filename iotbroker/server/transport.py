@@ -61,8 +61,8 @@ class ClientProtocol(Client, asyncio.Protocol):
         "password_decision",
         "publish_bucket",
         "reading_paused",
-        "timer",
         "transport",
+        "wheel_slot",
     )
 
     def __init__(self, broker: Broker, listener: str) -> None:
@@ -96,7 +96,8 @@ class ClientProtocol(Client, asyncio.Protocol):
         #: The password check's answer for the pending CONNECT (None = accepted).
         self.password_checked = False
         self.password_decision: Refusal | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        #: Its slot in the broker's timer wheel (0: none; see server/timerwheel.py).
+        self.wheel_slot = 0
         #: The username for log lines while there is no session (a refused CONNECT,
         #: after the connection ended); see :attr:`username`.
         self._username: str | None = None
@@ -138,8 +139,8 @@ class ClientProtocol(Client, asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         # Sockets that never send CONNECT are closed after connect_timeout.
-        self.timer = self.loop.call_at(
-            self.loop.time() + self.broker.config.mqtt.connect_timeout, self._on_timer
+        self.broker.timers.schedule(
+            self.loop.time() + self.broker.config.mqtt.connect_timeout, self
         )
 
     def data_received(self, data: bytes) -> None:
@@ -193,9 +194,7 @@ class ClientProtocol(Client, asyncio.Protocol):
             self.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.broker.timers.cancel(self)
         session = self.session
         if session is not None:  # the "connection lost" line comes after it is detached
             self._username = session.username
@@ -251,9 +250,9 @@ class ClientProtocol(Client, asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()  # type: ignore[attr-defined]
 
-    def _on_timer(self) -> None:
-        self.timer = None
-        now = self.loop.time()
+    def on_deadline(self, now: float) -> None:
+        """The timer wheel's call: the CONNECT timeout or the keep-alive deadline may
+        have passed (its slot ended at ``now``)."""
         conn = self.conn
         if not conn.connected:
             if not self.close_after_flush:
@@ -270,11 +269,11 @@ class ClientProtocol(Client, asyncio.Protocol):
                 # We stopped reading this client (backpressure, rate limit): its
                 # silence is ours, not its own. Count it as alive.
                 conn.last_received = now
-                self.timer = self.loop.call_at(now + conn.keepalive * 1.5, self._on_timer)
+                self.broker.timers.schedule(now + conn.keepalive * 1.5, self)
                 return
             self.broker.keepalive_expired(self)
             return
-        self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.broker.timers.schedule(deadline, self)
 
     def _enable_tcp_keepalive(self) -> None:
         """Keep Alive 0 means MQTT will never notice a client that vanished without a
@@ -290,17 +289,12 @@ class ClientProtocol(Client, asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)
 
     def start_keepalive(self) -> None:
-        """Arm the keepalive timer. The CONNECT-timeout timer, if it is still armed and
-        fires first, is reused: on firing it finds the connection accepted and moves
-        on to the keepalive deadline (one timer per connection, not two)."""
+        """Arm the keep-alive deadline. If the CONNECT timeout comes first, the wheel
+        keeps that slot: on it the connection finds itself accepted and moves on to
+        the keep-alive deadline (one wheel entry per connection, not two)."""
         deadline = self.conn.keepalive_deadline()
         if deadline is None:
             self._enable_tcp_keepalive()
-        timer = self.timer
-        if timer is not None:
-            if deadline is not None and timer.when() <= deadline:
-                return
-            timer.cancel()
-            self.timer = None
-        if deadline is not None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+            self.broker.timers.cancel(self)
+            return
+        self.broker.timers.schedule(deadline, self)
