@@ -56,7 +56,13 @@ from iotbroker.core.router import Router
 from iotbroker.core.session import ReceiveCheck, Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
-from iotbroker.core.topics import is_broker_topic, parse_shared, topic_limit_problem
+from iotbroker.core.topics import (
+    is_broker_topic,
+    parse_shared,
+    topic_limit_problem,
+    validate_subscription_filter,
+    validate_topic_filter,
+)
 from iotbroker.engine.client import Client
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
 from iotbroker.message import Message
@@ -482,6 +488,9 @@ class Engine:
         if sub_id is not None and not cfg.subscription_identifiers:
             raise ProtocolViolation("subscription identifiers are not supported",
                                     reason_code=R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+        version = client.conn.protocol_version
+        for sub in packet.subscriptions:
+            _check_filter_syntax(sub.topic_filter, version)
         limit = cfg.max_subscriptions_per_client
         failure = R.UNSPECIFIED_ERROR
 
@@ -525,6 +534,8 @@ class Engine:
 
     def on_unsubscribe(self, client: Client, packet: Unsubscribe, now: float) -> None:
         session = _session(client)
+        for topic_filter in packet.topic_filters:
+            _check_filter_syntax(topic_filter, client.conn.protocol_version)
         codes = self.router.unsubscribe(session, packet.topic_filters)
         v5 = client.conn.protocol_version == 5
         client.conn.send_packet(UnsubAck(packet.packet_id, codes if v5 else []))
@@ -552,6 +563,29 @@ def _session(client: Client) -> Session:
     if session is None:
         raise ProtocolViolation("packet before CONNACK", spec_ref="MQTT-3.1.0-1")
     return session
+
+
+def _check_filter_syntax(topic_filter: str, version: int) -> None:
+    """A SUBSCRIBE / UNSUBSCRIBE Topic Filter that breaks the filter syntax is a
+    protocol violation that ends the connection, not a refused subscription:
+    ``#`` only as the whole last level (5.0 [MQTT-4.7.1-1], 3.1.1 [MQTT-4.7.1-2]),
+    ``+`` only as a whole level (5.0 [MQTT-4.7.1-2], 3.1.1 [MQTT-4.7.1-3]), not empty
+    [MQTT-4.7.3-1], no U+0000 [MQTT-4.7.3-2], and a ``$share/`` filter with a
+    ShareName and a filter after it [MQTT-4.8.2-1], [MQTT-4.8.2-2]. The caller
+    closes: v5 DISCONNECT 0x82 [MQTT-4.13.1-1], 3.1.1 close [MQTT-4.8.0-1].
+    (Well-formed filters refused by policy keep SUBACK 0x8F / 0x80.)"""
+    try:
+        if version == 5:
+            validate_subscription_filter(topic_filter, 5)
+        else:
+            # 3.1.1 has no shared subscriptions in its text: a ``$share/`` string whose
+            # ShareName part is off is still a well-formed 3.1.1 filter (refused by
+            # the router with 0x80), but its wildcard syntax is checked as a whole.
+            validate_topic_filter(topic_filter, 4)
+    except ProtocolViolation as exc:
+        raise ProtocolViolation(
+            f"malformed Topic Filter: {exc.message}", spec_ref=exc.spec_ref
+        ) from None
 
 
 def _ack(client: Client, packet: Publish, code: int) -> None:

@@ -163,6 +163,12 @@ class Connection:
         self.last_received = now
         if self.state is ConnectionState.CLOSING or self.failure is not None:
             return []
+        if data and self.state is _AWAIT_CONNECT and not self._framer.bytes_received:
+            early = _first_byte_problem(data[0])
+            if early is not None:
+                # Judged on the first byte: the body is never waited for.
+                self.failure = early
+                return []
         frames: list[tuple[int, bytes]] = []
         failure: MqttError | None = self._framer.feed_into(data, frames)
         packets: list[Packet] = []
@@ -405,6 +411,26 @@ class Connection:
         out.clear()
         return data
 
+
+
+def _first_byte_problem(first: int) -> MqttError | None:
+    """The first byte a client sends must open a CONNECT (type 1) [MQTT-3.1.0-1] with
+    its reserved flags 0 (MQTT 3.1.1 [MQTT-2.2.2-2], MQTT 5.0 [MQTT-2.1.3-1], §3.1.1).
+    Anything else is decided on this one byte, without waiting for the body its
+    Remaining Length announces (mosquitto does the same)."""
+    if first >> 4 != PacketType.CONNECT:
+        kind = first >> 4
+        name = PacketType(kind).name if kind else "reserved type 0"
+        return ProtocolViolation(
+            f"first packet must be CONNECT, got {name} (first byte 0x{first:02X})",
+            spec_ref="MQTT-3.1.0-1",
+        )
+    if first & 0x0F:
+        return MalformedPacket(
+            f"CONNECT fixed-header flags are 0x{first & 0x0F:X}, must be 0",
+            spec_ref="MQTT-2.2.2-2",
+        )
+    return None
 
 
 # The QoS 0 PUBLISH last encoded: a fan-out loop gives one message to every subscriber
