@@ -276,7 +276,9 @@ class Engine:
             requested = getattr(exc, "protocol_level", None)
             if exc.reason_code == R.UNSUPPORTED_PROTOCOL_VERSION:
                 # [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1) / 0x84 (5.0), then close.
-                version = 5 if requested == 5 else 4
+                # "MQIsdp" is MQTT 3.1 whatever its level: the 3.1 / 3.1.1 form (3.1 §3.2).
+                mqtt_name = getattr(exc, "protocol_name", "MQTT") == "MQTT"
+                version = 5 if requested == 5 and mqtt_name else 4
                 conn.protocol_version = version
                 code = (R.UNSUPPORTED_PROTOCOL_VERSION if version == 5
                         else V3.UNACCEPTABLE_PROTOCOL_VERSION)
