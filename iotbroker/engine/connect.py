@@ -31,7 +31,7 @@ from iotbroker.codec.enums import ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, ConnAck, Connect, Disconnect, Properties
 from iotbroker.core.topics import has_wildcard, validate_topic_name
 from iotbroker.engine.client import Client
-from iotbroker.engine.engine import V3_CONNACK, Engine
+from iotbroker.engine.engine import V3_CONNACK, Engine, is_utf8
 from iotbroker.errors import ProtocolViolation
 from iotbroker.message import NEVER_EXPIRES
 
@@ -135,6 +135,21 @@ def accept(
             return None
         if will.retain and not cfg.retain_available:
             refuse(engine, client, packet, R.RETAIN_NOT_SUPPORTED, "retained will not supported")
+            return None
+        if not will.topic:
+            # [MQTT-4.7.3-1]: a Topic Name is at least one character; an empty Will Topic
+            # breaks a MUST of the protocol: 5.0 CONNACK 0x82 Protocol Error (as an empty
+            # PUBLISH topic is DISCONNECT 0x82), 3.1.1 closes without CONNACK (no return
+            # code fits, [MQTT-3.2.2-6]).
+            refuse(engine, client, packet, R.PROTOCOL_ERROR,
+                   "will topic is empty [MQTT-4.7.3-1]")
+            return None
+        if v5 and will.properties.payload_format_indicator == 1 and not is_utf8(will.payload):
+            # MQTT 5.0 §3.1.3.2.3: the Server MAY check the Will Payload against its
+            # Payload Format Indicator: CONNACK 0x99 Payload format invalid.
+            engine.metrics.payload_format_refusals += 1
+            refuse(engine, client, packet, R.PAYLOAD_FORMAT_INVALID,
+                   "will payload is not UTF-8 but its Payload Format Indicator is 1")
             return None
         try:
             validate_topic_name(will.topic, packet.protocol_version)

@@ -224,7 +224,12 @@ class Engine:
                 client = session.attached_to
                 if not entries or not isinstance(client, Client):
                     continue
-                for packet_id, qos in client.conn.send_outbox(entries, now):
+                for packet_id, qos, dup in client.conn.send_outbox(entries, now):
+                    if dup:
+                        # A resend was never counted as sent; ``refused`` uncounts it.
+                        metrics = self.metrics
+                        metrics.publish_sent += 1
+                        metrics.publish_sent_qos[qos] += 1
                     session.refused(packet_id, qos, now)
 
     def set_writable(self, client: Client, writable: bool, now: float) -> None:
@@ -393,6 +398,20 @@ class Engine:
             log.info("client %r (user %r) not authorised to publish to %r",
                      session.client_id, session.username, topic, extra=client.log_extra())
             _ack(client, packet, R.NOT_AUTHORIZED)
+            return
+        if v5 and packet.properties.payload_format_indicator == 1 and not is_utf8(
+            packet.payload
+        ):
+            # MQTT 5.0 §3.3.2.3.2: the receiver MAY check that a payload said to be UTF-8
+            # is; we do, so subscribers can trust the indicator: PUBACK / PUBREC 0x99,
+            # not routed; QoS 0 has no ack, so DISCONNECT 0x99.
+            metrics.payload_format_refusals += 1
+            if not qos:
+                raise ProtocolViolation(
+                    "Payload Format Indicator 1 with a payload that is not UTF-8",
+                    reason_code=R.PAYLOAD_FORMAT_INVALID, spec_ref="MQTT 5.0 §3.3.2.3.2",
+                )
+            _ack(client, packet, R.PAYLOAD_FORMAT_INVALID)
             return
         if qos == 2 and not session.hold_inbound_qos2(packet.packet_id or 0):
             # Duplicate of a held QoS 2 message: acknowledge, do not route again
@@ -565,6 +584,18 @@ def _session(client: Client) -> Session:
     if session is None:
         raise ProtocolViolation("packet before CONNACK", spec_ref="MQTT-3.1.0-1")
     return session
+
+
+def is_utf8(payload: bytes) -> bool:
+    """True if ``payload`` is well-formed UTF-8 (MQTT 5.0 §3.3.2.3.2, Payload Format
+    Indicator 1: "UTF-8 Encoded Character Data")."""
+    if payload.isascii():
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _check_filter_syntax(topic_filter: str, version: int) -> None:
