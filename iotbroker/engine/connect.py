@@ -217,6 +217,7 @@ def accept(
     client.session = session
     client.client_id = client_id
     client.will = will
+    engine.store_live_will(session, will)  # survives a crash of the broker (issue 18)
     engine.clients[client_id] = client
     metrics = engine.metrics
     metrics.clients_connected += 1

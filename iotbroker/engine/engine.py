@@ -68,7 +68,7 @@ from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
 from iotbroker.message import Message
 from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
-from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store
+from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store, WillRecord
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -155,6 +155,9 @@ class Engine:
         self.clients: dict[str, Client] = {}
         #: Effect: connections the server closes after this turn's writes.
         self.closing: list[Client] = []
+        #: Client ids whose stored session record holds the will of a live connection
+        #: (:meth:`store_live_will`): a restart after a crash publishes it.
+        self.live_wills: set[str] = set()
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -183,7 +186,18 @@ class Engine:
             else:
                 self.retained.set(message)
         self.registry.restore(snapshot, now)
+        # Wills of connections that were open when the broker stopped without closing
+        # them (a crash: kill -9, power loss) are stored with their session record; the
+        # registry holds each one as pending from ``now`` (its Will Delay Interval runs
+        # from the restart; a client that resumes in time cancels it [MQTT-3.1.3-9]).
+        # A session without expiry ended with its connection: its will is due at once,
+        # and its record (kept only for the will) goes in the same batch.
+        for client_id, rec in snapshot.sessions.items():
+            if rec.expiry_interval == 0:
+                self.batch.delete_session(client_id)
         self.run_timers(now)
+        if self.batch:
+            self.commit()  # published once: a second crash does not publish them again
 
     def commit(self) -> None:
         """Apply the turn's storage batch (one WriteBatch) and clear it; timed for
@@ -292,6 +306,39 @@ class Engine:
                 conn.send_packet(ConnAck(False, exc.reason_code))
         self.close(client)
 
+    def store_live_will(self, session: Session, will: Will | None) -> None:
+        """A connection was accepted with ``will`` (None: without one). The will is
+        session state (MQTT 5.0 §4.1, MQTT 3.1.1 §3.1.2.4): it is stored with the
+        session record while the connection is open, so that when the broker itself
+        dies (kill -9, power loss) the restart publishes it (:meth:`restore`; issue
+        18). A session without expiry gets a record for its will only."""
+        client_id = session.client_id
+        if will is None:
+            if client_id in self.live_wills:
+                self._forget_live_will(session)
+            return
+        rec = self.registry.record(session)
+        props = will.properties
+        self.batch.put_session(replace(rec, will=WillRecord(
+            will.topic, will.payload, will.qos, will.retain, props,
+            props.will_delay_interval or 0,
+        )))
+        self.live_wills.add(client_id)
+
+    def _forget_live_will(self, session: Session) -> None:
+        """The will stored by :meth:`store_live_will` is no longer a live connection's:
+        a session that outlives the connection has had its record rewritten (with a
+        pending delayed will, or none); the record of one without expiry is deleted."""
+        client_id = session.client_id
+        if client_id not in self.live_wills:
+            return
+        self.live_wills.discard(client_id)
+        if session.persistent:
+            if session.attached_to is not None:
+                self.batch.put_session(self.registry.record(session))
+        else:
+            self.batch.delete_session(client_id)
+
     def keepalive_expired(self, client: Client) -> None:
         """No packet for 1.5 × Keep Alive [MQTT-3.1.2-24]: close; the will goes out."""
         self.metrics.keepalive_timeouts += 1
@@ -311,6 +358,9 @@ class Engine:
                 client.conn.send_packet(Disconnect(R.SERVER_SHUTTING_DOWN))
             client.clean_disconnect = True
             self.close(client)
+            session = client.session
+            if session is not None and session.attached_to is client:
+                self._forget_live_will(session)  # not published after a restart either
 
     def connection_closed(self, client: Client, reason: str, now: float) -> None:
         """The network connection of ``client`` is gone (any cause). Its will goes out
@@ -340,14 +390,21 @@ class Engine:
                                 client.client_id, client.peer, f": {reason}" if reason else "")
         self.router.redistribute(session, now)
         due = self.registry.close(session, now, will)
+        self._forget_live_will(session)
         if due is not None:
             self.publish_will(due, session.client_id, session.username, now)
 
     # ---------------------------------------------------------------- timers
     def run_timers(self, now: float) -> None:
         """Session expiry, delayed wills and retained-message expiry due by ``now``."""
-        for client_id, username, will in self.registry.run_timers(now):
+        registry = self.registry
+        for client_id, username, will in registry.run_timers(now):
             self.publish_will(will, client_id, username, now)
+            session = registry.get(client_id)
+            if session is not None and session.persistent and session.attached_to is None:
+                # The stored record must not hold a will already published: a restart
+                # would publish it again (exactly once, issue 18).
+                self.batch.put_session(registry.record(session))
         for topic in self.retained.drop_expired(now):
             self.batch.delete_retained(topic)
 
