@@ -122,3 +122,23 @@ def test_delayed_will_fires_once_across_restarts(
     watcher = _watcher(broker, clean=False)
     assert _collect(watcher, quiet=1.5) == []
     watcher.close()
+
+
+def test_clean_shutdown_publishes_no_will_after_restart(
+    make_broker: Callable[..., BrokerProcess],
+) -> None:
+    """A clean shutdown (SIGTERM) is not the clients' fault: no will goes out then
+    (v5 clients get DISCONNECT 0x8B), and the stored wills are cleared, so the restart
+    does not publish them either -- only a crash does."""
+    broker = make_broker(broker_config(storage="rocksdb", durability="os"))
+    watcher = _watcher(broker, clean=True)
+    assert watcher.subscribe("wills/#", 1).reason_codes == [1]
+    devices = [_device(broker, "sd-v4", 4, clean=True),
+               _device(broker, "sd-v5", 5, clean=True, expiry=3600)]
+    assert broker.stop() == 0
+    for c in (*devices, watcher):
+        c.close()
+    broker.start()
+    watcher = _watcher(broker, clean=False)
+    assert _collect(watcher, quiet=1.5) == []
+    watcher.close()
