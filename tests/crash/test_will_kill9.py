@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from iotbroker.codec.packets import Properties, Publish, Will
+from iotbroker.codec.packets import PingReq, PingResp, Properties, Publish, Will
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import Closed, RawClient
 
@@ -43,6 +43,14 @@ def _device(broker: BrokerProcess, name: str, version: int, *, clean: bool,
                     properties=connect_props)
     assert ack.reason_code == 0
     return c
+
+
+def _settled(client: RawClient) -> None:
+    """PINGREQ -> PINGRESP: the broker has handled (and committed, before writing the
+    PINGRESP) everything the client sent before, e.g. its PUBACKs -- so a kill -9 after
+    this does not bring an acknowledged message back as a DUP re-send [MQTT-4.4.0-1]."""
+    client.send(PingReq())
+    client.expect(PingResp)
 
 
 def _watcher(broker: BrokerProcess, clean: bool) -> RawClient:
@@ -92,6 +100,8 @@ def test_wills_of_connected_clients_are_published_once_after_kill_9(
     )), [(p.topic, p.payload) for p in got]
     assert all(p.payload == p.topic.split("/", 1)[1].encode() + b" gone" for p in got)
     assert arrived - restarted >= 1.0  # the delayed one came after its delay
+    _settled(watcher)
+    _settled(again)
     again.disconnect()  # a normal DISCONNECT: its will is discarded [MQTT-3.14.4-3]
     watcher.disconnect()
 
@@ -116,6 +126,7 @@ def test_delayed_will_fires_once_across_restarts(
     device.sock.close()  # connection lost: the will is due in 1 s
     got = _collect(watcher, quiet=2.0)
     assert [p.topic for p in got] == ["wills/v5-delay-once"]
+    _settled(watcher)
     watcher.disconnect()
     broker.kill()
     broker.start()
