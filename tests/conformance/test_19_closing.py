@@ -198,3 +198,37 @@ def test_refusing_connack_reaches_a_client_that_keeps_writing(broker: BrokerProc
     assert len(packets) == 1 and isinstance(packets[0], ConnAck), packets
     assert packets[0].reason_code == 0x01 or (version == 5 and packets[0].reason_code == 0x84)
     assert_broker_healthy(broker)
+
+
+@pytest.mark.parametrize("pace", [0.005, 0.0], ids=["slow-writer", "fast-writer"])
+def test_linger_is_bounded_in_time_and_bytes(limited: BrokerProcess, uniq: str,
+                                             pace: float) -> None:
+    """The lingering close is bounded (issue 18: "about 2 s, bounded in bytes"): a
+    client that never stops writing after the server's DISCONNECT 0x95 is cut off --
+    a slow writer after about 2 s, a fast one as soon as it has sent more than the
+    1 MiB the server discards, well before the 2 s."""
+    sock = socket.create_connection((limited.host, limited.port), timeout=4.0)
+    try:
+        sock.sendall(connect_bytes(5, uniq)
+                     + publish_bytes(f"{uniq}/t".encode(), b"L" * 4000, 0, version=5))
+        packets = _read_until_eof(sock, 5)
+        assert isinstance(packets[-1], Disconnect) and packets[-1].reason_code == 0x95
+        eof_at = time.monotonic()
+        chunk = b"\x00" * (1024 if pace else 65536)
+        failed_at = None
+        while time.monotonic() - eof_at < 6.0:
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                failed_at = time.monotonic()
+                break
+            if pace:
+                time.sleep(pace)
+        assert failed_at is not None, "the server kept reading for 6 s"
+        took = failed_at - eof_at
+        if pace:
+            assert 1.5 <= took < 4.0, took
+        else:
+            assert took < 1.5, took
+    finally:
+        sock.close()
