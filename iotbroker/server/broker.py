@@ -42,6 +42,9 @@ from iotbroker.storage.base import Store
 
 log = logging.getLogger("iotbroker.broker")
 
+#: How log lines name a CONNECT's protocol level (MQTT 3.1 is "MQIsdp" version 3).
+_VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1"}
+
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 20_000
 
@@ -228,8 +231,8 @@ class Broker:
                 return
         for proto in dirty:
             proto.write_pending()
-            if proto.close_after_flush and proto.transport is not None:
-                proto.transport.close()
+            if proto.close_after_flush:
+                proto.finish_close()
         if self._throttled and readers:
             # A consumer is congested: slow down the clients that published this turn
             # (not bystanders that only pinged, acknowledged or connected).
@@ -460,7 +463,7 @@ class Broker:
             "session_present=%s, expiry=%s, listener %r)",
             proto.client_id,
             proto.peer,
-            "5.0" if packet.protocol_version == ProtocolVersion.MQTT_5 else "3.1.1",
+            _VERSION_NAMES.get(packet.protocol_version, "3.1.1"),
             packet.clean_start,
             accepted.keepalive,
             accepted.session_present,

@@ -19,6 +19,7 @@ from iotbroker.codec.packets import Packet
 from iotbroker.engine.client import Client
 from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
+from iotbroker.server.linger import Linger
 from iotbroker.server.logsetup import FLAGS, connection_fields
 from iotbroker.server.ratelimit import TokenBucket
 
@@ -55,6 +56,8 @@ class ClientProtocol(Client, asyncio.Protocol):
         "broker",
         "close_after_flush",
         "deferred",
+        "ended",
+        "linger",
         "loop",
         "packets_counted",
         "password_checked",
@@ -98,6 +101,11 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.password_decision: Refusal | None = None
         #: Its slot in the broker's timer wheel (0: none; see server/timerwheel.py).
         self.wheel_slot = 0
+        #: The lingering close after our last packet (server/linger.py), once begun.
+        self.linger: Linger | None = None
+        #: The MQTT connection is over for the broker (``broker.connection_lost`` ran),
+        #: possibly before the socket is (during the linger).
+        self.ended = False
         #: The username for log lines while there is no session (a refused CONNECT,
         #: after the connection ended); see :attr:`username`.
         self._username: str | None = None
@@ -144,6 +152,9 @@ class ClientProtocol(Client, asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        if self.linger is not None:  # closed on our side: read, count, discard
+            self.linger.discard(len(data))
+            return
         broker = self.broker
         broker.active_readers.append(self)
         broker.metrics.bytes_received += len(data)
@@ -195,10 +206,37 @@ class ClientProtocol(Client, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.broker.timers.cancel(self)
+        if self.linger is not None:
+            self.linger.cancel()
+        self._ended(exc)
+
+    def _ended(self, exc: Exception | None = None) -> None:
+        """The MQTT connection is over: the broker detaches the session (its will, its
+        expiry) once, at the close or at the start of the linger, whichever is first."""
+        if self.ended:
+            return
+        self.ended = True
         session = self.session
         if session is not None:  # the "connection lost" line comes after it is detached
             self._username = session.username
         self.broker.connection_lost(self, exc)
+
+    def finish_close(self) -> None:
+        """The flush wrote this connection's last packet: close so that it reaches a
+        client that is still sending (server/linger.py; MQTT 5.0 §4.13, [MQTT-3.14.4-1],
+        MQTT 3.1.1 §4.8): half-close, read and discard for a bounded time, then close.
+        The broker is done with the connection at once; only the socket lingers. A
+        WebSocket transport runs its own closing handshake (and lingers itself)."""
+        transport = self.transport
+        if transport is None or self.linger is not None or transport.is_closing():
+            return
+        if getattr(transport, "closes_gracefully", False):
+            transport.close()
+            return
+        self.broker.timers.cancel(self)
+        self.reading_paused = False
+        self.linger = Linger(transport, self.loop)  # type: ignore[arg-type]
+        self.loop.call_soon(self._ended)
 
     def pause_writing(self) -> None:
         """The transport buffer passed its high-water mark: a slow consumer."""
