@@ -586,7 +586,8 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
                  config.storage.backend, build.describe())
         stale = build.stale_modules()
         if stale:
-            log.warning("compiled modules older than their source (re-run `pip install -e .` "
+            log.warning("compiled modules differ from their source, changed since the build "
+                        "(re-run `pip install -e .` "
                         "or install with IOTBROKER_PURE=1): %s", ", ".join(stale))
         await stop_event.wait()
         await broker.stop()
