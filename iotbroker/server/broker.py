@@ -34,6 +34,7 @@ from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
+from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
@@ -544,6 +545,13 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     """Run until SIGINT/SIGTERM; SIGHUP reloads (``reload`` re-reads the configuration).
     Returns the process exit code."""
     setup_logging(config.logging)
+    # Listeners first: a missing TLS key or a taken port must not create or lock the
+    # data directory (issue 18).
+    problems = check_listeners(config)
+    for problem in problems:
+        log.error("cannot start: %s", problem)
+    if problems:
+        return 1
     try:
         store = open_store(config)
     except StorageError as exc:
