@@ -19,10 +19,11 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import cast
 
 from iotbroker import __version__, build
 from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
-from iotbroker.codec.packets import Auth, Connect, Packet
+from iotbroker.codec.packets import Auth, Connect, Packet, Publish
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
 from iotbroker.engine.engine import Engine
@@ -78,6 +79,9 @@ class Broker:
         self.metrics_server: MetricsServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
         self._per_listener: dict[str, int] = {}
+        #: Sockets admitted per listener name since the start (metrics label
+        #: ``listener``; the names are those of docs/configuration.md ``listeners.name``).
+        self.listener_accepted: dict[str, int] = {}
         rate = config.limits.connect_rate
         self._connect_bucket = TokenBucket(rate, loop.time()) if rate else None
         self._timer: asyncio.TimerHandle | None = None
@@ -309,10 +313,15 @@ class Broker:
             return False
         self.connections.add(proto)
         self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
+        self.listener_accepted[proto.listener] = self.listener_accepted.get(proto.listener, 0) + 1
         self.metrics.connections_accepted += 1
         if limits.publish_rate_per_client:
             proto.publish_bucket = TokenBucket(limits.publish_rate_per_client, self.loop.time())
         return True
+
+    def connection_count(self, listener: str) -> int:
+        """Connections open now on the listener of that name."""
+        return self._per_listener.get(listener, 0)
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
         if proto in self.connections:
@@ -353,11 +362,14 @@ class Broker:
         ptype = packet.TYPE
         engine = self.engine
         if proto.session is not None and ptype is not _AUTH:
+            if ptype is _PUBLISH:  # $SYS publish/bytes/received: payload bytes
+                self.metrics.publish_bytes_received += len(cast(Publish, packet).payload)
             engine.handle(proto, packet, time.time())  # Broker.now(), inlined: hot path
             if ptype is _PUBLISH and proto.publish_bucket is not None:
                 self._limit_publish_rate(proto)
         elif ptype is _CONNECT:
             assert isinstance(packet, Connect)
+            self.metrics.connects_received += 1
             self.on_connect(proto, packet)
         elif ptype is _AUTH:
             assert isinstance(packet, Auth)
