@@ -285,6 +285,7 @@ class Subscriber(Device):
         self.sub_qos = qos
         self.record = SubscriberRec(name, filters, qos, ctx.run_id, self.client.persistent)
         ctx.stats.subscribers.append(self.record)
+        self.client.accounting = True
         self.client.on_message = self._on_message
         self.response_topic = b""
         self.ready = False

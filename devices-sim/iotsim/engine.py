@@ -90,7 +90,8 @@ class Fleet:
         mon = sc.monitors
         filters = monitor_filters(sc, self.ctx.run_token)
         spec = GroupSpec(name="monitor", count=max(1, mon.count), behaviour="idle",
-                         version=mon.version, client_id="{run}-monitor-{id}", keepalive=60)
+                         version=mon.version, client_id="{run}-monitor-{id}", keepalive=60,
+                         username=mon.username, password=mon.password)
         for m in range(mon.count):
             if m % self.workers == self.worker:
                 monitor = Subscriber(self.ctx, spec, m, base + m, None, filters, mon.qos,
