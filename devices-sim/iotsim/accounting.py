@@ -32,12 +32,13 @@ What each QoS allows, and so what counts as a *violation*:
   server publishes it when the network connection closes without DISCONNECT, whoever
   closed it). Each is *owed* (a spec-following broker must deliver it; missing = a
   violation) unless excused, and the report says why:
-  ``before_subscribe`` (the subscriber had no SUBACK yet), ``subscriber_away`` (the
-  subscriber was disconnected within :data:`WILL_MARGIN_NS` of the connection's end: the
-  will may have been published while nobody listened), ``broker_outage`` (the device did
-  not close the connection and an accounting subscriber lost its own connection
+  ``not_subscribed`` (the subscriber never got a SUBACK granting its filters),
+  ``before_subscribe`` (the subscriber had no SUBACK yet), ``broker_outage`` (the device
+  did not close the connection and an accounting subscriber lost its own connection
   unprovoked within :data:`OUTAGE_WINDOW_NS`: the broker itself went away, and a broker
-  that crashed cannot have published the wills of that moment). A will received more
+  that crashed cannot have published the wills of that moment), ``subscriber_away`` (the
+  subscriber was disconnected within :data:`WILL_MARGIN_NS` of the connection's end: the
+  will may have been published while nobody listened). A will received more
   often than it was expected (owed or excused) is ``unexpected``, a violation.
 """
 
@@ -227,12 +228,14 @@ def _will_excuse(first: int | None, gaps: list[_Gap], when: int, cause: str,
                  drops: list[int]) -> str | None:
     """Why a subscriber need not have received the will of a connection that ended
     at ``when`` for ``cause``; None when it is owed."""
-    if first is None or first > when:
+    if first is None:
+        return "not_subscribed"
+    if first > when:
         return "before_subscribe"
-    if _away(first, gaps, when, when + WILL_MARGIN_NS):
-        return "subscriber_away"
     if cause != "client_abort" and any(abs(t - when) <= OUTAGE_WINDOW_NS for t in drops):
         return "broker_outage"
+    if _away(first, gaps, when, when + WILL_MARGIN_NS):
+        return "subscriber_away"
     return None
 
 

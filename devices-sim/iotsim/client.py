@@ -196,11 +196,17 @@ class Client:
         except ssl.SSLError as exc:
             return self._connect_failed(link, f"connect_tls_{exc.reason or 'error'}".lower(),
                                         str(exc))
+        except ConnectionError as exc:
+            if t.ssl_context is not None and link.transport is None:
+                return self._connect_failed(link, "connect_tls_closed_during_handshake",
+                                            str(exc))
+            if exc.errno is None:  # ours: the connection closed before CONNACK
+                return self._connect_failed(link, "connect_closed_before_connack", str(exc))
+            name = errno.errorcode.get(exc.errno, "oserror").lower()
+            return self._connect_failed(link, f"connect_{name}", exc.strerror or str(exc))
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, "oserror").lower()
             return self._connect_failed(link, f"connect_{name}", exc.strerror or str(exc))
-        except ConnectionError:
-            return self._connect_failed(link, "connect_closed_before_connack")
         if connack.reason_code != 0:
             return self._connect_failed(link, f"connack_refused_0x{connack.reason_code:02x}")
         stats.connect_latency.record(int((time.monotonic() - started) * 1e6))
@@ -332,7 +338,10 @@ class Client:
         self.write_paused = False
         self.reading_paused = False
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(ConnectionError("closed before CONNACK"))
+            # A TLS alert after the handshake (TLS 1.3: "certificate required") is the
+            # reason: keep it, the report explains it.
+            self._connack.set_exception(exc if isinstance(exc, ssl.SSLError)
+                                        else ConnectionError("closed before CONNACK"))
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("connection closed"))

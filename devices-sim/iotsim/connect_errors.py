@@ -25,11 +25,12 @@ _AUTH_CODES = {
 _OTHER_CONNACK = {
     0x01: "unacceptable protocol version (try --mqtt 5 or 3.1.1)",
     0x02: "client identifier rejected",
-    0x03: "server unavailable",
+    0x03: "server unavailable (some brokers, iotbroker among them, answer so once a "
+          "client has failed to log in too often)",
     0x84: "unsupported protocol version (try --mqtt 3.1.1)",
     0x85: "client identifier not valid",
     0x88: "server unavailable",
-    0x89: "server busy",
+    0x89: "server busy (some brokers answer so once a client failed to log in too often)",
     0x8A: "banned",
     0x97: "quota exceeded",
     0x9F: "connection rate exceeded",
@@ -42,6 +43,9 @@ _TLS = {
     "wrong_version_number": "the port does not speak TLS (a plain MQTT port?), or no TLS "
                             "version in common",
     "record_layer_failure": "the port does not speak TLS (a plain MQTT port?)",
+    "closed_during_handshake": "the connection closed during the TLS handshake: the port "
+                               "does not speak TLS (a plain MQTT port?), or the broker "
+                               "refused the handshake",
     "tlsv13_alert_certificate_required": "the broker requires a client certificate: give "
                                          "--cert and --key",
     "sslv3_alert_handshake_failure": "the handshake failed: the broker may require a client "

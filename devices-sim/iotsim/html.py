@@ -157,6 +157,7 @@ VIOLATIONS = {
 }
 #: Why an expected will was excused (iotsim.accounting).
 WILL_EXCUSES = {
+    "not_subscribed": "the subscriber never got a SUBACK granting its filters",
     "before_subscribe": "the subscriber had not subscribed yet",
     "subscriber_away": "the subscriber was itself disconnected when the will was due",
     "broker_outage": "the broker went away (subscribers lost their connections at the "
