@@ -57,8 +57,8 @@ def test_no_device_connected_is_a_failure_naming_the_errors(
 def _iotbroker_with_passwords(make_broker: Callable[..., BrokerProcess],
                               tmp_path: Path) -> int:
     passwd = tmp_path / "passwd"
-    subprocess.run([sys.executable, "-m", "iotbroker", "passwd", str(passwd), "alice", "-b", "secret",
-                    "--iterations", "1000"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "iotbroker", "passwd", str(passwd), "alice",
+                    "-b", "secret", "--iterations", "1000"], check=True, capture_output=True)
     extra = f"auth:\n  password_file: {passwd}\n  allow_anonymous: false\n"
     return make_broker(config(listener("tcp", "tcp"), extra)).port
 
@@ -107,9 +107,9 @@ def test_tls_options_and_why_tls_failed(make_broker: Callable[..., BrokerProcess
                                         capsys: pytest.CaptureFixture[str],
                                         tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
+    mutual = tls_block(pki, cafile=str(pki.ca), require_client_cert=True)
     b = make_broker(config(listener("tls", "tls", tls_block(pki))
-                           + listener("mtls", "tls", tls_block(pki, cafile=str(pki.ca), require_client_cert=True))
-                           + listener("plain", "tcp")))
+                           + listener("mtls", "tls", mutual) + listener("plain", "tcp")))
     tls, mtls, plain = b.ports["tls"], b.ports["mtls"], b.ports["plain"]
 
     code, text, report, _ = _sensors(capsys, tmp_path, tls, "--cafile", str(pki.ca))
