@@ -59,14 +59,18 @@ def _bind_error(index: int, config: BrokerConfig) -> ConfigError | None:
     """Bind the listener's address and let go at once (the real bind comes later, with
     the same SO_REUSEADDR as asyncio's): a port in use is reported before the store."""
     listener = config.listeners[index]
-    if listener.port == 0:
+    return _try_bind(f"listeners[{index}]", listener.host, listener.port,
+                     f"listener {listener.name!r}")
+
+
+def _try_bind(key: str, host: str, port: int, what: str) -> ConfigError | None:
+    if port == 0:
         return None
     try:
-        infos = socket.getaddrinfo(listener.host or None, listener.port,
-                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
     except OSError as exc:
-        return ConfigError(f"listeners[{index}].host", listener.host,
-                           f"cannot be resolved: {exc}")
+        return ConfigError(f"{key}.host", host, f"cannot be resolved: {exc}")
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
         try:
@@ -75,22 +79,27 @@ def _bind_error(index: int, config: BrokerConfig) -> ConfigError | None:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
         except OSError as exc:
-            return ConfigError(f"listeners[{index}].port", f"{listener.host}:{listener.port}",
-                               f"cannot be listened on (listener {listener.name!r}): "
-                               f"{exc.strerror or exc}")
+            return ConfigError(f"{key}.port", f"{host}:{port}",
+                               f"cannot be listened on ({what}): {exc.strerror or exc}")
         finally:
             sock.close()
     return None
 
 
 def check_listeners(config: BrokerConfig) -> list[ConfigError]:
-    """Every listener problem found before start-up: TLS files, TLS contexts, ports."""
+    """Every listener problem found before start-up: TLS files, TLS contexts, ports
+    (the metrics endpoint's too)."""
     errors = tls_file_errors(config)
     failed = {error.key.partition(".")[0] for error in errors}
     for i in range(len(config.listeners)):
         if f"listeners[{i}]" in failed:
             continue
         error = _tls_context_error(i, config) or _bind_error(i, config)
+        if error is not None:
+            errors.append(error)
+    metrics = config.metrics
+    if metrics.enabled:
+        error = _try_bind("metrics", metrics.host, metrics.port, "the metrics endpoint")
         if error is not None:
             errors.append(error)
     return errors

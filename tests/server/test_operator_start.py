@@ -92,6 +92,20 @@ def test_port_in_use_is_reported_before_the_data_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+def test_metrics_port_in_use_is_reported_before_the_data_dir(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listeners = "listeners:\n  - name: main\n    host: 127.0.0.1\n    port: 0\n"
+        extra = f"metrics:\n  enabled: true\n  host: 127.0.0.1\n  port: {port}\n"
+        (tmp_path / "b.yaml").write_text(_rocksdb_config(listeners, extra))
+        result = iotbroker("run", "--config", "b.yaml", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "metrics.port" in result.stderr and f"127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 # ---------------------------------------------------------------- check-config warnings
 def test_check_config_warns_on_acl_typos_and_open_password_file(tmp_path: Path) -> None:
     acl = tmp_path / "acl"
