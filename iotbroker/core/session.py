@@ -319,6 +319,7 @@ class Session:
                     metrics = context.metrics
                     metrics.publish_sent += 1
                     metrics.publish_sent_qos[0] += 1
+                    metrics.publish_bytes_sent += len(delivery.message.payload)
                 else:
                     context.metrics.messages_dropped_slow_consumer += 1
             elif context.limits.queue_qos0_offline and self.persistent:
@@ -359,6 +360,7 @@ class Session:
             metrics = self.context.metrics
             metrics.publish_sent += 1
             metrics.publish_sent_qos[delivery.qos] += 1
+            metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def take_outbox(self) -> list[OutboxEntry]:
         """What to send now, in order (the engine hands it to the connection)."""
@@ -366,13 +368,16 @@ class Session:
         self.outbox = None
         return out if out is not None else []
 
-    def refused(self, packet_id: int, qos: int, now: float) -> None:
-        """The connection did not send a new PUBLISH: larger than the client's Maximum
+    def refused(self, packet_id: int, delivery: Delivery, dup: bool, now: float) -> None:
+        """The connection did not send a PUBLISH: larger than the client's Maximum
         Packet Size. It is discarded as if completed [MQTT-3.1.2-25]; the window
-        moves on."""
+        moves on. A new one was counted as sent when it entered the outbox (a resend,
+        ``dup``, was not): that is taken back."""
         metrics = self.context.metrics
-        metrics.publish_sent -= 1
-        metrics.publish_sent_qos[qos] -= 1
+        if not dup:
+            metrics.publish_sent -= 1
+            metrics.publish_sent_qos[delivery.qos] -= 1
+            metrics.publish_bytes_sent -= len(delivery.message.payload)
         if not packet_id:
             return  # QoS 0: nothing to complete
         metrics.messages_dropped_too_large += 1
@@ -401,6 +406,12 @@ class Session:
         metrics = self.context.metrics
         metrics.publish_sent += 1
         metrics.publish_sent_qos[delivery.qos] += 1
+        metrics.publish_bytes_sent += len(delivery.message.payload)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes of the messages waiting (``limits.max_queued_bytes``)."""
+        return self._queued_bytes
 
     @property
     def queued_count(self) -> int:

@@ -238,13 +238,8 @@ class Engine:
                 client = session.attached_to
                 if not entries or not isinstance(client, Client):
                     continue
-                for packet_id, qos, dup in client.conn.send_outbox(entries, now):
-                    if dup:
-                        # A resend was never counted as sent; ``refused`` uncounts it.
-                        metrics = self.metrics
-                        metrics.publish_sent += 1
-                        metrics.publish_sent_qos[qos] += 1
-                    session.refused(packet_id, qos, now)
+                for packet_id, delivery, dup in client.conn.send_outbox(entries, now):
+                    session.refused(packet_id, delivery, dup, now)
 
     def set_writable(self, client: Client, writable: bool, now: float) -> None:
         """The connection's write buffer crossed its high-water mark (False) or drained
@@ -426,6 +421,7 @@ class Engine:
         metrics = self.metrics
         metrics.publish_received += 1
         metrics.publish_received_qos[qos] += 1
+        metrics.publish_bytes_received += len(packet.payload)
         if qos > cfg.maximum_qos:
             raise ProtocolViolation(
                 f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",

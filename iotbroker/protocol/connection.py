@@ -389,26 +389,26 @@ class Connection:
 
     def send_outbox(
         self, entries: list[Delivery | tuple[Delivery | None, int, bool, float]], now: float
-    ) -> list[tuple[int, int, bool]]:
+    ) -> list[tuple[int, Delivery, bool]]:
         """Send a session's outbox in order: a QoS 0 PUBLISH as a bare delivery (sent
         at ``now``), a PUBLISH ``(delivery, packet id, dup, when)`` or a PUBREL
-        ``(None, packet id, ...)``. Returns ``(packet id, qos, dup)`` of the PUBLISHes
+        ``(None, packet id, ...)``. Returns ``(packet id, delivery, dup)`` of the PUBLISHes
         larger than the client's Maximum Packet Size, which were not sent
         [MQTT-3.1.2-25] (the session discards them as if completed). A resend (DUP)
         is among them too: a client may come back with a smaller Maximum Packet Size
         than the one the message was first sent under, and a message that can never
         be resent must not hold a place in the in-flight window for ever."""
-        refused: list[tuple[int, int, bool]] = []
+        refused: list[tuple[int, Delivery, bool]] = []
         for entry in entries:
             if isinstance(entry, Delivery):
                 if not self.send_publish(entry, None, False, now):
-                    refused.append((0, 0, False))
+                    refused.append((0, entry, False))
                 continue
             delivery, packet_id, dup, when = entry
             if delivery is None:
                 self.send_packet(PubRel(packet_id))
             elif not self.send_publish(delivery, packet_id or None, dup, when):
-                refused.append((packet_id, delivery.qos, dup))
+                refused.append((packet_id, delivery, dup))
         return refused
 
     def _queue(self, data: bytes) -> None:

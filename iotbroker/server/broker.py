@@ -34,6 +34,7 @@ from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
+from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
@@ -83,6 +84,9 @@ class Broker:
         self.metrics_server: MetricsServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
         self._per_listener: dict[str, int] = {}
+        #: Sockets admitted per listener name since the start (metrics label
+        #: ``listener``; the names are those of docs/configuration.md ``listeners.name``).
+        self.listener_accepted: dict[str, int] = {}
         rate = config.limits.connect_rate
         self._connect_bucket = TokenBucket(rate, loop.time()) if rate else None
         self._timer: asyncio.TimerHandle | None = None
@@ -315,10 +319,15 @@ class Broker:
             return False
         self.connections.add(proto)
         self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
+        self.listener_accepted[proto.listener] = self.listener_accepted.get(proto.listener, 0) + 1
         self.metrics.connections_accepted += 1
         if limits.publish_rate_per_client:
             proto.publish_bucket = TokenBucket(limits.publish_rate_per_client, self.loop.time())
         return True
+
+    def connection_count(self, listener: str) -> int:
+        """Connections open now on the listener of that name."""
+        return self._per_listener.get(listener, 0)
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
         if proto in self.connections:
@@ -372,6 +381,7 @@ class Broker:
                         self._limit_publish_rate(proto)
                 elif ptype is _CONNECT:
                     assert isinstance(packet, Connect)
+                    self.metrics.connects_received += 1
                     self.on_connect(proto, packet)
                 elif ptype is _AUTH:
                     assert isinstance(packet, Auth)
@@ -565,6 +575,13 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     """Run until SIGINT/SIGTERM; SIGHUP reloads (``reload`` re-reads the configuration).
     Returns the process exit code."""
     setup_logging(config.logging)
+    # Listeners first: a missing TLS key or a taken port must not create or lock the
+    # data directory (issue 18).
+    problems = check_listeners(config)
+    for problem in problems:
+        log.error("cannot start: %s", problem)
+    if problems:
+        return 1
     try:
         store = open_store(config)
     except StorageError as exc:
@@ -607,7 +624,8 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
                  config.storage.backend, build.describe())
         stale = build.stale_modules()
         if stale:
-            log.warning("compiled modules older than their source (re-run `pip install -e .` "
+            log.warning("compiled modules differ from their source, changed since the build "
+                        "(re-run `pip install -e .` "
                         "or install with IOTBROKER_PURE=1): %s", ", ".join(stale))
         await stop_event.wait()
         await broker.stop()
