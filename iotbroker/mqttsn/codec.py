@@ -371,7 +371,7 @@ def _short(name: str) -> int:
     return int.from_bytes(raw, "big")
 
 
-def _body(msg: SnMessage) -> tuple[int, bytes]:  # noqa: PLR0911 (one return per type)
+def _body(msg: SnMessage) -> tuple[int, bytes]:
     match msg:
         case Publish():
             flags = Flags(dup=msg.dup, qos=msg.qos, retain=msg.retain,
@@ -513,7 +513,7 @@ def split_header(data: bytes) -> tuple[int, bytes]:
     return data[start], data[start + 1:]
 
 
-def decode(data: bytes) -> SnMessage:  # noqa: PLR0911, C901 (one branch per type)
+def decode(data: bytes) -> SnMessage:
     """Decode one datagram (§5). Raises :class:`SnMalformed` for anything else,
     including an unknown MsgType (§5.2.2: reserved values)."""
     kind, body = split_header(data)
@@ -528,9 +528,12 @@ def decode(data: bytes) -> SnMessage:  # noqa: PLR0911, C901 (one branch per typ
         return cls(_be(body, 0), _be(body, 2), body[4])
     if kind in (MsgType.PUBREC, MsgType.PUBREL, MsgType.PUBCOMP, MsgType.UNSUBACK):
         _need(body, 2, MsgType(kind).name)
-        ack = {MsgType.PUBREC: PubRec, MsgType.PUBREL: PubRel, MsgType.PUBCOMP: PubComp,
-               MsgType.UNSUBACK: UnsubAck}[MsgType(kind)]
-        return ack(_be(body, 0))
+        msg_id = _be(body, 0)
+        if kind == MsgType.PUBREC:
+            return PubRec(msg_id)
+        if kind == MsgType.PUBREL:
+            return PubRel(msg_id)
+        return PubComp(msg_id) if kind == MsgType.PUBCOMP else UnsubAck(msg_id)
     if kind == MsgType.CONNECT:
         _need(body, 4, "CONNECT", exact=False)
         f = Flags.decode(body[0])
@@ -589,9 +592,10 @@ def decode(data: bytes) -> SnMessage:  # noqa: PLR0911, C901 (one branch per typ
         return WillTopicReq() if kind == MsgType.WILLTOPICREQ else WillMsgReq()
     if kind in (MsgType.CONNACK, MsgType.WILLTOPICRESP, MsgType.WILLMSGRESP):
         _need(body, 1, MsgType(kind).name)
-        one = {MsgType.CONNACK: ConnAck, MsgType.WILLTOPICRESP: WillTopicResp,
-               MsgType.WILLMSGRESP: WillMsgResp}[MsgType(kind)]
-        return one(body[0])
+        code = body[0]
+        if kind == MsgType.CONNACK:
+            return ConnAck(code)
+        return WillTopicResp(code) if kind == MsgType.WILLTOPICRESP else WillMsgResp(code)
     if kind == MsgType.ADVERTISE:
         _need(body, 3, "ADVERTISE")
         return Advertise(body[0], _be(body, 1))
