@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from iotbroker.codec import packets as mq
@@ -71,9 +71,6 @@ Key = tuple[Any, bytes | None]
 BROADCAST: Key = ("<broadcast>", None)
 #: Topic ids a client may have registered at once (normal ids, §6.5).
 MAX_TOPIC_IDS = 10_000
-#: Reasons datagrams are dropped (the ``reason`` label of the drop counter).
-DROP_REASONS = ("malformed", "rate_limited", "unknown_client", "unexpected", "sleep_buffer_full",
-                "not_connected")
 
 
 @dataclass(slots=True)
@@ -91,18 +88,6 @@ class PendingWill:
 
     connect: sn.Connect
     topic: sn.WillTopic | None = None
-
-
-@dataclass(slots=True)
-class Counters:
-    """What the gateway counts (exported as ``iotbroker_mqttsn_*``)."""
-
-    datagrams_received: int = 0
-    datagrams_sent: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
-    qos_minus_one_published: int = 0
-    retransmissions: int = 0
-    registrations_sent: int = 0
 
 
 class SnClient(Client):
@@ -216,7 +201,7 @@ class Gateway:
         self.listener = listener
         self.ready = ready
         self._send = send
-        self.counters = Counters()
+        self.metrics = engine.metrics
         self.clients: dict[Key, SnClient] = {}
         #: Sleeping clients by client id: a PINGREQ with the id wakes them (§6.14).
         self.by_id: dict[str, SnClient] = {}
@@ -231,12 +216,12 @@ class Gateway:
 
     # ------------------------------------------------------------------ output
     def send(self, msg: sn.SnMessage, key: Key) -> None:
-        self.counters.datagrams_sent += 1
+        self.metrics.mqttsn_datagrams_sent += 1
         self._send(sn.encode(msg), key)
 
     def _drop(self, reason: str, now: float, text: str, *args: object) -> None:
         """Count a dropped datagram; log at most one line per second (rate-limited)."""
-        self.counters.dropped[reason] += 1
+        self.metrics.mqttsn_dropped[reason] += 1
         if now - self._last_log >= 1.0:
             more = f" ({self._log_suppressed} more dropped since the last line)" \
                 if self._log_suppressed else ""
@@ -264,7 +249,7 @@ class Gateway:
     def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
         """One UDP datagram from ``addr`` (MQTT-SN 1.2 §5; §5.5 when encapsulated)."""
         self._now = now
-        self.counters.datagrams_received += 1
+        self.metrics.mqttsn_datagrams_received += 1
         if not self._admit(addr, now):
             self._drop("rate_limited", now, "%s over mqttsn.rate_per_address", addr)
             return
@@ -487,7 +472,7 @@ class Gateway:
             return
         engine.metrics.publish_received += 1
         engine.metrics.publish_received_qos[0] += 1
-        self.counters.qos_minus_one_published += 1
+        self.metrics.mqttsn_qos_minus_one_published += 1
         message = Message(topic=topic, payload=msg.data, qos=0, retain=msg.retain,
                           properties=mq.NO_PROPERTIES, created_at=now, origin=client_id)
         engine.publish_own(message, now)
@@ -740,7 +725,7 @@ class Gateway:
                     self._give_up(client, pub, now)
                     return None
                 client.registering.add(assigned)
-                self.counters.registrations_sent += 1
+                self.metrics.mqttsn_registrations_sent += 1
                 self._deliver(client, sn.Register(assigned, client.new_msg_id(), topic), now)
                 return None
             if known in client.registering:
@@ -755,7 +740,7 @@ class Gateway:
         if client.asleep:
             if isinstance(msg, sn.Publish) and msg.qos == 0 \
                     and len(client.sleep_buffer) >= self.config.mqtt.max_queued_messages:
-                self.counters.dropped["sleep_buffer_full"] += 1
+                self.metrics.mqttsn_dropped["sleep_buffer_full"] += 1
                 self.engine.metrics.messages_dropped_queue_full += 1
                 return
             client.sleep_buffer.append(msg)
@@ -845,7 +830,7 @@ class Gateway:
                     break
                 out.tries += 1
                 out.deadline = now + cfg.retry_interval
-                self.counters.retransmissions += 1
+                self.metrics.mqttsn_retransmissions += 1
                 msg = out.message
                 if isinstance(msg, sn.Publish):
                     msg = sn.Publish(msg.topic_id_type, msg.topic_id, msg.msg_id, msg.data,

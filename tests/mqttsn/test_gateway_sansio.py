@@ -1,0 +1,147 @@
+"""The gateway driven without sockets, with a fake clock: timers (keep alive, sleep,
+retransmission, ADVERTISE), bounds and counters. A tiny stand-in for the server does
+what ``server/mqttsn_udp.py`` and the broker's flush do: apply closes, move session
+output into connections, then write each ready client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotbroker.config import parse_config
+from iotbroker.engine.engine import Engine
+from iotbroker.metrics import Metrics
+from iotbroker.mqttsn import codec as c
+from iotbroker.mqttsn.gateway import BROADCAST, Gateway, Key
+from iotbroker.storage.memory import MemoryStore
+from tests.engine.test_engine import AclAuthorization
+
+TID = c.TopicIdType
+A: Any = ("10.0.0.1", 5000)
+B: Any = ("10.0.0.2", 5000)
+
+
+class Harness:
+    def __init__(self, extra: dict[str, Any] | None = None) -> None:
+        data: dict[str, Any] = {
+            "listeners": [{"name": "sn", "type": "mqtt-sn", "host": "127.0.0.1", "port": 0}],
+            "storage": {"backend": "memory"},
+            "mqttsn": {"advertise_interval": 0, "retry_interval": 5, "max_retries": 2,
+                       "predefined_topics": {1: "p/one"}, **(extra or {})},
+        }
+        self.config = parse_config(data)
+        self.metrics = Metrics()
+        self.engine = Engine(self.config, MemoryStore(), AclAuthorization(), self.metrics)
+        self.ready: list[Any] = []
+        self.sent: list[tuple[c.SnMessage, Key]] = []
+        self.now = 1000.0
+        self.gw = Gateway(self.engine, self.config, self.config.listeners[0], self.ready,
+                          lambda data, key: self.sent.append((c.decode(data), key)), self.now)
+
+    def flush(self) -> None:
+        for client in self.engine.take_closing():
+            client.close()
+        self.engine.send_ready(self.now)
+        ready = self.ready[:]
+        self.ready.clear()
+        for client in ready:
+            client.write_pending()
+
+    def recv(self, msg: c.SnMessage, addr: Any = A) -> list[c.SnMessage]:
+        self.sent.clear()
+        self.gw.datagram_received(c.encode(msg), addr, self.now)
+        self.flush()
+        return [m for m, _ in self.sent]
+
+    def tick(self, seconds: float) -> list[tuple[c.SnMessage, Key]]:
+        self.sent.clear()
+        self.now += seconds
+        self.gw.run_timers(self.now)
+        self.flush()
+        return list(self.sent)
+
+
+def test_6_1_advertise_is_broadcast_every_interval() -> None:
+    h = Harness({"advertise_interval": 60, "gateway_id": 9})
+    assert h.tick(0) == [(c.Advertise(9, 60), BROADCAST)]
+    assert h.tick(30) == []
+    assert h.tick(31) == [(c.Advertise(9, 60), BROADCAST)]
+
+
+def test_6_13_retries_run_out_client_lost_and_will_published() -> None:
+    h = Harness()
+    assert h.recv(c.Connect("w", 0), B) == [c.ConnAck(0)]
+    assert h.recv(c.Subscribe(1, TID.NORMAL, "will/t", qos=1), B)[0].return_code == 0
+    h.recv(c.Connect("dev", 0, will=True))
+    h.recv(c.WillTopic("will/t", qos=1))
+    assert h.recv(c.WillMsg(b"bye")) == [c.ConnAck(0)]
+    h.recv(c.Subscribe(2, TID.PREDEFINED, topic_id=1, qos=1))
+    h.recv(c.Publish(TID.PREDEFINED, 1, 7, b"y", qos=1), B)
+    first = [m for m, k in h.sent if k[0] == A]
+    assert len(first) == 1 and isinstance(first[0], c.Publish) and not first[0].dup
+    for _ in range(2):  # max_retries: 2 resends with DUP
+        resent = [m for m, k in h.tick(5) if k[0] == A]
+        assert len(resent) == 1 and isinstance(resent[0], c.Publish) and resent[0].dup
+    assert h.metrics.mqttsn_retransmissions == 2
+    out = h.tick(5)  # no answer after the retries: lost, its will goes to "w"
+    to_b = [m for m, k in out if k[0] == B]
+    assert any(isinstance(m, c.Publish) and m.data == b"bye" for m in to_b)
+    assert c.Disconnect() in [m for m, k in out if k[0] == A]
+
+
+def test_6_11_keepalive_supervision() -> None:
+    h = Harness()
+    h.recv(c.Connect("ka", 10))
+    assert h.tick(14) == []
+    assert h.recv(c.PingReq()) == [c.PingResp()]  # resets the timer
+    assert h.tick(14) == []
+    out = h.tick(2)  # 16 s of silence > 1.5 x 10
+    assert (c.Disconnect(), (A, None)) in out
+    assert h.metrics.keepalive_timeouts == 1
+    assert h.recv(c.PingReq()) == [c.Disconnect()]
+
+
+def test_6_14_qos0_buffer_of_a_sleeping_client_is_bounded() -> None:
+    h = Harness()  # mqtt.max_queued_messages is the bound (default 10000)
+    h.recv(c.Connect("sleepy", 0))
+    h.recv(c.Subscribe(1, TID.SHORT, "zz", qos=0))
+    h.recv(c.Disconnect(600))
+    h.recv(c.Connect("pub", 0), B)
+    bound = h.config.mqtt.max_queued_messages
+    for i in range(bound + 5):
+        h.gw.datagram_received(c.encode(c.Publish(TID.SHORT, c.encode_short_name("zz"), 0,
+                                                  str(i).encode(), qos=0)), B, h.now)
+        h.now += 0.01  # within the per-address rate
+        if i % 100 == 0:
+            h.flush()
+    h.flush()
+    assert h.metrics.mqttsn_dropped["sleep_buffer_full"] >= 5
+    out = h.recv(c.PingReq("sleepy"))
+    pubs = [m for m in out if isinstance(m, c.Publish)]
+    assert len(pubs) == bound and out[-1] == c.PingResp()
+
+
+def test_malformed_and_unknown_are_counted_and_rate_limited() -> None:
+    h = Harness({"rate_per_address": 10})
+    h.gw.datagram_received(b"\x03\x0c", A, h.now)
+    h.gw.datagram_received(b"\x02\x03", A, h.now)
+    assert h.metrics.mqttsn_dropped["malformed"] == 2
+    assert h.recv(c.PubAck(1, 1, 0)) == [c.Disconnect()]  # not connected: told so
+    assert h.metrics.mqttsn_dropped["unknown_client"] == 1
+    for _ in range(20):
+        h.gw.datagram_received(c.encode(c.SearchGw(0)), B, h.now)
+    assert h.metrics.mqttsn_dropped["rate_limited"] == 10
+    h.now += 1.0  # the bucket refills
+    assert h.recv(c.SearchGw(0), B) == [c.GwInfo(1)]
+
+
+def test_6_10_register_refused_drops_held_messages_and_frees_the_window() -> None:
+    h = Harness()
+    h.recv(c.Connect("r", 0))
+    h.recv(c.Subscribe(1, TID.NORMAL, "a/+", qos=1))
+    h.recv(c.Connect("p", 0), B)
+    h.recv(c.Register(0, 1, "a/b"), B)
+    out = h.recv(c.Publish(TID.NORMAL, 1, 2, b"1", qos=1), B)
+    reg = next(m for m in out if isinstance(m, c.Register))
+    assert h.recv(c.RegAck(reg.topic_id, reg.msg_id, c.ReturnCode.NOT_SUPPORTED)) == []
+    session = h.engine.clients["r"].session
+    assert session is not None and not session.inflight  # acknowledged for the client
