@@ -14,6 +14,7 @@ tests) cannot broadcast and does not advertise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any, cast
@@ -32,6 +33,8 @@ log = logging.getLogger("iotbroker.mqttsn")
 #: Seconds between two runs of the gateway's timers (keep alive, retries, ADVERTISE):
 #: one second, or a quarter of ``mqttsn.retry_interval`` when that is shorter.
 TICK = 1.0
+#: Socket buffer asked for (bytes), each way.
+SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 class MqttSnEndpoint(asyncio.DatagramProtocol):
@@ -50,9 +53,15 @@ class MqttSnEndpoint(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport is not an asyncio.DatagramTransport subclass.
         self.transport = cast(asyncio.DatagramTransport, transport)
-        if self._broadcast:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # One socket takes every device's datagrams: a burst must not overflow the
+            # default receive buffer (~208 KiB) while the loop is busy; the kernel caps
+            # this at net.core.rmem_max.
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # refused: the default stays
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            if self._broadcast:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         self._tick = self.broker.loop.call_later(self._interval, self._on_tick)
 
