@@ -252,6 +252,7 @@ class Gateway:
         self.metrics.mqttsn_datagrams_received += 1
         if not self._admit(addr, now):
             self._drop("rate_limited", now, "%s over mqttsn.rate_per_address", addr)
+            self._congestion(data, addr)
             return
         try:
             msg = sn.decode(data)
@@ -265,6 +266,18 @@ class Gateway:
             self._drop("malformed", now, "%s from %s", exc, addr)
             return
         self.handle(msg, (addr, node), now)
+
+    def _congestion(self, data: bytes, addr: Any) -> None:
+        """A connected client's QoS 1/2 PUBLISH over the rate is refused with PUBACK
+        "rejected: congestion" (§5.3.10, §6.7) so it backs off and retries; anything
+        else over the rate is dropped silently (no answer to a flood)."""
+        if len(data) < 7 or data[1] != sn.MsgType.PUBLISH or (data[2] >> 5) & 0b11 not in (1, 2):
+            return
+        client = self.clients.get((addr, None))
+        if client is None or client.session is None:
+            return
+        topic_id, msg_id = (data[3] << 8) | data[4], (data[5] << 8) | data[6]
+        self.send(sn.PubAck(topic_id, msg_id, RC.CONGESTION), client.key)
 
     def handle(self, msg: sn.SnMessage, key: Key, now: float) -> None:
         """One decoded message from ``key``."""

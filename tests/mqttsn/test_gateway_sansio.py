@@ -145,3 +145,19 @@ def test_6_10_register_refused_drops_held_messages_and_frees_the_window() -> Non
     assert h.recv(c.RegAck(reg.topic_id, reg.msg_id, c.ReturnCode.NOT_SUPPORTED)) == []
     session = h.engine.clients["r"].session
     assert session is not None and not session.inflight  # acknowledged for the client
+
+
+def test_5_3_10_publish_over_the_rate_gets_puback_congestion() -> None:
+    h = Harness({"rate_per_address": 5})
+    h.recv(c.Connect("busy", 0))
+    h.recv(c.Register(0, 1, "t/busy"))
+    h.sent.clear()
+    for msg_id in range(1, 11):
+        h.gw.datagram_received(c.encode(c.Publish(TID.NORMAL, 1, msg_id, b"x", qos=1)), A,
+                               h.now)
+    h.flush()
+    acks = [m for m, _ in h.sent if isinstance(m, c.PubAck)]
+    codes = sorted(a.return_code for a in acks)
+    # 5 tokens at first: 3 left after CONNECT and REGISTER; the rest is congestion.
+    assert codes.count(c.ReturnCode.ACCEPTED) == 3
+    assert codes.count(c.ReturnCode.CONGESTION) == 7

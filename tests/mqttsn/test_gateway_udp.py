@@ -388,6 +388,29 @@ def test_takeover_across_mqtt_sn_and_mqtt(
         other.disconnect()
 
 
+def test_takeover_of_an_mqtt_client_by_an_mqtt_sn_client(
+        sn: Callable[[], SnTestClient], sn_broker: BrokerProcess) -> None:
+    """An MQTT-SN CONNECT with the id of a connected MQTT client takes over its
+    (persistent) session; the MQTT connection is closed."""
+    closed: queue.Queue[int] = queue.Queue()
+    other = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="sn-shared-2",
+                        clean_session=False, reconnect_on_failure=False)
+    connected: queue.Queue[int] = queue.Queue()
+    other.on_connect = lambda *_a: connected.put(1)
+    other.on_disconnect = lambda *_a: closed.put(1)
+    other.connect("127.0.0.1", sn_broker.ports["default"])
+    other.loop_start()
+    try:
+        connected.get(timeout=5)
+        other.subscribe("sn/shared2", 1)
+        time.sleep(0.3)
+        client = sn()
+        client.connect("sn-shared-2", clean=False)
+        closed.get(timeout=5)  # the MQTT connection was taken over
+    finally:
+        other.loop_stop()
+
+
 # ------------------------------------------------------------ forwarder (§5.5)
 def test_5_5_forwarder_encapsulation(sn: Callable[[], SnTestClient],
                                      mqtt: Callable[[str], Mqtt]) -> None:
