@@ -82,8 +82,8 @@ class Mqtt:
         return self.messages.get(timeout=timeout)
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture
