@@ -458,6 +458,10 @@ class Gateway:
             # §6.7: PUBACK "rejected: invalid topic ID".
             self.send(sn.PubAck(msg.topic_id, msg.msg_id, RC.INVALID_TOPIC_ID), client.key)
             return
+        if msg.qos > self.config.mqtt.maximum_qos:
+            # MQTT ends the connection [MQTT-3.2.2-11]; MQTT-SN can say "not supported".
+            self.send(sn.PubAck(msg.topic_id, msg.msg_id, RC.NOT_SUPPORTED), client.key)
+            return
         if msg.qos == 1:
             client.inbound_topic[msg.msg_id] = msg.topic_id
         packet = mq.Publish(topic, msg.data, qos=msg.qos, retain=msg.retain, dup=msg.dup,

@@ -21,10 +21,12 @@ B: Any = ("10.0.0.2", 5000)
 
 
 class Harness:
-    def __init__(self, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, extra: dict[str, Any] | None = None,
+                 mqtt: dict[str, Any] | None = None) -> None:
         data: dict[str, Any] = {
             "listeners": [{"name": "sn", "type": "mqtt-sn", "host": "127.0.0.1", "port": 0}],
             "storage": {"backend": "memory"},
+            "mqtt": mqtt or {},
             "mqttsn": {"advertise_interval": 0, "retry_interval": 5, "max_retries": 2,
                        "predefined_topics": {1: "p/one"}, **(extra or {})},
         }
@@ -161,3 +163,27 @@ def test_5_3_10_publish_over_the_rate_gets_puback_congestion() -> None:
     # 5 tokens at first: 3 left after CONNECT and REGISTER; the rest is congestion.
     assert codes.count(c.ReturnCode.ACCEPTED) == 3
     assert codes.count(c.ReturnCode.CONGESTION) == 7
+
+
+def test_6_14_sleeping_client_wakes_on_another_address() -> None:
+    h = Harness()
+    h.recv(c.Connect("roamer", 0))
+    h.recv(c.Subscribe(1, TID.SHORT, "rm", qos=1))
+    h.recv(c.Disconnect(60))
+    h.recv(c.Connect("src", 0), B)
+    h.recv(c.Publish(TID.SHORT, c.encode_short_name("rm"), 1, b"kept", qos=1), B)
+    assert [m for m, k in h.sent if k[0] == A] == []  # asleep: buffered
+    c_addr: Any = ("10.0.0.3", 7000)
+    out = h.recv(c.PingReq("roamer"), c_addr)
+    pub = out[0]
+    assert isinstance(pub, c.Publish) and pub.data == b"kept"
+    assert all(k[0] == c_addr for _, k in h.sent)  # everything goes to the new address
+    assert h.recv(c.PubAck(pub.topic_id, pub.msg_id, 0), c_addr) == [c.PingResp()]
+
+
+def test_publish_above_maximum_qos_is_not_supported() -> None:
+    h = Harness(mqtt={"maximum_qos": 1})
+    h.recv(c.Connect("q", 0))
+    out = h.recv(c.Publish(TID.SHORT, c.encode_short_name("qq"), 4, b"x", qos=2))
+    assert out == [c.PubAck(c.encode_short_name("qq"), 4, c.ReturnCode.NOT_SUPPORTED)]
+    assert h.recv(c.PingReq()) == [c.PingResp()]  # still connected
