@@ -51,7 +51,11 @@ from iotbroker.codec import packets as mq
 from iotbroker.codec.decode import decode_packet
 from iotbroker.codec.framer import Framer
 from iotbroker.config import BrokerConfig, ListenerConfig
-from iotbroker.core.topics import is_broker_topic
+from iotbroker.core.topics import (
+    is_broker_topic,
+    validate_subscription_filter,
+    validate_topic_name,
+)
 from iotbroker.engine import connect as connect_rules
 from iotbroker.engine.client import Client
 from iotbroker.engine.engine import Engine
@@ -447,9 +451,10 @@ class Gateway:
             return self.predefined.get(topic_id)
         if tid_type == TID.SHORT:
             try:
-                return topic_id.to_bytes(2, "big").decode()
+                name = topic_id.to_bytes(2, "big").decode()
             except UnicodeDecodeError:
                 return None
+            return name if _valid_name(name) else None
         return None if client is None else client.topics.get(topic_id)
 
     def on_publish(self, client: SnClient, msg: sn.Publish, now: float) -> None:
@@ -511,7 +516,7 @@ class Gateway:
 
     def on_register(self, client: SnClient, msg: sn.Register) -> None:
         name = msg.topic_name
-        if not name or "+" in name or "#" in name:
+        if not _valid_name(name):  # §6.5; MQTT's topic name rules [MQTT-4.7.3-1..2]
             self.send(sn.RegAck(0, msg.msg_id, RC.NOT_SUPPORTED), client.key)
             return
         topic_id = self._assign(client, name)
@@ -565,6 +570,11 @@ class Gateway:
         topic_filter = self._filter(client, msg)
         if topic_filter is None:
             self.send(sn.SubAck(0, msg.topic_id, msg.msg_id, RC.INVALID_TOPIC_ID), client.key)
+            return
+        try:
+            validate_subscription_filter(topic_filter)  # MQTT 5.0 §4.7.1, §4.8.2
+        except MqttError:
+            self.send(sn.SubAck(0, 0, msg.msg_id, RC.NOT_SUPPORTED), client.key)
             return
         topic_id = 0
         if msg.topic_id_type == TID.PREDEFINED:
@@ -639,7 +649,7 @@ class Gateway:
         if msg.empty:
             client.will = None
             client.will_topic_update = None
-        elif (not msg.topic or "+" in msg.topic or "#" in msg.topic
+        elif (not _valid_name(msg.topic)
               or not self.engine.may_publish_will(
                   mq.Will(msg.topic, b"", qos=msg.qos, retain=msg.retain), client.client_id,
                   client.session.username if client.session else None)):
@@ -860,6 +870,15 @@ class Gateway:
     def set_time(self, now: float) -> None:
         """The server's clock for this turn (flush callbacks carry no time)."""
         self._now = now
+
+
+def _valid_name(name: str) -> bool:
+    """A topic name MQTT accepts (not empty, no wildcard, no U+0000)."""
+    try:
+        validate_topic_name(name)
+    except MqttError:
+        return False
+    return True
 
 
 def _return_code(reason_code: int) -> int:

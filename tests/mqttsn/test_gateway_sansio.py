@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from iotbroker.config import parse_config
 from iotbroker.engine.engine import Engine
 from iotbroker.metrics import Metrics
@@ -187,3 +190,62 @@ def test_publish_above_maximum_qos_is_not_supported() -> None:
     out = h.recv(c.Publish(TID.SHORT, c.encode_short_name("qq"), 4, b"x", qos=2))
     assert out == [c.PubAck(c.encode_short_name("qq"), 4, c.ReturnCode.NOT_SUPPORTED)]
     assert h.recv(c.PingReq()) == [c.PingResp()]  # still connected
+
+
+# ----------------------------------------------------------------- any order, no crash
+_ids = st.integers(0, 4)
+_names = st.sampled_from(["a/b", "a/+", "#", "ab", "p/one", "", "x/y/z"])
+_qos = st.sampled_from([0, 1, 2])
+_tid = st.sampled_from(list(TID))
+_messages = st.one_of(
+    st.builds(c.Connect, st.sampled_from(["d1", "d2", ""]), st.integers(0, 3),
+              will=st.booleans(), clean_session=st.booleans()),
+    st.builds(c.WillTopic, _names, qos=_qos, empty=st.booleans()),
+    st.builds(c.WillMsg, st.binary(max_size=4)),
+    st.builds(c.Register, _ids, _ids, _names),
+    st.builds(c.RegAck, _ids, _ids, st.integers(0, 3)),
+    st.builds(c.Publish, _tid, _ids, _ids, st.binary(max_size=4),
+              qos=st.sampled_from([-1, 0, 1, 2]), retain=st.booleans(), dup=st.booleans()),
+    st.builds(c.PubAck, _ids, _ids, st.integers(0, 3)),
+    st.builds(c.PubRec, _ids), st.builds(c.PubRel, _ids), st.builds(c.PubComp, _ids),
+    st.builds(c.Subscribe, _ids, _tid, _names, _ids, qos=_qos),
+    st.builds(c.Unsubscribe, _ids, _tid, _names, _ids),
+    st.builds(c.PingReq, st.sampled_from(["", "d1", "d2"])),
+    st.builds(c.Disconnect, st.sampled_from([None, 0, 1, 30])),
+    st.builds(c.WillTopicUpd, _names, qos=_qos, empty=st.booleans()),
+    st.builds(c.WillMsgUpd, st.binary(max_size=4)),
+    st.builds(c.SearchGw, st.integers(0, 3)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([A, B]), _messages, st.floats(0, 20)),
+                max_size=40))
+def test_any_sequence_of_messages_never_breaks_the_gateway(
+        steps: list[tuple[Any, c.SnMessage, float]]) -> None:
+    """Whatever well-formed messages arrive, in whatever order and timing, the gateway
+    answers or drops them; it never raises (short topic names must be two octets, so
+    such messages are skipped when they cannot be encoded)."""
+    h = Harness({"rate_per_address": 0})
+    for addr, msg, wait in steps:
+        try:
+            data = c.encode(msg)
+        except ValueError:
+            continue
+        h.gw.datagram_received(data, addr, h.now)
+        h.flush()
+        h.tick(wait)
+    h.tick(1000)  # every timer runs out
+
+
+def test_topic_rules_of_mqtt_apply_4_7() -> None:
+    """MQTT's topic rules hold for MQTT-SN names too: a filter with a misplaced '#'
+    is refused in SUBACK, a name with U+0000 in REGISTER, a short name with U+0000 is
+    an invalid topic id [MQTT-4.7.1-1], [MQTT-4.7.3-2]."""
+    h = Harness()
+    h.recv(c.Connect("rules", 0))
+    ack = h.recv(c.Subscribe(1, TID.NORMAL, "a/b#", qos=1))
+    assert ack == [c.SubAck(0, 0, 1, c.ReturnCode.NOT_SUPPORTED)]
+    assert h.recv(c.Register(0, 2, "a\x00b")) == [c.RegAck(0, 2, c.ReturnCode.NOT_SUPPORTED)]
+    out = h.recv(c.Publish(TID.SHORT, 0x0061, 3, b"x", qos=1))  # "\x00a"
+    assert out == [c.PubAck(0x0061, 3, c.ReturnCode.INVALID_TOPIC_ID)]
