@@ -25,7 +25,8 @@ MQTTSN_DROP_REASONS = (
     "rate_limited",       # over mqttsn.rate_per_address
     "unknown_client",     # a request from an address with no connected client
     "unexpected",         # a message a gateway does not take there (or unknown topic, QoS -1)
-    "sleep_buffer_full",  # QoS 0 for a sleeping client beyond mqtt.max_queued_messages
+    "sleep_buffer_full",  # QoS 0 beyond mqtt.max_queued_messages for a sleeping client
+                          # (or one that has not answered the REGISTER of its topic)
     "not_connected",      # a request before the CONNACK
 )
 

@@ -689,11 +689,11 @@ class Gateway:
         match packet:
             case mq.Publish():
                 if client.held:
-                    client.held.append(packet)  # order: behind the registration
+                    self._hold(client, packet)  # order: behind the registration
                     return
                 out = self._outbound_publish(client, packet, now)
                 if out is None:
-                    client.held.append(packet)
+                    self._hold(client, packet)
                     return
                 self._deliver(client, out, now)
             case mq.PubAck():
@@ -727,6 +727,15 @@ class Gateway:
                 self._reply(client, sn.Disconnect())  # taken over, or the broker stops
             case mq.PingResp():
                 self._reply(client, sn.PingResp())
+
+    def _hold(self, client: SnClient, pub: mq.Publish) -> None:
+        """Keep ``pub`` until its topic's REGACK; QoS 1/2 are bounded by the session's
+        in-flight window, QoS 0 by ``mqtt.max_queued_messages`` (then dropped)."""
+        if pub.qos == 0 and len(client.held) >= self.config.mqtt.max_queued_messages:
+            self.metrics.mqttsn_dropped["sleep_buffer_full"] += 1
+            self.metrics.messages_dropped_queue_full += 1
+            return
+        client.held.append(pub)
 
     def _reply(self, client: SnClient, msg: sn.SnMessage) -> None:
         """An answer to the client's request: sent even while asleep (the client is
