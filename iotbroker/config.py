@@ -964,10 +964,13 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
 
     auth = config.auth
     if not auth.allow_anonymous and auth.password_file is None and not any(
-        lst.tls is not None and lst.tls.use_identity_as_username for lst in config.listeners
+        (lst.tls is not None and lst.tls.use_identity_as_username)
+        or lst.mqttsn_username is not None  # MQTT-SN clients get the listener's username
+        for lst in config.listeners
     ):
-        err("auth.allow_anonymous", False, "leaves no way to connect: set auth.password_file "
-            "or a listener's tls.use_identity_as_username", "auth", "allow_anonymous")
+        err("auth.allow_anonymous", False, "leaves no way to connect: set auth.password_file, "
+            "a listener's tls.use_identity_as_username or an mqtt-sn listener's "
+            "mqttsn_username", "auth", "allow_anonymous")
 
     prefix = config.mqtt.response_information_prefix
     if prefix is not None and not prefix:

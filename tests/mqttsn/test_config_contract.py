@@ -36,3 +36,11 @@ def test_mqtt_sn_listener_default_port_and_name() -> None:
     assert (listener.port, listener.name) == (1884, "mqtt-sn://0.0.0.0:1884")
     assert config.mqttsn.allowed_clients == ("a", "b")
     assert config.mqttsn.advertise_interval == 0
+
+
+def test_mqttsn_username_is_a_way_in_without_anonymous() -> None:
+    """auth.allow_anonymous: false needs some identity; an mqtt-sn listener's
+    mqttsn_username is one (MQTT-SN 1.2 CONNECT carries no credentials)."""
+    config = parse_config({"listeners": [{"type": "mqtt-sn", "mqttsn_username": "sensors"}],
+                           "auth": {"allow_anonymous": False}})
+    assert config.listeners[0].mqttsn_username == "sensors"
