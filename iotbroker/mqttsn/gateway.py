@@ -315,6 +315,10 @@ class Gateway:
             self._drop("not_connected", now, "%s before CONNACK from %s", type(msg).__name__,
                        key[0])
             return
+        if _needs_msg_id(msg):
+            # The engine's MQTT needs a non-zero Packet Identifier [MQTT-2.2.1-3].
+            self._drop("malformed", now, "%s with MsgId 0 from %s", type(msg).__name__, key[0])
+            return
         try:
             self.dispatch(client, msg, now)
         except MqttError as exc:
@@ -681,7 +685,13 @@ class Gateway:
             self._framer.feed_into(data, frames)
             now = self._now
             for first_byte, body in frames:
-                self.translate(client, decode_packet(first_byte, body, 5), now)
+                try:
+                    packet = decode_packet(first_byte, body, 5)
+                except MqttError as exc:  # our own bug: never let it break the flush
+                    log.error("mqtt-sn: cannot translate the engine's output for %r: %s",
+                              client.client_id, exc)
+                    continue
+                self.translate(client, packet, now)
         if client.waking:
             self._maybe_back_to_sleep(client)
 
@@ -879,6 +889,16 @@ class Gateway:
     def set_time(self, now: float) -> None:
         """The server's clock for this turn (flush callbacks carry no time)."""
         self._now = now
+
+
+def _needs_msg_id(msg: sn.SnMessage) -> bool:
+    """A message whose MsgId becomes an MQTT Packet Identifier, with MsgId 0."""
+    if isinstance(msg, sn.Publish):
+        return msg.qos > 0 and msg.msg_id == 0
+    if isinstance(msg, sn.PubAck | sn.PubRec | sn.PubRel | sn.PubComp | sn.Subscribe
+                  | sn.Unsubscribe):
+        return msg.msg_id == 0
+    return False
 
 
 def _valid_name(name: str) -> bool:
