@@ -66,7 +66,11 @@ class MqttSnEndpoint(asyncio.DatagramProtocol):
         self._tick = self.broker.loop.call_later(self._interval, self._on_tick)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.gateway.datagram_received(data, addr, self.broker.now())
+        try:
+            self.gateway.datagram_received(data, addr, self.broker.now())
+        except Exception:  # a bug of ours: one datagram lost, the listener goes on
+            log.exception("mqtt-sn %r: error handling a datagram from %s", self.config.name,
+                          addr)
         self._after_event()
 
     def error_received(self, exc: Exception) -> None:
