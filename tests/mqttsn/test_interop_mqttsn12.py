@@ -43,11 +43,17 @@ def test_mqtt_sn_pub_reaches_mosquitto_sub(broker: BrokerProcess, qos: str,
         ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.ports["default"]), "-t", topic,
          "-C", "1", "-W", "15"], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.4)
-        subprocess.run(_tool("mqtt_sn_pub", "-p", str(broker.ports["sn"]), "-t", topic,
-                             "-m", f"hello{qos}", "-q", qos, "--timeout", "5"),
-                       check=True, timeout=30, capture_output=True)
-        out, _ = sub.communicate(timeout=15)
+        time.sleep(0.3)
+        out = ""
+        for _ in range(8):  # again until mosquitto_sub (subscribing) has one
+            subprocess.run(_tool("mqtt_sn_pub", "-p", str(broker.ports["sn"]), "-t", topic,
+                                 "-m", f"hello{qos}", "-q", qos, "--timeout", "5"),
+                           check=True, timeout=30, capture_output=True)
+            try:
+                out, _ = sub.communicate(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
     finally:
         if sub.poll() is None:
             sub.kill()
@@ -64,10 +70,17 @@ def test_mosquitto_pub_reaches_mqtt_sn_sub(broker: BrokerProcess, how: list[str]
         _tool("mqtt_sn_sub", "-p", str(broker.ports["sn"]), *how, "-q", "1", "-1",
               "--timeout", "10"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # connected and subscribed
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.ports["default"]),
-                        "-t", topic, "-m", "from-mqtt", "-q", "1"], check=True, timeout=10)
-        out, err = sub.communicate(timeout=20)
+        time.sleep(1.0)
+        out, err = "", ""
+        for _ in range(10):  # again until mqtt_sn_sub (connecting, subscribing) has one
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p",
+                            str(broker.ports["default"]), "-t", topic, "-m", "from-mqtt",
+                            "-q", "1"], check=True, timeout=10)
+            try:
+                out, err = sub.communicate(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
     finally:
         if sub.poll() is None:
             sub.kill()
