@@ -62,7 +62,8 @@ def test_iotsim_mixes_mqtt_and_mqtt_sn_devices(broker: BrokerProcess) -> None:
     assert m["by_qos"]["0"]["duplicated"] == 0
     assert m["unconfirmed"] == 0
     assert m["subscribers"] == 3  # the MQTT monitor and the two MQTT-SN dashboards
-    assert m["lost"] == 0 and m["delivered"] == m["expected"]
+    for q in ("1", "2"):  # QoS 0 over UDP may lose a datagram under load; 1/2 may not
+        assert m["by_qos"][q]["delivered"] == m["by_qos"][q]["expected"] > 0
     assert report["ok"], (report["violations"], report["errors"])
 
 
