@@ -92,7 +92,7 @@ MQTT_MAX_PACKET_SIZE = 268_435_460
 #: Largest Session Expiry Interval; in MQTT 5.0 it means "never expires" (§3.1.2.11.2).
 SESSION_EXPIRY_NEVER = 0xFFFFFFFF
 
-ListenerType = Literal["tcp", "tls", "ws", "wss"]
+ListenerType = Literal["tcp", "tls", "ws", "wss", "mqtt-sn"]
 TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
 QueueOverflow = Literal["drop-oldest", "drop-new"]
 SharedStrategy = Literal["round-robin", "random", "sticky", "least-inflight"]
@@ -103,7 +103,7 @@ QoSLevel = Literal[0, 1, 2]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
-    {"tcp": 1883, "tls": 8883, "ws": 8080, "wss": 8443}
+    {"tcp": 1883, "tls": 8883, "ws": 8080, "wss": 8443, "mqtt-sn": 1884}
 )
 #: Address of the built-in listener and of ``--listen PORT``: loopback only (secure by
 #: default; ``0.0.0.0`` must be asked for).
@@ -284,6 +284,9 @@ class ListenerConfig(_Section):
     path: str = "/mqtt"
     tls: TlsConfig | None = None
     max_connections: Limit = 0
+    #: ``mqtt-sn`` listeners: the username its clients have for the ACL (MQTT-SN 1.2
+    #: CONNECT carries no credentials); None = anonymous.
+    mqttsn_username: str | None = None
 
     @classmethod
     def _fill_in(cls, data: dict[Any, Any]) -> dict[Any, Any]:
@@ -387,6 +390,37 @@ class LoggingConfig(_Section):
         default_factory=lambda: MappingProxyType({}))
 
 
+def _topic_table(value: Mapping[int, str]) -> Mapping[int, str]:
+    for topic_id, topic in value.items():
+        if not 1 <= topic_id <= 0xFFFE:
+            raise _fail(f"has topic id {topic_id}: ids are 1-65534")
+        if not topic or "+" in topic or "#" in topic:
+            raise _fail(f"maps {topic_id} to {topic!r}: a topic name without wildcards")
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class MqttSnConfig(_Section):
+    """The MQTT-SN 1.2 gateway of ``mqtt-sn`` listeners (docs/mqtt-sn.md)."""
+
+    gateway_id: Annotated[int, Number(lo=0, hi=255)] = 1
+    #: ADVERTISE period (§6.1); 0 = do not advertise.
+    advertise_interval: Annotated[float, Number(lo=0, hi=65535, unit="duration")] = 900.0
+    #: Predefined topic ids (§3, §6.7), known to the devices in advance.
+    predefined_topics: Annotated[Mapping[int, str], AfterValidator(_topic_table)] = field(
+        default_factory=lambda: MappingProxyType({}))
+    #: Client ids allowed to connect; None = any.
+    allowed_clients: tuple[str, ...] | None = None
+    #: Bound on MQTT-SN clients (connected, asleep or waiting in the will dialogue).
+    max_clients: Annotated[int, Number(lo=1)] = 100000
+    #: Datagrams per second accepted from one address; more are dropped (0 = no limit).
+    rate_per_address: Annotated[float, Number(lo=0)] = 200.0
+    #: Retransmission of the gateway's requests (REGISTER, PUBLISH QoS 1/2): T_retry
+    #: and N_retry of §6.13.
+    retry_interval: Annotated[float, Number(lo=0.01, unit="duration")] = 10.0
+    max_retries: Annotated[int, Number(lo=0, hi=100)] = 3
+
+
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
 class LimitsConfig(_Section):
     """Broker-wide admission limits; 0 means unlimited."""
@@ -412,6 +446,7 @@ class BrokerConfig(_Section):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    mqttsn: MqttSnConfig = field(default_factory=MqttSnConfig)
     loop: LoopKind = "auto"
     source: str = field(default="<defaults>", compare=False)
 
@@ -893,13 +928,18 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
         elif lst.tls is not None:
             err(f"{key}.tls", "...", f"only applies to tls and wss listeners, not {lst.type}",
                 *at, "tls")
+        if lst.mqttsn_username is not None and lst.type != "mqtt-sn":
+            err(f"{key}.mqttsn_username", lst.mqttsn_username,
+                f"only applies to mqtt-sn listeners, not {lst.type}", *at, "mqttsn_username")
         if lst.type in ("ws", "wss") and not lst.path.startswith("/"):
             err(f"{key}.path", lst.path, "is not a URL path (must start with /)", *at, "path")
         if not lst.host.strip():
             err(f"{key}.host", lst.host, "must not be empty", *at, "host")
         for j in range(i):
             other = config.listeners[j]
-            if lst.port and other.port == lst.port and _hosts_overlap(other.host, lst.host):
+            same_transport = (lst.type == "mqtt-sn") == (other.type == "mqtt-sn")  # UDP / TCP
+            if (lst.port and other.port == lst.port and same_transport
+                    and _hosts_overlap(other.host, lst.host)):
                 err(f"{key}.port", lst.port, f"is already used by listeners[{j}] "
                     f"({other.name!r} on {other.host}:{other.port})", *at, "port")
                 break
@@ -924,10 +964,13 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
 
     auth = config.auth
     if not auth.allow_anonymous and auth.password_file is None and not any(
-        lst.tls is not None and lst.tls.use_identity_as_username for lst in config.listeners
+        (lst.tls is not None and lst.tls.use_identity_as_username)
+        or lst.mqttsn_username is not None  # MQTT-SN clients get the listener's username
+        for lst in config.listeners
     ):
-        err("auth.allow_anonymous", False, "leaves no way to connect: set auth.password_file "
-            "or a listener's tls.use_identity_as_username", "auth", "allow_anonymous")
+        err("auth.allow_anonymous", False, "leaves no way to connect: set auth.password_file, "
+            "a listener's tls.use_identity_as_username or an mqtt-sn listener's "
+            "mqttsn_username", "auth", "allow_anonymous")
 
     prefix = config.mqtt.response_information_prefix
     if prefix is not None and not prefix:

@@ -41,6 +41,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                "iotbroker.engine", "iotbroker.storage.base", "iotbroker.config",
                "iotbroker.metrics",
                "iotbroker.auth"),  # enhanced authentication's exchanges (SCRAM), sync
+    # The MQTT-SN gateway room drives the engine through its public face; no server.
+    "mqttsn": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
+               "iotbroker.protocol", "iotbroker.core.topics", "iotbroker.engine",
+               "iotbroker.config", "iotbroker.mqttsn"),
 }
 
 
@@ -58,6 +62,8 @@ ALLOWED_MODULES: dict[str, tuple[str, ...]] = {
                            "iotbroker.storage.base"),
     # fail or move aside: no database, no records
     "storage/recovery.py": ("iotbroker.errors", "iotbroker.storage.base"),
+    # The MQTT-SN codec is pure, like the MQTT one (devices-sim may reuse it).
+    "mqttsn/codec.py": ("iotbroker.errors",),
 }
 
 #: modules that may import nothing outside the standard library and iotbroker

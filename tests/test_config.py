@@ -264,6 +264,16 @@ BAD: list[tuple[str, object, str, str]] = [
      "auth.password_check_threads", "0–256"),
     ("env is not a number", {"listeners": [{"port": "${IOTB_TEST_PORT}"}]},
      "listeners[0].port", "is not a port"),
+    ("mqtt-sn gateway id", {"mqttsn": {"gateway_id": 300}}, "mqttsn.gateway_id", "0–255"),
+    ("mqtt-sn predefined wildcard", {"mqttsn": {"predefined_topics": {2: "a/+"}}},
+     "mqttsn.predefined_topics", "without wildcards"),
+    ("mqtt-sn predefined id 0", {"mqttsn": {"predefined_topics": {0: "a"}}},
+     "mqttsn.predefined_topics", "1-65534"),
+    ("mqttsn_username on tcp", {"listeners": [{"port": 0, "mqttsn_username": "x"}]},
+     "listeners[0].mqttsn_username", "only applies to mqtt-sn"),
+    ("udp and tcp share a port number", {"listeners": [
+        {"port": 1884}, {"type": "mqtt-sn", "port": 1884}, {"type": "mqtt-sn", "port": 1884}]},
+     "listeners[2].port", "already used by listeners[1]"),
     ("non-mapping root", [1, 2, 3], "<root>", "is not a mapping"),
     ("scalar root", "listeners", "<root>", "is not a mapping"),
 ]

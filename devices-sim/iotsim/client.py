@@ -55,6 +55,8 @@ class Target:
     server_hostname: str | None = None
     connect_timeout: float = 10.0
     source_addresses: tuple[str, ...] = ()
+    #: UDP port of the broker's MQTT-SN gateway (``protocol: mqtt-sn`` groups).
+    mqttsn_port: int = 1884
 
 
 class _Inflight:

@@ -51,7 +51,8 @@ def make_target(scenario: Scenario, host: str, port: int) -> Target:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
     return Target(host, port, context, tls.server_hostname, scenario.connect_timeout,
-                  scenario.source_addresses if len(scenario.source_addresses) > 1 else ())
+                  scenario.source_addresses if len(scenario.source_addresses) > 1 else (),
+                  scenario.mqttsn_port)
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:

@@ -79,6 +79,10 @@ class Client:
         """Structured fields for log records about this connection."""
         return {}
 
+    def close(self) -> None:
+        """The server's effect of :meth:`request_close`: the server side of each kind of
+        connection (a socket, an MQTT-SN client) closes it after this turn's writes."""
+
     def request_close(self) -> None:
         """Stop reading it, and have the server close it after this turn's writes."""
         self.conn.close()

@@ -34,6 +34,7 @@ from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
+from iotbroker.server.mqttsn_udp import start_mqttsn_listener
 from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
@@ -119,7 +120,11 @@ class Broker:
     async def start(self) -> None:
         self.restore()
         for listener in self.config.listeners:
-            server = await start_listener(self, listener)  # logs "listening on ..."
+            server: Listener
+            if listener.type == "mqtt-sn":  # the MQTT-SN gateway room (UDP)
+                server = await start_mqttsn_listener(self, listener)
+            else:
+                server = await start_listener(self, listener)  # logs "listening on ..."
             self._servers.append(server)
             self.bound.extend(server.addresses)
         warn_open_anonymous(self.config, [(s.config, s.addresses) for s in self._servers])
@@ -170,7 +175,8 @@ class Broker:
         applied = ["auth (password file, ACL)", "logging"]
         pending = [
             name
-            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits", "loop")
+            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits",
+                         "mqttsn", "loop")
             if getattr(new, name) != getattr(self.config, name)
         ]
         self.config = replace(self.config, auth=new.auth, logging=new.logging)
@@ -346,10 +352,21 @@ class Broker:
         self.flush()
 
     def _apply_closes(self) -> None:
-        """The engine's close effects: each closes after this turn's writes."""
+        """The engine's close effects: each closes after this turn's writes (a socket
+        connection, or a client of another room such as the MQTT-SN gateway)."""
         for client in self.engine.take_closing():
-            assert isinstance(client, ClientProtocol)
             client.close()
+
+    # Rooms beside the socket connections (the MQTT-SN gateway) apply the effects of
+    # their events with these, as the socket path does.
+    def apply_closes(self) -> None:
+        self._apply_closes()
+
+    def reschedule_core_timer(self) -> None:
+        self._reschedule_core_timer()
+
+    def schedule_flush(self) -> None:
+        self._schedule_flush()
 
     def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None:
         """A client broke a rule: the engine answers with its reason code and closes."""

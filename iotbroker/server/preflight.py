@@ -59,20 +59,22 @@ def _bind_error(index: int, config: BrokerConfig) -> ConfigError | None:
     """Bind the listener's address and let go at once (the real bind comes later, with
     the same SO_REUSEADDR as asyncio's): a port in use is reported before the store."""
     listener = config.listeners[index]
+    kind = socket.SOCK_DGRAM if listener.type == "mqtt-sn" else socket.SOCK_STREAM  # UDP
     return _try_bind(f"listeners[{index}]", listener.host, listener.port,
-                     f"listener {listener.name!r}")
+                     f"listener {listener.name!r}", kind)
 
 
-def _try_bind(key: str, host: str, port: int, what: str) -> ConfigError | None:
+def _try_bind(
+    key: str, host: str, port: int, what: str, kind: int = socket.SOCK_STREAM
+) -> ConfigError | None:
     if port == 0:
         return None
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
     except OSError as exc:
         return ConfigError(f"{key}.host", host, f"cannot be resolved: {exc}")
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
+    for family, socktype, proto, _, address in infos:
+        sock = socket.socket(family, socktype, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
