@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from iotbroker import __version__, build
 from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
@@ -27,17 +28,21 @@ from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
-from iotbroker.errors import MqttError, StorageError
+from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.exposure import warn_open_anonymous
-from iotbroker.server.listeners import Listener, start_listener
+from iotbroker.server.listeners import Listener, make_ssl_context, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
+
+if TYPE_CHECKING:
+    from iotbroker.admin.server import AdminServer
+    from iotbroker.auth.passwords import PasswordFile
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -75,6 +80,8 @@ class Broker:
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
         self.metrics_server: MetricsServer | None = None
+        #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
+        self.admin: AdminServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
         self._per_listener: dict[str, int] = {}
         rate = config.limits.connect_rate
@@ -119,12 +126,43 @@ class Broker:
         if self.config.sys_topics.enabled:
             self.sys_topics = SysTopics(self)
             self.sys_topics.start()
+        if self.config.admin.enabled:
+            await self._start_admin()
         self._reschedule_core_timer()
+
+    async def _start_admin(self) -> None:
+        """Wire the admin room in (loaded only when enabled: it needs aiohttp)."""
+        try:
+            from iotbroker.admin.server import AdminServer  # noqa: PLC0415 (optional extra)
+        except ImportError as exc:
+            raise ConfigError("admin.enabled", True, f"needs the admin extra "
+                              f"(pip install 'iotbroker[admin]'): {exc}") from None
+        tls = self.config.admin.tls
+        try:
+            self.admin = AdminServer(self, make_ssl_context(tls) if tls is not None else None)
+        except ValueError as exc:  # a damaged bans file, a bad API keys file
+            raise ConfigError("admin", "...", str(exc)) from None
+        await self.admin.start()
+
+    def password_file(self) -> PasswordFile | None:
+        """The password file in force (the admin room's users log in with it)."""
+        return self.auth.setup.passwords
+
+    def engine_changed(self) -> None:
+        """Another room acted on the engine (an admin action): apply its effects as
+        after a packet: closes, timers, then the turn's commit and writes."""
+        self._apply_closes()
+        self._reschedule_core_timer()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     async def stop(self) -> None:
         """Shut down: stop listening, tell v5 clients 0x8B, flush storage."""
         if self.sys_topics is not None:
             self.sys_topics.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()
         for server in self._servers:
@@ -159,7 +197,8 @@ class Broker:
         applied = ["auth (password file, ACL)", "logging"]
         pending = [
             name
-            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits", "loop")
+            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "admin",
+                         "limits", "loop")
             if getattr(new, name) != getattr(self.config, name)
         ]
         self.config = replace(self.config, auth=new.auth, logging=new.logging)
@@ -571,7 +610,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
             log.error("cannot listen: %s", exc)
             store.close()
             return 1
-        except StorageError as exc:
+        except (StorageError, ConfigError) as exc:
             log.error("%s", exc)
             store.close()
             return 1
