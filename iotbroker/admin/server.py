@@ -45,6 +45,31 @@ BANS_FILE = "admin-bans.json"
 #: Seconds between two live samples.
 SAMPLE_INTERVAL = 1.0
 
+#: The API's routes: (method, path, handler: ``api.NAME`` on AdminApi, else on the
+#: server). ``openapi.py`` documents exactly these (tests/admin checks it).
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/api/v1/health", "api.health"),
+    ("GET", "/api/v1/health/ready", "api.ready"),
+    ("GET", "/api/v1/openapi.json", "openapi"),
+    ("POST", "/api/v1/login", "login"),
+    ("POST", "/api/v1/logout", "logout"),
+    ("GET", "/api/v1/whoami", "whoami"),
+    ("GET", "/api/v1/broker", "api.broker"),
+    ("GET", "/api/v1/stream", "stream"),
+    ("GET", "/api/v1/clients", "api.clients"),
+    ("GET", "/api/v1/clients/{clientid}", "api.client"),
+    ("DELETE", "/api/v1/clients/{clientid}", "api.kick"),
+    ("GET", "/api/v1/clients/{clientid}/subscriptions", "api.client_subscriptions"),
+    ("GET", "/api/v1/subscriptions", "api.subscriptions"),
+    ("GET", "/api/v1/retained", "api.retained_list"),
+    ("GET", "/api/v1/retained/{topic:.+}", "api.retained_get"),
+    ("DELETE", "/api/v1/retained/{topic:.+}", "api.retained_delete"),
+    ("POST", "/api/v1/publish", "api.publish"),
+    ("GET", "/api/v1/bans", "api.bans_list"),
+    ("POST", "/api/v1/bans", "api.bans_create"),
+    ("DELETE", "/api/v1/bans/{kind}/{value:.+}", "api.bans_delete"),
+)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATIC = resources.files("iotbroker") / "admin" / "static"
@@ -120,30 +145,12 @@ class AdminServer:
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._authenticate],
                               client_max_size=1024 * 1024)
-        api = self.api
-        r = app.router
-        r.add_get("/api/v1/health", api.health)
-        r.add_get("/api/v1/health/ready", api.ready)
-        r.add_get("/api/v1/openapi.json", self.openapi)
-        r.add_post("/api/v1/login", self.login)
-        r.add_post("/api/v1/logout", self.logout)
-        r.add_get("/api/v1/whoami", self.whoami)
-        r.add_get("/api/v1/broker", api.broker)
-        r.add_get("/api/v1/stream", self.stream)
-        r.add_get("/api/v1/clients", api.clients)
-        r.add_get("/api/v1/clients/{clientid}", api.client)
-        r.add_delete("/api/v1/clients/{clientid}", api.kick)
-        r.add_get("/api/v1/clients/{clientid}/subscriptions", api.client_subscriptions)
-        r.add_get("/api/v1/subscriptions", api.subscriptions)
-        r.add_get("/api/v1/retained", api.retained_list)
-        r.add_get("/api/v1/retained/{topic:.+}", api.retained_get)
-        r.add_delete("/api/v1/retained/{topic:.+}", api.retained_delete)
-        r.add_post("/api/v1/publish", api.publish)
-        r.add_get("/api/v1/bans", api.bans_list)
-        r.add_post("/api/v1/bans", api.bans_create)
-        r.add_delete("/api/v1/bans/{kind}/{value:.+}", api.bans_delete)
-        r.add_get("/", self.index)
-        r.add_static("/static/", Path(str(STATIC)), append_version=False)
+        for method, path, name in ROUTES:
+            owner, _, attr = name.rpartition(".")
+            handler = getattr(self.api if owner == "api" else self, attr)
+            app.router.add_route(method, path, handler)
+        app.router.add_get("/", self.index)
+        app.router.add_static("/static/", Path(str(STATIC)), append_version=False)
         return app
 
     @web.middleware
