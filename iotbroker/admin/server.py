@@ -88,6 +88,7 @@ class AdminServer:
         self.bans.load()
         self.sampler = Sampler(host.engine)
         self.api = AdminApi(host, self.bans, self.sampler)
+        host.engine.connect_gate = self.connect_gate
         self.addresses: list[tuple[str, int]] = []
         self._runner: web.AppRunner | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -100,7 +101,6 @@ class AdminServer:
 
     async def start(self) -> None:
         config = self.host.config.admin
-        self.host.engine.connect_gate = self.connect_gate
         app = self.application()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

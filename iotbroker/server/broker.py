@@ -114,6 +114,8 @@ class Broker:
         )
 
     async def start(self) -> None:
+        if self.config.admin.enabled:
+            self._prepare_admin()  # its bans apply from the first CONNECT
         self.restore()
         for listener in self.config.listeners:
             server = await start_listener(self, listener)  # logs "listening on ..."
@@ -126,12 +128,13 @@ class Broker:
         if self.config.sys_topics.enabled:
             self.sys_topics = SysTopics(self)
             self.sys_topics.start()
-        if self.config.admin.enabled:
-            await self._start_admin()
+        if self.admin is not None:
+            await self.admin.start()
         self._reschedule_core_timer()
 
-    async def _start_admin(self) -> None:
-        """Wire the admin room in (loaded only when enabled: it needs aiohttp)."""
+    def _prepare_admin(self) -> None:
+        """Wire the admin room in (loaded only when enabled: it needs aiohttp); its
+        HTTP listener starts after the MQTT listeners."""
         try:
             from iotbroker.admin.server import AdminServer  # noqa: PLC0415 (optional extra)
         except ImportError as exc:
@@ -142,7 +145,6 @@ class Broker:
             self.admin = AdminServer(self, make_ssl_context(tls) if tls is not None else None)
         except ValueError as exc:  # a damaged bans file, a bad API keys file
             raise ConfigError("admin", "...", str(exc)) from None
-        await self.admin.start()
 
     def password_file(self) -> PasswordFile | None:
         """The password file in force (the admin room's users log in with it)."""

@@ -18,8 +18,16 @@ import pytest
 from openapi_spec_validator import validate
 
 from iotbroker.admin.server import ROUTES
-
-from tests.admin.helpers import ALICE, BOB, WAIT, Http, Mqtt, admin_config, admin_url, make_passwords
+from tests.admin.helpers import (
+    ALICE,
+    BOB,
+    WAIT,
+    Http,
+    Mqtt,
+    admin_config,
+    admin_url,
+    make_passwords,
+)
 from tests.helpers.broker_process import BrokerProcess
 
 ADMINISTRATIVE_ACTION = 0x98
