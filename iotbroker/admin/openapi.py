@@ -82,7 +82,8 @@ def document() -> Json:
             body={"type": "object", "required": ["username", "password"],
                   "properties": {"username": _STR, "password": _STR}}, public=True)},
         "/api/v1/logout": {"post": _op("End the dashboard session.", {"204": _NO_CONTENT})},
-        "/api/v1/whoami": {"get": _op("The caller's identity.", {"200": _json(_ref("Identity"))})},
+        "/api/v1/whoami": {"get": _op("The caller's identity (name null: none).",
+                                      {"200": _json(_ref("Identity"))}, public=True)},
         "/api/v1/broker": {"get": _op("Version, uptime, listeners, counts, metrics and the "
                                       "configuration (secrets redacted).",
                                       {"200": _json(_ref("Broker"))})},
@@ -157,7 +158,8 @@ def document() -> Json:
         "Meta": {"type": "object", "required": ["page", "limit", "count", "hasnext"],
                  "properties": {"page": {"type": "integer"}, "limit": {"type": "integer"},
                                 "count": {"type": "integer"}, "hasnext": {"type": "boolean"}}},
-        "Identity": {"type": "object", "properties": {"name": _STR, "kind": _STR}},
+        "Identity": {"type": "object", "properties": {"name": nullable_str,
+                                                      "kind": nullable_str}},
         "Broker": {"type": "object", "properties": {
             "version": _STR, "uptime": {"type": "number"}, "listeners": {"type": "array"},
             "connections": {"type": "integer"}, "sessions": {"type": "integer"},

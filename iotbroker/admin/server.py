@@ -39,7 +39,7 @@ log = logging.getLogger("iotbroker.admin")
 #: Paths anyone may read: liveness/readiness for orchestrators, the API description,
 #: the login, and the dashboard's static files (they hold no data).
 PUBLIC = frozenset({"/", "/api/v1/health", "/api/v1/health/ready", "/api/v1/openapi.json",
-                    "/api/v1/login", "/favicon.ico"})
+                    "/api/v1/login", "/api/v1/whoami"})
 #: Name of the bans file in ``storage.path``.
 BANS_FILE = "admin-bans.json"
 #: Seconds between two live samples.
@@ -250,7 +250,12 @@ class AdminServer:
         return response
 
     async def whoami(self, request: web.Request) -> web.Response:
-        identity = request[IDENTITY]
+        """Who the credentials or cookie name; ``{"name": null}`` when none (the
+        dashboard asks this first, so a visitor not logged in sees no 401)."""
+        try:
+            identity = await self._identify(request)
+        except Denied:
+            return web.json_response({"name": None, "kind": None})
         return web.json_response({"name": identity.name, "kind": identity.kind})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
