@@ -210,6 +210,7 @@ def test_kick_sends_disconnect_0x98_and_the_will(env: tuple[BrokerProcess, Http,
     reply = env[1].get("/api/v1/clients/kick-victim")
     assert reply.status == 404  # its session (expiry 0) ended with the connection
     assert "admin alice (user) from 127.0.0.1: kick 'kick-victim'" in env[0].log_text()
+    assert env[1].ok("GET", "/api/v1/broker")["admin_actions"]["kick"] >= 1  # counted
 
 
 def test_kick_mosquitto_sub_v311(env: tuple[BrokerProcess, Http, str]) -> None:
@@ -406,3 +407,25 @@ def test_admin_off_by_default_listens_nowhere(tmp_path: Path) -> None:
     finally:
         proc.stop()
     assert ALICE  # the module's credentials are not needed here
+
+
+def test_https_with_admin_tls(tmp_path: Path) -> None:
+    """admin.tls: the API over HTTPS (the test CA verifies the server certificate)."""
+    import ssl  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from tests.server.pki import make_pki  # noqa: PLC0415
+
+    pki = make_pki(tmp_path / "pki")
+    make_passwords(tmp_path)
+    proc = BrokerProcess(tmp_path, admin_config(tmp_path, admin_extra=(
+        f"  tls:\n    certfile: {pki.server_cert}\n    keyfile: {pki.server_key}\n"))).start()
+    try:
+        url = admin_url(proc)
+        assert url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        request = urllib.request.Request(url + "/api/v1/health/ready")
+        with urllib.request.urlopen(request, context=ctx, timeout=WAIT) as resp:
+            assert json.loads(resp.read()) == {"status": "ready"}
+    finally:
+        proc.stop()
