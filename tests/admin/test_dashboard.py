@@ -218,8 +218,12 @@ def test_publish_form_and_topic_browser(logged_in: WebDriver, env: tuple[BrokerP
     assert console_errors(driver) == []
 
 
-def test_usable_on_a_phone(logged_in: WebDriver, artefacts: Path) -> None:
+def test_usable_on_a_phone(logged_in: WebDriver, env: tuple[BrokerProcess, str],
+                           clients: list[Mqtt], artefacts: Path) -> None:
     driver = logged_in
+    for client_id in ("phone-sensor-1", "phone-sensor-2"):
+        clients.append(Mqtt(env[0], client_id))
+        clients[-1].connect()
     driver.set_window_size(390, 844)
     try:
         for route in ("#/overview", "#/clients", "#/bans", "#/publish"):
@@ -228,8 +232,11 @@ def test_usable_on_a_phone(logged_in: WebDriver, artefacts: Path) -> None:
             width = driver.execute_script(
                 "return [document.documentElement.scrollWidth, window.innerWidth]")
             assert width[0] <= width[1], f"{route}: the page is wider than the phone {width}"
-        go(driver, "#/clients")
-        time.sleep(0.3)
+        go(driver, "#/clients?q=phone-")
+        wait_for(lambda: len(driver.find_elements(
+            By.CSS_SELECTOR, "#clients-table tbody tr")) == 2)
+        kick = driver.find_element(By.CSS_SELECTOR, "button[aria-label='Kick phone-sensor-1']")
+        assert kick.is_displayed() and kick.size["height"] >= 40  # a finger's target
         driver.save_screenshot(str(artefacts / "phone-clients.png"))
     finally:
         driver.set_window_size(1280, 900)

@@ -123,10 +123,16 @@ function drawChart(canvas, lines) {
   ctx.beginPath(); ctx.moveTo(0, hgt - 0.5); ctx.lineTo(w, hgt - 0.5); ctx.stroke();
   ctx.fillStyle = "#5b6474"; ctx.font = "11px system-ui";
   ctx.fillText(String(Math.round(max)), 2, 11);
+  const minutes = Math.round(Math.min(HISTORY, Math.max(n, 60)) / 60);
+  ctx.textAlign = "right";
+  ctx.fillText(`last ${minutes} min`, w - 2, 11);
+  ctx.textAlign = "left";
   for (const [key, colour] of lines) {
     ctx.strokeStyle = colour; ctx.lineWidth = 1.6; ctx.beginPath();
+    // the x axis spans the history there is (at least a minute, at most 15)
+    const span = Math.min(HISTORY, Math.max(n, 60)) - 1;
     series[key].forEach((v, i) => {
-      const x = n > 1 ? (i / (HISTORY - 1)) * w + (HISTORY - n) / (HISTORY - 1) * w : w;
+      const x = ((span - (n - 1 - i)) / span) * w;
       const y = hgt - 2 - (v / max) * (hgt - 16);
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
