@@ -395,6 +395,10 @@ def test_openapi_document_is_valid_and_matches_the_routes(
 def test_dashboard_page_is_served(env: tuple[BrokerProcess, Http, str]) -> None:
     reply = Http(env[1].base, auth=None).get("/")
     assert reply.status == 200 and b"<html" in reply.body.lower()
+    assert reply.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert reply.headers["X-Frame-Options"] == "DENY" and "Server" not in reply.headers
+    for name in ("app.js", "app.css"):
+        assert Http(env[1].base, auth=None).get(f"/static/{name}").status == 200
 
 
 def test_admin_off_by_default_listens_nowhere(tmp_path: Path) -> None:

@@ -273,7 +273,7 @@ async function topics(params) {
   const detail = h("section", { id: "topic-detail", "aria-live": "polite" });
   const rows = body.data.map((m) => h("tr", {},
     h("td", { class: "wrap" }, h("button", { type: "button", class: "link topic", text: m.topic,
-      style: "color: var(--accent)", onclick: () => showTopic(m.topic, detail) })),
+      onclick: () => showTopic(m.topic, detail) })),
     h("td", { text: m.qos }), h("td", { text: m.payload_size }), h("td", { text: m.publish_at ?? "" }),
     h("td", {}, h("button", { type: "button", class: "danger", "aria-label": `Delete ${m.topic}`,
       text: "Delete", onclick: async (ev) => {
@@ -371,7 +371,7 @@ function publishPage() {
     h("textarea", { id: "pub-payload", name: "payload", rows: "4" }),
     h("label", { for: "pub-qos", text: "QoS" }),
     h("select", { id: "pub-qos", name: "qos" }, [0, 1, 2].map((q) => h("option", { value: q, text: q }))),
-    h("div", {}, h("input", { id: "pub-retain", name: "retain", type: "checkbox", style: "min-height:auto" }),
+    h("div", {}, h("input", { id: "pub-retain", name: "retain", type: "checkbox" }),
       " ", h("label", { for: "pub-retain", text: "Retain" })),
     h("button", { type: "submit", text: "Publish" }), result));
 }
