@@ -50,7 +50,7 @@ from iotbroker.codec.packets import (
 )
 from iotbroker.codec.properties import encode_properties
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
-from iotbroker.message import Delivery, Message
+from iotbroker.message import Delivery
 from iotbroker.protocol.topic_alias import InboundAliases, OutboundAliases
 
 _WILDCARDS = frozenset("+#")
@@ -342,7 +342,12 @@ class Connection:
             alias, with_topic = self._outbound_aliases.choose(topic)
             props = _publish_properties(delivery, now, alias)
             if props is None and delivery.qos == 0:
-                data = _shared_qos0_bytes(message, delivery.retain, 5)
+                data = delivery.wire5
+                if not data:
+                    data = delivery.wire5 = encode_publish(
+                        topic, message.payload, 0, delivery.retain, False, None,
+                        _EMPTY_PROPERTY_BLOCK,
+                    )
             else:
                 if props is None:
                     props_bytes = _EMPTY_PROPERTY_BLOCK
@@ -353,7 +358,11 @@ class Connection:
                     delivery.retain, dup, packet_id, props_bytes,
                 )
         elif delivery.qos == 0:
-            data = _shared_qos0_bytes(message, delivery.retain, 4)
+            data = delivery.wire4
+            if not data:
+                data = delivery.wire4 = encode_publish(
+                    topic, message.payload, 0, delivery.retain, False, None, None
+                )
         else:
             data = encode_publish(
                 topic, message.payload, delivery.qos, delivery.retain, dup, packet_id, None
@@ -405,27 +414,6 @@ class Connection:
         out.clear()
         return data
 
-
-
-# The QoS 0 PUBLISH last encoded: a fan-out loop gives one message to every subscriber
-# in turn, and for QoS 0 without per-recipient properties the bytes are identical, so
-# they are encoded once per (message, retain, version) and reused (issue 8).
-_shared_message: Message | None = None
-_shared_key = -1
-_shared_bytes = b""
-
-
-def _shared_qos0_bytes(message: Message, retain: bool, version: int) -> bytes:
-    global _shared_message, _shared_key, _shared_bytes
-    key = version * 2 + retain
-    if message is _shared_message and key == _shared_key:
-        return _shared_bytes
-    data = encode_publish(
-        message.topic, message.payload, 0, retain, False, None,
-        _EMPTY_PROPERTY_BLOCK if version == 5 else None,
-    )
-    _shared_message, _shared_key, _shared_bytes = message, key, data
-    return data
 
 
 def _publish_properties(delivery: Delivery, now: float, alias: int) -> Properties | None:

@@ -387,29 +387,43 @@ class Broker:
         self._apply_closes()
 
     # ------------------------------------------------------------- packets
-    def handle_packet(self, proto: ClientProtocol, packet: Packet) -> None:
-        """One validated packet: the engine's, once the CONNECT is accepted; CONNECT
-        and AUTH go through the authentication steps here first."""
-        ptype = packet.TYPE
+    def handle_packets(self, proto: ClientProtocol, packets: list[Packet]) -> int:
+        """Validated packets of one read, in order: the engine's once the CONNECT is
+        accepted; CONNECT and AUTH go through the authentication steps here first.
+        Stops after a packet that defers (a password check in a thread) or closes the
+        connection; returns how many were handled. One clock reading per read: they
+        arrived together."""
         engine = self.engine
-        if proto.session is not None and ptype is not _AUTH:
-            engine.handle(proto, packet, time.time())  # Broker.now(), inlined: hot path
-            if ptype is _PUBLISH and proto.publish_bucket is not None:
-                self._limit_publish_rate(proto)
-        elif ptype is _CONNECT:
-            assert isinstance(packet, Connect)
-            self.on_connect(proto, packet)
-        elif ptype is _AUTH:
-            assert isinstance(packet, Auth)
-            pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
-            if pending is not None:  # the exchange ended: accept or refuse the CONNECT
-                self.on_connect(proto, pending)
-        else:
-            self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
-        if engine.closing:
-            self._apply_closes()
+        now = time.time()  # Broker.now(), inlined: hot path
+        handled = 0
+        for packet in packets:
+            handled += 1
+            ptype = packet.TYPE
+            try:
+                if proto.session is not None and ptype is not _AUTH:
+                    engine.handle(proto, packet, now)
+                    if ptype is _PUBLISH and proto.publish_bucket is not None:
+                        self._limit_publish_rate(proto)
+                elif ptype is _CONNECT:
+                    assert isinstance(packet, Connect)
+                    self.on_connect(proto, packet)
+                elif ptype is _AUTH:
+                    assert isinstance(packet, Auth)
+                    pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
+                    if pending is not None:  # the exchange ended: accept or refuse
+                        self.on_connect(proto, pending)
+                else:
+                    self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
+            except MqttError as exc:
+                self.peer_error(proto, exc)
+                break
+            if engine.closing:
+                self._apply_closes()
+            if proto.close_after_flush or proto.deferred:
+                break
         if not self._flush_scheduled:
             self._schedule_flush()
+        return handled
 
     def _limit_publish_rate(self, proto: ClientProtocol) -> None:
         """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""

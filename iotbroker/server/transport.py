@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from iotbroker.codec.packets import Packet
 from iotbroker.engine.client import Client
-from iotbroker.errors import MqttError
 from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
 from iotbroker.server.logsetup import FLAGS, connection_fields
@@ -39,6 +38,9 @@ TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 60, 15, 4
 #: Transport write buffer high-water mark: past it the client is a slow consumer
 #: (QoS 0 dropped and counted, QoS 1/2 wait in the session, publishers paused).
 WRITE_BUFFER_HIGH = 1 << 20
+
+#: The backlog of a connection with none (never appended to: see ``_hold``).
+_NO_BACKLOG: list[Packet] = []
 
 
 class ClientProtocol(Client, asyncio.Protocol):
@@ -88,7 +90,9 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.packets_counted = 0
         #: True while a packet's handling waits for something off the loop.
         self.deferred = False
-        self.backlog: list[Packet] = []
+        #: Packets that arrived while one was deferred (a list only when needed: an
+        #: empty list per idle connection is 56 bytes, issue 19).
+        self.backlog: list[Packet] = _NO_BACKLOG
         #: The password check's answer for the pending CONNECT (None = accepted).
         self.password_checked = False
         self.password_decision: Refusal | None = None
@@ -148,7 +152,7 @@ class ClientProtocol(Client, asyncio.Protocol):
             if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)
                 packetlog.log_inbound(self, packets)
             if self.deferred:
-                self.backlog.extend(packets)
+                self._hold(packets)
                 return  # a failure waits for the backlog: resume_deferred applies it
             self.handle_packets(packets)
         if self.conn.failure is not None:
@@ -167,24 +171,20 @@ class ClientProtocol(Client, asyncio.Protocol):
     def handle_packets(self, packets: list[Packet]) -> None:
         """Handle packets in order; if one defers (a CONNECT waiting for a password
         check in a thread), the rest wait in ``backlog`` until it is decided."""
-        broker = self.broker
-        for index, packet in enumerate(packets):
-            try:
-                broker.handle_packet(self, packet)
-            except MqttError as exc:
-                broker.peer_error(self, exc)
-                return
-            if self.close_after_flush:
-                return
-            if self.deferred:
-                self.backlog.extend(packets[index + 1 :])
-                self.pause_reading()
-                return
+        handled = self.broker.handle_packets(self, packets)
+        if self.deferred and not self.close_after_flush:
+            self._hold(packets[handled:])
+            self.pause_reading()
+
+    def _hold(self, packets: list[Packet]) -> None:
+        if self.backlog is _NO_BACKLOG:
+            self.backlog = []
+        self.backlog.extend(packets)
 
     def resume_deferred(self) -> None:
         """The deferred packet was decided: handle what arrived meanwhile, read on."""
         self.deferred = False
-        backlog, self.backlog = self.backlog, []
+        backlog, self.backlog = self.backlog, _NO_BACKLOG
         if self.close_after_flush:
             return
         self.handle_packets(backlog)
