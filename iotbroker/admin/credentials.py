@@ -19,6 +19,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from iotbroker.auth.passwords import OK, PasswordFile
 
@@ -28,6 +29,17 @@ COOKIE = "iotbroker_admin"
 SESSION_SECONDS = 8 * 3600
 #: At most this many dashboard sessions are kept (the oldest go first).
 MAX_SESSIONS = 1000
+
+
+class Limiter(Protocol):
+    """Failed logins per address (the broker passes its ``FailureLimiter`` with the
+    ``auth.failed_login_*`` settings): blocked addresses get 429 without a check."""
+
+    def blocked(self, key: str, now: float) -> bool: ...
+
+    def failed(self, key: str, now: float) -> bool: ...
+
+    def succeeded(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

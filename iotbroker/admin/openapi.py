@@ -31,6 +31,7 @@ _ERRORS: Json = {
     "400": {"$ref": "#/components/responses/BadRequest"},
     "401": {"$ref": "#/components/responses/Unauthorized"},
     "403": {"$ref": "#/components/responses/Forbidden"},
+    "429": {"$ref": "#/components/responses/TooManyRequests"},
 }
 _PAGING = [
     _param("page", "query", {"type": "integer", "minimum": 1, "default": 1}, "Page, from 1."),
@@ -221,6 +222,8 @@ def document() -> Json:
                           "Unauthorized": response("No or wrong credentials."),
                           "Forbidden": response("Not an admin, or not allowed."),
                           "NotFound": response("No such object."),
+                          "TooManyRequests": response("Too many failed logins from this "
+                                                      "address (auth.failed_login_*)."),
                           "Error": response("Error.")},
             "securitySchemes": {
                 "basic": {"type": "http", "scheme": "basic"},

@@ -27,7 +27,14 @@ from aiohttp import web
 
 from iotbroker.admin.api import IDENTITY, AdminApi, ApiError, error_response
 from iotbroker.admin.bans import BanList
-from iotbroker.admin.credentials import COOKIE, SESSION_SECONDS, Credentials, Denied, Identity
+from iotbroker.admin.credentials import (
+    COOKIE,
+    SESSION_SECONDS,
+    Credentials,
+    Denied,
+    Identity,
+    Limiter,
+)
 from iotbroker.admin.credentials import parse_authorization as parse_auth
 from iotbroker.admin.host import BrokerHost
 from iotbroker.admin.live import Sampler
@@ -95,8 +102,10 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 class AdminServer:
     """The admin room: its HTTP listener, bans, live sampler; started by the broker."""
 
-    def __init__(self, host: BrokerHost, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, host: BrokerHost, ssl_context: ssl.SSLContext | None = None,
+                 limiter: Limiter | None = None) -> None:
         self.host = host
+        self.limiter = limiter
         config = host.config.admin
         self.ssl_context = ssl_context
         api_keys = PasswordFile.load(config.api_keys_file) if config.api_keys_file else None
@@ -194,6 +203,8 @@ class AdminServer:
         try:
             identity = await self._identify(request)
         except Denied as exc:
+            if exc.status == 429:
+                return error_response(429, "TOO_MANY_REQUESTS", exc.message)
             headers = None
             if exc.status == 401 and "X-Requested-With" not in request.headers:
                 headers = {"WWW-Authenticate": 'Basic realm="iotbroker admin"'}
@@ -210,7 +221,7 @@ class AdminServer:
             parsed = parse_auth(header)
             if parsed is None:
                 raise Denied(401, "Authorization must be Basic or Bearer NAME:KEY")
-            return await self._check(*parsed)
+            return await self._check(*parsed, address=request.remote or "?")
         token = request.cookies.get(COOKIE)
         if token is not None:
             identity = self.credentials.session(token)
@@ -224,11 +235,23 @@ class AdminServer:
             return Identity("anonymous", "open")
         raise Denied(401, "credentials required (HTTP Basic, Bearer NAME:KEY or login)")
 
-    async def _check(self, name: str, secret: str) -> Identity:
+    async def _check(self, name: str, secret: str, address: str) -> Identity:
+        """Check credentials; too many failures from ``address`` (auth.failed_login_*)
+        are refused with 429 before any check."""
+        limiter = self.limiter
+        if limiter is not None and limiter.blocked(address, time.time()):
+            raise Denied(429, "too many failed logins from this address: try again later")
         passwords = self.host.password_file()
-        if self.credentials.needs_thread(passwords, name, secret):
-            return await asyncio.to_thread(self.credentials.check, passwords, name, secret)
-        return self.credentials.check(passwords, name, secret)
+        try:
+            if self.credentials.needs_thread(passwords, name, secret):
+                return await asyncio.to_thread(self.credentials.check, passwords, name,
+                                               secret)
+            return self.credentials.check(passwords, name, secret)
+        except Denied as exc:
+            if limiter is not None and exc.status == 401 and limiter.failed(address,
+                                                                            time.time()):
+                log.warning("admin API: %s blocked after repeated failed logins", address)
+            raise
 
     # ------------------------------------------------------ own handlers
     async def openapi(self, request: web.Request) -> web.Response:
@@ -244,12 +267,13 @@ class AdminServer:
         if not isinstance(name, str) or not isinstance(secret, str):
             raise ApiError(400, "BAD_REQUEST", "username and password must be strings")
         try:
-            identity = await self._check(name, secret)
+            identity = await self._check(name, secret, request.remote or "?")
         except Denied as exc:
             log.info("admin login refused for %r from %s: %s", name, request.remote,
                      exc.message)
             await asyncio.sleep(0.5)  # slows guessing down a little
-            code = "UNAUTHORIZED" if exc.status == 401 else "FORBIDDEN"
+            code = {401: "UNAUTHORIZED", 429: "TOO_MANY_REQUESTS"}.get(exc.status,
+                                                                       "FORBIDDEN")
             return error_response(exc.status, code, exc.message)
         token = self.credentials.start_session(identity)
         log.info("admin %s (%s) logged in from %s", identity.name, identity.kind,

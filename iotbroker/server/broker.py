@@ -35,7 +35,7 @@ from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, make_ssl_context, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
-from iotbroker.server.ratelimit import TokenBucket
+from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
@@ -142,7 +142,11 @@ class Broker:
                               f"(pip install 'iotbroker[admin]'): {exc}") from None
         tls = self.config.admin.tls
         try:
-            self.admin = AdminServer(self, make_ssl_context(tls) if tls is not None else None)
+            auth = self.config.auth
+            limiter = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
+                                     auth.failed_login_backoff, max_keys=10_000)
+            self.admin = AdminServer(self, make_ssl_context(tls) if tls is not None else None,
+                                     limiter)
         except ValueError as exc:  # a damaged bans file, a bad API keys file
             raise ConfigError("admin", "...", str(exc)) from None
 

@@ -433,3 +433,25 @@ def test_https_with_admin_tls(tmp_path: Path) -> None:
             assert json.loads(resp.read()) == {"status": "ready"}
     finally:
         proc.stop()
+
+
+def test_repeated_failed_logins_are_refused_with_429(tmp_path: Path) -> None:
+    """auth.failed_login_limit applies to the admin API per address: after the limit,
+    even the right password is refused without a check until the backoff ends."""
+    make_passwords(tmp_path)
+    text = admin_config(tmp_path).replace(
+        "  allow_anonymous: true\n",
+        "  allow_anonymous: true\n  failed_login_limit: 3\n  failed_login_backoff: 60s\n")
+    proc = BrokerProcess(tmp_path, text).start()
+    try:
+        base = admin_url(proc)
+        for _ in range(3):
+            assert Http(base, auth=("alice", "wrong")).get("/api/v1/broker").status == 401
+        reply = Http(base, auth=ALICE).get("/api/v1/broker")
+        assert reply.status == 429 and reply.json()["code"] == "TOO_MANY_REQUESTS"
+        login = Http(base, auth=None).post("/api/v1/login", {"username": "alice",
+                                                             "password": ALICE[1]})
+        assert login.status == 429
+        assert "blocked after repeated failed logins" in proc.log_text()
+    finally:
+        proc.stop()
