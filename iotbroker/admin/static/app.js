@@ -183,13 +183,18 @@ function startStream() {
 function stopStream() { if (stream) { stream.close(); stream = null; } }
 
 // ------------------------------------------------------------------------- pages
+function summary(info) {
+  return `Version ${info.version} · up ${Math.round(info.uptime)} s · ${info.sessions} sessions · `
+    + `${info.subscriptions} subscriptions · ${info.retained} retained · ${info.bans} bans · `;
+}
+
+let summaryTimer = null;
+
 async function overview() {
   const info = await api("GET", "/broker");
   view.replaceChildren(
     h("h2", { text: "Overview" }),
-    h("p", { class: "legend" },
-      `Version ${info.version} · up ${Math.round(info.uptime)} s · ${info.sessions} sessions · `
-      + `${info.subscriptions} subscriptions · ${info.retained} retained · ${info.bans} bans · `,
+    h("p", { class: "legend" }, h("span", { id: "summary", text: summary(info) }),
       h("span", { id: "samples", text: "0" }), " samples (last 15 minutes, one a second)"),
     h("div", { class: "cards" }, CHARTS.map(([id, title, , legend]) =>
       h("section", { class: "card", "aria-labelledby": `title-${id}` },
@@ -200,6 +205,12 @@ async function overview() {
         h("div", { class: "legend", text: legend })))));
   startStream();
   redraw();
+  clearInterval(summaryTimer);
+  summaryTimer = setInterval(async () => {  // the counts, every 10 s while shown
+    const el = document.getElementById("summary");
+    if (!el) { clearInterval(summaryTimer); return; }
+    try { el.textContent = summary(await api("GET", "/broker")); } catch (e) { /* next time */ }
+  }, 10000);
 }
 
 async function kick(clientId, session) {
