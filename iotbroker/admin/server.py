@@ -120,6 +120,13 @@ class AdminServer:
         self._timer: asyncio.TimerHandle | None = None
         self._streams: set[asyncio.Queue[str]] = set()
 
+    def reload_api_keys(self) -> None:
+        """SIGHUP: read ``admin.api_keys_file`` again (keys can be added or revoked
+        without a restart); a bad file raises and the old keys stay."""
+        path = self.host.config.admin.api_keys_file
+        if path:
+            self.credentials.api_keys = PasswordFile.load(path)
+
     # ------------------------------------------------------------ lifecycle
     def connect_gate(self, client_id: str, username: str | None, peer: str) -> str | None:
         """The engine's ``connect_gate``: a banned client is refused its CONNECT."""

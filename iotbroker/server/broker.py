@@ -195,12 +195,16 @@ class Broker:
             new = read_config()
             self.auth.config = new.auth
             self.auth.reload()
+            if self.admin is not None:
+                self.admin.reload_api_keys()
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
         self.engine.auth_changed()  # queued, in-flight and retained follow the new rules
         setup_logging(new.logging)
         applied = ["auth (password file, ACL)", "logging"]
+        if self.admin is not None:
+            applied.append("admin API keys")
         pending = [
             name
             for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "admin",

@@ -455,3 +455,30 @@ def test_repeated_failed_logins_are_refused_with_429(tmp_path: Path) -> None:
         assert "blocked after repeated failed logins" in proc.log_text()
     finally:
         proc.stop()
+
+
+def test_sighup_reloads_the_api_keys(tmp_path: Path) -> None:
+    """A key added to admin.api_keys_file works after SIGHUP; a removed one does not."""
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    old_key = make_passwords(tmp_path)
+    proc = BrokerProcess(tmp_path, admin_config(tmp_path)).start()
+    try:
+        base = admin_url(proc)
+        assert Http(base, bearer=f"ci:{old_key}").get("/api/v1/broker").status == 200
+        keys = tmp_path / "api-keys"
+        keys.unlink()
+        new_key = subprocess.run(
+            [sys.executable, "-m", "iotbroker", "passwd", str(keys), "deploy", "--generate"],
+            check=True, capture_output=True, text=True).stdout.strip()
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + WAIT
+        while "admin API keys" not in proc.log_text():
+            assert time.monotonic() < deadline, proc.log_text()
+            time.sleep(0.05)
+        assert Http(base, bearer=f"deploy:{new_key}").get("/api/v1/broker").status == 200
+        assert Http(base, bearer=f"ci:{old_key}").get("/api/v1/broker").status == 401
+    finally:
+        proc.stop()
