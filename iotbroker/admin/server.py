@@ -135,7 +135,9 @@ class AdminServer:
     async def start(self) -> None:
         config = self.host.config.admin
         app = self.application()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # a viewer that stops reading must not hold the broker's shutdown for long
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, config.host, config.port, ssl_context=self.ssl_context,
                            backlog=64)

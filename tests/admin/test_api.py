@@ -482,3 +482,41 @@ def test_sighup_reloads_the_api_keys(tmp_path: Path) -> None:
         assert Http(base, bearer=f"ci:{old_key}").get("/api/v1/broker").status == 401
     finally:
         proc.stop()
+
+
+def test_live_stream_sends_history_then_samples_and_does_not_hold_shutdown(
+        tmp_path: Path) -> None:
+    """GET /api/v1/stream (Server-Sent Events): a ``history`` event, then one ``sample``
+    a second; an open stream does not delay the broker's shutdown."""
+    import base64  # noqa: PLC0415
+    import http.client  # noqa: PLC0415
+
+    make_passwords(tmp_path)
+    proc = BrokerProcess(tmp_path, admin_config(tmp_path)).start()
+    try:
+        host, port = admin_url(proc).removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=WAIT)
+        token = base64.b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
+        conn.request("GET", "/api/v1/stream", headers={"Authorization": f"Basic {token}"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Content-Type", "").startswith("text/event-stream")
+        events: list[tuple[str, object]] = []
+        while len(events) < 3:
+            name = resp.readline().decode().strip()
+            if not name:
+                continue
+            data = resp.readline().decode().strip()
+            assert name.startswith("event: ") and data.startswith("data: ")
+            events.append((name[7:], json.loads(data[6:])))
+        assert [e[0] for e in events] == ["history", "sample", "sample"]
+        sample = events[2][1]
+        assert isinstance(sample, dict)
+        assert set(sample) == {"t", "connections", "msg_in", "msg_out", "dropped", "inflight",
+                               "queued"}
+        started = time.monotonic()
+        assert proc.stop() == 0
+        assert time.monotonic() - started < 5
+        conn.close()
+    finally:
+        proc.stop()
