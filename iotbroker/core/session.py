@@ -66,6 +66,14 @@ class _NoIds(frozenset[int]):
     """A shared empty set placeholder (frozen: adding to it fails loudly)."""
 
 
+class _NoEntries(dict[Any, Any]):
+    """A shared empty mapping placeholder; writing to it is a bug (replace it first:
+    an empty dict is 64 bytes, two per idle connection's session, issue 19)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise AssertionError("shared empty placeholder: create a real dict first")
+
+
 _NO_QUEUE: deque[Any] = _Unused()
 _NO_RESEND: deque[Any] = _Unused()
 _NO_OFFLOADED: deque[Any] = _Unused()
@@ -73,6 +81,8 @@ _SIZE_MASK = 0xFFFFFFFF
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
+_NO_SUBSCRIPTIONS: dict[str, SubscriptionEntry] = _NoEntries()
+_NO_INFLIGHT: dict[int, InflightEntry] = _NoEntries()
 
 
 #: The ACL's read decision: may ``session`` receive a message published to ``topic``?
@@ -194,8 +204,10 @@ class Session:
         self.protocol_version = protocol_version
         self.expiry_interval = expiry_interval
         self.username: str | None = None
-        self.subscriptions: dict[str, SubscriptionEntry] = {}
-        self.inflight: dict[int, InflightEntry] = {}
+        #: Its subscriptions by Topic Filter as subscribed: the only per-client index
+        #: (the trie indexes by filter). Both dicts are created on first use.
+        self.subscriptions = _NO_SUBSCRIPTIONS
+        self.inflight = _NO_INFLIGHT
         # Created on first use: an idle connection's session must stay small (issue 8:
         # an empty deque is 760 bytes, an empty set 216).
         self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
@@ -238,6 +250,8 @@ class Session:
         self._next_seq = max(1, next_seq)
 
     def restore_inflight(self, packet_id: int, entry: InflightEntry) -> None:
+        if self.inflight is _NO_INFLIGHT:
+            self.inflight = {}
         self.inflight[packet_id] = entry
         self._next_seq = max(self._next_seq, entry.seq + 1)
 
@@ -254,11 +268,19 @@ class Session:
         [MQTT-3.8.4-3]; returns the one it replaced. ``subscriptions`` is the only
         per-client index of subscriptions; the trie indexes them by filter."""
         subscriptions = self.subscriptions
+        if subscriptions is _NO_SUBSCRIPTIONS:
+            subscriptions = self.subscriptions = {}
         replaced = subscriptions.get(entry.topic_filter)
         subscriptions[entry.topic_filter] = entry
         if self.persistent:
             self.context.batch.put_subscription(entry)  # stored as it is (share_group is not)
         return replaced
+
+    def restore_subscription(self, entry: SubscriptionEntry) -> None:
+        """A stored subscription, read back at start-up (not written again)."""
+        if self.subscriptions is _NO_SUBSCRIPTIONS:
+            self.subscriptions = {}
+        self.subscriptions[entry.topic_filter] = entry
 
     def forget_subscription(self, topic_filter: str) -> SubscriptionEntry | None:
         """Remove the subscription on ``topic_filter``; returns it (None if there
@@ -363,7 +385,10 @@ class Session:
         pid = self._allocate_packet_id()
         seq = self._next_seq
         self._next_seq = seq + 1
-        self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
+        inflight = self.inflight
+        if inflight is _NO_INFLIGHT:
+            inflight = self.inflight = {}
+        inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
         if self.persistent:
             self.context.batch.put_outbound(
                 OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
@@ -629,8 +654,8 @@ class Session:
 
     def clear_state(self) -> None:
         """Forget everything (Clean Start / Clean Session)."""
-        self.subscriptions.clear()
-        self.inflight.clear()
+        self.subscriptions = _NO_SUBSCRIPTIONS
+        self.inflight = _NO_INFLIGHT
         self.queue = _NO_QUEUE
         self._offloaded = _NO_OFFLOADED
         self.inbound_qos2 = _NO_IDS

@@ -37,6 +37,7 @@ from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
+from iotbroker.server.timerwheel import TimerWheel
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from iotbroker.auth.passwords import PasswordFile
 
 log = logging.getLogger("iotbroker.broker")
+
+#: How log lines name a CONNECT's protocol level (MQTT 3.1 is "MQIsdp" version 3).
+_VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1"}
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -76,6 +80,8 @@ class Broker:
         #: Slow consumer -> the publishers paused because of it.
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
+        #: Every connection's CONNECT-timeout / keep-alive deadline, on one loop timer.
+        self.timers = TimerWheel(self.loop)
         self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
@@ -184,6 +190,7 @@ class Broker:
         for proto in list(self.connections):
             proto.abort()
         self.flush()
+        self.timers.close()
         self.auth.close()
         self.store.close()
         log.info("stopped")
@@ -273,8 +280,8 @@ class Broker:
                 return
         for proto in dirty:
             proto.write_pending()
-            if proto.close_after_flush and proto.transport is not None:
-                proto.transport.close()
+            if proto.close_after_flush:
+                proto.finish_close()
         if self._throttled and readers:
             # A consumer is congested: slow down the clients that published this turn
             # (not bystanders that only pinged, acknowledged or connected).
@@ -505,7 +512,7 @@ class Broker:
             "session_present=%s, expiry=%s, listener %r)",
             proto.client_id,
             proto.peer,
-            "5.0" if packet.protocol_version == ProtocolVersion.MQTT_5 else "3.1.1",
+            _VERSION_NAMES.get(packet.protocol_version, "3.1.1"),
             packet.clean_start,
             accepted.keepalive,
             accepted.session_present,
