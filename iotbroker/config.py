@@ -39,7 +39,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from functools import cache
 from importlib import resources
@@ -381,6 +381,22 @@ class MetricsConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
+class AdminConfig(_Section):
+    """The admin HTTP API and dashboard (``docs/admin.md``): off by default."""
+
+    enabled: StrictBool = False
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    #: Users of ``auth.password_file`` who may use the API and the dashboard.
+    users: tuple[NonEmptyStr, ...] = ()
+    #: Hashed API keys (``NAME:$sha512$...`` lines, as ``iotbroker passwd`` writes).
+    api_keys_file: NonEmptyStr | None = None
+    tls: TlsConfig | None = None
+    #: Largest ``limit`` a paged list accepts.
+    max_page_size: Annotated[int, Number(lo=1, hi=100_000)] = 1000
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class LoggingConfig(_Section):
     """Log level and format; ``levels`` sets levels per logger (``iotbroker.storage``)."""
 
@@ -444,6 +460,7 @@ class BrokerConfig(_Section):
     auth: AuthConfig = field(default_factory=AuthConfig)
     sys_topics: SysTopicsConfig = field(default_factory=SysTopicsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     mqttsn: MqttSnConfig = field(default_factory=MqttSnConfig)
@@ -962,6 +979,8 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
                     f"is already used by listeners[{j}] ({other.name!r})", "metrics", "port")
                 break
 
+    _check_admin(config, err)
+
     auth = config.auth
     if not auth.allow_anonymous and auth.password_file is None and not any(
         (lst.tls is not None and lst.tls.use_identity_as_username)
@@ -980,6 +999,44 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
         err("mqtt.response_information_prefix", prefix,
             "must not contain wildcards (+, #) or NUL", "mqtt", "response_information_prefix")
     return config
+
+
+def _check_admin(config: BrokerConfig, err: Callable[..., None]) -> None:
+    """The admin API never listens unauthenticated beyond loopback (docs/admin.md)."""
+    admin = config.admin
+    if not admin.enabled:
+        return
+    if admin.users and config.auth.password_file is None:
+        err("admin.users", list(admin.users), "needs auth.password_file (the admins' "
+            "passwords are read from it)", "admin", "users")
+    if not admin.users and admin.api_keys_file is None and not _is_loopback(admin.host):
+        err("admin.host", admin.host, "is not a loopback address: set admin.users or "
+            "admin.api_keys_file (the admin API is never open without credentials "
+            "on a network address)", "admin", "host")
+    if not admin.host.strip():
+        err("admin.host", admin.host, "must not be empty", "admin", "host")
+    tls = admin.tls
+    if tls is not None:
+        for req in ("certfile", "keyfile"):
+            if getattr(tls, req) is None:
+                err(f"admin.tls.{req}", None, "is missing: TLS needs it", "admin", "tls")
+    for j, other in enumerate(config.listeners):
+        if other.port and other.port == admin.port and _hosts_overlap(other.host, admin.host):
+            err("admin.port", admin.port, f"is already used by listeners[{j}] "
+                f"({other.name!r})", "admin", "port")
+            break
+    if (config.metrics.enabled and admin.port and config.metrics.port == admin.port
+            and _hosts_overlap(config.metrics.host, admin.host)):
+        err("admin.port", admin.port, "is already used by metrics.port", "admin", "port")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _hosts_overlap(a: str, b: str) -> bool:

@@ -36,6 +36,7 @@ class Client:
         "close_requested",
         "conn",
         "conn_id",
+        "connected_at",
         "listener",
         "published_this_turn",
         "session",
@@ -67,6 +68,8 @@ class Client:
         self.session_ended_by_takeover = False
         #: The engine decided to close it: the server closes after this turn's writes.
         self.close_requested = False
+        #: When its CONNECT was accepted (wall clock; 0.0 before).
+        self.connected_at = 0.0
         #: It published this turn (the server throttles publishers of a slow consumer).
         self.published_this_turn = False
 

@@ -173,6 +173,12 @@ def accept(
                 client_id, username, will.topic, extra=client.log_extra(),
             )
             will = None
+    gate = engine.connect_gate
+    if gate is not None:
+        banned = gate(client_id, username, client.peer)
+        if banned is not None:  # MQTT 5.0 CONNACK 0x8A Banned (3.1.1: 0x05)
+            refuse(engine, client, packet, R.BANNED, banned)
+            return None
     _take_over(engine, client, client_id, packet.clean_start, now)
     # Session expiry: v5 from the property; 3.1.1 from Clean Session.
     if v5:
@@ -217,6 +223,7 @@ def accept(
     client.session = session
     client.client_id = client_id
     client.will = will
+    client.connected_at = now
     engine.store_live_will(session, will)  # survives a crash of the broker (issue 18)
     engine.clients[client_id] = client
     metrics = engine.metrics

@@ -86,6 +86,7 @@ V3_CONNACK: dict[int, int] = {
     R.BAD_AUTHENTICATION_METHOD: V3.BAD_USERNAME_OR_PASSWORD,
     R.USE_ANOTHER_SERVER: V3.SERVER_UNAVAILABLE,
     R.SERVER_MOVED: V3.SERVER_UNAVAILABLE,
+    R.BANNED: V3.NOT_AUTHORIZED,
 }
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
 FAILURE = R.UNSPECIFIED_ERROR
@@ -105,6 +106,10 @@ class Authorization(Protocol):
 #: taken over): ``(logger, level, client, message, *args)``. The server passes its
 #: fast path (``server/logsetup.py``); the default is plain logging.
 ConnectionLog = Callable[..., None]
+
+#: A room's admission rule at CONNECT (the admin room's bans): ``(client id, username,
+#: peer address) -> why it is refused``, or None to let it in.
+ConnectGate = Callable[[str, str | None, str], str | None]
 
 
 def _plain_connection_log(logger: logging.Logger, level: int, client: Client, message: str,
@@ -153,6 +158,8 @@ class Engine:
         self.registry.gate.check = auth.receive_check()
         #: Connected clients by client id.
         self.clients: dict[str, Client] = {}
+        #: Checked when a CONNECT is accepted (None: nobody refused; admin bans set it).
+        self.connect_gate: ConnectGate | None = None
         #: Effect: connections the server closes after this turn's writes.
         self.closing: list[Client] = []
         #: Client ids whose stored session record holds the will of a live connection
@@ -356,6 +363,51 @@ class Engine:
             session = client.session
             if session is not None and session.attached_to is client:
                 self._forget_live_will(session)  # not published after a restart either
+
+    # ------------------------------------------------------- admin actions
+    def kick(self, client_id: str, reason_code: int = R.ADMINISTRATIVE_ACTION,
+             reason: str = "") -> bool:
+        """Disconnect a connected client on an operator's word: MQTT 5.0 clients get
+        DISCONNECT with ``reason_code`` (0x98 Administrative action, MQTT 5.0
+        §3.14.2.1); the will goes out, as for any close the client did not ask for
+        (§3.1.2.5). False when no client of that id is connected."""
+        client = self.clients.get(client_id)
+        if client is None or client.close_requested:
+            return False
+        log.info("disconnecting client %r (%s) by administrative action%s", client_id,
+                 client.peer, f": {reason}" if reason else "", extra=client.log_extra())
+        if client.conn.connected and client.conn.protocol_version == 5:
+            props = Properties(reason_string=reason[:200]) if reason else NO_PROPERTIES
+            client.conn.send_packet(Disconnect(reason_code, props))
+        self.close(client)
+        return True
+
+    def end_session(self, client_id: str, now: float) -> bool:
+        """Delete a session on an operator's word: a connected client is disconnected
+        (:meth:`kick`) and its session ends with the connection (expiry set to 0);
+        an offline one ends now, with its subscriptions, queue and stored state, and a
+        will it still holds goes out (a session's end sends it, MQTT 5.0 §3.1.3.2.2).
+        False when there is no such session."""
+        session = self.registry.get(client_id)
+        if session is None:
+            return False
+        if session.attached_to is not None:
+            self.registry.change_expiry(session, 0)
+            self.kick(client_id)
+            return True
+        pending = self.registry.pending_wills.pop(client_id, None)
+        self.registry.destroy(session)
+        if pending is not None:
+            self.publish_will(pending[1], client_id, pending[2], now)
+        return True
+
+    def delete_retained(self, topic: str) -> bool:
+        """Remove the retained message on ``topic`` (memory and store) without
+        publishing anything; False when there was none."""
+        if not self.retained.delete(topic):
+            return False
+        self.batch.delete_retained(topic)
+        return True
 
     def connection_closed(self, client: Client, reason: str, now: float) -> None:
         """The network connection of ``client`` is gone (any cause). Its will goes out

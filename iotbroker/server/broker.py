@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from iotbroker import __version__, build
 from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
@@ -27,20 +28,24 @@ from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
-from iotbroker.errors import MqttError, StorageError
+from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.exposure import warn_open_anonymous
-from iotbroker.server.listeners import Listener, start_listener
+from iotbroker.server.listeners import Listener, make_ssl_context, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.mqttsn_udp import start_mqttsn_listener
 from iotbroker.server.preflight import check_listeners
-from iotbroker.server.ratelimit import TokenBucket
+from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
+
+if TYPE_CHECKING:
+    from iotbroker.admin.server import AdminServer
+    from iotbroker.auth.passwords import PasswordFile
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -83,6 +88,8 @@ class Broker:
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
         self.metrics_server: MetricsServer | None = None
+        #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
+        self.admin: AdminServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
         self._per_listener: dict[str, int] = {}
         #: Sockets admitted per listener name since the start (metrics label
@@ -118,6 +125,8 @@ class Broker:
         )
 
     async def start(self) -> None:
+        if self.config.admin.enabled:
+            self._prepare_admin()  # its bans apply from the first CONNECT
         self.restore()
         for listener in self.config.listeners:
             server: Listener
@@ -134,12 +143,47 @@ class Broker:
         if self.config.sys_topics.enabled:
             self.sys_topics = SysTopics(self)
             self.sys_topics.start()
+        if self.admin is not None:
+            await self.admin.start()
         self._reschedule_core_timer()
+
+    def _prepare_admin(self) -> None:
+        """Wire the admin room in (loaded only when enabled: it needs aiohttp); its
+        HTTP listener starts after the MQTT listeners."""
+        try:
+            from iotbroker.admin.server import AdminServer  # noqa: PLC0415 (optional extra)
+        except ImportError as exc:
+            raise ConfigError("admin.enabled", True, f"needs the admin extra "
+                              f"(pip install 'iotbroker[admin]'): {exc}") from None
+        tls = self.config.admin.tls
+        try:
+            auth = self.config.auth
+            limiter = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
+                                     auth.failed_login_backoff, max_keys=10_000)
+            self.admin = AdminServer(self, make_ssl_context(tls) if tls is not None else None,
+                                     limiter)
+        except ValueError as exc:  # a damaged bans file, a bad API keys file
+            raise ConfigError("admin", "...", str(exc)) from None
+
+    def password_file(self) -> PasswordFile | None:
+        """The password file in force (the admin room's users log in with it)."""
+        return self.auth.setup.passwords
+
+    def engine_changed(self) -> None:
+        """Another room acted on the engine (an admin action): apply its effects as
+        after a packet: closes, timers, then the turn's commit and writes."""
+        self._apply_closes()
+        self._reschedule_core_timer()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     async def stop(self) -> None:
         """Shut down: stop listening, tell v5 clients 0x8B, flush storage."""
         if self.sys_topics is not None:
             self.sys_topics.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()
         for server in self._servers:
@@ -167,16 +211,20 @@ class Broker:
             new = read_config()
             self.auth.config = new.auth
             self.auth.reload()
+            if self.admin is not None:
+                self.admin.reload_api_keys()
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
         self.engine.auth_changed()  # queued, in-flight and retained follow the new rules
         setup_logging(new.logging)
         applied = ["auth (password file, ACL)", "logging"]
+        if self.admin is not None:
+            applied.append("admin API keys")
         pending = [
             name
-            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits",
-                         "mqttsn", "loop")
+            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "admin",
+                         "limits", "mqttsn", "loop")
             if getattr(new, name) != getattr(self.config, name)
         ]
         self.config = replace(self.config, auth=new.auth, logging=new.logging)
@@ -626,7 +674,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
             log.error("cannot listen: %s", exc)
             store.close()
             return 1
-        except StorageError as exc:
+        except (StorageError, ConfigError) as exc:
             log.error("%s", exc)
             store.close()
             return 1
