@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from iotbroker import __version__, build
+from iotbroker.bridge.manager import Bridges
 from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
@@ -83,6 +84,9 @@ class Broker:
         self._timer_at: float | None = None
         self.started_at = time.time()
         self.bound: list[tuple[str, int]] = []
+        #: Connections to other brokers (issue 15): a room of its own, wired in here.
+        self.bridges = Bridges(self.engine, loop, self.flush)
+        self._bridge_reload: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ time
     @staticmethod
@@ -119,6 +123,7 @@ class Broker:
         if self.config.sys_topics.enabled:
             self.sys_topics = SysTopics(self)
             self.sys_topics.start()
+        self.bridges.start(self.config.bridges)
         self._reschedule_core_timer()
 
     async def stop(self) -> None:
@@ -129,6 +134,7 @@ class Broker:
             self.metrics_server.close()
         for server in self._servers:
             server.close()
+        await self.bridges.stop()
         self.engine.shutting_down(list(self.connections))
         self._apply_closes()
         self.flush()
@@ -156,13 +162,15 @@ class Broker:
             return
         self.engine.auth_changed()  # queued, in-flight and retained follow the new rules
         setup_logging(new.logging)
-        applied = ["auth (password file, ACL)", "logging"]
+        applied = ["auth (password file, ACL)", "logging", "bridges"]
+        self._bridge_reload = self.loop.create_task(self.bridges.reload(new.bridges))
         pending = [
             name
             for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits", "loop")
             if getattr(new, name) != getattr(self.config, name)
         ]
-        self.config = replace(self.config, auth=new.auth, logging=new.logging)
+        self.config = replace(self.config, auth=new.auth, logging=new.logging,
+                              bridges=new.bridges)
         log.info("configuration reloaded from %s: applied %s", new.source, ", ".join(applied))
         if pending:
             log.warning("changed settings that need a restart: %s", ", ".join(pending))

@@ -1,0 +1,592 @@
+"""One bridge: an engine session on the local side, an MQTT client link on the remote.
+
+Local side (MQTT 5.0 §4.1 session state, held by :class:`~iotbroker.core.session.Session`):
+the session ``$bridge/<name>`` is persistent (it never expires) and subscribed to the
+local filter of every ``out`` rule with No Local and Retain As Published (MQTT 5.0
+§3.8.3.1). Messages reach it through ``Session.deliver`` like any subscriber's, are
+queued on disk while the remote is away (bounded by ``outbox``; its policy is the
+session's queue policy) and are sent through the session's in-flight window of
+``max_inflight`` packet identifiers. The packet identifiers of that window *are* the
+ones on the remote connection: the remote's PUBACK / PUBREC / PUBCOMP complete the
+session's deliveries one for one (MQTT 5.0 §4.3), and after a reconnect the session
+re-sends what is unacknowledged, in order, with DUP=1 [MQTT-4.4.0-1].
+
+Remote side: PUBLISH packets of ``in`` rules are published into the engine with the
+session as origin, so the session's No Local keeps them from going back out (loop
+safety). QoS 2 packet ids are held in the session's inbound QoS 2 set (method B of
+§4.3.3) so a re-sent PUBLISH is not routed twice. Acknowledgements go to the remote
+after the engine's storage commit of the same turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from iotbroker.bridge.link import Link
+from iotbroker.bridge.tls import client_context
+from iotbroker.bridge.topics import Rule, map_in, map_out
+from iotbroker.codec.enums import ReasonCode
+from iotbroker.codec.packets import (
+    NO_PROPERTIES,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+)
+from iotbroker.config import BridgeConfig, split_address
+from iotbroker.core.session import OutboxEntry, Session, SessionLimits
+from iotbroker.core.topics import is_broker_topic
+from iotbroker.engine.client import Client
+from iotbroker.engine.engine import Engine
+from iotbroker.message import NEVER_EXPIRES, Delivery, Message
+from iotbroker.protocol.connection import Connection
+
+log = logging.getLogger("iotbroker.bridge")
+
+#: Client ids of bridge sessions: ``$`` cannot start a network client's id here
+#: (``engine/connect.py`` refuses it), so no client can take the session over.
+SESSION_PREFIX = "$bridge/"
+
+_FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
+
+
+def session_id(name: str) -> str:
+    return SESSION_PREFIX + name
+
+
+def state_topic(name: str) -> str:
+    """mosquitto's notification topic: ``1`` connected, ``0`` not."""
+    return f"$SYS/broker/connection/{name}/state"
+
+
+class Outlet(Connection):
+    """The bridge session's "connection" as the engine sees it: what the session
+    sends (``Engine.send_ready``) goes to the remote link instead of a socket."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        super().__init__(max_packet_size=268_435_460, receive_maximum=65535,
+                         topic_alias_maximum=0, now=0.0)
+        self.bridge = bridge
+
+    def send_outbox(self, entries: list[OutboxEntry], now: float) -> list[tuple[int, int]]:
+        return self.bridge.send_entries(entries, now)
+
+
+class BridgeClient(Client):
+    """The engine's handle on the bridge's local side."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, conn: Connection, name: str) -> None:
+        super().__init__(conn, listener=f"bridge:{name}")
+        self.name = name
+
+    @property
+    def peer(self) -> str:
+        return f"bridge {self.name}"
+
+
+class ConnectFailed(Exception):
+    """A connection attempt failed; the text says why (logged once per attempt)."""
+
+
+class Bridge:
+    """One configured bridge: its session, its link, its reconnect loop and counters."""
+
+    def __init__(self, config: BridgeConfig, engine: Engine, loop: asyncio.AbstractEventLoop,
+                 flush: Callable[[], None]) -> None:
+        self.config = config
+        self.name = config.name
+        self.engine = engine
+        self.loop = loop
+        self.flush = flush
+        self.rules = tuple(Rule.from_config(r) for r in config.topics)
+        self.client_id = config.client_id or f"{socket.gethostname()}.{config.name}"
+        self.client = BridgeClient(Outlet(self), config.name)
+        self.client.client_id = session_id(self.name)
+        self.session: Session | None = None
+        self.limits = SessionLimits(
+            max_queued_messages=config.outbox.max_messages,
+            max_queued_bytes=config.outbox.max_bytes,
+            drop_oldest=config.outbox.policy == "drop-oldest",
+            queue_qos0_offline=config.outbox.queue_qos0,
+        )
+        self.link: Link | None = None
+        self.connected = False
+        self.task: asyncio.Task[None] | None = None
+        self._lost: asyncio.Future[str] | None = None
+        self._connack: asyncio.Future[ConnAck] | None = None
+        self._suback: asyncio.Future[SubAck] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._private_refused = False
+        self._next_address = 0
+        self._drops_logged = 0
+        # counters (metrics, $SYS)
+        self.forwarded_out = 0
+        self.forwarded_in = 0
+        self.connects = 0
+        self.last_error = ""
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def dropped(self) -> int:
+        return self.limits.dropped
+
+    def start(self) -> None:
+        """Open (or resume) the local session and start connecting."""
+        self.open_session(time.time())
+        self._publish_state()
+        self.flush()
+        self.task = self.loop.create_task(self._run(), name=f"bridge {self.name}")
+
+    def open_session(self, now: float) -> None:
+        engine = self.engine
+        cid = session_id(self.name)
+        session = engine.registry.get(cid)
+        if session is None:
+            session, _ = engine.registry.open(cid, False, NEVER_EXPIRES, 5, now)
+        session.limits = self.limits
+        self.session = session
+        wanted: dict[str, int] = {}
+        for rule in self.rules:
+            if rule.out:
+                wanted[rule.local_filter] = max(rule.qos, wanted.get(rule.local_filter, 0))
+        stale = [f for f in session.subscriptions if f not in wanted]
+        if stale:
+            engine.router.unsubscribe(session, stale)
+        subs = [
+            # No Local: what came in over this bridge never goes back out over it;
+            # Retain As Published keeps the flag; no retained at subscribe (they are
+            # sent after each connect instead).
+            Subscription(f, qos, no_local=True, retain_as_published=True, retain_handling=2)
+            for f, qos in wanted.items()
+            if (entry := session.subscriptions.get(f)) is None or entry.qos != qos
+            or not entry.no_local
+        ]
+        if subs:
+            engine.router.subscribe(session, subs, None, 2, now)
+
+    async def stop(self) -> None:
+        """Disconnect (the session and its outbox stay)."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._disconnected("bridge stopped", log_it=False)
+        link, self.link = self.link, None
+        if link is not None and not link.closed:
+            link.send(Disconnect())
+            link.close()
+
+    def remove(self) -> None:
+        """The bridge left the configuration: end its session and outbox."""
+        session = self.engine.registry.get(session_id(self.name))
+        if session is not None:
+            self.engine.registry.destroy(session)
+        self.engine.retained.delete(state_topic(self.name))
+
+    # ------------------------------------------------------------ reconnect
+    async def _run(self) -> None:
+        cfg = self.config
+        failures = 0
+        while True:
+            started = self.loop.time()
+            try:
+                await self._connect_once()
+                failures = 0
+                assert self._lost is not None
+                why = await self._lost
+                self.last_error = why
+                log.warning("bridge %r: connection lost: %s", self.name, why)
+                if self.loop.time() - started < cfg.reconnect_delay:
+                    failures = 1
+            except ConnectFailed as exc:
+                self.last_error = str(exc)
+                log.warning("bridge %r: %s", self.name, exc)
+                failures += 1
+            except OSError as exc:
+                self.last_error = _os_error_text(exc)
+                log.warning("bridge %r: %s", self.name, self.last_error)
+                failures += 1
+            self._disconnected(self.last_error, log_it=False)
+            # Exponential back-off with jitter: [d/2, d], d = base * 2^(failures-1).
+            delay = min(cfg.reconnect_delay_max,
+                        cfg.reconnect_delay * (2 ** max(0, failures - 1)))
+            await asyncio.sleep(random.uniform(delay / 2, delay) if failures else 0.0)
+
+    def _addresses(self) -> list[tuple[str, int]]:
+        parsed = [split_address(a) for a in self.config.address]
+        addrs = [a for a in parsed if a is not None]
+        if self.config.round_robin:
+            start = self._next_address % len(addrs)
+            self._next_address += 1
+            return addrs[start:] + addrs[:start]
+        return addrs
+
+    async def _connect_once(self) -> None:
+        """Try each address in order; on success the link is up and subscribed."""
+        errors: list[str] = []
+        for host, port in self._addresses():
+            try:
+                await self._connect_to(host, port)
+                return
+            except ConnectFailed as exc:
+                errors.append(f"{host}:{port}: {exc}")
+            except OSError as exc:
+                errors.append(f"{host}:{port}: {_os_error_text(exc)}")
+            except TimeoutError:
+                errors.append(f"{host}:{port}: timed out after {self.config.connect_timeout}s")
+        raise ConnectFailed("; ".join(errors) or "no address")
+
+    async def _connect_to(self, host: str, port: int) -> None:
+        cfg = self.config
+        loop = self.loop
+        try:
+            ctx = client_context(cfg.tls) if cfg.tls is not None else None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectFailed(f"TLS settings cannot be used: {exc}") from None
+        private = cfg.protocol == 4 and cfg.try_private and not self._private_refused
+        link = Link(loop, cfg.protocol, self._on_packets, lambda why: None)
+        self._lost = loop.create_future()
+        self._connack = loop.create_future()
+
+        def lost(why: str) -> None:
+            if self.link is link:
+                self._link_lost(link, why)
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_exception(ConnectFailed(f"closed before CONNACK: {why}"))
+            if self._suback is not None and not self._suback.done():
+                self._suback.set_exception(ConnectFailed(f"closed before SUBACK: {why}"))
+
+        link.on_lost = lost
+        link.on_writable = self._set_writable
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                await loop.create_connection(
+                    lambda: link, host, port, ssl=ctx,
+                    server_hostname=(cfg.tls.server_name or host)
+                    if ctx is not None and cfg.tls is not None else None,
+                )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectFailed(f"TLS: certificate of {host}:{port} not accepted: "
+                                f"{exc.verify_message} ({exc.reason})") from None
+        except ssl.SSLError as exc:
+            raise ConnectFailed(f"TLS handshake with {host}:{port} failed: "
+                                f"{exc.reason or exc}") from None
+        self.link = link
+        props = NO_PROPERTIES
+        if cfg.protocol == 5:
+            props = Properties(session_expiry_interval=cfg.session_expiry or None)
+        data = encode_connect(Connect(
+            client_id=self.client_id, protocol_version=cfg.protocol, clean_start=cfg.clean_start,
+            keepalive=cfg.keepalive, username=cfg.username,
+            password=cfg.password.encode() if cfg.password is not None else None,
+            properties=props,
+        ), private)
+        link.queue(data)
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                connack = await self._connack
+        except TimeoutError:
+            link.fail("no CONNACK")
+            raise ConnectFailed(f"{host}:{port}: no CONNACK within "
+                                f"{cfg.connect_timeout}s") from None
+        except ConnectFailed:
+            if private:
+                # A broker that does not know mosquitto's bridge flag closes at once.
+                self._private_refused = True
+            raise
+        if connack.reason_code:
+            link.fail("refused")
+            if private and connack.reason_code == 1:
+                self._private_refused = True
+                raise ConnectFailed(f"{host}:{port}: CONNACK 0x01 to the bridge protocol "
+                                    "flag (try_private); retrying without it")
+            raise ConnectFailed(f"{host}:{port}: CONNACK refused: "
+                                f"{_connack_text(connack.reason_code, cfg.protocol)}")
+        await self._subscribe_remote(link, connack)
+        self._up(link, connack, host, port)
+
+    async def _subscribe_remote(self, link: Link, connack: ConnAck) -> None:
+        v5 = self.config.protocol == 5
+        filters: dict[str, int] = {}
+        for rule in self.rules:
+            if rule.inbound:
+                filters[rule.remote_filter] = max(rule.qos, filters.get(rule.remote_filter, 0))
+        if not filters:
+            return
+        if connack.session_present and not self.config.clean_start and v5:
+            pass  # resubscribe anyway: the rules may have changed (idempotent)
+        subs = [Subscription(f, q, no_local=v5, retain_as_published=v5) for f, q in
+                filters.items()]
+        self._suback = self.loop.create_future()
+        pid = 1
+        assert self.session is not None
+        while pid in self.session.inflight:
+            pid += 1
+        link.send(Subscribe(pid, subs))
+        async with asyncio.timeout(self.config.connect_timeout):
+            suback = await self._suback
+        refused = [s.topic_filter for s, code in zip(subs, suback.reason_codes, strict=False)
+                   if code >= 0x80]
+        if refused:
+            log.warning("bridge %r: remote refused subscriptions %s", self.name, refused)
+
+    def _up(self, link: Link, connack: ConnAck, host: str, port: int) -> None:
+        """Connected and subscribed: attach the session (re-send what is in flight,
+        then the outbox) and forward retained messages of the ``out`` rules once."""
+        session = self.session
+        assert session is not None
+        if link.closed or self.link is not link:
+            raise ConnectFailed(f"{host}:{port}: connection lost while subscribing")
+        now = time.time()
+        self.connected = True
+        self.connects += 1
+        self.last_error = ""
+        if not connack.session_present:
+            for pid in list(session.inbound_qos2):  # a new remote session: ids start over
+                session.release_inbound_qos2(pid)
+        window = min(self.config.max_inflight, connack.properties.receive_maximum or 65535)
+        log.info("bridge %r: connected to %s:%d as %r (MQTT %s, session_present=%s, "
+                 "%d queued, %d in flight)", self.name, host, port, self.client_id,
+                 "5.0" if self.config.protocol == 5 else "3.1.1", connack.session_present,
+                 session.queued_count, len(session.inflight))
+        session.attach(self.client, window, now)
+        for rule in self.rules:
+            if not rule.out:
+                continue
+            for msg in self.engine.retained.match(rule.local_filter, now):
+                if msg.origin != session.client_id and not msg.topic.startswith("$"):
+                    session.deliver(Delivery(msg, min(rule.qos, msg.qos), True), now)
+        self._publish_state()
+        self._arm_keepalive()
+        self.flush()
+        link.write()
+
+    def _link_lost(self, link: Link, why: str) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(why)
+        self._disconnected(why, log_it=False)
+
+    def _disconnected(self, why: str, log_it: bool) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        self.link = None
+        session = self.session
+        if session is not None and session.attached_to is self.client:
+            session.detach(time.time())
+        if self.connected:
+            self.connected = False
+            self._publish_state()
+            self.flush()
+            if log_it:
+                log.warning("bridge %r: disconnected: %s", self.name, why)
+
+    def _set_writable(self, writable: bool) -> None:
+        session = self.session
+        if session is not None and session.attached_to is self.client:
+            session.writable = writable
+            if writable:
+                session.pump(time.time())
+                self.flush()
+
+    def _arm_keepalive(self) -> None:
+        keepalive = self.config.keepalive
+        link = self.link
+
+        def check() -> None:
+            if self.link is not link or link is None or link.closed:
+                return
+            now = self.loop.time()
+            if now - link.last_received > keepalive * 1.5:
+                link.fail(f"no packet from the remote for {keepalive * 1.5:.0f}s (keepalive)")
+                return
+            if now - link.last_sent >= keepalive:
+                link.send(PingReq())
+            self._keepalive = self.loop.call_later(max(1.0, keepalive / 2), check)
+
+        self._keepalive = self.loop.call_later(max(1.0, keepalive / 2), check)
+
+    def _publish_state(self) -> None:
+        """``$SYS/broker/connection/<name>/state`` (retained, mosquitto's convention)."""
+        now = time.time()
+        self.engine.publish_own(Message(
+            topic=state_topic(self.name), payload=b"1" if self.connected else b"0", qos=0,
+            retain=True, properties=NO_PROPERTIES, created_at=now,
+        ), now)
+
+    # ------------------------------------------------------------- outbound
+    def send_entries(self, entries: list[OutboxEntry], now: float) -> list[tuple[int, int]]:
+        """The session's outbox, onto the remote connection (``Outlet.send_outbox``).
+        Returns the new PUBLISHes not sent (no rule maps them any more)."""
+        link = self.link
+        refused: list[tuple[int, int]] = []
+        v5 = self.config.protocol == 5
+        rules = self.rules
+        for entry in entries:
+            if isinstance(entry, Delivery):
+                delivery, pid, dup = entry, 0, False
+            else:
+                maybe, pid, dup, _ = entry
+                if maybe is None:
+                    if link is not None:
+                        link.send(PubRel(pid))
+                    continue
+                delivery = maybe
+            message = delivery.message
+            topic = map_out(rules, message.topic)
+            if topic is None or link is None:
+                if not dup:
+                    refused.append((pid, delivery.qos))
+                continue
+            props = NO_PROPERTIES
+            if v5:
+                props = message.properties
+                remaining = message.remaining_expiry(now)
+                if remaining is not None or props.subscription_identifiers or props.topic_alias:
+                    props = replace(props, message_expiry_interval=remaining,
+                                    subscription_identifiers=(), topic_alias=None)
+            link.send(Publish(topic, message.payload, delivery.qos, delivery.retain, dup,
+                              pid or None, props))
+            if not pid:
+                self.forwarded_out += 1
+        return refused
+
+    # -------------------------------------------------------------- inbound
+    def _on_packets(self, packets: list[Packet]) -> None:
+        now = time.time()
+        session = self.session
+        link = self.link
+        for packet in packets:
+            if isinstance(packet, ConnAck):
+                if self._connack is not None and not self._connack.done():
+                    self._connack.set_result(packet)
+            elif session is None or link is None:
+                continue
+            elif isinstance(packet, Publish):
+                self._on_publish(session, link, packet, now)
+            elif isinstance(packet, PubAck):
+                if session.on_puback(packet.packet_id, now):
+                    self.forwarded_out += 1
+            elif isinstance(packet, PubRec):
+                if packet.reason_code >= _FAILURE:
+                    log.info("bridge %r: remote refused message %d: PUBREC 0x%02x",
+                             self.name, packet.packet_id, packet.reason_code)
+                if not session.on_pubrec(packet.packet_id, packet.reason_code, now) and (
+                        packet.reason_code < _FAILURE):
+                    link.send(PubRel(packet.packet_id))
+            elif isinstance(packet, PubComp):
+                if session.on_pubcomp(packet.packet_id, now):
+                    self.forwarded_out += 1
+            elif isinstance(packet, PubRel):
+                session.release_inbound_qos2(packet.packet_id)
+                link.send(PubComp(packet.packet_id))
+            elif isinstance(packet, SubAck):
+                if self._suback is not None and not self._suback.done():
+                    self._suback.set_result(packet)
+            elif isinstance(packet, Disconnect):
+                link.fail(f"remote sent DISCONNECT 0x{packet.reason_code:02x}"
+                          + (f" ({packet.properties.reason_string})"
+                             if packet.properties.reason_string else ""))
+                return
+        # Commit what this turn changed, then the acknowledgements may leave.
+        self.flush()
+        if link is not None:
+            link.write()
+
+    def _on_publish(self, session: Session, link: Link, packet: Publish, now: float) -> None:
+        qos = packet.qos
+        pid = packet.packet_id or 0
+        topic = map_in(self.rules, packet.topic)
+        if qos == 2 and not session.hold_inbound_qos2(pid):
+            link.send(PubRec(pid))  # a re-sent QoS 2 PUBLISH: not routed again
+            return
+        if topic is not None and not is_broker_topic(topic):
+            props = packet.properties
+            expiry = props.message_expiry_interval
+            if self.config.protocol == 5 and (props.topic_alias or props.subscription_identifiers):
+                props = replace(props, topic_alias=None, subscription_identifiers=())
+            self.engine.publish_own(Message(
+                topic=topic, payload=packet.payload, qos=qos, retain=packet.retain,
+                properties=props if self.config.protocol == 5 else NO_PROPERTIES,
+                created_at=now, expires_at=None if expiry is None else now + expiry,
+                origin=session.client_id,
+            ), now)
+            self.forwarded_in += 1
+        if qos == 1:
+            link.send(PubAck(pid))
+        elif qos == 2:
+            link.send(PubRec(pid))
+
+    # --------------------------------------------------------------- status
+    def status(self) -> dict[str, object]:
+        session = self.session
+        return {
+            "name": self.name,
+            "state": 1 if self.connected else 0,
+            "queued_messages": 0 if session is None else session.queued_count,
+            "inflight": 0 if session is None else len(session.inflight),
+            "forwarded_out": self.forwarded_out,
+            "forwarded_in": self.forwarded_in,
+            "dropped": self.dropped,
+            "connects": self.connects,
+            "last_error": self.last_error,
+        }
+
+
+def encode_connect(packet: Connect, private: bool) -> bytes:
+    """CONNECT bytes; with ``private`` the protocol level has mosquitto's bridge bit
+    (0x80: "try_private", the remote then treats us as a bridge and does not send our
+    own messages back)."""
+    from iotbroker.codec import encode_packet  # noqa: PLC0415
+
+    data = bytearray(encode_packet(packet, packet.protocol_version))
+    if private:
+        pos = 1
+        while data[pos] & 0x80:
+            pos += 1
+        pos += 1  # variable header: protocol name (2 + 4 bytes), then the level
+        data[pos + 6] |= 0x80
+    return bytes(data)
+
+
+def _os_error_text(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"DNS: cannot resolve the remote address: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"TCP: connection refused ({exc.strerror or exc})"
+    return f"TCP: {exc.strerror or exc}"
+
+
+_V3_CONNACK = {1: "unacceptable protocol version", 2: "identifier rejected",
+               3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
+
+
+def _connack_text(code: int, version: int) -> str:
+    if version == 5:
+        try:
+            name = ReasonCode(code).name.replace("_", " ").lower()
+        except ValueError:
+            name = "unknown"
+        return f"0x{code:02x} {name}"
+    return f"{code} {_V3_CONNACK.get(code, 'unknown')}"
