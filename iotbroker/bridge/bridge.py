@@ -139,6 +139,7 @@ class Bridge:
         self._private_refused = False
         self._next_address = 0
         self._drops_logged = 0
+        self._drop_timer: asyncio.TimerHandle | None = None
         # counters (metrics, $SYS)
         self.forwarded_out = 0
         self.forwarded_in = 0
@@ -156,6 +157,18 @@ class Bridge:
         self._publish_state()
         self.flush()
         self.task = self.loop.create_task(self._run(), name=f"bridge {self.name}")
+        self._drop_timer = self.loop.call_later(1.0, self._check_drops)
+
+    def _check_drops(self) -> None:
+        """One log line per burst of outbox drops (checked every second)."""
+        self._drop_timer = self.loop.call_later(1.0, self._check_drops)
+        dropped = self.limits.dropped
+        if dropped > self._drops_logged:
+            log.warning("bridge %r: outbox full (%d messages, %d bytes max): %d messages "
+                        "dropped (policy %s; %d in all)", self.name,
+                        self.config.outbox.max_messages, self.config.outbox.max_bytes,
+                        dropped - self._drops_logged, self.config.outbox.policy, dropped)
+            self._drops_logged = dropped
 
     def open_session(self, now: float) -> None:
         engine = self.engine
@@ -186,6 +199,9 @@ class Bridge:
 
     async def stop(self) -> None:
         """Disconnect (the session and its outbox stay)."""
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
         task, self.task = self.task, None
         if task is not None:
             task.cancel()
@@ -545,6 +561,7 @@ class Bridge:
             "name": self.name,
             "state": 1 if self.connected else 0,
             "queued_messages": 0 if session is None else session.queued_count,
+            "queued_bytes": 0 if session is None else session.queued_bytes,
             "inflight": 0 if session is None else len(session.inflight),
             "forwarded_out": self.forwarded_out,
             "forwarded_in": self.forwarded_in,

@@ -40,9 +40,8 @@ class Link(asyncio.Protocol):
 
     # --------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=1 << 20)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        transport.set_write_buffer_limits(high=1 << 20)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()

@@ -361,6 +361,11 @@ class Session:
         metrics.publish_sent_qos[delivery.qos] += 1
 
     @property
+    def queued_bytes(self) -> int:
+        """Payload bytes of the messages waiting (a bridge reports its outbox's)."""
+        return self._queued_bytes
+
+    @property
     def queued_count(self) -> int:
         """Messages waiting (in memory or offloaded to the store)."""
         return len(self.queue) + len(self._offloaded)

@@ -102,6 +102,11 @@ class SysTopics:
             "retained messages/count": str(retained),
             "subscriptions/count": str(len(broker.engine.trie)),
         }
+        for bridge in broker.bridges.status():  # mosquitto's connection/<name>/state
+            base = f"connection/{bridge['name']}/"
+            for key in ("state", "queued_messages", "queued_bytes", "forwarded_out",
+                        "forwarded_in", "dropped", "last_error"):
+                out[base + key] = str(bridge[key])
         out.update(self._load_values())
         return out
 
