@@ -1,0 +1,119 @@
+"""A bridge's life: $SYS state, reconnect with back-off, why a connect failed, the
+reserved session id, SIGHUP changes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+from iotbroker.codec.packets import Publish
+from tests.bridge.conftest import (
+    Mosquitto,
+    bridge_yaml,
+    collect,
+    config_with_bridges,
+    quiet,
+    wait_for_log,
+)
+from tests.helpers.broker_process import BrokerProcess
+from tests.helpers.rawclient import RawClient
+
+MakeBroker = Callable[..., BrokerProcess]
+MakeMosquitto = Callable[..., Mosquitto]
+STATE = "$SYS/broker/connection/cloud/state"
+
+
+def _next_state(c: RawClient) -> bytes:
+    pub = c.expect(Publish, 15)
+    assert pub.topic == STATE
+    return pub.payload
+
+
+def test_state_topic_follows_the_link_and_reconnects(
+        make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
+    """``$SYS/broker/connection/<name>/state``: 1 connected, 0 not (mosquitto's topic);
+    the cause of each failed attempt is logged; the bridge comes back by itself."""
+    mosq = make_mosquitto()
+    gw = make_broker(config_with_bridges(bridge_yaml("cloud", mosq.port,
+                                                     ['{pattern: "a/#", direction: out}'])))
+    wait_for_log(gw, "bridge 'cloud': connected to")
+    with RawClient(gw.host, gw.port, version=5) as c:
+        c.connect("watcher")
+        c.subscribe(STATE)
+        assert _next_state(c) == b"1"  # retained
+        mosq.stop()
+        assert _next_state(c) == b"0"
+        wait_for_log(gw, "bridge 'cloud': connection lost")
+        wait_for_log(gw, f"127.0.0.1:{mosq.port}: TCP: connection refused")
+        mosq.start()
+        assert _next_state(c) == b"1"
+    wait_for_log(gw, "bridge 'cloud': connected to", count=2)
+
+
+def test_connack_refusal_is_logged_with_its_code(
+        make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
+    mosq = make_mosquitto()
+    mosq.stop()
+    mosq.extra = "allow_anonymous false\n"
+    mosq.start()  # no password file: every CONNECT is refused
+    gw = make_broker(config_with_bridges(bridge_yaml("cloud", mosq.port,
+                                                     ['{pattern: "a/#", direction: out}'])))
+    wait_for_log(gw, "CONNACK refused: 0x87 not authorized")
+
+
+def test_network_clients_cannot_take_the_bridge_session(
+        make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
+    """``$bridge/<name>`` is reserved: CONNACK 0x85 (v5, [MQTT-3.1.3-8]) /
+    0x02 (3.1.1, [MQTT-3.1.3-9])."""
+    mosq = make_mosquitto()
+    gw = make_broker(config_with_bridges(bridge_yaml("cloud", mosq.port,
+                                                     ['{pattern: "a/#", direction: out}'])))
+    with RawClient(gw.host, gw.port, version=5) as c:
+        assert c.connect("$bridge/cloud").reason_code == 0x85
+    with RawClient(gw.host, gw.port, version=4) as c:
+        assert c.connect("$bridge/cloud").reason_code == 0x02
+
+
+def test_sighup_adds_changes_and_removes_bridges(
+        make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
+    """SIGHUP: a new bridge starts, a changed one reconnects with its new rules, a
+    removed one stops; the unchanged one keeps its connection."""
+    mosq = make_mosquitto()
+    keep = bridge_yaml("keep", mosq.port, ['{pattern: "k/#", direction: out, qos: 1}'])
+    one = bridge_yaml("one", mosq.port, ['{pattern: "x/#", direction: out, qos: 1, '
+                                         'remote_prefix: "1/"}'])
+    one_b = bridge_yaml("one", mosq.port, ['{pattern: "x/#", direction: out, qos: 1, '
+                                           'remote_prefix: "1b/"}'])
+    two = bridge_yaml("two", mosq.port, ['{pattern: "y/#", direction: out, qos: 1, '
+                                         'remote_prefix: "2/"}'])
+    gw = make_broker(config_with_bridges(keep + one))
+    wait_for_log(gw, "bridge 'keep': connected to")
+    wait_for_log(gw, "bridge 'one': connected to")
+
+    def reload(text: str) -> None:
+        gw.config_path.write_text(config_with_bridges(text))
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGHUP)
+
+    reload(keep + one_b + two)
+    wait_for_log(gw, "bridge 'two': connected to")
+    wait_for_log(gw, "bridge 'one': connected to", count=2)
+    assert "bridge 'one' changed" in gw.log_text()
+    with RawClient("127.0.0.1", mosq.port, version=5) as remote, \
+            RawClient(gw.host, gw.port, version=5) as local:
+        remote.connect("remote-sub")
+        remote.subscribe("#", qos=1)
+        local.connect("pub")
+        for topic in ("x/a", "y/a", "k/a"):
+            local.publish(topic, b"m", qos=1)
+        got = sorted(p.topic for p in collect(remote, 3))
+        assert got == ["1b/x/a", "2/y/a", "k/a"]
+        reload(keep + one_b)
+        wait_for_log(gw, "bridge 'two' removed")
+        time.sleep(0.2)
+        local.publish("y/b", b"m", qos=1)
+        local.publish("k/b", b"m", qos=1)
+        assert [p.topic for p in collect(remote, 1)] == ["k/b"]
+        quiet(remote, 0.5)
+    assert gw.log_text().count("bridge 'keep': connected to") == 1
