@@ -11,6 +11,7 @@ no acknowledgement leaves before what it acknowledges is on disk.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 
 from iotbroker.codec import Framer, decode_packet, encode_packet
@@ -60,7 +61,11 @@ class Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.on_lost(str(exc) if exc else "connection closed by the remote")
+        if isinstance(exc, ssl.SSLError):
+            why = f"TLS: the remote ended the session: {exc.reason or exc}"
+        else:
+            why = str(exc) if exc else "connection closed by the remote"
+        self.on_lost(why)
 
     def pause_writing(self) -> None:
         if self.on_writable is not None:
