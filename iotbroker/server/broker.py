@@ -112,6 +112,8 @@ class Broker:
 
     async def start(self) -> None:
         self.restore()
+        # Bridges first: their sessions collect what clients publish from the start.
+        self.bridges.start(self.config.bridges)
         for listener in self.config.listeners:
             server = await start_listener(self, listener)  # logs "listening on ..."
             self._servers.append(server)
@@ -123,7 +125,6 @@ class Broker:
         if self.config.sys_topics.enabled:
             self.sys_topics = SysTopics(self)
             self.sys_topics.start()
-        self.bridges.start(self.config.bridges)
         self._reschedule_core_timer()
 
     async def stop(self) -> None:
