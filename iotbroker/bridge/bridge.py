@@ -469,11 +469,14 @@ class Bridge:
                         link.send(PubRel(pid))
                     continue
                 delivery = maybe
+            if link is None:
+                continue  # in flight: re-sent after the next connect [MQTT-4.4.0-1]
             message = delivery.message
             topic = map_out(rules, message.topic)
-            if topic is None or link is None:
-                if not dup:
-                    refused.append((pid, delivery.qos))
+            if topic is None:
+                # No rule maps it any more (rules changed by SIGHUP): completed unsent
+                # (a re-sent one too, or it would hold a slot of the window for ever).
+                refused.append((pid, delivery.qos))
                 continue
             props = NO_PROPERTIES
             if v5:
