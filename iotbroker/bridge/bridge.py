@@ -236,8 +236,7 @@ class Bridge:
                 if self.loop.time() - started < cfg.reconnect_delay:
                     failures = 1
             except ConnectFailed as exc:
-                self.last_error = str(exc)
-                log.warning("bridge %r: %s", self.name, exc)
+                self.last_error = str(exc)  # each address's failure is logged already
                 failures += 1
             except OSError as exc:
                 self.last_error = _os_error_text(exc)
@@ -259,18 +258,22 @@ class Bridge:
         return addrs
 
     async def _connect_once(self) -> None:
-        """Try each address in order; on success the link is up and subscribed."""
+        """Try each address in order (fail-over); each failure is logged with its cause.
+        On success the link is up and subscribed."""
         errors: list[str] = []
         for host, port in self._addresses():
             try:
                 await self._connect_to(host, port)
                 return
             except ConnectFailed as exc:
-                errors.append(f"{host}:{port}: {exc}")
+                why = str(exc)
             except OSError as exc:
-                errors.append(f"{host}:{port}: {_os_error_text(exc)}")
+                why = _os_error_text(exc)
             except TimeoutError:
-                errors.append(f"{host}:{port}: timed out after {self.config.connect_timeout}s")
+                why = f"timed out after {self.config.connect_timeout}s"
+            why = why if why.startswith(f"{host}:{port}") else f"{host}:{port}: {why}"
+            log.warning("bridge %r: %s", self.name, why)
+            errors.append(why)
         raise ConnectFailed("; ".join(errors) or "no address")
 
     async def _connect_to(self, host: str, port: int) -> None:

@@ -13,6 +13,7 @@ from tests.bridge.conftest import (
     bridge_yaml,
     collect,
     config_with_bridges,
+    free_port,
     quiet,
     wait_for_log,
 )
@@ -117,3 +118,19 @@ def test_sighup_adds_changes_and_removes_bridges(
         assert [p.topic for p in collect(remote, 1)] == ["k/b"]
         quiet(remote, 0.5)
     assert gw.log_text().count("bridge 'keep': connected to") == 1
+
+
+def test_addresses_are_tried_in_order_and_each_failure_says_why(
+        make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
+    """Fail-over: a name that does not resolve (DNS), a closed port (TCP), then the
+    broker that answers; one log line per failed address, naming the cause."""
+    mosq = make_mosquitto()
+    closed = free_port()
+    text = bridge_yaml("cloud", mosq.port, ['{pattern: "a/#", direction: out}']).replace(
+        f"address: [127.0.0.1:{mosq.port}]",
+        f"address: [bridge-test.invalid:1883, 127.0.0.1:{closed}, 127.0.0.1:{mosq.port}]")
+    gw = make_broker(config_with_bridges(text))
+    wait_for_log(gw, f"bridge 'cloud': connected to 127.0.0.1:{mosq.port}")
+    log = gw.log_text()
+    assert "bridge-test.invalid:1883: DNS: cannot resolve the remote address" in log
+    assert f"127.0.0.1:{closed}: TCP: connection refused" in log
