@@ -137,6 +137,7 @@ class Bridge:
         self._suback: asyncio.Future[SubAck] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._private_refused = False
+        self._remote_kept_session = False
         self._next_address = 0
         self._drops_logged = 0
         self._drop_timer: asyncio.TimerHandle | None = None
@@ -384,6 +385,9 @@ class Bridge:
         if not connack.session_present:
             for pid in list(session.inbound_qos2):  # a new remote session: ids start over
                 session.release_inbound_qos2(pid)
+        # A remote that lost our session gets the unacknowledged messages as new ones:
+        # a re-send with DUP=1 is only for a session it kept [MQTT-4.4.0-1].
+        self._remote_kept_session = connack.session_present
         window = min(self.config.max_inflight, connack.properties.receive_maximum or 65535)
         log.info("bridge %r: connected to %s:%d as %r (MQTT %s, session_present=%s, "
                  "%d queued, %d in flight)", self.name, host, port, self.client_id,
@@ -488,8 +492,8 @@ class Bridge:
                 if remaining is not None or props.subscription_identifiers or props.topic_alias:
                     props = replace(props, message_expiry_interval=remaining,
                                     subscription_identifiers=(), topic_alias=None)
-            link.send(Publish(topic, message.payload, delivery.qos, delivery.retain, dup,
-                              pid or None, props))
+            link.send(Publish(topic, message.payload, delivery.qos, delivery.retain,
+                              dup and self._remote_kept_session, pid or None, props))
             if not pid:
                 self.forwarded_out += 1
         return refused
