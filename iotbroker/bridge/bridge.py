@@ -244,10 +244,8 @@ class Bridge:
                 log.warning("bridge %r: %s", self.name, self.last_error)
                 failures += 1
             self._disconnected(self.last_error, log_it=False)
-            # Exponential back-off with jitter: [d/2, d], d = base * 2^(failures-1).
-            delay = min(cfg.reconnect_delay_max,
-                        cfg.reconnect_delay * (2 ** max(0, failures - 1)))
-            await asyncio.sleep(random.uniform(delay / 2, delay) if failures else 0.0)
+            await asyncio.sleep(backoff(failures, cfg.reconnect_delay,
+                                        cfg.reconnect_delay_max))
 
     def _addresses(self) -> list[tuple[str, int]]:
         parsed = [split_address(a) for a in self.config.address]
@@ -579,6 +577,17 @@ class Bridge:
             "connects": self.connects,
             "last_error": self.last_error,
         }
+
+
+def backoff(failures: int, base: float, cap: float,
+            uniform: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: exponential back-off
+    with jitter, drawn in [d/2, d] with d = min(cap, base * 2^(failures - 1)); 0 after
+    a connection that was lost (no failure yet)."""
+    if failures <= 0:
+        return 0.0
+    delay = min(cap, base * 2 ** min(failures - 1, 32))
+    return uniform(delay / 2, delay)
 
 
 def encode_connect(packet: Connect, private: bool) -> bytes:

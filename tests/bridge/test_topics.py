@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from iotbroker.bridge.bridge import backoff
 from iotbroker.bridge.topics import Rule, map_in, map_out
 from iotbroker.config import BridgeTopicConfig, ConfigError, load_config, parse_config
 
@@ -147,3 +148,14 @@ def test_cross_key_rules() -> None:
         "bridges[2].reconnect_delay_max",
     ):
         assert expected in text, text
+
+
+def test_reconnect_backoff_doubles_up_to_the_cap_with_jitter() -> None:
+    def upper(lo: float, hi: float) -> float:
+        return hi
+
+    assert [backoff(n, 1.0, 60.0, upper) for n in range(9)] == [
+        0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert backoff(1000, 1.0, 60.0, upper) == 60.0
+    draws = [backoff(3, 1.0, 60.0) for _ in range(200)]
+    assert all(2.0 <= d <= 4.0 for d in draws) and len(set(draws)) > 100
