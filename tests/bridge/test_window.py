@@ -151,3 +151,22 @@ def test_window_order_and_resend_of_only_the_unacknowledged(make_broker: MakeBro
         assert not any(p.dup for p in rest)
     finally:
         remote.close()
+
+
+def test_keepalive_pings_and_a_silent_remote_is_dropped(make_broker: MakeBroker) -> None:
+    """The bridge sends PINGREQ within Keep Alive [MQTT-3.1.2-23] and closes a remote
+    that answers nothing for 1.5 × Keep Alive, then connects again."""
+    remote = ScriptedRemote()
+    try:
+        gw = make_broker(config_with_bridges(bridge_yaml(
+            "cloud", remote.port, ['{pattern: "m/#", direction: out, qos: 1}'],
+            extra="    keepalive: 5s\n")))
+        assert remote.accept(session_present=False).keepalive == 5
+        started = time.monotonic()
+        assert isinstance(remote.recv(timeout=7), PingReq)  # not answered
+        assert 4.0 <= time.monotonic() - started <= 7.0
+        remote.accept(session_present=False)  # the bridge gave up on the silent link
+        assert 7.0 <= time.monotonic() - started <= 12.0
+        wait_for_log(gw, "bridge 'cloud': connection lost: no packet from the remote")
+    finally:
+        remote.close()
