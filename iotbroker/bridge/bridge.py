@@ -399,7 +399,8 @@ class Bridge:
                 if msg.origin != session.client_id and not msg.topic.startswith("$"):
                     session.deliver(Delivery(msg, min(rule.qos, msg.qos), True), now)
         self._publish_state()
-        self._arm_keepalive()
+        # MQTT 5.0: the remote's Server Keep Alive replaces ours [MQTT-3.1.2-21].
+        self._arm_keepalive(connack.properties.server_keep_alive or self.config.keepalive)
         self.flush()
         link.write()
 
@@ -431,8 +432,9 @@ class Bridge:
                 session.pump(time.time())
                 self.flush()
 
-    def _arm_keepalive(self) -> None:
-        keepalive = self.config.keepalive
+    def _arm_keepalive(self, keepalive: int) -> None:
+        """PINGREQ when idle for Keep Alive (MQTT 3.1.1 [MQTT-3.1.2-23], 5.0
+        [MQTT-3.1.2-20]); a remote silent for 1.5 × Keep Alive is dropped."""
         link = self.link
 
         def check() -> None:

@@ -154,7 +154,7 @@ def test_window_order_and_resend_of_only_the_unacknowledged(make_broker: MakeBro
 
 
 def test_keepalive_pings_and_a_silent_remote_is_dropped(make_broker: MakeBroker) -> None:
-    """The bridge sends PINGREQ within Keep Alive [MQTT-3.1.2-23] and closes a remote
+    """The bridge sends PINGREQ within Keep Alive (5.0 [MQTT-3.1.2-20]) and closes a remote
     that answers nothing for 1.5 × Keep Alive, then connects again."""
     remote = ScriptedRemote()
     try:
