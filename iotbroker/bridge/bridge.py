@@ -138,6 +138,8 @@ class Bridge:
         self._keepalive: asyncio.TimerHandle | None = None
         self._private_refused = False
         self._remote_kept_session = False
+        #: The remote's Maximum QoS (MQTT 5.0 CONNACK, §3.2.2.3.4): higher ones go down.
+        self._remote_max_qos = 2
         self._next_address = 0
         self._drops_logged = 0
         self._drop_timer: asyncio.TimerHandle | None = None
@@ -386,6 +388,8 @@ class Bridge:
         # A remote that lost our session gets the unacknowledged messages as new ones:
         # a re-send with DUP=1 is only for a session it kept [MQTT-4.4.0-1].
         self._remote_kept_session = connack.session_present
+        max_qos = connack.properties.maximum_qos
+        self._remote_max_qos = 2 if max_qos is None else max_qos
         window = min(self.config.max_inflight, connack.properties.receive_maximum or 65535)
         log.info("bridge %r: connected to %s:%d as %r (MQTT %s, session_present=%s, "
                  "%d queued, %d in flight)", self.name, host, port, self.client_id,
@@ -464,8 +468,10 @@ class Bridge:
         Returns the new PUBLISHes not sent (no rule maps them any more)."""
         link = self.link
         refused: list[tuple[int, int]] = []
+        unacked: list[int] = []
         v5 = self.config.protocol == 5
         rules = self.rules
+        max_qos = self._remote_max_qos
         for entry in entries:
             if isinstance(entry, Delivery):
                 delivery, pid, dup = entry, 0, False
@@ -492,11 +498,36 @@ class Bridge:
                 if remaining is not None or props.subscription_identifiers or props.topic_alias:
                     props = replace(props, message_expiry_interval=remaining,
                                     subscription_identifiers=(), topic_alias=None)
-            link.send(Publish(topic, message.payload, delivery.qos, delivery.retain,
-                              dup and self._remote_kept_session, pid or None, props))
+            qos = delivery.qos
+            if qos > max_qos:
+                # Above the remote's Maximum QoS [MQTT-3.2.2-11]: sent at its maximum;
+                # at QoS 0 nothing will acknowledge it, so it is complete once sent.
+                qos = max_qos
+                if qos == 0 and pid:
+                    unacked.append(pid)
+            link.send(Publish(topic, message.payload, qos, delivery.retain,
+                              dup and self._remote_kept_session,
+                              pid if pid and qos else None, props))
             if not pid:
                 self.forwarded_out += 1
+        for pid in unacked:
+            self._complete(pid, now)
         return refused
+
+    def _complete(self, packet_id: int, now: float) -> bool:
+        """End the delivery ``packet_id`` whatever its QoS (the remote acknowledged a
+        message we sent below its QoS, or nothing will acknowledge it)."""
+        session = self.session
+        if session is None:
+            return False
+        entry = session.inflight.get(packet_id)
+        if entry is None:
+            return False
+        done = (session.on_puback(packet_id, now) if entry.delivery.qos == 1
+                else session.on_pubrec(packet_id, _FAILURE, now))  # failure code: ended
+        if done:
+            self.forwarded_out += 1
+        return done
 
     # -------------------------------------------------------------- inbound
     def _on_packets(self, packets: list[Packet]) -> None:
@@ -514,6 +545,8 @@ class Bridge:
             elif isinstance(packet, PubAck):
                 if session.on_puback(packet.packet_id, now):
                     self.forwarded_out += 1
+                else:  # a QoS 2 message sent at the remote's Maximum QoS 1
+                    self._complete(packet.packet_id, now)
             elif isinstance(packet, PubRec):
                 if packet.reason_code >= _FAILURE:
                     log.info("bridge %r: remote refused message %d: PUBREC 0x%02x",

@@ -21,6 +21,7 @@ from iotbroker.codec.packets import (
     Packet,
     PingReq,
     PingResp,
+    Properties,
     PubAck,
     Publish,
 )
@@ -168,5 +169,32 @@ def test_keepalive_pings_and_a_silent_remote_is_dropped(make_broker: MakeBroker)
         remote.accept(session_present=False)  # the bridge gave up on the silent link
         assert 7.0 <= time.monotonic() - started <= 12.0
         wait_for_log(gw, "bridge 'cloud': connection lost: no packet from the remote")
+    finally:
+        remote.close()
+
+
+def test_remote_maximum_qos_is_respected(make_broker: MakeBroker) -> None:
+    """A remote with Maximum QoS 1 (MQTT 5.0 §3.2.2.3.4, e.g. AWS IoT Core) gets QoS 2
+    messages at QoS 1 [MQTT-3.2.2-11]; its PUBACK completes them and the window moves."""
+    remote = ScriptedRemote()
+    try:
+        gw = make_broker(config_with_bridges(bridge_yaml(
+            "cloud", remote.port, ['{pattern: "m/#", direction: out, qos: 2}'],
+            extra="    max_inflight: 1\n")))
+        remote.server.settimeout(10)
+        remote.conn, _ = remote.server.accept()
+        assert isinstance(remote.recv(), Connect)
+        remote.send(ConnAck(False, 0, Properties(maximum_qos=1)))
+        wait_for_log(gw, "bridge 'cloud': connected to")
+        with RawClient(gw.host, gw.port, version=5) as c:
+            c.connect("pub")
+            for i in range(3):
+                c.publish("m/x", str(i).encode(), qos=2)
+        for i in range(3):
+            (p,) = remote.publishes(1)
+            assert (int(p.payload), p.qos) == (i, 1)
+            remote.silent(0.3)  # max_inflight 1: the next waits for this PUBACK
+            remote.send(PubAck(p.packet_id or 0))
+        remote.silent(0.3)
     finally:
         remote.close()
