@@ -180,6 +180,9 @@ class Bridge:
         if session is None:
             session, _ = engine.registry.open(cid, False, NEVER_EXPIRES, 5, now)
         session.limits = self.limits
+        # What the bridge may read is the ACL's decision like any subscriber's (it goes
+        # through Session.deliver): an ACL file grants it as user ``$bridge/<name>``.
+        session.username = cid
         self.session = session
         wanted: dict[str, int] = {}
         for rule in self.rules:

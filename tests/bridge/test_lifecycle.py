@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from iotbroker.codec.packets import Publish
 from tests.bridge.conftest import (
@@ -134,3 +135,26 @@ def test_addresses_are_tried_in_order_and_each_failure_says_why(
     log = gw.log_text()
     assert "bridge-test.invalid:1883: DNS: cannot resolve the remote address" in log
     assert f"127.0.0.1:{closed}: TCP: connection refused" in log
+
+
+def test_acl_decides_what_the_bridge_reads(
+        make_broker: MakeBroker, make_mosquitto: MakeMosquitto, tmp_path: Path) -> None:
+    """With an ACL file the bridge reads as user ``$bridge/<name>``: a ``#`` out rule
+    forwards only what its section grants (issue 12's one delivery path)."""
+    mosq = make_mosquitto()
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\n\nuser $bridge/cloud\ntopic read s/#\n")
+    acl.chmod(0o600)
+    text = config_with_bridges(bridge_yaml("cloud", mosq.port,
+                                           ['{pattern: "#", direction: out, qos: 1}']))
+    gw = make_broker(text + f"auth:\n  acl_file: {acl}\n")
+    wait_for_log(gw, "bridge 'cloud': connected to")
+    with RawClient("127.0.0.1", mosq.port, version=5) as remote, \
+            RawClient(gw.host, gw.port, version=5) as local:
+        remote.connect("remote-sub")
+        remote.subscribe("#", qos=1)
+        local.connect("pub")
+        local.publish("x/1", b"not granted", qos=1)
+        local.publish("s/1", b"granted", qos=1)
+        assert [(p.topic, p.payload) for p in collect(remote, 1)] == [("s/1", b"granted")]
+        quiet(remote, 0.5)
