@@ -213,10 +213,10 @@ class Bridge:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        link = self.link
         self._disconnected("bridge stopped", log_it=False)
-        link, self.link = self.link, None
         if link is not None and not link.closed:
-            link.send(Disconnect())
+            link.send(Disconnect())  # normal disconnection: the remote keeps our session
             link.close()
 
     def remove(self) -> None:
@@ -316,6 +316,17 @@ class Bridge:
             raise ConnectFailed(f"TLS handshake with {host}:{port} failed: "
                                 f"{exc.reason or exc}") from None
         self.link = link
+        try:
+            await self._handshake(link, host, port, private)
+        except BaseException:
+            # Failed, timed out or cancelled half-way: this link must not linger.
+            if not link.closed:
+                link.fail("connect attempt abandoned")
+            raise
+
+    async def _handshake(self, link: Link, host: str, port: int, private: bool) -> None:
+        """CONNECT / CONNACK, SUBSCRIBE / SUBACK, then the session is attached."""
+        cfg = self.config
         props = NO_PROPERTIES
         if cfg.protocol == 5:
             props = Properties(session_expiry_interval=cfg.session_expiry or None)
@@ -326,9 +337,11 @@ class Bridge:
             properties=props,
         ), private)
         link.queue(data)
+        waiting = self._connack
+        assert waiting is not None
         try:
             async with asyncio.timeout(cfg.connect_timeout):
-                connack = await self._connack
+                connack = await waiting
         except TimeoutError:
             link.fail("no CONNACK")
             raise ConnectFailed(f"{host}:{port}: no CONNACK within "

@@ -10,6 +10,7 @@ decides when acknowledgements come and when the connection drops.
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -18,12 +19,15 @@ from iotbroker.codec import Framer, decode_packet, encode_packet
 from iotbroker.codec.packets import (
     ConnAck,
     Connect,
+    Disconnect,
     Packet,
     PingReq,
     PingResp,
     Properties,
     PubAck,
     Publish,
+    SubAck,
+    Subscribe,
 )
 from tests.bridge.conftest import bridge_yaml, config_with_bridges, wait_for_log
 from tests.helpers.broker_process import BrokerProcess
@@ -196,5 +200,35 @@ def test_remote_maximum_qos_is_respected(make_broker: MakeBroker) -> None:
             remote.silent(0.3)  # max_inflight 1: the next waits for this PUBACK
             remote.send(PubAck(p.packet_id or 0))
         remote.silent(0.3)
+    finally:
+        remote.close()
+
+
+def test_a_remote_that_never_subacks_is_abandoned_and_a_changed_bridge_disconnects(
+        make_broker: MakeBroker) -> None:
+    """No SUBACK within connect_timeout: that connection is closed before the next
+    attempt (none lingers); SIGHUP changing the bridge closes its old connection with
+    DISCONNECT (MQTT 5.0 §3.14: normal disconnection)."""
+    remote = ScriptedRemote()
+    try:
+        rules = ['{pattern: "c/#", direction: in, qos: 1}']
+        gw = make_broker(config_with_bridges(bridge_yaml(
+            "cloud", remote.port, rules, extra="    connect_timeout: 1s\n")))
+        remote.accept(session_present=False)
+        assert isinstance(remote.recv(), Subscribe)  # never answered
+        first = remote.conn
+        remote.accept(session_present=False)  # the next attempt
+        assert first is not None
+        first.settimeout(2)
+        assert first.recv(1) == b""  # the abandoned connection was closed
+        sub = remote.recv()
+        assert isinstance(sub, Subscribe)
+        remote.send(SubAck(sub.packet_id, [1]))
+        wait_for_log(gw, "bridge 'cloud': connected to")
+        gw.config_path.write_text(config_with_bridges(bridge_yaml(
+            "cloud", remote.port, rules, extra="    connect_timeout: 2s\n")))
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGHUP)
+        assert isinstance(remote.recv(), Disconnect)
     finally:
         remote.close()
