@@ -465,7 +465,7 @@ class BridgeConfig(_Section):
     tls: BridgeTlsConfig | None = None
     clean_start: StrictBool = False
     session_expiry: Annotated[int, Number(lo=0, hi=SESSION_EXPIRY_NEVER, unit="duration")] = 3600
-    keepalive: Annotated[int, Number(lo=5, hi=65535, unit="duration")] = 60
+    keepalive: Annotated[int, Number(lo=1, hi=65535, unit="duration")] = 60
     max_inflight: Annotated[int, Number(lo=1, hi=65535)] = 100
     outbox: BridgeOutboxConfig = field(default_factory=BridgeOutboxConfig)
     topics: tuple[BridgeTopicConfig, ...] = ()

@@ -464,11 +464,13 @@ class Bridge:
             if now - link.last_received > keepalive * 1.5:
                 link.fail(f"no packet from the remote for {keepalive * 1.5:.0f}s (keepalive)")
                 return
-            if now - link.last_sent >= keepalive:
+            # Checked every Keep Alive / 4: a PINGREQ after 3/4 of it without sending
+            # keeps every gap below Keep Alive.
+            if now - link.last_sent >= keepalive * 0.75:
                 link.send(PingReq())
-            self._keepalive = self.loop.call_later(max(1.0, keepalive / 2), check)
+            self._keepalive = self.loop.call_later(keepalive / 4, check)
 
-        self._keepalive = self.loop.call_later(max(1.0, keepalive / 2), check)
+        self._keepalive = self.loop.call_later(keepalive / 4, check)
 
     def _publish_state(self) -> None:
         """``$SYS/broker/connection/<name>/state`` (retained, mosquitto's convention)."""

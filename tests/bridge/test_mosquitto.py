@@ -125,13 +125,13 @@ def test_retained_messages_go_out_after_connect(
 
 def test_mosquitto_bridge_into_iotbroker(
         make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
-    """mosquitto's own bridge (MQTT 3.1.1) with iotbroker as its remote. iotbroker
-    refuses mosquitto's first CONNECT (protocol level 0x84, try_private) with
-    0x01 [MQTT-3.1.2-2]; mosquitto then connects with plain 3.1.1."""
+    """mosquitto's own bridge (MQTT 3.1.1) with iotbroker as its remote (try_private off:
+    iotbroker refuses protocol level 0x84 with 0x01 [MQTT-3.1.2-2], after which
+    mosquitto retries plain 3.1.1 only after its restart_timeout)."""
     proc = make_broker(config_with_bridges("[]\n").replace("bridges:\n[]", "bridges: []"))
     mosq = make_mosquitto(
         f"connection edge\naddress 127.0.0.1:{proc.port}\nbridge_protocol_version mqttv311\n"
-        "restart_timeout 1\ntopic up/# out 1 \"\" edge/\ntopic down/# in 1 \"\" edge/\n")
+        "try_private false\ntopic up/# out 1 \"\" edge/\ntopic down/# in 1 \"\" edge/\n")
     wait_for_log(mosq, "Received CONNACK on connection", timeout=10)
     with RawClient("127.0.0.1", mosq.port, version=4) as m, \
             RawClient(proc.host, proc.port, version=5) as i:
