@@ -158,3 +158,22 @@ def test_acl_decides_what_the_bridge_reads(
         local.publish("s/1", b"granted", qos=1)
         assert [(p.topic, p.payload) for p in collect(remote, 1)] == [("s/1", b"granted")]
         quiet(remote, 0.5)
+
+
+def test_a_bridge_gone_from_the_config_at_restart_has_its_outbox_deleted(
+        make_broker: MakeBroker) -> None:
+    closed = free_port()
+    gw = make_broker(config_with_bridges(bridge_yaml(
+        "old", closed, ['{pattern: "a/#", direction: out, qos: 1}']), storage="rocksdb"))
+    with RawClient(gw.host, gw.port, version=5) as c:
+        c.connect("pub")
+        for i in range(10):
+            c.publish("a/x", str(i).encode(), qos=1)
+    gw.stop()
+    gw.config_path.write_text(config_with_bridges("[]\n", storage="rocksdb").replace(
+        "bridges:\n[]", "bridges: []"))
+    gw.start()
+    wait_for_log(gw, "bridge 'old' is no longer configured: its outbox (10 messages) is "
+                     "dropped")
+    gw.restart()
+    assert "restored 0 sessions" in gw.log_text()
