@@ -194,6 +194,15 @@ def _check_files(config: BrokerConfig) -> None:
                 reason = "does not exist" if not os.path.exists(file) else "is not readable"
                 raise ConfigError(f"listeners[{i}].tls.{name}", file,
                                   f"cannot be used: the file {reason}")
+    for i, bridge in enumerate(config.bridges):
+        if bridge.tls is None:
+            continue
+        for name in ("certfile", "keyfile", "cafile"):
+            file = getattr(bridge.tls, name)
+            if file is not None and not os.access(file, os.R_OK):
+                reason = "does not exist" if not os.path.exists(file) else "is not readable"
+                raise ConfigError(f"bridges[{i}].tls.{name}", file,
+                                  f"cannot be used: the file {reason}")
 
 
 # passwd -------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ validation of the ``bridges:`` section (errors name key path, value and line).""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,14 @@ def test_reconnect_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     assert backoff(1000, 1.0, 60.0, upper) == 60.0
     draws = [backoff(3, 1.0, 60.0) for _ in range(200)]
     assert all(2.0 <= d <= 4.0 for d in draws) and len(set(draws)) > 100
+
+
+def test_check_config_checks_bridge_tls_files(tmp_path: Path) -> None:
+    """``iotbroker check-config`` validates the section, and the TLS files exist."""
+    path = tmp_path / "gw.yaml"
+    path.write_text("bridges:\n  - name: c\n    address: h:8883\n"
+                    "    tls: {cafile: /nonexistent/ca.pem}\n    topics: [{pattern: '#'}]\n")
+    out = subprocess.run([sys.executable, "-m", "iotbroker", "check-config", str(path)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode != 0
+    assert "bridges[0].tls.cafile" in out.stderr and "does not exist" in out.stderr
