@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from iotbroker.codec.packets import Publish
 from tests.bridge.conftest import (
@@ -20,6 +23,7 @@ from tests.bridge.conftest import (
 )
 from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.rawclient import RawClient
+from tests.server.clients import metrics_address
 
 MakeBroker = Callable[..., BrokerProcess]
 MakeMosquitto = Callable[..., Mosquitto]
@@ -177,3 +181,36 @@ def test_a_bridge_gone_from_the_config_at_restart_has_its_outbox_deleted(
                      "dropped")
     gw.restart()
     assert "restored 0 sessions" in gw.log_text()
+
+
+def test_prometheus_figures_per_bridge(make_broker: MakeBroker,
+                                       make_mosquitto: MakeMosquitto) -> None:
+    """``iotbroker_bridge_*{bridge="<name>"}`` on the metrics endpoint."""
+    mosq = make_mosquitto()
+    text = config_with_bridges(bridge_yaml("cloud", mosq.port,
+                                           ['{pattern: "a/#", direction: out, qos: 1}']))
+    gw = make_broker(text + "metrics:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n")
+    wait_for_log(gw, "bridge 'cloud': connected to")
+    with RawClient("127.0.0.1", mosq.port, version=5) as remote, \
+            RawClient(gw.host, gw.port, version=5) as local:
+        remote.connect("remote-sub")
+        remote.subscribe("#", qos=1)
+        local.connect("pub")
+        for i in range(3):
+            local.publish("a/x", str(i).encode(), qos=1)
+        collect(remote, 3)
+    host, port = metrics_address(gw)
+    deadline = time.monotonic() + 5
+    while True:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+            samples = {(s.name, s.labels.get("bridge")): s.value
+                       for f in text_string_to_metric_families(resp.read().decode())
+                       for s in f.samples}
+        if samples.get(("iotbroker_bridge_forwarded_out_total", "cloud")) == 3:
+            break
+        assert time.monotonic() < deadline, samples
+        time.sleep(0.1)
+    assert samples[("iotbroker_bridge_connected", "cloud")] == 1
+    assert samples[("iotbroker_bridge_queued_messages", "cloud")] == 0
+    assert samples[("iotbroker_bridge_dropped_total", "cloud")] == 0
+    assert samples[("iotbroker_bridge_connects_total", "cloud")] == 1
