@@ -29,6 +29,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import cast
 
 from iotbroker.bridge.link import Link
 from iotbroker.bridge.tls import client_context
@@ -77,17 +78,24 @@ def state_topic(name: str) -> str:
     return f"$SYS/broker/connection/{name}/state"
 
 
-class Outlet(Connection):
+class Outlet:
     """The bridge session's "connection" as the engine sees it: what the session
-    sends (``Engine.send_ready``) goes to the remote link instead of a socket."""
+    sends (``Engine.send_ready`` calls ``send_outbox``) goes to the remote link instead
+    of a socket. Not a subclass of :class:`~iotbroker.protocol.connection.Connection`:
+    that class is compiled by mypyc in the compiled build, and interpreted classes
+    cannot inherit from compiled ones; the engine only calls ``send_outbox`` on it."""
+
+    protocol_version = 5
+    connected = True
 
     def __init__(self, bridge: Bridge) -> None:
-        super().__init__(max_packet_size=268_435_460, receive_maximum=65535,
-                         topic_alias_maximum=0, now=0.0)
         self.bridge = bridge
 
     def send_outbox(self, entries: list[OutboxEntry], now: float) -> list[tuple[int, int]]:
         return self.bridge.send_entries(entries, now)
+
+    def close(self) -> None:
+        """Nothing to close: the bridge owns its link."""
 
 
 class BridgeClient(Client):
@@ -95,8 +103,9 @@ class BridgeClient(Client):
 
     __slots__ = ("name",)
 
-    def __init__(self, conn: Connection, name: str) -> None:
-        super().__init__(conn, listener=f"bridge:{name}")
+    def __init__(self, outlet: Outlet, name: str) -> None:
+        # Duck-typed: the engine uses only ``send_outbox`` of a bridge's "connection".
+        super().__init__(cast("Connection", outlet), listener=f"bridge:{name}")
         self.name = name
 
     @property
