@@ -262,13 +262,10 @@ class Bridge:
                                         cfg.reconnect_delay_max))
 
     def _addresses(self) -> list[tuple[str, int]]:
-        parsed = [split_address(a) for a in self.config.address]
-        addrs = [a for a in parsed if a is not None]
-        if self.config.round_robin:
-            start = self._next_address % len(addrs)
-            self._next_address += 1
-            return addrs[start:] + addrs[:start]
-        return addrs
+        order = address_order(self.config.address, self.config.round_robin,
+                              self._next_address)
+        self._next_address += 1
+        return order
 
     async def _connect_once(self) -> None:
         """Try each address in order (fail-over); each failure is logged with its cause.
@@ -639,6 +636,19 @@ class Bridge:
             "connects": self.connects,
             "last_error": self.last_error,
         }
+
+
+def address_order(addresses: tuple[str, ...], round_robin: bool,
+                  attempt: int) -> list[tuple[str, int]]:
+    """The addresses to try, in order, for connection attempt number ``attempt``:
+    always from the first (fail-over, mosquitto's default) or, with ``round_robin``,
+    from the next one each time."""
+    parsed = [split_address(a) for a in addresses]
+    addrs = [a for a in parsed if a is not None]
+    if round_robin and addrs:
+        start = attempt % len(addrs)
+        return addrs[start:] + addrs[:start]
+    return addrs
 
 
 def backoff(failures: int, base: float, cap: float,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iotbroker.bridge.bridge import backoff
+from iotbroker.bridge.bridge import address_order, backoff
 from iotbroker.bridge.topics import Rule, map_in, map_out
 from iotbroker.config import BridgeTopicConfig, ConfigError, load_config, parse_config
 
@@ -172,3 +172,11 @@ def test_check_config_checks_bridge_tls_files(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=False)
     assert out.returncode != 0
     assert "bridges[0].tls.cafile" in out.stderr and "does not exist" in out.stderr
+
+
+def test_address_order_fail_over_and_round_robin() -> None:
+    addrs = ("a:1", "b", "[::1]:3")
+    assert [address_order(addrs, False, n) for n in range(2)] == [
+        [("a", 1), ("b", 1883), ("::1", 3)]] * 2
+    assert [address_order(addrs, True, n)[0] for n in range(4)] == [
+        ("a", 1), ("b", 1883), ("::1", 3), ("a", 1)]
