@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import ssl
 import time
@@ -31,6 +30,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import cast
 
+from iotbroker.bridge.connecting import (
+    address_order,
+    backoff,
+    connack_text,
+    encode_connect,
+    os_error_text,
+)
 from iotbroker.bridge.link import Link
 from iotbroker.bridge.tls import client_context
 from iotbroker.bridge.topics import Rule, map_in, map_out
@@ -52,7 +58,7 @@ from iotbroker.codec.packets import (
     Subscribe,
     Subscription,
 )
-from iotbroker.config import BridgeConfig, split_address
+from iotbroker.config import BridgeConfig
 from iotbroker.core.session import OutboxEntry, Session, SessionLimits
 from iotbroker.core.topics import is_broker_topic
 from iotbroker.engine.client import Client
@@ -254,7 +260,7 @@ class Bridge:
                 self.last_error = str(exc)  # each address's failure is logged already
                 failures += 1
             except OSError as exc:
-                self.last_error = _os_error_text(exc)
+                self.last_error = os_error_text(exc)
                 log.warning("bridge %r: %s", self.name, self.last_error)
                 failures += 1
             self._disconnected(self.last_error, log_it=False)
@@ -278,7 +284,7 @@ class Bridge:
             except ConnectFailed as exc:
                 why = str(exc)
             except OSError as exc:
-                why = _os_error_text(exc)
+                why = os_error_text(exc)
             except TimeoutError:
                 why = f"timed out after {self.config.connect_timeout}s"
             why = why if why.startswith(f"{host}:{port}") else f"{host}:{port}: {why}"
@@ -364,7 +370,7 @@ class Bridge:
                 raise ConnectFailed(f"{host}:{port}: CONNACK 0x01 to the bridge protocol "
                                     "flag (try_private); retrying without it")
             raise ConnectFailed(f"{host}:{port}: CONNACK refused: "
-                                f"{_connack_text(connack.reason_code, cfg.protocol)}")
+                                f"{connack_text(connack.reason_code, cfg.protocol)}")
         await self._subscribe_remote(link, connack)
         self._up(link, connack, host, port)
 
@@ -636,65 +642,3 @@ class Bridge:
             "connects": self.connects,
             "last_error": self.last_error,
         }
-
-
-def address_order(addresses: tuple[str, ...], round_robin: bool,
-                  attempt: int) -> list[tuple[str, int]]:
-    """The addresses to try, in order, for connection attempt number ``attempt``:
-    always from the first (fail-over, mosquitto's default) or, with ``round_robin``,
-    from the next one each time."""
-    parsed = [split_address(a) for a in addresses]
-    addrs = [a for a in parsed if a is not None]
-    if round_robin and addrs:
-        start = attempt % len(addrs)
-        return addrs[start:] + addrs[:start]
-    return addrs
-
-
-def backoff(failures: int, base: float, cap: float,
-            uniform: Callable[[float, float], float] = random.uniform) -> float:
-    """Seconds to wait after ``failures`` failed attempts in a row: exponential back-off
-    with jitter, drawn in [d/2, d] with d = min(cap, base * 2^(failures - 1)); 0 after
-    a connection that was lost (no failure yet)."""
-    if failures <= 0:
-        return 0.0
-    delay = min(cap, base * 2 ** min(failures - 1, 32))
-    return uniform(delay / 2, delay)
-
-
-def encode_connect(packet: Connect, private: bool) -> bytes:
-    """CONNECT bytes; with ``private`` the protocol level has mosquitto's bridge bit
-    (0x80: "try_private", the remote then treats us as a bridge and does not send our
-    own messages back)."""
-    from iotbroker.codec import encode_packet  # noqa: PLC0415
-
-    data = bytearray(encode_packet(packet, packet.protocol_version))
-    if private:
-        pos = 1
-        while data[pos] & 0x80:
-            pos += 1
-        pos += 1  # variable header: protocol name (2 + 4 bytes), then the level
-        data[pos + 6] |= 0x80
-    return bytes(data)
-
-
-def _os_error_text(exc: OSError) -> str:
-    if isinstance(exc, socket.gaierror):
-        return f"DNS: cannot resolve the remote address: {exc.strerror or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"TCP: connection refused ({exc.strerror or exc})"
-    return f"TCP: {exc.strerror or exc}"
-
-
-_V3_CONNACK = {1: "unacceptable protocol version", 2: "identifier rejected",
-               3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
-
-
-def _connack_text(code: int, version: int) -> str:
-    if version == 5:
-        try:
-            name = ReasonCode(code).name.replace("_", " ").lower()
-        except ValueError:
-            name = "unknown"
-        return f"0x{code:02x} {name}"
-    return f"{code} {_V3_CONNACK.get(code, 'unknown')}"

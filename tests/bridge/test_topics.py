@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iotbroker.bridge.bridge import address_order, backoff
+from iotbroker.bridge.connecting import address_order, backoff
 from iotbroker.bridge.topics import Rule, map_in, map_out
 from iotbroker.config import BridgeTopicConfig, ConfigError, load_config, parse_config
 
