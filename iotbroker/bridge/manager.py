@@ -27,6 +27,8 @@ class Bridges:
         self.loop = loop
         self.flush = flush
         self.bridges: dict[str, Bridge] = {}
+        #: One reload at a time (two SIGHUPs in a row apply one after the other).
+        self._lock = asyncio.Lock()
 
     def start(self, configs: tuple[BridgeConfig, ...]) -> None:
         names = {c.name for c in configs}
@@ -55,6 +57,10 @@ class Bridges:
 
     async def reload(self, configs: tuple[BridgeConfig, ...]) -> None:
         """Apply a new list of bridges; unchanged ones keep their connection."""
+        async with self._lock:
+            await self._reload(configs)
+
+    async def _reload(self, configs: tuple[BridgeConfig, ...]) -> None:
         new = {c.name: c for c in configs}
         for name, bridge in list(self.bridges.items()):
             if name not in new:
