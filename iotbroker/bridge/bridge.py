@@ -424,12 +424,20 @@ class Bridge:
                  "5.0" if self.config.protocol == 5 else "3.1.1", connack.session_present,
                  session.queued_count, len(session.inflight))
         session.attach(self.client, window, now)
+        # Retained messages of the out rules, once each (not those that came in here).
+        retained: dict[str, Delivery] = {}
         for rule in self.rules:
             if not rule.out:
                 continue
             for msg in self.engine.retained.match(rule.local_filter, now):
-                if msg.origin != session.client_id and not msg.topic.startswith("$"):
-                    session.deliver(Delivery(msg, min(rule.qos, msg.qos), True), now)
+                if msg.origin == session.client_id or msg.topic.startswith("$"):
+                    continue
+                qos = min(rule.qos, msg.qos)
+                seen = retained.get(msg.topic)
+                if seen is None or seen.qos < qos:
+                    retained[msg.topic] = Delivery(msg, qos, True)
+        for delivery in retained.values():
+            session.deliver(delivery, now)
         self._publish_state()
         # MQTT 5.0: the remote's Server Keep Alive replaces ours [MQTT-3.1.2-21].
         self._arm_keepalive(connack.properties.server_keep_alive or self.config.keepalive)

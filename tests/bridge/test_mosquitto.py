@@ -106,10 +106,12 @@ def test_in_from_mosquitto_prefix_retain_and_qos2_once(
 
 def test_retained_messages_go_out_after_connect(
         make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
-    """An ``out`` rule forwards the retained messages once after (re)connect."""
+    """``out`` rules forward the retained messages once after (re)connect (once even
+    when two rules match)."""
     mosq = make_mosquitto(start=False)
     proc = make_broker(config_with_bridges(bridge_yaml(
-        "cloud", mosq.port, ['{pattern: "cfg/#", direction: out, qos: 1}'])))
+        "cloud", mosq.port, ['{pattern: "cfg/#", direction: out, qos: 1}',
+                             '{pattern: "cfg/a", direction: out, qos: 0}'])))
     with RawClient(proc.host, proc.port, version=5) as local:
         local.connect("local-pub")
         local.publish("cfg/a", b"retained-a", qos=1, retain=True)
