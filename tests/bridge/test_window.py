@@ -232,3 +232,34 @@ def test_a_remote_that_never_subacks_is_abandoned_and_a_changed_bridge_disconnec
         assert isinstance(remote.recv(), Disconnect)
     finally:
         remote.close()
+
+
+def test_kill9_with_messages_in_flight_resends_them_after_restart(
+        make_broker: MakeBroker) -> None:
+    """SIGKILL while messages are sent and not yet acknowledged by the remote: after the
+    restart they go again (DUP=1, same packet ids) before the queue [MQTT-4.4.0-1]."""
+    remote = ScriptedRemote()
+    try:
+        gw = make_broker(config_with_bridges(bridge_yaml(
+            "cloud", remote.port, ['{pattern: "m/#", direction: out, qos: 1}'],
+            extra="    max_inflight: 3\n"), storage="rocksdb"))
+        remote.accept(session_present=False)
+        wait_for_log(gw, "bridge 'cloud': connected to")
+        with RawClient(gw.host, gw.port, version=5) as c:
+            c.connect("pub")
+            for i in range(6):
+                c.publish("m/x", str(i).encode(), qos=1)
+        first = remote.publishes(3)
+        gw.kill()
+        remote.drop()
+        gw.start()
+        remote.accept(session_present=True)
+        again = remote.publishes(3)
+        assert [(int(p.payload), p.dup, p.packet_id) for p in again] == [
+            (int(p.payload), True, p.packet_id) for p in first]
+        for p in again:
+            remote.send(PubAck(p.packet_id or 0))
+        rest = remote.publishes(3)
+        assert [int(p.payload) for p in rest] == [3, 4, 5]
+    finally:
+        remote.close()
