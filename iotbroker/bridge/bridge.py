@@ -157,6 +157,8 @@ class Bridge:
         self._remote_max_qos = 2
         self._next_address = 0
         self._drops_logged = 0
+        self._drops_seen = 0
+        self._burst_logged_at: float | None = None
         self._drop_timer: asyncio.TimerHandle | None = None
         # counters (metrics, $SYS)
         self.forwarded_out = 0
@@ -178,15 +180,26 @@ class Bridge:
         self._drop_timer = self.loop.call_later(1.0, self._check_drops)
 
     def _check_drops(self) -> None:
-        """One log line per burst of outbox drops (checked every second)."""
+        """Outbox drops are logged once per burst: a WARNING when they start (then at
+        most once a minute while they go on), an INFO line with the total when a second
+        passes without one. Checked every second."""
         self._drop_timer = self.loop.call_later(1.0, self._check_drops)
         dropped = self.limits.dropped
-        if dropped > self._drops_logged:
-            log.warning("bridge %r: outbox full (%d messages, %d bytes max): %d messages "
-                        "dropped (policy %s; %d in all)", self.name,
-                        self.config.outbox.max_messages, self.config.outbox.max_bytes,
-                        dropped - self._drops_logged, self.config.outbox.policy, dropped)
+        now = self.loop.time()
+        if dropped > self._drops_seen:
+            self._drops_seen = dropped
+            if self._burst_logged_at is None or now - self._burst_logged_at >= 60.0:
+                log.warning("bridge %r: outbox full (%d messages, %d bytes max): %d messages "
+                            "dropped (policy %s; %d in all)", self.name,
+                            self.config.outbox.max_messages, self.config.outbox.max_bytes,
+                            dropped - self._drops_logged, self.config.outbox.policy, dropped)
+                self._drops_logged = dropped
+                self._burst_logged_at = now
+        elif self._burst_logged_at is not None:
+            log.info("bridge %r: outbox drops stopped: %d more since the last line "
+                     "(%d in all)", self.name, dropped - self._drops_logged, dropped)
             self._drops_logged = dropped
+            self._burst_logged_at = None
 
     def open_session(self, now: float) -> None:
         engine = self.engine

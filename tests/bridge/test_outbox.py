@@ -32,6 +32,8 @@ MakeBroker = Callable[..., BrokerProcess]
 MakeMosquitto = Callable[..., Mosquitto]
 FULL = os.environ.get("IOTBROKER_BRIDGE_FULL") == "1"
 N = 10_000 if FULL else 2_000
+#: The bound test: published, outbox bound (the issue's 10,000 / 5,000 when FULL).
+PUBLISHED, BOUND = (10_000, 5_000) if FULL else (500, 300)
 
 
 def _publish_acked(proc: BrokerProcess, start: int, stop: int) -> None:
@@ -103,26 +105,29 @@ def test_outage_and_kill9_lose_nothing_acknowledged(
 def test_outbox_bound_drops_exactly_the_excess(
         make_broker: MakeBroker, make_mosquitto: MakeMosquitto, tmp_path: Path,
         policy: str) -> None:
-    """``outbox.max_messages`` 300, 500 messages during the outage: the policy drops
-    exactly 200 (the oldest or the newest), counted in $SYS and logged once."""
+    """``outbox.max_messages`` BOUND, PUBLISHED messages during the outage: the policy
+    drops exactly the excess (the oldest or the newest), counted in $SYS, logged once."""
     mosq = _persistent_mosquitto(make_mosquitto, tmp_path)
     _remote_subscriber(mosq)
     mosq.stop()
-    extra = f"    outbox: {{max_messages: 300, policy: {policy}}}\n"
+    extra = f"    outbox: {{max_messages: {BOUND}, policy: {policy}}}\n"
     gw = make_broker(config_with_bridges(bridge_yaml(
         "cloud", mosq.port, ['{pattern: "data/#", direction: out, qos: 1, '
                              'remote_prefix: "site/"}'], extra=extra),
         storage="rocksdb", sys_interval="200ms"))
-    _publish_acked(gw, 0, 500)
+    _publish_acked(gw, 0, PUBLISHED)
+    excess = str(PUBLISHED - BOUND).encode()
     with RawClient(gw.host, gw.port, version=5) as c:
         c.connect("sys-reader")
         c.subscribe("$SYS/broker/connection/cloud/dropped")
         deadline = time.monotonic() + 5
-        while (value := c.receive_publish(timeout=5).payload) != b"200":
+        while (value := c.receive_publish(timeout=5).payload) != excess:
             assert time.monotonic() < deadline, value
     wait_for_log(gw, "messages dropped (policy")
+    wait_for_log(gw, "outbox drops stopped")
     assert gw.log_text().count("outbox full") == 1
     mosq.start()
     wait_for_log(gw, "bridge 'cloud': connected to", timeout=20)
-    got = _drain(mosq, 300)
-    assert got == (list(range(200, 500)) if policy == "drop-oldest" else list(range(300)))
+    got = _drain(mosq, BOUND)
+    assert got == (list(range(PUBLISHED - BOUND, PUBLISHED)) if policy == "drop-oldest"
+                   else list(range(BOUND)))
