@@ -45,6 +45,7 @@ class Metrics:
     retained_dropped: int = 0
     connect_timeouts: int = 0
     topic_limit_refusals: int = 0
+    payload_format_refusals: int = 0
     subscription_limit_refusals: int = 0
     messages_expired: int = 0
     malformed_packets: int = 0

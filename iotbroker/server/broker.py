@@ -37,10 +37,14 @@ from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
+from iotbroker.server.timerwheel import TimerWheel
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
 log = logging.getLogger("iotbroker.broker")
+
+#: How log lines name a CONNECT's protocol level (MQTT 3.1 is "MQIsdp" version 3).
+_VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1"}
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -72,6 +76,8 @@ class Broker:
         #: Slow consumer -> the publishers paused because of it.
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
+        #: Every connection's CONNECT-timeout / keep-alive deadline, on one loop timer.
+        self.timers = TimerWheel(self.loop)
         self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
@@ -147,6 +153,7 @@ class Broker:
         for proto in list(self.connections):
             proto.abort()
         self.flush()
+        self.timers.close()
         self.auth.close()
         self.store.close()
         log.info("stopped")
@@ -233,8 +240,8 @@ class Broker:
                 return
         for proto in dirty:
             proto.write_pending()
-            if proto.close_after_flush and proto.transport is not None:
-                proto.transport.close()
+            if proto.close_after_flush:
+                proto.finish_close()
         if self._throttled and readers:
             # A consumer is congested: slow down the clients that published this turn
             # (not bystanders that only pinged, acknowledged or connected).
@@ -355,29 +362,43 @@ class Broker:
         self._apply_closes()
 
     # ------------------------------------------------------------- packets
-    def handle_packet(self, proto: ClientProtocol, packet: Packet) -> None:
-        """One validated packet: the engine's, once the CONNECT is accepted; CONNECT
-        and AUTH go through the authentication steps here first."""
-        ptype = packet.TYPE
+    def handle_packets(self, proto: ClientProtocol, packets: list[Packet]) -> int:
+        """Validated packets of one read, in order: the engine's once the CONNECT is
+        accepted; CONNECT and AUTH go through the authentication steps here first.
+        Stops after a packet that defers (a password check in a thread) or closes the
+        connection; returns how many were handled. One clock reading per read: they
+        arrived together."""
         engine = self.engine
-        if proto.session is not None and ptype is not _AUTH:
-            engine.handle(proto, packet, time.time())  # Broker.now(), inlined: hot path
-            if ptype is _PUBLISH and proto.publish_bucket is not None:
-                self._limit_publish_rate(proto)
-        elif ptype is _CONNECT:
-            assert isinstance(packet, Connect)
-            self.on_connect(proto, packet)
-        elif ptype is _AUTH:
-            assert isinstance(packet, Auth)
-            pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
-            if pending is not None:  # the exchange ended: accept or refuse the CONNECT
-                self.on_connect(proto, pending)
-        else:
-            self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
-        if engine.closing:
-            self._apply_closes()
+        now = time.time()  # Broker.now(), inlined: hot path
+        handled = 0
+        for packet in packets:
+            handled += 1
+            ptype = packet.TYPE
+            try:
+                if proto.session is not None and ptype is not _AUTH:
+                    engine.handle(proto, packet, now)
+                    if ptype is _PUBLISH and proto.publish_bucket is not None:
+                        self._limit_publish_rate(proto)
+                elif ptype is _CONNECT:
+                    assert isinstance(packet, Connect)
+                    self.on_connect(proto, packet)
+                elif ptype is _AUTH:
+                    assert isinstance(packet, Auth)
+                    pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
+                    if pending is not None:  # the exchange ended: accept or refuse
+                        self.on_connect(proto, pending)
+                else:
+                    self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
+            except MqttError as exc:
+                self.peer_error(proto, exc)
+                break
+            if engine.closing:
+                self._apply_closes()
+            if proto.close_after_flush or proto.deferred:
+                break
         if not self._flush_scheduled:
             self._schedule_flush()
+        return handled
 
     def _limit_publish_rate(self, proto: ClientProtocol) -> None:
         """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""
@@ -451,7 +472,7 @@ class Broker:
             "session_present=%s, expiry=%s, listener %r)",
             proto.client_id,
             proto.peer,
-            "5.0" if packet.protocol_version == ProtocolVersion.MQTT_5 else "3.1.1",
+            _VERSION_NAMES.get(packet.protocol_version, "3.1.1"),
             packet.clean_start,
             accepted.keepalive,
             accepted.session_present,

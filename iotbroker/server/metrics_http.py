@@ -84,6 +84,7 @@ _COUNTERS = {
     "connect_timeouts": "Sockets closed for not sending CONNECT within connect_timeout.",
     "topic_limit_refusals": "PUBLISH/SUBSCRIBE refused for max_topic_levels/_length.",
     "subscription_limit_refusals": "Subscriptions refused: max_subscriptions_per_client.",
+    "payload_format_refusals": "PUBLISH/will refused: Payload Format Indicator 1, not UTF-8.",
 }
 #: Metrics fields exported as gauges.
 _GAUGES = {
