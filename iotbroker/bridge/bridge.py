@@ -59,7 +59,7 @@ from iotbroker.codec.packets import (
     Subscription,
 )
 from iotbroker.config import BridgeConfig
-from iotbroker.core.session import OutboxEntry, Session, SessionLimits
+from iotbroker.core.session import OutboxEntry, Session, SessionContext, SessionLimits
 from iotbroker.core.topics import is_broker_topic
 from iotbroker.engine.client import Client
 from iotbroker.engine.engine import Engine
@@ -207,7 +207,11 @@ class Bridge:
         session = engine.registry.get(cid)
         if session is None:
             session, _ = engine.registry.open(cid, False, NEVER_EXPIRES, 5, now)
-        session.limits = self.limits
+        # Its own queue limits (the outbox bounds), the rest shared with every session.
+        shared = session.context
+        if shared.limits is not self.limits:
+            session.context = SessionContext(shared.batch, self.limits, shared.metrics,
+                                             shared.gate, shared.ready, shared.pager)
         # What the bridge may read is the ACL's decision like any subscriber's (it goes
         # through Session.deliver): an ACL file grants it as user ``$bridge/<name>``.
         session.username = cid
