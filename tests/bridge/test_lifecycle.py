@@ -3,7 +3,9 @@ reserved session id, SIGHUP changes."""
 
 from __future__ import annotations
 
+import getpass
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -214,3 +216,24 @@ def test_prometheus_figures_per_bridge(make_broker: MakeBroker,
     assert samples[("iotbroker_bridge_queued_messages", "cloud")] == 0
     assert samples[("iotbroker_bridge_dropped_total", "cloud")] == 0
     assert samples[("iotbroker_bridge_connects_total", "cloud")] == 1
+
+
+def test_username_and_password_on_the_remote(
+        make_broker: MakeBroker, make_mosquitto: MakeMosquitto, tmp_path: Path) -> None:
+    """``username`` / ``password`` reach the remote (mosquitto with a password file);
+    a wrong password is refused with its CONNACK code in the log."""
+    pwfile = tmp_path / "mosquitto.passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "gw", "s3cret"], check=True,
+                   capture_output=True)
+    pwfile.chmod(0o644)
+    mosq = make_mosquitto(f"allow_anonymous false\npassword_file {pwfile}\n"
+                          f"user {getpass.getuser()}\n")
+    rules = ['{pattern: "a/#", direction: out, qos: 1}']
+    good = make_broker(config_with_bridges(bridge_yaml(
+        "cloud", mosq.port, rules, extra="    username: gw\n    password: s3cret\n")),
+        name="good")
+    wait_for_log(good, "bridge 'cloud': connected to")
+    bad = make_broker(config_with_bridges(bridge_yaml(
+        "cloud", mosq.port, rules, client_id="gw-bad",
+        extra="    username: gw\n    password: wrong\n")), name="bad")
+    wait_for_log(bad, "CONNACK refused: 0x87 not authorized")  # mosquitto 2.0's code for it
