@@ -28,7 +28,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from iotbroker.bridge.connecting import (
     address_order,
@@ -40,6 +40,7 @@ from iotbroker.bridge.connecting import (
 from iotbroker.bridge.link import Link
 from iotbroker.bridge.tls import client_context
 from iotbroker.bridge.topics import Rule, map_in, map_out
+from iotbroker.codec import encode_packet
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import (
     NO_PROPERTIES,
@@ -97,11 +98,29 @@ class Outlet:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
 
-    def send_outbox(self, entries: list[OutboxEntry], now: float) -> list[tuple[int, int]]:
+    def send_outbox(self, entries: list[OutboxEntry],
+                    now: float) -> list[tuple[int, int, bool]]:
         return self.bridge.send_entries(entries, now)
 
     def close(self) -> None:
         """Nothing to close: the bridge owns its link."""
+
+
+class SendsOutbox(Protocol):
+    """What ``Engine.send_ready`` calls on a client's connection."""
+
+    def send_outbox(self, entries: list[OutboxEntry],
+                    now: float) -> list[tuple[int, int, bool]]: ...
+
+
+if TYPE_CHECKING:
+    # The Outlet stands in for a Connection (duck-typed, see Outlet): mypy fails here
+    # when Connection.send_outbox and Outlet.send_outbox stop agreeing.
+    def _connection_sends(conn: Connection) -> SendsOutbox:
+        return conn
+
+    def _outlet_sends(outlet: Outlet) -> SendsOutbox:
+        return outlet
 
 
 class BridgeClient(Client):
@@ -155,6 +174,8 @@ class Bridge:
         self._remote_kept_session = False
         #: The remote's Maximum QoS (MQTT 5.0 CONNACK, §3.2.2.3.4): higher ones go down.
         self._remote_max_qos = 2
+        #: The remote's Maximum Packet Size (MQTT 5.0 CONNACK); 0 = the protocol's.
+        self._remote_max_packet = 0
         self._next_address = 0
         self._drops_logged = 0
         self._drops_seen = 0
@@ -317,7 +338,8 @@ class Bridge:
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"TLS settings cannot be used: {exc}") from None
         private = cfg.protocol == 4 and cfg.try_private and not self._private_refused
-        link = Link(loop, cfg.protocol, self._on_packets, lambda why: None)
+        link = Link(loop, cfg.protocol, self._on_packets, lambda why: None,
+                    self.engine.config.mqtt.max_packet_size)
         self._lost = loop.create_future()
         self._connack = loop.create_future()
 
@@ -358,7 +380,9 @@ class Bridge:
         cfg = self.config
         props = NO_PROPERTIES
         if cfg.protocol == 5:
-            props = Properties(session_expiry_interval=cfg.session_expiry or None)
+            # Maximum Packet Size: what this broker accepts at all (MQTT 5.0 §3.1.2.11.4).
+            props = Properties(session_expiry_interval=cfg.session_expiry or None,
+                               maximum_packet_size=self.engine.config.mqtt.max_packet_size)
         data = encode_connect(Connect(
             client_id=self.client_id, protocol_version=cfg.protocol, clean_start=cfg.clean_start,
             keepalive=cfg.keepalive, username=cfg.username,
@@ -435,6 +459,7 @@ class Bridge:
         self._remote_kept_session = connack.session_present
         max_qos = connack.properties.maximum_qos
         self._remote_max_qos = 2 if max_qos is None else max_qos
+        self._remote_max_packet = connack.properties.maximum_packet_size or 0
         window = min(self.config.max_inflight, connack.properties.receive_maximum or 65535)
         log.info("bridge %r: connected to %s:%d as %r (MQTT %s, session_present=%s, "
                  "%d queued, %d in flight)", self.name, host, port, self.client_id,
@@ -518,11 +543,13 @@ class Bridge:
         ), now)
 
     # ------------------------------------------------------------- outbound
-    def send_entries(self, entries: list[OutboxEntry], now: float) -> list[tuple[int, int]]:
+    def send_entries(self, entries: list[OutboxEntry],
+                     now: float) -> list[tuple[int, int, bool]]:
         """The session's outbox, onto the remote connection (``Outlet.send_outbox``).
-        Returns the new PUBLISHes not sent (no rule maps them any more)."""
+        Returns ``(packet id, QoS, dup)`` of the PUBLISHes not sent (no rule maps them
+        any more, or larger than the remote accepts): the session completes them."""
         link = self.link
-        refused: list[tuple[int, int]] = []
+        refused: list[tuple[int, int, bool]] = []
         unacked: list[int] = []
         v5 = self.config.protocol == 5
         rules = self.rules
@@ -544,7 +571,7 @@ class Bridge:
             if topic is None:
                 # No rule maps it any more (rules changed by SIGHUP): completed unsent
                 # (a re-sent one too, or it would hold a slot of the window for ever).
-                refused.append((pid, delivery.qos))
+                refused.append((pid, delivery.qos, dup))
                 continue
             props = NO_PROPERTIES
             if v5:
@@ -560,9 +587,21 @@ class Bridge:
                 qos = max_qos
                 if qos == 0 and pid:
                     unacked.append(pid)
-            link.send(Publish(topic, message.payload, qos, delivery.retain,
-                              dup and self._remote_kept_session,
-                              pid if pid and qos else None, props))
+            data = encode_packet(Publish(topic, message.payload, qos, delivery.retain,
+                                         dup and self._remote_kept_session,
+                                         pid if pid and qos else None, props),
+                                 self.config.protocol)
+            if self._remote_max_packet and len(data) > self._remote_max_packet:
+                # Larger than the remote accepts: not sent, completed and counted as too
+                # large (the rule a server applies to its clients, [MQTT-3.1.2-24]).
+                log.warning("bridge %r: message on %r (%d bytes) is larger than the "
+                            "remote's Maximum Packet Size %d: dropped", self.name,
+                            message.topic, len(data), self._remote_max_packet)
+                refused.append((pid, delivery.qos, dup))
+                if pid in unacked:
+                    unacked.remove(pid)
+                continue
+            link.queue(data)
             if not pid:
                 self.forwarded_out += 1
         for pid in unacked:

@@ -24,13 +24,15 @@ class Link(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, version: int,
                  on_packets: Callable[[list[Packet]], None],
-                 on_lost: Callable[[str], None]) -> None:
+                 on_lost: Callable[[str], None], max_packet_size: int) -> None:
         self.loop = loop
         self.version = version
         self.on_packets = on_packets
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
-        self.framer = Framer()
+        #: Larger packets from the remote are refused before they are buffered (this
+        #: broker's own mqtt.max_packet_size; told to an MQTT 5.0 remote in CONNECT).
+        self.framer = Framer(max_packet_size)
         self.out: list[bytes] = []
         self._write_scheduled = False
         self.closed = False

@@ -263,3 +263,33 @@ def test_kill9_with_messages_in_flight_resends_them_after_restart(
         assert [int(p.payload) for p in rest] == [3, 4, 5]
     finally:
         remote.close()
+
+
+def test_remote_maximum_packet_size_is_respected(make_broker: MakeBroker) -> None:
+    """A message larger than the remote's Maximum Packet Size (MQTT 5.0 CONNACK) is not
+    sent (the rule of [MQTT-3.1.2-24]); it is logged and the window moves on."""
+    remote = ScriptedRemote()
+    try:
+        gw = make_broker(config_with_bridges(bridge_yaml(
+            "cloud", remote.port, ['{pattern: "m/#", direction: out, qos: 1}'],
+            extra="    max_inflight: 1\n")))
+        remote.server.settimeout(10)
+        remote.conn, _ = remote.server.accept()
+        connect = remote.recv()
+        assert isinstance(connect, Connect)
+        assert connect.properties.maximum_packet_size  # ours, told to the remote
+        remote.send(ConnAck(False, 0, Properties(maximum_packet_size=100)))
+        wait_for_log(gw, "bridge 'cloud': connected to")
+        with RawClient(gw.host, gw.port, version=5) as c:
+            c.connect("pub")
+            c.publish("m/x", b"small-1", qos=1)
+            c.publish("m/x", b"x" * 200, qos=1)
+            c.publish("m/x", b"small-2", qos=1)
+        for expected in (b"small-1", b"small-2"):
+            (p,) = remote.publishes(1)
+            assert p.payload == expected
+            remote.send(PubAck(p.packet_id or 0))
+        remote.silent(0.3)
+        wait_for_log(gw, "larger than the remote's Maximum Packet Size 100: dropped")
+    finally:
+        remote.close()
