@@ -558,6 +558,11 @@ def _check_bridges(config: BrokerConfig, err: Callable[..., None]) -> None:
             problem = _filter_problem(rule.pattern)
             if problem is not None:
                 err(f"{rkey}.pattern", rule.pattern, problem, *rat, "pattern")
+            if any((p + rule.pattern).startswith("$share/")
+                   for p in (rule.local_prefix, rule.remote_prefix)):
+                err(f"{rkey}.pattern", rule.pattern, "must not make a shared subscription "
+                    "($share/... with its prefix): a bridge forwards every message",
+                    *rat, "pattern")
             if not rule.pattern and not (rule.local_prefix or rule.remote_prefix):
                 err(f"{rkey}.pattern", "", "is empty: an empty pattern needs a local_prefix "
                     "or remote_prefix (it then names one topic)", *rat, "pattern")

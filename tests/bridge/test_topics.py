@@ -131,7 +131,8 @@ def test_cross_key_rules() -> None:
         parse_config({"bridges": [
             {"name": "a/b", "address": ["host:99999", "::1"],
              "topics": [{"pattern": "a/#/b", "local_prefix": "x/+"}, {"pattern": ""}]},
-            {"name": "dup", "address": "h", "topics": [{"pattern": "#"}]},
+            {"name": "dup", "address": "h", "topics": [{"pattern": "#"},
+                                                        {"pattern": "$share/g/x"}]},
             {"name": "dup", "address": [], "topics": [], "tls": {"certfile": "c.pem"},
              "reconnect_delay": "10s", "reconnect_delay_max": "1s"},
         ]})
@@ -143,6 +144,7 @@ def test_cross_key_rules() -> None:
         "bridges[0].topics[0].pattern: 'a/#/b' '#' must be a whole last level",
         "bridges[0].topics[0].local_prefix: 'x/+' must not contain wildcards",
         "bridges[0].topics[1].pattern: '' is empty",
+        "bridges[1].topics[1].pattern: '$share/g/x' must not make a shared subscription",
         "bridges[2].name: 'dup' is already the name of bridges[1]",
         "bridges[2].address: [] is empty",
         "bridges[2].topics: [] is empty",
