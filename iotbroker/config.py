@@ -70,6 +70,10 @@ __all__ = [
     "DEFAULT_CONFIG_RESOURCE",
     "LOOPBACK_HOST",
     "AuthConfig",
+    "BridgeConfig",
+    "BridgeOutboxConfig",
+    "BridgeTlsConfig",
+    "BridgeTopicConfig",
     "BrokerConfig",
     "ConfigError",
     "ConfigErrors",
@@ -85,6 +89,7 @@ __all__ = [
     "default_config_text",
     "load_config",
     "parse_config",
+    "split_address",
 ]
 
 #: Largest packet MQTT can encode: 268,435,455 bytes of body + 5 bytes of fixed header.
@@ -447,6 +452,177 @@ class LimitsConfig(_Section):
     drain_timeout: Annotated[float, Number(lo=0, unit="duration")] = 10.0
 
 
+BridgeDirection = Literal["out", "in", "both"]
+BridgePolicy = Literal["drop-oldest", "drop-new"]
+BridgeProtocol = Literal[4, 5]
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BridgeTopicConfig(_Section):
+    """One topic rule of a bridge (mosquitto's ``topic pattern dir qos lprefix rprefix``)."""
+
+    pattern: str = "#"
+    direction: BridgeDirection = "out"
+    qos: QoSLevel = 0
+    local_prefix: str = ""
+    remote_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BridgeOutboxConfig(_Section):
+    """Bounds of a bridge's disk-backed outbox (messages waiting for the remote)."""
+
+    max_messages: Annotated[int, Number(lo=1)] = 100_000
+    max_bytes: Annotated[int, Number(lo=0, unit="size")] = 64 * 1024 * 1024
+    policy: BridgePolicy = "drop-oldest"
+    queue_qos0: StrictBool = False
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BridgeTlsConfig(_Section):
+    """TLS towards the remote broker (the client side of a handshake). The keys of
+    ``listeners[].tls`` are accepted, and so are ``ca_file``, ``cert_file``, ``key_file``."""
+
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    keyfile_password: str | None = None
+    verify: StrictBool = True
+    server_name: str | None = None
+    alpn: tuple[str, ...] = ()
+    min_version: TlsVersion = "TLSv1.2"
+    ciphers: str | None = None
+
+    @classmethod
+    def _fill_in(cls, data: dict[Any, Any]) -> dict[Any, Any]:
+        for alias, key in (("ca_file", "cafile"), ("cert_file", "certfile"),
+                           ("key_file", "keyfile")):
+            if alias in data and key not in data:
+                data[key] = data.pop(alias)
+        return data
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BridgeConfig(_Section):
+    """One connection to a remote broker (mosquitto's ``connection`` block)."""
+
+    name: NonEmptyStr = "bridge"
+    address: tuple[str, ...] = ()
+    protocol: BridgeProtocol = 5
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tls: BridgeTlsConfig | None = None
+    clean_start: StrictBool = False
+    session_expiry: Annotated[int, Number(lo=0, hi=SESSION_EXPIRY_NEVER, unit="duration")] = 3600
+    keepalive: Annotated[int, Number(lo=1, hi=65535, unit="duration")] = 60
+    max_inflight: Annotated[int, Number(lo=1, hi=65535)] = 100
+    outbox: BridgeOutboxConfig = field(default_factory=BridgeOutboxConfig)
+    topics: tuple[BridgeTopicConfig, ...] = ()
+    try_private: StrictBool = True
+    round_robin: StrictBool = False
+    reconnect_delay: Annotated[float, Number(lo=0.01, unit="duration")] = 1.0
+    reconnect_delay_max: Annotated[float, Number(lo=0.01, unit="duration")] = 60.0
+    connect_timeout: Annotated[float, Number(lo=0.1, unit="duration")] = 10.0
+
+    @classmethod
+    def _fill_in(cls, data: dict[Any, Any]) -> dict[Any, Any]:
+        if isinstance(data.get("address"), str):  # one address may be written alone
+            data["address"] = [data["address"]]
+        return data
+
+
+def split_address(text: str, default_port: int = 1883) -> tuple[str, int] | None:
+    """``host:port``, ``host`` or ``[v6]:port`` -> (host, port); None when malformed."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host:
+            return None
+        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif ":" in text:
+        return None  # a bare IPv6 address needs brackets to carry a port
+    else:
+        host, port_text = text, ""
+    if port_text is None or not host:
+        return None
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        return None
+    return host, int(port_text)
+
+
+def _filter_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a valid MQTT topic filter (MQTT 5.0 §4.7.1), or None."""
+    if "\0" in pattern:
+        return "must not contain NUL"
+    levels = pattern.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole last level [MQTT-4.7.1-1]"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level [MQTT-4.7.1-2]"
+    return None
+
+
+def _check_bridges(config: BrokerConfig, err: Callable[..., None]) -> None:
+    names: dict[str, int] = {}
+    for i, bridge in enumerate(config.bridges):
+        key = f"bridges[{i}]"
+        at: tuple[object, ...] = ("bridges", i)
+        if any(c in bridge.name for c in "/+#\0"):
+            err(f"{key}.name", bridge.name, "must not contain '/', '+', '#' or NUL (it is a "
+                "topic level of $SYS/broker/connection/<name>/state)", *at, "name")
+        if bridge.name in names:
+            err(f"{key}.name", bridge.name, f"is already the name of bridges[{names[bridge.name]}]",
+                *at, "name")
+        names.setdefault(bridge.name, i)
+        if not bridge.address:
+            err(f"{key}.address", [], "is empty: give one or more host:port", *at)
+        for j, address in enumerate(bridge.address):
+            if split_address(address) is None:
+                err(f"{key}.address[{j}]", address, "is not host:port (IPv6: [addr]:port)",
+                    *at, "address", j)
+        if bridge.client_id is not None and not bridge.client_id:
+            err(f"{key}.client_id", "", "must not be empty (use null for <hostname>.<name>)",
+                *at, "client_id")
+        if bridge.reconnect_delay_max < bridge.reconnect_delay:
+            err(f"{key}.reconnect_delay_max", bridge.reconnect_delay_max,
+                f"is below reconnect_delay ({bridge.reconnect_delay})", *at,
+                "reconnect_delay_max")
+        tls = bridge.tls
+        if tls is not None and (tls.certfile is None) != (tls.keyfile is None):
+            missing = "keyfile" if tls.keyfile is None else "certfile"
+            err(f"{key}.tls.{missing}", None, "is missing: a client certificate needs both "
+                "certfile and keyfile", *at, "tls")
+        if not bridge.topics:
+            err(f"{key}.topics", [], "is empty: a bridge needs at least one topic rule", *at)
+        for j, rule in enumerate(bridge.topics):
+            rkey = f"{key}.topics[{j}]"
+            rat = (*at, "topics", j)
+            problem = _filter_problem(rule.pattern)
+            if problem is not None:
+                err(f"{rkey}.pattern", rule.pattern, problem, *rat, "pattern")
+            if any((p + rule.pattern).startswith("$share/")
+                   for p in (rule.local_prefix, rule.remote_prefix)):
+                err(f"{rkey}.pattern", rule.pattern, "must not make a shared subscription "
+                    "($share/... with its prefix): a bridge forwards every message",
+                    *rat, "pattern")
+            if not rule.pattern and not (rule.local_prefix or rule.remote_prefix):
+                err(f"{rkey}.pattern", "", "is empty: an empty pattern needs a local_prefix "
+                    "or remote_prefix (it then names one topic)", *rat, "pattern")
+            for name in ("local_prefix", "remote_prefix"):
+                value = getattr(rule, name)
+                if any(c in value for c in "+#\0"):
+                    err(f"{rkey}.{name}", value, "must not contain wildcards (+, #) or NUL",
+                        *rat, name)
+
+
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
 class BrokerConfig(_Section):
     """The whole configuration. ``source`` says where it came from (not compared)."""
@@ -465,6 +641,7 @@ class BrokerConfig(_Section):
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     mqttsn: MqttSnConfig = field(default_factory=MqttSnConfig)
     loop: LoopKind = "auto"
+    bridges: tuple[BridgeConfig, ...] = ()
     source: str = field(default="<defaults>", compare=False)
 
 
@@ -998,6 +1175,7 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
     elif prefix is not None and any(c in prefix for c in "+#\0"):
         err("mqtt.response_information_prefix", prefix,
             "must not contain wildcards (+, #) or NUL", "mqtt", "response_information_prefix")
+    _check_bridges(config, err)
     return config
 
 

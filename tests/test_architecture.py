@@ -52,12 +52,16 @@ ALLOWED: dict[str, tuple[str, ...]] = {
               "iotbroker.subscription", "iotbroker.core", "iotbroker.engine",
               "iotbroker.config", "iotbroker.metrics", "iotbroker.auth", "iotbroker.admin",
               "iotbroker.build"),
+    # a room beside server/ (issue 15): drives the engine, talks to other brokers
+    "bridge": ("iotbroker.errors", "iotbroker.codec", "iotbroker.message",
+               "iotbroker.protocol", "iotbroker.core", "iotbroker.engine",
+               "iotbroker.config", "iotbroker.bridge"),
 }
 
 #: rooms that may import the package root itself (``from iotbroker import __version__``)
 ROOT_IMPORT = frozenset({"admin"})
 #: rooms that do I/O on the event loop: they may import asyncio
-IO_ROOMS = frozenset({"server", "admin"})
+IO_ROOMS = frozenset({"server", "admin", "bridge"})
 
 
 #: single modules with a narrower rule than their room: module path -> allowed prefixes

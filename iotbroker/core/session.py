@@ -128,6 +128,8 @@ class SessionLimits:
     max_queued_bytes: int = 0  # 0 = no byte limit
     drop_oldest: bool = True
     queue_qos0_offline: bool = False
+    #: Messages dropped under these limits (a bridge's own limits count its outbox's).
+    dropped: int = 0
 
 
 @dataclass(slots=True)
@@ -410,8 +412,10 @@ class Session:
 
     @property
     def queued_bytes(self) -> int:
-        """Payload bytes of the messages waiting (``limits.max_queued_bytes``)."""
+        """Payload bytes of the messages waiting (``limits.max_queued_bytes``; a bridge
+        reports its outbox's)."""
         return self._queued_bytes
+
 
     @property
     def queued_count(self) -> int:
@@ -425,6 +429,7 @@ class Session:
         while self.queued_count >= limits.max_queued_messages or (
             limits.max_queued_bytes and self._queued_bytes + size > limits.max_queued_bytes
         ):
+            limits.dropped += 1
             if not limits.drop_oldest or not self.queued_count:
                 self.context.metrics.messages_dropped_queue_full += 1
                 return

@@ -99,6 +99,11 @@ def admit(engine: Engine, client: Client, packet: Connect) -> Admitted | None:
                    "zero-length client id not allowed")
             return None
         client_id = assigned = f"auto-{uuid.uuid4().hex}"  # [MQTT-3.1.3-6]
+    elif client_id.startswith("$bridge/"):
+        # The broker's own bridge sessions (iotbroker/bridge/): never from the network.
+        refuse(engine, client, packet, R.CLIENT_IDENTIFIER_NOT_VALID,
+               "client ids starting with $bridge/ are reserved for bridges")
+        return None
     elif len(client_id) > cfg.max_client_id_length:
         refuse(engine, client, packet, R.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
         return None

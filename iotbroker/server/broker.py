@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from iotbroker import __version__, build
+from iotbroker.bridge.manager import Bridges
 from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
@@ -101,6 +102,9 @@ class Broker:
         self._timer_at: float | None = None
         self.started_at = time.time()
         self.bound: list[tuple[str, int]] = []
+        #: Connections to other brokers (issue 15): a room of its own, wired in here.
+        self.bridges = Bridges(self.engine, loop, self.flush)
+        self._bridge_reload: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ time
     @staticmethod
@@ -128,6 +132,8 @@ class Broker:
         if self.config.admin.enabled:
             self._prepare_admin()  # its bans apply from the first CONNECT
         self.restore()
+        # Bridges first: their sessions collect what clients publish from the start.
+        self.bridges.start(self.config.bridges)
         for listener in self.config.listeners:
             server: Listener
             if listener.type == "mqtt-sn":  # the MQTT-SN gateway room (UDP)
@@ -188,6 +194,7 @@ class Broker:
             self.metrics_server.close()
         for server in self._servers:
             server.close()
+        await self.bridges.stop()
         self.engine.shutting_down(list(self.connections))
         self._apply_closes()
         self.flush()
@@ -218,7 +225,8 @@ class Broker:
             return
         self.engine.auth_changed()  # queued, in-flight and retained follow the new rules
         setup_logging(new.logging)
-        applied = ["auth (password file, ACL)", "logging"]
+        applied = ["auth (password file, ACL)", "logging", "bridges"]
+        self._bridge_reload = self.loop.create_task(self.bridges.reload(new.bridges))
         if self.admin is not None:
             applied.append("admin API keys")
         pending = [
@@ -227,7 +235,8 @@ class Broker:
                          "limits", "mqttsn", "loop")
             if getattr(new, name) != getattr(self.config, name)
         ]
-        self.config = replace(self.config, auth=new.auth, logging=new.logging)
+        self.config = replace(self.config, auth=new.auth, logging=new.logging,
+                              bridges=new.bridges)
         log.info("configuration reloaded from %s: applied %s", new.source, ", ".join(applied))
         if pending:
             log.warning("changed settings that need a restart: %s", ", ".join(pending))

@@ -273,12 +273,40 @@ class BrokerCollector:
         yield GaugeMetricFamily(_PREFIX + "storage_batch_max_changes",
                                 "Largest storage batch since the last scrape.",
                                 value=broker.take_storage_batch_max())
+        yield from _bridge_families(broker.bridges.status())
         yield GaugeMetricFamily(_PREFIX + "event_loop_lag_seconds",
                                 "How late the last event-loop probe timer ran.",
                                 value=self.lag.last)
         yield GaugeMetricFamily(_PREFIX + "event_loop_lag_max_seconds",
                                 f"Worst event-loop probe lag of the last {LAG_WINDOW:.0f}–"
                                 f"{2 * LAG_WINDOW:.0f} s.", value=self.lag.max)
+
+
+_BRIDGE_FAMILIES = {
+    "state": (GaugeMetricFamily, "bridge_connected", "1 while the bridge is connected."),
+    "queued_messages": (GaugeMetricFamily, "bridge_queued_messages",
+                        "Messages in the bridge's outbox."),
+    "queued_bytes": (GaugeMetricFamily, "bridge_queued_bytes",
+                     "Payload bytes in the bridge's outbox."),
+    "forwarded_out": (CounterMetricFamily, "bridge_forwarded_out",
+                      "Messages forwarded to the remote broker (acknowledged)."),
+    "forwarded_in": (CounterMetricFamily, "bridge_forwarded_in",
+                     "Messages received from the remote broker."),
+    "dropped": (CounterMetricFamily, "bridge_dropped",
+                "Messages dropped because the outbox was full."),
+    "connects": (CounterMetricFamily, "bridge_connects", "Successful connections."),
+}
+
+
+def _bridge_families(status: list[dict[str, object]]) -> Iterator[Metric]:
+    """Per-bridge figures (issue 15), labelled by bridge name."""
+    for key, (kind, name, doc) in _BRIDGE_FAMILIES.items():
+        family = kind(_PREFIX + name, doc, labels=["bridge"])
+        for bridge in status:
+            value = bridge[key]
+            assert isinstance(value, int)
+            family.add_metric([str(bridge["name"])], value)
+        yield family
 
 
 class MetricsServer:

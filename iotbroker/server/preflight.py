@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 
-from iotbroker.config import BrokerConfig
+from iotbroker.config import BridgeTlsConfig, BrokerConfig, TlsConfig
 from iotbroker.errors import ConfigError
 from iotbroker.server.listeners import make_ssl_context
 
@@ -24,17 +24,23 @@ _TLS_FILES = ("certfile", "keyfile", "cafile")
 
 
 def tls_file_errors(config: BrokerConfig) -> list[ConfigError]:
-    """One error per TLS file named by a listener that does not exist or cannot be read,
-    keyed ``listeners[i].tls.certfile`` (and ``keyfile``, ``cafile``)."""
+    """One error per TLS file named by a listener or a bridge that does not exist or
+    cannot be read, keyed ``listeners[i].tls.certfile`` / ``bridges[i].tls.certfile``
+    (and ``keyfile``, ``cafile``)."""
     errors = []
-    for i, listener in enumerate(config.listeners):
-        if listener.tls is None:
+    tls_configs: list[tuple[str, TlsConfig | BridgeTlsConfig | None]] = [
+        (f"listeners[{i}]", listener.tls)
+        for i, listener in enumerate(config.listeners)
+    ]
+    tls_configs += [(f"bridges[{i}]", bridge.tls) for i, bridge in enumerate(config.bridges)]
+    for key, tls in tls_configs:
+        if tls is None:
             continue
         for name in _TLS_FILES:
-            file = getattr(listener.tls, name)
+            file = getattr(tls, name)
             if file is not None and not os.access(file, os.R_OK):
                 reason = "does not exist" if not os.path.exists(file) else "is not readable"
-                errors.append(ConfigError(f"listeners[{i}].tls.{name}", file,
+                errors.append(ConfigError(f"{key}.tls.{name}", file,
                                           f"cannot be used: the file {reason}"))
     return errors
 

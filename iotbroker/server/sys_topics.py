@@ -156,6 +156,11 @@ class SysTopics:
             "heap/current": str(heap),
             "heap/maximum": str(self._heap_max),
         }
+        for bridge in broker.bridges.status():  # mosquitto's connection/<name>/state
+            base = f"connection/{bridge['name']}/"
+            for key in ("state", "queued_messages", "queued_bytes", "forwarded_out",
+                        "forwarded_in", "dropped", "last_error"):
+                out[base + key] = str(bridge[key])
         out.update(self._load_values())
         return out
 
