@@ -71,6 +71,7 @@ __all__ = [
     "LOOPBACK_HOST",
     "AuthConfig",
     "BrokerConfig",
+    "ClusterConfig",
     "ConfigError",
     "ConfigErrors",
     "LimitsConfig",
@@ -397,6 +398,42 @@ class LimitsConfig(_Section):
     drain_timeout: Annotated[float, Number(lo=0, unit="duration")] = 10.0
 
 
+def _nats_url(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in NATS_SCHEMES or not rest:
+        raise _fail(f"is not a NATS server URL ({', '.join(NATS_SCHEMES)}://host:port)")
+    return value
+
+
+def _subject_prefix(value: str) -> str:
+    if not _SUBJECT_PREFIX.fullmatch(value):
+        raise _fail("is not a NATS subject prefix (tokens of A-Z a-z 0-9 _ - joined by '.')")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value):
+        raise _fail("is not a node name (1-64 of A-Z a-z 0-9 _ -)")
+    return value
+
+
+#: NATS URL schemes nats-py connects with.
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NatsUrl = Annotated[str, AfterValidator(_nats_url)]
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class ClusterConfig(_Section):
+    """This node's place in a cluster on NATS (docs/cluster.md). Absent: one broker."""
+
+    node_name: Annotated[str, AfterValidator(_node_name)]
+    nats: tuple[NatsUrl, ...] = ("nats://127.0.0.1:4222",)
+    replicas: Annotated[int, Number(lo=1, hi=5)] = 3
+    subject_prefix: Annotated[str, AfterValidator(_subject_prefix)] = "iotb"
+
+
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
 class BrokerConfig(_Section):
     """The whole configuration. ``source`` says where it came from (not compared)."""
@@ -413,6 +450,7 @@ class BrokerConfig(_Section):
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     loop: LoopKind = "auto"
+    cluster: ClusterConfig | None = None
     source: str = field(default="<defaults>", compare=False)
 
 
@@ -765,6 +803,9 @@ class _Errors:
         loc, kind, value = detail["loc"], detail["type"], detail.get("input")
         if kind in ("unexpected_keyword_argument", "extra_forbidden", "invalid_key"):
             self.unknown_key(loc, root)
+            return
+        if kind in ("missing", "missing_keyword_argument"):
+            self.add(_key(loc), None, "is missing; it is required", _line_of(root, *loc[:-1]))
             return
         tp = _type_at(BrokerConfig, loc)
         if kind == "iotbroker_config":
