@@ -22,7 +22,7 @@ PREFIX = "iotb"
 
 # Levels with the characters that matter: NATS separators and wildcards, spaces,
 # the escape character, '$', non-ASCII, and plain text.
-_chars = st.sampled_from(list("ab.*> ~$_-/\t") + ["é", "中", "\U0001f600", "\x7f", "%"])
+_chars = st.sampled_from([*"ab.*> ~$_-/\t", "é", "中", "\U0001f600", "\x7f", "%"])
 level = st.text(alphabet=st.one_of(_chars, st.characters(blacklist_characters="\x00/+#",
                                                           blacklist_categories=("Cs",))),
                 max_size=6)
