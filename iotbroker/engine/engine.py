@@ -10,7 +10,11 @@ applies (design.md, "an engine that returns effects"):
 * storage changes are in :attr:`Engine.batch`, committed by the server before it
   writes any packet of the same turn (:meth:`Engine.commit`);
 * the next timer is :meth:`Engine.next_deadline`; the server calls
-  :meth:`Engine.run_timers` then.
+  :meth:`Engine.run_timers` then;
+* for a room that spreads messages beyond this process (the cluster), the messages
+  accepted this turn are in :attr:`Engine.forwarding` and the subscriptions that may
+  have changed in :attr:`Engine.interest_touched` (both ``None`` unless the room asked
+  for them); a message from elsewhere comes back in through :meth:`Engine.route_remote`.
 
 Acknowledgement codes are return values (``Router.publish``), a peer's violation is
 turned into its reason code here (:meth:`Engine.fail`), and nothing here awaits,
@@ -149,6 +153,12 @@ class Engine:
         self.clients: dict[str, Client] = {}
         #: Effect: connections the server closes after this turn's writes.
         self.closing: list[Client] = []
+        #: Effect (cluster, docs/cluster.md): messages accepted this turn from this
+        #: process's clients and wills, to forward to other nodes; None: nobody asks.
+        self.forwarding: list[Message] | None = None
+        #: Effect (cluster): (client id, filter as subscribed) pairs whose presence in
+        #: the trie may have changed this turn; None: nobody asks.
+        self.interest_touched: list[tuple[str, str]] | None = None
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -234,6 +244,28 @@ class Engine:
         """The connections to close (the server applies this effect once per event)."""
         closing, self.closing = self.closing, []
         return closing
+
+    def take_forwarding(self) -> list[Message]:
+        """The messages to forward to other nodes (the cluster room drains this once
+        per turn, like :meth:`take_closing`)."""
+        forwarding = self.forwarding
+        if not forwarding:
+            return []
+        self.forwarding = []
+        return forwarding
+
+    def take_interest_touched(self) -> list[tuple[str, str]]:
+        touched = self.interest_touched
+        if not touched:
+            return []
+        self.interest_touched = []
+        return touched
+
+    def route_remote(self, message: Message, now: float) -> int:
+        """A message another node accepted: routed to this process's sessions (each
+        delivery through ``Session.deliver``, so the read ACL applies) and never
+        forwarded again. A retained one is kept here too."""
+        return self.router.publish(message, now)
 
     def close(self, client: Client) -> None:
         """Stop reading ``client`` and have the server close it after the writes."""
@@ -326,6 +358,8 @@ class Engine:
             self.connection_log(log, logging.INFO, client, "client %r (%s) connection lost%s",
                                 client.client_id, client.peer, f": {reason}" if reason else "")
         self.router.redistribute(session, now)
+        if self.interest_touched is not None:  # a clean session takes its filters along
+            self.interest_touched.extend((session.client_id, f) for f in session.subscriptions)
         due = self.registry.close(session, now, will)
         if due is not None:
             self.publish_will(due, session.client_id, session.username, now)
@@ -405,6 +439,8 @@ class Engine:
         )
         client.published_this_turn = True
         code = self.router.publish(message, now)
+        if self.forwarding is not None:
+            self.forwarding.append(message)
         if qos:
             _ack(client, packet, code)
 
@@ -446,6 +482,8 @@ class Engine:
         )
         log.info("publishing will of %r to %r", client_id, will.topic)
         self.router.publish(message, now)
+        if self.forwarding is not None:
+            self.forwarding.append(message)
 
     # ------------------------------------------------------------------- acks
     def on_puback(self, client: Client, packet: PubAck, now: float) -> None:
@@ -520,12 +558,18 @@ class Engine:
             session, packet.subscriptions, sub_id, cfg.maximum_qos, now, check
         )
         client.conn.send_packet(SubAck(packet.packet_id, codes))
+        if self.interest_touched is not None:
+            self.interest_touched.extend(
+                (session.client_id, sub.topic_filter) for sub in packet.subscriptions
+            )
         for delivery in retained:  # through the one delivery path (read ACL applies)
             session.deliver(delivery, now)
 
     def on_unsubscribe(self, client: Client, packet: Unsubscribe, now: float) -> None:
         session = _session(client)
         codes = self.router.unsubscribe(session, packet.topic_filters)
+        if self.interest_touched is not None:
+            self.interest_touched.extend((session.client_id, f) for f in packet.topic_filters)
         v5 = client.conn.protocol_version == 5
         client.conn.send_packet(UnsubAck(packet.packet_id, codes if v5 else []))
 

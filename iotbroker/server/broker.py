@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from iotbroker import __version__, build
 from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
@@ -38,6 +39,9 @@ from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
+
+if TYPE_CHECKING:
+    from iotbroker.cluster.node import ClusterNode
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -74,6 +78,8 @@ class Broker:
         self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
+        #: The cluster room (``cluster:`` configured; docs/cluster.md), else None.
+        self.cluster: ClusterNode | None = None
         self.metrics_server: MetricsServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
         self._per_listener: dict[str, int] = {}
@@ -108,6 +114,11 @@ class Broker:
 
     async def start(self) -> None:
         self.restore()
+        if self.config.cluster is not None:
+            from iotbroker.cluster.node import ClusterNode  # noqa: PLC0415 (nats-py: an extra)
+
+            self.cluster = ClusterNode(self.config.cluster, self.engine, self._schedule_flush)
+            await self.cluster.start()
         for listener in self.config.listeners:
             server = await start_listener(self, listener)  # logs "listening on ..."
             self._servers.append(server)
@@ -140,6 +151,8 @@ class Broker:
         for proto in list(self.connections):
             proto.abort()
         self.flush()
+        if self.cluster is not None:
+            await self.cluster.stop()
         self.auth.close()
         self.store.close()
         log.info("stopped")
@@ -189,7 +202,11 @@ class Broker:
     def _schedule_flush(self) -> None:
         """Flush at the end of this loop turn if an event left something to send:
         bytes queued on connections, or sessions' outboxes."""
-        if not self._flush_scheduled and (self.ready_to_write or self.engine.registry.ready):
+        engine = self.engine
+        if not self._flush_scheduled and (
+            self.ready_to_write or engine.registry.ready or engine.forwarding
+            or engine.interest_touched
+        ):
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
@@ -202,6 +219,8 @@ class Broker:
         # Sessions' output into their connections first (they join ready_to_write; no
         # second flush is scheduled while this one has not started writing).
         self._flush_scheduled = True
+        if self.cluster is not None:
+            self.cluster.after_turn()  # forward this turn's messages to other nodes
         self.engine.send_ready(self.now())
         self._flush_scheduled = False
         batch = self.engine.batch

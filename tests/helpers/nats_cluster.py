@@ -13,6 +13,7 @@ Processes are killed by their own PID only (:meth:`NatsServer.kill`, ``kill -9``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 CLUSTER_NAME = "iotbroker-test"
 
@@ -58,6 +61,7 @@ class NatsServer:
                  routes: list[int]) -> None:
         self.name = name
         self.port = port
+        self.http_port = free_port()
         self.cluster_port = cluster_port
         self.workdir = workdir
         self.store_dir = workdir / f"{name}-js"
@@ -67,6 +71,7 @@ class NatsServer:
         self.config_path.write_text(
             f'server_name: "{name}"\n'
             f"listen: 127.0.0.1:{port}\n"
+            f"http: 127.0.0.1:{self.http_port}\n"
             f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
             f"cluster {{\n"
             f'  name: "{CLUSTER_NAME}"\n'
@@ -87,6 +92,12 @@ class NatsServer:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
         log.close()
+
+    def monitor(self, endpoint: str) -> Any:
+        """A monitoring endpoint's JSON (``connz?subs=1``, ``jsz``, ...)."""
+        url = f"http://127.0.0.1:{self.http_port}/{endpoint}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
 
     def log_text(self) -> str:
         return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
@@ -126,6 +137,18 @@ class NatsCluster:
     @property
     def urls(self) -> list[str]:
         return [s.url for s in self.servers]
+
+    def subscriptions(self, connection_name: str) -> list[str]:
+        """The subjects a client connection (by its name) subscribes to, over the
+        servers of the cluster (from each server's ``/connz?subs=1``)."""
+        subjects: list[str] = []
+        for server in self.servers:
+            if not server.alive():
+                continue
+            for conn in server.monitor("connz?subs=1").get("connections", []):
+                if conn.get("name") == connection_name:
+                    subjects.extend(conn.get("subscriptions_list", []))
+        return sorted(subjects)
 
     def start(self, timeout: float = 20.0) -> NatsCluster:
         for server in self.servers:

@@ -1,0 +1,259 @@
+"""One node's link to the NATS fabric: live routing by interest (docs/cluster.md).
+
+* Every message a local client (or a will) publishes is published once on core NATS,
+  on the subject of its topic (:mod:`iotbroker.cluster.subjects`), after the turn that
+  accepted it (:meth:`ClusterNode.after_turn`, called from the server's flush).
+* The node holds one NATS subscription per distinct MQTT filter of its sessions
+  (:mod:`iotbroker.cluster.interest`), so NATS sends it only what someone here wants.
+* A message from another node is decoded, routed once (overlapping filters bring it
+  twice: :class:`~iotbroker.cluster.wire.Dedup`) through
+  :meth:`Engine.route_remote <iotbroker.engine.engine.Engine.route_remote>` — every
+  local delivery still goes through ``Session.deliver`` — and is never forwarded again.
+  The connection is made with ``no_echo``: NATS does not hand a node its own messages.
+
+Publishes, subscribes and unsubscribes go through one ordered queue drained by one
+task, so a node's messages leave in the order its clients published them (MQTT 5.0
+§4.6 ordered topics), and a SUB reaches NATS before a later PUB of the same turn.
+While NATS is unreachable the node serves its own clients (local routing does not
+wait for NATS), logs it, and keeps at most ``MAX_PENDING`` messages to forward;
+beyond that, messages for other nodes are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from iotbroker.cluster import wire
+from iotbroker.cluster.interest import Interest, Pair
+from iotbroker.cluster.subjects import filter_to_subjects, subject_to_topic, topic_to_subject
+from iotbroker.config import ClusterConfig
+
+if TYPE_CHECKING:
+    from iotbroker.engine.engine import Engine
+
+log = logging.getLogger("iotbroker.cluster")
+
+#: Messages waiting to be handed to NATS at most (then dropped and counted).
+MAX_PENDING = 100_000
+#: NATS keeps a PUB's subject within its control line (4 KiB by default).
+MAX_SUBJECT = 4000
+#: How often pairs gone from the trie without an event (expired sessions) are dropped.
+RECONCILE_SECONDS = 30.0
+
+_PUB, _SUB, _UNSUB = 0, 1, 2
+
+
+class ClusterNode:
+    """The cluster room of one broker process."""
+
+    def __init__(self, config: ClusterConfig, engine: Engine,
+                 schedule_flush: Callable[[], None]) -> None:
+        self.config = config
+        self.engine = engine
+        self.schedule_flush = schedule_flush
+        self.prefix = config.subject_prefix
+        #: This process among the cluster's: node name and a start-up nonce.
+        self.sender = f"{config.node_name}/{secrets.token_hex(4)}".encode()
+        self.seq = 0
+        self.interest = Interest()
+        self.dedup = wire.Dedup()
+        self.nc: NatsClient | None = None
+        self.connected = False
+        self._warned = False
+        self._subs: dict[str, list[Subscription]] = {}
+        self._commands: deque[tuple[int, str, bytes]] = deque()
+        self._pending_pubs = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # counters (docs/cluster.md, "What a node reports")
+        self.forwarded = 0
+        self.received = 0
+        self.duplicates = 0
+        self.dropped = 0
+        self.refused = 0
+        self.undecodable = 0
+
+    # ----------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Ask the engine for its forwarding effects, subscribe for the restored
+        sessions' filters, and connect in the background (the broker serves its own
+        clients whether or not NATS is there)."""
+        engine = self.engine
+        engine.forwarding = []
+        engine.interest_touched = []
+        restored = [(s.client_id, f) for s in engine.registry.sessions.values()
+                    for f in s.subscriptions]
+        self._interest_changed(restored)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._run()))
+        self._tasks.append(loop.create_task(self._reconcile_loop()))
+
+    async def stop(self) -> None:
+        engine = self.engine
+        engine.forwarding = None
+        engine.interest_touched = None
+        self.after_turn()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        nc = self.nc
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.flush(timeout=1), 2)
+            with contextlib.suppress(Exception):
+                await nc.close()
+        log.info("cluster: node %s left (forwarded %d, received %d, dropped %d)",
+                 self.config.node_name, self.forwarded, self.received, self.dropped)
+
+    # --------------------------------------------------------- each turn
+    def after_turn(self) -> None:
+        """Drain the engine's forwarding effects into the ordered command queue."""
+        engine = self.engine
+        touched = engine.take_interest_touched()
+        if touched:
+            self._interest_changed(touched)
+        messages = engine.take_forwarding()
+        if messages:
+            commands = self._commands
+            prefix = self.prefix
+            for message in messages:
+                if self.nc is None or self._pending_pubs >= MAX_PENDING:
+                    self.dropped += 1
+                    continue
+                subject = topic_to_subject(prefix, message.topic)
+                if len(subject) > MAX_SUBJECT:
+                    self.refused += 1
+                    continue
+                self.seq += 1
+                commands.append((_PUB, subject, wire.encode(self.sender, self.seq, message)))
+                self._pending_pubs += 1
+        if self._commands:
+            self._wake.set()
+
+    def _present(self, pair: Pair) -> bool:
+        return pair in self.engine.trie
+
+    def _interest_changed(self, touched: list[Pair]) -> None:
+        added, removed = self.interest.update(touched, self._present)
+        commands = self._commands
+        for topic_filter in removed:
+            commands.append((_UNSUB, topic_filter, b""))
+        for topic_filter in added:
+            commands.append((_SUB, topic_filter, b""))
+        if commands:
+            self._wake.set()
+
+    # --------------------------------------------------------------- I/O
+    async def _connect(self) -> NatsClient:
+        """Connect, retrying for ever (nats-py retries the first connection too when
+        reconnects are unlimited; each failure comes to :meth:`_error`)."""
+        return await nats.connect(
+            servers=list(self.config.nats),
+            name=f"iotbroker {self.config.node_name}",
+            no_echo=True,  # our own messages were routed here already
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            connect_timeout=2,
+            skip_subject_validation=True,  # valid by construction (subjects.py)
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            error_cb=self._error,
+        )
+
+    async def _run(self) -> None:
+        nc = await self._connect()
+        self.nc = nc
+        self.connected = True
+        self._warned = False
+        log.info("cluster: node %s connected to NATS %s", self.config.node_name,
+                 nc.connected_url.netloc if nc.connected_url else "?")
+        commands = self._commands
+        wake = self._wake
+        while True:
+            if not commands:
+                wake.clear()
+                await wake.wait()
+                continue
+            kind, name, payload = commands.popleft()
+            try:
+                if kind == _PUB:
+                    self._pending_pubs -= 1
+                    await nc.publish(name, payload)
+                    self.forwarded += 1
+                elif kind == _SUB:
+                    if name not in self._subs:
+                        self._subs[name] = [
+                            await nc.subscribe(subject, cb=self._on_message)
+                            for subject in filter_to_subjects(self.prefix, name)
+                        ]
+                else:
+                    for sub in self._subs.pop(name, []):
+                        await sub.unsubscribe()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if kind == _PUB:
+                    self.dropped += 1
+                log.warning("cluster: NATS %s %r failed: %s",
+                            ("publish", "subscribe", "unsubscribe")[kind], name, exc)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_SECONDS)
+            for topic_filter in self.interest.reconcile(self._present):
+                self._commands.append((_UNSUB, topic_filter, b""))
+            if self._commands:
+                self._wake.set()
+
+    async def _on_message(self, msg: Msg) -> None:
+        """A message another node published, on a subject this node subscribed to."""
+        try:
+            topic = subject_to_topic(self.prefix, msg.subject)
+            sender, seq, message = wire.decode(topic, msg.data)
+        except Exception as exc:
+            self.undecodable += 1
+            log.warning("cluster: undecodable message on %r: %s", msg.subject, exc)
+            return
+        if not self.dedup.first(sender, seq):
+            self.duplicates += 1
+            return
+        self.received += 1
+        self.engine.route_remote(message, time.time())
+        self.schedule_flush()
+
+    async def _disconnected(self) -> None:
+        if self.connected:
+            self.connected = False
+            log.warning("cluster: node %s lost NATS; serving local clients only",
+                        self.config.node_name)
+
+    async def _reconnected(self) -> None:
+        self.connected = True
+        self._warned = False
+        nc = self.nc
+        log.info("cluster: node %s reconnected to NATS %s", self.config.node_name,
+                 nc.connected_url.netloc if nc is not None and nc.connected_url else "?")
+
+    async def _error(self, exc: Exception) -> None:
+        if self.connected:
+            log.warning("cluster: NATS error: %s", exc)
+        elif not self._warned:  # once per outage, not once per retry
+            self._warned = True
+            log.warning("cluster: NATS %s unreachable (%s); node %s serves its local "
+                        "clients only, retrying", ", ".join(self.config.nats), exc,
+                        self.config.node_name)
