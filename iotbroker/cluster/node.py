@@ -34,11 +34,21 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
-from iotbroker.cluster.subjects import filter_to_subjects, subject_to_topic, topic_to_subject
+from iotbroker.cluster.subjects import (
+    filter_to_subjects,
+    key_to_topic,
+    subject_to_topic,
+    topic_to_key,
+    topic_to_subject,
+)
 from iotbroker.config import ClusterConfig
+from iotbroker.message import Message
+from iotbroker.storage.records import decode_retained, encode_retained
 
 if TYPE_CHECKING:
     from iotbroker.engine.engine import Engine
@@ -52,7 +62,8 @@ MAX_SUBJECT = 4000
 #: How often pairs gone from the trie without an event (expired sessions) are dropped.
 RECONCILE_SECONDS = 30.0
 
-_PUB, _SUB, _UNSUB = 0, 1, 2
+_PUB, _SUB, _UNSUB, _RETAIN = 0, 1, 2, 3
+_DELETE_HEADERS = {KV_OP: KV_DEL}
 
 
 class ClusterNode:
@@ -77,6 +88,11 @@ class ClusterNode:
         self._pending_pubs = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: The retained bucket (None until it is open) and its index, from the watch.
+        self.bucket = f"{self.prefix.replace('.', '_')}_retained"
+        self.kv: KeyValue | None = None
+        self.retained: dict[str, Message] = {}
+        self.retained_synced = False
         # counters (docs/cluster.md, "What a node reports")
         self.forwarded = 0
         self.received = 0
@@ -141,6 +157,9 @@ class ClusterNode:
                 self.seq += 1
                 commands.append((_PUB, subject, wire.encode(self.sender, self.seq, message)))
                 self._pending_pubs += 1
+                if message.retain:
+                    value = encode_retained(message) if message.payload else b""
+                    commands.append((_RETAIN, topic_to_key(message.topic), value))
         if self._commands:
             self._wake.set()
 
@@ -182,6 +201,7 @@ class ClusterNode:
         self._warned = False
         log.info("cluster: node %s connected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc.connected_url else "?")
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_retained(nc)))
         commands = self._commands
         wake = self._wake
         while True:
@@ -201,6 +221,14 @@ class ClusterNode:
                             await nc.subscribe(subject, cb=self._on_message)
                             for subject in filter_to_subjects(self.prefix, name)
                         ]
+                elif kind == _RETAIN:
+                    # Straight into the bucket's stream, without waiting for its ack:
+                    # the ordered queue keeps its pace (docs/cluster.md, "Retained").
+                    subject = f"$KV.{self.bucket}.{name}"
+                    if payload:
+                        await nc.publish(subject, payload)
+                    else:
+                        await nc.publish(subject, b"", headers=_DELETE_HEADERS)
                 else:
                     for sub in self._subs.pop(name, []):
                         await sub.unsubscribe()
@@ -210,7 +238,62 @@ class ClusterNode:
                 if kind == _PUB:
                     self.dropped += 1
                 log.warning("cluster: NATS %s %r failed: %s",
-                            ("publish", "subscribe", "unsubscribe")[kind], name, exc)
+                            ("publish", "subscribe", "unsubscribe", "retain")[kind], name, exc)
+
+    async def _open_bucket(self, nc: NatsClient) -> KeyValue:
+        js = nc.jetstream()
+        while True:
+            try:
+                try:
+                    return await js.key_value(self.bucket)
+                except BucketNotFoundError:
+                    return await js.create_key_value(
+                        bucket=self.bucket, history=1, replicas=self.config.replicas,
+                        description="iotbroker retained messages (docs/cluster.md)",
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("cluster: cannot open the retained bucket %r (replicas %d): %s; "
+                          "retrying", self.bucket, self.config.replicas, exc)
+                await asyncio.sleep(2.0)
+
+    async def _watch_retained(self, nc: NatsClient) -> None:
+        """Index the retained bucket in memory (the engine's retained store) from a
+        watch: the last value of every key first, then each change, in the bucket's
+        order on every node. Once caught up, retained messages this node kept (on disk)
+        that the bucket no longer has are dropped: the bucket is the truth."""
+        kv = await self._open_bucket(nc)
+        self.kv = kv
+        watcher = await kv.watchall()
+        engine = self.engine
+        index = self.retained
+        async for entry in watcher:
+            if entry is None:
+                if not self.retained_synced:
+                    self.retained_synced = True
+                    stale = [m.topic for m in engine.retained.all()
+                             if m.topic not in index and not m.topic.startswith("$SYS/")]
+                    for topic in stale:
+                        engine.replace_retained(topic, None)
+                    log.info("cluster: %d retained messages from bucket %r (%d stale "
+                             "dropped)", len(index), self.bucket, len(stale))
+                    self.schedule_flush()
+                continue
+            try:
+                topic = key_to_topic(entry.key)
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    index.pop(topic, None)
+                    engine.replace_retained(topic, None)
+                else:
+                    message = decode_retained(topic.encode(), entry.value)
+                    index[topic] = message
+                    engine.replace_retained(topic, message)
+            except Exception as exc:
+                self.undecodable += 1
+                log.warning("cluster: undecodable retained entry %r: %s", entry.key, exc)
+                continue
+            self.schedule_flush()
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -233,6 +316,8 @@ class ClusterNode:
             self.duplicates += 1
             return
         self.received += 1
+        # A retained one is kept here by routing too; the bucket's watch brings it
+        # (or a later one) soon after: docs/cluster.md, "Retained messages".
         self.engine.route_remote(message, time.time())
         self.schedule_flush()
 

@@ -44,7 +44,9 @@ __all__ = [
     "decode_level",
     "encode_level",
     "filter_to_subjects",
+    "key_to_topic",
     "subject_to_topic",
+    "topic_to_key",
     "topic_to_subject",
     "valid_prefix",
 ]
@@ -150,3 +152,17 @@ def filter_to_subjects(prefix: str, topic_filter: str) -> list[str]:
     if tokens:
         return [".".join(base), ".".join([*base, ">"])]
     return [".".join([*base, ">"])]
+
+
+def topic_to_key(topic: str) -> str:
+    """The JetStream KV key of a topic (the retained bucket): its subject without the
+    prefix, ``~`` written ``=`` (KV keys allow ``- / _ = . A-Z a-z 0-9``; ``=`` is
+    itself escaped in a level, ``~3D``, so this is one-to-one)."""
+    return topic_to_subject("", topic)[1:].replace("~", "=")
+
+
+def key_to_topic(key: str) -> str:
+    """The inverse of :func:`topic_to_key`."""
+    if "~" in key:
+        raise ValueError(f"not a retained key: {key!r}")
+    return subject_to_topic("", "." + key.replace("=", "~"))

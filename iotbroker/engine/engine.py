@@ -267,6 +267,16 @@ class Engine:
         forwarded again. A retained one is kept here too."""
         return self.router.publish(message, now)
 
+    def replace_retained(self, topic: str, message: Message | None) -> None:
+        """The cluster's retained message of ``topic`` (its replicated copy) is
+        ``message``, or none: kept here and on disk, delivered to nobody (it went out
+        live when it was published). MQTT 5.0 §3.3.1.3."""
+        if message is not None and message.payload:
+            self.retained.set(message)
+            self.batch.put_retained(message)
+        elif self.retained.delete(topic):
+            self.batch.delete_retained(topic)
+
     def close(self, client: Client) -> None:
         """Stop reading ``client`` and have the server close it after the writes."""
         if not client.close_requested:

@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.nats_cluster import NatsCluster
+from tests.interop.test_paho import Paho
 
 _prefixes = itertools.count(1)
 
@@ -62,3 +64,20 @@ def make_node(tmp_path: Path, nats_cluster: NatsCluster
     yield factory
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Paho]]:
+    """Factory of connected paho clients (MQTT 5.0 unless asked), disconnected at the end."""
+    made: list[Paho] = []
+
+    def factory(node: BrokerProcess, client_id: str, protocol: int = mqtt.MQTTv5,
+                **kw: object) -> Paho:
+        client = Paho(node.host, node.port, client_id, protocol, **kw)  # type: ignore[arg-type]
+        client.connect()
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        client.disconnect()

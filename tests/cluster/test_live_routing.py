@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -27,22 +26,6 @@ from tests.helpers.nats_cluster import NatsCluster
 from tests.interop.test_paho import VERSIONS, Paho
 
 Node = Callable[..., BrokerProcess]
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., Paho]]:
-    made: list[Paho] = []
-
-    def factory(node: BrokerProcess, client_id: str, protocol: int = mqtt.MQTTv5,
-                **kw: object) -> Paho:
-        client = Paho(node.host, node.port, client_id, protocol, **kw)  # type: ignore[arg-type]
-        client.connect()
-        made.append(client)
-        return client
-
-    yield factory
-    for client in made:
-        client.disconnect()
 
 
 def wait_until_routed(pub: Paho, sub: Paho, topic: str, timeout: float = 10.0) -> None:
@@ -120,12 +103,14 @@ def test_mqtt5_properties_and_qos_cross_nodes(make_node: Node,
         assert got.CorrelationData == b"\x00\x01"
 
 
-def _wait_subjects(nats_cluster: NatsCluster, name: str, expected: list[str],
+def _wait_subjects(nats_cluster: NatsCluster, name: str, prefix: str, expected: list[str],
                    timeout: float = 10.0) -> None:
+    """Wait until the node's NATS subscriptions under ``prefix`` (its MQTT interest;
+    the retained watch has inbox subscriptions of its own) are ``expected``."""
     deadline = time.monotonic() + timeout
     got: list[str] = []
     while time.monotonic() < deadline:
-        got = nats_cluster.subscriptions(name)
+        got = [s for s in nats_cluster.subscriptions(name) if s.startswith(f"{prefix}.")]
         if got == sorted(expected):
             return
         time.sleep(0.05)
@@ -147,14 +132,14 @@ def test_one_nats_subscription_per_distinct_filter(
     one.subscribe("fleet/+/cmd", qos=1)
     two.subscribe([("fleet/+/cmd", 1), ("fleet/#", 0), ("$share/g/fleet/+/cmd", 1)])
     cmd, root, below = f"{prefix}.m.fleet.*.cmd", f"{prefix}.m.fleet", f"{prefix}.m.fleet.>"
-    _wait_subjects(nats_cluster, name, [cmd, root, below])
+    _wait_subjects(nats_cluster, name, prefix, [cmd, root, below])
     two.unsubscribe("fleet/#")
-    _wait_subjects(nats_cluster, name, [cmd])
+    _wait_subjects(nats_cluster, name, prefix, [cmd])
     two.unsubscribe(["fleet/+/cmd"])
     one.disconnect()  # a clean session: its subscriptions end with it
-    _wait_subjects(nats_cluster, name, [cmd])  # still held by two's shared subscription
+    _wait_subjects(nats_cluster, name, prefix, [cmd])  # still held by two's shared subscription
     two.unsubscribe("$share/g/fleet/+/cmd")
-    _wait_subjects(nats_cluster, name, [])
+    _wait_subjects(nats_cluster, name, prefix, [])
 
 
 def test_a_node_without_nats_serves_its_own_clients(

@@ -4,6 +4,8 @@ matching of the filter (MQTT 5.0 §4.7, [MQTT-4.7.1-2], [MQTT-4.7.2-1], [MQTT-4.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +14,9 @@ from iotbroker.cluster.subjects import (
     decode_level,
     encode_level,
     filter_to_subjects,
+    key_to_topic,
     subject_to_topic,
+    topic_to_key,
     topic_to_subject,
     valid_prefix,
 )
@@ -50,13 +54,26 @@ def valid_subject(subject: str) -> bool:
 
 
 @given(topic)
-@settings(max_examples=500)
+@settings(max_examples=300)
 def test_topic_round_trips_and_is_a_valid_subject(t: str) -> None:
     subject = topic_to_subject(PREFIX, t)
     assert valid_subject(subject), subject
     assert subject_to_topic(PREFIX, subject) == t
     # one NATS token per MQTT level
     assert subject.count(".") == t.count("/") + 2
+
+
+#: What nats-py accepts as a KV key (nats/js/kv.py VALID_KEY_RE).
+KV_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")
+
+
+@given(topic)
+@settings(max_examples=300)
+def test_retained_key_round_trips_and_is_a_valid_kv_key(t: str) -> None:
+    key = topic_to_key(t)
+    assert KV_KEY.match(key) and not key.startswith(".") and not key.endswith("."), key
+    assert ".." not in key
+    assert key_to_topic(key) == t
 
 
 @given(level)
@@ -78,7 +95,7 @@ def filter_and_topic(draw: st.DrawFn) -> tuple[str, str]:
 
 
 @given(filter_and_topic())
-@settings(max_examples=1000)
+@settings(max_examples=500)
 def test_nats_matching_equals_mqtt_matching(ft: tuple[str, str]) -> None:
     """[MQTT-4.7.1-2] ('#' matches the parent), '+' one level (empty too), and the
     '$' rule [MQTT-4.7.2-1], all kept by NATS's own matching of the mapped subjects."""
