@@ -39,6 +39,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
+from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.subjects import (
     filter_to_subjects,
     key_to_topic,
@@ -71,6 +72,8 @@ class ClusterNode:
 
     def __init__(self, config: ClusterConfig, engine: Engine,
                  schedule_flush: Callable[[], None]) -> None:
+        """``schedule_flush``: the server's "this turn left effects" (writes,
+        closes): called after each event that comes from NATS."""
         self.config = config
         self.engine = engine
         self.schedule_flush = schedule_flush
@@ -93,6 +96,9 @@ class ClusterNode:
         self.kv: KeyValue | None = None
         self.retained: dict[str, Message] = {}
         self.retained_synced = False
+        self.ownership = Ownership(engine, self.sender,
+                                   f"{self.prefix.replace('.', '_')}_sessions",
+                                   config.replicas, schedule_flush)
         # counters (docs/cluster.md, "What a node reports")
         self.forwarded = 0
         self.received = 0
@@ -109,6 +115,7 @@ class ClusterNode:
         engine = self.engine
         engine.forwarding = []
         engine.interest_touched = []
+        engine.accepted = []
         restored = [(s.client_id, f) for s in engine.registry.sessions.values()
                     for f in s.subscriptions]
         self._interest_changed(restored)
@@ -120,6 +127,7 @@ class ClusterNode:
         engine = self.engine
         engine.forwarding = None
         engine.interest_touched = None
+        engine.accepted = None
         self.after_turn()
         for task in self._tasks:
             task.cancel()
@@ -142,6 +150,8 @@ class ClusterNode:
         touched = engine.take_interest_touched()
         if touched:
             self._interest_changed(touched)
+        for client in engine.take_accepted():
+            self.ownership.claim(client.client_id)
         messages = engine.take_forwarding()
         if messages:
             commands = self._commands
@@ -201,7 +211,9 @@ class ClusterNode:
         self._warned = False
         log.info("cluster: node %s connected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc.connected_url else "?")
-        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_retained(nc)))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch_retained(nc)))
+        self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
         commands = self._commands
         wake = self._wake
         while True:
@@ -298,6 +310,7 @@ class ClusterNode:
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(RECONCILE_SECONDS)
+            self.ownership.prune()
             for topic_filter in self.interest.reconcile(self._present):
                 self._commands.append((_UNSUB, topic_filter, b""))
             if self._commands:

@@ -159,6 +159,9 @@ class Engine:
         #: Effect (cluster): (client id, filter as subscribed) pairs whose presence in
         #: the trie may have changed this turn; None: nobody asks.
         self.interest_touched: list[tuple[str, str]] | None = None
+        #: Effect (cluster): connections accepted this turn (their client ids are
+        #: claimed cluster-wide); None: nobody asks.
+        self.accepted: list[Client] | None = None
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -260,6 +263,30 @@ class Engine:
             return []
         self.interest_touched = []
         return touched
+
+    def take_accepted(self) -> list[Client]:
+        accepted = self.accepted
+        if not accepted:
+            return []
+        self.accepted = []
+        return accepted
+
+    def taken_over_elsewhere(self, client_id: str) -> bool:
+        """Another node accepted a connection with this client id after this one did
+        (the cluster's session owner changed): the connection here is told 0x8E
+        Session taken over (v5) and closed [MQTT-3.1.4-3], as in a local takeover; it
+        ends like a lost connection (its will goes out, its session stays here by its
+        expiry). False when no such connection is here."""
+        client = self.clients.get(client_id)
+        if client is None or client.close_requested:
+            return False
+        self.metrics.session_takeovers += 1
+        log.info("client %r (%s) taken over on another node", client_id, client.peer,
+                 extra=client.log_extra())
+        if client.conn.protocol_version == 5 and client.conn.connected:
+            client.conn.send_packet(Disconnect(R.SESSION_TAKEN_OVER))
+        self.close(client)
+        return True
 
     def route_remote(self, message: Message, now: float) -> int:
         """A message another node accepted: routed to this process's sessions (each

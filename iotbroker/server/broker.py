@@ -117,7 +117,7 @@ class Broker:
         if self.config.cluster is not None:
             from iotbroker.cluster.node import ClusterNode  # noqa: PLC0415 (nats-py: an extra)
 
-            self.cluster = ClusterNode(self.config.cluster, self.engine, self._schedule_flush)
+            self.cluster = ClusterNode(self.config.cluster, self.engine, self._after_remote)
             await self.cluster.start()
         for listener in self.config.listeners:
             server = await start_listener(self, listener)  # logs "listening on ..."
@@ -347,6 +347,12 @@ class Broker:
         self._apply_closes()
         self._reschedule_core_timer()
         self.flush()
+
+    def _after_remote(self) -> None:
+        """An event from another node (a message, a takeover) left effects."""
+        if self.engine.closing:
+            self._apply_closes()
+        self._schedule_flush()
 
     def _apply_closes(self) -> None:
         """The engine's close effects: each closes after this turn's writes."""

@@ -1,0 +1,86 @@
+"""One live connection per client id across nodes (docs/cluster.md, "Session
+ownership"): a client id that connects to another node closes its connection on the
+first with DISCONNECT 0x8E Session taken over [MQTT-3.1.4-2], [MQTT-3.1.4-3]; two
+connections at once end with exactly one."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+from iotbroker.codec.enums import ReasonCode
+from iotbroker.codec.packets import Disconnect
+from tests.cluster.conftest import wait_for_log
+from tests.cluster.test_live_routing import Node
+from tests.helpers.rawclient import Closed, RawClient
+
+
+def _ready(*nodes: object) -> None:
+    for node in nodes:
+        wait_for_log(node, "retained messages from bucket")  # type: ignore[arg-type]
+
+
+def test_connecting_on_another_node_takes_the_client_id_over(make_node: Node) -> None:
+    """[MQTT-3.1.4-3]: the old connection gets DISCONNECT 0x8E and is closed; prints
+    the takeover latency over 30 rounds (a benchmark figure, not an assertion)."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    _ready(a, b)
+    took: list[float] = []
+    nodes = [a, b]
+    old = RawClient(a.host, a.port, version=5)
+    assert old.connect("dup", clean_start=False).reason_code == 0
+    for i in range(30):
+        node = nodes[(i + 1) % 2]
+        new = RawClient(node.host, node.port, version=5)
+        started = time.monotonic()
+        assert new.connect("dup", clean_start=False).reason_code == 0
+        got = old.expect_closed(timeout=5)
+        took.append(time.monotonic() - started)
+        assert got and isinstance(got[-1], Disconnect), got
+        assert got[-1].reason_code == ReasonCode.SESSION_TAKEN_OVER
+        old.close()
+        old = new
+    # the last one is still connected
+    old.send(Disconnect(0))
+    old.close()
+    took.sort()
+    print(f"cross-node takeover: median {statistics.median(took) * 1000:.1f} ms, "
+          f"p99 {took[int(len(took) * 0.99) - 1] * 1000:.1f} ms, max {took[-1] * 1000:.1f} ms")
+
+
+def test_one_client_id_on_two_nodes_at_once_ends_with_one_connection(make_node: Node) -> None:
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[2])
+    _ready(a, b)
+    for round_ in range(5):
+        cid = f"twin-{round_}"
+        clients = [RawClient(n.host, n.port, version=5) for n in (a, b)]
+        barrier = threading.Barrier(2)
+
+        def go(c: RawClient, cid: str = cid, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            c.connect(cid)
+
+        threads = [threading.Thread(target=go, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # within a few seconds exactly one of the two is closed; the other stays
+        deadline = time.monotonic() + 5
+        alive = [True, True]
+        while time.monotonic() < deadline and all(alive):
+            for i, c in enumerate(clients):
+                try:
+                    c.recv(0.05)
+                except TimeoutError:
+                    pass
+                except Closed:
+                    alive[i] = False
+        assert alive.count(True) == 1, alive
+        survivor = clients[alive.index(True)]
+        survivor.nothing(0.5)  # it is not closed later either
+        for c in clients:
+            c.close()
