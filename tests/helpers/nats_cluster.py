@@ -68,16 +68,19 @@ class NatsServer:
         self.config_path = workdir / f"{name}.conf"
         self.log_path = workdir / f"{name}.log"
         route_urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes)
-        self.config_path.write_text(
-            f'server_name: "{name}"\n'
-            f"listen: 127.0.0.1:{port}\n"
-            f"http: 127.0.0.1:{self.http_port}\n"
-            f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
+        cluster = (  # a lone server runs JetStream without a cluster block
             f"cluster {{\n"
             f'  name: "{CLUSTER_NAME}"\n'
             f"  listen: 127.0.0.1:{cluster_port}\n"
             f"  routes: [{route_urls}]\n"
             f"}}\n"
+        ) if routes else ""
+        self.config_path.write_text(
+            f'server_name: "{name}"\n'
+            f"listen: 127.0.0.1:{port}\n"
+            f"http: 127.0.0.1:{self.http_port}\n"
+            f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
+            f"{cluster}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
