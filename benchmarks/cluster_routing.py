@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers.broker_process import BrokerProcess, broker_config  # noqa: E402
-from tests.helpers.nats_cluster import NatsCluster  # noqa: E402
+from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.nats_cluster import NatsCluster
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -97,12 +97,15 @@ async def count_publishes(reader: asyncio.StreamReader, total: int,
 
 
 async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
-                   wait_routed: bool) -> float:
+                   wait_routed: bool, topics: int) -> float:
     sreader, swriter = await open_client(sub_port, f"bsub{time.monotonic_ns()}")
     swriter.write(_frame(0x82, (1).to_bytes(2, "big") + _str("bench/#") + b"\x00"))
     await sreader.readexactly(5)  # SUBACK
     _preader, pwriter = await open_client(pub_port, f"bpub{time.monotonic_ns()}")
     packet = _frame(0x30, _str("bench/t") + b"x" * 64)
+    # --topics N: the publisher cycles over N topics (a fan-in of N devices), so a
+    # turn's messages are spread over topics (the cluster batches per topic and turn)
+    packets = [_frame(0x30, _str(f"bench/t{i}") + b"x" * 64) for i in range(topics)]
     if wait_routed:  # NATS has the subscriber's interest when a probe comes through
         while True:
             pwriter.write(packet)
@@ -127,7 +130,10 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
         if room <= 0:
             await asyncio.sleep(0.0005)
             continue
-        pwriter.write(packet * room)
+        if topics == 1:
+            pwriter.write(packet * room)
+        else:
+            pwriter.write(b"".join(packets[(sent + i) % topics] for i in range(room)))
         sent += room
         await pwriter.drain()
     await asyncio.wait_for(counter, 60)
@@ -145,7 +151,7 @@ def measure(pids: list[int], nats_pids: list[int], pub_port: int, sub_port: int,
         nats_before = sum(cpu_seconds(p) for p in nats_pids)
         gen_before = resource.getrusage(resource.RUSAGE_SELF)
         took = asyncio.run(run_once(pub_port, sub_port, args.messages, args.window,
-                                    wait_routed))
+                                    wait_routed, args.topics))
         broker_cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
         gen_after = resource.getrusage(resource.RUSAGE_SELF)
         rates.append(args.messages / took)
@@ -167,6 +173,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=2000)
     parser.add_argument("--nats", type=int, default=1, help="nats-servers (1 or 3)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--topics", type=int, default=1,
+                        help="topics the publisher cycles over (default 1)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="py-spy record both nodes (collapsed stacks in DIR)")
     args = parser.parse_args()
     quiet = "logging:\n  level: INFO\n"
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,12 +205,26 @@ def main() -> None:
                     time.sleep(0.05)
             pids = [n.proc.pid for n in nodes if n.proc is not None]
             nats_pids = [s.proc.pid for s in cluster.servers if s.proc is not None]
+            spies = []
+            if args.profile:
+                import subprocess  # noqa: PLC0415
+
+                for name, pid in zip("ab", pids, strict=True):
+                    spies.append(subprocess.Popen(
+                        ["py-spy", "record", "-r", "200", "-f", "raw", "-o",
+                         f"{args.profile}/{name}.txt", "--pid", str(pid)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                time.sleep(1)
             two = measure(pids, nats_pids, nodes[0].port, nodes[1].port, args, True)
+            for spy in spies:
+                spy.send_signal(2)
+                spy.wait(30)
         finally:
             for node in nodes:
                 node.stop()
             cluster.stop()
-    print(f"{args.messages} QoS 0 messages of 64 B, window {args.window}, "
+    print(f"{args.messages} QoS 0 messages of 64 B on {args.topics} topic(s), "
+          f"window {args.window}, "
           f"median of {args.reps}, {args.nats} nats-server(s)")
     for label, r in (("one broker, no cluster", one), ("two nodes, pub a -> sub b", two)):
         print(f"  {label:28s} {r['msgs_per_s']:>9,.0f} msg/s  "

@@ -49,7 +49,7 @@ from iotbroker.cluster.subjects import (
 )
 from iotbroker.config import ClusterConfig
 from iotbroker.message import Message
-from iotbroker.storage.records import decode_retained, encode_retained
+from iotbroker.storage.records import decode_retained
 
 if TYPE_CHECKING:
     from iotbroker.engine.engine import Engine
@@ -60,6 +60,8 @@ log = logging.getLogger("iotbroker.cluster")
 MAX_PENDING = 100_000
 #: NATS keeps a PUB's subject within its control line (4 KiB by default).
 MAX_SUBJECT = 4000
+#: Topics whose subject (and subjects whose topic) are kept at most, per direction.
+NAME_CACHE = 100_000
 #: How often pairs gone from the trie without an event (expired sessions) are dropped.
 RECONCILE_SECONDS = 30.0
 
@@ -87,8 +89,11 @@ class ClusterNode:
         self.connected = False
         self._warned = False
         self._subs: dict[str, list[Subscription]] = {}
-        self._commands: deque[tuple[int, str, bytes]] = deque()
+        self._commands: deque[tuple[int, str, bytes, int]] = deque()
         self._pending_pubs = 0
+        # IoT topics repeat: their subjects (and back) are computed once
+        self._subject_of: dict[str, str] = {}
+        self._topic_of: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         #: The retained bucket (None until it is open) and its index, from the watch.
@@ -96,6 +101,7 @@ class ClusterNode:
         self.kv: KeyValue | None = None
         self.retained: dict[str, Message] = {}
         self.retained_synced = False
+        self._watchers: list[KeyValue.KeyWatcher] = []
         self.ownership = Ownership(engine, self.sender,
                                    f"{self.prefix.replace('.', '_')}_sessions",
                                    config.replicas, schedule_flush)
@@ -135,6 +141,10 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         nc = self.nc
+        watchers = [*self._watchers, *self.ownership.watchers]
+        for watcher in watchers:  # ends nats-py's heartbeat tasks of the watch too
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.flush(timeout=1), 2)
@@ -154,24 +164,55 @@ class ClusterNode:
             self.ownership.claim(client.client_id)
         messages = engine.take_forwarding()
         if messages:
-            commands = self._commands
-            prefix = self.prefix
-            for message in messages:
-                if self.nc is None or self._pending_pubs >= MAX_PENDING:
-                    self.dropped += 1
-                    continue
-                subject = topic_to_subject(prefix, message.topic)
-                if len(subject) > MAX_SUBJECT:
-                    self.refused += 1
-                    continue
-                self.seq += 1
-                commands.append((_PUB, subject, wire.encode(self.sender, self.seq, message)))
-                self._pending_pubs += 1
-                if message.retain:
-                    value = encode_retained(message) if message.payload else b""
-                    commands.append((_RETAIN, topic_to_key(message.topic), value))
+            self._forward(messages)
         if self._commands:
             self._wake.set()
+
+    def _forward(self, messages: list[Message]) -> None:
+        """This turn's messages, one NATS message per topic (in order within each
+        topic, which is the order MQTT keeps [MQTT-4.6.0-5]); retained ones also go
+        to the retained bucket."""
+        if self.nc is None or self._pending_pubs >= MAX_PENDING:
+            self.dropped += len(messages)
+            return
+        by_topic: dict[str, list[bytes]] = {}
+        retained: list[tuple[str, bytes]] = []
+        for message in messages:
+            rec = wire.record(message)
+            batch = by_topic.get(message.topic)
+            if batch is None:
+                by_topic[message.topic] = [rec]
+            else:
+                batch.append(rec)
+            if message.retain:
+                retained.append((topic_to_key(message.topic), rec if message.payload else b""))
+        commands = self._commands
+        prefix = self.prefix
+        subject_of = self._subject_of
+        for topic, records in by_topic.items():
+            subject = subject_of.get(topic)
+            if subject is None:
+                if len(subject_of) >= NAME_CACHE:
+                    subject_of.clear()
+                subject = subject_of[topic] = topic_to_subject(prefix, topic)
+            if len(subject) > MAX_SUBJECT:
+                self.refused += len(records)
+                continue
+            start = 0
+            while start < len(records):  # within NATS's max_payload (1 MiB by default)
+                end = start
+                size = 0
+                while end < len(records) and end - start < wire.MAX_BATCH and (
+                        size < wire.MAX_BATCH_BYTES or end == start):
+                    size += len(records[end])
+                    end += 1
+                self.seq += 1
+                commands.append((_PUB, subject, wire.encode(self.sender, self.seq,
+                                                            records[start:end]), end - start))
+                self._pending_pubs += end - start
+                start = end
+        for key, value in retained:
+            commands.append((_RETAIN, key, value, 0))
 
     def _present(self, pair: Pair) -> bool:
         return pair in self.engine.trie
@@ -180,9 +221,9 @@ class ClusterNode:
         added, removed = self.interest.update(touched, self._present)
         commands = self._commands
         for topic_filter in removed:
-            commands.append((_UNSUB, topic_filter, b""))
+            commands.append((_UNSUB, topic_filter, b"", 0))
         for topic_filter in added:
-            commands.append((_SUB, topic_filter, b""))
+            commands.append((_SUB, topic_filter, b"", 0))
         if commands:
             self._wake.set()
 
@@ -221,12 +262,12 @@ class ClusterNode:
                 wake.clear()
                 await wake.wait()
                 continue
-            kind, name, payload = commands.popleft()
+            kind, name, payload, count = commands.popleft()
             try:
                 if kind == _PUB:
-                    self._pending_pubs -= 1
+                    self._pending_pubs -= count
                     await nc.publish(name, payload)
-                    self.forwarded += 1
+                    self.forwarded += count
                 elif kind == _SUB:
                     if name not in self._subs:
                         self._subs[name] = [
@@ -248,7 +289,7 @@ class ClusterNode:
                 raise
             except Exception as exc:
                 if kind == _PUB:
-                    self.dropped += 1
+                    self.dropped += count
                 log.warning("cluster: NATS %s %r failed: %s",
                             ("publish", "subscribe", "unsubscribe", "retain")[kind], name, exc)
 
@@ -278,6 +319,7 @@ class ClusterNode:
         kv = await self._open_bucket(nc)
         self.kv = kv
         watcher = await kv.watchall()
+        self._watchers.append(watcher)
         engine = self.engine
         index = self.retained
         async for entry in watcher:
@@ -312,15 +354,20 @@ class ClusterNode:
             await asyncio.sleep(RECONCILE_SECONDS)
             self.ownership.prune()
             for topic_filter in self.interest.reconcile(self._present):
-                self._commands.append((_UNSUB, topic_filter, b""))
+                self._commands.append((_UNSUB, topic_filter, b"", 0))
             if self._commands:
                 self._wake.set()
 
     async def _on_message(self, msg: Msg) -> None:
         """A message another node published, on a subject this node subscribed to."""
         try:
-            topic = subject_to_topic(self.prefix, msg.subject)
-            sender, seq, message = wire.decode(topic, msg.data)
+            subject = msg.subject
+            topic = self._topic_of.get(subject)
+            if topic is None:
+                if len(self._topic_of) >= NAME_CACHE:
+                    self._topic_of.clear()
+                topic = self._topic_of[subject] = subject_to_topic(self.prefix, subject)
+            sender, seq, messages = wire.decode(topic, msg.data)
         except Exception as exc:
             self.undecodable += 1
             log.warning("cluster: undecodable message on %r: %s", msg.subject, exc)
@@ -328,10 +375,13 @@ class ClusterNode:
         if not self.dedup.first(sender, seq):
             self.duplicates += 1
             return
-        self.received += 1
+        self.received += len(messages)
         # A retained one is kept here by routing too; the bucket's watch brings it
         # (or a later one) soon after: docs/cluster.md, "Retained messages".
-        self.engine.route_remote(message, time.time())
+        now = time.time()
+        route = self.engine.route_remote
+        for message in messages:
+            route(message, now)
         self.schedule_flush()
 
     async def _disconnected(self) -> None:

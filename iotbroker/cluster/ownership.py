@@ -70,6 +70,7 @@ class Ownership:
         self._queue: list[str] = []
         self._wake = asyncio.Event()
         self.kv: KeyValue | None = None
+        self.watchers: list[KeyValue.KeyWatcher] = []
         self.takeovers = 0
         self.claim_failures = 0
 
@@ -91,6 +92,7 @@ class Ownership:
         self.kv = kv
         loop = asyncio.get_running_loop()
         watch = loop.create_task(self._watch(kv))
+        log.info("cluster: session bucket %r open", self.bucket)
         try:
             while True:
                 if not self._queue:
@@ -134,6 +136,7 @@ class Ownership:
 
     async def _watch(self, kv: KeyValue) -> None:
         watcher = await kv.watchall()
+        self.watchers.append(watcher)
         async for entry in watcher:
             if entry is None or entry.operation in (KV_DEL, KV_PURGE):
                 continue

@@ -48,18 +48,22 @@ def test_reconcile_drops_pairs_that_left_without_an_event() -> None:
     assert "x" in interest and "y" not in interest
 
 
-def test_message_round_trips_on_the_wire() -> None:
+def test_messages_round_trip_on_the_wire() -> None:
     message = Message(
         topic="a.b/c d", payload=b"\x00\xff", qos=2, retain=True,
         properties=Properties(content_type="t", user_properties=(("k", "v"),)),
         created_at=12.5, expires_at=99.0, origin="client-1",
     )
-    data = wire.encode(b"node-a/1234", 7, message)
-    assert wire.decode("a.b/c d", data) == (b"node-a/1234", 7, message)
+    other = Message(topic="a.b/c d", payload=b"", qos=0, retain=False,
+                    properties=Properties(), created_at=13.0)
+    data = wire.encode(b"node-a/1234", 7, [wire.record(message), wire.record(other)])
+    assert wire.decode("a.b/c d", data) == (b"node-a/1234", 7, [message, other])
     with pytest.raises(Exception, match=r"."):
         wire.decode("other/topic", data)  # the record names its topic
     with pytest.raises(ValueError, match="version"):
         wire.decode("a.b/c d", b"\x02" + data[1:])
+    with pytest.raises(ValueError, match=r"truncated|trailing"):
+        wire.decode("a.b/c d", data[:-1])
 
 
 def test_dedup_window() -> None:
