@@ -50,6 +50,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     ConfigDict,
+    PlainValidator,
     StrictBool,
     TypeAdapter,
     ValidationError,
@@ -417,6 +418,19 @@ def _node_name(value: str) -> str:
     return value
 
 
+_WORKERS = Number(lo=1, hi=256)
+
+
+def _workers(value: object) -> int | str:
+    """``workers``: 1–256 or ``auto``."""
+    if value == "auto":
+        return "auto"
+    try:
+        return int(_WORKERS.check(value, integer=True))
+    except PydanticCustomError:
+        raise _fail("is not an integer in 1–256 or 'auto' (the CPU count)") from None
+
+
 #: NATS URL schemes nats-py connects with.
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 _SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
@@ -450,6 +464,9 @@ class BrokerConfig(_Section):
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     loop: LoopKind = "auto"
+    #: Broker processes sharing the listeners (SO_REUSEPORT) under one supervisor,
+    #: nodes of one fabric (docs/cluster.md, "Workers"); "auto" = CPU count.
+    workers: Annotated[int | str, PlainValidator(_workers)] = 1
     cluster: ClusterConfig | None = None
     source: str = field(default="<defaults>", compare=False)
 

@@ -56,8 +56,11 @@ _AUTH = PacketType.AUTH
 class Broker:
     """One broker process: the engine, its connections, storage and timers."""
 
-    def __init__(self, config: BrokerConfig, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: BrokerConfig, store: Store, loop: asyncio.AbstractEventLoop,
+                 *, reuse_port: bool = False) -> None:
         self.config = config
+        #: Listeners share their ports with sibling workers (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.loop = loop
         self.store = store
         self.metrics = Metrics()
@@ -120,7 +123,8 @@ class Broker:
             self.cluster = ClusterNode(self.config.cluster, self.engine, self._after_remote)
             await self.cluster.start()
         for listener in self.config.listeners:
-            server = await start_listener(self, listener)  # logs "listening on ..."
+            # logs "listening on ..."
+            server = await start_listener(self, listener, reuse_port=self.reuse_port)
             self._servers.append(server)
             self.bound.extend(server.addresses)
         warn_open_anonymous(self.config, [(s.config, s.addresses) for s in self._servers])
@@ -565,9 +569,11 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None = None) -> int:
+def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None = None,
+               *, reuse_port: bool = False) -> int:
     """Run until SIGINT/SIGTERM; SIGHUP reloads (``reload`` re-reads the configuration).
-    Returns the process exit code."""
+    ``reuse_port``: a worker of ``--workers`` (server/workers.py). Returns the process
+    exit code."""
     setup_logging(config.logging)
     try:
         store = open_store(config)
@@ -577,7 +583,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     loop = _new_loop(config.loop)
     asyncio.set_event_loop(loop)
     bind_loop(loop)
-    broker = Broker(config, store, loop)
+    broker = Broker(config, store, loop, reuse_port=reuse_port)
     stop_event = asyncio.Event()
 
     def request_stop(signame: str) -> None:
