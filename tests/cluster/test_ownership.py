@@ -5,14 +5,21 @@ connections at once end with exactly one."""
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import threading
 import time
 
+import nats
+from nats.js.errors import KeyNotFoundError
+
+from iotbroker.cluster.ownership import client_key
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import Disconnect
 from tests.cluster.conftest import wait_for_log
 from tests.cluster.test_live_routing import Node
+from tests.helpers.broker_process import BrokerProcess
+from tests.helpers.nats_cluster import NatsCluster
 from tests.helpers.rawclient import Closed, RawClient
 
 
@@ -24,7 +31,32 @@ def _ready(*nodes: object) -> None:
         wait_for_log(node, "session bucket", timeout=20)  # type: ignore[arg-type]
 
 
-def test_connecting_on_another_node_takes_the_client_id_over(make_node: Node) -> None:
+def _wait_claimed(nats_cluster: NatsCluster, node: BrokerProcess, client_id: str) -> None:
+    """Until the bucket holds a claim of ``client_id``: a CONNECT is "later" than
+    another only once the first one's claim is in the stream (docs/cluster.md)."""
+    prefix = node.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+
+    async def poll() -> None:
+        nc = await nats.connect(nats_cluster.urls)
+        try:
+            kv = await nc.jetstream().key_value(f"{prefix}_sessions")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    await kv.get(client_key(client_id))
+                    return
+                except KeyNotFoundError:
+                    await asyncio.sleep(0.01)
+            raise AssertionError(f"no claim of {client_id!r}")
+        finally:
+            await nc.close()
+
+    asyncio.run(poll())
+
+
+def test_connecting_on_another_node_takes_the_client_id_over(
+    make_node: Node, nats_cluster: NatsCluster
+) -> None:
     """[MQTT-3.1.4-3]: the old connection gets DISCONNECT 0x8E and is closed; prints
     the takeover latency over 30 rounds (a benchmark figure, not an assertion)."""
     a = make_node("a", servers=[0])
@@ -34,6 +66,7 @@ def test_connecting_on_another_node_takes_the_client_id_over(make_node: Node) ->
     nodes = [a, b]
     old = RawClient(a.host, a.port, version=5)
     assert old.connect("dup", clean_start=False).reason_code == 0
+    _wait_claimed(nats_cluster, a, "dup")  # later rounds wait for the takeover itself
     for i in range(30):
         node = nodes[(i + 1) % 2]
         new = RawClient(node.host, node.port, version=5)
