@@ -22,7 +22,13 @@ _prefixes = itertools.count(1)
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """Three nats-servers routed to each other, JetStream on, shared by a module's tests
     (each test uses subjects of its own: ``cluster.subject_prefix``)."""
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), size=3).start()
+    for attempt in range(3):  # a free port picked may be taken meanwhile: new ports
+        try:
+            cluster = NatsCluster(tmp_path_factory.mktemp("nats"), size=3).start()
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     yield cluster
     cluster.stop()
 
