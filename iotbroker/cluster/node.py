@@ -113,6 +113,21 @@ class ClusterNode:
         self.refused = 0
         self.undecodable = 0
 
+    def status(self) -> dict[str, int]:
+        """What the node reports ($SYS/broker/cluster/..., metrics, /health)."""
+        return {
+            "connected": int(self.connected),
+            "messages_forwarded": self.forwarded,
+            "messages_received": self.received,
+            "messages_dropped": self.dropped,
+            "messages_refused": self.refused,
+            "messages_duplicate": self.duplicates,
+            "messages_undecodable": self.undecodable,
+            "filters": len(self.interest),
+            "takeovers": self.ownership.takeovers,
+            "claim_failures": self.ownership.claim_failures,
+        }
+
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Ask the engine for its forwarding effects, subscribe for the restored

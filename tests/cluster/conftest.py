@@ -59,9 +59,11 @@ def make_node(tmp_path: Path, nats_cluster: NatsCluster
     prefix = f"t{next(_prefixes)}"
     started: list[BrokerProcess] = []
 
-    def factory(name: str, servers: list[int] | None = None) -> BrokerProcess:
+    def factory(name: str, servers: list[int] | None = None,
+                extra: str = "") -> BrokerProcess:
         urls = [nats_cluster.urls[i] for i in (servers if servers is not None else [0, 1, 2])]
-        proc = BrokerProcess(tmp_path / name, node_config(name, urls, prefix), name=name)
+        proc = BrokerProcess(tmp_path / name, node_config(name, urls, prefix, extra=extra),
+                             name=name)
         proc.start()
         started.append(proc)
         wait_for_log(proc, f"cluster: node {name} connected to NATS")

@@ -11,8 +11,10 @@ prove an absence.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +32,7 @@ Node = Callable[..., BrokerProcess]
 
 def wait_until_routed(pub: Paho, sub: Paho, topic: str, timeout: float = 10.0) -> None:
     """Publish probes on ``topic`` until ``sub`` gets one (NATS has the interest),
-    then drain the probes that were still on their way."""
+    then drain the probes that were still on their way (and anything before them)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pub.publish(topic, b"probe", qos=1)
@@ -38,7 +40,8 @@ def wait_until_routed(pub: Paho, sub: Paho, topic: str, timeout: float = 10.0) -
             msg = sub.messages.get(timeout=0.1)
         except Exception:
             continue
-        assert msg.payload == b"probe", msg.payload
+        if msg.payload != b"probe":
+            continue
         pub.publish(topic, b"probe-end", qos=1)
         while sub.receive().payload != b"probe-end":
             pass
@@ -145,22 +148,37 @@ def test_one_nats_subscription_per_distinct_filter(
 def test_a_node_without_nats_serves_its_own_clients(
     tmp_path: Path, clients: Callable[..., Paho]
 ) -> None:
-    """NATS unreachable at start: the node says so in its log and still routes
-    between its own clients (docs/cluster.md, "When NATS is away")."""
+    """NATS unreachable at start: the node says so in its log, in $SYS
+    (``$SYS/broker/cluster/connected`` 0), in its metrics and on /health
+    ("degraded"), and still routes between its own clients (docs/cluster.md,
+    "When NATS is away")."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # closed when the block ends: nobody listens there
+    extra = ("sys_topics:\n  enabled: true\n  interval: 0.1\n"
+             "metrics:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n")
     node = BrokerProcess(tmp_path / "lonely",
-                         node_config("lonely", [f"nats://127.0.0.1:{dead}"], "lone"),
+                         node_config("lonely", [f"nats://127.0.0.1:{dead}"], "lone",
+                                     extra=extra),
                          name="lonely").start()
     try:
         wait_for_log(node, "unreachable")
         sub = clients(node, "sub")
-        sub.subscribe("local/#", qos=1)
+        sub.subscribe([("local/#", 1), ("$SYS/broker/cluster/#", 0)])
         pub = clients(node, "pub")
         pub.publish("local/x", b"here", qos=1)
-        msg = sub.receive()
-        assert (msg.topic, msg.payload) == ("local/x", b"here")
+        got: dict[str, bytes] = {}
+        while "local/x" not in got or "$SYS/broker/cluster/connected" not in got:
+            msg = sub.receive()
+            got[msg.topic] = msg.payload
+        assert got["local/x"] == b"here"
+        assert got["$SYS/broker/cluster/connected"] == b"0"
+        port = int(re.findall(r"metrics listening on 127\.0\.0\.1:(\d+)", node.log_text())[0])
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            assert response.read().startswith(b"degraded")
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            assert "iotbroker_cluster_connected 0.0" in response.read().decode()
         sub.disconnect()
         pub.disconnect()
     finally:
