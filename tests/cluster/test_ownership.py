@@ -6,6 +6,7 @@ connections at once end with exactly one."""
 from __future__ import annotations
 
 import asyncio
+import select
 import statistics
 import threading
 import time
@@ -15,7 +16,7 @@ from nats.js.errors import KeyNotFoundError
 
 from iotbroker.cluster.ownership import client_key
 from iotbroker.codec.enums import ReasonCode
-from iotbroker.codec.packets import Disconnect
+from iotbroker.codec.packets import ConnAck, Connect, Disconnect
 from tests.cluster.conftest import wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.helpers.broker_process import BrokerProcess
@@ -120,3 +121,58 @@ def test_one_client_id_on_two_nodes_at_once_ends_with_one_connection(make_node: 
         survivor.nothing(0.5)  # it is not closed later either
         for c in clients:
             c.close()
+
+
+def test_reconnect_storm_settles_with_one_connection_per_client_id(make_node: Node) -> None:
+    """300 client ids, each connecting to both nodes back to back (600 CONNECTs, claims
+    batched): every client id ends with exactly one open connection, and the closed
+    one was told 0x8E [MQTT-3.1.4-3]."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    _ready(a, b)
+    pairs: list[tuple[RawClient, RawClient]] = []
+    try:
+        for i in range(300):
+            first, second = (a, b) if i % 2 else (b, a)
+            one = RawClient(first.host, first.port, version=5)
+            one.send(Connect(client_id=f"storm-{i}", protocol_version=5, clean_start=True,
+                             keepalive=60))
+            two = RawClient(second.host, second.port, version=5)
+            two.send(Connect(client_id=f"storm-{i}", protocol_version=5, clean_start=True,
+                             keepalive=60))
+            pairs.append((one, two))
+        for one, two in pairs:
+            assert one.expect(ConnAck).reason_code == 0
+            assert two.expect(ConnAck).reason_code == 0
+        open_ = {c.sock: c for pair in pairs for c in pair}
+        received: dict[RawClient, list[object]] = {}
+        closed: set[RawClient] = set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(closed) < len(pairs):
+            readable, _, _ = select.select(list(open_), [], [], 0.2)
+            for sock in readable:
+                client = open_[sock]
+                try:
+                    packet = client.recv(0.1)
+                except Closed:
+                    del open_[sock]
+                    closed.add(client)
+                except TimeoutError:
+                    continue
+                else:
+                    received.setdefault(client, []).append(packet)
+        still_open = [(one in open_.values(), two in open_.values()) for one, two in pairs]
+        assert all(x != y for x, y in still_open), [
+            i for i, (x, y) in enumerate(still_open) if x == y]
+        for client in closed:
+            packets = received.get(client, [])
+            assert packets and isinstance(packets[-1], Disconnect), packets
+            assert packets[-1].reason_code == ReasonCode.SESSION_TAKEN_OVER
+        time.sleep(0.5)  # no late takeover closes a survivor
+        survivors = list(open_.values())
+        readable, _, _ = select.select([c.sock for c in survivors], [], [], 0)
+        assert not readable
+    finally:
+        for one, two in pairs:
+            one.close()
+            two.close()
