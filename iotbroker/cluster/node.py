@@ -96,16 +96,17 @@ class ClusterNode:
         self._topic_of: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        #: The retained bucket (None until it is open) and its index, from the watch.
+        #: The retained bucket (None until it is open) and the topics it holds, from
+        #: the watch (the messages themselves are in the engine's retained store).
         self.bucket = f"{self.prefix.replace('.', '_')}_retained"
         self.kv: KeyValue | None = None
-        self.retained: dict[str, Message] = {}
+        self.retained_topics: set[str] = set()
         self.retained_synced = False
         self._watchers: list[KeyValue.KeyWatcher] = []
         self.ownership = Ownership(engine, self.sender,
                                    f"{self.prefix.replace('.', '_')}_sessions",
                                    config.replicas, schedule_flush)
-        # counters (docs/cluster.md, "What a node reports")
+        # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
         self.duplicates = 0
@@ -336,7 +337,7 @@ class ClusterNode:
         watcher = await kv.watchall()
         self._watchers.append(watcher)
         engine = self.engine
-        index = self.retained
+        index = self.retained_topics
         async for entry in watcher:
             if entry is None:
                 if not self.retained_synced:
@@ -352,11 +353,11 @@ class ClusterNode:
             try:
                 topic = key_to_topic(entry.key)
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    index.pop(topic, None)
+                    index.discard(topic)
                     engine.replace_retained(topic, None)
                 else:
                     message = decode_retained(topic.encode(), entry.value)
-                    index[topic] = message
+                    index.add(topic)
                     engine.replace_retained(topic, message)
             except Exception as exc:
                 self.undecodable += 1

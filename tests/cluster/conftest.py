@@ -34,9 +34,9 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
 
 
 def node_config(node_name: str, urls: list[str], prefix: str, replicas: int = 3,
-                extra: str = "") -> str:
+                extra: str = "", storage: str = "memory") -> str:
     servers = ", ".join(urls)
-    return broker_config(extra=(
+    return broker_config(storage=storage, extra=(
         f"cluster:\n  node_name: {node_name}\n  nats: [{servers}]\n"
         f"  replicas: {replicas}\n  subject_prefix: {prefix}\n{extra}"
     ))
@@ -60,9 +60,10 @@ def make_node(tmp_path: Path, nats_cluster: NatsCluster
     started: list[BrokerProcess] = []
 
     def factory(name: str, servers: list[int] | None = None,
-                extra: str = "") -> BrokerProcess:
+                extra: str = "", storage: str = "memory") -> BrokerProcess:
         urls = [nats_cluster.urls[i] for i in (servers if servers is not None else [0, 1, 2])]
-        proc = BrokerProcess(tmp_path / name, node_config(name, urls, prefix, extra=extra),
+        proc = BrokerProcess(tmp_path / name,
+                             node_config(name, urls, prefix, extra=extra, storage=storage),
                              name=name)
         proc.start()
         started.append(proc)

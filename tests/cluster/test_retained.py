@@ -64,3 +64,26 @@ def test_retained_set_on_one_node_reaches_new_subscribers_on_others(
     wait_retained(on_a, "r/#", [("r/two", b"2b")])
     wait_retained(on_c, "r/#", [("r/two", b"2b")])
     wait_retained(on_b, "r/#", [("r/two", b"2b")])
+
+
+def test_the_bucket_wins_over_what_a_node_kept_on_disk(
+    make_node: Node, clients: Callable[..., Paho]
+) -> None:
+    """A node on RocksDB that was down while a retained message was cleared and
+    another set elsewhere comes back with the bucket's state, not its disk's."""
+    a = make_node("a", servers=[0])
+    c = make_node("c", servers=[2], storage="rocksdb")
+    for node in (a, c):
+        wait_for_log(node, "retained messages from bucket")
+    pub = clients(a, "pub")
+    pub.publish("d/old", b"1", qos=1, retain=True)
+    pub.publish("d/kept", b"2", qos=1, retain=True)
+    ids = iter(range(1000))
+    on_c = lambda: clients(c, f"s{next(ids)}")  # noqa: E731
+    wait_retained(on_c, "d/#", [("d/old", b"1"), ("d/kept", b"2")])
+    c.stop()  # both are in c's RocksDB now
+    pub.publish("d/old", b"", qos=1, retain=True)
+    pub.publish("d/new", b"3", qos=1, retain=True)
+    c.start()
+    wait_for_log(c, "retained messages from bucket")  # the clear: a delete marker
+    wait_retained(on_c, "d/#", [("d/kept", b"2"), ("d/new", b"3")])
