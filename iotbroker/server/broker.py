@@ -118,7 +118,11 @@ class Broker:
     async def start(self) -> None:
         self.restore()
         if self.config.cluster is not None:
-            from iotbroker.cluster.node import ClusterNode  # noqa: PLC0415 (nats-py: an extra)
+            try:
+                from iotbroker.cluster.node import ClusterNode  # noqa: PLC0415 (an extra)
+            except ImportError as exc:
+                raise RuntimeError(f"the cluster section needs nats-py (pip install "
+                                   f"'iotbroker[cluster]'): {exc}") from exc
 
             self.cluster = ClusterNode(self.config.cluster, self.engine, self._after_remote)
             await self.cluster.start()
@@ -602,7 +606,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
             log.error("cannot listen: %s", exc)
             store.close()
             return 1
-        except StorageError as exc:
+        except (StorageError, RuntimeError) as exc:  # RuntimeError: the cluster extra
             log.error("%s", exc)
             store.close()
             return 1

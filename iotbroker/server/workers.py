@@ -24,6 +24,7 @@ process the user started):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -165,6 +166,9 @@ def run_workers(config: BrokerConfig, argv: list[str]) -> int:
     """Supervise ``workers`` broker processes until SIGTERM/SIGINT; ``argv`` is the
     ``run`` command line without ``--workers``. Returns the exit code."""
     count = worker_count(config.workers)
+    if importlib.util.find_spec("nats") is None:
+        log.error("--workers needs nats-py: pip install 'iotbroker[cluster]'")
+        return 1
     ports = {lc.name: _free_port(lc.host) for lc in config.listeners if lc.port == 0}
     nats: EmbeddedNats | None = None
     if config.cluster is None:
