@@ -183,3 +183,33 @@ def test_a_node_without_nats_serves_its_own_clients(
         pub.disconnect()
     finally:
         node.stop()
+
+
+def test_a_restarted_node_keeps_the_interest_of_its_persistent_sessions(
+    make_node: Node, clients: Callable[..., Paho], nats_cluster: NatsCluster
+) -> None:
+    """A persistent session's subscriptions come back from RocksDB with its node, and
+    so does the node's NATS interest (no client of b is online): a QoS 1 message
+    published on another node while the subscriber is offline is queued for it and
+    delivered when it reconnects (MQTT 5.0 §4.1: the session keeps its
+    subscriptions)."""
+    # both on one nats-server: once it lists b's subscription, a's publish matches it
+    # (interest crossing a NATS route cannot be observed from outside)
+    a = make_node("a", servers=[1])
+    b = make_node("b", servers=[1], storage="rocksdb")
+    prefix = b.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+    sub = clients(b, "keeper", clean=False, session_expiry=3600)
+    sub.subscribe("p/#", qos=1)
+    pub = clients(a, "pub")
+    wait_until_routed(pub, sub, "p/probe")
+    sub.disconnect()
+    b.stop()
+    _wait_subjects(nats_cluster, "iotbroker b", prefix, [])
+    b.start()
+    wait_for_log(b, "connected to NATS")
+    _wait_subjects(nats_cluster, "iotbroker b", prefix, [f"{prefix}.m.p", f"{prefix}.m.p.>"])
+    pub.publish("p/while-offline", b"queued", qos=1)
+    pub.publish("p/end", b"end", qos=1)
+    back = clients(b, "keeper", clean=False, session_expiry=3600)
+    got = [m for m in back.receive_until("p/end") if not m.payload.startswith(b"probe")]
+    assert [(m.topic, m.payload, m.qos) for m in got] == [("p/while-offline", b"queued", 1)]
