@@ -121,7 +121,7 @@ def test_pure_module_imports_only_stdlib(module: str) -> None:
 
 
 #: Rooms that do I/O on the event loop: server/, and cluster/'s link to NATS.
-ASYNC_MODULES = ("cluster/node.py", "cluster/ownership.py")
+ASYNC_MODULES = ("cluster/node.py", "cluster/ownership.py", "cluster/wills.py")
 
 
 def test_only_server_imports_asyncio() -> None:

@@ -47,6 +47,7 @@ from iotbroker.cluster.subjects import (
     topic_to_key,
     topic_to_subject,
 )
+from iotbroker.cluster.wills import Wills
 from iotbroker.config import ClusterConfig
 from iotbroker.message import Message
 from iotbroker.storage.records import decode_retained
@@ -106,6 +107,8 @@ class ClusterNode:
         self.ownership = Ownership(engine, self.sender,
                                    f"{self.prefix.replace('.', '_')}_sessions",
                                    config.replicas, schedule_flush)
+        self.wills = Wills(engine, self.sender, self.prefix, config.replicas,
+                           self.ownership, schedule_flush)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -127,6 +130,7 @@ class ClusterNode:
             "filters": len(self.interest),
             "takeovers": self.ownership.takeovers,
             "claim_failures": self.ownership.claim_failures,
+            "wills_published": self.wills.published,
         }
 
     # ----------------------------------------------------------- lifecycle
@@ -138,6 +142,7 @@ class ClusterNode:
         engine.forwarding = []
         engine.interest_touched = []
         engine.accepted = []
+        engine.ended = []
         restored = [(s.client_id, f) for s in engine.registry.sessions.values()
                     for f in s.subscriptions]
         self._interest_changed(restored)
@@ -150,7 +155,10 @@ class ClusterNode:
         engine.forwarding = None
         engine.interest_touched = None
         engine.accepted = None
+        engine.ended = None
         self.after_turn()
+        with contextlib.suppress(Exception):  # a clean stop sends no will
+            await asyncio.wait_for(self.wills.forget_own(), 3)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -178,6 +186,9 @@ class ClusterNode:
             self._interest_changed(touched)
         for client in engine.take_accepted():
             self.ownership.claim(client.client_id)
+            self.wills.connected(client)
+        for client in engine.take_ended():
+            self.wills.ended(client)
         messages = engine.take_forwarding()
         if messages:
             self._forward(messages)
@@ -271,6 +282,7 @@ class ClusterNode:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_retained(nc)))
         self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
+        self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         commands = self._commands
         wake = self._wake
         while True:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from iotbroker.cluster.subjects import decode_level, encode_level
@@ -86,6 +86,17 @@ class Ownership:
         for client_id in [c for c in self.claims if c not in clients]:
             del self.claims[client_id]
             self._waiting.pop(client_id, None)
+
+    async def owner(self, client_id: str) -> bytes | None:
+        """The sender id of the last claim of ``client_id`` (None: none, or no bucket)."""
+        kv = self.kv
+        if kv is None:
+            return None
+        try:
+            entry = await kv.get(client_key(client_id))
+        except KeyNotFoundError:
+            return None
+        return entry.value
 
     async def run(self, js: JetStreamContext) -> None:
         kv = await self._open(js)

@@ -162,6 +162,9 @@ class Engine:
         #: Effect (cluster): connections accepted this turn (their client ids are
         #: claimed cluster-wide); None: nobody asks.
         self.accepted: list[Client] | None = None
+        #: Effect (cluster): connections that ended this turn (after their CONNACK);
+        #: None: nobody asks.
+        self.ended: list[Client] | None = None
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -271,6 +274,13 @@ class Engine:
         self.accepted = []
         return accepted
 
+    def take_ended(self) -> list[Client]:
+        ended = self.ended
+        if not ended:
+            return []
+        self.ended = []
+        return ended
+
     def taken_over_elsewhere(self, client_id: str) -> bool:
         """Another node accepted a connection with this client id after this one did
         (the cluster's session owner changed): the connection here is told 0x8E
@@ -376,6 +386,8 @@ class Engine:
             return
         client.session = None
         self.metrics.clients_connected -= 1
+        if self.ended is not None:
+            self.ended.append(client)
         will = None if client.clean_disconnect else client.will
         if client.taken_over:
             # This connection's will goes out now unless it has a Will Delay and the new
