@@ -67,6 +67,10 @@ class Ownership:
         self.claims: dict[str, int | None] = {}
         #: newest foreign entry seen while our claim was pending: client id -> revision
         self._waiting: dict[str, int] = {}
+        #: claims sent and not acknowledged yet, and the highest revision acknowledged
+        #: meanwhile (two local connections of one id in quick succession)
+        self._outstanding: dict[str, int] = {}
+        self._best: dict[str, int] = {}
         self._queue: list[str] = []
         self._wake = asyncio.Event()
         self.kv: KeyValue | None = None
@@ -77,6 +81,7 @@ class Ownership:
     def claim(self, client_id: str) -> None:
         """A connection with ``client_id`` was accepted here (after the turn)."""
         self.claims[client_id] = None
+        self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
         self._queue.append(client_id)
         self._wake.set()
 
@@ -116,17 +121,30 @@ class Ownership:
                     return_exceptions=True,
                 )
                 for client_id, result in zip(batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        self.claim_failures += 1
-                        log.warning("cluster: claim of client %r failed: %s", client_id, result)
-                        continue
-                    if client_id in self.claims and self.claims[client_id] is None:
-                        self.claims[client_id] = result
-                        seen = self._waiting.pop(client_id, None)
-                        if seen is not None and seen > result:
-                            self._kick(client_id)
+                    self._acknowledged(client_id, result)
         finally:
             watch.cancel()
+
+    def _acknowledged(self, client_id: str, result: int | BaseException) -> None:
+        """One claim came back; when the last outstanding one has, our claim's
+        revision is the highest of them, and a foreign entry seen meanwhile decides."""
+        left = self._outstanding.get(client_id, 1) - 1
+        if isinstance(result, BaseException):
+            self.claim_failures += 1
+            log.warning("cluster: claim of client %r failed: %s", client_id, result)
+        else:
+            self._best[client_id] = max(result, self._best.get(client_id, 0))
+        if left > 0:
+            self._outstanding[client_id] = left
+            return
+        self._outstanding.pop(client_id, None)
+        best = self._best.pop(client_id, None)
+        if best is None or client_id not in self.claims:
+            return  # every claim failed (the id stays unclaimed here), or it is gone
+        self.claims[client_id] = best
+        seen = self._waiting.pop(client_id, None)
+        if seen is not None and seen > best:
+            self._kick(client_id)
 
     async def _open(self, js: JetStreamContext) -> KeyValue:
         while True:
@@ -157,14 +175,17 @@ class Ownership:
                 client_id = key_client(entry.key)
             except ValueError:
                 continue
-            if client_id not in self.claims:
-                continue  # not connected here (since the last prune)
-            ours = self.claims[client_id]
-            revision = entry.revision or 0
-            if ours is None:
-                self._waiting[client_id] = max(revision, self._waiting.get(client_id, 0))
-            elif revision > ours:
-                self._kick(client_id)
+            self.foreign(client_id, entry.revision or 0)
+
+    def foreign(self, client_id: str, revision: int) -> None:
+        """Another process claimed ``client_id`` at ``revision``."""
+        if client_id not in self.claims:
+            return  # not connected here (since the last prune)
+        ours = self.claims[client_id]
+        if ours is None:
+            self._waiting[client_id] = max(revision, self._waiting.get(client_id, 0))
+        elif revision > ours:
+            self._kick(client_id)
 
     def _kick(self, client_id: str) -> None:
         self.claims.pop(client_id, None)

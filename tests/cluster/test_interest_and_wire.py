@@ -7,6 +7,7 @@ import pytest
 
 from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
+from iotbroker.cluster.ownership import Ownership
 from iotbroker.codec.packets import Properties
 from iotbroker.message import Message
 
@@ -73,3 +74,52 @@ def test_dedup_window() -> None:
     for seq in (2, 3, 4):
         assert dedup.first(b"a", seq)
     assert dedup.first(b"a", 1)  # fell out of the window of 3
+
+
+class _Engine:
+    """What Ownership asks of the engine: who is connected, and the takeover."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, object] = {}
+        self.kicked: list[str] = []
+
+    def taken_over_elsewhere(self, client_id: str) -> bool:
+        self.kicked.append(client_id)
+        return True
+
+
+def _ownership() -> tuple[Ownership, _Engine]:
+    engine = _Engine()
+    return Ownership(engine, b"me", "b", 1, lambda: None), engine  # type: ignore[arg-type]
+
+
+def test_ownership_later_foreign_claim_kicks_older_does_not() -> None:
+    own, engine = _ownership()
+    own.claim("x")
+    own._acknowledged("x", 5)
+    own.foreign("x", 4)  # older news
+    assert engine.kicked == []
+    own.foreign("x", 6)  # connected elsewhere later [MQTT-3.1.4-3]
+    assert engine.kicked == ["x"]
+
+
+def test_ownership_decides_after_our_claim_is_acknowledged() -> None:
+    own, engine = _ownership()
+    own.claim("x")
+    own.foreign("x", 7)  # seen while ours is in flight
+    assert engine.kicked == []
+    own._acknowledged("x", 6)  # ours is older: the other one wins
+    assert engine.kicked == ["x"]
+
+
+def test_ownership_two_local_claims_in_a_row_count_the_last() -> None:
+    """A reconnect to this node right after a foreign claim: our second claim is the
+    newest, so the foreign one (between our two) must not close the new connection."""
+    own, engine = _ownership()
+    own.claim("x")
+    own.claim("x")
+    own._acknowledged("x", 5)
+    own.foreign("x", 6)  # between our two claims
+    own._acknowledged("x", 7)
+    assert engine.kicked == []
+    assert own.claims["x"] == 7
