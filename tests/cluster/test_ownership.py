@@ -91,7 +91,7 @@ def test_one_client_id_on_two_nodes_at_once_ends_with_one_connection(make_node: 
     a = make_node("a", servers=[0])
     b = make_node("b", servers=[2])
     _ready(a, b)
-    for round_ in range(5):
+    for round_ in range(3):
         cid = f"twin-{round_}"
         clients = [RawClient(n.host, n.port, version=5) for n in (a, b)]
         barrier = threading.Barrier(2)
@@ -118,7 +118,7 @@ def test_one_client_id_on_two_nodes_at_once_ends_with_one_connection(make_node: 
                     alive[i] = False
         assert alive.count(True) == 1, alive
         survivor = clients[alive.index(True)]
-        survivor.nothing(0.5)  # it is not closed later either
+        survivor.nothing(0.3)  # it is not closed later either
         for c in clients:
             c.close()
 
