@@ -439,6 +439,15 @@ NatsUrl = Annotated[str, AfterValidator(_nats_url)]
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
+class NatsTlsConfig(_Section):
+    """TLS towards the NATS servers (``tls://`` URLs, or a server that requires it)."""
+
+    cafile: NonEmptyStr | None = None
+    certfile: NonEmptyStr | None = None
+    keyfile: NonEmptyStr | None = None
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class ClusterConfig(_Section):
     """This node's place in a cluster on NATS (docs/cluster.md). Absent: one broker."""
 
@@ -446,6 +455,11 @@ class ClusterConfig(_Section):
     nats: tuple[NatsUrl, ...] = ("nats://127.0.0.1:4222",)
     replicas: Annotated[int, Number(lo=1, hi=5)] = 3
     subject_prefix: Annotated[str, AfterValidator(_subject_prefix)] = "iotb"
+    user: NonEmptyStr | None = None
+    password: str | None = None
+    token: NonEmptyStr | None = None
+    credentials_file: NonEmptyStr | None = None
+    nats_tls: NatsTlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)

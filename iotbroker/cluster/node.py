@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -258,8 +259,20 @@ class ClusterNode:
     async def _connect(self) -> NatsClient:
         """Connect, retrying for ever (nats-py retries the first connection too when
         reconnects are unlimited; each failure comes to :meth:`_error`)."""
+        config = self.config
+        tls: ssl.SSLContext | None = None
+        if config.nats_tls is not None:
+            t = config.nats_tls
+            tls = ssl.create_default_context(cafile=t.cafile)
+            if t.certfile is not None:
+                tls.load_cert_chain(t.certfile, t.keyfile)
         return await nats.connect(
             servers=list(self.config.nats),
+            user=config.user,
+            password=config.password,
+            token=config.token,
+            user_credentials=config.credentials_file,
+            tls=tls,
             name=f"iotbroker {self.config.node_name}",
             no_echo=True,  # our own messages were routed here already
             allow_reconnect=True,

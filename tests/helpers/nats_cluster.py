@@ -58,7 +58,7 @@ class NatsServer:
     """One nats-server process of the cluster."""
 
     def __init__(self, workdir: Path, name: str, port: int, cluster_port: int,
-                 routes: list[int]) -> None:
+                 routes: list[int], extra: str = "") -> None:
         self.name = name
         self.port = port
         self.http_port = free_port()
@@ -81,6 +81,7 @@ class NatsServer:
             f"http: 127.0.0.1:{self.http_port}\n"
             f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
             f"{cluster}"
+            f"{extra}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -127,13 +128,14 @@ class NatsCluster:
     """``size`` nats-servers routed to each other, JetStream on (``size`` = 1: one
     server, still with JetStream, for replicas: 1)."""
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
+    def __init__(self, workdir: Path, size: int = 3, extra: str = "") -> None:
+        """``extra``: configuration text added to every server's (tls, authorization)."""
         workdir.mkdir(parents=True, exist_ok=True)
         ports = [free_port() for _ in range(size)]
         cluster_ports = [free_port() for _ in range(size)]
         self.servers = [
             NatsServer(workdir, f"n{i + 1}", ports[i], cluster_ports[i],
-                       [p for j, p in enumerate(cluster_ports) if j != i])
+                       [p for j, p in enumerate(cluster_ports) if j != i], extra)
             for i in range(size)
         ]
 
