@@ -34,14 +34,15 @@ logging:
 
 
 class Supervisor:
-    def __init__(self, workdir: Path, workers: int) -> None:
+    def __init__(self, workdir: Path, workers: int, args: list[str] | None = None,
+                 config: str = CONFIG) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "w.yaml").write_text(CONFIG)
+        (workdir / "w.yaml").write_text(config)
         self.log_path = workdir / "supervisor.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 (the child's)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iotbroker", "run", "--config", "w.yaml",
-             "--workers", str(workers)],
+             "--workers", str(workers), *(args or [])],
             stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
@@ -168,3 +169,21 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_everything(
     assert supervisor.stop() == 0
     for pid in [pids[0], new_pid, *nats_pids]:
         assert not _alive(pid), pid
+
+
+def test_listen_and_data_dir_work_with_workers(tmp_path: Path) -> None:
+    """The contract: ``--listen`` and ``--data-dir`` work with ``--workers`` as
+    without; each worker keeps its RocksDB in DATA/w<N>, the embedded nats-server
+    its JetStream in DATA/nats."""
+    data = tmp_path / "data"
+    sup = Supervisor(tmp_path / "w", workers=2, args=[
+        "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+        config=CONFIG.replace("backend: memory", "backend: rocksdb"))
+    try:
+        port = sup.ready()
+        client = Paho("127.0.0.1", port, "c", 5)
+        client.connect()
+        client.disconnect()
+        assert {p.name for p in data.iterdir()} >= {"w0", "w1", "nats"}
+    finally:
+        assert sup.stop() == 0
