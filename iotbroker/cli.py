@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from iotbroker import __version__
 from iotbroker.config import LOOPBACK_HOST, BrokerConfig, load_config
 from iotbroker.errors import ConfigError
 
-__all__ = ["main"]
+__all__ = ["console_main", "main"]
 
 PROG = "iotbroker"
 COMMANDS = ("run", "check-config", "passwd")
@@ -109,8 +110,12 @@ def _config_error(exc: ConfigError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iotbroker`` command; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0] not in COMMANDS
-                         and args_list[0] not in ("-h", "--help", "--version")):
+    if args_list and not args_list[0].startswith("-") and args_list[0] not in COMMANDS:
+        # `iotbroker frobnicate`: not "unrecognized arguments" from `run` (issue 18).
+        _error(f"unknown command {args_list[0]!r}; the commands are: {', '.join(COMMANDS)} "
+               f"(`{PROG} COMMAND --help` for each; without a command, `run`)")
+        return EXIT_USAGE
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_list.insert(0, "run")
     try:
         args = build_parser().parse_args(args_list)
@@ -126,7 +131,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_error(exc)
 
 
+def console_main() -> None:
+    """The ``iotbroker`` command and ``python -m iotbroker``: :func:`main`, then exit.
+
+    After the broker logged "stopped" (storage closed, logs flushed) the process ends at
+    once with ``os._exit``: tearing down the interpreter would free every session,
+    retained message and trie node one by one (seconds for a large broker) and join
+    password-check threads still hashing for connections that are gone (issue 18).
+    """
+    code = main()
+    if _RAN_BROKER:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 # run ----------------------------------------------------------------------------------
+
+#: Set when ``main`` ran the broker (``console_main`` then skips interpreter teardown).
+_RAN_BROKER = False
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -192,10 +217,12 @@ def _without_workers(argv: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    global _RAN_BROKER  # noqa: PLW0603 (one flag for console_main)
     config = build_config(args)
     from iotbroker.server.broker import run_broker  # noqa: PLC0415 (only `run` needs the server)
     from iotbroker.server.workers import run_workers, worker_count  # noqa: PLC0415
 
+    _RAN_BROKER = True
     try:
         if args.worker is None and worker_count(config.workers) > 1:
             from iotbroker.server.logsetup import setup_logging  # noqa: PLC0415
@@ -215,23 +242,41 @@ def _check_config(path: str, *, check_files: bool) -> int:
     config = load_config(path)
     if check_files:
         _check_files(config)
+        for warning in _file_warnings(config):
+            _error(f"warning: {warning}")
     print(f"OK: {path}")
     return EXIT_OK
 
 
 def _check_files(config: BrokerConfig) -> None:
     from iotbroker.auth.loader import load_auth  # noqa: PLC0415
+    from iotbroker.server.preflight import tls_file_errors  # noqa: PLC0415
 
     load_auth(config.auth)
-    for i, listener in enumerate(config.listeners):
-        if listener.tls is None:
-            continue
-        for name in ("certfile", "keyfile", "cafile"):
-            file = getattr(listener.tls, name)
-            if file is not None and not os.access(file, os.R_OK):
-                reason = "does not exist" if not os.path.exists(file) else "is not readable"
-                raise ConfigError(f"listeners[{i}].tls.{name}", file,
-                                  f"cannot be used: the file {reason}")
+    errors = tls_file_errors(config)
+    if errors:
+        raise errors[0]
+
+
+def _file_warnings(config: BrokerConfig) -> list[str]:
+    """What is valid but probably not meant: ACL lines that look like typos (``topic rw
+    home/#`` is a rule for the filter ``rw home/#``), secret files open to other users."""
+    from iotbroker.auth.acl import acl_warnings  # noqa: PLC0415
+    from iotbroker.file_modes import exposed_mode, exposure_message  # noqa: PLC0415
+
+    warnings: list[str] = []
+    if config.auth.acl_file:
+        with open(config.auth.acl_file, encoding="utf-8") as handle:
+            warnings += acl_warnings(handle.read().splitlines(), config.auth.acl_file)
+    secrets = [(config.auth.password_file, "auth.password_file: password file")]
+    secrets += [(lst.tls.keyfile, f"listeners[{i}].tls.keyfile: TLS private key")
+                for i, lst in enumerate(config.listeners)
+                if lst.tls is not None and lst.tls.keyfile]
+    for path, what in secrets:
+        mode = exposed_mode(path) if path else None
+        if path and mode is not None:
+            warnings.append(exposure_message(path, what, mode))
+    return warnings
 
 
 # passwd -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ recipient. Treat them as immutable once built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from iotbroker.codec.packets import Properties
 
@@ -69,3 +69,9 @@ class Delivery:
     retain: bool = False
     subscription_identifiers: tuple[int, ...] = ()
     share_group: str | None = None
+    #: The encoded QoS 0 PUBLISH for MQTT 3.1.1 / 5.0 clients, filled by the first
+    #: connection that sends this copy: recipients of a fan-out share one Delivery
+    #: (the router builds one per QoS and RETAIN), so the bytes are encoded once per
+    #: message, not once per subscriber. Not part of the copy's identity.
+    wire4: bytes = field(default=b"", compare=False, repr=False)
+    wire5: bytes = field(default=b"", compare=False, repr=False)

@@ -34,6 +34,12 @@ class Metrics:
     messages_sent: int = 0
     publish_received: int = 0
     publish_sent: int = 0
+    #: Payload bytes of the PUBLISH packets received (mosquitto's publish/bytes/received).
+    publish_bytes_received: int = 0
+    #: Payload bytes of the PUBLISH packets sent (mosquitto's publish/bytes/sent).
+    publish_bytes_sent: int = 0
+    #: CONNECT packets received (the rate is $SYS load/connections, as mosquitto's).
+    connects_received: int = 0
     publish_received_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
     publish_sent_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
     messages_dropped_queue_full: int = 0
@@ -45,6 +51,7 @@ class Metrics:
     retained_dropped: int = 0
     connect_timeouts: int = 0
     topic_limit_refusals: int = 0
+    payload_format_refusals: int = 0
     subscription_limit_refusals: int = 0
     messages_expired: int = 0
     malformed_packets: int = 0

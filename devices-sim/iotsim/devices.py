@@ -114,6 +114,7 @@ class Device:
         self.wanted = False
         self.counted = True  # monitors are not devices
         self.ever_connected = False
+        self.failed_connects = 0
         self.downtime = 0.0
         self.task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -152,6 +153,7 @@ class Device:
                 await ctx.reconnect_pacer.wait()
             reconnect = True
             if not await self.client.connect():
+                self.failed_connects += 1
                 if not self.wanted or ctx.stopping:
                     break
                 await asyncio.sleep(backoff * (0.5 + ctx.rng.random()))
@@ -285,6 +287,7 @@ class Subscriber(Device):
         self.sub_qos = qos
         self.record = SubscriberRec(name, filters, qos, ctx.run_id, self.client.persistent)
         ctx.stats.subscribers.append(self.record)
+        self.client.accounting = True
         self.client.on_message = self._on_message
         self.response_topic = b""
         self.ready = False

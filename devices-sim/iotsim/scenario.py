@@ -554,6 +554,8 @@ class MonitorSpec(_Spec):
     subscribe: Filters = ()
     qos: QoS = 2
     version: Version = 5
+    username: Name | None = None
+    password: Text | None = None
 
 
 @dataclass(frozen=True, config=_SCHEMA)

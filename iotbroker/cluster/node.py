@@ -243,7 +243,10 @@ class ClusterNode:
             commands.append((_RETAIN, key, value, 0))
 
     def _present(self, pair: Pair) -> bool:
-        return pair in self.engine.trie
+        """Is (client id, filter as subscribed) a subscription now? (The session's
+        subscriptions are the per-client index; the trie indexes by filter.)"""
+        session = self.engine.registry.sessions.get(pair[0])
+        return session is not None and pair[1] in session.subscriptions
 
     def _interest_changed(self, touched: list[Pair]) -> None:
         added, removed = self.interest.update(touched, self._present)

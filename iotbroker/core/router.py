@@ -29,7 +29,7 @@ that the message goes to a member that may read it.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import Subscription
@@ -49,6 +49,68 @@ _QUOTA_EXCEEDED = int(ReasonCode.QUOTA_EXCEEDED)
 _NO_SUBSCRIPTION_EXISTED = int(ReasonCode.NO_SUBSCRIPTION_EXISTED)
 #: MQTT 3.1.1 SUBACK return code for a refused filter (§3.9.3).
 _V3_SUBACK_FAILURE = 0x80
+
+
+def copy_for(
+    message: Message,
+    entries: Sequence[SubscriptionEntry],
+    client_id: str,
+    copies: list[Delivery | None] | None = None,
+    share_group: str | None = None,
+    *,
+    on_subscribe: bool = False,
+) -> Delivery | None:
+    """One client's copy of ``message``, given the subscriptions of that client that
+    match it: the one place where subscription options shape a delivery.
+
+    * No Local: nothing for the client that published it [MQTT-3.8.3-3] (not
+      applied to retained messages sent on subscribe, which were published before);
+    * QoS: the highest of the matching subscriptions [MQTT-3.3.4-2], at most the
+      message's [MQTT-3.8.4-6];
+    * RETAIN: 1 for a retained message sent because of a new subscription
+      [MQTT-3.3.1-8]; on a live delivery 0 [MQTT-3.3.1-9] unless a subscription asked
+      for Retain As Published [MQTT-3.3.1-12], [MQTT-3.3.1-13];
+    * every matching Subscription Identifier [MQTT-3.3.4-3].
+
+    ``copies`` (indexed ``qos * 2 + retain``) shares one immutable Delivery between
+    recipients whose copy is the same; None builds a new one. Returns None when the
+    client gets nothing. The ACL read decision is the session's
+    (:meth:`Session.deliver <iotbroker.core.session.Session.deliver>`).
+    """
+    origin = message.origin
+    if len(entries) == 1:
+        entry = entries[0]
+        if entry.no_local and client_id == origin and not on_subscribe:
+            return None
+        qos = entry.qos if entry.qos < message.qos else message.qos
+        retain = on_subscribe or (message.retain and entry.retain_as_published)
+        sub_id = entry.subscription_identifier
+        if sub_id is not None:
+            return Delivery(message, qos, retain, (sub_id,), share_group)
+    else:
+        qos = -1
+        retain = False
+        ids: list[int] = []
+        for entry in entries:
+            if entry.no_local and client_id == origin and not on_subscribe:
+                continue
+            qos = max(qos, entry.qos)
+            retain = retain or entry.retain_as_published
+            if entry.subscription_identifier is not None:
+                ids.append(entry.subscription_identifier)
+        if qos < 0:
+            return None
+        qos = min(qos, message.qos)
+        retain = on_subscribe or (retain and message.retain)
+        if ids:
+            return Delivery(message, qos, retain, tuple(ids), share_group)
+    if copies is None:
+        return Delivery(message, qos, retain, (), share_group)
+    index = qos * 2 + 1 if retain else qos * 2
+    copy = copies[index]
+    if copy is None:
+        copy = copies[index] = Delivery(message, qos, retain)
+    return copy
 
 
 class Router:
@@ -90,49 +152,17 @@ class Router:
             return code or _NO_MATCHING_SUBSCRIBERS
         matches = self.trie.match(message.topic)
         sessions = self.registry.sessions
-        origin = message.origin
         delivered = 0
         # Recipients whose copy is the same (QoS, RETAIN, no subscription identifier)
         # share one Delivery: it is immutable, and a fan-out then builds one, not one
-        # per subscriber (index qos * 2 + retain).
-        plain: list[Delivery | None] = [None, None, None, None, None, None]
+        # per subscriber.
+        copies: list[Delivery | None] = [None, None, None, None, None, None]
         for client_id, entries in matches.direct.items():
             session = sessions.get(client_id)
             if session is None:
                 continue
-            if len(entries) == 1:
-                entry = entries[0]
-                if entry.no_local and client_id == origin:
-                    continue
-                qos = entry.qos if entry.qos < message.qos else message.qos
-                retain = message.retain and entry.retain_as_published
-                sub_id = entry.subscription_identifier
-                sub_ids: tuple[int, ...] = () if sub_id is None else (sub_id,)
-            else:
-                qos = -1
-                retain = False
-                ids: list[int] = []
-                for entry in entries:
-                    if entry.no_local and client_id == origin:
-                        continue
-                    qos = max(qos, entry.qos)
-                    retain = retain or entry.retain_as_published
-                    if entry.subscription_identifier is not None:
-                        ids.append(entry.subscription_identifier)
-                if qos < 0:
-                    continue
-                qos = min(qos, message.qos)
-                retain = retain and message.retain
-                sub_ids = tuple(ids)
-            if sub_ids:
-                delivery = Delivery(message, qos, retain, sub_ids)
-            else:
-                index = qos * 2 + 1 if retain else qos * 2
-                shared = plain[index]
-                if shared is None:
-                    shared = plain[index] = Delivery(message, qos, retain)
-                delivery = shared
-            if session.deliver(delivery, now):
+            delivery = copy_for(message, entries, client_id, copies)
+            if delivery is not None and session.deliver(delivery, now):
                 delivered += 1
         for group, topic_filter, members in matches.shared:
             if self._deliver_shared(group, topic_filter, members, message, now):
@@ -164,41 +194,36 @@ class Router:
     ) -> bool:
         """Give the message to one member of a shared subscription group (§4.8.2)."""
         sessions = self.registry.sessions
-        candidates: list[tuple[Session, SubscriptionEntry]] = []
+        candidates: list[tuple[Session, Delivery]] = []
         for entry in members:
             session = sessions.get(entry.client_id)
             if session is None:
                 continue
-            if entry.no_local and entry.client_id == message.origin:
+            delivery = copy_for(message, (entry,), entry.client_id, None, group)
+            if delivery is None or not session.may_receive(message.topic):
                 continue
-            if not session.may_receive(message.topic):
-                continue
-            candidates.append((session, entry))
+            candidates.append((session, delivery))
         if not candidates:
             return False
         online = [c for c in candidates if c[0].attached_to is not None] or candidates
         key = (group, topic_filter)
         strategy = self.shared_strategy
         if strategy == "random":
-            session, entry = random.choice(online)
+            session, delivery = random.choice(online)
         elif strategy == "least-inflight":
-            session, entry = min(online, key=lambda c: len(c[0].inflight) + len(c[0].queue))
+            session, delivery = min(online, key=lambda c: len(c[0].inflight) + len(c[0].queue))
         elif strategy == "sticky":
             sticky = self._group_sticky.get(key)
             chosen = next((c for c in online if c[0].client_id == sticky), None)
             if chosen is None:
                 chosen = online[0]
                 self._group_sticky[key] = chosen[0].client_id
-            session, entry = chosen
+            session, delivery = chosen
         else:
             cursor = self._group_cursor.get(key, 0)
-            session, entry = online[cursor % len(online)]
+            session, delivery = online[cursor % len(online)]
             self._group_cursor[key] = cursor + 1
-        qos = min(entry.qos, message.qos)
-        sub_id = entry.subscription_identifier
-        return session.deliver(
-            Delivery(message, qos, False, () if sub_id is None else (sub_id,), group), now
-        )
+        return session.deliver(delivery, now)
 
     def redistribute(self, session: Session, now: float) -> int:
         """Hand a departing shared-subscription member's unacknowledged messages to
@@ -275,22 +300,27 @@ class Router:
                 subscription_identifier=subscription_identifier,
                 share_group=group,
             )
-            is_new = self.trie.add(entry)
-            session.remember_subscription(entry)
+            replaced = session.remember_subscription(entry)
+            self.trie.add(entry, replaced)
+            is_new = replaced is None
             codes.append(qos)
             if group is not None:
                 continue  # no retained messages for shared subscriptions
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and is_new):
-                ids = () if subscription_identifier is None else (subscription_identifier,)
                 for msg in self.retained.match(plain, now):
-                    retained.append(Delivery(msg, min(qos, msg.qos), True, ids))
+                    copy = copy_for(msg, (entry,), session.client_id, on_subscribe=True)
+                    if copy is not None:
+                        retained.append(copy)
         return codes, retained
 
     def unsubscribe(self, session: Session, topic_filters: list[str]) -> list[int]:
         """Remove subscriptions; MQTT 5.0 codes 0x00 or 0x11 No Subscription Existed."""
         codes: list[int] = []
         for topic_filter in topic_filters:
-            removed = self.trie.remove(session.client_id, topic_filter)
-            session.forget_subscription(topic_filter)
-            codes.append(_SUCCESS if removed else _NO_SUBSCRIPTION_EXISTED)
+            removed = session.forget_subscription(topic_filter)
+            if removed is None:
+                codes.append(_NO_SUBSCRIPTION_EXISTED)
+                continue
+            self.trie.remove(removed)
+            codes.append(_SUCCESS)
         return codes

@@ -66,6 +66,14 @@ class _NoIds(frozenset[int]):
     """A shared empty set placeholder (frozen: adding to it fails loudly)."""
 
 
+class _NoEntries(dict[Any, Any]):
+    """A shared empty mapping placeholder; writing to it is a bug (replace it first:
+    an empty dict is 64 bytes, two per idle connection's session, issue 19)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise AssertionError("shared empty placeholder: create a real dict first")
+
+
 _NO_QUEUE: deque[Any] = _Unused()
 _NO_RESEND: deque[Any] = _Unused()
 _NO_OFFLOADED: deque[Any] = _Unused()
@@ -73,6 +81,8 @@ _SIZE_MASK = 0xFFFFFFFF
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
+_NO_SUBSCRIPTIONS: dict[str, SubscriptionEntry] = _NoEntries()
+_NO_INFLIGHT: dict[int, InflightEntry] = _NoEntries()
 
 
 #: The ACL's read decision: may ``session`` receive a message published to ``topic``?
@@ -129,28 +139,50 @@ class InflightEntry:
     seq: int
 
 
+class SessionContext:
+    """What every session of one broker shares, held once: the change batch of the
+    turn, the queue limits, the metrics, the ACL read gate, the list of sessions with
+    something to send, and the pager. One reference per session instead of six keeps
+    an idle connection small (issue 19)."""
+
+    __slots__ = ("batch", "gate", "limits", "metrics", "pager", "ready")
+
+    def __init__(
+        self,
+        batch: ChangeBatch,
+        limits: SessionLimits,
+        metrics: Metrics,
+        gate: ReceiveGate = OPEN_GATE,
+        ready: list[Session] | None = None,
+        pager: Pager | None = None,
+    ) -> None:
+        self.batch = batch
+        self.limits = limits
+        self.metrics = metrics
+        self.gate = gate
+        #: Sessions with something in their outbox (the engine sends them on).
+        self.ready: list[Session] = [] if ready is None else ready
+        #: Where offloaded messages are read back from; None keeps them in memory.
+        self.pager = pager
+
+
 class Session:
     """State of one client id, connected or not."""
 
     __slots__ = (
-        "_batch",
         "_next_packet_id",
         "_next_seq",
         "_offloaded",
         "_queued_bytes",
-        "_ready",
         "_resend",
         "attached_to",
         "client_id",
+        "context",
         "disconnected_at",
         "expiry_interval",
-        "gate",
         "inbound_qos2",
         "inflight",
-        "limits",
-        "metrics",
         "outbox",
-        "pager",
         "protocol_version",
         "queue",
         "receive_maximum",
@@ -165,18 +197,17 @@ class Session:
         client_id: str,
         protocol_version: int,
         expiry_interval: int,
-        batch: ChangeBatch,
-        limits: SessionLimits,
-        metrics: Metrics,
-        gate: ReceiveGate = OPEN_GATE,
-        ready: list[Session] | None = None,
+        context: SessionContext,
     ) -> None:
         self.client_id = client_id
+        self.context = context
         self.protocol_version = protocol_version
         self.expiry_interval = expiry_interval
         self.username: str | None = None
-        self.subscriptions: dict[str, SubscriptionEntry] = {}
-        self.inflight: dict[int, InflightEntry] = {}
+        #: Its subscriptions by Topic Filter as subscribed: the only per-client index
+        #: (the trie indexes by filter). Both dicts are created on first use.
+        self.subscriptions = _NO_SUBSCRIPTIONS
+        self.inflight = _NO_INFLIGHT
         # Created on first use: an idle connection's session must stay small (issue 8:
         # an empty deque is 760 bytes, an empty set 216).
         self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
@@ -188,14 +219,8 @@ class Session:
         self.writable = True
         #: What to send, in order, until the engine moves it to the connection.
         self.outbox: list[OutboxEntry] | None = None
-        #: The broker's list of sessions with something in their outbox.
-        self._ready: list[Session] = [] if ready is None else ready
         self.receive_maximum = 65535
         self.disconnected_at: float | None = None
-        self.limits = limits
-        self.metrics = metrics
-        self.gate = gate
-        self._batch = batch
         self._next_packet_id = 1
         self._next_seq = 1
         self._queued_bytes = 0
@@ -204,8 +229,6 @@ class Session:
         #: Queued messages that live only in the store while the session is offline:
         #: ``seq << 32 | size`` each, oldest first (issue 7: an index, not the bodies).
         self._offloaded: deque[int] = _NO_OFFLOADED
-        #: Where offloaded messages are read back from; None keeps them in memory.
-        self.pager: Pager | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -227,6 +250,8 @@ class Session:
         self._next_seq = max(1, next_seq)
 
     def restore_inflight(self, packet_id: int, entry: InflightEntry) -> None:
+        if self.inflight is _NO_INFLIGHT:
+            self.inflight = {}
         self.inflight[packet_id] = entry
         self._next_seq = max(self._next_seq, entry.seq + 1)
 
@@ -238,34 +263,50 @@ class Session:
         self._next_seq = max(self._next_seq, seq + 1)
 
     # ---------------------------------------------------------- subscriptions
-    def remember_subscription(self, entry: SubscriptionEntry) -> None:
-        self.subscriptions[entry.topic_filter] = entry
+    def remember_subscription(self, entry: SubscriptionEntry) -> SubscriptionEntry | None:
+        """Add or replace the subscription on ``entry.topic_filter`` (as subscribed)
+        [MQTT-3.8.4-3]; returns the one it replaced. ``subscriptions`` is the only
+        per-client index of subscriptions; the trie indexes them by filter."""
+        subscriptions = self.subscriptions
+        if subscriptions is _NO_SUBSCRIPTIONS:
+            subscriptions = self.subscriptions = {}
+        replaced = subscriptions.get(entry.topic_filter)
+        subscriptions[entry.topic_filter] = entry
         if self.persistent:
-            self._batch.put_subscription(entry)  # stored as it is (share_group is not)
+            self.context.batch.put_subscription(entry)  # stored as it is (share_group is not)
+        return replaced
 
-    def forget_subscription(self, topic_filter: str) -> bool:
-        if self.subscriptions.pop(topic_filter, None) is None:
-            return False
-        if self.persistent:
-            self._batch.delete_subscription(self.client_id, topic_filter)
-        return True
+    def restore_subscription(self, entry: SubscriptionEntry) -> None:
+        """A stored subscription, read back at start-up (not written again)."""
+        if self.subscriptions is _NO_SUBSCRIPTIONS:
+            self.subscriptions = {}
+        self.subscriptions[entry.topic_filter] = entry
+
+    def forget_subscription(self, topic_filter: str) -> SubscriptionEntry | None:
+        """Remove the subscription on ``topic_filter``; returns it (None if there
+        was none, MQTT 5.0 §3.11.3 0x11)."""
+        entry = self.subscriptions.pop(topic_filter, None)
+        if entry is not None and self.persistent:
+            self.context.batch.delete_subscription(self.client_id, topic_filter)
+        return entry
 
     # --------------------------------------------------------------- delivery
     def may_receive(self, topic: str) -> bool:
         """The ACL read decision for this client (counted when it refuses)."""
-        check = self.gate.check
+        check = self.context.gate.check
         if check is None or check(self, topic):
             return True
-        self.metrics.acl_denials += 1
+        self.context.metrics.acl_denials += 1
         return False
 
     def deliver(self, delivery: Delivery, now: float) -> bool:
         """The one way into a session: send ``delivery`` now if the window allows,
         else queue it (bounded). False when the ACL does not let this client read the
         message's topic: then nothing is sent or queued."""
-        check = self.gate.check
+        context = self.context
+        check = context.gate.check
         if check is not None and not check(self, delivery.message.topic):
-            self.metrics.acl_denials += 1
+            context.metrics.acl_denials += 1
             return False
         if delivery.qos == 0:
             if self.attached_to is not None:
@@ -273,17 +314,18 @@ class Session:
                     out = self.outbox
                     if out is None:
                         out = self.outbox = []
-                        self._ready.append(self)
+                        context.ready.append(self)
                     out.append(delivery)
-                    metrics = self.metrics
+                    metrics = context.metrics
                     metrics.publish_sent += 1
                     metrics.publish_sent_qos[0] += 1
+                    metrics.publish_bytes_sent += len(delivery.message.payload)
                 else:
-                    self.metrics.messages_dropped_slow_consumer += 1
-            elif self.limits.queue_qos0_offline and self.persistent:
+                    context.metrics.messages_dropped_slow_consumer += 1
+            elif context.limits.queue_qos0_offline and self.persistent:
                 self._enqueue(delivery)
             else:
-                self.metrics.messages_dropped_qos0_offline += 1
+                context.metrics.messages_dropped_qos0_offline += 1
             return True
         if (
             self.attached_to is not None
@@ -312,12 +354,13 @@ class Session:
         out = self.outbox
         if out is None:
             out = self.outbox = []
-            self._ready.append(self)
+            self.context.ready.append(self)
         out.append((delivery, packet_id, dup, now))
         if delivery is not None and not dup:
-            metrics = self.metrics
+            metrics = self.context.metrics
             metrics.publish_sent += 1
             metrics.publish_sent_qos[delivery.qos] += 1
+            metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def take_outbox(self) -> list[OutboxEntry]:
         """What to send now, in order (the engine hands it to the connection)."""
@@ -325,38 +368,50 @@ class Session:
         self.outbox = None
         return out if out is not None else []
 
-    def refused(self, packet_id: int, qos: int, now: float) -> None:
-        """The connection did not send a new PUBLISH: larger than the client's Maximum
+    def refused(self, packet_id: int, delivery: Delivery, dup: bool, now: float) -> None:
+        """The connection did not send a PUBLISH: larger than the client's Maximum
         Packet Size. It is discarded as if completed [MQTT-3.1.2-25]; the window
-        moves on."""
-        metrics = self.metrics
-        metrics.publish_sent -= 1
-        metrics.publish_sent_qos[qos] -= 1
+        moves on. A new one was counted as sent when it entered the outbox (a resend,
+        ``dup``, was not): that is taken back."""
+        metrics = self.context.metrics
+        if not dup:
+            metrics.publish_sent -= 1
+            metrics.publish_sent_qos[delivery.qos] -= 1
+            metrics.publish_bytes_sent -= len(delivery.message.payload)
         if not packet_id:
             return  # QoS 0: nothing to complete
         metrics.messages_dropped_too_large += 1
         if self.inflight.pop(packet_id, None) is not None:
             if self.persistent:
-                self._batch.delete_outbound(self.client_id, packet_id)
+                self.context.batch.delete_outbound(self.client_id, packet_id)
             self.pump(now)
 
     def _send_new(self, delivery: Delivery, now: float) -> None:
         pid = self._allocate_packet_id()
         seq = self._next_seq
         self._next_seq = seq + 1
-        self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
+        inflight = self.inflight
+        if inflight is _NO_INFLIGHT:
+            inflight = self.inflight = {}
+        inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
         if self.persistent:
-            self._batch.put_outbound(
+            self.context.batch.put_outbound(
                 OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
             )
         out = self.outbox
         if out is None:
             out = self.outbox = []
-            self._ready.append(self)
+            self.context.ready.append(self)
         out.append((delivery, pid, False, now))
-        metrics = self.metrics
+        metrics = self.context.metrics
         metrics.publish_sent += 1
         metrics.publish_sent_qos[delivery.qos] += 1
+        metrics.publish_bytes_sent += len(delivery.message.payload)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes of the messages waiting (``limits.max_queued_bytes``)."""
+        return self._queued_bytes
 
     @property
     def queued_count(self) -> int:
@@ -364,14 +419,14 @@ class Session:
         return len(self.queue) + len(self._offloaded)
 
     def _enqueue(self, delivery: Delivery) -> None:
-        limits = self.limits
+        limits = self.context.limits
         size = len(delivery.message.payload)
-        offload = self.attached_to is None and self.pager is not None and self.persistent
+        offload = self.attached_to is None and self.context.pager is not None and self.persistent
         while self.queued_count >= limits.max_queued_messages or (
             limits.max_queued_bytes and self._queued_bytes + size > limits.max_queued_bytes
         ):
             if not limits.drop_oldest or not self.queued_count:
-                self.metrics.messages_dropped_queue_full += 1
+                self.context.metrics.messages_dropped_queue_full += 1
                 return
             if self._offloaded:
                 packed = self._offloaded.popleft()
@@ -380,9 +435,9 @@ class Session:
             else:
                 old_seq, old = self.queue.popleft()
                 self._queued_bytes -= len(old.message.payload)
-            self.metrics.messages_dropped_queue_full += 1
+            self.context.metrics.messages_dropped_queue_full += 1
             if self.persistent:
-                self._batch.delete_queued(self.client_id, old_seq)
+                self.context.batch.delete_queued(self.client_id, old_seq)
         seq = self._next_seq
         self._next_seq = seq + 1
         if offload:
@@ -390,14 +445,14 @@ class Session:
                 self._offloaded = deque()
             self._offloaded.append(seq << 32 | min(size, _SIZE_MASK))
             self._queued_bytes += size
-            self._batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
+            self.context.batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
             return
         if self.queue is _NO_QUEUE:
             self.queue = deque()
         self.queue.append((seq, delivery))
         self._queued_bytes += size
         if self.persistent:
-            self._batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
+            self.context.batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
 
     def pump(self, now: float) -> None:
         """Move queued messages into the in-flight window while it has room."""
@@ -413,9 +468,9 @@ class Session:
             queue.popleft()
             self._queued_bytes -= len(delivery.message.payload)
             if self.persistent:
-                self._batch.delete_queued(self.client_id, seq)
+                self.context.batch.delete_queued(self.client_id, seq)
             if delivery.message.expired(now):
-                self.metrics.messages_expired += 1
+                self.context.metrics.messages_expired += 1
                 continue
             if not self.may_receive(delivery.message.topic):
                 continue  # the ACL changed while it waited (SIGHUP): dropped, counted
@@ -432,7 +487,7 @@ class Session:
             return False
         del self.inflight[packet_id]
         if self.persistent:
-            self._batch.delete_outbound(self.client_id, packet_id)
+            self.context.batch.delete_outbound(self.client_id, packet_id)
         self.pump(now)
         return True
 
@@ -445,13 +500,13 @@ class Session:
         if reason_code >= _FAILURE:
             del self.inflight[packet_id]
             if self.persistent:
-                self._batch.delete_outbound(self.client_id, packet_id)
+                self.context.batch.delete_outbound(self.client_id, packet_id)
             self.pump(now)
             return True
         if entry.state is not OutboundState.PUBREL_SENT:
             entry.state = OutboundState.PUBREL_SENT
             if self.persistent:
-                self._batch.put_outbound(
+                self.context.batch.put_outbound(
                     OutboundRecord(
                         self.client_id, packet_id, OutboundState.PUBREL_SENT, entry.delivery,
                         entry.seq,
@@ -468,7 +523,7 @@ class Session:
             return False
         del self.inflight[packet_id]
         if self.persistent:
-            self._batch.delete_outbound(self.client_id, packet_id)
+            self.context.batch.delete_outbound(self.client_id, packet_id)
         self.pump(now)
         return True
 
@@ -482,7 +537,7 @@ class Session:
             self.inbound_qos2 = set()
         self.inbound_qos2.add(packet_id)
         if self.persistent:
-            self._batch.put_inbound_qos2(self.client_id, packet_id)
+            self.context.batch.put_inbound_qos2(self.client_id, packet_id)
         return True
 
     def release_inbound_qos2(self, packet_id: int) -> bool:
@@ -491,7 +546,7 @@ class Session:
             return False
         self.inbound_qos2.discard(packet_id)
         if self.persistent:
-            self._batch.delete_inbound_qos2(self.client_id, packet_id)
+            self.context.batch.delete_inbound_qos2(self.client_id, packet_id)
         return True
 
     def hand_over(self, new_home: Callable[[Delivery], bool]) -> int:
@@ -507,14 +562,14 @@ class Session:
             ):
                 del self.inflight[pid]
                 if self.persistent:
-                    self._batch.delete_outbound(self.client_id, pid)
+                    self.context.batch.delete_outbound(self.client_id, pid)
                 moved += 1
         kept: deque[tuple[int, Delivery]] = deque()
         for seq, delivery in self.queue:
             if new_home(delivery):
                 self._queued_bytes -= len(delivery.message.payload)
                 if self.persistent:
-                    self._batch.delete_queued(self.client_id, seq)
+                    self.context.batch.delete_queued(self.client_id, seq)
                 moved += 1
             else:
                 kept.append((seq, delivery))
@@ -525,7 +580,7 @@ class Session:
     def offload(self) -> None:
         """Drop the bodies of queued messages from memory (they are in the store),
         keeping ``seq`` and size: an offline session costs an index, not its queue."""
-        if self.pager is None or not self.persistent or not self.queue:
+        if self.context.pager is None or not self.persistent or not self.queue:
             return
         if self._offloaded is _NO_OFFLOADED:
             self._offloaded = deque()
@@ -547,10 +602,10 @@ class Session:
     def page_in(self) -> None:
         """Read offloaded messages back (the session is coming online)."""
         offloaded = self._offloaded
-        if not offloaded or self.pager is None:
+        if not offloaded or self.context.pager is None:
             return
         wanted = {packed >> 32 for packed in offloaded}
-        records = self.pager.load_queued(self.client_id)
+        records = self.context.pager.load_queued(self.client_id)
         queue: deque[tuple[int, Delivery]] = deque()
         for rec in records:
             if rec.seq in wanted:
@@ -598,7 +653,7 @@ class Session:
                 # Not readable any more (ACL reloaded while it was in flight): ended.
                 del inflight[pid]
                 if self.persistent:
-                    self._batch.delete_outbound(self.client_id, pid)
+                    self.context.batch.delete_outbound(self.client_id, pid)
         return True
 
     def detach(self, now: float) -> None:
@@ -610,8 +665,8 @@ class Session:
 
     def clear_state(self) -> None:
         """Forget everything (Clean Start / Clean Session)."""
-        self.subscriptions.clear()
-        self.inflight.clear()
+        self.subscriptions = _NO_SUBSCRIPTIONS
+        self.inflight = _NO_INFLIGHT
         self.queue = _NO_QUEUE
         self._offloaded = _NO_OFFLOADED
         self.inbound_qos2 = _NO_IDS

@@ -16,7 +16,14 @@ import logging
 from dataclasses import replace
 
 from iotbroker.codec.packets import NO_PROPERTIES, Will
-from iotbroker.core.session import InflightEntry, Pager, ReceiveGate, Session, SessionLimits
+from iotbroker.core.session import (
+    InflightEntry,
+    Pager,
+    ReceiveGate,
+    Session,
+    SessionContext,
+    SessionLimits,
+)
 from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.core.topics import parse_shared
 from iotbroker.message import NEVER_EXPIRES, Delivery, Message
@@ -49,16 +56,26 @@ class SessionRegistry:
         self.metrics = metrics
         #: The ACL read decision every session asks before a delivery (see Session).
         self.gate = ReceiveGate()
+        #: What all sessions share (the batch, limits, metrics, gate, ready list and
+        #: pager above, held once).
+        self.context = SessionContext(batch, limits, metrics, self.gate)
         #: Sessions with something in their outbox (the engine sends them on).
-        self.ready: list[Session] = []
+        self.ready: list[Session] = self.context.ready
         self.sessions: dict[str, Session] = {}
         # (deadline, client_id) for disconnected sessions with a finite expiry and
         # for pending delayed wills; stale entries are skipped when popped.
         self._timers: list[tuple[float, str]] = []
         #: client id -> (due, will, owner's username)
         self.pending_wills: dict[str, tuple[float, Will, str | None]] = {}
-        #: Given to every session: reads offloaded queued messages back.
-        self.pager: Pager | None = None
+
+    @property
+    def pager(self) -> Pager | None:
+        """Given to every session: reads offloaded queued messages back."""
+        return self.context.pager
+
+    @pager.setter
+    def pager(self, pager: Pager | None) -> None:
+        self.context.pager = pager
 
     def get(self, client_id: str) -> Session | None:
         return self.sessions.get(client_id)
@@ -95,11 +112,7 @@ class SessionRegistry:
             if old.persistent:
                 self.batch.put_session(self.record(old))
             return old, True
-        session = Session(
-            client_id, protocol_version, expiry_interval, self.batch, self.limits, self.metrics,
-            self.gate, self.ready,
-        )
-        session.pager = self.pager
+        session = Session(client_id, protocol_version, expiry_interval, self.context)
         self.sessions[client_id] = session
         if session.persistent:
             self.batch.put_session(self.record(session))
@@ -156,7 +169,7 @@ class SessionRegistry:
     def destroy(self, session: Session) -> None:
         """End a session: drop its subscriptions from the trie and from storage."""
         for entry in session.subscriptions.values():
-            self.trie.remove(session.client_id, entry.topic_filter)
+            self.trie.remove(entry)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         if session.persistent:
@@ -198,12 +211,8 @@ class SessionRegistry:
         messages and inbound QoS 2 ids from storage. Time the broker was down counts
         towards session expiry."""
         for client_id, rec in snapshot.sessions.items():
-            session = Session(
-                client_id, rec.protocol_version, rec.expiry_interval, self.batch, self.limits,
-                self.metrics, self.gate, self.ready,
-            )
+            session = Session(client_id, rec.protocol_version, rec.expiry_interval, self.context)
             session.username = rec.username
-            session.pager = self.pager
             # A session that was connected when the broker stopped was disconnected then.
             session.disconnected_at = rec.disconnected_at if rec.disconnected_at else now
             session.restore_counters(rec.next_packet_id, rec.next_seq)
@@ -212,7 +221,7 @@ class SessionRegistry:
                 # The store keeps the filter as subscribed; read its share group again.
                 group, _ = parse_shared(stored.topic_filter)
                 entry = stored if group is None else replace(stored, share_group=group)
-                session.subscriptions[entry.topic_filter] = entry
+                session.restore_subscription(entry)
                 self.trie.add(entry)
             for out in snapshot.outbound.get(client_id, ()):
                 # After PUBREC only the packet id matters (PUBREL is re-sent).

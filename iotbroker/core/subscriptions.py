@@ -25,8 +25,6 @@ entry; a wildcard filter clears the cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from iotbroker.subscription import SHARE_PREFIX, SubscriptionEntry
 
 __all__ = ["EMPTY_MATCHES", "Matches", "SharedMatch", "SubscriptionEntry", "SubscriptionTrie"]
@@ -112,11 +110,10 @@ class SubscriptionTrie:
     recently used topics survive.
     """
 
-    __slots__ = ("_by_client", "_cache", "_cache_size", "_count", "_old", "_root")
+    __slots__ = ("_cache", "_cache_size", "_count", "_old", "_root")
 
     def __init__(self, cache_size: int = 100_000) -> None:
         self._root = _Node()
-        self._by_client: dict[str, dict[str, SubscriptionEntry]] = {}
         self._count = 0
         self._cache: dict[str, Matches] = {}
         self._old: dict[str, Matches] = {}
@@ -124,27 +121,23 @@ class SubscriptionTrie:
 
     # -- changes ---------------------------------------------------------------
 
-    def add(self, entry: SubscriptionEntry) -> bool:
-        """Add or replace a subscription; True if it is new.
-
-        An existing subscription of the same client on the same Topic Filter (for
-        a shared one, same ShareName too) is replaced [MQTT-3.8.4-3].
+    def add(self, entry: SubscriptionEntry, replaced: SubscriptionEntry | None = None) -> None:
+        """Add a subscription, or replace ``replaced``: the subscription the same
+        client had on the same Topic Filter as subscribed (for a shared one, same
+        ShareName too) [MQTT-3.8.4-3]. The caller knows it from the session's own
+        index (:attr:`Session.subscriptions <iotbroker.core.session.Session>`, the
+        only per-client index of subscriptions); the trie indexes by filter only.
         """
         group = entry.share_group
         if group is not None and not entry.topic_filter.startswith(f"{SHARE_PREFIX}{group}/"):
             raise ValueError(
                 f"share_group {group!r} does not match topic_filter {entry.topic_filter!r}"
             )
-        mine = self._by_client.get(entry.client_id)
-        if mine is None:
-            mine = self._by_client[entry.client_id] = {}
-        old = mine.get(entry.topic_filter)
-        mine[entry.topic_filter] = entry
-        if old is not None and old.share_group != group:
+        if replaced is not None and replaced.share_group != group:
             # Same string, other reading ("$share/g/x" plain vs shared): a
             # different trie node, so take the old one out first.
-            self._unlink(old)
-            self._invalidate(old.match_filter)
+            self._unlink(replaced)
+            self._invalidate(replaced.match_filter)
 
         match_filter = entry.match_filter
         node = self._root
@@ -177,26 +170,16 @@ class SubscriptionTrie:
                 members = node.shared[group] = {}
             members[entry.client_id] = entry
             node.sview = None
-        if old is None:
+        if replaced is None:
             self._count += 1
         self._invalidate(match_filter)
-        return old is None
 
-    def remove(self, client_id: str, topic_filter: str) -> bool:
-        """Remove one subscription (``topic_filter`` as subscribed, with any
-        ``$share/{group}/`` prefix); True if it existed (MQTT 5.0 §3.10.4)."""
-        mine = self._by_client.get(client_id)
-        if mine is None:
-            return False
-        entry = mine.pop(topic_filter, None)
-        if entry is None:
-            return False
-        if not mine:
-            del self._by_client[client_id]
+    def remove(self, entry: SubscriptionEntry) -> None:
+        """Remove one subscription, as the session's index holds it (MQTT 5.0
+        §3.10.4)."""
         self._unlink(entry)
         self._count -= 1
         self._invalidate(entry.match_filter)
-        return True
 
     def _unlink(self, entry: SubscriptionEntry) -> None:
         """Take ``entry`` out of its node and prune nodes left empty."""
@@ -261,22 +244,6 @@ class SubscriptionTrie:
     def __len__(self) -> int:
         """Number of subscriptions (client, filter as subscribed)."""
         return self._count
-
-    def __contains__(self, key: object) -> bool:
-        """``(client_id, topic_filter) in trie``."""
-        if not isinstance(key, tuple) or len(key) != 2:
-            return False
-        mine = self._by_client.get(key[0])
-        return mine is not None and key[1] in mine
-
-    def get(self, client_id: str, topic_filter: str) -> SubscriptionEntry | None:
-        """The subscription of ``client_id`` on ``topic_filter`` (as subscribed)."""
-        mine = self._by_client.get(client_id)
-        return None if mine is None else mine.get(topic_filter)
-
-    def clients(self) -> Iterable[str]:
-        """Client ids with at least one subscription."""
-        return self._by_client.keys()
 
     def match(self, topic: str) -> Matches:
         """Subscriptions matching the Topic Name ``topic`` (MQTT 5.0 §4.7).

@@ -35,8 +35,10 @@ from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
+from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.sys_topics import SysTopics
+from iotbroker.server.timerwheel import TimerWheel
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from iotbroker.cluster.node import ClusterNode
 
 log = logging.getLogger("iotbroker.broker")
+
+#: How log lines name a CONNECT's protocol level (MQTT 3.1 is "MQIsdp" version 3).
+_VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1"}
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -67,6 +72,8 @@ class Broker:
         self.auth = AuthService(config.auth, self.metrics)
         self.engine = Engine(config, store, self.auth, self.metrics,
                              connection_log=log_connection)
+        # Clustered: wills of connections open at a crash are the cluster's to publish.
+        self.engine.crash_wills_elsewhere = config.cluster is not None
         self.enhanced_auth = EnhancedAuth(lambda: self.auth.setup.passwords, self.metrics,
                                           self.engine.close)
         self.connections: set[ClientProtocol] = set()
@@ -78,6 +85,8 @@ class Broker:
         #: Slow consumer -> the publishers paused because of it.
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
+        #: Every connection's CONNECT-timeout / keep-alive deadline, on one loop timer.
+        self.timers = TimerWheel(self.loop)
         self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
@@ -86,6 +95,9 @@ class Broker:
         self.metrics_server: MetricsServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
         self._per_listener: dict[str, int] = {}
+        #: Sockets admitted per listener name since the start (metrics label
+        #: ``listener``; the names are those of docs/configuration.md ``listeners.name``).
+        self.listener_accepted: dict[str, int] = {}
         rate = config.limits.connect_rate
         self._connect_bucket = TokenBucket(rate, loop.time()) if rate else None
         self._timer: asyncio.TimerHandle | None = None
@@ -161,6 +173,7 @@ class Broker:
         self.flush()
         if self.cluster is not None:
             await self.cluster.stop()
+        self.timers.close()
         self.auth.close()
         self.store.close()
         log.info("stopped")
@@ -251,8 +264,8 @@ class Broker:
                 return
         for proto in dirty:
             proto.write_pending()
-            if proto.close_after_flush and proto.transport is not None:
-                proto.transport.close()
+            if proto.close_after_flush:
+                proto.finish_close()
         if self._throttled and readers:
             # A consumer is congested: slow down the clients that published this turn
             # (not bystanders that only pinged, acknowledged or connected).
@@ -335,10 +348,15 @@ class Broker:
             return False
         self.connections.add(proto)
         self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
+        self.listener_accepted[proto.listener] = self.listener_accepted.get(proto.listener, 0) + 1
         self.metrics.connections_accepted += 1
         if limits.publish_rate_per_client:
             proto.publish_bucket = TokenBucket(limits.publish_rate_per_client, self.loop.time())
         return True
+
+    def connection_count(self, listener: str) -> int:
+        """Connections open now on the listener of that name."""
+        return self._per_listener.get(listener, 0)
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
         if proto in self.connections:
@@ -379,29 +397,44 @@ class Broker:
         self._apply_closes()
 
     # ------------------------------------------------------------- packets
-    def handle_packet(self, proto: ClientProtocol, packet: Packet) -> None:
-        """One validated packet: the engine's, once the CONNECT is accepted; CONNECT
-        and AUTH go through the authentication steps here first."""
-        ptype = packet.TYPE
+    def handle_packets(self, proto: ClientProtocol, packets: list[Packet]) -> int:
+        """Validated packets of one read, in order: the engine's once the CONNECT is
+        accepted; CONNECT and AUTH go through the authentication steps here first.
+        Stops after a packet that defers (a password check in a thread) or closes the
+        connection; returns how many were handled. One clock reading per read: they
+        arrived together."""
         engine = self.engine
-        if proto.session is not None and ptype is not _AUTH:
-            engine.handle(proto, packet, time.time())  # Broker.now(), inlined: hot path
-            if ptype is _PUBLISH and proto.publish_bucket is not None:
-                self._limit_publish_rate(proto)
-        elif ptype is _CONNECT:
-            assert isinstance(packet, Connect)
-            self.on_connect(proto, packet)
-        elif ptype is _AUTH:
-            assert isinstance(packet, Auth)
-            pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
-            if pending is not None:  # the exchange ended: accept or refuse the CONNECT
-                self.on_connect(proto, pending)
-        else:
-            self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
-        if engine.closing:
-            self._apply_closes()
+        now = time.time()  # Broker.now(), inlined: hot path
+        handled = 0
+        for packet in packets:
+            handled += 1
+            ptype = packet.TYPE
+            try:
+                if proto.session is not None and ptype is not _AUTH:
+                    engine.handle(proto, packet, now)
+                    if ptype is _PUBLISH and proto.publish_bucket is not None:
+                        self._limit_publish_rate(proto)
+                elif ptype is _CONNECT:
+                    assert isinstance(packet, Connect)
+                    self.metrics.connects_received += 1
+                    self.on_connect(proto, packet)
+                elif ptype is _AUTH:
+                    assert isinstance(packet, Auth)
+                    pending = self.enhanced_auth.on_auth(proto, packet)  # MQTT 5.0 §4.12
+                    if pending is not None:  # the exchange ended: accept or refuse
+                        self.on_connect(proto, pending)
+                else:
+                    self.enhanced_auth.before_connack(proto, packet)  # [MQTT-3.1.2-30]
+            except MqttError as exc:
+                self.peer_error(proto, exc)
+                break
+            if engine.closing:
+                self._apply_closes()
+            if proto.close_after_flush or proto.deferred:
+                break
         if not self._flush_scheduled:
             self._schedule_flush()
+        return handled
 
     def _limit_publish_rate(self, proto: ClientProtocol) -> None:
         """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""
@@ -475,7 +508,7 @@ class Broker:
             "session_present=%s, expiry=%s, listener %r)",
             proto.client_id,
             proto.peer,
-            "5.0" if packet.protocol_version == ProtocolVersion.MQTT_5 else "3.1.1",
+            _VERSION_NAMES.get(packet.protocol_version, "3.1.1"),
             packet.clean_start,
             accepted.keepalive,
             accepted.session_present,
@@ -579,6 +612,13 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     ``reuse_port``: a worker of ``--workers`` (server/workers.py). Returns the process
     exit code."""
     setup_logging(config.logging)
+    # Listeners first: a missing TLS key or a taken port must not create or lock the
+    # data directory (issue 18).
+    problems = check_listeners(config, reuse_port)
+    for problem in problems:
+        log.error("cannot start: %s", problem)
+    if problems:
+        return 1
     try:
         store = open_store(config)
     except StorageError as exc:
@@ -621,7 +661,8 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
                  config.storage.backend, build.describe())
         stale = build.stale_modules()
         if stale:
-            log.warning("compiled modules older than their source (re-run `pip install -e .` "
+            log.warning("compiled modules differ from their source, changed since the build "
+                        "(re-run `pip install -e .` "
                         "or install with IOTBROKER_PURE=1): %s", ", ".join(stale))
         await stop_event.wait()
         await broker.stop()

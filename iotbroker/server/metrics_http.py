@@ -84,6 +84,10 @@ _COUNTERS = {
     "connect_timeouts": "Sockets closed for not sending CONNECT within connect_timeout.",
     "topic_limit_refusals": "PUBLISH/SUBSCRIBE refused for max_topic_levels/_length.",
     "subscription_limit_refusals": "Subscriptions refused: max_subscriptions_per_client.",
+    "payload_format_refusals": "PUBLISH/will refused: Payload Format Indicator 1, not UTF-8.",
+    "publish_bytes_received": "Payload bytes of the PUBLISH packets received.",
+    "publish_bytes_sent": "Payload bytes of the PUBLISH packets sent.",
+    "connects_received": "CONNECT packets received.",
 }
 #: Metrics fields exported as gauges.
 _GAUGES = {
@@ -163,6 +167,23 @@ class BrokerCollector:
         self.broker = broker
         self.lag = lag
 
+    def _per_listener(self) -> Iterator[Metric]:
+        """Connections by listener name (``listeners.name``, docs/configuration.md): one
+        sample per configured listener, zero included; they sum to the unlabelled totals."""
+        broker = self.broker
+        names = [listener.name for listener in broker.config.listeners]
+        opened = GaugeMetricFamily(_PREFIX + "listener_connections_open",
+                                   "Network connections open now, by listener.",
+                                   labels=["listener"])
+        accepted = CounterMetricFamily(_PREFIX + "listener_connections_accepted",
+                                       "Network connections accepted, by listener.",
+                                       labels=["listener"])
+        for name in names:
+            opened.add_metric([name], broker.connection_count(name))
+            accepted.add_metric([name], broker.listener_accepted.get(name, 0))
+        yield opened
+        yield accepted
+
     def collect(self) -> Iterator[Metric]:
         broker = self.broker
         values = broker.metrics.as_dict()
@@ -216,6 +237,7 @@ class BrokerCollector:
                                 value=len(broker.engine.registry))
         yield GaugeMetricFamily(_PREFIX + "connections_open", "Network connections open now.",
                                 value=len(broker.connections))
+        yield from self._per_listener()
         yield GaugeMetricFamily(_PREFIX + "queued_messages",
                                 "Messages waiting in session queues.", value=queued)
         yield GaugeMetricFamily(_PREFIX + "inflight_messages",

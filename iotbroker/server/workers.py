@@ -66,7 +66,11 @@ def worker_config(config: BrokerConfig, index: int, ports: dict[str, int],
     else:
         assert nats_url is not None
         cluster = ClusterConfig(node_name=f"w{index}", nats=(nats_url,), replicas=1)
-    return replace(config, listeners=listeners, storage=storage, cluster=cluster, workers=1)
+    metrics = config.metrics
+    if metrics.enabled and metrics.port:  # one endpoint per worker: port, port + 1, ...
+        metrics = replace(metrics, port=metrics.port + index)
+    return replace(config, listeners=listeners, storage=storage, cluster=cluster, workers=1,
+                   metrics=metrics)
 
 
 def _free_port(host: str) -> int:

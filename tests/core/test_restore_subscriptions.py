@@ -38,8 +38,7 @@ def test_subscriptions_restore_with_their_share_group(store: Store) -> None:
     plain = SubscriptionEntry("c", "a/#", 2, no_local=True, retain_as_published=True,
                               retain_handling=1)
     for entry in (shared, plain):
-        trie.add(entry)
-        session.remember_subscription(entry)
+        trie.add(entry, session.remember_subscription(entry))
     store.apply(batch)
 
     trie2 = SubscriptionTrie()

@@ -400,13 +400,21 @@ def test_shared_skips_members_the_gate_refuses_and_no_local_members() -> None:
     assert w.publish(message("t/x", b"none")) == 0x10
 
 
-def test_shared_delivery_has_retain_0_and_the_member_subscription_identifier() -> None:
+def test_mqtt_3_3_1_13_shared_delivery_keeps_retain_as_published_and_the_member_sub_id() -> None:
+    """[MQTT-3.3.1-12], [MQTT-3.3.1-13] hold for a shared subscription's copy too (the
+    spec makes no exception for §4.8.2); it carries the member's own Subscription
+    Identifier [MQTT-3.3.4-3]."""
     w = World()
     s = w.client("c1")
     w.subscribe(s, sub("$share/g/t", 1, retain_as_published=True), sub_id=9)
     w.publish(message("t", b"x", qos=2, retain=True))
     (d,) = w.received("c1")
-    assert (d.qos, d.retain, d.subscription_identifiers) == (1, False, (9,))
+    assert (d.qos, d.retain, d.subscription_identifiers) == (1, True, (9,))
+    s2 = w.client("c2")
+    w.subscribe(s2, sub("$share/h/u", 1), sub_id=4)
+    w.publish(message("u", b"y", qos=1, retain=True))
+    (d2,) = w.received("c2")
+    assert (d2.qos, d2.retain, d2.subscription_identifiers) == (1, False, (4,))
 
 
 # --------------------------------------------------------------- subscribe

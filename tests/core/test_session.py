@@ -5,7 +5,7 @@ ReceiveGate. Plain objects and a fake ``now``: no sockets, no sleeps."""
 from __future__ import annotations
 
 from iotbroker.codec.packets import PubRel
-from iotbroker.core.session import ReceiveGate, Session, SessionLimits
+from iotbroker.core.session import ReceiveGate, Session, SessionContext, SessionLimits
 from iotbroker.core.subscriptions import SubscriptionEntry
 from iotbroker.message import Delivery
 from iotbroker.metrics import Metrics
@@ -28,8 +28,9 @@ def make(
 ) -> tuple[Session, ChangeBatch, Metrics]:
     batch, metrics = ChangeBatch(), Metrics()
     session = Session(
-        "c1", version, expiry, batch, limits or SessionLimits(), metrics,
-        gate if gate is not None else ReceiveGate(),
+        "c1", version, expiry,
+        SessionContext(batch, limits or SessionLimits(), metrics,
+                       gate if gate is not None else ReceiveGate()),
     )
     return session, batch, metrics
 
@@ -411,8 +412,8 @@ def test_subscriptions_are_persisted_with_their_options() -> None:
     assert changes(batch, Op.PUT_SUBSCRIPTION) == [
         (SubscriptionEntry("c1", "a/+", 2, True, True, 1, 42), None)
     ]
-    assert session.forget_subscription("a/+") is True
-    assert session.forget_subscription("a/+") is False
+    assert session.forget_subscription("a/+") == entry
+    assert session.forget_subscription("a/+") is None
     assert changes(batch, Op.DELETE_SUBSCRIPTION) == [("c1", "a/+")]
 
 

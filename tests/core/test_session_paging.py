@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from iotbroker.codec.packets import Properties
-from iotbroker.core.session import Session, SessionLimits
+from iotbroker.core.session import Session, SessionContext, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.message import Delivery, Message
@@ -39,9 +39,10 @@ def _message(i: int) -> Message:
 
 def _session(limits: SessionLimits | None = None) -> tuple[Session, Pager]:
     store, batch = MemoryStore(), ChangeBatch()
-    session = Session("dev-1", 4, 3600, batch, limits or SessionLimits(), Metrics())
     pager = Pager(store, batch)
-    session.pager = pager
+    session = Session(
+        "dev-1", 4, 3600, SessionContext(batch, limits or SessionLimits(), Metrics(), pager=pager)
+    )
     return session, pager
 
 
@@ -82,7 +83,7 @@ def test_offloaded_queue_limit_drops_oldest_from_the_store() -> None:
     for i in range(8):
         session.deliver(Delivery(_message(i), 1), 0.0)
     assert session.queued_count == 5
-    assert session.metrics.messages_dropped_queue_full == 3
+    assert session.context.metrics.messages_dropped_queue_full == 3
     outlet = Outlet()
     attach(session, outlet, 100, 0.0)
     assert [p for p, _, _ in outlet.sent] == [f"m{i}".encode() for i in range(3, 8)]

@@ -34,8 +34,7 @@ def will(delay: int | None = None, topic: str = "will/c1") -> Will:
 def subscribe(reg: SessionRegistry, client_id: str, topic_filter: str) -> None:
     session = reg.sessions[client_id]
     entry = SubscriptionEntry(client_id, topic_filter, 1)
-    reg.trie.add(entry)
-    session.remember_subscription(entry)
+    reg.trie.add(entry, session.remember_subscription(entry))
 
 
 # ------------------------------------------------------------------- open

@@ -20,6 +20,49 @@ def sub(client_id: str, topic_filter: str, qos: int = 0, **kw: object) -> Subscr
     return SubscriptionEntry(client_id, topic_filter, qos, share_group=group, **kw)  # type: ignore[arg-type]
 
 
+class Subscriptions:
+    """The trie plus the per-client index the sessions keep
+    (``Session.subscriptions``, the only one in the broker): what the router and the
+    session registry do around ``SubscriptionTrie.add`` / ``remove``, so these tests
+    drive the trie through the same sequences of subscribe, replace and unsubscribe."""
+
+    def __init__(self, cache_size: int = 100_000) -> None:
+        self.trie = SubscriptionTrie(cache_size)
+        self.by_client: dict[str, dict[str, SubscriptionEntry]] = {}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.trie, name)
+
+    def __len__(self) -> int:
+        return len(self.trie)
+
+    def add(self, entry: SubscriptionEntry) -> bool:
+        mine = self.by_client.setdefault(entry.client_id, {})
+        replaced = mine.get(entry.topic_filter)
+        mine[entry.topic_filter] = entry
+        self.trie.add(entry, replaced)
+        return replaced is None
+
+    def remove(self, client_id: str, topic_filter: str) -> bool:
+        mine = self.by_client.get(client_id, {})
+        entry = mine.pop(topic_filter, None)
+        if entry is None:
+            return False
+        if not mine:
+            del self.by_client[client_id]
+        self.trie.remove(entry)
+        return True
+
+    def get(self, client_id: str, topic_filter: str) -> SubscriptionEntry | None:
+        return self.by_client.get(client_id, {}).get(topic_filter)
+
+    def clients(self) -> set[str]:
+        return set(self.by_client)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return self.get(*key) is not None
+
+
 def clients(m: Matches) -> set[str]:
     return set(m.direct)
 
@@ -28,8 +71,8 @@ def filters(m: Matches) -> set[tuple[str, str]]:
     return {(cid, e.topic_filter) for cid, entries in m.direct.items() for e in entries}
 
 
-def trie_with(*filters_: str) -> SubscriptionTrie:
-    trie = SubscriptionTrie()
+def trie_with(*filters_: str) -> Subscriptions:
+    trie = Subscriptions()
     for i, f in enumerate(filters_):
         trie.add(sub(f"c{i}", f))
     return trie
@@ -118,7 +161,7 @@ def test_mqtt_4_7_2_1_dollar_topics_not_matched_by_leading_wildcard() -> None:
 
 
 def test_mqtt_4_7_2_1_shared_leading_wildcard_not_matching_dollar() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     trie.add(sub("a", "$share/g/#"))
     trie.add(sub("b", "$share/g/$SYS/#"))
     assert [(g, f) for g, f, _ in trie.match("$SYS/x").shared] == [("g", "$SYS/#")]
@@ -137,7 +180,7 @@ def test_no_match_returns_empty_singleton() -> None:
 
 def test_overlapping_subscriptions_of_one_client_are_grouped() -> None:
     # The router merges these [MQTT-3.3.5-1]; the trie reports all of them per client.
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     trie.add(sub("c", "a/+", 0))
     trie.add(sub("c", "a/#", 2))
     trie.add(sub("c", "a/b", 1, subscription_identifier=7))
@@ -150,7 +193,7 @@ def test_overlapping_subscriptions_of_one_client_are_grouped() -> None:
 
 
 def test_shared_subscriptions_grouped_by_share_name_and_filter() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     trie.add(sub("c1", "$share/g1/a/+"))
     trie.add(sub("c2", "$share/g1/a/+"))
     trie.add(sub("c3", "$share/g2/a/+"))
@@ -166,7 +209,7 @@ def test_shared_subscriptions_grouped_by_share_name_and_filter() -> None:
 
 
 def test_shared_and_non_shared_on_same_filter_are_distinct() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     assert trie.add(sub("c", "a/b"))
     assert trie.add(sub("c", "$share/g/a/b"))
     assert trie.add(sub("c", "$share/h/a/b"))
@@ -178,7 +221,7 @@ def test_shared_and_non_shared_on_same_filter_are_distinct() -> None:
 
 
 def test_share_group_must_agree_with_filter() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     with pytest.raises(ValueError, match="share_group"):
         trie.add(SubscriptionEntry("c", "$share/g/a", 0, share_group="x"))
     with pytest.raises(ValueError, match="share_group"):
@@ -187,7 +230,7 @@ def test_share_group_must_agree_with_filter() -> None:
 
 def test_share_prefix_without_group_is_a_plain_filter() -> None:
     # E.g. an MQTT 3.1.1 session where the broker does not offer shared subscriptions.
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     trie.add(SubscriptionEntry("c", "$share/g/a", 0))
     assert set(trie.match("$share/g/a").direct) == {"c"}
     assert not trie.match("a")
@@ -197,7 +240,7 @@ def test_share_prefix_without_group_is_a_plain_filter() -> None:
 
 
 def test_mqtt_3_8_4_3_identical_filter_replaces_subscription() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     assert trie.add(sub("c", "a/+", 0)) is True
     assert trie.match("a/b").direct["c"][0].qos == 0
     assert trie.add(sub("c", "a/+", 2, no_local=True)) is False
@@ -210,7 +253,7 @@ def test_mqtt_3_8_4_3_identical_filter_replaces_subscription() -> None:
 
 
 def test_mqtt_3_8_4_3_identical_shared_filter_replaces_subscription() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     assert trie.add(sub("c", "$share/g/a", 0))
     assert not trie.add(sub("c", "$share/g/a", 1))
     ((_g, _f, members),) = trie.match("a").shared
@@ -218,7 +261,7 @@ def test_mqtt_3_8_4_3_identical_shared_filter_replaces_subscription() -> None:
 
 
 def test_replacing_plain_with_shared_reading_of_same_filter() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     trie.add(SubscriptionEntry("c", "$share/g/a", 0))
     assert not trie.add(SubscriptionEntry("c", "$share/g/a", 1, share_group="g"))
     assert len(trie) == 1
@@ -229,7 +272,7 @@ def test_replacing_plain_with_shared_reading_of_same_filter() -> None:
 
 
 def test_results_share_per_node_parts_but_stay_correct() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     trie.add(sub("c", "a/+"))
     m1 = trie.match_uncached("a/b")
     m2 = trie.match_uncached("a/c")
@@ -259,7 +302,7 @@ def test_remove() -> None:
 
 def test_remove_every_filter_of_a_client() -> None:
     # What the session registry does when a session ends: remove() per filter.
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     filters_ = ("a", "a/+", "#", "$share/g/a")
     for f in filters_:
         trie.add(sub("c", f))
@@ -277,7 +320,7 @@ def test_remove_every_filter_of_a_client() -> None:
 
 
 def test_remove_prunes_empty_nodes() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     filters_ = ["a/b/c/d", "a/+/c", "a/#", "+/+/#", "$share/g/x/y", "x//y/"]
     for f in filters_:
         trie.add(sub("c", f))
@@ -289,7 +332,7 @@ def test_remove_prunes_empty_nodes() -> None:
 
 
 def test_remove_keeps_siblings() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     trie.add(sub("c", "a/b/c"))
     trie.add(sub("d", "a/b"))
     trie.add(sub("e", "a/b/c"))
@@ -301,7 +344,7 @@ def test_remove_keeps_siblings() -> None:
 
 
 def test_get_and_clients() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     trie.add(sub("c", "a", 1))
     trie.add(sub("c", "$share/g/b", 2))
     assert trie.get("c", "a") == sub("c", "a", 1)
@@ -342,7 +385,7 @@ def test_cache_literal_filter_invalidates_only_its_topic() -> None:
 
 
 def test_cache_remembers_misses_and_invalidates_them() -> None:
-    trie = SubscriptionTrie()
+    trie = Subscriptions()
     assert not trie.match("a/b")
     trie.add(sub("c", "a/b"))
     assert set(trie.match("a/b").direct) == {"c"}
@@ -351,7 +394,7 @@ def test_cache_remembers_misses_and_invalidates_them() -> None:
 
 
 def test_cache_is_bounded_with_two_generations() -> None:
-    trie = SubscriptionTrie(cache_size=10)
+    trie = Subscriptions(cache_size=10)
     trie.add(sub("c", "#"))
     hot = trie.match("hot")
     for i in range(25):
@@ -392,7 +435,7 @@ def filter_st(draw: st.DrawFn) -> str:
 def test_trie_matches_brute_force_reference(
     subs: list[tuple[str, str]], removals: list[int], topics: list[str]
 ) -> None:
-    trie = SubscriptionTrie(cache_size=4)
+    trie = Subscriptions(cache_size=4)
     model: dict[tuple[str, str], SubscriptionEntry] = {}
     for cid, f in subs:
         e = sub(cid, f)
