@@ -174,9 +174,6 @@ class Engine:
         #: Effect (cluster): connections that ended this turn (after their CONNACK);
         #: None: nobody asks.
         self.ended: list[Client] | None = None
-        #: Set before :meth:`restore` when a cluster publishes the wills of a crashed
-        #: node's connections (docs/cluster.md, "Wills of a dead node").
-        self.crash_wills_elsewhere = False
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -205,13 +202,6 @@ class Engine:
             else:
                 self.retained.set(message)
         self.registry.restore(snapshot, now)
-        if self.crash_wills_elsewhere:
-            # Clustered: the wills of connections open at the crash are the cluster's
-            # (cluster/wills.py publishes them once, from whichever node); a will
-            # already pending when the node went down stays here.
-            for client_id, rec in snapshot.sessions.items():
-                if rec.will is not None and rec.disconnected_at is None:
-                    self.registry.pending_wills.pop(client_id, None)
         # Wills of connections that were open when the broker stopped without closing
         # them (a crash: kill -9, power loss) are stored with their session record; the
         # registry holds each one as pending from ``now`` (its Will Delay Interval runs

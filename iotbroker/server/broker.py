@@ -72,8 +72,6 @@ class Broker:
         self.auth = AuthService(config.auth, self.metrics)
         self.engine = Engine(config, store, self.auth, self.metrics,
                              connection_log=log_connection)
-        # Clustered: wills of connections open at a crash are the cluster's to publish.
-        self.engine.crash_wills_elsewhere = config.cluster is not None
         self.enhanced_auth = EnhancedAuth(lambda: self.auth.setup.passwords, self.metrics,
                                           self.engine.close)
         self.connections: set[ClientProtocol] = set()
@@ -128,6 +126,8 @@ class Broker:
         )
 
     async def start(self) -> None:
+        # Before the cluster room starts: wills a crash left in the store go to this
+        # node's own sessions only (the other nodes had them from cluster/wills.py).
         self.restore()
         if self.config.cluster is not None:
             try:

@@ -108,3 +108,46 @@ def test_a_clean_stop_sends_no_will(
     a.stop()
     assert _will_keys(nats_cluster, b) == []
     device.close()
+
+
+def test_a_crashed_node_that_restarts_gives_the_will_to_its_own_sessions_only(
+    make_node: Node, clients: Callable[..., Paho], nats_cluster: NatsCluster
+) -> None:
+    """A node on RocksDB keeps the will of a live connection with its session, and
+    publishes it after a crash (issue 18) before it rejoins the cluster: its own
+    persistent subscriber gets it then (the survivors' copy could not reach a dead
+    node), the subscribers elsewhere got it from the survivors — once each."""
+    a = make_node("a", servers=[0], storage="rocksdb")
+    b = make_node("b", servers=[1])
+    _ready(a, b)
+    watch = clients(b, "watch")
+    watch.subscribe("wills/#", qos=1)
+    local = clients(a, "local", clean=False, session_expiry=3600)
+    local.subscribe("wills/#", qos=1)
+    probe = clients(a, "probe")
+    wait_until_routed(probe, watch, "wills/probe")
+    probe.disconnect()
+    device = RawClient(a.host, a.port, version=5)
+    device.connect("device-9", clean_start=False,
+                   will=Will("wills/device-9", b"gone", 1, False, Properties()),
+                   properties=Properties(session_expiry_interval=3600))
+    _wait_keys(nats_cluster, a, 1)
+    local.client.loop_stop()  # no automatic reconnect: "back" below resumes the session
+    local.started = False
+    a.kill()
+    msg = watch.receive(timeout=15)
+    while msg.payload.startswith(b"probe"):
+        msg = watch.receive(timeout=15)
+    assert (msg.topic, msg.payload) == ("wills/device-9", b"gone")
+    a.start()
+    _ready(a)
+    probe = clients(a, "probe2")
+    wait_until_routed(probe, watch, "wills/probe")  # a routes to b again
+    probe.publish("wills/end", b"end", qos=1)
+    assert [m.topic for m in watch.receive_until("wills/end")
+            if not m.payload.startswith(b"probe")] == []
+    back = clients(a, "local", clean=False, session_expiry=3600)
+    got = [(m.topic, m.payload) for m in back.receive_until("wills/end")
+           if not m.payload.startswith(b"probe")]
+    assert got == [("wills/device-9", b"gone")]
+    device.close()
