@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import sys
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", metavar="DIR", help="storage directory (storage.path)")
     run.add_argument("--log-level", metavar="LEVEL",
                      help="DEBUG, INFO, WARNING, ERROR or CRITICAL (logging.level)")
+    run.add_argument("--workers", metavar="N",
+                     help="broker processes sharing the listeners, or 'auto' for the CPU "
+                          "count (workers; docs/cluster.md)")
+    # Set by the --workers supervisor on each worker it starts (server/workers.py).
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-ports", default="{}", help=argparse.SUPPRESS)
+    run.add_argument("--worker-nats", help=argparse.SUPPRESS)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
@@ -118,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.file, check_files=not args.no_files)
         if args.command == "passwd":
             return _passwd(args)
-        return _run(args)
+        return _run(args, args_list)
     except ConfigError as exc:
         return _config_error(exc)
 
@@ -182,17 +190,47 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
         overrides["storage"] = {"path": args.data_dir}
     if args.log_level is not None:
         overrides["logging"] = {"level": args.log_level}
-    return load_config(args.config, overrides or None)
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        overrides["workers"] = int(workers) if workers.isdigit() else workers
+    config = load_config(args.config, overrides or None)
+    if getattr(args, "worker", None) is not None:
+        from iotbroker.server.workers import worker_config  # noqa: PLC0415
+
+        config = worker_config(config, args.worker, json.loads(args.worker_ports),
+                               args.worker_nats)
+    return config
 
 
-def _run(args: argparse.Namespace) -> int:
+def _without_workers(argv: list[str]) -> list[str]:
+    """The ``run`` command line without ``--workers N`` (for the workers themselves)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     global _RAN_BROKER  # noqa: PLW0603 (one flag for console_main)
     config = build_config(args)
     from iotbroker.server.broker import run_broker  # noqa: PLC0415 (only `run` needs the server)
+    from iotbroker.server.workers import run_workers, worker_count  # noqa: PLC0415
 
     _RAN_BROKER = True
     try:
-        return run_broker(config, reload=lambda: build_config(args))
+        if args.worker is None and worker_count(config.workers) > 1:
+            from iotbroker.server.logsetup import setup_logging  # noqa: PLC0415
+
+            setup_logging(config.logging)
+            return run_workers(config, _without_workers(argv))
+        return run_broker(config, reload=lambda: build_config(args),
+                          reuse_port=args.worker is not None)
     except KeyboardInterrupt:
         return 130
 

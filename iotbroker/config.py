@@ -50,6 +50,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     ConfigDict,
+    PlainValidator,
     StrictBool,
     TypeAdapter,
     ValidationError,
@@ -75,6 +76,7 @@ __all__ = [
     "BridgeTlsConfig",
     "BridgeTopicConfig",
     "BrokerConfig",
+    "ClusterConfig",
     "ConfigError",
     "ConfigErrors",
     "LimitsConfig",
@@ -621,6 +623,67 @@ def _check_bridges(config: BrokerConfig, err: Callable[..., None]) -> None:
                 if any(c in value for c in "+#\0"):
                     err(f"{rkey}.{name}", value, "must not contain wildcards (+, #) or NUL",
                         *rat, name)
+def _nats_url(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in NATS_SCHEMES or not rest:
+        raise _fail(f"is not a NATS server URL ({', '.join(NATS_SCHEMES)}://host:port)")
+    return value
+
+
+def _subject_prefix(value: str) -> str:
+    if not _SUBJECT_PREFIX.fullmatch(value):
+        raise _fail("is not a NATS subject prefix (tokens of A-Z a-z 0-9 _ - joined by '.')")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value):
+        raise _fail("is not a node name (1-64 of A-Z a-z 0-9 _ -)")
+    return value
+
+
+_WORKERS = Number(lo=1, hi=256)
+
+
+def _workers(value: object) -> int | str:
+    """``workers``: 1–256 or ``auto``."""
+    if value == "auto":
+        return "auto"
+    try:
+        return int(_WORKERS.check(value, integer=True))
+    except PydanticCustomError:
+        raise _fail("is not an integer in 1–256 or 'auto' (the CPU count)") from None
+
+
+#: NATS URL schemes nats-py connects with.
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NatsUrl = Annotated[str, AfterValidator(_nats_url)]
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class NatsTlsConfig(_Section):
+    """TLS towards the NATS servers (``tls://`` URLs, or a server that requires it)."""
+
+    cafile: NonEmptyStr | None = None
+    certfile: NonEmptyStr | None = None
+    keyfile: NonEmptyStr | None = None
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class ClusterConfig(_Section):
+    """This node's place in a cluster on NATS (docs/cluster.md). Absent: one broker."""
+
+    node_name: Annotated[str, AfterValidator(_node_name)]
+    nats: tuple[NatsUrl, ...] = ("nats://127.0.0.1:4222",)
+    replicas: Annotated[int, Number(lo=1, hi=5)] = 3
+    subject_prefix: Annotated[str, AfterValidator(_subject_prefix)] = "iotb"
+    user: NonEmptyStr | None = None
+    password: str | None = None
+    token: NonEmptyStr | None = None
+    credentials_file: NonEmptyStr | None = None
+    nats_tls: NatsTlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
@@ -642,6 +705,10 @@ class BrokerConfig(_Section):
     mqttsn: MqttSnConfig = field(default_factory=MqttSnConfig)
     loop: LoopKind = "auto"
     bridges: tuple[BridgeConfig, ...] = ()
+    #: Broker processes sharing the listeners (SO_REUSEPORT) under one supervisor,
+    #: nodes of one fabric (docs/cluster.md, "Workers"); "auto" = CPU count.
+    workers: Annotated[int | str, PlainValidator(_workers)] = 1
+    cluster: ClusterConfig | None = None
     source: str = field(default="<defaults>", compare=False)
 
 
@@ -994,6 +1061,9 @@ class _Errors:
         loc, kind, value = detail["loc"], detail["type"], detail.get("input")
         if kind in ("unexpected_keyword_argument", "extra_forbidden", "invalid_key"):
             self.unknown_key(loc, root)
+            return
+        if kind in ("missing", "missing_keyword_argument"):
+            self.add(_key(loc), None, "is missing; it is required", _line_of(root, *loc[:-1]))
             return
         tp = _type_at(BrokerConfig, loc)
         if kind == "iotbroker_config":

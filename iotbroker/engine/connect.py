@@ -236,6 +236,8 @@ def accept(
     metrics.clients_maximum = max(metrics.clients_maximum, metrics.clients_connected)
     window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
     session.attach(client, window, now)
+    if engine.accepted is not None:  # the cluster claims the client id (docs/cluster.md)
+        engine.accepted.append(client)
     return Accepted(present, keepalive, granted_expiry)
 
 

@@ -10,7 +10,11 @@ applies (design.md, "an engine that returns effects"):
 * storage changes are in :attr:`Engine.batch`, committed by the server before it
   writes any packet of the same turn (:meth:`Engine.commit`);
 * the next timer is :meth:`Engine.next_deadline`; the server calls
-  :meth:`Engine.run_timers` then.
+  :meth:`Engine.run_timers` then;
+* for a room that spreads messages beyond this process (the cluster), the messages
+  accepted this turn are in :attr:`Engine.forwarding` and the subscriptions that may
+  have changed in :attr:`Engine.interest_touched` (both ``None`` unless the room asked
+  for them); a message from elsewhere comes back in through :meth:`Engine.route_remote`.
 
 Acknowledgement codes are return values (``Router.publish``), a peer's violation is
 turned into its reason code here (:meth:`Engine.fail`), and nothing here awaits,
@@ -165,6 +169,18 @@ class Engine:
         #: Client ids whose stored session record holds the will of a live connection
         #: (:meth:`store_live_will`): a restart after a crash publishes it.
         self.live_wills: set[str] = set()
+        #: Effect (cluster, docs/cluster.md): messages accepted this turn from this
+        #: process's clients and wills, to forward to other nodes; None: nobody asks.
+        self.forwarding: list[Message] | None = None
+        #: Effect (cluster): (client id, filter as subscribed) pairs whose presence in
+        #: the trie may have changed this turn; None: nobody asks.
+        self.interest_touched: list[tuple[str, str]] | None = None
+        #: Effect (cluster): connections accepted this turn (their client ids are
+        #: claimed cluster-wide); None: nobody asks.
+        self.accepted: list[Client] | None = None
+        #: Effect (cluster): connections that ended this turn (after their CONNACK);
+        #: None: nobody asks.
+        self.ended: list[Client] | None = None
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -261,6 +277,69 @@ class Engine:
         """The connections to close (the server applies this effect once per event)."""
         closing, self.closing = self.closing, []
         return closing
+
+    def take_forwarding(self) -> list[Message]:
+        """The messages to forward to other nodes (the cluster room drains this once
+        per turn, like :meth:`take_closing`)."""
+        forwarding = self.forwarding
+        if not forwarding:
+            return []
+        self.forwarding = []
+        return forwarding
+
+    def take_interest_touched(self) -> list[tuple[str, str]]:
+        touched = self.interest_touched
+        if not touched:
+            return []
+        self.interest_touched = []
+        return touched
+
+    def take_accepted(self) -> list[Client]:
+        accepted = self.accepted
+        if not accepted:
+            return []
+        self.accepted = []
+        return accepted
+
+    def take_ended(self) -> list[Client]:
+        ended = self.ended
+        if not ended:
+            return []
+        self.ended = []
+        return ended
+
+    def taken_over_elsewhere(self, client_id: str) -> bool:
+        """Another node accepted a connection with this client id after this one did
+        (the cluster's session owner changed): the connection here is told 0x8E
+        Session taken over (v5) and closed [MQTT-3.1.4-3], as in a local takeover; it
+        ends like a lost connection (its will goes out, its session stays here by its
+        expiry). False when no such connection is here."""
+        client = self.clients.get(client_id)
+        if client is None or client.close_requested:
+            return False
+        self.metrics.session_takeovers += 1
+        log.info("client %r (%s) taken over on another node", client_id, client.peer,
+                 extra=client.log_extra())
+        if client.conn.protocol_version == 5 and client.conn.connected:
+            client.conn.send_packet(Disconnect(R.SESSION_TAKEN_OVER))
+        self.close(client)
+        return True
+
+    def route_remote(self, message: Message, now: float) -> int:
+        """A message another node accepted: routed to this process's sessions (each
+        delivery through ``Session.deliver``, so the read ACL applies) and never
+        forwarded again. A retained one is kept here too."""
+        return self.router.publish(message, now)
+
+    def replace_retained(self, topic: str, message: Message | None) -> None:
+        """The cluster's retained message of ``topic`` (its replicated copy) is
+        ``message``, or none: kept here and on disk, delivered to nobody (it went out
+        live when it was published). MQTT 5.0 §3.3.1.3."""
+        if message is not None and message.payload:
+            self.retained.set(message)
+            self.batch.put_retained(message)
+        elif self.retained.delete(topic):
+            self.batch.delete_retained(topic)
 
     def close(self, client: Client) -> None:
         """Stop reading ``client`` and have the server close it after the writes."""
@@ -417,6 +496,8 @@ class Engine:
             return
         client.session = None
         self.metrics.clients_connected -= 1
+        if self.ended is not None:
+            self.ended.append(client)
         will = None if client.clean_disconnect else client.will
         if client.taken_over:
             # This connection's will goes out now unless it has a Will Delay and the new
@@ -436,6 +517,8 @@ class Engine:
             self.connection_log(log, logging.INFO, client, "client %r (%s) connection lost%s",
                                 client.client_id, client.peer, f": {reason}" if reason else "")
         self.router.redistribute(session, now)
+        if self.interest_touched is not None:  # a clean session takes its filters along
+            self.interest_touched.extend((session.client_id, f) for f in session.subscriptions)
         due = self.registry.close(session, now, will)
         self._forget_live_will(session)
         if due is not None:
@@ -537,6 +620,8 @@ class Engine:
         )
         client.published_this_turn = True
         code = self.router.publish(message, now)
+        if self.forwarding is not None:
+            self.forwarding.append(message)
         if qos:
             _ack(client, packet, code)
 
@@ -578,6 +663,8 @@ class Engine:
         )
         log.info("publishing will of %r to %r", client_id, will.topic)
         self.router.publish(message, now)
+        if self.forwarding is not None:
+            self.forwarding.append(message)
 
     # ------------------------------------------------------------------- acks
     def on_puback(self, client: Client, packet: PubAck, now: float) -> None:
@@ -655,6 +742,10 @@ class Engine:
             session, packet.subscriptions, sub_id, cfg.maximum_qos, now, check
         )
         client.conn.send_packet(SubAck(packet.packet_id, codes))
+        if self.interest_touched is not None:
+            self.interest_touched.extend(
+                (session.client_id, sub.topic_filter) for sub in packet.subscriptions
+            )
         for delivery in retained:  # through the one delivery path (read ACL applies)
             session.deliver(delivery, now)
 
@@ -663,6 +754,8 @@ class Engine:
         for topic_filter in packet.topic_filters:
             _check_filter_syntax(topic_filter, client.conn.protocol_version)
         codes = self.router.unsubscribe(session, packet.topic_filters)
+        if self.interest_touched is not None:
+            self.interest_touched.extend((session.client_id, f) for f in packet.topic_filters)
         v5 = client.conn.protocol_version == 5
         client.conn.send_packet(UnsubAck(packet.packet_id, codes if v5 else []))
 

@@ -47,6 +47,7 @@ from iotbroker.storage.base import Store
 if TYPE_CHECKING:
     from iotbroker.admin.server import AdminServer
     from iotbroker.auth.passwords import PasswordFile
+    from iotbroker.cluster.node import ClusterNode
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -64,8 +65,11 @@ _AUTH = PacketType.AUTH
 class Broker:
     """One broker process: the engine, its connections, storage and timers."""
 
-    def __init__(self, config: BrokerConfig, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: BrokerConfig, store: Store, loop: asyncio.AbstractEventLoop,
+                 *, reuse_port: bool = False) -> None:
         self.config = config
+        #: Listeners share their ports with sibling workers (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.loop = loop
         self.store = store
         self.metrics = Metrics()
@@ -88,6 +92,8 @@ class Broker:
         self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
+        #: The cluster room (``cluster:`` configured; docs/cluster.md), else None.
+        self.cluster: ClusterNode | None = None
         self.metrics_server: MetricsServer | None = None
         #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
         self.admin: AdminServer | None = None
@@ -131,15 +137,27 @@ class Broker:
     async def start(self) -> None:
         if self.config.admin.enabled:
             self._prepare_admin()  # its bans apply from the first CONNECT
+        # Before the cluster room starts: wills a crash left in the store go to this
+        # node's own sessions only (the other nodes had them from cluster/wills.py).
         self.restore()
         # Bridges first: their sessions collect what clients publish from the start.
         self.bridges.start(self.config.bridges)
+        if self.config.cluster is not None:
+            try:
+                from iotbroker.cluster.node import ClusterNode  # noqa: PLC0415 (an extra)
+            except ImportError as exc:
+                raise RuntimeError(f"the cluster section needs nats-py (pip install "
+                                   f"'iotbroker[cluster]'): {exc}") from exc
+
+            self.cluster = ClusterNode(self.config.cluster, self.engine, self._after_remote)
+            await self.cluster.start()
         for listener in self.config.listeners:
             server: Listener
             if listener.type == "mqtt-sn":  # the MQTT-SN gateway room (UDP)
                 server = await start_mqttsn_listener(self, listener)
             else:
-                server = await start_listener(self, listener)  # logs "listening on ..."
+                # logs "listening on ..."
+                server = await start_listener(self, listener, reuse_port=self.reuse_port)
             self._servers.append(server)
             self.bound.extend(server.addresses)
         warn_open_anonymous(self.config, [(s.config, s.addresses) for s in self._servers])
@@ -206,6 +224,8 @@ class Broker:
         for proto in list(self.connections):
             proto.abort()
         self.flush()
+        if self.cluster is not None:
+            await self.cluster.stop()
         self.timers.close()
         self.auth.close()
         self.store.close()
@@ -263,7 +283,11 @@ class Broker:
     def _schedule_flush(self) -> None:
         """Flush at the end of this loop turn if an event left something to send:
         bytes queued on connections, or sessions' outboxes."""
-        if not self._flush_scheduled and (self.ready_to_write or self.engine.registry.ready):
+        engine = self.engine
+        if not self._flush_scheduled and (
+            self.ready_to_write or engine.registry.ready or engine.forwarding
+            or engine.interest_touched
+        ):
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
@@ -276,6 +300,8 @@ class Broker:
         # Sessions' output into their connections first (they join ready_to_write; no
         # second flush is scheduled while this one has not started writing).
         self._flush_scheduled = True
+        if self.cluster is not None:
+            self.cluster.after_turn()  # forward this turn's messages to other nodes
         self.engine.send_ready(self.now())
         self._flush_scheduled = False
         batch = self.engine.batch
@@ -407,6 +433,12 @@ class Broker:
         self._apply_closes()
         self._reschedule_core_timer()
         self.flush()
+
+    def _after_remote(self) -> None:
+        """An event from another node (a message, a takeover) left effects."""
+        if self.engine.closing:
+            self._apply_closes()
+        self._schedule_flush()
 
     def _apply_closes(self) -> None:
         """The engine's close effects: each closes after this turn's writes (a socket
@@ -645,13 +677,15 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None = None) -> int:
+def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None = None,
+               *, reuse_port: bool = False) -> int:
     """Run until SIGINT/SIGTERM; SIGHUP reloads (``reload`` re-reads the configuration).
-    Returns the process exit code."""
+    ``reuse_port``: a worker of ``--workers`` (server/workers.py). Returns the process
+    exit code."""
     setup_logging(config.logging)
     # Listeners first: a missing TLS key or a taken port must not create or lock the
     # data directory (issue 18).
-    problems = check_listeners(config)
+    problems = check_listeners(config, reuse_port)
     for problem in problems:
         log.error("cannot start: %s", problem)
     if problems:
@@ -664,7 +698,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     loop = _new_loop(config.loop)
     asyncio.set_event_loop(loop)
     bind_loop(loop)
-    broker = Broker(config, store, loop)
+    broker = Broker(config, store, loop, reuse_port=reuse_port)
     stop_event = asyncio.Event()
 
     def request_stop(signame: str) -> None:
@@ -683,7 +717,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
             log.error("cannot listen: %s", exc)
             store.close()
             return 1
-        except (StorageError, ConfigError) as exc:
+        except (StorageError, ConfigError, RuntimeError) as exc:  # RuntimeError: an extra
             log.error("%s", exc)
             store.close()
             return 1

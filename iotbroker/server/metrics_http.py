@@ -274,6 +274,17 @@ class BrokerCollector:
                                 "Largest storage batch since the last scrape.",
                                 value=broker.take_storage_batch_max())
         yield from _bridge_families(broker.bridges.status())
+        cluster = broker.cluster
+        if cluster is not None:  # this node's link to the cluster (docs/cluster.md)
+            for name, value in cluster.status().items():
+                if name in ("connected", "filters"):
+                    yield GaugeMetricFamily(_PREFIX + "cluster_" + name,
+                                            f"Cluster: {name.replace('_', ' ')} (this node).",
+                                            value=value)
+                else:
+                    yield CounterMetricFamily(_PREFIX + "cluster_" + name,
+                                              f"Cluster: {name.replace('_', ' ')}.",
+                                              value=value)
         yield GaugeMetricFamily(_PREFIX + "event_loop_lag_seconds",
                                 "How late the last event-loop probe timer ran.",
                                 value=self.lag.last)
@@ -380,5 +391,9 @@ class MetricsServer:
         if target == "/metrics":
             return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, self.render(), head
         if target == "/health":
+            cluster = self.broker.cluster
+            if cluster is not None and not cluster.connected:
+                # still serving its own clients: up, but not sharing with the cluster
+                return "200 OK", "text/plain", b"degraded: cluster: no NATS connection\n", head
             return "200 OK", "text/plain", b"ok\n", head
         return "404 Not Found", "text/plain", b"not found: try /metrics or /health\n", head

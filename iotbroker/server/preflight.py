@@ -61,18 +61,18 @@ def _tls_context_error(index: int, config: BrokerConfig) -> ConfigError | None:
     return None
 
 
-def _bind_error(index: int, config: BrokerConfig) -> ConfigError | None:
+def _bind_error(index: int, config: BrokerConfig,
+                reuse_port: bool = False) -> ConfigError | None:
     """Bind the listener's address and let go at once (the real bind comes later, with
     the same SO_REUSEADDR as asyncio's): a port in use is reported before the store."""
     listener = config.listeners[index]
     kind = socket.SOCK_DGRAM if listener.type == "mqtt-sn" else socket.SOCK_STREAM  # UDP
     return _try_bind(f"listeners[{index}]", listener.host, listener.port,
-                     f"listener {listener.name!r}", kind)
+                     f"listener {listener.name!r}", kind, reuse_port)
 
 
-def _try_bind(
-    key: str, host: str, port: int, what: str, kind: int = socket.SOCK_STREAM
-) -> ConfigError | None:
+def _try_bind(key: str, host: str, port: int, what: str, kind: int = socket.SOCK_STREAM,
+              reuse_port: bool = False) -> ConfigError | None:
     if port == 0:
         return None
     try:
@@ -83,6 +83,8 @@ def _try_bind(
         sock = socket.socket(family, socktype, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
@@ -94,15 +96,16 @@ def _try_bind(
     return None
 
 
-def check_listeners(config: BrokerConfig) -> list[ConfigError]:
+def check_listeners(config: BrokerConfig, reuse_port: bool = False) -> list[ConfigError]:
     """Every listener problem found before start-up: TLS files, TLS contexts, ports
-    (the metrics endpoint's too)."""
+    (the metrics endpoint's too). ``reuse_port``: a worker of ``--workers``, whose
+    listener ports its siblings hold too (SO_REUSEPORT)."""
     errors = tls_file_errors(config)
     failed = {error.key.partition(".")[0] for error in errors}
     for i in range(len(config.listeners)):
         if f"listeners[{i}]" in failed:
             continue
-        error = _tls_context_error(i, config) or _bind_error(i, config)
+        error = _tls_context_error(i, config) or _bind_error(i, config, reuse_port)
         if error is not None:
             errors.append(error)
     metrics = config.metrics

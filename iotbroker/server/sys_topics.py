@@ -162,6 +162,11 @@ class SysTopics:
                         "forwarded_in", "dropped", "last_error"):
                 out[base + key] = str(bridge[key])
         out.update(self._load_values())
+        cluster = broker.cluster
+        if cluster is not None:  # this node's view (docs/cluster.md); no cluster totals yet
+            out["cluster/node"] = cluster.config.node_name
+            for name, value in cluster.status().items():
+                out[f"cluster/{name.replace('_', '/', 1)}"] = str(value)
         return out
 
     def _load_values(self) -> dict[str, str]:
