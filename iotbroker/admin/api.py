@@ -197,8 +197,8 @@ class AdminApi:
             "bans": len(self.bans),
             "metrics": engine.metrics.as_dict(),
             "admin_actions": dict(self.actions),
-            "bridges": None,
-            "cluster": None,
+            "bridges": host.bridges_status(),
+            "cluster": host.cluster_status(),
             "config": redact(config),
         })
 

@@ -32,5 +32,11 @@ class BrokerHost(Protocol):
     def password_file(self) -> PasswordFile | None:
         """The password file in force (reloaded on SIGHUP)."""
 
+    def bridges_status(self) -> list[dict[str, object]]:
+        """Each configured bridge's state (docs/bridge.md); empty without bridges."""
+
+    def cluster_status(self) -> dict[str, int] | None:
+        """This node's link to the cluster (docs/cluster.md); None without a cluster."""
+
     def engine_changed(self) -> None:
         """Apply what an admin action left in the engine: closes, storage, writes."""

@@ -193,6 +193,14 @@ class Broker:
         """The password file in force (the admin room's users log in with it)."""
         return self.auth.setup.passwords
 
+    def bridges_status(self) -> list[dict[str, object]]:
+        """Each bridge's state, for the admin API (the metrics read the same)."""
+        return self.bridges.status()
+
+    def cluster_status(self) -> dict[str, int] | None:
+        """This node's cluster link, for the admin API; None without a cluster."""
+        return None if self.cluster is None else self.cluster.status()
+
     def engine_changed(self) -> None:
         """Another room acted on the engine (an admin action): apply its effects as
         after a packet: closes, timers, then the turn's commit and writes."""

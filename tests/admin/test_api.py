@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -118,6 +119,25 @@ def test_broker_info(env: tuple[BrokerProcess, Http, str]) -> None:
     assert info["bound"] == [{"host": "127.0.0.1", "port": env[0].port}]
     assert info["config"]["admin"]["users"] == ["alice"]
     assert "publish_received" in info["metrics"]
+    assert info["bridges"] == [] and info["cluster"] is None  # none configured here
+
+
+def test_broker_info_shows_each_bridge(tmp_path: Path) -> None:
+    """"bridges/cluster state when those exist" (issue 17): a bridge whose remote is
+    down is listed, disconnected, by its name."""
+    make_passwords(tmp_path)
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    extra = (f"bridges:\n  - name: cloud\n    address: [127.0.0.1:{port}]\n"
+             f"    topics: [{{pattern: 'up/#', direction: out, qos: 1}}]\n")
+    proc = BrokerProcess(tmp_path, admin_config(tmp_path, extra=extra)).start()
+    try:
+        info = Http(admin_url(proc)).ok("GET", "/api/v1/broker")
+        (bridge,) = info["bridges"]
+        assert (bridge["name"], bridge["state"], bridge["forwarded_out"]) == ("cloud", 0, 0)
+    finally:
+        proc.stop()
 
 
 def test_config_secrets_are_redacted() -> None:
