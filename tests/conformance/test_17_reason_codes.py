@@ -28,7 +28,7 @@ from iotbroker.codec.packets import (
     Unsubscribe,
 )
 from tests.helpers.broker_process import BrokerProcess, broker_config
-from tests.helpers.conformance import publish_bytes
+from tests.helpers.conformance import connected, publish_bytes
 from tests.helpers.rawclient import RawClient
 
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
@@ -60,9 +60,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
 
 
 def _on(b: BrokerProcess, client_id: str, version: int = 5, **kw: object) -> RawClient:
-    c = RawClient(b.host, b.port, version, timeout=3.0)
-    assert c.connect(client_id, **kw).reason_code == 0  # type: ignore[arg-type]
-    return c
+    return connected(b.host, b.port, version, client_id, **kw)
 
 
 def _closed_by_server(c: RawClient, code: int, timeout: float = 3.0) -> Disconnect:

@@ -18,7 +18,7 @@ from iotbroker.codec.packets import (
     Will,
 )
 from tests.helpers.broker_process import BrokerProcess, broker_config
-from tests.helpers.conformance import connect_bytes, disconnect_reason, frame, utf8_raw
+from tests.helpers.conformance import connect_bytes, connected, disconnect_reason, frame, utf8_raw
 from tests.helpers.rawclient import RawClient
 
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
@@ -34,9 +34,7 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
 
 
 def _on(b: BrokerProcess, client_id: str, version: int = 5, **kw: object) -> RawClient:
-    c = RawClient(b.host, b.port, version, timeout=3.0)
-    assert c.connect(client_id, **kw).reason_code == 0  # type: ignore[arg-type]
-    return c
+    return connected(b.host, b.port, version, client_id, **kw)
 
 
 def _closed(c: RawClient, version: int, code: int = 0x82) -> None:
