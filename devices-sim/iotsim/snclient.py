@@ -84,6 +84,9 @@ class SnClient:
         self.persistent = not clean_start
         self.on_message: MessageHandler | None = None
         self.counted = True
+        #: As on the MQTT client (an accounting subscriber); UDP has no connection whose
+        #: unprovoked loss could be recorded, so nothing reads it here.
+        self.accounting = False
         self.want_properties = False
         self.suback_ns = 0
         self.connected = False

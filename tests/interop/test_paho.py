@@ -332,9 +332,12 @@ def test_overlapping_subscriptions_deliver_once_at_max_qos(paho, uniq: str, prot
     sub.subscribe(f"{uniq}/a/t", 1)
     pub = connected(paho, f"{uniq}-pub", protocol)
     pub.publish(f"{uniq}/a/t", b"x", 2)
+    # paho hands a QoS 2 message over at PUBREL, so a later QoS 0 marker may overtake
+    # it: take the message first, then the marker shows nothing else followed.
+    first = sub.receive()
+    assert (first.topic, first.payload, first.qos) == (f"{uniq}/a/t", b"x", 2)
     pub.publish(f"{uniq}/end", b"", 0)
-    got = sub.receive_until(f"{uniq}/end")
-    assert [(m.payload, m.qos) for m in got] == [(b"x", 2)]
+    assert sub.receive_until(f"{uniq}/end") == []
 
 
 # ------------------------------------------------------------------ unsubscribe
