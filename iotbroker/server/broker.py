@@ -289,12 +289,14 @@ class Broker:
             self.loop.call_soon(self.flush)
 
     def _schedule_flush(self) -> None:
-        """Flush at the end of this loop turn if an event left something to send:
-        bytes queued on connections, or sessions' outboxes."""
+        """Flush at the end of this loop turn if an event left something to send
+        (bytes queued on connections, sessions' outboxes, the cluster's forwarding) or
+        to store (a PUBACK that completes a persistent delivery sends nothing, but its
+        deletion must be committed: after a crash the message would be sent again)."""
         engine = self.engine
         if not self._flush_scheduled and (
-            self.ready_to_write or engine.registry.ready or engine.forwarding
-            or engine.interest_touched
+            self.ready_to_write or engine.registry.ready or engine.batch
+            or engine.forwarding or engine.interest_touched
         ):
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)

@@ -199,6 +199,35 @@ def test_mqtt_4_4_0_1_in_flight_messages_resent_with_dup_after_kill_9(
 
 
 @DURABILITY
+def test_mqtt_4_3_2_3_puback_alone_is_committed_no_resend_after_kill_9(
+    make_broker: Callable[..., BrokerProcess], durability: str
+) -> None:
+    """A subscriber's PUBACK completes a persistent QoS 1 delivery [MQTT-4.3.2-3]: the
+    broker commits that in the same loop turn even though it sends nothing back, so a
+    kill -9 afterwards does not bring the message back as a DUP re-send."""
+    broker = _rocks(make_broker, durability)
+    sub = RawClient(broker.host, broker.port, version=5)
+    sub.connect("acked-sub", clean_start=False, properties=V5_EXPIRY)
+    sub.subscribe("acked/#", 1)
+    pub = RawClient(broker.host, broker.port)
+    pub.connect("acked-pub")
+    pub.publish("acked/x", b"once", 1)
+    got = sub.receive_publish(timeout=3.0)  # acknowledged (PUBACK) by receive_publish
+    assert got.payload == b"once"
+    time.sleep(0.3)  # the broker reads the PUBACK; nothing else happens after it
+    broker.kill()
+    sub.close()
+    pub.close()
+
+    broker.start()
+    sub = RawClient(broker.host, broker.port, version=5)
+    ack = sub.connect("acked-sub", clean_start=False, properties=V5_EXPIRY)
+    assert ack.session_present is True
+    sub.nothing(0.5)
+    sub.close()
+
+
+@DURABILITY
 def test_inbound_qos2_id_survives_kill_9(
     make_broker: Callable[..., BrokerProcess], durability: str
 ) -> None:
