@@ -170,7 +170,7 @@ class Engine:
         """Rebuild retained messages and sessions from the store (at start-up)."""
         # Queued messages stay on disk (an index in memory) until their session comes
         # back: offline sessions cost bounded memory (issue 7).
-        snapshot = self.store.load(queued_bodies=False)
+        snapshot = self.store.load(queued_bodies=False, queued_summary=True)
         for message in snapshot.retained:
             if message.expired(now):
                 self.batch.delete_retained(message.topic)
@@ -199,6 +199,12 @@ class Engine:
         if self.batch:
             self.commit()
         return self.store.load_queued(client_id)
+
+    def get_queued(self, client_id: str, seq: int) -> QueuedRecord | None:
+        """One queued message (the Pager's point read), after committing this turn."""
+        if self.batch:
+            self.commit()
+        return self.store.get_queued(client_id, seq)
 
     def auth_changed(self) -> None:
         """The ACL was reloaded: queued, in-flight and retained deliveries follow the

@@ -29,6 +29,7 @@ from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import MqttError, StorageError
 from iotbroker.metrics import Metrics
+from iotbroker.server import memtrim
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.listeners import Listener, start_listener
@@ -96,6 +97,7 @@ class Broker:
         engine = self.engine
         engine.restore(self.now())
         self.flush()
+        memtrim.trim()  # what the restore read and freed goes back (issue 19)
         log.info(
             "restored %d sessions, %d subscriptions, %d queued/in-flight messages, "
             "%d retained messages in %.3fs",
@@ -211,6 +213,7 @@ class Broker:
         if readers:
             self.active_readers = []
         if batch:
+            changes = len(batch)
             try:
                 self.engine.commit()
             except StorageError as exc:
@@ -222,6 +225,8 @@ class Broker:
                     proto.conn.data_to_send()
                     proto.abort()
                 return
+            if changes >= memtrim.TRIM_AFTER_CHANGES:
+                memtrim.trim()  # a large fan-out's batch is freed: give it back
         for proto in dirty:
             proto.write_pending()
             if proto.close_after_flush and proto.transport is not None:
@@ -378,11 +383,27 @@ class Broker:
                 break
             if engine.closing:
                 self._apply_closes()
+            if len(engine.batch) >= memtrim.TRIM_AFTER_CHANGES:
+                self._commit_early()
             if proto.close_after_flush or proto.deferred:
                 break
         if not self._flush_scheduled:
             self._schedule_flush()
         return handled
+
+    def _commit_early(self) -> None:
+        """A packet left a large batch (a fan-out to many offline sessions): write it
+        now, between two packets, where the state is whole, as if the next packets had
+        come in another read. Acks still wait for the turn's flush; the memory of the
+        batch is freed per packet, not per read (issue 19). A failure is left to the
+        flush, which retries and closes the turn's connections."""
+        changes = len(self.engine.batch)
+        try:
+            self.engine.commit()
+        except StorageError:
+            return
+        if changes >= memtrim.TRIM_AFTER_CHANGES:
+            memtrim.trim()
 
     def _limit_publish_rate(self, proto: ClientProtocol) -> None:
         """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""
@@ -558,6 +579,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     """Run until SIGINT/SIGTERM; SIGHUP reloads (``reload`` re-reads the configuration).
     Returns the process exit code."""
     setup_logging(config.logging)
+    memtrim.limit_arenas()  # before RocksDB starts its threads
     try:
         store = open_store(config)
     except StorageError as exc:
