@@ -153,6 +153,9 @@ class Engine:
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
         self.storage_batch_max = 0
+        #: False when the server syncs the store itself after the writes (group
+        #: commit for ``durability: fsync``): commits then only write the log.
+        self.sync_commits = True
         self._handlers: dict[PacketType, Callable[[Client, Any, float], None]] = {
             PacketType.PUBLISH: self.on_publish,
             PacketType.PUBACK: self.on_puback,
@@ -184,7 +187,7 @@ class Engine:
         metrics. Raises StorageError, leaving the batch as it was."""
         batch = self.batch
         started = time.perf_counter()
-        self.store.apply(batch)
+        self.store.apply(batch, self.sync_commits)
         took = time.perf_counter() - started
         self.metrics.storage_batches += 1
         self.metrics.storage_changes += len(batch)

@@ -32,6 +32,7 @@ from iotbroker.metrics import Metrics
 from iotbroker.server import memtrim
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.exposure import warn_open_anonymous
+from iotbroker.server.group_commit import GroupCommit
 from iotbroker.server.listeners import Listener, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
@@ -84,6 +85,12 @@ class Broker:
         self._timer_at: float | None = None
         self.started_at = time.time()
         self.bound: list[tuple[str, int]] = []
+        #: ``durability: fsync``: batches are written without a sync on the loop and
+        #: one worker thread syncs many turns at once; output waits for its sync.
+        self.group_commit: GroupCommit | None = None
+        if config.storage.backend == "rocksdb" and config.storage.durability == "fsync":
+            self.group_commit = GroupCommit(store, self.metrics, loop)
+            self.engine.sync_commits = False
 
     # ------------------------------------------------------------------ time
     @staticmethod
@@ -134,6 +141,8 @@ class Broker:
         self.engine.shutting_down(list(self.connections))
         self._apply_closes()
         self.flush()
+        if self.group_commit is not None:
+            self.group_commit.drain()  # the DISCONNECTs (0x8B) go out before the aborts
         for server in self._servers:
             await server.wait_closed()
         if self.metrics_server is not None:
@@ -142,6 +151,8 @@ class Broker:
         for proto in list(self.connections):
             proto.abort()
         self.flush()
+        if self.group_commit is not None:
+            self.group_commit.close()
         self.auth.close()
         self.store.close()
         log.info("stopped")
@@ -227,10 +238,13 @@ class Broker:
                 return
             if changes >= memtrim.TRIM_AFTER_CHANGES:
                 memtrim.trim()  # a large fan-out's batch is freed: give it back
-        for proto in dirty:
-            proto.write_pending()
-            if proto.close_after_flush and proto.transport is not None:
-                proto.transport.close()
+        if self.group_commit is not None:
+            self.group_commit.output(dirty)
+        else:
+            for proto in dirty:
+                proto.write_pending()
+                if proto.close_after_flush and proto.transport is not None:
+                    proto.transport.close()
         if self._throttled and readers:
             # A consumer is congested: slow down the clients that published this turn
             # (not bystanders that only pinged, acknowledged or connected).

@@ -363,13 +363,22 @@ def check_outbound(rec: OutboundRecord) -> None:
 class Store(Protocol):
     """A persistent (or in-memory) home for session state and retained messages."""
 
-    def apply(self, batch: ChangeBatch) -> None:
+    def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         """Apply all changes of ``batch`` in order, atomically (all or nothing).
 
+        With ``durability: fsync`` the write is synced before this returns, unless
+        ``sync`` is False: then it is durable only after the next :meth:`sync`
+        (group commit: the caller holds the acknowledgements until then).
         Raises :class:`ValueError` for a change that cannot be stored (our bug) and
         :class:`iotbroker.errors.StorageError` when the medium fails (disk full).
         The batch is left as it was; the caller clears it.
         """
+        ...
+
+    def sync(self) -> None:
+        """Make every write applied so far durable as ``durability`` promises (with
+        ``fsync``: one sync of the log for all of them). Safe to call from another
+        thread than the one applying batches; a no-op for stores without a log."""
         ...
 
     def load(self, queued_bodies: bool = True, queued_summary: bool = False) -> StoreSnapshot:

@@ -46,7 +46,10 @@ class MemoryStore:
         self._retained: dict[str, Message] = {}
         self._closed = False
 
-    def apply(self, batch: ChangeBatch) -> None:
+    def sync(self) -> None:
+        """Nothing to sync: memory only."""
+
+    def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         self._check_open()
         changes = batch.changes
         # First pass: everything that could fail. The second pass cannot fail, so a

@@ -11,7 +11,10 @@ Three parts, three modules:
 Durability: each :meth:`RocksDBStore.apply` is one ``WriteBatch`` (atomic). With
 ``durability="os"`` it is written to the WAL without fsync (it survives a crash of the
 process, not of the machine); with ``"fsync"`` the write is synced before ``apply``
-returns, one sync per batch (the caller batches one loop turn: group commit).
+returns, one sync per batch, or, with ``apply(batch, sync=False)``, by the next
+:meth:`RocksDBStore.sync` (``FlushWAL(sync=true)``, which RocksDB allows from another
+thread while batches are written): the server's group commit, one sync for all the
+batches written while the previous sync ran.
 
 Outbound records come back sorted by ``seq`` (send order; key order, i.e. packet id,
 breaks ties). Deliveries of one message are stored once per recipient; ``load``
@@ -179,6 +182,8 @@ class RocksDBStore:
         self.on_corruption: OnCorruption = on_corruption
         self._write_opts = WriteOptions()
         self._write_opts.sync = durability == "fsync"
+        self._unsynced_opts = WriteOptions()
+        self._unsynced_opts.sync = False
         self._db: Rdict | None = None
         self._families: dict[str, Rdict] = {}
         self._handles: tuple[Any, ...] = ()
@@ -339,14 +344,26 @@ class RocksDBStore:
 
     # ----------------------------------------------------------------- apply
 
-    def apply(self, batch: ChangeBatch) -> None:
+    def sync(self) -> None:
+        """Sync the WAL (``durability: fsync``; a no-op with ``os``): every batch
+        written before this call is on disk when it returns."""
+        if self.durability != "fsync":
+            return
+        db = self._require()
         try:
-            self._apply(batch)
+            db.flush_wal(True)
+        except Exception as exc:
+            _release(exc)
+            raise self._error(_classify(exc), exc, "sync") from None
+
+    def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
+        try:
+            self._apply(batch, sync)
         except BaseException as exc:
             _release(exc)
             raise
 
-    def _apply(self, batch: ChangeBatch) -> None:
+    def _apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         self._require()
         changes = batch.changes
         if not changes:
@@ -398,7 +415,7 @@ class RocksDBStore:
                     raise ValueError(f"unknown change {op!r}")
         except (struct.error, UnicodeError, OverflowError, TypeError, AttributeError) as exc:
             raise ValueError(f"cannot store {Op(op).name}: {exc}") from exc
-        self._write(wb, self._write_opts)
+        self._write(wb, self._write_opts if sync else self._unsynced_opts)
 
     # ----------------------------------------------------------------- load
 
