@@ -17,7 +17,7 @@ from iotbroker.storage.memory import MemoryStore
 
 
 class SlowStore(MemoryStore):
-    """Each sync takes 5 ms (a slow disk) and can be held back by a test."""
+    """Each sync takes 10 ms (a slow disk) and can be held back by a test."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -27,7 +27,7 @@ class SlowStore(MemoryStore):
 
     def sync(self) -> None:
         self.gate.wait(5)
-        time.sleep(0.005)
+        time.sleep(0.01)
         self.syncs += 1
 
 
