@@ -293,8 +293,9 @@ def run_target(target: str, args: argparse.Namespace) -> dict[str, Any]:
             return asyncio.run(run_broker_load(broker.port, args, broker.pid))
         finally:
             broker.stop()
-            if os.environ.get("DUR_LOG"):
-                print(open(broker.log).read()[-3000:], file=sys.stderr)
+            if os.environ.get("DUR_LOG"):  # the broker's log (sync mode lines)
+                with open(broker.log) as f:
+                    print(f.read()[-3000:], file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

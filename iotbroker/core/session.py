@@ -66,7 +66,15 @@ class _NoIds(frozenset[int]):
     """A shared empty set placeholder (frozen: adding to it fails loudly)."""
 
 
+class _NoInflight(dict[int, Any]):
+    """A shared empty in-flight window (adding to it is a bug: replace it first)."""
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        raise AssertionError("shared empty placeholder: create a real dict first")
+
+
 _NO_QUEUE: deque[Any] = _Unused()
+_NO_INFLIGHT: dict[int, Any] = _NoInflight()
 _NO_RESEND: deque[Any] = _Unused()
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
@@ -199,9 +207,10 @@ class Session:
         self.expiry_interval = expiry_interval
         self.username: str | None = None
         self.subscriptions: dict[str, SubscriptionEntry] = {}
-        self.inflight: dict[int, InflightEntry] = {}
         # Created on first use: an idle connection's session must stay small (issue 8:
-        # an empty deque is 760 bytes, an empty set 216).
+        # an empty deque is 760 bytes, an empty set 216; issue 19: an offline session,
+        # an empty dict 64).
+        self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
         self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
         self.inbound_qos2: set[int] = _NO_IDS
         self.will_delay = 0
@@ -244,6 +253,8 @@ class Session:
         self._next_seq = max(1, next_seq)
 
     def restore_inflight(self, packet_id: int, entry: InflightEntry) -> None:
+        if self.inflight is _NO_INFLIGHT:
+            self.inflight = {}
         self.inflight[packet_id] = entry
         self._next_seq = max(self._next_seq, entry.seq + 1)
 
@@ -369,6 +380,8 @@ class Session:
         pid = self._allocate_packet_id()
         seq = self._next_seq
         self._next_seq = seq + 1
+        if self.inflight is _NO_INFLIGHT:
+            self.inflight = {}
         self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
         if self.persistent:
             self.context.batch.put_outbound(
@@ -676,13 +689,15 @@ class Session:
         self.attached_to = None
         self.outbox = None  # what was in flight is re-sent on resume [MQTT-4.4.0-1]
         self._resend = _NO_RESEND
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
         self.offload()
         self.disconnected_at = now
 
     def clear_state(self) -> None:
         """Forget everything (Clean Start / Clean Session)."""
         self.subscriptions.clear()
-        self.inflight.clear()
+        self.inflight = _NO_INFLIGHT
         self.queue = _NO_QUEUE
         self._off_head = self._off_count = 0
         self.inbound_qos2 = _NO_IDS

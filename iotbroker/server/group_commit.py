@@ -12,9 +12,10 @@ turns, however many publishers they hold.
 
 A sync in another thread has a price of its own: the thread must take the GIL back
 from a busy event loop to report (up to CPython's switch interval, 5 ms) and wake the
-loop. On a disk whose sync takes a few milliseconds or less (an SSD, a virtual disk)
-that costs more than it saves (measured here: a 1.2 ms sync in the thread gave 15%
-fewer acks per second than on the loop), so the sync is done on the loop thread, at the end of the turn, as long as syncs stay below :data:`INLINE_SYNC_MAX`
+loop. On a disk whose sync takes a few milliseconds or less (an SSD, a virtual
+disk) that costs more than it saves (measured here: a 1.2 ms sync in the thread
+gave 15% fewer acks per second than on the loop), so the sync is done on the loop
+thread, at the end of the turn, as long as syncs stay below :data:`INLINE_SYNC_MAX`
 (a moving average); slower syncs move to the thread, and a sync on the loop is tried
 again every :data:`PROBE_INTERVAL` seconds. Either way one sync covers every batch
 written before it, and no output waits for a sync that does not cover it.
