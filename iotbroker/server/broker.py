@@ -89,8 +89,7 @@ class Broker:
         #: one worker thread syncs many turns at once; output waits for its sync.
         self.group_commit: GroupCommit | None = None
         if config.storage.backend == "rocksdb" and config.storage.durability == "fsync":
-            self.group_commit = GroupCommit(store, self.metrics, loop)
-            self.engine.sync_commits = False
+            self.group_commit = GroupCommit(store, self.metrics, loop, self.engine)
 
     # ------------------------------------------------------------------ time
     @staticmethod
