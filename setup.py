@@ -13,7 +13,9 @@ At run time ``iotbroker --version`` says which one is loaded.
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
+import json
 import os
 import sys
 
@@ -43,9 +45,33 @@ def _remove_inplace_extensions(sources: list[str]) -> None:
         print(f"iotbroker: removed {os.path.relpath(path, root)} (pure build)", file=sys.stderr)
 
 
+def _write_manifest(sources: list[str]) -> None:
+    """Record the SHA-256 of every compiled source in ``iotbroker/_compiled_sources.json``
+    (package data): at run time ``iotbroker.build.stale_modules`` compares contents, so
+    a fresh install, whose ``.py`` files are written after their extensions, is not
+    reported as stale (issue 18)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digests = {}
+    for source in sources:
+        with open(os.path.join(root, source), "rb") as handle:
+            digests[source[: -len(".py")].replace("/", ".")] = hashlib.sha256(
+                handle.read()).hexdigest()
+    with open(os.path.join(root, "iotbroker", "_compiled_sources.json"), "w",
+              encoding="utf-8") as handle:
+        json.dump(digests, handle, indent=1, sort_keys=True)
+
+
+def _remove_manifest() -> None:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "iotbroker",
+                        "_compiled_sources.json")
+    if os.path.exists(path):
+        os.remove(path)
+
+
 def _ext_modules() -> list[object]:
     if os.environ.get("IOTBROKER_PURE", "") not in ("", "0"):
         _remove_inplace_extensions(_compiled_sources())
+        _remove_manifest()
         return []
     try:
         from mypyc.build import mypycify  # noqa: PLC0415 (a build requirement, optional here)
@@ -57,6 +83,7 @@ def _ext_modules() -> list[object]:
     except Exception as exc:  # any failure: fall back to pure Python
         print(f"iotbroker: mypyc failed ({exc}), installing pure Python", file=sys.stderr)
         return []
+    _write_manifest(_compiled_sources())
     for ext in extensions:
         ext.optional = True  # a failed C build leaves the .py modules in charge
     return list(extensions)

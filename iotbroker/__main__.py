@@ -1,8 +1,6 @@
 """``python -m iotbroker``: the same as the ``iotbroker`` command."""
 
-import sys
-
-from iotbroker.cli import main
+from iotbroker.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

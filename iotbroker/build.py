@@ -7,9 +7,22 @@ result at start-up and ``iotbroker --version`` prints it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.machinery
+import json
 from pathlib import Path
+
+#: Written by ``setup.py`` next to this module when it compiles: ``{module: sha256 of the
+#: source it compiled}``. The stale check compares contents, not modification times: an
+#: install writes each ``.py`` a few microseconds after its extension, so an mtime
+#: comparison cries wolf on every fresh install (issue 18).
+MANIFEST_NAME = "_compiled_sources.json"
+
+
+def source_digest(path: Path) -> str:
+    """The SHA-256 of a source file, as recorded in the build manifest."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 #: The hot path: codec, protocol state machine, topic trie, routing, session registry.
 #: Not compiled: ``codec/packets.py`` (mypyc's dataclass support rejects the ``TYPE``
@@ -45,15 +58,29 @@ def compiled_modules() -> list[str]:
 
 
 def stale_modules() -> list[str]:
-    """Compiled modules whose ``.py`` source is newer than the extension (an editable
-    install edited after it was built: the old compiled code is what runs)."""
-    stale = []
+    """Compiled modules whose ``.py`` source changed since the extension was built (an
+    editable install edited after it was built: the old compiled code is what runs)."""
+    manifest = Path(__file__).with_name(MANIFEST_NAME)
+    sources = {}
     for name in compiled_modules():
         extension = Path(str(importlib.import_module(name).__file__))
-        source = extension.with_name(name.rpartition(".")[2] + ".py")
-        if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
-            stale.append(name)
-    return stale
+        sources[name] = extension.with_name(name.rpartition(".")[2] + ".py")
+    return stale_sources(sources, manifest)
+
+
+def stale_sources(sources: dict[str, Path], manifest: Path) -> list[str]:
+    """The modules of ``sources`` whose source digest differs from the one ``manifest``
+    recorded at build time. Without a manifest (a build older than the manifest) nothing
+    can be told, and nothing is reported: a warning that may be false is worse than none."""
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(recorded, dict):
+        return []
+    return [name for name, source in sources.items()
+            if source.exists() and name in recorded
+            and recorded[name] != source_digest(source)]
 
 
 def describe() -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from iotbroker import __version__
 from iotbroker.config import LOOPBACK_HOST, BrokerConfig, load_config
 from iotbroker.errors import ConfigError
 
-__all__ = ["main"]
+__all__ = ["console_main", "main"]
 
 PROG = "iotbroker"
 COMMANDS = ("run", "check-config", "passwd")
@@ -59,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", metavar="DIR", help="storage directory (storage.path)")
     run.add_argument("--log-level", metavar="LEVEL",
                      help="DEBUG, INFO, WARNING, ERROR or CRITICAL (logging.level)")
+    run.add_argument("--workers", metavar="N",
+                     help="broker processes sharing the listeners, or 'auto' for the CPU "
+                          "count (workers; docs/cluster.md)")
+    # Set by the --workers supervisor on each worker it starts (server/workers.py).
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-ports", default="{}", help=argparse.SUPPRESS)
+    run.add_argument("--worker-nats", help=argparse.SUPPRESS)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
@@ -101,8 +110,12 @@ def _config_error(exc: ConfigError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iotbroker`` command; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0] not in COMMANDS
-                         and args_list[0] not in ("-h", "--help", "--version")):
+    if args_list and not args_list[0].startswith("-") and args_list[0] not in COMMANDS:
+        # `iotbroker frobnicate`: not "unrecognized arguments" from `run` (issue 18).
+        _error(f"unknown command {args_list[0]!r}; the commands are: {', '.join(COMMANDS)} "
+               f"(`{PROG} COMMAND --help` for each; without a command, `run`)")
+        return EXIT_USAGE
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_list.insert(0, "run")
     try:
         args = build_parser().parse_args(args_list)
@@ -113,12 +126,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.file, check_files=not args.no_files)
         if args.command == "passwd":
             return _passwd(args)
-        return _run(args)
+        return _run(args, args_list)
     except ConfigError as exc:
         return _config_error(exc)
 
 
+def console_main() -> None:
+    """The ``iotbroker`` command and ``python -m iotbroker``: :func:`main`, then exit.
+
+    After the broker logged "stopped" (storage closed, logs flushed) the process ends at
+    once with ``os._exit``: tearing down the interpreter would free every session,
+    retained message and trie node one by one (seconds for a large broker) and join
+    password-check threads still hashing for connections that are gone (issue 18).
+    """
+    code = main()
+    if _RAN_BROKER:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 # run ----------------------------------------------------------------------------------
+
+#: Set when ``main`` ran the broker (``console_main`` then skips interpreter teardown).
+_RAN_BROKER = False
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -157,15 +190,47 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
         overrides["storage"] = {"path": args.data_dir}
     if args.log_level is not None:
         overrides["logging"] = {"level": args.log_level}
-    return load_config(args.config, overrides or None)
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        overrides["workers"] = int(workers) if workers.isdigit() else workers
+    config = load_config(args.config, overrides or None)
+    if getattr(args, "worker", None) is not None:
+        from iotbroker.server.workers import worker_config  # noqa: PLC0415
+
+        config = worker_config(config, args.worker, json.loads(args.worker_ports),
+                               args.worker_nats)
+    return config
 
 
-def _run(args: argparse.Namespace) -> int:
+def _without_workers(argv: list[str]) -> list[str]:
+    """The ``run`` command line without ``--workers N`` (for the workers themselves)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    global _RAN_BROKER  # noqa: PLW0603 (one flag for console_main)
     config = build_config(args)
     from iotbroker.server.broker import run_broker  # noqa: PLC0415 (only `run` needs the server)
+    from iotbroker.server.workers import run_workers, worker_count  # noqa: PLC0415
 
+    _RAN_BROKER = True
     try:
-        return run_broker(config, reload=lambda: build_config(args))
+        if args.worker is None and worker_count(config.workers) > 1:
+            from iotbroker.server.logsetup import setup_logging  # noqa: PLC0415
+
+            setup_logging(config.logging)
+            return run_workers(config, _without_workers(argv))
+        return run_broker(config, reload=lambda: build_config(args),
+                          reuse_port=args.worker is not None)
     except KeyboardInterrupt:
         return 130
 
@@ -177,23 +242,41 @@ def _check_config(path: str, *, check_files: bool) -> int:
     config = load_config(path)
     if check_files:
         _check_files(config)
+        for warning in _file_warnings(config):
+            _error(f"warning: {warning}")
     print(f"OK: {path}")
     return EXIT_OK
 
 
 def _check_files(config: BrokerConfig) -> None:
     from iotbroker.auth.loader import load_auth  # noqa: PLC0415
+    from iotbroker.server.preflight import tls_file_errors  # noqa: PLC0415
 
     load_auth(config.auth)
-    for i, listener in enumerate(config.listeners):
-        if listener.tls is None:
-            continue
-        for name in ("certfile", "keyfile", "cafile"):
-            file = getattr(listener.tls, name)
-            if file is not None and not os.access(file, os.R_OK):
-                reason = "does not exist" if not os.path.exists(file) else "is not readable"
-                raise ConfigError(f"listeners[{i}].tls.{name}", file,
-                                  f"cannot be used: the file {reason}")
+    errors = tls_file_errors(config)
+    if errors:
+        raise errors[0]
+
+
+def _file_warnings(config: BrokerConfig) -> list[str]:
+    """What is valid but probably not meant: ACL lines that look like typos (``topic rw
+    home/#`` is a rule for the filter ``rw home/#``), secret files open to other users."""
+    from iotbroker.auth.acl import acl_warnings  # noqa: PLC0415
+    from iotbroker.file_modes import exposed_mode, exposure_message  # noqa: PLC0415
+
+    warnings: list[str] = []
+    if config.auth.acl_file:
+        with open(config.auth.acl_file, encoding="utf-8") as handle:
+            warnings += acl_warnings(handle.read().splitlines(), config.auth.acl_file)
+    secrets = [(config.auth.password_file, "auth.password_file: password file")]
+    secrets += [(lst.tls.keyfile, f"listeners[{i}].tls.keyfile: TLS private key")
+                for i, lst in enumerate(config.listeners)
+                if lst.tls is not None and lst.tls.keyfile]
+    for path, what in secrets:
+        mode = exposed_mode(path) if path else None
+        if path and mode is not None:
+            warnings.append(exposure_message(path, what, mode))
+    return warnings
 
 
 # passwd -------------------------------------------------------------------------------

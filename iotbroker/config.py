@@ -39,7 +39,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from functools import cache
 from importlib import resources
@@ -50,6 +50,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     ConfigDict,
+    PlainValidator,
     StrictBool,
     TypeAdapter,
     ValidationError,
@@ -70,7 +71,12 @@ __all__ = [
     "DEFAULT_CONFIG_RESOURCE",
     "LOOPBACK_HOST",
     "AuthConfig",
+    "BridgeConfig",
+    "BridgeOutboxConfig",
+    "BridgeTlsConfig",
+    "BridgeTopicConfig",
     "BrokerConfig",
+    "ClusterConfig",
     "ConfigError",
     "ConfigErrors",
     "LimitsConfig",
@@ -85,6 +91,7 @@ __all__ = [
     "default_config_text",
     "load_config",
     "parse_config",
+    "split_address",
 ]
 
 #: Largest packet MQTT can encode: 268,435,455 bytes of body + 5 bytes of fixed header.
@@ -92,7 +99,7 @@ MQTT_MAX_PACKET_SIZE = 268_435_460
 #: Largest Session Expiry Interval; in MQTT 5.0 it means "never expires" (§3.1.2.11.2).
 SESSION_EXPIRY_NEVER = 0xFFFFFFFF
 
-ListenerType = Literal["tcp", "tls", "ws", "wss"]
+ListenerType = Literal["tcp", "tls", "ws", "wss", "mqtt-sn"]
 TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
 QueueOverflow = Literal["drop-oldest", "drop-new"]
 SharedStrategy = Literal["round-robin", "random", "sticky", "least-inflight"]
@@ -103,7 +110,7 @@ QoSLevel = Literal[0, 1, 2]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
-    {"tcp": 1883, "tls": 8883, "ws": 8080, "wss": 8443}
+    {"tcp": 1883, "tls": 8883, "ws": 8080, "wss": 8443, "mqtt-sn": 1884}
 )
 #: Address of the built-in listener and of ``--listen PORT``: loopback only (secure by
 #: default; ``0.0.0.0`` must be asked for).
@@ -284,6 +291,9 @@ class ListenerConfig(_Section):
     path: str = "/mqtt"
     tls: TlsConfig | None = None
     max_connections: Limit = 0
+    #: ``mqtt-sn`` listeners: the username its clients have for the ACL (MQTT-SN 1.2
+    #: CONNECT carries no credentials); None = anonymous.
+    mqttsn_username: str | None = None
 
     @classmethod
     def _fill_in(cls, data: dict[Any, Any]) -> dict[Any, Any]:
@@ -378,6 +388,22 @@ class MetricsConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
+class AdminConfig(_Section):
+    """The admin HTTP API and dashboard (``docs/admin.md``): off by default."""
+
+    enabled: StrictBool = False
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    #: Users of ``auth.password_file`` who may use the API and the dashboard.
+    users: tuple[NonEmptyStr, ...] = ()
+    #: Hashed API keys (``NAME:$sha512$...`` lines, as ``iotbroker passwd`` writes).
+    api_keys_file: NonEmptyStr | None = None
+    tls: TlsConfig | None = None
+    #: Largest ``limit`` a paged list accepts.
+    max_page_size: Annotated[int, Number(lo=1, hi=100_000)] = 1000
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class LoggingConfig(_Section):
     """Log level and format; ``levels`` sets levels per logger (``iotbroker.storage``)."""
 
@@ -385,6 +411,37 @@ class LoggingConfig(_Section):
     format: LogFormat = "text"
     levels: Annotated[Mapping[str, LogLevel], AfterValidator(_read_only)] = field(
         default_factory=lambda: MappingProxyType({}))
+
+
+def _topic_table(value: Mapping[int, str]) -> Mapping[int, str]:
+    for topic_id, topic in value.items():
+        if not 1 <= topic_id <= 0xFFFE:
+            raise _fail(f"has topic id {topic_id}: ids are 1-65534")
+        if not topic or "+" in topic or "#" in topic:
+            raise _fail(f"maps {topic_id} to {topic!r}: a topic name without wildcards")
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class MqttSnConfig(_Section):
+    """The MQTT-SN 1.2 gateway of ``mqtt-sn`` listeners (docs/mqtt-sn.md)."""
+
+    gateway_id: Annotated[int, Number(lo=0, hi=255)] = 1
+    #: ADVERTISE period (§6.1); 0 = do not advertise.
+    advertise_interval: Annotated[float, Number(lo=0, hi=65535, unit="duration")] = 900.0
+    #: Predefined topic ids (§3, §6.7), known to the devices in advance.
+    predefined_topics: Annotated[Mapping[int, str], AfterValidator(_topic_table)] = field(
+        default_factory=lambda: MappingProxyType({}))
+    #: Client ids allowed to connect; None = any.
+    allowed_clients: tuple[str, ...] | None = None
+    #: Bound on MQTT-SN clients (connected, asleep or waiting in the will dialogue).
+    max_clients: Annotated[int, Number(lo=1)] = 100000
+    #: Datagrams per second accepted from one address; more are dropped (0 = no limit).
+    rate_per_address: Annotated[float, Number(lo=0)] = 200.0
+    #: Retransmission of the gateway's requests (REGISTER, PUBLISH QoS 1/2): T_retry
+    #: and N_retry of §6.13.
+    retry_interval: Annotated[float, Number(lo=0.01, unit="duration")] = 10.0
+    max_retries: Annotated[int, Number(lo=0, hi=100)] = 3
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
@@ -395,6 +452,238 @@ class LimitsConfig(_Section):
     connect_rate: Annotated[float, Number(lo=0)] = 0.0
     publish_rate_per_client: Annotated[float, Number(lo=0)] = 0.0
     drain_timeout: Annotated[float, Number(lo=0, unit="duration")] = 10.0
+
+
+BridgeDirection = Literal["out", "in", "both"]
+BridgePolicy = Literal["drop-oldest", "drop-new"]
+BridgeProtocol = Literal[4, 5]
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BridgeTopicConfig(_Section):
+    """One topic rule of a bridge (mosquitto's ``topic pattern dir qos lprefix rprefix``)."""
+
+    pattern: str = "#"
+    direction: BridgeDirection = "out"
+    qos: QoSLevel = 0
+    local_prefix: str = ""
+    remote_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BridgeOutboxConfig(_Section):
+    """Bounds of a bridge's disk-backed outbox (messages waiting for the remote)."""
+
+    max_messages: Annotated[int, Number(lo=1)] = 100_000
+    max_bytes: Annotated[int, Number(lo=0, unit="size")] = 64 * 1024 * 1024
+    policy: BridgePolicy = "drop-oldest"
+    queue_qos0: StrictBool = False
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BridgeTlsConfig(_Section):
+    """TLS towards the remote broker (the client side of a handshake). The keys of
+    ``listeners[].tls`` are accepted, and so are ``ca_file``, ``cert_file``, ``key_file``."""
+
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    keyfile_password: str | None = None
+    verify: StrictBool = True
+    server_name: str | None = None
+    alpn: tuple[str, ...] = ()
+    min_version: TlsVersion = "TLSv1.2"
+    ciphers: str | None = None
+
+    @classmethod
+    def _fill_in(cls, data: dict[Any, Any]) -> dict[Any, Any]:
+        for alias, key in (("ca_file", "cafile"), ("cert_file", "certfile"),
+                           ("key_file", "keyfile")):
+            if alias in data and key not in data:
+                data[key] = data.pop(alias)
+        return data
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class BridgeConfig(_Section):
+    """One connection to a remote broker (mosquitto's ``connection`` block)."""
+
+    name: NonEmptyStr = "bridge"
+    address: tuple[str, ...] = ()
+    protocol: BridgeProtocol = 5
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tls: BridgeTlsConfig | None = None
+    clean_start: StrictBool = False
+    session_expiry: Annotated[int, Number(lo=0, hi=SESSION_EXPIRY_NEVER, unit="duration")] = 3600
+    keepalive: Annotated[int, Number(lo=1, hi=65535, unit="duration")] = 60
+    max_inflight: Annotated[int, Number(lo=1, hi=65535)] = 100
+    outbox: BridgeOutboxConfig = field(default_factory=BridgeOutboxConfig)
+    topics: tuple[BridgeTopicConfig, ...] = ()
+    try_private: StrictBool = True
+    round_robin: StrictBool = False
+    reconnect_delay: Annotated[float, Number(lo=0.01, unit="duration")] = 1.0
+    reconnect_delay_max: Annotated[float, Number(lo=0.01, unit="duration")] = 60.0
+    connect_timeout: Annotated[float, Number(lo=0.1, unit="duration")] = 10.0
+
+    @classmethod
+    def _fill_in(cls, data: dict[Any, Any]) -> dict[Any, Any]:
+        if isinstance(data.get("address"), str):  # one address may be written alone
+            data["address"] = [data["address"]]
+        return data
+
+
+def split_address(text: str, default_port: int = 1883) -> tuple[str, int] | None:
+    """``host:port``, ``host`` or ``[v6]:port`` -> (host, port); None when malformed."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host:
+            return None
+        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif ":" in text:
+        return None  # a bare IPv6 address needs brackets to carry a port
+    else:
+        host, port_text = text, ""
+    if port_text is None or not host:
+        return None
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        return None
+    return host, int(port_text)
+
+
+def _filter_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a valid MQTT topic filter (MQTT 5.0 §4.7.1), or None."""
+    if "\0" in pattern:
+        return "must not contain NUL"
+    levels = pattern.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole last level [MQTT-4.7.1-1]"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level [MQTT-4.7.1-2]"
+    return None
+
+
+def _check_bridges(config: BrokerConfig, err: Callable[..., None]) -> None:
+    names: dict[str, int] = {}
+    for i, bridge in enumerate(config.bridges):
+        key = f"bridges[{i}]"
+        at: tuple[object, ...] = ("bridges", i)
+        if any(c in bridge.name for c in "/+#\0"):
+            err(f"{key}.name", bridge.name, "must not contain '/', '+', '#' or NUL (it is a "
+                "topic level of $SYS/broker/connection/<name>/state)", *at, "name")
+        if bridge.name in names:
+            err(f"{key}.name", bridge.name, f"is already the name of bridges[{names[bridge.name]}]",
+                *at, "name")
+        names.setdefault(bridge.name, i)
+        if not bridge.address:
+            err(f"{key}.address", [], "is empty: give one or more host:port", *at)
+        for j, address in enumerate(bridge.address):
+            if split_address(address) is None:
+                err(f"{key}.address[{j}]", address, "is not host:port (IPv6: [addr]:port)",
+                    *at, "address", j)
+        if bridge.client_id is not None and not bridge.client_id:
+            err(f"{key}.client_id", "", "must not be empty (use null for <hostname>.<name>)",
+                *at, "client_id")
+        if bridge.reconnect_delay_max < bridge.reconnect_delay:
+            err(f"{key}.reconnect_delay_max", bridge.reconnect_delay_max,
+                f"is below reconnect_delay ({bridge.reconnect_delay})", *at,
+                "reconnect_delay_max")
+        tls = bridge.tls
+        if tls is not None and (tls.certfile is None) != (tls.keyfile is None):
+            missing = "keyfile" if tls.keyfile is None else "certfile"
+            err(f"{key}.tls.{missing}", None, "is missing: a client certificate needs both "
+                "certfile and keyfile", *at, "tls")
+        if not bridge.topics:
+            err(f"{key}.topics", [], "is empty: a bridge needs at least one topic rule", *at)
+        for j, rule in enumerate(bridge.topics):
+            rkey = f"{key}.topics[{j}]"
+            rat = (*at, "topics", j)
+            problem = _filter_problem(rule.pattern)
+            if problem is not None:
+                err(f"{rkey}.pattern", rule.pattern, problem, *rat, "pattern")
+            if any((p + rule.pattern).startswith("$share/")
+                   for p in (rule.local_prefix, rule.remote_prefix)):
+                err(f"{rkey}.pattern", rule.pattern, "must not make a shared subscription "
+                    "($share/... with its prefix): a bridge forwards every message",
+                    *rat, "pattern")
+            if not rule.pattern and not (rule.local_prefix or rule.remote_prefix):
+                err(f"{rkey}.pattern", "", "is empty: an empty pattern needs a local_prefix "
+                    "or remote_prefix (it then names one topic)", *rat, "pattern")
+            for name in ("local_prefix", "remote_prefix"):
+                value = getattr(rule, name)
+                if any(c in value for c in "+#\0"):
+                    err(f"{rkey}.{name}", value, "must not contain wildcards (+, #) or NUL",
+                        *rat, name)
+def _nats_url(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in NATS_SCHEMES or not rest:
+        raise _fail(f"is not a NATS server URL ({', '.join(NATS_SCHEMES)}://host:port)")
+    return value
+
+
+def _subject_prefix(value: str) -> str:
+    if not _SUBJECT_PREFIX.fullmatch(value):
+        raise _fail("is not a NATS subject prefix (tokens of A-Z a-z 0-9 _ - joined by '.')")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value):
+        raise _fail("is not a node name (1-64 of A-Z a-z 0-9 _ -)")
+    return value
+
+
+_WORKERS = Number(lo=1, hi=256)
+
+
+def _workers(value: object) -> int | str:
+    """``workers``: 1–256 or ``auto``."""
+    if value == "auto":
+        return "auto"
+    try:
+        return int(_WORKERS.check(value, integer=True))
+    except PydanticCustomError:
+        raise _fail("is not an integer in 1–256 or 'auto' (the CPU count)") from None
+
+
+#: NATS URL schemes nats-py connects with.
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NatsUrl = Annotated[str, AfterValidator(_nats_url)]
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class NatsTlsConfig(_Section):
+    """TLS towards the NATS servers (``tls://`` URLs, or a server that requires it)."""
+
+    cafile: NonEmptyStr | None = None
+    certfile: NonEmptyStr | None = None
+    keyfile: NonEmptyStr | None = None
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
+class ClusterConfig(_Section):
+    """This node's place in a cluster on NATS (docs/cluster.md). Absent: one broker."""
+
+    node_name: Annotated[str, AfterValidator(_node_name)]
+    nats: tuple[NatsUrl, ...] = ("nats://127.0.0.1:4222",)
+    replicas: Annotated[int, Number(lo=1, hi=5)] = 3
+    subject_prefix: Annotated[str, AfterValidator(_subject_prefix)] = "iotb"
+    user: NonEmptyStr | None = None
+    password: str | None = None
+    token: NonEmptyStr | None = None
+    credentials_file: NonEmptyStr | None = None
+    nats_tls: NatsTlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
@@ -410,9 +699,16 @@ class BrokerConfig(_Section):
     auth: AuthConfig = field(default_factory=AuthConfig)
     sys_topics: SysTopicsConfig = field(default_factory=SysTopicsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    mqttsn: MqttSnConfig = field(default_factory=MqttSnConfig)
     loop: LoopKind = "auto"
+    bridges: tuple[BridgeConfig, ...] = ()
+    #: Broker processes sharing the listeners (SO_REUSEPORT) under one supervisor,
+    #: nodes of one fabric (docs/cluster.md, "Workers"); "auto" = CPU count.
+    workers: Annotated[int | str, PlainValidator(_workers)] = 1
+    cluster: ClusterConfig | None = None
     source: str = field(default="<defaults>", compare=False)
 
 
@@ -766,6 +1062,9 @@ class _Errors:
         if kind in ("unexpected_keyword_argument", "extra_forbidden", "invalid_key"):
             self.unknown_key(loc, root)
             return
+        if kind in ("missing", "missing_keyword_argument"):
+            self.add(_key(loc), None, "is missing; it is required", _line_of(root, *loc[:-1]))
+            return
         tp = _type_at(BrokerConfig, loc)
         if kind == "iotbroker_config":
             expected = str((detail.get("ctx") or {}).get("expected", detail["msg"]))
@@ -893,13 +1192,18 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
         elif lst.tls is not None:
             err(f"{key}.tls", "...", f"only applies to tls and wss listeners, not {lst.type}",
                 *at, "tls")
+        if lst.mqttsn_username is not None and lst.type != "mqtt-sn":
+            err(f"{key}.mqttsn_username", lst.mqttsn_username,
+                f"only applies to mqtt-sn listeners, not {lst.type}", *at, "mqttsn_username")
         if lst.type in ("ws", "wss") and not lst.path.startswith("/"):
             err(f"{key}.path", lst.path, "is not a URL path (must start with /)", *at, "path")
         if not lst.host.strip():
             err(f"{key}.host", lst.host, "must not be empty", *at, "host")
         for j in range(i):
             other = config.listeners[j]
-            if lst.port and other.port == lst.port and _hosts_overlap(other.host, lst.host):
+            same_transport = (lst.type == "mqtt-sn") == (other.type == "mqtt-sn")  # UDP / TCP
+            if (lst.port and other.port == lst.port and same_transport
+                    and _hosts_overlap(other.host, lst.host)):
                 err(f"{key}.port", lst.port, f"is already used by listeners[{j}] "
                     f"({other.name!r} on {other.host}:{other.port})", *at, "port")
                 break
@@ -922,12 +1226,17 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
                     f"is already used by listeners[{j}] ({other.name!r})", "metrics", "port")
                 break
 
+    _check_admin(config, err)
+
     auth = config.auth
     if not auth.allow_anonymous and auth.password_file is None and not any(
-        lst.tls is not None and lst.tls.use_identity_as_username for lst in config.listeners
+        (lst.tls is not None and lst.tls.use_identity_as_username)
+        or lst.mqttsn_username is not None  # MQTT-SN clients get the listener's username
+        for lst in config.listeners
     ):
-        err("auth.allow_anonymous", False, "leaves no way to connect: set auth.password_file "
-            "or a listener's tls.use_identity_as_username", "auth", "allow_anonymous")
+        err("auth.allow_anonymous", False, "leaves no way to connect: set auth.password_file, "
+            "a listener's tls.use_identity_as_username or an mqtt-sn listener's "
+            "mqttsn_username", "auth", "allow_anonymous")
 
     prefix = config.mqtt.response_information_prefix
     if prefix is not None and not prefix:
@@ -936,7 +1245,46 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
     elif prefix is not None and any(c in prefix for c in "+#\0"):
         err("mqtt.response_information_prefix", prefix,
             "must not contain wildcards (+, #) or NUL", "mqtt", "response_information_prefix")
+    _check_bridges(config, err)
     return config
+
+
+def _check_admin(config: BrokerConfig, err: Callable[..., None]) -> None:
+    """The admin API never listens unauthenticated beyond loopback (docs/admin.md)."""
+    admin = config.admin
+    if not admin.enabled:
+        return
+    if admin.users and config.auth.password_file is None:
+        err("admin.users", list(admin.users), "needs auth.password_file (the admins' "
+            "passwords are read from it)", "admin", "users")
+    if not admin.users and admin.api_keys_file is None and not _is_loopback(admin.host):
+        err("admin.host", admin.host, "is not a loopback address: set admin.users or "
+            "admin.api_keys_file (the admin API is never open without credentials "
+            "on a network address)", "admin", "host")
+    if not admin.host.strip():
+        err("admin.host", admin.host, "must not be empty", "admin", "host")
+    tls = admin.tls
+    if tls is not None:
+        for req in ("certfile", "keyfile"):
+            if getattr(tls, req) is None:
+                err(f"admin.tls.{req}", None, "is missing: TLS needs it", "admin", "tls")
+    for j, other in enumerate(config.listeners):
+        if other.port and other.port == admin.port and _hosts_overlap(other.host, admin.host):
+            err("admin.port", admin.port, f"is already used by listeners[{j}] "
+                f"({other.name!r})", "admin", "port")
+            break
+    if (config.metrics.enabled and admin.port and config.metrics.port == admin.port
+            and _hosts_overlap(config.metrics.host, admin.host)):
+        err("admin.port", admin.port, "is already used by metrics.port", "admin", "port")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _hosts_overlap(a: str, b: str) -> bool:

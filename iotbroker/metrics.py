@@ -19,6 +19,17 @@ AUTH_FAILURE_REASONS = (
     "busy",            # refused: auth.max_pending_password_checks checks already pending
 )
 
+#: Why the MQTT-SN gateway dropped a datagram: the suffix of ``mqttsn_dropped_REASON``.
+MQTTSN_DROP_REASONS = (
+    "malformed",          # not an MQTT-SN 1.2 message (length, type, fields)
+    "rate_limited",       # over mqttsn.rate_per_address
+    "unknown_client",     # a request from an address with no connected client
+    "unexpected",         # a message a gateway does not take there (or unknown topic, QoS -1)
+    "sleep_buffer_full",  # QoS 0 beyond mqtt.max_queued_messages for a sleeping client
+                          # (or one that has not answered the REGISTER of its topic)
+    "not_connected",      # a request before the CONNACK
+)
+
 
 @dataclass(slots=True)
 class Metrics:
@@ -34,6 +45,12 @@ class Metrics:
     messages_sent: int = 0
     publish_received: int = 0
     publish_sent: int = 0
+    #: Payload bytes of the PUBLISH packets received (mosquitto's publish/bytes/received).
+    publish_bytes_received: int = 0
+    #: Payload bytes of the PUBLISH packets sent (mosquitto's publish/bytes/sent).
+    publish_bytes_sent: int = 0
+    #: CONNECT packets received (the rate is $SYS load/connections, as mosquitto's).
+    connects_received: int = 0
     publish_received_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
     publish_sent_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
     messages_dropped_queue_full: int = 0
@@ -45,6 +62,7 @@ class Metrics:
     retained_dropped: int = 0
     connect_timeouts: int = 0
     topic_limit_refusals: int = 0
+    payload_format_refusals: int = 0
     subscription_limit_refusals: int = 0
     messages_expired: int = 0
     malformed_packets: int = 0
@@ -66,6 +84,14 @@ class Metrics:
     acl_denials: int = 0
     storage_batches: int = 0
     storage_changes: int = 0
+    # The MQTT-SN gateway (iotbroker/mqttsn): datagrams in and out, drops by reason.
+    mqttsn_datagrams_received: int = 0
+    mqttsn_datagrams_sent: int = 0
+    mqttsn_dropped: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(MQTTSN_DROP_REASONS, 0))
+    mqttsn_qos_minus_one_published: int = 0
+    mqttsn_retransmissions: int = 0
+    mqttsn_registrations_sent: int = 0
     # Failed TLS handshakes by reason (server/tlsfailures.py REASONS).
     tls_handshake_failures_no_client_cert: int = 0
     tls_handshake_failures_untrusted_cert: int = 0

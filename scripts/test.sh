@@ -4,7 +4,9 @@
 #   bash scripts/test.sh [PYTEST ARGS...]      e.g. bash scripts/test.sh -k config -x
 #
 # Idempotent and safe on a fresh Debian machine with Python >= 3.11:
-#   * installs the Debian packages mosquitto and mosquitto-clients (interop tests) when
+#   * installs the Debian packages mosquitto and mosquitto-clients (interop and bridge
+#     tests), openssl (bridge TLS test) and chromium and chromium-driver (the admin
+#     dashboard's browser tests) when
 #     missing, and python3-venv when venv cannot bootstrap pip; only as root or with
 #     password-less sudo, otherwise it says what is missing and carries on;
 #   * creates .venv when missing and installs the project with its test extras, first as
@@ -40,6 +42,14 @@ have_mosquitto() {
 debs=()
 if ! command -v mosquitto_pub >/dev/null 2>&1 || ! have_mosquitto; then
     debs+=(mosquitto mosquitto-clients)
+fi
+# tests/admin/test_dashboard.py drives Debian's Chromium through its chromedriver (the
+# paths are fixed there: /usr/bin/chromium, /usr/bin/chromedriver); no browser download.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    debs+=(chromium chromium-driver)
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+    debs+=(openssl)  # the bridge TLS test makes its certificates with the openssl CLI
 fi
 if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
     debs+=(python3-venv)

@@ -12,6 +12,7 @@ import yaml
 
 from iotbroker.config import (
     BrokerConfig,
+    ClusterConfig,
     ConfigErrors,
     ListenerConfig,
     Number,
@@ -62,7 +63,8 @@ def _schema_keys(cls: type, prefix: str = "") -> set[str]:
             continue
         path = f"{prefix}{f.name}"
         keys.add(path)
-        inner = {"listeners": ListenerConfig, "tls": TlsConfig}.get(f.name)
+        inner = {"listeners": ListenerConfig, "tls": TlsConfig,
+                 "cluster": ClusterConfig}.get(f.name)
         if inner is None and isinstance(f.default_factory, type):  # nested section
             inner = f.default_factory
         if inner is not None and dataclasses.is_dataclass(inner):
@@ -86,7 +88,8 @@ def _yaml_keys(data: Any, prefix: str = "") -> set[str]:
 
 def test_default_yaml_lists_every_key() -> None:
     schema = _schema_keys(BrokerConfig)
-    tls_keys = {k for k in schema if k.startswith("listeners.tls.")}
+    # optional sections written as null, with their keys in comments
+    tls_keys = {k for k in schema if k.startswith(("listeners.tls.", "admin.tls.", "cluster."))}
     assert _yaml_keys(yaml.safe_load(default_config_text())) == schema - tls_keys
 
 
@@ -264,6 +267,16 @@ BAD: list[tuple[str, object, str, str]] = [
      "auth.password_check_threads", "0–256"),
     ("env is not a number", {"listeners": [{"port": "${IOTB_TEST_PORT}"}]},
      "listeners[0].port", "is not a port"),
+    ("mqtt-sn gateway id", {"mqttsn": {"gateway_id": 300}}, "mqttsn.gateway_id", "0–255"),
+    ("mqtt-sn predefined wildcard", {"mqttsn": {"predefined_topics": {2: "a/+"}}},
+     "mqttsn.predefined_topics", "without wildcards"),
+    ("mqtt-sn predefined id 0", {"mqttsn": {"predefined_topics": {0: "a"}}},
+     "mqttsn.predefined_topics", "1-65534"),
+    ("mqttsn_username on tcp", {"listeners": [{"port": 0, "mqttsn_username": "x"}]},
+     "listeners[0].mqttsn_username", "only applies to mqtt-sn"),
+    ("udp and tcp share a port number", {"listeners": [
+        {"port": 1884}, {"type": "mqtt-sn", "port": 1884}, {"type": "mqtt-sn", "port": 1884}]},
+     "listeners[2].port", "already used by listeners[1]"),
     ("non-mapping root", [1, 2, 3], "<root>", "is not a mapping"),
     ("scalar root", "listeners", "<root>", "is not a mapping"),
 ]

@@ -28,8 +28,18 @@ What each QoS allows, and so what counts as a *violation*:
 * out-of-order arrivals (a sequence number lower than one already seen, same stream)
   are reported, not judged: MQTT orders per topic and QoS only without faults (§4.6);
 * wills: every connection of a will-bearing device that ended without DISCONNECT is
-  one expected will per matching subscriber; missing or unexpected wills are violations
-  (a subscriber that was itself disconnected or faulted is not judged on missing wills).
+  one expected will per matching subscriber (MQTT 5.0 §3.1.2.5, 3.1.1 §3.1.2.5: the
+  server publishes it when the network connection closes without DISCONNECT, whoever
+  closed it). Each is *owed* (a spec-following broker must deliver it; missing = a
+  violation) unless excused, and the report says why:
+  ``not_subscribed`` (the subscriber never got a SUBACK granting its filters),
+  ``before_subscribe`` (the subscriber had no SUBACK yet), ``broker_outage`` (the device
+  did not close the connection and an accounting subscriber lost its own connection
+  unprovoked within :data:`OUTAGE_WINDOW_NS`: the broker itself went away, and a broker
+  that crashed cannot have published the wills of that moment), ``subscriber_away`` (the
+  subscriber was disconnected within :data:`WILL_MARGIN_NS` of the connection's end: the
+  will may have been published while nobody listened). A will received more
+  often than it was expected (owed or excused) is ``unexpected``, a violation.
 """
 
 from __future__ import annotations
@@ -43,6 +53,13 @@ from iotsim.topics import matches_any
 _QOS_KEYS = ("expected", "delivered", "lost", "lost_allowed_qos0", "lost_unconfirmed",
              "lost_excused", "lost_confirmed", "duplicated", "duplicated_violation",
              "out_of_order", "before_subscribe", "backlog")
+
+#: How long after a connection ended its will may still be on its way (ns).
+WILL_MARGIN_NS = 2_000_000_000
+#: Device and subscriber connections lost this close together: the broker went away.
+OUTAGE_WINDOW_NS = 1_000_000_000
+#: How many excused wills the report lists one by one.
+EXCUSED_LISTED = 100
 
 #: A gap in a subscriber's presence: (last in-order seq per stream when it went, when
 #: it subscribed again or ``None``, when it went, whether its session was kept).
@@ -162,18 +179,7 @@ def analyse(stats: Stats) -> dict[str, Any]:
                                   by_qos[min(stream.qos, sub.qos)])
         unknown += sum(1 for key in sub.seen if key not in streams)
 
-    wills = Counter({"expected": 0, "received": 0, "missing": 0, "unexpected": 0})
-    for sub in stats.subscribers:
-        for source, topic in stats.will_topics.items():
-            if not matches_any(sub.filters, topic):
-                continue
-            exp = stats.wills_expected.get(source, 0)
-            got = sub.wills.get(source, 0)
-            wills["expected"] += exp
-            wills["received"] += got
-            if not sub.faulted:
-                wills["missing"] += max(0, exp - got)
-            wills["unexpected"] += max(0, got - exp)
+    wills = _judge_wills(stats)
 
     total: Counter[str] = Counter()
     for bucket in by_qos.values():
@@ -207,5 +213,71 @@ def analyse(stats: Stats) -> dict[str, Any]:
         "unsubscribed_subscribers": sum(1 for s in stats.subscribers if not s.ups),
         "by_qos": {str(q): dict(by_qos[q]) for q in range(3)},
     }
-    return {"messages": messages, "wills": dict(wills), "violations": violations,
+    return {"messages": messages, "wills": wills, "violations": violations,
             "ok": not any(violations.values())}
+
+
+def _away(first: int | None, gaps: list[_Gap], lo: int, hi: int) -> bool:
+    """The subscriber was not subscribed at some moment of ``lo..hi`` (ns)."""
+    if first is None or first > lo:
+        return True
+    return any(went <= hi and (back is None or back >= lo) for _, back, went, _k in gaps)
+
+
+def _will_excuse(first: int | None, gaps: list[_Gap], when: int, cause: str,
+                 drops: list[int]) -> str | None:
+    """Why a subscriber need not have received the will of a connection that ended
+    at ``when`` for ``cause``; None when it is owed."""
+    if first is None:
+        return "not_subscribed"
+    if first > when:
+        return "before_subscribe"
+    if cause != "client_abort" and any(abs(t - when) <= OUTAGE_WINDOW_NS for t in drops):
+        return "broker_outage"
+    if _away(first, gaps, when, when + WILL_MARGIN_NS):
+        return "subscriber_away"
+    return None
+
+
+def _judge_wills(stats: Stats) -> dict[str, Any]:
+    """The ``wills`` section: expected, owed, excused (by reason, and listed), received,
+    missing (owed and never received: a violation) and unexpected."""
+    ends: dict[int, list[tuple[int, str]]] = {}
+    for source, when, cause in stats.will_ends:
+        ends.setdefault(source, []).append((when, cause))
+    drops = sorted(stats.subscriber_drops)
+    out: Counter[str] = Counter({"expected": 0, "owed": 0, "received": 0, "missing": 0,
+                                 "unexpected": 0})
+    excused: Counter[str] = Counter()
+    missing_by_cause: Counter[str] = Counter()
+    listed: list[dict[str, str]] = []
+    for sub in stats.subscribers:
+        first, gaps = _timeline(sub)
+        for source, topic in stats.will_topics.items():
+            if not matches_any(sub.filters, topic):
+                continue
+            events = ends.get(source, [])
+            # Older workers' exports may lack the events: fall back to the count.
+            expected = max(stats.wills_expected.get(source, 0), len(events))
+            owed_causes: list[str] = []
+            for when, cause in events:
+                why = _will_excuse(first, gaps, when, cause, drops)
+                if why is None:
+                    owed_causes.append(cause)
+                    continue
+                excused[why] += 1
+                if len(listed) < EXCUSED_LISTED:
+                    listed.append({"topic": topic, "subscriber": sub.name,
+                                   "connection_end": cause, "reason": why})
+            owed = len(owed_causes) + max(0, expected - len(events))
+            got = sub.wills.get(source, 0)
+            out["expected"] += expected
+            out["owed"] += owed
+            out["received"] += got
+            missing = max(0, owed - got)
+            out["missing"] += missing
+            for cause in owed_causes[len(owed_causes) - missing:] if missing else ():
+                missing_by_cause[cause] += 1
+            out["unexpected"] += max(0, got - expected)
+    return {**dict(out), "excused": dict(excused), "excused_list": listed,
+            "missing_by_connection_end": dict(missing_by_cause)}

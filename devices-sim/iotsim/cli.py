@@ -14,8 +14,10 @@ Exit status: 0 when the accounting matches what QoS allows, 1 when it found viol
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,6 +26,7 @@ from iotsim.runner import run
 from iotsim.scenario import (
     Scenario,
     ScenarioError,
+    TlsSpec,
     load_scenario,
     parse_duration,
     parse_rate,
@@ -52,8 +55,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--report", metavar="DIR", help="write report.json and report.html here")
     p.add_argument("--tls", action="store_true", help="connect with TLS")
-    p.add_argument("--cafile", help="CA certificate for TLS")
-    p.add_argument("--insecure", action="store_true", help="TLS without verification")
+    p.add_argument("--cafile", help="CA certificate that signs the broker's (implies --tls)")
+    p.add_argument("--cert", help="client certificate, PEM (implies --tls; with --key)")
+    p.add_argument("--key", help="client private key, PEM (with --cert)")
+    p.add_argument("--tls-insecure", "--insecure", dest="insecure", action="store_true",
+                   help="TLS without verifying the broker's certificate (implies --tls)")
+    p.add_argument("--username", "-u", help="user name of every device and monitor")
+    p.add_argument("--password", "-P", help="password (with --username)")
     p.add_argument("--source-addresses", type=int, metavar="N",
                    help="spread connections over 127.0.0.1..127.0.0.N")
     p.add_argument("--quiet", action="store_true", help="no live progress")
@@ -91,14 +99,25 @@ def _apply_common(scenario: Scenario, args: argparse.Namespace) -> Scenario:
     if args.source_addresses:
         n = max(1, min(254, args.source_addresses))
         changes["source_addresses"] = tuple(f"127.0.0.{i}" for i in range(1, n + 1))
-    if args.tls or args.cafile or args.insecure:
-        from iotsim.scenario import TlsSpec  # noqa: PLC0415
-
+    if (args.cert is None) != (args.key is None):
+        raise ScenarioError("--cert/--key", "a client certificate needs both --cert and --key")
+    if args.password is not None and args.username is None:
+        raise ScenarioError("--password", "needs --username")
+    for flag, path in (("--cafile", args.cafile), ("--cert", args.cert), ("--key", args.key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ScenarioError(flag, f"{path}: no such readable file")
+    if args.tls or args.cafile or args.insecure or args.cert:
         changes["tls"] = TlsSpec(enabled=True, ca_file=args.cafile or scenario.tls.ca_file,
                                  insecure=args.insecure or scenario.tls.insecure,
-                                 cert_file=scenario.tls.cert_file,
-                                 key_file=scenario.tls.key_file,
+                                 cert_file=args.cert or scenario.tls.cert_file,
+                                 key_file=args.key or scenario.tls.key_file,
                                  server_hostname=scenario.tls.server_hostname)
+    if args.username is not None:
+        # Every device and monitor logs in as this user (as mosquitto_pub -u/-P).
+        changes["groups"] = tuple(replace(g, username=args.username, password=args.password)
+                                  for g in scenario.groups)
+        changes["monitors"] = replace(scenario.monitors, username=args.username,
+                                      password=args.password)
     return scenario.with_overrides(**changes) if changes else scenario
 
 

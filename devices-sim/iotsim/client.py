@@ -55,6 +55,8 @@ class Target:
     server_hostname: str | None = None
     connect_timeout: float = 10.0
     source_addresses: tuple[str, ...] = ()
+    #: UDP port of the broker's MQTT-SN gateway (``protocol: mqtt-sn`` groups).
+    mqttsn_port: int = 1884
 
 
 class _Inflight:
@@ -149,6 +151,8 @@ class Client:
         self._closed: asyncio.Future[None] | None = None
         self._clean_close = False
         self._ours = False
+        #: An accounting subscriber's connection (its unprovoked losses are recorded).
+        self.accounting = False
         self._out: list[bytes] = []
         self._in_data = False
         self._last_write = 0.0
@@ -188,13 +192,23 @@ class Client:
                 connack = await self._connack
         except TimeoutError:
             return self._connect_failed(link, "connect_timeout")
+        except ssl.SSLCertVerificationError as exc:
+            return self._connect_failed(link, "connect_tls_certificate_verify_failed",
+                                        exc.verify_message or str(exc))
         except ssl.SSLError as exc:
-            return self._connect_failed(link, f"connect_tls_{exc.reason or 'error'}".lower())
+            return self._connect_failed(link, f"connect_tls_{exc.reason or 'error'}".lower(),
+                                        str(exc))
+        except ConnectionError as exc:
+            if t.ssl_context is not None and link.transport is None:
+                return self._connect_failed(link, "connect_tls_closed_during_handshake",
+                                            str(exc))
+            if exc.errno is None:  # ours: the connection closed before CONNACK
+                return self._connect_failed(link, "connect_closed_before_connack", str(exc))
+            name = errno.errorcode.get(exc.errno, "oserror").lower()
+            return self._connect_failed(link, f"connect_{name}", exc.strerror or str(exc))
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, "oserror").lower()
-            return self._connect_failed(link, f"connect_{name}")
-        except ConnectionError:
-            return self._connect_failed(link, "connect_closed_before_connack")
+            return self._connect_failed(link, f"connect_{name}", exc.strerror or str(exc))
         if connack.reason_code != 0:
             return self._connect_failed(link, f"connack_refused_0x{connack.reason_code:02x}")
         stats.connect_latency.record(int((time.monotonic() - started) * 1e6))
@@ -223,9 +237,10 @@ class Client:
             self._ka_timer = loop.call_later(self._keepalive_s / 2, self._keepalive_tick)
         return True
 
-    def _connect_failed(self, link: Link, reason: str) -> bool:
+    def _connect_failed(self, link: Link, reason: str, detail: str = "") -> bool:
         self.stats.count("connect_failed")
         self.stats.error(reason)
+        self.stats.error_detail(reason, detail)
         if link.transport is not None:
             link.transport.abort()
         if self.link is link:
@@ -315,12 +330,20 @@ class Client:
             stats.count("disconnects")
             if not self._clean_close and self.will is not None and self.will_source is not None:
                 stats.wills_expected[self.will_source] += 1
+                cause = ("client_abort" if self._ours
+                         else "broker_closed" if exc is None else "connection_lost")
+                stats.will_ends.append((self.will_source, time.monotonic_ns(), cause))
+            if self.accounting and not self._ours and not self.reading_paused:
+                stats.subscriber_drops.append(time.monotonic_ns())
             if not self._ours:
                 stats.error("closed_by_broker" if exc is None else "connection_lost")
         self.write_paused = False
         self.reading_paused = False
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(ConnectionError("closed before CONNACK"))
+            # A TLS alert after the handshake (TLS 1.3: "certificate required") is the
+            # reason: keep it, the report explains it.
+            self._connack.set_exception(exc if isinstance(exc, ssl.SSLError)
+                                        else ConnectionError("closed before CONNACK"))
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("connection closed"))

@@ -29,6 +29,7 @@ from iotbroker.codec.packets import Properties, Will
 from iotsim.client import Client, Target
 from iotsim.payloads import MAGIC_TELEMETRY, PayloadBuilder, parse_header, stream_key, will_payload
 from iotsim.scenario import GroupSpec
+from iotsim.snclient import SnClient
 from iotsim.stats import Stats, SubscriberRec
 from iotsim.topics import render
 
@@ -104,16 +105,25 @@ class Device:
                         w.qos, w.retain, props)
             if not props.will_delay_interval:  # a delayed will may be cancelled by a reconnect
                 ctx.stats.will_topics[source_base] = topic
-        self.client = Client(
-            ctx.target, ctx.stats, render(group.client_id, **self.values), group.version,
-            group.keepalive, group.clean_start, group.session_expiry, will,
-            source_base if will is not None else None, group.username,
-            group.password.encode() if group.password is not None else None,
-            group.max_inflight, source_address,
-        )
+        self.client: Client | SnClient
+        if group.protocol == "mqtt-sn":
+            self.client = SnClient(
+                ctx.target, ctx.stats, render(group.client_id, **self.values), group.keepalive,
+                group.clean_start, will, source_base if will is not None else None,
+                group.max_inflight, source_address, group.qos_minus_one, ctx.ack_timeout,
+            )
+        else:
+            self.client = Client(
+                ctx.target, ctx.stats, render(group.client_id, **self.values), group.version,
+                group.keepalive, group.clean_start, group.session_expiry, will,
+                source_base if will is not None else None, group.username,
+                group.password.encode() if group.password is not None else None,
+                group.max_inflight, source_address,
+            )
         self.wanted = False
         self.counted = True  # monitors are not devices
         self.ever_connected = False
+        self.failed_connects = 0
         self.downtime = 0.0
         self.task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -152,6 +162,7 @@ class Device:
                 await ctx.reconnect_pacer.wait()
             reconnect = True
             if not await self.client.connect():
+                self.failed_connects += 1
                 if not self.wanted or ctx.stopping:
                     break
                 await asyncio.sleep(backoff * (0.5 + ctx.rng.random()))
@@ -210,12 +221,16 @@ class Telemetry(Device):
 
     async def on_connected(self) -> None:
         self._schedule(self.ctx.rng.uniform(0, self.group.interval))
+        if self.group.sleep and isinstance(self.client, SnClient):
+            self.client.sleep(self.group.sleep)  # §6.14: asleep between ticks
 
     def _tick(self) -> None:
         self._timer = None
         client = self.client
         if not client.connected:
             return
+        if isinstance(client, SnClient) and client.asleep:
+            client.wake()  # PINGREQ with the client id: buffered messages come now
         if self.ctx.publishing:
             for src in self.sources:
                 self._publish(src)
@@ -285,6 +300,7 @@ class Subscriber(Device):
         self.sub_qos = qos
         self.record = SubscriberRec(name, filters, qos, ctx.run_id, self.client.persistent)
         ctx.stats.subscribers.append(self.record)
+        self.client.accounting = True
         self.client.on_message = self._on_message
         self.response_topic = b""
         self.ready = False

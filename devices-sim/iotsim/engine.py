@@ -29,6 +29,11 @@ from iotsim.topics import derive_filter
 Ticker = Callable[[Stats], None]
 
 
+#: Failed connects of every monitor (none ever connected) after which the run starts
+#: without waiting for them any longer.
+MONITOR_GIVE_UP = 3
+
+
 def monitor_filters(scenario: Scenario, run_token: str) -> tuple[str, ...]:
     """The monitors' filters: as configured, else derived from the groups' topics."""
     if scenario.monitors.subscribe:
@@ -90,7 +95,8 @@ class Fleet:
         mon = sc.monitors
         filters = monitor_filters(sc, self.ctx.run_token)
         spec = GroupSpec(name="monitor", count=max(1, mon.count), behaviour="idle",
-                         version=mon.version, client_id="{run}-monitor-{id}", keepalive=60)
+                         version=mon.version, client_id="{run}-monitor-{id}", keepalive=60,
+                         username=mon.username, password=mon.password)
         for m in range(mon.count):
             if m % self.workers == self.worker:
                 monitor = Subscriber(self.ctx, spec, m, base + m, None, filters, mon.qos,
@@ -102,13 +108,19 @@ class Fleet:
     # -------------------------------------------------------------- phases
 
     async def start_monitors(self, timeout: float = 15.0) -> bool:
-        """Connect and subscribe the monitors; True when all are subscribed in time."""
+        """Connect and subscribe the monitors; True when all are subscribed in time.
+
+        Gives up early when every monitor failed :data:`MONITOR_GIVE_UP` connects and none
+        ever connected (the broker refuses us: the run goes on and reports why)."""
         for m in self.monitors:
             m.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(m.ready for m in self.monitors):
                 return True
+            if all(m.failed_connects >= MONITOR_GIVE_UP and not m.ever_connected
+                   for m in self.monitors):
+                return False
             await asyncio.sleep(0.02)
         return False
 

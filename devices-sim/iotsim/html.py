@@ -8,7 +8,6 @@ HdrHistogram-style plot with a logarithmic "nines" axis).
 from __future__ import annotations
 
 import html
-import json
 import math
 from typing import Any
 
@@ -120,6 +119,19 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
+def _grid(header: list[str], rows: list[list[str]], bad: set[tuple[int, int]] | None = None
+          ) -> str:
+    """A table with a header row; cells in ``bad`` (row, column) are marked."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cells = "".join(
+            f"<td class='bad'>{html.escape(c)}</td>" if bad and (i, j) in bad
+            else f"<td>{html.escape(c)}</td>" for j, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
 def _lat(s: dict[str, Any]) -> str:
     if not s.get("count"):
         return "-"
@@ -127,15 +139,116 @@ def _lat(s: dict[str, Any]) -> str:
             f"max {s['max']} ms (n={s['count']})")
 
 
+#: What each delivery QoS allows (MQTT 5.0 §4.3; 3.1.1 §4.3).
+QOS_ALLOWS = {
+    "0": "at most once: loss allowed, no duplicates",
+    "1": "at least once: no loss of acknowledged messages, duplicates allowed",
+    "2": "exactly once: no loss of acknowledged messages, no duplicates",
+}
+#: What each violation counter means.
+VIOLATIONS = {
+    "lost_confirmed": "QoS 1/2 messages the broker acknowledged and a present subscriber "
+                      "never received",
+    "duplicated_violation": "duplicates where the QoS forbids them (QoS 0 and QoS 2)",
+    "wills_missing": "wills a spec-following broker must have delivered and did not",
+    "wills_unexpected": "wills received more often than connections ended without "
+                        "DISCONNECT",
+    "unknown_sequence_numbers": "messages with sequence numbers never published",
+}
+#: Why an expected will was excused (iotsim.accounting).
+WILL_EXCUSES = {
+    "not_subscribed": "the subscriber never got a SUBACK granting its filters",
+    "before_subscribe": "the subscriber had not subscribed yet",
+    "subscriber_away": "the subscriber was itself disconnected when the will was due",
+    "broker_outage": "the broker went away (subscribers lost their connections at the "
+                     "same moment): a crashed broker cannot have published it",
+}
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    verdict = report.get("verdict") or {"ok": report["ok"], "reasons": []}
+    if verdict["ok"]:
+        return "<p class='ok'>OK: the accounting matches what each QoS allows</p>"
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in verdict["reasons"]) or \
+        "<li>violations</li>"
+    return f"<p class='bad'>FAILED</p><ul>{items}</ul>"
+
+
+def _by_qos(m: dict[str, Any]) -> str:
+    header = ["delivery QoS", "what it allows", "published", "expected", "delivered", "lost",
+              "lost: QoS 0", "lost: unacknowledged", "lost: excused",
+              "lost: acknowledged (violation)", "duplicated", "duplicated (violation)",
+              "out of order", "backlog"]
+    rows: list[list[str]] = []
+    bad: set[tuple[int, int]] = set()
+    for q in ("0", "1", "2"):
+        b = m["by_qos"][q]
+        rows.append([q, QOS_ALLOWS[q], f"{m['published_by_qos'].get(q, 0):,}",
+                     f"{b['expected']:,}", f"{b['delivered']:,}", f"{b['lost']:,}",
+                     f"{b['lost_allowed_qos0']:,}", f"{b['lost_unconfirmed']:,}",
+                     f"{b['lost_excused']:,}", f"{b['lost_confirmed']:,}",
+                     f"{b['duplicated']:,}", f"{b['duplicated_violation']:,}",
+                     f"{b['out_of_order']:,}", f"{b['backlog']:,}"])
+        if b["lost_confirmed"]:
+            bad.add((len(rows) - 1, 9))
+        if b["duplicated_violation"]:
+            bad.add((len(rows) - 1, 11))
+    note = ("<p class='note'>published: by the QoS it was published with; the other "
+            "columns by delivery QoS, min(published, granted) (MQTT 5.0 §3.8.4).</p>")
+    return _grid(header, rows, bad) + note
+
+
+def _wills(w: dict[str, Any]) -> str:
+    if not w.get("expected") and not w.get("received"):
+        return "<p>no will-bearing connection ended without DISCONNECT</p>"
+    rows = [["expected", f"{w['expected']:,}",
+             "connections ended without DISCONNECT, times matching subscribers"],
+            ["owed", f"{w.get('owed', w['expected']):,}",
+             "of those, wills a spec-following broker must deliver"],
+            ["received", f"{w['received']:,}", ""],
+            ["missing", f"{w['missing']:,}", "owed and not received (violation)"],
+            ["unexpected", f"{w['unexpected']:,}", "received beyond expected (violation)"]]
+    bad = {(3, 1)} if w["missing"] else set()
+    if w["unexpected"]:
+        bad.add((4, 1))
+    for reason, count in w.get("excused", {}).items():
+        rows.append([f"excused: {reason}", f"{count:,}", WILL_EXCUSES.get(reason, "")])
+    out = _grid(["wills", "count", "meaning"], rows, bad)
+    listed = w.get("excused_list") or []
+    if listed:
+        out += "<h3>Excused wills</h3>" + _grid(
+            ["will topic", "subscriber", "connection end", "reason"],
+            [[e["topic"], e["subscriber"], e["connection_end"],
+              f"{e['reason']}: {WILL_EXCUSES.get(e['reason'], '')}"] for e in listed])
+    return out
+
+
+def _violations(v: dict[str, int]) -> str:
+    rows = [[name, f"{count:,}", VIOLATIONS.get(name, "")] for name, count in v.items()]
+    bad = {(i, 1) for i, (_n, count) in enumerate(v.items()) if count}
+    return _grid(["violation", "count", "meaning"], rows, bad)
+
+
+def _connect_errors(report: dict[str, Any]) -> str:
+    ce = report.get("connect_errors") or {"errors": []}
+    if not ce["errors"]:
+        return "<p>none</p>"
+    return _grid(["error", "kind", "count", "why"],
+                 [[e["error"], e["kind"], f"{e['count']:,}", e["why"]] for e in ce["errors"]])
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The whole page."""
     rows = report["timeseries"]
     ts = [float(r["t"]) for r in rows]
     d, m = report["devices"], report["messages"]
+    run = report["run"]
     summary = _table([
         ("scenario", f"{report['scenario']['name']}: {report['scenario']['description']}"),
-        ("broker", f"{report['run'].get('host')}:{report['run'].get('port')}"),
-        ("wall time", f"{report['run']['wall_s']} s, {report['run']['processes']} process(es)"),
+        ("broker", f"{run.get('host')}:{run.get('port')}"),
+        ("started / finished (UTC)", f"{run.get('started_at', '-')} / "
+                                     f"{run.get('finished_at', '-')}"),
+        ("wall time", f"{run['wall_s']} s, {run['processes']} process(es)"),
         ("devices", f"{d['connected']} connected of {d['target']}, {d['failed']} failed, "
                     f"peak {d['peak_connected']}"),
         ("messages", f"published {m['published']}, delivered {m['delivered']} of "
@@ -146,9 +259,6 @@ def render_html(report: dict[str, Any]) -> str:
         ("end-to-end latency", _lat(report["latency_ms"])),
         ("publish to ack", _lat(report["publish_ack_latency_ms"])),
         ("connect latency", _lat(report["connect_latency_ms"])),
-        ("wills", json.dumps(report["wills"])),
-        ("violations", json.dumps(report["violations"])),
-        ("verdict", "OK" if report["ok"] else "VIOLATIONS"),
         ("simulator", f"cpu {report['cpu_percent']}%, rss {report['rss_mb']} MB, "
                       f"{report['per_device']['rss_kb']} KB/device"),
     ])
@@ -165,15 +275,23 @@ def render_html(report: dict[str, Any]) -> str:
                     ("max", [r["max_ms"] for r in rows])], "seconds", "ms"),
         percentile_chart(report["latency_ms"]),
     ]
-    errors = _table([(k, str(v)) for k, v in report["errors"].items()]) \
+    errors = _grid(["error", "count"], [[k, f"{v:,}"] for k, v in report["errors"].items()]) \
         if report["errors"] else "<p>none</p>"
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>iotsim report: {html.escape(report['scenario']['name'])}</title>"
-        "<style>body{font-family:sans-serif;margin:24px;max-width:820px}"
-        "table{border-collapse:collapse}th,td{text-align:left;padding:3px 10px;"
-        "border-bottom:1px solid #ddd;font-size:13px}svg{margin:10px 0}</style></head><body>"
+        "<style>body{font-family:sans-serif;margin:24px;max-width:1100px}"
+        "table{border-collapse:collapse;margin:6px 0}th,td{text-align:left;padding:3px 10px;"
+        "border-bottom:1px solid #ddd;font-size:13px;vertical-align:top}"
+        "td.bad,p.bad{color:#b00;font-weight:bold}p.ok{color:#070;font-weight:bold}"
+        "p.note{font-size:12px;color:#555}svg{margin:10px 0}</style></head><body>"
         f"<h1>iotsim report: {html.escape(report['scenario']['name'])}</h1>"
-        f"{summary}<h2>Charts</h2>{''.join(charts)}<h2>Errors</h2>{errors}"
+        f"<h2>Verdict</h2>{_verdict(report)}"
+        f"{summary}"
+        f"<h2>Delivery by QoS</h2>{_by_qos(m)}"
+        f"<h2>Violations</h2>{_violations(report['violations'])}"
+        f"<h2>Wills</h2>{_wills(report['wills'])}"
+        f"<h2>Connect errors</h2>{_connect_errors(report)}"
+        f"<h2>Charts</h2>{''.join(charts)}<h2>Errors</h2>{errors}"
         "</body></html>\n"
     )

@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from iotsim.accounting import analyse
-from iotsim.html import render_html
+from iotsim.connect_errors import connect_errors, verdict
+from iotsim.html import QOS_ALLOWS, WILL_EXCUSES, render_html
 from iotsim.scenario import Scenario
 from iotsim.stats import Stats
 
@@ -80,6 +82,13 @@ def build_report(stats: Stats, scenario: Scenario, meta: dict[str, Any]) -> dict
     messages = acc["messages"]
     messages["published_per_s"] = round(stats.published / wall, 1)
     messages["delivered_per_s"] = round(messages["delivered"] / wall, 1)
+    devices = {
+        "target": target, "connected": ever, "failed": target - ever,
+        "peak_connected": peak, "connect_attempts": c["connect_attempts"],
+        "connect_failures": c["connect_failed"], "disconnects": c["disconnects"],
+    }
+    connect = connect_errors(dict(stats.errors), stats.details)
+    judged = verdict(acc["ok"], devices, connect, acc["violations"])
     return {
         "schema": SCHEMA,
         "scenario": {
@@ -95,11 +104,8 @@ def build_report(stats: Stats, scenario: Scenario, meta: dict[str, Any]) -> dict
         },
         "run": {**meta, "wall_s": round(wall, 3), "processes": stats.processes,
                 "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
-        "devices": {
-            "target": target, "connected": ever, "failed": target - ever,
-            "peak_connected": peak, "connect_attempts": c["connect_attempts"],
-            "connect_failures": c["connect_failed"], "disconnects": c["disconnects"],
-        },
+        "devices": devices,
+        "connect_errors": connect,
         "connect_latency_ms": stats.connect_latency.summary_ms(),
         "messages": messages,
         "latency_ms": stats.latency.summary_ms(),
@@ -111,7 +117,8 @@ def build_report(stats: Stats, scenario: Scenario, meta: dict[str, Any]) -> dict
         },
         "wills": acc["wills"],
         "violations": acc["violations"],
-        "ok": acc["ok"],
+        "ok": judged["ok"],
+        "verdict": judged,
         "errors": dict(sorted(stats.errors.items())),
         "counters": dict(sorted(c.items())),
         "throughput": {"published_per_s": messages["published_per_s"],
@@ -170,7 +177,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                                       f"{m['out_of_order']:,}")
     for q, b in m["by_qos"].items():
         if b["expected"]:
-            table.add_row(f"  QoS {q}", f"expected {b['expected']:,}, delivered "
+            table.add_row(f"  QoS {q}", f"({QOS_ALLOWS[q]}) expected {b['expected']:,}, delivered "
                                         f"{b['delivered']:,}, lost {b['lost']:,} (unconfirmed "
                                         f"{b['lost_unconfirmed']:,}, excused "
                                         f"{b['lost_excused']:,}, confirmed "
@@ -185,13 +192,26 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                                           + _lat(rr["latency_ms"]))
     w = report["wills"]
     if w["expected"] or w["received"]:
-        table.add_row("wills", f"{w['received']:,} received of {w['expected']:,} expected")
-    if report["errors"]:
-        table.add_row("errors", ", ".join(f"{k}={v:,}" for k, v in report["errors"].items()))
+        excused = w.get("excused", {})
+        why = "; ".join(f"{n:,} {reason} ({WILL_EXCUSES.get(reason, '')})"
+                        for reason, n in excused.items())
+        table.add_row("wills", f"{w['received']:,} received of {w['expected']:,} expected: "
+                               f"{w.get('owed', w['expected']):,} owed, missing "
+                               f"{w['missing']:,}, unexpected {w['unexpected']:,}"
+                               + (f"; excused {why}" if why else ""))
+    ce = report.get("connect_errors", {"errors": []})
+    for e in ce["errors"][:8]:
+        table.add_row("connect error", f"{e['error']} x{e['count']:,} ({e['kind']}): "
+                                       f"{e['why']}")
+    others = {k: v for k, v in report["errors"].items()
+              if k not in {e["error"] for e in ce["errors"]}}
+    if others:
+        table.add_row("errors", ", ".join(f"{k}={v:,}" for k, v in others.items()))
     table.add_row("simulator", f"cpu {report['cpu_percent']}% (100 = one core), rss "
                                f"{report['rss_mb']} MB, {report['per_device']['rss_kb']} "
                                f"KB/device")
-    bad = {k: v for k, v in report["violations"].items() if v}
+    verdict = report.get("verdict") or {"ok": report["ok"], "reasons": []}
     table.add_row("verdict", "[green]OK: accounting matches what QoS allows[/green]"
-                  if report["ok"] else f"[red]VIOLATIONS: {bad}[/red]")
+                  if verdict["ok"] else
+                  "[red]FAILED: " + escape("; ".join(verdict["reasons"])) + "[/red]")
     console.print(table)

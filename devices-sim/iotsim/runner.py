@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import secrets
 import signal
@@ -50,7 +51,8 @@ def make_target(scenario: Scenario, host: str, port: int) -> Target:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
     return Target(host, port, context, tls.server_hostname, scenario.connect_timeout,
-                  scenario.source_addresses if len(scenario.source_addresses) > 1 else ())
+                  scenario.source_addresses if len(scenario.source_addresses) > 1 else (),
+                  scenario.mqttsn_port)
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -91,7 +93,7 @@ def run(scenario: Scenario, host: str, port: int, *, workers: int = 1,
     token, run_id = new_run_ids()
     per_process = scenario.device_count // max(1, workers) + scenario.monitors.count + 64
     raise_fd_limit(per_process + 256)
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     view = LiveView(scenario.duration, console) if live else None
     meta: dict[str, Any] = {"host": host, "port": port, "workers": workers, "token": token,
                             "run_id": run_id, "started_at": started_at,

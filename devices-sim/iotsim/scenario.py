@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
 BEHAVIOURS = ("telemetry", "gateway", "actuator", "dashboard", "idle")
+#: What a group speaks: MQTT over TCP/TLS, or MQTT-SN 1.2 over UDP (the broker's gateway).
+PROTOCOLS = ("mqtt", "mqtt-sn")
 STAGES = ("ramp_up", "steady", "reconnect_storm", "ramp_down")
 FAULTS = ("disconnect", "abrupt_close", "stop_reading")
 PAYLOAD_KINDS = ("fixed", "random", "json")
@@ -528,6 +530,13 @@ class GroupSpec(_Spec):
     sites: Annotated[int, _read(_int(1))] = 1
     username: Name | None = None
     password: Text | None = None
+    #: ``mqtt-sn``: the devices speak MQTT-SN 1.2 over UDP to ``mqttsn_port``.
+    protocol: Annotated[str, _read(_choice(PROTOCOLS))] = "mqtt"
+    #: ``mqtt-sn`` only: QoS 0 messages go as QoS -1 (§6.8).
+    qos_minus_one: Flag = False
+    #: ``mqtt-sn`` only: sleep between ticks (DISCONNECT with this duration, woken by
+    #: PINGREQ at each tick, §6.14); 0 = stay awake.
+    sleep: Seconds = 0
 
     @classmethod
     def _fill_in(cls, data: dict[Any, Any], source: str) -> dict[Any, Any]:
@@ -554,6 +563,8 @@ class MonitorSpec(_Spec):
     subscribe: Filters = ()
     qos: QoS = 2
     version: Version = 5
+    username: Name | None = None
+    password: Text | None = None
 
 
 @dataclass(frozen=True, config=_SCHEMA)
@@ -615,6 +626,8 @@ class Scenario(_Spec):
     ack_timeout: PositiveDuration = 5.0
     drain_timeout: PositiveDuration = 10.0
     source_addresses: Annotated[tuple[str, ...], _read(_sources)] = ("127.0.0.1",)
+    #: UDP port of the broker's MQTT-SN gateway, for ``protocol: mqtt-sn`` groups.
+    mqttsn_port: Annotated[int, _read(_int(1, 65535))] = 1884
     tls: Annotated[TlsSpec, _before(_tls)] = field(default_factory=TlsSpec)
     monitors: MonitorSpec = field(default_factory=MonitorSpec)
     stages: Annotated[tuple[StageSpec, ...], _before(_list_of("stages"))] = ()
@@ -725,6 +738,20 @@ def _check_across(sc: Scenario, raw: Mapping[str, Any], errors: _Errors) -> None
         if not g.clean_start and g.version == 5 and g.session_expiry == 0:
             err(f"{key}.session_expiry", "a persistent MQTT 5 session (clean_start: false) "
                                          "needs session_expiry > 0", *at("session_expiry"))
+        if g.protocol == "mqtt-sn":
+            if g.behaviour not in ("telemetry", "idle", "dashboard") or g.requests is not None:
+                err(f"{key}.behaviour", "mqtt-sn groups are telemetry, idle or dashboard "
+                                        "(without requests)", *at("behaviour"))
+            if g.username is not None or g.password is not None:
+                err(f"{key}.username", "MQTT-SN 1.2 CONNECT has no credentials "
+                                       "(the broker maps the listener to a username)",
+                    *at("username"))
+            if g.sleep and g.sleep < g.interval:
+                err(f"{key}.sleep", "must be at least the interval (the device wakes at "
+                                    "each tick)", *at("sleep"))
+        elif g.qos_minus_one or g.sleep:
+            bad = "qos_minus_one" if g.qos_minus_one else "sleep"
+            err(f"{key}.{bad}", "only for protocol: mqtt-sn", *at(bad))
         if g.payload.kind == "json" and not g.payload.fields:
             err(f"{key}.payload.fields", "is required", "groups", i, "payload")
         if g.payload.kind != "json" and g.payload.fields:

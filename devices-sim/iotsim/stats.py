@@ -213,6 +213,16 @@ class Stats:
         self.subscribers: list[SubscriberRec] = []
         self.will_topics: dict[int, str] = {}
         self.wills_expected: Counter[int] = Counter()
+        #: Each end of a will-bearing connection without DISCONNECT: (source, when
+        #: (monotonic ns), cause): ``client_abort`` (we closed the socket),
+        #: ``broker_closed`` (the broker closed it), ``connection_lost`` (reset, error).
+        self.will_ends: list[tuple[int, int, str]] = []
+        #: When an accounting subscriber lost its connection without our doing (not
+        #: a fault, not stuck): with device connections lost at the same moment, the
+        #: sign that the broker itself went away.
+        self.subscriber_drops: list[int] = []
+        #: The first detail seen per error name (e.g. why a TLS handshake failed).
+        self.details: dict[str, str] = {}
         self.devices_target = 0
         self.devices_connected_ever = 0
         self.connected = 0
@@ -277,6 +287,11 @@ class Stats:
         self.errors[name] += n
         self.second().errors += n
 
+    def error_detail(self, name: str, detail: str) -> None:
+        """Keep the first explanation of an error (the report prints it with the error)."""
+        if detail and name not in self.details:
+            self.details[name] = detail
+
     def set_connected(self, delta: int) -> None:
         """A connection came up (+1) or went down (-1)."""
         self.connected += delta
@@ -320,6 +335,8 @@ class Stats:
                         for k, s in self.streams.items()},
             "subscribers": [s.export() for s in self.subscribers],
             "will_topics": dict(self.will_topics), "wills_expected": dict(self.wills_expected),
+            "will_ends": list(self.will_ends), "subscriber_drops": list(self.subscriber_drops),
+            "details": dict(self.details),
             "devices_target": self.devices_target,
             "devices_connected_ever": self.devices_connected_ever,
             "peak_connected": self.peak_connected, "published": self.published,
@@ -350,6 +367,10 @@ class Stats:
                                 for s in data["subscribers"])
         self.will_topics.update({int(k): v for k, v in data["will_topics"].items()})
         self.wills_expected.update({int(k): v for k, v in data["wills_expected"].items()})
+        self.will_ends.extend((int(a), int(b), str(c)) for a, b, c in data["will_ends"])
+        self.subscriber_drops.extend(int(t) for t in data["subscriber_drops"])
+        for name, detail in data["details"].items():
+            self.error_detail(name, detail)
         self.devices_target += data["devices_target"]
         self.devices_connected_ever += data["devices_connected_ever"]
         self.peak_connected += data["peak_connected"]

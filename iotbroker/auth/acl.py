@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 from iotbroker.errors import ConfigError
 
-__all__ = ["Acl", "filter_covers"]
+__all__ = ["Acl", "acl_warnings", "filter_covers"]
 
 READ, WRITE, SUBSCRIBE = "read", "write", "subscribe"
 _ACCESS: dict[str, frozenset[str]] = {
@@ -122,6 +122,40 @@ def _check_filter(levels: Sequence[str], where: str, text: str) -> None:
             raise ConfigError(where, text, "has '+' that is not a whole level [MQTT-4.7.1-3]")
     if not "/".join(levels):
         raise ConfigError(where, text, "has an empty topic")
+
+
+def acl_warnings(lines: Iterable[str], source: str = "<memory>") -> list[str]:
+    """Lines that parse but look like typos (``iotbroker check-config`` prints them).
+
+    A filter is the rest of the line and may contain spaces, so ``topic rw home/#`` is a
+    valid rule for the filter ``rw home/#`` with the default ``readwrite`` access: almost
+    certainly a misspelt access word. Warned: a filter whose first word is a single
+    level without wildcards followed by a space (the shape ``ACCESS FILTER`` with an
+    unknown ACCESS), and a rule whose whole filter is an access word (``topic read``: the
+    filter was forgotten).
+    """
+    warnings = []
+    known = ", ".join(_ACCESS)
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        keyword, _, rest = line.partition(" ")
+        if keyword not in ("topic", "pattern"):
+            continue
+        rest = rest.strip()
+        first, _, after = rest.partition(" ")
+        after = after.strip()
+        where = f"{source}:{number}"
+        if first in _ACCESS and not after:
+            warnings.append(
+                f"{where}: {line!r} is a readwrite rule for the topic {first!r}; if "
+                f"{first!r} was meant as the access, the filter is missing")
+        elif (after and first not in _ACCESS and "/" not in first
+              and "+" not in first and "#" not in first):
+            warnings.append(
+                f"{where}: {line!r} is a readwrite rule for the filter {rest!r} "
+                f"(a filter may contain spaces); {first!r} is not an access word "
+                f"({known}): did you mean '{keyword} ACCESS {after}'?")
+    return warnings
 
 
 def _safe(value: str | None) -> bool:

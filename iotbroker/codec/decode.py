@@ -14,7 +14,8 @@ Enforced here (error class, reason code, statement):
   [MQTT-2.2.1-3] (5.0) wherever a Packet Identifier is carried.
 * UTF-8 strings (topic, client id, user name, will topic, filters, property strings):
   [MQTT-1.5.3-1/2] (3.1.1) / [MQTT-1.5.4-1/2] (5.0) -> MalformedPacket.
-* CONNECT: protocol name "MQTT" with level 4/5; "MQIsdp" or another level ->
+* CONNECT: protocol name "MQTT" with level 4/5, or "MQIsdp" with version 3 (MQTT 3.1,
+  §3.1; otherwise decoded as 3.1.1); another level ->
   :class:`UnsupportedProtocolVersion` (0x84, [MQTT-3.1.2-2], carries the level; the broker
   answers CONNACK 0x01 / 0x84); any other name -> MalformedPacket [MQTT-3.1.2-1];
   reserved flag [MQTT-3.1.2-3]; Will QoS/Retain with Will Flag 0 and Will QoS 3 (ids per
@@ -169,11 +170,15 @@ def _connect(body: bytes, _v5: bool) -> Connect:
                 f"protocol level {level} is not supported", protocol_level=level, protocol_name=name
             )
     elif name == "MQIsdp":
-        raise UnsupportedProtocolVersion(
-            f"MQTT 3.1 (MQIsdp, level {level}) is not supported",
-            protocol_level=level,
-            protocol_name=name,
-        )
+        # MQTT 3.1 (MQTT 3.1 §3.1: protocol name "MQIsdp", version 3); read as 3.1.1
+        # from here on (its CONNECT has the same layout), with its own CONNECT rules
+        # applied by the engine (client id 1-23 characters, CONNACK without flags).
+        if level != 3:
+            raise UnsupportedProtocolVersion(
+                f"MQTT 3.1 (MQIsdp) with protocol version {level} is not supported",
+                protocol_level=level,
+                protocol_name=name,
+            )
     else:
         raise _malformed(f"protocol name {name!r} is not 'MQTT'", "MQTT-3.1.2-1")
     v5 = level == 5

@@ -66,19 +66,21 @@ class _NoIds(frozenset[int]):
     """A shared empty set placeholder (frozen: adding to it fails loudly)."""
 
 
-class _NoInflight(dict[int, Any]):
-    """A shared empty in-flight window (adding to it is a bug: replace it first)."""
+class _NoEntries(dict[Any, Any]):
+    """A shared empty mapping placeholder; writing to it is a bug (replace it first:
+    an empty dict is 64 bytes, two per idle connection's session, issue 19)."""
 
-    def __setitem__(self, key: int, value: Any) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         raise AssertionError("shared empty placeholder: create a real dict first")
 
 
 _NO_QUEUE: deque[Any] = _Unused()
-_NO_INFLIGHT: dict[int, Any] = _NoInflight()
 _NO_RESEND: deque[Any] = _Unused()
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
+_NO_SUBSCRIPTIONS: dict[str, SubscriptionEntry] = _NoEntries()
+_NO_INFLIGHT: dict[int, InflightEntry] = _NoEntries()
 
 
 #: The ACL's read decision: may ``session`` receive a message published to ``topic``?
@@ -129,6 +131,8 @@ class SessionLimits:
     max_queued_bytes: int = 0  # 0 = no byte limit
     drop_oldest: bool = True
     queue_qos0_offline: bool = False
+    #: Messages dropped under these limits (a bridge's own limits count its outbox's).
+    dropped: int = 0
 
 
 @dataclass(slots=True)
@@ -206,11 +210,12 @@ class Session:
         self.protocol_version = protocol_version
         self.expiry_interval = expiry_interval
         self.username: str | None = None
-        self.subscriptions: dict[str, SubscriptionEntry] = {}
+        #: Its subscriptions by Topic Filter as subscribed: the only per-client index
+        #: (the trie indexes by filter). Both dicts are created on first use.
+        self.subscriptions = _NO_SUBSCRIPTIONS
+        self.inflight = _NO_INFLIGHT
         # Created on first use: an idle connection's session must stay small (issue 8:
-        # an empty deque is 760 bytes, an empty set 216; issue 19: an offline session,
-        # an empty dict 64).
-        self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
+        # an empty deque is 760 bytes, an empty set 216).
         self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
         self.inbound_qos2: set[int] = _NO_IDS
         self.will_delay = 0
@@ -271,11 +276,19 @@ class Session:
         [MQTT-3.8.4-3]; returns the one it replaced. ``subscriptions`` is the only
         per-client index of subscriptions; the trie indexes them by filter."""
         subscriptions = self.subscriptions
+        if subscriptions is _NO_SUBSCRIPTIONS:
+            subscriptions = self.subscriptions = {}
         replaced = subscriptions.get(entry.topic_filter)
         subscriptions[entry.topic_filter] = entry
         if self.persistent:
             self.context.batch.put_subscription(entry)  # stored as it is (share_group is not)
         return replaced
+
+    def restore_subscription(self, entry: SubscriptionEntry) -> None:
+        """A stored subscription, read back at start-up (not written again)."""
+        if self.subscriptions is _NO_SUBSCRIPTIONS:
+            self.subscriptions = {}
+        self.subscriptions[entry.topic_filter] = entry
 
     def forget_subscription(self, topic_filter: str) -> SubscriptionEntry | None:
         """Remove the subscription on ``topic_filter``; returns it (None if there
@@ -314,6 +327,7 @@ class Session:
                     metrics = context.metrics
                     metrics.publish_sent += 1
                     metrics.publish_sent_qos[0] += 1
+                    metrics.publish_bytes_sent += len(delivery.message.payload)
                 else:
                     context.metrics.messages_dropped_slow_consumer += 1
             elif context.limits.queue_qos0_offline and self.persistent:
@@ -354,6 +368,7 @@ class Session:
             metrics = self.context.metrics
             metrics.publish_sent += 1
             metrics.publish_sent_qos[delivery.qos] += 1
+            metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def take_outbox(self) -> list[OutboxEntry]:
         """What to send now, in order (the engine hands it to the connection)."""
@@ -361,13 +376,16 @@ class Session:
         self.outbox = None
         return out if out is not None else []
 
-    def refused(self, packet_id: int, qos: int, now: float) -> None:
-        """The connection did not send a new PUBLISH: larger than the client's Maximum
+    def refused(self, packet_id: int, delivery: Delivery, dup: bool, now: float) -> None:
+        """The connection did not send a PUBLISH: larger than the client's Maximum
         Packet Size. It is discarded as if completed [MQTT-3.1.2-25]; the window
-        moves on."""
+        moves on. A new one was counted as sent when it entered the outbox (a resend,
+        ``dup``, was not): that is taken back."""
         metrics = self.context.metrics
-        metrics.publish_sent -= 1
-        metrics.publish_sent_qos[qos] -= 1
+        if not dup:
+            metrics.publish_sent -= 1
+            metrics.publish_sent_qos[delivery.qos] -= 1
+            metrics.publish_bytes_sent -= len(delivery.message.payload)
         if not packet_id:
             return  # QoS 0: nothing to complete
         metrics.messages_dropped_too_large += 1
@@ -380,9 +398,10 @@ class Session:
         pid = self._allocate_packet_id()
         seq = self._next_seq
         self._next_seq = seq + 1
-        if self.inflight is _NO_INFLIGHT:
-            self.inflight = {}
-        self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
+        inflight = self.inflight
+        if inflight is _NO_INFLIGHT:
+            inflight = self.inflight = {}
+        inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
         if self.persistent:
             self.context.batch.put_outbound(
                 OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
@@ -395,6 +414,14 @@ class Session:
         metrics = self.context.metrics
         metrics.publish_sent += 1
         metrics.publish_sent_qos[delivery.qos] += 1
+        metrics.publish_bytes_sent += len(delivery.message.payload)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes of the messages waiting (``limits.max_queued_bytes``; a bridge
+        reports its outbox's)."""
+        return self._queued_bytes
+
 
     @property
     def queued_count(self) -> int:
@@ -407,6 +434,7 @@ class Session:
         while self.queued_count >= limits.max_queued_messages or (
             limits.max_queued_bytes and self._queued_bytes + size > limits.max_queued_bytes
         ):
+            limits.dropped += 1
             if not limits.drop_oldest or not self.queued_count:
                 self.context.metrics.messages_dropped_queue_full += 1
                 return
@@ -696,7 +724,7 @@ class Session:
 
     def clear_state(self) -> None:
         """Forget everything (Clean Start / Clean Session)."""
-        self.subscriptions.clear()
+        self.subscriptions = _NO_SUBSCRIPTIONS
         self.inflight = _NO_INFLIGHT
         self.queue = _NO_QUEUE
         self._off_head = self._off_count = 0

@@ -221,7 +221,7 @@ class SessionRegistry:
                 # The store keeps the filter as subscribed; read its share group again.
                 group, _ = parse_shared(stored.topic_filter)
                 entry = stored if group is None else replace(stored, share_group=group)
-                session.subscriptions[entry.topic_filter] = entry
+                session.restore_subscription(entry)
                 self.trie.add(entry)
             for out in snapshot.outbound.get(client_id, ()):
                 # After PUBREC only the packet id matters (PUBREL is re-sent).

@@ -36,6 +36,7 @@ class Client:
         "close_requested",
         "conn",
         "conn_id",
+        "connected_at",
         "listener",
         "published_this_turn",
         "session",
@@ -67,6 +68,8 @@ class Client:
         self.session_ended_by_takeover = False
         #: The engine decided to close it: the server closes after this turn's writes.
         self.close_requested = False
+        #: When its CONNECT was accepted (wall clock; 0.0 before).
+        self.connected_at = 0.0
         #: It published this turn (the server throttles publishers of a slow consumer).
         self.published_this_turn = False
 
@@ -78,6 +81,10 @@ class Client:
     def log_extra(self) -> dict[str, object]:
         """Structured fields for log records about this connection."""
         return {}
+
+    def close(self) -> None:
+        """The server's effect of :meth:`request_close`: the server side of each kind of
+        connection (a socket, an MQTT-SN client) closes it after this turn's writes."""
 
     def request_close(self) -> None:
         """Stop reading it, and have the server close it after this turn's writes."""

@@ -6,8 +6,9 @@ it between the two synchronous halves here:
 
 1. :func:`admit` — the client identifier (MQTT 3.1.1 §3.1.3.1, MQTT 5.0 §3.1.3.1:
    zero-length ids are assigned when allowed [MQTT-3.1.3-6], need Clean Session in
-   3.1.1 [MQTT-3.1.3-8]; the configured maximum length) and a moved server (MQTT 5.0
-   §4.11: CONNACK 0x9D with a Server Reference);
+   3.1.1 [MQTT-3.1.3-8]; the configured maximum length; MQTT 3.1 §3.1: 1 to 23
+   characters, else CONNACK 2) and a moved server (MQTT 5.0 §4.11: CONNACK 0x9D with a
+   Server Reference);
 2. :func:`accept` — with the identity the client proved: the will (QoS, retain, topic,
    and the publish ACL for its owner, issue 12), session takeover [MQTT-3.1.4-2]
    (v5 [MQTT-3.1.4-3]: DISCONNECT 0x8E to the old connection), session open or resume
@@ -26,17 +27,23 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from iotbroker.codec.enums import ReasonCode
+from iotbroker.codec.enums import ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, ConnAck, Connect, Disconnect, Properties
 from iotbroker.core.topics import has_wildcard, validate_topic_name
 from iotbroker.engine.client import Client
-from iotbroker.engine.engine import V3_CONNACK, Engine
+from iotbroker.engine.engine import V3_CONNACK, Engine, is_utf8
 from iotbroker.errors import ProtocolViolation
 from iotbroker.message import NEVER_EXPIRES
 
 log = logging.getLogger("iotbroker.broker")
 
 R = ReasonCode
+
+#: MQTT 3.1's protocol version ("MQIsdp", MQTT 3.1 §3.1); everything not said otherwise
+#: here is handled as MQTT 3.1.1 (protocol level 4).
+MQTT31 = int(ProtocolVersion.MQTT_3_1)
+#: MQTT 3.1 §3.1: "The Client Identifier (Client ID) is between 1 and 23 characters long".
+MQTT31_MAX_CLIENT_ID = 23
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,12 @@ def admit(engine: Engine, client: Client, packet: Connect) -> Admitted | None:
     cfg = engine.config.mqtt
     client_id = packet.client_id
     assigned: str | None = None
+    # MQTT 3.1 §3.1 (Payload, Client Identifier): 1 to 23 characters, else CONNACK 2
+    # Identifier Rejected; 3.1 has no zero-length (server-assigned) id.
+    if packet.protocol_version == MQTT31 and not 1 <= len(client_id) <= MQTT31_MAX_CLIENT_ID:
+        refuse(engine, client, packet, R.CLIENT_IDENTIFIER_NOT_VALID,
+               "MQTT 3.1 client id must be 1 to 23 characters")
+        return None
     if not client_id:
         if not cfg.allow_zero_length_client_id or (
             packet.protocol_version != 5 and not packet.clean_start
@@ -86,6 +99,11 @@ def admit(engine: Engine, client: Client, packet: Connect) -> Admitted | None:
                    "zero-length client id not allowed")
             return None
         client_id = assigned = f"auto-{uuid.uuid4().hex}"  # [MQTT-3.1.3-6]
+    elif client_id.startswith("$bridge/"):
+        # The broker's own bridge sessions (iotbroker/bridge/): never from the network.
+        refuse(engine, client, packet, R.CLIENT_IDENTIFIER_NOT_VALID,
+               "client ids starting with $bridge/ are reserved for bridges")
+        return None
     elif len(client_id) > cfg.max_client_id_length:
         refuse(engine, client, packet, R.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
         return None
@@ -123,6 +141,21 @@ def accept(
         if will.retain and not cfg.retain_available:
             refuse(engine, client, packet, R.RETAIN_NOT_SUPPORTED, "retained will not supported")
             return None
+        if not will.topic:
+            # [MQTT-4.7.3-1]: a Topic Name is at least one character; an empty Will Topic
+            # breaks a MUST of the protocol: 5.0 CONNACK 0x82 Protocol Error (as an empty
+            # PUBLISH topic is DISCONNECT 0x82), 3.1.1 closes without CONNACK (no return
+            # code fits, [MQTT-3.2.2-6]).
+            refuse(engine, client, packet, R.PROTOCOL_ERROR,
+                   "will topic is empty [MQTT-4.7.3-1]")
+            return None
+        if v5 and will.properties.payload_format_indicator == 1 and not is_utf8(will.payload):
+            # MQTT 5.0 §3.1.3.2.3: the Server MAY check the Will Payload against its
+            # Payload Format Indicator: CONNACK 0x99 Payload format invalid.
+            engine.metrics.payload_format_refusals += 1
+            refuse(engine, client, packet, R.PAYLOAD_FORMAT_INVALID,
+                   "will payload is not UTF-8 but its Payload Format Indicator is 1")
+            return None
         try:
             validate_topic_name(will.topic, packet.protocol_version)
             response_topic = will.properties.response_topic
@@ -145,6 +178,12 @@ def accept(
                 client_id, username, will.topic, extra=client.log_extra(),
             )
             will = None
+    gate = engine.connect_gate
+    if gate is not None:
+        banned = gate(client_id, username, client.peer)
+        if banned is not None:  # MQTT 5.0 CONNACK 0x8A Banned (3.1.1: 0x05)
+            refuse(engine, client, packet, R.BANNED, banned)
+            return None
     _take_over(engine, client, client_id, packet.clean_start, now)
     # Session expiry: v5 from the property; 3.1.1 from Clean Session.
     if v5:
@@ -184,16 +223,21 @@ def accept(
         if props.authentication_method is not None:  # [MQTT-4.12.0-5]
             connack_props.authentication_method = props.authentication_method
             connack_props.authentication_data = auth_data
-    conn.send_packet(ConnAck(present, 0, connack_props))
+    # MQTT 3.1 §3.2: the CONNACK's first byte is reserved (no Session Present flag).
+    conn.send_packet(ConnAck(present and packet.protocol_version != MQTT31, 0, connack_props))
     client.session = session
     client.client_id = client_id
     client.will = will
+    client.connected_at = now
+    engine.store_live_will(session, will)  # survives a crash of the broker (issue 18)
     engine.clients[client_id] = client
     metrics = engine.metrics
     metrics.clients_connected += 1
     metrics.clients_maximum = max(metrics.clients_maximum, metrics.clients_connected)
     window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
     session.attach(client, window, now)
+    if engine.accepted is not None:  # the cluster claims the client id (docs/cluster.md)
+        engine.accepted.append(client)
     return Accepted(present, keepalive, granted_expiry)
 
 

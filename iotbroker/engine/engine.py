@@ -10,7 +10,11 @@ applies (design.md, "an engine that returns effects"):
 * storage changes are in :attr:`Engine.batch`, committed by the server before it
   writes any packet of the same turn (:meth:`Engine.commit`);
 * the next timer is :meth:`Engine.next_deadline`; the server calls
-  :meth:`Engine.run_timers` then.
+  :meth:`Engine.run_timers` then;
+* for a room that spreads messages beyond this process (the cluster), the messages
+  accepted this turn are in :attr:`Engine.forwarding` and the subscriptions that may
+  have changed in :attr:`Engine.interest_touched` (both ``None`` unless the room asked
+  for them); a message from elsewhere comes back in through :meth:`Engine.route_remote`.
 
 Acknowledgement codes are return values (``Router.publish``), a peer's violation is
 turned into its reason code here (:meth:`Engine.fail`), and nothing here awaits,
@@ -56,13 +60,19 @@ from iotbroker.core.router import Router
 from iotbroker.core.session import ReceiveCheck, Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
-from iotbroker.core.topics import is_broker_topic, parse_shared, topic_limit_problem
+from iotbroker.core.topics import (
+    is_broker_topic,
+    parse_shared,
+    topic_limit_problem,
+    validate_subscription_filter,
+    validate_topic_filter,
+)
 from iotbroker.engine.client import Client
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
 from iotbroker.message import Message
 from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
-from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store
+from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store, WillRecord
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -80,6 +90,7 @@ V3_CONNACK: dict[int, int] = {
     R.BAD_AUTHENTICATION_METHOD: V3.BAD_USERNAME_OR_PASSWORD,
     R.USE_ANOTHER_SERVER: V3.SERVER_UNAVAILABLE,
     R.SERVER_MOVED: V3.SERVER_UNAVAILABLE,
+    R.BANNED: V3.NOT_AUTHORIZED,
 }
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
 FAILURE = R.UNSPECIFIED_ERROR
@@ -99,6 +110,10 @@ class Authorization(Protocol):
 #: taken over): ``(logger, level, client, message, *args)``. The server passes its
 #: fast path (``server/logsetup.py``); the default is plain logging.
 ConnectionLog = Callable[..., None]
+
+#: A room's admission rule at CONNECT (the admin room's bans): ``(client id, username,
+#: peer address) -> why it is refused``, or None to let it in.
+ConnectGate = Callable[[str, str | None, str], str | None]
 
 
 def _plain_connection_log(logger: logging.Logger, level: int, client: Client, message: str,
@@ -147,8 +162,25 @@ class Engine:
         self.registry.gate.check = auth.receive_check()
         #: Connected clients by client id.
         self.clients: dict[str, Client] = {}
+        #: Checked when a CONNECT is accepted (None: nobody refused; admin bans set it).
+        self.connect_gate: ConnectGate | None = None
         #: Effect: connections the server closes after this turn's writes.
         self.closing: list[Client] = []
+        #: Client ids whose stored session record holds the will of a live connection
+        #: (:meth:`store_live_will`): a restart after a crash publishes it.
+        self.live_wills: set[str] = set()
+        #: Effect (cluster, docs/cluster.md): messages accepted this turn from this
+        #: process's clients and wills, to forward to other nodes; None: nobody asks.
+        self.forwarding: list[Message] | None = None
+        #: Effect (cluster): (client id, filter as subscribed) pairs whose presence in
+        #: the trie may have changed this turn; None: nobody asks.
+        self.interest_touched: list[tuple[str, str]] | None = None
+        #: Effect (cluster): connections accepted this turn (their client ids are
+        #: claimed cluster-wide); None: nobody asks.
+        self.accepted: list[Client] | None = None
+        #: Effect (cluster): connections that ended this turn (after their CONNACK);
+        #: None: nobody asks.
+        self.ended: list[Client] | None = None
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -180,7 +212,18 @@ class Engine:
             else:
                 self.retained.set(message)
         self.registry.restore(snapshot, now)
+        # Wills of connections that were open when the broker stopped without closing
+        # them (a crash: kill -9, power loss) are stored with their session record; the
+        # registry holds each one as pending from ``now`` (its Will Delay Interval runs
+        # from the restart; a client that resumes in time cancels it [MQTT-3.1.3-9]).
+        # A session without expiry ended with its connection: its will is due at once,
+        # and its record (kept only for the will) goes in the same batch.
+        for client_id, rec in snapshot.sessions.items():
+            if rec.expiry_interval == 0:
+                self.batch.delete_session(client_id)
         self.run_timers(now)
+        if self.batch:
+            self.commit()  # published once: a second crash does not publish them again
 
     def commit(self) -> None:
         """Apply the turn's storage batch (one WriteBatch) and clear it; timed for
@@ -227,8 +270,8 @@ class Engine:
                 client = session.attached_to
                 if not entries or not isinstance(client, Client):
                     continue
-                for packet_id, qos in client.conn.send_outbox(entries, now):
-                    session.refused(packet_id, qos, now)
+                for packet_id, delivery, dup in client.conn.send_outbox(entries, now):
+                    session.refused(packet_id, delivery, dup, now)
 
     def set_writable(self, client: Client, writable: bool, now: float) -> None:
         """The connection's write buffer crossed its high-water mark (False) or drained
@@ -243,6 +286,69 @@ class Engine:
         """The connections to close (the server applies this effect once per event)."""
         closing, self.closing = self.closing, []
         return closing
+
+    def take_forwarding(self) -> list[Message]:
+        """The messages to forward to other nodes (the cluster room drains this once
+        per turn, like :meth:`take_closing`)."""
+        forwarding = self.forwarding
+        if not forwarding:
+            return []
+        self.forwarding = []
+        return forwarding
+
+    def take_interest_touched(self) -> list[tuple[str, str]]:
+        touched = self.interest_touched
+        if not touched:
+            return []
+        self.interest_touched = []
+        return touched
+
+    def take_accepted(self) -> list[Client]:
+        accepted = self.accepted
+        if not accepted:
+            return []
+        self.accepted = []
+        return accepted
+
+    def take_ended(self) -> list[Client]:
+        ended = self.ended
+        if not ended:
+            return []
+        self.ended = []
+        return ended
+
+    def taken_over_elsewhere(self, client_id: str) -> bool:
+        """Another node accepted a connection with this client id after this one did
+        (the cluster's session owner changed): the connection here is told 0x8E
+        Session taken over (v5) and closed [MQTT-3.1.4-3], as in a local takeover; it
+        ends like a lost connection (its will goes out, its session stays here by its
+        expiry). False when no such connection is here."""
+        client = self.clients.get(client_id)
+        if client is None or client.close_requested:
+            return False
+        self.metrics.session_takeovers += 1
+        log.info("client %r (%s) taken over on another node", client_id, client.peer,
+                 extra=client.log_extra())
+        if client.conn.protocol_version == 5 and client.conn.connected:
+            client.conn.send_packet(Disconnect(R.SESSION_TAKEN_OVER))
+        self.close(client)
+        return True
+
+    def route_remote(self, message: Message, now: float) -> int:
+        """A message another node accepted: routed to this process's sessions (each
+        delivery through ``Session.deliver``, so the read ACL applies) and never
+        forwarded again. A retained one is kept here too."""
+        return self.router.publish(message, now)
+
+    def replace_retained(self, topic: str, message: Message | None) -> None:
+        """The cluster's retained message of ``topic`` (its replicated copy) is
+        ``message``, or none: kept here and on disk, delivered to nobody (it went out
+        live when it was published). MQTT 5.0 §3.3.1.3."""
+        if message is not None and message.payload:
+            self.retained.set(message)
+            self.batch.put_retained(message)
+        elif self.retained.delete(topic):
+            self.batch.delete_retained(topic)
 
     def close(self, client: Client) -> None:
         """Stop reading ``client`` and have the server close it after the writes."""
@@ -279,7 +385,9 @@ class Engine:
             requested = getattr(exc, "protocol_level", None)
             if exc.reason_code == R.UNSUPPORTED_PROTOCOL_VERSION:
                 # [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1) / 0x84 (5.0), then close.
-                version = 5 if requested == 5 else 4
+                # "MQIsdp" is MQTT 3.1 whatever its level: the 3.1 / 3.1.1 form (3.1 §3.2).
+                mqtt_name = getattr(exc, "protocol_name", "MQTT") == "MQTT"
+                version = 5 if requested == 5 and mqtt_name else 4
                 conn.protocol_version = version
                 code = (R.UNSUPPORTED_PROTOCOL_VERSION if version == 5
                         else V3.UNACCEPTABLE_PROTOCOL_VERSION)
@@ -287,6 +395,39 @@ class Engine:
             elif conn.protocol_version == 5 and client.session is None:
                 conn.send_packet(ConnAck(False, exc.reason_code))
         self.close(client)
+
+    def store_live_will(self, session: Session, will: Will | None) -> None:
+        """A connection was accepted with ``will`` (None: without one). The will is
+        session state (MQTT 5.0 §4.1, MQTT 3.1.1 §3.1.2.4): it is stored with the
+        session record while the connection is open, so that when the broker itself
+        dies (kill -9, power loss) the restart publishes it (:meth:`restore`; issue
+        18). A session without expiry gets a record for its will only."""
+        client_id = session.client_id
+        if will is None:
+            if client_id in self.live_wills:
+                self._forget_live_will(session)
+            return
+        rec = self.registry.record(session)
+        props = will.properties
+        self.batch.put_session(replace(rec, will=WillRecord(
+            will.topic, will.payload, will.qos, will.retain, props,
+            props.will_delay_interval or 0,
+        )))
+        self.live_wills.add(client_id)
+
+    def _forget_live_will(self, session: Session) -> None:
+        """The will stored by :meth:`store_live_will` is no longer a live connection's:
+        a session that outlives the connection has had its record rewritten (with a
+        pending delayed will, or none); the record of one without expiry is deleted."""
+        client_id = session.client_id
+        if client_id not in self.live_wills:
+            return
+        self.live_wills.discard(client_id)
+        if session.persistent:
+            if session.attached_to is not None:
+                self.batch.put_session(self.registry.record(session))
+        else:
+            self.batch.delete_session(client_id)
 
     def keepalive_expired(self, client: Client) -> None:
         """No packet for 1.5 × Keep Alive [MQTT-3.1.2-24]: close; the will goes out."""
@@ -307,6 +448,54 @@ class Engine:
                 client.conn.send_packet(Disconnect(R.SERVER_SHUTTING_DOWN))
             client.clean_disconnect = True
             self.close(client)
+            session = client.session
+            if session is not None and session.attached_to is client:
+                self._forget_live_will(session)  # not published after a restart either
+
+    # ------------------------------------------------------- admin actions
+    def kick(self, client_id: str, reason_code: int = R.ADMINISTRATIVE_ACTION,
+             reason: str = "") -> bool:
+        """Disconnect a connected client on an operator's word: MQTT 5.0 clients get
+        DISCONNECT with ``reason_code`` (0x98 Administrative action, MQTT 5.0
+        §3.14.2.1); the will goes out, as for any close the client did not ask for
+        (§3.1.2.5). False when no client of that id is connected."""
+        client = self.clients.get(client_id)
+        if client is None or client.close_requested:
+            return False
+        log.info("disconnecting client %r (%s) by administrative action%s", client_id,
+                 client.peer, f": {reason}" if reason else "", extra=client.log_extra())
+        if client.conn.connected and client.conn.protocol_version == 5:
+            props = Properties(reason_string=reason[:200]) if reason else NO_PROPERTIES
+            client.conn.send_packet(Disconnect(reason_code, props))
+        self.close(client)
+        return True
+
+    def end_session(self, client_id: str, now: float) -> bool:
+        """Delete a session on an operator's word: a connected client is disconnected
+        (:meth:`kick`) and its session ends with the connection (expiry set to 0);
+        an offline one ends now, with its subscriptions, queue and stored state, and a
+        will it still holds goes out (a session's end sends it, MQTT 5.0 §3.1.3.2.2).
+        False when there is no such session."""
+        session = self.registry.get(client_id)
+        if session is None:
+            return False
+        if session.attached_to is not None:
+            self.registry.change_expiry(session, 0)
+            self.kick(client_id)
+            return True
+        pending = self.registry.pending_wills.pop(client_id, None)
+        self.registry.destroy(session)
+        if pending is not None:
+            self.publish_will(pending[1], client_id, pending[2], now)
+        return True
+
+    def delete_retained(self, topic: str) -> bool:
+        """Remove the retained message on ``topic`` (memory and store) without
+        publishing anything; False when there was none."""
+        if not self.retained.delete(topic):
+            return False
+        self.batch.delete_retained(topic)
+        return True
 
     def connection_closed(self, client: Client, reason: str, now: float) -> None:
         """The network connection of ``client`` is gone (any cause). Its will goes out
@@ -316,6 +505,8 @@ class Engine:
             return
         client.session = None
         self.metrics.clients_connected -= 1
+        if self.ended is not None:
+            self.ended.append(client)
         will = None if client.clean_disconnect else client.will
         if client.taken_over:
             # This connection's will goes out now unless it has a Will Delay and the new
@@ -335,15 +526,24 @@ class Engine:
             self.connection_log(log, logging.INFO, client, "client %r (%s) connection lost%s",
                                 client.client_id, client.peer, f": {reason}" if reason else "")
         self.router.redistribute(session, now)
+        if self.interest_touched is not None:  # a clean session takes its filters along
+            self.interest_touched.extend((session.client_id, f) for f in session.subscriptions)
         due = self.registry.close(session, now, will)
+        self._forget_live_will(session)
         if due is not None:
             self.publish_will(due, session.client_id, session.username, now)
 
     # ---------------------------------------------------------------- timers
     def run_timers(self, now: float) -> None:
         """Session expiry, delayed wills and retained-message expiry due by ``now``."""
-        for client_id, username, will in self.registry.run_timers(now):
+        registry = self.registry
+        for client_id, username, will in registry.run_timers(now):
             self.publish_will(will, client_id, username, now)
+            session = registry.get(client_id)
+            if session is not None and session.persistent and session.attached_to is None:
+                # The stored record must not hold a will already published: a restart
+                # would publish it again (exactly once, issue 18).
+                self.batch.put_session(registry.record(session))
         for topic in self.retained.drop_expired(now):
             self.batch.delete_retained(topic)
 
@@ -365,6 +565,7 @@ class Engine:
         metrics = self.metrics
         metrics.publish_received += 1
         metrics.publish_received_qos[qos] += 1
+        metrics.publish_bytes_received += len(packet.payload)
         if qos > cfg.maximum_qos:
             raise ProtocolViolation(
                 f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",
@@ -395,6 +596,20 @@ class Engine:
                      session.client_id, session.username, topic, extra=client.log_extra())
             _ack(client, packet, R.NOT_AUTHORIZED)
             return
+        if v5 and packet.properties.payload_format_indicator == 1 and not is_utf8(
+            packet.payload
+        ):
+            # MQTT 5.0 §3.3.2.3.2: the receiver MAY check that a payload said to be UTF-8
+            # is; we do, so subscribers can trust the indicator: PUBACK / PUBREC 0x99,
+            # not routed; QoS 0 has no ack, so DISCONNECT 0x99.
+            metrics.payload_format_refusals += 1
+            if not qos:
+                raise ProtocolViolation(
+                    "Payload Format Indicator 1 with a payload that is not UTF-8",
+                    reason_code=R.PAYLOAD_FORMAT_INVALID, spec_ref="MQTT 5.0 §3.3.2.3.2",
+                )
+            _ack(client, packet, R.PAYLOAD_FORMAT_INVALID)
+            return
         if qos == 2 and not session.hold_inbound_qos2(packet.packet_id or 0):
             # Duplicate of a held QoS 2 message: acknowledge, do not route again
             # [MQTT-4.3.3-2] (method B of MQTT 3.1.1 §4.3.3, MQTT 5.0 §4.3.3).
@@ -414,6 +629,8 @@ class Engine:
         )
         client.published_this_turn = True
         code = self.router.publish(message, now)
+        if self.forwarding is not None:
+            self.forwarding.append(message)
         if qos:
             _ack(client, packet, code)
 
@@ -455,6 +672,8 @@ class Engine:
         )
         log.info("publishing will of %r to %r", client_id, will.topic)
         self.router.publish(message, now)
+        if self.forwarding is not None:
+            self.forwarding.append(message)
 
     # ------------------------------------------------------------------- acks
     def on_puback(self, client: Client, packet: PubAck, now: float) -> None:
@@ -491,6 +710,9 @@ class Engine:
         if sub_id is not None and not cfg.subscription_identifiers:
             raise ProtocolViolation("subscription identifiers are not supported",
                                     reason_code=R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+        version = client.conn.protocol_version
+        for sub in packet.subscriptions:
+            _check_filter_syntax(sub.topic_filter, version)
         limit = cfg.max_subscriptions_per_client
         failure = R.UNSPECIFIED_ERROR
 
@@ -529,12 +751,20 @@ class Engine:
             session, packet.subscriptions, sub_id, cfg.maximum_qos, now, check
         )
         client.conn.send_packet(SubAck(packet.packet_id, codes))
+        if self.interest_touched is not None:
+            self.interest_touched.extend(
+                (session.client_id, sub.topic_filter) for sub in packet.subscriptions
+            )
         for delivery in retained:  # through the one delivery path (read ACL applies)
             session.deliver(delivery, now)
 
     def on_unsubscribe(self, client: Client, packet: Unsubscribe, now: float) -> None:
         session = _session(client)
+        for topic_filter in packet.topic_filters:
+            _check_filter_syntax(topic_filter, client.conn.protocol_version)
         codes = self.router.unsubscribe(session, packet.topic_filters)
+        if self.interest_touched is not None:
+            self.interest_touched.extend((session.client_id, f) for f in packet.topic_filters)
         v5 = client.conn.protocol_version == 5
         client.conn.send_packet(UnsubAck(packet.packet_id, codes if v5 else []))
 
@@ -561,6 +791,41 @@ def _session(client: Client) -> Session:
     if session is None:
         raise ProtocolViolation("packet before CONNACK", spec_ref="MQTT-3.1.0-1")
     return session
+
+
+def is_utf8(payload: bytes) -> bool:
+    """True if ``payload`` is well-formed UTF-8 (MQTT 5.0 §3.3.2.3.2, Payload Format
+    Indicator 1: "UTF-8 Encoded Character Data")."""
+    if payload.isascii():
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _check_filter_syntax(topic_filter: str, version: int) -> None:
+    """A SUBSCRIBE / UNSUBSCRIBE Topic Filter that breaks the filter syntax is a
+    protocol violation that ends the connection, not a refused subscription:
+    ``#`` only as the whole last level (5.0 [MQTT-4.7.1-1], 3.1.1 [MQTT-4.7.1-2]),
+    ``+`` only as a whole level (5.0 [MQTT-4.7.1-2], 3.1.1 [MQTT-4.7.1-3]), not empty
+    [MQTT-4.7.3-1], no U+0000 [MQTT-4.7.3-2], and a ``$share/`` filter with a
+    ShareName and a filter after it [MQTT-4.8.2-1], [MQTT-4.8.2-2]. The caller
+    closes: v5 DISCONNECT 0x82 [MQTT-4.13.1-1], 3.1.1 close [MQTT-4.8.0-1].
+    (Well-formed filters refused by policy keep SUBACK 0x8F / 0x80.)"""
+    try:
+        if version == 5:
+            validate_subscription_filter(topic_filter, 5)
+        else:
+            # 3.1.1 has no shared subscriptions in its text: a ``$share/`` string whose
+            # ShareName part is off is still a well-formed 3.1.1 filter (refused by
+            # the router with 0x80), but its wildcard syntax is checked as a whole.
+            validate_topic_filter(topic_filter, 4)
+    except ProtocolViolation as exc:
+        raise ProtocolViolation(
+            f"malformed Topic Filter: {exc.message}", spec_ref=exc.spec_ref
+        ) from None
 
 
 def _ack(client: Client, packet: Publish, code: int) -> None:

@@ -87,6 +87,10 @@ _CONNECTED = ConnectionState.CONNECTED
 _PUBLISH = PacketType.PUBLISH
 
 
+#: The output of a connection with nothing queued (never appended to: see ``_queue``).
+_NO_OUT: list[bytes] = []
+
+
 class Connection:
     """The protocol state of one client connection."""
 
@@ -130,7 +134,9 @@ class Connection:
         self._topic_alias_maximum = topic_alias_maximum
         self._outbound_aliases = _NO_ALIASES
         self._inbound_unacked: set[int] | frozenset[int] = _NO_IDS
-        self._out: list[bytes] = []
+        #: Bytes queued this turn; the shared empty list while there are none (an
+        #: idle connection holds no list of its own, issue 19).
+        self._out: list[bytes] = _NO_OUT
         #: Packets queued for sending since the connection opened (for metrics).
         self.packets_queued = 0
         self.state = ConnectionState.AWAIT_CONNECT
@@ -163,6 +169,12 @@ class Connection:
         self.last_received = now
         if self.state is ConnectionState.CLOSING or self.failure is not None:
             return []
+        if data and self.state is _AWAIT_CONNECT and not self._framer.bytes_received:
+            early = _first_byte_problem(data[0])
+            if early is not None:
+                # Judged on the first byte: the body is never waited for.
+                self.failure = early
+                return []
         frames: list[tuple[int, bytes]] = []
         failure: MqttError | None = self._framer.feed_into(data, frames)
         packets: list[Packet] = []
@@ -377,33 +389,38 @@ class Connection:
 
     def send_outbox(
         self, entries: list[Delivery | tuple[Delivery | None, int, bool, float]], now: float
-    ) -> list[tuple[int, int]]:
+    ) -> list[tuple[int, Delivery, bool]]:
         """Send a session's outbox in order: a QoS 0 PUBLISH as a bare delivery (sent
         at ``now``), a PUBLISH ``(delivery, packet id, dup, when)`` or a PUBREL
-        ``(None, packet id, ...)``. Returns ``(packet id, qos)`` of the new PUBLISHes
+        ``(None, packet id, ...)``. Returns ``(packet id, delivery, dup)`` of the PUBLISHes
         larger than the client's Maximum Packet Size, which were not sent
-        [MQTT-3.1.2-25] (the session discards them as if completed)."""
-        refused: list[tuple[int, int]] = []
+        [MQTT-3.1.2-25] (the session discards them as if completed). A resend (DUP)
+        is among them too: a client may come back with a smaller Maximum Packet Size
+        than the one the message was first sent under, and a message that can never
+        be resent must not hold a place in the in-flight window for ever."""
+        refused: list[tuple[int, Delivery, bool]] = []
         for entry in entries:
             if isinstance(entry, Delivery):
                 if not self.send_publish(entry, None, False, now):
-                    refused.append((0, 0))
+                    refused.append((0, entry, False))
                 continue
             delivery, packet_id, dup, when = entry
             if delivery is None:
                 self.send_packet(PubRel(packet_id))
-            elif not self.send_publish(delivery, packet_id or None, dup, when) and not dup:
-                refused.append((packet_id, delivery.qos))
+            elif not self.send_publish(delivery, packet_id or None, dup, when):
+                refused.append((packet_id, delivery, dup))
         return refused
 
     def _queue(self, data: bytes) -> None:
         self.packets_queued += 1
         out = self._out
-        out.append(data)
-        if len(out) == 1:
+        if out is _NO_OUT:
+            self._out = [data]
             ready = self.ready
             if ready is not None:
                 ready.append(self.owner)
+        else:
+            out.append(data)
 
     def data_to_send(self) -> bytes:
         """All bytes queued since the last call, as one buffer (one write per turn)."""
@@ -411,9 +428,29 @@ class Connection:
         if not out:
             return b""
         data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        self._out = _NO_OUT
         return data
 
+
+
+def _first_byte_problem(first: int) -> MqttError | None:
+    """The first byte a client sends must open a CONNECT (type 1) [MQTT-3.1.0-1] with
+    its reserved flags 0 (MQTT 3.1.1 [MQTT-2.2.2-2], MQTT 5.0 [MQTT-2.1.3-1], §3.1.1).
+    Anything else is decided on this one byte, without waiting for the body its
+    Remaining Length announces (mosquitto does the same)."""
+    if first >> 4 != PacketType.CONNECT:
+        kind = first >> 4
+        name = PacketType(kind).name if kind else "reserved type 0"
+        return ProtocolViolation(
+            f"first packet must be CONNECT, got {name} (first byte 0x{first:02X})",
+            spec_ref="MQTT-3.1.0-1",
+        )
+    if first & 0x0F:
+        return MalformedPacket(
+            f"CONNECT fixed-header flags are 0x{first & 0x0F:X}, must be 0",
+            spec_ref="MQTT-2.2.2-2",
+        )
+    return None
 
 
 def _publish_properties(delivery: Delivery, now: float, alias: int) -> Properties | None:

@@ -19,29 +19,42 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from iotbroker import __version__, build
+from iotbroker.bridge.manager import Bridges
 from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
-from iotbroker.errors import MqttError, StorageError
+from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server import memtrim
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.group_commit import GroupCommit
-from iotbroker.server.listeners import Listener, start_listener
+from iotbroker.server.listeners import Listener, make_ssl_context, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
-from iotbroker.server.ratelimit import TokenBucket
+from iotbroker.server.mqttsn_udp import start_mqttsn_listener
+from iotbroker.server.preflight import check_listeners
+from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
+from iotbroker.server.timerwheel import TimerWheel
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
+if TYPE_CHECKING:
+    from iotbroker.admin.server import AdminServer
+    from iotbroker.auth.passwords import PasswordFile
+    from iotbroker.cluster.node import ClusterNode
+
 log = logging.getLogger("iotbroker.broker")
+
+#: How log lines name a CONNECT's protocol level (MQTT 3.1 is "MQIsdp" version 3).
+_VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1"}
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -54,8 +67,11 @@ _AUTH = PacketType.AUTH
 class Broker:
     """One broker process: the engine, its connections, storage and timers."""
 
-    def __init__(self, config: BrokerConfig, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: BrokerConfig, store: Store, loop: asyncio.AbstractEventLoop,
+                 *, reuse_port: bool = False) -> None:
         self.config = config
+        #: Listeners share their ports with sibling workers (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.loop = loop
         self.store = store
         self.metrics = Metrics()
@@ -73,23 +89,35 @@ class Broker:
         #: Slow consumer -> the publishers paused because of it.
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
+        #: Every connection's CONNECT-timeout / keep-alive deadline, on one loop timer.
+        self.timers = TimerWheel(self.loop)
         self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
+        #: The cluster room (``cluster:`` configured; docs/cluster.md), else None.
+        self.cluster: ClusterNode | None = None
         self.metrics_server: MetricsServer | None = None
+        #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
+        self.admin: AdminServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
         self._per_listener: dict[str, int] = {}
+        #: Sockets admitted per listener name since the start (metrics label
+        #: ``listener``; the names are those of docs/configuration.md ``listeners.name``).
+        self.listener_accepted: dict[str, int] = {}
         rate = config.limits.connect_rate
         self._connect_bucket = TokenBucket(rate, loop.time()) if rate else None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.started_at = time.time()
         self.bound: list[tuple[str, int]] = []
-        #: ``durability: fsync``: batches are written without a sync on the loop and
-        #: one worker thread syncs many turns at once; output waits for its sync.
+        #: ``durability: fsync``: group commit (server/group_commit.py): output waits
+        #: for the sync that covers its turn; many turns share one sync.
         self.group_commit: GroupCommit | None = None
         if config.storage.backend == "rocksdb" and config.storage.durability == "fsync":
             self.group_commit = GroupCommit(store, self.metrics, loop, self.engine)
+        #: Connections to other brokers (issue 15): a room of its own, wired in here.
+        self.bridges = Bridges(self.engine, loop, self.flush)
+        self._bridge_reload: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ time
     @staticmethod
@@ -115,9 +143,29 @@ class Broker:
         )
 
     async def start(self) -> None:
+        if self.config.admin.enabled:
+            self._prepare_admin()  # its bans apply from the first CONNECT
+        # Before the cluster room starts: wills a crash left in the store go to this
+        # node's own sessions only (the other nodes had them from cluster/wills.py).
         self.restore()
+        # Bridges first: their sessions collect what clients publish from the start.
+        self.bridges.start(self.config.bridges)
+        if self.config.cluster is not None:
+            try:
+                from iotbroker.cluster.node import ClusterNode  # noqa: PLC0415 (an extra)
+            except ImportError as exc:
+                raise RuntimeError(f"the cluster section needs nats-py (pip install "
+                                   f"'iotbroker[cluster]'): {exc}") from exc
+
+            self.cluster = ClusterNode(self.config.cluster, self.engine, self._after_remote)
+            await self.cluster.start()
         for listener in self.config.listeners:
-            server = await start_listener(self, listener)  # logs "listening on ..."
+            server: Listener
+            if listener.type == "mqtt-sn":  # the MQTT-SN gateway room (UDP)
+                server = await start_mqttsn_listener(self, listener)
+            else:
+                # logs "listening on ..."
+                server = await start_listener(self, listener, reuse_port=self.reuse_port)
             self._servers.append(server)
             self.bound.extend(server.addresses)
         warn_open_anonymous(self.config, [(s.config, s.addresses) for s in self._servers])
@@ -127,16 +175,60 @@ class Broker:
         if self.config.sys_topics.enabled:
             self.sys_topics = SysTopics(self)
             self.sys_topics.start()
+        if self.admin is not None:
+            await self.admin.start()
         self._reschedule_core_timer()
+
+    def _prepare_admin(self) -> None:
+        """Wire the admin room in (loaded only when enabled: it needs aiohttp); its
+        HTTP listener starts after the MQTT listeners."""
+        try:
+            from iotbroker.admin.server import AdminServer  # noqa: PLC0415 (optional extra)
+        except ImportError as exc:
+            raise ConfigError("admin.enabled", True, f"needs the admin extra "
+                              f"(pip install 'iotbroker[admin]'): {exc}") from None
+        tls = self.config.admin.tls
+        try:
+            auth = self.config.auth
+            limiter = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
+                                     auth.failed_login_backoff, max_keys=10_000)
+            self.admin = AdminServer(self, make_ssl_context(tls) if tls is not None else None,
+                                     limiter)
+        except ValueError as exc:  # a damaged bans file, a bad API keys file
+            raise ConfigError("admin", "...", str(exc)) from None
+
+    def password_file(self) -> PasswordFile | None:
+        """The password file in force (the admin room's users log in with it)."""
+        return self.auth.setup.passwords
+
+    def bridges_status(self) -> list[dict[str, object]]:
+        """Each bridge's state, for the admin API (the metrics read the same)."""
+        return self.bridges.status()
+
+    def cluster_status(self) -> dict[str, int] | None:
+        """This node's cluster link, for the admin API; None without a cluster."""
+        return None if self.cluster is None else self.cluster.status()
+
+    def engine_changed(self) -> None:
+        """Another room acted on the engine (an admin action): apply its effects as
+        after a packet: closes, timers, then the turn's commit and writes."""
+        self._apply_closes()
+        self._reschedule_core_timer()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     async def stop(self) -> None:
         """Shut down: stop listening, tell v5 clients 0x8B, flush storage."""
         if self.sys_topics is not None:
             self.sys_topics.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()
         for server in self._servers:
             server.close()
+        await self.bridges.stop()
         self.engine.shutting_down(list(self.connections))
         self._apply_closes()
         self.flush()
@@ -152,6 +244,9 @@ class Broker:
         self.flush()
         if self.group_commit is not None:
             self.group_commit.close()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        self.timers.close()
         self.auth.close()
         self.store.close()
         log.info("stopped")
@@ -163,18 +258,25 @@ class Broker:
             new = read_config()
             self.auth.config = new.auth
             self.auth.reload()
+            if self.admin is not None:
+                self.admin.reload_api_keys()
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
         self.engine.auth_changed()  # queued, in-flight and retained follow the new rules
         setup_logging(new.logging)
-        applied = ["auth (password file, ACL)", "logging"]
+        applied = ["auth (password file, ACL)", "logging", "bridges"]
+        self._bridge_reload = self.loop.create_task(self.bridges.reload(new.bridges))
+        if self.admin is not None:
+            applied.append("admin API keys")
         pending = [
             name
-            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "limits", "loop")
+            for name in ("listeners", "mqtt", "storage", "sys_topics", "metrics", "admin",
+                         "limits", "mqttsn", "loop")
             if getattr(new, name) != getattr(self.config, name)
         ]
-        self.config = replace(self.config, auth=new.auth, logging=new.logging)
+        self.config = replace(self.config, auth=new.auth, logging=new.logging,
+                              bridges=new.bridges)
         log.info("configuration reloaded from %s: applied %s", new.source, ", ".join(applied))
         if pending:
             log.warning("changed settings that need a restart: %s", ", ".join(pending))
@@ -201,7 +303,11 @@ class Broker:
     def _schedule_flush(self) -> None:
         """Flush at the end of this loop turn if an event left something to send:
         bytes queued on connections, or sessions' outboxes."""
-        if not self._flush_scheduled and (self.ready_to_write or self.engine.registry.ready):
+        engine = self.engine
+        if not self._flush_scheduled and (
+            self.ready_to_write or engine.registry.ready or engine.forwarding
+            or engine.interest_touched
+        ):
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
@@ -214,6 +320,8 @@ class Broker:
         # Sessions' output into their connections first (they join ready_to_write; no
         # second flush is scheduled while this one has not started writing).
         self._flush_scheduled = True
+        if self.cluster is not None:
+            self.cluster.after_turn()  # forward this turn's messages to other nodes
         self.engine.send_ready(self.now())
         self._flush_scheduled = False
         batch = self.engine.batch
@@ -242,8 +350,8 @@ class Broker:
         else:
             for proto in dirty:
                 proto.write_pending()
-                if proto.close_after_flush and proto.transport is not None:
-                    proto.transport.close()
+                if proto.close_after_flush:
+                    proto.finish_close()
         if self._throttled and readers:
             # A consumer is congested: slow down the clients that published this turn
             # (not bystanders that only pinged, acknowledged or connected).
@@ -326,10 +434,15 @@ class Broker:
             return False
         self.connections.add(proto)
         self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
+        self.listener_accepted[proto.listener] = self.listener_accepted.get(proto.listener, 0) + 1
         self.metrics.connections_accepted += 1
         if limits.publish_rate_per_client:
             proto.publish_bucket = TokenBucket(limits.publish_rate_per_client, self.loop.time())
         return True
+
+    def connection_count(self, listener: str) -> int:
+        """Connections open now on the listener of that name."""
+        return self._per_listener.get(listener, 0)
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
         if proto in self.connections:
@@ -347,11 +460,28 @@ class Broker:
         self._reschedule_core_timer()
         self.flush()
 
+    def _after_remote(self) -> None:
+        """An event from another node (a message, a takeover) left effects."""
+        if self.engine.closing:
+            self._apply_closes()
+        self._schedule_flush()
+
     def _apply_closes(self) -> None:
-        """The engine's close effects: each closes after this turn's writes."""
+        """The engine's close effects: each closes after this turn's writes (a socket
+        connection, or a client of another room such as the MQTT-SN gateway)."""
         for client in self.engine.take_closing():
-            assert isinstance(client, ClientProtocol)
             client.close()
+
+    # Rooms beside the socket connections (the MQTT-SN gateway) apply the effects of
+    # their events with these, as the socket path does.
+    def apply_closes(self) -> None:
+        self._apply_closes()
+
+    def reschedule_core_timer(self) -> None:
+        self._reschedule_core_timer()
+
+    def schedule_flush(self) -> None:
+        self._schedule_flush()
 
     def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None:
         """A client broke a rule: the engine answers with its reason code and closes."""
@@ -383,6 +513,7 @@ class Broker:
                         self._limit_publish_rate(proto)
                 elif ptype is _CONNECT:
                     assert isinstance(packet, Connect)
+                    self.metrics.connects_received += 1
                     self.on_connect(proto, packet)
                 elif ptype is _AUTH:
                     assert isinstance(packet, Auth)
@@ -490,7 +621,7 @@ class Broker:
             "session_present=%s, expiry=%s, listener %r)",
             proto.client_id,
             proto.peer,
-            "5.0" if packet.protocol_version == ProtocolVersion.MQTT_5 else "3.1.1",
+            _VERSION_NAMES.get(packet.protocol_version, "3.1.1"),
             packet.clean_start,
             accepted.keepalive,
             accepted.session_present,
@@ -588,10 +719,19 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None = None) -> int:
+def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None = None,
+               *, reuse_port: bool = False) -> int:
     """Run until SIGINT/SIGTERM; SIGHUP reloads (``reload`` re-reads the configuration).
-    Returns the process exit code."""
+    ``reuse_port``: a worker of ``--workers`` (server/workers.py). Returns the process
+    exit code."""
     setup_logging(config.logging)
+    # Listeners first: a missing TLS key or a taken port must not create or lock the
+    # data directory (issue 18).
+    problems = check_listeners(config, reuse_port)
+    for problem in problems:
+        log.error("cannot start: %s", problem)
+    if problems:
+        return 1
     memtrim.limit_arenas()  # before RocksDB starts its threads
     try:
         store = open_store(config)
@@ -601,7 +741,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     loop = _new_loop(config.loop)
     asyncio.set_event_loop(loop)
     bind_loop(loop)
-    broker = Broker(config, store, loop)
+    broker = Broker(config, store, loop, reuse_port=reuse_port)
     stop_event = asyncio.Event()
 
     def request_stop(signame: str) -> None:
@@ -620,7 +760,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
             log.error("cannot listen: %s", exc)
             store.close()
             return 1
-        except StorageError as exc:
+        except (StorageError, ConfigError, RuntimeError) as exc:  # RuntimeError: an extra
             log.error("%s", exc)
             store.close()
             return 1
@@ -635,7 +775,8 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
                  config.storage.backend, build.describe())
         stale = build.stale_modules()
         if stale:
-            log.warning("compiled modules older than their source (re-run `pip install -e .` "
+            log.warning("compiled modules differ from their source, changed since the build "
+                        "(re-run `pip install -e .` "
                         "or install with IOTBROKER_PURE=1): %s", ", ".join(stale))
         await stop_event.wait()
         await broker.stop()

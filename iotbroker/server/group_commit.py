@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
@@ -40,10 +41,11 @@ from iotbroker.errors import StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server import packetlog
 from iotbroker.server.logsetup import FLAGS
+from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
 if TYPE_CHECKING:
-    from iotbroker.server.transport import ClientProtocol
+    from iotbroker.mqttsn.gateway import SnClient
 
 log = logging.getLogger("iotbroker.storage")
 
@@ -55,7 +57,10 @@ INLINE_SYNC_MAX = 0.005
 PROBE_INTERVAL = 5.0
 
 #: Output held until a sync: (writes it needs synced, connection, bytes, close after).
-Held = tuple[int, "ClientProtocol", bytes, bool]
+#: For a socket connection the bytes are taken out of it when its turn ends; another
+#: room's client is held as it is (``None``) and written by its own ``write_pending``
+#: on release, with whatever it has queued by then.
+Held = tuple[int, "ClientProtocol | SnClient", bytes | None, bool]
 
 
 class Committer(Protocol):
@@ -107,7 +112,7 @@ class GroupCommit:
         """Connections' outputs waiting for a sync."""
         return len(self._held)
 
-    def output(self, dirty: list[ClientProtocol]) -> None:
+    def output(self, dirty: Sequence[ClientProtocol | SnClient]) -> None:
         """This turn's output (its batch already written): write it now if every write
         so far is synced and nothing waits, else hold it for the next sync."""
         written = self.metrics.storage_batches
@@ -119,12 +124,13 @@ class GroupCommit:
         if written == self._synced and not self._held:
             for proto in dirty:
                 proto.write_pending()
-                if proto.close_after_flush and proto.transport is not None:
-                    proto.transport.close()
+                if proto.close_after_flush:
+                    proto.finish_close()
             return
         held = self._held
         for proto in dirty:
-            held.append((written, proto, proto.conn.data_to_send(), proto.close_after_flush))
+            data = proto.conn.data_to_send() if isinstance(proto, ClientProtocol) else None
+            held.append((written, proto, data, proto.close_after_flush))
         self._start()
 
     def _measure(self, written: int) -> None:
@@ -198,6 +204,11 @@ class GroupCommit:
         metrics = self.metrics
         while held and held[0][0] <= synced:
             _, proto, data, close = held.popleft()
+            if not isinstance(proto, ClientProtocol):
+                proto.write_pending()  # another room's client (MQTT-SN): its own path
+                if close:
+                    proto.finish_close()
+                continue
             transport = proto.transport
             if transport is None:
                 continue
@@ -210,7 +221,7 @@ class GroupCommit:
                 proto.packets_counted = conn.packets_queued
                 transport.write(data)  # type: ignore[attr-defined]
             if close:
-                transport.close()
+                proto.finish_close()
 
     def drain(self) -> None:
         """Sync now, on this thread, and write everything held (at shutdown)."""

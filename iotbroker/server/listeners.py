@@ -241,6 +241,7 @@ class _TlsListener(Listener):
         self.sockets: list[socket.socket] = []
         self.accepting: list[asyncio.Task[None]] = []
         self.handshakes: set[asyncio.Task[None]] = set()
+        self.reuse_port = False
 
     async def start(self) -> None:
         """Bind every address of ``host`` (as ``create_server`` does) and accept."""
@@ -257,6 +258,8 @@ class _TlsListener(Listener):
                 sock = socket.socket(family, kind, proto)
                 self.sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(address)
@@ -330,8 +333,11 @@ def _peer_text(info: object) -> str:
 
 
 # ------------------------------------------------------------------------------ start
-async def start_listener(broker: Broker, listener: ListenerConfig) -> Listener:
-    """Bind ``listener`` and start accepting; raises :class:`OSError` if it cannot."""
+async def start_listener(broker: Broker, listener: ListenerConfig,
+                         reuse_port: bool = False) -> Listener:
+    """Bind ``listener`` and start accepting; raises :class:`OSError` if it cannot.
+    ``reuse_port``: SO_REUSEPORT, so that worker processes share the port (the kernel
+    spreads new connections over them; docs/cluster.md, "Workers")."""
     ctx: ssl.SSLContext | None = None
     if listener.type in ("tls", "wss"):
         assert listener.tls is not None  # checked by config
@@ -359,12 +365,13 @@ async def start_listener(broker: Broker, listener: ListenerConfig) -> Listener:
     if ctx is not None:
         tls_listener = _TlsListener(listener, broker, ctx, protocol_factory,
                                     handshake_timeout, websockets)
+        tls_listener.reuse_port = reuse_port
         await tls_listener.start()
         result = tls_listener
     else:
         server = await loop.create_server(
             protocol_factory, host=listener.host, port=listener.port, reuse_address=True,
-            backlog=4096,
+            reuse_port=reuse_port or None, backlog=4096,
         )
         result = _SocketListener(listener, server, _bound(server.sockets), websockets)
     for host, port in result.addresses:

@@ -70,6 +70,22 @@ _TEXT_CLOCK = _Clock("%Y-%m-%d %H:%M:%S")  # + ",mmm": logging.Formatter's defau
 _JSON_CLOCK = _Clock("%Y-%m-%dT%H:%M:%S")
 
 
+_ZONE_CLOCK = _Clock("%z")  # +0000
+
+
+def _utc_offset(second: int) -> str:
+    """The local UTC offset at ``second`` as ISO 8601 writes it: ``+00:00``, ``-05:30``."""
+    zone = _ZONE_CLOCK.text(second)
+    return f"{zone[:3]}:{zone[3:]}"
+
+
+def json_stamp(second: int, millis: int) -> str:
+    """ISO 8601 local time with milliseconds and offset: ``2026-12-06T02:15:03.123+00:00``
+    (issue 18: the same precision as the text format, and a timezone a log shipper can
+    read without knowing the host's)."""
+    return f"{_JSON_CLOCK.text(second)}.{millis:03d}{_utc_offset(second)}"
+
+
 def _json_line(stamp: str, level: str, logger: str, message: str,
                fields: dict[str, object], exception: str | None = None) -> str:
     """One JSON log line; connection fields that are None are left out."""
@@ -123,7 +139,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return _json_line(
-            _JSON_CLOCK.text(int(record.created)), record.levelname, record.name,
+            json_stamp(int(record.created), int(record.msecs)), record.levelname, record.name,
             record.getMessage(), record.__dict__,
             self.formatException(record.exc_info) if record.exc_info else None)
 
@@ -166,8 +182,8 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
         now = time.time_ns()
         second = now // 1_000_000_000
         if self.json_lines:
-            line = _json_line(_JSON_CLOCK.text(second), logging.getLevelName(level), logger,
-                              message, fields)
+            line = _json_line(json_stamp(second, now % 1_000_000_000 // 1_000_000),
+                              logging.getLevelName(level), logger, message, fields)
         else:
             tag = (f" [conn {fields['conn_id']}]"
                    if fields["username"] is None and fields["cert"] is None

@@ -84,6 +84,10 @@ _COUNTERS = {
     "connect_timeouts": "Sockets closed for not sending CONNECT within connect_timeout.",
     "topic_limit_refusals": "PUBLISH/SUBSCRIBE refused for max_topic_levels/_length.",
     "subscription_limit_refusals": "Subscriptions refused: max_subscriptions_per_client.",
+    "payload_format_refusals": "PUBLISH/will refused: Payload Format Indicator 1, not UTF-8.",
+    "publish_bytes_received": "Payload bytes of the PUBLISH packets received.",
+    "publish_bytes_sent": "Payload bytes of the PUBLISH packets sent.",
+    "connects_received": "CONNECT packets received.",
 }
 #: Metrics fields exported as gauges.
 _GAUGES = {
@@ -163,6 +167,23 @@ class BrokerCollector:
         self.broker = broker
         self.lag = lag
 
+    def _per_listener(self) -> Iterator[Metric]:
+        """Connections by listener name (``listeners.name``, docs/configuration.md): one
+        sample per configured listener, zero included; they sum to the unlabelled totals."""
+        broker = self.broker
+        names = [listener.name for listener in broker.config.listeners]
+        opened = GaugeMetricFamily(_PREFIX + "listener_connections_open",
+                                   "Network connections open now, by listener.",
+                                   labels=["listener"])
+        accepted = CounterMetricFamily(_PREFIX + "listener_connections_accepted",
+                                       "Network connections accepted, by listener.",
+                                       labels=["listener"])
+        for name in names:
+            opened.add_metric([name], broker.connection_count(name))
+            accepted.add_metric([name], broker.listener_accepted.get(name, 0))
+        yield opened
+        yield accepted
+
     def collect(self) -> Iterator[Metric]:
         broker = self.broker
         values = broker.metrics.as_dict()
@@ -216,6 +237,7 @@ class BrokerCollector:
                                 value=len(broker.engine.registry))
         yield GaugeMetricFamily(_PREFIX + "connections_open", "Network connections open now.",
                                 value=len(broker.connections))
+        yield from self._per_listener()
         yield GaugeMetricFamily(_PREFIX + "queued_messages",
                                 "Messages waiting in session queues.", value=queued)
         yield GaugeMetricFamily(_PREFIX + "inflight_messages",
@@ -251,12 +273,51 @@ class BrokerCollector:
         yield GaugeMetricFamily(_PREFIX + "storage_batch_max_changes",
                                 "Largest storage batch since the last scrape.",
                                 value=broker.take_storage_batch_max())
+        yield from _bridge_families(broker.bridges.status())
+        cluster = broker.cluster
+        if cluster is not None:  # this node's link to the cluster (docs/cluster.md)
+            for name, value in cluster.status().items():
+                if name in ("connected", "filters"):
+                    yield GaugeMetricFamily(_PREFIX + "cluster_" + name,
+                                            f"Cluster: {name.replace('_', ' ')} (this node).",
+                                            value=value)
+                else:
+                    yield CounterMetricFamily(_PREFIX + "cluster_" + name,
+                                              f"Cluster: {name.replace('_', ' ')}.",
+                                              value=value)
         yield GaugeMetricFamily(_PREFIX + "event_loop_lag_seconds",
                                 "How late the last event-loop probe timer ran.",
                                 value=self.lag.last)
         yield GaugeMetricFamily(_PREFIX + "event_loop_lag_max_seconds",
                                 f"Worst event-loop probe lag of the last {LAG_WINDOW:.0f}–"
                                 f"{2 * LAG_WINDOW:.0f} s.", value=self.lag.max)
+
+
+_BRIDGE_FAMILIES = {
+    "state": (GaugeMetricFamily, "bridge_connected", "1 while the bridge is connected."),
+    "queued_messages": (GaugeMetricFamily, "bridge_queued_messages",
+                        "Messages in the bridge's outbox."),
+    "queued_bytes": (GaugeMetricFamily, "bridge_queued_bytes",
+                     "Payload bytes in the bridge's outbox."),
+    "forwarded_out": (CounterMetricFamily, "bridge_forwarded_out",
+                      "Messages forwarded to the remote broker (acknowledged)."),
+    "forwarded_in": (CounterMetricFamily, "bridge_forwarded_in",
+                     "Messages received from the remote broker."),
+    "dropped": (CounterMetricFamily, "bridge_dropped",
+                "Messages dropped because the outbox was full."),
+    "connects": (CounterMetricFamily, "bridge_connects", "Successful connections."),
+}
+
+
+def _bridge_families(status: list[dict[str, object]]) -> Iterator[Metric]:
+    """Per-bridge figures (issue 15), labelled by bridge name."""
+    for key, (kind, name, doc) in _BRIDGE_FAMILIES.items():
+        family = kind(_PREFIX + name, doc, labels=["bridge"])
+        for bridge in status:
+            value = bridge[key]
+            assert isinstance(value, int)
+            family.add_metric([str(bridge["name"])], value)
+        yield family
 
 
 class MetricsServer:
@@ -330,5 +391,9 @@ class MetricsServer:
         if target == "/metrics":
             return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, self.render(), head
         if target == "/health":
+            cluster = self.broker.cluster
+            if cluster is not None and not cluster.connected:
+                # still serving its own clients: up, but not sharing with the cluster
+                return "200 OK", "text/plain", b"degraded: cluster: no NATS connection\n", head
             return "200 OK", "text/plain", b"ok\n", head
         return "404 Not Found", "text/plain", b"not found: try /metrics or /health\n", head

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import resource
+import sys
 from typing import TYPE_CHECKING
 
 from iotbroker import __version__
@@ -41,9 +43,28 @@ _LOADS = (
     ("publish/dropped", "_dropped"),
     ("bytes/received", "bytes_received"),
     ("bytes/sent", "bytes_sent"),
-    ("connections", "connections_accepted"),
+    # mosquitto: load/connections is the rate of CONNECT packets, load/sockets the rate
+    # of network connections accepted (before any CONNECT).
+    ("connections", "connects_received"),
+    ("sockets", "connections_accepted"),
 )
 _WINDOWS = (("1min", 60.0), ("5min", 300.0), ("15min", 900.0))
+
+
+def process_memory() -> tuple[int, int]:
+    """(resident set size now, peak resident set size) of this process, in bytes.
+
+    Linux: ``/proc/self/statm`` (resident pages) and ``getrusage`` ``ru_maxrss`` (KiB);
+    elsewhere the peak stands for both (macOS reports ``ru_maxrss`` in bytes).
+    """
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak if sys.platform == "darwin" else peak * 1024
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            current = int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        current = peak
+    return current, peak
 
 
 class SysTopics:
@@ -57,6 +78,7 @@ class SysTopics:
         self._loads: dict[str, float] = {}
         self._prev_counts: dict[str, int] = {}
         self._prev_time: float | None = None
+        self._heap_max = 0
 
     def start(self) -> None:
         self._tick()
@@ -72,6 +94,26 @@ class SysTopics:
         return (m.messages_dropped_queue_full + m.messages_dropped_qos0_offline
                 + m.messages_dropped_slow_consumer + m.messages_dropped_too_large)
 
+    def _store_figures(self) -> tuple[int, int]:
+        """(shared subscriptions, payload bytes of the stored messages).
+
+        ``store/messages/bytes`` covers what ``store/messages/count`` counts: retained
+        messages plus the deliveries waiting in session queues (also those the pager
+        moved to disk: the session keeps their sizes) or in flight. mosquitto's figure
+        is the payload bytes of its message store.
+        """
+        engine = self.broker.engine
+        shared = 0
+        stored = sum(len(message.payload) for message in engine.retained.all())
+        for session in engine.registry.sessions.values():
+            for entry in session.subscriptions.values():
+                if entry.share_group is not None:
+                    shared += 1
+            stored += session.queued_bytes
+            for inflight in session.inflight.values():
+                stored += len(inflight.delivery.message.payload)
+        return shared, stored
+
     def values(self, now: float) -> dict[str, str]:
         """Topic (without the ``$SYS/broker/`` prefix) -> payload text."""
         broker = self.broker
@@ -80,6 +122,9 @@ class SysTopics:
         pending = broker.engine.registry.deliveries_pending()
         retained = len(broker.engine.retained)
         dropped = self._dropped()
+        shared, stored_bytes = self._store_figures()
+        heap, heap_peak = process_memory()
+        self._heap_max = max(self._heap_max, heap_peak, heap)
         out = {
             "version": f"iotbroker version {__version__}",
             "uptime": f"{int(now - broker.started_at)} seconds",
@@ -94,15 +139,34 @@ class SysTopics:
             "messages/sent": str(m.messages_sent),
             "messages/stored": str(retained + pending),  # deprecated mosquitto alias
             "store/messages/count": str(retained + pending),
+            "store/messages/bytes": str(stored_bytes),
             "publish/messages/received": str(m.publish_received),
             "publish/messages/sent": str(m.publish_sent),
             "publish/messages/dropped": str(dropped),
             "bytes/received": str(m.bytes_received),
             "bytes/sent": str(m.bytes_sent),
+            "publish/bytes/received": str(m.publish_bytes_received),
+            "publish/bytes/sent": str(m.publish_bytes_sent),
             "retained messages/count": str(retained),
             "subscriptions/count": str(len(broker.engine.trie)),
+            "shared_subscriptions/count": str(shared),
+            # mosquitto (built with memory tracking): bytes its allocator holds now, and
+            # the most it held. Python has no such cheap figure: the resident set size
+            # of the process now, and its peak.
+            "heap/current": str(heap),
+            "heap/maximum": str(self._heap_max),
         }
+        for bridge in broker.bridges.status():  # mosquitto's connection/<name>/state
+            base = f"connection/{bridge['name']}/"
+            for key in ("state", "queued_messages", "queued_bytes", "forwarded_out",
+                        "forwarded_in", "dropped", "last_error"):
+                out[base + key] = str(bridge[key])
         out.update(self._load_values())
+        cluster = broker.cluster
+        if cluster is not None:  # this node's view (docs/cluster.md); no cluster totals yet
+            out["cluster/node"] = cluster.config.node_name
+            for name, value in cluster.status().items():
+                out[f"cluster/{name.replace('_', '/', 1)}"] = str(value)
         return out
 
     def _load_values(self) -> dict[str, str]:

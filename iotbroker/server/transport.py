@@ -19,6 +19,7 @@ from iotbroker.codec.packets import Packet
 from iotbroker.engine.client import Client
 from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
+from iotbroker.server.linger import Linger
 from iotbroker.server.logsetup import FLAGS, connection_fields
 from iotbroker.server.ratelimit import TokenBucket
 
@@ -55,14 +56,16 @@ class ClientProtocol(Client, asyncio.Protocol):
         "broker",
         "close_after_flush",
         "deferred",
+        "ended",
+        "linger",
         "loop",
         "packets_counted",
         "password_checked",
         "password_decision",
         "publish_bucket",
         "reading_paused",
-        "timer",
         "transport",
+        "wheel_slot",
     )
 
     def __init__(self, broker: Broker, listener: str) -> None:
@@ -96,7 +99,13 @@ class ClientProtocol(Client, asyncio.Protocol):
         #: The password check's answer for the pending CONNECT (None = accepted).
         self.password_checked = False
         self.password_decision: Refusal | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        #: Its slot in the broker's timer wheel (0: none; see server/timerwheel.py).
+        self.wheel_slot = 0
+        #: The lingering close after our last packet (server/linger.py), once begun.
+        self.linger: Linger | None = None
+        #: The MQTT connection is over for the broker (``broker.connection_lost`` ran),
+        #: possibly before the socket is (during the linger).
+        self.ended = False
         #: The username for log lines while there is no session (a refused CONNECT,
         #: after the connection ended); see :attr:`username`.
         self._username: str | None = None
@@ -138,11 +147,14 @@ class ClientProtocol(Client, asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         # Sockets that never send CONNECT are closed after connect_timeout.
-        self.timer = self.loop.call_at(
-            self.loop.time() + self.broker.config.mqtt.connect_timeout, self._on_timer
+        self.broker.timers.schedule(
+            self.loop.time() + self.broker.config.mqtt.connect_timeout, self
         )
 
     def data_received(self, data: bytes) -> None:
+        if self.linger is not None:  # closed on our side: read, count, discard
+            self.linger.discard(len(data))
+            return
         broker = self.broker
         broker.active_readers.append(self)
         broker.metrics.bytes_received += len(data)
@@ -193,13 +205,38 @@ class ClientProtocol(Client, asyncio.Protocol):
             self.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.broker.timers.cancel(self)
+        if self.linger is not None:
+            self.linger.cancel()
+        self._ended(exc)
+
+    def _ended(self, exc: Exception | None = None) -> None:
+        """The MQTT connection is over: the broker detaches the session (its will, its
+        expiry) once, at the close or at the start of the linger, whichever is first."""
+        if self.ended:
+            return
+        self.ended = True
         session = self.session
         if session is not None:  # the "connection lost" line comes after it is detached
             self._username = session.username
         self.broker.connection_lost(self, exc)
+
+    def finish_close(self) -> None:
+        """The flush wrote this connection's last packet: close so that it reaches a
+        client that is still sending (server/linger.py; MQTT 5.0 §4.13, [MQTT-3.14.4-1],
+        MQTT 3.1.1 §4.8): half-close, read and discard for a bounded time, then close.
+        The broker is done with the connection at once; only the socket lingers. A
+        WebSocket transport runs its own closing handshake (and lingers itself)."""
+        transport = self.transport
+        if transport is None or self.linger is not None or transport.is_closing():
+            return
+        if getattr(transport, "closes_gracefully", False):
+            transport.close()
+            return
+        self.broker.timers.cancel(self)
+        self.reading_paused = False
+        self.linger = Linger(transport, self.loop)  # type: ignore[arg-type]
+        self.loop.call_soon(self._ended)
 
     def pause_writing(self) -> None:
         """The transport buffer passed its high-water mark: a slow consumer."""
@@ -251,9 +288,9 @@ class ClientProtocol(Client, asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()  # type: ignore[attr-defined]
 
-    def _on_timer(self) -> None:
-        self.timer = None
-        now = self.loop.time()
+    def on_deadline(self, now: float) -> None:
+        """The timer wheel's call: the CONNECT timeout or the keep-alive deadline may
+        have passed (its slot ended at ``now``)."""
         conn = self.conn
         if not conn.connected:
             if not self.close_after_flush:
@@ -270,11 +307,11 @@ class ClientProtocol(Client, asyncio.Protocol):
                 # We stopped reading this client (backpressure, rate limit): its
                 # silence is ours, not its own. Count it as alive.
                 conn.last_received = now
-                self.timer = self.loop.call_at(now + conn.keepalive * 1.5, self._on_timer)
+                self.broker.timers.schedule(now + conn.keepalive * 1.5, self)
                 return
             self.broker.keepalive_expired(self)
             return
-        self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.broker.timers.schedule(deadline, self)
 
     def _enable_tcp_keepalive(self) -> None:
         """Keep Alive 0 means MQTT will never notice a client that vanished without a
@@ -290,17 +327,12 @@ class ClientProtocol(Client, asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)
 
     def start_keepalive(self) -> None:
-        """Arm the keepalive timer. The CONNECT-timeout timer, if it is still armed and
-        fires first, is reused: on firing it finds the connection accepted and moves
-        on to the keepalive deadline (one timer per connection, not two)."""
+        """Arm the keep-alive deadline. If the CONNECT timeout comes first, the wheel
+        keeps that slot: on it the connection finds itself accepted and moves on to
+        the keep-alive deadline (one wheel entry per connection, not two)."""
         deadline = self.conn.keepalive_deadline()
         if deadline is None:
             self._enable_tcp_keepalive()
-        timer = self.timer
-        if timer is not None:
-            if deadline is not None and timer.when() <= deadline:
-                return
-            timer.cancel()
-            self.timer = None
-        if deadline is not None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+            self.broker.timers.cancel(self)
+            return
+        self.broker.timers.schedule(deadline, self)

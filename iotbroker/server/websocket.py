@@ -65,6 +65,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from iotbroker.server.linger import Linger
+
 if TYPE_CHECKING:
     from iotbroker.server.transport import ClientProtocol
 
@@ -233,8 +235,12 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
     transport (see the module docstring)."""
 
     __slots__ = ("_client", "_closing", "_endpoint", "_error", "_fragmented", "_held",
-                 "_peer", "_pending", "_subprotocol", "_tail", "_timer", "_transport",
-                 "_we_closed", "_ws")
+                 "_linger", "_peer", "_pending", "_subprotocol", "_tail", "_timer",
+                 "_transport", "_we_closed", "_ws")
+
+    #: ``close()`` runs the WebSocket closing handshake and then the lingering TCP
+    #: close itself: ``ClientProtocol`` must not linger on top (server/linger.py).
+    closes_gracefully = True
 
     def __init__(self, endpoint: WebSocketEndpoint) -> None:
         super().__init__(_NO_EXTRA)
@@ -261,6 +267,8 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         #: While the request head is read: its last 3 bytes (to find its end across
         #: reads); None afterwards.
         self._tail: bytes | None = b""
+        #: The lingering close of the TCP connection once the WebSocket stream ended.
+        self._linger: Linger | None = None
 
     # ------------------------------------------------ socket side (asyncio.Protocol)
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -271,6 +279,9 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
                                                self._handshake_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:  # the stream has ended: read, count, discard
+            self._linger.discard(len(data))
+            return
         if self._tail is not None:  # the opening handshake
             end = self._end_of_head(data)
             if end < 0 or end == len(data):
@@ -346,6 +357,8 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._linger is not None:
+            self._linger.cancel()
         self._endpoint._ended()
         client, self._client = self._client, None
         if client is None:
@@ -464,15 +477,24 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
                 transport.write(data)
             else:  # end of stream: a server closes the TCP connection (RFC 6455 §7.1.1)
                 self._closing = True
-                transport.close()
+                self._end_tcp()
+
+    def _end_tcp(self) -> None:
+        """Close the TCP connection so that what we sent last (the MQTT DISCONNECT or
+        CONNACK, our close frame) reaches a client that is still sending: a lingering
+        close (server/linger.py), not a close with unread input (a reset)."""
+        transport = self._transport
+        if transport is None or self._linger is not None or transport.is_closing():
+            return
+        self._linger = Linger(transport, self._endpoint.loop)
 
     def _close_timed_out(self) -> None:
-        """The client did not answer our close frame: close the TCP connection (what is
+        """The client did not answer our close frame: end the TCP connection (what is
         buffered is still sent), and abort it if that does not finish either."""
         transport = self._transport
         if transport is None:
             return
-        transport.close()
+        self._end_tcp()
         self._timer = self._endpoint.loop.call_later(WS_CLOSE_GRACE - WS_CLOSE_TIMEOUT,
                                                      transport.abort)
 
@@ -525,6 +547,8 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        if not transport.is_reading() and not transport.is_closing():
+            transport.resume_reading()  # the client's close frame must be read
         ws = self._protocol()
         if ws.state is _OPEN:
             ws.send_close(CloseCode.NORMAL_CLOSURE)
@@ -534,7 +558,7 @@ class WebSocketConnection(asyncio.Transport, asyncio.Protocol):
             self._timer = self._endpoint.loop.call_later(WS_CLOSE_TIMEOUT,
                                                          self._close_timed_out)
         else:
-            transport.close()
+            self._end_tcp()
 
     def abort(self) -> None:
         self._closing = True

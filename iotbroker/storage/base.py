@@ -101,8 +101,10 @@ class OutboundState(IntEnum):
 class WillRecord:
     """A Will Message still pending for a disconnected session (MQTT 5.0 §3.1.3.2).
 
-    Only persisted while a Will Delay Interval runs: ``delay_interval`` is in seconds,
-    counted from :attr:`SessionRecord.disconnected_at`. ``properties`` are the Will
+    Persisted while its connection is open (``disconnected_at`` is None: a restart
+    after a crash publishes it, issue 18) and while a Will Delay Interval runs:
+    ``delay_interval`` is in seconds, counted from :attr:`SessionRecord.disconnected_at`
+    (from the restart for a will stored while connected). ``properties`` are the Will
     Properties (payload format, message expiry, content type, response topic,
     correlation data, user properties).
     """

@@ -89,6 +89,14 @@ M, P, U = MalformedPacket, ProtocolViolation, UnsupportedProtocolVersion
 # --------------------------------------------------------------------- MQTT 3.1.1, valid
 V4_VALID = [
     ok("connect_v4_minimal", f"10 0d {MQTT} 04 02 00 3c 00 01 63", 4, Connect("c")),
+    # MQTT 3.1 (MQTT 3.1 §3.1): protocol name "MQIsdp", version 3, read like 3.1.1.
+    ok(
+        "connect_mqtt31_mqisdp_level_3",
+        "10 0f 00 06 4d 51 49 73 64 70 03 02 00 3c 00 01 63",
+        4,
+        Connect("c", 3, "MQIsdp"),
+        spec_ref="MQTT 3.1 §3.1",
+    ),
     ok(
         "connect_v4_will_user_password",
         f"10 1e {MQTT} 04 ec 00 0a 00 04 64 65 76 31 00 01 77 00 03 62 79 65 00 01 75 00 01 70",
@@ -408,8 +416,8 @@ ERRORS = [
         "MQTT-3.1.2-1",
     ),
     bad(
-        "mqtt_3_1_2_2_connect_mqisdp_level_3",
-        "10 0f 00 06 4d 51 49 73 64 70 03 02 00 3c 00 01 63",
+        "mqtt_3_1_2_2_connect_mqisdp_level_4",
+        "10 0f 00 06 4d 51 49 73 64 70 04 02 00 3c 00 01 63",
         4,
         U,
         0x84,

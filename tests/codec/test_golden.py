@@ -70,8 +70,8 @@ def test_golden_names_are_unique() -> None:
 
 def test_mqtt_3_1_2_2_unsupported_version_carries_the_requested_level() -> None:
     """[MQTT-3.1.2-2]: the broker needs the level to pick CONNACK 0x01 or 0x84."""
-    case = next(c for c in golden.ERRORS if c.name == "mqtt_3_1_2_2_connect_mqisdp_level_3")
+    case = next(c for c in golden.ERRORS if c.name == "mqtt_3_1_2_2_connect_mqisdp_level_4")
     with pytest.raises(UnsupportedProtocolVersion) as info:
         _decode_stream(case.raw, case.version)
-    assert info.value.protocol_level == 3
+    assert info.value.protocol_level == 4
     assert info.value.protocol_name == "MQIsdp"

@@ -62,12 +62,13 @@ def test_mqtt_3_1_2_1_wrong_protocol_name_closes(raw, uniq: str, version: int) -
     _no_success_connack(client.expect_closed(3.0), version)
 
 
-@pytest.mark.parametrize(("name", "level"), [("MQTT", 3), ("MQIsdp", 3)])
+@pytest.mark.parametrize(("name", "level"), [("MQTT", 3), ("MQIsdp", 4), ("MQIsdp", 5)])
 def test_mqtt_3_1_2_2_unsupported_level_connack_0x01(
     broker, uniq: str, name: str, level: int
 ) -> None:
     """[MQTT-3.1.2-2] (3.1.1): an unsupported protocol level gets CONNACK return code 0x01
-    (3.1.1 format) and the connection is closed."""
+    (3.1.1 format) and the connection is closed. ("MQIsdp" with version 3 is MQTT 3.1,
+    accepted: tests/interop/test_mqtt31.py.)"""
     sock = _open(broker)
     try:
         sock.sendall(

@@ -54,18 +54,48 @@ def test_mqtt_3_9_3_1_suback_codes_in_order(raw, uniq: str, version: int) -> Non
 
 
 @VERSIONS
-@pytest.mark.parametrize("bad", ["a/#/b", "a+", "#/x", "x/b#", "x/+y", "##"])
-def test_mqtt_3_8_4_5_invalid_filter_fails_alone(raw, uniq: str, version: int, bad: str) -> None:
-    """[MQTT-3.8.4-5] [MQTT-3.9.3-2] (3.1.1) / [MQTT-3.8.4-7] [MQTT-3.9.3-2] (5.0): a filter
-    that breaks [MQTT-4.7.1-2]/[MQTT-4.7.1-3] (3.1.1) / [MQTT-4.7.1-1]/[MQTT-4.7.1-2] (5.0)
-    gets a failure code (0x80 / 0x8F Topic Filter invalid) in its own position while the
-    other filters of the same SUBSCRIBE succeed."""
+@pytest.mark.parametrize("bad", ["a/#/b", "a+", "#/x", "x/b#", "x/+y", "##", "", "#/test/topic"])
+@pytest.mark.parametrize("kind", ["subscribe", "unsubscribe"])
+def test_mqtt_4_7_1_1_malformed_filter_closes_connection(
+    raw, uniq: str, version: int, bad: str, kind: str
+) -> None:
+    """A filter that breaks the wildcard rules (3.1.1 [MQTT-4.7.1-2] [MQTT-4.7.1-3], 5.0
+    [MQTT-4.7.1-1] [MQTT-4.7.1-2]) or is empty [MQTT-4.7.3-1] is a protocol violation,
+    not a refused subscription: in SUBSCRIBE and in UNSUBSCRIBE the server closes the
+    connection (3.1.1 [MQTT-4.8.0-1]; 5.0 DISCONNECT 0x82 first [MQTT-4.13.1-1]),
+    with no SUBACK / UNSUBACK, and none of the packet's filters is subscribed."""
+    filt = "" if bad == "" else f"{uniq}/{bad}" if not bad.startswith("#") else bad
     sub = _client(raw, version, f"{uniq}-sub")
-    ack = _subscribe_many(sub, 9, [(f"{uniq}/ok1", 1), (f"{uniq}/{bad}", 1), (f"{uniq}/ok2", 2)])
-    assert ack.reason_codes == [1, 0x8F if version == 5 else 0x80, 2]
-    pub = _client(raw, version, f"{uniq}-pub")
-    pub.publish(f"{uniq}/ok2", b"x", 2)
-    assert sub.receive_publish().topic == f"{uniq}/ok2"
+    if kind == "subscribe":
+        sub.send(Subscribe(9, [Subscription(f"{uniq}/ok1", 1), Subscription(filt, 1)]))
+    else:
+        sub.subscribe(f"{uniq}/ok1", 1)
+        sub.send(Unsubscribe(9, [f"{uniq}/ok1", filt]))
+    packets = sub.expect_closed(3.0)
+    assert not any(isinstance(p, (SubAck, UnsubAck)) for p in packets), packets
+    if version == 5:
+        assert disconnect_reason(packets) == 0x82
+    else:
+        assert packets == []
+
+
+@VERSIONS
+def test_mqtt_3_8_4_5_refused_filter_fails_alone(make_broker, uniq: str, version: int) -> None:
+    """[MQTT-3.8.4-5] [MQTT-3.9.3-2] (3.1.1) / [MQTT-3.8.4-7] [MQTT-3.9.3-2] (5.0): a
+    well-formed filter refused by policy (here: more levels than ``mqtt.max_topic_levels``)
+    gets a failure code (0x80 / 0x8F Topic Filter invalid) in its own position, the
+    other filters of the same SUBSCRIBE succeed and the connection stays open."""
+    b = make_broker(extra="mqtt:\n  max_topic_levels: 4\n")
+    sub = RawClient(b.host, b.port, version, timeout=3.0)
+    pub = RawClient(b.host, b.port, version, timeout=3.0)
+    with sub, pub:
+        sub.connect(f"{uniq}-sub")
+        pub.connect(f"{uniq}-pub")
+        ack = _subscribe_many(sub, 9, [(f"{uniq}/ok1", 1), (f"{uniq}/a/b/c/d", 1),
+                                       (f"{uniq}/ok2", 2)])
+        assert ack.reason_codes == [1, 0x8F if version == 5 else 0x80, 2]
+        pub.publish(f"{uniq}/ok2", b"x", 2)
+        assert sub.receive_publish().topic == f"{uniq}/ok2"
 
 
 @VERSIONS

@@ -341,7 +341,7 @@ def test_mqtt_3_1_2_29_request_problem_information_0(make_broker, tmp_path, uniq
     """[MQTT-3.1.2-29]: with Request Problem Information 0 the server sends no Reason
     String or User Property on anything but PUBLISH, CONNACK and DISCONNECT -- checked
     on every failing acknowledgement the server can make (PUBACK 0x87, PUBREC 0x87,
-    PUBREL 0x92, PUBCOMP 0x92, SUBACK 0x8F / 0x87, UNSUBACK 0x11); the DISCONNECT for a
+    PUBREL 0x92, PUBCOMP 0x92, SUBACK 0x87, UNSUBACK 0x11); the DISCONNECT for a
     protocol error may still carry a Reason String."""
     (tmp_path / "acl").write_text(f"topic readwrite {uniq}/ok/#\n")
     b = make_broker(extra="auth:\n  acl_file: acl\n")
@@ -357,12 +357,12 @@ def test_mqtt_3_1_2_29_request_problem_information_0(make_broker, tmp_path, uniq
         got.append(c.expect(PubRel))
         c.send(PubRel(301))
         got.append(c.expect(PubComp))
-        c.send(Subscribe(3, [Subscription(f"{uniq}/ok/a/#/b", 0), Subscription(f"{uniq}/no", 0)]))
+        c.send(Subscribe(3, [Subscription(f"{uniq}/no", 0)]))
         got.append(c.expect(SubAck))
         c.send(Unsubscribe(4, [f"{uniq}/ok/none"]))
         got.append(c.expect(UnsubAck))
         assert [getattr(p, "reason_code", None) for p in got[:4]] == [0x87, 0x87, 0x92, 0x92]
-        assert got[4].reason_codes == [0x8F, 0x87]
+        assert got[4].reason_codes == [0x87]
         assert got[5].reason_codes == [0x11]
         for p in got:
             assert p.properties.reason_string is None, p

@@ -131,13 +131,16 @@ def test_mqtt_3_8_3_4_no_local_on_shared_is_protocol_error(raw, uniq: str) -> No
 @pytest.mark.parametrize(
     "bad", ["$share//t", "$share/g", "$share/g/", "$share/g+/t", "$share/g#/t", "$share/g/a#"]
 )
-def test_mqtt_4_8_2_2_invalid_share_names_0x8f(raw, uniq: str, bad: str) -> None:
+def test_mqtt_4_8_2_2_invalid_share_names_close(raw, uniq: str, bad: str) -> None:
     """[MQTT-4.8.2-1] [MQTT-4.8.2-2]: a ShareName must be non-empty, without ``+`` or ``#``
-    and followed by ``/`` and a valid Topic Filter; otherwise SUBACK 0x8F Topic Filter
-    invalid for that filter, and the others in the SUBSCRIBE are still granted."""
+    and followed by ``/`` and a valid Topic Filter. A filter that breaks this is a
+    Protocol Error, not a refused subscription: DISCONNECT 0x82 [MQTT-4.13.1-1], no
+    SUBACK (issue 18)."""
     c = _c(raw, uniq)
     c.send(Subscribe(1, [Subscription(bad, 1), Subscription(f"{uniq}/ok", 1)]))
-    assert c.expect(SubAck).reason_codes == [0x8F, 1]
+    packets = c.expect_closed(3.0)
+    assert disconnect_reason(packets) == 0x82
+    assert not any(isinstance(p, SubAck) for p in packets)
 
 
 def test_shared_unacked_qos1_redelivered_to_another_member(raw, uniq: str) -> None:

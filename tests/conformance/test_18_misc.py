@@ -143,7 +143,10 @@ def test_mqtt_3_4_2_2_acks_fit_a_small_maximum_packet_size(raw: Callable[..., Ra
     c = raw(5)
     ack = c.connect(f"{uniq}-small", properties=Properties(maximum_packet_size=limit))
     assert ack.reason_code == 0 and ack.properties.reason_string is None
-    c.send(Subscribe(1, [Subscription(f"{uniq}/a", 2), Subscription("bad/#/x", 1)]))
+    # A well-formed filter refused by policy (more than the default max_topic_levels
+    # 128): a failure code in the SUBACK (malformed filters close the connection).
+    too_deep = "/".join(["l"] * 130)
+    c.send(Subscribe(1, [Subscription(f"{uniq}/a", 2), Subscription(too_deep, 1)]))
     suback = c.expect(SubAck)
     assert suback.reason_codes[0] == 2 and suback.reason_codes[1] >= 0x80
     assert suback.properties.reason_string is None and not suback.properties.user_properties

@@ -51,13 +51,13 @@ class FakeOutlet:
             for entry in session.take_outbox():
                 if isinstance(entry, Delivery):  # QoS 0: sent when the engine sends
                     if not self.send_publish(entry, None, False, self.now):
-                        session.refused(0, 0, self.now)
+                        session.refused(0, entry, False, self.now)
                     continue
                 delivery, packet_id, dup, now = entry
                 if delivery is None:
                     self.send_packet(PubRel(packet_id))
-                elif not self.send_publish(delivery, packet_id or None, dup, now) and not dup:
-                    session.refused(packet_id, delivery.qos, now)
+                elif not self.send_publish(delivery, packet_id or None, dup, now):
+                    session.refused(packet_id, delivery, dup, now)
 
     def send_publish(
         self, delivery: Delivery, packet_id: int | None, dup: bool, now: float

@@ -222,3 +222,24 @@ def test_peer_violation_becomes_reason_code_and_close() -> None:
     (bye,) = world.received(client)
     assert isinstance(bye, Disconnect) and bye.reason_code == 0x82
     assert client.close_requested
+
+
+def test_publish_byte_counters_count_payloads_in_and_out_and_not_refused_ones() -> None:
+    """$SYS publish/bytes/received and /sent (mosquitto's meaning): payload bytes of
+    the PUBLISH packets received and sent; one the client's Maximum Packet Size
+    [MQTT-3.1.2-25] kept from being sent is not counted as sent."""
+    world = World.make()
+    metrics = world.engine.metrics
+    small, _ = world.connect("small", properties=Properties(maximum_packet_size=64))
+    world.send(small, Subscribe(1, [Subscription("t/#", 1)]))
+    big, _ = world.connect("big")
+    world.send(big, Subscribe(1, [Subscription("t/#", 0)]))
+    world.received(small), world.received(big)
+    pub, _ = world.connect("pub")
+    world.send(pub, Publish("t/a", b"x" * 10, 1, False, False, 1))
+    world.send(pub, Publish("t/b", b"y" * 100, 0, False, False, None))
+    world.received(pub), world.received(small), world.received(big)
+    assert metrics.publish_bytes_received == 110
+    # "small" gets the 10-byte one only (the 100-byte one is over its 64-byte limit);
+    # "big" gets both.
+    assert metrics.publish_bytes_sent == 10 + 10 + 100

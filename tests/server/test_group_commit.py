@@ -17,6 +17,7 @@ import pytest
 from iotbroker.metrics import Metrics
 from iotbroker.server import group_commit
 from iotbroker.server.group_commit import GroupCommit
+from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.memory import MemoryStore
 
 
@@ -70,10 +71,10 @@ class Conn:
         return data
 
 
-class Proto:
-    """What GroupCommit uses of a ClientProtocol."""
+class Proto(ClientProtocol):
+    """A ClientProtocol without a broker or socket: what GroupCommit uses of it."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # no super().__init__: no broker, no socket here
         self.conn = Conn()
         self.transport = Transport()
         self.close_after_flush = False
@@ -86,6 +87,9 @@ class Proto:
 
     def abort(self) -> None:
         self.transport.closed = True
+
+    def finish_close(self) -> None:
+        self.transport.close()
 
 
 def _turn(group: GroupCommit, metrics: Metrics, protos: list[Proto], data: bytes) -> None:

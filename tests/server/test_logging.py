@@ -3,6 +3,7 @@ connection id, client id and remote address as fields."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -59,6 +60,13 @@ def test_json_log_lines_carry_connection_fields(
                if line.startswith("{")]
     assert records, "no JSON log lines"
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    # Issue 18: milliseconds and the UTC offset, on the record path and the fast path.
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
+    assert all(iso.match(r["time"]) for r in records), [r["time"] for r in records]
+    for r in records:
+        parsed = datetime.datetime.fromisoformat(r["time"])
+        assert parsed.tzinfo is not None
+        assert abs(parsed.timestamp() - time.time()) < 60
     mine = [r for r in records if r.get("client_id") == "log-json-client"]
     assert {r["peer"] for r in mine} == {f"127.0.0.1:{port}"}
     assert len({r["conn_id"] for r in mine}) == 1
@@ -137,7 +145,7 @@ def test_connection_lines_fast_path_writes_what_a_record_would_json() -> None:
     """The same for JSON lines: same keys in the same order, same values."""
     fast, stdlib = _one_line_each_way(json_format=True)
     assert fast == stdlib
-    assert json.loads(fast.replace("<29>", '"time": "t"')) == {
+    assert json.loads(fast.replace("<39>", '"time": "t"')) == {
         "time": "t", "level": "INFO", "logger": "iotbroker.broker",
         "message": "client 'fast-client' connected from 127.0.0.1:4242",
         "conn_id": 7, "client_id": "fast-client", "peer": "127.0.0.1:4242"}
@@ -153,7 +161,7 @@ def test_identity_fields_fast_path_and_record_agree_text() -> None:
 def test_identity_fields_fast_path_and_record_agree_json() -> None:
     fast, stdlib = _one_line_each_way(json_format=True, conn=_TlsConn())
     assert fast == stdlib
-    entry = json.loads(fast.replace("<29>", '"time": "t"'))
+    entry = json.loads(fast.replace("<39>", '"time": "t"'))
     assert entry["username"] == "alice"
     assert entry["cert"] == "CN=dev-17,O=Fleet"
 

@@ -179,3 +179,37 @@ def test_storage_size_and_write_timing_on_rocksdb(tmp_path: Path) -> None:
         assert value(samples, "iotbroker_storage_batch_max_changes") >= 1
     finally:
         proc.stop()
+
+
+def test_connections_labelled_by_listener_name(tmp_path: Path) -> None:
+    """docs/configuration.md: ``listeners.name`` is the name used in metrics. Each
+    configured listener has its samples (zero included); they sum to the totals."""
+    proc = BrokerProcess(tmp_path, config(listener("alpha", "tcp") + listener("beta", "tcp")
+                                          + listener("idle", "tcp"), EXTRA)).start()
+    clients: list[RawClient] = []
+    try:
+        for name, count in (("alpha", 2), ("beta", 1)):
+            for i in range(count):
+                client = RawClient("127.0.0.1", proc.ports[name])
+                client.connect(f"{name}-{i}")
+                clients.append(client)
+        clients.pop().close()  # beta's client leaves: accepted 1, open 0
+        deadline = time.monotonic() + WAIT
+        while True:
+            samples = scrape(proc)
+            if value(samples, "iotbroker_listener_connections_open", listener="beta") == 0 \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        expected = {"alpha": (2, 2), "beta": (0, 1), "idle": (0, 0)}
+        for name, (open_now, accepted) in expected.items():
+            assert value(samples, "iotbroker_listener_connections_open",
+                         listener=name) == open_now, name
+            assert value(samples, "iotbroker_listener_connections_accepted_total",
+                         listener=name) == accepted, name
+        assert value(samples, "iotbroker_connections_open") == 2
+        assert value(samples, "iotbroker_connections_accepted_total") == 3
+    finally:
+        for client in clients:
+            client.close()
+        proc.stop()

@@ -4,6 +4,7 @@ raw ``websockets`` client checking the handshake and the framing rules."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -283,3 +284,49 @@ def test_pings_are_answered_and_closing_is_clean(ws_broker: BrokerProcess) -> No
                      if "'ws-ping'" in line and "connection lost" in line), "")
     assert line, ws_broker.log_text()[-2000:]
     assert "WebSocket code" not in line and "protocol error" not in line
+
+
+def test_disconnect_reaches_a_websocket_client_that_keeps_sending(
+        ws_broker: BrokerProcess) -> None:
+    """Issue 18, MQTT 5.0 §4.13 [MQTT-4.13.1-1] over WebSocket: a protocol error (a
+    second CONNECT [MQTT-3.1.0-2]) while the client goes on sending binary messages
+    gets DISCONNECT 0x82, then the WebSocket closing handshake (code 1000) -- not a
+    reset of the TCP connection under the client's feet."""
+    with connect(_ws_url(ws_broker), subprotocols=MQTT, open_timeout=WAIT) as ws:
+        client = WsMqtt(ws, version=5)
+        client.send(Connect(client_id="ws-keeps-sending", protocol_version=5))
+        assert isinstance(client.recv(), ConnAck)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        filler = encode_packet(Publish("ws/keeps", b"x" * 300), 5)
+
+        def keep_sending() -> None:
+            deadline = time.monotonic() + 5.0
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    ws.send(filler)
+                except ConnectionClosed:
+                    return  # the closing handshake ended sending: expected
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+                time.sleep(0.005)
+
+        writer = threading.Thread(target=keep_sending, daemon=True)
+        writer.start()
+        time.sleep(0.1)
+        client.send(Connect(client_id="ws-keeps-sending", protocol_version=5))
+        packet = client.recv()
+        while isinstance(packet, Publish):
+            packet = client.recv()
+        assert isinstance(packet, Disconnect) and packet.reason_code == 0x82, packet
+        got_disconnect = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            client.recv()
+        # The closing handshake starts at once (the lingering close of the TCP
+        # connection comes after it, server/linger.py), not after a linger.
+        assert time.monotonic() - got_disconnect < 1.5
+        stop.set()
+        writer.join(2.0)
+        assert errors == []
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000, closed.value

@@ -36,13 +36,26 @@ class FakeSocketTransport(asyncio.Transport):
         super().__init__()
         self.out = bytearray()
         self.closed = False
+        self.eof = False
         self.aborted = False
         self.reading = True
         self.limits: tuple[int | None, int | None] | None = None
 
     def write(self, data: Any) -> None:
-        assert not self.closed and not self.aborted, "write after close"
+        assert not self.ended and not self.aborted, "write after close"
         self.out += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    @property
+    def ended(self) -> bool:
+        """We ended the TCP connection: closed it, or half-closed it (the lingering
+        close of server/linger.py reads on until the client's EOF)."""
+        return self.closed or self.eof
 
     def close(self) -> None:
         self.closed = True
@@ -211,7 +224,7 @@ def test_refused_handshakes(loop: asyncio.AbstractEventLoop, path: str, protocol
     with caplog.at_level("INFO", "iotbroker.listeners"):
         peer.conn.data_received(peer.request(path, protocols) + frame(Opcode.BINARY, b"x"))
     assert peer.response().startswith(b"HTTP/1.1 " + status)
-    assert peer.transport.closed and not peer.clients
+    assert peer.transport.ended and not peer.clients
     assert "refusing WebSocket handshake from 127.0.0.1:40001" in caplog.text
 
 
@@ -268,7 +281,7 @@ def test_text_frame_closes_with_1003(loop: asyncio.AbstractEventLoop) -> None:
     [close] = peer.frames()
     assert close.opcode is Opcode.CLOSE
     assert Close.parse(close.data).code == CloseCode.UNSUPPORTED_DATA
-    assert peer.transport.closed
+    assert peer.transport.ended
     peer.conn.connection_lost(None)
     [exc] = peer.client.lost
     assert isinstance(exc, ConnectionError) and "binary" in str(exc)
@@ -373,10 +386,10 @@ def test_close_sends_close_frame_and_waits_for_the_clients(
     peer.conn.close()
     assert peer.conn.is_closing()
     assert [f.opcode for f in peer.frames()] == [Opcode.BINARY, Opcode.CLOSE]
-    assert not peer.transport.closed  # waiting for the client's close frame
+    assert not peer.transport.ended  # waiting for the client's close frame
     peer.conn.write(b"late")  # ignored once closing
     peer.conn.data_received(frame(Opcode.CLOSE, Close(1000, "").serialize()))
-    assert peer.transport.closed
+    assert peer.transport.ended
     peer.conn.connection_lost(None)
     assert peer.client.lost == [None]
     assert peer.endpoint.open == 0
@@ -390,7 +403,7 @@ def test_close_without_answer_times_out(loop: asyncio.AbstractEventLoop) -> None
     assert timer is not None and timer.when() - loop.time() == pytest.approx(
         wsmod.WS_CLOSE_TIMEOUT, abs=0.5)
     timer._run()  # type: ignore[attr-defined]
-    assert peer.transport.closed and not peer.transport.aborted
+    assert peer.transport.ended and not peer.transport.aborted
     grace = peer.conn._timer
     assert grace is not None
     grace._run()  # type: ignore[attr-defined]  # still not gone: aborted
@@ -404,7 +417,7 @@ def test_client_close_frame_is_echoed_and_is_a_clean_end(
     peer.conn.data_received(frame(Opcode.CLOSE, Close(1001, "bye").serialize()))
     [echo] = peer.frames()
     assert echo.opcode is Opcode.CLOSE and Close.parse(echo.data).code == 1001
-    assert peer.transport.closed
+    assert peer.transport.ended
     peer.conn.connection_lost(None)
     assert peer.client.lost == [None]
 

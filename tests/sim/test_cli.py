@@ -111,3 +111,15 @@ def test_without_rich_the_command_names_the_sim_extra() -> None:
     proc = subprocess.run([sys.executable, "-c", code, str(root / "configs" / "default.yaml")],
                           capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_and_simulator_doc_give_the_same_install_command() -> None:
+    """Issue 18: a newcomer copying either gets the same environment."""
+    root = SCENARIOS.parents[1]
+
+    def commands(path: Path) -> set[str]:
+        return {line.split("#")[0].strip() for line in path.read_text().splitlines()
+                if "pip install -e '.[sim]'" in line and "venv" in line}
+
+    readme, doc = commands(root / "README.md"), commands(root / "docs" / "simulator.md")
+    assert readme and readme == doc, (readme, doc)

@@ -7,6 +7,7 @@ and duplicates stay within what each QoS allows, and wills fire on abrupt closes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,17 @@ def test_no_faults_accounting_is_exact(target: tuple[str, int], tmp_path: Path) 
         <= report["latency_ms"]["max"]
     assert report["publish_ack_latency_ms"]["count"] == m["confirmed"]
     assert (tmp_path / "report.json").exists() and (tmp_path / "report.html").exists()
+    # Issue 18: readable tables, a per-QoS breakdown saying what each QoS allows, one
+    # timestamp format (ISO 8601, UTC, seconds).
+    page = (tmp_path / "report.html").read_text()
+    for heading in ("Verdict", "Delivery by QoS", "Violations", "Wills", "Connect errors"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "exactly once: no loss of acknowledged messages, no duplicates" in page
+    assert '{"' not in page  # no raw JSON
+    run_meta = report["run"]
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")
+    assert stamp.fullmatch(run_meta["started_at"]) and stamp.fullmatch(run_meta["finished_at"])
+    assert f"{run_meta['started_at']} / {run_meta['finished_at']}" in page
 
 
 FAULTS = {
@@ -137,7 +149,10 @@ def test_wills_fire_on_abrupt_close_only(target: tuple[str, int]) -> None:
     doc["groups"][1]["name"] = "d5"
     report = run(parse_scenario(doc), *target)
     assert report["counters"]["fault_abrupt_close"] == 6
-    assert report["wills"] == {"expected": 6, "received": 6, "missing": 0, "unexpected": 0}
+    w = report["wills"]
+    assert (w["expected"], w["owed"], w["received"], w["missing"], w["unexpected"]) == (
+        6, 6, 6, 0, 0), w
+    assert w["excused"] == {} and w["excused_list"] == []
 
 
 def test_gateways_actuators_dashboards(broker: BrokerProcess, tmp_path: Path) -> None:
@@ -207,3 +222,6 @@ def test_unreachable_broker_counts_failures() -> None:
     report = run(parse_scenario(doc), "127.0.0.1", free_port())
     assert report["devices"]["connected"] == 0 and report["devices"]["failed"] == 5
     assert report["errors"].get("connect_econnrefused", 0) >= 5
+    assert report["ok"] is False  # issue 18: nothing connected is not "OK"
+    assert report["connect_errors"]["by_kind"] == {
+        "refused": report["errors"]["connect_econnrefused"]}

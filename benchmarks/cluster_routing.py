@@ -1,0 +1,238 @@
+"""Issue 14: cross-node routing cost. QoS 0 messages from a publisher on one node to a
+subscriber on another (two iotbroker processes on a 1- or 3-server NATS cluster),
+against the same with publisher and subscriber on one broker without a cluster.
+
+Reports delivered messages/s, and messages per broker CPU-second (both brokers' CPU
+added up in the cluster case; nats-server's and the generator's CPU reported apart).
+
+    .venv/bin/python benchmarks/cluster_routing.py [--messages 200000 --nats 1 --reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.nats_cluster import NatsCluster
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+def _frame(first: int, body: bytes) -> bytes:
+    n = len(body)
+    out = bytearray([first])
+    while True:
+        byte = n % 128
+        n //= 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes(out) + body
+
+
+def connect_packet(client_id: str) -> bytes:
+    return _frame(0x10, _str("MQTT") + bytes([4, 2, 0, 60]) + _str(client_id))
+
+
+async def open_client(port: int, client_id: str) -> tuple[asyncio.StreamReader,
+                                                            asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(connect_packet(client_id))
+    await reader.readexactly(4)  # CONNACK
+    return reader, writer
+
+
+async def count_publishes(reader: asyncio.StreamReader, total: int,
+                          progress: list[int]) -> None:
+    buf = bytearray()
+    seen = 0
+    while seen < total:
+        chunk = await reader.read(1 << 16)
+        if not chunk:
+            raise RuntimeError("subscriber closed")
+        buf += chunk
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            first = buf[pos]
+            length = 0
+            mult = 1
+            i = pos + 1
+            while i < n:
+                b = buf[i]
+                length += (b & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not b & 0x80:
+                    break
+            else:
+                break
+            if i + length > n:
+                break
+            if first >> 4 == 3:
+                seen += 1
+            pos = i + length
+        del buf[:pos]
+        progress[0] = seen
+
+
+async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
+                   wait_routed: bool, topics: int) -> float:
+    sreader, swriter = await open_client(sub_port, f"bsub{time.monotonic_ns()}")
+    swriter.write(_frame(0x82, (1).to_bytes(2, "big") + _str("bench/#") + b"\x00"))
+    await sreader.readexactly(5)  # SUBACK
+    _preader, pwriter = await open_client(pub_port, f"bpub{time.monotonic_ns()}")
+    packet = _frame(0x30, _str("bench/t") + b"x" * 64)
+    # --topics N: the publisher cycles over N topics (a fan-in of N devices), so a
+    # turn's messages are spread over topics (the cluster batches per topic and turn)
+    packets = [_frame(0x30, _str(f"bench/t{i}") + b"x" * 64) for i in range(topics)]
+    if wait_routed:  # NATS has the subscriber's interest when a probe comes through
+        while True:
+            pwriter.write(packet)
+            try:
+                await asyncio.wait_for(sreader.read(1 << 16), 0.1)
+                break
+            except TimeoutError:
+                continue
+        await asyncio.sleep(0.3)
+        while True:
+            try:
+                await asyncio.wait_for(sreader.read(1 << 16), 0.2)
+            except TimeoutError:
+                break
+    progress = [0]
+    counter = asyncio.get_running_loop().create_task(
+        count_publishes(sreader, messages, progress))
+    started = time.perf_counter()
+    sent = 0
+    while sent < messages:
+        room = min(window - (sent - progress[0]), messages - sent, 500)
+        if room <= 0:
+            await asyncio.sleep(0.0005)
+            continue
+        if topics == 1:
+            pwriter.write(packet * room)
+        else:
+            pwriter.write(b"".join(packets[(sent + i) % topics] for i in range(room)))
+        sent += room
+        await pwriter.drain()
+    await asyncio.wait_for(counter, 60)
+    took = time.perf_counter() - started
+    pwriter.close()
+    swriter.close()
+    return took
+
+
+def measure(pids: list[int], nats_pids: list[int], pub_port: int, sub_port: int,
+            args: argparse.Namespace, wait_routed: bool) -> dict[str, float]:
+    rates, per_cpu, nats_cpu, gen_cpu = [], [], [], []
+    for _ in range(args.reps):
+        before = [cpu_seconds(p) for p in pids]
+        nats_before = sum(cpu_seconds(p) for p in nats_pids)
+        gen_before = resource.getrusage(resource.RUSAGE_SELF)
+        took = asyncio.run(run_once(pub_port, sub_port, args.messages, args.window,
+                                    wait_routed, args.topics))
+        broker_cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
+        gen_after = resource.getrusage(resource.RUSAGE_SELF)
+        rates.append(args.messages / took)
+        per_cpu.append(args.messages / broker_cpu)
+        nats_cpu.append((sum(cpu_seconds(p) for p in nats_pids) - nats_before) / took)
+        gen_cpu.append((gen_after.ru_utime + gen_after.ru_stime - gen_before.ru_utime
+                        - gen_before.ru_stime) / took)
+    return {
+        "msgs_per_s": statistics.median(rates),
+        "msgs_per_broker_cpu_s": statistics.median(per_cpu),
+        "nats_cpu_pct": 100 * statistics.median(nats_cpu),
+        "generator_cpu_pct": 100 * statistics.median(gen_cpu),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--window", type=int, default=2000)
+    parser.add_argument("--nats", type=int, default=1, help="nats-servers (1 or 3)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--topics", type=int, default=1,
+                        help="topics the publisher cycles over (default 1)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="py-spy record both nodes (collapsed stacks in DIR)")
+    args = parser.parse_args()
+    quiet = "logging:\n  level: INFO\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        single = BrokerProcess(work / "single", broker_config().replace(
+            "logging:\n  level: DEBUG\n", quiet), name="single").start()
+        assert single.proc is not None
+        try:
+            one = measure([single.proc.pid], [], single.port, single.port, args, False)
+        finally:
+            single.stop()
+        cluster = NatsCluster(work / "nats", size=args.nats).start()
+        nodes = []
+        try:
+            for name in ("a", "b"):
+                text = broker_config(extra=(
+                    f"cluster:\n  node_name: {name}\n  nats: [{', '.join(cluster.urls)}]\n"
+                    f"  replicas: {min(3, args.nats)}\n"
+                )).replace("logging:\n  level: DEBUG\n", "logging:\n  level: INFO\n")
+                nodes.append(BrokerProcess(work / name, text, name=name).start())
+            for node in nodes:
+                deadline = time.monotonic() + 10
+                while "connected to NATS" not in node.log_text():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(node.log_text())
+                    time.sleep(0.05)
+            pids = [n.proc.pid for n in nodes if n.proc is not None]
+            nats_pids = [s.proc.pid for s in cluster.servers if s.proc is not None]
+            spies = []
+            if args.profile:
+                import subprocess  # noqa: PLC0415
+
+                for name, pid in zip("ab", pids, strict=True):
+                    spies.append(subprocess.Popen(
+                        ["py-spy", "record", "-r", "200", "-f", "raw", "-o",
+                         f"{args.profile}/{name}.txt", "--pid", str(pid)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                time.sleep(1)
+            two = measure(pids, nats_pids, nodes[0].port, nodes[1].port, args, True)
+            for spy in spies:
+                spy.send_signal(2)
+                spy.wait(30)
+        finally:
+            for node in nodes:
+                node.stop()
+            cluster.stop()
+    print(f"{args.messages} QoS 0 messages of 64 B on {args.topics} topic(s), "
+          f"window {args.window}, "
+          f"median of {args.reps}, {args.nats} nats-server(s)")
+    for label, r in (("one broker, no cluster", one), ("two nodes, pub a -> sub b", two)):
+        print(f"  {label:28s} {r['msgs_per_s']:>9,.0f} msg/s  "
+              f"{r['msgs_per_broker_cpu_s']:>9,.0f} msg per broker CPU-s  "
+              f"nats {r['nats_cpu_pct']:.0f}% CPU  generator {r['generator_cpu_pct']:.0f}% CPU")
+    print(f"  ratio msg per broker CPU-s (cluster / single): "
+          f"{two['msgs_per_broker_cpu_s'] / one['msgs_per_broker_cpu_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

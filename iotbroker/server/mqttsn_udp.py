@@ -1,0 +1,149 @@
+"""The asyncio side of an ``mqtt-sn`` listener: one UDP socket and a one-second tick.
+
+The gateway (:mod:`iotbroker.mqttsn.gateway`) is sans-I/O; this module gives it
+datagrams and the time, sends what it writes (wrapping replies for a forwarder's
+Wireless Node Id, MQTT-SN 1.2 §5.5), and after each event applies the engine's
+effects the way the broker does for its socket connections (closes, the core timer,
+the end-of-turn flush, where the storage batch is committed before any answer leaves).
+
+ADVERTISE (§6.1) is broadcast to ``255.255.255.255`` on the listener's port when the
+listener binds a wildcard address; a listener bound to one address (loopback in
+tests) cannot broadcast and does not advertise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING, Any, cast
+
+from iotbroker.config import ListenerConfig
+from iotbroker.mqttsn import codec as sn
+from iotbroker.mqttsn.gateway import BROADCAST, Gateway, Key
+from iotbroker.server.exposure import listening_note
+from iotbroker.server.listeners import Listener
+
+if TYPE_CHECKING:
+    from iotbroker.server.broker import Broker
+
+log = logging.getLogger("iotbroker.mqttsn")
+
+#: Seconds between two runs of the gateway's timers (keep alive, retries, ADVERTISE):
+#: one second, or a quarter of ``mqttsn.retry_interval`` when that is shorter.
+TICK = 1.0
+#: Socket buffer asked for (bytes), each way.
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class MqttSnEndpoint(asyncio.DatagramProtocol):
+    """The UDP socket of one ``mqtt-sn`` listener."""
+
+    def __init__(self, broker: Broker, config: ListenerConfig) -> None:
+        self.broker = broker
+        self.config = config
+        self.transport: asyncio.DatagramTransport | None = None
+        self.gateway = Gateway(broker.engine, broker.config, config, broker.ready_to_write,
+                               self._sendto, broker.now())
+        self._broadcast = config.host in ("0.0.0.0", "::", "")
+        self._tick: asyncio.TimerHandle | None = None
+        self._interval = max(0.05, min(TICK, broker.config.mqttsn.retry_interval / 4))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport is not an asyncio.DatagramTransport subclass.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # One socket takes every device's datagrams: a burst must not overflow the
+            # default receive buffer (~208 KiB) while the loop is busy; the kernel caps
+            # this at net.core.rmem_max.
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # refused: the default stays
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            if self._broadcast:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        self._tick = self.broker.loop.call_later(self._interval, self._on_tick)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            self.gateway.datagram_received(data, addr, self.broker.now())
+        except Exception:  # a bug of ours: one datagram lost, the listener goes on
+            log.exception("mqtt-sn %r: error handling a datagram from %s", self.config.name,
+                          addr)
+        self._after_event()
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("mqtt-sn %r: socket error %s", self.config.name, exc)
+
+    def _sendto(self, data: bytes, key: Key) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        addr, node = key
+        if key == BROADCAST:
+            if not self._broadcast:
+                return
+            addr = ("255.255.255.255", self.config.port)
+        elif node is not None:
+            data = sn.encode(sn.Encapsulated(0, node, data))  # §5.5, back to the forwarder
+        try:
+            transport.sendto(data, addr)
+        except OSError as exc:  # e.g. no route for the broadcast
+            log.debug("mqtt-sn %r: sendto %s failed: %s", self.config.name, addr, exc)
+
+    def _after_event(self) -> None:
+        """The engine's effects of one event, applied as for a socket connection."""
+        broker = self.broker
+        broker.apply_closes()
+        broker.reschedule_core_timer()
+        broker.schedule_flush()
+
+    def _on_tick(self) -> None:
+        self.gateway.run_timers(self.broker.now())
+        self._after_event()
+        self._tick = self.broker.loop.call_later(self._interval, self._on_tick)
+
+    def shutting_down(self) -> None:
+        self.gateway.shutting_down()
+        self._after_event()
+
+    def close(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class MqttSnListener(Listener):
+    """A started ``mqtt-sn`` listener."""
+
+    def __init__(self, config: ListenerConfig, endpoint: MqttSnEndpoint,
+                 addresses: list[tuple[str, int]]) -> None:
+        super().__init__(config, addresses)
+        self.endpoint = endpoint
+
+    def close(self) -> None:
+        # Clients end cleanly (no will), told DISCONNECT, before the socket closes.
+        self.endpoint.shutting_down()
+        self.endpoint.broker.flush()
+        self.endpoint.close()
+
+    async def wait_closed(self) -> None:
+        return
+
+
+async def start_mqttsn_listener(broker: Broker, config: ListenerConfig) -> MqttSnListener:
+    """Bind the UDP socket of an ``mqtt-sn`` listener."""
+    loop = broker.loop
+    transport, endpoint = await loop.create_datagram_endpoint(
+        lambda: MqttSnEndpoint(broker, config), local_addr=(config.host, config.port),
+        reuse_port=False,
+    )
+    sock = transport.get_extra_info("sockname")
+    addresses = [(str(sock[0]), int(sock[1]))]
+    for host, port in addresses:
+        log.info("listening on %s:%s (udp, listener %r)%s", host, port, config.name,
+                 listening_note(config, host, port))
+    return MqttSnListener(config, endpoint, addresses)

@@ -1,0 +1,109 @@
+"""Connection deadlines on one loop timer: a hashed timing wheel.
+
+Every connection has a deadline (the CONNECT timeout, then 1.5 × Keep Alive
+[MQTT-3.1.2-24]). One ``asyncio.TimerHandle`` per connection costs about 440 bytes
+(the handle, its libuv timer, its arguments; measured with tracemalloc, issue 19), more
+than the connection's own MQTT state. Here a connection is one entry in the set of its
+slot (``resolution`` seconds wide), and one loop timer is armed for the earliest
+non-empty slot.
+
+A connection is called (``on_deadline(now)``) at the end of its slot: at most
+``resolution`` after its deadline, never before it. It decides itself whether the
+deadline passed (its last packet may have moved it) and schedules itself again. Each
+connection is in at most one slot: scheduling an earlier deadline moves it; a later one
+is kept for when the earlier slot fires (the connection then asks for its real
+deadline), so activity costs nothing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Protocol
+
+__all__ = ["Deadline", "TimerWheel"]
+
+
+class Deadline(Protocol):
+    """What the wheel holds: a connection that knows its own deadline."""
+
+    #: The slot it is in (0: none); owned by the wheel.
+    wheel_slot: int
+
+    def on_deadline(self, now: float) -> None: ...
+
+
+class TimerWheel:
+    """Deadlines of many connections, ``resolution`` seconds apart at worst."""
+
+    __slots__ = ("_armed_slot", "_handle", "_loop", "_resolution", "_slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = 0.1) -> None:
+        self._loop = loop
+        self._resolution = resolution
+        self._slots: dict[int, set[Deadline]] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_slot = 0
+
+    def __len__(self) -> int:
+        """Connections waiting for a deadline."""
+        return sum(len(members) for members in self._slots.values())
+
+    def schedule(self, when: float, item: Deadline) -> None:
+        """Call ``item.on_deadline`` at the end of the slot holding ``when`` (or of
+        the earlier slot it is already in)."""
+        slot = math.ceil(when / self._resolution)
+        current = item.wheel_slot
+        if current:
+            if current <= slot:
+                return
+            self._remove(current, item)
+        members = self._slots.get(slot)
+        if members is None:
+            members = self._slots[slot] = set()
+        members.add(item)
+        item.wheel_slot = slot
+        if self._handle is None or slot < self._armed_slot:
+            self._arm(slot)
+
+    def cancel(self, item: Deadline) -> None:
+        """Forget ``item`` (its connection closed)."""
+        if item.wheel_slot:
+            self._remove(item.wheel_slot, item)
+            item.wheel_slot = 0
+
+    def close(self) -> None:
+        """Stop the loop timer (the broker is stopping)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._slots.clear()
+
+    def _remove(self, slot: int, item: Deadline) -> None:
+        members = self._slots.get(slot)
+        if members is not None:
+            members.discard(item)
+            if not members:
+                del self._slots[slot]
+
+    def _arm(self, slot: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_slot = slot
+        self._handle = self._loop.call_at(slot * self._resolution, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        last = math.floor(now / self._resolution + 1e-9)
+        due = sorted(slot for slot in self._slots if slot <= last)
+        for slot in due:
+            members = self._slots.pop(slot, None)
+            if not members:
+                continue
+            for item in members:
+                if item.wheel_slot == slot:
+                    item.wheel_slot = 0
+                    item.on_deadline(now)
+        if self._slots and self._handle is None:
+            self._arm(min(self._slots))

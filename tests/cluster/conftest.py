@@ -1,0 +1,92 @@
+"""Fixtures of the cluster tests: a real 3-server NATS cluster with JetStream, and
+iotbroker nodes (subprocesses, as a user runs them) joined to it."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.nats_cluster import NatsCluster
+from tests.interop.test_paho import Paho
+
+_prefixes = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """Three nats-servers routed to each other, JetStream on, shared by a module's tests
+    (each test uses subjects of its own: ``cluster.subject_prefix``)."""
+    for attempt in range(3):  # a free port picked may be taken meanwhile: new ports
+        try:
+            cluster = NatsCluster(tmp_path_factory.mktemp("nats"), size=3).start()
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    yield cluster
+    cluster.stop()
+
+
+def node_config(node_name: str, urls: list[str], prefix: str, replicas: int = 3,
+                extra: str = "", storage: str = "memory") -> str:
+    servers = ", ".join(urls)
+    return broker_config(storage=storage, extra=(
+        f"cluster:\n  node_name: {node_name}\n  nats: [{servers}]\n"
+        f"  replicas: {replicas}\n  subject_prefix: {prefix}\n{extra}"
+    ))
+
+
+def wait_for_log(proc: BrokerProcess, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in proc.log_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not in the log within {timeout}s:\n{proc.log_text()}")
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, nats_cluster: NatsCluster
+              ) -> Iterator[Callable[..., BrokerProcess]]:
+    """Start an iotbroker node joined to the NATS cluster; waits until it is connected.
+    ``servers`` picks which nats-servers it knows (indexes), default all."""
+    prefix = f"t{next(_prefixes)}"
+    started: list[BrokerProcess] = []
+
+    def factory(name: str, servers: list[int] | None = None,
+                extra: str = "", storage: str = "memory") -> BrokerProcess:
+        urls = [nats_cluster.urls[i] for i in (servers if servers is not None else [0, 1, 2])]
+        proc = BrokerProcess(tmp_path / name,
+                             node_config(name, urls, prefix, extra=extra, storage=storage),
+                             name=name)
+        proc.start()
+        started.append(proc)
+        wait_for_log(proc, f"cluster: node {name} connected to NATS")
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Paho]]:
+    """Factory of connected paho clients (MQTT 5.0 unless asked), disconnected at the end."""
+    made: list[Paho] = []
+
+    def factory(node: BrokerProcess, client_id: str, protocol: int = mqtt.MQTTv5,
+                **kw: object) -> Paho:
+        client = Paho(node.host, node.port, client_id, protocol, **kw)  # type: ignore[arg-type]
+        client.connect()
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        client.disconnect()

@@ -1,0 +1,215 @@
+"""Live routing by interest across nodes (docs/cluster.md, "Live routing"): two
+iotbroker processes joined to a real 3-server NATS cluster, real paho clients on each.
+
+Each node knows a different nats-server, so every message crosses a NATS route too.
+A subscription on one node receives messages published on another once NATS has its
+interest (not from the SUBACK on: docs/cluster.md says so); tests wait for that by
+publishing a probe until one arrives, then check exact delivery with an end marker
+(one publisher's messages keep their order [MQTT-4.6.0-5]), so no test sleeps to
+prove an absence.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.cluster.conftest import node_config, wait_for_log
+from tests.helpers.broker_process import BrokerProcess
+from tests.helpers.nats_cluster import NatsCluster
+from tests.interop.test_paho import VERSIONS, Paho
+
+Node = Callable[..., BrokerProcess]
+
+
+def wait_until_routed(pub: Paho, sub: Paho, topic: str, timeout: float = 10.0) -> None:
+    """Publish probes on ``topic`` until ``sub`` gets one (NATS has the interest),
+    then drain the probes that were still on their way (and anything before them)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pub.publish(topic, b"probe", qos=1)
+        try:
+            msg = sub.messages.get(timeout=0.1)
+        except Exception:
+            continue
+        if msg.payload != b"probe":
+            continue
+        pub.publish(topic, b"probe-end", qos=1)
+        while sub.receive().payload != b"probe-end":
+            pass
+        return
+    raise AssertionError(f"no probe on {topic!r} reached the other node within {timeout}s")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_message_published_on_one_node_reaches_a_subscriber_on_another(
+    make_node: Node, clients: Callable[..., Paho], version: str
+) -> None:
+    """Overlapping filters on the receiving node ([MQTT-3.3.4-2]: one copy per
+    client), topics with '.', spaces, empty levels, '*', '>', '$' that the subject
+    mapping must carry, and [MQTT-4.7.2-1] ('#' does not match '$' topics) kept
+    across nodes."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    protocol = VERSIONS[version]
+    sub = clients(b, f"sub-{version}", protocol)
+    sub.subscribe([("sensors/+/temp", 1), ("#", 1), ("$dev/#", 1)])
+    pub = clients(a, f"pub-{version}", protocol)
+    wait_until_routed(pub, sub, "sensors/x/temp")
+    topics = ["sensors/1/temp", "odd topic/with.dots/and*star>", "/leading", "a//b/",
+              "$dev/x.y", "sensors/2/temp", "~tilde/é中"]
+    for i, topic in enumerate(topics):
+        pub.publish(topic, f"m{i}".encode(), qos=i % 2)
+    pub.publish("end", b"end", qos=1)
+    got = [(m.topic, m.payload) for m in sub.receive_until("end")]
+    assert got == [(t, f"m{i}".encode()) for i, t in enumerate(topics)]
+
+
+def test_mqtt5_properties_and_qos_cross_nodes(make_node: Node,
+                                              clients: Callable[..., Paho]) -> None:
+    """What a PUBLISH carries (MQTT 5.0 §3.3.2.3: user properties, content type,
+    response topic, correlation data) reaches the other node's subscriber unchanged,
+    at min(publish QoS, granted QoS) [MQTT-3.8.4-6]."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[2])
+    sub = clients(b, "sub")
+    sub.subscribe("cmd/#", qos=2)
+    low = clients(b, "low")
+    low.subscribe("cmd/#", qos=0)
+    pub = clients(a, "pub")
+    wait_until_routed(pub, sub, "cmd/probe")
+    while not low.messages.empty():
+        low.messages.get()
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [("k", "v"), ("k", "w")]
+    props.ContentType = "text/plain"
+    props.ResponseTopic = "reply/here"
+    props.CorrelationData = b"\x00\x01"
+    pub.publish("cmd/go", b"payload", qos=2, properties=props)
+    for client, qos in ((sub, 2), (low, 0)):
+        msg = client.receive()
+        while msg.payload.startswith(b"probe"):
+            msg = client.receive()
+        assert (msg.topic, msg.payload, msg.qos) == ("cmd/go", b"payload", qos)
+        got = msg.properties
+        assert got.UserProperty == [("k", "v"), ("k", "w")]
+        assert got.ContentType == "text/plain"
+        assert got.ResponseTopic == "reply/here"
+        assert got.CorrelationData == b"\x00\x01"
+
+
+def _wait_subjects(nats_cluster: NatsCluster, name: str, prefix: str, expected: list[str],
+                   timeout: float = 10.0) -> None:
+    """Wait until the node's NATS subscriptions under ``prefix`` (its MQTT interest;
+    the retained watch has inbox subscriptions of its own) are ``expected``."""
+    deadline = time.monotonic() + timeout
+    got: list[str] = []
+    while time.monotonic() < deadline:
+        got = [s for s in nats_cluster.subscriptions(name) if s.startswith(f"{prefix}.")]
+        if got == sorted(expected):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"NATS subscriptions of {name!r}: {got}, expected {sorted(expected)}")
+
+
+def test_one_nats_subscription_per_distinct_filter(
+    make_node: Node, clients: Callable[..., Paho], nats_cluster: NatsCluster
+) -> None:
+    """Interest is ref-counted per distinct filter: many MQTT subscriptions on one
+    filter are one NATS subscription, a shared subscription counts for its plain
+    filter, and the NATS subscription goes with the filter's last subscriber
+    (unsubscribe or end of a clean session)."""
+    b = make_node("b", servers=[1])
+    name = "iotbroker b"
+    prefix = b.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+    one = clients(b, "one")
+    two = clients(b, "two")
+    one.subscribe("fleet/+/cmd", qos=1)
+    two.subscribe([("fleet/+/cmd", 1), ("fleet/#", 0), ("$share/g/fleet/+/cmd", 1)])
+    cmd, root, below = f"{prefix}.m.fleet.*.cmd", f"{prefix}.m.fleet", f"{prefix}.m.fleet.>"
+    _wait_subjects(nats_cluster, name, prefix, [cmd, root, below])
+    two.unsubscribe("fleet/#")
+    _wait_subjects(nats_cluster, name, prefix, [cmd])
+    two.unsubscribe(["fleet/+/cmd"])
+    one.disconnect()  # a clean session: its subscriptions end with it
+    _wait_subjects(nats_cluster, name, prefix, [cmd])  # still held by two's shared subscription
+    two.unsubscribe("$share/g/fleet/+/cmd")
+    _wait_subjects(nats_cluster, name, prefix, [])
+
+
+def test_a_node_without_nats_serves_its_own_clients(
+    tmp_path: Path, clients: Callable[..., Paho]
+) -> None:
+    """NATS unreachable at start: the node says so in its log, in $SYS
+    (``$SYS/broker/cluster/connected`` 0), in its metrics and on /health
+    ("degraded"), and still routes between its own clients (docs/cluster.md,
+    "When NATS is away")."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # closed when the block ends: nobody listens there
+    extra = ("sys_topics:\n  enabled: true\n  interval: 0.1\n"
+             "metrics:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n")
+    node = BrokerProcess(tmp_path / "lonely",
+                         node_config("lonely", [f"nats://127.0.0.1:{dead}"], "lone",
+                                     extra=extra),
+                         name="lonely").start()
+    try:
+        wait_for_log(node, "unreachable")
+        sub = clients(node, "sub")
+        sub.subscribe([("local/#", 1), ("$SYS/broker/cluster/#", 0)])
+        pub = clients(node, "pub")
+        pub.publish("local/x", b"here", qos=1)
+        got: dict[str, bytes] = {}
+        while "local/x" not in got or "$SYS/broker/cluster/connected" not in got:
+            msg = sub.receive()
+            got[msg.topic] = msg.payload
+        assert got["local/x"] == b"here"
+        assert got["$SYS/broker/cluster/connected"] == b"0"
+        port = int(re.findall(r"metrics listening on 127\.0\.0\.1:(\d+)", node.log_text())[0])
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            assert response.read().startswith(b"degraded")
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            assert "iotbroker_cluster_connected 0.0" in response.read().decode()
+        sub.disconnect()
+        pub.disconnect()
+    finally:
+        node.stop()
+
+
+def test_a_restarted_node_keeps_the_interest_of_its_persistent_sessions(
+    make_node: Node, clients: Callable[..., Paho], nats_cluster: NatsCluster
+) -> None:
+    """A persistent session's subscriptions come back from RocksDB with its node, and
+    so does the node's NATS interest (no client of b is online): a QoS 1 message
+    published on another node while the subscriber is offline is queued for it and
+    delivered when it reconnects (MQTT 5.0 §4.1: the session keeps its
+    subscriptions)."""
+    # both on one nats-server: once it lists b's subscription, a's publish matches it
+    # (interest crossing a NATS route cannot be observed from outside)
+    a = make_node("a", servers=[1])
+    b = make_node("b", servers=[1], storage="rocksdb")
+    prefix = b.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+    sub = clients(b, "keeper", clean=False, session_expiry=3600)
+    sub.subscribe("p/#", qos=1)
+    pub = clients(a, "pub")
+    wait_until_routed(pub, sub, "p/probe")
+    sub.disconnect()
+    b.stop()
+    _wait_subjects(nats_cluster, "iotbroker b", prefix, [])
+    b.start()
+    wait_for_log(b, "connected to NATS")
+    _wait_subjects(nats_cluster, "iotbroker b", prefix, [f"{prefix}.m.p", f"{prefix}.m.p.>"])
+    pub.publish("p/while-offline", b"queued", qos=1)
+    pub.publish("p/end", b"end", qos=1)
+    back = clients(b, "keeper", clean=False, session_expiry=3600)
+    got = [m for m in back.receive_until("p/end") if not m.payload.startswith(b"probe")]
+    assert [(m.topic, m.payload, m.qos) for m in got] == [("p/while-offline", b"queued", 1)]
