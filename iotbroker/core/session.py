@@ -76,8 +76,6 @@ class _NoEntries(dict[Any, Any]):
 
 _NO_QUEUE: deque[Any] = _Unused()
 _NO_RESEND: deque[Any] = _Unused()
-_NO_OFFLOADED: deque[Any] = _Unused()
-_SIZE_MASK = 0xFFFFFFFF
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
@@ -118,6 +116,11 @@ class Pager(Protocol):
     through the server, which commits pending changes first)."""
 
     def load_queued(self, client_id: str) -> list[QueuedRecord]: ...
+
+    def get_queued(self, client_id: str, seq: int) -> QueuedRecord | None:
+        """One queued message (its size is needed when the oldest offloaded message
+        is dropped under ``max_queued_bytes``)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -174,7 +177,8 @@ class Session:
     __slots__ = (
         "_next_packet_id",
         "_next_seq",
-        "_offloaded",
+        "_off_count",
+        "_off_head",
         "_queued_bytes",
         "_resend",
         "attached_to",
@@ -228,9 +232,11 @@ class Session:
         self._queued_bytes = 0
         #: In-flight packet ids of a resumed session still to be re-sent, in order.
         self._resend: deque[int] = _NO_RESEND
-        #: Queued messages that live only in the store while the session is offline:
-        #: ``seq << 32 | size`` each, oldest first (issue 7: an index, not the bodies).
-        self._offloaded: deque[int] = _NO_OFFLOADED
+        #: Queued messages that live only in the store while the session is offline
+        #: (issue 19: a cursor and a count, not an index): their seqs are exactly
+        #: ``_off_head .. _off_head + _off_count - 1``, oldest first.
+        self._off_head = 0
+        self._off_count = 0
 
     # ------------------------------------------------------------------ state
     @property
@@ -420,12 +426,11 @@ class Session:
     @property
     def queued_count(self) -> int:
         """Messages waiting (in memory or offloaded to the store)."""
-        return len(self.queue) + len(self._offloaded)
+        return len(self.queue) + self._off_count
 
     def _enqueue(self, delivery: Delivery) -> None:
         limits = self.context.limits
         size = len(delivery.message.payload)
-        offload = self.attached_to is None and self.context.pager is not None and self.persistent
         while self.queued_count >= limits.max_queued_messages or (
             limits.max_queued_bytes and self._queued_bytes + size > limits.max_queued_bytes
         ):
@@ -433,31 +438,52 @@ class Session:
             if not limits.drop_oldest or not self.queued_count:
                 self.context.metrics.messages_dropped_queue_full += 1
                 return
-            if self._offloaded:
-                packed = self._offloaded.popleft()
-                old_seq = packed >> 32
-                self._queued_bytes -= packed & _SIZE_MASK
+            if self._off_count:
+                old_seq = self._drop_offloaded_head()
             else:
                 old_seq, old = self.queue.popleft()
                 self._queued_bytes -= len(old.message.payload)
             self.context.metrics.messages_dropped_queue_full += 1
             if self.persistent:
                 self.context.batch.delete_queued(self.client_id, old_seq)
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        if offload:
-            if self._offloaded is _NO_OFFLOADED:
-                self._offloaded = deque()
-            self._offloaded.append(seq << 32 | min(size, _SIZE_MASK))
+        if self.attached_to is None and self.context.pager is not None and self.persistent:
+            # Offline: the message goes to the store only, right after the others.
+            count = self._off_count
+            if count:
+                seq = self._off_head + count
+                if seq >= self._next_seq:
+                    self._next_seq = seq + 1
+            else:
+                seq = self._off_head = self._next_seq
+                self._next_seq = seq + 1
+            self._off_count = count + 1
             self._queued_bytes += size
             self.context.batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
             return
+        seq = self._next_seq
+        self._next_seq = seq + 1
         if self.queue is _NO_QUEUE:
             self.queue = deque()
         self.queue.append((seq, delivery))
         self._queued_bytes += size
         if self.persistent:
             self.context.batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
+
+    def _drop_offloaded_head(self) -> int:
+        """Forget the oldest offloaded message (drop-oldest); returns its seq. Its size
+        is read from the store only when a byte limit needs it."""
+        seq = self._off_head
+        self._off_head = seq + 1
+        self._off_count -= 1
+        if self.context.limits.max_queued_bytes and self.context.pager is not None:
+            rec = self.context.pager.get_queued(self.client_id, seq)
+            if rec is not None:
+                self._queued_bytes -= len(rec.delivery.message.payload)
+        if not self._off_count:
+            self._off_head = 0
+            if not self.queue:
+                self._queued_bytes = 0
+        return seq
 
     def pump(self, now: float) -> None:
         """Move queued messages into the in-flight window while it has room."""
@@ -583,41 +609,67 @@ class Session:
 
     # ---------------------------------------------------------------- paging
     def offload(self) -> None:
-        """Drop the bodies of queued messages from memory (they are in the store),
-        keeping ``seq`` and size: an offline session costs an index, not its queue."""
-        if self.context.pager is None or not self.persistent or not self.queue:
+        """Drop the bodies of queued messages from memory (they are in the store): an
+        offline session costs a cursor and a count, not its queue (issue 19).
+
+        The offloaded seqs must be consecutive; messages queued behind a full window
+        may have gaps between them (a message sent in the meantime took the next seq),
+        so the ones after the first gap are stored again under consecutive seqs, in
+        the same order, in this turn's batch."""
+        queue = self.queue
+        if self.context.pager is None or not self.persistent or not queue:
             return
-        if self._offloaded is _NO_OFFLOADED:
-            self._offloaded = deque()
-        for seq, delivery in self.queue:
-            self._offloaded.append(seq << 32 | min(len(delivery.message.payload), _SIZE_MASK))
+        batch = self.context.batch
+        client_id = self.client_id
+        if self._off_count:  # not expected: an offloaded session queues in the store
+            head = self._off_head
+            expected = head + self._off_count
+        else:
+            head = expected = queue[0][0]
+        for seq, delivery in queue:
+            if seq != expected:
+                # put before delete: ``expected`` < ``seq``, and no later entry uses it
+                batch.put_queued(QueuedRecord(client_id, expected, delivery))
+                batch.delete_queued(client_id, seq)
+            expected += 1
+        self._off_head = head
+        self._off_count = expected - head
+        self._next_seq = max(self._next_seq, expected)
         self.queue = _NO_QUEUE
 
-    def restore_offloaded(self, index: list[tuple[int, int]]) -> None:
-        """Queued messages known by ``(seq, size)`` only (restore at start-up)."""
-        if not index:
+    def restore_offloaded(self, first: int, count: int, size: int, consecutive: bool) -> None:
+        """Queued messages known by their first seq, count and total payload size only
+        (restore at start-up). A stored queue with gaps between its seqs (written by an
+        older version, or queued behind a full window when the broker stopped) is read
+        once and stored again under consecutive seqs (:meth:`offload`)."""
+        if not count:
             return
-        if self._offloaded is _NO_OFFLOADED:
-            self._offloaded = deque()
-        for seq, size in index:
-            self._offloaded.append(seq << 32 | min(size, _SIZE_MASK))
+        if self._next_seq <= first + count - 1:
+            self._next_seq = first + count
+        if consecutive or self.context.pager is None:
+            self._off_head = first
+            self._off_count = count
             self._queued_bytes += size
-            self._next_seq = max(self._next_seq, seq + 1)
+            return
+        for rec in self.context.pager.load_queued(self.client_id):
+            self.restore_queued(rec.seq, rec.delivery)
+        self.offload()
 
     def page_in(self) -> None:
         """Read offloaded messages back (the session is coming online)."""
-        offloaded = self._offloaded
-        if not offloaded or self.context.pager is None:
+        count = self._off_count
+        if not count or self.context.pager is None:
             return
-        wanted = {packed >> 32 for packed in offloaded}
+        head = self._off_head
+        end = head + count
         records = self.context.pager.load_queued(self.client_id)
         queue: deque[tuple[int, Delivery]] = deque()
         for rec in records:
-            if rec.seq in wanted:
+            if head <= rec.seq < end:
                 queue.append((rec.seq, rec.delivery))
         queue.extend(self.queue)  # none expected: a session offline has no in-memory queue
         self.queue = queue
-        self._offloaded = _NO_OFFLOADED
+        self._off_head = self._off_count = 0
         self._queued_bytes = sum(len(d.message.payload) for _, d in queue)
 
     # ----------------------------------------------------- connect/disconnect
@@ -665,6 +717,8 @@ class Session:
         self.attached_to = None
         self.outbox = None  # what was in flight is re-sent on resume [MQTT-4.4.0-1]
         self._resend = _NO_RESEND
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
         self.offload()
         self.disconnected_at = now
 
@@ -673,7 +727,7 @@ class Session:
         self.subscriptions = _NO_SUBSCRIPTIONS
         self.inflight = _NO_INFLIGHT
         self.queue = _NO_QUEUE
-        self._offloaded = _NO_OFFLOADED
+        self._off_head = self._off_count = 0
         self.inbound_qos2 = _NO_IDS
         self._queued_bytes = 0
         self._next_packet_id = 1

@@ -231,7 +231,16 @@ class SessionRegistry:
                 )
             for q in snapshot.queued.get(client_id, ()):
                 session.restore_queued(q.seq, q.delivery)
-            session.restore_offloaded(snapshot.queued_index.get(client_id, []))
+            summary = snapshot.queued_summary.get(client_id)
+            if summary is not None:
+                session.restore_offloaded(*summary)
+            else:
+                index = snapshot.queued_index.get(client_id)
+                if index:  # a store loaded with the index (older callers)
+                    consecutive = all(s == index[0][0] + i for i, (s, _) in enumerate(index))
+                    session.restore_offloaded(
+                        index[0][0], len(index), sum(n for _, n in index), consecutive
+                    )
             held = snapshot.inbound_qos2.get(client_id)
             if held:
                 session.inbound_qos2 = set(held)

@@ -185,6 +185,9 @@ class Engine:
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
         self.storage_batch_max = 0
+        #: False when the server syncs the store itself after the writes (group
+        #: commit for ``durability: fsync``): commits then only write the log.
+        self.sync_commits = True
         self._handlers: dict[PacketType, Callable[[Client, Any, float], None]] = {
             PacketType.PUBLISH: self.on_publish,
             PacketType.PUBACK: self.on_puback,
@@ -202,7 +205,7 @@ class Engine:
         """Rebuild retained messages and sessions from the store (at start-up)."""
         # Queued messages stay on disk (an index in memory) until their session comes
         # back: offline sessions cost bounded memory (issue 7).
-        snapshot = self.store.load(queued_bodies=False)
+        snapshot = self.store.load(queued_bodies=False, queued_summary=True)
         for message in snapshot.retained:
             if message.expired(now):
                 self.batch.delete_retained(message.topic)
@@ -227,7 +230,7 @@ class Engine:
         metrics. Raises StorageError, leaving the batch as it was."""
         batch = self.batch
         started = time.perf_counter()
-        self.store.apply(batch)
+        self.store.apply(batch, self.sync_commits)
         took = time.perf_counter() - started
         self.metrics.storage_batches += 1
         self.metrics.storage_changes += len(batch)
@@ -242,6 +245,12 @@ class Engine:
         if self.batch:
             self.commit()
         return self.store.load_queued(client_id)
+
+    def get_queued(self, client_id: str, seq: int) -> QueuedRecord | None:
+        """One queued message (the Pager's point read), after committing this turn."""
+        if self.batch:
+            self.commit()
+        return self.store.get_queued(client_id, seq)
 
     def auth_changed(self) -> None:
         """The ACL was reloaded: queued, in-flight and retained deliveries follow the

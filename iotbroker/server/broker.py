@@ -31,8 +31,10 @@ from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
+from iotbroker.server import memtrim
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.exposure import warn_open_anonymous
+from iotbroker.server.group_commit import GroupCommit
 from iotbroker.server.listeners import Listener, make_ssl_context, start_listener
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
@@ -108,6 +110,11 @@ class Broker:
         self._timer_at: float | None = None
         self.started_at = time.time()
         self.bound: list[tuple[str, int]] = []
+        #: ``durability: fsync``: group commit (server/group_commit.py): output waits
+        #: for the sync that covers its turn; many turns share one sync.
+        self.group_commit: GroupCommit | None = None
+        if config.storage.backend == "rocksdb" and config.storage.durability == "fsync":
+            self.group_commit = GroupCommit(store, self.metrics, loop, self.engine)
         #: Connections to other brokers (issue 15): a room of its own, wired in here.
         self.bridges = Bridges(self.engine, loop, self.flush)
         self._bridge_reload: asyncio.Task[None] | None = None
@@ -124,6 +131,7 @@ class Broker:
         engine = self.engine
         engine.restore(self.now())
         self.flush()
+        memtrim.trim()  # what the restore read and freed goes back (issue 19)
         log.info(
             "restored %d sessions, %d subscriptions, %d queued/in-flight messages, "
             "%d retained messages in %.3fs",
@@ -224,6 +232,8 @@ class Broker:
         self.engine.shutting_down(list(self.connections))
         self._apply_closes()
         self.flush()
+        if self.group_commit is not None:
+            self.group_commit.drain()  # the DISCONNECTs (0x8B) go out before the aborts
         for server in self._servers:
             await server.wait_closed()
         if self.metrics_server is not None:
@@ -232,6 +242,8 @@ class Broker:
         for proto in list(self.connections):
             proto.abort()
         self.flush()
+        if self.group_commit is not None:
+            self.group_commit.close()
         if self.cluster is not None:
             await self.cluster.stop()
         self.timers.close()
@@ -321,6 +333,7 @@ class Broker:
         if readers:
             self.active_readers = []
         if batch:
+            changes = len(batch)
             try:
                 self.engine.commit()
             except StorageError as exc:
@@ -332,10 +345,15 @@ class Broker:
                     proto.conn.data_to_send()
                     proto.abort()
                 return
-        for proto in dirty:
-            proto.write_pending()
-            if proto.close_after_flush:
-                proto.finish_close()
+            if changes >= memtrim.TRIM_AFTER_CHANGES:
+                memtrim.trim()  # a large fan-out's batch is freed: give it back
+        if self.group_commit is not None:
+            self.group_commit.output(dirty)
+        else:
+            for proto in dirty:
+                proto.write_pending()
+                if proto.close_after_flush:
+                    proto.finish_close()
         if self._throttled and readers:
             # A consumer is congested: slow down the clients that published this turn
             # (not bystanders that only pinged, acknowledged or connected).
@@ -511,11 +529,27 @@ class Broker:
                 break
             if engine.closing:
                 self._apply_closes()
+            if len(engine.batch) >= memtrim.TRIM_AFTER_CHANGES:
+                self._commit_early()
             if proto.close_after_flush or proto.deferred:
                 break
         if not self._flush_scheduled:
             self._schedule_flush()
         return handled
+
+    def _commit_early(self) -> None:
+        """A packet left a large batch (a fan-out to many offline sessions): write it
+        now, between two packets, where the state is whole, as if the next packets had
+        come in another read. Acks still wait for the turn's flush; the memory of the
+        batch is freed per packet, not per read (issue 19). A failure is left to the
+        flush, which retries and closes the turn's connections."""
+        changes = len(self.engine.batch)
+        try:
+            self.engine.commit()
+        except StorageError:
+            return
+        if changes >= memtrim.TRIM_AFTER_CHANGES:
+            memtrim.trim()
 
     def _limit_publish_rate(self, proto: ClientProtocol) -> None:
         """Over limits.publish_rate_per_client: what follows waits (unread), no loss."""
@@ -700,6 +734,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
         log.error("cannot start: %s", problem)
     if problems:
         return 1
+    memtrim.limit_arenas()  # before RocksDB starts its threads
     try:
         store = open_store(config)
     except StorageError as exc:

@@ -62,6 +62,8 @@ __all__ = [
     "Op",
     "OutboundRecord",
     "OutboundState",
+    "QueueSummaries",
+    "QueueSummary",
     "QueuedRecord",
     "SessionRecord",
     "Store",
@@ -161,6 +163,31 @@ class QueuedRecord:
     delivery: Delivery
 
 
+#: One session's stored queue in brief: ``(first seq, count, total payload bytes,
+#: consecutive)``; ``consecutive`` is True when the seqs are ``first .. first+count-1``.
+QueueSummary = tuple[int, int, int, bool]
+
+
+class QueueSummaries:
+    """Builds :data:`QueueSummary` values from queued records seen in key order
+    (client id, then seq), one record at a time: no list per session."""
+
+    __slots__ = ("out",)
+
+    def __init__(self, out: dict[str, QueueSummary]) -> None:
+        self.out = out
+
+    def add(self, client_id: str, seq: int, size: int) -> None:
+        cur = self.out.get(client_id)
+        if cur is None:
+            self.out[client_id] = (seq, 1, size, True)
+        else:
+            first, count, total, consecutive = cur
+            self.out[client_id] = (
+                first, count + 1, total + size, consecutive and seq == first + count
+            )
+
+
 @dataclass(slots=True)
 class StoreSnapshot:
     """Everything :meth:`Store.load` found.
@@ -176,6 +203,10 @@ class StoreSnapshot:
       per client id, ``(seq, stored size in bytes)`` in ``seq`` order, so that offline
       sessions keep only an index in memory; :meth:`Store.load_queued` reads one
       session's messages when it comes back.
+    * ``queued_summary``: filled instead by ``load(queued_bodies=False,
+      queued_summary=True)``: per client id, a :data:`QueueSummary` (first seq, count,
+      total payload bytes, whether the seqs are consecutive): what an offline session
+      keeps of its queue (issue 19), without a list per session even during restore.
     """
 
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
@@ -185,6 +216,7 @@ class StoreSnapshot:
     inbound_qos2: dict[str, set[int]] = field(default_factory=dict)
     retained: list[Message] = field(default_factory=list)
     queued_index: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    queued_summary: dict[str, QueueSummary] = field(default_factory=dict)
 
 
 class Op(IntEnum):
@@ -333,22 +365,36 @@ def check_outbound(rec: OutboundRecord) -> None:
 class Store(Protocol):
     """A persistent (or in-memory) home for session state and retained messages."""
 
-    def apply(self, batch: ChangeBatch) -> None:
+    def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         """Apply all changes of ``batch`` in order, atomically (all or nothing).
 
+        With ``durability: fsync`` the write is synced before this returns, unless
+        ``sync`` is False: then it is durable only after the next :meth:`sync`
+        (group commit: the caller holds the acknowledgements until then).
         Raises :class:`ValueError` for a change that cannot be stored (our bug) and
         :class:`iotbroker.errors.StorageError` when the medium fails (disk full).
         The batch is left as it was; the caller clears it.
         """
         ...
 
-    def load(self, queued_bodies: bool = True) -> StoreSnapshot:
+    def sync(self) -> None:
+        """Make every write applied so far durable as ``durability`` promises (with
+        ``fsync``: one sync of the log for all of them). Safe to call from another
+        thread than the one applying batches; a no-op for stores without a log."""
+        ...
+
+    def load(self, queued_bodies: bool = True, queued_summary: bool = False) -> StoreSnapshot:
         """Read everything back, for restore at start-up. With ``queued_bodies=False``
-        queued messages are not decoded: ``queued_index`` lists them instead."""
+        queued messages are not decoded: ``queued_index`` lists them instead, or with
+        ``queued_summary=True`` only ``queued_summary`` counts them per session."""
         ...
 
     def load_queued(self, client_id: str) -> list[QueuedRecord]:
         """One session's queued messages, in ``seq`` order."""
+        ...
+
+    def get_queued(self, client_id: str, seq: int) -> QueuedRecord | None:
+        """One queued message, or None."""
         ...
 
     def stats(self) -> dict[str, int]:

@@ -18,6 +18,7 @@ from iotbroker.storage.base import (
     Op,
     OutboundRecord,
     QueuedRecord,
+    QueueSummaries,
     SessionRecord,
     StoreSnapshot,
     SubscriptionEntry,
@@ -45,7 +46,10 @@ class MemoryStore:
         self._retained: dict[str, Message] = {}
         self._closed = False
 
-    def apply(self, batch: ChangeBatch) -> None:
+    def sync(self) -> None:
+        """Nothing to sync: memory only."""
+
+    def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         self._check_open()
         changes = batch.changes
         # First pass: everything that could fail. The second pass cannot fail, so a
@@ -93,14 +97,24 @@ class MemoryStore:
         recs = self._queued.get(client_id, {})
         return [recs[s] for s in sorted(recs)]
 
-    def load(self, queued_bodies: bool = True) -> StoreSnapshot:
+    def get_queued(self, client_id: str, seq: int) -> QueuedRecord | None:
+        self._check_open()
+        return self._queued.get(client_id, {}).get(seq)
+
+    def load(self, queued_bodies: bool = True, queued_summary: bool = False) -> StoreSnapshot:
         self._check_open()
         if not queued_bodies:
             snap = self.load()
-            snap.queued_index = {
-                cid: [(r.seq, len(r.delivery.message.payload)) for r in recs]
-                for cid, recs in snap.queued.items()
-            }
+            if queued_summary:
+                summaries = QueueSummaries(snap.queued_summary)
+                for cid, recs in snap.queued.items():
+                    for r in recs:
+                        summaries.add(cid, r.seq, len(r.delivery.message.payload))
+            else:
+                snap.queued_index = {
+                    cid: [(r.seq, len(r.delivery.message.payload)) for r in recs]
+                    for cid, recs in snap.queued.items()
+                }
             snap.queued = {}
             return snap
         return StoreSnapshot(

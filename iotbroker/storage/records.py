@@ -118,6 +118,7 @@ __all__ = [
     "decode_properties",
     "decode_queued",
     "decode_queued_index",
+    "decode_queued_summary",
     "decode_retained",
     "decode_schema_version",
     "decode_session",
@@ -620,5 +621,24 @@ def decode_queued_index(key: bytes, value: bytes) -> tuple[str, int, int]:
         cid, rest = _split(key, 8)
         _version(value)
         return cid, _U64.unpack(rest)[0], len(value)
+    except _DECODE_ERRORS as exc:
+        raise CorruptData(str(exc)) from None
+
+
+#: Offset of the delivery head in a QUEUED value (after the version byte).
+_DELIVERY_AT = len(_V1)
+
+
+def decode_queued_summary(key: bytes, value: bytes) -> tuple[str, int, int]:
+    """A QUEUED record without decoding its message: (client_id, seq, payload size).
+
+    Reads two fixed heads only (the delivery's, then the message's length fields), so
+    a restore counts a session's queue without building a message per record."""
+    try:
+        cid, rest = _split(key, 8)
+        _version(value)
+        n_ids = _DELIVERY.unpack_from(value, _DELIVERY_AT)[2]
+        head = _MESSAGE.unpack_from(value, _DELIVERY_AT + _DELIVERY.size + 4 * n_ids)
+        return cid, _U64.unpack(rest)[0], head[7]
     except _DECODE_ERRORS as exc:
         raise CorruptData(str(exc)) from None

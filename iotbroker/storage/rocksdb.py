@@ -11,7 +11,10 @@ Three parts, three modules:
 Durability: each :meth:`RocksDBStore.apply` is one ``WriteBatch`` (atomic). With
 ``durability="os"`` it is written to the WAL without fsync (it survives a crash of the
 process, not of the machine); with ``"fsync"`` the write is synced before ``apply``
-returns, one sync per batch (the caller batches one loop turn: group commit).
+returns, one sync per batch, or, with ``apply(batch, sync=False)``, by the next
+:meth:`RocksDBStore.sync` (``FlushWAL(sync=true)``, which RocksDB allows from another
+thread while batches are written): the server's group commit, one sync for all the
+batches written while the previous sync ran.
 
 Outbound records come back sorted by ``seq`` (send order; key order, i.e. packet id,
 breaks ties). Deliveries of one message are stored once per recipient; ``load``
@@ -36,6 +39,8 @@ from typing import Any
 
 from rocksdict import (
     AccessType,
+    BlockBasedOptions,
+    Cache,
     DBRecoveryMode,
     Options,
     Rdict,
@@ -52,6 +57,7 @@ from iotbroker.storage.base import (
     OnCorruption,
     Op,
     QueuedRecord,
+    QueueSummaries,
     StoreSnapshot,
     check_outbound,
     check_packet_id,
@@ -104,8 +110,39 @@ def _classify(exc: BaseException) -> str:
     return "other"
 
 
-def _options() -> Options:
+#: One block cache for all column families (RocksDB otherwise gives each family its
+#: own 8 MiB cache), holding index and filter blocks too, so that table readers stay
+#: inside it as the store grows (issue 19: memory must not grow with what is on disk).
+BLOCK_CACHE_BYTES = 4 << 20
+#: Memtables of all families together. A queued message is in a memtable until it is
+#: flushed to an SST file: this bounds what an offline fleet's queue costs in memory.
+WRITE_BUFFER_BYTES = 8 << 20
+
+_BLOCK_CACHE: Cache | None = None
+
+
+def _table_options() -> BlockBasedOptions:
+    global _BLOCK_CACHE  # noqa: PLW0603 (one cache per process, created on first open)
+    if _BLOCK_CACHE is None:
+        _BLOCK_CACHE = Cache(BLOCK_CACHE_BYTES)
+    table = BlockBasedOptions()
+    table.set_block_cache(_BLOCK_CACHE)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    return table
+
+
+def _family_options() -> Options:
     opts = Options(raw_mode=True)
+    opts.set_block_based_table_factory(_table_options())
+    # A small memtable per family, so that one busy family (queued) is flushed
+    # before it holds the whole write buffer.
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES // 2)
+    return opts
+
+
+def _options() -> Options:
+    opts = _family_options()
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
@@ -113,7 +150,7 @@ def _options() -> Options:
     # otherwise pin old WAL files, hence also a cap on the WAL. These bound the
     # store's share of the broker's memory: RSS rises by about the WAL cap between
     # flushes (docs/reliability.md), so they are kept modest for small devices.
-    opts.set_db_write_buffer_size(32 << 20)
+    opts.set_db_write_buffer_size(WRITE_BUFFER_BYTES)
     opts.set_max_total_wal_size(16 << 20)
     opts.set_keep_log_file_num(3)
     return opts
@@ -145,6 +182,8 @@ class RocksDBStore:
         self.on_corruption: OnCorruption = on_corruption
         self._write_opts = WriteOptions()
         self._write_opts.sync = durability == "fsync"
+        self._unsynced_opts = WriteOptions()
+        self._unsynced_opts.sync = False
         self._db: Rdict | None = None
         self._families: dict[str, Rdict] = {}
         self._handles: tuple[Any, ...] = ()
@@ -197,7 +236,7 @@ class RocksDBStore:
             db = Rdict(
                 path,
                 _options(),
-                column_families={n: Options(raw_mode=True) for n in names if n != "default"},
+                column_families={n: _family_options() for n in names if n != "default"},
                 access_type=AccessType.read_write(),
             )
         except Exception as exc:
@@ -305,14 +344,26 @@ class RocksDBStore:
 
     # ----------------------------------------------------------------- apply
 
-    def apply(self, batch: ChangeBatch) -> None:
+    def sync(self) -> None:
+        """Sync the WAL (``durability: fsync``; a no-op with ``os``): every batch
+        written before this call is on disk when it returns."""
+        if self.durability != "fsync":
+            return
+        db = self._require()
         try:
-            self._apply(batch)
+            db.flush_wal(True)
+        except Exception as exc:
+            _release(exc)
+            raise self._error(_classify(exc), exc, "sync") from None
+
+    def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
+        try:
+            self._apply(batch, sync)
         except BaseException as exc:
             _release(exc)
             raise
 
-    def _apply(self, batch: ChangeBatch) -> None:
+    def _apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         self._require()
         changes = batch.changes
         if not changes:
@@ -364,7 +415,7 @@ class RocksDBStore:
                     raise ValueError(f"unknown change {op!r}")
         except (struct.error, UnicodeError, OverflowError, TypeError, AttributeError) as exc:
             raise ValueError(f"cannot store {Op(op).name}: {exc}") from exc
-        self._write(wb, self._write_opts)
+        self._write(wb, self._write_opts if sync else self._unsynced_opts)
 
     # ----------------------------------------------------------------- load
 
@@ -376,6 +427,7 @@ class RocksDBStore:
         out: list[QueuedRecord] = []
         opts = ReadOptions()
         opts.set_verify_checksums(True)
+        opts.fill_cache(False)  # type: ignore[call-arg]  # (stub lacks the bool) read once
         try:
             it = self._families["queued"].iter(opts)
             it.seek(prefix)
@@ -394,10 +446,24 @@ class RocksDBStore:
             raise self._error(_classify(exc), exc, "read") from None
         return out
 
-    def load(self, queued_bodies: bool = True) -> StoreSnapshot:
+    def get_queued(self, client_id: str, seq: int) -> QueuedRecord | None:
+        """One queued message (a point read), or None."""
+        self._require()
+        check_seq(seq)
+        key = records.queued_key(client_id, seq)
+        try:
+            value = self._families["queued"].get(key)
+            return None if value is None else RecordDecoder().queued(key, value)
+        except CorruptData as exc:
+            raise corrupt_error(self.path, f"queued record of {client_id!r}: {exc}") from None
+        except Exception as exc:
+            _release(exc)
+            raise self._error(_classify(exc), exc, "read") from None
+
+    def load(self, queued_bodies: bool = True, queued_summary: bool = False) -> StoreSnapshot:
         self._require()
         try:
-            return self._load(queued_bodies)
+            return self._load(queued_bodies, queued_summary)
         except CorruptData as exc:
             _release(exc)
             reason = str(exc)
@@ -413,6 +479,7 @@ class RocksDBStore:
         opts = ReadOptions()
         opts.set_verify_checksums(True)
         opts.set_readahead_size(2 << 20)
+        opts.fill_cache(False)  # type: ignore[call-arg]  # a restore reads everything once
         try:
             it = self._families[family].iter(opts)
             it.seek_to_first()
@@ -426,7 +493,7 @@ class RocksDBStore:
                 raise CorruptData(f"{family}: {exc}") from None
             raise self._error(kind, exc, "read") from None
 
-    def _load(self, queued_bodies: bool = True) -> StoreSnapshot:
+    def _load(self, queued_bodies: bool = True, queued_summary: bool = False) -> StoreSnapshot:
         snap = StoreSnapshot()
         dec = RecordDecoder()
         family = ""
@@ -464,7 +531,12 @@ class RocksDBStore:
 
             family = "queued"
             queued = snap.queued
-            if not queued_bodies:
+            if not queued_bodies and queued_summary:
+                add = QueueSummaries(snap.queued_summary).add
+                decode_summary = records.decode_queued_summary
+                for key, value in self._scan(family):
+                    add(*decode_summary(key, value))
+            elif not queued_bodies:
                 index = snap.queued_index
                 decode_index = records.decode_queued_index
                 for key, value in self._scan(family):

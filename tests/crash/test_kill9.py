@@ -292,3 +292,57 @@ def test_shared_subscription_survives_kill_9(make_broker: Callable[..., BrokerPr
     assert got == [0, 1, 2, 3]
     for c in (*members, pub):
         c.close()
+
+
+def test_group_commit_acks_of_concurrent_publishers_survive_kill_9(
+    make_broker: Callable[..., BrokerProcess],
+) -> None:
+    """``durability: fsync`` with group commit (issue 19): several publishers share
+    each sync, their PUBACKs wait for it. Every acknowledged message of every
+    publisher is there after kill -9, in each publisher's order [MQTT-4.6.0-2]."""
+    broker = _rocks(make_broker, "fsync")
+    sub = RawClient(broker.host, broker.port, version=4)
+    assert sub.connect("crash-sub-group", clean_start=False).reason_code == 0
+    assert sub.subscribe("crash/group/+", 1).reason_codes == [1]
+    sub.close()
+    publishers = 4
+    acked: list[list[int]] = [[] for _ in range(publishers)]
+
+    def publish(n: int) -> None:
+        pub = RawClient(broker.host, broker.port, version=4, timeout=5.0)
+        pub.connect(f"crash-group-pub-{n}", clean_start=True)
+        try:
+            for seq in range(20_000):
+                pid = seq % 60000 + 1
+                pub.send(Publish(f"crash/group/{n}", f"{n}:{seq:06d}".encode(), 1, False,
+                                 False, pid))
+                assert pub.expect(PubAck).packet_id == pid
+                acked[n].append(seq)
+        except (Closed, OSError, TimeoutError):
+            pass
+        finally:
+            pub.close()
+
+    threads = [threading.Thread(target=publish, args=(n,)) for n in range(publishers)]
+    killer = threading.Timer(random.Random(7).uniform(0.4, 1.0), broker.kill)
+    killer.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    killer.join()
+    assert not broker.alive
+    assert all(acked), "a publisher got no acknowledgement; nothing was tested"
+
+    broker.start()
+    sub = RawClient(broker.host, broker.port, version=4)
+    assert sub.connect("crash-sub-group", clean_start=False).reason_code == 0
+    got: list[list[int]] = [[] for _ in range(publishers)]
+    for p in _drain(sub):
+        n, seq = p.payload.decode().split(":")
+        got[int(n)].append(int(seq))
+    sub.close()
+    for n in range(publishers):
+        missing = sorted(set(acked[n]) - set(got[n]))
+        assert not missing, f"publisher {n}: acknowledged but lost {missing[:20]}"
+        assert _first_arrivals_in_order(got[n])

@@ -461,3 +461,18 @@ def test_rocksdb_matches_memory(tmp_path_factory: pytest.TempPathFactory, batche
         assert_snapshot(got, expected)
     finally:
         rdb.close()
+
+
+def test_queued_summary_and_point_read(h: Harness) -> None:
+    """Issue 19: restore counts a session's queue without a list per message (first
+    seq, count, payload bytes, consecutive?), and one queued message can be read."""
+    a = [queued("a", s, msg(payload=b"x" * s)) for s in (5, 6, 7)]
+    b = [queued("b", s, msg(payload=b"yy")) for s in (1, 3)]
+    h.apply(*(lambda x, r=r: x.put_queued(r) for r in a + b))
+    h.reopen()
+    snap = h.store.load(queued_bodies=False, queued_summary=True)
+    assert snap.queued == {} and snap.queued_index == {}
+    assert snap.queued_summary == {"a": (5, 3, 18, True), "b": (1, 2, 4, False)}
+    assert h.store.get_queued("a", 6) == a[1]
+    assert h.store.get_queued("a", 8) is None
+    assert h.store.get_queued("ab", 6) is None
