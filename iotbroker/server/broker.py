@@ -27,6 +27,7 @@ from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
+from iotbroker.engine.client import Writable
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
@@ -80,8 +81,9 @@ class Broker:
                                           self.engine.close)
         self.connections: set[ClientProtocol] = set()
         #: Connections with bytes to write this turn: each connection puts itself here
-        #: (data, not a callback) when it gets its first bytes, and close() too.
-        self.ready_to_write: list[ClientProtocol] = []
+        #: (data, not a callback) when it gets its first bytes, and close() too. Socket
+        #: connections and the MQTT-SN gateway's clients alike (``Writable``).
+        self.ready_to_write: list[Writable] = []
         #: Connections that delivered input since the last flush (backpressure).
         self.active_readers: list[ClientProtocol] = []
         #: Slow consumer -> the publishers paused because of it.
