@@ -32,8 +32,9 @@ MAX_SESSIONS = 1000
 
 
 class Limiter(Protocol):
-    """Failed logins per address (the broker passes its ``FailureLimiter`` with the
-    ``auth.failed_login_*`` settings): blocked addresses get 429 without a check."""
+    """Failed logins per key, an address or a username (the broker passes two
+    ``FailureLimiter`` with the ``auth.failed_login_*`` settings): a blocked address or
+    username gets 429 without a check."""
 
     def blocked(self, key: str, now: float) -> bool: ...
 

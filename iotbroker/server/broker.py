@@ -184,10 +184,13 @@ class Broker:
         tls = self.config.admin.tls
         try:
             auth = self.config.auth
-            limiter = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
+            # failed logins per client address and per username, as for MQTT logins
+            by_address = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
+                                        auth.failed_login_backoff, max_keys=10_000)
+            by_user = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
                                      auth.failed_login_backoff, max_keys=10_000)
             self.admin = AdminServer(self, make_ssl_context(tls) if tls is not None else None,
-                                     limiter)
+                                     by_address, by_user)
         except ValueError as exc:  # a damaged bans file, a bad API keys file
             raise ConfigError("admin", "...", str(exc)) from None
 
