@@ -35,11 +35,11 @@ from iotbroker.admin.views import (
     Json,
     ban,
     client_detail,
+    client_page,
     client_summary,
     connected_client,
     retained_detail,
     retained_summary,
-    sessions,
     subscription,
 )
 from iotbroker.codec.enums import ReasonCode
@@ -131,10 +131,22 @@ class AdminApi:
         self.actions: Counter[str] = Counter()
 
     # ------------------------------------------------------------- helpers
-    def page(self, request: web.Request, items: Iterable[Json]) -> web.Response:
+    def window(self, request: web.Request) -> tuple[int, int]:
+        """``(page, limit)`` of a list request (``limit`` at most admin.max_page_size)."""
         limit_max = self.host.config.admin.max_page_size
         page = _int_arg(request, "page", 1, 1, 10**9)
         limit = _int_arg(request, "limit", min(DEFAULT_LIMIT, limit_max), 1, limit_max)
+        return page, limit
+
+    @staticmethod
+    def paged(page: int, limit: int, data: list[Json], count: int) -> web.Response:
+        """One page of a list and its ``meta`` (EMQX's shape)."""
+        meta = {"page": page, "limit": limit, "count": count,
+                "hasnext": count > page * limit}
+        return web.json_response({"data": data, "meta": meta})
+
+    def page(self, request: web.Request, items: Iterable[Json]) -> web.Response:
+        page, limit = self.window(request)
         start = (page - 1) * limit
         data: list[Json] = []
         count = 0
@@ -142,8 +154,7 @@ class AdminApi:
             if start <= count < start + limit:
                 data.append(item)
             count += 1
-        meta = {"page": page, "limit": limit, "count": count, "hasnext": count > start + limit}
-        return web.json_response({"data": data, "meta": meta})
+        return self.paged(page, limit, data, count)
 
     def action(self, request: web.Request, what: str, detail: str) -> None:
         who = request[IDENTITY]
@@ -210,8 +221,9 @@ class AdminApi:
             username=q.get("username"), like_username=q.get("like_username"),
             ip_address=q.get("ip_address"), connected=_bool_arg(request, "connected"),
         )
-        engine = self.host.engine
-        return self.page(request, (client_summary(s, c) for s, c in sessions(engine, flt)))
+        page, limit = self.window(request)
+        found, count = client_page(self.host.engine, flt, (page - 1) * limit, limit)
+        return self.paged(page, limit, [client_summary(s, c) for s, c in found], count)
 
     def _session(self, request: web.Request) -> tuple[str, Any]:
         client_id = request.match_info["clientid"]
