@@ -96,6 +96,14 @@ class Credentials:
             return False
         return passwords is not None and passwords.needs_hashing(name, secret.encode())
 
+    def guessable(self, passwords: PasswordFile | None, name: str) -> bool:
+        """False for an API key's name and a user with a generated (``$sha512$``)
+        secret: nobody guesses those, so a per-username failed-login limit would only
+        let anyone lock them out (MQTT logins exempt them too, auth_service.gate)."""
+        if self.api_keys is not None and name in self.api_keys:
+            return False
+        return passwords is None or not passwords.is_cheap(name)
+
     def check(self, passwords: PasswordFile | None, name: str, secret: str) -> Identity:
         """The identity for ``name``/``secret``, or :class:`Denied`."""
         if self.api_keys is not None and name in self.api_keys:

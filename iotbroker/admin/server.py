@@ -248,17 +248,21 @@ class AdminServer:
         raise Denied(401, "credentials required (HTTP Basic, Bearer NAME:KEY or login)")
 
     async def _check(self, name: str, secret: str, address: str) -> Identity:
-        """Check credentials; too many failures from ``address`` or for ``name`` (an
-        admin user or an API key's name; auth.failed_login_*, as for MQTT logins) are
-        refused with 429 before any check, so a guesser spread over many addresses is
-        stopped too. A successful login forgets its name's failures."""
-        limiter, user_limiter = self.limiter, self.user_limiter
+        """Check credentials; too many failures from ``address`` or for ``name``
+        (auth.failed_login_*, as for MQTT logins) are refused with 429 before any check,
+        so a guesser spread over many addresses is stopped too. A successful login
+        forgets its name's failures. Names whose secret cannot be guessed (API keys,
+        generated secrets) have no per-name limit: it would only let others lock them
+        out."""
+        passwords = self.host.password_file()
+        limiter = self.limiter
+        user_limiter = self.user_limiter if self.credentials.guessable(passwords, name) \
+            else None
         now = time.time()
         if limiter is not None and limiter.blocked(address, now):
             raise Denied(429, "too many failed logins from this address: try again later")
         if user_limiter is not None and user_limiter.blocked(name, now):
             raise Denied(429, "too many failed logins for this user: try again later")
-        passwords = self.host.password_file()
         try:
             if self.credentials.needs_thread(passwords, name, secret):
                 identity = await asyncio.to_thread(self.credentials.check, passwords, name,

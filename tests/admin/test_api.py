@@ -481,8 +481,9 @@ def test_failed_logins_are_limited_per_username_across_addresses(tmp_path: Path)
     """auth.failed_login_limit applies to the admin API per username too (issue 17):
     guesses for alice spread over three client addresses (one failure each, no address
     over the limit) block alice, from any address, with 429 and without a check; other
-    users and API keys from the same addresses go on; the backoff ends it."""
-    make_passwords(tmp_path)
+    users from the same addresses go on; the backoff ends it. An API key's name has no
+    such limit (a generated key cannot be guessed; the limit would only lock it out)."""
+    key = make_passwords(tmp_path)
     text = admin_config(tmp_path).replace(
         "  allow_anonymous: true\n",
         "  allow_anonymous: true\n  failed_login_limit: 3\n  failed_login_window: 60s\n"
@@ -503,6 +504,12 @@ def test_failed_logins_are_limited_per_username_across_addresses(tmp_path: Path)
         assert "user 'alice' blocked after repeated failed logins" in proc.log_text()
         # the addresses themselves are not blocked: another user is checked as usual
         assert Http(base, auth=BOB, source="127.0.0.2").get("/api/v1/broker").status == 403
+        # wrong keys for the API key ci from three addresses: ci still works
+        for source in ("127.0.0.7", "127.0.0.8", "127.0.0.9"):
+            assert Http(base, bearer="ci:wrong", source=source).get(
+                "/api/v1/broker").status == 401
+        assert Http(base, bearer=f"ci:{key}", source="127.0.0.10").get(
+            "/api/v1/broker").status == 200
         # after the backoff alice logs in again (and her count starts over)
         deadline = time.monotonic() + 10
         while True:
