@@ -10,7 +10,10 @@ only ``codec``, ``errors``, ``message`` and the record types, and nothing outsid
 standard library; only ``storage/rocksdb.py`` imports rocksdict; only ``server/``
 and ``cluster/node.py``, ``cluster/ownership.py`` (the cluster room's NATS I/O, issue 14)
 import asyncio;
-``cluster`` drives the engine and never imports ``server``.
+``cluster`` drives the engine and never imports ``server``. Inside ``server/`` imports
+flow down from ``broker.py`` (the composition root) with no cycle, not even through
+``if TYPE_CHECKING:`` imports: a module that needs the broker declares a narrow
+``typing.Protocol`` of what it uses (issue 13).
 """
 
 from __future__ import annotations
