@@ -10,13 +10,17 @@ only ``codec``, ``errors``, ``message`` and the record types, and nothing outsid
 standard library; only ``storage/rocksdb.py`` imports rocksdict; only ``server/``
 and ``cluster/node.py``, ``cluster/ownership.py`` (the cluster room's NATS I/O, issue 14)
 import asyncio;
-``cluster`` drives the engine and never imports ``server``.
+``cluster`` drives the engine and never imports ``server``. Inside ``server/`` imports
+flow down from ``broker.py`` (the composition root) with no cycle, not even through
+``if TYPE_CHECKING:`` imports: a module that needs the broker declares a narrow
+``typing.Protocol`` of what it uses (issue 13).
 """
 
 from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -193,12 +197,25 @@ def _runtime_imports(path: Path) -> set[str]:
     return names
 
 
-def test_server_has_no_import_cycle() -> None:
-    """server/ imports flow one way from broker.py (the composition root) down; a
-    cycle would mean a module reaches back up into it (issue 13)."""
+def _all_imports(path: Path) -> set[str]:
+    """Every import of a module, wherever it is: at module level, inside functions and
+    in ``if TYPE_CHECKING:`` blocks (a typing-only import is a dependency too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _server_cycle(imports: Callable[[Path], set[str]]) -> list[str]:
+    """A cycle among server/'s modules under ``imports``, or []."""
     server = {p.stem: p for p in (PACKAGE / "server").glob("*.py") if p.stem != "__init__"}
     edges = {
-        name: {n.rsplit(".", 1)[-1] for n in _runtime_imports(path)
+        name: {n.rsplit(".", 1)[-1] for n in imports(path)
                if n.startswith("iotbroker.server.") and n.rsplit(".", 1)[-1] in server}
         for name, path in server.items()
     }
@@ -219,4 +236,32 @@ def test_server_has_no_import_cycle() -> None:
     for name in sorted(server):
         if name not in state and visit(name, []):
             break
+    return cycle
+
+
+def test_server_has_no_import_cycle() -> None:
+    """server/ imports flow one way from broker.py (the composition root) down; a
+    cycle would mean a module reaches back up into it (issue 13)."""
+    cycle = _server_cycle(_runtime_imports)
     assert not cycle, " -> ".join(cycle)
+
+
+def test_server_has_no_import_cycle_even_for_typing() -> None:
+    """Not even through ``if TYPE_CHECKING:`` imports: a module that needs the broker
+    declares a narrow ``typing.Protocol`` of what it uses (issue 13)."""
+    cycle = _server_cycle(_all_imports)
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_no_server_module_refers_back_to_the_broker() -> None:
+    """broker.py is the composition root: no other server/ module imports it, not even
+    for typing (transport.py's ``ConnectionHost``, listeners.py, mqttsn_udp.py's
+    ``GatewayHost``, sys_topics.py's ``SysTopicsHost``, metrics_http.py's
+    ``MetricsHost`` are protocols of what each uses) (issue 13)."""
+    bad = sorted(
+        str(path.relative_to(PACKAGE.parent))
+        for path in (PACKAGE / "server").glob("*.py")
+        if path.stem != "broker"
+        and {"iotbroker.server.broker", "iotbroker.server.broker.Broker"} & _all_imports(path)
+    )
+    assert not bad, f"these server modules import server/broker.py: {bad}"

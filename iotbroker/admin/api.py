@@ -20,8 +20,8 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -35,11 +35,11 @@ from iotbroker.admin.views import (
     Json,
     ban,
     client_detail,
+    client_page,
     client_summary,
     connected_client,
     retained_detail,
     retained_summary,
-    sessions,
     subscription,
 )
 from iotbroker.codec.enums import ReasonCode
@@ -47,8 +47,11 @@ from iotbroker.codec.packets import NO_PROPERTIES, Properties
 from iotbroker.core.topics import is_broker_topic, validate_topic_filter, validate_topic_name
 from iotbroker.errors import ProtocolViolation
 from iotbroker.message import Message
+from iotbroker.subscription import SubscriptionEntry
 
 log = logging.getLogger("iotbroker.admin")
+
+T = TypeVar("T")
 
 #: Default ``limit`` of a paged list.
 DEFAULT_LIMIT = 100
@@ -131,19 +134,32 @@ class AdminApi:
         self.actions: Counter[str] = Counter()
 
     # ------------------------------------------------------------- helpers
-    def page(self, request: web.Request, items: Iterable[Json]) -> web.Response:
+    def window(self, request: web.Request) -> tuple[int, int]:
+        """``(page, limit)`` of a list request (``limit`` at most admin.max_page_size)."""
         limit_max = self.host.config.admin.max_page_size
         page = _int_arg(request, "page", 1, 1, 10**9)
         limit = _int_arg(request, "limit", min(DEFAULT_LIMIT, limit_max), 1, limit_max)
+        return page, limit
+
+    @staticmethod
+    def paged(page: int, limit: int, data: list[Json], count: int) -> web.Response:
+        """One page of a list and its ``meta`` (EMQX's shape)."""
+        meta = {"page": page, "limit": limit, "count": count,
+                "hasnext": count > page * limit}
+        return web.json_response({"data": data, "meta": meta})
+
+    def page(self, request: web.Request, items: Iterable[T],
+             render: Callable[[T], Json]) -> web.Response:
+        """One page of ``items``: all are counted, only the page's are ``render``-ed."""
+        page, limit = self.window(request)
         start = (page - 1) * limit
         data: list[Json] = []
         count = 0
         for item in items:
             if start <= count < start + limit:
-                data.append(item)
+                data.append(render(item))
             count += 1
-        meta = {"page": page, "limit": limit, "count": count, "hasnext": count > start + limit}
-        return web.json_response({"data": data, "meta": meta})
+        return self.paged(page, limit, data, count)
 
     def action(self, request: web.Request, what: str, detail: str) -> None:
         who = request[IDENTITY]
@@ -210,8 +226,9 @@ class AdminApi:
             username=q.get("username"), like_username=q.get("like_username"),
             ip_address=q.get("ip_address"), connected=_bool_arg(request, "connected"),
         )
-        engine = self.host.engine
-        return self.page(request, (client_summary(s, c) for s, c in sessions(engine, flt)))
+        page, limit = self.window(request)
+        found, count = client_page(self.host.engine, flt, (page - 1) * limit, limit)
+        return self.paged(page, limit, [client_summary(s, c) for s, c in found], count)
 
     def _session(self, request: web.Request) -> tuple[str, Any]:
         client_id = request.match_info["clientid"]
@@ -255,7 +272,7 @@ class AdminApi:
         share_group = q.get("share_group")
         engine = self.host.engine
 
-        def items() -> Iterable[Json]:
+        def items() -> Iterable[SubscriptionEntry]:
             if client_id is not None:
                 found = engine.registry.get(client_id)
                 candidates = [] if found is None else [found]
@@ -269,9 +286,9 @@ class AdminApi:
                         continue
                     if share_group is not None and entry.share_group != share_group:
                         continue
-                    yield subscription(entry)
+                    yield entry
 
-        return self.page(request, items())
+        return self.page(request, items(), subscription)
 
     # ------------------------------------------------------------ retained
     async def retained_list(self, request: web.Request) -> web.Response:
@@ -282,7 +299,7 @@ class AdminApi:
             raise bad(f"topic {topic_filter!r} is not a topic filter: {exc}") from None
         messages = self.host.engine.retained.match(topic_filter, time.time())
         messages.sort(key=lambda m: m.topic)
-        return self.page(request, (retained_summary(m) for m in messages))
+        return self.page(request, messages, retained_summary)
 
     async def retained_get(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]
@@ -400,7 +417,7 @@ class AdminApi:
 
     # ---------------------------------------------------------------- bans
     async def bans_list(self, request: web.Request) -> web.Response:
-        return self.page(request, (ban(b) for b in self.bans.all(time.time())))
+        return self.page(request, self.bans.all(time.time()), ban)
 
     async def bans_create(self, request: web.Request) -> web.Response:
         """Ban by client id, username or address (CIDR); connected matches are

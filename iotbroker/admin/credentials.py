@@ -32,8 +32,9 @@ MAX_SESSIONS = 1000
 
 
 class Limiter(Protocol):
-    """Failed logins per address (the broker passes its ``FailureLimiter`` with the
-    ``auth.failed_login_*`` settings): blocked addresses get 429 without a check."""
+    """Failed logins per key, an address or a username (the broker passes two
+    ``FailureLimiter`` with the ``auth.failed_login_*`` settings): a blocked address or
+    username gets 429 without a check."""
 
     def blocked(self, key: str, now: float) -> bool: ...
 
@@ -94,6 +95,14 @@ class Credentials:
         if self.api_keys is not None and name in self.api_keys:
             return False
         return passwords is not None and passwords.needs_hashing(name, secret.encode())
+
+    def guessable(self, passwords: PasswordFile | None, name: str) -> bool:
+        """False for an API key's name and a user with a generated (``$sha512$``)
+        secret: nobody guesses those, so a per-username failed-login limit would only
+        let anyone lock them out (MQTT logins exempt them too, auth_service.gate)."""
+        if self.api_keys is not None and name in self.api_keys:
+            return False
+        return passwords is None or not passwords.is_cheap(name)
 
     def check(self, passwords: PasswordFile | None, name: str, secret: str) -> Identity:
         """The identity for ``name``/``secret``, or :class:`Denied`."""

@@ -223,7 +223,8 @@ def document() -> Json:
                           "Forbidden": response("Not an admin, or not allowed."),
                           "NotFound": response("No such object."),
                           "TooManyRequests": response("Too many failed logins from this "
-                                                      "address (auth.failed_login_*)."),
+                                                      "address or for this user "
+                                                      "(auth.failed_login_*)."),
                           "Error": response("Error.")},
             "securitySchemes": {
                 "basic": {"type": "http", "scheme": "basic"},

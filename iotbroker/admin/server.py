@@ -103,9 +103,12 @@ class AdminServer:
     """The admin room: its HTTP listener, bans, live sampler; started by the broker."""
 
     def __init__(self, host: BrokerHost, ssl_context: ssl.SSLContext | None = None,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None,
+                 user_limiter: Limiter | None = None) -> None:
         self.host = host
+        #: Failed logins per client address, and per username (auth.failed_login_*).
         self.limiter = limiter
+        self.user_limiter = user_limiter
         config = host.config.admin
         self.ssl_context = ssl_context
         api_keys = PasswordFile.load(config.api_keys_file) if config.api_keys_file else None
@@ -245,22 +248,40 @@ class AdminServer:
         raise Denied(401, "credentials required (HTTP Basic, Bearer NAME:KEY or login)")
 
     async def _check(self, name: str, secret: str, address: str) -> Identity:
-        """Check credentials; too many failures from ``address`` (auth.failed_login_*)
-        are refused with 429 before any check."""
-        limiter = self.limiter
-        if limiter is not None and limiter.blocked(address, time.time()):
-            raise Denied(429, "too many failed logins from this address: try again later")
+        """Check credentials; too many failures from ``address`` or for ``name``
+        (auth.failed_login_*, as for MQTT logins) are refused with 429 before any check,
+        so a guesser spread over many addresses is stopped too. A successful login
+        forgets its name's failures. Names whose secret cannot be guessed (API keys,
+        generated secrets) have no per-name limit: it would only let others lock them
+        out."""
         passwords = self.host.password_file()
+        limiter = self.limiter
+        user_limiter = self.user_limiter if self.credentials.guessable(passwords, name) \
+            else None
+        now = time.time()
+        if limiter is not None and limiter.blocked(address, now):
+            raise Denied(429, "too many failed logins from this address: try again later")
+        if user_limiter is not None and user_limiter.blocked(name, now):
+            raise Denied(429, "too many failed logins for this user: try again later")
         try:
             if self.credentials.needs_thread(passwords, name, secret):
-                return await asyncio.to_thread(self.credentials.check, passwords, name,
-                                               secret)
-            return self.credentials.check(passwords, name, secret)
+                identity = await asyncio.to_thread(self.credentials.check, passwords, name,
+                                                   secret)
+            else:
+                identity = self.credentials.check(passwords, name, secret)
         except Denied as exc:
-            if limiter is not None and exc.status == 401 and limiter.failed(address,
-                                                                            time.time()):
-                log.warning("admin API: %s blocked after repeated failed logins", address)
+            if exc.status == 401:
+                now = time.time()
+                if limiter is not None and limiter.failed(address, now):
+                    log.warning("admin API: %s blocked after repeated failed logins",
+                                address)
+                if user_limiter is not None and user_limiter.failed(name, now):
+                    log.warning("admin API: user %r blocked after repeated failed logins",
+                                name)
             raise
+        if user_limiter is not None:
+            user_limiter.succeeded(name)
+        return identity
 
     # ------------------------------------------------------ own handlers
     async def openapi(self, request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ other rooms (a gateway, an admin action) can drive the engine with a plain ``Cli
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from iotbroker.codec.packets import Will
 from iotbroker.protocol.connection import Connection
@@ -90,3 +90,30 @@ class Client:
         """Stop reading it, and have the server close it after this turn's writes."""
         self.conn.close()
         self.close_requested = True
+
+
+class Writable(Protocol):
+    """A connection the server writes at the end of a loop turn: what the broker's flush
+    (``server/broker.py``) uses of each entry of its ready-to-write list. A socket
+    connection (``server/transport.py`` ``ClientProtocol``) and an MQTT-SN client
+    (``mqttsn/gateway.py`` ``SnClient``) both are one; their
+    :class:`~iotbroker.protocol.connection.Connection` puts them in the list when it
+    gets bytes to send, and :meth:`Client.close` when it must close."""
+
+    @property
+    def conn(self) -> Connection:
+        """Its protocol state: the bytes queued this turn (``data_to_send``)."""
+
+    @property
+    def close_after_flush(self) -> bool:
+        """It must close once this turn's bytes are written (then :meth:`finish_close`)."""
+
+    def write_pending(self) -> None:
+        """Send what ``conn`` queued this turn (after the turn's storage commit)."""
+
+    def finish_close(self) -> None:
+        """The last bytes are written: close (a socket lingers; a datagram client
+        has nothing to do)."""
+
+    def abort(self) -> None:
+        """Close at once, unwritten bytes dropped (the storage commit failed)."""

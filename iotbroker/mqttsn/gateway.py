@@ -57,7 +57,7 @@ from iotbroker.core.topics import (
     validate_topic_name,
 )
 from iotbroker.engine import connect as connect_rules
-from iotbroker.engine.client import Client
+from iotbroker.engine.client import Client, Writable
 from iotbroker.engine.engine import Engine
 from iotbroker.errors import MqttError
 from iotbroker.message import NEVER_EXPIRES, Message
@@ -154,7 +154,7 @@ class SnClient(Client):
         self.sleep_buffer: deque[sn.SnMessage] = deque()
         #: Woken by a PINGREQ: PINGRESP goes when nothing is left to deliver (§6.14).
         self.waking = False
-        #: The broker's flush reads these (duck-typed like its socket connections).
+        #: The broker's flush reads these (a ``Writable``, like its socket connections).
         self.close_after_flush = False
         self.transport = None
 
@@ -202,7 +202,8 @@ class Gateway:
     """
 
     def __init__(self, engine: Engine, config: BrokerConfig, listener: ListenerConfig,
-                 ready: list[Any], send: Callable[[bytes, Key], None], now: float) -> None:
+                 ready: list[Writable], send: Callable[[bytes, Key], None],
+                 now: float) -> None:
         self.engine = engine
         self.config = config
         self.cfg = config.mqttsn

@@ -27,6 +27,7 @@ from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
+from iotbroker.engine.client import Writable
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
@@ -82,8 +83,9 @@ class Broker:
                                           self.engine.close)
         self.connections: set[ClientProtocol] = set()
         #: Connections with bytes to write this turn: each connection puts itself here
-        #: (data, not a callback) when it gets its first bytes, and close() too.
-        self.ready_to_write: list[ClientProtocol] = []
+        #: (data, not a callback) when it gets its first bytes, and close() too. Socket
+        #: connections and the MQTT-SN gateway's clients alike (``Writable``).
+        self.ready_to_write: list[Writable] = []
         #: Connections that delivered input since the last flush (backpressure).
         self.active_readers: list[ClientProtocol] = []
         #: Slow consumer -> the publishers paused because of it.
@@ -190,10 +192,13 @@ class Broker:
         tls = self.config.admin.tls
         try:
             auth = self.config.auth
-            limiter = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
+            # failed logins per client address and per username, as for MQTT logins
+            by_address = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
+                                        auth.failed_login_backoff, max_keys=10_000)
+            by_user = FailureLimiter(auth.failed_login_limit, auth.failed_login_window,
                                      auth.failed_login_backoff, max_keys=10_000)
             self.admin = AdminServer(self, make_ssl_context(tls) if tls is not None else None,
-                                     limiter)
+                                     by_address, by_user)
         except ValueError as exc:  # a damaged bans file, a bad API keys file
             raise ConfigError("admin", "...", str(exc)) from None
 

@@ -30,17 +30,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from iotbroker.config import ListenerConfig, TlsConfig
 from iotbroker.file_modes import warn_if_exposed
 from iotbroker.server.exposure import listening_note
 from iotbroker.server.tlsfailures import HandshakeFailures
-from iotbroker.server.transport import ClientProtocol
+from iotbroker.server.transport import ClientProtocol, ConnectionHost
 from iotbroker.server.websocket import WS_CLOSE_TIMEOUT, WebSocketEndpoint
-
-if TYPE_CHECKING:
-    from iotbroker.server.broker import Broker
 
 __all__ = [
     "Listener",
@@ -197,7 +194,8 @@ class CertIdentityProtocol(TlsClientProtocol):
             self.abort()
 
 
-def _protocol_factory(broker: Broker, listener: ListenerConfig) -> Callable[[], ClientProtocol]:
+def _protocol_factory(broker: ConnectionHost,
+                      listener: ListenerConfig) -> Callable[[], ClientProtocol]:
     tls = listener.tls
     cls: type[ClientProtocol] = ClientProtocol
     if tls is not None:
@@ -228,7 +226,7 @@ class _TlsListener(Listener):
     the same ``WebSocketConnection`` as on ``ws`` (``wss``, with ``websockets`` set).
     """
 
-    def __init__(self, config: ListenerConfig, broker: Broker, ctx: ssl.SSLContext,
+    def __init__(self, config: ListenerConfig, broker: ConnectionHost, ctx: ssl.SSLContext,
                  factory: Callable[[], asyncio.BaseProtocol], timeout: float,
                  websockets: WebSocketEndpoint | None = None) -> None:
         super().__init__(config, [])
@@ -333,9 +331,11 @@ def _peer_text(info: object) -> str:
 
 
 # ------------------------------------------------------------------------------ start
-async def start_listener(broker: Broker, listener: ListenerConfig,
+async def start_listener(broker: ConnectionHost, listener: ListenerConfig,
                          reuse_port: bool = False) -> Listener:
     """Bind ``listener`` and start accepting; raises :class:`OSError` if it cannot.
+    ``broker`` is what each accepted connection reports to (the broker, typed by
+    what a connection uses of it: this module never refers back to broker.py).
     ``reuse_port``: SO_REUSEPORT, so that worker processes share the port (the kernel
     spreads new connections over them; docs/cluster.md, "Workers")."""
     ctx: ssl.SSLContext | None = None

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sized
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -32,13 +32,14 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.process_collector import ProcessCollector
 
 from iotbroker import __version__
-from iotbroker.metrics import AUTH_FAILURE_REASONS
+from iotbroker.config import BrokerConfig
+from iotbroker.engine.engine import Engine
+from iotbroker.metrics import AUTH_FAILURE_REASONS, Metrics
+from iotbroker.server.auth_service import AuthService
 from iotbroker.server.tlsfailures import REASONS as TLS_REASONS
+from iotbroker.storage.base import Store
 
-if TYPE_CHECKING:
-    from iotbroker.server.broker import Broker
-
-__all__ = ["BrokerCollector", "LoopLagProbe", "MetricsServer"]
+__all__ = ["BrokerCollector", "LoopLagProbe", "MetricsHost", "MetricsServer"]
 
 log = logging.getLogger("iotbroker.metrics")
 
@@ -160,10 +161,67 @@ class LoopLagProbe:
         self._schedule(now)
 
 
+class ClusterView(Protocol):
+    """What the metrics and ``/health`` read of the cluster room (``ClusterNode``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def status(self) -> dict[str, int]: ...
+
+
+class MetricsHost(Protocol):
+    """The broker as the metrics endpoint sees it (``server/broker.py`` is one): what a
+    scrape reads. A protocol, so this module never refers back to broker.py."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def config(self) -> BrokerConfig: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def auth(self) -> AuthService: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def connections(self) -> Sized:
+        """The network connections open now."""
+
+    @property
+    def listener_accepted(self) -> Mapping[str, int]:
+        """Sockets admitted per listener name since the start."""
+
+    @property
+    def cluster(self) -> ClusterView | None: ...
+
+    def connection_count(self, listener: str) -> int:
+        """Connections open now on the listener of that name."""
+
+    def take_storage_write_max(self) -> float:
+        """Slowest commit since the last call."""
+
+    def take_storage_batch_max(self) -> int:
+        """Largest storage batch since the last call."""
+
+    def bridges_status(self) -> list[dict[str, object]]: ...
+
+
 class BrokerCollector:
     """A ``prometheus_client`` collector reading the broker at scrape time."""
 
-    def __init__(self, broker: Broker, lag: LoopLagProbe) -> None:
+    def __init__(self, broker: MetricsHost, lag: LoopLagProbe) -> None:
         self.broker = broker
         self.lag = lag
 
@@ -273,7 +331,7 @@ class BrokerCollector:
         yield GaugeMetricFamily(_PREFIX + "storage_batch_max_changes",
                                 "Largest storage batch since the last scrape.",
                                 value=broker.take_storage_batch_max())
-        yield from _bridge_families(broker.bridges.status())
+        yield from _bridge_families(broker.bridges_status())
         cluster = broker.cluster
         if cluster is not None:  # this node's link to the cluster (docs/cluster.md)
             for name, value in cluster.status().items():
@@ -323,7 +381,7 @@ def _bridge_families(status: list[dict[str, object]]) -> Iterator[Metric]:
 class MetricsServer:
     """``GET /metrics`` and ``GET /health`` on ``metrics.host:metrics.port``."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: MetricsHost) -> None:
         self.broker = broker
         self.lag = LoopLagProbe(broker.loop)
         self.registry = CollectorRegistry(auto_describe=False)

@@ -17,16 +17,15 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
-from iotbroker.config import ListenerConfig
+from iotbroker.config import BrokerConfig, ListenerConfig
+from iotbroker.engine.client import Writable
+from iotbroker.engine.engine import Engine
 from iotbroker.mqttsn import codec as sn
 from iotbroker.mqttsn.gateway import BROADCAST, Gateway, Key
 from iotbroker.server.exposure import listening_note
 from iotbroker.server.listeners import Listener
-
-if TYPE_CHECKING:
-    from iotbroker.server.broker import Broker
 
 log = logging.getLogger("iotbroker.mqttsn")
 
@@ -37,10 +36,42 @@ TICK = 1.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 
+class GatewayHost(Protocol):
+    """The broker as the MQTT-SN listener sees it (``server/broker.py`` is one): the
+    engine the gateway drives, and how the effects of its events are applied, as for a
+    socket connection. A protocol, so this module never refers back to broker.py."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def config(self) -> BrokerConfig: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def ready_to_write(self) -> list[Writable]:
+        """The turn's connections to write; the gateway's clients join it."""
+
+    def now(self) -> float:
+        """Wall-clock time (expiry)."""
+
+    def apply_closes(self) -> None:
+        """Close the clients the engine decided to close."""
+
+    def reschedule_core_timer(self) -> None: ...
+
+    def schedule_flush(self) -> None: ...
+
+    def flush(self) -> None:
+        """Commit the turn's storage batch, then write each connection's output."""
+
+
 class MqttSnEndpoint(asyncio.DatagramProtocol):
     """The UDP socket of one ``mqtt-sn`` listener."""
 
-    def __init__(self, broker: Broker, config: ListenerConfig) -> None:
+    def __init__(self, broker: GatewayHost, config: ListenerConfig) -> None:
         self.broker = broker
         self.config = config
         self.transport: asyncio.DatagramTransport | None = None
@@ -134,7 +165,7 @@ class MqttSnListener(Listener):
         return
 
 
-async def start_mqttsn_listener(broker: Broker, config: ListenerConfig) -> MqttSnListener:
+async def start_mqttsn_listener(broker: GatewayHost, config: ListenerConfig) -> MqttSnListener:
     """Bind the UDP socket of an ``mqtt-sn`` listener."""
     loop = broker.loop
     transport, endpoint = await loop.create_datagram_endpoint(

@@ -18,7 +18,6 @@ are those of the packet encoded again (the same, but for a topic alias resolved)
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from iotbroker.codec.decode import decode_packet
 from iotbroker.codec.encode import encode_packet
@@ -34,10 +33,8 @@ from iotbroker.codec.packets import (
     UnsubAck,
     Unsubscribe,
 )
+from iotbroker.engine.client import Client
 from iotbroker.errors import MqttError
-
-if TYPE_CHECKING:
-    from iotbroker.server.transport import ClientProtocol
 
 log = logging.getLogger("iotbroker.packets")
 
@@ -83,14 +80,14 @@ def describe(packet: Packet) -> str:
     return " ".join(parts)
 
 
-def _who(proto: ClientProtocol, packet: Packet | None = None) -> str:
+def _who(proto: Client, packet: Packet | None = None) -> str:
     client_id = proto.client_id
     if not client_id and isinstance(packet, Connect):
         client_id = packet.client_id
     return f"client {client_id!r}" if client_id else f"peer {proto.peer}"
 
 
-def log_inbound(proto: ClientProtocol, packets: list[Packet]) -> None:
+def log_inbound(proto: Client, packets: list[Packet]) -> None:
     """``< TYPE ...`` for each packet read from ``proto`` (DEBUG)."""
     extra = proto.log_extra()
     version = proto.conn.protocol_version
@@ -103,7 +100,7 @@ def log_inbound(proto: ClientProtocol, packets: list[Packet]) -> None:
         log.debug("< %s %s %s%s", name, _who(proto, packet), details, size, extra=extra)
 
 
-def log_outbound(proto: ClientProtocol, data: bytes) -> None:
+def log_outbound(proto: Client, data: bytes) -> None:
     """``> TYPE ...`` for each packet in ``data``, the bytes about to be written (DEBUG)."""
     extra = proto.log_extra()
     version = proto.conn.protocol_version

@@ -19,16 +19,16 @@ import logging
 import math
 import resource
 import sys
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from iotbroker import __version__
 from iotbroker.codec.packets import NO_PROPERTIES
+from iotbroker.config import BrokerConfig, ClusterConfig
+from iotbroker.engine.engine import Engine
 from iotbroker.message import Message
+from iotbroker.metrics import Metrics
 
-if TYPE_CHECKING:
-    from iotbroker.server.broker import Broker
-
-__all__ = ["SYS_PREFIX", "SysTopics"]
+__all__ = ["SYS_PREFIX", "SysTopics", "SysTopicsHost"]
 
 log = logging.getLogger("iotbroker.sys")
 
@@ -67,10 +67,51 @@ def process_memory() -> tuple[int, int]:
     return current, peak
 
 
+class ClusterView(Protocol):
+    """What ``$SYS/broker/cluster/...`` reads of the cluster room (``ClusterNode``)."""
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    def status(self) -> dict[str, int]: ...
+
+
+class SysTopicsHost(Protocol):
+    """The broker as ``$SYS`` sees it (``server/broker.py`` is one): what it reads, and
+    where it publishes. A protocol, so this module never refers back to broker.py."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def config(self) -> BrokerConfig: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def cluster(self) -> ClusterView | None: ...
+
+    def now(self) -> float:
+        """Wall-clock time (message expiry)."""
+
+    def bridges_status(self) -> list[dict[str, object]]:
+        """Each bridge's state (mosquitto's ``connection/<name>/...``)."""
+
+    def flush(self) -> None:
+        """Commit the turn's storage batch, then write each connection's output."""
+
+
 class SysTopics:
     """Publishes the ``$SYS`` tree of one broker; :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: SysTopicsHost) -> None:
         self.broker = broker
         self.interval = broker.config.sys_topics.interval
         self._timer: asyncio.TimerHandle | None = None
@@ -156,7 +197,7 @@ class SysTopics:
             "heap/current": str(heap),
             "heap/maximum": str(self._heap_max),
         }
-        for bridge in broker.bridges.status():  # mosquitto's connection/<name>/state
+        for bridge in broker.bridges_status():  # mosquitto's connection/<name>/state
             base = f"connection/{bridge['name']}/"
             for key in ("state", "queued_messages", "queued_bytes", "forwarded_out",
                         "forwarded_in", "dropped", "last_error"):

@@ -13,19 +13,22 @@ import contextlib
 import itertools
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from iotbroker.codec.packets import Packet
-from iotbroker.engine.client import Client
+from iotbroker.config import BrokerConfig
+from iotbroker.engine.client import Client, Writable
+from iotbroker.errors import MqttError
+from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
 from iotbroker.server.linger import Linger
 from iotbroker.server.logsetup import FLAGS, connection_fields
 from iotbroker.server.ratelimit import TokenBucket
+from iotbroker.server.timerwheel import TimerWheel
 
 if TYPE_CHECKING:
     from iotbroker.server.auth_service import Refusal
-    from iotbroker.server.broker import Broker
 
 log = logging.getLogger("iotbroker.connection")
 
@@ -42,6 +45,54 @@ WRITE_BUFFER_HIGH = 1 << 20
 
 #: The backlog of a connection with none (never appended to: see ``_hold``).
 _NO_BACKLOG: list[Packet] = []
+
+
+class ConnectionHost(Protocol):
+    """The broker as a socket connection sees it (``server/broker.py`` is one): where
+    the connection reports its events and finds its loop, timers and limits. A
+    protocol, so that this module never refers back to the composition root."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def config(self) -> BrokerConfig: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def timers(self) -> TimerWheel:
+        """Every connection's CONNECT-timeout / keep-alive deadline."""
+
+    @property
+    def ready_to_write(self) -> list[Writable]:
+        """Connections to write at the end of the turn (the connection's
+        :class:`~iotbroker.protocol.connection.Connection` appends itself)."""
+
+    @property
+    def active_readers(self) -> list[ClientProtocol]:
+        """Connections that delivered input this turn (backpressure)."""
+
+    def connection_made(self, proto: ClientProtocol) -> bool:
+        """Admit a new socket (False: a connection limit refuses it)."""
+
+    def handle_packets(self, proto: ClientProtocol, packets: list[Packet]) -> int:
+        """Handle packets in order; how many were handled (the rest wait)."""
+
+    def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None:
+        """The peer broke a rule: close with its reason code."""
+
+    def keepalive_expired(self, proto: ClientProtocol) -> None: ...
+
+    def output_pending(self, proto: ClientProtocol) -> None:
+        """``proto`` must be written (or closed) at the end of this loop turn."""
+
+    def writer_paused(self, proto: ClientProtocol) -> None: ...
+
+    def writer_resumed(self, proto: ClientProtocol) -> None: ...
+
+    def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None: ...
 
 
 class ClientProtocol(Client, asyncio.Protocol):
@@ -68,7 +119,7 @@ class ClientProtocol(Client, asyncio.Protocol):
         "wheel_slot",
     )
 
-    def __init__(self, broker: Broker, listener: str) -> None:
+    def __init__(self, broker: ConnectionHost, listener: str) -> None:
         self.broker = broker
         self.loop = broker.loop
         cfg = broker.config.mqtt

@@ -8,6 +8,8 @@ goes over loopback with the standard library's client; MQTT clients are paho-mqt
 from __future__ import annotations
 
 import base64
+import functools
+import http.client
 import json
 import queue
 import re
@@ -76,14 +78,29 @@ class Reply:
         return json.loads(self.body)
 
 
+class _FromSource(urllib.request.HTTPHandler):
+    """Plain HTTP from a chosen local address (any of 127.0.0.0/8 on loopback)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(  # type: ignore[arg-type]
+            http.client.HTTPConnection, source_address=(self.source, 0)), req)
+
+
 class Http:
-    """A tiny JSON client over urllib (a real HTTP/1.1 client on loopback)."""
+    """A tiny JSON client over urllib (a real HTTP/1.1 client on loopback); ``source``:
+    the local address to connect from (e.g. ``127.0.0.2``: another client address)."""
 
     def __init__(self, base: str, auth: tuple[str, str] | None = ALICE,
-                 bearer: str | None = None) -> None:
+                 bearer: str | None = None, source: str | None = None) -> None:
         self.base = base
         self.auth = auth
         self.bearer = bearer
+        self._open = (urllib.request.urlopen if source is None
+                      else urllib.request.build_opener(_FromSource(source)).open)
 
     def request(self, method: str, path: str, body: Any = None,
                 headers: dict[str, str] | None = None, raw: bytes | None = None) -> Reply:
@@ -99,7 +116,7 @@ class Http:
         for key, value in (headers or {}).items():
             req.add_header(key, value)
         try:
-            with urllib.request.urlopen(req, timeout=WAIT) as resp:
+            with self._open(req, timeout=WAIT) as resp:
                 return Reply(resp.status, dict(resp.headers), resp.read())
         except urllib.error.HTTPError as exc:
             return Reply(exc.code, dict(exc.headers), exc.read())

@@ -477,6 +477,55 @@ def test_repeated_failed_logins_are_refused_with_429(tmp_path: Path) -> None:
         proc.stop()
 
 
+def test_failed_logins_are_limited_per_username_across_addresses(tmp_path: Path) -> None:
+    """auth.failed_login_limit applies to the admin API per username too (issue 17):
+    guesses for alice spread over three client addresses (one failure each, no address
+    over the limit) block alice, from any address, with 429 and without a check; other
+    users from the same addresses go on; the backoff ends it. An API key's name has no
+    such limit (a generated key cannot be guessed; the limit would only lock it out)."""
+    key = make_passwords(tmp_path)
+    text = admin_config(tmp_path).replace(
+        "  allow_anonymous: true\n",
+        "  allow_anonymous: true\n  failed_login_limit: 3\n  failed_login_window: 60s\n"
+        "  failed_login_backoff: 2s\n")
+    proc = BrokerProcess(tmp_path, text).start()
+    try:
+        base = admin_url(proc)
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            reply = Http(base, auth=("alice", "wrong"), source=source).get("/api/v1/broker")
+            assert reply.status == 401, (source, reply.status, reply.body)
+        # a fourth address, the right password: alice is blocked
+        reply = Http(base, auth=ALICE, source="127.0.0.5").get("/api/v1/broker")
+        assert reply.status == 429 and reply.json()["code"] == "TOO_MANY_REQUESTS"
+        assert "for this user" in reply.json()["message"]
+        login = Http(base, auth=None, source="127.0.0.5").post(
+            "/api/v1/login", {"username": "alice", "password": ALICE[1]})
+        assert login.status == 429
+        assert "user 'alice' blocked after repeated failed logins" in proc.log_text()
+        # the addresses themselves are not blocked: another user is checked as usual
+        assert Http(base, auth=BOB, source="127.0.0.2").get("/api/v1/broker").status == 403
+        # wrong keys for the API key ci from three addresses: ci still works
+        for source in ("127.0.0.7", "127.0.0.8", "127.0.0.9"):
+            assert Http(base, bearer="ci:wrong", source=source).get(
+                "/api/v1/broker").status == 401
+        assert Http(base, bearer=f"ci:{key}", source="127.0.0.10").get(
+            "/api/v1/broker").status == 200
+        # after the backoff alice logs in again (and her count starts over)
+        deadline = time.monotonic() + 10
+        while True:
+            reply = Http(base, auth=ALICE, source="127.0.0.5").get("/api/v1/broker")
+            if reply.status != 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert reply.status == 200, (reply.status, reply.body)
+        for _ in range(2):
+            assert Http(base, auth=("alice", "x"), source="127.0.0.6").get(
+                "/api/v1/broker").status == 401
+        assert Http(base, auth=ALICE, source="127.0.0.6").get("/api/v1/broker").status == 200
+    finally:
+        proc.stop()
+
+
 def test_sighup_reloads_the_api_keys(tmp_path: Path) -> None:
     """A key added to admin.api_keys_file works after SIGHUP; a removed one does not."""
     import signal  # noqa: PLC0415
