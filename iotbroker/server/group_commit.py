@@ -45,7 +45,7 @@ from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
 if TYPE_CHECKING:
-    from iotbroker.mqttsn.gateway import SnClient
+    from iotbroker.engine.client import Writable
 
 log = logging.getLogger("iotbroker.storage")
 
@@ -60,7 +60,7 @@ PROBE_INTERVAL = 5.0
 #: For a socket connection the bytes are taken out of it when its turn ends; another
 #: room's client is held as it is (``None``) and written by its own ``write_pending``
 #: on release, with whatever it has queued by then.
-Held = tuple[int, "ClientProtocol | SnClient", bytes | None, bool]
+Held = tuple[int, "Writable", bytes | None, bool]
 
 
 class Committer(Protocol):
@@ -112,7 +112,7 @@ class GroupCommit:
         """Connections' outputs waiting for a sync."""
         return len(self._held)
 
-    def output(self, dirty: Sequence[ClientProtocol | SnClient]) -> None:
+    def output(self, dirty: Sequence[Writable]) -> None:
         """This turn's output (its batch already written): write it now if every write
         so far is synced and nothing waits, else hold it for the next sync."""
         written = self.metrics.storage_batches
