@@ -30,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, cast
 
+if TYPE_CHECKING:
+    from iotbroker.bridge.manager import Bridges
+
 from iotbroker.bridge.connecting import (
     address_order,
     backoff,
@@ -38,6 +41,7 @@ from iotbroker.bridge.connecting import (
     os_error_text,
 )
 from iotbroker.bridge.link import Link
+from iotbroker.bridge.origin import crossed, stamp
 from iotbroker.bridge.tls import client_context
 from iotbroker.bridge.topics import Rule, map_in, map_out
 from iotbroker.codec import encode_packet
@@ -146,8 +150,13 @@ class Bridge:
     """One configured bridge: its session, its link, its reconnect loop and counters."""
 
     def __init__(self, config: BridgeConfig, engine: Engine, loop: asyncio.AbstractEventLoop,
-                 flush: Callable[[], None]) -> None:
+                 flush: Callable[[], None], manager: Bridges | None = None) -> None:
         self.config = config
+        self.manager = manager
+        #: Our broker id in bridge-origin marks (MQTT 5.0 links; "" = not marked).
+        self.origin = (manager.broker_id if manager is not None and config.origin_marker
+                       and config.protocol == 5 else "")
+        self._stamped_empty = stamp(NO_PROPERTIES, self.origin) if self.origin else NO_PROPERTIES
         self.name = config.name
         self.engine = engine
         self.loop = loop
@@ -554,6 +563,8 @@ class Bridge:
         v5 = self.config.protocol == 5
         rules = self.rules
         max_qos = self._remote_max_qos
+        origin = self.origin
+        stamped_empty = self._stamped_empty
         for entry in entries:
             if isinstance(entry, Delivery):
                 delivery, pid, dup = entry, 0, False
@@ -580,6 +591,8 @@ class Bridge:
                 if remaining is not None or props.subscription_identifiers or props.topic_alias:
                     props = replace(props, message_expiry_interval=remaining,
                                     subscription_identifiers=(), topic_alias=None)
+                if origin:  # bridge-origin mark: this broker has had it (origin.py)
+                    props = stamped_empty if props is NO_PROPERTIES else stamp(props, origin)
             qos = delivery.qos
             if qos > max_qos:
                 # Above the remote's Maximum QoS [MQTT-3.2.2-11]: sent at its maximum;
@@ -674,8 +687,16 @@ class Bridge:
         if qos == 2 and not session.hold_inbound_qos2(pid):
             link.send(PubRec(pid))  # a re-sent QoS 2 PUBLISH: not routed again
             return
+        origin = self.origin
+        if origin and crossed(packet.properties, origin):
+            # It has been in this broker already (a cycle of bridges): not routed again.
+            topic = None
+            if self.manager is not None:
+                self.manager.looped += 1
         if topic is not None and not is_broker_topic(topic):
             props = packet.properties
+            if origin:
+                props = stamp(props, origin)
             expiry = props.message_expiry_interval
             if self.config.protocol == 5 and (props.topic_alias or props.subscription_identifiers):
                 props = replace(props, topic_alias=None, subscription_identifiers=())
