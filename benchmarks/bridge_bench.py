@@ -143,6 +143,8 @@ def start_mosquitto(workdir: Path, port: int, extra: str = "") -> subprocess.Pop
 
 #: cProfile output file of the iotbroker edge (``--profile``); empty: not profiled.
 PROFILE: list[str] = []
+#: MQTT version of both edges' bridges (``--protocol``): 4 (3.1.1) or 5.
+PROTOCOL: list[int] = [4]
 
 
 def start_iotbroker(workdir: Path, port: int, central: int) -> subprocess.Popen[bytes]:
@@ -151,7 +153,8 @@ def start_iotbroker(workdir: Path, port: int, central: int) -> subprocess.Popen[
         f"listeners: [{{host: 127.0.0.1, port: {port}}}]\n"
         f"storage: {{backend: rocksdb, path: {workdir}/data-{port}, durability: os}}\n"
         "logging: {level: WARNING}\nsys_topics: {enabled: false}\n"
-        f"bridges:\n  - name: central\n    address: 127.0.0.1:{central}\n    protocol: 4\n"
+        f"bridges:\n  - name: central\n    address: 127.0.0.1:{central}\n"
+        f"    protocol: {PROTOCOL[0]}\n"
         "    max_inflight: 100\n    reconnect_delay: 100ms\n    reconnect_delay_max: 500ms\n"
         "    outbox: {max_messages: 1000000, max_bytes: 0}\n"
         "    topics: [{pattern: 'bench/#', direction: out, qos: 1}]\n")
@@ -171,7 +174,8 @@ def start_edge(kind: str, workdir: Path, port: int, central: int) -> subprocess.
     if kind == "iotbroker":
         return start_iotbroker(workdir, port, central)
     return start_mosquitto(workdir, port, (
-        f"connection central\naddress 127.0.0.1:{central}\nbridge_protocol_version mqttv311\n"
+        f"connection central\naddress 127.0.0.1:{central}\nbridge_protocol_version "
+        f"{'mqttv50' if PROTOCOL[0] == 5 else 'mqttv311'}\n"
         "restart_timeout 1\ncleansession false\ntopic bench/# out 1\n"))
 
 
@@ -272,7 +276,10 @@ def main() -> None:
                     help="messages queued during the outage (default: --messages)")
     ap.add_argument("--profile", metavar="FILE",
                     help="run one iotbroker edge under cProfile, write pstats to FILE")
+    ap.add_argument("--protocol", type=int, choices=(4, 5), default=4,
+                    help="MQTT version of the bridges (5: iotbroker adds its origin mark)")
     args = ap.parse_args()
+    PROTOCOL[0] = args.protocol
     with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp:
         workdir = Path(tmp)
         if args.profile:

@@ -37,7 +37,11 @@ class Bridges:
         #: Messages refused because they had been in this broker already (a cycle of
         #: bridges), from clients (remote bridges) and over our own ``in`` rules.
         self.looped = 0
-        engine.seen_before = self._seen_before
+
+    def _hook(self) -> None:
+        """The engine asks about marks only while bridges are configured (a broker
+        without bridges forwards nothing, so it cannot close a cycle)."""
+        self.engine.seen_before = self._seen_before if self.bridges else None
 
     def _seen_before(self, props: Properties) -> bool:
         """Engine hook: a client's PUBLISH (a remote bridge's ``out``) that carries
@@ -63,6 +67,7 @@ class Bridges:
                     registry.destroy(session)
         for cfg in configs:
             self._add(cfg)
+        self._hook()
         self.flush()
 
     def _add(self, cfg: BridgeConfig) -> None:
@@ -97,6 +102,7 @@ class Bridges:
             if name not in self.bridges:
                 self._add(cfg)
                 log.info("bridge %r added", name)
+        self._hook()
         self.flush()
 
     def status(self) -> list[dict[str, object]]:
