@@ -3,11 +3,14 @@ mosquitto, iotbroker's bridge against mosquitto's own bridge in the same run; an
 outbox during an outage (edge RSS and disk while N messages wait, then the drain time).
 
     .venv/bin/python benchmarks/bridge_bench.py [--messages 20000] [--reps 3] [--outage]
+        [--profile FILE]   # cProfile of one iotbroker edge run (pstats file), no comparison
 
 Per rep and edge broker: a fresh central mosquitto and a fresh edge; a subscriber on the
 central broker (QoS 1); a publisher on the edge sends N QoS 1 messages of 64 bytes,
 100 in flight; the rate is N / (time from the first PUBLISH to the N-th arrival at the
-central subscriber). Both edges: QoS 1 forwarding, 100 in flight towards the remote;
+central subscriber); and the edge broker's CPU time over the same span (user + system,
+from /proc), reported as messages per edge CPU-second (less sensitive to a shared
+machine than msg/s). Both edges: QoS 1 forwarding, 100 in flight towards the remote;
 iotbroker on RocksDB (durability os: every accepted message is in the WAL before its
 PUBACK), mosquitto with persistence off (its bridge queue is in memory). Processes are
 started by this script and stopped by PID.
@@ -16,6 +19,7 @@ started by this script and stopped by PID.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -137,18 +141,31 @@ def start_mosquitto(workdir: Path, port: int, extra: str = "") -> subprocess.Pop
     return proc
 
 
+#: cProfile output file of the iotbroker edge (``--profile``); empty: not profiled.
+PROFILE: list[str] = []
+#: MQTT version of both edges' bridges (``--protocol``): 4 (3.1.1) or 5.
+PROTOCOL: list[int] = [4]
+
+
 def start_iotbroker(workdir: Path, port: int, central: int) -> subprocess.Popen[bytes]:
     cfg = workdir / f"iotbroker-{port}.yaml"
     cfg.write_text(
         f"listeners: [{{host: 127.0.0.1, port: {port}}}]\n"
         f"storage: {{backend: rocksdb, path: {workdir}/data-{port}, durability: os}}\n"
         "logging: {level: WARNING}\nsys_topics: {enabled: false}\n"
-        f"bridges:\n  - name: central\n    address: 127.0.0.1:{central}\n    protocol: 4\n"
+        f"bridges:\n  - name: central\n    address: 127.0.0.1:{central}\n"
+        f"    protocol: {PROTOCOL[0]}\n"
         "    max_inflight: 100\n    reconnect_delay: 100ms\n    reconnect_delay_max: 500ms\n"
         "    outbox: {max_messages: 1000000, max_bytes: 0}\n"
         "    topics: [{pattern: 'bench/#', direction: out, qos: 1}]\n")
-    proc = subprocess.Popen([sys.executable, "-m", "iotbroker", "run", "--config", str(cfg)],
-                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Profiled: cli.main under cProfile (console_main ends with os._exit, before
+    # cProfile would write its file).
+    run = (["-c", "import cProfile, sys; from iotbroker.cli import main; "
+            f"cProfile.run('main(sys.argv[1:])', {PROFILE[0]!r})"] if PROFILE
+           else ["-m", "iotbroker"])
+    proc = subprocess.Popen([sys.executable, *run, "run", "--config",
+                             str(cfg)], cwd=workdir, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc
 
@@ -157,7 +174,8 @@ def start_edge(kind: str, workdir: Path, port: int, central: int) -> subprocess.
     if kind == "iotbroker":
         return start_iotbroker(workdir, port, central)
     return start_mosquitto(workdir, port, (
-        f"connection central\naddress 127.0.0.1:{central}\nbridge_protocol_version mqttv311\n"
+        f"connection central\naddress 127.0.0.1:{central}\nbridge_protocol_version "
+        f"{'mqttv50' if PROTOCOL[0] == 5 else 'mqttv311'}\n"
         "restart_timeout 1\ncleansession false\ntopic bench/# out 1\n"))
 
 
@@ -171,6 +189,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -182,7 +209,8 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def run_rate(kind: str, count: int, workdir: Path) -> float:
+def run_rate(kind: str, count: int, workdir: Path) -> tuple[float, float]:
+    """(msg/s, messages per edge CPU-second)."""
     central, edge_port = free_port(), free_port()
     central_proc = start_mosquitto(workdir, central)
     edge = start_edge(kind, workdir, edge_port, central)
@@ -193,11 +221,13 @@ def run_rate(kind: str, count: int, workdir: Path) -> float:
         sub.start()
         ready.wait(10)
         time.sleep(1.5)  # the edge's bridge is connected and subscribed
+        cpu_before = cpu_seconds(edge.pid)
         started = publish(edge_port, count)
         sub.join(300)
+        cpu = cpu_seconds(edge.pid) - cpu_before
         if not done:
             raise RuntimeError(f"{kind}: the subscriber did not get {count} messages")
-        return count / (done[0] - started)
+        return count / (done[0] - started), count / cpu if cpu else float("inf")
     finally:
         stop(edge)
         stop(central_proc)
@@ -244,23 +274,40 @@ def main() -> None:
     ap.add_argument("--outage", action="store_true", help="also run the outage measurement")
     ap.add_argument("--outage-messages", type=int, default=0,
                     help="messages queued during the outage (default: --messages)")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="run one iotbroker edge under cProfile, write pstats to FILE")
+    ap.add_argument("--protocol", type=int, choices=(4, 5), default=4,
+                    help="MQTT version of the bridges (5: iotbroker adds its origin mark)")
     args = ap.parse_args()
+    PROTOCOL[0] = args.protocol
     with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp:
         workdir = Path(tmp)
+        if args.profile:
+            PROFILE.append(str(Path(args.profile).resolve()))
+            rate, per_cpu = run_rate("iotbroker", args.messages, workdir)
+            print(f"profiled iotbroker edge: {rate:.0f} msg/s, {per_cpu:.0f} msg/CPU-s; "
+                  f"profile in {PROFILE[0]}")
+            return
         rates: dict[str, list[float]] = {"iotbroker": [], "mosquitto": []}
+        per_cpu: dict[str, list[float]] = {"iotbroker": [], "mosquitto": []}
         for _ in range(args.reps):
             for kind, values in rates.items():
-                values.append(run_rate(kind, args.messages, workdir))
+                rate, cpu_rate = run_rate(kind, args.messages, workdir)
+                values.append(rate)
+                per_cpu[kind].append(cpu_rate)
         if args.reps:
             ib = statistics.median(rates["iotbroker"])
             mq = statistics.median(rates["mosquitto"])
+            ibc = statistics.median(per_cpu["iotbroker"])
+            mqc = statistics.median(per_cpu["mosquitto"])
             print(f"QoS 1 forwarding edge -> central mosquitto, {args.messages} msgs, "
                   f"median of {args.reps}:")
-            print(f"  iotbroker bridge  {ib:10.0f} msg/s  "
-                  f"{[round(r) for r in rates['iotbroker']]}")
-            print(f"  mosquitto bridge  {mq:10.0f} msg/s  "
-                  f"{[round(r) for r in rates['mosquitto']]}")
-            print(f"  ratio iotbroker/mosquitto: {ib / mq:.2f}")
+            for kind, rate, cpu_rate in (("iotbroker", ib, ibc), ("mosquitto", mq, mqc)):
+                print(f"  {kind} bridge  {rate:10.0f} msg/s  "
+                      f"{[round(r) for r in rates[kind]]}   {cpu_rate:10.0f} msg/edge-CPU-s  "
+                      f"{[round(r) for r in per_cpu[kind]]}")
+            print(f"  ratio iotbroker/mosquitto: {ib / mq:.2f} (msg/s), "
+                  f"{ibc / mqc:.2f} (msg per edge CPU-second)")
         if args.outage:
             queued = args.outage_messages or args.messages
             out = run_outage(queued, workdir)

@@ -522,6 +522,7 @@ class BridgeConfig(_Section):
     outbox: BridgeOutboxConfig = field(default_factory=BridgeOutboxConfig)
     topics: tuple[BridgeTopicConfig, ...] = ()
     try_private: StrictBool = True
+    origin_marker: StrictBool = True
     round_robin: StrictBool = False
     reconnect_delay: Annotated[float, Number(lo=0.01, unit="duration")] = 1.0
     reconnect_delay_max: Annotated[float, Number(lo=0.01, unit="duration")] = 60.0

@@ -30,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, cast
 
+if TYPE_CHECKING:
+    from iotbroker.bridge.manager import Bridges
+
 from iotbroker.bridge.connecting import (
     address_order,
     backoff,
@@ -38,9 +41,10 @@ from iotbroker.bridge.connecting import (
     os_error_text,
 )
 from iotbroker.bridge.link import Link
+from iotbroker.bridge.origin import crossed, stamp
 from iotbroker.bridge.tls import client_context
 from iotbroker.bridge.topics import Rule, map_in, map_out
-from iotbroker.codec import encode_packet
+from iotbroker.codec import encode_packet, encode_properties, encode_publish
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import (
     NO_PROPERTIES,
@@ -74,6 +78,11 @@ log = logging.getLogger("iotbroker.bridge")
 SESSION_PREFIX = "$bridge/"
 
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
+#: Property block kind of PUBLISH (codec/properties.py: the packet type).
+_PUBLISH_PROPS = 3
+#: Remote topics cached per local topic (cleared when it grows past this many).
+_TOPIC_CACHE = 4096
+_UNMAPPED = "\0unmapped"
 
 
 def session_id(name: str) -> str:
@@ -146,8 +155,19 @@ class Bridge:
     """One configured bridge: its session, its link, its reconnect loop and counters."""
 
     def __init__(self, config: BridgeConfig, engine: Engine, loop: asyncio.AbstractEventLoop,
-                 flush: Callable[[], None]) -> None:
+                 flush: Callable[[], None], manager: Bridges | None = None) -> None:
         self.config = config
+        self.manager = manager
+        #: Our broker id in bridge-origin marks (MQTT 5.0 links; "" = not marked).
+        self.origin = (manager.broker_id if manager is not None and config.origin_marker
+                       and config.protocol == 5 else "")
+        #: The property block of a message without properties of its own (MQTT 5.0).
+        self._empty_props_bytes = encode_properties(
+            stamp(NO_PROPERTIES, self.origin) if self.origin else NO_PROPERTIES,
+            _PUBLISH_PROPS)
+        #: Remote topic (None: no rule) per local topic; the rules never change for
+        #: a Bridge (a changed bridge is a new one).
+        self._out_topics: dict[str, str | None] = {}
         self.name = config.name
         self.engine = engine
         self.loop = loop
@@ -547,39 +567,62 @@ class Bridge:
                      now: float) -> list[tuple[int, Delivery, bool]]:
         """The session's outbox, onto the remote connection (``Outlet.send_outbox``).
         Returns ``(packet id, delivery, dup)`` of the PUBLISHes not sent (no rule maps them
-        any more, or larger than the remote accepts): the session completes them."""
+        any more, or larger than the remote accepts): the session completes them.
+
+        The forwarding hot path (issue 15, benchmarks/bridge_bench.py): PUBLISH bytes are
+        encoded straight from the message (no ``Publish`` object), remote topics are
+        cached per local topic, and a message without properties of its own gets the one
+        pre-encoded property block (the bridge-origin mark, or none)."""
         link = self.link
         refused: list[tuple[int, Delivery, bool]] = []
         unacked: list[int] = []
         v5 = self.config.protocol == 5
-        rules = self.rules
         max_qos = self._remote_max_qos
+        max_packet = self._remote_max_packet
+        origin = self.origin
+        empty_props = self._empty_props_bytes if v5 else None
+        kept_session = self._remote_kept_session
+        topics = self._out_topics
+        out = link.out if link is not None else []
+        queued = len(out)
+        forwarded_qos0 = 0
         for entry in entries:
-            if isinstance(entry, Delivery):
+            if type(entry) is Delivery:
                 delivery, pid, dup = entry, 0, False
             else:
-                maybe, pid, dup, _ = entry
+                maybe, pid, dup, _ = entry  # type: ignore[misc]
                 if maybe is None:
                     if link is not None:
-                        link.send(PubRel(pid))
+                        out.append(encode_packet(PubRel(pid), self.config.protocol))
                     continue
                 delivery = maybe
             if link is None:
                 continue  # in flight: re-sent after the next connect [MQTT-4.4.0-1]
             message = delivery.message
-            topic = map_out(rules, message.topic)
+            local_topic = message.topic
+            topic = topics.get(local_topic, _UNMAPPED)
+            if topic is _UNMAPPED:
+                topic = map_out(self.rules, local_topic)
+                if len(topics) >= _TOPIC_CACHE:
+                    topics.clear()
+                topics[local_topic] = topic
             if topic is None:
                 # No rule maps it any more (rules changed by SIGHUP): completed unsent
                 # (a re-sent one too, or it would hold a slot of the window for ever).
                 refused.append((pid, delivery, dup))
                 continue
-            props = NO_PROPERTIES
+            props_bytes = empty_props
             if v5:
                 props = message.properties
-                remaining = message.remaining_expiry(now)
-                if remaining is not None or props.subscription_identifiers or props.topic_alias:
-                    props = replace(props, message_expiry_interval=remaining,
-                                    subscription_identifiers=(), topic_alias=None)
+                remaining = message.remaining_expiry(now) if message.expires_at else None
+                if remaining is not None or props is not NO_PROPERTIES:
+                    if remaining is not None or props.subscription_identifiers or (
+                            props.topic_alias):
+                        props = replace(props, message_expiry_interval=remaining,
+                                        subscription_identifiers=(), topic_alias=None)
+                    if origin:  # bridge-origin mark: this broker has had it (origin.py)
+                        props = stamp(props, origin)
+                    props_bytes = encode_properties(props, _PUBLISH_PROPS)
             qos = delivery.qos
             if qos > max_qos:
                 # Above the remote's Maximum QoS [MQTT-3.2.2-11]: sent at its maximum;
@@ -587,23 +630,25 @@ class Bridge:
                 qos = max_qos
                 if qos == 0 and pid:
                     unacked.append(pid)
-            data = encode_packet(Publish(topic, message.payload, qos, delivery.retain,
-                                         dup and self._remote_kept_session,
-                                         pid if pid and qos else None, props),
-                                 self.config.protocol)
-            if self._remote_max_packet and len(data) > self._remote_max_packet:
+            data = encode_publish(topic, message.payload, qos, delivery.retain,
+                                  dup and kept_session, pid if pid and qos else None,
+                                  props_bytes)
+            if max_packet and len(data) > max_packet:
                 # Larger than the remote accepts: not sent, completed and counted as too
                 # large (the rule a server applies to its clients, [MQTT-3.1.2-24]).
                 log.warning("bridge %r: message on %r (%d bytes) is larger than the "
                             "remote's Maximum Packet Size %d: dropped", self.name,
-                            message.topic, len(data), self._remote_max_packet)
+                            message.topic, len(data), max_packet)
                 refused.append((pid, delivery, dup))
                 if pid in unacked:
                     unacked.remove(pid)
                 continue
-            link.queue(data)
+            out.append(data)
             if not pid:
-                self.forwarded_out += 1
+                forwarded_qos0 += 1
+        self.forwarded_out += forwarded_qos0
+        if link is not None and len(out) > queued:
+            link.schedule_write()
         for pid in unacked:
             self._complete(pid, now)
         return refused
@@ -628,19 +673,21 @@ class Bridge:
         now = time.time()
         session = self.session
         link = self.link
+        forwarded = 0
         for packet in packets:
-            if isinstance(packet, ConnAck):
+            if type(packet) is PubAck and session is not None and link is not None:
+                # The common case first: the remote acknowledged a QoS 1 forward.
+                if session.on_puback(packet.packet_id, now):
+                    forwarded += 1
+                else:  # a QoS 2 message sent at the remote's Maximum QoS 1
+                    self._complete(packet.packet_id, now)
+            elif isinstance(packet, ConnAck):
                 if self._connack is not None and not self._connack.done():
                     self._connack.set_result(packet)
             elif session is None or link is None:
                 continue
             elif isinstance(packet, Publish):
                 self._on_publish(session, link, packet, now)
-            elif isinstance(packet, PubAck):
-                if session.on_puback(packet.packet_id, now):
-                    self.forwarded_out += 1
-                else:  # a QoS 2 message sent at the remote's Maximum QoS 1
-                    self._complete(packet.packet_id, now)
             elif isinstance(packet, PubRec):
                 if packet.reason_code >= _FAILURE:
                     log.info("bridge %r: remote refused message %d: PUBREC 0x%02x",
@@ -662,6 +709,7 @@ class Bridge:
                           + (f" ({packet.properties.reason_string})"
                              if packet.properties.reason_string else ""))
                 return
+        self.forwarded_out += forwarded
         # Commit what this turn changed, then the acknowledgements may leave.
         self.flush()
         if link is not None:
@@ -674,8 +722,16 @@ class Bridge:
         if qos == 2 and not session.hold_inbound_qos2(pid):
             link.send(PubRec(pid))  # a re-sent QoS 2 PUBLISH: not routed again
             return
+        origin = self.origin
+        if origin and crossed(packet.properties, origin):
+            # It has been in this broker already (a cycle of bridges): not routed again.
+            topic = None
+            if self.manager is not None:
+                self.manager.looped += 1
         if topic is not None and not is_broker_topic(topic):
             props = packet.properties
+            if origin:
+                props = stamp(props, origin)
             expiry = props.message_expiry_interval
             if self.config.protocol == 5 and (props.topic_alias or props.subscription_identifiers):
                 props = replace(props, topic_alias=None, subscription_identifiers=())

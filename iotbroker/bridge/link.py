@@ -88,6 +88,12 @@ class Link(asyncio.Protocol):
             self._write_scheduled = True
             self.loop.call_soon(self.write)
 
+    def schedule_write(self) -> None:
+        """Write :attr:`out` at the end of the loop turn (after appending to it)."""
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self.loop.call_soon(self.write)
+
     def write(self) -> None:
         """Write what is queued (the bridge calls it right after a commit, too)."""
         self._write_scheduled = False

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 
 from iotbroker.bridge.bridge import SESSION_PREFIX, Bridge
+from iotbroker.bridge.origin import broker_id, crossed
+from iotbroker.codec.packets import Properties
 from iotbroker.config import BridgeConfig
 from iotbroker.engine.engine import Engine
 
@@ -29,6 +31,28 @@ class Bridges:
         self.bridges: dict[str, Bridge] = {}
         #: One reload at a time (two SIGHUPs in a row apply one after the other).
         self._lock = asyncio.Lock()
+        #: This broker's id in bridge-origin marks (bridge/origin.py).
+        self.broker_id = broker_id(engine.config.storage.backend,
+                                   engine.config.storage.path)
+        #: Messages refused because they had been in this broker already (a cycle of
+        #: bridges), from clients (remote bridges) and over our own ``in`` rules.
+        self.looped = 0
+
+    def _hook(self) -> None:
+        """The engine asks about marks only while bridges are configured (a broker
+        without bridges forwards nothing, so it cannot close a cycle)."""
+        self.engine.seen_before = self._seen_before if self.bridges else None
+
+    def _seen_before(self, props: Properties) -> bool:
+        """Engine hook: a client's PUBLISH (a remote bridge's ``out``) that carries
+        this broker's mark has been here already: acknowledged and not routed."""
+        if not crossed(props, self.broker_id):
+            return False
+        self.looped += 1
+        if self.looped == 1:
+            log.info("bridges: a message that had been in this broker already came back "
+                     "(cycle of bridges): not routed again (counted as looped)")
+        return True
 
     def start(self, configs: tuple[BridgeConfig, ...]) -> None:
         names = {c.name for c in configs}
@@ -43,10 +67,11 @@ class Bridges:
                     registry.destroy(session)
         for cfg in configs:
             self._add(cfg)
+        self._hook()
         self.flush()
 
     def _add(self, cfg: BridgeConfig) -> None:
-        bridge = Bridge(cfg, self.engine, self.loop, self.flush)
+        bridge = Bridge(cfg, self.engine, self.loop, self.flush, self)
         self.bridges[cfg.name] = bridge
         bridge.start()
 
@@ -77,6 +102,7 @@ class Bridges:
             if name not in self.bridges:
                 self._add(cfg)
                 log.info("bridge %r added", name)
+        self._hook()
         self.flush()
 
     def status(self) -> list[dict[str, object]]:

@@ -178,6 +178,11 @@ class Engine:
         #: Effect (cluster): connections accepted this turn (their client ids are
         #: claimed cluster-wide); None: nobody asks.
         self.accepted: list[Client] | None = None
+        #: Hook (bridges, docs/bridge.md "Loops"): called with the properties of an
+        #: MQTT 5.0 PUBLISH that carries User Properties; True = the message has been
+        #: in this broker already (a cycle of bridges): acknowledged, not routed.
+        #: None: nobody asks.
+        self.seen_before: Callable[[Properties], bool] | None = None
         #: Effect (cluster): connections that ended this turn (after their CONNACK);
         #: None: nobody asks.
         self.ended: list[Client] | None = None
@@ -616,6 +621,10 @@ class Engine:
             conn.send_packet(PubRec(packet.packet_id or 0))
             return
         props = packet.properties
+        if v5 and props.user_properties and self.seen_before is not None and (
+                self.seen_before(props)):
+            _ack(client, packet, R.SUCCESS)
+            return
         expiry = props.message_expiry_interval
         message = Message(
             topic=topic,

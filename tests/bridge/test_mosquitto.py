@@ -60,7 +60,9 @@ def test_out_to_mosquitto_prefix_qos_and_properties(
         ("site1/sensors/a", b"one", 1), ("site1/sensors/b", b"two", 2),
         ("site1/sensors/c", b"three", 0)]
     first = got[0].properties
-    assert first.user_properties == (("site", "1"), ("k", "v"))
+    # Kept in order, followed by the bridge-origin mark (docs/bridge.md "Loops").
+    assert first.user_properties[:2] == (("site", "1"), ("k", "v"))
+    assert [n for n, _ in first.user_properties[2:]] == ["iotbroker-bridged"]
     assert (first.content_type, first.response_topic, first.correlation_data,
             first.payload_format_indicator) == ("text/x", "reply/here", b"\x01\x02", 1)
 
@@ -100,7 +102,9 @@ def test_in_from_mosquitto_prefix_retain_and_qos2_once(
         quiet(local, 0.5)
     assert [(p.topic, p.payload, p.qos) for p in got] == [
         ("from-cloud/cmd/open", b"door", 2), ("from-cloud/cmd/state", b"on", 1)]
-    assert got[0].properties.user_properties == (("who", "ops"),)
+    # Kept, followed by this broker's bridge-origin mark (docs/bridge.md "Loops").
+    assert got[0].properties.user_properties[0] == ("who", "ops")
+    assert [n for n, _ in got[0].properties.user_properties[1:]] == ["iotbroker-bridged"]
     assert got[1].retain
 
 
@@ -150,3 +154,26 @@ def test_mosquitto_bridge_into_iotbroker(
         got: Publish = m.receive_publish(timeout=5)
         assert (got.topic, got.payload) == ("down/x", b"cmd")
         quiet(i, 0.5)  # the command did not come back as edge/up/... or again
+
+
+def test_origin_marker_off_keeps_user_properties_exactly(
+        make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
+    """``origin_marker: false``: User Properties cross both ways exactly as published
+    [MQTT-3.3.2-18] (and cycles of bridges are no longer detected)."""
+    mosq = make_mosquitto()
+    proc = _started(make_broker, mosq, ['{pattern: "up/#", direction: out, qos: 1}',
+                                        '{pattern: "down/#", direction: in, qos: 1}'],
+                    extra="    origin_marker: false\n")
+    props = Properties(user_properties=(("k", "v"),))
+    with RawClient("127.0.0.1", mosq.port, version=5) as remote, \
+            RawClient(proc.host, proc.port, version=5) as local:
+        remote.connect("remote-sub")
+        remote.subscribe("up/#", qos=1)
+        local.connect("local-sub")
+        local.subscribe("down/#", qos=1)
+        local.publish("up/x", b"1", qos=1, properties=props)
+        up = collect(remote, 1)
+        remote.publish("down/x", b"2", qos=1, properties=props)
+        down = collect(local, 1)
+    assert up[0].properties.user_properties == (("k", "v"),)
+    assert down[0].properties.user_properties == (("k", "v"),)
