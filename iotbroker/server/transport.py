@@ -62,6 +62,7 @@ class ClientProtocol(Client, asyncio.Protocol):
         "loop",
         "packets_counted",
         "park_mark",
+        "park_quiet",
         "parked_fd",
         "password_checked",
         "password_decision",
@@ -105,9 +106,11 @@ class ClientProtocol(Client, asyncio.Protocol):
         #: Its slot in the broker's timer wheel (0: none; see server/timerwheel.py).
         self.wheel_slot = 0
         #: The parked socket's descriptor, or NOT_PARKED / ADOPTING / ABORT_ON_ADOPT
-        #: (server/parking.py), and what the parking sweep last saw queued.
+        #: (server/parking.py); what the parking sweep last saw queued, and for how
+        #: many sweeps nothing more was.
         self.parked_fd = NOT_PARKED
         self.park_mark = -1
+        self.park_quiet = 0
         #: The lingering close after our last packet (server/linger.py), once begun.
         self.linger: Linger | None = None
         #: The MQTT connection is over for the broker (``broker.connection_lost`` ran),
