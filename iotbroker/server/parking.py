@@ -69,6 +69,17 @@ _EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
 _DISCARD = asyncio.Protocol()
 
 
+def peername(fd: int) -> object:
+    """The peer address of a parked socket (for log lines), or None."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
 class Parking:
     """The parked sockets of one broker, and the sweep that parks idle connections."""
 
@@ -161,7 +172,6 @@ class Parking:
         sock = transport.get_extra_info("socket")
         if sock is None:
             return False
-        _ = proto.peer  # formatted while there is a transport to ask (log lines)
         try:
             fd = os.dup(sock.fileno())
         except OSError:

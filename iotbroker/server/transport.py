@@ -21,7 +21,7 @@ from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
 from iotbroker.server.linger import Linger
 from iotbroker.server.logsetup import FLAGS, connection_fields
-from iotbroker.server.parking import ABORT_ON_ADOPT, ADOPTING, NOT_PARKED
+from iotbroker.server.parking import ABORT_ON_ADOPT, ADOPTING, NOT_PARKED, peername
 from iotbroker.server.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -141,9 +141,12 @@ class ClientProtocol(Client, asyncio.Protocol):
     def peer(self) -> str:
         """``host:port`` of the client (formatted on first use: logging only)."""
         if self._peer is None:
-            if self.transport is None:
-                return "?"  # not connected yet, or being re-adopted (server/parking.py)
-            info = self.transport.get_extra_info("peername")
+            if self.transport is not None:
+                info = self.transport.get_extra_info("peername")
+            elif self.parked_fd >= 0:  # parked (server/parking.py): ask the socket
+                info = peername(self.parked_fd)
+            else:
+                return "?"  # not connected yet, or being re-adopted
             if isinstance(info, tuple) and len(info) >= 2:
                 self._peer = f"{info[0]}:{info[1]}"
             else:

@@ -79,6 +79,7 @@ def test_parked_keepalive_expiry_publishes_will(broker: BrokerProcess) -> None:
         assert watcher.receive_publish(timeout=5).payload == b"gone"
         assert time.monotonic() - started < 3
         idle.expect_closed()
+    assert "client 'park-ka' (127.0.0.1:" in broker.log_text()  # the timeout line
 
 
 def test_parked_connection_taken_over(make_broker: Callable[..., BrokerProcess]) -> None:
