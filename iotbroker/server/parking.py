@@ -63,7 +63,10 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 _malloc_trim = _find_malloc_trim()
 
-_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+#: What wakes a parked socket: data, the peer's FIN, an error (0 where there is no
+#: epoll: parking is Linux-only and is then left off, see ``start``).
+_EVENTS = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+           if hasattr(select, "epoll") else 0)
 
 #: Receives the aborted transport's ``connection_lost``: the MQTT connection goes on.
 _DISCARD = asyncio.Protocol()
@@ -103,6 +106,10 @@ class Parking:
         return len(self._parked)
 
     def start(self) -> None:
+        if not hasattr(select, "epoll"):
+            log.warning("limits.park_idle_after needs epoll (Linux): idle connections "
+                        "are not parked")
+            return
         self._epoll = select.epoll()
         self._loop.add_reader(self._epoll.fileno(), self._ready)
         self._handle = self._loop.call_later(self._after / SWEEPS, self._sweep)
