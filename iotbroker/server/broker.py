@@ -565,13 +565,13 @@ class Broker:
             proto.password_checked = False
         else:
             # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
-            decision = self.auth.gate(packet.username, packet.password, proto.peer)
+            decision = self.auth.gate(packet.username, packet.password, proto.peer_name)
             if decision is None:
                 if self.auth.is_slow(packet.username, packet.password):
                     self._check_password_off_loop(proto, packet, admitted.client_id)
                     return
                 decision = self.auth.authenticate(
-                    admitted.client_id, packet.username, packet.password, proto.peer
+                    admitted.client_id, packet.username, packet.password, proto.peer_name
                 )
         if decision is not None:  # counted by reason in self.auth
             connect_rules.refuse(engine, proto, packet, decision.code,

@@ -153,6 +153,10 @@ class ClientProtocol(Client, asyncio.Protocol):
                 self._peer = str(info) if info else "?"
         return self._peer
 
+    def peer_name(self) -> str:
+        """:attr:`peer` as a call, for who needs it only sometimes (a refused login)."""
+        return self.peer
+
     # ----------------------------------------------------------- asyncio API
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
