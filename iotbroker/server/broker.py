@@ -230,6 +230,8 @@ class Broker:
         for server in self._servers:
             server.close()
         await self.bridges.stop()
+        if self.parking is not None:
+            await self.parking.wake_all()
         self.engine.shutting_down(list(self.connections))
         self._apply_closes()
         self.flush()

@@ -216,10 +216,21 @@ class Parking:
                 self._epoll.unregister(fd)
         return fd
 
-    def unpark(self, proto: ClientProtocol) -> None:
+    async def wake_all(self) -> None:
+        """Before a shutdown: stop parking, give every parked socket its transport back
+        and wait for them (so that MQTT 5.0 clients are told 0x8B like the others)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        tasks = [task for proto in list(self._parked.values())
+                 if (task := self.unpark(proto)) is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def unpark(self, proto: ClientProtocol) -> asyncio.Task[object] | None:
         """Give the parked socket a transport again (``connection_made`` follows)."""
         if proto.parked_fd < 0:
-            return
+            return None
         fd = self._release(proto)
         proto.parked_fd = ADOPTING
         self.unparks += 1
@@ -228,6 +239,7 @@ class Parking:
         sock = socket.socket(fileno=fd)
         task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: proto, sock))
         task.add_done_callback(lambda t: self._adopted(proto, sock, t))
+        return task
 
     def _adopted(self, proto: ClientProtocol, sock: socket.socket,
                  task: asyncio.Task[object]) -> None:

@@ -132,6 +132,24 @@ def test_broker_stops_with_parked_connections(
         client.close()
 
 
+def test_parked_v5_client_told_server_shutting_down(
+    make_broker: Callable[..., BrokerProcess],
+) -> None:
+    """MQTT 5.0 §3.14.2.1: on SIGTERM parked MQTT 5.0 clients get DISCONNECT 0x8B
+    Server shutting down [MQTT-3.14.4-1] like the others, then the close."""
+    broker = make_broker(broker_config(extra=PARK))
+    clients = [RawClient(broker.host, broker.port, version=5) for _ in range(20)]
+    for i, client in enumerate(clients):
+        assert client.connect(f"park-down-{i}").reason_code == 0
+    _wait_parked(broker, "park-down-19")
+    assert broker.stop() == 0
+    for client in clients:
+        packets = client.expect_closed()
+        assert packets and isinstance(packets[-1], Disconnect), packets
+        assert packets[-1].reason_code == 0x8B
+        client.close()
+
+
 def test_parking_off_by_default(make_broker: Callable[..., BrokerProcess]) -> None:
     broker = make_broker(broker_config())
     with RawClient(broker.host, broker.port) as client:
