@@ -15,6 +15,8 @@ from collections.abc import Callable
 import pytest
 
 from iotbroker.codec.packets import Disconnect, PingReq, PingResp, Publish, Will
+from iotbroker.config import parse_config
+from iotbroker.errors import ConfigError
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 
@@ -150,7 +152,9 @@ def test_parked_v5_client_told_server_shutting_down(
         client.close()
 
 
-def test_parking_off_by_default(make_broker: Callable[..., BrokerProcess]) -> None:
+def test_parking_off_by_default(make_broker: Callable[..., BrokerProcess],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IOTBROKER_TEST_PARK_IDLE_AFTER", raising=False)
     broker = make_broker(broker_config())
     with RawClient(broker.host, broker.port) as client:
         assert client.connect("park-default").reason_code == 0
@@ -158,3 +162,12 @@ def test_parking_off_by_default(make_broker: Callable[..., BrokerProcess]) -> No
         client.send(PingReq())
         client.expect(PingResp)
     assert "parked idle connection" not in broker.log_text()
+
+
+def test_park_idle_after_config() -> None:
+    """A duration ≥ 0; errors name the key path and the expectation."""
+    assert parse_config({"limits": {"park_idle_after": "30s"}}, "t.yaml").limits.park_idle_after \
+        == 30.0
+    assert parse_config({}, "t.yaml").limits.park_idle_after == 0.0
+    with pytest.raises(ConfigError, match=r"limits\.park_idle_after: -1 is not a duration"):
+        parse_config({"limits": {"park_idle_after": -1}}, "t.yaml")
