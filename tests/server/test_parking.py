@@ -19,6 +19,7 @@ from iotbroker.config import parse_config
 from iotbroker.errors import ConfigError
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
+from tests.server.test_metrics_http import scrape, value
 
 #: Sweeps every 0.1 s; a connection idle for two sweeps is parked.
 PARK = "limits:\n  park_idle_after: 0.1\n"
@@ -36,6 +37,21 @@ def _wait_parked(broker: BrokerProcess, client_id: str, times: int = 1,
     while broker.log_text().count(needle) < times:
         assert time.monotonic() < deadline, f"{client_id} was not parked {times}x"
         time.sleep(0.05)
+
+
+def test_parking_metrics(make_broker: Callable[..., BrokerProcess]) -> None:
+    """/metrics counts the parked connections, the parks and the wakes."""
+    metrics = "metrics:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n"
+    broker = make_broker(broker_config(extra=PARK + metrics))
+    with RawClient(broker.host, broker.port) as client:
+        assert client.connect("park-metrics").reason_code == 0
+        _wait_parked(broker, "park-metrics")
+        samples = scrape(broker)
+        assert value(samples, "iotbroker_connections_parked") == 1
+        assert value(samples, "iotbroker_connections_parks_total") >= 1
+        client.send(PingReq())
+        client.expect(PingResp)
+        assert value(scrape(broker), "iotbroker_connections_wakes_total") >= 1
 
 
 def test_parked_connection_answers_pingreq(broker: BrokerProcess) -> None:
