@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import select
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -56,10 +58,51 @@ async def _serve_floor(port: int) -> None:
         await server.serve_forever()
 
 
-def make_floor(workdir: str) -> e2e.Broker:
+async def _serve_raw_floor(port: int) -> None:
+    """The same answers without a transport per connection: the loop watches the
+    listening socket and one epoll set; sockets are accepted, read and written with
+    plain calls (what a transport-less connect path for idle devices would cost)."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", port), backlog=4096)
+    listener.setblocking(False)
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+
+    def accept() -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks[sock.fileno()] = sock
+            ep.register(sock.fileno(), select.EPOLLIN)
+
+    def ready() -> None:
+        for fd, _events in ep.poll(0):
+            sock = socks[fd]
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                continue
+            if data[:1] == b"\x10":
+                sock.send(b"\x20\x02\x00\x00")
+            elif not data or data[:1] == b"\xe0":
+                ep.unregister(fd)
+                del socks[fd]
+                sock.close()
+
+    loop.add_reader(listener.fileno(), accept)
+    loop.add_reader(ep.fileno(), ready)
+    await asyncio.Event().wait()
+
+
+def make_floor(workdir: str, raw: bool = False) -> e2e.Broker:
     port = e2e.free_port()
-    argv = [sys.executable, os.path.abspath(__file__), "--floor-server", str(port)]
-    return e2e.Broker("floor", argv, port, workdir)
+    argv = [sys.executable, os.path.abspath(__file__),
+            "--raw-floor-server" if raw else "--floor-server", str(port)]
+    return e2e.Broker("floor-raw" if raw else "floor", argv, port, workdir)
 
 
 def main() -> None:
@@ -68,9 +111,18 @@ def main() -> None:
 
         uvloop.run(_serve_floor(int(sys.argv[2])))
         return
+    if len(sys.argv) == 3 and sys.argv[1] == "--raw-floor-server":
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(_serve_raw_floor(int(sys.argv[2])))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--clients", type=int, default=10000)
+    ap.add_argument("--raw", action="store_true",
+                    help="also floor-raw: accept/read/write without a transport per socket")
+    ap.add_argument("--park-idle-after", type=float, default=0.0, metavar="SECONDS",
+                    help="iotbroker's limits.park_idle_after (0 = off)")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     args = ap.parse_args()
     # What e2e.run_loadgen reads from its own arguments.
@@ -78,13 +130,15 @@ def main() -> None:
                              clients=args.clients, mqtt5=False, persistent_subscribers=False,
                              window=0, keep_latency=False)
     results: dict[str, list[dict[str, Any]]] = {"floor": [], "iotbroker": [], "mosquitto": []}
+    if args.raw:
+        results = {"floor-raw": [], **results}
     with tempfile.TemporaryDirectory(prefix="connect-floor-") as workdir:
         for rep in range(args.reps):
             for name, runs in results.items():
-                if name == "floor":
-                    server = make_floor(workdir)
+                if name.startswith("floor"):
+                    server = make_floor(workdir, raw=name == "floor-raw")
                 elif name == "iotbroker":
-                    server = e2e.make_iotbroker(workdir, None)
+                    server = e2e.make_iotbroker(workdir, None, args.park_idle_after)
                 else:
                     server = e2e.make_mosquitto(workdir, args.mosquitto)
                 server.start()

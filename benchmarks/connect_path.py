@@ -97,8 +97,7 @@ async def one_run(clients: int, log_level: str) -> float:
     if answered != clients:
         raise SystemExit(f"{answered} CONNACKs written for {clients} CONNECTs")
     for proto in protos:
-        if proto.timer is not None:
-            proto.timer.cancel()
+        broker.timers.cancel(proto)
     return took / clients * 1e6
 
 

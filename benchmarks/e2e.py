@@ -117,7 +117,7 @@ class Broker:
             proc.wait()
 
 
-def make_iotbroker(workdir: str, persistence: str | None) -> Broker:
+def make_iotbroker(workdir: str, persistence: str | None, park_idle_after: float = 0) -> Broker:
     port = free_port()
     if persistence:
         storage = (f"storage: {{backend: rocksdb, path: {workdir}/ibdata, "
@@ -135,6 +135,7 @@ def make_iotbroker(workdir: str, persistence: str | None) -> Broker:
 sys_topics: {{enabled: false}}
 logging: {{level: WARNING}}
 mqtt: {{max_inflight: {INFLIGHT}, max_queued_messages: {QUEUED}}}
+limits: {{park_idle_after: {park_idle_after}}}
 """)
     return Broker("iotbroker", [iotbroker_python(), "-m", "iotbroker", "run", "--config", cfg],
                   port, workdir)
@@ -299,6 +300,8 @@ def main() -> None:
     ap.add_argument("--as-shipped", action="store_true",
                     help="both brokers on their defaults, logging included (see make_shipped);"
                          " --persistence and --mosquitto-nagle do not apply")
+    ap.add_argument("--park-idle-after", type=float, default=0.0, metavar="SECONDS",
+                    help="iotbroker's limits.park_idle_after (server/parking.py; 0 = off)")
     ap.add_argument("--json", dest="json_out", default=None, help="write raw results here")
     ap.add_argument("--keep-latency", action="store_true",
                     help="keep throughput scenarios' latency percentiles in the JSON")
@@ -317,7 +320,7 @@ def main() -> None:
             if args.as_shipped:
                 ib, mq = make_shipped(workdir, args.mosquitto)
             else:
-                ib = make_iotbroker(workdir, args.persistence)
+                ib = make_iotbroker(workdir, args.persistence, args.park_idle_after)
                 mq = make_mosquitto(workdir, args.mosquitto, not args.mosquitto_nagle)
             for b in (ib, mq):
                 b.argv = [*taskset(args.broker_cpus), *b.argv]

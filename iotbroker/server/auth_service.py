@@ -46,8 +46,16 @@ class Refusal:
         return f"authentication failed ({self.kind}): {self.detail}"
 
 
-def _host(peer: str) -> str:
+#: The client's ``HOST:PORT``, or a call that formats it: only a refused or rate-limited
+#: login needs it, so an accepted CONNECT does not format it (issue 19: a string per
+#: connection, and a transport lookup per CONNECT).
+PeerName = str | Callable[[], str]
+
+
+def _host(peer: PeerName) -> str:
     """The address part of ``HOST:PORT`` (the per-address failure limit's key)."""
+    if not isinstance(peer, str):
+        peer = peer()
     host, sep, _port = peer.rpartition(":")
     return host if sep else peer
 
@@ -106,7 +114,8 @@ class AuthService:
             return OK if ok else UNKNOWN_USER
         return setup.passwords.verify(username, password if password is not None else b"")
 
-    def gate(self, username: str | None, password: bytes | None, peer: str) -> Refusal | None:
+    def gate(self, username: str | None, password: bytes | None,
+             peer: PeerName) -> Refusal | None:
         """Before a login that could need PBKDF2 (a person's password or an unknown
         user): refuse it (counted, nothing hashed) when the peer address or the username
         is over ``auth.failed_login_limit``, or when it needs a PBKDF2 check and
@@ -116,9 +125,10 @@ class AuthService:
         if username is None or passwords is None or passwords.is_cheap(username):
             return None
         now = time.monotonic()
-        if self._by_address.blocked(_host(peer), now):
+        host = _host(peer)
+        if self._by_address.blocked(host, now):
             return self._refused(Refusal(ReasonCode.SERVER_BUSY, "rate_limited",
-                                         f"too many failed logins from {_host(peer)}"))
+                                         f"too many failed logins from {host}"))
         if self._by_user.blocked(username, now):
             return self._refused(Refusal(ReasonCode.SERVER_BUSY, "rate_limited",
                                          f"too many failed logins for {username!r}"))
@@ -137,7 +147,7 @@ class AuthService:
                                             else b""))
 
     def authenticate(self, client_id: str, username: str | None, password: bytes | None,
-                     peer: str = "") -> Refusal | None:
+                     peer: PeerName = "") -> Refusal | None:
         """Decide on the loop a login that :meth:`is_slow` says is cheap; None = accepted."""
         verdict = self._verdict(client_id, username, password)
         if username is not None and self.setup.passwords is not None:
@@ -166,7 +176,7 @@ class AuthService:
                 self.pending -= 1
 
     def conclude(self, verdict: str, username: str | None, password: bytes | None,
-                 peer: str, hashed: bool = False) -> Refusal | None:
+                 peer: PeerName, hashed: bool = False) -> Refusal | None:
         """Turn a verdict into the decision, on the loop: count failures by kind and
         feed the failed-login limits. None = accepted."""
         if hashed:

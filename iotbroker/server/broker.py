@@ -40,6 +40,7 @@ from iotbroker.server.listeners import Listener, make_ssl_context, start_listene
 from iotbroker.server.logsetup import bind_loop, log_connection, setup_logging
 from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.mqttsn_udp import start_mqttsn_listener
+from iotbroker.server.parking import Parking
 from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
@@ -93,6 +94,10 @@ class Broker:
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
         #: Every connection's CONNECT-timeout / keep-alive deadline, on one loop timer.
         self.timers = TimerWheel(self.loop)
+        #: Idle plain-TCP sockets parked outside the loop's transports (server/parking.py;
+        #: limits.park_idle_after), or None when that is off.
+        self.parking = (Parking(self.loop, config.limits.park_idle_after)
+                        if config.limits.park_idle_after > 0 else None)
         self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
@@ -102,6 +107,8 @@ class Broker:
         #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
         self.admin: AdminServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
+        #: Listeners whose connections may be parked: plain TCP (no TLS, no WebSocket).
+        self._parkable = frozenset(lc.name for lc in config.listeners if lc.type == "tcp")
         self._per_listener: dict[str, int] = {}
         #: Sockets admitted per listener name since the start (metrics label
         #: ``listener``; the names are those of docs/configuration.md ``listeners.name``).
@@ -150,6 +157,8 @@ class Broker:
         # Before the cluster room starts: wills a crash left in the store go to this
         # node's own sessions only (the other nodes had them from cluster/wills.py).
         self.restore()
+        if self.parking is not None:
+            self.parking.start()
         # Bridges first: their sessions collect what clients publish from the start.
         self.bridges.start(self.config.bridges)
         if self.config.cluster is not None:
@@ -234,6 +243,8 @@ class Broker:
         for server in self._servers:
             server.close()
         await self.bridges.stop()
+        if self.parking is not None:
+            await self.parking.wake_all()
         self.engine.shutting_down(list(self.connections))
         self._apply_closes()
         self.flush()
@@ -252,6 +263,8 @@ class Broker:
         if self.cluster is not None:
             await self.cluster.stop()
         self.timers.close()
+        if self.parking is not None:
+            self.parking.close()
         self.auth.close()
         self.store.close()
         log.info("stopped")
@@ -595,13 +608,13 @@ class Broker:
             proto.password_checked = False
         else:
             # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
-            decision = self.auth.gate(packet.username, packet.password, proto.peer)
+            decision = self.auth.gate(packet.username, packet.password, proto.peer_name)
             if decision is None:
                 if self.auth.is_slow(packet.username, packet.password):
                     self._check_password_off_loop(proto, packet, admitted.client_id)
                     return
                 decision = self.auth.authenticate(
-                    admitted.client_id, packet.username, packet.password, proto.peer
+                    admitted.client_id, packet.username, packet.password, proto.peer_name
                 )
         if decision is not None:  # counted by reason in self.auth
             connect_rules.refuse(engine, proto, packet, decision.code,
@@ -618,6 +631,8 @@ class Broker:
         if accepted is None:
             return
         proto.start_keepalive()
+        if self.parking is not None and proto.listener in self._parkable:
+            self.parking.watch(proto)
         if not log.isEnabledFor(logging.INFO):
             return  # the arguments below cost a peer-name lookup per connect
         log_connection(

@@ -295,6 +295,16 @@ class BrokerCollector:
                                 value=len(broker.engine.registry))
         yield GaugeMetricFamily(_PREFIX + "connections_open", "Network connections open now.",
                                 value=len(broker.connections))
+        parking = broker.parking
+        yield GaugeMetricFamily(_PREFIX + "connections_parked",
+                                "Idle connections parked now (limits.park_idle_after).",
+                                value=len(parking) if parking is not None else 0)
+        yield CounterMetricFamily(_PREFIX + "connections_parks",
+                                  "Times an idle connection was parked.",
+                                  value=parking.parks if parking is not None else 0)
+        yield CounterMetricFamily(_PREFIX + "connections_wakes",
+                                  "Times a parked connection was given a transport again.",
+                                  value=parking.unparks if parking is not None else 0)
         yield from self._per_listener()
         yield GaugeMetricFamily(_PREFIX + "queued_messages",
                                 "Messages waiting in session queues.", value=queued)

@@ -24,6 +24,7 @@ from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
 from iotbroker.server.linger import Linger
 from iotbroker.server.logsetup import FLAGS, connection_fields
+from iotbroker.server.parking import ABORT_ON_ADOPT, ADOPTING, NOT_PARKED, peername
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.timerwheel import TimerWheel
 
@@ -111,6 +112,9 @@ class ClientProtocol(Client, asyncio.Protocol):
         "linger",
         "loop",
         "packets_counted",
+        "park_mark",
+        "park_quiet",
+        "parked_fd",
         "password_checked",
         "password_decision",
         "publish_bucket",
@@ -152,6 +156,12 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.password_decision: Refusal | None = None
         #: Its slot in the broker's timer wheel (0: none; see server/timerwheel.py).
         self.wheel_slot = 0
+        #: The parked socket's descriptor, or NOT_PARKED / ADOPTING / ABORT_ON_ADOPT
+        #: (server/parking.py); what the parking sweep last saw queued, and for how
+        #: many sweeps nothing more was.
+        self.parked_fd = NOT_PARKED
+        self.park_mark = -1
+        self.park_quiet = 0
         #: The lingering close after our last packet (server/linger.py), once begun.
         self.linger: Linger | None = None
         #: The MQTT connection is over for the broker (``broker.connection_lost`` ran),
@@ -182,17 +192,29 @@ class ClientProtocol(Client, asyncio.Protocol):
     def peer(self) -> str:
         """``host:port`` of the client (formatted on first use: logging only)."""
         if self._peer is None:
-            info = self.transport.get_extra_info("peername") if self.transport else None
+            if self.transport is not None:
+                info = self.transport.get_extra_info("peername")
+            elif self.parked_fd >= 0:  # parked (server/parking.py): ask the socket
+                info = peername(self.parked_fd)
+            else:
+                return "?"  # not connected yet, or being re-adopted
             if isinstance(info, tuple) and len(info) >= 2:
                 self._peer = f"{info[0]}:{info[1]}"
             else:
                 self._peer = str(info) if info else "?"
         return self._peer
 
+    def peer_name(self) -> str:
+        """:attr:`peer` as a call, for who needs it only sometimes (a refused login)."""
+        return self.peer
+
     # ----------------------------------------------------------- asyncio API
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
+        if self.parked_fd != NOT_PARKED:
+            self._readopted(transport)
+            return
         if not self.broker.connection_made(self):
             self.conn.close()
             transport.abort()  # type: ignore[attr-defined]
@@ -201,6 +223,20 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.broker.timers.schedule(
             self.loop.time() + self.broker.config.mqtt.connect_timeout, self
         )
+
+    def _readopted(self, transport: asyncio.BaseTransport) -> None:
+        """A parked socket has a transport again (server/parking.py): write what was
+        queued meanwhile (or close as was asked), and become a parking candidate."""
+        aborted = self.parked_fd == ABORT_ON_ADOPT
+        self.parked_fd = NOT_PARKED
+        if aborted:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        broker = self.broker
+        if self.close_after_flush or self.conn.packets_queued != self.packets_counted:
+            broker.output_pending(self)
+        if broker.parking is not None:
+            broker.parking.watch(self)
 
     def data_received(self, data: bytes) -> None:
         if self.linger is not None:  # closed on our side: read, count, discard
@@ -314,6 +350,11 @@ class ClientProtocol(Client, asyncio.Protocol):
     # -------------------------------------------------------------- helpers
     def write_pending(self) -> None:
         """Write what the connection has queued (called by the broker's flush)."""
+        if self.parked_fd != NOT_PARKED:  # the output waits in conn for a transport
+            parking = self.broker.parking
+            if self.parked_fd >= 0 and parking is not None:
+                parking.unpark(self)
+            return
         transport = self.transport
         conn = self.conn
         data = conn.data_to_send()
@@ -336,6 +377,13 @@ class ClientProtocol(Client, asyncio.Protocol):
 
     def abort(self) -> None:
         self.conn.close()
+        if self.parked_fd != NOT_PARKED:
+            if self.parked_fd == ADOPTING:
+                self.parked_fd = ABORT_ON_ADOPT
+            elif self.parked_fd >= 0 and self.broker.parking is not None:
+                self.broker.parking.drop(self)
+                self.loop.call_soon(self.connection_lost, None)
+            return
         if self.transport is not None:
             self.transport.abort()  # type: ignore[attr-defined]
 

@@ -116,6 +116,9 @@ def broker_config(
         "listeners:\n  - name: default\n    type: tcp\n    host: 127.0.0.1\n    port: 0\n"
     )
     sys_topics = "" if "sys_topics:" in extra else "sys_topics:\n  enabled: false\n"
+    park = os.environ.get("IOTBROKER_TEST_PARK_IDLE_AFTER")
+    if park and "limits:" not in extra:  # run a suite with idle connections parked
+        extra = f"{extra}limits:\n  park_idle_after: {park}\n"
     return (
         f"{listen}"
         f"storage:\n  backend: {storage}\n  path: {data_dir}\n  durability: {durability}\n"

@@ -1,0 +1,259 @@
+"""Parking idle plain-TCP connections outside the event loop's transports (issue 19).
+
+An idle MQTT connection costs the broker its MQTT state (session, connection, about
+1 KB) plus the event loop's transport: with uvloop about 1.4 KB of RSS per connection
+(the transport object, its libuv handle, a weak reference; measured with a do-nothing
+server), more than all the MQTT state. A device fleet is mostly idle connections.
+
+``limits.park_idle_after`` (seconds, 0 = off) parks a plain-TCP connection that has
+neither received nor been sent a packet for that long: its socket is duplicated, the
+duplicate joins one ``epoll`` set that the loop watches through a single reader, and
+the transport is aborted (no FIN or RST: the duplicate keeps the socket open). What
+stays is the :class:`~iotbroker.server.transport.ClientProtocol` with its MQTT state
+and one integer. The socket is re-adopted with ``loop.connect_accepted_socket`` (a new
+transport, the same protocol object) when it becomes readable (a packet, EOF or an
+error), when output is queued for it (a delivery to an idle subscriber, a takeover's
+DISCONNECT, a keep-alive close), or when the broker closes it. While a socket is parked
+the kernel buffers what arrives; nothing is read or lost, and the keep-alive deadline
+stays on the broker's timer wheel as before (MQTT 3.1.1 §3.1.2.10, MQTT 5.0 §3.1.2.10).
+
+TLS and WebSocket connections are never parked: their state (the TLS session, the
+WebSocket framing) lives in the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import select
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iotbroker.server.transport import ClientProtocol
+
+log = logging.getLogger("iotbroker.connection")
+
+#: ``ClientProtocol.parked_fd`` values besides a parked socket's descriptor (≥ 0).
+NOT_PARKED = -1
+#: Being re-adopted: ``connect_accepted_socket`` has not called ``connection_made`` yet.
+ADOPTING = -2
+#: Being re-adopted, and aborted meanwhile: abort the new transport at once.
+ABORT_ON_ADOPT = -3
+
+#: Sweeps per ``park_idle_after``: an idle connection is parked 1 to 1.25 × that late.
+SWEEPS = 4
+
+#: A sweep that parked this many connections returns free heap memory to the system
+#: (glibc ``malloc_trim``): the transports' memory is freed to malloc, which would
+#: otherwise keep it (RSS) after a fleet connected at once.
+TRIM_AFTER = 256
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc
+
+
+_malloc_trim = _find_malloc_trim()
+
+#: What wakes a parked socket: data, the peer's FIN, an error (0 where there is no
+#: epoll: parking is Linux-only and is then left off, see ``start``).
+_EVENTS = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+           if hasattr(select, "epoll") else 0)
+
+#: Receives the aborted transport's ``connection_lost``: the MQTT connection goes on.
+_DISCARD = asyncio.Protocol()
+
+
+def peername(fd: int) -> object:
+    """The peer address of a parked socket (for log lines), or None."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
+class Parking:
+    """The parked sockets of one broker, and the sweep that parks idle connections."""
+
+    __slots__ = ("_after", "_candidates", "_epoll", "_handle", "_loop", "_parked", "parks",
+                 "unparks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, after: float) -> None:
+        self._loop = loop
+        self._after = after
+        self._epoll: select.epoll | None = None
+        #: Parked descriptor -> its connection.
+        self._parked: dict[int, ClientProtocol] = {}
+        #: Connected, unparked connections to look at in the next sweep.
+        self._candidates: list[ClientProtocol] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self.parks = 0
+        self.unparks = 0
+
+    def __len__(self) -> int:
+        """Connections parked now."""
+        return len(self._parked)
+
+    def start(self) -> None:
+        if not hasattr(select, "epoll"):
+            log.warning("limits.park_idle_after needs epoll (Linux): idle connections "
+                        "are not parked")
+            return
+        self._epoll = select.epoll()
+        self._loop.add_reader(self._epoll.fileno(), self._ready)
+        self._handle = self._loop.call_later(self._after / SWEEPS, self._sweep)
+
+    def close(self) -> None:
+        """Stop sweeping; parked connections are closed by ``ClientProtocol.abort``."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._epoll is not None:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+
+    def watch(self, proto: ClientProtocol) -> None:
+        """``proto`` is connected (its CONNACK queued) or re-adopted: a candidate, parked
+        by the first sweep that finds it idle for ``after`` seconds with nothing queued
+        since now (a device that connects and then stays silent is parked early, so
+        a fleet connecting at once never holds many transports)."""
+        proto.park_mark = proto.conn.packets_queued
+        proto.park_quiet = 0
+        self._candidates.append(proto)
+
+    # ------------------------------------------------------------ parking
+    def _sweep(self) -> None:
+        """Park the candidates that stayed idle for ``after`` seconds: no packet
+        received, and none queued for them in the last ``SWEEPS`` sweeps."""
+        self._handle = self._loop.call_later(self._after / SWEEPS, self._sweep)
+        now = self._loop.time()
+        candidates, self._candidates = self._candidates, []
+        keep = self._candidates
+        parks = self.parks
+        for proto in candidates:
+            if proto.ended or proto.parked_fd != NOT_PARKED or proto.transport is None:
+                continue  # gone, or parked meanwhile (re-watched when re-adopted)
+            conn = proto.conn
+            queued = conn.packets_queued
+            if queued == proto.park_mark and proto.packets_counted == queued:
+                proto.park_quiet += 1  # nothing queued since the last sweep, all written
+            else:
+                proto.park_mark = queued
+                proto.park_quiet = 0
+            if (
+                proto.park_quiet >= SWEEPS
+                and now - conn.last_received >= self._after
+                and self._park(proto)
+            ):
+                continue
+            keep.append(proto)
+        if self.parks - parks >= TRIM_AFTER and _malloc_trim is not None:
+            _malloc_trim(0)  # give the transports' freed memory back to the system
+
+    def _park(self, proto: ClientProtocol) -> bool:
+        transport = proto.transport
+        if (
+            self._epoll is None
+            or transport is None
+            or transport.is_closing()
+            or proto.close_after_flush
+            or proto.deferred
+            or proto.reading_paused
+            or proto.linger is not None
+            or proto.session is None
+            or transport.get_write_buffer_size() != 0  # type: ignore[attr-defined]
+        ):
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:
+            return False
+        try:
+            self._epoll.register(fd, _EVENTS)
+        except OSError:
+            os.close(fd)
+            return False
+        self._parked[fd] = proto
+        proto.parked_fd = fd
+        proto.transport = None
+        transport.set_protocol(_DISCARD)
+        transport.abort()  # type: ignore[attr-defined]
+        self.parks += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("parked idle connection %r (%s)", proto.client_id, proto.peer)
+        return True
+
+    # ---------------------------------------------------------- unparking
+    def _ready(self) -> None:
+        """A parked socket is readable (a packet, EOF, an error): re-adopt it."""
+        if self._epoll is None:
+            return
+        for fd, _events in self._epoll.poll(0):
+            proto = self._parked.get(fd)
+            if proto is not None:
+                self.unpark(proto)
+
+    def _release(self, proto: ClientProtocol) -> int:
+        fd = proto.parked_fd
+        del self._parked[fd]
+        if self._epoll is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+        return fd
+
+    async def wake_all(self) -> None:
+        """Before a shutdown: stop parking, give every parked socket its transport back
+        and wait for them (so that MQTT 5.0 clients are told 0x8B like the others)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        tasks = [task for proto in list(self._parked.values())
+                 if (task := self.unpark(proto)) is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def unpark(self, proto: ClientProtocol) -> asyncio.Task[object] | None:
+        """Give the parked socket a transport again (``connection_made`` follows)."""
+        if proto.parked_fd < 0:
+            return None
+        fd = self._release(proto)
+        proto.parked_fd = ADOPTING
+        self.unparks += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("re-adopting parked connection %r (%s)", proto.client_id, proto.peer)
+        sock = socket.socket(fileno=fd)
+        task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: proto, sock))
+        task.add_done_callback(lambda t: self._adopted(proto, sock, t))
+        return task
+
+    def _adopted(self, proto: ClientProtocol, sock: socket.socket,
+                 task: asyncio.Task[object]) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or exc is not None:
+            log.warning("re-adopting parked connection %s failed: %s", proto.peer, exc)
+            sock.close()
+            proto.parked_fd = NOT_PARKED
+            proto.connection_lost(exc if isinstance(exc, Exception) else None)
+
+    def drop(self, proto: ClientProtocol) -> None:
+        """Close a parked socket (an abort): no transport needed for that."""
+        if proto.parked_fd < 0:
+            return
+        fd = self._release(proto)
+        proto.parked_fd = NOT_PARKED
+        os.close(fd)

@@ -1,0 +1,189 @@
+"""Parked idle connections (limits.park_idle_after, server/parking.py; issue 19).
+
+An idle plain-TCP connection is parked: its socket leaves the event loop's transports
+and waits in one epoll set. Everything MQTT promises about an idle connection must hold
+as before: it answers a PINGREQ, receives what is published to it, its Keep Alive
+deadline closes it and publishes its will, a takeover closes it, its own close publishes
+its will, and the broker stops cleanly with parked connections.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from iotbroker.codec.packets import Disconnect, PingReq, PingResp, Publish, Will
+from iotbroker.config import parse_config
+from iotbroker.errors import ConfigError
+from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.rawclient import RawClient
+from tests.server.test_metrics_http import scrape, value
+
+#: Sweeps every 0.1 s; a connection idle for two sweeps is parked.
+PARK = "limits:\n  park_idle_after: 0.1\n"
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
+    return make_broker(broker_config(extra=PARK))
+
+
+def _wait_parked(broker: BrokerProcess, client_id: str, times: int = 1,
+                 timeout: float = 5.0) -> None:
+    needle = f"parked idle connection {client_id!r}"
+    deadline = time.monotonic() + timeout
+    while broker.log_text().count(needle) < times:
+        assert time.monotonic() < deadline, f"{client_id} was not parked {times}x"
+        time.sleep(0.05)
+
+
+def test_parking_metrics(make_broker: Callable[..., BrokerProcess]) -> None:
+    """/metrics counts the parked connections, the parks and the wakes."""
+    metrics = "metrics:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n"
+    broker = make_broker(broker_config(extra=PARK + metrics))
+    with RawClient(broker.host, broker.port) as client:
+        assert client.connect("park-metrics").reason_code == 0
+        _wait_parked(broker, "park-metrics")
+        samples = scrape(broker)
+        assert value(samples, "iotbroker_connections_parked") == 1
+        assert value(samples, "iotbroker_connections_parks_total") >= 1
+        client.send(PingReq())
+        client.expect(PingResp)
+        assert value(scrape(broker), "iotbroker_connections_wakes_total") >= 1
+
+
+def test_parked_connection_answers_pingreq(broker: BrokerProcess) -> None:
+    """[MQTT-3.12.4-1]: the server sends PINGRESP to a PINGREQ, parked or not."""
+    with RawClient(broker.host, broker.port) as client:
+        assert client.connect("park-ping").reason_code == 0
+        for round_ in range(1, 3):  # parked, woken by the ping, parked again
+            _wait_parked(broker, "park-ping", times=round_)
+            client.send(PingReq())
+            client.expect(PingResp)
+    assert "re-adopting parked connection 'park-ping'" in broker.log_text()
+
+
+def test_parked_subscriber_receives(broker: BrokerProcess) -> None:
+    """A message for a parked subscriber wakes its socket; QoS 1 is delivered and
+    acknowledged [MQTT-4.3.2-1], in order [MQTT-4.6.0-6]."""
+    with RawClient(broker.host, broker.port) as sub, \
+            RawClient(broker.host, broker.port) as pub:
+        assert sub.connect("park-sub", clean_start=False).reason_code == 0
+        sub.subscribe("park/t", qos=1)
+        assert pub.connect("park-pub").reason_code == 0
+        _wait_parked(broker, "park-sub")
+        for i in range(3):
+            pub.publish("park/t", f"m{i}".encode(), qos=1)
+        got = [sub.receive_publish().payload for _ in range(3)]
+        assert got == [b"m0", b"m1", b"m2"]
+        _wait_parked(broker, "park-sub", times=2)  # idle again after the burst
+        pub.publish("park/t", b"again", qos=0)
+        assert sub.receive_publish().payload == b"again"
+
+
+def test_parked_keepalive_expiry_publishes_will(broker: BrokerProcess) -> None:
+    """[MQTT-3.1.2-24]: no packet within 1.5 × Keep Alive closes the connection, and
+    [MQTT-3.1.2-8] its will is published, though it was parked."""
+    with RawClient(broker.host, broker.port) as watcher, \
+            RawClient(broker.host, broker.port) as idle:
+        assert watcher.connect("park-watch").reason_code == 0
+        watcher.subscribe("park/will")
+        assert idle.connect("park-ka", keepalive=1,
+                            will=Will("park/will", b"gone", 0, False)).reason_code == 0
+        _wait_parked(broker, "park-ka")
+        started = time.monotonic()
+        assert watcher.receive_publish(timeout=5).payload == b"gone"
+        assert time.monotonic() - started < 3
+        idle.expect_closed()
+    assert "client 'park-ka' (127.0.0.1:" in broker.log_text()  # the timeout line
+
+
+def test_parked_connection_taken_over(make_broker: Callable[..., BrokerProcess]) -> None:
+    """[MQTT-3.1.4-3]: a CONNECT with the same client id closes the existing connection;
+    MQTT 5 sends it DISCONNECT 0x8E (Session taken over) first, parked or not."""
+    broker = make_broker(broker_config(extra=PARK))
+    with RawClient(broker.host, broker.port, version=5) as first:
+        assert first.connect("park-take").reason_code == 0
+        _wait_parked(broker, "park-take")
+        with RawClient(broker.host, broker.port, version=5) as second:
+            assert second.connect("park-take").reason_code == 0
+            packets = first.expect_closed()
+            assert any(isinstance(p, Disconnect) and p.reason_code == 0x8E for p in packets)
+            second.send(PingReq())
+            second.expect(PingResp)
+
+
+def test_parked_client_vanishing_publishes_will(broker: BrokerProcess) -> None:
+    """[MQTT-3.1.2-8]: a parked client that closes its socket without DISCONNECT has its
+    will published; one that sends DISCONNECT first has not [MQTT-3.1.2-10]."""
+    with RawClient(broker.host, broker.port) as watcher:
+        assert watcher.connect("park-watch2").reason_code == 0
+        watcher.subscribe("park/will2/#")
+        quiet = RawClient(broker.host, broker.port)
+        assert quiet.connect("park-quiet",
+                             will=Will("park/will2/quiet", b"q", 0, False)).reason_code == 0
+        polite = RawClient(broker.host, broker.port)
+        assert polite.connect("park-polite",
+                              will=Will("park/will2/polite", b"p", 0, False)).reason_code == 0
+        _wait_parked(broker, "park-quiet")
+        _wait_parked(broker, "park-polite")
+        polite.disconnect()
+        quiet.close()
+        pub = watcher.expect(Publish, timeout=5)
+        assert (pub.topic, pub.payload) == ("park/will2/quiet", b"q")
+        watcher.nothing(0.3)
+
+
+def test_broker_stops_with_parked_connections(
+    make_broker: Callable[..., BrokerProcess],
+) -> None:
+    broker = make_broker(broker_config(extra=PARK))
+    clients = [RawClient(broker.host, broker.port) for _ in range(5)]
+    for i, client in enumerate(clients):
+        assert client.connect(f"park-stop-{i}").reason_code == 0
+    _wait_parked(broker, "park-stop-4")
+    assert broker.stop() == 0
+    for client in clients:
+        client.expect_closed()
+        client.close()
+
+
+def test_parked_v5_client_told_server_shutting_down(
+    make_broker: Callable[..., BrokerProcess],
+) -> None:
+    """MQTT 5.0 §3.14.2.1: on SIGTERM parked MQTT 5.0 clients get DISCONNECT 0x8B
+    Server shutting down [MQTT-3.14.4-1] like the others, then the close."""
+    broker = make_broker(broker_config(extra=PARK))
+    clients = [RawClient(broker.host, broker.port, version=5) for _ in range(20)]
+    for i, client in enumerate(clients):
+        assert client.connect(f"park-down-{i}").reason_code == 0
+    _wait_parked(broker, "park-down-19")
+    assert broker.stop() == 0
+    for client in clients:
+        packets = client.expect_closed()
+        assert packets and isinstance(packets[-1], Disconnect), packets
+        assert packets[-1].reason_code == 0x8B
+        client.close()
+
+
+def test_parking_off_by_default(make_broker: Callable[..., BrokerProcess],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IOTBROKER_TEST_PARK_IDLE_AFTER", raising=False)
+    broker = make_broker(broker_config())
+    with RawClient(broker.host, broker.port) as client:
+        assert client.connect("park-default").reason_code == 0
+        time.sleep(0.5)
+        client.send(PingReq())
+        client.expect(PingResp)
+    assert "parked idle connection" not in broker.log_text()
+
+
+def test_park_idle_after_config() -> None:
+    """A duration ≥ 0; errors name the key path and the expectation."""
+    assert parse_config({"limits": {"park_idle_after": "30s"}}, "t.yaml").limits.park_idle_after \
+        == 30.0
+    assert parse_config({}, "t.yaml").limits.park_idle_after == 0.0
+    with pytest.raises(ConfigError, match=r"limits\.park_idle_after: -1 is not a duration"):
+        parse_config({"limits": {"park_idle_after": -1}}, "t.yaml")
