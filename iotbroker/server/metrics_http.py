@@ -170,9 +170,24 @@ class ClusterView(Protocol):
     def status(self) -> dict[str, int]: ...
 
 
+class ParkingCounts(Protocol):
+    """The parking of idle sockets as the metrics read it (``server/parking.py``)."""
+
+    @property
+    def parks(self) -> int: ...
+
+    @property
+    def unparks(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
 class MetricsHost(Protocol):
     """The broker as the metrics endpoint sees it (``server/broker.py`` is one): what a
     scrape reads. A protocol, so this module never refers back to broker.py."""
+
+    @property
+    def parking(self) -> ParkingCounts | None: ...
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...

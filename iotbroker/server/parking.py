@@ -33,17 +33,13 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from iotbroker.server.parked import ADOPTING, NOT_PARKED
+
 if TYPE_CHECKING:
     from iotbroker.server.transport import ClientProtocol
 
 log = logging.getLogger("iotbroker.connection")
 
-#: ``ClientProtocol.parked_fd`` values besides a parked socket's descriptor (≥ 0).
-NOT_PARKED = -1
-#: Being re-adopted: ``connect_accepted_socket`` has not called ``connection_made`` yet.
-ADOPTING = -2
-#: Being re-adopted, and aborted meanwhile: abort the new transport at once.
-ABORT_ON_ADOPT = -3
 
 #: Sweeps per ``park_idle_after``: an idle connection is parked 1 to 1.25 × that late.
 SWEEPS = 4
@@ -70,17 +66,6 @@ _EVENTS = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHU
 
 #: Receives the aborted transport's ``connection_lost``: the MQTT connection goes on.
 _DISCARD = asyncio.Protocol()
-
-
-def peername(fd: int) -> object:
-    """The peer address of a parked socket (for log lines), or None."""
-    sock = socket.socket(fileno=fd)
-    try:
-        return sock.getpeername()
-    except OSError:
-        return None
-    finally:
-        sock.detach()
 
 
 class Parking:

@@ -24,7 +24,7 @@ from iotbroker.protocol.connection import Connection, ConnectionState
 from iotbroker.server import packetlog
 from iotbroker.server.linger import Linger
 from iotbroker.server.logsetup import FLAGS, connection_fields
-from iotbroker.server.parking import ABORT_ON_ADOPT, ADOPTING, NOT_PARKED, peername
+from iotbroker.server.parked import ABORT_ON_ADOPT, ADOPTING, NOT_PARKED, peername
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.timerwheel import TimerWheel
 
@@ -48,6 +48,17 @@ WRITE_BUFFER_HIGH = 1 << 20
 _NO_BACKLOG: list[Packet] = []
 
 
+class ParkingView(Protocol):
+    """What a connection asks of the broker's parking of idle sockets
+    (``server/parking.py``, ``limits.park_idle_after``)."""
+
+    def watch(self, proto: ClientProtocol) -> None: ...
+
+    def unpark(self, proto: ClientProtocol) -> object: ...
+
+    def drop(self, proto: ClientProtocol) -> None: ...
+
+
 class ConnectionHost(Protocol):
     """The broker as a socket connection sees it (``server/broker.py`` is one): where
     the connection reports its events and finds its loop, timers and limits. A
@@ -55,6 +66,9 @@ class ConnectionHost(Protocol):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def parking(self) -> ParkingView | None: ...
 
     @property
     def config(self) -> BrokerConfig: ...
