@@ -41,6 +41,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
+from iotbroker.cluster.qos_stream import GRACE, QosStream
 from iotbroker.cluster.subjects import (
     filter_to_subjects,
     key_to_topic,
@@ -54,7 +55,7 @@ from iotbroker.message import Message
 from iotbroker.storage.records import decode_retained
 
 if TYPE_CHECKING:
-    from iotbroker.engine.engine import Engine
+    from iotbroker.engine.engine import Engine, HeldAck
 
 log = logging.getLogger("iotbroker.cluster")
 
@@ -97,6 +98,7 @@ class ClusterNode:
         self._subject_of: dict[str, str] = {}
         self._topic_of: dict[str, str] = {}
         self._wake = asyncio.Event()
+        self._degrade_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: The retained bucket (None until it is open) and the topics it holds, from
         #: the watch (the messages themselves are in the engine's retained store).
@@ -110,6 +112,8 @@ class ClusterNode:
                                    config.replicas, schedule_flush)
         self.wills = Wills(engine, self.sender, self.prefix, config.replicas,
                            self.ownership, schedule_flush)
+        self.qos = QosStream(engine, self.sender, config.node_name, self.prefix,
+                             config.replicas, self.dedup, schedule_flush)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -132,6 +136,11 @@ class ClusterNode:
             "takeovers": self.ownership.takeovers,
             "claim_failures": self.ownership.claim_failures,
             "wills_published": self.wills.published,
+            "qos_written": self.qos.written,
+            "qos_unreplicated": self.qos.unreplicated,
+            "qos_acked_unreplicated": self.qos.acked_unreplicated,
+            "qos_received": self.qos.received,
+            "qos_duplicate": self.qos.duplicates,
         }
 
     # ----------------------------------------------------------- lifecycle
@@ -144,6 +153,7 @@ class ClusterNode:
         engine.interest_touched = []
         engine.accepted = []
         engine.ended = []
+        engine.held_acks = []
         restored = [(s.client_id, f) for s in engine.registry.sessions.values()
                     for f in s.subscriptions]
         self._interest_changed(restored)
@@ -158,6 +168,8 @@ class ClusterNode:
         engine.accepted = None
         engine.ended = None
         self.after_turn()
+        engine.held_acks = None
+        await self.qos.stop()
         with contextlib.suppress(Exception):  # a clean stop sends no will
             await asyncio.wait_for(self.wills.forget_own(), 3)
         for task in self._tasks:
@@ -192,14 +204,21 @@ class ClusterNode:
             self.wills.ended(client)
         messages = engine.take_forwarding()
         if messages:
-            self._forward(messages)
+            self._forward(messages, engine.take_held_acks())
         if self._commands:
             self._wake.set()
 
-    def _forward(self, messages: list[Message]) -> None:
+    def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
         """This turn's messages, one NATS message per topic (in order within each
         topic, which is the order MQTT keeps [MQTT-4.6.0-5]); retained ones also go
-        to the retained bucket."""
+        to the retained bucket. QoS 1/2 ones go to the QoS stream instead of core
+        NATS, and their held acks with them (:mod:`iotbroker.cluster.qos_stream`)."""
+        reliable = [m for m in messages if m.qos]
+        if reliable:
+            self._write_stream(reliable, held)
+            messages = [m for m in messages if not m.qos]
+            if not messages:
+                return
         if self.nc is None or self._pending_pubs >= MAX_PENDING:
             self.dropped += len(messages)
             return
@@ -241,6 +260,47 @@ class ClusterNode:
                 start = end
         for key, value in retained:
             commands.append((_RETAIN, key, value, 0))
+
+    def _write_stream(self, messages: list[Message], held: list[HeldAck]) -> None:
+        """QoS 1/2 messages into the stream, one stream message per topic and turn;
+        each one releases the acks of its messages when the stream has it."""
+        acks_of: dict[int, list[HeldAck]] = {}
+        for h in held:
+            acks_of.setdefault(id(h.message), []).append(h)
+        by_topic: dict[str, list[tuple[bytes, list[HeldAck]]]] = {}
+        retained: list[tuple[str, bytes]] = []
+        for message in messages:
+            rec = wire.record(message)
+            entry = by_topic.get(message.topic)
+            if entry is None:
+                entry = by_topic[message.topic] = []
+            entry.append((rec, acks_of.get(id(message), [])))
+            if message.retain:
+                retained.append((topic_to_key(message.topic), rec if message.payload else b""))
+        qos = self.qos
+        for topic, items in by_topic.items():
+            subject = topic_to_subject(qos.subject_prefix, topic)
+            if len(subject) > MAX_SUBJECT:
+                self.refused += len(items)
+                qos.unreplicated += len(items)
+                qos.release([a for _, acks in items for a in acks])
+                continue
+            start = 0
+            while start < len(items):  # within NATS's max_payload (1 MiB by default)
+                end = start
+                size = 0
+                while end < len(items) and end - start < wire.MAX_BATCH and (
+                        size < wire.MAX_BATCH_BYTES or end == start):
+                    size += len(items[end][0])
+                    end += 1
+                self.seq += 1
+                part = items[start:end]
+                qos.write(subject, f"{self.sender.decode()}:{self.seq}",
+                          wire.encode(self.sender, self.seq, [rec for rec, _ in part]),
+                          end - start, [a for _, acks in part for a in acks])
+                start = end
+        for key, value in retained:
+            self._commands.append((_RETAIN, key, value, 0))
 
     def _present(self, pair: Pair) -> bool:
         """Is (client id, filter as subscribed) a subscription now? (The session's
@@ -299,6 +359,7 @@ class ClusterNode:
         self._tasks.append(loop.create_task(self._watch_retained(nc)))
         self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
+        self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
         commands = self._commands
         wake = self._wake
         while True:
@@ -429,12 +490,19 @@ class ClusterNode:
         self.schedule_flush()
 
     async def _disconnected(self) -> None:
+        if self._degrade_timer is None:
+            self._degrade_timer = asyncio.get_running_loop().call_later(
+                GRACE, self.qos.degrade, True)
         if self.connected:
             self.connected = False
             log.warning("cluster: node %s lost NATS; serving local clients only",
                         self.config.node_name)
 
     async def _reconnected(self) -> None:
+        if self._degrade_timer is not None:
+            self._degrade_timer.cancel()
+            self._degrade_timer = None
+        self.qos.degrade(False)
         self.connected = True
         self._warned = False
         nc = self.nc
