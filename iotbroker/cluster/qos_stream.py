@@ -68,7 +68,9 @@ MAX_BYTES = 1 << 30
 #: Stream messages a node's consumer has in flight (delivered, not yet acked) at most.
 MAX_ACK_PENDING = 10_000
 #: Seconds before the stream sends an unacknowledged message to a consumer again.
-ACK_WAIT = 30.0
+ACK_WAIT = 5.0
+#: Seconds a gap in the stream's sequence is waited for (then skipped).
+GAP_WAIT = 3 * ACK_WAIT
 #: Writes waiting for the stream at most (then acks go at once, counted).
 MAX_INFLIGHT = 100_000
 
@@ -100,6 +102,13 @@ class QosStream:
         self._held: dict[int, list[HeldAck]] = {}
         self._writes = 0
         self.degraded = False
+        #: Reading: the next stream sequence to route, messages that came after a
+        #: gap (by stream sequence), one reader at a time.
+        self.js_reader: JetStreamContext | None = None
+        self._next: int | None = None
+        self._waiting: dict[int, Msg] = {}
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         # counters (ClusterNode.status())
         self.written = 0
@@ -107,6 +116,7 @@ class QosStream:
         self.acked_unreplicated = 0
         self.received = 0
         self.duplicates = 0
+        self.skipped = 0
 
     # ------------------------------------------------------------ writing
     def write(self, subject: str, msg_id: str, payload: bytes, count: int,
@@ -184,6 +194,7 @@ class QosStream:
     # ------------------------------------------------------------ reading
     async def run(self, js: JetStreamContext) -> None:
         """Create (or find) the stream and this node's durable consumer, then read."""
+        self.js_reader = js
         while True:
             try:
                 await self._ensure_stream(js)
@@ -231,7 +242,77 @@ class QosStream:
             return
 
     async def _on_message(self, msg: Msg) -> None:
-        """A stream message: route it here, commit the store, then ack the stream."""
+        """A stream message, in stream order: the consumer reads every subject of the
+        stream, so its stream sequences are contiguous. One delivered after a gap (the
+        one before it was lost in transit, in a failover between nats-servers) waits
+        for the stream's redelivery of the missing one (after :data:`ACK_WAIT`), so
+        each topic keeps its order [MQTT-4.6.0-5]; a sequence already routed is a
+        redelivery (acked, not routed again). A gap still open after :data:`GAP_WAIT`
+        (messages removed by the stream's limits) is skipped."""
+        try:
+            stream_seq = msg.metadata.sequence.stream
+        except Exception as exc:
+            log.warning("cluster: QoS stream message without metadata: %s", exc)
+            return
+        async with self._lock:
+            if self._next is None:
+                self._next = await self._start_seq(stream_seq)
+            if stream_seq < self._next:
+                self.duplicates += 1
+                await msg.ack()
+                return
+            if stream_seq > self._next:
+                self._waiting[stream_seq] = msg
+                if self._gap_timer is None:
+                    self._gap_timer = asyncio.get_running_loop().call_later(
+                        GAP_WAIT, self._gap_expired)
+                return
+            await self._route(msg, stream_seq)
+            await self._drain()
+
+    async def _start_seq(self, first: int) -> int:
+        """The first stream sequence this consumer has not acknowledged (its ack
+        floor + 1), so that after a restart a redelivery is not taken for a
+        duplicate."""
+        js = self.js_reader
+        if js is not None:
+            try:
+                info = await js.consumer_info(self.stream, self.durable)
+                if info.ack_floor is not None and info.ack_floor.stream_seq is not None:
+                    return min(first, int(info.ack_floor.stream_seq) + 1)
+            except Exception as exc:
+                log.warning("cluster: consumer %r info: %s", self.durable, exc)
+        return first
+
+    async def _drain(self) -> None:
+        waiting = self._waiting
+        while self._next in waiting:
+            seq = self._next
+            await self._route(waiting.pop(seq), seq)
+        if not waiting and self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+
+    def _gap_expired(self) -> None:
+        self._gap_timer = None
+        task = asyncio.get_running_loop().create_task(self._skip_gap())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _skip_gap(self) -> None:
+        async with self._lock:
+            if not self._waiting or self._next is None or self._next in self._waiting:
+                return
+            first = min(self._waiting)
+            self.skipped += first - self._next
+            log.warning("cluster: QoS stream %r: sequences %d-%d never came (stream "
+                        "limits?); skipped", self.stream, self._next, first - 1)
+            self._next = first
+            await self._drain()
+
+    async def _route(self, msg: Msg, stream_seq: int) -> None:
+        """Route one stream message here, commit the store, then ack the stream."""
+        self._next = stream_seq + 1
         subject = msg.subject
         try:
             topic = subject_to_topic(self.subject_prefix, subject)
@@ -264,6 +345,8 @@ class QosStream:
         await msg.ack()
 
     async def stop(self) -> None:
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
