@@ -188,7 +188,8 @@ class ClusterNode:
             with contextlib.suppress(Exception):
                 await nc.close()
         log.info("cluster: node %s left (forwarded %d, received %d, dropped %d)",
-                 self.config.node_name, self.forwarded, self.received, self.dropped)
+                 self.config.node_name, self.forwarded + self.qos.written,
+                 self.received + self.qos.received, self.dropped)
 
     # --------------------------------------------------------- each turn
     def after_turn(self) -> None:

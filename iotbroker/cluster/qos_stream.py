@@ -278,8 +278,9 @@ class QosStream:
         if js is not None:
             try:
                 info = await js.consumer_info(self.stream, self.durable)
-                if info.ack_floor is not None and info.ack_floor.stream_seq is not None:
-                    return min(first, int(info.ack_floor.stream_seq) + 1)
+                floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
+                if floor:  # 0: nothing acked yet (a new consumer starts where it starts)
+                    return min(first, int(floor) + 1)
             except Exception as exc:
                 log.warning("cluster: consumer %r info: %s", self.durable, exc)
         return first
