@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import ssl
@@ -49,7 +50,7 @@ from iotbroker.cluster.subjects import (
     topic_to_key,
     topic_to_subject,
 )
-from iotbroker.cluster.wills import Wills
+from iotbroker.cluster.wills import NODE_TTL, Wills
 from iotbroker.config import ClusterConfig
 from iotbroker.message import Message
 from iotbroker.storage.records import decode_retained
@@ -112,6 +113,7 @@ class ClusterNode:
                                    config.replicas, schedule_flush)
         self.wills = Wills(engine, self.sender, self.prefix, config.replicas,
                            self.ownership, schedule_flush)
+        self.wills.status_of = self._figures
         self.qos = QosStream(engine, self.sender, config.node_name, self.prefix,
                              config.replicas, self.dedup, schedule_flush)
         # counters (status(): $SYS/broker/cluster/..., metrics)
@@ -142,6 +144,37 @@ class ClusterNode:
             "qos_received": self.qos.received,
             "qos_duplicate": self.qos.duplicates,
         }
+
+    def _figures(self) -> bytes:
+        """This node's figures for the cluster totals (JSON, with each heartbeat)."""
+        engine = self.engine
+        metrics = engine.metrics
+        return json.dumps({
+            "clients/connected": metrics.clients_connected,
+            "sessions/count": len(engine.registry),
+            "subscriptions/count": len(engine.trie),
+            "publish/messages/received": metrics.publish_received,
+            "publish/messages/sent": metrics.publish_sent,
+        }, separators=(",", ":")).encode()
+
+    def totals(self) -> dict[str, int]:
+        """Cluster totals ($SYS/broker/cluster/total/...): the sum of the figures of
+        every process whose heartbeat is fresh (:data:`~iotbroker.cluster.wills.NODE_TTL`),
+        this one included; ``nodes`` counts them."""
+        now = time.monotonic()
+        totals: dict[str, int] = {"nodes": 0}
+        for seen, value in list(self.wills.figures.values()):
+            if now - seen > NODE_TTL:
+                continue
+            try:
+                figures = json.loads(value)
+            except ValueError:
+                continue
+            totals["nodes"] += 1
+            for key, number in figures.items():
+                if isinstance(number, int):
+                    totals[key] = totals.get(key, 0) + number
+        return totals
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> None:
