@@ -245,96 +245,70 @@ class ClusterNode:
     def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
         """This turn's messages, one NATS message per topic (in order within each
         topic, which is the order MQTT keeps [MQTT-4.6.0-5]); retained ones also go
-        to the retained bucket. QoS 1/2 ones go to the QoS stream instead of core
-        NATS, and their held acks with them (:mod:`iotbroker.cluster.qos_stream`)."""
-        reliable = [m for m in messages if m.qos]
-        if reliable:
-            self._write_stream(reliable, held)
-            messages = [m for m in messages if not m.qos]
-            if not messages:
-                return
-        if self.nc is None or self._pending_pubs >= MAX_PENDING:
-            self.dropped += len(messages)
-            return
-        by_topic: dict[str, list[bytes]] = {}
+        to the retained bucket. A topic's run of consecutive QoS 1/2 messages is a
+        NATS message of its own, published live (the order with QoS 0 kept) and
+        written to the QoS stream with the same (sender, seq), which carries the held
+        acks (:mod:`iotbroker.cluster.qos_stream`); a receiving node routes the copy
+        that comes first."""
+        acks_of: dict[int, list[HeldAck]] = {}
+        for h in held:
+            acks_of.setdefault(id(h.message), []).append(h)
+        live = self.nc is not None and self._pending_pubs < MAX_PENDING
+        # topic -> runs of (reliable, [(record, acks)])
+        by_topic: dict[str, list[tuple[bool, list[tuple[bytes, list[HeldAck]]]]]] = {}
         retained: list[tuple[str, bytes]] = []
         for message in messages:
             rec = wire.record(message)
-            batch = by_topic.get(message.topic)
-            if batch is None:
-                by_topic[message.topic] = [rec]
-            else:
-                batch.append(rec)
-            if message.retain:
+            reliable = message.qos > 0
+            runs = by_topic.get(message.topic)
+            if runs is None:
+                runs = by_topic[message.topic] = []
+            if not runs or runs[-1][0] != reliable:
+                runs.append((reliable, []))
+            runs[-1][1].append((rec, acks_of.get(id(message), [])))
+            if message.retain and live:
                 retained.append((topic_to_key(message.topic), rec if message.payload else b""))
         commands = self._commands
         prefix = self.prefix
         subject_of = self._subject_of
-        for topic, records in by_topic.items():
+        qos = self.qos
+        for topic, runs in by_topic.items():
             subject = subject_of.get(topic)
             if subject is None:
                 if len(subject_of) >= NAME_CACHE:
                     subject_of.clear()
                 subject = subject_of[topic] = topic_to_subject(prefix, topic)
             if len(subject) > MAX_SUBJECT:
-                self.refused += len(records)
+                for reliable, items in runs:
+                    self.refused += len(items)
+                    if reliable:
+                        qos.unreplicated += len(items)
+                        qos.release([a for _, acks in items for a in acks])
                 continue
-            start = 0
-            while start < len(records):  # within NATS's max_payload (1 MiB by default)
-                end = start
-                size = 0
-                while end < len(records) and end - start < wire.MAX_BATCH and (
-                        size < wire.MAX_BATCH_BYTES or end == start):
-                    size += len(records[end])
-                    end += 1
-                self.seq += 1
-                commands.append((_PUB, subject, wire.encode(self.sender, self.seq,
-                                                            records[start:end]), end - start))
-                self._pending_pubs += end - start
-                start = end
+            for reliable, items in runs:
+                start = 0
+                while start < len(items):  # within NATS's max_payload (1 MiB by default)
+                    end = start
+                    size = 0
+                    while end < len(items) and end - start < wire.MAX_BATCH and (
+                            size < wire.MAX_BATCH_BYTES or end == start):
+                        size += len(items[end][0])
+                        end += 1
+                    self.seq += 1
+                    part = items[start:end]
+                    payload = wire.encode(self.sender, self.seq, [rec for rec, _ in part])
+                    if live:
+                        commands.append((_PUB, subject, payload, end - start))
+                        self._pending_pubs += end - start
+                    else:
+                        self.dropped += end - start
+                    if reliable:
+                        qos.write(qos.subject_prefix + subject[len(prefix):],
+                                  f"{self.sender.decode()}:{self.seq}", payload,
+                                  end - start, [a for _, acks in part for a in acks])
+                    start = end
         for key, value in retained:
             commands.append((_RETAIN, key, value, 0))
-
-    def _write_stream(self, messages: list[Message], held: list[HeldAck]) -> None:
-        """QoS 1/2 messages into the stream, one stream message per topic and turn;
-        each one releases the acks of its messages when the stream has it."""
-        acks_of: dict[int, list[HeldAck]] = {}
-        for h in held:
-            acks_of.setdefault(id(h.message), []).append(h)
-        by_topic: dict[str, list[tuple[bytes, list[HeldAck]]]] = {}
-        retained: list[tuple[str, bytes]] = []
-        for message in messages:
-            rec = wire.record(message)
-            entry = by_topic.get(message.topic)
-            if entry is None:
-                entry = by_topic[message.topic] = []
-            entry.append((rec, acks_of.get(id(message), [])))
-            if message.retain:
-                retained.append((topic_to_key(message.topic), rec if message.payload else b""))
-        qos = self.qos
-        for topic, items in by_topic.items():
-            subject = topic_to_subject(qos.subject_prefix, topic)
-            if len(subject) > MAX_SUBJECT:
-                self.refused += len(items)
-                qos.unreplicated += len(items)
-                qos.release([a for _, acks in items for a in acks])
-                continue
-            start = 0
-            while start < len(items):  # within NATS's max_payload (1 MiB by default)
-                end = start
-                size = 0
-                while end < len(items) and end - start < wire.MAX_BATCH and (
-                        size < wire.MAX_BATCH_BYTES or end == start):
-                    size += len(items[end][0])
-                    end += 1
-                self.seq += 1
-                part = items[start:end]
-                qos.write(subject, f"{self.sender.decode()}:{self.seq}",
-                          wire.encode(self.sender, self.seq, [rec for rec, _ in part]),
-                          end - start, [a for _, acks in part for a in acks])
-                start = end
-        for key, value in retained:
-            self._commands.append((_RETAIN, key, value, 0))
 
     def _present(self, pair: Pair) -> bool:
         """Is (client id, filter as subscribed) a subscription now? (The session's
