@@ -8,8 +8,8 @@ on ``codec`` and ``message``; ``core`` on ``codec``, ``message``, ``subscription
 ``core``, and inside it the record codec (``storage/records.py``) is pure: it imports
 only ``codec``, ``errors``, ``message`` and the record types, and nothing outside the
 standard library; only ``storage/rocksdb.py`` imports rocksdict; only ``server/``
-and ``cluster/node.py``, ``cluster/ownership.py`` (the cluster room's NATS I/O, issue 14)
-import asyncio;
+and ``cluster/node.py``, ``cluster/ownership.py``, ``cluster/qos_stream.py`` (the
+cluster room's NATS I/O, issue 14) import asyncio;
 ``cluster`` drives the engine and never imports ``server``. Inside ``server/`` imports
 flow down from ``broker.py`` (the composition root) with no cycle, not even through
 ``if TYPE_CHECKING:`` imports: a module that needs the broker declares a narrow
@@ -149,7 +149,8 @@ def test_pure_module_imports_only_stdlib(module: str) -> None:
 
 
 #: Rooms that do I/O on the event loop: server/, and cluster/'s link to NATS.
-ASYNC_MODULES = ("cluster/node.py", "cluster/ownership.py", "cluster/wills.py")
+ASYNC_MODULES = ("cluster/node.py", "cluster/ownership.py", "cluster/wills.py",
+                 "cluster/qos_stream.py")
 
 
 def test_only_server_imports_asyncio() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import ssl
@@ -41,6 +42,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
+from iotbroker.cluster.qos_stream import GRACE, QosStream
 from iotbroker.cluster.subjects import (
     filter_to_subjects,
     key_to_topic,
@@ -48,13 +50,13 @@ from iotbroker.cluster.subjects import (
     topic_to_key,
     topic_to_subject,
 )
-from iotbroker.cluster.wills import Wills
+from iotbroker.cluster.wills import NODE_TTL, Wills
 from iotbroker.config import ClusterConfig
 from iotbroker.message import Message
 from iotbroker.storage.records import decode_retained
 
 if TYPE_CHECKING:
-    from iotbroker.engine.engine import Engine
+    from iotbroker.engine.engine import Engine, HeldAck
 
 log = logging.getLogger("iotbroker.cluster")
 
@@ -97,6 +99,7 @@ class ClusterNode:
         self._subject_of: dict[str, str] = {}
         self._topic_of: dict[str, str] = {}
         self._wake = asyncio.Event()
+        self._degrade_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: The retained bucket (None until it is open) and the topics it holds, from
         #: the watch (the messages themselves are in the engine's retained store).
@@ -110,6 +113,9 @@ class ClusterNode:
                                    config.replicas, schedule_flush)
         self.wills = Wills(engine, self.sender, self.prefix, config.replicas,
                            self.ownership, schedule_flush)
+        self.wills.status_of = self._figures
+        self.qos = QosStream(engine, self.sender, config.node_name, self.prefix,
+                             config.replicas, self.dedup, schedule_flush)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -132,7 +138,43 @@ class ClusterNode:
             "takeovers": self.ownership.takeovers,
             "claim_failures": self.ownership.claim_failures,
             "wills_published": self.wills.published,
+            "qos_written": self.qos.written,
+            "qos_unreplicated": self.qos.unreplicated,
+            "qos_acked_unreplicated": self.qos.acked_unreplicated,
+            "qos_received": self.qos.received,
+            "qos_duplicate": self.qos.duplicates,
         }
+
+    def _figures(self) -> bytes:
+        """This node's figures for the cluster totals (JSON, with each heartbeat)."""
+        engine = self.engine
+        metrics = engine.metrics
+        return json.dumps({
+            "clients/connected": metrics.clients_connected,
+            "sessions/count": len(engine.registry),
+            "subscriptions/count": len(engine.trie),
+            "publish/messages/received": metrics.publish_received,
+            "publish/messages/sent": metrics.publish_sent,
+        }, separators=(",", ":")).encode()
+
+    def totals(self) -> dict[str, int]:
+        """Cluster totals ($SYS/broker/cluster/total/...): the sum of the figures of
+        every process whose heartbeat is fresh (:data:`~iotbroker.cluster.wills.NODE_TTL`),
+        this one included; ``nodes`` counts them."""
+        now = time.monotonic()
+        totals: dict[str, int] = {"nodes": 0}
+        for seen, value in list(self.wills.figures.values()):
+            if now - seen > NODE_TTL:
+                continue
+            try:
+                figures = json.loads(value)
+            except ValueError:
+                continue
+            totals["nodes"] += 1
+            for key, number in figures.items():
+                if isinstance(number, int):
+                    totals[key] = totals.get(key, 0) + number
+        return totals
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -144,6 +186,7 @@ class ClusterNode:
         engine.interest_touched = []
         engine.accepted = []
         engine.ended = []
+        engine.held_acks = []
         restored = [(s.client_id, f) for s in engine.registry.sessions.values()
                     for f in s.subscriptions]
         self._interest_changed(restored)
@@ -158,6 +201,8 @@ class ClusterNode:
         engine.accepted = None
         engine.ended = None
         self.after_turn()
+        engine.held_acks = None
+        await self.qos.stop()
         with contextlib.suppress(Exception):  # a clean stop sends no will
             await asyncio.wait_for(self.wills.forget_own(), 3)
         for task in self._tasks:
@@ -176,7 +221,8 @@ class ClusterNode:
             with contextlib.suppress(Exception):
                 await nc.close()
         log.info("cluster: node %s left (forwarded %d, received %d, dropped %d)",
-                 self.config.node_name, self.forwarded, self.received, self.dropped)
+                 self.config.node_name, self.forwarded + self.qos.written,
+                 self.received + self.qos.received, self.dropped)
 
     # --------------------------------------------------------- each turn
     def after_turn(self) -> None:
@@ -192,53 +238,75 @@ class ClusterNode:
             self.wills.ended(client)
         messages = engine.take_forwarding()
         if messages:
-            self._forward(messages)
+            self._forward(messages, engine.take_held_acks())
         if self._commands:
             self._wake.set()
 
-    def _forward(self, messages: list[Message]) -> None:
+    def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
         """This turn's messages, one NATS message per topic (in order within each
         topic, which is the order MQTT keeps [MQTT-4.6.0-5]); retained ones also go
-        to the retained bucket."""
-        if self.nc is None or self._pending_pubs >= MAX_PENDING:
-            self.dropped += len(messages)
-            return
-        by_topic: dict[str, list[bytes]] = {}
+        to the retained bucket. A topic's run of consecutive QoS 1/2 messages is a
+        NATS message of its own, published live (the order with QoS 0 kept) and
+        written to the QoS stream with the same (sender, seq), which carries the held
+        acks (:mod:`iotbroker.cluster.qos_stream`); a receiving node routes the copy
+        that comes first."""
+        acks_of: dict[int, list[HeldAck]] = {}
+        for h in held:
+            acks_of.setdefault(id(h.message), []).append(h)
+        live = self.nc is not None and self._pending_pubs < MAX_PENDING
+        # topic -> runs of (reliable, [(record, acks)])
+        by_topic: dict[str, list[tuple[bool, list[tuple[bytes, list[HeldAck]]]]]] = {}
         retained: list[tuple[str, bytes]] = []
         for message in messages:
             rec = wire.record(message)
-            batch = by_topic.get(message.topic)
-            if batch is None:
-                by_topic[message.topic] = [rec]
-            else:
-                batch.append(rec)
-            if message.retain:
+            reliable = message.qos > 0
+            runs = by_topic.get(message.topic)
+            if runs is None:
+                runs = by_topic[message.topic] = []
+            if not runs or runs[-1][0] != reliable:
+                runs.append((reliable, []))
+            runs[-1][1].append((rec, acks_of.get(id(message), [])))
+            if message.retain and live:
                 retained.append((topic_to_key(message.topic), rec if message.payload else b""))
         commands = self._commands
         prefix = self.prefix
         subject_of = self._subject_of
-        for topic, records in by_topic.items():
+        qos = self.qos
+        for topic, runs in by_topic.items():
             subject = subject_of.get(topic)
             if subject is None:
                 if len(subject_of) >= NAME_CACHE:
                     subject_of.clear()
                 subject = subject_of[topic] = topic_to_subject(prefix, topic)
             if len(subject) > MAX_SUBJECT:
-                self.refused += len(records)
+                for reliable, items in runs:
+                    self.refused += len(items)
+                    if reliable:
+                        qos.unreplicated += len(items)
+                        qos.release([a for _, acks in items for a in acks])
                 continue
-            start = 0
-            while start < len(records):  # within NATS's max_payload (1 MiB by default)
-                end = start
-                size = 0
-                while end < len(records) and end - start < wire.MAX_BATCH and (
-                        size < wire.MAX_BATCH_BYTES or end == start):
-                    size += len(records[end])
-                    end += 1
-                self.seq += 1
-                commands.append((_PUB, subject, wire.encode(self.sender, self.seq,
-                                                            records[start:end]), end - start))
-                self._pending_pubs += end - start
-                start = end
+            for reliable, items in runs:
+                start = 0
+                while start < len(items):  # within NATS's max_payload (1 MiB by default)
+                    end = start
+                    size = 0
+                    while end < len(items) and end - start < wire.MAX_BATCH and (
+                            size < wire.MAX_BATCH_BYTES or end == start):
+                        size += len(items[end][0])
+                        end += 1
+                    self.seq += 1
+                    part = items[start:end]
+                    payload = wire.encode(self.sender, self.seq, [rec for rec, _ in part])
+                    if live:
+                        commands.append((_PUB, subject, payload, end - start))
+                        self._pending_pubs += end - start
+                    else:
+                        self.dropped += end - start
+                    if reliable:
+                        qos.write(qos.subject_prefix + subject[len(prefix):],
+                                  f"{self.sender.decode()}:{self.seq}", payload,
+                                  end - start, [a for _, acks in part for a in acks])
+                    start = end
         for key, value in retained:
             commands.append((_RETAIN, key, value, 0))
 
@@ -299,6 +367,7 @@ class ClusterNode:
         self._tasks.append(loop.create_task(self._watch_retained(nc)))
         self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
+        self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
         commands = self._commands
         wake = self._wake
         while True:
@@ -429,12 +498,19 @@ class ClusterNode:
         self.schedule_flush()
 
     async def _disconnected(self) -> None:
+        if self._degrade_timer is None:
+            self._degrade_timer = asyncio.get_running_loop().call_later(
+                GRACE, self.qos.degrade, True)
         if self.connected:
             self.connected = False
             log.warning("cluster: node %s lost NATS; serving local clients only",
                         self.config.node_name)
 
     async def _reconnected(self) -> None:
+        if self._degrade_timer is not None:
+            self._degrade_timer.cancel()
+            self._degrade_timer = None
+        self.qos.degrade(False)
         self.connected = True
         self._warned = False
         nc = self.nc

@@ -108,6 +108,10 @@ class Wills:
         #: checks these few, and lists the wills of a dead one only.
         self._known: set[str] = set()
         self.published = 0
+        #: This node's figures for the cluster totals (put with each heartbeat), and
+        #: every process's last ones with when they came (docs/cluster.md, "$SYS").
+        self.status_of: Callable[[], bytes] | None = None
+        self.figures: dict[str, tuple[float, bytes]] = {}
 
     # ---------------------------------------------------------- each turn
     def connected(self, client: Client) -> None:
@@ -181,8 +185,9 @@ class Wills:
         nodes = self.nodes
         assert nodes is not None
         while True:
+            status_of = self.status_of
             with contextlib.suppress(Exception):
-                await nodes.put(self.token, b"")
+                await nodes.put(self.token, b"" if status_of is None else status_of())
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _watch_nodes(self) -> None:
@@ -191,7 +196,11 @@ class Wills:
         watcher = await nodes.watchall()
         try:
             async for entry in watcher:
-                if entry is not None and entry.key != self.token:
+                if entry is None:
+                    continue
+                if entry.value:
+                    self.figures[entry.key] = (time.monotonic(), entry.value)
+                if entry.key != self.token:
                     self._known.add(entry.key)
         finally:
             with contextlib.suppress(Exception):

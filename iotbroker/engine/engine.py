@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from iotbroker.codec.enums import ConnectReturnCode, PacketType, ReasonCode
@@ -121,6 +121,17 @@ def _plain_connection_log(logger: logging.Logger, level: int, client: Client, me
     logger.log(level, message, *args, extra=client.log_extra())
 
 
+@dataclass(slots=True)
+class HeldAck:
+    """A QoS 1/2 PUBLISH accepted this turn whose PUBACK / PUBREC (``code``) waits
+    for the cluster's replicated stream (:attr:`Engine.held_acks`)."""
+
+    message: Message
+    client: Client
+    packet_id: int
+    code: int
+
+
 class Engine:
     """Sessions, subscriptions, retained messages and the MQTT rules that change them."""
 
@@ -186,6 +197,10 @@ class Engine:
         #: Effect (cluster): connections that ended this turn (after their CONNACK);
         #: None: nobody asks.
         self.ended: list[Client] | None = None
+        #: Effect (cluster): acknowledgements (PUBACK / PUBREC) of QoS 1/2 messages
+        #: in :attr:`forwarding`, held until the cluster's replicated stream has the
+        #: message (then :meth:`release_ack`); None: acks go out with the turn.
+        self.held_acks: list[HeldAck] | None = None
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -206,8 +221,13 @@ class Engine:
         }
 
     # ---------------------------------------------------------------- storage
-    def restore(self, now: float) -> None:
-        """Rebuild retained messages and sessions from the store (at start-up)."""
+    def restore(self, now: float, *, wills_elsewhere: bool = False) -> None:
+        """Rebuild retained messages and sessions from the store (at start-up).
+
+        ``wills_elsewhere`` (a cluster node): the QoS 1/2 wills of connections a crash
+        left open are not published here; a surviving node published them
+        (cluster/wills.py) and the cluster's QoS stream brings them to this node's
+        sessions (docs/cluster.md, "Wills of a dead node")."""
         # Queued messages stay on disk (an index in memory) until their session comes
         # back: offline sessions cost bounded memory (issue 7).
         snapshot = self.store.load(queued_bodies=False, queued_summary=True)
@@ -217,6 +237,10 @@ class Engine:
             else:
                 self.retained.set(message)
         self.registry.restore(snapshot, now)
+        if wills_elsewhere:
+            pending = self.registry.pending_wills
+            for client_id in [c for c, (_, will, _) in pending.items() if will.qos]:
+                del pending[client_id]
         # Wills of connections that were open when the broker stopped without closing
         # them (a crash: kill -9, power loss) are stored with their session record; the
         # registry holds each one as pending from ``now`` (its Will Delay Interval runs
@@ -300,6 +324,24 @@ class Engine:
             return []
         self.forwarding = []
         return forwarding
+
+    def take_held_acks(self) -> list[HeldAck]:
+        held = self.held_acks
+        if not held:
+            return []
+        self.held_acks = []
+        return held
+
+    def release_ack(self, held: HeldAck) -> bool:
+        """The replicated stream acknowledged the write of ``held``'s message: its
+        PUBACK / PUBREC goes out now (MQTT 5.0 §4.3.2/§4.3.3: the receiver acks once it
+        has taken ownership of the message). False when the connection is gone (the
+        client sends the PUBLISH again when it reconnects)."""
+        client = held.client
+        if client.close_requested or client.session is None:
+            return False
+        client.conn.send_publish_ack(held.message.qos, held.packet_id, held.code)
+        return True
 
     def take_interest_touched(self) -> list[tuple[str, str]]:
         touched = self.interest_touched
@@ -640,6 +682,14 @@ class Engine:
         code = self.router.publish(message, now)
         if self.forwarding is not None:
             self.forwarding.append(message)
+            if qos and self.held_acks is not None:
+                # The ack waits for the cluster's stream (docs/cluster.md, "QoS 1/2")
+                # (this node cannot know whether another node's clients match:
+                # 0x10 No matching subscribers is not said in a cluster)
+                if not v5 or code == R.NO_MATCHING_SUBSCRIBERS:
+                    code = R.SUCCESS
+                self.held_acks.append(HeldAck(message, client, packet.packet_id or 0, code))
+                return
         if qos:
             _ack(client, packet, code)
 

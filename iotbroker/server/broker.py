@@ -138,7 +138,7 @@ class Broker:
     def restore(self) -> None:
         started = time.perf_counter()
         engine = self.engine
-        engine.restore(self.now())
+        engine.restore(self.now(), wills_elsewhere=self.config.cluster is not None)
         self.flush()
         memtrim.trim()  # what the restore read and freed goes back (issue 19)
         log.info(
@@ -154,8 +154,9 @@ class Broker:
     async def start(self) -> None:
         if self.config.admin.enabled:
             self._prepare_admin()  # its bans apply from the first CONNECT
-        # Before the cluster room starts: wills a crash left in the store go to this
-        # node's own sessions only (the other nodes had them from cluster/wills.py).
+        # Before the cluster room starts: QoS 0 wills a crash left in the store go to
+        # this node's own sessions only (the other nodes had them from
+        # cluster/wills.py; QoS 1/2 ones come back through the QoS stream).
         self.restore()
         if self.parking is not None:
             self.parking.start()

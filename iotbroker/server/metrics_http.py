@@ -169,6 +169,8 @@ class ClusterView(Protocol):
 
     def status(self) -> dict[str, int]: ...
 
+    def totals(self) -> dict[str, int]: ...
+
 
 class ParkingCounts(Protocol):
     """The parking of idle sockets as the metrics read it (``server/parking.py``)."""
@@ -368,6 +370,11 @@ class BrokerCollector:
                     yield CounterMetricFamily(_PREFIX + "cluster_" + name,
                                               f"Cluster: {name.replace('_', ' ')}.",
                                               value=value)
+            for name, value in cluster.totals().items():  # sums: gauges (nodes leave)
+                metric = name.replace("/", "_")
+                yield GaugeMetricFamily(_PREFIX + "cluster_total_" + metric,
+                                        f"Cluster total: {name} (all live nodes).",
+                                        value=value)
         yield GaugeMetricFamily(_PREFIX + "event_loop_lag_seconds",
                                 "How late the last event-loop probe timer ran.",
                                 value=self.lag.last)

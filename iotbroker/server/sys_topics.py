@@ -75,6 +75,8 @@ class ClusterView(Protocol):
 
     def status(self) -> dict[str, int]: ...
 
+    def totals(self) -> dict[str, int]: ...
+
 
 class SysTopicsHost(Protocol):
     """The broker as ``$SYS`` sees it (``server/broker.py`` is one): what it reads, and
@@ -204,10 +206,12 @@ class SysTopics:
                 out[base + key] = str(bridge[key])
         out.update(self._load_values())
         cluster = broker.cluster
-        if cluster is not None:  # this node's view (docs/cluster.md); no cluster totals yet
+        if cluster is not None:  # this node's view, and the totals (docs/cluster.md)
             out["cluster/node"] = cluster.config.node_name
             for name, value in cluster.status().items():
                 out[f"cluster/{name.replace('_', '/', 1)}"] = str(value)
+            for name, value in cluster.totals().items():
+                out[f"cluster/total/{name}"] = str(value)
         return out
 
     def _load_values(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from iotbroker.cluster.qos_stream import PATIENCE
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.nats_cluster import NatsCluster
 from tests.interop.test_paho import Paho
@@ -83,6 +84,10 @@ def clients() -> Iterator[Callable[..., Paho]]:
     def factory(node: BrokerProcess, client_id: str, protocol: int = mqtt.MQTTv5,
                 **kw: object) -> Paho:
         client = Paho(node.host, node.port, client_id, protocol, **kw)  # type: ignore[arg-type]
+        # A node holds a QoS 1/2 PUBACK until its stream has the message, at most
+        # qos_stream.PATIENCE (then releases it unreplicated, counted): during a
+        # nats-server failover that is longer than the default wait.
+        client.ack_wait = PATIENCE + 5.0
         client.connect()
         made.append(client)
         return client

@@ -39,6 +39,9 @@ class Paho:
         clean: bool = True,
         session_expiry: int | None = None,
     ) -> None:
+        #: How long ``publish`` waits for its acknowledgement (a cluster node may hold
+        #: a QoS 1/2 ack while its replicated stream fails over: tests/cluster).
+        self.ack_wait = WAIT
         self.host, self.port = host, port
         self.protocol = protocol
         self.v5 = protocol == mqtt.MQTTv5
@@ -139,7 +142,7 @@ class Paho:
         info = self.client.publish(topic, payload, qos, retain, properties)
         assert info.rc == mqtt.MQTT_ERR_SUCCESS
         while True:  # acks of earlier publishes made straight on self.client come first
-            mid, rc = self.pubacks.get(timeout=WAIT)
+            mid, rc = self.pubacks.get(timeout=self.ack_wait)
             if mid == info.mid:
                 return rc
 

@@ -1,0 +1,356 @@
+"""QoS 1/2 messages through a replicated JetStream stream (docs/cluster.md, "QoS 1/2").
+
+MQTT 5.0 §4.3.2 / §4.3.3: the receiver of a QoS 1/2 PUBLISH takes ownership of the
+message when it sends PUBACK / PUBREC. In a cluster, "ownership" must survive the loss
+of the node that accepted the message, so:
+
+* Every QoS 1/2 message a local client (or a will) publishes is written to the stream
+  ``<prefix>_qos`` (subjects ``<prefix>.q.>``, ``replicas`` copies, file storage), the
+  messages of one turn on one topic as one stream message (:mod:`iotbroker.cluster.wire`).
+* The publisher's PUBACK / PUBREC is held by the engine (:attr:`Engine.held_acks
+  <iotbroker.engine.engine.Engine.held_acks>`) and released only when the stream
+  acknowledged the write (it is then on a quorum of nats-servers). The engine never
+  waits: the release is an effect applied from here, then the server's flush writes it.
+* Every node reads the stream with one durable consumer of its own
+  (``<prefix>_qos_<node>``), routes each message to its sessions
+  (``Engine.route_remote``: ``Session.deliver`` for every delivery; a persistent
+  session's queued copy goes into the store), commits the store, and only then
+  acknowledges the stream message. A node that was down resumes at its ack floor: what
+  was written meanwhile reaches its sessions when it is back.
+
+When the node has lost NATS for :data:`GRACE` seconds (longer than a failover to
+another nats-server, ~1 s) it is *degraded*: the acks it holds, and those of every
+QoS 1/2 message accepted until NATS is back, are released at once (counted:
+``qos_acked_unreplicated``) — the node keeps serving its own clients — while the writes
+go on being retried for :data:`PATIENCE` seconds; a write that never made it is counted
+(``qos_unreplicated``) and reached local subscribers only (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from iotbroker.cluster import wire
+from iotbroker.cluster.subjects import subject_to_topic
+from iotbroker.errors import StorageError
+
+if TYPE_CHECKING:
+    from iotbroker.engine.engine import Engine, HeldAck
+
+log = logging.getLogger("iotbroker.cluster")
+
+#: Seconds a write may wait for the stream's ack (retrying) before its acks go anyway.
+PATIENCE = 10.0
+#: One attempt's wait for the stream's ack.
+ATTEMPT_TIMEOUT = 1.0
+#: Seconds without NATS after which held acks are released unreplicated.
+GRACE = 2.0
+#: Messages kept in the stream at most this long (seconds) and this many bytes.
+MAX_AGE = 24 * 3600.0
+MAX_BYTES = 1 << 30
+#: Stream messages a node's consumer has in flight (delivered, not yet acked) at most.
+MAX_ACK_PENDING = 10_000
+#: Seconds before the stream sends an unacknowledged message to a consumer again.
+ACK_WAIT = 5.0
+#: Seconds a gap in the stream's sequence is waited for (then skipped).
+GAP_WAIT = 3 * ACK_WAIT
+#: Writes waiting for the stream at most (then acks go at once, counted).
+MAX_INFLIGHT = 100_000
+
+
+def _name_token(name: str) -> str:
+    """A node name as a JetStream consumer name token."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+class QosStream:
+    """The stream side of one node: writes with held acks, and the node's consumer."""
+
+    def __init__(self, engine: Engine, sender: bytes, node_name: str, prefix: str,
+                 replicas: int, dedup: wire.Dedup,
+                 schedule_flush: Callable[[], None]) -> None:
+        self.engine = engine
+        self.sender = sender
+        self.node = node_name.encode()
+        self.subject_prefix = f"{prefix}.q"
+        base = prefix.replace(".", "_")
+        self.stream = f"{base}_qos"
+        self.durable = f"{base}_qos_{_name_token(node_name)}"
+        self.replicas = replicas
+        self.dedup = dedup
+        self.schedule_flush = schedule_flush
+        self.js: JetStreamContext | None = None
+        self._inflight = 0
+        #: Acks held per write (released when the write is done, or on degrade()).
+        self._held: dict[int, list[HeldAck]] = {}
+        self._writes = 0
+        self.degraded = False
+        #: Reading: the next stream sequence to route, messages that came after a
+        #: gap (by stream sequence), one reader at a time.
+        self.js_reader: JetStreamContext | None = None
+        self._next: int | None = None
+        self._waiting: dict[int, Msg] = {}
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # counters (ClusterNode.status())
+        self.written = 0
+        self.unreplicated = 0
+        self.acked_unreplicated = 0
+        self.received = 0
+        self.duplicates = 0
+        self.skipped = 0
+
+    # ------------------------------------------------------------ writing
+    def write(self, subject: str, msg_id: str, payload: bytes, count: int,
+              acks: list[HeldAck]) -> None:
+        """Write one stream message (``count`` MQTT messages of one topic); the
+        ``acks`` of its messages are released once the stream has it."""
+        js = self.js
+        if js is None or self._inflight >= MAX_INFLIGHT:
+            # Not joined to the stream (yet): local delivery only, counted.
+            self.unreplicated += count
+            self.release(acks)
+            return
+        if self.degraded:
+            self.acked_unreplicated += len(acks)
+            self.release(acks)
+            acks = []
+        self._inflight += count
+        self._writes += 1
+        write = self._writes
+        if acks:
+            self._held[write] = acks
+        task = asyncio.get_running_loop().create_task(
+            self._write(js, subject, msg_id, payload, count, write))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, js: JetStreamContext, subject: str, msg_id: str,
+                     payload: bytes, count: int, write: int) -> None:
+        # Nats-Msg-Id: a retry after a lost ack is not stored twice (the stream's
+        # duplicate window); receivers also drop a (sender, seq) seen before.
+        headers = {"Nats-Msg-Id": msg_id}
+        deadline = time.monotonic() + PATIENCE
+        delay = 0.05
+        try:
+            while True:
+                try:
+                    await js.publish(subject, payload, timeout=ATTEMPT_TIMEOUT,
+                                     stream=self.stream, headers=dict(headers))
+                    self.written += count
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if time.monotonic() + delay >= deadline:
+                        self.unreplicated += count
+                        log.warning("cluster: stream %r did not take %d QoS 1/2 messages "
+                                    "within %.0fs (%s); acknowledged unreplicated",
+                                    self.stream, count, PATIENCE, exc)
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+        finally:
+            self._inflight -= count
+        self.release(self._held.pop(write, []))
+
+    def degrade(self, degraded: bool) -> None:
+        """NATS has been away for :data:`GRACE` seconds (True) or is back (False)."""
+        self.degraded = degraded
+        if degraded and self._held:
+            held = [a for acks in self._held.values() for a in acks]
+            self._held.clear()
+            self.acked_unreplicated += len(held)
+            log.warning("cluster: NATS away for %.0fs: %d held QoS 1/2 acks released "
+                        "before the stream has their messages", GRACE, len(held))
+            self.release(held)
+
+    def release(self, acks: list[HeldAck]) -> None:
+        if not acks:
+            return
+        release = self.engine.release_ack
+        for held in acks:
+            release(held)
+        self.schedule_flush()
+
+    # ------------------------------------------------------------ reading
+    async def run(self, js: JetStreamContext) -> None:
+        """Create (or find) the stream and this node's durable consumer, then read."""
+        self.js_reader = js
+        while True:
+            try:
+                await self._ensure_stream(js)
+                await js.subscribe(
+                    f"{self.subject_prefix}.>", durable=self.durable, stream=self.stream,
+                    cb=self._on_message, manual_ack=True,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.NEW,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=ACK_WAIT,
+                        max_ack_pending=MAX_ACK_PENDING,
+                    ),
+                )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("cluster: cannot open the QoS stream %r / consumer %r "
+                          "(replicas %d): %s; retrying", self.stream, self.durable,
+                          self.replicas, exc)
+                await asyncio.sleep(2.0)
+        self.js = js
+        log.info("cluster: QoS 1/2 stream %r joined (consumer %r)", self.stream,
+                 self.durable)
+
+    async def _ensure_stream(self, js: JetStreamContext) -> None:
+        try:
+            await js.stream_info(self.stream)
+            return
+        except NotFoundError:
+            pass
+        try:
+            await js.add_stream(StreamConfig(
+                name=self.stream,
+                subjects=[f"{self.subject_prefix}.>"],
+                description="iotbroker QoS 1/2 messages (docs/cluster.md)",
+                storage=StorageType.FILE,
+                num_replicas=self.replicas,
+                max_age=MAX_AGE,
+                max_bytes=MAX_BYTES,
+                duplicate_window=120.0,
+            ))
+        except Exception:
+            await js.stream_info(self.stream)  # another node created it meanwhile
+            return
+
+    async def _on_message(self, msg: Msg) -> None:
+        """A stream message, in stream order: the consumer reads every subject of the
+        stream, so its stream sequences are contiguous. One delivered after a gap (the
+        one before it was lost in transit, in a failover between nats-servers) waits
+        for the stream's redelivery of the missing one (after :data:`ACK_WAIT`), so
+        each topic keeps its order [MQTT-4.6.0-5]; a sequence already routed is a
+        redelivery (acked, not routed again). A gap still open after :data:`GAP_WAIT`
+        (messages removed by the stream's limits) is skipped."""
+        try:
+            stream_seq = msg.metadata.sequence.stream
+        except Exception as exc:
+            log.warning("cluster: QoS stream message without metadata: %s", exc)
+            return
+        async with self._lock:
+            if self._next is None:
+                self._next = await self._start_seq(stream_seq)
+            if stream_seq < self._next:
+                self.duplicates += 1
+                await msg.ack()
+                return
+            if stream_seq > self._next:
+                self._waiting[stream_seq] = msg
+                if self._gap_timer is None:
+                    self._gap_timer = asyncio.get_running_loop().call_later(
+                        GAP_WAIT, self._gap_expired)
+                return
+            await self._route(msg, stream_seq)
+            await self._drain()
+
+    async def _start_seq(self, first: int) -> int:
+        """The first stream sequence this consumer has not acknowledged (its ack
+        floor + 1), so that after a restart a redelivery is not taken for a
+        duplicate."""
+        js = self.js_reader
+        if js is not None:
+            try:
+                info = await js.consumer_info(self.stream, self.durable)
+                floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
+                if floor:  # 0: nothing acked yet (a new consumer starts where it starts)
+                    return min(first, int(floor) + 1)
+            except Exception as exc:
+                log.warning("cluster: consumer %r info: %s", self.durable, exc)
+        return first
+
+    async def _drain(self) -> None:
+        waiting = self._waiting
+        while self._next in waiting:
+            seq = self._next
+            await self._route(waiting.pop(seq), seq)
+        if not waiting and self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+
+    def _gap_expired(self) -> None:
+        self._gap_timer = None
+        task = asyncio.get_running_loop().create_task(self._skip_gap())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _skip_gap(self) -> None:
+        async with self._lock:
+            if not self._waiting or self._next is None or self._next in self._waiting:
+                return
+            first = min(self._waiting)
+            self.skipped += first - self._next
+            log.warning("cluster: QoS stream %r: sequences %d-%d never came (stream "
+                        "limits?); skipped", self.stream, self._next, first - 1)
+            self._next = first
+            await self._drain()
+
+    async def _route(self, msg: Msg, stream_seq: int) -> None:
+        """Route one stream message here, commit the store, then ack the stream."""
+        self._next = stream_seq + 1
+        subject = msg.subject
+        try:
+            topic = subject_to_topic(self.subject_prefix, subject)
+            sender, seq, messages = wire.decode(topic, msg.data)
+        except Exception as exc:
+            log.warning("cluster: undecodable QoS stream message on %r: %s", subject, exc)
+            await msg.term()
+            return
+        if sender.rsplit(b"/", 1)[0] == self.node:
+            await msg.ack()  # routed here when it was published
+            return
+        if not self.dedup.first(sender, seq):
+            self.duplicates += 1
+            await msg.ack()
+            return
+        engine = self.engine
+        now = time.time()
+        for message in messages:
+            engine.route_remote(message, now)
+        self.received += len(messages)
+        if engine.batch:
+            try:
+                engine.commit()  # the queued copies are on disk before the stream forgets
+            except StorageError as exc:
+                log.error("cluster: storage write failed; QoS stream message left "
+                          "unacknowledged: %s", exc)
+                self.schedule_flush()
+                return
+        self.schedule_flush()
+        await msg.ack()
+
+    async def stop(self) -> None:
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
