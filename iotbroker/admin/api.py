@@ -44,7 +44,7 @@ from iotbroker.admin.views import (
 )
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
-from iotbroker.core.topics import is_broker_topic, validate_topic_filter, validate_topic_name
+from iotbroker.core.topics import validate_topic_filter, validate_topic_name
 from iotbroker.errors import ProtocolViolation
 from iotbroker.message import Message
 from iotbroker.subscription import SubscriptionEntry
@@ -324,9 +324,7 @@ class AdminApi:
         who = request[IDENTITY]
         message = self._message(data, who)
         client_id = f"$admin/{who.name}"
-        if is_broker_topic(message.topic) or not self.host.engine.auth.may_publish(
-            client_id, who.name, message.topic
-        ):
+        if not self.host.engine.may_write(client_id, who.name, message.topic):
             self.action(request, "publish_denied", repr(message.topic))
             raise ApiError(403, "NOT_AUTHORIZED",
                            f"{who.name!r} may not publish to {message.topic!r}")

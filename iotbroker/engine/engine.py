@@ -698,12 +698,17 @@ class Engine:
         through the one delivery path; returns the routing reason code."""
         return self.router.publish(message, now)
 
+    def may_write(self, client_id: str, username: str | None, topic: str) -> bool:
+        """The write decision every way into the broker asks (a will, an admin's
+        publish, an MQTT-SN QoS -1 publish): ``$SYS`` is the broker's whatever the ACL
+        says [MQTT-3.3.5-2] (issue 12), then the ACL's write decision. The caller counts
+        a refusal in its own terms."""
+        return not is_broker_topic(topic) and self.auth.may_publish(client_id, username, topic)
+
     def may_publish_will(self, will: Will, client_id: str, username: str | None) -> bool:
         """A will is published as its owner: the ACL's write decision and the $SYS rule
         apply as to a PUBLISH (issue 12). Counted when refused."""
-        if not is_broker_topic(will.topic) and self.auth.may_publish(
-            client_id, username, will.topic
-        ):
+        if self.may_write(client_id, username, will.topic):
             return True
         self.metrics.wills_denied += 1
         return False

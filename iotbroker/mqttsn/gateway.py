@@ -52,7 +52,6 @@ from iotbroker.codec.decode import decode_packet
 from iotbroker.codec.framer import Framer
 from iotbroker.config import BrokerConfig, ListenerConfig
 from iotbroker.core.topics import (
-    is_broker_topic,
     validate_subscription_filter,
     validate_topic_name,
 )
@@ -498,7 +497,7 @@ class Gateway:
         if username is None and not self.config.auth.allow_anonymous:
             engine.metrics.count_auth_failure("anonymous")
             return
-        if is_broker_topic(topic) or not engine.auth.may_publish(client_id, username, topic):
+        if not engine.may_write(client_id, username, topic):
             engine.metrics.acl_denials += 1
             return
         engine.metrics.publish_received += 1
