@@ -45,6 +45,7 @@ from iotbroker.admin.views import (
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
 from iotbroker.core.topics import validate_topic_filter, validate_topic_name
+from iotbroker.engine.engine import is_utf8
 from iotbroker.errors import ProtocolViolation
 from iotbroker.message import Message
 from iotbroker.subscription import SubscriptionEntry
@@ -369,6 +370,10 @@ class AdminApi:
         if len(body) > self.host.config.mqtt.max_packet_size:
             raise bad("payload larger than mqtt.max_packet_size")
         props = self._properties(data.get("properties") or {})
+        if props.payload_format_indicator == 1 and not is_utf8(body):
+            # The rule an MQTT PUBLISH meets (engine.on_publish, 0x99): subscribers may
+            # trust the indicator whatever way the message came in (MQTT 5.0 §3.3.2.3.2).
+            raise bad("payload_format_indicator 1 with a payload that is not UTF-8")
         now = time.time()
         expiry = props.message_expiry_interval
         return Message(topic=topic, payload=body, qos=qos, retain=retain, properties=props,

@@ -381,6 +381,9 @@ def test_publish_is_subject_to_the_acl(env: tuple[BrokerProcess, Http, str],
     ({"topic": "a", "properties": {"message_expiry_interval": -1}},
      "properties.message_expiry_interval must be an integer"),
     ([1, 2], "body must be a JSON object"),
+    # MQTT 5.0 §3.3.2.3.2: the rule an MQTT PUBLISH meets (0x99) holds for this way in
+    ({"topic": "a", "payload": "/w==", "payload_encoding": "base64",
+      "properties": {"payload_format_indicator": 1}}, "payload_format_indicator 1"),
 ])
 def test_publish_bad_input_is_400(env: tuple[BrokerProcess, Http, str], body: object,
                                   needle: str) -> None:
