@@ -441,9 +441,12 @@ def _pump(gen: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
 class Round:
     """One round: the supervisor, its workers and nats-server, the generators."""
 
-    def __init__(self, args: argparse.Namespace, index: int) -> None:
+    def __init__(self, args: argparse.Namespace, index: int, workers: int,
+                 clients: int) -> None:
         self.args = args
         self.index = index
+        self.workers = workers  # 1: the baseline, one plain broker process
+        self.clients = clients
         self.workdir = tempfile.mkdtemp(prefix="iotbroker-wscale-")
         self.port = free_port()
         self.log_path = os.path.join(self.workdir, "supervisor.log")
@@ -458,20 +461,23 @@ class Round:
 
     def start_broker(self) -> None:
         entry = os.path.join(os.path.dirname(sys.executable), "iotbroker")
-        cmd = [entry, "--workers", str(self.args.workers), "--listen",
-               f"127.0.0.1:{self.port}", "--data-dir", os.path.join(self.workdir, "data")]
+        cmd = [entry, *(["--workers", str(self.workers)] if self.workers > 1 else []),
+               "--listen", f"127.0.0.1:{self.port}",
+               "--data-dir", os.path.join(self.workdir, "data")]
         print(f"round {self.index}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         with open(self.log_path, "wb") as log:
             self.sup = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=self.workdir)
-        self.pids["supervisor"] = self.sup.pid
+        self.pids["supervisor" if self.workers > 1 else "w0"] = self.sup.pid
         deadline = time.monotonic() + 180
-        w = self.args.workers
+        w = self.workers
+        clustered = w > 1
         while time.monotonic() < deadline:
             text = self.log()
             if (len(re.findall(rf"listening on 127\.0\.0\.1:{self.port}", text)) >= w
-                    and len(re.findall(r"session bucket .* open", text)) >= w
-                    and len(re.findall(r"retained messages from bucket", text)) >= w):
+                    and (not clustered or (
+                        len(re.findall(r"session bucket .* open", text)) >= w
+                        and len(re.findall(r"retained messages from bucket", text)) >= w))):
                 break
             if self.sup.poll() is not None:
                 raise RuntimeError(f"supervisor exited {self.sup.returncode}:\n{text[-3000:]}")
@@ -486,13 +492,13 @@ class Round:
             self.pids["nats"] = int(nats[-1])
 
     def worker_names(self) -> list[str]:
-        return [f"w{i}" for i in range(self.args.workers)]
+        return [f"w{i}" for i in range(self.workers)]
 
     def start_gens(self) -> None:
         a = self.args
         srcs = [f"127.0.0.{2 + k}" for k in range(a.src_addrs)]
         for p in range(a.procs):
-            n = a.clients // a.procs + (1 if p < a.clients % a.procs else 0)
+            n = self.clients // a.procs + (1 if p < self.clients % a.procs else 0)
             spec = {"port": self.port, "clients": n, "src_addrs": srcs[p::a.procs] or srcs,
                     "concurrency": max(1, a.concurrency // a.procs),
                     "rate": a.rate / a.procs, "sub_every": a.sub_every,
@@ -600,6 +606,8 @@ class Round:
         close_s = time.monotonic() - t_rel
 
         def delta(name: str, key: str, s0: dict[str, Any], s1: dict[str, Any]) -> float:
+            if name not in s0:
+                return 0.0  # the baseline has no supervisor and no nats-server
             return float(s1[name][key] - s0[name][key])
 
         workers = self.worker_names()
@@ -615,7 +623,7 @@ class Round:
                      for r in reach_ms]
         return {
             "round": self.index,
-            "clients": a.clients, "workers": a.workers, "gen_procs": a.procs,
+            "clients": self.clients, "workers": self.workers, "gen_procs": a.procs,
             "connected": connected,
             "errors": _sum_counters(r["errors"] for r in res),
             "gen_fds_max": max(r["fds"] for r in res),
@@ -718,6 +726,35 @@ def med(results: list[dict[str, Any]], key: str, *sub: str) -> float:
     return statistics.median(values)
 
 
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds that completed."""
+    ok = [r for r in results if "failed" not in r]
+    if not ok:
+        return {}
+    return {
+        "rounds_ok": len(ok),
+        "connected": med(ok, "connected"),
+        "connect_seconds": med(ok, "connect_seconds"),
+        "connect_rate": med(ok, "connect_rate"),
+        "max_sockets_per_worker": max(max(r["sockets_per_worker"].values()) for r in ok),
+        "spread_max_over_mean": med(ok, "spread", "max_over_mean"),
+        "spread_cv_pct": med(ok, "spread", "cv_pct"),
+        "kib_per_conn_workers": med(ok, "kib_per_conn_workers"),
+        "kib_per_conn_nats": med(ok, "kib_per_conn_nats"),
+        "kib_per_conn_all": med(ok, "kib_per_conn_all"),
+        "us_per_conn_workers": med(ok, "us_per_conn", "workers"),
+        "us_per_conn_nats": med(ok, "us_per_conn", "nats"),
+        "us_per_conn_generators": med(ok, "us_per_conn", "generators"),
+        "subscribers": med(ok, "subscribers"),
+        "all_delivered": all(d == r["subscribers"] for r in ok for d in r["delivered"]),
+        "reach_all_ms_median": statistics.median([x for r in ok for x in r["reach_all_ms"]]),
+        "puback_ms_median": statistics.median([x for r in ok for x in r["puback_ms"]]),
+        "idle_cpu_pct_workers": med(ok, "idle_cpu_pct", "workers"),
+        "lost_while_idle": sum(r["lost_while_idle"] for r in ok),
+        "errors": _sum_counters(r["errors"] for r in ok),
+    }
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "gen":
         gen_main(json.loads(sys.argv[2]))
@@ -739,6 +776,9 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--hold", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="skip the baseline: one plain broker process (no --workers) with "
+                         "clients/workers connections, run before the workers each round")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
     per_proc = -(-args.clients // args.procs)
@@ -746,42 +786,41 @@ def main() -> None:
         ap.error(f"{per_proc} connections per generator process: use more --procs")
     if args.clients / args.src_addrs > 25_000:
         ap.error("more than 25,000 connections per source address: use more --src-addrs")
-    results = []
+    runs: list[tuple[str, int, int]] = [("workers", args.workers, args.clients)]
+    if args.baseline:
+        # one plain broker process with one worker's share of the clients, first
+        runs.insert(0, ("baseline", 1, args.clients // args.workers))
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in runs}
     for k in range(args.rounds):
-        rnd = Round(args, k)
-        result: dict[str, Any] = {"round": k}
-        try:
-            result = rnd.run()
-        except Exception as exc:  # a failed round is reported, the next one runs
-            result["failed"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            result.update(rnd.stop())
-        print(json.dumps(result, indent=1), flush=True)
-        results.append(result)
-    ok = [r for r in results if "failed" not in r]
-    if ok:
-        summary = {
-            "rounds_ok": len(ok),
-            "connected": med(ok, "connected"),
-            "connect_seconds": med(ok, "connect_seconds"),
-            "connect_rate": med(ok, "connect_rate"),
-            "max_sockets_per_worker": max(max(r["sockets_per_worker"].values()) for r in ok),
-            "spread_max_over_mean": med(ok, "spread", "max_over_mean"),
-            "spread_cv_pct": med(ok, "spread", "cv_pct"),
-            "kib_per_conn_workers": med(ok, "kib_per_conn_workers"),
-            "kib_per_conn_nats": med(ok, "kib_per_conn_nats"),
-            "kib_per_conn_all": med(ok, "kib_per_conn_all"),
-            "us_per_conn_workers": med(ok, "us_per_conn", "workers"),
-            "us_per_conn_nats": med(ok, "us_per_conn", "nats"),
-            "us_per_conn_generators": med(ok, "us_per_conn", "generators"),
-            "subscribers": med(ok, "subscribers"),
-            "all_delivered": all(d == r["subscribers"] for r in ok for d in r["delivered"]),
-            "reach_all_ms_median": statistics.median(
-                [x for r in ok for x in r["reach_all_ms"]]),
-            "puback_ms_median": statistics.median([x for r in ok for x in r["puback_ms"]]),
-            "idle_cpu_pct_workers": med(ok, "idle_cpu_pct", "workers"),
-        }
-        print(json.dumps({"summary": summary}, indent=1), flush=True)
+        for label, workers, clients in runs:
+            rnd = Round(args, k, workers, clients)
+            result: dict[str, Any] = {"round": k}
+            try:
+                result = rnd.run()
+            except Exception as exc:  # a failed round is reported, the next one runs
+                result["failed"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                result.update(rnd.stop())
+            result["label"] = label
+            print(json.dumps(result, indent=1), flush=True)
+            results[label].append(result)
+    summaries = {label: summarize(rs) for label, rs in results.items()}
+    print(json.dumps({"summary": summaries}, indent=1), flush=True)
+    print("\n| run | rounds | connected | conn/s | max sockets/worker | spread max/mean "
+          "| KiB/conn workers / +nats | µs CPU/conn workers / nats / generators "
+          "| subscribers | all delivered | reach all ms | PUBACK ms |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|")
+    for label, m in summaries.items():
+        if not m:
+            print(f"| {label} | 0 ok |")
+            continue
+        print(f"| {label} | {m['rounds_ok']} | {m['connected']:,.0f} | {m['connect_rate']:,.0f} "
+              f"| {m['max_sockets_per_worker']:,} | {m['spread_max_over_mean']:.3f} "
+              f"| {m['kib_per_conn_workers']:.2f} / {m['kib_per_conn_all']:.2f} "
+              f"| {m['us_per_conn_workers']:.0f} / {m['us_per_conn_nats']:.0f} / "
+              f"{m['us_per_conn_generators']:.0f} | {m['subscribers']:.0f} "
+              f"| {m['all_delivered']} | {m['reach_all_ms_median']:.1f} "
+              f"| {m['puback_ms_median']:.1f} |")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)
