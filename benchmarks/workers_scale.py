@@ -30,6 +30,11 @@ Each round:
 7. stops the supervisor with SIGTERM and checks that every worker and the nats-server
    are gone (any left is killed by its PID; so is every generator, even on failure).
 
+Each round first runs the same steps against a baseline: one plain broker process (no
+``--workers``, no nats-server) with one worker's share of the clients
+(``--no-baseline`` skips it). Connecting faster costs less CPU per connection (claims
+and watches batch): compare ``--rate 1500`` with ``--rate 6000 --concurrency 1024``.
+
     .venv/bin/python benchmarks/workers_scale.py                       # 100,000, 2 rounds
     .venv/bin/python benchmarks/workers_scale.py --clients 20000 --rounds 1 --rate 2000
     .venv/bin/python benchmarks/workers_scale.py --json /tmp/workers_scale.json
