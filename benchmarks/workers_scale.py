@@ -411,10 +411,11 @@ class Publisher:
         t0 = time.monotonic()
         self.sock.sendall(encode_packet(Publish(TOPIC, b"m%d %d" % (index, time.time_ns()),
                                                 1, packet_id=packet_id), 4))
-        while True:
+        while time.monotonic() - t0 < 60:  # each recv also times out after 30 s
             first, body = self._packet()
             if first & 0xF0 == 0x40 and body[:2] == packet_id.to_bytes(2, "big"):
                 return time.monotonic() - t0
+        raise RuntimeError(f"no PUBACK for message {index} within 60 s")
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
