@@ -594,6 +594,7 @@ class Round:
                 for k, t in got.items():
                     delivered[int(k)] += 1
                     reach_ms[int(k)].append((t - sent_at[int(k)]) * 1000)
+        killed = self.kill_worker() if a.kill_worker and self.workers > 1 else {}
         # Hold: idle CPU.
         hold0 = snapshot(self.pids)
         t_hold = time.monotonic()
@@ -671,7 +672,50 @@ class Round:
                              if "nats" in self.pids else 0.0},
             "lost_while_idle": sum(t["lost_while_idle"] for t in tail),
             "close_seconds": close_s,
+            "kill_worker": killed,
         }
+
+    def kill_worker(self) -> dict[str, Any]:
+        """``--kill-worker``: kill -9 worker 1 while every connection is held; time until
+        the supervisor has restarted it and it listens and has its session bucket open
+        again (its start replays every client id's claim from the bucket's watch), its
+        CPU and RSS over the next 20 s, and whether the other workers kept their
+        connections. Its own clients are gone (counted as lost at the release)."""
+        text = self.log()
+        starts = len(re.findall(r"worker 1 started", text))
+        opens = len(re.findall(r"\[w1\] \S+: cluster: session bucket", text))
+        listens = len(re.findall(r"\[w1\] \S+: listening on", text))
+        others = [n for n in self.worker_names() if n != "w1"]
+        before = snapshot({n: self.pids[n] for n in others})
+        victim = self.pids["w1"]
+        t0 = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        new_pid = None
+        ready = None
+        while time.monotonic() - t0 < 120:
+            text = self.log()
+            found = re.findall(r"worker 1 started \(pid (\d+)\)", text)
+            if len(found) > starts:
+                new_pid = int(found[-1])
+            if (new_pid is not None
+                    and len(re.findall(r"\[w1\] \S+: listening on", text)) > listens
+                    and len(re.findall(r"\[w1\] \S+: cluster: session bucket", text)) > opens):
+                ready = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+        samples = []
+        if new_pid is not None:
+            self.pids["w1"] = new_pid
+            for _ in range(20):
+                cpu, rss = proc_cpu_rss(new_pid)
+                samples.append([round(time.monotonic() - t0, 2), cpu, round(rss / 2**20, 1)])
+                time.sleep(1.0)
+        after = snapshot({n: self.pids[n] for n in others})
+        return {"killed_pid": victim, "new_pid": new_pid, "ready_seconds": ready,
+                "new_worker_cpu_rss": samples,
+                "others_alive": all(alive(self.pids[n]) for n in others),
+                "others_sockets_before": {n: before[n]["sockets"] for n in others},
+                "others_sockets_after": {n: after[n]["sockets"] for n in others}}
 
     def stop(self) -> dict[str, Any]:
         """Stop everything this round started, by PID; say what had to be killed."""
@@ -785,6 +829,9 @@ def main() -> None:
     ap.add_argument("--no-baseline", dest="baseline", action="store_false",
                     help="skip the baseline: one plain broker process (no --workers) with "
                          "clients/workers connections, run before the workers each round")
+    ap.add_argument("--kill-worker", action="store_true",
+                    help="after the publishes, kill -9 worker 1 and time its restart "
+                         "(its clients are lost)")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
     per_proc = -(-args.clients // args.procs)
