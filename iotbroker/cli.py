@@ -96,8 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Who prints errors: ``iotbroker``, or ``iotbroker [w3]`` in worker 3 of ``--workers``
+#: (its lines share the supervisor's output with the other workers').
+_WHO = [PROG]
+
+
 def _error(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    print(f"{_WHO[0]}: {message}", file=sys.stderr)
 
 
 def _config_error(exc: ConfigError) -> int:
@@ -218,9 +223,18 @@ def _without_workers(argv: list[str]) -> list[str]:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     global _RAN_BROKER  # noqa: PLW0603 (one flag for console_main)
+    if args.worker is not None:
+        from iotbroker.server.logsetup import set_worker  # noqa: PLC0415
+
+        set_worker(args.worker)  # before anything is logged or printed
+        _WHO[0] = f"{PROG} [w{args.worker}]"
     config = build_config(args)
     from iotbroker.server.broker import run_broker  # noqa: PLC0415 (only `run` needs the server)
-    from iotbroker.server.workers import run_workers, worker_count  # noqa: PLC0415
+    from iotbroker.server.workers import (  # noqa: PLC0415
+        CANNOT_START,
+        run_workers,
+        worker_count,
+    )
 
     _RAN_BROKER = True
     try:
@@ -229,8 +243,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
             setup_logging(config.logging)
             return run_workers(config, _without_workers(argv))
-        return run_broker(config, reload=lambda: build_config(args),
-                          reuse_port=args.worker is not None)
+        if args.worker is None:
+            return run_broker(config, reload=lambda: build_config(args))
+        code = run_broker(config, reload=lambda: build_config(args), reuse_port=True)
+        return CANNOT_START if code else 0  # the supervisor gives up (server/workers.py)
     except KeyboardInterrupt:
         return 130
 

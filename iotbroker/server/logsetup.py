@@ -22,6 +22,8 @@ from typing import Protocol
 from iotbroker.config import LoggingConfig
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+#: A worker of ``--workers`` (server/workers.py) says which one it is on every line.
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)-7s [w{worker}] %(name)s: %(message)s"
 
 #: Connection lines wait at most this long (seconds) or for this many more before they
 #: are written; any ordinary record (all warnings and errors) and exit write them first.
@@ -66,6 +68,23 @@ class _Clock:
         return self._text
 
 
+class _Worker:
+    """Which worker of ``--workers`` this process is (None: not a worker); set by
+    :func:`set_worker` before :func:`setup_logging`."""
+
+    index: int | None = None
+
+
+_WORKER = _Worker()
+
+
+def set_worker(index: int | None) -> None:
+    """This process is worker ``index`` of ``--workers``: every log line says so
+    (text: ``[w3]`` before the logger name; JSON: a ``worker`` field), so the
+    supervisor's output, which interleaves all workers, tells them apart."""
+    _WORKER.index = index
+
+
 _TEXT_CLOCK = _Clock("%Y-%m-%d %H:%M:%S")  # + ",mmm": logging.Formatter's default
 _JSON_CLOCK = _Clock("%Y-%m-%dT%H:%M:%S")
 
@@ -91,6 +110,8 @@ def _json_line(stamp: str, level: str, logger: str, message: str,
     """One JSON log line; connection fields that are None are left out."""
     entry: dict[str, object] = {"time": stamp, "level": level, "logger": logger,
                                 "message": message}
+    if _WORKER.index is not None:
+        entry["worker"] = _WORKER.index
     for key in _CONNECTION_FIELDS:
         value = fields.get(key)
         if value is not None:
@@ -150,7 +171,11 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, json_lines: bool) -> None:
         super().__init__(sys.stderr)
         self.json_lines = json_lines
-        self.setFormatter(JsonFormatter() if json_lines else TextFormatter(TEXT_FORMAT))
+        worker = _WORKER.index
+        #: ``[wN] `` before the logger name of a worker's text lines (else empty).
+        self.worker_tag = "" if worker is None else f"[w{worker}] "
+        self.setFormatter(JsonFormatter() if json_lines else TextFormatter(
+            TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT.format(worker=worker)))
         #: Fast-path lines not written yet: they go out together at most
         #: FAST_LINES_DELAY later (one write for a burst of connects, not one per line).
         self._pending: list[str] = []
@@ -189,7 +214,8 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
                    if fields["username"] is None and fields["cert"] is None
                    else connection_tag(fields))
             line = (f"{_TEXT_CLOCK.text(second)},{now % 1_000_000_000 // 1_000_000:03d} "
-                    f"{logging.getLevelName(level):<7} {logger}: {message}{tag}")
+                    f"{logging.getLevelName(level):<7} {self.worker_tag}{logger}: "
+                    f"{message}{tag}")
         pending = self._pending
         pending.append(line + self.terminator)
         if len(pending) == 1:

@@ -19,7 +19,18 @@ process the user started):
   SIGHUP on to every worker, and on SIGTERM/SIGINT stops them all (SIGTERM, then
   SIGKILL after 10 s) and then the embedded nats-server. Workers and nats-server run
   in sessions of their own, so a signal to the supervisor's process group (Ctrl-C,
-  ``timeout``) reaches the supervisor only and the order holds.
+  ``timeout``) reaches the supervisor only and the order holds;
+* gives up — stops everything and exits 1 with a message naming the worker — when a
+  worker cannot start at all: it exited with :data:`CANNOT_START` (a port in use, a TLS
+  or password file missing, a store it cannot open: its own ``[wN]`` lines say which)
+  or with 2 (a configuration error), or it died within :data:`QUICK_DEATH` seconds of
+  its start :data:`GIVE_UP_AFTER` times in a row (restarting it for ever would only
+  fill the log);
+* raises its soft limit of open files to the hard one before starting workers (they
+  inherit it): each worker holds one descriptor per connection.
+
+Every line a worker logs names it (``[w3]``, JSON ``"worker": 3``;
+:func:`iotbroker.server.logsetup.set_worker`).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import importlib.util
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -45,6 +57,15 @@ log = logging.getLogger("iotbroker.workers")
 
 #: How long stopping workers may take before they are killed.
 STOP_TIMEOUT = 10.0
+#: A worker's exit code when ``run_broker`` refused to start (cli.py maps its 1 to
+#: this): restarting it cannot help.
+CANNOT_START = 3
+#: A worker's exit code for a configuration error (cli.py's usage/config code).
+CONFIG_ERROR = 2
+#: A worker that dies this soon after its start ...
+QUICK_DEATH = 5.0
+#: ... this many times in a row is given up on.
+GIVE_UP_AFTER = 5
 
 
 def worker_count(value: int | str) -> int:
@@ -71,6 +92,34 @@ def worker_config(config: BrokerConfig, index: int, ports: dict[str, int],
         metrics = replace(metrics, port=metrics.port + index)
     return replace(config, listeners=listeners, storage=storage, cluster=cluster, workers=1,
                    metrics=metrics)
+
+
+def raise_open_files() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (the workers inherit
+    it); returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft,
+                        target, exc)
+    return soft
+
+
+def _give_up_reason(worker: Worker, code: int) -> str | None:
+    """Why worker ``worker``, which just exited with ``code``, must not be restarted
+    (None: restart it)."""
+    if code == CANNOT_START:
+        return "cannot start (its lines above say why: a port in use, a file missing, ...)"
+    if code == CONFIG_ERROR:
+        return "has a configuration error (its lines above name the key)"
+    if worker.failures >= GIVE_UP_AFTER:
+        return (f"died within {QUICK_DEATH:.0f}s of its start {worker.failures} times in "
+                f"a row (last exit code {code})")
+    return None
 
 
 def _free_port(host: str) -> int:
@@ -202,7 +251,9 @@ def run_workers(config: BrokerConfig, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    log.info("supervising %d workers", count)
+    files = raise_open_files()
+    log.info("supervising %d workers (open files: at most %d each)", count, files)
+    code = 0
     try:
         for worker in workers:
             worker.start()
@@ -215,7 +266,15 @@ def run_workers(config: BrokerConfig, argv: list[str]) -> int:
                     continue
                 if worker.restart_at == 0.0:
                     # died: wait longer while it keeps dying soon after a start
-                    worker.failures = worker.failures + 1 if now - worker.started_at < 5 else 1
+                    quick = now - worker.started_at < QUICK_DEATH
+                    worker.failures = worker.failures + 1 if quick else 1
+                    reason = _give_up_reason(worker, proc.returncode)
+                    if reason is not None:
+                        log.error("worker %d (pid %d) %s: giving up, stopping all workers",
+                                  worker.index, proc.pid, reason)
+                        stopping = True
+                        code = 1
+                        break
                     delay = min(0.2 * 2 ** (worker.failures - 1), 10.0)
                     worker.restart_at = now + delay
                     log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
@@ -241,4 +300,4 @@ def run_workers(config: BrokerConfig, argv: list[str]) -> int:
         if nats is not None:
             nats.stop()
         log.info("all workers stopped")
-    return 0
+    return code

@@ -1,7 +1,10 @@
 """``iotbroker --workers N`` (docs/cluster.md, "Workers"): N broker processes share
 the listener (SO_REUSEPORT) under one supervisor, as nodes of an embedded nats-server;
 a message published on one worker reaches subscribers on every worker; a worker killed
-with -9 is restarted; SIGTERM stops them all and the nats-server."""
+with -9 is restarted; SIGTERM stops them all and the nats-server; every worker's log
+line says which worker wrote it; a worker that cannot start at all (a port in use, a
+configuration only the worker can find wrong, one that dies at once again and again)
+makes the supervisor stop everything and exit 1 instead of restarting it for ever."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,8 +69,12 @@ class Supervisor:
 
     def ready(self) -> int:
         """Every worker listens and has its buckets open; returns the shared port."""
-        ports = self.wait_for(r"listening on 127\.0\.0\.1:(\d+)", self.workers)
-        assert len(set(ports)) == 1, ports  # one port, shared
+        found = self.wait_for(r"\[w(\d+)\] iotbroker\.\S+: listening on 127\.0\.0\.1:(\d+)",
+                              self.workers)
+        # each worker says so itself, on one port, shared
+        assert sorted(int(w) for w, _ in found) == list(range(self.workers)), found
+        ports = [p for _, p in found]
+        assert len(set(ports)) == 1, ports
         self.wait_for(r"retained messages from bucket", self.workers)
         self.wait_for(r"session bucket .* open", self.workers)
         return int(ports[0])
@@ -76,6 +84,24 @@ class Supervisor:
         for index, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", self.log()):
             pids[int(index)] = int(pid)
         return pids
+
+    def exited(self, timeout: float) -> int:
+        """The supervisor's exit code; it must end by itself within ``timeout``."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"the supervisor still runs after {timeout}s:\n"
+                                 f"{self.log()}") from None
+
+    def children(self) -> list[int]:
+        """PIDs of every worker it started and of its nats-server."""
+        return [*self.every_worker_pid(),
+                *(int(p) for p in re.findall(r"nats-server pid (\d+)", self.log()))]
+
+    def every_worker_pid(self) -> list[int]:
+        return [int(pid) for _, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)",
+                                                  self.log())]
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -187,3 +213,57 @@ def test_listen_and_data_dir_work_with_workers(tmp_path: Path) -> None:
         assert {p.name for p in data.iterdir()} >= {"w0", "w1", "nats"}
     finally:
         assert sup.stop() == 0
+
+
+def test_a_port_in_use_makes_the_supervisor_give_up(tmp_path: Path) -> None:
+    """The listener's port is held by another program (without SO_REUSEPORT): each
+    worker says it cannot listen, and the supervisor stops and exits 1 instead of
+    restarting them for ever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sup = Supervisor(tmp_path / "w", workers=2, args=["--listen", f"127.0.0.1:{port}"])
+        assert sup.exited(30) == 1
+    log = sup.log()
+    assert re.search(rf"\[w\d\] iotbroker\.\S+: cannot start: listeners\[0\]\.port: "
+                     rf"'127\.0\.0\.1:{port}'", log), log
+    assert re.search(r"worker \d \(pid \d+\) cannot start .*: giving up, stopping all "
+                     r"workers", log), log
+    assert "restarting" not in log
+    assert "all workers stopped" in log
+    assert sup.children() and not any(_alive(pid) for pid in sup.children())
+
+
+def test_a_configuration_error_only_a_worker_finds_makes_the_supervisor_give_up(
+    tmp_path: Path,
+) -> None:
+    """A password file that does not exist passes the supervisor's reading of the
+    configuration (it is opened when a broker starts): the worker refuses to start,
+    the supervisor exits 1 naming it."""
+    config = CONFIG + f"auth:\n  password_file: {tmp_path / 'missing.passwd'}\n"
+    sup = Supervisor(tmp_path / "w", workers=2, config=config)
+    assert sup.exited(30) == 1
+    log = sup.log()
+    assert "missing.passwd" in log
+    assert re.search(r"worker \d \(pid \d+\) (cannot start|has a configuration error)"
+                     r".*: giving up", log), log
+    assert "restarting" not in log
+    assert not any(_alive(pid) for pid in sup.children())
+
+
+def test_a_worker_that_keeps_dying_at_once_is_given_up_on(supervisor: Supervisor) -> None:
+    """A worker killed within seconds of each start, GIVE_UP_AFTER (5) times in a row:
+    restarted four times (0.2 s, 0.4 s, ... pauses), then the supervisor gives up."""
+    supervisor.ready()
+    for attempt in range(1, 6):
+        pid = supervisor.every_worker_pid()[-1] if attempt > 1 else supervisor.worker_pids()[1]
+        os.kill(pid, signal.SIGKILL)
+        if attempt < 5:
+            supervisor.wait_for(r"worker 1 started", attempt + 1)
+    assert supervisor.exited(30) == 1
+    log = supervisor.log()
+    assert len(re.findall(r"worker 1 \(pid \d+\) exited with -9; restarting", log)) == 4
+    assert re.search(r"worker 1 \(pid \d+\) died within 5s of its start 5 times in a row "
+                     r"\(last exit code -9\): giving up", log), log
+    assert not any(_alive(pid) for pid in supervisor.children())

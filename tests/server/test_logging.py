@@ -18,6 +18,7 @@ from iotbroker.server.logsetup import (
     TextFormatter,
     identity_fields,
     log_connection,
+    set_worker,
     setup_logging,
 )
 from tests.helpers.broker_process import BrokerProcess, broker_config
@@ -164,6 +165,33 @@ def test_identity_fields_fast_path_and_record_agree_json() -> None:
     entry = json.loads(fast.replace("<39>", '"time": "t"'))
     assert entry["username"] == "alice"
     assert entry["cert"] == "CN=dev-17,O=Fleet"
+
+
+def test_a_worker_names_itself_on_every_line_text() -> None:
+    """Issue 14: a worker of ``--workers`` puts ``[wN]`` on each line, fast path and
+    LogRecord alike, so the supervisor's interleaved output says who wrote what."""
+    set_worker(3)
+    try:
+        fast, stdlib = _one_line_each_way(json_format=False)
+    finally:
+        set_worker(None)
+    assert fast == stdlib
+    assert fast == ("<23> INFO    [w3] iotbroker.broker: client 'fast-client' connected "
+                    "from 127.0.0.1:4242 [conn 7]")
+    plain, _ = _one_line_each_way(json_format=False)  # not a worker: no tag
+    assert "[w" not in plain
+
+
+def test_a_worker_names_itself_on_every_line_json() -> None:
+    set_worker(0)
+    try:
+        fast, stdlib = _one_line_each_way(json_format=True)
+    finally:
+        set_worker(None)
+    assert fast == stdlib
+    assert json.loads(fast.replace("<39>", '"time": "t"'))["worker"] == 0
+    plain, _ = _one_line_each_way(json_format=True)
+    assert "worker" not in json.loads(plain.replace("<39>", '"time": "t"'))
 
 
 def test_a_username_cannot_forge_a_log_line() -> None:
