@@ -42,6 +42,7 @@ from iotbroker.bridge.connecting import (
 )
 from iotbroker.bridge.link import Link
 from iotbroker.bridge.origin import crossed, stamp
+from iotbroker.bridge.peers import hello, remote_id
 from iotbroker.bridge.tls import client_context
 from iotbroker.bridge.topics import Rule, map_in, map_out
 from iotbroker.codec import encode_packet, encode_properties, encode_publish
@@ -206,6 +207,15 @@ class Bridge:
         self.forwarded_in = 0
         self.connects = 0
         self.last_error = ""
+        #: Messages refused because they had been in this broker already (a cycle of
+        #: bridges): over this bridge's ``in`` rules, or sent back by its remote.
+        self.looped = 0
+        #: Messages pulled from the remote and not routed because the remote's own
+        #: bridge pushes them here (bridge/peers.py).
+        self.duplicates = 0
+        #: The remote's broker id from its CONNACK ("" unless it is an iotbroker with
+        #: bridges, MQTT 5.0).
+        self.remote_id = ""
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -276,8 +286,11 @@ class Bridge:
         if subs:
             engine.router.subscribe(session, subs, None, 2, now)
 
-    async def stop(self) -> None:
-        """Disconnect (the session and its outbox stay)."""
+    async def stop(self, end_remote_session: bool = False) -> None:
+        """Disconnect (the session and its outbox stay). ``end_remote_session``: the
+        bridge leaves the configuration; an MQTT 5.0 remote is asked to end our session
+        there too (DISCONNECT with Session Expiry Interval 0, MQTT 5.0 §3.14.2.2.2), so
+        a peer iotbroker stops counting on what this bridge pushed (bridge/peers.py)."""
         if self._drop_timer is not None:
             self._drop_timer.cancel()
             self._drop_timer = None
@@ -289,7 +302,9 @@ class Bridge:
         link = self.link
         self._disconnected("bridge stopped", log_it=False)
         if link is not None and not link.closed:
-            link.send(Disconnect())  # normal disconnection: the remote keeps our session
+            # Normal disconnection: the remote keeps our session, unless asked not to.
+            link.send(Disconnect(properties=Properties(session_expiry_interval=0))
+                      if end_remote_session and self.config.protocol == 5 else Disconnect())
             link.close()
 
     def remove(self) -> None:
@@ -402,7 +417,10 @@ class Bridge:
         if cfg.protocol == 5:
             # Maximum Packet Size: what this broker accepts at all (MQTT 5.0 §3.1.2.11.4).
             props = Properties(session_expiry_interval=cfg.session_expiry or None,
-                               maximum_packet_size=self.engine.config.mqtt.max_packet_size)
+                               maximum_packet_size=self.engine.config.mqtt.max_packet_size,
+                               # Who we are and what we push (bridge/peers.py).
+                               user_properties=hello(self.origin, self.rules)
+                               if self.origin else ())
         data = encode_connect(Connect(
             client_id=self.client_id, protocol_version=cfg.protocol, clean_start=cfg.clean_start,
             keepalive=cfg.keepalive, username=cfg.username,
@@ -480,6 +498,7 @@ class Bridge:
         max_qos = connack.properties.maximum_qos
         self._remote_max_qos = 2 if max_qos is None else max_qos
         self._remote_max_packet = connack.properties.maximum_packet_size or 0
+        self.remote_id = remote_id(connack.properties) if self.origin else ""
         window = min(self.config.max_inflight, connack.properties.receive_maximum or 65535)
         log.info("bridge %r: connected to %s:%d as %r (MQTT %s, session_present=%s, "
                  "%d queued, %d in flight)", self.name, host, port, self.client_id,
@@ -727,7 +746,14 @@ class Bridge:
             # It has been in this broker already (a cycle of bridges): not routed again.
             topic = None
             if self.manager is not None:
-                self.manager.looped += 1
+                self.manager.count_looped(self.remote_id, self)
+        elif topic is not None and self.remote_id and self.manager is not None and (
+                self.manager.peers.pushes(self.remote_id, packet.topic, topic,
+                                          self._peer_session_exists)):
+            # The remote's own bridge pushes this message here (its outbox, durable):
+            # this pulled copy would be the second one (bridge/peers.py).
+            topic = None
+            self.duplicates += 1
         if topic is not None and not is_broker_topic(topic):
             props = packet.properties
             if origin:
@@ -747,6 +773,11 @@ class Bridge:
         elif qos == 2:
             link.send(PubRec(pid))
 
+    def _peer_session_exists(self, client_id: str) -> bool:
+        """The session of a peer's bridge on this broker still exists (it ends when
+        the peer removes its bridge)."""
+        return self.engine.registry.get(client_id) is not None
+
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, object]:
         session = self.session
@@ -759,6 +790,8 @@ class Bridge:
             "forwarded_out": self.forwarded_out,
             "forwarded_in": self.forwarded_in,
             "dropped": self.dropped,
+            "looped": self.looped,
+            "duplicates": self.duplicates,
             "connects": self.connects,
             "last_error": self.last_error,
         }
