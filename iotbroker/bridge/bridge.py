@@ -222,9 +222,11 @@ class Bridge:
     def dropped(self) -> int:
         return self.limits.dropped
 
-    def start(self) -> None:
-        """Open (or resume) the local session and start connecting."""
-        self.open_session(time.time())
+    def start(self, after_restart: bool = False) -> None:
+        """Open (or resume) the local session and start connecting. ``after_restart``:
+        the broker has just started; what may have been in flight to the remote when it
+        stopped goes back in flight (re-sent with DUP=1 and the same packet ids)."""
+        self.open_session(time.time(), after_restart)
         self._publish_state()
         self.flush()
         self.task = self.loop.create_task(self._run(), name=f"bridge {self.name}")
@@ -252,17 +254,22 @@ class Bridge:
             self._drops_logged = dropped
             self._burst_logged_at = None
 
-    def open_session(self, now: float) -> None:
+    def open_session(self, now: float, after_restart: bool = False) -> None:
         engine = self.engine
         cid = session_id(self.name)
         session = engine.registry.get(cid)
         if session is None:
             session, _ = engine.registry.open(cid, False, NEVER_EXPIRES, 5, now)
         # Its own queue limits (the outbox bounds), the rest shared with every session.
+        # A stream outbox: each message stored once until the remote acknowledges it
+        # (core/session.py, SessionContext.stream_outbox).
         shared = session.context
         if shared.limits is not self.limits:
             session.context = SessionContext(shared.batch, self.limits, shared.metrics,
-                                             shared.gate, shared.ready, shared.pager)
+                                             shared.gate, shared.ready, shared.pager,
+                                             stream_outbox=True)
+        if after_restart:
+            session.adopt_stored_in_flight(self.config.max_inflight)
         # What the bridge may read is the ACL's decision like any subscriber's (it goes
         # through Session.deliver): an ACL file grants it as user ``$bridge/<name>``.
         session.username = cid

@@ -91,14 +91,14 @@ class Bridges:
                              session.queued_count + len(session.inflight))
                     registry.destroy(session)
         for cfg in configs:
-            self._add(cfg)
+            self._add(cfg, after_restart=True)
         self._hook()
         self.flush()
 
-    def _add(self, cfg: BridgeConfig) -> None:
+    def _add(self, cfg: BridgeConfig, after_restart: bool = False) -> None:
         bridge = Bridge(cfg, self.engine, self.loop, self.flush, self)
         self.bridges[cfg.name] = bridge
-        bridge.start()
+        bridge.start(after_restart)
 
     async def stop(self) -> None:
         for bridge in list(self.bridges.values()):
