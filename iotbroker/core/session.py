@@ -622,8 +622,8 @@ class Session:
             return False
         del self.inflight[packet_id]
         if self.persistent:
-            if entry.queued_record:
-                self.context.batch.delete_queued(self.client_id, entry.seq)
+            if entry.queued_record:  # in order: consecutive ones become one range
+                self.context.batch.delete_queued_in_order(self.client_id, entry.seq)
             else:
                 self.context.batch.delete_outbound(self.client_id, packet_id)
         self.pump(now)

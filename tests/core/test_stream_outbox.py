@@ -97,6 +97,8 @@ def test_each_message_is_stored_once_and_its_puback_deletes_it() -> None:
         for pid in list(session.inflight):
             session.on_puback(pid, 0.0)
         outlet.drain()
+    # the later acknowledgements came in order: their deletions became ranges
+    assert Op.DELETE_QUEUED_RANGE in _ops(pager.batch)
     pager.commit()
     assert store.load_queued(CID) == [] and store.load().outbound == {}
 
