@@ -289,6 +289,10 @@ def main() -> None:
                     help="messages queued during the outage (default: --messages)")
     ap.add_argument("--profile", metavar="FILE",
                     help="run one iotbroker edge under cProfile, write pstats to FILE")
+    ap.add_argument("--tree", metavar="NAME=PATH", action="append", default=[],
+                    help="also run an iotbroker edge from another source tree (e.g. "
+                         "`git archive main | tar -x -C /tmp/main`; PYTHONPATH=PATH), "
+                         "interleaved with the others in every rep")
     ap.add_argument("--py-spy", metavar="FILE",
                     help="run one iotbroker edge under py-spy (pip install py-spy), write "
                          "collapsed stacks to FILE, no comparison")
@@ -309,12 +313,21 @@ def main() -> None:
             print(f"profiled iotbroker edge: {rate:.0f} msg/s, {per_cpu:.0f} msg/CPU-s; "
                   f"profile in {PROFILE[0]}")
             return
-        rates: dict[str, list[float]] = {"iotbroker": [], "mosquitto": []}
-        per_cpu: dict[str, list[float]] = {"iotbroker": [], "mosquitto": []}
-        gen: dict[str, list[float]] = {"iotbroker": [], "mosquitto": []}
+        trees = dict(t.split("=", 1) for t in args.tree)
+        kinds = ["iotbroker", *trees, "mosquitto"]
+        rates: dict[str, list[float]] = {k: [] for k in kinds}
+        per_cpu: dict[str, list[float]] = {k: [] for k in kinds}
+        gen: dict[str, list[float]] = {k: [] for k in kinds}
         for _ in range(args.reps):
             for kind, values in rates.items():
-                rate, cpu_rate, gen_cpu = run_rate(kind, args.messages, workdir)
+                if kind in trees:
+                    os.environ["PYTHONPATH"] = trees[kind]
+                try:
+                    rate, cpu_rate, gen_cpu = run_rate(
+                        "mosquitto" if kind == "mosquitto" else "iotbroker", args.messages,
+                        workdir)
+                finally:
+                    os.environ.pop("PYTHONPATH", None)
                 values.append(rate)
                 per_cpu[kind].append(cpu_rate)
                 gen[kind].append(gen_cpu)
@@ -325,7 +338,9 @@ def main() -> None:
             mqc = statistics.median(per_cpu["mosquitto"])
             print(f"QoS 1 forwarding edge -> central mosquitto, {args.messages} msgs, "
                   f"median of {args.reps}:")
-            for kind, rate, cpu_rate in (("iotbroker", ib, ibc), ("mosquitto", mq, mqc)):
+            for kind in kinds:
+                rate = statistics.median(rates[kind])
+                cpu_rate = statistics.median(per_cpu[kind])
                 print(f"  {kind} bridge  {rate:10.0f} msg/s  "
                       f"{[round(r) for r in rates[kind]]}   {cpu_rate:10.0f} msg/edge-CPU-s  "
                       f"{[round(r) for r in per_cpu[kind]]}   generator "
