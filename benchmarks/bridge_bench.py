@@ -143,6 +143,8 @@ def start_mosquitto(workdir: Path, port: int, extra: str = "") -> subprocess.Pop
 
 #: cProfile output file of the iotbroker edge (``--profile``); empty: not profiled.
 PROFILE: list[str] = []
+#: py-spy output file (collapsed stacks) of the iotbroker edge (``--py-spy``).
+PYSPY: list[str] = []
 #: MQTT version of both edges' bridges (``--protocol``): 4 (3.1.1) or 5.
 PROTOCOL: list[int] = [4]
 
@@ -163,7 +165,9 @@ def start_iotbroker(workdir: Path, port: int, central: int) -> subprocess.Popen[
     run = (["-c", "import cProfile, sys; from iotbroker.cli import main; "
             f"cProfile.run('main(sys.argv[1:])', {PROFILE[0]!r})"] if PROFILE
            else ["-m", "iotbroker"])
-    proc = subprocess.Popen([sys.executable, *run, "run", "--config",
+    spy = ([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "-f", "raw",
+            "-o", PYSPY[0], "--"] if PYSPY else [])
+    proc = subprocess.Popen([*spy, sys.executable, *run, "run", "--config",
                              str(cfg)], cwd=workdir, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_port(port)
@@ -180,6 +184,12 @@ def start_edge(kind: str, workdir: Path, port: int, central: int) -> subprocess.
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    if PYSPY and proc.poll() is None and "py-spy" in str(proc.args):
+        # py-spy writes its file when the broker it runs ends: stop the broker first.
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                os.kill(int(child), 15)
+        proc.wait(30)
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -209,8 +219,9 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def run_rate(kind: str, count: int, workdir: Path) -> tuple[float, float]:
-    """(msg/s, messages per edge CPU-second)."""
+def run_rate(kind: str, count: int, workdir: Path) -> tuple[float, float, float]:
+    """(msg/s, messages per edge CPU-second, the load generator's CPU-seconds: this
+    process, publisher and subscriber threads, over the same span)."""
     central, edge_port = free_port(), free_port()
     central_proc = start_mosquitto(workdir, central)
     edge = start_edge(kind, workdir, edge_port, central)
@@ -222,12 +233,14 @@ def run_rate(kind: str, count: int, workdir: Path) -> tuple[float, float]:
         ready.wait(10)
         time.sleep(1.5)  # the edge's bridge is connected and subscribed
         cpu_before = cpu_seconds(edge.pid)
+        gen_before = time.process_time()
         started = publish(edge_port, count)
         sub.join(300)
         cpu = cpu_seconds(edge.pid) - cpu_before
+        gen_cpu = time.process_time() - gen_before
         if not done:
             raise RuntimeError(f"{kind}: the subscriber did not get {count} messages")
-        return count / (done[0] - started), count / cpu if cpu else float("inf")
+        return count / (done[0] - started), count / cpu if cpu else float("inf"), gen_cpu
     finally:
         stop(edge)
         stop(central_proc)
@@ -276,25 +289,48 @@ def main() -> None:
                     help="messages queued during the outage (default: --messages)")
     ap.add_argument("--profile", metavar="FILE",
                     help="run one iotbroker edge under cProfile, write pstats to FILE")
+    ap.add_argument("--tree", metavar="NAME=PATH", action="append", default=[],
+                    help="also run an iotbroker edge from another source tree (e.g. "
+                         "`git archive main | tar -x -C /tmp/main`; PYTHONPATH=PATH), "
+                         "interleaved with the others in every rep")
+    ap.add_argument("--py-spy", metavar="FILE",
+                    help="run one iotbroker edge under py-spy (pip install py-spy), write "
+                         "collapsed stacks to FILE, no comparison")
     ap.add_argument("--protocol", type=int, choices=(4, 5), default=4,
                     help="MQTT version of the bridges (5: iotbroker adds its origin mark)")
     args = ap.parse_args()
     PROTOCOL[0] = args.protocol
     with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp:
         workdir = Path(tmp)
+        if args.py_spy:
+            PYSPY.append(str(Path(args.py_spy).resolve()))
+            rate, per_cpu, _ = run_rate("iotbroker", args.messages, workdir)
+            print(f"iotbroker edge under py-spy: {rate:.0f} msg/s; stacks in {PYSPY[0]}")
+            return
         if args.profile:
             PROFILE.append(str(Path(args.profile).resolve()))
-            rate, per_cpu = run_rate("iotbroker", args.messages, workdir)
+            rate, per_cpu, _ = run_rate("iotbroker", args.messages, workdir)
             print(f"profiled iotbroker edge: {rate:.0f} msg/s, {per_cpu:.0f} msg/CPU-s; "
                   f"profile in {PROFILE[0]}")
             return
-        rates: dict[str, list[float]] = {"iotbroker": [], "mosquitto": []}
-        per_cpu: dict[str, list[float]] = {"iotbroker": [], "mosquitto": []}
+        trees = dict(t.split("=", 1) for t in args.tree)
+        kinds = ["iotbroker", *trees, "mosquitto"]
+        rates: dict[str, list[float]] = {k: [] for k in kinds}
+        per_cpu: dict[str, list[float]] = {k: [] for k in kinds}
+        gen: dict[str, list[float]] = {k: [] for k in kinds}
         for _ in range(args.reps):
             for kind, values in rates.items():
-                rate, cpu_rate = run_rate(kind, args.messages, workdir)
+                if kind in trees:
+                    os.environ["PYTHONPATH"] = trees[kind]
+                try:
+                    rate, cpu_rate, gen_cpu = run_rate(
+                        "mosquitto" if kind == "mosquitto" else "iotbroker", args.messages,
+                        workdir)
+                finally:
+                    os.environ.pop("PYTHONPATH", None)
                 values.append(rate)
                 per_cpu[kind].append(cpu_rate)
+                gen[kind].append(gen_cpu)
         if args.reps:
             ib = statistics.median(rates["iotbroker"])
             mq = statistics.median(rates["mosquitto"])
@@ -302,10 +338,13 @@ def main() -> None:
             mqc = statistics.median(per_cpu["mosquitto"])
             print(f"QoS 1 forwarding edge -> central mosquitto, {args.messages} msgs, "
                   f"median of {args.reps}:")
-            for kind, rate, cpu_rate in (("iotbroker", ib, ibc), ("mosquitto", mq, mqc)):
+            for kind in kinds:
+                rate = statistics.median(rates[kind])
+                cpu_rate = statistics.median(per_cpu[kind])
                 print(f"  {kind} bridge  {rate:10.0f} msg/s  "
                       f"{[round(r) for r in rates[kind]]}   {cpu_rate:10.0f} msg/edge-CPU-s  "
-                      f"{[round(r) for r in per_cpu[kind]]}")
+                      f"{[round(r) for r in per_cpu[kind]]}   generator "
+                      f"{statistics.median(gen[kind]):.2f} CPU-s")
             print(f"  ratio iotbroker/mosquitto: {ib / mq:.2f} (msg/s), "
                   f"{ibc / mqc:.2f} (msg per edge CPU-second)")
         if args.outage:

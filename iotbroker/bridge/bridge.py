@@ -42,6 +42,7 @@ from iotbroker.bridge.connecting import (
 )
 from iotbroker.bridge.link import Link
 from iotbroker.bridge.origin import crossed, stamp
+from iotbroker.bridge.peers import hello, remote_id
 from iotbroker.bridge.tls import client_context
 from iotbroker.bridge.topics import Rule, map_in, map_out
 from iotbroker.codec import encode_packet, encode_properties, encode_publish
@@ -206,15 +207,26 @@ class Bridge:
         self.forwarded_in = 0
         self.connects = 0
         self.last_error = ""
+        #: Messages refused because they had been in this broker already (a cycle of
+        #: bridges): over this bridge's ``in`` rules, or sent back by its remote.
+        self.looped = 0
+        #: Messages pulled from the remote and not routed because the remote's own
+        #: bridge pushes them here (bridge/peers.py).
+        self.duplicates = 0
+        #: The remote's broker id from its CONNACK ("" unless it is an iotbroker with
+        #: bridges, MQTT 5.0).
+        self.remote_id = ""
 
     # ------------------------------------------------------------ lifecycle
     @property
     def dropped(self) -> int:
         return self.limits.dropped
 
-    def start(self) -> None:
-        """Open (or resume) the local session and start connecting."""
-        self.open_session(time.time())
+    def start(self, after_restart: bool = False) -> None:
+        """Open (or resume) the local session and start connecting. ``after_restart``:
+        the broker has just started; what may have been in flight to the remote when it
+        stopped goes back in flight (re-sent with DUP=1 and the same packet ids)."""
+        self.open_session(time.time(), after_restart)
         self._publish_state()
         self.flush()
         self.task = self.loop.create_task(self._run(), name=f"bridge {self.name}")
@@ -242,17 +254,22 @@ class Bridge:
             self._drops_logged = dropped
             self._burst_logged_at = None
 
-    def open_session(self, now: float) -> None:
+    def open_session(self, now: float, after_restart: bool = False) -> None:
         engine = self.engine
         cid = session_id(self.name)
         session = engine.registry.get(cid)
         if session is None:
             session, _ = engine.registry.open(cid, False, NEVER_EXPIRES, 5, now)
         # Its own queue limits (the outbox bounds), the rest shared with every session.
+        # A stream outbox: each message stored once until the remote acknowledges it
+        # (core/session.py, SessionContext.stream_outbox).
         shared = session.context
         if shared.limits is not self.limits:
             session.context = SessionContext(shared.batch, self.limits, shared.metrics,
-                                             shared.gate, shared.ready, shared.pager)
+                                             shared.gate, shared.ready, shared.pager,
+                                             stream_outbox=True)
+        if after_restart:
+            session.adopt_stored_in_flight(self.config.max_inflight)
         # What the bridge may read is the ACL's decision like any subscriber's (it goes
         # through Session.deliver): an ACL file grants it as user ``$bridge/<name>``.
         session.username = cid
@@ -276,8 +293,11 @@ class Bridge:
         if subs:
             engine.router.subscribe(session, subs, None, 2, now)
 
-    async def stop(self) -> None:
-        """Disconnect (the session and its outbox stay)."""
+    async def stop(self, end_remote_session: bool = False) -> None:
+        """Disconnect (the session and its outbox stay). ``end_remote_session``: the
+        bridge leaves the configuration; an MQTT 5.0 remote is asked to end our session
+        there too (DISCONNECT with Session Expiry Interval 0, MQTT 5.0 §3.14.2.2.2), so
+        a peer iotbroker stops counting on what this bridge pushed (bridge/peers.py)."""
         if self._drop_timer is not None:
             self._drop_timer.cancel()
             self._drop_timer = None
@@ -289,7 +309,9 @@ class Bridge:
         link = self.link
         self._disconnected("bridge stopped", log_it=False)
         if link is not None and not link.closed:
-            link.send(Disconnect())  # normal disconnection: the remote keeps our session
+            # Normal disconnection: the remote keeps our session, unless asked not to.
+            link.send(Disconnect(properties=Properties(session_expiry_interval=0))
+                      if end_remote_session and self.config.protocol == 5 else Disconnect())
             link.close()
 
     def remove(self) -> None:
@@ -402,7 +424,10 @@ class Bridge:
         if cfg.protocol == 5:
             # Maximum Packet Size: what this broker accepts at all (MQTT 5.0 §3.1.2.11.4).
             props = Properties(session_expiry_interval=cfg.session_expiry or None,
-                               maximum_packet_size=self.engine.config.mqtt.max_packet_size)
+                               maximum_packet_size=self.engine.config.mqtt.max_packet_size,
+                               # Who we are and what we push (bridge/peers.py).
+                               user_properties=hello(self.origin, self.rules)
+                               if self.origin else ())
         data = encode_connect(Connect(
             client_id=self.client_id, protocol_version=cfg.protocol, clean_start=cfg.clean_start,
             keepalive=cfg.keepalive, username=cfg.username,
@@ -480,6 +505,7 @@ class Bridge:
         max_qos = connack.properties.maximum_qos
         self._remote_max_qos = 2 if max_qos is None else max_qos
         self._remote_max_packet = connack.properties.maximum_packet_size or 0
+        self.remote_id = remote_id(connack.properties) if self.origin else ""
         window = min(self.config.max_inflight, connack.properties.receive_maximum or 65535)
         log.info("bridge %r: connected to %s:%d as %r (MQTT %s, session_present=%s, "
                  "%d queued, %d in flight)", self.name, host, port, self.client_id,
@@ -727,7 +753,14 @@ class Bridge:
             # It has been in this broker already (a cycle of bridges): not routed again.
             topic = None
             if self.manager is not None:
-                self.manager.looped += 1
+                self.manager.count_looped(self.remote_id, self)
+        elif topic is not None and self.remote_id and self.manager is not None and (
+                self.manager.peers.pushes(self.remote_id, packet.topic, topic,
+                                          self._peer_session_exists)):
+            # The remote's own bridge pushes this message here (its outbox, durable):
+            # this pulled copy would be the second one (bridge/peers.py).
+            topic = None
+            self.duplicates += 1
         if topic is not None and not is_broker_topic(topic):
             props = packet.properties
             if origin:
@@ -747,6 +780,11 @@ class Bridge:
         elif qos == 2:
             link.send(PubRec(pid))
 
+    def _peer_session_exists(self, client_id: str) -> bool:
+        """The session of a peer's bridge on this broker still exists (it ends when
+        the peer removes its bridge)."""
+        return self.engine.registry.get(client_id) is not None
+
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, object]:
         session = self.session
@@ -759,6 +797,8 @@ class Bridge:
             "forwarded_out": self.forwarded_out,
             "forwarded_in": self.forwarded_in,
             "dropped": self.dropped,
+            "looped": self.looped,
+            "duplicates": self.duplicates,
             "connects": self.connects,
             "last_error": self.last_error,
         }

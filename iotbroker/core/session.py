@@ -142,6 +142,16 @@ class InflightEntry:
     delivery: Delivery
     state: OutboundState
     seq: int
+    #: Stored as the queued record ``seq`` (a stream outbox, :attr:`SessionContext.
+    #: stream_outbox`), not as an outbound record: completing it deletes that record.
+    queued_record: bool = False
+
+
+def stream_packet_id(seq: int) -> int:
+    """The packet identifier of the message ``seq`` of a stream outbox: derived from
+    the sequence number, so it need not be stored to be re-sent after a restart with
+    its original id [MQTT-4.4.0-1]."""
+    return (seq - 1) % 0xFFFF + 1
 
 
 class SessionContext:
@@ -150,7 +160,7 @@ class SessionContext:
     something to send, and the pager. One reference per session instead of six keeps
     an idle connection small (issue 19)."""
 
-    __slots__ = ("batch", "gate", "limits", "metrics", "pager", "ready")
+    __slots__ = ("batch", "gate", "limits", "metrics", "pager", "ready", "stream_outbox")
 
     def __init__(
         self,
@@ -160,6 +170,7 @@ class SessionContext:
         gate: ReceiveGate = OPEN_GATE,
         ready: list[Session] | None = None,
         pager: Pager | None = None,
+        stream_outbox: bool = False,
     ) -> None:
         self.batch = batch
         self.limits = limits
@@ -169,6 +180,12 @@ class SessionContext:
         self.ready: list[Session] = [] if ready is None else ready
         #: Where offloaded messages are read back from; None keeps them in memory.
         self.pager = pager
+        #: A stream outbox (a bridge's session, issue 15): a QoS 1 message is stored
+        #: once, as a queued record, from when it is accepted until it is acknowledged;
+        #: it goes in flight without a store write (its packet id is derived from its
+        #: seq, :func:`stream_packet_id`) and its PUBACK deletes that one record. Two
+        #: writes per message instead of four, one encoding instead of two.
+        self.stream_outbox = stream_outbox
 
 
 class Session:
@@ -342,7 +359,16 @@ class Session:
             and len(self.inflight) < self.receive_maximum
             and self.writable
         ):
-            self._send_new(delivery, now)
+            if context.stream_outbox and delivery.qos == 1 and self.persistent:
+                seq = self._next_seq
+                if stream_packet_id(seq) in self.inflight:
+                    self._enqueue(delivery)  # its id is still taken: it waits its turn
+                    return True
+                self._next_seq = seq + 1
+                context.batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
+                self._send_stream(delivery, seq, now)
+            else:
+                self._send_new(delivery, now)
         else:
             self._enqueue(delivery)
         return True
@@ -389,9 +415,9 @@ class Session:
         if not packet_id:
             return  # QoS 0: nothing to complete
         metrics.messages_dropped_too_large += 1
-        if self.inflight.pop(packet_id, None) is not None:
-            if self.persistent:
-                self.context.batch.delete_outbound(self.client_id, packet_id)
+        entry = self.inflight.pop(packet_id, None)
+        if entry is not None:
+            self._forget_stored(packet_id, entry)
             self.pump(now)
 
     def _send_new(self, delivery: Delivery, now: float) -> None:
@@ -415,6 +441,74 @@ class Session:
         metrics.publish_sent += 1
         metrics.publish_sent_qos[delivery.qos] += 1
         metrics.publish_bytes_sent += len(delivery.message.payload)
+
+    def _send_stream(self, delivery: Delivery, seq: int, now: float) -> None:
+        """In flight without a store write: the queued record ``seq`` is its stored
+        form (stream outbox)."""
+        pid = stream_packet_id(seq)
+        inflight = self.inflight
+        if inflight is _NO_INFLIGHT:
+            inflight = self.inflight = {}
+        inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq, True)
+        out = self.outbox
+        if out is None:
+            out = self.outbox = []
+            self.context.ready.append(self)
+        out.append((delivery, pid, False, now))
+        metrics = self.context.metrics
+        metrics.publish_sent += 1
+        metrics.publish_sent_qos[1] += 1
+        metrics.publish_bytes_sent += len(delivery.message.payload)
+
+    def _forget_stored(self, packet_id: int, entry: InflightEntry) -> None:
+        """The delivery ``packet_id`` is complete: delete what stores it."""
+        if not self.persistent:
+            return
+        if entry.queued_record:
+            self.context.batch.delete_queued(self.client_id, entry.seq)
+        else:
+            self.context.batch.delete_outbound(self.client_id, packet_id)
+
+    def adopt_stored_in_flight(self, window: int) -> int:
+        """After a restart (stream outbox): the first ``window`` stored QoS 1 messages
+        may have been sent before the broker stopped (their packet ids are derived from
+        their seqs); they go back in flight, to be re-sent with DUP=1 and the same ids
+        on resume [MQTT-4.4.0-1]. Returns how many."""
+        if not self.context.stream_outbox or any(
+                not e.queued_record and e.state is OutboundState.PUBLISH_SENT
+                for e in self.inflight.values()):
+            return 0  # (a store written by an older version: its in-flight list holds)
+        pager = self.context.pager
+        adopted = 0
+        while adopted < window:
+            # The oldest waiting message: offloaded (read by its seq, the rest stays
+            # on disk) or in memory.
+            if self._off_count and pager is not None:
+                seq = self._off_head
+                rec = pager.get_queued(self.client_id, seq)
+                if rec is None:
+                    break
+                delivery = rec.delivery
+            elif self.queue:
+                seq, delivery = self.queue[0]
+            else:
+                break
+            pid = stream_packet_id(seq)
+            if delivery.qos != 1 or pid in self.inflight:
+                break
+            if self._off_count and pager is not None:
+                self._off_head = seq + 1
+                self._off_count -= 1
+                if not self._off_count:
+                    self._off_head = 0
+            else:
+                self.queue.popleft()
+            self._queued_bytes = max(0, self._queued_bytes - len(delivery.message.payload))
+            if self.inflight is _NO_INFLIGHT:
+                self.inflight = {}
+            self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq, True)
+            adopted += 1
+        return adopted
 
     @property
     def queued_bytes(self) -> int:
@@ -492,21 +586,31 @@ class Session:
         if self._resend and not self._resend_waiting(now):
             return
         queue = self.queue
+        stream = self.context.stream_outbox and self.persistent
         while queue and self.writable:
             seq, delivery = queue[0]
             if delivery.qos > 0 and len(self.inflight) >= self.receive_maximum:
                 return
+            keep = stream and delivery.qos == 1
+            if keep and stream_packet_id(seq) in self.inflight:
+                return  # its derived id is still in flight: wait for that one
             queue.popleft()
             self._queued_bytes -= len(delivery.message.payload)
-            if self.persistent:
+            if self.persistent and not keep:
                 self.context.batch.delete_queued(self.client_id, seq)
             if delivery.message.expired(now):
                 self.context.metrics.messages_expired += 1
+                if keep:
+                    self.context.batch.delete_queued(self.client_id, seq)
                 continue
             if not self.may_receive(delivery.message.topic):
+                if keep:
+                    self.context.batch.delete_queued(self.client_id, seq)
                 continue  # the ACL changed while it waited (SIGHUP): dropped, counted
             if delivery.qos == 0:
                 self._emit(delivery, 0, False, now)
+            elif keep:
+                self._send_stream(delivery, seq, now)  # stored already: no write
             else:
                 self._send_new(delivery, now)
 
@@ -518,7 +622,10 @@ class Session:
             return False
         del self.inflight[packet_id]
         if self.persistent:
-            self.context.batch.delete_outbound(self.client_id, packet_id)
+            if entry.queued_record:  # in order: consecutive ones become one range
+                self.context.batch.delete_queued_in_order(self.client_id, entry.seq)
+            else:
+                self.context.batch.delete_outbound(self.client_id, packet_id)
         self.pump(now)
         return True
 
@@ -592,8 +699,7 @@ class Session:
                 and new_home(entry.delivery)
             ):
                 del self.inflight[pid]
-                if self.persistent:
-                    self.context.batch.delete_outbound(self.client_id, pid)
+                self._forget_stored(pid, entry)
                 moved += 1
         kept: deque[tuple[int, Delivery]] = deque()
         for seq, delivery in self.queue:
@@ -709,8 +815,7 @@ class Session:
             else:
                 # Not readable any more (ACL reloaded while it was in flight): ended.
                 del inflight[pid]
-                if self.persistent:
-                    self.context.batch.delete_outbound(self.client_id, pid)
+                self._forget_stored(pid, entry)
         return True
 
     def detach(self, now: float) -> None:

@@ -223,6 +223,11 @@ def accept(
         if props.authentication_method is not None:  # [MQTT-4.12.0-5]
             connack_props.authentication_method = props.authentication_method
             connack_props.authentication_data = auth_data
+        hello = engine.bridge_hello
+        if hello is not None and props.user_properties:
+            # Another iotbroker's bridge says who it is (bridge/peers.py): answered in
+            # the CONNACK's User Properties (MQTT 5.0 §3.2.2.3.16).
+            connack_props.user_properties = hello(client_id, props)
     # MQTT 3.1 §3.2: the CONNACK's first byte is reserved (no Session Present flag).
     conn.send_packet(ConnAck(present and packet.protocol_version != MQTT31, 0, connack_props))
     client.session = session

@@ -189,11 +189,16 @@ class Engine:
         #: Effect (cluster): connections accepted this turn (their client ids are
         #: claimed cluster-wide); None: nobody asks.
         self.accepted: list[Client] | None = None
-        #: Hook (bridges, docs/bridge.md "Loops"): called with the properties of an
-        #: MQTT 5.0 PUBLISH that carries User Properties; True = the message has been
-        #: in this broker already (a cycle of bridges): acknowledged, not routed.
-        #: None: nobody asks.
-        self.seen_before: Callable[[Properties], bool] | None = None
+        #: Hook (bridges, docs/bridge.md "Loops"): called with the publisher's client
+        #: id and the properties of an MQTT 5.0 PUBLISH that carries User Properties;
+        #: True = the message has been in this broker already (a cycle of bridges):
+        #: acknowledged, not routed. None: nobody asks.
+        self.seen_before: Callable[[str, Properties], bool] | None = None
+        #: Hook (bridges, bridge/peers.py): called with the client id and properties
+        #: of an MQTT 5.0 CONNECT that carries User Properties, before its CONNACK;
+        #: returns the User Properties of the CONNACK. None: nobody asks.
+        self.bridge_hello: Callable[[str, Properties], tuple[tuple[str, str], ...]] | None = (
+            None)
         #: Effect (cluster): connections that ended this turn (after their CONNACK);
         #: None: nobody asks.
         self.ended: list[Client] | None = None
@@ -664,7 +669,7 @@ class Engine:
             return
         props = packet.properties
         if v5 and props.user_properties and self.seen_before is not None and (
-                self.seen_before(props)):
+                self.seen_before(session.client_id, props)):
             _ack(client, packet, R.SUCCESS)
             return
         expiry = props.message_expiry_interval

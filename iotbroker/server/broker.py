@@ -220,6 +220,10 @@ class Broker:
         """Each bridge's state, for the admin API (the metrics read the same)."""
         return self.bridges.status()
 
+    def bridges_looped(self) -> int:
+        """Messages refused by all bridges because they had been here already."""
+        return self.bridges.looped
+
     def cluster_status(self) -> dict[str, int] | None:
         """This node's cluster link, for the admin API; None without a cluster."""
         return None if self.cluster is None else self.cluster.status()

@@ -234,6 +234,8 @@ class MetricsHost(Protocol):
 
     def bridges_status(self) -> list[dict[str, object]]: ...
 
+    def bridges_looped(self) -> int: ...
+
 
 class BrokerCollector:
     """A ``prometheus_client`` collector reading the broker at scrape time."""
@@ -358,7 +360,13 @@ class BrokerCollector:
         yield GaugeMetricFamily(_PREFIX + "storage_batch_max_changes",
                                 "Largest storage batch since the last scrape.",
                                 value=broker.take_storage_batch_max())
-        yield from _bridge_families(broker.bridges_status())
+        bridges = broker.bridges_status()
+        yield from _bridge_families(bridges)
+        if bridges:
+            yield CounterMetricFamily(_PREFIX + "bridges_looped",
+                                      "Messages refused because they had been in this broker "
+                                      "already (cycles of bridges), all bridges.",
+                                      value=broker.bridges_looped())
         cluster = broker.cluster
         if cluster is not None:  # this node's link to the cluster (docs/cluster.md)
             for name, value in cluster.status().items():
@@ -396,6 +404,12 @@ _BRIDGE_FAMILIES = {
     "dropped": (CounterMetricFamily, "bridge_dropped",
                 "Messages dropped because the outbox was full."),
     "connects": (CounterMetricFamily, "bridge_connects", "Successful connections."),
+    "looped": (CounterMetricFamily, "bridge_looped",
+               "Messages refused because they had been in this broker already (a cycle of "
+               "bridges), over this bridge or sent back by its remote."),
+    "duplicates": (CounterMetricFamily, "bridge_duplicates",
+                   "Messages pulled from the remote and not routed because the remote's "
+                   "own bridge pushes them here."),
 }
 
 

@@ -106,6 +106,9 @@ class SysTopicsHost(Protocol):
     def bridges_status(self) -> list[dict[str, object]]:
         """Each bridge's state (mosquitto's ``connection/<name>/...``)."""
 
+    def bridges_looped(self) -> int:
+        """Messages refused because they had been in this broker already (all bridges)."""
+
     def flush(self) -> None:
         """Commit the turn's storage batch, then write each connection's output."""
 
@@ -202,8 +205,9 @@ class SysTopics:
         for bridge in broker.bridges_status():  # mosquitto's connection/<name>/state
             base = f"connection/{bridge['name']}/"
             for key in ("state", "queued_messages", "queued_bytes", "forwarded_out",
-                        "forwarded_in", "dropped", "last_error"):
+                        "forwarded_in", "dropped", "looped", "duplicates", "last_error"):
                 out[base + key] = str(bridge[key])
+            out["bridges/looped"] = str(broker.bridges_looped())
         out.update(self._load_values())
         cluster = broker.cluster
         if cluster is not None:  # this node's view, and the totals (docs/cluster.md)

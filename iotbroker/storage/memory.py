@@ -61,6 +61,9 @@ class MemoryStore:
                 self._queued.setdefault(a.client_id, {})[a.seq] = a
             elif op == Op.DELETE_QUEUED:
                 _discard(self._queued, a, b)
+            elif op == Op.DELETE_QUEUED_RANGE:
+                for seq in range(*b):
+                    _discard(self._queued, a, seq)
             elif op == Op.PUT_OUTBOUND:
                 self._outbound.setdefault(a.client_id, {})[a.packet_id] = a
             elif op == Op.DELETE_OUTBOUND:
@@ -174,6 +177,10 @@ def _validate(op: Op, a: Any, b: Any) -> None:
     elif op == Op.DELETE_QUEUED:
         check_client_id(a)
         check_seq(b)
+    elif op == Op.DELETE_QUEUED_RANGE:
+        check_client_id(a)
+        check_seq(b[0])
+        check_seq(b[1])
     elif op == Op.PUT_SESSION:
         check_client_id(a.client_id)
         check_seq(a.next_seq)

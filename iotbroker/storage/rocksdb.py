@@ -382,6 +382,11 @@ class RocksDBStore:
                 elif op == Op.DELETE_QUEUED:
                     check_seq(b)
                     delete(r.queued_key(a, b), h_queued)
+                elif op == Op.DELETE_QUEUED_RANGE:
+                    first, end = b
+                    check_seq(first)
+                    check_seq(end)
+                    wb.delete_range(r.queued_key(a, first), r.queued_key(a, end), h_queued)
                 elif op == Op.PUT_OUTBOUND:
                     check_outbound(a)
                     put(r.outbound_key(a.client_id, a.packet_id), r.encode_outbound(a), h_out)

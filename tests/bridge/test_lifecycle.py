@@ -216,6 +216,9 @@ def test_prometheus_figures_per_bridge(make_broker: MakeBroker,
     assert samples[("iotbroker_bridge_queued_messages", "cloud")] == 0
     assert samples[("iotbroker_bridge_dropped_total", "cloud")] == 0
     assert samples[("iotbroker_bridge_connects_total", "cloud")] == 1
+    assert samples[("iotbroker_bridge_looped_total", "cloud")] == 0
+    assert samples[("iotbroker_bridge_duplicates_total", "cloud")] == 0
+    assert samples[("iotbroker_bridges_looped_total", None)] == 0
 
 
 def test_username_and_password_on_the_remote(

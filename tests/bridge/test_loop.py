@@ -65,3 +65,37 @@ def test_hash_both_to_mosquitto_v311_try_private_does_not_loop(
     wait_for_log(a, "bridge 'cloud': connected to")
     assert "protocol level 0x84" not in a.log_text()
     _cross((a.host, a.port), ("127.0.0.1", mosq.port), 4)
+
+
+def test_hash_both_v311_to_a_remote_without_try_private_echoes_once(
+        make_broker: MakeBroker) -> None:
+    """MQTT 3.1.1 to a remote that refuses the bridge flag (iotbroker as the remote: it
+    answers protocol level 0x84 with CONNACK 0x01, the bridge retries without it) and
+    has no No Local in 3.1.1: a ``# both`` rule brings A's own message back once, A's
+    subscriber sees it twice; it is never forwarded again (A's bridge session has No
+    Local), so there is no loop, and the remote's side sees each message once."""
+    b = make_broker(config_with_bridges("[]\n").replace("bridges:\n[]", "bridges: []"),
+                    name="b")
+    a = make_broker(config_with_bridges(bridge_yaml(
+        "cloud", b.port, ['{pattern: "#", direction: both, qos: 1}'], protocol=4)), name="a")
+    wait_for_log(a, "try_private); retrying without it")
+    wait_for_log(a, "bridge 'cloud': connected to")
+    with RawClient(a.host, a.port, version=4) as sa, RawClient(b.host, b.port, version=4) as sb, \
+            RawClient(a.host, a.port, version=4) as pa, \
+            RawClient(b.host, b.port, version=4) as pb:
+        sa.connect("sub-a")
+        sa.subscribe("#", qos=1)
+        sb.connect("sub-b")
+        sb.subscribe("#", qos=1)
+        pa.connect("pub-a")
+        pb.connect("pub-b")
+        pa.publish("t/from-a", b"A", qos=1)
+        pb.publish("t/from-b", b"B", qos=1)
+        got_a = collect(sa, 3)
+        got_b = collect(sb, 2)
+        quiet(sa, 1.0)
+        quiet(sb, 0.2)
+    assert sorted((p.topic, p.payload) for p in got_a) == [
+        ("t/from-a", b"A"), ("t/from-a", b"A"), ("t/from-b", b"B")]
+    assert sorted((p.topic, p.payload) for p in got_b) == [("t/from-a", b"A"),
+                                                          ("t/from-b", b"B")]

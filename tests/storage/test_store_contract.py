@@ -215,6 +215,23 @@ def test_queued_in_seq_order(h: Harness) -> None:
     h.check(StoreSnapshot(queued={"c": [recs[s] for s in rest]}))
 
 
+def test_in_order_deletions_of_queued_records_become_one_range(h: Harness) -> None:
+    """A stream outbox's acknowledgements (issue 15): consecutive deletions of one
+    client's queued records are one range change, applied like the deletions; "ab"'s
+    records, whose keys sort inside "a"'s range prefix-wise, are not touched."""
+    recs = [queued("a", s, msg(payload=b"a%d" % s)) for s in range(1, 8)]
+    other = [queued("ab", s, msg(payload=b"b%d" % s)) for s in range(1, 8)]
+    h.apply(*(lambda x, r=r: x.put_queued(r) for r in recs + other))
+    batch = ChangeBatch()
+    for seq in (2, 3, 4, 5):
+        batch.delete_queued_in_order("a", seq)
+    batch.delete_queued_in_order("a", 7)  # not consecutive: a deletion of its own
+    assert [op for op, _, _ in batch.changes] == [Op.DELETE_QUEUED_RANGE, Op.DELETE_QUEUED]
+    assert batch.changes[0] == (Op.DELETE_QUEUED_RANGE, "a", (2, 6))
+    h.store.apply(batch)
+    h.check(StoreSnapshot(queued={"a": [recs[0], recs[5]], "ab": other}))
+
+
 def test_delivery_fields_round_trip(h: Harness) -> None:
     m = msg("t/ü", b"\x00" * 1000, qos=2, retain=True, properties=PROPS, expires_at=1.7e9 + 60)
     d = Delivery(m, 1, True, (7, 268_435_455))
