@@ -143,6 +143,7 @@ class ClusterNode:
             "qos_acked_unreplicated": self.qos.acked_unreplicated,
             "qos_received": self.qos.received,
             "qos_duplicate": self.qos.duplicates,
+            "qos_replay_skipped": self.qos.replay_skipped,
         }
 
     def _figures(self) -> bytes:
@@ -237,8 +238,11 @@ class ClusterNode:
         for client in engine.take_ended():
             self.wills.ended(client)
         messages = engine.take_forwarding()
+        held = engine.take_held_acks()
+        if messages or held:  # QoS 2: through the stream only (qos_stream.py)
+            messages, held = self.qos.take_exactly_once(messages, held)
         if messages:
-            self._forward(messages, engine.take_held_acks())
+            self._forward(messages, held)
         if self._commands:
             self._wake.set()
 
