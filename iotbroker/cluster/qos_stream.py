@@ -374,6 +374,10 @@ class QosStream:
             if stream_seq < self._next:
                 if stream_seq <= self._stored_seq:
                     self.replay_skipped += 1  # routed and stored before a restart
+                    if self.replay_skipped == 1:
+                        log.info("cluster: QoS stream %r: sequence %d was stored here "
+                                 "before the restart: acknowledged, not routed again "
+                                 "(counted: qos_replay_skipped)", self.stream, stream_seq)
                 else:
                     self.duplicates += 1
                 await msg.ack()
