@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -180,20 +181,26 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
 
 
 def measure(pids: list[int], pub_port: int, sub_port: int,
-            args: argparse.Namespace) -> dict[str, float]:
-    rates, per_cpu, p50, p99 = [], [], [], []
+            args: argparse.Namespace, others: tuple[int, ...] = ()) -> dict[str, float]:
+    """``others``: processes whose CPU is reported apart (the nats-servers)."""
+    rates, per_cpu, p50, p99, gen, nats = [], [], [], [], [], []
     for _ in range(args.reps):
         before = sum(cpu_seconds(p) for p in pids)
+        before_nats = sum(cpu_seconds(p) for p in others)
+        before_gen = sum(os.times()[:2])
         took, lat = asyncio.run(run_once(pub_port, sub_port, args.messages, args.window,
                                          args.latency, args.qos))
         cpu = sum(cpu_seconds(p) for p in pids) - before
+        gen.append(sum(os.times()[:2]) - before_gen)
+        nats.append(sum(cpu_seconds(p) for p in others) - before_nats)
         rates.append(args.messages / took)
         per_cpu.append((args.messages + args.latency) / cpu)
         lat.sort()
         p50.append(lat[len(lat) // 2] * 1000)
         p99.append(lat[int(len(lat) * 0.99)] * 1000)
     return {"rate": statistics.median(rates), "per_cpu": statistics.median(per_cpu),
-            "p50": statistics.median(p50), "p99": statistics.median(p99)}
+            "p50": statistics.median(p50), "p99": statistics.median(p99),
+            "gen_cpu": statistics.median(gen), "nats_cpu": statistics.median(nats)}
 
 
 def main() -> None:
@@ -238,7 +245,8 @@ def main() -> None:
                         raise RuntimeError(node.log_text())
                     time.sleep(0.05)
             pids = [n.proc.pid for n in nodes if n.proc is not None]
-            two = measure(pids, nodes[0].port, nodes[1].port, args)
+            servers = tuple(s.proc.pid for s in cluster.servers if s.proc is not None)
+            two = measure(pids, nodes[0].port, nodes[1].port, args, servers)
         finally:
             for node in nodes:
                 node.stop()
@@ -251,7 +259,8 @@ def main() -> None:
         if r is None:
             continue
         print(f"  {label:28s} {r['rate']:>8,.0f} msg/s  {r['per_cpu']:>8,.0f} msg per "
-              f"broker CPU-s  {ack} latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms")
+              f"broker CPU-s  {ack} latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
+              f"(generator {r['gen_cpu']:.2f} CPU-s, nats-servers {r['nats_cpu']:.2f} CPU-s)")
 
 
 if __name__ == "__main__":
