@@ -21,6 +21,7 @@ This module starts a NATS cluster of its own (it stops and kills a nats-server).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -29,6 +30,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import nats
 
 from iotbroker.codec.packets import Properties, PubComp, Publish, PubRec, PubRel
 from tests.cluster.conftest import wait_for_log
@@ -242,3 +245,29 @@ def test_kill_9_of_a_receiving_node_after_its_commit_delivers_each_qos2_message_
           f"{skipped[0] if skipped else ''}")
     # the kill landed between commits and acks (else the test proved nothing)
     assert resumed is not None, b.log_text()[-3000:]
+
+
+async def _stream_limits(url: str, stream: str) -> tuple[float, int, float]:
+    nc = await nats.connect(url)
+    try:
+        config = (await nc.jetstream().stream_info(stream)).config
+        return (config.max_age or 0.0, config.max_bytes or 0, config.duplicate_window or 0.0)
+    finally:
+        await nc.close()
+
+
+def test_the_stream_follows_the_qos_stream_keys(make_node: Node,
+                                                nats_cluster: NatsCluster) -> None:
+    """``cluster.qos_stream`` (docs/configuration.md): the stream is created with its
+    limits, and a node with other limits updates the stream it finds."""
+    a = make_node("a", servers=[0], extra=(
+        "  qos_stream: {max_age: 1h, max_bytes: 64MiB, duplicate_window: 30s}\n"))
+    _joined(a)
+    prefix = re.search(r"subject_prefix: (\S+)", a.config_path.read_text())
+    assert prefix is not None
+    stream = f"{prefix[1]}_qos"
+    url = nats_cluster.urls[0]
+    assert asyncio.run(_stream_limits(url, stream)) == (3600.0, 64 << 20, 30.0)
+    b = make_node("b", servers=[1], extra="  qos_stream: {max_age: 2h, max_bytes: 0}\n")
+    wait_for_log(b, "limits set to", timeout=20)
+    assert asyncio.run(_stream_limits(url, stream)) == (7200.0, -1, 120.0)
