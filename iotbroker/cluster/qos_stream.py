@@ -55,6 +55,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
@@ -139,6 +140,7 @@ class QosStream:
         #: last commit of this node (restore), for :meth:`_start_seq`.
         self.stream_created = 0.0
         self._stored_seq = 0
+        self.started_at = time.time()
         self.degraded = False
         #: Reading: the next stream sequence to route, messages that came after a
         #: gap (by stream sequence), one reader at a time.
@@ -166,15 +168,16 @@ class QosStream:
         return f"{self.sender_q.decode()}:{self._write_ids}"
 
     def take_exactly_once(self, messages: list[Message], held: list[HeldAck]
-                          ) -> tuple[list[Message], list[HeldAck]]:
+                          ) -> list[HeldAck]:
         """Write this turn's QoS 2 messages to the stream, one stream message each and
         no live copy (the receivers' exactly once rests on the stream sequence), and
-        the QoS 2 resends of pending packet ids; return the rest (QoS 0/1) for the
-        live path (:meth:`ClusterNode._forward`)."""
+        the QoS 2 resends of pending packet ids; return the other held acks (QoS 1).
+        :meth:`ClusterNode._forward` leaves QoS 2 messages out of the live path (a
+        retained one still goes to the retained bucket there, in turn order)."""
         twos = [m for m in messages if m.qos == 2]
         resends = [h for h in held if h.resend]
         if not twos and not resends:
-            return messages, held
+            return held
         ack_of = {id(h.message): h for h in held if h.message.qos == 2 and not h.resend}
         for message in twos:
             ack = ack_of.get(id(message))
@@ -193,9 +196,7 @@ class QosStream:
                 self.release([h])
             else:
                 self._held.setdefault(write, []).append(h)  # with the pending write
-        if twos:
-            messages = [m for m in messages if m.qos != 2]
-        return messages, [h for h in held if h.message.qos != 2]
+        return [h for h in held if h.message.qos != 2]
 
     def _write_message(self, message: Message, write_id: str, acks: list[HeldAck]) -> None:
         subject = topic_to_subject(self.subject_prefix, message.topic)
@@ -299,7 +300,12 @@ class QosStream:
                     f"{self.subject_prefix}.>", durable=self.durable, stream=self.stream,
                     cb=self._on_message, manual_ack=True,
                     config=ConsumerConfig(
-                        deliver_policy=DeliverPolicy.NEW,
+                        # created (first start of this node): from the node's start on,
+                        # so a QoS 2 message (stream only) written while this node was
+                        # joining is not missed here (an existing one resumes at its
+                        # ack floor)
+                        deliver_policy=DeliverPolicy.BY_START_TIME,
+                        opt_start_time=datetime.fromtimestamp(self.started_at, UTC),
                         ack_policy=AckPolicy.EXPLICIT,
                         ack_wait=ACK_WAIT,
                         max_ack_pending=MAX_ACK_PENDING,
