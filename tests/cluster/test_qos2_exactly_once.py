@@ -42,11 +42,25 @@ from tests.helpers.nats_cluster import NatsCluster, NatsServer
 from tests.helpers.rawclient import RawClient
 
 
+def _all_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is in the stopped state."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state == "T" for state in states)
+
+
 @contextmanager
 def stopped(server: NatsServer) -> Iterator[None]:
     """SIGSTOP a nats-server (by its PID): what is sent to it waits in its socket."""
     assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
+    pid = server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5  # the signal is asynchronous: wait for the stop
+    while not _all_stopped(pid):
+        assert time.monotonic() < deadline, "the nats-server did not stop"
+        time.sleep(0.001)
     try:
         yield
     finally:
