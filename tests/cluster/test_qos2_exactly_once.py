@@ -135,20 +135,24 @@ def _resend_after_kill_9(make_node: Node, nats_cluster: NatsCluster,
     with stopped(server):
         pub.send(_publish(7, b"crash"))
         # its local delivery is written after the commit of the turn that routed it
-        # (and stored the packet id as pending): then the crash
+        # (and stored the packet id as pending); the stream write task runs after it
         assert local.receive_publish(timeout=5, ack=False).payload == b"crash"
-        time.sleep(0.3)  # the stream write task runs after that flush: its PUB leaves
-        a.kill()
-        pub.close()
-        local.close()
+        time.sleep(0.5)  # the write's PUB leaves node a (into the stopped server)
+        assert a.proc is not None
         if first_write_lost:
+            a.kill()
             server.kill()  # the write still in its socket: gone
+        else:
+            os.kill(a.proc.pid, signal.SIGSTOP)  # a never sees the stream's ack
     if first_write_lost:
         server.start()
     else:
-        # the server reads the write the dead node left in its socket: the stream has
-        # it, the other node's subscriber gets it, but node a never saw the ack
+        # the server reads the write: the stream has it, the other node's subscriber
+        # gets it, but node a (stopped) never processed the ack: now it dies
         assert [m.payload for m in _receive_all(remote, 1)] == [b"crash"]
+        a.kill()
+    pub.close()
+    local.close()
 
     a.start()
     wait_for_log(a, "QoS 1/2 stream", timeout=30)
