@@ -12,12 +12,16 @@ Reports, median of ``--reps``:
   p50 / p99 (with the cluster this includes the stream's replicated write).
 
     .venv/bin/python benchmarks/cluster_qos1.py [--nats 3 --messages 20000 --window 200]
+
+``--qos 2``: the same with QoS 2 both ways (the latency is PUBLISH → PUBREC; a message
+counts as done at PUBCOMP); ``--no-single`` skips the one-broker case.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -76,20 +80,23 @@ async def subscriber(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 progress[0] += 1
                 if first & 0x06:
                     tlen = int.from_bytes(body[:2], "big")
-                    acks.append(b"\x40\x02" + body[2 + tlen:4 + tlen])
+                    kind = b"\x50\x02" if first & 0x04 else b"\x40\x02"  # PUBREC / PUBACK
+                    acks.append(kind + body[2 + tlen:4 + tlen])
+            elif first >> 4 == 6:  # PUBREL -> PUBCOMP
+                acks.append(b"\x70\x02" + body[:2])
         if acks:
             writer.write(b"".join(acks))
 
 
 async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
-                   latency_n: int) -> tuple[float, list[float]]:
+                   latency_n: int, qos: int = 1) -> tuple[float, list[float]]:
     sreader, swriter = await connect(sub_port, f"bench-sub{time.monotonic_ns()}", clean=False)
-    swriter.write(_frame(0x82, (1).to_bytes(2, "big") + _str("bench/#") + b"\x01"))
+    swriter.write(_frame(0x82, (1).to_bytes(2, "big") + _str("bench/#") + bytes([qos])))
     await sreader.readexactly(5)
     preader, pwriter = await connect(pub_port, f"bench-pub{time.monotonic_ns()}")
 
-    def publish(pid: int, payload: bytes) -> bytes:
-        return _frame(0x32, _str("bench/t") + pid.to_bytes(2, "big") + payload)
+    def publish(pid: int, payload: bytes, qos: int = qos) -> bytes:
+        return _frame(0x30 | qos << 1, _str("bench/t") + pid.to_bytes(2, "big") + payload)
 
     # the subscriber's interest/consumer is in place when a probe comes through
     progress = [0]
@@ -102,7 +109,7 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
         return len(packets)
 
     while True:
-        pwriter.write(publish(1, b"probe"))
+        pwriter.write(publish(1, b"probe", 1))
         await preader.readexactly(4)
         try:
             sbuf += await asyncio.wait_for(sreader.read(1 << 16), 0.2)
@@ -128,6 +135,9 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
         pwriter.write(publish(pid, b"x" * 64))
         await preader.readexactly(4)
         latencies.append(time.perf_counter() - started)
+        if qos == 2:  # PUBREL, PUBCOMP
+            pwriter.write(b"\x62\x02" + pid.to_bytes(2, "big"))
+            await preader.readexactly(4)
 
     # throughput with a window of unacked PUBLISHes
     acked = [0]
@@ -139,7 +149,14 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
             if not chunk:
                 raise RuntimeError("publisher closed")
             buf += chunk
-            acked[0] += len(_packets(buf))
+            rels = []
+            for first, body in _packets(buf):
+                if first >> 4 == 5:  # PUBREC -> PUBREL
+                    rels.append(b"\x62\x02" + body[:2])
+                else:
+                    acked[0] += 1
+            if rels:
+                pwriter.write(b"".join(rels))
 
     acks_task = asyncio.get_running_loop().create_task(read_acks())
     started = time.perf_counter()
@@ -164,20 +181,26 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
 
 
 def measure(pids: list[int], pub_port: int, sub_port: int,
-            args: argparse.Namespace) -> dict[str, float]:
-    rates, per_cpu, p50, p99 = [], [], [], []
+            args: argparse.Namespace, others: tuple[int, ...] = ()) -> dict[str, float]:
+    """``others``: processes whose CPU is reported apart (the nats-servers)."""
+    rates, per_cpu, p50, p99, gen, nats = [], [], [], [], [], []
     for _ in range(args.reps):
         before = sum(cpu_seconds(p) for p in pids)
+        before_nats = sum(cpu_seconds(p) for p in others)
+        before_gen = sum(os.times()[:2])
         took, lat = asyncio.run(run_once(pub_port, sub_port, args.messages, args.window,
-                                         args.latency))
+                                         args.latency, args.qos))
         cpu = sum(cpu_seconds(p) for p in pids) - before
+        gen.append(sum(os.times()[:2]) - before_gen)
+        nats.append(sum(cpu_seconds(p) for p in others) - before_nats)
         rates.append(args.messages / took)
         per_cpu.append((args.messages + args.latency) / cpu)
         lat.sort()
         p50.append(lat[len(lat) // 2] * 1000)
         p99.append(lat[int(len(lat) * 0.99)] * 1000)
     return {"rate": statistics.median(rates), "per_cpu": statistics.median(per_cpu),
-            "p50": statistics.median(p50), "p99": statistics.median(p99)}
+            "p50": statistics.median(p50), "p99": statistics.median(p99),
+            "gen_cpu": statistics.median(gen), "nats_cpu": statistics.median(nats)}
 
 
 def main() -> None:
@@ -187,20 +210,24 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=1000)
     parser.add_argument("--nats", type=int, default=3, help="nats-servers (1 or 3)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--qos", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--no-single", action="store_true", help="skip the one-broker case")
     args = parser.parse_args()
     quiet = ("logging:\n  level: DEBUG\n", "logging:\n  level: INFO\n")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        single = BrokerProcess(work / "single", broker_config().replace(*quiet),
-                               name="single").start()
-        assert single.proc is not None
-        try:
-            one = measure([single.proc.pid], single.port, single.port, args)
-        except Exception:
-            print(single.log_text()[-3000:])
-            raise
-        finally:
-            single.stop()
+        one = None
+        if not args.no_single:
+            single = BrokerProcess(work / "single", broker_config().replace(*quiet),
+                                   name="single").start()
+            assert single.proc is not None
+            try:
+                one = measure([single.proc.pid], single.port, single.port, args)
+            except Exception:
+                print(single.log_text()[-3000:])
+                raise
+            finally:
+                single.stop()
         cluster = NatsCluster(work / "nats", size=args.nats).start()
         nodes = []
         try:
@@ -218,17 +245,22 @@ def main() -> None:
                         raise RuntimeError(node.log_text())
                     time.sleep(0.05)
             pids = [n.proc.pid for n in nodes if n.proc is not None]
-            two = measure(pids, nodes[0].port, nodes[1].port, args)
+            servers = tuple(s.proc.pid for s in cluster.servers if s.proc is not None)
+            two = measure(pids, nodes[0].port, nodes[1].port, args, servers)
         finally:
             for node in nodes:
                 node.stop()
             cluster.stop()
-    print(f"QoS 1, 64 B: {args.messages} messages with window {args.window}, "
+    print(f"QoS {args.qos}, 64 B: {args.messages} messages with window {args.window}, "
           f"{args.latency} one at a time for the ack latency; median of {args.reps}; "
           f"{args.nats} nats-server(s), replicas {min(3, args.nats)}")
+    ack = "PUBACK" if args.qos == 1 else "PUBREC"
     for label, r in (("one broker, no cluster", one), ("two nodes, pub a -> sub b", two)):
+        if r is None:
+            continue
         print(f"  {label:28s} {r['rate']:>8,.0f} msg/s  {r['per_cpu']:>8,.0f} msg per "
-              f"broker CPU-s  PUBACK latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms")
+              f"broker CPU-s  {ack} latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
+              f"(generator {r['gen_cpu']:.2f} CPU-s, nats-servers {r['nats_cpu']:.2f} CPU-s)")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ __all__ = [
     "MetricsConfig",
     "MqttConfig",
     "Number",
+    "QosStreamConfig",
     "StorageConfig",
     "SysTopicsConfig",
     "TlsConfig",
@@ -674,6 +675,22 @@ class NatsTlsConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
+class QosStreamConfig(_Section):
+    """The cluster's replicated stream of QoS 1/2 messages (docs/cluster.md)."""
+
+    #: Messages older than this leave the stream (0: no age limit).
+    max_age: Annotated[float, Number(lo=0, unit="duration")] = 24 * 3600.0
+    #: The stream keeps at most this many bytes, dropping its oldest (0: no limit).
+    max_bytes: Annotated[int, Number(lo=0, unit="size")] = 1 << 30
+    #: A write again under the same id within this time is stored once (a retry; a
+    #: QoS 2 PUBLISH resent after a crash of the node that accepted it).
+    duplicate_window: Annotated[float, Number(lo=1, unit="duration")] = 120.0
+    #: How long a PUBACK / PUBREC waits for the stream while it is unavailable
+    #: (then it goes, the message counted as unreplicated).
+    patience: Annotated[float, Number(lo=1, hi=3600, unit="duration")] = 10.0
+
+
+@dataclass(frozen=True, slots=True, config=_SCHEMA)
 class ClusterConfig(_Section):
     """This node's place in a cluster on NATS (docs/cluster.md). Absent: one broker."""
 
@@ -686,6 +703,7 @@ class ClusterConfig(_Section):
     token: NonEmptyStr | None = None
     credentials_file: NonEmptyStr | None = None
     nats_tls: NatsTlsConfig | None = None
+    qos_stream: QosStreamConfig = field(default_factory=QosStreamConfig)
 
 
 @dataclass(frozen=True, slots=True, config=_SCHEMA)
@@ -1248,6 +1266,13 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
         err("mqtt.response_information_prefix", prefix,
             "must not contain wildcards (+, #) or NUL", "mqtt", "response_information_prefix")
     _check_bridges(config, err)
+    cluster = config.cluster
+    if cluster is not None:
+        qs = cluster.qos_stream
+        if qs.max_age and qs.duplicate_window > qs.max_age:
+            err("cluster.qos_stream.duplicate_window", qs.duplicate_window,
+                f"is longer than cluster.qos_stream.max_age ({qs.max_age:g}s)",
+                "cluster", "qos_stream", "duplicate_window")
     return config
 
 

@@ -143,6 +143,7 @@ class ClusterNode:
             "qos_acked_unreplicated": self.qos.acked_unreplicated,
             "qos_received": self.qos.received,
             "qos_duplicate": self.qos.duplicates,
+            "qos_replay_skipped": self.qos.replay_skipped,
         }
 
     def _figures(self) -> bytes:
@@ -237,8 +238,11 @@ class ClusterNode:
         for client in engine.take_ended():
             self.wills.ended(client)
         messages = engine.take_forwarding()
+        held = engine.take_held_acks()
+        if messages or held:  # QoS 2: through the stream only (qos_stream.py)
+            held = self.qos.take_exactly_once(messages, held)
         if messages:
-            self._forward(messages, engine.take_held_acks())
+            self._forward(messages, held)
         if self._commands:
             self._wake.set()
 
@@ -258,7 +262,13 @@ class ClusterNode:
         by_topic: dict[str, list[tuple[bool, list[tuple[bytes, list[HeldAck]]]]]] = {}
         retained: list[tuple[str, bytes]] = []
         for message in messages:
+            if message.qos == 2 and not message.retain:
+                continue  # written to the stream on its own (qos_stream.take_exactly_once)
             rec = wire.record(message)
+            if message.retain and live:
+                retained.append((topic_to_key(message.topic), rec if message.payload else b""))
+            if message.qos == 2:
+                continue
             reliable = message.qos > 0
             runs = by_topic.get(message.topic)
             if runs is None:
@@ -266,8 +276,6 @@ class ClusterNode:
             if not runs or runs[-1][0] != reliable:
                 runs.append((reliable, []))
             runs[-1][1].append((rec, acks_of.get(id(message), [])))
-            if message.retain and live:
-                retained.append((topic_to_key(message.topic), rec if message.payload else b""))
         commands = self._commands
         prefix = self.prefix
         subject_of = self._subject_of

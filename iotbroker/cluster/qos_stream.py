@@ -18,12 +18,32 @@ of the node that accepted the message, so:
   acknowledges the stream message. A node that was down resumes at its ack floor: what
   was written meanwhile reaches its sessions when it is back.
 
+QoS 2 exactly once (docs/cluster.md, "QoS 2 exactly once"; MQTT 5.0 [MQTT-4.3.3-8],
+[MQTT-4.3.3-10], MQTT 3.1.1 [MQTT-4.3.3-2]):
+
+* A QoS 2 message goes to other nodes **through the stream only** (no live copy on
+  core NATS), one stream message per MQTT message (:meth:`QosStream.take_exactly_once`).
+  A receiving node routes it, and commits the deliveries together with the stream
+  sequence (a ``StreamPosition`` record in the same ChangeBatch) before it acks the
+  stream message; after a crash it skips what is at or below the stored sequence, so
+  a persistent subscriber gets it once even when the node died between its commit
+  and its ack.
+* On the accepting node the inbound packet id is *pending* (stored with the id of the
+  stream write, its ``Nats-Msg-Id``: node, start-up nonce and a counter, unique per
+  use of a packet id) until the stream acknowledged the write; only then it is held
+  and PUBREC sent. The same packet id again meanwhile is not routed (local
+  subscribers had it) and gets its PUBREC with that ack; after a crash and a restart
+  on the node's RocksDB, the resent PUBLISH is written to the stream again under the
+  stored id: JetStream drops it if the first write had made it (its duplicate
+  window, ``cluster.qos_stream.duplicate_window``), else it reaches the other nodes now.
+
 When the node has lost NATS for :data:`GRACE` seconds (longer than a failover to
 another nats-server, ~1 s) it is *degraded*: the acks it holds, and those of every
 QoS 1/2 message accepted until NATS is back, are released at once (counted:
 ``qos_acked_unreplicated``) — the node keeps serving its own clients — while the writes
-go on being retried for :data:`PATIENCE` seconds; a write that never made it is counted
-(``qos_unreplicated``) and reached local subscribers only (docs/cluster.md).
+go on being retried for ``cluster.qos_stream.patience`` seconds; a write that never
+made it is counted (``qos_unreplicated``) and reached local subscribers only
+(docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -34,6 +54,8 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
@@ -48,23 +70,25 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from iotbroker.cluster import wire
-from iotbroker.cluster.subjects import subject_to_topic
+from iotbroker.cluster.subjects import subject_to_topic, topic_to_subject
+from iotbroker.config import QosStreamConfig
 from iotbroker.errors import StorageError
+from iotbroker.message import Message
 
 if TYPE_CHECKING:
     from iotbroker.engine.engine import Engine, HeldAck
 
 log = logging.getLogger("iotbroker.cluster")
 
-#: Seconds a write may wait for the stream's ack (retrying) before its acks go anyway.
-PATIENCE = 10.0
+#: Seconds a write may wait for the stream's ack (retrying) before its acks go anyway
+#: (the default of ``cluster.qos_stream.patience``).
+PATIENCE = QosStreamConfig().patience
 #: One attempt's wait for the stream's ack.
 ATTEMPT_TIMEOUT = 1.0
 #: Seconds without NATS after which held acks are released unreplicated.
 GRACE = 2.0
-#: Messages kept in the stream at most this long (seconds) and this many bytes.
-MAX_AGE = 24 * 3600.0
-MAX_BYTES = 1 << 30
+#: NATS keeps a PUB's subject within its control line (4 KiB by default).
+MAX_SUBJECT = 4000
 #: Stream messages a node's consumer has in flight (delivered, not yet acked) at most.
 MAX_ACK_PENDING = 10_000
 #: Seconds before the stream sends an unacknowledged message to a consumer again.
@@ -96,11 +120,27 @@ class QosStream:
         self.replicas = replicas
         self.dedup = dedup
         self.schedule_flush = schedule_flush
+        cluster = engine.config.cluster
+        self.limits = cluster.qos_stream if cluster is not None else QosStreamConfig()
+        self.patience = self.limits.patience
         self.js: JetStreamContext | None = None
         self._inflight = 0
         #: Acks held per write (released when the write is done, or on degrade()).
         self._held: dict[int, list[HeldAck]] = {}
         self._writes = 0
+        #: QoS 2 writes in progress by stream write id (Nats-Msg-Id) -> write number.
+        self._writing: dict[str, int] = {}
+        #: QoS 2 messages travel as wire messages of their own sender (own sequence
+        #: numbers; the same node name, so this node's consumer skips them too).
+        self.sender_q = sender + b"q"
+        self._seq_q = 0
+        self._write_ids = 0
+        engine.qos2_write_id = self._new_write_id
+        #: The stream's creation time (0: unknown) and the position stored at the
+        #: last commit of this node (restore), for :meth:`_start_seq`.
+        self.stream_created = 0.0
+        self._stored_seq = 0
+        self.started_at = time.time()
         self.degraded = False
         #: Reading: the next stream sequence to route, messages that came after a
         #: gap (by stream sequence), one reader at a time.
@@ -117,14 +157,65 @@ class QosStream:
         self.received = 0
         self.duplicates = 0
         self.skipped = 0
+        self.replay_skipped = 0
 
     # ------------------------------------------------------------ writing
+    def _new_write_id(self) -> str:
+        """The id of a QoS 2 message's stream write (its Nats-Msg-Id): this process
+        (node name, start-up nonce) and a counter, so unique per use of a packet id;
+        stored with the pending packet id, so a resend after a restart reuses it."""
+        self._write_ids += 1
+        return f"{self.sender_q.decode()}:{self._write_ids}"
+
+    def take_exactly_once(self, messages: list[Message], held: list[HeldAck]
+                          ) -> list[HeldAck]:
+        """Write this turn's QoS 2 messages to the stream, one stream message each and
+        no live copy (the receivers' exactly once rests on the stream sequence), and
+        the QoS 2 resends of pending packet ids; return the other held acks (QoS 1).
+        :meth:`ClusterNode._forward` leaves QoS 2 messages out of the live path (a
+        retained one still goes to the retained bucket there, in turn order)."""
+        twos = [m for m in messages if m.qos == 2]
+        resends = [h for h in held if h.resend]
+        if not twos and not resends:
+            return held
+        ack_of = {id(h.message): h for h in held if h.message.qos == 2 and not h.resend}
+        for message in twos:
+            ack = ack_of.get(id(message))
+            write_id = ack.write_id if ack is not None else None
+            self._write_message(message, write_id or self._new_write_id(),
+                                [ack] if ack is not None else [])
+        for h in resends:
+            write_id = h.write_id or self._new_write_id()
+            write = self._writing.get(write_id)
+            if write is None:
+                # After a restart: write it again under the stored id (JetStream drops
+                # it if the first write made it, within its duplicate window).
+                self._write_message(h.message, write_id, [h])
+            elif self.degraded:
+                self.acked_unreplicated += 1
+                self.release([h])
+            else:
+                self._held.setdefault(write, []).append(h)  # with the pending write
+        return [h for h in held if h.message.qos != 2]
+
+    def _write_message(self, message: Message, write_id: str, acks: list[HeldAck]) -> None:
+        subject = topic_to_subject(self.subject_prefix, message.topic)
+        if len(subject) > MAX_SUBJECT:
+            self.unreplicated += 1
+            self.release(acks)
+            return
+        self._seq_q += 1
+        payload = wire.encode(self.sender_q, self._seq_q, [wire.record(message)])
+        self.write(subject, write_id, payload, 1, acks, wait=True)
+
     def write(self, subject: str, msg_id: str, payload: bytes, count: int,
-              acks: list[HeldAck]) -> None:
+              acks: list[HeldAck], wait: bool = False) -> None:
         """Write one stream message (``count`` MQTT messages of one topic); the
-        ``acks`` of its messages are released once the stream has it."""
+        ``acks`` of its messages are released once the stream has it. ``wait``
+        (QoS 2): before the node joined the stream, wait for it (at most
+        ``patience``) rather than acknowledging at once."""
         js = self.js
-        if js is None or self._inflight >= MAX_INFLIGHT:
+        if (js is None and not wait) or self._inflight >= MAX_INFLIGHT:
             # Not joined to the stream (yet): local delivery only, counted.
             self.unreplicated += count
             self.release(acks)
@@ -138,21 +229,26 @@ class QosStream:
         write = self._writes
         if acks:
             self._held[write] = acks
+        if wait:
+            self._writing[msg_id] = write
         task = asyncio.get_running_loop().create_task(
-            self._write(js, subject, msg_id, payload, count, write))
+            self._write(subject, msg_id, payload, count, write))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, js: JetStreamContext, subject: str, msg_id: str,
-                     payload: bytes, count: int, write: int) -> None:
+    async def _write(self, subject: str, msg_id: str, payload: bytes, count: int,
+                     write: int) -> None:
         # Nats-Msg-Id: a retry after a lost ack is not stored twice (the stream's
         # duplicate window); receivers also drop a (sender, seq) seen before.
         headers = {"Nats-Msg-Id": msg_id}
-        deadline = time.monotonic() + PATIENCE
+        deadline = time.monotonic() + self.patience
         delay = 0.05
         try:
             while True:
                 try:
+                    js = self.js
+                    if js is None:
+                        raise ConnectionError("not joined to the stream yet")
                     await js.publish(subject, payload, timeout=ATTEMPT_TIMEOUT,
                                      stream=self.stream, headers=dict(headers))
                     self.written += count
@@ -164,12 +260,14 @@ class QosStream:
                         self.unreplicated += count
                         log.warning("cluster: stream %r did not take %d QoS 1/2 messages "
                                     "within %.0fs (%s); acknowledged unreplicated",
-                                    self.stream, count, PATIENCE, exc)
+                                    self.stream, count, self.patience, exc)
                         break
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
         finally:
             self._inflight -= count
+            if self._writing.get(msg_id) == write:
+                del self._writing[msg_id]
         self.release(self._held.pop(write, []))
 
     def degrade(self, degraded: bool) -> None:
@@ -202,7 +300,12 @@ class QosStream:
                     f"{self.subject_prefix}.>", durable=self.durable, stream=self.stream,
                     cb=self._on_message, manual_ack=True,
                     config=ConsumerConfig(
-                        deliver_policy=DeliverPolicy.NEW,
+                        # created (first start of this node): from the node's start on,
+                        # so a QoS 2 message (stream only) written while this node was
+                        # joining is not missed here (an existing one resumes at its
+                        # ack floor)
+                        deliver_policy=DeliverPolicy.BY_START_TIME,
+                        opt_start_time=datetime.fromtimestamp(self.started_at, UTC),
                         ack_policy=AckPolicy.EXPLICIT,
                         ack_wait=ACK_WAIT,
                         max_ack_pending=MAX_ACK_PENDING,
@@ -221,25 +324,42 @@ class QosStream:
                  self.durable)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
+        """Find or create the stream; its limits follow ``cluster.qos_stream`` (an
+        existing stream whose limits differ is updated)."""
+        limits = self.limits
+        max_age = float(limits.max_age)
+        max_bytes = limits.max_bytes or -1  # 0: unlimited (NATS: -1)
+        window = float(limits.duplicate_window)
         try:
-            await js.stream_info(self.stream)
-            return
+            info = await js.stream_info(self.stream)
         except NotFoundError:
-            pass
-        try:
-            await js.add_stream(StreamConfig(
-                name=self.stream,
-                subjects=[f"{self.subject_prefix}.>"],
-                description="iotbroker QoS 1/2 messages (docs/cluster.md)",
-                storage=StorageType.FILE,
-                num_replicas=self.replicas,
-                max_age=MAX_AGE,
-                max_bytes=MAX_BYTES,
-                duplicate_window=120.0,
-            ))
-        except Exception:
-            await js.stream_info(self.stream)  # another node created it meanwhile
-            return
+            try:
+                info = await js.add_stream(StreamConfig(
+                    name=self.stream,
+                    subjects=[f"{self.subject_prefix}.>"],
+                    description="iotbroker QoS 1/2 messages (docs/cluster.md)",
+                    storage=StorageType.FILE,
+                    num_replicas=self.replicas,
+                    max_age=max_age,
+                    max_bytes=max_bytes,
+                    duplicate_window=window,
+                ))
+            except Exception:
+                info = await js.stream_info(self.stream)  # another node created it
+        config = info.config
+        if ((config.max_age or 0.0), (config.max_bytes or -1),
+                (config.duplicate_window or 0.0)) != (max_age, max_bytes, window):
+            try:
+                info = await js.update_stream(replace(
+                    config, max_age=max_age, max_bytes=max_bytes, duplicate_window=window))
+                log.info("cluster: QoS stream %r limits set to max_age %.0fs, max_bytes "
+                         "%d, duplicate_window %.0fs", self.stream, max_age, max_bytes,
+                         window)
+            except Exception as exc:
+                log.warning("cluster: QoS stream %r limits not updated: %s",
+                            self.stream, exc)
+        created = info.created
+        self.stream_created = created.timestamp() if created is not None else 0.0
 
     async def _on_message(self, msg: Msg) -> None:
         """A stream message, in stream order: the consumer reads every subject of the
@@ -258,7 +378,14 @@ class QosStream:
             if self._next is None:
                 self._next = await self._start_seq(stream_seq)
             if stream_seq < self._next:
-                self.duplicates += 1
+                if stream_seq <= self._stored_seq:
+                    self.replay_skipped += 1  # routed and stored before a restart
+                    if self.replay_skipped == 1:
+                        log.info("cluster: QoS stream %r: sequence %d was stored here "
+                                 "before the restart: acknowledged, not routed again "
+                                 "(counted: qos_replay_skipped)", self.stream, stream_seq)
+                else:
+                    self.duplicates += 1
                 await msg.ack()
                 return
             if stream_seq > self._next:
@@ -271,19 +398,32 @@ class QosStream:
             await self._drain()
 
     async def _start_seq(self, first: int) -> int:
-        """The first stream sequence this consumer has not acknowledged (its ack
-        floor + 1), so that after a restart a redelivery is not taken for a
+        """The first stream sequence to route after a (re)start: after the position
+        this node stored with its last deliveries (a sequence routed and committed but
+        not acknowledged before a crash comes again: it is skipped, not routed twice),
+        else the consumer's ack floor + 1, so that a redelivery is not taken for a
         duplicate."""
+        start = first
         js = self.js_reader
         if js is not None:
             try:
                 info = await js.consumer_info(self.stream, self.durable)
                 floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
                 if floor:  # 0: nothing acked yet (a new consumer starts where it starts)
-                    return min(first, int(floor) + 1)
+                    start = min(first, int(floor) + 1)
             except Exception as exc:
                 log.warning("cluster: consumer %r info: %s", self.durable, exc)
-        return first
+        stored = self.engine.stream_positions.get(self.durable)
+        if stored is not None:
+            if stored.stream_created != self.stream_created:
+                log.info("cluster: QoS stream %r is not the one of the stored position "
+                         "(%d); ignored", self.stream, stored.seq)
+            elif stored.seq >= start:
+                self._stored_seq = stored.seq
+                log.info("cluster: QoS stream %r: resuming after sequence %d (stored with "
+                         "its deliveries)", self.stream, stored.seq)
+                start = stored.seq + 1
+        return start
 
     async def _drain(self) -> None:
         waiting = self._waiting
@@ -335,6 +475,9 @@ class QosStream:
             engine.route_remote(message, now)
         self.received += len(messages)
         if engine.batch:
+            # Stored with the deliveries: after a crash before the ack below, this
+            # sequence is not routed again (docs/cluster.md, "QoS 2 exactly once").
+            engine.batch.put_stream_position(self.durable, stream_seq, self.stream_created)
             try:
                 engine.commit()  # the queued copies are on disk before the stream forgets
             except StorageError as exc:

@@ -72,7 +72,7 @@ from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
 from iotbroker.message import Message
 from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
-from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store, WillRecord
+from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store, StreamPosition, WillRecord
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -124,12 +124,16 @@ def _plain_connection_log(logger: logging.Logger, level: int, client: Client, me
 @dataclass(slots=True)
 class HeldAck:
     """A QoS 1/2 PUBLISH accepted this turn whose PUBACK / PUBREC (``code``) waits
-    for the cluster's replicated stream (:attr:`Engine.held_acks`)."""
+    for the cluster's replicated stream (:attr:`Engine.held_acks`). A QoS 2 one
+    carries the id of its stream write (``write_id``); ``resend``: the same packet id
+    again while that write is unacknowledged (not routed again)."""
 
     message: Message
     client: Client
     packet_id: int
     code: int
+    write_id: str | None = None
+    resend: bool = False
 
 
 class Engine:
@@ -206,6 +210,15 @@ class Engine:
         #: in :attr:`forwarding`, held until the cluster's replicated stream has the
         #: message (then :meth:`release_ack`); None: acks go out with the turn.
         self.held_acks: list[HeldAck] | None = None
+        #: Hook (cluster, docs/cluster.md "QoS 2 exactly once"): makes the id of a
+        #: QoS 2 message's stream write; None: not clustered.
+        self.qos2_write_id: Callable[[], str] | None = None
+        #: (client id, packet id) of QoS 2 PUBLISHes routed here whose stream write
+        #: (its id) is not acknowledged yet: a PUBLISH with that id again gets its
+        #: PUBREC when the write is acknowledged. Restored from the store.
+        self.qos2_unreplicated: dict[tuple[str, int], str] = {}
+        #: The cluster QoS stream consumers' positions, as stored (restore).
+        self.stream_positions: dict[str, StreamPosition] = {}
         #: Storage commit timing, for metrics.
         self.storage_write_seconds = 0.0
         self.storage_write_max = 0.0
@@ -236,6 +249,10 @@ class Engine:
         # Queued messages stay on disk (an index in memory) until their session comes
         # back: offline sessions cost bounded memory (issue 7).
         snapshot = self.store.load(queued_bodies=False, queued_summary=True)
+        self.stream_positions = snapshot.stream_positions
+        self.qos2_unreplicated = {(cid, pid): write_id
+                                  for cid, ids in snapshot.inbound_pending.items()
+                                  for pid, write_id in ids.items()}
         for message in snapshot.retained:
             if message.expired(now):
                 self.batch.delete_retained(message.topic)
@@ -343,10 +360,24 @@ class Engine:
         has taken ownership of the message). False when the connection is gone (the
         client sends the PUBLISH again when it reconnects)."""
         client = held.client
+        if held.write_id is not None:
+            self._qos2_replicated(client.client_id, held.packet_id, held.write_id)
         if client.close_requested or client.session is None:
             return False
         client.conn.send_publish_ack(held.message.qos, held.packet_id, held.code)
         return True
+
+    def _qos2_replicated(self, client_id: str, packet_id: int, write_id: str) -> None:
+        """The stream has the QoS 2 message (or gave up on it): its id is plainly held
+        from now on, in the store too, in the batch of the PUBREC's turn — a PUBLISH
+        with that id again is a duplicate to acknowledge at once [MQTT-4.3.3-10]."""
+        key = (client_id, packet_id)
+        if self.qos2_unreplicated.get(key) != write_id:
+            return  # released already (a resend's ack), or the id was reused since
+        del self.qos2_unreplicated[key]
+        session = self.registry.sessions.get(client_id)
+        if session is not None and session.persistent and packet_id in session.inbound_qos2:
+            self.batch.put_inbound_qos2(client_id, packet_id)
 
     def take_interest_touched(self) -> list[tuple[str, str]]:
         touched = self.interest_touched
@@ -662,27 +693,29 @@ class Engine:
                 )
             _ack(client, packet, R.PAYLOAD_FORMAT_INVALID)
             return
-        if qos == 2 and not session.hold_inbound_qos2(packet.packet_id or 0):
+        packet_id = packet.packet_id or 0
+        if qos == 2 and not session.hold_inbound_qos2(packet_id):
             # Duplicate of a held QoS 2 message: acknowledge, do not route again
             # [MQTT-4.3.3-2] (method B of MQTT 3.1.1 §4.3.3, MQTT 5.0 §4.3.3).
-            conn.send_packet(PubRec(packet.packet_id or 0))
+            held = self.held_acks
+            write_id = self.qos2_unreplicated.get((session.client_id, packet_id))
+            if held is not None and write_id is not None:
+                # ... but in a cluster its PUBREC waits until the stream has the
+                # message (MQTT 5.0 [MQTT-4.3.3-8]: PUBREC once the receiver owns it;
+                # [MQTT-4.3.3-10]: no duplicate onward delivery): the cluster room
+                # joins this one to the pending write, or, after a restart, writes the
+                # message again under the same id (docs/cluster.md).
+                held.append(HeldAck(self._message(packet, session, now, v5), client,
+                                    packet_id, R.SUCCESS, write_id, resend=True))
+                return
+            conn.send_packet(PubRec(packet_id))
             return
         props = packet.properties
         if v5 and props.user_properties and self.seen_before is not None and (
                 self.seen_before(session.client_id, props)):
             _ack(client, packet, R.SUCCESS)
             return
-        expiry = props.message_expiry_interval
-        message = Message(
-            topic=topic,
-            payload=packet.payload,
-            qos=qos,
-            retain=packet.retain,
-            properties=props if v5 else NO_PROPERTIES,
-            created_at=now,
-            expires_at=None if expiry is None else now + expiry,
-            origin=session.client_id,
-        )
+        message = self._message(packet, session, now, v5)
         client.published_this_turn = True
         code = self.router.publish(message, now)
         if self.forwarding is not None:
@@ -693,10 +726,34 @@ class Engine:
                 # 0x10 No matching subscribers is not said in a cluster)
                 if not v5 or code == R.NO_MATCHING_SUBSCRIBERS:
                     code = R.SUCCESS
-                self.held_acks.append(HeldAck(message, client, packet.packet_id or 0, code))
+                write_id = None
+                if qos == 2 and self.qos2_write_id is not None:
+                    # Held as pending until the stream acknowledges the write
+                    # (docs/cluster.md, "QoS 2 exactly once").
+                    write_id = self.qos2_write_id()
+                    self.qos2_unreplicated[(session.client_id, packet_id)] = write_id
+                    if session.persistent:
+                        self.batch.put_inbound_pending(session.client_id, packet_id, write_id)
+                self.held_acks.append(HeldAck(message, client, packet_id, code, write_id))
                 return
         if qos:
             _ack(client, packet, code)
+
+    @staticmethod
+    def _message(packet: Publish, session: Session, now: float, v5: bool) -> Message:
+        """The application message of an accepted PUBLISH."""
+        props = packet.properties
+        expiry = props.message_expiry_interval
+        return Message(
+            topic=packet.topic,
+            payload=packet.payload,
+            qos=packet.qos,
+            retain=packet.retain,
+            properties=props if v5 else NO_PROPERTIES,
+            created_at=now,
+            expires_at=None if expiry is None else now + expiry,
+            origin=session.client_id,
+        )
 
     def publish_own(self, message: Message, now: float) -> int:
         """A message of the broker's own (``$SYS`` statistics): routed like any other,

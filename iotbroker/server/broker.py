@@ -331,7 +331,7 @@ class Broker:
         engine = self.engine
         if not self._flush_scheduled and (
             self.ready_to_write or engine.registry.ready or engine.batch
-            or engine.forwarding or engine.interest_touched
+            or engine.forwarding or engine.interest_touched or engine.held_acks
         ):
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)

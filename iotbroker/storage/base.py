@@ -17,7 +17,15 @@ Rules of this room:
   QueuedRecord        (client_id, seq)                          queued (not yet sent) msg
   inbound QoS 2 id    (client_id, packet_id)                    PUBLISH received, no PUBREL
   retained Message    topic                                     retained message
+  StreamPosition      consumer                                  cluster stream consumer
   ==================  ========================================  ========================
+
+  An inbound QoS 2 id may be *pending* (``put_inbound_pending``): received and routed
+  here, but the cluster's replicated stream has not acknowledged it yet, so no PUBREC
+  was sent; it carries the id of that stream write (docs/cluster.md, "QoS 2 exactly
+  once"). ``put_inbound_qos2`` on the same key makes it plainly held. A
+  :class:`StreamPosition` is where a cluster node's reading of the QoS stream stands,
+  committed in the batch of the deliveries it caused.
 
 * ``seq`` is a per-session counter (:attr:`SessionRecord.next_seq`) that the core hands
   out when it accepts a delivery for a session, whether the delivery goes in flight at
@@ -68,12 +76,15 @@ __all__ = [
     "SessionRecord",
     "Store",
     "StoreSnapshot",
+    "StreamPosition",
     "SubscriptionEntry",
     "WillRecord",
     "check_client_id",
     "check_outbound",
     "check_packet_id",
+    "check_position",
     "check_seq",
+    "check_write_id",
 ]
 
 #: Largest per-session sequence number (stored as an unsigned 64-bit integer).
@@ -155,6 +166,20 @@ class OutboundRecord:
 
 
 @dataclass(slots=True, frozen=True)
+class StreamPosition:
+    """The last sequence of a replicated stream that a cluster node's consumer
+    (``consumer``) routed into this store, keyed by ``consumer``; written in the same
+    batch as the deliveries of that stream message, so after a crash the node skips
+    what it had already stored (docs/cluster.md, "QoS 2 exactly once").
+    ``stream_created`` (POSIX time, 0: unknown) tells one incarnation of the stream
+    from the next: a stream deleted and created again starts its sequences at 1."""
+
+    consumer: str
+    seq: int
+    stream_created: float = 0.0
+
+
+@dataclass(slots=True, frozen=True)
 class QueuedRecord:
     """A delivery waiting for the in-flight window, keyed by ``(client_id, seq)``."""
 
@@ -197,7 +222,10 @@ class StoreSnapshot:
     * ``outbound``: per client id, in send order (``seq``).
     * ``queued``: per client id, in ``seq`` order.
     * ``inbound_qos2``: per client id, the packet ids of QoS 2 PUBLISHes received and
-      not yet released by PUBREL.
+      not yet released by PUBREL (pending ones included).
+    * ``inbound_pending``: per client id, the pending ones among them (packet id ->
+      the id of their unacknowledged stream write).
+    * ``stream_positions``: by consumer name.
     * ``retained``: in topic order.
     * ``queued_index``: filled instead of ``queued`` by ``load(queued_bodies=False)``:
       per client id, ``(seq, stored size in bytes)`` in ``seq`` order, so that offline
@@ -217,6 +245,8 @@ class StoreSnapshot:
     retained: list[Message] = field(default_factory=list)
     queued_index: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     queued_summary: dict[str, QueueSummary] = field(default_factory=dict)
+    inbound_pending: dict[str, dict[int, str]] = field(default_factory=dict)
+    stream_positions: dict[str, StreamPosition] = field(default_factory=dict)
 
 
 class Op(IntEnum):
@@ -236,13 +266,16 @@ class Op(IntEnum):
     DELETE_RETAINED = 12
     #: Queued records ``first <= seq < end`` of one client: ``(client_id, (first, end))``.
     DELETE_QUEUED_RANGE = 13
+    PUT_INBOUND_PENDING = 14
+    PUT_STREAM_POSITION = 15
 
 
 #: One change: ``(op, a, b)``. Puts carry the record (or retained Message) in ``a``
 #: and ``None`` in ``b``; deletes carry the key: ``(client_id, None)`` for
 #: DELETE_SESSION, ``(topic, None)`` for DELETE_RETAINED, ``(client_id, (first, end))``
 #: for DELETE_QUEUED_RANGE, ``(client_id, topic_filter | packet_id | seq)`` otherwise;
-#: PUT_INBOUND_QOS2 is ``(client_id, packet_id)``.
+#: PUT_INBOUND_QOS2 is ``(client_id, packet_id)``, PUT_INBOUND_PENDING
+#: ``(client_id, (packet_id, write_id))``.
 Change = tuple[Op, Any, Any]
 
 # Module-level aliases: a global lookup is cheaper than an enum attribute lookup.
@@ -259,6 +292,8 @@ _DELETE_INBOUND_QOS2 = Op.DELETE_INBOUND_QOS2
 _PUT_RETAINED = Op.PUT_RETAINED
 _DELETE_RETAINED = Op.DELETE_RETAINED
 _DELETE_QUEUED_RANGE = Op.DELETE_QUEUED_RANGE
+_PUT_INBOUND_PENDING = Op.PUT_INBOUND_PENDING
+_PUT_STREAM_POSITION = Op.PUT_STREAM_POSITION
 
 
 class ChangeBatch:
@@ -321,6 +356,15 @@ class ChangeBatch:
     def delete_inbound_qos2(self, client_id: str, packet_id: int) -> None:
         self.changes.append((_DELETE_INBOUND_QOS2, client_id, packet_id))
 
+    def put_inbound_pending(self, client_id: str, packet_id: int, write_id: str) -> None:
+        """A QoS 2 id received whose cluster stream write (``write_id``) is not
+        acknowledged yet (replaces a held one; ``put_inbound_qos2`` replaces it)."""
+        self.changes.append((_PUT_INBOUND_PENDING, client_id, (packet_id, write_id)))
+
+    def put_stream_position(self, consumer: str, seq: int, stream_created: float) -> None:
+        self.changes.append(
+            (_PUT_STREAM_POSITION, StreamPosition(consumer, seq, stream_created), None))
+
     def put_retained(self, message: Message) -> None:
         self.changes.append((_PUT_RETAINED, message, None))
 
@@ -369,6 +413,19 @@ def check_seq(seq: int) -> None:
     """Sequence numbers are unsigned 64-bit integers."""
     if not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
         raise ValueError(f"sequence number {seq!r} cannot be stored: 0..2**64-1 expected")
+
+
+def check_write_id(write_id: str) -> None:
+    """A stream write id is a non-empty str."""
+    if not isinstance(write_id, str) or not write_id:
+        raise ValueError(f"write id {write_id!r} cannot be stored: a non-empty str expected")
+
+
+def check_position(pos: StreamPosition) -> None:
+    """A consumer name (non-empty str without NUL) and a sequence in range."""
+    if not isinstance(pos.consumer, str) or not pos.consumer or "\0" in pos.consumer:
+        raise ValueError(f"consumer {pos.consumer!r} cannot be stored: a str without NUL expected")
+    check_seq(pos.seq)
 
 
 def check_outbound(rec: OutboundRecord) -> None:

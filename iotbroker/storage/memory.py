@@ -21,11 +21,14 @@ from iotbroker.storage.base import (
     QueueSummaries,
     SessionRecord,
     StoreSnapshot,
+    StreamPosition,
     SubscriptionEntry,
     check_client_id,
     check_outbound,
     check_packet_id,
+    check_position,
     check_seq,
+    check_write_id,
 )
 
 __all__ = ["MemoryStore"]
@@ -43,6 +46,8 @@ class MemoryStore:
         self._outbound: dict[str, dict[int, OutboundRecord]] = {}
         self._queued: dict[str, dict[int, QueuedRecord]] = {}
         self._inbound: dict[str, set[int]] = {}
+        self._pending: dict[str, dict[int, str]] = {}
+        self._positions: dict[str, StreamPosition] = {}
         self._retained: dict[str, Message] = {}
         self._closed = False
 
@@ -70,12 +75,19 @@ class MemoryStore:
                 _discard(self._outbound, a, b)
             elif op == Op.PUT_INBOUND_QOS2:
                 self._inbound.setdefault(a, set()).add(b)
+                _discard(self._pending, a, b)
+            elif op == Op.PUT_INBOUND_PENDING:
+                self._inbound.setdefault(a, set()).add(b[0])
+                self._pending.setdefault(a, {})[b[0]] = b[1]
             elif op == Op.DELETE_INBOUND_QOS2:
                 ids = self._inbound.get(a)
                 if ids is not None:
                     ids.discard(b)
                     if not ids:
                         del self._inbound[a]
+                _discard(self._pending, a, b)
+            elif op == Op.PUT_STREAM_POSITION:
+                self._positions[a.consumer] = a
             elif op == Op.PUT_SESSION:
                 self._sessions[a.client_id] = a
             elif op == Op.DELETE_SESSION:
@@ -84,6 +96,7 @@ class MemoryStore:
                 self._outbound.pop(a, None)
                 self._queued.pop(a, None)
                 self._inbound.pop(a, None)
+                self._pending.pop(a, None)
             elif op == Op.PUT_SUBSCRIPTION:
                 # share_group is the core's reading of the filter: not stored (base.py)
                 sub = a if a.share_group is None else replace(a, share_group=None)
@@ -135,6 +148,8 @@ class MemoryStore:
             },
             inbound_qos2={cid: set(ids) for cid, ids in sorted(self._inbound.items())},
             retained=[self._retained[t] for t in sorted(self._retained)],
+            inbound_pending={cid: dict(ids) for cid, ids in sorted(self._pending.items())},
+            stream_positions=dict(self._positions),
         )
 
     def stats(self) -> dict[str, int]:
@@ -188,5 +203,11 @@ def _validate(op: Op, a: Any, b: Any) -> None:
         check_client_id(a.client_id)
     elif op in (Op.DELETE_SESSION, Op.DELETE_SUBSCRIPTION):
         check_client_id(a)
+    elif op == Op.PUT_INBOUND_PENDING:
+        check_client_id(a)
+        check_packet_id(b[0])
+        check_write_id(b[1])
+    elif op == Op.PUT_STREAM_POSITION:
+        check_position(a)
     elif op not in (Op.PUT_RETAINED, Op.DELETE_RETAINED):
         raise ValueError(f"unknown change {op!r}")

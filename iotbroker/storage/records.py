@@ -18,11 +18,12 @@ are plain bytes; nothing is pickled). One column family per record kind::
     ------------  ---------------------------------------  -------------------------
     meta          b"schema_version"                        u32 schema version (= 1)
                   b"created_by"                            UTF-8, e.g. b"iotbroker 0.1"
+                  b"stream_position" 0x00 consumer         POSITION
     sessions      client_id                                SESSION
     subscriptions client_id 0x00 topic_filter              SUBSCRIPTION
     outbound      client_id 0x00 u16 packet_id             OUTBOUND
     queued        client_id 0x00 u64 seq                   QUEUED
-    inbound_qos2  client_id 0x00 u16 packet_id             0x01
+    inbound_qos2  client_id 0x00 u16 packet_id             0x01, or PENDING
     retained      topic                                    RETAINED
 
 Strings are UTF-8; integers are big-endian and unsigned, so a prefix scan over
@@ -52,6 +53,15 @@ Value encodings (``str`` = u32 length + UTF-8 bytes, ``bin`` = u32 length + byte
     OUTBOUND      u8 1 | u8 state (1 PUBLISH_SENT, 2 PUBREL_SENT) | u64 seq
                   | u8 has_delivery | [DELIVERY]
     QUEUED        u8 1 | DELIVERY
+    PENDING       u8 2 | str write_id
+                  an inbound QoS 2 id whose cluster stream write (``write_id``, its
+                  Nats-Msg-Id) is not acknowledged: no PUBREC sent yet. Value
+                  encoding 2 of the inbound record; ``0x01`` is a held id (PUBREC may
+                  be sent). An iotbroker that knows only ``0x01`` reads any value as
+                  held, as it always did.
+    POSITION      u8 1 | u64 seq | f64 stream_created
+                  a cluster node's last routed QoS stream sequence (issue 14); older
+                  iotbrokers read only their two meta keys and ignore these.
     RETAINED      u8 1 | MESSAGE
     DELIVERY      u8 qos | u8 retain | u16 n | n * u32 subscription_identifier | MESSAGE
     MESSAGE       u8 qos | u8 flags | f64 created_at | f64 expires_at
@@ -95,6 +105,7 @@ from iotbroker.storage.base import (
     OutboundState,
     QueuedRecord,
     SessionRecord,
+    StreamPosition,
     SubscriptionEntry,
     WillRecord,
     check_client_id,
@@ -103,9 +114,11 @@ from iotbroker.storage.base import (
 __all__ = [
     "CREATED_BY",
     "FAMILIES",
+    "INBOUND_PENDING_VERSION",
     "INBOUND_VALUE",
     "META_CREATED_BY",
     "META_SCHEMA",
+    "META_STREAM_POSITION",
     "SCHEMA_VERSION",
     "STORED_PROPERTIES",
     "VALUE_VERSION",
@@ -114,6 +127,7 @@ __all__ = [
     "client_prefix",
     "client_range",
     "decode_inbound_key",
+    "decode_inbound_value",
     "decode_outbound",
     "decode_properties",
     "decode_queued",
@@ -122,19 +136,23 @@ __all__ = [
     "decode_retained",
     "decode_schema_version",
     "decode_session",
+    "decode_stream_position",
     "decode_subscription",
+    "encode_inbound_pending",
     "encode_outbound",
     "encode_properties",
     "encode_queued",
     "encode_retained",
     "encode_schema_version",
     "encode_session",
+    "encode_stream_position",
     "encode_subscription",
     "inbound_key",
     "outbound_key",
     "queued_key",
     "retained_key",
     "session_key",
+    "stream_position_key",
     "subscription_key",
 ]
 
@@ -150,6 +168,10 @@ META_CREATED_BY = b"created_by"
 CREATED_BY = b"iotbroker 0.1"
 #: The value of an inbound QoS 2 record (the key is all there is to it).
 INBOUND_VALUE = b"\x01"
+#: Value encoding of a pending inbound QoS 2 record (PENDING).
+INBOUND_PENDING_VERSION = 2
+#: Prefix of the ``meta`` keys of POSITION records.
+META_STREAM_POSITION = b"stream_position\x00"
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -160,6 +182,7 @@ _SUBSCRIPTION = struct.Struct(">BBBBI")
 _OUTBOUND = struct.Struct(">BBQB")
 _DELIVERY = struct.Struct(">BBH")
 _MESSAGE = struct.Struct(">BBddIIII")
+_POSITION = struct.Struct(">BQd")
 _V1 = bytes([VALUE_VERSION])
 
 #: What a decoder may raise on bad bytes; the public decoders turn it into CorruptData.
@@ -360,7 +383,50 @@ def decode_inbound_key(key: bytes) -> tuple[str, int]:
         raise CorruptData(str(exc)) from None
 
 
+def encode_inbound_pending(write_id: str) -> bytes:
+    """PENDING: the value of an inbound QoS 2 record whose stream write is unacknowledged."""
+    return bytes([INBOUND_PENDING_VERSION]) + _str(write_id)
+
+
+def decode_inbound_value(value: bytes) -> str | None:
+    """An ``inbound_qos2`` value -> None (held, ``0x01``) or the pending write id."""
+    if value == INBOUND_VALUE:
+        return None
+    try:
+        if value[0] != INBOUND_PENDING_VERSION:
+            raise CorruptData(f"unknown value encoding {value[:1]!r}")
+        (n,) = _U32.unpack_from(value, 1)
+        if len(value) != 5 + n or n == 0:
+            raise CorruptData("bad PENDING length")
+        return value[5:].decode()
+    except _DECODE_ERRORS as exc:
+        raise CorruptData(str(exc)) from None
+
+
 # --------------------------------------------------------------------------- meta
+
+
+def stream_position_key(consumer: str) -> bytes:
+    """The ``meta`` key of a consumer's POSITION."""
+    return META_STREAM_POSITION + consumer.encode()
+
+
+def encode_stream_position(pos: StreamPosition) -> bytes:
+    return _POSITION.pack(VALUE_VERSION, pos.seq, pos.stream_created)
+
+
+def decode_stream_position(key: bytes, value: bytes) -> StreamPosition:
+    """A POSITION (its ``meta`` key starts with :data:`META_STREAM_POSITION`)."""
+    try:
+        if not key.startswith(META_STREAM_POSITION):
+            raise CorruptData("not a stream position key")
+        _version(value)
+        if len(value) != _POSITION.size:
+            raise CorruptData("bad POSITION length")
+        _, seq, created = _POSITION.unpack(value)
+        return StreamPosition(key[len(META_STREAM_POSITION):].decode(), seq, created)
+    except _DECODE_ERRORS as exc:
+        raise CorruptData(str(exc)) from None
 
 
 def encode_schema_version(version: int = SCHEMA_VERSION) -> bytes:

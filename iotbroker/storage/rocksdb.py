@@ -61,7 +61,9 @@ from iotbroker.storage.base import (
     StoreSnapshot,
     check_outbound,
     check_packet_id,
+    check_position,
     check_seq,
+    check_write_id,
 )
 from iotbroker.storage.records import (
     CREATED_BY,
@@ -69,6 +71,7 @@ from iotbroker.storage.records import (
     INBOUND_VALUE,
     META_CREATED_BY,
     META_SCHEMA,
+    META_STREAM_POSITION,
     SCHEMA_VERSION,
     CorruptData,
     RecordDecoder,
@@ -368,7 +371,7 @@ class RocksDBStore:
         changes = batch.changes
         if not changes:
             return
-        _h_meta, h_sessions, h_subs, h_out, h_queued, h_inbound, h_retained = self._handles
+        h_meta, h_sessions, h_subs, h_out, h_queued, h_inbound, h_retained = self._handles
         wb = WriteBatch(raw_mode=True)
         put = wb.put
         delete = wb.delete
@@ -416,6 +419,13 @@ class RocksDBStore:
                     put(r.retained_key(a.topic), r.encode_retained(a), h_retained)
                 elif op == Op.DELETE_RETAINED:
                     delete(r.retained_key(a), h_retained)
+                elif op == Op.PUT_INBOUND_PENDING:
+                    check_packet_id(b[0])
+                    check_write_id(b[1])
+                    put(r.inbound_key(a, b[0]), r.encode_inbound_pending(b[1]), h_inbound)
+                elif op == Op.PUT_STREAM_POSITION:
+                    check_position(a)
+                    put(r.stream_position_key(a.consumer), r.encode_stream_position(a), h_meta)
                 else:
                     raise ValueError(f"unknown change {op!r}")
         except (struct.error, UnicodeError, OverflowError, TypeError, AttributeError) as exc:
@@ -558,9 +568,19 @@ class RocksDBStore:
 
             family = "inbound_qos2"
             decode_inbound_key = records.decode_inbound_key
-            for key, _value in self._scan(family):
+            for key, value in self._scan(family):
                 cid, packet_id = decode_inbound_key(key)
                 snap.inbound_qos2.setdefault(cid, set()).add(packet_id)
+                if value != INBOUND_VALUE:  # pending: its cluster stream write unacked
+                    write_id = records.decode_inbound_value(value)
+                    if write_id is not None:
+                        snap.inbound_pending.setdefault(cid, {})[packet_id] = write_id
+
+            family = "meta"
+            for key, value in self._scan(family):
+                if key.startswith(META_STREAM_POSITION):
+                    pos = records.decode_stream_position(key, value)
+                    snap.stream_positions[pos.consumer] = pos
 
             family = "retained"
             decode_retained = dec.retained

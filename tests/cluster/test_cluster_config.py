@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from iotbroker.config import ClusterConfig, load_config, parse_config
+from iotbroker.config import ClusterConfig, QosStreamConfig, load_config, parse_config
 from iotbroker.errors import ConfigError
 
 
@@ -73,3 +73,53 @@ def test_check_config_reports_file_and_line(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_qos_stream_limits_are_keys_with_units() -> None:
+    """``cluster.qos_stream`` (issue 14): the stream's limits and the ack patience."""
+    default = parse_config({"cluster": {"node_name": "a"}}).cluster
+    assert default is not None
+    limits = default.qos_stream
+    assert (limits.max_age, limits.max_bytes, limits.duplicate_window, limits.patience) == (
+        86400.0, 1 << 30, 120.0, 10.0)
+    config = parse_config({"cluster": {"node_name": "a", "qos_stream": {
+        "max_age": "7d", "max_bytes": "10GiB", "duplicate_window": "5m", "patience": "30s"}}})
+    assert config.cluster is not None
+    assert config.cluster.qos_stream == QosStreamConfig(
+        max_age=7 * 86400.0, max_bytes=10 << 30, duplicate_window=300.0, patience=30.0)
+    unlimited = parse_config({"cluster": {"node_name": "a", "qos_stream": {
+        "max_age": 0, "max_bytes": 0}}}).cluster
+    assert unlimited is not None and unlimited.qos_stream.max_age == 0
+
+
+@pytest.mark.parametrize(
+    ("qos_stream", "key", "text"),
+    [
+        ({"max_age": "forever"}, "cluster.qos_stream.max_age", "is not a duration"),
+        ({"max_bytes": "-1"}, "cluster.qos_stream.max_bytes", "is not a size"),
+        ({"patience": 0}, "cluster.qos_stream.patience", "0 is not a duration"),
+        ({"duplicate_window": "0.5s"}, "cluster.qos_stream.duplicate_window",
+         "is not a duration"),
+        ({"max_age": "1m", "duplicate_window": "2m"}, "cluster.qos_stream.duplicate_window",
+         "is longer than cluster.qos_stream.max_age (60s)"),
+        ({"max_ages": "1d"}, "cluster.qos_stream.max_ages", "did you mean 'max_age'"),
+    ],
+)
+def test_bad_qos_stream_values_name_the_key(qos_stream: dict[str, object], key: str,
+                                            text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"cluster": {"node_name": "a", "qos_stream": qos_stream}})
+    assert info.value.key == key
+    assert text in str(info.value)
+
+
+def test_check_config_reports_qos_stream_errors_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("cluster:\n  node_name: a\n  qos_stream:\n    max_bytes: lots\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "iotbroker", "check-config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert "cluster.qos_stream.max_bytes: 'lots' is not a size in bytes" in result.stderr
+    assert f"{path}:4" in result.stderr

@@ -19,6 +19,7 @@ from iotbroker.storage.base import (
     OutboundState,
     QueuedRecord,
     SessionRecord,
+    StreamPosition,
     SubscriptionEntry,
     WillRecord,
 )
@@ -279,6 +280,25 @@ def test_inbound_qos2_golden() -> None:
     assert records.decode_inbound_key(b"c1\x00\x01\x02") == ("c1", 258)
 
 
+def test_inbound_pending_golden() -> None:
+    """PENDING: value encoding 2 of the inbound record, u8 2 | str write_id."""
+    raw = h("02 | 00000003 | 77 3A 31")  # "w:1"
+    assert records.encode_inbound_pending("w:1") == raw
+    assert records.decode_inbound_value(raw) == "w:1"
+    assert records.decode_inbound_value(h("01")) is None  # held
+
+
+def test_stream_position_golden() -> None:
+    """POSITION in ``meta``: key b"stream_position" 0x00 consumer, value u8 1 | u64 seq
+    | f64 stream_created."""
+    key = b"stream_position\x00iotb_qos_a"
+    raw = h("01 | 0000000000000102 | " + F1_5)
+    pos = StreamPosition("iotb_qos_a", 258, 1.5)
+    assert records.stream_position_key("iotb_qos_a") == key
+    assert records.encode_stream_position(pos) == raw
+    assert records.decode_stream_position(key, raw) == pos
+
+
 def test_meta_golden() -> None:
     assert records.META_SCHEMA == b"schema_version"
     assert records.META_CREATED_BY == b"created_by"
@@ -320,6 +340,12 @@ CORRUPT_CASES = [
     ("retained: bad UTF-8 topic",
      lambda: records.decode_retained(b"t", h("01 | " + M_RAW.replace("| 74 |", "| FF |"))), ""),
     ("inbound: key too short", lambda: records.decode_inbound_key(b"c1\x00\x01"), ""),
+    ("inbound: unknown value encoding", lambda: records.decode_inbound_value(h("03")),
+     "value encoding"),
+    ("inbound: pending write id truncated",
+     lambda: records.decode_inbound_value(h("02 00000003 77")), "length"),
+    ("meta: stream position truncated",
+     lambda: records.decode_stream_position(b"stream_position\x00c", h("01 00")), "length"),
     ("meta: schema version not 4 bytes",
      lambda: records.decode_schema_version(b"\x01"), "schema_version"),
 ]  # fmt: skip

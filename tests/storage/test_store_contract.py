@@ -28,6 +28,7 @@ from iotbroker.storage.base import (
     SessionRecord,
     Store,
     StoreSnapshot,
+    StreamPosition,
     SubscriptionEntry,
     WillRecord,
 )
@@ -74,6 +75,8 @@ def assert_snapshot(got: StoreSnapshot, expected: StoreSnapshot) -> None:
     assert got.queued == expected.queued
     assert got.inbound_qos2 == expected.inbound_qos2
     assert got.retained == expected.retained
+    assert got.inbound_pending == expected.inbound_pending
+    assert got.stream_positions == expected.stream_positions
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
@@ -256,6 +259,41 @@ def test_inbound_qos2_ids(h: Harness) -> None:
     h.check(StoreSnapshot(inbound_qos2={"c": {65535}}))
 
 
+def test_pending_inbound_qos2_ids(h: Harness) -> None:
+    """Issue 14 (docs/cluster.md, "QoS 2 exactly once"): a pending inbound QoS 2 id
+    (its cluster stream write unacknowledged) is an inbound id with the write's id;
+    held again by put_inbound_qos2, gone with PUBREL's delete and with its session."""
+    h.apply(
+        lambda x: x.put_session(session("c")),
+        lambda x: x.put_session(session("d")),
+        lambda x: x.put_inbound_qos2("c", 1),
+        lambda x: x.put_inbound_pending("c", 2, "node/ab12q:7"),
+        lambda x: x.put_inbound_pending("d", 9, "w"),
+    )
+    h.check(StoreSnapshot(sessions={"c": session("c"), "d": session("d")},
+                          inbound_qos2={"c": {1, 2}, "d": {9}},
+                          inbound_pending={"c": {2: "node/ab12q:7"}, "d": {9: "w"}}))
+    h.apply(lambda x: x.put_inbound_qos2("c", 2), lambda x: x.delete_session("d"))
+    h.check(StoreSnapshot(sessions={"c": session("c")}, inbound_qos2={"c": {1, 2}}))
+    h.apply(lambda x: x.put_inbound_pending("c", 1, "again"),
+            lambda x: x.delete_inbound_qos2("c", 1))
+    h.check(StoreSnapshot(sessions={"c": session("c")}, inbound_qos2={"c": {2}}))
+    with pytest.raises(ValueError, match="write id"):
+        h.apply(lambda x: x.put_inbound_pending("c", 3, ""))
+
+
+def test_stream_positions(h: Harness) -> None:
+    """A cluster consumer's last routed stream sequence: one per consumer, replaced."""
+    h.apply(lambda x: x.put_stream_position("iotb_qos_a", 5, 1_700_000_000.5),
+            lambda x: x.put_stream_position("iotb_qos_b", 2**64 - 1, 0.0))
+    h.apply(lambda x: x.put_stream_position("iotb_qos_a", 6, 1_700_000_000.5))
+    h.check(StoreSnapshot(stream_positions={
+        "iotb_qos_a": StreamPosition("iotb_qos_a", 6, 1_700_000_000.5),
+        "iotb_qos_b": StreamPosition("iotb_qos_b", 2**64 - 1, 0.0)}))
+    with pytest.raises(ValueError, match="consumer"):
+        h.apply(lambda x: x.put_stream_position("", 1, 0.0))
+
+
 def test_retained_round_trip_with_properties_and_expiry(h: Harness) -> None:
     m1 = msg("b/1", b"one", retain=True, properties=PROPS, expires_at=1_700_000_300.0)
     m2 = msg("a/ü", b"", qos=0, retain=True, origin="publisher-7")
@@ -435,6 +473,9 @@ _changes = st.one_of(
     st.tuples(st.just("delete_queued"), _cids, _seqs),
     st.tuples(st.just("put_inbound_qos2"), _cids, _pids),
     st.tuples(st.just("delete_inbound_qos2"), _cids, _pids),
+    st.tuples(st.just("put_inbound_pending"), _cids, _pids, st.sampled_from(["w:1", "ü"])),
+    st.tuples(st.just("put_stream_position"), st.sampled_from(["c1", "c2"]), _seqs,
+              st.sampled_from([0.0, 1.5])),
     st.tuples(st.just("put_retained"), _topics),
     st.tuples(st.just("delete_retained"), _topics),
 )
