@@ -43,6 +43,7 @@ from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GRACE, QosStream
+from iotbroker.cluster.sessions import Sessions
 from iotbroker.cluster.subjects import (
     filter_to_subjects,
     key_to_topic,
@@ -116,6 +117,9 @@ class ClusterNode:
         self.wills.status_of = self._figures
         self.qos = QosStream(engine, self.sender, config.node_name, self.prefix,
                              config.replicas, self.dedup, schedule_flush)
+        self.sessions = Sessions(engine, self.sender, self.prefix, config.replicas,
+                                 self.qos, self.wills.alive, self._interest_changed,
+                                 schedule_flush)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -143,6 +147,11 @@ class ClusterNode:
             "qos_acked_unreplicated": self.qos.acked_unreplicated,
             "qos_received": self.qos.received,
             "qos_duplicate": self.qos.duplicates,
+            "sessions_resumed": self.sessions.resumed,
+            "sessions_handed_over": self.sessions.handed_over,
+            "sessions_replayed": self.sessions.replayed,
+            "sessions_record_writes": self.sessions.writes,
+            "sessions_record_failures": self.sessions.write_failures,
         }
 
     def _figures(self) -> bytes:
@@ -224,6 +233,12 @@ class ClusterNode:
                  self.config.node_name, self.forwarded + self.qos.written,
                  self.received + self.qos.received, self.dropped)
 
+    def before_accept(self, client_id: str, clean_start: bool) -> asyncio.Future[None] | None:
+        """A CONNECT is about to be accepted; with Clean Start 0 its session may be on
+        another node: a future the server waits for before accepting (None: now).
+        docs/cluster.md, "Sessions move"."""
+        return self.sessions.before_accept(client_id, clean_start)
+
     # --------------------------------------------------------- each turn
     def after_turn(self) -> None:
         """Drain the engine's forwarding effects into the ordered command queue."""
@@ -231,11 +246,15 @@ class ClusterNode:
         touched = engine.take_interest_touched()
         if touched:
             self._interest_changed(touched)
-        for client in engine.take_accepted():
+        accepted = engine.take_accepted()
+        for client in accepted:
             self.ownership.claim(client.client_id)
             self.wills.connected(client)
-        for client in engine.take_ended():
+        ended = engine.take_ended()
+        for client in ended:
             self.wills.ended(client)
+        if touched or accepted or ended:
+            self.sessions.after_turn(touched, accepted, ended)
         messages = engine.take_forwarding()
         if messages:
             self._forward(messages, engine.take_held_acks())
@@ -368,6 +387,7 @@ class ClusterNode:
         self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
+        self._tasks.append(loop.create_task(self.sessions.run(nc)))
         commands = self._commands
         wake = self._wake
         while True:
