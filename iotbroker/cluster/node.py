@@ -253,8 +253,7 @@ class ClusterNode:
         ended = engine.take_ended()
         for client in ended:
             self.wills.ended(client)
-        if touched or accepted or ended:
-            self.sessions.after_turn(touched, accepted, ended)
+        self.sessions.after_turn(touched, accepted, ended)
         messages = engine.take_forwarding()
         if messages:
             self._forward(messages, engine.take_held_acks())

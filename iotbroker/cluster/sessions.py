@@ -189,6 +189,8 @@ class Sessions:
         self._claims: set[str] = set()
         self._wake = asyncio.Event()
         self._resuming: set[str] = set()
+        #: position_now() at the previous turn
+        self._turn_position: int | None = None
         # counters (ClusterNode.status())
         self.resumed = 0
         self.handed_over = 0
@@ -215,6 +217,18 @@ class Sessions:
         """Sessions whose record changed this turn (SUBSCRIBE / UNSUBSCRIBE,
         CONNECT, DISCONNECT or connection lost): written once, soon."""
         dirty = self._dirty
+        # A session whose connection ended with nothing in flight had every message
+        # routed to it before the previous turn acknowledged: that turn's position
+        # holds (what came after the disconnect is queued; a later check of "drained"
+        # would take those for delivered).
+        registry = self.engine.registry
+        before = self._turn_position
+        for client in ended:
+            session = registry.get(client.client_id)
+            if (before is not None and session is not None and not session.inflight
+                    and client.client_id in self.revs):
+                self.positions[client.client_id] = before
+        self._turn_position = self.position_now()
         for client_id, _ in touched:
             dirty[client_id] = None
         for client in accepted:
@@ -228,7 +242,10 @@ class Sessions:
 
     # ---------------------------------------------------------- the record
     def _record_of(self, client_id: str) -> Record | None:
-        """This node's session of ``client_id`` as a record (None: no persistent one)."""
+        """This node's session of ``client_id`` as a record (None: no persistent one).
+        Drained now (nothing queued or in flight, connected or not: a message routed
+        to an offline session is queued) means every stream message routed here so
+        far was delivered: the position moves to now."""
         engine = self.engine
         session = engine.registry.get(client_id)
         if session is None or not session.persistent:
@@ -276,6 +293,8 @@ class Sessions:
             else:
                 self.revs[client_id] = await kv.update(key, rec.encode(), last=rev)
             self.writes += 1
+            log.debug("cluster: session record %r written (position %s)", client_id,
+                      None if rec is None else rec.position)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
