@@ -322,8 +322,7 @@ class Sessions:
             info = await js.stream_info(self.qos.stream)
             self.joined_at = info.state.last_seq
         self.kv = kv
-        # Sessions restored from this node's store: owned here unless the record says
-        # otherwise (resolved at their next CONNECT).
+        await self._adopt_restored(kv)
         log.info("cluster: session records bucket %r open", self.bucket)
         loop = asyncio.get_running_loop()
         checkpoint = loop.create_task(self._checkpoint_loop())
@@ -340,6 +339,47 @@ class Sessions:
                                        if c not in self._resuming))
         finally:
             checkpoint.cancel()
+
+    async def _adopt_restored(self, kv: KeyValue) -> None:
+        """Persistent sessions this node restored from its store (a restart): the
+        record says whose they are. Written by this node before (same node name) or
+        by nobody: taken (this store has the session, and the node's durable QoS
+        consumer brings what came meanwhile); owned by another node since: the copy
+        here is stale and dropped (its subscriptions, interest and queue go)."""
+        restored = [c for c, s in self.engine.registry.sessions.items()
+                    if s.persistent and c not in self.revs]
+
+        async def adopt(client_id: str) -> None:
+            key = client_key(client_id)
+            try:
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    entry = None
+                if entry is None or not entry.value:
+                    self._claims.add(client_id)
+                    self._dirty[client_id] = None
+                    return
+                rec = Record.decode(client_id, entry.value)
+                if rec.owner.rsplit(b"/", 1)[0] == self.node:
+                    self.positions[client_id] = rec.position
+                    mine = Record(self.sender, rec.position, rec.session, rec.subscriptions)
+                    self.revs[client_id] = await kv.update(key, mine.encode(),
+                                                           last=entry.revision)
+                    self._dirty[client_id] = None
+                else:
+                    log.info("cluster: restored session %r belongs to another node now; "
+                             "local copy dropped", client_id)
+                    self._drop_local(client_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cluster: restored session %r not adopted: %s", client_id, exc)
+
+        for start in range(0, len(restored), BATCH):
+            await asyncio.gather(*(adopt(c) for c in restored[start:start + BATCH]))
+        if self._dirty:
+            self._wake.set()
 
     async def _checkpoint_loop(self) -> None:
         """Advance the position of owned sessions that are drained (no KV write per
