@@ -15,9 +15,8 @@ keeps that rule across nodes with a replicated JetStream KV bucket.
 * Claims are sent concurrently (a reconnect storm is one round trip per batch, not
   per client) on their own queue, apart from the ordered message queue.
 
-Not yet: the session's state (subscriptions, queued and in-flight messages) does not
-move with the client id; each node keeps the sessions of the clients that connected
-to it (docs/cluster.md, "Not yet").
+The session's state (subscriptions, expiry, the QoS 1/2 messages it has not received)
+moves with its own record and compare-and-set: :mod:`iotbroker.cluster.sessions`.
 """
 
 from __future__ import annotations
