@@ -4,9 +4,10 @@ move"). Two nodes (a, b) on a 3-server NATS cluster (replicas 3).
 * **Resume time**: ``--sessions`` persistent sessions (MQTT 5.0, expiry 3600, one
   QoS 1 subscription each) are made on node a and disconnected; each then reconnects
   with Clean Start 0, interleaved: once to node a (its own node: the record is read
-  and found to be a's) and once to node b (the session moves: handover from a,
-  record compare-and-set, replay). CONNECT written → CONNACK read, p50 / p99, one at a
-  time. Then ``reconnect to b`` is measured again on one broker without a cluster, for
+  and found to be a's), then — after one QoS 1 message was published to it while
+  offline — to node b (the session moves: handover from a, record compare-and-set,
+  stream read; the queued message must arrive). CONNECT written → CONNACK read,
+  p50 / p99, one at a time. Then ``reconnect to b`` is measured again on one broker without a cluster, for
   the baseline of a plain resume.
 * **Cost per SUBSCRIBE of the record write**: a client sends ``--subscribes``
   SUBSCRIBEs (a new filter each, one at a time, waiting for each SUBACK); node a's
@@ -58,6 +59,7 @@ def resume_times(a: int, b: int, sessions: int, tag: str) -> tuple[list[float], 
         c.disconnect()
         c.close()
     time.sleep(0.5)
+    pub, _, _ = _connect(a, f"{tag}-pub", True, 0)
     same: list[float] = []
     moved: list[float] = []
     for i in range(sessions):
@@ -66,11 +68,14 @@ def resume_times(a: int, b: int, sessions: int, tag: str) -> tuple[list[float], 
         same.append(spent)
         c.disconnect()
         c.close()
+        pub.publish(f"bench/{tag}/{i}", b"queued", qos=1)  # while it is offline
         c, spent, present = _connect(b, f"{tag}-{i}", False, 3600)
         assert present, f"{tag}-{i} not resumed on b"
         moved.append(spent)
+        assert c.receive_publish(timeout=10).payload == b"queued"
         c.disconnect()
         c.close()
+    pub.close()
     return same, moved
 
 

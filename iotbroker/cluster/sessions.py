@@ -528,7 +528,9 @@ class Sessions:
                     client_id) is not None:
                 # This node before a restart: its store has the session (and its
                 # durable consumer brought what came meanwhile); take the record.
-                self.revs[client_id] = await kv.update(key, entry.value, last=revision)
+                mine = Record(self.sender, rec.position, rec.session, rec.subscriptions)
+                self.positions.setdefault(client_id, rec.position)
+                self.revs[client_id] = await kv.update(key, mine.encode(), last=revision)
                 self._dirty[client_id] = None
                 return
             owner_alive = await self._is_alive(rec.owner)
@@ -657,11 +659,15 @@ class Sessions:
             sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
         out: list[tuple[int, bytes, int, list[Message]]] = []
         try:
-            while True:
+            # How many match from the start on: fetched until then (or the end seen
+            # now), never waiting for messages that do not exist.
+            remaining = (await sub.consumer_info()).num_pending or 0
+            while remaining > 0:
                 try:
-                    msgs = await sub.fetch(FETCH_BATCH, timeout=0.5)
+                    msgs = await sub.fetch(min(FETCH_BATCH, remaining), timeout=2.0)
                 except TimeoutError:
                     break
+                remaining -= len(msgs)
                 done = False
                 for msg in msgs:
                     meta = msg.metadata
@@ -676,7 +682,7 @@ class Sessions:
                         log.warning("cluster: undecodable QoS stream message: %s", exc)
                         continue
                     out.append((stream_seq, sender, seq, messages))
-                    if stream_seq >= last or meta.num_pending == 0:
+                    if stream_seq >= last:
                         done = True
                 if done or not msgs:
                     break
