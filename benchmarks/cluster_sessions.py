@@ -7,8 +7,8 @@ move"). Two nodes (a, b) on a 3-server NATS cluster (replicas 3).
   and found to be a's), then — after one QoS 1 message was published to it while
   offline — to node b (the session moves: handover from a, record compare-and-set,
   stream read; the queued message must arrive). CONNECT written → CONNACK read,
-  p50 / p99, one at a time. Then ``reconnect to b`` is measured again on one broker without a cluster, for
-  the baseline of a plain resume.
+  p50 / p99, one at a time. A plain resume on one broker without a cluster is the
+  baseline.
 * **Cost per SUBSCRIBE of the record write**: a client sends ``--subscribes``
   SUBSCRIBEs (a new filter each, one at a time, waiting for each SUBACK); node a's
   CPU per SUBSCRIBE with a persistent session (a record write after each) against a
