@@ -119,7 +119,7 @@ class ClusterNode:
                              config.replicas, self.dedup, schedule_flush)
         self.sessions = Sessions(engine, self.sender, self.prefix, config.replicas,
                                  self.qos, self.wills.alive, self._interest_changed,
-                                 schedule_flush)
+                                 schedule_flush, self.ownership.owner)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0

@@ -160,7 +160,8 @@ class Sessions:
     def __init__(self, engine: Engine, sender: bytes, prefix: str, replicas: int,
                  qos: QosStream, alive: Callable[[str], Awaitable[bool]],
                  interest_changed: Callable[[list[tuple[str, str]]], None],
-                 schedule_flush: Callable[[], None]) -> None:
+                 schedule_flush: Callable[[], None],
+                 claimant: Callable[[str], Awaitable[bytes | None]]) -> None:
         self.engine = engine
         self.sender = sender
         self.token = sender.decode().replace("/", "_")
@@ -173,6 +174,8 @@ class Sessions:
         self.alive = alive
         self.interest_changed = interest_changed
         self.schedule_flush = schedule_flush
+        #: The process that claimed a client id last (ownership.py), None: nobody.
+        self.claimant = claimant
         self.kv: KeyValue | None = None
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
@@ -285,7 +288,9 @@ class Sessions:
                     return
                 if client_id not in self.engine.registry.sessions:
                     return
-                self.revs[client_id] = await kv.put(key, rec.encode())
+                rev = await kv.put(key, rec.encode())
+                if client_id in self.engine.registry.sessions:  # not handed over meanwhile
+                    self.revs[client_id] = rev
             elif rec is None:
                 self.revs.pop(client_id, None)
                 self.positions.pop(client_id, None)
@@ -442,7 +447,7 @@ class Sessions:
         the session. Synchronous: nothing is routed to it in between."""
         engine = self.engine
         self._dirty.pop(client_id, None)
-        rev = self.revs.pop(client_id, None)
+        self.revs.pop(client_id, None)
         client = engine.clients.get(client_id)
         now = time.time()
         session = engine.registry.get(client_id)
@@ -466,8 +471,6 @@ class Sessions:
         self._drop_local(client_id)
         self.handed_over += 1
         self.schedule_flush()
-        if rec is not None and rev is None:
-            rec.owner = b""  # we did not own it in the bucket: a stale copy
         return rec
 
     def _drop_local(self, client_id: str) -> None:
@@ -513,11 +516,28 @@ class Sessions:
         assert kv is not None
         key = client_key(client_id)
         for _ in range(3):
-            try:
-                entry = await kv.get(key)
-            except KeyNotFoundError:
-                return  # no record: this node's session (or none) is the truth
-            if not entry.value:
+            entry, claimant = await asyncio.gather(self._get(kv, key),
+                                                   self.claimant(client_id))
+            if entry is None or not entry.value:
+                # No record (yet: it is written just after a CONNECT): the process
+                # that accepted the client's last connection may have the session.
+                if claimant is None or claimant == self.sender:
+                    return  # this node's session (or none) is the truth
+                if not await self._is_alive(claimant):
+                    return
+                data = await self._ask(claimant, _HANDOVER, client_id)
+                if not data:
+                    return
+                rec = Record.decode(client_id, data)
+                if rec.expired(time.time()):
+                    return
+                claimed = Record(self.sender, rec.position, rec.session, rec.subscriptions)
+                try:
+                    self.revs[client_id] = await kv.create(key, claimed.encode())
+                except Exception:
+                    continue  # written meanwhile: read again
+                await self._install(client_id, rec)
+                self.resumed += 1
                 return
             rec = Record.decode(client_id, entry.value)
             revision = entry.revision or 0
@@ -557,6 +577,13 @@ class Sessions:
             return
         log.warning("cluster: session %r: record kept changing; served with this "
                     "node's state", client_id)
+
+    @staticmethod
+    async def _get(kv: KeyValue, key: str) -> KeyValue.Entry | None:
+        try:
+            return await kv.get(key)
+        except KeyNotFoundError:
+            return None
 
     async def _is_alive(self, owner: bytes) -> bool:
         try:
