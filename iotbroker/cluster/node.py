@@ -119,7 +119,8 @@ class ClusterNode:
                              config.replicas, self.dedup, schedule_flush)
         self.sessions = Sessions(engine, self.sender, self.prefix, config.replicas,
                                  self.qos, self.wills.alive, self._interest_changed,
-                                 schedule_flush, self.ownership.owner)
+                                 schedule_flush, self.ownership.owner,
+                                 self.ownership.claim_now)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -247,8 +248,11 @@ class ClusterNode:
         if touched:
             self._interest_changed(touched)
         accepted = engine.take_accepted()
+        early = self.sessions.claimed_early
         for client in accepted:
-            self.ownership.claim(client.client_id)
+            claimed = early.pop(client.client_id, None) if early else None
+            if claimed is None or time.monotonic() - claimed > 10.0:
+                self.ownership.claim(client.client_id)  # (else its resume claimed it)
             self.wills.connected(client)
         ended = engine.take_ended()
         for client in ended:

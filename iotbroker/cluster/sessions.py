@@ -161,7 +161,8 @@ class Sessions:
                  qos: QosStream, alive: Callable[[str], Awaitable[bool]],
                  interest_changed: Callable[[list[tuple[str, str]]], None],
                  schedule_flush: Callable[[], None],
-                 claimant: Callable[[str], Awaitable[bytes | None]]) -> None:
+                 claimant: Callable[[str], Awaitable[bytes | None]],
+                 claim_now: Callable[[str], Awaitable[None]]) -> None:
         self.engine = engine
         self.sender = sender
         self.token = sender.decode().replace("/", "_")
@@ -176,6 +177,10 @@ class Sessions:
         self.schedule_flush = schedule_flush
         #: The process that claimed a client id last (ownership.py), None: nobody.
         self.claimant = claimant
+        self.claim_now = claim_now
+        #: client ids claimed by a resume before their CONNACK (not claimed again at
+        #: the CONNACK if it follows within a few seconds), and when
+        self.claimed_early: dict[str, float] = {}
         self.kv: KeyValue | None = None
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
@@ -515,9 +520,14 @@ class Sessions:
         kv = self.kv
         assert kv is not None
         key = client_key(client_id)
-        for _ in range(3):
+        for attempt in range(3):
             entry, claimant = await asyncio.gather(self._get(kv, key),
                                                    self.claimant(client_id))
+            if attempt == 0:
+                # The client id is this node's from here on (its claim is in the stream
+                # before the CONNACK, so a later connection elsewhere claims after it).
+                await self.claim_now(client_id)
+                self.claimed_early[client_id] = time.monotonic()
             if entry is None or not entry.value:
                 # No record (yet: it is written just after a CONNECT): the process
                 # that accepted the client's last connection may have the session.
