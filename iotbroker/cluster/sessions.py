@@ -426,7 +426,9 @@ class Sessions:
 
     # ------------------------------------------------------------ handover
     def _subject(self, sender: bytes) -> str:
-        return f"{self.prefix}.sess.{sender.decode().replace('/', '_').replace('.', '_')}"
+        """Where a process answers handover requests (outside ``<prefix>.``, which is
+        the MQTT interest)."""
+        return f"_iotb_sess.{self.prefix}.{sender.decode().replace('/', '_').replace('.', '_')}"
 
     async def _ask(self, owner: bytes, op: bytes, client_id: str) -> bytes | None:
         nc = self.nc
