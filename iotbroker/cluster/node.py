@@ -118,7 +118,7 @@ class ClusterNode:
         self.qos = QosStream(engine, self.sender, config.node_name, self.prefix,
                              config.replicas, self.dedup, schedule_flush)
         self.sessions = Sessions(engine, self.sender, self.prefix, config.replicas,
-                                 self.qos, self.wills.alive, self._interest_changed,
+                                 self.qos, self._interest_changed,
                                  schedule_flush, self.ownership.owner,
                                  self.ownership.claim_now)
         # counters (status(): $SYS/broker/cluster/..., metrics)

@@ -158,7 +158,7 @@ class Sessions:
     """This node's side of moving sessions: its records, handovers, resumes."""
 
     def __init__(self, engine: Engine, sender: bytes, prefix: str, replicas: int,
-                 qos: QosStream, alive: Callable[[str], Awaitable[bool]],
+                 qos: QosStream,
                  interest_changed: Callable[[list[tuple[str, str]]], None],
                  schedule_flush: Callable[[], None],
                  claimant: Callable[[str], Awaitable[bytes | None]],
@@ -172,7 +172,6 @@ class Sessions:
         self.bucket = f"{base}_sessrec"
         self.replicas = replicas
         self.qos = qos
-        self.alive = alive
         self.interest_changed = interest_changed
         self.schedule_flush = schedule_flush
         #: The process that claimed a client id last (ownership.py), None: nobody.
@@ -197,6 +196,7 @@ class Sessions:
         self._claims: set[str] = set()
         self._wake = asyncio.Event()
         self._resuming: set[str] = set()
+        self._cleanup: set[asyncio.Task[None]] = set()
         #: position_now() at the previous turn
         self._turn_position: int | None = None
         # counters (ClusterNode.status())
@@ -525,9 +525,14 @@ class Sessions:
         for attempt in range(3):
             entry, claimant = await asyncio.gather(self._get(kv, key),
                                                    self.claimant(client_id))
-            if attempt == 0:
-                # The client id is this node's from here on (its claim is in the stream
-                # before the CONNACK, so a later connection elsewhere claims after it).
+            owner = None
+            if entry is not None and entry.value:
+                owner = Record.decode(client_id, entry.value).owner
+            if attempt == 0 and ((owner is not None and owner != self.sender) or (
+                    claimant is not None and claimant != self.sender)):
+                # Moving here: the client id is this node's from now on (its claim is
+                # in the stream before the CONNACK, so a later connection elsewhere
+                # claims after it).
                 await self.claim_now(client_id)
                 self.claimed_early[client_id] = time.monotonic()
             if entry is None or not entry.value:
@@ -535,8 +540,6 @@ class Sessions:
                 # that accepted the client's last connection may have the session.
                 if claimant is None or claimant == self.sender:
                     return  # this node's session (or none) is the truth
-                if not await self._is_alive(claimant):
-                    return
                 data = await self._ask(claimant, _HANDOVER, client_id)
                 if not data:
                     return
@@ -565,13 +568,11 @@ class Sessions:
                 self.revs[client_id] = await kv.update(key, mine.encode(), last=revision)
                 self._dirty[client_id] = None
                 return
-            owner_alive = await self._is_alive(rec.owner)
-            if owner_alive:
-                data = await self._ask(rec.owner, _HANDOVER, client_id)
-                if data:
-                    handed = Record.decode(client_id, data)
-                    if handed.owner:
-                        rec = handed
+            # A live owner answers (a dead one has no subscription left: NATS says
+            # "no responders" at once; a hung one is waited for HANDOVER_TIMEOUT).
+            data = await self._ask(rec.owner, _HANDOVER, client_id)
+            if data:
+                rec = Record.decode(client_id, data)
             now = time.time()
             if rec.expired(now):
                 with contextlib.suppress(Exception):
@@ -596,12 +597,6 @@ class Sessions:
             return await kv.get(key)
         except KeyNotFoundError:
             return None
-
-    async def _is_alive(self, owner: bytes) -> bool:
-        try:
-            return await self.alive(owner.decode().replace("/", "_"))
-        except Exception:
-            return False
 
     async def _install(self, client_id: str, rec: Record) -> None:
         """Rebuild the session here from ``rec`` and deliver what the QoS stream has
@@ -725,9 +720,15 @@ class Sessions:
                         done = True
                 if done or not msgs:
                     break
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(qos.stream, sub._consumer)
+        finally:  # not waited for (the consumer also goes by itself when inactive)
+            task = asyncio.get_running_loop().create_task(self._forget(js, sub))
+            self._cleanup.add(task)
+            task.add_done_callback(self._cleanup.discard)
         return out
+
+    async def _forget(self, js: JetStreamContext, sub: JetStreamContext.PullSubscription
+                      ) -> None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(self.qos.stream, sub._consumer)

@@ -206,12 +206,6 @@ class Wills:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def alive(self, token: str) -> bool:
-        """Has the process ``token`` a heartbeat (False: dead, or not known yet)?"""
-        if self.nodes is None:
-            return False
-        return await self._alive(token)
-
     async def _alive(self, token: str) -> bool:
         nodes = self.nodes
         assert nodes is not None
