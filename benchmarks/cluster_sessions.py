@@ -9,8 +9,10 @@ move"). Two nodes (a, b) on a 3-server NATS cluster (replicas 3).
   stream read; the queued message must arrive). CONNECT written → CONNACK read,
   p50 / p99, one at a time. A plain resume on one broker without a cluster is the
   baseline.
-* **Cost per SUBSCRIBE of the record write**: a client sends ``--subscribes``
-  SUBSCRIBEs (a new filter each, one at a time, waiting for each SUBACK); node a's
+* **Cost per SUBSCRIBE of the record write**: clients send ``--subscribes``
+  SUBSCRIBEs, ``--per-client`` each (a new filter each, one at a time, waiting for
+  each SUBACK; the record holds all of a client's filters, so its size grows with
+  them: ``--per-client 2000`` is the worst case of one big client); node a's
   CPU per SUBSCRIBE with a persistent session (a record write after each) against a
   session with expiry 0 (no record), interleaved, median of ``--reps``. Both pay the
   NATS interest (one NATS SUB per new filter). SUBACK latency is reported too (the
@@ -79,22 +81,27 @@ def resume_times(a: int, b: int, sessions: int, tag: str) -> tuple[list[float], 
     return same, moved
 
 
-def subscribe_cost(pid: int, port: int, count: int, expiry: int, tag: str
-                   ) -> tuple[float, list[float], float]:
-    """(node CPU per SUBSCRIBE, SUBACK latencies, this generator's CPU per SUBSCRIBE)."""
-    c, _, _ = _connect(port, tag, True, expiry)
+def subscribe_cost(pid: int, port: int, count: int, per_client: int, expiry: int,
+                   tag: str) -> tuple[float, list[float], float]:
+    """(node CPU per SUBSCRIBE, SUBACK latencies, this generator's CPU per SUBSCRIBE):
+    ``count`` SUBSCRIBEs, ``per_client`` by each of ``count / per_client`` clients
+    (connected before the measurement), one at a time."""
+    clients = [_connect(port, f"{tag}-{k}", True, expiry)[0]
+               for k in range(max(1, count // per_client))]
+    time.sleep(0.5)
     lat = []
     cpu0 = cpu_seconds(pid)
     gen0 = time.process_time()
     for i in range(count):
         t0 = time.perf_counter()
-        c.subscribe(f"cost/{tag}/{i}", qos=1)
+        clients[i % len(clients)].subscribe(f"cost/{tag}/{i}", qos=1)
         lat.append(time.perf_counter() - t0)
     gen = time.process_time() - gen0
     time.sleep(0.5)  # the writes after the last SUBACK
     cpu = cpu_seconds(pid) - cpu0
-    c.disconnect()
-    c.close()
+    for c in clients:
+        c.disconnect()
+        c.close()
     return cpu / count, lat, gen / count
 
 
@@ -102,6 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--subscribes", type=int, default=2000)
+    parser.add_argument("--per-client", type=int, default=5,
+                        help="SUBSCRIBEs per client (the record holds all of them)")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,13 +160,13 @@ def main() -> None:
             lat_0: list[float] = []
             gens: list[float] = []
             for rep in range(args.reps):  # interleaved
-                cost, lat, gen = subscribe_cost(a.proc.pid, a.port, args.subscribes, 3600,
-                                                f"p{rep}")
+                cost, lat, gen = subscribe_cost(a.proc.pid, a.port, args.subscribes,
+                                                args.per_client, 3600, f"p{rep}")
                 persistent.append(cost)
                 lat_p += lat
                 gens.append(gen)
-                cost, lat, gen = subscribe_cost(a.proc.pid, a.port, args.subscribes, 0,
-                                                f"z{rep}")
+                cost, lat, gen = subscribe_cost(a.proc.pid, a.port, args.subscribes,
+                                                args.per_client, 0, f"z{rep}")
                 plain.append(cost)
                 lat_0 += lat
                 gens.append(gen)
@@ -170,8 +179,8 @@ def main() -> None:
     for label, values in (("one broker, no cluster", base), ("cluster, same node", same),
                           ("cluster, moved to the other node", moved)):
         print(f"  {label:34s} p50 {_pct(values, 0.5):6.2f} ms  p99 {_pct(values, 0.99):6.2f} ms")
-    print(f"SUBSCRIBE ({args.subscribes} new filters, one at a time), node CPU per SUBSCRIBE, "
-          f"median of {args.reps}:")
+    print(f"SUBSCRIBE ({args.subscribes} new filters, {args.per_client} per client, one at a "
+          f"time), node CPU per SUBSCRIBE, median of {args.reps}:")
     for label, costs, lat in (("persistent (record write)", persistent, lat_p),
                               ("expiry 0 (no record)", plain, lat_0)):
         print(f"  {label:28s} {statistics.median(costs) * 1e6:7.0f} us CPU  SUBACK p50 "

@@ -301,7 +301,9 @@ class Sessions:
                 self.positions.pop(client_id, None)
                 await kv.delete(key, last=rev)
             else:
-                self.revs[client_id] = await kv.update(key, rec.encode(), last=rev)
+                rev = await kv.update(key, rec.encode(), last=rev)
+                if client_id in self.revs:  # not handed over meanwhile
+                    self.revs[client_id] = rev
             self.writes += 1
             log.debug("cluster: session record %r written (position %s)", client_id,
                       None if rec is None else rec.position)
@@ -519,62 +521,71 @@ class Sessions:
     last_resume_seconds = 0.0
 
     async def _resume(self, client_id: str) -> None:
+        """Find the session of ``client_id`` in the cluster and make it this node's
+        (module docstring). A previous owner's late writes may race the
+        compare-and-set: read again (the record it handed over is kept: it is the
+        final one)."""
         kv = self.kv
         assert kv is not None
         key = client_key(client_id)
-        for attempt in range(3):
+        handed: Record | None = None
+        for attempt in range(4):
             entry, claimant = await asyncio.gather(self._get(kv, key),
                                                    self.claimant(client_id))
-            owner = None
+            found = None
             if entry is not None and entry.value:
-                owner = Record.decode(client_id, entry.value).owner
-            if attempt == 0 and ((owner is not None and owner != self.sender) or (
+                found = Record.decode(client_id, entry.value)
+            if attempt == 0 and ((found is not None and found.owner != self.sender) or (
                     claimant is not None and claimant != self.sender)):
                 # Moving here: the client id is this node's from now on (its claim is
                 # in the stream before the CONNACK, so a later connection elsewhere
                 # claims after it).
                 await self.claim_now(client_id)
                 self.claimed_early[client_id] = time.monotonic()
-            if entry is None or not entry.value:
+            if found is None:
                 # No record (yet: it is written just after a CONNECT): the process
                 # that accepted the client's last connection may have the session.
-                if claimant is None or claimant == self.sender:
-                    return  # this node's session (or none) is the truth
-                data = await self._ask(claimant, _HANDOVER, client_id)
-                if not data:
+                if handed is None:
+                    if claimant is None or claimant == self.sender:
+                        return  # this node's session (or none) is the truth
+                    data = await self._ask(claimant, _HANDOVER, client_id)
+                    if not data:
+                        return
+                    handed = Record.decode(client_id, data)
+                if handed.expired(time.time()):
                     return
-                rec = Record.decode(client_id, data)
-                if rec.expired(time.time()):
-                    return
-                claimed = Record(self.sender, rec.position, rec.session, rec.subscriptions)
+                claimed = Record(self.sender, handed.position, handed.session,
+                                 handed.subscriptions)
                 try:
                     self.revs[client_id] = await kv.create(key, claimed.encode())
                 except Exception:
                     continue  # written meanwhile: read again
-                await self._install(client_id, rec)
+                await self._install(client_id, handed)
                 self.resumed += 1
                 return
-            rec = Record.decode(client_id, entry.value)
+            assert entry is not None
             revision = entry.revision or 0
-            if rec.owner == self.sender:
+            if found.owner == self.sender:
                 self.revs.setdefault(client_id, revision)
                 return  # ours: the local session is the truth
-            if rec.owner.rsplit(b"/", 1)[0] == self.node and self.engine.registry.get(
-                    client_id) is not None:
+            if handed is None and found.owner.rsplit(b"/", 1)[0] == self.node and (
+                    self.engine.registry.get(client_id) is not None):
                 # This node before a restart: its store has the session (and its
                 # durable consumer brought what came meanwhile); take the record.
-                mine = Record(self.sender, rec.position, rec.session, rec.subscriptions)
-                self.positions.setdefault(client_id, rec.position)
+                mine = Record(self.sender, found.position, found.session,
+                              found.subscriptions)
+                self.positions.setdefault(client_id, found.position)
                 self.revs[client_id] = await kv.update(key, mine.encode(), last=revision)
                 self._dirty[client_id] = None
                 return
-            # A live owner answers (a dead one has no subscription left: NATS says
-            # "no responders" at once; a hung one is waited for HANDOVER_TIMEOUT).
-            data = await self._ask(rec.owner, _HANDOVER, client_id)
-            if data:
-                rec = Record.decode(client_id, data)
-            now = time.time()
-            if rec.expired(now):
+            if handed is None:
+                # A live owner answers (a dead one has no subscription left: NATS says
+                # "no responders" at once; a hung one is waited for HANDOVER_TIMEOUT).
+                data = await self._ask(found.owner, _HANDOVER, client_id)
+                if data:
+                    handed = Record.decode(client_id, data)
+            rec = handed if handed is not None else found
+            if rec.expired(time.time()):
                 with contextlib.suppress(Exception):
                     await kv.delete(key, last=revision)
                 self._drop_local(client_id)
