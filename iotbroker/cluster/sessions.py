@@ -499,8 +499,10 @@ class Sessions:
         """A CONNECT of ``client_id`` is about to be accepted: with Clean Start 0,
         the session may be elsewhere — a future the CONNECT waits for (None: go on
         now)."""
-        if clean_start or self.kv is None or client_id in self._resuming:
-            return None
+        nc = self.nc
+        if (clean_start or self.kv is None or nc is None or not nc.is_connected
+                or client_id in self._resuming):
+            return None  # without NATS: this node's copy (docs/cluster.md)
         self._resuming.add(client_id)
         task = asyncio.get_running_loop().create_task(self._resume_bounded(client_id))
         return task
