@@ -260,6 +260,8 @@ class ClusterNode:
         self.sessions.after_turn(touched, accepted, ended)
         messages = engine.take_forwarding()
         if messages:
+            if self.sessions.capturing:  # a session being resumed (sessions.py)
+                self.sessions.capture(messages)
             self._forward(messages, engine.take_held_acks())
         if self._commands:
             self._wake.set()
@@ -518,6 +520,8 @@ class ClusterNode:
         route = self.engine.route_remote
         for message in messages:
             route(message, now)
+        if self.sessions.capturing:  # a session being resumed (sessions.py)
+            self.sessions.capture(messages)
         self.schedule_flush()
 
     async def _disconnected(self) -> None:

@@ -86,6 +86,8 @@ RESUME_TIMEOUT = 5.0
 HANDOVER_TIMEOUT = 1.0
 #: Stream messages fetched per request when a resumed session is replayed.
 FETCH_BATCH = 500
+#: Messages routed here during one resume kept for it at most.
+MAX_CAPTURED = 100_000
 
 _HEAD = struct.Struct(">BQB")  # version, position + 1 (0: unknown), len(owner)
 _LEN32 = struct.Struct(">I")
@@ -154,6 +156,12 @@ class Record:
             and s.disconnected_at + s.expiry_interval <= now))
 
 
+def _identity(message: Message) -> tuple[str, str, float, bytes]:
+    """One message, whether decoded from the stream or routed live (no sequence
+    number travels with a local one)."""
+    return message.topic, message.origin, message.created_at, bytes(message.payload)
+
+
 class Sessions:
     """This node's side of moving sessions: its records, handovers, resumes."""
 
@@ -197,6 +205,10 @@ class Sessions:
         self._wake = asyncio.Event()
         self._resuming: set[str] = set()
         self._cleanup: set[asyncio.Task[None]] = set()
+        #: per client id being resumed: the messages routed here meanwhile (live from
+        #: other nodes, or published here) — given to the session when it is rebuilt
+        #: unless the stream read has them (their stream copy may come too late)
+        self._captured: dict[str, list[Message]] = {}
         #: position_now() at the previous turn
         self._turn_position: int | None = None
         # counters (ClusterNode.status())
@@ -247,6 +259,22 @@ class Sessions:
             dirty[client.client_id] = None
         if dirty:
             self._wake.set()
+
+    @property
+    def capturing(self) -> bool:
+        return bool(self._captured)
+
+    def capture(self, messages: list[Message]) -> None:
+        """Messages routed here while a session is being resumed (before it is in
+        the trie): kept for it (bounded)."""
+        for client_id, kept in list(self._captured.items()):
+            if len(kept) + len(messages) > MAX_CAPTURED:
+                del self._captured[client_id]
+                log.warning("cluster: session %r: more than %d messages during its resume; "
+                            "those routed live meanwhile come from the stream only",
+                            client_id, MAX_CAPTURED)
+                continue
+            kept.extend(messages)
 
     # ---------------------------------------------------------- the record
     def _record_of(self, client_id: str) -> Record | None:
@@ -504,6 +532,7 @@ class Sessions:
                 or client_id in self._resuming):
             return None  # without NATS: this node's copy (docs/cluster.md)
         self._resuming.add(client_id)
+        self._captured[client_id] = []
         task = asyncio.get_running_loop().create_task(self._resume_bounded(client_id))
         return task
 
@@ -518,6 +547,7 @@ class Sessions:
             log.warning("cluster: session %r not resumed: %s", client_id, exc)
         finally:
             self._resuming.discard(client_id)
+            self._captured.pop(client_id, None)
             self.last_resume_seconds = time.monotonic() - started
 
     last_resume_seconds = 0.0
@@ -654,7 +684,22 @@ class Sessions:
             dedup = qos.dedup
             own = self.sender
             count = 0
+            replayed: set[tuple[str, str, float, bytes]] = set()
+
+            def to_session(message: Message) -> int:
+                if message.expired(now):
+                    return 0
+                entries = [e for e in session.subscriptions.values()
+                           if e.share_group is None
+                           and filter_matches(e.topic_filter, message.topic)]
+                if entries:
+                    delivery = copy_for(message, entries, client_id)
+                    if delivery is not None and session.deliver(delivery, now):
+                        return 1
+                return 0
+
             for stream_seq, sender, seq, messages in fetched:
+                replayed.update(_identity(m) for m in messages)
                 if sender != own and (nxt is None or stream_seq >= nxt) and dedup.first(
                         sender, seq):
                     for message in messages:  # as the reader would: to every session
@@ -662,15 +707,12 @@ class Sessions:
                     count += len(messages)
                     continue
                 for message in messages:  # routed here before: to this session only
-                    if message.expired(now):
-                        continue
-                    entries = [e for e in session.subscriptions.values()
-                               if e.share_group is None
-                               and filter_matches(e.topic_filter, message.topic)]
-                    if entries:
-                        delivery = copy_for(message, entries, client_id)
-                        if delivery is not None and session.deliver(delivery, now):
-                            count += 1
+                    count += to_session(message)
+            # Routed here during the resume, before the session was: those whose stream
+            # copy was not in the read above (written after it) come now.
+            for message in self._captured.pop(client_id, []):
+                if message.qos and _identity(message) not in replayed:
+                    count += to_session(message)
             self.replayed += count
             log.info("cluster: session %r resumed here (%d subscriptions, %d QoS 1/2 "
                      "messages from the stream after position %s)", client_id,
