@@ -81,11 +81,14 @@ CHECKPOINT_SECONDS = 2.0
 BATCH = 256
 #: Seconds a CONNECT waits for the record, a handover or the stream at most; then the
 #: client is served with what this node has (logged).
-RESUME_TIMEOUT = 5.0
+RESUME_TIMEOUT = 8.0
 #: Seconds a live owner has to answer a handover request.
 HANDOVER_TIMEOUT = 1.0
 #: Stream messages fetched per request when a resumed session is replayed.
 FETCH_BATCH = 500
+#: Seconds the stream read of one resume may take (retrying a slow server); then the
+#: session is resumed without what was not read (logged; its position is kept).
+FETCH_PATIENCE = 3.0
 #: Messages routed here during one resume kept for it at most.
 MAX_CAPTURED = 100_000
 
@@ -156,6 +159,10 @@ class Record:
             and s.disconnected_at + s.expiry_interval <= now))
 
 
+class IncompleteReplay(Exception):
+    """The stream did not give a resumed session's messages in time."""
+
+
 def _identity(message: Message) -> tuple[str, str, float, bytes]:
     """One message, whether decoded from the stream or routed live (no sequence
     number travels with a local one)."""
@@ -205,6 +212,8 @@ class Sessions:
         self._wake = asyncio.Event()
         self._resuming: set[str] = set()
         self._cleanup: set[asyncio.Task[None]] = set()
+        #: sessions resumed without all their stream messages: position not moved
+        self._pinned: set[str] = set()
         #: per client id being resumed: the messages routed here meanwhile (live from
         #: other nodes, or published here) — given to the session when it is rebuilt
         #: unless the stream read has them (their stream copy may come too late)
@@ -246,7 +255,8 @@ class Sessions:
         for client in ended:
             session = registry.get(client.client_id)
             if (before is not None and session is not None and not session.inflight
-                    and client.client_id in self.revs):
+                    and client.client_id in self.revs
+                    and client.client_id not in self._pinned):
                 self.positions[client.client_id] = before
         self._turn_position = self.position_now()
         for client_id, _ in touched:
@@ -286,7 +296,7 @@ class Sessions:
         session = engine.registry.get(client_id)
         if session is None or not session.persistent:
             return None
-        if self._drained(session):
+        if self._drained(session) and client_id not in self._pinned:
             pos = self.position_now()
             if pos is not None:
                 self.positions[client_id] = pos
@@ -512,6 +522,7 @@ class Sessions:
 
     def _drop_local(self, client_id: str) -> None:
         engine = self.engine
+        self._pinned.discard(client_id)
         session = engine.registry.get(client_id)
         if session is None or session.attached_to is not None:
             return
@@ -654,8 +665,17 @@ class Sessions:
         async with qos._lock:
             nxt = qos._next
             fetched: list[tuple[int, bytes, int, list[Message]]] = []
+            incomplete = False
             if rec.position is not None and filters:
-                fetched = await self._fetch(js, rec.position, filters)
+                try:
+                    fetched = await self._fetch(js, rec.position, filters)
+                except IncompleteReplay as exc:
+                    # The session comes here all the same (its subscriptions); its
+                    # position stays where it was, so a later move reads it all again.
+                    incomplete = True
+                    log.error("cluster: session %r: the QoS stream read after position "
+                              "%s failed (%s); resumed without those messages, position "
+                              "kept", client_id, rec.position, exc)
             # From here on, synchronous: nothing else is routed in between.
             engine = self.engine
             registry = engine.registry
@@ -678,6 +698,8 @@ class Sessions:
                 batch.put_subscription(entry)
             batch.put_session(registry.record(session))
             self.positions[client_id] = rec.position
+            if incomplete:
+                self._pinned.add(client_id)
             pairs = [(client_id, e.topic_filter) for e in rec.subscriptions]
             if pairs:
                 self.interest_changed(pairs)
@@ -751,11 +773,16 @@ class Sessions:
             # How many match from the start on: fetched until then (or the end seen
             # now), never waiting for messages that do not exist.
             remaining = (await sub.consumer_info()).num_pending or 0
+            deadline = time.monotonic() + FETCH_PATIENCE
             while remaining > 0:
                 try:
-                    msgs = await sub.fetch(min(FETCH_BATCH, remaining), timeout=2.0)
+                    msgs = await sub.fetch(min(FETCH_BATCH, remaining), timeout=1.0)
                 except TimeoutError:
-                    break
+                    if time.monotonic() < deadline:
+                        continue  # a loaded server: ask again
+                    raise IncompleteReplay(
+                        f"{remaining} stream messages not read within "
+                        f"{FETCH_PATIENCE:.0f}s") from None
                 remaining -= len(msgs)
                 done = False
                 for msg in msgs:
