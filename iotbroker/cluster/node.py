@@ -215,6 +215,8 @@ class ClusterNode:
         await self.qos.stop()
         with contextlib.suppress(Exception):  # a clean stop sends no will
             await asyncio.wait_for(self.wills.forget_own(), 3)
+        with contextlib.suppress(Exception):  # the sessions' last state (sessions.py)
+            await asyncio.wait_for(self.sessions.flush(), 3)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

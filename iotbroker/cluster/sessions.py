@@ -390,6 +390,26 @@ class Sessions:
         finally:
             checkpoint.cancel()
 
+    async def flush(self) -> None:
+        """A clean stop: the records that changed since their last write go now
+        (the sessions' connections were closed by the shutdown: their positions are
+        current), so that their clients resume on other nodes from here."""
+        kv = self.kv
+        if kv is None:
+            return
+        pos = self.position_now()
+        sessions = self.engine.registry.sessions
+        for client_id in list(self.revs):
+            session = sessions.get(client_id)
+            if session is not None and (pos is None or self.positions.get(client_id) != pos):
+                self._dirty[client_id] = None
+        while self._dirty:
+            batch = list(self._dirty)[:BATCH]
+            for client_id in batch:
+                del self._dirty[client_id]
+            await asyncio.gather(*(self._write_one(kv, c) for c in batch
+                                   if c not in self._resuming))
+
     async def _adopt_restored(self, kv: KeyValue) -> None:
         """Persistent sessions this node restored from its store (a restart): the
         record says whose they are. Written by this node before (same node name) or

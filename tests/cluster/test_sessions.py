@@ -404,3 +404,30 @@ def test_kill_9_while_publishers_and_persistent_subscribers_run(make_node: Node)
           f"the kill, {len(got_on)} after, {again} again")
     back_off.close()
     back_on.close()
+
+
+def test_sigterm_of_the_node_writes_its_sessions_last_state(make_node: Node) -> None:
+    """A clean stop (SIGTERM) of the node that has a session writes its record with
+    what the client acknowledged there (before the 2 s checkpoint): resumed on another
+    node (Session Present 1 [MQTT-3.2.2-2]), nothing it had acknowledged comes again
+    — QoS 2 exactly once [MQTT-4.3.3-2] — and its subscription delivers there."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    _ready(a, b)
+    sub, _ = _connect(a, "rolling", clean_start=True)
+    sub.subscribe("roll/#", qos=2)
+    pub, _ = _connect(b, "roll-pub", clean_start=True, expiry=0)
+    time.sleep(0.3)  # a's interest in roll/#
+    _publish_acked(pub, "roll/x", [f"r-{i}".encode() for i in range(10)], qos=2)
+    got = _receive_all(sub, 10)
+    assert [m.payload for m in got] == [f"r-{i}".encode() for i in range(10)]
+    time.sleep(0.3)  # a's stream reader has read them too
+    a.stop()
+    sub.close()
+    back, present = _connect(b, "rolling")
+    assert present
+    back.nothing(0.5)  # none again
+    _publish_acked(pub, "roll/x", [b"after"], qos=2)
+    assert _receive_all(back, 1)[0].payload == b"after"
+    back.close()
+    pub.close()
