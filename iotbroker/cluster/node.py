@@ -43,6 +43,7 @@ from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GRACE, QosStream
+from iotbroker.cluster.sessions import Sessions
 from iotbroker.cluster.subjects import (
     filter_to_subjects,
     key_to_topic,
@@ -116,6 +117,10 @@ class ClusterNode:
         self.wills.status_of = self._figures
         self.qos = QosStream(engine, self.sender, config.node_name, self.prefix,
                              config.replicas, self.dedup, schedule_flush)
+        self.sessions = Sessions(engine, self.sender, self.prefix, config.replicas,
+                                 self.qos, self._interest_changed,
+                                 schedule_flush, self.ownership.owner,
+                                 self.ownership.claim_now)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -144,6 +149,11 @@ class ClusterNode:
             "qos_received": self.qos.received,
             "qos_duplicate": self.qos.duplicates,
             "qos_replay_skipped": self.qos.replay_skipped,
+            "sessions_resumed": self.sessions.resumed,
+            "sessions_handed_over": self.sessions.handed_over,
+            "sessions_replayed": self.sessions.replayed,
+            "sessions_record_writes": self.sessions.writes,
+            "sessions_record_failures": self.sessions.write_failures,
         }
 
     def _figures(self) -> bytes:
@@ -206,6 +216,8 @@ class ClusterNode:
         await self.qos.stop()
         with contextlib.suppress(Exception):  # a clean stop sends no will
             await asyncio.wait_for(self.wills.forget_own(), 3)
+        with contextlib.suppress(Exception):  # the sessions' last state (sessions.py)
+            await asyncio.wait_for(self.sessions.flush(), 3)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -225,6 +237,12 @@ class ClusterNode:
                  self.config.node_name, self.forwarded + self.qos.written,
                  self.received + self.qos.received, self.dropped)
 
+    def before_accept(self, client_id: str, clean_start: bool) -> asyncio.Future[None] | None:
+        """A CONNECT is about to be accepted; with Clean Start 0 its session may be on
+        another node: a future the server waits for before accepting (None: now).
+        docs/cluster.md, "Sessions move"."""
+        return self.sessions.before_accept(client_id, clean_start)
+
     # --------------------------------------------------------- each turn
     def after_turn(self) -> None:
         """Drain the engine's forwarding effects into the ordered command queue."""
@@ -232,16 +250,24 @@ class ClusterNode:
         touched = engine.take_interest_touched()
         if touched:
             self._interest_changed(touched)
-        for client in engine.take_accepted():
-            self.ownership.claim(client.client_id)
+        accepted = engine.take_accepted()
+        early = self.sessions.claimed_early
+        for client in accepted:
+            claimed = early.pop(client.client_id, None) if early else None
+            if claimed is None or time.monotonic() - claimed > 10.0:
+                self.ownership.claim(client.client_id)  # (else its resume claimed it)
             self.wills.connected(client)
-        for client in engine.take_ended():
+        ended = engine.take_ended()
+        for client in ended:
             self.wills.ended(client)
+        self.sessions.after_turn(touched, accepted, ended)
         messages = engine.take_forwarding()
         held = engine.take_held_acks()
         if messages or held:  # QoS 2: through the stream only (qos_stream.py)
             held = self.qos.take_exactly_once(messages, held)
         if messages:
+            if self.sessions.capturing:  # a session being resumed (sessions.py)
+                self.sessions.capture(messages)
             self._forward(messages, held)
         if self._commands:
             self._wake.set()
@@ -376,6 +402,7 @@ class ClusterNode:
         self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
+        self._tasks.append(loop.create_task(self.sessions.run(nc)))
         commands = self._commands
         wake = self._wake
         while True:
@@ -503,6 +530,8 @@ class ClusterNode:
         route = self.engine.route_remote
         for message in messages:
             route(message, now)
+        if self.sessions.capturing:  # a session being resumed (sessions.py)
+            self.sessions.capture(messages)
         self.schedule_flush()
 
     async def _disconnected(self) -> None:

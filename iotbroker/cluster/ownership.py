@@ -15,9 +15,8 @@ keeps that rule across nodes with a replicated JetStream KV bucket.
 * Claims are sent concurrently (a reconnect storm is one round trip per batch, not
   per client) on their own queue, apart from the ordered message queue.
 
-Not yet: the session's state (subscriptions, queued and in-flight messages) does not
-move with the client id; each node keeps the sessions of the clients that connected
-to it (docs/cluster.md, "Not yet").
+The session's state (subscriptions, expiry, the QoS 1/2 messages it has not received)
+moves with its own record and compare-and-set: :mod:`iotbroker.cluster.sessions`.
 """
 
 from __future__ import annotations
@@ -84,6 +83,22 @@ class Ownership:
         self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
         self._queue.append(client_id)
         self._wake.set()
+
+    async def claim_now(self, client_id: str) -> None:
+        """Claim ``client_id`` before its connection is accepted, and wait for the
+        claim's revision (a session moving here: docs/cluster.md, "Sessions move").
+        The old connection elsewhere is then closed by a claim that is in the stream
+        before this CONNACK, so a later connection's claim comes after it."""
+        kv = self.kv
+        if kv is None:
+            return
+        self.claims[client_id] = None
+        self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
+        try:
+            result: int | BaseException = await kv.put(client_key(client_id), self.sender)
+        except Exception as exc:
+            result = exc
+        self._acknowledged(client_id, result)
 
     def prune(self) -> None:
         """Forget claims of client ids no longer connected here (bounded memory)."""

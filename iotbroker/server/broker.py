@@ -629,9 +629,42 @@ class Broker:
             username = enhanced.username
         else:
             username = packet.username if proto.cert_username is None else proto.cert_username
+        auth_data = enhanced.data if enhanced is not None else None
+        if self.cluster is not None:  # the session may be on another node (docs/cluster.md)
+            wait = self.cluster.before_accept(admitted.client_id, packet.clean_start)
+            if wait is not None:
+                self._accept_after(wait, proto, packet, admitted, username, auth_data)
+                return
+        self._accept(proto, packet, admitted, username, auth_data)
+
+    def _accept_after(self, wait: asyncio.Future[None], proto: ClientProtocol,
+                      packet: Connect, admitted: connect_rules.Admitted,
+                      username: str | None, auth_data: bytes | None) -> None:
+        """Accept the CONNECT once ``wait`` is done (what follows it waits too)."""
+        proto.deferred = True
+
+        def resumed(_: object) -> None:
+            if proto not in self.connections or proto.close_after_flush:
+                return
+            proto.deferred = False
+            try:
+                self._accept(proto, packet, admitted, username, auth_data)
+            except MqttError as exc:
+                self.peer_error(proto, exc)
+                return
+            finally:
+                self._apply_closes()
+                self._schedule_flush()
+            proto.resume_deferred()
+
+        wait.add_done_callback(resumed)
+
+    def _accept(self, proto: ClientProtocol, packet: Connect,
+                admitted: connect_rules.Admitted, username: str | None,
+                auth_data: bytes | None) -> None:
+        engine = self.engine
         accepted = connect_rules.accept(
-            engine, proto, packet, admitted, username, self.now(),
-            enhanced.data if enhanced is not None else None,
+            engine, proto, packet, admitted, username, self.now(), auth_data,
         )
         if accepted is None:
             return

@@ -1,0 +1,836 @@
+"""Persistent sessions that move between nodes (docs/cluster.md, "Sessions move").
+
+MQTT 5.0 §4.1 / MQTT 3.1.1 §3.1.2.4: a session is the client's subscriptions, its
+queued and in-flight QoS 1/2 messages and its expiry; a client that connects with
+Clean Start 0 resumes it [MQTT-3.1.2-5] and CONNACK says Session Present 1
+[MQTT-3.2.2-2] — in a cluster, on whichever node it connects to.
+
+* **The record.** A replicated KV bucket ``<prefix>_sessrec`` holds, per client id,
+  the session's durable state: the owning process (sender id), the store's SESSION
+  record (protocol, expiry, disconnected at, username), its subscriptions, and its
+  *position* in the QoS stream (``<prefix>_qos``, :mod:`iotbroker.cluster.qos_stream`):
+  every stream message up to that sequence that matched the session was delivered
+  and acknowledged by the client. Written when the session changes (CONNECT,
+  SUBSCRIBE, UNSUBSCRIBE, DISCONNECT / connection lost), coalesced per client id,
+  never per message; the position also advances every :data:`CHECKPOINT_SECONDS` for
+  sessions that were drained (nothing queued or in flight) meanwhile. Every write of
+  an owner is a compare-and-set on the revision of its previous one: a node that lost
+  the session (another node took it) cannot overwrite it, and drops its copy.
+* **Resume elsewhere.** A CONNECT with Clean Start 0 waits (the server defers it,
+  :meth:`Sessions.before_accept`) while the node reads the record: owned by this
+  process, or none — the local session is the truth; owned by a live process — it is
+  asked to hand the session over (it closes the client's connection there with 0x8E,
+  drops its copy and answers with its final record); owned by a dead process — the
+  record is taken by compare-and-set. The session is then rebuilt here: its
+  subscriptions go into the trie (and the node's NATS interest) and the QoS 1/2
+  messages that matched it after its position are read back from the stream
+  (server-side filtered by its filters) and delivered through ``Session.deliver``.
+* **Expiry** is the record's: a record whose session expired (disconnected at +
+  expiry interval) is not resumed anywhere; its owner deletes it when its timer ends
+  the session.
+
+What a move guarantees (QoS 1 duplicates allowed with DUP; QoS 2's window) is listed in
+docs/cluster.md, "What is guaranteed" and "Not yet".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from iotbroker.cluster import wire
+from iotbroker.cluster.ownership import client_key
+from iotbroker.cluster.subjects import filter_to_subjects, subject_to_topic
+from iotbroker.core.router import copy_for
+from iotbroker.core.session import Session
+from iotbroker.core.subscriptions import SubscriptionEntry
+from iotbroker.core.topics import filter_matches, parse_shared
+from iotbroker.message import NEVER_EXPIRES, Message
+from iotbroker.storage.base import SessionRecord
+from iotbroker.storage.records import (
+    decode_session,
+    decode_subscription,
+    encode_session,
+    encode_subscription,
+    subscription_key,
+)
+
+if TYPE_CHECKING:
+    from iotbroker.cluster.qos_stream import QosStream
+    from iotbroker.engine.client import Client
+    from iotbroker.engine.engine import Engine
+
+log = logging.getLogger("iotbroker.cluster")
+
+#: How often the stream position of drained sessions is written (seconds).
+CHECKPOINT_SECONDS = 2.0
+#: Record writes sent to NATS at once at most.
+BATCH = 256
+#: Seconds a CONNECT waits for the record, a handover or the stream at most; then the
+#: client is served with what this node has (logged).
+RESUME_TIMEOUT = 8.0
+#: Seconds a live owner has to answer a handover request.
+HANDOVER_TIMEOUT = 1.0
+#: Stream messages fetched per request when a resumed session is replayed.
+FETCH_BATCH = 500
+#: Seconds the stream read of one resume may take (retrying a slow server); then the
+#: session is resumed without what was not read (logged; its position is kept).
+FETCH_PATIENCE = 3.0
+#: Messages routed here during one resume kept for it at most.
+MAX_CAPTURED = 100_000
+
+_HEAD = struct.Struct(">BQB")  # version, position + 1 (0: unknown), len(owner)
+_LEN32 = struct.Struct(">I")
+_LEN16 = struct.Struct(">H")
+_VERSION = 1
+_HANDOVER, _DROP = b"h", b"d"
+
+
+@dataclass(slots=True)
+class Record:
+    """One session's durable state in the bucket."""
+
+    owner: bytes
+    position: int | None
+    session: SessionRecord
+    subscriptions: list[SubscriptionEntry]
+
+    def encode(self) -> bytes:
+        sess = encode_session(self.session)
+        parts = [_HEAD.pack(_VERSION, 0 if self.position is None else self.position + 1,
+                            len(self.owner)),
+                 self.owner, _LEN32.pack(len(sess)), sess,
+                 _LEN32.pack(len(self.subscriptions))]
+        for entry in self.subscriptions:
+            name = entry.topic_filter.encode()
+            body = encode_subscription(entry)
+            parts += [_LEN16.pack(len(name)), name, _LEN16.pack(len(body)), body]
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, client_id: str, data: bytes) -> Record:
+        version, position, n = _HEAD.unpack_from(data)
+        if version != _VERSION:
+            raise ValueError(f"session record version {version}")
+        pos = _HEAD.size
+        owner = data[pos:pos + n]
+        pos += n
+        (size,) = _LEN32.unpack_from(data, pos)
+        pos += _LEN32.size
+        session = decode_session(client_id.encode(), data[pos:pos + size])
+        pos += size
+        (count,) = _LEN32.unpack_from(data, pos)
+        pos += _LEN32.size
+        subs = []
+        for _ in range(count):
+            (ln,) = _LEN16.unpack_from(data, pos)
+            pos += _LEN16.size
+            name = data[pos:pos + ln].decode()
+            pos += ln
+            (lb,) = _LEN16.unpack_from(data, pos)
+            pos += _LEN16.size
+            entry = decode_subscription(subscription_key(client_id, name), data[pos:pos + lb])
+            pos += lb
+            group, _ = parse_shared(entry.topic_filter)
+            subs.append(entry if group is None else replace(entry, share_group=group))
+        if pos != len(data):
+            raise ValueError("session record has trailing bytes")
+        return cls(owner, position - 1 if position else None, session, subs)
+
+    def expired(self, now: float) -> bool:
+        """[MQTT-3.1.2-23]: over once its expiry interval passed since the disconnect
+        (a record written while connected, of a dead owner, is not over yet)."""
+        s = self.session
+        return (s.expiry_interval == 0 or (
+            s.disconnected_at is not None and s.expiry_interval != NEVER_EXPIRES
+            and s.disconnected_at + s.expiry_interval <= now))
+
+
+class IncompleteReplay(Exception):
+    """The stream did not give a resumed session's messages in time."""
+
+
+def _identity(message: Message) -> tuple[str, str, float, bytes]:
+    """One message, whether decoded from the stream or routed live (no sequence
+    number travels with a local one)."""
+    return message.topic, message.origin, message.created_at, bytes(message.payload)
+
+
+class Sessions:
+    """This node's side of moving sessions: its records, handovers, resumes."""
+
+    def __init__(self, engine: Engine, sender: bytes, prefix: str, replicas: int,
+                 qos: QosStream,
+                 interest_changed: Callable[[list[tuple[str, str]]], None],
+                 schedule_flush: Callable[[], None],
+                 claimant: Callable[[str], Awaitable[bytes | None]],
+                 claim_now: Callable[[str], Awaitable[None]]) -> None:
+        self.engine = engine
+        self.sender = sender
+        self.token = sender.decode().replace("/", "_")
+        self.node = sender.rsplit(b"/", 1)[0]
+        self.prefix = prefix
+        base = prefix.replace(".", "_")
+        self.bucket = f"{base}_sessrec"
+        self.replicas = replicas
+        self.qos = qos
+        self.interest_changed = interest_changed
+        self.schedule_flush = schedule_flush
+        #: The process that claimed a client id last (ownership.py), None: nobody.
+        self.claimant = claimant
+        self.claim_now = claim_now
+        #: client ids claimed by a resume before their CONNACK (not claimed again at
+        #: the CONNACK if it follows within a few seconds), and when
+        self.claimed_early: dict[str, float] = {}
+        self.kv: KeyValue | None = None
+        self.nc: NatsClient | None = None
+        self.js: JetStreamContext | None = None
+        #: client id -> revision of this process's last write (present: owned here)
+        self.revs: dict[str, int] = {}
+        #: client id -> stream position last written
+        self.positions: dict[str, int | None] = {}
+        #: the stream's last sequence when this node joined it (positions before the
+        #: consumer's first message)
+        self.joined_at: int | None = None
+        self._dirty: dict[str, None] = {}
+        #: client ids accepted here that were not owned here: their record is taken
+        #: (and a copy elsewhere dropped) at the next write
+        self._claims: set[str] = set()
+        self._wake = asyncio.Event()
+        self._resuming: set[str] = set()
+        self._cleanup: set[asyncio.Task[None]] = set()
+        #: sessions resumed without all their stream messages: position not moved
+        self._pinned: set[str] = set()
+        #: per client id being resumed: the messages routed here meanwhile (live from
+        #: other nodes, or published here) — given to the session when it is rebuilt
+        #: unless the stream read has them (their stream copy may come too late)
+        self._captured: dict[str, list[Message]] = {}
+        #: position_now() at the previous turn
+        self._turn_position: int | None = None
+        # counters (ClusterNode.status())
+        self.resumed = 0
+        self.handed_over = 0
+        self.replayed = 0
+        self.writes = 0
+        self.write_failures = 0
+        self.lost = 0
+
+    # ------------------------------------------------------------ positions
+    def position_now(self) -> int | None:
+        """Every QoS stream message up to this sequence has been routed here."""
+        nxt = self.qos._next
+        if nxt is not None:
+            return nxt - 1
+        return self.joined_at
+
+    @staticmethod
+    def _drained(session: Session) -> bool:
+        return not session.queue and not session.inflight and not session.queued_count
+
+    # ---------------------------------------------------------- each turn
+    def after_turn(self, touched: list[tuple[str, str]], accepted: list[Client],
+                   ended: list[Client]) -> None:
+        """Sessions whose record changed this turn (SUBSCRIBE / UNSUBSCRIBE,
+        CONNECT, DISCONNECT or connection lost): written once, soon."""
+        dirty = self._dirty
+        # A session whose connection ended with nothing in flight had every message
+        # routed to it before the previous turn acknowledged: that turn's position
+        # holds (what came after the disconnect is queued; a later check of "drained"
+        # would take those for delivered).
+        registry = self.engine.registry
+        before = self._turn_position
+        for client in ended:
+            session = registry.get(client.client_id)
+            if (before is not None and session is not None and not session.inflight
+                    and client.client_id in self.revs
+                    and client.client_id not in self._pinned):
+                self.positions[client.client_id] = before
+        self._turn_position = self.position_now()
+        for client_id, _ in touched:
+            dirty[client_id] = None
+        for client in accepted:
+            if client.client_id not in self.revs:
+                self._claims.add(client.client_id)
+            dirty[client.client_id] = None
+        for client in ended:
+            dirty[client.client_id] = None
+        if dirty:
+            self._wake.set()
+
+    @property
+    def capturing(self) -> bool:
+        return bool(self._captured)
+
+    def capture(self, messages: list[Message]) -> None:
+        """Messages routed here while a session is being resumed (before it is in
+        the trie): kept for it (bounded)."""
+        for client_id, kept in list(self._captured.items()):
+            if len(kept) + len(messages) > MAX_CAPTURED:
+                del self._captured[client_id]
+                log.warning("cluster: session %r: more than %d messages during its resume; "
+                            "those routed live meanwhile come from the stream only",
+                            client_id, MAX_CAPTURED)
+                continue
+            kept.extend(messages)
+
+    # ---------------------------------------------------------- the record
+    def _record_of(self, client_id: str) -> Record | None:
+        """This node's session of ``client_id`` as a record (None: no persistent one).
+        Drained now (nothing queued or in flight, connected or not: a message routed
+        to an offline session is queued) means every stream message routed here so
+        far was delivered: the position moves to now."""
+        engine = self.engine
+        session = engine.registry.get(client_id)
+        if session is None or not session.persistent:
+            return None
+        if self._drained(session) and client_id not in self._pinned:
+            pos = self.position_now()
+            if pos is not None:
+                self.positions[client_id] = pos
+        rec = engine.registry.record(session)
+        rec = replace(rec, will=None)  # a dead node's wills are wills.py's
+        return Record(self.sender, self.positions.get(client_id), rec,
+                      list(session.subscriptions.values()))
+
+    async def _write_one(self, kv: KeyValue, client_id: str) -> None:
+        key = client_key(client_id)
+        rec = self._record_of(client_id)
+        rev = self.revs.get(client_id)
+        try:
+            if rev is None:
+                if client_id not in self._claims:
+                    return  # not ours (handed over, or never written: a local session)
+                self._claims.discard(client_id)
+                # Accepted here, not owned here yet (a new session, a clean start):
+                # whoever had it drops its copy; last writer wins.
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    entry = None
+                if entry is not None and entry.value:
+                    with contextlib.suppress(Exception):
+                        old = Record.decode(client_id, entry.value)
+                        if old.owner != self.sender:
+                            await self._ask(old.owner, _DROP, client_id)
+                if rec is None:
+                    if entry is not None and entry.value:
+                        await kv.delete(key)
+                    return
+                if client_id not in self.engine.registry.sessions:
+                    return
+                rev = await kv.put(key, rec.encode())
+                if client_id in self.engine.registry.sessions:  # not handed over meanwhile
+                    self.revs[client_id] = rev
+            elif rec is None:
+                self.revs.pop(client_id, None)
+                self.positions.pop(client_id, None)
+                await kv.delete(key, last=rev)
+            else:
+                rev = await kv.update(key, rec.encode(), last=rev)
+                if client_id in self.revs:  # not handed over meanwhile
+                    self.revs[client_id] = rev
+            self.writes += 1
+            log.debug("cluster: session record %r written (position %s)", client_id,
+                      None if rec is None else rec.position)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if rev is not None and self.revs.get(client_id) == rev:
+                # Another process wrote the record since ours: it has the session.
+                self.lost += 1
+                self.revs.pop(client_id, None)
+                self.positions.pop(client_id, None)
+                log.info("cluster: session %r is owned elsewhere now (%s); local copy "
+                         "dropped", client_id, exc)
+                self._drop_local(client_id)
+            else:
+                self.write_failures += 1
+                log.warning("cluster: session record %r not written: %s", client_id, exc)
+
+    async def run(self, nc: NatsClient) -> None:
+        """Open the bucket, answer handovers, write records, checkpoint positions."""
+        self.nc = nc
+        js = self.js = nc.jetstream()
+        kv = await self._open(js)
+        await nc.subscribe(self._subject(self.sender), cb=self._on_request)
+        while self.qos.js is None:  # the stream and its consumer first
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(Exception):
+            info = await js.stream_info(self.qos.stream)
+            self.joined_at = info.state.last_seq
+        self.kv = kv
+        await self._adopt_restored(kv)
+        log.info("cluster: session records bucket %r open", self.bucket)
+        loop = asyncio.get_running_loop()
+        checkpoint = loop.create_task(self._checkpoint_loop())
+        try:
+            while True:
+                if not self._dirty:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                batch = list(self._dirty)[:BATCH]
+                for client_id in batch:
+                    del self._dirty[client_id]
+                await asyncio.gather(*(self._write_one(kv, c) for c in batch
+                                       if c not in self._resuming))
+        finally:
+            checkpoint.cancel()
+
+    async def flush(self) -> None:
+        """A clean stop: the records that changed since their last write go now
+        (the sessions' connections were closed by the shutdown: their positions are
+        current), so that their clients resume on other nodes from here."""
+        kv = self.kv
+        if kv is None:
+            return
+        pos = self.position_now()
+        sessions = self.engine.registry.sessions
+        for client_id in list(self.revs):
+            session = sessions.get(client_id)
+            if session is not None and (pos is None or self.positions.get(client_id) != pos):
+                self._dirty[client_id] = None
+        while self._dirty:
+            batch = list(self._dirty)[:BATCH]
+            for client_id in batch:
+                del self._dirty[client_id]
+            await asyncio.gather(*(self._write_one(kv, c) for c in batch
+                                   if c not in self._resuming))
+
+    async def _adopt_restored(self, kv: KeyValue) -> None:
+        """Persistent sessions this node restored from its store (a restart): the
+        record says whose they are. Written by this node before (same node name) or
+        by nobody: taken (this store has the session, and the node's durable QoS
+        consumer brings what came meanwhile); owned by another node since: the copy
+        here is stale and dropped (its subscriptions, interest and queue go)."""
+        restored = [c for c, s in self.engine.registry.sessions.items()
+                    if s.persistent and c not in self.revs]
+
+        async def adopt(client_id: str) -> None:
+            key = client_key(client_id)
+            try:
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    entry = None
+                if entry is None or not entry.value:
+                    self._claims.add(client_id)
+                    self._dirty[client_id] = None
+                    return
+                rec = Record.decode(client_id, entry.value)
+                if rec.owner.rsplit(b"/", 1)[0] == self.node:
+                    self.positions[client_id] = rec.position
+                    mine = Record(self.sender, rec.position, rec.session, rec.subscriptions)
+                    self.revs[client_id] = await kv.update(key, mine.encode(),
+                                                           last=entry.revision)
+                    self._dirty[client_id] = None
+                else:
+                    log.info("cluster: restored session %r belongs to another node now; "
+                             "local copy dropped", client_id)
+                    self._drop_local(client_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cluster: restored session %r not adopted: %s", client_id, exc)
+
+        for start in range(0, len(restored), BATCH):
+            await asyncio.gather(*(adopt(c) for c in restored[start:start + BATCH]))
+        if self._dirty:
+            self._wake.set()
+
+    async def _checkpoint_loop(self) -> None:
+        """Advance the position of owned sessions that are drained (no KV write per
+        message: one per session per :data:`CHECKPOINT_SECONDS` at most, and only
+        when it moved); forget records of sessions that ended here (expiry)."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            pos = self.position_now()
+            sessions = self.engine.registry.sessions
+            for client_id in list(self.revs):
+                session = sessions.get(client_id)
+                if session is None:
+                    self._dirty[client_id] = None  # ended here: record deleted
+                elif (pos is not None and self.positions.get(client_id) != pos
+                      and self._drained(session)):
+                    self._dirty[client_id] = None
+            if self._dirty:
+                self._wake.set()
+
+    async def _open(self, js: JetStreamContext) -> KeyValue:
+        while True:
+            try:
+                try:
+                    return await js.key_value(self.bucket)
+                except BucketNotFoundError:
+                    return await js.create_key_value(
+                        bucket=self.bucket, history=1, replicas=self.replicas,
+                        description="iotbroker persistent sessions (docs/cluster.md)")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("cluster: cannot open bucket %r: %s; retrying", self.bucket, exc)
+                await asyncio.sleep(2.0)
+
+    # ------------------------------------------------------------ handover
+    def _subject(self, sender: bytes) -> str:
+        """Where a process answers handover requests (outside ``<prefix>.``, which is
+        the MQTT interest)."""
+        return f"_iotb_sess.{self.prefix}.{sender.decode().replace('/', '_').replace('.', '_')}"
+
+    async def _ask(self, owner: bytes, op: bytes, client_id: str) -> bytes | None:
+        nc = self.nc
+        if nc is None:
+            return None
+        try:
+            reply = await nc.request(self._subject(owner), op + client_id.encode(),
+                                     timeout=HANDOVER_TIMEOUT)
+        except Exception:
+            return None
+        return reply.data
+
+    async def _on_request(self, msg: Msg) -> None:
+        """Another node asks for a session of ours: hand it over (its final record,
+        the local copy dropped) or just drop it (a clean start elsewhere)."""
+        op, client_id = msg.data[:1], msg.data[1:].decode()
+        rec = self._release(client_id)
+        if msg.reply:
+            await msg.respond(rec.encode() if rec is not None and op == _HANDOVER else b"")
+
+    def _release(self, client_id: str) -> Record | None:
+        """Close the client's connection here (0x8E), take its final record, drop
+        the session. Synchronous: nothing is routed to it in between."""
+        engine = self.engine
+        self._dirty.pop(client_id, None)
+        self.revs.pop(client_id, None)
+        client = engine.clients.get(client_id)
+        now = time.time()
+        session = engine.registry.get(client_id)
+        self._claims.discard(client_id)
+        if client is not None:
+            # As a local takeover (engine/connect.py _take_over): the connection ends
+            # (0x8E) without ending the session here; its will follows the takeover
+            # rules (a Will Delay is cancelled by the resume [MQTT-3.1.3-9]).
+            client.taken_over = True
+            client.session_ended_by_takeover = False
+            if session is not None and session.attached_to is client:
+                session.detach(now)
+            engine.taken_over_elsewhere(client_id)
+            if engine.clients.get(client_id) is client:
+                del engine.clients[client_id]
+        if session is None:
+            self.positions.pop(client_id, None)
+            return None
+        rec = self._record_of(client_id)
+        self.positions.pop(client_id, None)
+        self._drop_local(client_id)
+        self.handed_over += 1
+        self.schedule_flush()
+        return rec
+
+    def _drop_local(self, client_id: str) -> None:
+        engine = self.engine
+        self._pinned.discard(client_id)
+        session = engine.registry.get(client_id)
+        if session is None or session.attached_to is not None:
+            return
+        pairs = [(client_id, f) for f in session.subscriptions]
+        engine.registry.pending_wills.pop(client_id, None)
+        engine.registry.destroy(session)
+        if pairs:
+            self.interest_changed(pairs)
+        self.schedule_flush()
+
+    # -------------------------------------------------------------- resume
+    def before_accept(self, client_id: str, clean_start: bool) -> asyncio.Future[None] | None:
+        """A CONNECT of ``client_id`` is about to be accepted: with Clean Start 0,
+        the session may be elsewhere — a future the CONNECT waits for (None: go on
+        now)."""
+        nc = self.nc
+        if (clean_start or self.kv is None or nc is None or not nc.is_connected
+                or client_id in self._resuming):
+            return None  # without NATS: this node's copy (docs/cluster.md)
+        self._resuming.add(client_id)
+        self._captured[client_id] = []
+        task = asyncio.get_running_loop().create_task(self._resume_bounded(client_id))
+        return task
+
+    async def _resume_bounded(self, client_id: str) -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._resume(client_id), RESUME_TIMEOUT)
+        except TimeoutError:
+            log.warning("cluster: session %r not resumed within %.0fs; served with this "
+                        "node's state", client_id, RESUME_TIMEOUT)
+        except Exception as exc:
+            log.warning("cluster: session %r not resumed: %s", client_id, exc)
+        finally:
+            self._resuming.discard(client_id)
+            self._captured.pop(client_id, None)
+            self.last_resume_seconds = time.monotonic() - started
+
+    last_resume_seconds = 0.0
+
+    async def _resume(self, client_id: str) -> None:
+        """Find the session of ``client_id`` in the cluster and make it this node's
+        (module docstring). A previous owner's late writes may race the
+        compare-and-set: read again (the record it handed over is kept: it is the
+        final one)."""
+        kv = self.kv
+        assert kv is not None
+        key = client_key(client_id)
+        handed: Record | None = None
+        for attempt in range(4):
+            entry, claimant = await asyncio.gather(self._get(kv, key),
+                                                   self.claimant(client_id))
+            found = None
+            if entry is not None and entry.value:
+                found = Record.decode(client_id, entry.value)
+            if attempt == 0 and ((found is not None and found.owner != self.sender) or (
+                    claimant is not None and claimant != self.sender)):
+                # Moving here: the client id is this node's from now on (its claim is
+                # in the stream before the CONNACK, so a later connection elsewhere
+                # claims after it).
+                await self.claim_now(client_id)
+                self.claimed_early[client_id] = time.monotonic()
+            if found is None:
+                # No record (yet: it is written just after a CONNECT): the process
+                # that accepted the client's last connection may have the session.
+                if handed is None:
+                    if claimant is None or claimant == self.sender:
+                        return  # this node's session (or none) is the truth
+                    data = await self._ask(claimant, _HANDOVER, client_id)
+                    if not data:
+                        return
+                    handed = Record.decode(client_id, data)
+                if handed.expired(time.time()):
+                    return
+                claimed = Record(self.sender, handed.position, handed.session,
+                                 handed.subscriptions)
+                try:
+                    self.revs[client_id] = await kv.create(key, claimed.encode())
+                except Exception:
+                    continue  # written meanwhile: read again
+                await self._install(client_id, handed)
+                self.resumed += 1
+                return
+            assert entry is not None
+            revision = entry.revision or 0
+            if found.owner == self.sender:
+                self.revs.setdefault(client_id, revision)
+                return  # ours: the local session is the truth
+            if handed is None and found.owner.rsplit(b"/", 1)[0] == self.node and (
+                    self.engine.registry.get(client_id) is not None):
+                # This node before a restart: its store has the session (and its
+                # durable consumer brought what came meanwhile); take the record.
+                mine = Record(self.sender, found.position, found.session,
+                              found.subscriptions)
+                self.positions.setdefault(client_id, found.position)
+                self.revs[client_id] = await kv.update(key, mine.encode(), last=revision)
+                self._dirty[client_id] = None
+                return
+            if handed is None:
+                # A live owner answers (a dead one has no subscription left: NATS says
+                # "no responders" at once; a hung one is waited for HANDOVER_TIMEOUT).
+                data = await self._ask(found.owner, _HANDOVER, client_id)
+                if data:
+                    handed = Record.decode(client_id, data)
+            rec = handed if handed is not None else found
+            if rec.expired(time.time()):
+                with contextlib.suppress(Exception):
+                    await kv.delete(key, last=revision)
+                self._drop_local(client_id)
+                return  # [MQTT-3.1.2-23]: over; a new session starts
+            claimed = Record(self.sender, rec.position, rec.session, rec.subscriptions)
+            try:
+                rev = await kv.update(key, claimed.encode(), last=revision)
+            except Exception:
+                continue  # someone else wrote meanwhile: read again
+            self.revs[client_id] = rev
+            await self._install(client_id, rec)
+            self.resumed += 1
+            return
+        log.warning("cluster: session %r: record kept changing; served with this "
+                    "node's state", client_id)
+
+    @staticmethod
+    async def _get(kv: KeyValue, key: str) -> KeyValue.Entry | None:
+        try:
+            return await kv.get(key)
+        except KeyNotFoundError:
+            return None
+
+    async def _install(self, client_id: str, rec: Record) -> None:
+        """Rebuild the session here from ``rec`` and deliver what the QoS stream has
+        for it after its position. The stream's reader waits meanwhile (its lock), so
+        each stream message reaches the session exactly once from here: those the
+        node routed before the session was here are given to it alone, those it had
+        not seen yet are routed as the reader would (and the reader then drops them)."""
+        qos = self.qos
+        js = self.js
+        assert js is not None
+        filters = [e.topic_filter for e in rec.subscriptions if e.share_group is None]
+        async with qos._lock:
+            nxt = qos._next
+            fetched: list[tuple[int, bytes, int, list[Message]]] = []
+            incomplete = False
+            if rec.position is not None and filters:
+                try:
+                    fetched = await self._fetch(js, rec.position, filters)
+                except IncompleteReplay as exc:
+                    # The session comes here all the same (its subscriptions); its
+                    # position stays where it was, so a later move reads it all again.
+                    incomplete = True
+                    log.error("cluster: session %r: the QoS stream read after position "
+                              "%s failed (%s); resumed without those messages, position "
+                              "kept", client_id, rec.position, exc)
+            # From here on, synchronous: nothing else is routed in between.
+            engine = self.engine
+            registry = engine.registry
+            old = registry.get(client_id)
+            if old is not None:
+                if old.attached_to is not None:
+                    return  # connected here meanwhile: keep it
+                self._drop_local(client_id)
+            now = time.time()
+            s = rec.session
+            session = Session(client_id, s.protocol_version, s.expiry_interval,
+                              registry.context)
+            session.username = s.username
+            session.disconnected_at = s.disconnected_at or now
+            registry.sessions[client_id] = session
+            batch = engine.batch
+            for entry in rec.subscriptions:
+                session.restore_subscription(entry)
+                engine.trie.add(entry)
+                batch.put_subscription(entry)
+            batch.put_session(registry.record(session))
+            self.positions[client_id] = rec.position
+            if incomplete:
+                self._pinned.add(client_id)
+            pairs = [(client_id, e.topic_filter) for e in rec.subscriptions]
+            if pairs:
+                self.interest_changed(pairs)
+            dedup = qos.dedup
+            own = self.sender
+            count = 0
+            replayed: set[tuple[str, str, float, bytes]] = set()
+
+            def to_session(message: Message) -> int:
+                if message.expired(now):
+                    return 0
+                entries = [e for e in session.subscriptions.values()
+                           if e.share_group is None
+                           and filter_matches(e.topic_filter, message.topic)]
+                if entries:
+                    delivery = copy_for(message, entries, client_id)
+                    if delivery is not None and session.deliver(delivery, now):
+                        return 1
+                return 0
+
+            for stream_seq, sender, seq, messages in fetched:
+                replayed.update(_identity(m) for m in messages)
+                if sender != own and (nxt is None or stream_seq >= nxt) and dedup.first(
+                        sender, seq):
+                    for message in messages:  # as the reader would: to every session
+                        engine.route_remote(message, now)
+                    count += len(messages)
+                    continue
+                for message in messages:  # routed here before: to this session only
+                    count += to_session(message)
+            # Routed here during the resume, before the session was: those whose stream
+            # copy was not in the read above (written after it) come now.
+            for message in self._captured.pop(client_id, []):
+                if message.qos and _identity(message) not in replayed:
+                    count += to_session(message)
+            self.replayed += count
+            log.info("cluster: session %r resumed here (%d subscriptions, %d QoS 1/2 "
+                     "messages from the stream after position %s)", client_id,
+                     len(rec.subscriptions), count, rec.position)
+            self.schedule_flush()
+
+    async def _fetch(self, js: JetStreamContext, position: int, filters: list[str]
+                     ) -> list[tuple[int, bytes, int, list[Message]]]:
+        """The stream messages after ``position`` on the subjects of ``filters``, up
+        to the stream's end now (an ephemeral pull consumer, filtered by the server)."""
+        qos = self.qos
+        info = await js.stream_info(qos.stream)
+        last = info.state.last_seq
+        if last <= position:
+            return []
+        subjects: list[str] = []
+        for topic_filter in filters:
+            for subject in filter_to_subjects(qos.subject_prefix, topic_filter):
+                if subject not in subjects:
+                    subjects.append(subject)
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(position + 1, info.state.first_seq),
+            ack_policy=AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=30.0,
+        )
+        if len(subjects) == 1:
+            sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
+        else:
+            config.filter_subjects = subjects
+            sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
+        out: list[tuple[int, bytes, int, list[Message]]] = []
+        try:
+            # How many match from the start on: fetched until then (or the end seen
+            # now), never waiting for messages that do not exist.
+            remaining = (await sub.consumer_info()).num_pending or 0
+            deadline = time.monotonic() + FETCH_PATIENCE
+            while remaining > 0:
+                try:
+                    msgs = await sub.fetch(min(FETCH_BATCH, remaining), timeout=1.0)
+                except TimeoutError:
+                    if time.monotonic() < deadline:
+                        continue  # a loaded server: ask again
+                    raise IncompleteReplay(
+                        f"{remaining} stream messages not read within "
+                        f"{FETCH_PATIENCE:.0f}s") from None
+                remaining -= len(msgs)
+                done = False
+                for msg in msgs:
+                    meta = msg.metadata
+                    stream_seq = meta.sequence.stream
+                    if stream_seq > last:
+                        done = True
+                        break
+                    try:
+                        topic = subject_to_topic(qos.subject_prefix, msg.subject)
+                        sender, seq, messages = wire.decode(topic, msg.data)
+                    except Exception as exc:
+                        log.warning("cluster: undecodable QoS stream message: %s", exc)
+                        continue
+                    out.append((stream_seq, sender, seq, messages))
+                    if stream_seq >= last:
+                        done = True
+                if done or not msgs:
+                    break
+        finally:  # not waited for (the consumer also goes by itself when inactive)
+            task = asyncio.get_running_loop().create_task(self._forget(js, sub))
+            self._cleanup.add(task)
+            task.add_done_callback(self._cleanup.discard)
+        return out
+
+    async def _forget(self, js: JetStreamContext, sub: JetStreamContext.PullSubscription
+                      ) -> None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(self.qos.stream, sub._consumer)
