@@ -1,22 +1,25 @@
-"""One node's link to the NATS fabric: live routing by interest (docs/cluster.md).
+"""One node's link to the NATS fabric: routing by announced interest (docs/cluster.md).
 
-* Every message a local client (or a will) publishes is published once on core NATS,
-  on the subject of its topic (:mod:`iotbroker.cluster.subjects`), after the turn that
-  accepted it (:meth:`ClusterNode.after_turn`, called from the server's flush).
-* The node holds one NATS subscription per distinct MQTT filter of its sessions
-  (:mod:`iotbroker.cluster.interest`), so NATS sends it only what someone here wants.
-* A message from another node is decoded, routed once (overlapping filters bring it
-  twice: :class:`~iotbroker.cluster.wire.Dedup`) through
-  :meth:`Engine.route_remote <iotbroker.engine.engine.Engine.route_remote>` — every
-  local delivery still goes through ``Session.deliver`` — and is never forwarded again.
-  The connection is made with ``no_echo``: NATS does not hand a node its own messages.
+* The node announces the distinct filters of its sessions in the replicated KV bucket
+  ``<prefix>_interest`` (:mod:`iotbroker.cluster.interest`), and watches the bucket
+  into an index of every other node's filters (:mod:`iotbroker.cluster.remote`).
+* After each turn (:meth:`ClusterNode.after_turn`, called from the server's flush) it
+  matches the turn's messages against that index and sends **one NATS message per
+  destination node** on ``<prefix>.node.<process token>`` — a batch across topics
+  (:func:`iotbroker.cluster.wire.encode_batch`); nothing goes out for a topic no other
+  node wants. A shared subscription group's message goes to exactly one node with
+  members, this one included (:mod:`iotbroker.cluster.shared`, MQTT 5.0 §4.8.2).
+* The node holds **one NATS subscription**, on its own subject. A batch from another
+  node is decoded and routed through :meth:`Engine.route_remote
+  <iotbroker.engine.engine.Engine.route_remote>` — every local delivery still goes
+  through ``Session.deliver`` — and is never forwarded again.
 
-Publishes, subscribes and unsubscribes go through one ordered queue drained by one
-task, so a node's messages leave in the order its clients published them (MQTT 5.0
-§4.6 ordered topics), and a SUB reaches NATS before a later PUB of the same turn.
-While NATS is unreachable the node serves its own clients (local routing does not
-wait for NATS), logs it, and keeps at most ``MAX_PENDING`` messages to forward;
-beyond that, messages for other nodes are dropped and counted.
+Publishes and announcements go through one ordered queue drained by one task, so a
+node's messages to another leave in the order its clients published them (one subject
+per pair of nodes: MQTT 5.0 §4.6 ordered topics). While NATS is unreachable the node
+serves its own clients (local routing does not wait for NATS), logs it, and keeps at
+most ``MAX_PENDING`` messages to forward; beyond that, messages for other nodes are
+dropped and counted. On reconnect it announces its filters again.
 """
 
 from __future__ import annotations
@@ -43,10 +46,15 @@ from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GRACE, QosStream
+from iotbroker.cluster.remote import (
+    GroupKey,
+    RemoteInterest,
+    encode_value,
+    interest_key,
+)
+from iotbroker.cluster.shared import Balancer
 from iotbroker.cluster.subjects import (
-    filter_to_subjects,
     key_to_topic,
-    subject_to_topic,
     topic_to_key,
     topic_to_subject,
 )
@@ -54,6 +62,7 @@ from iotbroker.cluster.wills import NODE_TTL, Wills
 from iotbroker.config import ClusterConfig
 from iotbroker.message import Message
 from iotbroker.storage.records import decode_retained
+from iotbroker.subscription import SubscriptionEntry
 
 if TYPE_CHECKING:
     from iotbroker.engine.engine import Engine, HeldAck
@@ -68,8 +77,15 @@ MAX_SUBJECT = 4000
 NAME_CACHE = 100_000
 #: How often pairs gone from the trie without an event (expired sessions) are dropped.
 RECONCILE_SECONDS = 30.0
+#: How often other processes' liveness is checked for the interest index.
+SWEEP_SECONDS = 1.0
+#: Seconds without a sign of life after which a process's announcements are deleted
+#: from the bucket (after NODE_TTL it is already out of the index).
+FORGET_SECONDS = 60.0
 
-_PUB, _SUB, _UNSUB, _RETAIN = 0, 1, 2, 3
+_PUB, _ANNOUNCE, _RETAIN = 0, 1, 3
+#: (message, its record, its held acks)
+_Item = tuple[Message, bytes, list["HeldAck"]]
 _DELETE_HEADERS = {KV_OP: KV_DEL}
 
 
@@ -87,17 +103,28 @@ class ClusterNode:
         #: This process among the cluster's: node name and a start-up nonce.
         self.sender = f"{config.node_name}/{secrets.token_hex(4)}".encode()
         self.seq = 0
+        #: This process in subjects and KV keys: "<node>_<nonce>"
+        self.token = self.sender.decode().replace("/", "_")
+        self.node_subject = f"{self.prefix}.node.{self.token}"
         self.interest = Interest()
+        self.remote = RemoteInterest(self.token)
+        self.balancer = Balancer()
+        #: Shared groups of this turn's messages picked by :meth:`_share_pick`:
+        #: id(message) -> (group, filter) -> token of the node that takes it
+        self._picks: dict[int, dict[GroupKey, str]] = {}
+        #: This process's announcements: KV key -> announced filter
+        self._own_keys: dict[str, str] = {}
+        self.interest_bucket = f"{self.prefix.replace('.', '_')}_interest"
+        self.interest_synced = False
         self.dedup = wire.Dedup()
         self.nc: NatsClient | None = None
         self.connected = False
         self._warned = False
-        self._subs: dict[str, list[Subscription]] = {}
+        self._sub: Subscription | None = None
         self._commands: deque[tuple[int, str, bytes, int]] = deque()
         self._pending_pubs = 0
-        # IoT topics repeat: their subjects (and back) are computed once
+        # IoT topics repeat: their subjects are computed once
         self._subject_of: dict[str, str] = {}
-        self._topic_of: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._degrade_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -135,6 +162,8 @@ class ClusterNode:
             "messages_duplicate": self.duplicates,
             "messages_undecodable": self.undecodable,
             "filters": len(self.interest),
+            "remote_filters": len(self.remote),
+            "remote_nodes": len(self.remote.active),
             "takeovers": self.ownership.takeovers,
             "claim_failures": self.ownership.claim_failures,
             "wills_published": self.wills.published,
@@ -187,6 +216,7 @@ class ClusterNode:
         engine.accepted = []
         engine.ended = []
         engine.held_acks = []
+        engine.router.share_pick = self._share_pick
         restored = [(s.client_id, f) for s in engine.registry.sessions.values()
                     for f in s.subscriptions]
         self._interest_changed(restored)
@@ -200,6 +230,7 @@ class ClusterNode:
         engine.interest_touched = None
         engine.accepted = None
         engine.ended = None
+        engine.router.share_pick = None
         self.after_turn()
         engine.held_acks = None
         await self.qos.stop()
@@ -215,6 +246,13 @@ class ClusterNode:
         for watcher in watchers:  # ends nats-py's heartbeat tasks of the watch too
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+        if nc is not None and not nc.is_closed and self.connected:
+            # A clean stop takes its announcements along: the others stop sending here
+            # at once, not NODE_TTL later (the flush below sends them).
+            for key in list(self._own_keys):
+                with contextlib.suppress(Exception):
+                    await nc.publish(f"$KV.{self.interest_bucket}.{key}", b"",
+                                     headers=_DELETE_HEADERS)
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.flush(timeout=1), 2)
@@ -242,87 +280,177 @@ class ClusterNode:
         if self._commands:
             self._wake.set()
 
+    def _share_pick(self, message: Message, group: str, topic_filter: str,
+                    members: list[SubscriptionEntry]) -> bool:
+        """The router asks, for a message published here that matches this node's
+        members of ``$share/group/topic_filter``: do they take it? One node of those
+        with members takes each message, weighted by members (MQTT 5.0 §4.8.2); the
+        pick is remembered for :meth:`_forward`. Without NATS, this node's members."""
+        key = (group, topic_filter)
+        remote = self.remote.groups.get(key)
+        if not remote:
+            return True
+        if self.connected:
+            chosen = self.balancer.pick(key, [(self.token, len(members)), *remote.items()])
+        else:
+            chosen = self.token  # the others are out of reach (kept for _forward)
+        picks = self._picks.get(id(message))
+        if picks is None:
+            picks = self._picks[id(message)] = {}
+        picks[key] = chosen
+        return chosen == self.token
+
     def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
-        """This turn's messages, one NATS message per topic (in order within each
-        topic, which is the order MQTT keeps [MQTT-4.6.0-5]); retained ones also go
-        to the retained bucket. A topic's run of consecutive QoS 1/2 messages is a
-        NATS message of its own, published live (the order with QoS 0 kept) and
+        """This turn's messages to the nodes that want them: one NATS message per
+        destination node (parts per topic, in order within each topic, which is the
+        order MQTT keeps [MQTT-4.6.0-5]); retained ones also go to the retained
+        bucket. A topic's run of consecutive QoS 1/2 messages is a part of its own,
         written to the QoS stream with the same (sender, seq), which carries the held
-        acks (:mod:`iotbroker.cluster.qos_stream`); a receiving node routes the copy
-        that comes first."""
+        acks (:mod:`iotbroker.cluster.qos_stream`), and sent live to every node with
+        interest in the topic; a receiving node routes the copy that comes first."""
         acks_of: dict[int, list[HeldAck]] = {}
         for h in held:
             acks_of.setdefault(id(h.message), []).append(h)
+        picks = self._picks
+        self._picks = {}
         live = self.nc is not None and self._pending_pubs < MAX_PENDING
-        # topic -> runs of (reliable, [(record, acks)])
-        by_topic: dict[str, list[tuple[bool, list[tuple[bytes, list[HeldAck]]]]]] = {}
+        # topic -> runs of (reliable, [(message, acks)])
+        by_topic: dict[str, list[tuple[bool, list[tuple[Message, list[HeldAck]]]]]] = {}
         retained: list[tuple[str, bytes]] = []
         for message in messages:
-            rec = wire.record(message)
             reliable = message.qos > 0
             runs = by_topic.get(message.topic)
             if runs is None:
                 runs = by_topic[message.topic] = []
             if not runs or runs[-1][0] != reliable:
                 runs.append((reliable, []))
-            runs[-1][1].append((rec, acks_of.get(id(message), [])))
+            runs[-1][1].append((message, acks_of.get(id(message), [])))
             if message.retain and live:
-                retained.append((topic_to_key(message.topic), rec if message.payload else b""))
-        commands = self._commands
+                retained.append((topic_to_key(message.topic),
+                                 wire.record(message) if message.payload else b""))
         prefix = self.prefix
         subject_of = self._subject_of
         qos = self.qos
+        remote = self.remote
+        own = self.token
+        balancer = self.balancer
+        # destination token -> [(encoded part, messages in it)]
+        out: dict[str, list[tuple[bytes, int]]] = {}
         for topic, runs in by_topic.items():
-            subject = subject_of.get(topic)
-            if subject is None:
-                if len(subject_of) >= NAME_CACHE:
-                    subject_of.clear()
-                subject = subject_of[topic] = topic_to_subject(prefix, topic)
-            if len(subject) > MAX_SUBJECT:
-                for reliable, items in runs:
-                    self.refused += len(items)
-                    if reliable:
+            matches = remote.match(topic)
+            direct = matches.direct
+            shared = matches.shared
+            for reliable, run in runs:
+                if not reliable and not direct and not shared:
+                    continue  # nobody elsewhere wants it: nothing to send
+                items: list[_Item] = [(m, wire.record(m), acks) for m, acks in run]
+                stream_subject: str | None = None
+                if reliable:
+                    subject = subject_of.get(topic)
+                    if subject is None:
+                        if len(subject_of) >= NAME_CACHE:
+                            subject_of.clear()
+                        subject = subject_of[topic] = topic_to_subject(prefix, topic)
+                    if len(subject) <= MAX_SUBJECT:
+                        stream_subject = qos.subject_prefix + subject[len(prefix):]
+                    else:  # NATS would refuse the subject: live copies only, counted
+                        self.refused += len(items)
                         qos.unreplicated += len(items)
-                        qos.release([a for _, acks in items for a in acks])
-                continue
-            for reliable, items in runs:
+                        qos.release([a for _, _, acks in items for a in acks])
                 start = 0
                 while start < len(items):  # within NATS's max_payload (1 MiB by default)
                     end = start
                     size = 0
                     while end < len(items) and end - start < wire.MAX_BATCH and (
                             size < wire.MAX_BATCH_BYTES or end == start):
-                        size += len(items[end][0])
+                        size += len(items[end][1])
                         end += 1
-                    self.seq += 1
-                    part = items[start:end]
-                    payload = wire.encode(self.sender, self.seq, [rec for rec, _ in part])
-                    if live:
-                        commands.append((_PUB, subject, payload, end - start))
-                        self._pending_pubs += end - start
-                    else:
-                        self.dropped += end - start
-                    if reliable:
-                        qos.write(qos.subject_prefix + subject[len(prefix):],
-                                  f"{self.sender.decode()}:{self.seq}", payload,
-                                  end - start, [a for _, acks in part for a in acks])
+                    chunk = items[start:end]
                     start = end
-        for key, value in retained:
-            commands.append((_RETAIN, key, value, 0))
+                    seq = 0
+                    if stream_subject is not None:
+                        self.seq += 1
+                        seq = self.seq
+                        qos.write(stream_subject, f"{self.sender.decode()}:{seq}",
+                                  wire.encode(self.sender, seq, [rec for _, rec, _ in chunk]),
+                                  len(chunk), [a for _, _, acks in chunk for a in acks])
+                    if not direct and not shared:
+                        continue
+                    if not live:
+                        self.dropped += len(chunk)
+                        continue
+                    if not shared:  # the common case: the same nodes for every message
+                        part = wire.encode_part(seq, topic, [(rec, []) for _, rec, _ in chunk])
+                        for token in direct:
+                            out.setdefault(token, []).append((part, len(chunk)))
+                        continue
+                    per_node: dict[str, list[tuple[bytes, list[GroupKey]]]] = {}
+                    for message, rec, _ in chunk:
+                        dests: dict[str, list[GroupKey]] = {token: [] for token in direct}
+                        picked = picks.get(id(message))
+                        for group, topic_filter, members in shared:
+                            key = (group, topic_filter)
+                            chosen = None if picked is None else picked.get(key)
+                            if chosen is None:  # no members here: one of the others
+                                weights = remote.groups.get(key) or {}
+                                chosen = balancer.pick(key, [(e.client_id, weights.get(
+                                    e.client_id, 1)) for e in members])
+                            if chosen != own:
+                                groups = dests.get(chosen)
+                                if groups is None:
+                                    groups = dests[chosen] = []
+                                groups.append(key)
+                            if reliable:  # they see the live copy, not only the stream's
+                                for e in members:
+                                    if e.client_id not in dests:
+                                        dests[e.client_id] = []
+                        for token, groups in dests.items():
+                            lst = per_node.get(token)
+                            if lst is None:
+                                lst = per_node[token] = []
+                            lst.append((rec, groups))
+                    for token, node_items in per_node.items():
+                        out.setdefault(token, []).append(
+                            (wire.encode_part(seq, topic, node_items), len(node_items)))
+        commands = self._commands
+        for token, parts in out.items():
+            subject = f"{prefix}.node.{token}"
+            batch: list[bytes] = []
+            size = count = 0
+            for part, n in parts:
+                if batch and size + len(part) > wire.MAX_BATCH_BYTES:
+                    commands.append((_PUB, subject, wire.encode_batch(self.sender, batch), count))
+                    self._pending_pubs += count
+                    batch, size, count = [], 0, 0
+                batch.append(part)
+                size += len(part)
+                count += n
+            commands.append((_PUB, subject, wire.encode_batch(self.sender, batch), count))
+            self._pending_pubs += count
+        for name, value in retained:
+            commands.append((_RETAIN, name, value, 0))
 
     def _present(self, pair: Pair) -> bool:
         """Is (client id, filter as subscribed) a subscription now? (The session's
-        subscriptions are the per-client index; the trie indexes by filter.)"""
+        subscriptions are the per-client index; the trie indexes by filter only.)"""
         session = self.engine.registry.sessions.get(pair[0])
         return session is not None and pair[1] in session.subscriptions
 
     def _interest_changed(self, touched: list[Pair]) -> None:
-        added, removed = self.interest.update(touched, self._present)
+        self._announce(self.interest.update(touched, self._present))
+
+    def _announce(self, changes: list[tuple[str, int]]) -> None:
+        """Put (count > 0) or delete this node's announcements of these filters."""
         commands = self._commands
-        for topic_filter in removed:
-            commands.append((_UNSUB, topic_filter, b"", 0))
-        for topic_filter in added:
-            commands.append((_SUB, topic_filter, b"", 0))
+        own = self._own_keys
+        for announced, count in changes:
+            key = interest_key(self.token, announced)
+            if count:
+                own[key] = announced
+                commands.append((_ANNOUNCE, key, encode_value(announced, count), 0))
+            else:
+                own.pop(key, None)
+                commands.append((_ANNOUNCE, key, b"", 0))
         if commands:
             self._wake.set()
 
@@ -363,11 +491,17 @@ class ClusterNode:
         self._warned = False
         log.info("cluster: node %s connected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc.connected_url else "?")
+        self._sub = await nc.subscribe(self.node_subject, cb=self._on_batch)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_retained(nc)))
         self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
+        # announcements go into the bucket's stream: it must exist first
+        interest = await self._open_bucket(nc, self.interest_bucket,
+                                           "iotbroker announced interest (docs/cluster.md)")
+        self._tasks.append(loop.create_task(self._watch_interest(interest)))
+        self._tasks.append(loop.create_task(self._sweep_loop()))
         commands = self._commands
         wake = self._wake
         while True:
@@ -381,55 +515,105 @@ class ClusterNode:
                     self._pending_pubs -= count
                     await nc.publish(name, payload)
                     self.forwarded += count
-                elif kind == _SUB:
-                    if name not in self._subs:
-                        self._subs[name] = [
-                            await nc.subscribe(subject, cb=self._on_message)
-                            for subject in filter_to_subjects(self.prefix, name)
-                        ]
-                elif kind == _RETAIN:
+                else:
                     # Straight into the bucket's stream, without waiting for its ack:
-                    # the ordered queue keeps its pace (docs/cluster.md, "Retained").
-                    subject = f"$KV.{self.bucket}.{name}"
+                    # the ordered queue keeps its pace (docs/cluster.md, "Retained",
+                    # "Routing by announced interest").
+                    bucket = self.bucket if kind == _RETAIN else self.interest_bucket
+                    subject = f"$KV.{bucket}.{name}"
                     if payload:
                         await nc.publish(subject, payload)
                     else:
                         await nc.publish(subject, b"", headers=_DELETE_HEADERS)
-                else:
-                    for sub in self._subs.pop(name, []):
-                        await sub.unsubscribe()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if kind == _PUB:
                     self.dropped += count
                 log.warning("cluster: NATS %s %r failed: %s",
-                            ("publish", "subscribe", "unsubscribe", "retain")[kind], name, exc)
+                            "publish" if kind == _PUB else "KV put", name, exc)
 
-    async def _open_bucket(self, nc: NatsClient) -> KeyValue:
+    async def _open_bucket(self, nc: NatsClient, bucket: str, description: str) -> KeyValue:
         js = nc.jetstream()
         while True:
             try:
                 try:
-                    return await js.key_value(self.bucket)
+                    return await js.key_value(bucket)
                 except BucketNotFoundError:
                     return await js.create_key_value(
-                        bucket=self.bucket, history=1, replicas=self.config.replicas,
-                        description="iotbroker retained messages (docs/cluster.md)",
+                        bucket=bucket, history=1, replicas=self.config.replicas,
+                        description=description,
                     )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.error("cluster: cannot open the retained bucket %r (replicas %d): %s; "
-                          "retrying", self.bucket, self.config.replicas, exc)
+                log.error("cluster: cannot open the bucket %r (replicas %d): %s; "
+                          "retrying", bucket, self.config.replicas, exc)
                 await asyncio.sleep(2.0)
+
+    async def _watch_interest(self, kv: KeyValue) -> None:
+        """Index the other nodes' announcements (:class:`RemoteInterest`) from a watch
+        of the interest bucket: every key's last value first, then each change. A
+        deletion of one of this node's own keys that it still holds (another node took
+        it for dead during a NATS outage) is answered by announcing it again."""
+        watcher = await kv.watchall()
+        self._watchers.append(watcher)
+        remote = self.remote
+        own = self.token
+        async for entry in watcher:
+            if entry is None:
+                if not self.interest_synced:
+                    self.interest_synced = True
+                    log.info("cluster: %d filters of %d other nodes from bucket %r",
+                             len(remote), len(remote.active), self.interest_bucket)
+                continue
+            key = entry.key
+            deleted = entry.operation in (KV_DEL, KV_PURGE) or not entry.value
+            try:
+                if key.partition(".")[0] == own:
+                    announced = self._own_keys.get(key)
+                    if deleted and announced is not None:
+                        self._announce([(announced, self.interest.count(announced))])
+                elif deleted:
+                    remote.delete(key)
+                else:
+                    remote.put(key, entry.value, time.monotonic())
+            except Exception as exc:
+                self.undecodable += 1
+                log.warning("cluster: undecodable interest entry %r: %s", key, exc)
+
+    async def _sweep_loop(self) -> None:
+        """Other processes' liveness for the interest index: heartbeats (the nodes
+        bucket, :mod:`iotbroker.cluster.wills`) or announcements within NODE_TTL keep
+        a process in; one silent for FORGET_SECONDS has its announcements deleted."""
+        remote = self.remote
+        figures = self.wills.figures
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for token, (seen, _) in list(figures.items()):
+                remote.heard(token, seen)
+            own = figures.get(self.token)
+            if own is None or now - own[0] > NODE_TTL:
+                # This node does not hear its own heartbeat (NATS or the watch is not
+                # back yet): it cannot tell who is silent.
+                continue
+            changed, gone = remote.sweep(now, NODE_TTL, FORGET_SECONDS)
+            for token in changed:
+                log.info("cluster: node process %s %s the routing index", token,
+                         "back in" if token in remote.active else "silent: out of")
+            if gone and self.connected:
+                for key in gone:
+                    self._commands.append((_ANNOUNCE, key, b"", 0))
+                self._wake.set()
 
     async def _watch_retained(self, nc: NatsClient) -> None:
         """Index the retained bucket in memory (the engine's retained store) from a
         watch: the last value of every key first, then each change, in the bucket's
         order on every node. Once caught up, retained messages this node kept (on disk)
         that the bucket no longer has are dropped: the bucket is the truth."""
-        kv = await self._open_bucket(nc)
+        kv = await self._open_bucket(nc, self.bucket,
+                                     "iotbroker retained messages (docs/cluster.md)")
         self.kv = kv
         watcher = await kv.watchall()
         self._watchers.append(watcher)
@@ -466,35 +650,31 @@ class ClusterNode:
         while True:
             await asyncio.sleep(RECONCILE_SECONDS)
             self.ownership.prune()
-            for topic_filter in self.interest.reconcile(self._present):
-                self._commands.append((_UNSUB, topic_filter, b"", 0))
-            if self._commands:
-                self._wake.set()
+            self._announce(self.interest.reconcile(self._present))
 
-    async def _on_message(self, msg: Msg) -> None:
-        """A message another node published, on a subject this node subscribed to."""
+    async def _on_batch(self, msg: Msg) -> None:
+        """A batch another node sent to this one (:func:`wire.decode_batch`): each
+        message routed here once, to the shared groups the sender gave it to here."""
         try:
-            subject = msg.subject
-            topic = self._topic_of.get(subject)
-            if topic is None:
-                if len(self._topic_of) >= NAME_CACHE:
-                    self._topic_of.clear()
-                topic = self._topic_of[subject] = subject_to_topic(self.prefix, subject)
-            sender, seq, messages = wire.decode(topic, msg.data)
+            sender, parts = wire.decode_batch(msg.data)
         except Exception as exc:
             self.undecodable += 1
-            log.warning("cluster: undecodable message on %r: %s", msg.subject, exc)
+            log.warning("cluster: undecodable batch on %r: %s", msg.subject, exc)
             return
-        if not self.dedup.first(sender, seq):
-            self.duplicates += 1
-            return
-        self.received += len(messages)
         # A retained one is kept here by routing too; the bucket's watch brings it
         # (or a later one) soon after: docs/cluster.md, "Retained messages".
         now = time.time()
         route = self.engine.route_remote
-        for message in messages:
-            route(message, now)
+        dedup = self.dedup
+        received = 0
+        for seq, items in parts:
+            if seq and not dedup.first(sender, seq):  # the QoS stream's copy came first
+                self.duplicates += 1
+                continue
+            for message, groups in items:
+                route(message, now, groups)
+            received += len(items)
+        self.received += received
         self.schedule_flush()
 
     async def _disconnected(self) -> None:
@@ -513,6 +693,8 @@ class ClusterNode:
         self.qos.degrade(False)
         self.connected = True
         self._warned = False
+        # Others may have taken this node for dead meanwhile: announce everything again
+        self._announce(self.interest.items())
         nc = self.nc
         log.info("cluster: node %s reconnected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc is not None and nc.connected_url else "?")

@@ -1,21 +1,38 @@
-"""How messages travel between nodes on core NATS (docs/cluster.md, "On the wire").
+"""How messages travel between nodes (docs/cluster.md, "On the wire").
 
-The NATS subject is the MQTT topic (:mod:`iotbroker.cluster.subjects`). The messages
-one turn accepted on one topic travel together, as one NATS message::
+Live, on core NATS, a node sends one NATS message per destination node per turn on
+that node's subject ``<prefix>.node.<process token>`` (:func:`encode_batch`): the
+turn's messages for it, across topics, as *parts* — a run of one topic's messages::
+
+    0x02 | len: u8 | sender: len bytes | part*
+    part:   seq: u64 | len: u16 | topic | count: u16 | item * count
+    item:   size: u32 | message record | groups: u16 | group * groups
+    group:  len: u16 | name | len: u16 | filter
+
+``groups`` are the shared subscription groups (name, filter without the ``$share``
+prefix) that the sending node gave this message to on that node (MQTT 5.0 §4.8.2,
+:mod:`iotbroker.cluster.shared`). ``seq`` is 0 for QoS 0 parts; a run of QoS 1/2
+messages carries the sequence number of its copy in the QoS stream, whose payload is
+the per-topic format below (:func:`encode`), so that a node routes whichever copy
+comes first (:class:`Dedup`).
+
+In the QoS stream (:mod:`iotbroker.cluster.qos_stream`) the subject is the MQTT topic
+(:mod:`iotbroker.cluster.subjects`); the messages one turn accepted on one topic
+travel together, as one stream message::
 
     0x01 | seq: u64 big-endian | len: u8 | sender: len bytes
          | count: u16 | (size: u32 | message record) * count
 
 ``sender`` names the sending process (node name and a start-up nonce) and ``seq``
-counts its NATS messages: a node whose MQTT filters overlap (``a/#`` and ``a/b``)
-holds two NATS subscriptions that both match ``a/b`` and gets the NATS message twice;
-the pair (sender, seq) lets it route the messages once (:class:`Dedup`). A message
+counts its batches: the pair (sender, seq) lets a node route the live and the stream
+copy once (:class:`Dedup`). A message
 record is the store's versioned RETAINED record
 (:func:`iotbroker.storage.records.encode_retained`: QoS, retain, created/expiry times,
 origin client id, MQTT 5.0 properties, payload), one encoding with golden bytes for
 disk and wire. Batching per topic and turn is what makes a fan-in of one busy topic
 cheap: NATS's per-message cost (parsing in nats-py, one callback) is paid once per
-batch (benchmarks/cluster_routing.py).
+batch (benchmarks/cluster_routing.py); batching per destination node shares it
+across topics too.
 """
 
 from __future__ import annotations
@@ -24,7 +41,7 @@ import struct
 from collections import deque
 
 from iotbroker.message import Message
-from iotbroker.storage.records import decode_retained, encode_retained
+from iotbroker.storage.records import RecordDecoder, decode_retained, encode_retained
 
 VERSION = 1
 #: Records in one NATS message at most (and about this many bytes, below).
@@ -33,6 +50,84 @@ MAX_BATCH_BYTES = 256 * 1024
 _HEAD = struct.Struct(">BQB")
 _COUNT = struct.Struct(">H")
 _SIZE = struct.Struct(">I")
+BATCH_VERSION = 2
+_PART = struct.Struct(">QH")
+_U16 = struct.Struct(">H")
+_NO_GROUPS = b"\x00\x00"
+
+#: (share group, filter without the $share prefix)
+Group = tuple[str, str]
+#: One part of a batch: (seq or 0, topic, [(record, groups)])
+Part = tuple[int, str, list[tuple[bytes, list[Group]]]]
+
+
+def encode_part(seq: int, topic: str, items: list[tuple[bytes, list[Group]]]) -> bytes:
+    """One part of a batch (:func:`encode_batch`)."""
+    key = topic.encode()
+    parts = [_PART.pack(seq, len(key)), key, _COUNT.pack(len(items))]
+    for rec, groups in items:
+        parts.append(_SIZE.pack(len(rec)))
+        parts.append(rec)
+        if not groups:
+            parts.append(_NO_GROUPS)
+            continue
+        parts.append(_U16.pack(len(groups)))
+        for group, topic_filter in groups:
+            g = group.encode()
+            f = topic_filter.encode()
+            parts += [_U16.pack(len(g)), g, _U16.pack(len(f)), f]
+    return b"".join(parts)
+
+
+def encode_batch(sender: bytes, parts: list[bytes]) -> bytes:
+    """One NATS message for one destination node: :func:`encode_part` results."""
+    return b"".join([bytes([BATCH_VERSION, len(sender)]), sender, *parts])
+
+
+def decode_batch(data: bytes) -> tuple[bytes, list[tuple[int, list[tuple[Message, list[Group]]]]]]:
+    """(sender, [(seq, [(message, groups)])]); ValueError (or CorruptData) for what we
+    did not write."""
+    if len(data) < 2 or data[0] != BATCH_VERSION:
+        raise ValueError("not a cluster batch")
+    n = data[1]
+    sender = data[2 : 2 + n]
+    pos = 2 + n
+    end_all = len(data)
+    decoder = RecordDecoder()
+    out: list[tuple[int, list[tuple[Message, list[Group]]]]] = []
+    while pos < end_all:
+        seq, lt = _PART.unpack_from(data, pos)
+        pos += _PART.size
+        key = data[pos : pos + lt]
+        pos += lt
+        (count,) = _COUNT.unpack_from(data, pos)
+        pos += _COUNT.size
+        items: list[tuple[Message, list[Group]]] = []
+        for _ in range(count):
+            (size,) = _SIZE.unpack_from(data, pos)
+            pos += _SIZE.size
+            end = pos + size
+            if end >= end_all:
+                raise ValueError("cluster batch truncated")
+            message = decoder.retained(key, data[pos:end])
+            pos = end
+            (ngroups,) = _U16.unpack_from(data, pos)
+            pos += 2
+            groups: list[Group] = []
+            for _ in range(ngroups):
+                (lg,) = _U16.unpack_from(data, pos)
+                pos += 2
+                group = data[pos : pos + lg].decode()
+                pos += lg
+                (lf,) = _U16.unpack_from(data, pos)
+                pos += 2
+                groups.append((group, data[pos : pos + lf].decode()))
+                pos += lf
+            items.append((message, groups))
+        out.append((seq, items))
+    if pos != end_all:
+        raise ValueError("cluster batch truncated")
+    return sender, out
 
 
 def encode(sender: bytes, seq: int, records: list[bytes]) -> bytes:
