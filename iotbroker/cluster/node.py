@@ -42,6 +42,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from iotbroker.cluster import shared as share
 from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
@@ -52,7 +53,6 @@ from iotbroker.cluster.remote import (
     encode_value,
     interest_key,
 )
-from iotbroker.cluster.shared import Balancer
 from iotbroker.cluster.subjects import (
     key_to_topic,
     topic_to_key,
@@ -108,10 +108,6 @@ class ClusterNode:
         self.node_subject = f"{self.prefix}.node.{self.token}"
         self.interest = Interest()
         self.remote = RemoteInterest(self.token)
-        self.balancer = Balancer()
-        #: Shared groups of this turn's messages picked by :meth:`_share_pick`:
-        #: id(message) -> (group, filter) -> token of the node that takes it
-        self._picks: dict[int, dict[GroupKey, str]] = {}
         #: This process's announcements: KV key -> announced filter
         self._own_keys: dict[str, str] = {}
         self.interest_bucket = f"{self.prefix.replace('.', '_')}_interest"
@@ -282,23 +278,16 @@ class ClusterNode:
 
     def _share_pick(self, message: Message, group: str, topic_filter: str,
                     members: list[SubscriptionEntry]) -> bool:
-        """The router asks, for a message published here that matches this node's
-        members of ``$share/group/topic_filter``: do they take it? One node of those
-        with members takes each message, weighted by members (MQTT 5.0 §4.8.2); the
-        pick is remembered for :meth:`_forward`. Without NATS, this node's members."""
-        key = (group, topic_filter)
-        remote = self.remote.groups.get(key)
-        if not remote:
+        """The router asks, for a message published here or routed from the QoS
+        stream, whether this node's members of ``$share/group/topic_filter`` take it:
+        one node among those with members does, by :func:`shared.pick
+        <iotbroker.cluster.shared.pick>` (MQTT 5.0 §4.8.2); :meth:`_forward` makes the
+        same choice. Without NATS, this node's members do."""
+        remote = self.remote.groups.get((group, topic_filter))
+        if not remote or not self.connected:
             return True
-        if self.connected:
-            chosen = self.balancer.pick(key, [(self.token, len(members)), *remote.items()])
-        else:
-            chosen = self.token  # the others are out of reach (kept for _forward)
-        picks = self._picks.get(id(message))
-        if picks is None:
-            picks = self._picks[id(message)] = {}
-        picks[key] = chosen
-        return chosen == self.token
+        candidates = [(self.token, len(members)), *remote.items()]
+        return share.pick(message, group, topic_filter, candidates) == self.token
 
     def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
         """This turn's messages to the nodes that want them: one NATS message per
@@ -311,8 +300,7 @@ class ClusterNode:
         acks_of: dict[int, list[HeldAck]] = {}
         for h in held:
             acks_of.setdefault(id(h.message), []).append(h)
-        picks = self._picks
-        self._picks = {}
+        connected = self.connected
         live = self.nc is not None and self._pending_pubs < MAX_PENDING
         # topic -> runs of (reliable, [(message, acks)])
         by_topic: dict[str, list[tuple[bool, list[tuple[Message, list[HeldAck]]]]]] = {}
@@ -333,7 +321,7 @@ class ClusterNode:
         qos = self.qos
         remote = self.remote
         own = self.token
-        balancer = self.balancer
+        local_trie = self.engine.trie
         # destination token -> [(encoded part, messages in it)]
         out: dict[str, list[tuple[bytes, int]]] = {}
         for topic, runs in by_topic.items():
@@ -384,17 +372,24 @@ class ClusterNode:
                         for token in direct:
                             out.setdefault(token, []).append((part, len(chunk)))
                         continue
+                    # the groups' candidates: the nodes with members, this one included
+                    # (the same choice as _share_pick made for the members here)
+                    here = {(g, f): len(m) for g, f, m in local_trie.match(topic).shared}
                     per_node: dict[str, list[tuple[bytes, list[GroupKey]]]] = {}
                     for message, rec, _ in chunk:
                         dests: dict[str, list[GroupKey]] = {token: [] for token in direct}
-                        picked = picks.get(id(message))
                         for group, topic_filter, members in shared:
                             key = (group, topic_filter)
-                            chosen = None if picked is None else picked.get(key)
-                            if chosen is None:  # no members here: one of the others
+                            mine = here.get(key)
+                            if mine is not None and not connected:
+                                chosen = own  # _share_pick kept it here
+                            else:
                                 weights = remote.groups.get(key) or {}
-                                chosen = balancer.pick(key, [(e.client_id, weights.get(
-                                    e.client_id, 1)) for e in members])
+                                candidates = [(e.client_id, weights.get(e.client_id, 1))
+                                              for e in members]
+                                if mine is not None:
+                                    candidates.append((own, mine))
+                                chosen = share.pick(message, group, topic_filter, candidates)
                             if chosen != own:
                                 groups = dests.get(chosen)
                                 if groups is None:

@@ -1,50 +1,61 @@
 """Shared subscriptions across nodes: which node's members get a message (MQTT 5.0
 §4.8.2: each message of a shared subscription goes to one session of the group).
 
-The node that accepted a message picks, per matching group, exactly one node process
-among those with members (itself included), by smooth weighted round-robin with each
-node weighted by its number of members (docs/cluster.md, "Shared subscriptions across
-nodes"): over any run of messages each node gets its share within one message, in an
-even interleaving (a, b, a, b... for 1:1; a, a, b, a, a, b... for 2:1). That node then
-gives it to one of its members by ``mqtt.shared_subscription_strategy``.
+Among the node processes with members of a group (``$share/{group}/{filter}``), one
+takes each message: the one with the highest weighted rendezvous score (highest random
+weight hashing) of the message and the group, weighted by its number of members
+(docs/cluster.md, "Shared subscriptions across nodes"). The choice depends only on the
+message (origin, creation time, topic, payload), the group and the candidates, so every
+node that sees the same candidates makes the same choice: the sending node names it
+on the live copy, and a node that routes a QoS 1/2 message from the QoS stream copy
+alone (the live copy was lost) computes the same one instead of giving it to its own
+members regardless. Over many messages each node's share is its members' share
+(a node with 2 members of 3 gets ~2/3); a node leaving moves only its own share.
+That node then gives the message to one of its members by
+``mqtt.shared_subscription_strategy``.
 
 Pure, no I/O.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import struct
 from collections.abc import Iterable
 
-#: Groups whose round-robin state is kept at most (then it starts afresh).
-MAX_GROUPS = 100_000
+from iotbroker.message import Message
+
+_CREATED = struct.Struct(">d")
+_SCALE = 1.0 / 2.0**53
 
 
-class Balancer:
-    """Smooth weighted round-robin per (group, filter)."""
+def _base(message: Message, group: str, topic_filter: str) -> hashlib.blake2b:
+    h = hashlib.blake2b(digest_size=8)
+    h.update(message.origin.encode())
+    h.update(_CREATED.pack(message.created_at))
+    h.update(message.topic.encode())
+    h.update(b"\x00")
+    h.update(bytes(message.payload))
+    h.update(b"\x00")
+    h.update(group.encode())
+    h.update(b"\x00")
+    h.update(topic_filter.encode())
+    return h
 
-    __slots__ = ("_current",)
 
-    def __init__(self) -> None:
-        self._current: dict[tuple[str, str], dict[str, int]] = {}
-
-    def pick(self, key: tuple[str, str], candidates: Iterable[tuple[str, int]]) -> str:
-        """One of ``candidates`` ((node token, members), at least one, weights >= 1)."""
-        current = self._current.get(key)
-        if current is None:
-            if len(self._current) >= MAX_GROUPS:
-                self._current.clear()
-            current = {}
-        state: dict[str, int] = {}
-        total = 0
-        best = ""
-        best_value = 0
-        for token, members in candidates:
-            weight = max(1, members)
-            value = current.get(token, 0) + weight
-            state[token] = value
-            total += weight
-            if not best or value > best_value:
-                best, best_value = token, value
-        state[best] -= total
-        self._current[key] = state
-        return best
+def pick(message: Message, group: str, topic_filter: str,
+         candidates: Iterable[tuple[str, int]]) -> str:
+    """The node process (token) among ``candidates`` ((token, members), at least one)
+    whose members get ``message`` for the group."""
+    base = _base(message, group, topic_filter)
+    best = ""
+    best_score = -1.0
+    for token, members in candidates:
+        h = base.copy()
+        h.update(token.encode())
+        u = ((int.from_bytes(h.digest(), "big") >> 11) + 0.5) * _SCALE  # in (0, 1)
+        score = -max(1, members) / math.log(u)
+        if score > best_score or (score == best_score and token < best):
+            best, best_score = token, score
+    return best

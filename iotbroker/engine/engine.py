@@ -382,11 +382,12 @@ class Engine:
         return True
 
     def route_remote(self, message: Message, now: float,
-                     shared: Container[tuple[str, str]] = EVERY_GROUP) -> int:
+                     shared: Container[tuple[str, str]] | None = None) -> int:
         """A message another node accepted: routed to this process's sessions (each
         delivery through ``Session.deliver``, so the read ACL applies) and never
         forwarded again. A retained one is kept here too. ``shared``: the shared
-        groups (group, filter) the sending node gave it to here (MQTT 5.0 §4.8.2)."""
+        groups (group, filter) the sending node gave it to here (MQTT 5.0 §4.8.2);
+        None: the router's ``share_pick`` decides, as for a message published here."""
         return self.router.publish(message, now, shared)
 
     def replace_retained(self, topic: str, message: Message | None) -> None:

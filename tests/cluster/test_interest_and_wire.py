@@ -1,16 +1,15 @@
 """The cluster room's pure parts: interest ref-counting (one announcement per
 distinct filter), the index of other nodes' announcements, the shared-group
-balancer, and the inter-node message formats with de-duplication."""
+pick, and the inter-node message formats with de-duplication."""
 
 from __future__ import annotations
 
 import pytest
 
-from iotbroker.cluster import wire
+from iotbroker.cluster import shared, wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.remote import RemoteInterest, encode_value, interest_key
-from iotbroker.cluster.shared import Balancer
 from iotbroker.codec.packets import Properties
 from iotbroker.message import Message
 
@@ -107,13 +106,23 @@ def test_a_silent_node_leaves_the_index_and_comes_back_or_is_forgotten() -> None
     assert remote.match("x").direct == {} and len(remote) == 0
 
 
-def test_shared_balancer_is_weighted_round_robin() -> None:
-    balancer = Balancer()
-    picks = [balancer.pick(("g", "f"), [("a", 1), ("b", 1)]) for _ in range(6)]
-    assert picks == ["a", "b", "a", "b", "a", "b"]
-    picks = [balancer.pick(("h", "f"), [("a", 2), ("b", 1)]) for _ in range(6)]
-    assert picks.count("a") == 4 and picks.count("b") == 2
-    assert picks[:3] in (["a", "b", "a"], ["a", "a", "b"])
+def test_shared_pick_is_the_same_everywhere_and_weighted_by_members() -> None:
+    """Every node that sees the same candidates picks the same node for a message and
+    group (the sender and a node routing the QoS stream copy agree); over many
+    messages each node's share follows its members; a node leaving moves only the
+    messages it had."""
+    msgs = [Message(topic=f"job/{i}", payload=b"%d" % i, qos=1, retain=False,
+                    properties=Properties(), created_at=1000.0 + i, origin="pub")
+            for i in range(3000)]
+    three = [("a", 1), ("b", 2), ("c", 1)]
+    picks = [shared.pick(m, "g", "job/+", three) for m in msgs]
+    assert picks == [shared.pick(m, "g", "job/+", list(reversed(three))) for m in msgs]
+    share_b = picks.count("b") / len(picks)
+    assert 0.45 < share_b < 0.55, share_b
+    assert 0.2 < picks.count("a") / len(picks) < 0.3
+    without_c = [shared.pick(m, "g", "job/+", three[:2]) for m in msgs]
+    assert all(w == p for w, p in zip(without_c, picks, strict=True) if p != "c")
+    assert shared.pick(msgs[0], "g", "job/+", [("x", 5)]) == "x"
 
 
 def test_batches_round_trip_on_the_wire() -> None:

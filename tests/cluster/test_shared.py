@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 from tests.cluster.test_live_routing import Node, wait_until_routed
 from tests.interop.test_paho import Paho
 
-N = 21  # messages per publisher
+N = 30  # messages per publisher
 
 
 def collect(client: Paho) -> list[mqtt.MQTTMessage]:
@@ -34,11 +34,11 @@ def test_a_group_spread_over_two_nodes_gets_each_message_once(
     make_node: Node, clients: Callable[..., Paho]
 ) -> None:
     """One member on node a, two on node b (one of them subscribed at QoS 0);
-    publishers on both nodes, 21 QoS 1 messages each. Every message reaches exactly
+    publishers on both nodes, 30 QoS 1 messages each. Every message reaches exactly
     one member of the group cluster-wide, and a plain subscriber gets all of them.
-    Each publishing node gives the group's messages to the nodes by their members
-    (1:2, so 7 of 21 to node a); [MQTT-4.8.2-3]: a member gets a message at its own
-    granted QoS (0 for the QoS 0 member, 1 for the others)."""
+    The group's messages are shared by the nodes' members (1:2: ~20 of 60 to node a;
+    the bound is > 3.5 standard deviations wide); [MQTT-4.8.2-3]: a member gets a
+    message at its own granted QoS (0 for the QoS 0 member, 1 for the others)."""
     a = make_node("a", servers=[0])
     b = make_node("b", servers=[1])
     group = "$share/workers/job/#"
@@ -75,9 +75,7 @@ def test_a_group_spread_over_two_nodes_gets_each_message_once(
     payloads = sorted(m.payload for msgs in got.values() for m in msgs)
     expected = sorted([b"a%d" % i for i in range(N)] + [b"b%d" % i for i in range(N)])
     assert payloads == expected, {k: [m.payload for m in v] for k, v in got.items()}
-    for publisher in (b"a", b"b"):
-        on_a = [m for m in got["ma"] if m.payload.startswith(publisher)]
-        assert len(on_a) == N // 3, (publisher, len(on_a))
+    assert 7 <= len(got["ma"]) <= 33, len(got["ma"])
     assert all(m.qos == 1 for m in got["ma"] + got["mb1"])
     assert got["mb0"] and all(m.qos == 0 for m in got["mb0"])  # [MQTT-4.8.2-3]
     assert got["mb1"]
