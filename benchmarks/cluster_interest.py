@@ -144,10 +144,11 @@ def main() -> None:
                 nodes.append(BrokerProcess(work / name, text, name=name).start())
             for node in nodes:
                 deadline = time.monotonic() + 10
-                while "filters of" not in node.log_text():
+                while "connected to NATS" not in node.log_text():
                     if time.monotonic() > deadline:
                         raise RuntimeError(node.log_text())
                     time.sleep(0.05)
+            time.sleep(1.0)  # buckets, streams, watches
             two = asyncio.run(memory(nodes, args.filters))
             gaps = asyncio.run(window(nodes[0].port, nodes[1].port, args.rounds))
         finally:

@@ -291,139 +291,171 @@ class ClusterNode:
 
     def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
         """This turn's messages to the nodes that want them: one NATS message per
-        destination node (parts per topic, in order within each topic, which is the
-        order MQTT keeps [MQTT-4.6.0-5]); retained ones also go to the retained
-        bucket. A topic's run of consecutive QoS 1/2 messages is a part of its own,
-        written to the QoS stream with the same (sender, seq), which carries the held
-        acks (:mod:`iotbroker.cluster.qos_stream`), and sent live to every node with
+        destination node, its messages in the order they were published (which keeps
+        each topic's order, [MQTT-4.6.0-5]); retained ones also go to the retained
+        bucket. A topic's run of QoS 1/2 messages is written to the QoS stream with a
+        (sender, seq), which carries the held acks (:mod:`iotbroker.cluster.qos_stream`),
+        and sent live, as a part with the same (sender, seq), to every node with
         interest in the topic; a receiving node routes the copy that comes first."""
         acks_of: dict[int, list[HeldAck]] = {}
         for h in held:
             acks_of.setdefault(id(h.message), []).append(h)
-        connected = self.connected
         live = self.nc is not None and self._pending_pubs < MAX_PENDING
-        # topic -> runs of (reliable, [(message, acks)])
-        by_topic: dict[str, list[tuple[bool, list[tuple[Message, list[HeldAck]]]]]] = {}
-        retained: list[tuple[str, bytes]] = []
-        for message in messages:
-            reliable = message.qos > 0
-            runs = by_topic.get(message.topic)
-            if runs is None:
-                runs = by_topic[message.topic] = []
-            if not runs or runs[-1][0] != reliable:
-                runs.append((reliable, []))
-            runs[-1][1].append((message, acks_of.get(id(message), [])))
-            if message.retain and live:
-                retained.append((topic_to_key(message.topic),
-                                 wire.record(message) if message.payload else b""))
         prefix = self.prefix
-        subject_of = self._subject_of
-        qos = self.qos
         remote = self.remote
+        # 1. The QoS stream: one topic's QoS 1/2 messages of this turn, up to the next
+        # QoS 0 message on that topic, are one stream message (a run).
+        runs: dict[str, list[Message]] = {}
+        run_of: dict[int, list[Message]] = {}
+        retained: list[tuple[str, bytes]] = []
+        all_runs: list[list[Message]] = []
+        for message in messages:
+            topic = message.topic
+            if message.qos:
+                run = runs.get(topic)
+                if run is None:
+                    run = runs[topic] = []
+                    all_runs.append(run)
+                run.append(message)
+                run_of[id(message)] = run
+            else:
+                runs.pop(topic, None)
+            if message.retain and live:
+                retained.append((topic_to_key(topic),
+                                 wire.record(message) if message.payload else b""))
+        records: dict[int, bytes] = {}
+        seq_of: dict[int, int] = {}  # id(first message of a run) -> its seq (0: none)
+        for run in all_runs:
+            self._write_run(run, acks_of, records, seq_of)
+        # 2. Live: each message to the nodes that want it, in order
         own = self.token
         local_trie = self.engine.trie
-        # destination token -> [(encoded part, messages in it)]
-        out: dict[str, list[tuple[bytes, int]]] = {}
-        for topic, runs in by_topic.items():
-            matches = remote.match(topic)
+        connected = self.connected
+        out: dict[str, wire.Outbox] = {}
+        for message in messages:
+            matches = remote.match(message.topic)
             direct = matches.direct
             shared = matches.shared
-            for reliable, run in runs:
-                if not reliable and not direct and not shared:
-                    continue  # nobody elsewhere wants it: nothing to send
-                items: list[_Item] = [(m, wire.record(m), acks) for m, acks in run]
-                stream_subject: str | None = None
+            reliable = message.qos > 0
+            if not direct and not shared:
+                continue
+            if reliable:
+                run = run_of[id(message)]
+                if run[0] is not message:
+                    continue  # sent with the first message of its run
+                batch = run
+            else:
+                batch = [message]
+            if not live:
+                self.dropped += len(batch)
+                continue
+            if not shared and not reliable:  # the common case: one item for all
+                rec = wire.record(message)
+                for token in direct:
+                    box = out.get(token)
+                    if box is None:
+                        box = out[token] = wire.Outbox()
+                    box.add_plain(rec)
+                continue
+            dests: dict[str, list[bytes]] = {}
+            if not shared:
+                for m in batch:
+                    entry = wire.item(records.get(id(m)) or wire.record(m), [])
+                    for token in direct:
+                        lst = dests.get(token)
+                        if lst is None:
+                            lst = dests[token] = []
+                        lst.append(entry)
+            else:
+                here = {(g, f): len(ms) for g, f, ms in local_trie.match(message.topic).shared}
+                for m in batch:
+                    rec = records.get(id(m)) or wire.record(m)
+                    groups_of: dict[str, list[GroupKey]] = {token: [] for token in direct}
+                    for group, topic_filter, members in shared:
+                        key = (group, topic_filter)
+                        mine = here.get(key)
+                        if mine is not None and not connected:
+                            chosen = own  # _share_pick kept it here
+                        else:
+                            weights = remote.groups.get(key) or {}
+                            candidates = [(e.client_id, weights.get(e.client_id, 1))
+                                          for e in members]
+                            if mine is not None:
+                                candidates.append((own, mine))
+                            chosen = share.pick(m, group, topic_filter, candidates)
+                        if chosen != own:
+                            groups = groups_of.get(chosen)
+                            if groups is None:
+                                groups = groups_of[chosen] = []
+                            groups.append(key)
+                        if reliable:  # they see the live copy, not only the stream's
+                            for e in members:
+                                if e.client_id not in groups_of:
+                                    groups_of[e.client_id] = []
+                    for token, groups in groups_of.items():
+                        lst = dests.get(token)
+                        if lst is None:
+                            lst = dests[token] = []
+                        lst.append(wire.item(rec, groups))
+            seq = seq_of.get(id(batch[0]), 0) if reliable else 0
+            for token, items in dests.items():
+                box = out.get(token)
+                if box is None:
+                    box = out[token] = wire.Outbox()
                 if reliable:
-                    subject = subject_of.get(topic)
-                    if subject is None:
-                        if len(subject_of) >= NAME_CACHE:
-                            subject_of.clear()
-                        subject = subject_of[topic] = topic_to_subject(prefix, topic)
-                    if len(subject) <= MAX_SUBJECT:
-                        stream_subject = qos.subject_prefix + subject[len(prefix):]
-                    else:  # NATS would refuse the subject: live copies only, counted
-                        self.refused += len(items)
-                        qos.unreplicated += len(items)
-                        qos.release([a for _, _, acks in items for a in acks])
-                start = 0
-                while start < len(items):  # within NATS's max_payload (1 MiB by default)
-                    end = start
-                    size = 0
-                    while end < len(items) and end - start < wire.MAX_BATCH and (
-                            size < wire.MAX_BATCH_BYTES or end == start):
-                        size += len(items[end][1])
-                        end += 1
-                    chunk = items[start:end]
-                    start = end
-                    seq = 0
-                    if stream_subject is not None:
-                        self.seq += 1
-                        seq = self.seq
-                        qos.write(stream_subject, f"{self.sender.decode()}:{seq}",
-                                  wire.encode(self.sender, seq, [rec for _, rec, _ in chunk]),
-                                  len(chunk), [a for _, _, acks in chunk for a in acks])
-                    if not direct and not shared:
-                        continue
-                    if not live:
-                        self.dropped += len(chunk)
-                        continue
-                    if not shared:  # the common case: the same nodes for every message
-                        part = wire.encode_part(seq, topic, [(rec, []) for _, rec, _ in chunk])
-                        for token in direct:
-                            out.setdefault(token, []).append((part, len(chunk)))
-                        continue
-                    # the groups' candidates: the nodes with members, this one included
-                    # (the same choice as _share_pick made for the members here)
-                    here = {(g, f): len(m) for g, f, m in local_trie.match(topic).shared}
-                    per_node: dict[str, list[tuple[bytes, list[GroupKey]]]] = {}
-                    for message, rec, _ in chunk:
-                        dests: dict[str, list[GroupKey]] = {token: [] for token in direct}
-                        for group, topic_filter, members in shared:
-                            key = (group, topic_filter)
-                            mine = here.get(key)
-                            if mine is not None and not connected:
-                                chosen = own  # _share_pick kept it here
-                            else:
-                                weights = remote.groups.get(key) or {}
-                                candidates = [(e.client_id, weights.get(e.client_id, 1))
-                                              for e in members]
-                                if mine is not None:
-                                    candidates.append((own, mine))
-                                chosen = share.pick(message, group, topic_filter, candidates)
-                            if chosen != own:
-                                groups = dests.get(chosen)
-                                if groups is None:
-                                    groups = dests[chosen] = []
-                                groups.append(key)
-                            if reliable:  # they see the live copy, not only the stream's
-                                for e in members:
-                                    if e.client_id not in dests:
-                                        dests[e.client_id] = []
-                        for token, groups in dests.items():
-                            lst = per_node.get(token)
-                            if lst is None:
-                                lst = per_node[token] = []
-                            lst.append((rec, groups))
-                    for token, node_items in per_node.items():
-                        out.setdefault(token, []).append(
-                            (wire.encode_part(seq, topic, node_items), len(node_items)))
+                    box.part(seq, items)
+                else:
+                    box.add(items[0])
         commands = self._commands
-        for token, parts in out.items():
+        for token, box in out.items():
             subject = f"{prefix}.node.{token}"
-            batch: list[bytes] = []
-            size = count = 0
-            for part, n in parts:
-                if batch and size + len(part) > wire.MAX_BATCH_BYTES:
-                    commands.append((_PUB, subject, wire.encode_batch(self.sender, batch), count))
-                    self._pending_pubs += count
-                    batch, size, count = [], 0, 0
-                batch.append(part)
-                size += len(part)
-                count += n
-            commands.append((_PUB, subject, wire.encode_batch(self.sender, batch), count))
-            self._pending_pubs += count
+            for payload, count in box.batches(self.sender):
+                commands.append((_PUB, subject, payload, count))
+                self._pending_pubs += count
         for name, value in retained:
             commands.append((_RETAIN, name, value, 0))
+
+    def _write_run(self, run: list[Message], acks_of: dict[int, list[HeldAck]],
+                   records: dict[int, bytes], seq_of: dict[int, int]) -> None:
+        """Write one topic's run of QoS 1/2 messages to the QoS stream (in chunks
+        within NATS's max_payload), remembering each message's record and the run's
+        seq (a run longer than one chunk goes live with seq 0: it is not deduplicated
+        against its stream copies, only ever in a huge burst)."""
+        qos = self.qos
+        topic = run[0].topic
+        recs = []
+        for m in run:
+            rec = records[id(m)] = wire.record(m)
+            recs.append(rec)
+        subject_of = self._subject_of
+        subject = subject_of.get(topic)
+        if subject is None:
+            if len(subject_of) >= NAME_CACHE:
+                subject_of.clear()
+            subject = subject_of[topic] = topic_to_subject(self.prefix, topic)
+        acks = [acks_of.get(id(m), []) for m in run]
+        if len(subject) > MAX_SUBJECT:  # NATS would refuse it: live copies only, counted
+            self.refused += len(run)
+            qos.unreplicated += len(run)
+            qos.release([a for lst in acks for a in lst])
+            return
+        stream_subject = qos.subject_prefix + subject[len(self.prefix):]
+        start = 0
+        chunks = 0
+        while start < len(recs):
+            end = start
+            size = 0
+            while end < len(recs) and end - start < wire.MAX_BATCH and (
+                    size < wire.MAX_BATCH_BYTES or end == start):
+                size += len(recs[end])
+                end += 1
+            self.seq += 1
+            chunks += 1
+            qos.write(stream_subject, f"{self.sender.decode()}:{self.seq}",
+                      wire.encode(self.sender, self.seq, recs[start:end]),
+                      end - start, [a for lst in acks[start:end] for a in lst])
+            start = end
+        seq_of[id(run[0])] = self.seq if chunks == 1 else 0
 
     def _present(self, pair: Pair) -> bool:
         """Is (client id, filter as subscribed) a subscription now? (The session's

@@ -126,20 +126,22 @@ def test_shared_pick_is_the_same_everywhere_and_weighted_by_members() -> None:
 
 
 def test_batches_round_trip_on_the_wire() -> None:
-    """One NATS message per destination node carries parts of several topics, each
-    message with the shared groups given to that node."""
+    """One NATS message per destination node carries parts, a part messages of any
+    topics (each record names its topic), each message with the shared groups given
+    to that node."""
     one = Message(topic="a.b/c d", payload=b"\x00\xff", qos=1, retain=True,
                   properties=Properties(content_type="t", user_properties=(("k", "v"),)),
                   created_at=12.5, expires_at=99.0, origin="client-1")
     two = Message(topic="x/é", payload=b"", qos=0, retain=False,
                   properties=Properties(), created_at=13.0)
     parts = [
-        wire.encode_part(7, one.topic, [(wire.record(one), [("g", "a.b/+")])]),
-        wire.encode_part(0, two.topic, [(wire.record(two), []), (wire.record(two), [])]),
+        wire.encode_part(7, [wire.item(wire.record(one), [("g", "a.b/+")])]),
+        wire.encode_part(0, [wire.item(wire.record(two), []),
+                             wire.item(wire.record(one), [])]),
     ]
     data = wire.encode_batch(b"node-a/1234", parts)
     assert wire.decode_batch(data) == (b"node-a/1234", [
-        (7, [(one, [("g", "a.b/+")])]), (0, [(two, []), (two, [])])])
+        (7, [(one, [("g", "a.b/+")])]), (0, [(two, []), (one, [])])])
     with pytest.raises(ValueError, match="batch"):
         wire.decode_batch(b"\x01" + data[1:])
     with pytest.raises(Exception, match=r"."):
