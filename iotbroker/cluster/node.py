@@ -112,6 +112,8 @@ class ClusterNode:
         self._own_keys: dict[str, str] = {}
         self.interest_bucket = f"{self.prefix.replace('.', '_')}_interest"
         self.interest_synced = False
+        self.interest_kv: KeyValue | None = None
+        self._resync: asyncio.Task[None] | None = None
         self.dedup = wire.Dedup()
         self.nc: NatsClient | None = None
         self.connected = False
@@ -527,6 +529,7 @@ class ClusterNode:
         # announcements go into the bucket's stream: it must exist first
         interest = await self._open_bucket(nc, self.interest_bucket,
                                            "iotbroker announced interest (docs/cluster.md)")
+        self.interest_kv = interest
         self._tasks.append(loop.create_task(self._watch_interest(interest)))
         self._tasks.append(loop.create_task(self._sweep_loop()))
         commands = self._commands
@@ -704,6 +707,21 @@ class ClusterNode:
         self.received += received
         self.schedule_flush()
 
+    async def _announce_again(self) -> None:
+        """After a reconnect: when the interest bucket answers (within a minute),
+        announce every filter of this node again."""
+        kv = self.interest_kv
+        deadline = time.monotonic() + 60.0
+        while kv is not None and time.monotonic() < deadline:
+            try:
+                await kv.status()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.5)
+        self._announce(self.interest.items())
+
     async def _disconnected(self) -> None:
         if self._degrade_timer is None:
             self._degrade_timer = asyncio.get_running_loop().call_later(
@@ -720,8 +738,12 @@ class ClusterNode:
         self.qos.degrade(False)
         self.connected = True
         self._warned = False
-        # Others may have taken this node for dead meanwhile: announce everything again
-        self._announce(self.interest.items())
+        # Others may have taken this node for dead meanwhile, and what was announced
+        # during the outage went nowhere: announce everything again, once the bucket
+        # takes writes (a restarted NATS cluster elects the stream's leader later)
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.get_running_loop().create_task(self._announce_again())
+            self._tasks.append(self._resync)
         nc = self.nc
         log.info("cluster: node %s reconnected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc is not None and nc.connected_url else "?")
