@@ -33,7 +33,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -305,6 +305,7 @@ class ClusterNode:
         live = self.nc is not None and self._pending_pubs < MAX_PENDING
         prefix = self.prefix
         remote = self.remote
+        own = self.token
         # 1. The QoS stream: one topic's QoS 1/2 messages of this turn, up to the next
         # QoS 0 message on that topic, are one stream message (a run).
         runs: dict[str, list[Message]] = {}
@@ -330,16 +331,28 @@ class ClusterNode:
         for run in all_runs:
             self._write_run(run, acks_of, records, seq_of)
         # 2. Live: each message to the nodes that want it, in order
-        own = self.token
         local_trie = self.engine.trie
         connected = self.connected
         out: dict[str, wire.Outbox] = {}
+        # A QoS 1/2 run goes live to every live node process, whatever this node
+        # knows of its interest: each node reads it from the QoS stream anyway, and
+        # the live copies keep its order with later runs on a node whose
+        # announcement is not here yet (its stream copy would come after them).
+        everyone: dict[str, Any] = {}
+        if all_runs:
+            figures = self.wills.figures
+            now = time.monotonic()
+            everyone = {t: None for t, (seen, _) in list(figures.items())
+                        if t != own and now - seen <= NODE_TTL}
         for message in messages:
             matches = remote.match(message.topic)
             direct = matches.direct
             shared = matches.shared
             reliable = message.qos > 0
-            if not direct and not shared:
+            if reliable:
+                if everyone:
+                    direct = {**everyone, **direct}
+            elif not direct and not shared:
                 continue
             if reliable:
                 run = run_of[id(message)]
