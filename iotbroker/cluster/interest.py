@@ -1,15 +1,17 @@
-"""Live routing by interest: which MQTT filters this node subscribes to on NATS.
+"""This node's interest, as it announces it to the others (docs/cluster.md, "Routing
+by announced interest").
 
-One NATS subscription per *distinct* MQTT filter of this node (never one per MQTT
-subscription, and never a JetStream consumer per subscription): the filter is
-reference-counted by the (client id, filter as subscribed) pairs of the subscription
-trie, so a thousand devices on ``fleet/+/cmd`` cost one NATS subscription, and it
-goes when the last of them does. A shared subscription ``$share/g/f`` counts for its
-plain filter ``f`` (MQTT 5.0 §4.8.2; balancing across nodes is not done yet, see
-docs/cluster.md).
+A node announces each *distinct* filter of its sessions once (never one entry per MQTT
+subscription): the filter is reference-counted by the (client id, filter as
+subscribed) pairs of the subscription trie, so a thousand devices on ``fleet/+/cmd``
+are one announcement, and it goes when the last of them does. A shared subscription
+``$share/g/f`` is announced as itself with its number of members here, so that a
+sending node can give each message of the group to one node, weighted by members
+(MQTT 5.0 §4.8.2).
 
 Pure bookkeeping, no I/O: the node (:mod:`iotbroker.cluster.node`) asks
-:meth:`Interest.update` after each turn which filters to subscribe and unsubscribe.
+:meth:`Interest.update` after each turn what changed and announces it
+(:mod:`iotbroker.cluster.remote` is the other side).
 """
 
 from __future__ import annotations
@@ -22,8 +24,17 @@ from iotbroker.core.topics import parse_shared
 Pair = tuple[str, str]
 
 
+def announced_filter(topic_filter: str) -> tuple[str, bool]:
+    """(what is announced for a filter as subscribed, is it shared): the plain filter,
+    or ``$share/{group}/{filter}`` as it is."""
+    group, plain = parse_shared(topic_filter)
+    if group is None:
+        return plain, False
+    return topic_filter, True
+
+
 class Interest:
-    """Distinct plain filters → the pairs that hold them."""
+    """Announced filters → the pairs that hold them."""
 
     __slots__ = ("refs",)
 
@@ -36,40 +47,50 @@ class Interest:
     def __contains__(self, topic_filter: object) -> bool:
         return topic_filter in self.refs
 
+    def count(self, announced: str) -> int:
+        """What is announced for ``announced``: 0 (nothing), 1 for a plain filter
+        held here, the number of members here for a shared one."""
+        holders = self.refs.get(announced)
+        if not holders:
+            return 0
+        return len(holders) if announced.startswith("$share/") else 1
+
+    def items(self) -> list[tuple[str, int]]:
+        """Everything announced (a re-announcement after a NATS outage)."""
+        return [(f, self.count(f)) for f in self.refs]
+
     def update(self, touched: Iterable[Pair],
-               present: Callable[[Pair], bool]) -> tuple[list[str], list[str]]:
+               present: Callable[[Pair], bool]) -> list[tuple[str, int]]:
         """Pairs that may have been added or removed this turn; ``present`` says
-        whether a pair is in the trie now. Returns (filters to subscribe, filters to
-        unsubscribe), each filter once."""
-        added: list[str] = []
-        removed: list[str] = []
+        whether a pair is in the trie now. Returns the announcements that changed,
+        each filter once: (announced filter, count), count 0 = no longer."""
         refs = self.refs
+        before: dict[str, int] = {}
         for pair in touched:
-            plain = parse_shared(pair[1])[1]
-            holders = refs.get(plain)
+            key = announced_filter(pair[1])[0]
+            if key not in before:
+                before[key] = self.count(key)
+            holders = refs.get(key)
             if present(pair):
                 if holders is None:
-                    refs[plain] = {pair}
-                    if plain in removed:
-                        removed.remove(plain)  # gone and back in one turn: keep it
-                    else:
-                        added.append(plain)
+                    refs[key] = {pair}
                 else:
                     holders.add(pair)
             elif holders is not None and pair in holders:
                 holders.discard(pair)
                 if not holders:
-                    del refs[plain]
-                    if plain in added:
-                        added.remove(plain)
-                    else:
-                        removed.append(plain)
-        return added, removed
+                    del refs[key]
+        changes = []
+        for key, was in before.items():
+            now = self.count(key)
+            if now != was:
+                changes.append((key, now))
+        return changes
 
-    def reconcile(self, present: Callable[[Pair], bool]) -> list[str]:
+    def reconcile(self, present: Callable[[Pair], bool]) -> list[tuple[str, int]]:
         """Drop pairs no longer in the trie (sessions that expired or were replaced
-        by a clean start, which the engine does not report); returns the filters
-        left without holders, to unsubscribe."""
+        by a clean start, which the engine does not report); returns the changed
+        announcements."""
         gone = [pair for holders in self.refs.values() for pair in holders
                 if not present(pair)]
-        return self.update(gone, present)[1]
+        return self.update(gone, present)

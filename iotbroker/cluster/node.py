@@ -1,22 +1,25 @@
-"""One node's link to the NATS fabric: live routing by interest (docs/cluster.md).
+"""One node's link to the NATS fabric: routing by announced interest (docs/cluster.md).
 
-* Every message a local client (or a will) publishes is published once on core NATS,
-  on the subject of its topic (:mod:`iotbroker.cluster.subjects`), after the turn that
-  accepted it (:meth:`ClusterNode.after_turn`, called from the server's flush).
-* The node holds one NATS subscription per distinct MQTT filter of its sessions
-  (:mod:`iotbroker.cluster.interest`), so NATS sends it only what someone here wants.
-* A message from another node is decoded, routed once (overlapping filters bring it
-  twice: :class:`~iotbroker.cluster.wire.Dedup`) through
-  :meth:`Engine.route_remote <iotbroker.engine.engine.Engine.route_remote>` — every
-  local delivery still goes through ``Session.deliver`` — and is never forwarded again.
-  The connection is made with ``no_echo``: NATS does not hand a node its own messages.
+* The node announces the distinct filters of its sessions in the replicated KV bucket
+  ``<prefix>_interest`` (:mod:`iotbroker.cluster.interest`), and watches the bucket
+  into an index of every other node's filters (:mod:`iotbroker.cluster.remote`).
+* After each turn (:meth:`ClusterNode.after_turn`, called from the server's flush) it
+  matches the turn's messages against that index and sends **one NATS message per
+  destination node** on ``<prefix>.node.<process token>`` — a batch across topics
+  (:func:`iotbroker.cluster.wire.encode_batch`); nothing goes out for a topic no other
+  node wants. A shared subscription group's message goes to exactly one node with
+  members, this one included (:mod:`iotbroker.cluster.shared`, MQTT 5.0 §4.8.2).
+* The node holds **one NATS subscription**, on its own subject. A batch from another
+  node is decoded and routed through :meth:`Engine.route_remote
+  <iotbroker.engine.engine.Engine.route_remote>` — every local delivery still goes
+  through ``Session.deliver`` — and is never forwarded again.
 
-Publishes, subscribes and unsubscribes go through one ordered queue drained by one
-task, so a node's messages leave in the order its clients published them (MQTT 5.0
-§4.6 ordered topics), and a SUB reaches NATS before a later PUB of the same turn.
-While NATS is unreachable the node serves its own clients (local routing does not
-wait for NATS), logs it, and keeps at most ``MAX_PENDING`` messages to forward;
-beyond that, messages for other nodes are dropped and counted.
+Publishes and announcements go through one ordered queue drained by one task, so a
+node's messages to another leave in the order its clients published them (one subject
+per pair of nodes: MQTT 5.0 §4.6 ordered topics). While NATS is unreachable the node
+serves its own clients (local routing does not wait for NATS), logs it, and keeps at
+most ``MAX_PENDING`` messages to forward; beyond that, messages for other nodes are
+dropped and counted. On reconnect it announces its filters again.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -39,15 +42,20 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from iotbroker.cluster import shared as share
 from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GRACE, QosStream
+from iotbroker.cluster.remote import (
+    GroupKey,
+    RemoteInterest,
+    encode_value,
+    interest_key,
+)
 from iotbroker.cluster.sessions import Sessions
 from iotbroker.cluster.subjects import (
-    filter_to_subjects,
     key_to_topic,
-    subject_to_topic,
     topic_to_key,
     topic_to_subject,
 )
@@ -55,6 +63,7 @@ from iotbroker.cluster.wills import NODE_TTL, Wills
 from iotbroker.config import ClusterConfig
 from iotbroker.message import Message
 from iotbroker.storage.records import decode_retained
+from iotbroker.subscription import SubscriptionEntry
 
 if TYPE_CHECKING:
     from iotbroker.engine.engine import Engine, HeldAck
@@ -69,8 +78,15 @@ MAX_SUBJECT = 4000
 NAME_CACHE = 100_000
 #: How often pairs gone from the trie without an event (expired sessions) are dropped.
 RECONCILE_SECONDS = 30.0
+#: How often other processes' liveness is checked for the interest index.
+SWEEP_SECONDS = 1.0
+#: Seconds without a sign of life after which a process's announcements are deleted
+#: from the bucket (after NODE_TTL it is already out of the index).
+FORGET_SECONDS = 60.0
 
-_PUB, _SUB, _UNSUB, _RETAIN = 0, 1, 2, 3
+_PUB, _ANNOUNCE, _RETAIN = 0, 1, 3
+#: (message, its record, its held acks)
+_Item = tuple[Message, bytes, list["HeldAck"]]
 _DELETE_HEADERS = {KV_OP: KV_DEL}
 
 
@@ -88,17 +104,26 @@ class ClusterNode:
         #: This process among the cluster's: node name and a start-up nonce.
         self.sender = f"{config.node_name}/{secrets.token_hex(4)}".encode()
         self.seq = 0
+        #: This process in subjects and KV keys: "<node>_<nonce>"
+        self.token = self.sender.decode().replace("/", "_")
+        self.node_subject = f"{self.prefix}.node.{self.token}"
         self.interest = Interest()
+        self.remote = RemoteInterest(self.token)
+        #: This process's announcements: KV key -> announced filter
+        self._own_keys: dict[str, str] = {}
+        self.interest_bucket = f"{self.prefix.replace('.', '_')}_interest"
+        self.interest_synced = False
+        self.interest_kv: KeyValue | None = None
+        self._resync: asyncio.Task[None] | None = None
         self.dedup = wire.Dedup()
         self.nc: NatsClient | None = None
         self.connected = False
         self._warned = False
-        self._subs: dict[str, list[Subscription]] = {}
+        self._sub: Subscription | None = None
         self._commands: deque[tuple[int, str, bytes, int]] = deque()
         self._pending_pubs = 0
-        # IoT topics repeat: their subjects (and back) are computed once
+        # IoT topics repeat: their subjects are computed once
         self._subject_of: dict[str, str] = {}
-        self._topic_of: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._degrade_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,6 +165,8 @@ class ClusterNode:
             "messages_duplicate": self.duplicates,
             "messages_undecodable": self.undecodable,
             "filters": len(self.interest),
+            "remote_filters": len(self.remote),
+            "remote_nodes": len(self.remote.active),
             "takeovers": self.ownership.takeovers,
             "claim_failures": self.ownership.claim_failures,
             "wills_published": self.wills.published,
@@ -198,6 +225,7 @@ class ClusterNode:
         engine.accepted = []
         engine.ended = []
         engine.held_acks = []
+        engine.router.share_pick = self._share_pick
         restored = [(s.client_id, f) for s in engine.registry.sessions.values()
                     for f in s.subscriptions]
         self._interest_changed(restored)
@@ -211,6 +239,7 @@ class ClusterNode:
         engine.interest_touched = None
         engine.accepted = None
         engine.ended = None
+        engine.router.share_pick = None
         self.after_turn()
         engine.held_acks = None
         await self.qos.stop()
@@ -228,6 +257,13 @@ class ClusterNode:
         for watcher in watchers:  # ends nats-py's heartbeat tasks of the watch too
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+        if nc is not None and not nc.is_closed and self.connected:
+            # A clean stop takes its announcements along: the others stop sending here
+            # at once, not NODE_TTL later (the flush below sends them).
+            for key in list(self._own_keys):
+                with contextlib.suppress(Exception):
+                    await nc.publish(f"$KV.{self.interest_bucket}.{key}", b"",
+                                     headers=_DELETE_HEADERS)
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.flush(timeout=1), 2)
@@ -272,91 +308,228 @@ class ClusterNode:
         if self._commands:
             self._wake.set()
 
+    def _share_pick(self, message: Message, group: str, topic_filter: str,
+                    members: list[SubscriptionEntry]) -> bool:
+        """The router asks, for a message published here or routed from the QoS
+        stream, whether this node's members of ``$share/group/topic_filter`` take it:
+        one node among those with members does, by :func:`shared.pick
+        <iotbroker.cluster.shared.pick>` (MQTT 5.0 §4.8.2); :meth:`_forward` makes the
+        same choice. Without NATS, this node's members do."""
+        remote = self.remote.groups.get((group, topic_filter))
+        if not remote or not self.connected:
+            return True
+        candidates = [(self.token, len(members)), *remote.items()]
+        return share.pick(message, group, topic_filter, candidates) == self.token
+
     def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
-        """This turn's messages, one NATS message per topic (in order within each
-        topic, which is the order MQTT keeps [MQTT-4.6.0-5]); retained ones also go
-        to the retained bucket. A topic's run of consecutive QoS 1/2 messages is a
-        NATS message of its own, published live (the order with QoS 0 kept) and
-        written to the QoS stream with the same (sender, seq), which carries the held
-        acks (:mod:`iotbroker.cluster.qos_stream`); a receiving node routes the copy
-        that comes first."""
+        """This turn's messages to the nodes that want them: one NATS message per
+        destination node, its messages in the order they were published (which keeps
+        each topic's order, [MQTT-4.6.0-5]); retained ones also go to the retained
+        bucket. A topic's run of QoS 1/2 messages is written to the QoS stream with a
+        (sender, seq), which carries the held acks (:mod:`iotbroker.cluster.qos_stream`),
+        and sent live, as a part with the same (sender, seq), to every node with
+        interest in the topic; a receiving node routes the copy that comes first."""
         acks_of: dict[int, list[HeldAck]] = {}
         for h in held:
             acks_of.setdefault(id(h.message), []).append(h)
         live = self.nc is not None and self._pending_pubs < MAX_PENDING
-        # topic -> runs of (reliable, [(record, acks)])
-        by_topic: dict[str, list[tuple[bool, list[tuple[bytes, list[HeldAck]]]]]] = {}
-        retained: list[tuple[str, bytes]] = []
-        for message in messages:
-            if message.qos == 2 and not message.retain:
-                continue  # written to the stream on its own (qos_stream.take_exactly_once)
-            rec = wire.record(message)
-            if message.retain and live:
-                retained.append((topic_to_key(message.topic), rec if message.payload else b""))
-            if message.qos == 2:
-                continue
-            reliable = message.qos > 0
-            runs = by_topic.get(message.topic)
-            if runs is None:
-                runs = by_topic[message.topic] = []
-            if not runs or runs[-1][0] != reliable:
-                runs.append((reliable, []))
-            runs[-1][1].append((rec, acks_of.get(id(message), [])))
-        commands = self._commands
         prefix = self.prefix
-        subject_of = self._subject_of
-        qos = self.qos
-        for topic, runs in by_topic.items():
-            subject = subject_of.get(topic)
-            if subject is None:
-                if len(subject_of) >= NAME_CACHE:
-                    subject_of.clear()
-                subject = subject_of[topic] = topic_to_subject(prefix, topic)
-            if len(subject) > MAX_SUBJECT:
-                for reliable, items in runs:
-                    self.refused += len(items)
-                    if reliable:
-                        qos.unreplicated += len(items)
-                        qos.release([a for _, acks in items for a in acks])
+        remote = self.remote
+        own = self.token
+        # 1. The QoS stream: one topic's QoS 1/2 messages of this turn, up to the next
+        # QoS 0 message on that topic, are one stream message (a run).
+        runs: dict[str, list[Message]] = {}
+        run_of: dict[int, list[Message]] = {}
+        retained: list[tuple[str, bytes]] = []
+        all_runs: list[list[Message]] = []
+        for message in messages:
+            topic = message.topic
+            if message.qos == 2:  # the stream only, on its own (qos_stream.take_exactly_once)
+                if message.retain and live:
+                    retained.append((topic_to_key(topic),
+                                     wire.record(message) if message.payload else b""))
                 continue
-            for reliable, items in runs:
-                start = 0
-                while start < len(items):  # within NATS's max_payload (1 MiB by default)
-                    end = start
-                    size = 0
-                    while end < len(items) and end - start < wire.MAX_BATCH and (
-                            size < wire.MAX_BATCH_BYTES or end == start):
-                        size += len(items[end][0])
-                        end += 1
-                    self.seq += 1
-                    part = items[start:end]
-                    payload = wire.encode(self.sender, self.seq, [rec for rec, _ in part])
-                    if live:
-                        commands.append((_PUB, subject, payload, end - start))
-                        self._pending_pubs += end - start
-                    else:
-                        self.dropped += end - start
-                    if reliable:
-                        qos.write(qos.subject_prefix + subject[len(prefix):],
-                                  f"{self.sender.decode()}:{self.seq}", payload,
-                                  end - start, [a for _, acks in part for a in acks])
-                    start = end
-        for key, value in retained:
-            commands.append((_RETAIN, key, value, 0))
+            if message.qos:
+                run = runs.get(topic)
+                if run is None:
+                    run = runs[topic] = []
+                    all_runs.append(run)
+                run.append(message)
+                run_of[id(message)] = run
+            else:
+                runs.pop(topic, None)
+            if message.retain and live:
+                retained.append((topic_to_key(topic),
+                                 wire.record(message) if message.payload else b""))
+        records: dict[int, bytes] = {}
+        seq_of: dict[int, int] = {}  # id(first message of a run) -> its seq (0: none)
+        for run in all_runs:
+            self._write_run(run, acks_of, records, seq_of)
+        # 2. Live: each message to the nodes that want it, in order
+        local_trie = self.engine.trie
+        connected = self.connected
+        out: dict[str, wire.Outbox] = {}
+        # A QoS 1/2 run goes live to every live node process, whatever this node
+        # knows of its interest: each node reads it from the QoS stream anyway, and
+        # the live copies keep its order with later runs on a node whose
+        # announcement is not here yet (its stream copy would come after them).
+        everyone: dict[str, Any] = {}
+        if all_runs:
+            figures = self.wills.figures
+            now = time.monotonic()
+            everyone = {t: None for t, (seen, _) in list(figures.items())
+                        if t != own and now - seen <= NODE_TTL}
+        for message in messages:
+            if message.qos == 2:
+                continue  # not live: exactly once rests on the stream (qos_stream.py)
+            matches = remote.match(message.topic)
+            direct = matches.direct
+            shared = matches.shared
+            reliable = message.qos > 0
+            if reliable:
+                if everyone:
+                    direct = {**everyone, **direct}
+            elif not direct and not shared:
+                continue
+            if reliable:
+                run = run_of[id(message)]
+                if run[0] is not message:
+                    continue  # sent with the first message of its run
+                batch = run
+            else:
+                batch = [message]
+            if not live:
+                self.dropped += len(batch)
+                continue
+            if not shared and not reliable:  # the common case: one item for all
+                rec = wire.record(message)
+                for token in direct:
+                    box = out.get(token)
+                    if box is None:
+                        box = out[token] = wire.Outbox()
+                    box.add_plain(rec)
+                continue
+            dests: dict[str, list[bytes]] = {}
+            if not shared:
+                for m in batch:
+                    entry = wire.item(records.get(id(m)) or wire.record(m), [])
+                    for token in direct:
+                        lst = dests.get(token)
+                        if lst is None:
+                            lst = dests[token] = []
+                        lst.append(entry)
+            else:
+                here = {(g, f): len(ms) for g, f, ms in local_trie.match(message.topic).shared}
+                for m in batch:
+                    rec = records.get(id(m)) or wire.record(m)
+                    groups_of: dict[str, list[GroupKey]] = {token: [] for token in direct}
+                    for group, topic_filter, members in shared:
+                        key = (group, topic_filter)
+                        mine = here.get(key)
+                        if mine is not None and not connected:
+                            chosen = own  # _share_pick kept it here
+                        else:
+                            weights = remote.groups.get(key) or {}
+                            candidates = [(e.client_id, weights.get(e.client_id, 1))
+                                          for e in members]
+                            if mine is not None:
+                                candidates.append((own, mine))
+                            chosen = share.pick(m, group, topic_filter, candidates)
+                        if chosen != own:
+                            groups = groups_of.get(chosen)
+                            if groups is None:
+                                groups = groups_of[chosen] = []
+                            groups.append(key)
+                        if reliable:  # they see the live copy, not only the stream's
+                            for e in members:
+                                if e.client_id not in groups_of:
+                                    groups_of[e.client_id] = []
+                    for token, groups in groups_of.items():
+                        lst = dests.get(token)
+                        if lst is None:
+                            lst = dests[token] = []
+                        lst.append(wire.item(rec, groups))
+            seq = seq_of.get(id(batch[0]), 0) if reliable else 0
+            for token, items in dests.items():
+                box = out.get(token)
+                if box is None:
+                    box = out[token] = wire.Outbox()
+                if reliable:
+                    box.part(seq, items)
+                else:
+                    box.add(items[0])
+        commands = self._commands
+        for token, box in out.items():
+            subject = f"{prefix}.node.{token}"
+            for payload, count in box.batches(self.sender):
+                commands.append((_PUB, subject, payload, count))
+                self._pending_pubs += count
+        for name, value in retained:
+            commands.append((_RETAIN, name, value, 0))
+
+    def _write_run(self, run: list[Message], acks_of: dict[int, list[HeldAck]],
+                   records: dict[int, bytes], seq_of: dict[int, int]) -> None:
+        """Write one topic's run of QoS 1/2 messages to the QoS stream (in chunks
+        within NATS's max_payload), remembering each message's record and the run's
+        seq (a run longer than one chunk goes live with seq 0: it is not deduplicated
+        against its stream copies, only ever in a huge burst)."""
+        qos = self.qos
+        topic = run[0].topic
+        recs = []
+        for m in run:
+            rec = records[id(m)] = wire.record(m)
+            recs.append(rec)
+        subject_of = self._subject_of
+        subject = subject_of.get(topic)
+        if subject is None:
+            if len(subject_of) >= NAME_CACHE:
+                subject_of.clear()
+            subject = subject_of[topic] = topic_to_subject(self.prefix, topic)
+        acks = [acks_of.get(id(m), []) for m in run]
+        if len(subject) > MAX_SUBJECT:  # NATS would refuse it: live copies only, counted
+            self.refused += len(run)
+            qos.unreplicated += len(run)
+            qos.release([a for lst in acks for a in lst])
+            return
+        stream_subject = qos.subject_prefix + subject[len(self.prefix):]
+        start = 0
+        chunks = 0
+        while start < len(recs):
+            end = start
+            size = 0
+            while end < len(recs) and end - start < wire.MAX_BATCH and (
+                    size < wire.MAX_BATCH_BYTES or end == start):
+                size += len(recs[end])
+                end += 1
+            self.seq += 1
+            chunks += 1
+            qos.write(stream_subject, f"{self.sender.decode()}:{self.seq}",
+                      wire.encode(self.sender, self.seq, recs[start:end]),
+                      end - start, [a for lst in acks[start:end] for a in lst])
+            start = end
+        seq_of[id(run[0])] = self.seq if chunks == 1 else 0
 
     def _present(self, pair: Pair) -> bool:
         """Is (client id, filter as subscribed) a subscription now? (The session's
-        subscriptions are the per-client index; the trie indexes by filter.)"""
+        subscriptions are the per-client index; the trie indexes by filter only.)"""
         session = self.engine.registry.sessions.get(pair[0])
         return session is not None and pair[1] in session.subscriptions
 
     def _interest_changed(self, touched: list[Pair]) -> None:
-        added, removed = self.interest.update(touched, self._present)
+        self._announce(self.interest.update(touched, self._present))
+
+    def _announce(self, changes: list[tuple[str, int]]) -> None:
+        """Put (count > 0) or delete this node's announcements of these filters."""
         commands = self._commands
-        for topic_filter in removed:
-            commands.append((_UNSUB, topic_filter, b"", 0))
-        for topic_filter in added:
-            commands.append((_SUB, topic_filter, b"", 0))
+        own = self._own_keys
+        for announced, count in changes:
+            key = interest_key(self.token, announced)
+            if count:
+                own[key] = announced
+                commands.append((_ANNOUNCE, key, encode_value(announced, count), 0))
+            else:
+                own.pop(key, None)
+                commands.append((_ANNOUNCE, key, b"", 0))
         if commands:
             self._wake.set()
 
@@ -397,12 +570,19 @@ class ClusterNode:
         self._warned = False
         log.info("cluster: node %s connected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc.connected_url else "?")
+        self._sub = await nc.subscribe(self.node_subject, cb=self._on_batch)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_retained(nc)))
         self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.sessions.run(nc)))
+        # announcements go into the bucket's stream: it must exist first
+        interest = await self._open_bucket(nc, self.interest_bucket,
+                                           "iotbroker announced interest (docs/cluster.md)")
+        self.interest_kv = interest
+        self._tasks.append(loop.create_task(self._watch_interest(interest)))
+        self._tasks.append(loop.create_task(self._sweep_loop()))
         commands = self._commands
         wake = self._wake
         while True:
@@ -416,55 +596,105 @@ class ClusterNode:
                     self._pending_pubs -= count
                     await nc.publish(name, payload)
                     self.forwarded += count
-                elif kind == _SUB:
-                    if name not in self._subs:
-                        self._subs[name] = [
-                            await nc.subscribe(subject, cb=self._on_message)
-                            for subject in filter_to_subjects(self.prefix, name)
-                        ]
-                elif kind == _RETAIN:
+                else:
                     # Straight into the bucket's stream, without waiting for its ack:
-                    # the ordered queue keeps its pace (docs/cluster.md, "Retained").
-                    subject = f"$KV.{self.bucket}.{name}"
+                    # the ordered queue keeps its pace (docs/cluster.md, "Retained",
+                    # "Routing by announced interest").
+                    bucket = self.bucket if kind == _RETAIN else self.interest_bucket
+                    subject = f"$KV.{bucket}.{name}"
                     if payload:
                         await nc.publish(subject, payload)
                     else:
                         await nc.publish(subject, b"", headers=_DELETE_HEADERS)
-                else:
-                    for sub in self._subs.pop(name, []):
-                        await sub.unsubscribe()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if kind == _PUB:
                     self.dropped += count
                 log.warning("cluster: NATS %s %r failed: %s",
-                            ("publish", "subscribe", "unsubscribe", "retain")[kind], name, exc)
+                            "publish" if kind == _PUB else "KV put", name, exc)
 
-    async def _open_bucket(self, nc: NatsClient) -> KeyValue:
+    async def _open_bucket(self, nc: NatsClient, bucket: str, description: str) -> KeyValue:
         js = nc.jetstream()
         while True:
             try:
                 try:
-                    return await js.key_value(self.bucket)
+                    return await js.key_value(bucket)
                 except BucketNotFoundError:
                     return await js.create_key_value(
-                        bucket=self.bucket, history=1, replicas=self.config.replicas,
-                        description="iotbroker retained messages (docs/cluster.md)",
+                        bucket=bucket, history=1, replicas=self.config.replicas,
+                        description=description,
                     )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.error("cluster: cannot open the retained bucket %r (replicas %d): %s; "
-                          "retrying", self.bucket, self.config.replicas, exc)
+                log.error("cluster: cannot open the bucket %r (replicas %d): %s; "
+                          "retrying", bucket, self.config.replicas, exc)
                 await asyncio.sleep(2.0)
+
+    async def _watch_interest(self, kv: KeyValue) -> None:
+        """Index the other nodes' announcements (:class:`RemoteInterest`) from a watch
+        of the interest bucket: every key's last value first, then each change. A
+        deletion of one of this node's own keys that it still holds (another node took
+        it for dead during a NATS outage) is answered by announcing it again."""
+        watcher = await kv.watchall()
+        self._watchers.append(watcher)
+        remote = self.remote
+        own = self.token
+        async for entry in watcher:
+            if entry is None:
+                if not self.interest_synced:
+                    self.interest_synced = True
+                    log.info("cluster: %d filters of %d other nodes from bucket %r",
+                             len(remote), len(remote.active), self.interest_bucket)
+                continue
+            key = entry.key
+            deleted = entry.operation in (KV_DEL, KV_PURGE) or not entry.value
+            try:
+                if key.partition(".")[0] == own:
+                    announced = self._own_keys.get(key)
+                    if deleted and announced is not None:
+                        self._announce([(announced, self.interest.count(announced))])
+                elif deleted:
+                    remote.delete(key)
+                else:
+                    remote.put(key, entry.value, time.monotonic())
+            except Exception as exc:
+                self.undecodable += 1
+                log.warning("cluster: undecodable interest entry %r: %s", key, exc)
+
+    async def _sweep_loop(self) -> None:
+        """Other processes' liveness for the interest index: heartbeats (the nodes
+        bucket, :mod:`iotbroker.cluster.wills`) or announcements within NODE_TTL keep
+        a process in; one silent for FORGET_SECONDS has its announcements deleted."""
+        remote = self.remote
+        figures = self.wills.figures
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for token, (seen, _) in list(figures.items()):
+                remote.heard(token, seen)
+            own = figures.get(self.token)
+            if own is None or now - own[0] > NODE_TTL:
+                # This node does not hear its own heartbeat (NATS or the watch is not
+                # back yet): it cannot tell who is silent.
+                continue
+            changed, gone = remote.sweep(now, NODE_TTL, FORGET_SECONDS)
+            for token in changed:
+                log.info("cluster: node process %s %s the routing index", token,
+                         "back in" if token in remote.active else "silent: out of")
+            if gone and self.connected:
+                for key in gone:
+                    self._commands.append((_ANNOUNCE, key, b"", 0))
+                self._wake.set()
 
     async def _watch_retained(self, nc: NatsClient) -> None:
         """Index the retained bucket in memory (the engine's retained store) from a
         watch: the last value of every key first, then each change, in the bucket's
         order on every node. Once caught up, retained messages this node kept (on disk)
         that the bucket no longer has are dropped: the bucket is the truth."""
-        kv = await self._open_bucket(nc)
+        kv = await self._open_bucket(nc, self.bucket,
+                                     "iotbroker retained messages (docs/cluster.md)")
         self.kv = kv
         watcher = await kv.watchall()
         self._watchers.append(watcher)
@@ -501,38 +731,53 @@ class ClusterNode:
         while True:
             await asyncio.sleep(RECONCILE_SECONDS)
             self.ownership.prune()
-            for topic_filter in self.interest.reconcile(self._present):
-                self._commands.append((_UNSUB, topic_filter, b"", 0))
-            if self._commands:
-                self._wake.set()
+            self._announce(self.interest.reconcile(self._present))
 
-    async def _on_message(self, msg: Msg) -> None:
-        """A message another node published, on a subject this node subscribed to."""
+    async def _on_batch(self, msg: Msg) -> None:
+        """A batch another node sent to this one (:func:`wire.decode_batch`): each
+        message routed here once, to the shared groups the sender gave it to here."""
         try:
-            subject = msg.subject
-            topic = self._topic_of.get(subject)
-            if topic is None:
-                if len(self._topic_of) >= NAME_CACHE:
-                    self._topic_of.clear()
-                topic = self._topic_of[subject] = subject_to_topic(self.prefix, subject)
-            sender, seq, messages = wire.decode(topic, msg.data)
+            sender, parts = wire.decode_batch(msg.data)
         except Exception as exc:
             self.undecodable += 1
-            log.warning("cluster: undecodable message on %r: %s", msg.subject, exc)
+            log.warning("cluster: undecodable batch on %r: %s", msg.subject, exc)
             return
-        if not self.dedup.first(sender, seq):
-            self.duplicates += 1
-            return
-        self.received += len(messages)
         # A retained one is kept here by routing too; the bucket's watch brings it
         # (or a later one) soon after: docs/cluster.md, "Retained messages".
         now = time.time()
         route = self.engine.route_remote
-        for message in messages:
-            route(message, now)
-        if self.sessions.capturing:  # a session being resumed (sessions.py)
-            self.sessions.capture(messages)
+        dedup = self.dedup
+        received = 0
+        capturing = self.sessions.capturing  # a session being resumed (sessions.py)
+        routed: list[Message] = []
+        for seq, items in parts:
+            if seq and not dedup.first(sender, seq):  # the QoS stream's copy came first
+                self.duplicates += 1
+                continue
+            for message, groups in items:
+                route(message, now, groups)
+                if capturing:
+                    routed.append(message)
+            received += len(items)
+        self.received += received
+        if routed:
+            self.sessions.capture(routed)
         self.schedule_flush()
+
+    async def _announce_again(self) -> None:
+        """After a reconnect: when the interest bucket answers (within a minute),
+        announce every filter of this node again."""
+        kv = self.interest_kv
+        deadline = time.monotonic() + 60.0
+        while kv is not None and time.monotonic() < deadline:
+            try:
+                await kv.status()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.5)
+        self._announce(self.interest.items())
 
     async def _disconnected(self) -> None:
         if self._degrade_timer is None:
@@ -550,6 +795,12 @@ class ClusterNode:
         self.qos.degrade(False)
         self.connected = True
         self._warned = False
+        # Others may have taken this node for dead meanwhile, and what was announced
+        # during the outage went nowhere: announce everything again, once the bucket
+        # takes writes (a restarted NATS cluster elects the stream's leader later)
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.get_running_loop().create_task(self._announce_again())
+            self._tasks.append(self._resync)
         nc = self.nc
         log.info("cluster: node %s reconnected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc is not None and nc.connected_url else "?")

@@ -1,21 +1,39 @@
-"""How messages travel between nodes on core NATS (docs/cluster.md, "On the wire").
+"""How messages travel between nodes (docs/cluster.md, "On the wire").
 
-The NATS subject is the MQTT topic (:mod:`iotbroker.cluster.subjects`). The messages
-one turn accepted on one topic travel together, as one NATS message::
+Live, on core NATS, a node sends one NATS message per destination node per turn on
+that node's subject ``<prefix>.node.<process token>`` (:func:`encode_batch`): the
+turn's messages for it, across topics, in order, as *parts*::
+
+    0x02 | len: u8 | sender: len bytes | part*
+    part:   seq: u64 | count: u16 | item * count
+    item:   size: u32 | message record | groups: u16 | group * groups
+    group:  len: u16 | name | len: u16 | filter
+
+``groups`` are the shared subscription groups (name, filter without the ``$share``
+prefix) that the sending node gave this message to on that node (MQTT 5.0 §4.8.2,
+:mod:`iotbroker.cluster.shared`); a message record names its topic. ``seq`` is 0 for
+a part of QoS 0 messages (any topics); a run of one topic's QoS 1/2 messages is a part
+of its own and carries the sequence number of its copy in the QoS stream, whose
+payload is the per-topic format below (:func:`encode`), so that a node routes
+whichever copy comes first (:class:`Dedup`).
+
+In the QoS stream (:mod:`iotbroker.cluster.qos_stream`) the subject is the MQTT topic
+(:mod:`iotbroker.cluster.subjects`); the messages one turn accepted on one topic
+travel together, as one stream message::
 
     0x01 | seq: u64 big-endian | len: u8 | sender: len bytes
          | count: u16 | (size: u32 | message record) * count
 
 ``sender`` names the sending process (node name and a start-up nonce) and ``seq``
-counts its NATS messages: a node whose MQTT filters overlap (``a/#`` and ``a/b``)
-holds two NATS subscriptions that both match ``a/b`` and gets the NATS message twice;
-the pair (sender, seq) lets it route the messages once (:class:`Dedup`). A message
+counts its batches: the pair (sender, seq) lets a node route the live and the stream
+copy once (:class:`Dedup`). A message
 record is the store's versioned RETAINED record
 (:func:`iotbroker.storage.records.encode_retained`: QoS, retain, created/expiry times,
 origin client id, MQTT 5.0 properties, payload), one encoding with golden bytes for
 disk and wire. Batching per topic and turn is what makes a fan-in of one busy topic
 cheap: NATS's per-message cost (parsing in nats-py, one callback) is paid once per
-batch (benchmarks/cluster_routing.py).
+batch (benchmarks/cluster_routing.py); batching per destination node shares it
+across topics too.
 """
 
 from __future__ import annotations
@@ -24,7 +42,7 @@ import struct
 from collections import deque
 
 from iotbroker.message import Message
-from iotbroker.storage.records import decode_retained, encode_retained
+from iotbroker.storage.records import decode_message_value, decode_retained, encode_retained
 
 VERSION = 1
 #: Records in one NATS message at most (and about this many bytes, below).
@@ -33,6 +51,145 @@ MAX_BATCH_BYTES = 256 * 1024
 _HEAD = struct.Struct(">BQB")
 _COUNT = struct.Struct(">H")
 _SIZE = struct.Struct(">I")
+BATCH_VERSION = 2
+_PART = struct.Struct(">QH")  # seq, count
+_U16 = struct.Struct(">H")
+_NO_GROUPS = b"\x00\x00"
+
+#: (share group, filter without the $share prefix)
+Group = tuple[str, str]
+
+
+def item(rec: bytes, groups: list[Group]) -> bytes:
+    """One message of a part: its :func:`record` and the shared groups it is given to
+    on the destination node."""
+    if not groups:
+        return b"".join([_SIZE.pack(len(rec)), rec, _NO_GROUPS])
+    parts = [_SIZE.pack(len(rec)), rec, _U16.pack(len(groups))]
+    for group, topic_filter in groups:
+        g = group.encode()
+        f = topic_filter.encode()
+        parts += [_U16.pack(len(g)), g, _U16.pack(len(f)), f]
+    return b"".join(parts)
+
+
+def encode_part(seq: int, items: list[bytes]) -> bytes:
+    """One part of a batch (:func:`encode_batch`): :func:`item` results, at most
+    :data:`MAX_BATCH`."""
+    return b"".join([_PART.pack(seq, len(items)), *items])
+
+
+def encode_batch(sender: bytes, parts: list[bytes]) -> bytes:
+    """One NATS message for one destination node: :func:`encode_part` results."""
+    return b"".join([bytes([BATCH_VERSION, len(sender)]), sender, *parts])
+
+
+class Outbox:
+    """One destination node's messages of a turn, in order: QoS 0 messages gathered
+    into one part until a QoS 1/2 part comes, cut into NATS payloads."""
+
+    __slots__ = ("_count", "_pieces", "_size", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[bytes, int]] = []
+        self._pieces: list[bytes] = []
+        self._count = 0
+        self._size = 0
+
+    def add_plain(self, rec: bytes) -> None:
+        """A QoS 0 message without shared groups (a :func:`record`)."""
+        self._pieces += (_SIZE.pack(len(rec)), rec, _NO_GROUPS)
+        self._grown(len(rec))
+
+    def add(self, encoded_item: bytes) -> None:
+        """A QoS 0 message as an :func:`item`."""
+        self._pieces.append(encoded_item)
+        self._grown(len(encoded_item))
+
+    def _grown(self, size: int) -> None:
+        self._count += 1
+        self._size += size
+        if self._count >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
+            self._close()
+
+    def part(self, seq: int, items: list[bytes]) -> None:
+        """A run of QoS 1/2 messages (:func:`item` results) with its stream seq."""
+        self._close()
+        for start in range(0, len(items), MAX_BATCH):
+            chunk = items[start : start + MAX_BATCH]
+            self.parts.append((encode_part(seq, chunk), len(chunk)))
+
+    def _close(self) -> None:
+        if self._count:
+            self.parts.append((b"".join([_PART.pack(0, self._count), *self._pieces]),
+                               self._count))
+            self._pieces = []
+            self._count = 0
+            self._size = 0
+
+    def batches(self, sender: bytes) -> list[tuple[bytes, int]]:
+        """(NATS payload, messages in it), each within :data:`MAX_BATCH_BYTES`
+        (unless one part is larger)."""
+        self._close()
+        out: list[tuple[bytes, int]] = []
+        batch: list[bytes] = []
+        size = count = 0
+        for part, n in self.parts:
+            if batch and size + len(part) > MAX_BATCH_BYTES:
+                out.append((encode_batch(sender, batch), count))
+                batch, size, count = [], 0, 0
+            batch.append(part)
+            size += len(part)
+            count += n
+        if batch:
+            out.append((encode_batch(sender, batch), count))
+        return out
+
+
+def decode_batch(data: bytes) -> tuple[bytes, list[tuple[int, list[tuple[Message, list[Group]]]]]]:
+    """(sender, [(seq, [(message, groups)])]); ValueError (or CorruptData) for what we
+    did not write."""
+    if len(data) < 2 or data[0] != BATCH_VERSION:
+        raise ValueError("not a cluster batch")
+    n = data[1]
+    sender = data[2 : 2 + n]
+    pos = 2 + n
+    end_all = len(data)
+    out: list[tuple[int, list[tuple[Message, list[Group]]]]] = []
+    size_of = _SIZE.unpack_from
+    u16 = _U16.unpack_from
+    no_groups: list[Group] = []
+    while pos < end_all:
+        seq, count = _PART.unpack_from(data, pos)
+        pos += _PART.size
+        items: list[tuple[Message, list[Group]]] = []
+        for _ in range(count):
+            (size,) = size_of(data, pos)
+            pos += 4
+            end = pos + size
+            if end + 2 > end_all:
+                raise ValueError("cluster batch truncated")
+            message = decode_message_value(data[pos:end])
+            (ngroups,) = u16(data, end)
+            pos = end + 2
+            if not ngroups:
+                items.append((message, no_groups))
+                continue
+            groups: list[Group] = []
+            for _ in range(ngroups):
+                (lg,) = u16(data, pos)
+                pos += 2
+                group = data[pos : pos + lg].decode()
+                pos += lg
+                (lf,) = u16(data, pos)
+                pos += 2
+                groups.append((group, data[pos : pos + lf].decode()))
+                pos += lf
+            items.append((message, groups))
+        out.append((seq, items))
+    if pos != end_all:
+        raise ValueError("cluster batch truncated")
+    return sender, out
 
 
 def encode(sender: bytes, seq: int, records: list[bytes]) -> bytes:

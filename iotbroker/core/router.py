@@ -29,7 +29,7 @@ that the message goes to a member that may read it.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import Subscription
@@ -113,6 +113,24 @@ def copy_for(
     return copy
 
 
+class _EveryGroup:
+    """The :data:`EVERY_GROUP` container: holds every (group, filter)."""
+
+    __slots__ = ()
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+#: ``Router.publish(..., shared=EVERY_GROUP)``: every matching shared group gets the
+#: message, without asking :attr:`Router.share_pick`.
+EVERY_GROUP: Container[tuple[str, str]] = _EveryGroup()
+
+#: ``(message, share group, filter without the $share prefix, this process's members)``
+#: -> deliver to one of them here (True), or another process takes it (False).
+SharePick = Callable[[Message, str, str, list[SubscriptionEntry]], bool]
+
+
 class Router:
     """Publishes messages to sessions and manages their subscriptions."""
 
@@ -137,13 +155,22 @@ class Router:
         self.max_retained = max_retained
         self._group_cursor: dict[tuple[str, str], int] = {}
         self._group_sticky: dict[tuple[str, str], str] = {}
+        #: Set by a room that shares groups with other processes (the cluster,
+        #: docs/cluster.md "Shared subscriptions across nodes"): asked, for a message
+        #: published here, whether a matching shared group takes it here at all.
+        self.share_pick: SharePick | None = None
 
     # ---------------------------------------------------------------- publish
-    def publish(self, message: Message, now: float) -> int:
+    def publish(self, message: Message, now: float,
+                shared: Container[tuple[str, str]] | None = None) -> int:
         """Route one accepted message; returns the MQTT 5.0 reason code of its
         acknowledgement (§3.4.2.1): 0x00, 0x10 No Matching Subscribers when no session
         took it, 0x97 Quota Exceeded when it should have been retained and
-        ``mqtt.max_retained_messages`` is reached (it is still delivered)."""
+        ``mqtt.max_retained_messages`` is reached (it is still delivered).
+
+        ``shared``: None for a message published here (every matching shared group,
+        unless :attr:`share_pick` gives it to another process); else the (group,
+        filter) pairs that take it here (:data:`EVERY_GROUP`: all, asking nobody)."""
         code = _SUCCESS
         if message.retain and not self._store_retained(message):
             code = _QUOTA_EXCEEDED
@@ -164,9 +191,17 @@ class Router:
             delivery = copy_for(message, entries, client_id, copies)
             if delivery is not None and session.deliver(delivery, now):
                 delivered += 1
-        for group, topic_filter, members in matches.shared:
-            if self._deliver_shared(group, topic_filter, members, message, now):
-                delivered += 1
+        if matches.shared:
+            pick = self.share_pick if shared is None else None
+            for group, topic_filter, members in matches.shared:
+                if pick is not None:
+                    if not pick(message, group, topic_filter, members):
+                        delivered += 1  # another process's member takes it
+                        continue
+                elif shared is not None and (group, topic_filter) not in shared:
+                    continue
+                if self._deliver_shared(group, topic_filter, members, message, now):
+                    delivered += 1
         return code or (_SUCCESS if delivered else _NO_MATCHING_SUBSCRIBERS)
 
     def _store_retained(self, message: Message) -> bool:

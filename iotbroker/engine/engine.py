@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -56,7 +56,7 @@ from iotbroker.codec.packets import (
 )
 from iotbroker.config import BrokerConfig
 from iotbroker.core.retained import RetainedStore
-from iotbroker.core.router import Router
+from iotbroker.core.router import EVERY_GROUP, Router
 from iotbroker.core.session import ReceiveCheck, Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
 from iotbroker.core.subscriptions import SubscriptionTrie
@@ -417,11 +417,14 @@ class Engine:
         self.close(client)
         return True
 
-    def route_remote(self, message: Message, now: float) -> int:
+    def route_remote(self, message: Message, now: float,
+                     shared: Container[tuple[str, str]] | None = None) -> int:
         """A message another node accepted: routed to this process's sessions (each
         delivery through ``Session.deliver``, so the read ACL applies) and never
-        forwarded again. A retained one is kept here too."""
-        return self.router.publish(message, now)
+        forwarded again. A retained one is kept here too. ``shared``: the shared
+        groups (group, filter) the sending node gave it to here (MQTT 5.0 §4.8.2);
+        None: the router's ``share_pick`` decides, as for a message published here."""
+        return self.router.publish(message, now, shared)
 
     def replace_retained(self, topic: str, message: Message | None) -> None:
         """The cluster's retained message of ``topic`` (its replicated copy) is
@@ -758,7 +761,7 @@ class Engine:
     def publish_own(self, message: Message, now: float) -> int:
         """A message of the broker's own (``$SYS`` statistics): routed like any other,
         through the one delivery path; returns the routing reason code."""
-        return self.router.publish(message, now)
+        return self.router.publish(message, now, EVERY_GROUP)
 
     def may_write(self, client_id: str, username: str | None, topic: str) -> bool:
         """The write decision every way into the broker asks (a will, an admin's

@@ -370,7 +370,7 @@ class BrokerCollector:
         cluster = broker.cluster
         if cluster is not None:  # this node's link to the cluster (docs/cluster.md)
             for name, value in cluster.status().items():
-                if name in ("connected", "filters"):
+                if name in ("connected", "filters", "remote_filters", "remote_nodes"):
                     yield GaugeMetricFamily(_PREFIX + "cluster_" + name,
                                             f"Cluster: {name.replace('_', ' ')} (this node).",
                                             value=value)

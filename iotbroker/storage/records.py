@@ -681,6 +681,16 @@ def decode_retained(key: bytes, value: bytes) -> Message:
     return RecordDecoder().retained(key, value)
 
 
+def decode_message_value(value: bytes) -> Message:
+    """A RETAINED value without its key (the message names its topic): the cluster's
+    wire format carries these (:mod:`iotbroker.cluster.wire`)."""
+    try:
+        _version(value)
+        return _decode_message(value, 1)
+    except _DECODE_ERRORS as exc:
+        raise CorruptData(str(exc)) from None
+
+
 def decode_queued_index(key: bytes, value: bytes) -> tuple[str, int, int]:
     """A QUEUED record without decoding its message: (client_id, seq, stored size)."""
     try:

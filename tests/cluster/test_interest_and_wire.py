@@ -1,34 +1,42 @@
-"""The cluster room's pure parts: interest ref-counting (one NATS subscription per
-distinct filter) and the inter-node message format with de-duplication."""
+"""The cluster room's pure parts: interest ref-counting (one announcement per
+distinct filter), the index of other nodes' announcements, the shared-group
+pick, and the inter-node message formats with de-duplication."""
 
 from __future__ import annotations
 
 import pytest
 
-from iotbroker.cluster import wire
+from iotbroker.cluster import shared, wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
+from iotbroker.cluster.remote import RemoteInterest, encode_value, interest_key
 from iotbroker.codec.packets import Properties
 from iotbroker.message import Message
 
 
 def test_distinct_filters_are_reference_counted() -> None:
+    """One announcement per distinct plain filter; a shared subscription is announced
+    as itself with its number of members here (MQTT 5.0 §4.8.2)."""
     trie: set[Pair] = set()
     interest = Interest()
 
-    def change(*pairs: Pair, add: bool = True) -> tuple[list[str], list[str]]:
+    def change(*pairs: Pair, add: bool = True) -> list[tuple[str, int]]:
         for pair in pairs:
             (trie.add if add else trie.discard)(pair)
         return interest.update(pairs, trie.__contains__)
 
-    assert change(("c1", "a/+"), ("c2", "a/+")) == (["a/+"], [])
-    assert change(("c3", "$share/g/a/+")) == ([], [])  # counts for its plain filter
-    assert change(("c1", "a/+"), add=False) == ([], [])
-    assert change(("c2", "a/+"), ("c3", "$share/g/a/+"), add=False) == ([], ["a/+"])
+    assert change(("c1", "a/+"), ("c2", "a/+")) == [("a/+", 1)]
+    assert change(("c3", "$share/g/a/+")) == [("$share/g/a/+", 1)]
+    assert change(("c4", "$share/g/a/+")) == [("$share/g/a/+", 2)]  # members counted
+    assert change(("c1", "a/+"), add=False) == []  # c2 still holds it
+    assert change(("c2", "a/+"), ("c3", "$share/g/a/+"), add=False) == [
+        ("a/+", 0), ("$share/g/a/+", 1)]
+    assert change(("c4", "$share/g/a/+"), add=False) == [("$share/g/a/+", 0)]
     assert len(interest) == 0
     # a touched pair that did not change (resubscribe) changes nothing
-    assert change(("c1", "b")) == (["b"], [])
-    assert interest.update([("c1", "b")], trie.__contains__) == ([], [])
+    assert change(("c1", "b")) == [("b", 1)]
+    assert interest.update([("c1", "b")], trie.__contains__) == []
+    assert interest.items() == [("b", 1)]
 
 
 def test_gone_and_back_in_one_turn_is_no_change() -> None:
@@ -37,7 +45,7 @@ def test_gone_and_back_in_one_turn_is_no_change() -> None:
     interest.update([("c1", "x")], present.__contains__)
     # c1 leaves and c2 arrives on the same filter within one turn
     now = {("c2", "x")}
-    assert interest.update([("c1", "x"), ("c2", "x")], now.__contains__) == ([], [])
+    assert interest.update([("c1", "x"), ("c2", "x")], now.__contains__) == []
 
 
 def test_reconcile_drops_pairs_that_left_without_an_event() -> None:
@@ -45,8 +53,99 @@ def test_reconcile_drops_pairs_that_left_without_an_event() -> None:
     trie = {("c1", "x"), ("c2", "y")}
     interest.update(list(trie), trie.__contains__)
     trie.discard(("c2", "y"))  # an expired session: the engine reports nothing
-    assert interest.reconcile(trie.__contains__) == ["y"]
+    assert interest.reconcile(trie.__contains__) == [("y", 0)]
     assert "x" in interest and "y" not in interest
+
+
+def _put(remote: RemoteInterest, token: str, announced: str, count: int = 1,
+         now: float = 0.0) -> str:
+    key = interest_key(token, announced)
+    remote.put(key, encode_value(announced, count), now)
+    return key
+
+
+def test_remote_interest_matches_like_subscriptions() -> None:
+    """The index of other nodes' filters matches with MQTT's rules ('#' matches its
+    parent [MQTT-4.7.1-2], '+' one level, no wildcard-first match of '$' topics
+    [MQTT-4.7.2-1]); shared groups list the nodes with members and how many; this
+    node's own entries are not indexed."""
+    remote = RemoteInterest("me_1")
+    _put(remote, "a_1", "s/#")
+    _put(remote, "b_1", "s/+/t")
+    _put(remote, "b_1", "#")
+    _put(remote, "me_1", "s/#")
+    _put(remote, "a_1", "$share/g/s/+/t", 3)
+    _put(remote, "b_1", "$share/g/s/+/t", 1)
+    assert set(remote.match("s/x/t").direct) == {"a_1", "b_1"}
+    assert set(remote.match("s").direct) == {"a_1", "b_1"}
+    assert set(remote.match("$SYS/x").direct) == set()
+    [(group, flt, members)] = remote.match("s/x/t").shared
+    assert (group, flt) == ("g", "s/+/t")
+    assert {m.client_id for m in members} == {"a_1", "b_1"}
+    assert remote.members(("g", "s/+/t")) == {"a_1": 3, "b_1": 1}
+    # a member count changes; a filter goes
+    _put(remote, "b_1", "$share/g/s/+/t", 2)
+    assert remote.members(("g", "s/+/t")) == {"a_1": 3, "b_1": 2}
+    remote.delete(interest_key("b_1", "#"))
+    remote.delete(interest_key("b_1", "s/+/t"))
+    assert set(remote.match("s/x/t").direct) == {"a_1"}
+    assert len(remote) == 3
+
+
+def test_a_silent_node_leaves_the_index_and_comes_back_or_is_forgotten() -> None:
+    remote = RemoteInterest("me_1")
+    key = _put(remote, "a_1", "x", now=0.0)
+    assert remote.sweep(2.0, ttl=3.0, forget=60.0) == ([], [])
+    assert set(remote.match("x").direct) == {"a_1"}
+    assert remote.sweep(4.0, ttl=3.0, forget=60.0) == (["a_1"], [])  # silent 4 s: out
+    assert remote.match("x").direct == {}
+    remote.heard("a_1", 5.0)  # its heartbeat again: back in
+    assert remote.sweep(5.5, ttl=3.0, forget=60.0) == (["a_1"], [])
+    assert set(remote.match("x").direct) == {"a_1"}
+    assert remote.sweep(70.0, ttl=3.0, forget=60.0) == (["a_1"], [key])  # forgotten
+    assert remote.match("x").direct == {} and len(remote) == 0
+
+
+def test_shared_pick_is_the_same_everywhere_and_weighted_by_members() -> None:
+    """Every node that sees the same candidates picks the same node for a message and
+    group (the sender and a node routing the QoS stream copy agree); over many
+    messages each node's share follows its members; a node leaving moves only the
+    messages it had."""
+    msgs = [Message(topic=f"job/{i}", payload=b"%d" % i, qos=1, retain=False,
+                    properties=Properties(), created_at=1000.0 + i, origin="pub")
+            for i in range(3000)]
+    three = [("a", 1), ("b", 2), ("c", 1)]
+    picks = [shared.pick(m, "g", "job/+", three) for m in msgs]
+    assert picks == [shared.pick(m, "g", "job/+", list(reversed(three))) for m in msgs]
+    share_b = picks.count("b") / len(picks)
+    assert 0.45 < share_b < 0.55, share_b
+    assert 0.2 < picks.count("a") / len(picks) < 0.3
+    without_c = [shared.pick(m, "g", "job/+", three[:2]) for m in msgs]
+    assert all(w == p for w, p in zip(without_c, picks, strict=True) if p != "c")
+    assert shared.pick(msgs[0], "g", "job/+", [("x", 5)]) == "x"
+
+
+def test_batches_round_trip_on_the_wire() -> None:
+    """One NATS message per destination node carries parts, a part messages of any
+    topics (each record names its topic), each message with the shared groups given
+    to that node."""
+    one = Message(topic="a.b/c d", payload=b"\x00\xff", qos=1, retain=True,
+                  properties=Properties(content_type="t", user_properties=(("k", "v"),)),
+                  created_at=12.5, expires_at=99.0, origin="client-1")
+    two = Message(topic="x/é", payload=b"", qos=0, retain=False,
+                  properties=Properties(), created_at=13.0)
+    parts = [
+        wire.encode_part(7, [wire.item(wire.record(one), [("g", "a.b/+")])]),
+        wire.encode_part(0, [wire.item(wire.record(two), []),
+                             wire.item(wire.record(one), [])]),
+    ]
+    data = wire.encode_batch(b"node-a/1234", parts)
+    assert wire.decode_batch(data) == (b"node-a/1234", [
+        (7, [(one, [("g", "a.b/+")])]), (0, [(two, []), (one, [])])])
+    with pytest.raises(ValueError, match="batch"):
+        wire.decode_batch(b"\x01" + data[1:])
+    with pytest.raises(Exception, match=r"."):
+        wire.decode_batch(data[:-1])
 
 
 def test_messages_round_trip_on_the_wire() -> None:

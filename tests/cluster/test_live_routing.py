@@ -2,15 +2,16 @@
 iotbroker processes joined to a real 3-server NATS cluster, real paho clients on each.
 
 Each node knows a different nats-server, so every message crosses a NATS route too.
-A subscription on one node receives messages published on another once NATS has its
-interest (not from the SUBACK on: docs/cluster.md says so); tests wait for that by
-publishing a probe until one arrives, then check exact delivery with an end marker
-(one publisher's messages keep their order [MQTT-4.6.0-5]), so no test sleeps to
-prove an absence.
+A subscription on one node receives messages published on another once the other
+node has seen its announcement (not from the SUBACK on: docs/cluster.md says so);
+tests wait for that by publishing a probe until one arrives, then check exact delivery
+with an end marker (one publisher's messages keep their order [MQTT-4.6.0-5]), so no
+test sleeps to prove an absence.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -18,10 +19,13 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import nats
 import pytest
+from nats.js.errors import NoKeysError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from iotbroker.cluster.remote import decode_value
 from tests.cluster.conftest import node_config, wait_for_log
 from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster
@@ -106,43 +110,80 @@ def test_mqtt5_properties_and_qos_cross_nodes(make_node: Node,
         assert got.CorrelationData == b"\x00\x01"
 
 
-def _wait_subjects(nats_cluster: NatsCluster, name: str, prefix: str, expected: list[str],
-                   timeout: float = 10.0) -> None:
-    """Wait until the node's NATS subscriptions under ``prefix`` (its MQTT interest;
-    the retained watch has inbox subscriptions of its own) are ``expected``."""
+def announced(nats_cluster: NatsCluster, prefix: str, node: str) -> dict[str, int]:
+    """What node ``node`` announces in the interest bucket: filter -> count."""
+
+    async def read() -> dict[str, int]:
+        nc = await nats.connect(nats_cluster.urls)
+        try:
+            kv = await nc.jetstream().key_value(f"{prefix}_interest")
+            got: dict[str, int] = {}
+            try:
+                keys = await kv.keys()
+            except NoKeysError:
+                return got
+            for key in keys:
+                if key.startswith(f"{node}_"):
+                    entry = await kv.get(key)
+                    if entry.value:
+                        announced_filter, count = decode_value(entry.value)
+                        got[announced_filter] = count
+            return got
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def wait_announced(nats_cluster: NatsCluster, prefix: str, node: str,
+                   expected: dict[str, int], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    got: list[str] = []
+    got: dict[str, int] = {}
     while time.monotonic() < deadline:
-        got = [s for s in nats_cluster.subscriptions(name) if s.startswith(f"{prefix}.")]
-        if got == sorted(expected):
+        got = announced(nats_cluster, prefix, node)
+        if got == expected:
             return
         time.sleep(0.05)
-    raise AssertionError(f"NATS subscriptions of {name!r}: {got}, expected {sorted(expected)}")
+    raise AssertionError(f"{node!r} announces {got}, expected {expected}")
 
 
-def test_one_nats_subscription_per_distinct_filter(
+def _prefix(node: BrokerProcess) -> str:
+    return node.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+
+
+def test_one_nats_subscription_per_node_and_one_announcement_per_distinct_filter(
     make_node: Node, clients: Callable[..., Paho], nats_cluster: NatsCluster
 ) -> None:
-    """Interest is ref-counted per distinct filter: many MQTT subscriptions on one
-    filter are one NATS subscription, a shared subscription counts for its plain
-    filter, and the NATS subscription goes with the filter's last subscriber
-    (unsubscribe or end of a clean session)."""
+    """A node holds one NATS subscription for messages from other nodes, its own
+    subject, whatever its clients subscribe to. It announces each distinct filter
+    once, reference-counted (many MQTT subscriptions on one filter are one
+    announcement), a shared subscription with its member count (MQTT 5.0 §4.8.2), and
+    takes an announcement back with the filter's last subscriber (unsubscribe, end of
+    a clean session) and all of them when it stops."""
     b = make_node("b", servers=[1])
-    name = "iotbroker b"
-    prefix = b.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+    prefix = _prefix(b)
     one = clients(b, "one")
     two = clients(b, "two")
     one.subscribe("fleet/+/cmd", qos=1)
     two.subscribe([("fleet/+/cmd", 1), ("fleet/#", 0), ("$share/g/fleet/+/cmd", 1)])
-    cmd, root, below = f"{prefix}.m.fleet.*.cmd", f"{prefix}.m.fleet", f"{prefix}.m.fleet.>"
-    _wait_subjects(nats_cluster, name, prefix, [cmd, root, below])
+    one.subscribe("$share/g/fleet/+/cmd", qos=1)
+    wait_announced(nats_cluster, prefix, "b", {
+        "fleet/+/cmd": 1, "fleet/#": 1, "$share/g/fleet/+/cmd": 2})
+    subs = [s for s in nats_cluster.subscriptions("iotbroker b") if s.startswith(f"{prefix}.")]
+    assert len(subs) == 1 and re.fullmatch(rf"{prefix}\.node\.b_[0-9a-f]{{8}}", subs[0]), subs
     two.unsubscribe("fleet/#")
-    _wait_subjects(nats_cluster, name, prefix, [cmd])
+    wait_announced(nats_cluster, prefix, "b", {"fleet/+/cmd": 1, "$share/g/fleet/+/cmd": 2})
     two.unsubscribe(["fleet/+/cmd"])
     one.disconnect()  # a clean session: its subscriptions end with it
-    _wait_subjects(nats_cluster, name, prefix, [cmd])  # still held by two's shared subscription
+    wait_announced(nats_cluster, prefix, "b", {"$share/g/fleet/+/cmd": 1})
     two.unsubscribe("$share/g/fleet/+/cmd")
-    _wait_subjects(nats_cluster, name, prefix, [])
+    wait_announced(nats_cluster, prefix, "b", {})
+    two.subscribe("again/#", qos=0)
+    wait_announced(nats_cluster, prefix, "b", {"again/#": 1})
+    b.stop()
+    wait_announced(nats_cluster, prefix, "b", {})
+    assert [s for s in nats_cluster.subscriptions("iotbroker b")
+            if s.startswith(f"{prefix}.")] == []
 
 
 def test_a_node_without_nats_serves_its_own_clients(
@@ -189,25 +230,28 @@ def test_a_restarted_node_keeps_the_interest_of_its_persistent_sessions(
     make_node: Node, clients: Callable[..., Paho], nats_cluster: NatsCluster
 ) -> None:
     """A persistent session's subscriptions come back from RocksDB with its node, and
-    so does the node's NATS interest (no client of b is online): a QoS 1 message
+    so does the node's announced interest (no client of b is online): a QoS 1 message
     published on another node while the subscriber is offline is queued for it and
     delivered when it reconnects (MQTT 5.0 §4.1: the session keeps its
     subscriptions)."""
-    # both on one nats-server: once it lists b's subscription, a's publish matches it
-    # (interest crossing a NATS route cannot be observed from outside)
     a = make_node("a", servers=[1])
-    b = make_node("b", servers=[1], storage="rocksdb")
-    prefix = b.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+    b = make_node("b", servers=[0], storage="rocksdb")
+    prefix = _prefix(b)
     sub = clients(b, "keeper", clean=False, session_expiry=3600)
     sub.subscribe("p/#", qos=1)
     pub = clients(a, "pub")
     wait_until_routed(pub, sub, "p/probe")
     sub.disconnect()
     b.stop()
-    _wait_subjects(nats_cluster, "iotbroker b", prefix, [])
+    wait_announced(nats_cluster, prefix, "b", {})  # a clean stop takes them back
     b.start()
     wait_for_log(b, "connected to NATS")
-    _wait_subjects(nats_cluster, "iotbroker b", prefix, [f"{prefix}.m.p", f"{prefix}.m.p.>"])
+    wait_announced(nats_cluster, prefix, "b", {"p/#": 1})  # from RocksDB, nobody online
+    # b announced p/# before the probe's filter: once a routes the probe, a knows both
+    # (the bucket's watch keeps the bucket's order)
+    probe = clients(b, "probe")
+    probe.subscribe("probe/#", qos=1)
+    wait_until_routed(pub, probe, "probe/x")
     pub.publish("p/while-offline", b"queued", qos=1)
     pub.publish("p/end", b"end", qos=1)
     back = clients(b, "keeper", clean=False, session_expiry=3600)

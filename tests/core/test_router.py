@@ -312,6 +312,39 @@ def test_shared_group_delivers_each_message_to_exactly_one_member() -> None:
             "other-group", "plain"]
 
 
+def test_shared_groups_given_elsewhere_or_named_by_the_sender() -> None:
+    """The cluster (docs/cluster.md, "Shared subscriptions across nodes"): for a
+    message published here ``share_pick`` may give a group's message to another
+    process (none of the members here gets it; plain subscribers still do); for a
+    message from another process only the groups it names take it (MQTT 5.0 §4.8.2:
+    one member of the group cluster-wide); EVERY_GROUP asks nobody."""
+    from iotbroker.core.router import EVERY_GROUP  # noqa: PLC0415
+
+    w = World()
+    shared_group(w, 2)
+    other = w.client("o0")
+    w.subscribe(other, sub("$share/h/t/+", 1))
+    plain = w.client("plain")
+    w.subscribe(plain, sub("t/#"))
+    asked = []
+
+    def pick(msg: Message, group: str, topic_filter: str, members: list[object]) -> bool:
+        asked.append((group, topic_filter, len(members)))
+        return group == "h"
+
+    w.router.share_pick = pick
+    assert w.publish(message("t/x", b"1")) == 0x00
+    assert sorted(who_got(w, b"1")) == ["o0", "plain"]
+    assert sorted(asked) == [("g", "t/#", 2), ("h", "t/+", 1)]
+    w.router.publish(message("t/x", b"2"), 0.0, [("g", "t/#")])
+    assert sorted(who_got(w, b"2"))[1:] == ["plain"] and len(who_got(w, b"2")) == 2
+    assert who_got(w, b"2")[0].startswith("m")
+    w.router.publish(message("t/x", b"3"), 0.0, [])
+    assert who_got(w, b"3") == ["plain"]
+    w.router.publish(message("t/x", b"4"), 0.0, EVERY_GROUP)
+    assert len(who_got(w, b"4")) == 3 and len(asked) == 2
+
+
 def test_shared_round_robin_cycles_through_the_members() -> None:
     w = World(shared_strategy="round-robin")
     shared_group(w, 3)
