@@ -46,7 +46,7 @@ from iotbroker.cluster import shared as share
 from iotbroker.cluster import wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
-from iotbroker.cluster.qos_stream import GRACE, QosStream
+from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
 from iotbroker.cluster.remote import (
     GroupKey,
     RemoteInterest,
@@ -72,6 +72,8 @@ log = logging.getLogger("iotbroker.cluster")
 
 #: Messages waiting to be handed to NATS at most (then dropped and counted).
 MAX_PENDING = 100_000
+#: Seconds between checks of live QoS 1 parts held behind a gap (wire.LiveOrder).
+REORDER_CHECK = 0.02
 #: NATS keeps a PUB's subject within its control line (4 KiB by default).
 MAX_SUBJECT = 4000
 #: Topics whose subject (and subjects whose topic) are kept at most, per direction.
@@ -126,6 +128,9 @@ class ClusterNode:
         self._subject_of: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._degrade_timer: asyncio.TimerHandle | None = None
+        #: per sending node: its live QoS 1 parts kept in sequence order (wire.LiveOrder)
+        self._live_order: dict[bytes, wire.LiveOrder] = {}
+        self._reorder_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: The retained bucket (None until it is open) and the topics it holds, from
         #: the watch (the messages themselves are in the engine's retained store).
@@ -240,6 +245,9 @@ class ClusterNode:
         engine.accepted = None
         engine.ended = None
         engine.router.share_pick = None
+        if self._reorder_timer is not None:
+            self._reorder_timer.cancel()
+            self._reorder_timer = None
         self.after_turn()
         engine.held_acks = None
         await self.qos.stop()
@@ -750,19 +758,75 @@ class ClusterNode:
         received = 0
         capturing = self.sessions.capturing  # a session being resumed (sessions.py)
         routed: list[Message] = []
+        order: wire.LiveOrder | None = None
         for seq, items in parts:
-            if seq and not dedup.first(sender, seq):  # the QoS stream's copy came first
-                self.duplicates += 1
-                continue
+            if seq:
+                order = self._live_order.get(sender)
+                if order is None:
+                    order = self._live_order[sender] = wire.LiveOrder(seq - 1)
+                if seq > order.advance(dedup, sender) + 1:
+                    # a live copy before it was lost: wait for the stream's (LiveOrder)
+                    order.held[seq] = items
+                    if not order.since:
+                        order.since = time.monotonic()
+                    self._arm_reorder()
+                    continue
+                if not dedup.first(sender, seq):  # the QoS stream's copy came first
+                    self.duplicates += 1
+                    continue
+                order.contig = max(order.contig, seq)
             for message, groups in items:
                 route(message, now, groups)
                 if capturing:
                     routed.append(message)
             received += len(items)
         self.received += received
+        if order is not None and order.held:
+            self._route_held(sender, order, False, routed if capturing else None)
         if routed:
             self.sessions.capture(routed)
         self.schedule_flush()
+
+    def _route_held(self, sender: bytes, order: wire.LiveOrder, force: bool,
+                    routed: list[Message] | None) -> None:
+        """Route the live parts of ``sender`` whose gap has been filled (or, with
+        ``force``, waited for long enough), in sequence order."""
+        dedup = self.dedup
+        now = time.time()
+        route = self.engine.route_remote
+        for seq, items in order.ready(dedup, sender, force):
+            if not dedup.first(sender, seq):
+                self.duplicates += 1
+                continue
+            for message, groups in items:
+                route(message, now, groups)
+                if routed is not None:
+                    routed.append(message)
+            self.received += len(items)
+        self.schedule_flush()
+
+    def _arm_reorder(self) -> None:
+        if self._reorder_timer is None:
+            self._reorder_timer = asyncio.get_running_loop().call_later(
+                REORDER_CHECK, self._check_reorder)
+
+    def _check_reorder(self) -> None:
+        """Held live parts: routed once the stream reader filled their gap, or after
+        :data:`GAP_WAIT` anyway (the write that left the gap never reached the stream)."""
+        self._reorder_timer = None
+        now = time.monotonic()
+        waiting = False
+        capturing = self.sessions.capturing
+        for sender, order in list(self._live_order.items()):
+            if not order.held:
+                continue
+            routed: list[Message] | None = [] if capturing else None
+            self._route_held(sender, order, now - order.since > GAP_WAIT, routed)
+            if routed:
+                self.sessions.capture(routed)
+            waiting = waiting or bool(order.held)
+        if waiting:
+            self._arm_reorder()
 
     async def _announce_again(self) -> None:
         """After a reconnect: when the interest bucket answers (within a minute),

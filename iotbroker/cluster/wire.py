@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import Any
 
 from iotbroker.message import Message
 from iotbroker.storage.records import decode_message_value, decode_retained, encode_retained
@@ -243,6 +244,11 @@ class Dedup:
         self.window = window
         self._seen: dict[bytes, tuple[set[int], deque[int]]] = {}
 
+    def seen(self, sender: bytes, seq: int) -> bool:
+        """Has (sender, seq) been seen within the window?"""
+        seen = self._seen.get(sender)
+        return seen is not None and seq in seen[0]
+
     def first(self, sender: bytes, seq: int) -> bool:
         """True the first time (sender, seq) is seen within the window."""
         seen = self._seen.get(sender)
@@ -256,3 +262,50 @@ class Dedup:
         if len(order) > self.window:
             members.discard(order.popleft())
         return True
+
+
+class LiveOrder:
+    """Keeps one sender's live QoS 1 parts in sequence order on a receiving node.
+
+    A sender numbers its QoS stream writes 1, 2, 3… and sends each live as well, to
+    every live node, with the same number (:class:`Dedup` routes the first copy). A
+    live copy lost in transit (a nats-server failover) leaves a gap: the parts after it
+    are held here until the stream's copy of the missing one has been routed (it marks
+    the Dedup), or until ``wait`` seconds passed (the write never reached the stream),
+    and then routed in order — MQTT 5.0 §4.6 [MQTT-4.6.0-5]: a topic's QoS 1 messages
+    reach a subscriber in the order they were published.
+    """
+
+    __slots__ = ("contig", "held", "since")
+
+    def __init__(self, contig: int) -> None:
+        #: every seq up to here has been routed (or given up on)
+        self.contig = contig
+        #: seq -> the part's items, waiting for the gap below it
+        self.held: dict[int, Any] = {}
+        #: when the oldest held part arrived (0: none held)
+        self.since = 0.0
+
+    def advance(self, dedup: Dedup, sender: bytes) -> int:
+        """Move ``contig`` over the seqs routed meanwhile (by the stream reader)."""
+        contig = self.contig
+        while dedup.seen(sender, contig + 1):
+            contig += 1
+        self.contig = contig
+        return contig
+
+    def ready(self, dedup: Dedup, sender: bytes, force: bool) -> list[tuple[int, Any]]:
+        """The held parts that may be routed now, in order (``force``: the gap is older
+        than the wait, route them all)."""
+        out: list[tuple[int, Any]] = []
+        held = self.held
+        while held:
+            contig = self.advance(dedup, sender)
+            low = min(held)
+            if low > contig + 1 and not force:
+                break
+            out.append((low, held.pop(low)))
+            self.contig = max(contig, low)
+        if not held:
+            self.since = 0.0
+        return out

@@ -192,6 +192,28 @@ def _ownership() -> tuple[Ownership, _Engine]:
     return Ownership(engine, b"me", "b", 1, lambda: None), engine  # type: ignore[arg-type]
 
 
+def test_mqtt_4_6_0_5_live_parts_behind_a_lost_one_wait_for_the_streams_copy() -> None:
+    """[MQTT-4.6.0-5] across nodes: a sender's live QoS 1 parts 1, 3, 4 arrive (2's
+    live copy was lost in a failover); 3 and 4 are held until the stream reader has
+    routed 2 (marking the Dedup), then come out in order; a gap that never fills is
+    given up on only when forced (after GAP_WAIT)."""
+    dedup = wire.Dedup()
+    order = wire.LiveOrder(0)
+    assert dedup.first(b"n", 1)
+    order.contig = 1
+    order.held[3] = "three"
+    order.held[4] = "four"
+    assert order.ready(dedup, b"n", force=False) == []  # 2 not routed yet
+    assert order.held and order.contig == 1
+    assert dedup.first(b"n", 2)  # the stream's copy of 2 is routed
+    assert order.ready(dedup, b"n", force=False) == [(3, "three"), (4, "four")]
+    assert order.contig == 4 and not order.held and order.since == 0.0
+    order.held[7] = "seven"  # 5 and 6 never reach the stream
+    assert order.ready(dedup, b"n", force=False) == []
+    assert order.ready(dedup, b"n", force=True) == [(7, "seven")]
+    assert order.contig == 7
+
+
 def test_ownership_later_foreign_claim_kicks_older_does_not() -> None:
     own, engine = _ownership()
     own.claim("x")
