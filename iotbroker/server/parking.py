@@ -5,7 +5,7 @@ An idle MQTT connection costs the broker its MQTT state (session, connection, ab
 (the transport object, its libuv handle, a weak reference; measured with a do-nothing
 server), more than all the MQTT state. A device fleet is mostly idle connections.
 
-``limits.park_idle_after`` (seconds, 0 = off) parks a plain-TCP connection that has
+``limits.park_idle_after`` (seconds, default 30, 0 = off) parks a plain-TCP connection that has
 neither received nor been sent a packet for that long: its socket is duplicated, the
 duplicate joins one ``epoll`` set that the loop watches through a single reader, and
 the transport is aborted (no FIN or RST: the duplicate keeps the socket open). What
@@ -92,8 +92,9 @@ class Parking:
 
     def start(self) -> None:
         if not hasattr(select, "epoll"):
-            log.warning("limits.park_idle_after needs epoll (Linux): idle connections "
-                        "are not parked")
+            # On by default (30 s): not worth a warning on every start elsewhere.
+            log.info("limits.park_idle_after needs epoll (Linux): idle connections "
+                     "are not parked")
             return
         self._epoll = select.epoll()
         self._loop.add_reader(self._epoll.fileno(), self._ready)
