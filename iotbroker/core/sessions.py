@@ -219,8 +219,14 @@ class SessionRegistry:
             self.sessions[client_id] = session
             for stored in snapshot.subscriptions.get(client_id, ()):
                 # The store keeps the filter as subscribed; read its share group again.
+                # The client id and (non-shared) filter strings are the ones already
+                # held, not one more copy of each per subscription (issue 19).
                 group, _ = parse_shared(stored.topic_filter)
-                entry = stored if group is None else replace(stored, share_group=group)
+                if group is None:
+                    entry = replace(stored, client_id=client_id,
+                                    topic_filter=self.trie.held_filter(stored.topic_filter))
+                else:
+                    entry = replace(stored, client_id=client_id, share_group=group)
                 session.restore_subscription(entry)
                 self.trie.add(entry)
             for out in snapshot.outbound.get(client_id, ()):
