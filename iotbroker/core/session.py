@@ -228,7 +228,6 @@ class Session:
         "receive_maximum",
         "subscriptions",
         "username",
-        "will_delay",
         "writable",
     )
 
@@ -254,7 +253,6 @@ class Session:
         # an empty deque is 760 bytes, an empty set 216).
         self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
         self.inbound_qos2: set[int] = _NO_IDS
-        self.will_delay = 0
         #: The connection it is attached to (opaque to core: the engine's client).
         self.attached_to: object | None = None
         #: False while that connection's write buffer is above its high-water mark.
