@@ -44,6 +44,9 @@ log = logging.getLogger("iotbroker.connection")
 #: Sweeps per ``park_idle_after``: an idle connection is parked 1 to 1.25 × that late.
 SWEEPS = 4
 
+#: Ended connections after which the candidates are pruned (``Parking.ended``).
+PRUNE_AFTER = 64
+
 #: A sweep that parked this many connections returns free heap memory to the system
 #: (glibc ``malloc_trim``): the transports' memory is freed to malloc, which would
 #: otherwise keep it (RSS) after a fleet connected at once.
@@ -71,8 +74,8 @@ _DISCARD = asyncio.Protocol()
 class Parking:
     """The parked sockets of one broker, and the sweep that parks idle connections."""
 
-    __slots__ = ("_after", "_candidates", "_epoll", "_handle", "_loop", "_parked", "parks",
-                 "unparks")
+    __slots__ = ("_after", "_candidates", "_dead", "_epoll", "_handle", "_loop", "_parked",
+                 "parks", "unparks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, after: float) -> None:
         self._loop = loop
@@ -82,6 +85,8 @@ class Parking:
         self._parked: dict[int, ClientProtocol] = {}
         #: Connected, unparked connections to look at in the next sweep.
         self._candidates: list[ClientProtocol] = []
+        #: Connections ended since the candidates were last pruned (see ``ended``).
+        self._dead = 0
         self._handle: asyncio.TimerHandle | None = None
         self.parks = 0
         self.unparks = 0
@@ -119,6 +124,18 @@ class Parking:
         proto.park_quiet = 0
         self._candidates.append(proto)
 
+    def ended(self) -> None:
+        """A connection ended; it may still be a candidate, which would keep it and
+        everything it holds (its transport, buffers, MQTT state) until the next sweep,
+        ``after`` / 4 later. Ended candidates are dropped once that many connections
+        ended, at least :data:`PRUNE_AFTER` and half the candidates (amortised O(1)
+        per connection): a fleet that connects and leaves between two sweeps must
+        not keep its closed connections' memory (issue 19)."""
+        self._dead += 1
+        if self._dead >= PRUNE_AFTER and self._dead * 2 >= len(self._candidates):
+            self._candidates = [proto for proto in self._candidates if not proto.ended]
+            self._dead = 0
+
     # ------------------------------------------------------------ parking
     def _sweep(self) -> None:
         """Park the candidates that stayed idle for ``after`` seconds: no packet
@@ -126,6 +143,7 @@ class Parking:
         self._handle = self._loop.call_later(self._after / SWEEPS, self._sweep)
         now = self._loop.time()
         candidates, self._candidates = self._candidates, []
+        self._dead = 0
         keep = self._candidates
         parks = self.parks
         for proto in candidates:

@@ -9,14 +9,17 @@ its will, and the broker stops cleanly with parked connections.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 
 from iotbroker.codec.packets import Disconnect, PingReq, PingResp, Publish, Will
 from iotbroker.config import parse_config
 from iotbroker.errors import ConfigError
+from iotbroker.server.parking import PRUNE_AFTER, Parking
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 from tests.server.test_metrics_http import scrape, value
@@ -206,3 +209,26 @@ def test_park_idle_after_config() -> None:
         .park_idle_after == 0.0
     with pytest.raises(ConfigError, match=r"limits\.park_idle_after: -1 is not a duration"):
         parse_config({"limits": {"park_idle_after": -1}}, "t.yaml")
+
+
+def test_ended_connections_do_not_wait_for_the_next_sweep() -> None:
+    """Issue 19: a connection is a parking candidate from its CONNACK to the next sweep
+    (``park_idle_after`` / 4 later: 7.5 s by default); ended ones are pruned as they
+    end (amortised), so a fleet that connects and leaves between two sweeps does not
+    keep every closed connection (its transport, buffers, MQTT state) until then."""
+    loop = asyncio.new_event_loop()
+    try:
+        parking = Parking(loop, 30.0)
+        live = [SimpleNamespace(ended=False, conn=SimpleNamespace(packets_queued=0))
+                for _ in range(10)]
+        gone = [SimpleNamespace(ended=False, conn=SimpleNamespace(packets_queued=0))
+                for _ in range(PRUNE_AFTER * 3)]
+        for proto in live + gone:
+            parking.watch(proto)  # type: ignore[arg-type]
+        for proto in gone:  # they end one after the other, as connections do
+            proto.ended = True
+            parking.ended()
+        assert len(parking._candidates) < len(live) + PRUNE_AFTER
+        assert all(proto in parking._candidates for proto in live)
+    finally:
+        loop.close()
