@@ -93,12 +93,12 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = os.path.join(workdir, f"{name}.log")
 
-    def start(self) -> None:
+    def start(self, timeout: float = 15.0) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                          preexec_fn=_raise_nofile,  # noqa: PLW1509 (no threads)
                                          cwd=self.workdir)
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, timeout)
 
     @property
     def pid(self) -> int:

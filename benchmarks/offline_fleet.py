@@ -241,7 +241,7 @@ def _run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, Any
         if name != "mosquitto":
             broker.stop()
             t0 = time.perf_counter()
-            broker.start()
+            broker.start(timeout=300)  # the restore of a large store on a busy machine
             out["restart_seconds"] = round(time.perf_counter() - t0, 2)
             _, rss3 = proc_stat(broker.pid)
             settle(broker.pid, limit=args.settle)

@@ -83,10 +83,11 @@ _NO_SUBSCRIPTIONS: dict[str, SubscriptionEntry] = _NoEntries()
 
 
 class OneSubscription(Mapping[str, SubscriptionEntry]):
-    """The subscriptions of a session that has exactly one (most devices): a read-only
-    mapping of its filter to its entry, 48 bytes where a one-entry dict costs 184
-    (issue 19: an offline session must cost at most 0.8 KiB). A second subscription
-    turns it into a dict (:meth:`Session.remember_subscription`)."""
+    """The subscriptions of a session that has exactly one (most devices), as a
+    read-only mapping of its filter to its entry: made when asked for
+    (:attr:`Session.subscriptions`). The session itself holds just the entry, where a
+    one-entry dict costs 184 bytes (issue 19: an offline session must cost at most
+    0.8 KiB); from the second subscription on it holds a dict."""
 
     __slots__ = ("entry",)
 
@@ -215,6 +216,7 @@ class Session:
         "_off_head",
         "_queued_bytes",
         "_resend",
+        "_subs",
         "attached_to",
         "client_id",
         "context",
@@ -226,7 +228,6 @@ class Session:
         "protocol_version",
         "queue",
         "receive_maximum",
-        "subscriptions",
         "username",
         "writable",
     )
@@ -243,10 +244,9 @@ class Session:
         self.protocol_version = protocol_version
         self.expiry_interval = expiry_interval
         self.username: str | None = None
-        #: Its subscriptions by Topic Filter as subscribed: the only per-client index
-        #: (the trie indexes by filter). Read-only for everyone but this class: a
-        #: shared empty dict, a :class:`OneSubscription`, or a dict from the second on.
-        self.subscriptions: Mapping[str, SubscriptionEntry] = _NO_SUBSCRIPTIONS
+        #: Its subscriptions (see :attr:`subscriptions`): a shared empty dict, the one
+        #: entry, or a dict by Topic Filter from the second subscription on.
+        self._subs: dict[str, SubscriptionEntry] | SubscriptionEntry = _NO_SUBSCRIPTIONS
         #: Created on first use.
         self.inflight = _NO_INFLIGHT
         # Created on first use: an idle connection's session must stay small (issue 8:
@@ -305,6 +305,16 @@ class Session:
         self._next_seq = max(self._next_seq, seq + 1)
 
     # ---------------------------------------------------------- subscriptions
+    @property
+    def subscriptions(self) -> Mapping[str, SubscriptionEntry]:
+        """Its subscriptions by Topic Filter as subscribed: the only per-client index
+        (the trie indexes by filter). Read-only: change them through
+        :meth:`remember_subscription` and :meth:`forget_subscription`."""
+        subs = self._subs
+        if isinstance(subs, SubscriptionEntry):
+            return OneSubscription(subs)
+        return subs
+
     def remember_subscription(self, entry: SubscriptionEntry) -> SubscriptionEntry | None:
         """Add or replace the subscription on ``entry.topic_filter`` (as subscribed)
         [MQTT-3.8.4-3]; returns the one it replaced. ``subscriptions`` is the only
@@ -320,35 +330,34 @@ class Session:
 
     def _add_subscription(self, entry: SubscriptionEntry) -> SubscriptionEntry | None:
         """Put ``entry`` in :attr:`subscriptions`; returns the one it replaced."""
-        subscriptions = self.subscriptions
+        subs = self._subs
         topic_filter = entry.topic_filter
-        if isinstance(subscriptions, OneSubscription):
-            replaced = subscriptions.entry
-            if replaced.topic_filter == topic_filter:
-                subscriptions.entry = entry
-                return replaced
-            self.subscriptions = {replaced.topic_filter: replaced, topic_filter: entry}
+        if isinstance(subs, SubscriptionEntry):
+            if subs.topic_filter == topic_filter:
+                self._subs = entry
+                return subs
+            self._subs = {subs.topic_filter: subs, topic_filter: entry}
             return None
-        if subscriptions is _NO_SUBSCRIPTIONS:
-            self.subscriptions = OneSubscription(entry)
+        if subs is _NO_SUBSCRIPTIONS:
+            self._subs = entry
             return None
-        assert isinstance(subscriptions, dict)
-        old: SubscriptionEntry | None = subscriptions.get(topic_filter)
-        subscriptions[topic_filter] = entry
+        old = subs.get(topic_filter)
+        subs[topic_filter] = entry
         return old
 
     def forget_subscription(self, topic_filter: str) -> SubscriptionEntry | None:
         """Remove the subscription on ``topic_filter``; returns it (None if there
         was none, MQTT 5.0 §3.11.3 0x11)."""
-        subscriptions = self.subscriptions
-        entry = subscriptions.get(topic_filter)
-        if entry is None:
-            return None
-        if isinstance(subscriptions, OneSubscription):
-            self.subscriptions = _NO_SUBSCRIPTIONS
+        subs = self._subs
+        if isinstance(subs, SubscriptionEntry):
+            if subs.topic_filter != topic_filter:
+                return None
+            entry: SubscriptionEntry | None = subs
+            self._subs = _NO_SUBSCRIPTIONS
         else:
-            assert isinstance(subscriptions, dict)
-            del subscriptions[topic_filter]
+            entry = subs.pop(topic_filter, None)
+            if entry is None:
+                return None
         if self.persistent:
             self.context.batch.delete_subscription(self.client_id, topic_filter)
         return entry
@@ -779,7 +788,7 @@ class Session:
 
     def clear_state(self) -> None:
         """Forget everything (Clean Start / Clean Session)."""
-        self.subscriptions = _NO_SUBSCRIPTIONS
+        self._subs = _NO_SUBSCRIPTIONS
         self.inflight = _NO_INFLIGHT
         self.queue = _NO_QUEUE
         self._off_head = self._off_count = 0

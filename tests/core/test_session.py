@@ -552,9 +552,9 @@ def test_may_receive_counts_refusals_only() -> None:
 # ------------------------------------------- subscriptions held small (issue 19)
 
 
-def test_mqtt_3_8_4_3_one_subscription_is_held_without_a_dict_and_replaced_in_place() -> None:
-    """A session with one subscription holds it in a :class:`OneSubscription` (48 bytes,
-    not a 184-byte dict); subscribing again to the same filter replaces it
+def test_mqtt_3_8_4_3_one_subscription_is_held_without_a_dict_and_replaced() -> None:
+    """A session with one subscription holds just its entry (no 184-byte dict) and shows
+    it as a :class:`OneSubscription` mapping; subscribing again to the same filter replaces it
     [MQTT-3.8.4-3] and returns the replaced entry; a second filter makes it a dict;
     every change is still stored for a persistent session."""
     session, batch, _ = make(expiry=60)
