@@ -51,6 +51,8 @@ PRUNE_AFTER = 64
 #: (glibc ``malloc_trim``): the transports' memory is freed to malloc, which would
 #: otherwise keep it (RSS) after a fleet connected at once.
 TRIM_AFTER = 256
+#: Seconds from such a sweep to the trim (the aborted transports are freed by then).
+TRIM_DELAY = 0.5
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -164,7 +166,10 @@ class Parking:
                 continue
             keep.append(proto)
         if self.parks - parks >= TRIM_AFTER and _malloc_trim is not None:
-            _malloc_trim(0)  # give the transports' freed memory back to the system
+            # Give the transports' freed memory back to the system once it is freed:
+            # an aborted transport is released by its handle's close callback, in a
+            # later loop iteration, not by ``abort()`` itself.
+            self._loop.call_later(TRIM_DELAY, _malloc_trim, 0)
 
     def _park(self, proto: ClientProtocol) -> bool:
         transport = proto.transport
