@@ -93,12 +93,12 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = os.path.join(workdir, f"{name}.log")
 
-    def start(self) -> None:
+    def start(self, timeout: float = 15.0) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                          preexec_fn=_raise_nofile,  # noqa: PLW1509 (no threads)
                                          cwd=self.workdir)
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, timeout)
 
     @property
     def pid(self) -> int:
@@ -117,13 +117,17 @@ class Broker:
             proc.wait()
 
 
-def make_iotbroker(workdir: str, persistence: str | None, park_idle_after: float = 0) -> Broker:
+def make_iotbroker(workdir: str, persistence: str | None,
+                   park_idle_after: float | None = None) -> Broker:
+    """iotbroker for the scenarios; ``park_idle_after`` None keeps its default (30 s)."""
     port = free_port()
     if persistence:
         storage = (f"storage: {{backend: rocksdb, path: {workdir}/ibdata, "
                    f"durability: {persistence}}}")
     else:
         storage = "storage: {backend: memory}"
+    limits = ("" if park_idle_after is None
+              else f"limits: {{park_idle_after: {park_idle_after}}}")
     cfg = os.path.join(workdir, "iotbroker.yaml")
     with open(cfg, "w") as f:
         f.write(f"""listeners:
@@ -135,7 +139,7 @@ def make_iotbroker(workdir: str, persistence: str | None, park_idle_after: float
 sys_topics: {{enabled: false}}
 logging: {{level: WARNING}}
 mqtt: {{max_inflight: {INFLIGHT}, max_queued_messages: {QUEUED}}}
-limits: {{park_idle_after: {park_idle_after}}}
+{limits}
 """)
     return Broker("iotbroker", [iotbroker_python(), "-m", "iotbroker", "run", "--config", cfg],
                   port, workdir)
@@ -184,7 +188,7 @@ def run_loadgen(broker: Broker, scenario: str, args: argparse.Namespace) -> dict
             "--warmup", str(args.warmup), "--duration", str(args.duration),
             "--broker-pid", str(broker.pid), "--procs", str(args.procs)]
     if scenario == "connect":
-        argv += ["--clients", str(args.clients)]
+        argv += ["--clients", str(args.clients), "--settle", str(args.settle)]
     if args.mqtt5:
         argv.append("--mqtt5")
     if args.persistent_subscribers:
@@ -300,8 +304,12 @@ def main() -> None:
     ap.add_argument("--as-shipped", action="store_true",
                     help="both brokers on their defaults, logging included (see make_shipped);"
                          " --persistence and --mosquitto-nagle do not apply")
-    ap.add_argument("--park-idle-after", type=float, default=0.0, metavar="SECONDS",
-                    help="iotbroker's limits.park_idle_after (server/parking.py; 0 = off)")
+    ap.add_argument("--park-idle-after", type=float, default=None, metavar="SECONDS",
+                    help="iotbroker's limits.park_idle_after (server/parking.py; 0 = off; "
+                         "default: the broker's default, 30 s)")
+    ap.add_argument("--settle", type=float, default=1.0, metavar="SECONDS",
+                    help="connect scenario: seconds idle before the RSS sample (> 37.5 to "
+                         "see the default parking: parked 30 to 37.5 s after the last packet)")
     ap.add_argument("--json", dest="json_out", default=None, help="write raw results here")
     ap.add_argument("--keep-latency", action="store_true",
                     help="keep throughput scenarios' latency percentiles in the JSON")

@@ -17,6 +17,8 @@ from the Debian package, all in memory), started fresh on a free port of 127.0.0
     .venv/bin/python benchmarks/offline_fleet.py                        # 15,000 x 20
     .venv/bin/python benchmarks/offline_fleet.py --sessions 50000 --brokers iotbroker
     .venv/bin/python benchmarks/offline_fleet.py --json /tmp/fleet.json
+    .venv/bin/python benchmarks/offline_fleet.py --baseline /tmp/main-checkout \
+        --brokers base,iotbroker,mosquitto          # "base": another checkout's iotbroker
 
 Not a test: nothing is asserted but the reconnect check; numbers are printed.
 """
@@ -29,6 +31,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -187,7 +190,22 @@ def mib(n: int) -> float:
 
 
 def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    if name == "iotbroker":
+    saved = os.environ.get("PYTHONPATH")
+    if name == "base":  # the same broker from another checkout (--baseline)
+        if not args.baseline:
+            raise SystemExit("--brokers base needs --baseline DIR")
+        os.environ["PYTHONPATH"] = args.baseline
+    try:
+        return _run_one(name, args, workdir)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def _run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    if name in ("iotbroker", "base"):
         broker = make_iotbroker(workdir, args.durability)
     else:
         broker = make_mosquitto(workdir, args.mosquitto)
@@ -220,10 +238,10 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]
             "fanout_cpu_s": round(cpu2 - cpu1, 2),
             "fanout_cpu_s_incl_tail": round(cpu3 - cpu1, 2),
         })
-        if name == "iotbroker":
+        if name != "mosquitto":
             broker.stop()
             t0 = time.perf_counter()
-            broker.start()
+            broker.start(timeout=300)  # the restore of a large store on a busy machine
             out["restart_seconds"] = round(time.perf_counter() - t0, 2)
             _, rss3 = proc_stat(broker.pid)
             settle(broker.pid, limit=args.settle)
@@ -251,6 +269,8 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=10.0, help="max s to wait after restart")
     ap.add_argument("--check", type=int, default=20, help="sessions to reconnect and check")
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="checkout whose iotbroker runs as broker 'base' (PYTHONPATH)")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
@@ -276,6 +296,13 @@ def main() -> None:
               f"| {r['fanout_seconds']} ({r['fanout_cpu_s']}) "
               f"| {r.get('rss_restart_mib', '-')} ({r.get('rss_restart_settled_mib', '-')}) "
               f"| {r.get('check_ok', '-')} |")
+    keys = ("bytes_per_session", "bytes_per_queued_msg", "rss_queued_mib", "fanout_seconds",
+            "fanout_cpu_s", "rss_restart_mib")
+    print(f"\nmedians of {args.reps} rep(s):")
+    for name in dict.fromkeys(r["broker"] for r in results):
+        mine = [r for r in results if r["broker"] == name]
+        print(f"  {name}: " + ", ".join(
+            f"{k} {statistics.median(r[k] for r in mine)}" for k in keys if k in mine[0]))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)

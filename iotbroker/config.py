@@ -453,7 +453,7 @@ class LimitsConfig(_Section):
     connect_rate: Annotated[float, Number(lo=0)] = 0.0
     publish_rate_per_client: Annotated[float, Number(lo=0)] = 0.0
     drain_timeout: Annotated[float, Number(lo=0, unit="duration")] = 10.0
-    park_idle_after: Annotated[float, Number(lo=0, unit="duration")] = 0.0
+    park_idle_after: Annotated[float, Number(lo=0, unit="duration")] = 30.0
 
 
 BridgeDirection = Literal["out", "in", "both"]

@@ -327,7 +327,9 @@ class Router:
             qos = min(sub.qos, granted_qos_limit)
             entry = SubscriptionEntry(
                 client_id=session.client_id,
-                topic_filter=sub.topic_filter,
+                # one string per filter, shared by its subscribers (issue 19)
+                topic_filter=(self.trie.held_filter(sub.topic_filter) if group is None
+                              else sub.topic_filter),
                 qos=qos,
                 no_local=sub.no_local,
                 retain_as_published=sub.retain_as_published,

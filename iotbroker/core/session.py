@@ -37,7 +37,7 @@ to, and tells the session about a PUBLISH too large for the client
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,6 +80,41 @@ _NO_RESEND: deque[Any] = _Unused()
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
 _NO_SUBSCRIPTIONS: dict[str, SubscriptionEntry] = _NoEntries()
+
+
+class OneSubscription(Mapping[str, SubscriptionEntry]):
+    """The subscriptions of a session that has exactly one (most devices), as a
+    read-only mapping of its filter to its entry: made when asked for
+    (:attr:`Session.subscriptions`). The session itself holds just the entry, where a
+    one-entry dict costs 184 bytes (issue 19: an offline session must cost at most
+    0.8 KiB); from the second subscription on it holds a dict."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: SubscriptionEntry) -> None:
+        self.entry = entry
+
+    def __getitem__(self, topic_filter: str) -> SubscriptionEntry:
+        entry = self.entry
+        if entry.topic_filter == topic_filter:
+            return entry
+        raise KeyError(topic_filter)
+
+    def get(self, topic_filter: str, default: Any = None) -> Any:
+        entry = self.entry
+        return entry if entry.topic_filter == topic_filter else default
+
+    def __contains__(self, topic_filter: object) -> bool:
+        return self.entry.topic_filter == topic_filter
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.entry.topic_filter,))
+
+    def __len__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return f"{{{self.entry.topic_filter!r}: {self.entry!r}}}"
 _NO_INFLIGHT: dict[int, InflightEntry] = _NoEntries()
 
 
@@ -198,6 +233,7 @@ class Session:
         "_off_head",
         "_queued_bytes",
         "_resend",
+        "_subs",
         "attached_to",
         "client_id",
         "context",
@@ -209,9 +245,7 @@ class Session:
         "protocol_version",
         "queue",
         "receive_maximum",
-        "subscriptions",
         "username",
-        "will_delay",
         "writable",
     )
 
@@ -227,15 +261,15 @@ class Session:
         self.protocol_version = protocol_version
         self.expiry_interval = expiry_interval
         self.username: str | None = None
-        #: Its subscriptions by Topic Filter as subscribed: the only per-client index
-        #: (the trie indexes by filter). Both dicts are created on first use.
-        self.subscriptions = _NO_SUBSCRIPTIONS
+        #: Its subscriptions (see :attr:`subscriptions`): a shared empty dict, the one
+        #: entry, or a dict by Topic Filter from the second subscription on.
+        self._subs: dict[str, SubscriptionEntry] | SubscriptionEntry = _NO_SUBSCRIPTIONS
+        #: Created on first use.
         self.inflight = _NO_INFLIGHT
         # Created on first use: an idle connection's session must stay small (issue 8:
         # an empty deque is 760 bytes, an empty set 216).
         self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
         self.inbound_qos2: set[int] = _NO_IDS
-        self.will_delay = 0
         #: The connection it is attached to (opaque to core: the engine's client).
         self.attached_to: object | None = None
         #: False while that connection's write buffer is above its high-water mark.
@@ -288,30 +322,60 @@ class Session:
         self._next_seq = max(self._next_seq, seq + 1)
 
     # ---------------------------------------------------------- subscriptions
+    @property
+    def subscriptions(self) -> Mapping[str, SubscriptionEntry]:
+        """Its subscriptions by Topic Filter as subscribed: the only per-client index
+        (the trie indexes by filter). Read-only: change them through
+        :meth:`remember_subscription` and :meth:`forget_subscription`."""
+        subs = self._subs
+        if isinstance(subs, SubscriptionEntry):
+            return OneSubscription(subs)
+        return subs
+
     def remember_subscription(self, entry: SubscriptionEntry) -> SubscriptionEntry | None:
         """Add or replace the subscription on ``entry.topic_filter`` (as subscribed)
         [MQTT-3.8.4-3]; returns the one it replaced. ``subscriptions`` is the only
         per-client index of subscriptions; the trie indexes them by filter."""
-        subscriptions = self.subscriptions
-        if subscriptions is _NO_SUBSCRIPTIONS:
-            subscriptions = self.subscriptions = {}
-        replaced = subscriptions.get(entry.topic_filter)
-        subscriptions[entry.topic_filter] = entry
+        replaced = self._add_subscription(entry)
         if self.persistent:
             self.context.batch.put_subscription(entry)  # stored as it is (share_group is not)
         return replaced
 
     def restore_subscription(self, entry: SubscriptionEntry) -> None:
         """A stored subscription, read back at start-up (not written again)."""
-        if self.subscriptions is _NO_SUBSCRIPTIONS:
-            self.subscriptions = {}
-        self.subscriptions[entry.topic_filter] = entry
+        self._add_subscription(entry)
+
+    def _add_subscription(self, entry: SubscriptionEntry) -> SubscriptionEntry | None:
+        """Put ``entry`` in :attr:`subscriptions`; returns the one it replaced."""
+        subs = self._subs
+        topic_filter = entry.topic_filter
+        if isinstance(subs, SubscriptionEntry):
+            if subs.topic_filter == topic_filter:
+                self._subs = entry
+                return subs
+            self._subs = {subs.topic_filter: subs, topic_filter: entry}
+            return None
+        if subs is _NO_SUBSCRIPTIONS:
+            self._subs = entry
+            return None
+        old = subs.get(topic_filter)
+        subs[topic_filter] = entry
+        return old
 
     def forget_subscription(self, topic_filter: str) -> SubscriptionEntry | None:
         """Remove the subscription on ``topic_filter``; returns it (None if there
         was none, MQTT 5.0 §3.11.3 0x11)."""
-        entry = self.subscriptions.pop(topic_filter, None)
-        if entry is not None and self.persistent:
+        subs = self._subs
+        if isinstance(subs, SubscriptionEntry):
+            if subs.topic_filter != topic_filter:
+                return None
+            entry: SubscriptionEntry | None = subs
+            self._subs = _NO_SUBSCRIPTIONS
+        else:
+            entry = subs.pop(topic_filter, None)
+            if entry is None:
+                return None
+        if self.persistent:
             self.context.batch.delete_subscription(self.client_id, topic_filter)
         return entry
 
@@ -829,7 +893,7 @@ class Session:
 
     def clear_state(self) -> None:
         """Forget everything (Clean Start / Clean Session)."""
-        self.subscriptions = _NO_SUBSCRIPTIONS
+        self._subs = _NO_SUBSCRIPTIONS
         self.inflight = _NO_INFLIGHT
         self.queue = _NO_QUEUE
         self._off_head = self._off_count = 0

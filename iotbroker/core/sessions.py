@@ -131,7 +131,8 @@ class SessionRegistry:
         pending = self.pending_wills.get(session.client_id)
         if pending is not None:
             w = pending[1]
-            will = WillRecord(w.topic, w.payload, w.qos, w.retain, w.properties, session.will_delay)
+            will = WillRecord(w.topic, w.payload, w.qos, w.retain, w.properties,
+                              w.properties.will_delay_interval or 0)
         return SessionRecord(
             client_id=session.client_id,
             protocol_version=session.protocol_version,
@@ -152,12 +153,12 @@ class SessionRegistry:
         end, whichever is first (MQTT 5.0 §3.1.3.2.2).
         """
         session.detach(now)
-        session.will_delay = (will.properties.will_delay_interval or 0) if will else 0
+        will_delay = (will.properties.will_delay_interval or 0) if will else 0
         if not session.persistent:
             self.destroy(session)
             return will
-        if will is not None and session.will_delay > 0:
-            due = now + min(session.will_delay, session.expiry_interval)
+        if will is not None and will_delay > 0:
+            due = now + min(will_delay, session.expiry_interval)
             self.pending_wills[session.client_id] = (due, will, session.username)
             heapq.heappush(self._timers, (due, session.client_id))
             will = None
@@ -219,8 +220,14 @@ class SessionRegistry:
             self.sessions[client_id] = session
             for stored in snapshot.subscriptions.get(client_id, ()):
                 # The store keeps the filter as subscribed; read its share group again.
+                # The client id and (non-shared) filter strings are the ones already
+                # held, not one more copy of each per subscription (issue 19).
                 group, _ = parse_shared(stored.topic_filter)
-                entry = stored if group is None else replace(stored, share_group=group)
+                if group is None:
+                    entry = replace(stored, client_id=client_id,
+                                    topic_filter=self.trie.held_filter(stored.topic_filter))
+                else:
+                    entry = replace(stored, client_id=client_id, share_group=group)
                 session.restore_subscription(entry)
                 self.trie.add(entry)
             for out in snapshot.outbound.get(client_id, ()):
@@ -246,8 +253,11 @@ class SessionRegistry:
                 session.inbound_qos2 = set(held)
             if rec.will is not None:
                 w = rec.will
-                will = Will(w.topic, w.payload, w.qos, w.retain, w.properties)
-                session.will_delay = w.delay_interval
+                props = w.properties
+                if (props.will_delay_interval or 0) != w.delay_interval:
+                    # the pending will carries its delay (``record`` reads it there)
+                    props = replace(props, will_delay_interval=w.delay_interval or None)
+                will = Will(w.topic, w.payload, w.qos, w.retain, props)
                 due = session.disconnected_at + min(w.delay_interval, rec.expiry_interval)
                 self.pending_wills[client_id] = (due, will, rec.username)
                 heapq.heappush(self._timers, (due, client_id))

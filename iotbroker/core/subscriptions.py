@@ -174,6 +174,26 @@ class SubscriptionTrie:
             self._count += 1
         self._invalidate(match_filter)
 
+    def held_filter(self, topic_filter: str) -> str:
+        """The string object a subscription in the trie already holds for the
+        non-shared Topic Filter ``topic_filter`` (equal to it), else ``topic_filter``
+        itself: the subscriptions of a fleet to one filter share one string, not one
+        copy per client (issue 19: memory of an offline session)."""
+        node = self._root
+        for level in topic_filter.split("/"):
+            if level == "+":
+                nxt = node.plus
+            elif level == "#":
+                nxt = node.hash
+            else:
+                nxt = node.children.get(level)
+            if nxt is None:
+                return topic_filter
+            node = nxt
+        for entry in node.subs.values():
+            return entry.topic_filter
+        return topic_filter
+
     def remove(self, entry: SubscriptionEntry) -> None:
         """Remove one subscription, as the session's index holds it (MQTT 5.0
         §3.10.4)."""

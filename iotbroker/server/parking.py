@@ -5,7 +5,7 @@ An idle MQTT connection costs the broker its MQTT state (session, connection, ab
 (the transport object, its libuv handle, a weak reference; measured with a do-nothing
 server), more than all the MQTT state. A device fleet is mostly idle connections.
 
-``limits.park_idle_after`` (seconds, 0 = off) parks a plain-TCP connection that has
+``limits.park_idle_after`` (seconds, default 30, 0 = off) parks a plain-TCP connection that has
 neither received nor been sent a packet for that long: its socket is duplicated, the
 duplicate joins one ``epoll`` set that the loop watches through a single reader, and
 the transport is aborted (no FIN or RST: the duplicate keeps the socket open). What
@@ -44,10 +44,15 @@ log = logging.getLogger("iotbroker.connection")
 #: Sweeps per ``park_idle_after``: an idle connection is parked 1 to 1.25 × that late.
 SWEEPS = 4
 
+#: Ended connections after which the candidates are pruned (``Parking.ended``).
+PRUNE_AFTER = 64
+
 #: A sweep that parked this many connections returns free heap memory to the system
 #: (glibc ``malloc_trim``): the transports' memory is freed to malloc, which would
 #: otherwise keep it (RSS) after a fleet connected at once.
 TRIM_AFTER = 256
+#: Seconds from such a sweep to the trim (the aborted transports are freed by then).
+TRIM_DELAY = 0.5
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -71,8 +76,8 @@ _DISCARD = asyncio.Protocol()
 class Parking:
     """The parked sockets of one broker, and the sweep that parks idle connections."""
 
-    __slots__ = ("_after", "_candidates", "_epoll", "_handle", "_loop", "_parked", "parks",
-                 "unparks")
+    __slots__ = ("_after", "_candidates", "_dead", "_epoll", "_handle", "_loop", "_parked",
+                 "parks", "unparks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, after: float) -> None:
         self._loop = loop
@@ -82,6 +87,8 @@ class Parking:
         self._parked: dict[int, ClientProtocol] = {}
         #: Connected, unparked connections to look at in the next sweep.
         self._candidates: list[ClientProtocol] = []
+        #: Connections ended since the candidates were last pruned (see ``ended``).
+        self._dead = 0
         self._handle: asyncio.TimerHandle | None = None
         self.parks = 0
         self.unparks = 0
@@ -92,8 +99,9 @@ class Parking:
 
     def start(self) -> None:
         if not hasattr(select, "epoll"):
-            log.warning("limits.park_idle_after needs epoll (Linux): idle connections "
-                        "are not parked")
+            # On by default (30 s): not worth a warning on every start elsewhere.
+            log.info("limits.park_idle_after needs epoll (Linux): idle connections "
+                     "are not parked")
             return
         self._epoll = select.epoll()
         self._loop.add_reader(self._epoll.fileno(), self._ready)
@@ -118,6 +126,18 @@ class Parking:
         proto.park_quiet = 0
         self._candidates.append(proto)
 
+    def ended(self) -> None:
+        """A connection ended; it may still be a candidate, which would keep it and
+        everything it holds (its transport, buffers, MQTT state) until the next sweep,
+        ``after`` / 4 later. Ended candidates are dropped once that many connections
+        ended, at least :data:`PRUNE_AFTER` and half the candidates (amortised O(1)
+        per connection): a fleet that connects and leaves between two sweeps must
+        not keep its closed connections' memory (issue 19)."""
+        self._dead += 1
+        if self._dead >= PRUNE_AFTER and self._dead * 2 >= len(self._candidates):
+            self._candidates = [proto for proto in self._candidates if not proto.ended]
+            self._dead = 0
+
     # ------------------------------------------------------------ parking
     def _sweep(self) -> None:
         """Park the candidates that stayed idle for ``after`` seconds: no packet
@@ -125,6 +145,7 @@ class Parking:
         self._handle = self._loop.call_later(self._after / SWEEPS, self._sweep)
         now = self._loop.time()
         candidates, self._candidates = self._candidates, []
+        self._dead = 0
         keep = self._candidates
         parks = self.parks
         for proto in candidates:
@@ -145,7 +166,10 @@ class Parking:
                 continue
             keep.append(proto)
         if self.parks - parks >= TRIM_AFTER and _malloc_trim is not None:
-            _malloc_trim(0)  # give the transports' freed memory back to the system
+            # Give the transports' freed memory back to the system once it is freed:
+            # an aborted transport is released by its handle's close callback, in a
+            # later loop iteration, not by ``abort()`` itself.
+            self._loop.call_later(TRIM_DELAY, _malloc_trim, 0)
 
     def _park(self, proto: ClientProtocol) -> bool:
         transport = proto.transport

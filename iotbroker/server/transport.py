@@ -58,6 +58,8 @@ class ParkingView(Protocol):
 
     def drop(self, proto: ClientProtocol) -> None: ...
 
+    def ended(self) -> None: ...
+
 
 class ConnectionHost(Protocol):
     """The broker as a socket connection sees it (``server/broker.py`` is one): where
@@ -321,6 +323,9 @@ class ClientProtocol(Client, asyncio.Protocol):
         if session is not None:  # the "connection lost" line comes after it is detached
             self._username = session.username
         self.broker.connection_lost(self, exc)
+        parking = self.broker.parking
+        if parking is not None:
+            parking.ended()
 
     def finish_close(self) -> None:
         """The flush wrote this connection's last packet: close so that it reaches a

@@ -644,3 +644,19 @@ def test_redistribute_keeps_the_copy_of_a_non_shared_subscription() -> None:
     w.router.redistribute(a, 1.0)
     assert len(w.received("b")) == 1, "the group's message reached member b twice"
     assert len(a.inflight) == 1, "a's own (non-shared) copy was taken away"
+
+
+def test_subscribers_to_one_filter_share_its_string() -> None:
+    """Issue 19 (an offline session's memory): the entries of several clients on one
+    (non-shared) Topic Filter hold one string object, not a copy each; a shared
+    subscription keeps its own filter as subscribed."""
+    w = World()
+    sessions = [w.client(f"c{i}") for i in range(3)]
+    for s in sessions:
+        w.subscribe(s, sub("".join(["fleet/", "all"])))  # a new string object each time
+        w.subscribe(s, sub("".join(["$share/g/", "x"])))
+    filters = [s.subscriptions["fleet/all"].topic_filter for s in sessions]
+    assert filters[0] == "fleet/all" and all(f is filters[0] for f in filters)
+    assert sessions[2].subscriptions["$share/g/x"].share_group == "g"
+    assert set(w.trie.match("fleet/all").direct) == {"c0", "c1", "c2"}
+    assert w.trie.held_filter("fleet/other") == "fleet/other"

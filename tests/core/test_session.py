@@ -5,7 +5,13 @@ ReceiveGate. Plain objects and a fake ``now``: no sockets, no sleeps."""
 from __future__ import annotations
 
 from iotbroker.codec.packets import PubRel
-from iotbroker.core.session import ReceiveGate, Session, SessionContext, SessionLimits
+from iotbroker.core.session import (
+    OneSubscription,
+    ReceiveGate,
+    Session,
+    SessionContext,
+    SessionLimits,
+)
 from iotbroker.core.subscriptions import SubscriptionEntry
 from iotbroker.message import Delivery
 from iotbroker.metrics import Metrics
@@ -541,3 +547,40 @@ def test_may_receive_counts_refusals_only() -> None:
     assert session.may_receive("public/a") is True
     assert session.may_receive("secret/a") is False
     assert metrics.acl_denials == 1
+
+
+# ------------------------------------------- subscriptions held small (issue 19)
+
+
+def test_mqtt_3_8_4_3_one_subscription_is_held_without_a_dict_and_replaced() -> None:
+    """A session with one subscription holds just its entry (no 184-byte dict) and shows
+    it as a :class:`OneSubscription` mapping; subscribing again to the same filter replaces it
+    [MQTT-3.8.4-3] and returns the replaced entry; a second filter makes it a dict;
+    every change is still stored for a persistent session."""
+    session, batch, _ = make(expiry=60)
+    first = SubscriptionEntry("c1", "a/b", 1)
+    assert session.remember_subscription(first) is None
+    assert isinstance(session.subscriptions, OneSubscription)
+    assert dict(session.subscriptions) == {"a/b": first} and len(session.subscriptions) == 1
+    assert "a/b" in session.subscriptions and "a/c" not in session.subscriptions
+    assert session.subscriptions.get("a/c") is None and list(session.subscriptions) == ["a/b"]
+    again = SubscriptionEntry("c1", "a/b", 2)
+    assert session.remember_subscription(again) is first
+    assert session.subscriptions["a/b"] is again and len(session.subscriptions) == 1
+    other = SubscriptionEntry("c1", "x/#", 0)
+    assert session.remember_subscription(other) is None
+    assert type(session.subscriptions) is dict
+    assert session.subscriptions == {"a/b": again, "x/#": other}
+    assert ops(batch).count(Op.PUT_SUBSCRIPTION) == 3
+
+
+def test_forgetting_the_only_subscription_leaves_none() -> None:
+    session, batch, _ = make(expiry=60)
+    entry = SubscriptionEntry("c1", "a/b", 1)
+    session.remember_subscription(entry)
+    assert session.forget_subscription("a/c") is None
+    assert session.forget_subscription("a/b") is entry
+    assert not session.subscriptions and session.forget_subscription("a/b") is None
+    assert Op.DELETE_SUBSCRIPTION in ops(batch)
+    session.restore_subscription(entry)  # and one can come back (restore path)
+    assert session.subscriptions == {"a/b": entry}

@@ -359,3 +359,25 @@ def test_deliveries_pending_counts_queued_and_in_flight() -> None:
     reg = registry()
     reg.restore(_snapshot(), 1010.0)
     assert reg.deliveries_pending() == 3
+
+
+def test_restored_subscriptions_share_the_client_id_and_filter_strings() -> None:
+    """Issue 19: a restored entry holds its session's client id string and the one
+    string of its (non-shared) filter, not copies decoded from the store."""
+    def fresh(text: str) -> str:
+        return "".join(list(text))  # equal, but another object
+
+    reg = registry()
+    reg.restore(StoreSnapshot(
+        sessions={cid: SessionRecord(cid, 4, NEVER_EXPIRES, disconnected_at=1.0)
+                  for cid in ("d1", "d2")},
+        subscriptions={cid: [SubscriptionEntry(fresh(cid), fresh("fleet/all"), 1),
+                             SubscriptionEntry(fresh(cid), fresh("$share/g/t"), 1)]
+                       for cid in ("d1", "d2")},
+    ), 2.0)
+    d1, d2 = reg.sessions["d1"], reg.sessions["d2"]
+    for s in (d1, d2):
+        assert all(e.client_id is s.client_id for e in s.subscriptions.values())
+    assert d1.subscriptions["fleet/all"].topic_filter is d2.subscriptions["fleet/all"].topic_filter
+    assert d2.subscriptions["$share/g/t"].share_group == "g"
+    assert set(reg.trie.match("fleet/all").direct) == {"d1", "d2"}

@@ -9,14 +9,17 @@ its will, and the broker stops cleanly with parked connections.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 
 from iotbroker.codec.packets import Disconnect, PingReq, PingResp, Publish, Will
 from iotbroker.config import parse_config
 from iotbroker.errors import ConfigError
+from iotbroker.server.parking import PRUNE_AFTER, Parking
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 from tests.server.test_metrics_http import scrape, value
@@ -168,8 +171,25 @@ def test_parked_v5_client_told_server_shutting_down(
         client.close()
 
 
-def test_parking_off_by_default(make_broker: Callable[..., BrokerProcess],
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parking_off_with_zero(make_broker: Callable[..., BrokerProcess],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``park_idle_after: 0`` never parks (the default is 30 s)."""
+    monkeypatch.delenv("IOTBROKER_TEST_PARK_IDLE_AFTER", raising=False)
+    broker = make_broker(broker_config(extra="limits:\n  park_idle_after: 0\n"))
+    with RawClient(broker.host, broker.port) as client:
+        assert client.connect("park-zero").reason_code == 0
+        time.sleep(0.5)
+        client.send(PingReq())
+        client.expect(PingResp)
+    assert "parked idle connection" not in broker.log_text()
+
+
+def test_default_parks_after_30s_not_before(make_broker: Callable[..., BrokerProcess],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default configuration parking is on (30 s): a connection idle for
+    less than that is not parked. (Waiting 30 s for the park itself is left to
+    ``benchmarks/e2e.py --scenarios connect --settle 40``; the parking mechanism is
+    the one the tests above drive with a short value.)"""
     monkeypatch.delenv("IOTBROKER_TEST_PARK_IDLE_AFTER", raising=False)
     broker = make_broker(broker_config())
     with RawClient(broker.host, broker.port) as client:
@@ -184,6 +204,31 @@ def test_park_idle_after_config() -> None:
     """A duration ≥ 0; errors name the key path and the expectation."""
     assert parse_config({"limits": {"park_idle_after": "30s"}}, "t.yaml").limits.park_idle_after \
         == 30.0
-    assert parse_config({}, "t.yaml").limits.park_idle_after == 0.0
+    assert parse_config({}, "t.yaml").limits.park_idle_after == 30.0  # on by default
+    assert parse_config({"limits": {"park_idle_after": 0}}, "t.yaml").limits \
+        .park_idle_after == 0.0
     with pytest.raises(ConfigError, match=r"limits\.park_idle_after: -1 is not a duration"):
         parse_config({"limits": {"park_idle_after": -1}}, "t.yaml")
+
+
+def test_ended_connections_do_not_wait_for_the_next_sweep() -> None:
+    """Issue 19: a connection is a parking candidate from its CONNACK to the next sweep
+    (``park_idle_after`` / 4 later: 7.5 s by default); ended ones are pruned as they
+    end (amortised), so a fleet that connects and leaves between two sweeps does not
+    keep every closed connection (its transport, buffers, MQTT state) until then."""
+    loop = asyncio.new_event_loop()
+    try:
+        parking = Parking(loop, 30.0)
+        live = [SimpleNamespace(ended=False, conn=SimpleNamespace(packets_queued=0))
+                for _ in range(10)]
+        gone = [SimpleNamespace(ended=False, conn=SimpleNamespace(packets_queued=0))
+                for _ in range(PRUNE_AFTER * 3)]
+        for proto in live + gone:
+            parking.watch(proto)  # type: ignore[arg-type]
+        for proto in gone:  # they end one after the other, as connections do
+            proto.ended = True
+            parking.ended()
+        assert len(parking._candidates) < len(live) + PRUNE_AFTER
+        assert all(proto in parking._candidates for proto in live)
+    finally:
+        loop.close()
