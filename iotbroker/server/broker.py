@@ -670,7 +670,7 @@ class Broker:
             return
         proto.start_keepalive()
         if self.parking is not None and proto.listener in self._parkable:
-            self.parking.watch(proto)
+            self.parking.watch(proto, connected=True)
         if not log.isEnabledFor(logging.INFO):
             return  # the arguments below cost a peer-name lookup per connect
         log_connection(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.js.errors import NoKeysError
+from nats.js.errors import BucketNotFoundError, NoKeysError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -116,8 +116,11 @@ def announced(nats_cluster: NatsCluster, prefix: str, node: str) -> dict[str, in
     async def read() -> dict[str, int]:
         nc = await nats.connect(nats_cluster.urls)
         try:
-            kv = await nc.jetstream().key_value(f"{prefix}_interest")
             got: dict[str, int] = {}
+            try:
+                kv = await nc.jetstream().key_value(f"{prefix}_interest")
+            except BucketNotFoundError:
+                return got  # the node has not created it yet (wait_announced retries)
             try:
                 keys = await kv.keys()
             except NoKeysError:

@@ -184,20 +184,28 @@ def test_parking_off_with_zero(make_broker: Callable[..., BrokerProcess],
     assert "parked idle connection" not in broker.log_text()
 
 
-def test_default_parks_after_30s_not_before(make_broker: Callable[..., BrokerProcess],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the default configuration parking is on (30 s): a connection idle for
-    less than that is not parked. (Waiting 30 s for the park itself is left to
-    ``benchmarks/e2e.py --scenarios connect --settle 40``; the parking mechanism is
-    the one the tests above drive with a short value.)"""
+def test_default_parks_a_silent_new_connection_early_and_a_talking_one_not_before_30s(
+        make_broker: Callable[..., BrokerProcess], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default configuration parking is on (30 s): a connection that says
+    nothing after its CONNACK is parked FIRST_PARK_AFTER (0.5 s) later, once; one that
+    has spoken since is not parked before 30 s of silence. (Waiting 30 s for that park
+    is left to ``benchmarks/e2e.py --scenarios connect --settle 40``; the parking
+    mechanism is the one the tests above drive with a short value.)"""
     monkeypatch.delenv("IOTBROKER_TEST_PARK_IDLE_AFTER", raising=False)
     broker = make_broker(broker_config())
-    with RawClient(broker.host, broker.port) as client:
-        assert client.connect("park-default").reason_code == 0
-        time.sleep(0.5)
-        client.send(PingReq())
-        client.expect(PingResp)
-    assert "parked idle connection" not in broker.log_text()
+    with RawClient(broker.host, broker.port) as talking, \
+            RawClient(broker.host, broker.port) as silent:
+        assert talking.connect("park-talking").reason_code == 0
+        talking.send(PingReq())
+        talking.expect(PingResp)
+        assert silent.connect("park-silent").reason_code == 0
+        _wait_parked(broker, "park-silent", timeout=5.0)
+        time.sleep(1.0)
+        talking.send(PingReq())
+        talking.expect(PingResp)
+        silent.send(PingReq())  # wakes it
+        silent.expect(PingResp)
+    assert "parked idle connection 'park-talking'" not in broker.log_text()
 
 
 def test_park_idle_after_config() -> None:
