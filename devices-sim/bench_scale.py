@@ -10,6 +10,13 @@ Each broker is started here on a free loopback port with its open-files soft lim
 in its own process (``--workers`` splits the fleet) with several source addresses. The
 broker's CPU and RSS come from ``/proc``; the simulator's from its report. Prints one
 table and writes ``OUT/<broker>/report.{json,html}`` and ``OUT/summary.json``.
+
+``--reps N`` runs each broker N times, interleaved (the broker that goes first alternates
+per repetition), and prints the medians; the reports of repetition k > 1 go to
+``OUT/<broker>-k/``. ``--probe`` loads ``benchmarks/loop_probe`` into iotbroker and the
+simulator (``PYTHONPATH``): every garbage collection and every event-loop stall of more
+than 3 ms of each process, summarised per run (``broker_*`` and ``sim_*`` columns), so a
+tail that comes from the simulator's own loop shows as such.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+PROBE = ROOT / "benchmarks" / "loop_probe"
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -68,7 +77,8 @@ def start_mosquitto(workdir: Path, nofile: int) -> tuple[subprocess.Popen[bytes]
     raise RuntimeError("mosquitto did not start")
 
 
-def start_iotbroker(workdir: Path, nofile: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_iotbroker(workdir: Path, nofile: int,
+                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     """``python -m iotbroker run`` (memory storage, INFO logs) with ``ulimit -n`` raised."""
     conf = workdir / "iotbroker.yaml"
     conf.write_text("listeners:\n  - name: default\n    type: tcp\n    host: 127.0.0.1\n"
@@ -77,7 +87,7 @@ def start_iotbroker(workdir: Path, nofile: int) -> tuple[subprocess.Popen[bytes]
     log = workdir / "iotbroker.log"
     cmd = f"ulimit -n {nofile} && exec {sys.executable} -m iotbroker run --config {conf}"
     proc = subprocess.Popen(["bash", "-c", cmd], stdout=open(log, "wb"),  # noqa: SIM115
-                            stderr=subprocess.STDOUT, cwd=workdir)
+                            stderr=subprocess.STDOUT, cwd=workdir, env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         m = re.search(r"listening on \S+:(\d+)", log.read_text(errors="replace"))
@@ -89,12 +99,73 @@ def start_iotbroker(workdir: Path, nofile: int) -> tuple[subprocess.Popen[bytes]
     raise RuntimeError(f"iotbroker did not start:\n{log.read_text(errors='replace')}")
 
 
-def bench_one(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def _idle_percent(seconds: float = 2.0) -> float:
+    """The machine's idle CPU share (all cores) over ``seconds``, from /proc/stat."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return 100.0 * (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(least_idle: float, patience: float) -> float:
+    """Wait (at most ``patience`` s) until the machine is at least ``least_idle`` %
+    idle over 2 s; returns the last idle share seen (other work on a shared machine
+    shows in every latency figure: the row says how quiet it was)."""
+    deadline = time.monotonic() + patience
+    while True:
+        idle = _idle_percent()
+        if idle >= least_idle or time.monotonic() >= deadline:
+            return round(idle, 1)
+
+
+def _probe_env(workdir: Path, who: str) -> dict[str, str]:
+    """The environment that loads benchmarks/loop_probe into a process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROBE), env.get("PYTHONPATH")) if p)
+    env["LOOP_PROBE_OUT"] = str(workdir / f"probe-{who}")
+    return env
+
+
+def probe_summary(workdir: Path, who: str, t0: float, t1: float) -> dict[str, Any]:
+    """GC pauses and loop stalls (> 3 ms) of one process between ``t0`` and ``t1``."""
+    gcs: list[tuple[int, float]] = []
+    lags: list[float] = []
+    for path in workdir.glob(f"probe-{who}.*"):
+        for line in path.read_text().splitlines():
+            e = json.loads(line)
+            if not t0 <= e["t"] <= t1:
+                continue
+            if e["k"] == "gc":
+                gcs.append((e["gen"], e["ms"]))
+            elif e["k"] == "lag":
+                lags.append(e["ms"])
+    lags.sort()
+    gc_ms = sorted(ms for _g, ms in gcs)
+    return {
+        f"{who}_stalls": len(lags),
+        f"{who}_stall_max_ms": lags[-1] if lags else 0.0,
+        f"{who}_stall_total_ms": round(sum(lags), 1),
+        f"{who}_stalls_over_20ms": sum(1 for v in lags if v > 20),
+        f"{who}_gc": [sum(1 for g, _ in gcs if g == k) for k in (0, 1, 2)],
+        f"{who}_gc_max_ms": gc_ms[-1] if gc_ms else 0.0,
+        f"{who}_gc_total_ms": round(sum(gc_ms), 1),
+    }
+
+
+def bench_one(name: str, args: argparse.Namespace, out: Path, rep: int = 1) -> dict[str, Any]:
     """Start one broker, run the fleet against it, stop it; the summary row."""
+    idle = wait_quiet(args.quiet, args.quiet_patience) if args.quiet else None
     workdir = Path(tempfile.mkdtemp(prefix=f"iotsim-bench-{name}-"))
-    starter = start_mosquitto if name == "mosquitto" else start_iotbroker
-    proc, port = starter(workdir, args.broker_nofile)
-    report_dir = out / name
+    if name == "mosquitto":
+        proc, port = start_mosquitto(workdir, args.broker_nofile)
+    else:
+        proc, port = start_iotbroker(workdir, args.broker_nofile,
+                                     _probe_env(workdir, "broker") if args.probe else None)
+    report_dir = out / (name if rep == 1 else f"{name}-{rep}")
     try:
         time.sleep(0.5)
         cpu0, rss0 = _proc_cpu_rss(proc.pid)
@@ -106,12 +177,15 @@ def bench_one(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                "--source-addresses", str(args.source_addresses), "--keepalive", "120",
                "--report", str(report_dir), "--quiet"]
         peak_rss = rss0
-        sim = subprocess.Popen(cmd, cwd=ROOT)
+        mono0 = time.monotonic()
+        sim = subprocess.Popen(cmd, cwd=ROOT,
+                               env=_probe_env(workdir, "sim") if args.probe else None)
         while sim.poll() is None:
             time.sleep(1.0)
             if proc.poll() is None:
                 peak_rss = max(peak_rss, _proc_cpu_rss(proc.pid)[1])
         wall = time.monotonic() - t0
+        mono1 = time.monotonic()
         alive = proc.poll() is None
         cpu1 = _proc_cpu_rss(proc.pid)[0] if alive else cpu0
     finally:
@@ -123,10 +197,18 @@ def bench_one(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 proc.kill()
                 proc.wait()
     report = json.loads((report_dir / "report.json").read_text())
-    _export_charts(report, out / name)
+    if rep == 1:
+        _export_charts(report, out / name)
     d, m, lat = report["devices"], report["messages"], report["latency_ms"]
+    probes: dict[str, Any] = {}
+    if args.probe:
+        probes.update(probe_summary(workdir, "sim", mono0, mono1))
+        if name != "mosquitto":
+            probes.update(probe_summary(workdir, "broker", mono0, mono1))
     return {
-        "broker": name, "devices": args.devices, "connected": d["connected"],
+        "broker": name, "rep": rep, "idle_before": idle,
+        "load_after": round(os.getloadavg()[0], 2), "devices": args.devices,
+        "connected": d["connected"],
         "failed": d["failed"], "peak_connected": d["peak_connected"],
         "published": m["published"], "delivered": m["delivered"], "lost": m["lost"],
         "duplicated": m["duplicated"], "published_per_s": m["published_per_s"],
@@ -141,6 +223,7 @@ def bench_one(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "broker_peak_rss_mb": round(peak_rss / 2**20, 1),
         "broker_log": str(workdir / ("mosquitto.log" if name == "mosquitto"
                                      else "iotbroker.log")),
+        **probes,
     }
 
 
@@ -177,20 +260,44 @@ def main() -> int:
     p.add_argument("--broker-nofile", type=int, default=20_000)
     p.add_argument("--brokers", default="mosquitto,iotbroker")
     p.add_argument("--out", default=str(ROOT / "docs" / "simulator-bench"))
+    p.add_argument("--reps", type=int, default=1,
+                   help="repetitions per broker, interleaved; medians printed")
+    p.add_argument("--quiet", type=float, default=0.0, metavar="IDLE_PERCENT",
+                   help="before each run wait until the machine is this idle (over 2 s)")
+    p.add_argument("--quiet-patience", type=float, default=120.0, metavar="SECONDS",
+                   help="longest wait for --quiet")
+    p.add_argument("--probe", action="store_true",
+                   help="record GC pauses and loop stalls of iotbroker and the simulator")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [bench_one(name, args, out) for name in args.brokers.split(",")]
-    (out / "summary.json").write_text(json.dumps({"args": vars(args), "results": rows},
-                                                 indent=2) + "\n")
-    cols = ["broker", "connected", "failed", "published", "delivered", "lost", "duplicated",
-            "published_per_s", "p50_ms", "p99_ms", "max_ms", "sim_cpu_percent", "sim_rss_mb",
-            "sim_kb_per_device", "broker_cpu_percent", "broker_peak_rss_mb", "ok"]
-    print(" | ".join(cols))
-    for r in rows:
-        print(" | ".join(str(r[c]) for c in cols))
-        if r["errors"]:
-            print(f"  errors: {r['errors']}")
+    names = args.brokers.split(",")
+    cols = ["broker", "rep", "idle_before", "load_after", "connected", "failed", "published",
+            "delivered", "lost", "duplicated", "p50_ms", "p99_ms", "max_ms", "connect_p99_ms",
+            "sim_cpu_percent", "broker_cpu_percent", "broker_peak_rss_mb", "ok"]
+    if args.probe:
+        cols += ["sim_stalls", "sim_stall_max_ms", "sim_stalls_over_20ms", "sim_gc",
+                 "sim_gc_max_ms", "broker_stalls", "broker_stall_max_ms",
+                 "broker_stalls_over_20ms", "broker_gc", "broker_gc_max_ms"]
+    print(" | ".join(cols), flush=True)
+    rows: list[dict[str, Any]] = []
+    for rep in range(1, args.reps + 1):
+        for name in names if rep % 2 else names[::-1]:
+            r = bench_one(name, args, out, rep)
+            rows.append(r)
+            print(" | ".join(str(r.get(c, "-")) for c in cols), flush=True)
+            if r["errors"]:
+                print(f"  errors: {r['errors']}", flush=True)
+    medians: dict[str, dict[str, float]] = {}
+    for name in names:
+        mine = [r for r in rows if r["broker"] == name]
+        medians[name] = {c: statistics.median(float(r[c]) for r in mine)
+                         for c in ("p50_ms", "p99_ms", "max_ms", "connect_p99_ms",
+                                   "sim_cpu_percent", "broker_cpu_percent")}
+        print(f"median of {len(mine)} {name}: " + ", ".join(
+            f"{k} {v:g}" for k, v in medians[name].items()), flush=True)
+    (out / "summary.json").write_text(json.dumps(
+        {"args": vars(args), "results": rows, "medians": medians}, indent=2) + "\n")
     return 0
 
 
