@@ -11,8 +11,13 @@ in its own process (``--workers`` splits the fleet) with several source addresse
 broker's CPU and RSS come from ``/proc``; the simulator's from its report. Prints one
 table and writes ``OUT/<broker>/report.{json,html}`` and ``OUT/summary.json``.
 
-``--reps N`` runs each broker N times, interleaved (the broker that goes first alternates
-per repetition), and prints the medians; the reports of repetition k > 1 go to
+``--nice -10`` starts both brokers and the simulator at that niceness, ``--fifo 10``
+under the real-time policy SCHED_FIFO at that priority (``chrt``; the same for both
+brokers), so other work on a shared machine delays them less (with ``--fifo``, not at
+all: each of the three processes uses well under a core, the kernel keeps 5 % for the
+rest in any case). ``--reps N`` runs each
+broker N times, interleaved (the broker that goes first alternates per repetition), and
+prints the medians; the reports of repetition k > 1 go to
 ``OUT/<broker>-k/``. ``--probe`` loads ``benchmarks/loop_probe`` into iotbroker and the
 simulator (``PYTHONPATH``): every garbage collection and every event-loop stall of more
 than 3 ms of each process, summarised per run (``broker_*`` and ``sim_*`` columns), so a
@@ -57,14 +62,23 @@ def _proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def start_mosquitto(workdir: Path, nofile: int) -> tuple[subprocess.Popen[bytes], int]:
+def _nice(args: argparse.Namespace) -> str:
+    """``nice -n N `` or ``chrt -f P `` for the commands that start the brokers and the
+    simulator (the same for both brokers)."""
+    if args.fifo:
+        return f"chrt -f {args.fifo} "
+    return f"nice -n {args.nice} " if args.nice else ""
+
+
+def start_mosquitto(workdir: Path, nofile: int,
+                    nice: str = "") -> tuple[subprocess.Popen[bytes], int]:
     """mosquitto with ``ulimit -n`` raised in the command that starts it."""
     port = _free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                     "max_queued_messages 100000\nmax_connections -1\n")
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen(["bash", "-c", f"ulimit -n {nofile} && exec {exe} -c {conf}"],
+    proc = subprocess.Popen(["bash", "-c", f"ulimit -n {nofile} && exec {nice}{exe} -c {conf}"],
                             stdout=open(workdir / "mosquitto.log", "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
@@ -77,15 +91,15 @@ def start_mosquitto(workdir: Path, nofile: int) -> tuple[subprocess.Popen[bytes]
     raise RuntimeError("mosquitto did not start")
 
 
-def start_iotbroker(workdir: Path, nofile: int,
-                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start_iotbroker(workdir: Path, nofile: int, env: dict[str, str] | None = None,
+                    nice: str = "") -> tuple[subprocess.Popen[bytes], int]:
     """``python -m iotbroker run`` (memory storage, INFO logs) with ``ulimit -n`` raised."""
     conf = workdir / "iotbroker.yaml"
     conf.write_text("listeners:\n  - name: default\n    type: tcp\n    host: 127.0.0.1\n"
                     "    port: 0\nstorage:\n  backend: memory\nlogging:\n  level: INFO\n"
                     "sys_topics:\n  enabled: false\nmqtt:\n  max_queued_messages: 100000\n")
     log = workdir / "iotbroker.log"
-    cmd = f"ulimit -n {nofile} && exec {sys.executable} -m iotbroker run --config {conf}"
+    cmd = f"ulimit -n {nofile} && exec {nice}{sys.executable} -m iotbroker run --config {conf}"
     proc = subprocess.Popen(["bash", "-c", cmd], stdout=open(log, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, cwd=workdir, env=env)
     deadline = time.monotonic() + 20
@@ -161,16 +175,18 @@ def bench_one(name: str, args: argparse.Namespace, out: Path, rep: int = 1) -> d
     idle = wait_quiet(args.quiet, args.quiet_patience) if args.quiet else None
     workdir = Path(tempfile.mkdtemp(prefix=f"iotsim-bench-{name}-"))
     if name == "mosquitto":
-        proc, port = start_mosquitto(workdir, args.broker_nofile)
+        proc, port = start_mosquitto(workdir, args.broker_nofile, _nice(args))
     else:
         proc, port = start_iotbroker(workdir, args.broker_nofile,
-                                     _probe_env(workdir, "broker") if args.probe else None)
+                                     _probe_env(workdir, "broker") if args.probe else None,
+                                     _nice(args))
     report_dir = out / (name if rep == 1 else f"{name}-{rep}")
     try:
         time.sleep(0.5)
         cpu0, rss0 = _proc_cpu_rss(proc.pid)
         t0 = time.monotonic()
-        cmd = [sys.executable, "-m", "iotsim", "sensors", "--devices", str(args.devices),
+        cmd = [*_nice(args).split(), sys.executable, "-m", "iotsim", "sensors",
+               "--devices", str(args.devices),
                "--rate", f"1/{args.interval}", "--qos", str(args.qos), "--mqtt", args.mqtt,
                "--host", "127.0.0.1", "--port", str(port), "--duration", args.duration,
                "--connect-rate", args.connect_rate, "--workers", str(args.workers),
@@ -266,6 +282,13 @@ def main() -> int:
                    help="before each run wait until the machine is this idle (over 2 s)")
     p.add_argument("--quiet-patience", type=float, default=120.0, metavar="SECONDS",
                    help="longest wait for --quiet")
+    p.add_argument("--nice", type=int, default=0,
+                   help="run the brokers and the simulator at this niceness (-10: other "
+                        "work on a shared machine delays them less; root only)")
+    p.add_argument("--fifo", type=int, default=0, metavar="PRIORITY",
+                   help="run the brokers and the simulator under SCHED_FIFO at this "
+                        "priority (chrt -f; root only): on a machine shared with other "
+                        "work, their wake-ups are not queued behind it")
     p.add_argument("--probe", action="store_true",
                    help="record GC pauses and loop stalls of iotbroker and the simulator")
     args = p.parse_args()

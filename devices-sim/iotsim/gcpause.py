@@ -10,11 +10,12 @@ whichever broker was measured.
 
 So the fleet's long-lived objects are moved out of the collector's way once they are
 built (``gc.freeze()``: later collections do not scan them) and, while the run goes on,
-once a second after a young collection (``gc.collect(1)``, which only sees what the
-last second allocated and kept): a full collection then scans at most a second's
-worth of new objects. Objects frozen are still freed by reference counting; only a
-reference cycle among them that becomes garbage later stays until :func:`release`
-(the end of the run), which unfreezes and collects everything once.
+once a second after a collection of the youngest generation (``gc.collect(0)``, at
+most a few hundred objects): a full collection then scans at most a second's worth of
+new objects. (Collecting the middle generation there too cost 5-9 ms a second, itself a
+stall in the measured latency.) Objects frozen are still freed by reference counting;
+only a reference cycle among them that becomes garbage later stays until
+:func:`release` (the end of the run), which unfreezes and collects everything once.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import gc
 
 
 def settle() -> None:
-    """Collect the young generations and freeze what survived (call once a second)."""
-    gc.collect(1)
+    """Collect the youngest generation and freeze the rest (call once a second)."""
+    gc.collect(0)
     gc.freeze()
 
 
