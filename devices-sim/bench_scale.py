@@ -136,9 +136,11 @@ def wait_quiet(least_idle: float, patience: float) -> float:
             return round(idle, 1)
 
 
-def _probe_env(workdir: Path, who: str) -> dict[str, str]:
+def _probe_env(workdir: Path, who: str, phases: bool = False) -> dict[str, str]:
     """The environment that loads benchmarks/loop_probe into a process."""
     env = dict(os.environ)
+    if phases:
+        env["LOOP_PROBE_PHASES"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROBE), env.get("PYTHONPATH")) if p)
     env["LOOP_PROBE_OUT"] = str(workdir / f"probe-{who}")
     return env
@@ -148,6 +150,8 @@ def probe_summary(workdir: Path, who: str, t0: float, t1: float) -> dict[str, An
     """GC pauses and loop stalls (> 3 ms) of one process between ``t0`` and ``t1``."""
     gcs: list[tuple[int, float]] = []
     lags: list[float] = []
+    to_connect: list[float] = []
+    to_connack: list[float] = []
     for path in workdir.glob(f"probe-{who}.*"):
         for line in path.read_text().splitlines():
             e = json.loads(line)
@@ -157,7 +161,16 @@ def probe_summary(workdir: Path, who: str, t0: float, t1: float) -> dict[str, An
                 gcs.append((e["gen"], e["ms"]))
             elif e["k"] == "lag":
                 lags.append(e["ms"])
+            elif e["k"] == "conn":
+                to_connect.append((e["connect"] - e["made"]) * 1000)
+                to_connack.append((e["connack"] - e["connect"]) * 1000)
     lags.sort()
+    phases: dict[str, Any] = {}
+    for label, values in (("accept_to_connect", to_connect), ("connect_to_connack", to_connack)):
+        if values:
+            values.sort()
+            phases[f"{who}_{label}_ms"] = [round(values[int(q * (len(values) - 1))], 3)
+                                           for q in (0.5, 0.9, 0.99, 0.999, 1.0)]
     gc_ms = sorted(ms for _g, ms in gcs)
     return {
         f"{who}_stalls": len(lags),
@@ -167,6 +180,54 @@ def probe_summary(workdir: Path, who: str, t0: float, t1: float) -> dict[str, An
         f"{who}_gc": [sum(1 for g, _ in gcs if g == k) for k in (0, 1, 2)],
         f"{who}_gc_max_ms": gc_ms[-1] if gc_ms else 0.0,
         f"{who}_gc_total_ms": round(sum(gc_ms), 1),
+        **phases,
+    }
+
+
+def connect_on_the_wire(path: Path, port: int) -> dict[str, Any]:
+    """From a capture of the broker's port: per connection, the client's SYN -> its
+    CONNECT on the wire (the client's side) and the CONNECT on the wire -> the broker's
+    CONNACK on the wire (the broker's whole share: accept queue, accept, read, handling,
+    write), as p50/p90/p99/p99.9/max in ms."""
+    import struct  # noqa: PLC0415
+
+    data = path.read_bytes()
+    nano = struct.unpack_from("<I", data, 0)[0] == 0xA1B23C4D
+    l2 = {1: 14, 113: 16, 276: 20}[struct.unpack_from("<I", data, 20)[0]]
+    syn: dict[int, int] = {}
+    connect: dict[int, int] = {}
+    connack: dict[int, int] = {}
+    pos = 24
+    while pos + 16 <= len(data):
+        sec, frac, incl, _orig = struct.unpack_from("<IIII", data, pos)
+        pkt = data[pos + 16:pos + 16 + incl]
+        pos += 16 + incl
+        t = sec * 1_000_000_000 + (frac if nano else frac * 1000)
+        ip = pkt[l2:]
+        if len(ip) < 20 or ip[0] >> 4 != 4:
+            continue
+        tcp = ip[(ip[0] & 0x0F) * 4:]
+        sport, dport = struct.unpack_from(">HH", tcp, 0)
+        payload = tcp[(tcp[12] >> 4) * 4:]
+        if dport == port:
+            key = (int.from_bytes(ip[12:16], "big") << 16) | sport
+            if tcp[13] & 0x02 and not tcp[13] & 0x10:
+                syn.setdefault(key, t)
+            elif payload[:1] == b"\x10":
+                connect.setdefault(key, t)
+        elif sport == port and payload[:2] == b"\x20\x02":
+            connack.setdefault((int.from_bytes(ip[16:20], "big") << 16) | dport, t)
+
+    def quantiles(values: list[float]) -> list[float]:
+        values.sort()
+        return [round(values[int(q * (len(values) - 1))], 3)
+                for q in (0.5, 0.9, 0.99, 0.999, 1.0)] if values else []
+
+    return {
+        "wire_syn_to_connect_ms": quantiles([(connect[k] - syn[k]) / 1e6
+                                             for k in connect if k in syn]),
+        "wire_connect_to_connack_ms": quantiles([(connack[k] - connect[k]) / 1e6
+                                                 for k in connack if k in connect]),
     }
 
 
@@ -178,7 +239,8 @@ def bench_one(name: str, args: argparse.Namespace, out: Path, rep: int = 1) -> d
         proc, port = start_mosquitto(workdir, args.broker_nofile, _nice(args))
     else:
         proc, port = start_iotbroker(workdir, args.broker_nofile,
-                                     _probe_env(workdir, "broker") if args.probe else None,
+                                     _probe_env(workdir, "broker", args.phases)
+                                     if args.probe else None,
                                      _nice(args))
     report_dir = out / (name if rep == 1 else f"{name}-{rep}")
     try:
@@ -193,6 +255,13 @@ def bench_one(name: str, args: argparse.Namespace, out: Path, rep: int = 1) -> d
                "--source-addresses", str(args.source_addresses), "--keepalive", "120",
                "--report", str(report_dir), "--quiet"]
         peak_rss = rss0
+        dump = None
+        if args.pcap:
+            dump = subprocess.Popen(
+                ["tcpdump", "-i", "lo", "-s", "96", "-B", "65536", "-w",
+                 str(workdir / "fleet.pcap"), "--time-stamp-precision", "nano",
+                 f"tcp port {port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         mono0 = time.monotonic()
         sim = subprocess.Popen(cmd, cwd=ROOT,
                                env=_probe_env(workdir, "sim") if args.probe else None)
@@ -202,6 +271,9 @@ def bench_one(name: str, args: argparse.Namespace, out: Path, rep: int = 1) -> d
                 peak_rss = max(peak_rss, _proc_cpu_rss(proc.pid)[1])
         wall = time.monotonic() - t0
         mono1 = time.monotonic()
+        if dump is not None:
+            dump.send_signal(signal.SIGINT)
+            dump.wait(30)
         alive = proc.poll() is None
         cpu1 = _proc_cpu_rss(proc.pid)[0] if alive else cpu0
     finally:
@@ -217,6 +289,8 @@ def bench_one(name: str, args: argparse.Namespace, out: Path, rep: int = 1) -> d
         _export_charts(report, out / name)
     d, m, lat = report["devices"], report["messages"], report["latency_ms"]
     probes: dict[str, Any] = {}
+    if args.pcap:
+        probes.update(connect_on_the_wire(workdir / "fleet.pcap", port))
     if args.probe:
         probes.update(probe_summary(workdir, "sim", mono0, mono1))
         if name != "mosquitto":
@@ -230,6 +304,10 @@ def bench_one(name: str, args: argparse.Namespace, out: Path, rep: int = 1) -> d
         "duplicated": m["duplicated"], "published_per_s": m["published_per_s"],
         "p50_ms": lat["p50"], "p99_ms": lat["p99"], "max_ms": lat["max"],
         "connect_p99_ms": report["connect_latency_ms"]["p99"],
+        # the simulator's split of a connect (iotsim report "connect_phases_ms")
+        "connect_tcp_p99_ms": report["connect_phases_ms"]["tcp"]["p99"],
+        "connect_connack_p99_ms": report["connect_phases_ms"]["connack"]["p99"],
+        "connect_resume_p99_ms": report["connect_phases_ms"]["resume"]["p99"],
         "ok": report["ok"], "errors": report["errors"],
         "sim_cpu_percent": report["cpu_percent"], "sim_rss_mb": report["rss_mb"],
         "sim_kb_per_device": report["per_device"]["rss_kb"],
@@ -289,19 +367,30 @@ def main() -> int:
                    help="run the brokers and the simulator under SCHED_FIFO at this "
                         "priority (chrt -f; root only): on a machine shared with other "
                         "work, their wake-ups are not queued behind it")
+    p.add_argument("--pcap", action="store_true",
+                   help="capture the broker's port (tcpdump) and report each connect's "
+                        "CONNECT -> CONNACK on the wire (p50/p90/p99/p99.9/max)")
     p.add_argument("--probe", action="store_true",
                    help="record GC pauses and loop stalls of iotbroker and the simulator")
+    p.add_argument("--phases", action="store_true",
+                   help="with --probe: iotbroker's accept -> CONNECT -> CONNACK times "
+                        "(p50/p90/p99/p99.9/max; pure build only)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = args.brokers.split(",")
     cols = ["broker", "rep", "idle_before", "load_after", "connected", "failed", "published",
             "delivered", "lost", "duplicated", "p50_ms", "p99_ms", "max_ms", "connect_p99_ms",
+            "connect_tcp_p99_ms", "connect_connack_p99_ms", "connect_resume_p99_ms",
             "sim_cpu_percent", "broker_cpu_percent", "broker_peak_rss_mb", "ok"]
     if args.probe:
         cols += ["sim_stalls", "sim_stall_max_ms", "sim_stalls_over_20ms", "sim_gc",
                  "sim_gc_max_ms", "broker_stalls", "broker_stall_max_ms",
                  "broker_stalls_over_20ms", "broker_gc", "broker_gc_max_ms"]
+    if args.phases:
+        cols += ["broker_accept_to_connect_ms", "broker_connect_to_connack_ms"]
+    if args.pcap:
+        cols += ["wire_syn_to_connect_ms", "wire_connect_to_connack_ms"]
     print(" | ".join(cols), flush=True)
     rows: list[dict[str, Any]] = []
     for rep in range(1, args.reps + 1):
@@ -316,7 +405,9 @@ def main() -> int:
         mine = [r for r in rows if r["broker"] == name]
         medians[name] = {c: statistics.median(float(r[c]) for r in mine)
                          for c in ("p50_ms", "p99_ms", "max_ms", "connect_p99_ms",
-                                   "sim_cpu_percent", "broker_cpu_percent")}
+                                   "connect_tcp_p99_ms", "connect_connack_p99_ms",
+                                   "connect_resume_p99_ms", "sim_cpu_percent",
+                                   "broker_cpu_percent")}
         print(f"median of {len(mine)} {name}: " + ", ".join(
             f"{k} {v:g}" for k, v in medians[name].items()), flush=True)
     (out / "summary.json").write_text(json.dumps(

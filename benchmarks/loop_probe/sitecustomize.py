@@ -11,7 +11,12 @@ process of the machine, the simulator's payload clock):
   (default 3 ms): the loop was busy (or the process off the CPU) that long; ``cpu_ms``
   is the process's CPU time over the same span (close to ``ms``: the loop was busy;
   much less: the process was waiting for a CPU);
-* once a second the process's CPU time (user + system) so far.
+* once a second the process's CPU time (user + system) so far;
+* with ``LOOP_PROBE_PHASES=1``, in iotbroker (pure build: its classes can be wrapped),
+  three moments of every connection: its transport made (``connection_made``, right
+  after the accept), its CONNECT handled (``Broker.on_connect``), its first output
+  written (``write_pending``: the CONNACK), as ``{"k": "conn", "made", "connect",
+  "connack"}``.
 
 The loop is found by wrapping ``uvloop.new_event_loop`` and ``asyncio.new_event_loop``
 (both the broker and the simulator create theirs with one of them). The file is written
@@ -58,7 +63,46 @@ def _install() -> None:
                 f.write(json.dumps(entry) + "\n")
         pending.clear()
 
+    def phases() -> None:
+        import sys  # noqa: PLC0415
+
+        transport = sys.modules.get("iotbroker.server.transport")
+        broker = sys.modules.get("iotbroker.server.broker")
+        if transport is None or broker is None:
+            return
+        proto_cls = transport.ClientProtocol
+        seen: dict[int, list[float]] = {}
+        made_orig = proto_cls.connection_made
+        write_orig = proto_cls.write_pending
+        connect_orig = broker.Broker.on_connect
+
+        def made(self: object, tr: object) -> None:
+            seen[id(self)] = [mono(), 0.0]
+            made_orig(self, tr)
+
+        def on_connect(self: object, proto: object, packet: object) -> None:
+            entry = seen.get(id(proto))
+            if entry is not None and not entry[1]:
+                entry[1] = mono()
+            connect_orig(self, proto, packet)
+
+        def write_pending(self: object) -> None:
+            entry = seen.pop(id(self), None)
+            if entry is not None:
+                if entry[1]:
+                    pending.append({"k": "conn", "t": entry[0], "made": entry[0],
+                                    "connect": entry[1], "connack": mono()})
+                else:
+                    seen[id(self)] = entry
+            write_orig(self)
+
+        proto_cls.connection_made = made
+        proto_cls.write_pending = write_pending
+        broker.Broker.on_connect = on_connect
+
     def attach(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        if os.environ.get("LOOP_PROBE_PHASES"):
+            phases()
         due = [0.0]
         cpu_then = [0.0]
         last_flush = [0.0]
