@@ -13,10 +13,12 @@ process of the machine, the simulator's payload clock):
   much less: the process was waiting for a CPU);
 * once a second the process's CPU time (user + system) so far;
 * with ``LOOP_PROBE_PHASES=1``, in iotbroker (pure build: its classes can be wrapped),
-  three moments of every connection: its transport made (``connection_made``, right
-  after the accept), its CONNECT handled (``Broker.on_connect``), its first output
-  written (``write_pending``: the CONNACK), as ``{"k": "conn", "made", "connect",
-  "connack"}``.
+  four moments of every connection: its protocol object created (in the accept
+  callback), its transport made (``connection_made``, a loop turn later), its CONNECT
+  handled (``Broker.on_connect``), its first output written (``write_pending``: the
+  CONNACK), as ``{"k": "conn", "accepted", "made", "connect", "connack"}``; and every
+  call of the flush, ``data_received``, the log line writer and the timer wheel that
+  took more than 2 ms, as ``{"k": "slow", "what", "ms", "cpu_ms"}``.
 
 The loop is found by wrapping ``uvloop.new_event_loop`` and ``asyncio.new_event_loop``
 (both the broker and the simulator create theirs with one of them). The file is written
@@ -72,12 +74,20 @@ def _install() -> None:
             return
         proto_cls = transport.ClientProtocol
         seen: dict[int, list[float]] = {}
+        init_orig = proto_cls.__init__
+        inits: dict[int, float] = {}
         made_orig = proto_cls.connection_made
         write_orig = proto_cls.write_pending
         connect_orig = broker.Broker.on_connect
 
+        def init(self: object, *args: object) -> None:
+            inits[id(self)] = mono()
+            init_orig(self, *args)
+
         def made(self: object, tr: object) -> None:
-            seen[id(self)] = [mono(), 0.0]
+            peer = tr.get_extra_info("peername")  # type: ignore[attr-defined]
+            seen[id(self)] = [mono(), 0.0, inits.pop(id(self), 0.0),
+                              peer[1] if isinstance(peer, tuple) else 0]
             made_orig(self, tr)
 
         def on_connect(self: object, proto: object, packet: object) -> None:
@@ -91,11 +101,39 @@ def _install() -> None:
             if entry is not None:
                 if entry[1]:
                     pending.append({"k": "conn", "t": entry[0], "made": entry[0],
-                                    "connect": entry[1], "connack": mono()})
+                                    "connect": entry[1], "connack": mono(),
+                                    "accepted": entry[2], "port": entry[3]})
                 else:
                     seen[id(self)] = entry
             write_orig(self)
 
+        def timed(cls: type, name: str, label: str) -> None:
+            orig = getattr(cls, name)
+            cpu = time.process_time
+
+            def wrapper(*args: object) -> object:
+                t, c = mono(), cpu()
+                try:
+                    return orig(*args)
+                finally:
+                    took = mono() - t
+                    if took > 0.002:
+                        pending.append({"k": "slow", "what": label, "t": t,
+                                        "ms": round(took * 1000, 3),
+                                        "cpu_ms": round((cpu() - c) * 1000, 3)})
+
+            setattr(cls, name, wrapper)
+
+        logsetup = sys.modules.get("iotbroker.server.logsetup")
+        wheel = sys.modules.get("iotbroker.server.timerwheel")
+        timed(broker.Broker, "flush", "flush")
+        timed(proto_cls, "data_received", "data_received")
+        if logsetup is not None:
+            timed(logsetup.BrokerHandler, "_write_pending", "log write")
+        if wheel is not None:
+            timed(wheel.TimerWheel, "_fire", "timer wheel")
+        pending.append({"k": "clock", "t": mono(), "realtime": time.time()})
+        proto_cls.__init__ = init
         proto_cls.connection_made = made
         proto_cls.write_pending = write_pending
         broker.Broker.on_connect = on_connect

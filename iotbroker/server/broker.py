@@ -32,7 +32,7 @@ from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
-from iotbroker.server import memtrim
+from iotbroker.server import fdtable, memtrim
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.group_commit import GroupCommit
@@ -756,6 +756,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     if problems:
         return 1
     memtrim.limit_arenas()  # before RocksDB starts its threads
+    fdtable.reserve()  # likewise: no accept waits for the descriptor table to grow
     try:
         store = open_store(config)
     except StorageError as exc:
