@@ -343,10 +343,16 @@ class Broker:
         self._flush_scheduled = True
         if self.cluster is not None:
             self.cluster.after_turn()  # forward this turn's messages to other nodes
+        # What the turn's packets answered (PUBACKs, CONNACKs, ...) is written after
+        # the messages routed to subscribers, as mosquitto does: a PUBACK written first
+        # delays the forward by a loopback send that wakes the publisher (issue 19,
+        # latency tail). Connections are independent: no order between them is promised.
+        answers = self.ready_to_write[:]  # the list itself is shared with the connections
+        self.ready_to_write.clear()
         self.engine.send_ready(self.now())
         self._flush_scheduled = False
         batch = self.engine.batch
-        dirty = self.ready_to_write[:]  # the list itself is shared with the connections
+        dirty = self.ready_to_write + answers if answers else self.ready_to_write[:]
         self.ready_to_write.clear()
         readers = self.active_readers
         if readers:
