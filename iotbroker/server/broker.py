@@ -344,9 +344,9 @@ class Broker:
         if self.cluster is not None:
             self.cluster.after_turn()  # forward this turn's messages to other nodes
         # What the turn's packets answered (PUBACKs, CONNACKs, ...) is written after
-        # the messages routed to subscribers, as mosquitto does: a PUBACK written first
-        # delays the forward by a loopback send that wakes the publisher (issue 19,
-        # latency tail). Connections are independent: no order between them is promised.
+        # the messages routed to subscribers: a PUBACK written first delays the
+        # forward by a send that wakes the publisher (issue 19, latency tail).
+        # Connections are independent: MQTT promises no order between them.
         answers = self.ready_to_write[:]  # the list itself is shared with the connections
         self.ready_to_write.clear()
         self.engine.send_ready(self.now())
