@@ -349,7 +349,11 @@ class Broker:
         # Connections are independent: MQTT promises no order between them.
         answers = self.ready_to_write[:]  # the list itself is shared with the connections
         self.ready_to_write.clear()
-        self.engine.send_ready(self.now())
+        try:
+            self.engine.send_ready(self.now())
+        except BaseException:
+            self.ready_to_write.extend(answers)  # as before the split: nothing forgotten
+            raise
         self._flush_scheduled = False
         batch = self.engine.batch
         dirty = self.ready_to_write + answers if answers else self.ready_to_write[:]
