@@ -16,6 +16,15 @@ payload, so from the capture each message gets
 
     .venv/bin/python benchmarks/latency_split.py                    # 3 reps, 5 s each
     .venv/bin/python benchmarks/latency_split.py --pin 0:1           # taskset broker:gen
+    .venv/bin/python benchmarks/latency_split.py --fifo 10           # chrt -f 10: both
+    .venv/bin/python benchmarks/latency_split.py --brokers iotbroker,base,mosquitto \
+        --baseline /tmp/main-src     # "base": iotbroker from another source tree
+
+``--fifo P`` runs the broker and the load generator under SCHED_FIFO priority ``P``
+(``chrt``; root), so that other work on a shared machine does not queue their wake-ups
+(each uses a fraction of a core). ``base`` is iotbroker run with ``PYTHONPATH`` set to
+``--baseline`` (a directory holding an ``iotbroker`` package, e.g. ``git archive REV
+iotbroker | tar -x -C DIR``): an A/B of two versions in one interleaved run.
 
 Needs ``tcpdump`` (Debian package) and root (or CAP_NET_RAW). Not a test.
 """
@@ -85,6 +94,11 @@ def read_pcap(path: str, port: int) -> tuple[dict[int, int], dict[int, int]]:
     return inbound, outbound
 
 
+def fifo(priority: int) -> list[str]:
+    """argv prefix running a process under SCHED_FIFO (``--fifo``), or nothing."""
+    return ["chrt", "-f", str(priority)] if priority else []
+
+
 def pct(vals: list[float], q: float) -> float:
     if not vals:
         return float("nan")
@@ -98,9 +112,11 @@ def summary(vals_ns: list[int]) -> dict[str, float]:
 
 
 def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    broker = (make_iotbroker(workdir, None) if name == "iotbroker"
+    broker = (make_iotbroker(workdir, None) if name in ("iotbroker", "base")
               else make_mosquitto(workdir, args.mosquitto))
-    broker.argv = [*taskset(args.broker_cpus), *broker.argv]
+    if name == "base":
+        broker.argv = ["env", f"PYTHONPATH={args.baseline}", *broker.argv]
+    broker.argv = [*fifo(args.fifo), *taskset(args.broker_cpus), *broker.argv]
     broker.start()
     cap = os.path.join(workdir, f"{name}.pcap")
     dump = None
@@ -116,7 +132,8 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]
             time.sleep(0.05)
         time.sleep(0.5)
         offset = time.time_ns() - time.monotonic_ns()  # realtime - monotonic
-        argv = [*taskset(args.gen_cpus), sys.executable, LOADGEN, "run", "--port",
+        argv = [*fifo(args.fifo), *taskset(args.gen_cpus), sys.executable, LOADGEN, "run",
+                "--port",
                 str(broker.port), "--scenario", "latency", "--warmup", str(args.warmup),
                 "--duration", str(args.duration), "--rate", str(args.rate),
                 "--broker-pid", str(broker.pid)]
@@ -161,11 +178,17 @@ def main() -> None:
     ap.add_argument("--pin", default=None, metavar="BROKER_CPUS:GEN_CPUS")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     ap.add_argument("--json", dest="json_out", default=None)
+    ap.add_argument("--fifo", type=int, default=0, metavar="PRIORITY",
+                    help="run broker and generator under SCHED_FIFO (chrt -f; root)")
+    ap.add_argument("--baseline", default=None,
+                    help="source directory of the iotbroker run as broker 'base'")
     args = ap.parse_args()
     args.broker_cpus, args.gen_cpus = args.pin.split(":") if args.pin else (None, None)
     if shutil.which("tcpdump") is None:
         sys.exit("needs tcpdump (apt-get install tcpdump)")
     names = [n.strip() for n in args.brokers.split(",")]
+    if "base" in names and not args.baseline:
+        sys.exit("broker 'base' needs --baseline DIR")
     workdir = tempfile.mkdtemp(prefix="iotbroker-lat-")
     results: list[dict[str, Any]] = []
     try:

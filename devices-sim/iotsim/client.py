@@ -159,6 +159,10 @@ class Client:
         self._ping_sent = 0.0
         self._ka_timer: asyncio.TimerHandle | None = None
         self._keepalive_s = keepalive
+        #: time.monotonic() when the connection was made (CONNECT written) and when the
+        #: CONNACK was read: the connect latency's phases (Stats.connect_phases)
+        self._made_at = 0.0
+        self._connack_at = 0.0
         # session state
         self.inflight: dict[int, _Inflight] = {}
         self.inbound_qos2: set[int] = set()
@@ -176,6 +180,7 @@ class Client:
         started = time.monotonic()
         link = Link(self)
         self.link = link
+        self._made_at = self._connack_at = 0.0
         self._framer = Framer()
         self._connack = loop.create_future()
         self._closed = loop.create_future()
@@ -211,7 +216,10 @@ class Client:
             return self._connect_failed(link, f"connect_{name}", exc.strerror or str(exc))
         if connack.reason_code != 0:
             return self._connect_failed(link, f"connack_refused_0x{connack.reason_code:02x}")
-        stats.connect_latency.record(int((time.monotonic() - started) * 1e6))
+        resumed = time.monotonic()
+        stats.connect_latency.record(int((resumed - started) * 1e6))
+        if self._made_at and self._connack_at:
+            stats.connect_phases.record(started, self._made_at, self._connack_at, resumed)
         stats.count("connect_ok")
         if self.counted:
             stats.set_connected(1)
@@ -265,6 +273,7 @@ class Client:
     def _made(self, link: Link) -> None:
         if link is not self.link or link.transport is None:
             return
+        self._made_at = time.monotonic()
         will = self.will
         props = Properties()
         if self.v5 and self.session_expiry:
@@ -541,6 +550,7 @@ class Client:
         packet = decode_packet(first, body, self.version)
         if isinstance(packet, ConnAck):
             if self._connack is not None and not self._connack.done():
+                self._connack_at = time.monotonic()
                 self._connack.set_result(packet)
         elif isinstance(packet, SubAck | UnsubAck):
             if isinstance(packet, SubAck):

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
+from iotsim import gcpause
 from iotsim.client import Target
 from iotsim.devices import Context, Device, Pacer, Subscriber, make_device
 from iotsim.payloads import PayloadBuilder
@@ -130,6 +131,7 @@ class Fleet:
         stats = self.stats
         stats.t0 = t0
         cpu0 = cpu_seconds()
+        gcpause.start()  # the devices and monitors are built: out of the collector's way
         await asyncio.sleep(max(0.0, t0 - time.monotonic()))
         self.ctx.publishing = True
         ticker = asyncio.get_running_loop().create_task(self._tick_loop())
@@ -153,6 +155,7 @@ class Fleet:
             stats.stage = "disconnect"
             await self._shutdown()
             ticker.cancel()
+            gcpause.release()
             stats.sample()
             stats.cpu_seconds = cpu_seconds() - cpu0
             stats.wall_seconds = time.monotonic() - t0
@@ -164,6 +167,7 @@ class Fleet:
 
     async def _tick_loop(self) -> None:
         while True:
+            gcpause.settle()  # a second's new long-lived objects (connections): frozen
             self.stats.sample()
             if self.ticker is not None:
                 self.ticker(self.stats)

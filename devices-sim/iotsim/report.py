@@ -11,6 +11,9 @@
   ``duplicated``, ``out_of_order``, ``before_subscribe`` (not expected: sent before a
   subscriber's first SUBACK), ``backlog`` (expected: sent while a persistent-session
   subscriber was away), ``by_qos`` (per delivery QoS) ...;
+* ``connect_phases_ms``: the MQTT-over-TCP connect latency split into ``tcp`` (to the
+  connection made), ``connack`` (CONNECT written -> CONNACK read) and ``resume``
+  (CONNACK read -> the device running again: the simulator's own loop);
 * ``latency_ms`` (end to end), ``publish_ack_latency_ms``, ``connect_latency_ms``,
   ``request_response.latency_ms``: ``count``, ``min``, ``mean``, ``p50``, ``p90``,
   ``p99``, ``p999``, ``max``;
@@ -107,6 +110,7 @@ def build_report(stats: Stats, scenario: Scenario, meta: dict[str, Any]) -> dict
         "devices": devices,
         "connect_errors": connect,
         "connect_latency_ms": stats.connect_latency.summary_ms(),
+        "connect_phases_ms": stats.connect_phases.summary_ms(),
         "messages": messages,
         "latency_ms": stats.latency.summary_ms(),
         "publish_ack_latency_ms": stats.ack_latency.summary_ms(),

@@ -74,6 +74,45 @@ class StreamRec:
         return bisect_left(times, q) + 1
 
 
+class ConnectPhases:
+    """Where a TCP connect's time went (µs histograms), so that what the simulator's
+    own loop adds shows apart from what the broker takes:
+
+    * ``tcp``: ``connect()`` called -> the connection made (the TCP handshake, a TLS
+      handshake, and the simulator's loop getting to the new socket);
+    * ``connack``: CONNECT written -> CONNACK read (the broker's accept and CONNECT
+      handling, the network, and the simulator's loop getting to the answer);
+    * ``resume``: CONNACK read -> the device's coroutine running again (the
+      simulator's loop only).
+    """
+
+    __slots__ = ("connack", "resume", "tcp")
+
+    def __init__(self) -> None:
+        self.tcp = Histogram()
+        self.connack = Histogram()
+        self.resume = Histogram()
+
+    def record(self, started: float, made: float, connack: float, resumed: float) -> None:
+        """One connect's ``time.monotonic()`` stamps."""
+        self.tcp.record(int((made - started) * 1e6))
+        self.connack.record(int((connack - made) * 1e6))
+        self.resume.record(int((resumed - connack) * 1e6))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tcp": self.tcp.to_dict(), "connack": self.connack.to_dict(),
+                "resume": self.resume.to_dict()}
+
+    def merge_dict(self, data: dict[str, Any]) -> None:
+        self.tcp.merge(Histogram.from_dict(data["tcp"]))
+        self.connack.merge(Histogram.from_dict(data["connack"]))
+        self.resume.merge(Histogram.from_dict(data["resume"]))
+
+    def summary_ms(self) -> dict[str, Any]:
+        return {"tcp": self.tcp.summary_ms(), "connack": self.connack.summary_ms(),
+                "resume": self.resume.summary_ms()}
+
+
 @dataclass(slots=True)
 class Second:
     """Counters of one second of the run (for the time series and the live view)."""
@@ -205,6 +244,7 @@ class Stats:
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.connect_latency = Histogram()
+        self.connect_phases = ConnectPhases()
         self.ack_latency = Histogram()
         self.latency = Histogram()
         self.rr_latency = Histogram()
@@ -322,6 +362,7 @@ class Stats:
         return {
             "counters": dict(self.counters), "errors": dict(self.errors),
             "connect_latency": self.connect_latency.to_dict(),
+            "connect_phases": self.connect_phases.to_dict(),
             "ack_latency": self.ack_latency.to_dict(), "latency": self.latency.to_dict(),
             "rr_latency": self.rr_latency.to_dict(),
             "series": {i: {"published": s.published, "delivered": s.delivered,
@@ -350,6 +391,7 @@ class Stats:
         self.counters.update(data["counters"])
         self.errors.update(data["errors"])
         self.connect_latency.merge(Histogram.from_dict(data["connect_latency"]))
+        self.connect_phases.merge_dict(data["connect_phases"])
         self.ack_latency.merge(Histogram.from_dict(data["ack_latency"]))
         self.latency.merge(Histogram.from_dict(data["latency"]))
         self.rr_latency.merge(Histogram.from_dict(data["rr_latency"]))

@@ -32,7 +32,7 @@ from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
-from iotbroker.server import memtrim
+from iotbroker.server import fdtable, memtrim
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.group_commit import GroupCommit
@@ -347,10 +347,20 @@ class Broker:
         self._flush_scheduled = True
         if self.cluster is not None:
             self.cluster.after_turn()  # forward this turn's messages to other nodes
-        self.engine.send_ready(self.now())
+        # What the turn's packets answered (PUBACKs, CONNACKs, ...) is written after
+        # the messages routed to subscribers: a PUBACK written first delays the
+        # forward by a send that wakes the publisher (issue 19, latency tail).
+        # Connections are independent: MQTT promises no order between them.
+        answers = self.ready_to_write[:]  # the list itself is shared with the connections
+        self.ready_to_write.clear()
+        try:
+            self.engine.send_ready(self.now())
+        except BaseException:
+            self.ready_to_write.extend(answers)  # as before the split: nothing forgotten
+            raise
         self._flush_scheduled = False
         batch = self.engine.batch
-        dirty = self.ready_to_write[:]  # the list itself is shared with the connections
+        dirty = self.ready_to_write + answers if answers else self.ready_to_write[:]
         self.ready_to_write.clear()
         readers = self.active_readers
         if readers:
@@ -793,6 +803,7 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
     if problems:
         return 1
     memtrim.limit_arenas()  # before RocksDB starts its threads
+    fdtable.reserve()  # likewise: no accept waits for the descriptor table to grow
     try:
         store = open_store(config)
     except StorageError as exc:
