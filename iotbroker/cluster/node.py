@@ -224,8 +224,7 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         nc = self.nc
-        watchers = [*self._watchers, *self.ownership.watchers]
-        for watcher in watchers:  # ends nats-py's heartbeat tasks of the watch too
+        for watcher in self._watchers:  # ends nats-py's heartbeat tasks of the watch too
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
         if nc is not None and not nc.is_closed:
@@ -399,7 +398,7 @@ class ClusterNode:
                  nc.connected_url.netloc if nc.connected_url else "?")
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_retained(nc)))
-        self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
+        self._tasks.append(loop.create_task(self.ownership.run(nc)))
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.sessions.run(nc)))
