@@ -180,9 +180,10 @@ class Ownership:
                         last = (tomb.revision or 0) if tomb is not None else 0
                         previous = None
                         continue
+                    # Written again even when the entry is ours: a read may come
+                    # from a replica that lags (direct get); only the update's
+                    # compare-and-set proves that ``previous`` is the latest owner.
                     last, previous = entry.revision or 0, entry.value
-                    if previous == self.sender:
-                        return last  # ours already (a reconnect here): nothing to tell
                     continue
                 if last and previous is not None and previous != self.sender:
                     self._tell(previous, client_id, revision)
