@@ -261,8 +261,7 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         nc = self.nc
-        watchers = [*self._watchers, *self.ownership.watchers]
-        for watcher in watchers:  # ends nats-py's heartbeat tasks of the watch too
+        for watcher in self._watchers:  # ends nats-py's heartbeat tasks of the watch too
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
         if nc is not None and not nc.is_closed and self.connected:
@@ -581,7 +580,7 @@ class ClusterNode:
         self._sub = await nc.subscribe(self.node_subject, cb=self._on_batch)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_retained(nc)))
-        self._tasks.append(loop.create_task(self.ownership.run(nc.jetstream())))
+        self._tasks.append(loop.create_task(self.ownership.run(nc)))
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.sessions.run(nc)))

@@ -2,16 +2,22 @@
 ownership"): MQTT allows one connection per client id [MQTT-3.1.4-2]; the cluster
 keeps that rule across nodes with a replicated JetStream KV bucket.
 
-* When a node accepts a connection it writes ``key(client id) = this node's sender
-  id`` (a *claim*). The bucket's stream puts all claims in one order: the claim with
-  the highest revision owns the client id.
-* Every node watches the bucket. An entry for a client id connected here, written by
-  another node with a revision above this node's own claim, means the client
-  connected there later: the connection here is told 0x8E Session taken over and
-  closed (:meth:`Engine.taken_over_elsewhere`). An entry below our claim is older
-  news and is ignored; while our claim is not yet acknowledged, the decision waits
-  for its revision. Two nodes claiming at once therefore end with exactly one live
-  connection: the later claim in the stream's order.
+* When a node accepts a connection it *claims* the client id: ``key(client id) =
+  this node's sender id``, written with compare-and-set so that the claim learns the
+  owner it replaces (create; if the key exists, read it and update it with
+  ``last=revision``; a lost race reads again). The bucket's stream puts all claims in
+  one order and each one names its predecessor: the claim with the highest revision
+  owns the client id.
+* Only that predecessor is told, on its own subject (one NATS subscription per
+  node): "client id, claimed again at revision R". A node holding the client id with
+  a claim below R closes the connection with DISCONNECT 0x8E Session taken over
+  [MQTT-3.1.4-3] (:meth:`Engine.taken_over_elsewhere`); while its own claim is not
+  yet acknowledged the decision waits for its revision. Nobody watches the whole
+  bucket: a connect costs one KV write (create) and nothing in the other nodes,
+  whatever their number; a takeover one more read, write and message.
+* Two nodes claiming at once: one create or update wins, the other learns the
+  winner, updates after it and tells it — exactly one live connection remains, the
+  later claim in the stream's order. A chain of claims tells each owner in turn.
 * Claims are sent concurrently (a reconnect storm is one round trip per batch, not
   per client) on their own queue, apart from the ordered message queue.
 
@@ -23,12 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from iotbroker.cluster.subjects import decode_level, encode_level
 
@@ -39,6 +49,13 @@ log = logging.getLogger("iotbroker.cluster")
 
 #: Claims sent to NATS at once at most.
 BATCH = 256
+#: A claim that keeps losing its compare-and-set race gives up after this many tries.
+CAS_TRIES = 20
+#: A takeover notice is acknowledged by the previous owner; tries and timeout each.
+NOTICE_TRIES = 3
+NOTICE_TIMEOUT = 1.0
+
+_REV = struct.Struct(">Q")
 
 
 def client_key(client_id: str) -> str:
@@ -53,7 +70,7 @@ def key_client(key: str) -> str:
 
 
 class Ownership:
-    """This node's claims and its watch of everyone's."""
+    """This node's claims, and the notices of claims that replaced them."""
 
     def __init__(self, engine: Engine, sender: bytes, bucket: str, replicas: int,
                  on_event: Callable[[], None]) -> None:
@@ -64,7 +81,7 @@ class Ownership:
         self.on_event = on_event
         #: client id -> revision of our last claim (None: not acknowledged yet)
         self.claims: dict[str, int | None] = {}
-        #: newest foreign entry seen while our claim was pending: client id -> revision
+        #: newest foreign claim told while our claim was pending: client id -> revision
         self._waiting: dict[str, int] = {}
         #: claims sent and not acknowledged yet, and the highest revision acknowledged
         #: meanwhile (two local connections of one id in quick succession)
@@ -73,9 +90,19 @@ class Ownership:
         self._queue: list[str] = []
         self._wake = asyncio.Event()
         self.kv: KeyValue | None = None
-        self.watchers: list[KeyValue.KeyWatcher] = []
+        self.nc: NatsClient | None = None
+        self._notices: set[asyncio.Task[None]] = set()
         self.takeovers = 0
         self.claim_failures = 0
+        #: takeover notices sent to a previous owner, and those that found nobody
+        self.notices_sent = 0
+        self.notices_lost = 0
+
+    def subject(self, sender: bytes) -> str:
+        """Where the process ``sender`` is told its claims were replaced (outside
+        ``<prefix>.``, which is the MQTT interest)."""
+        name = sender.decode().replace("/", "_").replace(".", "_").replace(" ", "_")
+        return f"_iotb_own.{self.bucket}.{name}"
 
     def claim(self, client_id: str) -> None:
         """A connection with ``client_id`` was accepted here (after the turn)."""
@@ -87,17 +114,14 @@ class Ownership:
     async def claim_now(self, client_id: str) -> None:
         """Claim ``client_id`` before its connection is accepted, and wait for the
         claim's revision (a session moving here: docs/cluster.md, "Sessions move").
-        The old connection elsewhere is then closed by a claim that is in the stream
-        before this CONNACK, so a later connection's claim comes after it."""
+        The previous owner is told (and closes its connection) with a revision below
+        any later connection's claim."""
         kv = self.kv
         if kv is None:
             return
         self.claims[client_id] = None
         self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
-        try:
-            result: int | BaseException = await kv.put(client_key(client_id), self.sender)
-        except Exception as exc:
-            result = exc
+        result = await self._claim(kv, client_id)
         self._acknowledged(client_id, result)
 
     def prune(self) -> None:
@@ -118,11 +142,11 @@ class Ownership:
             return None
         return entry.value
 
-    async def run(self, js: JetStreamContext) -> None:
-        kv = await self._open(js)
+    async def run(self, nc: NatsClient) -> None:
+        self.nc = nc
+        kv = await self._open(nc.jetstream())
+        await nc.subscribe(self.subject(self.sender), cb=self._on_notice)
         self.kv = kv
-        loop = asyncio.get_running_loop()
-        watch = loop.create_task(self._watch(kv))
         log.info("cluster: session bucket %r open", self.bucket)
         try:
             while True:
@@ -131,18 +155,89 @@ class Ownership:
                     await self._wake.wait()
                     continue
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
-                results = await asyncio.gather(
-                    *(kv.put(client_key(c), self.sender) for c in batch),
-                    return_exceptions=True,
-                )
+                results = await asyncio.gather(*(self._claim(kv, c) for c in batch))
                 for client_id, result in zip(batch, results, strict=True):
                     self._acknowledged(client_id, result)
         finally:
-            watch.cancel()
+            for task in list(self._notices):
+                task.cancel()
+
+    async def _claim(self, kv: KeyValue, client_id: str) -> int | BaseException:
+        """Compare-and-set ``client_id`` to this node; its revision (or the error).
+        The previous owner, if another process, is told in the background."""
+        key = client_key(client_id)
+        last = 0  # first try: create (one write for a client id never seen)
+        previous: bytes | None = None
+        try:
+            for _ in range(CAS_TRIES):
+                try:
+                    revision = await kv.update(key, self.sender, last=last)
+                except KeyWrongLastSequenceError:
+                    try:
+                        entry = await kv.get(key)
+                    except KeyNotFoundError as exc:  # deleted: its tombstone is last
+                        tomb = getattr(exc, "entry", None)
+                        last = (tomb.revision or 0) if tomb is not None else 0
+                        previous = None
+                        continue
+                    # Written again even when the entry is ours: a read may come
+                    # from a replica that lags (direct get); only the update's
+                    # compare-and-set proves that ``previous`` is the latest owner.
+                    last, previous = entry.revision or 0, entry.value
+                    continue
+                if last and previous is not None and previous != self.sender:
+                    self._tell(previous, client_id, revision)
+                return revision
+            raise RuntimeError(f"lost the compare-and-set race {CAS_TRIES} times")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return exc
+
+    def _tell(self, previous: bytes, client_id: str, revision: int) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._notice(previous, client_id, revision))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _notice(self, previous: bytes, client_id: str, revision: int) -> None:
+        """Tell ``previous`` that ``client_id`` was claimed at ``revision`` (acknowledged;
+        a process that is gone has no responder and needs no notice)."""
+        nc = self.nc
+        if nc is None:
+            return
+        payload = _REV.pack(revision) + client_id.encode()
+        self.notices_sent += 1
+        for _ in range(NOTICE_TRIES):
+            try:
+                await nc.request(self.subject(previous), payload, timeout=NOTICE_TIMEOUT)
+                return
+            except NoRespondersError:
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("cluster: takeover notice of %r to %r: %s", client_id,
+                          previous, exc)
+        self.notices_lost += 1
+        log.warning("cluster: takeover notice of client %r to %s not acknowledged",
+                    client_id, previous.decode(errors="replace"))
+
+    async def _on_notice(self, msg: Msg) -> None:
+        data = msg.data
+        if len(data) >= _REV.size:
+            try:
+                client_id = data[_REV.size:].decode()
+            except UnicodeDecodeError:
+                client_id = None
+            if client_id is not None:
+                self.foreign(client_id, _REV.unpack_from(data)[0])
+        if msg.reply:
+            await msg.respond(b"")
 
     def _acknowledged(self, client_id: str, result: int | BaseException) -> None:
         """One claim came back; when the last outstanding one has, our claim's
-        revision is the highest of them, and a foreign entry seen meanwhile decides."""
+        revision is the highest of them, and a foreign claim told meanwhile decides."""
         left = self._outstanding.get(client_id, 1) - 1
         if isinstance(result, BaseException):
             self.claim_failures += 1
@@ -177,20 +272,6 @@ class Ownership:
                 log.error("cluster: cannot open the session bucket %r: %s; retrying",
                           self.bucket, exc)
                 await asyncio.sleep(2.0)
-
-    async def _watch(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall()
-        self.watchers.append(watcher)
-        async for entry in watcher:
-            if entry is None or entry.operation in (KV_DEL, KV_PURGE):
-                continue
-            if entry.value == self.sender:
-                continue
-            try:
-                client_id = key_client(entry.key)
-            except ValueError:
-                continue
-            self.foreign(client_id, entry.revision or 0)
 
     def foreign(self, client_id: str, revision: int) -> None:
         """Another process claimed ``client_id`` at ``revision``."""

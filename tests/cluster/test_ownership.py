@@ -176,3 +176,61 @@ def test_reconnect_storm_settles_with_one_connection_per_client_id(make_node: No
         for one, two in pairs:
             one.close()
             two.close()
+
+
+def test_three_nodes_at_once_and_in_a_chain_end_with_one_connection(
+    make_node: Node, nats_cluster: NatsCluster
+) -> None:
+    """Claims are compare-and-set and tell only the owner they replace
+    (docs/cluster.md, "Session ownership"). Three CONNECTs of one client id on three
+    nodes at once (two lose the race and claim again after the winner): exactly one
+    stays [MQTT-3.1.4-2]. Then a chain a → b → c → a: every previous owner is told,
+    each closed with 0x8E [MQTT-3.1.4-3]."""
+    nodes = [make_node(name, servers=[i]) for i, name in enumerate("abc")]
+    _ready(*nodes)
+    for round_ in range(3):
+        cid = f"triple-{round_}"
+        clients = [RawClient(n.host, n.port, version=5) for n in nodes]
+        barrier = threading.Barrier(3)
+
+        def go(c: RawClient, cid: str = cid, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            c.connect(cid)
+
+        threads = [threading.Thread(target=go, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        alive = [True, True, True]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and alive.count(True) > 1:
+            for i, c in enumerate(clients):
+                if not alive[i]:
+                    continue
+                try:
+                    c.recv(0.05)
+                except TimeoutError:
+                    pass
+                except Closed:
+                    alive[i] = False
+        assert alive.count(True) == 1, (round_, alive)
+        clients[alive.index(True)].nothing(0.3)  # not closed later either
+        for c in clients:
+            c.close()
+    old: RawClient | None = None
+    for node in [*nodes, nodes[0]]:  # a → b → c → a: each owner is told in turn
+        c = RawClient(node.host, node.port, version=5)
+        assert c.connect("chain", clean_start=False).reason_code == 0
+        if old is None:
+            _wait_claimed(nats_cluster, node, "chain")
+        else:
+            got = old.expect_closed(timeout=10)
+            assert got and isinstance(got[-1], Disconnect), got
+            assert got[-1].reason_code == ReasonCode.SESSION_TAKEN_OVER
+            old.close()
+        old = c
+    assert old is not None
+    old.nothing(0.3)
+    old.send(Disconnect(0))
+    old.close()
