@@ -44,6 +44,8 @@ COMPILED_MODULES = (
     "iotbroker.core.retained",
     "iotbroker.core.router",
     "iotbroker.core.sessions",
+    "iotbroker.storage.records",
+    "iotbroker.cluster.wire",
 )
 
 
