@@ -50,7 +50,9 @@ SWEEPS = 4
 #: same time, which would leave their memory scattered over the heap after parking
 #: (measured: 1.74 KiB per idle connection parked after 30 s, 1.3 after 0.2 s). A
 #: device that publishes later pays one wake (~35 µs, its first packet ~0.15 ms later).
-FIRST_PARK_AFTER = 0.5
+#: 10,000 clients connecting at ~30,000/s (``benchmarks/e2e.py --scenarios connect
+#: --settle 3``, compiled): 1.78 KiB per idle connection with 0.5 s, 1.43 with 0.2 s.
+FIRST_PARK_AFTER = 0.2
 
 #: Ended connections after which the candidates are pruned (``Parking.ended``).
 PRUNE_AFTER = 64

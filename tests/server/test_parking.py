@@ -187,7 +187,7 @@ def test_parking_off_with_zero(make_broker: Callable[..., BrokerProcess],
 def test_default_parks_a_silent_new_connection_early_and_a_talking_one_not_before_30s(
         make_broker: Callable[..., BrokerProcess], monkeypatch: pytest.MonkeyPatch) -> None:
     """With the default configuration parking is on (30 s): a connection that says
-    nothing after its CONNACK is parked FIRST_PARK_AFTER (0.5 s) later, once; one that
+    nothing after its CONNACK is parked FIRST_PARK_AFTER (0.2 s) later, once; one that
     has spoken since is not parked before 30 s of silence. (Waiting 30 s for that park
     is left to ``benchmarks/e2e.py --scenarios connect --settle 40``; the parking
     mechanism is the one the tests above drive with a short value.)"""
