@@ -39,11 +39,11 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from iotbroker.cluster import shared as share
 from iotbroker.cluster import wire
+from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
@@ -622,22 +622,7 @@ class ClusterNode:
                             "publish" if kind == _PUB else "KV put", name, exc)
 
     async def _open_bucket(self, nc: NatsClient, bucket: str, description: str) -> KeyValue:
-        js = nc.jetstream()
-        while True:
-            try:
-                try:
-                    return await js.key_value(bucket)
-                except BucketNotFoundError:
-                    return await js.create_key_value(
-                        bucket=bucket, history=1, replicas=self.config.replicas,
-                        description=description,
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("cluster: cannot open the bucket %r (replicas %d): %s; "
-                          "retrying", bucket, self.config.replicas, exc)
-                await asyncio.sleep(2.0)
+        return await open_bucket(nc.jetstream(), bucket, self.config.replicas, description)
 
     async def _watch_interest(self, kv: KeyValue) -> None:
         """Index the other nodes' announcements (:class:`RemoteInterest`) from a watch

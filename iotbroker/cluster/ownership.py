@@ -37,9 +37,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.subjects import decode_level, encode_level
 
 if TYPE_CHECKING:
@@ -257,21 +258,8 @@ class Ownership:
             self._kick(client_id)
 
     async def _open(self, js: JetStreamContext) -> KeyValue:
-        while True:
-            try:
-                try:
-                    return await js.key_value(self.bucket)
-                except BucketNotFoundError:
-                    return await js.create_key_value(
-                        bucket=self.bucket, history=1, replicas=self.replicas,
-                        description="iotbroker client id owners (docs/cluster.md)",
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("cluster: cannot open the session bucket %r: %s; retrying",
-                          self.bucket, exc)
-                await asyncio.sleep(2.0)
+        return await open_bucket(js, self.bucket, self.replicas,
+                                 "iotbroker client id owners (docs/cluster.md)")
 
     def foreign(self, client_id: str, revision: int) -> None:
         """Another process claimed ``client_id`` at ``revision``."""

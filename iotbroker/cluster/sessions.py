@@ -48,10 +48,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from iotbroker.cluster import wire
+from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.ownership import client_key
 from iotbroker.cluster.subjects import filter_to_subjects, subject_to_topic
 from iotbroker.core.router import copy_for
@@ -470,19 +471,8 @@ class Sessions:
                 self._wake.set()
 
     async def _open(self, js: JetStreamContext) -> KeyValue:
-        while True:
-            try:
-                try:
-                    return await js.key_value(self.bucket)
-                except BucketNotFoundError:
-                    return await js.create_key_value(
-                        bucket=self.bucket, history=1, replicas=self.replicas,
-                        description="iotbroker persistent sessions (docs/cluster.md)")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("cluster: cannot open bucket %r: %s; retrying", self.bucket, exc)
-                await asyncio.sleep(2.0)
+        return await open_bucket(js, self.bucket, self.replicas,
+                                 "iotbroker persistent sessions (docs/cluster.md)")
 
     # ------------------------------------------------------------ handover
     def _subject(self, sender: bytes) -> str:

@@ -36,9 +36,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.subjects import decode_level, encode_level
 from iotbroker.codec.packets import Will
 from iotbroker.storage.records import decode_properties, encode_properties
@@ -133,18 +134,8 @@ class Wills:
 
     # --------------------------------------------------------------- I/O
     async def _open(self, js: JetStreamContext, bucket: str, ttl: float | None) -> KeyValue:
-        while True:
-            try:
-                try:
-                    return await js.key_value(bucket)
-                except BucketNotFoundError:
-                    return await js.create_key_value(bucket=bucket, history=1, ttl=ttl,
-                                                     replicas=self.replicas)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("cluster: cannot open bucket %r: %s; retrying", bucket, exc)
-                await asyncio.sleep(2.0)
+        return await open_bucket(js, bucket, self.replicas,
+                                 "iotbroker wills and node heartbeats (docs/cluster.md)", ttl)
 
     async def run(self, js: JetStreamContext) -> None:
         self.nodes = await self._open(js, self.nodes_bucket, NODE_TTL)
