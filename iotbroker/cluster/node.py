@@ -409,12 +409,12 @@ class ClusterNode:
                 self.dropped += len(batch)
                 continue
             if not shared and not reliable:  # the common case: one item for all
-                rec = wire.record(message)
+                size, pieces = wire.record_pieces(message)
                 for token in direct:
                     box = out.get(token)
                     if box is None:
                         box = out[token] = wire.Outbox()
-                    box.add_plain(rec)
+                    box.add_message(size, pieces)
                 continue
             dests: dict[str, list[bytes]] = {}
             if not shared:
