@@ -218,9 +218,17 @@ def record(message: Message) -> bytes:
     return encode_retained(message)
 
 
-def record_pieces(message: Message) -> tuple[int, list[bytes]]:
-    """:func:`record` as (length, pieces), for :meth:`Outbox.add_message`."""
-    return retained_pieces(message, message.topic.encode())
+def record_pieces(message: Message, names: dict[str, bytes]) -> tuple[int, list[bytes]]:
+    """:func:`record` as (length, pieces), for :meth:`Outbox.add_message`; ``names``
+    caches encoded topics and origins (one turn's: a busy topic or client is encoded
+    once)."""
+    topic = names.get(message.topic)
+    if topic is None:
+        topic = names[message.topic] = message.topic.encode()
+    origin = names.get(message.origin)
+    if origin is None:
+        origin = names[message.origin] = message.origin.encode()
+    return retained_pieces(message, topic, origin)
 
 
 def decode(topic: str, data: bytes) -> tuple[bytes, int, list[Message]]:
