@@ -44,6 +44,20 @@ class Message:
     expires_at: float | None = None
     origin: str = ""
 
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
+                 properties: Properties, created_at: float,
+                 expires_at: float | None = None, origin: str = "") -> None:
+        # Written out (the dataclass keeps it): under mypyc the generated __init__
+        # would stay interpreted, about half of building one (one per message).
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self.origin = origin
+
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 
@@ -75,3 +89,16 @@ class Delivery:
     #: message, not once per subscriber. Not part of the copy's identity.
     wire4: bytes = field(default=b"", compare=False, repr=False)
     wire5: bytes = field(default=b"", compare=False, repr=False)
+
+    def __init__(self, message: Message, qos: int, retain: bool = False,
+                 subscription_identifiers: tuple[int, ...] = (),
+                 share_group: str | None = None, wire4: bytes = b"",
+                 wire5: bytes = b"") -> None:
+        # Written out, as Message's (one per recipient): compiled, not interpreted.
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.subscription_identifiers = subscription_identifiers
+        self.share_group = share_group
+        self.wire4 = wire4
+        self.wire5 = wire5

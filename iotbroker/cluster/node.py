@@ -376,6 +376,7 @@ class ClusterNode:
         local_trie = self.engine.trie
         connected = self.connected
         out: dict[str, wire.Outbox] = {}
+        names: dict[str, bytes] = {}  # topics and origins encoded (wire.record_pieces)
         # A QoS 1/2 run goes live to every live node process, whatever this node
         # knows of its interest: each node reads it from the QoS stream anyway, and
         # the live copies keep its order with later runs on a node whose
@@ -409,12 +410,12 @@ class ClusterNode:
                 self.dropped += len(batch)
                 continue
             if not shared and not reliable:  # the common case: one item for all
-                rec = wire.record(message)
+                size, pieces = wire.record_pieces(message, names)
                 for token in direct:
                     box = out.get(token)
                     if box is None:
                         box = out[token] = wire.Outbox()
-                    box.add_plain(rec)
+                    box.add_message(size, pieces)
                 continue
             dests: dict[str, list[bytes]] = {}
             if not shared:

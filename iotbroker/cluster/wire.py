@@ -43,7 +43,12 @@ from collections import deque
 from typing import Any
 
 from iotbroker.message import Message
-from iotbroker.storage.records import decode_message_value, decode_retained, encode_retained
+from iotbroker.storage.records import (
+    decode_message_at,
+    decode_retained,
+    encode_retained,
+    retained_pieces,
+)
 
 VERSION = 1
 #: Records in one NATS message at most (and about this many bytes, below).
@@ -101,6 +106,12 @@ class Outbox:
         """A QoS 0 message without shared groups (a :func:`record`)."""
         self._pieces += (_SIZE.pack(len(rec)), rec, _NO_GROUPS)
         self._grown(len(rec))
+
+    def add_message(self, size: int, pieces: list[bytes]) -> None:
+        """A QoS 0 message without shared groups, as :func:`record_pieces`: the
+        common case, its record never joined on its own."""
+        self._pieces += (_SIZE.pack(size), *pieces, _NO_GROUPS)
+        self._grown(size)
 
     def add(self, encoded_item: bytes) -> None:
         """A QoS 0 message as an :func:`item`."""
@@ -160,6 +171,7 @@ def decode_batch(data: bytes) -> tuple[bytes, list[tuple[int, list[tuple[Message
     size_of = _SIZE.unpack_from
     u16 = _U16.unpack_from
     no_groups: list[Group] = []
+    names: dict[bytes, str] = {}  # one str per topic (and origin) of the batch
     while pos < end_all:
         seq, count = _PART.unpack_from(data, pos)
         pos += _PART.size
@@ -170,7 +182,7 @@ def decode_batch(data: bytes) -> tuple[bytes, list[tuple[int, list[tuple[Message
             end = pos + size
             if end + 2 > end_all:
                 raise ValueError("cluster batch truncated")
-            message = decode_message_value(data[pos:end])
+            message = decode_message_at(data, pos, end, names)
             (ngroups,) = u16(data, end)
             pos = end + 2
             if not ngroups:
@@ -204,6 +216,19 @@ def encode(sender: bytes, seq: int, records: list[bytes]) -> bytes:
 
 def record(message: Message) -> bytes:
     return encode_retained(message)
+
+
+def record_pieces(message: Message, names: dict[str, bytes]) -> tuple[int, list[bytes]]:
+    """:func:`record` as (length, pieces), for :meth:`Outbox.add_message`; ``names``
+    caches encoded topics and origins (one turn's: a busy topic or client is encoded
+    once)."""
+    topic = names.get(message.topic)
+    if topic is None:
+        topic = names[message.topic] = message.topic.encode()
+    origin = names.get(message.origin)
+    if origin is None:
+        origin = names[message.origin] = message.origin.encode()
+    return retained_pieces(message, topic, origin)
 
 
 def decode(topic: str, data: bytes) -> tuple[bytes, int, list[Message]]:

@@ -182,6 +182,7 @@ _SUBSCRIPTION = struct.Struct(">BBBBI")
 _OUTBOUND = struct.Struct(">BBQB")
 _DELIVERY = struct.Struct(">BBH")
 _MESSAGE = struct.Struct(">BBddIIII")
+_V1_MESSAGE = struct.Struct(">BBBddIIII")  # VALUE_VERSION, then _MESSAGE
 _POSITION = struct.Struct(">BQd")
 _V1 = bytes([VALUE_VERSION])
 
@@ -532,6 +533,35 @@ def encode_retained(message: Message) -> bytes:
     return b"".join([_V1, *_encode_message(message)])
 
 
+def retained_pieces(message: Message, topic: bytes, origin: bytes) -> tuple[int, list[bytes]]:
+    """:func:`encode_retained` as (its length, its pieces) for a caller that joins
+    many records into one buffer (the cluster's batches): no join per record.
+    ``topic`` and ``origin`` are ``message.topic`` and ``message.origin`` encoded
+    (the caller may have them already)."""
+    props = message.properties
+    payload = message.payload
+    if type(payload) is not bytes:
+        payload = bytes(payload)
+    expires_at = message.expires_at
+    lt = len(topic)
+    lo = len(origin)
+    lpl = len(payload)
+    if props is NO_PROPERTIES:
+        head = _V1_MESSAGE.pack(
+            VALUE_VERSION, message.qos,
+            (1 if message.retain else 0) | (0 if expires_at is None else 2),
+            message.created_at, 0.0 if expires_at is None else expires_at,
+            lt, lo, 0, lpl)
+        return _V1_MESSAGE.size + lt + lo + lpl, [head, topic, origin, payload]
+    raw = encode_properties(props)
+    head = _V1_MESSAGE.pack(
+        VALUE_VERSION, message.qos,
+        (1 if message.retain else 0) | (0 if expires_at is None else 2),
+        message.created_at, 0.0 if expires_at is None else expires_at,
+        lt, lo, len(raw), lpl)
+    return _V1_MESSAGE.size + lt + lo + len(raw) + lpl, [head, topic, origin, raw, payload]
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -679,6 +709,41 @@ def decode_queued(key: bytes, value: bytes) -> QueuedRecord:
 def decode_retained(key: bytes, value: bytes) -> Message:
     """One RETAINED record on its own (a restore uses :class:`RecordDecoder`)."""
     return RecordDecoder().retained(key, value)
+
+
+def decode_message_at(buf: bytes, pos: int, end: int, names: dict[bytes, str]) -> Message:
+    """The RETAINED value at ``buf[pos:end]`` (as :func:`decode_message_value`) without
+    copying it out first; ``names`` caches decoded topics and origins across the
+    records of one buffer (one str object per topic: its hash is computed once)."""
+    try:
+        if buf[pos] != VALUE_VERSION:
+            raise CorruptData(f"unknown value encoding {buf[pos:pos + 1]!r}")
+        qos, flags, created_at, expires_at, lt, lo, lp, lpl = _MESSAGE.unpack_from(buf, pos + 1)
+        pos += 1 + _MESSAGE.size
+        if pos + lt + lo + lp + lpl != end:
+            raise CorruptData("message length mismatch")
+        raw = buf[pos : pos + lt]
+        topic = names.get(raw)
+        if topic is None:
+            topic = names[raw] = raw.decode()
+        pos += lt
+        if lo:
+            raw = buf[pos : pos + lo]
+            origin = names.get(raw)
+            if origin is None:
+                origin = names[raw] = raw.decode()
+            pos += lo
+        else:
+            origin = ""
+        if lp:
+            props = _decode_properties(buf[pos : pos + lp])
+            pos += lp
+        else:
+            props = NO_PROPERTIES
+        return Message(topic, buf[pos:end], qos, bool(flags & 1), props, created_at,
+                       expires_at if flags & 2 else None, origin)
+    except _DECODE_ERRORS as exc:
+        raise CorruptData(str(exc)) from None
 
 
 def decode_message_value(value: bytes) -> Message:

@@ -10,7 +10,7 @@ from iotbroker.cluster import shared, wire
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.remote import RemoteInterest, encode_value, interest_key
-from iotbroker.codec.packets import Properties
+from iotbroker.codec.packets import NO_PROPERTIES, Properties
 from iotbroker.message import Message
 
 
@@ -146,6 +146,32 @@ def test_batches_round_trip_on_the_wire() -> None:
         wire.decode_batch(b"\x01" + data[1:])
     with pytest.raises(Exception, match=r"."):
         wire.decode_batch(data[:-1])
+
+
+def test_plain_messages_added_as_pieces_are_the_same_bytes() -> None:
+    """The QoS 0 fast path (record pieces, no join per record; topics and origins
+    encoded once per turn) writes exactly what :func:`wire.record` would, and a batch
+    decodes back to the same messages (one str per topic)."""
+    props = Properties(content_type="t", user_properties=(("k", "v"),))
+    messages = [
+        Message(topic=f"t/{i % 3}é", payload=b"x" * (i % 5), qos=0, retain=bool(i % 2),
+                properties=props if i % 4 == 0 else (Properties() if i % 4 == 1
+                                                      else NO_PROPERTIES),
+                created_at=10.0 + i, expires_at=None if i % 3 else 50.0 + i,
+                origin="" if i % 5 == 0 else f"client-{i % 2}")
+        for i in range(2500)  # more than one part (wire.MAX_BATCH)
+    ]
+    joined, pieces = wire.Outbox(), wire.Outbox()
+    names: dict[str, bytes] = {}
+    for m in messages:
+        joined.add_plain(wire.record(m))
+        pieces.add_message(*wire.record_pieces(m, names))
+    payloads = pieces.batches(b"node-a/1")
+    assert payloads == joined.batches(b"node-a/1")
+    decoded = [m for data, _ in payloads for _, items in wire.decode_batch(data)[1]
+               for m, _ in items]
+    assert decoded == messages
+    assert decoded[0].topic is decoded[3].topic
 
 
 def test_messages_round_trip_on_the_wire() -> None:
