@@ -4,8 +4,9 @@ Runs the broker (``storage: memory``, the ``loop:`` given) in a child process wi
 probes patched in, under ``loadgen.py --scenario latency`` (1 publisher at 1,000 msg/s,
 QoS 1, 1 subscriber), and prints per message, in microseconds (p50 / p90 / p99):
 
-* ``gap``: the end of a ``data_received`` that left output -> the start of the
-  ``Broker.flush`` that writes it (the price of flushing in a later loop pass);
+* ``gap``: the end of a ``data_received`` that left output unwritten -> the start of
+  the ``Broker.flush`` that writes it (the price of flushing in a later loop pass;
+  none when the read wrote its output itself);
 * ``read->write``: the start of the ``data_received`` of a PUBLISH -> the forward's
   ``write_pending`` to the subscriber (parse, route, encode, and the gap).
 
@@ -14,7 +15,8 @@ QoS 1, 1 subscriber), and prints per message, in microseconds (p50 / p90 / p99):
     .venv/bin/python benchmarks/flush_gap.py --baseline /tmp/main-src   # A/B: "base"
 
 ``--baseline DIR`` also runs the broker from another source tree (``PYTHONPATH=DIR``,
-e.g. ``git archive REV iotbroker | tar -x -C DIR``), interleaved. The probes cost a
+e.g. ``git archive REV iotbroker | tar -x -C DIR``), interleaved; the broker runs in
+a temporary directory so that the current one does not shadow it. The probes cost a
 few microseconds of their own. Not a test.
 """
 
@@ -52,7 +54,9 @@ def data_received(self, data):
     if data[:1] in (b"0", b"2"):  # a PUBLISH, QoS 0 or 1
         st["start"], st["proto"] = pc(), self
     r = orig_dr(self, data)
-    st["end"] = pc()
+    broker = self.broker
+    if broker.ready_to_write or broker.engine.registry.ready:  # output left for later
+        st["end"] = pc()
     return r
 T.ClientProtocol.data_received = data_received
 orig_wp = T.ClientProtocol.write_pending
@@ -103,7 +107,7 @@ def run_one(loop: str, baseline: str | None, duration: float) -> dict[str, objec
             env["PYTHONPATH"] = baseline
         with open(os.path.join(workdir, "err"), "w+") as err:
             broker = subprocess.Popen([python, "-c", PROBE, "run", "--config", cfg],
-                                      stderr=err, env=env)
+                                      stderr=err, env=env, cwd=workdir)
             try:
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
