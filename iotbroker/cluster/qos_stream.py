@@ -484,9 +484,9 @@ class QosStream:
         now = time.time()
         key = stream_key(msg)
         for message in messages:
+            message.stream_seq = stream_seq  # a session's position (sessions.py)
             if key and message.qos == 2:  # its packet id in persistent sessions
                 message.stream_key = key
-                message.stream_seq = stream_seq
             engine.route_remote(message, now)
         self.received += len(messages)
         if engine.batch:

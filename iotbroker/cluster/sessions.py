@@ -287,6 +287,49 @@ class Sessions:
             return nxt - 1
         return self.joined_at
 
+    def floor(self) -> int:
+        """For a QoS 1/2 message routed here now whose stream copy this node has not
+        routed (a live copy, or published here): its stream sequence is above this.
+        Kept in ``Message.stream_seq`` as its negative (a positive one is exact)."""
+        pos = self.position_now()
+        return -pos if pos else 0
+
+    def routed_here(self, messages: list[Message]) -> None:
+        """This turn's messages published here: their stream copies are written after
+        this (:meth:`floor`); a QoS 2 one's exact sequence comes with its write's ack."""
+        floor = self.floor()
+        for message in messages:
+            if message.qos and not message.stream_seq:
+                message.stream_seq = floor
+
+    def _advance(self, client_id: str, session: Session) -> None:
+        """A connected session that is not drained: its position may move up to just
+        before its oldest unacknowledged QoS 1/2 message (whose stream sequence, or a
+        bound below it, each message carries: :meth:`floor`), so that its record's
+        QoS 2 entries do not pile up while it never drains. A message of unknown
+        sequence (restored from the store, or published by the broker itself) keeps
+        the position where it is."""
+        if session.queued_count != len(session.queue) or client_id in self._pinned:
+            return  # messages offloaded to the store: not known here
+        low = self.position_now()
+        if low is None:
+            return
+        # (a QoS 2 message whose PUBREL was sent holds it too: its entry must stay
+        # until its PUBCOMP, or the next node would not release its packet id)
+        waiting = [e.delivery for e in session.inflight.values()]
+        waiting.extend(d for _, d in session.queue)
+        for delivery in waiting:
+            if not delivery.qos:
+                continue
+            seq = delivery.message.stream_seq
+            if not seq:
+                return
+            bound = seq - 1 if seq > 0 else -seq
+            low = min(low, bound)
+        old = self.positions.get(client_id)
+        if old is None or low > old:
+            self.positions[client_id] = low
+
     @staticmethod
     def _drained(session: Session) -> bool:
         return not session.queue and not session.inflight and not session.queued_count
@@ -308,7 +351,9 @@ class Sessions:
             if (before is not None and session is not None and not session.inflight
                     and client.client_id in self.revs
                     and client.client_id not in self._pinned):
-                self.positions[client.client_id] = before
+                old = self.positions.get(client.client_id)
+                # (never back: QoS 2 entries up to the position may be gone)
+                self.positions[client.client_id] = before if old is None else max(old, before)
         self._turn_position = self.position_now()
         self._qos2_turn()
         for client_id, _ in touched:
@@ -420,6 +465,8 @@ class Sessions:
             pos = self.position_now()
             if pos is not None:
                 self.positions[client_id] = pos
+        elif session.attached_to is not None and client_id in self.qos2:
+            self._advance(client_id, session)
         rec = engine.registry.record(session)
         rec = replace(rec, will=None)  # a dead node's wills are wills.py's
         position = self.positions.get(client_id)
@@ -992,11 +1039,10 @@ class Sessions:
                         log.warning("cluster: undecodable QoS stream message: %s", exc)
                         continue
                     key = stream_key(msg)
-                    if key:
-                        for message in messages:
-                            if message.qos == 2:  # its derived packet id (_install)
-                                message.stream_key = key
-                                message.stream_seq = stream_seq
+                    for message in messages:
+                        message.stream_seq = stream_seq
+                        if key and message.qos == 2:  # its derived packet id (_install)
+                            message.stream_key = key
                     out.append((stream_seq, sender, seq, messages))
                     if stream_seq >= last:
                         done = True
