@@ -481,8 +481,11 @@ class Sessions:
             written = await self._write_record(kv, client_id)
         finally:
             if pids:
-                if written or client_id not in self.revs:
-                    # durable, or the session is not ours (any more): nothing to wait for
+                nc = self.nc
+                if written or client_id not in self.revs or nc is None or (
+                        not nc.is_connected):
+                    # durable, or the session is not ours (any more), or NATS is away
+                    # (the node serves its clients: the PUBREL goes, not guaranteed)
                     self._release_pubrels(client_id, pids)
                 else:  # not written: again soon, the PUBRELs still held
                     self._pubrels.setdefault(client_id, [])[:0] = pids

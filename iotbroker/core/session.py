@@ -745,13 +745,13 @@ class Session:
                         entry.seq,
                     )
                 )
-            held = self.context.held_pubrels
-            key = entry.delivery.message.stream_key
-            if held is not None and key and packet_id >= 0x8000 and self.persistent:
-                # Cluster: the release is made durable first (docs/cluster.md, "QoS 2
-                # across a move"): then :meth:`release_pubrel`.
-                held.append((self, packet_id, key))
-                return True
+        held = self.context.held_pubrels
+        key = entry.delivery.message.stream_key
+        if held is not None and key and packet_id >= 0x8000 and self.persistent:
+            # Cluster: the release is made durable first (docs/cluster.md, "QoS 2
+            # across a move"), then :meth:`release_pubrel` (also for a PUBREC again).
+            held.append((self, packet_id, key))
+            return True
         if self.attached_to is not None:
             self._emit(None, packet_id, False, now)
         return True
@@ -947,7 +947,12 @@ class Session:
             if entry is None:
                 continue  # acknowledged or handed over meanwhile
             if entry.state is OutboundState.PUBREL_SENT:
-                self._emit(None, pid, False, now)
+                held = self.context.held_pubrels
+                key = entry.delivery.message.stream_key
+                if held is not None and key and pid >= 0x8000 and self.persistent:
+                    held.append((self, pid, key))  # once its release is durable
+                else:
+                    self._emit(None, pid, False, now)
             elif self.may_receive(entry.delivery.message.topic):
                 self._emit(entry.delivery, pid, True, now)
             else:
