@@ -191,3 +191,33 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_across_a_clean_move(make_node: Node) ->
     assert not rx.held, rx.held
     back.close()
     pub.close()
+
+
+def test_mqtt_4_3_3_10_qos2_exactly_once_after_kill_9_and_restart_on_rocksdb(
+        make_node: Node) -> None:
+    """The same four stages; the node is killed with -9 and restarted on its RocksDB,
+    and the client reconnects to it: the session's in-flight QoS 2 messages come back
+    from the store with their derived packet ids (the stream key is stored with them),
+    and the application gets every message exactly once [MQTT-4.3.3-10]."""
+    a = make_node("a", servers=[0], storage="rocksdb")
+    c = make_node("c", servers=[2])
+    _ready(a, c)
+    rx = MethodB()
+    sub, _ = _connect(a, "sub", clean_start=True)
+    sub.subscribe("mv/#", qos=2)
+    time.sleep(0.3)
+    pub, _ = _connect(c, "pub", clean_start=True)
+    sent = _stage(pub, sub, rx)
+    a.kill()
+    sub.close()
+    later = [b"n00", b"n01"]
+    _publish(pub, later)
+    a.start()
+    _ready(a)
+    back, present = _connect(a, "sub", clean_start=False)
+    assert present
+    rx.drain(back)
+    _check(rx, sent + later)
+    assert not rx.held, rx.held
+    back.close()
+    pub.close()
