@@ -107,6 +107,9 @@ _HANDOVER, _DROP = b"h", b"d"
 RELEASED, COMPLETED = 1, 2
 #: QoS 2 entries a record keeps at most (the oldest completed ones go first).
 MAX_QOS2_ENTRIES = 20_000
+#: A session that does not drain has its position moved (a scan of its
+#: unacknowledged messages) at a record write once it has more QoS 2 entries.
+ADVANCE_AT = 64
 
 
 @dataclass(slots=True)
@@ -465,7 +468,8 @@ class Sessions:
             pos = self.position_now()
             if pos is not None:
                 self.positions[client_id] = pos
-        elif session.attached_to is not None and client_id in self.qos2:
+        elif session.attached_to is not None and len(
+                self.qos2.get(client_id, ())) > ADVANCE_AT:
             self._advance(client_id, session)
         rec = engine.registry.record(session)
         rec = replace(rec, will=None)  # a dead node's wills are wills.py's
