@@ -221,3 +221,37 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_after_kill_9_and_restart_on_rocksdb(
     assert not rx.held, rx.held
     back.close()
     pub.close()
+
+
+def test_mqtt_4_3_3_10_a_publishers_held_qos2_ids_move_with_a_clean_move(
+        make_node: Node) -> None:
+    """Publisher side: a QoS 2 PUBLISH accepted on node a (PUBREC sent: the id is held
+    there); the publisher moves to node b while a is alive and, having lost that PUBREC
+    with its connection, sends the PUBLISH again with DUP=1 [MQTT-4.4.0-1]: b holds
+    the id (handed over), answers PUBREC and does not route the message again
+    [MQTT-4.3.3-10]; the PUBREL gets PUBCOMP 0x00, not 0x92 Packet Identifier not
+    found [MQTT-4.3.3-11]; the subscriber gets the message once."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    _ready(a, b)
+    rx = MethodB()
+    sub, _ = _connect(b, "sub", clean_start=True)
+    sub.subscribe("mv/#", qos=2)
+    time.sleep(0.3)
+    pub, _ = _connect(a, "mover", clean_start=True)
+    pub.send(Publish(TOPIC, b"once", 2, False, False, 7))
+    assert pub.expect(PubRec, timeout=15).packet_id == 7  # in the stream, id held on a
+
+    back, present = _connect(b, "mover", clean_start=False)
+    assert present
+    pub.close()
+    back.send(Publish(TOPIC, b"once", 2, False, True, 7))
+    rec = back.expect(PubRec, timeout=15)
+    assert (rec.packet_id, rec.reason_code) == (7, 0)
+    back.send(PubRel(7))
+    comp = back.expect(PubComp, timeout=15)
+    assert (comp.packet_id, comp.reason_code) == (7, 0)
+    rx.drain(sub)
+    assert rx.delivered == [b"once"]
+    sub.close()
+    back.close()

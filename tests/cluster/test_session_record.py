@@ -18,3 +18,10 @@ def test_session_record_keeps_its_qos2_entries_and_reads_version_1() -> None:
     plain = Record(b"node/1", 41, session, [])
     assert plain.encode()[0] == 1
     assert Record.decode("c1", plain.encode()).qos2 == {}
+
+
+def test_a_handed_over_record_carries_the_inbound_qos2_ids() -> None:
+    session = SessionRecord("c1", 5, 3600)
+    rec = Record(b"node/1", None, session, [], {}, {7: "", 300: ""})
+    back = Record.decode("c1", rec.encode())
+    assert back.inbound == {7: "", 300: ""} and back.qos2 == {}
