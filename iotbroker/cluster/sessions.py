@@ -29,7 +29,15 @@ Clean Start 0 resumes it [MQTT-3.1.2-5] and CONNACK says Session Present 1
   expiry interval) is not resumed anywhere; its owner deletes it when its timer ends
   the session.
 
-What a move guarantees (QoS 1 duplicates allowed with DUP; QoS 2's window) is listed in
+* **QoS 2 across a move** (docs/cluster.md): a persistent session's QoS 2 messages
+  from the stream carry packet ids derived from their stream keys (core/session.py);
+  the record also lists the QoS 2 messages released to the client after the position
+  (a PUBREL waits until that is written), so the node a session moves to sends PUBREL
+  for those, nothing for completed ones, and the others again with their ids and
+  DUP=1 [MQTT-4.3.3-10], [MQTT-4.4.0-1]. A live handover also carries the inbound
+  QoS 2 ids the session holds.
+
+What a move guarantees (QoS 1 duplicates allowed) and what it does not is listed in
 docs/cluster.md, "What is guaranteed" and "Not yet".
 """
 

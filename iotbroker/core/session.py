@@ -16,7 +16,12 @@ Delivery rules implemented here:
   the queue while older ones wait;
 * on resume, unacknowledged PUBLISH packets are re-sent with DUP=1 and PUBRELs
   re-sent, in their original order [MQTT-4.4.0-1], [MQTT-4.4.0-2];
-* a PUBREC with a failure reason code (MQTT 5.0) ends that delivery [MQTT-4.3.3].
+* a PUBREC with a failure reason code (MQTT 5.0) ends that delivery [MQTT-4.3.3];
+* in a cluster node (:attr:`SessionContext.derived_ids`), a persistent session sends
+  a QoS 2 message that went through the cluster's stream with a packet id derived
+  from its stream key, the same on every node, and its PUBREL waits until the cluster
+  room has made the release durable (docs/cluster.md, "QoS 2 across a move";
+  [MQTT-4.3.3-10], [MQTT-4.4.0-1]).
 
 Authorisation (issue 12): every message reaches a session through :meth:`Session.deliver`
 (live, retained on subscribe, shared group, will, and later bridged or clustered
