@@ -2,7 +2,7 @@
 "QoS 2 across a move"; issue 14).
 
 The subscriber is a raw client that follows the spec's receiver rules for QoS 2,
-MQTT 5.0 §4.3.3 method B ([MQTT-4.3.3-8] .. [MQTT-4.3.3-11]; MQTT 3.1.1
+MQTT 5.0 §4.3.3 method B ([MQTT-4.3.3-8] .. [MQTT-4.3.3-12]; MQTT 3.1.1
 [MQTT-4.3.3-2]): on a PUBLISH it stores the packet id and delivers the message to its
 application unless it holds that id already (then it only answers PUBREC); on PUBREL
 it discards the id and answers PUBCOMP. The test decides exactly which stage each
@@ -55,7 +55,7 @@ class MethodB:
 
     def on_pubrel(self, client: RawClient, packet: PubRel, answer: bool = True) -> None:
         self.pubrels.append(packet.packet_id)
-        self.held.discard(packet.packet_id)  # [MQTT-4.3.3-11]: PUBCOMP, id discarded
+        self.held.discard(packet.packet_id)  # [MQTT-4.3.3-11], [MQTT-4.3.3-12]: PUBCOMP, id discarded
         if answer:
             client.send(PubComp(packet.packet_id))
 

@@ -3,7 +3,7 @@ persistent session sends a QoS 2 message that has a stream key with the packet i
 derived from that key (0x8000-0xFFFF), allocates its other ids in 1-0x7FFF, holds the
 PUBREL of a derived id until the cluster room releases it, reports completions, and
 takes back a moved session's QoS 2 messages in flight under their derived ids
-[MQTT-4.3.3-10], [MQTT-4.4.0-1], [MQTT-2.3.1-2]."""
+[MQTT-4.3.3-10], [MQTT-4.4.0-1], [MQTT-2.3.1-4]."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_a_clean_session_does_not_derive_ids() -> None:
     assert outlet.packet_ids == [1]
 
 
-def test_mqtt_2_3_1_2_a_derived_id_in_flight_makes_the_next_one_with_it_wait() -> None:
+def test_mqtt_2_3_1_4_a_derived_id_in_flight_makes_the_next_one_with_it_wait() -> None:
     """Two messages whose keys give the same id: the second waits for the first's
     PUBCOMP (an id is never reused while in flight), and keeps its order."""
     session, context = _cluster_session()
