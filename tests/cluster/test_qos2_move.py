@@ -55,7 +55,7 @@ class MethodB:
 
     def on_pubrel(self, client: RawClient, packet: PubRel, answer: bool = True) -> None:
         self.pubrels.append(packet.packet_id)
-        self.held.discard(packet.packet_id)  # [MQTT-4.3.3-11], [MQTT-4.3.3-12]: PUBCOMP, id discarded
+        self.held.discard(packet.packet_id)  # [MQTT-4.3.3-11], -12: PUBCOMP, id discarded
         if answer:
             client.send(PubComp(packet.packet_id))
 
