@@ -14,7 +14,10 @@ Reports, median of ``--reps``:
     .venv/bin/python benchmarks/cluster_qos1.py [--nats 3 --messages 20000 --window 200]
 
 ``--qos 2``: the same with QoS 2 both ways (the latency is PUBLISH → PUBREC; a message
-counts as done at PUBCOMP); ``--no-single`` skips the one-broker case.
+counts as done at PUBCOMP), plus the subscriber's PUBREC → PUBREL time (in a cluster
+the node holds a persistent session's PUBREL until the release is in the session's
+record: docs/cluster.md, "QoS 2 across a move"); ``--no-single`` skips the one-broker
+case.
 """
 
 from __future__ import annotations
@@ -68,11 +71,16 @@ async def connect(port: int, client_id: str, clean: bool = True
 
 
 async def subscriber(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     total: int, progress: list[int], buf: bytearray) -> None:
-    while progress[0] < total:
+                     total: int, progress: list[int], buf: bytearray,
+                     rel_lat: list[float] | None = None) -> None:
+    """``rel_lat``: the subscriber's PUBREC written -> PUBREL read, per QoS 2 message
+    (the broker holds the PUBREL until the release is durable in a cluster)."""
+    recs: dict[bytes, float] = {}
+    while progress[0] < total or recs:
         chunk = await reader.read(1 << 16)
         if not chunk:
             raise RuntimeError("subscriber closed")
+        now = time.perf_counter()
         buf += chunk
         acks = []
         for first, body in _packets(buf):
@@ -82,14 +90,20 @@ async def subscriber(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     tlen = int.from_bytes(body[:2], "big")
                     kind = b"\x50\x02" if first & 0x04 else b"\x40\x02"  # PUBREC / PUBACK
                     acks.append(kind + body[2 + tlen:4 + tlen])
+                    if first & 0x04:
+                        recs[body[2 + tlen:4 + tlen]] = now
             elif first >> 4 == 6:  # PUBREL -> PUBCOMP
                 acks.append(b"\x70\x02" + body[:2])
+                sent = recs.pop(body[:2], None)
+                if sent is not None and rel_lat is not None:
+                    rel_lat.append(now - sent)
         if acks:
             writer.write(b"".join(acks))
 
 
 async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
-                   latency_n: int, qos: int = 1) -> tuple[float, list[float]]:
+                   latency_n: int, qos: int = 1, rel_lat: list[float] | None = None
+                   ) -> tuple[float, list[float]]:
     sreader, swriter = await connect(sub_port, f"bench-sub{time.monotonic_ns()}", clean=False)
     swriter.write(_frame(0x82, (1).to_bytes(2, "big") + _str("bench/#") + bytes([qos])))
     await sreader.readexactly(5)
@@ -128,7 +142,7 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
     # ack latency, one message at a time
     latencies = []
     counter = asyncio.get_running_loop().create_task(
-        subscriber(sreader, swriter, latency_n + messages, progress, sbuf))
+        subscriber(sreader, swriter, latency_n + messages, progress, sbuf, rel_lat))
     for i in range(latency_n):
         pid = i % 65535 + 1
         started = time.perf_counter()
@@ -183,13 +197,18 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
 def measure(pids: list[int], pub_port: int, sub_port: int,
             args: argparse.Namespace, others: tuple[int, ...] = ()) -> dict[str, float]:
     """``others``: processes whose CPU is reported apart (the nats-servers)."""
-    rates, per_cpu, p50, p99, gen, nats = [], [], [], [], [], []
+    rates, per_cpu, p50, p99, gen, nats, rel50, rel99 = [], [], [], [], [], [], [], []
     for _ in range(args.reps):
         before = sum(cpu_seconds(p) for p in pids)
         before_nats = sum(cpu_seconds(p) for p in others)
         before_gen = sum(os.times()[:2])
+        rel: list[float] = []
         took, lat = asyncio.run(run_once(pub_port, sub_port, args.messages, args.window,
-                                         args.latency, args.qos))
+                                         args.latency, args.qos, rel))
+        if rel:
+            rel.sort()
+            rel50.append(rel[len(rel) // 2] * 1000)
+            rel99.append(rel[int(len(rel) * 0.99)] * 1000)
         cpu = sum(cpu_seconds(p) for p in pids) - before
         gen.append(sum(os.times()[:2]) - before_gen)
         nats.append(sum(cpu_seconds(p) for p in others) - before_nats)
@@ -200,7 +219,9 @@ def measure(pids: list[int], pub_port: int, sub_port: int,
         p99.append(lat[int(len(lat) * 0.99)] * 1000)
     return {"rate": statistics.median(rates), "per_cpu": statistics.median(per_cpu),
             "p50": statistics.median(p50), "p99": statistics.median(p99),
-            "gen_cpu": statistics.median(gen), "nats_cpu": statistics.median(nats)}
+            "gen_cpu": statistics.median(gen), "nats_cpu": statistics.median(nats),
+            "rel50": statistics.median(rel50) if rel50 else 0.0,
+            "rel99": statistics.median(rel99) if rel99 else 0.0}
 
 
 def main() -> None:
@@ -261,6 +282,9 @@ def main() -> None:
         print(f"  {label:28s} {r['rate']:>8,.0f} msg/s  {r['per_cpu']:>8,.0f} msg per "
               f"broker CPU-s  {ack} latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
               f"(generator {r['gen_cpu']:.2f} CPU-s, nats-servers {r['nats_cpu']:.2f} CPU-s)")
+        if args.qos == 2:
+            print(f"  {'':28s} subscriber's PUBREC -> PUBREL p50 {r['rel50']:.2f} ms  "
+                  f"p99 {r['rel99']:.2f} ms (all messages)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ recipient. Treat them as immutable once built.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from iotbroker.codec.packets import Properties
@@ -43,10 +44,18 @@ class Message:
     created_at: float
     expires_at: float | None = None
     origin: str = ""
+    #: Cluster (docs/cluster.md, "QoS 2 across a move"): the key of a QoS 2 message's
+    #: stream write (:func:`write_key` of its ``Nats-Msg-Id``), 0: none. A persistent
+    #: session derives the message's packet id from it, so another node that reads
+    #: the message back from the stream sends it with the same id.
+    stream_key: int = field(default=0, compare=False)
+    #: Its sequence in the cluster's QoS stream once known (0: not known / none).
+    stream_seq: int = field(default=0, compare=False)
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
                  properties: Properties, created_at: float,
-                 expires_at: float | None = None, origin: str = "") -> None:
+                 expires_at: float | None = None, origin: str = "",
+                 stream_key: int = 0, stream_seq: int = 0) -> None:
         # Written out (the dataclass keeps it): under mypyc the generated __init__
         # would stay interpreted, about half of building one (one per message).
         self.topic = topic
@@ -57,6 +66,8 @@ class Message:
         self.created_at = created_at
         self.expires_at = expires_at
         self.origin = origin
+        self.stream_key = stream_key
+        self.stream_seq = stream_seq
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -67,6 +78,22 @@ class Message:
             return None
         left = self.expires_at - now
         return max(0, int(left) + (1 if left > int(left) else 0))
+
+
+def write_key(write_id: str) -> int:
+    """The 64-bit key of a cluster stream write id (``Nats-Msg-Id``): the same on every
+    node, never 0 (docs/cluster.md, "QoS 2 across a move")."""
+    key = int.from_bytes(hashlib.blake2b(write_id.encode(), digest_size=8).digest(), "big")
+    return key or 1
+
+
+def derived_packet_id(key: int) -> int:
+    """The packet identifier of a QoS 2 message with stream key ``key`` in a
+    persistent session of a cluster node: 0x8000-0xFFFF, the same on every node, so
+    that a session that moves re-sends an unacknowledged message with the packet id
+    the client may hold [MQTT-4.3.3-10] (MQTT 5.0 §4.4). Other packet ids of such a
+    session are 1-0x7FFF."""
+    return 0x8000 | (key & 0x7FFF)
 
 
 @dataclass(slots=True)

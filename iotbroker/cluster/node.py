@@ -305,6 +305,8 @@ class ClusterNode:
             self.wills.ended(client)
         self.sessions.after_turn(touched, accepted, ended)
         messages = engine.take_forwarding()
+        if messages:
+            self.sessions.routed_here(messages)
         held = engine.take_held_acks()
         if messages or held:  # QoS 2: through the stream only (qos_stream.py)
             held = self.qos.take_exactly_once(messages, held)
@@ -744,8 +746,11 @@ class ClusterNode:
         capturing = self.sessions.capturing  # a session being resumed (sessions.py)
         routed: list[Message] = []
         order: wire.LiveOrder | None = None
+        floor = self.sessions.floor()  # its stream copy comes after (sessions.py)
         for seq, items in parts:
             if seq:
+                for message, _ in items:
+                    message.stream_seq = floor
                 order = self._live_order.get(sender)
                 if order is None:
                     order = self._live_order[sender] = wire.LiveOrder(seq - 1)
@@ -779,11 +784,13 @@ class ClusterNode:
         dedup = self.dedup
         now = time.time()
         route = self.engine.route_remote
+        floor = self.sessions.floor()
         for seq, items in order.ready(dedup, sender, force):
             if not dedup.first(sender, seq):
                 self.duplicates += 1
                 continue
             for message, groups in items:
+                message.stream_seq = floor
                 route(message, now, groups)
                 if routed is not None:
                     routed.append(message)

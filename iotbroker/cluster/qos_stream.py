@@ -73,7 +73,7 @@ from iotbroker.cluster import wire
 from iotbroker.cluster.subjects import subject_to_topic, topic_to_subject
 from iotbroker.config import QosStreamConfig
 from iotbroker.errors import StorageError
-from iotbroker.message import Message
+from iotbroker.message import Message, write_key
 
 if TYPE_CHECKING:
     from iotbroker.engine.engine import Engine, HeldAck
@@ -97,6 +97,14 @@ ACK_WAIT = 5.0
 GAP_WAIT = 3 * ACK_WAIT
 #: Writes waiting for the stream at most (then acks go at once, counted).
 MAX_INFLIGHT = 100_000
+
+
+def stream_key(msg: Msg) -> int:
+    """The key of a stream message's write (:func:`~iotbroker.message.write_key` of
+    its ``Nats-Msg-Id``), 0 without one."""
+    headers = msg.headers
+    msg_id = headers.get("Nats-Msg-Id") if headers else None
+    return write_key(msg_id) if msg_id else 0
 
 
 def _name_token(name: str) -> str:
@@ -206,10 +214,11 @@ class QosStream:
             return
         self._seq_q += 1
         payload = wire.encode(self.sender_q, self._seq_q, [wire.record(message)])
-        self.write(subject, write_id, payload, 1, acks, wait=True)
+        self.write(subject, write_id, payload, 1, acks, wait=True, message=message)
 
     def write(self, subject: str, msg_id: str, payload: bytes, count: int,
-              acks: list[HeldAck], wait: bool = False) -> None:
+              acks: list[HeldAck], wait: bool = False, message: Message | None = None
+              ) -> None:
         """Write one stream message (``count`` MQTT messages of one topic); the
         ``acks`` of its messages are released once the stream has it. ``wait``
         (QoS 2): before the node joined the stream, wait for it (at most
@@ -232,12 +241,12 @@ class QosStream:
         if wait:
             self._writing[msg_id] = write
         task = asyncio.get_running_loop().create_task(
-            self._write(subject, msg_id, payload, count, write))
+            self._write(subject, msg_id, payload, count, write, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _write(self, subject: str, msg_id: str, payload: bytes, count: int,
-                     write: int) -> None:
+                     write: int, message: Message | None = None) -> None:
         # Nats-Msg-Id: a retry after a lost ack is not stored twice (the stream's
         # duplicate window); receivers also drop a (sender, seq) seen before.
         headers = {"Nats-Msg-Id": msg_id}
@@ -249,8 +258,10 @@ class QosStream:
                     js = self.js
                     if js is None:
                         raise ConnectionError("not joined to the stream yet")
-                    await js.publish(subject, payload, timeout=ATTEMPT_TIMEOUT,
-                                     stream=self.stream, headers=dict(headers))
+                    ack = await js.publish(subject, payload, timeout=ATTEMPT_TIMEOUT,
+                                           stream=self.stream, headers=dict(headers))
+                    if message is not None:  # its stream sequence (sessions.py)
+                        message.stream_seq = ack.seq
                     self.written += count
                     break
                 except asyncio.CancelledError:
@@ -471,7 +482,11 @@ class QosStream:
             return
         engine = self.engine
         now = time.time()
+        key = stream_key(msg)
         for message in messages:
+            message.stream_seq = stream_seq  # a session's position (sessions.py)
+            if key and message.qos == 2:  # its packet id in persistent sessions
+                message.stream_key = key
             engine.route_remote(message, now)
         self.received += len(messages)
         if engine.batch:

@@ -29,7 +29,15 @@ Clean Start 0 resumes it [MQTT-3.1.2-5] and CONNACK says Session Present 1
   expiry interval) is not resumed anywhere; its owner deletes it when its timer ends
   the session.
 
-What a move guarantees (QoS 1 duplicates allowed with DUP; QoS 2's window) is listed in
+* **QoS 2 across a move** (docs/cluster.md): a persistent session's QoS 2 messages
+  from the stream carry packet ids derived from their stream keys (core/session.py);
+  the record also lists the QoS 2 messages released to the client after the position
+  (a PUBREL waits until that is written), so the node a session moves to sends PUBREL
+  for those, nothing for completed ones, and the others again with their ids and
+  DUP=1 [MQTT-4.3.3-10], [MQTT-4.4.0-1]. A live handover also carries the inbound
+  QoS 2 ids the session holds.
+
+What a move guarantees (QoS 1 duplicates allowed) and what it does not is listed in
 docs/cluster.md, "What is guaranteed" and "Not yet".
 """
 
@@ -41,7 +49,7 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NatsClient
@@ -54,13 +62,14 @@ from nats.js.kv import KeyValue
 from iotbroker.cluster import wire
 from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.ownership import client_key
+from iotbroker.cluster.qos_stream import stream_key
 from iotbroker.cluster.subjects import filter_to_subjects, subject_to_topic
 from iotbroker.core.router import copy_for
 from iotbroker.core.session import Session
 from iotbroker.core.subscriptions import SubscriptionEntry
 from iotbroker.core.topics import filter_matches, parse_shared
 from iotbroker.message import NEVER_EXPIRES, Message
-from iotbroker.storage.base import SessionRecord
+from iotbroker.storage.base import OutboundState, SessionRecord
 from iotbroker.storage.records import (
     decode_session,
     decode_subscription,
@@ -96,22 +105,41 @@ MAX_CAPTURED = 100_000
 _HEAD = struct.Struct(">BQB")  # version, position + 1 (0: unknown), len(owner)
 _LEN32 = struct.Struct(">I")
 _LEN16 = struct.Struct(">H")
+_QOS2 = struct.Struct(">QQB")  # stream key, stream sequence (0: unknown), state
 _VERSION = 1
+#: Version 2: version 1 and the QoS 2 messages released after the position.
+_VERSION_QOS2 = 2
 _HANDOVER, _DROP = b"h", b"d"
+#: States of a QoS 2 message after the position (:attr:`Record.qos2`): PUBREL sent
+#: (or about to be: held until this is durable), PUBCOMP received.
+RELEASED, COMPLETED = 1, 2
+#: QoS 2 entries a record keeps at most (the oldest completed ones go first).
+MAX_QOS2_ENTRIES = 20_000
+#: A session that does not drain has its position moved (a scan of its
+#: unacknowledged messages) at a record write once it has more QoS 2 entries.
+ADVANCE_AT = 64
 
 
 @dataclass(slots=True)
 class Record:
-    """One session's durable state in the bucket."""
+    """One session's durable state in the bucket. ``qos2``: stream key -> (stream
+    sequence, state) of the QoS 2 messages released to the client (PUBREL) after the
+    position (docs/cluster.md, "QoS 2 across a move")."""
 
     owner: bytes
     position: int | None
     session: SessionRecord
     subscriptions: list[SubscriptionEntry]
+    qos2: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Only in the record a live owner hands over (never written to the bucket): the
+    #: inbound QoS 2 packet ids it holds (PUBREC sent, PUBREL not received; the value
+    #: is kept for a stream write id, unused: "").
+    inbound: dict[int, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         sess = encode_session(self.session)
-        parts = [_HEAD.pack(_VERSION, 0 if self.position is None else self.position + 1,
+        version = _VERSION_QOS2 if self.qos2 or self.inbound else _VERSION
+        parts = [_HEAD.pack(version, 0 if self.position is None else self.position + 1,
                             len(self.owner)),
                  self.owner, _LEN32.pack(len(sess)), sess,
                  _LEN32.pack(len(self.subscriptions))]
@@ -119,12 +147,20 @@ class Record:
             name = entry.topic_filter.encode()
             body = encode_subscription(entry)
             parts += [_LEN16.pack(len(name)), name, _LEN16.pack(len(body)), body]
+        if version == _VERSION_QOS2:
+            parts.append(_LEN32.pack(len(self.qos2)))
+            parts += [_QOS2.pack(key, seq, state)
+                      for key, (seq, state) in self.qos2.items()]
+            parts.append(_LEN32.pack(len(self.inbound)))
+            for pid, write_id in self.inbound.items():
+                raw = write_id.encode()
+                parts += [_LEN16.pack(pid), _LEN16.pack(len(raw)), raw]
         return b"".join(parts)
 
     @classmethod
     def decode(cls, client_id: str, data: bytes) -> Record:
         version, position, n = _HEAD.unpack_from(data)
-        if version != _VERSION:
+        if version not in (_VERSION, _VERSION_QOS2):
             raise ValueError(f"session record version {version}")
         pos = _HEAD.size
         owner = data[pos:pos + n]
@@ -147,9 +183,26 @@ class Record:
             pos += lb
             group, _ = parse_shared(entry.topic_filter)
             subs.append(entry if group is None else replace(entry, share_group=group))
+        qos2: dict[int, tuple[int, int]] = {}
+        inbound: dict[int, str] = {}
+        if version == _VERSION_QOS2:
+            (count,) = _LEN32.unpack_from(data, pos)
+            pos += _LEN32.size
+            for _ in range(count):
+                key, seq, state = _QOS2.unpack_from(data, pos)
+                pos += _QOS2.size
+                qos2[key] = (seq, state)
+            (count,) = _LEN32.unpack_from(data, pos)
+            pos += _LEN32.size
+            for _ in range(count):
+                (pid,) = _LEN16.unpack_from(data, pos)
+                (ln,) = _LEN16.unpack_from(data, pos + _LEN16.size)
+                pos += 2 * _LEN16.size
+                inbound[pid] = data[pos:pos + ln].decode()
+                pos += ln
         if pos != len(data):
             raise ValueError("session record has trailing bytes")
-        return cls(owner, position - 1 if position else None, session, subs)
+        return cls(owner, position - 1 if position else None, session, subs, qos2, inbound)
 
     def expired(self, now: float) -> bool:
         """[MQTT-3.1.2-23]: over once its expiry interval passed since the disconnect
@@ -158,6 +211,22 @@ class Record:
         return (s.expiry_interval == 0 or (
             s.disconnected_at is not None and s.expiry_interval != NEVER_EXPIRES
             and s.disconnected_at + s.expiry_interval <= now))
+
+
+class _Q2:
+    """A QoS 2 message released to a session's client after its position."""
+
+    __slots__ = ("message", "seq", "state")
+
+    def __init__(self, seq: int, state: int, message: Message | None) -> None:
+        self.seq = seq
+        self.state = state
+        self.message = message
+
+    def stream_seq(self) -> int:
+        if not self.seq and self.message is not None and self.message.stream_seq > 0:
+            self.seq = self.message.stream_seq  # its stream write was acknowledged since
+        return self.seq
 
 
 class IncompleteReplay(Exception):
@@ -221,6 +290,15 @@ class Sessions:
         self._captured: dict[str, list[Message]] = {}
         #: position_now() at the previous turn
         self._turn_position: int | None = None
+        #: per owned client id: the QoS 2 messages released to it after its position,
+        #: by stream key (written in its record: docs/cluster.md, "QoS 2 across a move")
+        self.qos2: dict[str, dict[int, _Q2]] = {}
+        #: per client id: packet ids whose PUBREL waits for the record's next write
+        self._pubrels: dict[str, list[int]] = {}
+        context = engine.registry.context
+        context.derived_ids = True
+        context.held_pubrels = []
+        context.qos2_done = []
         # counters (ClusterNode.status())
         self.resumed = 0
         self.handed_over = 0
@@ -236,6 +314,49 @@ class Sessions:
         if nxt is not None:
             return nxt - 1
         return self.joined_at
+
+    def floor(self) -> int:
+        """For a QoS 1/2 message routed here now whose stream copy this node has not
+        routed (a live copy, or published here): its stream sequence is above this.
+        Kept in ``Message.stream_seq`` as its negative (a positive one is exact)."""
+        pos = self.position_now()
+        return -pos if pos else 0
+
+    def routed_here(self, messages: list[Message]) -> None:
+        """This turn's messages published here: their stream copies are written after
+        this (:meth:`floor`); a QoS 2 one's exact sequence comes with its write's ack."""
+        floor = self.floor()
+        for message in messages:
+            if message.qos and not message.stream_seq:
+                message.stream_seq = floor
+
+    def _advance(self, client_id: str, session: Session) -> None:
+        """A connected session that is not drained: its position may move up to just
+        before its oldest unacknowledged QoS 1/2 message (whose stream sequence, or a
+        bound below it, each message carries: :meth:`floor`), so that its record's
+        QoS 2 entries do not pile up while it never drains. A message of unknown
+        sequence (restored from the store, or published by the broker itself) keeps
+        the position where it is."""
+        if session.queued_count != len(session.queue) or client_id in self._pinned:
+            return  # messages offloaded to the store: not known here
+        low = self.position_now()
+        if low is None:
+            return
+        # (a QoS 2 message whose PUBREL was sent holds it too: its entry must stay
+        # until its PUBCOMP, or the next node would not release its packet id)
+        waiting = [e.delivery for e in session.inflight.values()]
+        waiting.extend(d for _, d in session.queue)
+        for delivery in waiting:
+            if not delivery.qos:
+                continue
+            seq = delivery.message.stream_seq
+            if not seq:
+                return
+            bound = seq - 1 if seq > 0 else -seq
+            low = min(low, bound)
+        old = self.positions.get(client_id)
+        if old is None or low > old:
+            self.positions[client_id] = low
 
     @staticmethod
     def _drained(session: Session) -> bool:
@@ -258,8 +379,11 @@ class Sessions:
             if (before is not None and session is not None and not session.inflight
                     and client.client_id in self.revs
                     and client.client_id not in self._pinned):
-                self.positions[client.client_id] = before
+                old = self.positions.get(client.client_id)
+                # (never back: QoS 2 entries up to the position may be gone)
+                self.positions[client.client_id] = before if old is None else max(old, before)
         self._turn_position = self.position_now()
+        self._qos2_turn()
         for client_id, _ in touched:
             dirty[client_id] = None
         for client in accepted:
@@ -270,6 +394,74 @@ class Sessions:
             dirty[client.client_id] = None
         if dirty:
             self._wake.set()
+
+    def _qos2_turn(self) -> None:
+        """PUBRECs and PUBCOMPs of derived packet ids this turn (core/session.py):
+        a released message goes into its session's record, and its PUBREL waits until
+        that record is written (so a node the session moves to after a crash sends
+        PUBREL, not the message again); a completed one is noted at the next write.
+        Without NATS, or for a session whose record is not this node's, the PUBREL
+        goes at once."""
+        context = self.engine.registry.context
+        held = context.held_pubrels
+        done = context.qos2_done
+        if held:
+            context.held_pubrels = []
+            now = time.time()
+            nc = self.nc
+            up = self.kv is not None and nc is not None and nc.is_connected
+            for session, pid, key in held:
+                client_id = session.client_id
+                if not up or (client_id not in self.revs and client_id not in self._claims):
+                    session.release_pubrel(pid, now)
+                    continue
+                entry = session.inflight.get(pid)
+                message = entry.delivery.message if entry is not None else None
+                entries = self.qos2.get(client_id)
+                if entries is None:
+                    entries = self.qos2[client_id] = {}
+                entries[key] = _Q2(message.stream_seq if message is not None
+                                   and message.stream_seq > 0 else 0, RELEASED, message)
+                self._pubrels.setdefault(client_id, []).append(pid)
+                self._dirty[client_id] = None
+            if not up:
+                self.schedule_flush()
+        if done:
+            context.qos2_done = []
+            for session, key in done:
+                q = self.qos2.get(session.client_id, {}).get(key)
+                if q is not None:
+                    q.state = COMPLETED  # written with the next change (not waited for)
+
+    def _release_pubrels(self, client_id: str, pids: list[int]) -> None:
+        session = self.engine.registry.get(client_id)
+        if session is None or not pids:
+            return
+        now = time.time()
+        for pid in pids:
+            session.release_pubrel(pid, now)
+        self.schedule_flush()
+
+    def _qos2_of(self, client_id: str, position: int | None) -> dict[int, tuple[int, int]]:
+        """The record's QoS 2 entries: those after ``position`` (kept in memory too)."""
+        entries = self.qos2.get(client_id)
+        if not entries:
+            return {}
+        out: dict[int, tuple[int, int]] = {}
+        for key, q in list(entries.items()):
+            seq = q.stream_seq()
+            if position is not None and 0 < seq <= position:
+                del entries[key]  # the position covers it
+                continue
+            out[key] = (seq, q.state)
+        if len(out) > MAX_QOS2_ENTRIES:
+            for key in [k for k, (_, st) in out.items() if st == COMPLETED][
+                    :len(out) - MAX_QOS2_ENTRIES]:
+                del out[key]
+                entries.pop(key, None)
+        if not entries:
+            del self.qos2[client_id]
+        return out
 
     @property
     def capturing(self) -> bool:
@@ -301,19 +493,46 @@ class Sessions:
             pos = self.position_now()
             if pos is not None:
                 self.positions[client_id] = pos
+        elif session.attached_to is not None and len(
+                self.qos2.get(client_id, ())) > ADVANCE_AT:
+            self._advance(client_id, session)
         rec = engine.registry.record(session)
         rec = replace(rec, will=None)  # a dead node's wills are wills.py's
-        return Record(self.sender, self.positions.get(client_id), rec,
-                      list(session.subscriptions.values()))
+        position = self.positions.get(client_id)
+        return Record(self.sender, position, rec, list(session.subscriptions.values()),
+                      self._qos2_of(client_id, position))
 
     async def _write_one(self, kv: KeyValue, client_id: str) -> None:
+        # PUBRELs that wait for this write (their messages are in ``rec.qos2``)
+        pids = self._pubrels.pop(client_id, [])
+        written = False
+        try:
+            written = await self._write_record(kv, client_id)
+        finally:
+            if pids:
+                nc = self.nc
+                if written or client_id not in self.revs or nc is None or (
+                        not nc.is_connected):
+                    # durable, or the session is not ours (any more), or NATS is away
+                    # (the node serves its clients: the PUBREL goes, not guaranteed)
+                    self._release_pubrels(client_id, pids)
+                else:  # not written: again soon, the PUBRELs still held
+                    self._pubrels.setdefault(client_id, [])[:0] = pids
+                    asyncio.get_running_loop().call_later(0.2, self._redirty, client_id)
+
+    def _redirty(self, client_id: str) -> None:
+        self._dirty[client_id] = None
+        self._wake.set()
+
+    async def _write_record(self, kv: KeyValue, client_id: str) -> bool:
+        """Write the record of ``client_id``; True when it is written."""
         key = client_key(client_id)
         rec = self._record_of(client_id)
         rev = self.revs.get(client_id)
         try:
             if rev is None:
                 if client_id not in self._claims:
-                    return  # not ours (handed over, or never written: a local session)
+                    return False  # not ours (handed over, or never written: a local session)
                 self._claims.discard(client_id)
                 # Accepted here, not owned here yet (a new session, a clean start):
                 # whoever had it drops its copy; last writer wins.
@@ -329,15 +548,16 @@ class Sessions:
                 if rec is None:
                     if entry is not None and entry.value:
                         await kv.delete(key)
-                    return
+                    return False
                 if client_id not in self.engine.registry.sessions:
-                    return
+                    return False
                 rev = await kv.put(key, rec.encode())
                 if client_id in self.engine.registry.sessions:  # not handed over meanwhile
                     self.revs[client_id] = rev
             elif rec is None:
                 self.revs.pop(client_id, None)
                 self.positions.pop(client_id, None)
+                self.qos2.pop(client_id, None)
                 await kv.delete(key, last=rev)
             else:
                 rev = await kv.update(key, rec.encode(), last=rev)
@@ -346,6 +566,7 @@ class Sessions:
             self.writes += 1
             log.debug("cluster: session record %r written (position %s)", client_id,
                       None if rec is None else rec.position)
+            return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -360,6 +581,7 @@ class Sessions:
             else:
                 self.write_failures += 1
                 log.warning("cluster: session record %r not written: %s", client_id, exc)
+            return False
 
     async def run(self, nc: NatsClient) -> None:
         """Open the bucket, answer handovers, write records, checkpoint positions."""
@@ -434,7 +656,9 @@ class Sessions:
                 rec = Record.decode(client_id, entry.value)
                 if rec.owner.rsplit(b"/", 1)[0] == self.node:
                     self.positions[client_id] = rec.position
-                    mine = Record(self.sender, rec.position, rec.session, rec.subscriptions)
+                    self._load_qos2(client_id, rec.qos2)
+                    mine = Record(self.sender, rec.position, rec.session, rec.subscriptions,
+                                  rec.qos2)
                     self.revs[client_id] = await kv.update(key, mine.encode(),
                                                            last=entry.revision)
                     self._dirty[client_id] = None
@@ -524,6 +748,14 @@ class Sessions:
             self.positions.pop(client_id, None)
             return None
         rec = self._record_of(client_id)
+        if rec is not None and session.inbound_qos2:
+            # The inbound QoS 2 ids it holds go too (a live handover only: the record
+            # in the bucket never has them): a PUBREL to the new node completes, and a
+            # PUBLISH re-sent there with a held id is not routed again [MQTT-4.3.3-10].
+            # Not those whose stream write is still pending (docs/cluster.md, Not yet).
+            pending = engine.qos2_unreplicated
+            rec.inbound = {pid: "" for pid in session.inbound_qos2
+                           if (client_id, pid) not in pending}
         self.positions.pop(client_id, None)
         self._drop_local(client_id)
         self.handed_over += 1
@@ -536,6 +768,8 @@ class Sessions:
         session = engine.registry.get(client_id)
         if session is None or session.attached_to is not None:
             return
+        self.qos2.pop(client_id, None)
+        self._pubrels.pop(client_id, None)
         pairs = [(client_id, f) for f in session.subscriptions]
         engine.registry.pending_wills.pop(client_id, None)
         engine.registry.destroy(session)
@@ -608,7 +842,7 @@ class Sessions:
                 if handed.expired(time.time()):
                     return
                 claimed = Record(self.sender, handed.position, handed.session,
-                                 handed.subscriptions)
+                                 handed.subscriptions, handed.qos2)
                 try:
                     self.revs[client_id] = await kv.create(key, claimed.encode())
                 except Exception:
@@ -626,8 +860,10 @@ class Sessions:
                 # This node before a restart: its store has the session (and its
                 # durable consumer brought what came meanwhile); take the record.
                 mine = Record(self.sender, found.position, found.session,
-                              found.subscriptions)
+                              found.subscriptions, found.qos2)
                 self.positions.setdefault(client_id, found.position)
+                if client_id not in self.qos2:
+                    self._load_qos2(client_id, found.qos2)
                 self.revs[client_id] = await kv.update(key, mine.encode(), last=revision)
                 self._dirty[client_id] = None
                 return
@@ -643,7 +879,8 @@ class Sessions:
                     await kv.delete(key, last=revision)
                 self._drop_local(client_id)
                 return  # [MQTT-3.1.2-23]: over; a new session starts
-            claimed = Record(self.sender, rec.position, rec.session, rec.subscriptions)
+            claimed = Record(self.sender, rec.position, rec.session, rec.subscriptions,
+                             rec.qos2)
             try:
                 rev = await kv.update(key, claimed.encode(), last=revision)
             except Exception:
@@ -666,8 +903,13 @@ class Sessions:
         """Rebuild the session here from ``rec`` and deliver what the QoS stream has
         for it after its position. The stream's reader waits meanwhile (its lock), so
         each stream message reaches the session exactly once from here: those the
-        node routed before the session was here are given to it alone, those it had
-        not seen yet are routed as the reader would (and the reader then drops them)."""
+        node had not seen yet are first routed to its other sessions as the reader
+        would (the reader then drops them), then every message read goes to this
+        session. A QoS 2 message released to the client before the move (``rec.qos2``)
+        is not sent again: completed, nothing; released, its PUBREL; any other QoS 2
+        message goes in flight under its derived packet id, re-sent with DUP=1, so a
+        client that holds that id does not deliver it twice [MQTT-4.3.3-10]
+        (docs/cluster.md, "QoS 2 across a move")."""
         qos = self.qos
         js = self.js
         assert js is not None
@@ -695,6 +937,15 @@ class Sessions:
                     return  # connected here meanwhile: keep it
                 self._drop_local(client_id)
             now = time.time()
+            dedup = qos.dedup
+            own = self.sender
+            replayed: set[tuple[str, str, float, bytes]] = set()
+            for stream_seq, sender, seq, messages in fetched:
+                replayed.update(_identity(m) for m in messages)
+                if sender != own and (nxt is None or stream_seq >= nxt) and dedup.first(
+                        sender, seq):
+                    for message in messages:  # as the reader would (not to this session)
+                        engine.route_remote(message, now)
             s = rec.session
             session = Session(client_id, s.protocol_version, s.expiry_interval,
                               registry.context)
@@ -707,38 +958,51 @@ class Sessions:
                 engine.trie.add(entry)
                 batch.put_subscription(entry)
             batch.put_session(registry.record(session))
+            for pid in rec.inbound:  # handed over by a live owner
+                session.hold_inbound_qos2(pid)
             self.positions[client_id] = rec.position
+            self._load_qos2(client_id, rec.qos2)
             if incomplete:
                 self._pinned.add(client_id)
             pairs = [(client_id, e.topic_filter) for e in rec.subscriptions]
             if pairs:
                 self.interest_changed(pairs)
-            dedup = qos.dedup
-            own = self.sender
             count = 0
-            replayed: set[tuple[str, str, float, bytes]] = set()
+            released = rec.qos2
+            queued2 = False  # a QoS 2 message waits in the queue: the later ones too
 
             def to_session(message: Message) -> int:
+                nonlocal queued2
                 if message.expired(now):
                     return 0
                 entries = [e for e in session.subscriptions.values()
                            if e.share_group is None
                            and filter_matches(e.topic_filter, message.topic)]
-                if entries:
-                    delivery = copy_for(message, entries, client_id)
-                    if delivery is not None and session.deliver(delivery, now):
+                if not entries:
+                    return 0
+                delivery = copy_for(message, entries, client_id)
+                if delivery is None:
+                    return 0
+                key = message.stream_key
+                if delivery.qos == 2 and key:
+                    state = released.get(key, (0, 0))[1]
+                    if state == COMPLETED or not session.may_receive(message.topic):
+                        return 0  # the client had it and forgot its id: not again
+                    if state == RELEASED:
+                        # PUBREL again, never the message [MQTT-4.3.3-10]; a message
+                        # holding the same id before it was completed (it could not
+                        # have been sent otherwise): replaced.
+                        session.restore_derived(delivery, OutboundState.PUBREL_SENT, now,
+                                                replace=True)
                         return 1
-                return 0
+                    if not queued2 and session.restore_derived(
+                            delivery, OutboundState.PUBLISH_SENT, now):
+                        return 1  # re-sent with its id and DUP=1 on attach
+                    queued2 = True
+                return 1 if session.deliver(delivery, now) else 0
 
-            for stream_seq, sender, seq, messages in fetched:
-                replayed.update(_identity(m) for m in messages)
-                if sender != own and (nxt is None or stream_seq >= nxt) and dedup.first(
-                        sender, seq):
-                    for message in messages:  # as the reader would: to every session
-                        engine.route_remote(message, now)
-                    count += len(messages)
-                    continue
-                for message in messages:  # routed here before: to this session only
+            for _, _, _, messages in fetched:
+                for message in messages:
                     count += to_session(message)
             # Routed here during the resume, before the session was: those whose stream
             # copy was not in the read above (written after it) come now.
@@ -747,9 +1011,18 @@ class Sessions:
                     count += to_session(message)
             self.replayed += count
             log.info("cluster: session %r resumed here (%d subscriptions, %d QoS 1/2 "
-                     "messages from the stream after position %s)", client_id,
-                     len(rec.subscriptions), count, rec.position)
+                     "messages from the stream after position %s, %d QoS 2 released "
+                     "before)", client_id, len(rec.subscriptions), count, rec.position,
+                     len(released))
             self.schedule_flush()
+
+    def _load_qos2(self, client_id: str, entries: dict[int, tuple[int, int]]) -> None:
+        """The QoS 2 entries of a record this node takes (kept in its next writes)."""
+        if entries:
+            self.qos2[client_id] = {key: _Q2(seq, state, None)
+                                    for key, (seq, state) in entries.items()}
+        else:
+            self.qos2.pop(client_id, None)
 
     async def _fetch(self, js: JetStreamContext, position: int, filters: list[str]
                      ) -> list[tuple[int, bytes, int, list[Message]]]:
@@ -807,6 +1080,11 @@ class Sessions:
                     except Exception as exc:
                         log.warning("cluster: undecodable QoS stream message: %s", exc)
                         continue
+                    key = stream_key(msg)
+                    for message in messages:
+                        message.stream_seq = stream_seq
+                        if key and message.qos == 2:  # its derived packet id (_install)
+                            message.stream_key = key
                     out.append((stream_seq, sender, seq, messages))
                     if stream_seq >= last:
                         done = True

@@ -16,7 +16,12 @@ Delivery rules implemented here:
   the queue while older ones wait;
 * on resume, unacknowledged PUBLISH packets are re-sent with DUP=1 and PUBRELs
   re-sent, in their original order [MQTT-4.4.0-1], [MQTT-4.4.0-2];
-* a PUBREC with a failure reason code (MQTT 5.0) ends that delivery [MQTT-4.3.3].
+* a PUBREC with a failure reason code (MQTT 5.0) ends that delivery [MQTT-4.3.3];
+* in a cluster node (:attr:`SessionContext.derived_ids`), a persistent session sends
+  a QoS 2 message that went through the cluster's stream with a packet id derived
+  from its stream key, the same on every node, and its PUBREL waits until the cluster
+  room has made the release durable (docs/cluster.md, "QoS 2 across a move";
+  [MQTT-4.3.3-10], [MQTT-4.4.0-1]).
 
 Authorisation (issue 12): every message reaches a session through :meth:`Session.deliver`
 (live, retained on subscribe, shared group, will, and later bridged or clustered
@@ -43,7 +48,7 @@ from typing import Any, Protocol
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.core.subscriptions import SubscriptionEntry
-from iotbroker.message import Delivery
+from iotbroker.message import Delivery, derived_packet_id
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import (
     ChangeBatch,
@@ -195,7 +200,8 @@ class SessionContext:
     something to send, and the pager. One reference per session instead of six keeps
     an idle connection small (issue 19)."""
 
-    __slots__ = ("batch", "gate", "limits", "metrics", "pager", "ready", "stream_outbox")
+    __slots__ = ("batch", "derived_ids", "gate", "held_pubrels", "limits", "metrics", "pager",
+                 "qos2_done", "ready", "stream_outbox")
 
     def __init__(
         self,
@@ -221,6 +227,18 @@ class SessionContext:
         #: seq, :func:`stream_packet_id`) and its PUBACK deletes that one record. Two
         #: writes per message instead of four, one encoding instead of two.
         self.stream_outbox = stream_outbox
+        #: Cluster (docs/cluster.md, "QoS 2 across a move"): a persistent session sends
+        #: a QoS 2 message that has a stream key with the packet id derived from it
+        #: (0x8000-0xFFFF, :func:`~iotbroker.message.derived_packet_id`) and allocates
+        #: its other packet ids in 1-0x7FFF.
+        self.derived_ids = False
+        #: Cluster: PUBRELs of derived ids held until the cluster room has made the
+        #: release durable ``(session, packet id, stream key)``; it then calls
+        #: :meth:`Session.release_pubrel`. None: PUBREL goes at once.
+        self.held_pubrels: list[tuple[Session, int, int]] | None = None
+        #: Cluster: QoS 2 deliveries with a derived id completed (PUBCOMP) this turn,
+        #: ``(session, stream key)``; None: nobody asks.
+        self.qos2_done: list[tuple[Session, int]] | None = None
 
 
 class Session:
@@ -431,6 +449,13 @@ class Session:
                 self._next_seq = seq + 1
                 context.batch.put_queued(QueuedRecord(self.client_id, seq, delivery))
                 self._send_stream(delivery, seq, now)
+            elif delivery.qos == 2 and context.derived_ids and self.persistent and (
+                    delivery.message.stream_key):
+                pid = derived_packet_id(delivery.message.stream_key)
+                if pid in self.inflight:
+                    self._enqueue(delivery)  # its id is still taken: it waits its turn
+                else:
+                    self._send_new(delivery, now, pid)
             else:
                 self._send_new(delivery, now)
         else:
@@ -438,12 +463,16 @@ class Session:
         return True
 
     def _allocate_packet_id(self) -> int:
-        """Next free packet identifier, never one still in flight [MQTT-2.3.1-2]."""
+        """Next free packet identifier, never one still in flight [MQTT-2.3.1-2]
+        (1-0x7FFF in a session with derived ids: :attr:`SessionContext.derived_ids`)."""
+        top = 0x7FFF if self.context.derived_ids and self.persistent else 0xFFFF
         pid = self._next_packet_id
+        if pid > top:
+            pid = 1
         inflight = self.inflight
         while pid in inflight:
-            pid = pid + 1 if pid < 0xFFFF else 1
-        self._next_packet_id = pid + 1 if pid < 0xFFFF else 1
+            pid = pid + 1 if pid < top else 1
+        self._next_packet_id = pid + 1 if pid < top else 1
         return pid
 
     def _emit(self, delivery: Delivery | None, packet_id: int, dup: bool, now: float) -> None:
@@ -484,8 +513,9 @@ class Session:
             self._forget_stored(packet_id, entry)
             self.pump(now)
 
-    def _send_new(self, delivery: Delivery, now: float) -> None:
-        pid = self._allocate_packet_id()
+    def _send_new(self, delivery: Delivery, now: float, pid: int = 0) -> None:
+        if not pid:
+            pid = self._allocate_packet_id()
         seq = self._next_seq
         self._next_seq = seq + 1
         inflight = self.inflight
@@ -658,6 +688,12 @@ class Session:
             keep = stream and delivery.qos == 1
             if keep and stream_packet_id(seq) in self.inflight:
                 return  # its derived id is still in flight: wait for that one
+            derived = 0
+            if delivery.qos == 2 and delivery.message.stream_key and (
+                    self.context.derived_ids and self.persistent):
+                derived = derived_packet_id(delivery.message.stream_key)
+                if derived in self.inflight:
+                    return  # its derived id is still in flight: wait for that one
             queue.popleft()
             self._queued_bytes -= len(delivery.message.payload)
             if self.persistent and not keep:
@@ -676,7 +712,7 @@ class Session:
             elif keep:
                 self._send_stream(delivery, seq, now)  # stored already: no write
             else:
-                self._send_new(delivery, now)
+                self._send_new(delivery, now, derived)
 
     # ------------------------------------------------------------ acks in
     def on_puback(self, packet_id: int, now: float) -> bool:
@@ -714,9 +750,24 @@ class Session:
                         entry.seq,
                     )
                 )
+        held = self.context.held_pubrels
+        key = entry.delivery.message.stream_key
+        if held is not None and key and packet_id >= 0x8000 and self.persistent:
+            # Cluster: the release is made durable first (docs/cluster.md, "QoS 2
+            # across a move"), then :meth:`release_pubrel` (also for a PUBREC again).
+            held.append((self, packet_id, key))
+            return True
         if self.attached_to is not None:
             self._emit(None, packet_id, False, now)
         return True
+
+    def release_pubrel(self, packet_id: int, now: float) -> None:
+        """The cluster made the release of ``packet_id`` durable: its PUBREL goes now
+        (if the delivery is still waiting for it) [MQTT-4.3.3-3]."""
+        entry = self.inflight.get(packet_id)
+        if (entry is not None and entry.state is OutboundState.PUBREL_SENT
+                and self.attached_to is not None):
+            self._emit(None, packet_id, False, now)
 
     def on_pubcomp(self, packet_id: int, now: float) -> bool:
         """PUBCOMP completes a QoS 2 delivery; False for an unknown packet id."""
@@ -726,7 +777,33 @@ class Session:
         del self.inflight[packet_id]
         if self.persistent:
             self.context.batch.delete_outbound(self.client_id, packet_id)
+            done = self.context.qos2_done
+            key = entry.delivery.message.stream_key
+            if done is not None and key and packet_id >= 0x8000:
+                done.append((self, key))
         self.pump(now)
+        return True
+
+    def restore_derived(self, delivery: Delivery, state: OutboundState, now: float,
+                        replace: bool = False) -> bool:
+        """A QoS 2 message a session that moved here may have in flight at the client
+        (replayed from the cluster's stream): in flight again under its derived packet
+        id, stored, re-sent on attach as it was — PUBLISH with DUP=1, or PUBREL
+        [MQTT-4.4.0-1]. False when its id is taken (it is then delivered as usual),
+        unless ``replace``: the message that holds it is forgotten."""
+        key = delivery.message.stream_key
+        if not key or not self.persistent:
+            return False
+        pid = derived_packet_id(key)
+        if pid in self.inflight and not replace:
+            return False
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        if self.inflight is _NO_INFLIGHT:
+            self.inflight = {}
+        self.inflight[pid] = InflightEntry(delivery, state, seq)
+        self.context.batch.put_outbound(
+            OutboundRecord(self.client_id, pid, state, delivery, seq))
         return True
 
     # ------------------------------------------------------------ QoS 2 in
@@ -851,6 +928,8 @@ class Session:
         self.attached_to = connection
         self.writable = True
         self.outbox = None
+        if self.context.derived_ids and self.persistent:
+            receive_maximum = min(receive_maximum, 0x7FFF)  # allocated ids: 1-0x7FFF
         self.receive_maximum = receive_maximum
         self.disconnected_at = None
         self.page_in()
@@ -873,7 +952,12 @@ class Session:
             if entry is None:
                 continue  # acknowledged or handed over meanwhile
             if entry.state is OutboundState.PUBREL_SENT:
-                self._emit(None, pid, False, now)
+                held = self.context.held_pubrels
+                key = entry.delivery.message.stream_key
+                if held is not None and key and pid >= 0x8000 and self.persistent:
+                    held.append((self, pid, key))  # once its release is durable
+                else:
+                    self._emit(None, pid, False, now)
             elif self.may_receive(entry.delivery.message.topic):
                 self._emit(entry.delivery, pid, True, now)
             else:

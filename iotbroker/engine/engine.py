@@ -69,7 +69,7 @@ from iotbroker.core.topics import (
 )
 from iotbroker.engine.client import Client
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
-from iotbroker.message import Message
+from iotbroker.message import Message, write_key
 from iotbroker.metrics import Metrics
 from iotbroker.protocol.connection import ConnectionState
 from iotbroker.storage.base import ChangeBatch, QueuedRecord, Store, StreamPosition, WillRecord
@@ -720,6 +720,12 @@ class Engine:
             return
         message = self._message(packet, session, now, v5)
         client.published_this_turn = True
+        write_id = None
+        if qos == 2 and self.qos2_write_id is not None and self.held_acks is not None:
+            # The id of its stream write, known before routing: persistent sessions
+            # derive its packet id from it (docs/cluster.md, "QoS 2 across a move").
+            write_id = self.qos2_write_id()
+            message.stream_key = write_key(write_id)
         code = self.router.publish(message, now)
         if self.forwarding is not None:
             self.forwarding.append(message)
@@ -729,11 +735,9 @@ class Engine:
                 # 0x10 No matching subscribers is not said in a cluster)
                 if not v5 or code == R.NO_MATCHING_SUBSCRIBERS:
                     code = R.SUCCESS
-                write_id = None
-                if qos == 2 and self.qos2_write_id is not None:
+                if write_id is not None:
                     # Held as pending until the stream acknowledges the write
                     # (docs/cluster.md, "QoS 2 exactly once").
-                    write_id = self.qos2_write_id()
                     self.qos2_unreplicated[(session.client_id, packet_id)] = write_id
                     if session.persistent:
                         self.batch.put_inbound_pending(session.client_id, packet_id, write_id)

@@ -184,6 +184,7 @@ _DELIVERY = struct.Struct(">BBH")
 _MESSAGE = struct.Struct(">BBddIIII")
 _V1_MESSAGE = struct.Struct(">BBBddIIII")  # VALUE_VERSION, then _MESSAGE
 _POSITION = struct.Struct(">BQd")
+_KEY = struct.Struct(">QQ")  # a delivery's message: cluster stream key and sequence
 _V1 = bytes([VALUE_VERSION])
 
 #: What a decoder may raise on bad bytes; the public decoders turn it into CorruptData.
@@ -444,13 +445,20 @@ def decode_schema_version(raw: bytes) -> int:
 # --------------------------------------------------------------------------- encoding
 
 
-def _encode_message(m: Message) -> list[bytes]:
+def _encode_message(m: Message, keyed: bool = False) -> list[bytes]:
+    """``keyed`` (a delivery's message): a cluster stream key, if it has one, follows
+    the payload (flag 4: the key and the stream sequence, 8 bytes each), so a session's
+    queued or in-flight QoS 2 message keeps its derived packet id across a restart
+    (docs/cluster.md, "QoS 2 across a move"). Never in retained records (the cluster's
+    wire format is the retained encoding)."""
     topic = m.topic.encode()
     origin = m.origin.encode()
     props = encode_properties(m.properties)
     payload = m.payload
     expires_at = m.expires_at
     flags = (1 if m.retain else 0) | (0 if expires_at is None else 2)
+    if keyed and m.stream_key:
+        flags |= 4
     head = _MESSAGE.pack(
         m.qos,
         flags,
@@ -461,6 +469,9 @@ def _encode_message(m: Message) -> list[bytes]:
         len(props),
         len(payload),
     )
+    if flags & 4:
+        return [head, topic, origin, props, bytes(payload),
+                _KEY.pack(m.stream_key, max(0, m.stream_seq))]
     return [head, topic, origin, props, bytes(payload)]
 
 
@@ -469,7 +480,7 @@ def _encode_delivery(d: Delivery, version: bytes = _V1) -> bytes:
     head = _DELIVERY.pack(d.qos, 1 if d.retain else 0, len(ids))
     if ids:
         head += struct.pack(f">{len(ids)}I", *ids)
-    return b"".join([version, head, *_encode_message(d.message)])
+    return b"".join([version, head, *_encode_message(d.message, True)])
 
 
 def encode_session(rec: SessionRecord) -> bytes:
@@ -574,7 +585,12 @@ def _decode_message(buf: bytes, pos: int) -> Message:
     qos, flags, created_at, expires_at, lt, lo, lp, lpl = _MESSAGE.unpack_from(buf, pos)
     pos += _MESSAGE.size
     end = pos + lt + lo + lp + lpl
-    if end != len(buf):
+    key = seq = 0
+    if flags & 4:
+        key, seq = _KEY.unpack_from(buf, end)
+        if end + _KEY.size != len(buf):
+            raise CorruptData("message length mismatch")
+    elif end != len(buf):
         raise CorruptData("message length mismatch")
     topic = buf[pos : pos + lt].decode()
     pos += lt
@@ -591,6 +607,8 @@ def _decode_message(buf: bytes, pos: int) -> Message:
         created_at=created_at,
         expires_at=expires_at if flags & 2 else None,
         origin=origin,
+        stream_key=key,
+        stream_seq=seq,
     )
 
 
