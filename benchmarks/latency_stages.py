@@ -203,7 +203,7 @@ def main() -> None:
     if args.baseline:
         builds.append(("base", args.baseline))
     print(f"{'':22}" + "".join(f"{s:>12}" for s in STAGES) + "   e2e p50/p99 ms")
-    for rep in range(1, args.reps + 1):
+    for _rep in range(args.reps):
         for rate in (float(r) for r in args.rates.split(",")):
             for name, tree in builds:
                 r = run_one(rate, tree, args)

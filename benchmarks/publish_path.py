@@ -102,9 +102,9 @@ async def one_run(messages: int, cold: int,
     bind_loop(loop)
     broker = Broker(config, MemoryStore(), loop)
     sub, sub_t = client(broker, "path-sub")
-    sub.data_received(encode_packet(Subscribe(1, (Subscription(TOPIC, qos=1),)), 4))
+    sub.data_received(encode_packet(Subscribe(1, [Subscription(TOPIC, qos=1)]), 4))
     broker.flush()
-    pub, pub_t = client(broker, "path-pub")
+    pub, _ = client(broker, "path-pub")
     publishes = [encode_packet(Publish(topic=TOPIC, payload=struct.pack(">Q", i) + b"\xa5" * 56,
                                        qos=1, packet_id=i % 65535 + 1), 4)
                  for i in range(messages)]
@@ -158,7 +158,8 @@ def main() -> None:
     messages = min(args.messages, 3000) if args.cold else args.messages
     runs = [uvloop.run(one_run(messages, args.cold, None)) for _ in range(args.reps)]
     cols = list(zip(*runs, strict=True))
-    print(f"{build.describe()}{f', caches evicted ({args.cold} MiB)' if args.cold else ''}: µs per message, "
+    cold = f", caches evicted ({args.cold} MiB)" if args.cold else ""
+    print(f"{build.describe()}{cold}: µs per message, "
           f"median of {args.reps} runs of each run's median ({messages} messages): "
           + ", ".join(f"{name} {statistics.median(col):.2f} ({'/'.join(f'{v:.2f}' for v in col)})"
                       for name, col in zip(("forward", "after", "puback"), cols, strict=True)))

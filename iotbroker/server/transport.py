@@ -269,7 +269,11 @@ class ClientProtocol(Client, asyncio.Protocol):
             if self.deferred:
                 self._hold(packets)
                 return  # a failure waits for the backlog: resume_deferred applies it
-            self.handle_packets(packets)
+            # handle_packets, inlined (the PUBLISH -> forward path, issue 19)
+            handled = broker.handle_packets(self, packets)
+            if self.deferred and not self.close_after_flush:
+                self._hold(packets[handled:])
+                self.pause_reading()
         if self.conn.failure is not None:
             self.apply_failure()
 
