@@ -385,11 +385,12 @@ class ClientProtocol(Client, asyncio.Protocol):
             return
         if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per write)
             packetlog.log_outbound(self, data)
+        transport.write(data)  # type: ignore[attr-defined]
+        # Counted after the write: a forward's latency ends at the write (issue 19).
         metrics = self.broker.metrics
         metrics.bytes_sent += len(data)
         metrics.messages_sent += conn.packets_queued - self.packets_counted
         self.packets_counted = conn.packets_queued
-        transport.write(data)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Close after the pending output of this turn has been written."""
