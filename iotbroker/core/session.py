@@ -514,15 +514,19 @@ class Session:
             self.pump(now)
 
     def _send_new(self, delivery: Delivery, now: float, pid: int = 0) -> None:
+        inflight = self.inflight
         if not pid:
-            pid = self._allocate_packet_id()
+            pid = self._next_packet_id
+            if pid in inflight or pid >= 0x7FFF:
+                pid = self._allocate_packet_id()
+            else:  # _allocate_packet_id's common case, inlined (the QoS 1 path, issue 19)
+                self._next_packet_id = pid + 1
         seq = self._next_seq
         self._next_seq = seq + 1
-        inflight = self.inflight
         if inflight is _NO_INFLIGHT:
             inflight = self.inflight = {}
         inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
-        if self.persistent:
+        if self.expiry_interval > 0:  # persistent (inlined: the QoS 1 path)
             self.context.batch.put_outbound(
                 OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
             )

@@ -317,7 +317,8 @@ class Engine:
             sessions = ready[:]
             ready.clear()
             for session in sessions:
-                entries = session.take_outbox()
+                entries = session.outbox  # take_outbox(), inlined: the QoS 1 path
+                session.outbox = None
                 client = session.attached_to
                 if not entries or not isinstance(client, Client):
                     continue
@@ -643,7 +644,9 @@ class Engine:
 
     # --------------------------------------------------------------- PUBLISH
     def on_publish(self, client: Client, packet: Publish, now: float) -> None:
-        session = _session(client)
+        session = client.session
+        if session is None:
+            raise ProtocolViolation("packet before CONNACK", spec_ref="MQTT-3.1.0-1")
         cfg = self.config.mqtt
         conn = client.conn
         v5 = conn.protocol_version == 5
@@ -718,7 +721,17 @@ class Engine:
                 self.seen_before(session.client_id, props)):
             _ack(client, packet, R.SUCCESS)
             return
-        message = self._message(packet, session, now, v5)
+        expiry = props.message_expiry_interval  # the Message, as _message makes it
+        message = Message(
+            topic=topic,
+            payload=packet.payload,
+            qos=qos,
+            retain=packet.retain,
+            properties=props if v5 else NO_PROPERTIES,
+            created_at=now,
+            expires_at=None if expiry is None else now + expiry,
+            origin=session.client_id,
+        )
         client.published_this_turn = True
         write_id = None
         if qos == 2 and self.qos2_write_id is not None and self.held_acks is not None:
@@ -743,8 +756,8 @@ class Engine:
                         self.batch.put_inbound_pending(session.client_id, packet_id, write_id)
                 self.held_acks.append(HeldAck(message, client, packet_id, code, write_id))
                 return
-        if qos:
-            _ack(client, packet, code)
+        if qos and packet_id:  # _ack, inlined
+            conn.send_publish_ack(qos, packet_id, code if v5 else 0)
 
     @staticmethod
     def _message(packet: Publish, session: Session, now: float, v5: bool) -> Message:

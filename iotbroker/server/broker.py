@@ -62,6 +62,7 @@ _VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion
 GC_GEN0_THRESHOLD = 20_000
 
 _PUBLISH = PacketType.PUBLISH
+_TRIM_AFTER_CHANGES = memtrim.TRIM_AFTER_CHANGES
 _CONNECT = PacketType.CONNECT
 _AUTH = PacketType.AUTH
 
@@ -351,24 +352,27 @@ class Broker:
         # the messages routed to subscribers: a PUBACK written first delays the
         # forward by a send that wakes the publisher (issue 19, latency tail).
         # Connections are independent: MQTT promises no order between them.
-        answers = self.ready_to_write[:]  # the list itself is shared with the connections
-        self.ready_to_write.clear()
-        try:
-            self.engine.send_ready(self.now())
-        except BaseException:
-            self.ready_to_write.extend(answers)  # as before the split: nothing forgotten
-            raise
+        ready = self.ready_to_write
+        answers = ready[:]  # the list itself is shared with the connections
+        ready.clear()
+        engine = self.engine
+        if engine.registry.ready:
+            try:
+                engine.send_ready(time.time())  # Broker.now(), inlined: hot path
+            except BaseException:
+                ready.extend(answers)  # as before the split: nothing forgotten
+                raise
         self._flush_scheduled = False
-        batch = self.engine.batch
-        dirty = self.ready_to_write + answers if answers else self.ready_to_write[:]
-        self.ready_to_write.clear()
+        dirty = ready + answers if answers else ready[:]
+        ready.clear()
         readers = self.active_readers
         if readers:
             self.active_readers = []
-        if batch:
-            changes = len(batch)
+        batch = engine.batch
+        if batch.changes:
+            changes = len(batch.changes)
             try:
-                self.engine.commit()
+                engine.commit()
             except StorageError as exc:
                 log.error(
                     "storage write failed, closing %d connections without acks: %s", len(dirty), exc
@@ -562,7 +566,7 @@ class Broker:
                 break
             if engine.closing:
                 self._apply_closes()
-            if len(engine.batch) >= memtrim.TRIM_AFTER_CHANGES:
+            if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
                 self._commit_early()
             if proto.close_after_flush or proto.deferred:
                 break

@@ -269,7 +269,11 @@ class ClientProtocol(Client, asyncio.Protocol):
             if self.deferred:
                 self._hold(packets)
                 return  # a failure waits for the backlog: resume_deferred applies it
-            self.handle_packets(packets)
+            # handle_packets, inlined (the PUBLISH -> forward path, issue 19)
+            handled = broker.handle_packets(self, packets)
+            if self.deferred and not self.close_after_flush:
+                self._hold(packets[handled:])
+                self.pause_reading()
         if self.conn.failure is not None:
             self.apply_failure()
 
@@ -381,11 +385,12 @@ class ClientProtocol(Client, asyncio.Protocol):
             return
         if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per write)
             packetlog.log_outbound(self, data)
+        transport.write(data)  # type: ignore[attr-defined]
+        # Counted after the write: a forward's latency ends at the write (issue 19).
         metrics = self.broker.metrics
         metrics.bytes_sent += len(data)
         metrics.messages_sent += conn.packets_queued - self.packets_counted
         self.packets_counted = conn.packets_queued
-        transport.write(data)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Close after the pending output of this turn has been written."""

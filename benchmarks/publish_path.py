@@ -1,0 +1,169 @@
+"""The broker's own Python cost of one QoS 1 message, without sockets (issue 19).
+
+Builds a real :class:`~iotbroker.server.broker.Broker` (memory store, the config of
+``e2e.py``) on a uvloop loop with two in-process clients on stand-in transports (MQTT
+3.1.1): a subscriber of ``bench/one/to/one`` at QoS 1 and a publisher. Per message, as
+in loadgen's ``latency`` scenario: the publisher's QoS 1 PUBLISH (64-byte payload) into
+``data_received``, the broker's flush (the forward, then the PUBACK, written), then the
+subscriber's PUBACK into ``data_received`` and its flush. Prints µs per message:
+
+* ``forward``: PUBLISH ``data_received`` -> the forward's ``transport.write`` (the
+  path whose cost is on every message's latency);
+* ``after``: the rest of that flush (the PUBACK to the publisher);
+* ``puback``: the subscriber's PUBACK (off the latency path: it comes later).
+
+``--cold MIB`` evicts CPU caches between messages by writing a buffer of that size
+(4: more than this machine's L2 of 2 MiB, within its L3 of 32 MiB; 48: all of them),
+as a process idle for 1 ms on a busy machine finds them; the difference to the warm
+figure is the cold-path cost of the 1,000 msg/s scenario.
+``--profile`` prints the cProfile of the warm run instead (calls per message).
+
+    .venv/bin/python benchmarks/publish_path.py [--messages 20000 --reps 5] [--cold 4]
+
+Compare builds with ``IOTBROKER_PURE=1 .venv/bin/pip install -e .`` and back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import pstats
+import statistics
+import struct
+import time
+
+import uvloop
+
+from iotbroker import build
+from iotbroker.codec.encode import encode_packet
+from iotbroker.codec.packets import Connect, Publish, Subscribe, Subscription
+from iotbroker.config import parse_config
+from iotbroker.server.broker import GC_GEN0_THRESHOLD, Broker
+from iotbroker.server.logsetup import bind_loop, setup_logging
+from iotbroker.server.transport import ClientProtocol
+from iotbroker.storage.memory import MemoryStore
+
+CONFIG = {
+    "listeners": [{"name": "bench", "type": "tcp", "host": "127.0.0.1", "port": 1883}],
+    "storage": {"backend": "memory"},
+    "sys_topics": {"enabled": False},
+    "logging": {"level": "WARNING"},
+    "mqtt": {"max_inflight": 20, "max_queued_messages": 10000},
+}
+TOPIC = "bench/one/to/one"
+pc = time.perf_counter_ns
+
+
+class StampingTransport:
+    """A stand-in transport: each write is time-stamped and kept (the last one)."""
+
+    __slots__ = ("last", "stamp")
+
+    def __init__(self) -> None:
+        self.stamp = 0
+        self.last = b""
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.stamp = pc()
+        self.last = data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def client(broker: Broker, client_id: str) -> tuple[ClientProtocol, StampingTransport]:
+    proto = ClientProtocol(broker, "bench")
+    transport = StampingTransport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    proto.data_received(encode_packet(Connect(client_id=client_id, keepalive=60), 4))
+    broker.flush()
+    return proto, transport
+
+
+async def one_run(messages: int, cold: int,
+                  profile: cProfile.Profile | None) -> tuple[float, float, float]:
+    loop = asyncio.get_running_loop()
+    config = parse_config(CONFIG, "publish_path.py")
+    setup_logging(config.logging)
+    bind_loop(loop)
+    broker = Broker(config, MemoryStore(), loop)
+    sub, sub_t = client(broker, "path-sub")
+    sub.data_received(encode_packet(Subscribe(1, [Subscription(TOPIC, qos=1)]), 4))
+    broker.flush()
+    pub, _ = client(broker, "path-pub")
+    publishes = [encode_packet(Publish(topic=TOPIC, payload=struct.pack(">Q", i) + b"\xa5" * 56,
+                                       qos=1, packet_id=i % 65535 + 1), 4)
+                 for i in range(messages)]
+    evict = bytearray(cold << 20) if cold else None
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+    forward, after, puback = [], [], []
+    if profile is not None:
+        profile.enable()
+    for i in range(messages):
+        if evict is not None:
+            evict[::64] = b"\x01" * (len(evict) // 64)
+        t0 = pc()
+        pub.data_received(publishes[i])
+        broker.flush()
+        t1 = pc()
+        out = sub_t.last
+        if out[0] != 0x32:
+            raise SystemExit(f"no forward for message {i}: {out!r}")
+        packet_id = struct.unpack_from(">H", out, 2 + 2 + len(TOPIC))[0]
+        t2 = pc()
+        sub.data_received(bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF)))
+        broker.flush()
+        t3 = pc()
+        forward.append(sub_t.stamp - t0)
+        after.append(t1 - sub_t.stamp)
+        puback.append(t3 - t2)
+    if profile is not None:
+        profile.disable()
+    gc.unfreeze()
+    for proto in (sub, pub):
+        broker.timers.cancel(proto)
+    return (statistics.median(forward) / 1e3, statistics.median(after) / 1e3,
+            statistics.median(puback) / 1e3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--cold", type=int, default=0, metavar="MIB",
+                    help="evict the caches between messages (write MIB MiB)")
+    ap.add_argument("--profile", action="store_true", help="cProfile of one warm run")
+    args = ap.parse_args()
+    if args.profile:
+        prof = cProfile.Profile()
+        uvloop.run(one_run(args.messages, False, prof))
+        pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+        return
+    messages = min(args.messages, 3000) if args.cold else args.messages
+    runs = [uvloop.run(one_run(messages, args.cold, None)) for _ in range(args.reps)]
+    cols = list(zip(*runs, strict=True))
+    cold = f", caches evicted ({args.cold} MiB)" if args.cold else ""
+    print(f"{build.describe()}{cold}: µs per message, "
+          f"median of {args.reps} runs of each run's median ({messages} messages): "
+          + ", ".join(f"{name} {statistics.median(col):.2f} ({'/'.join(f'{v:.2f}' for v in col)})"
+                      for name, col in zip(("forward", "after", "puback"), cols, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
