@@ -83,6 +83,22 @@ _EVENTS = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHU
 _DISCARD = asyncio.Protocol()
 
 
+class _Fresh:
+    """Connections that got their CONNACK between two fresh sweeps, the second at
+    ``since`` (``closed`` from then on), with the ``last_received`` and
+    ``packets_queued`` each had then (parallel lists: no tuple or float per
+    connection, issue 19)."""
+
+    __slots__ = ("closed", "protos", "queued", "received", "since")
+
+    def __init__(self) -> None:
+        self.since = 0.0
+        self.closed = False
+        self.protos: list[ClientProtocol] = []
+        self.received: list[float] = []
+        self.queued: list[int] = []
+
+
 class Parking:
     """The parked sockets of one broker, and the sweep that parks idle connections."""
 
@@ -100,9 +116,9 @@ class Parking:
         #: Connections ended since the candidates were last pruned (see ``ended``).
         self._dead = 0
         self._handle: asyncio.TimerHandle | None = None
-        #: Connections just accepted: (connection, when, its last_received and
-        #: packets_queued then), parked after FIRST_PARK_AFTER if still silent.
-        self._fresh: list[tuple[ClientProtocol, float, float, int]] = []
+        #: Connections just accepted, in batches (one per fresh sweep interval),
+        #: parked after FIRST_PARK_AFTER if still silent.
+        self._fresh: list[_Fresh] = []
         self._fresh_handle: asyncio.TimerHandle | None = None
         self.parks = 0
         self.unparks = 0
@@ -146,8 +162,13 @@ class Parking:
         proto.park_quiet = 0
         self._candidates.append(proto)
         if connected and self._after > FIRST_PARK_AFTER and self._epoll is not None:
-            self._fresh.append((proto, self._loop.time(), conn.last_received,
-                                conn.packets_queued))
+            fresh = self._fresh
+            if not fresh or fresh[-1].closed:
+                fresh.append(_Fresh())
+            batch = fresh[-1]
+            batch.protos.append(proto)
+            batch.received.append(conn.last_received)  # the same float object: no copy
+            batch.queued.append(conn.packets_queued)
             if self._fresh_handle is None:
                 self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / 2,
                                                            self._sweep_fresh)
@@ -203,21 +224,25 @@ class Parking:
         others stay candidates of the regular sweep."""
         self._fresh_handle = None
         now = self._loop.time()
-        fresh, self._fresh = self._fresh, []
-        keep = self._fresh
+        fresh = self._fresh
         parks = self.parks
-        for item in fresh:
-            proto, since, received, queued = item
-            if proto.ended or proto.parked_fd != NOT_PARKED or proto.transport is None:
-                continue
-            conn = proto.conn
-            if (conn.last_received != received or conn.packets_queued != queued
-                    or proto.packets_counted != queued):
-                continue  # it spoke or was spoken to: the regular sweep decides
-            if now - since < FIRST_PARK_AFTER:
-                keep.append(item)
-                continue
-            self._park(proto)  # still a candidate: the regular sweep skips it parked
+        while fresh and fresh[0].closed and now - fresh[0].since >= FIRST_PARK_AFTER:
+            batch = fresh.pop(0)
+            for proto, received, queued in zip(batch.protos, batch.received, batch.queued,
+                                               strict=True):
+                if proto.ended or proto.parked_fd != NOT_PARKED or proto.transport is None:
+                    continue
+                conn = proto.conn
+                if (conn.last_received != received or conn.packets_queued != queued
+                        or proto.packets_counted != queued):
+                    continue  # it spoke or was spoken to: the regular sweep decides
+                self._park(proto)  # still a candidate: the regular sweep skips it parked
+        if fresh and not fresh[-1].closed:
+            # Its connections got their CONNACK before now: parked from now + 0.2 s on
+            # (never sooner after their CONNACK); later ones start a new batch.
+            fresh[-1].closed = True
+            fresh[-1].since = now
+        keep = fresh
         if keep:
             self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / 2,
                                                        self._sweep_fresh)
