@@ -45,7 +45,7 @@ from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
-from iotbroker.server.transport import ClientProtocol
+from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
 from iotbroker.storage.base import Store
 
 if TYPE_CHECKING:
@@ -618,9 +618,9 @@ class Broker:
                 return
         if proto.cert_username is not None or enhanced is not None:
             decision = None
-        elif proto.password_checked:
+        elif not isinstance(proto.password_decision, NotChecked):
             decision = proto.password_decision
-            proto.password_checked = False
+            proto.password_decision = NOT_CHECKED
         else:
             # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
             decision = self.auth.gate(packet.username, packet.password, proto.peer_name)
@@ -718,7 +718,6 @@ class Broker:
                 decision = Refusal(ReasonCode.UNSPECIFIED_ERROR, "error", "password check failed")
             if proto not in self.connections or proto.close_after_flush:
                 return
-            proto.password_checked = True
             proto.password_decision = decision
             proto.deferred = False
             try:

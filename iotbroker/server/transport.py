@@ -44,6 +44,14 @@ TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 60, 15, 4
 #: (QoS 0 dropped and counted, QoS 1/2 wait in the session, publishers paused).
 WRITE_BUFFER_HIGH = 1 << 20
 
+class NotChecked:
+    """``ClientProtocol.password_decision`` before an off-loop password check answered."""
+
+    __slots__ = ()
+
+
+NOT_CHECKED = NotChecked()
+
 #: The backlog of a connection with none (never appended to: see ``_hold``).
 _NO_BACKLOG: list[Packet] = []
 
@@ -126,12 +134,10 @@ class ClientProtocol(Client, asyncio.Protocol):
         "deferred",
         "ended",
         "linger",
-        "loop",
         "packets_counted",
         "park_mark",
         "park_quiet",
         "parked_fd",
-        "password_checked",
         "password_decision",
         "publish_bucket",
         "reading_paused",
@@ -141,7 +147,6 @@ class ClientProtocol(Client, asyncio.Protocol):
 
     def __init__(self, broker: ConnectionHost, listener: str) -> None:
         self.broker = broker
-        self.loop = broker.loop
         cfg = broker.config.mqtt
         Client.__init__(
             self,
@@ -149,7 +154,7 @@ class ClientProtocol(Client, asyncio.Protocol):
                 max_packet_size=cfg.max_packet_size,
                 receive_maximum=cfg.receive_maximum,
                 topic_alias_maximum=cfg.topic_alias_maximum,
-                now=self.loop.time(),
+                now=broker.loop.time(),
                 ready=broker.ready_to_write,
                 owner=self,
             ),
@@ -167,9 +172,9 @@ class ClientProtocol(Client, asyncio.Protocol):
         #: Packets that arrived while one was deferred (a list only when needed: an
         #: empty list per idle connection is 56 bytes, issue 19).
         self.backlog: list[Packet] = _NO_BACKLOG
-        #: The password check's answer for the pending CONNECT (None = accepted).
-        self.password_checked = False
-        self.password_decision: Refusal | None = None
+        #: The off-loop password check's answer for the pending CONNECT (None =
+        #: accepted), or NOT_CHECKED (one slot for both: 16 bytes, issue 19).
+        self.password_decision: Refusal | NotChecked | None = NOT_CHECKED
         #: Its slot in the broker's timer wheel (0: none; see server/timerwheel.py).
         self.wheel_slot = 0
         #: The parked socket's descriptor, or NOT_PARKED / ADOPTING / ABORT_ON_ADOPT
@@ -186,6 +191,11 @@ class ClientProtocol(Client, asyncio.Protocol):
         #: The username for log lines while there is no session (a refused CONNECT,
         #: after the connection ended); see :attr:`username`.
         self._username: str | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The broker's event loop (not a slot of its own: 8 bytes per connection)."""
+        return self.broker.loop
 
     def log_extra(self) -> dict[str, object]:
         """Structured fields for log records about this connection (JSON logs)."""
