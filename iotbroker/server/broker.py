@@ -82,7 +82,9 @@ class Broker:
                              connection_log=log_connection)
         self.enhanced_auth = EnhancedAuth(lambda: self.auth.setup.passwords, self.metrics,
                                           self.engine.close)
-        self.connections: set[ClientProtocol] = set()
+        #: Every open connection (a dict used as an ordered set: about 30 bytes per
+        #: entry at 10,000 against 52 for a set, issue 19).
+        self.connections: dict[ClientProtocol, None] = {}
         #: Connections with bytes to write this turn: each connection puts itself here
         #: (data, not a callback) when it gets its first bytes, and close() too. Socket
         #: connections and the MQTT-SN gateway's clients alike (``Writable``).
@@ -467,7 +469,7 @@ class Broker:
             self.metrics.limit_hits += 1
             log.warning("refusing connection from %s: %s", proto.peer, why, extra=proto.log_extra())
             return False
-        self.connections.add(proto)
+        self.connections[proto] = None
         self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
         self.listener_accepted[proto.listener] = self.listener_accepted.get(proto.listener, 0) + 1
         self.metrics.connections_accepted += 1
@@ -481,7 +483,7 @@ class Broker:
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
         if proto in self.connections:
-            self.connections.discard(proto)
+            del self.connections[proto]
             self._per_listener[proto.listener] -= 1
         if proto in self._throttled:
             self.writer_resumed(proto)
