@@ -58,12 +58,16 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--park-idle-after", type=float, default=None)
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--trim", action="store_true",
+                    help="also report the RSS after a malloc_trim(0) at the second sample")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="idle-anatomy-")
     out = os.path.join(work, "snap")
-    env_extra = {"IDLEPROBE_OUT": out, "IDLEPROBE_TRACE": "1" if args.trace else "0"}
-    old = {k: os.environ.get(k) for k in ("IDLEPROBE_OUT", "IDLEPROBE_TRACE", "PYTHONPATH")}
+    env_extra = {"IDLEPROBE_OUT": out, "IDLEPROBE_TRACE": "1" if args.trace else "0",
+                 "IDLEPROBE_TRIM": "1" if args.trim else "0"}
+    old = {k: os.environ.get(k)
+           for k in ("IDLEPROBE_OUT", "IDLEPROBE_TRACE", "IDLEPROBE_TRIM", "PYTHONPATH")}
     os.environ.update(env_extra)
     probe = os.path.join(HERE, "idle_probe")
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -99,6 +103,8 @@ def main() -> None:
     print(f"{n} clients connected in ~{connected_in:.1f} s (incl. generator start-up); "
           f"sampled {args.settle:g} s later; per connection, bytes:")
     print(f"  RSS                 {(after['rss'] - before['rss']) / n:8.0f}")
+    if "rss_trimmed" in after:
+        print(f"  RSS after a trim    {(after['rss_trimmed'] - before['rss']) / n:8.0f}")
     mi0, mi1 = before["mallinfo"], after["mallinfo"]
     if mi0:
         for key, label in (("arena", "glibc heap (sbrk)"), ("hblkhd", "glibc mmap"),

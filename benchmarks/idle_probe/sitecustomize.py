@@ -3,7 +3,8 @@ broker's ``PYTHONPATH``; every SIGUSR1 writes one JSON snapshot of the process's
 to ``$IDLEPROBE_OUT.<n>``: RSS, glibc ``mallinfo2``, pymalloc's arena statistics
 (``sys._debugmallocstats``), gc-tracked objects per type (count, ``sys.getsizeof``
 sum) and, with ``IDLEPROBE_TRACE=1`` (tracemalloc from start-up, 1 frame), the Python
-allocations per source line. Not loaded unless ``IDLEPROBE_OUT`` is set.
+allocations per source line; with ``IDLEPROBE_TRIM=1`` also the RSS after a
+``malloc_trim(0)`` (taken after the rest). Not loaded unless ``IDLEPROBE_OUT`` is set.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def _dump(_signum: int, _frame: object) -> None:
         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     data: dict[str, object] = {"rss": rss, "mallinfo": _mallinfo(), "pymalloc": _pymalloc(),
                                "types": _types()}
+    if os.environ.get("IDLEPROBE_TRIM") == "1":
+        # What a glibc malloc_trim(0) now would give back (the RSS after it).
+        ctypes.CDLL(None).malloc_trim(0)
+        with open("/proc/self/statm") as f:
+            data["rss_trimmed"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     if tracemalloc.is_tracing():
         snap = tracemalloc.take_snapshot()
         data["traced"] = {f"{s.traceback[0].filename}:{s.traceback[0].lineno}": [s.count, s.size]

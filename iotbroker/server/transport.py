@@ -56,6 +56,19 @@ NOT_CHECKED = NotChecked()
 _NO_BACKLOG: list[Packet] = []
 
 
+class _Rare:
+    """The fields of a :class:`ClientProtocol` that few connections ever set."""
+
+    __slots__ = ("backlog", "linger", "password_decision", "peer", "username")
+
+    def __init__(self) -> None:
+        self.backlog: list[Packet] = _NO_BACKLOG
+        self.password_decision: Refusal | NotChecked | None = NOT_CHECKED
+        self.linger: Linger | None = None
+        self.peer: str | None = None
+        self.username: str | None = None
+
+
 class ParkingView(Protocol):
     """What a connection asks of the broker's parking of idle sockets
     (``server/parking.py``, ``limits.park_idle_after``)."""
@@ -126,19 +139,15 @@ class ClientProtocol(Client, asyncio.Protocol):
     and backpressure state of the asyncio side."""
 
     __slots__ = (
-        "_peer",
-        "_username",
-        "backlog",
+        "_rare",
         "broker",
         "close_after_flush",
         "deferred",
         "ended",
-        "linger",
         "packets_counted",
         "park_mark",
         "park_quiet",
         "parked_fd",
-        "password_decision",
         "publish_bucket",
         "reading_paused",
         "transport",
@@ -161,7 +170,11 @@ class ClientProtocol(Client, asyncio.Protocol):
             listener,
         )
         self.transport: asyncio.BaseTransport | None = None
-        self._peer: str | None = None
+        #: What few connections ever use (a password check in a thread, packets held
+        #: behind it, a lingering close, the peer's address and username kept for log
+        #: lines): made when first needed, so that an idle connection holds one slot
+        #: for them, not five (32 bytes, issue 19).
+        self._rare: _Rare | None = None
         self.conn_id = next(_CONNECTION_IDS)
         self.close_after_flush = False
         self.reading_paused = False
@@ -169,12 +182,6 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.packets_counted = 0
         #: True while a packet's handling waits for something off the loop.
         self.deferred = False
-        #: Packets that arrived while one was deferred (a list only when needed: an
-        #: empty list per idle connection is 56 bytes, issue 19).
-        self.backlog: list[Packet] = _NO_BACKLOG
-        #: The off-loop password check's answer for the pending CONNECT (None =
-        #: accepted), or NOT_CHECKED (one slot for both: 16 bytes, issue 19).
-        self.password_decision: Refusal | NotChecked | None = NOT_CHECKED
         #: Its slot in the broker's timer wheel (0: none; see server/timerwheel.py).
         self.wheel_slot = 0
         #: The parked socket's descriptor, or NOT_PARKED / ADOPTING / ABORT_ON_ADOPT
@@ -183,14 +190,45 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.parked_fd = NOT_PARKED
         self.park_mark = -1
         self.park_quiet = 0
-        #: The lingering close after our last packet (server/linger.py), once begun.
-        self.linger: Linger | None = None
         #: The MQTT connection is over for the broker (``broker.connection_lost`` ran),
         #: possibly before the socket is (during the linger).
         self.ended = False
-        #: The username for log lines while there is no session (a refused CONNECT,
-        #: after the connection ended); see :attr:`username`.
-        self._username: str | None = None
+
+    def _extras(self) -> _Rare:
+        rare = self._rare
+        if rare is None:
+            rare = self._rare = _Rare()
+        return rare
+
+    @property
+    def backlog(self) -> list[Packet]:
+        """Packets that arrived while one was deferred (the shared empty list while
+        there are none: never appended to, see ``_hold``)."""
+        rare = self._rare
+        return _NO_BACKLOG if rare is None else rare.backlog
+
+    @backlog.setter
+    def backlog(self, packets: list[Packet]) -> None:
+        if packets is not _NO_BACKLOG or self._rare is not None:
+            self._extras().backlog = packets
+
+    @property
+    def password_decision(self) -> Refusal | NotChecked | None:
+        """The off-loop password check's answer for the pending CONNECT (None =
+        accepted), or NOT_CHECKED."""
+        rare = self._rare
+        return NOT_CHECKED if rare is None else rare.password_decision
+
+    @password_decision.setter
+    def password_decision(self, decision: Refusal | NotChecked | None) -> None:
+        if decision is not NOT_CHECKED or self._rare is not None:
+            self._extras().password_decision = decision
+
+    @property
+    def linger(self) -> Linger | None:
+        """The lingering close after our last packet (server/linger.py), once begun."""
+        rare = self._rare
+        return None if rare is None else rare.linger
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -207,17 +245,23 @@ class ClientProtocol(Client, asyncio.Protocol):
         (password, certificate identity or enhanced auth, as ``on_connect`` decided);
         before and after the session, what was recorded (``note_username``)."""
         session = self.session
-        return self._username if session is None else session.username
+        if session is not None:
+            return session.username
+        rare = self._rare
+        return None if rare is None else rare.username
 
     def note_username(self, username: str | None) -> None:
         """Record the username a log line should name when there is no session (the
         refused CONNECT's, or the session's when the connection ends)."""
-        self._username = username
+        if username is not None or self._rare is not None:
+            self._extras().username = username
 
     @property
     def peer(self) -> str:
         """``host:port`` of the client (formatted on first use: logging only)."""
-        if self._peer is None:
+        rare = self._rare
+        peer = None if rare is None else rare.peer
+        if peer is None:
             if self.transport is not None:
                 info = self.transport.get_extra_info("peername")
             elif self.parked_fd >= 0:  # parked (server/parking.py): ask the socket
@@ -225,10 +269,11 @@ class ClientProtocol(Client, asyncio.Protocol):
             else:
                 return "?"  # not connected yet, or being re-adopted
             if isinstance(info, tuple) and len(info) >= 2:
-                self._peer = f"{info[0]}:{info[1]}"
+                peer = f"{info[0]}:{info[1]}"
             else:
-                self._peer = str(info) if info else "?"
-        return self._peer
+                peer = str(info) if info else "?"
+            self._extras().peer = peer
+        return peer
 
     def peer_name(self) -> str:
         """:attr:`peer` as a call, for who needs it only sometimes (a refused login)."""
@@ -265,8 +310,10 @@ class ClientProtocol(Client, asyncio.Protocol):
             broker.parking.watch(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.linger is not None:  # closed on our side: read, count, discard
-            self.linger.discard(len(data))
+        rare = self._rare
+        if rare is not None and rare.linger is not None:
+            # Closed on our side: read, count, discard.
+            rare.linger.discard(len(data))
             return
         broker = self.broker
         broker.active_readers.append(self)
@@ -331,7 +378,7 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.ended = True
         session = self.session
         if session is not None:  # the "connection lost" line comes after it is detached
-            self._username = session.username
+            self.note_username(session.username)
         self.broker.connection_lost(self, exc)
         parking = self.broker.parking
         if parking is not None:
@@ -351,7 +398,7 @@ class ClientProtocol(Client, asyncio.Protocol):
             return
         self.broker.timers.cancel(self)
         self.reading_paused = False
-        self.linger = Linger(transport, self.loop)  # type: ignore[arg-type]
+        self._extras().linger = Linger(transport, self.loop)  # type: ignore[arg-type]
         self.loop.call_soon(self._ended)
 
     def pause_writing(self) -> None:
