@@ -112,10 +112,15 @@ def main() -> None:
                            ("keepcost", "glibc top pad")):
             print(f"  {label:20}{(mi1[key] - mi0[key]) / n:8.0f}")
     pm0, pm1 = before["pymalloc"], after["pymalloc"]
-    for key in sorted(pm1):
-        if key in pm0 and ("arena" in key or key.startswith("bytes") or "pool" in key
-                           or "Total" in key):
-            print(f"  pymalloc {key[:40]:40}{(pm1[key] - pm0[key]) / n:10.1f}")
+    arenas = "arenas allocated current"
+    if arenas in pm1 and arenas in pm0:
+        print(f"  pymalloc arenas       {(pm1[arenas] - pm0[arenas]) * 2**20 / n:6.0f}"
+              "  (1 MiB each; untouched pools are not resident)")
+    for key, label in (("bytes in allocated blocks", "pymalloc in use"),
+                       ("bytes in available blocks", "pymalloc free blocks"),
+                       ("bytes in unused pools", "pymalloc empty pools")):
+        if key in pm1 and key in pm0:
+            print(f"  {label:20}{(pm1[key] - pm0[key]) / n:8.0f}")
     t0_, t1_ = before["types"], after["types"]
     rows = []
     for name, (count, size) in t1_.items():

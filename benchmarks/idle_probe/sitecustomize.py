@@ -57,8 +57,12 @@ def _pymalloc() -> dict[str, int]:
             key, _, val = line[1:].partition("=")
             with contextlib.suppress(ValueError):
                 out[key.strip()] = int(val.strip().replace(",", ""))
+        elif "unused pools *" in line:  # "N unused pools * 16384 bytes = B"
+            with contextlib.suppress(ValueError):
+                out["bytes in unused pools"] = int(
+                    line.rpartition("=")[2].strip().replace(",", ""))
         elif line.lstrip().startswith(("bytes in allocated", "bytes in available",
-                                         "bytes lost to", "Total")):
+                                         "bytes lost to")):
             key, _, val = line.partition("=")
             with contextlib.suppress(ValueError):
                 out[key.strip()] = int(val.strip().replace(",", ""))

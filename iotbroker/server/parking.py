@@ -54,6 +54,15 @@ SWEEPS = 4
 #: --settle 3``, compiled): 1.78 KiB per idle connection with 0.5 s, 1.43 with 0.2 s.
 FIRST_PARK_AFTER = 0.2
 
+#: Fresh sweeps per FIRST_PARK_AFTER: a silent new connection is parked 1 to 1.25 ×
+#: that after its CONNACK (with 2: 1 to 1.5 ×, which left ~75 bytes more per idle
+#: connection of a fleet connecting at ~30,000/s: more transports alive at once).
+FRESH_SWEEPS = 4
+
+#: Timers fire on whole milliseconds (uvloop): ``since + 0.2`` may come back as
+#: 0.19999... after it; without this slack such a batch would wait one more sweep.
+TIMER_SLACK = 0.001
+
 #: Ended connections after which the candidates are pruned (``Parking.ended``).
 PRUNE_AFTER = 64
 
@@ -172,7 +181,7 @@ class Parking:
             batch.received.append(conn.last_received)  # the same float object: no copy
             batch.queued.append(conn.packets_queued)
             if self._fresh_handle is None:
-                self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / 2,
+                self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / FRESH_SWEEPS,
                                                            self._sweep_fresh)
 
     def ended(self) -> None:
@@ -228,7 +237,8 @@ class Parking:
         now = self._loop.time()
         fresh = self._fresh
         parks = self.parks
-        while fresh and fresh[0].closed and now - fresh[0].since >= FIRST_PARK_AFTER:
+        while (fresh and fresh[0].closed
+               and now - fresh[0].since >= FIRST_PARK_AFTER - TIMER_SLACK):
             batch = fresh.pop(0)
             for proto, received, queued in zip(batch.protos, batch.received, batch.queued,
                                                strict=True):
@@ -246,7 +256,7 @@ class Parking:
             fresh[-1].since = now
         keep = fresh
         if keep:
-            self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / 2,
+            self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / FRESH_SWEEPS,
                                                        self._sweep_fresh)
         if self.parks - parks >= TRIM_AFTER and _malloc_trim is not None:
             self._loop.call_later(TRIM_DELAY, _malloc_trim, 0)
