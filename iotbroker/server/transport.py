@@ -56,6 +56,12 @@ NOT_CHECKED = NotChecked()
 _NO_BACKLOG: list[Packet] = []
 
 
+def _format_peer(info: object) -> str:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return f"{info[0]}:{info[1]}"
+    return str(info) if info else "?"
+
+
 class _Rare:
     """The fields of a :class:`ClientProtocol` that few connections ever set."""
 
@@ -258,22 +264,20 @@ class ClientProtocol(Client, asyncio.Protocol):
 
     @property
     def peer(self) -> str:
-        """``host:port`` of the client (formatted on first use: logging only)."""
+        """``host:port`` of the client, formatted when asked (logging only). Not kept
+        while the transport keeps the address (it does after closing too): with INFO
+        logs every connection would hold its string (~64 bytes, issue 19); kept only
+        when read from a parked socket, which closes."""
         rare = self._rare
-        peer = None if rare is None else rare.peer
-        if peer is None:
-            if self.transport is not None:
-                info = self.transport.get_extra_info("peername")
-            elif self.parked_fd >= 0:  # parked (server/parking.py): ask the socket
-                info = peername(self.parked_fd)
-            else:
-                return "?"  # not connected yet, or being re-adopted
-            if isinstance(info, tuple) and len(info) >= 2:
-                peer = f"{info[0]}:{info[1]}"
-            else:
-                peer = str(info) if info else "?"
-            self._extras().peer = peer
-        return peer
+        if rare is not None and rare.peer is not None:
+            return rare.peer
+        transport = self.transport
+        if transport is not None:
+            return _format_peer(transport.get_extra_info("peername"))
+        if self.parked_fd >= 0:  # parked (server/parking.py): ask the socket
+            peer = self._extras().peer = _format_peer(peername(self.parked_fd))
+            return peer
+        return "?"  # not connected yet, or being re-adopted
 
     def peer_name(self) -> str:
         """:attr:`peer` as a call, for who needs it only sometimes (a refused login)."""
@@ -457,6 +461,8 @@ class ClientProtocol(Client, asyncio.Protocol):
             if self.parked_fd == ADOPTING:
                 self.parked_fd = ABORT_ON_ADOPT
             elif self.parked_fd >= 0 and self.broker.parking is not None:
+                if log.isEnabledFor(logging.INFO):
+                    _ = self.peer  # kept for the lines after the socket is closed
                 self.broker.parking.drop(self)
                 self.loop.call_soon(self.connection_lost, None)
             return
