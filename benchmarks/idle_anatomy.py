@@ -58,6 +58,9 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--park-idle-after", type=float, default=None)
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--peak", action="store_true",
+                    help="with --trace: also a snapshot as soon as all are connected, and "
+                         "what was freed from then to the sample (per unparked connection)")
     ap.add_argument("--trim", action="store_true",
                     help="also report the RSS after a malloc_trim(0) at the second sample")
     ap.add_argument("--top", type=int, default=15)
@@ -93,8 +96,9 @@ def main() -> None:
                 raise RuntimeError("clients did not connect")
             time.sleep(0.01)
         connected_in = time.monotonic() - t0
+        peak = snapshot(broker.pid, out, 2) if args.peak else None
         time.sleep(args.settle)
-        after = snapshot(broker.pid, out, 2)
+        after = snapshot(broker.pid, out, 3 if args.peak else 2)
         gen.terminate()
         gen.wait(timeout=60)
     finally:
@@ -142,6 +146,17 @@ def main() -> None:
         total = sum(x[0] for x in lines)
         print(f"  tracemalloc: {total / n:.0f} B per connection still allocated; top lines:")
         for size, count, key in lines[: args.top]:
+            print(f"    {size / n:8.1f} B {count / n:6.2f} blocks  {key}")
+    if peak is not None and "traced" in peak:
+        print(f"  at the peak (all connected): RSS {(peak['rss'] - before['rss']) / n:.0f} B "
+              "per connection; freed from then to the sample, per connection:")
+        freed = []
+        for key, (count, size) in peak["traced"].items():
+            c1, s1 = after["traced"].get(key, [0, 0])
+            if size - s1 > 0:
+                freed.append((size - s1, count - c1, key))
+        freed.sort(reverse=True)
+        for size, count, key in freed[: args.top]:
             print(f"    {size / n:8.1f} B {count / n:6.2f} blocks  {key}")
 
 
