@@ -21,6 +21,9 @@ from iotbroker.errors import MalformedPacket, PacketTooLarge
 #: The largest packet the protocol can express: 1 + 4 + 268,435,455 bytes.
 PROTOCOL_MAX_PACKET_SIZE = 268_435_460
 
+#: ``Framer._buf`` with nothing held back (never written to: see ``feed_into``).
+_EMPTY = b""
+
 
 class Framer:
     """Incremental splitter of one connection's inbound bytes.
@@ -34,7 +37,9 @@ class Framer:
     def __init__(self, max_packet_size: int = PROTOCOL_MAX_PACKET_SIZE) -> None:
         self.max_packet_size = max_packet_size
         self.bytes_received = 0
-        self._buf = bytearray()
+        #: The incomplete packet held back; the shared empty ``bytes`` while there is
+        #: none (an idle connection holds no buffer of its own: 56 bytes, issue 19).
+        self._buf: bytearray | bytes = _EMPTY
         # Bytes _buf must hold before the next frame can complete (0: header incomplete).
         self._need = 0
 
@@ -68,11 +73,12 @@ class Framer:
         self.bytes_received += len(data)
         buf = self._buf
         if buf:
+            assert isinstance(buf, bytearray)
             buf += data
             if len(buf) < self._need:
                 return None  # still inside a known-length body: no re-parse, no copy
             data = bytes(buf)
-            buf.clear()
+            self._buf = _EMPTY
         elif type(data) is not bytes:
             data = bytes(data)
         self._need = 0
@@ -119,5 +125,5 @@ class Framer:
             frames.append((data[pos], data[pos + header : end]))
             pos = end
         if pos < n:
-            buf += memoryview(data)[pos:]
+            self._buf = bytearray(memoryview(data)[pos:])
         return None

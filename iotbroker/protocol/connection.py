@@ -91,11 +91,15 @@ _PUBLISH = PacketType.PUBLISH
 _NO_OUT: list[bytes] = []
 
 
-class Connection:
-    """The protocol state of one client connection."""
+class Connection(Framer):
+    """The protocol state of one client connection.
+
+    It frames its own inbound bytes: a :class:`~iotbroker.codec.framer.Framer` itself
+    rather than holding one (one object per connection instead of two: 48 bytes per
+    idle connection, issue 19). Only :meth:`receive_data` feeds it.
+    """
 
     __slots__ = (
-        "_framer",
         "_inbound_aliases",
         "_inbound_unacked",
         "_max_packet_size",
@@ -128,7 +132,7 @@ class Connection:
     ) -> None:
         # Until CONNECT is accepted the peer is unauthenticated: it may make us buffer
         # at most PRE_CONNECT_MAX_PACKET bytes, not the full Maximum Packet Size.
-        self._framer = Framer(min(max_packet_size, PRE_CONNECT_MAX_PACKET))
+        Framer.__init__(self, min(max_packet_size, PRE_CONNECT_MAX_PACKET))
         self._max_packet_size = max_packet_size
         self._inbound_aliases: InboundAliases | None = None
         self._topic_alias_maximum = topic_alias_maximum
@@ -169,14 +173,14 @@ class Connection:
         self.last_received = now
         if self.state is ConnectionState.CLOSING or self.failure is not None:
             return []
-        if data and self.state is _AWAIT_CONNECT and not self._framer.bytes_received:
+        if data and self.state is _AWAIT_CONNECT and not self.bytes_received:
             early = _first_byte_problem(data[0])
             if early is not None:
                 # Judged on the first byte: the body is never waited for.
                 self.failure = early
                 return []
         frames: list[tuple[int, bytes]] = []
-        failure: MqttError | None = self._framer.feed_into(data, frames)
+        failure: MqttError | None = self.feed_into(data, frames)
         packets: list[Packet] = []
         version = self.protocol_version
         try:
@@ -280,7 +284,7 @@ class Connection:
     ) -> None:
         """The CONNECT was accepted: record what the client told us about itself."""
         self.state = ConnectionState.CONNECTED
-        self._framer.max_packet_size = self._max_packet_size
+        self.max_packet_size = self._max_packet_size
         self.keepalive = keepalive
         self.client_receive_maximum = client_receive_maximum or 65535
         self.client_max_packet_size = client_max_packet_size or 0

@@ -45,7 +45,7 @@ from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
-from iotbroker.server.transport import ClientProtocol
+from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
 from iotbroker.storage.base import Store
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ class Broker:
                              connection_log=log_connection)
         self.enhanced_auth = EnhancedAuth(lambda: self.auth.setup.passwords, self.metrics,
                                           self.engine.close)
-        self.connections: set[ClientProtocol] = set()
+        #: Every open connection (a dict used as an ordered set: about 30 bytes per
+        #: entry at 10,000 against 52 for a set, issue 19).
+        self.connections: dict[ClientProtocol, None] = {}
         #: Connections with bytes to write this turn: each connection puts itself here
         #: (data, not a callback) when it gets its first bytes, and close() too. Socket
         #: connections and the MQTT-SN gateway's clients alike (``Writable``).
@@ -471,7 +473,7 @@ class Broker:
             self.metrics.limit_hits += 1
             log.warning("refusing connection from %s: %s", proto.peer, why, extra=proto.log_extra())
             return False
-        self.connections.add(proto)
+        self.connections[proto] = None
         self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
         self.listener_accepted[proto.listener] = self.listener_accepted.get(proto.listener, 0) + 1
         self.metrics.connections_accepted += 1
@@ -485,7 +487,7 @@ class Broker:
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
         if proto in self.connections:
-            self.connections.discard(proto)
+            del self.connections[proto]
             self._per_listener[proto.listener] -= 1
         if proto in self._throttled:
             self.writer_resumed(proto)
@@ -622,9 +624,9 @@ class Broker:
                 return
         if proto.cert_username is not None or enhanced is not None:
             decision = None
-        elif proto.password_checked:
+        elif not isinstance(proto.password_decision, NotChecked):
             decision = proto.password_decision
-            proto.password_checked = False
+            proto.password_decision = NOT_CHECKED
         else:
             # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
             decision = self.auth.gate(packet.username, packet.password, proto.peer_name)
@@ -722,7 +724,6 @@ class Broker:
                 decision = Refusal(ReasonCode.UNSPECIFIED_ERROR, "error", "password check failed")
             if proto not in self.connections or proto.close_after_flush:
                 return
-            proto.password_checked = True
             proto.password_decision = decision
             proto.deferred = False
             try:

@@ -54,6 +54,15 @@ SWEEPS = 4
 #: --settle 3``, compiled): 1.78 KiB per idle connection with 0.5 s, 1.43 with 0.2 s.
 FIRST_PARK_AFTER = 0.2
 
+#: Fresh sweeps per FIRST_PARK_AFTER: a silent new connection is parked 1 to 1.25 ×
+#: that after its CONNACK (with 2: 1 to 1.5 ×, which left ~75 bytes more per idle
+#: connection of a fleet connecting at ~30,000/s: more transports alive at once).
+FRESH_SWEEPS = 4
+
+#: Timers fire on whole milliseconds (uvloop): ``since + 0.2`` may come back as
+#: 0.19999... after it; without this slack such a batch would wait one more sweep.
+TIMER_SLACK = 0.001
+
 #: Ended connections after which the candidates are pruned (``Parking.ended``).
 PRUNE_AFTER = 64
 
@@ -83,33 +92,51 @@ _EVENTS = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHU
 _DISCARD = asyncio.Protocol()
 
 
+class _Fresh:
+    """Connections that got their CONNACK between two fresh sweeps, the second at
+    ``since`` (``closed`` from then on), with the ``last_received`` and
+    ``packets_queued`` each had then (parallel lists: no tuple or float per
+    connection, issue 19)."""
+
+    __slots__ = ("closed", "protos", "queued", "received", "since")
+
+    def __init__(self) -> None:
+        self.since = 0.0
+        self.closed = False
+        self.protos: list[ClientProtocol] = []
+        self.received: list[float] = []
+        self.queued: list[int] = []
+
+
 class Parking:
     """The parked sockets of one broker, and the sweep that parks idle connections."""
 
     __slots__ = ("_after", "_candidates", "_dead", "_epoll", "_fresh", "_fresh_handle",
-                 "_handle", "_loop", "_parked", "parks", "unparks")
+                 "_handle", "_loop", "_parked", "_parked_count", "parks", "unparks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, after: float) -> None:
         self._loop = loop
         self._after = after
         self._epoll: select.epoll | None = None
-        #: Parked descriptor -> its connection.
-        self._parked: dict[int, ClientProtocol] = {}
+        #: Its connection by parked descriptor (None: not parked). Descriptors are
+        #: small and dense: a list is 8 bytes per slot, a dict ~30 per entry (issue 19).
+        self._parked: list[ClientProtocol | None] = []
+        self._parked_count = 0
         #: Connected, unparked connections to look at in the next sweep.
         self._candidates: list[ClientProtocol] = []
         #: Connections ended since the candidates were last pruned (see ``ended``).
         self._dead = 0
         self._handle: asyncio.TimerHandle | None = None
-        #: Connections just accepted: (connection, when, its last_received and
-        #: packets_queued then), parked after FIRST_PARK_AFTER if still silent.
-        self._fresh: list[tuple[ClientProtocol, float, float, int]] = []
+        #: Connections just accepted, in batches (one per fresh sweep interval),
+        #: parked after FIRST_PARK_AFTER if still silent.
+        self._fresh: list[_Fresh] = []
         self._fresh_handle: asyncio.TimerHandle | None = None
         self.parks = 0
         self.unparks = 0
 
     def __len__(self) -> int:
         """Connections parked now."""
-        return len(self._parked)
+        return self._parked_count
 
     def start(self) -> None:
         if not hasattr(select, "epoll"):
@@ -146,10 +173,15 @@ class Parking:
         proto.park_quiet = 0
         self._candidates.append(proto)
         if connected and self._after > FIRST_PARK_AFTER and self._epoll is not None:
-            self._fresh.append((proto, self._loop.time(), conn.last_received,
-                                conn.packets_queued))
+            fresh = self._fresh
+            if not fresh or fresh[-1].closed:
+                fresh.append(_Fresh())
+            batch = fresh[-1]
+            batch.protos.append(proto)
+            batch.received.append(conn.last_received)  # the same float object: no copy
+            batch.queued.append(conn.packets_queued)
             if self._fresh_handle is None:
-                self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / 2,
+                self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / FRESH_SWEEPS,
                                                            self._sweep_fresh)
 
     def ended(self) -> None:
@@ -203,23 +235,28 @@ class Parking:
         others stay candidates of the regular sweep."""
         self._fresh_handle = None
         now = self._loop.time()
-        fresh, self._fresh = self._fresh, []
-        keep = self._fresh
+        fresh = self._fresh
         parks = self.parks
-        for item in fresh:
-            proto, since, received, queued = item
-            if proto.ended or proto.parked_fd != NOT_PARKED or proto.transport is None:
-                continue
-            conn = proto.conn
-            if (conn.last_received != received or conn.packets_queued != queued
-                    or proto.packets_counted != queued):
-                continue  # it spoke or was spoken to: the regular sweep decides
-            if now - since < FIRST_PARK_AFTER:
-                keep.append(item)
-                continue
-            self._park(proto)  # still a candidate: the regular sweep skips it parked
+        while (fresh and fresh[0].closed
+               and now - fresh[0].since >= FIRST_PARK_AFTER - TIMER_SLACK):
+            batch = fresh.pop(0)
+            for proto, received, queued in zip(batch.protos, batch.received, batch.queued,
+                                               strict=True):
+                if proto.ended or proto.parked_fd != NOT_PARKED or proto.transport is None:
+                    continue
+                conn = proto.conn
+                if (conn.last_received != received or conn.packets_queued != queued
+                        or proto.packets_counted != queued):
+                    continue  # it spoke or was spoken to: the regular sweep decides
+                self._park(proto)  # still a candidate: the regular sweep skips it parked
+        if fresh and not fresh[-1].closed:
+            # Its connections got their CONNACK before now: parked from now + 0.2 s on
+            # (never sooner after their CONNACK); later ones start a new batch.
+            fresh[-1].closed = True
+            fresh[-1].since = now
+        keep = fresh
         if keep:
-            self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / 2,
+            self._fresh_handle = self._loop.call_later(FIRST_PARK_AFTER / FRESH_SWEEPS,
                                                        self._sweep_fresh)
         if self.parks - parks >= TRIM_AFTER and _malloc_trim is not None:
             self._loop.call_later(TRIM_DELAY, _malloc_trim, 0)
@@ -250,7 +287,11 @@ class Parking:
         except OSError:
             os.close(fd)
             return False
-        self._parked[fd] = proto
+        parked = self._parked
+        if fd >= len(parked):
+            parked.extend([None] * (fd + 1 - len(parked)))
+        parked[fd] = proto
+        self._parked_count += 1
         proto.parked_fd = fd
         proto.transport = None
         transport.set_protocol(_DISCARD)
@@ -266,13 +307,14 @@ class Parking:
         if self._epoll is None:
             return
         for fd, _events in self._epoll.poll(0):
-            proto = self._parked.get(fd)
+            proto = self._parked[fd] if fd < len(self._parked) else None
             if proto is not None:
                 self.unpark(proto)
 
     def _release(self, proto: ClientProtocol) -> int:
         fd = proto.parked_fd
-        del self._parked[fd]
+        self._parked[fd] = None
+        self._parked_count -= 1
         if self._epoll is not None:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
@@ -284,7 +326,7 @@ class Parking:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        tasks = [task for proto in list(self._parked.values())
+        tasks = [task for proto in [p for p in self._parked if p is not None]
                  if (task := self.unpark(proto)) is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

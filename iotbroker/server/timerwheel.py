@@ -33,6 +33,16 @@ class Deadline(Protocol):
     def on_deadline(self, now: float) -> None: ...
 
 
+class _Slot(set["Deadline"]):
+    """The members of one slot, and its number (one int object for all of them)."""
+
+    __slots__ = ("number",)
+
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.number = number
+
+
 class TimerWheel:
     """Deadlines of many connections, ``resolution`` seconds apart at worst."""
 
@@ -41,7 +51,7 @@ class TimerWheel:
     def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = 0.1) -> None:
         self._loop = loop
         self._resolution = resolution
-        self._slots: dict[int, set[Deadline]] = {}
+        self._slots: dict[int, _Slot] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._armed_slot = 0
 
@@ -60,9 +70,11 @@ class TimerWheel:
             self._remove(current, item)
         members = self._slots.get(slot)
         if members is None:
-            members = self._slots[slot] = set()
+            members = self._slots[slot] = _Slot(slot)
         members.add(item)
-        item.wheel_slot = slot
+        # The slot's own int, shared by its members: a slot number (~10**5 and up) is
+        # an int object of its own, 32 bytes per connection otherwise (issue 19).
+        item.wheel_slot = members.number
         if self._handle is None or slot < self._armed_slot:
             self._arm(slot)
 

@@ -44,8 +44,35 @@ TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 60, 15, 4
 #: (QoS 0 dropped and counted, QoS 1/2 wait in the session, publishers paused).
 WRITE_BUFFER_HIGH = 1 << 20
 
+class NotChecked:
+    """``ClientProtocol.password_decision`` before an off-loop password check answered."""
+
+    __slots__ = ()
+
+
+NOT_CHECKED = NotChecked()
+
 #: The backlog of a connection with none (never appended to: see ``_hold``).
 _NO_BACKLOG: list[Packet] = []
+
+
+def _format_peer(info: object) -> str:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return f"{info[0]}:{info[1]}"
+    return str(info) if info else "?"
+
+
+class _Rare:
+    """The fields of a :class:`ClientProtocol` that few connections ever set."""
+
+    __slots__ = ("backlog", "linger", "password_decision", "peer", "username")
+
+    def __init__(self) -> None:
+        self.backlog: list[Packet] = _NO_BACKLOG
+        self.password_decision: Refusal | NotChecked | None = NOT_CHECKED
+        self.linger: Linger | None = None
+        self.peer: str | None = None
+        self.username: str | None = None
 
 
 class ParkingView(Protocol):
@@ -118,21 +145,15 @@ class ClientProtocol(Client, asyncio.Protocol):
     and backpressure state of the asyncio side."""
 
     __slots__ = (
-        "_peer",
-        "_username",
-        "backlog",
+        "_rare",
         "broker",
         "close_after_flush",
         "deferred",
         "ended",
-        "linger",
-        "loop",
         "packets_counted",
         "park_mark",
         "park_quiet",
         "parked_fd",
-        "password_checked",
-        "password_decision",
         "publish_bucket",
         "reading_paused",
         "transport",
@@ -141,7 +162,6 @@ class ClientProtocol(Client, asyncio.Protocol):
 
     def __init__(self, broker: ConnectionHost, listener: str) -> None:
         self.broker = broker
-        self.loop = broker.loop
         cfg = broker.config.mqtt
         Client.__init__(
             self,
@@ -149,14 +169,18 @@ class ClientProtocol(Client, asyncio.Protocol):
                 max_packet_size=cfg.max_packet_size,
                 receive_maximum=cfg.receive_maximum,
                 topic_alias_maximum=cfg.topic_alias_maximum,
-                now=self.loop.time(),
+                now=broker.loop.time(),
                 ready=broker.ready_to_write,
                 owner=self,
             ),
             listener,
         )
         self.transport: asyncio.BaseTransport | None = None
-        self._peer: str | None = None
+        #: What few connections ever use (a password check in a thread, packets held
+        #: behind it, a lingering close, the peer's address and username kept for log
+        #: lines): made when first needed, so that an idle connection holds one slot
+        #: for them, not five (32 bytes, issue 19).
+        self._rare: _Rare | None = None
         self.conn_id = next(_CONNECTION_IDS)
         self.close_after_flush = False
         self.reading_paused = False
@@ -164,12 +188,6 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.packets_counted = 0
         #: True while a packet's handling waits for something off the loop.
         self.deferred = False
-        #: Packets that arrived while one was deferred (a list only when needed: an
-        #: empty list per idle connection is 56 bytes, issue 19).
-        self.backlog: list[Packet] = _NO_BACKLOG
-        #: The password check's answer for the pending CONNECT (None = accepted).
-        self.password_checked = False
-        self.password_decision: Refusal | None = None
         #: Its slot in the broker's timer wheel (0: none; see server/timerwheel.py).
         self.wheel_slot = 0
         #: The parked socket's descriptor, or NOT_PARKED / ADOPTING / ABORT_ON_ADOPT
@@ -178,14 +196,50 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.parked_fd = NOT_PARKED
         self.park_mark = -1
         self.park_quiet = 0
-        #: The lingering close after our last packet (server/linger.py), once begun.
-        self.linger: Linger | None = None
         #: The MQTT connection is over for the broker (``broker.connection_lost`` ran),
         #: possibly before the socket is (during the linger).
         self.ended = False
-        #: The username for log lines while there is no session (a refused CONNECT,
-        #: after the connection ended); see :attr:`username`.
-        self._username: str | None = None
+
+    def _extras(self) -> _Rare:
+        rare = self._rare
+        if rare is None:
+            rare = self._rare = _Rare()
+        return rare
+
+    @property
+    def backlog(self) -> list[Packet]:
+        """Packets that arrived while one was deferred (the shared empty list while
+        there are none: never appended to, see ``_hold``)."""
+        rare = self._rare
+        return _NO_BACKLOG if rare is None else rare.backlog
+
+    @backlog.setter
+    def backlog(self, packets: list[Packet]) -> None:
+        if packets is not _NO_BACKLOG or self._rare is not None:
+            self._extras().backlog = packets
+
+    @property
+    def password_decision(self) -> Refusal | NotChecked | None:
+        """The off-loop password check's answer for the pending CONNECT (None =
+        accepted), or NOT_CHECKED."""
+        rare = self._rare
+        return NOT_CHECKED if rare is None else rare.password_decision
+
+    @password_decision.setter
+    def password_decision(self, decision: Refusal | NotChecked | None) -> None:
+        if decision is not NOT_CHECKED or self._rare is not None:
+            self._extras().password_decision = decision
+
+    @property
+    def linger(self) -> Linger | None:
+        """The lingering close after our last packet (server/linger.py), once begun."""
+        rare = self._rare
+        return None if rare is None else rare.linger
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The broker's event loop (not a slot of its own: 8 bytes per connection)."""
+        return self.broker.loop
 
     def log_extra(self) -> dict[str, object]:
         """Structured fields for log records about this connection (JSON logs)."""
@@ -197,28 +251,33 @@ class ClientProtocol(Client, asyncio.Protocol):
         (password, certificate identity or enhanced auth, as ``on_connect`` decided);
         before and after the session, what was recorded (``note_username``)."""
         session = self.session
-        return self._username if session is None else session.username
+        if session is not None:
+            return session.username
+        rare = self._rare
+        return None if rare is None else rare.username
 
     def note_username(self, username: str | None) -> None:
         """Record the username a log line should name when there is no session (the
         refused CONNECT's, or the session's when the connection ends)."""
-        self._username = username
+        if username is not None or self._rare is not None:
+            self._extras().username = username
 
     @property
     def peer(self) -> str:
-        """``host:port`` of the client (formatted on first use: logging only)."""
-        if self._peer is None:
-            if self.transport is not None:
-                info = self.transport.get_extra_info("peername")
-            elif self.parked_fd >= 0:  # parked (server/parking.py): ask the socket
-                info = peername(self.parked_fd)
-            else:
-                return "?"  # not connected yet, or being re-adopted
-            if isinstance(info, tuple) and len(info) >= 2:
-                self._peer = f"{info[0]}:{info[1]}"
-            else:
-                self._peer = str(info) if info else "?"
-        return self._peer
+        """``host:port`` of the client, formatted when asked (logging only). Not kept
+        while the transport keeps the address (it does after closing too): with INFO
+        logs every connection would hold its string (~64 bytes, issue 19); kept only
+        when read from a parked socket, which closes."""
+        rare = self._rare
+        if rare is not None and rare.peer is not None:
+            return rare.peer
+        transport = self.transport
+        if transport is not None:
+            return _format_peer(transport.get_extra_info("peername"))
+        if self.parked_fd >= 0:  # parked (server/parking.py): ask the socket
+            peer = self._extras().peer = _format_peer(peername(self.parked_fd))
+            return peer
+        return "?"  # not connected yet, or being re-adopted
 
     def peer_name(self) -> str:
         """:attr:`peer` as a call, for who needs it only sometimes (a refused login)."""
@@ -255,8 +314,10 @@ class ClientProtocol(Client, asyncio.Protocol):
             broker.parking.watch(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.linger is not None:  # closed on our side: read, count, discard
-            self.linger.discard(len(data))
+        rare = self._rare
+        if rare is not None and rare.linger is not None:
+            # Closed on our side: read, count, discard.
+            rare.linger.discard(len(data))
             return
         broker = self.broker
         broker.active_readers.append(self)
@@ -325,7 +386,7 @@ class ClientProtocol(Client, asyncio.Protocol):
         self.ended = True
         session = self.session
         if session is not None:  # the "connection lost" line comes after it is detached
-            self._username = session.username
+            self.note_username(session.username)
         self.broker.connection_lost(self, exc)
         parking = self.broker.parking
         if parking is not None:
@@ -345,7 +406,7 @@ class ClientProtocol(Client, asyncio.Protocol):
             return
         self.broker.timers.cancel(self)
         self.reading_paused = False
-        self.linger = Linger(transport, self.loop)  # type: ignore[arg-type]
+        self._extras().linger = Linger(transport, self.loop)  # type: ignore[arg-type]
         self.loop.call_soon(self._ended)
 
     def pause_writing(self) -> None:
@@ -405,6 +466,8 @@ class ClientProtocol(Client, asyncio.Protocol):
             if self.parked_fd == ADOPTING:
                 self.parked_fd = ABORT_ON_ADOPT
             elif self.parked_fd >= 0 and self.broker.parking is not None:
+                if log.isEnabledFor(logging.INFO):
+                    _ = self.peer  # kept for the lines after the socket is closed
                 self.broker.parking.drop(self)
                 self.loop.call_soon(self.connection_lost, None)
             return

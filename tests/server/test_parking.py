@@ -19,7 +19,8 @@ import pytest
 from iotbroker.codec.packets import Disconnect, PingReq, PingResp, Publish, Will
 from iotbroker.config import parse_config
 from iotbroker.errors import ConfigError
-from iotbroker.server.parking import PRUNE_AFTER, Parking
+from iotbroker.server.parked import NOT_PARKED
+from iotbroker.server.parking import FIRST_PARK_AFTER, PRUNE_AFTER, TIMER_SLACK, Parking
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 from tests.server.test_metrics_http import scrape, value
@@ -240,3 +241,51 @@ def test_ended_connections_do_not_wait_for_the_next_sweep() -> None:
         assert all(proto in parking._candidates for proto in live)
     finally:
         loop.close()
+
+
+class _RecordingParking(Parking):
+    """Parking that records when it would park (no sockets)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, after: float) -> None:
+        super().__init__(loop, after)
+        self.parked_at: dict[int, float] = {}
+
+    def _park(self, proto: object) -> bool:
+        self.parked_at[id(proto)] = self._loop.time()
+        return True
+
+
+def test_fresh_connections_are_parked_no_sooner_than_first_park_after() -> None:
+    """Issue 19: connections silent since their CONNACK are parked in batches (no
+    per-connection record), each no sooner than FIRST_PARK_AFTER after its CONNACK and
+    all of them soon after; one that spoke meanwhile is left to the regular sweep."""
+    loop = asyncio.new_event_loop()
+    parking = _RecordingParking(loop, 30.0)
+    watched: dict[int, float] = {}
+    protos = []
+
+    def connect(talks: bool) -> None:
+        now = loop.time()
+        proto = SimpleNamespace(ended=False, parked_fd=NOT_PARKED, transport=object(),
+                                packets_counted=1, park_mark=0, park_quiet=0,
+                                conn=SimpleNamespace(packets_queued=1, last_received=now))
+        protos.append((proto, talks))
+        watched[id(proto)] = now
+        parking.watch(proto, connected=True)  # type: ignore[arg-type]
+        if talks:  # a packet 30 ms after its CONNACK that needs no answer (QoS 0)
+            loop.call_later(0.03, setattr, proto.conn, "last_received", now + 0.03)
+
+    try:
+        parking.start()
+        for i in range(16):
+            loop.call_later(i * 0.02, connect, i % 5 == 0)
+        loop.run_until_complete(asyncio.sleep(0.32 + FIRST_PARK_AFTER * 2.5))
+    finally:
+        parking.close()
+        loop.close()
+    for proto, talks in protos:
+        if talks:
+            assert id(proto) not in parking.parked_at
+            continue
+        waited = parking.parked_at[id(proto)] - watched[id(proto)]
+        assert FIRST_PARK_AFTER - TIMER_SLACK <= waited <= FIRST_PARK_AFTER * 2.5
