@@ -376,7 +376,7 @@ class ClusterNode:
         local_trie = self.engine.trie
         connected = self.connected
         out: dict[str, wire.Outbox] = {}
-        names: dict[str, bytes] = {}  # topics and origins encoded (wire.record_pieces)
+        is_plain = wire.is_plain
         # A QoS 1/2 run goes live to every live node process, whatever this node
         # knows of its interest: each node reads it from the QoS stream anyway, and
         # the live copies keep its order with later runs on a node whose
@@ -410,12 +410,19 @@ class ClusterNode:
                 self.dropped += len(batch)
                 continue
             if not shared and not reliable:  # the common case: one item for all
-                size, pieces = wire.record_pieces(message, names)
+                if is_plain(message):  # in a PLAIN part (wire.Outbox)
+                    for token in direct:
+                        box = out.get(token)
+                        if box is None:
+                            box = out[token] = wire.Outbox()
+                        box.add_plain(message)
+                    continue
+                entry = wire.item(wire.record(message), [])
                 for token in direct:
                     box = out.get(token)
                     if box is None:
                         box = out[token] = wire.Outbox()
-                    box.add_message(size, pieces)
+                    box.add(entry)
                 continue
             dests: dict[str, list[bytes]] = {}
             if not shared:
@@ -744,14 +751,15 @@ class ClusterNode:
         capturing = self.sessions.capturing  # a session being resumed (sessions.py)
         routed: list[Message] = []
         order: wire.LiveOrder | None = None
-        for seq, items in parts:
+        no_groups = wire.NO_GROUPS
+        for seq, messages, groups_of in parts:
             if seq:
                 order = self._live_order.get(sender)
                 if order is None:
                     order = self._live_order[sender] = wire.LiveOrder(seq - 1)
                 if seq > order.advance(dedup, sender) + 1:
                     # a live copy before it was lost: wait for the stream's (LiveOrder)
-                    order.held[seq] = items
+                    order.held[seq] = (messages, groups_of)
                     if not order.since:
                         order.since = time.monotonic()
                     self._arm_reorder()
@@ -760,11 +768,15 @@ class ClusterNode:
                     self.duplicates += 1
                     continue
                 order.contig = max(order.contig, seq)
-            for message, groups in items:
-                route(message, now, groups)
-                if capturing:
-                    routed.append(message)
-            received += len(items)
+            if groups_of is None:  # a PLAIN part: no shared groups
+                for message in messages:
+                    route(message, now, no_groups)
+            else:
+                for message, groups in zip(messages, groups_of, strict=True):
+                    route(message, now, groups)
+            if capturing:
+                routed += messages
+            received += len(messages)
         self.received += received
         if order is not None and order.held:
             self._route_held(sender, order, False, routed if capturing else None)
@@ -779,15 +791,15 @@ class ClusterNode:
         dedup = self.dedup
         now = time.time()
         route = self.engine.route_remote
-        for seq, items in order.ready(dedup, sender, force):
+        for seq, (messages, groups_of) in order.ready(dedup, sender, force):
             if not dedup.first(sender, seq):
                 self.duplicates += 1
                 continue
-            for message, groups in items:
+            for message, groups in zip(messages, groups_of, strict=True):
                 route(message, now, groups)
-                if routed is not None:
-                    routed.append(message)
-            self.received += len(items)
+            if routed is not None:
+                routed += messages
+            self.received += len(messages)
         self.schedule_flush()
 
     def _arm_reorder(self) -> None:
