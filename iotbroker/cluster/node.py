@@ -752,6 +752,7 @@ class ClusterNode:
         routed: list[Message] = []
         order: wire.LiveOrder | None = None
         no_groups = wire.NO_GROUPS
+        route_many = self.engine.route_remote_many
         for seq, messages, groups_of in parts:
             if seq:
                 order = self._live_order.get(sender)
@@ -769,8 +770,7 @@ class ClusterNode:
                     continue
                 order.contig = max(order.contig, seq)
             if groups_of is None:  # a PLAIN part: no shared groups
-                for message in messages:
-                    route(message, now, no_groups)
+                route_many(messages, now, no_groups)
             else:
                 for message, groups in zip(messages, groups_of, strict=True):
                     route(message, now, groups)
