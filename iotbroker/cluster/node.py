@@ -740,7 +740,11 @@ class ClusterNode:
             sender, parts = wire.decode_batch(msg.data)
         except Exception as exc:
             self.undecodable += 1
-            log.warning("cluster: undecodable batch on %r: %s", msg.subject, exc)
+            n = self.undecodable
+            if not n & (n - 1):  # the 1st, 2nd, 4th, 8th...: a node of another
+                # version (a rolling upgrade) sends one per turn
+                log.warning("cluster: undecodable batch on %r (%d so far; a node of "
+                            "another version?): %s", msg.subject, n, exc)
             return
         # A retained one is kept here by routing too; the bucket's watch brings it
         # (or a later one) soon after: docs/cluster.md, "Retained messages".

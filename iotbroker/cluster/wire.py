@@ -2,12 +2,24 @@
 
 Live, on core NATS, a node sends one NATS message per destination node per turn on
 that node's subject ``<prefix>.node.<process token>`` (:func:`encode_batch`): the
-turn's messages for it, across topics, in order, as *parts*::
+turn's messages for it, across topics, in order, as *parts* (batch version 3)::
 
-    0x02 | len: u8 | sender: len bytes | part*
-    part:   seq: u64 | count: u16 | item * count
+    0x03 | len: u8 | sender: len bytes | part*
+    part:   ITEMS part | PLAIN part
+    ITEMS:  0x00 | seq: u64 | count: u16 | item * count
     item:   size: u32 | message record | groups: u16 | group * groups
     group:  len: u16 | name | len: u16 | filter
+    PLAIN:  0x01 | count: u16 | created_at: f64 | names: u16 | (len: u16 | name) * names
+                 | topic: u16 * count | origin: u16 * count | size: u32 * count
+                 | payload * count
+
+A PLAIN part carries *plain* QoS 0 messages (:func:`is_plain`: not retained, no
+properties, no expiry, no shared groups; the common case) of one created time:
+each topic and origin once in ``names``, per message the index of its topic and of its
+origin there and its payload's size: 8 bytes per message besides the payload, one
+decoded ``str`` per name (an ITEMS part: 41 bytes, the topic and the origin per
+message, and a record to decode);
+the receiver routes the part in one call. Other messages travel in ITEMS parts.
 
 ``groups`` are the shared subscription groups (name, filter without the ``$share``
 prefix) that the sending node gave this message to on that node (MQTT 5.0 §4.8.2,
@@ -16,6 +28,12 @@ a part of QoS 0 messages (any topics); a run of one topic's QoS 1/2 messages is 
 of its own and carries the sequence number of its copy in the QoS stream, whose
 payload is the per-topic format below (:func:`encode`), so that a node routes
 whichever copy comes first (:class:`Dedup`).
+
+A node does not decode a batch of another version (version 2 had no part kinds and
+carried every message as an item): it counts it in ``messages/undecodable`` and logs
+it. Nodes of both versions in one cluster, as during a rolling upgrade, do not get
+each other's live messages (QoS 1/2 ones still come through the QoS stream, whose
+format is unchanged): docs/cluster.md, "Routing by announced interest".
 
 In the QoS stream (:mod:`iotbroker.cluster.qos_stream`) the subject is the MQTT topic
 (:mod:`iotbroker.cluster.subjects`); the messages one turn accepted on one topic
