@@ -60,6 +60,7 @@ from iotbroker.cluster.subjects import (
     topic_to_subject,
 )
 from iotbroker.cluster.wills import NODE_TTL, Wills
+from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.config import ClusterConfig
 from iotbroker.message import Message
 from iotbroker.storage.records import decode_retained
@@ -376,7 +377,6 @@ class ClusterNode:
         local_trie = self.engine.trie
         connected = self.connected
         out: dict[str, wire.Outbox] = {}
-        is_plain = wire.is_plain
         # A QoS 1/2 run goes live to every live node process, whatever this node
         # knows of its interest: each node reads it from the QoS stream anyway, and
         # the live copies keep its order with later runs on a node whose
@@ -388,42 +388,48 @@ class ClusterNode:
             everyone = {t: None for t, (seen, _) in list(figures.items())
                         if t != own and now - seen <= NODE_TTL}
         for message in messages:
-            if message.qos == 2:
+            qos = message.qos
+            if qos == 2:
                 continue  # not live: exactly once rests on the stream (qos_stream.py)
             matches = remote.match(message.topic)
             direct = matches.direct
             shared = matches.shared
-            reliable = message.qos > 0
-            if reliable:
-                if everyone:
-                    direct = {**everyone, **direct}
-            elif not direct and not shared:
-                continue
-            if reliable:
-                run = run_of[id(message)]
-                if run[0] is not message:
-                    continue  # sent with the first message of its run
-                batch = run
-            else:
-                batch = [message]
-            if not live:
-                self.dropped += len(batch)
-                continue
-            if not shared and not reliable:  # the common case: one item for all
-                if is_plain(message):  # in a PLAIN part (wire.Outbox)
+            if not qos:
+                if not direct and not shared:
+                    continue
+                if not live:
+                    self.dropped += 1
+                    continue
+                if not shared:  # the common case: one item for all
+                    if (not message.retain and message.expires_at is None
+                            and message.properties is NO_PROPERTIES):
+                        # plain (wire.is_plain): in a PLAIN part (wire.Outbox)
+                        for token in direct:
+                            box = out.get(token)
+                            if box is None:
+                                box = out[token] = wire.Outbox()
+                            box.add_plain(message)
+                        continue
+                    entry = wire.item(wire.record(message), [])
                     for token in direct:
                         box = out.get(token)
                         if box is None:
                             box = out[token] = wire.Outbox()
-                        box.add_plain(message)
+                        box.add(entry)
                     continue
-                entry = wire.item(wire.record(message), [])
-                for token in direct:
-                    box = out.get(token)
-                    if box is None:
-                        box = out[token] = wire.Outbox()
-                    box.add(entry)
-                continue
+                reliable = False
+                batch = [message]
+            else:
+                reliable = True
+                if everyone:
+                    direct = {**everyone, **direct}
+                run = run_of[id(message)]
+                if run[0] is not message:
+                    continue  # sent with the first message of its run
+                batch = run
+                if not live:
+                    self.dropped += len(batch)
+                    continue
             dests: dict[str, list[bytes]] = {}
             if not shared:
                 for m in batch:

@@ -9,9 +9,9 @@ turn's messages for it, across topics, in order, as *parts* (batch version 3)::
     ITEMS:  0x00 | seq: u64 | count: u16 | item * count
     item:   size: u32 | message record | groups: u16 | group * groups
     group:  len: u16 | name | len: u16 | filter
-    PLAIN:  0x01 | count: u16 | created_at: f64 | names: u16 | (len: u16 | name) * names
-                 | topic: u16 * count | origin: u16 * count | size: u32 * count
-                 | payload * count
+    PLAIN:  0x01 | count: u16 | created_at: f64 | names: u16 | len: u16 * names
+                 | name * names | topic: u16 * count | origin: u16 * count
+                 | size: u32 * count | payload * count
 
 A PLAIN part carries *plain* QoS 0 messages (:func:`is_plain`: not retained, no
 properties, no expiry, no shared groups; the common case) of one created time:
@@ -117,13 +117,12 @@ def encode_plain(created_at: float, names: list[bytes], heads: list[int],
     per message, topic and origin as indexes into ``names``; at most :data:`MAX_BATCH`
     messages."""
     n = len(payloads)
-    pieces = [_PLAIN.pack(PLAIN, n, created_at, len(names))]
-    u16 = _U16.pack
-    for name in names:
-        pieces += (u16(len(name)), name)
-    pieces.append(struct.pack(f">{n}H{n}H{n}I", *heads[0::3], *heads[1::3], *heads[2::3]))
-    pieces += payloads
-    return b"".join(pieces)
+    k = len(names)
+    return b"".join([
+        _PLAIN.pack(PLAIN, n, created_at, k),
+        struct.pack(f">{k}H", *[len(name) for name in names]), *names,
+        struct.pack(f">{n}H{n}H{n}I", *heads[0::3], *heads[1::3], *heads[2::3]),
+        *payloads])
 
 
 def encode_batch(sender: bytes, parts: list[bytes]) -> bytes:
@@ -259,9 +258,9 @@ def decode_batch(data: bytes) -> tuple[bytes, list[Part]]:
                 count, created_at, nnames = _PLAIN.unpack_from(data, pos)[1:]
                 pos += _PLAIN.size
                 strs: list[str] = []
-                for _ in range(nnames):
-                    (ln,) = u16(data, pos)
-                    pos += 2
+                lengths = struct.unpack_from(f">{nnames}H", data, pos)
+                pos += 2 * nnames
+                for ln in lengths:
                     raw = data[pos : pos + ln]
                     name = names.get(raw)
                     if name is None:

@@ -158,13 +158,13 @@ def test_batches_round_trip_on_the_wire() -> None:
 
 def test_batch_golden_bytes() -> None:
     """Batch version 3, byte for byte (docs/cluster.md "On the wire"): a PLAIN part is
-    kind 1, count, created time, the names (topics and origins) once, per message
-    its topic's and origin's index and its size (as three arrays), then the payloads;
+    kind 1, count, created time, the names (topics and origins) once (their lengths,
+    then the names), per message its topic's and origin's index and its size (as three
+    arrays), then the payloads;
     an ITEMS part is kind 0, seq, count and version 2's items."""
     plain = wire.encode_plain(1.5, [b"t/1", b"c"], [0, 1, 2, 0, 1, 1], [b"ab", b"c"])
     assert plain == bytes.fromhex(
-        "01" "0002" "3ff8000000000000" "0002" "0003") + b"t/1" + bytes.fromhex(
-        "0001") + b"c" + bytes.fromhex(
+        "01" "0002" "3ff8000000000000" "0002" "0003" "0001") + b"t/1" + b"c" + bytes.fromhex(
         "0000" "0000" "0001" "0001" "00000002" "00000001") + b"abc"
     message = Message("t/1", b"x", 1, False, NO_PROPERTIES, 2.0, None, "")
     rec = wire.record(message)
