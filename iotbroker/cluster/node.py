@@ -377,6 +377,7 @@ class ClusterNode:
         local_trie = self.engine.trie
         connected = self.connected
         out: dict[str, wire.Outbox] = {}
+        names: dict[str, bytes] = {}  # topics and origins encoded (wire.record_pieces)
         # A QoS 1/2 run goes live to every live node process, whatever this node
         # knows of its interest: each node reads it from the QoS stream anyway, and
         # the live copies keep its order with later runs on a node whose
@@ -410,12 +411,12 @@ class ClusterNode:
                                 box = out[token] = wire.Outbox()
                             box.add_plain(message)
                         continue
-                    entry = wire.item(wire.record(message), [])
+                    size, pieces = wire.record_pieces(message, names)
                     for token in direct:
                         box = out.get(token)
                         if box is None:
                             box = out[token] = wire.Outbox()
-                        box.add(entry)
+                        box.add_message(size, pieces)
                     continue
                 reliable = False
                 batch = [message]

@@ -66,6 +66,7 @@ from iotbroker.storage.records import (
     decode_message_at,
     decode_retained,
     encode_retained,
+    retained_pieces,
 )
 
 VERSION = 1
@@ -184,6 +185,17 @@ class Outbox:
         payloads.append(payload)
         self._size += len(payload)
         if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
+            self._close()
+
+    def add_message(self, size: int, pieces: list[bytes]) -> None:
+        """A QoS 0 message that is not plain, without shared groups, as
+        :func:`record_pieces`: its record never joined on its own."""
+        if self._payloads:
+            self._close()
+        self._pieces += (_SIZE.pack(size), *pieces, _NO_GROUPS)
+        self._count += 1
+        self._size += size
+        if self._count >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
             self._close()
 
     def add(self, encoded_item: bytes) -> None:
@@ -329,6 +341,19 @@ def encode(sender: bytes, seq: int, records: list[bytes]) -> bytes:
 
 def record(message: Message) -> bytes:
     return encode_retained(message)
+
+
+def record_pieces(message: Message, names: dict[str, bytes]) -> tuple[int, list[bytes]]:
+    """:func:`record` as (length, pieces), for :meth:`Outbox.add_message`; ``names``
+    caches encoded topics and origins (one turn's: a busy topic or client is encoded
+    once)."""
+    topic = names.get(message.topic)
+    if topic is None:
+        topic = names[message.topic] = message.topic.encode()
+    origin = names.get(message.origin)
+    if origin is None:
+        origin = names[message.origin] = message.origin.encode()
+    return retained_pieces(message, topic, origin)
 
 
 def decode(topic: str, data: bytes) -> tuple[bytes, int, list[Message]]:

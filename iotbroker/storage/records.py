@@ -182,6 +182,7 @@ _SUBSCRIPTION = struct.Struct(">BBBBI")
 _OUTBOUND = struct.Struct(">BBQB")
 _DELIVERY = struct.Struct(">BBH")
 _MESSAGE = struct.Struct(">BBddIIII")
+_V1_MESSAGE = struct.Struct(">BBBddIIII")  # VALUE_VERSION, then _MESSAGE
 _POSITION = struct.Struct(">BQd")
 _V1 = bytes([VALUE_VERSION])
 
@@ -530,6 +531,35 @@ def encode_queued(rec: QueuedRecord) -> bytes:
 def encode_retained(message: Message) -> bytes:
     """RETAINED (the key is :func:`retained_key` of ``message.topic``)."""
     return b"".join([_V1, *_encode_message(message)])
+
+
+def retained_pieces(message: Message, topic: bytes, origin: bytes) -> tuple[int, list[bytes]]:
+    """:func:`encode_retained` as (its length, its pieces) for a caller that joins
+    many records into one buffer (the cluster's batches): no join per record.
+    ``topic`` and ``origin`` are ``message.topic`` and ``message.origin`` encoded
+    (the caller may have them already)."""
+    props = message.properties
+    payload = message.payload
+    if type(payload) is not bytes:
+        payload = bytes(payload)
+    expires_at = message.expires_at
+    lt = len(topic)
+    lo = len(origin)
+    lpl = len(payload)
+    if props is NO_PROPERTIES:
+        head = _V1_MESSAGE.pack(
+            VALUE_VERSION, message.qos,
+            (1 if message.retain else 0) | (0 if expires_at is None else 2),
+            message.created_at, 0.0 if expires_at is None else expires_at,
+            lt, lo, 0, lpl)
+        return _V1_MESSAGE.size + lt + lo + lpl, [head, topic, origin, payload]
+    raw = encode_properties(props)
+    head = _V1_MESSAGE.pack(
+        VALUE_VERSION, message.qos,
+        (1 if message.retain else 0) | (0 if expires_at is None else 2),
+        message.created_at, 0.0 if expires_at is None else expires_at,
+        lt, lo, len(raw), lpl)
+    return _V1_MESSAGE.size + lt + lo + len(raw) + lpl, [head, topic, origin, raw, payload]
 
 
 # --------------------------------------------------------------------------- decoding

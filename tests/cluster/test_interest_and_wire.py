@@ -226,6 +226,36 @@ def test_mqtt_4_6_0_5_outbox_keeps_the_order_of_mixed_messages() -> None:
     assert first.topic is next(m for m in decoded[1:] if m.topic == first.topic).topic
 
 
+def test_items_added_as_pieces_are_the_same_bytes() -> None:
+    """The path for QoS 0 messages that are not plain (record pieces, no join per
+    record; topics and origins encoded once per turn) writes exactly what
+    :func:`wire.item` of :func:`wire.record` would, between PLAIN parts too, and a
+    batch decodes back to the same messages."""
+    props = Properties(content_type="t", user_properties=(("k", "v"),))
+    messages = [
+        Message(topic=f"t/{i % 3}é", payload=b"x" * (i % 5), qos=0, retain=bool(i % 2),
+                properties=props if i % 4 == 0 else (Properties() if i % 4 == 1
+                                                      else NO_PROPERTIES),
+                created_at=10.0 + i // 100, expires_at=None if i % 3 else 50.0 + i,
+                origin="" if i % 5 == 0 else f"client-{i % 2}")
+        for i in range(2500)  # more than one part (wire.MAX_BATCH)
+    ]
+    joined, pieces = wire.Outbox(), wire.Outbox()
+    names: dict[str, bytes] = {}
+    for m in messages:
+        if wire.is_plain(m):
+            joined.add_plain(m)
+            pieces.add_plain(m)
+        else:
+            joined.add(wire.item(wire.record(m), []))
+            pieces.add_message(*wire.record_pieces(m, names))
+    payloads = pieces.batches(b"node-a/1")
+    assert payloads == joined.batches(b"node-a/1")
+    decoded = [m for data, _ in payloads for _, ms, _ in wire.decode_batch(data)[1]
+               for m in ms]
+    assert decoded == messages
+
+
 def test_messages_round_trip_on_the_wire() -> None:
     message = Message(
         topic="a.b/c d", payload=b"\x00\xff", qos=2, retain=True,
