@@ -1,7 +1,8 @@
 """Issue 14: the cluster's batch format alone (iotbroker/cluster/wire.py), per message:
 building a destination node's batch (``Outbox``) and decoding it (``decode_batch``),
 for plain QoS 0 messages of 64 B on N topics (PLAIN parts) and, with ``--items``, for
-the same messages as ITEMS parts (retained, so not plain). Best of 5 rounds.
+the same messages as ITEMS parts (retained, so not plain). Best of 5 rounds of
+process CPU time (the machine is shared).
 
     .venv/bin/python benchmarks/cluster_wire.py [--topics 1] [--messages 800] [--items]
 """
@@ -25,10 +26,10 @@ def best_us_per_message(fn: Callable[[], object], messages: int, rounds: int = 5
                         calls: int = 200) -> float:
     results = []
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = time.process_time()
         for _ in range(calls):
             fn()
-        results.append((time.perf_counter() - started) / calls / messages * 1e6)
+        results.append((time.process_time() - started) / calls / messages * 1e6)
     return min(results)
 
 

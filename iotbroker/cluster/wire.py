@@ -181,9 +181,13 @@ class Outbox:
         payload = message.payload
         if type(payload) is not bytes:
             payload = bytes(payload)
-        self._heads += (topic, origin, len(payload))
+        size = len(payload)
+        heads = self._heads
+        heads.append(topic)
+        heads.append(origin)
+        heads.append(size)
         payloads.append(payload)
-        self._size += len(payload)
+        self._size += size
         if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
             self._close()
 
@@ -279,17 +283,19 @@ def decode_batch(data: bytes) -> tuple[bytes, list[Part]]:
                         name = names[raw] = raw.decode()
                     strs.append(name)
                     pos += ln
-                heads = struct.unpack_from(f">{count}H{count}H{count}I", data, pos)
+                heads: tuple[int, ...] = struct.unpack_from(
+                    f">{count}H{count}H{count}I", data, pos)
                 pos += 8 * count
-                if pos + sum(heads[2 * count :]) > end_all:
+                sizes_at = 2 * count
+                if pos + sum(heads[sizes_at:]) > end_all:
                     raise ValueError("cluster batch truncated")
                 messages: list[Message] = []
-                append = messages.append
-                for t, o, size in zip(heads[:count], heads[count : 2 * count],
-                                      heads[2 * count :], strict=True):
+                for i in range(count):  # indexes, not zip: faster compiled (mypyc)
+                    size: int = heads[sizes_at + i]
                     end = pos + size
-                    append(Message(strs[t], data[pos:end], 0, False, NO_PROPERTIES,
-                                   created_at, None, strs[o]))
+                    messages.append(Message(strs[heads[i]], data[pos:end], 0, False,
+                                            NO_PROPERTIES, created_at, None,
+                                            strs[heads[count + i]]))
                     pos = end
                 out.append((0, messages, None))
                 continue
