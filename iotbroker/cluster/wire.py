@@ -283,19 +283,17 @@ def decode_batch(data: bytes) -> tuple[bytes, list[Part]]:
                         name = names[raw] = raw.decode()
                     strs.append(name)
                     pos += ln
-                heads: tuple[int, ...] = struct.unpack_from(
-                    f">{count}H{count}H{count}I", data, pos)
+                heads = struct.unpack_from(f">{count}H{count}H{count}I", data, pos)
                 pos += 8 * count
-                sizes_at = 2 * count
-                if pos + sum(heads[sizes_at:]) > end_all:
+                if pos + sum(heads[2 * count :]) > end_all:
                     raise ValueError("cluster batch truncated")
                 messages: list[Message] = []
-                for i in range(count):  # indexes, not zip: faster compiled (mypyc)
-                    size: int = heads[sizes_at + i]
+                append = messages.append
+                for t, o, size in zip(heads[:count], heads[count : 2 * count],
+                                      heads[2 * count :], strict=True):
                     end = pos + size
-                    messages.append(Message(strs[heads[i]], data[pos:end], 0, False,
-                                            NO_PROPERTIES, created_at, None,
-                                            strs[heads[count + i]]))
+                    append(Message(strs[t], data[pos:end], 0, False, NO_PROPERTIES,
+                                   created_at, None, strs[o]))
                     pos = end
                 out.append((0, messages, None))
                 continue
