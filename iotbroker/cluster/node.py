@@ -60,7 +60,6 @@ from iotbroker.cluster.subjects import (
     topic_to_subject,
 )
 from iotbroker.cluster.wills import NODE_TTL, Wills
-from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.config import ClusterConfig
 from iotbroker.message import Message
 from iotbroker.storage.records import decode_retained
@@ -388,7 +387,17 @@ class ClusterNode:
             now = time.monotonic()
             everyone = {t: None for t, (seen, _) in list(figures.items())
                         if t != own and now - seen <= NODE_TTL}
-        for message in messages:
+        add_qos0 = wire.add_qos0
+        interest = remote.trie
+        count = len(messages)
+        i = 0
+        while i < count:
+            if live:  # the common case, compiled: QoS 0 without shared groups
+                i = add_qos0(messages, i, interest, out, names)
+                if i == count:
+                    break
+            message = messages[i]
+            i += 1
             qos = message.qos
             if qos == 2:
                 continue  # not live: exactly once rests on the stream (qos_stream.py)
@@ -400,23 +409,6 @@ class ClusterNode:
                     continue
                 if not live:
                     self.dropped += 1
-                    continue
-                if not shared:  # the common case: one item for all
-                    if (not message.retain and message.expires_at is None
-                            and message.properties is NO_PROPERTIES):
-                        # plain (wire.is_plain): in a PLAIN part (wire.Outbox)
-                        for token in direct:
-                            box = out.get(token)
-                            if box is None:
-                                box = out[token] = wire.Outbox()
-                            box.add_plain(message)
-                        continue
-                    size, pieces = wire.record_pieces(message, names)
-                    for token in direct:
-                        box = out.get(token)
-                        if box is None:
-                            box = out[token] = wire.Outbox()
-                        box.add_message(size, pieces)
                     continue
                 reliable = False
                 batch = [message]

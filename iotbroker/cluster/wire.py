@@ -61,6 +61,7 @@ from collections import deque
 from typing import Any
 
 from iotbroker.codec.packets import NO_PROPERTIES
+from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.message import Message
 from iotbroker.storage.records import (
     decode_message_at,
@@ -251,6 +252,43 @@ class Outbox:
         if batch:
             out.append((encode_batch(sender, batch), count))
         return out
+
+
+def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
+             out: dict[str, Outbox], names: dict[str, bytes]) -> int:
+    """The sending node's common case (``ClusterNode._forward``), compiled: from
+    ``messages[start]`` on, each QoS 0 message that no other node's shared group
+    matches goes into the Outbox of every node whose announced interest
+    (``interest``, :mod:`iotbroker.cluster.remote`) matches it, in order, plain ones
+    into PLAIN parts. Stops at the first message it does not handle (QoS 1/2, a shared
+    group) and returns its index (``len(messages)``: all handled)."""
+    n = len(messages)
+    i = start
+    while i < n:
+        message = messages[i]
+        if message.qos:
+            return i
+        matches = interest.match(message.topic)
+        if matches.shared:
+            return i
+        direct = matches.direct
+        if direct:
+            if (not message.retain and message.expires_at is None
+                    and message.properties is NO_PROPERTIES):  # is_plain
+                for token in direct:
+                    box = out.get(token)
+                    if box is None:
+                        box = out[token] = Outbox()
+                    box.add_plain(message)
+            else:
+                size, pieces = record_pieces(message, names)
+                for token in direct:
+                    box = out.get(token)
+                    if box is None:
+                        box = out[token] = Outbox()
+                    box.add_message(size, pieces)
+        i += 1
+    return n
 
 
 def decode_batch(data: bytes) -> tuple[bytes, list[Part]]:

@@ -256,6 +256,40 @@ def test_items_added_as_pieces_are_the_same_bytes() -> None:
     assert decoded == messages
 
 
+def test_add_qos0_fills_each_interested_nodes_outbox_and_stops_where_it_must() -> None:
+    """The sending node's compiled common case: QoS 0 messages go, in order, to the
+    Outbox of each node whose announced filters match (none for a topic nobody
+    wants); it stops at a QoS 1/2 message and at one a shared group matches (the
+    caller handles those), and goes on from where it is told."""
+    remote = RemoteInterest("me_1")
+    _put(remote, "a_1", "s/#")
+    _put(remote, "b_1", "s/1")
+    _put(remote, "b_1", "$share/g/q/#", 1)
+    props = Properties(content_type="t")
+    msgs = [
+        Message("s/1", b"0", 0, False, NO_PROPERTIES, 1.0, None, "c"),  # a, b
+        Message("s/2", b"1", 0, False, props, 1.0, None, "c"),  # a (not plain)
+        Message("x", b"2", 0, False, NO_PROPERTIES, 1.0, None, "c"),  # nobody
+        Message("s/1", b"3", 1, False, NO_PROPERTIES, 1.0, None, "c"),  # QoS 1: stop
+        Message("s/2", b"4", 0, True, NO_PROPERTIES, 1.0, None, "c"),  # a (retained)
+        Message("q/1", b"5", 0, False, NO_PROPERTIES, 1.0, None, "c"),  # shared: stop
+        Message("s/1", b"6", 0, False, NO_PROPERTIES, 1.0, None, "c"),  # a, b
+    ]
+    out: dict[str, wire.Outbox] = {}
+    names: dict[str, bytes] = {}
+    assert wire.add_qos0(msgs, 0, remote.trie, out, names) == 3
+    assert wire.add_qos0(msgs, 4, remote.trie, out, names) == 5
+    assert wire.add_qos0(msgs, 6, remote.trie, out, names) == 7
+
+    def got(token: str) -> list[Message]:
+        return [m for data, _ in out[token].batches(b"me/1")
+                for _, ms, _ in wire.decode_batch(data)[1] for m in ms]
+
+    assert got("a_1") == [msgs[0], msgs[1], msgs[4], msgs[6]]
+    assert got("b_1") == [msgs[0], msgs[6]]
+    assert set(out) == {"a_1", "b_1"}
+
+
 def test_messages_round_trip_on_the_wire() -> None:
     message = Message(
         topic="a.b/c d", payload=b"\x00\xff", qos=2, retain=True,
