@@ -389,36 +389,42 @@ class ClusterNode:
             now = time.monotonic()
             everyone = {t: None for t, (seen, _) in list(figures.items())
                         if t != own and now - seen <= NODE_TTL}
-        for message in messages:
-            if message.qos == 2:
+        add_qos0 = wire.add_qos0
+        interest = remote.trie
+        count = len(messages)
+        i = 0
+        while i < count:
+            if live:  # the common case, compiled: QoS 0 without shared groups
+                i = add_qos0(messages, i, interest, out, names)
+                if i == count:
+                    break
+            message = messages[i]
+            i += 1
+            qos = message.qos
+            if qos == 2:
                 continue  # not live: exactly once rests on the stream (qos_stream.py)
             matches = remote.match(message.topic)
             direct = matches.direct
             shared = matches.shared
-            reliable = message.qos > 0
-            if reliable:
+            if not qos:
+                if not direct and not shared:
+                    continue
+                if not live:
+                    self.dropped += 1
+                    continue
+                reliable = False
+                batch = [message]
+            else:
+                reliable = True
                 if everyone:
                     direct = {**everyone, **direct}
-            elif not direct and not shared:
-                continue
-            if reliable:
                 run = run_of[id(message)]
                 if run[0] is not message:
                     continue  # sent with the first message of its run
                 batch = run
-            else:
-                batch = [message]
-            if not live:
-                self.dropped += len(batch)
-                continue
-            if not shared and not reliable:  # the common case: one item for all
-                size, pieces = wire.record_pieces(message, names)
-                for token in direct:
-                    box = out.get(token)
-                    if box is None:
-                        box = out[token] = wire.Outbox()
-                    box.add_message(size, pieces)
-                continue
+                if not live:
+                    self.dropped += len(batch)
+                    continue
             dests: dict[str, list[bytes]] = {}
             if not shared:
                 for m in batch:
@@ -735,7 +741,11 @@ class ClusterNode:
             sender, parts = wire.decode_batch(msg.data)
         except Exception as exc:
             self.undecodable += 1
-            log.warning("cluster: undecodable batch on %r: %s", msg.subject, exc)
+            n = self.undecodable
+            if not n & (n - 1):  # the 1st, 2nd, 4th, 8th...: a node of another
+                # version (a rolling upgrade) sends one per turn
+                log.warning("cluster: undecodable batch on %r (%d so far; a node of "
+                            "another version?): %s", msg.subject, n, exc)
             return
         # A retained one is kept here by routing too; the bucket's watch brings it
         # (or a later one) soon after: docs/cluster.md, "Retained messages".
@@ -747,16 +757,18 @@ class ClusterNode:
         routed: list[Message] = []
         order: wire.LiveOrder | None = None
         floor = self.sessions.floor()  # its stream copy comes after (sessions.py)
-        for seq, items in parts:
+        no_groups = wire.NO_GROUPS
+        route_many = self.engine.route_remote_many
+        for seq, messages, groups_of in parts:
             if seq:
-                for message, _ in items:
+                for message in messages:
                     message.stream_seq = floor
                 order = self._live_order.get(sender)
                 if order is None:
                     order = self._live_order[sender] = wire.LiveOrder(seq - 1)
                 if seq > order.advance(dedup, sender) + 1:
                     # a live copy before it was lost: wait for the stream's (LiveOrder)
-                    order.held[seq] = items
+                    order.held[seq] = (messages, groups_of)
                     if not order.since:
                         order.since = time.monotonic()
                     self._arm_reorder()
@@ -765,11 +777,14 @@ class ClusterNode:
                     self.duplicates += 1
                     continue
                 order.contig = max(order.contig, seq)
-            for message, groups in items:
-                route(message, now, groups)
-                if capturing:
-                    routed.append(message)
-            received += len(items)
+            if groups_of is None:  # a PLAIN part: no shared groups
+                route_many(messages, now, no_groups)
+            else:
+                for message, groups in zip(messages, groups_of, strict=True):
+                    route(message, now, groups)
+            if capturing:
+                routed += messages
+            received += len(messages)
         self.received += received
         if order is not None and order.held:
             self._route_held(sender, order, False, routed if capturing else None)
@@ -785,16 +800,16 @@ class ClusterNode:
         now = time.time()
         route = self.engine.route_remote
         floor = self.sessions.floor()
-        for seq, items in order.ready(dedup, sender, force):
+        for seq, (messages, groups_of) in order.ready(dedup, sender, force):
             if not dedup.first(sender, seq):
                 self.duplicates += 1
                 continue
-            for message, groups in items:
+            for message, groups in zip(messages, groups_of, strict=True):
                 message.stream_seq = floor
                 route(message, now, groups)
-                if routed is not None:
-                    routed.append(message)
-            self.received += len(items)
+            if routed is not None:
+                routed += messages
+            self.received += len(messages)
         self.schedule_flush()
 
     def _arm_reorder(self) -> None:

@@ -2,12 +2,24 @@
 
 Live, on core NATS, a node sends one NATS message per destination node per turn on
 that node's subject ``<prefix>.node.<process token>`` (:func:`encode_batch`): the
-turn's messages for it, across topics, in order, as *parts*::
+turn's messages for it, across topics, in order, as *parts* (batch version 3)::
 
-    0x02 | len: u8 | sender: len bytes | part*
-    part:   seq: u64 | count: u16 | item * count
+    0x03 | len: u8 | sender: len bytes | part*
+    part:   ITEMS part | PLAIN part
+    ITEMS:  0x00 | seq: u64 | count: u16 | item * count
     item:   size: u32 | message record | groups: u16 | group * groups
     group:  len: u16 | name | len: u16 | filter
+    PLAIN:  0x01 | count: u16 | created_at: f64 | names: u16 | len: u16 * names
+                 | name * names | topic: u16 * count | origin: u16 * count
+                 | size: u32 * count | payload * count
+
+A PLAIN part carries *plain* QoS 0 messages (:func:`is_plain`: not retained, no
+properties, no expiry, no shared groups; the common case) of one created time:
+each topic and origin once in ``names``, per message the index of its topic and of its
+origin there and its payload's size: 8 bytes per message besides the payload, one
+decoded ``str`` per name (an ITEMS part: 41 bytes, the topic and the origin per
+message, and a record to decode);
+the receiver routes the part in one call. Other messages travel in ITEMS parts.
 
 ``groups`` are the shared subscription groups (name, filter without the ``$share``
 prefix) that the sending node gave this message to on that node (MQTT 5.0 §4.8.2,
@@ -16,6 +28,12 @@ a part of QoS 0 messages (any topics); a run of one topic's QoS 1/2 messages is 
 of its own and carries the sequence number of its copy in the QoS stream, whose
 payload is the per-topic format below (:func:`encode`), so that a node routes
 whichever copy comes first (:class:`Dedup`).
+
+A node does not decode a batch of another version (version 2 had no part kinds and
+carried every message as an item): it counts it in ``messages/undecodable`` and logs
+it. Nodes of both versions in one cluster, as during a rolling upgrade, do not get
+each other's live messages (QoS 1/2 ones still come through the QoS stream, whose
+format is unchanged): docs/cluster.md, "Routing by announced interest".
 
 In the QoS stream (:mod:`iotbroker.cluster.qos_stream`) the subject is the MQTT topic
 (:mod:`iotbroker.cluster.subjects`); the messages one turn accepted on one topic
@@ -42,6 +60,8 @@ import struct
 from collections import deque
 from typing import Any
 
+from iotbroker.codec.packets import NO_PROPERTIES
+from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.message import Message
 from iotbroker.storage.records import (
     decode_message_at,
@@ -57,18 +77,26 @@ MAX_BATCH_BYTES = 256 * 1024
 _HEAD = struct.Struct(">BQB")
 _COUNT = struct.Struct(">H")
 _SIZE = struct.Struct(">I")
-BATCH_VERSION = 2
-_PART = struct.Struct(">QH")  # seq, count
+BATCH_VERSION = 3
+_PART = struct.Struct(">BQH")  # ITEMS, seq, count
+_PLAIN = struct.Struct(">BHdH")  # PLAIN, count, created_at, names
 _U16 = struct.Struct(">H")
 _NO_GROUPS = b"\x00\x00"
+#: Part kinds (:func:`encode_batch`).
+ITEMS = 0
+PLAIN = 1
 
 #: (share group, filter without the $share prefix)
 Group = tuple[str, str]
+#: The shared groups of a message given to none (a PLAIN part's messages).
+NO_GROUPS: tuple[Group, ...] = ()
+#: One decoded part: (seq, messages, their shared groups; None for a PLAIN part: none).
+Part = tuple[int, list[Message], list[list[Group]] | None]
 
 
 def item(rec: bytes, groups: list[Group]) -> bytes:
-    """One message of a part: its :func:`record` and the shared groups it is given to
-    on the destination node."""
+    """One message of an ITEMS part: its :func:`record` and the shared groups it is
+    given to on the destination node."""
     if not groups:
         return b"".join([_SIZE.pack(len(rec)), rec, _NO_GROUPS])
     parts = [_SIZE.pack(len(rec)), rec, _U16.pack(len(groups))]
@@ -80,47 +108,108 @@ def item(rec: bytes, groups: list[Group]) -> bytes:
 
 
 def encode_part(seq: int, items: list[bytes]) -> bytes:
-    """One part of a batch (:func:`encode_batch`): :func:`item` results, at most
+    """One ITEMS part of a batch (:func:`encode_batch`): :func:`item` results, at most
     :data:`MAX_BATCH`."""
-    return b"".join([_PART.pack(seq, len(items)), *items])
+    return b"".join([_PART.pack(ITEMS, seq, len(items)), *items])
+
+
+def encode_plain(created_at: float, names: list[bytes], heads: list[int],
+                 payloads: list[bytes]) -> bytes:
+    """One PLAIN part (:func:`encode_batch`): ``heads`` holds (topic, origin, size)
+    per message, topic and origin as indexes into ``names``; at most :data:`MAX_BATCH`
+    messages."""
+    n = len(payloads)
+    k = len(names)
+    return b"".join([
+        _PLAIN.pack(PLAIN, n, created_at, k),
+        struct.pack(f">{k}H", *[len(name) for name in names]), *names,
+        struct.pack(f">{n}H{n}H{n}I", *heads[0::3], *heads[1::3], *heads[2::3]),
+        *payloads])
 
 
 def encode_batch(sender: bytes, parts: list[bytes]) -> bytes:
-    """One NATS message for one destination node: :func:`encode_part` results."""
+    """One NATS message for one destination node: :func:`encode_part` and
+    :func:`encode_plain` results."""
     return b"".join([bytes([BATCH_VERSION, len(sender)]), sender, *parts])
 
 
-class Outbox:
-    """One destination node's messages of a turn, in order: QoS 0 messages gathered
-    into one part until a QoS 1/2 part comes, cut into NATS payloads."""
+def is_plain(message: Message) -> bool:
+    """Does ``message`` travel in a PLAIN part (given no shared groups)? QoS 0, not
+    retained, no properties, no expiry: all a PLAIN part does not carry."""
+    return (not message.qos and not message.retain and message.expires_at is None
+            and message.properties is NO_PROPERTIES)
 
-    __slots__ = ("_count", "_pieces", "_size", "parts")
+
+class Outbox:
+    """One destination node's messages of a turn, in order, cut into NATS payloads.
+
+    Plain QoS 0 messages (:func:`is_plain`) of one created time (one read's) gather
+    into a PLAIN part, which names each topic and origin once; other QoS 0 messages
+    into an ITEMS part; a QoS 1/2 run is an ITEMS part of its own. A message of
+    another kind or time closes the open part: the order is kept (each topic's,
+    [MQTT-4.6.0-5], and all others too), and each decoded message equals the one
+    sent."""
+
+    __slots__ = ("_at", "_count", "_heads", "_names", "_payloads", "_pieces", "_size",
+                 "parts")
 
     def __init__(self) -> None:
         self.parts: list[tuple[bytes, int]] = []
-        self._pieces: list[bytes] = []
+        self._pieces: list[bytes] = []  # the open ITEMS part's items
         self._count = 0
         self._size = 0
+        # the open PLAIN part: names (topic or origin -> index), heads, payloads
+        self._names: dict[str, int] = {}
+        self._heads: list[int] = []
+        self._payloads: list[bytes] = []
+        self._at = 0.0
 
-    def add_plain(self, rec: bytes) -> None:
-        """A QoS 0 message without shared groups (a :func:`record`)."""
-        self._pieces += (_SIZE.pack(len(rec)), rec, _NO_GROUPS)
-        self._grown(len(rec))
+    def add_plain(self, message: Message) -> None:
+        """A plain message (:func:`is_plain`) without shared groups."""
+        payloads = self._payloads
+        if self._count or (payloads and message.created_at != self._at):
+            self._close()
+            payloads = self._payloads
+        if not payloads:
+            self._at = message.created_at
+        names = self._names
+        topic = names.get(message.topic)
+        if topic is None:
+            topic = names[message.topic] = len(names)
+        origin = names.get(message.origin)
+        if origin is None:
+            origin = names[message.origin] = len(names)
+        payload = message.payload
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        size = len(payload)
+        heads = self._heads
+        heads.append(topic)
+        heads.append(origin)
+        heads.append(size)
+        payloads.append(payload)
+        self._size += size
+        if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
+            self._close()
 
     def add_message(self, size: int, pieces: list[bytes]) -> None:
-        """A QoS 0 message without shared groups, as :func:`record_pieces`: the
-        common case, its record never joined on its own."""
+        """A QoS 0 message that is not plain, without shared groups, as
+        :func:`record_pieces`: its record never joined on its own."""
+        if self._payloads:
+            self._close()
         self._pieces += (_SIZE.pack(size), *pieces, _NO_GROUPS)
-        self._grown(size)
-
-    def add(self, encoded_item: bytes) -> None:
-        """A QoS 0 message as an :func:`item`."""
-        self._pieces.append(encoded_item)
-        self._grown(len(encoded_item))
-
-    def _grown(self, size: int) -> None:
         self._count += 1
         self._size += size
+        if self._count >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
+            self._close()
+
+    def add(self, encoded_item: bytes) -> None:
+        """A QoS 0 message as an :func:`item` (not plain, or with shared groups)."""
+        if self._payloads:
+            self._close()
+        self._pieces.append(encoded_item)
+        self._count += 1
+        self._size += len(encoded_item)
         if self._count >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
             self._close()
 
@@ -133,11 +222,18 @@ class Outbox:
 
     def _close(self) -> None:
         if self._count:
-            self.parts.append((b"".join([_PART.pack(0, self._count), *self._pieces]),
+            self.parts.append((b"".join([_PART.pack(ITEMS, 0, self._count), *self._pieces]),
                                self._count))
             self._pieces = []
             self._count = 0
-            self._size = 0
+        payloads = self._payloads
+        if payloads:
+            self.parts.append((encode_plain(self._at, [n.encode() for n in self._names],
+                                            self._heads, payloads), len(payloads)))
+            self._names = {}
+            self._heads = []
+            self._payloads = []
+        self._size = 0
 
     def batches(self, sender: bytes) -> list[tuple[bytes, int]]:
         """(NATS payload, messages in it), each within :data:`MAX_BATCH_BYTES`
@@ -158,48 +254,119 @@ class Outbox:
         return out
 
 
-def decode_batch(data: bytes) -> tuple[bytes, list[tuple[int, list[tuple[Message, list[Group]]]]]]:
-    """(sender, [(seq, [(message, groups)])]); ValueError (or CorruptData) for what we
-    did not write."""
+def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
+             out: dict[str, Outbox], names: dict[str, bytes]) -> int:
+    """The sending node's common case (``ClusterNode._forward``), compiled: from
+    ``messages[start]`` on, each QoS 0 message that no other node's shared group
+    matches goes into the Outbox of every node whose announced interest
+    (``interest``, :mod:`iotbroker.cluster.remote`) matches it, in order, plain ones
+    into PLAIN parts. Stops at the first message it does not handle (QoS 1/2, a shared
+    group) and returns its index (``len(messages)``: all handled)."""
+    n = len(messages)
+    i = start
+    while i < n:
+        message = messages[i]
+        if message.qos:
+            return i
+        matches = interest.match(message.topic)
+        if matches.shared:
+            return i
+        direct = matches.direct
+        if direct:
+            if (not message.retain and message.expires_at is None
+                    and message.properties is NO_PROPERTIES):  # is_plain
+                for token in direct:
+                    box = out.get(token)
+                    if box is None:
+                        box = out[token] = Outbox()
+                    box.add_plain(message)
+            else:
+                size, pieces = record_pieces(message, names)
+                for token in direct:
+                    box = out.get(token)
+                    if box is None:
+                        box = out[token] = Outbox()
+                    box.add_message(size, pieces)
+        i += 1
+    return n
+
+
+def decode_batch(data: bytes) -> tuple[bytes, list[Part]]:
+    """(sender, parts); ValueError (or CorruptData) for what we did not write (a batch
+    of another version included: ``messages_undecodable``)."""
     if len(data) < 2 or data[0] != BATCH_VERSION:
-        raise ValueError("not a cluster batch")
+        raise ValueError("not a cluster batch (of this version)")
     n = data[1]
     sender = data[2 : 2 + n]
     pos = 2 + n
     end_all = len(data)
-    out: list[tuple[int, list[tuple[Message, list[Group]]]]] = []
+    out: list[Part] = []
     size_of = _SIZE.unpack_from
     u16 = _U16.unpack_from
     no_groups: list[Group] = []
     names: dict[bytes, str] = {}  # one str per topic (and origin) of the batch
-    while pos < end_all:
-        seq, count = _PART.unpack_from(data, pos)
-        pos += _PART.size
-        items: list[tuple[Message, list[Group]]] = []
-        for _ in range(count):
-            (size,) = size_of(data, pos)
-            pos += 4
-            end = pos + size
-            if end + 2 > end_all:
-                raise ValueError("cluster batch truncated")
-            message = decode_message_at(data, pos, end, names)
-            (ngroups,) = u16(data, end)
-            pos = end + 2
-            if not ngroups:
-                items.append((message, no_groups))
+    try:
+        while pos < end_all:
+            kind = data[pos]
+            if kind == PLAIN:
+                count, created_at, nnames = _PLAIN.unpack_from(data, pos)[1:]
+                pos += _PLAIN.size
+                strs: list[str] = []
+                lengths = struct.unpack_from(f">{nnames}H", data, pos)
+                pos += 2 * nnames
+                for ln in lengths:
+                    raw = data[pos : pos + ln]
+                    name = names.get(raw)
+                    if name is None:
+                        name = names[raw] = raw.decode()
+                    strs.append(name)
+                    pos += ln
+                heads = struct.unpack_from(f">{count}H{count}H{count}I", data, pos)
+                pos += 8 * count
+                if pos + sum(heads[2 * count :]) > end_all:
+                    raise ValueError("cluster batch truncated")
+                messages: list[Message] = []
+                append = messages.append
+                for t, o, size in zip(heads[:count], heads[count : 2 * count],
+                                      heads[2 * count :], strict=True):
+                    end = pos + size
+                    append(Message(strs[t], data[pos:end], 0, False, NO_PROPERTIES,
+                                   created_at, None, strs[o]))
+                    pos = end
+                out.append((0, messages, None))
                 continue
-            groups: list[Group] = []
-            for _ in range(ngroups):
-                (lg,) = u16(data, pos)
-                pos += 2
-                group = data[pos : pos + lg].decode()
-                pos += lg
-                (lf,) = u16(data, pos)
-                pos += 2
-                groups.append((group, data[pos : pos + lf].decode()))
-                pos += lf
-            items.append((message, groups))
-        out.append((seq, items))
+            if kind != ITEMS:
+                raise ValueError(f"cluster batch part of kind {kind}")
+            _, seq, count = _PART.unpack_from(data, pos)
+            pos += _PART.size
+            messages = []
+            groups_of: list[list[Group]] = []
+            for _ in range(count):
+                (size,) = size_of(data, pos)
+                pos += 4
+                end = pos + size
+                if end + 2 > end_all:
+                    raise ValueError("cluster batch truncated")
+                messages.append(decode_message_at(data, pos, end, names))
+                (ngroups,) = u16(data, end)
+                pos = end + 2
+                if not ngroups:
+                    groups_of.append(no_groups)
+                    continue
+                groups: list[Group] = []
+                for _ in range(ngroups):
+                    (lg,) = u16(data, pos)
+                    pos += 2
+                    group = data[pos : pos + lg].decode()
+                    pos += lg
+                    (lf,) = u16(data, pos)
+                    pos += 2
+                    groups.append((group, data[pos : pos + lf].decode()))
+                    pos += lf
+                groups_of.append(groups)
+            out.append((seq, messages, groups_of))
+    except (struct.error, IndexError) as exc:
+        raise ValueError(f"cluster batch truncated or corrupt: {exc}") from None
     if pos != end_all:
         raise ValueError("cluster batch truncated")
     return sender, out

@@ -126,52 +126,168 @@ def test_shared_pick_is_the_same_everywhere_and_weighted_by_members() -> None:
 
 
 def test_batches_round_trip_on_the_wire() -> None:
-    """One NATS message per destination node carries parts, a part messages of any
-    topics (each record names its topic), each message with the shared groups given
-    to that node."""
+    """One NATS message per destination node carries parts: ITEMS parts (messages of
+    any topics, each record names its topic, each with the shared groups given to that
+    node) and PLAIN parts (plain QoS 0 messages, topics and origins named once)."""
     one = Message(topic="a.b/c d", payload=b"\x00\xff", qos=1, retain=True,
                   properties=Properties(content_type="t", user_properties=(("k", "v"),)),
                   created_at=12.5, expires_at=99.0, origin="client-1")
     two = Message(topic="x/é", payload=b"", qos=0, retain=False,
                   properties=Properties(), created_at=13.0)
+    plain = [Message("x/é", b"", 0, False, NO_PROPERTIES, 14.0, None, "c"),
+             Message("y", b"a", 0, False, NO_PROPERTIES, 14.0, None, "c"),
+             Message("x/é", b"bc", 0, False, NO_PROPERTIES, 14.0, None, "")]
     parts = [
         wire.encode_part(7, [wire.item(wire.record(one), [("g", "a.b/+")])]),
         wire.encode_part(0, [wire.item(wire.record(two), []),
                              wire.item(wire.record(one), [])]),
+        wire.encode_plain(14.0, ["x/é".encode(), b"c", b"y", b""],
+                          [0, 1, 0, 2, 1, 1, 0, 3, 2], [b"", b"a", b"bc"]),
     ]
     data = wire.encode_batch(b"node-a/1234", parts)
-    assert wire.decode_batch(data) == (b"node-a/1234", [
-        (7, [(one, [("g", "a.b/+")])]), (0, [(two, []), (one, [])])])
+    sender, decoded = wire.decode_batch(data)
+    assert (sender, decoded) == (b"node-a/1234", [
+        (7, [one], [[("g", "a.b/+")]]), (0, [two, one], [[], []]), (0, plain, None)])
+    assert decoded[2][1][0].topic is decoded[2][1][2].topic  # one str per name
     with pytest.raises(ValueError, match="batch"):
-        wire.decode_batch(b"\x01" + data[1:])
-    with pytest.raises(Exception, match=r"."):
-        wire.decode_batch(data[:-1])
+        wire.decode_batch(b"\x02" + data[1:])  # the previous version: not decoded
+    for cut in (1, 2, 5, 9, len(parts[-1]) - 1):
+        with pytest.raises(ValueError, match="truncated"):
+            wire.decode_batch(data[:-cut])
 
 
-def test_plain_messages_added_as_pieces_are_the_same_bytes() -> None:
-    """The QoS 0 fast path (record pieces, no join per record; topics and origins
-    encoded once per turn) writes exactly what :func:`wire.record` would, and a batch
-    decodes back to the same messages (one str per topic)."""
+def test_batch_golden_bytes() -> None:
+    """Batch version 3, byte for byte (docs/cluster.md "On the wire"): a PLAIN part is
+    kind 1, count, created time, the names (topics and origins) once (their lengths,
+    then the names), per message its topic's and origin's index and its size (as three
+    arrays), then the payloads;
+    an ITEMS part is kind 0, seq, count and version 2's items."""
+    plain = wire.encode_plain(1.5, [b"t/1", b"c"], [0, 1, 2, 0, 1, 1], [b"ab", b"c"])
+    assert plain == bytes.fromhex(
+        "01" "0002" "3ff8000000000000" "0002" "0003" "0001") + b"t/1" + b"c" + bytes.fromhex(
+        "0000" "0000" "0001" "0001" "00000002" "00000001") + b"abc"
+    message = Message("t/1", b"x", 1, False, NO_PROPERTIES, 2.0, None, "")
+    rec = wire.record(message)
+    assert rec == bytes.fromhex(
+        "01" "01" "00" "4000000000000000" "0000000000000000"
+        "00000003" "00000000" "00000000" "00000001") + b"t/1" + b"x"
+    items = wire.encode_part(9, [wire.item(rec, [("g", "t/+")])])
+    assert items == bytes.fromhex("00" "0000000000000009" "0001" "00000027") + rec + \
+        bytes.fromhex("0001" "0001") + b"g" + bytes.fromhex("0003") + b"t/+"
+    assert wire.encode_batch(b"n/1", [plain, items]) == b"\x03\x03n/1" + plain + items
+    box = wire.Outbox()  # the Outbox writes these same bytes
+    for payload in (b"ab", b"c"):
+        box.add_plain(Message("t/1", payload, 0, False, NO_PROPERTIES, 1.5, None, "c"))
+    box.add(wire.item(rec, [("g", "t/+")]))
+    items0 = wire.encode_part(0, [wire.item(rec, [("g", "t/+")])])  # QoS 0: seq 0
+    assert box.batches(b"n/1") == [(b"\x03\x03n/1" + plain + items0, 3)]
+
+
+def test_mqtt_4_6_0_5_outbox_keeps_the_order_of_mixed_messages() -> None:
+    """[MQTT-4.6.0-5] / [MQTT-4.6.0-6] (Ordered Topic): the Outbox gathers plain QoS 0
+    messages into PLAIN parts and others into ITEMS parts; decoded, all messages come
+    back equal and in the order they were added, across parts and batches
+    (MAX_BATCH, MAX_BATCH_BYTES), several created times (reads) and origins."""
+    props = Properties(content_type="t", user_properties=(("k", "v"),))
+    messages = []
+    for i in range(5000):
+        at = float(i // 700)  # one created time per read
+        if i % 97 in (3, 4, 50):  # not plain: properties, retain, expiry
+            m = Message(f"t/{i % 5}é", b"p%d" % i, 0, bool(i % 2),
+                        props if i % 3 else NO_PROPERTIES, at,
+                        None if i % 2 else 99.0, f"c{i % 2}")
+        else:
+            m = Message(f"t/{i % 5}é", b"x%d" % i * (i % 3 * 20), 0, False, NO_PROPERTIES,
+                        at, None, "" if i % 11 == 0 else f"c{i % 2}")
+        messages.append(m)
+    box = wire.Outbox()
+    for m in messages:
+        if wire.is_plain(m):
+            box.add_plain(m)
+        else:
+            box.add(wire.item(wire.record(m), []))
+    payloads = box.batches(b"node-a/1")
+    assert len(payloads) > 1
+    assert sum(n for _, n in payloads) == len(messages)
+    decoded: list[Message] = []
+    plain_parts = 0
+    for data, n in payloads:
+        sender, parts = wire.decode_batch(data)
+        assert sender == b"node-a/1"
+        assert sum(len(ms) for _, ms, _ in parts) == n
+        for seq, ms, groups_of in parts:
+            assert seq == 0
+            assert groups_of is None or groups_of == [[]] * len(ms)
+            plain_parts += groups_of is None
+            decoded += ms
+    assert decoded == messages
+    assert plain_parts < len(messages) // 20  # not one part per message
+    first = decoded[0]  # one str per topic within a batch
+    assert first.topic is next(m for m in decoded[1:] if m.topic == first.topic).topic
+
+
+def test_items_added_as_pieces_are_the_same_bytes() -> None:
+    """The path for QoS 0 messages that are not plain (record pieces, no join per
+    record; topics and origins encoded once per turn) writes exactly what
+    :func:`wire.item` of :func:`wire.record` would, between PLAIN parts too, and a
+    batch decodes back to the same messages."""
     props = Properties(content_type="t", user_properties=(("k", "v"),))
     messages = [
         Message(topic=f"t/{i % 3}é", payload=b"x" * (i % 5), qos=0, retain=bool(i % 2),
                 properties=props if i % 4 == 0 else (Properties() if i % 4 == 1
                                                       else NO_PROPERTIES),
-                created_at=10.0 + i, expires_at=None if i % 3 else 50.0 + i,
+                created_at=10.0 + i // 100, expires_at=None if i % 3 else 50.0 + i,
                 origin="" if i % 5 == 0 else f"client-{i % 2}")
         for i in range(2500)  # more than one part (wire.MAX_BATCH)
     ]
     joined, pieces = wire.Outbox(), wire.Outbox()
     names: dict[str, bytes] = {}
     for m in messages:
-        joined.add_plain(wire.record(m))
-        pieces.add_message(*wire.record_pieces(m, names))
+        if wire.is_plain(m):
+            joined.add_plain(m)
+            pieces.add_plain(m)
+        else:
+            joined.add(wire.item(wire.record(m), []))
+            pieces.add_message(*wire.record_pieces(m, names))
     payloads = pieces.batches(b"node-a/1")
     assert payloads == joined.batches(b"node-a/1")
-    decoded = [m for data, _ in payloads for _, items in wire.decode_batch(data)[1]
-               for m, _ in items]
+    decoded = [m for data, _ in payloads for _, ms, _ in wire.decode_batch(data)[1]
+               for m in ms]
     assert decoded == messages
-    assert decoded[0].topic is decoded[3].topic
+
+
+def test_add_qos0_fills_each_interested_nodes_outbox_and_stops_where_it_must() -> None:
+    """The sending node's compiled common case: QoS 0 messages go, in order, to the
+    Outbox of each node whose announced filters match (none for a topic nobody
+    wants); it stops at a QoS 1/2 message and at one a shared group matches (the
+    caller handles those), and goes on from where it is told."""
+    remote = RemoteInterest("me_1")
+    _put(remote, "a_1", "s/#")
+    _put(remote, "b_1", "s/1")
+    _put(remote, "b_1", "$share/g/q/#", 1)
+    props = Properties(content_type="t")
+    msgs = [
+        Message("s/1", b"0", 0, False, NO_PROPERTIES, 1.0, None, "c"),  # a, b
+        Message("s/2", b"1", 0, False, props, 1.0, None, "c"),  # a (not plain)
+        Message("x", b"2", 0, False, NO_PROPERTIES, 1.0, None, "c"),  # nobody
+        Message("s/1", b"3", 1, False, NO_PROPERTIES, 1.0, None, "c"),  # QoS 1: stop
+        Message("s/2", b"4", 0, True, NO_PROPERTIES, 1.0, None, "c"),  # a (retained)
+        Message("q/1", b"5", 0, False, NO_PROPERTIES, 1.0, None, "c"),  # shared: stop
+        Message("s/1", b"6", 0, False, NO_PROPERTIES, 1.0, None, "c"),  # a, b
+    ]
+    out: dict[str, wire.Outbox] = {}
+    names: dict[str, bytes] = {}
+    assert wire.add_qos0(msgs, 0, remote.trie, out, names) == 3
+    assert wire.add_qos0(msgs, 4, remote.trie, out, names) == 5
+    assert wire.add_qos0(msgs, 6, remote.trie, out, names) == 7
+
+    def got(token: str) -> list[Message]:
+        return [m for data, _ in out[token].batches(b"me/1")
+                for _, ms, _ in wire.decode_batch(data)[1] for m in ms]
+
+    assert got("a_1") == [msgs[0], msgs[1], msgs[4], msgs[6]]
+    assert got("b_1") == [msgs[0], msgs[6]]
+    assert set(out) == {"a_1", "b_1"}
 
 
 def test_messages_round_trip_on_the_wire() -> None:

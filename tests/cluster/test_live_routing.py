@@ -26,9 +26,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from iotbroker.cluster.remote import decode_value
+from iotbroker.codec import encode_packet
+from iotbroker.codec.packets import Properties as Properties5
+from iotbroker.codec.packets import Publish
 from tests.cluster.conftest import node_config, wait_for_log
 from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster
+from tests.helpers.rawclient import RawClient
 from tests.interop.test_paho import VERSIONS, Paho
 
 Node = Callable[..., BrokerProcess]
@@ -260,3 +264,62 @@ def test_a_restarted_node_keeps_the_interest_of_its_persistent_sessions(
     back = clients(b, "keeper", clean=False, session_expiry=3600)
     got = [m for m in back.receive_until("p/end") if not m.payload.startswith(b"probe")]
     assert [(m.topic, m.payload, m.qos) for m in got] == [("p/while-offline", b"queued", 1)]
+
+
+def test_mqtt_4_6_0_5_a_burst_of_mixed_qos0_messages_crosses_in_order(
+        make_node: Node, clients: Callable[..., Paho]) -> None:
+    """Two publishers each write a burst of QoS 0 messages at once (so a turn holds
+    many, and they cross in few batches): plain ones, which travel in PLAIN parts,
+    interleaved with retained ones and ones with properties or an expiry, which travel
+    as items (docs/cluster.md, "The batch format"). The subscriber on the other node
+    gets every one, each publisher's messages on a topic in the order published
+    [MQTT-4.6.0-5], each with what it carried (MQTT 5.0 §3.3.2.3; RETAIN 0 on a live
+    delivery [MQTT-3.3.1-9])."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    sub = clients(b, "sub")
+    sub.subscribe("burst/#", qos=0)
+    wait_until_routed(clients(a, "probe"), sub, "burst/probe")
+    n = 300
+    sent: dict[str, list[tuple[str, bytes, str | None, bool]]] = {}
+    publishers = []
+    for name in ("p1", "p2"):
+        raw = RawClient(a.host, a.port, version=5)
+        raw.connect(name)
+        publishers.append(raw)
+        frames = []
+        for i in range(n):
+            kind = i % 10
+            props = Properties5()
+            if kind == 3:
+                props = Properties5(content_type=f"t{i}")
+            elif kind == 7:
+                props = Properties5(message_expiry_interval=60)
+            topic = f"burst/{i % 3}"
+            payload = f"{name}:{i}".encode()
+            frames.append(encode_packet(
+                Publish(topic, payload, 0, kind == 5, False, None, props), 5))
+            sent.setdefault(name, []).append(
+                (topic, payload, props.content_type, kind == 7))
+        raw.send_raw(b"".join(frames))
+    got: dict[str, list[tuple[str, bytes, str | None, bool]]] = {}
+    for _ in range(2 * n):
+        msg = sub.receive()
+        assert not msg.retain  # [MQTT-3.3.1-9]
+        props = getattr(msg, "properties", None)
+        content_type = getattr(props, "ContentType", None)
+        expiry = getattr(props, "MessageExpiryInterval", None)
+        got.setdefault(msg.payload.split(b":")[0].decode(), []).append(
+            (msg.topic, msg.payload, content_type, expiry is not None and 0 < expiry <= 60))
+    for raw in publishers:
+        raw.close()
+
+    def per_topic(msgs: list[tuple[str, bytes, str | None, bool]]
+                  ) -> dict[str, list[tuple[str, bytes, str | None, bool]]]:
+        out: dict[str, list[tuple[str, bytes, str | None, bool]]] = {}
+        for m in msgs:
+            out.setdefault(m[0], []).append(m)
+        return out
+
+    assert {k: per_topic(v) for k, v in got.items()} == {
+        k: per_topic(v) for k, v in sent.items()}
