@@ -54,6 +54,9 @@ SWEEPS = 4
 #: --settle 3``, compiled): 1.78 KiB per idle connection with 0.5 s, 1.43 with 0.2 s.
 FIRST_PARK_AFTER = 0.2
 
+#: Bytes read at once from a socket accepted without a transport (its CONNECT).
+READ_SIZE = 65536
+
 #: Ended connections after which the candidates are pruned (``Parking.ended``).
 PRUNE_AFTER = 64
 
@@ -87,7 +90,8 @@ class Parking:
     """The parked sockets of one broker, and the sweep that parks idle connections."""
 
     __slots__ = ("_after", "_candidates", "_dead", "_epoll", "_fresh", "_fresh_handle",
-                 "_handle", "_loop", "_parked", "parks", "unparks")
+                 "_handle", "_loop", "_parked", "_unread", "_unsent", "direct_writes",
+                 "parks", "unparks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, after: float) -> None:
         self._loop = loop
@@ -104,12 +108,22 @@ class Parking:
         #: packets_queued then), parked after FIRST_PARK_AFTER if still silent.
         self._fresh: list[tuple[ClientProtocol, float, float, int]] = []
         self._fresh_handle: asyncio.TimerHandle | None = None
+        #: Accepted without a transport (``accept``): descriptors whose first read is
+        #: ours, and what a direct write left unsent (written first when adopted).
+        self._unread: set[int] = set()
+        self._unsent: dict[ClientProtocol, bytes] = {}
+        self.direct_writes = 0
         self.parks = 0
         self.unparks = 0
 
     def __len__(self) -> int:
         """Connections parked now."""
         return len(self._parked)
+
+    @property
+    def active(self) -> bool:
+        """Sockets can be parked (epoll exists and ``start`` ran)."""
+        return self._epoll is not None
 
     def start(self) -> None:
         if not hasattr(select, "epoll"):
@@ -141,6 +155,8 @@ class Parking:
         with nothing queued since now; a new connection that stays silent is parked
         :data:`FIRST_PARK_AFTER` after its CONNACK (so a fleet connecting at once never
         holds many transports)."""
+        if proto.parked_fd >= 0:
+            return  # accepted without a transport: watched once it has one
         conn = proto.conn
         proto.park_mark = conn.packets_queued
         proto.park_quiet = 0
@@ -260,19 +276,98 @@ class Parking:
             log.debug("parked idle connection %r (%s)", proto.client_id, proto.peer)
         return True
 
+    # ------------------------------------------- accepting without a transport
+    def accept(self, proto: ClientProtocol, fd: int) -> bool:
+        """A plain-TCP socket just accepted (server/direct_accept.py; non-blocking):
+        parked from the start, with no transport. Its first readiness is read here
+        (the CONNECT, ``_read_first``) and the answer written with one ``send``
+        (``write``); it gets a transport when more arrives or the answer does not fit.
+        False: not admitted (a connection limit) or not registered; ``fd`` is closed."""
+        if self._epoll is None:
+            os.close(fd)
+            return False
+        try:
+            self._epoll.register(fd, _EVENTS)
+        except OSError:
+            os.close(fd)
+            return False
+        self._parked[fd] = proto
+        self._unread.add(fd)
+        if not proto.accepted_parked(fd):
+            self._release(proto)
+            proto.parked_fd = NOT_PARKED
+            os.close(fd)
+            return False
+        return True
+
+    def _read_first(self, proto: ClientProtocol, fd: int) -> None:
+        """The first bytes of a socket accepted without a transport: read them as the
+        transport would have (``data_received``); EOF or an error ends it."""
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            self._unread.add(fd)  # spurious: still ours to read
+            return
+        except OSError as exc:
+            self.drop(proto)
+            proto.connection_lost(exc)
+            return
+        if not data:
+            self.drop(proto)
+            proto.connection_lost(None)
+            return
+        proto.data_received(data)
+
+    def write(self, proto: ClientProtocol, data: bytes) -> None:
+        """Write a parked connection's output with one ``send`` (a CONNACK, a
+        delivery to an idle subscriber) and leave it parked; what does not fit is
+        kept (``take_unsent``) and the socket adopted. The socket is non-blocking."""
+        fd = proto.parked_fd
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the peer is gone (EPIPE, ECONNRESET)
+            self.drop(proto)
+            self._loop.call_soon(proto.connection_lost, exc)
+            return
+        self.direct_writes += 1
+        if sent < len(data):
+            self._unsent[proto] = data[sent:]
+            self.unpark(proto)
+
+    def keep(self, proto: ClientProtocol, data: bytes) -> None:
+        """Output for a socket without a transport that is not to be sent from here
+        (it is closing, or being adopted): written first once it is adopted."""
+        self._unsent[proto] = self._unsent.get(proto, b"") + data
+        if proto.parked_fd >= 0:
+            self.unpark(proto)
+
+    def take_unsent(self, proto: ClientProtocol) -> bytes:
+        """What ``write`` could not send before ``proto`` was adopted (or b"")."""
+        return self._unsent.pop(proto, b"") if self._unsent else b""
+
     # ---------------------------------------------------------- unparking
     def _ready(self) -> None:
-        """A parked socket is readable (a packet, EOF, an error): re-adopt it."""
+        """A parked socket is readable (a packet, EOF, an error): re-adopt it, or read
+        it if it was accepted without a transport and this is its first read."""
         if self._epoll is None:
             return
+        unread = self._unread
         for fd, _events in self._epoll.poll(0):
             proto = self._parked.get(fd)
-            if proto is not None:
+            if proto is None:
+                continue
+            if fd in unread:
+                unread.discard(fd)
+                self._read_first(proto, fd)
+            else:
                 self.unpark(proto)
 
     def _release(self, proto: ClientProtocol) -> int:
         fd = proto.parked_fd
         del self._parked[fd]
+        self._unread.discard(fd)
         if self._epoll is not None:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
@@ -308,6 +403,7 @@ class Parking:
         exc = None if task.cancelled() else task.exception()
         if task.cancelled() or exc is not None:
             log.warning("re-adopting parked connection %s failed: %s", proto.peer, exc)
+            self._unsent.pop(proto, None)
             sock.close()
             proto.parked_fd = NOT_PARKED
             proto.connection_lost(exc if isinstance(exc, Exception) else None)
@@ -318,4 +414,5 @@ class Parking:
             return
         fd = self._release(proto)
         proto.parked_fd = NOT_PARKED
+        self._unsent.pop(proto, None)
         os.close(fd)

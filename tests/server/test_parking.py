@@ -25,7 +25,9 @@ from tests.helpers.rawclient import RawClient
 from tests.server.test_metrics_http import scrape, value
 
 #: Sweeps every 0.1 s; a connection idle for two sweeps is parked.
-PARK = "limits:\n  park_idle_after: 0.1\n"
+#: park_on_accept off: these tests are about parking an idle connection that has a
+#: transport (tests/server/test_park_on_accept.py: accepted without one).
+PARK = "limits:\n  park_idle_after: 0.1\n  park_on_accept: false\n"
 
 
 @pytest.fixture
