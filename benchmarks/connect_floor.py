@@ -219,6 +219,9 @@ def main() -> None:
     ap.add_argument("--default-parking", action="store_true",
                     help="also iotbroker-parkdefault: iotbroker on its default parking (30 s; "
                          "a connection silent after its CONNACK is parked 0.2 s later)")
+    ap.add_argument("--accept-compare", action="store_true",
+                    help="also ib-park-on-accept and ib-transport: iotbroker on its default "
+                         "parking with limits.park_on_accept on (its default) and off")
     ap.add_argument("--no-iotbroker", action="store_true",
                     help="floors and mosquitto only")
     ap.add_argument("--park-idle-after", type=float, default=0.0, metavar="SECONDS",
@@ -236,6 +239,9 @@ def main() -> None:
         results = {f"floor-park-{variant}": [], **results}
     if args.default_parking:
         results["iotbroker-parkdefault"] = []
+    if args.accept_compare:
+        results["ib-park-on-accept"] = []
+        results["ib-transport"] = []
     if args.no_iotbroker:
         del results["iotbroker"]
     with tempfile.TemporaryDirectory(prefix="connect-floor-") as workdir:
@@ -247,8 +253,10 @@ def main() -> None:
                     server = make_floor(workdir, raw=name == "floor-raw")
                 elif name == "iotbroker":
                     server = e2e.make_iotbroker(workdir, None, args.park_idle_after)
-                elif name == "iotbroker-parkdefault":
+                elif name in ("iotbroker-parkdefault", "ib-park-on-accept"):
                     server = e2e.make_iotbroker(workdir, None, None)
+                elif name == "ib-transport":
+                    server = e2e.make_iotbroker(workdir, None, None, park_on_accept=False)
                 else:
                     server = e2e.make_mosquitto(workdir, args.mosquitto)
                 server.start()

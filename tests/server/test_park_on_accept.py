@@ -15,6 +15,8 @@ import socket
 import time
 from collections.abc import Callable
 
+import pytest
+
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import (
     Connect,
@@ -25,6 +27,8 @@ from iotbroker.codec.packets import (
     Subscription,
     Will,
 )
+from iotbroker.config import parse_config
+from iotbroker.errors import ConfigError
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 from tests.server.test_metrics_http import scrape, value
@@ -188,3 +192,12 @@ def test_v5_clients_told_server_shutting_down(
         assert packets and isinstance(packets[-1], Disconnect), packets
         assert packets[-1].reason_code == 0x8B
         client.close()
+
+
+def test_park_on_accept_config() -> None:
+    """A bool, on by default; errors name the key path and the value."""
+    assert parse_config({}, "t.yaml").limits.park_on_accept is True
+    assert parse_config({"limits": {"park_on_accept": False}}, "t.yaml").limits \
+        .park_on_accept is False
+    with pytest.raises(ConfigError, match=r"limits\.park_on_accept"):
+        parse_config({"limits": {"park_on_accept": "sometimes"}}, "t.yaml")
