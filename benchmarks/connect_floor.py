@@ -140,13 +140,29 @@ async def _serve_park_floor(port: int, variant: str) -> None:
     connack = b"\x20\x02\x00\x00"
     raw_accept = listener._accept  # type: ignore[attr-defined]
     accept4 = _accept4()
-    if variant == "accept4" and accept4 is None:
+    if variant in ("accept4", "readnow") and accept4 is None:
         raise SystemExit("no accept4")
+
+    def answer(fd: int, data: bytes) -> None:
+        if data[:1] == b"\x10":
+            write(fd, connack)
+        elif not data or data[:1] == b"\xe0":
+            unregister(fd)
+            close(fd)
 
     def on_accept() -> None:
         if variant == "accept4":
             while (fd := accept4(lfd)) >= 0:  # type: ignore[misc]
                 register(fd, epollin)
+            return
+        if variant == "readnow":  # read at once: the CONNECT may be there already
+            while (fd := accept4(lfd)) >= 0:  # type: ignore[misc]
+                register(fd, epollin)
+                try:
+                    data = read(fd, 4096)
+                except BlockingIOError:
+                    continue
+                answer(fd, data)
             return
         nonblock = variant == "nonblock"
         while True:
@@ -166,11 +182,7 @@ async def _serve_park_floor(port: int, variant: str) -> None:
                 continue
             except OSError:
                 data = b""
-            if data[:1] == b"\x10":
-                write(fd, connack)
-            elif not data or data[:1] == b"\xe0":
-                unregister(fd)
-                close(fd)
+            answer(fd, data)
 
     loop.add_reader(lfd, on_accept)
     loop.add_reader(ep.fileno(), ready)
@@ -214,8 +226,9 @@ def main() -> None:
                     help="also floor-raw: accept/read/write without a transport per socket")
     ap.add_argument("--park", default="", metavar="VARIANTS",
                     help="also floor-park-V for each comma-separated V of blocking, nonblock, "
-                         "accept4: an own accept loop, sockets straight into one epoll set, "
-                         "CONNECT read and CONNACK written with os.read/os.write")
+                         "accept4, readnow (accept4 and a read at once): an own accept "
+                         "loop, sockets straight into one epoll set, CONNECT read and "
+                         "CONNACK written with os.read/os.write")
     ap.add_argument("--default-parking", action="store_true",
                     help="also iotbroker-parkdefault: iotbroker on its default parking (30 s; "
                          "a connection silent after its CONNACK is parked 0.2 s later)")
@@ -226,10 +239,12 @@ def main() -> None:
                     help="floors and mosquitto only")
     ap.add_argument("--park-idle-after", type=float, default=0.0, metavar="SECONDS",
                     help="iotbroker's limits.park_idle_after (0 = off)")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds idle before the RSS sample (KiB/conn)")
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     args = ap.parse_args()
     # What e2e.run_loadgen reads from its own arguments.
-    gen = argparse.Namespace(gen_cpus=None, warmup=1.0, duration=5.0, procs=1, settle=1.0,
+    gen = argparse.Namespace(gen_cpus=None, warmup=1.0, duration=5.0, procs=1, settle=args.settle,
                              clients=args.clients, mqtt5=False, persistent_subscribers=False,
                              window=0, keep_latency=False)
     results: dict[str, list[dict[str, Any]]] = {"floor": [], "iotbroker": [], "mosquitto": []}
@@ -269,14 +284,16 @@ def main() -> None:
                 runs.append(res)
                 print(f"rep {rep + 1}/{args.reps} {name:19s} {res['rate']:9,.0f} conn/s  "
                       f"CPU {cpu:3.0f}%  {res['us_per_conn']:5.2f} µs CPU/conn  "
-                      f"generator {res['gen_cpu_pct']:3.0f}%", flush=True)
+                      f"generator {res['gen_cpu_pct']:3.0f}%  "
+                      f"{res['kib_per_conn'] or 0:5.2f} KiB/conn after {gen.settle:.0f} s",
+                      flush=True)
     print(f"\nmedians of {args.reps} reps, {args.clients} clients:")
     med = {name: {key: statistics.median(r[key] for r in rs)
-                  for key in ("rate", "broker_cpu_pct", "us_per_conn")}
+                  for key in ("rate", "broker_cpu_pct", "us_per_conn", "kib_per_conn")}
            for name, rs in results.items()}
     for name, m in med.items():
         print(f"  {name:19s} {m['rate']:9,.0f} conn/s  CPU {m['broker_cpu_pct']:3.0f}%  "
-              f"{m['us_per_conn']:5.2f} µs CPU/conn")
+              f"{m['us_per_conn']:5.2f} µs CPU/conn  {m['kib_per_conn'] or 0:5.2f} KiB/conn")
     floor = med["floor"]["us_per_conn"]
     print("  above the floor: " + ", ".join(
         f"{name} {m['us_per_conn'] - floor:+.2f} µs/conn"
