@@ -58,7 +58,9 @@ def test_connack_without_a_transport(make_broker: Callable[..., BrokerProcess]) 
         samples = scrape(broker)
         assert value(samples, "iotbroker_connections_parked") == 0
         assert value(samples, "iotbroker_connections_wakes_total") == 1
-    assert "re-adopting parked connection 'poa-ping'" in broker.log_text()
+    log = broker.log_text()
+    assert "re-adopting parked connection 'poa-ping'" in log
+    assert "client 'poa-ping' connected from 127.0.0.1:" in log  # the same log line
 
 
 def test_switch_off_accepts_with_a_transport(
