@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("iotbroker.listeners")
+#: The logger of the broker's "client ... connected from HOST:PORT" line.
+_BROKER_LOG = logging.getLogger("iotbroker.broker")
 # --------------------------------------------------------------------------- Listener
 class Listener:
     """A started listener: its bound ``addresses``; ``close()`` then ``wait_closed()``."""
@@ -365,9 +367,12 @@ class _ParkedListener(Listener):
         # (fd, address): no socket object per connection (the C method behind accept).
         accept: Callable[[], tuple[int, object]] = sock._accept  # type: ignore[attr-defined]
         parking, factory, set_blocking = self.parking, self.factory, os.set_blocking
+        # A "connected from HOST:PORT" line per connect (INFO, the default) needs the
+        # peer: format the address accept() gave rather than ask the socket later.
+        note_peer = _BROKER_LOG.isEnabledFor(logging.INFO)
         for _ in range(ACCEPT_BATCH):
             try:
-                fd, _address = accept()
+                fd, address = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -384,7 +389,10 @@ class _ParkedListener(Listener):
             except OSError:
                 os.close(fd)
                 continue
-            parking.accept(factory(), fd)
+            proto = factory()
+            if note_peer:
+                proto.note_peer(address)
+            parking.accept(proto, fd)
 
     def _resume(self, sock: socket.socket) -> None:
         del self._backoff[sock]

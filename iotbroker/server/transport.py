@@ -239,6 +239,13 @@ class ClientProtocol(Client, asyncio.Protocol):
                 self._peer = str(info) if info else "?"
         return self._peer
 
+    def note_peer(self, address: object) -> None:
+        """The peer address as ``accept`` returned it (server/listeners.py), formatted
+        now when a log line will need it: cheaper than asking a socket without a
+        transport later (4 system calls, ``parked.peername``)."""
+        if isinstance(address, tuple) and len(address) >= 2:
+            self._peer = f"{address[0]}:{address[1]}"
+
     def peer_name(self) -> str:
         """:attr:`peer` as a call, for who needs it only sometimes (a refused login)."""
         return self.peer
