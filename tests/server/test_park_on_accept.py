@@ -17,14 +17,12 @@ from collections.abc import Callable
 
 import pytest
 
-from iotbroker.codec import Framer, decode_packet
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import (
     Connect,
     Disconnect,
     PingReq,
     PingResp,
-    Publish,
     Subscribe,
     Subscription,
     Will,
@@ -206,43 +204,3 @@ def test_park_on_accept_config() -> None:
     with pytest.raises(ConfigError, match=r"limits\.park_on_accept"):
         parse_config({"limits": {"park_on_accept": "sometimes"}}, "t.yaml")
 
-
-def test_output_that_does_not_fit_is_written_after_adoption(
-    make_broker: Callable[..., BrokerProcess],
-) -> None:
-    """A delivery to a parked subscriber larger than its socket takes at once: one send
-    writes what fits, the socket gets a transport and the rest is written first, then
-    what followed; nothing lost, in order [MQTT-4.6.0-6], QoS 1 [MQTT-4.3.2-1]."""
-    broker = make_broker(broker_config(extra="limits:\n  park_idle_after: 0.1\n"))
-    with RawClient(broker.host, broker.port, timeout=20) as sub, \
-            RawClient(broker.host, broker.port, timeout=20) as pub:
-        assert sub.connect("poa-bigsub").reason_code == 0
-        sub.subscribe("poa/big", qos=1)
-        assert pub.connect("poa-bigpub").reason_code == 0
-        _wait_log(broker, "parked idle connection 'poa-bigsub'")
-        woken = "re-adopting parked connection 'poa-bigsub'"
-        wakes = broker.log_text().count(woken)
-        # 12 MiB: more than the sockets hold (send buffer up to tcp_wmem's 4 MiB, the
-        # peer's receive buffer up to tcp_rmem's 6 MiB) while the subscriber is not reading
-        big = bytes(range(256)) * (12 * 4096)
-        pub.publish("poa/big", big, qos=1)
-        pub.publish("poa/big", b"after-1", qos=1)
-        pub.publish("poa/big", b"after-2", qos=1)
-        deadline = time.monotonic() + 5  # adopted for the rest, before it reads
-        while broker.log_text().count(woken) == wakes:
-            assert time.monotonic() < deadline, "not adopted for the rest of the output"
-            time.sleep(0.05)
-        # Read the bytes first, decode them after (RawClient's framing of a 12 MiB
-        # packet 64 KiB at a time is slow enough for the stuck-consumer check).
-        expected = len(encode_packet(Publish("poa/big", big, 1, False, False, 1), 4))
-        expected += 2 * len(encode_packet(Publish("poa/big", b"after-1", 1, False, False, 2), 4))
-        data = bytearray()
-        sub.sock.settimeout(20)
-        while len(data) < expected:
-            chunk = sub.sock.recv(1 << 20)
-            assert chunk, f"EOF after {len(data)} of {expected} bytes"
-            data += chunk
-        got = [decode_packet(first, body, 4) for first, body in Framer(1 << 28).feed(bytes(data))]
-        assert [type(p) for p in got] == [Publish, Publish, Publish]
-        assert got[0].payload == big  # type: ignore[union-attr]
-        assert [p.payload for p in got[1:]] == [b"after-1", b"after-2"]  # type: ignore[union-attr]
