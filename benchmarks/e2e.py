@@ -118,16 +118,20 @@ class Broker:
 
 
 def make_iotbroker(workdir: str, persistence: str | None,
-                   park_idle_after: float | None = None) -> Broker:
-    """iotbroker for the scenarios; ``park_idle_after`` None keeps its default (30 s)."""
+                   park_idle_after: float | None = None,
+                   park_on_accept: bool | None = None) -> Broker:
+    """iotbroker for the scenarios; ``park_idle_after`` None keeps its default (30 s),
+    ``park_on_accept`` None its default (on)."""
     port = free_port()
     if persistence:
         storage = (f"storage: {{backend: rocksdb, path: {workdir}/ibdata, "
                    f"durability: {persistence}}}")
     else:
         storage = "storage: {backend: memory}"
-    limits = ("" if park_idle_after is None
-              else f"limits: {{park_idle_after: {park_idle_after}}}")
+    items = [] if park_idle_after is None else [f"park_idle_after: {park_idle_after}"]
+    if park_on_accept is not None:
+        items.append(f"park_on_accept: {str(park_on_accept).lower()}")
+    limits = f"limits: {{{', '.join(items)}}}" if items else ""
     cfg = os.path.join(workdir, "iotbroker.yaml")
     with open(cfg, "w") as f:
         f.write(f"""listeners:

@@ -758,9 +758,17 @@ def proc_stat(pid: int) -> tuple[float, int]:
     """(CPU seconds user+system, RSS bytes) of ``pid`` from /proc."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
     rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    try:
+        # Nanoseconds on CPU of every live thread (schedstat): /proc/PID/stat counts
+        # clock ticks (10 ms), 1 µs per connection over a 10,000-client connect run.
+        cpu = 0.0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                cpu += int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
     return cpu, rss
 
 

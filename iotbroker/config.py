@@ -454,6 +454,7 @@ class LimitsConfig(_Section):
     publish_rate_per_client: Annotated[float, Number(lo=0)] = 0.0
     drain_timeout: Annotated[float, Number(lo=0, unit="duration")] = 10.0
     park_idle_after: Annotated[float, Number(lo=0, unit="duration")] = 30.0
+    park_on_accept: StrictBool = True
 
 
 BridgeDirection = Literal["out", "in", "both"]

@@ -41,6 +41,7 @@ from iotbroker.errors import StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server import packetlog
 from iotbroker.server.logsetup import FLAGS
+from iotbroker.server.parked import NOT_PARKED
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
@@ -211,6 +212,8 @@ class GroupCommit:
                 continue
             transport = proto.transport
             if transport is None:
+                if data and proto.parked_fd != NOT_PARKED:
+                    proto.send_parked(data)  # no transport (server/parking.py)
                 continue
             if data and not transport.is_closing():
                 if FLAGS.packets:  # --log-level DEBUG: a line per packet

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from iotbroker.config import ListenerConfig, TlsConfig
 from iotbroker.file_modes import warn_if_exposed
 from iotbroker.server.exposure import listening_note
 from iotbroker.server.tlsfailures import HandshakeFailures
-from iotbroker.server.transport import ClientProtocol, ConnectionHost
+from iotbroker.server.transport import ClientProtocol, ConnectionHost, ParkingView
 from iotbroker.server.websocket import WS_CLOSE_TIMEOUT, WebSocketEndpoint
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("iotbroker.listeners")
+#: The logger of the broker's "client ... connected from HOST:PORT" line.
+_BROKER_LOG = logging.getLogger("iotbroker.broker")
 # --------------------------------------------------------------------------- Listener
 class Listener:
     """A started listener: its bound ``addresses``; ``close()`` then ``wait_closed()``."""
@@ -243,30 +246,7 @@ class _TlsListener(Listener):
 
     async def start(self) -> None:
         """Bind every address of ``host`` (as ``create_server`` does) and accept."""
-        config = self.config
-        infos = await self.loop.getaddrinfo(config.host or None, config.port,
-                                            type=socket.SOCK_STREAM,
-                                            flags=socket.AI_PASSIVE)
-        seen: set[tuple[int, object]] = set()
-        try:
-            for family, kind, proto, _name, address in infos:
-                if (family, address) in seen:
-                    continue
-                seen.add((family, address))
-                sock = socket.socket(family, kind, proto)
-                self.sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if self.reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(4096)
-                sock.setblocking(False)
-        except OSError:
-            for sock in self.sockets:
-                sock.close()
-            raise
+        self.sockets = await _bind(self.loop, self.config, self.reuse_port)
         self.addresses = _bound(self.sockets)
         for sock in self.sockets:
             self.accepting.append(self.loop.create_task(self._accept(sock)))
@@ -319,6 +299,118 @@ class _TlsListener(Listener):
             await _wait_websockets(self, self.websockets)
 
 
+async def _bind(loop: asyncio.AbstractEventLoop, config: ListenerConfig,
+                reuse_port: bool) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address of ``host``, as
+    ``create_server`` binds them (SO_REUSEADDR, IPv6 only on AF_INET6, backlog 4096)."""
+    infos = await loop.getaddrinfo(config.host or None, config.port,
+                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    seen: set[tuple[int, object]] = set()
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(4096)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+# ------------------------------------------------- plain TCP without a transport
+#: Sockets accepted per readiness of a listening socket (then the loop turns).
+ACCEPT_BATCH = 128
+
+
+class _ParkedListener(Listener):
+    """``tcp`` with ``limits.park_on_accept`` (on by default; needs parking, i.e.
+    ``limits.park_idle_after`` > 0 and epoll): accepts sockets itself and hands each
+    to the broker's parking (server/parking.py ``Parking.accept``) without a
+    transport. Its CONNECT is read with one read and the CONNACK written with one
+    send; the connection gets a transport when more arrives (issue 19: the connect
+    cost, and no transport for a device that idles after connecting)."""
+
+    def __init__(self, config: ListenerConfig, broker: ConnectionHost,
+                 factory: Callable[[], ClientProtocol], parking: ParkingView) -> None:
+        super().__init__(config, [])
+        self.loop = broker.loop
+        self.factory = factory
+        self.parking = parking
+        self.sockets: list[socket.socket] = []
+        self.reuse_port = False
+        self._backoff: dict[socket.socket, asyncio.TimerHandle] = {}
+
+    async def start(self) -> None:
+        self.sockets = await _bind(self.loop, self.config, self.reuse_port)
+        self.addresses = _bound(self.sockets)
+        for sock in self.sockets:
+            # Linux gives accepted sockets the listener's TCP_NODELAY: one call, not
+            # one per connection.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        """Accept what is waiting (at most ACCEPT_BATCH), each socket non-blocking."""
+        # (fd, address): no socket object per connection (the C method behind accept).
+        accept: Callable[[], tuple[int, object]] = sock._accept  # type: ignore[attr-defined]
+        parking, factory, set_blocking = self.parking, self.factory, os.set_blocking
+        # A "connected from HOST:PORT" line per connect (INFO, the default) needs the
+        # peer: format the address accept() gave rather than ask the socket later.
+        note_peer = _BROKER_LOG.isEnabledFor(logging.INFO)
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, address = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the peer reset it while it waited
+            except OSError as exc:  # EMFILE and the like: back off, as asyncio does
+                log.error("listener %r: accept failed: %s (retrying in %ss)", self.name,
+                          exc, ACCEPT_BACKOFF)
+                self.loop.remove_reader(sock.fileno())
+                self._backoff[sock] = self.loop.call_later(ACCEPT_BACKOFF, self._resume,
+                                                           sock)
+                return
+            try:
+                set_blocking(fd, False)
+            except OSError:
+                os.close(fd)
+                continue
+            peer = None
+            if note_peer and isinstance(address, tuple) and len(address) >= 2:
+                peer = f"{address[0]}:{address[1]}"
+            parking.accept(factory(), fd, peer)
+
+    def _resume(self, sock: socket.socket) -> None:
+        del self._backoff[sock]
+        self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def close(self) -> None:
+        for handle in self._backoff.values():
+            handle.cancel()
+        self._backoff.clear()
+        for sock in self.sockets:
+            if sock.fileno() >= 0:
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        return
+
+
 #: Seconds a TLS listener waits after a failed accept (out of file descriptors...),
 #: as asyncio's own accept loop does.
 ACCEPT_BACKOFF = 1.0
@@ -368,6 +460,12 @@ async def start_listener(broker: ConnectionHost, listener: ListenerConfig,
         tls_listener.reuse_port = reuse_port
         await tls_listener.start()
         result = tls_listener
+    elif (listener.type == "tcp" and broker.config.limits.park_on_accept
+          and broker.parking is not None and broker.parking.active):
+        parked = _ParkedListener(listener, broker, factory, broker.parking)
+        parked.reuse_port = reuse_port
+        await parked.start()
+        result = parked
     else:
         server = await loop.create_server(
             protocol_factory, host=listener.host, port=listener.port, reuse_address=True,

@@ -63,6 +63,9 @@ FRESH_SWEEPS = 4
 #: 0.19999... after it; without this slack such a batch would wait one more sweep.
 TIMER_SLACK = 0.001
 
+#: Bytes read at once from a socket accepted without a transport (its CONNECT).
+READ_SIZE = 65536
+
 #: Ended connections after which the candidates are pruned (``Parking.ended``).
 PRUNE_AFTER = 64
 
@@ -112,7 +115,8 @@ class Parking:
     """The parked sockets of one broker, and the sweep that parks idle connections."""
 
     __slots__ = ("_after", "_candidates", "_dead", "_epoll", "_fresh", "_fresh_handle",
-                 "_handle", "_loop", "_parked", "_parked_count", "parks", "unparks")
+                 "_handle", "_loop", "_parked", "_parked_count", "_peers", "_unread",
+                 "_unsent", "direct_writes", "parks", "unparks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, after: float) -> None:
         self._loop = loop
@@ -131,12 +135,26 @@ class Parking:
         #: parked after FIRST_PARK_AFTER if still silent.
         self._fresh: list[_Fresh] = []
         self._fresh_handle: asyncio.TimerHandle | None = None
+        #: Accepted without a transport (``accept``): descriptors whose first read is
+        #: ours, and what a direct write left unsent (written first when adopted).
+        self._unread: set[int] = set()
+        #: ``host:port`` of sockets accepted without a transport, until their first
+        #: read is done (the "connected from" log line, INFO): not kept per idle
+        #: connection (~130 bytes, issue 19), not asked of the socket (4 system calls).
+        self._peers: dict[int, str] = {}
+        self._unsent: dict[ClientProtocol, bytes] = {}
+        self.direct_writes = 0
         self.parks = 0
         self.unparks = 0
 
     def __len__(self) -> int:
         """Connections parked now."""
         return self._parked_count
+
+    @property
+    def active(self) -> bool:
+        """Sockets can be parked (epoll exists and ``start`` ran)."""
+        return self._epoll is not None
 
     def start(self) -> None:
         if not hasattr(select, "epoll"):
@@ -168,6 +186,8 @@ class Parking:
         with nothing queued since now; a new connection that stays silent is parked
         :data:`FIRST_PARK_AFTER` after its CONNACK (so a fleet connecting at once never
         holds many transports)."""
+        if proto.parked_fd >= 0:
+            return  # accepted without a transport: watched once it has one
         conn = proto.conn
         proto.park_mark = conn.packets_queued
         proto.park_quiet = 0
@@ -301,20 +321,115 @@ class Parking:
             log.debug("parked idle connection %r (%s)", proto.client_id, proto.peer)
         return True
 
+    # ------------------------------------------- accepting without a transport
+    def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool:
+        """A plain-TCP socket just accepted (server/direct_accept.py; non-blocking):
+        parked from the start, with no transport. Its first readiness is read here
+        (the CONNECT, ``_read_first``) and the answer written with one ``send``
+        (``write``); it gets a transport when more arrives or the answer does not fit.
+        False: not admitted (a connection limit) or not registered; ``fd`` is closed."""
+        if self._epoll is None:
+            os.close(fd)
+            return False
+        try:
+            self._epoll.register(fd, _EVENTS)
+        except OSError:
+            os.close(fd)
+            return False
+        parked = self._parked
+        if fd >= len(parked):
+            parked.extend([None] * (fd + 1 - len(parked)))
+        parked[fd] = proto
+        self._parked_count += 1
+        self._unread.add(fd)
+        if peer is not None:
+            self._peers[fd] = peer
+        if not proto.accepted_parked(fd):
+            self._release(proto)
+            proto.parked_fd = NOT_PARKED
+            os.close(fd)
+            return False
+        return True
+
+    def _read_first(self, proto: ClientProtocol, fd: int) -> None:
+        """The first bytes of a socket accepted without a transport: read them as the
+        transport would have (``data_received``); EOF or an error ends it."""
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            self._unread.add(fd)  # spurious: still ours to read
+            return
+        except OSError as exc:
+            self.drop(proto)
+            proto.connection_lost(exc)
+            return
+        if not data:
+            self.drop(proto)
+            proto.connection_lost(None)
+            return
+        proto.data_received(data)
+        if self._peers:
+            self._peers.pop(fd, None)
+
+    def write(self, proto: ClientProtocol, data: bytes) -> None:
+        """Write a parked connection's output with one ``send`` (a CONNACK, a
+        delivery to an idle subscriber) and leave it parked; what does not fit is
+        kept (``take_unsent``) and the socket adopted. The socket is non-blocking."""
+        fd = proto.parked_fd
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the peer is gone (EPIPE, ECONNRESET)
+            self.drop(proto)
+            self._loop.call_soon(proto.connection_lost, exc)
+            return
+        self.direct_writes += 1
+        if sent < len(data):
+            self._unsent[proto] = data[sent:]
+            self.unpark(proto)
+
+    def keep(self, proto: ClientProtocol, data: bytes) -> None:
+        """Output for a socket without a transport that is not to be sent from here
+        (it is closing, or being adopted): written first once it is adopted."""
+        self._unsent[proto] = self._unsent.get(proto, b"") + data
+        if proto.parked_fd >= 0:
+            self.unpark(proto)
+
+    def noted_peer(self, fd: int) -> str | None:
+        """The address ``accept`` noted for ``fd`` while its first read is pending."""
+        return self._peers.get(fd) if self._peers else None
+
+    def take_unsent(self, proto: ClientProtocol) -> bytes:
+        """What ``write`` could not send before ``proto`` was adopted (or b"")."""
+        return self._unsent.pop(proto, b"") if self._unsent else b""
+
     # ---------------------------------------------------------- unparking
     def _ready(self) -> None:
-        """A parked socket is readable (a packet, EOF, an error): re-adopt it."""
+        """A parked socket is readable (a packet, EOF, an error): re-adopt it, or read
+        it if it was accepted without a transport and this is its first read."""
         if self._epoll is None:
             return
+        unread = self._unread
         for fd, _events in self._epoll.poll(0):
             proto = self._parked[fd] if fd < len(self._parked) else None
-            if proto is not None:
+            if proto is None:
+                continue
+            if fd in unread:
+                unread.discard(fd)
+                self._read_first(proto, fd)
+            else:
                 self.unpark(proto)
 
     def _release(self, proto: ClientProtocol) -> int:
         fd = proto.parked_fd
         self._parked[fd] = None
         self._parked_count -= 1
+        self._unread.discard(fd)
+        if self._peers:
+            peer = self._peers.pop(fd, None)
+            if peer is not None:  # adopted or closed before its first read was done
+                proto.keep_peer(peer)
         if self._epoll is not None:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
@@ -350,6 +465,7 @@ class Parking:
         exc = None if task.cancelled() else task.exception()
         if task.cancelled() or exc is not None:
             log.warning("re-adopting parked connection %s failed: %s", proto.peer, exc)
+            self._unsent.pop(proto, None)
             sock.close()
             proto.parked_fd = NOT_PARKED
             proto.connection_lost(exc if isinstance(exc, Exception) else None)
@@ -360,4 +476,5 @@ class Parking:
             return
         fd = self._release(proto)
         proto.parked_fd = NOT_PARKED
+        self._unsent.pop(proto, None)
         os.close(fd)

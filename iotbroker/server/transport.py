@@ -75,6 +75,14 @@ class _Rare:
         self.username: str | None = None
 
 
+def _set_tcp_keepalive(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPIDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPINTVL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)
+
+
 class ParkingView(Protocol):
     """What a connection asks of the broker's parking of idle sockets
     (``server/parking.py``, ``limits.park_idle_after``)."""
@@ -86,6 +94,19 @@ class ParkingView(Protocol):
     def drop(self, proto: ClientProtocol) -> None: ...
 
     def ended(self) -> None: ...
+
+    @property
+    def active(self) -> bool: ...
+
+    def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool: ...
+
+    def noted_peer(self, fd: int) -> str | None: ...
+
+    def write(self, proto: ClientProtocol, data: bytes) -> None: ...
+
+    def take_unsent(self, proto: ClientProtocol) -> bytes: ...
+
+    def keep(self, proto: ClientProtocol, data: bytes) -> None: ...
 
 
 class ConnectionHost(Protocol):
@@ -274,10 +295,19 @@ class ClientProtocol(Client, asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             return _format_peer(transport.get_extra_info("peername"))
-        if self.parked_fd >= 0:  # parked (server/parking.py): ask the socket
-            peer = self._extras().peer = _format_peer(peername(self.parked_fd))
+        if self.parked_fd >= 0:  # parked (server/parking.py)
+            parking = self.broker.parking
+            noted = parking.noted_peer(self.parked_fd) if parking is not None else None
+            if noted is not None:  # accepted without a transport, first read
+                return noted
+            peer = self._extras().peer = _format_peer(peername(self.parked_fd))  # ask
             return peer
         return "?"  # not connected yet, or being re-adopted
+
+    def keep_peer(self, peer: str) -> None:
+        """Keep ``host:port`` noted at accept (server/parking.py), for the log lines
+        after the socket is adopted or closed."""
+        self._extras().peer = peer
 
     def peer_name(self) -> str:
         """:attr:`peer` as a call, for who needs it only sometimes (a refused login)."""
@@ -299,15 +329,33 @@ class ClientProtocol(Client, asyncio.Protocol):
             self.loop.time() + self.broker.config.mqtt.connect_timeout, self
         )
 
+    def accepted_parked(self, fd: int) -> bool:
+        """Accepted without a transport (server/direct_accept.py): the socket ``fd``
+        is parked from the start (server/parking.py ``Parking.accept``). Admitted as
+        ``connection_made`` admits (False: a connection limit refuses it), with the
+        same CONNECT timeout."""
+        self.parked_fd = fd
+        if not self.broker.connection_made(self):
+            self.conn.close()
+            return False
+        self.broker.timers.schedule(
+            self.loop.time() + self.broker.config.mqtt.connect_timeout, self
+        )
+        return True
+
     def _readopted(self, transport: asyncio.BaseTransport) -> None:
-        """A parked socket has a transport again (server/parking.py): write what was
-        queued meanwhile (or close as was asked), and become a parking candidate."""
+        """A parked socket has a transport again (server/parking.py): write what a
+        direct write left unsent and what was queued meanwhile (or close as was
+        asked), and become a parking candidate."""
         aborted = self.parked_fd == ABORT_ON_ADOPT
         self.parked_fd = NOT_PARKED
+        broker = self.broker
+        unsent = broker.parking.take_unsent(self) if broker.parking is not None else b""
         if aborted:
             transport.abort()  # type: ignore[attr-defined]
             return
-        broker = self.broker
+        if unsent:
+            transport.write(unsent)  # type: ignore[attr-defined]
         if self.close_after_flush or self.conn.packets_queued != self.packets_counted:
             broker.output_pending(self)
         if broker.parking is not None:
@@ -434,10 +482,13 @@ class ClientProtocol(Client, asyncio.Protocol):
     # -------------------------------------------------------------- helpers
     def write_pending(self) -> None:
         """Write what the connection has queued (called by the broker's flush)."""
-        if self.parked_fd != NOT_PARKED:  # the output waits in conn for a transport
+        if self.parked_fd != NOT_PARKED:
             parking = self.broker.parking
             if self.parked_fd >= 0 and parking is not None:
-                parking.unpark(self)
+                if self.close_after_flush or self.deferred:
+                    parking.unpark(self)  # the output waits in conn for a transport
+                elif data := self.conn.data_to_send():
+                    self.send_parked(data)
             return
         transport = self.transport
         conn = self.conn
@@ -452,6 +503,25 @@ class ClientProtocol(Client, asyncio.Protocol):
         metrics.bytes_sent += len(data)
         metrics.messages_sent += conn.packets_queued - self.packets_counted
         self.packets_counted = conn.packets_queued
+
+    def send_parked(self, data: bytes) -> None:
+        """Write output taken from ``conn`` while the socket has no transport (parked,
+        or accepted without one; server/parking.py): one send, what does not fit
+        (or all of it when closing) is written first once a transport is adopted."""
+        parking = self.broker.parking
+        if parking is None:
+            return
+        if FLAGS.packets:
+            packetlog.log_outbound(self, data)
+        conn = self.conn
+        metrics = self.broker.metrics
+        metrics.bytes_sent += len(data)
+        metrics.messages_sent += conn.packets_queued - self.packets_counted
+        self.packets_counted = conn.packets_queued
+        if self.parked_fd >= 0 and not self.close_after_flush and not self.deferred:
+            parking.write(self, data)
+        else:
+            parking.keep(self, data)
 
     def close(self) -> None:
         """Close after the pending output of this turn has been written."""
@@ -503,14 +573,17 @@ class ClientProtocol(Client, asyncio.Protocol):
         """Keep Alive 0 means MQTT will never notice a client that vanished without a
         FIN (power loss, a dropped link): let TCP probe it instead, so the half-open
         connection is closed (and its will published) within about two minutes."""
+        if self.parked_fd >= 0:  # no transport (parked, or accepted without one)
+            own = socket.socket(fileno=self.parked_fd)
+            try:
+                _set_tcp_keepalive(own)
+            finally:
+                own.detach()
+            return
         sock = self.transport.get_extra_info("socket") if self.transport else None
         if sock is None:
             return  # WebSocket adapters and tests without a real socket
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPIDLE)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPINTVL)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)
+        _set_tcp_keepalive(sock)
 
     def start_keepalive(self) -> None:
         """Arm the keep-alive deadline. If the CONNECT timeout comes first, the wheel

@@ -26,7 +26,9 @@ from tests.helpers.rawclient import RawClient
 from tests.server.test_metrics_http import scrape, value
 
 #: Sweeps every 0.1 s; a connection idle for two sweeps is parked.
-PARK = "limits:\n  park_idle_after: 0.1\n"
+#: park_on_accept off: these tests are about parking an idle connection that has a
+#: transport (tests/server/test_park_on_accept.py: accepted without one).
+PARK = "limits:\n  park_idle_after: 0.1\n  park_on_accept: false\n"
 
 
 @pytest.fixture
@@ -191,9 +193,11 @@ def test_default_parks_a_silent_new_connection_early_and_a_talking_one_not_befor
     nothing after its CONNACK is parked FIRST_PARK_AFTER (0.2 s) later, once; one that
     has spoken since is not parked before 30 s of silence. (Waiting 30 s for that park
     is left to ``benchmarks/e2e.py --scenarios connect --settle 40``; the parking
-    mechanism is the one the tests above drive with a short value.)"""
+    mechanism is the one the tests above drive with a short value.) With
+    ``park_on_accept`` (default on) a new connection has no transport to park:
+    tests/server/test_park_on_accept.py; this is the default parking without it."""
     monkeypatch.delenv("IOTBROKER_TEST_PARK_IDLE_AFTER", raising=False)
-    broker = make_broker(broker_config())
+    broker = make_broker(broker_config(extra="limits:\n  park_on_accept: false\n"))
     with RawClient(broker.host, broker.port) as talking, \
             RawClient(broker.host, broker.port) as silent:
         assert talking.connect("park-talking").reason_code == 0
@@ -228,9 +232,11 @@ def test_ended_connections_do_not_wait_for_the_next_sweep() -> None:
     loop = asyncio.new_event_loop()
     try:
         parking = Parking(loop, 30.0)
-        live = [SimpleNamespace(ended=False, conn=SimpleNamespace(packets_queued=0))
+        live = [SimpleNamespace(ended=False, parked_fd=-1,
+                                conn=SimpleNamespace(packets_queued=0))
                 for _ in range(10)]
-        gone = [SimpleNamespace(ended=False, conn=SimpleNamespace(packets_queued=0))
+        gone = [SimpleNamespace(ended=False, parked_fd=-1,
+                                conn=SimpleNamespace(packets_queued=0))
                 for _ in range(PRUNE_AFTER * 3)]
         for proto in live + gone:
             parking.watch(proto)  # type: ignore[arg-type]
