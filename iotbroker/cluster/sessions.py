@@ -232,7 +232,7 @@ class Sessions:
     # ------------------------------------------------------------ positions
     def position_now(self) -> int | None:
         """Every QoS stream message up to this sequence has been routed here."""
-        nxt = self.qos._next
+        nxt = self.qos.next_to_route
         if nxt is not None:
             return nxt - 1
         return self.joined_at
@@ -672,8 +672,7 @@ class Sessions:
         js = self.js
         assert js is not None
         filters = [e.topic_filter for e in rec.subscriptions if e.share_group is None]
-        async with qos._lock:
-            nxt = qos._next
+        async with qos.reader_paused() as nxt:
             fetched: list[tuple[int, bytes, int, list[Message]]] = []
             incomplete = False
             if rec.position is not None and filters:
