@@ -231,6 +231,7 @@ class ClusterNode:
         engine.ended = []
         engine.held_acks = []
         engine.router.share_pick = self._share_pick
+        engine.accept_wait = self.before_accept  # the engine's connect gate
         restored = [(s.client_id, f) for s in engine.registry.sessions.values()
                     for f in s.subscriptions]
         self._interest_changed(restored)
@@ -245,6 +246,7 @@ class ClusterNode:
         engine.accepted = None
         engine.ended = None
         engine.router.share_pick = None
+        engine.accept_wait = None
         if self._reorder_timer is not None:
             self._reorder_timer.cancel()
             self._reorder_timer = None
@@ -281,8 +283,9 @@ class ClusterNode:
                  self.received + self.qos.received, self.dropped)
 
     def before_accept(self, client_id: str, clean_start: bool) -> asyncio.Future[None] | None:
-        """A CONNECT is about to be accepted; with Clean Start 0 its session may be on
-        another node: a future the server waits for before accepting (None: now).
+        """The engine's ``accept_wait`` (engine/connect.py ``wait_before_accept``): a
+        CONNECT is about to be accepted; with Clean Start 0 its session may be on
+        another node: a future the acceptance waits for (None: now).
         docs/cluster.md, "Sessions move"."""
         return self.sessions.before_accept(client_id, clean_start)
 
