@@ -66,6 +66,7 @@ from iotbroker.storage.records import decode_retained
 from iotbroker.subscription import SubscriptionEntry
 
 if TYPE_CHECKING:
+    from iotbroker.engine.client import Client
     from iotbroker.engine.engine import Engine, HeldAck
 
 log = logging.getLogger("iotbroker.cluster")
@@ -149,8 +150,7 @@ class ClusterNode:
                              config.replicas, self.dedup, schedule_flush)
         self.sessions = Sessions(engine, self.sender, self.prefix, config.replicas,
                                  self.qos, self._interest_changed,
-                                 schedule_flush, self.ownership.owner,
-                                 self.ownership.claim_now)
+                                 schedule_flush, self.ownership)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -297,16 +297,24 @@ class ClusterNode:
         if touched:
             self._interest_changed(touched)
         accepted = engine.take_accepted()
-        early = self.sessions.claimed_early
+        lost: list[Client] = []
+        ownership = self.ownership
         for client in accepted:
-            claimed = early.pop(client.client_id, None) if early else None
-            if claimed is None or time.monotonic() - claimed > 10.0:
-                self.ownership.claim(client.client_id)  # (else its resume claimed it)
             self.wills.connected(client)
+            if not ownership.accepted(client.client_id):
+                # Its resume's claim was replaced by another process's while the
+                # CONNECT waited: that later connection has the client id
+                # [MQTT-3.1.4-2]; this one is told 0x8E Session taken over [MQTT-3.1.4-3].
+                lost.append(client)
+                if engine.taken_over_elsewhere(client.client_id):
+                    ownership.takeovers += 1
+        if lost:
+            accepted = [c for c in accepted if c not in lost]
+            self.schedule_flush()  # the closes
         ended = engine.take_ended()
         for client in ended:
             self.wills.ended(client)
-        self.sessions.after_turn(touched, accepted, ended)
+        self.sessions.after_turn(touched, accepted, ended, lost)
         messages = engine.take_forwarding()
         held = engine.take_held_acks()
         if messages or held:  # QoS 2: through the stream only (qos_stream.py)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,9 @@ CAS_TRIES = 20
 #: A takeover notice is acknowledged by the previous owner; tries and timeout each.
 NOTICE_TRIES = 3
 NOTICE_TIMEOUT = 1.0
+#: Seconds a claim made for a CONNECT that waits (a session moving here) is kept for
+#: that CONNECT's acceptance (after that, its acceptance claims again).
+EARLY_SECONDS = 10.0
 
 _REV = struct.Struct(">Q")
 
@@ -89,6 +93,14 @@ class Ownership:
         self._outstanding: dict[str, int] = {}
         self._best: dict[str, int] = {}
         self._queue: list[str] = []
+        #: CONNECTs that wait here before their acceptance (a resume: docs/cluster.md
+        #: "Sessions move"), by client id, since when; those whose resume claimed the
+        #: id already (:meth:`claim_now`); those that lost meanwhile to another
+        #: process's later claim or to its handover request (closed with 0x8E as soon
+        #: as they are accepted: :meth:`accepted`)
+        self.connects_waiting: dict[str, float] = {}
+        self.early: set[str] = set()
+        self.superseded: set[str] = set()
         self._wake = asyncio.Event()
         self.kv: KeyValue | None = None
         self.nc: NatsClient | None = None
@@ -112,23 +124,72 @@ class Ownership:
         self._queue.append(client_id)
         self._wake.set()
 
-    async def claim_now(self, client_id: str) -> None:
+    def connect_waits(self, client_id: str) -> None:
+        """A CONNECT of ``client_id`` waits here before its acceptance (its session
+        is looked for in the cluster)."""
+        self.connects_waiting[client_id] = time.monotonic()
+        self.early.discard(client_id)
+        self.superseded.discard(client_id)
+
+    async def claim_now(self, client_id: str) -> int | None:
         """Claim ``client_id`` before its connection is accepted, and wait for the
         claim's revision (a session moving here: docs/cluster.md, "Sessions move").
         The previous owner is told (and closes its connection) with a revision below
-        any later connection's claim."""
+        any later connection's claim. None: the claim failed, or a later claim of
+        another process replaced it already (:attr:`superseded`)."""
         kv = self.kv
         if kv is None:
-            return
+            return None
+        self.early.add(client_id)
         self.claims[client_id] = None
         self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
         result = await self._claim(kv, client_id)
         self._acknowledged(client_id, result)
+        return self.claims.get(client_id)
+
+    def accepted(self, client_id: str) -> bool:
+        """A connection of ``client_id`` was accepted here (after the turn): claimed
+        now, unless its resume claimed it already (:meth:`claim_now`). False: while
+        it waited, another process claimed the id later or took the session over —
+        that connection has the client id [MQTT-3.1.4-2]; this one is to be closed."""
+        waited = self.connects_waiting.pop(client_id, None)
+        early = client_id in self.early
+        self.early.discard(client_id)
+        if waited is not None and client_id in self.superseded:
+            self.superseded.discard(client_id)
+            return False
+        if not early or waited is None or time.monotonic() - waited > EARLY_SECONDS:
+            self.claim(client_id)
+        return True
+
+    async def later_than(self, client_id: str, revision: int) -> bool:
+        """This process's claim of ``client_id`` is later than ``revision`` (another
+        process's): its connection here keeps the id. A claim of ours still in flight
+        is waited for (its revision decides; at most :data:`NOTICE_TIMEOUT`)."""
+        deadline = time.monotonic() + NOTICE_TIMEOUT
+        while client_id in self._outstanding and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        ours = self.claims.get(client_id)
+        return ours is not None and ours > revision
+
+    def lost(self, client_id: str) -> None:
+        """Another process with a later claim has the session (a handover it asked
+        for, or one refused to us): a CONNECT waiting here for ``client_id`` loses."""
+        if client_id in self.connects_waiting:
+            self.claims.pop(client_id, None)
+            self.superseded.add(client_id)
 
     def prune(self) -> None:
-        """Forget claims of client ids no longer connected here (bounded memory)."""
+        """Forget claims of client ids no longer connected here (bounded memory); a
+        claim of a CONNECT that still waits is kept (its notices count)."""
+        now = time.monotonic()
+        waiting = self.connects_waiting
+        for client_id in [c for c, t in waiting.items() if now - t > EARLY_SECONDS]:
+            del waiting[client_id]
+            self.early.discard(client_id)
+            self.superseded.discard(client_id)
         clients = self.engine.clients
-        for client_id in [c for c in self.claims if c not in clients]:
+        for client_id in [c for c in self.claims if c not in clients and c not in waiting]:
             del self.claims[client_id]
             self._waiting.pop(client_id, None)
 
@@ -273,6 +334,9 @@ class Ownership:
 
     def _kick(self, client_id: str) -> None:
         self.claims.pop(client_id, None)
+        if client_id in self.connects_waiting:
+            # A CONNECT here still waits for its resume: it lost (closed once accepted).
+            self.superseded.add(client_id)
         if self.engine.taken_over_elsewhere(client_id):
             self.takeovers += 1
             self.on_event()

@@ -4,6 +4,8 @@ pick, and the inter-node message formats with de-duplication."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from iotbroker.cluster import shared, wire
@@ -270,3 +272,39 @@ def test_ownership_two_local_claims_in_a_row_count_the_last() -> None:
     own._acknowledged("x", 7)
     assert engine.kicked == []
     assert own.claims["x"] == 7
+
+
+def test_ownership_a_waiting_connect_claimed_again_elsewhere_loses_at_acceptance() -> None:
+    """[MQTT-3.1.4-2] across nodes: a resume claimed the id before its CONNECT was
+    accepted (claim_now); a later claim of another process is told meanwhile, when no
+    connection of the id is here to close. The CONNECT, once accepted, must not keep
+    the id (accepted() is False: the node closes it with 0x8E); a prune meanwhile does
+    not forget the waiting claim (its notices must count)."""
+    own, _engine = _ownership()
+    own.connect_waits("x")
+    own.early.add("x")
+    own.claims["x"] = None
+    own._outstanding["x"] = 1
+    own._acknowledged("x", 5)  # what claim_now does once its claim is acknowledged
+    own.prune()  # not connected here yet: kept while the CONNECT waits
+    assert own.claims == {"x": 5}
+    own.foreign("x", 6)  # the later claim of another node
+    assert "x" in own.superseded
+    assert own.accepted("x") is False  # the waiting CONNECT lost
+    assert own.accepted("x") is True and own._queue == ["x"]  # a later one claims anew
+
+
+def test_ownership_a_waiting_connect_with_the_later_claim_keeps_the_id() -> None:
+    """The other order: the foreign claim is older than ours (told late): the waiting
+    CONNECT keeps the id, its resume's claim stands (no second claim at acceptance);
+    a handover request naming an older claim is refused (later_than)."""
+    own, engine = _ownership()
+    own.connect_waits("x")
+    own.early.add("x")
+    own.claims["x"] = None
+    own._outstanding["x"] = 1
+    own.foreign("x", 4)  # seen while ours was in flight
+    own._acknowledged("x", 7)
+    assert not own.superseded and engine.kicked == []
+    assert asyncio.run(own.later_than("x", 4)) and not asyncio.run(own.later_than("x", 8))
+    assert own.accepted("x") is True and own._queue == []
