@@ -101,6 +101,12 @@ class Ownership:
         self.connects_waiting: dict[str, float] = {}
         self.early: set[str] = set()
         self.superseded: set[str] = set()
+        #: per client id with claims in flight: whether each of them created the key
+        #: (no process had claimed the id before); set once they all came back
+        #: (:meth:`fresh`)
+        self._created: dict[str, bool] = {}
+        self._settled: dict[str, asyncio.Event] = {}
+        self._fresh: dict[str, bool] = {}
         self._wake = asyncio.Event()
         self.kv: KeyValue | None = None
         self.nc: NatsClient | None = None
@@ -119,6 +125,10 @@ class Ownership:
 
     def claim(self, client_id: str) -> None:
         """A connection with ``client_id`` was accepted here (after the turn)."""
+        settled = self._settled.get(client_id)
+        if settled is None or settled.is_set():
+            self._settled[client_id] = asyncio.Event()
+            self._fresh.pop(client_id, None)
         self.claims[client_id] = None
         self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
         self._queue.append(client_id)
@@ -162,6 +172,23 @@ class Ownership:
             self.claim(client_id)
         return True
 
+    async def fresh(self, client_id: str) -> bool:
+        """Whether the claims of ``client_id`` made at its acceptance here
+        (:meth:`claim`) created its key: no process had ever claimed it, so no other
+        node can hold a session or a record of it (a record is written only by the
+        process that claimed the id — docs/cluster.md). Waits for those claims
+        (bounded); False when not known."""
+        settled = self._settled.get(client_id)
+        if settled is None:
+            return False
+        try:
+            await asyncio.wait_for(settled.wait(), NOTICE_TIMEOUT * NOTICE_TRIES)
+        except TimeoutError:
+            return False
+        if self._settled.get(client_id) is settled:
+            del self._settled[client_id]
+        return self._fresh.pop(client_id, False)
+
     async def later_than(self, client_id: str, revision: int) -> bool:
         """This process's claim of ``client_id`` is later than ``revision`` (another
         process's): its connection here keeps the id. A claim of ours still in flight
@@ -192,6 +219,9 @@ class Ownership:
         for client_id in [c for c in self.claims if c not in clients and c not in waiting]:
             del self.claims[client_id]
             self._waiting.pop(client_id, None)
+        for client_id in [c for c, e in self._settled.items() if e.is_set()]:
+            del self._settled[client_id]  # nobody asked (fresh() then reads: "unknown")
+            self._fresh.pop(client_id, None)
 
     async def owner(self, client_id: str) -> bytes | None:
         """The sender id of the last claim of ``client_id`` (None: none, or no bucket)."""
@@ -230,11 +260,13 @@ class Ownership:
         key = client_key(client_id)
         last = 0  # first try: create (one write for a client id never seen)
         previous: bytes | None = None
+        created = True
         try:
             for _ in range(CAS_TRIES):
                 try:
                     revision = await kv.update(key, self.sender, last=last)
                 except KeyWrongLastSequenceError:
+                    created = False
                     try:
                         entry = await kv.get(key)
                     except KeyNotFoundError as exc:  # deleted: its tombstone is last
@@ -249,11 +281,16 @@ class Ownership:
                     continue
                 if last and previous is not None and previous != self.sender:
                     self._tell(previous, client_id, revision)
+                if not created:
+                    self._created[client_id] = False
+                else:
+                    self._created.setdefault(client_id, True)
                 return revision
             raise RuntimeError(f"lost the compare-and-set race {CAS_TRIES} times")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._created[client_id] = False
             return exc
 
     def _tell(self, previous: bytes, client_id: str, revision: int) -> None:
@@ -310,6 +347,11 @@ class Ownership:
             self._outstanding[client_id] = left
             return
         self._outstanding.pop(client_id, None)
+        created = self._created.pop(client_id, False)
+        settled = self._settled.get(client_id)
+        if settled is not None and not settled.is_set():
+            self._fresh[client_id] = created
+            settled.set()
         best = self._best.pop(client_id, None)
         if best is None or client_id not in self.claims:
             return  # every claim failed (the id stays unclaimed here), or it is gone

@@ -334,11 +334,15 @@ class Sessions:
                     return  # not ours (handed over, or never written: a local session)
                 self._claims.discard(client_id)
                 # Accepted here, not owned here yet (a new session, a clean start):
-                # whoever had it drops its copy; last writer wins.
-                try:
-                    entry = await kv.get(key)
-                except KeyNotFoundError:
-                    entry = None
+                # whoever had it drops its copy; last writer wins. A client id that
+                # no process had claimed before (this connection's claim created it)
+                # has no record anywhere: nothing to read, drop or delete.
+                entry = None
+                if not await self.ownership.fresh(client_id):
+                    try:
+                        entry = await kv.get(key)
+                    except KeyNotFoundError:
+                        entry = None
                 if entry is not None and entry.value:
                     answer = None
                     with contextlib.suppress(Exception):

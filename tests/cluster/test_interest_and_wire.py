@@ -308,3 +308,50 @@ def test_ownership_a_waiting_connect_with_the_later_claim_keeps_the_id() -> None
     assert not own.superseded and engine.kicked == []
     assert asyncio.run(own.later_than("x", 4)) and not asyncio.run(own.later_than("x", 8))
     assert own.accepted("x") is True and own._queue == []
+
+
+class _Kv:
+    """A compare-and-set KV as nats-py's (update with ``last``; 0 = create)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[int, bytes]] = {}
+        self.seq = 0
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        from nats.js.errors import KeyWrongLastSequenceError  # noqa: PLC0415
+
+        current = self.data.get(key, (0, b""))[0]
+        if current != last:
+            raise KeyWrongLastSequenceError()
+        self.seq += 1
+        self.data[key] = (self.seq, value)
+        return self.seq
+
+    async def get(self, key: str) -> object:
+        from types import SimpleNamespace  # noqa: PLC0415
+
+        from nats.js.errors import KeyNotFoundError  # noqa: PLC0415
+
+        if key not in self.data:
+            raise KeyNotFoundError()
+        revision, value = self.data[key]
+        return SimpleNamespace(revision=revision, value=value)
+
+
+def test_ownership_fresh_tells_whether_the_claim_created_the_client_id() -> None:
+    """Issue 14, per-connect cost: a claim that creates the key proves no process had
+    the id (no record to read at this CONNECT); a claim that replaced one does not."""
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        own, _engine = _ownership()
+        kv = _Kv()
+        own.claim("new")
+        own._acknowledged("new", await own._claim(kv, "new"))  # type: ignore[arg-type]
+        first = await own.fresh("new")
+        own.claim("new")  # again, here: the key exists now
+        own._acknowledged("new", await own._claim(kv, "new"))  # type: ignore[arg-type]
+        second = await own.fresh("new")
+        unknown = await own.fresh("never-claimed-here")
+        return first, second, unknown
+
+    assert asyncio.run(scenario()) == (True, False, False)
