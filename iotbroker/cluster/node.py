@@ -45,6 +45,7 @@ from iotbroker.cluster import shared as share
 from iotbroker.cluster import wire
 from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.interest import Interest, Pair
+from iotbroker.cluster.orphans import OrphanSweep
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
 from iotbroker.cluster.remote import (
@@ -151,6 +152,8 @@ class ClusterNode:
         self.sessions = Sessions(engine, self.sender, self.prefix, config.replicas,
                                  self.qos, self._interest_changed,
                                  schedule_flush, self.ownership)
+        #: the records of expired sessions of dead processes (one live node sweeps)
+        self.orphans = OrphanSweep(self.sessions, self.wills)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -596,6 +599,7 @@ class ClusterNode:
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.sessions.run(nc)))
+        self._tasks.append(loop.create_task(self.orphans.run()))
         # announcements go into the bucket's stream: it must exist first
         interest = await self._open_bucket(nc, self.interest_bucket,
                                            "iotbroker announced interest (docs/cluster.md)")

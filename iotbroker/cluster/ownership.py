@@ -61,6 +61,9 @@ NOTICE_TIMEOUT = 1.0
 EARLY_SECONDS = 10.0
 
 _REV = struct.Struct(">Q")
+#: In a takeover notice, the revision's top bit: the claimant's connection had ended
+#: already when its claim came back — a process that holds the id claims it again.
+_GONE = 1 << 63
 
 
 def client_key(client_id: str) -> str:
@@ -197,7 +200,11 @@ class Ownership:
         while client_id in self._outstanding and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         ours = self.claims.get(client_id)
-        return ours is not None and ours > revision
+        return ours is not None and ours > revision and self.holds(client_id)
+
+    def holds(self, client_id: str) -> bool:
+        """A connection of ``client_id`` is here, or a CONNECT of it waits here."""
+        return client_id in self.engine.clients or client_id in self.connects_waiting
 
     def lost(self, client_id: str) -> None:
         """Another process with a later claim has the session (a handover it asked
@@ -280,7 +287,7 @@ class Ownership:
                     last, previous = entry.revision or 0, entry.value
                     continue
                 if last and previous is not None and previous != self.sender:
-                    self._tell(previous, client_id, revision)
+                    self._tell(previous, client_id, revision, not self.holds(client_id))
                 if not created:
                     self._created[client_id] = False
                 else:
@@ -293,9 +300,9 @@ class Ownership:
             self._created[client_id] = False
             return exc
 
-    def _tell(self, previous: bytes, client_id: str, revision: int) -> None:
+    def _tell(self, previous: bytes, client_id: str, revision: int, gone: bool) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._notice(previous, client_id, revision))
+            self._notice(previous, client_id, revision | (_GONE if gone else 0)))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
@@ -330,7 +337,11 @@ class Ownership:
             except UnicodeDecodeError:
                 client_id = None
             if client_id is not None:
-                self.foreign(client_id, _REV.unpack_from(data)[0])
+                (revision,) = _REV.unpack_from(data)
+                if revision & _GONE:
+                    self.reclaim(client_id)
+                else:
+                    self.foreign(client_id, revision)
         if msg.reply:
             await msg.respond(b"")
 
@@ -363,6 +374,15 @@ class Ownership:
     async def _open(self, js: JetStreamContext) -> KeyValue:
         return await open_bucket(js, self.bucket, self.replicas,
                                  "iotbroker client id owners (docs/cluster.md)")
+
+    def reclaim(self, client_id: str) -> None:
+        """Another process's claim of ``client_id`` came back after the connection it
+        was made for had ended there: if this process holds the id, it claims it
+        again, so that the newest claim names the process that has the connection
+        (a later connection elsewhere then tells this one)."""
+        if self.holds(client_id):
+            self.claim(client_id)
+            self._wake.set()
 
     def foreign(self, client_id: str, revision: int) -> None:
         """Another process claimed ``client_id`` at ``revision``."""

@@ -355,3 +355,36 @@ def test_ownership_fresh_tells_whether_the_claim_created_the_client_id() -> None
         return first, second, unknown
 
     assert asyncio.run(scenario()) == (True, False, False)
+
+
+def test_ownership_a_claim_back_after_its_connection_ended_tells_gone() -> None:
+    """A claim that comes back when its connection here has ended already (a client
+    that moved on within a claim's round trip) tells the previous owner so (the
+    revision's top bit), and that owner, holding the id, claims again instead of
+    closing its connection: the newest claim names the process with the connection."""
+    told: list[tuple[bytes, str, int, bool]] = []
+
+    async def claim_gone() -> None:
+        own, _engine = _ownership()
+        kv = _Kv()
+        await kv.update("c.x", b"other", 0)  # the other process claimed x first
+        own._tell = lambda p, c, r, g: told.append((p, c, r, g))  # type: ignore[method-assign]
+        own.claim("x")  # accepted here, then gone before the claim came back
+        own._acknowledged("x", await own._claim(kv, "x"))  # type: ignore[arg-type]
+
+    asyncio.run(claim_gone())
+    assert told == [(b"other", "x", 2, True)]
+
+    own, engine = _ownership()
+    engine.clients["x"] = object()  # the other process: x is connected there
+    own.claim("x")
+    own._acknowledged("x", 1)
+    own._queue.clear()
+    own.reclaim("x")  # told "claimed at 2, gone"
+    assert engine.kicked == [] and own._queue == ["x"]  # claims again, keeps it
+    own._acknowledged("x", 3)
+    assert asyncio.run(own.later_than("x", 2))
+    del engine.clients["x"]
+    own.reclaim("y")  # not held here: nothing
+    assert own._queue == ["x"]
+    assert not asyncio.run(own.later_than("x", 2))  # a claim without a connection
