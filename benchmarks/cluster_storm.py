@@ -38,16 +38,21 @@ def main() -> int:
     parser.add_argument("--twice", type=float, default=0.1,
                         help="fraction of the ids that connect twice at once per round")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--debug", action="store_true", help="the nodes log at DEBUG")
+    parser.add_argument("--keep", default=None,
+                        help="a directory for the nodes' and nats-servers' files (kept)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
         cluster = NatsCluster(work / "nats", size=3).start()
         nodes: list[BrokerProcess] = []
         try:
             for i, name in enumerate(("a", "b", "c")):
                 text = broker_config(extra=(
                     f"cluster:\n  node_name: {name}\n  nats: [{cluster.urls[i]}]\n"
-                    f"  replicas: 3\n")).replace(*QUIET)
+                    f"  replicas: 3\n"))
+                if not args.debug:
+                    text = text.replace(*QUIET)
                 nodes.append(BrokerProcess(work / name, text, name=name).start())
             for node in nodes:
                 deadline = time.monotonic() + 30

@@ -285,7 +285,8 @@ class ClusterNode:
                  self.config.node_name, self.forwarded + self.qos.written,
                  self.received + self.qos.received, self.dropped)
 
-    def before_accept(self, client_id: str, clean_start: bool) -> asyncio.Future[None] | None:
+    def before_accept(self, client_id: str, clean_start: bool
+                      ) -> asyncio.Future[str | None] | None:
         """The engine's ``accept_wait`` (engine/connect.py ``wait_before_accept``): a
         CONNECT is about to be accepted; with Clean Start 0 its session may be on
         another node: a future the acceptance waits for (None: now).

@@ -56,6 +56,9 @@ CAS_TRIES = 20
 #: A takeover notice is acknowledged by the previous owner; tries and timeout each.
 NOTICE_TRIES = 3
 NOTICE_TIMEOUT = 1.0
+#: Seconds a handover request waits for this process's own claim in flight before it
+#: answers "ask again" (below the asker's HANDOVER_TIMEOUT).
+IN_FLIGHT_WAIT = 0.4
 #: Seconds a claim made for a CONNECT that waits (a session moving here) is kept for
 #: that CONNECT's acceptance (after that, its acceptance claims again).
 EARLY_SECONDS = 10.0
@@ -192,12 +195,15 @@ class Ownership:
             del self._settled[client_id]
         return self._fresh.pop(client_id, False)
 
-    async def later_than(self, client_id: str, revision: int) -> bool:
+    async def later_than(self, client_id: str, revision: int) -> bool | None:
         """This process's claim of ``client_id`` is later than ``revision`` (another
         process's): its connection here keeps the id. A claim of ours still in flight
-        is waited for (its revision decides; at most :data:`NOTICE_TIMEOUT`)."""
-        deadline = time.monotonic() + NOTICE_TIMEOUT
-        while client_id in self._outstanding and time.monotonic() < deadline:
+        is waited for (its revision decides) at most :data:`IN_FLIGHT_WAIT`; None: it
+        is still in flight (not known yet)."""
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        while client_id in self._outstanding:
+            if time.monotonic() > deadline:
+                return None
             await asyncio.sleep(0.005)
         ours = self.claims.get(client_id)
         return ours is not None and ours > revision and self.holds(client_id)
@@ -205,6 +211,12 @@ class Ownership:
     def holds(self, client_id: str) -> bool:
         """A connection of ``client_id`` is here, or a CONNECT of it waits here."""
         return client_id in self.engine.clients or client_id in self.connects_waiting
+
+    def abandon(self, client_id: str) -> None:
+        """The waiting CONNECT of ``client_id`` is refused (never accepted here)."""
+        self.connects_waiting.pop(client_id, None)
+        self.early.discard(client_id)
+        self.superseded.discard(client_id)
 
     def lost(self, client_id: str) -> None:
         """Another process with a later claim has the session (a handover it asked
@@ -288,6 +300,8 @@ class Ownership:
                     continue
                 if last and previous is not None and previous != self.sender:
                     self._tell(previous, client_id, revision, not self.holds(client_id))
+                log.debug("cluster: client %r claimed at %d (after %s)", client_id,
+                          revision, previous)
                 if not created:
                     self._created[client_id] = False
                 else:
@@ -381,6 +395,8 @@ class Ownership:
         again, so that the newest claim names the process that has the connection
         (a later connection elsewhere then tells this one)."""
         if self.holds(client_id):
+            log.debug("cluster: client %r: a claim of an ended connection came back "
+                      "elsewhere; claimed again", client_id)
             self.claim(client_id)
             self._wake.set()
 
@@ -389,6 +405,8 @@ class Ownership:
         if client_id not in self.claims:
             return  # not connected here (since the last prune)
         ours = self.claims[client_id]
+        log.debug("cluster: client %r claimed elsewhere at %d (ours: %s)", client_id,
+                  revision, ours)
         if ours is None:
             self._waiting[client_id] = max(revision, self._waiting.get(client_id, 0))
         elif revision > ours:

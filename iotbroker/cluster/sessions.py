@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -103,6 +104,10 @@ _HANDOVER, _DROP = b"h", b"d"
 #: answered ``_LATER`` (nothing released) when this process's claim of the id is later.
 _HANDOVER_AT, _DROP_AT = b"H", b"D"
 _LATER = b"L"
+#: The owner's own claim of the id is still in flight: the asker asks again.
+_AGAIN = b"W"
+#: Seconds between two asks answered ``_AGAIN``.
+AGAIN_SECONDS = 0.1
 _REV = struct.Struct(">Q")
 
 
@@ -233,6 +238,8 @@ class Sessions:
         self.writes = 0
         self.write_failures = 0
         self.lost = 0
+        #: CONNECTs refused because the session was not ready in time (0x89)
+        self.refused = 0
 
     # ------------------------------------------------------------ positions
     def position_now(self) -> int | None:
@@ -519,12 +526,15 @@ class Sessions:
         else:
             op = _HANDOVER_AT if op == _HANDOVER else _DROP_AT
             payload = op + _REV.pack(revision) + client_id.encode()
-        try:
-            reply = await nc.request(self._subject(owner), payload,
-                                     timeout=HANDOVER_TIMEOUT)
-        except Exception:
-            return None
-        return reply.data
+        while True:
+            try:
+                reply = await nc.request(self._subject(owner), payload,
+                                         timeout=HANDOVER_TIMEOUT)
+            except Exception:
+                return None
+            if reply.data != _AGAIN:
+                return reply.data
+            await asyncio.sleep(AGAIN_SECONDS)  # (a resume is bounded by RESUME_TIMEOUT)
 
     async def _on_request(self, msg: Msg) -> None:
         """Another node asks for a session of ours: hand it over (its final record,
@@ -535,7 +545,12 @@ class Sessions:
             (revision,) = _REV.unpack_from(data, 1)
             client_id = data[1 + _REV.size:].decode()
             ownership = self.ownership
-            if await ownership.later_than(client_id, revision):
+            later = await ownership.later_than(client_id, revision)
+            if later is None:  # ours in flight: its revision decides, ask again
+                if msg.reply:
+                    await msg.respond(_AGAIN)
+                return
+            if later:
                 # The connection here was claimed after the asker's: it keeps the
                 # client id and the session [MQTT-3.1.4-2]; the asker's CONNECT lost.
                 log.debug("cluster: session %r not released: claim here later than %d",
@@ -559,11 +574,15 @@ class Sessions:
         the session. Synchronous: nothing is routed to it in between."""
         engine = self.engine
         self._dirty.pop(client_id, None)
-        self.revs.pop(client_id, None)
+        owned = self.revs.pop(client_id, None) is not None
         client = engine.clients.get(client_id)
         now = time.time()
         session = engine.registry.get(client_id)
         self._claims.discard(client_id)
+        # A session opened here by a CONNECT that lost to a later claim (accepted only
+        # to be closed: ownership.py ``accepted``) is not the client's: the record is.
+        stand_in = not owned and (client_id in self._lost
+                                  or client_id in self.ownership.superseded)
         if client is not None:
             # As a local takeover (engine/connect.py _take_over): the connection ends
             # (0x8E) without ending the session here; its will follows the takeover
@@ -575,8 +594,10 @@ class Sessions:
             engine.taken_over_elsewhere(client_id)
             if engine.clients.get(client_id) is client:
                 del engine.clients[client_id]
-        if session is None:
+        if session is None or stand_in:
             self.positions.pop(client_id, None)
+            if session is not None:
+                self._drop_local(client_id)
             return None
         rec = self._record_of(client_id)
         self.positions.pop(client_id, None)
@@ -599,10 +620,11 @@ class Sessions:
         self.schedule_flush()
 
     # -------------------------------------------------------------- resume
-    def before_accept(self, client_id: str, clean_start: bool) -> asyncio.Future[None] | None:
+    def before_accept(self, client_id: str, clean_start: bool
+                      ) -> asyncio.Future[str | None] | None:
         """A CONNECT of ``client_id`` is about to be accepted: with Clean Start 0,
         the session may be elsewhere — a future the CONNECT waits for (None: go on
-        now)."""
+        now); it ends with why the CONNECT is refused, or None."""
         nc = self.nc
         if (clean_start or self.kv is None or nc is None or not nc.is_connected
                 or client_id in self._resuming):
@@ -613,19 +635,41 @@ class Sessions:
         task = asyncio.get_running_loop().create_task(self._resume_bounded(client_id))
         return task
 
-    async def _resume_bounded(self, client_id: str) -> None:
+    async def _resume_bounded(self, client_id: str) -> str | None:
+        """:meth:`_resume` within RESUME_TIMEOUT. Not done in time, or failed on a
+        NATS error, while NATS is connected (a storm on a loaded cluster): the CONNECT
+        is refused, 0x89 Server busy — the client retries, and its session stays where
+        it is (served with this node's state instead, a new empty session would
+        replace it cluster-wide). Without NATS: this node's state (docs/cluster.md)."""
         started = time.monotonic()
+        had_record = client_id in self.revs
         try:
             await asyncio.wait_for(self._resume(client_id), RESUME_TIMEOUT)
-        except TimeoutError:
-            log.warning("cluster: session %r not resumed within %.0fs; served with this "
-                        "node's state", client_id, RESUME_TIMEOUT)
+        except (TimeoutError, NatsError) as exc:
+            # Not done in time, or JetStream did not answer (a loaded cluster: "503
+            # service unavailable"): the session is somewhere, not here.
+            why = str(exc) or f"not resumed within {RESUME_TIMEOUT:.0f}s"
+            if not had_record and self.engine.registry.get(client_id) is None:
+                # Stopped after taking the record, before rebuilding the session: the
+                # record keeps it (a later resume takes it from there), not deleted.
+                self.revs.pop(client_id, None)
+                self.positions.pop(client_id, None)
+            nc = self.nc
+            if nc is not None and nc.is_connected:
+                self.ownership.abandon(client_id)
+                self.refused += 1
+                log.warning("cluster: session %r: %s; CONNECT refused (0x89 Server busy: "
+                            "the client retries, its session is kept)", client_id, why)
+                return f"session {why}"
+            log.warning("cluster: session %r: %s; served with this node's state",
+                        client_id, why)
         except Exception as exc:
             log.warning("cluster: session %r not resumed: %s", client_id, exc)
         finally:
             self._resuming.discard(client_id)
             self._captured.pop(client_id, None)
             self.last_resume_seconds = time.monotonic() - started
+        return None
 
     last_resume_seconds = 0.0
 

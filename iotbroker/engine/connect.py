@@ -120,16 +120,24 @@ def admit(engine: Engine, client: Client, packet: Connect) -> Admitted | None:
 
 
 def wait_before_accept(engine: Engine, admitted: Admitted, packet: Connect
-                       ) -> Awaitable[None] | None:
+                       ) -> Awaitable[str | None] | None:
     """After authentication, before :func:`accept`: None to accept now, or what the
     acceptance waits for (a room's :attr:`Engine.accept_wait`: the cluster brings a
     session from another node here first, so that CONNACK's Session Present is true
-    cluster-wide [MQTT-3.2.2-2], [MQTT-3.1.2-5]). The caller applies the wait as I/O
-    and calls :func:`accept` when it is done, whatever its outcome."""
+    cluster-wide [MQTT-3.2.2-2], [MQTT-3.1.2-5]). The caller applies the wait as I/O,
+    then calls :func:`accept` — or :func:`refuse_busy` when the wait ended with a
+    reason (the session could not be made ready in time)."""
     hook = engine.accept_wait
     if hook is None:
         return None
     return hook(admitted.client_id, packet.clean_start)
+
+
+def refuse_busy(engine: Engine, client: Client, packet: Connect, why: str) -> None:
+    """The session could not be made ready in time (a room's wait): CONNACK 0x89
+    Server busy, "try again later" (MQTT 5.0 §3.2.2.2; 3.1.1: 3 Server unavailable)
+    — rather than a new, empty session that would replace the client's [MQTT-3.1.2-5]."""
+    refuse(engine, client, packet, R.SERVER_BUSY, why)
 
 
 def accept(

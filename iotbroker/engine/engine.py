@@ -117,9 +117,10 @@ ConnectGate = Callable[[str, str | None, str], str | None]
 
 #: A room's wait before a CONNECT is accepted (the cluster: the client's session may be
 #: on another node, docs/cluster.md "Sessions move"): ``(client id, Clean Start) ->``
-#: None to accept now, or an awaitable the acceptance waits for
+#: None to accept now, or an awaitable the acceptance waits for; it ends with None
+#: (accept) or why the session could not be made ready (refused: 0x89 Server busy)
 #: (:func:`iotbroker.engine.connect.wait_before_accept`).
-AcceptWait = Callable[[str, bool], Awaitable[None] | None]
+AcceptWait = Callable[[str, bool], Awaitable[str | None] | None]
 
 
 def _plain_connection_log(logger: logging.Logger, level: int, client: Client, message: str,

@@ -104,7 +104,7 @@ class Broker:
         #: The cluster room (``cluster:`` configured; docs/cluster.md), else None.
         self.cluster: ClusterNode | None = None
         #: CONNECTs waiting for the engine's ``accept_wait`` (engine/connect.py)
-        self._accept_waits: set[asyncio.Future[None]] = set()
+        self._accept_waits: set[asyncio.Future[str | None]] = set()
         self.metrics_server: MetricsServer | None = None
         #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
         self.admin: AdminServer | None = None
@@ -648,19 +648,23 @@ class Broker:
             return
         self._accept(proto, packet, admitted, username, auth_data)
 
-    def _accept_after(self, wait: Awaitable[None], proto: ClientProtocol,
+    def _accept_after(self, wait: Awaitable[str | None], proto: ClientProtocol,
                       packet: Connect, admitted: connect_rules.Admitted,
                       username: str | None, auth_data: bytes | None) -> None:
-        """Accept the CONNECT once the engine's ``wait`` is done, whatever its outcome
-        (what follows it on the connection waits too)."""
+        """Accept the CONNECT once the engine's ``wait`` is done, or refuse it when the
+        wait ended with a reason (what follows it on the connection waits too)."""
         proto.deferred = True
 
-        def resumed(_: object) -> None:
+        def resumed(done: asyncio.Future[str | None]) -> None:
             if proto not in self.connections or proto.close_after_flush:
                 return
             proto.deferred = False
+            why = None if done.cancelled() or done.exception() is not None else done.result()
             try:
-                self._accept(proto, packet, admitted, username, auth_data)
+                if why is not None:
+                    connect_rules.refuse_busy(self.engine, proto, packet, why)
+                else:
+                    self._accept(proto, packet, admitted, username, auth_data)
             except MqttError as exc:
                 self.peer_error(proto, exc)
                 return

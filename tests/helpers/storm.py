@@ -17,6 +17,9 @@ over, on the same node or across nodes). At the end:
   arrives on the live connection;
 * none lost: the message queued while offline reached one of the id's connections.
 
+A CONNECT refused with 0x89 Server busy (the node could not make the session ready
+within its RESUME_TIMEOUT) is tried again 0.5–1.5 s later, as a device would.
+
 One asyncio client per connection, written with the broker's codec (real sockets).
 """
 
@@ -130,17 +133,28 @@ async def open_conn(address: tuple[str, int], node: int, client_id: str, *, clea
     conn.connack = ack
     conn.connect_seconds = time.perf_counter() - t0
     if ack.reason_code:
+        conn.close()
+        if ack.reason_code == 0x89:
+            raise BusyError(client_id)
         raise ConnectionError(f"{client_id}: CONNACK 0x{ack.reason_code:02x}")
     return conn
 
 
-async def publish_all(conn: Conn, messages: list[tuple[str, bytes]], timeout: float) -> None:
-    """QoS 1, pipelined; returns once every PUBACK came (reason < 0x80)."""
-    for k, (topic, payload) in enumerate(messages):
-        conn.send(Publish(topic, payload, 1, False, False, k % 65535 + 1))
-    for _ in messages:
-        ack = await conn.expect(PubAck, timeout)
-        assert isinstance(ack, PubAck) and ack.reason_code < 0x80, ack
+class BusyError(ConnectionError):
+    """CONNACK 0x89 Server busy: try again later (MQTT 5.0 §3.2.2.2)."""
+
+
+async def publish_all(conn: Conn, messages: list[tuple[str, bytes]], timeout: float,
+                      window: int = 500) -> None:
+    """QoS 1, pipelined ``window`` at a time (within the broker's Receive Maximum);
+    returns once every PUBACK came (reason < 0x80)."""
+    for start in range(0, len(messages), window):
+        chunk = messages[start:start + window]
+        for k, (topic, payload) in enumerate(chunk, start):
+            conn.send(Publish(topic, payload, 1, False, False, k % 65535 + 1))
+        for _ in chunk:
+            ack = await conn.expect(PubAck, timeout)
+            assert isinstance(ack, PubAck) and ack.reason_code < 0x80, ack
 
 
 def _describe(conns: list[Conn]) -> list[tuple[int, int, int]]:
@@ -162,6 +176,8 @@ class StormResult:
     total_seconds: float = 0.0
     #: connections whose CONNACK said Session Present 0 (any round)
     not_present: int = 0
+    #: CONNECTs refused with 0x89 Server busy (and tried again)
+    busy: int = 0
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -179,7 +195,7 @@ class StormResult:
         lines.append(f"  settled to one live connection per id in {self.settle_seconds:.2f} s;"
                      f" a message to each of the {self.count} delivered in "
                      f"{self.deliver_seconds:.2f} s; Session Present 0: {self.not_present};"
-                     f" errors: {len(self.errors)}")
+                     f" refused 0x89 and tried again: {self.busy}; errors: {len(self.errors)}")
         return "\n".join(lines)
 
 
@@ -216,12 +232,24 @@ async def run_storm(addresses: list[tuple[str, int]], count: int, rounds: int = 
                       timeout)
 
     async def one(client_id: str, node: int, round_: int) -> None:
-        try:
-            conn = await open_conn(addresses[node], node, client_id, clean=False,
-                                   expiry=3600, round_=round_, timeout=timeout)
-        except Exception as exc:
-            errors.append(f"round {round_}: {client_id} on node {node}: {exc!r}")
-            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn = await open_conn(addresses[node], node, client_id, clean=False,
+                                       expiry=3600, round_=round_, timeout=timeout)
+                break
+            except BusyError:
+                # 0x89 Server busy: the session was not ready in time; as a device
+                # would, try again a little later (the session must still be there).
+                result.busy += 1
+                if time.monotonic() > deadline:
+                    errors.append(f"round {round_}: {client_id} on node {node}: still "
+                                  f"busy after {timeout:.0f} s")
+                    return
+                await asyncio.sleep(0.5 + rng.random())
+            except Exception as exc:
+                errors.append(f"round {round_}: {client_id} on node {node}: {exc!r}")
+                return
         every[client_id].append(conn)
         if conn.connack is not None and not conn.connack.session_present:
             result.not_present += 1

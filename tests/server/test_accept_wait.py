@@ -107,3 +107,25 @@ async def test_a_client_gone_while_its_connect_waits_is_not_accepted(broker: Bro
     await asyncio.sleep(0.1)
     assert "gone" not in broker.engine.clients
     assert broker.metrics.clients_connected == 0
+
+
+async def test_a_wait_that_ends_with_a_reason_refuses_with_server_busy(
+        broker: Broker) -> None:
+    """The room could not make the session ready in time: CONNACK 0x89 Server busy
+    (MQTT 5.0 §3.2.2.2, "try again later") and the connection closes [MQTT-3.2.2-5];
+    nothing is accepted for the client id."""
+    gate: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+    broker.engine.accept_wait = lambda client_id, clean_start: gate
+    host, port = broker.bound[0][:2]
+    reader, writer = await asyncio.open_connection(host, port)
+    framer = Framer(1 << 20)
+    writer.write(encode_packet(Connect(client_id="busy", protocol_version=5,
+                                       clean_start=False), 5))
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    gate.set_result("session not ready")
+    (ack,) = await _packets(reader, framer, 1, timeout=5)
+    assert isinstance(ack, ConnAck) and ack.reason_code == 0x89
+    assert await asyncio.wait_for(reader.read(1), 5) == b""  # closed
+    assert "busy" not in broker.engine.clients
+    writer.close()
