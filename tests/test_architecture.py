@@ -9,8 +9,8 @@ on ``codec`` and ``message``; ``core`` on ``codec``, ``message``, ``subscription
 only ``codec``, ``errors``, ``message`` and the record types, and nothing outside the
 standard library; only ``storage/rocksdb.py`` imports rocksdict; only ``server/``
 and ``cluster/node.py``, ``cluster/ownership.py``, ``cluster/qos_stream.py``,
-``cluster/wills.py``, ``cluster/sessions.py``, ``cluster/buckets.py`` (the
-cluster room's NATS I/O, issue 14) import asyncio;
+``cluster/wills.py``, ``cluster/sessions.py``, ``cluster/buckets.py``,
+``cluster/orphans.py`` (the cluster room's NATS I/O, issue 14) import asyncio;
 ``cluster`` drives the engine and never imports ``server``. Inside ``server/`` imports
 flow down from ``broker.py`` (the composition root) with no cycle, not even through
 ``if TYPE_CHECKING:`` imports: a module that needs the broker declares a narrow
@@ -152,7 +152,8 @@ def test_pure_module_imports_only_stdlib(module: str) -> None:
 
 #: Rooms that do I/O on the event loop: server/, and cluster/'s link to NATS.
 ASYNC_MODULES = ("cluster/node.py", "cluster/ownership.py", "cluster/wills.py",
-                 "cluster/qos_stream.py", "cluster/sessions.py", "cluster/buckets.py")
+                 "cluster/qos_stream.py", "cluster/sessions.py", "cluster/buckets.py",
+                 "cluster/orphans.py")
 
 
 def test_only_server_imports_asyncio() -> None:

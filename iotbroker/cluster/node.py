@@ -45,6 +45,7 @@ from iotbroker.cluster import shared as share
 from iotbroker.cluster import wire
 from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.interest import Interest, Pair
+from iotbroker.cluster.orphans import OrphanSweep
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
 from iotbroker.cluster.remote import (
@@ -66,6 +67,7 @@ from iotbroker.storage.records import decode_retained
 from iotbroker.subscription import SubscriptionEntry
 
 if TYPE_CHECKING:
+    from iotbroker.engine.client import Client
     from iotbroker.engine.engine import Engine, HeldAck
 
 log = logging.getLogger("iotbroker.cluster")
@@ -149,8 +151,9 @@ class ClusterNode:
                              config.replicas, self.dedup, schedule_flush)
         self.sessions = Sessions(engine, self.sender, self.prefix, config.replicas,
                                  self.qos, self._interest_changed,
-                                 schedule_flush, self.ownership.owner,
-                                 self.ownership.claim_now)
+                                 schedule_flush, self.ownership)
+        #: the records of expired sessions of dead processes (one live node sweeps)
+        self.orphans = OrphanSweep(self.sessions, self.wills)
         # counters (status(): $SYS/broker/cluster/..., metrics)
         self.forwarded = 0
         self.received = 0
@@ -231,6 +234,7 @@ class ClusterNode:
         engine.ended = []
         engine.held_acks = []
         engine.router.share_pick = self._share_pick
+        engine.accept_wait = self.before_accept  # the engine's connect gate
         restored = [(s.client_id, f) for s in engine.registry.sessions.values()
                     for f in s.subscriptions]
         self._interest_changed(restored)
@@ -245,6 +249,7 @@ class ClusterNode:
         engine.accepted = None
         engine.ended = None
         engine.router.share_pick = None
+        engine.accept_wait = None
         if self._reorder_timer is not None:
             self._reorder_timer.cancel()
             self._reorder_timer = None
@@ -280,9 +285,11 @@ class ClusterNode:
                  self.config.node_name, self.forwarded + self.qos.written,
                  self.received + self.qos.received, self.dropped)
 
-    def before_accept(self, client_id: str, clean_start: bool) -> asyncio.Future[None] | None:
-        """A CONNECT is about to be accepted; with Clean Start 0 its session may be on
-        another node: a future the server waits for before accepting (None: now).
+    def before_accept(self, client_id: str, clean_start: bool
+                      ) -> asyncio.Future[str | None] | None:
+        """The engine's ``accept_wait`` (engine/connect.py ``wait_before_accept``): a
+        CONNECT is about to be accepted; with Clean Start 0 its session may be on
+        another node: a future the acceptance waits for (None: now).
         docs/cluster.md, "Sessions move"."""
         return self.sessions.before_accept(client_id, clean_start)
 
@@ -294,16 +301,24 @@ class ClusterNode:
         if touched:
             self._interest_changed(touched)
         accepted = engine.take_accepted()
-        early = self.sessions.claimed_early
+        lost: list[Client] = []
+        ownership = self.ownership
         for client in accepted:
-            claimed = early.pop(client.client_id, None) if early else None
-            if claimed is None or time.monotonic() - claimed > 10.0:
-                self.ownership.claim(client.client_id)  # (else its resume claimed it)
             self.wills.connected(client)
+            if not ownership.accepted(client.client_id):
+                # Its resume's claim was replaced by another process's while the
+                # CONNECT waited: that later connection has the client id
+                # [MQTT-3.1.4-2]; this one is told 0x8E Session taken over [MQTT-3.1.4-3].
+                lost.append(client)
+                if engine.taken_over_elsewhere(client.client_id):
+                    ownership.takeovers += 1
+        if lost:
+            accepted = [c for c in accepted if c not in lost]
+            self.schedule_flush()  # the closes
         ended = engine.take_ended()
         for client in ended:
             self.wills.ended(client)
-        self.sessions.after_turn(touched, accepted, ended)
+        self.sessions.after_turn(touched, accepted, ended, lost)
         messages = engine.take_forwarding()
         if messages:
             self.sessions.routed_here(messages)
@@ -593,6 +608,7 @@ class ClusterNode:
         self._tasks.append(loop.create_task(self.wills.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.qos.run(nc.jetstream())))
         self._tasks.append(loop.create_task(self.sessions.run(nc)))
+        self._tasks.append(loop.create_task(self.orphans.run()))
         # announcements go into the bucket's stream: it must exist first
         interest = await self._open_bucket(nc, self.interest_bucket,
                                            "iotbroker announced interest (docs/cluster.md)")

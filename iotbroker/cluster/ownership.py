@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,8 +56,17 @@ CAS_TRIES = 20
 #: A takeover notice is acknowledged by the previous owner; tries and timeout each.
 NOTICE_TRIES = 3
 NOTICE_TIMEOUT = 1.0
+#: Seconds a handover request waits for this process's own claim in flight before it
+#: answers "ask again" (below the asker's HANDOVER_TIMEOUT).
+IN_FLIGHT_WAIT = 0.4
+#: Seconds a claim made for a CONNECT that waits (a session moving here) is kept for
+#: that CONNECT's acceptance (after that, its acceptance claims again).
+EARLY_SECONDS = 10.0
 
 _REV = struct.Struct(">Q")
+#: In a takeover notice, the revision's top bit: the claimant's connection had ended
+#: already when its claim came back — a process that holds the id claims it again.
+_GONE = 1 << 63
 
 
 def client_key(client_id: str) -> str:
@@ -89,6 +99,20 @@ class Ownership:
         self._outstanding: dict[str, int] = {}
         self._best: dict[str, int] = {}
         self._queue: list[str] = []
+        #: CONNECTs that wait here before their acceptance (a resume: docs/cluster.md
+        #: "Sessions move"), by client id, since when; those whose resume claimed the
+        #: id already (:meth:`claim_now`); those that lost meanwhile to another
+        #: process's later claim or to its handover request (closed with 0x8E as soon
+        #: as they are accepted: :meth:`accepted`)
+        self.connects_waiting: dict[str, float] = {}
+        self.early: set[str] = set()
+        self.superseded: set[str] = set()
+        #: per client id with claims in flight: whether each of them created the key
+        #: (no process had claimed the id before); set once they all came back
+        #: (:meth:`fresh`)
+        self._created: dict[str, bool] = {}
+        self._settled: dict[str, asyncio.Event] = {}
+        self._fresh: dict[str, bool] = {}
         self._wake = asyncio.Event()
         self.kv: KeyValue | None = None
         self.nc: NatsClient | None = None
@@ -107,30 +131,116 @@ class Ownership:
 
     def claim(self, client_id: str) -> None:
         """A connection with ``client_id`` was accepted here (after the turn)."""
+        settled = self._settled.get(client_id)
+        if settled is None or settled.is_set():
+            self._settled[client_id] = asyncio.Event()
+            self._fresh.pop(client_id, None)
         self.claims[client_id] = None
         self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
         self._queue.append(client_id)
         self._wake.set()
 
-    async def claim_now(self, client_id: str) -> None:
+    def connect_waits(self, client_id: str) -> None:
+        """A CONNECT of ``client_id`` waits here before its acceptance (its session
+        is looked for in the cluster)."""
+        self.connects_waiting[client_id] = time.monotonic()
+        self.early.discard(client_id)
+        self.superseded.discard(client_id)
+
+    async def claim_now(self, client_id: str) -> int | None:
         """Claim ``client_id`` before its connection is accepted, and wait for the
         claim's revision (a session moving here: docs/cluster.md, "Sessions move").
         The previous owner is told (and closes its connection) with a revision below
-        any later connection's claim."""
+        any later connection's claim. None: the claim failed, or a later claim of
+        another process replaced it already (:attr:`superseded`)."""
         kv = self.kv
         if kv is None:
-            return
+            return None
+        self.early.add(client_id)
         self.claims[client_id] = None
         self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
         result = await self._claim(kv, client_id)
         self._acknowledged(client_id, result)
+        return self.claims.get(client_id)
+
+    def accepted(self, client_id: str) -> bool:
+        """A connection of ``client_id`` was accepted here (after the turn): claimed
+        now, unless its resume claimed it already (:meth:`claim_now`). False: while
+        it waited, another process claimed the id later or took the session over —
+        that connection has the client id [MQTT-3.1.4-2]; this one is to be closed."""
+        waited = self.connects_waiting.pop(client_id, None)
+        early = client_id in self.early
+        self.early.discard(client_id)
+        if waited is not None and client_id in self.superseded:
+            self.superseded.discard(client_id)
+            return False
+        if not early or waited is None or time.monotonic() - waited > EARLY_SECONDS:
+            self.claim(client_id)
+        return True
+
+    async def fresh(self, client_id: str) -> bool:
+        """Whether the claims of ``client_id`` made at its acceptance here
+        (:meth:`claim`) created its key: no process had ever claimed it, so no other
+        node can hold a session or a record of it (a record is written only by the
+        process that claimed the id — docs/cluster.md). Waits for those claims
+        (bounded); False when not known."""
+        settled = self._settled.get(client_id)
+        if settled is None:
+            return False
+        try:
+            await asyncio.wait_for(settled.wait(), NOTICE_TIMEOUT * NOTICE_TRIES)
+        except TimeoutError:
+            return False
+        if self._settled.get(client_id) is settled:
+            del self._settled[client_id]
+        return self._fresh.pop(client_id, False)
+
+    async def later_than(self, client_id: str, revision: int) -> bool | None:
+        """This process's claim of ``client_id`` is later than ``revision`` (another
+        process's): its connection here keeps the id. A claim of ours still in flight
+        is waited for (its revision decides) at most :data:`IN_FLIGHT_WAIT`; None: it
+        is still in flight (not known yet)."""
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        while client_id in self._outstanding:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.005)
+        ours = self.claims.get(client_id)
+        return ours is not None and ours > revision and self.holds(client_id)
+
+    def holds(self, client_id: str) -> bool:
+        """A connection of ``client_id`` is here, or a CONNECT of it waits here."""
+        return client_id in self.engine.clients or client_id in self.connects_waiting
+
+    def abandon(self, client_id: str) -> None:
+        """The waiting CONNECT of ``client_id`` is refused (never accepted here)."""
+        self.connects_waiting.pop(client_id, None)
+        self.early.discard(client_id)
+        self.superseded.discard(client_id)
+
+    def lost(self, client_id: str) -> None:
+        """Another process with a later claim has the session (a handover it asked
+        for, or one refused to us): a CONNECT waiting here for ``client_id`` loses."""
+        if client_id in self.connects_waiting:
+            self.claims.pop(client_id, None)
+            self.superseded.add(client_id)
 
     def prune(self) -> None:
-        """Forget claims of client ids no longer connected here (bounded memory)."""
+        """Forget claims of client ids no longer connected here (bounded memory); a
+        claim of a CONNECT that still waits is kept (its notices count)."""
+        now = time.monotonic()
+        waiting = self.connects_waiting
+        for client_id in [c for c, t in waiting.items() if now - t > EARLY_SECONDS]:
+            del waiting[client_id]
+            self.early.discard(client_id)
+            self.superseded.discard(client_id)
         clients = self.engine.clients
-        for client_id in [c for c in self.claims if c not in clients]:
+        for client_id in [c for c in self.claims if c not in clients and c not in waiting]:
             del self.claims[client_id]
             self._waiting.pop(client_id, None)
+        for client_id in [c for c, e in self._settled.items() if e.is_set()]:
+            del self._settled[client_id]  # nobody asked (fresh() then reads: "unknown")
+            self._fresh.pop(client_id, None)
 
     async def owner(self, client_id: str) -> bytes | None:
         """The sender id of the last claim of ``client_id`` (None: none, or no bucket)."""
@@ -169,11 +279,13 @@ class Ownership:
         key = client_key(client_id)
         last = 0  # first try: create (one write for a client id never seen)
         previous: bytes | None = None
+        created = True
         try:
             for _ in range(CAS_TRIES):
                 try:
                     revision = await kv.update(key, self.sender, last=last)
                 except KeyWrongLastSequenceError:
+                    created = False
                     try:
                         entry = await kv.get(key)
                     except KeyNotFoundError as exc:  # deleted: its tombstone is last
@@ -187,17 +299,24 @@ class Ownership:
                     last, previous = entry.revision or 0, entry.value
                     continue
                 if last and previous is not None and previous != self.sender:
-                    self._tell(previous, client_id, revision)
+                    self._tell(previous, client_id, revision, not self.holds(client_id))
+                log.debug("cluster: client %r claimed at %d (after %s)", client_id,
+                          revision, previous)
+                if not created:
+                    self._created[client_id] = False
+                else:
+                    self._created.setdefault(client_id, True)
                 return revision
             raise RuntimeError(f"lost the compare-and-set race {CAS_TRIES} times")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._created[client_id] = False
             return exc
 
-    def _tell(self, previous: bytes, client_id: str, revision: int) -> None:
+    def _tell(self, previous: bytes, client_id: str, revision: int, gone: bool) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._notice(previous, client_id, revision))
+            self._notice(previous, client_id, revision | (_GONE if gone else 0)))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
@@ -232,7 +351,11 @@ class Ownership:
             except UnicodeDecodeError:
                 client_id = None
             if client_id is not None:
-                self.foreign(client_id, _REV.unpack_from(data)[0])
+                (revision,) = _REV.unpack_from(data)
+                if revision & _GONE:
+                    self.reclaim(client_id)
+                else:
+                    self.foreign(client_id, revision)
         if msg.reply:
             await msg.respond(b"")
 
@@ -249,6 +372,11 @@ class Ownership:
             self._outstanding[client_id] = left
             return
         self._outstanding.pop(client_id, None)
+        created = self._created.pop(client_id, False)
+        settled = self._settled.get(client_id)
+        if settled is not None and not settled.is_set():
+            self._fresh[client_id] = created
+            settled.set()
         best = self._best.pop(client_id, None)
         if best is None or client_id not in self.claims:
             return  # every claim failed (the id stays unclaimed here), or it is gone
@@ -261,11 +389,24 @@ class Ownership:
         return await open_bucket(js, self.bucket, self.replicas,
                                  "iotbroker client id owners (docs/cluster.md)")
 
+    def reclaim(self, client_id: str) -> None:
+        """Another process's claim of ``client_id`` came back after the connection it
+        was made for had ended there: if this process holds the id, it claims it
+        again, so that the newest claim names the process that has the connection
+        (a later connection elsewhere then tells this one)."""
+        if self.holds(client_id):
+            log.debug("cluster: client %r: a claim of an ended connection came back "
+                      "elsewhere; claimed again", client_id)
+            self.claim(client_id)
+            self._wake.set()
+
     def foreign(self, client_id: str, revision: int) -> None:
         """Another process claimed ``client_id`` at ``revision``."""
         if client_id not in self.claims:
             return  # not connected here (since the last prune)
         ours = self.claims[client_id]
+        log.debug("cluster: client %r claimed elsewhere at %d (ours: %s)", client_id,
+                  revision, ours)
         if ours is None:
             self._waiting[client_id] = max(revision, self._waiting.get(client_id, 0))
         elif revision > ours:
@@ -273,6 +414,9 @@ class Ownership:
 
     def _kick(self, client_id: str) -> None:
         self.claims.pop(client_id, None)
+        if client_id in self.connects_waiting:
+            # A CONNECT here still waits for its resume: it lost (closed once accepted).
+            self.superseded.add(client_id)
         if self.engine.taken_over_elsewhere(client_id):
             self.takeovers += 1
             self.on_event()

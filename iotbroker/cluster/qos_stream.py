@@ -53,7 +53,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -371,6 +371,20 @@ class QosStream:
                             self.stream, exc)
         created = info.created
         self.stream_created = created.timestamp() if created is not None else 0.0
+
+    @property
+    def next_to_route(self) -> int | None:
+        """The next stream sequence this node's reader routes: every message below it
+        was routed here (None: the reader has not started)."""
+        return self._next
+
+    @contextlib.asynccontextmanager
+    async def reader_paused(self) -> AsyncIterator[int | None]:
+        """The reader routes nothing while the body runs (a session resumed here reads
+        its messages from the stream meanwhile: docs/cluster.md, "Sessions move");
+        yields :attr:`next_to_route` as it stands once the reader has paused."""
+        async with self._lock:
+            yield self._next
 
     async def _on_message(self, msg: Msg) -> None:
         """A stream message, in stream order: the consumer reads every subject of the

@@ -48,12 +48,13 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -79,6 +80,7 @@ from iotbroker.storage.records import (
 )
 
 if TYPE_CHECKING:
+    from iotbroker.cluster.ownership import Ownership
     from iotbroker.cluster.qos_stream import QosStream
     from iotbroker.engine.client import Client
     from iotbroker.engine.engine import Engine
@@ -118,6 +120,15 @@ MAX_QOS2_ENTRIES = 20_000
 #: A session that does not drain has its position moved (a scan of its
 #: unacknowledged messages) at a record write once it has more QoS 2 entries.
 ADVANCE_AT = 64
+#: The same requests with the asker's claim revision (8 bytes) before the client id:
+#: answered ``_LATER`` (nothing released) when this process's claim of the id is later.
+_HANDOVER_AT, _DROP_AT = b"H", b"D"
+_LATER = b"L"
+#: The owner's own claim of the id is still in flight: the asker asks again.
+_AGAIN = b"W"
+#: Seconds between two asks answered ``_AGAIN``.
+AGAIN_SECONDS = 0.1
+_REV = struct.Struct(">Q")
 
 
 @dataclass(slots=True)
@@ -245,9 +256,7 @@ class Sessions:
     def __init__(self, engine: Engine, sender: bytes, prefix: str, replicas: int,
                  qos: QosStream,
                  interest_changed: Callable[[list[tuple[str, str]]], None],
-                 schedule_flush: Callable[[], None],
-                 claimant: Callable[[str], Awaitable[bytes | None]],
-                 claim_now: Callable[[str], Awaitable[None]]) -> None:
+                 schedule_flush: Callable[[], None], ownership: Ownership) -> None:
         self.engine = engine
         self.sender = sender
         self.token = sender.decode().replace("/", "_")
@@ -259,12 +268,10 @@ class Sessions:
         self.qos = qos
         self.interest_changed = interest_changed
         self.schedule_flush = schedule_flush
-        #: The process that claimed a client id last (ownership.py), None: nobody.
-        self.claimant = claimant
-        self.claim_now = claim_now
-        #: client ids claimed by a resume before their CONNACK (not claimed again at
-        #: the CONNACK if it follows within a few seconds), and when
-        self.claimed_early: dict[str, float] = {}
+        #: Which process holds each client id's connection (ownership.py): a resume
+        #: claims the id before its CONNACK, and the claims' order decides between
+        #: two CONNECTs of one id on two nodes at once.
+        self.ownership = ownership
         self.kv: KeyValue | None = None
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
@@ -281,6 +288,9 @@ class Sessions:
         self._claims: set[str] = set()
         self._wake = asyncio.Event()
         self._resuming: set[str] = set()
+        #: client ids of connections closed at their acceptance (a later claim
+        #: elsewhere): their local session goes when they end (:meth:`after_turn`)
+        self._lost: set[str] = set()
         self._cleanup: set[asyncio.Task[None]] = set()
         #: sessions resumed without all their stream messages: position not moved
         self._pinned: set[str] = set()
@@ -306,11 +316,13 @@ class Sessions:
         self.writes = 0
         self.write_failures = 0
         self.lost = 0
+        #: CONNECTs refused because the session was not ready in time (0x89)
+        self.refused = 0
 
     # ------------------------------------------------------------ positions
     def position_now(self) -> int | None:
         """Every QoS stream message up to this sequence has been routed here."""
-        nxt = self.qos._next
+        nxt = self.qos.next_to_route
         if nxt is not None:
             return nxt - 1
         return self.joined_at
@@ -364,10 +376,23 @@ class Sessions:
 
     # ---------------------------------------------------------- each turn
     def after_turn(self, touched: list[tuple[str, str]], accepted: list[Client],
-                   ended: list[Client]) -> None:
+                   ended: list[Client], lost: list[Client] | None = None) -> None:
         """Sessions whose record changed this turn (SUBSCRIBE / UNSUBSCRIBE,
-        CONNECT, DISCONNECT or connection lost): written once, soon."""
+        CONNECT, DISCONNECT or connection lost): written once, soon. ``lost``:
+        connections accepted this turn whose client id another process claimed later
+        while they waited (ownership.py ``accepted``): closed, never written; the
+        session they opened here is dropped when they end, unless this process owns
+        its record."""
         dirty = self._dirty
+        if lost:
+            self._lost.update(c.client_id for c in lost)
+        if self._lost:
+            for client in ended:
+                client_id = client.client_id
+                if client_id in self._lost:
+                    self._lost.discard(client_id)
+                    if client_id not in self.revs and client_id not in self._claims:
+                        self._drop_local(client_id)
         # A session whose connection ended with nothing in flight had every message
         # routed to it before the previous turn acknowledged: that turn's position
         # holds (what came after the disconnect is queued; a later check of "drained"
@@ -535,16 +560,24 @@ class Sessions:
                     return False  # not ours (handed over, or never written: a local session)
                 self._claims.discard(client_id)
                 # Accepted here, not owned here yet (a new session, a clean start):
-                # whoever had it drops its copy; last writer wins.
-                try:
-                    entry = await kv.get(key)
-                except KeyNotFoundError:
-                    entry = None
+                # whoever had it drops its copy; last writer wins. A client id that
+                # no process had claimed before (this connection's claim created it)
+                # has no record anywhere: nothing to read, drop or delete.
+                entry = None
+                if not await self.ownership.fresh(client_id):
+                    try:
+                        entry = await kv.get(key)
+                    except KeyNotFoundError:
+                        entry = None
                 if entry is not None and entry.value:
+                    answer = None
                     with contextlib.suppress(Exception):
                         old = Record.decode(client_id, entry.value)
                         if old.owner != self.sender:
-                            await self._ask(old.owner, _DROP, client_id)
+                            answer = await self._ask(old.owner, _DROP, client_id,
+                                                     self.ownership.claims.get(client_id))
+                    if answer == _LATER:
+                        return False  # its connection was claimed after this one: it keeps it
                 if rec is None:
                     if entry is not None and entry.value:
                         await kv.delete(key)
@@ -704,35 +737,76 @@ class Sessions:
         the MQTT interest)."""
         return f"_iotb_sess.{self.prefix}.{sender.decode().replace('/', '_').replace('.', '_')}"
 
-    async def _ask(self, owner: bytes, op: bytes, client_id: str) -> bytes | None:
+    async def _ask(self, owner: bytes, op: bytes, client_id: str,
+                   revision: int | None = None) -> bytes | None:
+        """Ask ``owner`` to hand the session over (or drop it); with ``revision``, this
+        process's claim of the client id: an owner whose own claim is later answers
+        :data:`_LATER` and keeps it."""
         nc = self.nc
         if nc is None:
             return None
-        try:
-            reply = await nc.request(self._subject(owner), op + client_id.encode(),
-                                     timeout=HANDOVER_TIMEOUT)
-        except Exception:
-            return None
-        return reply.data
+        if revision is None:
+            payload = op + client_id.encode()
+        else:
+            op = _HANDOVER_AT if op == _HANDOVER else _DROP_AT
+            payload = op + _REV.pack(revision) + client_id.encode()
+        while True:
+            try:
+                reply = await nc.request(self._subject(owner), payload,
+                                         timeout=HANDOVER_TIMEOUT)
+            except Exception:
+                return None
+            if reply.data != _AGAIN:
+                return reply.data
+            await asyncio.sleep(AGAIN_SECONDS)  # (a resume is bounded by RESUME_TIMEOUT)
 
     async def _on_request(self, msg: Msg) -> None:
         """Another node asks for a session of ours: hand it over (its final record,
         the local copy dropped) or just drop it (a clean start elsewhere)."""
-        op, client_id = msg.data[:1], msg.data[1:].decode()
+        data = msg.data
+        op = data[:1]
+        if op in (_HANDOVER_AT, _DROP_AT) and len(data) >= 1 + _REV.size:
+            (revision,) = _REV.unpack_from(data, 1)
+            client_id = data[1 + _REV.size:].decode()
+            ownership = self.ownership
+            later = await ownership.later_than(client_id, revision)
+            if later is None:  # ours in flight: its revision decides, ask again
+                if msg.reply:
+                    await msg.respond(_AGAIN)
+                return
+            if later:
+                # The connection here was claimed after the asker's: it keeps the
+                # client id and the session [MQTT-3.1.4-2]; the asker's CONNECT lost.
+                log.debug("cluster: session %r not released: claim here later than %d",
+                          client_id, revision)
+                if msg.reply:
+                    await msg.respond(_LATER)
+                return
+            # The asker's claim is later: a CONNECT waiting here lost (the session
+            # goes to the asker; this node's old connection is closed below).
+            ownership.lost(client_id)
+            handover = op == _HANDOVER_AT
+        else:
+            client_id = data[1:].decode()
+            handover = op == _HANDOVER
         rec = self._release(client_id)
         if msg.reply:
-            await msg.respond(rec.encode() if rec is not None and op == _HANDOVER else b"")
+            await msg.respond(rec.encode() if rec is not None and handover else b"")
 
     def _release(self, client_id: str) -> Record | None:
         """Close the client's connection here (0x8E), take its final record, drop
         the session. Synchronous: nothing is routed to it in between."""
         engine = self.engine
         self._dirty.pop(client_id, None)
-        self.revs.pop(client_id, None)
+        owned = self.revs.pop(client_id, None) is not None
         client = engine.clients.get(client_id)
         now = time.time()
         session = engine.registry.get(client_id)
         self._claims.discard(client_id)
+        # A session opened here by a CONNECT that lost to a later claim (accepted only
+        # to be closed: ownership.py ``accepted``) is not the client's: the record is.
+        stand_in = not owned and (client_id in self._lost
+                                  or client_id in self.ownership.superseded)
         if client is not None:
             # As a local takeover (engine/connect.py _take_over): the connection ends
             # (0x8E) without ending the session here; its will follows the takeover
@@ -744,8 +818,10 @@ class Sessions:
             engine.taken_over_elsewhere(client_id)
             if engine.clients.get(client_id) is client:
                 del engine.clients[client_id]
-        if session is None:
+        if session is None or stand_in:
             self.positions.pop(client_id, None)
+            if session is not None:
+                self._drop_local(client_id)
             return None
         rec = self._record_of(client_id)
         if rec is not None and session.inbound_qos2:
@@ -778,32 +854,56 @@ class Sessions:
         self.schedule_flush()
 
     # -------------------------------------------------------------- resume
-    def before_accept(self, client_id: str, clean_start: bool) -> asyncio.Future[None] | None:
+    def before_accept(self, client_id: str, clean_start: bool
+                      ) -> asyncio.Future[str | None] | None:
         """A CONNECT of ``client_id`` is about to be accepted: with Clean Start 0,
         the session may be elsewhere — a future the CONNECT waits for (None: go on
-        now)."""
+        now); it ends with why the CONNECT is refused, or None."""
         nc = self.nc
         if (clean_start or self.kv is None or nc is None or not nc.is_connected
                 or client_id in self._resuming):
             return None  # without NATS: this node's copy (docs/cluster.md)
         self._resuming.add(client_id)
+        self.ownership.connect_waits(client_id)
         self._captured[client_id] = []
         task = asyncio.get_running_loop().create_task(self._resume_bounded(client_id))
         return task
 
-    async def _resume_bounded(self, client_id: str) -> None:
+    async def _resume_bounded(self, client_id: str) -> str | None:
+        """:meth:`_resume` within RESUME_TIMEOUT. Not done in time, or failed on a
+        NATS error, while NATS is connected (a storm on a loaded cluster): the CONNECT
+        is refused, 0x89 Server busy — the client retries, and its session stays where
+        it is (served with this node's state instead, a new empty session would
+        replace it cluster-wide). Without NATS: this node's state (docs/cluster.md)."""
         started = time.monotonic()
+        had_record = client_id in self.revs
         try:
             await asyncio.wait_for(self._resume(client_id), RESUME_TIMEOUT)
-        except TimeoutError:
-            log.warning("cluster: session %r not resumed within %.0fs; served with this "
-                        "node's state", client_id, RESUME_TIMEOUT)
+        except (TimeoutError, NatsError) as exc:
+            # Not done in time, or JetStream did not answer (a loaded cluster: "503
+            # service unavailable"): the session is somewhere, not here.
+            why = str(exc) or f"not resumed within {RESUME_TIMEOUT:.0f}s"
+            if not had_record and self.engine.registry.get(client_id) is None:
+                # Stopped after taking the record, before rebuilding the session: the
+                # record keeps it (a later resume takes it from there), not deleted.
+                self.revs.pop(client_id, None)
+                self.positions.pop(client_id, None)
+            nc = self.nc
+            if nc is not None and nc.is_connected:
+                self.ownership.abandon(client_id)
+                self.refused += 1
+                log.warning("cluster: session %r: %s; CONNECT refused (0x89 Server busy: "
+                            "the client retries, its session is kept)", client_id, why)
+                return f"session {why}"
+            log.warning("cluster: session %r: %s; served with this node's state",
+                        client_id, why)
         except Exception as exc:
             log.warning("cluster: session %r not resumed: %s", client_id, exc)
         finally:
             self._resuming.discard(client_id)
             self._captured.pop(client_id, None)
             self.last_resume_seconds = time.monotonic() - started
+        return None
 
     last_resume_seconds = 0.0
 
@@ -815,27 +915,46 @@ class Sessions:
         kv = self.kv
         assert kv is not None
         key = client_key(client_id)
+        ownership = self.ownership
+        superseded = ownership.superseded
         handed: Record | None = None
+        mine: int | None = None
         for attempt in range(4):
             entry, claimant = await asyncio.gather(self._get(kv, key),
-                                                   self.claimant(client_id))
+                                                   ownership.owner(client_id))
             found = None
             if entry is not None and entry.value:
                 found = Record.decode(client_id, entry.value)
-            if attempt == 0 and ((found is not None and found.owner != self.sender) or (
+            if client_id in superseded:
+                # Another process with a later claim took the session meanwhile (its
+                # handover request): its connection has the client id.
+                log.debug("cluster: session %r: CONNECT here lost to a later claim",
+                          client_id)
+                return
+            if attempt == 0 and ((found is not None and (
+                    found.owner != self.sender
+                    or self.engine.registry.get(client_id) is None)) or (
                     claimant is not None and claimant != self.sender)):
                 # Moving here: the client id is this node's from now on (its claim is
                 # in the stream before the CONNACK, so a later connection elsewhere
                 # claims after it).
-                await self.claim_now(client_id)
-                self.claimed_early[client_id] = time.monotonic()
+                mine = await ownership.claim_now(client_id)
+                log.debug("cluster: session %r claimed at %s before its CONNACK",
+                          client_id, mine)
+            if client_id in superseded:
+                log.debug("cluster: session %r: CONNECT here lost to a later claim",
+                          client_id)
+                return  # claimed again elsewhere meanwhile: that connection has it
             if found is None:
                 # No record (yet: it is written just after a CONNECT): the process
                 # that accepted the client's last connection may have the session.
                 if handed is None:
                     if claimant is None or claimant == self.sender:
                         return  # this node's session (or none) is the truth
-                    data = await self._ask(claimant, _HANDOVER, client_id)
+                    data = await self._ask(claimant, _HANDOVER, client_id, mine)
+                    if data == _LATER:
+                        ownership.lost(client_id)
+                        return
                     if not data:
                         return
                     handed = Record.decode(client_id, data)
@@ -852,27 +971,38 @@ class Sessions:
                 return
             assert entry is not None
             revision = entry.revision or 0
-            if found.owner == self.sender:
+            if found.owner == self.sender and (
+                    handed is not None or self.engine.registry.get(client_id) is not None):
                 self.revs.setdefault(client_id, revision)
                 return  # ours: the local session is the truth
-            if handed is None and found.owner.rsplit(b"/", 1)[0] == self.node and (
+            # (Ours without a local copy: handed over since the record was written, and
+            # this CONNECT's claim is later: taken back from the record below.)
+            if handed is None and found.owner != self.sender and (
+                    found.owner.rsplit(b"/", 1)[0] == self.node) and (
                     self.engine.registry.get(client_id) is not None):
                 # This node before a restart: its store has the session (and its
                 # durable consumer brought what came meanwhile); take the record.
-                mine = Record(self.sender, found.position, found.session,
-                              found.subscriptions, found.qos2)
+                taken = Record(self.sender, found.position, found.session,
+                               found.subscriptions, found.qos2)
                 self.positions.setdefault(client_id, found.position)
                 if client_id not in self.qos2:
                     self._load_qos2(client_id, found.qos2)
-                self.revs[client_id] = await kv.update(key, mine.encode(), last=revision)
+                self.revs[client_id] = await kv.update(key, taken.encode(), last=revision)
                 self._dirty[client_id] = None
                 return
-            if handed is None:
+            if handed is None and found.owner != self.sender:
                 # A live owner answers (a dead one has no subscription left: NATS says
                 # "no responders" at once; a hung one is waited for HANDOVER_TIMEOUT).
-                data = await self._ask(found.owner, _HANDOVER, client_id)
+                data = await self._ask(found.owner, _HANDOVER, client_id, mine)
+                if data == _LATER:  # its connection was claimed after ours: it keeps it
+                    log.debug("cluster: session %r: %s has a later claim; CONNECT here "
+                              "lost", client_id, found.owner.decode(errors="replace"))
+                    ownership.lost(client_id)
+                    return
                 if data:
                     handed = Record.decode(client_id, data)
+            if client_id in superseded:
+                return
             rec = handed if handed is not None else found
             if rec.expired(time.time()):
                 with contextlib.suppress(Exception):
@@ -914,8 +1044,7 @@ class Sessions:
         js = self.js
         assert js is not None
         filters = [e.topic_filter for e in rec.subscriptions if e.share_group is None]
-        async with qos._lock:
-            nxt = qos._next
+        async with qos.reader_paused() as nxt:
             fetched: list[tuple[int, bytes, int, list[Message]]] = []
             incomplete = False
             if rec.position is not None and filters:
@@ -929,6 +1058,14 @@ class Sessions:
                               "%s failed (%s); resumed without those messages, position "
                               "kept", client_id, rec.position, exc)
             # From here on, synchronous: nothing else is routed in between.
+            if client_id in self.ownership.superseded:
+                # Claimed again elsewhere while the stream was read: the later claim's
+                # connection takes the session (from the record, which says so).
+                log.debug("cluster: session %r not installed: a later claim elsewhere",
+                          client_id)
+                self.revs.pop(client_id, None)
+                self.positions.pop(client_id, None)
+                return
             engine = self.engine
             registry = engine.registry
             old = registry.get(client_id)

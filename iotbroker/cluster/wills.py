@@ -197,7 +197,8 @@ class Wills:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def _alive(self, token: str) -> bool:
+    async def alive(self, token: str) -> bool:
+        """Whether the process ``token`` has a heartbeat in the nodes bucket now."""
         nodes = self.nodes
         assert nodes is not None
         try:
@@ -223,7 +224,7 @@ class Wills:
         alive: dict[str, bool] = {}
         now = time.monotonic()
         for dead in [t for t in self._known if t != self.token]:
-            alive[dead] = await self._alive(dead)
+            alive[dead] = await self.alive(dead)
             if alive[dead]:
                 continue
             # All keys, filtered here: nats-py 2.16's keys(filters=...) finds none. Only
@@ -257,7 +258,7 @@ class Wills:
                 owner_token = owner.decode().replace("/", "_")
                 if owner_token != token:
                     if owner_token not in alive:
-                        alive[owner_token] = await self._alive(owner_token)
+                        alive[owner_token] = await self.alive(owner_token)
                     resumed = alive[owner_token]
         self._due.pop(key, None)
         try:

@@ -9,7 +9,10 @@ it between the two synchronous halves here:
    3.1.1 [MQTT-3.1.3-8]; the configured maximum length; MQTT 3.1 §3.1: 1 to 23
    characters, else CONNACK 2) and a moved server (MQTT 5.0 §4.11: CONNACK 0x9D with a
    Server Reference);
-2. :func:`accept` — with the identity the client proved: the will (QoS, retain, topic,
+2. :func:`wait_before_accept` — whether the acceptance must wait for a room (the
+   cluster reads where the client's session is, MQTT 5.0 §4.1: it may be on another
+   node); the server defers the connection until the awaitable is done;
+3. :func:`accept` — with the identity the client proved: the will (QoS, retain, topic,
    and the publish ACL for its owner, issue 12), session takeover [MQTT-3.1.4-2]
    (v5 [MQTT-3.1.4-3]: DISCONNECT 0x8E to the old connection), session open or resume
    [MQTT-3.1.2-4], [MQTT-3.1.2-5], keep alive (the server may lower it, MQTT 5.0 Server
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from iotbroker.codec.enums import ProtocolVersion, ReasonCode
@@ -113,6 +117,27 @@ def admit(engine: Engine, client: Client, packet: Connect) -> Admitted | None:
                Properties(server_reference=cfg.server_reference))
         return None
     return Admitted(client_id, assigned)
+
+
+def wait_before_accept(engine: Engine, admitted: Admitted, packet: Connect
+                       ) -> Awaitable[str | None] | None:
+    """After authentication, before :func:`accept`: None to accept now, or what the
+    acceptance waits for (a room's :attr:`Engine.accept_wait`: the cluster brings a
+    session from another node here first, so that CONNACK's Session Present is true
+    cluster-wide [MQTT-3.2.2-2], [MQTT-3.1.2-5]). The caller applies the wait as I/O,
+    then calls :func:`accept` — or :func:`refuse_busy` when the wait ended with a
+    reason (the session could not be made ready in time)."""
+    hook = engine.accept_wait
+    if hook is None:
+        return None
+    return hook(admitted.client_id, packet.clean_start)
+
+
+def refuse_busy(engine: Engine, client: Client, packet: Connect, why: str) -> None:
+    """The session could not be made ready in time (a room's wait): CONNACK 0x89
+    Server busy, "try again later" (MQTT 5.0 §3.2.2.2; 3.1.1: 3 Server unavailable)
+    — rather than a new, empty session that would replace the client's [MQTT-3.1.2-5]."""
+    refuse(engine, client, packet, R.SERVER_BUSY, why)
 
 
 def accept(

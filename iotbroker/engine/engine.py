@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -115,6 +115,13 @@ ConnectionLog = Callable[..., None]
 #: peer address) -> why it is refused``, or None to let it in.
 ConnectGate = Callable[[str, str | None, str], str | None]
 
+#: A room's wait before a CONNECT is accepted (the cluster: the client's session may be
+#: on another node, docs/cluster.md "Sessions move"): ``(client id, Clean Start) ->``
+#: None to accept now, or an awaitable the acceptance waits for; it ends with None
+#: (accept) or why the session could not be made ready (refused: 0x89 Server busy)
+#: (:func:`iotbroker.engine.connect.wait_before_accept`).
+AcceptWait = Callable[[str, bool], Awaitable[str | None] | None]
+
 
 def _plain_connection_log(logger: logging.Logger, level: int, client: Client, message: str,
                           *args: object) -> None:
@@ -179,6 +186,8 @@ class Engine:
         self.clients: dict[str, Client] = {}
         #: Checked when a CONNECT is accepted (None: nobody refused; admin bans set it).
         self.connect_gate: ConnectGate | None = None
+        #: Asked before a CONNECT is accepted (None: nobody waits; the cluster sets it).
+        self.accept_wait: AcceptWait | None = None
         #: Effect: connections the server closes after this turn's writes.
         self.closing: list[Client] = []
         #: Client ids whose stored session record holds the will of a live connection

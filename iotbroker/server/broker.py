@@ -17,7 +17,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -106,6 +106,8 @@ class Broker:
         self.sys_topics: SysTopics | None = None
         #: The cluster room (``cluster:`` configured; docs/cluster.md), else None.
         self.cluster: ClusterNode | None = None
+        #: CONNECTs waiting for the engine's ``accept_wait`` (engine/connect.py)
+        self._accept_waits: set[asyncio.Future[str | None]] = set()
         self.metrics_server: MetricsServer | None = None
         #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
         self.admin: AdminServer | None = None
@@ -646,25 +648,29 @@ class Broker:
         else:
             username = packet.username if proto.cert_username is None else proto.cert_username
         auth_data = enhanced.data if enhanced is not None else None
-        if self.cluster is not None:  # the session may be on another node (docs/cluster.md)
-            wait = self.cluster.before_accept(admitted.client_id, packet.clean_start)
-            if wait is not None:
-                self._accept_after(wait, proto, packet, admitted, username, auth_data)
-                return
+        wait = connect_rules.wait_before_accept(engine, admitted, packet)
+        if wait is not None:  # a room's (the cluster's session read, docs/cluster.md)
+            self._accept_after(wait, proto, packet, admitted, username, auth_data)
+            return
         self._accept(proto, packet, admitted, username, auth_data)
 
-    def _accept_after(self, wait: asyncio.Future[None], proto: ClientProtocol,
+    def _accept_after(self, wait: Awaitable[str | None], proto: ClientProtocol,
                       packet: Connect, admitted: connect_rules.Admitted,
                       username: str | None, auth_data: bytes | None) -> None:
-        """Accept the CONNECT once ``wait`` is done (what follows it waits too)."""
+        """Accept the CONNECT once the engine's ``wait`` is done, or refuse it when the
+        wait ended with a reason (what follows it on the connection waits too)."""
         proto.deferred = True
 
-        def resumed(_: object) -> None:
+        def resumed(done: asyncio.Future[str | None]) -> None:
             if proto not in self.connections or proto.close_after_flush:
                 return
             proto.deferred = False
+            why = None if done.cancelled() or done.exception() is not None else done.result()
             try:
-                self._accept(proto, packet, admitted, username, auth_data)
+                if why is not None:
+                    connect_rules.refuse_busy(self.engine, proto, packet, why)
+                else:
+                    self._accept(proto, packet, admitted, username, auth_data)
             except MqttError as exc:
                 self.peer_error(proto, exc)
                 return
@@ -673,7 +679,10 @@ class Broker:
                 self._schedule_flush()
             proto.resume_deferred()
 
-        wait.add_done_callback(resumed)
+        future = asyncio.ensure_future(wait)
+        self._accept_waits.add(future)  # held until done (the loop keeps weak references)
+        future.add_done_callback(self._accept_waits.discard)
+        future.add_done_callback(resumed)
 
     def _accept(self, proto: ClientProtocol, packet: Connect,
                 admitted: connect_rules.Admitted, username: str | None,

@@ -41,11 +41,16 @@ class Linger:
     ) -> None:
         self._transport = transport
         self._left = max_bytes
+        self._timer: asyncio.TimerHandle | None = None
         if transport.can_write_eof():
-            transport.write_eof()  # after the buffered output: the client reads EOF
+            try:
+                transport.write_eof()  # after the buffered output: the client reads EOF
+            except OSError:  # the peer reset the connection already (ENOTCONN)
+                transport.abort()
+                return
         if not transport.is_reading():
             transport.resume_reading()  # unread input is what turns a close into a reset
-        self._timer: asyncio.TimerHandle | None = loop.call_later(seconds, self.end)
+        self._timer = loop.call_later(seconds, self.end)
 
     def discard(self, size: int) -> None:
         """``size`` bytes arrived and were dropped; past the byte bound, close."""

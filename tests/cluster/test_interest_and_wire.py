@@ -4,6 +4,8 @@ pick, and the inter-node message formats with de-duplication."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from iotbroker.cluster import shared, wire
@@ -386,3 +388,119 @@ def test_ownership_two_local_claims_in_a_row_count_the_last() -> None:
     own._acknowledged("x", 7)
     assert engine.kicked == []
     assert own.claims["x"] == 7
+
+
+def test_ownership_a_waiting_connect_claimed_again_elsewhere_loses_at_acceptance() -> None:
+    """[MQTT-3.1.4-2] across nodes: a resume claimed the id before its CONNECT was
+    accepted (claim_now); a later claim of another process is told meanwhile, when no
+    connection of the id is here to close. The CONNECT, once accepted, must not keep
+    the id (accepted() is False: the node closes it with 0x8E); a prune meanwhile does
+    not forget the waiting claim (its notices must count)."""
+    own, _engine = _ownership()
+    own.connect_waits("x")
+    own.early.add("x")
+    own.claims["x"] = None
+    own._outstanding["x"] = 1
+    own._acknowledged("x", 5)  # what claim_now does once its claim is acknowledged
+    own.prune()  # not connected here yet: kept while the CONNECT waits
+    assert own.claims == {"x": 5}
+    own.foreign("x", 6)  # the later claim of another node
+    assert "x" in own.superseded
+    assert own.accepted("x") is False  # the waiting CONNECT lost
+    assert own.accepted("x") is True and own._queue == ["x"]  # a later one claims anew
+
+
+def test_ownership_a_waiting_connect_with_the_later_claim_keeps_the_id() -> None:
+    """The other order: the foreign claim is older than ours (told late): the waiting
+    CONNECT keeps the id, its resume's claim stands (no second claim at acceptance);
+    a handover request naming an older claim is refused (later_than)."""
+    own, engine = _ownership()
+    own.connect_waits("x")
+    own.early.add("x")
+    own.claims["x"] = None
+    own._outstanding["x"] = 1
+    own.foreign("x", 4)  # seen while ours was in flight
+    own._acknowledged("x", 7)
+    assert not own.superseded and engine.kicked == []
+    assert asyncio.run(own.later_than("x", 4)) and not asyncio.run(own.later_than("x", 8))
+    assert own.accepted("x") is True and own._queue == []
+
+
+class _Kv:
+    """A compare-and-set KV as nats-py's (update with ``last``; 0 = create)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[int, bytes]] = {}
+        self.seq = 0
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        from nats.js.errors import KeyWrongLastSequenceError  # noqa: PLC0415
+
+        current = self.data.get(key, (0, b""))[0]
+        if current != last:
+            raise KeyWrongLastSequenceError()
+        self.seq += 1
+        self.data[key] = (self.seq, value)
+        return self.seq
+
+    async def get(self, key: str) -> object:
+        from types import SimpleNamespace  # noqa: PLC0415
+
+        from nats.js.errors import KeyNotFoundError  # noqa: PLC0415
+
+        if key not in self.data:
+            raise KeyNotFoundError()
+        revision, value = self.data[key]
+        return SimpleNamespace(revision=revision, value=value)
+
+
+def test_ownership_fresh_tells_whether_the_claim_created_the_client_id() -> None:
+    """Issue 14, per-connect cost: a claim that creates the key proves no process had
+    the id (no record to read at this CONNECT); a claim that replaced one does not."""
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        own, _engine = _ownership()
+        kv = _Kv()
+        own.claim("new")
+        own._acknowledged("new", await own._claim(kv, "new"))  # type: ignore[arg-type]
+        first = await own.fresh("new")
+        own.claim("new")  # again, here: the key exists now
+        own._acknowledged("new", await own._claim(kv, "new"))  # type: ignore[arg-type]
+        second = await own.fresh("new")
+        unknown = await own.fresh("never-claimed-here")
+        return first, second, unknown
+
+    assert asyncio.run(scenario()) == (True, False, False)
+
+
+def test_ownership_a_claim_back_after_its_connection_ended_tells_gone() -> None:
+    """A claim that comes back when its connection here has ended already (a client
+    that moved on within a claim's round trip) tells the previous owner so (the
+    revision's top bit), and that owner, holding the id, claims again instead of
+    closing its connection: the newest claim names the process with the connection."""
+    told: list[tuple[bytes, str, int, bool]] = []
+
+    async def claim_gone() -> None:
+        own, _engine = _ownership()
+        kv = _Kv()
+        await kv.update("c.x", b"other", 0)  # the other process claimed x first
+        own._tell = lambda p, c, r, g: told.append((p, c, r, g))  # type: ignore[method-assign]
+        own.claim("x")  # accepted here, then gone before the claim came back
+        own._acknowledged("x", await own._claim(kv, "x"))  # type: ignore[arg-type]
+
+    asyncio.run(claim_gone())
+    assert told == [(b"other", "x", 2, True)]
+
+    own, engine = _ownership()
+    engine.clients["x"] = object()  # the other process: x is connected there
+    own.claim("x")
+    own._acknowledged("x", 1)
+    own._queue.clear()
+    own.reclaim("x")  # told "claimed at 2, gone"
+    assert engine.kicked == [] and own._queue == ["x"]  # claims again, keeps it
+    own._acknowledged("x", 3)
+    assert asyncio.run(own.later_than("x", 2))
+    del engine.clients["x"]
+    own.reclaim("y")  # not held here: nothing
+    assert own._queue == ["x"]
+    assert not asyncio.run(own.later_than("x", 2))  # a claim without a connection

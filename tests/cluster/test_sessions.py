@@ -462,3 +462,41 @@ def test_sigterm_of_the_node_writes_its_sessions_last_state(make_node: Node) -> 
     assert _receive_all(back, 1)[0].payload == b"after"
     back.close()
     pub.close()
+
+
+def test_back_and_forth_a_claim_of_an_ended_connection_does_not_take_the_session(
+        make_node: Node) -> None:
+    """[MQTT-3.2.2-2], [MQTT-3.1.2-5]: 60 persistent clients, one after the other,
+    resume on their own node a, disconnect, get a QoS 1 message published to them, and
+    resume on node b within milliseconds (benchmarks/cluster_sessions.py's moves).
+    Node a's claim of the first connection may come back only after that connection
+    ended (and after b's claim): it must neither keep the session from b (b's CONNACK
+    says Session Present 1 and the message arrives) nor close b's connection. (That
+    race depends on timing — it failed benchmarks/cluster_sessions.py twice on a
+    loaded machine; tests/cluster/test_interest_and_wire.py forces its parts.)"""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    _ready(a, b)
+    count = 60
+    for i in range(count):
+        c, _ = _connect(a, f"bf-{i}", clean_start=True)
+        c.subscribe(f"bf/{i}", qos=1)
+        c.disconnect()
+        c.close()
+    time.sleep(0.5)  # the records are written after the turn
+    pub, _ = _connect(a, "bf-pub", clean_start=True, expiry=0)
+    for i in range(count):
+        client_id = f"bf-{i}"
+        c, present = _connect(a, client_id)
+        assert present, f"{client_id} on its own node"
+        c.disconnect()
+        c.close()
+        _publish_acked(pub, f"bf/{i}", [b"queued"], qos=1)
+        c, present = _connect(b, client_id)
+        assert present, f"{client_id} not resumed on b"
+        got = c.expect(Publish, timeout=10)
+        assert got.payload == b"queued"
+        c.send(PubAck(got.packet_id or 0))
+        c.disconnect()
+        c.close()
+    pub.close()

@@ -243,3 +243,30 @@ def test_publish_byte_counters_count_payloads_in_and_out_and_not_refused_ones() 
     # "small" gets the 10-byte one only (the 100-byte one is over its 64-byte limit);
     # "big" gets both.
     assert metrics.publish_bytes_sent == 10 + 10 + 100
+
+
+def test_wait_before_accept_asks_the_room_hook_with_client_id_and_clean_start() -> None:
+    """The engine's connect gate before acceptance (engine/connect.py): None without a
+    hook (accept now); with one, the hook's answer for (client id, Clean Start) — the
+    cluster makes a Clean Start 0 CONNECT wait until its session is here, so that
+    Session Present is true cluster-wide [MQTT-3.2.2-2]."""
+    from iotbroker.engine.connect import wait_before_accept  # noqa: PLC0415
+
+    world = World.make()
+    client = world.client()
+    packet = Connect(client_id="dev", protocol_version=5, clean_start=False)
+    admitted = admit(world.engine, client, packet)
+    assert admitted is not None
+    assert wait_before_accept(world.engine, admitted, packet) is None
+    asked: list[tuple[str, bool]] = []
+    sentinel = object()
+
+    def hook(client_id: str, clean_start: bool) -> object:
+        asked.append((client_id, clean_start))
+        return sentinel if not clean_start else None
+
+    world.engine.accept_wait = hook  # type: ignore[assignment]
+    assert wait_before_accept(world.engine, admitted, packet) is sentinel
+    clean = Connect(client_id="dev", protocol_version=5, clean_start=True)
+    assert wait_before_accept(world.engine, admitted, clean) is None
+    assert asked == [("dev", False), ("dev", True)]
