@@ -107,8 +107,8 @@ def _connection(pieces: list[bytes], version: int, accepted: bool) -> None:
             raise UnexpectedOutcome(f"receive_data returned {got!r}")
         if failed_before is not None and (got or conn.failure is not failed_before):
             raise UnexpectedOutcome("the connection read on after its failure")
-        if conn._framer.buffered > MAX_PACKET_SIZE:
-            raise UnexpectedOutcome(f"connection framer holds {conn._framer.buffered}")
+        if conn.buffered > MAX_PACKET_SIZE:
+            raise UnexpectedOutcome(f"connection framer holds {conn.buffered}")
     if conn.failure is not None:
         _check_error(conn.failure)
 

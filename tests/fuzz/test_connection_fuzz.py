@@ -294,7 +294,7 @@ def feed_connection(conn: Connection, pieces: list[bytes], max_size: int) -> lis
         if failed_before is not None:
             assert got == [] and conn.failure is failed_before  # set once, reads nothing
         out.extend(got)
-        assert conn._framer.buffered <= max_size
+        assert conn.buffered <= max_size
         now += 0.01
     if conn.failure is not None:
         _check_error(conn.failure)
