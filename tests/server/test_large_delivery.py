@@ -126,3 +126,61 @@ def test_output_that_does_not_fit_is_written_after_adoption(
         assert [pub.expect(PubAck).packet_id for _ in range(3)] == [1, 2, 3]
     log = broker.log_text()
     assert "disconnecting a stuck consumer" not in log
+
+
+def test_paused_publisher_is_resumed_when_the_subscriber_reads(
+    make_broker: Callable[..., BrokerProcess],
+) -> None:
+    """The "stall" of the report: while the subscriber does not read, the publisher
+    that feeds it is paused (its socket is not read, so a PUBLISH sent after the big one
+    gets no PUBACK); a client that waits for that PUBACK before reading the subscriber
+    waits until ``drain_timeout``. As soon as the subscriber reads, everything flows:
+    the rest of the big message, the next one [MQTT-4.6.0-6] and the PUBACK
+    [MQTT-4.3.2-4]."""
+    broker = make_broker(broker_config(extra="limits:\n  park_on_accept: false\n"))
+    with RawClient(broker.host, broker.port, timeout=20) as sub, \
+            RawClient(broker.host, broker.port, timeout=20) as pub:
+        assert sub.connect("big-sub").reason_code == 0
+        sub.subscribe("big/t", qos=1)
+        assert pub.connect("big-pub").reason_code == 0
+        _send_publish(pub, BIG, 1, 1)
+        assert pub.expect(PubAck).packet_id == 1  # answered in the turn of the forward
+        _send_publish(pub, b"after", 1, 2)
+        with pytest.raises(TimeoutError):
+            pub.expect(PubAck, timeout=0.5)  # paused: the subscriber is congested
+        expected = _wire_size(BIG, 1, 1) + _wire_size(b"after", 1, 2)
+        got = _publishes(_read_exactly(sub.sock, expected))
+        assert [len(p.payload) for p in got] == [len(BIG), 5]
+        assert pub.expect(PubAck, timeout=5).packet_id == 2
+    assert "disconnecting a stuck consumer" not in broker.log_text()
+
+
+def test_a_slow_reader_is_not_disconnected_as_stuck(
+    make_broker: Callable[..., BrokerProcess],
+) -> None:
+    """``limits.drain_timeout`` disconnects a consumer that does not read, not one that
+    reads slower than a large delivery is sent to it: a subscriber that reads a 12 MiB
+    message at ~3 MB/s (about 4 s, through a small receive buffer) with
+    ``drain_timeout: 1s`` gets all of it; its write buffer shrank in every period."""
+    broker = make_broker(broker_config(
+        extra="limits:\n  drain_timeout: 1s\n  park_on_accept: false\n"))
+    with RawClient(broker.host, broker.port, timeout=20) as sub, \
+            RawClient(broker.host, broker.port, timeout=20) as pub:
+        sub.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # no autotuning
+        assert sub.connect("slow-sub").reason_code == 0
+        sub.subscribe("big/t", qos=1)
+        assert pub.connect("slow-pub").reason_code == 0
+        _send_publish(pub, BIG, 1, 1)
+        expected = _wire_size(BIG, 1, 1)
+        data = bytearray()
+        sub.sock.settimeout(20)
+        start = time.monotonic()
+        while len(data) < expected:
+            chunk = sub.sock.recv(64 << 10)
+            assert chunk, f"EOF after {len(data)} of {expected} bytes"
+            data += chunk
+            time.sleep(0.02)
+        assert time.monotonic() - start > 2  # slower than drain_timeout, by far
+        assert _publishes(bytes(data))[0].payload == BIG
+        assert pub.expect(PubAck).packet_id == 1
+    assert "disconnecting a stuck consumer" not in broker.log_text()
