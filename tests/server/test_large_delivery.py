@@ -17,6 +17,7 @@ MQTT 3.1.1 §4.6 / MQTT 5.0 §4.6: messages to one subscriber are delivered in o
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -161,7 +162,10 @@ def test_a_slow_reader_is_not_disconnected_as_stuck(
     """``limits.drain_timeout`` disconnects a consumer that does not read, not one that
     reads slower than a large delivery is sent to it: a subscriber that reads a 12 MiB
     message at ~3 MB/s (about 4 s, through a small receive buffer) with
-    ``drain_timeout: 1s`` gets all of it; its write buffer shrank in every period."""
+    ``drain_timeout: 1s`` gets all of it (its write buffer shrank in every period),
+    then the message published after it [MQTT-4.6.0-6]. The publisher it paused is
+    read again after one period: its PUBACK [MQTT-4.3.2-4] comes while the
+    subscriber is still reading."""
     broker = make_broker(broker_config(
         extra="limits:\n  drain_timeout: 1s\n  park_on_accept: false\n"))
     with RawClient(broker.host, broker.port, timeout=20) as sub, \
@@ -171,16 +175,34 @@ def test_a_slow_reader_is_not_disconnected_as_stuck(
         sub.subscribe("big/t", qos=1)
         assert pub.connect("slow-pub").reason_code == 0
         _send_publish(pub, BIG, 1, 1)
-        expected = _wire_size(BIG, 1, 1)
-        data = bytearray()
-        sub.sock.settimeout(20)
-        start = time.monotonic()
-        while len(data) < expected:
-            chunk = sub.sock.recv(64 << 10)
-            assert chunk, f"EOF after {len(data)} of {expected} bytes"
-            data += chunk
-            time.sleep(0.02)
-        assert time.monotonic() - start > 2  # slower than drain_timeout, by far
-        assert _publishes(bytes(data))[0].payload == BIG
         assert pub.expect(PubAck).packet_id == 1
+        _send_publish(pub, b"after", 1, 2)
+        expected = _wire_size(BIG, 1, 1) + _wire_size(b"after", 1, 2)
+        data = bytearray()
+        failure: list[str] = []
+
+        def read_slowly() -> None:
+            sub.sock.settimeout(20)
+            while len(data) < expected:
+                chunk = sub.sock.recv(64 << 10)
+                if not chunk:
+                    failure.append(f"EOF after {len(data)} of {expected} bytes")
+                    return
+                data.extend(chunk)
+                time.sleep(0.02)
+
+        reader = threading.Thread(target=read_slowly)
+        start = time.monotonic()
+        reader.start()
+        assert pub.expect(PubAck, timeout=10).packet_id == 2
+        acked = time.monotonic() - start
+        reader.join(30)
+        took = time.monotonic() - start
+        assert not failure, failure[0]
+        assert took > 2  # slower than drain_timeout, by far
+        print(f"PUBACK after {acked:.2f}s, read in {took:.2f}s")
+        assert acked < took - 0.5, (acked, took)  # released before the reader caught up
+        got = _publishes(bytes(data))
+        assert got[0].payload == BIG
+        assert [p.payload for p in got[1:]] == [b"after"]
     assert "disconnecting a stuck consumer" not in broker.log_text()
