@@ -95,6 +95,9 @@ class Broker:
         #: Slow consumer -> the publishers paused because of it.
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
+        #: A congested consumer's transport write buffer when its drain period began:
+        #: smaller at the period's end means it reads (slowly), not stuck.
+        self._drain_marks: dict[ClientProtocol, int] = {}
         #: Every connection's CONNECT-timeout / keep-alive deadline, on one loop timer.
         self.timers = TimerWheel(self.loop)
         #: Idle plain-TCP sockets parked outside the loop's transports (server/parking.py;
@@ -413,22 +416,29 @@ class Broker:
 
     # ---------------------------------------------------------- backpressure
     def writer_paused(self, proto: ClientProtocol) -> None:
-        """``proto`` stopped draining; a drain timeout bounds how long it may stall."""
+        """``proto`` stopped draining; a drain timeout bounds how long it may stall
+        (how long its write buffer may stay above the low-water mark without shrinking)."""
         self.engine.set_writable(proto, False, self.now())
-        if proto in self._throttled:
+        if proto in self._throttled or proto in self._drain_timers:
             return
         self._throttled[proto] = set()
         timeout = self.config.limits.drain_timeout
         if timeout > 0:
+            self._drain_marks[proto] = _buffered(proto)
             self._drain_timers[proto] = self.loop.call_later(timeout, self._drain_expired, proto)
 
     def writer_resumed(self, proto: ClientProtocol) -> None:
         self.engine.set_writable(proto, True, self.now())
         self._schedule_flush()
-        waiting = self._throttled.pop(proto, None)
         timer = self._drain_timers.pop(proto, None)
         if timer is not None:
             timer.cancel()
+        self._drain_marks.pop(proto, None)
+        self._release_publishers(proto)
+
+    def _release_publishers(self, proto: ClientProtocol) -> None:
+        """``proto`` no longer holds back publishers: read those it alone paused."""
+        waiting = self._throttled.pop(proto, None)
         if not waiting:
             return
         still = set().union(*self._throttled.values()) if self._throttled else set()
@@ -437,8 +447,23 @@ class Broker:
                 reader.resume_reading()
 
     def _drain_expired(self, proto: ClientProtocol) -> None:
+        """A drain period ended with ``proto`` still congested. If its write buffer
+        shrank meanwhile it reads, only slower than it is sent to (a large delivery
+        over a slow link): a new period begins, and the publishers it paused are
+        read again (they wait for a slow reader at most ``drain_timeout``; it stays
+        congested: QoS 0 for it dropped, QoS 1/2 in its session). Otherwise it is
+        stuck: disconnected."""
         self._drain_timers.pop(proto, None)
-        if proto not in self._throttled:
+        mark = self._drain_marks.pop(proto, None)
+        if mark is None:
+            return  # drained meanwhile
+        left = _buffered(proto)
+        if left < mark:
+            self._drain_marks[proto] = left
+            self._drain_timers[proto] = self.loop.call_later(
+                self.config.limits.drain_timeout, self._drain_expired, proto
+            )
+            self._release_publishers(proto)
             return
         self.metrics.slow_consumers_disconnected += 1
         log.warning(
@@ -491,7 +516,7 @@ class Broker:
         if proto in self.connections:
             del self.connections[proto]
             self._per_listener[proto.listener] -= 1
-        if proto in self._throttled:
+        if proto in self._throttled or proto in self._drain_timers:
             self.writer_resumed(proto)
         for waiting in self._throttled.values():
             waiting.discard(proto)
@@ -788,6 +813,14 @@ def open_store(config: BrokerConfig) -> Store:
     return RocksDBStore(
         storage.path, durability=storage.durability, on_corruption=storage.on_corruption
     )
+
+
+def _buffered(proto: ClientProtocol) -> int:
+    """Bytes waiting in ``proto``'s transport write buffer (0 without a transport)."""
+    transport = proto.transport
+    if transport is None:
+        return 0
+    return int(transport.get_write_buffer_size())  # type: ignore[attr-defined]
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
