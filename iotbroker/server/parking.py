@@ -302,16 +302,8 @@ class Parking:
             fd = os.dup(sock.fileno())
         except OSError:
             return False
-        try:
-            self._epoll.register(fd, _EVENTS)
-        except OSError:
-            os.close(fd)
+        if not self._hold(proto, fd):
             return False
-        parked = self._parked
-        if fd >= len(parked):
-            parked.extend([None] * (fd + 1 - len(parked)))
-        parked[fd] = proto
-        self._parked_count += 1
         proto.parked_fd = fd
         proto.transport = None
         transport.set_protocol(_DISCARD)
@@ -321,13 +313,8 @@ class Parking:
             log.debug("parked idle connection %r (%s)", proto.client_id, proto.peer)
         return True
 
-    # ------------------------------------------- accepting without a transport
-    def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool:
-        """A plain-TCP socket just accepted (server/direct_accept.py; non-blocking):
-        parked from the start, with no transport. Its first readiness is read here
-        (the CONNECT, ``_read_first``) and the answer written with one ``send``
-        (``write``); it gets a transport when more arrives or the answer does not fit.
-        False: not admitted (a connection limit) or not registered; ``fd`` is closed."""
+    def _hold(self, proto: ClientProtocol, fd: int) -> bool:
+        """Watch ``fd`` in the parked set for ``proto`` (False: ``fd`` is closed)."""
         if self._epoll is None:
             os.close(fd)
             return False
@@ -341,6 +328,17 @@ class Parking:
             parked.extend([None] * (fd + 1 - len(parked)))
         parked[fd] = proto
         self._parked_count += 1
+        return True
+
+    # ------------------------------------------- accepting without a transport
+    def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool:
+        """A plain-TCP socket just accepted (server/listeners.py; non-blocking):
+        parked from the start, with no transport. Its first readiness is read here
+        (the CONNECT, ``_read_first``) and the answer written with one ``send``
+        (``write``); it gets a transport when more arrives or the answer does not fit.
+        False: not admitted (a connection limit) or not registered; ``fd`` is closed."""
+        if not self._hold(proto, fd):
+            return False
         self._unread.add(fd)
         if peer is not None:
             self._peers[fd] = peer

@@ -330,7 +330,7 @@ class ClientProtocol(Client, asyncio.Protocol):
         )
 
     def accepted_parked(self, fd: int) -> bool:
-        """Accepted without a transport (server/direct_accept.py): the socket ``fd``
+        """Accepted without a transport (server/listeners.py): the socket ``fd``
         is parked from the start (server/parking.py ``Parking.accept``). Admitted as
         ``connection_made`` admits (False: a connection limit refuses it), with the
         same CONNECT timeout."""
