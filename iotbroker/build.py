@@ -46,6 +46,9 @@ COMPILED_MODULES = (
     "iotbroker.core.sessions",
     "iotbroker.storage.records",
     "iotbroker.cluster.wire",
+    "iotbroker.engine.client",
+    "iotbroker.engine.engine",
+    "iotbroker.engine.connect",
 )
 
 
