@@ -15,6 +15,7 @@ import time
 import pytest
 
 from iotbroker.metrics import Metrics
+from iotbroker.protocol.connection import Connection
 from iotbroker.server import group_commit
 from iotbroker.server.group_commit import GroupCommit
 from iotbroker.server.transport import ClientProtocol
@@ -60,22 +61,18 @@ class Transport:
         self.closed = True
 
 
-class Conn:
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.packets_queued = 0
-
-    def data_to_send(self) -> bytes:
-        data = b"".join(self.out)
-        self.out.clear()
-        return data
+def _conn() -> Connection:
+    """A real protocol state machine (a compiled :class:`Client` checks the type of
+    its ``conn``): the test queues bytes into it as a turn's packets would."""
+    return Connection(max_packet_size=1 << 20, receive_maximum=10, topic_alias_maximum=0,
+                      now=0.0)
 
 
 class Proto(ClientProtocol):
     """A ClientProtocol without a broker or socket: what GroupCommit uses of it."""
 
     def __init__(self) -> None:  # no super().__init__: no broker, no socket here
-        self.conn = Conn()
+        self.conn = _conn()
         self.transport = Transport()
         self.close_after_flush = False
         self.packets_counted = 0
@@ -101,7 +98,7 @@ def _turn(group: GroupCommit, metrics: Metrics, protos: list[Proto], data: bytes
     if engine.sync_commits:
         engine.storage_write_seconds += engine.commit_seconds
     for p in protos:
-        p.conn.out.append(data)
+        p.conn._queue(data)
     group.output(protos)  # type: ignore[arg-type]
 
 
@@ -141,7 +138,7 @@ def test_nothing_written_since_the_last_sync_goes_out_at_once() -> None:
         group = GroupCommit(SlowStore(), metrics, loop, Engine(0.01))
         group.inline = False
         p = Proto()
-        p.conn.out.append(b"PINGRESP")
+        p.conn._queue(b"PINGRESP")
         group.output([p])  # type: ignore[list-item]
         assert p.transport.written == [b"PINGRESP"]
         group.close()
