@@ -28,7 +28,11 @@ def source_digest(path: Path) -> str:
 #: Not compiled: ``codec/packets.py`` (mypyc's dataclass support rejects the ``TYPE``
 #: class attribute before fields without defaults), ``core/session.py`` (subclasses
 #: ``deque`` and ``frozenset``), ``server/`` (asyncio.Protocol subclasses) and every
-#: cold module.
+#: cold module. The engine (``engine/client.py``, ``engine.py``, ``connect.py``) is
+#: compiled too (issue 19): it imports ``iotbroker.config``, so pydantic and types-PyYAML
+#: are build requirements (mypyc type-checks what it imports); ``Client`` allows
+#: interpreted subclasses (``server/transport.py``, ``bridge/``, ``mqttsn/``), and so do
+#: ``Connection`` and ``Framer`` (the bridge's ``Outlet`` is a ``Connection``).
 COMPILED_MODULES = (
     "iotbroker.codec.primitives",
     "iotbroker.codec.framer",
@@ -46,6 +50,9 @@ COMPILED_MODULES = (
     "iotbroker.core.sessions",
     "iotbroker.storage.records",
     "iotbroker.cluster.wire",
+    "iotbroker.engine.client",
+    "iotbroker.engine.engine",
+    "iotbroker.engine.connect",
 )
 
 

@@ -28,7 +28,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from iotbroker.bridge.manager import Bridges
@@ -47,6 +47,7 @@ from iotbroker.bridge.tls import client_context
 from iotbroker.bridge.topics import Rule, map_in, map_out
 from iotbroker.codec import encode_packet, encode_properties, encode_publish
 from iotbroker.codec.enums import ReasonCode
+from iotbroker.codec.framer import PROTOCOL_MAX_PACKET_SIZE
 from iotbroker.codec.packets import (
     NO_PROPERTIES,
     ConnAck,
@@ -70,7 +71,7 @@ from iotbroker.core.topics import is_broker_topic
 from iotbroker.engine.client import Client
 from iotbroker.engine.engine import Engine
 from iotbroker.message import NEVER_EXPIRES, Delivery, Message
-from iotbroker.protocol.connection import Connection
+from iotbroker.protocol.connection import Connection, ConnectionState
 
 log = logging.getLogger("iotbroker.bridge")
 
@@ -95,17 +96,19 @@ def state_topic(name: str) -> str:
     return f"$SYS/broker/connection/{name}/state"
 
 
-class Outlet:
+class Outlet(Connection):
     """The bridge session's "connection" as the engine sees it: what the session
     sends (``Engine.send_ready`` calls ``send_outbox``) goes to the remote link instead
-    of a socket. Not a subclass of :class:`~iotbroker.protocol.connection.Connection`:
-    that class is compiled by mypyc in the compiled build, and interpreted classes
-    cannot inherit from compiled ones; the engine only calls ``send_outbox`` on it."""
+    of a socket. A :class:`~iotbroker.protocol.connection.Connection` (compiled, it
+    allows interpreted subclasses): the compiled engine checks ``Client.conn``'s type."""
 
-    protocol_version = 5
-    connected = True
+    __slots__ = ("bridge",)
 
     def __init__(self, bridge: Bridge) -> None:
+        super().__init__(max_packet_size=PROTOCOL_MAX_PACKET_SIZE, receive_maximum=65535,
+                         topic_alias_maximum=0, now=0.0)
+        self.state = ConnectionState.CONNECTED
+        self.protocol_version = 5
         self.bridge = bridge
 
     def send_outbox(self, entries: list[OutboxEntry],
@@ -116,23 +119,6 @@ class Outlet:
         """Nothing to close: the bridge owns its link."""
 
 
-class SendsOutbox(Protocol):
-    """What ``Engine.send_ready`` calls on a client's connection."""
-
-    def send_outbox(self, entries: list[OutboxEntry],
-                    now: float) -> list[tuple[int, Delivery, bool]]: ...
-
-
-if TYPE_CHECKING:
-    # The Outlet stands in for a Connection (duck-typed, see Outlet): mypy fails here
-    # when Connection.send_outbox and Outlet.send_outbox stop agreeing.
-    def _connection_sends(conn: Connection) -> SendsOutbox:
-        return conn
-
-    def _outlet_sends(outlet: Outlet) -> SendsOutbox:
-        return outlet
-
-
 class BridgeClient(Client):
     """The engine's handle on the bridge's local side."""
 
@@ -140,7 +126,7 @@ class BridgeClient(Client):
 
     def __init__(self, outlet: Outlet, name: str) -> None:
         # Duck-typed: the engine uses only ``send_outbox`` of a bridge's "connection".
-        super().__init__(cast("Connection", outlet), listener=f"bridge:{name}")
+        super().__init__(outlet, listener=f"bridge:{name}")
         self.name = name
 
     @property

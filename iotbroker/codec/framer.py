@@ -16,6 +16,8 @@ Rules of this room:
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from iotbroker.errors import MalformedPacket, PacketTooLarge
 
 #: The largest packet the protocol can express: 1 + 4 + 268,435,455 bytes.
@@ -25,6 +27,7 @@ PROTOCOL_MAX_PACKET_SIZE = 268_435_460
 _EMPTY = b""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # via Connection: the bridge's Outlet
 class Framer:
     """Incremental splitter of one connection's inbound bytes.
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from iotbroker.codec.packets import Will
 from iotbroker.protocol.connection import Connection
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from iotbroker.core.session import Session
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # server, bridge and MQTT-SN subclass it
 class Client:
     """One network connection as the engine sees it."""
 

@@ -32,6 +32,8 @@ from dataclasses import replace
 from enum import Enum
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from iotbroker.codec.decode import decode_packet
 from iotbroker.codec.encode import encode_packet, encode_publish
 from iotbroker.codec.enums import PacketType, ReasonCode
@@ -91,6 +93,7 @@ _PUBLISH = PacketType.PUBLISH
 _NO_OUT: list[bytes] = []
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the bridge's Outlet (bridge/bridge.py)
 class Connection(Framer):
     """The protocol state of one client connection.
 
