@@ -91,6 +91,14 @@ class _Node:
         self.dview: dict[str, list[SubscriptionEntry]] | None = None
         self.sview: list[SharedMatch] | None = None
 
+    def child(self, level: str) -> _Node | None:
+        """The node under this one for one filter level (``+``, ``#`` or a name)."""
+        if level == "+":
+            return self.plus
+        if level == "#":
+            return self.hash
+        return self.children.get(level)
+
     def is_empty(self) -> bool:
         return (
             not self.children
@@ -181,12 +189,7 @@ class SubscriptionTrie:
         copy per client (issue 19: memory of an offline session)."""
         node = self._root
         for level in topic_filter.split("/"):
-            if level == "+":
-                nxt = node.plus
-            elif level == "#":
-                nxt = node.hash
-            else:
-                nxt = node.children.get(level)
+            nxt = node.child(level)
             if nxt is None:
                 return topic_filter
             node = nxt
@@ -207,12 +210,7 @@ class SubscriptionTrie:
         node = self._root
         for level in entry.match_filter.split("/"):
             path.append((node, level))
-            if level == "+":
-                nxt = node.plus
-            elif level == "#":
-                nxt = node.hash
-            else:
-                nxt = node.children.get(level)
+            nxt = node.child(level)
             if nxt is None:  # pragma: no cover - the index and the trie disagree
                 return
             node = nxt
