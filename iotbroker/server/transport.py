@@ -498,7 +498,11 @@ class ClientProtocol(Client, asyncio.Protocol):
         if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per write)
             packetlog.log_outbound(self, data)
         transport.write(data)  # type: ignore[attr-defined]
-        # Counted after the write: a forward's latency ends at the write (issue 19).
+        self._count_sent(data)  # after the write: a forward's latency ends there (issue 19)
+
+    def _count_sent(self, data: bytes) -> None:
+        """Count ``data``, taken from ``conn``, as sent: bytes and packets."""
+        conn = self.conn
         metrics = self.broker.metrics
         metrics.bytes_sent += len(data)
         metrics.messages_sent += conn.packets_queued - self.packets_counted
@@ -513,11 +517,7 @@ class ClientProtocol(Client, asyncio.Protocol):
             return
         if FLAGS.packets:
             packetlog.log_outbound(self, data)
-        conn = self.conn
-        metrics = self.broker.metrics
-        metrics.bytes_sent += len(data)
-        metrics.messages_sent += conn.packets_queued - self.packets_counted
-        self.packets_counted = conn.packets_queued
+        self._count_sent(data)
         if self.parked_fd >= 0 and not self.close_after_flush and not self.deferred:
             parking.write(self, data)
         else:
