@@ -110,13 +110,16 @@ def _sn_alive(sn: SnTestClient) -> bool:
             return False
 
 
-def _mqtt_alive(client: RawClient) -> bool:
+def _mqtt_alive(client: RawClient, got: list[object] | None = None) -> bool:
+    """PINGREQ answered (what came before it is put in ``got``); False once closed."""
     try:
         client.send(PingReq())
         while True:
             packet = client.recv(5.0)
             if isinstance(packet, PingResp):
                 return True
+            if got is not None:
+                got.append(packet)
     except (Closed, OSError):
         return False
 
@@ -218,11 +221,20 @@ def test_mqtt_3_1_4_2_mqttsn_and_mqtt_connects_of_one_id_at_once_end_with_one(
         for t in threads:
             t.join()
         assert len(acks) == 2, acks
-        time.sleep(2.0)  # claims, notices, handovers settle (ms; generous on 2 cores)
+        assert all(getattr(ack, "reason_code", getattr(ack, "return_code", 1)) == 0
+                   for ack in acks), acks
+        time.sleep(1.0)  # claims, notices, handovers settle (ms; generous on 2 cores)
+        sn_told = _sn_told_to_go(sn, 0.2)
         sn_live = _sn_alive(sn)
-        mq_live = _mqtt_alive(mq)
+        got: list[object] = []
+        mq_live = _mqtt_alive(mq, got)
         assert (sn_live, mq_live).count(True) == 1, (round_, acks, sn_live, mq_live)
-        time.sleep(0.5)  # and no late notice closes the survivor
+        # the one that lost was told: MQTT-SN DISCONNECT, MQTT DISCONNECT 0x8E
+        assert sn_told != sn_live, (round_, sn_told, sn_live)
+        if not mq_live:
+            assert got and isinstance(got[-1], Disconnect), got
+            assert got[-1].reason_code == ReasonCode.SESSION_TAKEN_OVER
+        time.sleep(0.3)  # and no late notice closes the survivor
         assert _sn_alive(sn) == sn_live and _mqtt_alive(mq) == mq_live, round_
         if sn_live:
             sn.send(c.Disconnect())
