@@ -1,8 +1,9 @@
 """Credentials and TLS towards NATS (``cluster.user``/``password``, ``cluster.token``,
-``cluster.nats_tls``; docs/configuration.md): a node joins a nats-server that requires
-TLS with a client certificate and a password, or a token; with a wrong password or
-token it is refused, says so (a log line naming the keys NATS refused) and serves its
-local clients only (degraded)."""
+``cluster.credentials_file``, ``cluster.nats_tls``; docs/configuration.md): a node
+joins a nats-server that requires TLS with a client certificate and a password, a
+token, or (operator mode) a user's .creds file; with wrong credentials it is refused,
+says so (a log line naming the keys NATS refused) and serves its local clients only
+(degraded)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.cluster.conftest import node_config, wait_for_log
 from tests.cluster.test_live_routing import wait_until_routed
 from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster
+from tests.helpers.nats_creds import NatsOperator
 from tests.helpers.rawclient import RawClient
 from tests.interop.test_paho import Paho
 from tests.server.pki import Pki, make_pki
@@ -84,8 +86,9 @@ def token_server(tmp_path: Path) -> Iterator[NatsCluster]:
 
 
 def _token_node(tmp_path: Path, cluster: NatsCluster, name: str,
-                token: str | None) -> BrokerProcess:
-    line = f"  token: {token}\n" if token is not None else ""
+                token: str | None, line: str | None = None) -> BrokerProcess:
+    if line is None:
+        line = f"  token: {token}\n" if token is not None else ""
     text = node_config(name, cluster.urls, "tok", replicas=1).replace(
         "  subject_prefix: tok\n", "  subject_prefix: tok\n" + line)
     proc = BrokerProcess(tmp_path / name, text, name=name)
@@ -102,6 +105,10 @@ def test_cluster_token_the_right_one_serves_and_routes(
     stream too). The token appears in no log line."""
     a = _token_node(tmp_path, token_server, "a", TOKEN).start()
     b = _token_node(tmp_path, token_server, "b", TOKEN).start()
+    _serves_and_routes(a, b, secret=TOKEN)
+
+
+def _serves_and_routes(a: BrokerProcess, b: BrokerProcess, secret: str) -> None:
     made: list[Paho] = []
     try:
         for node in (a, b):
@@ -117,7 +124,7 @@ def test_cluster_token_the_right_one_serves_and_routes(
         pub.publish("tok/t", b"across", qos=1)
         assert sub.receive().payload == b"across"
         for node in (a, b):
-            assert TOKEN not in node.log_text()
+            assert secret not in node.log_text()
     finally:
         for client in made:
             client.disconnect()
@@ -175,3 +182,94 @@ def test_check_config_refuses_a_token_with_a_user(tmp_path: Path) -> None:
     assert "cluster.user: 'node' is given with cluster.token" in result.stderr
     assert f"{path}:4" in result.stderr
     assert "s3cr3t-tok" not in result.stderr
+
+
+@pytest.fixture
+def operator_server(tmp_path: Path) -> Iterator[tuple[NatsCluster, NatsOperator]]:
+    """One nats-server in operator mode (decentralised JWT authentication, JetStream
+    for the operator's account ``iotb``)."""
+    operator = NatsOperator()
+    cluster = NatsCluster(tmp_path / "nats", size=1, extra=operator.server_config()).start()
+    yield cluster, operator
+    cluster.stop()
+
+
+def test_cluster_credentials_file_the_right_one_serves_and_routes(
+    tmp_path: Path, operator_server: tuple[NatsCluster, NatsOperator]
+) -> None:
+    """``cluster.credentials_file``: two nodes, each with a .creds file of its own user
+    of the operator's account, connect (nats-py signs the server's nonce with the
+    seed), open their JetStream buckets and route a message between them; the seed
+    appears in no log line."""
+    cluster, operator = operator_server
+    nodes = []
+    for name in ("a", "b"):
+        creds = operator.user_creds(tmp_path / f"{name}.creds", name=f"node-{name}")
+        nodes.append(_token_node(tmp_path, cluster, name, None,
+                                 line=f"  credentials_file: {creds}\n").start())
+    seed = (tmp_path / "a.creds").read_text().split("SEED-----\n")[1].split("\n")[0]
+    _serves_and_routes(nodes[0], nodes[1], secret=seed)
+
+
+def test_cluster_credentials_file_of_an_unknown_account_is_refused_and_said(
+    tmp_path: Path, operator_server: tuple[NatsCluster, NatsOperator]
+) -> None:
+    """A well-formed .creds file whose user belongs to an account the servers do not
+    know: ``check-config`` accepts it (only the servers can judge it), the node starts,
+    serves locally and logs once at ERROR that NATS refused cluster.credentials_file."""
+    cluster, operator = operator_server
+    creds = operator.user_creds(tmp_path / "x.creds", account=operator.foreign_account())
+    node = _token_node(tmp_path, cluster, "x", None, line=f"  credentials_file: {creds}\n")
+    check = subprocess.run(
+        [sys.executable, "-m", "iotbroker", "check-config", str(node.config_path)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stderr
+    node.start()
+    try:
+        wait_for_log(node, "refused the credentials of node x (cluster.credentials_file)")
+        line = next(x for x in node.log_text().splitlines() if "refused the credentials" in x)
+        assert "ERROR" in line and "authorization violation" in line.lower(), line
+        with RawClient(node.host, node.port, version=5) as local:  # serves locally
+            assert local.connect("creds-local").reason_code == 0
+    finally:
+        node.stop()
+
+
+def test_check_config_and_start_refuse_a_credentials_file_that_cannot_be_used(
+    tmp_path: Path
+) -> None:
+    """A missing file, or one that is not a .creds file: ``check-config`` names
+    ``cluster.credentials_file``, the file and what is wrong, and the broker does not
+    start (``cannot start: ...``, exit 1, before it creates its data directory: as
+    for a missing TLS file); a .creds file readable by others is a warning (its seed
+    is a secret)."""
+    missing = tmp_path / "missing.creds"
+    not_creds = tmp_path / "not.creds"
+    not_creds.write_text("just text\n")
+    good = NatsOperator().user_creds(tmp_path / "good.creds")
+    for path, text in ((missing, "cannot be used: the file does not exist"),
+                       (not_creds, "is not a NATS .creds file: no user JWT")):
+        config = tmp_path / f"{path.stem}.yaml"
+        config.write_text(f"cluster:\n  node_name: a\n  replicas: 1\n"
+                          f"  credentials_file: {path}\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "iotbroker", "check-config", str(config)],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode != 0
+        assert f"cluster.credentials_file: '{path}' {text}" in result.stderr, result.stderr
+        proc = BrokerProcess(tmp_path / f"run-{path.stem}", node_config(
+            "a", ["nats://127.0.0.1:1"], "cr", replicas=1).replace(
+            "  subject_prefix: cr\n", f"  subject_prefix: cr\n  credentials_file: {path}\n"))
+        with pytest.raises(RuntimeError, match="credentials_file"):
+            proc.start(timeout=20)
+        assert proc.proc is not None and proc.proc.returncode == 1
+        assert f"cannot start: cluster.credentials_file: '{path}' {text}" in proc.log_text()
+    good.chmod(0o644)
+    config = tmp_path / "good.yaml"
+    config.write_text(f"cluster:\n  node_name: a\n  credentials_file: {good}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "iotbroker", "check-config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "warning: cluster.credentials_file: NATS credentials" in result.stderr
+    assert "chmod 600" in result.stderr
