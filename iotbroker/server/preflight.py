@@ -10,6 +10,7 @@ behind or hold the lock another broker instance is waiting for.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import ssl
@@ -68,6 +69,11 @@ def _creds_error(path: str) -> ConfigError | None:
         if marker not in text:
             return ConfigError(key, path, f"is not a NATS .creds file: no {what} "
                                f"(no '-----{marker.decode()}-----' line)")
+    if importlib.util.find_spec("nkeys") is None:
+        # nats-py imports it only when it signs: without it the connection would fail
+        # at each try with an ImportError.
+        return ConfigError(key, path, "cannot be used without the Python package nkeys "
+                           "(pip install 'iotbroker[cluster]' brings it)")
     return None
 
 

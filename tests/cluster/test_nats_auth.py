@@ -273,3 +273,19 @@ def test_check_config_and_start_refuse_a_credentials_file_that_cannot_be_used(
     assert result.returncode == 0, result.stderr
     assert "warning: cluster.credentials_file: NATS credentials" in result.stderr
     assert "chmod 600" in result.stderr
+
+
+def test_a_credentials_file_without_the_nkeys_package_is_said(tmp_path: Path) -> None:
+    """nats-py signs with ``nkeys`` (the ``cluster`` extra brings it): where it is
+    missing, check-config (and start) say so, naming the key, instead of a node that
+    fails each connect with an ImportError."""
+    good = NatsOperator().user_creds(tmp_path / "good.creds")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"cluster:\n  node_name: a\n  credentials_file: {good}\n")
+    hide = ("import sys; sys.modules['nkeys'] = None; from iotbroker.cli import main; "
+            f"sys.exit(main(['check-config', {str(config)!r}]))")
+    result = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode != 0
+    assert (f"cluster.credentials_file: '{good}' cannot be used without the Python "
+            "package nkeys") in result.stderr, result.stderr
