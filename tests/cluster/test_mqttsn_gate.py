@@ -24,7 +24,7 @@ from iotbroker.codec.packets import ConnAck, Disconnect, PingReq, PingResp, Prop
 from iotbroker.mqttsn import codec as c
 from tests.cluster.conftest import _prefixes, wait_for_log
 from tests.cluster.test_ownership import _wait_claimed
-from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.broker_process import _LISTENING, BrokerProcess, broker_config
 from tests.helpers.nats_cluster import NatsCluster
 from tests.helpers.rawclient import Closed, RawClient
 from tests.mqttsn.snclient import SnTestClient
@@ -52,6 +52,9 @@ def sn_node(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Node]:
                              name=name)
         proc.start()
         started.append(proc)
+        wait_for_log(proc, "(udp, listener 'sn')")  # start() may return before it
+        proc.ports.update((n, int(port)) for _, port, _, n in
+                          _LISTENING.findall(proc.log_text()))
         wait_for_log(proc, f"cluster: node {name} connected to NATS")
         return proc
 
@@ -138,6 +141,25 @@ def _sn_receive(sn: SnTestClient, timeout: float = 10.0) -> c.Publish:
         if msg.qos == 1:
             sn.send(c.PubAck(msg.topic_id, msg.msg_id, c.ReturnCode.ACCEPTED))
         return msg
+
+
+def _sn_expect(sn: SnTestClient, want: bytes, seen: list[bytes]) -> None:
+    """The next new message is ``want``. QoS 1 is at least once across a move
+    (docs/cluster.md, "Not yet": acknowledged messages after the session's stream
+    position may come again): repeats of earlier ones are allowed before it."""
+    while (data := _sn_receive(sn).data) != want:
+        assert data in seen, (data, want, seen)
+    seen.append(want)
+
+
+def _mqtt_expect(client: RawClient, topic: str, want: bytes, seen: list[bytes]) -> None:
+    while True:
+        pub = client.receive_publish(timeout=10)
+        assert pub.topic == topic, pub
+        if pub.payload == want:
+            seen.append(want)
+            return
+        assert pub.payload in seen, (pub.payload, want, seen)
 
 
 def _publish(node: BrokerProcess, topic: str, payload: bytes) -> None:
@@ -249,7 +271,8 @@ def test_mqtt_3_1_2_5_a_persistent_mqttsn_session_is_resumed_on_the_other_node(
     disconnects; a QoS 1 message is published for it while it is offline. It connects
     to node b's gateway with CleanSession 0: its subscription was resumed there
     [MQTT-3.1.2-5] — the queued message arrives, and a new one published on either
-    node too. Then an MQTT client with its client id on node a (Clean Start 0):
+    node too (QoS 1: at least once; a repeat of one delivered before a move is
+    allowed, never a loss). Then an MQTT client with its client id on node a (Clean Start 0):
     Session Present 1 [MQTT-3.2.2-2] and the subscription delivers; and back to an
     MQTT-SN client on node b. Fails when the gateway accepts without the engine's
     connect gate (node b serves a new, empty session)."""
@@ -266,13 +289,14 @@ def test_mqtt_3_1_2_5_a_persistent_mqttsn_session_is_resumed_on_the_other_node(
     time.sleep(0.3)  # the record's write after the turn
     _publish(a, topic, b"queued")
 
+    seen: list[bytes] = []
     sn = sn_clients(b)
     sn.connect(cid, clean=False)
-    assert _sn_receive(sn).data == b"queued"
+    _sn_expect(sn, b"queued", seen)
     _publish(a, topic, b"live-from-a")
-    assert _sn_receive(sn).data == b"live-from-a"
+    _sn_expect(sn, b"live-from-a", seen)
     _publish(b, topic, b"live-from-b")
-    assert _sn_receive(sn).data == b"live-from-b"
+    _sn_expect(sn, b"live-from-b", seen)
 
     # the same session, taken by an MQTT client on the other node
     mq = _mqtt(a)
@@ -281,8 +305,7 @@ def test_mqtt_3_1_2_5_a_persistent_mqttsn_session_is_resumed_on_the_other_node(
     assert isinstance(connack, ConnAck) and connack.session_present, connack
     assert _sn_told_to_go(sn, 10)
     _publish(b, topic, b"to-mqtt")
-    pub = mq.receive_publish(timeout=10)
-    assert pub.topic == topic and pub.payload == b"to-mqtt"
+    _mqtt_expect(mq, topic, b"to-mqtt", seen)
     mq.disconnect()
     time.sleep(0.3)
 
@@ -290,6 +313,6 @@ def test_mqtt_3_1_2_5_a_persistent_mqttsn_session_is_resumed_on_the_other_node(
     sn = sn_clients(b)
     sn.connect(cid, clean=False)
     _publish(a, topic, b"back")
-    assert _sn_receive(sn).data == b"back"
+    _sn_expect(sn, b"back", seen)
     sn.send(c.Disconnect())
     sn.expect(c.Disconnect)
