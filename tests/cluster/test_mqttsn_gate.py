@@ -78,9 +78,12 @@ def sn_clients() -> Iterator[Callable[[BrokerProcess], SnTestClient]]:
 
 
 def _ready(*nodes: BrokerProcess) -> None:
+    """Every bucket open on every node: until its session records bucket is open a
+    node does not look for a session elsewhere (it serves its own, as without NATS)."""
     for node in nodes:
         wait_for_log(node, "retained messages from bucket", timeout=20)
         wait_for_log(node, "session bucket", timeout=20)
+        wait_for_log(node, "session records bucket", timeout=30)
 
 
 def _mqtt(node: BrokerProcess) -> RawClient:
