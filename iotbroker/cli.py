@@ -288,6 +288,9 @@ def _file_warnings(config: BrokerConfig) -> list[str]:
     secrets += [(lst.tls.keyfile, f"listeners[{i}].tls.keyfile: TLS private key")
                 for i, lst in enumerate(config.listeners)
                 if lst.tls is not None and lst.tls.keyfile]
+    if config.cluster is not None and config.cluster.credentials_file:
+        secrets.append((config.cluster.credentials_file,
+                        "cluster.credentials_file: NATS credentials (its NKey seed)"))
     for path, what in secrets:
         mode = exposed_mode(path) if path else None
         if path and mode is not None:

@@ -1274,6 +1274,11 @@ def _check_cross(config: BrokerConfig, root: Mapping[Any, Any], errors: _Errors)
             err("cluster.qos_stream.duplicate_window", qs.duplicate_window,
                 f"is longer than cluster.qos_stream.max_age ({qs.max_age:g}s)",
                 "cluster", "qos_stream", "duplicate_window")
+        if cluster.token is not None and cluster.user is not None:
+            # nats-py would send the user and password and drop the token silently.
+            err("cluster.user", cluster.user, "is given with cluster.token: NATS "
+                "authenticates a client with one of them (a token, or a user and "
+                "password); remove one", "cluster", "user")
     return config
 
 

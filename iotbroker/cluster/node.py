@@ -39,6 +39,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import AuthorizationError as NatsAuthorizationError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from iotbroker.cluster import shared as share
@@ -897,6 +898,31 @@ class ClusterNode:
             log.warning("cluster: NATS error: %s", exc)
         elif not self._warned:  # once per outage, not once per retry
             self._warned = True
+            if _refused_credentials(exc):
+                # Reachable, but it says no: a configuration mistake, named as such.
+                log.error("cluster: NATS %s refused the credentials of node %s (%s): %s; "
+                          "the node serves its local clients only, retrying",
+                          ", ".join(self.config.nats), self.config.node_name,
+                          _credentials_in_use(self.config), exc)
+                return
             log.warning("cluster: NATS %s unreachable (%s); node %s serves its local "
                         "clients only, retrying", ", ".join(self.config.nats), exc,
                         self.config.node_name)
+
+
+def _refused_credentials(exc: Exception) -> bool:
+    """nats-server answered the CONNECT with ``-ERR 'Authorization Violation'`` (a
+    wrong or missing token, user/password or .creds): nats-py raises
+    ``AuthorizationError`` on a running connection, a plain ``Error`` naming it at
+    the first CONNECT."""
+    return isinstance(exc, NatsAuthorizationError) or (
+        "authorization violation" in str(exc).lower())
+
+
+def _credentials_in_use(config: ClusterConfig) -> str:
+    """Which configuration keys gave the credentials NATS refused (never their values)."""
+    keys = [key for key, value in (("cluster.token", config.token),
+                                   ("cluster.user/cluster.password", config.user),
+                                   ("cluster.credentials_file", config.credentials_file))
+            if value is not None]
+    return ", ".join(keys) if keys else "none configured: the servers ask for some"

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,10 @@ Key = tuple[Any, bytes | None]
 BROADCAST: Key = ("<broadcast>", None)
 #: Topic ids a client may have registered at once (normal ids, §6.5).
 MAX_TOPIC_IDS = 10_000
+#: How the host applies the engine's connect gate (engine/connect.py
+#: ``wait_before_accept``): ``defer(wait, then)`` calls ``then`` with what ``wait``
+#: ended with (None: accept; a reason: refuse) once it is done, on a later turn.
+Defer = Callable[[Awaitable[str | None], Callable[[str | None], None]], None]
 
 
 @dataclass(slots=True)
@@ -116,6 +120,7 @@ class SnClient(Client):
         "sub_topic",
         "topics",
         "transport",
+        "waiting",
         "waking",
         "will_topic_update",
     )
@@ -153,6 +158,9 @@ class SnClient(Client):
         self.sleep_buffer: deque[sn.SnMessage] = deque()
         #: Woken by a PINGREQ: PINGRESP goes when nothing is left to deliver (§6.14).
         self.waking = False
+        #: The client id whose CONNECT waits for the engine's connect gate (the
+        #: cluster brings its session here first), else None.
+        self.waiting: str | None = None
         #: The broker's flush reads these (a ``Writable``, like its socket connections).
         self.close_after_flush = False
         self.transport = None
@@ -197,13 +205,15 @@ class Gateway:
 
     ``send(datagram, key)`` is how it writes (the server's socket); ``ready`` is the
     server's list of connections to write at the end of the turn (the engine's
-    connections put themselves there).
+    connections put themselves there); ``defer`` is how a CONNECT waits for the
+    engine's connect gate (None: a host without waits accepts at once).
     """
 
     def __init__(self, engine: Engine, config: BrokerConfig, listener: ListenerConfig,
                  ready: list[Writable], send: Callable[[bytes, Key], None],
-                 now: float) -> None:
+                 now: float, defer: Defer | None = None) -> None:
         self.engine = engine
+        self._defer = defer
         self.config = config
         self.cfg = config.mqttsn
         self.listener = listener
@@ -391,6 +401,12 @@ class Gateway:
             self.send(sn.ConnAck(RC.NOT_SUPPORTED), key)
             return
         old = self.clients.get(key)
+        if old is not None and old.waiting == msg.client_id:
+            # A retry of a CONNECT that still waits for its session (the engine's
+            # connect gate): the first one's CONNACK answers it.
+            self._drop("not_connected", now, "CONNECT of %r from %s again while the first "
+                       "waits for its session", msg.client_id, key[0])
+            return
         if old is not None:
             # The same address connects again (a restarted device): the old client
             # ends here; its session is taken over (or ended) by the new CONNECT.
@@ -430,6 +446,12 @@ class Gateway:
 
     def _accept(self, client: SnClient, msg: sn.Connect, will: mq.Will | None,
                 now: float) -> None:
+        """The CONNECT (and its will) as an MQTT 5.0 CONNECT through the engine's
+        connect rules, in their order (engine/connect.py): admit, the connect gate
+        (in a cluster the session may be on another node: the acceptance waits until
+        it is here, or is refused "busy", MQTT 5.0 §4.1, docs/cluster.md "Sessions
+        move"), then accept — the same path as an MQTT client's, so a client id is
+        claimed and resumed cluster-wide whichever protocol it speaks."""
         engine = self.engine
         if msg.clean_session:
             expiry = 0
@@ -444,14 +466,42 @@ class Gateway:
         admitted = connect_rules.admit(engine, client, packet)
         if admitted is None:
             return
-        accepted = connect_rules.accept(engine, client, packet, admitted,
+        wait = connect_rules.wait_before_accept(engine, admitted, packet)
+        if wait is not None and self._defer is not None:
+            client.waiting = admitted.client_id
+
+            def then(why: str | None) -> None:
+                self._after_wait(client, msg, packet, admitted, why)
+
+            self._defer(wait, then)
+            return
+        self._accept_now(client, msg, packet, admitted, now)
+
+    def _after_wait(self, client: SnClient, msg: sn.Connect, packet: mq.Connect,
+                    admitted: connect_rules.Admitted, why: str | None) -> None:
+        """The connect gate is done: accept, or refuse with CONNACK "congestion"
+        (MQTT 5.0 0x89 Server busy, §5.3.10: the client retries later) when the
+        session could not be made ready. Nothing when the client went meanwhile (its
+        address connected again, or the wait outlasted ``mqtt.connect_timeout``)."""
+        client.waiting = None
+        if self.clients.get(client.key) is not client or client.close_after_flush:
+            return
+        if why is not None:
+            connect_rules.refuse_busy(self.engine, client, packet, why)
+            return
+        self._accept_now(client, msg, packet, admitted, self._now)
+
+    def _accept_now(self, client: SnClient, msg: sn.Connect, packet: mq.Connect,
+                    admitted: connect_rules.Admitted, now: float) -> None:
+        accepted = connect_rules.accept(self.engine, client, packet, admitted,
                                         self.listener.mqttsn_username, now)
         if accepted is None:
             return
         client.keepalive = accepted.keepalive if msg.duration else 0
         log.info("mqtt-sn client %r connected from %s (clean_session=%s, duration=%s, "
                  "session_present=%s, will=%s)", client.client_id, client.peer,
-                 msg.clean_session, msg.duration, accepted.session_present, will is not None)
+                 msg.clean_session, msg.duration, accepted.session_present,
+                 packet.will is not None)
 
     # -------------------------------------------------------- PUBLISH (§6.7)
     def _topic_name(self, client: SnClient | None, tid_type: int, topic_id: int) -> str | None:

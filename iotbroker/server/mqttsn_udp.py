@@ -5,6 +5,10 @@ datagrams and the time, sends what it writes (wrapping replies for a forwarder's
 Wireless Node Id, MQTT-SN 1.2 §5.5), and after each event applies the engine's
 effects the way the broker does for its socket connections (closes, the core timer,
 the end-of-turn flush, where the storage batch is committed before any answer leaves).
+A CONNECT that must wait for the engine's connect gate (the cluster brings the
+client's session here first: engine/connect.py ``wait_before_accept``) waits here, as
+a socket connection's does in ``server/broker.py``, and is accepted or refused when
+the wait is done.
 
 ADVERTISE (§6.1) is broadcast to ``255.255.255.255`` on the listener's port when the
 listener binds a wildcard address; a listener bound to one address (loopback in
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 from iotbroker.config import BrokerConfig, ListenerConfig
@@ -76,7 +81,10 @@ class MqttSnEndpoint(asyncio.DatagramProtocol):
         self.config = config
         self.transport: asyncio.DatagramTransport | None = None
         self.gateway = Gateway(broker.engine, broker.config, config, broker.ready_to_write,
-                               self._sendto, broker.now())
+                               self._sendto, broker.now(), defer=self._defer)
+        #: CONNECTs waiting for the engine's connect gate (held: the loop keeps weak
+        #: references to tasks).
+        self._waits: set[asyncio.Future[str | None]] = set()
         self._broadcast = config.host in ("0.0.0.0", "::", "")
         self._tick: asyncio.TimerHandle | None = None
         self._interval = max(0.05, min(TICK, broker.config.mqttsn.retry_interval / 4))
@@ -122,6 +130,28 @@ class MqttSnEndpoint(asyncio.DatagramProtocol):
             transport.sendto(data, addr)
         except OSError as exc:  # e.g. no route for the broadcast
             log.debug("mqtt-sn %r: sendto %s failed: %s", self.config.name, addr, exc)
+
+    def _defer(self, wait: Awaitable[str | None], then: Callable[[str | None], None]
+               ) -> None:
+        """The gateway's CONNECT waits for ``wait`` (the engine's connect gate);
+        ``then`` gets what it ended with — None (accept) also when it failed, as for
+        a socket connection (server/broker.py ``_accept_after``) — and the effects are
+        applied as after a datagram."""
+        future = asyncio.ensure_future(wait)
+        self._waits.add(future)
+        future.add_done_callback(self._waits.discard)
+
+        def done(f: asyncio.Future[str | None]) -> None:
+            why = None if f.cancelled() or f.exception() is not None else f.result()
+            self.gateway.set_time(self.broker.now())
+            try:
+                then(why)
+            except Exception:  # a bug of ours: this CONNECT is lost, the listener goes on
+                log.exception("mqtt-sn %r: error accepting a CONNECT after its wait",
+                              self.config.name)
+            self._after_event()
+
+        future.add_done_callback(done)
 
     def _after_event(self) -> None:
         """The engine's effects of one event, applied as for a socket connection."""

@@ -10,6 +10,7 @@ behind or hold the lock another broker instance is waiting for.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import ssl
@@ -26,7 +27,8 @@ _TLS_FILES = ("certfile", "keyfile", "cafile")
 def tls_file_errors(config: BrokerConfig) -> list[ConfigError]:
     """One error per TLS file named by a listener or a bridge that does not exist or
     cannot be read, keyed ``listeners[i].tls.certfile`` / ``bridges[i].tls.certfile``
-    (and ``keyfile``, ``cafile``)."""
+    (and ``keyfile``, ``cafile``); and the cluster's NATS credentials file
+    (``cluster.credentials_file``: missing, unreadable, or not a .creds file)."""
     errors = []
     tls_configs: list[tuple[str, TlsConfig | BridgeTlsConfig | None]] = [
         (f"listeners[{i}]", listener.tls)
@@ -42,7 +44,37 @@ def tls_file_errors(config: BrokerConfig) -> list[ConfigError]:
                 reason = "does not exist" if not os.path.exists(file) else "is not readable"
                 errors.append(ConfigError(f"{key}.tls.{name}", file,
                                           f"cannot be used: the file {reason}"))
+    creds = config.cluster.credentials_file if config.cluster is not None else None
+    if creds is not None:
+        error = _creds_error(creds)
+        if error is not None:
+            errors.append(error)
     return errors
+
+
+def _creds_error(path: str) -> ConfigError | None:
+    """``cluster.credentials_file`` must be a readable NATS .creds file: a user JWT and
+    its NKey seed between their ``-----BEGIN ...-----`` lines (the layout ``nsc``
+    writes). nats-py reads it at each connect and would fail there, less clearly."""
+    key = "cluster.credentials_file"
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(1 << 20)
+    except FileNotFoundError:
+        return ConfigError(key, path, "cannot be used: the file does not exist")
+    except OSError as exc:
+        return ConfigError(key, path, f"cannot be used: {exc.strerror or exc}")
+    for marker, what in ((b"BEGIN NATS USER JWT", "user JWT"),
+                         (b"BEGIN USER NKEY SEED", "NKey seed")):
+        if marker not in text:
+            return ConfigError(key, path, f"is not a NATS .creds file: no {what} "
+                               f"(no '-----{marker.decode()}-----' line)")
+    if importlib.util.find_spec("nkeys") is None:
+        # nats-py imports it only when it signs: without it the connection would fail
+        # at each try with an ImportError.
+        return ConfigError(key, path, "cannot be used without the Python package nkeys "
+                           "(pip install 'iotbroker[cluster]' brings it)")
+    return None
 
 
 def _tls_context_error(index: int, config: BrokerConfig) -> ConfigError | None:
