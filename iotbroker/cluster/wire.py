@@ -36,7 +36,8 @@ by announced interest"):
 * Ids are never reused within a *generation*; a sender's generations only grow (one
   counter for all its destinations), and a part names its generation. A table that is
   full (:data:`MAX_NAMES`) starts a new generation; so does one the receiver asks to
-  reset. A receiver keeps one generation per sender and drops a part of an older one.
+  reset. A receiver keeps one generation per sender: a part of another generation
+  starts its table anew (one sender's parts arrive in the order sent).
 * A receiver that meets an id it does not know (it lost its table) drops the message,
   counts it (``messages/unnamed``) and asks for a reset (a *reset* control message);
   a message is never delivered under a name it was not defined with. A restarted node
@@ -85,7 +86,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.core.subscriptions import SubscriptionTrie
@@ -120,6 +121,9 @@ KNOWN = 1
 RESET = 2
 #: Names (topics and origins) in one generation of a :class:`NameTable` at most (u16 ids).
 MAX_NAMES = 65_535
+#: A :class:`NameBook`'s slot of an id it was not given: never a name (MQTT strings
+#: exclude U+0000, [MQTT-1.5.4-2]); compared by identity.
+_UNKNOWN: Final = "\x00"
 
 #: (share group, filter without the $share prefix)
 Group = tuple[str, str]
@@ -231,46 +235,53 @@ class NameTables:
 
 
 class NameTable:
-    """One destination's name dictionary on the sending node: name -> id in the
-    current generation, the encoded names by id, and which ids the destination has
-    confirmed (``known``; only those are sent without their definition)."""
+    """One destination's name dictionary on the sending node, in the current
+    generation: the names the destination confirmed -> their ids (``ids``: sent by id
+    alone), the names given an id it has not confirmed yet (``pending``: defined in
+    every part that uses them), and the names by id (``names``, encoded ``raw``)."""
 
-    __slots__ = ("_tables", "generation", "ids", "known", "raw")
+    __slots__ = ("_tables", "generation", "ids", "names", "pending", "raw")
 
     def __init__(self, tables: NameTables) -> None:
         self._tables = tables
         self.generation = tables.next_generation()
         self.ids: dict[str, int] = {}
+        self.pending: dict[str, int] = {}
+        self.names: list[str] = []
         self.raw: list[bytes] = []
-        self.known = bytearray()
 
     def add(self, name: str) -> int:
         """A new id for ``name`` (the caller checked it has none and there is room)."""
         i = len(self.raw)
-        self.ids[name] = i
+        self.pending[name] = i
+        self.names.append(name)
         self.raw.append(name.encode())
-        self.known.append(0)
         return i
 
     def renew(self) -> None:
         """A new generation: every name gets a new id, defined again when used."""
         self.generation = self._tables.next_generation()
         self.ids = {}
+        self.pending = {}
+        self.names = []
         self.raw = []
-        self.known = bytearray()
 
     def confirmed(self, generation: int, ids: list[int]) -> int:
         """The destination holds ``ids`` of ``generation`` (a :data:`KNOWN` control
         message); one of an older generation is ignored. Returns the ids taken."""
         if generation != self.generation:
             return 0
-        known = self.known
-        n = len(known)
+        names = self.names
+        pending = self.pending
+        confirmed = self.ids
+        n = len(names)
         taken = 0
         for i in ids:
             if i < n:
-                known[i] = 1
-                taken += 1
+                name = names[i]
+                if pending.pop(name, -1) == i:
+                    confirmed[name] = i
+                    taken += 1
         return taken
 
     def reset(self, generation: int) -> bool:
@@ -317,31 +328,15 @@ class Outbox:
         if self._count or (payloads and message.created_at != self._at):
             self._close()
             payloads = self._payloads
-        table = self.names
-        ids = table.ids
+        ids = self.names.ids
         topic = ids.get(message.topic)
         origin = ids.get(message.origin)
-        if topic is None or origin is None:
-            if len(table.raw) + 2 > MAX_NAMES:  # full: a new generation, a new part
-                if payloads:
-                    self._close()
-                    payloads = self._payloads
-                table.renew()
-                ids = table.ids
-                topic = None
-            if topic is None:
-                topic = table.add(message.topic)
-            origin = ids.get(message.origin)
-            if origin is None:
-                origin = table.add(message.origin)
+        if topic is None or origin is None:  # not confirmed: defined in this part
+            topic, origin = self._define(message.topic, message.origin)
+            payloads = self._payloads
         if not payloads:
             self._at = message.created_at
-            self._generation = table.generation
-        known = table.known
-        if not known[topic]:
-            self._defs[topic] = None
-        if not known[origin]:
-            self._defs[origin] = None
+            self._generation = self.names.generation
         payload = message.payload
         if type(payload) is not bytes:
             payload = bytes(payload)
@@ -354,6 +349,27 @@ class Outbox:
         self._size += size
         if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
             self._close()
+
+    def _define(self, topic: str, origin: str) -> tuple[int, int]:
+        """The ids of names not all confirmed, each to be defined in the open part
+        (a new generation, in a new part, when the table is full)."""
+        table = self.names
+        if len(table.raw) + 2 > MAX_NAMES and not (
+                (topic in table.ids or topic in table.pending)
+                and (origin in table.ids or origin in table.pending)):
+            if self._payloads:
+                self._close()
+            table.renew()
+        out: list[int] = []
+        for name in (topic, origin):
+            i = table.ids.get(name)
+            if i is None:
+                i = table.pending.get(name)
+                if i is None:
+                    i = table.add(name)
+                self._defs[i] = None
+            out.append(i)
+        return out[0], out[1]
 
     def add_message(self, size: int, pieces: list[bytes]) -> None:
         """A QoS 0 message that is not plain, without shared groups, as
@@ -469,7 +485,7 @@ class NameBook:
 
     def __init__(self) -> None:
         self.generation = 0
-        self.names: list[str | None] = []
+        self.names: list[str] = []  # _UNKNOWN where not given
         self.learned: list[int] = []
         self.unknown = 0
         self.asked = 0
@@ -507,43 +523,43 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
             if kind == NAMED:
                 count, created_at, generation, ndefs = _NAMED.unpack_from(data, pos)[1:]
                 pos += _NAMED.size
-                if generation > book.generation:  # the sender started a new one
+                if generation != book.generation:  # the sender started a new one
                     book.generation = generation
                     book.names = []
                     book.learned = []
-                strs = book.names if generation == book.generation else []  # older: its own
+                strs = book.names
                 defs = struct.unpack_from(f">{2 * ndefs}H", data, pos)
                 pos += 4 * ndefs
                 have = len(strs)
                 for i, ln in zip(defs[:ndefs], defs[ndefs:], strict=True):
                     name = data[pos : pos + ln].decode()
                     pos += ln
-                    if i < have:
-                        old = strs[i]
-                        if old is None:
-                            strs[i] = name
-                        elif old != name:
-                            raise ValueError(f"cluster batch redefines name {i}")
-                    else:
-                        while have < i:
-                            strs.append(None)
-                            have += 1
-                        strs.append(name)
-                        have += 1
-                if generation == book.generation:
-                    book.learned += defs[:ndefs]
+                    if i >= have:
+                        strs += [_UNKNOWN] * (i + 1 - have)
+                        have = i + 1
+                    old = strs[i]
+                    if old is _UNKNOWN:
+                        strs[i] = name
+                    elif old != name:
+                        raise ValueError(f"cluster batch redefines name {i}")
+                book.learned += defs[:ndefs]
                 heads = struct.unpack_from(f">{count}H{count}H{count}I", data, pos)
                 pos += 8 * count
                 if pos + sum(heads[2 * count :]) > end_all:
                     raise ValueError("cluster batch truncated")
+                if count:
+                    top = max(heads[: 2 * count])
+                    if top >= have:  # ids it was not given: _UNKNOWN
+                        strs += [_UNKNOWN] * (top + 1 - have)
+                        have = top + 1
                 messages: list[Message] = []
                 append = messages.append
                 for t, o, size in zip(heads[:count], heads[count : 2 * count],
                                       heads[2 * count :], strict=True):
                     end = pos + size
-                    topic = strs[t] if t < have else None
-                    origin = strs[o] if o < have else None
-                    if topic is None or origin is None:
+                    topic = strs[t]
+                    origin = strs[o]
+                    if topic is _UNKNOWN or origin is _UNKNOWN:
                         book.unknown += 1  # never under another name: left out
                     else:
                         append(Message(topic, data[pos:end], 0, False, NO_PROPERTIES,
