@@ -825,7 +825,7 @@ class ClusterNode:
                     self.duplicates += 1
                     continue
                 order.contig = max(order.contig, seq)
-            if groups_of is None:  # a PLAIN part: no shared groups
+            if groups_of is None:  # a NAMED part: no shared groups
                 route_many(messages, now, no_groups)
             else:
                 for message, groups in zip(messages, groups_of, strict=True):
