@@ -119,7 +119,7 @@ def test_a_receiver_that_lost_its_table_drops_counts_and_asks_for_a_new_one() ->
     assert book.unknown == 5
     sender, op, generation, ids = wire.decode_control(
         wire.encode_control(b"rcv/1", wire.RESET, book.generation, []))
-    assert (op, generation, ids) == (wire.RESET, old_generation, [])
+    assert (sender, op, generation, ids) == (b"rcv/1", wire.RESET, old_generation, [])
     assert tables.tables["r"].reset(generation)
     assert not tables.tables["r"].reset(generation)  # asked twice: one new generation
     assert tables.tables["r"].generation > old_generation
