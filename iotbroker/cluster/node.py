@@ -90,6 +90,7 @@ SWEEP_SECONDS = 1.0
 FORGET_SECONDS = 60.0
 
 _PUB, _ANNOUNCE, _RETAIN = 0, 1, 3
+_CONTROL = bytes([wire.CONTROL])
 #: (message, its record, its held acks)
 _Item = tuple[Message, bytes, list["HeldAck"]]
 _DELETE_HEADERS = {KV_OP: KV_DEL}
@@ -121,6 +122,10 @@ class ClusterNode:
         self.interest_kv: KeyValue | None = None
         self._resync: asyncio.Task[None] | None = None
         self.dedup = wire.Dedup()
+        #: name dictionaries (wire.py, NAMED parts): this node's per destination
+        #: process, and other nodes' per sender
+        self.names_out = wire.NameTables()
+        self.names_in: dict[bytes, wire.NameBook] = {}
         self.nc: NatsClient | None = None
         self.connected = False
         self._warned = False
@@ -162,6 +167,8 @@ class ClusterNode:
         self.dropped = 0
         self.refused = 0
         self.undecodable = 0
+        self.unnamed = 0  # messages dropped: a name id this node did not hold
+        self.name_resets = 0  # name tables renewed because a destination asked
 
     def status(self) -> dict[str, int]:
         """What the node reports ($SYS/broker/cluster/..., metrics, /health)."""
@@ -173,6 +180,8 @@ class ClusterNode:
             "messages_refused": self.refused,
             "messages_duplicate": self.duplicates,
             "messages_undecodable": self.undecodable,
+            "messages_unnamed": self.unnamed,
+            "names_resets": self.name_resets,
             "filters": len(self.interest),
             "remote_filters": len(self.remote),
             "remote_nodes": len(self.remote.active),
@@ -406,12 +415,13 @@ class ClusterNode:
             everyone = {t: None for t, (seen, _) in list(figures.items())
                         if t != own and now - seen <= NODE_TTL}
         add_qos0 = wire.add_qos0
+        tables = self.names_out
         interest = remote.trie
         count = len(messages)
         i = 0
         while i < count:
             if live:  # the common case, compiled: QoS 0 without shared groups
-                i = add_qos0(messages, i, interest, out, names)
+                i = add_qos0(messages, i, interest, out, names, tables)
                 if i == count:
                     break
             message = messages[i]
@@ -485,7 +495,7 @@ class ClusterNode:
             for token, items in dests.items():
                 box = out.get(token)
                 if box is None:
-                    box = out[token] = wire.Outbox()
+                    box = out[token] = tables.outbox(token)
                 if reliable:
                     box.part(seq, items)
                 else:
@@ -698,6 +708,7 @@ class ClusterNode:
                 # back yet): it cannot tell who is silent.
                 continue
             changed, gone = remote.sweep(now, NODE_TTL, FORGET_SECONDS)
+            self._forget_names(now)
             for token in changed:
                 log.info("cluster: node process %s %s the routing index", token,
                          "back in" if token in remote.active else "silent: out of")
@@ -705,6 +716,20 @@ class ClusterNode:
                 for key in gone:
                     self._commands.append((_ANNOUNCE, key, b"", 0))
                 self._wake.set()
+
+    def _forget_names(self, now: float) -> None:
+        """Drop the name dictionaries of processes silent for FORGET_SECONDS (a
+        restarted node is a new process: its old ones would never be used again)."""
+        figures = self.wills.figures
+        tables = self.names_out.tables
+        for token in list(tables):
+            seen = figures.get(token)
+            if seen is not None and now - seen[0] > FORGET_SECONDS:
+                del tables[token]
+        for sender in list(self.names_in):
+            seen = figures.get(sender.decode().replace("/", "_"))
+            if seen is not None and now - seen[0] > FORGET_SECONDS:
+                del self.names_in[sender]
 
     async def _watch_retained(self, nc: NatsClient) -> None:
         """Index the retained bucket in memory (the engine's retained store) from a
@@ -753,9 +778,16 @@ class ClusterNode:
 
     async def _on_batch(self, msg: Msg) -> None:
         """A batch another node sent to this one (:func:`wire.decode_batch`): each
-        message routed here once, to the shared groups the sender gave it to here."""
+        message routed here once, to the shared groups the sender gave it to here.
+        A name dictionary control message (wire.py) from a node this one sends to is
+        handled here too (same subject)."""
+        data = msg.data
+        if data[:1] == _CONTROL:
+            self._on_control(data)
+            return
+        books = self.names_in
         try:
-            sender, parts = wire.decode_batch(msg.data)
+            sender, parts = wire.decode_batch(data, books)
         except Exception as exc:
             self.undecodable += 1
             n = self.undecodable
@@ -794,7 +826,7 @@ class ClusterNode:
                     self.duplicates += 1
                     continue
                 order.contig = max(order.contig, seq)
-            if groups_of is None:  # a PLAIN part: no shared groups
+            if groups_of is None:  # a NAMED part: no shared groups
                 route_many(messages, now, no_groups)
             else:
                 for message, groups in zip(messages, groups_of, strict=True):
@@ -803,11 +835,58 @@ class ClusterNode:
                 routed += messages
             received += len(messages)
         self.received += received
+        book = books.get(sender)
+        if book is not None and (book.learned or book.unknown):
+            self._answer(sender, book)
         if order is not None and order.held:
             self._route_held(sender, order, False, routed if capturing else None)
         if routed:
             self.sessions.capture(routed)
         self.schedule_flush()
+
+    def _answer(self, sender: bytes, book: wire.NameBook) -> None:
+        """Tell ``sender`` which name ids of its NAMED parts this node now holds (it
+        names them by id alone from then on), or that it met ids it does not hold
+        (counted in ``messages/unnamed``; asked again at most once a second per
+        generation): wire.py, "The dictionary on a lossy fabric"."""
+        subject = f"{self.prefix}.node.{sender.decode().replace('/', '_')}"
+        commands = self._commands
+        if book.learned:
+            ids = list(dict.fromkeys(book.learned))
+            book.learned = []
+            commands.append((_PUB, subject, wire.encode_control(
+                self.sender, wire.KNOWN, book.generation, ids), 0))
+        if book.unknown:
+            self.unnamed += book.unknown
+            book.unknown = 0
+            now = time.monotonic()
+            if book.asked != book.generation or now - book.asked_at > 1.0:
+                book.asked = book.generation
+                book.asked_at = now
+                log.warning("cluster: messages from %s name ids this node does not hold "
+                            "(%d dropped so far); asking it for a new name table",
+                            sender.decode(errors="replace"), self.unnamed)
+                commands.append((_PUB, subject, wire.encode_control(
+                    self.sender, wire.RESET, book.generation, []), 0))
+        self._wake.set()
+
+    def _on_control(self, data: bytes) -> None:
+        """A destination confirms name ids, or asks for a new generation."""
+        try:
+            sender, op, generation, ids = wire.decode_control(data)
+        except ValueError as exc:
+            self.undecodable += 1
+            log.warning("cluster: undecodable name control message: %s", exc)
+            return
+        table = self.names_out.tables.get(sender.decode(errors="replace").replace("/", "_"))
+        if table is None:
+            return
+        if op == wire.KNOWN:
+            table.confirmed(generation, ids)
+        elif table.reset(generation):
+            self.name_resets += 1
+            log.info("cluster: %s lost its names of generation %d; new name table",
+                     sender.decode(errors="replace"), generation)
 
     def _route_held(self, sender: bytes, order: wire.LiveOrder, force: bool,
                     routed: list[Message] | None) -> None:

@@ -2,24 +2,51 @@
 
 Live, on core NATS, a node sends one NATS message per destination node per turn on
 that node's subject ``<prefix>.node.<process token>`` (:func:`encode_batch`): the
-turn's messages for it, across topics, in order, as *parts* (batch version 3)::
+turn's messages for it, across topics, in order, as *parts* (batch version 4)::
 
-    0x03 | len: u8 | sender: len bytes | part*
-    part:   ITEMS part | PLAIN part
+    0x04 | len: u8 | sender: len bytes | part*
+    part:   ITEMS part | NAMED part
     ITEMS:  0x00 | seq: u64 | count: u16 | item * count
     item:   size: u32 | message record | groups: u16 | group * groups
     group:  len: u16 | name | len: u16 | filter
-    PLAIN:  0x01 | count: u16 | created_at: f64 | names: u16 | len: u16 * names
-                 | name * names | topic: u16 * count | origin: u16 * count
+    NAMED:  0x02 | count: u16 | created_at: f64 | generation: u32 | defs: u16
+                 | id: u16 * defs | len: u16 * defs | name * defs
+                 | topic: u16 * count | origin: u16 * count
                  | size: u32 * count | payload * count
 
-A PLAIN part carries *plain* QoS 0 messages (:func:`is_plain`: not retained, no
-properties, no expiry, no shared groups; the common case) of one created time:
-each topic and origin once in ``names``, per message the index of its topic and of its
-origin there and its payload's size: 8 bytes per message besides the payload, one
-decoded ``str`` per name (an ITEMS part: 41 bytes, the topic and the origin per
-message, and a record to decode);
-the receiver routes the part in one call. Other messages travel in ITEMS parts.
+A NAMED part carries *plain* QoS 0 messages (:func:`is_plain`: not retained, no
+properties, no expiry, no shared groups; the common case) of one created time: per
+message the *id* of its topic and of its origin and its payload's size (8 bytes per
+message besides the payload). The ids are those of a **name dictionary that lasts
+across batches**, one per (sender, destination) pair (:class:`NameTable` on the
+sender, :class:`NameBook` on the receiver): a part *defines* (id, name) for each name
+it uses that the receiver has not confirmed yet, and names a confirmed one by its id
+alone. So a busy topic's name is encoded, sent and decoded once, not once per part
+(an ITEMS part: 41 bytes, the topic and the origin per message, and a record to
+decode). The receiver routes the part in one call. Other messages travel in ITEMS
+parts.
+
+The dictionary on a lossy fabric (core NATS is at most once; docs/cluster.md, "Routing
+by announced interest"):
+
+* The receiver confirms the ids it was given (a *known* control message, below); the
+  sender names a topic by its id alone only once confirmed, and repeats the definition
+  in every part until then. A lost batch loses its own messages, as core NATS would,
+  and never the later ones.
+* Ids are never reused within a *generation*; a sender's generations only grow (one
+  counter for all its destinations), and a part names its generation. A table that is
+  full (:data:`MAX_NAMES`) starts a new generation; so does one the receiver asks to
+  reset. A receiver keeps one generation per sender: a part of another generation
+  starts its table anew (one sender's parts arrive in the order sent).
+* A receiver that meets an id it does not know (it lost its table) drops the message,
+  counts it (``messages/unnamed``) and asks for a reset (a *reset* control message);
+  a message is never delivered under a name it was not defined with. A restarted node
+  is a new sender (and a new destination): its tables start empty.
+
+Control messages go from the receiver to the sender's node subject::
+
+    0x84 | len: u8 | sender: len bytes | op: u8 (1 known, 2 reset) | generation: u32
+         | count: u16 | id: u16 * count
 
 ``groups`` are the shared subscription groups (name, filter without the ``$share``
 prefix) that the sending node gave this message to on that node (MQTT 5.0 §4.8.2,
@@ -29,11 +56,12 @@ of its own and carries the sequence number of its copy in the QoS stream, whose
 payload is the per-topic format below (:func:`encode`), so that a node routes
 whichever copy comes first (:class:`Dedup`).
 
-A node does not decode a batch of another version (version 2 had no part kinds and
-carried every message as an item): it counts it in ``messages/undecodable`` and logs
-it. Nodes of both versions in one cluster, as during a rolling upgrade, do not get
-each other's live messages (QoS 1/2 ones still come through the QoS stream, whose
-format is unchanged): docs/cluster.md, "Routing by announced interest".
+A node does not decode a batch of another version (version 3 named a PLAIN part's
+topics in every part; version 2 had no part kinds and carried every message as an
+item): it counts it in ``messages/undecodable`` and logs it. Nodes of both versions
+in one cluster, as during a rolling upgrade, do not get each other's live messages
+(QoS 1/2 ones still come through the QoS stream, whose format is unchanged):
+docs/cluster.md, "Routing by announced interest".
 
 In the QoS stream (:mod:`iotbroker.cluster.qos_stream`) the subject is the MQTT topic
 (:mod:`iotbroker.cluster.subjects`); the messages one turn accepted on one topic
@@ -58,7 +86,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.core.subscriptions import SubscriptionTrie
@@ -77,20 +105,31 @@ MAX_BATCH_BYTES = 256 * 1024
 _HEAD = struct.Struct(">BQB")
 _COUNT = struct.Struct(">H")
 _SIZE = struct.Struct(">I")
-BATCH_VERSION = 3
+BATCH_VERSION = 4
 _PART = struct.Struct(">BQH")  # ITEMS, seq, count
-_PLAIN = struct.Struct(">BHdH")  # PLAIN, count, created_at, names
+_NAMED = struct.Struct(">BHdIH")  # NAMED, count, created_at, generation, defs
+_CONTROL = struct.Struct(">BIH")  # op, generation, count
 _U16 = struct.Struct(">H")
 _NO_GROUPS = b"\x00\x00"
 #: Part kinds (:func:`encode_batch`).
 ITEMS = 0
-PLAIN = 1
+NAMED = 2
+#: First byte of a name dictionary control message (:func:`encode_control`).
+CONTROL = 0x84
+#: Control operations: the receiver knows these ids; the receiver wants a new generation.
+KNOWN = 1
+RESET = 2
+#: Names (topics and origins) in one generation of a :class:`NameTable` at most (u16 ids).
+MAX_NAMES = 65_535
+#: A :class:`NameBook`'s slot of an id it was not given: never a name (MQTT strings
+#: exclude U+0000, [MQTT-1.5.4-2]); compared by identity.
+_UNKNOWN: Final = "\x00"
 
 #: (share group, filter without the $share prefix)
 Group = tuple[str, str]
-#: The shared groups of a message given to none (a PLAIN part's messages).
+#: The shared groups of a message given to none (a NAMED part's messages).
 NO_GROUPS: tuple[Group, ...] = ()
-#: One decoded part: (seq, messages, their shared groups; None for a PLAIN part: none).
+#: One decoded part: (seq, messages, their shared groups; None for a NAMED part: none).
 Part = tuple[int, list[Message], list[list[Group]] | None]
 
 
@@ -113,56 +152,175 @@ def encode_part(seq: int, items: list[bytes]) -> bytes:
     return b"".join([_PART.pack(ITEMS, seq, len(items)), *items])
 
 
-def encode_plain(created_at: float, names: list[bytes], heads: list[int],
-                 payloads: list[bytes]) -> bytes:
-    """One PLAIN part (:func:`encode_batch`): ``heads`` holds (topic, origin, size)
-    per message, topic and origin as indexes into ``names``; at most :data:`MAX_BATCH`
-    messages."""
+def encode_named(created_at: float, generation: int, def_ids: list[int],
+                 def_names: list[bytes], heads: list[int], payloads: list[bytes]) -> bytes:
+    """One NAMED part (:func:`encode_batch`): the definitions (``def_ids[i]`` names
+    ``def_names[i]`` in ``generation``), then ``heads``, (topic id, origin id, size)
+    per message; at most :data:`MAX_BATCH` messages."""
     n = len(payloads)
-    k = len(names)
+    k = len(def_ids)
     return b"".join([
-        _PLAIN.pack(PLAIN, n, created_at, k),
-        struct.pack(f">{k}H", *[len(name) for name in names]), *names,
+        _NAMED.pack(NAMED, n, created_at, generation, k),
+        struct.pack(f">{k}H{k}H", *def_ids, *[len(name) for name in def_names]),
+        *def_names,
         struct.pack(f">{n}H{n}H{n}I", *heads[0::3], *heads[1::3], *heads[2::3]),
         *payloads])
 
 
 def encode_batch(sender: bytes, parts: list[bytes]) -> bytes:
     """One NATS message for one destination node: :func:`encode_part` and
-    :func:`encode_plain` results."""
+    :func:`encode_named` results."""
     return b"".join([bytes([BATCH_VERSION, len(sender)]), sender, *parts])
 
 
+def encode_control(sender: bytes, op: int, generation: int, ids: list[int]) -> bytes:
+    """A name dictionary control message from a receiving node (``sender``) to the
+    node whose batches it read: :data:`KNOWN` (it holds these ids of ``generation``)
+    or :data:`RESET` (it met ids of ``generation`` it does not hold; no ids)."""
+    ids = ids[:MAX_NAMES]
+    n = len(ids)
+    return b"".join([bytes([CONTROL, len(sender)]), sender,
+                     _CONTROL.pack(op, generation, n), struct.pack(f">{n}H", *ids)])
+
+
+def decode_control(data: bytes) -> tuple[bytes, int, int, list[int]]:
+    """(sender, op, generation, ids) of :func:`encode_control`; ValueError else."""
+    if len(data) < 2 or data[0] != CONTROL:
+        raise ValueError("not a name dictionary control message")
+    n = data[1]
+    sender = data[2 : 2 + n]
+    pos = 2 + n
+    try:
+        op, generation, count = _CONTROL.unpack_from(data, pos)
+        pos += _CONTROL.size
+        ids = list(struct.unpack_from(f">{count}H", data, pos))
+    except struct.error as exc:
+        raise ValueError(f"control message truncated: {exc}") from None
+    if pos + 2 * count != len(data) or op not in (KNOWN, RESET):
+        raise ValueError("control message malformed")
+    return sender, op, generation, ids
+
+
 def is_plain(message: Message) -> bool:
-    """Does ``message`` travel in a PLAIN part (given no shared groups)? QoS 0, not
-    retained, no properties, no expiry: all a PLAIN part does not carry."""
+    """Does ``message`` travel in a NAMED part (given no shared groups)? QoS 0, not
+    retained, no properties, no expiry: all a NAMED part does not carry."""
     return (not message.qos and not message.retain and message.expires_at is None
             and message.properties is NO_PROPERTIES)
+
+
+class NameTables:
+    """The sending node's name dictionaries, one :class:`NameTable` per destination
+    node process (its token), and the one generation counter they share (a
+    generation is never used twice by this process, even for a table made anew)."""
+
+    __slots__ = ("_last", "tables")
+
+    def __init__(self) -> None:
+        self._last = 0
+        self.tables: dict[str, NameTable] = {}
+
+    def next_generation(self) -> int:
+        self._last += 1
+        return self._last
+
+    def of(self, token: str) -> NameTable:
+        table = self.tables.get(token)
+        if table is None:
+            table = self.tables[token] = NameTable(self)
+        return table
+
+    def outbox(self, token: str) -> Outbox:
+        """A new Outbox for a turn's messages to ``token``, with its table."""
+        return Outbox(self.of(token))
+
+
+class NameTable:
+    """One destination's name dictionary on the sending node, in the current
+    generation: the names the destination confirmed -> their ids (``ids``: sent by id
+    alone), the names given an id it has not confirmed yet (``pending``: defined in
+    every part that uses them), and the names by id (``names``, encoded ``raw``)."""
+
+    __slots__ = ("_tables", "generation", "ids", "names", "pending", "raw")
+
+    def __init__(self, tables: NameTables) -> None:
+        self._tables = tables
+        self.generation = tables.next_generation()
+        self.ids: dict[str, int] = {}
+        self.pending: dict[str, int] = {}
+        self.names: list[str] = []
+        self.raw: list[bytes] = []
+
+    def add(self, name: str) -> int:
+        """A new id for ``name`` (the caller checked it has none and there is room)."""
+        i = len(self.raw)
+        self.pending[name] = i
+        self.names.append(name)
+        self.raw.append(name.encode())
+        return i
+
+    def renew(self) -> None:
+        """A new generation: every name gets a new id, defined again when used."""
+        self.generation = self._tables.next_generation()
+        self.ids = {}
+        self.pending = {}
+        self.names = []
+        self.raw = []
+
+    def confirmed(self, generation: int, ids: list[int]) -> int:
+        """The destination holds ``ids`` of ``generation`` (a :data:`KNOWN` control
+        message); one of an older generation is ignored. Returns the ids taken."""
+        if generation != self.generation:
+            return 0
+        names = self.names
+        pending = self.pending
+        confirmed = self.ids
+        n = len(names)
+        taken = 0
+        for i in ids:
+            if i < n:
+                name = names[i]
+                if pending.pop(name, -1) == i:
+                    confirmed[name] = i
+                    taken += 1
+        return taken
+
+    def reset(self, generation: int) -> bool:
+        """The destination lost ``generation`` (a :data:`RESET` control message):
+        start a new one, unless that was done already."""
+        if generation != self.generation:
+            return False
+        self.renew()
+        return True
 
 
 class Outbox:
     """One destination node's messages of a turn, in order, cut into NATS payloads.
 
     Plain QoS 0 messages (:func:`is_plain`) of one created time (one read's) gather
-    into a PLAIN part, which names each topic and origin once; other QoS 0 messages
-    into an ITEMS part; a QoS 1/2 run is an ITEMS part of its own. A message of
-    another kind or time closes the open part: the order is kept (each topic's,
-    [MQTT-4.6.0-5], and all others too), and each decoded message equals the one
-    sent."""
+    into a NAMED part, which names each topic and origin by its id in the
+    destination's :class:`NameTable` (defined in the part unless the destination
+    confirmed it); other QoS 0 messages into an ITEMS part; a QoS 1/2 run is an ITEMS
+    part of its own. A message of another kind or time closes the open part: the
+    order is kept (each topic's, [MQTT-4.6.0-5], and all others too), and each decoded
+    message equals the one sent."""
 
-    __slots__ = ("_at", "_count", "_heads", "_names", "_payloads", "_pieces", "_size",
-                 "parts")
+    __slots__ = ("_at", "_count", "_defs", "_generation", "_heads", "_payloads",
+                 "_pieces", "_size", "names", "parts")
 
-    def __init__(self) -> None:
+    def __init__(self, names: NameTable | None = None) -> None:
+        #: the destination's name dictionary (None: a private one, never confirmed,
+        #: so that every part defines its names: tests, benchmarks/cluster_wire.py)
+        self.names = NameTables().of("") if names is None else names
         self.parts: list[tuple[bytes, int]] = []
         self._pieces: list[bytes] = []  # the open ITEMS part's items
         self._count = 0
         self._size = 0
-        # the open PLAIN part: names (topic or origin -> index), heads, payloads
-        self._names: dict[str, int] = {}
+        # the open NAMED part: ids it defines, heads, payloads, created time, generation
+        self._defs: dict[int, None] = {}
         self._heads: list[int] = []
         self._payloads: list[bytes] = []
         self._at = 0.0
+        self._generation = 0
 
     def add_plain(self, message: Message) -> None:
         """A plain message (:func:`is_plain`) without shared groups."""
@@ -170,15 +328,15 @@ class Outbox:
         if self._count or (payloads and message.created_at != self._at):
             self._close()
             payloads = self._payloads
+        ids = self.names.ids
+        topic = ids.get(message.topic)
+        origin = ids.get(message.origin)
+        if topic is None or origin is None:  # not confirmed: defined in this part
+            topic, origin = self._define(message.topic, message.origin)
+            payloads = self._payloads
         if not payloads:
             self._at = message.created_at
-        names = self._names
-        topic = names.get(message.topic)
-        if topic is None:
-            topic = names[message.topic] = len(names)
-        origin = names.get(message.origin)
-        if origin is None:
-            origin = names[message.origin] = len(names)
+            self._generation = self.names.generation
         payload = message.payload
         if type(payload) is not bytes:
             payload = bytes(payload)
@@ -191,6 +349,27 @@ class Outbox:
         self._size += size
         if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
             self._close()
+
+    def _define(self, topic: str, origin: str) -> tuple[int, int]:
+        """The ids of names not all confirmed, each to be defined in the open part
+        (a new generation, in a new part, when the table is full)."""
+        table = self.names
+        if len(table.raw) + 2 > MAX_NAMES and not (
+                (topic in table.ids or topic in table.pending)
+                and (origin in table.ids or origin in table.pending)):
+            if self._payloads:
+                self._close()
+            table.renew()
+        out: list[int] = []
+        for name in (topic, origin):
+            i = table.ids.get(name)
+            if i is None:
+                i = table.pending.get(name)
+                if i is None:
+                    i = table.add(name)
+                self._defs[i] = None
+            out.append(i)
+        return out[0], out[1]
 
     def add_message(self, size: int, pieces: list[bytes]) -> None:
         """A QoS 0 message that is not plain, without shared groups, as
@@ -228,9 +407,12 @@ class Outbox:
             self._count = 0
         payloads = self._payloads
         if payloads:
-            self.parts.append((encode_plain(self._at, [n.encode() for n in self._names],
-                                            self._heads, payloads), len(payloads)))
-            self._names = {}
+            defs = list(self._defs)
+            raw = self.names.raw
+            self.parts.append((encode_named(self._at, self._generation, defs,
+                                            [raw[i] for i in defs], self._heads, payloads),
+                               len(payloads)))
+            self._defs = {}
             self._heads = []
             self._payloads = []
         self._size = 0
@@ -255,13 +437,14 @@ class Outbox:
 
 
 def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
-             out: dict[str, Outbox], names: dict[str, bytes]) -> int:
+             out: dict[str, Outbox], names: dict[str, bytes], tables: NameTables) -> int:
     """The sending node's common case (``ClusterNode._forward``), compiled: from
     ``messages[start]`` on, each QoS 0 message that no other node's shared group
     matches goes into the Outbox of every node whose announced interest
     (``interest``, :mod:`iotbroker.cluster.remote`) matches it, in order, plain ones
-    into PLAIN parts. Stops at the first message it does not handle (QoS 1/2, a shared
-    group) and returns its index (``len(messages)``: all handled)."""
+    into NAMED parts (``tables``: the destinations' name dictionaries). Stops at the
+    first message it does not handle (QoS 1/2, a shared group) and returns its index
+    (``len(messages)``: all handled)."""
     n = len(messages)
     i = start
     while i < n:
@@ -278,22 +461,46 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                 for token in direct:
                     box = out.get(token)
                     if box is None:
-                        box = out[token] = Outbox()
+                        box = out[token] = tables.outbox(token)
                     box.add_plain(message)
             else:
                 size, pieces = record_pieces(message, names)
                 for token in direct:
                     box = out.get(token)
                     if box is None:
-                        box = out[token] = Outbox()
+                        box = out[token] = tables.outbox(token)
                     box.add_message(size, pieces)
         i += 1
     return n
 
 
-def decode_batch(data: bytes) -> tuple[bytes, list[Part]]:
+class NameBook:
+    """One sender's name dictionary on the receiving node (:class:`NameTable` on the
+    sender): the names by id of its current generation, the ids defined since the node
+    last confirmed them (``learned``), the messages dropped for an id it does not hold
+    or a generation it no longer has (``unknown``), and when it last asked for a
+    reset."""
+
+    __slots__ = ("asked", "asked_at", "generation", "learned", "names", "unknown")
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.names: list[str] = []  # _UNKNOWN where not given
+        self.learned: list[int] = []
+        self.unknown = 0
+        self.asked = 0
+        self.asked_at = 0.0
+
+
+def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
+                 ) -> tuple[bytes, list[Part]]:
     """(sender, parts); ValueError (or CorruptData) for what we did not write (a batch
-    of another version included: ``messages_undecodable``)."""
+    of another version included: ``messages_undecodable``; the sender's book is then
+    dropped: it may hold what the batch defined before the fault).
+
+    ``books``: the receiving node's :class:`NameBook` per sender (None: a new one for
+    this batch only). A NAMED part's messages whose topic or origin id the book does
+    not hold are left out and counted in the book's ``unknown``."""
     if len(data) < 2 or data[0] != BATCH_VERSION:
         raise ValueError("not a cluster batch (of this version)")
     n = data[1]
@@ -304,34 +511,59 @@ def decode_batch(data: bytes) -> tuple[bytes, list[Part]]:
     size_of = _SIZE.unpack_from
     u16 = _U16.unpack_from
     no_groups: list[Group] = []
-    names: dict[bytes, str] = {}  # one str per topic (and origin) of the batch
+    names: dict[bytes, str] = {}  # one str per topic (and origin) of an ITEMS part
+    if books is None:
+        books = {}
+    book = books.get(sender)
+    if book is None:
+        book = books[sender] = NameBook()
     try:
         while pos < end_all:
             kind = data[pos]
-            if kind == PLAIN:
-                count, created_at, nnames = _PLAIN.unpack_from(data, pos)[1:]
-                pos += _PLAIN.size
-                strs: list[str] = []
-                lengths = struct.unpack_from(f">{nnames}H", data, pos)
-                pos += 2 * nnames
-                for ln in lengths:
-                    raw = data[pos : pos + ln]
-                    name = names.get(raw)
-                    if name is None:
-                        name = names[raw] = raw.decode()
-                    strs.append(name)
+            if kind == NAMED:
+                count, created_at, generation, ndefs = _NAMED.unpack_from(data, pos)[1:]
+                pos += _NAMED.size
+                if generation != book.generation:  # the sender started a new one
+                    book.generation = generation
+                    book.names = []
+                    book.learned = []
+                strs = book.names
+                defs = struct.unpack_from(f">{2 * ndefs}H", data, pos)
+                pos += 4 * ndefs
+                have = len(strs)
+                for i, ln in zip(defs[:ndefs], defs[ndefs:], strict=True):
+                    name = data[pos : pos + ln].decode()
                     pos += ln
+                    if i >= have:
+                        strs += [_UNKNOWN] * (i + 1 - have)
+                        have = i + 1
+                    old = strs[i]
+                    if old is _UNKNOWN:
+                        strs[i] = name
+                    elif old != name:
+                        raise ValueError(f"cluster batch redefines name {i}")
+                book.learned += defs[:ndefs]
                 heads = struct.unpack_from(f">{count}H{count}H{count}I", data, pos)
                 pos += 8 * count
                 if pos + sum(heads[2 * count :]) > end_all:
                     raise ValueError("cluster batch truncated")
+                if count:
+                    top = max(heads[: 2 * count])
+                    if top >= have:  # ids it was not given: _UNKNOWN
+                        strs += [_UNKNOWN] * (top + 1 - have)
+                        have = top + 1
                 messages: list[Message] = []
                 append = messages.append
                 for t, o, size in zip(heads[:count], heads[count : 2 * count],
                                       heads[2 * count :], strict=True):
                     end = pos + size
-                    append(Message(strs[t], data[pos:end], 0, False, NO_PROPERTIES,
-                                   created_at, None, strs[o]))
+                    topic = strs[t]
+                    origin = strs[o]
+                    if topic is _UNKNOWN or origin is _UNKNOWN:
+                        book.unknown += 1  # never under another name: left out
+                    else:
+                        append(Message(topic, data[pos:end], 0, False, NO_PROPERTIES,
+                                       created_at, None, origin))
                     pos = end
                 out.append((0, messages, None))
                 continue
@@ -365,10 +597,13 @@ def decode_batch(data: bytes) -> tuple[bytes, list[Part]]:
                     pos += lf
                 groups_of.append(groups)
             out.append((seq, messages, groups_of))
-    except (struct.error, IndexError) as exc:
-        raise ValueError(f"cluster batch truncated or corrupt: {exc}") from None
-    if pos != end_all:
-        raise ValueError("cluster batch truncated")
+        if pos != end_all:
+            raise ValueError("cluster batch truncated")
+    except Exception as exc:
+        books.pop(sender, None)
+        if isinstance(exc, (struct.error, IndexError)):
+            raise ValueError(f"cluster batch truncated or corrupt: {exc}") from None
+        raise
     return sender, out
 
 

@@ -130,7 +130,8 @@ def test_shared_pick_is_the_same_everywhere_and_weighted_by_members() -> None:
 def test_batches_round_trip_on_the_wire() -> None:
     """One NATS message per destination node carries parts: ITEMS parts (messages of
     any topics, each record names its topic, each with the shared groups given to that
-    node) and PLAIN parts (plain QoS 0 messages, topics and origins named once)."""
+    node) and NAMED parts (plain QoS 0 messages, topics and origins by name id, defined
+    in the part)."""
     one = Message(topic="a.b/c d", payload=b"\x00\xff", qos=1, retain=True,
                   properties=Properties(content_type="t", user_properties=(("k", "v"),)),
                   created_at=12.5, expires_at=99.0, origin="client-1")
@@ -143,7 +144,7 @@ def test_batches_round_trip_on_the_wire() -> None:
         wire.encode_part(7, [wire.item(wire.record(one), [("g", "a.b/+")])]),
         wire.encode_part(0, [wire.item(wire.record(two), []),
                              wire.item(wire.record(one), [])]),
-        wire.encode_plain(14.0, ["x/é".encode(), b"c", b"y", b""],
+        wire.encode_named(14.0, 5, [0, 1, 2, 3], ["x/é".encode(), b"c", b"y", b""],
                           [0, 1, 0, 2, 1, 1, 0, 3, 2], [b"", b"a", b"bc"]),
     ]
     data = wire.encode_batch(b"node-a/1234", parts)
@@ -152,21 +153,23 @@ def test_batches_round_trip_on_the_wire() -> None:
         (7, [one], [[("g", "a.b/+")]]), (0, [two, one], [[], []]), (0, plain, None)])
     assert decoded[2][1][0].topic is decoded[2][1][2].topic  # one str per name
     with pytest.raises(ValueError, match="batch"):
-        wire.decode_batch(b"\x02" + data[1:])  # the previous version: not decoded
+        wire.decode_batch(b"\x03" + data[1:])  # the previous version: not decoded
     for cut in (1, 2, 5, 9, len(parts[-1]) - 1):
         with pytest.raises(ValueError, match="truncated"):
             wire.decode_batch(data[:-cut])
 
 
 def test_batch_golden_bytes() -> None:
-    """Batch version 3, byte for byte (docs/cluster.md "On the wire"): a PLAIN part is
-    kind 1, count, created time, the names (topics and origins) once (their lengths,
-    then the names), per message its topic's and origin's index and its size (as three
+    """Batch version 4, byte for byte (docs/cluster.md "On the wire"): a NAMED part is
+    kind 2, count, created time, the name generation, the definitions (ids, lengths,
+    then the names), per message its topic's and origin's id and its size (as three
     arrays), then the payloads;
     an ITEMS part is kind 0, seq, count and version 2's items."""
-    plain = wire.encode_plain(1.5, [b"t/1", b"c"], [0, 1, 2, 0, 1, 1], [b"ab", b"c"])
+    plain = wire.encode_named(1.5, 1, [0, 1], [b"t/1", b"c"], [0, 1, 2, 0, 1, 1],
+                              [b"ab", b"c"])
     assert plain == bytes.fromhex(
-        "01" "0002" "3ff8000000000000" "0002" "0003" "0001") + b"t/1" + b"c" + bytes.fromhex(
+        "02" "0002" "3ff8000000000000" "00000001" "0002" "0000" "0001" "0003" "0001"
+    ) + b"t/1" + b"c" + bytes.fromhex(
         "0000" "0000" "0001" "0001" "00000002" "00000001") + b"abc"
     message = Message("t/1", b"x", 1, False, NO_PROPERTIES, 2.0, None, "")
     rec = wire.record(message)
@@ -176,18 +179,30 @@ def test_batch_golden_bytes() -> None:
     items = wire.encode_part(9, [wire.item(rec, [("g", "t/+")])])
     assert items == bytes.fromhex("00" "0000000000000009" "0001" "00000027") + rec + \
         bytes.fromhex("0001" "0001") + b"g" + bytes.fromhex("0003") + b"t/+"
-    assert wire.encode_batch(b"n/1", [plain, items]) == b"\x03\x03n/1" + plain + items
+    assert wire.encode_batch(b"n/1", [plain, items]) == b"\x04\x03n/1" + plain + items
     box = wire.Outbox()  # the Outbox writes these same bytes
     for payload in (b"ab", b"c"):
         box.add_plain(Message("t/1", payload, 0, False, NO_PROPERTIES, 1.5, None, "c"))
     box.add(wire.item(rec, [("g", "t/+")]))
     items0 = wire.encode_part(0, [wire.item(rec, [("g", "t/+")])])  # QoS 0: seq 0
-    assert box.batches(b"n/1") == [(b"\x03\x03n/1" + plain + items0, 3)]
+    assert box.batches(b"n/1") == [(b"\x04\x03n/1" + plain + items0, 3)]
+    # once the destination confirmed the ids, a part names them by id alone
+    box.names.confirmed(1, [0, 1])
+    box.add_plain(Message("t/1", b"ab", 0, False, NO_PROPERTIES, 1.5, None, "c"))
+    assert box.batches(b"n/1")[-1][0].endswith(bytes.fromhex(
+        "02" "0001" "3ff8000000000000" "00000001" "0000" "0000" "0001" "00000002") + b"ab")
+    # name dictionary control messages (receiver -> sender): known ids, reset
+    assert wire.encode_control(b"n/2", wire.KNOWN, 7, [0, 5]) == b"\x84\x03n/2" + \
+        bytes.fromhex("01" "00000007" "0002" "0000" "0005")
+    assert wire.encode_control(b"n/2", wire.RESET, 7, []) == b"\x84\x03n/2" + \
+        bytes.fromhex("02" "00000007" "0000")
+    assert wire.decode_control(b"\x84\x03n/2" + bytes.fromhex(
+        "01" "00000007" "0002" "0000" "0005")) == (b"n/2", wire.KNOWN, 7, [0, 5])
 
 
 def test_mqtt_4_6_0_5_outbox_keeps_the_order_of_mixed_messages() -> None:
     """[MQTT-4.6.0-5] / [MQTT-4.6.0-6] (Ordered Topic): the Outbox gathers plain QoS 0
-    messages into PLAIN parts and others into ITEMS parts; decoded, all messages come
+    messages into NAMED parts and others into ITEMS parts; decoded, all messages come
     back equal and in the order they were added, across parts and batches
     (MAX_BATCH, MAX_BATCH_BYTES), several created times (reads) and origins."""
     props = Properties(content_type="t", user_properties=(("k", "v"),))
@@ -231,7 +246,7 @@ def test_mqtt_4_6_0_5_outbox_keeps_the_order_of_mixed_messages() -> None:
 def test_items_added_as_pieces_are_the_same_bytes() -> None:
     """The path for QoS 0 messages that are not plain (record pieces, no join per
     record; topics and origins encoded once per turn) writes exactly what
-    :func:`wire.item` of :func:`wire.record` would, between PLAIN parts too, and a
+    :func:`wire.item` of :func:`wire.record` would, between NAMED parts too, and a
     batch decodes back to the same messages."""
     props = Properties(content_type="t", user_properties=(("k", "v"),))
     messages = [
@@ -279,9 +294,11 @@ def test_add_qos0_fills_each_interested_nodes_outbox_and_stops_where_it_must() -
     ]
     out: dict[str, wire.Outbox] = {}
     names: dict[str, bytes] = {}
-    assert wire.add_qos0(msgs, 0, remote.trie, out, names) == 3
-    assert wire.add_qos0(msgs, 4, remote.trie, out, names) == 5
-    assert wire.add_qos0(msgs, 6, remote.trie, out, names) == 7
+    tables = wire.NameTables()
+    assert wire.add_qos0(msgs, 0, remote.trie, out, names, tables) == 3
+    assert wire.add_qos0(msgs, 4, remote.trie, out, names, tables) == 5
+    assert wire.add_qos0(msgs, 6, remote.trie, out, names, tables) == 7
+    assert set(tables.tables) == {"a_1", "b_1"}  # one name table per destination
 
     def got(token: str) -> list[Message]:
         return [m for data, _ in out[token].batches(b"me/1")

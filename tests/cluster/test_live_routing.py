@@ -269,7 +269,7 @@ def test_a_restarted_node_keeps_the_interest_of_its_persistent_sessions(
 def test_mqtt_4_6_0_5_a_burst_of_mixed_qos0_messages_crosses_in_order(
         make_node: Node, clients: Callable[..., Paho]) -> None:
     """Two publishers each write a burst of QoS 0 messages at once (so a turn holds
-    many, and they cross in few batches): plain ones, which travel in PLAIN parts,
+    many, and they cross in few batches): plain ones, which travel in NAMED parts,
     interleaved with retained ones and ones with properties or an expiry, which travel
     as items (docs/cluster.md, "The batch format"). The subscriber on the other node
     gets every one, each publisher's messages on a topic in the order published
