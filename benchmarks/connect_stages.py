@@ -16,6 +16,8 @@ for its CONNACK). Stages:
 * ``auth``      ``Auth.gate`` + ``Auth.authenticate`` (anonymous allowed: a decision).
 * ``engine accept`` ``engine/connect.py accept``: will checks, take-over, the session
                 (registry), ``Connection.accept``, the CONNACK encoded and queued.
+* ``keepalive`` ``ClientProtocol.start_keepalive``: the CONNECT timeout's wheel entry
+                moved to the keep-alive deadline.
 * ``flush``     ``Broker.flush``: the CONNACK taken from the connection and written.
 
 The timers around the inner parts cost a little each (``wrapper`` line: an empty call
@@ -58,8 +60,8 @@ CONFIG = {
 }
 
 STAGES = ("protocol", "admit", "parse", "handle", "engine admit", "auth", "engine accept",
-          "flush")
-INNER = ("engine admit", "auth", "engine accept")
+          "keepalive", "flush")
+INNER = ("engine admit", "auth", "engine accept", "keepalive")
 
 
 class CountingTransport:
@@ -149,6 +151,9 @@ async def one_run(clients: int) -> dict[str, float]:
     auth = broker.auth
     auth.gate = timed.wrap("auth", auth.gate)  # type: ignore[method-assign]
     auth.authenticate = timed.wrap("auth", auth.authenticate)  # type: ignore[method-assign]
+    keepalive = ClientProtocol.start_keepalive
+    ClientProtocol.start_keepalive = timed.wrap(  # type: ignore[method-assign]
+        "keepalive", keepalive)
     cost = wrapper_cost(timed)
     connects = [encode_packet(Connect(client_id=f"stage-{i:06d}", keepalive=60), 4)
                 for i in range(clients)]
@@ -187,13 +192,15 @@ async def one_run(clients: int) -> dict[str, float]:
         took = clock() - started
     finally:
         broker_module.connect_rules = connect_rules
+        ClientProtocol.start_keepalive = keepalive  # type: ignore[method-assign]
         gc.unfreeze()
     answered = sum(p.transport.writes for p in protos if p.transport)  # type: ignore[attr-defined]
     if answered != clients:
         raise SystemExit(f"{answered} CONNACKs written for {clients} CONNECTs")
     for proto in protos:
         broker.timers.cancel(proto)
-    calls.update({"engine admit": clients, "engine accept": clients, "auth": clients * 2})
+    calls.update({"engine admit": clients, "engine accept": clients, "auth": clients * 2,
+                  "keepalive": clients})
     out: dict[str, float] = {}
     inner_total = 0.0
     for stage in INNER:
