@@ -18,10 +18,12 @@ broker's CPU% (from /proc/PID/stat over the measurement window) and RSS.
 
 ``--concurrency``: CONNECTs in flight in the connect scenario (the load generator's
 default 64); several values run the scenario once per value, each against both brokers
-(rows "connect cN"). Beside conn/s the connect rows give CONNECT written -> CONNACK
-read p50/p99 in µs as the generator saw it (with concurrency 1 the round trip; with
-more in flight it includes the generator's own poll wait: read the generator CPU%),
-and the broker's CPU µs per connection, split into user and system time.
+(rows "connect cN"). ``--connect-rate N``: at most N new connections per second (the
+broker idles between them, as with a fleet connecting at a fixed rate). Beside conn/s
+the connect rows give CONNECT written -> CONNACK read p50/p99 in µs as the generator
+saw it (with concurrency 1 the round trip; with more in flight it includes the
+generator's own poll wait: read the generator CPU%), and the broker's CPU µs per
+connection, split into user and system time.
 
 ``--persistent-subscribers``: the subscribers connect with Clean Session 0 (MQTT 5:
 Clean Start 0 + Session Expiry 3600 s), so their in-flight and queued QoS 1 messages
@@ -220,6 +222,8 @@ def run_loadgen(broker: Broker, scenario: str, args: argparse.Namespace) -> dict
         argv += ["--clients", str(args.clients), "--settle", str(args.settle)]
         if concurrency is not None:
             argv += ["--concurrency", str(concurrency)]
+        if args.connect_rate:
+            argv += ["--connect-rate", str(args.connect_rate)]
     if args.mqtt5:
         argv.append("--mqtt5")
     if args.persistent_subscribers:
@@ -347,6 +351,10 @@ def main() -> None:
     ap.add_argument("--concurrency", default=None, metavar="N[,N...]",
                     help="connect scenario: CONNECTs in flight (loadgen default 64); several "
                          "values run the scenario once per value (rows 'connect cN')")
+    ap.add_argument("--connect-rate", type=float, default=0.0, metavar="PER_SECOND",
+                    help="connect scenario: start at most this many connections per second "
+                         "(a fleet connecting at a fixed rate, e.g. 1000; default: as fast "
+                         "as the concurrency allows)")
     ap.add_argument("--iotbroker-python", default=None, metavar="PYTHON",
                     help="interpreter that runs iotbroker (default: the project's .venv), "
                          "e.g. .venv-c/bin/python for a compiled build")

@@ -662,7 +662,8 @@ def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], i
                                                          list[int]]:
     """Open ``spec['idle']`` MQTT connections with plain non-blocking sockets and epoll
     (no asyncio: about 3x cheaper per connection), at most ``concurrency`` handshakes
-    (TCP + CONNECT/CONNACK) in flight; source addresses rotate over ``src_addrs``.
+    (TCP + CONNECT/CONNACK) in flight, started at most ``pace`` per second when given
+    (a fleet connecting at a fixed rate); source addresses rotate over ``src_addrs``.
     Returns (connected sockets, errors, CONNECT sent -> CONNACK read in ns, TCP connect
     started -> CONNACK read in ns), the times of each connection that got its CONNACK
     (as this process saw them: with many handshakes in flight they include the wait
@@ -694,8 +695,13 @@ def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], i
         sock.close()
         errors += 1
 
+    pace = spec.get("pace", 0.0)  # connections started per second (0: as fast as possible)
+    interval_ns = int(1e9 / pace) if pace > 0 else 0
+    t_first = clock()
     while nxt < n or pending:
         while nxt < n and len(pending) < conc:
+            if interval_ns and clock() < t_first + nxt * interval_ns:
+                break  # not yet this connection's turn
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((srcs[nxt % len(srcs)], 0))
@@ -709,7 +715,10 @@ def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], i
                 pending[sock.fileno()] = (sock, nxt, 0, t_start)
                 ep.register(sock.fileno(), epollout)
             nxt += 1
-        for fd, ev in ep.poll(1.0):
+        timeout = 1.0
+        if interval_ns and nxt < n and len(pending) < conc:
+            timeout = max(0.0, (t_first + nxt * interval_ns - clock()) / 1e9)
+        for fd, ev in ep.poll(timeout):
             sock, i, sent, t_start = pending[fd]
             if ev & epollerr:
                 fail(fd)
@@ -828,6 +837,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             s["src_addrs"] = [f"127.0.0.{2 + k}" for k in range(args.src_addrs)]
             s["concurrency"] = max(1, args.concurrency // nprocs)
             s["keepalive"] = args.keepalive
+            s["pace"] = args.connect_rate / nprocs
         return specs
     if sc in ("qos0", "qos1", "latency"):
         qos = 0 if sc == "qos0" else 1
@@ -1034,6 +1044,9 @@ def main() -> None:
     r.add_argument("--rate", type=float, default=1000.0, help="latency scenario msg/s")
     r.add_argument("--clients", type=int, default=10000, help="connect scenario")
     r.add_argument("--concurrency", type=int, default=64, help="CONNECTs in flight")
+    r.add_argument("--connect-rate", type=float, default=0.0,
+                   help="connect: new connections per second (default 0: as fast as the "
+                        "concurrency allows)")
     r.add_argument("--src-addrs", type=int, default=8, help="source addresses 127.0.0.2..")
     r.add_argument("--keepalive", type=int, default=60, help="idle clients' keepalive")
     r.add_argument("--settle", type=float, default=1.0, help="s before the RSS sample")
