@@ -13,6 +13,17 @@ broker's CPU% (from /proc/PID/stat over the measurement window) and RSS.
     .venv/bin/python benchmarks/e2e.py --scenarios qos1,fanin --persistent-subscribers \
         --persistence fsync                                  # RocksDB really written
     .venv/bin/python benchmarks/e2e.py --scenarios latency --pin 0:1  # taskset
+    .venv/bin/python benchmarks/e2e.py --scenarios connect --concurrency 1,8,64 \
+        --iotbroker-python .venv-c/bin/python        # bounded-concurrency connect regimes
+
+``--concurrency``: CONNECTs in flight in the connect scenario (the load generator's
+default 64); several values run the scenario once per value, each against both brokers
+(rows "connect cN"). ``--connect-rate N``: at most N new connections per second (the
+broker idles between them, as with a fleet connecting at a fixed rate). Beside conn/s
+the connect rows give CONNECT written -> CONNACK read p50/p99 in µs as the generator
+saw it (with concurrency 1 the round trip; with more in flight it includes the
+generator's own poll wait: read the generator CPU%), and the broker's CPU µs per
+connection, split into user and system time.
 
 ``--persistent-subscribers``: the subscribers connect with Clean Session 0 (MQTT 5:
 Clean Start 0 + Session Expiry 3600 s), so their in-flight and queued QoS 1 messages
@@ -165,8 +176,16 @@ def make_shipped(workdir: str, binary: str) -> tuple[Broker, Broker]:
     return ib, Broker("mosquitto", [binary, "-c", cfg], mq_port, workdir)
 
 
+#: Environment variable naming the interpreter that runs iotbroker
+#: (``--iotbroker-python`` sets it; the other benchmarks that import this module read it).
+PYTHON_ENV = "IOTBROKER_BENCH_PYTHON"
+
+
 def iotbroker_python() -> str:
-    """The interpreter that runs iotbroker: the project's .venv, else this one."""
+    """The interpreter that runs iotbroker: ``$IOTBROKER_BENCH_PYTHON``
+    (``--iotbroker-python``), the project's .venv, else this one."""
+    if os.environ.get(PYTHON_ENV):
+        return os.environ[PYTHON_ENV]
     py = os.path.join(ROOT, ".venv", "bin", "python")
     return py if os.path.exists(py) else sys.executable
 
@@ -186,13 +205,25 @@ set_tcp_nodelay {"true" if nodelay else "false"}
     return Broker("mosquitto", [binary, "-c", cfg], port, workdir)
 
 
+def connect_variant(scenario: str) -> tuple[str, int | None]:
+    """``connect c8`` -> ("connect", 8); other scenarios -> (name, None)."""
+    if scenario.startswith("connect c"):
+        return "connect", int(scenario.rsplit("c", maxsplit=1)[-1])
+    return scenario, None
+
+
 def run_loadgen(broker: Broker, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
+    scenario, concurrency = connect_variant(scenario)
     argv = [*taskset(args.gen_cpus), sys.executable, LOADGEN, "run",
             "--port", str(broker.port), "--scenario", scenario,
             "--warmup", str(args.warmup), "--duration", str(args.duration),
             "--broker-pid", str(broker.pid), "--procs", str(args.procs)]
     if scenario == "connect":
         argv += ["--clients", str(args.clients), "--settle", str(args.settle)]
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
+        if args.connect_rate:
+            argv += ["--connect-rate", str(args.connect_rate)]
     if args.mqtt5:
         argv.append("--mqtt5")
     if args.persistent_subscribers:
@@ -203,6 +234,9 @@ def run_loadgen(broker: Broker, scenario: str, args: argparse.Namespace) -> dict
     if out.returncode != 0:
         raise RuntimeError(f"loadgen {scenario} vs {broker.name} failed:\n{out.stderr[-2000:]}")
     res = json.loads(out.stdout)
+    if scenario == "connect":  # flat keys for the table
+        res["connack_p50_us"] = res["connack_us"]["p50"]
+        res["connack_p99_us"] = res["connack_us"]["p99"]
     res.pop("latency_ms", None) if scenario != "latency" and not args.keep_latency else None
     return res
 
@@ -216,7 +250,30 @@ ROWS = [
     ("latency p99 @1000 msg/s QoS 1 (ms)", "latency", "rate", False),
     ("connect 10k idle clients (conn/s)", "connect", "rate", True),
     ("memory per idle connection (KiB)", "connect", "kib_per_conn", False),
+    ("  CONNECT -> CONNACK p50 (µs)", "connect", "connack_p50_us", False),
+    ("  CONNECT -> CONNACK p99 (µs)", "connect", "connack_p99_us", False),
+    ("  broker CPU per connection (µs)", "connect", "broker_cpu_us_per_conn", False),
+    ("  of which user (µs, ticks)", "connect", "broker_user_us_per_conn", False),
+    ("  of which system (µs, ticks)", "connect", "broker_sys_us_per_conn", False),
 ]
+
+
+def rows_for(scenarios: list[str]) -> list[tuple[str, str, str, bool]]:
+    """ROWS, the connect rows once per ``connect cN`` variant."""
+    out = []
+    for label, sc, key, higher in ROWS:
+        if sc != "connect":
+            out.append((label, sc, key, higher))
+    for sc in scenarios:
+        if connect_variant(sc)[0] != "connect":
+            continue
+        for label, row_sc, key, higher in ROWS:
+            if row_sc == "connect":
+                name = label if sc == "connect" else label.replace(
+                    "connect 10k idle clients", f"{sc} (10k clients,").replace(
+                    "(conn/s)", "conn/s)").replace("memory per", f"{sc}: memory per")
+                out.append((name, sc, key, higher))
+    return out
 
 
 def med(values: list[float | None]) -> float | None:
@@ -240,7 +297,7 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str,
            f"| {'mq RSS MiB':>10} | {'loss ib/mq':>10} | {'gen CPU% ib/mq':>14} |")
     lines.append(hdr)
     lines.append("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
-    for label, sc, key, higher in ROWS:
+    for label, sc, key, higher in rows_for(list(results)):
         if sc not in results:
             continue
         ib, mq = results[sc].get("iotbroker", []), results[sc].get("mosquitto", [])
@@ -256,11 +313,12 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str,
             pc_mq = statistics.median([r["rate"] / (r["broker_cpu_pct"] / 100) for r in mq
                                        if r.get("broker_cpu_pct")])
             per_core = pc_ib / pc_mq
-        rss_key = "broker_rss_after_kib" if sc == "connect" else "broker_rss_kib"
+        is_connect = connect_variant(sc)[0] == "connect"
+        rss_key = "broker_rss_after_kib" if is_connect else "broker_rss_kib"
         rss_ib = med([r.get(rss_key) for r in ib])
         rss_mq = med([r.get(rss_key) for r in mq])
         loss = "-"
-        if sc != "connect":
+        if not is_connect:
             loss = f"{sum(r.get('loss', 0) for r in ib)}/{sum(r.get('loss', 0) for r in mq)}"
         else:
             loss = f"{sum(r.get('errors', 0) for r in ib)}/{sum(r.get('errors', 0) for r in mq)}"
@@ -290,6 +348,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--procs", type=int, default=1, help="load generator processes")
     ap.add_argument("--clients", type=int, default=10000, help="connect scenario")
+    ap.add_argument("--concurrency", default=None, metavar="N[,N...]",
+                    help="connect scenario: CONNECTs in flight (loadgen default 64); several "
+                         "values run the scenario once per value (rows 'connect cN')")
+    ap.add_argument("--connect-rate", type=float, default=0.0, metavar="PER_SECOND",
+                    help="connect scenario: start at most this many connections per second "
+                         "(a fleet connecting at a fixed rate, e.g. 1000; default: as fast "
+                         "as the concurrency allows)")
+    ap.add_argument("--iotbroker-python", default=None, metavar="PYTHON",
+                    help="interpreter that runs iotbroker (default: the project's .venv), "
+                         "e.g. .venv-c/bin/python for a compiled build")
     ap.add_argument("--persistence", choices=("os", "fsync"), default=None,
                     help="iotbroker on rocksdb with this durability (default: memory)")
     ap.add_argument("--mqtt5", action="store_true", help="clients speak MQTT 5.0")
@@ -323,6 +391,11 @@ def main() -> None:
     for s in scenarios:
         if s not in ALL:
             ap.error(f"unknown scenario {s!r}")
+    if args.iotbroker_python:
+        os.environ[PYTHON_ENV] = os.path.abspath(args.iotbroker_python)
+    if args.concurrency and "connect" in scenarios:
+        at = scenarios.index("connect")
+        scenarios[at:at + 1] = [f"connect c{int(c)}" for c in args.concurrency.split(",")]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in scenarios}
     workdir = tempfile.mkdtemp(prefix="iotbroker-e2e-")
     brokers: list[Broker] = []
@@ -341,13 +414,25 @@ def main() -> None:
                 b.start()
             time.sleep(0.5)
             order = brokers if rep % 2 == 0 else brokers[::-1]
-            for sc in scenarios:
+            for n_sc, sc in enumerate(scenarios):
+                if n_sc and connect_variant(sc)[1] is not None:
+                    # each connect variant on fresh brokers: its RSS growth and CPU are
+                    # not those of a heap the previous variant's clients left behind
+                    for b in brokers:
+                        b.stop()
+                    for b in brokers:
+                        b.start()
+                    time.sleep(0.5)
                 for b in order:
                     res = run_loadgen(b, sc, args)
                     results[sc].setdefault(b.name, []).append(res)
                     extra = ""
-                    if sc == "connect":
-                        extra = f" {res['kib_per_conn']:.2f} KiB/conn"
+                    if connect_variant(sc)[0] == "connect":
+                        extra = (f" {res['kib_per_conn']:.2f} KiB/conn, CONNACK p50/p99 "
+                                 f"{res['connack_p50_us']:.0f}/{res['connack_p99_us']:.0f} µs,"
+                                 f" {res['broker_cpu_us_per_conn']:.1f} µs/conn (user "
+                                 f"{res['broker_user_us_per_conn']:.1f}, sys "
+                                 f"{res['broker_sys_us_per_conn']:.1f})")
                     print(f"rep {rep + 1}/{args.reps} {sc:8} {b.name:9} {res['rate']:>12,.2f} "
                           f"{res['unit']:12}{extra} broker CPU {res['broker_cpu_pct']:.0f}% "
                           f"gen CPU {res['gen_cpu_pct']:.0f}% loss {res.get('loss', 0)}",

@@ -658,11 +658,16 @@ async def worker(spec: dict[str, Any]) -> None:
     emit(result)
 
 
-def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], int]:
+def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], int, list[int],
+                                                         list[int]]:
     """Open ``spec['idle']`` MQTT connections with plain non-blocking sockets and epoll
     (no asyncio: about 3x cheaper per connection), at most ``concurrency`` handshakes
-    (TCP + CONNECT/CONNACK) in flight; source addresses rotate over ``src_addrs``.
-    Returns (connected sockets, errors)."""
+    (TCP + CONNECT/CONNACK) in flight, started at most ``pace`` per second when given
+    (a fleet connecting at a fixed rate); source addresses rotate over ``src_addrs``.
+    Returns (connected sockets, errors, CONNECT sent -> CONNACK read in ns, TCP connect
+    started -> CONNACK read in ns), the times of each connection that got its CONNACK
+    (as this process saw them: with many handshakes in flight they include the wait
+    for this process's own poll; with ``concurrency`` 1 they are the round trip)."""
     n, srcs, conc = spec["idle"], spec["src_addrs"], spec["concurrency"]
     version = 5 if spec["v5"] else 4
     # One CONNECT template; the client id has a fixed width, so only its digits change.
@@ -672,12 +677,16 @@ def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], i
     cut = template.rindex(b"000000")
     pre, post = template[:cut], template[cut + 6 :]
     ep = select.epoll()
-    pending: dict[int, tuple[socket.socket, int, bool]] = {}  # fd -> (sock, i, sent)
+    # fd -> (sock, i, CONNECT sent at (ns; 0: not yet), connect started at (ns))
+    pending: dict[int, tuple[socket.socket, int, int, int]] = {}
     done: list[socket.socket] = []
+    connack_ns: list[int] = []
+    handshake_ns: list[int] = []
     errors = 0
     nxt = 0
     addr = (spec["host"], spec["port"])
     epollin, epollout, epollerr = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR
+    clock = time.perf_counter_ns
 
     def fail(fd: int) -> None:
         nonlocal errors
@@ -686,38 +695,50 @@ def connect_idle(spec: dict[str, Any], tag: str) -> tuple[list[socket.socket], i
         sock.close()
         errors += 1
 
+    pace = spec.get("pace", 0.0)  # connections started per second (0: as fast as possible)
+    interval_ns = int(1e9 / pace) if pace > 0 else 0
+    t_first = clock()
     while nxt < n or pending:
         while nxt < n and len(pending) < conc:
+            if interval_ns and clock() < t_first + nxt * interval_ns:
+                break  # not yet this connection's turn
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((srcs[nxt % len(srcs)], 0))
             sock.setblocking(False)
+            t_start = clock()
             rc = sock.connect_ex(addr)
             if rc not in (0, errno.EINPROGRESS):
                 sock.close()
                 errors += 1
             else:
-                pending[sock.fileno()] = (sock, nxt, False)
+                pending[sock.fileno()] = (sock, nxt, 0, t_start)
                 ep.register(sock.fileno(), epollout)
             nxt += 1
-        for fd, ev in ep.poll(1.0):
-            sock, i, sent = pending[fd]
+        timeout = 1.0
+        if interval_ns and nxt < n and len(pending) < conc:
+            timeout = max(0.0, (t_first + nxt * interval_ns - clock()) / 1e9)
+        for fd, ev in ep.poll(timeout):
+            sock, i, sent, t_start = pending[fd]
             if ev & epollerr:
                 fail(fd)
             elif not sent:
                 sock.send(pre + b"%06d" % i + post)
-                pending[fd] = (sock, i, True)
+                pending[fd] = (sock, i, clock(), t_start)
                 ep.modify(fd, epollin)
             else:
                 data = sock.recv(64)
                 if data[:1] == b"\x20" and len(data) >= 4 and data[3] == 0:
+                    t_end = clock()
+                    connack_ns.append(t_end - sent)
+                    handshake_ns.append(t_end - t_start)
                     ep.unregister(fd)
                     del pending[fd]
                     done.append(sock)
                 else:
                     fail(fd)
     ep.close()
-    return done, errors
+    return done, errors, connack_ns, handshake_ns
 
 
 async def idle_worker(spec: dict[str, Any], reader: asyncio.StreamReader, tag: str) -> None:
@@ -729,10 +750,12 @@ async def idle_worker(spec: dict[str, Any], reader: asyncio.StreamReader, tag: s
     await asyncio.sleep(max(0.0, t_go - time.monotonic()))
     t_start = time.monotonic()
     c0 = time.process_time()
-    socks, errors = connect_idle(spec, tag)
+    socks, errors, connack_ns, handshake_ns = connect_idle(spec, tag)
     t_end = time.monotonic()
     emit({"index": spec["index"], "t_start": t_start, "t_end": t_end, "connected": len(socks),
-          "errors": errors, "cpu": time.process_time() - c0})
+          "errors": errors, "cpu": time.process_time() - c0,
+          "connack_us": [round(x / 1000, 1) for x in connack_ns],
+          "handshake_us": [round(x / 1000, 1) for x in handshake_ns]})
     await read_line(reader)  # RELEASE
     # Still connected? A closed peer shows up as a readable socket with b"".
     lost = 0
@@ -772,6 +795,18 @@ def proc_stat(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def proc_user_sys(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` (utime, stime of /proc/PID/stat: clock
+    ticks, 10 ms; over a 10,000-client connect run about ±4 % each)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 def proc_write_bytes(pid: int) -> int:
     """Bytes ``pid`` caused to be written to storage (``write_bytes`` of /proc/PID/io)."""
     try:
@@ -802,6 +837,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             s["src_addrs"] = [f"127.0.0.{2 + k}" for k in range(args.src_addrs)]
             s["concurrency"] = max(1, args.concurrency // nprocs)
             s["keepalive"] = args.keepalive
+            s["pace"] = args.connect_rate / nprocs
         return specs
     if sc in ("qos0", "qos1", "latency"):
         qos = 0 if sc == "qos0" else 1
@@ -918,12 +954,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def run_connect(args: argparse.Namespace, procs: list[subprocess.Popen[str]], t_go: float,
                 stat: Any) -> dict[str, Any]:
     time.sleep(0.2)
+    pid = args.broker_pid
     c0, rss0 = stat()
+    us0 = proc_user_sys(pid) if pid else (0.0, 0.0)
     for p in procs:
         p.stdin.write(f"GO {t_go}\n")  # type: ignore[union-attr]
         p.stdin.flush()  # type: ignore[union-attr]
     res = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
     c1, _ = stat()
+    us1 = proc_user_sys(pid) if pid else (0.0, 0.0)
     time.sleep(args.settle)
     _, rss1 = stat()
     for p in procs:
@@ -932,6 +971,9 @@ def run_connect(args: argparse.Namespace, procs: list[subprocess.Popen[str]], t_
     tail = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
     connected = sum(r["connected"] for r in res)
     span = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
+    connack = sorted(x for r in res for x in r["connack_us"])
+    handshake = sorted(x for r in res for x in r["handshake_us"])
+    per_conn = 1e6 / max(1, connected)
     return {
         "scenario": "connect",
         "mqtt": 5 if args.mqtt5 else 4,
@@ -948,7 +990,21 @@ def run_connect(args: argparse.Namespace, procs: list[subprocess.Popen[str]], t_
         "broker_rss_before_kib": rss0 // 1024 if args.broker_pid else None,
         "broker_rss_after_kib": rss1 // 1024 if args.broker_pid else None,
         "kib_per_conn": (rss1 - rss0) / 1024 / max(1, connected) if args.broker_pid else None,
+        # broker CPU per connection: all of it (schedstat), and user / system (ticks)
+        "broker_cpu_us_per_conn": (c1 - c0) * per_conn if pid else None,
+        "broker_user_us_per_conn": (us1[0] - us0[0]) * per_conn if pid else None,
+        "broker_sys_us_per_conn": (us1[1] - us0[1]) * per_conn if pid else None,
+        # CONNECT written -> CONNACK read, and TCP connect started -> CONNACK read (µs)
+        "connack_us": {"p50": _pct_us(connack, 0.5), "p90": _pct_us(connack, 0.9),
+                       "p99": _pct_us(connack, 0.99), "max": _pct_us(connack, 1.0)},
+        "handshake_us": {"p50": _pct_us(handshake, 0.5), "p99": _pct_us(handshake, 0.99)},
     }
+
+
+def _pct_us(sorted_vals: list[float], q: float) -> float | None:
+    if not sorted_vals:
+        return None
+    return sorted_vals[min(len(sorted_vals) - 1, max(0, round(q * (len(sorted_vals) - 1))))]
 
 
 def main() -> None:
@@ -988,6 +1044,9 @@ def main() -> None:
     r.add_argument("--rate", type=float, default=1000.0, help="latency scenario msg/s")
     r.add_argument("--clients", type=int, default=10000, help="connect scenario")
     r.add_argument("--concurrency", type=int, default=64, help="CONNECTs in flight")
+    r.add_argument("--connect-rate", type=float, default=0.0,
+                   help="connect: new connections per second (default 0: as fast as the "
+                        "concurrency allows)")
     r.add_argument("--src-addrs", type=int, default=8, help="source addresses 127.0.0.2..")
     r.add_argument("--keepalive", type=int, default=60, help="idle clients' keepalive")
     r.add_argument("--settle", type=float, default=1.0, help="s before the RSS sample")

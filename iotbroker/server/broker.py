@@ -508,6 +508,18 @@ class Broker:
             proto.publish_bucket = TokenBucket(limits.publish_rate_per_client, self.loop.time())
         return True
 
+    def may_answer_now(self) -> bool:
+        """Nothing of this turn so far waits for the flush: no storage change to commit
+        before an acknowledgement may leave (design.md, "A QoS 1 PUBLISH"), no group
+        commit (fsync), no sessions' output to route, no cluster forwarding: a
+        connection whose read answered only itself may be written at once
+        (``ClientProtocol.first_data``: the CONNACK of a socket accepted without a
+        transport)."""
+        engine = self.engine
+        return (self.group_commit is None and self.cluster is None
+                and not engine.batch.changes and not engine.registry.ready
+                and not engine.forwarding and not engine.held_acks)
+
     def connection_count(self, listener: str) -> int:
         """Connections open now on the listener of that name."""
         return self._per_listener.get(listener, 0)

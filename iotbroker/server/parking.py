@@ -333,13 +333,13 @@ class Parking:
     # ------------------------------------------- accepting without a transport
     def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool:
         """A plain-TCP socket just accepted (server/listeners.py; non-blocking):
-        parked from the start, with no transport. Its first readiness is read here
-        (the CONNECT, ``_read_first``) and the answer written with one ``send``
-        (``write``); it gets a transport when more arrives or the answer does not fit.
+        parked from the start, with no transport. Its CONNECT is read at once
+        (``_read_first``; if it has not arrived yet, on its first readiness) and the
+        answer written with one ``send`` (``write``); it gets a transport when more
+        arrives or the answer does not fit.
         False: not admitted (a connection limit) or not registered; ``fd`` is closed."""
         if not self._hold(proto, fd):
             return False
-        self._unread.add(fd)
         if peer is not None:
             self._peers[fd] = peer
         if not proto.accepted_parked(fd):
@@ -347,15 +347,21 @@ class Parking:
             proto.parked_fd = NOT_PARKED
             os.close(fd)
             return False
+        # Read the CONNECT now rather than on the socket's first readiness: a client
+        # sends it right after its connect completes, so it is usually here already
+        # (issue 19: one loop round and an epoll_wait less per connection; when it is
+        # not, the read finds nothing and the readiness reads it as before).
+        self._read_first(proto, fd)
         return True
 
     def _read_first(self, proto: ClientProtocol, fd: int) -> None:
         """The first bytes of a socket accepted without a transport: read them as the
-        transport would have (``data_received``); EOF or an error ends it."""
+        transport would have (``ClientProtocol.first_data``); EOF or an error ends it.
+        Nothing there yet: its first readiness reads it."""
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
-            self._unread.add(fd)  # spurious: still ours to read
+            self._unread.add(fd)  # not yet: still ours to read
             return
         except OSError as exc:
             self.drop(proto)
@@ -365,7 +371,7 @@ class Parking:
             self.drop(proto)
             proto.connection_lost(None)
             return
-        proto.data_received(data)
+        proto.first_data(data)
         if self._peers:
             self._peers.pop(fd, None)
 

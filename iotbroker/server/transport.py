@@ -142,6 +142,11 @@ class ConnectionHost(Protocol):
     def connection_made(self, proto: ClientProtocol) -> bool:
         """Admit a new socket (False: a connection limit refuses it)."""
 
+    def may_answer_now(self) -> bool:
+        """Nothing of this turn so far waits for the flush (no storage change to commit
+        first, no group commit, no routed output, no cluster): an answer that concerns
+        one connection only may be written before the turn's flush."""
+
     def handle_packets(self, proto: ClientProtocol, packets: list[Packet]) -> int:
         """Handle packets in order; how many were handled (the rest wait)."""
 
@@ -385,6 +390,31 @@ class ClientProtocol(Client, asyncio.Protocol):
                 self.pause_reading()
         if self.conn.failure is not None:
             self.apply_failure()
+
+    def first_data(self, data: bytes) -> None:
+        """The first bytes of a socket accepted without a transport (server/parking.py
+        ``_read_first``, usually right at the accept): handled as ``data_received``.
+        If that left output for this connection only (its CONNACK, and what answers
+        packets that came with it) and nothing of the turn waits for the store
+        (``may_answer_now``), the output is written now, not at the end of the turn:
+        a client waiting for its CONNACK does not wait for the loop's round, nor for
+        the other connections accepted in the same batch (issue 19). Otherwise the
+        flush writes it, as for any connection."""
+        broker = self.broker
+        ready = broker.ready_to_write
+        before = len(ready)
+        self.data_received(data)
+        if (
+            len(ready) == before + 1
+            and ready[-1] is self
+            and self.parked_fd >= 0
+            and not self.close_after_flush
+            and not self.deferred
+            and broker.may_answer_now()
+        ):
+            output = self.conn.data_to_send()
+            if output:
+                self.send_parked(output)
 
     def apply_failure(self) -> None:
         """If the peer broke a rule (``conn.failure``, recorded by ``receive_data``),

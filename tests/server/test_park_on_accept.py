@@ -19,10 +19,13 @@ import pytest
 
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import (
+    ConnAck,
     Connect,
     Disconnect,
     PingReq,
     PingResp,
+    PubAck,
+    Publish,
     Subscribe,
     Subscription,
     Will,
@@ -94,6 +97,58 @@ def test_pipelined_packets_after_connect(make_broker: Callable[..., BrokerProces
         assert data[4:9] == b"\x90\x03\x00\x01\x00"
     finally:
         sock.close()
+
+
+def test_connect_arriving_after_the_accept(make_broker: Callable[..., BrokerProcess]) -> None:
+    """The CONNECT is read right at the accept when it is there; a client that sends
+    it later, and in two pieces, is read on the socket's readiness as before:
+    [MQTT-3.2.0-1] CONNACK, then a PINGREQ answered [MQTT-3.12.4-1]."""
+    broker = make_broker(broker_config())
+    packet = encode_packet(Connect(client_id="poa-late", keepalive=60), 4)
+    sock = socket.create_connection((broker.host, broker.port), timeout=5)
+    try:
+        time.sleep(0.3)  # accepted (and its first read tried) long before this
+        sock.sendall(packet[:5])
+        time.sleep(0.1)
+        sock.sendall(packet[5:])
+        assert _read(sock, 4) == b"\x20\x02\x00\x00"
+        sock.sendall(encode_packet(PingReq(), 4))
+        assert _read(sock, 2) == b"\xd0\x00"
+    finally:
+        sock.close()
+
+
+def _read(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    deadline = time.monotonic() + 5
+    while len(data) < size and time.monotonic() < deadline:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("storage", ["memory", "rocksdb"])
+def test_pipelined_retained_publish_acknowledged_after_connack(
+    make_broker: Callable[..., BrokerProcess], storage: str,
+) -> None:
+    """CONNECT and a retained QoS 1 PUBLISH in one segment: the CONNACK first
+    [MQTT-3.2.0-1], then the PUBACK [MQTT-3.3.4-1] (the CONNACK of a socket accepted
+    without a transport is written at once only when nothing of the turn waits for
+    the store: here the retained message does); the message is retained for a later
+    subscriber [MQTT-3.3.1-6]."""
+    broker = make_broker(broker_config(storage=storage))
+    with RawClient(broker.host, broker.port) as pub:
+        pub.send_raw(encode_packet(Connect(client_id="poa-ret"), 4)
+                     + encode_packet(Publish("poa/ret", b"kept", 1, True, False, 7), 4))
+        assert pub.expect(ConnAck).reason_code == 0
+        assert pub.expect(PubAck).packet_id == 7
+    with RawClient(broker.host, broker.port) as sub:
+        assert sub.connect("poa-ret-sub").reason_code == 0
+        sub.subscribe("poa/ret", qos=1)
+        got = sub.receive_publish()
+        assert (got.topic, got.payload, got.retain) == ("poa/ret", b"kept", True)
 
 
 def test_keepalive_expiry_publishes_will(make_broker: Callable[..., BrokerProcess]) -> None:
