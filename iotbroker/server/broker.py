@@ -338,7 +338,7 @@ class Broker:
         deletion must be committed: after a crash the message would be sent again)."""
         engine = self.engine
         if not self._flush_scheduled and (
-            self.ready_to_write or engine.registry.ready or engine.batch
+            self.ready_to_write or engine.registry.ready or engine.batch.changes
             or engine.forwarding or engine.interest_touched or engine.held_acks
         ):
             self._flush_scheduled = True
