@@ -600,7 +600,11 @@ class Broker:
             if proto.close_after_flush or proto.deferred:
                 break
         if not self._flush_scheduled:
-            self._schedule_flush()
+            if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
+                self._flush_scheduled = True
+                self.loop.call_soon(self.flush)
+            else:
+                self._schedule_flush()
         return handled
 
     def _commit_early(self) -> None:
