@@ -19,6 +19,12 @@ the broker's process only, and splits each message's way through the broker:
 Messages are the broker's wake-ups from a sleep that end in a read and a write. Needs
 ``perf`` and root. ``--fifo P``: broker and generator under SCHED_FIFO (``chrt``).
 
+A second line per run counts what the broker does per message over the whole run
+(publisher's messages: rate x (warm-up + duration)): ``cpu`` µs of CPU
+(``/proc/PID/schedstat``: user and kernel, the writes that run the receivers' TCP
+input included), ``wakes`` (switches to the broker), and system calls: ``epoll``,
+``read``, ``write`` (write/sendto/writev/sendmsg) and ``other``.
+
     .venv/bin/python benchmarks/latency_sched.py [--reps 3 --duration 3 --fifo 10]
     .venv/bin/python benchmarks/latency_sched.py --brokers iotbroker,base --baseline DIR
 
@@ -57,12 +63,20 @@ def fifo(priority: int) -> list[str]:
     return ["chrt", "-f", str(priority)] if priority else []
 
 
-def parse(script: str, pid: int) -> tuple[dict[str, list[float]], list[int]]:
-    """Per message, the parts in microseconds, and the syscalls between read and write."""
+COUNTS = ("wakes", "epoll", "read", "write", "other")
+
+
+def parse(script: str, pid: int,
+          counts: dict[str, int] | None = None) -> tuple[dict[str, list[float]], list[int]]:
+    """Per message, the parts in microseconds, and the syscalls between read and write;
+    ``counts`` (if given) gets the run's totals of :data:`COUNTS`."""
     parts: dict[str, list[float]] = {p: [] for p in PARTS}
     calls: list[int] = []
     state: dict[str, float] = {}
     between = 0
+    totals = counts if counts is not None else {}
+    for c in COUNTS:
+        totals[c] = 0
     for line in script.splitlines():
         m = LINE.match(line)
         if not m:
@@ -73,12 +87,18 @@ def parse(script: str, pid: int) -> tuple[dict[str, list[float]], list[int]]:
                 state = {"wake": t}
             continue
         if event == "sched:sched_switch":
-            if f"next_pid={pid} " in rest and "wake" in state and "run" not in state:
-                state["run"] = t
-            continue
-        if tid != pid or "run" not in state:
+            if f"next_pid={pid} " in rest:
+                totals["wakes"] += 1
+                if "wake" in state and "run" not in state:
+                    state["run"] = t
             continue
         nr = int(re.search(r"NR (\d+)", rest).group(1))  # type: ignore[union-attr]
+        if tid == pid and event == "raw_syscalls:sys_enter":
+            kind = ("epoll" if nr in (SYS_EPOLL_WAIT, SYS_EPOLL_PWAIT) else "read"
+                    if nr == SYS_READ else "write" if nr in WRITES else "other")
+            totals[kind] += 1
+        if tid != pid or "run" not in state:
+            continue
         if event == "raw_syscalls:sys_exit":
             if nr in (SYS_EPOLL_WAIT, SYS_EPOLL_PWAIT) and "ret" not in state:
                 state["ret"] = t
@@ -106,6 +126,12 @@ def parse(script: str, pid: int) -> tuple[dict[str, list[float]], list[int]]:
     return parts, calls
 
 
+def _cpu_ns(pid: int) -> int:
+    """CPU time of ``pid``'s main thread so far (ns, user + kernel)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
 def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, object]:
     broker = (make_iotbroker(workdir, None) if name in ("iotbroker", "base")
               else make_mosquitto(workdir, args.mosquitto))
@@ -127,12 +153,14 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, obje
              "-e", "raw_syscalls:sys_exit", "--filter", flt],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
+        cpu0 = _cpu_ns(pid)
         out = subprocess.run([*fifo(args.fifo), sys.executable, LOADGEN, "run", "--port",
                               str(broker.port), "--scenario", "latency", "--warmup", "0.5",
                               "--duration", str(args.duration), "--rate", str(args.rate),
                               "--broker-pid", str(pid)],
                              capture_output=True, text=True, timeout=120, check=True)
         res = json.loads(out.stdout)
+        cpu_ns = _cpu_ns(pid) - cpu0
     finally:
         if rec is not None:
             rec.send_signal(signal.SIGINT)
@@ -141,8 +169,11 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, obje
     script = subprocess.run(["perf", "script", "-i", data, "-F", "comm,tid,cpu,time,event,trace"],
                             capture_output=True, text=True, check=True).stdout
     os.unlink(data)
-    parts, calls = parse(script, pid)
-    return {"broker": name, "n": len(calls), "e2e_ms": res["latency_ms"],
+    counts: dict[str, int] = {}
+    parts, calls = parse(script, pid, counts)
+    messages = args.rate * (0.5 + args.duration)  # loadgen's warm-up + duration
+    per = {"cpu": cpu_ns / 1000 / messages, **{c: counts[c] / messages for c in COUNTS}}
+    return {"broker": name, "n": len(calls), "e2e_ms": res["latency_ms"], "per_message": per,
             "p50": {k: statistics.median(v) if v else float("nan") for k, v in parts.items()},
             "p99": {k: sorted(v)[int(len(v) * 0.99)] if v else float("nan")
                     for k, v in parts.items()},
@@ -173,6 +204,11 @@ def main() -> None:
             print(f"{name:10} n={r['n']:<6} p50 " + "".join(f"{p50[p]:12.1f}" for p in PARTS)
                   + f"  {r['calls']:5}  {e2e['p50']:.3f}/{e2e['p99']:.3f}")
             print(f"{'':21}p99 " + "".join(f"{p99[p]:12.1f}" for p in PARTS), flush=True)
+            per = r["per_message"]
+            assert isinstance(per, dict)
+            print(f"{'':21}per message: " + ", ".join(
+                f"{k} {v:.1f}" if k == "cpu" else f"{k} {v:.2f}" for k, v in per.items()),
+                flush=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ class _Allow:
     def receive_check(self) -> None:
         return None
 
+    def publish_check(self) -> None:
+        return None
+
 
 def gateway_path(n: int, qos: int, subscribers: int = 100) -> float:
     """Seconds per delivered message: one publisher, ``subscribers`` MQTT-SN clients."""

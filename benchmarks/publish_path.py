@@ -17,6 +17,10 @@ subscriber's PUBACK into ``data_received`` and its flush. Prints µs per message
 as a process idle for 1 ms on a busy machine finds them; the difference to the warm
 figure is the cold-path cost of the 1,000 msg/s scenario.
 ``--profile`` prints the cProfile of the warm run instead (calls per message).
+``--rocksdb`` uses a RocksDB store (a temporary directory; ``storage.durability`` os)
+instead of memory, ``--persistent`` a subscriber with a persistent session
+(``clean_session`` 0); the line then also gives the store's write batches and changes
+per message (none for clean sessions on either store).
 
     .venv/bin/python benchmarks/publish_path.py [--messages 20000 --reps 5] [--cold 4]
 
@@ -32,6 +36,7 @@ import gc
 import pstats
 import statistics
 import struct
+import tempfile
 import time
 
 import uvloop
@@ -40,7 +45,7 @@ from iotbroker import build
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import Connect, Publish, Subscribe, Subscription
 from iotbroker.config import parse_config
-from iotbroker.server.broker import GC_GEN0_THRESHOLD, Broker
+from iotbroker.server.broker import GC_GEN0_THRESHOLD, Broker, open_store
 from iotbroker.server.logsetup import bind_loop, setup_logging
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.memory import MemoryStore
@@ -85,23 +90,29 @@ class StampingTransport:
         pass
 
 
-def client(broker: Broker, client_id: str) -> tuple[ClientProtocol, StampingTransport]:
+def client(broker: Broker, client_id: str,
+           clean: bool = True) -> tuple[ClientProtocol, StampingTransport]:
     proto = ClientProtocol(broker, "bench")
     transport = StampingTransport()
     proto.connection_made(transport)  # type: ignore[arg-type]
-    proto.data_received(encode_packet(Connect(client_id=client_id, keepalive=60), 4))
+    proto.data_received(encode_packet(Connect(client_id=client_id, keepalive=60,
+                                              clean_start=clean), 4))
     broker.flush()
     return proto, transport
 
 
-async def one_run(messages: int, cold: int,
-                  profile: cProfile.Profile | None) -> tuple[float, float, float]:
+async def one_run(messages: int, cold: int, profile: cProfile.Profile | None,
+                  rocksdb: str | None = None,
+                  persistent: bool = False) -> tuple[float, float, float, float, float]:
     loop = asyncio.get_running_loop()
-    config = parse_config(CONFIG, "publish_path.py")
+    cfg = dict(CONFIG)
+    if rocksdb is not None:
+        cfg["storage"] = {"backend": "rocksdb", "path": rocksdb, "durability": "os"}
+    config = parse_config(cfg, "publish_path.py")
     setup_logging(config.logging)
     bind_loop(loop)
-    broker = Broker(config, MemoryStore(), loop)
-    sub, sub_t = client(broker, "path-sub")
+    broker = Broker(config, MemoryStore() if rocksdb is None else open_store(config), loop)
+    sub, sub_t = client(broker, "path-sub", clean=not persistent)
     sub.data_received(encode_packet(Subscribe(1, [Subscription(TOPIC, qos=1)]), 4))
     broker.flush()
     pub, _ = client(broker, "path-pub")
@@ -113,6 +124,8 @@ async def one_run(messages: int, cold: int,
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
     forward, after, puback = [], [], []
+    metrics = broker.metrics
+    batches0, changes0 = metrics.storage_batches, metrics.storage_changes
     if profile is not None:
         profile.enable()
     for i in range(messages):
@@ -138,8 +151,12 @@ async def one_run(messages: int, cold: int,
     gc.unfreeze()
     for proto in (sub, pub):
         broker.timers.cancel(proto)
+    if rocksdb is not None:
+        broker.store.close()
     return (statistics.median(forward) / 1e3, statistics.median(after) / 1e3,
-            statistics.median(puback) / 1e3)
+            statistics.median(puback) / 1e3,
+            (metrics.storage_batches - batches0) / messages,
+            (metrics.storage_changes - changes0) / messages)
 
 
 def main() -> None:
@@ -149,6 +166,9 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=0, metavar="MIB",
                     help="evict the caches between messages (write MIB MiB)")
     ap.add_argument("--profile", action="store_true", help="cProfile of one warm run")
+    ap.add_argument("--rocksdb", action="store_true", help="a RocksDB store, not memory")
+    ap.add_argument("--persistent", action="store_true",
+                    help="the subscriber's session is persistent (clean_session 0)")
     args = ap.parse_args()
     if args.profile:
         prof = cProfile.Profile()
@@ -156,13 +176,21 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         return
     messages = min(args.messages, 3000) if args.cold else args.messages
-    runs = [uvloop.run(one_run(messages, args.cold, None)) for _ in range(args.reps)]
+    runs = []
+    for _ in range(args.reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(uvloop.run(one_run(messages, args.cold, None,
+                                           tmp if args.rocksdb else None, args.persistent)))
     cols = list(zip(*runs, strict=True))
     cold = f", caches evicted ({args.cold} MiB)" if args.cold else ""
-    print(f"{build.describe()}{cold}: µs per message, "
+    store = (", RocksDB" if args.rocksdb else "") + (", persistent" if args.persistent else "")
+    print(f"{build.describe()}{cold}{store}: µs per message, "
           f"median of {args.reps} runs of each run's median ({messages} messages): "
           + ", ".join(f"{name} {statistics.median(col):.2f} ({'/'.join(f'{v:.2f}' for v in col)})"
-                      for name, col in zip(("forward", "after", "puback"), cols, strict=True)))
+                      for name, col in zip(("forward", "after", "puback"), cols[:3],
+                                           strict=True))
+          + f"; store writes per message: {statistics.median(cols[3]):.2f} batches, "
+            f"{statistics.median(cols[4]):.2f} changes")
 
 
 if __name__ == "__main__":

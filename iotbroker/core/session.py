@@ -725,12 +725,13 @@ class Session:
         if entry is None or entry.delivery.qos != 1:
             return False
         del self.inflight[packet_id]
-        if self.persistent:
+        if self.expiry_interval > 0:  # persistent (inlined: the QoS 1 path, issue 19)
             if entry.queued_record:  # in order: consecutive ones become one range
                 self.context.batch.delete_queued_in_order(self.client_id, entry.seq)
             else:
                 self.context.batch.delete_outbound(self.client_id, packet_id)
-        self.pump(now)
+        if self.queue or self._resend:  # pump() has nothing to do otherwise
+            self.pump(now)
         return True
 
     def on_pubrec(self, packet_id: int, reason_code: int, now: float) -> bool:

@@ -96,6 +96,10 @@ V3_CONNACK: dict[int, int] = {
 FAILURE = R.UNSPECIFIED_ERROR
 
 
+#: The ACL's decision on a PUBLISH: ``(client id, username, topic) -> allowed``.
+PublishCheck = Callable[[str, str | None, str], bool]
+
+
 class Authorization(Protocol):
     """The questions the engine asks the auth room (``server/auth_service.py`` answers)."""
 
@@ -104,6 +108,10 @@ class Authorization(Protocol):
     def may_subscribe(self, session: Session, topic_filter: str) -> bool: ...
 
     def receive_check(self) -> ReceiveCheck | None: ...
+
+    def publish_check(self) -> PublishCheck | None:
+        """:meth:`may_publish` as a callable, or None when every PUBLISH is allowed
+        (no ACL): the PUBLISH path then makes no call (issue 19)."""
 
 
 #: How the engine writes a per-connection log line (connected, disconnected, lost,
@@ -182,6 +190,8 @@ class Engine:
         )
         # Every delivery to a session asks this one decision (issue 12).
         self.registry.gate.check = auth.receive_check()
+        #: The ACL's decision on a client's PUBLISH, or None when there is no ACL.
+        self.publish_check: PublishCheck | None = auth.publish_check()
         #: Connected clients by client id.
         self.clients: dict[str, Client] = {}
         #: Checked when a CONNECT is accepted (None: nobody refused; admin bans set it).
@@ -316,6 +326,7 @@ class Engine:
         """The ACL was reloaded: queued, in-flight and retained deliveries follow the
         new rules from now on."""
         self.registry.gate.check = self.auth.receive_check()
+        self.publish_check = self.auth.publish_check()
 
     def send_ready(self, now: float) -> None:
         """Move what sessions decided to send into their connections (the server calls
@@ -701,7 +712,8 @@ class Engine:
                      session.client_id, session.username, topic, extra=client.log_extra())
             _ack(client, packet, R.NOT_AUTHORIZED)
             return
-        if not self.auth.may_publish(session.client_id, session.username, topic):
+        check = self.publish_check  # None: no ACL, no call (issue 19)
+        if check is not None and not check(session.client_id, session.username, topic):
             metrics.acl_denials += 1
             log.info("client %r (user %r) not authorised to publish to %r",
                      session.client_id, session.username, topic, extra=client.log_extra())

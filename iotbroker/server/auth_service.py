@@ -234,6 +234,11 @@ class AuthService:
         """PUBLISH, and a Will Message (at CONNECT and again when it fires)."""
         return self._decide("w", client_id, username, topic)
 
+    def publish_check(self) -> Callable[[str, str | None, str], bool] | None:
+        """:meth:`may_publish`, or None when there is no ACL (the engine's PUBLISH path
+        then makes no call, issue 19). Call again after :meth:`reload`."""
+        return None if self._open else self.may_publish
+
     def may_subscribe(self, session: Session, topic_filter: str) -> bool:
         return self._decide("s", session.client_id, session.username, topic_filter)
 

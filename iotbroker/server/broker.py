@@ -338,7 +338,7 @@ class Broker:
         deletion must be committed: after a crash the message would be sent again)."""
         engine = self.engine
         if not self._flush_scheduled and (
-            self.ready_to_write or engine.registry.ready or engine.batch
+            self.ready_to_write or engine.registry.ready or engine.batch.changes
             or engine.forwarding or engine.interest_touched or engine.held_acks
         ):
             self._flush_scheduled = True
@@ -612,7 +612,11 @@ class Broker:
             if proto.close_after_flush or proto.deferred:
                 break
         if not self._flush_scheduled:
-            self._schedule_flush()
+            if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
+                self._flush_scheduled = True
+                self.loop.call_soon(self.flush)
+            else:
+                self._schedule_flush()
         return handled
 
     def _commit_early(self) -> None:

@@ -375,7 +375,7 @@ class ClientProtocol(Client, asyncio.Protocol):
         broker = self.broker
         broker.active_readers.append(self)
         broker.metrics.bytes_received += len(data)
-        packets = self.conn.receive_data(data, self.loop.time())
+        packets = self.conn.receive_data(data, broker.loop.time())
         if packets:
             broker.metrics.messages_received += len(packets)
             if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)

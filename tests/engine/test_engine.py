@@ -9,6 +9,7 @@ storage changes, the next deadline). Nothing awaits and nothing sleeps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from iotbroker.auth.acl import Acl
@@ -45,6 +46,9 @@ class AclAuthorization:
 
     def may_publish(self, client_id: str, username: str | None, topic: str) -> bool:
         return self.acl is None or self.acl.can_publish(client_id, username, topic)
+
+    def publish_check(self) -> Callable[[str, str | None, str], bool] | None:
+        return None if self.acl is None else self.may_publish
 
     def may_subscribe(self, session: Session, topic_filter: str) -> bool:
         return self.acl is None or self.acl.can_subscribe(

@@ -387,6 +387,38 @@ def test_reload_applies_to_queued_retained_and_wills(tmp_path: Path, version: in
     assert "Traceback" not in broker.log_text()
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_reload_adding_an_acl_applies_to_publish(tmp_path: Path, version: int) -> None:
+    """A broker started without an ACL skips the publish check (issue 19, latency);
+    a SIGHUP that adds ``auth.acl_file`` must bring it back: a PUBLISH the new ACL does
+    not allow is refused (MQTT 5.0: PUBACK 0x87 Not authorized, §3.4.2.1; 3.1.1:
+    acknowledged and dropped) and not delivered, an allowed one still is."""
+    broker = BrokerProcess(tmp_path, broker_config()).start()
+    try:
+        watcher = _client(broker, version, "watcher-1", "admin")
+        assert watcher.subscribe("sensors/#", 1).reason_codes == [1]
+        bob = _client(broker, version, "bob-1", "bob")
+        assert isinstance(bob.publish("sensors/alice/t", b"open", 1), PubAck)
+        _expect(watcher, "sensors/alice/t", b"open")  # no ACL yet: anything goes
+
+        acl = tmp_path / "acl"
+        acl.write_text(ACL)
+        broker.config_path.write_text(broker_config(extra=f"auth:\n  acl_file: {acl}\n"))
+        _reload(broker, acl, ACL)
+
+        ack = bob.publish("sensors/alice/t", b"refused", 1)
+        assert isinstance(ack, PubAck)
+        assert ack.reason_code == (0x87 if version == 5 else 0)
+        assert bob.publish("sensors/bob/t", b"allowed", 1).reason_code == 0
+        _expect(watcher, "sensors/bob/t", b"allowed")  # the control; the refused one
+        watcher.nothing(SILENCE)                        # never arrived before it
+        for c in (watcher, bob):
+            c.disconnect()
+    finally:
+        broker.stop()
+    assert "Traceback" not in broker.log_text()
+
+
 # -------------------------------------------------- $SYS on a broker with no ACL at all
 def test_sys_version_cannot_be_forged_with_mosquitto_pub(
     make_broker: Callable[..., BrokerProcess],
