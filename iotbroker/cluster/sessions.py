@@ -321,6 +321,8 @@ class Sessions:
         context.derived_ids = True
         context.held_pubrels = []
         context.qos2_done = []
+        context.unrecorded = {}
+        context.id_wait = self._id_wait
         # counters (ClusterNode.status())
         self.resumed = 0
         self.handed_over = 0
@@ -466,10 +468,50 @@ class Sessions:
                 self.schedule_flush()
         if done:
             context.qos2_done = []
+            up = self._up()
             for session, key in done:
-                q = self.qos2.get(session.client_id, {}).get(key)
+                client_id = session.client_id
+                q = self.qos2.get(client_id, {}).get(key)
                 if q is not None:
                     q.state = COMPLETED  # written with the next change (not waited for)
+                if not up or (client_id not in self.revs and client_id not in self._claims):
+                    self._free_ids(client_id, self._recorded(client_id))
+
+    def _id_wait(self, session: Session) -> None:
+        """A message of ``session`` waits for a derived id whose completion is not in
+        its record yet (core/session.py): the record is written soon."""
+        client_id = session.client_id
+        if client_id not in self._dirty:
+            self._dirty[client_id] = None
+            self._wake.set()
+
+    def _recorded(self, client_id: str) -> dict[int, int]:
+        """Take the derived ids of ``client_id`` completed but not recorded whose
+        completion the record as it is now carries (or that it no longer lists)."""
+        unrecorded = self.engine.registry.context.unrecorded
+        pids = unrecorded.get(client_id) if unrecorded else None
+        if not pids:
+            return {}
+        entries = self.qos2.get(client_id, {})
+        out = {}
+        for pid, key in list(pids.items()):
+            q = entries.get(key)
+            if q is None or q.state == COMPLETED:
+                out[pid] = key
+                del pids[pid]
+        if not pids:
+            del unrecorded[client_id]  # type: ignore[union-attr]
+        return out
+
+    def _free_ids(self, client_id: str, freed: dict[int, int]) -> None:
+        """The completions of ``freed`` are durable (or need not be): a message that
+        waits for one of those ids goes now."""
+        if not freed:
+            return
+        session = self.engine.registry.get(client_id)
+        if session is not None:
+            session.pump(time.time())
+            self.schedule_flush()
 
     def _up(self) -> bool:
         nc = self.nc
@@ -617,11 +659,14 @@ class Sessions:
         pids = self._pubrels.pop(client_id, [])
         writes = self._writes_waiting.pop(client_id, [])
         comps = self._pubcomps.pop(client_id, [])
+        # derived ids completed whose completion this write carries (the record is
+        # made at once, in _write_record, before anything else runs)
+        freed = self._recorded(client_id)
         written = False
         try:
             written = await self._write_record(kv, client_id)
         finally:
-            if pids or writes or comps:
+            if pids or writes or comps or freed:
                 nc = self.nc
                 if written or client_id not in self.revs or nc is None or (
                         not nc.is_connected):
@@ -630,7 +675,11 @@ class Sessions:
                     self._release_pubrels(client_id, pids)
                     self.qos.write_deferred(writes)
                     self._release_pubcomps(comps)
+                    self._free_ids(client_id, freed)
                 else:  # not written: again soon, still held
+                    unrecorded = self.engine.registry.context.unrecorded
+                    if freed and unrecorded is not None:
+                        unrecorded.setdefault(client_id, {}).update(freed)
                     if pids:
                         self._pubrels.setdefault(client_id, [])[:0] = pids
                     if writes:
@@ -958,6 +1007,9 @@ class Sessions:
         self._pubrels.pop(client_id, None)
         self.inbound.pop(client_id, None)
         self._pubcomps.pop(client_id, None)
+        unrecorded = engine.registry.context.unrecorded
+        if unrecorded:
+            unrecorded.pop(client_id, None)
         # (accepted and routed here: their stream writes go, whoever has the session)
         self.qos.write_deferred(self._writes_waiting.pop(client_id, []))
         pairs = [(client_id, f) for f in session.subscriptions]
