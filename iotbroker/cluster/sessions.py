@@ -315,6 +315,9 @@ class Sessions:
         #: write, and PUBCOMPs waiting for it
         self._writes_waiting: dict[str, list[str]] = {}
         self._pubcomps: dict[str, list[tuple[Client, int]]] = {}
+        #: per client id: since when (monotonic) something waits for its record write
+        #: (it waits ``cluster.qos_stream.patience`` at most, then goes unrecorded)
+        self._waiting_since: dict[str, float] = {}
         qos.defer = self._defer_write
         engine.held_pubcomps = []
         context = engine.registry.context
@@ -659,6 +662,7 @@ class Sessions:
         pids = self._pubrels.pop(client_id, [])
         writes = self._writes_waiting.pop(client_id, [])
         comps = self._pubcomps.pop(client_id, [])
+        since = self._waiting_since.pop(client_id, None)
         # derived ids completed whose completion this write carries (the record is
         # made at once, in _write_record, before anything else runs)
         freed = self._recorded(client_id)
@@ -668,7 +672,15 @@ class Sessions:
         finally:
             if pids or writes or comps or freed:
                 nc = self.nc
-                if written or client_id not in self.revs or nc is None or (
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                late = now - since >= self.qos.patience
+                if late and not written:
+                    log.warning("cluster: session record %r not written for %.0fs: its "
+                                "held QoS 2 acknowledgements and stream writes go without "
+                                "it", client_id, now - since)
+                if written or late or client_id not in self.revs or nc is None or (
                         not nc.is_connected):
                     # durable, or the session is not ours (any more), or NATS is away
                     # (the node serves its clients: the PUBREL goes, not guaranteed)
@@ -686,6 +698,7 @@ class Sessions:
                         self._writes_waiting.setdefault(client_id, [])[:0] = writes
                     if comps:
                         self._pubcomps.setdefault(client_id, [])[:0] = comps
+                    self._waiting_since[client_id] = since
                     asyncio.get_running_loop().call_later(0.2, self._redirty, client_id)
 
     def _release_pubcomps(self, comps: list[tuple[Client, int]]) -> None:
@@ -1007,6 +1020,7 @@ class Sessions:
         self._pubrels.pop(client_id, None)
         self.inbound.pop(client_id, None)
         self._pubcomps.pop(client_id, None)
+        self._waiting_since.pop(client_id, None)
         unrecorded = engine.registry.context.unrecorded
         if unrecorded:
             unrecorded.pop(client_id, None)
