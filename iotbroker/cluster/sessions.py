@@ -34,8 +34,12 @@ Clean Start 0 resumes it [MQTT-3.1.2-5] and CONNACK says Session Present 1
   the record also lists the QoS 2 messages released to the client after the position
   (a PUBREL waits until that is written), so the node a session moves to sends PUBREL
   for those, nothing for completed ones, and the others again with their ids and
-  DUP=1 [MQTT-4.3.3-10], [MQTT-4.4.0-1]. A live handover also carries the inbound
-  QoS 2 ids the session holds.
+  DUP=1 [MQTT-4.3.3-10], [MQTT-4.4.0-1]; a derived id is used again only once its
+  previous use's completion is in the record [MQTT-4.3.3-12]. The publisher's side:
+  the record holds the inbound QoS 2 ids the session holds with their stream write
+  ids — written before the stream write goes, removed before the PUBCOMP goes — so
+  the node it moves to (also after kill -9) writes a re-sent PUBLISH again under
+  the same write id, which the stream drops if the first write made it.
 
 What a move guarantees (QoS 1 duplicates allowed) and what it does not is listed in
 docs/cluster.md, "What is guaranteed" and "Not yet".
