@@ -658,7 +658,20 @@ class Sessions:
         position = self.positions.get(client_id)
         return Record(self.sender, position, rec, list(session.subscriptions.values()),
                       self._qos2_of(client_id, position),
-                      dict(self.inbound.get(client_id, ())))
+                      self._inbound_of(client_id, session))
+
+    def _inbound_of(self, client_id: str, session: Session) -> dict[int, str]:
+        """The record's inbound QoS 2 ids: those the session still holds (a clean
+        start, or a PUBREL, forgets them)."""
+        entries = self.inbound.get(client_id)
+        if not entries:
+            return {}
+        held = session.inbound_qos2
+        for pid in [p for p in entries if p not in held]:
+            del entries[pid]
+        if not entries:
+            del self.inbound[client_id]
+        return dict(entries)
 
     async def _write_one(self, kv: KeyValue, client_id: str) -> None:
         # PUBRELs that wait for this write (their messages are in ``rec.qos2``), stream
