@@ -291,6 +291,8 @@ class Sessions:
         #: client ids accepted here that were not owned here: their record is taken
         #: (and a copy elsewhere dropped) at the next write
         self._claims: set[str] = set()
+        #: client ids whose claim (first write) is in flight
+        self._claiming: set[str] = set()
         self._wake = asyncio.Event()
         self._resuming: set[str] = set()
         #: client ids of connections closed at their acceptance (a later claim
@@ -459,7 +461,7 @@ class Sessions:
             up = self.kv is not None and nc is not None and nc.is_connected
             for session, pid, key in held:
                 client_id = session.client_id
-                if not up or (client_id not in self.revs and client_id not in self._claims):
+                if not up or not self._ours(client_id):
                     session.release_pubrel(pid, now)
                     continue
                 entry = session.inflight.get(pid)
@@ -481,7 +483,7 @@ class Sessions:
                 q = self.qos2.get(client_id, {}).get(key)
                 if q is not None:
                     q.state = COMPLETED  # written with the next change (not waited for)
-                if not up or (client_id not in self.revs and client_id not in self._claims):
+                if not up or not self._ours(client_id):
                     self._free_ids(client_id, self._recorded(client_id))
 
     def _id_wait(self, session: Session) -> None:
@@ -520,6 +522,12 @@ class Sessions:
             session.pump(time.time())
             self.schedule_flush()
 
+    def _ours(self, client_id: str) -> bool:
+        """Is the record of ``client_id`` this process's (written, to be claimed at
+        the next write, or being claimed now)?"""
+        return (client_id in self.revs or client_id in self._claims
+                or client_id in self._claiming)
+
     def _up(self) -> bool:
         nc = self.nc
         return self.kv is not None and nc is not None and nc.is_connected
@@ -533,7 +541,7 @@ class Sessions:
         the stream drops it if the first write had made it [MQTT-4.3.3-10]. False
         (written at once): not a persistent session of this node's, or NATS away."""
         client_id = ack.client.client_id
-        if not self._up() or (client_id not in self.revs and client_id not in self._claims):
+        if not self._up() or not self._ours(client_id):
             return False
         session = self.engine.registry.get(client_id)
         if session is None or not session.persistent:
@@ -568,7 +576,7 @@ class Sessions:
                 entries.pop(pid, None)
                 if not entries:
                     del self.inbound[client_id]
-            if not up or (client_id not in self.revs and client_id not in self._claims):
+            if not up or not self._ours(client_id):
                 engine.release_pubcomp(client, pid)
                 now_out = True
                 continue
@@ -739,6 +747,7 @@ class Sessions:
                 if client_id not in self._claims:
                     return False  # not ours (handed over, or never written: a local session)
                 self._claims.discard(client_id)
+                self._claiming.add(client_id)  # (until this write is done)
                 # Accepted here, not owned here yet (a new session, a clean start):
                 # whoever had it drops its copy; last writer wins. A client id that
                 # no process had claimed before (this connection's claim created it)
@@ -796,6 +805,8 @@ class Sessions:
                 self.write_failures += 1
                 log.warning("cluster: session record %r not written: %s", client_id, exc)
             return False
+        finally:
+            self._claiming.discard(client_id)
 
     async def run(self, nc: NatsClient) -> None:
         """Open the bucket, answer handovers, write records, checkpoint positions."""
@@ -1357,8 +1368,8 @@ class Sessions:
             self.replayed += count
             log.info("cluster: session %r resumed here (%d subscriptions, %d QoS 1/2 "
                      "messages from the stream after position %s, %d QoS 2 released "
-                     "before)", client_id, len(rec.subscriptions), count, rec.position,
-                     len(released))
+                     "before, %d inbound QoS 2 ids held)", client_id, len(rec.subscriptions),
+                     count, rec.position, len(released), len(rec.inbound))
             self.schedule_flush()
 
     def _load_inbound(self, client_id: str, entries: dict[int, str]) -> None:
