@@ -17,7 +17,10 @@ Reports, median of ``--reps``:
 counts as done at PUBCOMP), plus the subscriber's PUBREC → PUBREL time (in a cluster
 the node holds a persistent session's PUBREL until the release is in the session's
 record: docs/cluster.md, "QoS 2 across a move"); ``--no-single`` skips the one-broker
-case.
+case. ``--persistent-pub``: the publisher has a persistent session (Clean Session 0),
+whose QoS 2 packet ids go into its session record in a cluster before the stream write
+and out of it before the PUBCOMP (same section); the publisher's PUBREL -> PUBCOMP
+time is reported too.
 """
 
 from __future__ import annotations
@@ -102,12 +105,14 @@ async def subscriber(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
-                   latency_n: int, qos: int = 1, rel_lat: list[float] | None = None
+                   latency_n: int, qos: int = 1, rel_lat: list[float] | None = None,
+                   persistent_pub: bool = False, comp_lat: list[float] | None = None
                    ) -> tuple[float, list[float]]:
     sreader, swriter = await connect(sub_port, f"bench-sub{time.monotonic_ns()}", clean=False)
     swriter.write(_frame(0x82, (1).to_bytes(2, "big") + _str("bench/#") + bytes([qos])))
     await sreader.readexactly(5)
-    preader, pwriter = await connect(pub_port, f"bench-pub{time.monotonic_ns()}")
+    preader, pwriter = await connect(pub_port, f"bench-pub{time.monotonic_ns()}",
+                                     clean=not persistent_pub)
 
     def publish(pid: int, payload: bytes, qos: int = qos) -> bytes:
         return _frame(0x30 | qos << 1, _str("bench/t") + pid.to_bytes(2, "big") + payload)
@@ -150,8 +155,11 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
         await preader.readexactly(4)
         latencies.append(time.perf_counter() - started)
         if qos == 2:  # PUBREL, PUBCOMP
+            started = time.perf_counter()
             pwriter.write(b"\x62\x02" + pid.to_bytes(2, "big"))
             await preader.readexactly(4)
+            if comp_lat is not None:
+                comp_lat.append(time.perf_counter() - started)
 
     # throughput with a window of unacked PUBLISHes
     acked = [0]
@@ -198,13 +206,19 @@ def measure(pids: list[int], pub_port: int, sub_port: int,
             args: argparse.Namespace, others: tuple[int, ...] = ()) -> dict[str, float]:
     """``others``: processes whose CPU is reported apart (the nats-servers)."""
     rates, per_cpu, p50, p99, gen, nats, rel50, rel99 = [], [], [], [], [], [], [], []
+    comp50: list[float] = []
     for _ in range(args.reps):
         before = sum(cpu_seconds(p) for p in pids)
         before_nats = sum(cpu_seconds(p) for p in others)
         before_gen = sum(os.times()[:2])
         rel: list[float] = []
+        comp: list[float] = []
         took, lat = asyncio.run(run_once(pub_port, sub_port, args.messages, args.window,
-                                         args.latency, args.qos, rel))
+                                         args.latency, args.qos, rel,
+                                         args.persistent_pub, comp))
+        if comp:
+            comp.sort()
+            comp50.append(comp[len(comp) // 2] * 1000)
         if rel:
             rel.sort()
             rel50.append(rel[len(rel) // 2] * 1000)
@@ -221,7 +235,8 @@ def measure(pids: list[int], pub_port: int, sub_port: int,
             "p50": statistics.median(p50), "p99": statistics.median(p99),
             "gen_cpu": statistics.median(gen), "nats_cpu": statistics.median(nats),
             "rel50": statistics.median(rel50) if rel50 else 0.0,
-            "rel99": statistics.median(rel99) if rel99 else 0.0}
+            "rel99": statistics.median(rel99) if rel99 else 0.0,
+            "comp50": statistics.median(comp50) if comp50 else 0.0}
 
 
 def main() -> None:
@@ -233,6 +248,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--qos", type=int, choices=(1, 2), default=1)
     parser.add_argument("--no-single", action="store_true", help="skip the one-broker case")
+    parser.add_argument("--persistent-pub", action="store_true",
+                        help="the publisher has a persistent session (Clean Session 0)")
     args = parser.parse_args()
     quiet = ("logging:\n  level: DEBUG\n", "logging:\n  level: INFO\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,7 +301,9 @@ def main() -> None:
               f"(generator {r['gen_cpu']:.2f} CPU-s, nats-servers {r['nats_cpu']:.2f} CPU-s)")
         if args.qos == 2:
             print(f"  {'':28s} subscriber's PUBREC -> PUBREL p50 {r['rel50']:.2f} ms  "
-                  f"p99 {r['rel99']:.2f} ms (all messages)")
+                  f"p99 {r['rel99']:.2f} ms (all messages); publisher's PUBREL -> "
+                  f"PUBCOMP p50 {r['comp50']:.2f} ms"
+                  + (" (persistent publisher)" if args.persistent_pub else ""))
 
 
 if __name__ == "__main__":

@@ -144,6 +144,12 @@ class QosStream:
         self._seq_q = 0
         self._write_ids = 0
         engine.qos2_write_id = self._new_write_id
+        #: sessions.py: a persistent publisher's QoS 2 write waits until its packet id
+        #: and write id are in the session's record (True: deferred, then
+        #: :meth:`write_deferred`); docs/cluster.md, "QoS 2 across a move".
+        self.defer: Callable[[HeldAck, str], bool] | None = None
+        #: Deferred writes by write id: the message and the acks waiting for it.
+        self._deferred: dict[str, tuple[Message, list[HeldAck]]] = {}
         #: The stream's creation time (0: unknown) and the position stored at the
         #: last commit of this node (restore), for :meth:`_start_seq`.
         self.stream_created = 0.0
@@ -187,13 +193,21 @@ class QosStream:
         if not twos and not resends:
             return held
         ack_of = {id(h.message): h for h in held if h.message.qos == 2 and not h.resend}
+        defer = self.defer
         for message in twos:
             ack = ack_of.get(id(message))
             write_id = ack.write_id if ack is not None else None
+            if write_id and ack is not None and defer is not None and defer(ack, write_id):
+                self._deferred[write_id] = (message, [ack])
+                continue
             self._write_message(message, write_id or self._new_write_id(),
                                 [ack] if ack is not None else [])
         for h in resends:
             write_id = h.write_id or self._new_write_id()
+            deferred = self._deferred.get(write_id)
+            if deferred is not None:
+                deferred[1].append(h)  # with the write that waits for the record
+                continue
             write = self._writing.get(write_id)
             if write is None:
                 # After a restart: write it again under the stored id (JetStream drops
@@ -206,14 +220,35 @@ class QosStream:
                 self._held.setdefault(write, []).append(h)  # with the pending write
         return [h for h in held if h.message.qos != 2]
 
+    def write_deferred(self, write_ids: list[str]) -> None:
+        """The session's record has these writes' packet ids (or will not get them):
+        written now, in the order they were accepted."""
+        for write_id in write_ids:
+            deferred = self._deferred.pop(write_id, None)
+            if deferred is not None:
+                self._write_message(deferred[0], write_id, deferred[1])
+
+    def _sender_of(self, write_id: str) -> tuple[bytes, int]:
+        """The wire sender and sequence number of a QoS 2 write: those of the process
+        that made the write id (``<sender>q:<n>``), whichever node writes it. A resend
+        written again by another node (the publisher's session moved there after a
+        kill -9, sessions.py) is then, for every reader, the same message as the first
+        write: their (sender, seq) dedup drops it if they routed that, and the first
+        node's reader (its node name) skips it as its own after a restart."""
+        sender, _, number = write_id.rpartition(":")
+        if sender and number.isdigit():
+            return sender.encode(), int(number)
+        self._seq_q += 1
+        return self.sender_q, self._seq_q
+
     def _write_message(self, message: Message, write_id: str, acks: list[HeldAck]) -> None:
         subject = topic_to_subject(self.subject_prefix, message.topic)
         if len(subject) > MAX_SUBJECT:
             self.unreplicated += 1
             self.release(acks)
             return
-        self._seq_q += 1
-        payload = wire.encode(self.sender_q, self._seq_q, [wire.record(message)])
+        sender, seq = self._sender_of(write_id)
+        payload = wire.encode(sender, seq, [wire.record(message)])
         self.write(subject, write_id, payload, 1, acks, wait=True, message=message)
 
     def write(self, subject: str, msg_id: str, payload: bytes, count: int,

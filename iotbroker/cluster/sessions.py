@@ -34,8 +34,12 @@ Clean Start 0 resumes it [MQTT-3.1.2-5] and CONNACK says Session Present 1
   the record also lists the QoS 2 messages released to the client after the position
   (a PUBREL waits until that is written), so the node a session moves to sends PUBREL
   for those, nothing for completed ones, and the others again with their ids and
-  DUP=1 [MQTT-4.3.3-10], [MQTT-4.4.0-1]. A live handover also carries the inbound
-  QoS 2 ids the session holds.
+  DUP=1 [MQTT-4.3.3-10], [MQTT-4.4.0-1]; a derived id is used again only once its
+  previous use's completion is in the record [MQTT-4.3.3-12]. The publisher's side:
+  the record holds the inbound QoS 2 ids the session holds with their stream write
+  ids — written before the stream write goes, removed before the PUBCOMP goes — so
+  the node it moves to (also after kill -9) writes a re-sent PUBLISH again under
+  the same write id, which the stream drops if the first write made it.
 
 What a move guarantees (QoS 1 duplicates allowed) and what it does not is listed in
 docs/cluster.md, "What is guaranteed" and "Not yet".
@@ -83,7 +87,7 @@ if TYPE_CHECKING:
     from iotbroker.cluster.ownership import Ownership
     from iotbroker.cluster.qos_stream import QosStream
     from iotbroker.engine.client import Client
-    from iotbroker.engine.engine import Engine
+    from iotbroker.engine.engine import Engine, HeldAck
 
 log = logging.getLogger("iotbroker.cluster")
 
@@ -142,9 +146,10 @@ class Record:
     session: SessionRecord
     subscriptions: list[SubscriptionEntry]
     qos2: dict[int, tuple[int, int]] = field(default_factory=dict)
-    #: Only in the record a live owner hands over (never written to the bucket): the
-    #: inbound QoS 2 packet ids it holds (PUBREC sent, PUBREL not received; the value
-    #: is kept for a stream write id, unused: "").
+    #: The inbound QoS 2 packet ids the session holds (PUBLISH accepted, PUBREL not
+    #: received) with the id of their stream write ("": the stream has it; a write
+    #: id: it may be pending) — in the bucket before that write goes, out of it
+    #: before the PUBCOMP goes (docs/cluster.md, "QoS 2 across a move").
     inbound: dict[int, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
@@ -286,6 +291,8 @@ class Sessions:
         #: client ids accepted here that were not owned here: their record is taken
         #: (and a copy elsewhere dropped) at the next write
         self._claims: set[str] = set()
+        #: client ids whose claim (first write) is in flight
+        self._claiming: set[str] = set()
         self._wake = asyncio.Event()
         self._resuming: set[str] = set()
         #: client ids of connections closed at their acceptance (a later claim
@@ -305,10 +312,26 @@ class Sessions:
         self.qos2: dict[str, dict[int, _Q2]] = {}
         #: per client id: packet ids whose PUBREL waits for the record's next write
         self._pubrels: dict[str, list[int]] = {}
+        #: per owned client id: the inbound QoS 2 packet ids its session holds (from
+        #: the PUBLISH to the PUBREL) with the id of their stream write, written in its
+        #: record before that write goes and removed before the PUBCOMP goes
+        #: (docs/cluster.md, "QoS 2 across a move", the publisher's side)
+        self.inbound: dict[str, dict[int, str]] = {}
+        #: per client id: stream writes (their write ids) waiting for the record's next
+        #: write, and PUBCOMPs waiting for it
+        self._writes_waiting: dict[str, list[str]] = {}
+        self._pubcomps: dict[str, list[tuple[Client, int]]] = {}
+        #: per client id: since when (monotonic) something waits for its record write
+        #: (it waits ``cluster.qos_stream.patience`` at most, then goes unrecorded)
+        self._waiting_since: dict[str, float] = {}
+        qos.defer = self._defer_write
+        engine.held_pubcomps = []
         context = engine.registry.context
         context.derived_ids = True
         context.held_pubrels = []
         context.qos2_done = []
+        context.unrecorded = {}
+        context.id_wait = self._id_wait
         # counters (ClusterNode.status())
         self.resumed = 0
         self.handed_over = 0
@@ -409,6 +432,7 @@ class Sessions:
                 self.positions[client.client_id] = before if old is None else max(old, before)
         self._turn_position = self.position_now()
         self._qos2_turn()
+        self._pubcomp_turn()
         for client_id, _ in touched:
             dirty[client_id] = None
         for client in accepted:
@@ -437,7 +461,7 @@ class Sessions:
             up = self.kv is not None and nc is not None and nc.is_connected
             for session, pid, key in held:
                 client_id = session.client_id
-                if not up or (client_id not in self.revs and client_id not in self._claims):
+                if not up or not self._ours(client_id):
                     session.release_pubrel(pid, now)
                     continue
                 entry = session.inflight.get(pid)
@@ -453,10 +477,126 @@ class Sessions:
                 self.schedule_flush()
         if done:
             context.qos2_done = []
+            up = self._up()
             for session, key in done:
-                q = self.qos2.get(session.client_id, {}).get(key)
+                client_id = session.client_id
+                q = self.qos2.get(client_id, {}).get(key)
                 if q is not None:
                     q.state = COMPLETED  # written with the next change (not waited for)
+                if not up or not self._ours(client_id):
+                    self._free_ids(client_id, self._recorded(client_id))
+
+    def _id_wait(self, session: Session) -> None:
+        """A message of ``session`` waits for a derived id whose completion is not in
+        its record yet (core/session.py): the record is written soon."""
+        client_id = session.client_id
+        if client_id not in self._dirty:
+            self._dirty[client_id] = None
+            self._wake.set()
+
+    def _recorded(self, client_id: str) -> dict[int, int]:
+        """Take the derived ids of ``client_id`` completed but not recorded whose
+        completion the record as it is now carries (or that it no longer lists)."""
+        unrecorded = self.engine.registry.context.unrecorded
+        pids = unrecorded.get(client_id) if unrecorded else None
+        if not pids:
+            return {}
+        entries = self.qos2.get(client_id, {})
+        out = {}
+        for pid, key in list(pids.items()):
+            q = entries.get(key)
+            if q is None or q.state == COMPLETED:
+                out[pid] = key
+                del pids[pid]
+        if not pids:
+            del unrecorded[client_id]  # type: ignore[union-attr]
+        return out
+
+    def _free_ids(self, client_id: str, freed: dict[int, int]) -> None:
+        """The completions of ``freed`` are durable (or need not be): a message that
+        waits for one of those ids goes now."""
+        if not freed:
+            return
+        session = self.engine.registry.get(client_id)
+        if session is not None:
+            session.pump(time.time())
+            self.schedule_flush()
+
+    def _ours(self, client_id: str) -> bool:
+        """Is the record of ``client_id`` this process's (written, to be claimed at
+        the next write, or being claimed now)?"""
+        return (client_id in self.revs or client_id in self._claims
+                or client_id in self._claiming)
+
+    def _up(self) -> bool:
+        nc = self.nc
+        return self.kv is not None and nc is not None and nc.is_connected
+
+    def _defer_write(self, ack: HeldAck, write_id: str) -> bool:
+        """A persistent publisher's QoS 2 message accepted here (qos_stream.py): its
+        packet id and write id go into the session's record first, and its stream
+        write waits for that record write (True). So a node the session moves to after
+        kill -9 knows every id whose message may be in the stream: a PUBLISH re-sent
+        there with DUP=1 [MQTT-4.4.0-1] is written again under the same write id, and
+        the stream drops it if the first write had made it [MQTT-4.3.3-10]. False
+        (written at once): not a persistent session of this node's, or NATS away."""
+        client_id = ack.client.client_id
+        if not self._up() or not self._ours(client_id):
+            return False
+        session = self.engine.registry.get(client_id)
+        if session is None or not session.persistent:
+            return False
+        entries = self.inbound.get(client_id)
+        if entries is None:
+            entries = self.inbound[client_id] = {}
+        entries[ack.packet_id] = write_id
+        self._writes_waiting.setdefault(client_id, []).append(write_id)
+        self._dirty[client_id] = None
+        self._wake.set()
+        return True
+
+    def _pubcomp_turn(self) -> None:
+        """PUBRELs of inbound QoS 2 ids of persistent sessions this turn (the
+        engine's ``held_pubcomps``): the id leaves the session's record, and the
+        PUBCOMP waits until that record is written — the client may use the id for a
+        new message once it has the PUBCOMP [MQTT-4.3.3-12], and a node that took the
+        session over must not take that message for a re-sent one. Without NATS, or
+        for a session whose record is not this node's, the PUBCOMP goes at once."""
+        engine = self.engine
+        comps = engine.held_pubcomps
+        if not comps:
+            return
+        engine.held_pubcomps = []
+        up = self._up()
+        now_out = False
+        for client, pid in comps:
+            client_id = client.client_id
+            entries = self.inbound.get(client_id)
+            if entries is not None:
+                entries.pop(pid, None)
+                if not entries:
+                    del self.inbound[client_id]
+            if not up or not self._ours(client_id):
+                engine.release_pubcomp(client, pid)
+                now_out = True
+                continue
+            self._pubcomps.setdefault(client_id, []).append((client, pid))
+            self._dirty[client_id] = None
+        if now_out:
+            self.schedule_flush()
+        if self._dirty:
+            self._wake.set()
+
+    def _inbound_here(self, client_id: str) -> dict[int, str]:
+        """The inbound QoS 2 ids this node's session of ``client_id`` holds, with the
+        write id of those whose stream write is pending ("" once the stream has it)."""
+        session = self.engine.registry.get(client_id)
+        if session is None or not session.inbound_qos2:
+            return {}
+        known = self.inbound.get(client_id, {})
+        pending = self.engine.qos2_unreplicated
+        return {pid: known.get(pid) or pending.get((client_id, pid), "")
+                for pid in session.inbound_qos2}
 
     def _release_pubrels(self, client_id: str, pids: list[int]) -> None:
         session = self.engine.registry.get(client_id)
@@ -525,25 +665,73 @@ class Sessions:
         rec = replace(rec, will=None)  # a dead node's wills are wills.py's
         position = self.positions.get(client_id)
         return Record(self.sender, position, rec, list(session.subscriptions.values()),
-                      self._qos2_of(client_id, position))
+                      self._qos2_of(client_id, position),
+                      self._inbound_of(client_id, session))
+
+    def _inbound_of(self, client_id: str, session: Session) -> dict[int, str]:
+        """The record's inbound QoS 2 ids: those the session still holds (a clean
+        start, or a PUBREL, forgets them)."""
+        entries = self.inbound.get(client_id)
+        if not entries:
+            return {}
+        held = session.inbound_qos2
+        for pid in [p for p in entries if p not in held]:
+            del entries[pid]
+        if not entries:
+            del self.inbound[client_id]
+        return dict(entries)
 
     async def _write_one(self, kv: KeyValue, client_id: str) -> None:
-        # PUBRELs that wait for this write (their messages are in ``rec.qos2``)
+        # PUBRELs that wait for this write (their messages are in ``rec.qos2``), stream
+        # writes and PUBCOMPs of a publisher (its inbound ids are in ``rec.inbound``)
         pids = self._pubrels.pop(client_id, [])
+        writes = self._writes_waiting.pop(client_id, [])
+        comps = self._pubcomps.pop(client_id, [])
+        since = self._waiting_since.pop(client_id, None)
+        # derived ids completed whose completion this write carries (the record is
+        # made at once, in _write_record, before anything else runs)
+        freed = self._recorded(client_id)
         written = False
         try:
             written = await self._write_record(kv, client_id)
         finally:
-            if pids:
+            if pids or writes or comps or freed:
                 nc = self.nc
-                if written or client_id not in self.revs or nc is None or (
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                late = now - since >= self.qos.patience
+                if late and not written:
+                    log.warning("cluster: session record %r not written for %.0fs: its "
+                                "held QoS 2 acknowledgements and stream writes go without "
+                                "it", client_id, now - since)
+                if written or late or client_id not in self.revs or nc is None or (
                         not nc.is_connected):
                     # durable, or the session is not ours (any more), or NATS is away
                     # (the node serves its clients: the PUBREL goes, not guaranteed)
                     self._release_pubrels(client_id, pids)
-                else:  # not written: again soon, the PUBRELs still held
-                    self._pubrels.setdefault(client_id, [])[:0] = pids
+                    self.qos.write_deferred(writes)
+                    self._release_pubcomps(comps)
+                    self._free_ids(client_id, freed)
+                else:  # not written: again soon, still held
+                    unrecorded = self.engine.registry.context.unrecorded
+                    if freed and unrecorded is not None:
+                        unrecorded.setdefault(client_id, {}).update(freed)
+                    if pids:
+                        self._pubrels.setdefault(client_id, [])[:0] = pids
+                    if writes:
+                        self._writes_waiting.setdefault(client_id, [])[:0] = writes
+                    if comps:
+                        self._pubcomps.setdefault(client_id, [])[:0] = comps
+                    self._waiting_since[client_id] = since
                     asyncio.get_running_loop().call_later(0.2, self._redirty, client_id)
+
+    def _release_pubcomps(self, comps: list[tuple[Client, int]]) -> None:
+        if comps:
+            release = self.engine.release_pubcomp
+            for client, pid in comps:
+                release(client, pid)
+            self.schedule_flush()
 
     def _redirty(self, client_id: str) -> None:
         self._dirty[client_id] = None
@@ -559,6 +747,7 @@ class Sessions:
                 if client_id not in self._claims:
                     return False  # not ours (handed over, or never written: a local session)
                 self._claims.discard(client_id)
+                self._claiming.add(client_id)  # (until this write is done)
                 # Accepted here, not owned here yet (a new session, a clean start):
                 # whoever had it drops its copy; last writer wins. A client id that
                 # no process had claimed before (this connection's claim created it)
@@ -591,6 +780,7 @@ class Sessions:
                 self.revs.pop(client_id, None)
                 self.positions.pop(client_id, None)
                 self.qos2.pop(client_id, None)
+                self.inbound.pop(client_id, None)
                 await kv.delete(key, last=rev)
             else:
                 rev = await kv.update(key, rec.encode(), last=rev)
@@ -615,6 +805,8 @@ class Sessions:
                 self.write_failures += 1
                 log.warning("cluster: session record %r not written: %s", client_id, exc)
             return False
+        finally:
+            self._claiming.discard(client_id)
 
     async def run(self, nc: NatsClient) -> None:
         """Open the bucket, answer handovers, write records, checkpoint positions."""
@@ -641,6 +833,11 @@ class Sessions:
                 batch = list(self._dirty)[:BATCH]
                 for client_id in batch:
                     del self._dirty[client_id]
+                    if client_id in self._resuming and (
+                            client_id in self._writes_waiting or client_id in self._pubcomps):
+                        # (an older connection's messages, the id resumed here
+                        # meanwhile): after the resume
+                        asyncio.get_running_loop().call_later(0.2, self._redirty, client_id)
                 await asyncio.gather(*(self._write_one(kv, c) for c in batch
                                        if c not in self._resuming))
         finally:
@@ -690,8 +887,9 @@ class Sessions:
                 if rec.owner.rsplit(b"/", 1)[0] == self.node:
                     self.positions[client_id] = rec.position
                     self._load_qos2(client_id, rec.qos2)
+                    self._load_inbound(client_id, self._inbound_here(client_id))
                     mine = Record(self.sender, rec.position, rec.session, rec.subscriptions,
-                                  rec.qos2)
+                                  rec.qos2, dict(self.inbound.get(client_id, ())))
                     self.revs[client_id] = await kv.update(key, mine.encode(),
                                                            last=entry.revision)
                     self._dirty[client_id] = None
@@ -823,15 +1021,17 @@ class Sessions:
             if session is not None:
                 self._drop_local(client_id)
             return None
+        # Its stream writes that wait for a record write go now (the new node has
+        # their write ids: whichever write comes second is dropped by the stream).
+        self.qos.write_deferred(self._writes_waiting.pop(client_id, []))
+        self._pubcomps.pop(client_id, None)  # its connection is closed (0x8E)
         rec = self._record_of(client_id)
-        if rec is not None and session.inbound_qos2:
-            # The inbound QoS 2 ids it holds go too (a live handover only: the record
-            # in the bucket never has them): a PUBREL to the new node completes, and a
-            # PUBLISH re-sent there with a held id is not routed again [MQTT-4.3.3-10].
-            # Not those whose stream write is still pending (docs/cluster.md, Not yet).
-            pending = engine.qos2_unreplicated
-            rec.inbound = {pid: "" for pid in session.inbound_qos2
-                           if (client_id, pid) not in pending}
+        if rec is not None:
+            # Every inbound QoS 2 id it holds, with the write id of a pending one: a
+            # PUBREL to the new node completes, and a PUBLISH re-sent there with such
+            # an id is not routed again [MQTT-4.3.3-10] (written again under the same
+            # write id if it was pending).
+            rec.inbound = self._inbound_here(client_id)
         self.positions.pop(client_id, None)
         self._drop_local(client_id)
         self.handed_over += 1
@@ -846,6 +1046,14 @@ class Sessions:
             return
         self.qos2.pop(client_id, None)
         self._pubrels.pop(client_id, None)
+        self.inbound.pop(client_id, None)
+        self._pubcomps.pop(client_id, None)
+        self._waiting_since.pop(client_id, None)
+        unrecorded = engine.registry.context.unrecorded
+        if unrecorded:
+            unrecorded.pop(client_id, None)
+        # (accepted and routed here: their stream writes go, whoever has the session)
+        self.qos.write_deferred(self._writes_waiting.pop(client_id, []))
         pairs = [(client_id, f) for f in session.subscriptions]
         engine.registry.pending_wills.pop(client_id, None)
         engine.registry.destroy(session)
@@ -961,7 +1169,7 @@ class Sessions:
                 if handed.expired(time.time()):
                     return
                 claimed = Record(self.sender, handed.position, handed.session,
-                                 handed.subscriptions, handed.qos2)
+                                 handed.subscriptions, handed.qos2, handed.inbound)
                 try:
                     self.revs[client_id] = await kv.create(key, claimed.encode())
                 except Exception:
@@ -982,11 +1190,14 @@ class Sessions:
                     self.engine.registry.get(client_id) is not None):
                 # This node before a restart: its store has the session (and its
                 # durable consumer brought what came meanwhile); take the record.
-                taken = Record(self.sender, found.position, found.session,
-                               found.subscriptions, found.qos2)
                 self.positions.setdefault(client_id, found.position)
                 if client_id not in self.qos2:
                     self._load_qos2(client_id, found.qos2)
+                if client_id not in self.inbound:  # this store's view
+                    self._load_inbound(client_id, self._inbound_here(client_id))
+                taken = Record(self.sender, found.position, found.session,
+                               found.subscriptions, found.qos2,
+                               dict(self.inbound.get(client_id, ())))
                 self.revs[client_id] = await kv.update(key, taken.encode(), last=revision)
                 self._dirty[client_id] = None
                 return
@@ -1010,7 +1221,7 @@ class Sessions:
                 self._drop_local(client_id)
                 return  # [MQTT-3.1.2-23]: over; a new session starts
             claimed = Record(self.sender, rec.position, rec.session, rec.subscriptions,
-                             rec.qos2)
+                             rec.qos2, rec.inbound)
             try:
                 rev = await kv.update(key, claimed.encode(), last=revision)
             except Exception:
@@ -1095,8 +1306,16 @@ class Sessions:
                 engine.trie.add(entry)
                 batch.put_subscription(entry)
             batch.put_session(registry.record(session))
-            for pid in rec.inbound:  # handed over by a live owner
+            for pid, write_id in rec.inbound.items():
+                # Its inbound QoS 2 ids: held; one with a write id may be pending (its
+                # node died or handed it over before the stream's ack): a PUBLISH
+                # re-sent with it is written again under that id (qos_stream.py) and
+                # the stream drops it if the first write made it [MQTT-4.3.3-10].
                 session.hold_inbound_qos2(pid)
+                if write_id:
+                    engine.qos2_unreplicated[(client_id, pid)] = write_id
+                    batch.put_inbound_pending(client_id, pid, write_id)
+            self._load_inbound(client_id, rec.inbound)
             self.positions[client_id] = rec.position
             self._load_qos2(client_id, rec.qos2)
             if incomplete:
@@ -1149,9 +1368,16 @@ class Sessions:
             self.replayed += count
             log.info("cluster: session %r resumed here (%d subscriptions, %d QoS 1/2 "
                      "messages from the stream after position %s, %d QoS 2 released "
-                     "before)", client_id, len(rec.subscriptions), count, rec.position,
-                     len(released))
+                     "before, %d inbound QoS 2 ids held)", client_id, len(rec.subscriptions),
+                     count, rec.position, len(released), len(rec.inbound))
             self.schedule_flush()
+
+    def _load_inbound(self, client_id: str, entries: dict[int, str]) -> None:
+        """The inbound QoS 2 ids of a record this node takes (kept in its next writes)."""
+        if entries:
+            self.inbound[client_id] = dict(entries)
+        else:
+            self.inbound.pop(client_id, None)
 
     def _load_qos2(self, client_id: str, entries: dict[int, tuple[int, int]]) -> None:
         """The QoS 2 entries of a record this node takes (kept in its next writes)."""

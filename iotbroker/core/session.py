@@ -200,8 +200,8 @@ class SessionContext:
     something to send, and the pager. One reference per session instead of six keeps
     an idle connection small (issue 19)."""
 
-    __slots__ = ("batch", "derived_ids", "gate", "held_pubrels", "limits", "metrics", "pager",
-                 "qos2_done", "ready", "stream_outbox")
+    __slots__ = ("batch", "derived_ids", "gate", "held_pubrels", "id_wait", "limits", "metrics",
+                 "pager", "qos2_done", "ready", "stream_outbox", "unrecorded")
 
     def __init__(
         self,
@@ -239,6 +239,15 @@ class SessionContext:
         #: Cluster: QoS 2 deliveries with a derived id completed (PUBCOMP) this turn,
         #: ``(session, stream key)``; None: nobody asks.
         self.qos2_done: list[tuple[Session, int]] | None = None
+        #: Cluster: per client id, derived ids completed (PUBCOMP) whose completion is
+        #: not in the session's record yet (packet id -> stream key): not used again
+        #: until it is, or a node the session moves to would send the old message's
+        #: PUBREL on it and release the client's id of the new one [MQTT-4.3.3-12].
+        #: None: ids are free at PUBCOMP.
+        self.unrecorded: dict[str, dict[int, int]] | None = None
+        #: Cluster: told when a session's message waits for such an id (the room
+        #: writes that record soon).
+        self.id_wait: Callable[[Session], None] | None = None
 
 
 class Session:
@@ -452,7 +461,7 @@ class Session:
             elif delivery.qos == 2 and context.derived_ids and self.persistent and (
                     delivery.message.stream_key):
                 pid = derived_packet_id(delivery.message.stream_key)
-                if pid in self.inflight:
+                if self._derived_taken(pid):
                     self._enqueue(delivery)  # its id is still taken: it waits its turn
                 else:
                     self._send_new(delivery, now, pid)
@@ -460,6 +469,22 @@ class Session:
                 self._send_new(delivery, now)
         else:
             self._enqueue(delivery)
+        return True
+
+    def _derived_taken(self, pid: int) -> bool:
+        """Is the derived packet id ``pid`` not free for a new message: in flight, or
+        completed but not recorded yet (:attr:`SessionContext.unrecorded`)?"""
+        if pid in self.inflight:
+            return True
+        unrecorded = self.context.unrecorded
+        if not unrecorded:
+            return False
+        pids = unrecorded.get(self.client_id)
+        if pids is None or pid not in pids:
+            return False
+        wait = self.context.id_wait
+        if wait is not None:
+            wait(self)
         return True
 
     def _allocate_packet_id(self) -> int:
@@ -696,8 +721,8 @@ class Session:
             if delivery.qos == 2 and delivery.message.stream_key and (
                     self.context.derived_ids and self.persistent):
                 derived = derived_packet_id(delivery.message.stream_key)
-                if derived in self.inflight:
-                    return  # its derived id is still in flight: wait for that one
+                if self._derived_taken(derived):
+                    return  # its derived id is still taken: wait for that one
             queue.popleft()
             self._queued_bytes -= len(delivery.message.payload)
             if self.persistent and not keep:
@@ -786,6 +811,12 @@ class Session:
             key = entry.delivery.message.stream_key
             if done is not None and key and packet_id >= 0x8000:
                 done.append((self, key))
+                unrecorded = self.context.unrecorded
+                if unrecorded is not None:
+                    pids = unrecorded.get(self.client_id)
+                    if pids is None:
+                        pids = unrecorded[self.client_id] = {}
+                    pids[packet_id] = key
         self.pump(now)
         return True
 

@@ -236,6 +236,11 @@ class Engine:
         #: (its id) is not acknowledged yet: a PUBLISH with that id again gets its
         #: PUBREC when the write is acknowledged. Restored from the store.
         self.qos2_unreplicated: dict[tuple[str, int], str] = {}
+        #: Effect (cluster, docs/cluster.md "QoS 2 across a move"): PUBCOMPs of a
+        #: persistent session's released inbound QoS 2 ids, held until the release is
+        #: in the session's replicated record (then :meth:`release_pubcomp`); None:
+        #: PUBCOMP goes with the turn.
+        self.held_pubcomps: list[tuple[Client, int]] | None = None
         #: The cluster QoS stream consumers' positions, as stored (restore).
         self.stream_positions: dict[str, StreamPosition] = {}
         #: Storage commit timing, for metrics.
@@ -387,6 +392,13 @@ class Engine:
             return False
         client.conn.send_publish_ack(held.message.qos, held.packet_id, held.code)
         return True
+
+    def release_pubcomp(self, client: Client, packet_id: int) -> None:
+        """The cluster made the release of an inbound QoS 2 id durable (held in
+        :attr:`held_pubcomps`): its PUBCOMP goes now [MQTT-4.3.3-11], unless the
+        connection is gone (a PUBREL re-sent later finds the id released: 0x92)."""
+        if not client.close_requested and client.session is not None:
+            client.conn.send_packet(PubComp(packet_id, R.SUCCESS))
 
     def _qos2_replicated(self, client_id: str, packet_id: int, write_id: str) -> None:
         """The stream has the QoS 2 message (or gave up on it): its id is plainly held
@@ -865,7 +877,16 @@ class Engine:
                 client.conn.send_packet(PubRel(packet.packet_id, code))
 
     def on_pubrel(self, client: Client, packet: PubRel, now: float) -> None:
-        held = _session(client).release_inbound_qos2(packet.packet_id)
+        session = _session(client)
+        held = session.release_inbound_qos2(packet.packet_id)
+        if held:
+            self.qos2_unreplicated.pop((session.client_id, packet.packet_id), None)
+            hold = self.held_pubcomps
+            if hold is not None and session.persistent:
+                # Cluster: the PUBCOMP waits until the release is durable, so that no
+                # node holds the id after the client may use it again [MQTT-4.3.3-12].
+                hold.append((client, packet.packet_id))
+                return
         # PUBCOMP even for an unknown id (MQTT 3.1.1 §4.3.3); v5 says 0x92.
         v5 = client.conn.protocol_version == 5
         code = R.PACKET_IDENTIFIER_NOT_FOUND if not held and v5 else R.SUCCESS
