@@ -947,6 +947,7 @@ class ClusterNode:
         self._announce(self.interest.items())
 
     async def _disconnected(self) -> None:
+        self.sessions.nats_lost()  # the connect gate: this node's state (sessions.py)
         if self._degrade_timer is None:
             self._degrade_timer = asyncio.get_running_loop().call_later(
                 GRACE, self.qos.degrade, True)
@@ -961,6 +962,7 @@ class ClusterNode:
             self._degrade_timer = None
         self.qos.degrade(False)
         self.connected = True
+        self.sessions.nats_back()  # the connect gate waits for the buckets to answer
         self._warned = False
         # Others may have taken this node for dead meanwhile, and what was announced
         # during the outage went nowhere: announce everything again, once the bucket
@@ -973,6 +975,8 @@ class ClusterNode:
                  nc.connected_url.netloc if nc is not None and nc.connected_url else "?")
 
     async def _error(self, exc: Exception) -> None:
+        if not self.connected:  # (the first connection failed: the gate stops waiting)
+            self.sessions.nats_lost()
         if self.connected:
             log.warning("cluster: NATS error: %s", exc)
         elif not self._warned:  # once per outage, not once per retry

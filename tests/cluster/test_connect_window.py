@@ -1,0 +1,114 @@
+"""No Clean Start 0 CONNECT is served with a node's own state before the node can look
+for the session in the cluster (docs/cluster.md, "Sessions move": the connect gate).
+
+A node that has just started (its listener accepts before its NATS connection and its
+session records bucket are ready) makes such a CONNECT wait for them — bounded by
+``RESUME_TIMEOUT`` — so the client gets its real session [MQTT-3.1.2-5] with Session
+Present 1 [MQTT-3.2.2-2], its subscription and its queued QoS 1 message (MQTT 5.0 §4.1),
+instead of a new one that would then replace its record cluster-wide.
+
+The test connects in a tight loop from before the node's process starts, so its
+CONNECT arrives as soon as the listener accepts: on main (before the gate waited) it
+was served with a new session every time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from iotbroker.codec.packets import PubAck, Publish
+from tests.cluster.conftest import node_config, wait_for_log
+from tests.cluster.test_live_routing import Node
+from tests.cluster.test_sessions import _connect, _persistent, _publish_acked, _wait_record
+from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.nats_cluster import NatsCluster, free_port
+from tests.helpers.rawclient import RawClient
+
+
+def _node_on_port(workdir: Path, name: str, port: int, urls: list[str],
+                  prefix: str) -> BrokerProcess:
+    listeners = ("listeners:\n  - name: default\n    type: tcp\n    host: 127.0.0.1\n"
+                 f"    port: {port}\n")
+    cluster = node_config(name, urls, prefix).split("cluster:\n", 1)[1]
+    return BrokerProcess(workdir / name, broker_config(
+        listeners=listeners, extra=f"cluster:\n{cluster}"), name=name)
+
+
+def _connect_from_the_first_moment(port: int, client_id: str, box: list[object],
+                                   deadline: float) -> None:
+    """Open a TCP connection to ``port`` in a tight loop until the listener accepts,
+    then CONNECT at once (Clean Start 0); the CONNACK (or the error) goes in ``box``."""
+    try:
+        while True:
+            try:
+                client = RawClient("127.0.0.1", port, version=5, timeout=20)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
+        box.append(time.monotonic())
+        connack = client.connect(client_id, clean_start=False, properties=_persistent())
+        box.append(client)
+        box.append(connack)
+    except BaseException as exc:  # reported by the test
+        box.append(exc)
+
+
+def test_mqtt_3_1_2_5_a_connect_at_a_starting_nodes_first_moment_gets_its_session(
+        make_node: Node, nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    """[MQTT-3.1.2-5], [MQTT-3.2.2-2]: a persistent session (a subscription and a
+    queued QoS 1 message) on node a; node b starts and the client's CONNECT (Clean
+    Start 0) reaches b as soon as b's listener accepts: Session Present 1, the queued
+    message arrives, the subscription delivers messages published on a and on b."""
+    a = make_node("a", servers=[0])
+    wait_for_log(a, "session records bucket", timeout=30)
+    prefix = a.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+    sub, _ = _connect(a, "early", clean_start=True)
+    sub.subscribe("win/#", qos=1)
+    sub.disconnect()
+    sub.close()
+    _wait_record(nats_cluster, a, "early")
+    pub_a, _ = _connect(a, "pub-a", clean_start=True, expiry=0)
+    _publish_acked(pub_a, "win/queued", [b"queued"], qos=1)
+
+    port = free_port()
+    b = _node_on_port(tmp_path, "b", port, [nats_cluster.urls[1]], prefix)
+    box: list[object] = []
+    thread = threading.Thread(target=_connect_from_the_first_moment,
+                              args=(port, "early", box, time.monotonic() + 30), daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        b.start()
+        thread.join(30)
+        assert len(box) == 3, box
+        accepted_at, back, connack = box
+        assert isinstance(back, RawClient)
+        log = b.log_text()
+        assert isinstance(accepted_at, float) and accepted_at - started < 30
+        # The CONNECT did come before b could look for the session (the window the
+        # test is about), and waited for it.
+        assert "session 'early': CONNECT waited" in log, log
+        assert connack.reason_code == 0, connack  # type: ignore[attr-defined]
+        assert connack.session_present, (  # type: ignore[attr-defined]
+            f"b served a new session:\n{log}")
+        first = back.recv(timeout=10)
+        assert isinstance(first, Publish) and first.payload == b"queued", first
+        back.send(PubAck(first.packet_id or 0))
+        pub_b, _ = _connect(b, "pub-b", clean_start=True, expiry=0)
+        _publish_acked(pub_a, "win/a", [b"from-a"], qos=1)
+        _publish_acked(pub_b, "win/b", [b"from-b"], qos=1)
+        got: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            packet = back.recv(timeout=10)
+            if isinstance(packet, Publish):
+                got.append(packet.payload)
+                back.send(PubAck(packet.packet_id or 0))
+        assert sorted(got) == [b"from-a", b"from-b"]
+        for client in (back, pub_a, pub_b):
+            client.close()
+    finally:
+        b.stop()
