@@ -609,6 +609,7 @@ class ClusterNode:
         nc = await self._connect()
         self.nc = nc
         self.connected = True
+        self.sessions.nats_connected(nc)  # the connect gate waits for the buckets now
         self._warned = False
         log.info("cluster: node %s connected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc.connected_url else "?")

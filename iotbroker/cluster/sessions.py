@@ -824,7 +824,7 @@ class Sessions:
         """Open the bucket, answer handovers, write records, checkpoint positions."""
         self.nc = nc
         js = self.js = nc.jetstream()
-        self._set_away(False)  # connected: CONNECTs wait for the buckets now
+        self._set_away(False)  # (:meth:`nats_connected`)
         kv = await self._open(js)
         await nc.subscribe(self._subject(self.sender), cb=self._on_request)
         while self.qos.js is None:  # the stream and its consumer first
@@ -1097,6 +1097,12 @@ class Sessions:
         if away != self.away:
             self.away = away
             self._pulse()
+
+    def nats_connected(self, nc: NatsClient) -> None:
+        """The first connection to NATS is made: a Clean Start 0 CONNECT waits for the
+        buckets (opened by :meth:`run`) from now on."""
+        self.nc = nc
+        self._set_away(False)
 
     def nats_lost(self) -> None:
         """NATS is away (the connection was lost, or the first one failed): CONNECTs

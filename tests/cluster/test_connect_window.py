@@ -112,3 +112,61 @@ def test_mqtt_3_1_2_5_a_connect_at_a_starting_nodes_first_moment_gets_its_sessio
             client.close()
     finally:
         b.stop()
+
+
+def _wait_for_log_tightly(proc: BrokerProcess, text: str, timeout: float) -> None:
+    """As wait_for_log, polling the log every 2 ms (the window is ~0.1-0.3 s)."""
+    deadline = time.monotonic() + timeout
+    with open(proc.log_path, "rb") as f:
+        seen = b""
+        while time.monotonic() < deadline:
+            seen += f.read()
+            if text.encode() in seen:
+                return
+            time.sleep(0.002)
+    raise AssertionError(f"{text!r} not in the log within {timeout}s:\n{proc.log_text()}")
+
+
+def test_mqtt_3_1_2_5_a_connect_just_after_nats_comes_to_a_node_gets_its_session(
+        make_node: Node, nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    """[MQTT-3.1.2-5], [MQTT-3.2.2-2]: node b starts while its nats-server is down (it
+    serves its local clients meanwhile); the server returns, b connects to it, and a
+    CONNECT (Clean Start 0) sent the moment b says "connected to NATS" — before its
+    session records bucket is open — gets the session from node a: Session Present 1,
+    the queued message, the subscription delivers."""
+    a = make_node("a", servers=[0])
+    wait_for_log(a, "session records bucket", timeout=30)
+    prefix = a.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+    sub, _ = _connect(a, "late", clean_start=True)
+    sub.subscribe("late/#", qos=1)
+    sub.disconnect()
+    sub.close()
+    _wait_record(nats_cluster, a, "late")
+    pub_a, _ = _connect(a, "pub-a", clean_start=True, expiry=0)
+    _publish_acked(pub_a, "late/queued", [b"queued"], qos=1)
+
+    server = nats_cluster.servers[2]
+    server.kill()
+    b = BrokerProcess(tmp_path / "b", node_config("b", [server.url], prefix), name="b")
+    try:
+        b.start()
+        wait_for_log(b, "unreachable", timeout=10)  # it serves its local clients
+        server.start()
+        _wait_for_log_tightly(b, "cluster: node b connected to NATS", timeout=20)
+        back, present = _connect(b, "late")
+        log = b.log_text()
+        assert "session 'late': CONNECT waited" in log, log  # it came in the window
+        assert present, f"b served a new session:\n{log}"
+        first = back.recv(timeout=10)
+        assert isinstance(first, Publish) and first.payload == b"queued", first
+        back.send(PubAck(first.packet_id or 0))
+        _publish_acked(pub_a, "late/a", [b"from-a"], qos=1)
+        packet = back.recv(timeout=10)
+        assert isinstance(packet, Publish) and packet.payload == b"from-a", packet
+        back.send(PubAck(packet.packet_id or 0))
+        for client in (back, pub_a):
+            client.close()
+    finally:
+        b.stop()
+        if not server.alive():
+            server.start()
