@@ -1090,7 +1090,8 @@ class Sessions:
             self.ready = ready
             if ready:
                 log.info("cluster: sessions are looked for in the cluster "
-                         "(buckets %r, %r answer)", self.bucket, self.ownership.bucket)
+                         "(buckets %r, %r and stream %r answer)", self.bucket,
+                         self.ownership.bucket, self.qos.stream)
             self._pulse()
 
     def _set_away(self, away: bool) -> None:
@@ -1128,13 +1129,16 @@ class Sessions:
             self._probe = asyncio.get_running_loop().create_task(self._probe_buckets())
 
     async def _probe_buckets(self) -> None:
-        """Until both buckets answer a status request (every 0.1 s), then ready."""
+        """Until both buckets and the QoS stream (a resume reads it) answer a status
+        request (every 0.1 s), then ready."""
         while True:
-            kv, own = self.kv, self.ownership.kv
+            kv, own, js = self.kv, self.ownership.kv, self.js
             nc = self.nc
-            if kv is not None and own is not None and nc is not None and nc.is_connected:
+            if (kv is not None and own is not None and js is not None and nc is not None
+                    and nc.is_connected):
                 try:
-                    await asyncio.wait_for(asyncio.gather(kv.status(), own.status()), 1.0)
+                    await asyncio.wait_for(asyncio.gather(
+                        kv.status(), own.status(), js.stream_info(self.qos.stream)), 1.0)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
