@@ -199,6 +199,8 @@ class ClusterNode:
             "sessions_replayed": self.sessions.replayed,
             "sessions_record_writes": self.sessions.writes,
             "sessions_record_failures": self.sessions.write_failures,
+            # CONNECTs that waited for NATS or the buckets (sessions.py, the gate)
+            "sessions_waited": self.sessions.waited_ready,
         }
 
     def _figures(self) -> bytes:
