@@ -272,6 +272,7 @@ class ClusterNode:
             await asyncio.wait_for(self.wills.forget_own(), 3)
         with contextlib.suppress(Exception):  # the sessions' last state (sessions.py)
             await asyncio.wait_for(self.sessions.flush(), 3)
+        self.sessions.nats_lost()  # (ends the gate's probe after a reconnect, if any)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

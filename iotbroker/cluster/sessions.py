@@ -1130,7 +1130,7 @@ class Sessions:
 
     async def _probe_buckets(self) -> None:
         """Until both buckets and the QoS stream (a resume reads it) answer a status
-        request (every 0.1 s), then ready."""
+        request (each try bounded to 1 s, 0.1 s apart), then ready."""
         while True:
             kv, own, js = self.kv, self.ownership.kv, self.js
             nc = self.nc
