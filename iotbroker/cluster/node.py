@@ -199,6 +199,8 @@ class ClusterNode:
             "sessions_replayed": self.sessions.replayed,
             "sessions_record_writes": self.sessions.writes,
             "sessions_record_failures": self.sessions.write_failures,
+            # CONNECTs that waited for NATS or the buckets (sessions.py, the gate)
+            "sessions_waited": self.sessions.waited_ready,
         }
 
     def _figures(self) -> bytes:
@@ -270,6 +272,7 @@ class ClusterNode:
             await asyncio.wait_for(self.wills.forget_own(), 3)
         with contextlib.suppress(Exception):  # the sessions' last state (sessions.py)
             await asyncio.wait_for(self.sessions.flush(), 3)
+        self.sessions.nats_lost()  # (ends the gate's probe after a reconnect, if any)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -609,6 +612,7 @@ class ClusterNode:
         nc = await self._connect()
         self.nc = nc
         self.connected = True
+        self.sessions.nats_connected(nc)  # the connect gate waits for the buckets now
         self._warned = False
         log.info("cluster: node %s connected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc.connected_url else "?")
@@ -947,6 +951,7 @@ class ClusterNode:
         self._announce(self.interest.items())
 
     async def _disconnected(self) -> None:
+        self.sessions.nats_lost()  # the connect gate: this node's state (sessions.py)
         if self._degrade_timer is None:
             self._degrade_timer = asyncio.get_running_loop().call_later(
                 GRACE, self.qos.degrade, True)
@@ -961,6 +966,7 @@ class ClusterNode:
             self._degrade_timer = None
         self.qos.degrade(False)
         self.connected = True
+        self.sessions.nats_back()  # the connect gate waits for the buckets to answer
         self._warned = False
         # Others may have taken this node for dead meanwhile, and what was announced
         # during the outage went nowhere: announce everything again, once the bucket
@@ -973,6 +979,8 @@ class ClusterNode:
                  nc.connected_url.netloc if nc is not None and nc.connected_url else "?")
 
     async def _error(self, exc: Exception) -> None:
+        if not self.connected:  # (the first connection failed: the gate stops waiting)
+            self.sessions.nats_lost()
         if self.connected:
             log.warning("cluster: NATS error: %s", exc)
         elif not self._warned:  # once per outage, not once per retry

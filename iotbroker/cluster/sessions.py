@@ -341,6 +341,18 @@ class Sessions:
         self.lost = 0
         #: CONNECTs refused because the session was not ready in time (0x89)
         self.refused = 0
+        # The connect gate's view of NATS (:meth:`before_accept`): ``ready`` — this
+        # process can look for a session in the cluster (both buckets open and
+        # answering since the last (re)connect); ``away`` — NATS is known to be away
+        # (lost, or the first connection failed): a CONNECT is served with this node's
+        # state. Neither: NATS is being connected to, or the buckets are being opened
+        # (or answer again after a reconnect): a Clean Start 0 CONNECT waits.
+        self.ready = False
+        self.away = False
+        self._gate_changed = asyncio.Event()
+        self._probe: asyncio.Task[None] | None = None
+        #: CONNECTs that waited for the gate (NATS or the buckets not ready yet)
+        self.waited_ready = 0
 
     # ------------------------------------------------------------ positions
     def position_now(self) -> int | None:
@@ -812,6 +824,7 @@ class Sessions:
         """Open the bucket, answer handovers, write records, checkpoint positions."""
         self.nc = nc
         js = self.js = nc.jetstream()
+        self._set_away(False)  # (:meth:`nats_connected`)
         kv = await self._open(js)
         await nc.subscribe(self._subject(self.sender), cb=self._on_request)
         while self.qos.js is None:  # the stream and its consumer first
@@ -822,6 +835,10 @@ class Sessions:
         self.kv = kv
         await self._adopt_restored(kv)
         log.info("cluster: session records bucket %r open", self.bucket)
+        while self.ownership.kv is None:  # (opened at the same time: claims need it)
+            await asyncio.sleep(0.05)
+        if self._probe is None or self._probe.done():
+            self._set_ready(True)
         loop = asyncio.get_running_loop()
         checkpoint = loop.create_task(self._checkpoint_loop())
         try:
@@ -1061,15 +1078,114 @@ class Sessions:
             self.interest_changed(pairs)
         self.schedule_flush()
 
+    # ------------------------------------------------------------ the gate
+    def _pulse(self) -> None:
+        """Wake the CONNECTs waiting for the gate (:meth:`_wait_ready`)."""
+        changed = self._gate_changed
+        self._gate_changed = asyncio.Event()
+        changed.set()
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            self.ready = ready
+            if ready:
+                log.info("cluster: sessions are looked for in the cluster "
+                         "(buckets %r, %r and stream %r answer)", self.bucket,
+                         self.ownership.bucket, self.qos.stream)
+            self._pulse()
+
+    def _set_away(self, away: bool) -> None:
+        if away != self.away:
+            self.away = away
+            self._pulse()
+
+    def nats_connected(self, nc: NatsClient) -> None:
+        """The first connection to NATS is made: a Clean Start 0 CONNECT waits for the
+        buckets (opened by :meth:`run`) from now on."""
+        self.nc = nc
+        self._set_away(False)
+
+    def nats_lost(self) -> None:
+        """NATS is away (the connection was lost, or the first one failed): CONNECTs
+        are served with this node's state, none waits (docs/cluster.md)."""
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+        if self.ready:
+            self.ready = False
+            self._pulse()
+        self._set_away(True)
+
+    def nats_back(self) -> None:
+        """NATS returned (a reconnect): a Clean Start 0 CONNECT waits until both
+        buckets answer again — right after a reconnect JetStream may not (a restarted
+        server rejoining its cluster, a leader being elected) — bounded by
+        RESUME_TIMEOUT, instead of being served with this node's state."""
+        self.ready = False
+        self._set_away(False)
+        if self._probe is not None:
+            self._probe.cancel()
+        if self.kv is not None:  # (else :meth:`run` is still opening it: ready then)
+            self._probe = asyncio.get_running_loop().create_task(self._probe_buckets())
+
+    async def _probe_buckets(self) -> None:
+        """Until both buckets and the QoS stream (a resume reads it) answer a status
+        request (each try bounded to 1 s, 0.1 s apart), then ready."""
+        while True:
+            kv, own, js = self.kv, self.ownership.kv, self.js
+            nc = self.nc
+            if (kv is not None and own is not None and js is not None and nc is not None
+                    and nc.is_connected):
+                try:
+                    await asyncio.wait_for(asyncio.gather(
+                        kv.status(), own.status(), js.stream_info(self.qos.stream)), 1.0)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.debug("cluster: buckets not answering yet after the reconnect: %s",
+                              exc)
+                else:
+                    self._probe = None
+                    self._set_ready(True)
+                    return
+            await asyncio.sleep(0.1)
+
+    def _nats_away(self) -> bool:
+        """Before the first connection: whether it failed; then: not connected."""
+        nc = self.nc
+        return self.away if nc is None else not nc.is_connected
+
+    def _gate_open(self) -> bool:
+        nc = self.nc
+        return (self.ready and self.kv is not None and self.ownership.kv is not None
+                and nc is not None and nc.is_connected)
+
+    async def _wait_ready(self, deadline: float) -> bool | None:
+        """Until the gate is open (True), NATS is away (False: this node's state), or
+        ``deadline`` (monotonic) passes (None)."""
+        while not self._gate_open():
+            if self._nats_away():
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gate_changed.wait(), min(left, 0.25))
+        return True
+
     # -------------------------------------------------------------- resume
     def before_accept(self, client_id: str, clean_start: bool
                       ) -> asyncio.Future[str | None] | None:
         """A CONNECT of ``client_id`` is about to be accepted: with Clean Start 0,
         the session may be elsewhere — a future the CONNECT waits for (None: go on
-        now); it ends with why the CONNECT is refused, or None."""
-        nc = self.nc
-        if (clean_start or self.kv is None or nc is None or not nc.is_connected
-                or client_id in self._resuming):
+        now); it ends with why the CONNECT is refused, or None. While NATS is being
+        connected to, or this process's buckets are not open (or, after a reconnect,
+        do not answer) yet, it waits for them too: served with this node's state in
+        that window, the client would get a new or stale session that then replaces
+        its record cluster-wide (docs/cluster.md, "Sessions move")."""
+        if clean_start or client_id in self._resuming:
+            return None
+        if not self._gate_open() and self._nats_away():
             return None  # without NATS: this node's copy (docs/cluster.md)
         self._resuming.add(client_id)
         self.ownership.connect_waits(client_id)
@@ -1086,7 +1202,21 @@ class Sessions:
         started = time.monotonic()
         had_record = client_id in self.revs
         try:
-            await asyncio.wait_for(self._resume(client_id), RESUME_TIMEOUT)
+            if not self._gate_open():
+                # NATS is being connected to, or the buckets are not ready yet
+                self.waited_ready += 1
+                ready = await self._wait_ready(started + RESUME_TIMEOUT)
+                log.debug("cluster: session %r: CONNECT waited %.3fs for the buckets "
+                          "(%s)", client_id, time.monotonic() - started,
+                          {True: "ready", False: "NATS away", None: "not ready"}[ready])
+                if ready is None:
+                    raise TimeoutError(f"buckets not ready within {RESUME_TIMEOUT:.0f}s")
+                if not ready:
+                    log.info("cluster: session %r: NATS away; served with this node's "
+                             "state", client_id)
+                    return None
+            left = started + RESUME_TIMEOUT - time.monotonic()
+            await asyncio.wait_for(self._resume(client_id), max(left, 0.001))
         except (TimeoutError, NatsError) as exc:
             # Not done in time, or JetStream did not answer (a loaded cluster: "503
             # service unavailable"): the session is somewhere, not here.
