@@ -721,11 +721,11 @@ class ClusterNode:
         """Drop the name dictionaries of processes silent for FORGET_SECONDS (a
         restarted node is a new process: its old ones would never be used again)."""
         figures = self.wills.figures
-        tables = self.names_out.tables
-        for token in list(tables):
+        names_out = self.names_out
+        for token in list(names_out.tables):
             seen = figures.get(token)
             if seen is not None and now - seen[0] > FORGET_SECONDS:
-                del tables[token]
+                names_out.forget(token)
         for sender in list(self.names_in):
             seen = figures.get(sender.decode().replace("/", "_"))
             if seen is not None and now - seen[0] > FORGET_SECONDS:

@@ -213,11 +213,17 @@ class NameTables:
     node process (its token), and the one generation counter they share (a
     generation is never used twice by this process, even for a table made anew)."""
 
-    __slots__ = ("_last", "tables")
+    __slots__ = ("_last", "epoch", "routes", "tables")
 
     def __init__(self) -> None:
         self._last = 0
         self.tables: dict[str, NameTable] = {}
+        #: Counts every change of a table's confirmed ids (a confirmation, a new
+        #: generation, a table made or forgotten): a :class:`Route`'s ids are current
+        #: while it is the same.
+        self.epoch = 0
+        #: topic -> where :func:`add_qos0` sends it and by which ids (bounded).
+        self.routes: dict[str, Route] = {}
 
     def next_generation(self) -> int:
         self._last += 1
@@ -227,7 +233,13 @@ class NameTables:
         table = self.tables.get(token)
         if table is None:
             table = self.tables[token] = NameTable(self)
+            self.epoch += 1
         return table
+
+    def forget(self, token: str) -> None:
+        """Drop ``token``'s table (a process silent for long: ``_forget_names``)."""
+        if self.tables.pop(token, None) is not None:
+            self.epoch += 1
 
     def outbox(self, token: str) -> Outbox:
         """A new Outbox for a turn's messages to ``token``, with its table."""
@@ -260,6 +272,7 @@ class NameTable:
 
     def renew(self) -> None:
         """A new generation: every name gets a new id, defined again when used."""
+        self._tables.epoch += 1
         self.generation = self._tables.next_generation()
         self.ids = {}
         self.pending = {}
@@ -282,6 +295,8 @@ class NameTable:
                 if pending.pop(name, -1) == i:
                     confirmed[name] = i
                     taken += 1
+        if taken:
+            self._tables.epoch += 1
         return taken
 
     def reset(self, generation: int) -> bool:
@@ -322,16 +337,18 @@ class Outbox:
         self._at = 0.0
         self._generation = 0
 
-    def add_plain(self, message: Message) -> None:
-        """A plain message (:func:`is_plain`) without shared groups."""
+    def add_plain(self, message: Message, topic_id: int = -1) -> None:
+        """A plain message (:func:`is_plain`) without shared groups. ``topic_id``:
+        its topic's confirmed id in this table, if the caller knows it (a
+        :class:`Route`'s), else -1 (looked up here)."""
         payloads = self._payloads
         if self._count or (payloads and message.created_at != self._at):
             self._close()
             payloads = self._payloads
         ids = self.names.ids
-        topic = ids.get(message.topic)
-        origin = ids.get(message.origin)
-        if topic is None or origin is None:  # not confirmed: defined in this part
+        topic = topic_id if topic_id >= 0 else ids.get(message.topic, -1)
+        origin = ids.get(message.origin, -1)
+        if topic < 0 or origin < 0:  # not confirmed: defined in this part
             topic, origin = self._define(message.topic, message.origin)
             payloads = self._payloads
         if not payloads:
@@ -436,6 +453,28 @@ class Outbox:
         return out
 
 
+class Route:
+    """Where the sending node sends a topic's QoS 0 messages (:func:`add_qos0`): the
+    tokens of the nodes whose interest matches it (taken at the interest trie's
+    ``version``), whether another node's shared group does (then
+    ``ClusterNode._forward`` decides), and the topic's confirmed id in each token's
+    table (-1: none; taken at :attr:`NameTables.epoch`). One dict lookup per
+    message instead of a match of the interest trie and a lookup per table."""
+
+    __slots__ = ("epoch", "ids", "shared", "tokens", "version")
+
+    def __init__(self, version: int, shared: bool, tokens: list[str]) -> None:
+        self.version = version
+        self.shared = shared
+        self.tokens = tokens
+        self.epoch = -1
+        self.ids: list[int] = []
+
+
+#: Routes kept at most (then the dict starts anew, as the trie's match cache).
+MAX_ROUTES = 100_000
+
+
 def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
              out: dict[str, Outbox], names: dict[str, bytes], tables: NameTables) -> int:
     """The sending node's common case (``ClusterNode._forward``), compiled: from
@@ -444,28 +483,44 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
     (``interest``, :mod:`iotbroker.cluster.remote`) matches it, in order, plain ones
     into NAMED parts (``tables``: the destinations' name dictionaries). Stops at the
     first message it does not handle (QoS 1/2, a shared group) and returns its index
-    (``len(messages)``: all handled)."""
+    (``len(messages)``: all handled).
+
+    A topic's destinations and ids are kept in a :class:`Route` (``tables.routes``),
+    current while the interest trie's ``version`` and the tables' ``epoch`` are those
+    it was taken at: a change of either is seen at the next message."""
     n = len(messages)
     i = start
+    routes = tables.routes
+    version = interest.version
     while i < n:
         message = messages[i]
         if message.qos:
             return i
-        matches = interest.match(message.topic)
-        if matches.shared:
+        topic = message.topic
+        route = routes.get(topic)
+        if route is None or route.version != version:
+            matches = interest.match(topic)
+            route = Route(version, bool(matches.shared), list(matches.direct))
+            if len(routes) >= MAX_ROUTES:
+                routes = tables.routes = {}
+            routes[topic] = route
+        if route.shared:
             return i
-        direct = matches.direct
-        if direct:
+        tokens = route.tokens
+        if tokens:
             if (not message.retain and message.expires_at is None
                     and message.properties is NO_PROPERTIES):  # is_plain
-                for token in direct:
+                if route.epoch != tables.epoch:  # (an add_plain may start a generation)
+                    route.ids = [tables.of(t).ids.get(topic, -1) for t in tokens]
+                    route.epoch = tables.epoch
+                for token, topic_id in zip(tokens, route.ids, strict=True):
                     box = out.get(token)
                     if box is None:
                         box = out[token] = tables.outbox(token)
-                    box.add_plain(message)
+                    box.add_plain(message, topic_id)
             else:
                 size, pieces = record_pieces(message, names)
-                for token in direct:
+                for token in tokens:
                     box = out.get(token)
                     if box is None:
                         box = out[token] = tables.outbox(token)
