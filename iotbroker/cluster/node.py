@@ -786,8 +786,9 @@ class ClusterNode:
             self._on_control(data)
             return
         books = self.names_in
+        trie = self.engine.trie
         try:
-            sender, parts = wire.decode_batch(data, books)
+            sender, parts = wire.decode_batch(data, books, trie)
         except Exception as exc:
             self.undecodable += 1
             n = self.undecodable
@@ -808,6 +809,11 @@ class ClusterNode:
         floor = self.sessions.floor()  # its stream copy comes after (sessions.py)
         no_groups = wire.NO_GROUPS
         route_many = self.engine.route_remote_many
+        route_matched = self.engine.route_remote_matched
+        book = books[sender]
+        found = book.found  # trie.match of each NAMED part's messages, in order
+        version = trie.version
+        named = 0
         for seq, messages, groups_of in parts:
             if seq:
                 for message in messages:
@@ -827,7 +833,11 @@ class ClusterNode:
                     continue
                 order.contig = max(order.contig, seq)
             if groups_of is None:  # a NAMED part: no shared groups
-                route_many(messages, now, no_groups)
+                if trie.version == version:  # (a delivery may end a session)
+                    route_matched(messages, found[named], now, no_groups)
+                else:
+                    route_many(messages, now, no_groups)
+                named += 1
             else:
                 for message, groups in zip(messages, groups_of, strict=True):
                     route(message, now, groups)
@@ -835,8 +845,8 @@ class ClusterNode:
                 routed += messages
             received += len(messages)
         self.received += received
-        book = books.get(sender)
-        if book is not None and (book.learned or book.unknown):
+        book.found = []
+        if book.learned or book.unknown:
             self._answer(sender, book)
         if order is not None and order.held:
             self._route_held(sender, order, False, routed if capturing else None)

@@ -89,7 +89,7 @@ from collections import deque
 from typing import Any, Final
 
 from iotbroker.codec.packets import NO_PROPERTIES
-from iotbroker.core.subscriptions import SubscriptionTrie
+from iotbroker.core.subscriptions import Matches, SubscriptionTrie
 from iotbroker.message import Message
 from iotbroker.storage.records import (
     decode_message_at,
@@ -536,7 +536,8 @@ class NameBook:
     or a generation it no longer has (``unknown``), and when it last asked for a
     reset."""
 
-    __slots__ = ("asked", "asked_at", "generation", "learned", "names", "unknown")
+    __slots__ = ("asked", "asked_at", "found", "generation", "learned", "matches",
+                 "names", "unknown", "version")
 
     def __init__(self) -> None:
         self.generation = 0
@@ -545,17 +546,29 @@ class NameBook:
         self.unknown = 0
         self.asked = 0
         self.asked_at = 0.0
+        #: With a trie given to :func:`decode_batch`: its match of each topic id of
+        #: this generation (None: not taken yet), current while the trie's
+        #: ``version`` is ``version``; and the matches of the last batch's NAMED
+        #: parts' messages (``found``, one list per NAMED part, in order).
+        self.matches: list[Matches | None] = []
+        self.version = -1
+        self.found: list[list[Matches]] = []
 
 
-def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
-                 ) -> tuple[bytes, list[Part]]:
+def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
+                 trie: SubscriptionTrie | None = None) -> tuple[bytes, list[Part]]:
     """(sender, parts); ValueError (or CorruptData) for what we did not write (a batch
     of another version included: ``messages_undecodable``; the sender's book is then
     dropped: it may hold what the batch defined before the fault).
 
     ``books``: the receiving node's :class:`NameBook` per sender (None: a new one for
     this batch only). A NAMED part's messages whose topic or origin id the book does
-    not hold are left out and counted in the book's ``unknown``."""
+    not hold are left out and counted in the book's ``unknown``.
+
+    ``trie``: the receiving node's subscriptions; then the book's ``found`` holds,
+    for each NAMED part, ``trie.match`` of each of its messages' topics, kept per
+    topic id (``NameBook.matches``) while the trie's version is the same: a topic
+    named by id needs no lookup by its string."""
     if len(data) < 2 or data[0] != BATCH_VERSION:
         raise ValueError("not a cluster batch (of this version)")
     n = data[1]
@@ -572,6 +585,7 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
     book = books.get(sender)
     if book is None:
         book = books[sender] = NameBook()
+    book.found = []
     try:
         while pos < end_all:
             kind = data[pos]
@@ -582,6 +596,7 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
                     book.generation = generation
                     book.names = []
                     book.learned = []
+                    book.matches = []
                 strs = book.names
                 defs = struct.unpack_from(f">{2 * ndefs}H", data, pos)
                 pos += 4 * ndefs
@@ -609,6 +624,27 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
                         have = top + 1
                 messages: list[Message] = []
                 append = messages.append
+                if trie is None:
+                    for t, o, size in zip(heads[:count], heads[count : 2 * count],
+                                          heads[2 * count :], strict=True):
+                        end = pos + size
+                        topic = strs[t]
+                        origin = strs[o]
+                        if topic is _UNKNOWN or origin is _UNKNOWN:
+                            book.unknown += 1  # never under another name: left out
+                        else:
+                            append(Message(topic, data[pos:end], 0, False, NO_PROPERTIES,
+                                           created_at, None, origin))
+                        pos = end
+                    out.append((0, messages, None))
+                    continue
+                if book.version != trie.version or len(book.matches) < have:
+                    if book.version != trie.version:  # subscriptions changed
+                        book.matches = []
+                        book.version = trie.version
+                    book.matches += [None] * (have - len(book.matches))
+                cache = book.matches
+                found: list[Matches] = []
                 for t, o, size in zip(heads[:count], heads[count : 2 * count],
                                       heads[2 * count :], strict=True):
                     end = pos + size
@@ -619,7 +655,12 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
                     else:
                         append(Message(topic, data[pos:end], 0, False, NO_PROPERTIES,
                                        created_at, None, origin))
+                        m = cache[t]
+                        if m is None:
+                            m = cache[t] = trie.match(topic)
+                        found.append(m)
                     pos = end
+                book.found.append(found)
                 out.append((0, messages, None))
                 continue
             if kind != ITEMS:
