@@ -13,7 +13,9 @@ from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.remote import RemoteInterest, encode_value, interest_key
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
+from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.message import Message
+from iotbroker.subscription import SubscriptionEntry
 
 
 def test_distinct_filters_are_reference_counted() -> None:
@@ -542,7 +544,7 @@ def test_a_kept_route_follows_interest_and_name_table_changes() -> None:
         got: dict[str, list[Message]] = {}
         for token, box in out.items():
             for data, _ in box.batches(b"me/1"):
-                sender, parts = wire.decode_batch(data, books if token == "b_1" else books_a)
+                _, parts = wire.decode_batch(data, books if token == "b_1" else books_a)
                 got.setdefault(token, []).extend(m for _, ms, _ in parts for m in ms)
         return got
 
@@ -588,9 +590,6 @@ def test_the_receivers_match_per_name_id_follows_subscription_changes() -> None:
     while the trie's ``version`` is the same: a subscription added or removed after
     a topic was matched, by id, changes what the next part's messages match, like
     ``trie.match`` of their topic."""
-    from iotbroker.core.subscriptions import SubscriptionTrie
-    from iotbroker.subscription import SubscriptionEntry
-
     trie = SubscriptionTrie()
     tables = wire.NameTables()
     books: dict[bytes, wire.NameBook] = {}
