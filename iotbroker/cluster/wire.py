@@ -511,13 +511,17 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
             if (not message.retain and message.expires_at is None
                     and message.properties is NO_PROPERTIES):  # is_plain
                 if route.epoch != tables.epoch:  # (an add_plain may start a generation)
-                    route.ids = [tables.of(t).ids.get(topic, -1) for t in tokens]
+                    ids: list[int] = []
+                    for token in tokens:
+                        ids.append(tables.of(token).ids.get(topic, -1))
+                    route.ids = ids
                     route.epoch = tables.epoch
-                for token, topic_id in zip(tokens, route.ids, strict=True):
+                ids = route.ids
+                for k, token in enumerate(tokens):  # (zip() is not compiled: slower)
                     box = out.get(token)
                     if box is None:
                         box = out[token] = tables.outbox(token)
-                    box.add_plain(message, topic_id)
+                    box.add_plain(message, ids[k])
             else:
                 size, pieces = record_pieces(message, names)
                 for token in tokens:
@@ -625,9 +629,10 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                 messages: list[Message] = []
                 append = messages.append
                 if trie is None:
-                    for t, o, size in zip(heads[:count], heads[count : 2 * count],
-                                          heads[2 * count :], strict=True):
-                        end = pos + size
+                    for k in range(count):  # (zip() is not compiled: generic, slower)
+                        t: int = heads[k]
+                        o: int = heads[count + k]
+                        end = pos + heads[2 * count + k]
                         topic = strs[t]
                         origin = strs[o]
                         if topic is _UNKNOWN or origin is _UNKNOWN:
@@ -645,9 +650,10 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                     book.matches += [None] * (have - len(book.matches))
                 cache = book.matches
                 found: list[Matches] = []
-                for t, o, size in zip(heads[:count], heads[count : 2 * count],
-                                      heads[2 * count :], strict=True):
-                    end = pos + size
+                for k in range(count):
+                    t = heads[k]
+                    o = heads[count + k]
+                    end = pos + heads[2 * count + k]
                     topic = strs[t]
                     origin = strs[o]
                     if topic is _UNKNOWN or origin is _UNKNOWN:
