@@ -330,15 +330,18 @@ class ClusterNode:
             self.wills.ended(client)
         self.sessions.after_turn(touched, accepted, ended, lost)
         messages = engine.take_forwarding()
-        if messages:
+        # QoS 0 alone, none retained (the common case, checked compiled): no stream
+        # floors, QoS 2 writes, runs or retained records to look for
+        qos0 = wire.qos0_only(messages)
+        if not qos0:
             self.sessions.routed_here(messages)
         held = engine.take_held_acks()
-        if messages or held:  # QoS 2: through the stream only (qos_stream.py)
+        if held or not qos0:  # QoS 2: through the stream only (qos_stream.py)
             held = self.qos.take_exactly_once(messages, held)
         if messages:
             if self.sessions.capturing:  # a session being resumed (sessions.py)
                 self.sessions.capture(messages)
-            self._forward(messages, held)
+            self._forward(messages, held, qos0)
         if self._commands:
             self._wake.set()
 
@@ -355,14 +358,17 @@ class ClusterNode:
         candidates = [(self.token, len(members)), *remote.items()]
         return share.pick(message, group, topic_filter, candidates) == self.token
 
-    def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
+    def _forward(self, messages: list[Message], held: list[HeldAck],
+                 qos0: bool = False) -> None:
         """This turn's messages to the nodes that want them: one NATS message per
         destination node, its messages in the order they were published (which keeps
         each topic's order, [MQTT-4.6.0-5]); retained ones also go to the retained
         bucket. A topic's run of QoS 1/2 messages is written to the QoS stream with a
         (sender, seq), which carries the held acks (:mod:`iotbroker.cluster.qos_stream`),
         and sent live, as a part with the same (sender, seq), to every node with
-        interest in the topic; a receiving node routes the copy that comes first."""
+        interest in the topic; a receiving node routes the copy that comes first.
+        ``qos0``: :func:`wire.qos0_only` holds for ``messages`` (no runs, nothing
+        retained: step 1 has nothing to do and is skipped)."""
         acks_of: dict[int, list[HeldAck]] = {}
         for h in held:
             acks_of.setdefault(id(h.message), []).append(h)
@@ -376,7 +382,7 @@ class ClusterNode:
         run_of: dict[int, list[Message]] = {}
         retained: list[tuple[str, bytes]] = []
         all_runs: list[list[Message]] = []
-        for message in messages:
+        for message in () if qos0 else messages:
             topic = message.topic
             if message.qos == 2:  # the stream only, on its own (qos_stream.take_exactly_once)
                 if message.retain and live:

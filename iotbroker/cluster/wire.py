@@ -201,6 +201,14 @@ def decode_control(data: bytes) -> tuple[bytes, int, int, list[int]]:
     return sender, op, generation, ids
 
 
+def qos0_only(messages: list[Message]) -> bool:
+    """No message of ``messages`` is QoS 1/2 or retained: then the sending node's
+    per-message work for those (stream runs, the retained bucket, stream floors,
+    ``ClusterNode.after_turn``) has nothing to do, and is skipped without a loop in
+    interpreted code over every message."""
+    return all(not (message.qos or message.retain) for message in messages)
+
+
 def is_plain(message: Message) -> bool:
     """Does ``message`` travel in a NAMED part (given no shared groups)? QoS 0, not
     retained, no properties, no expiry: all a NAMED part does not carry."""

@@ -619,3 +619,16 @@ def test_the_receivers_match_per_name_id_follows_subscription_changes() -> None:
     assert receive("a/1", "b/1") == [[], ["y"]]
     trie.add(SubscriptionEntry(client_id="z", topic_filter="#", qos=0))
     assert receive("b/1", "a/1", "c") == [["y", "z"], ["z"], ["z"]]
+
+
+def test_qos0_only_tells_a_turn_with_nothing_for_the_stream_or_the_bucket() -> None:
+    """``wire.qos0_only``: the sending node skips its per-message stream and retained
+    work for a turn of QoS 0 messages none of which is retained, and only then."""
+    def msg(qos: int, retain: bool) -> Message:
+        return Message("t", b"", qos, retain, NO_PROPERTIES, 1.0, None, "c")
+
+    assert wire.qos0_only([])
+    assert wire.qos0_only([msg(0, False)] * 3)
+    assert not wire.qos0_only([msg(0, False), msg(1, False)])
+    assert not wire.qos0_only([msg(0, False), msg(2, False)])
+    assert not wire.qos0_only([msg(0, True), msg(0, False)])
