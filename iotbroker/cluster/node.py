@@ -333,15 +333,18 @@ class ClusterNode:
             self.wills.ended(client)
         self.sessions.after_turn(touched, accepted, ended, lost)
         messages = engine.take_forwarding()
-        if messages:
+        # QoS 0 alone, none retained (the common case, checked compiled): no stream
+        # floors, QoS 2 writes, runs or retained records to look for
+        qos0 = wire.qos0_only(messages)
+        if not qos0:
             self.sessions.routed_here(messages)
         held = engine.take_held_acks()
-        if messages or held:  # QoS 2: through the stream only (qos_stream.py)
+        if held or not qos0:  # QoS 2: through the stream only (qos_stream.py)
             held = self.qos.take_exactly_once(messages, held)
         if messages:
             if self.sessions.capturing:  # a session being resumed (sessions.py)
                 self.sessions.capture(messages)
-            self._forward(messages, held)
+            self._forward(messages, held, qos0)
         if self._commands:
             self._wake.set()
 
@@ -358,14 +361,17 @@ class ClusterNode:
         candidates = [(self.token, len(members)), *remote.items()]
         return share.pick(message, group, topic_filter, candidates) == self.token
 
-    def _forward(self, messages: list[Message], held: list[HeldAck]) -> None:
+    def _forward(self, messages: list[Message], held: list[HeldAck],
+                 qos0: bool = False) -> None:
         """This turn's messages to the nodes that want them: one NATS message per
         destination node, its messages in the order they were published (which keeps
         each topic's order, [MQTT-4.6.0-5]); retained ones also go to the retained
         bucket. A topic's run of QoS 1/2 messages is written to the QoS stream with a
         (sender, seq), which carries the held acks (:mod:`iotbroker.cluster.qos_stream`),
         and sent live, as a part with the same (sender, seq), to every node with
-        interest in the topic; a receiving node routes the copy that comes first."""
+        interest in the topic; a receiving node routes the copy that comes first.
+        ``qos0``: :func:`wire.qos0_only` holds for ``messages`` (no runs, nothing
+        retained: step 1 has nothing to do and is skipped)."""
         acks_of: dict[int, list[HeldAck]] = {}
         for h in held:
             acks_of.setdefault(id(h.message), []).append(h)
@@ -379,7 +385,7 @@ class ClusterNode:
         run_of: dict[int, list[Message]] = {}
         retained: list[tuple[str, bytes]] = []
         all_runs: list[list[Message]] = []
-        for message in messages:
+        for message in () if qos0 else messages:
             topic = message.topic
             if message.qos == 2:  # the stream only, on its own (qos_stream.take_exactly_once)
                 if message.retain and live:
@@ -725,11 +731,11 @@ class ClusterNode:
         """Drop the name dictionaries of processes silent for FORGET_SECONDS (a
         restarted node is a new process: its old ones would never be used again)."""
         figures = self.wills.figures
-        tables = self.names_out.tables
-        for token in list(tables):
+        names_out = self.names_out
+        for token in list(names_out.tables):
             seen = figures.get(token)
             if seen is not None and now - seen[0] > FORGET_SECONDS:
-                del tables[token]
+                names_out.forget(token)
         for sender in list(self.names_in):
             seen = figures.get(sender.decode().replace("/", "_"))
             if seen is not None and now - seen[0] > FORGET_SECONDS:
@@ -790,8 +796,9 @@ class ClusterNode:
             self._on_control(data)
             return
         books = self.names_in
+        trie = self.engine.trie
         try:
-            sender, parts = wire.decode_batch(data, books)
+            sender, parts = wire.decode_batch(data, books, trie)
         except Exception as exc:
             self.undecodable += 1
             n = self.undecodable
@@ -812,6 +819,11 @@ class ClusterNode:
         floor = self.sessions.floor()  # its stream copy comes after (sessions.py)
         no_groups = wire.NO_GROUPS
         route_many = self.engine.route_remote_many
+        route_matched = self.engine.route_remote_matched
+        book = books[sender]
+        found = book.found  # trie.match of each NAMED part's messages, in order
+        version = trie.version
+        named = 0
         for seq, messages, groups_of in parts:
             if seq:
                 for message in messages:
@@ -831,7 +843,11 @@ class ClusterNode:
                     continue
                 order.contig = max(order.contig, seq)
             if groups_of is None:  # a NAMED part: no shared groups
-                route_many(messages, now, no_groups)
+                if trie.version == version:  # (a delivery may end a session)
+                    route_matched(messages, found[named], now, no_groups)
+                else:
+                    route_many(messages, now, no_groups)
+                named += 1
             else:
                 for message, groups in zip(messages, groups_of, strict=True):
                     route(message, now, groups)
@@ -839,8 +855,8 @@ class ClusterNode:
                 routed += messages
             received += len(messages)
         self.received += received
-        book = books.get(sender)
-        if book is not None and (book.learned or book.unknown):
+        book.found = []
+        if book.learned or book.unknown:
             self._answer(sender, book)
         if order is not None and order.held:
             self._route_held(sender, order, False, routed if capturing else None)

@@ -89,7 +89,7 @@ from collections import deque
 from typing import Any, Final
 
 from iotbroker.codec.packets import NO_PROPERTIES
-from iotbroker.core.subscriptions import SubscriptionTrie
+from iotbroker.core.subscriptions import Matches, SubscriptionTrie
 from iotbroker.message import Message
 from iotbroker.storage.records import (
     decode_message_at,
@@ -201,6 +201,14 @@ def decode_control(data: bytes) -> tuple[bytes, int, int, list[int]]:
     return sender, op, generation, ids
 
 
+def qos0_only(messages: list[Message]) -> bool:
+    """No message of ``messages`` is QoS 1/2 or retained: then the sending node's
+    per-message work for those (stream runs, the retained bucket, stream floors,
+    ``ClusterNode.after_turn``) has nothing to do, and is skipped without a loop in
+    interpreted code over every message."""
+    return all(not (message.qos or message.retain) for message in messages)
+
+
 def is_plain(message: Message) -> bool:
     """Does ``message`` travel in a NAMED part (given no shared groups)? QoS 0, not
     retained, no properties, no expiry: all a NAMED part does not carry."""
@@ -213,11 +221,17 @@ class NameTables:
     node process (its token), and the one generation counter they share (a
     generation is never used twice by this process, even for a table made anew)."""
 
-    __slots__ = ("_last", "tables")
+    __slots__ = ("_last", "epoch", "routes", "tables")
 
     def __init__(self) -> None:
         self._last = 0
         self.tables: dict[str, NameTable] = {}
+        #: Counts every change of a table's confirmed ids (a confirmation, a new
+        #: generation, a table made or forgotten): a :class:`Route`'s ids are current
+        #: while it is the same.
+        self.epoch = 0
+        #: topic -> where :func:`add_qos0` sends it and by which ids (bounded).
+        self.routes: dict[str, Route] = {}
 
     def next_generation(self) -> int:
         self._last += 1
@@ -227,7 +241,13 @@ class NameTables:
         table = self.tables.get(token)
         if table is None:
             table = self.tables[token] = NameTable(self)
+            self.epoch += 1
         return table
+
+    def forget(self, token: str) -> None:
+        """Drop ``token``'s table (a process silent for long: ``_forget_names``)."""
+        if self.tables.pop(token, None) is not None:
+            self.epoch += 1
 
     def outbox(self, token: str) -> Outbox:
         """A new Outbox for a turn's messages to ``token``, with its table."""
@@ -260,6 +280,7 @@ class NameTable:
 
     def renew(self) -> None:
         """A new generation: every name gets a new id, defined again when used."""
+        self._tables.epoch += 1
         self.generation = self._tables.next_generation()
         self.ids = {}
         self.pending = {}
@@ -282,6 +303,8 @@ class NameTable:
                 if pending.pop(name, -1) == i:
                     confirmed[name] = i
                     taken += 1
+        if taken:
+            self._tables.epoch += 1
         return taken
 
     def reset(self, generation: int) -> bool:
@@ -322,16 +345,18 @@ class Outbox:
         self._at = 0.0
         self._generation = 0
 
-    def add_plain(self, message: Message) -> None:
-        """A plain message (:func:`is_plain`) without shared groups."""
+    def add_plain(self, message: Message, topic_id: int = -1) -> None:
+        """A plain message (:func:`is_plain`) without shared groups. ``topic_id``:
+        its topic's confirmed id in this table, if the caller knows it (a
+        :class:`Route`'s), else -1 (looked up here)."""
         payloads = self._payloads
         if self._count or (payloads and message.created_at != self._at):
             self._close()
             payloads = self._payloads
         ids = self.names.ids
-        topic = ids.get(message.topic)
-        origin = ids.get(message.origin)
-        if topic is None or origin is None:  # not confirmed: defined in this part
+        topic = topic_id if topic_id >= 0 else ids.get(message.topic, -1)
+        origin = ids.get(message.origin, -1)
+        if topic < 0 or origin < 0:  # not confirmed: defined in this part
             topic, origin = self._define(message.topic, message.origin)
             payloads = self._payloads
         if not payloads:
@@ -436,6 +461,28 @@ class Outbox:
         return out
 
 
+class Route:
+    """Where the sending node sends a topic's QoS 0 messages (:func:`add_qos0`): the
+    tokens of the nodes whose interest matches it (taken at the interest trie's
+    ``version``), whether another node's shared group does (then
+    ``ClusterNode._forward`` decides), and the topic's confirmed id in each token's
+    table (-1: none; taken at :attr:`NameTables.epoch`). One dict lookup per
+    message instead of a match of the interest trie and a lookup per table."""
+
+    __slots__ = ("epoch", "ids", "shared", "tokens", "version")
+
+    def __init__(self, version: int, shared: bool, tokens: list[str]) -> None:
+        self.version = version
+        self.shared = shared
+        self.tokens = tokens
+        self.epoch = -1
+        self.ids: list[int] = []
+
+
+#: Routes kept at most (then the dict starts anew, as the trie's match cache).
+MAX_ROUTES = 100_000
+
+
 def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
              out: dict[str, Outbox], names: dict[str, bytes], tables: NameTables) -> int:
     """The sending node's common case (``ClusterNode._forward``), compiled: from
@@ -444,28 +491,48 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
     (``interest``, :mod:`iotbroker.cluster.remote`) matches it, in order, plain ones
     into NAMED parts (``tables``: the destinations' name dictionaries). Stops at the
     first message it does not handle (QoS 1/2, a shared group) and returns its index
-    (``len(messages)``: all handled)."""
+    (``len(messages)``: all handled).
+
+    A topic's destinations and ids are kept in a :class:`Route` (``tables.routes``),
+    current while the interest trie's ``version`` and the tables' ``epoch`` are those
+    it was taken at: a change of either is seen at the next message."""
     n = len(messages)
     i = start
+    routes = tables.routes
+    version = interest.version
     while i < n:
         message = messages[i]
         if message.qos:
             return i
-        matches = interest.match(message.topic)
-        if matches.shared:
+        topic = message.topic
+        route = routes.get(topic)
+        if route is None or route.version != version:
+            matches = interest.match(topic)
+            route = Route(version, bool(matches.shared), list(matches.direct))
+            if len(routes) >= MAX_ROUTES:
+                routes = tables.routes = {}
+            routes[topic] = route
+        if route.shared:
             return i
-        direct = matches.direct
-        if direct:
+        tokens = route.tokens
+        if tokens:
             if (not message.retain and message.expires_at is None
                     and message.properties is NO_PROPERTIES):  # is_plain
-                for token in direct:
+                if route.epoch != tables.epoch:  # (an add_plain may start a generation)
+                    ids: list[int] = []
+                    for token in tokens:
+                        ids.append(tables.of(token).ids.get(topic, -1))
+                    route.ids = ids
+                    route.epoch = tables.epoch
+                ids = route.ids
+                for k, token in enumerate(tokens):  # (zip() is not compiled: slower)
                     box = out.get(token)
                     if box is None:
                         box = out[token] = tables.outbox(token)
-                    box.add_plain(message)
+                    box.add_plain(message, ids[k])
             else:
                 size, pieces = record_pieces(message, names)
-                for token in direct:
+                for token in tokens:
                     box = out.get(token)
                     if box is None:
                         box = out[token] = tables.outbox(token)
@@ -481,7 +548,8 @@ class NameBook:
     or a generation it no longer has (``unknown``), and when it last asked for a
     reset."""
 
-    __slots__ = ("asked", "asked_at", "generation", "learned", "names", "unknown")
+    __slots__ = ("asked", "asked_at", "found", "generation", "learned", "matches",
+                 "names", "unknown", "version")
 
     def __init__(self) -> None:
         self.generation = 0
@@ -490,17 +558,29 @@ class NameBook:
         self.unknown = 0
         self.asked = 0
         self.asked_at = 0.0
+        #: With a trie given to :func:`decode_batch`: its match of each topic id of
+        #: this generation (None: not taken yet), current while the trie's
+        #: ``version`` is ``version``; and the matches of the last batch's NAMED
+        #: parts' messages (``found``, one list per NAMED part, in order).
+        self.matches: list[Matches | None] = []
+        self.version = -1
+        self.found: list[list[Matches]] = []
 
 
-def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
-                 ) -> tuple[bytes, list[Part]]:
+def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
+                 trie: SubscriptionTrie | None = None) -> tuple[bytes, list[Part]]:
     """(sender, parts); ValueError (or CorruptData) for what we did not write (a batch
     of another version included: ``messages_undecodable``; the sender's book is then
     dropped: it may hold what the batch defined before the fault).
 
     ``books``: the receiving node's :class:`NameBook` per sender (None: a new one for
     this batch only). A NAMED part's messages whose topic or origin id the book does
-    not hold are left out and counted in the book's ``unknown``."""
+    not hold are left out and counted in the book's ``unknown``.
+
+    ``trie``: the receiving node's subscriptions; then the book's ``found`` holds,
+    for each NAMED part, ``trie.match`` of each of its messages' topics, kept per
+    topic id (``NameBook.matches``) while the trie's version is the same: a topic
+    named by id needs no lookup by its string."""
     if len(data) < 2 or data[0] != BATCH_VERSION:
         raise ValueError("not a cluster batch (of this version)")
     n = data[1]
@@ -517,6 +597,7 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
     book = books.get(sender)
     if book is None:
         book = books[sender] = NameBook()
+    book.found = []
     try:
         while pos < end_all:
             kind = data[pos]
@@ -527,6 +608,7 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
                     book.generation = generation
                     book.names = []
                     book.learned = []
+                    book.matches = []
                 strs = book.names
                 defs = struct.unpack_from(f">{2 * ndefs}H", data, pos)
                 pos += 4 * ndefs
@@ -554,9 +636,32 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
                         have = top + 1
                 messages: list[Message] = []
                 append = messages.append
-                for t, o, size in zip(heads[:count], heads[count : 2 * count],
-                                      heads[2 * count :], strict=True):
-                    end = pos + size
+                if trie is None:
+                    for k in range(count):  # (zip() is not compiled: generic, slower)
+                        t: int = heads[k]
+                        o: int = heads[count + k]
+                        end = pos + heads[2 * count + k]
+                        topic = strs[t]
+                        origin = strs[o]
+                        if topic is _UNKNOWN or origin is _UNKNOWN:
+                            book.unknown += 1  # never under another name: left out
+                        else:
+                            append(Message(topic, data[pos:end], 0, False, NO_PROPERTIES,
+                                           created_at, None, origin))
+                        pos = end
+                    out.append((0, messages, None))
+                    continue
+                if book.version != trie.version or len(book.matches) < have:
+                    if book.version != trie.version:  # subscriptions changed
+                        book.matches = []
+                        book.version = trie.version
+                    book.matches += [None] * (have - len(book.matches))
+                cache = book.matches
+                found: list[Matches] = []
+                for k in range(count):
+                    t = heads[k]
+                    o = heads[count + k]
+                    end = pos + heads[2 * count + k]
                     topic = strs[t]
                     origin = strs[o]
                     if topic is _UNKNOWN or origin is _UNKNOWN:
@@ -564,7 +669,12 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None
                     else:
                         append(Message(topic, data[pos:end], 0, False, NO_PROPERTIES,
                                        created_at, None, origin))
+                        m = cache[t]
+                        if m is None:
+                            m = cache[t] = trie.match(topic)
+                        found.append(m)
                     pos = end
+                book.found.append(found)
                 out.append((0, messages, None))
                 continue
             if kind != ITEMS:

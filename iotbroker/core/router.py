@@ -36,7 +36,7 @@ from iotbroker.codec.packets import Subscription
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.session import Session
 from iotbroker.core.sessions import SessionRegistry
-from iotbroker.core.subscriptions import SubscriptionEntry, SubscriptionTrie
+from iotbroker.core.subscriptions import Matches, SubscriptionEntry, SubscriptionTrie
 from iotbroker.core.topics import parse_shared, validate_topic_filter
 from iotbroker.errors import ProtocolViolation
 from iotbroker.message import Delivery, Message
@@ -162,7 +162,8 @@ class Router:
 
     # ---------------------------------------------------------------- publish
     def publish(self, message: Message, now: float,
-                shared: Container[tuple[str, str]] | None = None) -> int:
+                shared: Container[tuple[str, str]] | None = None,
+                matches: Matches | None = None) -> int:
         """Route one accepted message; returns the MQTT 5.0 reason code of its
         acknowledgement (§3.4.2.1): 0x00, 0x10 No Matching Subscribers when no session
         took it, 0x97 Quota Exceeded when it should have been retained and
@@ -170,14 +171,17 @@ class Router:
 
         ``shared``: None for a message published here (every matching shared group,
         unless :attr:`share_pick` gives it to another process); else the (group,
-        filter) pairs that take it here (:data:`EVERY_GROUP`: all, asking nobody)."""
+        filter) pairs that take it here (:data:`EVERY_GROUP`: all, asking nobody).
+        ``matches``: ``self.trie.match(message.topic)`` if the caller has it (taken at
+        the trie's current ``version``: another node's batch, cluster/wire.py)."""
         code = _SUCCESS
         if message.retain and not self._store_retained(message):
             code = _QUOTA_EXCEEDED
         if message.expired(now):
             self.metrics.messages_expired += 1
             return code or _NO_MATCHING_SUBSCRIBERS
-        matches = self.trie.match(message.topic)
+        if matches is None:
+            matches = self.trie.match(message.topic)
         sessions = self.registry.sessions
         delivered = 0
         # Recipients whose copy is the same (QoS, RETAIN, no subscription identifier)
@@ -211,6 +215,14 @@ class Router:
         publish = self.publish
         for message in messages:
             publish(message, now, shared)
+
+    def publish_matched(self, messages: list[Message], matches: list[Matches], now: float,
+                        shared: Container[tuple[str, str]] | None = None) -> None:
+        """:meth:`publish_many` given each message's ``self.trie.match`` (taken at
+        the trie's current ``version``)."""
+        publish = self.publish
+        for k, message in enumerate(messages):  # (zip() is not compiled: slower)
+            publish(message, now, shared, matches[k])
 
     def _store_retained(self, message: Message) -> bool:
         """Set or clear the retained message of its topic; False when the retained

@@ -20,7 +20,9 @@ The trie does not validate filters: callers pass filters already checked by
 ``match()`` results are cached per topic in a bounded two-generation cache and
 shared between callers: **a returned** :class:`Matches` **must not be mutated**.
 Adding or removing a literal (wildcard-free) filter drops only that topic's cache
-entry; a wildcard filter clears the cache.
+entry; a wildcard filter clears the cache. :attr:`SubscriptionTrie.version` counts the
+changes, so that a caller keeping results of its own (per topic, per name id) sees in
+O(1) that they may be stale.
 """
 
 from __future__ import annotations
@@ -118,10 +120,14 @@ class SubscriptionTrie:
     recently used topics survive.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_count", "_old", "_root")
+    __slots__ = ("_cache", "_cache_size", "_count", "_old", "_root", "version")
 
     def __init__(self, cache_size: int = 100_000) -> None:
         self._root = _Node()
+        #: Counts every change (add, remove, cache cleared): a result of :meth:`match`
+        #: kept by a caller with the version it was taken at is current while the
+        #: version is the same (the cluster's routes per topic, wire.py).
+        self.version = 0
         self._count = 0
         self._cache: dict[str, Matches] = {}
         self._old: dict[str, Matches] = {}
@@ -242,6 +248,7 @@ class SubscriptionTrie:
             node = parent
 
     def _invalidate(self, match_filter: str) -> None:
+        self.version += 1
         if "+" in match_filter or "#" in match_filter:
             if self._cache:
                 self._cache = {}
@@ -254,6 +261,7 @@ class SubscriptionTrie:
 
     def clear_cache(self) -> None:
         """Drop every cached match result."""
+        self.version += 1
         self._cache = {}
         self._old = {}
 

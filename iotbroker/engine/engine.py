@@ -59,7 +59,7 @@ from iotbroker.core.retained import RetainedStore
 from iotbroker.core.router import EVERY_GROUP, Router
 from iotbroker.core.session import ReceiveCheck, Session, SessionLimits
 from iotbroker.core.sessions import SessionRegistry
-from iotbroker.core.subscriptions import SubscriptionTrie
+from iotbroker.core.subscriptions import Matches, SubscriptionTrie
 from iotbroker.core.topics import (
     is_broker_topic,
     parse_shared,
@@ -464,6 +464,13 @@ class Engine:
         """:meth:`route_remote` for each of ``messages`` in order, all with the same
         ``shared`` groups (a part of another node's batch)."""
         self.router.publish_many(messages, now, shared)
+
+    def route_remote_matched(self, messages: list[Message], matches: list[Matches],
+                             now: float,
+                             shared: Container[tuple[str, str]] | None = None) -> None:
+        """:meth:`route_remote_many` given each message's match of :attr:`trie`,
+        taken at its current ``version`` (the cluster keeps them per name id)."""
+        self.router.publish_matched(messages, matches, now, shared)
 
     def replace_retained(self, topic: str, message: Message | None) -> None:
         """The cluster's retained message of ``topic`` (its replicated copy) is

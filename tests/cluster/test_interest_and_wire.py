@@ -13,7 +13,9 @@ from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.remote import RemoteInterest, encode_value, interest_key
 from iotbroker.codec.packets import NO_PROPERTIES, Properties
+from iotbroker.core.subscriptions import SubscriptionTrie
 from iotbroker.message import Message
+from iotbroker.subscription import SubscriptionEntry
 
 
 def test_distinct_filters_are_reference_counted() -> None:
@@ -521,3 +523,112 @@ def test_ownership_a_claim_back_after_its_connection_ended_tells_gone() -> None:
     own.reclaim("y")  # not held here: nothing
     assert own._queue == ["x"]
     assert not asyncio.run(own.later_than("x", 2))  # a claim without a connection
+
+
+def test_a_kept_route_follows_interest_and_name_table_changes() -> None:
+    """The sender keeps each topic's destinations and confirmed ids (``wire.Route``,
+    one lookup per message); every change is seen at the next message, as a fresh
+    match would: a node that announces or withdraws a filter, a shared group that
+    appears, a confirmation (ids alone from then on), a new generation after a
+    RESET (names defined again) and a forgotten table."""
+    remote = RemoteInterest("me_1")
+    tables = wire.NameTables()
+    names: dict[str, bytes] = {}
+    books: dict[bytes, wire.NameBook] = {}  # b_1's (a_1's are apart)
+    books_a: dict[bytes, wire.NameBook] = {}
+
+    def send(topic: str, payload: bytes) -> dict[str, list[Message]]:
+        out: dict[str, wire.Outbox] = {}
+        msg = Message(topic, payload, 0, False, NO_PROPERTIES, 1.0, None, "c")
+        assert wire.add_qos0([msg], 0, remote.trie, out, names, tables) == 1
+        got: dict[str, list[Message]] = {}
+        for token, box in out.items():
+            for data, _ in box.batches(b"me/1"):
+                _, parts = wire.decode_batch(data, books if token == "b_1" else books_a)
+                got.setdefault(token, []).extend(m for _, ms, _ in parts for m in ms)
+        return got
+
+    assert send("s/1", b"0") == {}  # nobody: a route with no destination is kept
+    key_a = _put(remote, "a_1", "s/#")
+    assert list(send("s/1", b"1")) == ["a_1"]
+    _put(remote, "b_1", "s/+")
+    assert sorted(send("s/1", b"2")) == ["a_1", "b_1"]
+    remote.delete(key_a)
+    assert list(send("s/1", b"3")) == ["b_1"]
+    shared_key = _put(remote, "a_1", "$share/g/s/1")
+    msg = Message("s/1", b"4", 0, False, NO_PROPERTIES, 1.0, None, "c")
+    assert wire.add_qos0([msg], 0, remote.trie, {}, names, tables) == 0  # caller's
+    remote.delete(shared_key)
+    # b confirms what it learned: the next message names s/1 by id alone
+    book = books[b"me/1"]
+    table = tables.tables["b_1"]
+    assert table.confirmed(book.generation, book.learned) == 2
+    book.learned = []
+    assert send("s/1", b"5") == {"b_1": [Message("s/1", b"5", 0, False, NO_PROPERTIES,
+                                                 1.0, None, "c")]}
+    assert book.learned == []  # no definitions: the kept id was used
+    # b lost its table and asked for a new one: the kept id of s/1 (0) is not used
+    # any more; in the new generation 0 is s/2, confirmed: s/1 must not go as 0
+    books.clear()
+    assert table.reset(table.generation)
+    assert [m.topic for m in send("s/2", b"6")["b_1"]] == ["s/2"]
+    book = books[b"me/1"]
+    assert table.confirmed(book.generation, book.learned) == 2
+    book.learned = []
+    assert [(m.topic, m.payload) for m in send("s/1", b"6")["b_1"]] == [("s/1", b"6")]
+    assert book.learned == [2]  # defined in the new generation
+    # a table forgotten and made anew starts without confirmed ids
+    assert table.confirmed(book.generation, book.learned) == 1
+    tables.forget("b_1")
+    books.clear()
+    assert [m.payload for m in send("s/1", b"7")["b_1"]] == [b"7"]
+    assert books[b"me/1"].unknown == 0
+
+
+def test_the_receivers_match_per_name_id_follows_subscription_changes() -> None:
+    """The receiving node keeps the trie's match of each name id (``NameBook.matches``)
+    while the trie's ``version`` is the same: a subscription added or removed after
+    a topic was matched, by id, changes what the next part's messages match, like
+    ``trie.match`` of their topic."""
+    trie = SubscriptionTrie()
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+
+    def receive(*topics: str) -> list[list[str]]:
+        box = tables.outbox("me_1")
+        for i, topic in enumerate(topics):
+            box.add_plain(Message(topic, b"%d" % i, 0, False, NO_PROPERTIES, 1.0, None, "c"))
+        out: list[list[str]] = []
+        for data, _ in box.batches(b"snd/1"):
+            wire.decode_batch(data, books, trie)
+            book = books[b"snd/1"]
+            tables.tables["me_1"].confirmed(book.generation, book.learned)
+            book.learned = []
+            out += [sorted(m.direct) for part in book.found for m in part]
+        return out
+
+    first = SubscriptionEntry(client_id="x", topic_filter="a/+", qos=0)
+    trie.add(first)
+    assert receive("a/1", "b/1") == [["x"], []]
+    assert receive("a/1", "b/1") == [["x"], []]  # by id alone now
+    version = trie.version
+    trie.add(SubscriptionEntry(client_id="y", topic_filter="b/1", qos=0))
+    assert trie.version != version
+    assert receive("a/1", "b/1") == [["x"], ["y"]]
+    trie.remove(first)
+    assert receive("a/1", "b/1") == [[], ["y"]]
+    trie.add(SubscriptionEntry(client_id="z", topic_filter="#", qos=0))
+    assert receive("b/1", "a/1", "c") == [["y", "z"], ["z"], ["z"]]
+
+
+def test_qos0_only_tells_a_turn_with_nothing_for_the_stream_or_the_bucket() -> None:
+    """``wire.qos0_only``: the sending node skips its per-message stream and retained
+    work for a turn of QoS 0 messages none of which is retained, and only then."""
+    def msg(qos: int, retain: bool) -> Message:
+        return Message("t", b"", qos, retain, NO_PROPERTIES, 1.0, None, "c")
+
+    assert wire.qos0_only([])
+    assert wire.qos0_only([msg(0, False)] * 3)
+    assert not wire.qos0_only([msg(0, False), msg(1, False)])
+    assert not wire.qos0_only([msg(0, False), msg(2, False)])
+    assert not wire.qos0_only([msg(0, True), msg(0, False)])
