@@ -26,13 +26,15 @@ def source_digest(path: Path) -> str:
 
 #: The hot path: codec, protocol state machine, topic trie, routing, session registry.
 #: Not compiled: ``codec/packets.py`` (mypyc's dataclass support rejects the ``TYPE``
-#: class attribute before fields without defaults), ``core/session.py`` (subclasses
-#: ``deque`` and ``frozenset``), ``server/`` (asyncio.Protocol subclasses) and every
+#: class attribute before fields without defaults), ``server/`` (asyncio.Protocol subclasses) and every
 #: cold module. The engine (``engine/client.py``, ``engine.py``, ``connect.py``) is
 #: compiled too (issue 19): it imports ``iotbroker.config``, so pydantic and types-PyYAML
 #: are build requirements (mypyc type-checks what it imports); ``Client`` allows
 #: interpreted subclasses (``server/transport.py``, ``bridge/``, ``mqttsn/``), and so do
 #: ``Connection`` and ``Framer`` (the bridge's ``Outlet`` is a ``Connection``).
+#: ``core/session.py`` is compiled too; its shared empty placeholders subclass
+#: ``deque``, ``frozenset`` and ``dict``, which mypyc cannot compile, so they live in
+#: ``core/placeholders.py``, which stays interpreted.
 COMPILED_MODULES = (
     "iotbroker.codec.primitives",
     "iotbroker.codec.framer",
@@ -47,6 +49,7 @@ COMPILED_MODULES = (
     "iotbroker.core.subscriptions",
     "iotbroker.core.retained",
     "iotbroker.core.router",
+    "iotbroker.core.session",
     "iotbroker.core.sessions",
     "iotbroker.storage.records",
     "iotbroker.cluster.wire",
