@@ -58,7 +58,6 @@ from iotbroker.storage.base import (
     QueuedRecord,
 )
 
-
 _NO_QUEUE: Final[deque[Any]] = placeholders.NO_QUEUE
 _NO_RESEND: Final[deque[Any]] = placeholders.NO_RESEND
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
@@ -826,20 +825,22 @@ class Session:
     def hold_inbound_qos2(self, packet_id: int) -> bool:
         """Store a received QoS 2 packet id; False if it was already held (a duplicate
         that must not be delivered again) [MQTT-4.3.3-2] (method B of §4.3.3)."""
-        if packet_id in self.inbound_qos2:
+        ids = self.inbound_qos2
+        if packet_id in ids:
             return False
-        if self.inbound_qos2 is _NO_IDS:
-            self.inbound_qos2 = set()
-        self.inbound_qos2.add(packet_id)
+        if not isinstance(ids, set):  # the shared empty placeholder
+            ids = self.inbound_qos2 = set()
+        ids.add(packet_id)
         if self.persistent:
             self.context.batch.put_inbound_qos2(self.client_id, packet_id)
         return True
 
     def release_inbound_qos2(self, packet_id: int) -> bool:
         """PUBREL received: forget the id; False if it was not held."""
-        if packet_id not in self.inbound_qos2:
+        ids = self.inbound_qos2
+        if packet_id not in ids or not isinstance(ids, set):  # not held
             return False
-        self.inbound_qos2.discard(packet_id)
+        ids.discard(packet_id)
         if self.persistent:
             self.context.batch.delete_inbound_qos2(self.client_id, packet_id)
         return True
