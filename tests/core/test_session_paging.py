@@ -116,8 +116,8 @@ def test_offline_queue_is_a_cursor_and_a_count_not_an_index() -> None:
         session.deliver(Delivery(_message(i), 1), 0.0)
     pager.load_queued("nobody")  # commit the batch, as a turn's flush does
     # Its attributes: ``__slots__`` in the pure build, ``__mypyc_attrs__`` compiled.
-    names = (getattr(type(session), "__slots__", None)
-             or getattr(type(session), "__mypyc_attrs__", ()))
+    names: tuple[str, ...] = (getattr(type(session), "__slots__", None)
+                              or getattr(type(session), "__mypyc_attrs__", ()))
     assert "queue" in names and "inflight" in names
     slots = {name: getattr(session, name) for name in names}
     containers = [v for v in slots.values() if isinstance(v, (list, dict, set, tuple))
