@@ -116,7 +116,7 @@ def test_offline_queue_is_a_cursor_and_a_count_not_an_index() -> None:
         session.deliver(Delivery(_message(i), 1), 0.0)
     pager.load_queued("nobody")  # commit the batch, as a turn's flush does
     # Its attributes: ``__slots__`` in the pure build, ``__mypyc_attrs__`` compiled.
-    names: tuple[str, ...] = (getattr(type(session), "__slots__", None)
+    names: tuple[str, ...] = (getattr(type(session), "__slots__", ())
                               or getattr(type(session), "__mypyc_attrs__", ()))
     assert "queue" in names and "inflight" in names
     slots = {name: getattr(session, name) for name in names}
