@@ -24,15 +24,17 @@ def source_digest(path: Path) -> str:
     """The SHA-256 of a source file, as recorded in the build manifest."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-#: The hot path: codec, protocol state machine, topic trie, routing, session registry.
-#: Not compiled: ``codec/packets.py`` (mypyc's dataclass support rejects the ``TYPE``
-#: class attribute before fields without defaults), ``core/session.py`` (subclasses
-#: ``deque`` and ``frozenset``), ``server/`` (asyncio.Protocol subclasses) and every
-#: cold module. The engine (``engine/client.py``, ``engine.py``, ``connect.py``) is
-#: compiled too (issue 19): it imports ``iotbroker.config``, so pydantic and types-PyYAML
-#: are build requirements (mypyc type-checks what it imports); ``Client`` allows
-#: interpreted subclasses (``server/transport.py``, ``bridge/``, ``mqttsn/``), and so do
-#: ``Connection`` and ``Framer`` (the bridge's ``Outlet`` is a ``Connection``).
+#: The hot path: codec, protocol state machine, topic trie, routing, sessions and their
+#: registry. Not compiled: ``codec/packets.py`` (mypyc's dataclass support rejects the
+#: ``TYPE`` class attribute before fields without defaults), ``core/placeholders.py``
+#: (subclasses ``deque``, ``frozenset`` and ``dict``: the shared empty containers
+#: ``core/session.py`` starts with, moved out of it so that it compiles), ``server/``
+#: (asyncio.Protocol subclasses) and every cold module. The engine
+#: (``engine/client.py``, ``engine.py``, ``connect.py``) is compiled too (issue 19): it
+#: imports ``iotbroker.config``, so pydantic and types-PyYAML are build requirements
+#: (mypyc type-checks what it imports); ``Client`` allows interpreted subclasses
+#: (``server/transport.py``, ``bridge/``, ``mqttsn/``), and so do ``Connection`` and
+#: ``Framer`` (the bridge's ``Outlet`` is a ``Connection``).
 COMPILED_MODULES = (
     "iotbroker.codec.primitives",
     "iotbroker.codec.framer",
@@ -47,6 +49,7 @@ COMPILED_MODULES = (
     "iotbroker.core.subscriptions",
     "iotbroker.core.retained",
     "iotbroker.core.router",
+    "iotbroker.core.session",
     "iotbroker.core.sessions",
     "iotbroker.storage.records",
     "iotbroker.cluster.wire",

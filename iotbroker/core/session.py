@@ -44,9 +44,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from iotbroker.codec.enums import ReasonCode
+from iotbroker.core import placeholders
 from iotbroker.core.subscriptions import SubscriptionEntry
 from iotbroker.message import Delivery, derived_packet_id
 from iotbroker.metrics import Metrics
@@ -57,34 +58,12 @@ from iotbroker.storage.base import (
     QueuedRecord,
 )
 
-
-class _Unused(deque[Any]):
-    """A shared empty placeholder; adding to it is a bug (replace it first)."""
-
-    def append(self, item: Any) -> None:
-        raise AssertionError("shared empty placeholder: create a real container first")
-
-    appendleft = extend = extendleft = append
-
-
-class _NoIds(frozenset[int]):
-    """A shared empty set placeholder (frozen: adding to it fails loudly)."""
-
-
-class _NoEntries(dict[Any, Any]):
-    """A shared empty mapping placeholder; writing to it is a bug (replace it first:
-    an empty dict is 64 bytes, two per idle connection's session, issue 19)."""
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        raise AssertionError("shared empty placeholder: create a real dict first")
-
-
-_NO_QUEUE: deque[Any] = _Unused()
-_NO_RESEND: deque[Any] = _Unused()
+_NO_QUEUE: Final[deque[Any]] = placeholders.NO_QUEUE
+_NO_RESEND: Final[deque[Any]] = placeholders.NO_RESEND
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
-_NO_IDS: set[int] = _NoIds()  # type: ignore[assignment]
-_NO_SUBSCRIPTIONS: dict[str, SubscriptionEntry] = _NoEntries()
+_NO_IDS: Final[frozenset[int]] = placeholders.NO_IDS
+_NO_SUBSCRIPTIONS: Final[dict[str, SubscriptionEntry]] = placeholders.NO_SUBSCRIPTIONS
 
 
 class OneSubscription(Mapping[str, SubscriptionEntry]):
@@ -120,7 +99,7 @@ class OneSubscription(Mapping[str, SubscriptionEntry]):
 
     def __repr__(self) -> str:
         return f"{{{self.entry.topic_filter!r}: {self.entry!r}}}"
-_NO_INFLIGHT: dict[int, InflightEntry] = _NoEntries()
+_NO_INFLIGHT: Final[dict[int, InflightEntry]] = placeholders.NO_INFLIGHT
 
 
 #: The ACL's read decision: may ``session`` receive a message published to ``topic``?
@@ -296,7 +275,7 @@ class Session:
         # Created on first use: an idle connection's session must stay small (issue 8:
         # an empty deque is 760 bytes, an empty set 216).
         self.queue: deque[tuple[int, Delivery]] = _NO_QUEUE
-        self.inbound_qos2: set[int] = _NO_IDS
+        self.inbound_qos2: set[int] | frozenset[int] = _NO_IDS
         #: The connection it is attached to (opaque to core: the engine's client).
         self.attached_to: object | None = None
         #: False while that connection's write buffer is above its high-water mark.
@@ -846,20 +825,22 @@ class Session:
     def hold_inbound_qos2(self, packet_id: int) -> bool:
         """Store a received QoS 2 packet id; False if it was already held (a duplicate
         that must not be delivered again) [MQTT-4.3.3-2] (method B of §4.3.3)."""
-        if packet_id in self.inbound_qos2:
+        ids = self.inbound_qos2
+        if packet_id in ids:
             return False
-        if self.inbound_qos2 is _NO_IDS:
-            self.inbound_qos2 = set()
-        self.inbound_qos2.add(packet_id)
+        if not isinstance(ids, set):  # the shared empty placeholder
+            ids = self.inbound_qos2 = set()
+        ids.add(packet_id)
         if self.persistent:
             self.context.batch.put_inbound_qos2(self.client_id, packet_id)
         return True
 
     def release_inbound_qos2(self, packet_id: int) -> bool:
         """PUBREL received: forget the id; False if it was not held."""
-        if packet_id not in self.inbound_qos2:
+        ids = self.inbound_qos2
+        if packet_id not in ids or not isinstance(ids, set):  # not held
             return False
-        self.inbound_qos2.discard(packet_id)
+        ids.discard(packet_id)
         if self.persistent:
             self.context.batch.delete_inbound_qos2(self.client_id, packet_id)
         return True
