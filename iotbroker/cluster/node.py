@@ -995,11 +995,11 @@ class ClusterNode:
                  nc.connected_url.netloc if nc is not None and nc.connected_url else "?")
 
     async def _error(self, exc: Exception) -> None:
-        if not self.connected:  # (the first connection failed: the gate stops waiting)
-            self.sessions.nats_lost()
         if self.connected:
             log.warning("cluster: NATS error: %s", exc)
-        elif not self._warned:  # once per outage, not once per retry
+            return
+        self.sessions.nats_lost()  # (the first connection failed: the gate stops waiting)
+        if not self._warned:  # once per outage, not once per retry
             self._warned = True
             if _refused_credentials(exc):
                 # Reachable, but it says no: a configuration mistake, named as such.
