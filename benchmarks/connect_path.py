@@ -19,85 +19,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import statistics
+import sys
 import time
+from pathlib import Path
 
-import uvloop
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.inproc import (
+    StandInTransport,
+    cancel_timers,
+    check_connacks,
+    frozen_gc,
+    make_broker,
+    median_and_runs,
+    repeat,
+)
 from iotbroker import build
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import Connect
-from iotbroker.config import parse_config
-from iotbroker.server.broker import GC_GEN0_THRESHOLD, Broker
-from iotbroker.server.logsetup import bind_loop, setup_logging
 from iotbroker.server.transport import ClientProtocol
-from iotbroker.storage.memory import MemoryStore
-
-CONFIG = {
-    "listeners": [{"name": "bench", "type": "tcp", "host": "127.0.0.1", "port": 1883}],
-    "storage": {"backend": "memory"},
-    "sys_topics": {"enabled": False},
-    "logging": {"level": "WARNING"},
-    "mqtt": {"max_inflight": 20, "max_queued_messages": 10000},
-}
-
-
-class CountingTransport:
-    """What ClientProtocol and the broker call on a transport; writes are counted."""
-
-    __slots__ = ("writes",)
-
-    def __init__(self) -> None:
-        self.writes = 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 async def one_run(clients: int, log_level: str) -> float:
-    loop = asyncio.get_running_loop()
-    config = parse_config({**CONFIG, "logging": {"level": log_level}}, "connect_path.py")
-    setup_logging(config.logging)
-    bind_loop(loop)
-    broker = Broker(config, MemoryStore(), loop)
+    broker = make_broker(asyncio.get_running_loop(), "connect_path.py",
+                         logging={"level": log_level})
     connects = [encode_packet(Connect(client_id=f"path-{i:06d}", keepalive=60), 4)
                 for i in range(clients)]
     protos: list[ClientProtocol] = []
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-    started = time.perf_counter()
-    for i in range(clients):
-        proto = ClientProtocol(broker, "bench")
-        proto.connection_made(CountingTransport())  # type: ignore[arg-type]
-        proto.data_received(connects[i])
-        if i % 64 == 63:
-            await asyncio.sleep(0)  # a loop turn: the broker's flush, the log's write
-        protos.append(proto)
-    broker.flush()
-    took = time.perf_counter() - started
-    gc.unfreeze()
-    answered = sum(p.transport.writes for p in protos if p.transport)  # type: ignore[attr-defined]
-    if answered != clients:
-        raise SystemExit(f"{answered} CONNACKs written for {clients} CONNECTs")
-    for proto in protos:
-        broker.timers.cancel(proto)
+    with frozen_gc():
+        started = time.perf_counter()
+        for i in range(clients):
+            proto = ClientProtocol(broker, "bench")
+            proto.connection_made(StandInTransport())  # type: ignore[arg-type]
+            proto.data_received(connects[i])
+            if i % 64 == 63:
+                await asyncio.sleep(0)  # a loop turn: the broker's flush, the log's write
+            protos.append(proto)
+        broker.flush()
+        took = time.perf_counter() - started
+    check_connacks(protos, clients)
+    cancel_timers(broker, protos)
     return took / clients * 1e6
 
 
@@ -109,10 +70,10 @@ def main() -> None:
                     help="INFO: one log line per connect, as the default config (redirect "
                          "stderr, e.g. 2>/dev/null)")
     args = ap.parse_args()
-    runs = [uvloop.run(one_run(args.clients, args.log_level)) for _ in range(args.reps)]
+    runs = repeat(args.reps, lambda: one_run(args.clients, args.log_level))
+    median, each = median_and_runs(runs, ", ")
     print(f"{build.describe()}, log level {args.log_level}: "
-          f"{statistics.median(runs):.2f} µs per connection "
-          f"(median of {args.reps}: {', '.join(f'{r:.2f}' for r in runs)}), "
+          f"{median:.2f} µs per connection (median of {args.reps}: {each}), "
           f"{args.clients} clients")
 
 

@@ -32,63 +32,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import uvloop
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.inproc import (
+    StandInTransport,
+    cancel_timers,
+    check_connacks,
+    frozen_gc,
+    make_broker,
+    median_and_runs,
+    repeat,
+)
 from iotbroker import build
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import Connect
-from iotbroker.config import parse_config
 from iotbroker.engine import connect as connect_rules
 from iotbroker.server import broker as broker_module
-from iotbroker.server.broker import GC_GEN0_THRESHOLD, Broker
-from iotbroker.server.logsetup import bind_loop, setup_logging
 from iotbroker.server.transport import ClientProtocol
-from iotbroker.storage.memory import MemoryStore
-
-CONFIG = {
-    "listeners": [{"name": "bench", "type": "tcp", "host": "127.0.0.1", "port": 1883}],
-    "storage": {"backend": "memory"},
-    "sys_topics": {"enabled": False},
-    "logging": {"level": "WARNING"},
-    "mqtt": {"max_inflight": 20, "max_queued_messages": 10000},
-}
 
 STAGES = ("protocol", "admit", "parse", "handle", "engine admit", "auth", "engine accept",
           "keepalive", "flush")
 INNER = ("engine admit", "auth", "engine accept", "keepalive")
-
-
-class CountingTransport:
-    """What ClientProtocol and the broker call on a transport; writes are counted."""
-
-    __slots__ = ("writes",)
-
-    def __init__(self) -> None:
-        self.writes = 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 class Timed:
@@ -142,10 +112,7 @@ def wrapper_cost(timed: Timed, n: int = 200_000) -> float:
 
 async def one_run(clients: int) -> dict[str, float]:
     loop = asyncio.get_running_loop()
-    config = parse_config(dict(CONFIG), "connect_stages.py")
-    setup_logging(config.logging)
-    bind_loop(loop)
-    broker = Broker(config, MemoryStore(), loop)
+    broker = make_broker(loop, "connect_stages.py")
     timed = Timed()
     broker_module.connect_rules = _Rules(timed)  # type: ignore[assignment]
     auth = broker.auth
@@ -161,44 +128,38 @@ async def one_run(clients: int) -> dict[str, float]:
     calls = dict.fromkeys(INNER, 0)
     protos: list[ClientProtocol] = []
     clock = time.perf_counter_ns
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-    started = clock()
     try:
-        for i in range(clients):
-            t0 = clock()
-            proto = ClientProtocol(broker, "bench")
-            t1 = clock()
-            proto.connection_made(CountingTransport())  # type: ignore[arg-type]
-            t2 = clock()
-            packets = proto.conn.receive_data(connects[i], loop.time())
-            t3 = clock()
-            broker.active_readers.append(proto)  # what data_received does around it
-            broker.metrics.bytes_received += len(connects[i])
-            broker.metrics.messages_received += len(packets)
-            broker.handle_packets(proto, packets)
-            t4 = clock()
-            broker.flush()
-            t5 = clock()
-            outer["protocol"] += t1 - t0
-            outer["admit"] += t2 - t1
-            outer["parse"] += t3 - t2
-            outer["handle"] += t4 - t3
-            outer["flush"] += t5 - t4
-            protos.append(proto)
-            if i % 64 == 63:
-                await asyncio.sleep(0)
-        took = clock() - started
+        with frozen_gc():
+            started = clock()
+            for i in range(clients):
+                t0 = clock()
+                proto = ClientProtocol(broker, "bench")
+                t1 = clock()
+                proto.connection_made(StandInTransport())  # type: ignore[arg-type]
+                t2 = clock()
+                packets = proto.conn.receive_data(connects[i], loop.time())
+                t3 = clock()
+                broker.active_readers.append(proto)  # what data_received does around it
+                broker.metrics.bytes_received += len(connects[i])
+                broker.metrics.messages_received += len(packets)
+                broker.handle_packets(proto, packets)
+                t4 = clock()
+                broker.flush()
+                t5 = clock()
+                outer["protocol"] += t1 - t0
+                outer["admit"] += t2 - t1
+                outer["parse"] += t3 - t2
+                outer["handle"] += t4 - t3
+                outer["flush"] += t5 - t4
+                protos.append(proto)
+                if i % 64 == 63:
+                    await asyncio.sleep(0)
+            took = clock() - started
     finally:
         broker_module.connect_rules = connect_rules
         ClientProtocol.start_keepalive = keepalive  # type: ignore[method-assign]
-        gc.unfreeze()
-    answered = sum(p.transport.writes for p in protos if p.transport)  # type: ignore[attr-defined]
-    if answered != clients:
-        raise SystemExit(f"{answered} CONNACKs written for {clients} CONNECTs")
-    for proto in protos:
-        broker.timers.cancel(proto)
+    check_connacks(protos, clients)
+    cancel_timers(broker, protos)
     calls.update({"engine admit": clients, "engine accept": clients, "auth": clients * 2,
                   "keepalive": clients})
     out: dict[str, float] = {}
@@ -220,15 +181,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=20000)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    runs = [uvloop.run(one_run(args.clients)) for _ in range(args.reps)]
+    runs = repeat(args.reps, lambda: one_run(args.clients))
     print(f"{build.describe()}: µs per connection, medians of {args.reps} runs of "
           f"{args.clients} clients (one connection per flush)")
     print(f"| {'stage':14} | {'µs':>6} | runs |")
     print(f"|{'-' * 16}|{'-' * 8}|------|")
     for stage in (*STAGES, "total", "wrapper"):
-        vals = [r[stage] for r in runs]
-        print(f"| {stage:14} | {statistics.median(vals):6.2f} | "
-              f"{' '.join(f'{v:.2f}' for v in vals)} |")
+        median, each = median_and_runs([r[stage] for r in runs], " ")
+        print(f"| {stage:14} | {median:6.2f} | {each} |")
 
 
 if __name__ == "__main__":

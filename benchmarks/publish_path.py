@@ -32,62 +32,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import gc
 import pstats
 import statistics
 import struct
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import uvloop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.inproc import (
+    StandInTransport,
+    cancel_timers,
+    frozen_gc,
+    make_broker,
+    median_and_runs,
+    repeat,
+)
 from iotbroker import build
 from iotbroker.codec.encode import encode_packet
 from iotbroker.codec.packets import Connect, Publish, Subscribe, Subscription
-from iotbroker.config import parse_config
-from iotbroker.server.broker import GC_GEN0_THRESHOLD, Broker, open_store
-from iotbroker.server.logsetup import bind_loop, setup_logging
+from iotbroker.server.broker import Broker
 from iotbroker.server.transport import ClientProtocol
-from iotbroker.storage.memory import MemoryStore
 
-CONFIG = {
-    "listeners": [{"name": "bench", "type": "tcp", "host": "127.0.0.1", "port": 1883}],
-    "storage": {"backend": "memory"},
-    "sys_topics": {"enabled": False},
-    "logging": {"level": "WARNING"},
-    "mqtt": {"max_inflight": 20, "max_queued_messages": 10000},
-}
 TOPIC = "bench/one/to/one"
 pc = time.perf_counter_ns
 
 
-class StampingTransport:
+class StampingTransport(StandInTransport):
     """A stand-in transport: each write is time-stamped and kept (the last one)."""
 
     __slots__ = ("last", "stamp")
 
     def __init__(self) -> None:
+        super().__init__()
         self.stamp = 0
         self.last = b""
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
 
     def write(self, data: bytes) -> None:
         self.stamp = pc()
         self.last = data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 def client(broker: Broker, client_id: str,
@@ -104,14 +91,9 @@ def client(broker: Broker, client_id: str,
 async def one_run(messages: int, cold: int, profile: cProfile.Profile | None,
                   rocksdb: str | None = None,
                   persistent: bool = False) -> tuple[float, float, float, float, float]:
-    loop = asyncio.get_running_loop()
-    cfg = dict(CONFIG)
-    if rocksdb is not None:
-        cfg["storage"] = {"backend": "rocksdb", "path": rocksdb, "durability": "os"}
-    config = parse_config(cfg, "publish_path.py")
-    setup_logging(config.logging)
-    bind_loop(loop)
-    broker = Broker(config, MemoryStore() if rocksdb is None else open_store(config), loop)
+    store = {} if rocksdb is None else {
+        "storage": {"backend": "rocksdb", "path": rocksdb, "durability": "os"}}
+    broker = make_broker(asyncio.get_running_loop(), "publish_path.py", **store)
     sub, sub_t = client(broker, "path-sub", clean=not persistent)
     sub.data_received(encode_packet(Subscribe(1, [Subscription(TOPIC, qos=1)]), 4))
     broker.flush()
@@ -120,37 +102,33 @@ async def one_run(messages: int, cold: int, profile: cProfile.Profile | None,
                                        qos=1, packet_id=i % 65535 + 1), 4)
                  for i in range(messages)]
     evict = bytearray(cold << 20) if cold else None
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-    forward, after, puback = [], [], []
-    metrics = broker.metrics
-    batches0, changes0 = metrics.storage_batches, metrics.storage_changes
-    if profile is not None:
-        profile.enable()
-    for i in range(messages):
-        if evict is not None:
-            evict[::64] = b"\x01" * (len(evict) // 64)
-        t0 = pc()
-        pub.data_received(publishes[i])
-        broker.flush()
-        t1 = pc()
-        out = sub_t.last
-        if out[0] != 0x32:
-            raise SystemExit(f"no forward for message {i}: {out!r}")
-        packet_id = struct.unpack_from(">H", out, 2 + 2 + len(TOPIC))[0]
-        t2 = pc()
-        sub.data_received(bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF)))
-        broker.flush()
-        t3 = pc()
-        forward.append(sub_t.stamp - t0)
-        after.append(t1 - sub_t.stamp)
-        puback.append(t3 - t2)
-    if profile is not None:
-        profile.disable()
-    gc.unfreeze()
-    for proto in (sub, pub):
-        broker.timers.cancel(proto)
+    with frozen_gc():
+        forward, after, puback = [], [], []
+        metrics = broker.metrics
+        batches0, changes0 = metrics.storage_batches, metrics.storage_changes
+        if profile is not None:
+            profile.enable()
+        for i in range(messages):
+            if evict is not None:
+                evict[::64] = b"\x01" * (len(evict) // 64)
+            t0 = pc()
+            pub.data_received(publishes[i])
+            broker.flush()
+            t1 = pc()
+            out = sub_t.last
+            if out[0] != 0x32:
+                raise SystemExit(f"no forward for message {i}: {out!r}")
+            packet_id = struct.unpack_from(">H", out, 2 + 2 + len(TOPIC))[0]
+            t2 = pc()
+            sub.data_received(bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF)))
+            broker.flush()
+            t3 = pc()
+            forward.append(sub_t.stamp - t0)
+            after.append(t1 - sub_t.stamp)
+            puback.append(t3 - t2)
+        if profile is not None:
+            profile.disable()
+    cancel_timers(broker, (sub, pub))
     if rocksdb is not None:
         broker.store.close()
     return (statistics.median(forward) / 1e3, statistics.median(after) / 1e3,
@@ -176,19 +154,22 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         return
     messages = min(args.messages, 3000) if args.cold else args.messages
-    runs = []
-    for _ in range(args.reps):
+
+    async def run_once() -> tuple[float, float, float, float, float]:
         with tempfile.TemporaryDirectory() as tmp:
-            runs.append(uvloop.run(one_run(messages, args.cold, None,
-                                           tmp if args.rocksdb else None, args.persistent)))
-    cols = list(zip(*runs, strict=True))
+            return await one_run(messages, args.cold, None, tmp if args.rocksdb else None,
+                                 args.persistent)
+
+    cols = list(zip(*repeat(args.reps, run_once), strict=True))
+    parts = []
+    for name, col in zip(("forward", "after", "puback"), cols[:3], strict=True):
+        median, each = median_and_runs(col, "/")
+        parts.append(f"{name} {median:.2f} ({each})")
     cold = f", caches evicted ({args.cold} MiB)" if args.cold else ""
     store = (", RocksDB" if args.rocksdb else "") + (", persistent" if args.persistent else "")
     print(f"{build.describe()}{cold}{store}: µs per message, "
           f"median of {args.reps} runs of each run's median ({messages} messages): "
-          + ", ".join(f"{name} {statistics.median(col):.2f} ({'/'.join(f'{v:.2f}' for v in col)})"
-                      for name, col in zip(("forward", "after", "puback"), cols[:3],
-                                           strict=True))
+          + ", ".join(parts)
           + f"; store writes per message: {statistics.median(cols[3]):.2f} batches, "
             f"{statistics.median(cols[4]):.2f} changes")
 

@@ -125,7 +125,7 @@ class BridgeClient(Client):
     __slots__ = ("name",)
 
     def __init__(self, outlet: Outlet, name: str) -> None:
-        # Duck-typed: the engine uses only ``send_outbox`` of a bridge's "connection".
+        # Its connection is the Outlet: what the engine sends it goes to ``send_outbox``.
         super().__init__(outlet, listener=f"bridge:{name}")
         self.name = name
 

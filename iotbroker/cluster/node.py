@@ -46,7 +46,7 @@ from iotbroker.cluster import shared as share
 from iotbroker.cluster import wire
 from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.interest import Interest, Pair
-from iotbroker.cluster.orphans import OrphanSweep
+from iotbroker.cluster.orphans import OrphanSweep, owner_token
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
 from iotbroker.cluster.remote import (
@@ -737,7 +737,7 @@ class ClusterNode:
             if seen is not None and now - seen[0] > FORGET_SECONDS:
                 names_out.forget(token)
         for sender in list(self.names_in):
-            seen = figures.get(sender.decode().replace("/", "_"))
+            seen = figures.get(owner_token(sender))
             if seen is not None and now - seen[0] > FORGET_SECONDS:
                 del self.names_in[sender]
 
@@ -869,7 +869,7 @@ class ClusterNode:
         names them by id alone from then on), or that it met ids it does not hold
         (counted in ``messages/unnamed``; asked again at most once a second per
         generation): wire.py, "The dictionary on a lossy fabric"."""
-        subject = f"{self.prefix}.node.{sender.decode().replace('/', '_')}"
+        subject = f"{self.prefix}.node.{owner_token(sender)}"
         commands = self._commands
         if book.learned:
             ids = list(dict.fromkeys(book.learned))
@@ -898,7 +898,7 @@ class ClusterNode:
             self.undecodable += 1
             log.warning("cluster: undecodable name control message: %s", exc)
             return
-        table = self.names_out.tables.get(sender.decode(errors="replace").replace("/", "_"))
+        table = self.names_out.tables.get(owner_token(sender))
         if table is None:
             return
         if op == wire.KNOWN:
@@ -995,11 +995,11 @@ class ClusterNode:
                  nc.connected_url.netloc if nc is not None and nc.connected_url else "?")
 
     async def _error(self, exc: Exception) -> None:
-        if not self.connected:  # (the first connection failed: the gate stops waiting)
-            self.sessions.nats_lost()
         if self.connected:
             log.warning("cluster: NATS error: %s", exc)
-        elif not self._warned:  # once per outage, not once per retry
+            return
+        self.sessions.nats_lost()  # (the first connection failed: the gate stops waiting)
+        if not self._warned:  # once per outage, not once per retry
             self._warned = True
             if _refused_credentials(exc):
                 # Reachable, but it says no: a configuration mistake, named as such.

@@ -50,7 +50,8 @@ BATCH = 256
 
 
 def owner_token(owner: bytes) -> str:
-    """A record's owner (a sender id) as its heartbeat key (wills.py)."""
+    """A sender id (a record's owner, a batch's sender) as its process token: its
+    heartbeat key (wills.py) and the last part of its ``<prefix>.node.`` subject."""
     return owner.decode(errors="replace").replace("/", "_")
 
 

@@ -138,10 +138,10 @@ class QosStream:
         self._writes = 0
         #: QoS 2 writes in progress by stream write id (Nats-Msg-Id) -> write number.
         self._writing: dict[str, int] = {}
-        #: QoS 2 messages travel as wire messages of their own sender (own sequence
-        #: numbers; the same node name, so this node's consumer skips them too).
+        #: QoS 2 messages travel as wire messages of their own sender (the same node
+        #: name, so this node's consumer skips them too), numbered by their write ids
+        #: (:meth:`_sender_of`).
         self.sender_q = sender + b"q"
-        self._seq_q = 0
         self._write_ids = 0
         engine.qos2_write_id = self._new_write_id
         #: sessions.py: a persistent publisher's QoS 2 write waits until its packet id
@@ -238,8 +238,10 @@ class QosStream:
         sender, _, number = write_id.rpartition(":")
         if sender and number.isdigit():
             return sender.encode(), int(number)
-        self._seq_q += 1
-        return self.sender_q, self._seq_q
+        # (not one of ours: a number of this process's write ids, which no id it made
+        # has, so that the dedup cannot take it for another write)
+        self._write_ids += 1
+        return self.sender_q, self._write_ids
 
     def _write_message(self, message: Message, write_id: str, acks: list[HeldAck]) -> None:
         subject = topic_to_subject(self.subject_prefix, message.topic)

@@ -176,8 +176,10 @@ def stream_packet_id(seq: int) -> int:
 class SessionContext:
     """What every session of one broker shares, held once: the change batch of the
     turn, the queue limits, the metrics, the ACL read gate, the list of sessions with
-    something to send, and the pager. One reference per session instead of six keeps
-    an idle connection small (issue 19)."""
+    something to send, the pager, and what a room switches on for all of them (the
+    bridge's stream outbox; the cluster's derived QoS 2 ids and its lists of held and
+    completed ones). One reference per session instead of one per field keeps an idle
+    connection small (issue 19)."""
 
     __slots__ = ("batch", "derived_ids", "gate", "held_pubrels", "id_wait", "limits", "metrics",
                  "pager", "qos2_done", "ready", "stream_outbox", "unrecorded")

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from iotbroker.cluster.qos_stream import PATIENCE
-from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.broker_process import _LISTENING, BrokerProcess, broker_config
 from tests.helpers.nats_cluster import NatsCluster
 from tests.interop.test_paho import Paho
 
@@ -35,9 +35,11 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
 
 
 def node_config(node_name: str, urls: list[str], prefix: str, replicas: int = 3,
-                extra: str = "", storage: str = "memory") -> str:
+                extra: str = "", storage: str = "memory", listeners: str | None = None) -> str:
+    """A node's YAML: ``extra`` follows the ``cluster:`` keys (more of them, indented,
+    or other sections); ``listeners`` replaces the one TCP listener (broker_config)."""
     servers = ", ".join(urls)
-    return broker_config(storage=storage, extra=(
+    return broker_config(storage=storage, listeners=listeners, extra=(
         f"cluster:\n  node_name: {node_name}\n  nats: [{servers}]\n"
         f"  replicas: {replicas}\n  subject_prefix: {prefix}\n{extra}"
     ))
@@ -56,18 +58,28 @@ def wait_for_log(proc: BrokerProcess, text: str, timeout: float = 10.0) -> None:
 def make_node(tmp_path: Path, nats_cluster: NatsCluster
               ) -> Iterator[Callable[..., BrokerProcess]]:
     """Start an iotbroker node joined to the NATS cluster; waits until it is connected.
-    ``servers`` picks which nats-servers it knows (indexes), default all."""
+    ``servers`` picks which nats-servers it knows (indexes), default all; ``listeners``
+    replaces the one TCP listener, and the node's ``ports`` are read again once the
+    log has each line of ``wait_for`` (a listener that ``start()`` may return before,
+    e.g. ``"(udp, listener 'sn')"``)."""
     prefix = f"t{next(_prefixes)}"
     started: list[BrokerProcess] = []
 
     def factory(name: str, servers: list[int] | None = None,
-                extra: str = "", storage: str = "memory") -> BrokerProcess:
+                extra: str = "", storage: str = "memory", listeners: str | None = None,
+                wait_for: tuple[str, ...] = ()) -> BrokerProcess:
         urls = [nats_cluster.urls[i] for i in (servers if servers is not None else [0, 1, 2])]
         proc = BrokerProcess(tmp_path / name,
-                             node_config(name, urls, prefix, extra=extra, storage=storage),
+                             node_config(name, urls, prefix, extra=extra, storage=storage,
+                                         listeners=listeners),
                              name=name)
         proc.start()
         started.append(proc)
+        if wait_for:
+            for line in wait_for:
+                wait_for_log(proc, line)
+            proc.ports.update((n, int(port)) for _, port, _, n in
+                              _LISTENING.findall(proc.log_text()))
         wait_for_log(proc, f"cluster: node {name} connected to NATS")
         return proc
 

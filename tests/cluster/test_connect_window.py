@@ -21,7 +21,7 @@ from iotbroker.codec.packets import PubAck, Publish
 from tests.cluster.conftest import node_config, wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.cluster.test_sessions import _connect, _persistent, _publish_acked, _wait_record
-from tests.helpers.broker_process import BrokerProcess, broker_config
+from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster, free_port
 from tests.helpers.rawclient import RawClient
 
@@ -30,9 +30,37 @@ def _node_on_port(workdir: Path, name: str, port: int, urls: list[str],
                   prefix: str) -> BrokerProcess:
     listeners = ("listeners:\n  - name: default\n    type: tcp\n    host: 127.0.0.1\n"
                  f"    port: {port}\n")
-    cluster = node_config(name, urls, prefix).split("cluster:\n", 1)[1]
-    return BrokerProcess(workdir / name, broker_config(
-        listeners=listeners, extra=f"cluster:\n{cluster}"), name=name)
+    return BrokerProcess(workdir / name, node_config(name, urls, prefix, listeners=listeners),
+                         name=name)
+
+
+def _session_with_a_queued_message(a: BrokerProcess, nats_cluster: NatsCluster,
+                                   client_id: str, root: str) -> RawClient:
+    """On node ``a`` (once its session records bucket is open): a persistent session of
+    ``client_id`` subscribed to ``root/#`` at QoS 1, its record in the bucket, and a
+    QoS 1 message ``queued`` on ``root/queued`` queued for it; returns the publisher
+    (``pub-a``, connected to ``a``)."""
+    wait_for_log(a, "session records bucket", timeout=30)
+    sub, _ = _connect(a, client_id, clean_start=True)
+    sub.subscribe(f"{root}/#", qos=1)
+    sub.disconnect()
+    sub.close()
+    _wait_record(nats_cluster, a, client_id)
+    pub_a, _ = _connect(a, "pub-a", clean_start=True, expiry=0)
+    _publish_acked(pub_a, f"{root}/queued", [b"queued"], qos=1)
+    return pub_a
+
+
+def _prefix(node: BrokerProcess) -> str:
+    """The node's ``cluster.subject_prefix`` (another node joins its cluster with it)."""
+    return node.config_path.read_text().split("subject_prefix: ")[1].split()[0]
+
+
+def _receive(client: RawClient, payload: bytes, timeout: float = 10) -> None:
+    """The next packet is a QoS 1 PUBLISH of ``payload``: acknowledged."""
+    packet = client.recv(timeout=timeout)
+    assert isinstance(packet, Publish) and packet.payload == payload, packet
+    client.send(PubAck(packet.packet_id or 0))
 
 
 def _connect_from_the_first_moment(port: int, client_id: str, box: list[object],
@@ -63,18 +91,10 @@ def test_mqtt_3_1_2_5_a_connect_at_a_starting_nodes_first_moment_gets_its_sessio
     Start 0) reaches b as soon as b's listener accepts: Session Present 1, the queued
     message arrives, the subscription delivers messages published on a and on b."""
     a = make_node("a", servers=[0])
-    wait_for_log(a, "session records bucket", timeout=30)
-    prefix = a.config_path.read_text().split("subject_prefix: ")[1].split()[0]
-    sub, _ = _connect(a, "early", clean_start=True)
-    sub.subscribe("win/#", qos=1)
-    sub.disconnect()
-    sub.close()
-    _wait_record(nats_cluster, a, "early")
-    pub_a, _ = _connect(a, "pub-a", clean_start=True, expiry=0)
-    _publish_acked(pub_a, "win/queued", [b"queued"], qos=1)
+    pub_a = _session_with_a_queued_message(a, nats_cluster, "early", "win")
 
     port = free_port()
-    b = _node_on_port(tmp_path, "b", port, [nats_cluster.urls[1]], prefix)
+    b = _node_on_port(tmp_path, "b", port, [nats_cluster.urls[1]], _prefix(a))
     box: list[object] = []
     thread = threading.Thread(target=_connect_from_the_first_moment,
                               args=(port, "early", box, time.monotonic() + 30), daemon=True)
@@ -94,9 +114,7 @@ def test_mqtt_3_1_2_5_a_connect_at_a_starting_nodes_first_moment_gets_its_sessio
         # The CONNECT did come before b could look for the session (the window the
         # test is about), and waited for it.
         assert "session 'early': CONNECT waited" in log, log
-        first = back.recv(timeout=10)
-        assert isinstance(first, Publish) and first.payload == b"queued", first
-        back.send(PubAck(first.packet_id or 0))
+        _receive(back, b"queued")
         pub_b, _ = _connect(b, "pub-b", clean_start=True, expiry=0)
         _publish_acked(pub_a, "win/a", [b"from-a"], qos=1)
         _publish_acked(pub_b, "win/b", [b"from-b"], qos=1)
@@ -161,32 +179,20 @@ def test_mqtt_3_1_2_5_a_connect_just_after_nats_comes_to_a_node_gets_its_session
     Session Present 1, the queued message, the subscription delivers (past the 8 s
     bound: 0x89, and the retry resumes it)."""
     a = make_node("a", servers=[0])
-    wait_for_log(a, "session records bucket", timeout=30)
-    prefix = a.config_path.read_text().split("subject_prefix: ")[1].split()[0]
-    sub, _ = _connect(a, "late", clean_start=True)
-    sub.subscribe("late/#", qos=1)
-    sub.disconnect()
-    sub.close()
-    _wait_record(nats_cluster, a, "late")
-    pub_a, _ = _connect(a, "pub-a", clean_start=True, expiry=0)
-    _publish_acked(pub_a, "late/queued", [b"queued"], qos=1)
+    pub_a = _session_with_a_queued_message(a, nats_cluster, "late", "late")
 
     server = nats_cluster.servers[2]
     server.kill()
-    b = BrokerProcess(tmp_path / "b", node_config("b", [server.url], prefix), name="b")
+    b = BrokerProcess(tmp_path / "b", node_config("b", [server.url], _prefix(a)), name="b")
     try:
         b.start()
         wait_for_log(b, "unreachable", timeout=10)  # it serves its local clients
         server.start()
         _wait_for_log_tightly(b, "cluster: node b connected to NATS", timeout=20)
         back = _connect_after_waiting(b, "late")
-        first = back.recv(timeout=10)
-        assert isinstance(first, Publish) and first.payload == b"queued", first
-        back.send(PubAck(first.packet_id or 0))
+        _receive(back, b"queued")
         _publish_acked(pub_a, "late/a", [b"from-a"], qos=1)
-        packet = back.recv(timeout=10)
-        assert isinstance(packet, Publish) and packet.payload == b"from-a", packet
-        back.send(PubAck(packet.packet_id or 0))
+        _receive(back, b"from-a")
         for client in (back, pub_a):
             client.close()
     finally:
@@ -206,16 +212,8 @@ def test_mqtt_3_1_2_5_a_connect_just_after_nats_returns_waits_for_the_buckets(
     retry resumes it)."""
     a = make_node("a", servers=[0])
     b = make_node("b", servers=[2])
-    for node in (a, b):
-        wait_for_log(node, "session records bucket", timeout=30)
-    sub, _ = _connect(a, "back", clean_start=True)
-    sub.subscribe("back/#", qos=1)
-    sub.disconnect()
-    sub.close()
-    _wait_record(nats_cluster, a, "back")
-    pub_a, _ = _connect(a, "pub-a", clean_start=True, expiry=0)
-    _publish_acked(pub_a, "back/queued", [b"queued"], qos=1)
-    pub_a.close()
+    wait_for_log(b, "session records bucket", timeout=30)
+    _session_with_a_queued_message(a, nats_cluster, "back", "back").close()
 
     for server in nats_cluster.servers:
         server.kill()
@@ -224,13 +222,9 @@ def test_mqtt_3_1_2_5_a_connect_just_after_nats_returns_waits_for_the_buckets(
         server.start()
     _wait_for_log_tightly(b, "cluster: node b reconnected to NATS", timeout=30)
     client = _connect_after_waiting(b, "back")
-    first = client.recv(timeout=10)
-    assert isinstance(first, Publish) and first.payload == b"queued", first
-    client.send(PubAck(first.packet_id or 0))
+    _receive(client, b"queued")
     pub_a, _ = _connect(a, "pub-a", clean_start=True, expiry=0)
     _publish_acked(pub_a, "back/a", [b"from-a"], qos=1)
-    packet = client.recv(timeout=15)
-    assert isinstance(packet, Publish) and packet.payload == b"from-a", packet
-    client.send(PubAck(packet.packet_id or 0))
+    _receive(client, b"from-a", timeout=15)
     for c in (client, pub_a):
         c.close()

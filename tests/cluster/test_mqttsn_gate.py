@@ -15,16 +15,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import ConnAck, Disconnect, PingReq, PingResp, Properties
 from iotbroker.mqttsn import codec as c
-from tests.cluster.conftest import _prefixes, wait_for_log
+from tests.cluster.conftest import wait_for_log
 from tests.cluster.test_ownership import _wait_claimed
-from tests.helpers.broker_process import _LISTENING, BrokerProcess, broker_config
+from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster
 from tests.helpers.rawclient import Closed, RawClient
 from tests.mqttsn.snclient import SnTestClient
@@ -40,27 +39,15 @@ Node = Callable[[str, int], BrokerProcess]
 
 
 @pytest.fixture
-def sn_node(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[Node]:
-    """A cluster node with a TCP and an MQTT-SN listener, on nats-server ``server``."""
-    prefix = f"t{next(_prefixes)}"
-    started: list[BrokerProcess] = []
+def sn_node(make_node: Callable[..., BrokerProcess]) -> Node:
+    """A cluster node with a TCP and an MQTT-SN listener, on nats-server ``server``
+    (conftest's ``make_node``, which waits for the UDP listener too)."""
 
     def factory(name: str, server: int) -> BrokerProcess:
-        extra = (f"{SN}cluster:\n  node_name: {name}\n  nats: [{nats_cluster.urls[server]}]\n"
-                 f"  replicas: 3\n  subject_prefix: {prefix}\n")
-        proc = BrokerProcess(tmp_path / name, broker_config(listeners=LISTENERS, extra=extra),
-                             name=name)
-        proc.start()
-        started.append(proc)
-        wait_for_log(proc, "(udp, listener 'sn')")  # start() may return before it
-        proc.ports.update((n, int(port)) for _, port, _, n in
-                          _LISTENING.findall(proc.log_text()))
-        wait_for_log(proc, f"cluster: node {name} connected to NATS")
-        return proc
+        return make_node(name, servers=[server], extra=SN, listeners=LISTENERS,
+                         wait_for=("(udp, listener 'sn')",))  # start() may return before it
 
-    yield factory
-    for proc in started:
-        proc.stop()
+    return factory
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ says so (a log line naming the keys NATS refused) and serves its local clients o
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -45,8 +46,7 @@ def _node(tmp_path: Path, cluster: NatsCluster, pki: Pki, password: str) -> Brok
     extra = (f"  user: node\n  password: {password}\n  nats_tls:\n"
              f"    cafile: {pki.ca}\n    certfile: {pki.client_cert}\n"
              f"    keyfile: {pki.client_key}\n")
-    text = node_config("secure", [url], "sec", replicas=1).replace(
-        "  subject_prefix: sec\n", "  subject_prefix: sec\n" + extra)
+    text = node_config("secure", [url], "sec", replicas=1, extra=extra)
     return BrokerProcess(tmp_path / f"node-{password}", text, name="secure").start()
 
 
@@ -89,11 +89,34 @@ def _token_node(tmp_path: Path, cluster: NatsCluster, name: str,
                 token: str | None, line: str | None = None) -> BrokerProcess:
     if line is None:
         line = f"  token: {token}\n" if token is not None else ""
-    text = node_config(name, cluster.urls, "tok", replicas=1).replace(
-        "  subject_prefix: tok\n", "  subject_prefix: tok\n" + line)
+    text = node_config(name, cluster.urls, "tok", replicas=1, extra=line)
     proc = BrokerProcess(tmp_path / name, text, name=name)
     proc.config_path.chmod(0o600)  # it holds a secret
     return proc
+
+
+@contextlib.contextmanager
+def _refused_and_said(node: BrokerProcess, keys: str, client_id: str
+                      ) -> Iterator[RawClient]:
+    """Credentials the servers refuse: ``check-config`` accepts the node's file (only
+    the servers can judge them), the node starts, logs at ERROR that NATS refused the
+    credentials of ``keys`` (authorization violation) and serves its local clients:
+    yields one connected as ``client_id``; the node is stopped at the end."""
+    check = subprocess.run(
+        [sys.executable, "-m", "iotbroker", "check-config", str(node.config_path)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stderr
+    node.start()
+    try:
+        wait_for_log(node, f"refused the credentials of node {node.config_path.stem} "
+                     f"({keys})")
+        line = next(x for x in node.log_text().splitlines() if "refused the credentials" in x)
+        assert "ERROR" in line and "authorization violation" in line.lower(), line
+        with RawClient(node.host, node.port, version=5) as local:  # serves locally
+            assert local.connect(client_id).reason_code == 0
+            yield local
+    finally:
+        node.stop()
 
 
 def test_cluster_token_the_right_one_serves_and_routes(
@@ -142,30 +165,18 @@ def test_cluster_token_wrong_or_missing_is_refused_and_said(
     keeps retrying; ``/health`` would say degraded. ``check-config`` accepts the file:
     whether a token is right only the servers can say."""
     node = _token_node(tmp_path, token_server, "w", token)
-    check = subprocess.run(
-        [sys.executable, "-m", "iotbroker", "check-config", str(node.config_path)],
-        capture_output=True, text=True, timeout=60, check=False)
-    assert check.returncode == 0, check.stderr
-    node.start()
-    try:
-        keys = "cluster.token" if token else "none configured: the servers ask for some"
-        wait_for_log(node, f"refused the credentials of node w ({keys})")
+    keys = "cluster.token" if token else "none configured: the servers ask for some"
+    with _refused_and_said(node, keys, "tok-local") as local:
         text = node.log_text()
-        line = next(x for x in text.splitlines() if "refused the credentials" in x)
-        assert "ERROR" in line and "authorization violation" in line.lower(), line
         assert "unreachable" not in text  # reachable: it said no
         assert "connected to NATS" not in text
         if token:
             assert token not in text
-        with RawClient(node.host, node.port, version=5) as local:  # serves locally
-            assert local.connect("tok-local").reason_code == 0
-            local.subscribe("tok/local", qos=1)
-            local.publish("tok/local", b"here", qos=0)
-            assert local.receive_publish().payload == b"here"
+        local.subscribe("tok/local", qos=1)
+        local.publish("tok/local", b"here", qos=0)
+        assert local.receive_publish().payload == b"here"
         time.sleep(1.5)  # retries (1 s apart) are not logged again
         assert node.log_text().count("refused the credentials") == 1
-    finally:
-        node.stop()
 
 
 def test_check_config_refuses_a_token_with_a_user(tmp_path: Path) -> None:
@@ -220,19 +231,8 @@ def test_cluster_credentials_file_of_an_unknown_account_is_refused_and_said(
     cluster, operator = operator_server
     creds = operator.user_creds(tmp_path / "x.creds", account=operator.foreign_account())
     node = _token_node(tmp_path, cluster, "x", None, line=f"  credentials_file: {creds}\n")
-    check = subprocess.run(
-        [sys.executable, "-m", "iotbroker", "check-config", str(node.config_path)],
-        capture_output=True, text=True, timeout=60, check=False)
-    assert check.returncode == 0, check.stderr
-    node.start()
-    try:
-        wait_for_log(node, "refused the credentials of node x (cluster.credentials_file)")
-        line = next(x for x in node.log_text().splitlines() if "refused the credentials" in x)
-        assert "ERROR" in line and "authorization violation" in line.lower(), line
-        with RawClient(node.host, node.port, version=5) as local:  # serves locally
-            assert local.connect("creds-local").reason_code == 0
-    finally:
-        node.stop()
+    with _refused_and_said(node, "cluster.credentials_file", "creds-local"):
+        pass
 
 
 def test_check_config_and_start_refuse_a_credentials_file_that_cannot_be_used(
@@ -258,8 +258,8 @@ def test_check_config_and_start_refuse_a_credentials_file_that_cannot_be_used(
         assert result.returncode != 0
         assert f"cluster.credentials_file: '{path}' {text}" in result.stderr, result.stderr
         proc = BrokerProcess(tmp_path / f"run-{path.stem}", node_config(
-            "a", ["nats://127.0.0.1:1"], "cr", replicas=1).replace(
-            "  subject_prefix: cr\n", f"  subject_prefix: cr\n  credentials_file: {path}\n"))
+            "a", ["nats://127.0.0.1:1"], "cr", replicas=1,
+            extra=f"  credentials_file: {path}\n"))
         with pytest.raises(RuntimeError, match="credentials_file"):
             proc.start(timeout=20)
         assert proc.proc is not None and proc.proc.returncode == 1
