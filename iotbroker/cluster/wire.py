@@ -113,6 +113,8 @@ _NAMED = struct.Struct(">BHdIH")  # NAMED, count, created_at, generation, defs
 _CONTROL = struct.Struct(">BIH")  # op, generation, count
 _U16 = struct.Struct(">H")
 _NO_GROUPS = b"\x00\x00"
+#: The ordered command queue's "publish" kind (``node._PUB``), for :func:`send_qos0`.
+PUB: Final = 0
 #: Part kinds (:func:`encode_batch`).
 ITEMS = 0
 NAMED = 2
@@ -557,6 +559,30 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                     box.add_message(size, pieces)
         i += 1
     return n
+
+
+def send_qos0(messages: list[Message], interest: SubscriptionTrie, tables: NameTables,
+              sender: bytes, subject_prefix: str,
+              commands: deque[tuple[int, str, bytes, int]]) -> int:
+    """The sending node's turn of QoS 0 messages, none retained (:func:`qos0_only`),
+    in one compiled call (``ClusterNode._forward``): :func:`add_qos0` groups them per
+    destination node into that node's :class:`Outbox`, then each Outbox's batches
+    are queued on ``commands`` as ``(PUB, subject_prefix + token, payload, count)``,
+    destinations in the order first met, each one's messages in
+    publication order [MQTT-4.6.0-5]. Returns the messages queued, or -1 before
+    queuing anything when a message needs the general path (another node's shared
+    group matches it): the caller then handles the whole turn (what this call did
+    to ``tables`` is only kept routes and names defined again, which are harmless)."""
+    out: dict[str, Outbox] = {}
+    if add_qos0(messages, 0, interest, out, {}, tables) != len(messages):
+        return -1
+    queued = 0
+    for token, box in out.items():
+        subject = subject_prefix + token
+        for payload, count in box.batches(sender):
+            commands.append((PUB, subject, payload, count))
+            queued += count
+    return queued
 
 
 class NameBook:
