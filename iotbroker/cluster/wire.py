@@ -520,6 +520,8 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
     routes = tables.routes
     version = interest.version
     no_properties = NO_PROPERTIES  # (a module global is a dict lookup per read)
+    last_token = ""  # a route's token and its box, kept across messages
+    last_box: Outbox | None = None
     while i < n:
         message = messages[i]
         if message.qos:
@@ -545,6 +547,17 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                     route.ids = ids
                     route.epoch = tables.epoch
                 ids = route.ids
+                if len(tokens) == 1:  # the common case: the last box, by identity
+                    token = tokens[0]
+                    if token is not last_token or last_box is None:
+                        box = out.get(token)
+                        if box is None:
+                            box = out[token] = tables.outbox(token)
+                        last_token = token
+                        last_box = box
+                    last_box.add_plain(message, ids[0])
+                    i += 1
+                    continue
                 for k, token in enumerate(tokens):  # (zip() is not compiled: slower)
                     box = out.get(token)
                     if box is None:
