@@ -89,7 +89,7 @@ SWEEP_SECONDS = 1.0
 #: from the bucket (after NODE_TTL it is already out of the index).
 FORGET_SECONDS = 60.0
 
-_PUB, _ANNOUNCE, _RETAIN = 0, 1, 3
+_PUB, _ANNOUNCE, _RETAIN = wire.PUB, 1, 3
 _CONTROL = bytes([wire.CONTROL])
 #: (message, its record, its held acks)
 _Item = tuple[Message, bytes, list["HeldAck"]]
@@ -113,6 +113,7 @@ class ClusterNode:
         #: This process in subjects and KV keys: "<node>_<nonce>"
         self.token = self.sender.decode().replace("/", "_")
         self.node_subject = f"{self.prefix}.node.{self.token}"
+        self._node_prefix = f"{self.prefix}.node."  # + a process token: its subject
         self.interest = Interest()
         self.remote = RemoteInterest(self.token)
         #: This process's announcements: KV key -> announced filter
@@ -372,10 +373,16 @@ class ClusterNode:
         interest in the topic; a receiving node routes the copy that comes first.
         ``qos0``: :func:`wire.qos0_only` holds for ``messages`` (no runs, nothing
         retained: step 1 has nothing to do and is skipped)."""
+        live = self.nc is not None and self._pending_pubs < MAX_PENDING
+        if qos0 and live:  # the common case, one compiled call (wire.send_qos0)
+            queued = wire.send_qos0(messages, self.remote.trie, self.names_out,
+                                    self.sender, self._node_prefix, self._commands)
+            if queued >= 0:
+                self._pending_pubs += queued
+                return
         acks_of: dict[int, list[HeldAck]] = {}
         for h in held:
             acks_of.setdefault(id(h.message), []).append(h)
-        live = self.nc is not None and self._pending_pubs < MAX_PENDING
         prefix = self.prefix
         remote = self.remote
         own = self.token

@@ -99,9 +99,11 @@ from iotbroker.storage.records import (
 )
 
 VERSION = 1
-#: Records in one NATS message at most (and about this many bytes, below).
-MAX_BATCH = 1000
-MAX_BATCH_BYTES = 256 * 1024
+#: Records in one NATS message at most (and about this many bytes, below). Constants
+#: used per message are ``Final``: mypyc inlines them (a plain module global is a
+#: dict lookup each time it is read).
+MAX_BATCH: Final = 1000
+MAX_BATCH_BYTES: Final = 256 * 1024
 _HEAD = struct.Struct(">BQB")
 _COUNT = struct.Struct(">H")
 _SIZE = struct.Struct(">I")
@@ -111,6 +113,8 @@ _NAMED = struct.Struct(">BHdIH")  # NAMED, count, created_at, generation, defs
 _CONTROL = struct.Struct(">BIH")  # op, generation, count
 _U16 = struct.Struct(">H")
 _NO_GROUPS = b"\x00\x00"
+#: The ordered command queue's "publish" kind (``node._PUB``), for :func:`send_qos0`.
+PUB: Final = 0
 #: Part kinds (:func:`encode_batch`).
 ITEMS = 0
 NAMED = 2
@@ -120,7 +124,7 @@ CONTROL = 0x84
 KNOWN = 1
 RESET = 2
 #: Names (topics and origins) in one generation of a :class:`NameTable` at most (u16 ids).
-MAX_NAMES = 65_535
+MAX_NAMES: Final = 65_535
 #: A :class:`NameBook`'s slot of an id it was not given: never a name (MQTT strings
 #: exclude U+0000, [MQTT-1.5.4-2]); compared by identity.
 _UNKNOWN: Final = "\x00"
@@ -327,8 +331,9 @@ class Outbox:
     order is kept (each topic's, [MQTT-4.6.0-5], and all others too), and each decoded
     message equals the one sent."""
 
-    __slots__ = ("_at", "_count", "_defs", "_generation", "_heads", "_payloads",
-                 "_pieces", "_size", "names", "parts")
+    __slots__ = ("_at", "_count", "_defs", "_generation", "_heads", "_origin",
+                 "_origin_id", "_origin_ids", "_payloads", "_pieces", "_size", "names",
+                 "parts")
 
     def __init__(self, names: NameTable | None = None) -> None:
         #: the destination's name dictionary (None: a private one, never confirmed,
@@ -344,6 +349,12 @@ class Outbox:
         self._payloads: list[bytes] = []
         self._at = 0.0
         self._generation = 0
+        # the last confirmed origin (compared by identity: one client's messages share
+        # its client id str) and its id, valid while the table's ``ids`` is this dict
+        # (a new generation makes a new one; a confirmation only adds ids)
+        self._origin = ""
+        self._origin_id = -1
+        self._origin_ids: dict[str, int] = {}
 
     def add_plain(self, message: Message, topic_id: int = -1) -> None:
         """A plain message (:func:`is_plain`) without shared groups. ``topic_id``:
@@ -355,7 +366,15 @@ class Outbox:
             payloads = self._payloads
         ids = self.names.ids
         topic = topic_id if topic_id >= 0 else ids.get(message.topic, -1)
-        origin = ids.get(message.origin, -1)
+        name = message.origin
+        if name is self._origin and ids is self._origin_ids:
+            origin = self._origin_id
+        else:
+            origin = ids.get(name, -1)
+            if origin >= 0:
+                self._origin = name
+                self._origin_id = origin
+                self._origin_ids = ids
         if topic < 0 or origin < 0:  # not confirmed: defined in this part
             topic, origin = self._define(message.topic, message.origin)
             payloads = self._payloads
@@ -480,7 +499,7 @@ class Route:
 
 
 #: Routes kept at most (then the dict starts anew, as the trie's match cache).
-MAX_ROUTES = 100_000
+MAX_ROUTES: Final = 100_000
 
 
 def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
@@ -500,6 +519,9 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
     i = start
     routes = tables.routes
     version = interest.version
+    no_properties = NO_PROPERTIES  # (a module global is a dict lookup per read)
+    last_token = ""  # a route's token and its box, kept across messages
+    last_box: Outbox | None = None
     while i < n:
         message = messages[i]
         if message.qos:
@@ -517,7 +539,7 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
         tokens = route.tokens
         if tokens:
             if (not message.retain and message.expires_at is None
-                    and message.properties is NO_PROPERTIES):  # is_plain
+                    and message.properties is no_properties):  # is_plain
                 if route.epoch != tables.epoch:  # (an add_plain may start a generation)
                     ids: list[int] = []
                     for token in tokens:
@@ -525,6 +547,17 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                     route.ids = ids
                     route.epoch = tables.epoch
                 ids = route.ids
+                if len(tokens) == 1:  # the common case: the last box, by identity
+                    token = tokens[0]
+                    if token is not last_token or last_box is None:
+                        box = out.get(token)
+                        if box is None:
+                            box = out[token] = tables.outbox(token)
+                        last_token = token
+                        last_box = box
+                    last_box.add_plain(message, ids[0])
+                    i += 1
+                    continue
                 for k, token in enumerate(tokens):  # (zip() is not compiled: slower)
                     box = out.get(token)
                     if box is None:
@@ -539,6 +572,30 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                     box.add_message(size, pieces)
         i += 1
     return n
+
+
+def send_qos0(messages: list[Message], interest: SubscriptionTrie, tables: NameTables,
+              sender: bytes, subject_prefix: str,
+              commands: deque[tuple[int, str, bytes, int]]) -> int:
+    """The sending node's turn of QoS 0 messages, none retained (:func:`qos0_only`),
+    in one compiled call (``ClusterNode._forward``): :func:`add_qos0` groups them per
+    destination node into that node's :class:`Outbox`, then each Outbox's batches
+    are queued on ``commands`` as ``(PUB, subject_prefix + token, payload, count)``,
+    destinations in the order first met, each one's messages in
+    publication order [MQTT-4.6.0-5]. Returns the messages queued, or -1 before
+    queuing anything when a message needs the general path (another node's shared
+    group matches it): the caller then handles the whole turn (what this call did
+    to ``tables`` is only kept routes and names defined again, which are harmless)."""
+    out: dict[str, Outbox] = {}
+    if add_qos0(messages, 0, interest, out, {}, tables) != len(messages):
+        return -1
+    queued = 0
+    for token, box in out.items():
+        subject = subject_prefix + token
+        for payload, count in box.batches(sender):
+            commands.append((PUB, subject, payload, count))
+            queued += count
+    return queued
 
 
 class NameBook:
@@ -591,6 +648,7 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
     size_of = _SIZE.unpack_from
     u16 = _U16.unpack_from
     no_groups: list[Group] = []
+    no_properties = NO_PROPERTIES  # (a module global is a dict lookup per read)
     names: dict[bytes, str] = {}  # one str per topic (and origin) of an ITEMS part
     if books is None:
         books = {}
@@ -602,7 +660,15 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
         while pos < end_all:
             kind = data[pos]
             if kind == NAMED:
-                count, created_at, generation, ndefs = _NAMED.unpack_from(data, pos)[1:]
+                # Every number typed (int, float): mypyc then does the per-message
+                # arithmetic, slicing and bounds checks natively; an Any from
+                # struct.unpack in an expression makes each a generic Python operation
+                # (PyNumber_Add, a slice object, a PyLong per offset).
+                head = _NAMED.unpack_from(data, pos)
+                count: int = head[1]
+                created_at: float = head[2]
+                generation: int = head[3]
+                ndefs: int = head[4]
                 pos += _NAMED.size
                 if generation != book.generation:  # the sender started a new one
                     book.generation = generation
@@ -613,7 +679,9 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                 defs = struct.unpack_from(f">{2 * ndefs}H", data, pos)
                 pos += 4 * ndefs
                 have = len(strs)
-                for i, ln in zip(defs[:ndefs], defs[ndefs:], strict=True):
+                for d in range(ndefs):
+                    i: int = defs[d]
+                    ln: int = defs[ndefs + d]
                     name = data[pos : pos + ln].decode()
                     pos += ln
                     if i >= have:
@@ -627,54 +695,41 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                 book.learned += defs[:ndefs]
                 heads = struct.unpack_from(f">{count}H{count}H{count}I", data, pos)
                 pos += 8 * count
-                if pos + sum(heads[2 * count :]) > end_all:
-                    raise ValueError("cluster batch truncated")
-                if count:
-                    top = max(heads[: 2 * count])
-                    if top >= have:  # ids it was not given: _UNKNOWN
-                        strs += [_UNKNOWN] * (top + 1 - have)
-                        have = top + 1
+                c2 = 2 * count
                 messages: list[Message] = []
                 append = messages.append
-                if trie is None:
-                    for k in range(count):  # (zip() is not compiled: generic, slower)
-                        t: int = heads[k]
-                        o: int = heads[count + k]
-                        end = pos + heads[2 * count + k]
-                        topic = strs[t]
-                        origin = strs[o]
-                        if topic is _UNKNOWN or origin is _UNKNOWN:
-                            book.unknown += 1  # never under another name: left out
-                        else:
-                            append(Message(topic, data[pos:end], 0, False, NO_PROPERTIES,
-                                           created_at, None, origin))
-                        pos = end
-                    out.append((0, messages, None))
-                    continue
-                if book.version != trie.version or len(book.matches) < have:
+                found: list[Matches] = []
+                if trie is not None and (book.version != trie.version
+                                         or len(book.matches) < have):
                     if book.version != trie.version:  # subscriptions changed
                         book.matches = []
                         book.version = trie.version
                     book.matches += [None] * (have - len(book.matches))
                 cache = book.matches
-                found: list[Matches] = []
-                for k in range(count):
-                    t = heads[k]
-                    o = heads[count + k]
-                    end = pos + heads[2 * count + k]
-                    topic = strs[t]
-                    origin = strs[o]
+                for k in range(count):  # (zip() is not compiled: generic, slower)
+                    t: int = heads[k]
+                    o: int = heads[count + k]
+                    size: int = heads[c2 + k]
+                    end = pos + size
+                    if end > end_all:
+                        raise ValueError("cluster batch truncated")
+                    # an id it was not given (or was, as _UNKNOWN): never another
+                    # name, left out and counted
+                    topic = strs[t] if t < have else _UNKNOWN
+                    origin = strs[o] if o < have else _UNKNOWN
                     if topic is _UNKNOWN or origin is _UNKNOWN:
-                        book.unknown += 1  # never under another name: left out
+                        book.unknown += 1
                     else:
-                        append(Message(topic, data[pos:end], 0, False, NO_PROPERTIES,
+                        append(Message(topic, data[pos:end], 0, False, no_properties,
                                        created_at, None, origin))
-                        m = cache[t]
-                        if m is None:
-                            m = cache[t] = trie.match(topic)
-                        found.append(m)
+                        if trie is not None:
+                            m = cache[t]
+                            if m is None:
+                                m = cache[t] = trie.match(topic)
+                            found.append(m)
                     pos = end
-                book.found.append(found)
+                if trie is not None:
+                    book.found.append(found)
                 out.append((0, messages, None))
                 continue
             if kind != ITEMS:

@@ -5,6 +5,7 @@ pick, and the inter-node message formats with de-duplication."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import pytest
 
@@ -632,3 +633,40 @@ def test_qos0_only_tells_a_turn_with_nothing_for_the_stream_or_the_bucket() -> N
     assert not wire.qos0_only([msg(0, False), msg(1, False)])
     assert not wire.qos0_only([msg(0, False), msg(2, False)])
     assert not wire.qos0_only([msg(0, True), msg(0, False)])
+
+
+def _plain(topic: str, payload: bytes, origin: str = "c") -> Message:
+    return Message(topic, payload, 0, False, NO_PROPERTIES, 1.0, None, origin)
+
+
+def test_send_qos0_queues_each_destinations_batches_or_hands_the_turn_back() -> None:
+    """``ClusterNode._forward``'s QoS 0 turn in one compiled call: per destination
+    node, in the order first met, the same batches as the Outboxes of
+    :func:`wire.add_qos0` (each node's messages in publication order,
+    [MQTT-4.6.0-5]); a turn with a message another node's shared group matches is
+    handed back (-1) with nothing queued."""
+    remote = RemoteInterest("me_1")
+    remote.put(interest_key("b_1", "s/#"), encode_value("s/#", 1), 0.0)
+    remote.put(interest_key("a_1", "s/2"), encode_value("s/2", 1), 0.0)
+    remote.put(interest_key("a_1", "$share/g/q/#"), encode_value("$share/g/q/#", 1), 0.0)
+    msgs = [_plain(f"s/{i % 3}", b"%d" % i, "pub") for i in range(2500)]  # > one part
+    commands: deque[tuple[int, str, bytes, int]] = deque()
+    tables = wire.NameTables()
+    assert wire.send_qos0(msgs, remote.trie, tables, b"me/1", "p.node.", commands) == (
+        2500 + 833)
+    assert [(kind, subject) for kind, subject, _, _ in commands] == [
+        (wire.PUB, "p.node.b_1"), (wire.PUB, "p.node.a_1")]
+    for _, subject, payload, count in commands:
+        books: dict[bytes, wire.NameBook] = {}
+        sender, parts = wire.decode_batch(payload, books)
+        got = [m for _, ms, _ in parts for m in ms]
+        assert sender == b"me/1" and len(got) == count
+        want = msgs if subject.endswith("b_1") else [m for m in msgs if m.topic == "s/2"]
+        assert got == want
+    commands.clear()
+    assert wire.send_qos0([*msgs[:5], _plain("q/1", b"x")], remote.trie, tables,
+                          b"me/1", "p.node.", commands) == -1
+    assert not commands
+    assert wire.send_qos0([_plain("x/1", b"nobody")], remote.trie, tables, b"me/1",
+                          "p.node.", commands) == 0
+    assert not commands

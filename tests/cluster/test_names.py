@@ -360,3 +360,31 @@ def test_mqtt_4_6_0_5_names_recover_when_a_node_loses_its_table_or_restarts(
     _wait_qos0_routed(pub, sub)  # the new a knows b's interest
     assert _per_topic(_burst(pub, sub, "after-a")) == _per_topic(_complete("after-a"))
     assert _metric(b, "messages_unnamed") == 0  # b's counters began again
+
+
+
+def test_an_outbox_never_names_an_origin_by_an_id_of_a_past_generation() -> None:
+    """The Outbox keeps the last confirmed origin id (one publisher's messages share
+    their client id str) while the table's confirmed ids are the same: after a new
+    generation (here a full table, mid-turn) the origin is looked up again, so a
+    message never names it by an id of the old generation (the receiver would drop
+    it, or give it another name)."""
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    first = [_msg("x/0", b"0", "q"), _msg("a/1", b"1", "pub")]  # G1: pub is id 3
+    _receive(books, _send(tables, "r", first))
+    _confirm(tables, "r", books[b"snd/1"])
+    table = tables.tables["r"]
+    for i in range(wire.MAX_NAMES - 5):  # nearly full
+        table.add(f"filler/{i}")
+    box = tables.outbox("r")
+    sent = [_msg("a/1", b"2", "pub"),  # by confirmed ids alone: origin id kept
+            _msg("new/0", b"3", "pub")]  # full: a new generation, new/0 0, pub 1
+    for m in sent:
+        box.add_plain(m)
+    assert table.names == ["new/0", "pub"]
+    table.confirmed(table.generation, [0, 1])  # (as if confirmed meanwhile)
+    sent.append(_msg("new/0", b"4", "pub"))  # by ids alone, of the new generation
+    box.add_plain(sent[-1])
+    assert _receive(books, [data for data, _ in box.batches(b"snd/1")]) == sent
+    assert books[b"snd/1"].unknown == 0
