@@ -58,5 +58,5 @@ async def open_bucket(js: JetStreamContext, bucket: str, replicas: int, descript
         except Exception as exc:
             failures += 1
             log.error("cluster: cannot open the bucket %r (%s, replicas %d): %s; retrying",
-                      bucket, description, replicas, str(exc) or type(exc).__name__)
+                      bucket, description, replicas, exc or type(exc).__name__)
             await asyncio.sleep(backoff(failures))

@@ -369,7 +369,7 @@ class QosStream:
             except Exception as exc:
                 log.error("cluster: cannot open the QoS stream %r / consumer %r "
                           "(replicas %d): %s; retrying", self.stream, self.durable,
-                          self.replicas, str(exc) or type(exc).__name__)
+                          self.replicas, exc or type(exc).__name__)
                 failures += 1
                 await asyncio.sleep(backoff(failures))
         self.js = js
