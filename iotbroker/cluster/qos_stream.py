@@ -70,8 +70,6 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from iotbroker.cluster import wire
-from iotbroker.cluster.buckets import ATTEMPT_TIMEOUT as OPEN_TIMEOUT
-from iotbroker.cluster.buckets import backoff
 from iotbroker.cluster.subjects import subject_to_topic, topic_to_subject
 from iotbroker.config import QosStreamConfig
 from iotbroker.errors import StorageError
@@ -343,11 +341,9 @@ class QosStream:
     async def run(self, js: JetStreamContext) -> None:
         """Create (or find) the stream and this node's durable consumer, then read."""
         self.js_reader = js
-        failures = 0
         while True:
             try:
-                # (bounded: JetStream not answering yet is retried soon, buckets.py)
-                await asyncio.wait_for(self._ensure_stream(js), OPEN_TIMEOUT)
+                await self._ensure_stream(js)
                 await js.subscribe(
                     f"{self.subject_prefix}.>", durable=self.durable, stream=self.stream,
                     cb=self._on_message, manual_ack=True,
@@ -369,9 +365,8 @@ class QosStream:
             except Exception as exc:
                 log.error("cluster: cannot open the QoS stream %r / consumer %r "
                           "(replicas %d): %s; retrying", self.stream, self.durable,
-                          self.replicas, exc or type(exc).__name__)
-                failures += 1
-                await asyncio.sleep(backoff(failures))
+                          self.replicas, exc)
+                await asyncio.sleep(2.0)
         self.js = js
         log.info("cluster: QoS 1/2 stream %r joined (consumer %r)", self.stream,
                  self.durable)
