@@ -294,6 +294,12 @@ class Sessions:
         #: client ids whose claim (first write) is in flight
         self._claiming: set[str] = set()
         self._wake = asyncio.Event()
+        #: client id -> lock held while its record is written: one write of a record at
+        #: a time, so a write reads the revision (and state) the previous one left —
+        #: the stop's :meth:`flush` and the writer loop's in-flight write of the same
+        #: record otherwise race on the compare-and-set ("wrong last sequence"), and
+        #: the record keeps the older state (issue 14, i14-faults)
+        self._record_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._resuming: set[str] = set()
         #: client ids of connections closed at their acceptance (a later claim
         #: elsewhere): their local session goes when they end (:meth:`after_turn`)
@@ -705,7 +711,7 @@ class Sessions:
         freed = self._recorded(client_id)
         written = False
         try:
-            written = await self._write_record(kv, client_id)
+            written = await self._write_serialised(kv, client_id)
         finally:
             if pids or writes or comps or freed:
                 nc = self.nc
@@ -748,6 +754,23 @@ class Sessions:
     def _redirty(self, client_id: str) -> None:
         self._dirty[client_id] = None
         self._wake.set()
+
+    async def _write_serialised(self, kv: KeyValue, client_id: str) -> bool:
+        """:meth:`_write_record` after any write of the same record still in flight
+        (its revision is then the one this write's compare-and-set expects)."""
+        locks = self._record_locks
+        held = locks.get(client_id)
+        if held is None:
+            held = locks[client_id] = (asyncio.Lock(), [0])
+        lock, users = held
+        users[0] += 1
+        try:
+            async with lock:
+                return await self._write_record(kv, client_id)
+        finally:
+            users[0] -= 1
+            if not users[0] and locks.get(client_id) is held:
+                del locks[client_id]
 
     async def _write_record(self, kv: KeyValue, client_id: str) -> bool:
         """Write the record of ``client_id``; True when it is written."""
