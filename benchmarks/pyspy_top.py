@@ -76,7 +76,8 @@ def main() -> None:
                     continue
                 total += count
                 leaf_c[kind(*frames[-1])] += count
-                py = [(fn, loc.rsplit(":", 1)[0]) for fn, loc in frames if kind(fn, loc) == "python"]
+                py = [(fn, loc.rsplit(":", 1)[0]) for fn, loc in frames
+                      if kind(fn, loc) == "python"]
                 if py:
                     fn, loc = py[-1]
                     self_c[f"{fn} ({loc})"] += count
