@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
 
 from iotbroker.codec.enums import ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, ConnAck, Connect, Disconnect, Properties
@@ -50,22 +49,29 @@ MQTT31 = int(ProtocolVersion.MQTT_3_1)
 MQTT31_MAX_CLIENT_ID = 23
 
 
-@dataclass(frozen=True, slots=True)
 class Admitted:
     """A CONNECT that passed :func:`admit`: the client id to use, and whether the
-    broker assigned it (MQTT 5.0 tells the client in CONNACK)."""
+    broker assigned it (MQTT 5.0 tells the client in CONNACK). A plain class, not a
+    dataclass: compiled, its constructor is native (a dataclass's ``__init__`` stays
+    interpreted under mypyc; one per CONNECT, issue 19). Read-only by convention."""
 
-    client_id: str
-    assigned: str | None
+    __slots__ = ("assigned", "client_id")
+
+    def __init__(self, client_id: str, assigned: str | None) -> None:
+        self.client_id = client_id
+        self.assigned = assigned
 
 
-@dataclass(frozen=True, slots=True)
 class Accepted:
-    """What :func:`accept` decided (the server arms the keep-alive timer and logs)."""
+    """What :func:`accept` decided (the server arms the keep-alive timer and logs).
+    A plain class for the reason :class:`Admitted` is one. Read-only by convention."""
 
-    session_present: bool
-    keepalive: int
-    session_expiry: int
+    __slots__ = ("keepalive", "session_expiry", "session_present")
+
+    def __init__(self, session_present: bool, keepalive: int, session_expiry: int) -> None:
+        self.session_present = session_present
+        self.keepalive = keepalive
+        self.session_expiry = session_expiry
 
 
 def refuse(engine: Engine, client: Client, packet: Connect, reason: int, why: str,
