@@ -79,6 +79,16 @@ def _ready(*nodes: BrokerProcess) -> None:
         wait_for_log(node, "session records bucket", timeout=30)
 
 
+def _tails(*nodes: BrokerProcess, lines: int = 40) -> str:
+    """The last ``lines`` of each node's log: kept in an assertion's message, so a
+    failure in CI shows what the nodes did (issue 14, fix-qos2move)."""
+    out = []
+    for node in nodes:
+        tail = node.log_text().splitlines()[-lines:]
+        out.append(f"--- {node.log_path} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
 def _connect(node: BrokerProcess, client_id: str, clean_start: bool) -> tuple[RawClient, bool]:
     client = RawClient(node.host, node.port, version=5, timeout=20)
     connack = client.connect(client_id, clean_start=clean_start, properties=Properties(
@@ -158,7 +168,7 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_after_kill_9_of_the_sessions_node(
     _publish(pub, later)
 
     back, present = _connect(b, "sub", clean_start=False)
-    assert present
+    assert present, _tails(a, b, c)
     rx.drain(back)
     _check(rx, sent + later)
     assert not rx.held, rx.held
@@ -182,7 +192,7 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_across_a_clean_move(make_node: Node) ->
     sent = _stage(pub, sub, rx)
 
     back, present = _connect(b, "sub", clean_start=False)
-    assert present
+    assert present, _tails(a, b)
     sub.close()
     later = [b"n00", b"n01"]
     _publish(pub, later)
