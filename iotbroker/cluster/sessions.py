@@ -135,6 +135,10 @@ AGAIN_SECONDS = 0.1
 _REV = struct.Struct(">Q")
 
 
+class ResumeFailed(Exception):
+    """A resume that could not complete (its CONNECT is refused, 0x89)."""
+
+
 @dataclass(slots=True)
 class Record:
     """One session's durable state in the bucket. ``qos2``: stream key -> (stream
@@ -1217,10 +1221,14 @@ class Sessions:
                     return None
             left = started + RESUME_TIMEOUT - time.monotonic()
             await asyncio.wait_for(self._resume(client_id), max(left, 0.001))
-        except (TimeoutError, NatsError) as exc:
-            # Not done in time, or JetStream did not answer (a loaded cluster: "503
-            # service unavailable"): the session is somewhere, not here.
-            why = str(exc) or f"not resumed within {RESUME_TIMEOUT:.0f}s"
+        except Exception as exc:
+            # Not done in time, JetStream did not answer (a loaded cluster: "503
+            # service unavailable"), or any other failure (the record kept changing, a
+            # KV error of another class): the session is somewhere, not here — never
+            # served as a new empty one while NATS is connected (issue 14).
+            why = (str(exc) if isinstance(exc, (TimeoutError, NatsError)) else
+                   f"not resumed ({type(exc).__name__}: {exc})") or (
+                       f"not resumed within {RESUME_TIMEOUT:.0f}s")
             if not had_record and self.engine.registry.get(client_id) is None:
                 # Stopped after taking the record, before rebuilding the session: the
                 # record keeps it (a later resume takes it from there), not deleted.
@@ -1235,8 +1243,6 @@ class Sessions:
                 return f"session {why}"
             log.warning("cluster: session %r: %s; served with this node's state",
                         client_id, why)
-        except Exception as exc:
-            log.warning("cluster: session %r not resumed: %s", client_id, exc)
         finally:
             self._resuming.discard(client_id)
             self._captured.pop(client_id, None)
@@ -1360,8 +1366,9 @@ class Sessions:
             await self._install(client_id, rec)
             self.resumed += 1
             return
-        log.warning("cluster: session %r: record kept changing; served with this "
-                    "node's state", client_id)
+        # Not resumed: served with this node's state, a new empty session would replace
+        # the record cluster-wide; the caller refuses the CONNECT (0x89) instead.
+        raise ResumeFailed("the session record kept changing")
 
     @staticmethod
     async def _get(kv: KeyValue, key: str) -> KeyValue.Entry | None:
