@@ -100,6 +100,9 @@ BATCH = 256
 RESUME_TIMEOUT = 8.0
 #: Seconds a live owner has to answer a handover request.
 HANDOVER_TIMEOUT = 1.0
+#: Seconds before the failed first record write of a session accepted here is tried
+#: again (:meth:`Sessions._write_record`).
+FIRST_WRITE_RETRY = 0.5
 #: Stream messages fetched per request when a resumed session is replayed.
 FETCH_BATCH = 500
 #: Seconds the stream read of one resume may take (retrying a slow server); then the
@@ -721,7 +724,7 @@ class Sessions:
                     log.warning("cluster: session record %r not written for %.0fs: its "
                                 "held QoS 2 acknowledgements and stream writes go without "
                                 "it", client_id, now - since)
-                if written or late or client_id not in self.revs or nc is None or (
+                if written or late or not self._ours(client_id) or nc is None or (
                         not nc.is_connected):
                     # durable, or the session is not ours (any more), or NATS is away
                     # (the node serves its clients: the PUBREL goes, not guaranteed)
@@ -820,6 +823,16 @@ class Sessions:
             else:
                 self.write_failures += 1
                 log.warning("cluster: session record %r not written: %s", client_id, exc)
+                if rev is None and client_id in self.engine.registry.sessions:
+                    # The first write of a session accepted here failed (a loaded
+                    # JetStream: a timeout, 503): still this process's to claim, written
+                    # again soon — what waits for it (PUBRELs, PUBCOMPs, stream writes)
+                    # keeps waiting. Else the record was never written and the session
+                    # moved after kill -9 came back empty (Session Present 0; issue 14).
+                    self._claims.add(client_id)
+                    if self._up():
+                        asyncio.get_running_loop().call_later(
+                            FIRST_WRITE_RETRY, self._redirty, client_id)
             return False
         finally:
             self._claiming.discard(client_id)
