@@ -100,6 +100,9 @@ BATCH = 256
 RESUME_TIMEOUT = 8.0
 #: Seconds a live owner has to answer a handover request.
 HANDOVER_TIMEOUT = 1.0
+#: Seconds before the failed first record write of a session accepted here is tried
+#: again (:meth:`Sessions._write_record`).
+FIRST_WRITE_RETRY = 0.5
 #: Stream messages fetched per request when a resumed session is replayed.
 FETCH_BATCH = 500
 #: Seconds the stream read of one resume may take (retrying a slow server); then the
@@ -133,6 +136,10 @@ _AGAIN = b"W"
 #: Seconds between two asks answered ``_AGAIN``.
 AGAIN_SECONDS = 0.1
 _REV = struct.Struct(">Q")
+
+
+class ResumeFailed(Exception):
+    """A resume that could not complete (its CONNECT is refused, 0x89)."""
 
 
 @dataclass(slots=True)
@@ -723,7 +730,7 @@ class Sessions:
                     log.warning("cluster: session record %r not written for %.0fs: its "
                                 "held QoS 2 acknowledgements and stream writes go without "
                                 "it", client_id, now - since)
-                if written or late or client_id not in self.revs or nc is None or (
+                if written or late or not self._ours(client_id) or nc is None or (
                         not nc.is_connected):
                     # durable, or the session is not ours (any more), or NATS is away
                     # (the node serves its clients: the PUBREL goes, not guaranteed)
@@ -839,6 +846,16 @@ class Sessions:
             else:
                 self.write_failures += 1
                 log.warning("cluster: session record %r not written: %s", client_id, exc)
+                if rev is None and client_id in self.engine.registry.sessions:
+                    # The first write of a session accepted here failed (a loaded
+                    # JetStream: a timeout, 503): still this process's to claim, written
+                    # again soon — what waits for it (PUBRELs, PUBCOMPs, stream writes)
+                    # keeps waiting. Else the record was never written and the session
+                    # moved after kill -9 came back empty (Session Present 0; issue 14).
+                    self._claims.add(client_id)
+                    if self._up():
+                        asyncio.get_running_loop().call_later(
+                            FIRST_WRITE_RETRY, self._redirty, client_id)
             return False
         finally:
             self._claiming.discard(client_id)
@@ -1240,10 +1257,14 @@ class Sessions:
                     return None
             left = started + RESUME_TIMEOUT - time.monotonic()
             await asyncio.wait_for(self._resume(client_id), max(left, 0.001))
-        except (TimeoutError, NatsError) as exc:
-            # Not done in time, or JetStream did not answer (a loaded cluster: "503
-            # service unavailable"): the session is somewhere, not here.
-            why = str(exc) or f"not resumed within {RESUME_TIMEOUT:.0f}s"
+        except Exception as exc:
+            # Not done in time, JetStream did not answer (a loaded cluster: "503
+            # service unavailable"), or any other failure (the record kept changing, a
+            # KV error of another class): the session is somewhere, not here — never
+            # served as a new empty one while NATS is connected (issue 14).
+            why = (str(exc) if isinstance(exc, (TimeoutError, NatsError)) else
+                   f"not resumed ({type(exc).__name__}: {exc})") or (
+                       f"not resumed within {RESUME_TIMEOUT:.0f}s")
             if not had_record and self.engine.registry.get(client_id) is None:
                 # Stopped after taking the record, before rebuilding the session: the
                 # record keeps it (a later resume takes it from there), not deleted.
@@ -1258,8 +1279,6 @@ class Sessions:
                 return f"session {why}"
             log.warning("cluster: session %r: %s; served with this node's state",
                         client_id, why)
-        except Exception as exc:
-            log.warning("cluster: session %r not resumed: %s", client_id, exc)
         finally:
             self._resuming.discard(client_id)
             self._captured.pop(client_id, None)
@@ -1383,8 +1402,9 @@ class Sessions:
             await self._install(client_id, rec)
             self.resumed += 1
             return
-        log.warning("cluster: session %r: record kept changing; served with this "
-                    "node's state", client_id)
+        # Not resumed: served with this node's state, a new empty session would replace
+        # the record cluster-wide; the caller refuses the CONNECT (0x89) instead.
+        raise ResumeFailed("the session record kept changing")
 
     @staticmethod
     async def _get(kv: KeyValue, key: str) -> KeyValue.Entry | None:

@@ -1,0 +1,71 @@
+"""A session's first record write fails (JetStream does not answer in time, as on a
+loaded machine): the node writes it again, so the session still moves after kill -9
+of its node (docs/cluster.md, "Sessions move"; issue 14, fix-qos2move).
+
+MQTT 5.0 [MQTT-3.1.2-5]: a Clean Start 0 CONNECT resumes the session and CONNACK says
+Session Present 1 [MQTT-3.2.2-2] — in a cluster, on any node. Before the fix a failed
+first write was never tried again: the record was never in the bucket, the PUBRELs
+went without it, and the node the client moved to after kill -9 served a new, empty
+session with Session Present 0 (the CI failure of test_qos2_move's kill -9 test).
+
+This module starts a NATS cluster of its own (it stops a nats-server with SIGSTOP).
+"""
+
+from __future__ import annotations
+
+import time
+
+from iotbroker.codec.packets import Properties
+from tests.cluster.conftest import wait_for_log
+from tests.cluster.test_live_routing import Node
+from tests.cluster.test_qos2_exactly_once import stopped
+from tests.helpers.broker_process import BrokerProcess
+from tests.helpers.nats_cluster import NatsCluster
+from tests.helpers.rawclient import RawClient
+
+
+def _tails(*nodes: BrokerProcess, lines: int = 40) -> str:
+    return "\n".join(f"--- {n.log_path}\n" + "\n".join(n.log_text().splitlines()[-lines:])
+                     for n in nodes)
+
+
+def _connect(node: BrokerProcess, client_id: str, clean_start: bool,
+             *others: BrokerProcess) -> tuple[RawClient, bool]:
+    """CONNECT; a 0x89 Server busy (the session could not be made ready in time, e.g.
+    while JetStream elects leaders after the stopped server came back) is retried as
+    a client does, 0.5 s apart, bounded."""
+    deadline = time.monotonic() + 40
+    while True:
+        client = RawClient(node.host, node.port, version=5, timeout=20)
+        connack = client.connect(client_id, clean_start=clean_start, properties=Properties(
+            session_expiry_interval=3600))
+        if connack.reason_code == 0:
+            return client, connack.session_present
+        client.close()
+        assert connack.reason_code == 0x89 and time.monotonic() < deadline, (
+            connack, _tails(node, *others))
+        time.sleep(0.5)
+
+
+def test_mqtt_3_1_2_5_a_session_whose_first_record_write_failed_moves_after_kill_9(
+        make_node: Node, nats_cluster: NatsCluster) -> None:
+    """Node a's nats-server is stopped (SIGSTOP) while a persistent session is opened
+    there: its first record write times out. Once NATS answers again, a writes the
+    record; after kill -9 of a, the client's Clean Start 0 CONNECT to b resumes it
+    with Session Present 1 [MQTT-3.1.2-5], [MQTT-3.2.2-2] and its subscription."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    for node in (a, b):
+        wait_for_log(node, "session records bucket", timeout=30)
+    with stopped(nats_cluster.servers[0]):
+        sub, _ = _connect(a, "sub", clean_start=True)
+        sub.subscribe("fw/#", qos=1)
+        wait_for_log(a, "session record 'sub' not written", timeout=30)
+    deadline = time.monotonic() + 15  # written again once NATS answers (the fix)
+    while "session record 'sub' written" not in a.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    a.kill()
+    sub.close()
+    back, present = _connect(b, "sub", False, a)
+    assert present, _tails(a, b)
+    back.close()
