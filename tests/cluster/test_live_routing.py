@@ -40,7 +40,10 @@ Node = Callable[..., BrokerProcess]
 
 def wait_until_routed(pub: Paho, sub: Paho, topic: str, timeout: float = 10.0) -> None:
     """Publish probes on ``topic`` until ``sub`` gets one (NATS has the interest),
-    then drain the probes that were still on their way (and anything before them)."""
+    then drain the probes that were still on their way (and anything before them).
+    Probes published before the sender saw the receiving node's heartbeat (likely) went
+    to the QoS stream only and can still come after ``probe-end`` (docs/cluster.md, "Not yet":
+    a node that has just started): callers drop late probes from what they check."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pub.publish(topic, b"probe", qos=1)
@@ -77,7 +80,8 @@ def test_message_published_on_one_node_reaches_a_subscriber_on_another(
     for i, topic in enumerate(topics):
         pub.publish(topic, f"m{i}".encode(), qos=i % 2)
     pub.publish("end", b"end", qos=1)
-    got = [(m.topic, m.payload) for m in sub.receive_until("end")]
+    got = [(m.topic, m.payload) for m in sub.receive_until("end")
+           if m.payload != b"probe"]  # (late probes: wait_until_routed)
     assert got == [(t, f"m{i}".encode()) for i, t in enumerate(topics)]
 
 
