@@ -482,8 +482,7 @@ class Sessions:
         if held:
             context.held_pubrels = []
             now = time.time()
-            nc = self.nc
-            up = self.kv is not None and nc is not None and nc.is_connected
+            up = self._up()
             for session, pid, key in held:
                 client_id = session.client_id
                 if not up or not self._ours(client_id):
@@ -1151,9 +1150,7 @@ class Sessions:
         if self._probe is not None:
             self._probe.cancel()
             self._probe = None
-        if self.ready:
-            self.ready = False
-            self._pulse()
+        self._set_ready(False)
         self._set_away(True)
 
     def nats_back(self) -> None:
@@ -1196,9 +1193,7 @@ class Sessions:
         return self.away if nc is None else not nc.is_connected
 
     def _gate_open(self) -> bool:
-        nc = self.nc
-        return (self.ready and self.kv is not None and self.ownership.kv is not None
-                and nc is not None and nc.is_connected)
+        return self.ready and self.ownership.kv is not None and self._up()
 
     async def _wait_ready(self, deadline: float) -> bool | None:
         """Until the gate is open (True), NATS is away (False: this node's state), or

@@ -34,6 +34,7 @@ from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server import fdtable, memtrim
 from iotbroker.server.auth_service import AuthService, Refusal
+from iotbroker.server.connect_wait import when_waited
 from iotbroker.server.exposure import warn_open_anonymous
 from iotbroker.server.group_commit import GroupCommit
 from iotbroker.server.listeners import Listener, make_ssl_context, start_listener
@@ -702,11 +703,10 @@ class Broker:
         wait ended with a reason (what follows it on the connection waits too)."""
         proto.deferred = True
 
-        def resumed(done: asyncio.Future[str | None]) -> None:
+        def resumed(why: str | None) -> None:
             if proto not in self.connections or proto.close_after_flush:
                 return
             proto.deferred = False
-            why = None if done.cancelled() or done.exception() is not None else done.result()
             try:
                 if why is not None:
                     connect_rules.refuse_busy(self.engine, proto, packet, why)
@@ -720,10 +720,7 @@ class Broker:
                 self._schedule_flush()
             proto.resume_deferred()
 
-        future = asyncio.ensure_future(wait)
-        self._accept_waits.add(future)  # held until done (the loop keeps weak references)
-        future.add_done_callback(self._accept_waits.discard)
-        future.add_done_callback(resumed)
+        when_waited(wait, self._accept_waits, resumed)
 
     def _accept(self, proto: ClientProtocol, packet: Connect,
                 admitted: connect_rules.Admitted, username: str | None,

@@ -29,6 +29,7 @@ from iotbroker.engine.client import Writable
 from iotbroker.engine.engine import Engine
 from iotbroker.mqttsn import codec as sn
 from iotbroker.mqttsn.gateway import BROADCAST, Gateway, Key
+from iotbroker.server.connect_wait import when_waited
 from iotbroker.server.exposure import listening_note
 from iotbroker.server.listeners import Listener
 
@@ -137,12 +138,7 @@ class MqttSnEndpoint(asyncio.DatagramProtocol):
         ``then`` gets what it ended with — None (accept) also when it failed, as for
         a socket connection (server/broker.py ``_accept_after``) — and the effects are
         applied as after a datagram."""
-        future = asyncio.ensure_future(wait)
-        self._waits.add(future)
-        future.add_done_callback(self._waits.discard)
-
-        def done(f: asyncio.Future[str | None]) -> None:
-            why = None if f.cancelled() or f.exception() is not None else f.result()
+        def done(why: str | None) -> None:
             self.gateway.set_time(self.broker.now())
             try:
                 then(why)
@@ -151,7 +147,7 @@ class MqttSnEndpoint(asyncio.DatagramProtocol):
                               self.config.name)
             self._after_event()
 
-        future.add_done_callback(done)
+        when_waited(wait, self._waits, done)
 
     def _after_event(self) -> None:
         """The engine's effects of one event, applied as for a socket connection."""
