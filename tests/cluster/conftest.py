@@ -12,8 +12,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from iotbroker.cluster.qos_stream import PATIENCE
+from iotbroker.codec.packets import Properties
 from tests.helpers.broker_process import _LISTENING, BrokerProcess, broker_config
 from tests.helpers.nats_cluster import NatsCluster
+from tests.helpers.rawclient import RawClient
 from tests.interop.test_paho import Paho
 
 _prefixes = itertools.count(1)
@@ -107,3 +109,33 @@ def clients() -> Iterator[Callable[..., Paho]]:
     yield factory
     for client in made:
         client.disconnect()
+
+
+def log_tails(*nodes: BrokerProcess, lines: int = 40) -> str:
+    """The last ``lines`` of each node's log: kept in an assertion's message, so a
+    failure in CI shows what the nodes did (issue 14, fix-qos2move)."""
+    out = []
+    for node in nodes:
+        tail = node.log_text().splitlines()[-lines:]
+        out.append(f"--- {node.log_path} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
+def connect_retrying_busy(node: BrokerProcess, client_id: str, clean_start: bool,
+                          *others: BrokerProcess, within: float = 40.0,
+                          receive_maximum: int | None = None) -> tuple[RawClient, bool]:
+    """A persistent-session CONNECT (MQTT 5.0) the way a client does it: a 0x89 Server
+    busy (a resume the node could not complete in time: a loaded machine, JetStream
+    electing leaders) is retried 0.5 s apart until ``within`` s (docs/cluster.md,
+    "Sessions move"). Returns the client and Session Present."""
+    deadline = time.monotonic() + within
+    while True:
+        client = RawClient(node.host, node.port, version=5, timeout=20)
+        connack = client.connect(client_id, clean_start=clean_start, properties=Properties(
+            session_expiry_interval=3600, receive_maximum=receive_maximum))
+        if connack.reason_code == 0:
+            return client, connack.session_present
+        client.close()
+        assert connack.reason_code == 0x89 and time.monotonic() < deadline, (
+            connack, log_tails(node, *others))
+        time.sleep(0.5)

@@ -15,36 +15,10 @@ from __future__ import annotations
 
 import time
 
-from iotbroker.codec.packets import Properties
-from tests.cluster.conftest import wait_for_log
+from tests.cluster.conftest import connect_retrying_busy, log_tails, wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.cluster.test_qos2_exactly_once import stopped
-from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster
-from tests.helpers.rawclient import RawClient
-
-
-def _tails(*nodes: BrokerProcess, lines: int = 40) -> str:
-    return "\n".join(f"--- {n.log_path}\n" + "\n".join(n.log_text().splitlines()[-lines:])
-                     for n in nodes)
-
-
-def _connect(node: BrokerProcess, client_id: str, clean_start: bool,
-             *others: BrokerProcess) -> tuple[RawClient, bool]:
-    """CONNECT; a 0x89 Server busy (the session could not be made ready in time, e.g.
-    while JetStream elects leaders after the stopped server came back) is retried as
-    a client does, 0.5 s apart, bounded."""
-    deadline = time.monotonic() + 40
-    while True:
-        client = RawClient(node.host, node.port, version=5, timeout=20)
-        connack = client.connect(client_id, clean_start=clean_start, properties=Properties(
-            session_expiry_interval=3600))
-        if connack.reason_code == 0:
-            return client, connack.session_present
-        client.close()
-        assert connack.reason_code == 0x89 and time.monotonic() < deadline, (
-            connack, _tails(node, *others))
-        time.sleep(0.5)
 
 
 def test_mqtt_3_1_2_5_a_session_whose_first_record_write_failed_moves_after_kill_9(
@@ -58,7 +32,7 @@ def test_mqtt_3_1_2_5_a_session_whose_first_record_write_failed_moves_after_kill
     for node in (a, b):
         wait_for_log(node, "session records bucket", timeout=30)
     with stopped(nats_cluster.servers[0]):
-        sub, _ = _connect(a, "sub", clean_start=True)
+        sub, _ = connect_retrying_busy(a, "sub", True)
         sub.subscribe("fw/#", qos=1)
         wait_for_log(a, "session record 'sub' not written", timeout=30)
     deadline = time.monotonic() + 15  # written again once NATS answers (the fix)
@@ -66,6 +40,6 @@ def test_mqtt_3_1_2_5_a_session_whose_first_record_write_failed_moves_after_kill
         time.sleep(0.05)
     a.kill()
     sub.close()
-    back, present = _connect(b, "sub", False, a)
-    assert present, _tails(a, b)
+    back, present = connect_retrying_busy(b, "sub", False, a)
+    assert present, log_tails(a, b)
     back.close()

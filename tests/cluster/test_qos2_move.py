@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from iotbroker.codec.packets import Properties, PubComp, Publish, PubRec, PubRel
-from tests.cluster.conftest import wait_for_log
+from tests.cluster.conftest import connect_retrying_busy, log_tails, wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.rawclient import Closed, RawClient
@@ -79,40 +79,12 @@ def _ready(*nodes: BrokerProcess) -> None:
         wait_for_log(node, "session records bucket", timeout=30)
 
 
-def _tails(*nodes: BrokerProcess, lines: int = 40) -> str:
-    """The last ``lines`` of each node's log: kept in an assertion's message, so a
-    failure in CI shows what the nodes did (issue 14, fix-qos2move)."""
-    out = []
-    for node in nodes:
-        tail = node.log_text().splitlines()[-lines:]
-        out.append(f"--- {node.log_path} (last {len(tail)} lines)\n" + "\n".join(tail))
-    return "\n".join(out)
-
-
 def _connect(node: BrokerProcess, client_id: str, clean_start: bool) -> tuple[RawClient, bool]:
     client = RawClient(node.host, node.port, version=5, timeout=20)
     connack = client.connect(client_id, clean_start=clean_start, properties=Properties(
         session_expiry_interval=3600, receive_maximum=100))
     assert connack.reason_code == 0, connack
     return client, connack.session_present
-
-
-def _resume(node: BrokerProcess, client_id: str, *others: BrokerProcess,
-            within: float = 40.0) -> tuple[RawClient, bool]:
-    """A Clean Start 0 CONNECT the way a client does it: a resume the node cannot
-    complete in time (a loaded machine) is refused with 0x89 Server busy and the
-    client connects again (docs/cluster.md, "Sessions move"), until ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        client = RawClient(node.host, node.port, version=5, timeout=20)
-        connack = client.connect(client_id, clean_start=False, properties=Properties(
-            session_expiry_interval=3600, receive_maximum=100))
-        if connack.reason_code == 0:
-            return client, connack.session_present
-        client.close()
-        assert connack.reason_code == 0x89 and time.monotonic() < deadline, (
-            connack, _tails(node, *others))
-        time.sleep(0.5)
 
 
 def _wait_routed(pub: RawClient, sub: RawClient, within: float = 20.0) -> None:
@@ -207,8 +179,8 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_after_kill_9_of_the_sessions_node(
     later = [b"n00", b"n01", b"n02"]
     _publish(pub, later)
 
-    back, present = _resume(b, "sub", a, c)
-    assert present, _tails(a, b, c)
+    back, present = connect_retrying_busy(b, "sub", False, a, c, receive_maximum=100)
+    assert present, log_tails(a, b, c)
     rx.drain(back)
     _check(rx, sent + later)
     assert not rx.held, rx.held
@@ -232,7 +204,7 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_across_a_clean_move(make_node: Node) ->
     sent = _stage(pub, sub, rx)
 
     back, present = _connect(b, "sub", clean_start=False)
-    assert present, _tails(a, b)
+    assert present, log_tails(a, b)
     sub.close()
     later = [b"n00", b"n01"]
     _publish(pub, later)
