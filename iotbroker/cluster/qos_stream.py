@@ -66,6 +66,7 @@ from nats.js.api import (
     DeliverPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 from nats.js.errors import NotFoundError
 
@@ -105,6 +106,26 @@ def stream_key(msg: Msg) -> int:
     headers = msg.headers
     msg_id = headers.get("Nats-Msg-Id") if headers else None
     return write_key(msg_id) if msg_id else 0
+
+
+def answered_by_leader(info: StreamInfo) -> bool:
+    """Did the stream's (or a KV bucket's stream's) leader give this ``stream info``?
+
+    nats-server lets a replica answer with its *own* state in two cases: the group has
+    no leader (elected for a while), and a replica that is the group's preferred peer
+    while its Raft node is young (a nats-server that has just restarted). That state
+    may lag behind (the replica is still catching up), so such an answer says nothing
+    about the stream's end. The leader's answer names it and lists the *other* peers
+    as replicas; a replica's names the leader among its replicas, or no leader at all
+    (issue 14, i14-restart). Without a cluster (one nats-server) there is nothing to
+    lag: always true."""
+    cluster = info.cluster
+    if cluster is None:
+        return True
+    leader = cluster.leader
+    if not leader:
+        return not cluster.replicas  # (a lone server names no leader nor replicas)
+    return all(peer.name != leader for peer in cluster.replicas or ())
 
 
 def _name_token(name: str) -> str:

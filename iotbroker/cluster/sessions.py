@@ -61,13 +61,13 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from iotbroker.cluster import wire
 from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.ownership import client_key
-from iotbroker.cluster.qos_stream import stream_key
+from iotbroker.cluster.qos_stream import answered_by_leader, stream_key
 from iotbroker.cluster.subjects import filter_to_subjects, subject_to_topic
 from iotbroker.core.router import copy_for
 from iotbroker.core.session import Session
@@ -108,6 +108,9 @@ FETCH_BATCH = 500
 #: Seconds the stream read of one resume may take (retrying a slow server); then the
 #: session is resumed without what was not read (logged; its position is kept).
 FETCH_PATIENCE = 3.0
+#: Seconds before a resumed session's stream read is made again when the stream's
+#: leader shows the first one was short (:meth:`Sessions._fetch`).
+REREAD_PAUSE = 0.2
 #: Messages routed here during one resume kept for it at most.
 MAX_CAPTURED = 100_000
 
@@ -352,6 +355,8 @@ class Sessions:
         self.writes = 0
         self.write_failures = 0
         self.lost = 0
+        #: resumes' stream reads made again (the first was not whole: :meth:`_fetch`)
+        self.rereads = 0
         #: CONNECTs refused because the session was not ready in time (0x89)
         self.refused = 0
         # The connect gate's view of NATS (:meth:`before_accept`): ``ready`` — this
@@ -1558,30 +1563,60 @@ class Sessions:
     async def _fetch(self, js: JetStreamContext, position: int, filters: list[str]
                      ) -> list[tuple[int, bytes, int, list[Message]]]:
         """The stream messages after ``position`` on the subjects of ``filters``, up
-        to the stream's end now (an ephemeral pull consumer, filtered by the server)."""
+        to the stream's end now (an ephemeral pull consumer, filtered by the server).
+
+        Never short (issue 14, i14-restart): the end is the one the stream's *leader*
+        gives (a replica's answer is not taken: :func:`answered_by_leader`), and a read
+        is checked against the leader before it is taken — the ephemeral consumer
+        lives on one replica of the stream, chosen by nats-server, and a replica that
+        has just restarted may not have caught up yet: it then reports fewer messages
+        pending than there are (0 in the case seen) and delivers only what it has. A
+        read that the leader shows to be short is made again (a new consumer) after
+        :data:`REREAD_PAUSE`, until it is whole: bounded by the resume's own bound
+        (RESUME_TIMEOUT: past it the CONNECT is refused 0x89 and the session stays
+        where it is; the client retries)."""
         qos = self.qos
-        info = await js.stream_info(qos.stream)
-        last = info.state.last_seq
-        if last <= position:
-            return []
         subjects: list[str] = []
         for topic_filter in filters:
             for subject in filter_to_subjects(qos.subject_prefix, topic_filter):
                 if subject not in subjects:
                     subjects.append(subject)
+        while True:
+            info = await js.stream_info(qos.stream)
+            if answered_by_leader(info):
+                last = info.state.last_seq
+                if last <= position:
+                    return []
+                out = await self._read(js, subjects, position, last, info.state.first_seq)
+                missed = await self._missed(js, subjects,
+                                            out[-1][0] if out else position, last)
+                if missed is None:
+                    return out
+                why = (f"read up to sequence {out[-1][0] if out else position} of {last}, "
+                       f"the leader has {missed} (a replica catching up)")
+            else:
+                why = "answered by a replica, not the stream's leader"
+            self.rereads += 1
+            log.info("cluster: QoS stream %r read after position %d not whole (%s); "
+                     "read again in %.1fs", qos.stream, position, why, REREAD_PAUSE)
+            await asyncio.sleep(REREAD_PAUSE)
+
+    async def _read(self, js: JetStreamContext, subjects: list[str], position: int,
+                    last: int, first: int) -> list[tuple[int, bytes, int, list[Message]]]:
+        """One read of the stream messages after ``position`` up to ``last`` on
+        ``subjects``: as many as the consumer says match (its replica's view)."""
+        qos = self.qos
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(position + 1, info.state.first_seq),
+            opt_start_seq=max(position + 1, first),
             ack_policy=AckPolicy.NONE,
             mem_storage=True,
             num_replicas=1,
             inactive_threshold=30.0,
         )
-        if len(subjects) == 1:
-            sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
-        else:
+        if len(subjects) > 1:
             config.filter_subjects = subjects
-            sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
+        sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
         out: list[tuple[int, bytes, int, list[Message]]] = []
         try:
             # How many match from the start on: fetched until then (or the end seen
@@ -1626,6 +1661,28 @@ class Sessions:
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
         return out
+
+    async def _missed(self, js: JetStreamContext, subjects: list[str], after: int,
+                      last: int) -> int | None:
+        """The first stream sequence in ``after`` + 1 .. ``last`` of a message on
+        ``subjects`` that the stream's leader has (None: none) — a read that ended at
+        ``after`` missed it. A replica applies the stream in order, so what a lagging
+        one lacks is the end: one "next message on this subject" request per subject
+        (served by the leader only, ``$JS.API.STREAM.MSG.GET``) tells."""
+        if after >= last:
+            return None
+        stream = self.qos.stream
+
+        async def next_on(subject: str) -> int | None:
+            try:
+                msg = await js.get_msg(stream, seq=after + 1, subject=subject, next=True)
+            except NotFoundError:
+                return None
+            return msg.seq
+
+        found = [seq for seq in await asyncio.gather(*(next_on(s) for s in subjects))
+                 if seq is not None and seq <= last]
+        return min(found) if found else None
 
     async def _forget(self, js: JetStreamContext, sub: JetStreamContext.PullSubscription
                       ) -> None:
