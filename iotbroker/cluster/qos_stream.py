@@ -71,6 +71,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from iotbroker.cluster import wire
+from iotbroker.cluster.buckets import attempt_timeout, backoff
 from iotbroker.cluster.subjects import subject_to_topic, topic_to_subject
 from iotbroker.config import QosStreamConfig
 from iotbroker.errors import StorageError
@@ -362,9 +363,12 @@ class QosStream:
     async def run(self, js: JetStreamContext) -> None:
         """Create (or find) the stream and this node's durable consumer, then read."""
         self.js_reader = js
+        failures = 0
         while True:
             try:
-                await self._ensure_stream(js)
+                # (bounded, retried soon: right after a nats-server restart JetStream
+                # does not answer at once; buckets.py)
+                await asyncio.wait_for(self._ensure_stream(js), attempt_timeout(failures))
                 await js.subscribe(
                     f"{self.subject_prefix}.>", durable=self.durable, stream=self.stream,
                     cb=self._on_message, manual_ack=True,
@@ -384,10 +388,12 @@ class QosStream:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.error("cluster: cannot open the QoS stream %r / consumer %r "
-                          "(replicas %d): %s; retrying", self.stream, self.durable,
-                          self.replicas, exc)
-                await asyncio.sleep(2.0)
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.error("cluster: cannot open the QoS stream %r / consumer %r "
+                              "(replicas %d): %s; retrying", self.stream, self.durable,
+                              self.replicas, str(exc) or type(exc).__name__)
+                await asyncio.sleep(backoff(failures))
         self.js = js
         log.info("cluster: QoS 1/2 stream %r joined (consumer %r)", self.stream,
                  self.durable)

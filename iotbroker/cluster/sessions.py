@@ -882,7 +882,9 @@ class Sessions:
         while self.ownership.kv is None:  # (opened at the same time: claims need it)
             await asyncio.sleep(0.05)
         if self._probe is None or self._probe.done():
-            self._set_ready(True)
+            # Ready once the buckets' and the stream's leaders answer (an open bucket
+            # may have been found through a replica's answer: :meth:`_probe_buckets`).
+            self._start_probe()
         loop = asyncio.get_running_loop()
         checkpoint = loop.create_task(self._checkpoint_loop())
         try:
@@ -1163,34 +1165,58 @@ class Sessions:
         buckets answer again — right after a reconnect JetStream may not (a restarted
         server rejoining its cluster, a leader being elected) — bounded by
         RESUME_TIMEOUT, instead of being served with this node's state."""
-        self.ready = False
+        self._set_ready(False)
         self._set_away(False)
+        if self.kv is not None:  # (else :meth:`run` is still opening it: probed then)
+            self._start_probe()
+
+    def _start_probe(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
-        if self.kv is not None:  # (else :meth:`run` is still opening it: ready then)
-            self._probe = asyncio.get_running_loop().create_task(self._probe_buckets())
+        self._probe = asyncio.get_running_loop().create_task(self._probe_buckets())
 
     async def _probe_buckets(self) -> None:
         """Until both buckets and the QoS stream (a resume reads it) answer a status
-        request (each try bounded to 1 s, 0.1 s apart), then ready."""
+        request from their leaders (a replica's answer may lag behind:
+        :func:`~iotbroker.cluster.qos_stream.answered_by_leader`), each try bounded to
+        1 s, 0.1 s apart; then ready, and the first record writes that failed while
+        NATS was away are made now (:meth:`_first_writes_again`)."""
         while True:
             kv, own, js = self.kv, self.ownership.kv, self.js
             nc = self.nc
             if (kv is not None and own is not None and js is not None and nc is not None
                     and nc.is_connected):
                 try:
-                    await asyncio.wait_for(asyncio.gather(
+                    answers = await asyncio.wait_for(asyncio.gather(
                         kv.status(), own.status(), js.stream_info(self.qos.stream)), 1.0)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.debug("cluster: buckets not answering yet after the reconnect: %s",
-                              exc)
+                    log.debug("cluster: buckets not answering yet: %s",
+                              str(exc) or type(exc).__name__)
                 else:
-                    self._probe = None
-                    self._set_ready(True)
-                    return
+                    kv_status, own_status, info = answers
+                    if all(answered_by_leader(i) for i in (
+                            kv_status.stream_info, own_status.stream_info, info)):
+                        self._probe = None
+                        self._set_ready(True)
+                        self._first_writes_again()
+                        return
+                    log.debug("cluster: buckets answered by a replica, no leader yet")
             await asyncio.sleep(0.1)
+
+    def _first_writes_again(self) -> None:
+        """Sessions accepted here whose first record write failed while NATS was away
+        (their retry is scheduled only while it is up: :meth:`_write_record`): written
+        now that the buckets answer again, not at the session's next change."""
+        sessions = self.engine.registry.sessions
+        waiting = [c for c in self._claims if c in sessions and c not in self.revs]
+        if waiting:
+            for client_id in waiting:
+                self._dirty[client_id] = None
+            self._wake.set()
+            log.info("cluster: %d session records not written while NATS was away: "
+                     "written now", len(waiting))
 
     def _nats_away(self) -> bool:
         """Before the first connection: whether it failed; then: not connected."""
@@ -1262,9 +1288,12 @@ class Sessions:
             # service unavailable"), or any other failure (the record kept changing, a
             # KV error of another class): the session is somewhere, not here — never
             # served as a new empty one while NATS is connected (issue 14).
-            why = (str(exc) if isinstance(exc, (TimeoutError, NatsError)) else
-                   f"not resumed ({type(exc).__name__}: {exc})") or (
-                       f"not resumed within {RESUME_TIMEOUT:.0f}s")
+            if isinstance(exc, TimeoutError) and not str(exc):
+                why = f"not resumed within {RESUME_TIMEOUT:.0f}s"
+            elif isinstance(exc, (TimeoutError, NatsError)):
+                why = str(exc) or f"not resumed ({type(exc).__name__})"
+            else:
+                why = f"not resumed ({type(exc).__name__}: {exc})"
             if not had_record and self.engine.registry.get(client_id) is None:
                 # Stopped after taking the record, before rebuilding the session: the
                 # record keeps it (a later resume takes it from there), not deleted.
