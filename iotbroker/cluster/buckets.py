@@ -40,10 +40,17 @@ def backoff(failures: int) -> float:
     return float(min(RETRY, FIRST_PAUSE * 2.0 ** max(0, failures - 1)))
 
 
+#: Failed attempts in a row after which each attempt is given longer.
+SHORT_ATTEMPTS = 10
+
+
 def attempt_timeout(failures: int) -> float:
-    """The bound of the attempt after ``failures`` failed ones: 1 s, growing by 0.5 s
-    each time up to :data:`MAX_ATTEMPT_TIMEOUT`."""
-    return min(MAX_ATTEMPT_TIMEOUT, ATTEMPT_TIMEOUT + 0.5 * failures)
+    """The bound of the attempt after ``failures`` failed ones: 1 s for the first
+    :data:`SHORT_ATTEMPTS` (a request sent before JetStream answers is lost, and its
+    attempt's bound is how late the next one comes), then growing by 0.5 s each time
+    up to :data:`MAX_ATTEMPT_TIMEOUT`."""
+    return min(MAX_ATTEMPT_TIMEOUT,
+               ATTEMPT_TIMEOUT + 0.5 * max(0, failures - SHORT_ATTEMPTS + 1))
 
 
 async def open_bucket(js: JetStreamContext, bucket: str, replicas: int, description: str,

@@ -366,10 +366,10 @@ class QosStream:
         failures = 0
         while True:
             try:
-                # (bounded, retried soon: right after a nats-server restart JetStream
-                # does not answer at once; buckets.py)
+                # (each step bounded, retried soon: right after a nats-server restart
+                # JetStream does not answer at once; buckets.py)
                 await asyncio.wait_for(self._ensure_stream(js), attempt_timeout(failures))
-                await js.subscribe(
+                await asyncio.wait_for(js.subscribe(
                     f"{self.subject_prefix}.>", durable=self.durable, stream=self.stream,
                     cb=self._on_message, manual_ack=True,
                     config=ConsumerConfig(
@@ -383,7 +383,7 @@ class QosStream:
                         ack_wait=ACK_WAIT,
                         max_ack_pending=MAX_ACK_PENDING,
                     ),
-                )
+                ), attempt_timeout(failures))
                 break
             except asyncio.CancelledError:
                 raise

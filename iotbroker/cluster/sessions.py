@@ -61,7 +61,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from iotbroker.cluster import wire
@@ -139,6 +139,14 @@ _AGAIN = b"W"
 #: Seconds between two asks answered ``_AGAIN``.
 AGAIN_SECONDS = 0.1
 _REV = struct.Struct(">Q")
+
+
+def _conflict(exc: Exception) -> bool:
+    """A record write refused by its compare-and-set (another process wrote the
+    record since this one's last write: JetStream's "wrong last sequence", 10071) —
+    not a timeout or NATS away, after which the record is still this process's."""
+    return isinstance(exc, KeyWrongLastSequenceError) or (
+        getattr(exc, "err_code", None) == 10071)
 
 
 class ResumeFailed(Exception):
@@ -303,6 +311,9 @@ class Sessions:
         self._claims: set[str] = set()
         #: client ids whose claim (first write) is in flight
         self._claiming: set[str] = set()
+        #: owned client ids whose last record write failed (not a compare-and-set
+        #: refusal): written again when the buckets answer after a reconnect
+        self._write_again: set[str] = set()
         self._wake = asyncio.Event()
         #: client id -> lock held while its record is written: one write of a record at
         #: a time, so a write reads the revision (and state) the previous one left —
@@ -833,13 +844,14 @@ class Sessions:
                 if client_id in self.revs:  # not handed over meanwhile
                     self.revs[client_id] = rev
             self.writes += 1
+            self._write_again.discard(client_id)
             log.debug("cluster: session record %r written (position %s)", client_id,
                       None if rec is None else rec.position)
             return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if rev is not None and self.revs.get(client_id) == rev:
+            if rev is not None and self.revs.get(client_id) == rev and _conflict(exc):
                 # Another process wrote the record since ours: it has the session.
                 self.lost += 1
                 self.revs.pop(client_id, None)
@@ -857,6 +869,16 @@ class Sessions:
                     # keeps waiting. Else the record was never written and the session
                     # moved after kill -9 came back empty (Session Present 0; issue 14).
                     self._claims.add(client_id)
+                    if self._up():
+                        asyncio.get_running_loop().call_later(
+                            FIRST_WRITE_RETRY, self._redirty, client_id)
+                elif rev is not None and self.revs.get(client_id) == rev:
+                    # Not written (NATS away, a timeout), not taken by another process
+                    # (that is a compare-and-set refusal, above): still ours, written
+                    # again soon, or when the buckets answer again after a reconnect
+                    # (:meth:`_first_writes_again`) — the local session is kept (a
+                    # client reconnecting while NATS is away gets it, issue 14).
+                    self._write_again.add(client_id)
                     if self._up():
                         asyncio.get_running_loop().call_later(
                             FIRST_WRITE_RETRY, self._redirty, client_id)
@@ -1207,10 +1229,13 @@ class Sessions:
 
     def _first_writes_again(self) -> None:
         """Sessions accepted here whose first record write failed while NATS was away
-        (their retry is scheduled only while it is up: :meth:`_write_record`): written
-        now that the buckets answer again, not at the session's next change."""
+        (their retry is scheduled only while it is up: :meth:`_write_record`), and
+        owned ones whose last write failed: written now that the buckets answer
+        again, not at the session's next change."""
         sessions = self.engine.registry.sessions
         waiting = [c for c in self._claims if c in sessions and c not in self.revs]
+        waiting += [c for c in self._write_again if c in self.revs]
+        self._write_again.clear()
         if waiting:
             for client_id in waiting:
                 self._dirty[client_id] = None
