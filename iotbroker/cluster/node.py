@@ -838,6 +838,10 @@ class ClusterNode:
                 order = self._live_order.get(sender)
                 if order is None:
                     order = self._live_order[sender] = wire.LiveOrder(seq - 1)
+                    log.debug("cluster: first live QoS 1 part of %s here: seq %d (seq %d "
+                              "routed from the stream: %s; stream reader at %s)",
+                              sender.decode(errors="replace"), seq, seq - 1,
+                              dedup.seen(sender, seq - 1), self.qos.next_to_route)
                 if seq > order.advance(dedup, sender) + 1:
                     # a live copy before it was lost: wait for the stream's (LiveOrder)
                     order.held[seq] = (messages, groups_of)
