@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 
-from iotbroker.codec.packets import Properties, PubAck, Publish
+from iotbroker.codec.packets import PubAck, Publish
 from tests.cluster.conftest import connect_retrying_busy, log_tails, wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.helpers.broker_process import BrokerProcess
