@@ -16,13 +16,22 @@ persistent subscriber.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from types import SimpleNamespace
+from typing import Any
 
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from iotbroker.cluster import wire
+from iotbroker.cluster.node import ClusterNode
 from iotbroker.codec.packets import PubAck, Publish
 from tests.cluster.conftest import connect_retrying_busy, log_tails, wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.helpers.broker_process import BrokerProcess
+from tests.helpers.nats_cluster import NatsCluster
 from tests.helpers.rawclient import Closed, RawClient
 
 TOPIC = "ord/t"
@@ -141,3 +150,58 @@ def test_mqtt_4_6_0_5_a_restarted_node_gets_qos1_in_order_while_its_stream_reade
               f"late (position, number) {late[:20]}\n" + log_tails(a, b, lines=60))
     assert not missing, detail
     assert not late, detail
+
+
+def test_the_position_a_held_sender_waits_for_is_the_consumers_last_message_to_deliver(
+        nats_cluster: NatsCluster) -> None:
+    """The fallback of a sender's held first live parts (its writes below them never
+    reached the stream): ``ClusterNode._stream_target`` asks the node's durable
+    consumer (a real JetStream one here, read by a reader that acks late) for the last
+    stream message it has to deliver now: 0 when everything delivered was acked and
+    nothing is pending; else the stream sequence of the last message, whether
+    delivered and not acked yet or not delivered yet (``max_ack_pending`` 1)."""
+
+    async def scenario() -> list[int]:
+        nc = await nats.connect(nats_cluster.urls[0])
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="lo_qos", subjects=["lo.q.>"], num_replicas=1))
+        got: list[Any] = []
+
+        async def reader(msg: Any) -> None:  # acks later, below
+            got.append(msg)
+
+        await js.subscribe("lo.q.>", durable="lo_qos_b", stream="lo_qos", manual_ack=True,
+                           cb=reader,
+                           config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
+                                                 max_ack_pending=1))
+        qos = SimpleNamespace(js_reader=js, js=js, stream="lo_qos", durable="lo_qos_b")
+        node: Any = SimpleNamespace(qos=qos)
+        targets = []
+
+        async def target() -> int:
+            order = wire.LiveOrder(wire.UNSYNCED)
+            await ClusterNode._stream_target(node, order)
+            return order.target
+
+        targets.append(await target())  # nothing written yet
+        for i in range(3):
+            await js.publish(f"lo.q.t{i}", b"x", stream="lo_qos")
+        while not got:
+            await asyncio.sleep(0.01)
+        targets.append(await target())  # 1 delivered (not acked), 2 pending: 3
+        while len(got) < 3:
+            await got[-1].ack()
+            n = len(got)
+            while len(got) == n:
+                await asyncio.sleep(0.01)
+        targets.append(await target())  # all delivered, the last one not acked
+        await got[-1].ack()
+        await asyncio.sleep(0.2)
+        targets.append(await target())  # all acked: nothing left
+        qos.js = None
+        targets.append(await target())  # not joined: not known
+        await js.delete_stream("lo_qos")
+        await nc.close()
+        return targets
+
+    assert asyncio.run(scenario()) == [0, 3, 3, 0, -1]
