@@ -150,6 +150,16 @@ class QosStream:
         self.defer: Callable[[HeldAck, str], bool] | None = None
         #: Deferred writes by write id: the message and the acks waiting for it.
         self._deferred: dict[str, tuple[Message, list[HeldAck]]] = {}
+        #: sessions.py: the stream acknowledged the QoS 2 write of a publisher's packet
+        #: id (client id, packet id, write id, stream sequence): True when its session's
+        #: record notes that first (the second mark), then :meth:`release_marked`
+        #: releases the PUBREC; docs/cluster.md, "QoS 2 across a move".
+        self.mark: Callable[[str, int, str, int], bool] | None = None
+        #: QoS 2 writes in progress by write id -> (client id, packet id) of the
+        #: PUBLISH they carry (for :attr:`mark`).
+        self._mark_of: dict[str, tuple[str, int]] = {}
+        #: Acks of written QoS 2 messages that wait for the record's mark, by write id.
+        self._marking: dict[str, list[HeldAck]] = {}
         #: The stream's creation time (0: unknown) and the position stored at the
         #: last commit of this node (restore), for :meth:`_start_seq`.
         self.stream_created = 0.0
@@ -208,6 +218,10 @@ class QosStream:
             if deferred is not None:
                 deferred[1].append(h)  # with the write that waits for the record
                 continue
+            marking = self._marking.get(write_id)
+            if marking is not None:
+                marking.append(h)  # written; with the PUBREC that waits for its mark
+                continue
             write = self._writing.get(write_id)
             if write is None:
                 # After a restart: write it again under the stored id (JetStream drops
@@ -227,6 +241,15 @@ class QosStream:
             deferred = self._deferred.pop(write_id, None)
             if deferred is not None:
                 self._write_message(deferred[0], write_id, deferred[1])
+
+    def release_marked(self, write_ids: list[str]) -> None:
+        """The session's record notes these writes as in the stream (or will not):
+        their PUBRECs go now."""
+        marking = self._marking
+        for write_id in write_ids:
+            acks = marking.pop(write_id, None)
+            if acks:
+                self.release(acks)
 
     def _sender_of(self, write_id: str) -> tuple[bytes, int]:
         """The wire sender and sequence number of a QoS 2 write: those of the process
@@ -251,6 +274,9 @@ class QosStream:
             return
         sender, seq = self._sender_of(write_id)
         payload = wire.encode(sender, seq, [wire.record(message)])
+        if acks and self.mark is not None:
+            first = acks[0]
+            self._mark_of[write_id] = (first.client.client_id, first.packet_id)
         self.write(subject, write_id, payload, 1, acks, wait=True, message=message)
 
     def write(self, subject: str, msg_id: str, payload: bytes, count: int,
@@ -289,6 +315,7 @@ class QosStream:
         headers = {"Nats-Msg-Id": msg_id}
         deadline = time.monotonic() + self.patience
         delay = 0.05
+        stored = 0
         try:
             while True:
                 try:
@@ -299,6 +326,7 @@ class QosStream:
                                            stream=self.stream, headers=dict(headers))
                     if message is not None:  # its stream sequence (sessions.py)
                         message.stream_seq = ack.seq
+                    stored = ack.seq
                     self.written += count
                     break
                 except asyncio.CancelledError:
@@ -316,11 +344,25 @@ class QosStream:
             self._inflight -= count
             if self._writing.get(msg_id) == write:
                 del self._writing[msg_id]
-        self.release(self._held.pop(write, []))
+        acks = self._held.pop(write, [])
+        owner = self._mark_of.pop(msg_id, None) if self._mark_of else None
+        if owner is not None and stored and acks and not self.degraded:
+            mark = self.mark
+            if mark is not None and mark(owner[0], owner[1], msg_id, stored):
+                # A persistent publisher's PUBREC waits until its session's record
+                # says the stream has the message (sessions.py :meth:`release_marked`).
+                self._marking[msg_id] = acks
+                return
+        self.release(acks)
 
     def degrade(self, degraded: bool) -> None:
         """NATS has been away for :data:`GRACE` seconds (True) or is back (False)."""
         self.degraded = degraded
+        if degraded and self._marking:
+            # In the stream; their sessions' records cannot note it now: PUBREC goes.
+            marked = [a for acks in self._marking.values() for a in acks]
+            self._marking.clear()
+            self.release(marked)
         if degraded and self._held:
             held = [a for acks in self._held.values() for a in acks]
             self._held.clear()
