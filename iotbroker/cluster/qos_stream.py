@@ -36,6 +36,9 @@ QoS 2 exactly once (docs/cluster.md, "QoS 2 exactly once"; MQTT 5.0 [MQTT-4.3.3-
   on the node's RocksDB, the resent PUBLISH is written to the stream again under the
   stored id: JetStream drops it if the first write had made it (its duplicate
   window, ``cluster.qos_stream.duplicate_window``), else it reaches the other nodes now.
+  A persistent publisher's PUBREC also waits until its session's record notes the
+  write's stream sequence (:attr:`QosStream.mark`, sessions.py): a node the session
+  moves to then writes a re-send of that id no more, however late it comes.
 
 When the node has lost NATS for :data:`GRACE` seconds (longer than a failover to
 another nats-server, ~1 s) it is *degraded*: the acks it holds, and those of every

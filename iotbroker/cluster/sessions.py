@@ -39,7 +39,11 @@ Clean Start 0 resumes it [MQTT-3.1.2-5] and CONNACK says Session Present 1
   the record holds the inbound QoS 2 ids the session holds with their stream write
   ids — written before the stream write goes, removed before the PUBCOMP goes — so
   the node it moves to (also after kill -9) writes a re-sent PUBLISH again under
-  the same write id, which the stream drops if the first write made it.
+  the same write id, which the stream drops if the first write made it. Once the
+  stream acknowledged the write, the record marks the id (the write's stream
+  sequence) before the PUBREC goes (the second mark): the node it moves to answers a
+  re-send of a marked id with PUBREC and writes nothing, however late it comes (the
+  stream drops a duplicate only within its ``duplicate_window``).
 
 What a move guarantees (QoS 1 duplicates allowed) and what it does not is listed in
 docs/cluster.md, "What is guaranteed" and "Not yet".
