@@ -293,6 +293,7 @@ class QosStream:
         if (js is None and not wait) or self._inflight >= MAX_INFLIGHT:
             # Not joined to the stream (yet): local delivery only, counted.
             self.unreplicated += count
+            self._mark_of.pop(msg_id, None)
             self.release(acks)
             return
         if self.degraded:
