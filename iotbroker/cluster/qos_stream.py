@@ -158,8 +158,9 @@ class QosStream:
         #: record notes that first (the second mark), then :meth:`release_marked`
         #: releases the PUBREC; docs/cluster.md, "QoS 2 across a move".
         self.mark: Callable[[str, int, str, int], bool] | None = None
-        #: QoS 2 writes in progress by write id -> (client id, packet id) of the
-        #: PUBLISH they carry (for :attr:`mark`).
+        #: QoS 2 writes of persistent publishers (deferred) and re-sends written again,
+        #: in progress, by write id -> (client id, packet id) of the PUBLISH they
+        #: carry (for :attr:`mark`).
         self._mark_of: dict[str, tuple[str, int]] = {}
         #: Acks of written QoS 2 messages that wait for the record's mark, by write id.
         self._marking: dict[str, list[HeldAck]] = {}
@@ -211,7 +212,9 @@ class QosStream:
             ack = ack_of.get(id(message))
             write_id = ack.write_id if ack is not None else None
             if write_id and ack is not None and defer is not None and defer(ack, write_id):
+                # (a persistent publisher's: its PUBREC waits for the record's mark too)
                 self._deferred[write_id] = (message, [ack])
+                self._mark_of[write_id] = (ack.client.client_id, ack.packet_id)
                 continue
             self._write_message(message, write_id or self._new_write_id(),
                                 [ack] if ack is not None else [])
@@ -229,6 +232,7 @@ class QosStream:
             if write is None:
                 # After a restart: write it again under the stored id (JetStream drops
                 # it if the first write made it, within its duplicate window).
+                self._mark_of[write_id] = (h.client.client_id, h.packet_id)
                 self._write_message(h.message, write_id, [h])
             elif self.degraded:
                 self.acked_unreplicated += 1
@@ -273,13 +277,11 @@ class QosStream:
         subject = topic_to_subject(self.subject_prefix, message.topic)
         if len(subject) > MAX_SUBJECT:
             self.unreplicated += 1
+            self._mark_of.pop(write_id, None)
             self.release(acks)
             return
         sender, seq = self._sender_of(write_id)
         payload = wire.encode(sender, seq, [wire.record(message)])
-        if acks and self.mark is not None:
-            first = acks[0]
-            self._mark_of[write_id] = (first.client.client_id, first.packet_id)
         self.write(subject, write_id, payload, 1, acks, wait=True, message=message)
 
     def write(self, subject: str, msg_id: str, payload: bytes, count: int,
