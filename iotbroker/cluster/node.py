@@ -77,6 +77,10 @@ log = logging.getLogger("iotbroker.cluster")
 MAX_PENDING = 100_000
 #: Seconds between checks of live QoS 1 parts held behind a gap (wire.LiveOrder).
 REORDER_CHECK = 0.02
+#: Seconds a sender's first live QoS 1 parts wait for the stream reader to route the
+#: write below them (or their own copy) before the consumer's position is asked for
+#: (wire.LiveOrder.synced).
+SYNC_ASK = 0.25
 #: NATS keeps a PUB's subject within its control line (4 KiB by default).
 MAX_SUBJECT = 4000
 #: Topics whose subject (and subjects whose topic) are kept at most, per direction.
@@ -140,6 +144,8 @@ class ClusterNode:
         #: per sending node: its live QoS 1 parts kept in sequence order (wire.LiveOrder)
         self._live_order: dict[bytes, wire.LiveOrder] = {}
         self._reorder_timer: asyncio.TimerHandle | None = None
+        #: consumer position requests for unsynced senders (LiveOrder.synced)
+        self._asks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         #: The retained bucket (None until it is open) and the topics it holds, from
         #: the watch (the messages themselves are in the engine's retained store).
@@ -266,6 +272,8 @@ class ClusterNode:
         if self._reorder_timer is not None:
             self._reorder_timer.cancel()
             self._reorder_timer = None
+        for task in list(self._asks):
+            task.cancel()
         self.after_turn()
         engine.held_acks = None
         await self.qos.stop()
@@ -837,7 +845,14 @@ class ClusterNode:
                     message.stream_seq = floor
                 order = self._live_order.get(sender)
                 if order is None:
-                    order = self._live_order[sender] = wire.LiveOrder(seq - 1)
+                    order = self._live_order[sender] = wire.LiveOrder.first(
+                        dedup, sender, seq)
+                    log.debug("cluster: first live QoS 1 part of %s here: seq %d (seq %d "
+                              "routed from the stream: %s; stream reader at %s)%s",
+                              sender.decode(errors="replace"), seq, seq - 1,
+                              dedup.seen(sender, seq - 1), self.qos.next_to_route,
+                              "; held until the stream reader has passed its writes "
+                              "below it" if order.contig == wire.UNSYNCED else "")
                 if seq > order.advance(dedup, sender) + 1:
                     # a live copy before it was lost: wait for the stream's (LiveOrder)
                     order.held[seq] = (messages, groups_of)
@@ -920,6 +935,14 @@ class ClusterNode:
         """Route the live parts of ``sender`` whose gap has been filled (or, with
         ``force``, waited for long enough), in sequence order."""
         dedup = self.dedup
+        if order.contig == wire.UNSYNCED and not self._synced(sender, order):
+            if not force:
+                return
+            log.warning("cluster: the QoS stream reader did not pass the writes of %s "
+                        "below seq %d within %.0fs: its %d live QoS 1 parts held meanwhile "
+                        "are routed now (not in order with those writes)",
+                        sender.decode(errors="replace"), order.start, GAP_WAIT,
+                        len(order.held))
         now = time.time()
         route = self.engine.route_remote
         floor = self.sessions.floor()
@@ -934,6 +957,49 @@ class ClusterNode:
                 routed += messages
             self.received += len(messages)
         self.schedule_flush()
+
+    def _synced(self, sender: bytes, order: wire.LiveOrder) -> bool:
+        """A sender's first live parts seen here wait for the stream reader to pass
+        its writes below them (:meth:`wire.LiveOrder.synced`). When neither the write
+        below the first part nor that part's own stream copy has been routed within
+        :data:`SYNC_ASK` seconds (writes that never reached the stream: the sender had
+        not joined it yet, or gave up), the consumer's position is asked for (again
+        every SYNC_ASK until answered)."""
+        if order.synced(self.dedup, sender, self.qos.next_to_route):
+            log.debug("cluster: live QoS 1 parts of %s from seq %d routed in order after "
+                      "the stream reader's (held %.0f ms)", sender.decode(errors="replace"),
+                      order.start, (time.monotonic() - order.since) * 1000)
+            return True
+        now = time.monotonic()
+        if (order.target == -1 and now - order.since > SYNC_ASK
+                and now - order.asked > SYNC_ASK):
+            order.target = -2
+            order.asked = now
+            task = asyncio.get_running_loop().create_task(self._stream_target(order))
+            self._asks.add(task)
+            task.add_done_callback(self._asks.discard)
+        return False
+
+    async def _stream_target(self, order: wire.LiveOrder) -> None:
+        """The last stream message this node's consumer has to route as of now (0:
+        nothing left to route) into ``order.target``; -1 when not known (the reader has
+        not joined the stream, NATS did not answer): asked again later."""
+        qos = self.qos
+        js = qos.js_reader
+        target = -1
+        try:
+            if js is not None and qos.js is not None:
+                info = await js.consumer_info(qos.stream, qos.durable, timeout=2.0)
+                pending = int(info.num_pending or 0)
+                delivered = info.delivered.stream_seq if info.delivered is not None else 0
+                target = 0 if not pending and not info.num_ack_pending else (
+                    int(delivered or 0) + pending)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("cluster: consumer %r info: %s", qos.durable, exc)
+        if order.contig == wire.UNSYNCED:
+            order.target = target
 
     def _arm_reorder(self) -> None:
         if self._reorder_timer is None:

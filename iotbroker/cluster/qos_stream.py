@@ -36,6 +36,9 @@ QoS 2 exactly once (docs/cluster.md, "QoS 2 exactly once"; MQTT 5.0 [MQTT-4.3.3-
   on the node's RocksDB, the resent PUBLISH is written to the stream again under the
   stored id: JetStream drops it if the first write had made it (its duplicate
   window, ``cluster.qos_stream.duplicate_window``), else it reaches the other nodes now.
+  A persistent publisher's PUBREC also waits until its session's record notes the
+  write's stream sequence (:attr:`QosStream.mark`, sessions.py): a node the session
+  moves to then writes a re-send of that id no more, however late it comes.
 
 When the node has lost NATS for :data:`GRACE` seconds (longer than a failover to
 another nats-server, ~1 s) it is *degraded*: the acks it holds, and those of every
@@ -172,6 +175,17 @@ class QosStream:
         self.defer: Callable[[HeldAck, str], bool] | None = None
         #: Deferred writes by write id: the message and the acks waiting for it.
         self._deferred: dict[str, tuple[Message, list[HeldAck]]] = {}
+        #: sessions.py: the stream acknowledged the QoS 2 write of a publisher's packet
+        #: id (client id, packet id, write id, stream sequence): True when its session's
+        #: record notes that first (the second mark), then :meth:`release_marked`
+        #: releases the PUBREC; docs/cluster.md, "QoS 2 across a move".
+        self.mark: Callable[[str, int, str, int], bool] | None = None
+        #: QoS 2 writes of persistent publishers (deferred) and re-sends written again,
+        #: in progress, by write id -> (client id, packet id) of the PUBLISH they
+        #: carry (for :attr:`mark`).
+        self._mark_of: dict[str, tuple[str, int]] = {}
+        #: Acks of written QoS 2 messages that wait for the record's mark, by write id.
+        self._marking: dict[str, list[HeldAck]] = {}
         #: The stream's creation time (0: unknown) and the position stored at the
         #: last commit of this node (restore), for :meth:`_start_seq`.
         self.stream_created = 0.0
@@ -220,7 +234,9 @@ class QosStream:
             ack = ack_of.get(id(message))
             write_id = ack.write_id if ack is not None else None
             if write_id and ack is not None and defer is not None and defer(ack, write_id):
+                # (a persistent publisher's: its PUBREC waits for the record's mark too)
                 self._deferred[write_id] = (message, [ack])
+                self._mark_of[write_id] = (ack.client.client_id, ack.packet_id)
                 continue
             self._write_message(message, write_id or self._new_write_id(),
                                 [ack] if ack is not None else [])
@@ -230,10 +246,15 @@ class QosStream:
             if deferred is not None:
                 deferred[1].append(h)  # with the write that waits for the record
                 continue
+            marking = self._marking.get(write_id)
+            if marking is not None:
+                marking.append(h)  # written; with the PUBREC that waits for its mark
+                continue
             write = self._writing.get(write_id)
             if write is None:
                 # After a restart: write it again under the stored id (JetStream drops
                 # it if the first write made it, within its duplicate window).
+                self._mark_of[write_id] = (h.client.client_id, h.packet_id)
                 self._write_message(h.message, write_id, [h])
             elif self.degraded:
                 self.acked_unreplicated += 1
@@ -249,6 +270,15 @@ class QosStream:
             deferred = self._deferred.pop(write_id, None)
             if deferred is not None:
                 self._write_message(deferred[0], write_id, deferred[1])
+
+    def release_marked(self, write_ids: list[str]) -> None:
+        """The session's record notes these writes as in the stream (or will not):
+        their PUBRECs go now."""
+        marking = self._marking
+        for write_id in write_ids:
+            acks = marking.pop(write_id, None)
+            if acks:
+                self.release(acks)
 
     def _sender_of(self, write_id: str) -> tuple[bytes, int]:
         """The wire sender and sequence number of a QoS 2 write: those of the process
@@ -269,6 +299,7 @@ class QosStream:
         subject = topic_to_subject(self.subject_prefix, message.topic)
         if len(subject) > MAX_SUBJECT:
             self.unreplicated += 1
+            self._mark_of.pop(write_id, None)
             self.release(acks)
             return
         sender, seq = self._sender_of(write_id)
@@ -286,6 +317,7 @@ class QosStream:
         if (js is None and not wait) or self._inflight >= MAX_INFLIGHT:
             # Not joined to the stream (yet): local delivery only, counted.
             self.unreplicated += count
+            self._mark_of.pop(msg_id, None)
             self.release(acks)
             return
         if self.degraded:
@@ -311,6 +343,7 @@ class QosStream:
         headers = {"Nats-Msg-Id": msg_id}
         deadline = time.monotonic() + self.patience
         delay = 0.05
+        stored = 0
         try:
             while True:
                 try:
@@ -321,6 +354,7 @@ class QosStream:
                                            stream=self.stream, headers=dict(headers))
                     if message is not None:  # its stream sequence (sessions.py)
                         message.stream_seq = ack.seq
+                    stored = ack.seq
                     self.written += count
                     break
                 except asyncio.CancelledError:
@@ -338,11 +372,25 @@ class QosStream:
             self._inflight -= count
             if self._writing.get(msg_id) == write:
                 del self._writing[msg_id]
-        self.release(self._held.pop(write, []))
+        acks = self._held.pop(write, [])
+        owner = self._mark_of.pop(msg_id, None) if self._mark_of else None
+        if owner is not None and stored and acks and not self.degraded:
+            mark = self.mark
+            if mark is not None and mark(owner[0], owner[1], msg_id, stored):
+                # A persistent publisher's PUBREC waits until its session's record
+                # says the stream has the message (sessions.py :meth:`release_marked`).
+                self._marking[msg_id] = acks
+                return
+        self.release(acks)
 
     def degrade(self, degraded: bool) -> None:
         """NATS has been away for :data:`GRACE` seconds (True) or is back (False)."""
         self.degraded = degraded
+        if degraded and self._marking:
+            # In the stream; their sessions' records cannot note it now: PUBREC goes.
+            marked = [a for acks in self._marking.values() for a in acks]
+            self._marking.clear()
+            self.release(marked)
         if degraded and self._held:
             held = [a for acks in self._held.values() for a in acks]
             self._held.clear()

@@ -39,7 +39,11 @@ Clean Start 0 resumes it [MQTT-3.1.2-5] and CONNACK says Session Present 1
   the record holds the inbound QoS 2 ids the session holds with their stream write
   ids — written before the stream write goes, removed before the PUBCOMP goes — so
   the node it moves to (also after kill -9) writes a re-sent PUBLISH again under
-  the same write id, which the stream drops if the first write made it.
+  the same write id, which the stream drops if the first write made it. Once the
+  stream acknowledged the write, the record marks the id (the write's stream
+  sequence) before the PUBREC goes (the second mark): the node it moves to answers a
+  re-send of a marked id with PUBREC and writes nothing, however late it comes (the
+  stream drops a duplicate only within its ``duplicate_window``).
 
 What a move guarantees (QoS 1 duplicates allowed) and what it does not is listed in
 docs/cluster.md, "What is guaranteed" and "Not yet".
@@ -118,9 +122,13 @@ _HEAD = struct.Struct(">BQB")  # version, position + 1 (0: unknown), len(owner)
 _LEN32 = struct.Struct(">I")
 _LEN16 = struct.Struct(">H")
 _QOS2 = struct.Struct(">QQB")  # stream key, stream sequence (0: unknown), state
+_MARK = struct.Struct(">HQ")  # inbound packet id, stream sequence of its write
 _VERSION = 1
 #: Version 2: version 1 and the QoS 2 messages released after the position.
 _VERSION_QOS2 = 2
+#: Version 3: version 2 and the inbound QoS 2 ids whose stream write was acknowledged
+#: (:attr:`Record.marks`); written only while there are any.
+_VERSION_MARKS = 3
 _HANDOVER, _DROP = b"h", b"d"
 #: States of a QoS 2 message after the position (:attr:`Record.qos2`): PUBREL sent
 #: (or about to be: held until this is durable), PUBCOMP received.
@@ -169,10 +177,17 @@ class Record:
     #: id: it may be pending) — in the bucket before that write goes, out of it
     #: before the PUBCOMP goes (docs/cluster.md, "QoS 2 across a move").
     inbound: dict[int, str] = field(default_factory=dict)
+    #: The second mark: inbound QoS 2 ids (of :attr:`inbound`) whose stream write was
+    #: acknowledged, with its stream sequence — written before their PUBREC goes, so
+    #: the node the session moves to answers a PUBLISH re-sent with such an id with
+    #: PUBREC and no stream write, however late it comes (docs/cluster.md, "QoS 2
+    #: across a move", the publisher's side).
+    marks: dict[int, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         sess = encode_session(self.session)
-        version = _VERSION_QOS2 if self.qos2 or self.inbound else _VERSION
+        version = (_VERSION_MARKS if self.marks else
+                   _VERSION_QOS2 if self.qos2 or self.inbound else _VERSION)
         parts = [_HEAD.pack(version, 0 if self.position is None else self.position + 1,
                             len(self.owner)),
                  self.owner, _LEN32.pack(len(sess)), sess,
@@ -181,7 +196,7 @@ class Record:
             name = entry.topic_filter.encode()
             body = encode_subscription(entry)
             parts += [_LEN16.pack(len(name)), name, _LEN16.pack(len(body)), body]
-        if version == _VERSION_QOS2:
+        if version >= _VERSION_QOS2:
             parts.append(_LEN32.pack(len(self.qos2)))
             parts += [_QOS2.pack(key, seq, state)
                       for key, (seq, state) in self.qos2.items()]
@@ -189,12 +204,15 @@ class Record:
             for pid, write_id in self.inbound.items():
                 raw = write_id.encode()
                 parts += [_LEN16.pack(pid), _LEN16.pack(len(raw)), raw]
+        if version == _VERSION_MARKS:
+            parts.append(_LEN32.pack(len(self.marks)))
+            parts += [_MARK.pack(pid, seq) for pid, seq in self.marks.items()]
         return b"".join(parts)
 
     @classmethod
     def decode(cls, client_id: str, data: bytes) -> Record:
         version, position, n = _HEAD.unpack_from(data)
-        if version not in (_VERSION, _VERSION_QOS2):
+        if version not in (_VERSION, _VERSION_QOS2, _VERSION_MARKS):
             raise ValueError(f"session record version {version}")
         pos = _HEAD.size
         owner = data[pos:pos + n]
@@ -219,7 +237,8 @@ class Record:
             subs.append(entry if group is None else replace(entry, share_group=group))
         qos2: dict[int, tuple[int, int]] = {}
         inbound: dict[int, str] = {}
-        if version == _VERSION_QOS2:
+        marks: dict[int, int] = {}
+        if version >= _VERSION_QOS2:
             (count,) = _LEN32.unpack_from(data, pos)
             pos += _LEN32.size
             for _ in range(count):
@@ -234,9 +253,17 @@ class Record:
                 pos += 2 * _LEN16.size
                 inbound[pid] = data[pos:pos + ln].decode()
                 pos += ln
+        if version == _VERSION_MARKS:
+            (count,) = _LEN32.unpack_from(data, pos)
+            pos += _LEN32.size
+            for _ in range(count):
+                pid, seq = _MARK.unpack_from(data, pos)
+                pos += _MARK.size
+                marks[pid] = seq
         if pos != len(data):
             raise ValueError("session record has trailing bytes")
-        return cls(owner, position - 1 if position else None, session, subs, qos2, inbound)
+        return cls(owner, position - 1 if position else None, session, subs, qos2, inbound,
+                   marks)
 
     def expired(self, now: float) -> bool:
         """[MQTT-3.1.2-23]: over once its expiry interval passed since the disconnect
@@ -344,6 +371,12 @@ class Sessions:
         #: record before that write goes and removed before the PUBCOMP goes
         #: (docs/cluster.md, "QoS 2 across a move", the publisher's side)
         self.inbound: dict[str, dict[int, str]] = {}
+        #: per owned client id: those of its inbound ids whose stream write was
+        #: acknowledged, with its stream sequence (the record's second mark: their
+        #: PUBRECs wait until it is written, ``_marks_waiting``)
+        self.marks: dict[str, dict[int, int]] = {}
+        #: per client id: write ids whose PUBREC waits for the record's next write
+        self._marks_waiting: dict[str, list[str]] = {}
         #: per client id: stream writes (their write ids) waiting for the record's next
         #: write, and PUBCOMPs waiting for it
         self._writes_waiting: dict[str, list[str]] = {}
@@ -352,6 +385,7 @@ class Sessions:
         #: (it waits ``cluster.qos_stream.patience`` at most, then goes unrecorded)
         self._waiting_since: dict[str, float] = {}
         qos.defer = self._defer_write
+        qos.mark = self._mark
         engine.held_pubcomps = []
         context = engine.registry.context
         context.derived_ids = True
@@ -595,6 +629,30 @@ class Sessions:
         self._wake.set()
         return True
 
+    def _mark(self, client_id: str, pid: int, write_id: str, seq: int) -> bool:
+        """The stream acknowledged the write ``write_id`` (stream sequence ``seq``) of
+        the inbound QoS 2 id ``pid`` of ``client_id`` (qos_stream.py): when it is one
+        of the ids in the session's record, the record notes it (the second mark) and
+        the PUBREC waits for that write (True; then ``QosStream.release_marked``). A
+        node the session moves to then answers a PUBLISH re-sent with that id with
+        PUBREC and writes nothing [MQTT-4.3.3-10] — a write again could be stored
+        twice once the stream's ``duplicate_window`` has passed. False (PUBREC at
+        once): not such an id (a publisher without a persistent session), not this
+        node's record, or NATS away."""
+        entries = self.inbound.get(client_id)
+        if entries is None or entries.get(pid) != write_id:
+            return False
+        if not self._up() or not self._ours(client_id):
+            return False
+        marks = self.marks.get(client_id)
+        if marks is None:
+            marks = self.marks[client_id] = {}
+        marks[pid] = seq
+        self._marks_waiting.setdefault(client_id, []).append(write_id)
+        self._dirty[client_id] = None
+        self._wake.set()
+        return True
+
     def _pubcomp_turn(self) -> None:
         """PUBRELs of inbound QoS 2 ids of persistent sessions this turn (the
         engine's ``held_pubcomps``): the id leaves the session's record, and the
@@ -616,6 +674,11 @@ class Sessions:
                 entries.pop(pid, None)
                 if not entries:
                     del self.inbound[client_id]
+            marks = self.marks.get(client_id)
+            if marks is not None:
+                marks.pop(pid, None)
+                if not marks:
+                    del self.marks[client_id]
             if not up or not self._ours(client_id):
                 engine.release_pubcomp(client, pid)
                 now_out = True
@@ -704,9 +767,10 @@ class Sessions:
         rec = engine.registry.record(session)
         rec = replace(rec, will=None)  # a dead node's wills are wills.py's
         position = self.positions.get(client_id)
+        inbound = self._inbound_of(client_id, session)
         return Record(self.sender, position, rec, list(session.subscriptions.values()),
-                      self._qos2_of(client_id, position),
-                      self._inbound_of(client_id, session))
+                      self._qos2_of(client_id, position), inbound,
+                      self._marks_of(client_id, inbound))
 
     def _inbound_of(self, client_id: str, session: Session) -> dict[int, str]:
         """The record's inbound QoS 2 ids: those the session still holds (a clean
@@ -721,12 +785,24 @@ class Sessions:
             del self.inbound[client_id]
         return dict(entries)
 
+    def _marks_of(self, client_id: str, inbound: dict[int, str]) -> dict[int, int]:
+        """The record's marks: those of its inbound ids ``inbound``."""
+        marks = self.marks.get(client_id)
+        if not marks:
+            return {}
+        for pid in [p for p in marks if p not in inbound]:
+            del marks[pid]
+        if not marks:
+            del self.marks[client_id]
+        return dict(marks)
+
     async def _write_one(self, kv: KeyValue, client_id: str) -> None:
         # PUBRELs that wait for this write (their messages are in ``rec.qos2``), stream
         # writes and PUBCOMPs of a publisher (its inbound ids are in ``rec.inbound``)
         pids = self._pubrels.pop(client_id, [])
         writes = self._writes_waiting.pop(client_id, [])
         comps = self._pubcomps.pop(client_id, [])
+        marked = self._marks_waiting.pop(client_id, [])
         since = self._waiting_since.pop(client_id, None)
         # derived ids completed whose completion this write carries (the record is
         # made at once, in _write_record, before anything else runs)
@@ -735,7 +811,7 @@ class Sessions:
         try:
             written = await self._write_serialised(kv, client_id)
         finally:
-            if pids or writes or comps or freed:
+            if pids or writes or comps or freed or marked:
                 nc = self.nc
                 now = time.monotonic()
                 if since is None:
@@ -751,6 +827,7 @@ class Sessions:
                     # (the node serves its clients: the PUBREL goes, not guaranteed)
                     self._release_pubrels(client_id, pids)
                     self.qos.write_deferred(writes)
+                    self.qos.release_marked(marked)
                     self._release_pubcomps(comps)
                     self._free_ids(client_id, freed)
                 else:  # not written: again soon, still held
@@ -763,6 +840,8 @@ class Sessions:
                         self._writes_waiting.setdefault(client_id, [])[:0] = writes
                     if comps:
                         self._pubcomps.setdefault(client_id, [])[:0] = comps
+                    if marked:
+                        self._marks_waiting.setdefault(client_id, [])[:0] = marked
                     self._waiting_since[client_id] = since
                     asyncio.get_running_loop().call_later(0.2, self._redirty, client_id)
 
@@ -838,6 +917,7 @@ class Sessions:
                 self.positions.pop(client_id, None)
                 self.qos2.pop(client_id, None)
                 self.inbound.pop(client_id, None)
+                self.marks.pop(client_id, None)
                 await kv.delete(key, last=rev)
             else:
                 rev = await kv.update(key, rec.encode(), last=rev)
@@ -919,7 +999,8 @@ class Sessions:
                 for client_id in batch:
                     del self._dirty[client_id]
                     if client_id in self._resuming and (
-                            client_id in self._writes_waiting or client_id in self._pubcomps):
+                            client_id in self._writes_waiting or client_id in self._pubcomps
+                            or client_id in self._marks_waiting):
                         # (an older connection's messages, the id resumed here
                         # meanwhile): after the resume
                         asyncio.get_running_loop().call_later(0.2, self._redirty, client_id)
@@ -972,9 +1053,10 @@ class Sessions:
                 if rec.owner.rsplit(b"/", 1)[0] == self.node:
                     self.positions[client_id] = rec.position
                     self._load_qos2(client_id, rec.qos2)
-                    self._load_inbound(client_id, self._inbound_here(client_id))
+                    self._load_inbound(client_id, self._inbound_here(client_id), rec.marks)
+                    inbound = dict(self.inbound.get(client_id, ()))
                     mine = Record(self.sender, rec.position, rec.session, rec.subscriptions,
-                                  rec.qos2, dict(self.inbound.get(client_id, ())))
+                                  rec.qos2, inbound, self._marks_of(client_id, inbound))
                     self.revs[client_id] = await kv.update(key, mine.encode(),
                                                            last=entry.revision)
                     self._dirty[client_id] = None
@@ -1110,13 +1192,15 @@ class Sessions:
         # their write ids: whichever write comes second is dropped by the stream).
         self.qos.write_deferred(self._writes_waiting.pop(client_id, []))
         self._pubcomps.pop(client_id, None)  # its connection is closed (0x8E)
+        self.qos.release_marked(self._marks_waiting.pop(client_id, []))  # (the same)
         rec = self._record_of(client_id)
         if rec is not None:
             # Every inbound QoS 2 id it holds, with the write id of a pending one: a
             # PUBREL to the new node completes, and a PUBLISH re-sent there with such
             # an id is not routed again [MQTT-4.3.3-10] (written again under the same
-            # write id if it was pending).
+            # write id if it was pending; not written at all if marked).
             rec.inbound = self._inbound_here(client_id)
+            rec.marks = self._marks_of(client_id, rec.inbound)
         self.positions.pop(client_id, None)
         self._drop_local(client_id)
         self.handed_over += 1
@@ -1132,6 +1216,7 @@ class Sessions:
         self.qos2.pop(client_id, None)
         self._pubrels.pop(client_id, None)
         self.inbound.pop(client_id, None)
+        self.marks.pop(client_id, None)
         self._pubcomps.pop(client_id, None)
         self._waiting_since.pop(client_id, None)
         unrecorded = engine.registry.context.unrecorded
@@ -1139,6 +1224,7 @@ class Sessions:
             unrecorded.pop(client_id, None)
         # (accepted and routed here: their stream writes go, whoever has the session)
         self.qos.write_deferred(self._writes_waiting.pop(client_id, []))
+        self.qos.release_marked(self._marks_waiting.pop(client_id, []))
         pairs = [(client_id, f) for f in session.subscriptions]
         engine.registry.pending_wills.pop(client_id, None)
         engine.registry.destroy(session)
@@ -1395,7 +1481,8 @@ class Sessions:
                 if handed.expired(time.time()):
                     return
                 claimed = Record(self.sender, handed.position, handed.session,
-                                 handed.subscriptions, handed.qos2, handed.inbound)
+                                 handed.subscriptions, handed.qos2, handed.inbound,
+                                 handed.marks)
                 try:
                     self.revs[client_id] = await kv.create(key, claimed.encode())
                 except Exception:
@@ -1420,10 +1507,12 @@ class Sessions:
                 if client_id not in self.qos2:
                     self._load_qos2(client_id, found.qos2)
                 if client_id not in self.inbound:  # this store's view
-                    self._load_inbound(client_id, self._inbound_here(client_id))
+                    self._load_inbound(client_id, self._inbound_here(client_id),
+                                       found.marks)
+                inbound = dict(self.inbound.get(client_id, ()))
                 taken = Record(self.sender, found.position, found.session,
-                               found.subscriptions, found.qos2,
-                               dict(self.inbound.get(client_id, ())))
+                               found.subscriptions, found.qos2, inbound,
+                               self._marks_of(client_id, inbound))
                 self.revs[client_id] = await kv.update(key, taken.encode(), last=revision)
                 self._dirty[client_id] = None
                 return
@@ -1447,7 +1536,7 @@ class Sessions:
                 self._drop_local(client_id)
                 return  # [MQTT-3.1.2-23]: over; a new session starts
             claimed = Record(self.sender, rec.position, rec.session, rec.subscriptions,
-                             rec.qos2, rec.inbound)
+                             rec.qos2, rec.inbound, rec.marks)
             try:
                 rev = await kv.update(key, claimed.encode(), last=revision)
             except Exception:
@@ -1533,16 +1622,18 @@ class Sessions:
                 engine.trie.add(entry)
                 batch.put_subscription(entry)
             batch.put_session(registry.record(session))
+            marks = rec.marks
             for pid, write_id in rec.inbound.items():
                 # Its inbound QoS 2 ids: held; one with a write id may be pending (its
                 # node died or handed it over before the stream's ack): a PUBLISH
                 # re-sent with it is written again under that id (qos_stream.py) and
-                # the stream drops it if the first write made it [MQTT-4.3.3-10].
+                # the stream drops it if the first write made it [MQTT-4.3.3-10]. A
+                # marked one is in the stream: PUBREC and no write, however late.
                 session.hold_inbound_qos2(pid)
-                if write_id:
+                if write_id and pid not in marks:
                     engine.qos2_unreplicated[(client_id, pid)] = write_id
                     batch.put_inbound_pending(client_id, pid, write_id)
-            self._load_inbound(client_id, rec.inbound)
+            self._load_inbound(client_id, rec.inbound, marks)
             self.positions[client_id] = rec.position
             self._load_qos2(client_id, rec.qos2)
             if incomplete:
@@ -1595,16 +1686,31 @@ class Sessions:
             self.replayed += count
             log.info("cluster: session %r resumed here (%d subscriptions, %d QoS 1/2 "
                      "messages from the stream after position %s, %d QoS 2 released "
-                     "before, %d inbound QoS 2 ids held)", client_id, len(rec.subscriptions),
-                     count, rec.position, len(released), len(rec.inbound))
+                     "before, %d inbound QoS 2 ids held, %d of them in the stream)",
+                     client_id, len(rec.subscriptions), count, rec.position, len(released),
+                     len(rec.inbound), len(marks))
             self.schedule_flush()
 
-    def _load_inbound(self, client_id: str, entries: dict[int, str]) -> None:
-        """The inbound QoS 2 ids of a record this node takes (kept in its next writes)."""
+    def _load_inbound(self, client_id: str, entries: dict[int, str],
+                      marks: dict[int, int] | None = None) -> None:
+        """The inbound QoS 2 ids of a record this node takes, and the marks of those
+        among them that the stream has (kept in its next writes). A marked id that
+        this node's store has as pending (a restart: killed between the record's
+        mark and the PUBREC's commit) is held plainly: its write made it."""
         if entries:
             self.inbound[client_id] = dict(entries)
         else:
             self.inbound.pop(client_id, None)
+        marks = {pid: seq for pid, seq in (marks or {}).items() if pid in entries}
+        if not marks:
+            self.marks.pop(client_id, None)
+            return
+        self.marks[client_id] = marks
+        pending = self.engine.qos2_unreplicated
+        session = self.engine.registry.get(client_id)
+        for pid in marks:
+            if pending.pop((client_id, pid), None) is not None and session is not None:
+                self.engine.batch.put_inbound_qos2(client_id, pid)
 
     def _load_qos2(self, client_id: str, entries: dict[int, tuple[int, int]]) -> None:
         """The QoS 2 entries of a record this node takes (kept in its next writes)."""

@@ -856,6 +856,11 @@ class Dedup:
         return True
 
 
+#: :attr:`LiveOrder.contig` of a sender whose first live parts wait for this node's
+#: stream reader (below every sequence number: each part is held).
+UNSYNCED: Final = -(1 << 62)
+
+
 class LiveOrder:
     """Keeps one sender's live QoS 1 parts in sequence order on a receiving node.
 
@@ -866,9 +871,17 @@ class LiveOrder:
     the Dedup), or until ``wait`` seconds passed (the write never reached the stream),
     and then routed in order — MQTT 5.0 §4.6 [MQTT-4.6.0-5]: a topic's QoS 1 messages
     reach a subscriber in the order they were published.
+
+    The first live part seen from a sender (:meth:`first`) need not be its first write:
+    what it wrote before it saw this node's heartbeat (this node had just started, or
+    was down) reaches this node through the stream only, and the stream reader may not
+    have routed those yet. Unless the part is the sender's first (seq 1) or the reader
+    routed the write below it already, the order starts *unsynced* (``contig`` is
+    :data:`UNSYNCED`): every part is held until :meth:`synced` says that the reader has
+    passed the sender's writes below the first part, or the wait is over.
     """
 
-    __slots__ = ("contig", "held", "since")
+    __slots__ = ("asked", "contig", "held", "since", "start", "target")
 
     def __init__(self, contig: int) -> None:
         #: every seq up to here has been routed (or given up on)
@@ -877,6 +890,37 @@ class LiveOrder:
         self.held: dict[int, Any] = {}
         #: when the oldest held part arrived (0: none held)
         self.since = 0.0
+        #: unsynced: the first part's seq; the stream position the reader must pass
+        #: (-1: not known, -2: being asked; 0: nothing was left to route) and when it
+        #: was last asked for (:meth:`synced`)
+        self.start = 0
+        self.target = -1
+        self.asked = 0.0
+
+    @staticmethod
+    def first(dedup: Dedup, sender: bytes, seq: int) -> LiveOrder:
+        """The order of a sender whose first live part seen here is ``seq``."""
+        if seq <= 1 or dedup.seen(sender, seq - 1):
+            return LiveOrder(seq - 1)
+        order = LiveOrder(UNSYNCED)
+        order.start = seq
+        return order
+
+    def synced(self, dedup: Dedup, sender: bytes, reader_next: int | None) -> bool:
+        """Unsynced: may the held parts go now? Yes once the stream reader (which routes
+        in stream order, where a sender's writes are in their order) has routed the
+        sender's write just below the first part or that part's own stream copy, or has
+        passed ``target`` (the last stream message this node's consumer had to deliver
+        when asked, after the writes below the first part had time to be stored; for
+        writes that never reached the stream). ``reader_next``: the next stream
+        sequence the reader routes (None: it has routed nothing yet)."""
+        start = self.start
+        target = self.target
+        if not (dedup.seen(sender, start - 1) or dedup.seen(sender, start) or target == 0
+                or (target > 0 and reader_next is not None and reader_next > target)):
+            return False
+        self.contig = start - 1
+        return True
 
     def advance(self, dedup: Dedup, sender: bytes) -> int:
         """Move ``contig`` over the seqs routed meanwhile (by the stream reader)."""

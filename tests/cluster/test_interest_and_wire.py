@@ -378,6 +378,49 @@ def test_mqtt_4_6_0_5_live_parts_behind_a_lost_one_wait_for_the_streams_copy() -
     assert order.contig == 7
 
 
+def test_mqtt_4_6_0_5_a_senders_first_live_parts_wait_for_its_earlier_stream_writes() -> None:
+    """[MQTT-4.6.0-5] on a node that has just started (issue 14): the first live part
+    seen from a sender is seq 5; its writes 3 and 4 (sent before it saw this node's
+    heartbeat) come through the stream reader, which has not routed them: 5 and 6 are
+    held (unsynced) until the reader routed 4, then come out in order; a sender whose
+    first part is seq 1, or whose write below it was routed, starts in sync; a write
+    that never reached the stream is passed once the reader passed the consumer's
+    position (``target``), and a forced release ends the hold too."""
+    dedup = wire.Dedup()
+    assert wire.LiveOrder.first(dedup, b"n", 1).contig == 0
+    assert dedup.first(b"n", 2)
+    assert wire.LiveOrder.first(dedup, b"n", 3).contig == 2
+    order = wire.LiveOrder.first(dedup, b"n", 5)
+    assert order.contig == wire.UNSYNCED and order.start == 5
+    assert order.advance(dedup, b"n") + 1 < 5  # held, as every part while unsynced
+    order.held[5] = "five"
+    order.held[6] = "six"
+    assert order.ready(dedup, b"n", force=False) == []
+    assert dedup.first(b"n", 3)  # the reader routes 3: not yet
+    assert not order.synced(dedup, b"n", reader_next=10)
+    assert order.ready(dedup, b"n", force=False) == []
+    assert dedup.first(b"n", 4)  # ... and 4: the writes below 5 are through
+    assert order.synced(dedup, b"n", reader_next=11)
+    assert order.contig == 4
+    assert order.ready(dedup, b"n", force=False) == [(5, "five"), (6, "six")]
+    assert order.contig == 6 and not order.held
+
+    lost = wire.LiveOrder.first(dedup, b"m", 9)  # 8 never reached the stream
+    lost.held[9] = "nine"
+    assert not lost.synced(dedup, b"m", reader_next=None)
+    lost.target = 40  # the consumer had to deliver up to 40 when asked
+    assert not lost.synced(dedup, b"m", reader_next=40)
+    assert lost.synced(dedup, b"m", reader_next=41)
+    assert lost.ready(dedup, b"m", force=False) == [(9, "nine")]
+    idle = wire.LiveOrder.first(dedup, b"k", 7)  # nothing was left to route
+    idle.target = 0
+    assert idle.synced(dedup, b"k", reader_next=None) and idle.contig == 6
+    forced = wire.LiveOrder.first(dedup, b"j", 4)
+    forced.held[4] = "four"
+    assert forced.ready(dedup, b"j", force=True) == [(4, "four")]
+    assert forced.contig == 4
+
+
 def test_ownership_later_foreign_claim_kicks_older_does_not() -> None:
     own, engine = _ownership()
     own.claim("x")

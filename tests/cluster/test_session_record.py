@@ -25,3 +25,22 @@ def test_a_handed_over_record_carries_the_inbound_qos2_ids() -> None:
     rec = Record(b"node/1", None, session, [], {}, {7: "", 300: ""})
     back = Record.decode("c1", rec.encode())
     assert back.inbound == {7: "", 300: ""} and back.qos2 == {}
+
+
+def test_the_second_mark_is_version_3_and_only_while_there_is_one() -> None:
+    """The inbound ids whose stream write was acknowledged (``Record.marks``, with the
+    write's stream sequence) make the record version 3; without any it is written as
+    version 2 (or 1) as before, so a node of the previous version still reads it
+    (docs/cluster.md, "Mixed versions"). Versions 1 and 2 are still read."""
+    session = SessionRecord("c1", 5, 3600)
+    marked = Record(b"node/1", 41, session, [], {7: (40, RELEASED)},
+                    {7: "node/1q:3", 8: "node/1q:4"}, {7: 1234567890123})
+    raw = marked.encode()
+    assert raw[0] == 3
+    back = Record.decode("c1", raw)
+    assert (back.inbound, back.marks, back.qos2) == (
+        {7: "node/1q:3", 8: "node/1q:4"}, {7: 1234567890123}, {7: (40, RELEASED)})
+    unmarked = Record(b"node/1", 41, session, [], {}, {8: "node/1q:4"})
+    assert unmarked.encode()[0] == 2
+    assert Record.decode("c1", unmarked.encode()).marks == {}
+    assert Record.decode("c1", Record(b"node/1", 41, session, []).encode()).marks == {}
