@@ -69,10 +69,12 @@ from nats.js.api import (
     DeliverPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 from nats.js.errors import NotFoundError
 
 from iotbroker.cluster import wire
+from iotbroker.cluster.buckets import attempt_timeout, backoff
 from iotbroker.cluster.subjects import subject_to_topic, topic_to_subject
 from iotbroker.config import QosStreamConfig
 from iotbroker.errors import StorageError
@@ -108,6 +110,26 @@ def stream_key(msg: Msg) -> int:
     headers = msg.headers
     msg_id = headers.get("Nats-Msg-Id") if headers else None
     return write_key(msg_id) if msg_id else 0
+
+
+def answered_by_leader(info: StreamInfo) -> bool:
+    """Did the stream's (or a KV bucket's stream's) leader give this ``stream info``?
+
+    nats-server lets a replica answer with its *own* state in two cases: the group has
+    no leader (elected for a while), and a replica that is the group's preferred peer
+    while its Raft node is young (a nats-server that has just restarted). That state
+    may lag behind (the replica is still catching up), so such an answer says nothing
+    about the stream's end. The leader's answer names it and lists the *other* peers
+    as replicas; a replica's names the leader among its replicas, or no leader at all
+    (issue 14, i14-restart). Without a cluster (one nats-server) there is nothing to
+    lag: always true."""
+    cluster = info.cluster
+    if cluster is None:
+        return True
+    leader = cluster.leader
+    if not leader:
+        return not cluster.replicas  # (a lone server names no leader nor replicas)
+    return all(peer.name != leader for peer in cluster.replicas or ())
 
 
 def _name_token(name: str) -> str:
@@ -389,10 +411,13 @@ class QosStream:
     async def run(self, js: JetStreamContext) -> None:
         """Create (or find) the stream and this node's durable consumer, then read."""
         self.js_reader = js
+        failures = 0
         while True:
             try:
-                await self._ensure_stream(js)
-                await js.subscribe(
+                # (each step bounded, retried soon: right after a nats-server restart
+                # JetStream does not answer at once; buckets.py)
+                await asyncio.wait_for(self._ensure_stream(js), attempt_timeout(failures))
+                await asyncio.wait_for(js.subscribe(
                     f"{self.subject_prefix}.>", durable=self.durable, stream=self.stream,
                     cb=self._on_message, manual_ack=True,
                     config=ConsumerConfig(
@@ -406,15 +431,17 @@ class QosStream:
                         ack_wait=ACK_WAIT,
                         max_ack_pending=MAX_ACK_PENDING,
                     ),
-                )
+                ), attempt_timeout(failures))
                 break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.error("cluster: cannot open the QoS stream %r / consumer %r "
-                          "(replicas %d): %s; retrying", self.stream, self.durable,
-                          self.replicas, exc)
-                await asyncio.sleep(2.0)
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.error("cluster: cannot open the QoS stream %r / consumer %r "
+                              "(replicas %d): %s; retrying", self.stream, self.durable,
+                              self.replicas, str(exc) or type(exc).__name__)
+                await asyncio.sleep(backoff(failures))
         self.js = js
         log.info("cluster: QoS 1/2 stream %r joined (consumer %r)", self.stream,
                  self.durable)

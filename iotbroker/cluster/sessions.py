@@ -65,13 +65,13 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from iotbroker.cluster import wire
 from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.ownership import client_key
-from iotbroker.cluster.qos_stream import stream_key
+from iotbroker.cluster.qos_stream import answered_by_leader, stream_key
 from iotbroker.cluster.subjects import filter_to_subjects, subject_to_topic
 from iotbroker.core.router import copy_for
 from iotbroker.core.session import Session
@@ -112,6 +112,9 @@ FETCH_BATCH = 500
 #: Seconds the stream read of one resume may take (retrying a slow server); then the
 #: session is resumed without what was not read (logged; its position is kept).
 FETCH_PATIENCE = 3.0
+#: Seconds before a resumed session's stream read is made again when the stream's
+#: leader shows the first one was short (:meth:`Sessions._fetch`).
+REREAD_PAUSE = 0.2
 #: Messages routed here during one resume kept for it at most.
 MAX_CAPTURED = 100_000
 
@@ -144,6 +147,14 @@ _AGAIN = b"W"
 #: Seconds between two asks answered ``_AGAIN``.
 AGAIN_SECONDS = 0.1
 _REV = struct.Struct(">Q")
+
+
+def _conflict(exc: Exception) -> bool:
+    """A record write refused by its compare-and-set (another process wrote the
+    record since this one's last write: JetStream's "wrong last sequence", 10071) —
+    not a timeout or NATS away, after which the record is still this process's."""
+    return isinstance(exc, KeyWrongLastSequenceError) or (
+        getattr(exc, "err_code", None) == 10071)
 
 
 class ResumeFailed(Exception):
@@ -327,6 +338,9 @@ class Sessions:
         self._claims: set[str] = set()
         #: client ids whose claim (first write) is in flight
         self._claiming: set[str] = set()
+        #: owned client ids whose last record write failed (not a compare-and-set
+        #: refusal): written again when the buckets answer after a reconnect
+        self._write_again: set[str] = set()
         self._wake = asyncio.Event()
         #: client id -> lock held while its record is written: one write of a record at
         #: a time, so a write reads the revision (and state) the previous one left —
@@ -386,6 +400,8 @@ class Sessions:
         self.writes = 0
         self.write_failures = 0
         self.lost = 0
+        #: resumes' stream reads made again (the first was not whole: :meth:`_fetch`)
+        self.rereads = 0
         #: CONNECTs refused because the session was not ready in time (0x89)
         self.refused = 0
         # The connect gate's view of NATS (:meth:`before_accept`): ``ready`` — this
@@ -908,13 +924,14 @@ class Sessions:
                 if client_id in self.revs:  # not handed over meanwhile
                     self.revs[client_id] = rev
             self.writes += 1
+            self._write_again.discard(client_id)
             log.debug("cluster: session record %r written (position %s)", client_id,
                       None if rec is None else rec.position)
             return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if rev is not None and self.revs.get(client_id) == rev:
+            if rev is not None and self.revs.get(client_id) == rev and _conflict(exc):
                 # Another process wrote the record since ours: it has the session.
                 self.lost += 1
                 self.revs.pop(client_id, None)
@@ -932,6 +949,16 @@ class Sessions:
                     # keeps waiting. Else the record was never written and the session
                     # moved after kill -9 came back empty (Session Present 0; issue 14).
                     self._claims.add(client_id)
+                    if self._up():
+                        asyncio.get_running_loop().call_later(
+                            FIRST_WRITE_RETRY, self._redirty, client_id)
+                elif rev is not None and self.revs.get(client_id) == rev:
+                    # Not written (NATS away, a timeout), not taken by another process
+                    # (that is a compare-and-set refusal, above): still ours, written
+                    # again soon, or when the buckets answer again after a reconnect
+                    # (:meth:`_first_writes_again`) — the local session is kept (a
+                    # client reconnecting while NATS is away gets it, issue 14).
+                    self._write_again.add(client_id)
                     if self._up():
                         asyncio.get_running_loop().call_later(
                             FIRST_WRITE_RETRY, self._redirty, client_id)
@@ -957,7 +984,9 @@ class Sessions:
         while self.ownership.kv is None:  # (opened at the same time: claims need it)
             await asyncio.sleep(0.05)
         if self._probe is None or self._probe.done():
-            self._set_ready(True)
+            # Ready once the buckets' and the stream's leaders answer (an open bucket
+            # may have been found through a replica's answer: :meth:`_probe_buckets`).
+            self._start_probe()
         loop = asyncio.get_running_loop()
         checkpoint = loop.create_task(self._checkpoint_loop())
         try:
@@ -1244,34 +1273,61 @@ class Sessions:
         buckets answer again — right after a reconnect JetStream may not (a restarted
         server rejoining its cluster, a leader being elected) — bounded by
         RESUME_TIMEOUT, instead of being served with this node's state."""
-        self.ready = False
+        self._set_ready(False)
         self._set_away(False)
+        if self.kv is not None:  # (else :meth:`run` is still opening it: probed then)
+            self._start_probe()
+
+    def _start_probe(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
-        if self.kv is not None:  # (else :meth:`run` is still opening it: ready then)
-            self._probe = asyncio.get_running_loop().create_task(self._probe_buckets())
+        self._probe = asyncio.get_running_loop().create_task(self._probe_buckets())
 
     async def _probe_buckets(self) -> None:
         """Until both buckets and the QoS stream (a resume reads it) answer a status
-        request (each try bounded to 1 s, 0.1 s apart), then ready."""
+        request from their leaders (a replica's answer may lag behind:
+        :func:`~iotbroker.cluster.qos_stream.answered_by_leader`), each try bounded to
+        1 s, 0.1 s apart; then ready, and the first record writes that failed while
+        NATS was away are made now (:meth:`_first_writes_again`)."""
         while True:
             kv, own, js = self.kv, self.ownership.kv, self.js
             nc = self.nc
             if (kv is not None and own is not None and js is not None and nc is not None
                     and nc.is_connected):
                 try:
-                    await asyncio.wait_for(asyncio.gather(
+                    answers = await asyncio.wait_for(asyncio.gather(
                         kv.status(), own.status(), js.stream_info(self.qos.stream)), 1.0)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.debug("cluster: buckets not answering yet after the reconnect: %s",
-                              exc)
+                    log.debug("cluster: buckets not answering yet: %s",
+                              str(exc) or type(exc).__name__)
                 else:
-                    self._probe = None
-                    self._set_ready(True)
-                    return
+                    kv_status, own_status, info = answers
+                    if all(answered_by_leader(i) for i in (
+                            kv_status.stream_info, own_status.stream_info, info)):
+                        self._probe = None
+                        self._set_ready(True)
+                        self._first_writes_again()
+                        return
+                    log.debug("cluster: buckets answered by a replica, no leader yet")
             await asyncio.sleep(0.1)
+
+    def _first_writes_again(self) -> None:
+        """Sessions accepted here whose first record write failed while NATS was away
+        (their retry is scheduled only while it is up: :meth:`_write_record`), and
+        owned ones whose last write failed: written now that the buckets answer
+        again, not at the session's next change."""
+        sessions = self.engine.registry.sessions
+        waiting = [c for c in self._claims if c in sessions and c not in self.revs]
+        waiting += [c for c in self._write_again if c in self.revs]
+        self._write_again.clear()
+        if waiting:
+            for client_id in waiting:
+                self._dirty[client_id] = None
+            self._wake.set()
+            log.info("cluster: %d session records not written while NATS was away: "
+                     "written now", len(waiting))
 
     def _nats_away(self) -> bool:
         """Before the first connection: whether it failed; then: not connected."""
@@ -1343,9 +1399,12 @@ class Sessions:
             # service unavailable"), or any other failure (the record kept changing, a
             # KV error of another class): the session is somewhere, not here — never
             # served as a new empty one while NATS is connected (issue 14).
-            why = (str(exc) if isinstance(exc, (TimeoutError, NatsError)) else
-                   f"not resumed ({type(exc).__name__}: {exc})") or (
-                       f"not resumed within {RESUME_TIMEOUT:.0f}s")
+            if isinstance(exc, TimeoutError) and not str(exc):
+                why = f"not resumed within {RESUME_TIMEOUT:.0f}s"
+            elif isinstance(exc, (TimeoutError, NatsError)):
+                why = str(exc) or f"not resumed ({type(exc).__name__})"
+            else:
+                why = f"not resumed ({type(exc).__name__}: {exc})"
             if not had_record and self.engine.registry.get(client_id) is None:
                 # Stopped after taking the record, before rebuilding the session: the
                 # record keeps it (a later resume takes it from there), not deleted.
@@ -1664,30 +1723,60 @@ class Sessions:
     async def _fetch(self, js: JetStreamContext, position: int, filters: list[str]
                      ) -> list[tuple[int, bytes, int, list[Message]]]:
         """The stream messages after ``position`` on the subjects of ``filters``, up
-        to the stream's end now (an ephemeral pull consumer, filtered by the server)."""
+        to the stream's end now (an ephemeral pull consumer, filtered by the server).
+
+        Never short (issue 14, i14-restart): the end is the one the stream's *leader*
+        gives (a replica's answer is not taken: :func:`answered_by_leader`), and a read
+        is checked against the leader before it is taken — the ephemeral consumer
+        lives on one replica of the stream, chosen by nats-server, and a replica that
+        has just restarted may not have caught up yet: it then reports fewer messages
+        pending than there are (0 in the case seen) and delivers only what it has. A
+        read that the leader shows to be short is made again (a new consumer) after
+        :data:`REREAD_PAUSE`, until it is whole: bounded by the resume's own bound
+        (RESUME_TIMEOUT: past it the CONNECT is refused 0x89 and the session stays
+        where it is; the client retries)."""
         qos = self.qos
-        info = await js.stream_info(qos.stream)
-        last = info.state.last_seq
-        if last <= position:
-            return []
         subjects: list[str] = []
         for topic_filter in filters:
             for subject in filter_to_subjects(qos.subject_prefix, topic_filter):
                 if subject not in subjects:
                     subjects.append(subject)
+        while True:
+            info = await js.stream_info(qos.stream)
+            if answered_by_leader(info):
+                last = info.state.last_seq
+                if last <= position:
+                    return []
+                out = await self._read(js, subjects, position, last, info.state.first_seq)
+                missed = await self._missed(js, subjects,
+                                            out[-1][0] if out else position, last)
+                if missed is None:
+                    return out
+                why = (f"read up to sequence {out[-1][0] if out else position} of {last}, "
+                       f"the leader has {missed} (a replica catching up)")
+            else:
+                why = "answered by a replica, not the stream's leader"
+            self.rereads += 1
+            log.info("cluster: QoS stream %r read after position %d not whole (%s); "
+                     "read again in %.1fs", qos.stream, position, why, REREAD_PAUSE)
+            await asyncio.sleep(REREAD_PAUSE)
+
+    async def _read(self, js: JetStreamContext, subjects: list[str], position: int,
+                    last: int, first: int) -> list[tuple[int, bytes, int, list[Message]]]:
+        """One read of the stream messages after ``position`` up to ``last`` on
+        ``subjects``: as many as the consumer says match (its replica's view)."""
+        qos = self.qos
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(position + 1, info.state.first_seq),
+            opt_start_seq=max(position + 1, first),
             ack_policy=AckPolicy.NONE,
             mem_storage=True,
             num_replicas=1,
             inactive_threshold=30.0,
         )
-        if len(subjects) == 1:
-            sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
-        else:
+        if len(subjects) > 1:
             config.filter_subjects = subjects
-            sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
+        sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
         out: list[tuple[int, bytes, int, list[Message]]] = []
         try:
             # How many match from the start on: fetched until then (or the end seen
@@ -1732,6 +1821,28 @@ class Sessions:
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
         return out
+
+    async def _missed(self, js: JetStreamContext, subjects: list[str], after: int,
+                      last: int) -> int | None:
+        """The first stream sequence in ``after`` + 1 .. ``last`` of a message on
+        ``subjects`` that the stream's leader has (None: none) — a read that ended at
+        ``after`` missed it. A replica applies the stream in order, so what a lagging
+        one lacks is the end: one "next message on this subject" request per subject
+        (served by the leader only, ``$JS.API.STREAM.MSG.GET``) tells."""
+        if after >= last:
+            return None
+        stream = self.qos.stream
+
+        async def next_on(subject: str) -> int | None:
+            try:
+                msg = await js.get_msg(stream, seq=after + 1, subject=subject, next=True)
+            except NotFoundError:
+                return None
+            return msg.seq
+
+        found = [seq for seq in await asyncio.gather(*(next_on(s) for s in subjects))
+                 if seq is not None and seq <= last]
+        return min(found) if found else None
 
     async def _forget(self, js: JetStreamContext, sub: JetStreamContext.PullSubscription
                       ) -> None:

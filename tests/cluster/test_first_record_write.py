@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from iotbroker.codec.packets import Publish
 from tests.cluster.conftest import connect_retrying_busy, log_tails, wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.cluster.test_qos2_exactly_once import stopped
@@ -43,3 +44,88 @@ def test_mqtt_3_1_2_5_a_session_whose_first_record_write_failed_moves_after_kill
     back, present = connect_retrying_busy(b, "sub", False, a)
     assert present, log_tails(a, b)
     back.close()
+
+
+def test_mqtt_3_1_2_5_a_session_opened_while_nats_is_away_is_written_when_it_returns(
+        make_node: Node, nats_cluster: NatsCluster) -> None:
+    """Every nats-server is killed (the nodes have lost NATS: they serve their local
+    clients); a persistent session is opened on node b meanwhile — its first record
+    write fails (no write is in flight when NATS returns). When the servers are back
+    (restarted) and b's buckets answer, b writes the record at once (issue 14,
+    i14-restart: it used to wait for the session's next change, and this connected,
+    idle client has none); after kill -9 of b, the client's Clean Start 0 CONNECT to
+    a resumes it with Session Present 1
+    [MQTT-3.1.2-5], [MQTT-3.2.2-2]."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    for node in (a, b):
+        wait_for_log(node, "session records bucket", timeout=30)
+    for server in nats_cluster.servers:
+        server.kill()
+    try:
+        wait_for_log(b, "lost NATS", timeout=10)
+        sub, present = connect_retrying_busy(b, "away", True)  # b's own state
+        assert not present
+        # (its one write fails before NATS returns: nothing else writes it again)
+        wait_for_log(b, "session record 'away' not written", timeout=30)
+    finally:
+        for server in nats_cluster.servers:
+            server.start()
+    wait_for_log(b, "reconnected to NATS", timeout=30)
+    deadline = time.monotonic() + 30  # written once the buckets answer (the fix)
+    while "session record 'away' written" not in b.log_text():
+        assert time.monotonic() < deadline, log_tails(b, lines=60)
+        time.sleep(0.05)
+    b.kill()
+    sub.close()
+    back, present = connect_retrying_busy(a, "away", False, b)
+    assert present, log_tails(a, b)
+    back.close()
+
+
+def test_mqtt_3_1_2_5_a_session_that_ends_its_connection_while_nats_is_away_is_kept(
+        make_node: Node, nats_cluster: NatsCluster) -> None:
+    """A persistent session on node b, subscribed, its record written; every
+    nats-server is killed; the client disconnects (b's record write fails: NATS is
+    away, not another owner) and reconnects to b with Clean Start 0 while NATS is
+    still away: b serves it with its own copy — Session Present 1 [MQTT-3.1.2-5],
+    [MQTT-3.2.2-2], its subscription delivers — not a new session (a failed write
+    used to be taken for "owned elsewhere now" and b dropped its copy; issue 14,
+    i14-restart). Once NATS is back the record is written again."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    for node in (a, b):
+        wait_for_log(node, "session records bucket", timeout=30)
+    sub, _ = connect_retrying_busy(b, "keep", True)
+    sub.subscribe("keep/#", qos=1)
+    deadline = time.monotonic() + 15
+    while "session record 'keep' written" not in b.log_text():
+        assert time.monotonic() < deadline, log_tails(b)
+        time.sleep(0.05)
+    for server in nats_cluster.servers:
+        server.kill()
+    try:
+        wait_for_log(b, "lost NATS", timeout=10)
+        sub.disconnect()
+        sub.close()
+        deadline = time.monotonic() + 30  # its record write after the disconnect failed
+        while not any(line in b.log_text() for line in (
+                "session record 'keep' not written", "session 'keep' is owned elsewhere")):
+            assert time.monotonic() < deadline, log_tails(b)
+            time.sleep(0.05)
+        back, present = connect_retrying_busy(b, "keep", False)  # NATS still away
+        assert present, log_tails(b, lines=60)
+        pub, _ = connect_retrying_busy(b, "pub-keep", True)
+        pub.publish("keep/x", b"local", qos=0)
+        packet = back.recv(timeout=10)
+        assert isinstance(packet, Publish) and packet.payload == b"local", packet
+    finally:
+        for server in nats_cluster.servers:
+            server.start()
+    written = b.log_text().count("session record 'keep' written")
+    deadline = time.monotonic() + 30  # written again once the buckets answer
+    while b.log_text().count("session record 'keep' written") == written:
+        assert time.monotonic() < deadline, log_tails(b, lines=60)
+        time.sleep(0.05)
+    for client in (back, pub):
+        client.close()
