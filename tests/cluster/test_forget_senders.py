@@ -76,6 +76,7 @@ def test_a_node_forgets_a_dead_sending_process_and_its_restart_still_delivers_in
     wait_for_log(b, line, timeout=bound + 15)
     waited = time.monotonic() - killed
     assert waited >= bound, (waited, log_tails(b))
+    print(f"b forgot {sender} {waited:.1f} s after the kill (bound {bound:.0f} s)")
     forgot = [x for x in b.log_text().splitlines() if line in x]
     assert len(forgot) == 1, forgot
     assert "dedup window of 20 seqs" in forgot[0], forgot
