@@ -15,13 +15,16 @@ persistent subscriber. FORGET_SECONDS is lowered through its environment overrid
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from iotbroker.cluster import wire
-from iotbroker.cluster.node import FORGET_ENV, FORGET_SECONDS, forget_seconds
+from iotbroker.cluster.node import FORGET_ENV, FORGET_SECONDS, ClusterNode, forget_seconds
 from iotbroker.cluster.wills import NODE_TTL
 from iotbroker.codec.packets import PubAck
 from tests.cluster.conftest import connect_retrying_busy, log_tails, wait_for_log
@@ -121,3 +124,58 @@ def test_the_forget_bound_override_is_read_from_the_environment() -> None:
     assert forget_seconds({FORGET_ENV: "0"}) == NODE_TTL
     assert forget_seconds({FORGET_ENV: "nan"}) == NODE_TTL
     assert forget_seconds({FORGET_ENV: "soon"}) == FORGET_SECONDS
+
+
+def test_a_silent_senders_state_stays_until_the_stream_reader_has_passed_the_streams_end(
+        ) -> None:
+    """The safety rule of ``ClusterNode._forget_senders`` (on the node's own objects,
+    the NATS side replaced by a stub that answers the stream's last sequence): a
+    sender silent past the bound is not forgotten until the stream's end has been
+    asked for and this node's stream reader has routed past it (its writes may still
+    have stream copies to route: forgetting before would route them twice), nor while
+    live parts of it are held; one heard again meanwhile is not forgotten."""
+    dead, back = b"a/dead", b"c/back"
+    asked: list[list[bytes]] = []
+
+    async def scenario() -> list[int]:
+        node: Any = SimpleNamespace(
+            forget_seconds=FORGET_SECONDS, qos=SimpleNamespace(
+                limits=SimpleNamespace(duplicate_window=120.0), next_to_route=None),
+            wills=SimpleNamespace(figures={"a_dead": (0.0, b""), "c_back": (0.0, b"")}),
+            dedup=wire.Dedup(), _live_order={}, _forget_at={}, _unheard={},
+            _end_ask=None, senders_forgotten=0)
+
+        async def ask(senders: list[bytes]) -> None:  # the stream's leader: end 50
+            asked.append(senders)
+            for sender in senders:
+                node._forget_at.setdefault(sender, 50)
+
+        node._ask_stream_end = ask
+        for seq in range(1, 6):
+            node.dedup.first(dead, seq)
+            node.dedup.first(back, seq)
+        node._live_order[dead] = order = wire.LiveOrder(5)
+        order.held[7] = ([], [])
+        counts = []
+
+        async def sweep(now: float) -> None:
+            ClusterNode._forget_senders(node, now)
+            await asyncio.sleep(0)  # the ask task runs
+            counts.append(node.senders_forgotten)
+
+        await sweep(100.0)  # silent 100 s < 120 s: kept, nothing asked
+        await sweep(121.0)  # past the bound: c's end asked; a's live part is held
+        order.held.clear()
+        await sweep(122.0)  # asked (end 50); the reader has routed nothing
+        node.wills.figures["c_back"] = (122.5, b"")  # c heard again
+        node.qos.next_to_route = 50  # the reader has not routed 50 yet
+        await sweep(123.0)
+        assert back not in node._forget_at
+        node.qos.next_to_route = 51  # it has: a goes, c stays
+        await sweep(124.0)
+        assert node.dedup.senders() == [back] and dead not in node._live_order
+        return counts
+
+    counts = asyncio.run(scenario())
+    assert counts == [0, 0, 0, 0, 1], counts
+    assert asked == [[back], [dead]], asked  # c at 121 s; a once nothing of it was held
