@@ -28,11 +28,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -48,7 +49,7 @@ from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.orphans import OrphanSweep, owner_token
 from iotbroker.cluster.ownership import Ownership
-from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
+from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream, answered_by_leader
 from iotbroker.cluster.remote import (
     GroupKey,
     RemoteInterest,
@@ -92,6 +93,11 @@ SWEEP_SECONDS = 1.0
 #: Seconds without a sign of life after which a process's announcements are deleted
 #: from the bucket (after NODE_TTL it is already out of the index).
 FORGET_SECONDS = 60.0
+#: Replaces FORGET_SECONDS when set (seconds, at least NODE_TTL): a test/ops knob, read
+#: once when a node starts (docs/cluster.md, "Forgetting dead senders").
+FORGET_ENV = "IOTBROKER_CLUSTER_FORGET_SECONDS"
+#: Seconds one request for the QoS stream's end may take (else asked on a later sweep).
+END_TIMEOUT = 2.0
 
 _PUB, _ANNOUNCE, _RETAIN = wire.PUB, 1, 3
 _CONTROL = bytes([wire.CONTROL])
@@ -146,6 +152,15 @@ class ClusterNode:
         self._reorder_timer: asyncio.TimerHandle | None = None
         #: consumer position requests for unsynced senders (LiveOrder.synced)
         self._asks: set[asyncio.Task[None]] = set()
+        #: Silent senders' receive state (Dedup window, LiveOrder) goes after this long
+        #: (_forget_senders): FORGET_SECONDS, at least the stream's duplicate window.
+        self.forget_seconds = forget_seconds(os.environ)
+        #: silent sender -> the QoS stream's last sequence when it was found silent (its
+        #: state goes once this node's reader has routed past it); senders never heard
+        #: here (no heartbeat: dead before this node started) -> when first noticed
+        self._forget_at: dict[bytes, int] = {}
+        self._unheard: dict[bytes, float] = {}
+        self._end_ask: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: The retained bucket (None until it is open) and the topics it holds, from
         #: the watch (the messages themselves are in the engine's retained store).
@@ -176,6 +191,7 @@ class ClusterNode:
         self.undecodable = 0
         self.unnamed = 0  # messages dropped: a name id this node did not hold
         self.name_resets = 0  # name tables renewed because a destination asked
+        self.senders_forgotten = 0  # silent sending processes' state dropped
 
     def status(self) -> dict[str, int]:
         """What the node reports ($SYS/broker/cluster/..., metrics, /health)."""
@@ -189,6 +205,7 @@ class ClusterNode:
             "messages_undecodable": self.undecodable,
             "messages_unnamed": self.unnamed,
             "names_resets": self.name_resets,
+            "senders_forgotten": self.senders_forgotten,
             "filters": len(self.interest),
             "remote_filters": len(self.remote),
             "remote_nodes": len(self.remote.active),
@@ -274,6 +291,8 @@ class ClusterNode:
             self._reorder_timer = None
         for task in list(self._asks):
             task.cancel()
+        if self._end_ask is not None:
+            self._end_ask.cancel()
         self.after_turn()
         engine.held_acks = None
         await self.qos.stop()
@@ -732,8 +751,9 @@ class ClusterNode:
                 # This node does not hear its own heartbeat (NATS or the watch is not
                 # back yet): it cannot tell who is silent.
                 continue
-            changed, gone = remote.sweep(now, NODE_TTL, FORGET_SECONDS)
+            changed, gone = remote.sweep(now, NODE_TTL, self.forget_seconds)
             self._forget_names(now)
+            self._forget_senders(now)
             for token in changed:
                 log.info("cluster: node process %s %s the routing index", token,
                          "back in" if token in remote.active else "silent: out of")
@@ -747,14 +767,89 @@ class ClusterNode:
         restarted node is a new process: its old ones would never be used again)."""
         figures = self.wills.figures
         names_out = self.names_out
+        forget = self.forget_seconds
         for token in list(names_out.tables):
             seen = figures.get(token)
-            if seen is not None and now - seen[0] > FORGET_SECONDS:
+            if seen is not None and now - seen[0] > forget:
                 names_out.forget(token)
         for sender in list(self.names_in):
             seen = figures.get(owner_token(sender))
-            if seen is not None and now - seen[0] > FORGET_SECONDS:
+            if seen is not None and now - seen[0] > forget:
                 del self.names_in[sender]
+
+    def _forget_senders(self, now: float) -> None:
+        """Drop the receive state (the Dedup window: up to 65,536 seqs; the LiveOrder)
+        of sending processes silent for longer than the bound — FORGET_SECONDS, at
+        least the QoS stream's duplicate window (docs/cluster.md, "Forgetting dead
+        senders"): a restarted node is a new sender, its old state would be kept for
+        ever. Only once it is safe: the sender's writes may still have stream copies
+        this node's reader has not routed (forgetting then would route them twice), so
+        the stream's last sequence is asked for (its leader's answer, from
+        :meth:`_ask_stream_end`) once the sender is found silent, and the state goes
+        when the reader (which routes every subject in stream order) has passed it."""
+        bound = max(self.forget_seconds, float(self.qos.limits.duplicate_window))
+        figures = self.wills.figures
+        dedup = self.dedup
+        silent: list[bytes] = []
+        senders = set(dedup.senders())
+        senders.update(self._live_order)
+        for sender in senders:
+            seen = figures.get(owner_token(sender))
+            if seen is not None:
+                self._unheard.pop(sender, None)
+                quiet = now - seen[0]
+            else:  # never heard here: counted from when it was first noticed
+                quiet = now - self._unheard.setdefault(sender, now)
+            if quiet <= bound:
+                self._forget_at.pop(sender, None)  # heard again: it was not dead
+                continue
+            order = self._live_order.get(sender)
+            if order is not None and order.held:
+                continue  # (routed within GAP_WAIT: _check_reorder)
+            last = self._forget_at.get(sender)
+            if last is None:
+                silent.append(sender)
+                continue
+            reader_next = self.qos.next_to_route
+            if reader_next is None or reader_next <= last:
+                continue
+            seqs = dedup.forget(sender)
+            self._live_order.pop(sender, None)
+            del self._forget_at[sender]
+            self._unheard.pop(sender, None)
+            self.senders_forgotten += 1
+            log.info("cluster: forgot sending process %s, silent for %.0fs (bound "
+                     "%.0fs): its dedup window of %d seqs and its live order dropped "
+                     "(the QoS stream reader has routed past sequence %d)",
+                     sender.decode(errors="replace"), quiet, bound, seqs, last)
+        if silent and (self._end_ask is None or self._end_ask.done()):
+            self._end_ask = asyncio.get_running_loop().create_task(
+                self._ask_stream_end(silent))
+
+    async def _ask_stream_end(self, senders: list[bytes]) -> None:
+        """The QoS stream's last sequence, from its leader (a replica that has just
+        restarted may answer with a state behind it: :func:`answered_by_leader`),
+        into ``_forget_at`` for ``senders``; on no answer within :data:`END_TIMEOUT`,
+        asked again on a later sweep."""
+        qos = self.qos
+        js = qos.js
+        if js is None:  # the reader has not joined the stream yet
+            return
+        try:
+            info = await asyncio.wait_for(js.stream_info(qos.stream), END_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("cluster: QoS stream %r info (to forget silent senders): %s",
+                      qos.stream, exc)
+            return
+        if not answered_by_leader(info):
+            log.debug("cluster: QoS stream %r info answered by a replica; asked again",
+                      qos.stream)
+            return
+        last = int(info.state.last_seq or 0)
+        for sender in senders:
+            self._forget_at.setdefault(sender, last)
 
     async def _watch_retained(self, nc: NatsClient) -> None:
         """Index the retained bucket in memory (the engine's retained store) from a
@@ -1084,6 +1179,21 @@ class ClusterNode:
             log.warning("cluster: NATS %s unreachable (%s); node %s serves its local "
                         "clients only, retrying", ", ".join(self.config.nats), exc,
                         self.config.node_name)
+
+
+def forget_seconds(environ: Mapping[str, str]) -> float:
+    """FORGET_SECONDS, or :data:`FORGET_ENV` from ``environ`` (at least NODE_TTL: a
+    process must be out of the routing index before it is forgotten)."""
+    raw = environ.get(FORGET_ENV)
+    if raw is None:
+        return FORGET_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("cluster: %s=%r is not a number of seconds; %.0f used",
+                    FORGET_ENV, raw, FORGET_SECONDS)
+        return FORGET_SECONDS
+    return value if value >= NODE_TTL else NODE_TTL  # (NaN too)
 
 
 def _refused_credentials(exc: Exception) -> bool:

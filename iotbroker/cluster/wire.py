@@ -855,6 +855,17 @@ class Dedup:
             members.discard(order.popleft())
         return True
 
+    def senders(self) -> list[bytes]:
+        """The senders with a window here."""
+        return list(self._seen)
+
+    def forget(self, sender: bytes) -> int:
+        """Drop ``sender``'s window (a process gone for good: node.py,
+        ``_forget_senders``); returns how many seqs it held. A (sender, seq) seen
+        before is then new again: the caller makes sure none comes again."""
+        seen = self._seen.pop(sender, None)
+        return 0 if seen is None else len(seen[1])
+
 
 #: :attr:`LiveOrder.contig` of a sender whose first live parts wait for this node's
 #: stream reader (below every sequence number: each part is held).
