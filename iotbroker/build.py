@@ -24,9 +24,9 @@ def source_digest(path: Path) -> str:
     """The SHA-256 of a source file, as recorded in the build manifest."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-#: The hot path: codec, protocol state machine, topic trie, routing, sessions and their
-#: registry. Not compiled: ``codec/packets.py`` (mypyc's dataclass support rejects the
-#: ``TYPE`` class attribute before fields without defaults), ``core/placeholders.py``
+#: The hot path: codec (``codec/packets.py`` too since issue 19: ``TYPE`` is a
+#: ``ClassVar``), protocol state machine, topic trie, routing, sessions and their
+#: registry. Not compiled: ``core/placeholders.py``
 #: (subclasses ``deque``, ``frozenset`` and ``dict``: the shared empty containers
 #: ``core/session.py`` starts with, moved out of it so that it compiles), ``server/``
 #: (asyncio.Protocol subclasses) and every cold module. The engine
@@ -37,6 +37,7 @@ def source_digest(path: Path) -> str:
 #: ``Framer`` (the bridge's ``Outlet`` is a ``Connection``).
 COMPILED_MODULES = (
     "iotbroker.codec.primitives",
+    "iotbroker.codec.packets",
     "iotbroker.codec.framer",
     "iotbroker.codec.properties",
     "iotbroker.codec.decode",

@@ -264,13 +264,13 @@ def _ack(
         if n < 2:
             raise _malformed(f"{name} is shorter than 2 bytes")
         pid, pos = _packet_id(body, 0, v5)
-        if n == 2:
-            return cls(pid)
+        if n == 2:  # the shared empty properties: no Properties() per ack
+            return cls(pid, 0, NO_PROPERTIES)
         if not v5:
             raise _trailing(name, v5)
         reason = body[2]
         if n == 3:
-            return cls(pid, reason)
+            return cls(pid, reason, NO_PROPERTIES)
         props, pos = decode_properties(body, 3, kind)
         if pos != n:
             raise _trailing(name, v5)

@@ -7,11 +7,18 @@ leaves them out for protocol level 4. Packets are plain data: no behaviour, no I
 The classes are slotted but not frozen: constructing a frozen dataclass costs an
 ``object.__setattr__`` per field, and PUBLISH is on the hot path. Treat a packet as
 immutable once built; use :func:`dataclasses.replace` to derive a changed copy.
+
+Compiled by mypyc (issue 19): ``TYPE`` is a ``ClassVar`` (an unannotated class
+attribute in front of fields without defaults is read by mypyc as a field with a
+default), and the packets of every QoS 1/2 message (PUBLISH and the four acks) write
+their ``__init__`` out: the one the dataclass would generate stays interpreted under
+mypyc. A decoded ack without properties shares :data:`NO_PROPERTIES`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from iotbroker.codec.enums import PacketType
 
@@ -75,7 +82,7 @@ class Will:
 class Connect:
     """CONNECT (§3.1). ``clean_start`` is Clean Session in MQTT 3.1.1."""
 
-    TYPE = PacketType.CONNECT
+    TYPE: ClassVar[PacketType] = PacketType.CONNECT
     client_id: str = ""
     protocol_version: int = 4
     protocol_name: str = "MQTT"
@@ -91,7 +98,7 @@ class Connect:
 class ConnAck:
     """CONNACK (§3.2). ``reason_code`` is the v3.1.1 return code or the v5 reason code."""
 
-    TYPE = PacketType.CONNACK
+    TYPE: ClassVar[PacketType] = PacketType.CONNACK
     session_present: bool = False
     reason_code: int = 0
     properties: Properties = field(default_factory=Properties)
@@ -104,7 +111,7 @@ class Publish:
     In MQTT 5.0 ``topic`` may be empty when ``properties.topic_alias`` is set.
     """
 
-    TYPE = PacketType.PUBLISH
+    TYPE: ClassVar[PacketType] = PacketType.PUBLISH
     topic: str
     payload: bytes = b""
     qos: int = 0
@@ -113,45 +120,86 @@ class Publish:
     packet_id: int | None = None
     properties: Properties = field(default_factory=Properties)
 
+    def __init__(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False,
+                 dup: bool = False, packet_id: int | None = None,
+                 properties: Properties | None = None) -> None:
+        # Written out (the dataclass keeps it; eq, repr and replace are still its own):
+        # compiled by mypyc, the generated one would stay interpreted (one per message).
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.dup = dup
+        self.packet_id = packet_id
+        self.properties = Properties() if properties is None else properties
+
 
 @dataclass(slots=True)
 class PubAck:
     """PUBACK (§3.4)."""
 
-    TYPE = PacketType.PUBACK
+    TYPE: ClassVar[PacketType] = PacketType.PUBACK
     packet_id: int
     reason_code: int = 0
     properties: Properties = field(default_factory=Properties)
+
+    def __init__(self, packet_id: int, reason_code: int = 0,
+                 properties: Properties | None = None) -> None:
+        # Written out, as Publish's: compiled, not interpreted (QoS 1/2 acks).
+        self.packet_id = packet_id
+        self.reason_code = reason_code
+        self.properties = Properties() if properties is None else properties
 
 
 @dataclass(slots=True)
 class PubRec:
     """PUBREC (§3.5)."""
 
-    TYPE = PacketType.PUBREC
+    TYPE: ClassVar[PacketType] = PacketType.PUBREC
     packet_id: int
     reason_code: int = 0
     properties: Properties = field(default_factory=Properties)
+
+    def __init__(self, packet_id: int, reason_code: int = 0,
+                 properties: Properties | None = None) -> None:
+        # Written out, as Publish's: compiled, not interpreted (QoS 1/2 acks).
+        self.packet_id = packet_id
+        self.reason_code = reason_code
+        self.properties = Properties() if properties is None else properties
 
 
 @dataclass(slots=True)
 class PubRel:
     """PUBREL (§3.6). Fixed-header flags are 0b0010 [MQTT-3.6.1-1]."""
 
-    TYPE = PacketType.PUBREL
+    TYPE: ClassVar[PacketType] = PacketType.PUBREL
     packet_id: int
     reason_code: int = 0
     properties: Properties = field(default_factory=Properties)
+
+    def __init__(self, packet_id: int, reason_code: int = 0,
+                 properties: Properties | None = None) -> None:
+        # Written out, as Publish's: compiled, not interpreted (QoS 1/2 acks).
+        self.packet_id = packet_id
+        self.reason_code = reason_code
+        self.properties = Properties() if properties is None else properties
 
 
 @dataclass(slots=True)
 class PubComp:
     """PUBCOMP (§3.7)."""
 
-    TYPE = PacketType.PUBCOMP
+    TYPE: ClassVar[PacketType] = PacketType.PUBCOMP
     packet_id: int
     reason_code: int = 0
     properties: Properties = field(default_factory=Properties)
+
+    def __init__(self, packet_id: int, reason_code: int = 0,
+                 properties: Properties | None = None) -> None:
+        # Written out, as Publish's: compiled, not interpreted (QoS 1/2 acks).
+        self.packet_id = packet_id
+        self.reason_code = reason_code
+        self.properties = Properties() if properties is None else properties
 
 
 @dataclass(slots=True)
@@ -172,7 +220,7 @@ class Subscription:
 class Subscribe:
     """SUBSCRIBE (§3.8). Fixed-header flags are 0b0010 [MQTT-3.8.1-1]."""
 
-    TYPE = PacketType.SUBSCRIBE
+    TYPE: ClassVar[PacketType] = PacketType.SUBSCRIBE
     packet_id: int
     subscriptions: list[Subscription] = field(default_factory=list)
     properties: Properties = field(default_factory=Properties)
@@ -182,7 +230,7 @@ class Subscribe:
 class SubAck:
     """SUBACK (§3.9): one return/reason code per filter, in order."""
 
-    TYPE = PacketType.SUBACK
+    TYPE: ClassVar[PacketType] = PacketType.SUBACK
     packet_id: int
     reason_codes: list[int] = field(default_factory=list)
     properties: Properties = field(default_factory=Properties)
@@ -192,7 +240,7 @@ class SubAck:
 class Unsubscribe:
     """UNSUBSCRIBE (§3.10). Fixed-header flags are 0b0010 [MQTT-3.10.1-1]."""
 
-    TYPE = PacketType.UNSUBSCRIBE
+    TYPE: ClassVar[PacketType] = PacketType.UNSUBSCRIBE
     packet_id: int
     topic_filters: list[str] = field(default_factory=list)
     properties: Properties = field(default_factory=Properties)
@@ -202,7 +250,7 @@ class Unsubscribe:
 class UnsubAck:
     """UNSUBACK (§3.11). ``reason_codes`` is empty for MQTT 3.1.1."""
 
-    TYPE = PacketType.UNSUBACK
+    TYPE: ClassVar[PacketType] = PacketType.UNSUBACK
     packet_id: int
     reason_codes: list[int] = field(default_factory=list)
     properties: Properties = field(default_factory=Properties)
@@ -212,21 +260,21 @@ class UnsubAck:
 class PingReq:
     """PINGREQ (§3.12)."""
 
-    TYPE = PacketType.PINGREQ
+    TYPE: ClassVar[PacketType] = PacketType.PINGREQ
 
 
 @dataclass(slots=True)
 class PingResp:
     """PINGRESP (§3.13)."""
 
-    TYPE = PacketType.PINGRESP
+    TYPE: ClassVar[PacketType] = PacketType.PINGRESP
 
 
 @dataclass(slots=True)
 class Disconnect:
     """DISCONNECT (§3.14). MQTT 3.1.1 has no reason code or properties."""
 
-    TYPE = PacketType.DISCONNECT
+    TYPE: ClassVar[PacketType] = PacketType.DISCONNECT
     reason_code: int = 0
     properties: Properties = field(default_factory=Properties)
 
@@ -235,7 +283,7 @@ class Disconnect:
 class Auth:
     """AUTH (MQTT 5.0 §3.15)."""
 
-    TYPE = PacketType.AUTH
+    TYPE: ClassVar[PacketType] = PacketType.AUTH
     reason_code: int = 0
     properties: Properties = field(default_factory=Properties)
 

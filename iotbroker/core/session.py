@@ -165,6 +165,14 @@ class InflightEntry:
     #: stream_outbox`), not as an outbound record: completing it deletes that record.
     queued_record: bool = False
 
+    def __init__(self, delivery: Delivery, state: OutboundState, seq: int,
+                 queued_record: bool = False) -> None:
+        # Written out, as Message's (one per QoS 1/2 forward): compiled, not interpreted.
+        self.delivery = delivery
+        self.state = state
+        self.seq = seq
+        self.queued_record = queued_record
+
 
 def stream_packet_id(seq: int) -> int:
     """The packet identifier of the message ``seq`` of a stream outbox: derived from

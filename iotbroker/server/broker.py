@@ -17,7 +17,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -580,11 +580,24 @@ class Broker:
         accepted; CONNECT and AUTH go through the authentication steps here first.
         Stops after a packet that defers (a password check in a thread) or closes the
         connection; returns how many were handled. One clock reading per read: they
-        arrived together."""
+        arrived together. A connected client's packets go through the engine's
+        compiled loop (``Engine.handle_read``) as far as it takes them; the rest, and
+        what that loop stopped for, here."""
         engine = self.engine
         now = time.time()  # Broker.now(), inlined: hot path
         handled = 0
-        for packet in packets:
+        rest: Sequence[Packet] = packets
+        if (proto.session is not None and proto.publish_bucket is None
+                and not proto.close_after_flush):
+            handled = engine.handle_read(proto, packets, now, _TRIM_AFTER_CHANGES)
+            if handled:  # what the loop stopped for, as below
+                if engine.closing:
+                    self._apply_closes()
+                if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
+                    self._commit_early()
+                stop = proto.close_after_flush or proto.deferred
+                rest = () if stop or handled == len(packets) else packets[handled:]
+        for packet in rest:
             handled += 1
             ptype = packet.TYPE
             try:
