@@ -56,6 +56,7 @@ COMPILED_MODULES = (
     "iotbroker.engine.client",
     "iotbroker.engine.engine",
     "iotbroker.engine.connect",
+    "iotbroker.server.transport",
 )
 
 

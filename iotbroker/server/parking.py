@@ -31,7 +31,7 @@ import os
 import select
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from iotbroker.server.parked import ADOPTING, NOT_PARKED
 
@@ -460,7 +460,8 @@ class Parking:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("re-adopting parked connection %r (%s)", proto.client_id, proto.peer)
         sock = socket.socket(fileno=fd)
-        task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: proto, sock))
+        task = self._loop.create_task(self._loop.connect_accepted_socket(
+            lambda: cast(asyncio.BaseProtocol, proto), sock))  # a protocol by its methods
         task.add_done_callback(lambda t: self._adopted(proto, sock, t))
         return task
 
