@@ -57,6 +57,7 @@ COMPILED_MODULES = (
     "iotbroker.engine.engine",
     "iotbroker.engine.connect",
     "iotbroker.server.transport",
+    "iotbroker.server.connecting",
 )
 
 
