@@ -58,6 +58,7 @@ COMPILED_MODULES = (
     "iotbroker.engine.connect",
     "iotbroker.server.transport",
     "iotbroker.server.connecting",
+    "iotbroker.server.timerwheel",
 )
 
 
