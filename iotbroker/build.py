@@ -59,6 +59,7 @@ COMPILED_MODULES = (
     "iotbroker.server.transport",
     "iotbroker.server.connecting",
     "iotbroker.server.timerwheel",
+    "iotbroker.server.parking",
 )
 
 
