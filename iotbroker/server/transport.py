@@ -387,10 +387,11 @@ class ClientProtocol(Client):
             return
         broker = self.broker
         broker.active_readers.append(self)
-        broker.metrics.bytes_received += len(data)
+        metrics = broker.metrics  # one lookup: the broker is an interpreted object
+        metrics.bytes_received += len(data)
         packets = self.conn.receive_data(data, broker.loop.time())
         if packets:
-            broker.metrics.messages_received += len(packets)
+            metrics.messages_received += len(packets)
             if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)
                 packetlog.log_inbound(self, packets)
             if self.deferred:
