@@ -66,6 +66,7 @@ COMPILED_MODULES = (
     "iotbroker.server.timerwheel",
     "iotbroker.server.parking",
     "iotbroker.server.parked",
+    "iotbroker.metrics",
 )
 
 
