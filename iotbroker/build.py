@@ -28,8 +28,13 @@ def source_digest(path: Path) -> str:
 #: ``ClassVar``), protocol state machine, topic trie, routing, sessions and their
 #: registry. Not compiled: ``core/placeholders.py``
 #: (subclasses ``deque``, ``frozenset`` and ``dict``: the shared empty containers
-#: ``core/session.py`` starts with, moved out of it so that it compiles), ``server/``
-#: (asyncio.Protocol subclasses) and every cold module. The engine
+#: ``core/session.py`` starts with, moved out of it so that it compiles), most of
+#: ``server/`` and every cold module. Of ``server/``, the per-connection path is
+#: compiled (issue 19): ``transport.py`` (``ClientProtocol``, a native class that is an
+#: asyncio protocol by its methods, not by subclassing ``asyncio.Protocol``; the TLS
+#: listeners' classes and tests subclass it), ``connecting.py`` (a CONNECT's
+#: authentication and acceptance, from ``Broker.on_connect``), ``timerwheel.py`` and
+#: ``parking.py`` (sockets accepted without a transport). The engine
 #: (``engine/client.py``, ``engine.py``, ``connect.py``) is compiled too (issue 19): it
 #: imports ``iotbroker.config``, so pydantic and types-PyYAML are build requirements
 #: (mypyc type-checks what it imports); ``Client`` allows interpreted subclasses
@@ -57,6 +62,12 @@ COMPILED_MODULES = (
     "iotbroker.engine.client",
     "iotbroker.engine.engine",
     "iotbroker.engine.connect",
+    "iotbroker.server.transport",
+    "iotbroker.server.connecting",
+    "iotbroker.server.timerwheel",
+    "iotbroker.server.parking",
+    "iotbroker.server.parked",
+    "iotbroker.metrics",
 )
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from iotbroker import __version__, build
 from iotbroker.bridge.manager import Bridges
-from iotbroker.codec.enums import PacketType, ProtocolVersion, ReasonCode
+from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
@@ -32,7 +32,7 @@ from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
-from iotbroker.server import fdtable, memtrim
+from iotbroker.server import connecting, fdtable, memtrim
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.connect_wait import when_waited
 from iotbroker.server.exposure import warn_open_anonymous
@@ -46,7 +46,7 @@ from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
-from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
+from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.base import Store
 
 if TYPE_CHECKING:
@@ -55,9 +55,6 @@ if TYPE_CHECKING:
     from iotbroker.cluster.node import ClusterNode
 
 log = logging.getLogger("iotbroker.broker")
-
-#: How log lines name a CONNECT's protocol level (MQTT 3.1 is "MQIsdp" version 3).
-_VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1"}
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -116,8 +113,9 @@ class Broker:
         #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
         self.admin: AdminServer | None = None
         self._listener_configs = {lc.name: lc for lc in config.listeners}
-        #: Listeners whose connections may be parked: plain TCP (no TLS, no WebSocket).
-        self._parkable = frozenset(lc.name for lc in config.listeners if lc.type == "tcp")
+        #: Listeners whose connections may be parked: plain TCP (no TLS, no WebSocket;
+        #: read by server/connecting.py).
+        self.parkable_listeners = frozenset(lc.name for lc in config.listeners if lc.type == "tcp")
         self._per_listener: dict[str, int] = {}
         #: Sockets admitted per listener name since the start (metrics label
         #: ``listener``; the names are those of docs/configuration.md ``listeners.name``).
@@ -659,59 +657,14 @@ class Broker:
 
     # --------------------------------------------------------------- CONNECT
     def on_connect(self, proto: ClientProtocol, packet: Connect) -> None:
-        """Authenticate the CONNECT (enhanced authentication, certificate identity or
-        password, which may wait for a worker thread), between the engine's checks
-        before (:func:`~iotbroker.engine.connect.admit`) and its acceptance."""
-        engine = self.engine
-        # A refusal line names who tried: the certificate identity or the username.
-        proto.note_username(packet.username if proto.cert_username is None
-                            else proto.cert_username)
-        admitted = connect_rules.admit(engine, proto, packet)
-        if admitted is None:
-            return
-        enhanced = None
-        if (packet.protocol_version == ProtocolVersion.MQTT_5
-                and packet.properties.authentication_method is not None):
-            enhanced = self.enhanced_auth.on_connect(proto, packet, admitted.client_id)  # §4.12
-            if enhanced is None:
-                return  # AUTH 0x18 sent; on_auth resumes this CONNECT when it ends
-            if enhanced.reason_code:
-                connect_rules.refuse(engine, proto, packet, enhanced.reason_code,
-                                     enhanced.reason)
-                return
-        if proto.cert_username is not None or enhanced is not None:
-            decision = None
-        elif not isinstance(proto.password_decision, NotChecked):
-            decision = proto.password_decision
-            proto.password_decision = NOT_CHECKED
-        else:
-            # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
-            decision = self.auth.gate(packet.username, packet.password, proto.peer_name)
-            if decision is None:
-                if self.auth.is_slow(packet.username, packet.password):
-                    self._check_password_off_loop(proto, packet, admitted.client_id)
-                    return
-                decision = self.auth.authenticate(
-                    admitted.client_id, packet.username, packet.password, proto.peer_name
-                )
-        if decision is not None:  # counted by reason in self.auth
-            connect_rules.refuse(engine, proto, packet, decision.code,
-                                 f"{decision} (user {packet.username!r})")
-            return
-        if enhanced is not None:
-            username = enhanced.username
-        else:
-            username = packet.username if proto.cert_username is None else proto.cert_username
-        auth_data = enhanced.data if enhanced is not None else None
-        wait = connect_rules.wait_before_accept(engine, admitted, packet)
-        if wait is not None:  # a room's (the cluster's session read, docs/cluster.md)
-            self._accept_after(wait, proto, packet, admitted, username, auth_data)
-            return
-        self._accept(proto, packet, admitted, username, auth_data)
+        """Authenticate the CONNECT, between the engine's checks before
+        (:func:`~iotbroker.engine.connect.admit`) and its acceptance: compiled, in
+        server/connecting.py (issue 19)."""
+        connecting.on_connect(self, proto, packet)
 
-    def _accept_after(self, wait: Awaitable[str | None], proto: ClientProtocol,
-                      packet: Connect, admitted: connect_rules.Admitted,
-                      username: str | None, auth_data: bytes | None) -> None:
+    def accept_after(self, wait: Awaitable[str | None], proto: ClientProtocol,
+                     packet: Connect, admitted: connect_rules.Admitted,
+                     username: str | None, auth_data: bytes | None) -> None:
         """Accept the CONNECT once the engine's ``wait`` is done, or refuse it when the
         wait ended with a reason (what follows it on the connection waits too)."""
         proto.deferred = True
@@ -724,7 +677,7 @@ class Broker:
                 if why is not None:
                     connect_rules.refuse_busy(self.engine, proto, packet, why)
                 else:
-                    self._accept(proto, packet, admitted, username, auth_data)
+                    connecting.accept(self, proto, packet, admitted, username, auth_data)
             except MqttError as exc:
                 self.peer_error(proto, exc)
                 return
@@ -735,37 +688,7 @@ class Broker:
 
         when_waited(wait, self._accept_waits, resumed)
 
-    def _accept(self, proto: ClientProtocol, packet: Connect,
-                admitted: connect_rules.Admitted, username: str | None,
-                auth_data: bytes | None) -> None:
-        engine = self.engine
-        accepted = connect_rules.accept(
-            engine, proto, packet, admitted, username, self.now(), auth_data,
-        )
-        if accepted is None:
-            return
-        proto.start_keepalive()
-        if self.parking is not None and proto.listener in self._parkable:
-            self.parking.watch(proto, connected=True)
-        if not log.isEnabledFor(logging.INFO):
-            return  # the arguments below cost a peer-name lookup per connect
-        log_connection(
-            log,
-            logging.INFO,
-            proto,
-            "client %r connected from %s (MQTT %s, clean_start=%s, keepalive=%s, "
-            "session_present=%s, expiry=%s, listener %r)",
-            proto.client_id,
-            proto.peer,
-            _VERSION_NAMES.get(packet.protocol_version, "3.1.1"),
-            packet.clean_start,
-            accepted.keepalive,
-            accepted.session_present,
-            accepted.session_expiry,
-            proto.listener,
-        )
-
-    def _check_password_off_loop(
+    def check_password_off_loop(
         self, proto: ClientProtocol, packet: Connect, client_id: str
     ) -> None:
         """Hash the password in a worker thread (PBKDF2 takes ~0.1 s; the loop must

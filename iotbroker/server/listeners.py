@@ -31,7 +31,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from iotbroker.config import ListenerConfig, TlsConfig
 from iotbroker.file_modes import warn_if_exposed
@@ -444,7 +444,8 @@ async def start_listener(broker: ConnectionHost, listener: ListenerConfig,
     handshake_timeout = max(1.0, broker.config.mqtt.connect_timeout)
     loop = broker.loop
     websockets: WebSocketEndpoint | None = None
-    protocol_factory: Callable[[], asyncio.BaseProtocol] = factory
+    # ClientProtocol is an asyncio protocol by its methods (server/transport.py).
+    protocol_factory = cast(Callable[[], asyncio.BaseProtocol], factory)
     if listener.type in ("ws", "wss"):
         websockets = WebSocketEndpoint(
             loop, listener.path, factory,

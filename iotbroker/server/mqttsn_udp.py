@@ -136,7 +136,7 @@ class MqttSnEndpoint(asyncio.DatagramProtocol):
                ) -> None:
         """The gateway's CONNECT waits for ``wait`` (the engine's connect gate);
         ``then`` gets what it ended with — None (accept) also when it failed, as for
-        a socket connection (server/broker.py ``_accept_after``) — and the effects are
+        a socket connection (server/broker.py ``accept_after``) — and the effects are
         applied as after a datagram."""
         def done(why: str | None) -> None:
             self.gateway.set_time(self.broker.now())

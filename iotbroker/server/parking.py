@@ -19,6 +19,10 @@ stays on the broker's timer wheel as before (MQTT 3.1.1 §3.1.2.10, MQTT 5.0 §3
 
 TLS and WebSocket connections are never parked: their state (the TLS session, the
 WebSocket framing) lives in the transport.
+
+Compiled with mypyc (issue 19): a socket accepted without a transport goes through
+``accept``, ``_hold``, ``_read_first`` and ``write`` on the connect path, and this
+module reads the (compiled) ``ClientProtocol``'s fields natively.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ import os
 import select
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import cast
+
+from mypy_extensions import mypyc_attr
 
 from iotbroker.server.parked import ADOPTING, NOT_PARKED
-
-if TYPE_CHECKING:
-    from iotbroker.server.transport import ClientProtocol
+from iotbroker.server.transport import ClientProtocol
 
 log = logging.getLogger("iotbroker.connection")
 
@@ -111,6 +115,7 @@ class _Fresh:
         self.queued: list[int] = []
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests record the sweeps' decisions
 class Parking:
     """The parked sockets of one broker, and the sweep that parks idle connections."""
 
@@ -460,7 +465,8 @@ class Parking:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("re-adopting parked connection %r (%s)", proto.client_id, proto.peer)
         sock = socket.socket(fileno=fd)
-        task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: proto, sock))
+        task = self._loop.create_task(self._loop.connect_accepted_socket(
+            lambda: cast(asyncio.BaseProtocol, proto), sock))  # a protocol by its methods
         task.add_done_callback(lambda t: self._adopted(proto, sock, t))
         return task
 

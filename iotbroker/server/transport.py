@@ -1,5 +1,14 @@
 """The asyncio side of one client connection: an :class:`asyncio.Protocol`.
 
+Compiled with mypyc (issue 19: the per-connection and per-packet path of the server).
+:class:`ClientProtocol` is a native class: it does *not* subclass
+``asyncio.Protocol`` (mypyc cannot compile a native subclass of a Python class), it has
+the protocol's methods instead (``connection_made``, ``data_received``,
+``eof_received``, ``connection_lost``, ``pause_writing``, ``resume_writing``); asyncio
+and uvloop call a protocol's methods and never check its class (they only look for
+``BufferedProtocol``). Where typing asks for an ``asyncio.BaseProtocol`` (a protocol
+factory, the re-adoption of a parked socket), a ``cast`` says so.
+
 Inbound packets of one connection are handled in order, synchronously, in
 ``data_received`` (no task per packet). Output is buffered in the sans-I/O
 :class:`~iotbroker.protocol.connection.Connection` and written once per loop turn by
@@ -14,6 +23,8 @@ import itertools
 import logging
 import socket
 from typing import TYPE_CHECKING, Protocol
+
+from mypy_extensions import mypyc_attr
 
 from iotbroker.codec.packets import Packet
 from iotbroker.config import BrokerConfig
@@ -165,10 +176,12 @@ class ConnectionHost(Protocol):
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None: ...
 
 
-class ClientProtocol(Client, asyncio.Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)  # the TLS listeners' classes, tests
+class ClientProtocol(Client):
     """One TCP (or TLS / WebSocket-adapted) client: the engine's
     :class:`~iotbroker.engine.client.Client` (its MQTT state) with the socket, timers
-    and backpressure state of the asyncio side."""
+    and backpressure state of the asyncio side. An asyncio protocol by its methods
+    (see the module's docstring)."""
 
     __slots__ = (
         "_rare",
@@ -374,10 +387,11 @@ class ClientProtocol(Client, asyncio.Protocol):
             return
         broker = self.broker
         broker.active_readers.append(self)
-        broker.metrics.bytes_received += len(data)
+        metrics = broker.metrics  # one lookup: the broker is an interpreted object
+        metrics.bytes_received += len(data)
         packets = self.conn.receive_data(data, broker.loop.time())
         if packets:
-            broker.metrics.messages_received += len(packets)
+            metrics.messages_received += len(packets)
             if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)
                 packetlog.log_inbound(self, packets)
             if self.deferred:
@@ -625,3 +639,4 @@ class ClientProtocol(Client, asyncio.Protocol):
             self.broker.timers.cancel(self)
             return
         self.broker.timers.schedule(deadline, self)
+

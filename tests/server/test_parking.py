@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import pytest
 
 from iotbroker.codec.packets import Disconnect, PingReq, PingResp, Publish, Will
 from iotbroker.config import parse_config
+from iotbroker.engine.client import Client
 from iotbroker.errors import ConfigError
+from iotbroker.protocol.connection import Connection
 from iotbroker.server.parked import NOT_PARKED
 from iotbroker.server.parking import FIRST_PARK_AFTER, PRUNE_AFTER, TIMER_SLACK, Parking
+from iotbroker.server.transport import ClientProtocol
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 from tests.server.test_metrics_http import scrape, value
@@ -224,6 +226,23 @@ def test_park_idle_after_config() -> None:
         parse_config({"limits": {"park_idle_after": -1}}, "t.yaml")
 
 
+class _Proto(ClientProtocol):
+    """A ClientProtocol with only what the parking's sweeps read: no broker, no socket
+    (a real one: the compiled build's parking reads its fields natively)."""
+
+    def __init__(self, *, queued: int = 0, received: float = 0.0,
+                 transport: asyncio.BaseTransport | None = None) -> None:
+        Client.__init__(self, Connection(max_packet_size=1 << 20, receive_maximum=10,
+                                         topic_alias_maximum=0, now=received))
+        self.conn.packets_queued = queued
+        self.ended = False
+        self.parked_fd = NOT_PARKED
+        self.transport = transport
+        self.packets_counted = queued
+        self.park_mark = 0
+        self.park_quiet = 0
+
+
 def test_ended_connections_do_not_wait_for_the_next_sweep() -> None:
     """Issue 19: a connection is a parking candidate from its CONNACK to the next sweep
     (``park_idle_after`` / 4 later: 7.5 s by default); ended ones are pruned as they
@@ -232,14 +251,10 @@ def test_ended_connections_do_not_wait_for_the_next_sweep() -> None:
     loop = asyncio.new_event_loop()
     try:
         parking = Parking(loop, 30.0)
-        live = [SimpleNamespace(ended=False, parked_fd=-1,
-                                conn=SimpleNamespace(packets_queued=0))
-                for _ in range(10)]
-        gone = [SimpleNamespace(ended=False, parked_fd=-1,
-                                conn=SimpleNamespace(packets_queued=0))
-                for _ in range(PRUNE_AFTER * 3)]
+        live = [_Proto() for _ in range(10)]
+        gone = [_Proto() for _ in range(PRUNE_AFTER * 3)]
         for proto in live + gone:
-            parking.watch(proto)  # type: ignore[arg-type]
+            parking.watch(proto)
         for proto in gone:  # they end one after the other, as connections do
             proto.ended = True
             parking.ended()
@@ -272,12 +287,10 @@ def test_fresh_connections_are_parked_no_sooner_than_first_park_after() -> None:
 
     def connect(talks: bool) -> None:
         now = loop.time()
-        proto = SimpleNamespace(ended=False, parked_fd=NOT_PARKED, transport=object(),
-                                packets_counted=1, park_mark=0, park_quiet=0,
-                                conn=SimpleNamespace(packets_queued=1, last_received=now))
+        proto = _Proto(queued=1, received=now, transport=asyncio.BaseTransport())
         protos.append((proto, talks))
         watched[id(proto)] = now
-        parking.watch(proto, connected=True)  # type: ignore[arg-type]
+        parking.watch(proto, connected=True)
         if talks:  # a packet 30 ms after its CONNACK that needs no answer (QoS 0)
             loop.call_later(0.03, setattr, proto.conn, "last_received", now + 0.03)
 

@@ -1,0 +1,160 @@
+"""A CONNECT on a socket connection, from the engine's checks to its acceptance:
+authentication (enhanced authentication, certificate identity or password, which may
+wait for a worker thread) between :func:`~iotbroker.engine.connect.admit` and
+:func:`~iotbroker.engine.connect.accept` (MQTT 3.1.1 §3.1, §3.2; MQTT 5.0 §3.1, §4.12).
+
+Compiled with mypyc (issue 19: the per-connection path): ``server/broker.py``'s
+``Broker.on_connect`` and ``Broker._accept`` call these functions, which call the
+compiled engine natively. The broker is reached through :class:`ConnectingHost` (what
+this module uses of it), so that this module never refers back to the composition
+root; the rare waits (a password hashed in a thread, a room's wait before the
+acceptance) stay the broker's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Protocol
+
+from iotbroker.codec.enums import ProtocolVersion
+from iotbroker.codec.packets import Connect
+from iotbroker.engine import connect as connect_rules
+from iotbroker.engine.engine import Engine
+from iotbroker.engine.enhanced_auth import EnhancedAuth
+from iotbroker.server.auth_service import AuthService
+from iotbroker.server.logsetup import log_connection
+from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
+
+#: The broker's logger: the "connected" line is the broker's, as before.
+log = logging.getLogger("iotbroker.broker")
+
+#: How log lines name a CONNECT's protocol level (MQTT 3.1 is "MQIsdp" version 3).
+VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1"}
+
+_MQTT_5 = ProtocolVersion.MQTT_5
+
+
+class ParkingWatch(Protocol):
+    """What an accepted connection asks of the broker's parking (server/parking.py)."""
+
+    def watch(self, proto: ClientProtocol, connected: bool = False) -> None: ...
+
+
+class ConnectingHost(Protocol):
+    """What a CONNECT's authentication and acceptance use of the broker
+    (``server/broker.py`` ``Broker``)."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def enhanced_auth(self) -> EnhancedAuth: ...
+
+    @property
+    def auth(self) -> AuthService: ...
+
+    @property
+    def parking(self) -> ParkingWatch | None: ...
+
+    @property
+    def parkable_listeners(self) -> frozenset[str]:
+        """Listeners whose connections may be parked (plain TCP)."""
+
+    def check_password_off_loop(self, proto: ClientProtocol, packet: Connect,
+                                client_id: str) -> None:
+        """Hash the password in a worker thread; the CONNECT resumes when it is done."""
+
+    def accept_after(self, wait: Awaitable[str | None], proto: ClientProtocol,
+                     packet: Connect, admitted: connect_rules.Admitted,
+                     username: str | None, auth_data: bytes | None) -> None:
+        """Accept once a room's wait is done (or refuse when it ended with a reason)."""
+
+
+def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -> None:
+    """Authenticate the CONNECT (enhanced authentication, certificate identity or
+    password, which may wait for a worker thread), between the engine's checks
+    before (:func:`~iotbroker.engine.connect.admit`) and its acceptance."""
+    engine = broker.engine
+    cert_username = proto.cert_username
+    # A refusal line names who tried: the certificate identity or the username.
+    proto.note_username(packet.username if cert_username is None else cert_username)
+    admitted = connect_rules.admit(engine, proto, packet)
+    if admitted is None:
+        return
+    enhanced = None
+    if (packet.protocol_version == _MQTT_5
+            and packet.properties.authentication_method is not None):
+        enhanced = broker.enhanced_auth.on_connect(proto, packet, admitted.client_id)  # §4.12
+        if enhanced is None:
+            return  # AUTH 0x18 sent; on_auth resumes this CONNECT when it ends
+        if enhanced.reason_code:
+            connect_rules.refuse(engine, proto, packet, enhanced.reason_code,
+                                 enhanced.reason)
+            return
+    if cert_username is not None or enhanced is not None:
+        decision = None
+    else:
+        pending = proto.password_decision
+        if not isinstance(pending, NotChecked):
+            decision = pending
+            proto.password_decision = NOT_CHECKED
+        else:
+            # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
+            auth = broker.auth
+            decision = auth.gate(packet.username, packet.password, proto.peer_name)
+            if decision is None:
+                if auth.is_slow(packet.username, packet.password):
+                    broker.check_password_off_loop(proto, packet, admitted.client_id)
+                    return
+                decision = auth.authenticate(
+                    admitted.client_id, packet.username, packet.password, proto.peer_name
+                )
+    if decision is not None:  # counted by reason in the auth service
+        connect_rules.refuse(engine, proto, packet, decision.code,
+                             f"{decision} (user {packet.username!r})")
+        return
+    if enhanced is not None:
+        username = enhanced.username
+    else:
+        username = packet.username if cert_username is None else cert_username
+    auth_data = enhanced.data if enhanced is not None else None
+    wait = connect_rules.wait_before_accept(engine, admitted, packet)
+    if wait is not None:  # a room's (the cluster's session read, docs/cluster.md)
+        broker.accept_after(wait, proto, packet, admitted, username, auth_data)
+        return
+    accept(broker, proto, packet, admitted, username, auth_data)
+
+
+def accept(broker: ConnectingHost, proto: ClientProtocol, packet: Connect,
+           admitted: connect_rules.Admitted, username: str | None,
+           auth_data: bytes | None) -> None:
+    """Accept the authenticated CONNECT (the engine's CONNACK, session and will),
+    arm the keep-alive, make the connection a parking candidate, log it."""
+    accepted = connect_rules.accept(
+        broker.engine, proto, packet, admitted, username, time.time(), auth_data,
+    )
+    if accepted is None:
+        return
+    proto.start_keepalive()
+    parking = broker.parking
+    if parking is not None and proto.listener in broker.parkable_listeners:
+        parking.watch(proto, connected=True)
+    if not log.isEnabledFor(logging.INFO):
+        return  # the arguments below cost a peer-name lookup per connect
+    log_connection(
+        log,
+        logging.INFO,
+        proto,
+        "client %r connected from %s (MQTT %s, clean_start=%s, keepalive=%s, "
+        "session_present=%s, expiry=%s, listener %r)",
+        proto.client_id,
+        proto.peer,
+        VERSION_NAMES.get(packet.protocol_version, "3.1.1"),
+        packet.clean_start,
+        accepted.keepalive,
+        accepted.session_present,
+        accepted.session_expiry,
+        proto.listener,
+    )
