@@ -19,7 +19,20 @@ from iotbroker.codec.packets import Publish
 from tests.cluster.conftest import connect_retrying_busy, log_tails, wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.cluster.test_qos2_exactly_once import stopped
+from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster
+from tests.helpers.rawclient import RawClient
+
+
+def _resumes_after_kill_9(client: RawClient, client_id: str, dead: BrokerProcess,
+                          alive: BrokerProcess) -> None:
+    """``dead`` is killed with -9; the client's Clean Start 0 CONNECT to ``alive``
+    resumes its session: Session Present 1 [MQTT-3.2.2-2]."""
+    dead.kill()
+    client.close()
+    back, present = connect_retrying_busy(alive, client_id, False, dead)
+    assert present, log_tails(dead, alive)
+    back.close()
 
 
 def test_mqtt_3_1_2_5_a_session_whose_first_record_write_failed_moves_after_kill_9(
@@ -37,11 +50,7 @@ def test_mqtt_3_1_2_5_a_session_whose_first_record_write_failed_moves_after_kill
         sub.subscribe("fw/#", qos=1)
         wait_for_log(a, "session record 'sub' not written", timeout=30)
     wait_for_log(a, "session record 'sub' written", timeout=15)  # once NATS answers (the fix)
-    a.kill()
-    sub.close()
-    back, present = connect_retrying_busy(b, "sub", False, a)
-    assert present, log_tails(a, b)
-    back.close()
+    _resumes_after_kill_9(sub, "sub", a, b)
 
 
 def test_mqtt_3_1_2_5_a_session_opened_while_nats_is_away_is_written_when_it_returns(
@@ -71,11 +80,7 @@ def test_mqtt_3_1_2_5_a_session_opened_while_nats_is_away_is_written_when_it_ret
             server.start()
     wait_for_log(b, "reconnected to NATS", timeout=30)
     wait_for_log(b, "session record 'away' written", timeout=30)  # buckets answer (the fix)
-    b.kill()
-    sub.close()
-    back, present = connect_retrying_busy(a, "away", False, b)
-    assert present, log_tails(a, b)
-    back.close()
+    _resumes_after_kill_9(sub, "away", b, a)
 
 
 def test_mqtt_3_1_2_5_a_session_that_ends_its_connection_while_nats_is_away_is_kept(
