@@ -49,7 +49,7 @@ from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.orphans import OrphanSweep, owner_token
 from iotbroker.cluster.ownership import Ownership
-from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream, answered_by_leader
+from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
 from iotbroker.cluster.remote import (
     GroupKey,
     RemoteInterest,
@@ -828,7 +828,7 @@ class ClusterNode:
 
     async def _ask_stream_end(self, senders: list[bytes]) -> None:
         """The QoS stream's last sequence, from its leader (a replica that has just
-        restarted may answer with a state behind it: :func:`answered_by_leader`),
+        restarted may answer with a state behind it: :meth:`QosStream.leader_info`),
         into ``_forget_at`` for ``senders``; on no answer within :data:`END_TIMEOUT`,
         asked again on a later sweep."""
         qos = self.qos
@@ -836,14 +836,14 @@ class ClusterNode:
         if js is None:  # the reader has not joined the stream yet
             return
         try:
-            info = await asyncio.wait_for(js.stream_info(qos.stream), END_TIMEOUT)
+            info = await asyncio.wait_for(qos.leader_info(js), END_TIMEOUT)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.debug("cluster: QoS stream %r info (to forget silent senders): %s",
                       qos.stream, exc)
             return
-        if not answered_by_leader(info):
+        if info is None:
             log.debug("cluster: QoS stream %r info answered by a replica; asked again",
                       qos.stream)
             return

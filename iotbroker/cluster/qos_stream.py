@@ -490,6 +490,12 @@ class QosStream:
         was routed here (None: the reader has not started)."""
         return self._next
 
+    async def leader_info(self, js: JetStreamContext) -> StreamInfo | None:
+        """The stream's ``stream info`` as its leader gives it; None when a replica
+        answered (its state may lag behind the leader's: :func:`answered_by_leader`)."""
+        info = await js.stream_info(self.stream)
+        return info if answered_by_leader(info) else None
+
     @contextlib.asynccontextmanager
     async def reader_paused(self) -> AsyncIterator[int | None]:
         """The reader routes nothing while the body runs (a session resumed here reads

@@ -1742,8 +1742,8 @@ class Sessions:
                 if subject not in subjects:
                     subjects.append(subject)
         while True:
-            info = await js.stream_info(qos.stream)
-            if answered_by_leader(info):
+            info = await qos.leader_info(js)
+            if info is not None:
                 last = info.state.last_seq
                 if last <= position:
                     return []
