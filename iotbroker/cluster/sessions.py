@@ -949,9 +949,7 @@ class Sessions:
                     # keeps waiting. Else the record was never written and the session
                     # moved after kill -9 came back empty (Session Present 0; issue 14).
                     self._claims.add(client_id)
-                    if self._up():
-                        asyncio.get_running_loop().call_later(
-                            FIRST_WRITE_RETRY, self._redirty, client_id)
+                    self._write_soon(client_id)
                 elif rev is not None and self.revs.get(client_id) == rev:
                     # Not written (NATS away, a timeout), not taken by another process
                     # (that is a compare-and-set refusal, above): still ours, written
@@ -959,12 +957,18 @@ class Sessions:
                     # (:meth:`_first_writes_again`) — the local session is kept (a
                     # client reconnecting while NATS is away gets it, issue 14).
                     self._write_again.add(client_id)
-                    if self._up():
-                        asyncio.get_running_loop().call_later(
-                            FIRST_WRITE_RETRY, self._redirty, client_id)
+                    self._write_soon(client_id)
             return False
         finally:
             self._claiming.discard(client_id)
+
+    def _write_soon(self, client_id: str) -> None:
+        """A record of ours whose write failed (not refused by its compare-and-set):
+        written again after :data:`FIRST_WRITE_RETRY` while NATS is up; else when the
+        buckets answer again after a reconnect (:meth:`_first_writes_again`)."""
+        if self._up():
+            asyncio.get_running_loop().call_later(FIRST_WRITE_RETRY, self._redirty,
+                                                  client_id)
 
     async def run(self, nc: NatsClient) -> None:
         """Open the bucket, answer handovers, write records, checkpoint positions."""
