@@ -115,6 +115,8 @@ class Ownership:
         self._fresh: dict[str, bool] = {}
         self._wake = asyncio.Event()
         self.kv: KeyValue | None = None
+        #: set once :attr:`kv` is open (sessions.py waits for it: claims need it)
+        self.opened = asyncio.Event()
         self.nc: NatsClient | None = None
         self._notices: set[asyncio.Task[None]] = set()
         self.takeovers = 0
@@ -260,6 +262,7 @@ class Ownership:
         kv = await self._open(nc.jetstream())
         await nc.subscribe(self.subject(self.sender), cb=self._on_notice)
         self.kv = kv
+        self.opened.set()
         log.info("cluster: session bucket %r open", self.bucket)
         try:
             while True:

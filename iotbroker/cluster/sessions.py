@@ -985,8 +985,7 @@ class Sessions:
         self.kv = kv
         await self._adopt_restored(kv)
         log.info("cluster: session records bucket %r open", self.bucket)
-        while self.ownership.kv is None:  # (opened at the same time: claims need it)
-            await asyncio.sleep(0.05)
+        await self.ownership.opened.wait()  # (opened at the same time: claims need it)
         if self._probe is None or self._probe.done():
             # Ready once the buckets' and the stream's leaders answer (an open bucket
             # may have been found through a replica's answer: :meth:`_probe_buckets`).
