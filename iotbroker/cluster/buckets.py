@@ -117,11 +117,14 @@ def transient(exc: BaseException) -> bool:
 
 async def retried(call: Callable[[], Awaitable[T]], deadline: float, what: str) -> T:
     """``call()`` (a JetStream request, made anew each time) in attempts of at most
-    :data:`REQUEST_ATTEMPT` s, made again after :func:`backoff` pauses while it fails
-    :func:`transient`-ly, until ``deadline`` (monotonic: no attempt runs past it); then
-    its last error. Any other error at once. For a request that may have been carried
-    out although its attempt timed out (a write), the caller checks what a later
-    attempt finds (sessions.py ``_write_checked``)."""
+    :data:`REQUEST_ATTEMPT` s, made again while it fails :func:`transient`-ly, until
+    ``deadline`` (monotonic: no attempt runs past it); then its last error. Any other
+    error at once. An attempt that got no answer is made again at once (it waited its
+    bound: a request sent while a leader is being elected is dropped, and the next
+    one should go as soon as possible); one that failed at once ("no responders",
+    503) after a :func:`backoff` pause. For a request that may have been carried out
+    although its attempt timed out (a write), the caller checks what a later attempt
+    finds (sessions.py ``_write_checked``)."""
     failures = 0
     while True:
         left = deadline - time.monotonic()
@@ -136,7 +139,7 @@ async def retried(call: Callable[[], Awaitable[T]], deadline: float, what: str) 
             left = deadline - time.monotonic()
             if left <= 0:
                 raise
-            pause = min(backoff(failures), left)
+            pause = 0.0 if isinstance(exc, TimeoutError) else min(backoff(failures), left)
             log.debug("cluster: %s: %s; again in %.1fs (attempt %d)", what,
                       str(exc) or type(exc).__name__, pause, failures + 1)
             await asyncio.sleep(pause)
