@@ -8,18 +8,35 @@ does not answer at once (the server's routes and its view of the cluster come ba
 first), and a request sent then used to wait out nats-py's 5 s default timeout, then a
 2 s pause — ~7 s in all, close to the connect gate's 8 s bound (issue 14, i14-faults,
 i14-restart). The pause stays short: a bucket that answers again is open within about
-half a second."""
+half a second.
+
+The same short attempts serve the JetStream requests a waiting CONNECT makes
+(:func:`retried`: a session's resume, sessions.py): while JetStream elects a leader (of
+a stream, or its meta leader after that nats-server died: 3.8–5.6 s here) a request
+gets no answer, or "no responders"/503 at once; made once with nats-py's 5 s timeout
+it spent most of the resume's 8 s on one wait (issue 14, i14-robust)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 log = logging.getLogger("iotbroker.cluster")
+
+T = TypeVar("T")
 
 #: Longest pause (seconds) between attempts to open a bucket NATS could not open or
 #: create.
@@ -81,3 +98,48 @@ async def open_bucket(js: JetStreamContext, bucket: str, replicas: int, descript
                           "retrying", bucket, description, replicas,
                           str(exc) or type(exc).__name__)
             await asyncio.sleep(backoff(failures))
+
+
+#: Bound (seconds) of one attempt of a request a waiting CONNECT makes (:func:`retried`):
+#: JetStream answers in milliseconds when it has its leaders.
+REQUEST_ATTEMPT = 1.0
+
+
+def transient(exc: BaseException) -> bool:
+    """A JetStream request's failure that a new attempt soon may not have: no answer in
+    time, no responders (nobody serves the subject: a stream's leader or JetStream's
+    meta leader being elected), 503 (JetStream temporarily unavailable)."""
+    if isinstance(exc, (TimeoutError, NoRespondersError, NoStreamResponseError,
+                        ServiceUnavailableError)):
+        return True
+    return isinstance(exc, APIError) and getattr(exc, "code", None) == 503
+
+
+async def retried(call: Callable[[], Awaitable[T]], deadline: float, what: str) -> T:
+    """``call()`` (a JetStream request, made anew each time) in attempts of at most
+    :data:`REQUEST_ATTEMPT` s, made again while it fails :func:`transient`-ly, until
+    ``deadline`` (monotonic: no attempt runs past it); then its last error. Any other
+    error at once. An attempt that got no answer is made again at once (it waited its
+    bound: a request sent while a leader is being elected is dropped, and the next
+    one should go as soon as possible); one that failed at once ("no responders",
+    503) after a :func:`backoff` pause. For a request that may have been carried out
+    although its attempt timed out (a write), the caller checks what a later attempt
+    finds (sessions.py ``_write_checked``)."""
+    failures = 0
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(call(), max(0.001, min(REQUEST_ATTEMPT, left)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            failures += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            pause = 0.0 if isinstance(exc, TimeoutError) else min(backoff(failures), left)
+            log.debug("cluster: %s: %s; again in %.1fs (attempt %d)", what,
+                      str(exc) or type(exc).__name__, pause, failures + 1)
+            await asyncio.sleep(pause)

@@ -754,6 +754,7 @@ class ClusterNode:
             changed, gone = remote.sweep(now, NODE_TTL, self.forget_seconds)
             self._forget_names(now)
             self._forget_senders(now)
+            self._forget_processes(now)
             for token in changed:
                 log.info("cluster: node process %s %s the routing index", token,
                          "back in" if token in remote.active else "silent: out of")
@@ -825,6 +826,28 @@ class ClusterNode:
         if silent and (self._end_ask is None or self._end_ask.done()):
             self._end_ask = asyncio.get_running_loop().create_task(
                 self._ask_stream_end(silent))
+
+    def _forget_processes(self, now: float) -> None:
+        """Drop the last heartbeat figures (``wills.figures``) of processes silent for
+        longer than the senders' bound (:meth:`_forget_senders`) once nothing else of
+        them is kept here (their senders' dedup windows and live orders, their name
+        tables): one small entry per dead process otherwise, kept for ever (issue 14,
+        i14-robust). A process heard again has its entry again at its heartbeat."""
+        figures = self.wills.figures
+        bound = max(self.forget_seconds, float(self.qos.limits.duplicate_window))
+        silent = [(t, seen) for t, (seen, _) in list(figures.items())
+                  if now - seen > bound and t != self.token]
+        if not silent:
+            return
+        held = set(self.names_out.tables)
+        for senders in (self.dedup.senders(), self._live_order, self._forget_at,
+                        self.names_in):
+            held.update(owner_token(sender) for sender in senders)
+        for token, seen in silent:
+            if token not in held:
+                self.wills.forget(token)
+                log.info("cluster: forgot node process %s, silent for %.0fs (bound "
+                         "%.0fs): its last figures dropped", token, now - seen, bound)
 
     async def _ask_stream_end(self, senders: list[bytes]) -> None:
         """The QoS stream's last sequence, from its leader (a replica that has just

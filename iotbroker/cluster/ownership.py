@@ -41,7 +41,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from iotbroker.cluster.buckets import open_bucket
+from iotbroker.cluster.buckets import open_bucket, retried
 from iotbroker.cluster.subjects import decode_level, encode_level
 
 if TYPE_CHECKING:
@@ -115,6 +115,8 @@ class Ownership:
         self._fresh: dict[str, bool] = {}
         self._wake = asyncio.Event()
         self.kv: KeyValue | None = None
+        #: set once :attr:`kv` is open (sessions.py waits for it: claims need it)
+        self.opened = asyncio.Event()
         self.nc: NatsClient | None = None
         self._notices: set[asyncio.Task[None]] = set()
         self.takeovers = 0
@@ -147,19 +149,21 @@ class Ownership:
         self.early.discard(client_id)
         self.superseded.discard(client_id)
 
-    async def claim_now(self, client_id: str) -> int | None:
+    async def claim_now(self, client_id: str, deadline: float | None = None) -> int | None:
         """Claim ``client_id`` before its connection is accepted, and wait for the
         claim's revision (a session moving here: docs/cluster.md, "Sessions move").
         The previous owner is told (and closes its connection) with a revision below
         any later connection's claim. None: the claim failed, or a later claim of
-        another process replaced it already (:attr:`superseded`)."""
+        another process replaced it already (:attr:`superseded`). With ``deadline``
+        (monotonic), its requests are short attempts made again until then while
+        JetStream does not answer (buckets.py :func:`retried`)."""
         kv = self.kv
         if kv is None:
             return None
         self.early.add(client_id)
         self.claims[client_id] = None
         self._outstanding[client_id] = self._outstanding.get(client_id, 0) + 1
-        result = await self._claim(kv, client_id)
+        result = await self._claim(kv, client_id, deadline)
         self._acknowledged(client_id, result)
         return self.claims.get(client_id)
 
@@ -258,6 +262,7 @@ class Ownership:
         kv = await self._open(nc.jetstream())
         await nc.subscribe(self.subject(self.sender), cb=self._on_notice)
         self.kv = kv
+        self.opened.set()
         log.info("cluster: session bucket %r open", self.bucket)
         try:
             while True:
@@ -273,21 +278,45 @@ class Ownership:
             for task in list(self._notices):
                 task.cancel()
 
-    async def _claim(self, kv: KeyValue, client_id: str) -> int | BaseException:
+    async def _claim(self, kv: KeyValue, client_id: str, deadline: float | None = None
+                     ) -> int | BaseException:
         """Compare-and-set ``client_id`` to this node; its revision (or the error).
-        The previous owner, if another process, is told in the background."""
+        The previous owner, if another process, is told in the background. With
+        ``deadline``: each request in short attempts until then (:meth:`claim_now`)."""
         key = client_key(client_id)
         last = 0  # first try: create (one write for a client id never seen)
         previous: bytes | None = None
         created = True
+        #: an attempt of ours timed out: it may have been written all the same
+        unsure = False
+
+        async def update() -> int:
+            if deadline is None:
+                return await kv.update(key, self.sender, last=last)
+
+            async def attempt() -> int:
+                nonlocal unsure
+                try:
+                    return await kv.update(key, self.sender, last=last)
+                except BaseException as exc:
+                    unsure = unsure or isinstance(exc, (TimeoutError, asyncio.CancelledError))
+                    raise
+
+            return await retried(attempt, deadline, f"claim of {client_id!r}")
+
+        async def get() -> KeyValue.Entry:
+            if deadline is None:
+                return await kv.get(key)
+            return await retried(lambda: kv.get(key), deadline, f"owner of {client_id!r}")
+
         try:
             for _ in range(CAS_TRIES):
                 try:
-                    revision = await kv.update(key, self.sender, last=last)
+                    revision = await update()
                 except KeyWrongLastSequenceError:
                     created = False
                     try:
-                        entry = await kv.get(key)
+                        entry = await get()
                     except KeyNotFoundError as exc:  # deleted: its tombstone is last
                         tomb = getattr(exc, "entry", None)
                         last = (tomb.revision or 0) if tomb is not None else 0
@@ -296,7 +325,11 @@ class Ownership:
                     # Written again even when the entry is ours: a read may come
                     # from a replica that lags (direct get); only the update's
                     # compare-and-set proves that ``previous`` is the latest owner.
-                    last, previous = entry.revision or 0, entry.value
+                    # (Ours after an attempt that timed out: that attempt was
+                    # written, and ``previous`` is still the owner it replaced.)
+                    if not (unsure and entry.value == self.sender):
+                        previous = entry.value
+                    last = entry.revision or 0
                     continue
                 if last and previous is not None and previous != self.sender:
                     self._tell(previous, client_id, revision, not self.holds(client_id))

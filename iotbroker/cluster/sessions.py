@@ -69,7 +69,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from iotbroker.cluster import wire
-from iotbroker.cluster.buckets import open_bucket
+from iotbroker.cluster.buckets import open_bucket, retried
 from iotbroker.cluster.ownership import client_key
 from iotbroker.cluster.qos_stream import answered_by_leader, stream_key
 from iotbroker.cluster.subjects import filter_to_subjects, subject_to_topic
@@ -949,9 +949,7 @@ class Sessions:
                     # keeps waiting. Else the record was never written and the session
                     # moved after kill -9 came back empty (Session Present 0; issue 14).
                     self._claims.add(client_id)
-                    if self._up():
-                        asyncio.get_running_loop().call_later(
-                            FIRST_WRITE_RETRY, self._redirty, client_id)
+                    self._write_soon(client_id)
                 elif rev is not None and self.revs.get(client_id) == rev:
                     # Not written (NATS away, a timeout), not taken by another process
                     # (that is a compare-and-set refusal, above): still ours, written
@@ -959,12 +957,18 @@ class Sessions:
                     # (:meth:`_first_writes_again`) — the local session is kept (a
                     # client reconnecting while NATS is away gets it, issue 14).
                     self._write_again.add(client_id)
-                    if self._up():
-                        asyncio.get_running_loop().call_later(
-                            FIRST_WRITE_RETRY, self._redirty, client_id)
+                    self._write_soon(client_id)
             return False
         finally:
             self._claiming.discard(client_id)
+
+    def _write_soon(self, client_id: str) -> None:
+        """A record of ours whose write failed (not refused by its compare-and-set):
+        written again after :data:`FIRST_WRITE_RETRY` while NATS is up; else when the
+        buckets answer again after a reconnect (:meth:`_first_writes_again`)."""
+        if self._up():
+            asyncio.get_running_loop().call_later(FIRST_WRITE_RETRY, self._redirty,
+                                                  client_id)
 
     async def run(self, nc: NatsClient) -> None:
         """Open the bucket, answer handovers, write records, checkpoint positions."""
@@ -981,8 +985,7 @@ class Sessions:
         self.kv = kv
         await self._adopt_restored(kv)
         log.info("cluster: session records bucket %r open", self.bucket)
-        while self.ownership.kv is None:  # (opened at the same time: claims need it)
-            await asyncio.sleep(0.05)
+        await self.ownership.opened.wait()  # (opened at the same time: claims need it)
         if self._probe is None or self._probe.done():
             # Ready once the buckets' and the stream's leaders answer (an open bucket
             # may have been found through a replica's answer: :meth:`_probe_buckets`).
@@ -1392,8 +1395,9 @@ class Sessions:
                     log.info("cluster: session %r: NATS away; served with this node's "
                              "state", client_id)
                     return None
-            left = started + RESUME_TIMEOUT - time.monotonic()
-            await asyncio.wait_for(self._resume(client_id), max(left, 0.001))
+            deadline = started + RESUME_TIMEOUT
+            left = deadline - time.monotonic()
+            await asyncio.wait_for(self._resume(client_id, deadline), max(left, 0.001))
         except Exception as exc:
             # Not done in time, JetStream did not answer (a loaded cluster: "503
             # service unavailable"), or any other failure (the record kept changing, a
@@ -1427,11 +1431,13 @@ class Sessions:
 
     last_resume_seconds = 0.0
 
-    async def _resume(self, client_id: str) -> None:
+    async def _resume(self, client_id: str, deadline: float) -> None:
         """Find the session of ``client_id`` in the cluster and make it this node's
         (module docstring). A previous owner's late writes may race the
         compare-and-set: read again (the record it handed over is kept: it is the
-        final one)."""
+        final one). Its JetStream requests are short attempts made again until
+        ``deadline`` (monotonic: the resume's bound) while JetStream does not answer
+        (:func:`~iotbroker.cluster.buckets.retried`: a leader being elected)."""
         kv = self.kv
         assert kv is not None
         key = client_key(client_id)
@@ -1440,8 +1446,10 @@ class Sessions:
         handed: Record | None = None
         mine: int | None = None
         for attempt in range(4):
-            entry, claimant = await asyncio.gather(self._get(kv, key),
-                                                   ownership.owner(client_id))
+            entry, claimant = await asyncio.gather(
+                retried(lambda: self._get(kv, key), deadline, f"record of {client_id!r}"),
+                retried(lambda: ownership.owner(client_id), deadline,
+                        f"owner of {client_id!r}"))
             found = None
             if entry is not None and entry.value:
                 found = Record.decode(client_id, entry.value)
@@ -1458,7 +1466,7 @@ class Sessions:
                 # Moving here: the client id is this node's from now on (its claim is
                 # in the stream before the CONNACK, so a later connection elsewhere
                 # claims after it).
-                mine = await ownership.claim_now(client_id)
+                mine = await ownership.claim_now(client_id, deadline)
                 log.debug("cluster: session %r claimed at %s before its CONNACK",
                           client_id, mine)
             if client_id in superseded:
@@ -1484,10 +1492,15 @@ class Sessions:
                                  handed.subscriptions, handed.qos2, handed.inbound,
                                  handed.marks)
                 try:
-                    self.revs[client_id] = await kv.create(key, claimed.encode())
-                except Exception:
+                    self.revs[client_id] = await self._write_checked(
+                        kv, key, claimed.encode(), None, deadline)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not _conflict(exc):
+                        raise  # not answered (it may be written: the retry reads it)
                     continue  # written meanwhile: read again
-                await self._install(client_id, handed)
+                await self._install(client_id, handed, deadline)
                 self.resumed += 1
                 return
             assert entry is not None
@@ -1513,7 +1526,8 @@ class Sessions:
                 taken = Record(self.sender, found.position, found.session,
                                found.subscriptions, found.qos2, inbound,
                                self._marks_of(client_id, inbound))
-                self.revs[client_id] = await kv.update(key, taken.encode(), last=revision)
+                self.revs[client_id] = await self._write_checked(
+                    kv, key, taken.encode(), revision, deadline)
                 self._dirty[client_id] = None
                 return
             if handed is None and found.owner != self.sender:
@@ -1538,11 +1552,16 @@ class Sessions:
             claimed = Record(self.sender, rec.position, rec.session, rec.subscriptions,
                              rec.qos2, rec.inbound, rec.marks)
             try:
-                rev = await kv.update(key, claimed.encode(), last=revision)
-            except Exception:
+                rev = await self._write_checked(kv, key, claimed.encode(), revision,
+                                                deadline)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not _conflict(exc):
+                    raise  # not answered (it may be written: the retry reads it)
                 continue  # someone else wrote meanwhile: read again
             self.revs[client_id] = rev
-            await self._install(client_id, rec)
+            await self._install(client_id, rec, deadline)
             self.resumed += 1
             return
         # Not resumed: served with this node's state, a new empty session would replace
@@ -1556,7 +1575,33 @@ class Sessions:
         except KeyNotFoundError:
             return None
 
-    async def _install(self, client_id: str, rec: Record) -> None:
+    async def _write_checked(self, kv: KeyValue, key: str, data: bytes, last: int | None,
+                             deadline: float) -> int:
+        """Write ``data`` under ``key`` if its last revision is ``last`` (None: create
+        it), in short attempts until ``deadline`` (:func:`retried`); its revision. An
+        attempt that timed out may have been written all the same: a later attempt
+        refused by the compare-and-set then reads the record, and when it holds
+        ``data`` that was this write (else the refusal is raised: written by another)."""
+        tried = False
+
+        async def attempt() -> int:
+            nonlocal tried
+            again, tried = tried, True
+            try:
+                if last is None:
+                    return await kv.create(key, data)
+                return await kv.update(key, data, last=last)
+            except Exception as exc:
+                if not again or not _conflict(exc):
+                    raise
+                entry = await self._get(kv, key)
+                if entry is not None and entry.value == data and entry.revision:
+                    return entry.revision
+                raise
+
+        return await retried(attempt, deadline, f"record write of {key!r}")
+
+    async def _install(self, client_id: str, rec: Record, deadline: float) -> None:
         """Rebuild the session here from ``rec`` and deliver what the QoS stream has
         for it after its position. The stream's reader waits meanwhile (its lock), so
         each stream message reaches the session exactly once from here: those the
@@ -1576,7 +1621,7 @@ class Sessions:
             incomplete = False
             if rec.position is not None and filters:
                 try:
-                    fetched = await self._fetch(js, rec.position, filters)
+                    fetched = await self._fetch(js, rec.position, filters, deadline)
                 except IncompleteReplay as exc:
                     # The session comes here all the same (its subscriptions); its
                     # position stays where it was, so a later move reads it all again.
@@ -1720,8 +1765,8 @@ class Sessions:
         else:
             self.qos2.pop(client_id, None)
 
-    async def _fetch(self, js: JetStreamContext, position: int, filters: list[str]
-                     ) -> list[tuple[int, bytes, int, list[Message]]]:
+    async def _fetch(self, js: JetStreamContext, position: int, filters: list[str],
+                     deadline: float) -> list[tuple[int, bytes, int, list[Message]]]:
         """The stream messages after ``position`` on the subjects of ``filters``, up
         to the stream's end now (an ephemeral pull consumer, filtered by the server).
 
@@ -1734,7 +1779,8 @@ class Sessions:
         read that the leader shows to be short is made again (a new consumer) after
         :data:`REREAD_PAUSE`, until it is whole: bounded by the resume's own bound
         (RESUME_TIMEOUT: past it the CONNECT is refused 0x89 and the session stays
-        where it is; the client retries)."""
+        where it is; the client retries). Its requests are short attempts made again
+        until ``deadline`` while JetStream does not answer (:func:`retried`)."""
         qos = self.qos
         subjects: list[str] = []
         for topic_filter in filters:
@@ -1742,14 +1788,16 @@ class Sessions:
                 if subject not in subjects:
                     subjects.append(subject)
         while True:
-            info = await qos.leader_info(js)
+            info = await retried(lambda: qos.leader_info(js), deadline,
+                                 f"stream info of {qos.stream!r}")
             if info is not None:
                 last = info.state.last_seq
                 if last <= position:
                     return []
-                out = await self._read(js, subjects, position, last, info.state.first_seq)
+                out = await self._read(js, subjects, position, last, info.state.first_seq,
+                                       deadline)
                 missed = await self._missed(js, subjects,
-                                            out[-1][0] if out else position, last)
+                                            out[-1][0] if out else position, last, deadline)
                 if missed is None:
                     return out
                 why = (f"read up to sequence {out[-1][0] if out else position} of {last}, "
@@ -1762,7 +1810,8 @@ class Sessions:
             await asyncio.sleep(REREAD_PAUSE)
 
     async def _read(self, js: JetStreamContext, subjects: list[str], position: int,
-                    last: int, first: int) -> list[tuple[int, bytes, int, list[Message]]]:
+                    last: int, first: int, deadline: float
+                    ) -> list[tuple[int, bytes, int, list[Message]]]:
         """One read of the stream messages after ``position`` up to ``last`` on
         ``subjects``: as many as the consumer says match (its replica's view)."""
         qos = self.qos
@@ -1776,12 +1825,17 @@ class Sessions:
         )
         if len(subjects) > 1:
             config.filter_subjects = subjects
-        sub = await js.pull_subscribe(subjects[0], stream=qos.stream, config=config)
+        # (an attempt whose consumer was made although its answer did not come leaves
+        # that consumer to the server: gone after ``inactive_threshold``)
+        sub = await retried(
+            lambda: js.pull_subscribe(subjects[0], stream=qos.stream, config=config),
+            deadline, f"consumer on {qos.stream!r}")
         out: list[tuple[int, bytes, int, list[Message]]] = []
         try:
             # How many match from the start on: fetched until then (or the end seen
             # now), never waiting for messages that do not exist.
-            remaining = (await sub.consumer_info()).num_pending or 0
+            remaining = (await retried(sub.consumer_info, deadline,
+                                       f"consumer info on {qos.stream!r}")).num_pending or 0
             deadline = time.monotonic() + FETCH_PATIENCE
             while remaining > 0:
                 try:
@@ -1823,7 +1877,7 @@ class Sessions:
         return out
 
     async def _missed(self, js: JetStreamContext, subjects: list[str], after: int,
-                      last: int) -> int | None:
+                      last: int, deadline: float) -> int | None:
         """The first stream sequence in ``after`` + 1 .. ``last`` of a message on
         ``subjects`` that the stream's leader has (None: none) — a read that ended at
         ``after`` missed it. A replica applies the stream in order, so what a lagging
@@ -1835,7 +1889,9 @@ class Sessions:
 
         async def next_on(subject: str) -> int | None:
             try:
-                msg = await js.get_msg(stream, seq=after + 1, subject=subject, next=True)
+                msg = await retried(
+                    lambda: js.get_msg(stream, seq=after + 1, subject=subject, next=True),
+                    deadline, f"next message on {subject!r}")
             except NotFoundError:
                 return None
             return msg.seq

@@ -197,6 +197,12 @@ class Wills:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
+    def forget(self, token: str) -> None:
+        """The process ``token`` is forgotten (silent for long: node.py
+        ``_forget_processes``): its last figures go (one entry per process ever heard
+        otherwise). A heartbeat of it brings them back."""
+        self.figures.pop(token, None)
+
     async def alive(self, token: str) -> bool:
         """Whether the process ``token`` has a heartbeat in the nodes bucket now."""
         nodes = self.nodes

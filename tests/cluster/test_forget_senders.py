@@ -25,7 +25,7 @@ import pytest
 
 from iotbroker.cluster import wire
 from iotbroker.cluster.node import FORGET_ENV, FORGET_SECONDS, ClusterNode, forget_seconds
-from iotbroker.cluster.wills import NODE_TTL
+from iotbroker.cluster.wills import NODE_TTL, Wills
 from iotbroker.codec.packets import PubAck
 from tests.cluster.conftest import connect_retrying_busy, log_tails, wait_for_log
 from tests.cluster.test_live_order import _joined, _receive
@@ -54,7 +54,8 @@ def test_a_node_forgets_a_dead_sending_process_and_its_restart_still_delivers_in
         make_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """Node a publishes QoS 1 to a persistent subscriber on node b (through the stream
     and live); a is killed with -9: b logs one line that it forgot a's process (its
-    dedup window of 20 seqs), no sooner than the bound after the kill. a restarted on
+    dedup window of 20 seqs), no sooner than the bound after the kill, and then that
+    it dropped the process's last heartbeat figures. a restarted on
     the same name (a new sender) still delivers to b's subscriber in order
     [MQTT-4.6.0-5] and once."""
     monkeypatch.setenv(FORGET_ENV, "1")  # (at least NODE_TTL: 3 s)
@@ -83,6 +84,9 @@ def test_a_node_forgets_a_dead_sending_process_and_its_restart_still_delivers_in
     forgot = [x for x in b.log_text().splitlines() if line in x]
     assert len(forgot) == 1, forgot
     assert "dedup window of 20 seqs" in forgot[0], forgot
+    # ... and then the process itself: its last heartbeat figures (wills.figures) go
+    # too, once nothing else of it is kept (else one entry per dead process, for ever).
+    wait_for_log(b, f"forgot node process {sender.replace('/', '_')},", timeout=5)
 
     a.start()  # the same node name: a new sending process
     wait_for_log(a, "cluster: node a connected to NATS")
@@ -179,3 +183,28 @@ def test_a_silent_senders_state_stays_until_the_stream_reader_has_passed_the_str
     counts = asyncio.run(scenario())
     assert counts == [0, 0, 0, 0, 1], counts
     assert asked == [[back], [dead]], asked  # c at 121 s; a once nothing of it was held
+
+
+def test_a_dead_processs_figures_go_once_nothing_else_of_it_is_kept() -> None:
+    """``ClusterNode._forget_processes`` (on the node's own objects, issue 14,
+    i14-robust): the last heartbeat figures of a process silent past the bound
+    (``wills.figures``: one entry per process ever heard) are dropped — not while
+    its sender's dedup window (or name tables) is still kept, not those of a process
+    heard within the bound, never this node's own."""
+    figures = {"a_dead": (0.0, b"{}"), "c_live": (0.0, b"{}"), "b_own": (0.0, b"{}")}
+    wills: Any = SimpleNamespace(figures=figures)
+    wills.forget = lambda token: Wills.forget(wills, token)
+    node: Any = SimpleNamespace(
+        forget_seconds=FORGET_SECONDS, token="b_own",
+        qos=SimpleNamespace(limits=SimpleNamespace(duplicate_window=120.0)),
+        wills=wills, dedup=wire.Dedup(), _live_order={}, _forget_at={},
+        names_in={}, names_out=wire.NameTables())
+    node.dedup.first(b"a/dead", 1)
+    ClusterNode._forget_processes(node, 100.0)  # within the bound: all kept
+    assert set(figures) == {"a_dead", "c_live", "b_own"}
+    figures["c_live"] = (100.0, b"{}")  # c heard again
+    ClusterNode._forget_processes(node, 130.0)  # a past the bound, its dedup kept
+    assert set(figures) == {"a_dead", "c_live", "b_own"}
+    node.dedup.forget(b"a/dead")  # (_forget_senders)
+    ClusterNode._forget_processes(node, 131.0)
+    assert set(figures) == {"c_live", "b_own"}
