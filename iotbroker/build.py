@@ -62,6 +62,7 @@ COMPILED_MODULES = (
     "iotbroker.engine.client",
     "iotbroker.engine.engine",
     "iotbroker.engine.connect",
+    "iotbroker.server.turn",
     "iotbroker.server.transport",
     "iotbroker.server.connecting",
     "iotbroker.server.timerwheel",
