@@ -27,7 +27,7 @@ from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
-from iotbroker.engine.client import Writable
+from iotbroker.engine.client import Client, Writable
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
@@ -325,11 +325,11 @@ class Broker:
     # ------------------------------------------------------------ the flush
     # The turn's state and the flush are compiled (server/turn.py): these delegate.
     @property
-    def active_readers(self) -> list[Reader]:
+    def active_readers(self) -> list[Client]:
         """Connections that delivered input since the last flush (backpressure)."""
         return self.turn.active_readers
 
-    def throttle(self, readers: list[Reader]) -> None:
+    def throttle(self, readers: list[Client]) -> None:
         """A consumer is congested: slow down the clients that published this turn
         (not bystanders that only pinged, acknowledged or connected)."""
         for reader in readers:

@@ -400,7 +400,10 @@ class ClientProtocol(Client):
             if self.deferred:
                 self._hold(packets)
                 return  # a failure waits for the backlog: resume_deferred applies it
-            handled = turn.handle_packets(self, packets)
+            if self.publish_bucket is None and not self.close_after_flush:
+                handled = turn.handle_read(self, packets)  # native fields, checked here
+            else:
+                handled = turn.handle_packets(self, packets)
             if self.deferred and not self.close_after_flush:
                 self._hold(packets[handled:])
                 self.pause_reading()

@@ -41,9 +41,10 @@ _TRIM_AFTER_CHANGES: Final = memtrim.TRIM_AFTER_CHANGES
 
 
 class Reader(Protocol):
-    """A socket connection as the turn sees it (``server/transport.py``
-    ``ClientProtocol``, an engine :class:`~iotbroker.engine.client.Client`): a
-    protocol, so that no server module refers back up (tests/test_architecture.py)."""
+    """What the turn reads of a socket connection beyond its engine
+    :class:`~iotbroker.engine.client.Client` (``server/transport.py``
+    ``ClientProtocol`` is both): a protocol, so that no server module refers back up
+    (tests/test_architecture.py)."""
 
     session: Session | None
     publish_bucket: TokenBucket | None
@@ -64,7 +65,7 @@ class TurnHost(Protocol):
 
     def commit_early(self) -> None: ...
 
-    def throttle(self, readers: list[Reader]) -> None:
+    def throttle(self, readers: list[Client]) -> None:
         """A consumer is congested: pause the readers that published this turn."""
 
 
@@ -111,7 +112,7 @@ class Turn:
         #: is shared with the connections: never replaced.
         self.ready_to_write: list[Writable] = []
         #: Connections that delivered input since the last flush (backpressure).
-        self.active_readers: list[Reader] = []
+        self.active_readers: list[Client] = []
         #: Slow consumer -> the publishers paused because of it (the broker's dict:
         #: the turn only tests whether it is empty).
         self.throttled = throttled
@@ -156,31 +157,43 @@ class Turn:
         rest, and what that loop stopped for, through the broker
         (``TurnHost.handle_rest``). One clock reading per read: they arrived together.
         Returns how many were handled (a packet that defers or closes stops the read)."""
+        if proto.publish_bucket is None and not proto.close_after_flush:
+            return self.handle_read(cast(Client, proto), packets)
+        handled = self.host.handle_rest(proto, packets, 0, time.time())
+        self._after_read()
+        return handled
+
+    def handle_read(self, client: Client, packets: list[Packet]) -> int:
+        """:meth:`handle_packets` for a socket connection without a publish rate limit
+        and not closing (``ClientProtocol.data_received`` checks that natively)."""
         engine = self.engine
         now = time.time()  # Broker.now(), inlined: hot path
-        if (proto.session is not None and proto.publish_bucket is None
-                and not proto.close_after_flush):
-            handled = engine.handle_read(cast(Client, proto), packets, now,
-                                         _TRIM_AFTER_CHANGES)
+        if client.session is not None:
+            handled = engine.handle_read(client, packets, now, _TRIM_AFTER_CHANGES)
             if handled:  # what the loop stopped for
                 if engine.closing:
                     self.host.apply_closes()
                 if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
                     self.host.commit_early()
-                if (handled < len(packets) and not proto.close_after_flush
-                        and not proto.deferred):
-                    handled = self.host.handle_rest(proto, packets, handled, now)
+                if handled < len(packets):
+                    proto = cast(Reader, client)
+                    if not proto.close_after_flush and not proto.deferred:
+                        handled = self.host.handle_rest(proto, packets, handled, now)
             else:
-                handled = self.host.handle_rest(proto, packets, 0, now)
+                handled = self.host.handle_rest(cast(Reader, client), packets, 0, now)
         else:
-            handled = self.host.handle_rest(proto, packets, 0, now)
+            handled = self.host.handle_rest(cast(Reader, client), packets, 0, now)
+        self._after_read()
+        return handled
+
+    def _after_read(self) -> None:
+        """Schedule the flush if the read left something to write or store."""
         if not self.scheduled:
             if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
                 self.scheduled = True
                 self.loop.call_soon(self._flush)
             else:
                 self.schedule_flush()
-        return handled
 
     # ------------------------------------------------------------------ flush
     def flush(self) -> None:
