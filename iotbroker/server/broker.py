@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from iotbroker import __version__, build
 from iotbroker.bridge.manager import Bridges
@@ -27,7 +27,7 @@ from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.packets import Auth, Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine import connect as connect_rules
-from iotbroker.engine.client import Writable
+from iotbroker.engine.client import Client, Writable
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
@@ -47,6 +47,7 @@ from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
 from iotbroker.server.transport import ClientProtocol
+from iotbroker.server.turn import Reader, Turn
 from iotbroker.storage.base import Store
 
 if TYPE_CHECKING:
@@ -84,12 +85,6 @@ class Broker:
         #: Every open connection (a dict used as an ordered set: about 30 bytes per
         #: entry at 10,000 against 52 for a set, issue 19).
         self.connections: dict[ClientProtocol, None] = {}
-        #: Connections with bytes to write this turn: each connection puts itself here
-        #: (data, not a callback) when it gets its first bytes, and close() too. Socket
-        #: connections and the MQTT-SN gateway's clients alike (``Writable``).
-        self.ready_to_write: list[Writable] = []
-        #: Connections that delivered input since the last flush (backpressure).
-        self.active_readers: list[ClientProtocol] = []
         #: Slow consumer -> the publishers paused because of it.
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
@@ -102,7 +97,6 @@ class Broker:
         #: limits.park_idle_after), or None when that is off.
         self.parking = (Parking(self.loop, config.limits.park_idle_after)
                         if config.limits.park_idle_after > 0 else None)
-        self._flush_scheduled = False
         self._servers: list[Listener] = []
         self.sys_topics: SysTopics | None = None
         #: The cluster room (``cluster:`` configured; docs/cluster.md), else None.
@@ -132,6 +126,13 @@ class Broker:
         if config.storage.backend == "rocksdb" and config.storage.durability == "fsync":
             self.group_commit = GroupCommit(store, self.metrics, loop, self.engine)
         #: Connections to other brokers (issue 15): a room of its own, wired in here.
+        #: The loop turn (server/turn.py, compiled): the read's packets into the
+        #: engine, the flush scheduled once per turn, the flush itself.
+        self.turn = Turn(self, self.engine, loop, self.metrics, self._throttled,
+                         self.group_commit)
+        #: Connections with bytes to write this turn (the turn's list, shared with the
+        #: connections and the MQTT-SN gateway's clients: ``Writable``).
+        self.ready_to_write: list[Writable] = self.turn.ready_to_write
         self.bridges = Bridges(self.engine, loop, self.flush)
         self._bridge_reload: asyncio.Task[None] | None = None
 
@@ -177,6 +178,7 @@ class Broker:
                                    f"'iotbroker[cluster]'): {exc}") from exc
 
             self.cluster = ClusterNode(self.config.cluster, self.engine, self._after_remote)
+            self.turn.cluster = self.cluster
             await self.cluster.start()
         for listener in self.config.listeners:
             server: Listener
@@ -240,9 +242,7 @@ class Broker:
         after a packet: closes, timers, then the turn's commit and writes."""
         self._apply_closes()
         self._reschedule_core_timer()
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+        self.turn.call_flush()
 
     async def stop(self) -> None:
         """Shut down: stop listening, tell v5 clients 0x8B, flush storage."""
@@ -323,95 +323,39 @@ class Broker:
         return value
 
     # ------------------------------------------------------------ the flush
+    # The turn's state and the flush are compiled (server/turn.py): these delegate.
+    @property
+    def active_readers(self) -> list[Client]:
+        """Connections that delivered input since the last flush (backpressure)."""
+        return self.turn.active_readers
+
+    def throttle(self, readers: list[Client]) -> None:
+        """A consumer is congested: slow down the clients that published this turn
+        (not bystanders that only pinged, acknowledged or connected)."""
+        for reader in readers:
+            if not reader.published_this_turn:
+                continue
+            reader.published_this_turn = False
+            proto = cast(ClientProtocol, reader)
+            if proto in self._throttled or proto.close_after_flush:
+                continue
+            for waiting in self._throttled.values():
+                waiting.add(proto)
+            proto.pause_reading()
+
     def output_pending(self, proto: ClientProtocol) -> None:
         """``proto`` must be written (or closed) at the end of this loop turn."""
-        self.ready_to_write.append(proto)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+        self.turn.output_pending(proto)
 
     def _schedule_flush(self) -> None:
-        """Flush at the end of this loop turn if an event left something to send
-        (bytes queued on connections, sessions' outboxes, the cluster's forwarding) or
-        to store (a PUBACK that completes a persistent delivery sends nothing, but its
-        deletion must be committed: after a crash the message would be sent again)."""
-        engine = self.engine
-        if not self._flush_scheduled and (
-            self.ready_to_write or engine.registry.ready or engine.batch.changes
-            or engine.forwarding or engine.interest_touched or engine.held_acks
-        ):
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+        """Flush at the end of this loop turn if an event left something to send or
+        to store (``Turn.schedule_flush``)."""
+        self.turn.schedule_flush()
 
     def flush(self) -> None:
-        """Commit the turn's storage changes, then write each connection's output once.
-
-        No acknowledgement leaves before the changes it acknowledges are in the store
-        (design.md, "A QoS 1 PUBLISH").
-        """
-        # Sessions' output into their connections first (they join ready_to_write; no
-        # second flush is scheduled while this one has not started writing).
-        self._flush_scheduled = True
-        if self.cluster is not None:
-            self.cluster.after_turn()  # forward this turn's messages to other nodes
-        # What the turn's packets answered (PUBACKs, CONNACKs, ...) is written after
-        # the messages routed to subscribers: a PUBACK written first delays the
-        # forward by a send that wakes the publisher (issue 19, latency tail).
-        # Connections are independent: MQTT promises no order between them.
-        ready = self.ready_to_write
-        answers = ready[:]  # the list itself is shared with the connections
-        ready.clear()
-        engine = self.engine
-        if engine.registry.ready:
-            try:
-                engine.send_ready(time.time())  # Broker.now(), inlined: hot path
-            except BaseException:
-                ready.extend(answers)  # as before the split: nothing forgotten
-                raise
-        self._flush_scheduled = False
-        dirty = ready + answers if answers else ready[:]
-        ready.clear()
-        readers = self.active_readers
-        if readers:
-            self.active_readers = []
-        batch = engine.batch
-        if batch.changes:
-            changes = len(batch.changes)
-            try:
-                engine.commit()
-            except StorageError as exc:
-                log.error(
-                    "storage write failed, closing %d connections without acks: %s", len(dirty), exc
-                )
-                batch.clear()
-                for proto in dirty:
-                    proto.conn.data_to_send()
-                    proto.abort()
-                return
-            if changes >= memtrim.TRIM_AFTER_CHANGES:
-                memtrim.trim()  # a large fan-out's batch is freed: give it back
-        if self.group_commit is not None:
-            self.group_commit.output(dirty)
-        else:
-            for proto in dirty:
-                proto.write_pending()
-                if proto.close_after_flush:
-                    proto.finish_close()
-        if self._throttled and readers:
-            # A consumer is congested: slow down the clients that published this turn
-            # (not bystanders that only pinged, acknowledged or connected).
-            for reader in readers:
-                if not reader.published_this_turn:
-                    continue
-                reader.published_this_turn = False
-                if reader in self._throttled or reader.close_after_flush:
-                    continue
-                for waiting in self._throttled.values():
-                    waiting.add(reader)
-                reader.pause_reading()
-        else:
-            for reader in readers:
-                reader.published_this_turn = False
+        """Commit the turn's storage changes, then write each connection's output once
+        (``Turn.flush``; design.md, "A QoS 1 PUBLISH")."""
+        self.turn.flush()
 
     # ---------------------------------------------------------- backpressure
     def writer_paused(self, proto: ClientProtocol) -> None:
@@ -574,27 +518,21 @@ class Broker:
 
     # ------------------------------------------------------------- packets
     def handle_packets(self, proto: ClientProtocol, packets: list[Packet]) -> int:
-        """Validated packets of one read, in order: the engine's once the CONNECT is
-        accepted; CONNECT and AUTH go through the authentication steps here first.
-        Stops after a packet that defers (a password check in a thread) or closes the
-        connection; returns how many were handled. One clock reading per read: they
-        arrived together. A connected client's packets go through the engine's
-        compiled loop (``Engine.handle_read``) as far as it takes them; the rest, and
-        what that loop stopped for, here."""
+        """Validated packets of one read, in order (``Turn.handle_packets``, compiled:
+        a connected client's through the engine's loop, the rest through
+        :meth:`handle_rest`). Returns how many were handled."""
+        return self.turn.handle_packets(proto, packets)
+
+    def handle_rest(self, reader: Reader, packets: list[Packet], start: int,
+                    now: float) -> int:
+        """``packets[start:]``, one by one: the engine's once the CONNECT is accepted;
+        CONNECT and AUTH go through the authentication steps here first. Stops after a
+        packet that defers (a password check in a thread) or closes the connection;
+        returns how many of ``packets`` were handled in all (``start`` included)."""
+        proto = cast(ClientProtocol, reader)
         engine = self.engine
-        now = time.time()  # Broker.now(), inlined: hot path
-        handled = 0
-        rest: Sequence[Packet] = packets
-        if (proto.session is not None and proto.publish_bucket is None
-                and not proto.close_after_flush):
-            handled = engine.handle_read(proto, packets, now, _TRIM_AFTER_CHANGES)
-            if handled:  # what the loop stopped for, as below
-                if engine.closing:
-                    self._apply_closes()
-                if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
-                    self._commit_early()
-                stop = proto.close_after_flush or proto.deferred
-                rest = () if stop or handled == len(packets) else packets[handled:]
+        handled = start
+        rest: Sequence[Packet] = packets[start:] if start else packets
         for packet in rest:
             handled += 1
             ptype = packet.TYPE
@@ -623,13 +561,10 @@ class Broker:
                 self._commit_early()
             if proto.close_after_flush or proto.deferred:
                 break
-        if not self._flush_scheduled:
-            if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
-                self._flush_scheduled = True
-                self.loop.call_soon(self.flush)
-            else:
-                self._schedule_flush()
         return handled
+
+    def commit_early(self) -> None:
+        self._commit_early()
 
     def _commit_early(self) -> None:
         """A packet left a large batch (a fan-out to many offline sessions): write it
@@ -743,9 +678,8 @@ class Broker:
         self._timer_at = None
         self.engine.run_timers(self.now())
         self._reschedule_core_timer()
-        if self.engine.batch and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+        if self.engine.batch:
+            self.turn.call_flush()
         self._schedule_flush()
 
 

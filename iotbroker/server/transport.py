@@ -38,6 +38,7 @@ from iotbroker.server.logsetup import FLAGS, connection_fields
 from iotbroker.server.parked import ABORT_ON_ADOPT, ADOPTING, NOT_PARKED, peername
 from iotbroker.server.ratelimit import TokenBucket
 from iotbroker.server.timerwheel import TimerWheel
+from iotbroker.server.turn import Turn
 
 if TYPE_CHECKING:
     from iotbroker.server.auth_service import Refusal
@@ -147,8 +148,8 @@ class ConnectionHost(Protocol):
         :class:`~iotbroker.protocol.connection.Connection` appends itself)."""
 
     @property
-    def active_readers(self) -> list[ClientProtocol]:
-        """Connections that delivered input this turn (backpressure)."""
+    def turn(self) -> Turn:
+        """The loop turn (server/turn.py, compiled): a read's packets go there."""
 
     def connection_made(self, proto: ClientProtocol) -> bool:
         """Admit a new socket (False: a connection limit refuses it)."""
@@ -385,11 +386,13 @@ class ClientProtocol(Client):
             # Closed on our side: read, count, discard.
             rare.linger.discard(len(data))
             return
-        broker = self.broker
-        broker.active_readers.append(self)
-        metrics = broker.metrics  # one lookup: the broker is an interpreted object
+        # One lookup on the broker (an interpreted object); the rest are native fields
+        # of the compiled turn (server/turn.py; the PUBLISH -> forward path, issue 19).
+        turn = self.broker.turn
+        turn.active_readers.append(self)
+        metrics = turn.metrics
         metrics.bytes_received += len(data)
-        packets = self.conn.receive_data(data, broker.loop.time())
+        packets = self.conn.receive_data(data, turn.loop.time())
         if packets:
             metrics.messages_received += len(packets)
             if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)
@@ -397,8 +400,10 @@ class ClientProtocol(Client):
             if self.deferred:
                 self._hold(packets)
                 return  # a failure waits for the backlog: resume_deferred applies it
-            # handle_packets, inlined (the PUBLISH -> forward path, issue 19)
-            handled = broker.handle_packets(self, packets)
+            if self.publish_bucket is None and not self.close_after_flush:
+                handled = turn.handle_read(self, packets)  # native fields, checked here
+            else:
+                handled = turn.handle_packets(self, packets)
             if self.deferred and not self.close_after_flush:
                 self._hold(packets[handled:])
                 self.pause_reading()
@@ -443,7 +448,7 @@ class ClientProtocol(Client):
     def handle_packets(self, packets: list[Packet]) -> None:
         """Handle packets in order; if one defers (a CONNECT waiting for a password
         check in a thread), the rest wait in ``backlog`` until it is decided."""
-        handled = self.broker.handle_packets(self, packets)
+        handled = self.broker.turn.handle_packets(self, packets)
         if self.deferred and not self.close_after_flush:
             self._hold(packets[handled:])
             self.pause_reading()

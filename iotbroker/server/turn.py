@@ -1,0 +1,268 @@
+"""The broker's loop turn, compiled: a read's packets into the engine, and the flush.
+
+What every QoS 1 message runs between the PUBLISH's read and the forward's write
+(issue 19, the latency at 1,000 msg/s): a connected client's packets of one read go
+through the engine's compiled loop (``Engine.handle_read``), the flush is scheduled
+once per turn, and the flush commits the turn's storage batch and then writes each
+connection's output once, the messages routed to subscribers before the turn's
+answers (PUBACKs) (design.md, "A QoS 1 PUBLISH"; docs/performance.md, "Latency at
+1,000 msg/s"). This state was read from the interpreted :class:`Broker` per packet;
+here it is the native fields of one object per broker, which ``server/broker.py``
+creates and delegates to, and ``ClientProtocol.data_received`` calls directly, so no
+interpreted frame runs between ``data_received`` and the forward's ``transport.write``.
+
+What is rare stays in the broker (:class:`TurnHost`): a packet before the session
+exists (CONNECT, AUTH), a per-client publish rate limit, closes, an early commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence, Sized
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+from iotbroker.codec.packets import Packet
+from iotbroker.engine.client import Client
+from iotbroker.engine.engine import Engine
+from iotbroker.errors import StorageError
+from iotbroker.metrics import Metrics
+from iotbroker.server import memtrim
+from iotbroker.server.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from iotbroker.core.session import Session
+    from iotbroker.engine.client import Writable
+
+log = logging.getLogger("iotbroker.broker")
+
+_TRIM_AFTER_CHANGES: Final = memtrim.TRIM_AFTER_CHANGES
+
+
+class Reader(Protocol):
+    """What the turn reads of a socket connection beyond its engine
+    :class:`~iotbroker.engine.client.Client` (``server/transport.py``
+    ``ClientProtocol`` is both): a protocol, so that no server module refers back up
+    (tests/test_architecture.py)."""
+
+    session: Session | None
+    publish_bucket: TokenBucket | None
+    close_after_flush: bool
+    deferred: bool
+    published_this_turn: bool
+
+
+class TurnHost(Protocol):
+    """The broker as the turn sees it: the rare paths stay there (interpreted)."""
+
+    def handle_rest(self, proto: Reader, packets: list[Packet], start: int,
+                    now: float) -> int:
+        """Handle ``packets[start:]`` one by one (CONNECT, AUTH, the rate-limited path);
+        return how many of ``packets`` are handled in all."""
+
+    def apply_closes(self) -> None: ...
+
+    def commit_early(self) -> None: ...
+
+    def throttle(self, readers: list[Client]) -> None:
+        """A consumer is congested: pause the readers that published this turn."""
+
+
+class AfterTurn(Protocol):
+    """The cluster room: forwards this turn's messages to other nodes."""
+
+    def after_turn(self) -> None: ...
+
+
+class TurnOutput(Protocol):
+    """Group commit (``durability: fsync``): takes the turn's output to write it once
+    its changes are synced (server/group_commit.py)."""
+
+    def output(self, dirty: Sequence[Writable]) -> None: ...
+
+
+class Turn:
+    """One broker's per-turn state: the connections with output (``ready_to_write``),
+    those that read this turn (``active_readers``), whether the flush is scheduled."""
+
+    __slots__ = (
+        "_flush",
+        "active_readers",
+        "cluster",
+        "engine",
+        "group_commit",
+        "host",
+        "loop",
+        "metrics",
+        "ready_to_write",
+        "scheduled",
+        "throttled",
+    )
+
+    def __init__(self, host: TurnHost, engine: Engine, loop: asyncio.AbstractEventLoop,
+                 metrics: Metrics, throttled: Sized, group_commit: TurnOutput | None) -> None:
+        self.host = host
+        self.engine = engine
+        self.loop = loop
+        self.metrics = metrics
+        #: Connections with bytes to write this turn: each connection puts itself here
+        #: (data, not a callback) when it gets its first bytes, and close() too. Socket
+        #: connections and the MQTT-SN gateway's clients alike (``Writable``). The list
+        #: is shared with the connections: never replaced.
+        self.ready_to_write: list[Writable] = []
+        #: Connections that delivered input since the last flush (backpressure).
+        self.active_readers: list[Client] = []
+        #: Slow consumer -> the publishers paused because of it (the broker's dict:
+        #: the turn only tests whether it is empty).
+        self.throttled = throttled
+        self.group_commit = group_commit
+        #: The cluster room, set when it starts (``Broker.start``).
+        self.cluster: AfterTurn | None = None
+        self.scheduled = False
+        #: The bound flush, made once (call_soon takes it per turn).
+        self._flush: Callable[[], None] = self.flush
+
+    # ------------------------------------------------------------- scheduling
+    def call_flush(self) -> None:
+        """Flush at the end of this loop turn (once)."""
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def output_pending(self, proto: Writable) -> None:
+        """``proto`` must be written (or closed) at the end of this loop turn."""
+        self.ready_to_write.append(proto)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def schedule_flush(self) -> None:
+        """Flush at the end of this loop turn if an event left something to send
+        (bytes queued on connections, sessions' outboxes, the cluster's forwarding) or
+        to store (a PUBACK that completes a persistent delivery sends nothing, but its
+        deletion must be committed: after a crash the message would be sent again)."""
+        engine = self.engine
+        if not self.scheduled and (
+            self.ready_to_write or engine.registry.ready or engine.batch.changes
+            or engine.forwarding or engine.interest_touched or engine.held_acks
+        ):
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
+
+    # ---------------------------------------------------------------- packets
+    def handle_packets(self, proto: Reader, packets: list[Packet]) -> int:
+        """Validated packets of one read, in order: a connected client's through the
+        engine's compiled loop (``Engine.handle_read``) as far as it takes them; the
+        rest, and what that loop stopped for, through the broker
+        (``TurnHost.handle_rest``). One clock reading per read: they arrived together.
+        Returns how many were handled (a packet that defers or closes stops the read)."""
+        if proto.publish_bucket is None and not proto.close_after_flush:
+            return self.handle_read(cast(Client, proto), packets)
+        handled = self.host.handle_rest(proto, packets, 0, time.time())
+        self._after_read()
+        return handled
+
+    def handle_read(self, client: Client, packets: list[Packet]) -> int:
+        """:meth:`handle_packets` for a socket connection without a publish rate limit
+        and not closing (``ClientProtocol.data_received`` checks that natively)."""
+        engine = self.engine
+        now = time.time()  # Broker.now(), inlined: hot path
+        if client.session is not None:
+            handled = engine.handle_read(client, packets, now, _TRIM_AFTER_CHANGES)
+            if handled:  # what the loop stopped for
+                if engine.closing:
+                    self.host.apply_closes()
+                if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
+                    self.host.commit_early()
+                if handled < len(packets):
+                    proto = cast(Reader, client)
+                    if not proto.close_after_flush and not proto.deferred:
+                        handled = self.host.handle_rest(proto, packets, handled, now)
+            else:
+                handled = self.host.handle_rest(cast(Reader, client), packets, 0, now)
+        else:
+            handled = self.host.handle_rest(cast(Reader, client), packets, 0, now)
+        self._after_read()
+        return handled
+
+    def _after_read(self) -> None:
+        """Schedule the flush if the read left something to write or store."""
+        if not self.scheduled:
+            if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
+                self.scheduled = True
+                self.loop.call_soon(self._flush)
+            else:
+                self.schedule_flush()
+
+    # ------------------------------------------------------------------ flush
+    def flush(self) -> None:
+        """Commit the turn's storage changes, then write each connection's output once.
+
+        No acknowledgement leaves before the changes it acknowledges are in the store
+        (design.md, "A QoS 1 PUBLISH").
+        """
+        # Sessions' output into their connections first (they join ready_to_write; no
+        # second flush is scheduled while this one has not started writing).
+        self.scheduled = True
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.after_turn()  # forward this turn's messages to other nodes
+        # What the turn's packets answered (PUBACKs, CONNACKs, ...) is written after
+        # the messages routed to subscribers: a PUBACK written first delays the
+        # forward by a send that wakes the publisher (issue 19, latency tail).
+        # Connections are independent: MQTT promises no order between them.
+        ready = self.ready_to_write
+        answers = len(ready)  # the first ones: the turn's answers
+        engine = self.engine
+        if engine.registry.ready:
+            # Sessions' output joins the list after the answers; on an error nothing
+            # has left the list (nothing forgotten).
+            engine.send_ready(time.time())  # Broker.now(), inlined: hot path
+        self.scheduled = False
+        dirty = ready[:]  # the list itself is shared with the connections
+        ready.clear()
+        readers = self.active_readers
+        if readers:
+            self.active_readers = []
+        batch = engine.batch
+        if batch.changes:
+            changes = len(batch.changes)
+            try:
+                engine.commit()
+            except StorageError as exc:
+                log.error(
+                    "storage write failed, closing %d connections without acks: %s",
+                    len(dirty), exc
+                )
+                batch.clear()
+                for proto in dirty:
+                    proto.conn.data_to_send()
+                    proto.abort()
+                return
+            if changes >= _TRIM_AFTER_CHANGES:
+                memtrim.trim()  # a large fan-out's batch is freed: give it back
+        group_commit = self.group_commit
+        if group_commit is not None:
+            if answers and answers < len(dirty):
+                dirty = dirty[answers:] + dirty[:answers]
+            group_commit.output(dirty)
+        else:
+            count = len(dirty)
+            # The routed messages (after the answers in the list), then the answers.
+            for i in range(answers, count):
+                write_one(dirty[i])
+            for i in range(min(answers, count)):
+                write_one(dirty[i])
+        if self.throttled and readers:
+            self.host.throttle(readers)  # a consumer is congested
+        else:
+            for reader in readers:
+                reader.published_this_turn = False
+
+
+def write_one(proto: Writable) -> None:
+    """Write one connection's output of the turn; close it if it must close."""
+    proto.write_pending()
+    if proto.close_after_flush:
+        proto.finish_close()
