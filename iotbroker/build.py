@@ -34,7 +34,8 @@ def source_digest(path: Path) -> str:
 #: asyncio protocol by its methods, not by subclassing ``asyncio.Protocol``; the TLS
 #: listeners' classes and tests subclass it), ``connecting.py`` (a CONNECT's
 #: authentication and acceptance, from ``Broker.on_connect``), ``timerwheel.py`` and
-#: ``parking.py`` (sockets accepted without a transport). The engine
+#: ``parking.py`` (sockets accepted without a transport, and the plain-TCP listener's
+#: accept loop), ``admission.py`` (a new socket's connection limits). The engine
 #: (``engine/client.py``, ``engine.py``, ``connect.py``) is compiled too (issue 19): it
 #: imports ``iotbroker.config``, so pydantic and types-PyYAML are build requirements
 #: (mypyc type-checks what it imports); ``Client`` allows interpreted subclasses
@@ -67,6 +68,7 @@ COMPILED_MODULES = (
     "iotbroker.server.timerwheel",
     "iotbroker.server.parking",
     "iotbroker.server.parked",
+    "iotbroker.server.admission",
     "iotbroker.metrics",
 )
 

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from mypy_extensions import mypyc_attr
@@ -110,6 +111,9 @@ class ParkingView(Protocol):
     def active(self) -> bool: ...
 
     def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool: ...
+
+    def accept_ready(self, accept: Callable[[], tuple[int, object]], host: ConnectionHost,
+                     listener: str, note_peer: bool) -> OSError | None: ...
 
     def noted_peer(self, fd: int) -> str | None: ...
 
