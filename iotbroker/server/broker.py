@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from iotbroker import __version__, build
@@ -88,6 +89,10 @@ class Broker:
         #: interpreted frame (issue 19).
         self.admission = Admission(config.limits, config.listeners, self.metrics, loop)
         self.connection_made: Callable[[ClientProtocol], bool] = self.admission.admit
+        #: Whether a CONNACK may be written before the turn's flush
+        #: (server/connecting.py ``may_answer_now``, compiled; bound here so that the
+        #: compiled ``ClientProtocol.first_data`` calls it without an interpreted frame).
+        self.may_answer_now: Callable[[], bool] = partial(connecting.may_answer_now, self)
         #: Every open connection (a dict used as an ordered set; the admission's).
         self.connections: dict[ClientProtocol, None] = self.admission.connections
         #: Connections with bytes to write this turn: each connection puts itself here
@@ -477,18 +482,6 @@ class Broker:
         proto.abort()
 
     # ---------------------------------------------------------- connections
-    def may_answer_now(self) -> bool:
-        """Nothing of this turn so far waits for the flush: no storage change to commit
-        before an acknowledgement may leave (design.md, "A QoS 1 PUBLISH"), no group
-        commit (fsync), no sessions' output to route, no cluster forwarding: a
-        connection whose read answered only itself may be written at once
-        (``ClientProtocol.first_data``: the CONNACK of a socket accepted without a
-        transport)."""
-        engine = self.engine
-        return (self.group_commit is None and self.cluster is None
-                and not engine.batch.changes and not engine.registry.ready
-                and not engine.forwarding and not engine.held_acks)
-
     def connection_count(self, listener: str) -> int:
         """Connections open now on the listener of that name."""
         return self.admission.per_listener.get(listener, 0)
