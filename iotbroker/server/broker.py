@@ -93,6 +93,10 @@ class Broker:
         #: (server/connecting.py ``may_answer_now``, compiled; bound here so that the
         #: compiled ``ClientProtocol.first_data`` calls it without an interpreted frame).
         self.may_answer_now: Callable[[], bool] = partial(connecting.may_answer_now, self)
+        #: A connection's first read when it is one CONNECT (server/connecting.py
+        #: ``first_connect``, compiled, bound here for the same reason).
+        self.first_connect: Callable[[ClientProtocol, Connect], None] = partial(
+            connecting.first_connect, self)
         #: Every open connection (a dict used as an ordered set; the admission's).
         self.connections: dict[ClientProtocol, None] = self.admission.connections
         #: Connections with bytes to write this turn: each connection puts itself here

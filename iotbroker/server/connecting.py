@@ -23,6 +23,8 @@ from iotbroker.codec.packets import Connect
 from iotbroker.engine import connect as connect_rules
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
+from iotbroker.errors import MqttError
+from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.logsetup import log_connection
 from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
@@ -97,6 +99,33 @@ def may_answer_now(broker: AnswerHost) -> bool:
     engine = broker.engine
     return (not engine.batch.changes and not engine.registry.ready
             and not engine.forwarding and not engine.held_acks)
+
+
+class FirstConnectHost(ConnectingHost, Protocol):
+    """What :func:`first_connect` uses of the broker besides :class:`ConnectingHost`."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None: ...
+
+    def apply_closes(self) -> None: ...
+
+
+def first_connect(broker: FirstConnectHost, proto: ClientProtocol, packet: Connect) -> None:
+    """A connection's first read was one CONNECT (``ClientProtocol.first_data``, a
+    socket accepted without a transport): what ``Broker.handle_packets`` does with it
+    (counted, :func:`on_connect`, a peer's error closes with its reason code, the
+    engine's closes applied), compiled; the caller writes the CONNACK at once or
+    schedules the flush. ``Broker.first_connect`` is this, bound to the broker."""
+    broker.metrics.connects_received += 1
+    try:
+        on_connect(broker, proto, packet)
+    except MqttError as exc:
+        broker.peer_error(proto, exc)
+        return
+    if broker.engine.closing:
+        broker.apply_closes()
 
 
 def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -> None:
