@@ -9,6 +9,8 @@ broker's PID for a bounded phase:
   for ``--attach-seconds`` (connect: the phase below, stopped with SIGINT);
 * ``--tool perf``: ``perf record -p PID`` (samples by DSO/symbol: kernel, uvloop, libpython,
   the mypyc modules);
+* ``--tool perfstat``: ``perf stat -p PID`` counting CPU time, context switches, system
+  calls and epoll waits (:data:`PERFSTAT_EVENTS`; divide by ``--clients``);
 * ``--tool none``: nothing (the loadgen JSON only).
 
 Phase: connect -> from just before the loadgen's GO until the broker holds ``--clients``
@@ -39,6 +41,11 @@ sys.path.insert(0, HERE)
 from e2e import PYTHON_ENV, make_iotbroker, make_mosquitto  # noqa: E402
 
 LOADGEN = os.path.join(HERE, "loadgen.py")
+#: ``--tool perfstat``: counted, not sampled (a tracepoint per system call costs far
+#: less than strace): CPU time, sleeps and wake-ups (context switches), system calls,
+#: epoll waits.
+PERFSTAT_EVENTS = ("task-clock", "context-switches", "raw_syscalls:sys_enter",
+                   "syscalls:sys_enter_epoll_pwait", "syscalls:sys_enter_epoll_wait")
 
 
 def nfds(pid: int) -> int:
@@ -57,6 +64,8 @@ def tool_argv(tool: str, pid: int, out: str, seconds: float) -> list[str]:
                 "raw", "-o", out, "-d", str(max(1, int(seconds))), "-p", str(pid)]
     if tool == "perf":
         return ["perf", "record", "-q", "-F", "4999", "-o", out, "-p", str(pid)]
+    if tool == "perfstat":
+        return ["perf", "stat", "-e", ",".join(PERFSTAT_EVENTS), "-o", out, "-p", str(pid)]
     raise ValueError(tool)
 
 
@@ -65,7 +74,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--broker", choices=("iotbroker", "mosquitto"), required=True)
     ap.add_argument("--scenario", default="connect")
-    ap.add_argument("--tool", choices=("strace", "pyspy", "perf", "none"), default="none")
+    ap.add_argument("--tool", choices=("strace", "pyspy", "perf", "perfstat", "none"),
+                    default="none")
     ap.add_argument("--out", default="/tmp/attach.out")
     ap.add_argument("--clients", type=int, default=10000)
     ap.add_argument("--duration", type=float, default=3.0)

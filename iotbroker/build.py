@@ -34,8 +34,10 @@ def source_digest(path: Path) -> str:
 #: asyncio protocol by its methods, not by subclassing ``asyncio.Protocol``; the TLS
 #: listeners' classes and tests subclass it), ``connecting.py`` (a CONNECT's
 #: authentication and acceptance, from ``Broker.on_connect``), ``timerwheel.py`` and
-#: ``parking.py`` (sockets accepted without a transport), and ``turn.py`` (the loop
-#: turn: a read's packets into the engine, the flush; ``Broker`` delegates to it). The engine
+#: ``parking.py`` (sockets accepted without a transport, and the plain-TCP listener's
+#: accept loop), ``admission.py`` (a new socket's connection limits) and ``turn.py``
+#: (the loop turn: a read's packets into the engine, the flush; ``Broker`` delegates
+#: to it). The engine
 #: (``engine/client.py``, ``engine.py``, ``connect.py``) is compiled too (issue 19): it
 #: imports ``iotbroker.config``, so pydantic and types-PyYAML are build requirements
 #: (mypyc type-checks what it imports); ``Client`` allows interpreted subclasses
@@ -69,6 +71,7 @@ COMPILED_MODULES = (
     "iotbroker.server.timerwheel",
     "iotbroker.server.parking",
     "iotbroker.server.parked",
+    "iotbroker.server.admission",
     "iotbroker.metrics",
 )
 

@@ -10,9 +10,10 @@ immutable once built; use :func:`dataclasses.replace` to derive a changed copy.
 
 Compiled by mypyc (issue 19): ``TYPE`` is a ``ClassVar`` (an unannotated class
 attribute in front of fields without defaults is read by mypyc as a field with a
-default), and the packets of every QoS 1/2 message (PUBLISH and the four acks) write
-their ``__init__`` out: the one the dataclass would generate stays interpreted under
-mypyc. A decoded ack without properties shares :data:`NO_PROPERTIES`.
+default), and the packets of every QoS 1/2 message (PUBLISH and the four acks) and of
+every connection (CONNECT, CONNACK) write their ``__init__`` out: the one the dataclass
+would generate stays interpreted under mypyc. A decoded ack without properties shares
+:data:`NO_PROPERTIES`.
 """
 
 from __future__ import annotations
@@ -93,6 +94,22 @@ class Connect:
     password: bytes | None = None
     properties: Properties = field(default_factory=Properties)
 
+    def __init__(self, client_id: str = "", protocol_version: int = 4,
+                 protocol_name: str = "MQTT", clean_start: bool = True, keepalive: int = 60,
+                 will: Will | None = None, username: str | None = None,
+                 password: bytes | None = None, properties: Properties | None = None) -> None:
+        # Written out, as Publish's (issue 19: one CONNECT decoded per connection; the
+        # dataclass's generated __init__ stays interpreted under mypyc).
+        self.client_id = client_id
+        self.protocol_version = protocol_version
+        self.protocol_name = protocol_name
+        self.clean_start = clean_start
+        self.keepalive = keepalive
+        self.will = will
+        self.username = username
+        self.password = password
+        self.properties = Properties() if properties is None else properties
+
 
 @dataclass(slots=True)
 class ConnAck:
@@ -102,6 +119,13 @@ class ConnAck:
     session_present: bool = False
     reason_code: int = 0
     properties: Properties = field(default_factory=Properties)
+
+    def __init__(self, session_present: bool = False, reason_code: int = 0,
+                 properties: Properties | None = None) -> None:
+        # Written out (one CONNACK per connection; see Connect).
+        self.session_present = session_present
+        self.reason_code = reason_code
+        self.properties = Properties() if properties is None else properties
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from iotbroker import __version__, build
@@ -33,6 +34,7 @@ from iotbroker.engine.enhanced_auth import EnhancedAuth
 from iotbroker.errors import ConfigError, MqttError, StorageError
 from iotbroker.metrics import Metrics
 from iotbroker.server import connecting, fdtable, memtrim
+from iotbroker.server.admission import Admission
 from iotbroker.server.auth_service import AuthService, Refusal
 from iotbroker.server.connect_wait import when_waited
 from iotbroker.server.exposure import warn_open_anonymous
@@ -43,7 +45,7 @@ from iotbroker.server.metrics_http import MetricsServer
 from iotbroker.server.mqttsn_udp import start_mqttsn_listener
 from iotbroker.server.parking import Parking
 from iotbroker.server.preflight import check_listeners
-from iotbroker.server.ratelimit import FailureLimiter, TokenBucket
+from iotbroker.server.ratelimit import FailureLimiter
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
 from iotbroker.server.transport import ClientProtocol
@@ -82,9 +84,22 @@ class Broker:
                              connection_log=log_connection)
         self.enhanced_auth = EnhancedAuth(lambda: self.auth.setup.passwords, self.metrics,
                                           self.engine.close)
-        #: Every open connection (a dict used as an ordered set: about 30 bytes per
-        #: entry at 10,000 against 52 for a set, issue 19).
-        self.connections: dict[ClientProtocol, None] = {}
+        #: The connection limits and the open connections (server/admission.py,
+        #: compiled): ``connection_made`` is its ``admit``, a bound method of a
+        #: native class, so that the compiled ``ClientProtocol`` calls it without an
+        #: interpreted frame (issue 19).
+        self.admission = Admission(config.limits, config.listeners, self.metrics, loop)
+        self.connection_made: Callable[[ClientProtocol], bool] = self.admission.admit
+        #: Whether a CONNACK may be written before the turn's flush
+        #: (server/connecting.py ``may_answer_now``, compiled; bound here so that the
+        #: compiled ``ClientProtocol.first_data`` calls it without an interpreted frame).
+        self.may_answer_now: Callable[[], bool] = partial(connecting.may_answer_now, self)
+        #: A connection's first read when it is one CONNECT (server/connecting.py
+        #: ``first_connect``, compiled, bound here for the same reason).
+        self.first_connect: Callable[[ClientProtocol, Connect], None] = partial(
+            connecting.first_connect, self)
+        #: Every open connection (a dict used as an ordered set; the admission's).
+        self.connections: dict[ClientProtocol, None] = self.admission.connections
         #: Slow consumer -> the publishers paused because of it.
         self._throttled: dict[ClientProtocol, set[ClientProtocol]] = {}
         self._drain_timers: dict[ClientProtocol, asyncio.TimerHandle] = {}
@@ -106,16 +121,12 @@ class Broker:
         self.metrics_server: MetricsServer | None = None
         #: The admin room (admin.enabled): its HTTP API and dashboard (docs/admin.md).
         self.admin: AdminServer | None = None
-        self._listener_configs = {lc.name: lc for lc in config.listeners}
         #: Listeners whose connections may be parked: plain TCP (no TLS, no WebSocket;
         #: read by server/connecting.py).
         self.parkable_listeners = frozenset(lc.name for lc in config.listeners if lc.type == "tcp")
-        self._per_listener: dict[str, int] = {}
         #: Sockets admitted per listener name since the start (metrics label
         #: ``listener``; the names are those of docs/configuration.md ``listeners.name``).
-        self.listener_accepted: dict[str, int] = {}
-        rate = config.limits.connect_rate
-        self._connect_bucket = TokenBucket(rate, loop.time()) if rate else None
+        self.listener_accepted: dict[str, int] = self.admission.listener_accepted
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.started_at = time.time()
@@ -419,58 +430,12 @@ class Broker:
         proto.abort()
 
     # ---------------------------------------------------------- connections
-    def connection_made(self, proto: ClientProtocol) -> bool:
-        """Admit a new socket, or close it at once when a connection limit is hit."""
-        limits = self.config.limits
-        why = None
-        if limits.max_connections and len(self.connections) >= limits.max_connections:
-            why = f"limits.max_connections ({limits.max_connections}) reached"
-        else:
-            listener = self._listener_configs.get(proto.listener)
-            count = self._per_listener.get(proto.listener, 0)
-            if (
-                listener is not None
-                and listener.max_connections
-                and count >= listener.max_connections
-            ):
-                why = f"listener {proto.listener!r} max_connections reached"
-            elif self._connect_bucket is not None and not self._connect_bucket.try_take(
-                self.loop.time()
-            ):
-                why = f"limits.connect_rate ({limits.connect_rate}/s) exceeded"
-        if why is not None:
-            self.metrics.connections_rejected += 1
-            self.metrics.limit_hits += 1
-            log.warning("refusing connection from %s: %s", proto.peer, why, extra=proto.log_extra())
-            return False
-        self.connections[proto] = None
-        self._per_listener[proto.listener] = self._per_listener.get(proto.listener, 0) + 1
-        self.listener_accepted[proto.listener] = self.listener_accepted.get(proto.listener, 0) + 1
-        self.metrics.connections_accepted += 1
-        if limits.publish_rate_per_client:
-            proto.publish_bucket = TokenBucket(limits.publish_rate_per_client, self.loop.time())
-        return True
-
-    def may_answer_now(self) -> bool:
-        """Nothing of this turn so far waits for the flush: no storage change to commit
-        before an acknowledgement may leave (design.md, "A QoS 1 PUBLISH"), no group
-        commit (fsync), no sessions' output to route, no cluster forwarding: a
-        connection whose read answered only itself may be written at once
-        (``ClientProtocol.first_data``: the CONNACK of a socket accepted without a
-        transport)."""
-        engine = self.engine
-        return (self.group_commit is None and self.cluster is None
-                and not engine.batch.changes and not engine.registry.ready
-                and not engine.forwarding and not engine.held_acks)
-
     def connection_count(self, listener: str) -> int:
         """Connections open now on the listener of that name."""
-        return self._per_listener.get(listener, 0)
+        return self.admission.per_listener.get(listener, 0)
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None:
-        if proto in self.connections:
-            del self.connections[proto]
-            self._per_listener[proto.listener] -= 1
+        self.admission.ended(proto)
         if proto in self._throttled or proto in self._drain_timers:
             self.writer_resumed(proto)
         for waiting in self._throttled.values():

@@ -23,6 +23,8 @@ from iotbroker.codec.packets import Connect
 from iotbroker.engine import connect as connect_rules
 from iotbroker.engine.engine import Engine
 from iotbroker.engine.enhanced_auth import EnhancedAuth
+from iotbroker.errors import MqttError
+from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.logsetup import log_connection
 from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
@@ -72,6 +74,60 @@ class ConnectingHost(Protocol):
         """Accept once a room's wait is done (or refuse when it ended with a reason)."""
 
 
+class AnswerHost(Protocol):
+    """What :func:`may_answer_now` reads of the broker."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def group_commit(self) -> object | None: ...
+
+    @property
+    def cluster(self) -> object | None: ...
+
+
+def may_answer_now(broker: AnswerHost) -> bool:
+    """Nothing of this turn so far waits for the flush: no storage change to commit
+    before an acknowledgement may leave (design.md, "A QoS 1 PUBLISH"), no group
+    commit (fsync), no sessions' output to route, no cluster forwarding: a connection
+    whose read answered only itself may be written at once
+    (``ClientProtocol.first_data``: the CONNACK of a socket accepted without a
+    transport). ``Broker.may_answer_now`` is this, bound to the broker."""
+    if broker.group_commit is not None or broker.cluster is not None:
+        return False
+    engine = broker.engine
+    return (not engine.batch.changes and not engine.registry.ready
+            and not engine.forwarding and not engine.held_acks)
+
+
+class FirstConnectHost(ConnectingHost, Protocol):
+    """What :func:`first_connect` uses of the broker besides :class:`ConnectingHost`."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None: ...
+
+    def apply_closes(self) -> None: ...
+
+
+def first_connect(broker: FirstConnectHost, proto: ClientProtocol, packet: Connect) -> None:
+    """A connection's first read was one CONNECT (``ClientProtocol.first_data``, a
+    socket accepted without a transport): what ``Broker.handle_packets`` does with it
+    (counted, :func:`on_connect`, a peer's error closes with its reason code, the
+    engine's closes applied), compiled; the caller writes the CONNACK at once or
+    schedules the flush. ``Broker.first_connect`` is this, bound to the broker."""
+    broker.metrics.connects_received += 1
+    try:
+        on_connect(broker, proto, packet)
+    except MqttError as exc:
+        broker.peer_error(proto, exc)
+        return
+    if broker.engine.closing:
+        broker.apply_closes()
+
+
 def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -> None:
     """Authenticate the CONNECT (enhanced authentication, certificate identity or
     password, which may wait for a worker thread), between the engine's checks
@@ -101,16 +157,23 @@ def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -
             decision = pending
             proto.password_decision = NOT_CHECKED
         else:
-            # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
             auth = broker.auth
-            decision = auth.gate(packet.username, packet.password, proto.peer_name)
-            if decision is None:
-                if auth.is_slow(packet.username, packet.password):
-                    broker.check_password_off_loop(proto, packet, admitted.client_id)
-                    return
-                decision = auth.authenticate(
-                    admitted.client_id, packet.username, packet.password, proto.peer_name
-                )
+            if packet.username is None and auth.config.allow_anonymous:
+                # What AuthService.authenticate decides for an anonymous login that is
+                # allowed (no gate, no hashing, no counter, no plugin: they all need a
+                # username), without its three interpreted calls (issue 19).
+                decision = None
+            else:
+                # Rate-limited or too many PBKDF2 checks pending: refused unhashed (0x89).
+                decision = auth.gate(packet.username, packet.password, proto.peer_name)
+                if decision is None:
+                    if auth.is_slow(packet.username, packet.password):
+                        broker.check_password_off_loop(proto, packet, admitted.client_id)
+                        return
+                    decision = auth.authenticate(
+                        admitted.client_id, packet.username, packet.password,
+                        proto.peer_name
+                    )
     if decision is not None:  # counted by reason in the auth service
         connect_rules.refuse(engine, proto, packet, decision.code,
                              f"{decision} (user {packet.username!r})")

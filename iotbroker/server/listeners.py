@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -330,22 +329,21 @@ async def _bind(loop: asyncio.AbstractEventLoop, config: ListenerConfig,
 
 
 # ------------------------------------------------- plain TCP without a transport
-#: Sockets accepted per readiness of a listening socket (then the loop turns).
-ACCEPT_BATCH = 128
-
-
 class _ParkedListener(Listener):
     """``tcp`` with ``limits.park_on_accept`` (on by default; needs parking, i.e.
     ``limits.park_idle_after`` > 0 and epoll): accepts sockets itself and hands each
     to the broker's parking (server/parking.py ``Parking.accept``) without a
     transport. Its CONNECT is read with one read and the CONNACK written with one
     send; the connection gets a transport when more arrives (issue 19: the connect
-    cost, and no transport for a device that idles after connecting)."""
+    cost, and no transport for a device that idles after connecting). The accept
+    loop itself is the parking's (``Parking.accept_ready``, compiled), which makes
+    each connection a plain ``ClientProtocol`` (what ``factory`` makes for ``tcp``)."""
 
     def __init__(self, config: ListenerConfig, broker: ConnectionHost,
                  factory: Callable[[], ClientProtocol], parking: ParkingView) -> None:
         super().__init__(config, [])
         self.loop = broker.loop
+        self.broker = broker
         self.factory = factory
         self.parking = parking
         self.sockets: list[socket.socket] = []
@@ -363,36 +361,18 @@ class _ParkedListener(Listener):
             self.loop.add_reader(sock.fileno(), self._accept, sock)
 
     def _accept(self, sock: socket.socket) -> None:
-        """Accept what is waiting (at most ACCEPT_BATCH), each socket non-blocking."""
-        # (fd, address): no socket object per connection (the C method behind accept).
-        accept: Callable[[], tuple[int, object]] = sock._accept  # type: ignore[attr-defined]
-        parking, factory, set_blocking = self.parking, self.factory, os.set_blocking
+        """Accept what is waiting (at most ``parking.ACCEPT_BATCH``), each socket
+        non-blocking; back off after an error such as EMFILE, as asyncio does."""
         # A "connected from HOST:PORT" line per connect (INFO, the default) needs the
         # peer: format the address accept() gave rather than ask the socket later.
-        note_peer = _BROKER_LOG.isEnabledFor(logging.INFO)
-        for _ in range(ACCEPT_BATCH):
-            try:
-                fd, address = accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue  # the peer reset it while it waited
-            except OSError as exc:  # EMFILE and the like: back off, as asyncio does
-                log.error("listener %r: accept failed: %s (retrying in %ss)", self.name,
-                          exc, ACCEPT_BACKOFF)
-                self.loop.remove_reader(sock.fileno())
-                self._backoff[sock] = self.loop.call_later(ACCEPT_BACKOFF, self._resume,
-                                                           sock)
-                return
-            try:
-                set_blocking(fd, False)
-            except OSError:
-                os.close(fd)
-                continue
-            peer = None
-            if note_peer and isinstance(address, tuple) and len(address) >= 2:
-                peer = f"{address[0]}:{address[1]}"
-            parking.accept(factory(), fd, peer)
+        exc = self.parking.accept_ready(
+            sock._accept,  # type: ignore[attr-defined]  # (fd, address), no socket object
+            self.broker, self.name, _BROKER_LOG.isEnabledFor(logging.INFO))
+        if exc is not None:
+            log.error("listener %r: accept failed: %s (retrying in %ss)", self.name,
+                      exc, ACCEPT_BACKOFF)
+            self.loop.remove_reader(sock.fileno())
+            self._backoff[sock] = self.loop.call_later(ACCEPT_BACKOFF, self._resume, sock)
 
     def _resume(self, sock: socket.socket) -> None:
         del self._backoff[sock]

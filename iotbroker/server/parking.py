@@ -21,8 +21,9 @@ TLS and WebSocket connections are never parked: their state (the TLS session, th
 WebSocket framing) lives in the transport.
 
 Compiled with mypyc (issue 19): a socket accepted without a transport goes through
-``accept``, ``_hold``, ``_read_first`` and ``write`` on the connect path, and this
-module reads the (compiled) ``ClientProtocol``'s fields natively.
+``accept_ready`` (the listener's accept loop), ``accept``, ``_hold``, ``_read_first``
+and ``write`` on the connect path, and this module reads the (compiled)
+``ClientProtocol``'s fields natively.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import cast
 from mypy_extensions import mypyc_attr
 
 from iotbroker.server.parked import ADOPTING, NOT_PARKED
-from iotbroker.server.transport import ClientProtocol
+from iotbroker.server.transport import ClientProtocol, ConnectionHost
 
 log = logging.getLogger("iotbroker.connection")
 
@@ -69,6 +70,9 @@ TIMER_SLACK = 0.001
 
 #: Bytes read at once from a socket accepted without a transport (its CONNECT).
 READ_SIZE = 65536
+
+#: Sockets accepted per readiness of a listening socket (then the loop turns).
+ACCEPT_BATCH = 128
 
 #: Ended connections after which the candidates are pruned (``Parking.ended``).
 PRUNE_AFTER = 64
@@ -336,6 +340,38 @@ class Parking:
         return True
 
     # ------------------------------------------- accepting without a transport
+    def accept_ready(self, accept: Callable[[], tuple[int, object]], host: ConnectionHost,
+                     listener: str, note_peer: bool) -> OSError | None:
+        """Accept what waits on a plain-TCP listening socket (at most
+        :data:`ACCEPT_BATCH`; server/listeners.py ``_ParkedListener``): each socket made
+        non-blocking and handed to ``accept`` with a new ``ClientProtocol`` of
+        ``host`` and ``listener``. ``accept`` is the listening socket's ``_accept``
+        (the descriptor and the address, no socket object per connection). Compiled
+        (issue 19): the loop, the protocol's construction and ``accept`` run without
+        an interpreted frame. ``note_peer``: keep ``HOST:PORT`` for the "connected
+        from" line (INFO). Returns the error that should make the listener back off
+        (out of descriptors and the like), else None."""
+        set_blocking = os.set_blocking
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, address = accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            except ConnectionAbortedError:
+                continue  # the peer reset it while it waited
+            except OSError as exc:
+                return exc
+            try:
+                set_blocking(fd, False)
+            except OSError:
+                os.close(fd)
+                continue
+            peer: str | None = None
+            if note_peer and isinstance(address, tuple) and len(address) >= 2:
+                peer = f"{address[0]}:{address[1]}"
+            self.accept(ClientProtocol(host, listener), fd, peer)
+        return None
+
     def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool:
         """A plain-TCP socket just accepted (server/listeners.py; non-blocking):
         parked from the start, with no transport. Its CONNECT is read at once

@@ -22,11 +22,12 @@ import contextlib
 import itertools
 import logging
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from mypy_extensions import mypyc_attr
 
-from iotbroker.codec.packets import Packet
+from iotbroker.codec.packets import Connect, Packet
 from iotbroker.config import BrokerConfig
 from iotbroker.engine.client import Client, Writable
 from iotbroker.errors import MqttError
@@ -66,6 +67,25 @@ NOT_CHECKED = NotChecked()
 
 #: The backlog of a connection with none (never appended to: see ``_hold``).
 _NO_BACKLOG: list[Packet] = []
+
+
+def _lone_connect(data: bytes) -> bool:
+    """``data`` is one whole packet whose first byte is CONNECT's (0x10): its remaining
+    length (MQTT 3.1.1 §2.2.3, MQTT 5.0 §2.1.4) ends exactly at the end of ``data``."""
+    size = len(data)
+    if size < 2 or data[0] != 0x10:
+        return False
+    length = 0
+    shift = 0
+    pos = 1
+    while pos < size and pos <= 4:
+        byte = data[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return pos + length == size
+        shift += 7
+    return False
 
 
 def _format_peer(info: object) -> str:
@@ -111,6 +131,9 @@ class ParkingView(Protocol):
     def active(self) -> bool: ...
 
     def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool: ...
+
+    def accept_ready(self, accept: Callable[[], tuple[int, object]], host: ConnectionHost,
+                     listener: str, note_peer: bool) -> OSError | None: ...
 
     def noted_peer(self, fd: int) -> str | None: ...
 
@@ -158,6 +181,14 @@ class ConnectionHost(Protocol):
         """Nothing of this turn so far waits for the flush (no storage change to commit
         first, no group commit, no routed output, no cluster): an answer that concerns
         one connection only may be written before the turn's flush."""
+
+    def first_connect(self, proto: ClientProtocol, packet: Connect) -> None:
+        """``handle_packets`` for a connection's first read when it is one CONNECT
+        (``ClientProtocol.first_data``), except that no flush is scheduled: the caller
+        writes the CONNACK at once or schedules it (``schedule_flush``)."""
+
+    def schedule_flush(self) -> None:
+        """Flush at the end of this loop turn if anything is to be written or stored."""
 
     def handle_packets(self, proto: ClientProtocol, packets: list[Packet]) -> int:
         """Handle packets in order; how many were handled (the rest wait)."""
@@ -418,7 +449,64 @@ class ClientProtocol(Client):
         (``may_answer_now``), the output is written now, not at the end of the turn:
         a client waiting for its CONNACK does not wait for the loop's round, nor for
         the other connections accepted in the same batch (issue 19). Otherwise the
-        flush writes it, as for any connection."""
+        flush writes it, as for any connection.
+
+        When the bytes are one whole CONNECT (the usual first read), it goes to the
+        broker's compiled ``first_connect`` (server/connecting.py) rather than
+        through ``Broker.handle_packets``, and a CONNACK written here leaves nothing
+        for the turn's flush (issue 19: no interpreted frame per connection)."""
+        if (
+            FLAGS.packets
+            or self.session is not None
+            or self.deferred
+            or self._rare is not None
+            or not _lone_connect(data)
+        ):
+            self._first_read(data)
+            return
+        broker = self.broker
+        ready = broker.ready_to_write
+        before = len(ready)
+        metrics = broker.metrics
+        metrics.bytes_received += len(data)
+        conn = self.conn
+        packets = conn.receive_data(data, broker.loop.time())
+        packet = packets[0] if len(packets) == 1 else None
+        if not isinstance(packet, Connect):  # not read as one CONNECT: as data_received
+            if packets:
+                broker.turn.active_readers.append(self)
+                metrics.messages_received += len(packets)
+                self.handle_packets(packets)
+            if conn.failure is not None:
+                self.apply_failure()
+            return
+        metrics.messages_received += 1
+        # Not among the turn's active readers: a CONNECT publishes nothing, and
+        # backpressure only looks at readers that published.
+        broker.first_connect(self, packet)
+        if self.deferred and not self.close_after_flush:
+            self._hold([])
+            self.pause_reading()
+        if (
+            len(ready) == before + 1
+            and ready[-1] is self
+            and self.parked_fd >= 0
+            and not self.close_after_flush
+            and not self.deferred
+            and broker.may_answer_now()
+        ):
+            ready.pop()  # answered here: nothing of this connection for the flush
+            output = conn.data_to_send()
+            if output:
+                self.send_parked(output)
+        else:
+            broker.turn.schedule_flush()
+        if conn.failure is not None:
+            self.apply_failure()
+
+    def _first_read(self, data: bytes) -> None:
+        """``first_data`` for anything but one lone CONNECT: ``data_received``, and
+        the output written at once when only this connection has some."""
         broker = self.broker
         ready = broker.ready_to_write
         before = len(ready)
