@@ -288,7 +288,8 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, obje
                for name, q in (("p90", 0.9), ("p99", 0.99), ("max", 1.0))},
             "calls": statistics.median(calls) if calls else float("nan"),
             "faults_per_message": counts.get("faults", 0) / messages,
-            "slowest": slowest(records)}
+            "slowest": slowest(records),
+            **({"records": records} if args.json and args.records else {})}
 
 
 def main() -> None:
@@ -304,6 +305,8 @@ def main() -> None:
                     help="do not trace exceptions:page_fault_user")
     ap.add_argument("--json", default=None, metavar="FILE",
                     help="write every run's result (with the slowest 1 %% summary) here")
+    ap.add_argument("--records", action="store_true",
+                    help="with --json: every message's record too")
     args = ap.parse_args()
     results: list[dict[str, object]] = []
     names = args.brokers.split(",")
