@@ -35,7 +35,7 @@ rest, and how often each was preempted, page-faulted (``exceptions:page_fault_us
 moved to another CPU, made other system calls, was woken by something other than the
 generator, got more than one event from ``epoll_wait`` or had one return none (a timer)
 before, and how long the broker had slept. ``--evict MIB`` runs a noisy neighbour
-copying MIB MiB in a loop (nice 19) during each run.
+copying MIB MiB in a loop (nice 19) during each run, ``--evict-procs N`` N of them.
 
 Not a test.
 """
@@ -256,15 +256,15 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, obje
     broker.start()
     data = os.path.join(workdir, f"{name}.perf")
     rec = None
-    sweeper = None
-    if args.evict:
+    sweepers: list[subprocess.Popen[bytes]] = []
+    for _ in range(args.evict_procs if args.evict else 0):
         # a noisy neighbour: copies --evict MiB over and over (memcpy: the last-level
         # cache and the TLBs refilled with its data), at nice 19 so that it only takes
         # the CPU time the FIFO broker and generator leave
-        sweeper = subprocess.Popen(
+        sweepers.append(subprocess.Popen(
             ["nice", "-n", "19", sys.executable, "-c",
              f"a = bytearray({args.evict} << 20); b = bytes(a)\n"
-             "while True:\n    a[:] = b"])
+             "while True:\n    a[:] = b"]))
     try:
         time.sleep(0.5)
         pid = broker.pid  # chrt and env exec: the broker's own
@@ -291,9 +291,9 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, obje
         if rec is not None:
             rec.send_signal(signal.SIGINT)
             rec.wait(timeout=30)
-        if sweeper is not None:
-            sweeper.kill()
-            sweeper.wait()
+        for sw in sweepers:
+            sw.kill()
+            sw.wait()
         broker.stop()
     script = subprocess.run(["perf", "script", "-i", data, "-F", "comm,tid,cpu,time,event,trace"],
                             capture_output=True, text=True, check=True).stdout
@@ -333,6 +333,8 @@ def main() -> None:
                     help="write every run's result (with the slowest 1 %% summary) here")
     ap.add_argument("--evict", type=int, default=0, metavar="MIB",
                     help="run a process copying MIB MiB in a loop beside (nice 19)")
+    ap.add_argument("--evict-procs", type=int, default=1, metavar="N",
+                    help="with --evict: N such processes (2: both CPUs of this machine)")
     ap.add_argument("--records", action="store_true",
                     help="with --json: every message's record too")
     args = ap.parse_args()
