@@ -34,8 +34,11 @@ Per phase the p50, p90, p99 and max; then the slowest 1 % of messages by wake->w
 rest, and how often each was preempted, page-faulted (``exceptions:page_fault_user``),
 moved to another CPU, made other system calls, was woken by something other than the
 generator, got more than one event from ``epoll_wait`` or had one return none (a timer)
-before, and how long the broker had slept. ``--evict MIB`` runs a noisy neighbour
-copying MIB MiB in a loop (nice 19) during each run, ``--evict-procs N`` N of them.
+before, and how long the broker had slept. Then the slow-CPU windows
+(:func:`episodes`): 100 ms windows in which the kernel's own ``write`` is 1.5x its
+median or more, and each phase there against the other windows. ``--evict MIB``
+runs a noisy neighbour copying MIB MiB in a loop (nice 19) during each run,
+``--evict-procs N`` N of them.
 
 Not a test.
 """
@@ -200,6 +203,38 @@ def pctl(v: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(len(s) * q))]
 
 
+def episodes(records: list[dict[str, object]], window_us: float = 100_000,
+             factor: float = 1.5) -> dict[str, object]:
+    """Slow-CPU windows: the run cut in ``window_us`` windows, a window is slow when its
+    median ``write`` (the kernel's loopback send, the same code for both brokers) is
+    ``factor`` x the run's median or more. Per part the median in normal and in slow
+    windows, the share of messages in slow windows, and the share of the slowest 1 %
+    (by wake->write) that lie in them."""
+    if not records:
+        return {}
+    t0 = float(records[0]["t"])  # type: ignore[arg-type]
+    wins: dict[int, list[dict[str, object]]] = {}
+    for r in records:
+        wins.setdefault(int((float(r["t"]) - t0) // window_us), []).append(r)  # type: ignore[arg-type]
+    wmed = statistics.median(float(r["write"]) for r in records)  # type: ignore[arg-type]
+    slow: list[dict[str, object]] = []
+    norm: list[dict[str, object]] = []
+    for rs in wins.values():
+        (slow if statistics.median(float(r["write"]) for r in rs)  # type: ignore[arg-type]
+         >= factor * wmed else norm).extend(rs)
+    ordered = sorted(records, key=lambda r: float(r["wake->write"]))  # type: ignore[arg-type]
+    top = ordered[-max(1, len(ordered) // 100):]
+    ids = {id(r) for r in slow}
+
+    def med(rs: list[dict[str, object]], k: str) -> float:
+        return statistics.median(float(r[k]) for r in rs) if rs else float("nan")  # type: ignore[arg-type]
+
+    return {"share": len(slow) / len(records),
+            "top_in_slow": sum(1 for r in top if id(r) in ids) / len(top),
+            "normal": {p: med(norm, p) for p in PARTS},
+            "slow": {p: med(slow, p) for p in PARTS}}
+
+
 def slowest(records: list[dict[str, object]], share: float = 0.01) -> dict[str, object]:
     """The slowest ``share`` of messages by wake->write: each part's median there against
     all messages' median (which part is long), and what came with them: how often the
@@ -315,6 +350,7 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, obje
             "calls": statistics.median(calls) if calls else float("nan"),
             "faults_per_message": counts.get("faults", 0) / messages,
             "slowest": slowest(records),
+            "episodes": episodes(records),
             **({"records": records} if args.json and args.records else {})}
 
 
@@ -366,6 +402,14 @@ def main() -> None:
                 print(f"{'':21}slowest vs rest: slept {sl['slept_us'][0]:.0f}/"
                       f"{sl['slept_us'][1]:.0f} us; " + ", ".join(
                           f"{k} {a:.0%}/{b:.0%}" for k, (a, b) in sl["flags"].items()),
+                      flush=True)
+            ep = r["episodes"]
+            if isinstance(ep, dict) and ep:
+                en, es = ep["normal"], ep["slow"]
+                print(f"{'':21}slow-CPU windows (100 ms, write >= 1.5x median): "
+                      f"{ep['share']:.0%} of messages, {ep['top_in_slow']:.0%} of the "
+                      f"slowest 1 %; normal -> slow p50: " + ", ".join(
+                          f"{p} {en[p]:.0f}->{es[p]:.0f}" for p in ("sched", "user", "write")),
                       flush=True)
             results.append(r)
             per = r["per_message"]
