@@ -186,8 +186,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="DIR",
                         help="py-spy record both nodes (collapsed stacks in DIR)")
     parser.add_argument("--perf", metavar="DIR",
-                        help="perf record -g both nodes (DIR/a.data, DIR/b.data; "
-                             "`perf report -i DIR/b.data --no-children`)")
+                        help="perf record each broker (DIR/single.data, a.data, b.data; "
+                             "`perf report -i DIR/b.data --sort dso,sym`)")
     parser.add_argument("--single-only", action="store_true",
                         help="measure the single broker only (no cluster)")
     parser.add_argument("--cluster-only", action="store_true",
@@ -202,8 +202,10 @@ def main() -> None:
                 "logging:\n  level: DEBUG\n", quiet), name="single").start()
             assert single.proc is not None
             try:
+                spies = start_profilers(args, {"single": single.proc.pid})
                 results.append(("one broker, no cluster", measure(
                     [single.proc.pid], [], single.port, single.port, args, False)))
+                stop_profilers(spies)
             finally:
                 single.stop()
         if not args.single_only:
@@ -221,6 +223,33 @@ def main() -> None:
         one, two = results[0][1], results[1][1]
         print(f"  ratio msg per broker CPU-s (cluster / single): "
               f"{two['msgs_per_broker_cpu_s'] / one['msgs_per_broker_cpu_s']:.2f}")
+
+
+def start_profilers(args: argparse.Namespace,
+                    pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """py-spy (``--profile``) or perf (``--perf``, flat: mypyc's C has no frame
+    pointers to unwind) on each broker, named by its role."""
+    spies = []
+    for name, pid in pids.items():
+        if args.profile:
+            cmd = ["py-spy", "record", "-r", "200", "-f", "raw", "-o",
+                   f"{args.profile}/{name}.txt", "--pid", str(pid)]
+        elif args.perf:
+            cmd = ["perf", "record", "-F", "999", "-o", f"{args.perf}/{name}.data",
+                   "-p", str(pid)]
+        else:
+            continue
+        spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    if spies:
+        time.sleep(1)
+    return spies
+
+
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(2)
+        spy.wait(30)
 
 
 def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -242,21 +271,9 @@ def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.05)
         pids = [n.proc.pid for n in nodes if n.proc is not None]
         nats_pids = [s.proc.pid for s in cluster.servers if s.proc is not None]
-        spies = []
-        if args.profile or args.perf:
-            for name, pid in zip("ab", pids, strict=True):
-                cmd = (["py-spy", "record", "-r", "200", "-f", "raw", "-o",
-                        f"{args.profile}/{name}.txt", "--pid", str(pid)]
-                       if args.profile else
-                       ["perf", "record", "-F", "999", "-g", "-o",
-                        f"{args.perf}/{name}.data", "-p", str(pid)])
-                spies.append(subprocess.Popen(
-                    cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            time.sleep(1)
+        spies = start_profilers(args, dict(zip("ab", pids, strict=True)))
         two = measure(pids, nats_pids, nodes[0].port, nodes[1].port, args, True)
-        for spy in spies:
-            spy.send_signal(2)
-            spy.wait(30)
+        stop_profilers(spies)
         return two
     finally:
         for node in nodes:
