@@ -219,6 +219,8 @@ def main() -> None:
               f"{r['msgs_per_broker_cpu_s']:>9,.0f} msg per broker CPU-s  "
               f"nats {r['nats_cpu_pct']:.0f}% CPU  generator {r['generator_cpu_pct']:.0f}% CPU"
               f"  (broker CPU us/msg: {each})")
+        if "per_batch" in r:
+            print(f"  {'':28s} messages per NATS message from a: {r['per_batch']:.0f}")
     if len(results) == 2:
         one, two = results[0][1], results[1][1]
         print(f"  ratio msg per broker CPU-s (cluster / single): "
@@ -252,6 +254,13 @@ def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
         spy.wait(30)
 
 
+def nats_in_msgs(cluster: NatsCluster, name: str) -> int:
+    """NATS messages the connection(s) named ``name`` published so far."""
+    return sum(c.get("in_msgs", 0) for server in cluster.servers
+               for c in server.monitor("connz").get("connections", [])
+               if c.get("name") == name)
+
+
 def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Two nodes a and b on a NATS cluster: the publisher on a, the subscriber on b."""
     cluster = NatsCluster(work / "nats", size=args.nats).start()
@@ -272,8 +281,12 @@ def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         pids = [n.proc.pid for n in nodes if n.proc is not None]
         nats_pids = [s.proc.pid for s in cluster.servers if s.proc is not None]
         spies = start_profilers(args, dict(zip("ab", pids, strict=True)))
+        batches = nats_in_msgs(cluster, "iotbroker a")
         two = measure(pids, nats_pids, nodes[0].port, nodes[1].port, args, True)
+        batches = nats_in_msgs(cluster, "iotbroker a") - batches
         stop_profilers(spies)
+        # (the probes of wait_routed, heartbeats and announcements included: a bound)
+        two["per_batch"] = args.messages * args.reps / max(1, batches)
         return two
     finally:
         for node in nodes:
