@@ -152,7 +152,8 @@ async def one_run(args: argparse.Namespace, profile: dict[str, cProfile.Profile]
         """a's queued batches to b; b's name confirmations to a."""
         commands = node_a._commands
         while commands:
-            _, subject, payload, _ = commands.popleft()
+            _, subject, payload, count = commands.popleft()
+            node_a._pending_pubs -= count  # as ClusterNode._run does
             drive(node_b._on_batch(FakeMsg(subject, payload)))  # type: ignore[arg-type]
         back = node_b._commands
         while back:
@@ -193,7 +194,9 @@ async def one_run(args: argparse.Namespace, profile: dict[str, cProfile.Profile]
         a.flush()
         commands = node_a._commands
         while commands:
-            pending.append(commands.popleft()[2])
+            _, _, payload, count = commands.popleft()
+            node_a._pending_pubs -= count  # as ClusterNode._run does
+            pending.append(payload)
 
     def b_turn(data: bytes) -> None:
         drive(node_b._on_batch(FakeMsg(node_b.node_subject, data)))  # type: ignore[arg-type]
