@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--perf", metavar="DIR",
                         help="perf record each broker (DIR/single.data, a.data, b.data; "
                              "`perf report -i DIR/b.data --sort dso,sym`)")
+    parser.add_argument("--perf-stat", metavar="DIR",
+                        help="perf stat each broker (instructions, cycles, context "
+                             "switches: DIR/single.txt, a.txt, b.txt)")
     parser.add_argument("--single-only", action="store_true",
                         help="measure the single broker only (no cluster)")
     parser.add_argument("--cluster-only", action="store_true",
@@ -238,6 +241,10 @@ def start_profilers(args: argparse.Namespace,
                    f"{args.profile}/{name}.txt", "--pid", str(pid)]
         elif args.perf:
             cmd = ["perf", "record", "-F", "999", "-o", f"{args.perf}/{name}.data",
+                   "-p", str(pid)]
+        elif args.perf_stat:
+            cmd = ["perf", "stat", "-e", "instructions,cycles,context-switches,"
+                   "cpu-migrations,task-clock", "-o", f"{args.perf_stat}/{name}.txt",
                    "-p", str(pid)]
         else:
             continue
