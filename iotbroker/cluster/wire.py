@@ -89,6 +89,7 @@ from collections import deque
 from typing import Any, Final
 
 from iotbroker.codec.packets import NO_PROPERTIES
+from iotbroker.core.router import Router
 from iotbroker.core.subscriptions import Matches, SubscriptionTrie
 from iotbroker.message import Message
 from iotbroker.storage.records import (
@@ -770,6 +771,190 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
             raise ValueError(f"cluster batch truncated or corrupt: {exc}") from None
         raise
     return sender, out
+
+
+class NamedBatch:
+    """A batch whose parts are all NAMED, of one generation, checked and its
+    definitions taken into the sender's book (:func:`scan_named`): routed by
+    :func:`route_named`."""
+
+    __slots__ = ("book", "counts", "data", "heads", "sender", "times")
+
+    def __init__(self, data: bytes, sender: bytes, book: NameBook) -> None:
+        self.data = data
+        self.sender = sender
+        self.book = book
+        #: per part: where its heads start, its message count, its created time
+        self.heads: list[int] = []
+        self.counts: list[int] = []
+        self.times: list[float] = []
+
+
+def _u16(data: bytes, pos: int) -> int:
+    return (data[pos] << 8) | data[pos + 1]
+
+
+def _u32(data: bytes, pos: int) -> int:
+    return (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+
+
+#: Bytes of a NAMED part's head (:data:`_NAMED`).
+_NAMED_SIZE: Final = 17
+
+
+def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
+    """The receiving node's common case (``ClusterNode._on_batch``), compiled: a
+    batch (:func:`encode_batch`) of NAMED parts only, all of one generation. First
+    checked whole, without side effects (every part NAMED, within the batch, the
+    parts ending where the batch does): None when it is not such a batch, or is
+    malformed (:func:`decode_batch` then handles it, or says what is wrong). Then
+    each part's definitions go into the sender's :class:`NameBook`, as
+    :func:`decode_batch` takes them: a part of another generation than the book's
+    starts it anew; ValueError when a part gives a held id another name (the book is
+    dropped, as :func:`decode_batch` does). Every number is read from ``data`` by
+    index (native in the compiled build: no tuple of PyLongs from ``struct``)."""
+    end_all = len(data)
+    if end_all < 2 or data[0] != BATCH_VERSION:
+        return None
+    n = data[1]
+    pos = 2 + n
+    first = pos
+    generation = -1
+    while pos < end_all:
+        if data[pos] != NAMED or pos + _NAMED_SIZE > end_all:
+            return None
+        count = _u16(data, pos + 1)
+        part_generation = _u32(data, pos + 11)
+        ndefs = _u16(data, pos + 15)
+        if generation < 0:
+            generation = part_generation
+        elif part_generation != generation:
+            return None  # (a table renewed mid-batch: rare)
+        p = pos + _NAMED_SIZE + 2 * ndefs  # the definitions' lengths
+        if p + 2 * ndefs > end_all:
+            return None
+        total = 0
+        for d in range(ndefs):
+            total += _u16(data, p + 2 * d)
+        p += 2 * ndefs + total  # the topics' ids
+        sizes = p + 4 * count
+        if sizes + 4 * count > end_all:
+            return None
+        total = 0
+        for k in range(count):
+            total += _u32(data, sizes + 4 * k)
+        pos = sizes + 4 * count + total
+    if pos != end_all or generation < 0:
+        return None
+    sender = data[2:first]
+    book = books.get(sender)
+    if book is None:
+        book = books[sender] = NameBook()
+    if generation != book.generation:  # the sender started a new one
+        book.generation = generation
+        book.names = []
+        book.learned = []
+        book.matches = []
+    batch = NamedBatch(data, sender, book)
+    strs = book.names
+    learned = book.learned
+    have = len(strs)
+    pos = first
+    while pos < end_all:
+        count = _u16(data, pos + 1)
+        ndefs = _u16(data, pos + 15)
+        created_at: float = _NAMED.unpack_from(data, pos)[2]
+        ids = pos + _NAMED_SIZE
+        lens = ids + 2 * ndefs
+        p = lens + 2 * ndefs
+        for d in range(ndefs):
+            i = _u16(data, ids + 2 * d)
+            ln = _u16(data, lens + 2 * d)
+            name = data[p : p + ln].decode()
+            p += ln
+            if i >= have:
+                strs += [_UNKNOWN] * (i + 1 - have)
+                have = i + 1
+            old = strs[i]
+            if old is _UNKNOWN:
+                strs[i] = name
+            elif old != name:
+                books.pop(sender, None)
+                raise ValueError(f"cluster batch redefines name {i}")
+            learned.append(i)
+        batch.heads.append(p)
+        batch.counts.append(count)
+        batch.times.append(created_at)
+        sizes = p + 4 * count
+        total = 0
+        for k in range(count):
+            total += _u32(data, sizes + 4 * k)
+        pos = sizes + 4 * count + total
+    return batch
+
+
+def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
+                now: float) -> int:
+    """Route a :func:`scan_named` batch's messages, in order, each as it is decoded:
+    ``router.publish`` (every delivery through ``Session.deliver``) with no shared
+    groups (a NAMED part's messages have none) and the receiving node's ``trie``
+    match of its topic, kept per name id in the book while ``trie.version`` is the
+    same (checked before each message: a delivery may end a session). A message
+    whose topic or origin id the book does not hold is left out and counted in the
+    book's ``unknown``, as :func:`decode_batch` does. Returns the messages routed."""
+    data = batch.data
+    book = batch.book
+    strs = book.names
+    have = len(strs)
+    no_properties = NO_PROPERTIES  # (a module global is a dict lookup per read)
+    no_groups = NO_GROUPS
+    version = trie.version
+    if book.version != version:  # subscriptions changed
+        book.matches = []
+        book.version = version
+    cache = book.matches
+    if len(cache) < have:
+        cache += [None] * (have - len(cache))
+    routed = 0
+    unknown = 0
+    heads = batch.heads
+    counts = batch.counts
+    times = batch.times
+    for part in range(len(heads)):
+        count = counts[part]
+        created_at = times[part]
+        tp = heads[part]
+        op = tp + 2 * count
+        sp = op + 2 * count
+        pos = sp + 4 * count
+        for _ in range(count):
+            t = _u16(data, tp)
+            o = _u16(data, op)
+            end = pos + _u32(data, sp)
+            tp += 2
+            op += 2
+            sp += 4
+            # an id it was not given (or was, as _UNKNOWN): never another name,
+            # left out and counted
+            topic = strs[t] if t < have else _UNKNOWN
+            origin = strs[o] if o < have else _UNKNOWN
+            if topic is _UNKNOWN or origin is _UNKNOWN:
+                unknown += 1
+            else:
+                message = Message(topic, data[pos:end], 0, False, no_properties,
+                                  created_at, None, origin)
+                if trie.version != version:  # a delivery ended a session
+                    version = trie.version
+                    cache = book.matches = [None] * have
+                    book.version = version
+                m = cache[t]
+                if m is None:
+                    m = cache[t] = trie.match(topic)
+                router.publish(message, now, no_groups, m)
+                routed += 1
+            pos = end
+    book.unknown += unknown
+    return routed
 
 
 def encode(sender: bytes, seq: int, records: list[bytes]) -> bytes:
