@@ -332,9 +332,9 @@ class Outbox:
     order is kept (each topic's, [MQTT-4.6.0-5], and all others too), and each decoded
     message equals the one sent."""
 
-    __slots__ = ("_at", "_count", "_defs", "_generation", "_heads", "_origin",
-                 "_origin_id", "_origin_ids", "_payloads", "_pieces", "_size", "names",
-                 "parts")
+    __slots__ = ("_at", "_count", "_defs", "_generation", "_oids", "_origin",
+                 "_origin_id", "_origin_ids", "_origin_raw", "_payloads", "_pieces", "_size",
+                 "_sizes", "_tids", "names", "parts")
 
     def __init__(self, names: NameTable | None = None) -> None:
         #: the destination's name dictionary (None: a private one, never confirmed,
@@ -344,41 +344,59 @@ class Outbox:
         self._pieces: list[bytes] = []  # the open ITEMS part's items
         self._count = 0
         self._size = 0
-        # the open NAMED part: ids it defines, heads, payloads, created time, generation
+        # the open NAMED part: ids it defines, its columns (topic and origin ids as
+        # their 2 bytes on the wire, sizes), payloads, created time, generation
         self._defs: dict[int, None] = {}
-        self._heads: list[int] = []
+        self._tids: list[bytes] = []
+        self._oids: list[bytes] = []
+        self._sizes: list[int] = []
         self._payloads: list[bytes] = []
         self._at = 0.0
         self._generation = 0
         # the last confirmed origin (compared by identity: one client's messages share
-        # its client id str) and its id, valid while the table's ``ids`` is this dict
-        # (a new generation makes a new one; a confirmation only adds ids)
+        # its client id str), its id and that id's bytes, valid while the table's
+        # ``ids`` is this dict (a new generation makes a new one; a confirmation only
+        # adds ids)
         self._origin = ""
         self._origin_id = -1
+        self._origin_raw = b""
         self._origin_ids: dict[str, int] = {}
 
-    def add_plain(self, message: Message, topic_id: int = -1) -> None:
-        """A plain message (:func:`is_plain`) without shared groups. ``topic_id``:
-        its topic's confirmed id in this table, if the caller knows it (a
-        :class:`Route`'s), else -1 (looked up here)."""
+    def add_plain(self, message: Message, topic_id: int = -1, topic_raw: bytes = b"") -> None:
+        """A plain message (:func:`is_plain`) without shared groups. ``topic_id``,
+        ``topic_raw``: its topic's confirmed id in this table and that id's 2 bytes
+        (``_U16``), if the caller knows them (a :class:`Route`'s), else -1 (looked
+        up here). Each id goes into the part as its bytes: no int is boxed per
+        message, and the part is joined, not packed (:meth:`_close`)."""
         payloads = self._payloads
         if self._count or (payloads and message.created_at != self._at):
             self._close()
             payloads = self._payloads
         ids = self.names.ids
-        topic = topic_id if topic_id >= 0 else ids.get(message.topic, -1)
+        topic = topic_id
+        if topic < 0:
+            topic = ids.get(message.topic, -1)
+            topic_raw = b""
         name = message.origin
         if name is self._origin and ids is self._origin_ids:
             origin = self._origin_id
+            origin_raw = self._origin_raw
         else:
             origin = ids.get(name, -1)
+            origin_raw = b""
             if origin >= 0:
+                origin_raw = _U16.pack(origin)
                 self._origin = name
                 self._origin_id = origin
+                self._origin_raw = origin_raw
                 self._origin_ids = ids
         if topic < 0 or origin < 0:  # not confirmed: defined in this part
             topic, origin = self._define(message.topic, message.origin)
+            topic_raw = b""
+            origin_raw = _U16.pack(origin)
             payloads = self._payloads
+        if not topic_raw:
+            topic_raw = _U16.pack(topic)
         if not payloads:
             self._at = message.created_at
             self._generation = self.names.generation
@@ -386,10 +404,9 @@ class Outbox:
         if type(payload) is not bytes:
             payload = bytes(payload)
         size = len(payload)
-        heads = self._heads
-        heads.append(topic)
-        heads.append(origin)
-        heads.append(size)
+        self._tids.append(topic_raw)
+        self._oids.append(origin_raw)
+        self._sizes.append(size)
         payloads.append(payload)
         self._size += size
         if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
@@ -452,13 +469,21 @@ class Outbox:
             self._count = 0
         payloads = self._payloads
         if payloads:
+            # encode_named's bytes, from the columns: each id's bytes joined, the
+            # sizes packed once
             defs = list(self._defs)
             raw = self.names.raw
-            self.parts.append((encode_named(self._at, self._generation, defs,
-                                            [raw[i] for i in defs], self._heads, payloads),
-                               len(payloads)))
+            n = len(payloads)
+            k = len(defs)
+            self.parts.append((b"".join([
+                _NAMED.pack(NAMED, n, self._at, self._generation, k),
+                struct.pack(f">{k}H{k}H", *defs, *[len(raw[i]) for i in defs]),
+                *[raw[i] for i in defs], *self._tids, *self._oids,
+                struct.pack(f">{n}I", *self._sizes), *payloads]), n))
             self._defs = {}
-            self._heads = []
+            self._tids = []
+            self._oids = []
+            self._sizes = []
             self._payloads = []
         self._size = 0
 
@@ -489,7 +514,7 @@ class Route:
     table (-1: none; taken at :attr:`NameTables.epoch`). One dict lookup per
     message instead of a match of the interest trie and a lookup per table."""
 
-    __slots__ = ("epoch", "ids", "shared", "tokens", "version")
+    __slots__ = ("epoch", "ids", "raw", "shared", "tokens", "version")
 
     def __init__(self, version: int, shared: bool, tokens: list[str]) -> None:
         self.version = version
@@ -497,6 +522,8 @@ class Route:
         self.tokens = tokens
         self.epoch = -1
         self.ids: list[int] = []
+        #: each id's 2 bytes on the wire (b"": none)
+        self.raw: list[bytes] = []
 
 
 #: Routes kept at most (then the dict starts anew, as the trie's match cache).
@@ -543,11 +570,16 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                     and message.properties is no_properties):  # is_plain
                 if route.epoch != tables.epoch:  # (an add_plain may start a generation)
                     ids: list[int] = []
+                    raws: list[bytes] = []
                     for token in tokens:
-                        ids.append(tables.of(token).ids.get(topic, -1))
+                        tid = tables.of(token).ids.get(topic, -1)
+                        ids.append(tid)
+                        raws.append(_U16.pack(tid) if tid >= 0 else b"")
                     route.ids = ids
+                    route.raw = raws
                     route.epoch = tables.epoch
                 ids = route.ids
+                raws = route.raw
                 if len(tokens) == 1:  # the common case: the last box, by identity
                     token = tokens[0]
                     if token is not last_token or last_box is None:
@@ -556,14 +588,14 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                             box = out[token] = tables.outbox(token)
                         last_token = token
                         last_box = box
-                    last_box.add_plain(message, ids[0])
+                    last_box.add_plain(message, ids[0], raws[0])
                     i += 1
                     continue
                 for k, token in enumerate(tokens):  # (zip() is not compiled: slower)
                     box = out.get(token)
                     if box is None:
                         box = out[token] = tables.outbox(token)
-                    box.add_plain(message, ids[k])
+                    box.add_plain(message, ids[k], raws[k])
             else:
                 size, pieces = record_pieces(message, names)
                 for token in tokens:
