@@ -265,7 +265,7 @@ class NameTable:
     alone), the names given an id it has not confirmed yet (``pending``: defined in
     every part that uses them), and the names by id (``names``, encoded ``raw``)."""
 
-    __slots__ = ("_tables", "generation", "ids", "names", "pending", "raw")
+    __slots__ = ("_tables", "codes", "generation", "ids", "names", "pending", "raw")
 
     def __init__(self, tables: NameTables) -> None:
         self._tables = tables
@@ -274,6 +274,8 @@ class NameTable:
         self.pending: dict[str, int] = {}
         self.names: list[str] = []
         self.raw: list[bytes] = []
+        #: each id as its 2 bytes on the wire (``_U16``), by id
+        self.codes: list[bytes] = []
 
     def add(self, name: str) -> int:
         """A new id for ``name`` (the caller checked it has none and there is room)."""
@@ -281,6 +283,7 @@ class NameTable:
         self.pending[name] = i
         self.names.append(name)
         self.raw.append(name.encode())
+        self.codes.append(_U16.pack(i))
         return i
 
     def renew(self) -> None:
@@ -291,6 +294,7 @@ class NameTable:
         self.pending = {}
         self.names = []
         self.raw = []
+        self.codes = []
 
     def confirmed(self, generation: int, ids: list[int]) -> int:
         """The destination holds ``ids`` of ``generation`` (a :data:`KNOWN` control
@@ -366,8 +370,9 @@ class Outbox:
         """A plain message (:func:`is_plain`) without shared groups. ``topic_id``,
         ``topic_raw``: its topic's confirmed id in this table and that id's 2 bytes
         (``_U16``), if the caller knows them (a :class:`Route`'s), else -1 (looked
-        up here). Each id goes into the part as its bytes: no int is boxed per
-        message, and the part is joined, not packed (:meth:`_close`)."""
+        up here). Each id goes into the part as its bytes (``NameTable.codes``): no
+        int is boxed per message, and the part is joined, not packed
+        (:meth:`_close`)."""
         payloads = self._payloads
         if self._count or (payloads and message.created_at != self._at):
             self._close()
@@ -385,7 +390,7 @@ class Outbox:
             origin = ids.get(name, -1)
             origin_raw = b""
             if origin >= 0:
-                origin_raw = _U16.pack(origin)
+                origin_raw = self.names.codes[origin]
                 self._origin = name
                 self._origin_id = origin
                 self._origin_raw = origin_raw
@@ -393,10 +398,10 @@ class Outbox:
         if topic < 0 or origin < 0:  # not confirmed: defined in this part
             topic, origin = self._define(message.topic, message.origin)
             topic_raw = b""
-            origin_raw = _U16.pack(origin)
+            origin_raw = self.names.codes[origin]
             payloads = self._payloads
         if not topic_raw:
-            topic_raw = _U16.pack(topic)
+            topic_raw = self.names.codes[topic]
         if not payloads:
             self._at = message.created_at
             self._generation = self.names.generation
@@ -572,9 +577,10 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                     ids: list[int] = []
                     raws: list[bytes] = []
                     for token in tokens:
-                        tid = tables.of(token).ids.get(topic, -1)
+                        table = tables.of(token)
+                        tid = table.ids.get(topic, -1)
                         ids.append(tid)
-                        raws.append(_U16.pack(tid) if tid >= 0 else b"")
+                        raws.append(table.codes[tid] if tid >= 0 else b"")
                     route.ids = ids
                     route.raw = raws
                     route.epoch = tables.epoch
