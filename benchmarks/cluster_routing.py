@@ -191,6 +191,10 @@ def main() -> None:
     parser.add_argument("--perf-stat", metavar="DIR",
                         help="perf stat each broker (instructions, cycles, context "
                              "switches: DIR/single.txt, a.txt, b.txt)")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the single broker and node a to CPU 0, node b to CPU 1 "
+                             "(taskset; the generator and nats-server float): what "
+                             "sharing cores among four busy processes costs")
     parser.add_argument("--single-only", action="store_true",
                         help="measure the single broker only (no cluster)")
     parser.add_argument("--cluster-only", action="store_true",
@@ -205,6 +209,8 @@ def main() -> None:
                 "logging:\n  level: DEBUG\n", quiet), name="single").start()
             assert single.proc is not None
             try:
+                if args.pin:
+                    pin(single.proc.pid, 0)
                 spies = start_profilers(args, {"single": single.proc.pid})
                 results.append(("one broker, no cluster", measure(
                     [single.proc.pid], [], single.port, single.port, args, False)))
@@ -261,6 +267,12 @@ def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
         spy.wait(30)
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` on ``cpu`` only."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
 def nats_in_msgs(cluster: NatsCluster, name: str) -> int:
     """NATS messages the connection(s) named ``name`` published so far."""
     return sum(c.get("in_msgs", 0) for server in cluster.servers
@@ -287,6 +299,9 @@ def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.05)
         pids = [n.proc.pid for n in nodes if n.proc is not None]
         nats_pids = [s.proc.pid for s in cluster.servers if s.proc is not None]
+        if args.pin:
+            for cpu, pid in enumerate(pids):
+                pin(pid, cpu)
         spies = start_profilers(args, dict(zip("ab", pids, strict=True)))
         batches = nats_in_msgs(cluster, "iotbroker a")
         two = measure(pids, nats_pids, nodes[0].port, nodes[1].port, args, True)
