@@ -3,7 +3,8 @@ subscriber on another (two iotbroker processes on a 1- or 3-server NATS cluster)
 against the same with publisher and subscriber on one broker without a cluster.
 
 Reports delivered messages/s, and messages per broker CPU-second (both brokers' CPU
-added up in the cluster case; nats-server's and the generator's CPU reported apart).
+added up in the cluster case; nats-server's and the generator's CPU reported apart),
+and each broker's CPU per message (the two nodes: a + b).
 
     .venv/bin/python benchmarks/cluster_routing.py [--messages 200000 --nats 1 --reps 3]
 """
@@ -15,10 +16,12 @@ import asyncio
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -144,15 +147,19 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
 
 
 def measure(pids: list[int], nats_pids: list[int], pub_port: int, sub_port: int,
-            args: argparse.Namespace, wait_routed: bool) -> dict[str, float]:
+            args: argparse.Namespace, wait_routed: bool) -> dict[str, Any]:
     rates, per_cpu, nats_cpu, gen_cpu = [], [], [], []
+    us_each: list[list[float]] = [[] for _ in pids]  # broker CPU us per message, per pid
     for _ in range(args.reps):
         before = [cpu_seconds(p) for p in pids]
         nats_before = sum(cpu_seconds(p) for p in nats_pids)
         gen_before = resource.getrusage(resource.RUSAGE_SELF)
         took = asyncio.run(run_once(pub_port, sub_port, args.messages, args.window,
                                     wait_routed, args.topics))
-        broker_cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
+        after = [cpu_seconds(p) for p in pids]
+        broker_cpu = sum(after) - sum(before)
+        for k in range(len(pids)):
+            us_each[k].append(1e6 * (after[k] - before[k]) / args.messages)
         gen_after = resource.getrusage(resource.RUSAGE_SELF)
         rates.append(args.messages / took)
         per_cpu.append(args.messages / broker_cpu)
@@ -164,6 +171,7 @@ def measure(pids: list[int], nats_pids: list[int], pub_port: int, sub_port: int,
         "msgs_per_broker_cpu_s": statistics.median(per_cpu),
         "nats_cpu_pct": 100 * statistics.median(nats_cpu),
         "generator_cpu_pct": 100 * statistics.median(gen_cpu),
+        "us_each": [statistics.median(u) for u in us_each],
     }
 
 
@@ -177,61 +185,135 @@ def main() -> None:
                         help="topics the publisher cycles over (default 1)")
     parser.add_argument("--profile", metavar="DIR",
                         help="py-spy record both nodes (collapsed stacks in DIR)")
+    parser.add_argument("--perf", metavar="DIR",
+                        help="perf record each broker (DIR/single.data, a.data, b.data; "
+                             "`perf report -i DIR/b.data --sort dso,sym`)")
+    parser.add_argument("--perf-stat", metavar="DIR",
+                        help="perf stat each broker (instructions, cycles, context "
+                             "switches: DIR/single.txt, a.txt, b.txt)")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the single broker and node a to CPU 0, node b to CPU 1 "
+                             "(taskset; the generator and nats-server float): what "
+                             "sharing cores among four busy processes costs")
+    parser.add_argument("--single-only", action="store_true",
+                        help="measure the single broker only (no cluster)")
+    parser.add_argument("--cluster-only", action="store_true",
+                        help="measure the two nodes only (no single broker)")
     args = parser.parse_args()
     quiet = "logging:\n  level: INFO\n"
+    results: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        single = BrokerProcess(work / "single", broker_config().replace(
-            "logging:\n  level: DEBUG\n", quiet), name="single").start()
-        assert single.proc is not None
-        try:
-            one = measure([single.proc.pid], [], single.port, single.port, args, False)
-        finally:
-            single.stop()
-        cluster = NatsCluster(work / "nats", size=args.nats).start()
-        nodes = []
-        try:
-            for name in ("a", "b"):
-                text = broker_config(extra=(
-                    f"cluster:\n  node_name: {name}\n  nats: [{', '.join(cluster.urls)}]\n"
-                    f"  replicas: {min(3, args.nats)}\n"
-                )).replace("logging:\n  level: DEBUG\n", "logging:\n  level: INFO\n")
-                nodes.append(BrokerProcess(work / name, text, name=name).start())
-            for node in nodes:
-                deadline = time.monotonic() + 10
-                while "connected to NATS" not in node.log_text():
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(node.log_text())
-                    time.sleep(0.05)
-            pids = [n.proc.pid for n in nodes if n.proc is not None]
-            nats_pids = [s.proc.pid for s in cluster.servers if s.proc is not None]
-            spies = []
-            if args.profile:
-                import subprocess  # noqa: PLC0415
-
-                for name, pid in zip("ab", pids, strict=True):
-                    spies.append(subprocess.Popen(
-                        ["py-spy", "record", "-r", "200", "-f", "raw", "-o",
-                         f"{args.profile}/{name}.txt", "--pid", str(pid)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-                time.sleep(1)
-            two = measure(pids, nats_pids, nodes[0].port, nodes[1].port, args, True)
-            for spy in spies:
-                spy.send_signal(2)
-                spy.wait(30)
-        finally:
-            for node in nodes:
-                node.stop()
-            cluster.stop()
+        if not args.cluster_only:
+            single = BrokerProcess(work / "single", broker_config().replace(
+                "logging:\n  level: DEBUG\n", quiet), name="single").start()
+            assert single.proc is not None
+            try:
+                if args.pin:
+                    pin(single.proc.pid, 0)
+                spies = start_profilers(args, {"single": single.proc.pid})
+                results.append(("one broker, no cluster", measure(
+                    [single.proc.pid], [], single.port, single.port, args, False)))
+                stop_profilers(spies)
+            finally:
+                single.stop()
+        if not args.single_only:
+            results.append(("two nodes, pub a -> sub b", measure_cluster(work, args)))
     print(f"{args.messages} QoS 0 messages of 64 B on {args.topics} topic(s), "
           f"window {args.window}, "
           f"median of {args.reps}, {args.nats} nats-server(s)")
-    for label, r in (("one broker, no cluster", one), ("two nodes, pub a -> sub b", two)):
+    for label, r in results:
+        each = " + ".join(f"{u:.3f}" for u in r["us_each"])
         print(f"  {label:28s} {r['msgs_per_s']:>9,.0f} msg/s  "
               f"{r['msgs_per_broker_cpu_s']:>9,.0f} msg per broker CPU-s  "
-              f"nats {r['nats_cpu_pct']:.0f}% CPU  generator {r['generator_cpu_pct']:.0f}% CPU")
-    print(f"  ratio msg per broker CPU-s (cluster / single): "
-          f"{two['msgs_per_broker_cpu_s'] / one['msgs_per_broker_cpu_s']:.2f}")
+              f"nats {r['nats_cpu_pct']:.0f}% CPU  generator {r['generator_cpu_pct']:.0f}% CPU"
+              f"  (broker CPU us/msg: {each})")
+        if "per_batch" in r:
+            print(f"  {'':28s} messages per NATS message from a: {r['per_batch']:.0f}")
+    if len(results) == 2:
+        one, two = results[0][1], results[1][1]
+        print(f"  ratio msg per broker CPU-s (cluster / single): "
+              f"{two['msgs_per_broker_cpu_s'] / one['msgs_per_broker_cpu_s']:.2f}")
+
+
+def start_profilers(args: argparse.Namespace,
+                    pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """py-spy (``--profile``) or perf (``--perf``, flat: mypyc's C has no frame
+    pointers to unwind) on each broker, named by its role."""
+    spies = []
+    for name, pid in pids.items():
+        if args.profile:
+            cmd = ["py-spy", "record", "-r", "200", "-f", "raw", "-o",
+                   f"{args.profile}/{name}.txt", "--pid", str(pid)]
+        elif args.perf:
+            cmd = ["perf", "record", "-F", "999", "-o", f"{args.perf}/{name}.data",
+                   "-p", str(pid)]
+        elif args.perf_stat:
+            cmd = ["perf", "stat", "-e", "instructions,cycles,context-switches,"
+                   "cpu-migrations,task-clock", "-o", f"{args.perf_stat}/{name}.txt",
+                   "-p", str(pid)]
+        else:
+            continue
+        spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    if spies:
+        time.sleep(1)
+    return spies
+
+
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(2)
+        spy.wait(30)
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` on ``cpu`` only."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
+def nats_in_msgs(cluster: NatsCluster, name: str) -> int:
+    """NATS messages the connection(s) named ``name`` published so far."""
+    return sum(c.get("in_msgs", 0) for server in cluster.servers
+               for c in server.monitor("connz").get("connections", [])
+               if c.get("name") == name)
+
+
+def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Two nodes a and b on a NATS cluster: the publisher on a, the subscriber on b."""
+    cluster = NatsCluster(work / "nats", size=args.nats).start()
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            text = broker_config(extra=(
+                f"cluster:\n  node_name: {name}\n  nats: [{', '.join(cluster.urls)}]\n"
+                f"  replicas: {min(3, args.nats)}\n"
+            )).replace("logging:\n  level: DEBUG\n", "logging:\n  level: INFO\n")
+            nodes.append(BrokerProcess(work / name, text, name=name).start())
+        for node in nodes:
+            deadline = time.monotonic() + 10
+            while "connected to NATS" not in node.log_text():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(node.log_text())
+                time.sleep(0.05)
+        pids = [n.proc.pid for n in nodes if n.proc is not None]
+        nats_pids = [s.proc.pid for s in cluster.servers if s.proc is not None]
+        if args.pin:
+            for cpu, pid in enumerate(pids):
+                pin(pid, cpu)
+        spies = start_profilers(args, dict(zip("ab", pids, strict=True)))
+        batches = nats_in_msgs(cluster, "iotbroker a")
+        two = measure(pids, nats_pids, nodes[0].port, nodes[1].port, args, True)
+        batches = nats_in_msgs(cluster, "iotbroker a") - batches
+        stop_profilers(spies)
+        # (the probes of wait_routed, heartbeats and announcements included: a bound)
+        two["per_batch"] = args.messages * args.reps / max(1, batches)
+        return two
+    finally:
+        for node in nodes:
+            node.stop()
+        cluster.stop()
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ from collections import deque
 from typing import Any, Final
 
 from iotbroker.codec.packets import NO_PROPERTIES
+from iotbroker.core.router import Router
 from iotbroker.core.subscriptions import Matches, SubscriptionTrie
 from iotbroker.message import Message
 from iotbroker.storage.records import (
@@ -264,7 +265,7 @@ class NameTable:
     alone), the names given an id it has not confirmed yet (``pending``: defined in
     every part that uses them), and the names by id (``names``, encoded ``raw``)."""
 
-    __slots__ = ("_tables", "generation", "ids", "names", "pending", "raw")
+    __slots__ = ("_tables", "codes", "generation", "ids", "names", "pending", "raw")
 
     def __init__(self, tables: NameTables) -> None:
         self._tables = tables
@@ -273,6 +274,8 @@ class NameTable:
         self.pending: dict[str, int] = {}
         self.names: list[str] = []
         self.raw: list[bytes] = []
+        #: each id as its 2 bytes on the wire (``_U16``), by id
+        self.codes: list[bytes] = []
 
     def add(self, name: str) -> int:
         """A new id for ``name`` (the caller checked it has none and there is room)."""
@@ -280,6 +283,7 @@ class NameTable:
         self.pending[name] = i
         self.names.append(name)
         self.raw.append(name.encode())
+        self.codes.append(_U16.pack(i))
         return i
 
     def renew(self) -> None:
@@ -290,6 +294,7 @@ class NameTable:
         self.pending = {}
         self.names = []
         self.raw = []
+        self.codes = []
 
     def confirmed(self, generation: int, ids: list[int]) -> int:
         """The destination holds ``ids`` of ``generation`` (a :data:`KNOWN` control
@@ -331,9 +336,9 @@ class Outbox:
     order is kept (each topic's, [MQTT-4.6.0-5], and all others too), and each decoded
     message equals the one sent."""
 
-    __slots__ = ("_at", "_count", "_defs", "_generation", "_heads", "_origin",
-                 "_origin_id", "_origin_ids", "_payloads", "_pieces", "_size", "names",
-                 "parts")
+    __slots__ = ("_at", "_count", "_defs", "_generation", "_oids", "_origin",
+                 "_origin_id", "_origin_ids", "_origin_raw", "_payloads", "_pieces", "_size",
+                 "_sizes", "_tids", "names", "parts")
 
     def __init__(self, names: NameTable | None = None) -> None:
         #: the destination's name dictionary (None: a private one, never confirmed,
@@ -343,41 +348,60 @@ class Outbox:
         self._pieces: list[bytes] = []  # the open ITEMS part's items
         self._count = 0
         self._size = 0
-        # the open NAMED part: ids it defines, heads, payloads, created time, generation
+        # the open NAMED part: ids it defines, its columns (topic and origin ids as
+        # their 2 bytes on the wire, sizes), payloads, created time, generation
         self._defs: dict[int, None] = {}
-        self._heads: list[int] = []
+        self._tids: list[bytes] = []
+        self._oids: list[bytes] = []
+        self._sizes: list[int] = []
         self._payloads: list[bytes] = []
         self._at = 0.0
         self._generation = 0
         # the last confirmed origin (compared by identity: one client's messages share
-        # its client id str) and its id, valid while the table's ``ids`` is this dict
-        # (a new generation makes a new one; a confirmation only adds ids)
+        # its client id str), its id and that id's bytes, valid while the table's
+        # ``ids`` is this dict (a new generation makes a new one; a confirmation only
+        # adds ids)
         self._origin = ""
         self._origin_id = -1
+        self._origin_raw = b""
         self._origin_ids: dict[str, int] = {}
 
-    def add_plain(self, message: Message, topic_id: int = -1) -> None:
-        """A plain message (:func:`is_plain`) without shared groups. ``topic_id``:
-        its topic's confirmed id in this table, if the caller knows it (a
-        :class:`Route`'s), else -1 (looked up here)."""
+    def add_plain(self, message: Message, topic_id: int = -1, topic_raw: bytes = b"") -> None:
+        """A plain message (:func:`is_plain`) without shared groups. ``topic_id``,
+        ``topic_raw``: its topic's confirmed id in this table and that id's 2 bytes
+        (``_U16``), if the caller knows them (a :class:`Route`'s), else -1 (looked
+        up here). Each id goes into the part as its bytes (``NameTable.codes``): no
+        int is boxed per message, and the part is joined, not packed
+        (:meth:`_close`)."""
         payloads = self._payloads
         if self._count or (payloads and message.created_at != self._at):
             self._close()
             payloads = self._payloads
         ids = self.names.ids
-        topic = topic_id if topic_id >= 0 else ids.get(message.topic, -1)
+        topic = topic_id
+        if topic < 0:
+            topic = ids.get(message.topic, -1)
+            topic_raw = b""
         name = message.origin
         if name is self._origin and ids is self._origin_ids:
             origin = self._origin_id
+            origin_raw = self._origin_raw
         else:
             origin = ids.get(name, -1)
+            origin_raw = b""
             if origin >= 0:
+                origin_raw = self.names.codes[origin]
                 self._origin = name
                 self._origin_id = origin
+                self._origin_raw = origin_raw
                 self._origin_ids = ids
         if topic < 0 or origin < 0:  # not confirmed: defined in this part
             topic, origin = self._define(message.topic, message.origin)
+            topic_raw = b""
+            origin_raw = self.names.codes[origin]
             payloads = self._payloads
+        if not topic_raw:
+            topic_raw = self.names.codes[topic]
         if not payloads:
             self._at = message.created_at
             self._generation = self.names.generation
@@ -385,10 +409,9 @@ class Outbox:
         if type(payload) is not bytes:
             payload = bytes(payload)
         size = len(payload)
-        heads = self._heads
-        heads.append(topic)
-        heads.append(origin)
-        heads.append(size)
+        self._tids.append(topic_raw)
+        self._oids.append(origin_raw)
+        self._sizes.append(size)
         payloads.append(payload)
         self._size += size
         if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
@@ -451,13 +474,21 @@ class Outbox:
             self._count = 0
         payloads = self._payloads
         if payloads:
+            # encode_named's bytes, from the columns: each id's bytes joined, the
+            # sizes packed once
             defs = list(self._defs)
             raw = self.names.raw
-            self.parts.append((encode_named(self._at, self._generation, defs,
-                                            [raw[i] for i in defs], self._heads, payloads),
-                               len(payloads)))
+            n = len(payloads)
+            k = len(defs)
+            self.parts.append((b"".join([
+                _NAMED.pack(NAMED, n, self._at, self._generation, k),
+                struct.pack(f">{k}H{k}H", *defs, *[len(raw[i]) for i in defs]),
+                *[raw[i] for i in defs], *self._tids, *self._oids,
+                struct.pack(f">{n}I", *self._sizes), *payloads]), n))
             self._defs = {}
-            self._heads = []
+            self._tids = []
+            self._oids = []
+            self._sizes = []
             self._payloads = []
         self._size = 0
 
@@ -488,7 +519,7 @@ class Route:
     table (-1: none; taken at :attr:`NameTables.epoch`). One dict lookup per
     message instead of a match of the interest trie and a lookup per table."""
 
-    __slots__ = ("epoch", "ids", "shared", "tokens", "version")
+    __slots__ = ("epoch", "ids", "raw", "shared", "tokens", "version")
 
     def __init__(self, version: int, shared: bool, tokens: list[str]) -> None:
         self.version = version
@@ -496,6 +527,8 @@ class Route:
         self.tokens = tokens
         self.epoch = -1
         self.ids: list[int] = []
+        #: each id's 2 bytes on the wire (b"": none)
+        self.raw: list[bytes] = []
 
 
 #: Routes kept at most (then the dict starts anew, as the trie's match cache).
@@ -542,11 +575,17 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                     and message.properties is no_properties):  # is_plain
                 if route.epoch != tables.epoch:  # (an add_plain may start a generation)
                     ids: list[int] = []
+                    raws: list[bytes] = []
                     for token in tokens:
-                        ids.append(tables.of(token).ids.get(topic, -1))
+                        table = tables.of(token)
+                        tid = table.ids.get(topic, -1)
+                        ids.append(tid)
+                        raws.append(table.codes[tid] if tid >= 0 else b"")
                     route.ids = ids
+                    route.raw = raws
                     route.epoch = tables.epoch
                 ids = route.ids
+                raws = route.raw
                 if len(tokens) == 1:  # the common case: the last box, by identity
                     token = tokens[0]
                     if token is not last_token or last_box is None:
@@ -555,14 +594,14 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                             box = out[token] = tables.outbox(token)
                         last_token = token
                         last_box = box
-                    last_box.add_plain(message, ids[0])
+                    last_box.add_plain(message, ids[0], raws[0])
                     i += 1
                     continue
                 for k, token in enumerate(tokens):  # (zip() is not compiled: slower)
                     box = out.get(token)
                     if box is None:
                         box = out[token] = tables.outbox(token)
-                    box.add_plain(message, ids[k])
+                    box.add_plain(message, ids[k], raws[k])
             else:
                 size, pieces = record_pieces(message, names)
                 for token in tokens:
@@ -770,6 +809,190 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
             raise ValueError(f"cluster batch truncated or corrupt: {exc}") from None
         raise
     return sender, out
+
+
+class NamedBatch:
+    """A batch whose parts are all NAMED, of one generation, checked and its
+    definitions taken into the sender's book (:func:`scan_named`): routed by
+    :func:`route_named`."""
+
+    __slots__ = ("book", "counts", "data", "heads", "sender", "times")
+
+    def __init__(self, data: bytes, sender: bytes, book: NameBook) -> None:
+        self.data = data
+        self.sender = sender
+        self.book = book
+        #: per part: where its heads start, its message count, its created time
+        self.heads: list[int] = []
+        self.counts: list[int] = []
+        self.times: list[float] = []
+
+
+def _u16(data: bytes, pos: int) -> int:
+    return (data[pos] << 8) | data[pos + 1]
+
+
+def _u32(data: bytes, pos: int) -> int:
+    return (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+
+
+#: Bytes of a NAMED part's head (:data:`_NAMED`).
+_NAMED_SIZE: Final = 17
+
+
+def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
+    """The receiving node's common case (``ClusterNode._on_batch``), compiled: a
+    batch (:func:`encode_batch`) of NAMED parts only, all of one generation. First
+    checked whole, without side effects (every part NAMED, within the batch, the
+    parts ending where the batch does): None when it is not such a batch, or is
+    malformed (:func:`decode_batch` then handles it, or says what is wrong). Then
+    each part's definitions go into the sender's :class:`NameBook`, as
+    :func:`decode_batch` takes them: a part of another generation than the book's
+    starts it anew; ValueError when a part gives a held id another name (the book is
+    dropped, as :func:`decode_batch` does). Every number is read from ``data`` by
+    index (native in the compiled build: no tuple of PyLongs from ``struct``)."""
+    end_all = len(data)
+    if end_all < 2 or data[0] != BATCH_VERSION:
+        return None
+    n = data[1]
+    pos = 2 + n
+    first = pos
+    generation = -1
+    while pos < end_all:
+        if data[pos] != NAMED or pos + _NAMED_SIZE > end_all:
+            return None
+        count = _u16(data, pos + 1)
+        part_generation = _u32(data, pos + 11)
+        ndefs = _u16(data, pos + 15)
+        if generation < 0:
+            generation = part_generation
+        elif part_generation != generation:
+            return None  # (a table renewed mid-batch: rare)
+        p = pos + _NAMED_SIZE + 2 * ndefs  # the definitions' lengths
+        if p + 2 * ndefs > end_all:
+            return None
+        total = 0
+        for d in range(ndefs):
+            total += _u16(data, p + 2 * d)
+        p += 2 * ndefs + total  # the topics' ids
+        sizes = p + 4 * count
+        if sizes + 4 * count > end_all:
+            return None
+        total = 0
+        for k in range(count):
+            total += _u32(data, sizes + 4 * k)
+        pos = sizes + 4 * count + total
+    if pos != end_all or generation < 0:
+        return None
+    sender = data[2:first]
+    book = books.get(sender)
+    if book is None:
+        book = books[sender] = NameBook()
+    if generation != book.generation:  # the sender started a new one
+        book.generation = generation
+        book.names = []
+        book.learned = []
+        book.matches = []
+    batch = NamedBatch(data, sender, book)
+    strs = book.names
+    learned = book.learned
+    have = len(strs)
+    pos = first
+    while pos < end_all:
+        count = _u16(data, pos + 1)
+        ndefs = _u16(data, pos + 15)
+        created_at: float = _NAMED.unpack_from(data, pos)[2]
+        ids = pos + _NAMED_SIZE
+        lens = ids + 2 * ndefs
+        p = lens + 2 * ndefs
+        for d in range(ndefs):
+            i = _u16(data, ids + 2 * d)
+            ln = _u16(data, lens + 2 * d)
+            name = data[p : p + ln].decode()
+            p += ln
+            if i >= have:
+                strs += [_UNKNOWN] * (i + 1 - have)
+                have = i + 1
+            old = strs[i]
+            if old is _UNKNOWN:
+                strs[i] = name
+            elif old != name:
+                books.pop(sender, None)
+                raise ValueError(f"cluster batch redefines name {i}")
+            learned.append(i)
+        batch.heads.append(p)
+        batch.counts.append(count)
+        batch.times.append(created_at)
+        sizes = p + 4 * count
+        total = 0
+        for k in range(count):
+            total += _u32(data, sizes + 4 * k)
+        pos = sizes + 4 * count + total
+    return batch
+
+
+def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
+                now: float) -> int:
+    """Route a :func:`scan_named` batch's messages, in order, each as it is decoded:
+    ``router.publish`` (every delivery through ``Session.deliver``) with no shared
+    groups (a NAMED part's messages have none) and the receiving node's ``trie``
+    match of its topic, kept per name id in the book while ``trie.version`` is the
+    same (checked before each message: a delivery may end a session). A message
+    whose topic or origin id the book does not hold is left out and counted in the
+    book's ``unknown``, as :func:`decode_batch` does. Returns the messages routed."""
+    data = batch.data
+    book = batch.book
+    strs = book.names
+    have = len(strs)
+    no_properties = NO_PROPERTIES  # (a module global is a dict lookup per read)
+    no_groups = NO_GROUPS
+    version = trie.version
+    if book.version != version:  # subscriptions changed
+        book.matches = []
+        book.version = version
+    cache = book.matches
+    if len(cache) < have:
+        cache += [None] * (have - len(cache))
+    routed = 0
+    unknown = 0
+    heads = batch.heads
+    counts = batch.counts
+    times = batch.times
+    for part in range(len(heads)):
+        count = counts[part]
+        created_at = times[part]
+        tp = heads[part]
+        op = tp + 2 * count
+        sp = op + 2 * count
+        pos = sp + 4 * count
+        for _ in range(count):
+            t = _u16(data, tp)
+            o = _u16(data, op)
+            end = pos + _u32(data, sp)
+            tp += 2
+            op += 2
+            sp += 4
+            # an id it was not given (or was, as _UNKNOWN): never another name,
+            # left out and counted
+            topic = strs[t] if t < have else _UNKNOWN
+            origin = strs[o] if o < have else _UNKNOWN
+            if topic is _UNKNOWN or origin is _UNKNOWN:
+                unknown += 1
+            else:
+                message = Message(topic, data[pos:end], 0, False, no_properties,
+                                  created_at, None, origin)
+                if trie.version != version:  # a delivery ended a session
+                    version = trie.version
+                    cache = book.matches = [None] * have
+                    book.version = version
+                m = cache[t]
+                if m is None:
+                    m = cache[t] = trie.match(topic)
+                router.publish(message, now, no_groups, m)
+                routed += 1
+            pos = end
+    book.unknown += unknown
+    return routed
 
 
 def encode(sender: bytes, seq: int, records: list[bytes]) -> bytes:

@@ -1,0 +1,175 @@
+"""The receiving node's compiled common case (issue 14, i14-ratio): a batch of NAMED
+parts only is checked whole (``wire.scan_named``) and each message routed as it is
+decoded (``wire.route_named``), instead of ``wire.decode_batch`` building every
+part's lists first. What it delivers, and to whom, must be what decoding the batch and
+routing each message through ``Router.publish`` gives; anything else (ITEMS parts,
+two generations, a malformed batch) is left to ``decode_batch``, untouched.
+Plain objects: a real router (tests/core/test_router.py's World), no NATS."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotbroker.cluster import wire
+from iotbroker.codec.packets import NO_PROPERTIES
+from iotbroker.message import Message
+from tests.core.test_router import World, sub
+
+SENDER = b"snd/1"
+
+
+def _msg(topic: str, payload: bytes, origin: str = "pub", at: float = 1.0) -> Message:
+    return Message(topic, payload, 0, False, NO_PROPERTIES, at, None, origin)
+
+
+def _batches(tables: wire.NameTables, messages: list[Message]) -> list[bytes]:
+    box = tables.outbox("rcv_1")
+    for m in messages:
+        box.add_plain(m)
+    return [data for data, _ in box.batches(SENDER)]
+
+
+def _seen(w: World, client_id: str) -> list[tuple[str, bytes, str, float]]:
+    return [(d.message.topic, d.message.payload, d.message.origin, d.message.created_at)
+            for d in w.received(client_id)]
+
+
+def _route(w: World, books: dict[bytes, wire.NameBook], data: bytes) -> int:
+    batch = wire.scan_named(data, books)
+    assert batch is not None
+    return wire.route_named(batch, w.trie, w.router, 0.0)
+
+
+def test_mqtt_4_6_0_5_routes_what_decode_batch_decodes_in_order() -> None:
+    """Several NAMED parts (created times differ), names defined then confirmed, 300
+    topics: each subscriber gets exactly the messages that decoding the batch and
+    publishing each one gives it, in the order sent [MQTT-4.6.0-5], and the book
+    learns the same ids; No Local holds for the publisher's own subscription
+    [MQTT-3.8.3-3]."""
+    fast, slow = World(), World()
+    for w in (fast, slow):
+        w.subscribe(w.client("all"), sub("#", qos=0))
+        w.subscribe(w.client("some"), sub("dev/+/7", qos=0))
+        w.subscribe(w.client("pub"), sub("#", qos=0, no_local=True))
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    slow_books: dict[bytes, wire.NameBook] = {}
+    sent = [_msg(f"dev/{i % 300}/{i % 9}", b"%d" % i, origin=f"pub{'' if i % 3 else 'x'}",
+                 at=float(i // 250)) for i in range(1200)]
+    for round_ in range(2):  # defined, then (confirmed) by id alone
+        batches = _batches(tables, sent)
+        assert len(batches) == 1 and batches[0].count(b"\x02") >= 5  # several parts
+        routed = 0
+        for data in batches:
+            routed += _route(fast, books, data)
+            for _, messages, _ in wire.decode_batch(data, slow_books)[1]:
+                for m in messages:
+                    slow.router.publish(m, 0.0, wire.NO_GROUPS)
+        assert routed == len(sent)
+        book, slow_book = books[SENDER], slow_books[SENDER]
+        assert book.learned == slow_book.learned
+        assert book.names == slow_book.names and book.unknown == slow_book.unknown == 0
+        if round_ == 0:
+            assert book.learned
+            tables.tables["rcv_1"].confirmed(book.generation, book.learned)
+        book.learned = []
+        slow_book.learned = []
+    for client_id in ("all", "some", "pub"):
+        assert _seen(fast, client_id) == _seen(slow, client_id)
+    assert len(_seen(fast, "all")) == 2 * len(sent)
+    assert _seen(fast, "all")[:len(sent)] == [
+        (m.topic, m.payload, m.origin, m.created_at) for m in sent]
+    assert {t for t, _, _, _ in _seen(fast, "some")} == {f"dev/{i}/7" for i in range(300)
+                                                        if f"dev/{i}/7" in
+                                                        {m.topic for m in sent}}
+    assert all(o == "pubx" for _, _, o, _ in _seen(fast, "pub"))  # its own: none
+
+
+def test_other_batches_are_left_to_decode_batch_untouched() -> None:
+    """ITEMS parts, parts of two generations, a batch of another version and every
+    truncation of a NAMED batch that decode_batch refuses: None, and the books are
+    as they were (a truncation at a part's end is a batch of the parts before)."""
+    tables = wire.NameTables()
+    named = _batches(tables, [_msg("a/b", b"1"), _msg("a/c", b"2", at=2.0)])[0]
+    items = wire.encode_batch(SENDER, [wire.encode_part(0, [wire.item(
+        wire.record(_msg("a/b", b"r")), [])])])
+    mixed = wire.encode_batch(SENDER, [
+        wire.encode_named(1.0, 5, [0, 1], [b"a", b"o"], [0, 1, 1], [b"x"]),
+        wire.encode_named(1.0, 6, [0, 1], [b"a", b"o"], [0, 1, 1], [b"y"])])
+    other_version = bytes([3]) + named[1:]
+    books: dict[bytes, wire.NameBook] = {}
+    for data in (items, mixed, other_version):
+        assert wire.scan_named(data, books) is None
+        assert books == {}
+    refused = 0
+    for n in range(len(named)):
+        try:
+            wire.decode_batch(named[:n], {})
+        except ValueError:
+            refused += 1
+            assert wire.scan_named(named[:n], books) is None
+            assert books == {}
+        else:  # a batch without parts goes to decode_batch too
+            assert (wire.scan_named(named[:n], {}) is None) == (n == 2 + len(SENDER))
+    assert refused >= len(named) - 2
+    assert wire.scan_named(named, books) is not None
+
+
+def test_ids_it_does_not_hold_are_left_out_and_counted() -> None:
+    """A receiver that lost a sender's book meets confirmed ids it was never given:
+    those messages are not delivered under any name, only counted (``unknown``), as
+    decode_batch does; the sender's RESET follows (node.py)."""
+    w = World()
+    w.subscribe(w.client("all"), sub("#", qos=0))
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    msgs = [_msg(f"t/{i}", b"%d" % i) for i in range(5)]
+    for data in _batches(tables, msgs):
+        assert _route(w, books, data) == 5
+    tables.tables["rcv_1"].confirmed(books[SENDER].generation, books[SENDER].learned)
+    books.clear()  # the receiver lost it
+    for data in _batches(tables, msgs):
+        assert _route(w, books, data) == 0
+    assert books[SENDER].unknown == 5
+    assert len(w.received("all")) == 5
+
+
+def test_a_redefinition_is_refused_and_the_book_dropped() -> None:
+    """An id defined again with another name in one generation: ValueError (the node
+    counts the batch undecodable) and the sender's book is dropped, before any of the
+    batch's messages is routed."""
+    w = World()
+    w.subscribe(w.client("all"), sub("#", qos=0))
+    books: dict[bytes, wire.NameBook] = {}
+    one = wire.encode_batch(SENDER, [wire.encode_named(1.0, 3, [0, 1], [b"x", b"o"],
+                                                       [0, 1, 1], [b"p"])])
+    assert _route(w, books, one) == 1
+    two = wire.encode_batch(SENDER, [
+        wire.encode_named(1.0, 3, [], [], [0, 1, 1], [b"q"]),
+        wire.encode_named(2.0, 3, [0], [b"y"], [0, 1, 1], [b"r"])])
+    with pytest.raises(ValueError, match="redefines"):
+        wire.scan_named(two, books)
+    assert SENDER not in books
+    assert [d.message.payload for d in w.received("all")] == [b"p"]
+
+
+def test_the_kept_match_follows_subscription_changes() -> None:
+    """The match kept per name id is taken again after the trie changed (its
+    ``version``): a subscription added or removed between batches is seen."""
+    w = World()
+    a = w.client("a")
+    w.subscribe(a, sub("x/1", qos=0))
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    msgs = [_msg("x/1", b"1"), _msg("x/2", b"2")]
+    for data in _batches(tables, msgs):
+        _route(w, books, data)
+    assert [d.message.payload for d in w.received("a")] == [b"1"]
+    w.subscribe(a, sub("x/2", qos=0))
+    for data in _batches(tables, msgs):
+        _route(w, books, data)
+    assert [d.message.payload for d in w.received("a")] == [b"1", b"1", b"2"]
+    w.router.unsubscribe(a, ["x/1"])
+    for data in _batches(tables, msgs):
+        _route(w, books, data)
+    assert [d.message.payload for d in w.received("a")] == [b"1", b"1", b"2", b"2"]
