@@ -719,18 +719,10 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                 pos += 4 * ndefs
                 have = len(strs)
                 for d in range(ndefs):
-                    i: int = defs[d]
                     ln: int = defs[ndefs + d]
-                    name = data[pos : pos + ln].decode()
+                    _learn(strs, defs[d], data[pos : pos + ln].decode())
                     pos += ln
-                    if i >= have:
-                        strs += [_UNKNOWN] * (i + 1 - have)
-                        have = i + 1
-                    old = strs[i]
-                    if old is _UNKNOWN:
-                        strs[i] = name
-                    elif old != name:
-                        raise ValueError(f"cluster batch redefines name {i}")
+                have = len(strs)
                 book.learned += defs[:ndefs]
                 heads = struct.unpack_from(f">{count}H{count}H{count}I", data, pos)
                 pos += 8 * count
@@ -828,6 +820,19 @@ class NamedBatch:
         self.times: list[float] = []
 
 
+def _learn(strs: list[str], i: int, name: str) -> None:
+    """Name ``i`` of a sender's book is ``name`` (a NAMED part's definitions): ids
+    skipped so far stay ``_UNKNOWN``; another name for an id already known is an error
+    (the sender never redefines an id within a generation)."""
+    if i >= len(strs):
+        strs += [_UNKNOWN] * (i + 1 - len(strs))
+    old = strs[i]
+    if old is _UNKNOWN:
+        strs[i] = name
+    elif old != name:
+        raise ValueError(f"cluster batch redefines name {i}")
+
+
 def _u16(data: bytes, pos: int) -> int:
     return (data[pos] << 8) | data[pos + 1]
 
@@ -896,7 +901,6 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
     batch = NamedBatch(data, sender, book)
     strs = book.names
     learned = book.learned
-    have = len(strs)
     pos = first
     while pos < end_all:
         count = _u16(data, pos + 1)
@@ -908,17 +912,12 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
         for d in range(ndefs):
             i = _u16(data, ids + 2 * d)
             ln = _u16(data, lens + 2 * d)
-            name = data[p : p + ln].decode()
-            p += ln
-            if i >= have:
-                strs += [_UNKNOWN] * (i + 1 - have)
-                have = i + 1
-            old = strs[i]
-            if old is _UNKNOWN:
-                strs[i] = name
-            elif old != name:
+            try:
+                _learn(strs, i, data[p : p + ln].decode())
+            except ValueError:
                 books.pop(sender, None)
-                raise ValueError(f"cluster batch redefines name {i}")
+                raise
+            p += ln
             learned.append(i)
         batch.heads.append(p)
         batch.counts.append(count)
