@@ -487,14 +487,7 @@ class ClientProtocol(Client):
         if self.deferred and not self.close_after_flush:
             self._hold([])
             self.pause_reading()
-        if (
-            len(ready) == before + 1
-            and ready[-1] is self
-            and self.parked_fd >= 0
-            and not self.close_after_flush
-            and not self.deferred
-            and broker.may_answer_now()
-        ):
+        if self._answers_alone(ready, before):
             ready.pop()  # answered here: nothing of this connection for the flush
             output = conn.data_to_send()
             if output:
@@ -504,6 +497,20 @@ class ClientProtocol(Client):
         if conn.failure is not None:
             self.apply_failure()
 
+    def _answers_alone(self, ready: list[Writable], before: int) -> bool:
+        """This read queued output for this connection only (it is the one entry
+        added to ``ready`` since ``before``), the socket is still parked, nothing
+        closes or defers it, and nothing of the turn waits for the store
+        (``may_answer_now``): its output may be written now, not at the turn's end."""
+        return (
+            len(ready) == before + 1
+            and ready[-1] is self
+            and self.parked_fd >= 0
+            and not self.close_after_flush
+            and not self.deferred
+            and self.broker.may_answer_now()
+        )
+
     def _first_read(self, data: bytes) -> None:
         """``first_data`` for anything but one lone CONNECT: ``data_received``, and
         the output written at once when only this connection has some."""
@@ -511,14 +518,7 @@ class ClientProtocol(Client):
         ready = broker.ready_to_write
         before = len(ready)
         self.data_received(data)
-        if (
-            len(ready) == before + 1
-            and ready[-1] is self
-            and self.parked_fd >= 0
-            and not self.close_after_flush
-            and not self.deferred
-            and broker.may_answer_now()
-        ):
+        if self._answers_alone(ready, before):
             output = self.conn.data_to_send()
             if output:
                 self.send_parked(output)
