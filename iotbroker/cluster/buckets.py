@@ -92,11 +92,15 @@ async def open_bucket(js: JetStreamContext, bucket: str, replicas: int, descript
             raise
         except Exception as exc:
             failures += 1
-            # (every attempt after a restart times out for a while: logged once)
-            if failures == 1 or failures % 20 == 0:
-                log.error("cluster: cannot open the bucket %r (%s, replicas %d): %s; "
-                          "retrying", bucket, description, replicas,
-                          str(exc) or type(exc).__name__)
+            # Every attempt after a restart times out for a while, and a first attempt
+            # may while several nodes create the buckets of a new NATS cluster at once:
+            # the first failure is a warning, an error only once it lasts
+            # (SHORT_ATTEMPTS failures, 10 s or more), then every 20th.
+            if failures in (1, SHORT_ATTEMPTS) or failures % 20 == 0:
+                log.log(logging.WARNING if failures < SHORT_ATTEMPTS else logging.ERROR,
+                        "cluster: cannot open the bucket %r (%s, replicas %d): %s; "
+                        "retrying", bucket, description, replicas,
+                        str(exc) or type(exc).__name__)
             await asyncio.sleep(backoff(failures))
 
 

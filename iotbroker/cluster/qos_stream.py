@@ -74,7 +74,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from iotbroker.cluster import wire
-from iotbroker.cluster.buckets import attempt_timeout, backoff
+from iotbroker.cluster.buckets import SHORT_ATTEMPTS, attempt_timeout, backoff
 from iotbroker.cluster.subjects import subject_to_topic, topic_to_subject
 from iotbroker.config import QosStreamConfig
 from iotbroker.errors import StorageError
@@ -437,10 +437,12 @@ class QosStream:
                 raise
             except Exception as exc:
                 failures += 1
-                if failures == 1 or failures % 20 == 0:
-                    log.error("cluster: cannot open the QoS stream %r / consumer %r "
-                              "(replicas %d): %s; retrying", self.stream, self.durable,
-                              self.replicas, str(exc) or type(exc).__name__)
+                # as buckets.open_bucket: a warning first, an error once it lasts
+                if failures in (1, SHORT_ATTEMPTS) or failures % 20 == 0:
+                    log.log(logging.WARNING if failures < SHORT_ATTEMPTS else logging.ERROR,
+                            "cluster: cannot open the QoS stream %r / consumer %r "
+                            "(replicas %d): %s; retrying", self.stream, self.durable,
+                            self.replicas, str(exc) or type(exc).__name__)
                 await asyncio.sleep(backoff(failures))
         self.js = js
         log.info("cluster: QoS 1/2 stream %r joined (consumer %r)", self.stream,
