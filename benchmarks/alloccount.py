@@ -24,13 +24,21 @@ SOURCE = r"""
 #include <Python.h>
 static PyMemAllocatorEx orig_obj, orig_mem;
 static unsigned long long n_obj, n_mem;
-static void *o_malloc(void *c, size_t s) { n_obj++; return orig_obj.malloc(orig_obj.ctx, s); }
-static void *o_calloc(void *c, size_t n, size_t s) { n_obj++; return orig_obj.calloc(orig_obj.ctx, n, s); }
-static void *o_realloc(void *c, void *p, size_t s) { if (!p) n_obj++; return orig_obj.realloc(orig_obj.ctx, p, s); }
+#define O orig_obj
+#define M orig_mem
+static void *o_malloc(void *c, size_t s) { n_obj++; return O.malloc(O.ctx, s); }
+static void *o_calloc(void *c, size_t n, size_t s) { n_obj++; return O.calloc(O.ctx, n, s); }
+static void *o_realloc(void *c, void *p, size_t s) {
+    if (!p) n_obj++;
+    return O.realloc(O.ctx, p, s);
+}
 static void o_free(void *c, void *p) { orig_obj.free(orig_obj.ctx, p); }
-static void *m_malloc(void *c, size_t s) { n_mem++; return orig_mem.malloc(orig_mem.ctx, s); }
-static void *m_calloc(void *c, size_t n, size_t s) { n_mem++; return orig_mem.calloc(orig_mem.ctx, n, s); }
-static void *m_realloc(void *c, void *p, size_t s) { if (!p) n_mem++; return orig_mem.realloc(orig_mem.ctx, p, s); }
+static void *m_malloc(void *c, size_t s) { n_mem++; return M.malloc(M.ctx, s); }
+static void *m_calloc(void *c, size_t n, size_t s) { n_mem++; return M.calloc(M.ctx, n, s); }
+static void *m_realloc(void *c, void *p, size_t s) {
+    if (!p) n_mem++;
+    return M.realloc(M.ctx, p, s);
+}
 static void m_free(void *c, void *p) { orig_mem.free(orig_mem.ctx, p); }
 void ac_install(void) {
     PyMemAllocatorEx o = {NULL, o_malloc, o_calloc, o_realloc, o_free};
