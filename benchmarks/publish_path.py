@@ -17,6 +17,11 @@ subscriber's PUBACK into ``data_received`` and its flush. Prints µs per message
 as a process idle for 1 ms on a busy machine finds them; the difference to the warm
 figure is the cold-path cost of the 1,000 msg/s scenario.
 ``--profile`` prints the cProfile of the warm run instead (calls per message).
+``--allocs`` counts instead what one message allocates (``benchmarks/alloccount.py``:
+the allocator's calls, including blocks freed at once) per phase, the blocks still
+alive per message (``sys.getallocatedblocks``), the GC-tracked objects alive at the
+forward's write by type, and ``tracemalloc``'s sites of what is alive then (the
+compiled build's allocations are attributed to the nearest interpreted line).
 ``--rocksdb`` uses a RocksDB store (a temporary directory; ``storage.durability`` os)
 instead of memory, ``--persistent`` a subscriber with a persistent session
 (``clean_session`` 0); the line then also gives the store's write batches and changes
@@ -32,12 +37,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import pstats
 import statistics
 import struct
 import sys
 import tempfile
 import time
+import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import uvloop
@@ -77,10 +85,26 @@ class StampingTransport(StandInTransport):
         self.last = data
 
 
-def client(broker: Broker, client_id: str,
-           clean: bool = True) -> tuple[ClientProtocol, StampingTransport]:
+class HookedTransport(StampingTransport):
+    """A stamping transport that runs ``hook`` (if set) at each write."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook: object = None
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+        if self.hook is not None:
+            self.hook()  # type: ignore[operator]
+
+
+def client(broker: Broker, client_id: str, clean: bool = True,
+           transport: StampingTransport | None = None,
+           ) -> tuple[ClientProtocol, StampingTransport]:
     proto = ClientProtocol(broker, "bench")
-    transport = StampingTransport()
+    transport = transport or StampingTransport()
     proto.connection_made(transport)  # type: ignore[arg-type]
     proto.data_received(encode_packet(Connect(client_id=client_id, keepalive=60,
                                               clean_start=clean), 4))
@@ -137,6 +161,103 @@ async def one_run(messages: int, cold: int, profile: cProfile.Profile | None,
             (metrics.storage_changes - changes0) / messages)
 
 
+async def alloc_run(messages: int) -> None:
+    """Prints what one QoS 1 message allocates, per phase (see the module's doc)."""
+    from benchmarks.alloccount import Counter as AllocCounter  # noqa: PLC0415 (cc)
+
+    counter = AllocCounter()
+    broker = make_broker(asyncio.get_running_loop(), "publish_path.py")
+    sub_t = HookedTransport()
+    sub, _ = client(broker, "path-sub", transport=sub_t)
+    sub.data_received(encode_packet(Subscribe(1, [Subscription(TOPIC, qos=1)]), 4))
+    broker.flush()
+    pub, _ = client(broker, "path-pub")
+    publishes = [encode_packet(Publish(topic=TOPIC, payload=struct.pack(">Q", i) + b"\xa5" * 56,
+                                       qos=1, packet_id=i % 65535 + 1), 4)
+                 for i in range(messages)]
+    pubacks = [[bytes((0x40, 2, hi, lo)) for lo in range(256)] for hi in range(256)]
+    at = 2 + 2 + len(TOPIC)
+    counts = counter.counts
+    a0 = counts()
+    a1 = counts()
+    cost = (a1[0] - a0[0], a1[1] - a0[1])  # what reading the counters allocates
+    stamps: list[tuple[int, int]] = []
+
+    def at_write() -> None:
+        stamps.append(counts())
+
+    phases = [[0, 0] for _ in range(3)]  # forward, after, puback: [obj, mem]
+    with frozen_gc():
+        blocks0 = sys.getallocatedblocks()
+        for data in publishes:
+            sub_t.hook = at_write
+            c0 = counts()
+            pub.data_received(data)
+            broker.flush()
+            c1 = counts()
+            sub_t.hook = None
+            out = sub_t.last
+            if out[0] != 0x32:
+                raise SystemExit(f"no forward: {out!r}")
+            ack = pubacks[out[at]][out[at + 1]]
+            c2 = counts()
+            sub.data_received(ack)
+            broker.flush()
+            c3 = counts()
+            cw = stamps.pop()
+            for d in range(2):
+                phases[0][d] += cw[d] - c0[d] - cost[d]
+                phases[1][d] += c1[d] - cw[d] - cost[d]
+                phases[2][d] += c3[d] - c2[d] - cost[d]
+        blocks1 = sys.getallocatedblocks()
+    names = ("PUBLISH read -> forward written", "rest of the flush (PUBACK written)",
+             "subscriber's PUBACK")
+    print(f"{build.describe()}: allocations per QoS 1 message ({messages} messages; "
+          "object allocator + PyMem allocator)")
+    for name, (obj, mem) in zip(names, phases, strict=True):
+        print(f"  {name:40s} {obj / messages:6.2f} + {mem / messages:5.2f}")
+    total_obj = sum(p[0] for p in phases) / messages
+    total_mem = sum(p[1] for p in phases) / messages
+    print(f"  {'total':40s} {total_obj:6.2f} + {total_mem:5.2f}")
+    print(f"  blocks still alive per message: {(blocks1 - blocks0) / messages:.3f}")
+
+    # What exists at the forward's write: GC-tracked objects by type, then tracemalloc.
+    seen: dict[str, Counter[str]] = {}
+
+    def types_now(key: str) -> None:
+        seen[key] = Counter(type(o).__qualname__ for o in gc.get_objects())
+
+    def live(data: bytes, hook: object) -> None:
+        sub_t.hook = hook
+        pub.data_received(data)
+        broker.flush()
+        sub_t.hook = None
+        out = sub_t.last
+        sub.data_received(pubacks[out[at]][out[at + 1]])
+        broker.flush()
+
+    with frozen_gc():
+        types_now("before")
+        live(publishes[0], lambda: types_now("write"))
+    diff = seen["write"] - seen["before"]
+    diff.pop("Counter", None)
+    print("GC-tracked objects alive at the forward's write, new in this message: "
+          + (", ".join(f"{n} x{k}" for n, k in diff.most_common()) or "none"))
+    snaps: list[tracemalloc.Snapshot] = []
+    tracemalloc.start(4)
+    with frozen_gc():
+        before = tracemalloc.take_snapshot()
+        live(publishes[1], lambda: snaps.append(tracemalloc.take_snapshot()))
+    tracemalloc.stop()
+    print("tracemalloc, alive at the forward's write, new in this message (top sites):")
+    for stat in snaps[0].compare_to(before, "lineno")[:12]:
+        if stat.count_diff > 0:
+            frame = stat.traceback[0]
+            print(f"  +{stat.count_diff} blocks {stat.size_diff:+d} B  "
+                  f"{frame.filename.split('/')[-1]}:{frame.lineno}")
+    cancel_timers(broker, (sub, pub))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=20000)
@@ -147,7 +268,12 @@ def main() -> None:
     ap.add_argument("--rocksdb", action="store_true", help="a RocksDB store, not memory")
     ap.add_argument("--persistent", action="store_true",
                     help="the subscriber's session is persistent (clean_session 0)")
+    ap.add_argument("--allocs", action="store_true",
+                    help="count what one message allocates (see the module's doc)")
     args = ap.parse_args()
+    if args.allocs:
+        uvloop.run(alloc_run(args.messages))
+        return
     if args.profile:
         prof = cProfile.Profile()
         uvloop.run(one_run(args.messages, False, prof))

@@ -52,6 +52,8 @@ from iotbroker.codec.primitives import (
 from iotbroker.codec.properties import WILL, encode_properties, encode_properties_body
 
 _pack_u16 = struct.Struct(">H").pack
+#: A PUBLISH's first byte, a one-byte Remaining Length and the topic's length.
+_pack_head = struct.Struct(">BBH").pack
 _pack_fh_pid = struct.Struct(">BBH").pack  # first byte, 1-byte Remaining Length, packet id
 
 
@@ -102,11 +104,17 @@ def encode_publish(
         if not packet_id or packet_id > 0xFFFF or qos > 2:
             raise ValueError(f"PUBLISH QoS {qos} needs a Packet Identifier in 1..65535")
         length += 2
+        if length < 0x80:
+            # The common case in as few objects as it takes (issue 19: every object
+            # made per message is on the latency path): fixed header and topic
+            # length packed at once, the topic, the packet id, then the join.
+            return b"".join((_pack_head(first, length, tl), t, _pack_u16(packet_id),
+                             properties_bytes, payload))
         var = _pack_u16(tl) + t + _pack_u16(packet_id)
     else:
+        if length < 0x80:
+            return b"".join((_pack_head(first, length, tl), t, properties_bytes, payload))
         var = _pack_u16(tl) + t
-    if length < 0x80:
-        return b"".join((bytes((first, length)), var, properties_bytes, payload))
     if length > VARINT_MAX:
         raise ValueError(f"PUBLISH of {length} bytes exceeds the Remaining Length maximum")
     return b"".join((bytes((first,)), encode_varint(length), var, properties_bytes, payload))

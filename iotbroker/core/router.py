@@ -187,8 +187,11 @@ class Router:
         # Recipients whose copy is the same (QoS, RETAIN, no subscription identifier)
         # share one Delivery: it is immutable, and a fan-out then builds one, not one
         # per subscriber.
-        copies: list[Delivery | None] = [None, None, None, None, None, None]
-        for client_id, entries in matches.direct.items():
+        # (One recipient, the common case, needs no list: issue 19, objects per message.)
+        direct = matches.direct
+        copies: list[Delivery | None] | None = (
+            [None, None, None, None, None, None] if len(direct) > 1 else None)
+        for client_id, entries in direct.items():
             session = sessions.get(client_id)
             if session is None:
                 continue

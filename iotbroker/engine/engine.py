@@ -340,16 +340,25 @@ class Engine:
         meanwhile keeps its in-flight messages for the resend on resume."""
         ready = self.registry.ready
         while ready:
+            if len(ready) == 1:
+                # One session (the 1→1 case): no copy of the list (issue 19, objects
+                # per message); what sending it makes ready comes round again.
+                self._send_outbox(ready.pop(), now)
+                continue
             sessions = ready[:]
             ready.clear()
             for session in sessions:
-                entries = session.outbox  # take_outbox(), inlined: the QoS 1 path
-                session.outbox = None
-                client = session.attached_to
-                if not entries or not isinstance(client, Client):
-                    continue
-                for packet_id, delivery, dup in client.conn.send_outbox(entries, now):
-                    session.refused(packet_id, delivery, dup, now)
+                self._send_outbox(session, now)
+
+    def _send_outbox(self, session: Session, now: float) -> None:
+        """One ready session's outbox into its connection (:meth:`send_ready`)."""
+        entries = session.outbox  # take_outbox(), inlined: the QoS 1 path
+        session.outbox = None
+        client = session.attached_to
+        if not entries or not isinstance(client, Client):
+            return
+        for packet_id, delivery, dup in client.conn.send_outbox(entries, now):
+            session.refused(packet_id, delivery, dup, now)
 
     def set_writable(self, client: Client, writable: bool, now: float) -> None:
         """The connection's write buffer crossed its high-water mark (False) or drained

@@ -405,18 +405,24 @@ class Connection(Framer):
         is among them too: a client may come back with a smaller Maximum Packet Size
         than the one the message was first sent under, and a message that can never
         be resent must not hold a place in the in-flight window for ever."""
-        refused: list[tuple[int, Delivery, bool]] = []
+        refused: list[tuple[int, Delivery, bool]] | None = None  # made when needed
         for entry in entries:
             if isinstance(entry, Delivery):
                 if not self.send_publish(entry, None, False, now):
+                    if refused is None:
+                        refused = []
                     refused.append((0, entry, False))
                 continue
             delivery, packet_id, dup, when = entry
             if delivery is None:
                 self.send_packet(PubRel(packet_id))
             elif not self.send_publish(delivery, packet_id or None, dup, when):
+                if refused is None:
+                    refused = []
                 refused.append((packet_id, delivery, dup))
-        return refused
+        # None refused (always, but for a client's Maximum Packet Size): the shared
+        # empty list, which nobody changes (issue 19: no list per message).
+        return _NOTHING_REFUSED if refused is None else refused
 
     def _queue(self, data: bytes) -> None:
         self.packets_queued += 1
@@ -438,6 +444,11 @@ class Connection(Framer):
         self._out = _NO_OUT
         return data
 
+
+
+#: What :meth:`Connection.send_outbox` returns when it sent everything: shared, never
+#: changed (the engine only iterates it).
+_NOTHING_REFUSED: list[tuple[int, Delivery, bool]] = []
 
 
 def _first_byte_problem(first: int) -> MqttError | None:

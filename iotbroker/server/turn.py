@@ -18,6 +18,7 @@ exists (CONNECT, AUTH), a per-client publish rate limit, closes, an early commit
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Sequence, Sized
@@ -87,6 +88,7 @@ class Turn:
     those that read this turn (``active_readers``), whether the flush is scheduled."""
 
     __slots__ = (
+        "_context",
         "_flush",
         "active_readers",
         "cluster",
@@ -122,20 +124,24 @@ class Turn:
         self.scheduled = False
         #: The bound flush, made once (call_soon takes it per turn).
         self._flush: Callable[[], None] = self.flush
+        #: The context the flush runs in, copied once: ``call_soon`` without one copies
+        #: the current context per call, an object per turn (issue 19, objects per
+        #: message). iotbroker sets no context variables.
+        self._context = contextvars.copy_context()
 
     # ------------------------------------------------------------- scheduling
     def call_flush(self) -> None:
         """Flush at the end of this loop turn (once)."""
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush, context=self._context)
 
     def output_pending(self, proto: Writable) -> None:
         """``proto`` must be written (or closed) at the end of this loop turn."""
         self.ready_to_write.append(proto)
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush, context=self._context)
 
     def schedule_flush(self) -> None:
         """Flush at the end of this loop turn if an event left something to send
@@ -148,7 +154,7 @@ class Turn:
             or engine.forwarding or engine.interest_touched or engine.held_acks
         ):
             self.scheduled = True
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush, context=self._context)
 
     # ---------------------------------------------------------------- packets
     def handle_packets(self, proto: Reader, packets: list[Packet]) -> int:
@@ -191,7 +197,7 @@ class Turn:
         if not self.scheduled:
             if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
                 self.scheduled = True
-                self.loop.call_soon(self._flush)
+                self.loop.call_soon(self._flush, context=self._context)
             else:
                 self.schedule_flush()
 
