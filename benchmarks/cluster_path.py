@@ -106,6 +106,7 @@ def cluster_node(broker: Broker) -> ClusterNode:
     node.nc = object()  # type: ignore[assignment]
     node.connected = True
     broker.cluster = node
+    broker.turn.cluster = node  # as Broker.start does (the turn's flush calls the room)
     return node
 
 

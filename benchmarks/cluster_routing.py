@@ -250,7 +250,7 @@ def start_profilers(args: argparse.Namespace,
                    "-p", str(pid)]
         elif args.perf_stat:
             cmd = ["perf", "stat", "-e", "instructions,cycles,context-switches,"
-                   "cpu-migrations,task-clock", "-o", f"{args.perf_stat}/{name}.txt",
+                   "cpu-migrations,task-clock,page-faults", "-o", f"{args.perf_stat}/{name}.txt",
                    "-p", str(pid)]
         else:
             continue

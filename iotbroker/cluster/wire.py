@@ -519,7 +519,8 @@ class Route:
     table (-1: none; taken at :attr:`NameTables.epoch`). One dict lookup per
     message instead of a match of the interest trie and a lookup per table."""
 
-    __slots__ = ("epoch", "ids", "raw", "shared", "tokens", "version")
+    __slots__ = ("epoch", "ids", "one_id", "one_raw", "one_token", "raw", "shared", "tokens",
+                 "version")
 
     def __init__(self, version: int, shared: bool, tokens: list[str]) -> None:
         self.version = version
@@ -529,6 +530,12 @@ class Route:
         self.ids: list[int] = []
         #: each id's 2 bytes on the wire (b"": none)
         self.raw: list[bytes] = []
+        #: one destination (the common case): its token ("": none or several), and
+        #: its ``ids[0]``, ``raw[0]`` as attributes of their own (read per message
+        #: without three lists, scattered in memory, and an int boxed and unboxed)
+        self.one_token = tokens[0] if len(tokens) == 1 else ""
+        self.one_id = -1
+        self.one_raw = b""
 
 
 #: Routes kept at most (then the dict starts anew, as the trie's match cache).
@@ -583,20 +590,22 @@ def add_qos0(messages: list[Message], start: int, interest: SubscriptionTrie,
                         raws.append(table.codes[tid] if tid >= 0 else b"")
                     route.ids = ids
                     route.raw = raws
+                    route.one_id = ids[0]
+                    route.one_raw = raws[0]
                     route.epoch = tables.epoch
-                ids = route.ids
-                raws = route.raw
-                if len(tokens) == 1:  # the common case: the last box, by identity
-                    token = tokens[0]
+                token = route.one_token
+                if token:  # the common case, one destination: the last box, by identity
                     if token is not last_token or last_box is None:
                         box = out.get(token)
                         if box is None:
                             box = out[token] = tables.outbox(token)
                         last_token = token
                         last_box = box
-                    last_box.add_plain(message, ids[0], raws[0])
+                    last_box.add_plain(message, route.one_id, route.one_raw)
                     i += 1
                     continue
+                ids = route.ids
+                raws = route.raw
                 for k, token in enumerate(tokens):  # (zip() is not compiled: slower)
                     box = out.get(token)
                     if box is None:

@@ -713,3 +713,32 @@ def test_send_qos0_queues_each_destinations_batches_or_hands_the_turn_back() -> 
     assert wire.send_qos0([_plain("x/1", b"nobody")], remote.trie, tables, b"me/1",
                           "p.node.", commands) == 0
     assert not commands
+
+
+def test_send_qos0_to_one_node_names_a_topic_by_its_id_alone_once_confirmed() -> None:
+    """One destination (a Route's ``one_token``/``one_id``/``one_raw``): the first turn
+    defines its names, a confirmation (a new ``NameTables.epoch``) makes the next
+    turn send each topic by its id alone, and a new generation defines them again;
+    every turn decodes to the messages sent, in order [MQTT-4.6.0-5]."""
+    remote = RemoteInterest("me_1")
+    remote.put(interest_key("b_1", "s/#"), encode_value("s/#", 1), 0.0)
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    msgs = [_plain(f"s/{i % 7}", b"%d" % i, "pub") for i in range(50)]
+    sizes = []
+    for turn in range(4):
+        commands: deque[tuple[int, str, bytes, int]] = deque()
+        assert wire.send_qos0(msgs, remote.trie, tables, b"me/1", "p.", commands) == 50
+        [(_, subject, payload, count)] = commands
+        _, parts = wire.decode_batch(payload, books)
+        assert subject == "p.b_1" and count == 50
+        assert [m for _, ms, _ in parts for m in ms] == msgs
+        sizes.append(len(payload))
+        table = tables.of("b_1")
+        if turn == 0:
+            table.confirmed(table.generation, list(table.pending.values()))
+        elif turn == 1:
+            table.renew()
+    # turns: defined; by id alone; a new generation, defined again; not confirmed
+    # in it yet, so defined again (a stale one_id would name another generation's id)
+    assert sizes[1] < sizes[0] and sizes[2] == sizes[0] and sizes[3] == sizes[0]
