@@ -112,19 +112,28 @@ def client(broker: Broker, client_id: str, clean: bool = True,
     return proto, transport
 
 
-async def one_run(messages: int, cold: int, profile: cProfile.Profile | None,
-                  rocksdb: str | None = None,
-                  persistent: bool = False) -> tuple[float, float, float, float, float]:
-    store = {} if rocksdb is None else {
-        "storage": {"backend": "rocksdb", "path": rocksdb, "durability": "os"}}
-    broker = make_broker(asyncio.get_running_loop(), "publish_path.py", **store)
-    sub, sub_t = client(broker, "path-sub", clean=not persistent)
+def subscribed_pair(broker: Broker, messages: int, clean: bool = True,
+                    transport: StampingTransport | None = None,
+                    ) -> tuple[ClientProtocol, StampingTransport, ClientProtocol, list[bytes]]:
+    """A subscriber to TOPIC at QoS 1 and a publisher, connected; ``messages`` QoS 1
+    PUBLISH packets for it, encoded (a sequence number and 56 bytes each)."""
+    sub, sub_t = client(broker, "path-sub", clean=clean, transport=transport)
     sub.data_received(encode_packet(Subscribe(1, [Subscription(TOPIC, qos=1)]), 4))
     broker.flush()
     pub, _ = client(broker, "path-pub")
     publishes = [encode_packet(Publish(topic=TOPIC, payload=struct.pack(">Q", i) + b"\xa5" * 56,
                                        qos=1, packet_id=i % 65535 + 1), 4)
                  for i in range(messages)]
+    return sub, sub_t, pub, publishes
+
+
+async def one_run(messages: int, cold: int, profile: cProfile.Profile | None,
+                  rocksdb: str | None = None,
+                  persistent: bool = False) -> tuple[float, float, float, float, float]:
+    store = {} if rocksdb is None else {
+        "storage": {"backend": "rocksdb", "path": rocksdb, "durability": "os"}}
+    broker = make_broker(asyncio.get_running_loop(), "publish_path.py", **store)
+    sub, sub_t, pub, publishes = subscribed_pair(broker, messages, clean=not persistent)
     evict = bytearray(cold << 20) if cold else None
     with frozen_gc():
         forward, after, puback = [], [], []
@@ -168,13 +177,7 @@ async def alloc_run(messages: int) -> None:
     counter = AllocCounter()
     broker = make_broker(asyncio.get_running_loop(), "publish_path.py")
     sub_t = HookedTransport()
-    sub, _ = client(broker, "path-sub", transport=sub_t)
-    sub.data_received(encode_packet(Subscribe(1, [Subscription(TOPIC, qos=1)]), 4))
-    broker.flush()
-    pub, _ = client(broker, "path-pub")
-    publishes = [encode_packet(Publish(topic=TOPIC, payload=struct.pack(">Q", i) + b"\xa5" * 56,
-                                       qos=1, packet_id=i % 65535 + 1), 4)
-                 for i in range(messages)]
+    sub, _, pub, publishes = subscribed_pair(broker, messages, transport=sub_t)
     pubacks = [[bytes((0x40, 2, hi, lo)) for lo in range(256)] for hi in range(256)]
     at = 2 + 2 + len(TOPIC)
     counts = counter.counts
