@@ -251,7 +251,7 @@ class Broker:
     def engine_changed(self) -> None:
         """Another room acted on the engine (an admin action): apply its effects as
         after a packet: closes, timers, then the turn's commit and writes."""
-        self._apply_closes()
+        self.apply_closes()
         self._reschedule_core_timer()
         self.turn.call_flush()
 
@@ -269,7 +269,7 @@ class Broker:
         if self.parking is not None:
             await self.parking.wake_all()
         self.engine.shutting_down(list(self.connections))
-        self._apply_closes()
+        self.apply_closes()
         self.flush()
         if self.group_commit is not None:
             self.group_commit.drain()  # the DISCONNECTs (0x8B) go out before the aborts
@@ -358,7 +358,7 @@ class Broker:
         """``proto`` must be written (or closed) at the end of this loop turn."""
         self.turn.output_pending(proto)
 
-    def _schedule_flush(self) -> None:
+    def schedule_flush(self) -> None:
         """Flush at the end of this loop turn if an event left something to send or
         to store (``Turn.schedule_flush``)."""
         self.turn.schedule_flush()
@@ -383,7 +383,7 @@ class Broker:
 
     def writer_resumed(self, proto: ClientProtocol) -> None:
         self.engine.set_writable(proto, True, self.now())
-        self._schedule_flush()
+        self.schedule_flush()
         timer = self._drain_timers.pop(proto, None)
         if timer is not None:
             timer.cancel()
@@ -444,42 +444,36 @@ class Broker:
         if proto.session is None:
             return
         self.engine.connection_closed(proto, str(exc) if exc else "", self.now())
-        self._apply_closes()
+        self.apply_closes()
         self._reschedule_core_timer()
         self.flush()
 
     def _after_remote(self) -> None:
         """An event from another node (a message, a takeover) left effects."""
         if self.engine.closing:
-            self._apply_closes()
-        self._schedule_flush()
+            self.apply_closes()
+        self.schedule_flush()
 
-    def _apply_closes(self) -> None:
+    # Rooms beside the socket connections (the MQTT-SN gateway) apply the effects of
+    # their events with these, as the socket path does.
+    def apply_closes(self) -> None:
         """The engine's close effects: each closes after this turn's writes (a socket
         connection, or a client of another room such as the MQTT-SN gateway)."""
         for client in self.engine.take_closing():
             client.close()
 
-    # Rooms beside the socket connections (the MQTT-SN gateway) apply the effects of
-    # their events with these, as the socket path does.
-    def apply_closes(self) -> None:
-        self._apply_closes()
-
     def reschedule_core_timer(self) -> None:
         self._reschedule_core_timer()
-
-    def schedule_flush(self) -> None:
-        self._schedule_flush()
 
     def peer_error(self, proto: ClientProtocol, exc: MqttError) -> None:
         """A client broke a rule: the engine answers with its reason code and closes."""
         self.engine.fail(proto, exc)
-        self._apply_closes()
+        self.apply_closes()
 
     def keepalive_expired(self, proto: ClientProtocol) -> None:
         """No packet for 1.5 × Keep Alive [MQTT-3.1.2-24]: close; the will goes out."""
         self.engine.keepalive_expired(proto)
-        self._apply_closes()
+        self.apply_closes()
 
     # ------------------------------------------------------------- packets
     def handle_packets(self, proto: ClientProtocol, packets: list[Packet]) -> int:
@@ -521,17 +515,14 @@ class Broker:
                 self.peer_error(proto, exc)
                 break
             if engine.closing:
-                self._apply_closes()
+                self.apply_closes()
             if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
-                self._commit_early()
+                self.commit_early()
             if proto.close_after_flush or proto.deferred:
                 break
         return handled
 
     def commit_early(self) -> None:
-        self._commit_early()
-
-    def _commit_early(self) -> None:
         """A packet left a large batch (a fan-out to many offline sessions): write it
         now, between two packets, where the state is whole, as if the next packets had
         come in another read. Acks still wait for the turn's flush; the memory of the
@@ -582,8 +573,8 @@ class Broker:
                 self.peer_error(proto, exc)
                 return
             finally:
-                self._apply_closes()
-                self._schedule_flush()
+                self.apply_closes()
+                self.schedule_flush()
             proto.resume_deferred()
 
         when_waited(wait, self._accept_waits, resumed)
@@ -615,8 +606,8 @@ class Broker:
                 self.peer_error(proto, exc)
                 return
             finally:
-                self._apply_closes()
-                self._schedule_flush()  # the CONNACK (or refusal) goes out this turn
+                self.apply_closes()
+                self.schedule_flush()  # the CONNACK (or refusal) goes out this turn
             proto.resume_deferred()
 
         def hand_back(f: object) -> None:
@@ -645,7 +636,7 @@ class Broker:
         self._reschedule_core_timer()
         if self.engine.batch:
             self.turn.call_flush()
-        self._schedule_flush()
+        self.schedule_flush()
 
 
 # ---------------------------------------------------------------------------
