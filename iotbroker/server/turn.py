@@ -139,9 +139,7 @@ class Turn:
     def output_pending(self, proto: Writable) -> None:
         """``proto`` must be written (or closed) at the end of this loop turn."""
         self.ready_to_write.append(proto)
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._flush, context=self._context)
+        self.call_flush()
 
     def schedule_flush(self) -> None:
         """Flush at the end of this loop turn if an event left something to send
@@ -153,8 +151,7 @@ class Turn:
             self.ready_to_write or engine.registry.ready or engine.batch.changes
             or engine.forwarding or engine.interest_touched or engine.held_acks
         ):
-            self.scheduled = True
-            self.loop.call_soon(self._flush, context=self._context)
+            self.call_flush()
 
     # ---------------------------------------------------------------- packets
     def handle_packets(self, proto: Reader, packets: list[Packet]) -> int:
@@ -174,32 +171,29 @@ class Turn:
         and not closing (``ClientProtocol.data_received`` checks that natively)."""
         engine = self.engine
         now = time.time()  # Broker.now(), inlined: hot path
+        handled = 0
         if client.session is not None:
             handled = engine.handle_read(client, packets, now, _TRIM_AFTER_CHANGES)
-            if handled:  # what the loop stopped for
-                if engine.closing:
-                    self.host.apply_closes()
-                if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
-                    self.host.commit_early()
-                if handled < len(packets):
-                    proto = cast(Reader, client)
-                    if not proto.close_after_flush and not proto.deferred:
-                        handled = self.host.handle_rest(proto, packets, handled, now)
-            else:
-                handled = self.host.handle_rest(cast(Reader, client), packets, 0, now)
-        else:
+        if handled:  # what the loop stopped for
+            if engine.closing:
+                self.host.apply_closes()
+            if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
+                self.host.commit_early()
+            if handled < len(packets):
+                proto = cast(Reader, client)
+                if not proto.close_after_flush and not proto.deferred:
+                    handled = self.host.handle_rest(proto, packets, handled, now)
+        else:  # not connected yet, or the engine's loop took none of them
             handled = self.host.handle_rest(cast(Reader, client), packets, 0, now)
         self._after_read()
         return handled
 
     def _after_read(self) -> None:
         """Schedule the flush if the read left something to write or store."""
-        if not self.scheduled:
-            if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
-                self.scheduled = True
-                self.loop.call_soon(self._flush, context=self._context)
-            else:
-                self.schedule_flush()
+        if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
+            self.call_flush()
+        else:
+            self.schedule_flush()
 
     # ------------------------------------------------------------------ flush
     def flush(self) -> None:
