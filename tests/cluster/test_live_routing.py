@@ -21,10 +21,11 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.js.errors import BucketNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from iotbroker.cluster.buckets import list_keys
 from iotbroker.cluster.remote import decode_value
 from iotbroker.codec import encode_packet
 from iotbroker.codec.packets import Properties as Properties5
@@ -137,11 +138,7 @@ def announced(nats_cluster: NatsCluster, prefix: str, node: str) -> dict[str, in
                 kv = await nc.jetstream().key_value(f"{prefix}_interest")
             except BucketNotFoundError:
                 return got  # the node has not created it yet (wait_announced retries)
-            try:
-                keys = await kv.keys()
-            except NoKeysError:
-                return got
-            for key in keys:
+            for key in await list_keys(nc.jetstream(), f"{prefix}_interest"):
                 if key.startswith(f"{node}_"):
                     entry = await kv.get(key)
                     if entry.value:
