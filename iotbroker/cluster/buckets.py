@@ -19,12 +19,14 @@ it spent most of the resume's 8 s on one wait (issue 14, i14-robust)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from nats.errors import NoRespondersError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import (
     APIError,
@@ -32,7 +34,7 @@ from nats.js.errors import (
     NoStreamResponseError,
     ServiceUnavailableError,
 )
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 log = logging.getLogger("iotbroker.cluster")
 
@@ -147,3 +149,47 @@ async def retried(call: Callable[[], Awaitable[T]], deadline: float, what: str) 
             log.debug("cluster: %s: %s; again in %.1fs (attempt %d)", what,
                       str(exc) or type(exc).__name__, pause, failures + 1)
             await asyncio.sleep(pause)
+
+
+#: Keys fetched per request by :func:`list_keys`.
+KEYS_BATCH = 256
+
+
+async def list_keys(js: JetStreamContext, bucket: str, timeout: float = 5.0) -> list[str]:
+    """The keys of KV ``bucket`` that hold a value (not deleted, purged or expired).
+
+    What ``KeyValue.keys()`` is meant to give, without its race (nats-py 2.16): it
+    watches through a *push* consumer and decides "nothing to list" when the consumer's
+    ``num_pending`` is 0 and its subscription has counted no delivery yet; a delivery
+    still on its way (a loaded process, a replicated bucket) then makes it end at once,
+    with no keys (``NoKeysError``) or some of them. Seen as ``NoKeysError`` from a
+    heartbeat bucket whose keys are rewritten every second (tests/cluster/test_names.py,
+    CI of 2026-12-06) and as a list missing one of two live keys (1 in 900 calls on
+    an idle nats-server). Here a *pull* consumer is asked for what it has pending
+    before anything is delivered, so its count is exact, and fetched until the message
+    that says nothing is left; each key's last message, headers only, so no value is
+    read. The consumer is ephemeral, in memory, and deleted at the end."""
+    prefix = f"$KV.{bucket}."
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                            ack_policy=AckPolicy.NONE, headers_only=True,
+                            mem_storage=True, num_replicas=1, inactive_threshold=timeout)
+    sub = await js.pull_subscribe(f"{prefix}>", stream=f"KV_{bucket}", config=config)
+    keys: list[str] = []
+    name = None
+    try:
+        info = await sub.consumer_info()
+        name = info.name
+        left = info.num_pending or 0
+        while left > 0:
+            for msg in await sub.fetch(min(left, KEYS_BATCH), timeout=timeout):
+                left = msg.metadata.num_pending or 0
+                headers = msg.headers or {}
+                if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers:
+                    continue  # deleted, purged, or the server's marker of an expiry
+                keys.append(msg.subject[len(prefix):])
+    finally:
+        await sub.unsubscribe()
+        if name is not None:
+            with contextlib.suppress(Exception):  # else it goes when inactive
+                await js.delete_consumer(f"KV_{bucket}", name)
+    return keys

@@ -29,9 +29,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from iotbroker.cluster.buckets import list_keys
 from iotbroker.cluster.ownership import key_client
 from iotbroker.cluster.sessions import Record
 from iotbroker.cluster.wills import NODE_TTL
@@ -108,10 +109,9 @@ class OrphanSweep:
 
     async def scan(self, kv: KeyValue, live: set[str]) -> None:
         """Note the records whose owner has no heartbeat, with when they expire."""
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return
+        js = self.sessions.js
+        assert js is not None  # set with kv
+        keys = await list_keys(js, self.sessions.bucket)  # not kv.keys(): racy
         now = time.time()
 
         async def one(key: str) -> None:

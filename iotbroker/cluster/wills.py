@@ -36,10 +36,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from iotbroker.cluster.buckets import open_bucket
+from iotbroker.cluster.buckets import list_keys, open_bucket
 from iotbroker.cluster.subjects import decode_level, encode_level
 from iotbroker.codec.packets import Will
 from iotbroker.storage.records import decode_properties, encode_properties
@@ -100,6 +100,7 @@ class Wills:
         self.on_event = on_event
         self.kv: KeyValue | None = None
         self.nodes: KeyValue | None = None
+        self.js: JetStreamContext | None = None
         self._serial = 0
         self._keys: dict[int, str] = {}  # id(client) -> its will key
         self._queue: deque[tuple[str, bytes | None]] = deque()  # (key, value or delete)
@@ -138,11 +139,13 @@ class Wills:
                                  "iotbroker wills and node heartbeats (docs/cluster.md)", ttl)
 
     async def run(self, js: JetStreamContext) -> None:
+        self.js = js
         self.nodes = await self._open(js, self.nodes_bucket, NODE_TTL)
         self.kv = await self._open(js, self.bucket, None)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):  # nodes that died before this one started
-            self._known.update(key.partition(".")[0] for key in await self.kv.keys())
+            self._known.update(key.partition(".")[0]
+                               for key in await list_keys(js, self.bucket))
         tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._sweep()),
                  loop.create_task(self._watch_nodes())]
         log.info("cluster: wills bucket %r open", self.bucket)
@@ -225,20 +228,17 @@ class Wills:
 
     async def _sweep_once(self) -> None:
         """The wills of known processes without a heartbeat."""
-        kv = self.kv
-        assert kv is not None
+        kv, js = self.kv, self.js
+        assert kv is not None and js is not None
         alive: dict[str, bool] = {}
         now = time.monotonic()
         for dead in [t for t in self._known if t != self.token]:
             alive[dead] = await self.alive(dead)
             if alive[dead]:
                 continue
-            # All keys, filtered here: nats-py 2.16's keys(filters=...) finds none. Only
-            # while a known process is dead, so rarely.
-            try:
-                keys = [k for k in await kv.keys() if k.startswith(f"{dead}.")]
-            except NoKeysError:
-                keys = []
+            # All keys, filtered here (nats-py 2.16's keys(filters=...) finds none, and
+            # its keys() may miss some: list_keys). Only while a known process is dead.
+            keys = [k for k in await list_keys(js, self.bucket) if k.startswith(f"{dead}.")]
             if not keys:
                 self._known.discard(dead)  # nothing of it left
                 continue

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.js.errors import BucketNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from iotbroker.cluster.buckets import list_keys
 from iotbroker.cluster.remote import decode_value
 from iotbroker.codec import encode_packet
 from iotbroker.codec.packets import Properties as Properties5
@@ -90,7 +91,12 @@ def test_message_published_on_one_node_reaches_a_subscriber_on_another(
         pub.publish(topic, f"m{i}".encode(), qos=i % 2)
     pub.publish("end", b"end", qos=1)
     got = [(m.topic, m.payload) for m in sub.receive_until("end")]  # no late probe
-    assert got == [(t, f"m{i}".encode()) for i, t in enumerate(topics)]
+    # Each message once, none lost, no probe after its ``probe-end``; one topic each,
+    # so their relative order is not an MQTT rule (each topic's is: [MQTT-4.6.0-5]),
+    # and across nodes a publisher's QoS 0 and QoS 1 messages are not kept in order
+    # with each other (docs/cluster.md, "Not yet"): m1 (QoS 1, routed from the QoS
+    # stream before its live copy came) was seen ahead of m0 (QoS 0) under load.
+    assert sorted(got) == sorted((t, f"m{i}".encode()) for i, t in enumerate(topics))
 
 
 def test_mqtt5_properties_and_qos_cross_nodes(make_node: Node,
@@ -137,11 +143,7 @@ def announced(nats_cluster: NatsCluster, prefix: str, node: str) -> dict[str, in
                 kv = await nc.jetstream().key_value(f"{prefix}_interest")
             except BucketNotFoundError:
                 return got  # the node has not created it yet (wait_announced retries)
-            try:
-                keys = await kv.keys()
-            except NoKeysError:
-                return got
-            for key in keys:
+            for key in await list_keys(nc.jetstream(), f"{prefix}_interest"):
                 if key.startswith(f"{node}_"):
                     entry = await kv.get(key)
                     if entry.value:

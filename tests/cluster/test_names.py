@@ -22,6 +22,7 @@ import nats
 import pytest
 
 from iotbroker.cluster import wire
+from iotbroker.cluster.buckets import list_keys
 from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.message import Message
 from tests.cluster.test_live_routing import _prefix
@@ -186,8 +187,7 @@ def _tokens(nats_cluster: NatsCluster, prefix: str) -> list[str]:
     async def read() -> list[str]:
         nc = await nats.connect(nats_cluster.urls)
         try:
-            kv = await nc.jetstream().key_value(f"{prefix}_nodes")
-            return list(await kv.keys())
+            return await list_keys(nc.jetstream(), f"{prefix}_nodes")
         finally:
             await nc.close()
 

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 import nats
-from nats.js.errors import NoKeysError
 
+from iotbroker.cluster.buckets import list_keys
 from iotbroker.codec.packets import Properties, Will
 from tests.cluster.conftest import wait_for_log
 from tests.cluster.test_live_routing import Node, wait_until_routed
@@ -34,11 +34,7 @@ def _will_keys(nats_cluster: NatsCluster, node: BrokerProcess) -> list[str]:
     async def keys() -> list[str]:
         nc = await nats.connect(nats_cluster.urls)
         try:
-            kv = await nc.jetstream().key_value(f"{prefix}_wills")
-            try:
-                return list(await kv.keys())
-            except NoKeysError:
-                return []
+            return await list_keys(nc.jetstream(), f"{prefix}_wills")
         finally:
             await nc.close()
 

@@ -1,0 +1,66 @@
+"""``buckets.list_keys``: the keys of a replicated KV bucket, exactly, on a real 3-server
+NATS cluster (docs/cluster.md, "Wills": a sweep that lists no keys of a dead process
+forgets it, and its wills never fire).
+
+nats-py 2.16's ``KeyValue.keys()`` decides "nothing left" from a push consumer's
+pending count while deliveries may still be on their way: it was seen to raise
+``NoKeysError`` on a heartbeat bucket whose keys are always there, and to return one of
+two live keys; and each call leaves an ordered consumer for 5 minutes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+
+from iotbroker.cluster.buckets import list_keys
+from tests.helpers.nats_cluster import NatsCluster
+
+CALLS = 200
+
+
+def test_list_keys_gives_every_live_key_and_no_deleted_purged_or_expired_one(
+        nats_cluster: NatsCluster) -> None:
+    """Live keys (dots and dashes in them, values rewritten meanwhile as heartbeats
+    are), a deleted, a purged and an expired key: every one of ``CALLS`` listings is
+    exactly the live keys, an empty bucket lists none, and no consumer is left."""
+
+    async def run() -> tuple[list[list[str]], list[str], list[str], int]:
+        nc = await nats.connect(nats_cluster.urls)
+        try:
+            js = nc.jetstream()
+            kv = await js.create_key_value(bucket="lk_live", replicas=3, ttl=3.0)
+            empty = await js.create_key_value(bucket="lk_empty", replicas=3)
+            await empty.put("only", b"x")
+            await empty.delete("only")
+            await kv.put("short-lived", b"x")  # expires (ttl 3 s) before the listings
+            live = ["a_1", "b_2.3", "c-4"]
+            for key in live:
+                await kv.put(key, b"v")
+            await kv.put("deleted", b"x")
+            await kv.delete("deleted")
+            await kv.put("purged", b"x")
+            await kv.purge("purged")
+
+            async def beat() -> None:  # the live keys rewritten while they are listed
+                while True:
+                    for key in live:
+                        await kv.put(key, b"v")
+                    await asyncio.sleep(0.5)
+
+            task = asyncio.get_running_loop().create_task(beat())
+            try:
+                await asyncio.sleep(3.5)  # "short-lived" has expired
+                listings = [sorted(await list_keys(js, "lk_live")) for _ in range(CALLS)]
+            finally:
+                task.cancel()
+            consumers = (await js.stream_info("KV_lk_live")).state.consumer_count
+            return listings, live, await list_keys(js, "lk_empty"), consumers
+        finally:
+            await nc.close()
+
+    listings, live, empty, consumers = asyncio.run(run())
+    wrong = [keys for keys in listings if keys != sorted(live)]
+    assert wrong == [], f"{len(wrong)} of {CALLS} listings wrong, e.g. {wrong[0]}"
+    assert empty == []
+    assert consumers == 0
