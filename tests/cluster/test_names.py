@@ -25,6 +25,7 @@ from iotbroker.cluster import wire
 from iotbroker.cluster.buckets import list_keys
 from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.message import Message
+from tests.cluster.conftest import log_tails
 from tests.cluster.test_live_routing import _prefix
 from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster
@@ -237,7 +238,8 @@ class _Tap:
         self._thread.join(10)
 
 
-def _wait_qos0_routed(pub: Paho, sub: Paho, timeout: float = 20.0) -> None:
+def _wait_qos0_routed(pub: Paho, sub: Paho, *nodes: BrokerProcess,
+                      timeout: float = 20.0) -> None:
     """QoS 0 probes on ``n/probe`` until ``sub`` gets one. A QoS 1 probe
     (``wait_until_routed``) proves less here: it goes live to every node process
     whatever the sender knows of their interest, and through the QoS stream, while
@@ -252,7 +254,8 @@ def _wait_qos0_routed(pub: Paho, sub: Paho, timeout: float = 20.0) -> None:
             continue
         if msg.topic == "n/probe" and msg.payload == b"probe0":
             return
-    raise AssertionError(f"no QoS 0 probe crossed within {timeout}s")
+    raise AssertionError(f"no QoS 0 probe crossed within {timeout}s\n"
+                         + log_tails(*nodes, lines=60))
 
 
 TOPICS = [f"n/{i}/v" for i in range(30)]
@@ -311,7 +314,7 @@ def test_mqtt_4_6_0_5_names_recover_when_a_node_loses_its_table_or_restarts(
     sub = clients(b, "sub")
     sub.subscribe("n/#", qos=0)
     pub = clients(a, "pub")
-    _wait_qos0_routed(pub, sub)
+    _wait_qos0_routed(pub, sub, a, b)
     sender = next(t for t in _tokens(nats_cluster, prefix) if t.startswith("a_"))
     receiver = next(t for t in _tokens(nats_cluster, prefix) if t.startswith("b_"))
     name = sender.replace("_", "/", 1).encode()
@@ -351,13 +354,13 @@ def test_mqtt_4_6_0_5_names_recover_when_a_node_loses_its_table_or_restarts(
     b.start()
     sub = clients(b, "sub2")
     sub.subscribe("n/#", qos=0)
-    _wait_qos0_routed(pub, sub)  # a knows the new b's interest
+    _wait_qos0_routed(pub, sub, a, b)  # a knows the new b's interest
     assert _per_topic(_burst(pub, sub, "after-b")) == _per_topic(_complete("after-b"))
     pub.disconnect()
     a.stop()
     a.start()
     pub = clients(a, "pub2")
-    _wait_qos0_routed(pub, sub)  # the new a knows b's interest
+    _wait_qos0_routed(pub, sub, a, b)  # the new a knows b's interest
     assert _per_topic(_burst(pub, sub, "after-a")) == _per_topic(_complete("after-a"))
     assert _metric(b, "messages_unnamed") == 0  # b's counters began again
 
