@@ -30,7 +30,7 @@ from iotbroker.cluster.remote import decode_value
 from iotbroker.codec import encode_packet
 from iotbroker.codec.packets import Properties as Properties5
 from iotbroker.codec.packets import Publish
-from tests.cluster.conftest import node_config, wait_for_log
+from tests.cluster.conftest import log_tails, node_config, wait_for_log
 from tests.helpers.broker_process import BrokerProcess
 from tests.helpers.nats_cluster import NatsCluster
 from tests.helpers.rawclient import RawClient
@@ -40,7 +40,7 @@ Node = Callable[..., BrokerProcess]
 
 
 def wait_until_routed(pub: Paho, sub: Paho, topic: str, timeout: float = 10.0,
-                      qos: int = 1) -> None:
+                      qos: int = 1, nodes: tuple[BrokerProcess, ...] = ()) -> None:
     """Publish probes on ``topic`` until ``sub`` gets one (NATS has the interest),
     then drain the probes that were still on their way (and anything before them).
     A QoS 1 probe goes live to every node, whatever the interest the sender knows
@@ -64,7 +64,8 @@ def wait_until_routed(pub: Paho, sub: Paho, topic: str, timeout: float = 10.0,
         while sub.receive().payload != b"probe-end":
             pass
         return
-    raise AssertionError(f"no probe on {topic!r} reached the other node within {timeout}s")
+    raise AssertionError(f"no probe on {topic!r} reached the other node within {timeout}s\n"
+                         + log_tails(*nodes, lines=60))
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -81,10 +82,10 @@ def test_message_published_on_one_node_reaches_a_subscriber_on_another(
     sub = clients(b, f"sub-{version}", protocol)
     sub.subscribe([("sensors/+/temp", 1), ("#", 1), ("$dev/#", 1)])
     pub = clients(a, f"pub-{version}", protocol)
-    wait_until_routed(pub, sub, "sensors/x/temp")
+    wait_until_routed(pub, sub, "sensors/x/temp", nodes=(a, b))
     # the QoS 0 messages below need a to have seen b's '#' and '$dev/#'
-    wait_until_routed(pub, sub, "probe/x", qos=0)
-    wait_until_routed(pub, sub, "$dev/probe", qos=0)
+    wait_until_routed(pub, sub, "probe/x", qos=0, nodes=(a, b))
+    wait_until_routed(pub, sub, "$dev/probe", qos=0, nodes=(a, b))
     topics = ["sensors/1/temp", "odd topic/with.dots/and*star>", "/leading", "a//b/",
               "$dev/x.y", "sensors/2/temp", "~tilde/é中"]
     for i, topic in enumerate(topics):
