@@ -34,7 +34,7 @@ from typing import Any
 
 from mypy_extensions import mypyc_attr
 
-from iotbroker.codec.decode import decode_packet
+from iotbroker.codec.decode import decode_packet, decode_whole
 from iotbroker.codec.encode import encode_packet, encode_publish
 from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.framer import Framer
@@ -182,6 +182,18 @@ class Connection(Framer):
                 # Judged on the first byte: the body is never waited for.
                 self.failure = early
                 return []
+        header = self.whole_frame(data) if type(data) is bytes else 0
+        if header:
+            # One whole packet, the usual read (issue 19): decoded from ``data`` itself.
+            self.bytes_received += len(data)
+            try:
+                packet = self._check(decode_whole(data, header, self.protocol_version))
+            except MqttError as exc:
+                self.failure = exc
+                return []
+            if isinstance(packet, Connect):
+                self.protocol_version = packet.protocol_version
+            return [packet]
         frames: list[tuple[int, bytes]] = []
         failure: MqttError | None = self.feed_into(data, frames)
         packets: list[Packet] = []
