@@ -113,8 +113,10 @@ def _packet_id(body: bytes, pos: int, v5: bool) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- PUBLISH
 
 
-def _publish(flags: int, body: bytes, v5: bool) -> Publish:
-    """PUBLISH (MQTT 3.1.1 §3.3, MQTT 5.0 §3.3). The payload is the rest of the body."""
+def _publish(flags: int, body: bytes, start: int, v5: bool) -> Publish:
+    """PUBLISH (MQTT 3.1.1 §3.3, MQTT 5.0 §3.3), its body ``body[start:]``. The payload
+    is the rest of the body (a read holding just this packet is decoded in place: the
+    payload is the one copy of its bytes, issue 19)."""
     qos = (flags >> 1) & 3
     if qos == 3:
         raise _malformed("PUBLISH with QoS 3", "MQTT-3.3.1-4")
@@ -122,13 +124,13 @@ def _publish(flags: int, body: bytes, v5: bool) -> Publish:
     if dup and qos == 0:
         raise ProtocolViolation("PUBLISH QoS 0 with DUP set", spec_ref="MQTT-3.3.1-2")
     n = len(body)
-    if n < 2:
+    if n - start < 2:
         raise _malformed("PUBLISH topic length runs past the end of the packet", "MQTT-3.3.2-1")
-    pos = 2 + ((body[0] << 8) | body[1])
+    pos = start + 2 + ((body[start] << 8) | body[start + 1])
     if pos > n:
         raise _malformed("PUBLISH topic runs past the end of the packet", "MQTT-3.3.2-1")
     try:
-        topic = body[2:pos].decode("utf-8")
+        topic = body[start + 2 : pos].decode("utf-8")
     except UnicodeDecodeError:
         raise _malformed(
             "PUBLISH topic is not well-formed UTF-8", "MQTT-1.5.4-1" if v5 else "MQTT-1.5.3-1"
@@ -444,7 +446,7 @@ def decode_packet(first_byte: int, body: bytes, protocol_version: int) -> Packet
     v5 = protocol_version == 5
     try:
         if ptype == 3:
-            return _publish(flags, body, v5)
+            return _publish(flags, body, 0, v5)
         if flags != _FLAGS[ptype] and ptype:
             raise _malformed(
                 f"{_NAMES[ptype]} fixed-header flags 0b{flags:04b} are invalid",
@@ -455,3 +457,31 @@ def decode_packet(first_byte: int, body: bytes, protocol_version: int) -> Packet
         raise
     except (IndexError, ValueError) as exc:  # defensive: a read past the end
         raise _malformed(f"{_NAMES[ptype]}: {exc}") from exc
+
+
+def decode_whole(buf: bytes, start: int, protocol_version: int) -> Packet:
+    """Decode a read that is exactly one packet: its first byte at 0, its body
+    ``buf[start:]`` (``Framer.whole_frame`` gave ``start``, the fixed header's length).
+
+    The same packet, or the same error, as ``decode_packet(buf[0], buf[start:], ...)``,
+    without copying the body out of the read first: a PUBLISH is decoded in place (its
+    payload is the one copy), a PUBACK without reason code straight from its two bytes
+    (issue 19: the QoS 1 path's objects per message).
+    """
+    first_byte = buf[0]
+    ptype = first_byte >> 4
+    if ptype == 3:
+        try:
+            return _publish(first_byte & 0x0F, buf, start, protocol_version == 5)
+        except MqttError:
+            raise
+        except (IndexError, ValueError) as exc:  # defensive: a read past the end
+            raise _malformed(f"{_NAMES[ptype]}: {exc}") from exc
+    if first_byte == 0x40 and len(buf) - start == 2:  # PUBACK, flags 0, as _ack decodes it
+        pid = (buf[start] << 8) | buf[start + 1]
+        if pid == 0:
+            raise ProtocolViolation(
+                "Packet Identifier must be non-zero", spec_ref=_PID_REF[protocol_version == 5]
+            )
+        return PubAck(pid, 0, NO_PROPERTIES)
+    return decode_packet(first_byte, buf[start:], protocol_version)

@@ -34,7 +34,7 @@ from typing import Any
 
 from mypy_extensions import mypyc_attr
 
-from iotbroker.codec.decode import decode_packet
+from iotbroker.codec.decode import decode_packet, decode_whole
 from iotbroker.codec.encode import encode_packet, encode_publish
 from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.framer import Framer
@@ -89,8 +89,9 @@ _CONNECTED = ConnectionState.CONNECTED
 _PUBLISH = PacketType.PUBLISH
 
 
-#: The output of a connection with nothing queued (never appended to: see ``_queue``).
-_NO_OUT: list[bytes] = []
+#: The output of a connection with nothing queued. Every packet is at least 2 bytes,
+#: so an empty ``_out`` always means nothing queued.
+_NO_OUT = b""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # the bridge's Outlet (bridge/bridge.py)
@@ -141,9 +142,10 @@ class Connection(Framer):
         self._topic_alias_maximum = topic_alias_maximum
         self._outbound_aliases = _NO_ALIASES
         self._inbound_unacked: set[int] | frozenset[int] = _NO_IDS
-        #: Bytes queued this turn; the shared empty list while there are none (an
-        #: idle connection holds no list of its own, issue 19).
-        self._out: list[bytes] = _NO_OUT
+        #: Bytes queued this turn: empty while there are none, the one packet's bytes
+        #: while there is one (the usual turn: no list per connection and turn, issue
+        #: 19), a list of them from the second on.
+        self._out: bytes | list[bytes] = _NO_OUT
         #: Packets queued for sending since the connection opened (for metrics).
         self.packets_queued = 0
         self.state = ConnectionState.AWAIT_CONNECT
@@ -182,6 +184,18 @@ class Connection(Framer):
                 # Judged on the first byte: the body is never waited for.
                 self.failure = early
                 return []
+        header = self.whole_frame(data) if type(data) is bytes else 0
+        if header:
+            # One whole packet, the usual read (issue 19): decoded from ``data`` itself.
+            self.bytes_received += len(data)
+            try:
+                packet = self._check(decode_whole(data, header, self.protocol_version))
+            except MqttError as exc:
+                self.failure = exc
+                return []
+            if isinstance(packet, Connect):
+                self.protocol_version = packet.protocol_version
+            return [packet]
         frames: list[tuple[int, bytes]] = []
         failure: MqttError | None = self.feed_into(data, frames)
         packets: list[Packet] = []
@@ -427,22 +441,26 @@ class Connection(Framer):
     def _queue(self, data: bytes) -> None:
         self.packets_queued += 1
         out = self._out
-        if out is _NO_OUT:
-            self._out = [data]
-            ready = self.ready
-            if ready is not None:
-                ready.append(self.owner)
+        if isinstance(out, bytes):
+            if out:
+                self._out = [out, data]
+            else:
+                self._out = data
+                ready = self.ready
+                if ready is not None:
+                    ready.append(self.owner)
         else:
             out.append(data)
 
     def data_to_send(self) -> bytes:
         """All bytes queued since the last call, as one buffer (one write per turn)."""
         out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
+        if isinstance(out, bytes):
+            if out:
+                self._out = _NO_OUT
+            return out
         self._out = _NO_OUT
-        return data
+        return b"".join(out)
 
 
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotbroker.codec import Framer, decode_packet
-from iotbroker.errors import MalformedPacket, PacketTooLarge
+from iotbroker.codec.decode import decode_whole
+from iotbroker.errors import MalformedPacket, MqttError, PacketTooLarge
 from tests.codec import golden
 
 STREAM_CASES = [c for c in golden.VALID if c.version == 5]
@@ -161,3 +162,49 @@ def test_framer_feed_into_keeps_the_frames_before_a_bad_header() -> None:
     assert isinstance(error, MalformedPacket) and error.spec_ref == "MQTT-1.5.5-1"
     with pytest.raises(MalformedPacket):
         Framer(1024).feed(data)
+
+
+def test_whole_frame_is_the_fixed_header_of_a_read_of_exactly_one_packet() -> None:
+    """``whole_frame``: the header length (2..5 bytes, MQTT 5.0 §2.1.4) when the read is
+    one whole packet within the limit and nothing is held back; 0 otherwise, and the
+    read is then framed by ``feed_into`` (which reports any error)."""
+    short = golden.h("40 02 00 01")
+    long = golden.h("30 cb 01 00 01 74") + b"\xaa" * 200
+    assert Framer().whole_frame(short) == 2
+    assert Framer().whole_frame(long) == 3
+    assert Framer().whole_frame(short + short) == 0  # two packets
+    assert Framer().whole_frame(short[:3]) == 0  # incomplete body
+    assert Framer().whole_frame(long[:2]) == 0  # incomplete header
+    assert Framer().whole_frame(golden.h("30 80 00")) == 0  # not shortest [MQTT-1.5.5-1]
+    assert Framer().whole_frame(golden.h("30 ff ff ff ff 01")) == 0  # 5-byte length
+    assert Framer(len(long) - 1).whole_frame(long) == 0  # over max_packet_size
+    assert Framer(len(long)).whole_frame(long) == 3
+    held = Framer()
+    held.feed(short[:1])
+    assert held.whole_frame(short) == 0  # a partial packet is held back
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(0, 255) | st.sampled_from([0x30, 0x32, 0x34, 0x3B, 0x40]),
+    st.binary(max_size=60),
+    st.sampled_from([4, 5]),
+)
+def test_whole_frame_and_decode_whole_agree_with_feed_and_decode_packet(
+    first: int, body: bytes, version: int
+) -> None:
+    """Any one packet's bytes: the in-place path gives the same packet or the same error."""
+    raw = bytes((first, len(body))) + body
+    header = Framer().whole_frame(raw)
+    assert header == 2
+    frames = Framer().feed(raw)
+    assert frames == [(raw[0], raw[header:])]
+    try:
+        expected = decode_packet(raw[0], raw[header:], version)
+    except MqttError as exc:
+        with pytest.raises(type(exc)) as info:
+            decode_whole(raw, header, version)
+        assert (info.value.reason_code, info.value.spec_ref) == (exc.reason_code, exc.spec_ref)
+        assert str(info.value) == str(exc)
+        return
+    assert decode_whole(raw, header, version) == expected

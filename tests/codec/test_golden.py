@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from iotbroker.codec import Framer, decode_packet, encode_packet
+from iotbroker.codec.decode import decode_whole
 from iotbroker.codec.packets import Packet
 from iotbroker.errors import UnsupportedProtocolVersion
 from tests.codec import golden
@@ -75,3 +76,32 @@ def test_mqtt_3_1_2_2_unsupported_version_carries_the_requested_level() -> None:
         _decode_stream(case.raw, case.version)
     assert info.value.protocol_level == 4
     assert info.value.protocol_name == "MQIsdp"
+
+
+def _decode_whole(raw: bytes, version: int) -> Packet:
+    """The one-packet read's path (``Connection.receive_data``): the frame found in the
+    read itself, the packet decoded in place."""
+    header = Framer().whole_frame(raw)
+    assert header, "a golden case is one whole packet"
+    return decode_whole(raw, header, version)
+
+
+@pytest.mark.parametrize("case", golden.VALID, ids=lambda c: c.name)
+def test_golden_decodes_in_place_to_expected_packet(case: Golden) -> None:
+    """A read that is exactly one packet decodes as the framed path does."""
+    assert _decode_whole(case.raw, case.version) == case.packet
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in golden.ERRORS if Framer().whole_frame(c.raw)],
+    ids=lambda c: c.name,
+)
+def test_golden_error_in_place_is_the_same_error(case: Golden) -> None:
+    """Same error class, reason code and spec reference as the framed path."""
+    assert case.error is not None
+    with pytest.raises(case.error) as info:
+        _decode_whole(case.raw, case.version)
+    assert type(info.value) is case.error
+    assert info.value.reason_code == case.reason_code
+    assert info.value.spec_ref == case.spec_ref

@@ -239,3 +239,48 @@ def test_packets_before_a_violation_in_the_same_read_are_returned(
     assert conn.state is ConnectionState.CONNECTED  # the engine's fail decides the close
     assert conn.receive_data(encode_packet(PingReq(), 5), 2.0) == []
 
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_one_packet_reads_and_one_read_of_all_give_the_same_packets(version: int) -> None:
+    """A read that is exactly one packet is decoded from the read itself; the packets,
+    ``bytes_received`` and the answers are those of the same bytes in one read, or split
+    inside a packet (MQTT 3.1.1 §2.2.3 / MQTT 5.0 §2.1.4: Remaining Length framing)."""
+    wires = [
+        encode_packet(Publish("a/b", b"x" * 200, 1, packet_id=7), version),  # 2-byte length
+        encode_packet(Publish("a/b", b"y", 0), version),
+        encode_packet(PubAck(9), version),
+        encode_packet(PingReq(), version),
+    ]
+
+    def run(reads: list[bytes]) -> tuple[list[Packet], int, bytes]:
+        conn = _connected(version)
+        conn.data_to_send()
+        before = conn.bytes_received
+        packets = [p for data in reads for p in conn.receive_data(data, 1.0)]
+        for p in packets:
+            if isinstance(p, Publish) and p.qos == 1:
+                assert p.packet_id is not None
+                conn.send_publish_ack(1, p.packet_id, 0)
+        return packets, conn.bytes_received - before, conn.data_to_send()
+
+    whole = b"".join(wires)
+    one_each = run(wires)
+    assert one_each == run([whole])
+    assert one_each == run([whole[:3], whole[3:]])
+    assert one_each[1] == len(whole)
+    assert [type(p) for p in one_each[0]] == [Publish, Publish, PubAck, PingReq]
+
+
+def test_output_of_one_packet_then_several_in_one_turn() -> None:
+    """One queued packet is handed over as is; several are joined, in order."""
+    conn = _connected(4)
+    conn.data_to_send()
+    assert conn.data_to_send() == b""
+    conn.send_publish_ack(1, 1, 0)
+    assert conn.data_to_send() == encode_packet(PubAck(1), 4)
+    assert conn.data_to_send() == b""
+    for pid in (2, 3, 4):
+        conn.send_publish_ack(1, pid, 0)
+    assert conn.data_to_send() == b"".join(encode_packet(PubAck(i), 4) for i in (2, 3, 4))
+    assert conn.data_to_send() == b""
