@@ -181,14 +181,23 @@ class Router:
             self.metrics.messages_expired += 1
             return code or _NO_MATCHING_SUBSCRIBERS
         if matches is None:
-            matches = self.trie.match(message.topic)
+            trie = self.trie
+            if not len(trie):
+                # No subscription at all on this process (a cluster node whose
+                # publishers' subscribers are all on other nodes): nothing to look up
+                # nor allocate per message (issue 14). Retained and expired messages
+                # were handled above, and no shared group can pick it.
+                return code or _NO_MATCHING_SUBSCRIBERS
+            matches = trie.match(message.topic)
+        direct = matches.direct
+        if not direct and not matches.shared:  # nobody here matches (EMPTY_MATCHES)
+            return code or _NO_MATCHING_SUBSCRIBERS
         sessions = self.registry.sessions
         delivered = 0
         # Recipients whose copy is the same (QoS, RETAIN, no subscription identifier)
         # share one Delivery: it is immutable, and a fan-out then builds one, not one
         # per subscriber.
         # (One recipient, the common case, needs no list: issue 19, objects per message.)
-        direct = matches.direct
         copies: list[Delivery | None] | None = (
             [None, None, None, None, None, None] if len(direct) > 1 else None)
         for client_id, entries in direct.items():
