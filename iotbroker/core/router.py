@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Container, Sequence
+from typing import Final
 
-from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import Subscription
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.session import Session
@@ -43,10 +43,13 @@ from iotbroker.message import Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch
 
-_SUCCESS = int(ReasonCode.SUCCESS)
-_NO_MATCHING_SUBSCRIBERS = int(ReasonCode.NO_MATCHING_SUBSCRIBERS)
-_QUOTA_EXCEEDED = int(ReasonCode.QUOTA_EXCEEDED)
-_NO_SUBSCRIPTION_EXISTED = int(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+# The reason codes (codec/enums.py ReasonCode) as ``Final`` literals: mypyc inlines
+# them, where a plain module global is a dict lookup each time it is read (twice in
+# each publish; tests/core/test_router_no_subscriber.py checks they are the enum's).
+_SUCCESS: Final = 0x00  # ReasonCode.SUCCESS
+_NO_MATCHING_SUBSCRIBERS: Final = 0x10  # ReasonCode.NO_MATCHING_SUBSCRIBERS
+_QUOTA_EXCEEDED: Final = 0x97  # ReasonCode.QUOTA_EXCEEDED
+_NO_SUBSCRIPTION_EXISTED: Final = 0x11  # ReasonCode.NO_SUBSCRIPTION_EXISTED
 #: MQTT 3.1.1 SUBACK return code for a refused filter (§3.9.3).
 _V3_SUBACK_FAILURE = 0x80
 

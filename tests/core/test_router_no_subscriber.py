@@ -107,3 +107,15 @@ def test_an_empty_match_given_by_the_caller_is_not_looked_up_again() -> None:
     empty = Matches({}, [])
     assert w.router.publish(message("t/x", b"1"), 0.0, None, empty) == 0x10
     assert w.received("c1") == []
+
+
+def test_the_router_s_reason_code_literals_are_the_enum_s() -> None:
+    """MQTT 5.0 §2.4: the codes ``Router.publish`` / ``unsubscribe`` return, kept as
+    literals for the compiled build, are the Reason Code table's."""
+    from iotbroker.codec.enums import ReasonCode  # noqa: PLC0415
+    from iotbroker.core import router  # noqa: PLC0415
+
+    assert router._SUCCESS == ReasonCode.SUCCESS
+    assert router._NO_MATCHING_SUBSCRIBERS == ReasonCode.NO_MATCHING_SUBSCRIBERS
+    assert router._QUOTA_EXCEEDED == ReasonCode.QUOTA_EXCEEDED
+    assert router._NO_SUBSCRIPTION_EXISTED == ReasonCode.NO_SUBSCRIPTION_EXISTED
