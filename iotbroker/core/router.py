@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Container, Sequence
+from typing import Final
 
-from iotbroker.codec.enums import ReasonCode
 from iotbroker.codec.packets import Subscription
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.session import Session
@@ -43,10 +43,13 @@ from iotbroker.message import Delivery, Message
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import ChangeBatch
 
-_SUCCESS = int(ReasonCode.SUCCESS)
-_NO_MATCHING_SUBSCRIBERS = int(ReasonCode.NO_MATCHING_SUBSCRIBERS)
-_QUOTA_EXCEEDED = int(ReasonCode.QUOTA_EXCEEDED)
-_NO_SUBSCRIPTION_EXISTED = int(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+# The reason codes (codec/enums.py ReasonCode) as ``Final`` literals: mypyc inlines
+# them, where a plain module global is a dict lookup each time it is read (twice in
+# each publish; tests/core/test_router_no_subscriber.py checks they are the enum's).
+_SUCCESS: Final = 0x00  # ReasonCode.SUCCESS
+_NO_MATCHING_SUBSCRIBERS: Final = 0x10  # ReasonCode.NO_MATCHING_SUBSCRIBERS
+_QUOTA_EXCEEDED: Final = 0x97  # ReasonCode.QUOTA_EXCEEDED
+_NO_SUBSCRIPTION_EXISTED: Final = 0x11  # ReasonCode.NO_SUBSCRIPTION_EXISTED
 #: MQTT 3.1.1 SUBACK return code for a refused filter (§3.9.3).
 _V3_SUBACK_FAILURE = 0x80
 
@@ -181,14 +184,23 @@ class Router:
             self.metrics.messages_expired += 1
             return code or _NO_MATCHING_SUBSCRIBERS
         if matches is None:
-            matches = self.trie.match(message.topic)
+            trie = self.trie
+            if not len(trie):
+                # No subscription at all on this process (a cluster node whose
+                # publishers' subscribers are all on other nodes): nothing to look up
+                # nor allocate per message (issue 14). Retained and expired messages
+                # were handled above, and no shared group can pick it.
+                return code or _NO_MATCHING_SUBSCRIBERS
+            matches = trie.match(message.topic)
+        direct = matches.direct
+        if not direct and not matches.shared:  # nobody here matches (EMPTY_MATCHES)
+            return code or _NO_MATCHING_SUBSCRIBERS
         sessions = self.registry.sessions
         delivered = 0
         # Recipients whose copy is the same (QoS, RETAIN, no subscription identifier)
         # share one Delivery: it is immutable, and a fan-out then builds one, not one
         # per subscriber.
         # (One recipient, the common case, needs no list: issue 19, objects per message.)
-        direct = matches.direct
         copies: list[Delivery | None] | None = (
             [None, None, None, None, None, None] if len(direct) > 1 else None)
         for client_id, entries in direct.items():
