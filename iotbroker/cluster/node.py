@@ -80,14 +80,13 @@ MAX_PENDING = 100_000
 REORDER_CHECK = 0.02
 #: Seconds a sender's first live QoS 1 parts wait for the stream reader to route the
 #: write below them (or their own copy: normally a few ms) before the consumer's
-#: position is asked for (wire.LiveOrder.synced). The position only covers writes
-#: stored by then: a write below the first part that the stream stores later (a new
-#: replicated stream on loaded machines) would be routed after the parts it let go.
-#: 0.25 s was seen too short for that under load (a QoS 1 probe after ``probe-end``
-#: in test_live_routing.py, 3 of 20 runs with two compilers running); a write
-#: stored more than 2 s after a later write's live copy arrived is still possible
-#: (docs/cluster.md, "Not yet").
-SYNC_ASK = 2.0
+#: position is asked for (wire.LiveOrder.synced). The ask is exact: a sender sends
+#: its first live part to a node only once every write below it is resolved (stored
+#: or given up: :meth:`ClusterNode._gate_live`), so the position asked after that part
+#: arrived covers every stored write below it. The wait only spares the request when
+#: the reader routes the write below anyway (2 s in session 9 as a mitigation, before
+#: the sender's gate; 0.25 s again since).
+SYNC_ASK = 0.25
 #: NATS keeps a PUB's subject within its control line (4 KiB by default).
 MAX_SUBJECT = 4000
 #: Topics whose subject (and subjects whose topic) are kept at most, per direction.
@@ -155,6 +154,10 @@ class ClusterNode:
         self._degrade_timer: asyncio.TimerHandle | None = None
         #: per sending node: its live QoS 1 parts kept in sequence order (wire.LiveOrder)
         self._live_order: dict[bytes, wire.LiveOrder] = {}
+        #: Destination processes this node has sent a live QoS 1 part to since it last
+        #: (re)connected and since they last entered the routing index (the gate of a
+        #: first live part: :meth:`_gate_live`).
+        self._live_started: set[str] = set()
         self._reorder_timer: asyncio.TimerHandle | None = None
         #: consumer position requests for unsynced senders (LiveOrder.synced)
         self._asks: set[asyncio.Task[None]] = set()
@@ -458,11 +461,17 @@ class ClusterNode:
         # the live copies keep its order with later runs on a node whose
         # announcement is not here yet (its stream copy would come after them).
         everyone: dict[str, Any] = {}
+        floor = 0
         if all_runs:
             figures = self.wills.figures
             now = time.monotonic()
             everyone = {t: None for t, (seen, _) in list(figures.items())
                         if t != own and now - seen <= NODE_TTL}
+            started = self._live_started
+            if started:  # a process that went silent starts again at its gate
+                for token in [t for t in started if t not in everyone]:
+                    started.discard(token)
+            floor = self.qos.resolved_floor
         add_qos0 = wire.add_qos0
         tables = self.names_out
         interest = remote.trie
@@ -541,6 +550,8 @@ class ClusterNode:
                             lst = dests[token] = []
                         lst.append(wire.item(rec, groups))
             seq = seq_of.get(id(batch[0]), 0) if reliable else 0
+            if reliable:
+                self._gate_live(dests, seq, floor)
             for token, items in dests.items():
                 box = out.get(token)
                 if box is None:
@@ -557,6 +568,26 @@ class ClusterNode:
                 self._pending_pubs += count
         for name, value in retained:
             commands.append((_RETAIN, name, value, 0))
+
+    def _gate_live(self, dests: dict[str, list[bytes]], seq: int, floor: int) -> None:
+        """The gate of a sender's first live QoS 1 part on a node (docs/cluster.md, "A
+        sender's first live part seen on a node"; [MQTT-4.6.0-5]): a run with ``seq``
+        goes live to a destination this node has not sent a live part to yet (since it
+        last connected to NATS and since the destination last entered the routing
+        index) only when every write below it is resolved (``floor``:
+        :attr:`QosStream.resolved_floor` once this turn's writes are numbered), so that
+        the consumer position the receiver asks for after that part covers every
+        stored write below it. Otherwise the destination gets the run through the
+        stream only (its reader routes it, in the stream's order). A run sent live
+        with seq 0 (longer than one chunk) never opens the gate."""
+        started = self._live_started
+        for token in [t for t in dests if t not in started]:
+            if seq and floor >= seq - 1:
+                started.add(token)
+                log.debug("cluster: first live QoS 1 part to %s: seq %d (writes up to "
+                          "%d resolved)", token, seq, floor)
+            else:
+                del dests[token]
 
     def _write_run(self, run: list[Message], acks_of: dict[int, list[HeldAck]],
                    records: dict[int, bytes], seq_of: dict[int, int]) -> None:
@@ -596,7 +627,8 @@ class ClusterNode:
             chunks += 1
             qos.write(stream_subject, f"{self.sender.decode()}:{self.seq}",
                       wire.encode(self.sender, self.seq, recs[start:end]),
-                      end - start, [a for lst in acks[start:end] for a in lst])
+                      end - start, [a for lst in acks[start:end] for a in lst],
+                      seq=self.seq)
             start = end
         seq_of[id(run[0])] = self.seq if chunks == 1 else 0
 
@@ -764,6 +796,7 @@ class ClusterNode:
             for token in changed:
                 log.info("cluster: node process %s %s the routing index", token,
                          "back in" if token in remote.active else "silent: out of")
+                self._live_started.discard(token)  # its next first live part: gated
             if gone and self.connected:
                 for key in gone:
                     self._commands.append((_ANNOUNCE, key, b"", 0))
@@ -1175,6 +1208,7 @@ class ClusterNode:
 
     async def _disconnected(self) -> None:
         self.sessions.nats_lost()  # the connect gate: this node's state (sessions.py)
+        self._live_started.clear()  # receivers may forget this sender meanwhile
         if self._degrade_timer is None:
             self._degrade_timer = asyncio.get_running_loop().call_later(
                 GRACE, self.qos.degrade, True)
@@ -1184,6 +1218,7 @@ class ClusterNode:
                         self.config.node_name)
 
     async def _reconnected(self) -> None:
+        self._live_started.clear()  # first live parts gated again (_gate_live)
         if self._degrade_timer is not None:
             self._degrade_timer.cancel()
             self._degrade_timer = None

@@ -56,6 +56,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -161,6 +162,12 @@ class QosStream:
         #: Acks held per write (released when the write is done, or on degrade()).
         self._held: dict[int, list[HeldAck]] = {}
         self._writes = 0
+        #: The sender's numbered writes (QoS 1 runs, :meth:`ClusterNode._write_run`):
+        #: the last seq written, the seqs not resolved yet in seq order, and those of
+        #: them resolved out of order (:attr:`resolved_floor`).
+        self._last_seq = 0
+        self._open: deque[int] = deque()
+        self._done: set[int] = set()
         #: QoS 2 writes in progress by stream write id (Nats-Msg-Id) -> write number.
         self._writing: dict[str, int] = {}
         #: QoS 2 messages travel as wire messages of their own sender (the same node
@@ -306,18 +313,45 @@ class QosStream:
         payload = wire.encode(sender, seq, [wire.record(message)])
         self.write(subject, write_id, payload, 1, acks, wait=True, message=message)
 
+    @property
+    def resolved_floor(self) -> int:
+        """The highest seq s such that every numbered write (``seq`` of :meth:`write`)
+        up to s is resolved: acknowledged by the stream, or given up (docs/cluster.md,
+        "A sender's first live part seen on a node"). Writes run concurrently, so a
+        later one may be resolved before an earlier one."""
+        pending = self._open
+        return pending[0] - 1 if pending else self._last_seq
+
+    def _resolved(self, seq: int) -> None:
+        """The numbered write ``seq`` is resolved."""
+        pending = self._open
+        if pending and pending[0] == seq:
+            pending.popleft()
+            done = self._done
+            while pending and pending[0] in done:
+                done.discard(pending.popleft())
+        else:
+            self._done.add(seq)
+
     def write(self, subject: str, msg_id: str, payload: bytes, count: int,
-              acks: list[HeldAck], wait: bool = False, message: Message | None = None
-              ) -> None:
+              acks: list[HeldAck], wait: bool = False, message: Message | None = None,
+              seq: int = 0) -> None:
         """Write one stream message (``count`` MQTT messages of one topic); the
         ``acks`` of its messages are released once the stream has it. ``wait``
         (QoS 2): before the node joined the stream, wait for it (at most
-        ``patience``) rather than acknowledging at once."""
+        ``patience``) rather than acknowledging at once. ``seq``: the sender's number
+        of the write (QoS 1 runs, increasing; 0: not numbered), tracked until it is
+        resolved (:attr:`resolved_floor`)."""
+        if seq:
+            self._last_seq = seq
+            self._open.append(seq)
         js = self.js
         if (js is None and not wait) or self._inflight >= MAX_INFLIGHT:
             # Not joined to the stream (yet): local delivery only, counted.
             self.unreplicated += count
             self._mark_of.pop(msg_id, None)
+            if seq:
+                self._resolved(seq)
             self.release(acks)
             return
         if self.degraded:
@@ -332,12 +366,12 @@ class QosStream:
         if wait:
             self._writing[msg_id] = write
         task = asyncio.get_running_loop().create_task(
-            self._write(subject, msg_id, payload, count, write, message))
+            self._write(subject, msg_id, payload, count, write, message, seq))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _write(self, subject: str, msg_id: str, payload: bytes, count: int,
-                     write: int, message: Message | None = None) -> None:
+                     write: int, message: Message | None = None, seq: int = 0) -> None:
         # Nats-Msg-Id: a retry after a lost ack is not stored twice (the stream's
         # duplicate window); receivers also drop a (sender, seq) seen before.
         headers = {"Nats-Msg-Id": msg_id}
@@ -372,6 +406,8 @@ class QosStream:
             self._inflight -= count
             if self._writing.get(msg_id) == write:
                 del self._writing[msg_id]
+            if seq:
+                self._resolved(seq)
         acks = self._held.pop(write, [])
         owner = self._mark_of.pop(msg_id, None) if self._mark_of else None
         if owner is not None and stored and acks and not self.degraded:
