@@ -579,10 +579,14 @@ class ClusterNode:
         the consumer position the receiver asks for after that part covers every
         stored write below it. Otherwise the destination gets the run through the
         stream only (its reader routes it, in the stream's order). A run sent live
-        with seq 0 (longer than one chunk) never opens the gate."""
+        with seq 0 (longer than one chunk, or live only: a subject NATS refuses) is
+        neither gated nor opens the gate: it goes live as before (not ordered with
+        the stream's copies)."""
+        if not seq:
+            return
         started = self._live_started
         for token in [t for t in dests if t not in started]:
-            if seq and floor >= seq - 1:
+            if floor >= seq - 1:
                 started.add(token)
                 log.debug("cluster: first live QoS 1 part to %s: seq %d (writes up to "
                           "%d resolved)", token, seq, floor)

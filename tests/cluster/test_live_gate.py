@@ -37,6 +37,7 @@ from iotbroker.storage.memory import MemoryStore
 
 B = "b_00000001"  # another node process (its token)
 C = "c_00000002"
+D = "d_00000003"
 
 
 class _Stream:
@@ -82,9 +83,9 @@ def _heard(node: ClusterNode, *tokens: str, ago: float = 0.0) -> None:
         node.wills.figures[token] = (time.monotonic() - ago, b"{}")
 
 
-def _turn(node: ClusterNode, number: int) -> dict[str, list[int]]:
+def _turn(node: ClusterNode, number: int, topic: str = "gate/t") -> dict[str, list[int]]:
     """One turn with one QoS 1 message: its live parts' seqs per destination."""
-    message = Message("gate/t", b"%d" % number, 1, False, Properties(), 1000.0 + number)
+    message = Message(topic, b"%d" % number, 1, False, Properties(), 1000.0 + number)
     node._forward([message], [])
     sent: dict[str, list[int]] = {}
     while node._commands:
@@ -104,7 +105,7 @@ def test_mqtt_4_6_0_5_a_first_live_part_goes_to_a_node_only_once_every_write_bel
     whether or not the writes below them are (the receiver's gap logic covers those).
     A node that joins later (c) is gated on its own; b is gated again once it was out
     of the liveness index, and every node after NATS was lost. A write given up (not
-    joined to the stream) is resolved at once."""
+    joined to the stream) is resolved at once. A run live with seq 0 is not gated."""
 
     async def scenario() -> None:
         node = _node()
@@ -150,6 +151,12 @@ def test_mqtt_4_6_0_5_a_first_live_part_goes_to_a_node_only_once_every_write_bel
         qos.js = None  # not joined to the stream: the write is given up at once
         assert _turn(node, 12) == {B: [12], C: [12]}
         assert qos.resolved_floor == 12
+
+        # A run that goes live with seq 0 (here: a subject NATS would refuse, live
+        # only) is neither gated nor opens the gate, as before.
+        _heard(node, D)
+        assert _turn(node, 13, "gate/" + "x" * 4100) == {B: [0], C: [0], D: [0]}
+        assert D not in node._live_started and node.refused == 1
         await qos.stop()
 
     asyncio.run(scenario())
