@@ -123,5 +123,15 @@ class TimerWheel:
                 if item.wheel_slot == slot:
                     item.wheel_slot = 0
                     item.on_deadline(now)
-        if self._slots and self._handle is None:
+        # Asked through a method, not ``self._handle is None``: after the assignment
+        # above mypy narrows the attribute to None for the rest of this function, and
+        # mypyc then checks it at run time — but an ``on_deadline`` (a keep-alive that
+        # is not due yet) schedules again and arms the wheel meanwhile, and the
+        # compiled build raised "TypeError: None object expected; got TimerHandle"
+        # here, an ERROR with a traceback in the log per keep-alive period.
+        if self._slots and not self._armed():
             self._arm(min(self._slots))
+
+    def _armed(self) -> bool:
+        """Whether a loop timer is set for the earliest slot."""
+        return self._handle is not None

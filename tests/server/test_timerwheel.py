@@ -4,8 +4,12 @@ resolution late, one entry per connection, cancel on close."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
+from pathlib import Path
 
 from iotbroker.server.timerwheel import TimerWheel
+from tests.helpers.broker_process import BrokerProcess, broker_config
 
 RES = 0.02
 
@@ -84,3 +88,60 @@ def test_cancel_forgets_the_item_and_an_item_may_schedule_itself_again() -> None
 
     fired = run(scenario)
     assert [name for name, _ in fired] == ["again"] * 3
+
+
+class Rescheduling(Item):
+    """Schedules itself again from ``on_deadline`` until it has fired ``times``, as a
+    connection's keep-alive does when its slot ends before the deadline."""
+
+    def __init__(self, name: str, fired: list[tuple[str, float]], wheel: TimerWheel,
+                 times: int) -> None:
+        super().__init__(name, fired)
+        self.wheel = wheel
+        self.times = times
+
+    def on_deadline(self, now: float) -> None:
+        super().on_deadline(now)
+        if len(self.fired) < self.times:
+            self.wheel.schedule(now + 0.03, self)
+
+
+def test_a_deadline_scheduled_again_from_its_own_call_fires_again_without_an_error() -> None:
+    """The compiled wheel raised a TypeError in ``_fire`` (an ERROR with a traceback in
+    the broker's log, once per keep-alive period of every connection) when an
+    ``on_deadline`` armed the wheel again; the loop's exception handler sees none now,
+    and each scheduled deadline fires."""
+    errors: list[dict[str, object]] = []
+
+    async def scenario(loop, wheel, fired):  # type: ignore[no-untyped-def]
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        wheel.schedule(loop.time() + 0.03, Rescheduling("k", fired, wheel, 4))
+        await asyncio.sleep(0.4)
+
+    fired = run(scenario)
+    assert errors == []
+    assert [name for name, _ in fired] == ["k"] * 4
+
+
+def test_a_client_with_keep_alive_leaves_no_error_in_the_broker_log(tmp_path: Path) -> None:
+    """A real broker and mosquitto_sub with a 2 s Keep Alive, pinging through three
+    periods: the client stays connected ([MQTT-3.1.2-24]: the Server closes it only after
+    1.5 × Keep Alive without a packet), and the broker's log has no ERROR and no
+    traceback (the compiled timer wheel logged one per keep-alive period)."""
+    broker = BrokerProcess(tmp_path, broker_config()).start()
+    try:
+        client = subprocess.Popen(
+            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", "k/#",
+             "-k", "2", "-i", "keepalive-client"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(6.5)
+            assert client.poll() is None, client.stderr.read() if client.stderr else ""
+        finally:
+            client.terminate()
+            client.wait(timeout=5)
+        log = broker.log_text()
+        assert "keepalive-client" in log
+        assert "Traceback" not in log and " ERROR " not in log, log
+    finally:
+        broker.stop()
