@@ -4,9 +4,11 @@ resolution late, one entry per connection, cancel on close."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from iotbroker.server.timerwheel import TimerWheel
 from tests.helpers.broker_process import BrokerProcess, broker_config
@@ -124,22 +126,22 @@ def test_a_deadline_scheduled_again_from_its_own_call_fires_again_without_an_err
 
 
 def test_a_client_with_keep_alive_leaves_no_error_in_the_broker_log(tmp_path: Path) -> None:
-    """A real broker and mosquitto_sub with a 2 s Keep Alive, pinging through three
-    periods: the client stays connected ([MQTT-3.1.2-24]: the Server closes it only after
-    1.5 × Keep Alive without a packet), and the broker's log has no ERROR and no
+    """A real broker and a paho client with a 2 s Keep Alive, pinging through three
+    periods: the client stays connected ([MQTT-3.1.2-24]: the Server closes it only
+    after 1.5 × Keep Alive without a packet), and the broker's log has no ERROR and no
     traceback (the compiled timer wheel logged one per keep-alive period)."""
     broker = BrokerProcess(tmp_path, broker_config()).start()
     try:
-        client = subprocess.Popen(
-            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", "k/#",
-             "-k", "2", "-i", "keepalive-client"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="keepalive-client",
+                             protocol=mqtt.MQTTv311)
+        client.connect(broker.host, broker.port, keepalive=2)
+        client.loop_start()
         try:
             time.sleep(6.5)
-            assert client.poll() is None, client.stderr.read() if client.stderr else ""
+            assert client.is_connected()
         finally:
-            client.terminate()
-            client.wait(timeout=5)
+            client.disconnect()
+            client.loop_stop()
         log = broker.log_text()
         assert "keepalive-client" in log
         assert "Traceback" not in log and " ERROR " not in log, log
