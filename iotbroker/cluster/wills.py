@@ -232,13 +232,17 @@ class Wills:
         assert kv is not None and js is not None
         alive: dict[str, bool] = {}
         now = time.monotonic()
+        listed: list[str] | None = None  # the bucket's keys, listed once per sweep
         for dead in [t for t in self._known if t != self.token]:
             alive[dead] = await self.alive(dead)
             if alive[dead]:
                 continue
             # All keys, filtered here (nats-py 2.16's keys(filters=...) finds none, and
-            # its keys() may miss some: list_keys). Only while a known process is dead.
-            keys = [k for k in await list_keys(js, self.bucket) if k.startswith(f"{dead}.")]
+            # its keys() may miss some: list_keys). Only while a known process is dead,
+            # and once for all the dead processes of this sweep.
+            if listed is None:
+                listed = await list_keys(js, self.bucket)
+            keys = [k for k in listed if k.startswith(f"{dead}.")]
             if not keys:
                 self._known.discard(dead)  # nothing of it left
                 continue

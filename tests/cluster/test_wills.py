@@ -90,6 +90,47 @@ def test_kill_9_of_a_node_publishes_its_clients_wills_once(
     polite.close()
 
 
+def test_kill_9_of_two_nodes_at_once_publishes_the_wills_of_both_once(
+    make_node: Node, clients: Callable[..., Paho], nats_cluster: NatsCluster
+) -> None:
+    """Two dead processes in one sweep (the bucket is listed once per sweep and each
+    dead process's wills are taken from that one listing): the survivor publishes
+    every will of both, each once [MQTT-3.1.2-8]."""
+    a = make_node("a", servers=[0])
+    b = make_node("b", servers=[1])
+    c = make_node("c", servers=[2])
+    _ready(a, b, c)
+    on_c = clients(c, "watch-c2")
+    on_c.subscribe("wills2/#", qos=1)
+    for name, node in (("a", a), ("b", b)):
+        probe = clients(node, f"probe-{name}")
+        wait_until_routed(probe, on_c, f"wills2/probe-{name}")
+        probe.disconnect()
+    devices = []
+    for name, node in (("a", a), ("b", b)):
+        for i in range(2):
+            device = RawClient(node.host, node.port, version=5)
+            device.connect(f"dev-{name}-{i}", will=Will(
+                f"wills2/dev-{name}-{i}", b"gone", 1, False, Properties()))
+            devices.append(device)
+    _wait_keys(nats_cluster, a, 4)  # one bucket for the cluster: both nodes' wills
+    a.kill()
+    b.kill()
+    got = []
+    while len(got) < 4:
+        msg = on_c.receive(timeout=15)
+        if not msg.payload.startswith(b"probe"):
+            got.append((msg.topic, msg.payload, msg.qos))
+    assert sorted(got) == sorted(
+        (f"wills2/dev-{n}-{i}", b"gone", 1) for n in ("a", "b") for i in range(2))
+    _wait_keys(nats_cluster, c, 0)
+    marker = clients(c, "marker2")
+    marker.publish("wills2/end", b"end", qos=1)
+    assert [m.topic for m in on_c.receive_until("wills2/end")] == []  # each once
+    for device in devices:
+        device.close()
+
+
 def test_a_clean_stop_sends_no_will(
     make_node: Node, nats_cluster: NatsCluster
 ) -> None:
