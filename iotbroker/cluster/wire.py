@@ -336,9 +336,9 @@ class Outbox:
     order is kept (each topic's, [MQTT-4.6.0-5], and all others too), and each decoded
     message equals the one sent."""
 
-    __slots__ = ("_at", "_count", "_defs", "_generation", "_oids", "_origin",
+    __slots__ = ("_at", "_count", "_defs", "_generation", "_oid_one", "_oids", "_origin",
                  "_origin_id", "_origin_ids", "_origin_raw", "_payloads", "_pieces", "_size",
-                 "_sizes", "_tids", "names", "parts")
+                 "_size_one", "_sizes", "_tid_one", "_tids", "names", "parts")
 
     def __init__(self, names: NameTable | None = None) -> None:
         #: the destination's name dictionary (None: a private one, never confirmed,
@@ -349,11 +349,19 @@ class Outbox:
         self._count = 0
         self._size = 0
         # the open NAMED part: ids it defines, its columns (topic and origin ids as
-        # their 2 bytes on the wire, sizes), payloads, created time, generation
+        # their 2 bytes on the wire, sizes), payloads, created time, generation. A
+        # column whose messages so far all have one value is that value alone
+        # (``_tid_one``, ``_oid_one``, ``_size_one``; the list empty): one publisher's
+        # messages, one topic's, payloads of one size need no item per message, and
+        # the column is written as that value times the count (:meth:`_close`). The
+        # list is made at the first other value.
         self._defs: dict[int, None] = {}
         self._tids: list[bytes] = []
         self._oids: list[bytes] = []
         self._sizes: list[int] = []
+        self._tid_one = b""
+        self._oid_one = b""
+        self._size_one = -1
         self._payloads: list[bytes] = []
         self._at = 0.0
         self._generation = 0
@@ -409,9 +417,35 @@ class Outbox:
         if type(payload) is not bytes:
             payload = bytes(payload)
         size = len(payload)
-        self._tids.append(topic_raw)
-        self._oids.append(origin_raw)
-        self._sizes.append(size)
+        # each column: a list once two values met, else one value (see __init__);
+        # values compared by identity (one id's bytes are one object in a table)
+        tids = self._tids
+        if tids:
+            tids.append(topic_raw)
+        elif topic_raw is not self._tid_one:
+            if payloads:
+                self._tids = [self._tid_one] * len(payloads)
+                self._tids.append(topic_raw)
+            else:
+                self._tid_one = topic_raw
+        oids = self._oids
+        if oids:
+            oids.append(origin_raw)
+        elif origin_raw is not self._oid_one:
+            if payloads:
+                self._oids = [self._oid_one] * len(payloads)
+                self._oids.append(origin_raw)
+            else:
+                self._oid_one = origin_raw
+        sizes = self._sizes
+        if sizes:
+            sizes.append(size)
+        elif size != self._size_one:
+            if payloads:
+                self._sizes = [self._size_one] * len(payloads)
+                self._sizes.append(size)
+            else:
+                self._size_one = size
         payloads.append(payload)
         self._size += size
         if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
@@ -480,15 +514,27 @@ class Outbox:
             raw = self.names.raw
             n = len(payloads)
             k = len(defs)
-            self.parts.append((b"".join([
-                _NAMED.pack(NAMED, n, self._at, self._generation, k),
-                struct.pack(f">{k}H{k}H", *defs, *[len(raw[i]) for i in defs]),
-                *[raw[i] for i in defs], *self._tids, *self._oids,
-                struct.pack(f">{n}I", *self._sizes), *payloads]), n))
+            pieces = [_NAMED.pack(NAMED, n, self._at, self._generation, k),
+                      struct.pack(f">{k}H{k}H", *defs, *[len(raw[i]) for i in defs]),
+                      *[raw[i] for i in defs]]
+            if self._tids:
+                pieces += self._tids
+                self._tids = []
+            else:
+                pieces.append(self._tid_one * n)
+            if self._oids:
+                pieces += self._oids
+                self._oids = []
+            else:
+                pieces.append(self._oid_one * n)
+            if self._sizes:
+                pieces.append(struct.pack(f">{n}I", *self._sizes))
+                self._sizes = []
+            else:
+                pieces.append(_SIZE.pack(self._size_one) * n)
+            pieces += payloads
+            self.parts.append((b"".join(pieces), n))
             self._defs = {}
-            self._tids = []
-            self._oids = []
-            self._sizes = []
             self._payloads = []
         self._size = 0
 
