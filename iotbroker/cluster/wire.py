@@ -1018,11 +1018,10 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
         op = tp + 2 * count
         sp = op + 2 * count
         pos = sp + 4 * count
-        for _ in range(count):  # _u16, _u32 inlined (no call each)
-            t = (data[tp] << 8) | data[tp + 1]
-            o = (data[op] << 8) | data[op + 1]
-            end = pos + ((data[sp] << 24) | (data[sp + 1] << 16) | (data[sp + 2] << 8)
-                         | data[sp + 3])
+        for _ in range(count):
+            t = _u16(data, tp)
+            o = _u16(data, op)
+            end = pos + _u32(data, sp)
             tp += 2
             op += 2
             sp += 4
