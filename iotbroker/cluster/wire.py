@@ -88,6 +88,8 @@ import struct
 from collections import deque
 from typing import Any, Final
 
+from mypy_extensions import i64
+
 from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.core.router import Router
 from iotbroker.core.subscriptions import Matches, SubscriptionTrie
@@ -888,12 +890,13 @@ def _learn(strs: list[str], i: int, name: str) -> None:
         raise ValueError(f"cluster batch redefines name {i}")
 
 
-def _u16(data: bytes, pos: int) -> int:
-    return (data[pos] << 8) | data[pos + 1]
+def _u16(data: bytes, pos: i64) -> i64:
+    return (i64(data[pos]) << 8) | i64(data[pos + 1])
 
 
-def _u32(data: bytes, pos: int) -> int:
-    return (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+def _u32(data: bytes, pos: i64) -> i64:
+    return ((i64(data[pos]) << 24) | (i64(data[pos + 1]) << 16) | (i64(data[pos + 2]) << 8)
+            | i64(data[pos + 3]))
 
 
 #: Bytes of a NAMED part's head (:data:`_NAMED`).
@@ -1011,13 +1014,15 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
     heads = batch.heads
     counts = batch.counts
     times = batch.times
+    have64: i64 = have
     for part in range(len(heads)):
-        count = counts[part]
+        # native 64-bit positions and ids (i64): no tagged-int checks per operation
+        count: i64 = counts[part]
         created_at = times[part]
-        tp = heads[part]
-        op = tp + 2 * count
-        sp = op + 2 * count
-        pos = sp + 4 * count
+        tp: i64 = heads[part]
+        op: i64 = tp + 2 * count
+        sp: i64 = op + 2 * count
+        pos: i64 = sp + 4 * count
         for _ in range(count):
             t = _u16(data, tp)
             o = _u16(data, op)
@@ -1027,8 +1032,8 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
             sp += 4
             # an id it was not given (or was, as _UNKNOWN): never another name,
             # left out and counted
-            topic = strs[t] if t < have else _UNKNOWN
-            origin = strs[o] if o < have else _UNKNOWN
+            topic = strs[t] if t < have64 else _UNKNOWN
+            origin = strs[o] if o < have64 else _UNKNOWN
             if topic is _UNKNOWN or origin is _UNKNOWN:
                 unknown += 1
             else:
