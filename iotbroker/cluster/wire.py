@@ -88,6 +88,8 @@ import struct
 from collections import deque
 from typing import Any, Final
 
+from mypy_extensions import i64
+
 from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.core.router import Router
 from iotbroker.core.subscriptions import Matches, SubscriptionTrie
@@ -336,9 +338,9 @@ class Outbox:
     order is kept (each topic's, [MQTT-4.6.0-5], and all others too), and each decoded
     message equals the one sent."""
 
-    __slots__ = ("_at", "_count", "_defs", "_generation", "_oids", "_origin",
+    __slots__ = ("_at", "_count", "_defs", "_generation", "_oid_one", "_oids", "_origin",
                  "_origin_id", "_origin_ids", "_origin_raw", "_payloads", "_pieces", "_size",
-                 "_sizes", "_tids", "names", "parts")
+                 "_size_one", "_sizes", "_tid_one", "_tids", "names", "parts")
 
     def __init__(self, names: NameTable | None = None) -> None:
         #: the destination's name dictionary (None: a private one, never confirmed,
@@ -349,11 +351,19 @@ class Outbox:
         self._count = 0
         self._size = 0
         # the open NAMED part: ids it defines, its columns (topic and origin ids as
-        # their 2 bytes on the wire, sizes), payloads, created time, generation
+        # their 2 bytes on the wire, sizes), payloads, created time, generation. A
+        # column whose messages so far all have one value is that value alone
+        # (``_tid_one``, ``_oid_one``, ``_size_one``; the list empty): one publisher's
+        # messages, one topic's, payloads of one size need no item per message, and
+        # the column is written as that value times the count (:meth:`_close`). The
+        # list is made at the first other value.
         self._defs: dict[int, None] = {}
         self._tids: list[bytes] = []
         self._oids: list[bytes] = []
         self._sizes: list[int] = []
+        self._tid_one = b""
+        self._oid_one = b""
+        self._size_one = -1
         self._payloads: list[bytes] = []
         self._at = 0.0
         self._generation = 0
@@ -409,9 +419,35 @@ class Outbox:
         if type(payload) is not bytes:
             payload = bytes(payload)
         size = len(payload)
-        self._tids.append(topic_raw)
-        self._oids.append(origin_raw)
-        self._sizes.append(size)
+        # each column: a list once two values met, else one value (see __init__);
+        # values compared by identity (one id's bytes are one object in a table)
+        tids = self._tids
+        if tids:
+            tids.append(topic_raw)
+        elif topic_raw is not self._tid_one:
+            if payloads:
+                self._tids = [self._tid_one] * len(payloads)
+                self._tids.append(topic_raw)
+            else:
+                self._tid_one = topic_raw
+        oids = self._oids
+        if oids:
+            oids.append(origin_raw)
+        elif origin_raw is not self._oid_one:
+            if payloads:
+                self._oids = [self._oid_one] * len(payloads)
+                self._oids.append(origin_raw)
+            else:
+                self._oid_one = origin_raw
+        sizes = self._sizes
+        if sizes:
+            sizes.append(size)
+        elif size != self._size_one:
+            if payloads:
+                self._sizes = [self._size_one] * len(payloads)
+                self._sizes.append(size)
+            else:
+                self._size_one = size
         payloads.append(payload)
         self._size += size
         if len(payloads) >= MAX_BATCH or self._size >= MAX_BATCH_BYTES:
@@ -480,15 +516,27 @@ class Outbox:
             raw = self.names.raw
             n = len(payloads)
             k = len(defs)
-            self.parts.append((b"".join([
-                _NAMED.pack(NAMED, n, self._at, self._generation, k),
-                struct.pack(f">{k}H{k}H", *defs, *[len(raw[i]) for i in defs]),
-                *[raw[i] for i in defs], *self._tids, *self._oids,
-                struct.pack(f">{n}I", *self._sizes), *payloads]), n))
+            pieces = [_NAMED.pack(NAMED, n, self._at, self._generation, k),
+                      struct.pack(f">{k}H{k}H", *defs, *[len(raw[i]) for i in defs]),
+                      *[raw[i] for i in defs]]
+            if self._tids:
+                pieces += self._tids
+                self._tids = []
+            else:
+                pieces.append(self._tid_one * n)
+            if self._oids:
+                pieces += self._oids
+                self._oids = []
+            else:
+                pieces.append(self._oid_one * n)
+            if self._sizes:
+                pieces.append(struct.pack(f">{n}I", *self._sizes))
+                self._sizes = []
+            else:
+                pieces.append(_SIZE.pack(self._size_one) * n)
+            pieces += payloads
+            self.parts.append((b"".join(pieces), n))
             self._defs = {}
-            self._tids = []
-            self._oids = []
-            self._sizes = []
             self._payloads = []
         self._size = 0
 
@@ -842,12 +890,13 @@ def _learn(strs: list[str], i: int, name: str) -> None:
         raise ValueError(f"cluster batch redefines name {i}")
 
 
-def _u16(data: bytes, pos: int) -> int:
-    return (data[pos] << 8) | data[pos + 1]
+def _u16(data: bytes, pos: i64) -> i64:
+    return (i64(data[pos]) << 8) | i64(data[pos + 1])
 
 
-def _u32(data: bytes, pos: int) -> int:
-    return (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+def _u32(data: bytes, pos: i64) -> i64:
+    return ((i64(data[pos]) << 24) | (i64(data[pos + 1]) << 16) | (i64(data[pos + 2]) << 8)
+            | i64(data[pos + 3]))
 
 
 #: Bytes of a NAMED part's head (:data:`_NAMED`).
@@ -872,6 +921,7 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
     pos = 2 + n
     first = pos
     generation = -1
+    ends: list[int] = []  # where each part ends (the next one starts)
     while pos < end_all:
         if data[pos] != NAMED or pos + _NAMED_SIZE > end_all:
             return None
@@ -893,9 +943,11 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
         if sizes + 4 * count > end_all:
             return None
         total = 0
-        for k in range(count):
-            total += _u32(data, sizes + 4 * k)
+        for sp in range(sizes, sizes + 4 * count, 4):  # _u32, inlined (no call each)
+            total += ((data[sp] << 24) | (data[sp + 1] << 16) | (data[sp + 2] << 8)
+                      | data[sp + 3])
         pos = sizes + 4 * count + total
+        ends.append(pos)
     if pos != end_all or generation < 0:
         return None
     sender = data[2:first]
@@ -911,7 +963,7 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
     strs = book.names
     learned = book.learned
     pos = first
-    while pos < end_all:
+    for end in ends:
         count = _u16(data, pos + 1)
         ndefs = _u16(data, pos + 15)
         created_at: float = _NAMED.unpack_from(data, pos)[2]
@@ -931,11 +983,7 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
         batch.heads.append(p)
         batch.counts.append(count)
         batch.times.append(created_at)
-        sizes = p + 4 * count
-        total = 0
-        for k in range(count):
-            total += _u32(data, sizes + 4 * k)
-        pos = sizes + 4 * count + total
+        pos = end
     return batch
 
 
@@ -966,13 +1014,15 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
     heads = batch.heads
     counts = batch.counts
     times = batch.times
+    have64: i64 = have
     for part in range(len(heads)):
-        count = counts[part]
+        # native 64-bit positions and ids (i64): no tagged-int checks per operation
+        count: i64 = counts[part]
         created_at = times[part]
-        tp = heads[part]
-        op = tp + 2 * count
-        sp = op + 2 * count
-        pos = sp + 4 * count
+        tp: i64 = heads[part]
+        op: i64 = tp + 2 * count
+        sp: i64 = op + 2 * count
+        pos: i64 = sp + 4 * count
         for _ in range(count):
             t = _u16(data, tp)
             o = _u16(data, op)
@@ -982,8 +1032,8 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
             sp += 4
             # an id it was not given (or was, as _UNKNOWN): never another name,
             # left out and counted
-            topic = strs[t] if t < have else _UNKNOWN
-            origin = strs[o] if o < have else _UNKNOWN
+            topic = strs[t] if t < have64 else _UNKNOWN
+            origin = strs[o] if o < have64 else _UNKNOWN
             if topic is _UNKNOWN or origin is _UNKNOWN:
                 unknown += 1
             else:

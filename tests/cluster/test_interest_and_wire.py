@@ -203,6 +203,50 @@ def test_batch_golden_bytes() -> None:
         "01" "00000007" "0002" "0000" "0005")) == (b"n/2", wire.KNOWN, 7, [0, 5])
 
 
+@pytest.mark.parametrize("column", ["topic", "origin", "size", "all"])
+@pytest.mark.parametrize("change_at", [None, 1, 5, 9])
+def test_named_part_columns_of_one_value_are_the_same_bytes(
+        column: str, change_at: int | None) -> None:
+    """A NAMED part's column (topic ids, origin ids, sizes) whose messages so far all
+    had one value is kept as that value and written as it times the count; the first
+    other value (at ``change_at`` of 10 messages; None: never) makes it a list from
+    there. Either way the part is the bytes :func:`wire.encode_named` writes for the
+    same messages, before and after the destination confirmed the names (ids then
+    taken from the Route's and the table's bytes), and decodes back to them."""
+    def msgs() -> list[Message]:
+        out = []
+        for i in range(10):
+            other = change_at is not None and i >= change_at and i % 2 == change_at % 2
+            topic = "t/b" if other and column in ("topic", "all") else "t/a"
+            origin = "d" if other and column in ("origin", "all") else "c"
+            size = 3 if other and column in ("size", "all") else 7
+            out.append(Message(topic, bytes([65 + i]) * size, 0, False, NO_PROPERTIES,
+                               2.5, None, origin))
+        return out
+
+    tables = wire.NameTables()
+    table = tables.of("b_1")
+    books: dict[bytes, wire.NameBook] = {}
+    for confirmed in (False, True):
+        box = tables.outbox("b_1")
+        messages = msgs()
+        for m in messages:
+            tid = table.ids.get(m.topic, -1)
+            box.add_plain(m, tid, table.codes[tid] if tid >= 0 else b"")
+        [(data, n)] = box.batches(b"a/1")
+        assert n == 10
+        ids = {**table.ids, **table.pending}
+        heads = [x for m in messages for x in (ids[m.topic], ids[m.origin], len(m.payload))]
+        defs = [] if confirmed else sorted({ids[m.topic] for m in messages}
+                                           | {ids[m.origin] for m in messages})
+        assert data == wire.encode_batch(b"a/1", [wire.encode_named(
+            2.5, table.generation, defs, [table.raw[i] for i in defs], heads,
+            [m.payload for m in messages])])
+        _, parts = wire.decode_batch(data, books)  # (the receiver's book kept)
+        assert [m for _, ms, _ in parts for m in ms] == messages
+        table.confirmed(table.generation, list(range(len(table.raw))))
+
+
 def test_mqtt_4_6_0_5_outbox_keeps_the_order_of_mixed_messages() -> None:
     """[MQTT-4.6.0-5] / [MQTT-4.6.0-6] (Ordered Topic): the Outbox gathers plain QoS 0
     messages into NAMED parts and others into ITEMS parts; decoded, all messages come
