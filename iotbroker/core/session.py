@@ -422,8 +422,7 @@ class Session:
                         context.ready.append(self)
                     out.append(delivery)
                     metrics = context.metrics
-                    metrics.publish_sent += 1
-                    metrics.publish_sent_qos[0] += 1
+                    metrics.count_sent(0)
                     metrics.publish_bytes_sent += len(delivery.message.payload)
                 else:
                     context.metrics.messages_dropped_slow_consumer += 1
@@ -499,8 +498,7 @@ class Session:
         out.append((delivery, packet_id, dup, now))
         if delivery is not None and not dup:
             metrics = self.context.metrics
-            metrics.publish_sent += 1
-            metrics.publish_sent_qos[delivery.qos] += 1
+            metrics.count_sent(delivery.qos)
             metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def take_outbox(self) -> list[OutboxEntry]:
@@ -516,8 +514,7 @@ class Session:
         ``dup``, was not): that is taken back."""
         metrics = self.context.metrics
         if not dup:
-            metrics.publish_sent -= 1
-            metrics.publish_sent_qos[delivery.qos] -= 1
+            metrics.count_sent(delivery.qos, -1)
             metrics.publish_bytes_sent -= len(delivery.message.payload)
         if not packet_id:
             return  # QoS 0: nothing to complete
@@ -550,8 +547,7 @@ class Session:
             self.context.ready.append(self)
         out.append((delivery, pid, False, now))
         metrics = self.context.metrics
-        metrics.publish_sent += 1
-        metrics.publish_sent_qos[delivery.qos] += 1
+        metrics.count_sent(delivery.qos)
         metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def _send_stream(self, delivery: Delivery, seq: int, now: float) -> None:
@@ -568,8 +564,7 @@ class Session:
             self.context.ready.append(self)
         out.append((delivery, pid, False, now))
         metrics = self.context.metrics
-        metrics.publish_sent += 1
-        metrics.publish_sent_qos[1] += 1
+        metrics.count_sent(1)
         metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def _forget_stored(self, packet_id: int, entry: InflightEntry) -> None:

@@ -732,8 +732,7 @@ class Engine:
         v5 = conn.protocol_version == 5
         qos = packet.qos
         metrics = self.metrics
-        metrics.publish_received += 1
-        metrics.publish_received_qos[qos] += 1
+        metrics.count_received(qos)
         metrics.publish_bytes_received += len(packet.payload)
         if qos > cfg.maximum_qos:
             raise ProtocolViolation(
