@@ -212,6 +212,25 @@ class Connection(Framer):
             self.failure = failure
         return packets
 
+    def receive_one(self, data: bytes, now: float) -> Packet | None:
+        """:meth:`receive_data` for the usual read of a connected client, exactly one
+        whole packet: that packet, without a list (issue 19: one list per read on the
+        QoS 1 path). None when the read is anything else (nothing is done: call
+        :meth:`receive_data`), or when the packet is a violation (recorded in
+        :attr:`failure`, as :meth:`receive_data` does; it then returns no packets)."""
+        if self.state is not _CONNECTED or self.failure is not None or type(data) is not bytes:
+            return None
+        header = self.whole_frame(data)
+        if not header:
+            return None
+        self.last_received = now
+        self.bytes_received += len(data)
+        try:
+            return self._check(decode_whole(data, header, self.protocol_version))
+        except MqttError as exc:
+            self.failure = exc
+            return None
+
     def _check(self, packet: Packet) -> Packet:
         """Check ``packet`` against the connection's state; returns it, or for a
         PUBLISH with a topic alias a new PUBLISH with the topic it stands for (a
