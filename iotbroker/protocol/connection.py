@@ -52,7 +52,7 @@ from iotbroker.codec.packets import (
 )
 from iotbroker.codec.properties import encode_properties
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
-from iotbroker.message import Delivery
+from iotbroker.message import Delivery, Sending
 from iotbroker.protocol.topic_alias import InboundAliases, OutboundAliases
 
 _WILDCARDS = frozenset("+#")
@@ -428,11 +428,13 @@ class Connection(Framer):
         return True
 
     def send_outbox(
-        self, entries: list[Delivery | tuple[Delivery | None, int, bool, float]], now: float
+        self, entries: list[Delivery | Sending | tuple[Delivery | None, int, bool, float]],
+        now: float,
     ) -> list[tuple[int, Delivery, bool]]:
         """Send a session's outbox in order: a QoS 0 PUBLISH as a bare delivery (sent
-        at ``now``), a PUBLISH ``(delivery, packet id, dup, when)`` or a PUBREL
-        ``(None, packet id, ...)``. Returns ``(packet id, delivery, dup)`` of the PUBLISHes
+        at ``now``), a new QoS 1/2 PUBLISH as a :class:`~iotbroker.message.Sending`
+        (its in-flight entry), a PUBLISH ``(delivery, packet id, dup, when)`` or a
+        PUBREL ``(None, packet id, ...)``. Returns ``(packet id, delivery, dup)`` of the PUBLISHes
         larger than the client's Maximum Packet Size, which were not sent
         [MQTT-3.1.2-25] (the session discards them as if completed). A resend (DUP)
         is among them too: a client may come back with a smaller Maximum Packet Size
@@ -445,6 +447,13 @@ class Connection(Framer):
                     if refused is None:
                         refused = []
                     refused.append((0, entry, False))
+                continue
+            if isinstance(entry, Sending):  # a new QoS 1/2 PUBLISH: the QoS 1 path
+                if not self.send_publish(entry.delivery, entry.packet_id or None, entry.dup,
+                                         entry.sent_at):
+                    if refused is None:
+                        refused = []
+                    refused.append((entry.packet_id, entry.delivery, entry.dup))
                 continue
             delivery, packet_id, dup, when = entry
             if delivery is None:
