@@ -65,6 +65,10 @@ _NO_RESEND: Final[deque[Any]] = placeholders.NO_RESEND
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_IDS: Final[frozenset[int]] = placeholders.NO_IDS
 _NO_SUBSCRIPTIONS: Final[dict[str, SubscriptionEntry]] = placeholders.NO_SUBSCRIPTIONS
+#: Not ``OutboundState.PUBLISH_SENT`` in the methods (issue 19): on Python 3.11 reading
+#: an Enum class's attribute in compiled code makes a method-wrapper object (the
+#: metaclass has ``__getattr__``), one per QoS 1/2 forward.
+_PUBLISH_SENT: Final = OutboundState.PUBLISH_SENT
 
 
 class OneSubscription(Mapping[str, SubscriptionEntry]):
@@ -548,11 +552,11 @@ class Session:
         self._next_seq = seq + 1
         if inflight is _NO_INFLIGHT:
             inflight = self.inflight = {}
-        entry = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq, False, pid, now)
+        entry = InflightEntry(delivery, _PUBLISH_SENT, seq, False, pid, now)
         inflight[pid] = entry
         if self.expiry_interval > 0:  # persistent (inlined: the QoS 1 path)
             self.context.batch.put_outbound(
-                OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
+                OutboundRecord(self.client_id, pid, _PUBLISH_SENT, delivery, seq)
             )
         out = self.outbox
         if out is None:
@@ -570,7 +574,7 @@ class Session:
         inflight = self.inflight
         if inflight is _NO_INFLIGHT:
             inflight = self.inflight = {}
-        entry = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq, True, pid, now)
+        entry = InflightEntry(delivery, _PUBLISH_SENT, seq, True, pid, now)
         inflight[pid] = entry
         out = self.outbox
         if out is None:
@@ -596,7 +600,7 @@ class Session:
         their seqs); they go back in flight, to be re-sent with DUP=1 and the same ids
         on resume [MQTT-4.4.0-1]. Returns how many."""
         if not self.context.stream_outbox or any(
-                not e.queued_record and e.state is OutboundState.PUBLISH_SENT
+                not e.queued_record and e.state is _PUBLISH_SENT
                 for e in self.inflight.values()):
             return 0  # (a store written by an older version: its in-flight list holds)
         pager = self.context.pager
@@ -627,7 +631,7 @@ class Session:
             self._queued_bytes = max(0, self._queued_bytes - len(delivery.message.payload))
             if self.inflight is _NO_INFLIGHT:
                 self.inflight = {}
-            self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq, True)
+            self.inflight[pid] = InflightEntry(delivery, _PUBLISH_SENT, seq, True)
             adopted += 1
         return adopted
 
@@ -871,7 +875,7 @@ class Session:
         moved = 0
         for pid, entry in list(self.inflight.items()):
             if (
-                entry.state is OutboundState.PUBLISH_SENT
+                entry.state is _PUBLISH_SENT
                 and entry.delivery.qos == 1
                 and new_home(entry.delivery)
             ):

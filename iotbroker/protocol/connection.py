@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -86,7 +86,13 @@ PRE_CONNECT_MAX_PACKET = 256 * 1024
 
 _AWAIT_CONNECT = ConnectionState.AWAIT_CONNECT
 _CONNECTED = ConnectionState.CONNECTED
+_CLOSING: Final = ConnectionState.CLOSING
 _PUBLISH = PacketType.PUBLISH
+# Module constants, not ``PacketType.X`` in the methods (issue 19): on Python 3.11 an
+# Enum class has a metaclass ``__getattr__``, so each ``PacketType.X`` read in compiled
+# code makes a method-wrapper object (three per PUBACK received through ``_check``).
+_CONNECT: Final = PacketType.CONNECT
+_AUTH: Final = PacketType.AUTH
 
 
 #: The output of a connection with nothing queued. Every packet is at least 2 bytes,
@@ -176,7 +182,7 @@ class Connection(Framer):
         reason code (the engine's ``fail``) [MQTT-4.8.0-1] (v5 [MQTT-4.13.1-1]).
         """
         self.last_received = now
-        if self.state is ConnectionState.CLOSING or self.failure is not None:
+        if self.state is _CLOSING or self.failure is not None:
             return []
         if data and self.state is _AWAIT_CONNECT and not self.bytes_received:
             early = _first_byte_problem(data[0])
@@ -248,14 +254,14 @@ class Connection(Framer):
             # CONNECT is accepted once; anything after it waits for the CONNACK decision.
             self.state = ConnectionState.AUTHENTICATING
             return packet
-        if ptype is PacketType.PUBLISH:
+        if ptype is _PUBLISH:
             assert isinstance(packet, Publish)
             return self._check_publish(packet)
-        if ptype is PacketType.CONNECT:
+        if ptype is _CONNECT:
             raise ProtocolViolation("second CONNECT on one connection", spec_ref="MQTT-3.1.0-2")
         elif ptype in _SERVER_ONLY:
             raise ProtocolViolation(f"a client must not send {ptype.name}")
-        elif ptype is PacketType.AUTH and self.protocol_version != 5:
+        elif ptype is _AUTH and self.protocol_version != 5:
             raise MalformedPacket("AUTH does not exist in MQTT 3.1.1", spec_ref="MQTT-2.2.2-2")
         return packet
 
@@ -334,7 +340,7 @@ class Connection(Framer):
 
     @property
     def connected(self) -> bool:
-        return self.state is ConnectionState.CONNECTED
+        return self.state is _CONNECTED
 
     def keepalive_deadline(self) -> float | None:
         """When the client will have been silent for 1.5 × Keep Alive [MQTT-3.1.2-24]."""
