@@ -129,3 +129,27 @@ class Delivery:
         self.share_group = share_group
         self.wire4 = wire4
         self.wire5 = wire5
+
+
+class Sending:
+    """A QoS 1/2 PUBLISH for a connection to send: the copy, its packet identifier,
+    DUP, and ``sent_at``, when the session decided to send it (a Message Expiry
+    Interval counts down to then). A session's in-flight entry
+    (``core.session.InflightEntry``) is one and goes into the session's outbox as it
+    is: one object per QoS 1/2 forward, not the entry plus a ``(delivery, packet id,
+    dup, now)`` tuple with its boxed packet id and time (issue 19, objects per
+    message). Here, not in core: the connection (``protocol``) reads it and imports
+    no ``core``."""
+
+    __slots__ = ("delivery", "dup", "packet_id", "sent_at")
+
+    def __init__(self, delivery: Delivery, packet_id: int, dup: bool = False,
+                 sent_at: float = 0.0) -> None:
+        self.delivery = delivery
+        self.packet_id = packet_id
+        self.dup = dup
+        self.sent_at = sent_at
+
+    def __repr__(self) -> str:
+        return (f"Sending(packet_id={self.packet_id}, dup={self.dup}, "
+                f"sent_at={self.sent_at}, delivery={self.delivery!r})")

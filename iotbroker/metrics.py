@@ -54,8 +54,16 @@ class Metrics:
     publish_bytes_sent: int = 0
     #: CONNECT packets received (the rate is $SYS load/connections, as mosquitto's).
     connects_received: int = 0
-    publish_received_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
-    publish_sent_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
+    #: PUBLISH packets received and sent, by QoS: one native field each (issue 19: an
+    #: item of a list is a boxed int, a new object per increment once past 256; a
+    #: field of this compiled class is not). :attr:`publish_received_qos` and
+    #: :attr:`publish_sent_qos` read them as ``(qos0, qos1, qos2)``.
+    publish_received_qos0: int = 0
+    publish_received_qos1: int = 0
+    publish_received_qos2: int = 0
+    publish_sent_qos0: int = 0
+    publish_sent_qos1: int = 0
+    publish_sent_qos2: int = 0
     messages_dropped_queue_full: int = 0
     messages_dropped_qos0_offline: int = 0
     messages_dropped_slow_consumer: int = 0
@@ -106,21 +114,51 @@ class Metrics:
     tls_handshake_failures_closed: int = 0
     tls_handshake_failures_other: int = 0
 
+    @property
+    def publish_received_qos(self) -> tuple[int, int, int]:
+        """PUBLISH packets received, by QoS (read-only: count with
+        :meth:`count_received`)."""
+        return (self.publish_received_qos0, self.publish_received_qos1,
+                self.publish_received_qos2)
+
+    @property
+    def publish_sent_qos(self) -> tuple[int, int, int]:
+        """PUBLISH packets sent, by QoS (read-only: count with :meth:`count_sent`)."""
+        return (self.publish_sent_qos0, self.publish_sent_qos1, self.publish_sent_qos2)
+
+    def count_received(self, qos: int) -> None:
+        """One PUBLISH received at ``qos``: ``publish_received`` and its QoS's count."""
+        self.publish_received += 1
+        if qos == 1:
+            self.publish_received_qos1 += 1
+        elif qos == 0:
+            self.publish_received_qos0 += 1
+        else:
+            self.publish_received_qos2 += 1
+
+    def count_sent(self, qos: int, delta: int = 1) -> None:
+        """``delta`` PUBLISH packets sent at ``qos`` (-1: one taken back):
+        ``publish_sent`` and its QoS's count."""
+        self.publish_sent += delta
+        if qos == 1:
+            self.publish_sent_qos1 += delta
+        elif qos == 0:
+            self.publish_sent_qos0 += delta
+        else:
+            self.publish_sent_qos2 += delta
+
     def count_auth_failure(self, reason: str) -> None:
         """One refused login, by reason (one of :data:`AUTH_FAILURE_REASONS`)."""
         self.auth_failures += 1
         self.auth_failures_reason[reason] = self.auth_failures_reason.get(reason, 0) + 1
 
     def as_dict(self) -> dict[str, int]:
-        """Scalar counters by name (the per-QoS lists are flattened as ``name_qosN``,
-        the per-reason dicts as ``name_REASON``)."""
+        """Scalar counters by name (the per-QoS counts are ``publish_received_qosN``
+        and ``publish_sent_qosN``, the per-reason dicts flattened as ``name_REASON``)."""
         out: dict[str, int] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, list):
-                for qos, count in enumerate(value):
-                    out[f"{f.name}{qos}"] = count
-            elif isinstance(value, dict):
+            if isinstance(value, dict):
                 for key, count in value.items():
                     out[f"{f.name}_{key}"] = count
             else:

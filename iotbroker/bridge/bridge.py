@@ -70,7 +70,7 @@ from iotbroker.core.session import OutboxEntry, Session, SessionContext, Session
 from iotbroker.core.topics import is_broker_topic
 from iotbroker.engine.client import Client
 from iotbroker.engine.engine import Engine
-from iotbroker.message import NEVER_EXPIRES, Delivery, Message
+from iotbroker.message import NEVER_EXPIRES, Delivery, Message, Sending
 from iotbroker.protocol.connection import Connection, ConnectionState
 
 log = logging.getLogger("iotbroker.bridge")
@@ -601,6 +601,8 @@ class Bridge:
         for entry in entries:
             if type(entry) is Delivery:
                 delivery, pid, dup = entry, 0, False
+            elif isinstance(entry, Sending):  # a new QoS 1/2 PUBLISH (its in-flight entry)
+                delivery, pid, dup = entry.delivery, entry.packet_id, entry.dup
             else:
                 maybe, pid, dup, _ = entry  # type: ignore[misc]
                 if maybe is None:

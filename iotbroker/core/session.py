@@ -33,10 +33,11 @@ while it waited.
 
 Sending is data, not a call (issue 13): what the session decides to send goes into its
 :attr:`Session.outbox` as ``(delivery, packet id, dup, now)`` entries (``delivery`` None
-is a PUBREL), and the session puts itself once on the broker's ``ready`` list. The
-engine moves each ready session's outbox into the protocol connection it is attached
-to, and tells the session about a PUBLISH too large for the client
-(:meth:`Session.refused`). Core never calls into protocol or server.
+is a PUBREL; a new QoS 1/2 PUBLISH is its in-flight entry, which holds the same), and
+the session puts itself once on the broker's ``ready`` list. The engine moves each
+ready session's outbox into the protocol connection it is attached to, and tells the
+session about a PUBLISH too large for the client (:meth:`Session.refused`). Core never
+calls into protocol or server.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from typing import Any, Final, Protocol
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.core import placeholders
 from iotbroker.core.subscriptions import SubscriptionEntry
-from iotbroker.message import Delivery, derived_packet_id
+from iotbroker.message import Delivery, Sending, derived_packet_id
 from iotbroker.metrics import Metrics
 from iotbroker.storage.base import (
     ChangeBatch,
@@ -64,6 +65,10 @@ _NO_RESEND: Final[deque[Any]] = placeholders.NO_RESEND
 _FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
 _NO_IDS: Final[frozenset[int]] = placeholders.NO_IDS
 _NO_SUBSCRIPTIONS: Final[dict[str, SubscriptionEntry]] = placeholders.NO_SUBSCRIPTIONS
+#: Not ``OutboundState.PUBLISH_SENT`` in the methods (issue 19): on Python 3.11 reading
+#: an Enum class's attribute in compiled code makes a method-wrapper object (the
+#: metaclass has ``__getattr__``), one per QoS 1/2 forward.
+_PUBLISH_SENT: Final = OutboundState.PUBLISH_SENT
 
 
 class OneSubscription(Mapping[str, SubscriptionEntry]):
@@ -125,9 +130,10 @@ OPEN_GATE = ReceiveGate()
 
 
 #: One thing for the connection to send: a QoS 0 PUBLISH as the bare delivery (the
-#: common case of a fan-out, without a tuple), else ``(delivery, packet id, dup, now)``
-#: with ``delivery`` None for a PUBREL of that packet id.
-OutboxEntry = Delivery | tuple[Delivery | None, int, bool, float]
+#: common case of a fan-out, without a tuple), a new QoS 1/2 PUBLISH as its in-flight
+#: entry (a :class:`~iotbroker.message.Sending`), else ``(delivery, packet id, dup,
+#: now)`` (a re-send) with ``delivery`` None for a PUBREL of that packet id.
+OutboxEntry = Delivery | Sending | tuple[Delivery | None, int, bool, float]
 
 
 class Pager(Protocol):
@@ -154,24 +160,34 @@ class SessionLimits:
     dropped: int = 0
 
 
-@dataclass(slots=True)
-class InflightEntry:
-    """One outbound QoS 1/2 message between PUBLISH and its final ack."""
+class InflightEntry(Sending):
+    """One outbound QoS 1/2 message between PUBLISH and its final ack.
 
-    delivery: Delivery
-    state: OutboundState
-    seq: int
-    #: Stored as the queued record ``seq`` (a stream outbox, :attr:`SessionContext.
-    #: stream_outbox`), not as an outbound record: completing it deletes that record.
-    queued_record: bool = False
+    A :class:`~iotbroker.message.Sending` too: a new PUBLISH's entry, made with its
+    ``packet_id`` and ``sent_at``, is what goes into the outbox (issue 19: one object
+    per forward instead of the entry and a tuple). Only its ``delivery``,
+    ``packet_id``, ``dup`` (False) and ``sent_at`` are read there; an entry restored
+    from the store has packet id 0 and ``sent_at`` 0.0 (its re-send is a tuple)."""
+
+    __slots__ = ("queued_record", "seq", "state")
 
     def __init__(self, delivery: Delivery, state: OutboundState, seq: int,
-                 queued_record: bool = False) -> None:
+                 queued_record: bool = False, packet_id: int = 0,
+                 sent_at: float = 0.0) -> None:
         # Written out, as Message's (one per QoS 1/2 forward): compiled, not interpreted.
         self.delivery = delivery
+        self.packet_id = packet_id
+        self.dup = False
+        self.sent_at = sent_at
         self.state = state
         self.seq = seq
+        #: Stored as the queued record ``seq`` (a stream outbox, :attr:`SessionContext.
+        #: stream_outbox`), not as an outbound record: completing it deletes that record.
         self.queued_record = queued_record
+
+    def __repr__(self) -> str:
+        return (f"InflightEntry(state={self.state!r}, seq={self.seq}, "
+                f"queued_record={self.queued_record}, delivery={self.delivery!r})")
 
 
 def stream_packet_id(seq: int) -> int:
@@ -422,8 +438,7 @@ class Session:
                         context.ready.append(self)
                     out.append(delivery)
                     metrics = context.metrics
-                    metrics.publish_sent += 1
-                    metrics.publish_sent_qos[0] += 1
+                    metrics.count_sent(0)
                     metrics.publish_bytes_sent += len(delivery.message.payload)
                 else:
                     context.metrics.messages_dropped_slow_consumer += 1
@@ -499,8 +514,7 @@ class Session:
         out.append((delivery, packet_id, dup, now))
         if delivery is not None and not dup:
             metrics = self.context.metrics
-            metrics.publish_sent += 1
-            metrics.publish_sent_qos[delivery.qos] += 1
+            metrics.count_sent(delivery.qos)
             metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def take_outbox(self) -> list[OutboxEntry]:
@@ -516,8 +530,7 @@ class Session:
         ``dup``, was not): that is taken back."""
         metrics = self.context.metrics
         if not dup:
-            metrics.publish_sent -= 1
-            metrics.publish_sent_qos[delivery.qos] -= 1
+            metrics.count_sent(delivery.qos, -1)
             metrics.publish_bytes_sent -= len(delivery.message.payload)
         if not packet_id:
             return  # QoS 0: nothing to complete
@@ -539,19 +552,19 @@ class Session:
         self._next_seq = seq + 1
         if inflight is _NO_INFLIGHT:
             inflight = self.inflight = {}
-        inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq)
+        entry = InflightEntry(delivery, _PUBLISH_SENT, seq, False, pid, now)
+        inflight[pid] = entry
         if self.expiry_interval > 0:  # persistent (inlined: the QoS 1 path)
             self.context.batch.put_outbound(
-                OutboundRecord(self.client_id, pid, OutboundState.PUBLISH_SENT, delivery, seq)
+                OutboundRecord(self.client_id, pid, _PUBLISH_SENT, delivery, seq)
             )
         out = self.outbox
         if out is None:
             out = self.outbox = []
             self.context.ready.append(self)
-        out.append((delivery, pid, False, now))
+        out.append(entry)  # the entry is the outbox's (delivery, pid, False, now)
         metrics = self.context.metrics
-        metrics.publish_sent += 1
-        metrics.publish_sent_qos[delivery.qos] += 1
+        metrics.count_sent(delivery.qos)
         metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def _send_stream(self, delivery: Delivery, seq: int, now: float) -> None:
@@ -561,15 +574,15 @@ class Session:
         inflight = self.inflight
         if inflight is _NO_INFLIGHT:
             inflight = self.inflight = {}
-        inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq, True)
+        entry = InflightEntry(delivery, _PUBLISH_SENT, seq, True, pid, now)
+        inflight[pid] = entry
         out = self.outbox
         if out is None:
             out = self.outbox = []
             self.context.ready.append(self)
-        out.append((delivery, pid, False, now))
+        out.append(entry)
         metrics = self.context.metrics
-        metrics.publish_sent += 1
-        metrics.publish_sent_qos[1] += 1
+        metrics.count_sent(1)
         metrics.publish_bytes_sent += len(delivery.message.payload)
 
     def _forget_stored(self, packet_id: int, entry: InflightEntry) -> None:
@@ -587,7 +600,7 @@ class Session:
         their seqs); they go back in flight, to be re-sent with DUP=1 and the same ids
         on resume [MQTT-4.4.0-1]. Returns how many."""
         if not self.context.stream_outbox or any(
-                not e.queued_record and e.state is OutboundState.PUBLISH_SENT
+                not e.queued_record and e.state is _PUBLISH_SENT
                 for e in self.inflight.values()):
             return 0  # (a store written by an older version: its in-flight list holds)
         pager = self.context.pager
@@ -618,7 +631,7 @@ class Session:
             self._queued_bytes = max(0, self._queued_bytes - len(delivery.message.payload))
             if self.inflight is _NO_INFLIGHT:
                 self.inflight = {}
-            self.inflight[pid] = InflightEntry(delivery, OutboundState.PUBLISH_SENT, seq, True)
+            self.inflight[pid] = InflightEntry(delivery, _PUBLISH_SENT, seq, True)
             adopted += 1
         return adopted
 
@@ -862,7 +875,7 @@ class Session:
         moved = 0
         for pid, entry in list(self.inflight.items()):
             if (
-                entry.state is OutboundState.PUBLISH_SENT
+                entry.state is _PUBLISH_SENT
                 and entry.delivery.qos == 1
                 and new_home(entry.delivery)
             ):

@@ -550,8 +550,7 @@ class Gateway:
         if not engine.may_write(client_id, username, topic):
             engine.metrics.acl_denials += 1
             return
-        engine.metrics.publish_received += 1
-        engine.metrics.publish_received_qos[0] += 1
+        engine.metrics.count_received(0)
         self.metrics.mqttsn_qos_minus_one_published += 1
         message = Message(topic=topic, payload=msg.data, qos=0, retain=msg.retain,
                           properties=mq.NO_PROPERTIES, created_at=now, origin=client_id)

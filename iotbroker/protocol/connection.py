@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -52,7 +52,7 @@ from iotbroker.codec.packets import (
 )
 from iotbroker.codec.properties import encode_properties
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
-from iotbroker.message import Delivery
+from iotbroker.message import Delivery, Sending
 from iotbroker.protocol.topic_alias import InboundAliases, OutboundAliases
 
 _WILDCARDS = frozenset("+#")
@@ -86,7 +86,13 @@ PRE_CONNECT_MAX_PACKET = 256 * 1024
 
 _AWAIT_CONNECT = ConnectionState.AWAIT_CONNECT
 _CONNECTED = ConnectionState.CONNECTED
+_CLOSING: Final = ConnectionState.CLOSING
 _PUBLISH = PacketType.PUBLISH
+# Module constants, not ``PacketType.X`` in the methods (issue 19): on Python 3.11 an
+# Enum class has a metaclass ``__getattr__``, so each ``PacketType.X`` read in compiled
+# code makes a method-wrapper object (three per PUBACK received through ``_check``).
+_CONNECT: Final = PacketType.CONNECT
+_AUTH: Final = PacketType.AUTH
 
 
 #: The output of a connection with nothing queued. Every packet is at least 2 bytes,
@@ -176,7 +182,7 @@ class Connection(Framer):
         reason code (the engine's ``fail``) [MQTT-4.8.0-1] (v5 [MQTT-4.13.1-1]).
         """
         self.last_received = now
-        if self.state is ConnectionState.CLOSING or self.failure is not None:
+        if self.state is _CLOSING or self.failure is not None:
             return []
         if data and self.state is _AWAIT_CONNECT and not self.bytes_received:
             early = _first_byte_problem(data[0])
@@ -212,6 +218,25 @@ class Connection(Framer):
             self.failure = failure
         return packets
 
+    def receive_one(self, data: bytes, now: float) -> Packet | None:
+        """:meth:`receive_data` for the usual read of a connected client, exactly one
+        whole packet: that packet, without a list (issue 19: one list per read on the
+        QoS 1 path). None when the read is anything else (nothing is done: call
+        :meth:`receive_data`), or when the packet is a violation (recorded in
+        :attr:`failure`, as :meth:`receive_data` does; it then returns no packets)."""
+        if self.state is not _CONNECTED or self.failure is not None or type(data) is not bytes:
+            return None
+        header = self.whole_frame(data)
+        if not header:
+            return None
+        self.last_received = now
+        self.bytes_received += len(data)
+        try:
+            return self._check(decode_whole(data, header, self.protocol_version))
+        except MqttError as exc:
+            self.failure = exc
+            return None
+
     def _check(self, packet: Packet) -> Packet:
         """Check ``packet`` against the connection's state; returns it, or for a
         PUBLISH with a topic alias a new PUBLISH with the topic it stands for (a
@@ -229,14 +254,14 @@ class Connection(Framer):
             # CONNECT is accepted once; anything after it waits for the CONNACK decision.
             self.state = ConnectionState.AUTHENTICATING
             return packet
-        if ptype is PacketType.PUBLISH:
+        if ptype is _PUBLISH:
             assert isinstance(packet, Publish)
             return self._check_publish(packet)
-        if ptype is PacketType.CONNECT:
+        if ptype is _CONNECT:
             raise ProtocolViolation("second CONNECT on one connection", spec_ref="MQTT-3.1.0-2")
         elif ptype in _SERVER_ONLY:
             raise ProtocolViolation(f"a client must not send {ptype.name}")
-        elif ptype is PacketType.AUTH and self.protocol_version != 5:
+        elif ptype is _AUTH and self.protocol_version != 5:
             raise MalformedPacket("AUTH does not exist in MQTT 3.1.1", spec_ref="MQTT-2.2.2-2")
         return packet
 
@@ -315,7 +340,7 @@ class Connection(Framer):
 
     @property
     def connected(self) -> bool:
-        return self.state is ConnectionState.CONNECTED
+        return self.state is _CONNECTED
 
     def keepalive_deadline(self) -> float | None:
         """When the client will have been silent for 1.5 × Keep Alive [MQTT-3.1.2-24]."""
@@ -409,11 +434,13 @@ class Connection(Framer):
         return True
 
     def send_outbox(
-        self, entries: list[Delivery | tuple[Delivery | None, int, bool, float]], now: float
+        self, entries: list[Delivery | Sending | tuple[Delivery | None, int, bool, float]],
+        now: float,
     ) -> list[tuple[int, Delivery, bool]]:
         """Send a session's outbox in order: a QoS 0 PUBLISH as a bare delivery (sent
-        at ``now``), a PUBLISH ``(delivery, packet id, dup, when)`` or a PUBREL
-        ``(None, packet id, ...)``. Returns ``(packet id, delivery, dup)`` of the PUBLISHes
+        at ``now``), a new QoS 1/2 PUBLISH as a :class:`~iotbroker.message.Sending`
+        (its in-flight entry), a PUBLISH ``(delivery, packet id, dup, when)`` or a
+        PUBREL ``(None, packet id, ...)``. Returns ``(packet id, delivery, dup)`` of the PUBLISHes
         larger than the client's Maximum Packet Size, which were not sent
         [MQTT-3.1.2-25] (the session discards them as if completed). A resend (DUP)
         is among them too: a client may come back with a smaller Maximum Packet Size
@@ -426,6 +453,13 @@ class Connection(Framer):
                     if refused is None:
                         refused = []
                     refused.append((0, entry, False))
+                continue
+            if isinstance(entry, Sending):  # a new QoS 1/2 PUBLISH: the QoS 1 path
+                if not self.send_publish(entry.delivery, entry.packet_id or None, entry.dup,
+                                         entry.sent_at):
+                    if refused is None:
+                        refused = []
+                    refused.append((entry.packet_id, entry.delivery, entry.dup))
                 continue
             delivery, packet_id, dup, when = entry
             if delivery is None:

@@ -423,7 +423,26 @@ class ClientProtocol(Client):
         turn.active_readers.append(self)
         metrics = turn.metrics
         metrics.bytes_received += len(data)
-        packets = self.conn.receive_data(data, turn.loop.time())
+        conn = self.conn
+        now = turn.loop.time()
+        packet = conn.receive_one(data, now)
+        if packet is not None:
+            # One whole packet of a connected client, the usual read (issue 19): no list
+            # unless something below needs one.
+            if (not FLAGS.packets and not self.deferred and self.publish_bucket is None
+                    and not self.close_after_flush):
+                metrics.messages_received += 1
+                handled = turn.handle_one(self, packet)
+                if self.deferred and not self.close_after_flush:
+                    if not handled:
+                        self._hold([packet])
+                    self.pause_reading()
+                if self.conn.failure is not None:
+                    self.apply_failure()
+                return
+            packets = [packet]
+        else:
+            packets = conn.receive_data(data, now)
         if packets:
             metrics.messages_received += len(packets)
             if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per read)

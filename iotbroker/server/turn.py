@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence, Sized
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
-from iotbroker.codec.packets import Packet
+from iotbroker.codec.packets import Auth, Packet
 from iotbroker.engine.client import Client
 from iotbroker.engine.engine import Engine
 from iotbroker.errors import StorageError
@@ -185,6 +185,24 @@ class Turn:
                     handled = self.host.handle_rest(proto, packets, handled, now)
         else:  # not connected yet, or the engine's loop took none of them
             handled = self.host.handle_rest(cast(Reader, client), packets, 0, now)
+        self._after_read()
+        return handled
+
+    def handle_one(self, client: Client, packet: Packet) -> int:
+        """:meth:`handle_read` for a read of one packet (``Connection.receive_one``),
+        without a list (issue 19); the same steps. Returns 1 if it was handled, else 0
+        (deferred)."""
+        engine = self.engine
+        now = time.time()  # Broker.now(), inlined: hot path
+        if client.session is not None and not isinstance(packet, Auth):
+            engine.handle(client, packet, now)  # Engine.handle_read's loop, for one
+            if engine.closing:
+                self.host.apply_closes()
+            if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
+                self.host.commit_early()
+            handled = 1
+        else:  # not connected yet, or a packet the server takes
+            handled = self.host.handle_rest(cast(Reader, client), [packet], 0, now)
         self._after_read()
         return handled
 

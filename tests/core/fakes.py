@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from iotbroker.codec.packets import NO_PROPERTIES, Packet, Properties, PubRel
 from iotbroker.core.session import Session
-from iotbroker.message import Delivery, Message
+from iotbroker.message import Delivery, Message, Sending
 from iotbroker.storage.base import ChangeBatch, Op
 
 
@@ -52,6 +52,11 @@ class FakeOutlet:
                 if isinstance(entry, Delivery):  # QoS 0: sent when the engine sends
                     if not self.send_publish(entry, None, False, self.now):
                         session.refused(0, entry, False, self.now)
+                    continue
+                if isinstance(entry, Sending):  # a new QoS 1/2 PUBLISH
+                    if not self.send_publish(entry.delivery, entry.packet_id, False,
+                                             entry.sent_at):
+                        session.refused(entry.packet_id, entry.delivery, False, entry.sent_at)
                     continue
                 delivery, packet_id, dup, now = entry
                 if delivery is None:

@@ -59,7 +59,7 @@ def test_qos1_delivery_goes_in_flight_with_a_packet_id() -> None:
     assert outlet.published[0][1:] == (1, False, 1.0)
     assert set(session.inflight) == {1}
     assert session.inflight[1].state is OutboundState.PUBLISH_SENT
-    assert metrics.publish_sent == 1 and metrics.publish_sent_qos == [0, 1, 0]
+    assert metrics.publish_sent == 1 and metrics.publish_sent_qos == (0, 1, 0)
 
 
 def test_qos0_delivery_online_is_sent_without_packet_id_and_not_kept() -> None:
@@ -67,7 +67,7 @@ def test_qos0_delivery_online_is_sent_without_packet_id_and_not_kept() -> None:
     session.deliver(delivery(b"a", qos=0), 0.0)
     assert outlet.published[0][1:3] == (None, False)
     assert not session.inflight and session.queued_count == 0
-    assert metrics.publish_sent_qos == [1, 0, 0]
+    assert metrics.publish_sent_qos == (1, 0, 0)
     assert not batch  # nothing to persist for QoS 0
 
 

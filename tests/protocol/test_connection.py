@@ -284,3 +284,35 @@ def test_output_of_one_packet_then_several_in_one_turn() -> None:
         conn.send_publish_ack(1, pid, 0)
     assert conn.data_to_send() == b"".join(encode_packet(PubAck(i), 4) for i in (2, 3, 4))
     assert conn.data_to_send() == b""
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_receive_one_gives_what_receive_data_gives_for_one_whole_packet(version: int) -> None:
+    """``receive_one`` (the server's read of one whole packet, without a list) gives the
+    packet ``receive_data`` gives for the same read, counts the same bytes, and declines
+    (None, nothing read) anything else: a split packet, two packets, a connection not
+    yet connected. A violation is recorded the same way: [MQTT-3.1.0-2] a second
+    CONNECT is a Protocol Error."""
+    wires = [
+        encode_packet(Publish("a/b", b"x" * 200, 1, packet_id=7), version),
+        encode_packet(Publish("a/b", b"y", 0), version),
+        encode_packet(PubAck(9), version),
+        encode_packet(PingReq(), version),
+    ]
+    for data in wires:
+        one, many = _connected(version), _connected(version)
+        before = one.bytes_received
+        assert [one.receive_one(data, 1.0)] == many.receive_data(data, 1.0)
+        assert one.bytes_received - before == many.bytes_received - before == len(data)
+        assert one.last_received == 1.0
+    conn = _connected(version)
+    before = conn.bytes_received
+    assert conn.receive_one(wires[0][:3], 1.0) is None  # split: for receive_data
+    assert conn.receive_one(wires[2] + wires[3], 1.0) is None  # two packets
+    assert conn.bytes_received == before
+    assert _conn().receive_one(encode_packet(Connect(client_id="c"), version), 1.0) is None
+    conn = _connected(version)
+    assert conn.receive_one(encode_packet(Connect(client_id="c"), version), 1.0) is None
+    assert isinstance(conn.failure, ProtocolViolation)
+    assert conn.failure.spec_ref == "MQTT-3.1.0-2"
+    assert conn.receive_data(wires[3], 2.0) == []  # nothing read after it

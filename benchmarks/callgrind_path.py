@@ -1,0 +1,49 @@
+"""Instructions per QoS 1 message, counted by valgrind (issue 19, i19-p99c): no clock.
+
+Runs ``benchmarks/publish_path.py``'s in-process broker and clients (of the build in
+the current directory, so one copy of this file measures any checkout): 1,000 warm-up
+messages, then N more, each the publisher's QoS 1 PUBLISH, the flush (the forward and
+the PUBACK), the subscriber's PUBACK and its flush; the PUBLISHes are 1,000 encoded
+once and cycled, so nothing but the loop grows with N. Run it twice under callgrind
+and divide the difference by the difference of N::
+
+    cd /tmp/lead && for n in 1000 3000; do flock /tmp/bench.lock valgrind \\
+        --tool=callgrind --callgrind-out-file=/tmp/cg-$n.out .venv-c/bin/python \\
+        /path/to/benchmarks/callgrind_path.py $n; done
+    # (Collected(3000) - Collected(1000)) / 2000 = instructions per message
+
+``callgrind_annotate --tree=caller`` on the two outputs gives who calls the
+allocators per message the same way (docs/performance.md, "third cut").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+sys.path.insert(0, os.getcwd())
+
+import uvloop
+
+from benchmarks.inproc import cancel_timers, frozen_gc, make_broker
+from benchmarks.publish_path import TOPIC, subscribed_pair
+
+
+async def run(count: int) -> None:
+    broker = make_broker(asyncio.get_running_loop(), "callgrind_path.py")
+    sub, sub_t, pub, publishes = subscribed_pair(broker, 1000)
+    at = 2 + 2 + len(TOPIC)
+    pubacks = [[bytes((0x40, 2, hi, lo)) for lo in range(256)] for hi in range(256)]
+    with frozen_gc():
+        for i in range(1000 + count):
+            pub.data_received(publishes[i % 1000])
+            broker.flush()
+            out = sub_t.last
+            sub.data_received(pubacks[out[at]][out[at + 1]])
+            broker.flush()
+    cancel_timers(broker, (sub, pub))
+
+
+if __name__ == "__main__":
+    uvloop.run(run(int(sys.argv[1])))
