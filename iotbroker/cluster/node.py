@@ -401,8 +401,9 @@ class ClusterNode:
     def _forward(self, messages: list[Message], held: list[HeldAck],
                  qos0: bool = False) -> None:
         """This turn's messages to the nodes that want them: one NATS message per
-        destination node, its messages in the order they were published (which keeps
-        each topic's order, [MQTT-4.6.0-5]); retained ones also go to the retained
+        destination node, its messages in the order they were published, a run at its
+        first message (which keeps each topic's order, [MQTT-4.6.0-5]; QoS 1 messages
+        of different topics may change order); retained ones also go to the retained
         bucket. A topic's run of QoS 1/2 messages is written to the QoS stream with a
         (sender, seq), which carries the held acks (:mod:`iotbroker.cluster.qos_stream`),
         and sent live, as a part with the same (sender, seq), to every node with
