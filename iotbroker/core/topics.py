@@ -27,11 +27,14 @@ reason 0x90 Topic Name invalid or 0x8F Topic Filter invalid.
 
 from __future__ import annotations
 
+from typing import Final
+
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.errors import ProtocolViolation
 from iotbroker.subscription import SHARE_PREFIX
 
 __all__ = [
+    "NO_TOPIC_LIMIT",
     "SHARE_PREFIX",
     "check_topic_limits",
     "filter_matches",
@@ -185,19 +188,24 @@ def validate_subscription_filter(topic_filter: str, version: int = 5) -> tuple[s
     return group, inner
 
 
-def topic_limit_problem(topic: str, max_levels: int | None, max_length: int | None) -> str | None:
+#: No limit, for :func:`topic_limit_problem` (a topic has fewer levels and bytes).
+NO_TOPIC_LIMIT: Final = 1 << 30
+
+
+def topic_limit_problem(topic: str, max_levels: int, max_length: int) -> str | None:
     """What breaks the broker-configured limits on levels and UTF-8 length, or None.
 
     MQTT 5.0 §4.7.3 leaves room for a Server to restrict topics; these limits are
-    ours, not normative. ``None`` means no limit. ``max_length`` counts UTF-8 bytes
-    (the encoded length the spec measures).
+    ours, not normative. :data:`NO_TOPIC_LIMIT` means no limit. ``max_length`` counts
+    UTF-8 bytes (the encoded length the spec measures). The limits are plain ``int``
+    (not ``int | None``): compiled, the engine's configured values stay native and are
+    not boxed anew per PUBLISH (issue 19).
     """
-    if max_length is not None:
-        n = len(topic)
-        # Each character is 1..4 UTF-8 bytes: only encode when it can matter.
-        if n > max_length or (n * 4 > max_length and len(topic.encode()) > max_length):
-            return f"longer than the configured {max_length} bytes"
-    if max_levels is not None and topic.count("/") >= max_levels:
+    n = len(topic)
+    # Each character is 1..4 UTF-8 bytes: only encode when it can matter.
+    if n * 4 > max_length and (n > max_length or len(topic.encode()) > max_length):
+        return f"longer than the configured {max_length} bytes"
+    if topic.count("/") >= max_levels:
         return f"has more than the configured {max_levels} levels"
     return None
 
@@ -211,7 +219,9 @@ def check_topic_limits(
 ) -> None:
     """:func:`topic_limit_problem` as an exception: ``ProtocolViolation`` with 0x8F
     (``is_filter``) or 0x90; the error carries no spec id (the limits are ours)."""
-    problem = topic_limit_problem(topic, max_levels, max_length)
+    problem = topic_limit_problem(
+        topic, NO_TOPIC_LIMIT if max_levels is None else max_levels,
+        NO_TOPIC_LIMIT if max_length is None else max_length)
     if problem is not None:
         kind = "topic filter" if is_filter else "topic name"
         raise ProtocolViolation(

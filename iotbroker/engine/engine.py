@@ -746,11 +746,7 @@ class Engine:
                 spec_ref="MQTT-3.2.2-14",
             )
         topic = packet.topic
-        # The limits' common case first, on native ints (issue 19): the call takes
-        # ``int | None`` and boxed max_topic_length (65535 by default) anew per message.
-        if (len(topic) * 4 > cfg.max_topic_length or topic.count("/") >= cfg.max_topic_levels
-                ) and topic_limit_problem(
-                    topic, cfg.max_topic_levels, cfg.max_topic_length) is not None:
+        if topic_limit_problem(topic, cfg.max_topic_levels, cfg.max_topic_length) is not None:
             metrics.topic_limit_refusals += 1
             _ack(client, packet, R.TOPIC_NAME_INVALID)
             return
