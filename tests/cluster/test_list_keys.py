@@ -10,13 +10,30 @@ two live keys; and each call leaves an ordered consumer for 5 minutes."""
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import nats
+from nats.js.errors import BadRequestError
 
 from iotbroker.cluster.buckets import list_keys
 from tests.helpers.nats_cluster import NatsCluster
 
 CALLS = 200
+
+
+async def _placed(js: Any, **config: Any) -> Any:
+    """``create_key_value``, again while JetStream has not counted all three servers
+    as peers yet (just after the cluster started: 400 "no suitable peers for
+    placement", err_code 10005), for at most 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return await js.create_key_value(**config)
+        except BadRequestError as exc:
+            if exc.err_code != 10005 or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
 
 
 def test_list_keys_gives_every_live_key_and_no_deleted_purged_or_expired_one(
@@ -29,8 +46,8 @@ def test_list_keys_gives_every_live_key_and_no_deleted_purged_or_expired_one(
         nc = await nats.connect(nats_cluster.urls)
         try:
             js = nc.jetstream()
-            kv = await js.create_key_value(bucket="lk_live", replicas=3, ttl=3.0)
-            empty = await js.create_key_value(bucket="lk_empty", replicas=3)
+            kv = await _placed(js, bucket="lk_live", replicas=3, ttl=3.0)
+            empty = await _placed(js, bucket="lk_empty", replicas=3)
             await empty.put("only", b"x")
             await empty.delete("only")
             await kv.put("short-lived", b"x")  # expires (ttl 3 s) before the listings
