@@ -83,7 +83,7 @@ _COUNTERS = {
     "limit_hits": "Times any configured limit was hit (connections, rates, retained).",
     "retained_dropped": "Retained PUBLISHes not retained: mqtt.max_retained_messages reached.",
     "connect_timeouts": "Sockets closed for not sending CONNECT within connect_timeout.",
-    "topic_limit_refusals": "PUBLISH/SUBSCRIBE refused for max_topic_levels/_length.",
+    "topic_limit_refusals": "PUBLISH/SUBSCRIBE/will topics refused for max_topic_levels/_length.",
     "subscription_limit_refusals": "Subscriptions refused: max_subscriptions_per_client.",
     "payload_format_refusals": "PUBLISH/will refused: Payload Format Indicator 1, not UTF-8.",
     "publish_bytes_received": "Payload bytes of the PUBLISH packets received.",

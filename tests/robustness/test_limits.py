@@ -9,18 +9,22 @@ the broker exposes one (Prometheus endpoint).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
 from iotbroker.codec import Framer, decode_packet
 from iotbroker.codec.packets import (
     ConnAck,
+    Connect,
     PubAck,
     Publish,
     SubAck,
     Subscribe,
     Subscription,
+    Will,
 )
 from iotbroker.codec.primitives import encode_varint
 from tests.helpers.broker_process import BrokerProcess
@@ -137,6 +141,63 @@ def test_topic_depth_and_length_limits(make_broker: Factory) -> None:
     finally:
         for c in (sub, v5, v4):
             c.close()
+    healthy(broker)
+
+
+def _mosquitto_pub_with_will(broker: BrokerProcess, version: str, will_topic: str,
+                             topic: str) -> subprocess.CompletedProcess[str]:
+    """One real ``mosquitto_pub`` that connects with a will and publishes once."""
+    binary = shutil.which("mosquitto_pub")
+    assert binary, "mosquitto_pub (Debian mosquitto-clients) is needed; .ci/run installs it"
+    return subprocess.run(
+        [binary, "-h", broker.host, "-p", str(broker.port), "-V", version, "-q", "1",
+         "-t", topic, "-m", "sent", "--will-topic", will_topic, "--will-payload", "gone"],
+        check=False, capture_output=True, text=True, timeout=10,
+    )
+
+
+def test_will_topic_over_the_topic_limits_refused_at_connect(make_broker: Factory) -> None:
+    """A will whose topic breaks ``mqtt.max_topic_levels`` / ``max_topic_length`` (the
+    limits a PUBLISH to it would meet) is refused at CONNECT, not accepted and then
+    never published: MQTT 5.0 CONNACK 0x90 Topic Name invalid (§3.2.2.2: "The Will
+    Topic Name is not malformed, but is not accepted by this Server"); MQTT 3.1.1 has
+    no return code for it, so the connection closes without CONNACK [MQTT-3.2.2-6].
+    Real clients (``mosquitto_pub``), and our raw client for the bytes; a will exactly
+    at the limits is accepted and published when its client dies."""
+    broker = make_broker(config_text=config(mqtt="max_topic_levels: 3\nmax_topic_length: 16"))
+    watcher = connected(broker.host, broker.port, 5, "will-watcher")
+    watcher.subscribe("#", 0)
+    try:
+        too_deep, too_long = "w/x/y/z", "w/" + "x" * 15
+        for will_topic in (too_deep, too_long):
+            v5 = _mosquitto_pub_with_will(broker, "mqttv5", will_topic, "sent/v5")
+            assert v5.returncode == 0x90, (will_topic, v5.returncode, v5.stderr)
+            assert "Topic Name invalid" in v5.stderr, v5.stderr
+            v4 = _mosquitto_pub_with_will(broker, "mqttv311", will_topic, "sent/v4")
+            assert v4.returncode != 0 and "connection was lost" in v4.stderr, (
+                will_topic, v4.returncode, v4.stderr)
+            for version in (4, 5):
+                raw = RawClient(broker.host, broker.port, version=version, timeout=3.0)
+                raw.send(Connect(client_id=f"raw-will-{version}", protocol_version=version,
+                                 will=Will(will_topic, b"gone", qos=1)))
+                got = closed_with(raw)
+                if version == 5:
+                    assert [type(p) for p in got] == [ConnAck], got
+                    assert got[0].reason_code == 0x90, got  # type: ignore[attr-defined]
+                else:
+                    assert got == [], got  # no CONNACK: no 3.1.1 code fits
+        # Exactly at the limits: accepted, and the will is published on a broken link.
+        at_limit = "w/" + "x" * 14
+        dying = RawClient(broker.host, broker.port, version=4, timeout=3.0)
+        assert dying.connect("will-at-limit", will=Will(at_limit, b"gone")).reason_code == 0
+        dying.sock.close()
+        got = [(p.topic, p.payload) for p in drain(watcher, wait=1.0) if isinstance(p, Publish)]
+        # Nothing of the refused clients reached the subscriber: neither their PUBLISH
+        # (they never connected) nor a will.
+        assert got == [(at_limit, b"gone")], got
+        assert metric(broker, "iotbroker_topic_limit_refusals_total") == 8
+    finally:
+        watcher.close()
     healthy(broker)
 
 
