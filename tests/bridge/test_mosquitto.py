@@ -84,7 +84,10 @@ def test_rule_qos_caps_the_forwarded_qos(
 def test_in_from_mosquitto_prefix_retain_and_qos2_once(
         make_broker: MakeBroker, make_mosquitto: MakeMosquitto) -> None:
     """``cmd/#`` in with remote_prefix ``site1/``: the prefix is removed, the retain flag
-    kept (retain-as-published), a QoS 2 message routed once [MQTT-4.3.3-2]."""
+    kept (retain-as-published), a QoS 2 message routed once [MQTT-4.3.3-2].
+    [MQTT-7.0.0-1]: the broker, when it connects out to another Server (mosquitto), acts
+    as a conformant Client: mosquitto delivers to the bridge's QoS 2 subscription through
+    the whole PUBREC/PUBREL/PUBCOMP exchange and the message arrives once."""
     mosq = make_mosquitto()
     proc = _started(make_broker, mosq,
                     ['{pattern: "cmd/#", direction: in, qos: 2, local_prefix: "from-cloud/", '

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from iotbroker.auth.passwords import hash_password, set_password
+from iotbroker.codec import Framer
 from iotbroker.codec.packets import (
     Auth,
     ConnAck,
@@ -26,6 +27,7 @@ from iotbroker.codec.packets import (
     Properties,
     Publish,
 )
+from iotbroker.codec.primitives import encode_varint
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 
@@ -407,3 +409,54 @@ def test_mqtt_4_12_0_3_reauth_continue_without_start_is_protocol_error(
         packets = client.expect_closed(3.0)
         assert [type(p) for p in packets] == [Disconnect]
         assert packets[0].reason_code == 0x82  # type: ignore[union-attr]
+
+
+class _RecordingFramer:
+    """Wraps a client's Framer: keeps each inbound packet's first byte and full size."""
+
+    def __init__(self, framer: Framer) -> None:
+        self.framer = framer
+        self.frames: list[tuple[int, int]] = []
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        frames = self.framer.feed(data)
+        self.frames.extend((first, 1 + len(encode_varint(len(body))) + len(body))
+                           for first, body in frames)
+        return frames
+
+
+def test_mqtt_3_15_2_1_to_3_every_auth_the_broker_sends(scram_broker: BrokerProcess) -> None:
+    """[MQTT-3.15.2-1]: every AUTH the broker sends uses a defined Authenticate Reason
+    Code (0x00 Success, 0x18 Continue authentication; 0x19 is the client's).
+    [MQTT-3.15.2-2] / [MQTT-3.15.2-3]: a Reason String or User Property that would take
+    an AUTH past the client's Maximum Packet Size is left out: the client announces 256
+    bytes; over a SCRAM CONNECT and two re-authentications no packet from the broker is
+    larger, and its AUTH packets carry neither."""
+    with _client(scram_broker) as client:
+        recording = _RecordingFramer(client.framer)
+        client.framer = recording  # type: ignore[assignment]
+        scram = ScramClient("alice", "wonderland")
+        client.send(Connect(client_id="auth-codes", protocol_version=5,
+                            properties=Properties(authentication_method=METHOD,
+                                                  authentication_data=scram.first(),
+                                                  maximum_packet_size=256)))
+        auths = [client.expect(Auth)]
+        assert auths[0].properties.authentication_data is not None
+        client.send(Auth(0x18, _auth_props(scram.final(auths[0].properties.authentication_data))))
+        assert client.expect(ConnAck).reason_code == 0
+        for _ in range(2):
+            scram = ScramClient("alice", "wonderland")
+            client.send(Auth(0x19, _auth_props(scram.first())))
+            auths.append(client.expect(Auth))
+            data = auths[-1].properties.authentication_data
+            assert data is not None
+            client.send(Auth(0x18, _auth_props(scram.final(data))))
+            auths.append(client.expect(Auth))
+        assert [a.reason_code for a in auths] == [0x18, 0x18, 0x00, 0x18, 0x00]
+        for auth in auths:
+            assert auth.properties.reason_string is None, auth
+            assert not auth.properties.user_properties, auth
+        auth_frames = [size for first, size in recording.frames if first == 0xF0]
+        assert len(auth_frames) == 5, recording.frames
+        assert max(size for _, size in recording.frames) <= 256, recording.frames
+        _ping(client)

@@ -4,6 +4,9 @@
 back (``Subscribed (mid: N): codes``); received messages are printed with ``-F`` in a
 ``MSG|topic|qos|retain|payload`` line. Its stdout is line-buffered with ``stdbuf`` and
 read by a thread; every wait is bounded, and ``-W`` makes each client exit on its own.
+
+[MQTT-7.0.0-2]: the stock clients, with no option or extension of ours, interoperate
+with the broker for everything below (each QoS, retained, wildcards, wills, sessions).
 """
 
 from __future__ import annotations

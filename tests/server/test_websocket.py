@@ -125,7 +125,9 @@ def test_paho_over_websocket(ws_broker: BrokerProcess, paho: Callable[..., Paho]
 def test_subprotocol_is_mqtt_and_packets_may_span_or_share_frames(
         ws_broker: BrokerProcess) -> None:
     """[MQTT-6.0.0-4]: the server selects "mqtt" as the subprotocol; [MQTT-6.0.0-2]:
-    MQTT packets are not aligned with WebSocket frames (split and joined here)."""
+    MQTT packets are not aligned with WebSocket frames (split and joined here).
+    [MQTT-7.1.1-1] (3.1.1 §4.2): the transport is an ordered, lossless, two-way byte
+    stream whatever the framing: a packet sent one byte per frame arrives whole."""
     with connect(_ws_url(ws_broker), subprotocols=MQTT, open_timeout=WAIT) as ws:
         assert ws.subprotocol == "mqtt"
         client = WsMqtt(ws)
