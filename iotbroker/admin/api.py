@@ -186,9 +186,13 @@ class AdminApi:
         return web.json_response({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        """Readiness: restored and listening (503 otherwise)."""
+        """Readiness: restored, listening, and the store takes writes (503 otherwise:
+        after a refused write RocksDB takes none until the broker restarts)."""
         if not self.host.bound:
             return error_response(503, "NOT_READY", "not listening yet")
+        failure = self.host.engine.store.last_failure
+        if failure is not None:
+            return error_response(503, "STORAGE_FAILING", f"storage: {failure}")
         return web.json_response({"status": "ready"})
 
     # -------------------------------------------------------------- broker

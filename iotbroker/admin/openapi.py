@@ -70,7 +70,7 @@ def document() -> Json:
         "/api/v1/health": {"get": _op("Liveness: the broker's event loop answers.",
                                       {"200": _json({"type": "object"})}, public=True)},
         "/api/v1/health/ready": {"get": _op(
-            "Readiness: restored and listening (503 before).",
+            "Readiness: restored, listening, and the store takes writes (503 otherwise).",
             {"200": _json({"type": "object"}),
              "503": {"$ref": "#/components/responses/Error"}}, public=True)},
         "/api/v1/openapi.json": {"get": _op("This document.", {"200": _json({"type": "object"})},

@@ -181,6 +181,8 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending: list[str] = []
         #: The broker's event loop (:func:`bind_loop`); without one, lines are written at once.
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Connection lines the stream refused (a full disk, a closed pipe): dropped.
+        self.lines_lost = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         """An ordinary record: pending fast-path lines first, so the order holds."""
@@ -198,8 +200,16 @@ class BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             pending, self._pending = self._pending, []
             if pending:
-                self.stream.write("".join(pending))
-                super().flush()
+                try:
+                    self.stream.write("".join(pending))
+                    super().flush()
+                except (OSError, ValueError):
+                    # The log's file system is full (ENOSPC, EFBIG), its reader is gone
+                    # (EPIPE), or the stream is closed: these lines are lost, as
+                    # ``logging.Handler.handleError`` loses an ordinary record's. A log
+                    # write never raises into the broker: the caller may be closing
+                    # connections after a failed storage write (on the same full disk).
+                    self.lines_lost += len(pending)
 
     def write_connection_line(self, level: int, logger: str, message: str,
                               fields: dict[str, object]) -> None:

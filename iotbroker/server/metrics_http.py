@@ -350,6 +350,10 @@ class BrokerCollector:
             if name.startswith("keys_"):
                 keys.add_metric([name[5:]], value)
         yield keys
+        yield CounterMetricFamily(_PREFIX + "storage_write_failures",
+                                  "Storage writes and syncs the medium refused (disk full, "
+                                  "I/O error); /health fails after one.",
+                                  value=broker.store.write_failures)
         yield SummaryMetricFamily(_PREFIX + "storage_write_seconds",
                                   "Time spent committing storage batches.",
                                   count_value=m.storage_batches,
@@ -495,6 +499,12 @@ class MetricsServer:
         if target == "/metrics":
             return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, self.render(), head
         if target == "/health":
+            failure = self.broker.store.last_failure
+            if failure is not None:
+                # Acknowledgements for persistent state stopped: RocksDB refuses writes
+                # until it is reopened (free the space, restart; docs/reliability.md).
+                return ("503 Service Unavailable", "text/plain",
+                        f"failing: storage: {failure}\n".encode(), head)
             cluster = self.broker.cluster
             if cluster is not None and not cluster.connected:
                 # still serving its own clients: up, but not sharing with the cluster

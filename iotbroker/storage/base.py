@@ -443,6 +443,13 @@ def check_outbound(rec: OutboundRecord) -> None:
 class Store(Protocol):
     """A persistent (or in-memory) home for session state and retained messages."""
 
+    #: Writes (and syncs) the medium refused since the store was opened: a full disk,
+    #: an I/O error. Each also raised :class:`iotbroker.errors.StorageError`.
+    write_failures: int
+    #: The last such failure, in words with its UTC time; None while there was none.
+    #: The metrics endpoint's ``/health`` reports it (docs/reliability.md).
+    last_failure: str | None
+
     def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         """Apply all changes of ``batch`` in order, atomically (all or nothing).
 

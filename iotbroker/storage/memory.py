@@ -50,6 +50,8 @@ class MemoryStore:
         self._positions: dict[str, StreamPosition] = {}
         self._retained: dict[str, Message] = {}
         self._closed = False
+        self.write_failures = 0  # memory does not refuse writes
+        self.last_failure: str | None = None
 
     def sync(self) -> None:
         """Nothing to sync: memory only."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -190,6 +191,9 @@ class RocksDBStore:
         self._db: Rdict | None = None
         self._families: dict[str, Rdict] = {}
         self._handles: tuple[Any, ...] = ()
+        #: See :class:`~iotbroker.storage.base.Store`: refused writes and syncs.
+        self.write_failures = 0
+        self.last_failure: str | None = None
         self._open()
 
     # ----------------------------------------------------------------- open / close
@@ -343,7 +347,16 @@ class RocksDBStore:
         try:
             db.write(batch, opts)
         except Exception as exc:
-            raise self._error(_classify(exc), exc, "write to") from None
+            raise self._failed(self._error(_classify(exc), exc, "write to")) from None
+
+    def _failed(self, error: StorageError) -> StorageError:
+        """Count a refused write or sync and keep its words for ``/health``. After one,
+        RocksDB refuses every later write until the database is reopened: the remedy
+        is to free the space (or fix the device) and restart the broker."""
+        self.write_failures += 1
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        self.last_failure = f"{stamp}: {error}"
+        return error
 
     # ----------------------------------------------------------------- apply
 
@@ -357,7 +370,7 @@ class RocksDBStore:
             db.flush_wal(True)
         except Exception as exc:
             _release(exc)
-            raise self._error(_classify(exc), exc, "sync") from None
+            raise self._failed(self._error(_classify(exc), exc, "sync")) from None
 
     def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         try:
