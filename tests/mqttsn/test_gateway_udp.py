@@ -34,6 +34,8 @@ EXTRA = (
     "  retry_interval: 0.4s\n"
     "  max_retries: 2\n"
     "  rate_per_address: 500\n"
+    "mqtt:\n"
+    "  max_topic_levels: 8\n"
 )
 
 
@@ -299,6 +301,38 @@ def test_6_2_will_dialogue_and_6_11_keepalive_loss_publishes_will(
     # Silent for more than 1.5 x 1 s: lost, the will goes out (and DISCONNECT to it).
     msg = watcher.get(timeout=6)
     assert (msg.topic, msg.payload) == ("sn/will/b", b"gone for good")
+    client.expect(c.Disconnect, timeout=3)
+
+
+def test_6_2_and_6_4_will_topic_over_the_topic_limits_is_refused(
+        sn: Callable[[], SnTestClient], mqtt: Callable[[str], Mqtt]) -> None:
+    """A will topic the broker's ``mqtt.max_topic_levels`` (8 here) refuses, as it
+    refuses a PUBLISH to it: in the CONNECT's will dialogue (§6.2) the CONNACK is not
+    accepted (the engine's MQTT 5.0 CONNACK 0x90, translated), and a WILLTOPICUPD (§6.4)
+    gets WILLTOPICRESP "rejected: not supported" and leaves the will as it was; that
+    will goes out when the client is lost."""
+    too_deep = "sn/will/" + "/".join(["x"] * 7)  # 9 levels
+    watcher = mqtt("sn-watch-will-limit")
+    watcher.subscribe("sn/will/#")
+    refused = sn()
+    refused.send(c.Connect("sn-will-deep", 60, will=True))
+    refused.expect(c.WillTopicReq)
+    refused.send(c.WillTopic(too_deep, qos=1))
+    refused.expect(c.WillMsgReq)
+    refused.send(c.WillMsg(b"never"))
+    ack = refused.expect(c.ConnAck)
+    assert isinstance(ack, c.ConnAck) and ack.return_code != 0, ack
+    client = sn()
+    client.send(c.Connect("sn-will-upd", 1, will=True))
+    client.expect(c.WillTopicReq)
+    client.send(c.WillTopic("sn/will/kept", qos=1))
+    client.expect(c.WillMsgReq)
+    client.send(c.WillMsg(b"kept"))
+    assert client.expect(c.ConnAck) == c.ConnAck(0)
+    client.send(c.WillTopicUpd(too_deep, qos=1))
+    assert client.expect(c.WillTopicResp) == c.WillTopicResp(c.ReturnCode.NOT_SUPPORTED)
+    msg = watcher.get(timeout=6)  # lost after 1.5 x 1 s: the will it kept
+    assert (msg.topic, msg.payload) == ("sn/will/kept", b"kept")
     client.expect(c.Disconnect, timeout=3)
 
 
