@@ -39,6 +39,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("iotbroker.broker")
 
 _TRIM_AFTER_CHANGES: Final = memtrim.TRIM_AFTER_CHANGES
+#: A refused storage batch is kept and offered again with the next turn's changes
+#: (the store reopens once the medium takes writes) up to this many changes; past it,
+#: it is dropped (logged): the store then lacks those changes until a restart reloads
+#: it (what memory held of them is lost then).
+KEPT_CHANGES_MAX: Final = 1_000_000
+#: During a storage failure, at most one error line per this many seconds.
+_FAILURE_LOG_INTERVAL: Final = 1.0
 
 
 class Reader(Protocol):
@@ -89,6 +96,8 @@ class Turn:
 
     __slots__ = (
         "_context",
+        "_failure_logged_at",
+        "_failures_unlogged",
         "_flush",
         "active_readers",
         "cluster",
@@ -128,6 +137,37 @@ class Turn:
         #: the current context per call, an object per turn (issue 19, objects per
         #: message). iotbroker sets no context variables.
         self._context = contextvars.copy_context()
+        #: Storage failures: when the last error line went out, and turns closed since.
+        self._failure_logged_at = 0.0
+        self._failures_unlogged = 0
+
+    def _write_failed(self, dirty: list[Writable], exc: StorageError) -> None:
+        """The turn's storage batch was refused (disk full, I/O error): nothing of the
+        turn is acknowledged — its connections close without their output (their
+        clients send again, MQTT 3.1.1 §4.8 [MQTT-4.8.0-2]) — and the batch is kept,
+        so the next turn's write carries it too: once the store takes writes again it
+        holds what memory holds. Closed first, logged after (the log may be on the same
+        full disk; it cannot raise, server/logsetup.py)."""
+        for proto in dirty:
+            proto.conn.data_to_send()
+            proto.abort()
+        batch = self.engine.batch
+        kept = len(batch.changes)
+        if kept > KEPT_CHANGES_MAX:
+            batch.clear()
+            log.error("storage: dropped %d refused changes (more than %d kept); the store "
+                      "lacks them until a restart", kept, KEPT_CHANGES_MAX)
+            kept = 0
+        batch.refused = kept
+        now = time.monotonic()
+        if now - self._failure_logged_at < _FAILURE_LOG_INTERVAL:
+            self._failures_unlogged += 1
+            return
+        log.error("storage write failed, closing %d connections without acks (%d turns "
+                  "more since the last line; %d changes kept for the next write): %s",
+                  len(dirty), self._failures_unlogged, kept, exc)
+        self._failure_logged_at = now
+        self._failures_unlogged = 0
 
     # ------------------------------------------------------------- scheduling
     def call_flush(self) -> None:
@@ -249,17 +289,14 @@ class Turn:
             try:
                 engine.commit()
             except StorageError as exc:
-                log.error(
-                    "storage write failed, closing %d connections without acks: %s",
-                    len(dirty), exc
-                )
-                batch.clear()
-                for proto in dirty:
-                    proto.conn.data_to_send()
-                    proto.abort()
-                return
-            if changes >= _TRIM_AFTER_CHANGES:
-                memtrim.trim()  # a large fan-out's batch is freed: give it back
+                if changes > batch.refused:
+                    self._write_failed(dirty, exc)
+                    return
+                # Only changes refused before: nothing of this turn waits on the store
+                # (clean sessions' QoS 0, pings), so its output goes out.
+            else:
+                if changes >= _TRIM_AFTER_CHANGES:
+                    memtrim.trim()  # a large fan-out's batch is freed: give it back
         group_commit = self.group_commit
         if group_commit is not None:
             if answers and answers < len(dirty):

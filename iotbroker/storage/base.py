@@ -303,10 +303,14 @@ class ChangeBatch:
     path. ``changes`` is public for the stores; treat it as read-only elsewhere.
     """
 
-    __slots__ = ("changes",)
+    __slots__ = ("changes", "refused")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
+        #: How many of the first ``changes`` a store already refused (the broker keeps
+        #: a refused batch and offers it again, server/turn.py): changes past them are
+        #: this turn's own. Reset by :meth:`clear`.
+        self.refused = 0
 
     def put_session(self, rec: SessionRecord) -> None:
         self.changes.append((_PUT_SESSION, rec, None))
@@ -377,6 +381,7 @@ class ChangeBatch:
 
     def clear(self) -> None:
         self.changes.clear()
+        self.refused = 0
 
     def __len__(self) -> int:
         return len(self.changes)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -124,6 +125,10 @@ WRITE_BUFFER_BYTES = 8 << 20
 
 _BLOCK_CACHE: Cache | None = None
 
+#: After a refused write, how often (seconds) :meth:`RocksDBStore.apply` tries to
+#: reopen the database: a full disk is usually freed by an operator, not in ms.
+REOPEN_INTERVAL = 1.0
+
 
 def _table_options() -> BlockBasedOptions:
     global _BLOCK_CACHE  # noqa: PLW0603 (one cache per process, created on first open)
@@ -194,6 +199,11 @@ class RocksDBStore:
         #: See :class:`~iotbroker.storage.base.Store`: refused writes and syncs.
         self.write_failures = 0
         self.last_failure: str | None = None
+        #: After a failure: when (``time.monotonic()``) the next reopen may be tried.
+        self._reopen_at = 0.0
+        #: Held by :meth:`sync` (a group commit's worker thread) and by the reopen (the
+        #: loop), so that a database is never closed under a sync.
+        self._reopen_lock = threading.Lock()
         self._open()
 
     # ----------------------------------------------------------------- open / close
@@ -328,9 +338,10 @@ class RocksDBStore:
                 "iotbroker running with the same storage.path?)"
             )
         if kind == "full":
+            remedy = ("Free space on that disk and start iotbroker again." if doing == "open"
+                      else "Free space on that disk: writes resume within a second.")
             return StorageError(
-                f"cannot {doing} the store at {self.path}: the disk is full ({exc}). "
-                "Free space on that disk and restart iotbroker."
+                f"cannot {doing} the store at {self.path}: the disk is full ({exc}). {remedy}"
             )
         if kind == "corrupt":
             return corrupt_error(self.path, str(exc))
@@ -339,6 +350,9 @@ class RocksDBStore:
     def _require(self) -> Rdict:
         db = self._db
         if db is None:
+            if self.last_failure is not None:  # a reopen after a failure failed too
+                raise StorageError(f"the store at {self.path} refuses writes since "
+                                   f"{self.last_failure}")
             raise StorageError(f"the store at {self.path} is closed")
         return db
 
@@ -351,8 +365,8 @@ class RocksDBStore:
 
     def _failed(self, error: StorageError) -> StorageError:
         """Count a refused write or sync and keep its words for ``/health``. After one,
-        RocksDB refuses every later write until the database is reopened: the remedy
-        is to free the space (or fix the device) and restart the broker."""
+        RocksDB refuses every later write until the database is reopened, which the
+        next :meth:`apply` tries (:meth:`_reopen_after_failure`)."""
         self.write_failures += 1
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         self.last_failure = f"{stamp}: {error}"
@@ -365,19 +379,51 @@ class RocksDBStore:
         written before this call is on disk when it returns."""
         if self.durability != "fsync":
             return
-        db = self._require()
-        try:
-            db.flush_wal(True)
-        except Exception as exc:
-            _release(exc)
-            raise self._failed(self._error(_classify(exc), exc, "sync")) from None
+        with self._reopen_lock:
+            db = self._require()
+            try:
+                db.flush_wal(True)
+            except Exception as exc:
+                _release(exc)
+                raise self._failed(self._error(_classify(exc), exc, "sync")) from None
 
     def apply(self, batch: ChangeBatch, sync: bool = True) -> None:
+        failed = self.last_failure is not None
         try:
+            if failed:
+                self._reopen_after_failure()
             self._apply(batch, sync)
         except BaseException as exc:
             _release(exc)
             raise
+        if failed:
+            log.warning("the store at %s takes writes again (it refused them since %s)",
+                        self.path, self.last_failure)
+            self.last_failure = None
+
+    def _reopen_after_failure(self) -> None:
+        """After a refused write RocksDB refuses every write until the database is
+        opened again: reopen it (replaying its log) at most every
+        :data:`REOPEN_INTERVAL` seconds; in between, refuse at once. The caller keeps
+        the refused batch and offers it again, so once the medium takes writes (space
+        freed) the store holds what memory holds."""
+        now = time.monotonic()
+        if now < self._reopen_at:
+            self.write_failures += 1
+            raise StorageError(f"the store at {self.path} refuses writes since "
+                               f"{self.last_failure}; reopening it at most every "
+                               f"{REOPEN_INTERVAL:g} s")
+        self._reopen_at = now + REOPEN_INTERVAL
+        with self._reopen_lock:
+            self._close_db()
+            try:
+                self._open_once()
+            except CorruptData as exc:
+                _release(exc)
+                raise self._failed(corrupt_error(self.path, str(exc))) from None
+            except StorageError as exc:
+                _release(exc)
+                raise self._failed(exc) from None
 
     def _apply(self, batch: ChangeBatch, sync: bool = True) -> None:
         self._require()
