@@ -187,7 +187,7 @@ class AdminApi:
 
     async def ready(self, request: web.Request) -> web.Response:
         """Readiness: restored, listening, and the store takes writes (503 otherwise:
-        after a refused write RocksDB takes none until the broker restarts)."""
+        after a refused write, until the store takes writes again)."""
         if not self.host.bound:
             return error_response(503, "NOT_READY", "not listening yet")
         failure = self.host.engine.store.last_failure

@@ -352,7 +352,7 @@ class BrokerCollector:
         yield keys
         yield CounterMetricFamily(_PREFIX + "storage_write_failures",
                                   "Storage writes and syncs the medium refused (disk full, "
-                                  "I/O error); /health fails after one.",
+                                  "I/O error); /health fails until one succeeds.",
                                   value=broker.store.write_failures)
         yield SummaryMetricFamily(_PREFIX + "storage_write_seconds",
                                   "Time spent committing storage batches.",
@@ -502,7 +502,7 @@ class MetricsServer:
             failure = self.broker.store.last_failure
             if failure is not None:
                 # Acknowledgements for persistent state stopped: RocksDB refuses writes
-                # until it is reopened (free the space, restart; docs/reliability.md).
+                # until the store reopens once the medium has room (docs/reliability.md).
                 return ("503 Service Unavailable", "text/plain",
                         f"failing: storage: {failure}\n".encode(), head)
             cluster = self.broker.cluster
