@@ -43,6 +43,15 @@ Broker settings (stated so the two are comparable):
   keeps mosquitto's default, Nagle on, which coalesces its one-write-per-packet output).
 
 Both are started with RLIMIT_NOFILE raised to the hard limit (10,000 idle clients).
+
+``--awake`` (a diagnostic, not a figure of the issue): one ``SCHED_IDLE`` busy loop
+pinned to each CPU for the whole run, so that no CPU goes idle. On a virtual machine
+whose idle vCPUs halt to the host (no guest halt polling), every message of the
+``latency`` scenario otherwise arrives at a CPU that was given up for ~1 ms and
+resumes with cold caches and TLB; the busy loops take none of the brokers' or the
+generator's time (``SCHED_IDLE`` runs only when nothing else can) but keep the vCPUs
+running. The difference between a run with and one without is what the idle wake-ups
+cost each broker (docs/performance.md, "The 40 µs at the p50").
 """
 
 from __future__ import annotations
@@ -210,6 +219,23 @@ def connect_variant(scenario: str) -> tuple[str, int | None]:
     if scenario.startswith("connect c"):
         return "connect", int(scenario.rsplit("c", maxsplit=1)[-1])
     return scenario, None
+
+
+#: ``--awake``: a busy loop with a deadline (seconds), run at SCHED_IDLE on one CPU.
+SPIN = "import time\nend = time.monotonic() + {0}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def start_spinners(seconds: float) -> list[subprocess.Popen[bytes]]:
+    """``--awake``: one SCHED_IDLE busy loop pinned to each CPU this process may use,
+    each ending by itself after ``seconds`` (and stopped by PID at the end of the run)."""
+    procs = []
+    for cpu in sorted(os.sched_getaffinity(0)):
+        def idle(cpu: int = cpu) -> None:
+            os.sched_setaffinity(0, {cpu})
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        procs.append(subprocess.Popen([sys.executable, "-c", SPIN.format(seconds)],
+                                      preexec_fn=idle))  # noqa: PLW1509 (no threads)
+    return procs
 
 
 def run_loadgen(broker: Broker, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -382,6 +408,9 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=1.0, metavar="SECONDS",
                     help="connect scenario: seconds idle before the RSS sample (> 37.5 to "
                          "see the default parking: parked 30 to 37.5 s after the last packet)")
+    ap.add_argument("--awake", action="store_true",
+                    help="diagnostic: a SCHED_IDLE busy loop on each CPU, so that no CPU "
+                         "idles between messages (see the module's doc)")
     ap.add_argument("--json", dest="json_out", default=None, help="write raw results here")
     ap.add_argument("--keep-latency", action="store_true",
                     help="keep throughput scenarios' latency percentiles in the JSON")
@@ -400,6 +429,10 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="iotbroker-e2e-")
     brokers: list[Broker] = []
     t_start = time.time()
+    spinners: list[subprocess.Popen[bytes]] = []
+    if args.awake:
+        bound = args.reps * len(scenarios) * 2 * (args.warmup + args.duration + 30) + 60
+        spinners = start_spinners(bound)
     try:
         for rep in range(args.reps):
             if args.as_shipped:
@@ -445,6 +478,9 @@ def main() -> None:
         for b in brokers:
             with contextlib.suppress(Exception):
                 b.stop()
+        for sp in spinners:
+            sp.kill()
+            sp.wait()
     table, rows = summarize(results)
     build = subprocess.run([iotbroker_python(), "-m", "iotbroker", "--version"],
                            capture_output=True, text=True, check=False).stdout.strip()
@@ -454,7 +490,8 @@ def main() -> None:
     mode = f"{build}, storage={storage}, " \
            f"MQTT {'5.0' if args.mqtt5 else '3.1.1'}, subscribers " \
            f"{'persistent' if args.persistent_subscribers else 'clean'}" \
-           + (f", pinned broker:{args.broker_cpus} gen:{args.gen_cpus}" if args.pin else "")
+           + (f", pinned broker:{args.broker_cpus} gen:{args.gen_cpus}" if args.pin else "") \
+           + (", CPUs kept awake (SCHED_IDLE busy loops)" if args.awake else "")
     print(f"\nmedians of {args.reps} reps, {args.duration:g} s after {args.warmup:g} s warm-up, "
           f"{mode}, mosquitto "
           f"{'Nagle' if args.mosquitto_nagle or args.as_shipped else 'TCP_NODELAY'}, "

@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -162,6 +163,8 @@ def parse(script: str, pid: int,
                 ctx["read_bytes"] = int(rv.group(1)) if rv else -1
                 between = 0
             elif nr in WRITES and "write0" in state:
+                rv = re.search(r"= (-?\d+)", rest)
+                ctx["write_bytes"] = int(rv.group(1)) if rv else -1  # 4: a PUBACK first
                 s = state
                 rec = {"sched": s["run"] - s["wake"], "ret": s["ret"] - s["run"],
                        "to-read": s["read0"] - s["ret"], "read": s["read1"] - s["read0"],
@@ -351,6 +354,10 @@ def run_one(name: str, args: argparse.Namespace, workdir: str) -> dict[str, obje
             "faults_per_message": counts.get("faults", 0) / messages,
             "slowest": slowest(records),
             "episodes": episodes(records),
+            # which of the broker's answers went out first after a PUBLISH's read: the
+            # forward (86 bytes) or the publisher's PUBACK (4 bytes)
+            "first_write_bytes": dict(sorted(Counter(
+                int(r.get("write_bytes", -1)) for r in records).items())),  # type: ignore[call-overload]
             **({"records": records} if args.json and args.records else {})}
 
 
@@ -411,6 +418,10 @@ def main() -> None:
                       f"slowest 1 %; normal -> slow p50: " + ", ".join(
                           f"{p} {en[p]:.0f}->{es[p]:.0f}" for p in ("sched", "user", "write")),
                       flush=True)
+            fw = r["first_write_bytes"]
+            assert isinstance(fw, dict)
+            print(f"{'':21}first write after the read, bytes: messages "
+                  + ", ".join(f"{b}: {n}" for b, n in fw.items()))
             results.append(r)
             per = r["per_message"]
             assert isinstance(per, dict)

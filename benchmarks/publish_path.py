@@ -16,6 +16,10 @@ subscriber's PUBACK into ``data_received`` and its flush. Prints µs per message
 (4: more than this machine's L2 of 2 MiB, within its L3 of 32 MiB; 48: all of them),
 as a process idle for 1 ms on a busy machine finds them; the difference to the warm
 figure is the cold-path cost of the 1,000 msg/s scenario.
+``--idle US`` sleeps US µs (``time.sleep``) before each message, as the live broker
+sleeps in ``epoll_wait`` between messages at 1,000 msg/s (its CPU idles or runs
+something else); ``--spin`` busy-waits the same time instead (the CPU stays with this
+process): the difference is what an idle gap costs the next message on this machine.
 ``--profile`` prints the cProfile of the warm run instead (calls per message).
 ``--allocs`` counts instead what one message allocates (``benchmarks/alloccount.py``:
 the allocator's calls, including blocks freed at once) per phase, the blocks still
@@ -128,13 +132,15 @@ def subscribed_pair(broker: Broker, messages: int, clean: bool = True,
 
 
 async def one_run(messages: int, cold: int, profile: cProfile.Profile | None,
-                  rocksdb: str | None = None,
-                  persistent: bool = False) -> tuple[float, float, float, float, float]:
+                  rocksdb: str | None = None, persistent: bool = False,
+                  idle_us: int = 0, spin: bool = False,
+                  ) -> tuple[float, float, float, float, float]:
     store = {} if rocksdb is None else {
         "storage": {"backend": "rocksdb", "path": rocksdb, "durability": "os"}}
     broker = make_broker(asyncio.get_running_loop(), "publish_path.py", **store)
     sub, sub_t, pub, publishes = subscribed_pair(broker, messages, clean=not persistent)
     evict = bytearray(cold << 20) if cold else None
+    idle_s, idle_ns = idle_us / 1e6, idle_us * 1000
     with frozen_gc():
         forward, after, puback = [], [], []
         metrics = broker.metrics
@@ -144,6 +150,13 @@ async def one_run(messages: int, cold: int, profile: cProfile.Profile | None,
         for i in range(messages):
             if evict is not None:
                 evict[::64] = b"\x01" * (len(evict) // 64)
+            if idle_us:
+                if spin:
+                    until = pc() + idle_ns
+                    while pc() < until:
+                        pass
+                else:
+                    time.sleep(idle_s)
             t0 = pc()
             pub.data_received(publishes[i])
             broker.flush()
@@ -267,6 +280,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cold", type=int, default=0, metavar="MIB",
                     help="evict the caches between messages (write MIB MiB)")
+    ap.add_argument("--idle", type=int, default=0, metavar="US",
+                    help="sleep US µs before each message (the CPU idles)")
+    ap.add_argument("--spin", action="store_true",
+                    help="with --idle: busy-wait instead of sleeping")
     ap.add_argument("--profile", action="store_true", help="cProfile of one warm run")
     ap.add_argument("--rocksdb", action="store_true", help="a RocksDB store, not memory")
     ap.add_argument("--persistent", action="store_true",
@@ -282,12 +299,12 @@ def main() -> None:
         uvloop.run(one_run(args.messages, False, prof))
         pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         return
-    messages = min(args.messages, 3000) if args.cold else args.messages
+    messages = min(args.messages, 3000) if args.cold or args.idle else args.messages
 
     async def run_once() -> tuple[float, float, float, float, float]:
         with tempfile.TemporaryDirectory() as tmp:
             return await one_run(messages, args.cold, None, tmp if args.rocksdb else None,
-                                 args.persistent)
+                                 args.persistent, args.idle, args.spin)
 
     cols = list(zip(*repeat(args.reps, run_once), strict=True))
     parts = []
@@ -295,6 +312,8 @@ def main() -> None:
         median, each = median_and_runs(col, "/")
         parts.append(f"{name} {median:.2f} ({each})")
     cold = f", caches evicted ({args.cold} MiB)" if args.cold else ""
+    if args.idle:
+        cold += f", {'spinning' if args.spin else 'asleep'} {args.idle} µs before each"
     store = (", RocksDB" if args.rocksdb else "") + (", persistent" if args.persistent else "")
     print(f"{build.describe()}{cold}{store}: µs per message, "
           f"median of {args.reps} runs of each run's median ({messages} messages): "

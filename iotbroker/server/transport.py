@@ -424,7 +424,7 @@ class ClientProtocol(Client):
         metrics = turn.metrics
         metrics.bytes_received += len(data)
         conn = self.conn
-        now = turn.loop.time()
+        now = turn.loop_time()
         packet = conn.receive_one(data, now)
         if packet is not None:
             # One whole packet of a connected client, the usual read (issue 19): no list

@@ -46,6 +46,10 @@ _TRIM_AFTER_CHANGES: Final = memtrim.TRIM_AFTER_CHANGES
 KEPT_CHANGES_MAX: Final = 1_000_000
 #: During a storage failure, at most one error line per this many seconds.
 _FAILURE_LOG_INTERVAL: Final = 1.0
+#: ``time.time`` bound once: a ``Final`` is a C static in the compiled module, where
+#: ``time.time()`` looks ``time`` up on the module object by name per call (issue 19,
+#: the p50: look-ups by name are what a cold CPU pays most for on this path).
+_wall_clock: Final = time.time
 
 
 class Reader(Protocol):
@@ -105,6 +109,7 @@ class Turn:
         "group_commit",
         "host",
         "loop",
+        "loop_time",
         "metrics",
         "ready_to_write",
         "scheduled",
@@ -116,6 +121,9 @@ class Turn:
         self.host = host
         self.engine = engine
         self.loop = loop
+        #: ``loop.time`` bound once (``ClientProtocol.data_received`` reads the clock per
+        #: read: a native field, not a method looked up by name on the loop; issue 19).
+        self.loop_time: Callable[[], float] = loop.time
         self.metrics = metrics
         #: Connections with bytes to write this turn: each connection puts itself here
         #: (data, not a callback) when it gets its first bytes, and close() too. Socket
@@ -202,7 +210,7 @@ class Turn:
         Returns how many were handled (a packet that defers or closes stops the read)."""
         if proto.publish_bucket is None and not proto.close_after_flush:
             return self.handle_read(cast(Client, proto), packets)
-        handled = self.host.handle_rest(proto, packets, 0, time.time())
+        handled = self.host.handle_rest(proto, packets, 0, _wall_clock())
         self._after_read()
         return handled
 
@@ -210,7 +218,7 @@ class Turn:
         """:meth:`handle_packets` for a socket connection without a publish rate limit
         and not closing (``ClientProtocol.data_received`` checks that natively)."""
         engine = self.engine
-        now = time.time()  # Broker.now(), inlined: hot path
+        now = _wall_clock()  # Broker.now(), inlined: hot path
         handled = 0
         if client.session is not None:
             handled = engine.handle_read(client, packets, now, _TRIM_AFTER_CHANGES)
@@ -233,7 +241,7 @@ class Turn:
         without a list (issue 19); the same steps. Returns 1 if it was handled, else 0
         (deferred)."""
         engine = self.engine
-        now = time.time()  # Broker.now(), inlined: hot path
+        now = _wall_clock()  # Broker.now(), inlined: hot path
         if client.session is not None and not isinstance(packet, Auth):
             engine.handle(client, packet, now)  # Engine.handle_read's loop, for one
             if engine.closing:
@@ -276,7 +284,7 @@ class Turn:
         if engine.registry.ready:
             # Sessions' output joins the list after the answers; on an error nothing
             # has left the list (nothing forgotten).
-            engine.send_ready(time.time())  # Broker.now(), inlined: hot path
+            engine.send_ready(_wall_clock())  # Broker.now(), inlined: hot path
         self.scheduled = False
         dirty = ready[:]  # the list itself is shared with the connections
         ready.clear()
