@@ -29,11 +29,28 @@ from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.nats_cluster import NatsCluster
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SLOWDOWN = [1]  # --callgrind: the brokers run ~50x slower, the timeouts are longer
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (/proc/<pid>/stat utime, stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    user, system = cpu_split(pid)
+    return user + system
+
+
+# --syscalls: system calls counted per broker by perf's tracepoints (the socket reads
+# and writes, the event loop's waits, all of them together)
+SYSCALLS = ["raw_syscalls:sys_enter", "syscalls:sys_enter_recvfrom",
+            "syscalls:sys_enter_sendto", "syscalls:sys_enter_read",
+            "syscalls:sys_enter_write", "syscalls:sys_enter_writev",
+            "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_pwait",
+            "syscalls:sys_enter_futex",
+            "context-switches"]
 
 
 def _str(s: str) -> bytes:
@@ -139,7 +156,7 @@ async def run_once(pub_port: int, sub_port: int, messages: int, window: int,
             pwriter.write(b"".join(packets[(sent + i) % topics] for i in range(room)))
         sent += room
         await pwriter.drain()
-    await asyncio.wait_for(counter, 60)
+    await asyncio.wait_for(counter, 60 * SLOWDOWN[0])
     took = time.perf_counter() - started
     pwriter.close()
     swriter.close()
@@ -150,16 +167,22 @@ def measure(pids: list[int], nats_pids: list[int], pub_port: int, sub_port: int,
             args: argparse.Namespace, wait_routed: bool) -> dict[str, Any]:
     rates, per_cpu, nats_cpu, gen_cpu = [], [], [], []
     us_each: list[list[float]] = [[] for _ in pids]  # broker CPU us per message, per pid
+    us_user: list[list[float]] = [[] for _ in pids]  # of it user time
+    us_sys: list[list[float]] = [[] for _ in pids]  # and system time
     for _ in range(args.reps):
-        before = [cpu_seconds(p) for p in pids]
+        split_before = [cpu_split(p) for p in pids]
+        before = [u + s for u, s in split_before]
         nats_before = sum(cpu_seconds(p) for p in nats_pids)
         gen_before = resource.getrusage(resource.RUSAGE_SELF)
         took = asyncio.run(run_once(pub_port, sub_port, args.messages, args.window,
                                     wait_routed, args.topics))
-        after = [cpu_seconds(p) for p in pids]
+        split_after = [cpu_split(p) for p in pids]
+        after = [u + s for u, s in split_after]
         broker_cpu = sum(after) - sum(before)
         for k in range(len(pids)):
             us_each[k].append(1e6 * (after[k] - before[k]) / args.messages)
+            us_user[k].append(1e6 * (split_after[k][0] - split_before[k][0]) / args.messages)
+            us_sys[k].append(1e6 * (split_after[k][1] - split_before[k][1]) / args.messages)
         gen_after = resource.getrusage(resource.RUSAGE_SELF)
         rates.append(args.messages / took)
         per_cpu.append(args.messages / broker_cpu)
@@ -172,6 +195,8 @@ def measure(pids: list[int], nats_pids: list[int], pub_port: int, sub_port: int,
         "nats_cpu_pct": 100 * statistics.median(nats_cpu),
         "generator_cpu_pct": 100 * statistics.median(gen_cpu),
         "us_each": [statistics.median(u) for u in us_each],
+        "us_user": [statistics.median(u) for u in us_user],
+        "us_sys": [statistics.median(u) for u in us_sys],
     }
 
 
@@ -191,6 +216,18 @@ def main() -> None:
     parser.add_argument("--perf-stat", metavar="DIR",
                         help="perf stat each broker (instructions, cycles, context "
                              "switches: DIR/single.txt, a.txt, b.txt)")
+    parser.add_argument("--syscalls", metavar="DIR",
+                        help="perf stat the system calls of each broker (tracepoints: "
+                             "all, recvfrom, sendto, read, write, writev, epoll_wait, "
+                             "epoll_pwait, futex; context switches), DIR/single.txt, "
+                             "a.txt, b.txt; printed per message")
+    parser.add_argument("--callgrind", metavar="DIR",
+                        help="run each broker under valgrind --tool=callgrind "
+                             "(DIR/callgrind.<role>.<pid>; user-space instructions of the "
+                             "real processes, nats-py and the event loop included): run "
+                             "it at two --messages and take the difference per message; "
+                             "more valgrind options in $CALLGRIND_ARGS, e.g. "
+                             "--cache-sim=yes)")
     parser.add_argument("--pin", action="store_true",
                         help="pin the single broker and node a to CPU 0, node b to CPU 1 "
                              "(taskset; the generator and nats-server float): what "
@@ -200,13 +237,15 @@ def main() -> None:
     parser.add_argument("--cluster-only", action="store_true",
                         help="measure the two nodes only (no single broker)")
     args = parser.parse_args()
+    if args.callgrind:
+        wrap_in_callgrind(Path(args.callgrind))
     quiet = "logging:\n  level: INFO\n"
     results: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.cluster_only:
             single = BrokerProcess(work / "single", broker_config().replace(
-                "logging:\n  level: DEBUG\n", quiet), name="single").start()
+                "logging:\n  level: DEBUG\n", quiet), name="single").start(15 * SLOWDOWN[0])
             assert single.proc is not None
             try:
                 if args.pin:
@@ -216,7 +255,7 @@ def main() -> None:
                     [single.proc.pid], [], single.port, single.port, args, False)))
                 stop_profilers(spies)
             finally:
-                single.stop()
+                single.stop(10 * SLOWDOWN[0])
         if not args.single_only:
             results.append(("two nodes, pub a -> sub b", measure_cluster(work, args)))
     print(f"{args.messages} QoS 0 messages of 64 B on {args.topics} topic(s), "
@@ -224,12 +263,25 @@ def main() -> None:
           f"median of {args.reps}, {args.nats} nats-server(s)")
     for label, r in results:
         each = " + ".join(f"{u:.3f}" for u in r["us_each"])
+        split = " + ".join(f"{u:.3f}/{s:.3f}" for u, s in zip(r["us_user"], r["us_sys"],
+                                                             strict=True))
         print(f"  {label:28s} {r['msgs_per_s']:>9,.0f} msg/s  "
               f"{r['msgs_per_broker_cpu_s']:>9,.0f} msg per broker CPU-s  "
               f"nats {r['nats_cpu_pct']:.0f}% CPU  generator {r['generator_cpu_pct']:.0f}% CPU"
-              f"  (broker CPU us/msg: {each})")
+              f"  (broker CPU us/msg: {each}; user/sys: {split})")
         if "per_batch" in r:
-            print(f"  {'':28s} messages per NATS message from a: {r['per_batch']:.0f}")
+            print(f"  {'':28s} messages per NATS message from a: {r['per_batch']:.0f}, "
+                  f"NATS bytes per message: a -> nats {r['bytes_in']:.1f}, "
+                  f"nats -> b {r['bytes_out']:.1f}; NATS messages to b: {r['msgs_out']:,}")
+    if args.syscalls:
+        total = args.messages * args.reps
+        for name in ("single", "a", "b"):
+            path = Path(args.syscalls) / f"{name}.txt"
+            if path.exists():
+                counts = perf_counts(path)
+                print(f"  syscalls per message, {name:6s}: " + ", ".join(
+                    f"{event.split('sys_enter_')[-1].replace('raw_syscalls:sys_enter', 'all')}"
+                    f" {n / total:.4f}" for event, n in counts.items()))
     if len(results) == 2:
         one, two = results[0][1], results[1][1]
         print(f"  ratio msg per broker CPU-s (cluster / single): "
@@ -248,6 +300,9 @@ def start_profilers(args: argparse.Namespace,
         elif args.perf:
             cmd = ["perf", "record", "-F", "999", "-o", f"{args.perf}/{name}.data",
                    "-p", str(pid)]
+        elif args.syscalls:
+            cmd = ["perf", "stat", "-e", ",".join(SYSCALLS), "-o",
+                   f"{args.syscalls}/{name}.txt", "-p", str(pid)]
         elif args.perf_stat:
             cmd = ["perf", "stat", "-e", "instructions,cycles,context-switches,"
                    "cpu-migrations,task-clock,page-faults", "-o", f"{args.perf_stat}/{name}.txt",
@@ -267,6 +322,37 @@ def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
         spy.wait(30)
 
 
+def perf_counts(path: Path) -> dict[str, int]:
+    """The counts of a ``perf stat -o`` file, by event."""
+    counts = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].replace(",", "").isdigit():
+            counts[parts[1]] = int(parts[0].replace(",", ""))
+    return counts
+
+
+def wrap_in_callgrind(out: Path) -> None:
+    """Brokers started from here on (``sys.executable -m iotbroker run --config
+    ROLE.yaml``) run under callgrind, each into ``out/callgrind.ROLE.PID``."""
+    SLOWDOWN[0] = 40
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    wrapper = out / "python-under-callgrind"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "role=broker\n"
+        'for arg in "$@"; do case "$arg" in *.yaml) role=$(basename "$arg" .yaml);; '
+        "esac; done\n"
+        "exec valgrind --tool=callgrind $CALLGRIND_ARGS "
+        f"--callgrind-out-file={out}/callgrind.$role.%p "
+        f'{sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    # nats-server beside the interpreter (nats_server_binary) is still found on PATH
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    sys.executable = str(wrapper)
+
+
 def pin(pid: int, cpu: int) -> None:
     """Every thread of ``pid`` on ``cpu`` only."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -275,9 +361,17 @@ def pin(pid: int, cpu: int) -> None:
 
 def nats_in_msgs(cluster: NatsCluster, name: str) -> int:
     """NATS messages the connection(s) named ``name`` published so far."""
-    return sum(c.get("in_msgs", 0) for server in cluster.servers
-               for c in server.monitor("connz").get("connections", [])
-               if c.get("name") == name)
+    return nats_counts(cluster, name)["in_msgs"]
+
+
+def nats_counts(cluster: NatsCluster, name: str) -> dict[str, int]:
+    """in_msgs, in_bytes, out_msgs, out_bytes of the connection(s) named ``name``
+    (nats-server's connz; bytes are payload bytes)."""
+    conns = [c for server in cluster.servers
+             for c in server.monitor("connz").get("connections", [])
+             if c.get("name") == name]
+    return {k: sum(c.get(k, 0) for c in conns)
+            for k in ("in_msgs", "in_bytes", "out_msgs", "out_bytes")}
 
 
 def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -290,9 +384,9 @@ def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                 f"cluster:\n  node_name: {name}\n  nats: [{', '.join(cluster.urls)}]\n"
                 f"  replicas: {min(3, args.nats)}\n"
             )).replace("logging:\n  level: DEBUG\n", "logging:\n  level: INFO\n")
-            nodes.append(BrokerProcess(work / name, text, name=name).start())
+            nodes.append(BrokerProcess(work / name, text, name=name).start(15 * SLOWDOWN[0]))
         for node in nodes:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 10 * SLOWDOWN[0]
             while "connected to NATS" not in node.log_text():
                 if time.monotonic() > deadline:
                     raise RuntimeError(node.log_text())
@@ -303,16 +397,23 @@ def measure_cluster(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             for cpu, pid in enumerate(pids):
                 pin(pid, cpu)
         spies = start_profilers(args, dict(zip("ab", pids, strict=True)))
-        batches = nats_in_msgs(cluster, "iotbroker a")
+        a_before = nats_counts(cluster, "iotbroker a")
+        b_before = nats_counts(cluster, "iotbroker b")
         two = measure(pids, nats_pids, nodes[0].port, nodes[1].port, args, True)
-        batches = nats_in_msgs(cluster, "iotbroker a") - batches
+        a_after = nats_counts(cluster, "iotbroker a")
+        b_after = nats_counts(cluster, "iotbroker b")
+        batches = a_after["in_msgs"] - a_before["in_msgs"]
         stop_profilers(spies)
         # (the probes of wait_routed, heartbeats and announcements included: a bound)
-        two["per_batch"] = args.messages * args.reps / max(1, batches)
+        total = args.messages * args.reps
+        two["per_batch"] = total / max(1, batches)
+        two["bytes_in"] = (a_after["in_bytes"] - a_before["in_bytes"]) / total
+        two["bytes_out"] = (b_after["out_bytes"] - b_before["out_bytes"]) / total
+        two["msgs_out"] = b_after["out_msgs"] - b_before["out_msgs"]
         return two
     finally:
         for node in nodes:
-            node.stop()
+            node.stop(10 * SLOWDOWN[0])
         cluster.stop()
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import nats
+import nats.aio.client
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -103,6 +104,8 @@ FORGET_SECONDS = 60.0
 FORGET_ENV = "IOTBROKER_CLUSTER_FORGET_SECONDS"
 #: Seconds one request for the QoS stream's end may take (else asked on a later sweep).
 END_TIMEOUT = 2.0
+#: nats-py's socket read size and StreamReader limit, at least (its default: 32 KiB).
+NATS_READ_SIZE = 1 << 20
 
 _PUB, _ANNOUNCE, _RETAIN = wire.PUB, 1, 3
 _CONTROL = bytes([wire.CONTROL])
@@ -666,6 +669,13 @@ class ClusterNode:
         """Connect, retrying for ever (nats-py retries the first connection too when
         reconnects are unlimited; each failure comes to :meth:`_error`)."""
         config = self.config
+        # nats-py reads its socket DEFAULT_BUFFER_SIZE (32 KB) at a time, with its
+        # StreamReader's limit the same (reading paused above 64 KB buffered); it reads
+        # the module global at each connect and each read. A batch from another node
+        # is ~50-100 KB (700-1,500 QoS 0 messages of 64 B): 2-4 reads, parses and
+        # buffer regrowths each, and pauses of the transport. 1 MiB: one of each.
+        nats.aio.client.DEFAULT_BUFFER_SIZE = max(nats.aio.client.DEFAULT_BUFFER_SIZE,
+                                                  NATS_READ_SIZE)
         tls: ssl.SSLContext | None = None
         if config.nats_tls is not None:
             t = config.nats_tls
