@@ -32,7 +32,7 @@ from collections.abc import Awaitable
 
 from iotbroker.codec.enums import ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, ConnAck, Connect, Disconnect, Properties
-from iotbroker.core.topics import has_wildcard, topic_limit_problem, validate_topic_name
+from iotbroker.core.topics import has_wildcard, validate_topic_name
 from iotbroker.engine.client import Client
 from iotbroker.engine.engine import V3_CONNACK, Engine, is_utf8
 from iotbroker.errors import ProtocolViolation
@@ -197,7 +197,7 @@ def accept(
         except ProtocolViolation as exc:
             refuse(engine, client, packet, exc.reason_code, f"will topic: {exc}")
             return None
-        problem = topic_limit_problem(will.topic, cfg.max_topic_levels, cfg.max_topic_length)
+        problem = engine.will_topic_over_limits(will.topic)
         if problem is not None:
             # The broker's own limits (mqtt.max_topic_levels / max_topic_length), which a
             # PUBLISH to the same topic would meet (PUBACK 0x90): a will that could never
@@ -205,7 +205,6 @@ def accept(
             # §3.2.2.2: CONNACK 0x90 "The Will Topic Name is not malformed, but is not
             # accepted by this Server"; 3.1.1 has no return code for it: closed without
             # CONNACK [MQTT-3.2.2-6], as for any other will topic refused.
-            engine.metrics.topic_limit_refusals += 1
             refuse(engine, client, packet, R.TOPIC_NAME_INVALID, f"will topic {problem}")
             return None
         if not engine.may_publish_will(will, client_id, username):

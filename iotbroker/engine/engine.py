@@ -864,6 +864,16 @@ class Engine:
         a refusal in its own terms."""
         return not is_broker_topic(topic) and self.auth.may_publish(client_id, username, topic)
 
+    def will_topic_over_limits(self, topic: str) -> str | None:
+        """What of ``mqtt.max_topic_levels`` / ``max_topic_length`` a will topic breaks
+        (as a PUBLISH to it would: 0x90), or None; counted when it breaks one. For every
+        room that sets a will: CONNECT (engine/connect.py), MQTT-SN's WILLTOPICUPD."""
+        cfg = self.config.mqtt
+        problem = topic_limit_problem(topic, cfg.max_topic_levels, cfg.max_topic_length)
+        if problem is not None:
+            self.metrics.topic_limit_refusals += 1
+        return problem
+
     def may_publish_will(self, will: Will, client_id: str, username: str | None) -> bool:
         """A will is published as its owner: the ACL's write decision and the $SYS rule
         apply as to a PUBLISH (issue 12). Counted when refused."""

@@ -52,7 +52,6 @@ from iotbroker.codec.decode import decode_packet
 from iotbroker.codec.framer import Framer
 from iotbroker.config import BrokerConfig, ListenerConfig
 from iotbroker.core.topics import (
-    topic_limit_problem,
     validate_subscription_filter,
     validate_topic_name,
 )
@@ -708,8 +707,7 @@ class Gateway:
             client.will = None
             client.will_topic_update = None
         elif (not _valid_name(msg.topic)
-              or topic_limit_problem(msg.topic, self.engine.config.mqtt.max_topic_levels,
-                                     self.engine.config.mqtt.max_topic_length) is not None
+              or self.engine.will_topic_over_limits(msg.topic) is not None
               or not self.engine.may_publish_will(
                   mq.Will(msg.topic, b"", qos=msg.qos, retain=msg.retain), client.client_id,
                   client.session.username if client.session else None)):
