@@ -3,20 +3,18 @@ the PUBLISH variable header, AUTH, and session state held for the whole connecti
 
 The other conformance modules decode what the broker sends with our codec, which
 would accept (or silently repair) a few wire details the text fixes exactly; these
-tests split the stream into frames (``Framer``: first byte, body) and look at the
+tests read the raw frames (``RawClient.next_frame``: first byte, body) and look at the
 bytes themselves.
 """
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from iotbroker.codec import Framer
 from iotbroker.codec.packets import (
     ConnAck,
     Disconnect,
@@ -27,7 +25,7 @@ from iotbroker.codec.packets import (
     Publish,
 )
 from tests.helpers.broker_process import BrokerProcess, broker_config
-from tests.helpers.conformance import connect_bytes, connected, frame, utf8_raw
+from tests.helpers.conformance import connect_bytes, connected, utf8_raw
 from tests.helpers.rawclient import RawClient
 
 VERSIONS = pytest.mark.parametrize("version", [4, 5])
@@ -48,32 +46,11 @@ def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     proc.stop()
 
 
-class Frames:
-    """A socket to the broker whose inbound stream is split into raw frames."""
-
-    def __init__(self, broker: BrokerProcess, version: int, client_id: str,
-                 **connect: object) -> None:
-        self.version = version
-        self.sock = socket.create_connection((broker.host, broker.port), timeout=3.0)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.framer = Framer(1 << 20)
-        self.pending: list[tuple[int, bytes]] = []
-        self.sock.sendall(connect_bytes(version, client_id, **connect))
-
-    def next(self) -> tuple[int, bytes]:
-        deadline = time.monotonic() + 3.0
-        while not self.pending:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            data = self.sock.recv(65536)
-            assert data, "the broker closed the connection"
-            self.pending.extend(self.framer.feed(data))
-        return self.pending.pop(0)
-
-    def send(self, first: int, body: bytes) -> None:
-        self.sock.sendall(frame(first, body))
-
-    def close(self) -> None:
-        self.sock.close()
+def _raw_connect(broker: BrokerProcess, version: int, client_id: str) -> RawClient:
+    """A raw client that has sent its CONNECT and reads the broker's frames as bytes."""
+    client = RawClient(broker.host, broker.port, version=version, timeout=3.0)
+    client.send_raw(connect_bytes(version, client_id))
+    return client
 
 
 def _props(version: int) -> bytes:
@@ -89,21 +66,21 @@ def test_mqtt_2_2_2_1_reserved_flags_and_property_length_zero_in_what_the_broker
     MQTT 5.0 (same id): a packet with no properties still carries a Property Length of
     0 — SUBACK, UNSUBACK and a forwarded PUBLISH that had none. Each packet of a QoS 2
     round trip with the broker (both directions), a subscribe and an unsubscribe."""
-    c = Frames(wire, version, f"flags-{version}")
+    c = _raw_connect(wire, version, f"flags-{version}")
     try:
-        first, body = c.next()
+        first, body = c.next_frame()
         assert first == SERVER_FIRST_BYTES["CONNACK"], hex(first)
         topic = f"wire/flags/{version}".encode()
-        c.send(0x82, struct.pack(">H", 1) + _props(version) + utf8_raw(topic) + b"\x02")
-        first, body = c.next()
+        c.send_frame(0x82, struct.pack(">H", 1) + _props(version) + utf8_raw(topic) + b"\x02")
+        first, body = c.next_frame()
         assert first == SERVER_FIRST_BYTES["SUBACK"], hex(first)
         # Packet Identifier, then (5.0) Property Length 0, then the reason code.
         assert body == struct.pack(">H", 1) + _props(version) + b"\x02", body.hex()
         # A QoS 2 PUBLISH without properties to its own subscription.
-        c.send(0x34, utf8_raw(topic) + struct.pack(">H", 7) + _props(version) + b"payload")
+        c.send_frame(0x34, utf8_raw(topic) + struct.pack(">H", 7) + _props(version) + b"payload")
         got: dict[str, tuple[int, bytes]] = {}
         for _ in range(2):  # PUBREC for ours, and the forward (either order)
-            first, body = c.next()
+            first, body = c.next_frame()
             got["PUBLISH" if first >> 4 == 3 else f"{first:#x}"] = (first, body)
         assert f"{SERVER_FIRST_BYTES['PUBREC']:#x}" in got, got
         assert got[f"{SERVER_FIRST_BYTES['PUBREC']:#x}"][1][:2] == struct.pack(">H", 7)
@@ -113,21 +90,21 @@ def test_mqtt_2_2_2_1_reserved_flags_and_property_length_zero_in_what_the_broker
         # [MQTT-3.3.2-1] Topic Name first; (5.0) Property Length 0 after the packet id.
         assert pub_body == (utf8_raw(topic) + struct.pack(">H", out_id) + _props(version)
                             + b"payload"), pub_body.hex()
-        c.send(0x62, struct.pack(">H", 7))  # our PUBREL
-        c.send(0x50, struct.pack(">H", out_id))  # our PUBREC for the forward
-        seen = {c.next()[0] for _ in range(2)}  # PUBCOMP for ours, PUBREL for the forward
+        c.send_frame(0x62, struct.pack(">H", 7))  # our PUBREL
+        c.send_frame(0x50, struct.pack(">H", out_id))  # our PUBREC for the forward
+        seen = {c.next_frame()[0] for _ in range(2)}  # PUBCOMP for ours, PUBREL for the forward
         assert seen == {SERVER_FIRST_BYTES["PUBCOMP"], SERVER_FIRST_BYTES["PUBREL"]}, seen
-        c.send(0x70, struct.pack(">H", out_id))
-        c.send(0xA2, struct.pack(">H", 2) + _props(version) + utf8_raw(topic))
-        first, body = c.next()
+        c.send_frame(0x70, struct.pack(">H", out_id))
+        c.send_frame(0xA2, struct.pack(">H", 2) + _props(version) + utf8_raw(topic))
+        first, body = c.next_frame()
         assert first == SERVER_FIRST_BYTES["UNSUBACK"], hex(first)
         # 3.1.1: only the Packet Identifier; 5.0: Property Length 0, then 0x00 Success.
         assert body == struct.pack(">H", 2) + (b"\x00\x00" if version == 5 else b""), body
-        c.send(0xC0, b"")
-        assert c.next() == (SERVER_FIRST_BYTES["PINGRESP"], b"")
+        c.send_frame(0xC0, b"")
+        assert c.next_frame() == (SERVER_FIRST_BYTES["PINGRESP"], b"")
         # The QoS 1 acknowledgement: 0x40 and the id (5.0 may stop after it, §3.4.2.1).
-        c.send(0x32, utf8_raw(b"wire/other") + struct.pack(">H", 9) + _props(version) + b"x")
-        first, body = c.next()
+        c.send_frame(0x32, utf8_raw(b"wire/other") + struct.pack(">H", 9) + _props(version) + b"x")
+        first, body = c.next_frame()
         assert first == SERVER_FIRST_BYTES["PUBACK"] and body[:2] == struct.pack(">H", 9)
         assert len(body) in ((2,) if version == 4 else (2, 3, 4)) and body[3:] in (b"", b"\x00")
     finally:
@@ -144,16 +121,16 @@ def test_mqtt_3_3_2_1_topic_name_first_in_a_forwarded_publish_with_properties(
     topic = "wire/é/温度"
     pub = RawClient(wire.host, wire.port, version=5, timeout=3.0)
     assert pub.connect("topic-first-pub").reason_code == 0
-    raw = Frames(wire, 5, "topic-first-raw")
+    raw = _raw_connect(wire, 5, "topic-first-raw")
     try:
-        assert raw.next()[0] == 0x20
+        assert raw.next_frame()[0] == 0x20
         # SUBSCRIBE with Subscription Identifier 5 (property 0x0B, varint).
-        raw.send(0x82, struct.pack(">H", 1) + b"\x02\x0b\x05" + utf8_raw(topic.encode())
+        raw.send_frame(0x82, struct.pack(">H", 1) + b"\x02\x0b\x05" + utf8_raw(topic.encode())
                  + b"\x01")
-        assert raw.next()[0] == 0x90
+        assert raw.next_frame()[0] == 0x90
         pub.publish(topic, b"hi", qos=1, properties=Properties(
             message_expiry_interval=60, user_properties=(("k", "v"),)))
-        first, body = raw.next()
+        first, body = raw.next_frame()
         assert first == 0x32, hex(first)
         encoded = topic.encode()
         assert body[:2 + len(encoded)] == utf8_raw(encoded), body.hex()

@@ -2,7 +2,9 @@
 
 It uses our codec to build and read packets but does nothing on its own: every
 packet the test wants sent is sent explicitly, and everything the broker sends is
-returned to the test, so the test can check exactly what is on the wire.
+returned to the test, so the test can check exactly what is on the wire: decoded
+(``recv``/``expect``) or as the raw frames themselves (``next_frame``, and ``frames``,
+every frame received so far), for tests that read the broker's bytes as bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from iotbroker.codec.packets import (
     Unsubscribe,
     Will,
 )
+from iotbroker.codec.primitives import encode_varint
 
 P = TypeVar("P")
 
@@ -42,13 +45,28 @@ class Closed(Exception):
 class RawClient:
     def __init__(self, host: str, port: int, version: int = 4, timeout: float = 5.0,
                  source: str | None = None) -> None:
+        sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None)
+        self._start(sock, version, timeout)
+
+    @classmethod
+    def over(cls, sock: socket.socket, version: int = 4, timeout: float = 5.0) -> RawClient:
+        """A client over a socket the caller made and connected (its own options)."""
+        client = cls.__new__(cls)
+        client._start(sock, version, timeout)
+        return client
+
+    def _start(self, sock: socket.socket, version: int, timeout: float) -> None:
         self.version = version
         self.timeout = timeout
-        self.sock = socket.create_connection(
-            (host, port), timeout=timeout, source_address=(source, 0) if source else None)
+        self.sock = sock
+        self.sock.settimeout(timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.framer = Framer(1 << 28)
-        self.pending: list[Packet] = []
+        #: Frames received and not yet returned, as (first byte, body).
+        self.pending: list[tuple[int, bytes]] = []
+        #: Every frame received on this connection, in order, as (first byte, body).
+        self.frames: list[tuple[int, bytes]] = []
         self._next_id = 1
 
     # ------------------------------------------------------------- low level
@@ -58,8 +76,18 @@ class RawClient:
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def send_frame(self, first: int, body: bytes) -> None:
+        """One packet from its first byte and body (the Remaining Length is computed)."""
+        self.sock.sendall(bytes((first,)) + encode_varint(len(body)) + body)
+
     def recv(self, timeout: float | None = None) -> Packet:
-        """Next packet from the broker; raises TimeoutError or Closed."""
+        """Next packet from the broker, decoded; raises TimeoutError or Closed."""
+        first, body = self.next_frame(timeout)
+        return decode_packet(first, body, self.version)
+
+    def next_frame(self, timeout: float | None = None) -> tuple[int, bytes]:
+        """Next frame from the broker as (first byte, body), not decoded; raises
+        TimeoutError or Closed."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self.pending:
             left = deadline - time.monotonic()
@@ -74,8 +102,9 @@ class RawClient:
                 raise Closed(str(exc)) from None
             if not data:
                 raise Closed("EOF")
-            for first, body in self.framer.feed(data):
-                self.pending.append(decode_packet(first, body, self.version))
+            frames = self.framer.feed(data)
+            self.pending.extend(frames)
+            self.frames.extend(frames)
         return self.pending.pop(0)
 
     def expect(self, cls: type[P], timeout: float | None = None) -> P:

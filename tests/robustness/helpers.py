@@ -122,19 +122,11 @@ def small_rcvbuf_client(broker: BrokerProcess, version: int = 4, rcvbuf: int = 4
     """A RawClient whose socket has a tiny receive buffer (set before connecting, so
     the TCP window stays small): it stops the broker's writes quickly once it stops
     reading."""
-    client = RawClient.__new__(RawClient)
-    client.version = version
-    client.timeout = timeout
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(timeout)
     sock.connect((broker.host, broker.port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    client.sock = sock
-    client.framer = Framer(1 << 28)
-    client.pending = []
-    client._next_id = 1
-    return client
+    return RawClient.over(sock, version, timeout)
 
 
 class Reader(threading.Thread):
