@@ -63,6 +63,19 @@ class SnTestClient:
         ack = self.expect(c.ConnAck)
         assert ack == c.ConnAck(0), ack
 
+    def connect_with_will(self, client_id: str, topic: str, message: bytes,
+                          duration: int = 60, qos: int = 0) -> c.ConnAck:
+        """§6.2's will dialogue: CONNECT with the Will flag, WILLTOPICREQ → WILLTOPIC,
+        WILLMSGREQ → WILLMSG; returns the CONNACK, whatever its return code."""
+        self.send(c.Connect(client_id, duration, will=True))
+        self.expect(c.WillTopicReq)
+        self.send(c.WillTopic(topic, qos=qos))
+        self.expect(c.WillMsgReq)
+        self.send(c.WillMsg(message))
+        ack = self.expect(c.ConnAck)
+        assert isinstance(ack, c.ConnAck)
+        return ack
+
     def register(self, topic: str, msg_id: int = 1) -> int:
         self.send(c.Register(0, msg_id, topic))
         ack = self.expect(c.RegAck)
