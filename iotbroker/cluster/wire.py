@@ -346,9 +346,7 @@ class Outbox:
         #: the destination's name dictionary (None: a private one, never confirmed,
         #: so that every part defines its names: tests, benchmarks/cluster_wire.py)
         self.names = NameTables().of("") if names is None else names
-        #: closed parts: (their bytes in pieces, their size, their messages); a
-        #: batch joins its parts' pieces once (:meth:`batches`)
-        self.parts: list[tuple[list[bytes], int, int]] = []
+        self.parts: list[tuple[bytes, int]] = []
         self._pieces: list[bytes] = []  # the open ITEMS part's items
         self._count = 0
         self._size = 0
@@ -502,13 +500,12 @@ class Outbox:
         self._close()
         for start in range(0, len(items), MAX_BATCH):
             chunk = items[start : start + MAX_BATCH]
-            part = encode_part(seq, chunk)
-            self.parts.append(([part], len(part), len(chunk)))
+            self.parts.append((encode_part(seq, chunk), len(chunk)))
 
     def _close(self) -> None:
         if self._count:
-            part = b"".join([_PART.pack(ITEMS, 0, self._count), *self._pieces])
-            self.parts.append(([part], len(part), self._count))
+            self.parts.append((b"".join([_PART.pack(ITEMS, 0, self._count), *self._pieces]),
+                               self._count))
             self._pieces = []
             self._count = 0
         payloads = self._payloads
@@ -537,13 +534,8 @@ class Outbox:
                 self._sizes = []
             else:
                 pieces.append(_SIZE.pack(self._size_one) * n)
-            # not joined here: once with the batch's other parts (batches); its size
-            # is its heads' and its payloads' (self._size: their bytes)
-            size = self._size
-            for piece in pieces:
-                size += len(piece)
             pieces += payloads
-            self.parts.append((pieces, size, n))
+            self.parts.append((b"".join(pieces), n))
             self._defs = {}
             self._payloads = []
         self._size = 0
@@ -553,18 +545,17 @@ class Outbox:
         (unless one part is larger)."""
         self._close()
         out: list[tuple[bytes, int]] = []
-        head = [bytes([BATCH_VERSION, len(sender)]), sender]  # encode_batch's
         batch: list[bytes] = []
         size = count = 0
-        for pieces, part_size, n in self.parts:
-            if batch and size + part_size > MAX_BATCH_BYTES:
-                out.append((b"".join(head + batch), count))
+        for part, n in self.parts:
+            if batch and size + len(part) > MAX_BATCH_BYTES:
+                out.append((encode_batch(sender, batch), count))
                 batch, size, count = [], 0, 0
-            batch += pieces
-            size += part_size
+            batch.append(part)
+            size += len(part)
             count += n
         if batch:
-            out.append((b"".join(head + batch), count))
+            out.append((encode_batch(sender, batch), count))
         return out
 
 

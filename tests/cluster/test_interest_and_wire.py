@@ -290,37 +290,6 @@ def test_mqtt_4_6_0_5_outbox_keeps_the_order_of_mixed_messages() -> None:
     assert first.topic is next(m for m in decoded[1:] if m.topic == first.topic).topic
 
 
-def test_batches_join_their_parts_once_as_encode_batch() -> None:
-    """Outbox.batches joins each batch's parts' pieces once (i14-ratio6): the bytes are
-    encode_batch of the parts joined one by one, each part's recorded size is its
-    bytes', and a batch's parts stay within MAX_BATCH_BYTES unless one part is
-    larger (NAMED parts of several sizes and times, ITEMS parts, a QoS 1 run)."""
-    box = wire.Outbox()
-    for i in range(6000):
-        m = Message(f"t/{i % 40}", b"y" * (i % 7 * 30), 0, False, NO_PROPERTIES,
-                    float(i // 900), None, f"c{i % 3}")
-        if i % 500 == 7:
-            box.add(wire.item(wire.record(m), []))
-        else:
-            box.add_plain(m)
-        if i == 3000:
-            box.part(5, [wire.item(wire.record(m), [])] * 1500)
-    expected = box.batches  # (bound before the parts are taken)
-    box._close()
-    parts = [(b"".join(pieces), size, n) for pieces, size, n in box.parts]
-    assert all(len(part) == size for part, size, _ in parts)
-    groups: list[tuple[list[bytes], int]] = []
-    for part, _, n in parts:  # the grouping of before, on joined parts
-        if groups and sum(map(len, groups[-1][0])) + len(part) > wire.MAX_BATCH_BYTES:
-            groups.append(([], 0))
-        if not groups:
-            groups.append(([], 0))
-        groups[-1] = (groups[-1][0] + [part], groups[-1][1] + n)
-    got = expected(b"node-a/1")
-    assert got == [(wire.encode_batch(b"node-a/1", ps), n) for ps, n in groups]
-    assert len(got) > 2 and sum(n for _, n in got) == 6000 + 1500
-
-
 def test_items_added_as_pieces_are_the_same_bytes() -> None:
     """The path for QoS 0 messages that are not plain (record pieces, no join per
     record; topics and origins encoded once per turn) writes exactly what
