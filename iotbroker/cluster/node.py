@@ -48,6 +48,8 @@ from iotbroker.cluster import shared as share
 from iotbroker.cluster import wire
 from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.interest import Interest, Pair
+from iotbroker.cluster.natsread import TESTED_VERSIONS as TESTED_NATS
+from iotbroker.cluster.natsread import BatchParser, usable
 from iotbroker.cluster.orphans import OrphanSweep, owner_token
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
@@ -106,6 +108,9 @@ FORGET_ENV = "IOTBROKER_CLUSTER_FORGET_SECONDS"
 END_TIMEOUT = 2.0
 #: nats-py's socket read size and StreamReader limit, at least (its default: 32 KiB).
 NATS_READ_SIZE = 1 << 20
+#: "nats": batches are read by nats-py's own path (a subscription with callback), not
+#: :mod:`iotbroker.cluster.natsread`; read at each connect (docs/cluster.md).
+NATS_READ_ENV = "IOTBROKER_CLUSTER_NATS_READ"
 
 _PUB, _ANNOUNCE, _RETAIN = wire.PUB, 1, 3
 _CONTROL = bytes([wire.CONTROL])
@@ -148,6 +153,7 @@ class ClusterNode:
         self.nc: NatsClient | None = None
         self.connected = False
         self._warned = False
+        self._told_parser = False
         self._sub: Subscription | None = None
         self._commands: deque[tuple[int, str, bytes, int]] = deque()
         self._pending_pubs = 0
@@ -682,7 +688,19 @@ class ClusterNode:
             tls = ssl.create_default_context(cafile=t.cafile)
             if t.certfile is not None:
                 tls.load_cert_chain(t.certfile, t.keyfile)
-        return await nats.connect(
+        nc = NatsClient()
+        # the batches' read path (natsread.py), else nats-py's own: the version
+        # natsread.py was not tested with, or asked for (NATS_READ_ENV)
+        own = os.environ.get(NATS_READ_ENV, "") == "nats"
+        if not own and usable():
+            nc._ps = BatchParser(nc, self._batch)
+        if not self._told_parser:
+            self._told_parser = True
+            log.info("cluster: batches read by %s (nats-py %s; natsread.py tested with "
+                     "%s)", "natsread.py" if isinstance(nc._ps, BatchParser) else
+                     "nats-py's own path", nats.aio.client.__version__,
+                     ", ".join(sorted(TESTED_NATS)))
+        await nc.connect(
             servers=list(self.config.nats),
             user=config.user,
             password=config.password,
@@ -700,6 +718,7 @@ class ClusterNode:
             reconnected_cb=self._reconnected,
             error_cb=self._error,
         )
+        return nc
 
     async def _run(self) -> None:
         nc = await self._connect()
@@ -710,6 +729,9 @@ class ClusterNode:
         log.info("cluster: node %s connected to NATS %s", self.config.node_name,
                  nc.connected_url.netloc if nc.connected_url else "?")
         self._sub = await nc.subscribe(self.node_subject, cb=self._on_batch)
+        parser = nc._ps
+        if isinstance(parser, BatchParser):  # its messages straight to _batch
+            parser.sid = self._sub._id
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_retained(nc)))
         self._tasks.append(loop.create_task(self.ownership.run(nc)))
@@ -974,11 +996,18 @@ class ClusterNode:
             self._announce(self.interest.reconcile(self._present))
 
     async def _on_batch(self, msg: Msg) -> None:
+        """nats-py's callback of the node's subscription (when :mod:`natsread
+        <iotbroker.cluster.natsread>` is not in use, or for a message its queue
+        held first): :meth:`_batch`."""
+        self._batch(msg.data, msg.subject)
+
+    def _batch(self, data: bytes, subject: bytes | str) -> None:
         """A batch another node sent to this one (:func:`wire.decode_batch`): each
         message routed here once, to the shared groups the sender gave it to here.
         A name dictionary control message (wire.py) from a node this one sends to is
-        handled here too (same subject)."""
-        data = msg.data
+        handled here too (same subject). Called by nats-py's parser
+        (:class:`~iotbroker.cluster.natsread.BatchParser`) in its read task, or by
+        :meth:`_on_batch`."""
         if data[:1] == _CONTROL:
             self._on_control(data)
             return
@@ -997,7 +1026,9 @@ class ClusterNode:
             if not n & (n - 1):  # the 1st, 2nd, 4th, 8th...: a node of another
                 # version (a rolling upgrade) sends one per turn
                 log.warning("cluster: undecodable batch on %r (%d so far; a node of "
-                            "another version?): %s", msg.subject, n, exc)
+                            "another version?): %s",
+                            subject if isinstance(subject, str) else subject.decode(
+                                errors="replace"), n, exc)
             return
         if fast is not None:
             self.received += wire.route_named(fast, trie, self.engine.router, time.time())
