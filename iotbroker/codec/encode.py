@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from iotbroker.codec.packets import (
     NO_PROPERTIES,
@@ -51,10 +51,10 @@ from iotbroker.codec.primitives import (
 )
 from iotbroker.codec.properties import WILL, encode_properties, encode_properties_body
 
-_pack_u16 = struct.Struct(">H").pack
+_pack_u16: Final = struct.Struct(">H").pack
 #: A PUBLISH's first byte, a one-byte Remaining Length and the topic's length.
-_pack_head = struct.Struct(">BBH").pack
-_pack_fh_pid = struct.Struct(">BBH").pack  # first byte, 1-byte Remaining Length, packet id
+_pack_head: Final = struct.Struct(">BBH").pack
+_pack_fh_pid: Final = struct.Struct(">BBH").pack  # first byte, 1-byte Remaining Length, packet id
 
 
 def _frame(first: int, body: bytes) -> bytes:
