@@ -383,9 +383,11 @@ class Connection(Framer):
             unacked = self._inbound_unacked
             if unacked and isinstance(unacked, set):
                 unacked.discard(packet_id)
-            self._queue(bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF)))
+            # 0x40 0x02 and the packet id: one int's 4 big-endian bytes (compiled, a
+            # native operation: no tuple, no ``bytes()`` call by name; issue 19).
+            self._queue((0x4002_0000 | packet_id).to_bytes(4, "big"))
         else:
-            self._queue(bytes((0x50, 2, packet_id >> 8, packet_id & 0xFF)))
+            self._queue((0x5002_0000 | packet_id).to_bytes(4, "big"))
 
     def send_publish(
         self, delivery: Delivery, packet_id: int | None, dup: bool, now: float
