@@ -356,7 +356,9 @@ def write_one(proto: Writable) -> None:
     ``write_turn_output`` (a native method call, not the protocol's calls by name;
     issue 19)."""
     if isinstance(proto, Client):
-        proto.write_turn_output()
+        # The cast makes it a native call: narrowed by isinstance, ``proto`` is a
+        # "Writable and Client" to mypyc, called by name.
+        cast(Client, proto).write_turn_output()
         return
     proto.write_pending()
     if proto.close_after_flush:
