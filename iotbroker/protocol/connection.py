@@ -35,7 +35,7 @@ from typing import Any, Final
 from mypy_extensions import mypyc_attr
 
 from iotbroker.codec.decode import decode_packet, decode_whole
-from iotbroker.codec.encode import encode_packet, encode_publish
+from iotbroker.codec.encode import BYTE, encode_packet, encode_publish
 from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.framer import Framer
 from iotbroker.codec.packets import (
@@ -383,11 +383,12 @@ class Connection(Framer):
             unacked = self._inbound_unacked
             if unacked and isinstance(unacked, set):
                 unacked.discard(packet_id)
-            # 0x40 0x02 and the packet id: one int's 4 big-endian bytes (compiled, a
-            # native operation: no tuple, no ``bytes()`` call by name; issue 19).
-            self._queue((0x4002_0000 | packet_id).to_bytes(4, "big"))
+            # 0x40 0x02 and the packet id's two bytes, shared one-byte objects: one
+            # native build, compiled (no tuple, no ``bytes()`` call by name, no
+            # temporary object; issue 19).
+            self._queue(b"\x40\x02%b%b" % (BYTE[packet_id >> 8], BYTE[packet_id & 0xFF]))
         else:
-            self._queue((0x5002_0000 | packet_id).to_bytes(4, "big"))
+            self._queue(b"\x50\x02%b%b" % (BYTE[packet_id >> 8], BYTE[packet_id & 0xFF]))
 
     def send_publish(
         self, delivery: Delivery, packet_id: int | None, dup: bool, now: float
