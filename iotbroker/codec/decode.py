@@ -39,6 +39,7 @@ send which packet or property), whether a v5 reason code is defined for that pac
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from iotbroker.codec.packets import (
     NO_PROPERTIES,
@@ -80,16 +81,16 @@ _REFS: dict[str, tuple[str, str]] = {
     "will_qos_3": ("MQTT-3.1.2-14", "MQTT-3.1.2-12"),
     "no_filters": ("MQTT-3.8.3-3", "MQTT-3.8.3-2"),
 }
-_FLAGS_REF = _REFS["flags"]
-_PID_REF = _REFS["packet_id"]
+_FLAGS_REF: Final = _REFS["flags"]
+_PID_REF: Final = _REFS["packet_id"]
 
 # Required low nibble of the first byte per packet type; None: PUBLISH (flags carry data).
-_FLAGS: tuple[int | None, ...] = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
-_FLAG_REF_BY_TYPE = {6: "MQTT-3.6.1-1", 8: "MQTT-3.8.1-1", 10: "MQTT-3.10.1-1",
-                     14: "MQTT-3.14.1-1", 15: "MQTT-3.15.1-1"}  # fmt: skip
-_NAMES = ("reserved", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
-          "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ",
-          "PINGRESP", "DISCONNECT", "AUTH")  # fmt: skip
+_FLAGS: Final[tuple[int | None, ...]] = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
+_FLAG_REF_BY_TYPE: Final = {6: "MQTT-3.6.1-1", 8: "MQTT-3.8.1-1", 10: "MQTT-3.10.1-1",
+                              14: "MQTT-3.14.1-1", 15: "MQTT-3.15.1-1"}  # fmt: skip
+_NAMES: Final = ("reserved", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
+                 "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ",
+                 "PINGRESP", "DISCONNECT", "AUTH")  # fmt: skip
 
 
 def _malformed(text: str, ref: str = "") -> MalformedPacket:

@@ -19,7 +19,7 @@ would generate stays interpreted under mypyc. A decoded ack without properties s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from iotbroker.codec.enums import PacketType
 
@@ -65,7 +65,7 @@ class Properties:
 
 
 #: Shared "no properties" value; never mutate it.
-NO_PROPERTIES = Properties()
+NO_PROPERTIES: Final = Properties()
 
 
 @dataclass(slots=True)

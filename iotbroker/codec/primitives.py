@@ -18,11 +18,12 @@ Rules of this room:
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from iotbroker.errors import MalformedPacket
 
 #: Largest value a Variable Byte Integer can hold (MQTT 5.0 §1.5.5).
-VARINT_MAX = 268_435_455
+VARINT_MAX: Final = 268_435_455
 #: Largest length-prefixed field (two-byte length).
 U16_MAX = 0xFFFF
 

@@ -27,6 +27,8 @@ O(1) that they may be stale.
 
 from __future__ import annotations
 
+from typing import Final
+
 from iotbroker.subscription import SHARE_PREFIX, SubscriptionEntry
 
 __all__ = ["EMPTY_MATCHES", "Matches", "SharedMatch", "SubscriptionEntry", "SubscriptionTrie"]
@@ -66,15 +68,15 @@ class Matches:
         return f"Matches(direct={self.direct!r}, shared={self.shared!r})"
 
 
-_NO_DIRECT: dict[str, list[SubscriptionEntry]] = {}
-_NO_SHARED: list[SharedMatch] = []
+_NO_DIRECT: Final[dict[str, list[SubscriptionEntry]]] = {}
+_NO_SHARED: Final[list[SharedMatch]] = []
 
 #: The result for a topic nobody subscribes to. Never mutate it.
-EMPTY_MATCHES = Matches(_NO_DIRECT, _NO_SHARED)
+EMPTY_MATCHES: Final = Matches(_NO_DIRECT, _NO_SHARED)
 
 #: Shared empty mapping for nodes without children or subscribers; a node swaps in
 #: its own dict before the first insert, so this one is never written.
-_EMPTY: dict[str, object] = {}
+_EMPTY: Final[dict[str, object]] = {}
 
 
 class _Node:

@@ -16,7 +16,7 @@ other rooms (a gateway, an admin action) can drive the engine with a plain ``Cli
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -93,6 +93,17 @@ class Client:
         """Stop reading it, and have the server close it after this turn's writes."""
         self.conn.close()
         self.close_requested = True
+
+    def write_turn_output(self) -> None:
+        """The server's flush, for this connection: write what ``conn`` queued this
+        turn, then close if it must (:class:`Writable`'s ``write_pending`` and
+        ``finish_close``). A method of the compiled class, so that the flush calls it
+        natively (issue 19); ``server/transport.py`` ``ClientProtocol`` overrides it
+        with its own fields; any other writable client goes through the protocol."""
+        writable = cast(Writable, self)
+        writable.write_pending()
+        if writable.close_after_flush:
+            writable.finish_close()
 
 
 class Writable(Protocol):

@@ -173,6 +173,14 @@ class Engine:
         self.trie = SubscriptionTrie()
         self.retained = RetainedStore()
         mqtt = config.mqtt
+        #: ``config.mqtt``'s values that every PUBLISH is checked against, read once
+        #: (the configuration is frozen, and the engine's is never replaced): native
+        #: fields, not four look-ups by name per message on the interpreted
+        #: configuration (issue 19, the per-message footprint).
+        self._maximum_qos: int = mqtt.maximum_qos
+        self._retain_available: bool = mqtt.retain_available
+        self._max_topic_levels: int = mqtt.max_topic_levels
+        self._max_topic_length: int = mqtt.max_topic_length
         limits = SessionLimits(
             max_queued_messages=mqtt.max_queued_messages,
             max_queued_bytes=mqtt.max_queued_bytes,
@@ -727,26 +735,26 @@ class Engine:
         session = client.session
         if session is None:
             raise ProtocolViolation("packet before CONNACK", spec_ref="MQTT-3.1.0-1")
-        cfg = self.config.mqtt
         conn = client.conn
         v5 = conn.protocol_version == 5
         qos = packet.qos
         metrics = self.metrics
         metrics.count_received(qos)
         metrics.publish_bytes_received += len(packet.payload)
-        if qos > cfg.maximum_qos:
+        if qos > self._maximum_qos:
             raise ProtocolViolation(
-                f"QoS {qos} above Maximum QoS {cfg.maximum_qos}",
+                f"QoS {qos} above Maximum QoS {self._maximum_qos}",
                 reason_code=R.QOS_NOT_SUPPORTED,
                 spec_ref="MQTT-3.2.2-11",
             )
-        if packet.retain and not cfg.retain_available:
+        if packet.retain and not self._retain_available:
             raise ProtocolViolation(
                 "RETAIN not supported", reason_code=R.RETAIN_NOT_SUPPORTED,
                 spec_ref="MQTT-3.2.2-14",
             )
         topic = packet.topic
-        if topic_limit_problem(topic, cfg.max_topic_levels, cfg.max_topic_length) is not None:
+        if topic_limit_problem(topic, self._max_topic_levels,
+                               self._max_topic_length) is not None:
             metrics.topic_limit_refusals += 1
             _ack(client, packet, R.TOPIC_NAME_INVALID)
             return

@@ -35,40 +35,41 @@ from typing import Any, Final
 from mypy_extensions import mypyc_attr
 
 from iotbroker.codec.decode import decode_packet, decode_whole
-from iotbroker.codec.encode import encode_packet, encode_publish
+from iotbroker.codec.encode import BYTE, encode_packet, encode_publish
 from iotbroker.codec.enums import PacketType, ReasonCode
 from iotbroker.codec.framer import Framer
 from iotbroker.codec.packets import (
+    Auth,
     ConnAck,
     Connect,
     Disconnect,
     Packet,
+    PingResp,
     Properties,
     PubAck,
     PubComp,
     Publish,
     PubRec,
     PubRel,
+    SubAck,
+    UnsubAck,
 )
 from iotbroker.codec.properties import encode_properties
 from iotbroker.errors import MalformedPacket, MqttError, ProtocolViolation
 from iotbroker.message import Delivery, Sending
 from iotbroker.protocol.topic_alias import InboundAliases, OutboundAliases
 
-_WILDCARDS = frozenset("+#")
-_SERVER_ONLY = frozenset(
-    {PacketType.CONNACK, PacketType.SUBACK, PacketType.UNSUBACK, PacketType.PINGRESP}
-)
-_PUBLISH_KIND = int(PacketType.PUBLISH)
+_WILDCARDS: Final = frozenset("+#")
+_PUBLISH_KIND: Final = int(PacketType.PUBLISH)
 #: An encoded Property Length of 0: a v5 packet with no properties.
-_EMPTY_PROPERTY_BLOCK = b"\x00"
-_PROTOCOL_ERROR = int(ReasonCode.PROTOCOL_ERROR)
-_TOPIC_NAME_INVALID = int(ReasonCode.TOPIC_NAME_INVALID)
-_RECEIVE_MAXIMUM_EXCEEDED = int(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+_EMPTY_PROPERTY_BLOCK: Final = b"\x00"
+_PROTOCOL_ERROR: Final = int(ReasonCode.PROTOCOL_ERROR)
+_TOPIC_NAME_INVALID: Final = int(ReasonCode.TOPIC_NAME_INVALID)
+_RECEIVE_MAXIMUM_EXCEEDED: Final = int(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
 #: Reason codes from 0x80 up report a failure (MQTT 5.0 §2.4).
-_FAILURE = int(ReasonCode.UNSPECIFIED_ERROR)
-_NO_ALIASES = OutboundAliases(0)  # shared: aliases off (it is never written to)
-_NO_IDS: frozenset[int] = frozenset()
+_FAILURE: Final = int(ReasonCode.UNSPECIFIED_ERROR)
+_NO_ALIASES: Final = OutboundAliases(0)  # shared: aliases off (it is never written to)
+_NO_IDS: Final[frozenset[int]] = frozenset()
 
 
 class ConnectionState(Enum):
@@ -84,20 +85,19 @@ class ConnectionState(Enum):
 #: unauthenticated socket cannot make the broker buffer the full Maximum Packet Size.
 PRE_CONNECT_MAX_PACKET = 256 * 1024
 
-_AWAIT_CONNECT = ConnectionState.AWAIT_CONNECT
-_CONNECTED = ConnectionState.CONNECTED
+_AWAIT_CONNECT: Final = ConnectionState.AWAIT_CONNECT
+_CONNECTED: Final = ConnectionState.CONNECTED
 _CLOSING: Final = ConnectionState.CLOSING
-_PUBLISH = PacketType.PUBLISH
-# Module constants, not ``PacketType.X`` in the methods (issue 19): on Python 3.11 an
-# Enum class has a metaclass ``__getattr__``, so each ``PacketType.X`` read in compiled
-# code makes a method-wrapper object (three per PUBACK received through ``_check``).
-_CONNECT: Final = PacketType.CONNECT
-_AUTH: Final = PacketType.AUTH
+# Module constants are ``Final`` (issue 19): a C static in the compiled module, where
+# a plain module name is a dict look-up per read. The packet kinds in ``_check`` are
+# ``isinstance`` tests, not ``PacketType`` members (on Python 3.11 an Enum class has a
+# metaclass ``__getattr__``: each ``PacketType.X`` read in compiled code makes a
+# method-wrapper object).
 
 
 #: The output of a connection with nothing queued. Every packet is at least 2 bytes,
 #: so an empty ``_out`` always means nothing queued.
-_NO_OUT = b""
+_NO_OUT: Final = b""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # the bridge's Outlet (bridge/bridge.py)
@@ -240,28 +240,28 @@ class Connection(Framer):
     def _check(self, packet: Packet) -> Packet:
         """Check ``packet`` against the connection's state; returns it, or for a
         PUBLISH with a topic alias a new PUBLISH with the topic it stands for (a
-        decoded packet is never changed)."""
-        ptype = packet.TYPE
-        if ptype is _PUBLISH and self.state is _CONNECTED:
-            assert isinstance(packet, Publish)
-            return self._check_publish(packet)
+        decoded packet is never changed).
+
+        The packet's kind is told by ``isinstance`` (a type pointer compared, compiled),
+        not by its ``TYPE`` (a class variable read by name on the instance, issue 19:
+        look-ups by name per packet); ``TYPE`` is read only to name a refused one."""
         state = self.state
+        if isinstance(packet, Publish) and state is not _AWAIT_CONNECT:
+            return self._check_publish(packet)
         if state is _AWAIT_CONNECT:
-            if ptype is not PacketType.CONNECT:
+            if not isinstance(packet, Connect):
                 raise ProtocolViolation(
-                    f"first packet must be CONNECT, got {ptype.name}", spec_ref="MQTT-3.1.0-1"
+                    f"first packet must be CONNECT, got {packet.TYPE.name}",
+                    spec_ref="MQTT-3.1.0-1",
                 )
             # CONNECT is accepted once; anything after it waits for the CONNACK decision.
             self.state = ConnectionState.AUTHENTICATING
             return packet
-        if ptype is _PUBLISH:
-            assert isinstance(packet, Publish)
-            return self._check_publish(packet)
-        if ptype is _CONNECT:
+        if isinstance(packet, Connect):
             raise ProtocolViolation("second CONNECT on one connection", spec_ref="MQTT-3.1.0-2")
-        elif ptype in _SERVER_ONLY:
-            raise ProtocolViolation(f"a client must not send {ptype.name}")
-        elif ptype is _AUTH and self.protocol_version != 5:
+        elif isinstance(packet, (ConnAck, SubAck, UnsubAck, PingResp)):  # server only
+            raise ProtocolViolation(f"a client must not send {packet.TYPE.name}")
+        elif isinstance(packet, Auth) and self.protocol_version != 5:
             raise MalformedPacket("AUTH does not exist in MQTT 3.1.1", spec_ref="MQTT-2.2.2-2")
         return packet
 
@@ -383,9 +383,12 @@ class Connection(Framer):
             unacked = self._inbound_unacked
             if unacked and isinstance(unacked, set):
                 unacked.discard(packet_id)
-            self._queue(bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF)))
+            # 0x40 0x02 and the packet id's two bytes, shared one-byte objects: one
+            # native build, compiled (no tuple, no ``bytes()`` call by name, no
+            # temporary object; issue 19).
+            self._queue(b"\x40\x02%b%b" % (BYTE[packet_id >> 8], BYTE[packet_id & 0xFF]))
         else:
-            self._queue(bytes((0x50, 2, packet_id >> 8, packet_id & 0xFF)))
+            self._queue(b"\x50\x02%b%b" % (BYTE[packet_id >> 8], BYTE[packet_id & 0xFF]))
 
     def send_publish(
         self, delivery: Delivery, packet_id: int | None, dup: bool, now: float
@@ -500,7 +503,7 @@ class Connection(Framer):
 
 #: What :meth:`Connection.send_outbox` returns when it sent everything: shared, never
 #: changed (the engine only iterates it).
-_NOTHING_REFUSED: list[tuple[int, Delivery, bool]] = []
+_NOTHING_REFUSED: Final[list[tuple[int, Delivery, bool]]] = []
 
 
 def _first_byte_problem(first: int) -> MqttError | None:
@@ -544,7 +547,7 @@ def _publish_properties(delivery: Delivery, now: float, alias: int) -> Propertie
     )
 
 
-_EMPTY = Properties()
+_EMPTY: Final = Properties()
 
 
 def _strip_problem_information(packet: Packet, force: bool = False) -> Packet:

@@ -20,6 +20,7 @@ import time
 from typing import Protocol
 
 from iotbroker.config import LoggingConfig
+from iotbroker.server.turn import FLAGS, LogFlags
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 #: A worker of ``--workers`` (server/workers.py) says which one it is on every line.
@@ -36,18 +37,10 @@ FAST_LINES_MAX = 256
 _CONNECTION_FIELDS = ("conn_id", "client_id", "peer", "username", "cert")
 
 
-class LogFlags:
-    """Switches the connection path reads once per read or write instead of asking
-    ``logging`` per packet; :func:`setup_logging` sets them (at start and on SIGHUP)."""
-
-    __slots__ = ("packets",)
-
-    def __init__(self) -> None:
-        #: ``iotbroker.packets`` is at DEBUG: log every packet (server/packetlog.py).
-        self.packets = False
-
-
-FLAGS = LogFlags()
+# The per-packet log switch is a native object of the compiled server/turn.py (issue
+# 19: the connection path reads ``FLAGS.packets`` per read and per write; on an
+# interpreted object that is a look-up by name each time). Set here, as before.
+__all__ = ["FLAGS", "LogFlags"]
 
 
 class _Clock:

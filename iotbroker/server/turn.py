@@ -35,6 +35,7 @@ from iotbroker.server.ratelimit import TokenBucket
 if TYPE_CHECKING:
     from iotbroker.core.session import Session
     from iotbroker.engine.client import Writable
+    from iotbroker.storage.base import Change
 
 log = logging.getLogger("iotbroker.broker")
 
@@ -50,6 +51,22 @@ _FAILURE_LOG_INTERVAL: Final = 1.0
 #: ``time.time()`` looks ``time`` up on the module object by name per call (issue 19,
 #: the p50: look-ups by name are what a cold CPU pays most for on this path).
 _wall_clock: Final = time.time
+
+
+class LogFlags:
+    """Switches the connection path reads once per read or write instead of asking
+    ``logging`` per packet; ``server/logsetup.py`` ``setup_logging`` sets them (at
+    start and on SIGHUP). Here, compiled, so that ``FLAGS.packets`` is a native field
+    read from a C static (issue 19); ``server/logsetup.py`` re-exports both."""
+
+    __slots__ = ("packets",)
+
+    def __init__(self) -> None:
+        #: ``iotbroker.packets`` is at DEBUG: log every packet (server/packetlog.py).
+        self.packets = False
+
+
+FLAGS: Final = LogFlags()
 
 
 class Reader(Protocol):
@@ -99,11 +116,13 @@ class Turn:
     those that read this turn (``active_readers``), whether the flush is scheduled."""
 
     __slots__ = (
+        "_call_soon",
         "_context",
         "_failure_logged_at",
         "_failures_unlogged",
         "_flush",
         "active_readers",
+        "changes",
         "cluster",
         "engine",
         "group_commit",
@@ -125,6 +144,10 @@ class Turn:
         #: read: a native field, not a method looked up by name on the loop; issue 19).
         self.loop_time: Callable[[], float] = loop.time
         self.metrics = metrics
+        #: The engine's storage batch's list of changes (the same list: a batch is
+        #: cleared in place, never given another list), read per read and per flush as
+        #: a native field, not by name on the interpreted ``ChangeBatch`` (issue 19).
+        self.changes: list[Change] = engine.batch.changes
         #: Connections with bytes to write this turn: each connection puts itself here
         #: (data, not a callback) when it gets its first bytes, and close() too. Socket
         #: connections and the MQTT-SN gateway's clients alike (``Writable``). The list
@@ -141,6 +164,9 @@ class Turn:
         self.scheduled = False
         #: The bound flush, made once (call_soon takes it per turn).
         self._flush: Callable[[], None] = self.flush
+        #: ``loop.call_soon`` bound once: a native field, not a method looked up by name
+        #: on the loop per turn (issue 19).
+        self._call_soon: Callable[..., object] = loop.call_soon
         #: The context the flush runs in, copied once: ``call_soon`` without one copies
         #: the current context per call, an object per turn (issue 19, objects per
         #: message). iotbroker sets no context variables.
@@ -182,7 +208,7 @@ class Turn:
         """Flush at the end of this loop turn (once)."""
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self._flush, context=self._context)
+            self._call_soon(self._flush, context=self._context)
 
     def output_pending(self, proto: Writable) -> None:
         """``proto`` must be written (or closed) at the end of this loop turn."""
@@ -196,7 +222,7 @@ class Turn:
         deletion must be committed: after a crash the message would be sent again)."""
         engine = self.engine
         if not self.scheduled and (
-            self.ready_to_write or engine.registry.ready or engine.batch.changes
+            self.ready_to_write or engine.registry.ready or self.changes
             or engine.forwarding or engine.interest_touched or engine.held_acks
         ):
             self.call_flush()
@@ -225,7 +251,7 @@ class Turn:
         if handled:  # what the loop stopped for
             if engine.closing:
                 self.host.apply_closes()
-            if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
+            if len(self.changes) >= _TRIM_AFTER_CHANGES:
                 self.host.commit_early()
             if handled < len(packets):
                 proto = cast(Reader, client)
@@ -246,7 +272,7 @@ class Turn:
             engine.handle(client, packet, now)  # Engine.handle_read's loop, for one
             if engine.closing:
                 self.host.apply_closes()
-            if len(engine.batch.changes) >= _TRIM_AFTER_CHANGES:
+            if len(self.changes) >= _TRIM_AFTER_CHANGES:
                 self.host.commit_early()
             handled = 1
         else:  # not connected yet, or a packet the server takes
@@ -291,9 +317,9 @@ class Turn:
         readers = self.active_readers
         if readers:
             self.active_readers = []
-        batch = engine.batch
-        if batch.changes:
-            changes = len(batch.changes)
+        if self.changes:
+            batch = engine.batch
+            changes = len(self.changes)
             try:
                 engine.commit()
             except StorageError as exc:
@@ -325,7 +351,15 @@ class Turn:
 
 
 def write_one(proto: Writable) -> None:
-    """Write one connection's output of the turn; close it if it must close."""
+    """Write one connection's output of the turn; close it if it must close. A
+    :class:`Client` (a socket connection) does both in its compiled
+    ``write_turn_output`` (a native method call, not the protocol's calls by name;
+    issue 19)."""
+    if isinstance(proto, Client):
+        # The cast makes it a native call: narrowed by isinstance, ``proto`` is a
+        # "Writable and Client" to mypyc, called by name.
+        cast(Client, proto).write_turn_output()
+        return
     proto.write_pending()
     if proto.close_after_flush:
         proto.finish_close()
