@@ -65,8 +65,9 @@ from typing import IO, Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TICKS = os.sysconf("SC_CLK_TCK")
-SUBJECT = "iotbroker.node.fabric_hop"
-ACK_SUBJECT = "iotbroker.fabric_hop.ack"
+# (+ the transport: each pair of processes on the nats-server has its own subjects)
+SUBJECT = "iotbroker.node.fabric_hop_"
+ACK_SUBJECT = "iotbroker.fabric_hop.ack_"
 ACK_EVERY = 8
 WARM_TURNS = 20
 TRANSPORTS = ("nats", "nats-own", "unix", "tcp")
@@ -174,7 +175,7 @@ async def _receiver(args: argparse.Namespace) -> None:
         async def on_batch(msg: Any) -> None:  # as ClusterNode._on_batch
             got(msg.data, msg.subject)
 
-        sub = await nc.subscribe(SUBJECT, cb=on_batch)
+        sub = await nc.subscribe(SUBJECT + args.transport, cb=on_batch)
         parser = nc._ps
         if isinstance(parser, BatchParser):  # as ClusterNode._run
             parser.sid = sub._id
@@ -185,7 +186,8 @@ async def _receiver(args: argparse.Namespace) -> None:
         acks: set[asyncio.Task[None]] = set()
 
         def nats_ack(n: int) -> None:
-            task = loop.create_task(nc.publish(ACK_SUBJECT, n.to_bytes(8, "big")))
+            task = loop.create_task(nc.publish(ACK_SUBJECT + args.transport,
+                                               n.to_bytes(8, "big")))
             acks.add(task)
             task.add_done_callback(acks.discard)
 
@@ -327,9 +329,10 @@ async def _sender(args: argparse.Namespace) -> None:
             acked[0] = int.from_bytes(msg.data, "big")
             wake.set()
 
-        await nc.subscribe(ACK_SUBJECT, cb=on_ack)
+        await nc.subscribe(ACK_SUBJECT + args.transport, cb=on_ack)
         await nc.flush()
         publish = nc.publish
+        subject = SUBJECT + args.transport
 
         async def send(batches: list[bytes], count: int) -> None:
             nonlocal sent
@@ -338,7 +341,7 @@ async def _sender(args: argparse.Namespace) -> None:
                 while sent - acked[0] >= window:
                     wake.clear()
                     await wake.wait()
-                await publish(SUBJECT, batches[i % n])  # as ClusterNode._run
+                await publish(subject, batches[i % n])  # as ClusterNode._run
                 sent += 1
     else:
         proto = AckReader(acked, wake)
