@@ -40,7 +40,7 @@ one round, at each of the two ``--cg-messages`` counts; prints the difference of
 instructions per message (the start-up, imports and warm-up cancel out).
 
     flock /tmp/bench.lock chrt -f 10 .venv-c/bin/python benchmarks/fabric_hop.py \
-        [--messages 1000000 --reps 3 --transports nats,nats-own,unix,tcp]
+        [--messages 5000000 --reps 3 --transports nats,nats-own,unix,tcp]
     flock /tmp/bench.lock chrt -f 10 .venv-c/bin/python benchmarks/fabric_hop.py \
         --callgrind /tmp/cg --cg-messages 100000,300000 --transports unix
 
@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import logging
 import os
 import pickle
 import statistics
@@ -79,12 +81,25 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
+def run_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of every thread of ``pid`` so far (/proc/.../schedstat:
+    finer than the 10 ms ticks of user/system time)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # (ended)
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
 # ---------------------------------------------------------------- the batches
 
 
-def build_batches(topics: int, per_turn: int, distinct: int) -> dict[str, Any]:
+def build_batches(topics: int, per_turn: int, distinct: int, decode_messages: int
+                  ) -> dict[str, Any]:
     """Node a's batches: the warm-up turns' (names defined) and ``distinct`` turns'
-    after them (names by id), each as (payload, messages in it)."""
+    after them (names by id), each as (payload, messages in it); and ``decode_us``:
+    CPU µs per message of b's ``_batch`` on the steady ones here (no transport), over
+    about ``decode_messages``."""
     import uvloop  # noqa: PLC0415
 
     from benchmarks.cluster_path import client, cluster_node, packets_of  # noqa: PLC0415
@@ -121,6 +136,18 @@ def build_batches(topics: int, per_turn: int, distinct: int) -> dict[str, Any]:
                 node_a._on_control(back.popleft()[2])
         if any(count == 0 for _, count in out["steady"]):
             raise SystemExit("a control message among the steady batches")
+        # the receive path alone, in this process: b's _batch on the steady batches
+        steady = out["steady"]
+        rounds = max(1, decode_messages // sum(c for _, c in steady))
+        batch = node_b._batch
+        gc.collect()
+        t0 = time.process_time()
+        for _ in range(rounds):
+            for payload, _count in steady:
+                batch(payload, "decode")
+        took = time.process_time() - t0
+        out["decode_us"] = 1e6 * took / (rounds * sum(c for _, c in steady))
+        b.flush()
         return out
 
     return uvloop.run(build())
@@ -210,6 +237,7 @@ async def _receiver(args: argparse.Namespace) -> None:
     print(f"stats received={node.received} unnamed={node.unnamed} "
           f"undecodable={node.undecodable}", flush=True)
     await asyncio.sleep(0.2)  # (the last answers out)
+    logging.getLogger("iotbroker.cluster").setLevel(logging.ERROR)  # ("lost NATS")
     if args.transport.startswith("nats"):
         await nc.close()
     else:
@@ -428,15 +456,18 @@ class Pair:
         if nats_pid is not None and self.transport.startswith("nats"):
             pids["nats"] = nats_pid
         before = {k: cpu_split(p) for k, p in pids.items()}
+        ns_before = {k: run_ns(p) for k, p in pids.items()}
         assert self.a.stdin is not None
         self.a.stdin.write("go\n")
         self.a.stdin.flush()
         done = self.line(self.b.stdout)
         if not done.startswith("done"):
             raise SystemExit(f"{self.transport}: B said {done!r}")
+        ns_after = {k: run_ns(p) for k, p in pids.items()}
         after = {k: cpu_split(p) for k, p in pids.items()}
         out = {}
         for k in pids:
+            out[k] = (ns_after[k] - ns_before[k]) / 1e9
             out[f"{k}_user"] = after[k][0] - before[k][0]
             out[f"{k}_sys"] = after[k][1] - before[k][1]
         return out
@@ -520,7 +551,7 @@ def callgrind_total(work: Path, transport: str, side: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=1_000_000, help="per round")
+    ap.add_argument("--messages", type=int, default=5_000_000, help="per round")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--transports", default="nats,nats-own,unix,tcp")
     ap.add_argument("--topics", type=int, default=1000)
@@ -550,7 +581,8 @@ def main() -> None:
             raise SystemExit(f"unknown transport {t!r}")
     from iotbroker import build  # noqa: PLC0415
 
-    built = build_batches(args.topics, args.per_turn, args.distinct)
+    built = build_batches(args.topics, args.per_turn, args.distinct,
+                          0 if args.callgrind else args.messages)
     steady = built["steady"]
     sizes = [len(p) for p, _ in steady]
     counts = [c for _, c in steady]
@@ -591,24 +623,33 @@ def main() -> None:
                       f"B {t1[t, 'b']:,} / {t2[t, 'b']:,})")
             return
         results = run_all(args, built, batch_file, work, args.messages, args.reps, None)
-    print(f"CPU µs per message, median of {args.reps} interleaved rounds of "
-          f"{results[next(iter(results))][0]['messages']:,} messages "
-          f"(each round's values after /); load {os.getloadavg()[0]:.2f}")
-    print(f"  {'transport':9s} {'A usr+sys':>18s} {'B usr+sys':>18s} {'A+B':>6s} "
-          f"{'nats-server':>11s}")
+    report(results, args.reps, built["decode_us"])
+
+
+def report(results: dict[str, list[dict[str, float]]], reps: int, decode_us: float
+           ) -> None:
+    med = statistics.median
+    first = results[next(iter(results))][0]
+    print(f"CPU µs per message, median of {reps} interleaved rounds of "
+          f"{first['messages']:,} messages in {first['batches']:,} batches "
+          f"(run time of all threads, /proc/<pid>/task/*/schedstat; user+system from "
+          f"/proc/<pid>/stat, 10 ms ticks); load {os.getloadavg()[0]:.2f}; "
+          f"{time.strftime('%H:%M:%S', time.gmtime())} UTC")
+    print(f"  b's _batch alone, in process (no transport): {decode_us:.3f}")
+    print(f"  {'transport':9s} {'A':>6s} {'B':>6s} {'A+B':>6s} {'nats':>6s} {'all':>6s}"
+          f"   user+sys: A / B / nats")
     for t, runs in results.items():
         def us(key: str, rs: list[dict[str, float]] = runs) -> list[float]:
             return [1e6 * r.get(key, 0.0) / r["messages"] for r in rs]
 
-        a = [u + s for u, s in zip(us("a_user"), us("a_sys"), strict=True)]
-        b = [u + s for u, s in zip(us("b_user"), us("b_sys"), strict=True)]
-        n = [u + s for u, s in zip(us("nats_user"), us("nats_sys"), strict=True)]
+        a, b, n = us("a"), us("b"), us("nats")
         ab = [x + y for x, y in zip(a, b, strict=True)]
-        med = statistics.median
-        print(f"  {t:9s} {med(a):6.3f} ({med(us('a_user')):.3f}+{med(us('a_sys')):.3f}) "
-              f"{med(b):6.3f} ({med(us('b_user')):.3f}+{med(us('b_sys')):.3f}) "
-              f"{med(ab):6.3f} {med(n):11.3f}")
-        print(f"  {'':9s} A {'/'.join(f'{v:.3f}' for v in a)}  "
+        every = [x + y for x, y in zip(ab, n, strict=True)]
+        split = " / ".join(f"{med(us(k + '_user')):.3f}+{med(us(k + '_sys')):.3f}"
+                           for k in ("a", "b", "nats"))
+        print(f"  {t:9s} {med(a):6.3f} {med(b):6.3f} {med(ab):6.3f} {med(n):6.3f} "
+              f"{med(every):6.3f}   {split}")
+        print(f"  {'':9s} rounds: A {'/'.join(f'{v:.3f}' for v in a)}  "
               f"B {'/'.join(f'{v:.3f}' for v in b)}  "
               f"nats {'/'.join(f'{v:.3f}' for v in n)}")
 
