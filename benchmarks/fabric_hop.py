@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import pickle
@@ -337,6 +338,8 @@ async def _sender(args: argparse.Namespace) -> None:
     from iotbroker.server.broker import GC_GEN0_THRESHOLD  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     with open(args.batches, "rb") as f:
         built = pickle.load(f)
     warm = [payload for payload, _ in built["warm"]]
@@ -346,6 +349,10 @@ async def _sender(args: argparse.Namespace) -> None:
     wake = asyncio.Event()
     window = args.window
     sent = 0
+    told = (await stdin.readline()).split()  # connect <where>
+    if told[:1] != [b"connect"]:
+        raise SystemExit(f"A: {told!r}")
+    where = told[1].decode()
     if args.transport.startswith("nats"):
         broker = make_broker(loop, "fabric_hop.py", cluster={
             "node_name": "a", "nats": [args.url], "replicas": 1})
@@ -374,10 +381,10 @@ async def _sender(args: argparse.Namespace) -> None:
     else:
         proto = AckReader(acked, wake)
         if args.transport == "unix":
-            transport, _ = await loop.create_unix_connection(lambda: proto, args.path)
+            transport, _ = await loop.create_unix_connection(lambda: proto, where)
         else:
             transport, _ = await loop.create_connection(lambda: proto, "127.0.0.1",
-                                                        int(args.path))
+                                                        int(where))
         writelines = transport.writelines
 
         async def send(batches: list[bytes], count: int) -> None:
@@ -396,8 +403,6 @@ async def _sender(args: argparse.Namespace) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     await send(warm, len(warm))
     offset = 0
     for count in rounds:
@@ -434,16 +439,22 @@ class Pair:
             a_wrap = [*wrap, f"--callgrind-out-file={work}/callgrind.{transport}.a.%p"]
         self.b = subprocess.Popen([*b_wrap, *b_cmd], stdout=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL, text=True, env=env)
-        ready = self.line(self.b.stdout).split()
-        if ready[:1] != ["ready"]:
-            raise SystemExit(f"{transport}: B said {ready}")
-        where = ready[1] if transport == "tcp" else path
-        a_cmd = [*me, "--role", "a", "--transport", transport, "--url", url, "--path", where,
-                 *common]
+        # A starts beside B (imports, batches) and connects when told where
+        a_cmd = [*me, "--role", "a", "--transport", transport, "--url", url, *common]
         self.a = subprocess.Popen([*a_wrap, *a_cmd], stdin=subprocess.PIPE, text=True,
                                   env=env)
+        self.path = path
+
+    def connect(self) -> None:
+        ready = self.line(self.b.stdout).split()
+        if ready[:1] != ["ready"]:
+            raise SystemExit(f"{self.transport}: B said {ready}")
+        where = ready[1] if self.transport == "tcp" else self.path
+        assert self.a.stdin is not None
+        self.a.stdin.write(f"connect {where}\n")
+        self.a.stdin.flush()
         if self.line(self.b.stdout) != "warm":
-            raise SystemExit(f"{transport}: B not warmed")
+            raise SystemExit(f"{self.transport}: B not warmed")
 
     @staticmethod
     def line(stream: IO[str] | None) -> str:
@@ -517,6 +528,8 @@ def run_all(args: argparse.Namespace, built: dict[str, Any], batch_file: Path,
     try:
         for t in transports:
             pairs.append(Pair(t, me, common, work, url, env, wrap))
+        for pair in pairs:
+            pair.connect()
         for _ in range(reps):
             for pair in pairs:
                 r = pair.round(nats_pid)
@@ -603,7 +616,10 @@ def main() -> None:
             wrap = ["valgrind", "--tool=callgrind", *os.environ.get(
                 "CALLGRIND_ARGS", "").split()]
             counts_cg = [int(n) for n in args.cg_messages.split(",")]
-            totals = {}
+            # totals kept in DIR/totals.json: the two counts may come from two runs
+            saved = out / "totals.json"
+            totals = json.loads(saved.read_text()) if saved.exists() else {}
+            transports = args.transports.split(",")
             for m in counts_cg:
                 sub = out / f"m{m}"
                 sub.mkdir(exist_ok=True)
@@ -611,16 +627,23 @@ def main() -> None:
                     old.unlink()
                 run_all(args, built, batch_file, sub, m, 1, wrap)
                 exact = rounds_of(steady, m)[1]
-                totals[m] = (exact, {(t, s): callgrind_total(sub, t, s)
-                                     for t in args.transports.split(",") for s in "ab"})
-            (_, (e1, t1)), (_, (e2, t2)) = sorted(totals.items())
-            print(f"callgrind instructions per message ((N2 - N1) / ({e2} - {e1})):")
-            for t in args.transports.split(","):
-                a = (t2[t, "a"] - t1[t, "a"]) / (e2 - e1)
-                b = (t2[t, "b"] - t1[t, "b"]) / (e2 - e1)
-                print(f"  {t:9s} A {a:8.1f}  B {b:8.1f}  A+B {a + b:8.1f}   "
-                      f"(totals A {t1[t, 'a']:,} / {t2[t, 'a']:,}; "
-                      f"B {t1[t, 'b']:,} / {t2[t, 'b']:,})")
+                for t in transports:
+                    totals.setdefault(t, {})[str(exact)] = {
+                        side: callgrind_total(sub, t, side) for side in "ab"}
+                saved.write_text(json.dumps(totals, indent=1))
+            print("callgrind instructions per message ((N2 - N1) / (M2 - M1)):")
+            for t in transports:
+                have = sorted(totals.get(t, {}), key=int)
+                if len(have) < 2:
+                    print(f"  {t:9s} one count so far ({have})")
+                    continue
+                lo, hi = have[0], have[-1]
+                dm = int(hi) - int(lo)
+                a = (totals[t][hi]["a"] - totals[t][lo]["a"]) / dm
+                b = (totals[t][hi]["b"] - totals[t][lo]["b"]) / dm
+                print(f"  {t:9s} A {a:8.1f}  B {b:8.1f}  A+B {a + b:8.1f}   (M {lo} / {hi}; "
+                      f"A {totals[t][lo]['a']:,} / {totals[t][hi]['a']:,}; "
+                      f"B {totals[t][lo]['b']:,} / {totals[t][hi]['b']:,})")
             return
         results = run_all(args, built, batch_file, work, args.messages, args.reps, None)
     report(results, args.reps, built["decode_us"])
