@@ -663,6 +663,7 @@ def report(results: dict[str, list[dict[str, float]]], reps: int, decode_us: flo
     print(f"  b's _batch alone, in process (no transport): {decode_us:.3f}")
     print(f"  {'transport':9s} {'A':>6s} {'B':>6s} {'A+B':>6s} {'nats':>6s} {'all':>6s}"
           f"   user+sys: A / B / nats")
+    base: tuple[str, list[float], list[float], list[float]] | None = None
     for t, runs in results.items():
         def us(key: str, rs: list[dict[str, float]] = runs) -> list[float]:
             return [1e6 * r.get(key, 0.0) / r["messages"] for r in rs]
@@ -677,6 +678,18 @@ def report(results: dict[str, list[dict[str, float]]], reps: int, decode_us: flo
         print(f"  {'':9s} rounds: A {'/'.join(f'{v:.3f}' for v in a)}  "
               f"B {'/'.join(f'{v:.3f}' for v in b)}  "
               f"nats {'/'.join(f'{v:.3f}' for v in n)}")
+        if base is None:
+            base = (t, a, b, n)
+            continue
+        # the pairs of one round (interleaved): this transport minus the first one
+        da = [x - y for x, y in zip(a, base[1], strict=True)]
+        db = [x - y for x, y in zip(b, base[2], strict=True)]
+        dn = [x - y for x, y in zip(n, base[3], strict=True)]
+        dab = [x + y for x, y in zip(da, db, strict=True)]
+        dall = [x + y for x, y in zip(dab, dn, strict=True)]
+        print(f"  {'':9s} minus {base[0]}, per round (median): A {med(da):+.3f} "
+              f"B {med(db):+.3f} A+B {med(dab):+.3f} "
+              f"({'/'.join(f'{v:+.3f}' for v in dab)}) all {med(dall):+.3f}")
 
 
 if __name__ == "__main__":
