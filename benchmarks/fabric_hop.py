@@ -33,7 +33,10 @@ of a round) with the count received so far (NATS: a publish to a subject A is
 subscribed to; direct: 8 bytes back on the socket); A keeps at most ``--window``
 batches unanswered. Every transport's processes are started first and warmed (the
 defining batches); then ``--reps`` rounds, the transports interleaved in each round.
-Per message: CPU µs (user/system, /proc/<pid>/stat) of A, B and nats-server.
+Per message: CPU µs of A, B and nats-server (run time of all their threads from
+/proc/<pid>/task/*/schedstat; user/system from /proc/<pid>/stat beside), each
+transport's per-round differences to the first one, and b's ``_batch`` alone timed in
+this process on the same batches (no transport).
 
 ``--callgrind DIR``: A and B of each transport under callgrind (PYTHONHASHSEED=0),
 one round, at each of the two ``--cg-messages`` counts; prints the difference of their
