@@ -410,7 +410,7 @@ class Outbox:
             topic_raw = b""
             origin_raw = self.names.codes[origin]
             payloads = self._payloads
-        if not topic_raw:
+        if len(topic_raw) == 0:  # (native; ``not topic_raw`` is PyObject_IsTrue)
             topic_raw = self.names.codes[topic]
         if not payloads:
             self._at = message.created_at
