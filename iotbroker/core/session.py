@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.core import placeholders
@@ -542,18 +542,25 @@ class Session:
 
     def _send_new(self, delivery: Delivery, now: float, pid: int = 0) -> None:
         inflight = self.inflight
+        # The packet id as a Python int once: the test and the store take the same
+        # object (compiled, each use of the native int made one; issue 19).
+        key: object
         if not pid:
             pid = self._next_packet_id
-            if pid in inflight or pid >= 0x7FFF:
+            key = pid
+            if pid >= 0x7FFF or key in inflight:
                 pid = self._allocate_packet_id()
+                key = pid
             else:  # _allocate_packet_id's common case, inlined (the QoS 1 path, issue 19)
                 self._next_packet_id = pid + 1
+        else:
+            key = pid
         seq = self._next_seq
         self._next_seq = seq + 1
         if inflight is _NO_INFLIGHT:
             inflight = self.inflight = {}
         entry = InflightEntry(delivery, _PUBLISH_SENT, seq, False, pid, now)
-        inflight[pid] = entry
+        cast("dict[object, InflightEntry]", inflight)[key] = entry
         if self.expiry_interval > 0:  # persistent (inlined: the QoS 1 path)
             self.context.batch.put_outbound(
                 OutboundRecord(self.client_id, pid, _PUBLISH_SENT, delivery, seq)
