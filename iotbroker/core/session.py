@@ -755,10 +755,13 @@ class Session:
     # ------------------------------------------------------------ acks in
     def on_puback(self, packet_id: int, now: float) -> bool:
         """PUBACK completes a QoS 1 delivery; False for an unknown packet id."""
-        entry = self.inflight.get(packet_id)
+        # The packet id as a Python int once for the look-up and the deletion (issue 19).
+        inflight = cast("dict[object, InflightEntry]", self.inflight)
+        key: object = packet_id
+        entry = inflight.get(key)
         if entry is None or entry.delivery.qos != 1:
             return False
-        del self.inflight[packet_id]
+        del inflight[key]
         if self.expiry_interval > 0:  # persistent (inlined: the QoS 1 path, issue 19)
             if entry.queued_record:  # in order: consecutive ones become one range
                 self.context.batch.delete_queued_in_order(self.client_id, entry.seq)
