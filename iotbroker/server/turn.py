@@ -118,7 +118,6 @@ class Turn:
     __slots__ = (
         "_call_soon",
         "_context",
-        "_dirty",
         "_failure_logged_at",
         "_failures_unlogged",
         "_flush",
@@ -172,8 +171,6 @@ class Turn:
         #: the current context per call, an object per turn (issue 19, objects per
         #: message). iotbroker sets no context variables.
         self._context = contextvars.copy_context()
-        #: The flush's list of the turn's connections, emptied after each flush.
-        self._dirty: list[Writable] = []
         #: Storage failures: when the last error line went out, and turns closed since.
         self._failure_logged_at = 0.0
         self._failures_unlogged = 0
@@ -315,57 +312,48 @@ class Turn:
             # has left the list (nothing forgotten).
             engine.send_ready(_wall_clock())  # Broker.now(), inlined: hot path
         self.scheduled = False
-        # The turn's connections move to the flush's own list, reused (the list of
-        # ready_to_write is shared with the connections; issue 19: no copy per flush).
-        dirty = self._dirty
-        if dirty:  # a flush inside a flush (not expected): a list of its own
-            dirty = []
-        dirty.extend(ready)
+        dirty = ready[:]  # the list itself is shared with the connections
         ready.clear()
-        try:
-            # The turn's readers are cleared in place at the end (no new list per flush,
-            # issue 19: objects per message); only the first ``n_readers`` are this
-            # turn's (nothing appends during a flush, but what would stays for the next).
-            readers = self.active_readers
-            n_readers = len(readers)
-            if self.changes:
-                batch = engine.batch
-                changes = len(self.changes)
-                try:
-                    engine.commit()
-                except StorageError as exc:
-                    if changes > batch.refused:
-                        _drop_first(readers, n_readers)
-                        self._write_failed(dirty, exc)
-                        return
-                    # Only changes refused before: nothing of this turn waits on the store
-                    # (clean sessions' QoS 0, pings), so its output goes out.
-                else:
-                    if changes >= _TRIM_AFTER_CHANGES:
-                        memtrim.trim()  # a large fan-out's batch is freed: give it back
-            group_commit = self.group_commit
-            if group_commit is not None:
-                if answers and answers < len(dirty):
-                    group_commit.output(dirty[answers:] + dirty[:answers])
-                else:
-                    group_commit.output(dirty)
+        # The turn's readers are cleared in place at the end (no new list per flush,
+        # issue 19: objects per message); only the first ``n_readers`` are this
+        # turn's (nothing appends during a flush, but what would stays for the next).
+        readers = self.active_readers
+        n_readers = len(readers)
+        if self.changes:
+            batch = engine.batch
+            changes = len(self.changes)
+            try:
+                engine.commit()
+            except StorageError as exc:
+                if changes > batch.refused:
+                    _drop_first(readers, n_readers)
+                    self._write_failed(dirty, exc)
+                    return
+                # Only changes refused before: nothing of this turn waits on the store
+                # (clean sessions' QoS 0, pings), so its output goes out.
             else:
-                count = len(dirty)
-                # The routed messages (after the answers in the list), then the answers.
-                for i in range(answers, count):
-                    write_one(dirty[i])
-                for i in range(min(answers, count)):
-                    write_one(dirty[i])
-            if self.throttled and n_readers:
-                taken = readers[:n_readers]
-                _drop_first(readers, n_readers)
-                self.host.throttle(taken)  # a consumer is congested
-            else:
-                for i in range(n_readers):
-                    readers[i].published_this_turn = False
-                _drop_first(readers, n_readers)
-        finally:
-            dirty.clear()  # no references kept past the flush
+                if changes >= _TRIM_AFTER_CHANGES:
+                    memtrim.trim()  # a large fan-out's batch is freed: give it back
+        group_commit = self.group_commit
+        if group_commit is not None:
+            if answers and answers < len(dirty):
+                dirty = dirty[answers:] + dirty[:answers]
+            group_commit.output(dirty)
+        else:
+            count = len(dirty)
+            # The routed messages (after the answers in the list), then the answers.
+            for i in range(answers, count):
+                write_one(dirty[i])
+            for i in range(min(answers, count)):
+                write_one(dirty[i])
+        if self.throttled and n_readers:
+            taken = readers[:n_readers]
+            _drop_first(readers, n_readers)
+            self.host.throttle(taken)  # a consumer is congested
+        else:
+            for i in range(n_readers):
+                readers[i].published_this_turn = False
+            _drop_first(readers, n_readers)
 
 
 def _drop_first(items: list[Client], count: int) -> None:
