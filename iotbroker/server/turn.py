@@ -314,11 +314,9 @@ class Turn:
         self.scheduled = False
         dirty = ready[:]  # the list itself is shared with the connections
         ready.clear()
-        # The turn's readers are cleared in place at the end (no new list per flush,
-        # issue 19: objects per message); only the first ``n_readers`` are this
-        # turn's (nothing appends during a flush, but what would stays for the next).
         readers = self.active_readers
-        n_readers = len(readers)
+        if readers:
+            self.active_readers = []
         if self.changes:
             batch = engine.batch
             changes = len(self.changes)
@@ -326,7 +324,6 @@ class Turn:
                 engine.commit()
             except StorageError as exc:
                 if changes > batch.refused:
-                    _drop_first(readers, n_readers)
                     self._write_failed(dirty, exc)
                     return
                 # Only changes refused before: nothing of this turn waits on the store
@@ -346,22 +343,11 @@ class Turn:
                 write_one(dirty[i])
             for i in range(min(answers, count)):
                 write_one(dirty[i])
-        if self.throttled and n_readers:
-            taken = readers[:n_readers]
-            _drop_first(readers, n_readers)
-            self.host.throttle(taken)  # a consumer is congested
+        if self.throttled and readers:
+            self.host.throttle(readers)  # a consumer is congested
         else:
-            for i in range(n_readers):
-                readers[i].published_this_turn = False
-            _drop_first(readers, n_readers)
-
-
-def _drop_first(items: list[Client], count: int) -> None:
-    """Remove the first ``count`` of ``items`` in place (the whole list, as a rule)."""
-    if count == len(items):
-        items.clear()
-    elif count:
-        del items[:count]
+            for reader in readers:
+                reader.published_this_turn = False
 
 
 def write_one(proto: Writable) -> None:
