@@ -543,18 +543,19 @@ class Session:
     def _send_new(self, delivery: Delivery, now: float, pid: int = 0) -> None:
         inflight = self.inflight
         # The packet id as a Python int once: the test and the store take the same
-        # object (compiled, each use of the native int made one; issue 19).
-        key: object
+        # object (compiled, each use of the native int made one; issue 19). By
+        # ``cast(object, ...)``: a plain ``key: object = pid`` is narrowed to int by
+        # mypy, and mypyc then unboxes it and boxes it again at each use.
         if not pid:
             pid = self._next_packet_id
-            key = pid
+            key = cast(object, pid)
             if pid >= 0x7FFF or key in inflight:
                 pid = self._allocate_packet_id()
-                key = pid
+                key = cast(object, pid)
             else:  # _allocate_packet_id's common case, inlined (the QoS 1 path, issue 19)
                 self._next_packet_id = pid + 1
         else:
-            key = pid
+            key = cast(object, pid)
         seq = self._next_seq
         self._next_seq = seq + 1
         if inflight is _NO_INFLIGHT:
@@ -757,7 +758,7 @@ class Session:
         """PUBACK completes a QoS 1 delivery; False for an unknown packet id."""
         # The packet id as a Python int once for the look-up and the deletion (issue 19).
         inflight = cast("dict[object, InflightEntry]", self.inflight)
-        key: object = packet_id
+        key = cast(object, packet_id)  # (not ``key: object = ...``: narrowed to int)
         entry = inflight.get(key)
         if entry is None or entry.delivery.qos != 1:
             return False
