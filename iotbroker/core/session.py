@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from iotbroker.codec.enums import ReasonCode
 from iotbroker.core import placeholders
@@ -542,18 +542,26 @@ class Session:
 
     def _send_new(self, delivery: Delivery, now: float, pid: int = 0) -> None:
         inflight = self.inflight
+        # The packet id as a Python int once: the test and the store take the same
+        # object (compiled, each use of the native int made one; issue 19). By
+        # ``cast(object, ...)``: a plain ``key: object = pid`` is narrowed to int by
+        # mypy, and mypyc then unboxes it and boxes it again at each use.
         if not pid:
             pid = self._next_packet_id
-            if pid in inflight or pid >= 0x7FFF:
+            key = cast(object, pid)
+            if pid >= 0x7FFF or key in inflight:
                 pid = self._allocate_packet_id()
+                key = cast(object, pid)
             else:  # _allocate_packet_id's common case, inlined (the QoS 1 path, issue 19)
                 self._next_packet_id = pid + 1
+        else:
+            key = cast(object, pid)
         seq = self._next_seq
         self._next_seq = seq + 1
         if inflight is _NO_INFLIGHT:
             inflight = self.inflight = {}
         entry = InflightEntry(delivery, _PUBLISH_SENT, seq, False, pid, now)
-        inflight[pid] = entry
+        cast("dict[object, InflightEntry]", inflight)[key] = entry
         if self.expiry_interval > 0:  # persistent (inlined: the QoS 1 path)
             self.context.batch.put_outbound(
                 OutboundRecord(self.client_id, pid, _PUBLISH_SENT, delivery, seq)
@@ -748,10 +756,13 @@ class Session:
     # ------------------------------------------------------------ acks in
     def on_puback(self, packet_id: int, now: float) -> bool:
         """PUBACK completes a QoS 1 delivery; False for an unknown packet id."""
-        entry = self.inflight.get(packet_id)
+        # The packet id as a Python int once for the look-up and the deletion (issue 19).
+        inflight = cast("dict[object, InflightEntry]", self.inflight)
+        key = cast(object, packet_id)  # (not ``key: object = ...``: narrowed to int)
+        entry = inflight.get(key)
         if entry is None or entry.delivery.qos != 1:
             return False
-        del self.inflight[packet_id]
+        del inflight[key]
         if self.expiry_interval > 0:  # persistent (inlined: the QoS 1 path, issue 19)
             if entry.queued_record:  # in order: consecutive ones become one range
                 self.context.batch.delete_queued_in_order(self.client_id, entry.seq)
