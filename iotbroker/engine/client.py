@@ -99,7 +99,8 @@ class Client:
         turn, then close if it must (:class:`Writable`'s ``write_pending`` and
         ``finish_close``). A method of the compiled class, so that the flush calls it
         natively (issue 19); ``server/transport.py`` ``ClientProtocol`` overrides it
-        with its own fields; any other writable client goes through the protocol."""
+        with its own fields; the other clients (MQTT-SN, bridge) go through the
+        protocol here."""
         writable = cast(Writable, self)
         writable.write_pending()
         if writable.close_after_flush:
@@ -110,7 +111,8 @@ class Writable(Protocol):
     """A connection the server writes at the end of a loop turn: what the broker's flush
     (``server/broker.py``) uses of each entry of its ready-to-write list. A socket
     connection (``server/transport.py`` ``ClientProtocol``) and an MQTT-SN client
-    (``mqttsn/gateway.py`` ``SnClient``) both are one; their
+    (``mqttsn/gateway.py`` ``SnClient``) both are one, and each is a :class:`Client`
+    (the flush calls :meth:`Client.write_turn_output`); their
     :class:`~iotbroker.protocol.connection.Connection` puts them in the list when it
     gets bytes to send, and :meth:`Client.close` when it must close."""
 

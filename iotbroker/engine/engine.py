@@ -173,7 +173,8 @@ class Engine:
         self.trie = SubscriptionTrie()
         self.retained = RetainedStore()
         mqtt = config.mqtt
-        #: ``config.mqtt``'s values that every PUBLISH is checked against, read once
+        #: ``config.mqtt``'s values that every PUBLISH (and a SUBSCRIBE's filters, a
+        #: will's topic) is checked against, read once
         #: (the configuration is frozen, and the engine's is never replaced): native
         #: fields, not four look-ups by name per message on the interpreted
         #: configuration (issue 19, the per-message footprint).
@@ -876,8 +877,7 @@ class Engine:
         """What of ``mqtt.max_topic_levels`` / ``max_topic_length`` a will topic breaks
         (as a PUBLISH to it would: 0x90), or None; counted when it breaks one. For every
         room that sets a will: CONNECT (engine/connect.py), MQTT-SN's WILLTOPICUPD."""
-        cfg = self.config.mqtt
-        problem = topic_limit_problem(topic, cfg.max_topic_levels, cfg.max_topic_length)
+        problem = topic_limit_problem(topic, self._max_topic_levels, self._max_topic_length)
         if problem is not None:
             self.metrics.topic_limit_refusals += 1
         return problem
@@ -977,7 +977,8 @@ class Engine:
                     return R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure
             if not cfg.wildcard_subscriptions and ("+" in plain or "#" in plain):
                 return R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure
-            if topic_limit_problem(plain, cfg.max_topic_levels, cfg.max_topic_length) is not None:
+            if topic_limit_problem(plain, self._max_topic_levels,
+                                   self._max_topic_length) is not None:
                 self.metrics.topic_limit_refusals += 1
                 return R.TOPIC_FILTER_INVALID if v5 else failure
             if (

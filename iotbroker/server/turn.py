@@ -351,15 +351,8 @@ class Turn:
 
 
 def write_one(proto: Writable) -> None:
-    """Write one connection's output of the turn; close it if it must close. A
-    :class:`Client` (a socket connection) does both in its compiled
-    ``write_turn_output`` (a native method call, not the protocol's calls by name;
-    issue 19)."""
-    if isinstance(proto, Client):
-        # The cast makes it a native call: narrowed by isinstance, ``proto`` is a
-        # "Writable and Client" to mypyc, called by name.
-        cast(Client, proto).write_turn_output()
-        return
-    proto.write_pending()
-    if proto.close_after_flush:
-        proto.finish_close()
+    """Write one connection's output of the turn; close it if it must close: its
+    :class:`Client`'s compiled ``write_turn_output`` (every connection in the list is
+    one: a socket connection, an MQTT-SN client, a bridge's; the cast makes it a native
+    call, not the protocol's calls by name; issue 19)."""
+    cast(Client, proto).write_turn_output()
