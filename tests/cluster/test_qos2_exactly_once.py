@@ -34,7 +34,7 @@ from pathlib import Path
 import nats
 
 from iotbroker.codec.packets import Properties, PubComp, Publish, PubRec, PubRel
-from tests.cluster.conftest import wait_for_log
+from tests.cluster.conftest import connect_retrying_busy, wait_for_log
 from tests.cluster.test_live_routing import Node
 from tests.cluster.test_qos_stream import PERSISTENT, _joined, _receive_all
 from tests.helpers.broker_process import BrokerProcess
@@ -158,8 +158,10 @@ def _resend_after_kill_9(make_node: Node, nats_cluster: NatsCluster,
 
     a.start()
     wait_for_log(a, "QoS 1/2 stream", timeout=30)
-    pub = RawClient(a.host, a.port, version=5, timeout=20)
-    assert pub.connect("pub", clean_start=False, properties=PERSISTENT).session_present
+    # the restarted node may answer 0x89 Server busy while its session look-up cannot
+    # complete yet (a loaded machine, JetStream electing leaders): the client retries
+    pub, present = connect_retrying_busy(a, "pub", False)
+    assert present
     pub.send(_publish(7, b"crash", dup=True))  # the client resends [MQTT-4.4.0-1]
     _complete(pub, 7)
     got = _receive_all(remote, 1, timeout=20)

@@ -115,7 +115,17 @@ def _publish(pub: RawClient, payloads: list[bytes]) -> None:
         assert isinstance(ack, PubComp) and ack.reason_code < 0x80, ack
 
 
-def _stage(pub: RawClient, sub: RawClient, rx: MethodB) -> list[bytes]:
+def _stage(pub: RawClient, sub: RawClient, rx: MethodB, *nodes: BrokerProcess
+           ) -> list[bytes]:
+    """:func:`_stage_packets`; a packet that does not come fails with the nodes' logs
+    (a CI failure shows what the nodes did)."""
+    try:
+        return _stage_packets(pub, sub, rx)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{log_tails(*nodes)}") from exc
+
+
+def _stage_packets(pub: RawClient, sub: RawClient, rx: MethodB) -> list[bytes]:
     """12 QoS 2 messages published and PUBCOMP'd; the subscriber leaves them at four
     stages, 3 each: completed (PUBCOMP sent); PUBREL received, id discarded, no
     PUBCOMP sent; PUBREC sent, PUBREL not read; PUBLISH received (delivered, id held),
@@ -171,7 +181,7 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_after_kill_9_of_the_sessions_node(
     sub.subscribe("mv/#", qos=2)
     pub, _ = _connect(c if publisher == "remote" else a, "pub", clean_start=True)
     _wait_routed(pub, sub)  # a's interest is announced
-    sent = _stage(pub, sub, rx)
+    sent = _stage(pub, sub, rx, a, b, c)
     a.kill()
     sub.close()
     pub.close()
@@ -201,7 +211,7 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_across_a_clean_move(make_node: Node) ->
     sub.subscribe("mv/#", qos=2)
     pub, _ = _connect(b, "pub", clean_start=True)
     _wait_routed(pub, sub)
-    sent = _stage(pub, sub, rx)
+    sent = _stage(pub, sub, rx, a, b)
 
     back, present = _connect(b, "sub", clean_start=False)
     assert present, log_tails(a, b)
@@ -229,7 +239,7 @@ def test_mqtt_4_3_3_10_qos2_exactly_once_after_kill_9_and_restart_on_rocksdb(
     sub.subscribe("mv/#", qos=2)
     pub, _ = _connect(c, "pub", clean_start=True)
     _wait_routed(pub, sub)
-    sent = _stage(pub, sub, rx)
+    sent = _stage(pub, sub, rx, a, c)
     a.kill()
     sub.close()
     later = [b"n00", b"n01"]
