@@ -1028,11 +1028,9 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
         # i64 count each round, a new int object per message above 256)
         while left > 0:
             left -= 1
-            # _u16, _u16, _u32 inlined (a native call each otherwise)
-            t = (i64(data[tp]) << 8) | i64(data[tp + 1])
-            o = (i64(data[op]) << 8) | i64(data[op + 1])
-            end = pos + ((i64(data[sp]) << 24) | (i64(data[sp + 1]) << 16)
-                         | (i64(data[sp + 2]) << 8) | i64(data[sp + 3]))
+            t = _u16(data, tp)
+            o = _u16(data, op)
+            end = pos + _u32(data, sp)
             tp += 2
             op += 2
             sp += 4
