@@ -23,6 +23,19 @@ connects. It parses the same protocol with the same regular expressions, but
   ``Client._process_msg`` as before; ``+OK``, ``-ERR``, ``PING``, ``PONG`` and
   ``INFO`` lines, one at a time, to nats-py's own :meth:`Parser.parse`.
 
+It also takes the copies out of the socket's side (i14-ratio8): nats-py reads its
+socket through an :class:`asyncio.StreamReader`, which appends each read to a
+bytearray (``feed_data``: ``extend``) and hands it on as ``bytes(buffer[:n])`` (a
+bytearray slice, then ``bytes`` of it): three copies of every batch before the parser
+sees it. The first time :meth:`BatchParser.parse` runs on a connection (after its
+handshake; again after each reconnect, which makes a new reader), it turns that
+connection's plain ``StreamReader`` into a :class:`ChunkReader`, which keeps the
+loop's reads as they came (``bytes``, in a deque) and hands each one on as it is:
+no copy. Its pause/resume of the transport and end of stream are the
+``StreamReader``'s; ``readline``/``readuntil``/``readexactly`` (nats-py uses them in
+the connect handshake only, which is over by then) first fold it back into the
+``StreamReader``'s buffer for good.
+
 Everything else of nats-py is its own: connect, TLS, credentials, reconnect (the
 subscription is sent again with the same sid), ping, flush, close. :func:`install`
 puts the parser in only for nats-py versions it was tested with
@@ -33,8 +46,10 @@ public path), and says so once in the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +91,110 @@ def usable() -> bool:
             and hasattr(nats_parser.Parser, "reset"))
 
 
+class ChunkReader(asyncio.StreamReader):
+    """An :class:`asyncio.StreamReader` whose ``read`` hands on the transport's reads
+    as they came (module docstring). Made by :func:`chunked` from a plain one (its
+    class is swapped: the protocol and nats-py keep their references)."""
+
+    _chunks: deque[bytes]
+    _size: int
+    _chunked: bool
+    # the StreamReader's own (private; set by its __init__)
+    _eof: bool
+    _paused: bool
+    _limit: int
+    _transport: Any
+    _exception: BaseException | None
+    _buffer: bytearray
+
+    def feed_data(self, data: Any) -> None:
+        if not self._chunked:
+            super().feed_data(data)
+            return
+        assert not self._eof, "feed_data after feed_eof"
+        if not data:
+            return
+        self._chunks.append(data if type(data) is bytes else bytes(data))
+        self._size += len(data)
+        self._wakeup_waiter()  # type: ignore[attr-defined]
+        transport = self._transport
+        if (transport is not None and not self._paused
+                and self._size > 2 * self._limit):
+            try:
+                transport.pause_reading()
+            except NotImplementedError:
+                self._transport = None
+            else:
+                self._paused = True
+
+    def _maybe_resume_transport(self) -> None:
+        if not self._chunked:
+            super()._maybe_resume_transport()  # type: ignore[misc]
+        elif self._paused and self._size <= self._limit:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def at_eof(self) -> bool:
+        if not self._chunked:
+            return super().at_eof()
+        return bool(self._eof) and not self._size
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._chunked:
+            return await super().read(n)
+        if self._exception is not None:
+            raise self._exception
+        if n == 0:
+            return b""
+        if not self._size and not self._eof:
+            await self._wait_for_data("read")  # type: ignore[attr-defined]
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks.popleft()
+        if 0 < n < len(data):
+            chunks.appendleft(data[n:])
+            data = data[:n]
+        self._size -= len(data)
+        self._maybe_resume_transport()
+        return data
+
+    def _unchunk(self) -> None:
+        """Back to the ``StreamReader``'s own buffer, for good."""
+        if self._chunked:
+            self._chunked = False
+            self._buffer.extend(b"".join(self._chunks))
+            self._chunks.clear()
+            self._size = 0
+
+    async def readline(self) -> bytes:
+        self._unchunk()
+        return await super().readline()
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        self._unchunk()
+        return await super().readuntil(separator)
+
+    async def readexactly(self, n: int) -> bytes:
+        self._unchunk()
+        return await super().readexactly(n)
+
+
+def chunked(reader: object) -> bool:
+    """Turn a plain :class:`asyncio.StreamReader` into a :class:`ChunkReader` (what it
+    holds already is kept, in order); False (and nothing done) for anything else."""
+    if type(reader) is not asyncio.StreamReader or not hasattr(reader, "_buffer"):
+        return False
+    held = bytes(reader._buffer)
+    reader._buffer.clear()
+    reader.__class__ = ChunkReader
+    assert isinstance(reader, ChunkReader)
+    reader._chunks = deque([held] if held else [])
+    reader._size = len(held)
+    reader._chunked = True
+    return True
+
+
 class BatchParser(nats_parser.Parser):
     """nats-py's :class:`~nats.protocol.parser.Parser` with a direct path for one
     subscription's plain ``MSG``\\ s (module docstring)."""
@@ -87,8 +206,17 @@ class BatchParser(nats_parser.Parser):
         self.deliver = deliver
         #: messages that went to ``deliver`` (tests; docs/cluster.md)
         self.delivered = 0
+        #: the connection's reader made a ChunkReader (or found not to be one to make)
+        self._reader: object = None
+        #: readers made ChunkReaders (tests)
+        self.chunked = 0
 
     async def parse(self, data: bytes = b"") -> None:
+        reader = getattr(getattr(self.nc, "_transport", None), "_io_reader", None)
+        if reader is not self._reader:  # a new connection: its reader, once
+            self._reader = reader
+            if chunked(reader):
+                self.chunked += 1
         buf: bytearray = self.buf
         state = self.state
         pos = 0

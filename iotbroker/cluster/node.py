@@ -50,6 +50,8 @@ from iotbroker.cluster.buckets import open_bucket
 from iotbroker.cluster.interest import Interest, Pair
 from iotbroker.cluster.natsread import TESTED_VERSIONS as TESTED_NATS
 from iotbroker.cluster.natsread import BatchParser, usable
+from iotbroker.cluster.natswrite import publish as raw_publish
+from iotbroker.cluster.natswrite import usable as raw_publish_usable
 from iotbroker.cluster.orphans import OrphanSweep, owner_token
 from iotbroker.cluster.ownership import Ownership
 from iotbroker.cluster.qos_stream import GAP_WAIT, GRACE, QosStream
@@ -747,6 +749,8 @@ class ClusterNode:
         self._tasks.append(loop.create_task(self._sweep_loop()))
         commands = self._commands
         wake = self._wake
+        # batches framed by natswrite.py (no copies), else nats-py's publish
+        fast = isinstance(parser, BatchParser) and raw_publish_usable()
         while True:
             if not commands:
                 wake.clear()
@@ -756,7 +760,10 @@ class ClusterNode:
             try:
                 if kind == _PUB:
                     self._pending_pubs -= count
-                    await nc.publish(name, payload)
+                    if fast:
+                        await raw_publish(nc, name, payload)
+                    else:
+                        await nc.publish(name, payload)
                     self.forwarded += count
                 else:
                     # Straight into the bucket's stream, without waiting for its ack:

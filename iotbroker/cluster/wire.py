@@ -1023,7 +1023,11 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
         op: i64 = tp + 2 * count
         sp: i64 = op + 2 * count
         pos: i64 = sp + 4 * count
-        for _ in range(count):
+        left: i64 = count
+        # (a ``while``: mypyc boxes the variable of ``for _ in range(count)`` with an
+        # i64 count each round, a new int object per message above 256)
+        while left > 0:
+            left -= 1
             t = _u16(data, tp)
             o = _u16(data, op)
             end = pos + _u32(data, sp)
