@@ -153,7 +153,9 @@ def test_pure_module_imports_only_stdlib(module: str) -> None:
 #: Rooms that do I/O on the event loop: server/, and cluster/'s link to NATS.
 ASYNC_MODULES = ("cluster/node.py", "cluster/ownership.py", "cluster/wills.py",
                  "cluster/qos_stream.py", "cluster/sessions.py", "cluster/buckets.py",
-                 "cluster/orphans.py")
+                 "cluster/orphans.py",
+                 # the node connection's reader (ChunkReader: an asyncio.StreamReader)
+                 "cluster/natsread.py")
 
 
 def test_only_server_imports_asyncio() -> None:
