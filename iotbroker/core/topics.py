@@ -205,7 +205,9 @@ def topic_limit_problem(topic: str, max_levels: int, max_length: int) -> str | N
     # Each character is 1..4 UTF-8 bytes: only encode when it can matter.
     if n * 4 > max_length and (n > max_length or len(topic.encode()) > max_length):
         return f"longer than the configured {max_length} bytes"
-    if topic.count("/") >= max_levels:
+    # n characters hold at most n separators: counted only when that can reach the
+    # limit (issue 19: the usual topic is shorter than the 128-level default).
+    if n >= max_levels and topic.count("/") >= max_levels:
         return f"has more than the configured {max_levels} levels"
     return None
 

@@ -222,6 +222,19 @@ def test_check_topic_limits() -> None:
         check_topic_limits("ééé", max_length=5)
 
 
+def test_level_limit_at_the_boundary_of_the_topic_length() -> None:
+    """Levels are separators + 1 whatever the topic's length (the separators are only
+    counted when the length can reach the limit); empty levels count (MQTT 5.0 §4.7.1.1)."""
+    check_topic_limits("//", max_levels=3)  # 3 levels in 2 characters
+    for topic in ("///", "a///", "////"):  # 4 or 5 levels in 3 or more characters
+        with pytest.raises(ProtocolViolation):
+            check_topic_limits(topic, max_levels=3)
+    check_topic_limits("abc", max_levels=3)
+    check_topic_limits("a/b", max_levels=2)
+    with pytest.raises(ProtocolViolation):
+        check_topic_limits("a//", max_levels=2)
+
+
 # -- reference matcher ------------------------------------------------------------------
 
 
