@@ -16,6 +16,8 @@ Rules of this room:
 
 from __future__ import annotations
 
+from typing import Final
+
 from mypy_extensions import mypyc_attr
 
 from iotbroker.errors import MalformedPacket, PacketTooLarge
@@ -24,7 +26,7 @@ from iotbroker.errors import MalformedPacket, PacketTooLarge
 PROTOCOL_MAX_PACKET_SIZE = 268_435_460
 
 #: ``Framer._buf`` with nothing held back (never written to: see ``feed_into``).
-_EMPTY = b""
+_EMPTY: Final = b""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # via Connection: the bridge's Outlet
@@ -82,7 +84,7 @@ class Framer:
         (``decode.decode_whole``), no frame list, tuple or body copy (issue 19).
         """
         n = len(data)
-        if n < 2 or self._buf:
+        if n < 2 or self._buf is not _EMPTY:  # (held back: a non-empty bytearray)
             return 0
         byte = data[1]
         if byte < 0x80:

@@ -382,7 +382,8 @@ class Connection(Framer):
             return
         if qos == 1:
             unacked = self._inbound_unacked
-            if unacked and isinstance(unacked, set):
+            # (3.1.1 never leaves the shared empty set: one pointer compared)
+            if unacked is not _NO_IDS and isinstance(unacked, set) and len(unacked):
                 unacked.discard(packet_id)
             # 0x40 0x02 and the packet id's two bytes, shared one-byte objects: one
             # native build, compiled (no tuple, no ``bytes()`` call by name, no
@@ -480,7 +481,7 @@ class Connection(Framer):
         self.packets_queued += 1
         out = self._out
         if isinstance(out, bytes):
-            if out:
+            if len(out):  # (``len``: read natively; a truth test of bytes is a call)
                 self._out = [out, data]
             else:
                 self._out = data
@@ -494,7 +495,7 @@ class Connection(Framer):
         """All bytes queued since the last call, as one buffer (one write per turn)."""
         out = self._out
         if isinstance(out, bytes):
-            if out:
+            if len(out):
                 self._out = _NO_OUT
             return out
         self._out = _NO_OUT
