@@ -62,7 +62,9 @@ def is_broker_topic(topic: str) -> bool:
     """True for ``$SYS`` and the topics below it: the broker's own, which clients may
     read (as the ACL allows) but never publish to, nor set a will on (issue 12).
     MQTT 3.1.1 §4.7.2 / MQTT 5.0 §4.7.2 reserve ``$`` topics for server use."""
-    return topic.startswith("$SYS") and (len(topic) == 4 or topic[4] == "/")
+    # The first character natively first (compiled: no call for the usual topic).
+    return (len(topic) >= 4 and ord(topic[0]) == 0x24 and topic.startswith("$SYS")
+            and (len(topic) == 4 or topic[4] == "/"))
 
 
 def has_wildcard(topic: str) -> bool:

@@ -9,6 +9,7 @@ from iotbroker.core.topics import (
     check_topic_limits,
     filter_matches,
     has_wildcard,
+    is_broker_topic,
     parse_shared,
     validate_subscription_filter,
     validate_topic_filter,
@@ -268,3 +269,15 @@ def test_level_limit_at_the_boundary_of_the_topic_length() -> None:
 )
 def test_filter_matches_reference(topic_filter: str, topic: str, expected: bool) -> None:
     assert filter_matches(topic_filter, topic) is expected
+
+
+@pytest.mark.parametrize(
+    ("topic", "expected"),
+    [("$SYS", True), ("$SYS/broker/uptime", True), ("$SYSx", False), ("$SY", False),
+     ("$", False), ("", False), ("a/$SYS", False), ("$share/g/t", False), ("SYS/a", False),
+     ("$sys/a", False), ("€SYS/a", False)],
+)
+def test_broker_topics_are_sys_and_below(topic: str, expected: bool) -> None:
+    """``$SYS`` and the topics below it are the broker's (MQTT 5.0 §4.7.2: ``$`` topics
+    are the Server's; issue 12): other ``$`` topics and look-alikes are not."""
+    assert is_broker_topic(topic) is expected
