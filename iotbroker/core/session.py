@@ -570,9 +570,12 @@ class Session:
             )
         out = self.outbox
         if out is None:
-            out = self.outbox = []
+            # Made holding the entry (one allocation of its item array, no append's
+            # resize: the usual turn's outbox holds one)
+            self.outbox = [entry]  # the entry is the outbox's (delivery, pid, False, now)
             self.context.ready.append(self)
-        out.append(entry)  # the entry is the outbox's (delivery, pid, False, now)
+        else:
+            out.append(entry)
         metrics = self.context.metrics
         metrics.count_sent(delivery.qos)
         metrics.publish_bytes_sent += len(delivery.message.payload)
