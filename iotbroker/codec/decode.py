@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from iotbroker.codec.framer import Framer
 from iotbroker.codec.packets import (
     NO_PROPERTIES,
     Auth,
@@ -114,10 +115,14 @@ def _packet_id(body: bytes, pos: int, v5: bool) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- PUBLISH
 
 
-def _publish(flags: int, body: bytes, start: int, v5: bool) -> Publish:
+def _publish(flags: int, body: bytes, start: int, v5: bool, memo: Framer | None) -> Publish:
     """PUBLISH (MQTT 3.1.1 §3.3, MQTT 5.0 §3.3), its body ``body[start:]``. The payload
     is the rest of the body (a read holding just this packet is decoded in place: the
-    payload is the one copy of its bytes, issue 19)."""
+    payload is the one copy of its bytes, issue 19).
+
+    ``memo``: the stream's framer, whose ``last_topic_raw``/``last_topic`` hold its last
+    well-formed, wildcard-free topic: the same bytes give that ``str`` without decoding
+    or scanning them again (issue 19). Same packet, same errors, with or without it."""
     qos = (flags >> 1) & 3
     if qos == 3:
         raise _malformed("PUBLISH with QoS 3", "MQTT-3.3.1-4")
@@ -130,14 +135,26 @@ def _publish(flags: int, body: bytes, start: int, v5: bool) -> Publish:
     pos = start + 2 + ((body[start] << 8) | body[start + 1])
     if pos > n:
         raise _malformed("PUBLISH topic runs past the end of the packet", "MQTT-3.3.2-1")
-    try:
-        topic = body[start + 2 : pos].decode("utf-8")
-    except UnicodeDecodeError:
-        raise _malformed(
-            "PUBLISH topic is not well-formed UTF-8", "MQTT-1.5.4-1" if v5 else "MQTT-1.5.3-1"
-        ) from None
-    if "\x00" in topic:
-        raise _malformed("PUBLISH topic contains U+0000", "MQTT-1.5.4-2" if v5 else "MQTT-1.5.3-2")
+    raw = body[start + 2 : pos]
+    if memo is not None and raw == memo.last_topic_raw:
+        topic = memo.last_topic  # decoded and checked before: the same str
+    else:
+        try:
+            topic = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _malformed(
+                "PUBLISH topic is not well-formed UTF-8", "MQTT-1.5.4-1" if v5 else "MQTT-1.5.3-1"
+            ) from None
+        if "\x00" in topic:
+            raise _malformed(
+                "PUBLISH topic contains U+0000", "MQTT-1.5.4-2" if v5 else "MQTT-1.5.3-2"
+            )
+        if memo is not None and "+" not in topic and "#" not in topic:
+            # Wildcards are refused later, by protocol/ (connection state decides
+            # first); a topic without any is remembered, and protocol/ knows the
+            # remembered one needs no wildcard scan.
+            memo.last_topic_raw = raw
+            memo.last_topic = topic
     packet_id: int | None = None
     if qos:
         if pos + 2 > n:
@@ -447,7 +464,7 @@ def decode_packet(first_byte: int, body: bytes, protocol_version: int) -> Packet
     v5 = protocol_version == 5
     try:
         if ptype == 3:
-            return _publish(flags, body, 0, v5)
+            return _publish(flags, body, 0, v5, None)
         if flags != _FLAGS[ptype] and ptype:
             raise _malformed(
                 f"{_NAMES[ptype]} fixed-header flags 0b{flags:04b} are invalid",
@@ -460,20 +477,22 @@ def decode_packet(first_byte: int, body: bytes, protocol_version: int) -> Packet
         raise _malformed(f"{_NAMES[ptype]}: {exc}") from exc
 
 
-def decode_whole(buf: bytes, start: int, protocol_version: int) -> Packet:
+def decode_whole(buf: bytes, start: int, protocol_version: int,
+                 memo: Framer | None = None) -> Packet:
     """Decode a read that is exactly one packet: its first byte at 0, its body
     ``buf[start:]`` (``Framer.whole_frame`` gave ``start``, the fixed header's length).
 
     The same packet, or the same error, as ``decode_packet(buf[0], buf[start:], ...)``,
     without copying the body out of the read first: a PUBLISH is decoded in place (its
     payload is the one copy), a PUBACK without reason code straight from its two bytes
-    (issue 19: the QoS 1 path's objects per message).
+    (issue 19: the QoS 1 path's objects per message). ``memo``: the stream's framer,
+    whose last topic a PUBLISH to the same topic reuses (see ``_publish``).
     """
     first_byte = buf[0]
     ptype = first_byte >> 4
     if ptype == 3:
         try:
-            return _publish(first_byte & 0x0F, buf, start, protocol_version == 5)
+            return _publish(first_byte & 0x0F, buf, start, protocol_version == 5, memo)
         except MqttError:
             raise
         except (IndexError, ValueError) as exc:  # defensive: a read past the end

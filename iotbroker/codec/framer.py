@@ -16,6 +16,8 @@ Rules of this room:
 
 from __future__ import annotations
 
+from typing import Final
+
 from mypy_extensions import mypyc_attr
 
 from iotbroker.errors import MalformedPacket, PacketTooLarge
@@ -24,7 +26,7 @@ from iotbroker.errors import MalformedPacket, PacketTooLarge
 PROTOCOL_MAX_PACKET_SIZE = 268_435_460
 
 #: ``Framer._buf`` with nothing held back (never written to: see ``feed_into``).
-_EMPTY = b""
+_EMPTY: Final = b""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # via Connection: the bridge's Outlet
@@ -35,7 +37,9 @@ class Framer:
     CONNECT has been read. ``bytes_received`` counts every byte fed.
     """
 
-    __slots__ = ("_buf", "_need", "bytes_received", "max_packet_size")
+    __slots__ = (
+        "_buf", "_need", "bytes_received", "last_topic", "last_topic_raw", "max_packet_size",
+    )
 
     def __init__(self, max_packet_size: int = PROTOCOL_MAX_PACKET_SIZE) -> None:
         self.max_packet_size = max_packet_size
@@ -45,6 +49,13 @@ class Framer:
         self._buf: bytearray | bytes = _EMPTY
         # Bytes _buf must hold before the next frame can complete (0: header incomplete).
         self._need = 0
+        #: The last PUBLISH topic decoded from this stream that is well-formed (UTF-8,
+        #: no U+0000) and free of wildcards, as its raw bytes and as the ``str``
+        #: ``decode.decode_whole`` gave it; both empty until then. A client publishing
+        #: to the same topic again gets the same ``str``: no UTF-8 decode, no character
+        #: scans, its hash already computed (issue 19). A cache, not protocol state.
+        self.last_topic_raw = _EMPTY
+        self.last_topic = ""
 
     @property
     def buffered(self) -> int:
@@ -73,7 +84,7 @@ class Framer:
         (``decode.decode_whole``), no frame list, tuple or body copy (issue 19).
         """
         n = len(data)
-        if n < 2 or self._buf:
+        if n < 2 or self._buf is not _EMPTY:  # (held back: a non-empty bytearray)
             return 0
         byte = data[1]
         if byte < 0x80:

@@ -449,8 +449,10 @@ class Session:
             return True
         if (
             self.attached_to is not None
-            and not self.queue
-            and not self._resend
+            # (the shared placeholders by pointer first: no call for a session
+            # that never queued)
+            and (self.queue is _NO_QUEUE or not self.queue)
+            and (self._resend is _NO_RESEND or not self._resend)
             and len(self.inflight) < self.receive_maximum
             and self.writable
         ):
@@ -568,9 +570,12 @@ class Session:
             )
         out = self.outbox
         if out is None:
-            out = self.outbox = []
+            # Made holding the entry (one allocation of its item array, no append's
+            # resize: the usual turn's outbox holds one)
+            self.outbox = [entry]  # the entry is the outbox's (delivery, pid, False, now)
             self.context.ready.append(self)
-        out.append(entry)  # the entry is the outbox's (delivery, pid, False, now)
+        else:
+            out.append(entry)
         metrics = self.context.metrics
         metrics.count_sent(delivery.qos)
         metrics.publish_bytes_sent += len(delivery.message.payload)
@@ -768,7 +773,10 @@ class Session:
                 self.context.batch.delete_queued_in_order(self.client_id, entry.seq)
             else:
                 self.context.batch.delete_outbound(self.client_id, packet_id)
-        if self.queue or self._resend:  # pump() has nothing to do otherwise
+        # pump() has nothing to do otherwise (the shared placeholders by pointer first:
+        # no call for a session that never queued)
+        if ((self.queue is not _NO_QUEUE and self.queue)
+                or (self._resend is not _NO_RESEND and self._resend)):
             self.pump(now)
         return True
 

@@ -62,7 +62,9 @@ def is_broker_topic(topic: str) -> bool:
     """True for ``$SYS`` and the topics below it: the broker's own, which clients may
     read (as the ACL allows) but never publish to, nor set a will on (issue 12).
     MQTT 3.1.1 §4.7.2 / MQTT 5.0 §4.7.2 reserve ``$`` topics for server use."""
-    return topic.startswith("$SYS") and (len(topic) == 4 or topic[4] == "/")
+    # The first character natively first (compiled: no call for the usual topic).
+    return (len(topic) >= 4 and ord(topic[0]) == 0x24 and topic.startswith("$SYS")
+            and (len(topic) == 4 or topic[4] == "/"))
 
 
 def has_wildcard(topic: str) -> bool:
@@ -205,7 +207,9 @@ def topic_limit_problem(topic: str, max_levels: int, max_length: int) -> str | N
     # Each character is 1..4 UTF-8 bytes: only encode when it can matter.
     if n * 4 > max_length and (n > max_length or len(topic.encode()) > max_length):
         return f"longer than the configured {max_length} bytes"
-    if topic.count("/") >= max_levels:
+    # n characters hold at most n separators: counted only when that can reach the
+    # limit (issue 19: the usual topic is shorter than the 128-level default).
+    if n >= max_levels and topic.count("/") >= max_levels:
         return f"has more than the configured {max_levels} levels"
     return None
 

@@ -351,8 +351,12 @@ class Engine:
         while ready:
             if len(ready) == 1:
                 # One session (the 1→1 case): no copy of the list (issue 19, objects
-                # per message); what sending it makes ready comes round again.
-                self._send_outbox(ready.pop(), now)
+                # per message); what sending it makes ready comes round again. Taken
+                # by clear(), not pop(): a pop to empty reallocates the item array to
+                # 0 bytes (the C allocator, not pymalloc), and the next append back.
+                session = ready[0]
+                ready.clear()
+                self._send_outbox(session, now)
                 continue
             sessions = ready[:]
             ready.clear()

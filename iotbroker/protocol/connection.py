@@ -195,7 +195,7 @@ class Connection(Framer):
             # One whole packet, the usual read (issue 19): decoded from ``data`` itself.
             self.bytes_received += len(data)
             try:
-                packet = self._check(decode_whole(data, header, self.protocol_version))
+                packet = self._check(decode_whole(data, header, self.protocol_version, self))
             except MqttError as exc:
                 self.failure = exc
                 return []
@@ -232,7 +232,7 @@ class Connection(Framer):
         self.last_received = now
         self.bytes_received += len(data)
         try:
-            return self._check(decode_whole(data, header, self.protocol_version))
+            return self._check(decode_whole(data, header, self.protocol_version, self))
         except MqttError as exc:
             self.failure = exc
             return None
@@ -293,7 +293,8 @@ class Connection(Framer):
                 "PUBLISH topic name is empty", reason_code=_PROTOCOL_ERROR,
                 spec_ref="MQTT-4.7.3-1",
             )
-        if "+" in topic or "#" in topic:
+        # The framer's remembered topic has no wildcard (codec/decode.py): not scanned.
+        if topic is not self.last_topic and ("+" in topic or "#" in topic):
             raise ProtocolViolation(
                 f"PUBLISH topic name {topic!r} contains a wildcard",
                 reason_code=_TOPIC_NAME_INVALID,
@@ -381,7 +382,8 @@ class Connection(Framer):
             return
         if qos == 1:
             unacked = self._inbound_unacked
-            if unacked and isinstance(unacked, set):
+            # (3.1.1 never leaves the shared empty set: one pointer compared)
+            if unacked is not _NO_IDS and isinstance(unacked, set) and len(unacked):
                 unacked.discard(packet_id)
             # 0x40 0x02 and the packet id's two bytes, shared one-byte objects: one
             # native build, compiled (no tuple, no ``bytes()`` call by name, no
@@ -479,7 +481,7 @@ class Connection(Framer):
         self.packets_queued += 1
         out = self._out
         if isinstance(out, bytes):
-            if out:
+            if len(out):  # (``len``: read natively; a truth test of bytes is a call)
                 self._out = [out, data]
             else:
                 self._out = data
@@ -493,7 +495,7 @@ class Connection(Framer):
         """All bytes queued since the last call, as one buffer (one write per turn)."""
         out = self._out
         if isinstance(out, bytes):
-            if out:
+            if len(out):
                 self._out = _NO_OUT
             return out
         self._out = _NO_OUT

@@ -655,7 +655,7 @@ class ClientProtocol(Client):
         transport = self.transport
         conn = self.conn
         data = conn.data_to_send()
-        if transport is None or not data or transport.is_closing():
+        if transport is None or not len(data) or transport.is_closing():
             return
         if FLAGS.packets:  # --log-level DEBUG: a line per packet (one test per write)
             packetlog.log_outbound(self, data)

@@ -343,7 +343,7 @@ class Turn:
                 write_one(dirty[i])
             for i in range(min(answers, count)):
                 write_one(dirty[i])
-        if self.throttled and readers:
+        if readers and self.throttled:  # (the list's length first: read natively)
             self.host.throttle(readers)  # a consumer is congested
         else:
             for reader in readers:

@@ -9,6 +9,7 @@ from iotbroker.core.topics import (
     check_topic_limits,
     filter_matches,
     has_wildcard,
+    is_broker_topic,
     parse_shared,
     validate_subscription_filter,
     validate_topic_filter,
@@ -222,6 +223,19 @@ def test_check_topic_limits() -> None:
         check_topic_limits("ééé", max_length=5)
 
 
+def test_level_limit_at_the_boundary_of_the_topic_length() -> None:
+    """Levels are separators + 1 whatever the topic's length (the separators are only
+    counted when the length can reach the limit); empty levels count (MQTT 5.0 §4.7.1.1)."""
+    check_topic_limits("//", max_levels=3)  # 3 levels in 2 characters
+    for topic in ("///", "a///", "////"):  # 4 or 5 levels in 3 or more characters
+        with pytest.raises(ProtocolViolation):
+            check_topic_limits(topic, max_levels=3)
+    check_topic_limits("abc", max_levels=3)
+    check_topic_limits("a/b", max_levels=2)
+    with pytest.raises(ProtocolViolation):
+        check_topic_limits("a//", max_levels=2)
+
+
 # -- reference matcher ------------------------------------------------------------------
 
 
@@ -255,3 +269,15 @@ def test_check_topic_limits() -> None:
 )
 def test_filter_matches_reference(topic_filter: str, topic: str, expected: bool) -> None:
     assert filter_matches(topic_filter, topic) is expected
+
+
+@pytest.mark.parametrize(
+    ("topic", "expected"),
+    [("$SYS", True), ("$SYS/broker/uptime", True), ("$SYSx", False), ("$SY", False),
+     ("$", False), ("", False), ("a/$SYS", False), ("$share/g/t", False), ("SYS/a", False),
+     ("$sys/a", False), ("€SYS/a", False)],
+)
+def test_broker_topics_are_sys_and_below(topic: str, expected: bool) -> None:
+    """``$SYS`` and the topics below it are the broker's (MQTT 5.0 §4.7.2: ``$`` topics
+    are the Server's; issue 12): other ``$`` topics and look-alikes are not."""
+    assert is_broker_topic(topic) is expected

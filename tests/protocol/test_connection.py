@@ -316,3 +316,30 @@ def test_receive_one_gives_what_receive_data_gives_for_one_whole_packet(version:
     assert isinstance(conn.failure, ProtocolViolation)
     assert conn.failure.spec_ref == "MQTT-3.1.0-2"
     assert conn.receive_data(wires[3], 2.0) == []  # nothing read after it
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_repeated_topic_is_the_same_str_and_still_checked_for_wildcards(version: int) -> None:
+    """A connection remembers its last well-formed topic without wildcards: the same
+    bytes again give the same ``str`` (issue 19: no decode, no scans). Nothing else
+    changes: a topic with a wildcard after it is refused [MQTT-3.3.2-2] (0x90), one
+    with U+0000 is malformed (3.1.1 [MQTT-1.5.3-2] / 5.0 [MQTT-1.5.4-2])."""
+    conn = _connected(version)
+    first, again, other = (
+        conn.receive_one(encode_packet(Publish(t, b"x", 1, packet_id=i), version), 1.0)
+        for i, t in enumerate(("sensors/1/t", "sensors/1/t", "sensors/2/t"), 1))
+    assert isinstance(first, Publish) and isinstance(again, Publish)
+    assert isinstance(other, Publish) and other.topic == "sensors/2/t"
+    assert again.topic == first.topic == "sensors/1/t" and again.topic is first.topic
+    for topic in ("sensors/+/t", "sensors/#"):  # never remembered: refused each time
+        conn = _connected(version)
+        assert conn.receive_one(encode_packet(Publish("sensors/1/t", b"", 0), version), 1.0)
+        assert conn.receive_one(encode_packet(Publish(topic, b"", 0), version), 1.0) is None
+        assert isinstance(conn.failure, ProtocolViolation)
+        assert (conn.failure.reason_code, conn.failure.spec_ref) == (0x90, "MQTT-3.3.2-2")
+    conn = _connected(version)
+    assert conn.receive_one(encode_packet(Publish("a/b", b"", 0), version), 1.0)
+    bad = encode_packet(Publish("a/b", b"", 0), version).replace(b"a/b", b"a\x00b")
+    assert conn.receive_one(bad, 1.0) is None
+    assert isinstance(conn.failure, MalformedPacket)
+    assert conn.failure.spec_ref == ("MQTT-1.5.4-2" if version == 5 else "MQTT-1.5.3-2")
