@@ -71,6 +71,23 @@ def _frame(first: int, body: bytes) -> bytes:
 # ----------------------------------------------------------------------------- PUBLISH
 
 
+class _LastTopic:
+    """The last topic :func:`encode_publish` encoded, as the ``str`` object it was
+    given and its UTF-8 bytes. A publisher's repeated topic is the same ``str`` (the
+    framer remembers it, codec/decode.py), so its forwards reuse the bytes: no
+    ``str.encode`` and no bytes object per message (issue 19). Compared by identity
+    only: a different ``str`` is encoded, as before."""
+
+    __slots__ = ("encoded", "topic")
+
+    def __init__(self) -> None:
+        self.topic = ""
+        self.encoded = b""
+
+
+_LAST_TOPIC: Final = _LastTopic()
+
+
 def encode_publish(
     topic: str,
     payload: bytes,
@@ -87,7 +104,13 @@ def encode_publish(
     message and recipient kind with :func:`~iotbroker.codec.properties.encode_properties`.
     ``packet_id`` is required for QoS 1 and 2 and ignored for QoS 0 [MQTT-2.3.1-5].
     """
-    t = topic.encode("utf-8")
+    last = _LAST_TOPIC
+    if topic is last.topic:
+        t = last.encoded
+    else:
+        t = topic.encode("utf-8")
+        last.topic = topic
+        last.encoded = t
     tl = len(t)
     if tl > 0xFFFF:
         raise ValueError(f"topic of {tl} bytes is longer than 65535")

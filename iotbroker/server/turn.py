@@ -312,11 +312,12 @@ class Turn:
             # has left the list (nothing forgotten).
             engine.send_ready(_wall_clock())  # Broker.now(), inlined: hot path
         self.scheduled = False
-        dirty = ready[:]  # the list itself is shared with the connections
-        ready.clear()
+        # Written from the shared list itself, not from a copy, and the entries written
+        # taken out after (issue 19: no list per turn). A connection that gets output
+        # during the writes (a close) joins after ``count`` and stays for the next flush,
+        # as it did in the emptied list before.
+        count = len(ready)
         readers = self.active_readers
-        if readers:
-            self.active_readers = []
         if self.changes:
             batch = engine.batch
             changes = len(self.changes)
@@ -324,6 +325,9 @@ class Turn:
                 engine.commit()
             except StorageError as exc:
                 if changes > batch.refused:
+                    dirty = ready[:count]
+                    _take(ready, count)
+                    readers.clear()
                     self._write_failed(dirty, exc)
                     return
                 # Only changes refused before: nothing of this turn waits on the store
@@ -333,22 +337,36 @@ class Turn:
                     memtrim.trim()  # a large fan-out's batch is freed: give it back
         group_commit = self.group_commit
         if group_commit is not None:
-            if answers and answers < len(dirty):
+            dirty = ready[:count]
+            _take(ready, count)
+            if answers and answers < count:
                 dirty = dirty[answers:] + dirty[:answers]
             group_commit.output(dirty)
         else:
-            count = len(dirty)
             # The routed messages (after the answers in the list), then the answers.
-            for i in range(answers, count):
-                write_one(dirty[i])
-            for i in range(min(answers, count)):
-                write_one(dirty[i])
+            try:
+                for i in range(answers, count):
+                    write_one(ready[i])
+                for i in range(min(answers, count)):
+                    write_one(ready[i])
+            finally:
+                _take(ready, count)
+        # The readers' list is kept and emptied in place (no new list per turn);
+        # ``throttle`` only reads it, and no read runs during the flush.
         if readers and self.throttled:  # (the list's length first: read natively)
             self.host.throttle(readers)  # a consumer is congested
         else:
             for reader in readers:
                 reader.published_this_turn = False
+        readers.clear()
 
+
+def _take(ready: list[Writable], count: int) -> None:
+    """Remove the first ``count`` entries of ``ready`` (those the flush took)."""
+    if count == len(ready):
+        ready.clear()
+    else:
+        del ready[:count]
 
 def write_one(proto: Writable) -> None:
     """Write one connection's output of the turn; close it if it must close: its

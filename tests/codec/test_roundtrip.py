@@ -409,3 +409,19 @@ def test_encode_publish_fast_path_matches_encode_packet(vp: tuple[int, Packet]) 
         packet.topic, packet.payload, packet.qos, packet.retain, packet.dup, packet.packet_id, props
     )
     assert fast == encode_packet(packet, version)
+
+
+def test_encode_publish_topic_bytes_follow_each_topic() -> None:
+    """A repeated topic ``str`` reuses its encoded bytes (codec/encode.py
+    ``_LAST_TOPIC``); every PUBLISH still carries its own topic as a UTF-8 string with
+    its two-byte length [MQTT-1.5.3-1] (MQTT 3.1.1 §3.3.2.1), whatever came before."""
+    def wire(topic: str, pid: int) -> bytes:
+        t = topic.encode("utf-8")
+        body = len(t).to_bytes(2, "big") + t + pid.to_bytes(2, "big") + b"p"
+        return bytes((0x32, len(body))) + body
+
+    a = "a/b"
+    b = "".join(["a", "/", "b"])  # equal, another object
+    c = "t/\u00e9"  # two UTF-8 bytes for one character
+    for topic, pid in ((a, 1), (a, 2), (b, 3), (c, 4), (a, 5), (c, 6), (c, 7), ("", 8)):
+        assert encode_publish(topic, b"p", 1, False, False, pid, None) == wire(topic, pid)
