@@ -173,3 +173,44 @@ def test_the_kept_match_follows_subscription_changes() -> None:
     for data in _batches(tables, msgs):
         _route(w, books, data)
     assert [d.message.payload for d in w.received("a")] == [b"1", b"1", b"2", b"2"]
+
+
+@pytest.mark.parametrize("odd", [None, 0, 5, 63])
+def test_mqtt_4_6_0_5_columns_of_one_value_read_once_per_part(odd: int | None) -> None:
+    """A part whose origin column (one MQTT read: one client's messages) or size
+    column has one value is read once per part (i14-ratio9): what each subscriber
+    gets, in order [MQTT-4.6.0-5], is still what decoding the batch gives, also when
+    one message (first, middle, last: ``odd``) has another origin and size."""
+    fast, slow = World(), World()
+    for w in (fast, slow):
+        w.subscribe(w.client("all"), sub("#", qos=0))
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    slow_books: dict[bytes, wire.NameBook] = {}
+    sent = [_msg(f"d/{i % 7}", b"%02d" % i, origin="pub") for i in range(64)]
+    if odd is not None:
+        sent[odd] = _msg("d/x", b"longer", origin="other")
+    for _ in range(2):  # defined, then confirmed
+        for data in _batches(tables, sent):
+            assert _route(fast, books, data) == len(sent)
+            for _, messages, _ in wire.decode_batch(data, slow_books)[1]:
+                for m in messages:
+                    slow.router.publish(m, 0.0, wire.NO_GROUPS)
+        tables.tables["rcv_1"].confirmed(books[SENDER].generation, books[SENDER].learned)
+        books[SENDER].learned = []
+    assert _seen(fast, "all") == _seen(slow, "all")
+    assert _seen(fast, "all")[:len(sent)] == [
+        (m.topic, m.payload, m.origin, m.created_at) for m in sent]
+
+
+def test_an_unknown_origin_of_a_whole_part_leaves_it_out() -> None:
+    """A part whose every message names one origin id the book does not hold: none is
+    delivered, all are counted (``unknown``), as decode_batch does."""
+    w = World()
+    w.subscribe(w.client("all"), sub("#", qos=0))
+    books: dict[bytes, wire.NameBook] = {}
+    data = wire.encode_batch(SENDER, [wire.encode_named(
+        1.0, 3, [0], [b"t"], [0, 9, 1, 0, 9, 1, 0, 9, 1], [b"a", b"b", b"c"])])
+    assert _route(w, books, data) == 0
+    assert books[SENDER].unknown == 3
+    assert w.received("all") == []
