@@ -328,6 +328,13 @@ class Session:
         return self.expiry_interval > 0
 
     @property
+    def has_backlog(self) -> bool:
+        """True when queued messages or resends wait for :meth:`pump` (the shared
+        placeholders by pointer first: no call for a session that never queued)."""
+        return ((self.queue is not _NO_QUEUE and bool(self.queue))
+                or (self._resend is not _NO_RESEND and bool(self._resend)))
+
+    @property
     def next_packet_id(self) -> int:
         return self._next_packet_id
 
@@ -449,10 +456,7 @@ class Session:
             return True
         if (
             self.attached_to is not None
-            # (the shared placeholders by pointer first: no call for a session
-            # that never queued)
-            and (self.queue is _NO_QUEUE or not self.queue)
-            and (self._resend is _NO_RESEND or not self._resend)
+            and not self.has_backlog
             and len(self.inflight) < self.receive_maximum
             and self.writable
         ):
@@ -773,10 +777,7 @@ class Session:
                 self.context.batch.delete_queued_in_order(self.client_id, entry.seq)
             else:
                 self.context.batch.delete_outbound(self.client_id, packet_id)
-        # pump() has nothing to do otherwise (the shared placeholders by pointer first:
-        # no call for a session that never queued)
-        if ((self.queue is not _NO_QUEUE and self.queue)
-                or (self._resend is not _NO_RESEND and self._resend)):
+        if self.has_backlog:  # pump() has nothing to do otherwise
             self.pump(now)
         return True
 

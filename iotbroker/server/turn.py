@@ -325,8 +325,7 @@ class Turn:
                 engine.commit()
             except StorageError as exc:
                 if changes > batch.refused:
-                    dirty = ready[:count]
-                    _take(ready, count)
+                    dirty = _take(ready, count)
                     readers.clear()
                     self._write_failed(dirty, exc)
                     return
@@ -337,8 +336,7 @@ class Turn:
                     memtrim.trim()  # a large fan-out's batch is freed: give it back
         group_commit = self.group_commit
         if group_commit is not None:
-            dirty = ready[:count]
-            _take(ready, count)
+            dirty = _take(ready, count)
             if answers and answers < count:
                 dirty = dirty[answers:] + dirty[:answers]
             group_commit.output(dirty)
@@ -350,7 +348,7 @@ class Turn:
                 for i in range(min(answers, count)):
                     write_one(ready[i])
             finally:
-                _take(ready, count)
+                _drop(ready, count)
         # The readers' list is kept and emptied in place (no new list per turn);
         # ``throttle`` only reads it, and no read runs during the flush.
         if readers and self.throttled:  # (the list's length first: read natively)
@@ -361,8 +359,15 @@ class Turn:
         readers.clear()
 
 
-def _take(ready: list[Writable], count: int) -> None:
-    """Remove the first ``count`` entries of ``ready`` (those the flush took)."""
+def _take(ready: list[Writable], count: int) -> list[Writable]:
+    """The first ``count`` entries of ``ready``, removed from it (those the flush
+    hands on)."""
+    taken = ready[:count]
+    _drop(ready, count)
+    return taken
+
+def _drop(ready: list[Writable], count: int) -> None:
+    """Remove the first ``count`` entries of ``ready`` (those the flush wrote)."""
     if count == len(ready):
         ready.clear()
     else:
