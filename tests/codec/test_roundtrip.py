@@ -437,7 +437,7 @@ def test_decoded_publish_carries_its_topic_bytes() -> None:
     framer's remembered topic was used or not (alternating topics miss it); the bytes
     are not part of the packet's identity."""
     framer = Framer()
-    topics = ["a/b", "t/\u00e9", "a/b", "a/b", "t/\u00e9", "a/b"]
+    topics = ["a/b", "t/\u00e9", "a/b", "a/b", "t/\u00e9", "a/b", "a/", "a/", "a/bc", "a/b", "a/c"]
     wires = [encode_packet(Publish(t, b"x", 1, packet_id=i + 1), 5) for i, t in enumerate(topics)]
     got = [decode_whole(w, 2, 5, framer) for w in wires]  # (each one read, as the broker)
     got += [decode_packet(w[0], w[2:], 5) for w in wires]
