@@ -4,7 +4,8 @@ Runs ``benchmarks/publish_path.py``'s in-process broker and clients (of the buil
 the current directory, so one copy of this file measures any checkout): 1,000 warm-up
 messages, then N more, each the publisher's QoS 1 PUBLISH, the flush (the forward and
 the PUBACK), the subscriber's PUBACK and its flush; the PUBLISHes are 1,000 encoded
-once and cycled, so nothing but the loop grows with N. Run it twice under callgrind
+once and cycled, so nothing but the loop grows with N (a second argument K > 1: the
+PUBLISHes alternate between K topics). Run it twice under callgrind
 and divide the difference by the difference of N::
 
     cd /tmp/lead && for n in 1000 3000; do flock /tmp/bench.lock valgrind \\
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import sys
 
 sys.path.insert(0, os.getcwd())
@@ -28,11 +30,29 @@ import uvloop
 
 from benchmarks.inproc import cancel_timers, frozen_gc, make_broker
 from benchmarks.publish_path import TOPIC, subscribed_pair
+from iotbroker.codec import encode_packet
+from iotbroker.codec.packets import Publish, Subscribe, Subscription
+from iotbroker.server.broker import Broker
+from iotbroker.server.transport import ClientProtocol
 
 
-async def run(count: int) -> None:
+def alternating(broker: Broker, sub: ClientProtocol, topics: int) -> list[bytes]:
+    """``topics`` > 1: the subscriber also subscribes to that many other topics (as long
+    as TOPIC), and the 1,000 PUBLISHes cycle through them, so that no two consecutive
+    messages have the same topic (per-topic one-entry caches miss)."""
+    names = [f"{TOPIC[:-2]}{k:02d}" for k in range(topics)]
+    sub.data_received(encode_packet(Subscribe(2, [Subscription(t, qos=1) for t in names]), 4))
+    broker.flush()
+    return [encode_packet(Publish(topic=names[i % topics],
+                                  payload=struct.pack(">Q", i) + b"\xa5" * 56,
+                                  qos=1, packet_id=i % 65535 + 1), 4) for i in range(1000)]
+
+
+async def run(count: int, topics: int) -> None:
     broker = make_broker(asyncio.get_running_loop(), "callgrind_path.py")
     sub, sub_t, pub, publishes = subscribed_pair(broker, 1000)
+    if topics > 1:
+        publishes = alternating(broker, sub, topics)
     at = 2 + 2 + len(TOPIC)
     pubacks = [[bytes((0x40, 2, hi, lo)) for lo in range(256)] for hi in range(256)]
     with frozen_gc():
@@ -46,4 +66,4 @@ async def run(count: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(run(int(sys.argv[1])))
+    uvloop.run(run(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1))

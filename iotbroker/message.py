@@ -51,11 +51,17 @@ class Message:
     stream_key: int = field(default=0, compare=False)
     #: Its sequence in the cluster's QoS stream once known (0: not known / none).
     stream_seq: int = field(default=0, compare=False)
+    #: ``topic``'s UTF-8 bytes (``b""``: not known yet): the PUBLISH's own topic bytes
+    #: when the message came from one (codec ``Publish.topic_raw``), else filled by the
+    #: first connection that encodes the message, so that its forwards write them
+    #: without encoding the topic again (issue 19). A cache of ``topic``: whoever
+    #: builds a message with another topic builds a new one.
+    topic_raw: bytes = field(default=b"", compare=False, repr=False)
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
                  properties: Properties, created_at: float,
                  expires_at: float | None = None, origin: str = "",
-                 stream_key: int = 0, stream_seq: int = 0) -> None:
+                 stream_key: int = 0, stream_seq: int = 0, topic_raw: bytes = b"") -> None:
         # Written out (the dataclass keeps it): under mypyc the generated __init__
         # would stay interpreted, about half of building one (one per message).
         self.topic = topic
@@ -68,6 +74,7 @@ class Message:
         self.origin = origin
         self.stream_key = stream_key
         self.stream_seq = stream_seq
+        self.topic_raw = topic_raw
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at

@@ -5,7 +5,7 @@ Public API::
     Framer(max_packet_size).feed(data) -> list[(first_byte, body)]
     decode_packet(first_byte, body, protocol_version) -> Packet
     encode_packet(packet, protocol_version) -> bytes
-    encode_publish(topic, payload, qos, retain, dup, packet_id, properties_bytes) -> bytes
+    encode_publish(topic, payload, qos, retain, dup, packet_id, props_bytes[, topic_bytes])
     encode_properties(props, kind) -> bytes; decode_properties(buf, pos, kind)
 
 ``packets`` holds the dataclasses and ``enums`` the wire numbers.

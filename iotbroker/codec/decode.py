@@ -171,7 +171,7 @@ def _publish(flags: int, body: bytes, start: int, v5: bool, memo: Framer | None)
             pos += 1
         else:
             props, pos = decode_properties(body, pos, 3)
-    return Publish(topic, body[pos:], qos, flags & 1 == 1, dup, packet_id, props)
+    return Publish(topic, body[pos:], qos, flags & 1 == 1, dup, packet_id, props, raw)
 
 
 # ----------------------------------------------------------------------------- CONNECT

@@ -71,23 +71,6 @@ def _frame(first: int, body: bytes) -> bytes:
 # ----------------------------------------------------------------------------- PUBLISH
 
 
-class _LastTopic:
-    """The last topic :func:`encode_publish` encoded, as the ``str`` object it was
-    given and its UTF-8 bytes. A publisher's repeated topic is the same ``str`` (the
-    framer remembers it, codec/decode.py), so its forwards reuse the bytes: no
-    ``str.encode`` and no bytes object per message (issue 19). Compared by identity
-    only: a different ``str`` is encoded, as before."""
-
-    __slots__ = ("encoded", "topic")
-
-    def __init__(self) -> None:
-        self.topic = ""
-        self.encoded = b""
-
-
-_LAST_TOPIC: Final = _LastTopic()
-
-
 def encode_publish(
     topic: str,
     payload: bytes,
@@ -96,6 +79,7 @@ def encode_publish(
     dup: bool,
     packet_id: int | None,
     properties_bytes: bytes | None,
+    topic_bytes: bytes = b"",
 ) -> bytes:
     """One PUBLISH packet (MQTT 3.1.1 §3.3, MQTT 5.0 §3.3).
 
@@ -103,14 +87,12 @@ def encode_publish(
     ``b"\\x00"`` for none) for MQTT 5.0, or ``None`` for MQTT 3.1.1. Encode it once per
     message and recipient kind with :func:`~iotbroker.codec.properties.encode_properties`.
     ``packet_id`` is required for QoS 1 and 2 and ignored for QoS 0 [MQTT-2.3.1-5].
+    ``topic_bytes``: ``topic`` already encoded (UTF-8), e.g. the bytes it came in with
+    (``Message.topic_raw``); ``b""``: ``topic`` is encoded here.
     """
-    last = _LAST_TOPIC
-    if topic is last.topic:
-        t = last.encoded
-    else:
+    t = topic_bytes
+    if not len(t):  # (``len``: read natively; a truth test of bytes is a call)
         t = topic.encode("utf-8")
-        last.topic = topic
-        last.encoded = t
     tl = len(t)
     if tl > 0xFFFF:
         raise ValueError(f"topic of {tl} bytes is longer than 65535")

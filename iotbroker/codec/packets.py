@@ -133,6 +133,10 @@ class Publish:
     """PUBLISH (§3.3). ``packet_id`` is ``None`` for QoS 0.
 
     In MQTT 5.0 ``topic`` may be empty when ``properties.topic_alias`` is set.
+
+    ``topic_raw``: the topic's UTF-8 bytes as they came on the wire, when the decoder
+    has them (``b""``: not known; encode ``topic``). Not part of the packet's identity;
+    whoever changes ``topic`` drops it.
     """
 
     TYPE: ClassVar[PacketType] = PacketType.PUBLISH
@@ -143,10 +147,11 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None
     properties: Properties = field(default_factory=Properties)
+    topic_raw: bytes = field(default=b"", compare=False, repr=False)
 
     def __init__(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False,
                  dup: bool = False, packet_id: int | None = None,
-                 properties: Properties | None = None) -> None:
+                 properties: Properties | None = None, topic_raw: bytes = b"") -> None:
         # Written out (the dataclass keeps it; eq, repr and replace are still its own):
         # compiled by mypyc, the generated one would stay interpreted (one per message).
         self.topic = topic
@@ -156,6 +161,7 @@ class Publish:
         self.dup = dup
         self.packet_id = packet_id
         self.properties = Properties() if properties is None else properties
+        self.topic_raw = topic_raw
 
 
 @dataclass(slots=True)

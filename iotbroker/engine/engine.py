@@ -824,6 +824,7 @@ class Engine:
             created_at=now,
             expires_at=None if expiry is None else now + expiry,
             origin=session.client_id,
+            topic_raw=packet.topic_raw,
         )
         client.published_this_turn = True
         write_id = None
@@ -860,10 +861,12 @@ class Engine:
         props = packet.properties
         if props is NO_PROPERTIES or not v5:  # 3.1.1, or a 5.0 PUBLISH without any
             return Message(packet.topic, packet.payload, packet.qos, packet.retain,
-                           NO_PROPERTIES, now, None, session.client_id)
+                           NO_PROPERTIES, now, None, session.client_id, 0, 0,
+                           packet.topic_raw)
         expiry = props.message_expiry_interval
         return Message(packet.topic, packet.payload, packet.qos, packet.retain, props, now,
-                       None if expiry is None else now + expiry, session.client_id)
+                       None if expiry is None else now + expiry, session.client_id, 0, 0,
+                       packet.topic_raw)
 
     def publish_own(self, message: Message, now: float) -> int:
         """A message of the broker's own (``$SYS`` statistics): routed like any other,

@@ -275,7 +275,7 @@ class Connection(Framer):
                 topic = aliases.resolve(packet.topic, props.topic_alias)
                 # The alias is this connection's; the message carries the topic.
                 props = replace(props, topic_alias=None)
-                packet = replace(packet, topic=topic, properties=props)
+                packet = replace(packet, topic=topic, properties=props, topic_raw=b"")
             if props.subscription_identifiers:
                 raise ProtocolViolation(
                     "a client must not send a Subscription Identifier in PUBLISH",
@@ -399,6 +399,11 @@ class Connection(Framer):
         Maximum Packet Size and was therefore not sent [MQTT-3.1.2-25]."""
         message = delivery.message
         topic = message.topic
+        # The topic's bytes: the PUBLISH's own, or encoded once per message by its
+        # first forward (a message from elsewhere: cluster, bridge, $SYS, will, store).
+        raw = message.topic_raw
+        if not len(raw):  # (``len``: read natively; a truth test of bytes is a call)
+            raw = message.topic_raw = topic.encode("utf-8")
         version = self.protocol_version
         alias, with_topic = 0, True
         if version == 5:
@@ -409,26 +414,33 @@ class Connection(Framer):
                 if not data:
                     data = delivery.wire5 = encode_publish(
                         topic, message.payload, 0, delivery.retain, False, None,
-                        _EMPTY_PROPERTY_BLOCK,
+                        _EMPTY_PROPERTY_BLOCK, raw,
                     )
             else:
                 if props is None:
                     props_bytes = _EMPTY_PROPERTY_BLOCK
                 else:
                     props_bytes = encode_properties(props, _PUBLISH_KIND)
-                data = encode_publish(
-                    topic if with_topic else "", message.payload, delivery.qos,
-                    delivery.retain, dup, packet_id, props_bytes,
-                )
+                if with_topic:
+                    data = encode_publish(
+                        topic, message.payload, delivery.qos, delivery.retain, dup,
+                        packet_id, props_bytes, raw,
+                    )
+                else:  # the alias alone (MQTT 5.0 §3.3.2.3.4)
+                    data = encode_publish(
+                        "", message.payload, delivery.qos, delivery.retain, dup,
+                        packet_id, props_bytes,
+                    )
         elif delivery.qos == 0:
             data = delivery.wire4
             if not data:
                 data = delivery.wire4 = encode_publish(
-                    topic, message.payload, 0, delivery.retain, False, None, None
+                    topic, message.payload, 0, delivery.retain, False, None, None, raw
                 )
         else:
             data = encode_publish(
-                topic, message.payload, delivery.qos, delivery.retain, dup, packet_id, None
+                topic, message.payload, delivery.qos, delivery.retain, dup, packet_id, None,
+                raw,
             )
         limit = self.client_max_packet_size
         if limit and len(data) > limit:

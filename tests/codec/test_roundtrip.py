@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iotbroker.codec import Framer, decode_packet, encode_packet, encode_publish
+from iotbroker.codec.decode import decode_whole
 from iotbroker.codec.packets import (
     Auth,
     ConnAck,
@@ -412,8 +413,8 @@ def test_encode_publish_fast_path_matches_encode_packet(vp: tuple[int, Packet]) 
 
 
 def test_encode_publish_topic_bytes_follow_each_topic() -> None:
-    """A repeated topic ``str`` reuses its encoded bytes (codec/encode.py
-    ``_LAST_TOPIC``); every PUBLISH still carries its own topic as a UTF-8 string with
+    """Given its topic's bytes (``topic_bytes``, as the broker passes a message's
+    ``topic_raw``) or not, every PUBLISH carries its own topic as a UTF-8 string with
     its two-byte length [MQTT-1.5.3-1] (MQTT 3.1.1 §3.3.2.1), whatever came before."""
     def wire(topic: str, pid: int) -> bytes:
         t = topic.encode("utf-8")
@@ -425,3 +426,23 @@ def test_encode_publish_topic_bytes_follow_each_topic() -> None:
     c = "t/\u00e9"  # two UTF-8 bytes for one character
     for topic, pid in ((a, 1), (a, 2), (b, 3), (c, 4), (a, 5), (c, 6), (c, 7), ("", 8)):
         assert encode_publish(topic, b"p", 1, False, False, pid, None) == wire(topic, pid)
+        assert encode_publish(
+            topic, b"p", 1, False, False, pid, None, topic.encode("utf-8")
+        ) == wire(topic, pid)
+
+
+def test_decoded_publish_carries_its_topic_bytes() -> None:
+    """A decoded PUBLISH keeps its Topic Name's bytes as received (``topic_raw``), the
+    UTF-8 encoding of its ``topic`` [MQTT-1.5.4-1] (MQTT 5.0 §3.3.2.1), whether the
+    framer's remembered topic was used or not (alternating topics miss it); the bytes
+    are not part of the packet's identity."""
+    framer = Framer()
+    topics = ["a/b", "t/\u00e9", "a/b", "a/b", "t/\u00e9", "a/b", "a/", "a/", "a/bc", "a/b", "a/c"]
+    wires = [encode_packet(Publish(t, b"x", 1, packet_id=i + 1), 5) for i, t in enumerate(topics)]
+    got = [decode_whole(w, 2, 5, framer) for w in wires]  # (each one read, as the broker)
+    got += [decode_packet(w[0], w[2:], 5) for w in wires]
+    assert [p.topic for p in got if isinstance(p, Publish)] == topics + topics
+    for p in got:
+        assert isinstance(p, Publish)
+        assert p.topic_raw == p.topic.encode("utf-8")
+        assert p == Publish(p.topic, b"x", 1, packet_id=p.packet_id)
