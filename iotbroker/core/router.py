@@ -140,14 +140,22 @@ class RemoteTargets:
     :meth:`Router.publish_remote` needs of a ``trie.match`` for a plain message from
     another cluster node (cluster/wire.py ``route_named``, which keeps one per name
     id while the trie's ``version`` is the same). Indexed lists, not the dict: no
-    ``direct.items()`` iteration per message (issue 14). Never mutated."""
+    ``direct.items()`` iteration per message (issue 14). ``plain``: per client,
+    whether its copy of such a message is always the plain one (one matching
+    subscription, without No Local or a Subscription Identifier: QoS 0, RETAIN 0, no
+    ids, whatever the origin), built without :func:`copy_for`; ``one_plain``:
+    ``plain[0]`` of a single client. Never mutated."""
 
-    __slots__ = ("client_ids", "entries")
+    __slots__ = ("client_ids", "entries", "one_plain", "plain")
 
     def __init__(self, matches: Matches) -> None:
         direct = matches.direct
         self.client_ids: list[str] = list(direct)
         self.entries: list[list[SubscriptionEntry]] = list(direct.values())
+        self.plain: list[bool] = [
+            len(es) == 1 and not es[0].no_local and es[0].subscription_identifier is None
+            for es in self.entries]
+        self.one_plain = len(self.plain) == 1 and self.plain[0]
 
 
 class Router:
@@ -275,19 +283,29 @@ class Router:
             client_id = client_ids[0]
             session = sessions.get(client_id)
             if session is not None:
+                if targets.one_plain:  # copy_for's copy of it, without the call
+                    session.deliver(Delivery(message, 0, False, (), None), now)
+                    return
                 delivery = copy_for(message, entries[0], client_id, None)
                 if delivery is not None:
                     session.deliver(delivery, now)
             return
+        plain = targets.plain
         copies: list[Delivery | None] = [None, None, None, None, None, None]
         for k in range(n):
             client_id = client_ids[k]
             session = sessions.get(client_id)
             if session is None:
                 continue
-            delivery = copy_for(message, entries[k], client_id, copies)
-            if delivery is not None:
-                session.deliver(delivery, now)
+            if plain[k]:  # copy_for's shared copy (QoS 0, RETAIN 0), without the call
+                delivery = copies[0]
+                if delivery is None:
+                    delivery = copies[0] = Delivery(message, 0, False)
+            else:
+                delivery = copy_for(message, entries[k], client_id, copies)
+                if delivery is None:
+                    continue
+            session.deliver(delivery, now)
 
     def _store_retained(self, message: Message) -> bool:
         """Set or clear the retained message of its topic; False when the retained

@@ -239,7 +239,8 @@ def test_publish_remote_gives_each_subscriber_what_publish_gives(odd: int | None
     ``Delivery`` as with ``publish``. ``odd``: one message of another origin (the
     No Local client's) and size, first, in the middle, last, or none."""
     fast, slow = World(), World()
-    clients = ("plain", "ids", "overlap", "nolocal", "rap", "q2", "m1", "m2", "solo", "off")
+    clients = ("plain", "ids", "overlap", "nolocal", "rap", "q2", "m1", "m2", "solo", "nlsolo",
+               "off")
     for w in (fast, slow):
         w.subscribe(w.client("plain"), sub("s/#", qos=0))
         w.subscribe(w.client("ids"), sub("s/+/1", qos=1), sub_id=7)
@@ -256,6 +257,7 @@ def test_publish_remote_gives_each_subscriber_what_publish_gives(odd: int | None
         w.subscribe(w.client("m2"), sub("$share/g/s/#", qos=1))
         w.subscribe(w.client("off", expiry=600), sub("s/a/#", qos=0))
         w.registry.sessions["off"].detach(0.0)
+        w.subscribe(w.client("nlsolo"), sub("v/#", qos=1, no_local=True))  # alone on v/
         solo = w.client("solo")  # the only subscriber of u/...: two overlapping
         w.subscribe(solo, sub("u/#", qos=1), sub_id=5)
         w.subscribe(solo, sub("u/+", qos=0), sub_id=6)
@@ -264,7 +266,9 @@ def test_publish_remote_gives_each_subscriber_what_publish_gives(odd: int | None
     slow_books: dict[bytes, wire.NameBook] = {}
     sent = [_msg(f"s/{'ab'[i % 2]}/{i % 3}", b"%02d" % i, origin="pub") for i in range(40)]
     sent.append(_msg("t/none", b"nobody here", origin="pub"))
-    sent += [_msg("u/1", b"solo 1", origin="pub"), _msg("u/2/3", b"solo 2", origin="pub")]
+    sent += [_msg("u/1", b"solo 1", origin="pub"), _msg("u/2/3", b"solo 2", origin="pub"),
+             _msg("v/1", b"not its own"), _msg("v/1", b"its own", origin="nlsolo"),
+             _msg("v/2", b"not its own either")]
     if odd is not None:
         sent[odd] = _msg("s/a/1", b"from the no-local client", origin="nolocal")
     for _ in range(2):  # defined, then confirmed
@@ -281,6 +285,8 @@ def test_publish_remote_gives_each_subscriber_what_publish_gives(odd: int | None
     assert _copies(fast, "m1") == _copies(fast, "m2") == []
     assert next(c[6] for c in _copies(fast, "overlap") if c[0] == "s/a/1") == (3, 4)
     assert [c[6] for c in _copies(fast, "solo")] == [(5, 6), (5,)] * 2
+    assert [c[1] for c in _copies(fast, "nlsolo")] == [b"not its own",
+                                                       b"not its own either"] * 2
     assert all(c[2] != "nolocal" or c[0] == "s/a/1" for c in _copies(fast, "nolocal"))
     assert fast.metrics.messages_dropped_qos0_offline == \
         slow.metrics.messages_dropped_qos0_offline > 0
