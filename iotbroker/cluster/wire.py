@@ -91,7 +91,7 @@ from typing import Any, Final
 from mypy_extensions import i64
 
 from iotbroker.codec.packets import NO_PROPERTIES
-from iotbroker.core.router import Router
+from iotbroker.core.router import RemoteTargets, Router
 from iotbroker.core.subscriptions import Matches, SubscriptionTrie
 from iotbroker.message import Message
 from iotbroker.storage.records import (
@@ -702,7 +702,7 @@ class NameBook:
     reset."""
 
     __slots__ = ("asked", "asked_at", "found", "generation", "learned", "matches",
-                 "names", "unknown", "version")
+                 "names", "targets", "unknown", "version")
 
     def __init__(self) -> None:
         self.generation = 0
@@ -716,6 +716,10 @@ class NameBook:
         #: ``version`` is ``version``; and the matches of the last batch's NAMED
         #: parts' messages (``found``, one list per NAMED part, in order).
         self.matches: list[Matches | None] = []
+        #: :func:`route_named`'s own per topic id: the match as the router's
+        #: :class:`RemoteTargets` (None: not taken yet), current with ``version``
+        #: too (both lists are reset together).
+        self.targets: list[RemoteTargets | None] = []
         self.version = -1
         self.found: list[list[Matches]] = []
 
@@ -771,6 +775,7 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                     book.names = []
                     book.learned = []
                     book.matches = []
+                    book.targets = []
                 strs = book.names
                 defs = struct.unpack_from(f">{2 * ndefs}H", data, pos)
                 pos += 4 * ndefs
@@ -791,6 +796,7 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                                          or len(book.matches) < have):
                     if book.version != trie.version:  # subscriptions changed
                         book.matches = []
+                        book.targets = []
                         book.version = trie.version
                     book.matches += [None] * (have - len(book.matches))
                 cache = book.matches
@@ -964,6 +970,7 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
         book.names = []
         book.learned = []
         book.matches = []
+        book.targets = []
     batch = NamedBatch(data, sender, book)
     strs = book.names
     learned = book.learned
@@ -995,23 +1002,27 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
 def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
                 now: float) -> int:
     """Route a :func:`scan_named` batch's messages, in order, each as it is decoded:
-    ``router.publish`` (every delivery through ``Session.deliver``) with no shared
-    groups (a NAMED part's messages have none) and the receiving node's ``trie``
-    match of its topic, kept per name id in the book while ``trie.version`` is the
-    same (checked before each message: a delivery may end a session). A message
-    whose topic or origin id the book does not hold is left out and counted in the
-    book's ``unknown``, as :func:`decode_batch` does. Returns the messages routed."""
+    ``router.publish_remote`` (what ``router.publish`` with no shared groups does for
+    a plain message: a NAMED part's are QoS 0, RETAIN 0, without expiry or
+    properties, and take no shared group here; every delivery through
+    ``Session.deliver``) given the receiving node's ``trie`` match of its topic as
+    :class:`RemoteTargets`, kept per name id in the book (``targets``) while
+    ``trie.version`` is the same (checked before each message: a delivery may end a
+    session). A message no direct subscriber here matches is counted as routed,
+    without building its ``Message``. A message whose topic or origin id the book
+    does not hold is left out and counted in the book's ``unknown``, as
+    :func:`decode_batch` does. Returns the messages routed."""
     data = batch.data
     book = batch.book
     strs = book.names
     have = len(strs)
     no_properties = NO_PROPERTIES  # (a module global is a dict lookup per read)
-    no_groups = NO_GROUPS
     version = trie.version
     if book.version != version:  # subscriptions changed
         book.matches = []
+        book.targets = []
         book.version = version
-    cache = book.matches
+    cache = book.targets
     if len(cache) < have:
         cache += [None] * (have - len(cache))
     routed: i64 = 0  # (native counters)
@@ -1063,16 +1074,20 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
             if topic is _UNKNOWN or origin is _UNKNOWN:
                 unknown += 1
             else:
-                message = Message(topic, data[pos:end], 0, False, no_properties,
-                                  created_at, None, origin)
                 if trie.version != version:  # a delivery ended a session
                     version = trie.version
-                    cache = book.matches = [None] * have
+                    cache = book.targets = [None] * have
+                    book.matches = []
                     book.version = version
                 m = cache[t]
                 if m is None:
-                    m = cache[t] = trie.match(topic)
-                router.publish(message, now, no_groups, m)
+                    m = cache[t] = RemoteTargets(trie.match(topic))
+                # (no direct subscriber here: nothing to build; a NAMED part's
+                # messages go to no shared group on this node)
+                if m.client_ids:
+                    router.publish_remote(
+                        Message(topic, data[pos:end], 0, False, no_properties,
+                                created_at, None, origin), now, m)
                 routed += 1
             pos = end
     book.unknown += unknown

@@ -134,6 +134,30 @@ EVERY_GROUP: Container[tuple[str, str]] = _EveryGroup()
 SharePick = Callable[[Message, str, str, list[SubscriptionEntry]], bool]
 
 
+class RemoteTargets:
+    """The non-shared subscribers of one topic as parallel lists (client ids, each
+    one's matching entries), in ``Matches.direct``'s order: what
+    :meth:`Router.publish_remote` needs of a ``trie.match`` for a plain message from
+    another cluster node (cluster/wire.py ``route_named``, which keeps one per name
+    id while the trie's ``version`` is the same). Indexed lists, not the dict: no
+    ``direct.items()`` iteration per message (issue 14). ``plain``: per client,
+    whether its copy of such a message is always the plain one (one matching
+    subscription, without No Local or a Subscription Identifier: QoS 0, RETAIN 0, no
+    ids, whatever the origin), built without :func:`copy_for`; ``one_plain``:
+    ``plain[0]`` of a single client. Never mutated."""
+
+    __slots__ = ("client_ids", "entries", "one_plain", "plain")
+
+    def __init__(self, matches: Matches) -> None:
+        direct = matches.direct
+        self.client_ids: list[str] = list(direct)
+        self.entries: list[list[SubscriptionEntry]] = list(direct.values())
+        self.plain: list[bool] = [
+            len(es) == 1 and not es[0].no_local and es[0].subscription_identifier is None
+            for es in self.entries]
+        self.one_plain = len(self.plain) == 1 and self.plain[0]
+
+
 class Router:
     """Publishes messages to sessions and manages their subscriptions."""
 
@@ -238,6 +262,50 @@ class Router:
         publish = self.publish
         for k, message in enumerate(messages):  # (zip() is not compiled: slower)
             publish(message, now, shared, matches[k])
+
+    def publish_remote(self, message: Message, now: float, targets: RemoteTargets) -> None:
+        """Cross-node only (cluster/wire.py ``route_named``): what
+        ``publish(message, now, NO_GROUPS, matches)`` does for a *plain* message
+        another node forwarded (a NAMED part's: QoS 0, RETAIN 0, no expiry, no
+        properties) given ``RemoteTargets(matches)``: nothing retained or expired to
+        handle, no shared group takes it here (the sender's node picked the groups'
+        members), so only the direct subscribers get it: in the same order, the same
+        copies (:func:`copy_for`: No Local [MQTT-3.8.3-3], subscription identifiers
+        [MQTT-3.3.4-3], overlapping subscriptions merged [MQTT-3.3.4-2]), each
+        through ``Session.deliver``. No reason code (nobody acknowledges it here)."""
+        client_ids = targets.client_ids
+        n = len(client_ids)
+        if n == 0:
+            return
+        sessions = self.registry.sessions
+        entries = targets.entries
+        if n == 1:  # the common case: no copies list (as publish)
+            client_id = client_ids[0]
+            session = sessions.get(client_id)
+            if session is not None:
+                if targets.one_plain:  # copy_for's copy of it, without the call
+                    session.deliver(Delivery(message, 0, False, (), None), now)
+                    return
+                delivery = copy_for(message, entries[0], client_id, None)
+                if delivery is not None:
+                    session.deliver(delivery, now)
+            return
+        plain = targets.plain
+        copies: list[Delivery | None] = [None, None, None, None, None, None]
+        for k in range(n):
+            client_id = client_ids[k]
+            session = sessions.get(client_id)
+            if session is None:
+                continue
+            if plain[k]:  # copy_for's shared copy (QoS 0, RETAIN 0), without the call
+                delivery = copies[0]
+                if delivery is None:
+                    delivery = copies[0] = Delivery(message, 0, False)
+            else:
+                delivery = copy_for(message, entries[k], client_id, copies)
+                if delivery is None:
+                    continue
+            session.deliver(delivery, now)
 
     def _store_retained(self, message: Message) -> bool:
         """Set or clear the retained message of its topic; False when the retained

@@ -214,3 +214,107 @@ def test_an_unknown_origin_of_a_whole_part_leaves_it_out() -> None:
     assert _route(w, books, data) == 0
     assert books[SENDER].unknown == 3
     assert w.received("all") == []
+
+
+def _copies(w: World, client_id: str) -> list[tuple[object, ...]]:
+    return [(d.message.topic, d.message.payload, d.message.origin, d.message.created_at,
+             d.qos, d.retain, d.subscription_identifiers, d.share_group)
+            for d in w.received(client_id)]
+
+
+@pytest.mark.parametrize("odd", [None, 0, 17, 39])
+def test_publish_remote_gives_each_subscriber_what_publish_gives(odd: int | None) -> None:
+    """i14-ratio10: ``route_named`` routes through ``Router.publish_remote`` (the
+    match per name id as ``RemoteTargets``) instead of building the match's
+    ``Router.publish`` call. Every client gets the same copies, in the same order
+    [MQTT-4.6.0-5], as decoding the batch and ``Router.publish`` with no shared
+    groups: QoS the minimum of the publish's 0 and the subscription's
+    [MQTT-3.8.4-6], RETAIN 0 on a live delivery also under Retain As Published (the
+    message's is 0) [MQTT-3.3.1-9], [MQTT-3.3.1-13], one copy for overlapping
+    subscriptions carrying every matching Subscription Identifier [MQTT-3.3.4-2],
+    [MQTT-3.3.4-3], none of its own messages to a No Local subscriber
+    [MQTT-3.8.3-3] (also where another of its subscriptions overlaps); a shared
+    group gets none of another node's NAMED messages (their groups were picked on
+    the sender's node, MQTT 5.0 §4.8.2); recipients with the same copy share one
+    ``Delivery`` as with ``publish``. ``odd``: one message of another origin (the
+    No Local client's) and size, first, in the middle, last, or none."""
+    fast, slow = World(), World()
+    clients = ("plain", "ids", "overlap", "nolocal", "rap", "q2", "m1", "m2", "solo", "nlsolo",
+               "off")
+    for w in (fast, slow):
+        w.subscribe(w.client("plain"), sub("s/#", qos=0))
+        w.subscribe(w.client("ids"), sub("s/+/1", qos=1), sub_id=7)
+        ov = w.client("overlap")
+        w.subscribe(ov, sub("s/#", qos=1), sub_id=3)
+        w.subscribe(ov, sub("s/a/+", qos=2), sub_id=4)
+        w.subscribe(ov, sub("s/b/1", qos=0))
+        nl = w.client("nolocal")
+        w.subscribe(nl, sub("s/#", qos=0, no_local=True))
+        w.subscribe(nl, sub("s/a/1", qos=1), sub_id=9)
+        w.subscribe(w.client("rap"), sub("s/b/+", qos=1, retain_as_published=True))
+        w.subscribe(w.client("q2"), sub("s/+/2", qos=2))
+        w.subscribe(w.client("m1"), sub("$share/g/s/#", qos=0))
+        w.subscribe(w.client("m2"), sub("$share/g/s/#", qos=1))
+        w.subscribe(w.client("off", expiry=600), sub("s/a/#", qos=0))
+        w.registry.sessions["off"].detach(0.0)
+        w.subscribe(w.client("nlsolo"), sub("v/#", qos=1, no_local=True))  # alone on v/
+        solo = w.client("solo")  # the only subscriber of u/...: two overlapping
+        w.subscribe(solo, sub("u/#", qos=1), sub_id=5)
+        w.subscribe(solo, sub("u/+", qos=0), sub_id=6)
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    slow_books: dict[bytes, wire.NameBook] = {}
+    sent = [_msg(f"s/{'ab'[i % 2]}/{i % 3}", b"%02d" % i, origin="pub") for i in range(40)]
+    sent.append(_msg("t/none", b"nobody here", origin="pub"))
+    sent += [_msg("u/1", b"solo 1", origin="pub"), _msg("u/2/3", b"solo 2", origin="pub"),
+             _msg("v/1", b"not its own"), _msg("v/1", b"its own", origin="nlsolo"),
+             _msg("v/2", b"not its own either")]
+    if odd is not None:
+        sent[odd] = _msg("s/a/1", b"from the no-local client", origin="nolocal")
+    for _ in range(2):  # defined, then confirmed
+        for data in _batches(tables, sent):
+            assert _route(fast, books, data) == len(sent)
+            for _, messages, _ in wire.decode_batch(data, slow_books)[1]:
+                for m in messages:
+                    slow.router.publish(m, 0.0, wire.NO_GROUPS)
+        tables.tables["rcv_1"].confirmed(books[SENDER].generation, books[SENDER].learned)
+        books[SENDER].learned = []
+    for client_id in clients[:-1]:
+        assert _copies(fast, client_id) == _copies(slow, client_id), client_id
+    assert _copies(fast, "plain") and _copies(fast, "overlap")
+    assert _copies(fast, "m1") == _copies(fast, "m2") == []
+    assert next(c[6] for c in _copies(fast, "overlap") if c[0] == "s/a/1") == (3, 4)
+    assert [c[6] for c in _copies(fast, "solo")] == [(5, 6), (5,)] * 2
+    assert [c[1] for c in _copies(fast, "nlsolo")] == [b"not its own",
+                                                       b"not its own either"] * 2
+    assert all(c[2] != "nolocal" or c[0] == "s/a/1" for c in _copies(fast, "nolocal"))
+    assert fast.metrics.messages_dropped_qos0_offline == \
+        slow.metrics.messages_dropped_qos0_offline > 0
+    # the same Delivery objects shared between recipients as publish's copies
+    for w in (fast, slow):
+        first = w.received("plain")
+        assert any(d is e for d in first for e in w.received("nolocal"))
+    pairs = [(i, j) for i, d in enumerate(fast.received("plain"))
+             for j, e in enumerate(fast.received("nolocal")) if d is e]
+    assert pairs == [(i, j) for i, d in enumerate(slow.received("plain"))
+                     for j, e in enumerate(slow.received("nolocal")) if d is e]
+
+
+def test_publish_remote_skips_a_session_the_registry_no_longer_holds() -> None:
+    """A subscriber the trie still names but the registry no longer holds gets
+    nothing, and the others still do (as ``Router.publish``)."""
+    fast, slow = World(), World()
+    for w in (fast, slow):
+        w.subscribe(w.client("gone"), sub("g/#", qos=0))
+        w.subscribe(w.client("here"), sub("g/#", qos=0))
+        del w.registry.sessions["gone"]
+    tables = wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    msgs = [_msg("g/1", b"1"), _msg("g/2", b"2")]
+    for data in _batches(tables, msgs):
+        assert _route(fast, books, data) == 2
+    for m in msgs:
+        slow.router.publish(m, 0.0, wire.NO_GROUPS)
+    assert _copies(fast, "here") == _copies(slow, "here")
+    assert [c[1] for c in _copies(fast, "here")] == [b"1", b"2"]
+    assert fast.received("gone") == slow.received("gone") == []
