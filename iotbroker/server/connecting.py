@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Final, Protocol
 
 from iotbroker.codec.enums import ProtocolVersion
 from iotbroker.codec.packets import Connect
@@ -30,12 +30,18 @@ from iotbroker.server.logsetup import log_connection
 from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
 
 #: The broker's logger: the "connected" line is the broker's, as before.
-log = logging.getLogger("iotbroker.broker")
+log: Final = logging.getLogger("iotbroker.broker")
 
 #: How log lines name a CONNECT's protocol level (MQTT 3.1 is "MQIsdp" version 3).
-VERSION_NAMES: dict[int, str] = {ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1"}
+VERSION_NAMES: Final[dict[int, str]] = {
+    ProtocolVersion.MQTT_5: "5.0", ProtocolVersion.MQTT_3_1: "3.1",
+}
 
-_MQTT_5 = ProtocolVersion.MQTT_5
+# ``Final`` and plain ints (issue 19): a C static in the compiled module, where a plain
+# module name is a dict look-up per CONNECT, and an int comparison, where an IntEnum
+# member is a rich comparison.
+_MQTT_5: Final = int(ProtocolVersion.MQTT_5)
+_INFO: Final = logging.INFO
 
 
 class ParkingWatch(Protocol):
@@ -204,11 +210,11 @@ def accept(broker: ConnectingHost, proto: ClientProtocol, packet: Connect,
     parking = broker.parking
     if parking is not None and proto.listener in broker.parkable_listeners:
         parking.watch(proto, connected=True)
-    if not log.isEnabledFor(logging.INFO):
+    if not log.isEnabledFor(_INFO):
         return  # the arguments below cost a peer-name lookup per connect
     log_connection(
         log,
-        logging.INFO,
+        _INFO,
         proto,
         "client %r connected from %s (MQTT %s, clean_start=%s, keepalive=%s, "
         "session_present=%s, expiry=%s, listener %r)",
