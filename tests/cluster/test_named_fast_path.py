@@ -40,6 +40,23 @@ def _route(w: World, books: dict[bytes, wire.NameBook], data: bytes) -> int:
     return wire.route_named(batch, w.trie, w.router, 0.0)
 
 
+def _route_both(fast: World, slow: World, tables: wire.NameTables,
+                sent: list[Message]) -> None:
+    """``sent`` to ``fast`` through scan_named/route_named and to ``slow`` through
+    decode_batch and ``Router.publish``, twice: with the names defined, then
+    confirmed (the sender's ids alone)."""
+    books: dict[bytes, wire.NameBook] = {}
+    slow_books: dict[bytes, wire.NameBook] = {}
+    for _ in range(2):  # defined, then confirmed
+        for data in _batches(tables, sent):
+            assert _route(fast, books, data) == len(sent)
+            for _, messages, _ in wire.decode_batch(data, slow_books)[1]:
+                for m in messages:
+                    slow.router.publish(m, 0.0, wire.NO_GROUPS)
+        tables.tables["rcv_1"].confirmed(books[SENDER].generation, books[SENDER].learned)
+        books[SENDER].learned = []
+
+
 def test_mqtt_4_6_0_5_routes_what_decode_batch_decodes_in_order() -> None:
     """Several NAMED parts (created times differ), names defined then confirmed, 300
     topics: each subscriber gets exactly the messages that decoding the batch and
@@ -185,19 +202,10 @@ def test_mqtt_4_6_0_5_columns_of_one_value_read_once_per_part(odd: int | None) -
     for w in (fast, slow):
         w.subscribe(w.client("all"), sub("#", qos=0))
     tables = wire.NameTables()
-    books: dict[bytes, wire.NameBook] = {}
-    slow_books: dict[bytes, wire.NameBook] = {}
     sent = [_msg(f"d/{i % 7}", b"%02d" % i, origin="pub") for i in range(64)]
     if odd is not None:
         sent[odd] = _msg("d/x", b"longer", origin="other")
-    for _ in range(2):  # defined, then confirmed
-        for data in _batches(tables, sent):
-            assert _route(fast, books, data) == len(sent)
-            for _, messages, _ in wire.decode_batch(data, slow_books)[1]:
-                for m in messages:
-                    slow.router.publish(m, 0.0, wire.NO_GROUPS)
-        tables.tables["rcv_1"].confirmed(books[SENDER].generation, books[SENDER].learned)
-        books[SENDER].learned = []
+    _route_both(fast, slow, tables, sent)
     assert _seen(fast, "all") == _seen(slow, "all")
     assert _seen(fast, "all")[:len(sent)] == [
         (m.topic, m.payload, m.origin, m.created_at) for m in sent]
@@ -262,8 +270,6 @@ def test_publish_remote_gives_each_subscriber_what_publish_gives(odd: int | None
         w.subscribe(solo, sub("u/#", qos=1), sub_id=5)
         w.subscribe(solo, sub("u/+", qos=0), sub_id=6)
     tables = wire.NameTables()
-    books: dict[bytes, wire.NameBook] = {}
-    slow_books: dict[bytes, wire.NameBook] = {}
     sent = [_msg(f"s/{'ab'[i % 2]}/{i % 3}", b"%02d" % i, origin="pub") for i in range(40)]
     sent.append(_msg("t/none", b"nobody here", origin="pub"))
     sent += [_msg("u/1", b"solo 1", origin="pub"), _msg("u/2/3", b"solo 2", origin="pub"),
@@ -271,14 +277,7 @@ def test_publish_remote_gives_each_subscriber_what_publish_gives(odd: int | None
              _msg("v/2", b"not its own either")]
     if odd is not None:
         sent[odd] = _msg("s/a/1", b"from the no-local client", origin="nolocal")
-    for _ in range(2):  # defined, then confirmed
-        for data in _batches(tables, sent):
-            assert _route(fast, books, data) == len(sent)
-            for _, messages, _ in wire.decode_batch(data, slow_books)[1]:
-                for m in messages:
-                    slow.router.publish(m, 0.0, wire.NO_GROUPS)
-        tables.tables["rcv_1"].confirmed(books[SENDER].generation, books[SENDER].learned)
-        books[SENDER].learned = []
+    _route_both(fast, slow, tables, sent)
     for client_id in clients[:-1]:
         assert _copies(fast, client_id) == _copies(slow, client_id), client_id
     assert _copies(fast, "plain") and _copies(fast, "overlap")
