@@ -48,7 +48,7 @@ from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import FailureLimiter
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
-from iotbroker.server.transport import ClientProtocol
+from iotbroker.server.transport import ClientProtocol, ConnectContext
 from iotbroker.server.turn import Reader, Turn
 from iotbroker.storage.base import Store
 
@@ -146,6 +146,11 @@ class Broker:
         self.ready_to_write: list[Writable] = self.turn.ready_to_write
         self.bridges = Bridges(self.engine, loop, self.flush)
         self._bridge_reload: asyncio.Task[None] | None = None
+        #: What a socket connection reads of the broker from its accept to its CONNACK
+        #: (server/transport.py, compiled), in native fields: read by
+        #: ``ClientProtocol`` instead of a look-up by name here each (issue 19). Built
+        #: again by :meth:`reload`.
+        self.connect_context = ConnectContext(self)
 
     # ------------------------------------------------------------------ time
     @staticmethod
@@ -318,6 +323,9 @@ class Broker:
         ]
         self.config = replace(self.config, auth=new.auth, logging=new.logging,
                               bridges=new.bridges)
+        # New connections read the broker through it: built from what is now in force
+        # (auth is read through ``self.auth``, reloaded above).
+        self.connect_context = ConnectContext(self)
         log.info("configuration reloaded from %s: applied %s", new.source, ", ".join(applied))
         if pending:
             log.warning("changed settings that need a restart: %s", ", ".join(pending))
