@@ -259,6 +259,9 @@ class ContextHost(Protocol):
     @property
     def turn(self) -> Turn: ...
 
+    @property
+    def parking(self) -> ParkingView | None: ...
+
     def connection_made(self, proto: ClientProtocol) -> bool: ...
 
     def first_connect(self, proto: ClientProtocol, packet: Connect) -> None: ...
@@ -280,6 +283,8 @@ class ConnectContext:
         self.metrics: Metrics = broker.metrics
         self.loop_time: Callable[[], float] = broker.loop.time
         self.timers: TimerWheel = broker.timers
+        #: The broker's parking (server/parking.py), or None when it is off.
+        self.parking: ParkingView | None = broker.parking
         mqtt = broker.config.mqtt
         self.max_packet_size: int = mqtt.max_packet_size
         self.receive_maximum: int = mqtt.receive_maximum
@@ -783,7 +788,7 @@ class ClientProtocol(Client):
         """Write output taken from ``conn`` while the socket has no transport (parked,
         or accepted without one; server/parking.py): one send, what does not fit
         (or all of it when closing) is written first once a transport is adopted."""
-        parking = self.broker.parking
+        parking = self.ctx.parking
         if parking is None:
             return
         if FLAGS.packets:
@@ -863,7 +868,7 @@ class ClientProtocol(Client):
         deadline = self.conn.keepalive_deadline()
         if deadline is None:
             self._enable_tcp_keepalive()
-            self.broker.timers.cancel(self)
+            self.ctx.timers.cancel(self)
             return
-        self.broker.timers.schedule(deadline, self)
+        self.ctx.timers.schedule(deadline, self)
 
