@@ -48,7 +48,7 @@ from iotbroker.server.preflight import check_listeners
 from iotbroker.server.ratelimit import FailureLimiter
 from iotbroker.server.sys_topics import SysTopics
 from iotbroker.server.timerwheel import TimerWheel
-from iotbroker.server.transport import ClientProtocol
+from iotbroker.server.transport import ClientProtocol, ConnectContext
 from iotbroker.server.turn import Reader, Turn
 from iotbroker.storage.base import Store
 
@@ -94,10 +94,6 @@ class Broker:
         #: (server/connecting.py ``may_answer_now``, compiled; bound here so that the
         #: compiled ``ClientProtocol.first_data`` calls it without an interpreted frame).
         self.may_answer_now: Callable[[], bool] = partial(connecting.may_answer_now, self)
-        #: A connection's first read when it is one CONNECT (server/connecting.py
-        #: ``first_connect``, compiled, bound here for the same reason).
-        self.first_connect: Callable[[ClientProtocol, Connect], None] = partial(
-            connecting.first_connect, self)
         #: Every open connection (a dict used as an ordered set; the admission's).
         self.connections: dict[ClientProtocol, None] = self.admission.connections
         #: Slow consumer -> the publishers paused because of it.
@@ -146,6 +142,20 @@ class Broker:
         self.ready_to_write: list[Writable] = self.turn.ready_to_write
         self.bridges = Bridges(self.engine, loop, self.flush)
         self._bridge_reload: asyncio.Task[None] | None = None
+        #: What a CONNECT's authentication and acceptance read of the broker
+        #: (server/connecting.py, compiled), in native fields (issue 19).
+        self.connecting = connecting.Connecting(self)
+        #: A connection's first read when it is one CONNECT (server/connecting.py
+        #: ``first_connect``, compiled, bound here so that the compiled
+        #: ``ClientProtocol.first_data`` calls it without an interpreted frame).
+        self.first_connect: Callable[[ClientProtocol, Connect], None] = partial(
+            connecting.first_connect, self.connecting)
+        #: What a socket connection reads of the broker from its accept to its CONNACK
+        #: (server/transport.py, compiled), in native fields: read by
+        #: ``ClientProtocol`` instead of a look-up by name here each (issue 19). What
+        #: it holds needs a restart to change (``mqtt``); the reloadable auth is read
+        #: through ``self.connecting``.
+        self.connect_context = ConnectContext(self)
 
     # ------------------------------------------------------------------ time
     @staticmethod
@@ -318,6 +328,8 @@ class Broker:
         ]
         self.config = replace(self.config, auth=new.auth, logging=new.logging,
                               bridges=new.bridges)
+        # Every CONNECT from now on reads the new auth settings (server/connecting.py).
+        self.connecting.reload()
         log.info("configuration reloaded from %s: applied %s", new.source, ", ".join(applied))
         if pending:
             log.warning("changed settings that need a restart: %s", ", ".join(pending))
@@ -551,7 +563,7 @@ class Broker:
         """Authenticate the CONNECT, between the engine's checks before
         (:func:`~iotbroker.engine.connect.admit`) and its acceptance: compiled, in
         server/connecting.py (issue 19)."""
-        connecting.on_connect(self, proto, packet)
+        connecting.on_connect(self.connecting, proto, packet)
 
     def accept_after(self, wait: Awaitable[str | None], proto: ClientProtocol,
                      packet: Connect, admitted: connect_rules.Admitted,
@@ -568,7 +580,8 @@ class Broker:
                 if why is not None:
                     connect_rules.refuse_busy(self.engine, proto, packet, why)
                 else:
-                    connecting.accept(self, proto, packet, admitted, username, auth_data)
+                    connecting.accept(self.connecting, proto, packet, admitted, username,
+                                      auth_data)
             except MqttError as exc:
                 self.peer_error(proto, exc)
                 return

@@ -5,10 +5,10 @@ wait for a worker thread) between :func:`~iotbroker.engine.connect.admit` and
 
 Compiled with mypyc (issue 19: the per-connection path): ``server/broker.py``'s
 ``Broker.on_connect`` and ``Broker._accept`` call these functions, which call the
-compiled engine natively. The broker is reached through :class:`ConnectingHost` (what
-this module uses of it), so that this module never refers back to the composition
-root; the rare waits (a password hashed in a thread, a room's wait before the
-acceptance) stay the broker's.
+compiled engine natively. They read the broker through :class:`Connecting` (native
+fields, built from a :class:`ConnectingHost`: what this module uses of it), so that
+this module never refers back to the composition root; the rare waits (a password
+hashed in a thread, a room's wait before the acceptance) stay the broker's.
 """
 
 from __future__ import annotations
@@ -80,6 +80,31 @@ class ConnectingHost(Protocol):
         """Accept once a room's wait is done (or refuse when it ended with a reason)."""
 
 
+class Connecting:
+    """What a CONNECT's authentication and acceptance read of the broker, in native
+    fields (issue 19): the functions below took the interpreted ``Broker`` and read
+    it by name, 2 to 4 look-ups each per connection. One per broker, built by
+    ``Broker``; ``auth.allow_anonymous`` is updated in place by ``Broker.reload``
+    (:meth:`reload`), so a reload takes effect for every CONNECT after it, as when it
+    was read from the configuration each time. The rare paths (a password hashed in
+    a thread, a room's wait, a peer's error, the engine's closes) call the broker."""
+
+    def __init__(self, broker: FirstConnectHost) -> None:
+        self.broker = broker
+        self.engine: Engine = broker.engine
+        self.metrics: Metrics = broker.metrics
+        self.auth: AuthService = broker.auth
+        self.enhanced_auth: EnhancedAuth = broker.enhanced_auth
+        self.parking: ParkingWatch | None = broker.parking
+        self.parkable_listeners: frozenset[str] = broker.parkable_listeners
+        #: ``auth.allow_anonymous`` (the auth service's configuration, reloadable).
+        self.allow_anonymous: bool = broker.auth.config.allow_anonymous
+
+    def reload(self) -> None:
+        """The auth service's configuration was replaced (``Broker.reload``)."""
+        self.allow_anonymous = self.auth.config.allow_anonymous
+
+
 class AnswerHost(Protocol):
     """What :func:`may_answer_now` reads of the broker."""
 
@@ -118,27 +143,27 @@ class FirstConnectHost(ConnectingHost, Protocol):
     def apply_closes(self) -> None: ...
 
 
-def first_connect(broker: FirstConnectHost, proto: ClientProtocol, packet: Connect) -> None:
+def first_connect(host: Connecting, proto: ClientProtocol, packet: Connect) -> None:
     """A connection's first read was one CONNECT (``ClientProtocol.first_data``, a
     socket accepted without a transport): what ``Broker.handle_packets`` does with it
     (counted, :func:`on_connect`, a peer's error closes with its reason code, the
     engine's closes applied), compiled; the caller writes the CONNACK at once or
     schedules the flush. ``Broker.first_connect`` is this, bound to the broker."""
-    broker.metrics.connects_received += 1
+    host.metrics.connects_received += 1
     try:
-        on_connect(broker, proto, packet)
+        on_connect(host, proto, packet)
     except MqttError as exc:
-        broker.peer_error(proto, exc)
+        host.broker.peer_error(proto, exc)
         return
-    if broker.engine.closing:
-        broker.apply_closes()
+    if host.engine.closing:
+        host.broker.apply_closes()
 
 
-def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -> None:
+def on_connect(host: Connecting, proto: ClientProtocol, packet: Connect) -> None:
     """Authenticate the CONNECT (enhanced authentication, certificate identity or
     password, which may wait for a worker thread), between the engine's checks
     before (:func:`~iotbroker.engine.connect.admit`) and its acceptance."""
-    engine = broker.engine
+    engine = host.engine
     cert_username = proto.cert_username
     # A refusal line names who tried: the certificate identity or the username.
     proto.note_username(packet.username if cert_username is None else cert_username)
@@ -148,7 +173,7 @@ def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -
     enhanced = None
     if (packet.protocol_version == _MQTT_5
             and packet.properties.authentication_method is not None):
-        enhanced = broker.enhanced_auth.on_connect(proto, packet, admitted.client_id)  # §4.12
+        enhanced = host.enhanced_auth.on_connect(proto, packet, admitted.client_id)  # §4.12
         if enhanced is None:
             return  # AUTH 0x18 sent; on_auth resumes this CONNECT when it ends
         if enhanced.reason_code:
@@ -163,8 +188,8 @@ def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -
             decision = pending
             proto.password_decision = NOT_CHECKED
         else:
-            auth = broker.auth
-            if packet.username is None and auth.config.allow_anonymous:
+            auth = host.auth
+            if packet.username is None and host.allow_anonymous:
                 # What AuthService.authenticate decides for an anonymous login that is
                 # allowed (no gate, no hashing, no counter, no plugin: they all need a
                 # username), without its three interpreted calls (issue 19).
@@ -174,7 +199,8 @@ def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -
                 decision = auth.gate(packet.username, packet.password, proto.peer_name)
                 if decision is None:
                     if auth.is_slow(packet.username, packet.password):
-                        broker.check_password_off_loop(proto, packet, admitted.client_id)
+                        host.broker.check_password_off_loop(proto, packet,
+                                                            admitted.client_id)
                         return
                     decision = auth.authenticate(
                         admitted.client_id, packet.username, packet.password,
@@ -191,24 +217,24 @@ def on_connect(broker: ConnectingHost, proto: ClientProtocol, packet: Connect) -
     auth_data = enhanced.data if enhanced is not None else None
     wait = connect_rules.wait_before_accept(engine, admitted, packet)
     if wait is not None:  # a room's (the cluster's session read, docs/cluster.md)
-        broker.accept_after(wait, proto, packet, admitted, username, auth_data)
+        host.broker.accept_after(wait, proto, packet, admitted, username, auth_data)
         return
-    accept(broker, proto, packet, admitted, username, auth_data)
+    accept(host, proto, packet, admitted, username, auth_data)
 
 
-def accept(broker: ConnectingHost, proto: ClientProtocol, packet: Connect,
+def accept(host: Connecting, proto: ClientProtocol, packet: Connect,
            admitted: connect_rules.Admitted, username: str | None,
            auth_data: bytes | None) -> None:
     """Accept the authenticated CONNECT (the engine's CONNACK, session and will),
     arm the keep-alive, make the connection a parking candidate, log it."""
     accepted = connect_rules.accept(
-        broker.engine, proto, packet, admitted, username, time.time(), auth_data,
+        host.engine, proto, packet, admitted, username, time.time(), auth_data,
     )
     if accepted is None:
         return
     proto.start_keepalive()
-    parking = broker.parking
-    if parking is not None and proto.listener in broker.parkable_listeners:
+    parking = host.parking
+    if parking is not None and proto.listener in host.parkable_listeners:
         parking.watch(proto, connected=True)
     if not log.isEnabledFor(_INFO):
         return  # the arguments below cost a peer-name lookup per connect

@@ -236,6 +236,77 @@ class ConnectionHost(Protocol):
 
     def connection_lost(self, proto: ClientProtocol, exc: Exception | None) -> None: ...
 
+    @property
+    def connect_context(self) -> ConnectContext:
+        """What a connection reads of the broker from its accept to its CONNACK."""
+
+
+class ContextHost(Protocol):
+    """What :class:`ConnectContext` takes from the broker when it is built."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def config(self) -> BrokerConfig: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def timers(self) -> TimerWheel: ...
+
+    @property
+    def turn(self) -> Turn: ...
+
+    @property
+    def parking(self) -> ParkingView | None: ...
+
+    def connection_made(self, proto: ClientProtocol) -> bool: ...
+
+    def first_connect(self, proto: ClientProtocol, packet: Connect) -> None: ...
+
+
+class ConnectContext:
+    """What a socket connection reads of its broker from the accept to the CONNACK
+    (``ClientProtocol.__init__``, ``accepted_parked``, ``connection_made``,
+    ``first_data``), held in native fields (issue 19): each was a look-up by name on
+    the interpreted ``Broker`` or its pydantic configuration, ~45 per connection.
+    One per broker, built by ``Broker`` at start and again by ``Broker.reload``; its
+    ``mqtt`` values are the configuration's, which need a restart to change."""
+
+    def __init__(self, broker: ContextHost) -> None:
+        turn = broker.turn
+        #: The broker's loop turn (compiled, server/turn.py).
+        self.turn: Turn = turn
+        self.ready_to_write: list[Writable] = turn.ready_to_write
+        self.metrics: Metrics = broker.metrics
+        self.loop_time: Callable[[], float] = broker.loop.time
+        self.timers: TimerWheel = broker.timers
+        #: The broker's parking (server/parking.py), or None when it is off.
+        self.parking: ParkingView | None = broker.parking
+        mqtt = broker.config.mqtt
+        self.max_packet_size: int = mqtt.max_packet_size
+        self.receive_maximum: int = mqtt.receive_maximum
+        self.topic_alias_maximum: int = mqtt.topic_alias_maximum
+        self.connect_timeout: float = mqtt.connect_timeout
+        #: The admission (server/admission.py ``Admission.admit``, compiled).
+        self.admit: Callable[[ClientProtocol], bool] = broker.connection_made
+        #: server/connecting.py's ``first_connect``, bound to the broker's.
+        self.first_connect: Callable[[ClientProtocol, Connect], None] = broker.first_connect
+
+    def may_answer_now(self) -> bool:
+        """``Broker.may_answer_now`` (server/connecting.py ``may_answer_now``) read
+        from the turn's native fields: nothing of this turn so far waits for the
+        flush (no group commit, no cluster, no storage change to commit, no sessions'
+        output to route, no forwarding, no held acknowledgement)."""
+        turn = self.turn
+        if turn.group_commit is not None or turn.cluster is not None:
+            return False
+        engine = turn.engine
+        return (not engine.batch.changes and not engine.registry.ready
+                and not engine.forwarding and not engine.held_acks)
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # the TLS listeners' classes, tests
 class ClientProtocol(Client):
@@ -248,6 +319,7 @@ class ClientProtocol(Client):
         "_rare",
         "broker",
         "close_after_flush",
+        "ctx",
         "deferred",
         "ended",
         "packets_counted",
@@ -257,26 +329,26 @@ class ClientProtocol(Client):
         "publish_bucket",
         "reading_paused",
         "transport",
-        "turn",
         "wheel_slot",
     )
 
     def __init__(self, broker: ConnectionHost, listener: str) -> None:
         self.broker = broker
-        #: The broker's loop turn (compiled, server/turn.py), held natively: read per
-        #: read and per write, where ``self.broker.turn`` is a look-up by name on the
-        #: interpreted broker (issue 19). The object stays 240 bytes with it (the
-        #: allocator's size class: 216 -> 224 bytes of fields).
-        self.turn: Turn = broker.turn
-        cfg = broker.config.mqtt
+        #: What the connection reads of the broker from the accept to the CONNACK,
+        #: and the loop turn (``ctx.turn``, read per read and per write), held
+        #: natively: one look-up by name on the interpreted broker, not ~10 (issue 19).
+        #: The object stays 240 bytes with it (the allocator's size class: 224 bytes
+        #: of fields).
+        ctx = broker.connect_context
+        self.ctx: ConnectContext = ctx
         Client.__init__(
             self,
             Connection(
-                max_packet_size=cfg.max_packet_size,
-                receive_maximum=cfg.receive_maximum,
-                topic_alias_maximum=cfg.topic_alias_maximum,
-                now=broker.loop.time(),
-                ready=broker.ready_to_write,
+                max_packet_size=ctx.max_packet_size,
+                receive_maximum=ctx.receive_maximum,
+                topic_alias_maximum=ctx.topic_alias_maximum,
+                now=ctx.loop_time(),
+                ready=ctx.ready_to_write,
                 owner=self,
             ),
             listener,
@@ -405,14 +477,13 @@ class ClientProtocol(Client):
         if self.parked_fd != NOT_PARKED:
             self._readopted(transport)
             return
-        if not self.broker.connection_made(self):
+        ctx = self.ctx
+        if not ctx.admit(self):
             self.conn.close()
             transport.abort()  # type: ignore[attr-defined]
             return
         # Sockets that never send CONNECT are closed after connect_timeout.
-        self.broker.timers.schedule(
-            self.loop.time() + self.broker.config.mqtt.connect_timeout, self
-        )
+        ctx.timers.schedule(ctx.loop_time() + ctx.connect_timeout, self)
 
     def accepted_parked(self, fd: int) -> bool:
         """Accepted without a transport (server/listeners.py): the socket ``fd``
@@ -420,12 +491,11 @@ class ClientProtocol(Client):
         ``connection_made`` admits (False: a connection limit refuses it), with the
         same CONNECT timeout."""
         self.parked_fd = fd
-        if not self.broker.connection_made(self):
+        ctx = self.ctx
+        if not ctx.admit(self):
             self.conn.close()
             return False
-        self.broker.timers.schedule(
-            self.loop.time() + self.broker.config.mqtt.connect_timeout, self
-        )
+        ctx.timers.schedule(ctx.loop_time() + ctx.connect_timeout, self)
         return True
 
     def _readopted(self, transport: asyncio.BaseTransport) -> None:
@@ -454,7 +524,7 @@ class ClientProtocol(Client):
             return
         # Native fields of the compiled turn (server/turn.py; the PUBLISH -> forward
         # path, issue 19): no look-up by name on the broker.
-        turn = self.turn
+        turn = self.ctx.turn
         turn.active_readers.append(self)
         metrics = turn.metrics
         metrics.bytes_received += len(data)
@@ -518,17 +588,17 @@ class ClientProtocol(Client):
         ):
             self._first_read(data)
             return
-        broker = self.broker
-        ready = broker.ready_to_write
+        ctx = self.ctx
+        ready = ctx.ready_to_write
         before = len(ready)
-        metrics = broker.metrics
+        metrics = ctx.metrics
         metrics.bytes_received += len(data)
         conn = self.conn
-        packets = conn.receive_data(data, broker.loop.time())
+        packets = conn.receive_data(data, ctx.loop_time())
         packet = packets[0] if len(packets) == 1 else None
         if not isinstance(packet, Connect):  # not read as one CONNECT: as data_received
             if packets:
-                broker.turn.active_readers.append(self)
+                ctx.turn.active_readers.append(self)
                 metrics.messages_received += len(packets)
                 self.handle_packets(packets)
             if conn.failure is not None:
@@ -537,7 +607,7 @@ class ClientProtocol(Client):
         metrics.messages_received += 1
         # Not among the turn's active readers: a CONNECT publishes nothing, and
         # backpressure only looks at readers that published.
-        broker.first_connect(self, packet)
+        ctx.first_connect(self, packet)
         if self.deferred and not self.close_after_flush:
             self._hold([])
             self.pause_reading()
@@ -547,7 +617,7 @@ class ClientProtocol(Client):
             if output:
                 self.send_parked(output)
         else:
-            broker.turn.schedule_flush()
+            ctx.turn.schedule_flush()
         if conn.failure is not None:
             self.apply_failure()
 
@@ -562,14 +632,13 @@ class ClientProtocol(Client):
             and self.parked_fd >= 0
             and not self.close_after_flush
             and not self.deferred
-            and self.broker.may_answer_now()
+            and self.ctx.may_answer_now()
         )
 
     def _first_read(self, data: bytes) -> None:
         """``first_data`` for anything but one lone CONNECT: ``data_received``, and
         the output written at once when only this connection has some."""
-        broker = self.broker
-        ready = broker.ready_to_write
+        ready = self.ctx.ready_to_write
         before = len(ready)
         self.data_received(data)
         if self._answers_alone(ready, before):
@@ -590,7 +659,7 @@ class ClientProtocol(Client):
     def handle_packets(self, packets: list[Packet]) -> None:
         """Handle packets in order; if one defers (a CONNECT waiting for a password
         check in a thread), the rest wait in ``backlog`` until it is decided."""
-        handled = self.broker.turn.handle_packets(self, packets)
+        handled = self.ctx.turn.handle_packets(self, packets)
         if self.deferred and not self.close_after_flush:
             self._hold(packets[handled:])
             self.pause_reading()
@@ -710,7 +779,7 @@ class ClientProtocol(Client):
     def _count_sent(self, data: bytes) -> None:
         """Count ``data``, taken from ``conn``, as sent: bytes and packets."""
         conn = self.conn
-        metrics = self.turn.metrics  # the broker's, held natively by the turn
+        metrics = self.ctx.metrics  # the broker's, held natively
         metrics.bytes_sent += len(data)
         metrics.messages_sent += conn.packets_queued - self.packets_counted
         self.packets_counted = conn.packets_queued
@@ -719,7 +788,7 @@ class ClientProtocol(Client):
         """Write output taken from ``conn`` while the socket has no transport (parked,
         or accepted without one; server/parking.py): one send, what does not fit
         (or all of it when closing) is written first once a transport is adopted."""
-        parking = self.broker.parking
+        parking = self.ctx.parking
         if parking is None:
             return
         if FLAGS.packets:
@@ -799,7 +868,7 @@ class ClientProtocol(Client):
         deadline = self.conn.keepalive_deadline()
         if deadline is None:
             self._enable_tcp_keepalive()
-            self.broker.timers.cancel(self)
+            self.ctx.timers.cancel(self)
             return
-        self.broker.timers.schedule(deadline, self)
+        self.ctx.timers.schedule(deadline, self)
 

@@ -71,3 +71,42 @@ def test_sighup_with_a_broken_file_keeps_running_config(
     alice = RawClient(broker.host, broker.port)
     assert alice.connect("alice", username="alice", password=b"a-secret").reason_code == 0
     alice.close()
+
+
+def test_sighup_turning_anonymous_off_refuses_the_next_anonymous_connect(
+    make_broker: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
+    """``auth.allow_anonymous`` is held natively by the connect path
+    (server/connecting.py ``Connecting``, issue 19); a reload still changes it for the
+    next CONNECT: anonymous accepted before, refused after with CONNACK 5 (Not
+    authorized) and closed [MQTT-3.2.2-5]; the anonymous client connected before the
+    reload stays connected."""
+    pwfile = tmp_path / "passwd"
+    _passwd(pwfile, "alice", "a-secret")
+    broker = make_broker(broker_config(
+        extra=f"auth:\n  allow_anonymous: true\n  password_file: {pwfile}\n"
+    ))
+    early = RawClient(broker.host, broker.port)
+    assert early.connect("anon-1").reason_code == 0
+
+    broker.config_path.write_text(
+        broker.config_path.read_text().replace("allow_anonymous: true",
+                                               "allow_anonymous: false"))
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "configuration reloaded" not in broker.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "configuration reloaded" in broker.log_text()
+
+    late = RawClient(broker.host, broker.port)
+    assert late.connect("anon-2").reason_code == 0x05
+    assert late.expect_closed() == []
+    alice = RawClient(broker.host, broker.port)
+    assert alice.connect("alice-1", username="alice", password=b"a-secret").reason_code == 0
+    # the anonymous connection from before the reload still works
+    early.subscribe("reload/anon", 1)
+    alice.publish("reload/anon", b"after reload", 1)
+    assert early.receive_publish().payload == b"after reload"
+    early.close()
+    alice.close()
