@@ -67,6 +67,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     StorageType,
     StreamConfig,
@@ -601,6 +602,8 @@ class QosStream:
                 # never be routed here; test_qos_stream_start.py)
                 if floor is not None:
                     start = min(first, int(floor) + 1)
+                if start < first:
+                    start = await self._first_after_start_time(js, info, start, first)
             except Exception as exc:
                 log.warning("cluster: consumer %r info: %s", self.durable, exc)
         log.debug("cluster: QoS stream %r: first delivery here is sequence %d; routing "
@@ -615,6 +618,33 @@ class QosStream:
                 log.info("cluster: QoS stream %r: resuming after sequence %d (stored with "
                          "its deliveries)", self.stream, stored.seq)
                 start = stored.seq + 1
+        return start
+
+    async def _first_after_start_time(self, js: JetStreamContext, info: ConsumerInfo,
+                                      start: int, first: int) -> int:
+        """``start`` (the ack floor + 1) is before ``first`` (the first delivery here):
+        either deliveries before ``first`` were lost in transit (they come again: keep
+        ``start``), or they precede the consumer's start time and never come. A
+        consumer created by start time on a stream whose servers have just restarted
+        can report an ack floor of 0 whatever its start (seen in
+        test_connect_window.py: a gap held for ``GAP_WAIT``, 15 s without any QoS 1/2
+        delivery here). The stream's message just before ``first`` decides, by the
+        same comparison nats-server makes to pick the start (its time against the
+        consumer's ``opt_start_time``): before it, ``first`` is where the consumer
+        starts; a message removed by the stream's limits is not waited for either."""
+        config = info.config
+        begin = config.opt_start_time if config is not None else None
+        if begin is None or config.deliver_policy != DeliverPolicy.BY_START_TIME:
+            return start
+        try:
+            before = await js.get_msg(self.stream, first - 1)
+        except NotFoundError:
+            return first
+        if before.time is not None and before.time < begin:
+            log.info("cluster: QoS stream %r: sequence %d is before consumer %r's start "
+                     "time: routing from %d, not from %d (its ack floor + 1)", self.stream,
+                     first - 1, self.durable, first, start)
+            return first
         return start
 
     async def _drain(self) -> None:
