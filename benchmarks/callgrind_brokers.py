@@ -143,26 +143,40 @@ def measure(name: str, count: int, args: argparse.Namespace) -> tuple[int, Path]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    for line in out.read_text().splitlines():
+    return totals(out, work / "broker.log"), out
+
+
+def totals(path: Path, log: Path) -> int:
+    """The run's total instructions (the dump's ``summary:``/``totals:`` line)."""
+    for line in path.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1]), out
-    raise RuntimeError(f"no totals in {out} (see {work / 'broker.log'})")
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path} (see {log})")
 
 
-def by_object(path: Path) -> dict[str, int]:
-    """Instructions per shared object, from ``callgrind_annotate``'s function list."""
+def by_function(path: Path) -> dict[str, int]:
+    """Exclusive instructions per function (``object:function``), from
+    ``callgrind_annotate``'s function list."""
     text = subprocess.run(["callgrind_annotate", "--threshold=100", str(path)],
                           capture_output=True, text=True, check=True).stdout
-    objects: collections.Counter[str] = collections.Counter()
+    funcs: collections.Counter[str] = collections.Counter()
     for line in text.splitlines():
         m = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+(.*)", line)
         if m is None or "PROGRAM TOTALS" in line:
             continue
-        obj = re.search(r"\[([^\]]*)\]\s*$", m.group(2))
+        funcs[m.group(2).strip()] += int(m.group(1).replace(",", ""))
+    return funcs
+
+
+def by_object(path: Path) -> dict[str, int]:
+    """Instructions per shared object (:func:`by_function`'s, summed)."""
+    objects: collections.Counter[str] = collections.Counter()
+    for func, count in by_function(path).items():
+        obj = re.search(r"\[([^\]]*)\]\s*$", func)
         name = os.path.basename(obj.group(1)) if obj else "(object not named by callgrind_annotate)"
         if "__mypyc" in name or name.startswith(("engine.", "framer.")):
             name = "iotbroker (mypyc-compiled modules)"
-        objects[name] += int(m.group(1).replace(",", ""))
+        objects[name] += count
     return objects
 
 

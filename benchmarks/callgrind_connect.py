@@ -24,9 +24,7 @@ docs/performance.md for that side.
 from __future__ import annotations
 
 import argparse
-import collections
 import os
-import re
 import resource
 import shutil
 import signal
@@ -39,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.callgrind_brokers import by_object, free_port
+from benchmarks.callgrind_brokers import by_function, by_object, free_port, totals
 from iotbroker.codec import encode_packet
 from iotbroker.codec.packets import Connect
 
@@ -130,23 +128,7 @@ def measure(name: str, count: int, args: argparse.Namespace) -> tuple[int, Path]
     dumps = sorted(work.glob("callgrind.out.*"))
     if len(dumps) != 1:
         raise RuntimeError(f"expected one dump in {work}, found {dumps}")
-    for line in dumps[0].read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1]), dumps[0]
-    raise RuntimeError(f"no totals in {dumps[0]} (see {work / 'broker.log'})")
-
-
-def by_function(path: Path) -> dict[str, int]:
-    """Exclusive instructions per function (``object:function``)."""
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", str(path)],
-                          capture_output=True, text=True, check=True).stdout
-    funcs: collections.Counter[str] = collections.Counter()
-    for line in text.splitlines():
-        m = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+(.*)", line)
-        if m is None or "PROGRAM TOTALS" in line:
-            continue
-        funcs[m.group(2).strip()] += int(m.group(1).replace(",", ""))
-    return funcs
+    return totals(dumps[0], work / "broker.log"), dumps[0]
 
 
 def main() -> None:

@@ -272,8 +272,9 @@ class ConnectContext:
     (``ClientProtocol.__init__``, ``accepted_parked``, ``connection_made``,
     ``first_data``), held in native fields (issue 19): each was a look-up by name on
     the interpreted ``Broker`` or its pydantic configuration, ~45 per connection.
-    One per broker, built by ``Broker`` at start and again by ``Broker.reload``; its
-    ``mqtt`` values are the configuration's, which need a restart to change."""
+    One per broker, built once by ``Broker`` at start: its ``mqtt`` values are the
+    configuration's, which need a restart to change (``Broker.reload`` says so), and
+    the rest are the broker's own objects."""
 
     def __init__(self, broker: ContextHost) -> None:
         turn = broker.turn

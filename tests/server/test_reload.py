@@ -21,6 +21,16 @@ def _passwd(path: Path, user: str, password: str) -> None:
     )
 
 
+def _reload(broker: BrokerProcess) -> None:
+    """SIGHUP, then wait (at most 5 s) for the broker's "configuration reloaded" line."""
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "configuration reloaded" not in broker.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "configuration reloaded" in broker.log_text()
+
+
 def test_sighup_picks_up_new_password_and_keeps_clients(
     make_broker: Callable[..., BrokerProcess], tmp_path: Path
 ) -> None:
@@ -36,12 +46,7 @@ def test_sighup_picks_up_new_password_and_keeps_clients(
     bob.close()
 
     _passwd(pwfile, "bob", "b-secret")
-    assert broker.proc is not None
-    broker.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "configuration reloaded" not in broker.log_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "configuration reloaded" in broker.log_text()
+    _reload(broker)
 
     bob = RawClient(broker.host, broker.port)
     assert bob.connect("bob-2", username="bob", password=b"b-secret").reason_code == 0
@@ -92,12 +97,7 @@ def test_sighup_turning_anonymous_off_refuses_the_next_anonymous_connect(
     broker.config_path.write_text(
         broker.config_path.read_text().replace("allow_anonymous: true",
                                                "allow_anonymous: false"))
-    assert broker.proc is not None
-    broker.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "configuration reloaded" not in broker.log_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "configuration reloaded" in broker.log_text()
+    _reload(broker)
 
     late = RawClient(broker.host, broker.port)
     assert late.connect("anon-2").reason_code == 0x05
