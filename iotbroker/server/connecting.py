@@ -28,7 +28,7 @@ from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.logsetup import log_connection
 from iotbroker.server.parking import Parking
-from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
+from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, FirstConnect, NotChecked
 
 #: The broker's logger: the "connected" line is the broker's, as before.
 log: Final = logging.getLogger("iotbroker.broker")
@@ -78,7 +78,7 @@ class ConnectingHost(Protocol):
         """Accept once a room's wait is done (or refuse when it ended with a reason)."""
 
 
-class Connecting:
+class Connecting(FirstConnect):
     """What a CONNECT's authentication and acceptance read of the broker, in native
     fields (issue 19): the functions below took the interpreted ``Broker`` and read
     it by name, 2 to 4 look-ups each per connection. One per broker, built by
@@ -108,6 +108,11 @@ class Connecting:
     def reload(self) -> None:
         """The auth service's configuration was replaced (``Broker.reload``)."""
         self.allow_anonymous = self.auth.config.allow_anonymous
+
+    def first_connect(self, proto: ClientProtocol, packet: Connect) -> None:
+        """:func:`first_connect` with this broker's (``ClientProtocol.first_data``
+        calls it through the connection's ``ConnectContext``, natively)."""
+        first_connect(self, proto, packet)
 
 
 class AnswerHost(Protocol):
