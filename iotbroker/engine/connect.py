@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable
+from typing import Final
 
 from iotbroker.codec.enums import ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, ConnAck, Connect, Disconnect, Properties
@@ -44,9 +45,9 @@ R = ReasonCode
 
 #: MQTT 3.1's protocol version ("MQIsdp", MQTT 3.1 §3.1); everything not said otherwise
 #: here is handled as MQTT 3.1.1 (protocol level 4).
-MQTT31 = int(ProtocolVersion.MQTT_3_1)
+MQTT31: Final = int(ProtocolVersion.MQTT_3_1)
 #: MQTT 3.1 §3.1: "The Client Identifier (Client ID) is between 1 and 23 characters long".
-MQTT31_MAX_CLIENT_ID = 23
+MQTT31_MAX_CLIENT_ID: Final = 23
 
 
 class Admitted:

@@ -101,7 +101,7 @@ _malloc_trim = _find_malloc_trim()
 
 #: What wakes a parked socket: data, the peer's FIN, an error (0 where there is no
 #: epoll: parking is Linux-only and is then left off, see ``start``).
-_EVENTS = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+_EVENTS: Final = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
            if hasattr(select, "epoll") else 0)
 
 #: Receives the aborted transport's ``connection_lost``: the MQTT connection goes on.

@@ -102,7 +102,7 @@ class NotChecked:
     __slots__ = ()
 
 
-NOT_CHECKED = NotChecked()
+NOT_CHECKED: Final = NotChecked()
 
 #: The backlog of a connection with none (never appended to: see ``_hold``).
 _NO_BACKLOG: list[Packet] = []
