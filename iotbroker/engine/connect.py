@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable
+from typing import Final
 
 from iotbroker.codec.enums import ProtocolVersion, ReasonCode
 from iotbroker.codec.packets import NO_PROPERTIES, ConnAck, Connect, Disconnect, Properties
@@ -44,9 +45,9 @@ R = ReasonCode
 
 #: MQTT 3.1's protocol version ("MQIsdp", MQTT 3.1 §3.1); everything not said otherwise
 #: here is handled as MQTT 3.1.1 (protocol level 4).
-MQTT31 = int(ProtocolVersion.MQTT_3_1)
+MQTT31: Final = int(ProtocolVersion.MQTT_3_1)
 #: MQTT 3.1 §3.1: "The Client Identifier (Client ID) is between 1 and 23 characters long".
-MQTT31_MAX_CLIENT_ID = 23
+MQTT31_MAX_CLIENT_ID: Final = 23
 
 
 class Admitted:
@@ -91,7 +92,7 @@ def refuse(engine: Engine, client: Client, packet: Connect, reason: int, why: st
 
 def admit(engine: Engine, client: Client, packet: Connect) -> Admitted | None:
     """The checks before authentication; None when refused (CONNACK queued, closing)."""
-    cfg = engine.config.mqtt
+    cfg = engine.connect_limits  # config.mqtt's values, native (issue 19)
     client_id = packet.client_id
     assigned: str | None = None
     # MQTT 3.1 §3.1 (Payload, Client Identifier): 1 to 23 characters, else CONNACK 2
@@ -159,13 +160,14 @@ def accept(
     existing connection of the same client id, open or resume its session, CONNACK.
     None when refused. ``auth_data`` is the enhanced authentication's last data for
     the CONNACK [MQTT-4.12.0-5] (only when the CONNECT had a method)."""
-    cfg = engine.config.mqtt
+    limits = engine.connect_limits  # config.mqtt's values, native (issue 19)
     conn = client.conn
     v5 = packet.protocol_version == 5
     props = packet.properties
     client_id = admitted.client_id
     will = packet.will
     if will is not None:
+        cfg = engine.config.mqtt
         if will.qos > cfg.maximum_qos:  # [MQTT-3.2.2-12]
             refuse(engine, client, packet, R.QOS_NOT_SUPPORTED, "will QoS not supported")
             return None
@@ -232,9 +234,9 @@ def accept(
     elif packet.clean_start:
         expiry = 0
     else:
-        v3 = cfg.persistent_session_expiry_v311
+        v3 = limits.persistent_session_expiry_v311
         expiry = NEVER_EXPIRES if v3 is None else v3
-    granted_expiry = min(expiry, cfg.max_session_expiry)
+    granted_expiry = min(expiry, limits.max_session_expiry)
     session, present = engine.registry.open(
         client_id, packet.clean_start, granted_expiry, packet.protocol_version, now
     )
@@ -242,10 +244,11 @@ def accept(
     # Keep alive: the server may impose a lower one (v5 Server Keep Alive).
     keepalive = packet.keepalive
     server_keepalive: int | None = None
-    if (keepalive == 0 or keepalive > cfg.max_keepalive) and cfg.max_keepalive < 65535:
+    max_keepalive = limits.max_keepalive
+    if (keepalive == 0 or keepalive > max_keepalive) and max_keepalive < 65535:
         # Lowered to max_keepalive; MQTT 5.0 clients are told (Server Keep Alive),
         # MQTT 3.1.1 has no way to say it.
-        keepalive = cfg.max_keepalive
+        keepalive = max_keepalive
         if v5:
             server_keepalive = keepalive
     conn.accept(
@@ -253,7 +256,7 @@ def accept(
         client_receive_maximum=props.receive_maximum if v5 else None,
         client_max_packet_size=props.maximum_packet_size if v5 else None,
         client_topic_alias_maximum=props.topic_alias_maximum if v5 else None,
-        outbound_aliases=cfg.outbound_topic_aliases,
+        outbound_aliases=limits.outbound_topic_aliases,
         request_problem_information=props.request_problem_information != 0,
     )
     connack_props = NO_PROPERTIES  # MQTT 3.1.1 CONNACK has none
@@ -280,7 +283,8 @@ def accept(
     metrics = engine.metrics
     metrics.clients_connected += 1
     metrics.clients_maximum = max(metrics.clients_maximum, metrics.clients_connected)
-    window = min(props.receive_maximum or 65535, cfg.max_inflight) if v5 else cfg.max_inflight
+    max_inflight = limits.max_inflight
+    window = min(props.receive_maximum or 65535, max_inflight) if v5 else max_inflight
     session.attach(client, window, now)
     if engine.accepted is not None:  # the cluster claims the client id (docs/cluster.md)
         engine.accepted.append(client)
@@ -290,8 +294,12 @@ def accept(
 def _take_over(engine: Engine, client: Client, client_id: str, clean_start: bool,
                now: float) -> None:
     """Session takeover [MQTT-3.1.4-2] (v5 [MQTT-3.1.4-3]: DISCONNECT 0x8E)."""
-    old = engine.clients.pop(client_id, None)
-    if old is None or old is client:
+    clients = engine.clients
+    old = clients.get(client_id)  # a native look-up, where pop(k, None) is a call
+    if old is None:
+        return
+    del clients[client_id]
+    if old is client:
         return
     engine.metrics.session_takeovers += 1
     log.info("client %r taken over: new connection from %s closes %s", client_id, client.peer,

@@ -55,7 +55,7 @@ from iotbroker.codec.packets import (
     Unsubscribe,
     Will,
 )
-from iotbroker.config import BrokerConfig
+from iotbroker.config import BrokerConfig, MqttConfig
 from iotbroker.core.retained import RetainedStore
 from iotbroker.core.router import EVERY_GROUP, Router
 from iotbroker.core.session import ReceiveCheck, Session, SessionLimits
@@ -152,6 +152,35 @@ class HeldAck:
     resend: bool = False
 
 
+class ConnectLimits:
+    """The ``config.mqtt`` values a CONNECT is checked and accepted with
+    (engine/connect.py ``admit`` / ``accept``), read once into native fields (issue 19:
+    they were ~8 look-ups by name per connection on the pydantic configuration). The
+    engine's configuration is frozen and never replaced (``mqtt`` changes need a
+    restart, ``Broker.reload`` says so), so a copy made at start stays right."""
+
+    __slots__ = (
+        "allow_zero_length_client_id",
+        "max_client_id_length",
+        "max_inflight",
+        "max_keepalive",
+        "max_session_expiry",
+        "outbound_topic_aliases",
+        "persistent_session_expiry_v311",
+        "server_reference",
+    )
+
+    def __init__(self, mqtt: MqttConfig) -> None:
+        self.max_client_id_length: int = mqtt.max_client_id_length
+        self.allow_zero_length_client_id: bool = mqtt.allow_zero_length_client_id
+        self.server_reference: str | None = mqtt.server_reference
+        self.max_session_expiry: int = mqtt.max_session_expiry
+        self.persistent_session_expiry_v311: int | None = mqtt.persistent_session_expiry_v311
+        self.max_keepalive: int = mqtt.max_keepalive
+        self.outbound_topic_aliases: bool = mqtt.outbound_topic_aliases
+        self.max_inflight: int = mqtt.max_inflight
+
+
 class Engine:
     """Sessions, subscriptions, retained messages and the MQTT rules that change them."""
 
@@ -182,6 +211,8 @@ class Engine:
         self._retain_available: bool = mqtt.retain_available
         self._max_topic_levels: int = mqtt.max_topic_levels
         self._max_topic_length: int = mqtt.max_topic_length
+        #: What a CONNECT reads of ``config.mqtt`` (engine/connect.py), native.
+        self.connect_limits = ConnectLimits(mqtt)
         limits = SessionLimits(
             max_queued_messages=mqtt.max_queued_messages,
             max_queued_bytes=mqtt.max_queued_bytes,

@@ -27,7 +27,8 @@ from iotbroker.errors import MqttError
 from iotbroker.metrics import Metrics
 from iotbroker.server.auth_service import AuthService
 from iotbroker.server.logsetup import log_connection
-from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, NotChecked
+from iotbroker.server.parking import Parking
+from iotbroker.server.transport import NOT_CHECKED, ClientProtocol, FirstConnect, NotChecked
 
 #: The broker's logger: the "connected" line is the broker's, as before.
 log: Final = logging.getLogger("iotbroker.broker")
@@ -42,12 +43,9 @@ VERSION_NAMES: Final[dict[int, str]] = {
 # member is a rich comparison.
 _MQTT_5: Final = int(ProtocolVersion.MQTT_5)
 _INFO: Final = logging.INFO
-
-
-class ParkingWatch(Protocol):
-    """What an accepted connection asks of the broker's parking (server/parking.py)."""
-
-    def watch(self, proto: ClientProtocol, connected: bool = False) -> None: ...
+#: ``time.time`` held in a C static (issue 19): ``time.time`` is a look-up by name on
+#: the module per call.
+_time: Final = time.time
 
 
 class ConnectingHost(Protocol):
@@ -64,7 +62,7 @@ class ConnectingHost(Protocol):
     def auth(self) -> AuthService: ...
 
     @property
-    def parking(self) -> ParkingWatch | None: ...
+    def parking(self) -> Parking | None: ...
 
     @property
     def parkable_listeners(self) -> frozenset[str]:
@@ -80,7 +78,7 @@ class ConnectingHost(Protocol):
         """Accept once a room's wait is done (or refuse when it ended with a reason)."""
 
 
-class Connecting:
+class Connecting(FirstConnect):
     """What a CONNECT's authentication and acceptance read of the broker, in native
     fields (issue 19): the functions below took the interpreted ``Broker`` and read
     it by name, 2 to 4 look-ups each per connection. One per broker, built by
@@ -95,14 +93,26 @@ class Connecting:
         self.metrics: Metrics = broker.metrics
         self.auth: AuthService = broker.auth
         self.enhanced_auth: EnhancedAuth = broker.enhanced_auth
-        self.parking: ParkingWatch | None = broker.parking
+        #: The compiled ``Parking`` (a native call per accepted connection, where a
+        #: protocol type made it a call by name).
+        self.parking: Parking | None = broker.parking
         self.parkable_listeners: frozenset[str] = broker.parkable_listeners
         #: ``auth.allow_anonymous`` (the auth service's configuration, reloadable).
         self.allow_anonymous: bool = broker.auth.config.allow_anonymous
+        #: The broker logger's own cache of ``isEnabledFor`` answers (a dict it
+        #: clears in place whenever a level changes: ``setLevel``, ``logging.disable``,
+        #: any logger's): :func:`info_enabled` reads it natively, where
+        #: ``log.isEnabledFor`` is an interpreted call per connection (issue 19).
+        self.log_cache: dict[int, bool] = logger_cache(log)
 
     def reload(self) -> None:
         """The auth service's configuration was replaced (``Broker.reload``)."""
         self.allow_anonymous = self.auth.config.allow_anonymous
+
+    def first_connect(self, proto: ClientProtocol, packet: Connect) -> None:
+        """:func:`first_connect` with this broker's (``ClientProtocol.first_data``
+        calls it through the connection's ``ConnectContext``, natively)."""
+        first_connect(self, proto, packet)
 
 
 class AnswerHost(Protocol):
@@ -228,7 +238,7 @@ def accept(host: Connecting, proto: ClientProtocol, packet: Connect,
     """Accept the authenticated CONNECT (the engine's CONNACK, session and will),
     arm the keep-alive, make the connection a parking candidate, log it."""
     accepted = connect_rules.accept(
-        host.engine, proto, packet, admitted, username, time.time(), auth_data,
+        host.engine, proto, packet, admitted, username, _time(), auth_data,
     )
     if accepted is None:
         return
@@ -236,7 +246,7 @@ def accept(host: Connecting, proto: ClientProtocol, packet: Connect,
     parking = host.parking
     if parking is not None and proto.listener in host.parkable_listeners:
         parking.watch(proto, connected=True)
-    if not log.isEnabledFor(_INFO):
+    if not info_enabled(host.log_cache):
         return  # the arguments below cost a peer-name lookup per connect
     log_connection(
         log,
@@ -253,3 +263,24 @@ def accept(host: Connecting, proto: ClientProtocol, packet: Connect,
         accepted.session_expiry,
         proto.listener,
     )
+
+
+def logger_cache(logger: logging.Logger) -> dict[int, bool]:
+    """``logger``'s cache of ``isEnabledFor`` answers by level (CPython's
+    ``Logger._cache``, cleared in place by ``Manager._clear_cache``), or a new empty
+    dict where there is none (then :func:`info_enabled` always asks the logger)."""
+    cache = getattr(logger, "_cache", None)
+    return cache if isinstance(cache, dict) else {}
+
+
+def info_enabled(cache: dict[int, bool]) -> bool:
+    """``log.isEnabledFor(logging.INFO)``, as ``Logger.isEnabledFor`` decides it
+    (``cache``: :func:`logger_cache` of ``log``): a disabled logger says no; else
+    the answer cached since the last level change, if there is one; else the logger
+    is asked (which caches it)."""
+    if log.disabled:
+        return False
+    cached = cache.get(_INFO)
+    if cached is not None:
+        return cached
+    return log.isEnabledFor(_INFO)

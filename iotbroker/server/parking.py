@@ -36,7 +36,7 @@ import os
 import select
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -69,7 +69,12 @@ FRESH_SWEEPS = 4
 TIMER_SLACK = 0.001
 
 #: Bytes read at once from a socket accepted without a transport (its CONNECT).
-READ_SIZE = 65536
+READ_SIZE: Final = 65536
+
+#: ``os.read`` / ``os.write`` held in C statics (issue 19): ``os.read`` is a look-up
+#: by name on the module per call (one each per connection: its CONNECT, its CONNACK).
+_os_read: Final = os.read
+_os_write: Final = os.write
 
 #: Sockets accepted per readiness of a listening socket (then the loop turns).
 ACCEPT_BATCH = 128
@@ -96,7 +101,7 @@ _malloc_trim = _find_malloc_trim()
 
 #: What wakes a parked socket: data, the peer's FIN, an error (0 where there is no
 #: epoll: parking is Linux-only and is then left off, see ``start``).
-_EVENTS = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+_EVENTS: Final = (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
            if hasattr(select, "epoll") else 0)
 
 #: Receives the aborted transport's ``connection_lost``: the MQTT connection goes on.
@@ -352,6 +357,7 @@ class Parking:
         from" line (INFO). Returns the error that should make the listener back off
         (out of descriptors and the like), else None."""
         set_blocking = os.set_blocking
+        ctx = host.connect_context  # once per batch, not per connection
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, address = accept()
@@ -369,7 +375,7 @@ class Parking:
             peer: str | None = None
             if note_peer and isinstance(address, tuple) and len(address) >= 2:
                 peer = f"{address[0]}:{address[1]}"
-            self.accept(ClientProtocol(host, listener), fd, peer)
+            self.accept(ClientProtocol(host, listener, ctx), fd, peer)
         return None
 
     def accept(self, proto: ClientProtocol, fd: int, peer: str | None = None) -> bool:
@@ -400,7 +406,7 @@ class Parking:
         transport would have (``ClientProtocol.first_data``); EOF or an error ends it.
         Nothing there yet: its first readiness reads it."""
         try:
-            data = os.read(fd, READ_SIZE)
+            data = _os_read(fd, READ_SIZE)
         except BlockingIOError:
             self._unread.add(fd)  # not yet: still ours to read
             return
@@ -422,7 +428,7 @@ class Parking:
         kept (``take_unsent``) and the socket adopted. The socket is non-blocking."""
         fd = proto.parked_fd
         try:
-            sent = os.write(fd, data)
+            sent = _os_write(fd, data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:  # the peer is gone (EPIPE, ECONNRESET)

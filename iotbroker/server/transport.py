@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import socket
 from collections.abc import Callable
@@ -75,8 +74,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotbroker.connection")
 
-#: Connection ids for logs: unique within one broker process.
-_CONNECTION_IDS = itertools.count(1)
+class _Counter:
+    """A native counter (issue 19): ``next()`` on an ``itertools.count`` held in a
+    module global was a global look-up, a look-up of ``next`` and a call per
+    connection."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+
+#: Connection ids for logs: unique within one broker process (1, 2, ...).
+_CONNECTION_IDS: Final = _Counter()
 
 #: TCP keepalive for MQTT Keep Alive 0 clients: first probe after 60 s idle, then
 #: every 15 s, dead after 4 unanswered probes.
@@ -92,7 +102,7 @@ class NotChecked:
     __slots__ = ()
 
 
-NOT_CHECKED = NotChecked()
+NOT_CHECKED: Final = NotChecked()
 
 #: The backlog of a connection with none (never appended to: see ``_hold``).
 _NO_BACKLOG: list[Packet] = []
@@ -241,6 +251,16 @@ class ConnectionHost(Protocol):
         """What a connection reads of the broker from its accept to its CONNACK."""
 
 
+class FirstConnect:
+    """The broker's compiled CONNECT handling (server/connecting.py ``Connecting``
+    derives from this): ``first_data`` calls :meth:`first_connect` natively, where a
+    bound ``functools.partial`` was a call by name per connection (issue 19)."""
+
+    def first_connect(self, proto: ClientProtocol, packet: Connect) -> None:
+        """server/connecting.py ``first_connect`` with this broker's ``Connecting``."""
+        raise NotImplementedError
+
+
 class ContextHost(Protocol):
     """What :class:`ConnectContext` takes from the broker when it is built."""
 
@@ -262,9 +282,10 @@ class ContextHost(Protocol):
     @property
     def parking(self) -> ParkingView | None: ...
 
-    def connection_made(self, proto: ClientProtocol) -> bool: ...
+    @property
+    def connecting(self) -> FirstConnect: ...
 
-    def first_connect(self, proto: ClientProtocol, packet: Connect) -> None: ...
+    def connection_made(self, proto: ClientProtocol) -> bool: ...
 
 
 class ConnectContext:
@@ -293,8 +314,8 @@ class ConnectContext:
         self.connect_timeout: float = mqtt.connect_timeout
         #: The admission (server/admission.py ``Admission.admit``, compiled).
         self.admit: Callable[[ClientProtocol], bool] = broker.connection_made
-        #: server/connecting.py's ``first_connect``, bound to the broker's.
-        self.first_connect: Callable[[ClientProtocol, Connect], None] = broker.first_connect
+        #: server/connecting.py's ``Connecting`` (its ``first_connect``, native).
+        self.connecting: FirstConnect = broker.connecting
 
     def may_answer_now(self) -> bool:
         """``Broker.may_answer_now`` (server/connecting.py ``may_answer_now``) read
@@ -333,14 +354,16 @@ class ClientProtocol(Client):
         "wheel_slot",
     )
 
-    def __init__(self, broker: ConnectionHost, listener: str) -> None:
+    def __init__(self, broker: ConnectionHost, listener: str,
+                 ctx: ConnectContext | None = None) -> None:
         self.broker = broker
         #: What the connection reads of the broker from the accept to the CONNACK,
         #: and the loop turn (``ctx.turn``, read per read and per write), held
         #: natively: one look-up by name on the interpreted broker, not ~10 (issue 19).
         #: The object stays 240 bytes with it (the allocator's size class: 224 bytes
         #: of fields).
-        ctx = broker.connect_context
+        if ctx is None:  # ``ctx``: the broker's, passed by the compiled accept loop
+            ctx = broker.connect_context
         self.ctx: ConnectContext = ctx
         Client.__init__(
             self,
@@ -360,7 +383,9 @@ class ClientProtocol(Client):
         #: lines): made when first needed, so that an idle connection holds one slot
         #: for them, not five (32 bytes, issue 19).
         self._rare: _Rare | None = None
-        self.conn_id = next(_CONNECTION_IDS)
+        ids = _CONNECTION_IDS
+        ids.last += 1
+        self.conn_id = ids.last
         self.close_after_flush = False
         self.reading_paused = False
         self.publish_bucket: TokenBucket | None = None
@@ -608,7 +633,7 @@ class ClientProtocol(Client):
         metrics.messages_received += 1
         # Not among the turn's active readers: a CONNECT publishes nothing, and
         # backpressure only looks at readers that published.
-        ctx.first_connect(self, packet)
+        ctx.connecting.first_connect(self, packet)
         if self.deferred and not self.close_after_flush:
             self._hold([])
             self.pause_reading()
