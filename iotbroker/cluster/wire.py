@@ -702,11 +702,16 @@ class NameBook:
     reset."""
 
     __slots__ = ("asked", "asked_at", "found", "generation", "learned", "matches",
-                 "names", "targets", "unknown", "version")
+                 "names", "raws", "targets", "unknown", "version")
 
     def __init__(self) -> None:
         self.generation = 0
         self.names: list[str] = []  # _UNKNOWN where not given
+        #: each name's bytes as defined (b"" where not given), the same length as
+        #: ``names`` and reset with it: a NAMED message's ``Message.topic_raw``, so
+        #: that this node's forwards do not encode its topic again (one slice per
+        #: definition, not an encode per message)
+        self.raws: list[bytes] = []
         self.learned: list[int] = []
         self.unknown = 0
         self.asked = 0
@@ -773,16 +778,18 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                 if generation != book.generation:  # the sender started a new one
                     book.generation = generation
                     book.names = []
+                    book.raws = []
                     book.learned = []
                     book.matches = []
                     book.targets = []
                 strs = book.names
+                raws = book.raws
                 defs = struct.unpack_from(f">{2 * ndefs}H", data, pos)
                 pos += 4 * ndefs
                 have = len(strs)
                 for d in range(ndefs):
                     ln: int = defs[ndefs + d]
-                    _learn(strs, defs[d], data[pos : pos + ln].decode())
+                    _learn(strs, raws, defs[d], data[pos : pos + ln])
                     pos += ln
                 have = len(strs)
                 book.learned += defs[:ndefs]
@@ -815,7 +822,7 @@ def decode_batch(data: bytes, books: dict[bytes, NameBook] | None = None,
                         book.unknown += 1
                     else:
                         append(Message(topic, data[pos:end], 0, False, no_properties,
-                                       created_at, None, origin))
+                                       created_at, None, origin, 0, 0, raws[t]))
                         if trie is not None:
                             m = cache[t]
                             if m is None:
@@ -883,16 +890,19 @@ class NamedBatch:
         self.times: list[float] = []
 
 
-def _learn(strs: list[str], i: int, name: str) -> None:
-    """Name ``i`` of a sender's book is ``name`` (a NAMED part's definitions): ids
-    skipped so far stay ``_UNKNOWN``; another name for an id already known is an error
-    (the sender never redefines an id within a generation)."""
+def _learn(strs: list[str], raws: list[bytes], i: int, raw: bytes) -> None:
+    """Name ``i`` of a sender's book is ``raw`` decoded (a NAMED part's definitions;
+    UnicodeDecodeError, a ValueError, if it is not UTF-8), kept as ``raw`` too
+    (``NameBook.raws``): ids skipped so far stay ``_UNKNOWN`` (``b""``); another name
+    for an id already known is an error (the sender never redefines an id within a
+    generation)."""
     if i >= len(strs):
         strs += [_UNKNOWN] * (i + 1 - len(strs))
-    old = strs[i]
-    if old is _UNKNOWN:
-        strs[i] = name
-    elif old != name:
+        raws += [b""] * (i + 1 - len(raws))
+    if strs[i] is _UNKNOWN:
+        strs[i] = raw.decode()
+        raws[i] = raw
+    elif raws[i] != raw:  # (the same bytes decode to the same name)
         raise ValueError(f"cluster batch redefines name {i}")
 
 
@@ -968,11 +978,13 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
     if generation != book.generation:  # the sender started a new one
         book.generation = generation
         book.names = []
+        book.raws = []
         book.learned = []
         book.matches = []
         book.targets = []
     batch = NamedBatch(data, sender, book)
     strs = book.names
+    raws = book.raws
     learned = book.learned
     pos = first
     for end in ends:
@@ -986,7 +998,7 @@ def scan_named(data: bytes, books: dict[bytes, NameBook]) -> NamedBatch | None:
             i = _u16(data, ids + 2 * d)
             ln = _u16(data, lens + 2 * d)
             try:
-                _learn(strs, i, data[p : p + ln].decode())
+                _learn(strs, raws, i, data[p : p + ln])
             except ValueError:
                 books.pop(sender, None)
                 raise
@@ -1009,12 +1021,15 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
     :class:`RemoteTargets`, kept per name id in the book (``targets``) while
     ``trie.version`` is the same (checked before each message: a delivery may end a
     session). A message no direct subscriber here matches is counted as routed,
-    without building its ``Message``. A message whose topic or origin id the book
+    without building its ``Message``; one that is built carries its topic's bytes as
+    the part defined them (``NameBook.raws``) as ``Message.topic_raw``, so that no
+    connection encodes the topic again per message. A message whose topic or origin id the book
     does not hold is left out and counted in the book's ``unknown``, as
     :func:`decode_batch` does. Returns the messages routed."""
     data = batch.data
     book = batch.book
     strs = book.names
+    raws = book.raws
     have = len(strs)
     no_properties = NO_PROPERTIES  # (a module global is a dict lookup per read)
     version = trie.version
@@ -1087,7 +1102,7 @@ def route_named(batch: NamedBatch, trie: SubscriptionTrie, router: Router,
                 if m.client_ids:
                     router.publish_remote(
                         Message(topic, data[pos:end], 0, False, no_properties,
-                                created_at, None, origin), now, m)
+                                created_at, None, origin, 0, 0, raws[t]), now, m)
                 routed += 1
             pos = end
     book.unknown += unknown
