@@ -786,3 +786,69 @@ def test_send_qos0_to_one_node_names_a_topic_by_its_id_alone_once_confirmed() ->
     # turns: defined; by id alone; a new generation, defined again; not confirmed
     # in it yet, so defined again (a stale one_id would name another generation's id)
     assert sizes[1] < sizes[0] and sizes[2] == sizes[0] and sizes[3] == sizes[0]
+
+
+def _reference_batches(tables: wire.NameTables, msgs: list[Message]) -> list[bytes]:
+    """The batches one Outbox gives ``msgs`` message by message (add_plain,
+    add_message): what add_qos0 gave before its runs (i14-ratio11)."""
+    box = tables.outbox("b_1")
+    for m in msgs:
+        if wire.is_plain(m):
+            box.add_plain(m)
+        else:
+            box.add_message(*wire.record_pieces(m, {}))
+    return [data for data, _ in box.batches(b"me/1")]
+
+
+@pytest.mark.parametrize("turn", ["one read", "mixed"])
+def test_add_qos0_runs_of_one_part_give_the_same_bytes(turn: str) -> None:
+    """i14-ratio11: after a plain message into the one destination's Outbox, add_qos0
+    adds the messages that continue its NAMED part in one loop (Outbox.add_run). The
+    batches are byte for byte those of adding each message on its own, names defined
+    and then confirmed, and decode to the messages sent, in order [MQTT-4.6.0-5]:
+    one read's messages (one origin, one time) on many topics, more than a part holds
+    (MAX_BATCH, MAX_BATCH_BYTES); and a turn where the run is broken at every kind
+    of message that does not continue it (another created time, origin, payload
+    size, a retained message or one with properties, a topic not yet confirmed or
+    no node wants, a payload that fills the part)."""
+    remote = RemoteInterest("me_1")
+    remote.put(interest_key("b_1", "s/#"), encode_value("s/#", 1), 0.0)
+    if turn == "one read":
+        msgs = [_plain(f"s/{i % 300}", b"x" * 64, "pub") for i in range(2600)]
+        msgs += [_plain(f"s/{i % 3}", b"%d" % i, "pub") for i in range(5000)]
+    else:
+        msgs = []
+        for i in range(900):
+            m = _plain(f"s/{i % 40}", b"%03d" % i, "pub")
+            k = i % 50
+            if k == 7:
+                m.created_at = 2.0 + i  # another read
+            elif k == 11:
+                m.origin = "other"
+            elif k == 13:
+                m.payload = b"longer payload %d" % i
+            elif k == 17:
+                m.retain = True
+            elif k == 19:
+                m.properties = Properties(content_type="t")
+            elif k == 23:
+                m.topic = f"s/new/{i}"  # defined in the part, not yet confirmed
+            elif k == 29:
+                m.topic = f"nobody/{i}"
+            elif k == 31:
+                m.payload = b"y" * 70_000  # the part reaches MAX_BATCH_BYTES
+            msgs.append(m)
+    tables, ref = wire.NameTables(), wire.NameTables()
+    books: dict[bytes, wire.NameBook] = {}
+    for _ in range(3):  # defined; confirmed (by id alone); once more
+        commands: deque[tuple[int, str, bytes, int]] = deque()
+        wanted = [m for m in msgs if m.topic.startswith("s/")]
+        assert wire.send_qos0(msgs, remote.trie, tables, b"me/1", "p.",
+                              commands) == len(wanted)
+        got = [payload for _, _, payload, _ in commands]
+        assert got == _reference_batches(ref, wanted)
+        decoded = [m for payload in got for _, ms, _ in wire.decode_batch(payload, books)[1]
+                   for m in ms]
+        assert decoded == wanted
+        for t in (tables.of("b_1"), ref.of("b_1")):
+            t.confirmed(t.generation, list(t.pending.values()))

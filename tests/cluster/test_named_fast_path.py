@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from iotbroker.cluster import wire
+from iotbroker.codec.encode import encode_publish
 from iotbroker.codec.packets import NO_PROPERTIES
 from iotbroker.message import Message
 from tests.core.test_router import World, sub
@@ -317,3 +318,37 @@ def test_publish_remote_skips_a_session_the_registry_no_longer_holds() -> None:
     assert _copies(fast, "here") == _copies(slow, "here")
     assert [c[1] for c in _copies(fast, "here")] == [b"1", b"2"]
     assert fast.received("gone") == slow.received("gone") == []
+
+
+@pytest.mark.parametrize("odd", [None, 0, 13, 29])
+def test_a_named_message_carries_its_topic_bytes_as_defined(odd: int | None) -> None:
+    """i14-ratio11: a NAMED message built on the receiving node carries its topic's
+    bytes as the part defined them (``Message.topic_raw``, kept per name id in the
+    book), by ``route_named`` and ``decode_batch`` alike: exactly the topic's UTF-8
+    encoding (non-ASCII topics too, MQTT strings are UTF-8 [MQTT-1.5.4-1]), with the
+    names defined and then by id alone, also when one message (``odd``) has another
+    origin and size; so the PUBLISH a subscriber gets, MQTT 3.1.1 or 5.0, is the same
+    as from the topic string [MQTT-3.3.2-1] (the Topic Name a UTF-8 string)."""
+    fast, slow = World(), World()
+    for w in (fast, slow):
+        w.subscribe(w.client("all"), sub("#", qos=0))
+    tables = wire.NameTables()
+    topics = ["d/1", "dév/ü/中", "~tilde/é中", "a//b/", "/x"]
+    sent = [_msg(topics[i % len(topics)], b"%02d" % i, origin="pub") for i in range(30)]
+    if odd is not None:
+        sent[odd] = _msg("d/é", b"another size", origin="other")
+    _route_both(fast, slow, tables, sent)
+    for w in (fast, slow):
+        got = w.received("all")
+        assert [(d.message.topic, d.message.payload) for d in got] == [
+            (m.topic, m.payload) for m in sent] * 2
+        for d in got:
+            assert d.message.topic_raw == d.message.topic.encode("utf-8")
+            for props in (None, b"\x00"):  # MQTT 3.1.1, 5.0 (no properties)
+                assert encode_publish(d.message.topic, d.message.payload, 0, False,
+                                      False, None, props, d.message.topic_raw) == \
+                    encode_publish(d.message.topic, d.message.payload, 0, False, False,
+                                   None, props)
+    # one bytes object per name id (not a copy per message)
+    raws = {id(d.message.topic_raw) for d in fast.received("all")}
+    assert len(raws) == len({m.topic for m in sent})
