@@ -84,8 +84,13 @@ def _ext_modules() -> list[object]:
         print(f"iotbroker: mypyc failed ({exc}), installing pure Python", file=sys.stderr)
         return []
     _write_manifest(_compiled_sources())
+    # mypyc's error reporters declared cold (mypyc_cold.h): error paths leave the hot
+    # bodies (issue 19, the cold footprint of a message).
+    cold = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mypyc_cold.h")
     for ext in extensions:
         ext.optional = True  # a failed C build leaves the .py modules in charge
+        if os.path.exists(cold):  # (a checkout; an sdist without it builds as before)
+            ext.extra_compile_args = [*ext.extra_compile_args, "-include", cold]
     return list(extensions)
 
 
