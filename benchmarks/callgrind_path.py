@@ -15,11 +15,16 @@ and divide the difference by the difference of N::
 
 ``callgrind_annotate --tree=caller`` on the two outputs gives who calls the
 allocators per message the same way (docs/performance.md, "third cut").
+
+With ``COLD_SWEEP`` set to ``benchmarks/cold_sweep.c`` built as a shared library, the
+simulated caches are emptied before the PUBLISH and before the subscriber's PUBACK
+(``cold_footprint.py --mode path``); without it the run is as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import struct
 import sys
@@ -55,11 +60,16 @@ async def run(count: int, topics: int) -> None:
         publishes = alternating(broker, sub, topics)
     at = 2 + 2 + len(TOPIC)
     pubacks = [[bytes((0x40, 2, hi, lo)) for lo in range(256)] for hi in range(256)]
+    sweep = ctypes.CDLL(os.environ["COLD_SWEEP"]).cold_sweep if "COLD_SWEEP" in os.environ else None
     with frozen_gc():
         for i in range(1000 + count):
+            if sweep is not None:
+                sweep()
             pub.data_received(publishes[i % 1000])
             broker.flush()
             out = sub_t.last
+            if sweep is not None:
+                sweep()
             sub.data_received(pubacks[out[at]][out[at + 1]])
             broker.flush()
     cancel_timers(broker, (sub, pub))
