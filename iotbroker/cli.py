@@ -28,7 +28,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _VersionAction(argparse.Action):
-    """``--version``: the version and the build (mypyc-compiled or pure Python)."""
+    """``--version``: the version, the build (mypyc-compiled or pure Python) and the
+    interpreter."""
 
     def __init__(self, option_strings: list[str], dest: str, **_: object) -> None:
         super().__init__(option_strings, dest, nargs=0,
@@ -36,9 +37,9 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
-        from iotbroker.build import describe  # noqa: PLC0415 (imports the hot modules)
+        from iotbroker.build import describe, interpreter  # noqa: PLC0415 (imports the hot modules)
 
-        print(f"{PROG} {__version__} ({describe()})")
+        print(f"{PROG} {__version__} ({describe()}; {interpreter()})")
         parser.exit()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import platform
 import stat
 import subprocess
 import sys
@@ -204,14 +205,16 @@ def test_run_overrides(tmp_path: Path) -> None:
 def test_version_names_the_build_that_is_loaded(tmp_path: Path) -> None:
     """`--version` says whether the mypyc-compiled hot modules or their pure-Python
     source are loaded, as the interpreter itself sees it (scripts/test.sh runs this
-    under both builds)."""
+    under both builds), and which interpreter runs them."""
     result = iotbroker("--version", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     compiled = iotbroker_build.compiled_modules()
     total = len(iotbroker_build.COMPILED_MODULES)
     expected = ("pure Python" if not compiled else
                 f"mypyc-compiled ({len(compiled)}/{total} hot modules)")
-    assert result.stdout == f"iotbroker {__version__} ({expected})\n"
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    where = os.path.realpath(sys.executable)  # the base interpreter, not the venv's link
+    assert result.stdout == f"iotbroker {__version__} ({expected}; {python} at {where})\n"
     # Every compiled module must come from an extension, every other from source.
     for name in iotbroker_build.COMPILED_MODULES:
         module = __import__(name, fromlist=["_"])

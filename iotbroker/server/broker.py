@@ -741,8 +741,8 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-        log.info("iotbroker %s running (storage: %s, %s)", __version__,
-                 config.storage.backend, build.describe())
+        log.info("iotbroker %s running (storage: %s, %s; %s)", __version__,
+                 config.storage.backend, build.describe(), build.interpreter())
         stale = build.stale_modules()
         if stale:
             log.warning("compiled modules differ from their source, changed since the build "
