@@ -27,7 +27,6 @@ import argparse
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.callgrind_brokers import by_function, by_object, free_port, totals
+from benchmarks.callgrind_brokers import by_function, by_object, free_port, stop, totals
 from iotbroker.codec import encode_packet
 from iotbroker.codec.packets import Connect
 
@@ -117,12 +116,7 @@ def measure(name: str, count: int, args: argparse.Namespace) -> tuple[int, Path]
         subprocess.run(["callgrind_control", "--dump=connected", str(proc.pid)],
                        check=True, capture_output=True, timeout=120)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
         for s in socks:
             s.close()
     dumps = sorted(work.glob("callgrind.out.*"))

@@ -39,7 +39,6 @@ import collections
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.callgrind_brokers import broker_command, drive, free_port
+from benchmarks.callgrind_brokers import broker_command, drive, free_port, stop
 
 EVENTS = ("Ir", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
 CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=2097152,16,64"]
@@ -112,12 +111,7 @@ def run_valgrind(cmd: list[str], out: Path, env: dict[str, str], log: Path,
         drive(drive_port, count)
         time.sleep(0.5)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 def measure(name: str, count: int, lib: Path, args: argparse.Namespace) -> Path:
