@@ -3,8 +3,8 @@
 ``setup.py`` compiles :data:`COMPILED_MODULES` from the same typed source when it can
 (issue 8); anything it could not compile runs as plain Python. The broker logs the
 result at start-up and ``iotbroker --version`` prints it, with the interpreter
-(:func:`interpreter`): the same build runs ~10 % fewer instructions per message and per
-connection on a distribution's optimised CPython than on an unoptimised one
+(:func:`interpreter`): the same build ran 7 % fewer instructions per message and 10 %
+fewer per connection on Debian's optimised CPython than on an unoptimised build
 (docs/performance.md, "Which Python runs the broker").
 """
 
