@@ -21,14 +21,16 @@ def _passwd(path: Path, user: str, password: str) -> None:
     )
 
 
-def _reload(broker: BrokerProcess) -> None:
-    """SIGHUP, then wait (at most 5 s) for the broker's "configuration reloaded" line."""
+def _reload(broker: BrokerProcess,
+            line: str = "configuration reloaded") -> None:
+    """SIGHUP, then wait (at most 5 s) for the broker's log ``line`` (by default the
+    "configuration reloaded" one; a failed reload logs another)."""
     assert broker.proc is not None
     broker.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
-    while "configuration reloaded" not in broker.log_text() and time.monotonic() < deadline:
+    while line not in broker.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "configuration reloaded" in broker.log_text()
+    assert line in broker.log_text()
 
 
 def test_sighup_picks_up_new_password_and_keeps_clients(
@@ -67,12 +69,7 @@ def test_sighup_with_a_broken_file_keeps_running_config(
         extra=f"auth:\n  allow_anonymous: false\n  password_file: {pwfile}\n"
     ))
     pwfile.write_text("this is not a password line\n")
-    assert broker.proc is not None
-    broker.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "reload failed" not in broker.log_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "reload failed, keeping the running configuration" in broker.log_text()
+    _reload(broker, "reload failed, keeping the running configuration")
     alice = RawClient(broker.host, broker.port)
     assert alice.connect("alice", username="alice", password=b"a-secret").reason_code == 0
     alice.close()
