@@ -61,14 +61,14 @@ log = logging.getLogger("iotbroker.broker")
 
 #: The cyclic collector's thresholds (``gc.set_threshold``; CPython's default is 700, 10,
 #: 10), set after the start-up's state is frozen (``run_broker``). A young collection
-#: every 2,000 net allocations, and every second one takes the middle generation too
-#: (threshold 0): a pause scans at most ~4,000 objects, ~0.2–0.8 ms here, where 20,000
-#: took 3–4 ms — one pause in a burst of 10,000 connects was the CONNACK p99 (each
-#: connection keeps 3 tracked objects, ClientProtocol, Connection, Session; issue 19).
-#: The oldest generation waits 2,000 middle collections, ~8 million net allocations,
-#: as with the former (20,000, 20, 20). Measured in docs/performance.md, "The CONNACK
-#: p99 and the collector" (i19-conn4).
-GC_THRESHOLDS: Final = (2_000, 0, 2_000)
+#: every 1,000 net allocations, and every second one takes the middle generation too
+#: (threshold 0): a pause scans at most ~2,000 objects, ~0.3 ms here, where 20,000 took
+#: 3–4 ms — and one such pause in a burst of 10,000 connects was the CONNACK p99 (each
+#: connection keeps 3 tracked objects: ClientProtocol, Connection, Session; issue 19).
+#: The total scanned per connection is about the same. The oldest generation waits
+#: 4,000 middle collections, ~8 million net allocations, as with the former (20,000,
+#: 20, 20). Measured in docs/performance.md, "The CONNACK p99 and the collector".
+GC_THRESHOLDS: Final = (1_000, 0, 4_000)
 
 _PUBLISH = PacketType.PUBLISH
 _TRIM_AFTER_CHANGES = memtrim.TRIM_AFTER_CHANGES
