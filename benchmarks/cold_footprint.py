@@ -17,6 +17,12 @@ message:
   directory), a sweep before the PUBLISH's ``data_received`` and before the
   subscriber's PUBACK (``COLD_SWEEP`` set to the library).
 
+``--to-forward`` (issue 19, i19-lat4) counts only the latency path of a message: from
+the wake-up that reads the PUBLISH to the forward's ``write`` (the sweep switches
+callgrind's collection on and off, ``COLD_SWEEP_TO_FORWARD``; what the broker does after
+the forward and the wake-up for the subscriber's PUBACK, past its first ``read``, are
+left out: nothing waits for them at 1,000 msg/s).
+
 Two runs with N1 and N2 messages; (run(N2) - run(N1)) / (N2 - N1) per message, the
 sweep's own functions (``cold_sweep.so``; ctypes' call into it is named as libffi by
 callgrind) left out. Reported per message: instructions (Ir), L1 misses (I1mr, D1mr +
@@ -99,9 +105,11 @@ def object_of(func: str) -> str:
 
 def run_valgrind(cmd: list[str], out: Path, env: dict[str, str], log: Path,
                  cwd: Path, drive_port: int | None, count: int) -> None:
+    # (COLD_SWEEP_TO_FORWARD: the sweep switches collection on at each wake-up)
+    atstart = ["--collect-atstart=no"] if env.get("COLD_SWEEP_TO_FORWARD") else []
     with open(log, "wb") as f:
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--cache-sim=yes", *CACHES,
-                                 f"--callgrind-out-file={out}", *cmd],
+                                 *atstart, f"--callgrind-out-file={out}", *cmd],
                                 stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     if drive_port is None:
         if proc.wait(600) != 0:
@@ -119,6 +127,8 @@ def measure(name: str, count: int, lib: Path, args: argparse.Namespace) -> Path:
     out = work / "callgrind.out"
     env = dict(os.environ, PYTHONHASHSEED="0", COLD_SWEEP_BYTES=str(SWEEP_BYTES),
                COLD_SWEEP_REPORT="1")
+    if args.to_forward:
+        env["COLD_SWEEP_TO_FORWARD"] = "16"  # a PUBACK is 4 bytes, the forward 86
     if args.sweep:
         if name == "path":
             env["COLD_SWEEP"] = str(lib)
@@ -144,6 +154,8 @@ def main() -> None:
     ap.add_argument("--out-dir", default=None, help="where the runs' files go (kept)")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false",
                     help="warm: the same runs without emptying the caches")
+    ap.add_argument("--to-forward", action="store_true",
+                    help="count only from the PUBLISH's wake-up to the forward's write")
     ap.add_argument("--by-object", action="store_true")
     ap.add_argument("--top", type=int, default=0, help="also list the top functions by LL misses")
     args = ap.parse_args()
@@ -168,7 +180,8 @@ def main() -> None:
             return (f"{v['Ir']:9,.0f} {v['I1mr']:7,.0f} {v['D1mr'] + v['D1mw']:7,.0f} "
                     f"{v['ILmr']:7,.0f} {v['DLmr'] + v['DLmw']:7,.0f} {cold:7,.0f}  {label}")
 
-        print(f"{name} ({'cold' if args.sweep else 'warm'}), per message, N={n1},{n2}:")
+        span = ", wake-up to the forward's write" if args.to_forward else ""
+        print(f"{name} ({'cold' if args.sweep else 'warm'}{span}), per message, N={n1},{n2}:")
         print(f"{'Ir':>9} {'I1mr':>7} {'D1m':>7} {'ILmr':>7} {'DLm':>7} {'lines':>7}")
         print(line("total", total), flush=True)
         if args.by_object:

@@ -170,7 +170,7 @@ async def _receiver(args: argparse.Namespace) -> None:
     from benchmarks.cluster_path import cluster_node  # noqa: PLC0415
     from benchmarks.inproc import make_broker  # noqa: PLC0415
     from iotbroker.cluster.natsread import BatchParser  # noqa: PLC0415
-    from iotbroker.server.broker import GC_GEN0_THRESHOLD  # noqa: PLC0415
+    from iotbroker.server.broker import GC_THRESHOLDS  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
     broker = make_broker(loop, "fabric_hop.py", cluster={
@@ -235,7 +235,7 @@ async def _receiver(args: argparse.Namespace) -> None:
             where = str(server.sockets[0].getsockname()[1])
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+    gc.set_threshold(*GC_THRESHOLDS)
     print(f"ready {where}", flush=True)
     await finished
     print(f"stats received={node.received} unnamed={node.unnamed} "
@@ -338,7 +338,7 @@ class AckReader(asyncio.Protocol):
 async def _sender(args: argparse.Namespace) -> None:
     from benchmarks.inproc import make_broker  # noqa: PLC0415
     from iotbroker.cluster.node import ClusterNode  # noqa: PLC0415
-    from iotbroker.server.broker import GC_GEN0_THRESHOLD  # noqa: PLC0415
+    from iotbroker.server.broker import GC_THRESHOLDS  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
@@ -405,7 +405,7 @@ async def _sender(args: argparse.Namespace) -> None:
 
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+    gc.set_threshold(*GC_THRESHOLDS)
     await send(warm, len(warm))
     offset = 0
     for count in rounds:

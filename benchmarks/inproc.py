@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from iotbroker.config import parse_config
-from iotbroker.server.broker import GC_GEN0_THRESHOLD, Broker, open_store
+from iotbroker.server.broker import GC_THRESHOLDS, Broker, open_store
 from iotbroker.server.logsetup import bind_loop, setup_logging
 from iotbroker.server.transport import ClientProtocol
 from iotbroker.storage.memory import MemoryStore
@@ -78,7 +78,7 @@ def frozen_gc() -> Iterator[None]:
     thresholds are the broker's (``run_broker``)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         yield
     finally:

@@ -71,6 +71,13 @@ TIMER_SLACK = 0.001
 #: Bytes read at once from a socket accepted without a transport (its CONNECT).
 READ_SIZE: Final = 65536
 
+#: The first read asks for this much, the size of bytes object CPython's small-object
+#: allocator serves (512 bytes with the header): a CONNECT is usually shorter, and a
+#: 64 KiB buffer cut down to a few dozen bytes costs a malloc and a realloc in the C
+#: library per connection (~1,500 instructions; issue 19). A first read that fills it
+#: is followed at once by one of READ_SIZE, so the connection sees the same bytes.
+FIRST_READ_SIZE: Final = 479
+
 #: ``os.read`` / ``os.write`` held in C statics (issue 19): ``os.read`` is a look-up
 #: by name on the module per call (one each per connection: its CONNECT, its CONNACK).
 _os_read: Final = os.read
@@ -406,7 +413,7 @@ class Parking:
         transport would have (``ClientProtocol.first_data``); EOF or an error ends it.
         Nothing there yet: its first readiness reads it."""
         try:
-            data = _os_read(fd, READ_SIZE)
+            data = _os_read(fd, FIRST_READ_SIZE)
         except BlockingIOError:
             self._unread.add(fd)  # not yet: still ours to read
             return
@@ -418,9 +425,22 @@ class Parking:
             self.drop(proto)
             proto.connection_lost(None)
             return
+        if len(data) == FIRST_READ_SIZE:
+            data += self._read_more(fd)
         proto.first_data(data)
         if self._peers:
             self._peers.pop(fd, None)
+
+    @staticmethod
+    def _read_more(fd: int) -> bytes:
+        """What follows a first read that filled ``FIRST_READ_SIZE`` (one read of up to
+        ``READ_SIZE``, as the first read used to be). Nothing there, or an error or
+        EOF: b"" — the socket's readiness (EPOLLERR, EPOLLRDHUP) reports the latter
+        after the bytes already read are handled, as when they came in one read."""
+        try:
+            return _os_read(fd, READ_SIZE)
+        except OSError:
+            return b""
 
     def write(self, proto: ClientProtocol, data: bytes) -> None:
         """Write a parked connection's output with one ``send`` (a CONNACK, a

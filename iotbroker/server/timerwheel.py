@@ -68,21 +68,29 @@ class TimerWheel:
     def schedule(self, when: float, item: Deadline) -> None:
         """Call ``item.on_deadline`` at the end of the slot holding ``when`` (or of
         the earlier slot it is already in)."""
+        item.wheel_slot = self.place(when, item, item.wheel_slot)
+
+    def place(self, when: float, item: Deadline, current: int) -> int:
+        """:meth:`schedule` for a caller that keeps ``item.wheel_slot`` itself:
+        ``current`` is its slot (0: none), the slot it is in afterwards is returned
+        and must be stored there. A compiled ``ClientProtocol`` reads and writes its
+        own native ``wheel_slot``, where the wheel reaching it through
+        :class:`Deadline` would look the attribute up by name (issue 19: two calls per
+        connection on the connect path)."""
         slot = math.ceil(when / self._resolution)
-        current = item.wheel_slot
         if current:
             if current <= slot:
-                return
+                return current
             self._remove(current, item)
         entry = self._slots.get(slot)
         if entry is None:
             entry = self._slots[slot] = _Slot(slot)
         entry.members.add(item)
-        # The slot's own int, shared by its members: a slot number (~10**5 and up) is
-        # an int object of its own, 32 bytes per connection otherwise (issue 19).
-        item.wheel_slot = entry.number
         if self._handle is None or slot < self._armed_slot:
             self._arm(slot)
+        # The slot's own int, shared by its members: a slot number (~10**5 and up) is
+        # an int object of its own, 32 bytes per connection otherwise (issue 19).
+        return entry.number
 
     def cancel(self, item: Deadline) -> None:
         """Forget ``item`` (its connection closed)."""

@@ -509,7 +509,8 @@ class ClientProtocol(Client):
             transport.abort()  # type: ignore[attr-defined]
             return
         # Sockets that never send CONNECT are closed after connect_timeout.
-        ctx.timers.schedule(ctx.loop_time() + ctx.connect_timeout, self)
+        self.wheel_slot = ctx.timers.place(ctx.loop_time() + ctx.connect_timeout, self,
+                                           self.wheel_slot)
 
     def accepted_parked(self, fd: int) -> bool:
         """Accepted without a transport (server/listeners.py): the socket ``fd``
@@ -521,7 +522,8 @@ class ClientProtocol(Client):
         if not ctx.admit(self):
             self.conn.close()
             return False
-        ctx.timers.schedule(ctx.loop_time() + ctx.connect_timeout, self)
+        self.wheel_slot = ctx.timers.place(ctx.loop_time() + ctx.connect_timeout, self,
+                                           self.wheel_slot)
         return True
 
     def _readopted(self, transport: asyncio.BaseTransport) -> None:
@@ -865,11 +867,12 @@ class ClientProtocol(Client):
                 # We stopped reading this client (backpressure, rate limit): its
                 # silence is ours, not its own. Count it as alive.
                 conn.last_received = now
-                self.broker.timers.schedule(now + conn.keepalive * 1.5, self)
+                self.wheel_slot = self.broker.timers.place(now + conn.keepalive * 1.5, self,
+                                                           self.wheel_slot)
                 return
             self.broker.keepalive_expired(self)
             return
-        self.broker.timers.schedule(deadline, self)
+        self.wheel_slot = self.broker.timers.place(deadline, self, self.wheel_slot)
 
     def _enable_tcp_keepalive(self) -> None:
         """Keep Alive 0 means MQTT will never notice a client that vanished without a
@@ -896,5 +899,5 @@ class ClientProtocol(Client):
             self._enable_tcp_keepalive()
             self.ctx.timers.cancel(self)
             return
-        self.ctx.timers.schedule(deadline, self)
+        self.wheel_slot = self.ctx.timers.place(deadline, self, self.wheel_slot)
 

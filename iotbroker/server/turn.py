@@ -13,6 +13,14 @@ interpreted frame runs between ``data_received`` and the forward's ``transport.w
 
 What is rare stays in the broker (:class:`TurnHost`): a packet before the session
 exists (CONNECT, AUTH), a per-client publish rate limit, closes, an early commit.
+
+A quiet loop flushes a one-packet read at once (issue 19, i19-lat4): when the last read
+that left output came at least :data:`INLINE_GAP` before this one, this read is very
+likely its loop turn's only one, and the flush runs at the end of its
+``data_received`` instead of through ``loop.call_soon``: the same commit-then-write,
+without the callback handle, the loop's idle round and a second entry into Python
+before the forward's write. Reads closer together than that (a busy loop) schedule the
+flush as before, so a turn's output is still written once.
 """
 
 from __future__ import annotations
@@ -51,6 +59,12 @@ _FAILURE_LOG_INTERVAL: Final = 1.0
 #: ``time.time()`` looks ``time`` up on the module object by name per call (issue 19,
 #: the p50: look-ups by name are what a cold CPU pays most for on this path).
 _wall_clock: Final = time.time
+#: A one-packet read flushes at once when the last read that left output came at least
+#: this long before it (seconds, by the reads' wall clock; i19-lat4): a loop that quiet
+#: has one read per turn, and the flush's ``call_soon`` would only delay the forward.
+#: Closer reads (more than ~5,000 a second) share one flush at the end of the turn. A
+#: step of the wall clock makes one read choose either way: both are correct.
+INLINE_GAP: Final = 0.0002
 
 
 class LogFlags:
@@ -127,6 +141,7 @@ class Turn:
         "engine",
         "group_commit",
         "host",
+        "last_output_read",
         "loop",
         "loop_time",
         "metrics",
@@ -162,6 +177,9 @@ class Turn:
         #: The cluster room, set when it starts (``Broker.start``).
         self.cluster: AfterTurn | None = None
         self.scheduled = False
+        #: The wall-clock time of the last read that left something to flush (a read
+        #: that comes at least ``INLINE_GAP`` after it flushes at once, ``handle_one``).
+        self.last_output_read = 0.0
         #: The bound flush, made once (call_soon takes it per turn).
         self._flush: Callable[[], None] = self.flush
         #: ``loop.call_soon`` bound once: a native field, not a method looked up by name
@@ -220,11 +238,7 @@ class Turn:
         (bytes queued on connections, sessions' outboxes, the cluster's forwarding) or
         to store (a PUBACK that completes a persistent delivery sends nothing, but its
         deletion must be committed: after a crash the message would be sent again)."""
-        engine = self.engine
-        if not self.scheduled and (
-            self.ready_to_write or engine.registry.ready or self.changes
-            or engine.forwarding or engine.interest_touched or engine.held_acks
-        ):
+        if not self.scheduled and (self.ready_to_write or self._has_output()):
             self.call_flush()
 
     # ---------------------------------------------------------------- packets
@@ -236,8 +250,9 @@ class Turn:
         Returns how many were handled (a packet that defers or closes stops the read)."""
         if proto.publish_bucket is None and not proto.close_after_flush:
             return self.handle_read(cast(Client, proto), packets)
-        handled = self.host.handle_rest(proto, packets, 0, _wall_clock())
-        self._after_read()
+        now = _wall_clock()
+        handled = self.host.handle_rest(proto, packets, 0, now)
+        self._after_read(now)
         return handled
 
     def handle_read(self, client: Client, packets: list[Packet]) -> int:
@@ -259,13 +274,14 @@ class Turn:
                     handled = self.host.handle_rest(proto, packets, handled, now)
         else:  # not connected yet, or the engine's loop took none of them
             handled = self.host.handle_rest(cast(Reader, client), packets, 0, now)
-        self._after_read()
+        self._after_read(now)
         return handled
 
     def handle_one(self, client: Client, packet: Packet) -> int:
         """:meth:`handle_read` for a read of one packet (``Connection.receive_one``),
-        without a list (issue 19); the same steps. Returns 1 if it was handled, else 0
-        (deferred)."""
+        without a list (issue 19); the same steps, except that in a quiet loop the
+        flush runs here, at once (:data:`INLINE_GAP`). Returns 1 if it was handled,
+        else 0 (deferred)."""
         engine = self.engine
         now = _wall_clock()  # Broker.now(), inlined: hot path
         if client.session is not None and not isinstance(packet, Auth):
@@ -277,22 +293,41 @@ class Turn:
             handled = 1
         else:  # not connected yet, or a packet the server takes
             handled = self.host.handle_rest(cast(Reader, client), [packet], 0, now)
-        self._after_read()
+            self._after_read(now)
+            return handled
+        if self.scheduled or not (self.ready_to_write or self._has_output()):
+            return handled  # a flush is due this turn already, or nothing to flush
+        quiet = now - self.last_output_read >= INLINE_GAP
+        self.last_output_read = now
+        if quiet and self.group_commit is None and self.cluster is None:
+            # Very likely the turn's only read: flush now, not after a round of the
+            # loop. (Group commit and the cluster batch a turn's output themselves.)
+            self.flush(now)
+        else:
+            self.call_flush()
         return handled
 
-    def _after_read(self) -> None:
+    def _after_read(self, now: float) -> None:
         """Schedule the flush if the read left something to write or store."""
-        if self.ready_to_write:  # an ack or a CONNACK to write: the QoS 1 path
+        # (an ack or a CONNACK to write, the QoS 1 path, or other output)
+        if self.ready_to_write or (not self.scheduled and self._has_output()):
+            self.last_output_read = now
             self.call_flush()
-        else:
-            self.schedule_flush()
+
+    def _has_output(self) -> bool:
+        """Something besides ``ready_to_write`` waits for a flush: sessions' outboxes,
+        storage changes, the cluster's forwarding, subscription interest, held acks."""
+        engine = self.engine
+        return bool(self.changes or engine.registry.ready or engine.forwarding
+                    or engine.interest_touched or engine.held_acks)
 
     # ------------------------------------------------------------------ flush
-    def flush(self) -> None:
+    def flush(self, now: float = -1.0) -> None:
         """Commit the turn's storage changes, then write each connection's output once.
 
         No acknowledgement leaves before the changes it acknowledges are in the store
-        (design.md, "A QoS 1 PUBLISH").
+        (design.md, "A QoS 1 PUBLISH"). ``now``: the wall-clock time of the read that
+        flushes at once (``handle_one``); the flush at the end of a turn reads the clock.
         """
         # Sessions' output into their connections first (they join ready_to_write; no
         # second flush is scheduled while this one has not started writing).
@@ -310,7 +345,7 @@ class Turn:
         if engine.registry.ready:
             # Sessions' output joins the list after the answers; on an error nothing
             # has left the list (nothing forgotten).
-            engine.send_ready(_wall_clock())  # Broker.now(), inlined: hot path
+            engine.send_ready(now if now >= 0.0 else _wall_clock())  # Broker.now()
         self.scheduled = False
         # Written from the shared list itself, not from a copy, and the entries written
         # taken out after (issue 19: no list per turn). A connection that gets output

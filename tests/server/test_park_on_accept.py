@@ -32,6 +32,7 @@ from iotbroker.codec.packets import (
 )
 from iotbroker.config import parse_config
 from iotbroker.errors import ConfigError
+from iotbroker.server.parking import FIRST_READ_SIZE
 from tests.helpers.broker_process import BrokerProcess, broker_config
 from tests.helpers.rawclient import RawClient
 from tests.server.test_metrics_http import scrape, value
@@ -64,6 +65,36 @@ def test_connack_without_a_transport(make_broker: Callable[..., BrokerProcess]) 
     log = broker.log_text()
     assert "re-adopting parked connection 'poa-ping'" in log
     assert "client 'poa-ping' connected from 127.0.0.1:" in log  # the same log line
+
+
+@pytest.mark.parametrize("size", [FIRST_READ_SIZE, 2_000])
+def test_connect_longer_than_the_first_read(make_broker: Callable[..., BrokerProcess],
+                                            size: int) -> None:
+    """A CONNECT of exactly ``FIRST_READ_SIZE`` bytes, and one longer (a will of
+    ~2 KB), sent in one segment, is answered [MQTT-3.2.0-1] from the first read: the
+    socket stays without a transport (no wake; server/parking.py reads the rest of a
+    first read that filled ``FIRST_READ_SIZE`` at once, where a CONNECT cut at that
+    size would wait for the socket's readiness and wake it)."""
+    broker = make_broker(broker_config(extra=METRICS))
+    base = encode_packet(Connect(client_id="poa-long", keepalive=60,
+                                 will=Will("poa/will", b"", 0, False)), 4)
+    pad = size - len(base)
+    connect = encode_packet(Connect(client_id="poa-long", keepalive=60,
+                                    will=Will("poa/will", b"x" * pad, 0, False)), 4)
+    if len(connect) != size:  # the remaining length took one more byte
+        connect = encode_packet(Connect(client_id="poa-long", keepalive=60,
+                                        will=Will("poa/will", b"x" * (pad - 1), 0, False)), 4)
+    assert len(connect) == size
+    sock = socket.create_connection((broker.host, broker.port), timeout=5)
+    try:
+        sock.sendall(connect)
+        assert _read(sock, 4) == b"\x20\x02\x00\x00"
+        time.sleep(0.1)  # a CONNECT cut short would be read (and woken) by now
+        samples = scrape(broker)
+        assert value(samples, "iotbroker_connections_parked") == 1
+        assert value(samples, "iotbroker_connections_wakes_total") == 0
+    finally:
+        sock.close()
 
 
 def test_switch_off_accepts_with_a_transport(
