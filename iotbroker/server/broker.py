@@ -60,15 +60,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("iotbroker.broker")
 
 #: The cyclic collector's thresholds (``gc.set_threshold``; CPython's default is 700, 10,
-#: 10), set after the start-up's state is frozen (``run_broker``). A young collection
-#: every 1,000 net allocations, and every second one takes the middle generation too
-#: (threshold 0): a pause scans at most ~2,000 objects, ~0.3 ms here, where 20,000 took
-#: 3–4 ms — and one such pause in a burst of 10,000 connects was the CONNACK p99 (each
-#: connection keeps 3 tracked objects: ClientProtocol, Connection, Session; issue 19).
-#: The total scanned per connection is about the same. The oldest generation waits
-#: 4,000 middle collections, ~8 million net allocations, as with the former (20,000,
-#: 20, 20). Measured in docs/performance.md, "The CONNACK p99 and the collector".
-GC_THRESHOLDS: Final = (1_000, 0, 4_000)
+#: 10), set after the start-up's state is frozen (``run_broker``): a young collection
+#: every 20,000 net allocations. Compiled Message objects are untracked
+#: (``core/message.py``, acyclic) and a connection keeps 3 tracked objects, so a burst of
+#: 10,000 connects meets one young collection of 3-4 ms. Short ones, (1,000, 0, 4,000),
+#: cut that pause to 0.3-0.8 ms but cost 30 collections and ~2 ms more per 10,000
+#: connects (+2,400 instructions per connection under callgrind) and moved neither the
+#: CONNACK p99 nor the connect rate in live pairs: docs/performance.md, i19-conn4's
+#: section and the lead's note after it (issue 19).
+GC_THRESHOLDS: Final = (20_000, 20, 20)
 
 _PUBLISH = PacketType.PUBLISH
 _TRIM_AFTER_CHANGES = memtrim.TRIM_AFTER_CHANGES
@@ -743,10 +743,8 @@ def run_broker(config: BrokerConfig, reload: Callable[[], BrokerConfig] | None =
             store.close()
             return 1
         # The restored state (sessions, tries, retained messages) lives as long as the
-        # process: keep it out of the cyclic GC's scans. Then short collections
-        # (GC_THRESHOLDS): message objects are not cyclic and are freed before a young
-        # collection comes; what accumulates is connection state, scanned in small
-        # batches rather than in pauses a connect burst's CONNACKs wait for.
+        # process: keep it out of the cyclic GC's scans, and collect the young
+        # generation less often (GC_THRESHOLDS).
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
