@@ -28,25 +28,17 @@ from iotbroker.codec.packets import (
     Subscribe,
     Subscription,
 )
-from iotbroker.config import parse_config
 from iotbroker.server.broker import Broker
 from iotbroker.server.turn import INLINE_GAP
-from iotbroker.storage.memory import MemoryStore
+from tests.helpers.inproc_broker import memory_broker
 
 pytestmark = pytest.mark.asyncio
 
 
 @pytest_asyncio.fixture
 async def broker() -> AsyncIterator[Broker]:
-    config = parse_config({
-        "listeners": [{"name": "default", "type": "tcp", "host": "127.0.0.1", "port": 0}],
-        "storage": {"backend": "memory"},
-        "sys_topics": {"enabled": False},
-    }, "test")
-    b = Broker(config, MemoryStore(), asyncio.get_running_loop())
-    await b.start()
-    yield b
-    await b.stop()
+    async for b in memory_broker():
+        yield b
 
 
 class _Client:
